@@ -1,0 +1,15 @@
+//! Capstan's resource model: the kinds users write, their validation and schemas. No I/O lives here.
+
+pub mod app;
+pub mod manifest;
+pub mod meta;
+pub mod quantity;
+pub mod resource;
+pub mod validate;
+pub mod yaml;
+
+pub use app::*;
+pub use manifest::{check_duplicates, parse_manifests, Diagnostic, Diagnostics, Manifest};
+pub use meta::*;
+pub use resource::{app_revision, hash_value, App, Kind, Object, Resource};
+pub use validate::FieldError;

@@ -1,0 +1,303 @@
+//! Reading manifests from YAML text into typed resources, with diagnostics that name file, line and field.
+
+use crate::resource::Resource;
+use crate::validate::FieldError;
+use crate::yaml::{parse_documents, Document, Location};
+
+/// One problem in one manifest, written for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file (or `-` for standard input).
+    pub file: String,
+    pub location: Option<Location>,
+    /// `App/hello`, when the object got far enough to have a kind and name.
+    pub object: Option<String>,
+    /// The field path, as `spec.ports[0].name`.
+    pub field: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    /// A diagnostic for a field error inside a parsed document.
+    pub fn from_field(file: &str, doc: &Document, object: Option<String>, e: FieldError) -> Self {
+        let location = Some(if e.path.is_empty() { doc.start } else { doc.locate(&e.path) });
+        Diagnostic {
+            file: file.to_string(),
+            location,
+            object,
+            field: (!e.path.is_empty()).then_some(e.path),
+            message: e.message,
+            hint: e.hint,
+        }
+    }
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.location {
+            write!(f, ":{}:{}", l.line, l.column)?;
+        }
+        write!(f, ": ")?;
+        if let Some(o) = &self.object {
+            write!(f, "{o}: ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "field `{field}`: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a batch of manifests; nothing of the batch should be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl std::fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A resource read from a file, remembering where it came from.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub resource: Resource,
+    pub file: String,
+    pub document: Document,
+}
+
+impl Manifest {
+    /// Describes a field error of this object with its file and line.
+    pub fn diagnose(&self, e: FieldError) -> Diagnostic {
+        let object = Some(format!("{}/{}", self.resource.kind(), self.resource.meta().name));
+        Diagnostic::from_field(&self.file, &self.document, object, e)
+    }
+}
+
+fn object_label(doc: &Document) -> Option<String> {
+    let kind = doc.value.get("kind")?.as_str()?;
+    let name = doc.value.get("metadata")?.get("name")?.as_str()?;
+    Some(format!("{kind}/{name}"))
+}
+
+/// Parses and validates every document in `text`. `file` is only used in diagnostics.
+///
+/// All problems are collected, so a user sees everything wrong with a batch at once.
+pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<Manifest>, Diagnostics> {
+    let docs = parse_documents(text).map_err(|e| {
+        Diagnostics(vec![Diagnostic {
+            file: file.to_string(),
+            location: Some(e.location),
+            object: None,
+            field: None,
+            message: format!("invalid YAML: {}", e.message),
+            hint: Some("check the indentation and quoting around this line".into()),
+        }])
+    })?;
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    for doc in docs {
+        let mut value = doc.value.clone();
+        if let Some(m) = value.as_object_mut() {
+            m.remove("status");
+        }
+        match Resource::from_value(value) {
+            Ok(resource) => {
+                let errors = resource.validate();
+                let m = Manifest {
+                    resource,
+                    file: file.to_string(),
+                    document: doc,
+                };
+                if errors.is_empty() {
+                    out.push(m);
+                } else {
+                    diags.extend(errors.into_iter().map(|e| m.diagnose(e)));
+                }
+            }
+            Err(e) => diags.push(Diagnostic::from_field(file, &doc, object_label(&doc), e)),
+        }
+    }
+    if !diags.is_empty() {
+        return Err(Diagnostics(diags));
+    }
+    Ok(out)
+}
+
+/// Checks a batch read from several files for objects declared twice.
+pub fn check_duplicates(manifests: &[Manifest]) -> Result<(), Diagnostics> {
+    let mut seen = std::collections::HashMap::new();
+    let mut diags = Vec::new();
+    for m in manifests {
+        let key = m.resource.key();
+        if let Some(first) = seen.insert(key.clone(), m) {
+            let loc = first.document.start;
+            diags.push(m.diagnose(
+                FieldError::new("metadata.name", format!("{} is declared twice", key))
+                    .hint(format!("first declared at {}:{}", first.file, loc.line)),
+            ));
+        }
+    }
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(Diagnostics(diags))
+    }
+}
+
+/// The candidate closest to `word`, if close enough to be a likely typo.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let w = word.to_ascii_lowercase();
+    candidates
+        .iter()
+        .map(|c| (strsim::levenshtein(&w, &c.to_ascii_lowercase()), *c))
+        .filter(|(d, c)| *d <= (c.len().max(w.len()) / 3).max(1) + usize::from(c.len() > 6))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<Diagnostic> {
+        parse_manifests("app.yaml", text).unwrap_err().0
+    }
+
+    const GOOD: &str = "apiVersion: capstan.dev/v1alpha1
+kind: App
+metadata:
+  name: web
+spec:
+  replicas: 2
+  run:
+    command: [./server]
+  ports: [{name: http}]
+  probes:
+    readiness: {http: {path: /status, port: http}, periodSeconds: 2}
+";
+
+    #[test]
+    fn good_manifest_parses_with_defaults() {
+        let m = parse_manifests("app.yaml", GOOD).unwrap();
+        assert_eq!(m.len(), 1);
+        let crate::Resource::App(app) = &m[0].resource;
+        assert_eq!(app.spec.replicas, 2);
+        assert_eq!(app.metadata.namespace(), "default");
+        let r = app.spec.probes.readiness.as_ref().unwrap();
+        assert_eq!((r.period_seconds, r.timeout_seconds, r.failure_threshold), (2, 1, 3));
+        assert_eq!(app.spec.termination_grace_period_seconds, 30);
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_suggests() {
+        let text = GOOD.replace("  replicas: 2", "  replcas: 2");
+        let e = errs(&text);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].field.as_deref(), Some("spec.replcas"));
+        assert_eq!(e[0].location.unwrap().line, 6);
+        assert_eq!(e[0].hint.as_deref(), Some("did you mean `replicas`?"));
+        assert_eq!(e[0].object.as_deref(), Some("App/web"));
+        let shown = e[0].to_string();
+        assert!(shown.starts_with("app.yaml:6:3: App/web: field `spec.replcas`: unknown field"), "{shown}");
+    }
+
+    #[test]
+    fn nested_unknown_field() {
+        let text = GOOD.replace("periodSeconds: 2", "periodSecond: 2");
+        let e = errs(&text);
+        assert_eq!(e[0].field.as_deref(), Some("spec.probes.readiness.periodSecond"));
+        assert_eq!(e[0].location.unwrap().line, 11);
+        assert_eq!(e[0].hint.as_deref(), Some("did you mean `periodSeconds`?"));
+    }
+
+    #[test]
+    fn negative_replicas_and_bad_name_and_unknown_port_all_reported() {
+        let text = GOOD
+            .replace("replicas: 2", "replicas: -1")
+            .replace("name: web", "name: Web_App")
+            .replace("port: http}", "port: htp}");
+        let e = errs(&text);
+        let fields: Vec<_> = e.iter().map(|d| d.field.clone().unwrap()).collect();
+        assert!(fields.contains(&"spec.replicas".to_string()), "{fields:?}");
+        assert!(fields.contains(&"metadata.name".to_string()));
+        assert!(fields.contains(&"spec.probes.readiness.http.port".to_string()));
+        let port = e.iter().find(|d| d.field.as_deref() == Some("spec.probes.readiness.http.port")).unwrap();
+        assert_eq!(port.hint.as_deref(), Some("did you mean `http`?"));
+        assert_eq!(port.location.unwrap().line, 11);
+        let name = e.iter().find(|d| d.field.as_deref() == Some("metadata.name")).unwrap();
+        assert_eq!(name.hint.as_deref(), Some("try `web-app`"));
+    }
+
+    #[test]
+    fn unknown_kind_and_api_version() {
+        let e = errs(&GOOD.replace("kind: App", "kind: Ap"));
+        assert_eq!(e[0].field.as_deref(), Some("kind"));
+        assert_eq!(e[0].location.unwrap().line, 2);
+        assert_eq!(e[0].hint.as_deref(), Some("did you mean `App`?"));
+        let e = errs(&GOOD.replace("capstan.dev/v1alpha1", "v1"));
+        assert_eq!(e[0].field.as_deref(), Some("apiVersion"));
+    }
+
+    #[test]
+    fn type_errors_and_missing_fields() {
+        let e = errs(&GOOD.replace("replicas: 2", "replicas: two"));
+        assert_eq!(e[0].field.as_deref(), Some("spec.replicas"));
+        assert_eq!(e[0].location.unwrap().line, 6);
+        let e = errs("apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: x}\nspec: {replicas: 1}\n");
+        assert_eq!(e[0].field.as_deref(), Some("spec.run"));
+        assert_eq!(e[0].message, "is required");
+        let e = errs(&GOOD.replace("[{name: http}]", "[{name: http, port: 70000}]"));
+        assert_eq!(e[0].field.as_deref(), Some("spec.ports[0].port"));
+        assert!(e[0].hint.as_deref().unwrap().contains("65535"));
+    }
+
+    #[test]
+    fn bad_yaml_names_the_line() {
+        let e = errs("apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata:\n  name: [oops\nspec: {}\n");
+        assert!(e[0].message.starts_with("invalid YAML"));
+        assert!(e[0].location.unwrap().line >= 4);
+    }
+
+    #[test]
+    fn fixed_port_with_many_replicas_is_refused() {
+        let e = errs(&GOOD.replace("[{name: http}]", "[{name: http, port: 8080}]"));
+        assert_eq!(e[0].field.as_deref(), Some("spec.ports[0].port"));
+    }
+
+    #[test]
+    fn duplicates_across_files() {
+        let mut a = parse_manifests("a.yaml", GOOD).unwrap();
+        a.extend(parse_manifests("b.yaml", GOOD).unwrap());
+        let e = check_duplicates(&a).unwrap_err().0;
+        assert!(e[0].message.contains("declared twice"));
+        assert_eq!(e[0].file, "b.yaml");
+        assert!(e[0].hint.as_deref().unwrap().contains("a.yaml:1"));
+    }
+
+    #[test]
+    fn status_in_manifest_is_ignored() {
+        let text = format!("{GOOD}status: {{replicas: 9}}\n");
+        let m = parse_manifests("x", &text).unwrap();
+        let crate::Resource::App(app) = &m[0].resource;
+        assert!(app.status.is_none());
+    }
+
+    #[test]
+    fn closest_matches_typos_only() {
+        assert_eq!(closest("replcas", &["replicas", "run"]), Some("replicas"));
+        assert_eq!(closest("zzz", &["replicas", "run"]), None);
+    }
+}

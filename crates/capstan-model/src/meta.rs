@@ -1,0 +1,152 @@
+//! Object metadata, conditions and events shared by every kind.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group and version every Capstan object carries.
+pub const API_VERSION: &str = "capstan.dev/v1alpha1";
+/// The namespace an object lands in when its manifest names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Identity and bookkeeping of an object, as in Kubernetes' `ObjectMeta`.
+///
+/// Users write `name`, `namespace`, `labels` and `annotations`; Capstan writes the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    /// DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit.
+    pub name: String,
+    /// Defaults to `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Set by Capstan when the object is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Bumped by Capstan each time `spec` changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Bumped by Capstan on every write of the object, status included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<DateTime<Utc>>,
+}
+
+impl ObjectMeta {
+    /// The namespace, with the default filled in.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+}
+
+/// `True`, `False` or `Unknown`, as Kubernetes writes condition statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+/// One observation about an object, in Kubernetes' condition shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Reconciling` or `Stalled`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: ConditionStatus,
+    /// One CamelCase word a program can match on.
+    pub reason: String,
+    /// A sentence for humans.
+    pub message: String,
+    pub last_transition_time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Condition type: the object does what its spec asks.
+pub const READY: &str = "Ready";
+/// Condition type: Capstan is working towards the spec.
+pub const RECONCILING: &str = "Reconciling";
+/// Condition type: progress stopped and needs a human (crash loop, bad command, deadline passed).
+pub const STALLED: &str = "Stalled";
+
+/// Sets a condition in `conditions`, keeping `lastTransitionTime` when the status did not change.
+pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(existing) => {
+            let since = if existing.status == new.status {
+                existing.last_transition_time
+            } else {
+                new.last_transition_time
+            };
+            *existing = Condition {
+                last_transition_time: since,
+                ..new
+            };
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// Removes the condition of `type_` if present.
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
+}
+
+/// Finds a condition by type.
+pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// `Normal` or `Warning`, as Kubernetes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// Something that happened to an object, shown by `capstan describe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub type_: EventType,
+    pub reason: String,
+    pub message: String,
+    pub first_timestamp: DateTime<Utc>,
+    pub last_timestamp: DateTime<Utc>,
+    /// How many times this same event happened in a row.
+    pub count: u32,
+}
+
+/// Identifies one object: kind, namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}

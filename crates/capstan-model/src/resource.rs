@@ -1,0 +1,298 @@
+//! The registry of kinds and the `Resource` enum that holds an object of any kind.
+
+use schemars::JsonSchema;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::app::{AppSpec, AppStatus};
+use crate::manifest::closest;
+use crate::meta::{ObjectKey, ObjectMeta, API_VERSION};
+use crate::validate::{validate_app, validate_meta, FieldError};
+
+/// An object of one kind: `apiVersion`, `kind`, `metadata`, `spec` and `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Object<S, T> {
+    /// Always `capstan.dev/v1alpha1`.
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+    /// Written by Capstan only; ignored in manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<T>,
+}
+
+/// An App: replicas of a program.
+pub type App = Object<AppSpec, AppStatus>;
+
+/// The kinds Capstan knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    App,
+}
+
+impl Kind {
+    /// Every kind, in the order objects are applied.
+    pub const ALL: &'static [Kind] = &[Kind::App];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::App => "App",
+        }
+    }
+
+    /// The plural used in API paths and `capstan get`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::App => "apps",
+        }
+    }
+
+    /// Finds a kind by name, plural or short name, in any case.
+    pub fn parse(s: &str) -> Option<Kind> {
+        let l = s.to_ascii_lowercase();
+        Kind::ALL
+            .iter()
+            .copied()
+            .find(|k| l == k.name().to_ascii_lowercase() || l == k.plural())
+    }
+
+    /// Names to suggest from when a kind is unknown.
+    pub fn names() -> Vec<&'static str> {
+        Kind::ALL.iter().map(|k| k.name()).collect()
+    }
+
+    /// The JSON Schema of objects of this kind.
+    pub fn schema(self) -> Value {
+        let mut schema = match self {
+            Kind::App => schemars::schema_for!(App),
+        };
+        schema.insert("title".into(), Value::String(self.name().into()));
+        schema.insert(
+            "$id".into(),
+            Value::String(format!("https://capstan.dev/schemas/v1alpha1/{}.json", self.plural())),
+        );
+        schema.to_value()
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An object of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    App(App),
+}
+
+impl Resource {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::App(_) => Kind::App,
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Resource::App(o) => &o.metadata,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Resource::App(o) => &mut o.metadata,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let m = self.meta();
+        ObjectKey::new(self.kind().name(), m.namespace(), &m.name)
+    }
+
+    /// The object as JSON, status included.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Resource::App(o) => serde_json::to_value(o),
+        }
+        .unwrap_or(Value::Null)
+    }
+
+    /// Decodes an object from JSON, naming the field at fault when it does not fit its kind.
+    pub fn from_value(value: Value) -> Result<Resource, FieldError> {
+        let Value::Object(map) = &value else {
+            return Err(FieldError::new("", "a manifest must be a mapping")
+                .hint("start with `apiVersion: capstan.dev/v1alpha1` and `kind: App`"));
+        };
+        match map.get("apiVersion") {
+            None => {
+                return Err(FieldError::new("apiVersion", "is missing").hint(format!("add `apiVersion: {API_VERSION}`")))
+            }
+            Some(Value::String(v)) if v == API_VERSION => {}
+            Some(v) => {
+                return Err(FieldError::new("apiVersion", format!("`{}` is not served here", show(v)))
+                    .hint(format!("use `{API_VERSION}`")))
+            }
+        }
+        let kind = match map.get("kind") {
+            None => {
+                return Err(FieldError::new("kind", "is missing")
+                    .hint(format!("one of: {}", Kind::names().join(", "))))
+            }
+            Some(Value::String(k)) => match Kind::ALL.iter().find(|x| x.name() == k) {
+                Some(kind) => *kind,
+                None => {
+                    let hint = match closest(k, &Kind::names()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("known kinds: {}", Kind::names().join(", ")),
+                    };
+                    return Err(FieldError::new("kind", format!("unknown kind `{k}`")).hint(hint));
+                }
+            },
+            Some(v) => return Err(FieldError::new("kind", format!("`{}` is not a kind name", show(v)))),
+        };
+        match kind {
+            Kind::App => decode::<App>(value).map(Resource::App),
+        }
+    }
+
+    /// Semantic checks beyond the types.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        validate_meta(self.meta(), &mut errors);
+        match self {
+            Resource::App(a) => validate_app(&a.spec, &mut errors),
+        }
+        errors
+    }
+
+    /// The spec as JSON.
+    pub fn spec_value(&self) -> Value {
+        match self {
+            Resource::App(o) => serde_json::to_value(&o.spec),
+        }
+        .unwrap_or(Value::Null)
+    }
+
+    /// Drops the status (for manifests, where users do not write it).
+    pub fn clear_status(&mut self) {
+        match self {
+            Resource::App(o) => o.status = None,
+        }
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn decode<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let path = match e.path().to_string() {
+            p if p == "." => String::new(),
+            p => p,
+        };
+        explain(path, &e.inner().to_string())
+    })
+}
+
+/// Turns serde's message into one written for people, with a hint.
+fn explain(path: String, msg: &str) -> FieldError {
+    let ticks: Vec<&str> = msg.split('`').skip(1).step_by(2).collect();
+    if msg.starts_with("unknown field") {
+        let field = ticks.first().copied().unwrap_or("");
+        let expected: Vec<&str> = ticks.iter().skip(1).copied().collect();
+        let full = if path.is_empty() {
+            field.to_string()
+        } else if path.ends_with(field) {
+            path.clone()
+        } else {
+            format!("{path}.{field}")
+        };
+        let hint = match closest(field, &expected) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None if expected.is_empty() => "remove it".to_string(),
+            None => format!("known fields here: {}", expected.join(", ")),
+        };
+        return FieldError::new(full, format!("unknown field `{field}`")).hint(hint);
+    }
+    if msg.starts_with("missing field") {
+        let field = ticks.first().copied().unwrap_or("");
+        let full = if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+        return FieldError::new(full, "is required");
+    }
+    if msg.contains("untagged enum PortRef") {
+        return FieldError::new(path, "must be a port name from spec.ports or a port number")
+            .hint("for example `port: http` or `port: 8080`");
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        let variant = ticks.first().copied().unwrap_or("");
+        let expected: Vec<&str> = ticks.iter().skip(1).copied().collect();
+        let hint = match closest(variant, &expected) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("one of: {}", expected.join(", ")),
+        };
+        let _ = rest;
+        return FieldError::new(path, format!("`{variant}` is not allowed here")).hint(hint);
+    }
+    if msg.starts_with("invalid type") || msg.starts_with("invalid value") {
+        let hint = if msg.contains("expected u16") {
+            Some("a port number from 1 to 65535")
+        } else if msg.contains("expected u32") {
+            Some("a whole number, 0 or more")
+        } else if msg.contains("expected i32") {
+            Some("a whole number")
+        } else if msg.contains("expected a sequence") {
+            Some("write a list, for example `[a, b]`")
+        } else if msg.contains("expected a string") {
+            Some("quote the value, for example \"1\"")
+        } else {
+            None
+        };
+        let mut fe = FieldError::new(path, msg.to_string());
+        if let Some(h) = hint {
+            fe = fe.hint(h);
+        }
+        return fe;
+    }
+    FieldError::new(path, msg.to_string())
+}
+
+/// A short stable hash of a JSON value (sha256 of its canonical text, 10 hex digits).
+pub fn hash_value(v: &Value) -> String {
+    let canonical = canonical_json(v);
+    let digest = Sha256::digest(canonical.as_bytes());
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+fn canonical_json(v: &Value) -> String {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            let inner: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&o[k])))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
+
+/// The revision of an App: a hash of everything in its spec that shapes the processes (all but `replicas`).
+pub fn app_revision(spec: &AppSpec) -> String {
+    let mut v = serde_json::to_value(spec).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.remove("replicas");
+    }
+    hash_value(&v)
+}
