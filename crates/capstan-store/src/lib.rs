@@ -1,0 +1,551 @@
+//! Capstan's embedded state: objects, per-object events and runtime records in one redb file, with watches.
+//!
+//! The store is kind-agnostic: it keeps objects as JSON and knows only the metadata rules every kind shares
+//! (uid, generation bumped when `spec` changes, resourceVersion bumped on every write).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use capstan_model::{Event, EventType, ObjectKey};
+use chrono::Utc;
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The layout version this build writes; older layouts are migrated on open.
+pub const SCHEMA_VERSION: u64 = 1;
+/// Events kept per object.
+pub const EVENTS_PER_OBJECT: usize = 50;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the data directory is in use by another capstan process ({0}); stop it first or pass another --data")]
+    Locked(String),
+    #[error("the state file was written by a newer capstan (layout {found}, this build reads up to {SCHEMA_VERSION}); upgrade capstan")]
+    TooNew { found: u64 },
+    #[error("state database: {0}")]
+    Db(String),
+    #[error("stored object {key} is not valid JSON: {source}")]
+    Corrupt { key: String, source: serde_json::Error },
+    #[error("object is missing metadata.name")]
+    NoName,
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// How an object changed in a watch stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum WatchType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change to one object, as Kubernetes' watch events.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WatchEvent {
+    #[serde(rename = "type")]
+    pub type_: WatchType,
+    #[serde(skip)]
+    pub key: ObjectKey,
+    pub object: Value,
+}
+
+/// What `apply` did to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyAction {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+/// The handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    watch: broadcast::Sender<WatchEvent>,
+}
+
+fn object_key(key: &ObjectKey) -> String {
+    format!("{}/{}/{}", key.kind, key.namespace, key.name)
+}
+
+/// The key of an object given as JSON.
+pub fn key_of(obj: &Value) -> Result<ObjectKey, StoreError> {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    let meta = obj.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).ok_or(StoreError::NoName)?;
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or(capstan_model::DEFAULT_NAMESPACE);
+    Ok(ObjectKey::new(kind, ns, name))
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// The range of string keys that start with `prefix`.
+fn prefix_range(prefix: &str) -> (String, String) {
+    (prefix.to_string(), format!("{prefix}\u{10FFFF}"))
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, migrating older layouts.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.display().to_string()),
+            other => StoreError::Db(format!("{}: {other}", path.display())),
+        })?;
+        let tx = db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::TooNew { found: v }),
+                // Layout 1 is the first; later layouts add their migrations here.
+                Some(_) | None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+            }
+            tx.open_table(OBJECTS)?;
+            tx.open_table(EVENTS)?;
+            tx.open_table(RECORDS)?;
+        }
+        tx.commit()?;
+        let (watch, _) = broadcast::channel(4096);
+        Ok(Store {
+            db: Arc::new(db),
+            watch,
+        })
+    }
+
+    /// The layout version on disk.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta.get("schema_version")?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Subscribes to every change from now on.
+    pub fn watch(&self) -> broadcast::Receiver<WatchEvent> {
+        self.watch.subscribe()
+    }
+
+    fn next_rv(meta: &mut redb::Table<&str, u64>) -> Result<u64, StoreError> {
+        let rv = meta.get("resource_version")?.map(|v| v.value()).unwrap_or(0) + 1;
+        meta.insert("resource_version", rv)?;
+        Ok(rv)
+    }
+
+    /// Creates or updates every object in one transaction: all are written or none.
+    ///
+    /// Users own `metadata.labels`, `metadata.annotations` and `spec`; Capstan keeps `status`, `uid`,
+    /// `creationTimestamp`, and bumps `generation` only when `spec` changes.
+    pub fn apply(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut outcomes = Vec::new();
+        let mut events = Vec::new();
+        {
+            let mut table = tx.open_table(OBJECTS)?;
+            let mut meta = tx.open_table(META)?;
+            for mut obj in objects {
+                let key = key_of(&obj)?;
+                let k = object_key(&key);
+                let existing = match table.get(k.as_str())? {
+                    Some(v) => Some(decode(&k, v.value())?),
+                    None => None,
+                };
+                if let Some(m) = obj.as_object_mut() {
+                    m.remove("status");
+                }
+                let (action, stored) = match existing {
+                    None => {
+                        let rv = Self::next_rv(&mut meta)?;
+                        let md = &mut obj["metadata"];
+                        md["namespace"] = json!(key.namespace);
+                        md["uid"] = json!(uuid::Uuid::new_v4().to_string());
+                        md["generation"] = json!(1);
+                        md["resourceVersion"] = json!(rv.to_string());
+                        md["creationTimestamp"] = json!(Utc::now());
+                        (ApplyAction::Created, obj)
+                    }
+                    Some(mut old) => {
+                        let spec_changed = old.get("spec") != obj.get("spec");
+                        let labels_changed = old["metadata"].get("labels") != obj["metadata"].get("labels")
+                            || old["metadata"].get("annotations") != obj["metadata"].get("annotations");
+                        if !spec_changed && !labels_changed {
+                            outcomes.push((key, ApplyAction::Unchanged));
+                            continue;
+                        }
+                        let rv = Self::next_rv(&mut meta)?;
+                        let md = old["metadata"].as_object_mut().ok_or(StoreError::NoName)?;
+                        for field in ["labels", "annotations"] {
+                            match obj["metadata"].get(field) {
+                                Some(v) => md.insert(field.into(), v.clone()),
+                                None => md.remove(field),
+                            };
+                        }
+                        if spec_changed {
+                            let g = md.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+                            md.insert("generation".into(), json!(g));
+                        }
+                        md.insert("resourceVersion".into(), json!(rv.to_string()));
+                        old["spec"] = obj.get("spec").cloned().unwrap_or(Value::Null);
+                        (ApplyAction::Configured, old)
+                    }
+                };
+                let bytes = serde_json::to_vec(&stored).map_err(|e| StoreError::Db(e.to_string()))?;
+                table.insert(k.as_str(), bytes.as_slice())?;
+                let type_ = if action == ApplyAction::Created {
+                    WatchType::Added
+                } else {
+                    WatchType::Modified
+                };
+                events.push(WatchEvent {
+                    type_,
+                    key: key.clone(),
+                    object: stored,
+                });
+                outcomes.push((key, action));
+            }
+        }
+        tx.commit()?;
+        for e in events {
+            let _ = self.watch.send(e);
+        }
+        Ok(outcomes)
+    }
+
+    /// One object.
+    pub fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OBJECTS)?;
+        let k = object_key(key);
+        match table.get(k.as_str())? {
+            Some(v) => Ok(Some(decode(&k, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every object of a kind, in one namespace or all, ordered by namespace and name.
+    pub fn list(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Value>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OBJECTS)?;
+        let prefix = match namespace {
+            Some(ns) => format!("{kind}/{ns}/"),
+            None => format!("{kind}/"),
+        };
+        let (lo, hi) = prefix_range(&prefix);
+        let mut out = Vec::new();
+        for item in table.range(lo.as_str()..hi.as_str())? {
+            let (k, v) = item?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes an object (and its events); returns it if it existed.
+    pub fn delete(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let k = object_key(key);
+        let old = {
+            let mut table = tx.open_table(OBJECTS)?;
+            let old = match table.remove(k.as_str())? {
+                Some(v) => Some(decode(&k, v.value())?),
+                None => None,
+            };
+            let mut events = tx.open_table(EVENTS)?;
+            let (lo, hi) = prefix_range(&format!("{k}#"));
+            events.retain_in(lo.as_str()..hi.as_str(), |_, _| false)?;
+            if old.is_some() {
+                let mut meta = tx.open_table(META)?;
+                Self::next_rv(&mut meta)?;
+            }
+            old
+        };
+        tx.commit()?;
+        if let Some(obj) = &old {
+            let _ = self.watch.send(WatchEvent {
+                type_: WatchType::Deleted,
+                key: key.clone(),
+                object: obj.clone(),
+            });
+        }
+        Ok(old)
+    }
+
+    /// Replaces the status of an object if it differs; returns whether anything was written.
+    ///
+    /// Status writes are committed with eventual durability: they are observations, rebuilt after a crash.
+    pub fn update_status(&self, key: &ObjectKey, status: Value) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Eventual);
+        let k = object_key(key);
+        let updated = {
+            let mut table = tx.open_table(OBJECTS)?;
+            let current = match table.get(k.as_str())? {
+                Some(v) => Some(decode(&k, v.value())?),
+                None => None,
+            };
+            match current {
+                Some(mut obj) if obj.get("status") != Some(&status) => {
+                    let mut meta = tx.open_table(META)?;
+                    let rv = Self::next_rv(&mut meta)?;
+                    obj["status"] = status;
+                    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+                    let bytes = serde_json::to_vec(&obj).map_err(|e| StoreError::Db(e.to_string()))?;
+                    table.insert(k.as_str(), bytes.as_slice())?;
+                    Some(obj)
+                }
+                _ => None,
+            }
+        };
+        tx.commit()?;
+        match updated {
+            Some(obj) => {
+                let _ = self.watch.send(WatchEvent {
+                    type_: WatchType::Modified,
+                    key: key.clone(),
+                    object: obj,
+                });
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Records an event on an object; the same event repeated in a row is counted, not duplicated.
+    pub fn record_event(
+        &self,
+        key: &ObjectKey,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Eventual);
+        {
+            let mut table = tx.open_table(EVENTS)?;
+            let prefix = format!("{}#", object_key(key));
+            let (lo, hi) = prefix_range(&prefix);
+            let now = Utc::now();
+            let mut keys = Vec::new();
+            let mut last: Option<(String, Event)> = None;
+            for item in table.range(lo.as_str()..hi.as_str())? {
+                let (k, v) = item?;
+                keys.push(k.value().to_string());
+                last = serde_json::from_slice::<Event>(v.value()).ok().map(|e| (k.value().to_string(), e));
+            }
+            match last {
+                Some((k, mut e)) if e.reason == reason && e.message == message && e.type_ == type_ => {
+                    e.count += 1;
+                    e.last_timestamp = now;
+                    let bytes = serde_json::to_vec(&e).map_err(|e| StoreError::Db(e.to_string()))?;
+                    table.insert(k.as_str(), bytes.as_slice())?;
+                }
+                last => {
+                    let seq = last
+                        .and_then(|(k, _)| k.rsplit('#').next().and_then(|s| s.parse::<u64>().ok()))
+                        .unwrap_or(0)
+                        + 1;
+                    let e = Event {
+                        type_,
+                        reason: reason.to_string(),
+                        message: message.to_string(),
+                        first_timestamp: now,
+                        last_timestamp: now,
+                        count: 1,
+                    };
+                    let bytes = serde_json::to_vec(&e).map_err(|e| StoreError::Db(e.to_string()))?;
+                    table.insert(format!("{prefix}{seq:020}").as_str(), bytes.as_slice())?;
+                    keys.push(String::new());
+                    let excess = keys.len().saturating_sub(EVENTS_PER_OBJECT);
+                    for old in keys.iter().take(excess) {
+                        table.remove(old.as_str())?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The recorded events of an object, oldest first.
+    pub fn events(&self, key: &ObjectKey) -> Result<Vec<Event>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(EVENTS)?;
+        let (lo, hi) = prefix_range(&format!("{}#", object_key(key)));
+        let mut out = Vec::new();
+        for item in table.range(lo.as_str()..hi.as_str())? {
+            let (_, v) = item?;
+            if let Ok(e) = serde_json::from_slice(v.value()) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a runtime record (durably: runtimes use them to find their processes after a restart).
+    pub fn put_record(&self, key: &str, value: &Value) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(RECORDS)?;
+            let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))?;
+            table.insert(key, bytes.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a runtime record.
+    pub fn delete_record(&self, key: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(RECORDS)?;
+            table.remove(key)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every runtime record whose key starts with `prefix`.
+    pub fn records(&self, prefix: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(RECORDS)?;
+        let (lo, hi) = prefix_range(prefix);
+        let mut out = Vec::new();
+        for item in table.range(lo.as_str()..hi.as_str())? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), decode(k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// How many objects are stored.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(OBJECTS)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, replicas: i64) -> Value {
+        json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "App", "metadata": {"name": name},
+               "spec": {"replicas": replicas, "run": {"command": ["x"]}}})
+    }
+
+    #[test]
+    fn generation_moves_only_with_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let out = store.apply(vec![app("a", 1)]).unwrap();
+        assert_eq!(out[0].1, ApplyAction::Created);
+        let key = ObjectKey::new("App", "default", "a");
+        let o = store.get(&key).unwrap().unwrap();
+        assert_eq!(o["metadata"]["generation"], 1);
+        let rv1: u64 = o["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+
+        assert_eq!(store.apply(vec![app("a", 1)]).unwrap()[0].1, ApplyAction::Unchanged);
+        assert!(store.update_status(&key, json!({"replicas": 1})).unwrap());
+        assert!(!store.update_status(&key, json!({"replicas": 1})).unwrap());
+        let o = store.get(&key).unwrap().unwrap();
+        assert_eq!(o["metadata"]["generation"], 1);
+        let rv2: u64 = o["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        assert!(rv2 > rv1);
+
+        let mut labelled = app("a", 1);
+        labelled["metadata"]["labels"] = json!({"team": "x"});
+        assert_eq!(store.apply(vec![labelled]).unwrap()[0].1, ApplyAction::Configured);
+        assert_eq!(store.get(&key).unwrap().unwrap()["metadata"]["generation"], 1);
+
+        assert_eq!(store.apply(vec![app("a", 3)]).unwrap()[0].1, ApplyAction::Configured);
+        let o = store.get(&key).unwrap().unwrap();
+        assert_eq!(o["metadata"]["generation"], 2);
+        assert_eq!(o["status"]["replicas"], 1, "status is kept across spec changes");
+        assert!(o["metadata"].get("labels").is_none(), "labels removed from the manifest are removed");
+    }
+
+    #[test]
+    fn survives_reopen_and_keeps_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.apply(vec![app("a", 1), app("b", 2)]).unwrap();
+            store.put_record("replica/default/a/0", &json!({"pid": 42})).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(store.list("App", None).unwrap().len(), 2);
+        assert_eq!(store.records("replica/").unwrap()[0].1["pid"], 42);
+        let second = Store::open(&path);
+        assert!(matches!(second, Err(StoreError::Locked(_))), "a second open is refused");
+    }
+
+    #[test]
+    fn batch_is_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let bad = json!({"kind": "App", "metadata": {}});
+        assert!(store.apply(vec![app("a", 1), bad]).is_err());
+        assert!(store.list("App", None).unwrap().is_empty(), "nothing from a failed batch is stored");
+    }
+
+    #[tokio::test]
+    async fn watch_sees_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut w = store.watch();
+        store.apply(vec![app("a", 1)]).unwrap();
+        store.delete(&ObjectKey::new("App", "default", "a")).unwrap();
+        assert_eq!(w.recv().await.unwrap().type_, WatchType::Added);
+        assert_eq!(w.recv().await.unwrap().type_, WatchType::Deleted);
+    }
+
+    #[test]
+    fn events_are_counted_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let key = ObjectKey::new("App", "default", "a");
+        store.record_event(&key, EventType::Normal, "Started", "replica a-0").unwrap();
+        store.record_event(&key, EventType::Normal, "Started", "replica a-0").unwrap();
+        let ev = store.events(&key).unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].count, 2);
+        for i in 0..(EVENTS_PER_OBJECT + 10) {
+            store.record_event(&key, EventType::Warning, "BackOff", &format!("n{i}")).unwrap();
+        }
+        let ev = store.events(&key).unwrap();
+        assert_eq!(ev.len(), EVENTS_PER_OBJECT);
+        assert_eq!(ev.last().unwrap().message, format!("n{}", EVENTS_PER_OBJECT + 9));
+    }
+}
