@@ -1,0 +1,153 @@
+//! Low-level process control: spawning in a process group with limits, signalling groups, and /proc checks.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// Finds the program to run: a path with a `/` is taken relative to `cwd`; a bare name is looked up in `path`.
+pub fn resolve_program(program: &str, cwd: &Path, path: &str) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() && is_executable(&m) => Ok(p),
+            Ok(m) if m.is_dir() => Err(format!("`{}` is a directory, not a program", p.display())),
+            Ok(_) => Err(format!("`{}` is not executable (chmod +x it)", p.display())),
+            Err(_) => Err(format!("program `{}` does not exist", p.display())),
+        };
+    }
+    for dir in std::env::split_paths(path) {
+        let p = dir.join(program);
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.is_file() && is_executable(&m) {
+                return Ok(p);
+            }
+        }
+    }
+    Err(format!("program `{program}` was not found on PATH"))
+}
+
+fn is_executable(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    m.permissions().mode() & 0o111 != 0
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), and whether it is a zombie.
+pub fn proc_start_time(pid: u32) -> Option<(u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces; fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((start, *state == "Z" || *state == "X"))
+}
+
+/// Sends a signal to a whole process group; false when the group no longer exists.
+pub fn signal_group(pgid: u32, sig: Signal) -> bool {
+    killpg(Pid::from_raw(pgid as i32), sig).is_ok()
+}
+
+/// Opens a pidfd that becomes readable when the process exits (works for processes that are not our children).
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Creates a FIFO if it does not exist yet.
+pub fn ensure_fifo(path: &Path) -> std::io::Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if m.file_type().is_fifo() {
+            return Ok(());
+        }
+        std::fs::remove_file(path)?;
+    }
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(std::io::Error::from)
+}
+
+/// Opens the write side of a FIFO for a child. It is opened read-write so that writes never fail with
+/// EPIPE while Capstan (the reader) restarts; the pipe buffer is raised to 1 MiB where allowed.
+pub fn open_fifo_for_child(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    // SAFETY: F_SETPIPE_SZ on a FIFO descriptor we own; failure only leaves the default size.
+    unsafe {
+        libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+    Ok(f)
+}
+
+/// Limits applied in the child between fork and exec.
+#[derive(Debug, Clone, Default)]
+pub struct ChildLimits {
+    /// RLIMIT_DATA in bytes (used when cgroup v2 is not available).
+    pub data_bytes: Option<u64>,
+    /// A cgroup.procs file the child moves itself into.
+    pub cgroup_procs: Option<PathBuf>,
+}
+
+/// Prepares `cmd` to start in its own process group with `limits`.
+pub fn configure(cmd: &mut tokio::process::Command, limits: &ChildLimits) -> std::io::Result<()> {
+    cmd.process_group(0);
+    cmd.kill_on_drop(false);
+    let data = limits.data_bytes;
+    let cgroup_fd: Option<OwnedFd> = match &limits.cgroup_procs {
+        Some(p) => Some(std::fs::OpenOptions::new().write(true).open(p)?.into()),
+        None => None,
+    };
+    let zero = CString::new("0").unwrap_or_default();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls (setrlimit, write).
+    unsafe {
+        cmd.as_std_mut().pre_exec(move || {
+            if let Some(fd) = &cgroup_fd {
+                if libc::write(fd.as_raw_fd(), zero.as_ptr().cast(), 1) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(bytes) = data {
+                let lim = libc::rlimit {
+                    rlim_cur: bytes as libc::rlim_t,
+                    rlim_max: bytes as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_programs() {
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert!(resolve_program("sh", Path::new("/"), &path).is_ok());
+        let e = resolve_program("no-such-program-xyz", Path::new("/"), &path).unwrap_err();
+        assert!(e.contains("not found on PATH"));
+        let e = resolve_program("./nope", Path::new("/tmp"), &path).unwrap_err();
+        assert!(e.contains("does not exist"));
+        let e = resolve_program("./", Path::new("/tmp"), &path).unwrap_err();
+        assert!(e.contains("directory"));
+    }
+
+    #[test]
+    fn reads_own_start_time() {
+        let (t, zombie) = proc_start_time(std::process::id()).unwrap();
+        assert!(t > 0);
+        assert!(!zombie);
+        assert!(proc_start_time(u32::MAX - 1).is_none());
+    }
+}
