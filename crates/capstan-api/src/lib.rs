@@ -1,0 +1,16 @@
+//! Capstan's HTTP API: the control plane assembly, the authenticated server, and the client the CLI uses.
+
+pub mod admission;
+pub mod client;
+pub mod plane;
+pub mod server;
+
+pub use client::{Client, ClientError};
+pub use plane::{ControlPlane, PlaneConfig, PlaneError};
+
+/// The address `capstan up` listens on by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7470";
+/// The file in the data directory holding the API token.
+pub const TOKEN_FILE: &str = "token";
+/// The file in the data directory holding the URL of the running API.
+pub const SERVER_FILE: &str = "server.json";

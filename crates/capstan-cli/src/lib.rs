@@ -1,0 +1,194 @@
+//! The `capstan` command line: kubectl habits (get, describe, apply -f, logs, diff, -o json|yaml) over Capstan's API.
+
+mod commands;
+pub mod manifests;
+pub mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code: success, or "no differences" for diff.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a failure at run time (not found, unreachable), or "differences found" for diff.
+pub const EXIT_FAIL: u8 = 1;
+/// Exit code: invalid input (a bad manifest, bad flags).
+pub const EXIT_INVALID: u8 = 2;
+
+/// An error that carries its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Failure { code: EXIT_INVALID, message: message.into() }
+    }
+    pub fn fail(message: impl Into<String>) -> Self {
+        Failure { code: EXIT_FAIL, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Capstan: run apps from manifests, highly available, healed, upgraded and watched.
+#[derive(Parser, Debug)]
+#[command(name = "capstan", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Data directory (state, logs, token). Defaults to $XDG_DATA_HOME/capstan or ~/.local/share/capstan.
+    #[arg(long, global = true, env = "CAPSTAN_DATA")]
+    pub data: Option<PathBuf>,
+    /// API URL of a running control plane; found through the data directory when not given.
+    #[arg(long, global = true, env = "CAPSTAN_SERVER")]
+    pub server: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane in the foreground and apply the manifests in PATH. Ctrl-C stops every replica.
+    Up {
+        /// Manifest files or directories to apply at start.
+        paths: Vec<String>,
+        /// Address of the API.
+        #[arg(long, default_value = capstan_api::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+    },
+    /// Create or update objects from manifests (all or nothing).
+    Apply {
+        /// A file, a directory, or - for stdin. Repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        /// Wait until every applied App is Ready.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+    },
+    /// List objects of a kind, or show one.
+    Get {
+        /// apps (or app).
+        kind: String,
+        name: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// table, wide, json or yaml.
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Show an object in detail, with its replicas and recent events.
+    Describe {
+        kind: String,
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Print the logs of an App's replicas.
+    Logs {
+        app: String,
+        /// Only this replica ordinal.
+        #[arg(long)]
+        replica: Option<u32>,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines newer than this, such as 10s, 5m or 2h.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Prefix each line with its time.
+        #[arg(long)]
+        timestamps: bool,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Delete an object, or every object in manifests.
+    Delete {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Compare manifests with the running state. Exit 0: no differences, 1: differences, 2: error.
+    Diff {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Print the JSON Schema of a kind (all kinds without an argument), for editors.
+    Schema { kind: Option<String> },
+    /// Stop the control plane.
+    Shutdown {
+        /// Leave replicas running for the next `capstan up` to adopt (for upgrades of Capstan itself).
+        #[arg(long)]
+        keep_workloads: bool,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// The data directory: --data, CAPSTAN_DATA, or the XDG default.
+pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(d) = flag {
+        return d;
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("capstan");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/capstan")
+}
+
+/// Runs the CLI with the process's arguments and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_INVALID } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Up { .. }) { "info" } else { "warn" }));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAIL);
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            match e.downcast_ref::<Failure>() {
+                Some(f) => {
+                    eprintln!("{}", f.message);
+                    ExitCode::from(f.code)
+                }
+                None => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_FAIL)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Admission: the checks a batch must pass before it is stored — types, validation, and what the machine allows.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use capstan_model::{FieldError, ObjectKey, Resource};
+use capstan_runtime_local::process::resolve_program;
+use capstan_runtime_local::BASE_DIR_ANNOTATION;
+use capstan_store::Store;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A problem with the object at `index` of a batch.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AdmissionError {
+    pub index: usize,
+    pub path: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl AdmissionError {
+    fn new(index: usize, e: FieldError) -> Self {
+        AdmissionError {
+            index,
+            path: e.path,
+            message: e.message,
+            hint: e.hint,
+        }
+    }
+}
+
+/// Decodes and checks a batch; returns the resources, or every problem found.
+///
+/// Beyond the model's validation it checks what only this machine knows: that the program exists and that
+/// fixed ports are not claimed by another App or bound by another process.
+pub fn admit(store: &Store, objects: &[Value], in_use: &dyn Fn(&ObjectKey, u16) -> bool) -> Result<Vec<Resource>, Vec<AdmissionError>> {
+    let mut errors = Vec::new();
+    let mut resources = Vec::new();
+    for (i, v) in objects.iter().enumerate() {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("status");
+        }
+        match Resource::from_value(v) {
+            Ok(r) => {
+                errors.extend(r.validate().into_iter().map(|e| AdmissionError::new(i, e)));
+                resources.push(r);
+            }
+            Err(e) => errors.push(AdmissionError::new(i, e)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let mut seen: HashMap<ObjectKey, usize> = HashMap::new();
+    let mut fixed_ports: HashMap<u16, (ObjectKey, usize)> = HashMap::new();
+    // Ports claimed by stored Apps that this batch does not replace.
+    let batch_keys: Vec<ObjectKey> = resources.iter().map(|r| r.key()).collect();
+    for stored in store.list("App", None).unwrap_or_default() {
+        if let Ok(Resource::App(a)) = Resource::from_value(stored) {
+            let key = ObjectKey::new("App", a.metadata.namespace(), &a.metadata.name);
+            if batch_keys.contains(&key) {
+                continue;
+            }
+            for p in a.spec.ports.iter().filter_map(|p| p.port.filter(|x| *x != 0)) {
+                fixed_ports.insert(p, (key.clone(), usize::MAX));
+            }
+        }
+    }
+    for (i, r) in resources.iter().enumerate() {
+        let key = r.key();
+        if let Some(first) = seen.insert(key.clone(), i) {
+            errors.push(AdmissionError::new(
+                i,
+                FieldError::new("metadata.name", format!("{key} appears twice in this batch"))
+                    .hint(format!("object {first} of the batch has the same kind, namespace and name")),
+            ));
+        }
+        let Resource::App(app) = r;
+        let base = app
+            .metadata
+            .annotations
+            .get(BASE_DIR_ANNOTATION)
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let cwd = match &app.spec.run.working_dir {
+            Some(d) => base.join(d),
+            None => base,
+        };
+        if !cwd.is_dir() {
+            errors.push(AdmissionError::new(
+                i,
+                FieldError::new("spec.run.workingDir", format!("directory {} does not exist", cwd.display()))
+                    .hint("relative paths start at the manifest's directory"),
+            ));
+        } else if let Some(program) = app.spec.run.command.first() {
+            let path = app
+                .spec
+                .run
+                .env
+                .get("PATH")
+                .cloned()
+                .or_else(|| std::env::var("PATH").ok())
+                .unwrap_or_default();
+            if let Err(msg) = resolve_program(program, &cwd, &path) {
+                let hint = if program.contains('/') {
+                    format!("relative paths start at {}; build the program first or fix the path", cwd.display())
+                } else {
+                    "install it, give its full path, or set spec.run.env.PATH".to_string()
+                };
+                errors.push(AdmissionError::new(i, FieldError::new("spec.run.command[0]", msg).hint(hint)));
+            }
+        } else if app.spec.run.image.is_some() {
+            errors.push(AdmissionError::new(
+                i,
+                FieldError::new("spec.run.command", "the embedded runtime needs a command; this App only names an image")
+                    .hint("add `command:` to run it here, or apply it to Kubernetes"),
+            ));
+        }
+        for (pi, p) in app.spec.ports.iter().enumerate() {
+            let Some(port) = p.port.filter(|x| *x != 0) else { continue };
+            let path = format!("spec.ports[{pi}].port");
+            if let Some((other, _)) = fixed_ports.get(&port).filter(|(k, _)| *k != key) {
+                errors.push(AdmissionError::new(
+                    i,
+                    FieldError::new(path, format!("port {port} is already claimed by {other}"))
+                        .hint("pick another port, or leave it out to have one allocated"),
+                ));
+                continue;
+            }
+            fixed_ports.insert(port, (key.clone(), i));
+            if in_use(&key, port) {
+                errors.push(AdmissionError::new(
+                    i,
+                    FieldError::new(path, format!("port {port} is in use by another process on 127.0.0.1"))
+                        .hint("stop what listens there (see `ss -ltnp`), pick another port, or leave it out"),
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(resources)
+    } else {
+        Err(errors)
+    }
+}

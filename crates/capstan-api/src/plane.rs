@@ -1,0 +1,206 @@
+//! The control plane: store, runtime, controller and API server assembled into one running whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use capstan_engine::{AppRuntime, Controller, ControllerHandle};
+use capstan_model::ObjectKey;
+use capstan_runtime_local::{LocalConfig, LocalRuntime};
+use capstan_store::{ApplyAction, Store};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admission::{admit, AdmissionError};
+use crate::{SERVER_FILE, TOKEN_FILE};
+
+/// Where the control plane keeps its state and where it listens.
+#[derive(Debug, Clone)]
+pub struct PlaneConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] capstan_store::StoreError),
+    #[error(transparent)]
+    Runtime(#[from] capstan_runtime_local::RuntimeError),
+    #[error("cannot listen on {addr}: {source} (is another capstan running? pass --listen 127.0.0.1:0 for any free port)")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("token file {path}: {source}")]
+    Token { path: PathBuf, source: std::io::Error },
+}
+
+/// Shared state of the running control plane.
+pub struct Shared {
+    pub store: Store,
+    pub runtime: LocalRuntime,
+    pub token: String,
+    /// Set to Some(keep_workloads) when a shutdown is requested through the API.
+    pub shutdown: watch::Sender<Option<bool>>,
+}
+
+impl Shared {
+    /// Admits and stores a batch atomically.
+    pub fn apply(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, ApplyError> {
+        let rt = self.runtime.clone();
+        let in_use = move |key: &ObjectKey, port: u16| {
+            let ours = rt.observe(key).iter().any(|r| r.ports.values().any(|p| *p == port));
+            !ours && std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
+        };
+        let resources = admit(&self.store, &objects, &in_use).map_err(ApplyError::Invalid)?;
+        let values = resources.iter().map(|r| r.to_value()).collect();
+        self.store.apply(values).map_err(ApplyError::Store)
+    }
+}
+
+/// Why a batch was not applied.
+#[derive(Debug)]
+pub enum ApplyError {
+    Invalid(Vec<AdmissionError>),
+    Store(capstan_store::StoreError),
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    shared: Arc<Shared>,
+    controller: Option<ControllerHandle>,
+    server: JoinHandle<()>,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    shutdown_rx: watch::Receiver<Option<bool>>,
+}
+
+fn load_or_create_token(path: &Path) -> Result<String, PlaneError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| PlaneError::Token {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(t) = std::fs::read_to_string(path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::getrandom(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    std::io::Write::write_all(&mut f, token.as_bytes()).map_err(err)?;
+    Ok(token)
+}
+
+impl ControlPlane {
+    /// Opens the store, adopts surviving replicas, starts the controller and the API server.
+    pub async fn start(cfg: PlaneConfig) -> Result<ControlPlane, PlaneError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| PlaneError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&cfg.data_dir.join("state.redb"))?;
+        let token = load_or_create_token(&cfg.data_dir.join(TOKEN_FILE))?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
+
+        let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+        let runtime = LocalRuntime::new(
+            LocalConfig {
+                data_dir: cfg.data_dir.clone(),
+            },
+            store.clone(),
+            notify_tx,
+        )?;
+        let controller = Controller::new(store.clone(), Arc::new(runtime.clone())).spawn(notify_rx);
+        let (shutdown, shutdown_rx) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            store,
+            runtime,
+            token,
+            shutdown,
+        });
+        let app = crate::server::router(shared.clone());
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("API server stopped: {e}");
+            }
+        });
+        let url = format!("http://{addr}");
+        let info = serde_json::json!({ "url": url, "pid": std::process::id() });
+        let _ = std::fs::write(cfg.data_dir.join(SERVER_FILE), info.to_string());
+        tracing::info!(%url, data = %cfg.data_dir.display(), "capstan control plane is up");
+        Ok(ControlPlane {
+            shared,
+            controller: Some(controller),
+            server,
+            addr,
+            data_dir: cfg.data_dir,
+            shutdown_rx,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token(&self) -> &str {
+        &self.shared.token
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn runtime(&self) -> &LocalRuntime {
+        &self.shared.runtime
+    }
+
+    /// Applies a batch as `capstan apply` would.
+    pub fn apply(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, ApplyError> {
+        self.shared.apply(objects)
+    }
+
+    /// Waits until a shutdown is requested through the API; returns whether to keep workloads running.
+    pub async fn shutdown_requested(&mut self) -> bool {
+        loop {
+            if let Some(keep) = *self.shutdown_rx.borrow() {
+                return keep;
+            }
+            if self.shutdown_rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Stops the control plane. With `keep_workloads`, replicas keep running for the next Capstan to adopt;
+    /// otherwise each is stopped gracefully (SIGTERM, its grace period, then SIGKILL).
+    pub async fn shutdown(mut self, keep_workloads: bool) {
+        if let Some(c) = self.controller.take() {
+            c.stop().await;
+        }
+        if keep_workloads {
+            self.shared.runtime.detach();
+        } else {
+            self.shared.runtime.shutdown().await;
+        }
+        self.server.abort();
+        let _ = std::fs::remove_file(self.data_dir.join(SERVER_FILE));
+    }
+}

@@ -1,0 +1,254 @@
+//! The HTTP API: Kubernetes-shaped paths under /api/v1, bearer-token auth, NDJSON streams for logs and watches.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use capstan_model::{Kind, ObjectKey};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::plane::{ApplyError, Shared};
+
+type AppState = Arc<Shared>;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn kind_of(plural: &str) -> Result<Kind, Response> {
+    Kind::parse(plural).ok_or_else(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        error(
+            StatusCode::NOT_FOUND,
+            format!("unknown resource type `{plural}`; known: {}", known.join(", ")),
+        )
+    })
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/apply", post(apply))
+        .route("/api/v1/watch", get(watch_objects))
+        .route("/api/v1/shutdown", post(shutdown))
+        .route("/api/v1/{plural}", get(list))
+        .route("/api/v1/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one))
+        .route("/api/v1/namespaces/{ns}/{plural}/{name}/events", get(events))
+        .route("/api/v1/namespaces/{ns}/apps/{name}/logs", get(logs))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/version", get(|| async { Json(json!({ "version": env!("CARGO_PKG_VERSION") })) }))
+        .merge(api)
+        .with_state(state)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token; the CLI reads it from the data directory (CAPSTAN_DATA) or CAPSTAN_TOKEN",
+        );
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+struct ApplyBody {
+    objects: Vec<Value>,
+}
+
+async fn apply(State(state): State<AppState>, Json(body): Json<ApplyBody>) -> Response {
+    match state.apply(body.objects) {
+        Ok(results) => {
+            let results: Vec<Value> = results
+                .into_iter()
+                .map(|(k, a)| json!({"kind": k.kind, "namespace": k.namespace, "name": k.name, "action": a}))
+                .collect();
+            Json(json!({ "results": results })).into_response()
+        }
+        Err(ApplyError::Invalid(errors)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": "the batch was refused; nothing was applied", "errors": errors })),
+        )
+            .into_response(),
+        Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    namespace: Option<String>,
+}
+
+async fn list(State(state): State<AppState>, Path(plural): Path<String>, Query(q): Query<ListQuery>) -> Response {
+    let kind = match kind_of(&plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match state.store.list(kind.name(), q.namespace.as_deref()) {
+        Ok(items) => Json(json!({ "items": items })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, Response> {
+    let kind = kind_of(plural)?;
+    Ok(ObjectKey::new(kind.name(), ns, name))
+}
+
+async fn get_one(State(state): State<AppState>, Path((ns, plural, name)): Path<(String, String, String)>) -> Response {
+    let key = match key_from(&ns, &plural, &name) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match state.store.get(&key) {
+        Ok(Some(o)) => Json(o).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("{} \"{name}\" not found in namespace {ns}", key.kind)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn delete_one(State(state): State<AppState>, Path((ns, plural, name)): Path<(String, String, String)>) -> Response {
+    let key = match key_from(&ns, &plural, &name) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match state.store.delete(&key) {
+        Ok(Some(o)) => Json(o).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("{} \"{name}\" not found in namespace {ns}", key.kind)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn events(State(state): State<AppState>, Path((ns, plural, name)): Path<(String, String, String)>) -> Response {
+    let key = match key_from(&ns, &plural, &name) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match state.store.events(&key) {
+        Ok(items) => Json(json!({ "items": items })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    replica: Option<u32>,
+    since: Option<DateTime<Utc>>,
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn ndjson_stream(mut rx: mpsc::Receiver<String>) -> Body {
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|o| o.map(|line| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n"))))
+    });
+    Body::from_stream(stream)
+}
+
+async fn logs(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>, Query(q): Query<LogQuery>) -> Response {
+    let key = ObjectKey::new("App", &ns, &name);
+    let known = state.store.get(&key).ok().flatten().is_some() || !state.runtime.read_logs(&key, q.replica, None).is_empty();
+    if !known {
+        return error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}"));
+    }
+    // Subscribe before reading the files so no line falls between the two.
+    let followers = if q.follow { state.runtime.follow_logs(&key, q.replica) } else { Vec::new() };
+    let mut lines = state.runtime.read_logs(&key, q.replica, q.since);
+    if let Some(n) = q.tail {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let last_seen = lines.last().map(|l| l.time);
+    let (tx, rx) = mpsc::channel::<String>(1024);
+    tokio::spawn(async move {
+        for l in lines {
+            if tx.send(serde_json::to_string(&l).unwrap_or_default()).await.is_err() {
+                return;
+            }
+        }
+        for mut f in followers {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match f.recv().await {
+                        Ok(l) => {
+                            if last_seen.is_some_and(|t| l.time <= t) {
+                                continue;
+                            }
+                            if tx.send(serde_json::to_string(&l).unwrap_or_default()).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    kind: Option<String>,
+}
+
+async fn watch_objects(State(state): State<AppState>, Query(q): Query<WatchQuery>) -> Response {
+    let kind = match q.kind.as_deref().map(kind_of).transpose() {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let mut w = state.store.watch();
+    let (tx, rx) = mpsc::channel::<String>(256);
+    tokio::spawn(async move {
+        loop {
+            match w.recv().await {
+                Ok(ev) => {
+                    if kind.is_some_and(|k| k.name() != ev.key.kind) {
+                        continue;
+                    }
+                    if tx.send(serde_json::to_string(&ev).unwrap_or_default()).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
+}
+
+#[derive(Deserialize)]
+struct ShutdownBody {
+    #[serde(default, rename = "keepWorkloads")]
+    keep_workloads: bool,
+}
+
+async fn shutdown(State(state): State<AppState>, Json(body): Json<ShutdownBody>) -> Response {
+    let _ = state.shutdown.send(Some(body.keep_workloads));
+    Json(json!({ "stopping": true, "keepWorkloads": body.keep_workloads })).into_response()
+}

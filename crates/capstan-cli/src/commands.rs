@@ -1,0 +1,533 @@
+//! The implementation of each subcommand.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Result;
+use capstan_api::{Client, ClientError, ControlPlane, PlaneConfig};
+use capstan_model::{parse_duration, Kind};
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use crate::manifests;
+use crate::output::{age, diff, render, short, table, time_of, Change};
+use crate::{data_dir, Cli, Command, Failure, EXIT_FAIL, EXIT_INVALID, EXIT_OK};
+
+pub async fn run(cli: Cli) -> Result<u8> {
+    let data = data_dir(cli.data.clone());
+    let client = || -> Result<Client> {
+        Client::discover(&data, cli.server.clone(), std::env::var("CAPSTAN_TOKEN").ok())
+            .map_err(|e| Failure::fail(format!("error: {e}")).into())
+    };
+    match cli.command {
+        Command::Up { paths, listen } => up(data.clone(), listen, paths).await,
+        Command::Apply { files, wait, timeout } => apply(&client()?, &files, wait, &timeout).await,
+        Command::Get { kind, name, namespace, all_namespaces, output } => {
+            get(&client()?, &kind, name.as_deref(), namespace.as_deref(), all_namespaces, &output).await
+        }
+        Command::Describe { kind, name, namespace } => describe(&client()?, &kind, &name, namespace.as_deref()).await,
+        Command::Logs { app, replica, follow, since, tail, timestamps, namespace } => {
+            logs(&client()?, &app, namespace.as_deref(), replica, follow, since.as_deref(), tail, timestamps).await
+        }
+        Command::Delete { kind, name, files, namespace } => {
+            delete(&client()?, kind.as_deref(), name.as_deref(), &files, namespace.as_deref()).await
+        }
+        Command::Diff { files } => diff_cmd(&client()?, &files).await,
+        Command::Schema { kind } => schema(kind.as_deref()),
+        Command::Shutdown { keep_workloads } => {
+            client()?
+                .post("/api/v1/shutdown", json!({ "keepWorkloads": keep_workloads }))
+                .await
+                .map_err(api_failure)?;
+            println!("capstan is stopping{}", if keep_workloads { " (replicas keep running)" } else { "" });
+            Ok(EXIT_OK)
+        }
+        Command::Version => {
+            println!("capstan {}", env!("CARGO_PKG_VERSION"));
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn api_failure(e: ClientError) -> anyhow::Error {
+    let code = match e.status() {
+        Some(s) if s.as_u16() == 422 || s.as_u16() == 400 => EXIT_INVALID,
+        _ => EXIT_FAIL,
+    };
+    Failure { code, message: format!("error: {e}") }.into()
+}
+
+fn kind_arg(s: &str) -> Result<Kind> {
+    Kind::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        Failure::invalid(format!("error: unknown resource type `{s}`\n  hint: known types: {}", known.join(", "))).into()
+    })
+}
+
+fn load(files: &[String]) -> Result<Vec<capstan_model::Manifest>> {
+    manifests::load(files).map_err(|d| Failure::invalid(d.to_string()).into())
+}
+
+async fn post_apply(client: &Client, ms: &[capstan_model::Manifest]) -> Result<Vec<Value>> {
+    let objects: Vec<Value> = ms.iter().map(|m| m.resource.to_value()).collect();
+    match client.post("/api/v1/apply", json!({ "objects": objects })).await {
+        Ok(v) => Ok(v["results"].as_array().cloned().unwrap_or_default()),
+        Err(ClientError::Status { body, message, .. }) => match manifests::server_diagnostics(ms, &body) {
+            Some(d) => Err(Failure::invalid(format!("{d}\n({message})")).into()),
+            None => Err(Failure::fail(format!("error: {message}")).into()),
+        },
+        Err(e) => Err(api_failure(e)),
+    }
+}
+
+fn print_results(results: &[Value]) {
+    for r in results {
+        println!(
+            "{}/{} {}",
+            r["kind"].as_str().unwrap_or("").to_ascii_lowercase(),
+            r["name"].as_str().unwrap_or(""),
+            r["action"].as_str().unwrap_or("")
+        );
+    }
+}
+
+async fn apply(client: &Client, files: &[String], wait: bool, timeout: &str) -> Result<u8> {
+    let timeout = parse_duration(timeout).map_err(|e| Failure::invalid(format!("error: --timeout: {e}")))?;
+    let ms = load(files)?;
+    let results = post_apply(client, &ms).await?;
+    print_results(&results);
+    if wait {
+        let keys: Vec<(String, String)> = ms
+            .iter()
+            .map(|m| (m.resource.meta().namespace().to_string(), m.resource.meta().name.clone()))
+            .collect();
+        return wait_ready(client, &keys, timeout).await;
+    }
+    Ok(EXIT_OK)
+}
+
+fn is_ready(obj: &Value) -> bool {
+    let gen = obj["metadata"]["generation"].as_i64();
+    let observed = obj["status"]["observedGeneration"].as_i64();
+    gen == observed
+        && obj["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// Waits until every App named is Ready, with a progress bar on a terminal and plain lines otherwise.
+pub async fn wait_ready(client: &Client, apps: &[(String, String)], timeout: Duration) -> Result<u8> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(apps.len() as u64);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} waiting for Apps to be Ready [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last_ready = usize::MAX;
+    loop {
+        let mut ready = 0;
+        let mut waiting = Vec::new();
+        for (ns, name) in apps {
+            match client.get(&format!("/api/v1/namespaces/{ns}/apps/{name}")).await {
+                Ok(o) if is_ready(&o) => ready += 1,
+                Ok(o) => waiting.push((name.clone(), condition_summary(&o))),
+                Err(e) => waiting.push((name.clone(), e.to_string())),
+            }
+        }
+        bar.set_position(ready as u64);
+        if let Some((n, why)) = waiting.first() {
+            bar.set_message(format!("{n}: {why}"));
+        }
+        if !tty && ready != last_ready {
+            eprintln!("{ready}/{} Apps ready", apps.len());
+        }
+        last_ready = ready;
+        if waiting.is_empty() {
+            bar.finish_and_clear();
+            eprintln!("all {} Apps are Ready", apps.len());
+            return Ok(EXIT_OK);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bar.abandon();
+            let lines: Vec<String> = waiting.iter().map(|(n, w)| format!("  app/{n}: {w}")).collect();
+            return Err(Failure::fail(format!("error: timed out waiting for Apps to be Ready:\n{}", lines.join("\n"))).into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition_summary(o: &Value) -> String {
+    let conds = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    conds
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .or_else(|| conds.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| format!("{}: {}", c["reason"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or("")))
+        .unwrap_or_else(|| "not reconciled yet".into())
+}
+
+fn app_status_word(o: &Value) -> String {
+    let conds = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    if let Some(s) = conds.iter().find(|c| c["type"] == "Stalled" && c["status"] == "True") {
+        return s["reason"].as_str().unwrap_or("Stalled").to_string();
+    }
+    match conds.iter().find(|c| c["type"] == "Ready") {
+        Some(c) if c["status"] == "True" => {
+            if o["spec"]["replicas"].as_i64() == Some(0) { "Stopped".into() } else { "Running".into() }
+        }
+        Some(c) => c["reason"].as_str().unwrap_or("Pending").to_string(),
+        None => "Pending".into(),
+    }
+}
+
+async fn get(client: &Client, kind: &str, name: Option<&str>, ns: Option<&str>, all: bool, output: &str) -> Result<u8> {
+    let kind = kind_arg(kind)?;
+    if !["table", "wide", "json", "yaml"].contains(&output) {
+        return Err(Failure::invalid(format!("error: unknown output format `{output}`\n  hint: use table, wide, json or yaml")).into());
+    }
+    let ns = ns.unwrap_or("default");
+    let items: Vec<Value> = match name {
+        Some(n) => vec![client
+            .get(&format!("/api/v1/namespaces/{ns}/{}/{n}", kind.plural()))
+            .await
+            .map_err(api_failure)?],
+        None => {
+            let q = if all { String::new() } else { format!("?namespace={ns}") };
+            client.get(&format!("/api/v1/{}{q}", kind.plural())).await.map_err(api_failure)?["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    if output == "json" || output == "yaml" {
+        print!("{}", render(&items, output, name.is_some()));
+        return Ok(EXIT_OK);
+    }
+    if items.is_empty() {
+        eprintln!("No {} found{}.", kind.plural(), if all { String::new() } else { format!(" in namespace {ns}") });
+        return Ok(EXIT_OK);
+    }
+    let now = Utc::now();
+    let wide = output == "wide";
+    let mut headers = vec![];
+    if all {
+        headers.push("NAMESPACE");
+    }
+    headers.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    if wide {
+        headers.extend(["REVISION", "PORTS"]);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|o| {
+            let mut row = vec![];
+            if all {
+                row.push(o["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+            }
+            row.push(o["metadata"]["name"].as_str().unwrap_or("").to_string());
+            row.push(format!(
+                "{}/{}",
+                o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                o["spec"]["replicas"].as_i64().unwrap_or(1)
+            ));
+            row.push(app_status_word(o));
+            row.push(o["status"]["restarts"].as_u64().unwrap_or(0).to_string());
+            row.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
+            if wide {
+                row.push(o["status"]["revision"].as_str().unwrap_or("").to_string());
+                let ports: Vec<String> = o["status"]["replicaStatuses"]
+                    .as_array()
+                    .map(|rs| {
+                        rs.iter()
+                            .flat_map(|r| r["ports"].as_object().map(|p| p.values().map(|v| v.to_string()).collect::<Vec<_>>()).unwrap_or_default())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                row.push(ports.join(","));
+            }
+            row
+        })
+        .collect();
+    println!("{}", table(&headers, &rows));
+    Ok(EXIT_OK)
+}
+
+async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> Result<u8> {
+    let kind = kind_arg(kind)?;
+    let ns = ns.unwrap_or("default");
+    let path = format!("/api/v1/namespaces/{ns}/{}/{name}", kind.plural());
+    let o = client.get(&path).await.map_err(api_failure)?;
+    let events = client.get(&format!("{path}/events")).await.map_err(api_failure)?;
+    let now = Utc::now();
+    let md = &o["metadata"];
+    let spec = &o["spec"];
+    let st = &o["status"];
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| out.push_str(&format!("{:<18}{v}\n", format!("{k}:")));
+    field("Name", md["name"].as_str().unwrap_or("").into());
+    field("Namespace", md["namespace"].as_str().unwrap_or("").into());
+    field("Kind", kind.name().into());
+    let labels = md["labels"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", "));
+    field("Labels", labels.filter(|s| !s.is_empty()).unwrap_or_else(|| "<none>".into()));
+    let created = time_of(&md["creationTimestamp"]);
+    field("Created", format!("{} ({} ago)", md["creationTimestamp"].as_str().unwrap_or(""), age(created, now)));
+    field("Generation", format!("{} (observed {})", md["generation"], st["observedGeneration"]));
+    field("Revision", st["revision"].as_str().unwrap_or("").into());
+    field("Replicas", format!(
+        "{} desired | {} ready | {} updated | {} restarts",
+        spec["replicas"].as_i64().unwrap_or(1),
+        st["readyReplicas"].as_i64().unwrap_or(0),
+        st["updatedReplicas"].as_i64().unwrap_or(0),
+        st["restarts"].as_u64().unwrap_or(0)
+    ));
+    let cmd: Vec<String> = spec["run"]["command"].as_array().into_iter().flatten().chain(spec["run"]["args"].as_array().into_iter().flatten()).filter_map(|v| v.as_str().map(str::to_string)).collect();
+    field("Command", cmd.join(" "));
+    field("Restart policy", spec["restartPolicy"].as_str().unwrap_or("Always").into());
+    for p in ["startup", "readiness", "liveness"] {
+        let pr = &spec["probes"][p];
+        if pr.is_null() {
+            continue;
+        }
+        let how = if !pr["http"].is_null() {
+            format!("http-get {} on port {}", pr["http"]["path"].as_str().unwrap_or("/"), pr["http"]["port"])
+        } else if !pr["tcp"].is_null() {
+            format!("tcp-connect on port {}", pr["tcp"]["port"])
+        } else {
+            format!("exec {}", short(&pr["exec"]["command"]))
+        };
+        field(&format!("{}{} probe", p[..1].to_uppercase(), &p[1..]), format!(
+            "{how} delay={}s period={}s timeout={}s #success={} #failure={}",
+            pr["initialDelaySeconds"], pr["periodSeconds"], pr["timeoutSeconds"], pr["successThreshold"], pr["failureThreshold"]
+        ));
+    }
+    if let Some(w) = st["warnings"].as_array().filter(|w| !w.is_empty()) {
+        for x in w {
+            field("Warning", x.as_str().unwrap_or("").into());
+        }
+    }
+    out.push_str("Conditions:\n");
+    let conds: Vec<Vec<String>> = st["conditions"].as_array().into_iter().flatten().map(|c| vec![
+        c["type"].as_str().unwrap_or("").into(),
+        c["status"].as_str().unwrap_or("").into(),
+        c["reason"].as_str().unwrap_or("").into(),
+        age(time_of(&c["lastTransitionTime"]), now),
+        c["message"].as_str().unwrap_or("").into(),
+    ]).collect();
+    out.push_str(&indent(&table(&["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], &conds)));
+    out.push_str("Replicas:\n");
+    let reps: Vec<Vec<String>> = st["replicaStatuses"].as_array().into_iter().flatten().map(|r| vec![
+        r["name"].as_str().unwrap_or("").into(),
+        r["phase"].as_str().unwrap_or("").into(),
+        r["ready"].as_bool().unwrap_or(false).to_string(),
+        r["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        r["ports"].as_object().map(|p| p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+        r["restarts"].as_u64().unwrap_or(0).to_string(),
+        age(time_of(&r["startedAt"]), now),
+        r["reason"].as_str().unwrap_or("").to_string() + r["message"].as_str().map(|m| format!(": {m}")).as_deref().unwrap_or(""),
+    ]).collect();
+    out.push_str(&indent(&table(&["NAME", "PHASE", "READY", "PID", "PORTS", "RESTARTS", "AGE", "REASON"], &reps)));
+    out.push_str("Events:\n");
+    let evs: Vec<Vec<String>> = events["items"].as_array().into_iter().flatten().rev().take(20).collect::<Vec<_>>().into_iter().rev().map(|e| vec![
+        e["type"].as_str().unwrap_or("").into(),
+        e["reason"].as_str().unwrap_or("").into(),
+        {
+            let count = e["count"].as_u64().unwrap_or(1);
+            let last = age(time_of(&e["lastTimestamp"]), now);
+            if count > 1 { format!("{last} (x{count} over {})", age(time_of(&e["firstTimestamp"]), now)) } else { last }
+        },
+        e["message"].as_str().unwrap_or("").into(),
+    ]).collect();
+    if evs.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        out.push_str(&indent(&table(&["TYPE", "REASON", "AGE", "MESSAGE"], &evs)));
+    }
+    print!("{out}");
+    Ok(EXIT_OK)
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn logs(
+    client: &Client,
+    app: &str,
+    ns: Option<&str>,
+    replica: Option<u32>,
+    follow: bool,
+    since: Option<&str>,
+    tail: Option<usize>,
+    timestamps: bool,
+) -> Result<u8> {
+    let ns = ns.unwrap_or("default");
+    let mut q = vec![format!("follow={follow}")];
+    if let Some(r) = replica {
+        q.push(format!("replica={r}"));
+    }
+    if let Some(s) = since {
+        let d = parse_duration(s).map_err(|e| Failure::invalid(format!("error: --since: {e}")))?;
+        let t = Utc::now() - chrono::Duration::from_std(d).unwrap_or_default();
+        q.push(format!("since={}", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).replace('+', "%2B")));
+    }
+    if let Some(n) = tail {
+        q.push(format!("tail={n}"));
+    }
+    let mut rx = client
+        .stream(&format!("/api/v1/namespaces/{ns}/apps/{app}/logs?{}", q.join("&")))
+        .await
+        .map_err(api_failure)?;
+    let prefix = replica.is_none();
+    while let Some(l) = rx.recv().await {
+        let mut line = String::new();
+        if timestamps {
+            line.push_str(l["time"].as_str().unwrap_or(""));
+            line.push(' ');
+        }
+        if prefix {
+            line.push_str(&format!("[{}] ", l["replica"].as_str().unwrap_or("")));
+        }
+        line.push_str(l["text"].as_str().unwrap_or(""));
+        if l["stream"] == "stderr" {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn delete(client: &Client, kind: Option<&str>, name: Option<&str>, files: &[String], ns: Option<&str>) -> Result<u8> {
+    let targets: Vec<(Kind, String, String)> = if !files.is_empty() {
+        load(files)?
+            .iter()
+            .map(|m| (m.resource.kind(), m.resource.meta().namespace().to_string(), m.resource.meta().name.clone()))
+            .collect()
+    } else {
+        match (kind, name) {
+            (Some(k), Some(n)) => vec![(kind_arg(k)?, ns.unwrap_or("default").to_string(), n.to_string())],
+            _ => return Err(Failure::invalid("error: name a KIND and NAME, or -f FILE\n  hint: capstan delete app hello").into()),
+        }
+    };
+    let mut code = EXIT_OK;
+    for (kind, ns, name) in targets {
+        match client.delete(&format!("/api/v1/namespaces/{ns}/{}/{name}", kind.plural())).await {
+            Ok(_) => println!("{}/{name} deleted", kind.name().to_ascii_lowercase()),
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
+                eprintln!("error: {e}");
+                code = EXIT_FAIL;
+            }
+            Err(e) => return Err(api_failure(e)),
+        }
+    }
+    Ok(code)
+}
+
+async fn diff_cmd(client: &Client, files: &[String]) -> Result<u8> {
+    let ms = load(files)?;
+    let mut differences = false;
+    for m in &ms {
+        let r = &m.resource;
+        let label = format!("{}/{}", r.kind().name().to_ascii_lowercase(), r.meta().name);
+        let path = format!("/api/v1/namespaces/{}/{}/{}", r.meta().namespace(), r.kind().plural(), r.meta().name);
+        let live = match client.get(&path).await {
+            Ok(v) => Some(v),
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => None,
+            Err(e) => return Err(Failure { code: EXIT_INVALID, message: format!("error: {e}") }.into()),
+        };
+        let desired = r.to_value();
+        let Some(live) = live else {
+            differences = true;
+            println!("+ {label} (created)");
+            continue;
+        };
+        let mut changes = Vec::new();
+        for f in ["labels", "annotations"] {
+            let empty = json!({});
+            diff(
+                &format!("metadata.{f}"),
+                live["metadata"].get(f).unwrap_or(&empty),
+                desired["metadata"].get(f).unwrap_or(&empty),
+                &mut changes,
+            );
+        }
+        diff("spec", &live["spec"], &desired["spec"], &mut changes);
+        if changes.is_empty() {
+            continue;
+        }
+        differences = true;
+        println!("~ {label} (changed)");
+        for c in changes {
+            match c {
+                Change::Added(p, v) => println!("    + {p}: {}", short(&v)),
+                Change::Removed(p, v) => println!("    - {p}: {}", short(&v)),
+                Change::Changed(p, a, b) => println!("    ~ {p}: {} -> {}", short(&a), short(&b)),
+            }
+        }
+    }
+    if !differences {
+        eprintln!("no differences");
+    }
+    Ok(if differences { EXIT_FAIL } else { EXIT_OK })
+}
+
+fn schema(kind: Option<&str>) -> Result<u8> {
+    let v = match kind {
+        Some(k) => kind_arg(k)?.schema(),
+        None => Value::Array(Kind::ALL.iter().map(|k| k.schema()).collect()),
+    };
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(EXIT_OK)
+}
+
+async fn up(data: std::path::PathBuf, listen: std::net::SocketAddr, paths: Vec<String>) -> Result<u8> {
+    // Validate first: a bad manifest stops `up` before anything starts.
+    let ms = if paths.is_empty() { Vec::new() } else { load(&paths)? };
+    let mut plane = ControlPlane::start(PlaneConfig { data_dir: data.clone(), listen })
+        .await
+        .map_err(|e| Failure::fail(format!("error: {e}")))?;
+    if !ms.is_empty() {
+        let objects: Vec<Value> = ms.iter().map(|m| m.resource.to_value()).collect();
+        match plane.apply(objects) {
+            Ok(results) => {
+                for (k, a) in results {
+                    println!("{}/{} {}", k.kind.to_ascii_lowercase(), k.name, serde_json::to_value(a).unwrap_or_default().as_str().unwrap_or(""));
+                }
+            }
+            Err(capstan_api::plane::ApplyError::Invalid(errors)) => {
+                let body = json!({ "errors": errors });
+                let d = manifests::server_diagnostics(&ms, &body).map(|d| d.to_string()).unwrap_or_default();
+                plane.shutdown(true).await;
+                return Err(Failure::invalid(d).into());
+            }
+            Err(capstan_api::plane::ApplyError::Store(e)) => {
+                plane.shutdown(true).await;
+                return Err(Failure::fail(format!("error: {e}")).into());
+            }
+        }
+    }
+    println!("capstan is up: API {} (data {})", plane.url(), data.display());
+    println!("  try: capstan get apps    stop: Ctrl-C (stops every replica)");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let keep = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+        keep = plane.shutdown_requested() => keep,
+    };
+    if keep {
+        eprintln!("stopping capstan; replicas keep running and will be adopted by the next `capstan up`");
+    } else {
+        eprintln!("stopping every replica (SIGTERM, then SIGKILL after each App's grace period)…");
+    }
+    plane.shutdown(keep).await;
+    eprintln!("capstan stopped");
+    Ok(EXIT_OK)
+}

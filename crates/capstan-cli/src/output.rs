@@ -1,0 +1,153 @@
+//! Output helpers: aligned tables, ages, JSON/YAML printing and field-level diffs.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// Prints rows as left-aligned columns separated by three spaces, as kubectl does.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// A short age such as `45s`, `12m`, `3h`, `5d`, as kubectl prints them.
+pub fn age(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    let Some(t) = since else { return "<unknown>".into() };
+    let s = (now - t).num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// Parses a timestamp field of an object.
+pub fn time_of(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Renders a list of objects as JSON or YAML (a single object alone, several as a `List`).
+pub fn render(objects: &[Value], format: &str, single: bool) -> String {
+    let v = if single && objects.len() == 1 {
+        objects[0].clone()
+    } else {
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects})
+    };
+    match format {
+        "yaml" => capstan_model::yaml::to_yaml_string(&v),
+        _ => serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+    }
+}
+
+/// One difference between two JSON values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Added(String, Value),
+    Removed(String, Value),
+    Changed(String, Value, Value),
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Field-level differences from `old` to `new`.
+pub fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<Change>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, va) in a {
+                match b.get(k) {
+                    Some(vb) => diff(&join(path, k), va, vb, out),
+                    None => out.push(Change::Removed(join(path, k), va.clone())),
+                }
+            }
+            for (k, vb) in b {
+                if !a.contains_key(k) {
+                    out.push(Change::Added(join(path, k), vb.clone()));
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (va, vb)) in a.iter().zip(b).enumerate() {
+                diff(&format!("{path}[{i}]"), va, vb, out);
+            }
+        }
+        _ if old != new => out.push(Change::Changed(path.to_string(), old.clone(), new.clone())),
+        _ => {}
+    }
+}
+
+/// A compact one-line rendering of a value.
+pub fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 120 {
+        format!("{}…", &s[..117])
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["NAME", "READY"], &[vec!["hello".into(), "2/2".into()], vec!["a".into(), "0/1".into()]]);
+        assert_eq!(t, "NAME    READY\nhello   2/2\na       0/1");
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let now = Utc::now();
+        assert_eq!(age(Some(now - chrono::Duration::seconds(42)), now), "42s");
+        assert_eq!(age(Some(now - chrono::Duration::minutes(15)), now), "15m");
+        assert_eq!(age(Some(now - chrono::Duration::hours(5)), now), "5h");
+        assert_eq!(age(Some(now - chrono::Duration::days(9)), now), "9d");
+    }
+
+    #[test]
+    fn diffs_name_fields() {
+        let mut out = Vec::new();
+        diff(
+            "spec",
+            &json!({"replicas": 1, "run": {"command": ["a"]}, "gone": true}),
+            &json!({"replicas": 2, "run": {"command": ["a"]}, "new": 1}),
+            &mut out,
+        );
+        assert!(out.contains(&Change::Changed("spec.replicas".into(), json!(1), json!(2))));
+        assert!(out.contains(&Change::Removed("spec.gone".into(), json!(true))));
+        assert!(out.contains(&Change::Added("spec.new".into(), json!(1))));
+        assert_eq!(out.len(), 3);
+    }
+}
