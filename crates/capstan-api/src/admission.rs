@@ -22,12 +22,7 @@ pub struct AdmissionError {
 
 impl AdmissionError {
     fn new(index: usize, e: FieldError) -> Self {
-        AdmissionError {
-            index,
-            path: e.path,
-            message: e.message,
-            hint: e.hint,
-        }
+        AdmissionError { index, path: e.path, message: e.message, hint: e.hint }
     }
 }
 
@@ -35,7 +30,11 @@ impl AdmissionError {
 ///
 /// Beyond the model's validation it checks what only this machine knows: that the program exists and that
 /// fixed ports are not claimed by another App or bound by another process.
-pub fn admit(store: &Store, objects: &[Value], in_use: &dyn Fn(&ObjectKey, u16) -> bool) -> Result<Vec<Resource>, Vec<AdmissionError>> {
+pub fn admit(
+    store: &Store,
+    objects: &[Value],
+    in_use: &dyn Fn(&ObjectKey, u16) -> bool,
+) -> Result<Vec<Resource>, Vec<AdmissionError>> {
     let mut errors = Vec::new();
     let mut resources = Vec::new();
     for (i, v) in objects.iter().enumerate() {
@@ -98,14 +97,7 @@ pub fn admit(store: &Store, objects: &[Value], in_use: &dyn Fn(&ObjectKey, u16) 
                     .hint("relative paths start at the manifest's directory"),
             ));
         } else if let Some(program) = app.spec.run.command.first() {
-            let path = app
-                .spec
-                .run
-                .env
-                .get("PATH")
-                .cloned()
-                .or_else(|| std::env::var("PATH").ok())
-                .unwrap_or_default();
+            let path = app.spec.run.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
             if let Err(msg) = resolve_program(program, &cwd, &path) {
                 let hint = if program.contains('/') {
                     format!("relative paths start at {}; build the program first or fix the path", cwd.display())
@@ -117,12 +109,17 @@ pub fn admit(store: &Store, objects: &[Value], in_use: &dyn Fn(&ObjectKey, u16) 
         } else if app.spec.run.image.is_some() {
             errors.push(AdmissionError::new(
                 i,
-                FieldError::new("spec.run.command", "the embedded runtime needs a command; this App only names an image")
-                    .hint("add `command:` to run it here, or apply it to Kubernetes"),
+                FieldError::new(
+                    "spec.run.command",
+                    "the embedded runtime needs a command; this App only names an image",
+                )
+                .hint("add `command:` to run it here, or apply it to Kubernetes"),
             ));
         }
         for (pi, p) in app.spec.ports.iter().enumerate() {
-            let Some(port) = p.port.filter(|x| *x != 0) else { continue };
+            let Some(port) = p.port.filter(|x| *x != 0) else {
+                continue;
+            };
             let path = format!("spec.ports[{pi}].port");
             if let Some((other, _)) = fixed_ports.get(&port).filter(|(k, _)| *k != key) {
                 errors.push(AdmissionError::new(

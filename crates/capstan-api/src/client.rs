@@ -78,7 +78,12 @@ impl Client {
         &self.base
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let url = format!("{}{path}", self.base);
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = Request::builder()
@@ -96,12 +101,7 @@ impl Client {
             return Ok(res);
         }
         let status = res.status();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = res.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let message = body["error"].as_str().map(str::to_string).unwrap_or_else(|| status.to_string());
         Err(ClientError::Status { status, message, body })
@@ -109,12 +109,7 @@ impl Client {
 
     async fn json(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
         let res = self.send(method, path, body).await?;
-        let bytes = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_bytes();
+        let bytes = res.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?.to_bytes();
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
@@ -139,7 +134,9 @@ impl Client {
             let mut buf: Vec<u8> = Vec::new();
             while let Some(frame) = body.frame().await {
                 let Ok(frame) = frame else { break };
-                let Some(data) = frame.data_ref() else { continue };
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
                 buf.extend_from_slice(data);
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();

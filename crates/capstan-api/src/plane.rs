@@ -31,7 +31,9 @@ pub enum PlaneError {
     Store(#[from] capstan_store::StoreError),
     #[error(transparent)]
     Runtime(#[from] capstan_runtime_local::RuntimeError),
-    #[error("cannot listen on {addr}: {source} (is another capstan running? pass --listen 127.0.0.1:0 for any free port)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another capstan running? pass --listen 127.0.0.1:0 for any free port)"
+    )]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("token file {path}: {source}")]
     Token { path: PathBuf, source: std::io::Error },
@@ -79,10 +81,7 @@ pub struct ControlPlane {
 
 fn load_or_create_token(path: &Path) -> Result<String, PlaneError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| PlaneError::Token {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| PlaneError::Token { path: path.to_path_buf(), source };
     if let Ok(t) = std::fs::read_to_string(path) {
         if !t.trim().is_empty() {
             return Ok(t.trim().to_string());
@@ -91,13 +90,8 @@ fn load_or_create_token(path: &Path) -> Result<String, PlaneError> {
     let mut bytes = [0u8; 24];
     getrandom::getrandom(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path).map_err(err)?;
     std::io::Write::write_all(&mut f, token.as_bytes()).map_err(err)?;
     Ok(token)
 }
@@ -105,10 +99,8 @@ fn load_or_create_token(path: &Path) -> Result<String, PlaneError> {
 impl ControlPlane {
     /// Opens the store, adopts surviving replicas, starts the controller and the API server.
     pub async fn start(cfg: PlaneConfig) -> Result<ControlPlane, PlaneError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| PlaneError::DataDir {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|source| PlaneError::DataDir { path: cfg.data_dir.clone(), source })?;
         let store = Store::open(&cfg.data_dir.join("state.redb"))?;
         let token = load_or_create_token(&cfg.data_dir.join(TOKEN_FILE))?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -117,21 +109,10 @@ impl ControlPlane {
         let addr = listener.local_addr().map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
 
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
-        let runtime = LocalRuntime::new(
-            LocalConfig {
-                data_dir: cfg.data_dir.clone(),
-            },
-            store.clone(),
-            notify_tx,
-        )?;
+        let runtime = LocalRuntime::new(LocalConfig { data_dir: cfg.data_dir.clone() }, store.clone(), notify_tx)?;
         let controller = Controller::new(store.clone(), Arc::new(runtime.clone())).spawn(notify_rx);
         let (shutdown, shutdown_rx) = watch::channel(None);
-        let shared = Arc::new(Shared {
-            store,
-            runtime,
-            token,
-            shutdown,
-        });
+        let shared = Arc::new(Shared { store, runtime, token, shutdown });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -142,14 +123,7 @@ impl ControlPlane {
         let info = serde_json::json!({ "url": url, "pid": std::process::id() });
         let _ = std::fs::write(cfg.data_dir.join(SERVER_FILE), info.to_string());
         tracing::info!(%url, data = %cfg.data_dir.display(), "capstan control plane is up");
-        Ok(ControlPlane {
-            shared,
-            controller: Some(controller),
-            server,
-            addr,
-            data_dir: cfg.data_dir,
-            shutdown_rx,
-        })
+        Ok(ControlPlane { shared, controller: Some(controller), server, addr, data_dir: cfg.data_dir, shutdown_rx })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -23,13 +23,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn kind_of(plural: &str) -> Result<Kind, Response> {
+fn kind_of(plural: &str) -> Result<Kind, Box<Response>> {
     Kind::parse(plural).ok_or_else(|| {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
-        error(
-            StatusCode::NOT_FOUND,
-            format!("unknown resource type `{plural}`; known: {}", known.join(", ")),
-        )
+        Box::new(error(StatusCode::NOT_FOUND, format!("unknown resource type `{plural}`; known: {}", known.join(", "))))
     })
 }
 
@@ -102,7 +99,7 @@ struct ListQuery {
 async fn list(State(state): State<AppState>, Path(plural): Path<String>, Query(q): Query<ListQuery>) -> Response {
     let kind = match kind_of(&plural) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.store.list(kind.name(), q.namespace.as_deref()) {
         Ok(items) => Json(json!({ "items": items })).into_response(),
@@ -110,7 +107,7 @@ async fn list(State(state): State<AppState>, Path(plural): Path<String>, Query(q
     }
 }
 
-fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, Response> {
+fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, Box<Response>> {
     let kind = kind_of(plural)?;
     Ok(ObjectKey::new(kind.name(), ns, name))
 }
@@ -118,7 +115,7 @@ fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, Response> {
 async fn get_one(State(state): State<AppState>, Path((ns, plural, name)): Path<(String, String, String)>) -> Response {
     let key = match key_from(&ns, &plural, &name) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.store.get(&key) {
         Ok(Some(o)) => Json(o).into_response(),
@@ -127,10 +124,13 @@ async fn get_one(State(state): State<AppState>, Path((ns, plural, name)): Path<(
     }
 }
 
-async fn delete_one(State(state): State<AppState>, Path((ns, plural, name)): Path<(String, String, String)>) -> Response {
+async fn delete_one(
+    State(state): State<AppState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> Response {
     let key = match key_from(&ns, &plural, &name) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.store.delete(&key) {
         Ok(Some(o)) => Json(o).into_response(),
@@ -142,7 +142,7 @@ async fn delete_one(State(state): State<AppState>, Path((ns, plural, name)): Pat
 async fn events(State(state): State<AppState>, Path((ns, plural, name)): Path<(String, String, String)>) -> Response {
     let key = match key_from(&ns, &plural, &name) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.store.events(&key) {
         Ok(items) => Json(json!({ "items": items })).into_response(),
@@ -161,15 +161,19 @@ struct LogQuery {
 
 fn ndjson_stream(mut rx: mpsc::Receiver<String>) -> Body {
     let stream = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|o| o.map(|line| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n"))))
+        rx.poll_recv(cx).map(|o| o.map(|line| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n"))))
     });
     Body::from_stream(stream)
 }
 
-async fn logs(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>, Query(q): Query<LogQuery>) -> Response {
+async fn logs(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Response {
     let key = ObjectKey::new("App", &ns, &name);
-    let known = state.store.get(&key).ok().flatten().is_some() || !state.runtime.read_logs(&key, q.replica, None).is_empty();
+    let known =
+        state.store.get(&key).ok().flatten().is_some() || !state.runtime.read_logs(&key, q.replica, None).is_empty();
     if !known {
         return error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}"));
     }
@@ -219,7 +223,7 @@ struct WatchQuery {
 async fn watch_objects(State(state): State<AppState>, Query(q): Query<WatchQuery>) -> Response {
     let kind = match q.kind.as_deref().map(kind_of).transpose() {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut w = state.store.watch();
     let (tx, rx) = mpsc::channel::<String>(256);

@@ -60,7 +60,8 @@ fn api_failure(e: ClientError) -> anyhow::Error {
 fn kind_arg(s: &str) -> Result<Kind> {
     Kind::parse(s).ok_or_else(|| {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
-        Failure::invalid(format!("error: unknown resource type `{s}`\n  hint: known types: {}", known.join(", "))).into()
+        Failure::invalid(format!("error: unknown resource type `{s}`\n  hint: known types: {}", known.join(", ")))
+            .into()
     })
 }
 
@@ -97,10 +98,8 @@ async fn apply(client: &Client, files: &[String], wait: bool, timeout: &str) -> 
     let results = post_apply(client, &ms).await?;
     print_results(&results);
     if wait {
-        let keys: Vec<(String, String)> = ms
-            .iter()
-            .map(|m| (m.resource.meta().namespace().to_string(), m.resource.meta().name.clone()))
-            .collect();
+        let keys: Vec<(String, String)> =
+            ms.iter().map(|m| (m.resource.meta().namespace().to_string(), m.resource.meta().name.clone())).collect();
         return wait_ready(client, &keys, timeout).await;
     }
     Ok(EXIT_OK)
@@ -122,9 +121,11 @@ pub async fn wait_ready(client: &Client, apps: &[(String, String)], timeout: Dur
     let bar = indicatif::ProgressBar::new(apps.len() as u64);
     if tty {
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} waiting for Apps to be Ready [{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} waiting for Apps to be Ready [{bar:30}] {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(120));
     } else {
@@ -157,7 +158,9 @@ pub async fn wait_ready(client: &Client, apps: &[(String, String)], timeout: Dur
         if tokio::time::Instant::now() >= deadline {
             bar.abandon();
             let lines: Vec<String> = waiting.iter().map(|(n, w)| format!("  app/{n}: {w}")).collect();
-            return Err(Failure::fail(format!("error: timed out waiting for Apps to be Ready:\n{}", lines.join("\n"))).into());
+            return Err(
+                Failure::fail(format!("error: timed out waiting for Apps to be Ready:\n{}", lines.join("\n"))).into()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -180,7 +183,11 @@ fn app_status_word(o: &Value) -> String {
     }
     match conds.iter().find(|c| c["type"] == "Ready") {
         Some(c) if c["status"] == "True" => {
-            if o["spec"]["replicas"].as_i64() == Some(0) { "Stopped".into() } else { "Running".into() }
+            if o["spec"]["replicas"].as_i64() == Some(0) {
+                "Stopped".into()
+            } else {
+                "Running".into()
+            }
         }
         Some(c) => c["reason"].as_str().unwrap_or("Pending").to_string(),
         None => "Pending".into(),
@@ -190,14 +197,16 @@ fn app_status_word(o: &Value) -> String {
 async fn get(client: &Client, kind: &str, name: Option<&str>, ns: Option<&str>, all: bool, output: &str) -> Result<u8> {
     let kind = kind_arg(kind)?;
     if !["table", "wide", "json", "yaml"].contains(&output) {
-        return Err(Failure::invalid(format!("error: unknown output format `{output}`\n  hint: use table, wide, json or yaml")).into());
+        return Err(Failure::invalid(format!(
+            "error: unknown output format `{output}`\n  hint: use table, wide, json or yaml"
+        ))
+        .into());
     }
     let ns = ns.unwrap_or("default");
     let items: Vec<Value> = match name {
-        Some(n) => vec![client
-            .get(&format!("/api/v1/namespaces/{ns}/{}/{n}", kind.plural()))
-            .await
-            .map_err(api_failure)?],
+        Some(n) => {
+            vec![client.get(&format!("/api/v1/namespaces/{ns}/{}/{n}", kind.plural())).await.map_err(api_failure)?]
+        }
         None => {
             let q = if all { String::new() } else { format!("?namespace={ns}") };
             client.get(&format!("/api/v1/{}{q}", kind.plural())).await.map_err(api_failure)?["items"]
@@ -246,7 +255,12 @@ async fn get(client: &Client, kind: &str, name: Option<&str>, ns: Option<&str>, 
                     .as_array()
                     .map(|rs| {
                         rs.iter()
-                            .flat_map(|r| r["ports"].as_object().map(|p| p.values().map(|v| v.to_string()).collect::<Vec<_>>()).unwrap_or_default())
+                            .flat_map(|r| {
+                                r["ports"]
+                                    .as_object()
+                                    .map(|p| p.values().map(|v| v.to_string()).collect::<Vec<_>>())
+                                    .unwrap_or_default()
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -274,20 +288,31 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
     field("Name", md["name"].as_str().unwrap_or("").into());
     field("Namespace", md["namespace"].as_str().unwrap_or("").into());
     field("Kind", kind.name().into());
-    let labels = md["labels"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", "));
+    let labels = md["labels"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", "));
     field("Labels", labels.filter(|s| !s.is_empty()).unwrap_or_else(|| "<none>".into()));
     let created = time_of(&md["creationTimestamp"]);
     field("Created", format!("{} ({} ago)", md["creationTimestamp"].as_str().unwrap_or(""), age(created, now)));
     field("Generation", format!("{} (observed {})", md["generation"], st["observedGeneration"]));
     field("Revision", st["revision"].as_str().unwrap_or("").into());
-    field("Replicas", format!(
-        "{} desired | {} ready | {} updated | {} restarts",
-        spec["replicas"].as_i64().unwrap_or(1),
-        st["readyReplicas"].as_i64().unwrap_or(0),
-        st["updatedReplicas"].as_i64().unwrap_or(0),
-        st["restarts"].as_u64().unwrap_or(0)
-    ));
-    let cmd: Vec<String> = spec["run"]["command"].as_array().into_iter().flatten().chain(spec["run"]["args"].as_array().into_iter().flatten()).filter_map(|v| v.as_str().map(str::to_string)).collect();
+    field(
+        "Replicas",
+        format!(
+            "{} desired | {} ready | {} updated | {} restarts",
+            spec["replicas"].as_i64().unwrap_or(1),
+            st["readyReplicas"].as_i64().unwrap_or(0),
+            st["updatedReplicas"].as_i64().unwrap_or(0),
+            st["restarts"].as_u64().unwrap_or(0)
+        ),
+    );
+    let cmd: Vec<String> = spec["run"]["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["run"]["args"].as_array().into_iter().flatten())
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
     field("Command", cmd.join(" "));
     field("Restart policy", spec["restartPolicy"].as_str().unwrap_or("Always").into());
     for p in ["startup", "readiness", "liveness"] {
@@ -302,10 +327,17 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
         } else {
             format!("exec {}", short(&pr["exec"]["command"]))
         };
-        field(&format!("{}{} probe", p[..1].to_uppercase(), &p[1..]), format!(
-            "{how} delay={}s period={}s timeout={}s #success={} #failure={}",
-            pr["initialDelaySeconds"], pr["periodSeconds"], pr["timeoutSeconds"], pr["successThreshold"], pr["failureThreshold"]
-        ));
+        field(
+            &format!("{}{} probe", p[..1].to_uppercase(), &p[1..]),
+            format!(
+                "{how} delay={}s period={}s timeout={}s #success={} #failure={}",
+                pr["initialDelaySeconds"],
+                pr["periodSeconds"],
+                pr["timeoutSeconds"],
+                pr["successThreshold"],
+                pr["failureThreshold"]
+            ),
+        );
     }
     if let Some(w) = st["warnings"].as_array().filter(|w| !w.is_empty()) {
         for x in w {
@@ -313,37 +345,71 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
         }
     }
     out.push_str("Conditions:\n");
-    let conds: Vec<Vec<String>> = st["conditions"].as_array().into_iter().flatten().map(|c| vec![
-        c["type"].as_str().unwrap_or("").into(),
-        c["status"].as_str().unwrap_or("").into(),
-        c["reason"].as_str().unwrap_or("").into(),
-        age(time_of(&c["lastTransitionTime"]), now),
-        c["message"].as_str().unwrap_or("").into(),
-    ]).collect();
+    let conds: Vec<Vec<String>> = st["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            vec![
+                c["type"].as_str().unwrap_or("").into(),
+                c["status"].as_str().unwrap_or("").into(),
+                c["reason"].as_str().unwrap_or("").into(),
+                age(time_of(&c["lastTransitionTime"]), now),
+                c["message"].as_str().unwrap_or("").into(),
+            ]
+        })
+        .collect();
     out.push_str(&indent(&table(&["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], &conds)));
     out.push_str("Replicas:\n");
-    let reps: Vec<Vec<String>> = st["replicaStatuses"].as_array().into_iter().flatten().map(|r| vec![
-        r["name"].as_str().unwrap_or("").into(),
-        r["phase"].as_str().unwrap_or("").into(),
-        r["ready"].as_bool().unwrap_or(false).to_string(),
-        r["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-        r["ports"].as_object().map(|p| p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")).unwrap_or_default(),
-        r["restarts"].as_u64().unwrap_or(0).to_string(),
-        age(time_of(&r["startedAt"]), now),
-        r["reason"].as_str().unwrap_or("").to_string() + r["message"].as_str().map(|m| format!(": {m}")).as_deref().unwrap_or(""),
-    ]).collect();
+    let reps: Vec<Vec<String>> = st["replicaStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                r["name"].as_str().unwrap_or("").into(),
+                r["phase"].as_str().unwrap_or("").into(),
+                r["ready"].as_bool().unwrap_or(false).to_string(),
+                r["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                r["ports"]
+                    .as_object()
+                    .map(|p| p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default(),
+                r["restarts"].as_u64().unwrap_or(0).to_string(),
+                age(time_of(&r["startedAt"]), now),
+                r["reason"].as_str().unwrap_or("").to_string()
+                    + r["message"].as_str().map(|m| format!(": {m}")).as_deref().unwrap_or(""),
+            ]
+        })
+        .collect();
     out.push_str(&indent(&table(&["NAME", "PHASE", "READY", "PID", "PORTS", "RESTARTS", "AGE", "REASON"], &reps)));
     out.push_str("Events:\n");
-    let evs: Vec<Vec<String>> = events["items"].as_array().into_iter().flatten().rev().take(20).collect::<Vec<_>>().into_iter().rev().map(|e| vec![
-        e["type"].as_str().unwrap_or("").into(),
-        e["reason"].as_str().unwrap_or("").into(),
-        {
-            let count = e["count"].as_u64().unwrap_or(1);
-            let last = age(time_of(&e["lastTimestamp"]), now);
-            if count > 1 { format!("{last} (x{count} over {})", age(time_of(&e["firstTimestamp"]), now)) } else { last }
-        },
-        e["message"].as_str().unwrap_or("").into(),
-    ]).collect();
+    let evs: Vec<Vec<String>> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(|e| {
+            vec![
+                e["type"].as_str().unwrap_or("").into(),
+                e["reason"].as_str().unwrap_or("").into(),
+                {
+                    let count = e["count"].as_u64().unwrap_or(1);
+                    let last = age(time_of(&e["lastTimestamp"]), now);
+                    if count > 1 {
+                        format!("{last} (x{count} over {})", age(time_of(&e["firstTimestamp"]), now))
+                    } else {
+                        last
+                    }
+                },
+                e["message"].as_str().unwrap_or("").into(),
+            ]
+        })
+        .collect();
     if evs.is_empty() {
         out.push_str("  <none>\n");
     } else {
@@ -405,7 +471,13 @@ async fn logs(
     Ok(EXIT_OK)
 }
 
-async fn delete(client: &Client, kind: Option<&str>, name: Option<&str>, files: &[String], ns: Option<&str>) -> Result<u8> {
+async fn delete(
+    client: &Client,
+    kind: Option<&str>,
+    name: Option<&str>,
+    files: &[String],
+    ns: Option<&str>,
+) -> Result<u8> {
     let targets: Vec<(Kind, String, String)> = if !files.is_empty() {
         load(files)?
             .iter()
@@ -414,7 +486,12 @@ async fn delete(client: &Client, kind: Option<&str>, name: Option<&str>, files: 
     } else {
         match (kind, name) {
             (Some(k), Some(n)) => vec![(kind_arg(k)?, ns.unwrap_or("default").to_string(), n.to_string())],
-            _ => return Err(Failure::invalid("error: name a KIND and NAME, or -f FILE\n  hint: capstan delete app hello").into()),
+            _ => {
+                return Err(Failure::invalid(
+                    "error: name a KIND and NAME, or -f FILE\n  hint: capstan delete app hello",
+                )
+                .into())
+            }
         }
     };
     let mut code = EXIT_OK;
@@ -499,7 +576,12 @@ async fn up(data: std::path::PathBuf, listen: std::net::SocketAddr, paths: Vec<S
         match plane.apply(objects) {
             Ok(results) => {
                 for (k, a) in results {
-                    println!("{}/{} {}", k.kind.to_ascii_lowercase(), k.name, serde_json::to_value(a).unwrap_or_default().as_str().unwrap_or(""));
+                    println!(
+                        "{}/{} {}",
+                        k.kind.to_ascii_lowercase(),
+                        k.name,
+                        serde_json::to_value(a).unwrap_or_default().as_str().unwrap_or("")
+                    );
                 }
             }
             Err(capstan_api::plane::ApplyError::Invalid(errors)) => {

@@ -166,8 +166,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Up { .. }) { "info" } else { "warn" }));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Up { .. }) { "info" } else { "warn" })
+    });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -178,17 +179,15 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(commands::run(cli)) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            match e.downcast_ref::<Failure>() {
-                Some(f) => {
-                    eprintln!("{}", f.message);
-                    ExitCode::from(f.code)
-                }
-                None => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(EXIT_FAIL)
-                }
+        Err(e) => match e.downcast_ref::<Failure>() {
+            Some(f) => {
+                eprintln!("{}", f.message);
+                ExitCode::from(f.code)
             }
-        }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_FAIL)
+            }
+        },
     }
 }

@@ -57,12 +57,17 @@ pub fn load(paths: &[String]) -> Result<Vec<Manifest>, Diagnostics> {
                 continue;
             }
             let mut files = Vec::new();
-            collect_files(path, &mut files).map_err(|e| io_diag(p, format!("cannot read: {e}"), "check permissions"))?;
+            collect_files(path, &mut files)
+                .map_err(|e| io_diag(p, format!("cannot read: {e}"), "check permissions"))?;
             if files.is_empty() {
                 diags.push(
-                    io_diag(p, "no .yaml, .yml or .json files here".into(), "point at a manifest file or a directory of them")
-                        .0
-                        .remove(0),
+                    io_diag(
+                        p,
+                        "no .yaml, .yml or .json files here".into(),
+                        "point at a manifest file or a directory of them",
+                    )
+                    .0
+                    .remove(0),
                 );
             }
             let mut out = Vec::new();

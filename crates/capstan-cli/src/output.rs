@@ -34,7 +34,9 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// A short age such as `45s`, `12m`, `3h`, `5d`, as kubectl prints them.
 pub fn age(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
-    let Some(t) = since else { return "<unknown>".into() };
+    let Some(t) = since else {
+        return "<unknown>".into();
+    };
     let s = (now - t).num_seconds().max(0);
     match s {
         0..=119 => format!("{s}s"),
@@ -46,9 +48,7 @@ pub fn age(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
 
 /// Parses a timestamp field of an object.
 pub fn time_of(v: &Value) -> Option<DateTime<Utc>> {
-    v.as_str()
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
+    v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
 }
 
 /// Renders a list of objects as JSON or YAML (a single object alone, several as a `List`).

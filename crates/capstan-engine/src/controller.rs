@@ -149,8 +149,14 @@ impl<R: AppRuntime> Controller<R> {
                     let name = format!("{}-{ordinal}", key.name);
                     match self.runtime.start(app, *ordinal, &revision, *count_restart) {
                         Ok(()) => {
-                            let (reason, verb) = if *count_restart { ("Restarted", "restarted") } else { ("Started", "started") };
-                            self.event(key, EventType::Normal, reason, &format!("replica {name} {verb} at revision {revision}"));
+                            let (reason, verb) =
+                                if *count_restart { ("Restarted", "restarted") } else { ("Started", "started") };
+                            self.event(
+                                key,
+                                EventType::Normal,
+                                reason,
+                                &format!("replica {name} {verb} at revision {revision}"),
+                            );
                         }
                         Err(msg) => {
                             self.event(key, EventType::Warning, "StartFailed", &format!("replica {name}: {msg}"));
@@ -158,10 +164,7 @@ impl<R: AppRuntime> Controller<R> {
                     }
                 }
                 Action::Stop { ordinal, reason, forget } => {
-                    let grace = app
-                        .as_ref()
-                        .map(|a| a.spec.termination_grace_period_seconds)
-                        .unwrap_or(30);
+                    let grace = app.as_ref().map(|a| a.spec.termination_grace_period_seconds).unwrap_or(30);
                     self.runtime.stop(key, *ordinal, Duration::from_secs(u64::from(grace)), *forget);
                     if app.is_some() {
                         self.event(

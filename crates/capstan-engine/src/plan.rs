@@ -83,17 +83,9 @@ pub fn plan_app(
         let actions = observed
             .iter()
             .filter(|r| r.state != ReplicaState::Stopping)
-            .map(|r| Action::Stop {
-                ordinal: r.ordinal,
-                reason: StopReason::Deleted,
-                forget: true,
-            })
+            .map(|r| Action::Stop { ordinal: r.ordinal, reason: StopReason::Deleted, forget: true })
             .collect();
-        return Plan {
-            actions,
-            requeue_after: None,
-            status: None,
-        };
+        return Plan { actions, requeue_after: None, status: None };
     };
     let spec = &app.spec;
     let revision = app_revision(spec);
@@ -111,29 +103,20 @@ pub fn plan_app(
     let surplus: Vec<&ObservedReplica> = observed.iter().filter(|r| r.ordinal >= want).collect();
     if !surplus.iter().any(|r| r.state == ReplicaState::Stopping) {
         if let Some(top) = surplus.iter().max_by_key(|r| r.ordinal) {
-            actions.push(Action::Stop {
-                ordinal: top.ordinal,
-                reason: StopReason::ScaledDown,
-                forget: true,
-            });
+            actions.push(Action::Stop { ordinal: top.ordinal, reason: StopReason::ScaledDown, forget: true });
         }
     }
 
     // Is every in-range replica up, ready and settled? Rolling replacement of ready replicas waits for it.
     let in_range: Vec<&ObservedReplica> = observed.iter().filter(|r| r.ordinal < want).collect();
     let all_settled = in_range.len() == want as usize
-        && in_range
-            .iter()
-            .all(|r| r.state == ReplicaState::Running && r.ready && r.unhealthy.is_none());
+        && in_range.iter().all(|r| r.state == ReplicaState::Running && r.ready && r.unhealthy.is_none());
     let mut rolled_one = false;
 
     for ordinal in (0..want).rev() {
         let name = format!("{}-{ordinal}", app.metadata.name);
         let Some(r) = observed.iter().find(|r| r.ordinal == ordinal) else {
-            actions.push(Action::Start {
-                ordinal,
-                count_restart: false,
-            });
+            actions.push(Action::Start { ordinal, count_restart: false });
             replica_statuses.push(ReplicaStatus {
                 name,
                 ordinal,
@@ -160,21 +143,13 @@ pub fn plan_app(
             }
             ReplicaState::Running => {
                 if let Some(why) = &r.unhealthy {
-                    actions.push(Action::Stop {
-                        ordinal,
-                        reason: StopReason::Unhealthy(why.clone()),
-                        forget: false,
-                    });
+                    actions.push(Action::Stop { ordinal, reason: StopReason::Unhealthy(why.clone()), forget: false });
                     phase = ReplicaPhase::Terminating;
                     reason = Some("Unhealthy".into());
                     message = Some(why.clone());
                 } else if outdated && (!r.ready || (all_settled && !rolled_one)) {
                     rolled_one |= r.ready;
-                    actions.push(Action::Stop {
-                        ordinal,
-                        reason: StopReason::Outdated,
-                        forget: false,
-                    });
+                    actions.push(Action::Stop { ordinal, reason: StopReason::Outdated, forget: false });
                     phase = ReplicaPhase::Terminating;
                     reason = Some("Updating".into());
                 } else if !r.ready {
@@ -187,10 +162,7 @@ pub fn plan_app(
                     _ => None,
                 };
                 if outdated {
-                    actions.push(Action::Start {
-                        ordinal,
-                        count_restart: false,
-                    });
+                    actions.push(Action::Start { ordinal, count_restart: false });
                     phase = ReplicaPhase::Pending;
                     reason = Some("Updating".into());
                 } else if failed_start.is_none() && !should_restart(spec.restart_policy, r) {
@@ -208,10 +180,7 @@ pub fn plan_app(
                     let since = r.last_exit.as_ref().map(|e| e.finished_at).unwrap_or(now);
                     let due = since + chrono::Duration::from_std(delay).unwrap_or_default();
                     if now >= due {
-                        actions.push(Action::Start {
-                            ordinal,
-                            count_restart: true,
-                        });
+                        actions.push(Action::Start { ordinal, count_restart: true });
                         phase = ReplicaPhase::Pending;
                         reason = Some("Restarting".into());
                     } else {
@@ -387,10 +356,7 @@ mod tests {
         let a = app(1, "");
         let obs = [running(&a, 0, true), running(&a, 1, true), running(&a, 2, true)];
         let p = plan_app(Some(&a), &obs, None, vec![], Utc::now());
-        assert_eq!(
-            p.actions,
-            vec![Action::Stop { ordinal: 2, reason: StopReason::ScaledDown, forget: true }]
-        );
+        assert_eq!(p.actions, vec![Action::Stop { ordinal: 2, reason: StopReason::ScaledDown, forget: true }]);
         let mut stopping = obs.clone();
         stopping[2].state = ReplicaState::Stopping;
         let p = plan_app(Some(&a), &stopping, None, vec![], Utc::now());
@@ -464,10 +430,7 @@ mod tests {
         let new = app(3, "  restartPolicy: OnFailure\n");
         let obs = [running(&old, 0, true), running(&old, 1, true), running(&old, 2, true)];
         let p = plan_app(Some(&new), &obs, None, vec![], Utc::now());
-        assert_eq!(
-            p.actions,
-            vec![Action::Stop { ordinal: 2, reason: StopReason::Outdated, forget: false }]
-        );
+        assert_eq!(p.actions, vec![Action::Stop { ordinal: 2, reason: StopReason::Outdated, forget: false }]);
         // While replica 2 is being replaced, the others wait.
         let mut mid = obs.clone();
         mid[2] = running(&new, 2, false);

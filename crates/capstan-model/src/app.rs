@@ -213,11 +213,7 @@ pub struct RestartBackoff {
 
 impl Default for RestartBackoff {
     fn default() -> Self {
-        RestartBackoff {
-            initial_seconds: 10.0,
-            max_seconds: 300.0,
-            reset_after_seconds: 600.0,
-        }
+        RestartBackoff { initial_seconds: 10.0, max_seconds: 300.0, reset_after_seconds: 600.0 }
     }
 }
 
@@ -257,10 +253,7 @@ pub struct LogSpec {
 
 impl Default for LogSpec {
     fn default() -> Self {
-        LogSpec {
-            max_size: ten_mi(),
-            max_files: 3,
-        }
+        LogSpec { max_size: ten_mi(), max_files: 3 }
     }
 }
 

@@ -11,6 +11,6 @@ pub mod yaml;
 pub use app::*;
 pub use manifest::{check_duplicates, parse_manifests, Diagnostic, Diagnostics, Manifest};
 pub use meta::*;
-pub use resource::{app_revision, hash_value, App, Kind, Object, Resource};
 pub use quantity::parse_duration;
+pub use resource::{app_revision, hash_value, App, Kind, Object, Resource};
 pub use validate::FieldError;

@@ -116,11 +116,7 @@ pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<Manifest>, Diagnost
         match Resource::from_value(value) {
             Ok(resource) => {
                 let errors = resource.validate();
-                let m = Manifest {
-                    resource,
-                    file: file.to_string(),
-                    document: doc,
-                };
+                let m = Manifest { resource, file: file.to_string(), document: doc };
                 if errors.is_empty() {
                     out.push(m);
                 } else {
@@ -144,10 +140,12 @@ pub fn check_duplicates(manifests: &[Manifest]) -> Result<(), Diagnostics> {
         let key = m.resource.key();
         if let Some(first) = seen.insert(key.clone(), m) {
             let loc = first.document.start;
-            diags.push(m.diagnose(
-                FieldError::new("metadata.name", format!("{} is declared twice", key))
-                    .hint(format!("first declared at {}:{}", first.file, loc.line)),
-            ));
+            diags.push(
+                m.diagnose(
+                    FieldError::new("metadata.name", format!("{} is declared twice", key))
+                        .hint(format!("first declared at {}:{}", first.file, loc.line)),
+                ),
+            );
         }
     }
     if diags.is_empty() {

@@ -82,15 +82,9 @@ pub const STALLED: &str = "Stalled";
 pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(existing) => {
-            let since = if existing.status == new.status {
-                existing.last_transition_time
-            } else {
-                new.last_transition_time
-            };
-            *existing = Condition {
-                last_transition_time: since,
-                ..new
-            };
+            let since =
+                if existing.status == new.status { existing.last_transition_time } else { new.last_transition_time };
+            *existing = Condition { last_transition_time: since, ..new };
         }
         None => conditions.push(new),
     }
@@ -137,11 +131,7 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(kind: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        ObjectKey { kind: kind.into(), namespace: namespace.into(), name: name.into() }
     }
 }
 

@@ -24,9 +24,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
             ))
         }
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a quantity; write for example 512Mi or 1Gi"))?;
+    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a quantity; write for example 512Mi or 1Gi"))?;
     if !(value.is_finite() && value >= 0.0) {
         return Err(format!("`{s}` must be a positive quantity"));
     }
@@ -44,9 +42,8 @@ pub fn parse_millicpu(s: &str) -> Result<u64, String> {
         Some(n) => (n, 1.0),
         None => (s, 1000.0),
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a CPU quantity; write for example 1, 0.5 or 500m"))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("`{s}` is not a CPU quantity; write for example 1, 0.5 or 500m"))?;
     if !(value.is_finite() && value > 0.0) {
         return Err(format!("`{s}` must be a positive CPU quantity"));
     }

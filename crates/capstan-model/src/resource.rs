@@ -53,10 +53,7 @@ impl Kind {
     /// Finds a kind by name, plural or short name, in any case.
     pub fn parse(s: &str) -> Option<Kind> {
         let l = s.to_ascii_lowercase();
-        Kind::ALL
-            .iter()
-            .copied()
-            .find(|k| l == k.name().to_ascii_lowercase() || l == k.plural())
+        Kind::ALL.iter().copied().find(|k| l == k.name().to_ascii_lowercase() || l == k.plural())
     }
 
     /// Names to suggest from when a kind is unknown.
@@ -140,8 +137,7 @@ impl Resource {
         }
         let kind = match map.get("kind") {
             None => {
-                return Err(FieldError::new("kind", "is missing")
-                    .hint(format!("one of: {}", Kind::names().join(", "))))
+                return Err(FieldError::new("kind", "is missing").hint(format!("one of: {}", Kind::names().join(", "))))
             }
             Some(Value::String(k)) => match Kind::ALL.iter().find(|x| x.name() == k) {
                 Some(kind) => *kind,
@@ -277,10 +273,8 @@ fn canonical_json(v: &Value) -> String {
         Value::Object(o) => {
             let mut keys: Vec<&String> = o.keys().collect();
             keys.sort();
-            let inner: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&o[k])))
-                .collect();
+            let inner: Vec<String> =
+                keys.into_iter().map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&o[k]))).collect();
             format!("{{{}}}", inner.join(","))
         }
         Value::Array(a) => format!("[{}]", a.iter().map(canonical_json).collect::<Vec<_>>().join(",")),

@@ -17,11 +17,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            path: path.into(),
-            message: message.into(),
-            hint: None,
-        }
+        FieldError { path: path.into(), message: message.into(), hint: None }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -48,9 +44,7 @@ pub fn check_dns_label(value: &str, max: usize) -> Result<(), String> {
     if value.len() > max {
         return Err(format!("`{value}` is {} characters long; the limit is {max}", value.len()));
     }
-    let ok_chars = value
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_chars = value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     let ok_ends = !value.starts_with('-') && !value.ends_with('-');
     if !ok_chars || !ok_ends {
         return Err(format!(
@@ -61,11 +55,8 @@ pub fn check_dns_label(value: &str, max: usize) -> Result<(), String> {
 }
 
 fn suggest_label(value: &str) -> String {
-    let mut s: String = value
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let mut s: String =
+        value.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     while s.contains("--") {
         s = s.replace("--", "-");
     }
@@ -204,11 +195,8 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         }
     }
 
-    let probes = [
-        ("startup", &spec.probes.startup),
-        ("readiness", &spec.probes.readiness),
-        ("liveness", &spec.probes.liveness),
-    ];
+    let probes =
+        [("startup", &spec.probes.startup), ("readiness", &spec.probes.readiness), ("liveness", &spec.probes.liveness)];
     for (name, probe) in probes {
         if let Some(p) = probe {
             validate_probe(name, p, spec, errors);
@@ -262,10 +250,7 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
 
 fn validate_probe(name: &str, p: &Probe, spec: &AppSpec, errors: &mut Vec<FieldError>) {
     let path = format!("spec.probes.{name}");
-    let handlers = [p.http.is_some(), p.tcp.is_some(), p.exec.is_some()]
-        .iter()
-        .filter(|h| **h)
-        .count();
+    let handlers = [p.http.is_some(), p.tcp.is_some(), p.exec.is_some()].iter().filter(|h| **h).count();
     if handlers != 1 {
         errors.push(
             FieldError::new(&path, format!("needs exactly one of http, tcp or exec (found {handlers})"))
@@ -282,7 +267,9 @@ fn validate_probe(name: &str, p: &Probe, spec: &AppSpec, errors: &mut Vec<FieldE
             };
             errors.push(FieldError::new(field, format!("names unknown port `{n}`")).hint(hint));
         }
-        PortRef::Number(0) => errors.push(FieldError::new(field, "port 0 cannot be probed").hint("name a port from spec.ports")),
+        PortRef::Number(0) => {
+            errors.push(FieldError::new(field, "port 0 cannot be probed").hint("name a port from spec.ports"))
+        }
         _ => {}
     };
     if let Some(h) = &p.http {

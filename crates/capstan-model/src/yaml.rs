@@ -61,17 +61,8 @@ pub struct YamlError {
 }
 
 enum Frame {
-    Map {
-        map: Map<String, Value>,
-        key: Option<String>,
-        path: String,
-        anchor: usize,
-    },
-    Seq {
-        items: Vec<Value>,
-        path: String,
-        anchor: usize,
-    },
+    Map { map: Map<String, Value>, key: Option<String>, path: String, anchor: usize },
+    Seq { items: Vec<Value>, path: String, anchor: usize },
 }
 
 struct Builder {
@@ -85,10 +76,7 @@ struct Builder {
 }
 
 fn loc(m: &Marker) -> Location {
-    Location {
-        line: m.line(),
-        column: m.col() + 1,
-    }
+    Location { line: m.line(), column: m.col() + 1 }
 }
 
 fn child_path(parent: &str, key: &str) -> String {
@@ -113,9 +101,7 @@ fn resolve_plain(s: &str) -> Value {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "-.inf" | ".nan" | ".NaN" | ".NAN" => {
-            return Value::String(s.to_string())
-        }
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "-.inf" | ".nan" | ".NaN" | ".NAN" => return Value::String(s.to_string()),
         _ => {}
     }
     if let Ok(i) = s.parse::<i64>() {
@@ -131,9 +117,7 @@ fn resolve_plain(s: &str) -> Value {
             return Value::Number(i.into());
         }
     }
-    let looks_numeric = s
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+    let looks_numeric = s.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
         && s.chars().any(|c| c.is_ascii_digit());
     if looks_numeric {
         if let Some(n) = s.parse::<f64>().ok().and_then(Number::from_f64) {
@@ -146,10 +130,7 @@ fn resolve_plain(s: &str) -> Value {
 impl Builder {
     fn fail(&mut self, mark: &Marker, message: impl Into<String>) {
         if self.error.is_none() {
-            self.error = Some(YamlError {
-                location: loc(mark),
-                message: message.into(),
-            });
+            self.error = Some(YamlError { location: loc(mark), message: message.into() });
         }
     }
 
@@ -278,12 +259,7 @@ impl MarkedEventReceiver for Builder {
                     self.start = Some(loc(&mark));
                 }
                 self.spans.entry(path.clone()).or_insert(loc(&mark));
-                self.stack.push(Frame::Map {
-                    map: Map::new(),
-                    key: None,
-                    path,
-                    anchor,
-                });
+                self.stack.push(Frame::Map { map: Map::new(), key: None, path, anchor });
             }
             Event::SequenceStart(anchor, _) => {
                 if !self.add_nodes(1, &mark) {
@@ -294,11 +270,7 @@ impl MarkedEventReceiver for Builder {
                     self.start = Some(loc(&mark));
                 }
                 self.spans.entry(path.clone()).or_insert(loc(&mark));
-                self.stack.push(Frame::Seq {
-                    items: Vec::new(),
-                    path,
-                    anchor,
-                });
+                self.stack.push(Frame::Seq { items: Vec::new(), path, anchor });
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map { map, anchor, .. }) = self.stack.pop() {
@@ -332,10 +304,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
     };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, true) {
-        return Err(YamlError {
-            location: loc(e.marker()),
-            message: e.info().to_string(),
-        });
+        return Err(YamlError { location: loc(e.marker()), message: e.info().to_string() });
     }
     if let Some(e) = builder.error {
         return Err(e);
@@ -395,10 +364,7 @@ mod tests {
     #[test]
     fn plain_scalars_follow_the_core_schema() {
         let docs = parse_documents("a: true\nb: '1'\nc: 0x1f\nd: -3\ne: 1e3\nf: 1.2.3\ng: !!str 5\n").unwrap();
-        assert_eq!(
-            docs[0].value,
-            json!({"a": true, "b": "1", "c": 31, "d": -3, "e": 1000.0, "f": "1.2.3", "g": "5"})
-        );
+        assert_eq!(docs[0].value, json!({"a": true, "b": "1", "c": 31, "d": -3, "e": 1000.0, "f": "1.2.3", "g": "5"}));
     }
 
     #[test]
@@ -421,7 +387,7 @@ mod tests {
         let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..9 {
             let prev = format!("*a{}", i - 1);
-            bomb.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev.as_str(); 10].join(", ")));
+            bomb.push_str(&format!("a{i}: &a{i} [{}]\n", [prev.as_str(); 10].join(", ")));
         }
         let e = parse_documents(&bomb).unwrap_err();
         assert!(e.message.contains("more than"), "{e}");

@@ -199,11 +199,25 @@ impl LocalRuntime {
                 match self.attach(rec.clone()) {
                     Ok(()) => {
                         tracing::info!(replica = %rec.name(), pid = ?rec.pid, "adopted running replica");
-                        self.event(&key, EventType::Normal, "Adopted", &format!("replica {} (pid {}) adopted after a Capstan restart", rec.name(), rec.pid.unwrap_or(0)));
+                        self.event(
+                            &key,
+                            EventType::Normal,
+                            "Adopted",
+                            &format!(
+                                "replica {} (pid {}) adopted after a Capstan restart",
+                                rec.name(),
+                                rec.pid.unwrap_or(0)
+                            ),
+                        );
                     }
                     Err(e) => {
                         tracing::warn!(replica = %rec.name(), "cannot adopt ({e}); stopping it to start it again");
-                        self.event(&key, EventType::Warning, "AdoptFailed", &format!("replica {}: {e}; restarting it", rec.name()));
+                        self.event(
+                            &key,
+                            EventType::Warning,
+                            "AdoptFailed",
+                            &format!("replica {}: {e}; restarting it", rec.name()),
+                        );
                         if let Some(pid) = rec.pid {
                             process::signal_group(pid, Signal::SIGTERM);
                             let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -220,7 +234,12 @@ impl LocalRuntime {
             } else {
                 let was_running = rec.pid.is_some();
                 if was_running {
-                    self.event(&key, EventType::Warning, "Exited", &format!("replica {} exited while Capstan was down", rec.name()));
+                    self.event(
+                        &key,
+                        EventType::Warning,
+                        "Exited",
+                        &format!("replica {} exited while Capstan was down", rec.name()),
+                    );
                 }
                 self.insert_exited(rec, "Unknown");
             }
@@ -231,12 +250,8 @@ impl LocalRuntime {
 
     fn insert_exited(&self, mut rec: Record, reason: &str) {
         if rec.pid.is_some() {
-            rec.last_exit = Some(ExitInfo {
-                code: None,
-                signal: None,
-                finished_at: Utc::now(),
-                reason: reason.to_string(),
-            });
+            rec.last_exit =
+                Some(ExitInfo { code: None, signal: None, finished_at: Utc::now(), reason: reason.to_string() });
             rec.crash_streak += 1;
         }
         rec.pid = None;
@@ -307,11 +322,7 @@ impl LocalRuntime {
     }
 
     fn spawn_probes(&self, rec: &Record, stop: watch::Receiver<bool>) {
-        let target = ProbeTarget {
-            ports: rec.ports.clone(),
-            env: rec.env.clone(),
-            cwd: rec.cwd.clone(),
-        };
+        let target = ProbeTarget { ports: rec.ports.clone(), env: rec.env.clone(), cwd: rec.cwd.clone() };
         let rt = self.clone();
         let key = rec.key();
         let ordinal = rec.ordinal;
@@ -323,7 +334,9 @@ impl LocalRuntime {
         let mut event = None;
         {
             let mut map = lock(&self.inner.replicas);
-            let Some(r) = map.get_mut(&(key.clone(), ordinal)) else { return };
+            let Some(r) = map.get_mut(&(key.clone(), ordinal)) else {
+                return;
+            };
             if r.state != ReplicaState::Running {
                 return;
             }
@@ -334,7 +347,11 @@ impl LocalRuntime {
                         event = Some(if ready {
                             (EventType::Normal, "Ready", format!("replica {name} is ready"))
                         } else {
-                            (EventType::Warning, "Unhealthy", format!("replica {name}: {}", msg.clone().unwrap_or_default()))
+                            (
+                                EventType::Warning,
+                                "Unhealthy",
+                                format!("replica {name}: {}", msg.clone().unwrap_or_default()),
+                            )
                         });
                     }
                     r.ready = ready;
@@ -354,7 +371,13 @@ impl LocalRuntime {
     }
 
     /// Records an exit: status, crash streak, stray group members killed, tasks stopped.
-    fn on_exit(&self, key: &ObjectKey, ordinal: u32, status: Option<std::process::ExitStatus>, exited: watch::Sender<bool>) {
+    fn on_exit(
+        &self,
+        key: &ObjectKey,
+        ordinal: u32,
+        status: Option<std::process::ExitStatus>,
+        exited: watch::Sender<bool>,
+    ) {
         use std::os::unix::process::ExitStatusExt;
         let now = Utc::now();
         let info = match status {
@@ -371,12 +394,7 @@ impl LocalRuntime {
                 }
                 .to_string(),
             },
-            None => ExitInfo {
-                code: None,
-                signal: None,
-                finished_at: now,
-                reason: "Unknown".into(),
-            },
+            None => ExitInfo { code: None, signal: None, finished_at: now, reason: "Unknown".into() },
         };
         let mut msg = None;
         {
@@ -395,7 +413,8 @@ impl LocalRuntime {
                     r.rec.crash_streak += 1;
                 }
                 if !stopping {
-                    msg = Some(format!("replica {} (pid {}) {}", r.rec.name(), r.rec.pid.unwrap_or(0), describe(&info)));
+                    msg =
+                        Some(format!("replica {} (pid {}) {}", r.rec.name(), r.rec.pid.unwrap_or(0), describe(&info)));
                 }
                 r.rec.last_exit = Some(info);
                 r.rec.pid = None;
@@ -418,7 +437,13 @@ impl LocalRuntime {
             && lock(&self.inner.replicas).contains_key(&(key.clone(), ordinal))
     }
 
-    fn launch(&self, app: &App, ordinal: u32, revision: &str, prev: Option<&Record>) -> Result<(Record, tokio::process::Child), String> {
+    fn launch(
+        &self,
+        app: &App,
+        ordinal: u32,
+        revision: &str,
+        prev: Option<&Record>,
+    ) -> Result<(Record, tokio::process::Child), String> {
         let spec = &app.spec;
         let key = ObjectKey::new("App", app.metadata.namespace(), &app.metadata.name);
         let base = app
@@ -438,13 +463,7 @@ impl LocalRuntime {
         let Some((program, first_args)) = spec.run.command.split_first() else {
             return Err("run.command is empty; the embedded runtime cannot run `run.image` alone".into());
         };
-        let path_env = spec
-            .run
-            .env
-            .get("PATH")
-            .cloned()
-            .or_else(|| std::env::var("PATH").ok())
-            .unwrap_or_default();
+        let path_env = spec.run.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
         let exe = process::resolve_program(program, &cwd, &path_env)?;
 
         // Ports: fixed ones must be free; allocated ones keep the replica's previous port when still free.
@@ -471,10 +490,8 @@ impl LocalRuntime {
             ports.insert(p.name.clone(), port);
         }
 
-        let mut env: Vec<(String, String)> = INHERITED_ENV
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-            .collect();
+        let mut env: Vec<(String, String)> =
+            INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
         env.retain(|(k, _)| !spec.run.env.contains_key(k));
         env.extend(spec.run.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(first) = spec.ports.first().and_then(|p| ports.get(&p.name)) {
@@ -562,11 +579,7 @@ impl LocalRuntime {
                 .unwrap_or_default(),
         };
         ordinals.sort();
-        let max_files = |o: u32| {
-            lock(&self.inner.replicas)
-                .get(&(key.clone(), o))
-                .map_or(100, |r| r.rec.log_max_files)
-        };
+        let max_files = |o: u32| lock(&self.inner.replicas).get(&(key.clone(), o)).map_or(100, |r| r.rec.log_max_files);
         let mut lines: Vec<LogLine> = ordinals
             .into_iter()
             .flat_map(|o| logs::read_lines(&self.log_path(key, o), &format!("{}-{o}", key.name), max_files(o), since))
@@ -611,9 +624,7 @@ fn allocate_port(taken: &HashSet<u16>, chosen: &BTreeMap<String, u16>) -> Result
 }
 
 fn open_fifo_reader(path: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
-    tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(path)
+    tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_receiver(path)
 }
 
 fn describe(e: &ExitInfo) -> String {
@@ -693,12 +704,8 @@ impl AppRuntime for LocalRuntime {
                 });
                 rec.revision = revision.to_string();
                 rec.crash_streak += 1;
-                rec.last_exit = Some(ExitInfo {
-                    code: None,
-                    signal: None,
-                    finished_at: Utc::now(),
-                    reason: "StartFailed".into(),
-                });
+                rec.last_exit =
+                    Some(ExitInfo { code: None, signal: None, finished_at: Utc::now(), reason: "StartFailed".into() });
                 self.persist(&rec);
                 let (stop_tasks, _) = watch::channel(true);
                 let (_, exited) = watch::channel(true);
@@ -764,7 +771,9 @@ impl AppRuntime for LocalRuntime {
     fn stop(&self, app: &ObjectKey, ordinal: u32, grace: Duration, forget: bool) {
         let (pid, mut exited) = {
             let mut map = lock(&self.inner.replicas);
-            let Some(r) = map.get_mut(&(app.clone(), ordinal)) else { return };
+            let Some(r) = map.get_mut(&(app.clone(), ordinal)) else {
+                return;
+            };
             if r.state == ReplicaState::Running {
                 r.state = ReplicaState::Stopping;
                 r.ready = false;

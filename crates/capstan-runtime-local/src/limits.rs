@@ -27,16 +27,15 @@ impl LimitSupport {
     /// ourselves into a `supervisor` leaf so that replica cgroups can be siblings of it.
     pub fn detect() -> LimitSupport {
         let Some(base) = own_cgroup() else {
-            return LimitSupport::Rlimit { reason: "no cgroup v2 hierarchy (/proc/self/cgroup has no 0:: entry)".into() };
+            return LimitSupport::Rlimit {
+                reason: "no cgroup v2 hierarchy (/proc/self/cgroup has no 0:: entry)".into(),
+            };
         };
         let controllers = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
         let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
         if !(has("memory") && has("cpu")) {
             return LimitSupport::Rlimit {
-                reason: format!(
-                    "the cgroup v2 memory and cpu controllers are not available in {}",
-                    base.display()
-                ),
+                reason: format!("the cgroup v2 memory and cpu controllers are not available in {}", base.display()),
             };
         }
         let leaf = base.join("capstan-supervisor");
@@ -45,9 +44,7 @@ impl LimitSupport {
             .and_then(|_| std::fs::write(base.join("cgroup.subtree_control"), "+memory +cpu"));
         match setup {
             Ok(()) => LimitSupport::CgroupV2 { base },
-            Err(e) => LimitSupport::Rlimit {
-                reason: format!("cannot manage cgroups under {}: {e}", base.display()),
-            },
+            Err(e) => LimitSupport::Rlimit { reason: format!("cannot manage cgroups under {}: {e}", base.display()) },
         }
     }
 
@@ -70,24 +67,20 @@ impl LimitSupport {
 
     /// Prepares limits for one replica (creating its cgroup when cgroup v2 is in use).
     pub fn prepare(&self, replica_id: &str, r: Option<&Resources>) -> std::io::Result<ChildLimits> {
-        let Some(r) = r else { return Ok(ChildLimits::default()) };
+        let Some(r) = r else {
+            return Ok(ChildLimits::default());
+        };
         let memory = r.memory.as_deref().and_then(|m| parse_bytes(m).ok());
         let cpu = r.cpu.as_deref().and_then(|c| parse_millicpu(c).ok());
         match self {
-            LimitSupport::Rlimit { .. } => Ok(ChildLimits {
-                data_bytes: memory,
-                cgroup_procs: None,
-            }),
+            LimitSupport::Rlimit { .. } => Ok(ChildLimits { data_bytes: memory, cgroup_procs: None }),
             LimitSupport::CgroupV2 { base } => {
                 let dir = base.join(format!("replica-{replica_id}"));
                 std::fs::create_dir_all(&dir)?;
                 std::fs::write(dir.join("memory.max"), memory.map_or("max".into(), |b| b.to_string()))?;
                 let quota = cpu.map_or("max 100000".into(), |m| format!("{} 100000", m * 100));
                 std::fs::write(dir.join("cpu.max"), quota)?;
-                Ok(ChildLimits {
-                    data_bytes: None,
-                    cgroup_procs: Some(dir.join("cgroup.procs")),
-                })
+                Ok(ChildLimits { data_bytes: None, cgroup_procs: Some(dir.join("cgroup.procs")) })
             }
         }
     }

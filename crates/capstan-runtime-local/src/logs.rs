@@ -41,15 +41,7 @@ impl LogWriter {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
         let (follow, _) = broadcast::channel(1024);
-        Ok(LogWriter {
-            path,
-            file,
-            size,
-            max_size,
-            max_files,
-            replica,
-            follow,
-        })
+        Ok(LogWriter { path, file, size, max_size, max_files, replica, follow })
     }
 
     /// A receiver of every line written from now on.
@@ -156,15 +148,7 @@ pub fn parse_record(replica: &str, line: &str) -> Option<(LogLine, bool)> {
     let stream = parts.next()?.to_string();
     let partial = parts.next()? == "P";
     let text = parts.next().unwrap_or("").to_string();
-    Some((
-        LogLine {
-            replica: replica.to_string(),
-            time,
-            stream,
-            text,
-        },
-        partial,
-    ))
+    Some((LogLine { replica: replica.to_string(), time, stream, text }, partial))
 }
 
 /// Reads a replica's stored lines, oldest first, from rotated files and the current one; partial records are joined.
@@ -174,9 +158,13 @@ pub fn read_lines(path: &Path, replica: &str, max_files: u32, since: Option<Date
     let mut out: Vec<LogLine> = Vec::new();
     let mut partial: Option<LogLine> = None;
     for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
         for raw in text.lines() {
-            let Some((line, is_partial)) = parse_record(replica, raw) else { continue };
+            let Some((line, is_partial)) = parse_record(replica, raw) else {
+                continue;
+            };
             let line = match partial.take() {
                 Some(mut p) => {
                     p.text.push_str(&line.text);

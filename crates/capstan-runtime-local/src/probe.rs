@@ -46,9 +46,8 @@ async fn http_get(port: u16, path: &str, headers: &BTreeMap<String, String>) -> 
         .await
         .map_err(|e| format!("GET http://127.0.0.1:{port}{path}: {e}"))?;
     let conn_task = tokio::spawn(conn);
-    let mut req = hyper::Request::get(path)
-        .header("host", format!("127.0.0.1:{port}"))
-        .header("user-agent", "capstan-probe/1");
+    let mut req =
+        hyper::Request::get(path).header("host", format!("127.0.0.1:{port}")).header("user-agent", "capstan-probe/1");
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
@@ -92,11 +91,7 @@ pub async fn check(p: &Probe, t: &ProbeTarget) -> Result<(), String> {
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true);
             let status = cmd.status().await.map_err(|e| format!("exec {prog}: {e}"))?;
-            return if status.success() {
-                Ok(())
-            } else {
-                Err(format!("exec {prog}: {status}"))
-            };
+            return if status.success() { Ok(()) } else { Err(format!("exec {prog}: {status}")) };
         }
         Err("probe has no handler".into())
     };
@@ -159,10 +154,7 @@ pub async fn run(
             match r {
                 Ok(()) => break,
                 Err(e) if c.failures >= sp.failure_threshold => {
-                    report(ProbeEvent::Unhealthy(format!(
-                        "startup probe failed {} times: {e}",
-                        c.failures
-                    )));
+                    report(ProbeEvent::Unhealthy(format!("startup probe failed {} times: {e}", c.failures)));
                     return;
                 }
                 Err(_) => {}
@@ -183,10 +175,8 @@ pub async fn run(
     let mut rc = Counter { successes: 0, failures: 0 };
     let mut lc = Counter { successes: 0, failures: 0 };
     let mut next_ready = started_at + Duration::from_secs(u64::from(readiness.initial_delay_seconds));
-    let mut next_live = probes
-        .liveness
-        .as_ref()
-        .map(|l| started_at + Duration::from_secs(u64::from(l.initial_delay_seconds)));
+    let mut next_live =
+        probes.liveness.as_ref().map(|l| started_at + Duration::from_secs(u64::from(l.initial_delay_seconds)));
     loop {
         let wake = next_live.map_or(next_ready, |l| l.min(next_ready));
         tokio::select! {

@@ -113,10 +113,7 @@ pub fn configure(cmd: &mut tokio::process::Command, limits: &ChildLimits) -> std
                 }
             }
             if let Some(bytes) = data {
-                let lim = libc::rlimit {
-                    rlim_cur: bytes as libc::rlim_t,
-                    rlim_max: bytes as libc::rlim_t,
-                };
+                let lim = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
                 if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

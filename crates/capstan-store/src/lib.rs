@@ -46,12 +46,7 @@ macro_rules! db_err {
         }
     )*};
 }
-db_err!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
 /// How an object changed in a watch stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -96,18 +91,12 @@ pub fn key_of(obj: &Value) -> Result<ObjectKey, StoreError> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
     let meta = obj.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).ok_or(StoreError::NoName)?;
-    let ns = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .unwrap_or(capstan_model::DEFAULT_NAMESPACE);
+    let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or(capstan_model::DEFAULT_NAMESPACE);
     Ok(ObjectKey::new(kind, ns, name))
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        key: key.to_string(),
-        source,
-    })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_string(), source })
 }
 
 /// The range of string keys that start with `prefix`.
@@ -139,10 +128,7 @@ impl Store {
         }
         tx.commit()?;
         let (watch, _) = broadcast::channel(4096);
-        Ok(Store {
-            db: Arc::new(db),
-            watch,
-        })
+        Ok(Store { db: Arc::new(db), watch })
     }
 
     /// The layout version on disk.
@@ -222,16 +208,8 @@ impl Store {
                 };
                 let bytes = serde_json::to_vec(&stored).map_err(|e| StoreError::Db(e.to_string()))?;
                 table.insert(k.as_str(), bytes.as_slice())?;
-                let type_ = if action == ApplyAction::Created {
-                    WatchType::Added
-                } else {
-                    WatchType::Modified
-                };
-                events.push(WatchEvent {
-                    type_,
-                    key: key.clone(),
-                    object: stored,
-                });
+                let type_ = if action == ApplyAction::Created { WatchType::Added } else { WatchType::Modified };
+                events.push(WatchEvent { type_, key: key.clone(), object: stored });
                 outcomes.push((key, action));
             }
         }
@@ -291,11 +269,7 @@ impl Store {
         };
         tx.commit()?;
         if let Some(obj) = &old {
-            let _ = self.watch.send(WatchEvent {
-                type_: WatchType::Deleted,
-                key: key.clone(),
-                object: obj.clone(),
-            });
+            let _ = self.watch.send(WatchEvent { type_: WatchType::Deleted, key: key.clone(), object: obj.clone() });
         }
         Ok(old)
     }
@@ -329,11 +303,7 @@ impl Store {
         tx.commit()?;
         match updated {
             Some(obj) => {
-                let _ = self.watch.send(WatchEvent {
-                    type_: WatchType::Modified,
-                    key: key.clone(),
-                    object: obj,
-                });
+                let _ = self.watch.send(WatchEvent { type_: WatchType::Modified, key: key.clone(), object: obj });
                 Ok(true)
             }
             None => Ok(false),
@@ -370,10 +340,9 @@ impl Store {
                     table.insert(k.as_str(), bytes.as_slice())?;
                 }
                 last => {
-                    let seq = last
-                        .and_then(|(k, _)| k.rsplit('#').next().and_then(|s| s.parse::<u64>().ok()))
-                        .unwrap_or(0)
-                        + 1;
+                    let seq =
+                        last.and_then(|(k, _)| k.rsplit('#').next().and_then(|s| s.parse::<u64>().ok())).unwrap_or(0)
+                            + 1;
                     let e = Event {
                         type_,
                         reason: reason.to_string(),

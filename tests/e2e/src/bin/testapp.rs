@@ -1,0 +1,108 @@
+//! A configurable HTTP app for end-to-end tests; behaviour is chosen with TESTAPP_* environment variables.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn file_flag(var: &str) -> bool {
+    env(var).is_some_and(|p| Path::new(&p).exists())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let replica = env("CAPSTAN_REPLICA").unwrap_or_else(|| "testapp".into());
+    if let Some(n) = env("TESTAPP_LOG_LINES").and_then(|n| n.parse::<usize>().ok()) {
+        for i in 0..n {
+            println!("{replica} line {i} {}", "x".repeat(60));
+        }
+    }
+    if let Some(mb) = env("TESTAPP_ALLOC_MB").and_then(|n| n.parse::<usize>().ok()) {
+        let mut v: Vec<u8> = Vec::new();
+        match v.try_reserve_exact(mb << 20) {
+            Ok(()) => {
+                v.resize(mb << 20, 1);
+                println!("allocated {mb} MiB");
+            }
+            Err(e) => {
+                eprintln!("allocation of {mb} MiB failed: {e}");
+                std::process::exit(3);
+            }
+        }
+        std::mem::forget(v);
+    }
+    if env("TESTAPP_SPAWN_CHILD").is_some() {
+        match std::process::Command::new("sleep").arg("300").spawn() {
+            Ok(c) => println!("spawned child {}", c.id()),
+            Err(e) => eprintln!("spawn failed: {e}"),
+        }
+    }
+    if env("TESTAPP_IGNORE_TERM").is_some() {
+        // SAFETY: setting a signal disposition to SIG_IGN before any threads depend on it.
+        unsafe {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+        println!("ignoring SIGTERM");
+    }
+    if let Some(code) = env("TESTAPP_EXIT_CODE").and_then(|c| c.parse::<i32>().ok()) {
+        let after = env("TESTAPP_EXIT_AFTER_MS").and_then(|c| c.parse().ok()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        eprintln!("exiting with {code}");
+        std::process::exit(code);
+    }
+    let port: u16 = env("PORT").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bind 127.0.0.1:{port}: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!("{replica} listening on {port}");
+    let name = replica.clone();
+    let app = Router::new()
+        .route("/", get(move || async move { name }))
+        .route(
+            "/status",
+            get(|| async {
+                if file_flag("TESTAPP_READY_FILE") {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                } else {
+                    (StatusCode::OK, "ok")
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async {
+                if file_flag("TESTAPP_LIVE_FILE") {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "sick")
+                } else {
+                    (StatusCode::OK, "ok")
+                }
+            }),
+        )
+        .route("/env", get(|| async { Json(std::env::vars().collect::<BTreeMap<String, String>>()) }));
+    let ignore = env("TESTAPP_IGNORE_TERM").is_some();
+    let delay: u64 = env("TESTAPP_TERM_DELAY_MS").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let shutdown = async move {
+        if ignore {
+            std::future::pending::<()>().await;
+        }
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+            return std::future::pending::<()>().await;
+        };
+        term.recv().await;
+        println!("got SIGTERM; finishing in {delay} ms");
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    };
+    let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    println!("{replica} exiting cleanly");
+}

@@ -1,0 +1,223 @@
+//! The real `capstan` binary: restarts that re-adopt replicas, clean exits that leave nothing behind, CLI contracts.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use capstan_e2e::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+fn capstan(data: &Path, args: &[&str]) -> Output {
+    Command::new(bin("capstan-e2e-cli"))
+        .args(args)
+        .env("CAPSTAN_DATA", data)
+        .env_remove("CAPSTAN_SERVER")
+        .env_remove("CAPSTAN_TOKEN")
+        .output()
+        .expect("run capstan")
+}
+
+fn up(data: &Path, manifests: &Path) -> Child {
+    Command::new(bin("capstan-e2e-cli"))
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .arg(manifests)
+        .env("CAPSTAN_DATA", data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start capstan up")
+}
+
+fn get_app(data: &Path, name: &str) -> Option<Value> {
+    let out = capstan(data, &["get", "app", name, "-o", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+async fn ready_pids(data: &Path, name: &str, n: usize) -> Vec<u32> {
+    eventually(&format!("{name} Ready with {n} replicas"), T, || async {
+        let o = get_app(data, name)?;
+        let pids: Vec<u32> = replicas(&o).iter().filter_map(|r| r["pid"].as_u64().map(|p| p as u32)).collect();
+        (ready(&o) && pids.len() == n).then_some(pids)
+    })
+    .await
+}
+
+/// Every process whose environment names this data directory's Apps (replicas and their children).
+fn processes_with_env(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) && alive(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn write_manifest(dir: &Path, marker: &str) -> std::path::PathBuf {
+    let path = dir.join("apps.yaml");
+    let yaml = app_yaml("svc", 2, &[("TESTAPP_SPAWN_CHILD", "1"), ("E2E_MARKER", marker)], READINESS);
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_sigkill_readopts_replicas_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let marker = format!("readopt-{}", std::process::id());
+    let manifest = write_manifest(dir.path(), &marker);
+    let mut first = up(&data, &manifest);
+    let pids = ready_pids(&data, "svc", 2).await;
+
+    // Capstan dies hard; its replicas must keep running.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(pids.iter().all(|p| alive(*p)), "replicas survive Capstan's death");
+
+    let mut second = up(&data, &manifest);
+    let again = ready_pids(&data, "svc", 2).await;
+    assert_eq!(again, pids, "the same processes were adopted");
+    let o = get_app(&data, "svc").unwrap();
+    assert_eq!(o["status"]["restarts"], 0);
+    let marker_env = format!("E2E_MARKER={marker}");
+    // Two replicas and one `sleep` child each: nothing was duplicated.
+    assert_eq!(processes_with_env(&marker_env).len(), 4, "{:?}", processes_with_env(&marker_env));
+
+    // An adopted replica that dies is still noticed and replaced.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually("adopted replica replaced", T, || async {
+        let o = get_app(&data, "svc")?;
+        let r = replicas(&o).first().cloned()?;
+        (ready(&o) && r["pid"].as_u64() != Some(u64::from(pids[0])) && r["restarts"] == 1).then_some(())
+    })
+    .await;
+    let logs = capstan(&data, &["logs", "svc", "--replica", "1"]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("svc-1 listening"), "logs survive the restart");
+
+    // SIGINT (Ctrl-C): every replica and every child of a replica is gone when capstan exits.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = second.wait().unwrap();
+    assert!(status.success(), "capstan exits 0 after Ctrl-C: {status}");
+    eventually("no process left", T, || async { processes_with_env(&marker_env).is_empty().then_some(()) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_keeping_workloads_then_up_adopts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let marker = format!("keep-{}", std::process::id());
+    let manifest = write_manifest(dir.path(), &marker);
+    let mut first = up(&data, &manifest);
+    let pids = ready_pids(&data, "svc", 2).await;
+    let out = capstan(&data, &["shutdown", "--keep-workloads"]);
+    assert!(out.status.success());
+    assert!(first.wait().unwrap().success());
+    assert!(pids.iter().all(|p| alive(*p)));
+    let mut second = up(&data, &manifest);
+    assert_eq!(ready_pids(&data, "svc", 2).await, pids);
+    let out = capstan(&data, &["shutdown"]);
+    assert!(out.status.success());
+    assert!(second.wait().unwrap().success());
+    let marker_env = format!("E2E_MARKER={marker}");
+    eventually("no process left", T, || async { processes_with_env(&marker_env).is_empty().then_some(()) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_contracts_exit_codes_and_errors_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, app_yaml("cli", 1, &[], READINESS)).unwrap();
+    let mut plane = up(&data, &good);
+    ready_pids(&data, "cli", 1).await;
+
+    // get: table, json, yaml.
+    let out = capstan(&data, &["get", "apps"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("NAME   READY   STATUS    RESTARTS   AGE"), "{table}");
+    assert!(table.contains("cli    1/1     Running   0"), "{table}");
+    let yaml = capstan(&data, &["get", "apps", "-o", "yaml"]);
+    let parsed = capstan_model::yaml::parse_documents(&String::from_utf8_lossy(&yaml.stdout)).unwrap();
+    assert_eq!(parsed[0].value["items"][0]["metadata"]["name"], "cli");
+    assert_eq!(parsed[0].value["items"][0]["status"]["readyReplicas"], 1);
+
+    // diff: 0 without changes, 1 with.
+    assert_eq!(capstan(&data, &["diff", "-f", good.to_str().unwrap()]).status.code(), Some(0));
+    let changed = dir.path().join("changed.yaml");
+    std::fs::write(&changed, app_yaml("cli", 3, &[], READINESS)).unwrap();
+    let out = capstan(&data, &["diff", "-f", changed.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("~ spec.replicas: 1 -> 3"));
+
+    // A bad batch: exit 2, every error with file, line and field, and nothing applied.
+    let bad = dir.path().join("bad.yaml");
+    let text = format!(
+        "{}---\n{}",
+        app_yaml("fine", 1, &[], ""),
+        app_yaml("Bad_Name", -1, &[], "  probes:\n    readiness: {tcp: {port: admin}}\n")
+    );
+    std::fs::write(&bad, text).unwrap();
+    let out = capstan(&data, &["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = bad.display().to_string();
+    assert!(err.contains(&format!("{file}:19:3: App/Bad_Name: field `metadata.name`")), "{err}");
+    assert!(err.contains("field `spec.replicas`: must not be negative"), "{err}");
+    assert!(err.contains("field `spec.probes.readiness.tcp.port`: names unknown port `admin`"), "{err}");
+    assert!(capstan(&data, &["get", "app", "fine"]).status.code() == Some(1), "nothing from the bad batch was applied");
+
+    // A missing program is refused at apply time with the line of the command.
+    let missing = dir.path().join("missing.yaml");
+    std::fs::write(&missing, app_yaml("ghost", 1, &[], "").replace(&testapp(), "./not-built-yet")).unwrap();
+    let out = capstan(&data, &["apply", "-f", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":8:15: App/ghost: field `spec.run.command[0]`: program"), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+
+    // Not found is exit 1; an unknown type is exit 2.
+    assert_eq!(capstan(&data, &["get", "app", "nope"]).status.code(), Some(1));
+    assert_eq!(capstan(&data, &["describe", "widgets", "x"]).status.code(), Some(2));
+
+    // describe shows replicas and events.
+    let out = capstan(&data, &["describe", "app", "cli"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cli-0") && text.contains("Started"), "{text}");
+
+    // No control plane: a clear error and exit 1.
+    let out = capstan(&data, &["shutdown"]);
+    assert!(out.status.success());
+    plane.wait().unwrap();
+    let out = capstan(&data, &["get", "apps"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Capstan API"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_refuses_a_bad_manifest_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, app_yaml("x", 1, &[], "  replcas: 2\n")).unwrap();
+    let out = Command::new(bin("capstan-e2e-cli"))
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .arg(&bad)
+        .env("CAPSTAN_DATA", &data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("field `spec.replcas`: unknown field"), "{err}");
+    assert!(err.contains("did you mean `replicas`?"), "{err}");
+    assert!(!data.join("state.redb").exists(), "nothing was started");
+}

@@ -1,0 +1,324 @@
+//! The control plane in-process against real child processes: start, heal, probe, scale, stop, limit, log.
+
+use std::time::Duration;
+
+use capstan_e2e::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn wait_ready(tp: &TestPlane, name: &str) -> Value {
+    eventually(&format!("App {name} Ready"), T, || async {
+        let o = tp.app(name).await;
+        ready(&o).then_some(o)
+    })
+    .await
+}
+
+fn port_of(r: &Value) -> u16 {
+    r["ports"]["http"].as_u64().expect("port") as u16
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_start_become_ready_and_see_their_environment() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("web", 2, &[("GREETING", "hi")], READINESS));
+    let o = wait_ready(&tp, "web").await;
+    let reps = replicas(&o);
+    assert_eq!(reps.len(), 2);
+    assert_eq!(o["status"]["readyReplicas"], 2);
+    for (i, r) in reps.iter().enumerate() {
+        assert_eq!(r["name"], format!("web-{i}"));
+        let (code, body) = http_get(port_of(r), "/env").await.expect("replica answers");
+        assert_eq!(code, 200);
+        let env: Value = serde_json::from_str(&body).expect("env json");
+        assert_eq!(env["CAPSTAN_REPLICA"], format!("web-{i}"));
+        assert_eq!(env["CAPSTAN_ORDINAL"], i.to_string());
+        assert_eq!(env["CAPSTAN_APP"], "web");
+        assert_eq!(env["CAPSTAN_NAMESPACE"], "default");
+        assert_eq!(env["PORT"], port_of(r).to_string());
+        assert_eq!(env["PORT_HTTP"], port_of(r).to_string());
+        assert_eq!(env["GREETING"], "hi");
+        assert!(env.get("CARGO").is_none(), "only the documented variables are inherited");
+    }
+    assert_ne!(port_of(&reps[0]), port_of(&reps[1]));
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_replica_is_restarted_and_ready_again() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("heal", 2, &[], READINESS));
+    let o = wait_ready(&tp, "heal").await;
+    let victim = replicas(&o)[1].clone();
+    let pid = victim["pid"].as_u64().expect("pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let o = eventually("heal-1 replaced and Ready", T, || async {
+        let o = tp.app("heal").await;
+        let r = replicas(&o).get(1).cloned()?;
+        (ready(&o) && r["pid"].as_u64() != Some(pid as u64) && r["restarts"] == 1).then_some(o)
+    })
+    .await;
+    let r = &replicas(&o)[1];
+    assert_eq!(r["lastExit"]["signal"], 9);
+    assert_eq!(port_of(r), port_of(&victim), "the replica keeps its port across restarts");
+    assert_eq!(o["status"]["restarts"], 1);
+    assert!(!alive(pid as u32));
+    let events = tp.client.get("/api/v1/namespaces/default/apps/heal/events").await.expect("events");
+    let reasons: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(reasons.contains(&"Exited") && reasons.contains(&"Restarted"), "{reasons:?}");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_liveness_probe_restarts_the_replica() {
+    let tp = TestPlane::start().await;
+    let flag = tp.dir.path().join("sick");
+    let probes =
+        "  probes:\n    liveness: {http: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 2}\n";
+    tp.apply(&app_yaml("live", 1, &[("TESTAPP_LIVE_FILE", &flag.display().to_string())], probes));
+    let o = wait_ready(&tp, "live").await;
+    let pid = replicas(&o)[0]["pid"].as_u64().unwrap();
+    std::fs::write(&flag, "1").unwrap();
+    eventually("liveness failure restarts the replica", T, || async {
+        let o = tp.app("live").await;
+        let r = replicas(&o).first().cloned()?;
+        (r["restarts"].as_u64() >= Some(1) && r["pid"].as_u64() != Some(pid)).then_some(())
+    })
+    .await;
+    std::fs::remove_file(&flag).unwrap();
+    let o = wait_ready(&tp, "live").await;
+    let events = tp.client.get("/api/v1/namespaces/default/apps/live/events").await.unwrap();
+    let text = events.to_string();
+    assert!(text.contains("liveness probe failed 2 times"), "{text}");
+    assert!(replicas(&o)[0]["restarts"].as_u64().unwrap() >= 1);
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_readiness_probe_shows_not_ready_without_restart() {
+    let tp = TestPlane::start().await;
+    let flag = tp.dir.path().join("unready");
+    tp.apply(&app_yaml("ready", 1, &[("TESTAPP_READY_FILE", &flag.display().to_string())], READINESS));
+    let o = wait_ready(&tp, "ready").await;
+    let pid = replicas(&o)[0]["pid"].clone();
+    std::fs::write(&flag, "1").unwrap();
+    let o = eventually("replica NotReady", T, || async {
+        let o = tp.app("ready").await;
+        (o["status"]["readyReplicas"] == 0).then_some(o)
+    })
+    .await;
+    let r = &replicas(&o)[0];
+    assert_eq!(r["ready"], false);
+    assert_eq!(r["reason"], "NotReady");
+    assert!(r["message"].as_str().unwrap().contains("returned 503"), "{r}");
+    assert_eq!(r["pid"], pid, "readiness failures do not restart");
+    let cond = o["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "ReplicasNotReady");
+    std::fs::remove_file(&flag).unwrap();
+    let o = wait_ready(&tp, "ready").await;
+    assert_eq!(replicas(&o)[0]["restarts"], 0);
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_up_then_down_removes_highest_ordinals() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("scale", 1, &[], READINESS));
+    wait_ready(&tp, "scale").await;
+    tp.apply(&app_yaml("scale", 3, &[], READINESS));
+    let o = wait_ready(&tp, "scale").await;
+    let pids: Vec<u64> = replicas(&o).iter().map(|r| r["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids.len(), 3);
+    tp.apply(&app_yaml("scale", 1, &[], READINESS));
+    let o = eventually("scaled down to 1", T, || async {
+        let o = tp.app("scale").await;
+        (ready(&o) && replicas(&o).len() == 1).then_some(o)
+    })
+    .await;
+    assert_eq!(replicas(&o)[0]["name"], "scale-0");
+    assert_eq!(replicas(&o)[0]["pid"].as_u64(), Some(pids[0]), "ordinal 0 was kept");
+    eventually("removed replicas exited", T, || async {
+        (!alive(pids[1] as u32) && !alive(pids[2] as u32)).then_some(())
+    })
+    .await;
+    let events = tp.client.get("/api/v1/namespaces/default/apps/scale/events").await.unwrap().to_string();
+    let two = events.find("stopping replica scale-2").expect("scale-2 stopped");
+    let one = events.find("stopping replica scale-1").expect("scale-1 stopped");
+    assert!(two < one, "the highest ordinal goes first");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_sends_sigterm_then_sigkill_after_the_grace_period() {
+    let tp = TestPlane::start().await;
+    // One replica finishes its work after SIGTERM; the other ignores SIGTERM and must be killed.
+    let polite = app_yaml("polite", 1, &[("TESTAPP_TERM_DELAY_MS", "300")], "")
+        .replace("terminationGracePeriodSeconds: 5", "terminationGracePeriodSeconds: 10");
+    tp.apply(&polite);
+    let stubborn = app_yaml("stubborn", 1, &[("TESTAPP_IGNORE_TERM", "1")], "")
+        .replace("terminationGracePeriodSeconds: 5", "terminationGracePeriodSeconds: 1");
+    tp.apply(&stubborn);
+    wait_ready(&tp, "polite").await;
+    wait_ready(&tp, "stubborn").await;
+    let rt = tp.plane().runtime().clone();
+    tp.apply(&polite.replace("replicas: 1", "replicas: 0"));
+    tp.apply(&stubborn.replace("replicas: 1", "replicas: 0"));
+    eventually("both scaled to zero", T, || async {
+        let a = tp.app("polite").await;
+        let b = tp.app("stubborn").await;
+        (replicas(&a).is_empty() && replicas(&b).is_empty() && ready(&a) && ready(&b)).then_some(())
+    })
+    .await;
+    let key = |n: &str| capstan_model::ObjectKey::new("App", "default", n);
+    let polite: Vec<String> = rt.read_logs(&key("polite"), Some(0), None).into_iter().map(|l| l.text).collect();
+    assert!(polite.iter().any(|l| l.starts_with("got SIGTERM")), "{polite:?}");
+    assert!(polite.iter().any(|l| l.contains("exiting cleanly")), "it finished within the grace period: {polite:?}");
+    let stubborn_logs: Vec<String> =
+        rt.read_logs(&key("stubborn"), Some(0), None).into_iter().map(|l| l.text).collect();
+    assert!(stubborn_logs.iter().any(|l| l == "ignoring SIGTERM"));
+    assert!(!stubborn_logs.iter().any(|l| l.contains("exiting cleanly")), "it was killed: {stubborn_logs:?}");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backs_off_and_says_so() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("crashy", 1, &[("TESTAPP_EXIT_CODE", "3")], ""));
+    let o = eventually("CrashLoopBackOff", T, || async {
+        let o = tp.app("crashy").await;
+        let stalled = o["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Stalled" && c["reason"] == "CrashLoopBackOff");
+        stalled.then_some(o)
+    })
+    .await;
+    let r = &replicas(&o)[0];
+    assert_eq!(r["reason"], "CrashLoopBackOff");
+    assert_eq!(r["lastExit"]["code"], 3);
+    assert!(r["message"].as_str().unwrap().contains("exited with code 3"));
+    assert!(r["restarts"].as_u64().unwrap() >= 1);
+    let restarts = r["restarts"].as_u64().unwrap();
+    eventually("keeps restarting after backoff", T, || async {
+        let o = tp.app("crashy").await;
+        (replicas(&o)[0]["restarts"].as_u64()? > restarts).then_some(())
+    })
+    .await;
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_policy_never_leaves_a_finished_replica() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("job", 1, &[("TESTAPP_EXIT_CODE", "0")], "  restartPolicy: Never\n"));
+    let o = eventually("Succeeded", T, || async {
+        let o = tp.app("job").await;
+        (replicas(&o).first()?["phase"] == "Succeeded").then_some(o)
+    })
+    .await;
+    assert_eq!(replicas(&o)[0]["restarts"], 0);
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_change_rolls_replicas_to_the_new_revision() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("roll", 2, &[("VERSION", "1")], READINESS));
+    let o = wait_ready(&tp, "roll").await;
+    let rev1 = o["status"]["revision"].clone();
+    tp.apply(&app_yaml("roll", 2, &[("VERSION", "2")], READINESS));
+    let o = eventually("rolled to the new revision", T, || async {
+        let o = tp.app("roll").await;
+        (ready(&o) && o["status"]["revision"] != rev1 && o["status"]["updatedReplicas"] == 2).then_some(o)
+    })
+    .await;
+    for r in replicas(&o) {
+        let (_, body) = http_get(port_of(&r), "/env").await.unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["VERSION"], "2");
+        assert_eq!(r["restarts"], 0, "a rollout is not a restart");
+    }
+    assert_eq!(o["metadata"]["generation"], 2);
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_captured_rotated_and_filtered() {
+    let tp = TestPlane::start().await;
+    let extra = format!("{READINESS}  logs: {{maxSize: 8Ki, maxFiles: 2}}\n");
+    tp.apply(&app_yaml("chatty", 1, &[("TESTAPP_LOG_LINES", "400")], &extra));
+    wait_ready(&tp, "chatty").await;
+    let key = capstan_model::ObjectKey::new("App", "default", "chatty");
+    let rt = tp.plane().runtime().clone();
+    let lines = eventually("logs written", T, || async {
+        let l = rt.read_logs(&key, None, None);
+        l.iter().any(|l| l.text.contains("listening")).then_some(l)
+    })
+    .await;
+    assert!(lines.len() < 400, "old lines were rotated away ({} kept)", lines.len());
+    assert!(lines.iter().any(|l| l.text.starts_with("chatty-0 line 399")));
+    let path = rt.log_path(&key, 0);
+    assert!(std::fs::metadata(&path).unwrap().len() <= 8 * 1024);
+    assert!(path.with_extension("log.2").exists() && !path.with_extension("log.3").exists());
+    // Through the API: tail and since.
+    let mut rx = tp.client.stream("/api/v1/namespaces/default/apps/chatty/logs?tail=2").await.unwrap();
+    let mut got = Vec::new();
+    while let Some(l) = rx.recv().await {
+        got.push(l["text"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got.len(), 2);
+    assert!(got[1].contains("listening"));
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut rx = tp
+        .client
+        .stream(&format!("/api/v1/namespaces/default/apps/chatty/logs?since={}", future.replace('+', "%2B")))
+        .await
+        .unwrap();
+    assert!(rx.recv().await.is_none(), "nothing is newer than the future");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_is_enforced_and_unenforceable_limits_are_reported() {
+    let tp = TestPlane::start().await;
+    let extra = "  restartPolicy: Never\n  resources: {memory: 64Mi, cpu: 500m}\n";
+    tp.apply(&app_yaml("hog", 1, &[("TESTAPP_ALLOC_MB", "256")], extra));
+    let o = eventually("the hog fails", T, || async {
+        let o = tp.app("hog").await;
+        (replicas(&o).first()?["phase"] == "Failed").then_some(o)
+    })
+    .await;
+    assert_eq!(replicas(&o)[0]["lastExit"]["code"], 3, "the allocation was refused");
+    match tp.plane().runtime().limit_support() {
+        capstan_runtime_local::limits::LimitSupport::Rlimit { .. } => {
+            let w = o["status"]["warnings"].to_string();
+            assert!(w.contains("cpu limit 500m cannot be enforced"), "{w}");
+            assert!(w.contains("RLIMIT_DATA"), "{w}");
+        }
+        capstan_runtime_local::limits::LimitSupport::CgroupV2 { .. } => {
+            assert!(o["status"]["warnings"].is_null() || o["status"]["warnings"] == serde_json::json!([]));
+        }
+    }
+    // Within the limit the same program runs.
+    tp.apply(&app_yaml("small", 1, &[("TESTAPP_ALLOC_MB", "8")], "  resources: {memory: 64Mi}\n"));
+    wait_ready(&tp, "small").await;
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_app_stops_its_replicas_and_a_crash_does_not_touch_others() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("keep", 1, &[], READINESS));
+    tp.apply(&app_yaml("gone", 2, &[], READINESS));
+    let keep = wait_ready(&tp, "keep").await;
+    let gone = wait_ready(&tp, "gone").await;
+    let keep_pid = replicas(&keep)[0]["pid"].as_u64().unwrap() as u32;
+    let pids: Vec<u32> = replicas(&gone).iter().map(|r| r["pid"].as_u64().unwrap() as u32).collect();
+    tp.client.delete("/api/v1/namespaces/default/apps/gone").await.unwrap();
+    eventually("deleted App's replicas exit", T, || async { pids.iter().all(|p| !alive(*p)).then_some(()) }).await;
+    assert!(alive(keep_pid));
+    assert_eq!(replicas(&tp.app("keep").await)[0]["pid"].as_u64(), Some(u64::from(keep_pid)));
+    tp.stop().await;
+    assert!(!alive(keep_pid), "shutdown stops every replica");
+}
