@@ -166,6 +166,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if !matches!(cli.command, Command::Up { .. }) {
+        // Like other Unix tools, die quietly when the reader goes away (`capstan get apps | head`).
+        // `up` keeps ignoring SIGPIPE: a closed terminal must not kill the control plane.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAPSTAN_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if matches!(cli.command, Command::Up { .. }) { "info" } else { "warn" })
     });

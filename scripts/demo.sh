@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds Capstan and the hello example, runs `capstan up examples/hello` and prints where to look.
+# Ctrl-C stops every replica. With DEMO_SMOKE=1 it checks each replica answers, then stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+
+apt_install curl procps python3
+echo "== building capstan and capstan-hello (release)"
+cargo build --release --quiet -p capstan-cli -p hello
+export PATH="$CARGO_TARGET_DIR/release:$PATH"
+export CAPSTAN_DATA="${CAPSTAN_DATA:-$PWD/.capstan}"
+LISTEN="${CAPSTAN_LISTEN:-127.0.0.1:7470}"
+
+capstan up examples/hello --listen "$LISTEN" &
+UP=$!
+trap 'kill -INT $UP 2>/dev/null; wait $UP' INT TERM
+export CAPSTAN_SERVER="http://$LISTEN"
+for _ in $(seq 1 100); do
+  capstan get apps >/dev/null 2>&1 && break
+  kill -0 $UP 2>/dev/null || { wait $UP; exit $?; }
+  sleep 0.1
+done
+capstan apply -f examples/hello --wait --timeout 60s >/dev/null
+echo
+capstan get apps -o wide
+echo
+for port in $(capstan get app hello -o json | python3 -c 'import json,sys; [print(r["ports"]["http"]) for r in json.load(sys.stdin)["status"]["replicaStatuses"]]'); do
+  echo "  http://127.0.0.1:$port/  ->  $(curl -fsS "http://127.0.0.1:$port/")"
+done
+cat <<TOUR
+
+Try, in another terminal (export CAPSTAN_DATA=$CAPSTAN_DATA):
+  capstan describe app hello        # replicas, probes, conditions, events
+  capstan logs hello -f             # every replica's output
+  kill -9 \$(pgrep -f capstan-hello | head -1); capstan get apps   # healed
+Ctrl-C here stops every replica.
+TOUR
+
+if [ "${DEMO_SMOKE:-}" = 1 ]; then
+  kill -INT $UP
+  wait $UP
+  if pgrep -f "$CARGO_TARGET_DIR/release/capstan-hello" >/dev/null; then
+    echo "replicas left behind" >&2
+    exit 1
+  fi
+  echo "demo smoke check passed"
+  exit 0
+fi
+wait $UP

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up what the tests need on a fresh machine, then runs every test: format, lints, unit and end-to-end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace
