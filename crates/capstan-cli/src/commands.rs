@@ -22,8 +22,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Up { paths, listen } => up(data.clone(), listen, paths).await,
         Command::Apply { files, wait, timeout } => apply(&client()?, &files, wait, &timeout).await,
-        Command::Get { kind, name, namespace, all_namespaces, output } => {
-            get(&client()?, &kind, name.as_deref(), namespace.as_deref(), all_namespaces, &output).await
+        Command::Get { kind, name, namespace, all_namespaces, output, watch } => {
+            get(&client()?, &kind, name.as_deref(), namespace.as_deref(), all_namespaces, &output, watch).await
         }
         Command::Describe { kind, name, namespace } => describe(&client()?, &kind, &name, namespace.as_deref()).await,
         Command::Logs { app, replica, follow, since, tail, timestamps, namespace } => {
@@ -194,7 +194,15 @@ fn app_status_word(o: &Value) -> String {
     }
 }
 
-async fn get(client: &Client, kind: &str, name: Option<&str>, ns: Option<&str>, all: bool, output: &str) -> Result<u8> {
+async fn get(
+    client: &Client,
+    kind: &str,
+    name: Option<&str>,
+    ns: Option<&str>,
+    all: bool,
+    output: &str,
+    watch: bool,
+) -> Result<u8> {
     let kind = kind_arg(kind)?;
     if !["table", "wide", "json", "yaml"].contains(&output) {
         return Err(Failure::invalid(format!(
@@ -221,7 +229,9 @@ async fn get(client: &Client, kind: &str, name: Option<&str>, ns: Option<&str>, 
     }
     if items.is_empty() {
         eprintln!("No {} found{}.", kind.plural(), if all { String::new() } else { format!(" in namespace {ns}") });
-        return Ok(EXIT_OK);
+        if !watch {
+            return Ok(EXIT_OK);
+        }
     }
     let now = Utc::now();
     let wide = output == "wide";
@@ -233,44 +243,53 @@ async fn get(client: &Client, kind: &str, name: Option<&str>, ns: Option<&str>, 
     if wide {
         headers.extend(["REVISION", "PORTS"]);
     }
-    let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|o| {
-            let mut row = vec![];
-            if all {
-                row.push(o["metadata"]["namespace"].as_str().unwrap_or("").to_string());
-            }
-            row.push(o["metadata"]["name"].as_str().unwrap_or("").to_string());
-            row.push(format!(
-                "{}/{}",
-                o["status"]["readyReplicas"].as_i64().unwrap_or(0),
-                o["spec"]["replicas"].as_i64().unwrap_or(1)
-            ));
-            row.push(app_status_word(o));
-            row.push(o["status"]["restarts"].as_u64().unwrap_or(0).to_string());
-            row.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
-            if wide {
-                row.push(o["status"]["revision"].as_str().unwrap_or("").to_string());
-                let ports: Vec<String> = o["status"]["replicaStatuses"]
-                    .as_array()
-                    .map(|rs| {
-                        rs.iter()
-                            .flat_map(|r| {
-                                r["ports"]
-                                    .as_object()
-                                    .map(|p| p.values().map(|v| v.to_string()).collect::<Vec<_>>())
-                                    .unwrap_or_default()
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                row.push(ports.join(","));
-            }
-            row
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = items.iter().map(|o| app_row(o, all, wide, now)).collect();
     println!("{}", table(&headers, &rows));
+    if !watch {
+        return Ok(EXIT_OK);
+    }
+    // Like `kubectl get -w`: one more row per change, until interrupted.
+    let mut rx = client.stream(&format!("/api/v1/watch?kind={}", kind.plural())).await.map_err(api_failure)?;
+    while let Some(ev) = rx.recv().await {
+        let o = &ev["object"];
+        let same_ns = all || o["metadata"]["namespace"] == ns;
+        let same_name = name.is_none_or(|n| o["metadata"]["name"] == n);
+        if same_ns && same_name {
+            let mut row = app_row(o, all, wide, Utc::now());
+            if ev["type"] == "Deleted" {
+                row[if all { 3 } else { 2 }] = "Deleted".into();
+            }
+            println!("{}", table(&headers, &[row]).lines().nth(1).unwrap_or_default());
+        }
+    }
     Ok(EXIT_OK)
+}
+
+fn app_row(o: &Value, all: bool, wide: bool, now: chrono::DateTime<Utc>) -> Vec<String> {
+    let mut row = vec![];
+    if all {
+        row.push(o["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+    }
+    row.push(o["metadata"]["name"].as_str().unwrap_or("").to_string());
+    row.push(format!(
+        "{}/{}",
+        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+        o["spec"]["replicas"].as_i64().unwrap_or(1)
+    ));
+    row.push(app_status_word(o));
+    row.push(o["status"]["restarts"].as_u64().unwrap_or(0).to_string());
+    row.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
+    if wide {
+        row.push(o["status"]["revision"].as_str().unwrap_or("").to_string());
+        let ports: Vec<String> = o["status"]["replicaStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["ports"].as_object().into_iter().flatten().map(|(_, v)| v.to_string()))
+            .collect();
+        row.push(ports.join(","));
+    }
+    row
 }
 
 async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> Result<u8> {

@@ -89,6 +89,9 @@ pub enum Command {
         /// table, wide, json or yaml.
         #[arg(short, long, default_value = "table")]
         output: String,
+        /// After listing, print a row for every change (table output).
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show an object in detail, with its replicas and recent events.
     Describe {

@@ -40,7 +40,7 @@ impl LogWriter {
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        let (follow, _) = broadcast::channel(1024);
+        let (follow, _) = broadcast::channel(64);
         Ok(LogWriter { path, file, size, max_size, max_files, replica, follow })
     }
 
@@ -98,7 +98,7 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(
     writer: Arc<Mutex<LogWriter>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 8 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     let mut stopping = false;
     loop {

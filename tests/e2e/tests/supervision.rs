@@ -322,3 +322,70 @@ async fn deleting_an_app_stops_its_replicas_and_a_crash_does_not_touch_others() 
     tp.stop().await;
     assert!(!alive(keep_pid), "shutdown stops every replica");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_probe_gates_and_restarts_then_exec_readiness_works() {
+    let tp = TestPlane::start().await;
+    let flag = tp.dir.path().join("slow");
+    std::fs::write(&flag, "1").unwrap();
+    let flag_s = flag.display().to_string();
+    // The startup probe (HTTP /status) fails while the flag exists; readiness is an exec probe on the same flag.
+    let probes = format!(
+        "  probes:\n    startup: {{http: {{path: /status, port: http}}, periodSeconds: 1, failureThreshold: 2}}\n    readiness: {{exec: {{command: [sh, -c, \"test ! -e {flag_s}\"]}}, periodSeconds: 1}}\n"
+    );
+    tp.apply(&app_yaml("boot", 1, &[("TESTAPP_READY_FILE", &flag_s)], &probes));
+    let o = eventually("startup probe failure restarts", T, || async {
+        let o = tp.app("boot").await;
+        (replicas(&o).first()?["restarts"].as_u64()? >= 1).then_some(o)
+    })
+    .await;
+    assert_eq!(o["status"]["readyReplicas"], 0, "not ready before the startup probe passes");
+    let events = tp.client.get("/api/v1/namespaces/default/apps/boot/events").await.unwrap().to_string();
+    assert!(events.contains("startup probe failed 2 times"), "{events}");
+    std::fs::remove_file(&flag).unwrap();
+    wait_ready(&tp, "boot").await;
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_streams_new_lines() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("talk", 2, &[], READINESS));
+    let o = wait_ready(&tp, "talk").await;
+    let port = port_of(&replicas(&o)[1]);
+    let mut rx = tp.client.stream("/api/v1/namespaces/default/apps/talk/logs?follow=true").await.unwrap();
+    // Old lines first.
+    let first = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert!(first["text"].as_str().unwrap().contains("listening"), "{first}");
+    http_get(port, "/say/followed").await.unwrap();
+    let line = tokio::time::timeout(T, async {
+        while let Some(l) = rx.recv().await {
+            if l["text"] == "said followed" {
+                return Some(l);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the new line arrives in time")
+    .expect("the stream stays open");
+    assert_eq!(line["replica"], "talk-1");
+    assert_eq!(line["stream"], "stdout");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_requests_without_the_token() {
+    let tp = TestPlane::start().await;
+    let wrong = capstan_api::Client::new(tp.plane().url(), "not-the-token");
+    let e = wrong.get("/api/v1/apps").await.unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(401));
+    assert!(e.to_string().contains("token"));
+    let e = wrong.post("/api/v1/apply", serde_json::json!({"objects": []})).await.unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(401));
+    assert!(tp.client.get("/api/v1/apps").await.is_ok());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(tp.dir.path().join("token")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the token file is private");
+    tp.stop().await;
+}

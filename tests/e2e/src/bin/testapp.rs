@@ -89,6 +89,13 @@ async fn main() {
                 }
             }),
         )
+        .route(
+            "/say/{word}",
+            get(|axum::extract::Path(word): axum::extract::Path<String>| async move {
+                println!("said {word}");
+                "ok"
+            }),
+        )
         .route("/env", get(|| async { Json(std::env::vars().collect::<BTreeMap<String, String>>()) }));
     let ignore = env("TESTAPP_IGNORE_TERM").is_some();
     let delay: u64 = env("TESTAPP_TERM_DELAY_MS").and_then(|c| c.parse().ok()).unwrap_or(0);
