@@ -172,6 +172,7 @@ pub async fn run(
     };
 
     let mut ready = false;
+    let mut warmup = Some(Duration::from_millis(50));
     let mut rc = Counter { successes: 0, failures: 0 };
     let mut lc = Counter { successes: 0, failures: 0 };
     let mut next_ready = started_at + Duration::from_secs(u64::from(readiness.initial_delay_seconds));
@@ -196,7 +197,19 @@ pub async fn run(
             } else if !ready && rc.failures == 1 {
                 report(ProbeEvent::Ready(false, r.err().map(|e| format!("readiness probe failed: {e}"))));
             }
-            next_ready = Instant::now() + period(&readiness);
+            // Until the first success, probe sooner (50 ms, doubling up to the period) so a replica is Ready as
+            // soon as it serves; from then on the probe keeps Kubernetes' period exactly.
+            let step = match warmup {
+                Some(w) if !ready => {
+                    warmup = (w * 2 < period(&readiness)).then_some(w * 2);
+                    w
+                }
+                _ => {
+                    warmup = None;
+                    period(&readiness)
+                }
+            };
+            next_ready = Instant::now() + step;
         }
         if let (Some(lp), Some(at)) = (&probes.liveness, next_live) {
             if now >= at {
