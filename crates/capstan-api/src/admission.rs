@@ -1,11 +1,10 @@
 //! Admission: the checks a batch must pass before it is stored — types, validation, and what the machine allows.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use capstan_model::{FieldError, ObjectKey, Resource};
 use capstan_runtime_local::process::resolve_program;
-use capstan_runtime_local::BASE_DIR_ANNOTATION;
+use capstan_runtime_local::{search_path, working_dir};
 use capstan_store::Store;
 use serde::Serialize;
 use serde_json::Value;
@@ -79,17 +78,7 @@ pub fn admit(
             ));
         }
         let Resource::App(app) = r;
-        let base = app
-            .metadata
-            .annotations
-            .get(BASE_DIR_ANNOTATION)
-            .map(PathBuf::from)
-            .or_else(|| std::env::current_dir().ok())
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let cwd = match &app.spec.run.working_dir {
-            Some(d) => base.join(d),
-            None => base,
-        };
+        let cwd = working_dir(app);
         if !cwd.is_dir() {
             errors.push(AdmissionError::new(
                 i,
@@ -97,7 +86,7 @@ pub fn admit(
                     .hint("relative paths start at the manifest's directory"),
             ));
         } else if let Some(program) = app.spec.run.command.first() {
-            let path = app.spec.run.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+            let path = search_path(app);
             if let Err(msg) = resolve_program(program, &cwd, &path) {
                 let hint = if program.contains('/') {
                     format!("relative paths start at {}; build the program first or fix the path", cwd.display())

@@ -99,8 +99,14 @@ fn load_or_create_token(path: &Path) -> Result<String, PlaneError> {
 impl ControlPlane {
     /// Opens the store, adopts surviving replicas, starts the controller and the API server.
     pub async fn start(cfg: PlaneConfig) -> Result<ControlPlane, PlaneError> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|source| PlaneError::DataDir { path: cfg.data_dir.clone(), source })?;
+        let fresh = !cfg.data_dir.exists();
+        let dir_err = |source| PlaneError::DataDir { path: cfg.data_dir.clone(), source };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err)?;
+        if fresh {
+            // Logs and state may hold secrets: a data directory Capstan creates is private to its user.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        }
         let store = Store::open(&cfg.data_dir.join("state.redb"))?;
         let token = load_or_create_token(&cfg.data_dir.join(TOKEN_FILE))?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)

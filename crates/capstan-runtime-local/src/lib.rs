@@ -35,6 +35,27 @@ pub const BASE_DIR_ANNOTATION: &str = "capstan.dev/base-dir";
 /// Environment variables passed from Capstan to every replica.
 pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
+/// The directory an App's replicas run in: `run.workingDir` from the manifest's directory (the
+/// `capstan.dev/base-dir` annotation), or Capstan's own directory when the App came without one.
+pub fn working_dir(app: &App) -> PathBuf {
+    let base = app
+        .metadata
+        .annotations
+        .get(BASE_DIR_ANNOTATION)
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    match &app.spec.run.working_dir {
+        Some(d) => base.join(d),
+        None => base,
+    }
+}
+
+/// The PATH a replica's program is looked up in: `run.env.PATH`, else Capstan's.
+pub fn search_path(app: &App) -> String {
+    app.spec.run.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default()
+}
+
 /// Settings of the local runtime.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -90,6 +111,34 @@ struct Replica {
     /// Becomes true when the process has exited.
     exited: watch::Receiver<bool>,
     writer: Option<Arc<Mutex<LogWriter>>>,
+}
+
+impl Replica {
+    /// A replica whose process runs; its tasks stop when `stop_tasks` fires.
+    fn running(
+        rec: Record,
+        stop_tasks: watch::Sender<bool>,
+        exited: watch::Receiver<bool>,
+        writer: Option<Arc<Mutex<LogWriter>>>,
+    ) -> Replica {
+        Replica {
+            rec,
+            state: ReplicaState::Running,
+            ready: false,
+            unhealthy: None,
+            probe_message: None,
+            stop_tasks,
+            exited,
+            writer,
+        }
+    }
+
+    /// A replica without a process (exited, or never started).
+    fn without_process(rec: Record, state: ReplicaState) -> Replica {
+        let (stop_tasks, _) = watch::channel(true);
+        let (_, exited) = watch::channel(true);
+        Replica { state, ..Replica::running(rec, stop_tasks, exited, None) }
+    }
 }
 
 type ReplicaKey = (ObjectKey, u32);
@@ -257,21 +306,8 @@ impl LocalRuntime {
         rec.pid = None;
         rec.start_ticks = None;
         self.persist(&rec);
-        let (stop_tasks, _) = watch::channel(true);
-        let (_, exited) = watch::channel(true);
-        lock(&self.inner.replicas).insert(
-            (rec.key(), rec.ordinal),
-            Replica {
-                rec,
-                state: ReplicaState::Exited,
-                ready: false,
-                unhealthy: None,
-                probe_message: None,
-                stop_tasks,
-                exited,
-                writer: None,
-            },
-        );
+        lock(&self.inner.replicas)
+            .insert((rec.key(), rec.ordinal), Replica::without_process(rec, ReplicaState::Exited));
     }
 
     /// Re-attaches to a running process that a previous Capstan started.
@@ -294,19 +330,8 @@ impl LocalRuntime {
         let key = rec.key();
         let ordinal = rec.ordinal;
         self.spawn_probes(&rec, stop_rx.clone());
-        lock(&self.inner.replicas).insert(
-            (key.clone(), ordinal),
-            Replica {
-                rec,
-                state: ReplicaState::Running,
-                ready: false,
-                unhealthy: None,
-                probe_message: None,
-                stop_tasks,
-                exited,
-                writer: Some(writer),
-            },
-        );
+        lock(&self.inner.replicas)
+            .insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited, Some(writer)));
         let rt = self.clone();
         tokio::spawn(async move {
             let _ = pidfd.readable().await;
@@ -446,24 +471,14 @@ impl LocalRuntime {
     ) -> Result<(Record, tokio::process::Child), String> {
         let spec = &app.spec;
         let key = ObjectKey::new("App", app.metadata.namespace(), &app.metadata.name);
-        let base = app
-            .metadata
-            .annotations
-            .get(BASE_DIR_ANNOTATION)
-            .map(PathBuf::from)
-            .or_else(|| std::env::current_dir().ok())
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let cwd = match &spec.run.working_dir {
-            Some(d) => base.join(d),
-            None => base,
-        };
+        let cwd = working_dir(app);
         if !cwd.is_dir() {
             return Err(format!("working directory {} does not exist", cwd.display()));
         }
         let Some((program, first_args)) = spec.run.command.split_first() else {
             return Err("run.command is empty; the embedded runtime cannot run `run.image` alone".into());
         };
-        let path_env = spec.run.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+        let path_env = search_path(app);
         let exe = process::resolve_program(program, &cwd, &path_env)?;
 
         // Ports: fixed ones must be free; allocated ones keep the replica's previous port when still free.
@@ -707,21 +722,8 @@ impl AppRuntime for LocalRuntime {
                 rec.last_exit =
                     Some(ExitInfo { code: None, signal: None, finished_at: Utc::now(), reason: "StartFailed".into() });
                 self.persist(&rec);
-                let (stop_tasks, _) = watch::channel(true);
-                let (_, exited) = watch::channel(true);
-                lock(&self.inner.replicas).insert(
-                    (key, ordinal),
-                    Replica {
-                        rec,
-                        state: ReplicaState::StartFailed(msg.clone()),
-                        ready: false,
-                        unhealthy: None,
-                        probe_message: None,
-                        stop_tasks,
-                        exited,
-                        writer: None,
-                    },
-                );
+                lock(&self.inner.replicas)
+                    .insert((key, ordinal), Replica::without_process(rec, ReplicaState::StartFailed(msg.clone())));
                 return Err(msg);
             }
         };
@@ -746,19 +748,7 @@ impl AppRuntime for LocalRuntime {
             }
         }
         self.spawn_probes(&rec, stop_rx);
-        lock(&self.inner.replicas).insert(
-            (key.clone(), ordinal),
-            Replica {
-                rec,
-                state: ReplicaState::Running,
-                ready: false,
-                unhealthy: None,
-                probe_message: None,
-                stop_tasks,
-                exited,
-                writer,
-            },
-        );
+        lock(&self.inner.replicas).insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited, writer));
         let rt = self.clone();
         let mut child = child;
         tokio::spawn(async move {

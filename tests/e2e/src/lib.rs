@@ -69,12 +69,20 @@ impl TestPlane {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> TestPlane {
-        let plane = ControlPlane::start(PlaneConfig {
-            data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-        })
-        .await
-        .expect("control plane starts");
+        let path = dir.path().to_path_buf();
+        Self::start_at(dir, path).await
+    }
+
+    /// A control plane whose data directory is `path` (created by Capstan if missing).
+    pub async fn start_in_path(path: &Path) -> TestPlane {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_at(dir, path.to_path_buf()).await
+    }
+
+    async fn start_at(dir: tempfile::TempDir, data_dir: PathBuf) -> TestPlane {
+        let plane = ControlPlane::start(PlaneConfig { data_dir, listen: "127.0.0.1:0".parse().expect("addr") })
+            .await
+            .expect("control plane starts");
         let client = Client::new(plane.url(), plane.token());
         TestPlane { plane: Some(plane), client, dir }
     }

@@ -387,5 +387,11 @@ async fn the_api_refuses_requests_without_the_token() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(tp.dir.path().join("token")).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the token file is private");
+    let fresh = tempfile::tempdir().unwrap();
+    let data = fresh.path().join("new-data");
+    let other = TestPlane::start_in_path(&data).await;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "a data directory Capstan creates is private");
+    other.stop().await;
     tp.stop().await;
 }
