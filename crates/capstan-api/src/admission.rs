@@ -66,6 +66,9 @@ pub fn admit(
             for p in a.spec.ports.iter().filter_map(|p| p.port.filter(|x| *x != 0)) {
                 fixed_ports.insert(p, (key.clone(), usize::MAX));
             }
+            for e in &a.spec.expose {
+                fixed_ports.insert(e.port, (key.clone(), usize::MAX));
+            }
         }
     }
     for (i, r) in resources.iter().enumerate() {
@@ -105,11 +108,14 @@ pub fn admit(
                 .hint("add `command:` to run it here, or apply it to Kubernetes"),
             ));
         }
-        for (pi, p) in app.spec.ports.iter().enumerate() {
-            let Some(port) = p.port.filter(|x| *x != 0) else {
-                continue;
-            };
-            let path = format!("spec.ports[{pi}].port");
+        let claimed = app
+            .spec
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(pi, p)| p.port.filter(|x| *x != 0).map(|port| (format!("spec.ports[{pi}].port"), port)))
+            .chain(app.spec.expose.iter().enumerate().map(|(ei, e)| (format!("spec.expose[{ei}].port"), e.port)));
+        for (path, port) in claimed {
             if let Some((other, _)) = fixed_ports.get(&port).filter(|(k, _)| *k != key) {
                 errors.push(AdmissionError::new(
                     i,

@@ -4,8 +4,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use capstan_engine::{AppRuntime, Controller, ControllerHandle};
-use capstan_model::ObjectKey;
+use capstan_engine::{
+    AppRuntime, Controller, ControllerHandle, ObservedReplica, ObserverReport, ReconcileObserver, ReplicaState,
+};
+use capstan_model::{App, ObjectKey};
+use capstan_proxy::{Proxy, ReplicaEndpoint};
 use capstan_runtime_local::{LocalConfig, LocalRuntime};
 use capstan_store::{ApplyAction, Store};
 use serde_json::Value;
@@ -39,10 +42,30 @@ pub enum PlaneError {
     Token { path: PathBuf, source: std::io::Error },
 }
 
+/// Keeps the load balancer in step with what the runtime observes.
+struct ProxyObserver(Arc<Proxy>);
+
+impl ReconcileObserver for ProxyObserver {
+    fn observed(&self, key: &ObjectKey, app: Option<&App>, replicas: &[ObservedReplica]) -> ObserverReport {
+        let endpoints: Vec<ReplicaEndpoint> = replicas
+            .iter()
+            .map(|r| ReplicaEndpoint {
+                name: format!("{}-{}", key.name, r.ordinal),
+                ports: r.ports.clone(),
+                ready: r.state == ReplicaState::Running && r.ready && r.unhealthy.is_none(),
+                pid: r.pid.filter(|_| matches!(r.state, ReplicaState::Running | ReplicaState::Stopping)),
+            })
+            .collect();
+        let warnings = self.0.sync_app(key, app, &endpoints);
+        ObserverReport { warnings, endpoints: self.0.endpoints(key) }
+    }
+}
+
 /// Shared state of the running control plane.
 pub struct Shared {
     pub store: Store,
     pub runtime: LocalRuntime,
+    pub proxy: Arc<Proxy>,
     pub token: String,
     /// Set to Some(keep_workloads) when a shutdown is requested through the API.
     pub shutdown: watch::Sender<Option<bool>>,
@@ -52,8 +75,10 @@ impl Shared {
     /// Admits and stores a batch atomically.
     pub fn apply(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, ApplyError> {
         let rt = self.runtime.clone();
+        let proxy = self.proxy.clone();
         let in_use = move |key: &ObjectKey, port: u16| {
-            let ours = rt.observe(key).iter().any(|r| r.ports.values().any(|p| *p == port));
+            let ours = rt.observe(key).iter().any(|r| r.ports.values().any(|p| *p == port))
+                || proxy.endpoints(key).iter().any(|e| e.ends_with(&format!(":{port}")));
             !ours && std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
         };
         let resources = admit(&self.store, &objects, &in_use).map_err(ApplyError::Invalid)?;
@@ -116,9 +141,17 @@ impl ControlPlane {
 
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
         let runtime = LocalRuntime::new(LocalConfig { data_dir: cfg.data_dir.clone() }, store.clone(), notify_tx)?;
-        let controller = Controller::new(store.clone(), Arc::new(runtime.clone())).spawn(notify_rx);
+        let proxy = Arc::new(Proxy::new());
+        let drain_proxy = proxy.clone();
+        runtime.set_drainer(Arc::new(move |key: ObjectKey, replica: String| {
+            let p = drain_proxy.clone();
+            Box::pin(async move { p.drain(&key, &replica).await })
+        }));
+        let controller = Controller::new(store.clone(), Arc::new(runtime.clone()))
+            .with_observer(Arc::new(ProxyObserver(proxy.clone())))
+            .spawn(notify_rx);
         let (shutdown, shutdown_rx) = watch::channel(None);
-        let shared = Arc::new(Shared { store, runtime, token, shutdown });
+        let shared = Arc::new(Shared { store, runtime, proxy, token, shutdown });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -152,6 +185,10 @@ impl ControlPlane {
         &self.shared.runtime
     }
 
+    pub fn proxy(&self) -> &Proxy {
+        &self.shared.proxy
+    }
+
     /// Applies a batch as `capstan apply` would.
     pub fn apply(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, ApplyError> {
         self.shared.apply(objects)
@@ -175,6 +212,8 @@ impl ControlPlane {
         if let Some(c) = self.controller.take() {
             c.stop().await;
         }
+        // Stop taking new connections first, then stop (or leave) the replicas.
+        self.shared.proxy.close_all();
         if keep_workloads {
             self.shared.runtime.detach();
         } else {

@@ -40,9 +40,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one))
         .route("/api/v1/namespaces/{ns}/{plural}/{name}/events", get(events))
         .route("/api/v1/namespaces/{ns}/apps/{name}/logs", get(logs))
+        .route("/api/v1/namespaces/{ns}/apps/{name}/revisions", get(revisions))
+        .route("/api/v1/namespaces/{ns}/apps/{name}/rollback", post(rollback))
+        .route("/api/v1/namespaces/{ns}/apps/{name}/restart", post(restart))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/version", get(|| async { Json(json!({ "version": env!("CARGO_PKG_VERSION") })) }))
         .merge(api)
         .with_state(state)
@@ -255,4 +259,111 @@ struct ShutdownBody {
 async fn shutdown(State(state): State<AppState>, Json(body): Json<ShutdownBody>) -> Response {
     let _ = state.shutdown.send(Some(body.keep_workloads));
     Json(json!({ "stopping": true, "keepWorkloads": body.keep_workloads })).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.proxy.metrics_text()).into_response()
+}
+
+fn load_app(state: &Shared, ns: &str, name: &str) -> Result<(ObjectKey, Value), Box<Response>> {
+    let key = ObjectKey::new("App", ns, name);
+    match state.store.get(&key) {
+        Ok(Some(o)) => Ok((key, o)),
+        Ok(None) => Err(Box::new(error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}")))),
+        Err(e) => Err(Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))),
+    }
+}
+
+async fn revisions(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
+    let (key, obj) = match load_app(&state, &ns, &name) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let history = capstan_engine::revision_history(&state.store, &key);
+    Json(json!({
+        "items": history,
+        "revision": obj["status"]["revision"],
+        "currentRevision": obj["status"]["currentRevision"],
+        "updateRevision": obj["status"]["updateRevision"],
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct RollbackBody {
+    #[serde(default, rename = "toRevision")]
+    to_revision: Option<String>,
+}
+
+/// Puts an earlier revision's spec back into the App, as `kubectl rollout undo` does.
+async fn rollback(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    Json(body): Json<RollbackBody>,
+) -> Response {
+    let (key, mut obj) = match load_app(&state, &ns, &name) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let history = capstan_engine::revision_history(&state.store, &key);
+    let now = obj["status"]["revision"].as_str().unwrap_or_default().to_string();
+    let target = match &body.to_revision {
+        Some(r) => history.iter().find(|h| &h.revision == r),
+        None => history.iter().rev().find(|h| h.revision != now),
+    };
+    let Some(target) = target else {
+        let known: Vec<&str> = history.iter().map(|h| h.revision.as_str()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            match &body.to_revision {
+                Some(r) => format!("revision {r} is not in the history of App {name}; known: {}", known.join(", ")),
+                None => format!("App {name} has no earlier revision to go back to"),
+            },
+        );
+    };
+    obj["spec"] = target.spec.clone();
+    let annotations = &mut obj["metadata"]["annotations"];
+    if !annotations.is_object() {
+        *annotations = json!({});
+    }
+    match &target.restarted_at {
+        Some(t) => annotations[capstan_model::RESTARTED_AT_ANNOTATION] = json!(t),
+        None => {
+            if let Some(m) = annotations.as_object_mut() {
+                m.remove(capstan_model::RESTARTED_AT_ANNOTATION);
+            }
+        }
+    }
+    let revision = target.revision.clone();
+    match state.apply(vec![obj]) {
+        Ok(_) => Json(json!({ "revision": revision })).into_response(),
+        Err(ApplyError::Invalid(errors)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": "the old revision no longer passes admission", "errors": errors })),
+        )
+            .into_response(),
+        Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Replaces every replica in order, as `kubectl rollout restart` does.
+async fn restart(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
+    let (_, mut obj) = match load_app(&state, &ns, &name) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let now = chrono::Utc::now().to_rfc3339();
+    if !obj["metadata"]["annotations"].is_object() {
+        obj["metadata"]["annotations"] = json!({});
+    }
+    obj["metadata"]["annotations"][capstan_model::RESTARTED_AT_ANNOTATION] = json!(now);
+    match state.apply(vec![obj]) {
+        Ok(_) => Json(json!({ "restartedAt": now })).into_response(),
+        Err(ApplyError::Invalid(errors)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": "the App no longer passes admission", "errors": errors })),
+        )
+            .into_response(),
+        Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

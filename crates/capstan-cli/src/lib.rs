@@ -135,6 +135,11 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
     },
+    /// Follow, list, undo or restart an App's rolling updates.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutCommand,
+    },
     /// Print the JSON Schema of a kind (all kinds without an argument), for editors.
     Schema { kind: Option<String> },
     /// Stop the control plane.
@@ -145,6 +150,39 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Follow an update until it completes (exit 0) or fails or is rolled back (exit 1).
+    Status {
+        app: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Give up after this long.
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+    },
+    /// List the remembered revisions.
+    History {
+        app: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Go back to the previous revision (or --to-revision), writing its spec into the App.
+    Undo {
+        app: String,
+        #[arg(long)]
+        to_revision: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Replace every replica, in update order, without changing the spec.
+    Restart {
+        app: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
 }
 
 /// The data directory: --data, CAPSTAN_DATA, or the XDG default.

@@ -1,26 +1,42 @@
 //! The App controller loop: watches the store and the runtime, plans each App and carries out the plan.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use capstan_model::{App, AppStatus, EventType, Kind, ObjectKey, Resource};
+use capstan_model::{revision_of, App, AppStatus, EventType, Kind, ObjectKey, Resource, RESTARTED_AT_ANNOTATION};
 use capstan_store::Store;
 use chrono::Utc;
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::plan::{plan_app, Action};
 use crate::queue::WorkQueue;
-use crate::runtime::AppRuntime;
+use crate::runtime::{AppRuntime, ObservedReplica};
 
 /// How often every App is looked at even when nothing was reported.
 pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// Told what was observed of each App before it is planned (the load balancer follows replicas this way).
+pub trait ReconcileObserver: Send + Sync + 'static {
+    /// Returns warnings for the App's status and the endpoints it is reachable at.
+    fn observed(&self, key: &ObjectKey, app: Option<&App>, replicas: &[ObservedReplica]) -> ObserverReport;
+}
+
+/// What an observer reports back.
+#[derive(Debug, Clone, Default)]
+pub struct ObserverReport {
+    pub warnings: Vec<String>,
+    pub endpoints: Vec<String>,
+}
 
 /// Runs the App controller over a store and a runtime.
 pub struct Controller<R: AppRuntime> {
     store: Store,
     runtime: Arc<R>,
+    observer: Option<Arc<dyn ReconcileObserver>>,
 }
 
 /// A running controller: stop it with `stop`.
@@ -37,9 +53,44 @@ impl ControllerHandle {
     }
 }
 
+/// The store key prefix of an App's revision history.
+pub fn revision_prefix(key: &ObjectKey) -> String {
+    format!("revision/{}/{}/", key.namespace, key.name)
+}
+
+/// One remembered revision of an App.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRecord {
+    pub revision: String,
+    pub spec: Value,
+    #[serde(default)]
+    pub restarted_at: Option<String>,
+    pub created_at: chrono::DateTime<Utc>,
+    pub generation: Option<i64>,
+}
+
+/// The revisions remembered for an App, oldest first.
+pub fn revision_history(store: &Store, key: &ObjectKey) -> Vec<RevisionRecord> {
+    let mut out: Vec<RevisionRecord> = store
+        .records(&revision_prefix(key))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_value(v).ok())
+        .collect();
+    out.sort_by_key(|r| r.created_at);
+    out
+}
+
 impl<R: AppRuntime> Controller<R> {
     pub fn new(store: Store, runtime: Arc<R>) -> Self {
-        Controller { store, runtime }
+        Controller { store, runtime, observer: None }
+    }
+
+    /// Adds an observer told about every App before it is planned.
+    pub fn with_observer(mut self, observer: Arc<dyn ReconcileObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Starts the loop. `notify` carries the keys of Apps the runtime saw change.
@@ -70,7 +121,7 @@ impl<R: AppRuntime> Controller<R> {
             queue.add(k);
         }
         let mut next_resync = Instant::now() + RESYNC;
-        let mut failures: std::collections::HashMap<ObjectKey, u32> = Default::default();
+        let mut failures: HashMap<ObjectKey, u32> = HashMap::new();
         loop {
             let wake = queue.next_due().unwrap_or(next_resync).min(next_resync);
             tokio::select! {
@@ -123,6 +174,54 @@ impl<R: AppRuntime> Controller<R> {
         }
     }
 
+    /// Remembers the App's revision and forgets the oldest beyond the limit (never one in use).
+    fn remember_revision(&self, key: &ObjectKey, app: &App, status: &AppStatus, observed: &[ObservedReplica]) {
+        let rev = revision_of(app);
+        let prefix = revision_prefix(key);
+        let history = revision_history(&self.store, key);
+        if !history.iter().any(|r| r.revision == rev) {
+            let record = json!({
+                "revision": rev,
+                "spec": serde_json::to_value(&app.spec).unwrap_or_default(),
+                "restartedAt": app.metadata.annotations.get(RESTARTED_AT_ANNOTATION),
+                "createdAt": Utc::now(),
+                "generation": app.metadata.generation,
+            });
+            if let Err(e) = self.store.put_record(&format!("{prefix}{rev}"), &record) {
+                tracing::warn!(app = %key, "saving revision {rev}: {e}");
+            }
+        }
+        let limit = app.spec.update.revision_history_limit.max(1) as usize + 1;
+        let history = revision_history(&self.store, key);
+        if history.len() > limit {
+            let in_use = |r: &str| {
+                r == rev
+                    || status.current_revision.as_deref() == Some(r)
+                    || status.update_revision.as_deref() == Some(r)
+                    || observed.iter().any(|o| o.revision == r)
+            };
+            let excess = history.len() - limit;
+            for old in history.iter().filter(|r| !in_use(&r.revision)).take(excess) {
+                let _ = self.store.delete_record(&format!("{prefix}{}", old.revision));
+            }
+        }
+    }
+
+    /// The App as it was at `revision`, from the history (the App itself when it is that revision).
+    fn app_at(&self, key: &ObjectKey, app: &App, revision: &str) -> Option<App> {
+        if revision_of(app) == revision {
+            return Some(app.clone());
+        }
+        let rec = revision_history(&self.store, key).into_iter().find(|r| r.revision == revision)?;
+        let mut old = app.clone();
+        old.spec = serde_json::from_value(rec.spec).ok()?;
+        match rec.restarted_at {
+            Some(t) => old.metadata.annotations.insert(RESTARTED_AT_ANNOTATION.into(), t),
+            None => old.metadata.annotations.remove(RESTARTED_AT_ANNOTATION),
+        };
+        Some(old)
+    }
+
     /// Reconciles one App; returns when to look again.
     fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, capstan_store::StoreError> {
         let stored = self.store.get(key)?;
@@ -135,19 +234,40 @@ impl<R: AppRuntime> Controller<R> {
             None => None,
         };
         let observed = self.runtime.observe(key);
+        let report = self.observer.as_ref().map(|o| o.observed(key, app.as_ref(), &observed)).unwrap_or_default();
         if app.is_none() && observed.is_empty() {
             return Ok(None);
         }
         let previous: Option<AppStatus> = app.as_ref().and_then(|a| a.status.clone());
-        let warnings = app.as_ref().map(|a| self.runtime.warnings(a)).unwrap_or_default();
+        let mut warnings = app.as_ref().map(|a| self.runtime.warnings(a)).unwrap_or_default();
+        warnings.extend(report.warnings);
         let plan = plan_app(app.as_ref(), &observed, previous.as_ref(), warnings, Utc::now());
+        if let (Some(app), Some(status)) = (&app, &plan.status) {
+            self.remember_revision(key, app, status, &observed);
+            let (before, after) = (previous.as_ref().and_then(|p| p.rollout.as_ref()), status.rollout.as_ref());
+            if let Some(r) = after.filter(|r| before.is_none_or(|b| b.phase != r.phase || b.revision != r.revision)) {
+                let type_ = match r.phase {
+                    capstan_model::RolloutPhase::Failed | capstan_model::RolloutPhase::RolledBack => EventType::Warning,
+                    _ => EventType::Normal,
+                };
+                self.event(key, type_, &format!("Rollout{:?}", r.phase), &r.message);
+            }
+        }
         for action in &plan.actions {
             match action {
-                Action::Start { ordinal, count_restart } => {
+                Action::Start { ordinal, revision, count_restart } => {
                     let Some(app) = &app else { continue };
-                    let revision = plan.status.as_ref().map(|s| s.revision.clone()).unwrap_or_default();
                     let name = format!("{}-{ordinal}", key.name);
-                    match self.runtime.start(app, *ordinal, &revision, *count_restart) {
+                    let Some(at) = self.app_at(key, app, revision) else {
+                        self.event(
+                            key,
+                            EventType::Warning,
+                            "RevisionMissing",
+                            &format!("revision {revision} is no longer remembered; {name} cannot start at it"),
+                        );
+                        continue;
+                    };
+                    match self.runtime.start(&at, *ordinal, revision, *count_restart) {
                         Ok(()) => {
                             let (reason, verb) =
                                 if *count_restart { ("Restarted", "restarted") } else { ("Started", "started") };
@@ -159,7 +279,7 @@ impl<R: AppRuntime> Controller<R> {
                             );
                         }
                         Err(msg) => {
-                            self.event(key, EventType::Warning, "StartFailed", &format!("replica {name}: {msg}"));
+                            self.event(key, EventType::Warning, "StartFailed", &format!("replica {name}: {msg}"))
                         }
                     }
                 }
@@ -177,7 +297,8 @@ impl<R: AppRuntime> Controller<R> {
                 }
             }
         }
-        if let Some(status) = plan.status {
+        if let Some(mut status) = plan.status {
+            status.endpoints = report.endpoints;
             let value = serde_json::to_value(&status).unwrap_or_default();
             self.store.update_status(key, value)?;
         }

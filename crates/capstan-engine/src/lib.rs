@@ -5,6 +5,8 @@ pub mod plan;
 pub mod queue;
 pub mod runtime;
 
-pub use controller::{Controller, ControllerHandle};
+pub use controller::{
+    revision_history, Controller, ControllerHandle, ObserverReport, ReconcileObserver, RevisionRecord,
+};
 pub use plan::{plan_app, Action, Plan, StopReason};
 pub use runtime::{AppRuntime, ObservedReplica, ReplicaState};

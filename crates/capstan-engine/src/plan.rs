@@ -1,10 +1,12 @@
-//! The App plan: a pure function from (desired spec, observed replicas, now) to actions and a status.
+//! The App plan: a pure function from (desired spec, observed replicas, previous status, now) to actions and a
+//! status — scaling, restarts with backoff, and rolling updates (Ordered or Surge, partition, minReadySeconds,
+//! progress deadline, automatic rollback).
 
 use std::time::Duration;
 
 use capstan_model::{
-    app_revision, set_condition, App, AppStatus, Condition, ConditionStatus, ReplicaPhase, ReplicaStatus,
-    RestartBackoff, RestartPolicy, READY, RECONCILING, STALLED,
+    revision_of, set_condition, App, AppStatus, Condition, ConditionStatus, ReplicaPhase, ReplicaStatus,
+    RestartBackoff, RestartPolicy, RolloutPhase, RolloutStatus, UpdateStrategy, READY, RECONCILING, STALLED,
 };
 use chrono::{DateTime, Utc};
 
@@ -13,11 +15,11 @@ use crate::runtime::{ObservedReplica, ReplicaState};
 /// Why a replica is stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
-    /// Ordinal at or above `replicas`.
+    /// Ordinal at or above `replicas` (or a surge replica no longer needed).
     ScaledDown,
     /// The App was deleted.
     Deleted,
-    /// The replica runs an older revision.
+    /// The replica runs another revision than the one it should.
     Outdated,
     /// A liveness or startup probe failed past its threshold.
     Unhealthy(String),
@@ -28,7 +30,7 @@ impl StopReason {
         match self {
             StopReason::ScaledDown => "scaled down".into(),
             StopReason::Deleted => "App deleted".into(),
-            StopReason::Outdated => "replaced by the new revision".into(),
+            StopReason::Outdated => "replaced by another revision".into(),
             StopReason::Unhealthy(m) => m.clone(),
         }
     }
@@ -37,9 +39,9 @@ impl StopReason {
 /// One thing to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Start the replica from the current spec; `count_restart` when it replaces a crashed process.
-    Start { ordinal: u32, count_restart: bool },
-    /// Stop the replica gracefully; `forget` drops it afterwards.
+    /// Start the replica at `revision`; `count_restart` when it replaces a crashed process.
+    Start { ordinal: u32, revision: String, count_restart: bool },
+    /// Stop the replica gracefully (drained first); `forget` drops it afterwards.
     Stop { ordinal: u32, reason: StopReason, forget: bool },
 }
 
@@ -47,7 +49,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub actions: Vec<Action>,
-    /// When to look again even if nothing is reported (a backoff ending).
+    /// When to look again even if nothing is reported (a backoff, minReadySeconds or a deadline ending).
     pub requeue_after: Option<Duration>,
     /// The status to write (None when the App is gone).
     pub status: Option<AppStatus>,
@@ -71,6 +73,27 @@ fn should_restart(policy: RestartPolicy, r: &ObservedReplica) -> bool {
     }
 }
 
+fn secs(d: u32) -> chrono::Duration {
+    chrono::Duration::seconds(i64::from(d))
+}
+
+/// Whether a replica serves and has served long enough to count as available.
+fn available(r: &ObservedReplica, min_ready: u32, now: DateTime<Utc>) -> bool {
+    r.state == ReplicaState::Running
+        && r.ready
+        && r.unhealthy.is_none()
+        && r.ready_since.is_none_or(|t| now - t >= secs(min_ready))
+}
+
+/// Whether a replica shows that its revision is broken.
+fn broken(r: &ObservedReplica) -> Option<String> {
+    match &r.state {
+        ReplicaState::StartFailed(m) => Some(m.clone()),
+        ReplicaState::Exited if r.crash_streak >= 2 => Some(describe_exit(r)),
+        _ => r.unhealthy.clone(),
+    }
+}
+
 /// Plans one App. `desired` is None when the App was deleted; `previous` is the status last written.
 pub fn plan_app(
     desired: Option<&App>,
@@ -88,41 +111,146 @@ pub fn plan_app(
         return Plan { actions, requeue_after: None, status: None };
     };
     let spec = &app.spec;
-    let revision = app_revision(spec);
+    let upd = &spec.update;
+    let desired_rev = revision_of(app);
     let want = spec.replicas.max(0) as u32;
     let backoff = spec.restart_backoff.clone().unwrap_or_default();
-    let mut actions = Vec::new();
+    let current = previous.and_then(|p| p.current_revision.clone());
+    let mut rollout = previous.and_then(|p| p.rollout.clone());
     let mut requeue: Option<Duration> = None;
-    let mut wait = |d: Duration| {
-        requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
-    };
-    let mut replica_statuses = Vec::new();
-    let mut stalled: Option<(String, String)> = None;
+    let mut wait = |d: Duration| requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
 
-    // Scale down: the highest surplus ordinal first, one at a time.
-    let surplus: Vec<&ObservedReplica> = observed.iter().filter(|r| r.ordinal >= want).collect();
-    if !surplus.iter().any(|r| r.state == ReplicaState::Stopping) {
-        if let Some(top) = surplus.iter().max_by_key(|r| r.ordinal) {
-            actions.push(Action::Stop { ordinal: top.ordinal, reason: StopReason::ScaledDown, forget: true });
+    // The revision replicas move to: the spec's, unless that very revision was rolled back.
+    let rolled_back =
+        rollout.as_ref().is_some_and(|r| r.phase == RolloutPhase::RolledBack && r.revision == desired_rev);
+    let mut target = match (&current, rolled_back) {
+        (Some(c), true) => c.clone(),
+        _ => desired_rev.clone(),
+    };
+    if !rolled_back && current.as_deref() != Some(target.as_str()) {
+        let fresh = rollout.as_ref().is_none_or(|r| r.revision != target);
+        if fresh {
+            rollout = Some(RolloutStatus {
+                revision: target.clone(),
+                from_revision: current.clone(),
+                phase: RolloutPhase::Progressing,
+                started_at: now,
+                finished_at: None,
+                message: match &current {
+                    Some(c) => format!("updating from revision {c} to {target}"),
+                    None => format!("starting revision {target}"),
+                },
+            });
         }
     }
 
-    // Is every in-range replica up, ready and settled? Rolling replacement of ready replicas waits for it.
-    let in_range: Vec<&ObservedReplica> = observed.iter().filter(|r| r.ordinal < want).collect();
-    let all_settled = in_range.len() == want as usize
-        && in_range.iter().all(|r| r.state == ReplicaState::Running && r.ready && r.unhealthy.is_none());
-    let mut rolled_one = false;
+    // A rollout in progress fails when its deadline passes or a replica at the new revision is broken.
+    if let Some(r) = rollout.as_mut().filter(|r| r.phase == RolloutPhase::Progressing && r.revision == target) {
+        let deadline = r.started_at + secs(upd.progress_deadline_seconds);
+        let failure = observed
+            .iter()
+            .filter(|o| o.revision == target)
+            .find_map(|o| broken(o).map(|why| format!("{}-{}: {why}", app.metadata.name, o.ordinal)))
+            .or_else(|| {
+                (now >= deadline).then(|| {
+                    let done = observed
+                        .iter()
+                        .filter(|o| {
+                            o.ordinal < want && o.revision == target && available(o, upd.min_ready_seconds, now)
+                        })
+                        .count();
+                    format!(
+                        "progress deadline of {}s exceeded with {done}/{want} replicas updated and available",
+                        upd.progress_deadline_seconds
+                    )
+                })
+            });
+        match failure {
+            Some(why) => match (&current, upd.auto_rollback) {
+                (Some(c), true) if *c != target => {
+                    r.phase = RolloutPhase::RolledBack;
+                    r.finished_at = Some(now);
+                    r.message = format!("revision {target} failed ({why}); rolled back to revision {c}");
+                    target = c.clone();
+                }
+                _ => {
+                    r.phase = RolloutPhase::Failed;
+                    r.finished_at = Some(now);
+                    r.message = format!("revision {target} failed: {why}; the update is halted");
+                }
+            },
+            None => wait((deadline - now).to_std().unwrap_or_default() + Duration::from_millis(10)),
+        }
+    }
+    let halted = rollout.as_ref().is_some_and(|r| r.phase == RolloutPhase::Failed && r.revision == target);
 
-    for ordinal in (0..want).rev() {
+    // Each ordinal's revision: the target at or above the partition; below it, what it runs (or the current).
+    let want_rev = |ordinal: u32| -> String {
+        if ordinal >= upd.partition {
+            return target.clone();
+        }
+        observed
+            .iter()
+            .find(|o| o.ordinal == ordinal)
+            .map(|o| o.revision.clone())
+            .or_else(|| current.clone())
+            .unwrap_or_else(|| target.clone())
+    };
+
+    let mut actions = Vec::new();
+    let mut replica_statuses = Vec::new();
+    let mut stalled: Option<(String, String)> = None;
+    let in_range: Vec<&ObservedReplica> = observed.iter().filter(|r| r.ordinal < want).collect();
+    // An update is under way when a replica that exists runs another revision than its own target.
+    let rolling = in_range.iter().any(|r| r.revision != want_rev(r.ordinal));
+    let surge = upd.strategy == UpdateStrategy::Surge && rolling && !halted;
+    let surge_end = if surge { want + upd.max_surge } else { want };
+
+    // Rolling replacement of replicas that serve an outdated revision.
+    let mut candidates: Vec<u32> = in_range
+        .iter()
+        .filter(|r| {
+            r.state == ReplicaState::Running && r.ready && r.unhealthy.is_none() && r.revision != want_rev(r.ordinal)
+        })
+        .map(|r| r.ordinal)
+        .collect();
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    let available_in_range = in_range.iter().filter(|r| available(r, upd.min_ready_seconds, now)).count() as u32;
+    let budget = if halted {
+        0
+    } else if upd.strategy == UpdateStrategy::Surge {
+        let surge_ready = observed
+            .iter()
+            .filter(|r| r.ordinal >= want && r.ordinal < surge_end && r.revision == target)
+            .filter(|r| available(r, upd.min_ready_seconds, now))
+            .count() as u32;
+        (available_in_range + surge_ready).saturating_sub(want)
+    } else {
+        upd.max_unavailable.saturating_sub(want - available_in_range.min(want))
+    };
+    let replace: Vec<u32> = candidates.into_iter().take(budget as usize).collect();
+    if upd.min_ready_seconds > 0 {
+        for r in observed.iter().filter(|r| r.ready) {
+            if let Some(t) = r.ready_since {
+                let left = t + secs(upd.min_ready_seconds) - now;
+                if left > chrono::Duration::zero() {
+                    wait(left.to_std().unwrap_or_default());
+                }
+            }
+        }
+    }
+
+    for ordinal in (0..surge_end).rev() {
         let name = format!("{}-{ordinal}", app.metadata.name);
+        let rev = if ordinal < want { want_rev(ordinal) } else { target.clone() };
         let Some(r) = observed.iter().find(|r| r.ordinal == ordinal) else {
-            actions.push(Action::Start { ordinal, count_restart: false });
+            actions.push(Action::Start { ordinal, revision: rev.clone(), count_restart: false });
             replica_statuses.push(ReplicaStatus {
                 name,
                 ordinal,
                 phase: ReplicaPhase::Pending,
                 ready: false,
-                revision: revision.clone(),
+                revision: rev,
                 pid: None,
                 ports: Default::default(),
                 restarts: 0,
@@ -133,22 +261,19 @@ pub fn plan_app(
             });
             continue;
         };
-        let outdated = r.revision != revision;
+        let outdated = r.revision != rev;
         let mut phase = ReplicaPhase::Running;
         let mut reason = None;
         let mut message = r.probe_message.clone();
         match &r.state {
-            ReplicaState::Stopping => {
-                phase = ReplicaPhase::Terminating;
-            }
+            ReplicaState::Stopping => phase = ReplicaPhase::Terminating,
             ReplicaState::Running => {
                 if let Some(why) = &r.unhealthy {
                     actions.push(Action::Stop { ordinal, reason: StopReason::Unhealthy(why.clone()), forget: false });
                     phase = ReplicaPhase::Terminating;
                     reason = Some("Unhealthy".into());
                     message = Some(why.clone());
-                } else if outdated && (!r.ready || (all_settled && !rolled_one)) {
-                    rolled_one |= r.ready;
+                } else if outdated && (!r.ready || replace.contains(&ordinal)) {
                     actions.push(Action::Stop { ordinal, reason: StopReason::Outdated, forget: false });
                     phase = ReplicaPhase::Terminating;
                     reason = Some("Updating".into());
@@ -162,7 +287,7 @@ pub fn plan_app(
                     _ => None,
                 };
                 if outdated {
-                    actions.push(Action::Start { ordinal, count_restart: false });
+                    actions.push(Action::Start { ordinal, revision: rev.clone(), count_restart: false });
                     phase = ReplicaPhase::Pending;
                     reason = Some("Updating".into());
                 } else if failed_start.is_none() && !should_restart(spec.restart_policy, r) {
@@ -179,14 +304,12 @@ pub fn plan_app(
                     let delay = backoff_delay(r.crash_streak, &backoff);
                     let since = r.last_exit.as_ref().map(|e| e.finished_at).unwrap_or(now);
                     let due = since + chrono::Duration::from_std(delay).unwrap_or_default();
+                    phase = ReplicaPhase::Pending;
                     if now >= due {
-                        actions.push(Action::Start { ordinal, count_restart: true });
-                        phase = ReplicaPhase::Pending;
+                        actions.push(Action::Start { ordinal, revision: rev.clone(), count_restart: true });
                         reason = Some("Restarting".into());
                     } else {
-                        let left = (due - now).to_std().unwrap_or_default();
-                        wait(left);
-                        phase = ReplicaPhase::Pending;
+                        wait((due - now).to_std().unwrap_or_default());
                         let why = failed_start.clone().unwrap_or_else(|| describe_exit(r));
                         let word = if failed_start.is_some() { "StartFailed" } else { "CrashLoopBackOff" };
                         reason = Some(word.into());
@@ -215,12 +338,63 @@ pub fn plan_app(
             last_exit: r.last_exit.clone(),
         });
     }
+
+    // Scale down (and retire surge replicas): the highest surplus ordinal first, one at a time.
+    let surplus: Vec<&ObservedReplica> = observed.iter().filter(|r| r.ordinal >= surge_end).collect();
+    if !surplus.iter().any(|r| r.state == ReplicaState::Stopping) {
+        if let Some(top) = surplus.iter().max_by_key(|r| r.ordinal) {
+            actions.push(Action::Stop { ordinal: top.ordinal, reason: StopReason::ScaledDown, forget: true });
+        }
+    }
+    for r in &surplus {
+        replica_statuses.push(ReplicaStatus {
+            name: format!("{}-{}", app.metadata.name, r.ordinal),
+            ordinal: r.ordinal,
+            phase: ReplicaPhase::Terminating,
+            ready: false,
+            revision: r.revision.clone(),
+            pid: r.pid,
+            ports: r.ports.clone(),
+            restarts: r.restarts,
+            started_at: r.started_at,
+            reason: Some("ScalingDown".into()),
+            message: None,
+            last_exit: r.last_exit.clone(),
+        });
+    }
     replica_statuses.sort_by_key(|r| r.ordinal);
 
-    let ready_replicas = replica_statuses.iter().filter(|r| r.ready).count() as i32;
-    let updated_replicas = replica_statuses.iter().filter(|r| r.revision == revision).count() as i32;
+    let in_range_statuses = || replica_statuses.iter().filter(|r| r.ordinal < want);
+    let ready_replicas = in_range_statuses().filter(|r| r.ready).count() as i32;
+    let updated_replicas = in_range_statuses().filter(|r| r.revision == target).count() as i32;
     let restarts = observed.iter().map(|r| r.restarts).sum::<u32>();
-    let surplus_left = observed.iter().filter(|r| r.ordinal >= want).count();
+    let extra = observed.iter().filter(|r| r.ordinal >= want).count();
+    let settled = (0..want).all(|o| {
+        in_range.iter().any(|r| r.ordinal == o && r.revision == want_rev(o) && available(r, upd.min_ready_seconds, now))
+    }) && extra == 0;
+
+    // The current revision moves once every replica runs the target and is available.
+    let mut current_revision = current.clone();
+    if settled && upd.partition == 0 {
+        current_revision = Some(target.clone());
+        if let Some(r) = rollout.as_mut().filter(|r| r.revision == target && r.phase != RolloutPhase::Complete) {
+            if matches!(r.phase, RolloutPhase::Progressing | RolloutPhase::Failed) {
+                r.phase = RolloutPhase::Complete;
+                r.finished_at = Some(now);
+                r.message = format!("{want}/{want} replicas at revision {target}");
+            }
+        }
+    }
+
+    let rolled_back_now =
+        rollout.as_ref().is_some_and(|r| r.phase == RolloutPhase::RolledBack && r.revision == desired_rev);
+    let failed_now = rollout.as_ref().is_some_and(|r| r.phase == RolloutPhase::Failed && r.revision == target);
+    if stalled.is_none() {
+        if let Some(r) = rollout.as_ref().filter(|_| rolled_back_now || failed_now) {
+            let word = if rolled_back_now { "RolledBack" } else { "RolloutFailed" };
+            stalled = Some((word.into(), r.message.clone()));
+        }
+    }
 
     let mut conditions = previous.map(|p| p.conditions.clone()).unwrap_or_default();
     let generation = app.metadata.generation;
@@ -232,18 +406,18 @@ pub fn plan_app(
         last_transition_time: now,
         observed_generation: generation,
     };
-    let done = ready_replicas == want as i32 && updated_replicas == want as i32 && surplus_left == 0;
+    let done = settled && !rolled_back_now && target == desired_rev;
     if done {
-        let msg = format!("{ready_replicas}/{want} replicas ready at revision {revision}");
+        let msg = format!("{ready_replicas}/{want} replicas ready at revision {target}");
         set_condition(&mut conditions, cond(READY, ConditionStatus::True, "AllReplicasReady", msg));
         conditions.retain(|c| c.type_ != RECONCILING && c.type_ != STALLED);
     } else {
         let (reason, msg) = if let Some((r, m)) = &stalled {
             (r.clone(), m.clone())
-        } else if surplus_left > 0 {
-            ("ScalingDown".to_string(), format!("{surplus_left} replicas above {want} are being stopped"))
-        } else if updated_replicas < want as i32 {
-            ("Updating".to_string(), format!("{updated_replicas}/{want} replicas at revision {revision}"))
+        } else if extra > 0 && !rolling {
+            ("ScalingDown".to_string(), format!("{extra} replicas above {want} are being stopped"))
+        } else if rolling || updated_replicas < want as i32 {
+            ("Updating".to_string(), format!("{updated_replicas}/{want} replicas at revision {target}"))
         } else {
             ("ReplicasNotReady".to_string(), format!("{ready_replicas}/{want} replicas ready"))
         };
@@ -266,13 +440,17 @@ pub fn plan_app(
         status: Some(AppStatus {
             observed_generation: generation,
             conditions,
-            revision,
+            revision: desired_rev,
             replicas: want as i32,
             ready_replicas,
             updated_replicas,
             restarts,
             replica_statuses,
             warnings,
+            current_revision,
+            update_revision: Some(target),
+            rollout,
+            endpoints: previous.map(|p| p.endpoints.clone()).unwrap_or_default(),
         }),
     }
 }
@@ -289,178 +467,4 @@ fn describe_exit(r: &ObservedReplica) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use capstan_model::{parse_manifests, ExitInfo, Resource};
-
-    fn app(replicas: i32, extra: &str) -> App {
-        let text = format!(
-            "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {{name: web, generation: 3}}\nspec:\n  replicas: {replicas}\n  run: {{command: [srv]}}\n{extra}"
-        );
-        let Resource::App(a) = parse_manifests("t", &text).unwrap().remove(0).resource;
-        a
-    }
-
-    fn running(app: &App, ordinal: u32, ready: bool) -> ObservedReplica {
-        let mut r = ObservedReplica::new(ordinal, &app_revision(&app.spec));
-        r.ready = ready;
-        r.pid = Some(100 + ordinal);
-        r
-    }
-
-    fn exited(app: &App, ordinal: u32, code: i32, ago_secs: i64, streak: u32, now: DateTime<Utc>) -> ObservedReplica {
-        let mut r = running(app, ordinal, false);
-        r.state = ReplicaState::Exited;
-        r.crash_streak = streak;
-        r.last_exit = Some(ExitInfo {
-            code: Some(code),
-            signal: None,
-            finished_at: now - chrono::Duration::seconds(ago_secs),
-            reason: "Error".into(),
-        });
-        r
-    }
-
-    fn ready_cond(p: &Plan) -> &Condition {
-        p.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == READY).unwrap()
-    }
-
-    #[test]
-    fn starts_missing_replicas() {
-        let a = app(3, "");
-        let p = plan_app(Some(&a), &[running(&a, 1, true)], None, vec![], Utc::now());
-        assert_eq!(
-            p.actions,
-            vec![
-                Action::Start { ordinal: 2, count_restart: false },
-                Action::Start { ordinal: 0, count_restart: false }
-            ]
-        );
-        assert_eq!(ready_cond(&p).status, ConditionStatus::False);
-    }
-
-    #[test]
-    fn all_ready_is_ready() {
-        let a = app(2, "");
-        let obs = [running(&a, 0, true), running(&a, 1, true)];
-        let p = plan_app(Some(&a), &obs, None, vec![], Utc::now());
-        assert!(p.actions.is_empty());
-        let s = p.status.as_ref().unwrap();
-        assert_eq!((s.ready_replicas, s.replicas, s.observed_generation), (2, 2, Some(3)));
-        assert_eq!(ready_cond(&p).status, ConditionStatus::True);
-        assert!(s.conditions.iter().all(|c| c.type_ == READY));
-    }
-
-    #[test]
-    fn scale_down_removes_highest_first_one_at_a_time() {
-        let a = app(1, "");
-        let obs = [running(&a, 0, true), running(&a, 1, true), running(&a, 2, true)];
-        let p = plan_app(Some(&a), &obs, None, vec![], Utc::now());
-        assert_eq!(p.actions, vec![Action::Stop { ordinal: 2, reason: StopReason::ScaledDown, forget: true }]);
-        let mut stopping = obs.clone();
-        stopping[2].state = ReplicaState::Stopping;
-        let p = plan_app(Some(&a), &stopping, None, vec![], Utc::now());
-        assert!(p.actions.is_empty(), "waits for ordinal 2 before stopping 1");
-        assert_eq!(ready_cond(&p).reason, "ScalingDown");
-    }
-
-    #[test]
-    fn first_crash_restarts_at_once_then_backs_off() {
-        let now = Utc::now();
-        let a = app(1, "");
-        let p = plan_app(Some(&a), &[exited(&a, 0, 1, 0, 1, now)], None, vec![], now);
-        assert_eq!(p.actions, vec![Action::Start { ordinal: 0, count_restart: true }]);
-
-        let p = plan_app(Some(&a), &[exited(&a, 0, 1, 3, 3, now)], None, vec![], now);
-        assert!(p.actions.is_empty());
-        assert_eq!(p.requeue_after, Some(Duration::from_secs(17)), "third crash waits 20s");
-        let s = p.status.as_ref().unwrap();
-        assert_eq!(s.replica_statuses[0].reason.as_deref(), Some("CrashLoopBackOff"));
-        assert!(s.conditions.iter().any(|c| c.type_ == STALLED && c.reason == "CrashLoopBackOff"));
-
-        let p = plan_app(Some(&a), &[exited(&a, 0, 1, 21, 3, now)], None, vec![], now);
-        assert_eq!(p.actions, vec![Action::Start { ordinal: 0, count_restart: true }]);
-    }
-
-    #[test]
-    fn backoff_schedule_matches_kubernetes_and_is_configurable() {
-        let k = RestartBackoff::default();
-        let secs: Vec<u64> = (1..=8).map(|n| backoff_delay(n, &k).as_secs()).collect();
-        assert_eq!(secs, vec![0, 10, 20, 40, 80, 160, 300, 300]);
-        let fast = RestartBackoff { initial_seconds: 0.5, max_seconds: 2.0, reset_after_seconds: 60.0 };
-        assert_eq!(backoff_delay(2, &fast), Duration::from_millis(500));
-        assert_eq!(backoff_delay(9, &fast), Duration::from_secs(2));
-    }
-
-    #[test]
-    fn restart_policies() {
-        let now = Utc::now();
-        let never = app(1, "  restartPolicy: Never\n");
-        let p = plan_app(Some(&never), &[exited(&never, 0, 0, 0, 1, now)], None, vec![], now);
-        assert!(p.actions.is_empty());
-        assert_eq!(p.status.as_ref().unwrap().replica_statuses[0].phase, ReplicaPhase::Succeeded);
-
-        let on_failure = app(1, "  restartPolicy: OnFailure\n");
-        let p = plan_app(Some(&on_failure), &[exited(&on_failure, 0, 0, 0, 1, now)], None, vec![], now);
-        assert!(p.actions.is_empty(), "success is not restarted under OnFailure");
-        let p = plan_app(Some(&on_failure), &[exited(&on_failure, 0, 2, 0, 1, now)], None, vec![], now);
-        assert_eq!(p.actions, vec![Action::Start { ordinal: 0, count_restart: true }]);
-
-        let p = plan_app(Some(&never), &[exited(&never, 0, 3, 0, 1, now)], None, vec![], now);
-        assert!(p.actions.is_empty());
-        assert_eq!(p.status.as_ref().unwrap().replica_statuses[0].phase, ReplicaPhase::Failed);
-        assert!(p.status.unwrap().conditions.iter().any(|c| c.type_ == STALLED));
-    }
-
-    #[test]
-    fn unhealthy_replica_is_stopped_for_restart() {
-        let a = app(1, "");
-        let mut r = running(&a, 0, true);
-        r.unhealthy = Some("liveness probe failed 3 times: connection refused".into());
-        let p = plan_app(Some(&a), &[r], None, vec![], Utc::now());
-        assert!(matches!(
-            &p.actions[..],
-            [Action::Stop { ordinal: 0, reason: StopReason::Unhealthy(_), forget: false }]
-        ));
-    }
-
-    #[test]
-    fn rollout_replaces_one_ready_replica_at_a_time_highest_first() {
-        let old = app(3, "");
-        let new = app(3, "  restartPolicy: OnFailure\n");
-        let obs = [running(&old, 0, true), running(&old, 1, true), running(&old, 2, true)];
-        let p = plan_app(Some(&new), &obs, None, vec![], Utc::now());
-        assert_eq!(p.actions, vec![Action::Stop { ordinal: 2, reason: StopReason::Outdated, forget: false }]);
-        // While replica 2 is being replaced, the others wait.
-        let mut mid = obs.clone();
-        mid[2] = running(&new, 2, false);
-        let p = plan_app(Some(&new), &mid, None, vec![], Utc::now());
-        assert!(p.actions.is_empty());
-        assert_eq!(ready_cond(&p).reason, "Updating");
-        // An outdated replica that exited is started at the new revision without counting a restart.
-        let now = Utc::now();
-        let mut gone = obs.clone();
-        gone[2] = exited(&old, 2, 143, 0, 1, now);
-        let p = plan_app(Some(&new), &gone, None, vec![], now);
-        assert_eq!(p.actions, vec![Action::Start { ordinal: 2, count_restart: false }]);
-    }
-
-    #[test]
-    fn deleted_app_stops_everything() {
-        let a = app(2, "");
-        let obs = [running(&a, 0, true), running(&a, 1, true)];
-        let p = plan_app(None, &obs, None, vec![], Utc::now());
-        assert_eq!(p.actions.len(), 2);
-        assert!(p.status.is_none());
-    }
-
-    #[test]
-    fn condition_time_is_kept_while_status_holds() {
-        let a = app(1, "");
-        let t0 = Utc::now();
-        let p1 = plan_app(Some(&a), &[running(&a, 0, true)], None, vec![], t0);
-        let t1 = t0 + chrono::Duration::seconds(30);
-        let p2 = plan_app(Some(&a), &[running(&a, 0, true)], p1.status.as_ref(), vec![], t1);
-        assert_eq!(ready_cond(&p2).last_transition_time, t0);
-    }
-}
+mod tests;

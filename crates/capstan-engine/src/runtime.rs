@@ -37,6 +37,8 @@ pub struct ObservedReplica {
     pub last_exit: Option<ExitInfo>,
     /// The readiness probe passes (or there is none and the process runs).
     pub ready: bool,
+    /// Since when it has been ready without interruption.
+    pub ready_since: Option<DateTime<Utc>>,
     /// The startup or liveness probe failed past its threshold; the message says which and why.
     pub unhealthy: Option<String>,
     /// The last readiness failure, for status.
@@ -57,6 +59,7 @@ impl ObservedReplica {
             started_at: None,
             last_exit: None,
             ready: false,
+            ready_since: None,
             unhealthy: None,
             probe_message: None,
         }

@@ -36,6 +36,12 @@ pub struct AppSpec {
     /// Rotation of each replica's captured stdout/stderr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<LogSpec>,
+    /// Entry points served by Capstan's load balancer, one listener each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<Expose>,
+    /// How replicas move to a new revision.
+    #[serde(default, skip_serializing_if = "UpdateSpec::is_default")]
+    pub update: UpdateSpec,
 }
 
 fn one() -> i32 {
@@ -279,9 +285,49 @@ pub struct AppStatus {
     pub restarts: u32,
     #[serde(default)]
     pub replica_statuses: Vec<ReplicaStatus>,
-    /// Limits that this runtime cannot enforce, and why.
+    /// Limits that this runtime cannot enforce, entry points that cannot listen, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The revision every replica ran when the App was last fully Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// The revision replicas are moving to: the spec's, or the current one after a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// The latest update and how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Where the App is reachable through the load balancer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+}
+
+/// The latest update of an App.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The revision being rolled out.
+    pub revision: String,
+    /// The revision it started from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_revision: Option<String>,
+    pub phase: RolloutPhase,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Where an update stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RolloutPhase {
+    Progressing,
+    Complete,
+    /// Stopped; what runs keeps running.
+    Failed,
+    /// Failed, and every replica went back to the last revision that was fully Ready.
+    RolledBack,
 }
 
 /// What Capstan observed of one replica.
@@ -352,4 +398,200 @@ impl ExitInfo {
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
+}
+
+/// One entry point of the load balancer: a listener that spreads traffic over the Ready replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Expose {
+    /// A name for metrics and status; defaults to the protocol (`http`, `tcp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port to listen on.
+    pub port: u16,
+    /// The address to listen on. Defaults to 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `http` (layer 7, the default) or `tcp` (passthrough, for SSH and other protocols).
+    #[serde(default)]
+    pub protocol: ExposeProtocol,
+    /// The replicas' port to send traffic to, by name or number. Defaults to the first of `spec.ports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<PortRef>,
+    /// How new sessions pick a replica.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Keeps a client on one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+    /// Pass websocket upgrades through (http only). Defaults to true.
+    #[serde(default = "yes")]
+    pub websockets: bool,
+    /// Largest request body accepted (http only), such as `250Mi`. Defaults to `250Mi`.
+    #[serde(default = "body_default")]
+    pub max_body_size: String,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Retry idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE) on another replica when the connection
+    /// broke after the request was sent. Requests whose connection could not be made are always retried.
+    #[serde(default = "yes")]
+    pub retry_idempotent: bool,
+    /// How long a replica that leaves keeps serving its in-flight requests before it is stopped.
+    #[serde(default = "thirty", skip_serializing_if = "is_thirty")]
+    pub drain_seconds: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn body_default() -> String {
+    "250Mi".into()
+}
+
+/// The protocol of an entry point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExposeProtocol {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// How a new session picks a replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastRequests,
+}
+
+/// Session affinity: exactly one of `cookie` or `clientIP`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sticky {
+    /// Capstan sets its own cookie naming the replica (http only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<StickyCookie>,
+    /// The client's address picks the replica.
+    #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<StickyClientIp>,
+}
+
+/// The routing cookie.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StickyCookie {
+    /// Defaults to `CAPSTAN_ROUTE`.
+    #[serde(default = "cookie_name")]
+    pub name: String,
+    /// Seconds the cookie lives; a session cookie when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
+}
+
+fn cookie_name() -> String {
+    "CAPSTAN_ROUTE".into()
+}
+
+/// Affinity by client address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StickyClientIp {
+    /// Seconds an idle client stays pinned. Defaults to 10800, as Kubernetes' ClientIP affinity.
+    #[serde(default = "three_hours")]
+    pub timeout_seconds: u32,
+}
+
+fn three_hours() -> u32 {
+    10800
+}
+
+/// Timeouts of an entry point, in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    /// Connecting to a replica. Defaults to 5.
+    #[serde(default = "five")]
+    pub connect_seconds: u32,
+    /// From sending a request to the response headers. Defaults to 60. Websocket and TCP tunnels are never
+    /// cut for being idle.
+    #[serde(default = "sixty")]
+    pub request_seconds: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect_seconds: 5, request_seconds: 60 }
+    }
+}
+
+fn five() -> u32 {
+    5
+}
+fn sixty() -> u32 {
+    60
+}
+
+/// How replicas move to a new revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// `Ordered` (highest ordinal first, like a StatefulSet; the default) or `Surge` (start an extra replica
+    /// first, so capacity never drops).
+    #[serde(default)]
+    pub strategy: UpdateStrategy,
+    /// Replicas that may be unavailable at once during an Ordered update. Defaults to 1.
+    #[serde(default = "one_u")]
+    pub max_unavailable: u32,
+    /// Extra replicas a Surge update may start. Defaults to 1.
+    #[serde(default = "one_u")]
+    pub max_surge: u32,
+    /// Seconds a new replica must stay Ready before the update moves on. Defaults to 0.
+    #[serde(default)]
+    pub min_ready_seconds: u32,
+    /// Seconds an update may take before it is declared failed. Defaults to 600.
+    #[serde(default = "six_hundred_u")]
+    pub progress_deadline_seconds: u32,
+    /// Only ordinals at or above it are updated (a canary); the others keep their revision. Defaults to 0.
+    #[serde(default)]
+    pub partition: u32,
+    /// On failure, return to the last revision that was fully Ready.
+    #[serde(default)]
+    pub auto_rollback: bool,
+    /// Revisions remembered for `capstan rollout history|undo`. Defaults to 10.
+    #[serde(default = "ten")]
+    pub revision_history_limit: u32,
+}
+
+fn six_hundred_u() -> u32 {
+    600
+}
+
+impl Default for UpdateSpec {
+    fn default() -> Self {
+        UpdateSpec {
+            strategy: UpdateStrategy::Ordered,
+            max_unavailable: 1,
+            max_surge: 1,
+            min_ready_seconds: 0,
+            progress_deadline_seconds: 600,
+            partition: 0,
+            auto_rollback: false,
+            revision_history_limit: 10,
+        }
+    }
+}
+
+impl UpdateSpec {
+    pub fn is_default(&self) -> bool {
+        *self == UpdateSpec::default()
+    }
+}
+
+/// The update strategy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum UpdateStrategy {
+    #[default]
+    Ordered,
+    Surge,
 }

@@ -12,5 +12,5 @@ pub use app::*;
 pub use manifest::{check_duplicates, parse_manifests, Diagnostic, Diagnostics, Manifest};
 pub use meta::*;
 pub use quantity::parse_duration;
-pub use resource::{app_revision, hash_value, App, Kind, Object, Resource};
+pub use resource::{app_revision, hash_value, revision_of, App, Kind, Object, Resource, RESTARTED_AT_ANNOTATION};
 pub use validate::FieldError;

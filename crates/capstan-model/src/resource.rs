@@ -282,11 +282,29 @@ fn canonical_json(v: &Value) -> String {
     }
 }
 
-/// The revision of an App: a hash of everything in its spec that shapes the processes (all but `replicas`).
+/// The annotation `capstan rollout restart` sets; it is part of the revision, so changing it replaces replicas.
+pub const RESTARTED_AT_ANNOTATION: &str = "capstan.dev/restartedAt";
+
+/// The revision of a spec: a hash of everything that shapes the processes — all but `replicas`, `expose`
+/// and `update`, which change how many replicas run and how traffic and updates reach them, not the replicas.
 pub fn app_revision(spec: &AppSpec) -> String {
+    revision_with(spec, None)
+}
+
+/// The revision of an App: its spec's, plus the restart annotation when set.
+pub fn revision_of(app: &App) -> String {
+    revision_with(&app.spec, app.metadata.annotations.get(RESTARTED_AT_ANNOTATION).map(String::as_str))
+}
+
+fn revision_with(spec: &AppSpec, restarted_at: Option<&str>) -> String {
     let mut v = serde_json::to_value(spec).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.remove("replicas");
+        m.remove("expose");
+        m.remove("update");
+        if let Some(t) = restarted_at {
+            m.insert("restartedAt".into(), Value::String(t.to_string()));
+        }
     }
     hash_value(&v)
 }

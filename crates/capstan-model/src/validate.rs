@@ -236,6 +236,8 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         }
     }
 
+    validate_expose(spec, errors);
+
     if let Some(l) = &spec.logs {
         match parse_bytes(&l.max_size) {
             Ok(b) if b < 4096 => errors.push(FieldError::new("spec.logs.maxSize", "must be at least 4Ki")),
@@ -245,6 +247,109 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         if l.max_files == 0 || l.max_files > 100 {
             errors.push(FieldError::new("spec.logs.maxFiles", "must be between 1 and 100"));
         }
+    }
+}
+
+fn validate_expose(spec: &AppSpec, errors: &mut Vec<FieldError>) {
+    use crate::app::{ExposeProtocol, UpdateStrategy};
+    let mut seen_names = BTreeSet::new();
+    let mut seen_binds = BTreeSet::new();
+    for (i, e) in spec.expose.iter().enumerate() {
+        let path = format!("spec.expose[{i}]");
+        if e.port == 0 {
+            errors.push(
+                FieldError::new(format!("{path}.port"), "must be set")
+                    .hint("the port clients connect to, such as 8080"),
+            );
+        }
+        if let Some(a) = &e.address {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                errors.push(
+                    FieldError::new(format!("{path}.address"), format!("`{a}` is not an IP address"))
+                        .hint("for example 127.0.0.1, ::1 or 0.0.0.0"),
+                );
+            }
+        }
+        let name = e.name.clone().unwrap_or_else(|| format!("{:?}-{}", e.protocol, e.port).to_ascii_lowercase());
+        if let Some(n) = &e.name {
+            if let Err(msg) = check_dns_label(n, 63) {
+                errors.push(FieldError::new(format!("{path}.name"), msg));
+            }
+        }
+        if !seen_names.insert(name.clone()) {
+            errors.push(FieldError::new(format!("{path}.name"), format!("entry point `{name}` is declared twice")));
+        }
+        if !seen_binds.insert((e.address.clone(), e.port)) {
+            errors.push(
+                FieldError::new(format!("{path}.port"), format!("port {} is used by two entry points", e.port))
+                    .hint("each entry point needs its own port"),
+            );
+        }
+        match &e.target_port {
+            Some(PortRef::Name(n)) if !spec.ports.iter().any(|p| &p.name == n) => {
+                let known: Vec<&str> = spec.ports.iter().map(|p| p.name.as_str()).collect();
+                let hint = match crate::manifest::closest(n, &known) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "name a port from spec.ports".into(),
+                };
+                errors.push(
+                    FieldError::new(format!("{path}.targetPort"), format!("names unknown port `{n}`")).hint(hint),
+                );
+            }
+            None if spec.ports.is_empty() => errors.push(
+                FieldError::new(format!("{path}.targetPort"), "the App declares no port to send traffic to")
+                    .hint("add `ports: [{name: http}]` or set targetPort"),
+            ),
+            _ => {}
+        }
+        if let Some(st) = &e.sticky {
+            match (&st.cookie, &st.client_ip) {
+                (Some(_), Some(_)) | (None, None) => errors.push(
+                    FieldError::new(format!("{path}.sticky"), "needs exactly one of cookie or clientIP")
+                        .hint("for example `sticky: {cookie: {name: ROUTE}}`"),
+                ),
+                (Some(_), None) if e.protocol == ExposeProtocol::Tcp => errors.push(
+                    FieldError::new(format!("{path}.sticky.cookie"), "a TCP entry point cannot read cookies")
+                        .hint("use `clientIP` stickiness for protocol: tcp"),
+                ),
+                (Some(c), None) => {
+                    let ok = !c.name.is_empty()
+                        && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+                    if !ok {
+                        errors.push(
+                            FieldError::new(
+                                format!("{path}.sticky.cookie.name"),
+                                format!("`{}` is not a cookie name", c.name),
+                            )
+                            .hint("use letters, digits, '_', '-' and '.'"),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Err(msg) = parse_bytes(&e.max_body_size) {
+            errors.push(FieldError::new(format!("{path}.maxBodySize"), msg));
+        }
+        if e.timeouts.connect_seconds == 0 || e.timeouts.request_seconds == 0 {
+            errors.push(FieldError::new(format!("{path}.timeouts"), "timeouts must be at least 1 second"));
+        }
+    }
+    let u = &spec.update;
+    if u.max_unavailable == 0 && u.strategy == UpdateStrategy::Ordered {
+        errors.push(
+            FieldError::new("spec.update.maxUnavailable", "must be at least 1 for an Ordered update")
+                .hint("use strategy: Surge to keep every replica available during updates"),
+        );
+    }
+    if u.max_surge == 0 && u.strategy == UpdateStrategy::Surge {
+        errors.push(FieldError::new("spec.update.maxSurge", "must be at least 1 for a Surge update"));
+    }
+    if u.progress_deadline_seconds <= u.min_ready_seconds {
+        errors.push(
+            FieldError::new("spec.update.progressDeadlineSeconds", "must be greater than minReadySeconds")
+                .hint("as in Kubernetes, or no update could ever finish in time"),
+        );
     }
 }
 

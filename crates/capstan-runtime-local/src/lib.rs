@@ -104,6 +104,7 @@ struct Replica {
     rec: Record,
     state: ReplicaState,
     ready: bool,
+    ready_since: Option<DateTime<Utc>>,
     unhealthy: Option<String>,
     probe_message: Option<String>,
     /// Fires when the process is gone: stops probes and drains log pumps.
@@ -125,6 +126,7 @@ impl Replica {
             rec,
             state: ReplicaState::Running,
             ready: false,
+            ready_since: None,
             unhealthy: None,
             probe_message: None,
             stop_tasks,
@@ -143,7 +145,12 @@ impl Replica {
 
 type ReplicaKey = (ObjectKey, u32);
 
+/// Takes a replica out of traffic before it is stopped; resolves when its in-flight work is done.
+pub type Drainer =
+    Arc<dyn Fn(ObjectKey, String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
 struct Inner {
+    drainer: Mutex<Option<Drainer>>,
     cfg: LocalConfig,
     store: Store,
     replicas: Mutex<HashMap<ReplicaKey, Replica>>,
@@ -184,6 +191,7 @@ impl LocalRuntime {
         }
         let rt = LocalRuntime {
             inner: Arc::new(Inner {
+                drainer: Mutex::new(None),
                 cfg,
                 store,
                 replicas: Mutex::new(HashMap::new()),
@@ -193,6 +201,11 @@ impl LocalRuntime {
         };
         rt.adopt()?;
         Ok(rt)
+    }
+
+    /// Sets what drains a replica (the load balancer) before each graceful stop.
+    pub fn set_drainer(&self, drainer: Drainer) {
+        *lock(&self.inner.drainer) = Some(drainer);
     }
 
     /// How limits are enforced on this machine.
@@ -378,6 +391,9 @@ impl LocalRuntime {
                                 format!("replica {name}: {}", msg.clone().unwrap_or_default()),
                             )
                         });
+                    }
+                    if ready && !r.ready {
+                        r.ready_since = Some(Utc::now());
                     }
                     r.ready = ready;
                     r.probe_message = msg;
@@ -667,6 +683,7 @@ impl AppRuntime for LocalRuntime {
                 started_at: r.rec.started_at,
                 last_exit: r.rec.last_exit.clone(),
                 ready: r.ready,
+                ready_since: r.ready.then_some(r.ready_since).flatten(),
                 unhealthy: r.unhealthy.clone(),
                 probe_message: r.probe_message.clone(),
             })
@@ -772,8 +789,13 @@ impl AppRuntime for LocalRuntime {
         };
         let rt = self.clone();
         let key = app.clone();
+        let drainer = lock(&self.inner.drainer).clone();
         tokio::spawn(async move {
             if let Some(pid) = pid {
+                if let Some(drain) = drainer.filter(|_| !*exited.borrow()) {
+                    // Out of rotation first; in-flight requests finish (up to the drain time), then SIGTERM.
+                    drain(key.clone(), format!("{}-{ordinal}", key.name)).await;
+                }
                 if !*exited.borrow() {
                     process::signal_group(pid, Signal::SIGTERM);
                     let timed_out = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_err();

@@ -99,6 +99,23 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_string(), source })
 }
 
+/// Annotations that Capstan's own commands set (`capstan rollout restart`); an apply that does not name them
+/// keeps them, as server-side apply keeps fields another manager owns.
+pub const KEPT_ANNOTATIONS: &[&str] = &["capstan.dev/restartedAt"];
+
+fn keep_capstan_annotations(old: &Value, new: &mut Value) {
+    for k in KEPT_ANNOTATIONS {
+        let Some(v) = old["metadata"]["annotations"].get(*k).cloned() else { continue };
+        let md = &mut new["metadata"];
+        if !md["annotations"].is_object() {
+            md["annotations"] = json!({});
+        }
+        if md["annotations"].get(*k).is_none() {
+            md["annotations"][*k] = v;
+        }
+    }
+}
+
 /// The range of string keys that start with `prefix`.
 fn prefix_range(prefix: &str) -> (String, String) {
     (prefix.to_string(), format!("{prefix}\u{10FFFF}"))
@@ -182,6 +199,7 @@ impl Store {
                         (ApplyAction::Created, obj)
                     }
                     Some(mut old) => {
+                        keep_capstan_annotations(&old, &mut obj);
                         let spec_changed = old.get("spec") != obj.get("spec");
                         let labels_changed = old["metadata"].get("labels") != obj["metadata"].get("labels")
                             || old["metadata"].get("annotations") != obj["metadata"].get("annotations");

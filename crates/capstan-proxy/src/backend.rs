@@ -1,0 +1,265 @@
+//! Backends (one per replica) and how a request picks one: readiness, draining, ejection, balance, stickiness.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use capstan_model::Balance;
+use hyper::client::conn::http1::SendRequest;
+
+use crate::ProxyBody;
+
+/// Where one replica is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// The replica's name, such as `web-1`; also the value of the sticky cookie.
+    pub name: String,
+    pub addr: SocketAddr,
+    /// The replica's readiness probe passes.
+    pub ready: bool,
+    /// The process identity; a new pid clears a passive ejection.
+    pub pid: Option<u32>,
+}
+
+/// One replica as the proxy sees it.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pid: Option<u32>,
+    ready: AtomicBool,
+    /// Leaving: no new requests or sessions; in-flight ones finish.
+    draining: AtomicBool,
+    /// A connection to it failed; out of rotation until its process changes or it becomes ready again.
+    ejected: AtomicBool,
+    inflight: AtomicUsize,
+    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+}
+
+/// Idle upstream connections kept per backend.
+const MAX_IDLE: usize = 64;
+
+impl Backend {
+    fn new(info: &BackendInfo) -> Backend {
+        Backend {
+            name: info.name.clone(),
+            addr: info.addr,
+            pid: info.pid,
+            ready: AtomicBool::new(info.ready),
+            draining: AtomicBool::new(false),
+            ejected: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Takes new requests and sessions.
+    pub fn eligible(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && !self.ejected.load(Ordering::Acquire)
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Counts a request or tunnel until the guard is dropped.
+    pub fn track(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self.clone())
+    }
+
+    /// Takes it out of rotation after a failed connection.
+    pub fn eject(&self) {
+        if !self.ejected.swap(true, Ordering::AcqRel) {
+            tracing::info!(backend = %self.name, addr = %self.addr, "connection failed; out of rotation until it is ready again");
+        }
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// An idle connection ready for a request, if any.
+    pub fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|s| !s.is_closed());
+        let pos = idle.iter().position(|s| s.is_ready())?;
+        Some(idle.swap_remove(pos))
+    }
+
+    /// Returns a connection for reuse.
+    pub fn checkin(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() || self.draining.load(Ordering::Acquire) {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+}
+
+/// Decrements a backend's in-flight count when dropped.
+pub struct InflightGuard(Arc<Backend>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The replicas behind one entry point.
+#[derive(Default)]
+pub struct BackendSet {
+    backends: RwLock<Vec<Arc<Backend>>>,
+    next: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, (String, Instant)>>,
+}
+
+impl BackendSet {
+    /// Replaces the set, keeping the state (pool, in-flight count, draining) of backends that stay.
+    pub fn update(&self, infos: &[BackendInfo]) {
+        let mut current = self.backends.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = Vec::with_capacity(infos.len());
+        for info in infos {
+            let existing = current.iter().find(|b| b.name == info.name && b.addr == info.addr && b.pid == info.pid);
+            let b = match existing {
+                Some(b) => {
+                    let was_ready = b.ready.swap(info.ready, Ordering::AcqRel);
+                    if info.ready && !was_ready {
+                        b.ejected.store(false, Ordering::Release);
+                    }
+                    b.clone()
+                }
+                None => Arc::new(Backend::new(info)),
+            };
+            next.push(b);
+        }
+        *current = next;
+    }
+
+    pub fn snapshot(&self) -> Vec<Arc<Backend>> {
+        self.backends.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn find(&self, name: &str) -> Option<Arc<Backend>> {
+        self.snapshot().into_iter().find(|b| b.name == name)
+    }
+
+    /// Picks a backend for a new session, skipping `exclude`.
+    pub fn pick(&self, balance: Balance, exclude: &[String]) -> Option<Arc<Backend>> {
+        let all = self.snapshot();
+        let candidates: Vec<&Arc<Backend>> =
+            all.iter().filter(|b| b.eligible() && !exclude.iter().any(|e| *e == b.name)).collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        match balance {
+            Balance::RoundRobin => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                Some(candidates[i % candidates.len()].clone())
+            }
+            Balance::LeastRequests => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                // Ties rotate, so equal loads still spread.
+                (0..candidates.len())
+                    .map(|k| candidates[(start + k) % candidates.len()])
+                    .min_by_key(|b| b.inflight())
+                    .cloned()
+            }
+        }
+    }
+
+    /// The backend pinned to a client address, if still eligible and not idle past `timeout`.
+    pub fn pinned_ip(&self, ip: IpAddr, timeout: Duration) -> Option<Arc<Backend>> {
+        let mut map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let (name, seen) = map.get(&ip)?.clone();
+        if seen.elapsed() > timeout {
+            map.remove(&ip);
+            return None;
+        }
+        drop(map);
+        self.find(&name).filter(|b| b.eligible())
+    }
+
+    /// Pins a client address to a backend (and refreshes its idle time).
+    pub fn pin_ip(&self, ip: IpAddr, name: &str) {
+        let mut map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.retain(|_, (_, seen)| seen.elapsed() < Duration::from_secs(3600));
+        }
+        map.insert(ip, (name.to_string(), Instant::now()));
+    }
+
+    /// Marks a backend draining; returns it.
+    pub fn drain(&self, name: &str) -> Option<Arc<Backend>> {
+        let b = self.find(name)?;
+        b.set_draining();
+        Some(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, port: u16, ready: bool) -> BackendInfo {
+        BackendInfo { name: name.into(), addr: ([127, 0, 0, 1], port).into(), ready, pid: Some(u32::from(port)) }
+    }
+
+    #[test]
+    fn round_robin_skips_unready_draining_and_ejected() {
+        let set = BackendSet::default();
+        set.update(&[info("a-0", 1, true), info("a-1", 2, true), info("a-2", 3, false)]);
+        let picks: Vec<String> = (0..4).map(|_| set.pick(Balance::RoundRobin, &[]).unwrap().name.clone()).collect();
+        assert_eq!(picks.iter().filter(|p| *p == "a-0").count(), 2);
+        assert!(!picks.contains(&"a-2".to_string()));
+        set.drain("a-0");
+        assert!((0..4).all(|_| set.pick(Balance::RoundRobin, &[]).unwrap().name == "a-1"));
+        set.find("a-1").unwrap().eject();
+        assert!(set.pick(Balance::RoundRobin, &[]).is_none());
+        // Becoming ready again clears an ejection.
+        set.update(&[info("a-0", 1, true), info("a-1", 2, false), info("a-2", 3, false)]);
+        set.update(&[info("a-0", 1, true), info("a-1", 2, true), info("a-2", 3, false)]);
+        assert_eq!(set.pick(Balance::RoundRobin, &["a-0".into()]).unwrap().name, "a-1");
+    }
+
+    #[test]
+    fn draining_state_survives_updates_but_a_new_process_starts_fresh() {
+        let set = BackendSet::default();
+        set.update(&[info("a-0", 1, true)]);
+        set.drain("a-0");
+        set.update(&[info("a-0", 1, true)]);
+        assert!(!set.find("a-0").unwrap().eligible(), "still draining");
+        let mut fresh = info("a-0", 1, true);
+        fresh.pid = Some(99);
+        set.update(&[fresh]);
+        assert!(set.find("a-0").unwrap().eligible(), "a new process is a new backend");
+    }
+
+    #[test]
+    fn least_requests_prefers_idle_backends() {
+        let set = BackendSet::default();
+        set.update(&[info("a-0", 1, true), info("a-1", 2, true)]);
+        let busy = set.find("a-0").unwrap();
+        let _g1 = busy.track();
+        let _g2 = busy.track();
+        assert!((0..5).all(|_| set.pick(Balance::LeastRequests, &[]).unwrap().name == "a-1"));
+        assert_eq!(busy.inflight(), 2);
+    }
+
+    #[test]
+    fn client_ip_pins_expire() {
+        let set = BackendSet::default();
+        set.update(&[info("a-0", 1, true), info("a-1", 2, true)]);
+        let ip: IpAddr = [127, 0, 0, 9].into();
+        set.pin_ip(ip, "a-1");
+        assert_eq!(set.pinned_ip(ip, Duration::from_secs(60)).unwrap().name, "a-1");
+        assert!(set.pinned_ip(ip, Duration::ZERO).is_none());
+    }
+}

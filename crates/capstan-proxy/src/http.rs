@@ -1,0 +1,404 @@
+//! The HTTP side: pick a replica (sticky cookie, client IP or balance), forward with safe retries, stream bodies,
+//! and tunnel websocket upgrades.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::backend::InflightGuard;
+use crate::metrics::{code_class, ErrorLabels, ReplicaLabels, RequestLabels};
+use crate::{BoxError, Entry, ProxyBody};
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// The most attempts one request makes (distinct replicas, or a fresh connection after a stale one).
+const MAX_ATTEMPTS: usize = 4;
+
+fn boxed<B>(b: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    b.map_err(Into::into).boxed()
+}
+
+fn plain(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut r = Response::new(boxed(Full::new(Bytes::from(text + "\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE).is_some()
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// The value of cookie `name` in the request, if sent.
+pub fn cookie_value(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+}
+
+/// Counts an open request until its response body ends.
+struct Tracked {
+    inner: Incoming,
+    _guard: InflightGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<SendRequest<ProxyBody>, String> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connect to {addr} timed out"))?
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = if upgrades { conn.with_upgrades().await } else { conn.await };
+    });
+    Ok(sender)
+}
+
+/// What is forwarded: the request line and headers, kept so a request without a body can be sent again.
+struct Outgoing {
+    method: Method,
+    uri: hyper::Uri,
+    headers: HeaderMap,
+}
+
+impl Outgoing {
+    fn build(&self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// Serves one request arriving on an HTTP entry point.
+pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    let cfg = entry.config();
+    let started = Instant::now();
+    let error = |kind: &str| {
+        entry
+            .metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                namespace: entry.namespace.clone(),
+                app: entry.app.clone(),
+                entry: entry.name.clone(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    };
+
+    let length =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|l| l > cfg.max_body) {
+        error("body_too_large");
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {} bytes", cfg.max_body));
+    }
+    let upgrade = cfg.expose.websockets && wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    // Pick the replica: a valid sticky cookie or client pin first, then the balance.
+    let sticky_cookie = cfg.expose.sticky.as_ref().and_then(|s| s.cookie.clone());
+    let sticky_ip = cfg.expose.sticky.as_ref().and_then(|s| s.client_ip.clone());
+    let mut pinned_by_cookie = None;
+    let mut backend = None;
+    if let Some(c) = &sticky_cookie {
+        pinned_by_cookie = cookie_value(req.headers(), &c.name);
+        backend = pinned_by_cookie.as_deref().and_then(|n| entry.backends.find(n)).filter(|b| b.eligible());
+    } else if let Some(ci) = &sticky_ip {
+        backend = entry.backends.pinned_ip(client.ip(), Duration::from_secs(u64::from(ci.timeout_seconds)));
+    }
+    let mut backend = match backend.or_else(|| entry.backends.pick(cfg.expose.balance, &[])) {
+        Some(b) => b,
+        None => {
+            error("no_backend");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no ready replica of App {}/{} behind `{}`", entry.namespace, entry.app, entry.name),
+            );
+        }
+    };
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers.clone();
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut headers);
+    if let (true, Some(u)) = (upgrade, upgrade_value) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, u);
+    }
+    let ip = client.ip().to_string();
+    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.entry("x-forwarded-proto").or_insert(HeaderValue::from_static("http"));
+    if let Some(host) = parts.headers.get(header::HOST) {
+        headers.insert("x-forwarded-host", host.clone());
+    }
+    let uri: hyper::Uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().unwrap_or_default();
+    let out = Outgoing { method: parts.method.clone(), uri, headers };
+    let no_body = length == Some(0) || (length.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING));
+    let replayable = cfg.expose.retry_idempotent && no_body && is_idempotent(&parts.method) && !upgrade;
+    let first_body: ProxyBody = if upgrade || no_body {
+        boxed(Empty::<Bytes>::new())
+    } else {
+        boxed(Limited::new(body, cfg.max_body as usize))
+    };
+
+    let mut pending = Some(out.build(first_body));
+    let mut tried: Vec<String> = Vec::new();
+    let mut fresh_connection = false;
+    let mut last_error = String::new();
+    for attempt in 0..MAX_ATTEMPTS {
+        let req = match pending.take() {
+            Some(r) => r,
+            None if replayable => out.build(boxed(Empty::<Bytes>::new())),
+            None => break,
+        };
+        if attempt > 0 {
+            entry.metrics.retries.get_or_create(&entry.replica_labels(&backend.name)).inc();
+        }
+        let pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => match connect(backend.addr, cfg.connect_timeout, upgrade).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Nothing was sent: any request may go to another replica.
+                    backend.eject();
+                    last_error = e;
+                    tried.push(backend.name.clone());
+                    pending = Some(req);
+                    fresh_connection = false;
+                    match entry.backends.pick(cfg.expose.balance, &tried) {
+                        Some(b) => {
+                            backend = b;
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+            },
+        };
+        fresh_connection = false;
+        let guard = backend.track();
+        let sent = tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await;
+        let mut resp = match sent {
+            Err(_) => {
+                error("timeout");
+                return plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("replica {} did not answer within {:?}", backend.name, cfg.request_timeout),
+                );
+            }
+            Ok(Ok(resp)) => resp,
+            Ok(Err(mut e)) => {
+                last_error = format!("{}: {}", backend.name, e.error());
+                if let Some(unsent) = e.take_message() {
+                    // The connection closed before the request was written: send it again on a new one.
+                    pending = Some(unsent);
+                    fresh_connection = true;
+                    continue;
+                }
+                if !replayable {
+                    break;
+                }
+                tried.push(backend.name.clone());
+                match entry.backends.pick(cfg.expose.balance, &tried) {
+                    Some(b) => {
+                        backend = b;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+        };
+        let status = resp.status();
+        entry
+            .metrics
+            .latency
+            .get_or_create(&entry.replica_labels(&backend.name))
+            .observe(started.elapsed().as_secs_f64());
+        entry
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                namespace: entry.namespace.clone(),
+                app: entry.app.clone(),
+                entry: entry.name.clone(),
+                replica: backend.name.clone(),
+                code: code_class(status.as_u16()),
+            })
+            .inc();
+        if sticky_ip.is_some() {
+            entry.backends.pin_ip(client.ip(), &backend.name);
+        }
+        let set_cookie = sticky_cookie.as_ref().filter(|_| pinned_by_cookie.as_deref() != Some(backend.name.as_str()));
+
+        if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            let labels = entry.replica_labels(&backend.name);
+            let gauge = entry.metrics.open_tunnels.get_or_create(&labels).clone();
+            if let Some(client_upgrade) = client_upgrade {
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
+                        gauge.inc();
+                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
+                        gauge.dec();
+                    }
+                });
+            }
+            let (mut rparts, _) = resp.into_parts();
+            add_cookie(&mut rparts.headers, set_cookie, &backend.name);
+            return Response::from_parts(rparts, boxed(Empty::<Bytes>::new()));
+        }
+        if !upgrade {
+            backend.checkin(sender);
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        add_cookie(&mut rparts.headers, set_cookie, &backend.name);
+        return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard }.boxed());
+    }
+    error(if tried.is_empty() { "upstream" } else { "connect" });
+    plain(
+        StatusCode::BAD_GATEWAY,
+        format!("no replica of App {}/{} could take the request: {last_error}", entry.namespace, entry.app),
+    )
+}
+
+fn add_cookie(h: &mut HeaderMap, cookie: Option<&capstan_model::StickyCookie>, replica: &str) {
+    let Some(c) = cookie else { return };
+    let mut v = format!("{}={replica}; Path=/; HttpOnly; SameSite=Lax", c.name);
+    if let Some(age) = c.max_age {
+        v.push_str(&format!("; Max-Age={age}"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.append(header::SET_COOKIE, v);
+    }
+}
+
+impl Entry {
+    pub(crate) fn replica_labels(&self, replica: &str) -> ReplicaLabels {
+        ReplicaLabels {
+            namespace: self.namespace.clone(),
+            app: self.app.clone(),
+            entry: self.name.clone(),
+            replica: replica.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_and_upgrades_are_recognised() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; CAPSTAN_ROUTE=web-1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=\"2\""));
+        assert_eq!(cookie_value(&h, "CAPSTAN_ROUTE").as_deref(), Some("web-1"));
+        assert_eq!(cookie_value(&h, "b").as_deref(), Some("2"));
+        assert_eq!(cookie_value(&h, "c"), None);
+        assert!(!wants_upgrade(&h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
+    }
+}

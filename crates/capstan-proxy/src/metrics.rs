@@ -1,0 +1,90 @@
+//! The load balancer's own metrics: requests, errors and latency per App, entry point and replica.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of a request series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub namespace: String,
+    pub app: String,
+    pub entry: String,
+    pub replica: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub code: String,
+}
+
+/// Labels of a latency or connection series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub namespace: String,
+    pub app: String,
+    pub entry: String,
+    pub replica: String,
+}
+
+/// Labels of an error series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub namespace: String,
+    pub app: String,
+    pub entry: String,
+    /// `no_backend`, `connect`, `upstream`, `timeout`, `body_too_large`.
+    pub kind: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric of the proxy, and the registry that renders them.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<ReplicaLabels, Histogram, fn() -> Histogram>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub retries: Family<ReplicaLabels, Counter>,
+    pub tcp_connections: Family<ReplicaLabels, Counter>,
+    pub open_tunnels: Family<ReplicaLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("capstan_lb");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<ReplicaLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let retries = Family::<ReplicaLabels, Counter>::default();
+        let tcp_connections = Family::<ReplicaLabels, Counter>::default();
+        let open_tunnels = Family::<ReplicaLabels, Gauge>::default();
+        registry.register("requests", "HTTP requests answered, by replica and status class", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to the replica's response headers",
+            latency.clone(),
+        );
+        registry.register("errors", "Requests the balancer answered itself, by cause", errors.clone());
+        registry.register("retries", "Requests sent again to another replica", retries.clone());
+        registry.register("tcp_connections", "TCP passthrough connections opened", tcp_connections.clone());
+        registry.register("open_tunnels", "Websocket and TCP tunnels currently open", open_tunnels.clone());
+        Metrics { registry, requests, latency, errors, retries, tcp_connections, open_tunnels }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// `2xx`, `3xx`, … for a status code.
+pub fn code_class(code: u16) -> String {
+    format!("{}xx", code / 100)
+}
