@@ -54,6 +54,15 @@ impl Backend {
         }
     }
 
+    /// The sticky-cookie value of this process instance: `<replica>.<tag>`, where the tag changes whenever the
+    /// replica's process does, so clients of a process that died are re-pinned once instead of following the name.
+    pub fn cookie(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.name, self.pid, self.addr).hash(&mut h);
+        format!("{}.{:08x}", self.name, h.finish() as u32)
+    }
+
     /// Takes new requests and sessions.
     pub fn eligible(&self) -> bool {
         self.ready.load(Ordering::Acquire)
@@ -149,6 +158,12 @@ impl BackendSet {
 
     pub fn find(&self, name: &str) -> Option<Arc<Backend>> {
         self.snapshot().into_iter().find(|b| b.name == name)
+    }
+
+    /// The backend a sticky cookie points at, if that very process is still there.
+    pub fn by_cookie(&self, value: &str) -> Option<Arc<Backend>> {
+        let (name, _) = value.rsplit_once('.')?;
+        self.find(name).filter(|b| b.cookie() == value)
     }
 
     /// Picks a backend for a new session, skipping `exclude`.

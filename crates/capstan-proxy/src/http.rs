@@ -176,7 +176,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
     let mut backend = None;
     if let Some(c) = &sticky_cookie {
         pinned_by_cookie = cookie_value(req.headers(), &c.name);
-        backend = pinned_by_cookie.as_deref().and_then(|n| entry.backends.find(n)).filter(|b| b.eligible());
+        backend = pinned_by_cookie.as_deref().and_then(|v| entry.backends.by_cookie(v)).filter(|b| b.eligible());
     } else if let Some(ci) = &sticky_ip {
         backend = entry.backends.pinned_ip(client.ip(), Duration::from_secs(u64::from(ci.timeout_seconds)));
     }
@@ -309,7 +309,8 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
         if sticky_ip.is_some() {
             entry.backends.pin_ip(client.ip(), &backend.name);
         }
-        let set_cookie = sticky_cookie.as_ref().filter(|_| pinned_by_cookie.as_deref() != Some(backend.name.as_str()));
+        let cookie_value = backend.cookie();
+        let set_cookie = sticky_cookie.as_ref().filter(|_| pinned_by_cookie.as_deref() != Some(cookie_value.as_str()));
 
         if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
@@ -326,7 +327,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
                 });
             }
             let (mut rparts, _) = resp.into_parts();
-            add_cookie(&mut rparts.headers, set_cookie, &backend.name);
+            add_cookie(&mut rparts.headers, set_cookie, &cookie_value);
             return Response::from_parts(rparts, boxed(Empty::<Bytes>::new()));
         }
         if !upgrade {
@@ -334,7 +335,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
         }
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
-        add_cookie(&mut rparts.headers, set_cookie, &backend.name);
+        add_cookie(&mut rparts.headers, set_cookie, &cookie_value);
         return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard }.boxed());
     }
     error(if tried.is_empty() { "upstream" } else { "connect" });
@@ -344,9 +345,9 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
     )
 }
 
-fn add_cookie(h: &mut HeaderMap, cookie: Option<&capstan_model::StickyCookie>, replica: &str) {
+fn add_cookie(h: &mut HeaderMap, cookie: Option<&capstan_model::StickyCookie>, value: &str) {
     let Some(c) = cookie else { return };
-    let mut v = format!("{}={replica}; Path=/; HttpOnly; SameSite=Lax", c.name);
+    let mut v = format!("{}={value}; Path=/; HttpOnly; SameSite=Lax", c.name);
     if let Some(age) = c.max_age {
         v.push_str(&format!("; Max-Age={age}"));
     }

@@ -162,3 +162,77 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = res.into_body().collect().await.ok()?.to_bytes();
     Some((code, String::from_utf8_lossy(&body).to_string()))
 }
+
+/// One request of a load run.
+#[derive(Debug, Clone)]
+pub struct Shot {
+    pub started: tokio::time::Instant,
+    pub finished: tokio::time::Instant,
+    /// The status, or the error when no response came.
+    pub outcome: Result<u16, String>,
+    pub body: String,
+}
+
+/// Sends requests at a fixed rate (open loop: a slow answer never delays the next request) until `stop` is
+/// set or `max` has passed. With `keep_alive` false every request opens its own connection.
+pub async fn open_loop(
+    url: String,
+    method: hyper::Method,
+    rate_per_sec: u32,
+    keep_alive: bool,
+    stop: tokio::sync::watch::Receiver<bool>,
+    max: Duration,
+) -> Vec<Shot> {
+    use http_body_util::{BodyExt, Full};
+    let mut builder = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+    if !keep_alive {
+        builder.pool_max_idle_per_host(0);
+    }
+    let client = builder.build_http::<Full<bytes::Bytes>>();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate_per_sec.max(1))));
+    let end = tokio::time::Instant::now() + max;
+    let mut tasks = Vec::new();
+    while !*stop.borrow() && tokio::time::Instant::now() < end {
+        tick.tick().await;
+        let client = client.clone();
+        let url = url.clone();
+        let has_body = method == hyper::Method::POST || method == hyper::Method::PUT;
+        let method = method.clone();
+        let n = tasks.len();
+        tasks.push(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut req = hyper::Request::builder().method(method).uri(url);
+            if !keep_alive {
+                req = req.header("connection", "close");
+            }
+            // Only requests that carry data have a body: a GET stays replayable.
+            let body = if has_body { bytes::Bytes::from(format!("payload {n}")) } else { bytes::Bytes::new() };
+            let req = req.body(Full::new(body)).expect("request");
+            let outcome = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await;
+            let (outcome, body) = match outcome {
+                Err(_) => (Err("timed out".to_string()), String::new()),
+                Ok(Err(e)) => (Err(format!("{e:?}")), String::new()),
+                Ok(Ok(res)) => {
+                    let code = res.status().as_u16();
+                    match res.into_body().collect().await {
+                        Ok(b) => (Ok(code), String::from_utf8_lossy(&b.to_bytes()).to_string()),
+                        Err(e) => (Err(format!("body: {e}")), String::new()),
+                    }
+                }
+            };
+            Shot { started, finished: tokio::time::Instant::now(), outcome, body }
+        }));
+    }
+    let mut shots = Vec::new();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            shots.push(s);
+        }
+    }
+    shots
+}
+
+/// The shots that did not end in a 2xx response.
+pub fn failures(shots: &[Shot]) -> Vec<&Shot> {
+    shots.iter().filter(|s| !matches!(s.outcome, Ok(c) if (200..300).contains(&c))).collect()
+}

@@ -58,6 +58,10 @@ async fn main() {
         std::process::exit(code);
     }
     let port: u16 = env("PORT").and_then(|p| p.parse().ok()).unwrap_or(0);
+    if env("TESTAPP_TCP_ECHO").is_some() {
+        tcp_echo(port, replica).await;
+        return;
+    }
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -96,7 +100,15 @@ async fn main() {
                 "ok"
             }),
         )
-        .route("/env", get(|| async { Json(std::env::vars().collect::<BTreeMap<String, String>>()) }));
+        .route("/env", get(|| async { Json(std::env::vars().collect::<BTreeMap<String, String>>()) }))
+        .route(
+            "/version",
+            get(|| async {
+                format!("{} {}", env("VERSION").unwrap_or_default(), env("CAPSTAN_REPLICA").unwrap_or_default())
+            }),
+        )
+        .route("/echo", axum::routing::post(|body: String| async move { body }))
+        .route("/ws", get(ws));
     let ignore = env("TESTAPP_IGNORE_TERM").is_some();
     let delay: u64 = env("TESTAPP_TERM_DELAY_MS").and_then(|c| c.parse().ok()).unwrap_or(0);
     let shutdown = async move {
@@ -112,4 +124,56 @@ async fn main() {
     };
     let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     println!("{replica} exiting cleanly");
+}
+
+/// A websocket that answers every text message with `<VERSION> <replica> <message>`.
+async fn ws(up: axum::extract::ws::WebSocketUpgrade) -> axum::response::Response {
+    up.on_upgrade(|mut socket| async move {
+        use axum::extract::ws::Message;
+        while let Some(Ok(msg)) = socket.recv().await {
+            if let Message::Text(t) = msg {
+                let reply = format!(
+                    "{} {} {}",
+                    env("VERSION").unwrap_or_default(),
+                    env("CAPSTAN_REPLICA").unwrap_or_default(),
+                    t.as_str()
+                );
+                if socket.send(Message::Text(reply.into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+/// A TCP server that answers each line with `<replica> <line>`, until SIGTERM.
+async fn tcp_echo(port: u16, replica: String) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bind: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!("{replica} echoing on {port}");
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let replica = replica.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = stream.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if w.write_all(format!("{replica} {line}\n").as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    }
 }
