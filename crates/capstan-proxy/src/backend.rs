@@ -28,13 +28,16 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pid: Option<u32>,
+    cookie: String,
     ready: AtomicBool,
     /// Leaving: no new requests or sessions; in-flight ones finish.
     draining: AtomicBool,
     /// A connection to it failed; out of rotation until its process changes or it becomes ready again.
     ejected: AtomicBool,
     inflight: AtomicUsize,
-    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    /// Idle upstream connections, one pool per proxy worker thread: a connection's task lives on the thread
+    /// that opened it, so a request only ever uses its own thread's connections.
+    idle: Vec<Mutex<Vec<SendRequest<ProxyBody>>>>,
 }
 
 /// Idle upstream connections kept per backend.
@@ -42,25 +45,26 @@ const MAX_IDLE: usize = 64;
 
 impl Backend {
     fn new(info: &BackendInfo) -> Backend {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&info.name, info.pid, info.addr).hash(&mut h);
         Backend {
             name: info.name.clone(),
             addr: info.addr,
             pid: info.pid,
+            cookie: format!("{}.{:08x}", info.name, h.finish() as u32),
             ready: AtomicBool::new(info.ready),
             draining: AtomicBool::new(false),
             ejected: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..crate::worker_count()).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
     /// The sticky-cookie value of this process instance: `<replica>.<tag>`, where the tag changes whenever the
     /// replica's process does, so clients of a process that died are re-pinned once instead of following the name.
-    pub fn cookie(&self) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&self.name, self.pid, self.addr).hash(&mut h);
-        format!("{}.{:08x}", self.name, h.finish() as u32)
+    pub fn cookie(&self) -> &str {
+        &self.cookie
     }
 
     /// Takes new requests and sessions.
@@ -85,20 +89,34 @@ impl Backend {
         if !self.ejected.swap(true, Ordering::AcqRel) {
             tracing::info!(backend = %self.name, addr = %self.addr, "connection failed; out of rotation until it is ready again");
         }
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.clear_pools();
+    }
+
+    fn clear_pools(&self) {
+        for pool in &self.idle {
+            pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    fn pool(&self) -> &Mutex<Vec<SendRequest<ProxyBody>>> {
+        &self.idle[crate::worker_index() % self.idle.len().max(1)]
     }
 
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.clear_pools();
     }
 
-    /// An idle connection ready for a request, if any.
+    /// An idle connection, if any: one whose last response was read completely. It may need a moment to
+    /// become ready (its connection task notices the end of the response asynchronously); callers await that.
     pub fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|s| !s.is_closed());
-        let pos = idle.iter().position(|s| s.is_ready())?;
-        Some(idle.swap_remove(pos))
+        let mut idle = self.pool().lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
     }
 
     /// Returns a connection for reuse.
@@ -106,7 +124,7 @@ impl Backend {
         if sender.is_closed() || self.draining.load(Ordering::Acquire) {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.pool().lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(sender);
         }
@@ -157,7 +175,7 @@ impl BackendSet {
     }
 
     pub fn find(&self, name: &str) -> Option<Arc<Backend>> {
-        self.snapshot().into_iter().find(|b| b.name == name)
+        self.backends.read().unwrap_or_else(|p| p.into_inner()).iter().find(|b| b.name == name).cloned()
     }
 
     /// The backend a sticky cookie points at, if that very process is still there.
@@ -166,26 +184,20 @@ impl BackendSet {
         self.find(name).filter(|b| b.cookie() == value)
     }
 
-    /// Picks a backend for a new session, skipping `exclude`.
+    /// Picks a backend for a new session, skipping `exclude`. Allocates nothing on the common path.
     pub fn pick(&self, balance: Balance, exclude: &[String]) -> Option<Arc<Backend>> {
-        let all = self.snapshot();
-        let candidates: Vec<&Arc<Backend>> =
-            all.iter().filter(|b| b.eligible() && !exclude.iter().any(|e| *e == b.name)).collect();
-        if candidates.is_empty() {
+        let all = self.backends.read().unwrap_or_else(|p| p.into_inner());
+        let ok = |b: &&Arc<Backend>| b.eligible() && !exclude.iter().any(|e| *e == b.name);
+        let count = all.iter().filter(ok).count();
+        if count == 0 {
             return None;
         }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
         match balance {
-            Balance::RoundRobin => {
-                let i = self.next.fetch_add(1, Ordering::Relaxed);
-                Some(candidates[i % candidates.len()].clone())
-            }
+            Balance::RoundRobin => all.iter().filter(ok).nth(start % count).cloned(),
+            // Ties rotate, so equal loads still spread.
             Balance::LeastRequests => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                // Ties rotate, so equal loads still spread.
-                (0..candidates.len())
-                    .map(|k| candidates[(start + k) % candidates.len()])
-                    .min_by_key(|b| b.inflight())
-                    .cloned()
+                all.iter().filter(ok).cycle().skip(start % count).take(count).min_by_key(|b| b.inflight()).cloned()
             }
         }
     }

@@ -15,8 +15,8 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::backend::InflightGuard;
-use crate::metrics::{code_class, ErrorLabels, ReplicaLabels, RequestLabels};
+use crate::backend::{Backend, InflightGuard};
+use crate::metrics::{ErrorLabels, ReplicaLabels};
 use crate::{BoxError, Entry, ProxyBody};
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -60,19 +60,24 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Removes hop-by-hop headers, including those the Connection header names.
+/// Removes hop-by-hop headers, including those the Connection header names. One pass over the names; the
+/// common case (nothing to remove but `connection`/`keep-alive`) allocates nothing.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
+    let connection_names: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("upgrade")
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
         .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in HOP_BY_HOP {
+    let present: Vec<HeaderName> = h.keys().filter(|k| HOP_BY_HOP.contains(&k.as_str())).cloned().collect();
+    for n in present.into_iter().chain(connection_names) {
         h.remove(n);
     }
 }
@@ -88,10 +93,12 @@ pub fn cookie_value(h: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.trim_matches('"').to_string())
 }
 
-/// Counts an open request until its response body ends.
+/// Counts an open request until its response body ends, then gives the upstream connection back to the pool
+/// (an HTTP/1.1 connection is reusable only once the whole response has been read).
 struct Tracked {
     inner: Incoming,
     _guard: InflightGuard,
+    pooled: Option<(SendRequest<ProxyBody>, Arc<Backend>)>,
 }
 
 impl Body for Tracked {
@@ -111,12 +118,25 @@ impl Body for Tracked {
     }
 }
 
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // The server stops polling once the body says it has ended, so the hand-back happens here. A body that
+        // was not read to its end (the client went away) leaves its connection unusable: it is dropped.
+        if let Some((sender, backend)) = self.pooled.take() {
+            if self.inner.is_end_stream() {
+                backend.checkin(sender);
+            }
+        }
+    }
+}
+
 async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<SendRequest<ProxyBody>, String> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connect to {addr} timed out"))?
         .map_err(|e| format!("connect to {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
+    tracing::debug!(%addr, upgrades, "new upstream connection");
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake with {addr}: {e}"))?;
@@ -134,11 +154,12 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn build(&self, body: ProxyBody) -> Request<ProxyBody> {
+    /// Builds the request; `keep` keeps the headers for a replay, otherwise they are moved out.
+    fn build(&mut self, body: ProxyBody, keep: bool) -> Request<ProxyBody> {
         let mut r = Request::new(body);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
+        *r.headers_mut() = if keep { self.headers.clone() } else { std::mem::take(&mut self.headers) };
         r
     }
 }
@@ -211,8 +232,12 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
     if let Some(host) = parts.headers.get(header::HOST) {
         headers.insert("x-forwarded-host", host.clone());
     }
-    let uri: hyper::Uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().unwrap_or_default();
-    let out = Outgoing { method: parts.method.clone(), uri, headers };
+    let uri = if parts.uri.scheme().is_none() {
+        parts.uri.clone()
+    } else {
+        parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().unwrap_or_default()
+    };
+    let mut out = Outgoing { method: parts.method.clone(), uri, headers };
     let no_body = length == Some(0) || (length.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING));
     let replayable = cfg.expose.retry_idempotent && no_body && is_idempotent(&parts.method) && !upgrade;
     let first_body: ProxyBody = if upgrade || no_body {
@@ -221,20 +246,25 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
         boxed(Limited::new(body, cfg.max_body as usize))
     };
 
-    let mut pending = Some(out.build(first_body));
+    let mut pending = Some(out.build(first_body, replayable));
     let mut tried: Vec<String> = Vec::new();
     let mut fresh_connection = false;
     let mut last_error = String::new();
     for attempt in 0..MAX_ATTEMPTS {
         let req = match pending.take() {
             Some(r) => r,
-            None if replayable => out.build(boxed(Empty::<Bytes>::new())),
+            None if replayable => out.build(boxed(Empty::<Bytes>::new()), true),
             None => break,
         };
         if attempt > 0 {
-            entry.metrics.retries.get_or_create(&entry.replica_labels(&backend.name)).inc();
+            entry.replica_metrics(&backend.name).retries.inc();
         }
-        let pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
+        let mut pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
+        if let Some(s) = pooled.as_mut() {
+            if s.ready().await.is_err() {
+                pooled = None;
+            }
+        }
         let mut sender = match pooled {
             Some(s) => s,
             None => match connect(backend.addr, cfg.connect_timeout, upgrade).await {
@@ -290,27 +320,12 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
             }
         };
         let status = resp.status();
-        entry
-            .metrics
-            .latency
-            .get_or_create(&entry.replica_labels(&backend.name))
-            .observe(started.elapsed().as_secs_f64());
-        entry
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                namespace: entry.namespace.clone(),
-                app: entry.app.clone(),
-                entry: entry.name.clone(),
-                replica: backend.name.clone(),
-                code: code_class(status.as_u16()),
-            })
-            .inc();
+        entry.replica_metrics(&backend.name).answered(status.as_u16(), started.elapsed().as_secs_f64());
         if sticky_ip.is_some() {
             entry.backends.pin_ip(client.ip(), &backend.name);
         }
         let cookie_value = backend.cookie();
-        let set_cookie = sticky_cookie.as_ref().filter(|_| pinned_by_cookie.as_deref() != Some(cookie_value.as_str()));
+        let set_cookie = sticky_cookie.as_ref().filter(|_| pinned_by_cookie.as_deref() != Some(cookie_value));
 
         if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
@@ -327,16 +342,14 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
                 });
             }
             let (mut rparts, _) = resp.into_parts();
-            add_cookie(&mut rparts.headers, set_cookie, &cookie_value);
+            add_cookie(&mut rparts.headers, set_cookie, cookie_value);
             return Response::from_parts(rparts, boxed(Empty::<Bytes>::new()));
-        }
-        if !upgrade {
-            backend.checkin(sender);
         }
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
-        add_cookie(&mut rparts.headers, set_cookie, &cookie_value);
-        return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard }.boxed());
+        add_cookie(&mut rparts.headers, set_cookie, cookie_value);
+        let pooled = (!upgrade).then(|| (sender, backend.clone()));
+        return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard, pooled }.boxed());
     }
     error(if tried.is_empty() { "upstream" } else { "connect" });
     plain(

@@ -8,6 +8,7 @@ pub mod http;
 pub mod metrics;
 pub mod tcp;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,6 +23,49 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{BackendInfo, BackendSet};
 use crate::metrics::Metrics;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The index of the proxy worker thread running this code (0 elsewhere).
+pub fn worker_index() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// How many worker threads a proxy runs: one per core.
+pub fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 64)
+}
+
+/// One proxy thread with its own single-threaded runtime.
+struct Worker {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+fn start_worker(index: usize) -> Worker {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new().name(format!("capstan-lb-{index}")).spawn(move || {
+        WORKER.with(|w| w.set(index));
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => {
+                let _ = tx.send(Some(rt.handle().clone()));
+                rt.block_on(async {
+                    let _ = stop_rx.await;
+                });
+            }
+            Err(e) => {
+                tracing::error!("load balancer worker {index}: {e}");
+                let _ = tx.send(None);
+            }
+        }
+    });
+    // Without its own thread, a worker borrows the caller's runtime: slower, but traffic still flows.
+    let handle = spawned.ok().and_then(|_| rx.recv().ok().flatten()).unwrap_or_else(tokio::runtime::Handle::current);
+    Worker { handle, stop: Some(stop) }
+}
 
 /// Errors inside bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -69,11 +113,22 @@ pub struct Entry {
     config: RwLock<Arc<EntryConfig>>,
     pub backends: BackendSet,
     pub metrics: Arc<Metrics>,
+    per_replica: RwLock<HashMap<String, Arc<metrics::ReplicaMetrics>>>,
 }
 
 impl Entry {
     pub fn config(&self) -> Arc<EntryConfig> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The metric handles of one replica, created once (label sets are not rebuilt per request).
+    pub fn replica_metrics(&self, replica: &str) -> Arc<metrics::ReplicaMetrics> {
+        if let Some(m) = self.per_replica.read().unwrap_or_else(|p| p.into_inner()).get(replica) {
+            return m.clone();
+        }
+        let m = Arc::new(metrics::ReplicaMetrics::new(&self.metrics, &self.namespace, &self.app, &self.name, replica));
+        self.per_replica.write().unwrap_or_else(|p| p.into_inner()).insert(replica.to_string(), m.clone());
+        m
     }
 }
 
@@ -81,20 +136,41 @@ struct Listener {
     bind: (String, u16, ExposeProtocol),
     entry: Arc<Entry>,
     addr: SocketAddr,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-/// The load balancer of the embedded runtime.
-#[derive(Default)]
+/// The load balancer of the embedded runtime: one worker thread per core, each accepting on its own
+/// SO_REUSEPORT socket, so a connection and its upstream requests never change threads.
 pub struct Proxy {
     listeners: Mutex<HashMap<ObjectKey, Vec<Listener>>>,
     metrics: Arc<Metrics>,
+    /// Started with the first entry point, so a Capstan that exposes nothing runs no proxy threads.
+    workers: std::sync::OnceLock<Vec<Worker>>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy::new()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for w in self.workers.get_mut().into_iter().flatten() {
+            if let Some(s) = w.stop.take() {
+                let _ = s.send(());
+            }
+        }
+    }
 }
 
 /// The name of an entry point: its own, or the protocol and port.
@@ -112,51 +188,92 @@ fn target_port(app: &App, e: &Expose, r: &ReplicaEndpoint) -> Option<u16> {
     }
 }
 
-fn bind(address: &str, port: u16) -> Result<tokio::net::TcpListener, String> {
-    let l =
-        std::net::TcpListener::bind((address, port)).map_err(|e| format!("cannot listen on {address}:{port}: {e}"))?;
-    l.set_nonblocking(true).map_err(|e| e.to_string())?;
-    tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())
+/// Opens one listening socket with SO_REUSEPORT, so every worker can have its own on the same port.
+fn bind(address: &str, port: u16) -> Result<std::net::TcpListener, String> {
+    use socket2::{Domain, Socket, Type};
+    let ip: std::net::IpAddr = address.parse().map_err(|_| format!("`{address}` is not an IP address"))?;
+    let addr = SocketAddr::new(ip, port);
+    let err = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_reuse_port(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(1024).map_err(err)?;
+    Ok(socket.into())
 }
 
-fn serve(listener: tokio::net::TcpListener, entry: Arc<Entry>, protocol: ExposeProtocol) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(app = %entry.app, "accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let entry = entry.clone();
-            match protocol {
-                ExposeProtocol::Tcp => {
-                    tokio::spawn(tcp::serve(entry, stream, peer));
-                }
-                ExposeProtocol::Http => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let entry = entry.clone();
-                            async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, peer).await) }
-                        });
-                        let _ = http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .with_upgrades()
-                            .await;
+/// Whether something else already listens on the port (SO_REUSEPORT would let a second socket in silently).
+fn port_taken(address: &str, port: u16) -> bool {
+    std::net::TcpListener::bind((address, port)).is_err()
+}
+
+async fn serve(listener: std::net::TcpListener, entry: Arc<Entry>, protocol: ExposeProtocol) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(app = %entry.app, "listener: {e}");
+            return;
+        }
+    };
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(app = %entry.app, "accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let entry = entry.clone();
+        match protocol {
+            ExposeProtocol::Tcp => {
+                tokio::spawn(tcp::serve(entry, stream, peer));
+            }
+            ExposeProtocol::Http => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let entry = entry.clone();
+                        async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, peer).await) }
                     });
-                }
+                    let _ = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
             }
         }
-    })
+    }
 }
 
 impl Proxy {
+    /// A proxy that will run one worker thread per core once it has an entry point.
     pub fn new() -> Proxy {
-        Proxy::default()
+        Proxy { listeners: Mutex::new(HashMap::new()), metrics: Arc::default(), workers: std::sync::OnceLock::new() }
+    }
+
+    /// Opens the sockets of an entry point, one per worker, and starts accepting on each.
+    fn open(
+        &self,
+        address: &str,
+        port: u16,
+        entry: Arc<Entry>,
+        protocol: ExposeProtocol,
+    ) -> Result<(SocketAddr, Vec<JoinHandle<()>>), String> {
+        if port_taken(address, port) {
+            return Err(format!("cannot listen on {address}:{port}: the address is already in use"));
+        }
+        let mut tasks = Vec::new();
+        let mut local = None;
+        for w in self.workers.get_or_init(|| (0..worker_count()).map(start_worker).collect()) {
+            let l = bind(address, port)?;
+            local = local.or_else(|| l.local_addr().ok());
+            tasks.push(w.handle.spawn(serve(l, entry.clone(), protocol)));
+        }
+        let addr = local.ok_or_else(|| format!("cannot listen on {address}:{port}: no worker"))?;
+        Ok((addr, tasks))
     }
 
     /// Brings an App's entry points in line with its spec and replicas: opens, updates and closes listeners.
@@ -196,13 +313,12 @@ impl Proxy {
                         config: RwLock::new(Arc::new(EntryConfig::new(e))),
                         backends: BackendSet::default(),
                         metrics: self.metrics.clone(),
+                        per_replica: RwLock::new(HashMap::new()),
                     });
-                    match bind(&address, e.port) {
-                        Ok(l) => {
-                            let addr = l.local_addr().unwrap_or_else(|_| ([127, 0, 0, 1], e.port).into());
-                            let task = serve(l, entry.clone(), e.protocol);
+                    match self.open(&address, e.port, entry.clone(), e.protocol) {
+                        Ok((addr, tasks)) => {
                             tracing::info!(app = %key, %addr, protocol = ?e.protocol, "entry point listening");
-                            Listener { bind: bind_key, entry, addr, task }
+                            Listener { bind: bind_key, entry, addr, tasks }
                         }
                         Err(msg) => {
                             errors.push(msg);

@@ -84,6 +84,47 @@ impl Metrics {
     }
 }
 
+/// Handles of one replica's series, so the hot path only increments.
+pub struct ReplicaMetrics {
+    by_class: [Counter; 5],
+    pub latency: Histogram,
+    pub retries: Counter,
+}
+
+impl ReplicaMetrics {
+    pub fn new(m: &Metrics, namespace: &str, app: &str, entry: &str, replica: &str) -> ReplicaMetrics {
+        let labels = ReplicaLabels {
+            namespace: namespace.into(),
+            app: app.into(),
+            entry: entry.into(),
+            replica: replica.into(),
+        };
+        let by_class = [1u16, 2, 3, 4, 5].map(|c| {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    namespace: namespace.into(),
+                    app: app.into(),
+                    entry: entry.into(),
+                    replica: replica.into(),
+                    code: format!("{c}xx"),
+                })
+                .clone()
+        });
+        ReplicaMetrics {
+            by_class,
+            latency: m.latency.get_or_create(&labels).clone(),
+            retries: m.retries.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts a response and its latency.
+    pub fn answered(&self, code: u16, seconds: f64) {
+        let class = usize::from((code / 100).clamp(1, 5) - 1);
+        self.by_class[class].inc();
+        self.latency.observe(seconds);
+    }
+}
+
 /// `2xx`, `3xx`, … for a status code.
 pub fn code_class(code: u16) -> String {
     format!("{}xx", code / 100)

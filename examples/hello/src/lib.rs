@@ -1,4 +1,5 @@
-//! A tiny HTTP app for Capstan's examples: `/` answers with the replica's name, `/status` with `ok`.
+//! A tiny HTTP app for Capstan's examples: `/` answers with the replica's name, `/status` with `ok`, `/bytes/N`
+//! with N bytes.
 
 use axum::routing::get;
 use axum::Router;
@@ -8,6 +9,12 @@ pub fn router(replica: String) -> Router {
     Router::new()
         .route("/", get(move || async move { format!("hello from {replica}\n") }))
         .route("/status", get(|| async { "ok\n" }))
+        .route("/bytes/{n}", get(bytes))
+}
+
+/// `n` bytes of `x` (at most 1 MiB), for load tests.
+async fn bytes(axum::extract::Path(n): axum::extract::Path<usize>) -> String {
+    "x".repeat(n.min(1 << 20))
 }
 
 /// Serves on 127.0.0.1:$PORT until SIGTERM or Ctrl-C, then finishes in-flight requests and exits 0.

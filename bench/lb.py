@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Load balancers compared: Capstan, nginx, HAProxy. Run through bench/lb.sh."""
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def wait_http(url, limit=20):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def wrk(url, seconds, conns, headers=()):
+    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = sum(int(x) for x in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors: connect) (\d+)", out))
+
+    def lat(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+    return {"rps": rps, "requests": total, "p50_ms": lat(50), "p99_ms": lat(99), "errors": errors}
+
+
+class Capstan:
+    def __init__(self, bindir, port, sticky_port):
+        self.data = tempfile.mkdtemp(prefix="capstan-lb-")
+        self.api = 17600 + os.getpid() % 300
+        env = dict(os.environ, CAPSTAN_DATA=self.data, CAPSTAN_LOG="warn")
+        self.proc = subprocess.Popen([f"{bindir}/capstan", "up", "--listen", f"127.0.0.1:{self.api}"],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 20
+        while not os.path.exists(f"{self.data}/server.json") and time.monotonic() < end:
+            time.sleep(0.05)
+        self.token = open(f"{self.data}/token").read().strip()
+        app = {"apiVersion": "capstan.dev/v1alpha1", "kind": "App", "metadata": {"name": "bench"},
+               "spec": {"replicas": 2, "run": {"command": [f"{bindir}/capstan-hello"]}, "ports": [{"name": "http"}],
+                        "probes": {"readiness": {"http": {"path": "/status", "port": "http"}, "periodSeconds": 1}},
+                        "expose": [{"port": port},
+                                   {"name": "sticky", "port": sticky_port, "sticky": {"cookie": {"name": "ROUTE"}}}]}}
+        self.call("POST", "/api/v1/apply", {"objects": [app]})
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            st = self.call("GET", "/api/v1/namespaces/default/apps/bench").get("status") or {}
+            if st.get("readyReplicas") == 2:
+                break
+            time.sleep(0.1)
+        self.backends = [r["ports"]["http"] for r in st["replicaStatuses"]]
+        self.pids = [r["pid"] for r in st["replicaStatuses"]]
+
+    def call(self, method, path, body=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.api}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+
+
+def nginx(backends, port, d):
+    conf = f"""worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream be {{ {" ".join(f"server 127.0.0.1:{b} max_fails=1 fail_timeout=10s;" for b in backends)} keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_next_upstream error timeout; }}
+  }}
+}}
+"""
+    path = f"{d}/nginx.conf"
+    open(path, "w").write(conf)
+    return subprocess.Popen(["nginx", "-c", path, "-p", d, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def haproxy(backends, port, sticky_port, d):
+    servers = "\n".join(f"  server s{i} 127.0.0.1:{b} check inter 2s rise 2 fall 3" for i, b in enumerate(backends))
+    sticky = "\n".join(f"  server s{i} 127.0.0.1:{b} check inter 2s rise 2 fall 3 cookie s{i}" for i, b in enumerate(backends))
+    conf = f"""global
+  nbthread 2
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  option redispatch
+  retries 3
+frontend plain
+  bind 127.0.0.1:{port}
+  default_backend be
+frontend sticky
+  bind 127.0.0.1:{sticky_port}
+  default_backend be_sticky
+backend be
+  balance roundrobin
+{servers}
+backend be_sticky
+  balance roundrobin
+  cookie SERVERID insert indirect nocache
+{sticky}
+"""
+    path = f"{d}/haproxy.cfg"
+    open(path, "w").write(conf)
+    return subprocess.Popen(["haproxy", "-f", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def measure(name, url, pids, seconds, conns, headers=()):
+    wrk(url, 2, conns, headers)  # warm-up: connections, pools, caches
+    before = cpu_seconds(pids())
+    r = wrk(url, seconds, conns, headers)
+    r["cpu_us_per_req"] = (cpu_seconds(pids()) - before) / max(r["requests"], 1) * 1e6
+    r["name"] = name
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="lb-bench-")
+    ports = {"capstan": 18101, "capstan_sticky": 18102, "nginx": 18103, "haproxy": 18104, "haproxy_sticky": 18105}
+    c = Capstan(a.bin, ports["capstan"], ports["capstan_sticky"])
+    n = nginx(c.backends, ports["nginx"], d)
+    h = haproxy(c.backends, ports["haproxy"], ports["haproxy_sticky"], d)
+    try:
+        run(a, c, n, h, ports)
+    finally:
+        for p in (n, h):
+            if p.poll() is None:
+                p.send_signal(signal.SIGQUIT if p is n else signal.SIGTERM)
+                p.wait(timeout=30)
+        c.stop()
+
+
+def run(a, c, n, h, ports):
+    path = "/bytes/1024"
+    for p in ports.values():
+        wait_http(f"http://127.0.0.1:{p}{path}")
+    # Sticky: every wrk connection carries a cookie pinning it to a backend, as a signed-in browser does.
+    cookie = urllib.request.urlopen(f"http://127.0.0.1:{ports['capstan_sticky']}/").headers["Set-Cookie"].split(";")[0]
+    runs = [
+        ("Capstan", f"http://127.0.0.1:{ports['capstan']}{path}", lambda: [c.proc.pid], ()),
+        ("nginx", f"http://127.0.0.1:{ports['nginx']}{path}", lambda: [n.pid] + children(n.pid), ()),
+        ("HAProxy", f"http://127.0.0.1:{ports['haproxy']}{path}", lambda: [h.pid] + children(h.pid), ()),
+        ("Capstan, sticky cookie", f"http://127.0.0.1:{ports['capstan_sticky']}{path}", lambda: [c.proc.pid], [f"Cookie: {cookie}"]),
+        ("HAProxy, sticky cookie", f"http://127.0.0.1:{ports['haproxy_sticky']}{path}", lambda: [h.pid] + children(h.pid), ["Cookie: SERVERID=s0"]),
+    ]
+    # Interleaved rounds: every balancer sees the same machine conditions; the median of each is reported.
+    samples = {name: [] for name, *_ in runs}
+    for _ in range(a.rounds):
+        for name, url, pids, headers in runs:
+            samples[name].append(measure(name, url, pids, a.seconds, a.conns, headers))
+    results = []
+    for name, rs in samples.items():
+        rs.sort(key=lambda r: r["rps"])
+        mid = rs[len(rs) // 2]
+        mid["all_rps"] = [round(r["rps"]) for r in rs]
+        results.append(mid)
+
+    # SIGKILL of one backend under load: what clients of each balancer see in the next 5 seconds.
+    kill = {}
+    for name, port in [("Capstan", ports["capstan"]), ("nginx", ports["nginx"]), ("HAProxy", ports["haproxy"])]:
+        st = c.call("GET", "/api/v1/namespaces/default/apps/bench")["status"]
+        pid = st["replicaStatuses"][1]["pid"]
+        t0 = time.monotonic()
+        loader = subprocess.Popen(["wrk", "-t1", "-c10", "-d5s", f"http://127.0.0.1:{port}{path}"],
+                                  stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        os.kill(pid, signal.SIGKILL)
+        out = loader.communicate()[0]
+        errs = sum(int(x) for x in re.findall(r"(?:Non-2xx or 3xx responses:|connect|read|write|timeout) (\d+)", out))
+        kill[name] = errs
+        # Capstan restarts the backend; wait until both are Ready again before the next balancer's turn.
+        while time.monotonic() - t0 < 30:
+            st = c.call("GET", "/api/v1/namespaces/default/apps/bench")["status"]
+            if st.get("readyReplicas") == 2 and st["replicaStatuses"][1]["pid"] != pid:
+                break
+            time.sleep(0.1)
+        time.sleep(2.5)  # HAProxy's checks need `rise 2` at `inter 2s` to take the backend back
+
+    base = {r["name"]: r for r in results}
+    print(f"Medians of {a.rounds} interleaved rounds of {a.seconds} s, wrk -t2 -c{a.conns}, 1 KiB responses.")
+    print()
+    print("| balancer | req/s (median) | all rounds | p50 | p99 | CPU per request | req/s vs nginx | req/s vs HAProxy |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        ref = "HAProxy, sticky cookie" if "sticky" in r["name"] else "HAProxy"
+        vs_n = f"{r['rps'] / base['nginx']['rps']:.2f}" if "sticky" not in r["name"] else ""
+        print(f"| {r['name']} | {r['rps']:.0f} | {', '.join(str(x) for x in r['all_rps'])} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['cpu_us_per_req']:.1f} µs | {vs_n} | {r['rps'] / base[ref]['rps']:.2f} |")
+    print()
+    print("| balancer | failed requests in 5 s of 10-connection load with one of two backends SIGKILLed |")
+    print("|---|---|")
+    for k, v in kill.items():
+        print(f"| {k} | {v} |")
+    json.dump({"results": results, "sigkill_errors": kill}, open(os.environ.get("BENCH_OUT", "/tmp/capstan-bench-lb.json"), "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

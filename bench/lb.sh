@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Capstan's load balancer against nginx and HAProxy (Debian), same run, same two backends on loopback,
+# keep-alive, 1 KiB responses, driven by wrk: throughput, p50/p99 latency, CPU time per request; plus HAProxy
+# with its sticky cookie against Capstan's, and what clients see when a backend is SIGKILLed under load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+apt_install nginx haproxy wrk python3
+cargo build --release --quiet -p capstan-cli -p hello
+exec python3 bench/lb.py --bin "$CARGO_TARGET_DIR/release" "$@"
