@@ -25,15 +25,18 @@ capstan apply -f examples/hello --wait --timeout 60s >/dev/null
 echo
 capstan get apps -o wide
 echo
-for port in $(capstan get app hello -o json | python3 -c 'import json,sys; [print(r["ports"]["http"]) for r in json.load(sys.stdin)["status"]["replicaStatuses"]]'); do
-  echo "  http://127.0.0.1:$port/  ->  $(curl -fsS "http://127.0.0.1:$port/")"
-done
+echo "Through Capstan's load balancer, http://127.0.0.1:8080/ :"
+for _ in 1 2 3 4; do echo "  new client      -> $(curl -fsS http://127.0.0.1:8080/)"; done
+jar=$(mktemp)
+for _ in 1 2 3; do echo "  client with a cookie jar -> $(curl -fsS -c "$jar" -b "$jar" http://127.0.0.1:8080/)"; done
+rm -f "$jar"
 cat <<TOUR
 
 Try, in another terminal (export CAPSTAN_DATA=$CAPSTAN_DATA):
   capstan describe app hello        # replicas, probes, conditions, events
   capstan logs hello -f             # every replica's output
   kill -9 \$(pgrep -f capstan-hello | head -1); capstan get apps   # healed
+  capstan rollout restart hello; capstan rollout status hello     # zero-downtime replacement
 Ctrl-C here stops every replica.
 TOUR
 

@@ -294,6 +294,36 @@ spec:
     }
 
     #[test]
+    fn expose_and_update_are_checked() {
+        let bad = GOOD.to_string()
+            + "  expose:\n    - {port: 8080, targetPort: htp}\n    - {port: 8080, protocol: tcp, sticky: {cookie: {name: R}}}\n    - {port: 9000, address: localhost, sticky: {}}\n  update: {strategy: Surge, maxSurge: 0, minReadySeconds: 30, progressDeadlineSeconds: 10}\n";
+        let e = errs(&bad);
+        let has = |field: &str, text: &str| {
+            e.iter().any(|d| {
+                d.field.as_deref() == Some(field)
+                    && (d.message.contains(text) || d.hint.as_deref().is_some_and(|h| h.contains(text)))
+            })
+        };
+        assert!(has("spec.expose[0].targetPort", "did you mean `http`?"), "{e:#?}");
+        assert!(has("spec.expose[1].port", "used by two entry points"));
+        assert!(has("spec.expose[1].sticky.cookie", "cannot read cookies"));
+        assert!(has("spec.expose[2].address", "not an IP address"));
+        assert!(has("spec.expose[2].sticky", "exactly one of cookie or clientIP"));
+        assert!(has("spec.update.maxSurge", "at least 1"));
+        assert!(has("spec.update.progressDeadlineSeconds", "greater than minReadySeconds"));
+        let line =
+            e.iter().find(|d| d.field.as_deref() == Some("spec.expose[2].address")).unwrap().location.unwrap().line;
+        assert_eq!(line, 15, "the third entry point's line");
+        let ok = GOOD.to_string() + "  expose: [{port: 8080, sticky: {clientIP: {}}}, {port: 2222, protocol: tcp}]\n";
+        let m = parse_manifests("x", &ok).unwrap();
+        let crate::Resource::App(app) = &m[0].resource;
+        let ci = app.spec.expose[0].sticky.as_ref().unwrap().client_ip.as_ref().unwrap();
+        assert_eq!(ci.timeout_seconds, 10800, "Kubernetes' default");
+        assert_eq!(app.spec.expose[0].drain_seconds, 30);
+        assert!(app.spec.expose[0].websockets && app.spec.expose[0].retry_idempotent);
+    }
+
+    #[test]
     fn closest_matches_typos_only() {
         assert_eq!(closest("replcas", &["replicas", "run"]), Some("replicas"));
         assert_eq!(closest("zzz", &["replicas", "run"]), None);
