@@ -115,6 +115,50 @@ impl TestPlane {
     }
 }
 
+impl Drop for TestPlane {
+    /// A test that failed before `stop` must not leave replicas behind: kill their process groups.
+    fn drop(&mut self) {
+        if let Some(p) = self.plane.take() {
+            for pid in p.runtime().pids() {
+                let _ =
+                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A child process that is stopped when dropped: SIGINT (a `capstan up` then stops its replicas), SIGKILL after
+/// 15 s. Tests that fail half-way leave nothing running.
+pub struct Guarded(pub std::process::Child);
+
+impl std::ops::Deref for Guarded {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Polls `check` every 100 ms until it returns Some, failing with `what` after `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

@@ -1,7 +1,7 @@
 //! The real `capstan` binary: restarts that re-adopt replicas, clean exits that leave nothing behind, CLI contracts.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use capstan_e2e::*;
@@ -19,15 +19,16 @@ fn capstan(data: &Path, args: &[&str]) -> Output {
         .expect("run capstan")
 }
 
-fn up(data: &Path, manifests: &Path) -> Child {
-    Command::new(bin("capstan-e2e-cli"))
+fn up(data: &Path, manifests: &Path) -> Guarded {
+    let child = Command::new(bin("capstan-e2e-cli"))
         .args(["up", "--listen", "127.0.0.1:0"])
         .arg(manifests)
         .env("CAPSTAN_DATA", data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start capstan up")
+        .expect("start capstan up");
+    Guarded(child)
 }
 
 fn get_app(data: &Path, name: &str) -> Option<Value> {
@@ -220,4 +221,52 @@ async fn up_refuses_a_bad_manifest_before_starting_anything() {
     assert!(err.contains("field `spec.replcas`: unknown field"), "{err}");
     assert!(err.contains("did you mean `replicas`?"), "{err}");
     assert!(!data.join("state.redb").exists(), "nothing was started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_commands_restart_status_history_and_undo() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let v1 = dir.path().join("v1.yaml");
+    std::fs::write(&v1, app_yaml("roll", 2, &[("VERSION", "1")], READINESS)).unwrap();
+    let mut plane = up(&data, &v1);
+    ready_pids(&data, "roll", 2).await;
+    let v2 = dir.path().join("v2.yaml");
+    std::fs::write(&v2, app_yaml("roll", 2, &[("VERSION", "2")], READINESS)).unwrap();
+    assert!(capstan(&data, &["apply", "-f", v2.to_str().unwrap()]).status.success());
+    let out = capstan(&data, &["rollout", "status", "roll", "--timeout", "60s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"));
+    let rev2 = get_app(&data, "roll").unwrap()["status"]["revision"].as_str().unwrap().to_string();
+
+    let out = capstan(&data, &["rollout", "history", "roll"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("REVISION"), "{text}");
+    assert_eq!(text.lines().count(), 3, "two revisions: {text}");
+    assert!(text.lines().any(|l| l.starts_with(&rev2) && l.contains("spec,current")), "{text}");
+
+    // Undo writes revision 1's spec back: VERSION is 1 again, as a new generation.
+    let out = capstan(&data, &["rollout", "undo", "roll"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(capstan(&data, &["rollout", "status", "roll"]).status.success());
+    let o = get_app(&data, "roll").unwrap();
+    assert_eq!(o["spec"]["run"]["env"]["VERSION"], "1");
+    assert_eq!(o["metadata"]["generation"], 3);
+
+    // Restart replaces every replica without changing the spec.
+    let before = ready_pids(&data, "roll", 2).await;
+    assert!(capstan(&data, &["rollout", "restart", "roll"]).status.success());
+    assert!(capstan(&data, &["rollout", "status", "roll"]).status.success());
+    let after = ready_pids(&data, "roll", 2).await;
+    assert!(before.iter().all(|p| !after.contains(p)), "every replica was replaced: {before:?} -> {after:?}");
+    let o = get_app(&data, "roll").unwrap();
+    assert_eq!(o["spec"]["run"]["env"]["VERSION"], "1");
+    // A later apply of the same manifest keeps the restart (no second round of replacements).
+    std::fs::write(&v1, app_yaml("roll", 2, &[("VERSION", "1")], READINESS)).unwrap();
+    let out = capstan(&data, &["apply", "-f", v1.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    assert!(capstan(&data, &["rollout", "undo", "nope"]).status.code() == Some(1));
+    assert!(capstan(&data, &["shutdown"]).status.success());
+    plane.wait().unwrap();
 }

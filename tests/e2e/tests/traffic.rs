@@ -33,9 +33,12 @@ async fn rolled_out(tp: &TestPlane, name: &str, version_env: &str) -> Value {
     .await
 }
 
-async fn update_under_load(keep_alive: bool) {
+async fn update_under_load(keep_alive: bool, update: &str) {
     let tp = TestPlane::start().await;
     let port = free_port();
+    let web = |name: &str, port: u16, v: &str, extra: &str| {
+        web(name, port, v, extra).replace(READINESS, &format!("{READINESS}{update}"))
+    };
     tp.apply(&web("zd", port, "1", ""));
     rolled_out(&tp, "zd", "1").await;
     let (stop_tx, stop) = watch::channel(false);
@@ -76,12 +79,17 @@ async fn update_under_load(keep_alive: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_under_open_loop_load_with_keep_alive_has_no_errors() {
-    update_under_load(true).await;
+    update_under_load(true, "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surge_update_under_open_loop_load_has_no_errors() {
+    update_under_load(true, "  update: {strategy: Surge}\n").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_under_open_loop_load_without_keep_alive_has_no_errors() {
-    update_under_load(false).await;
+    update_under_load(false, "").await;
 }
 
 /// Sends a request with an optional routing cookie; returns (replica, cookie set by the balancer).
@@ -327,5 +335,60 @@ async fn tcp_passthrough_keeps_accepting_through_a_rolling_update() {
     }
     assert!(ok > 20, "connections were made throughout the update ({ok})");
     assert!(seen.len() >= 2, "connections spread over replicas: {seen:?}");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_edges_body_limit_forwarded_headers_no_replica_and_client_ip_stickiness() {
+    let tp = TestPlane::start().await;
+    let port = free_port();
+    let extra = "      maxBodySize: 1Ki\n      sticky: {clientIP: {timeoutSeconds: 60}}\n";
+    tp.apply(&web("edge", port, "1", extra));
+    rolled_out(&tp, "edge", "1").await;
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let send = |method: hyper::Method, path: &str, body: Vec<u8>, xff: Option<&str>| {
+        let mut req = hyper::Request::builder().method(method).uri(format!("http://127.0.0.1:{port}{path}"));
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        let req = req.body(Full::new(bytes::Bytes::from(body))).unwrap();
+        let client = client.clone();
+        async move {
+            let res = client.request(req).await.unwrap();
+            let code = res.status().as_u16();
+            (code, String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes()).to_string())
+        }
+    };
+    // A body over maxBodySize is refused before it reaches a replica.
+    let (code, body) = send(hyper::Method::POST, "/echo", vec![b'x'; 2048], None).await;
+    assert_eq!(code, 413, "{body}");
+    let (code, body) = send(hyper::Method::POST, "/echo", vec![b'y'; 512], None).await;
+    assert_eq!((code, body.len()), (200, 512));
+    // X-Forwarded-For gets the client appended; X-Forwarded-Proto and -Host are set.
+    let (_, env) = send(hyper::Method::GET, "/headers", vec![], Some("10.1.2.3")).await;
+    let h: Value = serde_json::from_str(&env).unwrap();
+    assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{port}"));
+    // Client-IP stickiness: every request from this address lands on one replica.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        seen.insert(send(hyper::Method::GET, "/version", vec![], None).await.1);
+    }
+    assert_eq!(seen.len(), 1, "one client address, one replica: {seen:?}");
+    // No Ready replica: 503 naming the App, not a hang.
+    tp.apply(&web("edge", port, "1", extra).replace("replicas: 3", "replicas: 0"));
+    let (code, body) = eventually("503 with no replica", T, || async {
+        let r = send(hyper::Method::GET, "/", vec![], None).await;
+        (r.0 == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(code, 503);
+    assert!(body.contains("no ready replica of App default/edge"), "{body}");
+    let metrics = http_get(tp.plane().addr().port(), "/metrics").await.unwrap().1;
+    assert!(metrics.contains("capstan_lb_errors_total{namespace=\"default\",app=\"edge\",entry=\"http-"), "{metrics}");
+    assert!(metrics.contains("kind=\"body_too_large\"} 1"), "{metrics}");
     tp.stop().await;
 }

@@ -108,6 +108,16 @@ async fn main() {
             }),
         )
         .route("/echo", axum::routing::post(|body: String| async move { body }))
+        .route(
+            "/headers",
+            get(|h: axum::http::HeaderMap| async move {
+                Json(
+                    h.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect::<BTreeMap<_, _>>(),
+                )
+            }),
+        )
         .route("/ws", get(ws));
     let ignore = env("TESTAPP_IGNORE_TERM").is_some();
     let delay: u64 = env("TESTAPP_TERM_DELAY_MS").and_then(|c| c.parse().ok()).unwrap_or(0);
