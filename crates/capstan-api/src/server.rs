@@ -163,6 +163,25 @@ struct LogQuery {
     follow: bool,
 }
 
+/// Copies what a broadcast carries into an NDJSON stream, skipping what `keep` rejects, until the client leaves.
+async fn forward<T: Clone + serde::Serialize>(
+    mut from: tokio::sync::broadcast::Receiver<T>,
+    to: mpsc::Sender<String>,
+    keep: impl Fn(&T) -> bool,
+) {
+    loop {
+        match from.recv().await {
+            Ok(item) if keep(&item) => {
+                if to.send(serde_json::to_string(&item).unwrap_or_default()).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
 fn ndjson_stream(mut rx: mpsc::Receiver<String>) -> Body {
     let stream = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|o| o.map(|line| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n"))))
@@ -196,24 +215,10 @@ async fn logs(
                 return;
             }
         }
-        for mut f in followers {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                loop {
-                    match f.recv().await {
-                        Ok(l) => {
-                            if last_seen.is_some_and(|t| l.time <= t) {
-                                continue;
-                            }
-                            if tx.send(serde_json::to_string(&l).unwrap_or_default()).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(_) => return,
-                    }
-                }
-            });
+        for f in followers {
+            tokio::spawn(forward(f, tx.clone(), move |l: &capstan_runtime_local::logs::LogLine| {
+                last_seen.is_none_or(|t| l.time > t)
+            }));
         }
     });
     ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
@@ -229,24 +234,9 @@ async fn watch_objects(State(state): State<AppState>, Query(q): Query<WatchQuery
         Ok(k) => k,
         Err(r) => return *r,
     };
-    let mut w = state.store.watch();
     let (tx, rx) = mpsc::channel::<String>(256);
-    tokio::spawn(async move {
-        loop {
-            match w.recv().await {
-                Ok(ev) => {
-                    if kind.is_some_and(|k| k.name() != ev.key.kind) {
-                        continue;
-                    }
-                    if tx.send(serde_json::to_string(&ev).unwrap_or_default()).await.is_err() {
-                        return;
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return,
-            }
-        }
-    });
+    let keep = move |ev: &capstan_store::WatchEvent| kind.is_none_or(|k| k.name() == ev.key.kind);
+    tokio::spawn(forward(state.store.watch(), tx, keep));
     ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
 }
 

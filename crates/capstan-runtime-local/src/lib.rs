@@ -86,6 +86,29 @@ struct Record {
 }
 
 impl Record {
+    /// A record for a replica that has never run.
+    fn fresh(key: &ObjectKey, ordinal: u32, revision: &str) -> Record {
+        Record {
+            namespace: key.namespace.clone(),
+            app: key.name.clone(),
+            ordinal,
+            revision: revision.to_string(),
+            pid: None,
+            start_ticks: None,
+            started_at: None,
+            ports: BTreeMap::new(),
+            restarts: 0,
+            crash_streak: 0,
+            last_exit: None,
+            probes: Probes::default(),
+            env: Vec::new(),
+            cwd: PathBuf::from("/"),
+            reset_after_seconds: 600.0,
+            log_max_size: 10 << 20,
+            log_max_files: 3,
+        }
+    }
+
     fn key(&self) -> ObjectKey {
         ObjectKey::new("App", &self.namespace, &self.app)
     }
@@ -538,13 +561,6 @@ impl LocalRuntime {
 
         let logs = spec.logs.clone().unwrap_or_default();
         let rec = Record {
-            namespace: key.namespace.clone(),
-            app: key.name.clone(),
-            ordinal,
-            revision: revision.to_string(),
-            pid: None,
-            start_ticks: None,
-            started_at: None,
             ports,
             restarts: prev.map_or(0, |p| p.restarts),
             crash_streak: prev.map_or(0, |p| p.crash_streak),
@@ -555,6 +571,7 @@ impl LocalRuntime {
             reset_after_seconds: spec.restart_backoff.clone().unwrap_or_default().reset_after_seconds,
             log_max_size: parse_bytes(&logs.max_size).unwrap_or(10 << 20),
             log_max_files: logs.max_files,
+            ..Record::fresh(&key, ordinal, revision)
         };
 
         let (out, err) = self.fifo_paths(&rec);
@@ -715,25 +732,7 @@ impl AppRuntime for LocalRuntime {
         let (mut rec, child) = match self.launch(app, ordinal, revision, prev.as_ref()) {
             Ok(x) => x,
             Err(msg) => {
-                let mut rec = prev.unwrap_or_else(|| Record {
-                    namespace: key.namespace.clone(),
-                    app: key.name.clone(),
-                    ordinal,
-                    revision: revision.to_string(),
-                    pid: None,
-                    start_ticks: None,
-                    started_at: None,
-                    ports: BTreeMap::new(),
-                    restarts: 0,
-                    crash_streak: 0,
-                    last_exit: None,
-                    probes: Probes::default(),
-                    env: Vec::new(),
-                    cwd: PathBuf::from("/"),
-                    reset_after_seconds: 600.0,
-                    log_max_size: 10 << 20,
-                    log_max_files: 3,
-                });
+                let mut rec = prev.unwrap_or_else(|| Record::fresh(&key, ordinal, revision));
                 rec.revision = revision.to_string();
                 rec.crash_streak += 1;
                 rec.last_exit =
