@@ -186,6 +186,16 @@ async fn cli_contracts_exit_codes_and_errors_with_file_and_line() {
     assert!(err.contains(":8:15: App/ghost: field `spec.run.command[0]`: program"), "{err}");
     assert!(err.contains("does not exist"), "{err}");
 
+    // An entry point on a port another process holds is refused with its line.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    let clash = dir.path().join("clash.yaml");
+    std::fs::write(&clash, app_yaml("clash", 1, &[], &format!("  expose:\n    - port: {taken}\n"))).unwrap();
+    let out = capstan(&data, &["apply", "-f", clash.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!(":16:7: App/clash: field `spec.expose[0].port`: port {taken} is in use")), "{err}");
+
     // Not found is exit 1; an unknown type is exit 2.
     assert_eq!(capstan(&data, &["get", "app", "nope"]).status.code(), Some(1));
     assert_eq!(capstan(&data, &["describe", "widgets", "x"]).status.code(), Some(2));
