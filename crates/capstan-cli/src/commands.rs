@@ -242,7 +242,7 @@ async fn get(
     }
     headers.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
     if wide {
-        headers.extend(["REVISION", "PORTS"]);
+        headers.extend(["REVISION", "PORTS", "ENDPOINTS"]);
     }
     let rows: Vec<Vec<String>> = items.iter().map(|o| app_row(o, all, wide, now)).collect();
     println!("{}", table(&headers, &rows));
@@ -289,6 +289,9 @@ fn app_row(o: &Value, all: bool, wide: bool, now: chrono::DateTime<Utc>) -> Vec<
             .flat_map(|r| r["ports"].as_object().into_iter().flatten().map(|(_, v)| v.to_string()))
             .collect();
         row.push(ports.join(","));
+        let eps: Vec<&str> =
+            o["status"]["endpoints"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        row.push(if eps.is_empty() { "<none>".into() } else { eps.join(",") });
     }
     row
 }
@@ -356,6 +359,22 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
                 pr["timeoutSeconds"],
                 pr["successThreshold"],
                 pr["failureThreshold"]
+            ),
+        );
+    }
+    if let Some(eps) = st["endpoints"].as_array().filter(|e| !e.is_empty()) {
+        let eps: Vec<&str> = eps.iter().filter_map(Value::as_str).collect();
+        field("Endpoints", eps.join(", "));
+    }
+    if !st["rollout"].is_null() {
+        let r = &st["rollout"];
+        field(
+            "Rollout",
+            format!(
+                "{} ({} ago): {}",
+                r["phase"].as_str().unwrap_or(""),
+                age(time_of(&r["startedAt"]), now),
+                r["message"].as_str().unwrap_or("")
             ),
         );
     }
