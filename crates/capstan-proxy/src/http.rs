@@ -260,8 +260,14 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
             entry.replica_metrics(&backend.name).retries.inc();
         }
         let mut pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
+        if pooled.is_some() {
+            // The connection's own task runs on this thread. Yield once (tokio polls the I/O driver before it
+            // resumes a yielded task) so that a close the peer already sent — a replica that just died — is seen
+            // before the request is written: a request written to a dead connection could not be sent again.
+            tokio::task::yield_now().await;
+        }
         if let Some(s) = pooled.as_mut() {
-            if s.ready().await.is_err() {
+            if s.is_closed() || s.ready().await.is_err() {
                 pooled = None;
             }
         }
