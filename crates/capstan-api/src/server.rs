@@ -111,6 +111,18 @@ async fn list(State(state): State<AppState>, Path(plural): Path<String>, Query(q
     }
 }
 
+/// The object as JSON, 404 naming it when absent, 500 on a store error.
+fn object_response(key: &ObjectKey, found: Result<Option<Value>, capstan_store::StoreError>) -> Response {
+    match found {
+        Ok(Some(o)) => Json(o).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("{} \"{}\" not found in namespace {}", key.kind, key.name, key.namespace),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, Box<Response>> {
     let kind = kind_of(plural)?;
     Ok(ObjectKey::new(kind.name(), ns, name))
@@ -121,11 +133,7 @@ async fn get_one(State(state): State<AppState>, Path((ns, plural, name)): Path<(
         Ok(k) => k,
         Err(r) => return *r,
     };
-    match state.store.get(&key) {
-        Ok(Some(o)) => Json(o).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("{} \"{name}\" not found in namespace {ns}", key.kind)),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    object_response(&key, state.store.get(&key))
 }
 
 async fn delete_one(
@@ -136,11 +144,7 @@ async fn delete_one(
         Ok(k) => k,
         Err(r) => return *r,
     };
-    match state.store.delete(&key) {
-        Ok(Some(o)) => Json(o).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("{} \"{name}\" not found in namespace {ns}", key.kind)),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    object_response(&key, state.store.delete(&key))
 }
 
 async fn events(State(state): State<AppState>, Path((ns, plural, name)): Path<(String, String, String)>) -> Response {

@@ -236,6 +236,10 @@ impl<R: AppRuntime> Controller<R> {
         let observed = self.runtime.observe(key);
         let report = self.observer.as_ref().map(|o| o.observed(key, app.as_ref(), &observed)).unwrap_or_default();
         if app.is_none() && observed.is_empty() {
+            // The App and all its replicas are gone: so is its history, or a new App of the same name would inherit it.
+            for (k, _) in self.store.records(&revision_prefix(key))? {
+                self.store.delete_record(&k)?;
+            }
             return Ok(None);
         }
         let previous: Option<AppStatus> = app.as_ref().and_then(|a| a.status.clone());

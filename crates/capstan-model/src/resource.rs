@@ -228,14 +228,13 @@ fn explain(path: String, msg: &str) -> FieldError {
         return FieldError::new(path, "must be a port name from spec.ports or a port number")
             .hint("for example `port: http` or `port: 8080`");
     }
-    if let Some(rest) = msg.strip_prefix("unknown variant ") {
+    if msg.starts_with("unknown variant ") {
         let variant = ticks.first().copied().unwrap_or("");
         let expected: Vec<&str> = ticks.iter().skip(1).copied().collect();
         let hint = match closest(variant, &expected) {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!("one of: {}", expected.join(", ")),
         };
-        let _ = rest;
         return FieldError::new(path, format!("`{variant}` is not allowed here")).hint(hint);
     }
     if msg.starts_with("invalid type") || msg.starts_with("invalid value") {

@@ -160,7 +160,7 @@ impl Builder {
     }
 
     /// Places a finished node into its parent, or finishes the document.
-    fn push_value(&mut self, value: Value, anchor: usize, mark: &Marker) {
+    fn push_value(&mut self, value: Value, anchor: usize) {
         if anchor > 0 {
             let n = count_nodes(&value);
             self.anchors.insert(anchor, (value.clone(), n));
@@ -181,7 +181,6 @@ impl Builder {
             },
             Some(Frame::Seq { items, .. }) => items.push(value),
         }
-        let _ = mark;
     }
 
     fn on_key(&mut self, key: String, mark: &Marker) {
@@ -228,7 +227,7 @@ impl MarkedEventReceiver for Builder {
                 } else {
                     Value::String(text)
                 };
-                self.push_value(value, anchor, &mark);
+                self.push_value(value, anchor);
             }
             Event::Alias(id) => {
                 if self.expecting_key() {
@@ -244,10 +243,9 @@ impl MarkedEventReceiver for Builder {
                 }
                 let path = self.next_path();
                 self.spans.entry(path).or_insert(loc(&mark));
-                self.push_value(value, 0, &mark);
+                self.push_value(value, 0);
             }
-            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) if self.expecting_key() => {
-                let _ = anchor;
+            Event::MappingStart(..) | Event::SequenceStart(..) if self.expecting_key() => {
                 self.fail(&mark, "a mapping key must be a plain value, not a mapping or a list");
             }
             Event::MappingStart(anchor, _) => {
@@ -274,12 +272,12 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map { map, anchor, .. }) = self.stack.pop() {
-                    self.push_value(Value::Object(map), anchor, &mark);
+                    self.push_value(Value::Object(map), anchor);
                 }
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq { items, anchor, .. }) = self.stack.pop() {
-                    self.push_value(Value::Array(items), anchor, &mark);
+                    self.push_value(Value::Array(items), anchor);
                 }
             }
             Event::DocumentStart => {

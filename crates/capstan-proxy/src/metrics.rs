@@ -124,8 +124,3 @@ impl ReplicaMetrics {
         self.latency.observe(seconds);
     }
 }
-
-/// `2xx`, `3xx`, … for a status code.
-pub fn code_class(code: u16) -> String {
-    format!("{}xx", code / 100)
-}

@@ -317,6 +317,12 @@ async fn deleting_an_app_stops_its_replicas_and_a_crash_does_not_touch_others() 
     let pids: Vec<u32> = replicas(&gone).iter().map(|r| r["pid"].as_u64().unwrap() as u32).collect();
     tp.client.delete("/api/v1/namespaces/default/apps/gone").await.unwrap();
     eventually("deleted App's replicas exit", T, || async { pids.iter().all(|p| !alive(*p)).then_some(()) }).await;
+    let store = tp.plane().store().clone();
+    eventually("the deleted App's revision history is forgotten", T, || async {
+        store.records("revision/default/gone/").ok()?.is_empty().then_some(())
+    })
+    .await;
+    assert!(!store.records("revision/default/keep/").unwrap().is_empty(), "other Apps keep theirs");
     assert!(alive(keep_pid));
     assert_eq!(replicas(&tp.app("keep").await)[0]["pid"].as_u64(), Some(u64::from(keep_pid)));
     tp.stop().await;

@@ -21,13 +21,12 @@ fn web(name: &str, port: u16, version: &str, extra: &str) -> String {
     app_yaml(name, 3, &[("VERSION", version)], &format!("{READINESS}{expose}"))
 }
 
-async fn rolled_out(tp: &TestPlane, name: &str, version_env: &str) -> Value {
+async fn rolled_out(tp: &TestPlane, name: &str) -> Value {
     eventually("rollout complete", T, || async {
         let o = tp.app(name).await;
         let done = ready(&o)
             && o["status"]["rollout"]["phase"] == "Complete"
             && o["status"]["currentRevision"] == o["status"]["revision"];
-        let _ = version_env;
         done.then_some(o)
     })
     .await
@@ -40,7 +39,7 @@ async fn update_under_load(keep_alive: bool, update: &str) {
         web(name, port, v, extra).replace(READINESS, &format!("{READINESS}{update}"))
     };
     tp.apply(&web("zd", port, "1", ""));
-    rolled_out(&tp, "zd", "1").await;
+    rolled_out(&tp, "zd").await;
     let (stop_tx, stop) = watch::channel(false);
     let load = tokio::spawn(open_loop(
         format!("http://127.0.0.1:{port}/version"),
@@ -119,7 +118,7 @@ async fn sticky_cookie_clients_stay_move_once_when_their_replica_dies_then_stay(
     let tp = TestPlane::start().await;
     let port = free_port();
     tp.apply(&web("sticky", port, "1", "      sticky: {cookie: {name: ROUTE}}\n"));
-    let o = rolled_out(&tp, "sticky", "1").await;
+    let o = rolled_out(&tp, "sticky").await;
     // 200 clients, each with its own cookie jar.
     let mut jars: Vec<String> = Vec::new();
     for _ in 0..200 {
@@ -173,7 +172,7 @@ async fn sigkill_under_load_fails_only_requests_in_flight() {
     let tp = TestPlane::start().await;
     let port = free_port();
     tp.apply(&web("kill", port, "1", ""));
-    let o = rolled_out(&tp, "kill", "1").await;
+    let o = rolled_out(&tp, "kill").await;
     let (stop_tx, stop) = watch::channel(false);
     let gets = tokio::spawn(open_loop(
         format!("http://127.0.0.1:{port}/version"),
@@ -227,7 +226,7 @@ async fn failing_new_version_is_rolled_back_while_old_replicas_serve() {
     let update = "  update: {autoRollback: true, progressDeadlineSeconds: 3}\n";
     let v1 = web("canary", port, "1", update);
     tp.apply(&v1);
-    rolled_out(&tp, "canary", "1").await;
+    rolled_out(&tp, "canary").await;
     let (stop_tx, stop) = watch::channel(false);
     let load = tokio::spawn(open_loop(
         format!("http://127.0.0.1:{port}/version"),
@@ -271,7 +270,7 @@ async fn websocket_stays_open_until_its_replica_drains_then_reconnects() {
     let tp = TestPlane::start().await;
     let port = free_port();
     tp.apply(&web("ws", port, "1", ""));
-    rolled_out(&tp, "ws", "1").await;
+    rolled_out(&tp, "ws").await;
     let url = format!("ws://127.0.0.1:{port}/ws");
     let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("websocket through the balancer");
     socket.send("hello".into()).await.unwrap();
@@ -299,7 +298,7 @@ async fn websocket_stays_open_until_its_replica_drains_then_reconnects() {
     .await;
     assert!(closed.is_ok(), "the socket closed when its replica drained");
     assert!(answers_before_close > 0, "it stayed open while the update started");
-    rolled_out(&tp, "ws", "2").await;
+    rolled_out(&tp, "ws").await;
     let (mut again, _) = tokio_tungstenite::connect_async(&url).await.expect("reconnect");
     again.send("back".into()).await.unwrap();
     let reply = again.next().await.unwrap().unwrap().into_text().unwrap().to_string();
@@ -318,7 +317,7 @@ async fn tcp_passthrough_keeps_accepting_through_a_rolling_update() {
         ))
     };
     tp.apply(&yaml("1"));
-    rolled_out(&tp, "echo", "1").await;
+    rolled_out(&tp, "echo").await;
     tp.apply(&yaml("2"));
     let mut ok = 0;
     let mut seen = std::collections::BTreeSet::new();
@@ -349,7 +348,7 @@ async fn http_edges_body_limit_forwarded_headers_no_replica_and_client_ip_sticki
     let port = free_port();
     let extra = "      maxBodySize: 1Ki\n      sticky: {clientIP: {timeoutSeconds: 60}}\n";
     tp.apply(&web("edge", port, "1", extra));
-    rolled_out(&tp, "edge", "1").await;
+    rolled_out(&tp, "edge").await;
     use http_body_util::{BodyExt, Full};
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<bytes::Bytes>>();
