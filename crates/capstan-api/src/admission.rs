@@ -80,7 +80,19 @@ pub fn admit(
                     .hint(format!("object {first} of the batch has the same kind, namespace and name")),
             ));
         }
-        let Resource::App(app) = r;
+        if let Resource::Source(src) = r {
+            if let Some(dir) = src.spec.dir.as_deref() {
+                let path = capstan_runtime_local::base_dir(&src.metadata).join(dir);
+                if !path.is_dir() {
+                    errors.push(AdmissionError::new(
+                        i,
+                        FieldError::new("spec.dir", format!("directory {} does not exist", path.display()))
+                            .hint("relative paths start at the manifest's directory"),
+                    ));
+                }
+            }
+        }
+        let Resource::App(app) = r else { continue };
         let cwd = working_dir(app);
         if !cwd.is_dir() {
             errors.push(AdmissionError::new(

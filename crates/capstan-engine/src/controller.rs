@@ -227,6 +227,10 @@ impl<R: AppRuntime> Controller<R> {
         let stored = self.store.get(key)?;
         let app: Option<App> = match stored.map(Resource::from_value) {
             Some(Ok(Resource::App(a))) => Some(a),
+            Some(Ok(other)) => {
+                tracing::error!(app = %key, "stored object is a {}, not an App", other.kind());
+                return Ok(None);
+            }
             Some(Err(e)) => {
                 tracing::error!(app = %key, "stored object does not decode: {e}");
                 return Ok(None);

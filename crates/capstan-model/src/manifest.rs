@@ -191,7 +191,7 @@ spec:
     fn good_manifest_parses_with_defaults() {
         let m = parse_manifests("app.yaml", GOOD).unwrap();
         assert_eq!(m.len(), 1);
-        let crate::Resource::App(app) = &m[0].resource;
+        let crate::Resource::App(app) = &m[0].resource else { panic!("expected an App") };
         assert_eq!(app.spec.replicas, 2);
         assert_eq!(app.metadata.namespace(), "default");
         let r = app.spec.probes.readiness.as_ref().unwrap();
@@ -289,7 +289,7 @@ spec:
     fn status_in_manifest_is_ignored() {
         let text = format!("{GOOD}status: {{replicas: 9}}\n");
         let m = parse_manifests("x", &text).unwrap();
-        let crate::Resource::App(app) = &m[0].resource;
+        let crate::Resource::App(app) = &m[0].resource else { panic!("expected an App") };
         assert!(app.status.is_none());
     }
 
@@ -316,7 +316,7 @@ spec:
         assert_eq!(line, 15, "the third entry point's line");
         let ok = GOOD.to_string() + "  expose: [{port: 8080, sticky: {clientIP: {}}}, {port: 2222, protocol: tcp}]\n";
         let m = parse_manifests("x", &ok).unwrap();
-        let crate::Resource::App(app) = &m[0].resource;
+        let crate::Resource::App(app) = &m[0].resource else { panic!("expected an App") };
         let ci = app.spec.expose[0].sticky.as_ref().unwrap().client_ip.as_ref().unwrap();
         assert_eq!(ci.timeout_seconds, 10800, "Kubernetes' default");
         assert_eq!(app.spec.expose[0].drain_seconds, 30);

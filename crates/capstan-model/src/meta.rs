@@ -39,10 +39,18 @@ pub struct ObjectMeta {
     pub creation_timestamp: Option<DateTime<Utc>>,
 }
 
+/// The annotation `capstan apply` sets to the manifest's directory; relative paths in the spec start there.
+pub const BASE_DIR_ANNOTATION: &str = "capstan.dev/base-dir";
+
 impl ObjectMeta {
     /// The namespace, with the default filled in.
     pub fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    /// The directory relative paths in the spec start from, when the object came from a file.
+    pub fn base_dir(&self) -> Option<&str> {
+        self.annotations.get(BASE_DIR_ANNOTATION).map(String::as_str)
     }
 }
 

@@ -6,6 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::app::{AppSpec, AppStatus};
+use crate::gitops::{validate_secret, validate_source, validate_sync, Secret, Source, Sync};
 use crate::manifest::closest;
 use crate::meta::{ObjectKey, ObjectMeta, API_VERSION};
 use crate::validate::{validate_app, validate_meta, FieldError};
@@ -30,15 +31,21 @@ pub type App = Object<AppSpec, AppStatus>;
 /// The kinds Capstan knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    Secret,
+    Source,
+    Sync,
     App,
 }
 
 impl Kind {
     /// Every kind, in the order objects are applied.
-    pub const ALL: &'static [Kind] = &[Kind::App];
+    pub const ALL: &'static [Kind] = &[Kind::Secret, Kind::Source, Kind::Sync, Kind::App];
 
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Secret => "Secret",
+            Kind::Source => "Source",
+            Kind::Sync => "Sync",
             Kind::App => "App",
         }
     }
@@ -46,6 +53,9 @@ impl Kind {
     /// The plural used in API paths and `capstan get`.
     pub fn plural(self) -> &'static str {
         match self {
+            Kind::Secret => "secrets",
+            Kind::Source => "sources",
+            Kind::Sync => "syncs",
             Kind::App => "apps",
         }
     }
@@ -64,6 +74,9 @@ impl Kind {
     /// The JSON Schema of objects of this kind.
     pub fn schema(self) -> Value {
         let mut schema = match self {
+            Kind::Secret => schemars::schema_for!(Secret),
+            Kind::Source => schemars::schema_for!(Source),
+            Kind::Sync => schemars::schema_for!(Sync),
             Kind::App => schemars::schema_for!(App),
         };
         schema.insert("title".into(), Value::String(self.name().into()));
@@ -84,26 +97,40 @@ impl std::fmt::Display for Kind {
 /// An object of any kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
+    Secret(Secret),
+    Source(Source),
+    Sync(Sync),
     App(App),
+}
+
+/// Runs `$body` with `$o` bound to the typed object inside a `Resource`, whatever its kind.
+macro_rules! each {
+    ($r:expr, $o:ident => $body:expr) => {
+        match $r {
+            Resource::Secret($o) => $body,
+            Resource::Source($o) => $body,
+            Resource::Sync($o) => $body,
+            Resource::App($o) => $body,
+        }
+    };
 }
 
 impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
+            Resource::Secret(_) => Kind::Secret,
+            Resource::Source(_) => Kind::Source,
+            Resource::Sync(_) => Kind::Sync,
             Resource::App(_) => Kind::App,
         }
     }
 
     pub fn meta(&self) -> &ObjectMeta {
-        match self {
-            Resource::App(o) => &o.metadata,
-        }
+        each!(self, o => &o.metadata)
     }
 
     pub fn meta_mut(&mut self) -> &mut ObjectMeta {
-        match self {
-            Resource::App(o) => &mut o.metadata,
-        }
+        each!(self, o => &mut o.metadata)
     }
 
     pub fn key(&self) -> ObjectKey {
@@ -113,10 +140,7 @@ impl Resource {
 
     /// The object as JSON, status included.
     pub fn to_value(&self) -> Value {
-        match self {
-            Resource::App(o) => serde_json::to_value(o),
-        }
-        .unwrap_or(Value::Null)
+        each!(self, o => serde_json::to_value(o)).unwrap_or(Value::Null)
     }
 
     /// Decodes an object from JSON, naming the field at fault when it does not fit its kind.
@@ -152,6 +176,9 @@ impl Resource {
             Some(v) => return Err(FieldError::new("kind", format!("`{}` is not a kind name", show(v)))),
         };
         match kind {
+            Kind::Secret => decode::<Secret>(value).map(Resource::Secret),
+            Kind::Source => decode::<Source>(value).map(Resource::Source),
+            Kind::Sync => decode::<Sync>(value).map(Resource::Sync),
             Kind::App => decode::<App>(value).map(Resource::App),
         }
     }
@@ -162,23 +189,21 @@ impl Resource {
         validate_meta(self.meta(), &mut errors);
         match self {
             Resource::App(a) => validate_app(&a.spec, &mut errors),
+            Resource::Source(s) => validate_source(&s.spec, &mut errors),
+            Resource::Sync(s) => validate_sync(&s.metadata.name, s.metadata.namespace(), &s.spec, &mut errors),
+            Resource::Secret(s) => validate_secret(&s.spec, &mut errors),
         }
         errors
     }
 
     /// The spec as JSON.
     pub fn spec_value(&self) -> Value {
-        match self {
-            Resource::App(o) => serde_json::to_value(&o.spec),
-        }
-        .unwrap_or(Value::Null)
+        each!(self, o => serde_json::to_value(&o.spec)).unwrap_or(Value::Null)
     }
 
     /// Drops the status (for manifests, where users do not write it).
     pub fn clear_status(&mut self) {
-        match self {
-            Resource::App(o) => o.status = None,
-        }
+        each!(self, o => o.status = None)
     }
 }
 

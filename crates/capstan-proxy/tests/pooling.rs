@@ -39,7 +39,7 @@ async fn upstream_connections_are_reused_across_requests() {
     let yaml = format!(
         "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {{name: p}}\nspec:\n  run: {{command: [x]}}\n  ports: [{{name: http}}]\n  expose: [{{port: {lport}}}]\n"
     );
-    let Resource::App(app) = parse_manifests("t", &yaml).unwrap().remove(0).resource;
+    let Resource::App(app) = parse_manifests("t", &yaml).unwrap().remove(0).resource else { panic!("expected an App") };
     let proxy = Proxy::new();
     let key = ObjectKey::new("App", "default", "p");
     let ep = ReplicaEndpoint {

@@ -30,7 +30,12 @@ use crate::logs::{LogLine, LogWriter};
 use crate::probe::{ProbeEvent, ProbeTarget};
 
 /// The annotation naming the directory a manifest was read from; relative paths in `run` start there.
-pub const BASE_DIR_ANNOTATION: &str = "capstan.dev/base-dir";
+pub use capstan_model::BASE_DIR_ANNOTATION;
+
+/// The directory relative paths of an object start from: its base-dir annotation, else Capstan's own directory.
+pub fn base_dir(meta: &capstan_model::ObjectMeta) -> PathBuf {
+    meta.base_dir().map(PathBuf::from).or_else(|| std::env::current_dir().ok()).unwrap_or_else(|| PathBuf::from("/"))
+}
 
 /// Environment variables passed from Capstan to every replica.
 pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
@@ -38,13 +43,7 @@ pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", 
 /// The directory an App's replicas run in: `run.workingDir` from the manifest's directory (the
 /// `capstan.dev/base-dir` annotation), or Capstan's own directory when the App came without one.
 pub fn working_dir(app: &App) -> PathBuf {
-    let base = app
-        .metadata
-        .annotations
-        .get(BASE_DIR_ANNOTATION)
-        .map(PathBuf::from)
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_else(|| PathBuf::from("/"));
+    let base = base_dir(&app.metadata);
     match &app.spec.run.working_dir {
         Some(d) => base.join(d),
         None => base,

@@ -7,7 +7,7 @@ fn app(replicas: i32, extra: &str) -> App {
     let text = format!(
         "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {{name: web, generation: 3}}\nspec:\n  replicas: {replicas}\n  run: {{command: [srv]}}\n{extra}"
     );
-    let Resource::App(a) = parse_manifests("t", &text).unwrap().remove(0).resource;
+    let Resource::App(a) = parse_manifests("t", &text).unwrap().remove(0).resource else { panic!("expected an App") };
     a
 }
 

@@ -1,0 +1,424 @@
+//! Git fetches with gix: one bare repository per Source, shallow at first and incremental afterwards, and the
+//! checkout of one commit into an artifact without ever leaving the tree.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use capstan_model::gitops::GitRef;
+use gix::bstr::ByteSlice;
+use gix::remote::fetch::Shallow;
+use gix::remote::Direction;
+use gix::ObjectId;
+
+use crate::artifact::{resolve_link, ArtifactError, ArtifactWriter, Filter, Written, MAX_FILE_BYTES};
+
+/// How to authenticate to a remote. Never printed.
+#[derive(Clone, Default)]
+pub enum Credentials {
+    #[default]
+    None,
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer(String),
+    Ssh {
+        identity: Vec<u8>,
+        known_hosts: Option<Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credentials::None => "None",
+            Credentials::Basic { .. } => "Basic(<redacted>)",
+            Credentials::Bearer(_) => "Bearer(<redacted>)",
+            Credentials::Ssh { .. } => "Ssh(<redacted>)",
+        })
+    }
+}
+
+/// Why a fetch failed, sorted so the status can say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("{0}")]
+    RefNotFound(String),
+    #[error("cannot reach the remote: {0}")]
+    Remote(String),
+    #[error("local repository: {0}")]
+    Local(String),
+    #[error("the fetch was interrupted (timeout)")]
+    Interrupted,
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+}
+
+/// Removes `user:password@` from URLs inside a message, so credentials never reach status or logs.
+pub fn redact(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'').unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***@");
+                rest = &tail[at + 1..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn classify(e: impl std::fmt::Display, interrupt: &AtomicBool) -> GitError {
+    if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+        return GitError::Interrupted;
+    }
+    let msg = redact(&format!("{e:#}"));
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("401")
+        || lower.contains("403")
+        || lower.contains("authenticat")
+        || lower.contains("permission denied")
+        || lower.contains("credentials")
+        || lower.contains("host key verification failed")
+    {
+        GitError::Auth(msg)
+    } else {
+        GitError::Remote(msg)
+    }
+}
+
+/// What a fetch resolved.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub commit: String,
+    /// `<ref>@sha1:<commit>`, as Flux writes it.
+    pub revision: String,
+    /// Whether objects were transferred (false when the commit was already here).
+    pub transferred: bool,
+}
+
+/// One fetch of one Source.
+pub struct FetchRequest<'a> {
+    pub url: &'a str,
+    pub git_ref: &'a GitRef,
+    /// The Source's bare repository, created when missing.
+    pub repo_dir: &'a Path,
+    pub credentials: &'a Credentials,
+    /// Set to stop the transfer (on timeout).
+    pub interrupt: &'a AtomicBool,
+}
+
+/// Key files for ssh, removed when dropped.
+struct SshFiles(Vec<PathBuf>);
+
+impl Drop for SshFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), GitError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| GitError::Local(format!("{}: {e}", path.display())))?;
+    f.write_all(bytes).map_err(|e| GitError::Local(format!("{}: {e}", path.display())))
+}
+
+fn open_repo(dir: &Path, creds: &Credentials) -> Result<(gix::Repository, SshFiles), GitError> {
+    let local = |e: &dyn std::fmt::Display| GitError::Local(format!("{}: {e}", dir.display()));
+    if !dir.join("HEAD").exists() {
+        std::fs::create_dir_all(dir).map_err(|e| local(&e))?;
+        gix::init_bare(dir).map_err(|e| local(&e))?;
+    }
+    let mut overrides: Vec<String> = Vec::new();
+    let mut files = SshFiles(Vec::new());
+    if let Credentials::Ssh { identity, known_hosts } = creds {
+        let key = dir.join("capstan-identity");
+        write_private(&key, identity)?;
+        files.0.push(key.clone());
+        let mut cmd = format!("ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes", key.display());
+        match known_hosts {
+            Some(kh) => {
+                let khp = dir.join("capstan-known-hosts");
+                write_private(&khp, kh)?;
+                files.0.push(khp.clone());
+                cmd.push_str(&format!(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}", khp.display()));
+            }
+            None => cmd.push_str(" -o StrictHostKeyChecking=yes"),
+        }
+        overrides.push(format!("core.sshCommand={cmd}"));
+    }
+    let opts = gix::open::Options::isolated().config_overrides(overrides);
+    let repo = gix::open_opts(dir, opts).map_err(|e| local(&e))?;
+    Ok((repo, files))
+}
+
+/// The refspec and the label for the revision of a ref.
+fn spec_for(r: &GitRef) -> (String, Option<String>) {
+    if let Some(b) = &r.branch {
+        return (format!("+refs/heads/{b}:refs/heads/{b}"), Some(b.clone()));
+    }
+    if let Some(t) = &r.tag {
+        return (format!("+refs/tags/{t}:refs/tags/{t}"), Some(t.clone()));
+    }
+    if r.semver.is_some() {
+        return ("+refs/tags/*:refs/tags/*".into(), None);
+    }
+    if r.commit.is_some() {
+        return ("+refs/heads/*:refs/heads/*".into(), None);
+    }
+    ("+HEAD:refs/remotes/origin/HEAD".into(), None)
+}
+
+/// Picks the highest tag matching a semver range; a leading `v` is allowed.
+pub fn pick_semver<'a>(range: &str, tags: impl Iterator<Item = &'a str>) -> Option<(&'a str, semver::Version)> {
+    let req = semver::VersionReq::parse(range).ok()?;
+    tags.filter_map(|t| {
+        let v = semver::Version::parse(t.strip_prefix('v').unwrap_or(t)).ok()?;
+        req.matches(&v).then_some((t, v))
+    })
+    .max_by(|a, b| a.1.cmp(&b.1))
+}
+
+fn remote<'r>(repo: &'r gix::Repository, url: &str, spec: &str) -> Result<gix::Remote<'r>, GitError> {
+    repo.remote_at(url)
+        .and_then(|r| r.with_refspecs(Some(spec), Direction::Fetch))
+        .map_err(|e| GitError::Remote(redact(&format!("{e:#}"))))
+}
+
+fn configure<T>(conn: &mut gix::remote::Connection<'_, '_, '_, T>, creds: &Credentials)
+where
+    T: gix::protocol::transport::client::blocking_io::Transport,
+{
+    let owned = creds.clone();
+    conn.set_credentials(move |action| match (&action, &owned) {
+        (gix::credentials::helper::Action::Get(ctx), Credentials::Basic { username, password }) => {
+            Ok(Some(gix::credentials::protocol::Outcome {
+                identity: gix::sec::identity::Account {
+                    username: username.clone(),
+                    password: password.clone(),
+                    oauth_refresh_token: None,
+                },
+                next: ctx.clone().into(),
+            }))
+        }
+        // Never ask a helper or a terminal: a Source without credentials fails instead of prompting.
+        _ => Ok(None),
+    });
+    if let Credentials::Bearer(token) = creds {
+        let opts = gix::protocol::transport::client::blocking_io::http::Options {
+            extra_headers: vec![format!("Authorization: Bearer {token}")],
+            ..Default::default()
+        };
+        conn.set_transport_options(Box::new(opts));
+    }
+}
+
+/// Resolves the Source's ref on the remote and fetches what is missing.
+pub fn fetch(req: &FetchRequest<'_>) -> Result<Fetched, GitError> {
+    let (repo, _files) = open_repo(req.repo_dir, req.credentials)?;
+    let (mut spec, mut label) = spec_for(req.git_ref);
+    let pinned = req.git_ref.commit.clone();
+
+    if let Some(range) = &req.git_ref.semver {
+        // List the tags first, then fetch only the chosen one.
+        let remote = remote(&repo, req.url, &spec)?;
+        let mut conn = remote.connect(Direction::Fetch).map_err(|e| classify(e, req.interrupt))?;
+        configure(&mut conn, req.credentials);
+        let (map, _) =
+            conn.ref_map(gix::progress::Discard, Default::default()).map_err(|e| classify(e, req.interrupt))?;
+        let names: Vec<String> = map
+            .remote_refs
+            .iter()
+            .filter_map(|r| r.unpack().0.to_str().ok()?.strip_prefix("refs/tags/").map(str::to_string))
+            .collect();
+        let Some((tag, _)) = pick_semver(range, names.iter().map(String::as_str)) else {
+            return Err(GitError::RefNotFound(format!("no tag on the remote matches the semver range `{range}`")));
+        };
+        spec = format!("+refs/tags/{tag}:refs/tags/{tag}");
+        label = Some(tag.to_string());
+    }
+
+    let remote = remote(&repo, req.url, &spec)?;
+    let mut conn = remote.connect(Direction::Fetch).map_err(|e| classify(e, req.interrupt))?;
+    configure(&mut conn, req.credentials);
+    let prepare =
+        conn.prepare_fetch(gix::progress::Discard, Default::default()).map_err(|e| classify(e, req.interrupt))?;
+    let remote_tip: Option<(ObjectId, String)> = prepare.ref_map().mappings.iter().find_map(|m| {
+        let r = match &m.remote {
+            gix::remote::fetch::refmap::Source::Ref(r) => r,
+            gix::remote::fetch::refmap::Source::ObjectId(_) => return None,
+        };
+        let (name, target, peeled) = r.unpack();
+        let id = peeled.or(target)?.to_owned();
+        Some((id, name.to_str_lossy().into_owned()))
+    });
+    if label.is_none() && pinned.is_none() {
+        // Following the remote's HEAD: name the branch it points to.
+        label = prepare.ref_map().remote_refs.iter().find_map(|r| match r {
+            gix::protocol::handshake::Ref::Symbolic { full_ref_name, target, .. } if full_ref_name == "HEAD" => {
+                target.to_str().ok().map(|t| t.trim_start_matches("refs/heads/").to_string())
+            }
+            _ => None,
+        });
+    }
+    let wanted: ObjectId = match (&pinned, &remote_tip) {
+        (Some(c), _) => ObjectId::from_hex(c.as_bytes()).map_err(|e| GitError::RefNotFound(format!("`{c}`: {e}")))?,
+        (None, Some((id, _))) => *id,
+        (None, None) => {
+            let what = match (&req.git_ref.branch, &req.git_ref.tag) {
+                (Some(b), _) => format!("branch `{b}` does not exist on the remote"),
+                (_, Some(t)) => format!("tag `{t}` does not exist on the remote"),
+                _ => "the remote has no HEAD (is the repository empty?)".to_string(),
+            };
+            return Err(GitError::RefNotFound(what));
+        }
+    };
+
+    let mut transferred = false;
+    if !repo.has_object(wanted) {
+        // Shallow unless a commit is pinned (it may be anywhere in the history).
+        let shallow = match pinned {
+            Some(_) => {
+                if repo.is_shallow().unwrap_or(false) {
+                    Shallow::Deepen(u32::MAX / 2)
+                } else {
+                    Shallow::NoChange
+                }
+            }
+            None => Shallow::DepthAtRemote(NonZeroU32::MIN),
+        };
+        prepare
+            .with_shallow(shallow)
+            .receive(gix::progress::Discard, req.interrupt)
+            .map_err(|e| classify(e, req.interrupt))?;
+        transferred = true;
+    }
+    if !repo.has_object(wanted) {
+        return Err(GitError::RefNotFound(format!("commit {wanted} is not on the remote's {spec}")));
+    }
+    let commit = wanted.to_hex().to_string();
+    let revision = match label {
+        Some(l) => format!("{l}@sha1:{commit}"),
+        None => format!("sha1:{commit}"),
+    };
+    Ok(Fetched { commit, revision, transferred })
+}
+
+/// Writes the tree of `commit` into an artifact under `root`: files and executables; symlinks become copies of
+/// what they name inside the tree, and are left out (with a warning) when they point outside it; submodules and
+/// files over the size limit are left out with a warning.
+pub fn write_commit(
+    repo_dir: &Path,
+    commit: &str,
+    root: &Path,
+    spec_ignore: Option<&str>,
+) -> Result<Written, GitError> {
+    let local = |e: &dyn std::fmt::Display| GitError::Local(format!("{e}"));
+    let repo = gix::open_opts(repo_dir, gix::open::Options::isolated()).map_err(|e| local(&e))?;
+    let id = ObjectId::from_hex(commit.as_bytes()).map_err(|e| local(&e))?;
+    let tree = repo
+        .find_object(id)
+        .map_err(|e| local(&e))?
+        .peel_to_commit()
+        .map_err(|e| local(&e))?
+        .tree()
+        .map_err(|e| local(&e))?;
+    let mut rec = gix::traverse::tree::Recorder::default();
+    tree.traverse().breadthfirst(&mut rec).map_err(|e| local(&e))?;
+    let entries: HashMap<String, (gix::object::tree::EntryMode, ObjectId)> =
+        rec.records.into_iter().map(|e| (e.filepath.to_str_lossy().into_owned(), (e.mode, e.oid))).collect();
+    let sourceignore = entries
+        .get(".sourceignore")
+        .filter(|(m, _)| m.is_blob())
+        .and_then(|(_, oid)| repo.find_object(*oid).ok().map(|o| o.data.clone()));
+    let filter = Filter::new(sourceignore.as_deref(), spec_ignore);
+    let mut w = ArtifactWriter::new(root)?;
+    let mut paths: Vec<&String> = entries.keys().collect();
+    paths.sort();
+    let result = (|| -> Result<(), GitError> {
+        for path in paths {
+            let (mode, oid) = entries[path];
+            if mode.is_tree() || filter.ignored(path, false) {
+                continue;
+            }
+            if mode.is_commit() {
+                w.warnings.push(format!("{path} is a submodule; submodules are not fetched"));
+                continue;
+            }
+            // Follow symlinks inside the tree, at most 8 hops.
+            let (mut cur_path, mut cur) = (path.clone(), (mode, oid));
+            let mut hops = 0;
+            while cur.0.is_link() && hops < 8 {
+                let target = repo.find_object(cur.1).map_err(|e| local(&e))?.data.to_str_lossy().into_owned();
+                match resolve_link(&cur_path, &target).and_then(|p| entries.get(&p).map(|e| (p, *e))) {
+                    Some((p, e)) => (cur_path, cur) = (p, e),
+                    None => break,
+                }
+                hops += 1;
+            }
+            if cur.0.is_link() || !cur.0.is_blob() {
+                let target = repo.find_object(oid).map(|o| o.data.to_str_lossy().into_owned()).unwrap_or_default();
+                w.warnings
+                    .push(format!("symlink {path} -> {target} does not name a file inside the repository; left out"));
+                continue;
+            }
+            let header = repo.find_header(cur.1).map_err(|e| local(&e))?;
+            if header.size() > MAX_FILE_BYTES {
+                w.warnings.push(format!(
+                    "{path} is {} MiB, over the {} MiB limit; left out",
+                    header.size() >> 20,
+                    MAX_FILE_BYTES >> 20
+                ));
+                continue;
+            }
+            let blob = repo.find_object(cur.1).map_err(|e| local(&e))?;
+            let exec = cur.0.kind() == gix::object::tree::EntryKind::BlobExecutable;
+            w.add_file(path, &blob.data, exec)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        w.abandon();
+        return Err(e);
+    }
+    Ok(w.finish(root, &commit[..12.min(commit.len())])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_picks_the_highest_match() {
+        let tags = ["v1.0.0", "v1.2.0", "1.10.1", "v2.0.0", "latest"];
+        let (t, _) = pick_semver(">=1.0.0, <2.0.0", tags.iter().copied()).unwrap();
+        assert_eq!(t, "1.10.1");
+        assert!(pick_semver(">=3", tags.iter().copied()).is_none());
+    }
+
+    #[test]
+    fn redacts_credentials_in_urls() {
+        let m = redact("fetching https://bob:s3cret@example.com/r.git failed; see http://x/y");
+        assert_eq!(m, "fetching https://***@example.com/r.git failed; see http://x/y");
+        assert!(!format!("{:?}", Credentials::Bearer("tok".into())).contains("tok"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Capstan's GitOps providers: Git fetches with gix, artifacts, manifest builds, webhooks, and the Source and Sync controllers.
+
+pub mod artifact;
+pub mod git;
