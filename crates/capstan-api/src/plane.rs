@@ -7,6 +7,7 @@ use std::sync::Arc;
 use capstan_engine::{
     AppRuntime, Controller, ControllerHandle, ObservedReplica, ObserverReport, ReconcileObserver, ReplicaState,
 };
+use capstan_gitops::controller::{Admit, GitOpsConfig, GitOpsHandle, Requester};
 use capstan_model::{App, ObjectKey};
 use capstan_proxy::{Proxy, ReplicaEndpoint};
 use capstan_runtime_local::{LocalConfig, LocalRuntime};
@@ -61,6 +62,39 @@ impl ReconcileObserver for ProxyObserver {
     }
 }
 
+/// Admission with what this machine knows: the store, the running replicas and the balancer's listeners.
+#[derive(Clone)]
+pub struct Admitter {
+    store: Store,
+    runtime: LocalRuntime,
+    proxy: Arc<Proxy>,
+}
+
+impl Admitter {
+    /// Decodes and checks a batch as `capstan apply` does.
+    pub fn check(&self, objects: &[Value]) -> Result<Vec<capstan_model::Resource>, Vec<AdmissionError>> {
+        let rt = self.runtime.clone();
+        let proxy = self.proxy.clone();
+        let in_use = move |key: &ObjectKey, port: u16| {
+            let ours = rt.observe(key).iter().any(|r| r.ports.values().any(|p| *p == port))
+                || proxy.endpoints(key).iter().any(|e| e.ends_with(&format!(":{port}")));
+            !ours && std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
+        };
+        admit(&self.store, objects, &in_use)
+    }
+}
+
+impl Admit for Admitter {
+    fn admit(&self, objects: &[Value]) -> Result<(), Vec<(usize, capstan_model::FieldError)>> {
+        self.check(objects).map(|_| ()).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| (e.index, capstan_model::FieldError { path: e.path, message: e.message, hint: e.hint }))
+                .collect()
+        })
+    }
+}
+
 /// Shared state of the running control plane.
 pub struct Shared {
     pub store: Store,
@@ -69,19 +103,15 @@ pub struct Shared {
     pub token: String,
     /// Set to Some(keep_workloads) when a shutdown is requested through the API.
     pub shutdown: watch::Sender<Option<bool>>,
+    pub admitter: Admitter,
+    /// Asks the GitOps controllers for an immediate reconcile.
+    pub gitops: Requester,
 }
 
 impl Shared {
     /// Admits and stores a batch atomically.
     pub fn apply(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, ApplyError> {
-        let rt = self.runtime.clone();
-        let proxy = self.proxy.clone();
-        let in_use = move |key: &ObjectKey, port: u16| {
-            let ours = rt.observe(key).iter().any(|r| r.ports.values().any(|p| *p == port))
-                || proxy.endpoints(key).iter().any(|e| e.ends_with(&format!(":{port}")));
-            !ours && std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
-        };
-        let resources = admit(&self.store, &objects, &in_use).map_err(ApplyError::Invalid)?;
+        let resources = self.admitter.check(&objects).map_err(ApplyError::Invalid)?;
         let values = resources.iter().map(|r| r.to_value()).collect();
         self.store.apply(values).map_err(ApplyError::Store)
     }
@@ -98,6 +128,7 @@ pub enum ApplyError {
 pub struct ControlPlane {
     shared: Arc<Shared>,
     controller: Option<ControllerHandle>,
+    gitops: Option<GitOpsHandle>,
     server: JoinHandle<()>,
     addr: SocketAddr,
     data_dir: PathBuf,
@@ -151,7 +182,14 @@ impl ControlPlane {
             .with_observer(Arc::new(ProxyObserver(proxy.clone())))
             .spawn(notify_rx);
         let (shutdown, shutdown_rx) = watch::channel(None);
-        let shared = Arc::new(Shared { store, runtime, proxy, token, shutdown });
+        let admitter = Admitter { store: store.clone(), runtime: runtime.clone(), proxy: proxy.clone() };
+        let gitops = capstan_gitops::controller::spawn(
+            store.clone(),
+            Arc::new(admitter.clone()),
+            GitOpsConfig { data_dir: cfg.data_dir.clone(), max_concurrent_fetches: 4 },
+        );
+        let requester = gitops.requester();
+        let shared = Arc::new(Shared { store, runtime, proxy, token, shutdown, admitter, gitops: requester });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -162,7 +200,15 @@ impl ControlPlane {
         let info = serde_json::json!({ "url": url, "pid": std::process::id() });
         let _ = std::fs::write(cfg.data_dir.join(SERVER_FILE), info.to_string());
         tracing::info!(%url, data = %cfg.data_dir.display(), "capstan control plane is up");
-        Ok(ControlPlane { shared, controller: Some(controller), server, addr, data_dir: cfg.data_dir, shutdown_rx })
+        Ok(ControlPlane {
+            shared,
+            controller: Some(controller),
+            gitops: Some(gitops),
+            server,
+            addr,
+            data_dir: cfg.data_dir,
+            shutdown_rx,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -209,6 +255,9 @@ impl ControlPlane {
     /// Stops the control plane. With `keep_workloads`, replicas keep running for the next Capstan to adopt;
     /// otherwise each is stopped gracefully (SIGTERM, its grace period, then SIGKILL).
     pub async fn shutdown(mut self, keep_workloads: bool) {
+        if let Some(g) = self.gitops.take() {
+            g.stop().await;
+        }
         if let Some(c) = self.controller.take() {
             c.stop().await;
         }

@@ -43,9 +43,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/namespaces/{ns}/apps/{name}/revisions", get(revisions))
         .route("/api/v1/namespaces/{ns}/apps/{name}/rollback", post(rollback))
         .route("/api/v1/namespaces/{ns}/apps/{name}/restart", post(restart))
+        .route("/api/v1/namespaces/{ns}/syncs/{name}/reconcile", post(reconcile_sync))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        // Webhooks authenticate with their own HMAC, not the API token.
+        .route("/hooks/{ns}/{name}", post(hook))
         .route("/metrics", get(metrics))
         .route("/version", get(|| async { Json(json!({ "version": env!("CARGO_PKG_VERSION") })) }))
         .merge(api)
@@ -359,5 +362,62 @@ async fn restart(State(state): State<AppState>, Path((ns, name)): Path<(String, 
         )
             .into_response(),
         Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn reconcile_sync(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
+    let key = ObjectKey::new("Sync", &ns, &name);
+    match state.store.get(&key) {
+        Ok(Some(_)) => {
+            let token = state.gitops.request(key);
+            (StatusCode::ACCEPTED, Json(json!({ "token": token }))).into_response()
+        }
+        other => object_response(&key, other),
+    }
+}
+
+/// A push webhook for one Sync: verified against the token in the Secret its `spec.webhook` names, then the Sync's
+/// Source is fetched and the Sync applied at once.
+async fn hook(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use capstan_gitops::webhook::{parse_push, verify};
+    use capstan_model::gitops::{Secret, Sync};
+    let key = ObjectKey::new("Sync", &ns, &name);
+    let sync: Option<Sync> = state.store.get(&key).ok().flatten().and_then(|v| serde_json::from_value(v).ok());
+    // Unknown Syncs and Syncs without a webhook look the same from outside: nothing to probe for.
+    let not_found = || error(StatusCode::NOT_FOUND, format!("no webhook receiver at /hooks/{ns}/{name}"));
+    let Some(sync) = sync else { return not_found() };
+    let Some(hook) = sync.spec.webhook else { return not_found() };
+    let secret_key = ObjectKey::new("Secret", &ns, &hook.secret_ref.name);
+    let secret: Option<Secret> =
+        state.store.get(&secret_key).ok().flatten().and_then(|v| serde_json::from_value(v).ok());
+    let Some(token) = secret.and_then(|s| s.spec.value("token")) else {
+        tracing::warn!(sync = %key, "webhook refused: Secret {ns}/{} has no key `token`", hook.secret_ref.name);
+        return error(StatusCode::SERVICE_UNAVAILABLE, "this receiver's secret is missing; see the Sync's events");
+    };
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    match verify(header, &body, &token) {
+        Err(e) => {
+            let _ = state.store.record_event(&key, capstan_model::EventType::Warning, "WebhookRefused", &e.to_string());
+            error(StatusCode::UNAUTHORIZED, e.to_string())
+        }
+        Ok(provider) => {
+            if matches!(header("x-github-event"), Some("ping")) || matches!(header("x-gitea-event"), Some("ping")) {
+                return Json(json!({ "accepted": false, "reason": "ping" })).into_response();
+            }
+            let push = parse_push(&body);
+            let token = state.gitops.request(key.clone());
+            let msg = format!(
+                "{provider:?} push{}{}; reconciling now",
+                push.git_ref.map(|r| format!(" to {r}")).unwrap_or_default(),
+                push.after.map(|a| format!(" ({})", &a[..a.len().min(12)])).unwrap_or_default()
+            );
+            let _ = state.store.record_event(&key, capstan_model::EventType::Normal, "WebhookReceived", &msg);
+            (StatusCode::ACCEPTED, Json(json!({ "accepted": true, "token": token }))).into_response()
+        }
     }
 }

@@ -1,12 +1,16 @@
 //! Capstan's controllers: pure plan functions from (desired, observed) to actions, and the loop that runs them.
 
 pub mod controller;
+pub mod diff;
 pub mod plan;
 pub mod queue;
 pub mod runtime;
+pub mod sync;
 
 pub use controller::{
     revision_history, Controller, ControllerHandle, ObserverReport, ReconcileObserver, RevisionRecord,
 };
+pub use diff::{diff_values, owned_view, FieldChange};
 pub use plan::{plan_app, Action, Plan, StopReason};
 pub use runtime::{AppRuntime, ObservedReplica, ReplicaState};
+pub use sync::{plan_sync, SyncPlan};

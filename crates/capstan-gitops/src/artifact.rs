@@ -238,7 +238,7 @@ pub fn collect_garbage(root: &Path, keep: usize, protect: &[PathBuf]) {
     let Ok(rd) = std::fs::read_dir(root.join("artifacts")) else { return };
     let mut dirs: Vec<(std::time::SystemTime, PathBuf)> =
         rd.flatten().filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path()))).collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     for (_, d) in dirs.into_iter().skip(keep) {
         if !protect.contains(&d) {
             let _ = std::fs::remove_dir_all(d);

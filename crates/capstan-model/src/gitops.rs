@@ -93,6 +93,8 @@ pub struct Artifact {
     pub size: u64,
     /// Files in the artifact.
     pub files: u64,
+    /// Where the checkout is on this machine.
+    pub path: String,
     pub last_update_time: DateTime<Utc>,
 }
 
@@ -112,7 +114,7 @@ pub struct SourceStatus {
     /// Milliseconds the last fetch took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fetch_millis: Option<u64>,
-    /// The value of the `capstan.dev/requestedAt` annotation last acted on.
+    /// The token of the last `capstan sync now` or webhook request handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
 }
@@ -238,7 +240,7 @@ pub struct SyncStatus {
     /// The last 5 reconciles, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<SyncHistoryEntry>,
-    /// The value of the `capstan.dev/requestedAt` annotation last acted on.
+    /// The token of the last `capstan sync now` or webhook request handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
 }
@@ -265,10 +267,6 @@ pub struct SecretStatus {}
 
 /// A Secret.
 pub type Secret = crate::resource::Object<SecretSpec, SecretStatus>;
-
-/// The annotation `capstan sync now` and webhooks set to ask for a reconcile at once (as Flux's
-/// `reconcile.fluxcd.io/requestedAt`).
-pub const REQUESTED_AT_ANNOTATION: &str = "capstan.dev/requestedAt";
 
 /// Ready reasons of a Sync, named as Flux names them.
 pub mod reason {

@@ -95,6 +95,8 @@ impl std::fmt::Display for Kind {
 }
 
 /// An object of any kind.
+// Resources are decoded a batch at a time and never kept in bulk, so the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     Secret(Secret),

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: an in-process control plane in a temporary data directory, manifests for the
 //! test app, and bounded polling.
 
+pub mod git;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

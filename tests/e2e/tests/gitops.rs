@@ -1,0 +1,326 @@
+//! GitOps end to end: real repositories served by `git daemon` on loopback (and file://), Sources and Syncs in an
+//! in-process control plane, real replicas.
+
+use std::time::Duration;
+
+use capstan_e2e::git::GitRepo;
+use capstan_e2e::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(40);
+
+fn source_yaml(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Source\nmetadata:\n  name: {name}\nspec:\n  url: {url}\n  ref: {{branch: main}}\n  interval: 1h\n  timeout: 20s\n{extra}"
+    )
+}
+
+fn sync_yaml(name: &str, source: &str, path: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata:\n  name: {name}\nspec:\n  sourceRef: {{name: {source}}}\n  path: {path}\n  interval: 1h\n  timeout: 30s\n  prune: true\n  wait: true\n{extra}"
+    )
+}
+
+/// An App manifest for a repository: the test app with a readiness probe.
+fn repo_app(name: &str, replicas: i32, env: &[(&str, &str)]) -> String {
+    app_yaml(name, replicas, env, READINESS)
+}
+
+async fn sync_obj(tp: &TestPlane, name: &str) -> Value {
+    tp.client.get(&format!("/api/v1/namespaces/default/syncs/{name}")).await.expect("get sync")
+}
+
+fn ready_reason(o: &Value) -> (String, String) {
+    let c = o["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or(Value::Null);
+    (c["status"].as_str().unwrap_or("").to_string(), c["reason"].as_str().unwrap_or("").to_string())
+}
+
+/// Waits until the Sync has applied `revision` and is Ready.
+async fn wait_applied(tp: &TestPlane, sync: &str, commit: &str) -> Value {
+    let want = format!("main@sha1:{commit}");
+    eventually(&format!("Sync {sync} Ready at {want}"), T, || async {
+        let o = sync_obj(tp, sync).await;
+        (o["status"]["lastAppliedRevision"] == want.as_str() && ready_reason(&o).0 == "True").then_some(o)
+    })
+    .await
+}
+
+async fn sync_now(tp: &TestPlane, sync: &str) {
+    tp.client
+        .post(&format!("/api/v1/namespaces/default/syncs/{sync}/reconcile"), Value::Null)
+        .await
+        .expect("reconcile request accepted");
+}
+
+async fn app_exists(tp: &TestPlane, name: &str) -> bool {
+    tp.client.get(&format!("/api/v1/namespaces/default/apps/{name}")).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_over_git_daemon_are_applied_and_prune_removes_what_left_git() {
+    let repo = GitRepo::new();
+    let c1 = repo.commit(&[("deploy/web.yaml", Some(&repo_app("web", 1, &[("V", "1")])))], "web v1");
+    let daemon = repo.serve();
+    let tp = TestPlane::start().await;
+    tp.apply(&format!(
+        "{}---\n{}",
+        source_yaml("repo", &daemon.url("repo"), ""),
+        sync_yaml("deploy", "repo", "./deploy", "")
+    ));
+
+    let s = wait_applied(&tp, "deploy", &c1).await;
+    assert_eq!(s["status"]["inventory"][0]["name"], "web");
+    let web = tp.app("web").await;
+    assert!(ready(&web));
+    assert_eq!(web["metadata"]["labels"]["sync.capstan.dev/name"], "deploy");
+    let src = tp.client.get("/api/v1/namespaces/default/sources/repo").await.expect("source");
+    assert_eq!(src["status"]["artifact"]["revision"], format!("main@sha1:{c1}"));
+    assert!(src["status"]["artifact"]["digest"].as_str().unwrap_or("").starts_with("sha256:"));
+
+    // A second commit: more replicas and a new App.
+    let c2 = repo.commit(
+        &[
+            ("deploy/web.yaml", Some(&repo_app("web", 2, &[("V", "1")]))),
+            ("deploy/extra.yaml", Some(&repo_app("extra", 1, &[]))),
+        ],
+        "scale web, add extra",
+    );
+    sync_now(&tp, "deploy").await;
+    let s = wait_applied(&tp, "deploy", &c2).await;
+    assert_eq!(s["status"]["inventory"].as_array().map(Vec::len), Some(2));
+    assert_eq!(tp.app("web").await["spec"]["replicas"], 2);
+    assert!(app_exists(&tp, "extra").await);
+    assert!(s["status"]["lastHandledReconcileAt"].is_string());
+
+    // Deleted from Git: pruned.
+    let c3 = repo.commit(&[("deploy/extra.yaml", None)], "drop extra");
+    sync_now(&tp, "deploy").await;
+    let s = wait_applied(&tp, "deploy", &c3).await;
+    assert_eq!(s["status"]["inventory"].as_array().map(Vec::len), Some(1));
+    eventually("extra pruned", T, || async { (!app_exists(&tp, "extra").await).then_some(()) }).await;
+    let history = s["status"]["history"].as_array().cloned().unwrap_or_default();
+    assert!(history.len() >= 3, "{history:?}");
+    assert_eq!(history[0]["revision"], format!("main@sha1:{c3}"));
+    assert_eq!(history[0]["result"], "ReconciliationSucceeded");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_commit_keeps_the_previous_revision_running() {
+    let repo = GitRepo::new();
+    let c1 = repo.commit(&[("web.yaml", Some(&repo_app("web", 1, &[])))], "good");
+    let tp = TestPlane::start().await;
+    tp.apply(&format!("{}---\n{}", source_yaml("repo", &repo.file_url(), ""), sync_yaml("apps", "repo", "./", "")));
+    wait_applied(&tp, "apps", &c1).await;
+    let pid = replicas(&tp.app("web").await)[0]["pid"].clone();
+
+    let broken = repo_app("web", 1, &[]).replace("  replicas: 1", "  replicass: 3");
+    let c2 = repo.commit(&[("web.yaml", Some(&broken))], "typo");
+    sync_now(&tp, "apps").await;
+    let s = eventually("BuildFailed", T, || async {
+        let o = sync_obj(&tp, "apps").await;
+        (ready_reason(&o) == ("False".into(), "BuildFailed".into())).then_some(o)
+    })
+    .await;
+    let msg = s["status"]["conditions"][0]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains("web.yaml:6:"), "file and line named: {msg}");
+    assert!(msg.contains("replicass") && msg.contains("did you mean `replicas`"), "{msg}");
+    assert_eq!(s["status"]["lastAppliedRevision"], format!("main@sha1:{c1}"));
+    assert_eq!(s["status"]["lastAttemptedRevision"], format!("main@sha1:{c2}"));
+    let web = tp.app("web").await;
+    assert!(ready(&web));
+    assert_eq!(replicas(&web)[0]["pid"], pid, "the running replica was not touched");
+
+    // An App whose program does not exist is refused the same way, naming the field.
+    let missing = repo_app("web", 1, &[]).replace(&testapp(), "/nonexistent/program");
+    repo.commit(&[("web.yaml", Some(&missing))], "bad program");
+    sync_now(&tp, "apps").await;
+    eventually("BuildFailed naming spec.run.command", T, || async {
+        let o = sync_obj(&tp, "apps").await;
+        let m = o["status"]["conditions"][0]["message"].as_str().unwrap_or("").to_string();
+        m.contains("spec.run.command[0]").then_some(())
+    })
+    .await;
+    assert_eq!(replicas(&tp.app("web").await)[0]["pid"], pid);
+
+    // Fixed: applied again.
+    let c4 = repo.commit(&[("web.yaml", Some(&repo_app("web", 1, &[("FIXED", "1")])))], "fix");
+    sync_now(&tp, "apps").await;
+    wait_applied(&tp, "apps", &c4).await;
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depends_on_holds_a_sync_until_its_dependency_is_ready() {
+    let repo = GitRepo::new();
+    let gate = tempfile::tempdir().expect("tempdir");
+    // The test app answers /status with 503 while this file exists.
+    let ready_file = gate.path().join("not-ready");
+    std::fs::write(&ready_file, "wait").expect("close the gate");
+    let db = repo_app("db", 1, &[("TESTAPP_READY_FILE", &ready_file.display().to_string())]);
+    let c1 =
+        repo.commit(&[("infra/db.yaml", Some(&db)), ("apps/front.yaml", Some(&repo_app("front", 1, &[])))], "both");
+    let tp = TestPlane::start().await;
+    tp.apply(&format!(
+        "{}---\n{}---\n{}",
+        source_yaml("repo", &repo.file_url(), ""),
+        sync_yaml("apps", "repo", "./apps", "  dependsOn:\n    - name: infra\n"),
+        sync_yaml("infra", "repo", "./infra", ""),
+    ));
+    eventually("apps waits for infra", T, || async {
+        let o = sync_obj(&tp, "apps").await;
+        (ready_reason(&o) == ("False".into(), "DependencyNotReady".into())).then_some(())
+    })
+    .await;
+    eventually("db applied but not Ready", T, || async { app_exists(&tp, "db").await.then_some(()) }).await;
+    // db is not Ready, so infra is not, so front must not exist.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!app_exists(&tp, "front").await, "apps must not apply before infra is Ready");
+    assert_eq!(ready_reason(&sync_obj(&tp, "infra").await).1, "Progressing");
+
+    std::fs::remove_file(&ready_file).expect("open the gate");
+    let infra = wait_applied(&tp, "infra", &c1).await;
+    let apps = wait_applied(&tp, "apps", &c1).await;
+    let t = |o: &Value| o["status"]["history"][0]["startedAt"].as_str().unwrap_or("").to_string();
+    assert!(t(&apps) >= t(&infra), "apps reconciled after infra");
+    assert!(ready(&tp.app("front").await));
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_with_a_wrong_hmac_is_refused_and_a_right_one_syncs_at_once() {
+    let repo = GitRepo::new();
+    let c1 = repo.commit(&[("web.yaml", Some(&repo_app("web", 1, &[])))], "v1");
+    let daemon = repo.serve();
+    let tp = TestPlane::start().await;
+    let secret = "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata:\n  name: hook\nspec:\n  stringData:\n    token: s3cret\n";
+    tp.apply(&format!(
+        "{secret}---\n{}---\n{}",
+        source_yaml("repo", &daemon.url("repo"), ""),
+        sync_yaml("apps", "repo", "./", "  webhook:\n    secretRef: {name: hook}\n")
+    ));
+    wait_applied(&tp, "apps", &c1).await;
+    let c2 = repo.commit(&[("web.yaml", Some(&repo_app("web", 1, &[("V", "2")])))], "v2");
+    let body = format!(r#"{{"ref":"refs/heads/main","after":"{c2}"}}"#);
+    let url = format!("{}/hooks/default/apps", tp.plane().url());
+
+    let (code, _) = post_raw(&url, &body, &[("X-Hub-Signature-256", "sha256=00ff"), ("X-GitHub-Event", "push")]).await;
+    assert_eq!(code, 401);
+    let wrong = capstan_gitops::webhook::sign(b"not-the-secret", body.as_bytes());
+    let (code, _) = post_raw(&url, &body, &[("X-Gitea-Signature", &wrong)]).await;
+    assert_eq!(code, 401);
+    let (code, _) = post_raw(&format!("{}/hooks/default/nope", tp.plane().url()), &body, &[]).await;
+    assert_eq!(code, 404);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sync_obj(&tp, "apps").await["status"]["lastAppliedRevision"], format!("main@sha1:{c1}"));
+
+    let right = format!("sha256={}", capstan_gitops::webhook::sign(b"s3cret", body.as_bytes()));
+    let (code, resp) = post_raw(&url, &body, &[("X-Hub-Signature-256", &right), ("X-GitHub-Event", "push")]).await;
+    assert_eq!(code, 202, "{resp}");
+    // The interval is an hour: only the webhook can have done this.
+    wait_applied(&tp, "apps", &c2).await;
+    let events = tp.client.get("/api/v1/namespaces/default/syncs/apps/events").await.expect("events");
+    let text = events.to_string();
+    assert!(text.contains("WebhookRefused") && text.contains("WebhookReceived"), "{text}");
+    assert!(!text.contains("s3cret"), "the secret never appears in events");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_made_by_hand_is_put_back() {
+    let repo = GitRepo::new();
+    let app = repo_app("web", 1, &[]);
+    let c1 = repo.commit(&[("web.yaml", Some(&app))], "v1");
+    let tp = TestPlane::start().await;
+    let sync = sync_yaml("apps", "repo", "./", "").replace("interval: 1h", "interval: 2s");
+    tp.apply(&format!("{}---\n{}", source_yaml("repo", &repo.file_url(), ""), sync));
+    wait_applied(&tp, "apps", &c1).await;
+
+    // By hand: scale to 2.
+    tp.apply(&app.replace("replicas: 1", "replicas: 2"));
+    assert_eq!(tp.app("web").await["spec"]["replicas"], 2);
+    eventually("drift reverted", T, || async { (tp.app("web").await["spec"]["replicas"] == 1).then_some(()) }).await;
+    let events = tp.client.get("/api/v1/namespaces/default/syncs/apps/events").await.expect("events").to_string();
+    assert!(events.contains("DriftReverted") && events.contains("spec.replicas: 2 → 1"), "{events}");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_source_is_watched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("web.yaml"), repo_app("web", 1, &[])).expect("write");
+    let tp = TestPlane::start().await;
+    let src = format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Source\nmetadata:\n  name: local\nspec:\n  dir: {}\n  interval: 1h\n",
+        dir.path().display()
+    );
+    tp.apply(&format!("{src}---\n{}", sync_yaml("apps", "local", "./", "")));
+    eventually("web Ready", T, || async { app_exists(&tp, "web").await.then_some(()) }).await;
+    std::fs::write(dir.path().join("web.yaml"), repo_app("web", 2, &[])).expect("write");
+    // No request and an hour's interval: the file watch alone brings the change.
+    eventually("scaled by the edit", T, || async { (tp.app("web").await["spec"]["replicas"] == 2).then_some(()) })
+        .await;
+    let s = sync_obj(&tp, "apps").await;
+    assert!(s["status"]["lastAttemptedRevision"].as_str().unwrap_or("").starts_with("sha256:"));
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
+    // An HTTP "git server" that refuses every credential.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        let app = axum::Router::new().fallback(|| async {
+            (axum::http::StatusCode::UNAUTHORIZED, [("WWW-Authenticate", "Basic realm=\"git\"")], "no")
+        });
+        let _ = axum::serve(listener, app).await;
+    });
+    let tp = TestPlane::start().await;
+    let secret =
+        "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata:\n  name: creds\nspec:\n  stringData:\n    username: bob\n    password: hunter2-secret\n";
+    let private =
+        source_yaml("private", &format!("http://127.0.0.1:{port}/team/repo.git"), "  secretRef: {name: creds}\n");
+    // Port 9 on loopback: nothing listens there.
+    let gone = source_yaml("gone", "git://127.0.0.1:9/repo", "");
+    tp.apply(&format!("{secret}---\n{private}---\n{gone}"));
+    let cond = |o: &Value, t: &str| {
+        o["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == t).cloned())
+    };
+    let p = eventually("private fails", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/sources/private").await.ok()?;
+        cond(&o, "FetchFailed").map(|_| o)
+    })
+    .await;
+    let ready_c = cond(&p, "Ready").expect("Ready condition");
+    assert_eq!(ready_c["status"], "False");
+    assert_eq!(ready_c["reason"], "AuthenticationFailed", "{ready_c}");
+    assert!(!p.to_string().contains("hunter2"), "no secret in status: {p}");
+    let g = eventually("gone fails", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/sources/gone").await.ok()?;
+        cond(&o, "FetchFailed").map(|_| o)
+    })
+    .await;
+    assert_eq!(cond(&g, "Ready").expect("Ready")["reason"], "GitOperationFailed");
+    server.abort();
+    tp.stop().await;
+}
+
+/// POSTs a raw body with headers; returns the status and body.
+async fn post_raw(url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = hyper::Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(bytes::Bytes::from(body.to_string()))).expect("request");
+    let resp = client.request(req).await.expect("response");
+    let code = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    (code, String::from_utf8_lossy(&bytes).into_owned())
+}
