@@ -10,8 +10,8 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::manifests;
-use crate::output::{age, diff, render, short, table, time_of, Change};
-use crate::{data_dir, Cli, Command, Failure, RolloutCommand, EXIT_FAIL, EXIT_INVALID, EXIT_OK};
+use crate::output::{age, render, short, table, time_of};
+use crate::{data_dir, Cli, Command, Failure, RolloutCommand, SyncCommand, EXIT_FAIL, EXIT_INVALID, EXIT_OK};
 
 pub async fn run(cli: Cli) -> Result<u8> {
     let data = data_dir(cli.data.clone());
@@ -20,7 +20,17 @@ pub async fn run(cli: Cli) -> Result<u8> {
             .map_err(|e| Failure::fail(format!("error: {e}")).into())
     };
     match cli.command {
-        Command::Up { paths, listen } => up(data.clone(), listen, paths).await,
+        Command::Up { paths, listen, git, branch, path } => {
+            let bootstrap = git.map(|url| crate::gitops::bootstrap_objects(&url, &branch, &path));
+            up(data.clone(), listen, paths, bootstrap).await
+        }
+        Command::Build { paths, vars, target_namespace, output } => {
+            crate::gitops::build_cmd(&paths, &vars, target_namespace, &output)
+        }
+        Command::Sync { action: SyncCommand::Now { name, namespace, timeout, no_wait } } => {
+            crate::gitops::sync_now(&client()?, &name, namespace.as_deref().unwrap_or("default"), &timeout, !no_wait)
+                .await
+        }
         Command::Apply { files, wait, timeout } => apply(&client()?, &files, wait, &timeout).await,
         Command::Get { kind, name, namespace, all_namespaces, output, watch } => {
             get(&client()?, &kind, name.as_deref(), namespace.as_deref(), all_namespaces, &output, watch).await
@@ -32,7 +42,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Delete { kind, name, files, namespace } => {
             delete(&client()?, kind.as_deref(), name.as_deref(), &files, namespace.as_deref()).await
         }
-        Command::Diff { files } => diff_cmd(&client()?, &files).await,
+        Command::Diff { paths, files, sync, namespace } => {
+            if paths.is_empty() && files.is_empty() {
+                return Err(Failure::invalid("error: give a PATH or -f FILE to compare").into());
+            }
+            let ns = namespace.as_deref().unwrap_or("default");
+            crate::gitops::diff(&client()?, &paths, &files, sync.as_deref(), ns).await
+        }
         Command::Schema { kind } => schema(kind.as_deref()),
         Command::Rollout { action } => rollout(&client()?, action).await,
         Command::Shutdown { keep_workloads } => {
@@ -240,11 +256,20 @@ async fn get(
     if all {
         headers.push("NAMESPACE");
     }
-    headers.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
-    if wide {
-        headers.extend(["REVISION", "PORTS", "ENDPOINTS"]);
+    let row_of = |o: &Value, now| match kind {
+        Kind::App => app_row(o, all, wide, now),
+        other => crate::gitops::row(other, o, all, now),
+    };
+    match kind {
+        Kind::App => {
+            headers.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+            if wide {
+                headers.extend(["REVISION", "PORTS", "ENDPOINTS"]);
+            }
+        }
+        other => headers.extend(crate::gitops::columns(other)),
     }
-    let rows: Vec<Vec<String>> = items.iter().map(|o| app_row(o, all, wide, now)).collect();
+    let rows: Vec<Vec<String>> = items.iter().map(|o| row_of(o, now)).collect();
     println!("{}", table(&headers, &rows));
     if !watch {
         return Ok(EXIT_OK);
@@ -256,9 +281,10 @@ async fn get(
         let same_ns = all || o["metadata"]["namespace"] == ns;
         let same_name = name.is_none_or(|n| o["metadata"]["name"] == n);
         if same_ns && same_name {
-            let mut row = app_row(o, all, wide, Utc::now());
+            let mut row = row_of(o, Utc::now());
             if ev["type"] == "Deleted" {
-                row[if all { 3 } else { 2 }] = "Deleted".into();
+                let col = if kind == Kind::App { 2 } else { 1 };
+                row[if all { col + 1 } else { col }] = "Deleted".into();
             }
             println!("{}", table(&headers, &[row]).lines().nth(1).unwrap_or_default());
         }
@@ -303,6 +329,10 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
     let o = client.get(&path).await.map_err(api_failure)?;
     let events = client.get(&format!("{path}/events")).await.map_err(api_failure)?;
     let now = Utc::now();
+    if kind != Kind::App {
+        print!("{}", crate::gitops::describe(kind, &o, &events, now));
+        return Ok(EXIT_OK);
+    }
     let md = &o["metadata"];
     let spec = &o["spec"];
     let st = &o["status"];
@@ -383,22 +413,7 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
             field("Warning", x.as_str().unwrap_or("").into());
         }
     }
-    out.push_str("Conditions:\n");
-    let conds: Vec<Vec<String>> = st["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            vec![
-                c["type"].as_str().unwrap_or("").into(),
-                c["status"].as_str().unwrap_or("").into(),
-                c["reason"].as_str().unwrap_or("").into(),
-                age(time_of(&c["lastTransitionTime"]), now),
-                c["message"].as_str().unwrap_or("").into(),
-            ]
-        })
-        .collect();
-    out.push_str(&indent(&table(&["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], &conds)));
+    out.push_str(&conditions_section(st, now));
     out.push_str("Replicas:\n");
     let reps: Vec<Vec<String>> = st["replicaStatuses"]
         .as_array()
@@ -422,6 +437,14 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
         })
         .collect();
     out.push_str(&indent(&table(&["NAME", "PHASE", "READY", "PID", "PORTS", "RESTARTS", "AGE", "REASON"], &reps)));
+    out.push_str(&events_section(&events, now));
+    print!("{out}");
+    Ok(EXIT_OK)
+}
+
+/// The `Events:` section of `describe`: the last 20 events, oldest first.
+pub(crate) fn events_section(events: &Value, now: chrono::DateTime<Utc>) -> String {
+    let mut out = String::new();
     out.push_str("Events:\n");
     let evs: Vec<Vec<String>> = events["items"]
         .as_array()
@@ -454,11 +477,29 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
     } else {
         out.push_str(&indent(&table(&["TYPE", "REASON", "AGE", "MESSAGE"], &evs)));
     }
-    print!("{out}");
-    Ok(EXIT_OK)
+    out
 }
 
-fn indent(s: &str) -> String {
+/// The `Conditions:` section of `describe`.
+pub(crate) fn conditions_section(st: &Value, now: chrono::DateTime<Utc>) -> String {
+    let conds: Vec<Vec<String>> = st["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            vec![
+                c["type"].as_str().unwrap_or("").into(),
+                c["status"].as_str().unwrap_or("").into(),
+                c["reason"].as_str().unwrap_or("").into(),
+                age(time_of(&c["lastTransitionTime"]), now),
+                c["message"].as_str().unwrap_or("").into(),
+            ]
+        })
+        .collect();
+    format!("Conditions:\n{}", indent(&table(&["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], &conds)))
+}
+
+pub(crate) fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
 }
 
@@ -547,54 +588,6 @@ async fn delete(
     Ok(code)
 }
 
-async fn diff_cmd(client: &Client, files: &[String]) -> Result<u8> {
-    let ms = load(files)?;
-    let mut differences = false;
-    for m in &ms {
-        let r = &m.resource;
-        let label = format!("{}/{}", r.kind().name().to_ascii_lowercase(), r.meta().name);
-        let path = format!("/api/v1/namespaces/{}/{}/{}", r.meta().namespace(), r.kind().plural(), r.meta().name);
-        let live = match client.get(&path).await {
-            Ok(v) => Some(v),
-            Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => None,
-            Err(e) => return Err(Failure { code: EXIT_INVALID, message: format!("error: {e}") }.into()),
-        };
-        let desired = r.to_value();
-        let Some(live) = live else {
-            differences = true;
-            println!("+ {label} (created)");
-            continue;
-        };
-        let mut changes = Vec::new();
-        for f in ["labels", "annotations"] {
-            let empty = json!({});
-            diff(
-                &format!("metadata.{f}"),
-                live["metadata"].get(f).unwrap_or(&empty),
-                desired["metadata"].get(f).unwrap_or(&empty),
-                &mut changes,
-            );
-        }
-        diff("spec", &live["spec"], &desired["spec"], &mut changes);
-        if changes.is_empty() {
-            continue;
-        }
-        differences = true;
-        println!("~ {label} (changed)");
-        for c in changes {
-            match c {
-                Change::Added(p, v) => println!("    + {p}: {}", short(&v)),
-                Change::Removed(p, v) => println!("    - {p}: {}", short(&v)),
-                Change::Changed(p, a, b) => println!("    ~ {p}: {} -> {}", short(&a), short(&b)),
-            }
-        }
-    }
-    if !differences {
-        eprintln!("no differences");
-    }
-    Ok(if differences { EXIT_FAIL } else { EXIT_OK })
-}
-
 fn schema(kind: Option<&str>) -> Result<u8> {
     let v = match kind {
         Some(k) => kind_arg(k)?.schema(),
@@ -604,7 +597,12 @@ fn schema(kind: Option<&str>) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-async fn up(data: std::path::PathBuf, listen: std::net::SocketAddr, paths: Vec<String>) -> Result<u8> {
+async fn up(
+    data: std::path::PathBuf,
+    listen: std::net::SocketAddr,
+    paths: Vec<String>,
+    bootstrap: Option<Vec<Value>>,
+) -> Result<u8> {
     // Validate first: a bad manifest stops `up` before anything starts.
     let ms = if paths.is_empty() { Vec::new() } else { load(&paths)? };
     let mut plane = ControlPlane::start(PlaneConfig { data_dir: data.clone(), listen })
@@ -634,6 +632,18 @@ async fn up(data: std::path::PathBuf, listen: std::net::SocketAddr, paths: Vec<S
                 return Err(Failure::fail(format!("error: {e}")).into());
             }
         }
+    }
+    if let Some(objects) = bootstrap {
+        let url = objects[0]["spec"]["url"].as_str().unwrap_or("").to_string();
+        if let Err(e) = plane.apply(objects) {
+            plane.shutdown(true).await;
+            return Err(Failure::invalid(format!("error: cannot follow {url}: {e:?}")).into());
+        }
+        println!(
+            "following {url}: source/{ns}/{n} and sync/{ns}/{n} (see `capstan get syncs -A`)",
+            ns = crate::gitops::BOOTSTRAP_NAMESPACE,
+            n = crate::gitops::BOOTSTRAP_NAME
+        );
     }
     println!("capstan is up: API {} (data {})", plane.url(), data.display());
     println!("  try: capstan get apps    stop: Ctrl-C (stops every replica)");

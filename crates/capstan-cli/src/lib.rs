@@ -1,6 +1,7 @@
 //! The `capstan` command line: kubectl habits (get, describe, apply -f, logs, diff, -o json|yaml) over Capstan's API.
 
 mod commands;
+mod gitops;
 pub mod manifests;
 pub mod output;
 
@@ -56,13 +57,43 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the control plane in the foreground and apply the manifests in PATH. Ctrl-C stops every replica.
+    /// Run the control plane in the foreground and apply the manifests in PATH, or follow a Git repository with
+    /// --git. Ctrl-C stops every replica.
     Up {
         /// Manifest files or directories to apply at start.
         paths: Vec<String>,
         /// Address of the API.
         #[arg(long, default_value = capstan_api::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
+        /// Follow this Git repository: creates the Source and Sync `capstan-system/bootstrap`.
+        #[arg(long)]
+        git: Option<String>,
+        /// The branch to follow with --git.
+        #[arg(long, default_value = "main", requires = "git")]
+        branch: String,
+        /// The directory of the repository to apply with --git.
+        #[arg(long, default_value = "./", requires = "git")]
+        path: String,
+    },
+    /// Print the objects a Sync would apply from PATH: variables substituted, everything validated.
+    Build {
+        /// Directories (or files) of manifests.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// A variable for `${NAME}`, as NAME=VALUE. Repeatable.
+        #[arg(long = "var")]
+        vars: Vec<String>,
+        /// Put every object in this namespace.
+        #[arg(long)]
+        target_namespace: Option<String>,
+        /// yaml or json.
+        #[arg(short, long, default_value = "yaml")]
+        output: String,
+    },
+    /// Fetch and apply a Sync now instead of waiting for its interval.
+    Sync {
+        #[command(subcommand)]
+        action: SyncCommand,
     },
     /// Create or update objects from manifests (all or nothing).
     Apply {
@@ -130,10 +161,19 @@ pub enum Command {
         #[arg(short, long)]
         namespace: Option<String>,
     },
-    /// Compare manifests with the running state. Exit 0: no differences, 1: differences, 2: error.
+    /// Compare manifests with the running state: created, changed (field by field), deleted.
+    /// Exit 0: no differences, 1: differences, 2: error.
     Diff {
-        #[arg(short = 'f', long = "filename", required = true)]
+        /// Directories of manifests, built as a Sync builds them.
+        paths: Vec<String>,
+        /// Manifest files, as `apply -f` reads them. Repeatable.
+        #[arg(short = 'f', long = "filename")]
         files: Vec<String>,
+        /// Compare as this Sync would apply: its variables and namespace, and its inventory for deletions.
+        #[arg(long)]
+        sync: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
     },
     /// Follow, list, undo or restart an App's rolling updates.
     Rollout {
@@ -150,6 +190,22 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SyncCommand {
+    /// Fetch the Sync's Source and apply it at once; waits for the result.
+    Now {
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+        /// Only ask; do not wait for the result.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

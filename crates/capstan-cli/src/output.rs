@@ -1,4 +1,4 @@
-//! Output helpers: aligned tables, ages, JSON/YAML printing and field-level diffs.
+//! Output helpers: aligned tables, ages, and JSON/YAML printing.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -64,48 +64,6 @@ pub fn render(objects: &[Value], format: &str, single: bool) -> String {
     }
 }
 
-/// One difference between two JSON values.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    Added(String, Value),
-    Removed(String, Value),
-    Changed(String, Value, Value),
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// Field-level differences from `old` to `new`.
-pub fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<Change>) {
-    match (old, new) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, va) in a {
-                match b.get(k) {
-                    Some(vb) => diff(&join(path, k), va, vb, out),
-                    None => out.push(Change::Removed(join(path, k), va.clone())),
-                }
-            }
-            for (k, vb) in b {
-                if !a.contains_key(k) {
-                    out.push(Change::Added(join(path, k), vb.clone()));
-                }
-            }
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
-            for (i, (va, vb)) in a.iter().zip(b).enumerate() {
-                diff(&format!("{path}[{i}]"), va, vb, out);
-            }
-        }
-        _ if old != new => out.push(Change::Changed(path.to_string(), old.clone(), new.clone())),
-        _ => {}
-    }
-}
-
 /// A compact one-line rendering of a value.
 pub fn short(v: &Value) -> String {
     let s = v.to_string();
@@ -134,20 +92,5 @@ mod tests {
         assert_eq!(age(Some(now - chrono::Duration::minutes(15)), now), "15m");
         assert_eq!(age(Some(now - chrono::Duration::hours(5)), now), "5h");
         assert_eq!(age(Some(now - chrono::Duration::days(9)), now), "9d");
-    }
-
-    #[test]
-    fn diffs_name_fields() {
-        let mut out = Vec::new();
-        diff(
-            "spec",
-            &json!({"replicas": 1, "run": {"command": ["a"]}, "gone": true}),
-            &json!({"replicas": 2, "run": {"command": ["a"]}, "new": 1}),
-            &mut out,
-        );
-        assert!(out.contains(&Change::Changed("spec.replicas".into(), json!(1), json!(2))));
-        assert!(out.contains(&Change::Removed("spec.gone".into(), json!(true))));
-        assert!(out.contains(&Change::Added("spec.new".into(), json!(1))));
-        assert_eq!(out.len(), 3);
     }
 }

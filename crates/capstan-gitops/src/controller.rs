@@ -50,6 +50,13 @@ enum Msg {
     DirChanged(ObjectKey),
 }
 
+#[derive(Clone)]
+struct Waiting {
+    revision: String,
+    deadline: Instant,
+    started: chrono::DateTime<Utc>,
+}
+
 struct Inner {
     store: Store,
     admit: Arc<dyn Admit>,
@@ -58,8 +65,8 @@ struct Inner {
     tx: mpsc::UnboundedSender<Msg>,
     /// Pending `sync now` / webhook tokens per Sync.
     requests: Mutex<HashMap<ObjectKey, String>>,
-    /// Syncs waiting for health: the revision and the deadline.
-    waiting: Mutex<HashMap<ObjectKey, (String, Instant)>>,
+    /// Syncs waiting for health: the revision, the deadline, and when the attempt started.
+    waiting: Mutex<HashMap<ObjectKey, Waiting>>,
     watchers: Mutex<HashMap<ObjectKey, (PathBuf, notify::RecommendedWatcher)>>,
 }
 
@@ -596,6 +603,16 @@ struct Outcome {
     message: String,
     after: Duration,
     ready: ConditionStatus,
+    /// When the attempt this outcome ends began, if earlier than this reconcile (health waits span several).
+    started: Option<chrono::DateTime<Utc>>,
+}
+
+/// The timing of one reconcile of a Sync.
+struct Attempt {
+    started: chrono::DateTime<Utc>,
+    timeout: Duration,
+    retry: Duration,
+    interval: Duration,
 }
 
 /// Reconciles one Sync; returns when to look again.
@@ -605,7 +622,6 @@ async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Option<Duration>
         return None;
     }
     let started = Utc::now();
-    let clock = std::time::Instant::now();
     let interval = duration_or(Some(&sync.spec.interval), Duration::from_secs(300));
     let retry = duration_or(sync.spec.retry_interval.as_deref(), interval);
     let timeout = duration_or(sync.spec.timeout.as_deref(), interval);
@@ -616,8 +632,10 @@ async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Option<Duration>
         status.last_handled_reconcile_at = Some(token);
     }
 
-    let outcome = sync_once(inner, key, &sync, &mut status, timeout, retry, interval);
-    let mut record = true;
+    let attempt = Attempt { started, timeout, retry, interval };
+    let outcome = sync_once(inner, key, &sync, &mut status, &attempt);
+    // History counts attempts to apply a revision, not waits for a dependency or an artifact.
+    let mut record = ![reason::DEPENDENCY_NOT_READY, reason::ARTIFACT_FAILED].contains(&outcome.reason);
     match outcome.ready {
         ConditionStatus::True => {
             remove_condition(&mut status.conditions, RECONCILING);
@@ -637,26 +655,22 @@ async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Option<Duration>
     set_condition(&mut status.conditions, cond(READY, outcome.ready, outcome.reason, outcome.message.clone(), g));
     if record {
         let rev = status.last_attempted_revision.clone().unwrap_or_default();
-        record_history(&mut status.history, &rev, outcome.reason, started, clock.elapsed().as_millis() as u64);
+        let began = outcome.started.unwrap_or(started);
+        let millis = (Utc::now() - began).num_milliseconds().max(0) as u64;
+        record_history(&mut status.history, &rev, outcome.reason, began, millis);
     }
     write_status(inner, key, &status);
     Some(outcome.after)
 }
 
-fn sync_once(
-    inner: &Arc<Inner>,
-    key: &ObjectKey,
-    sync: &Sync,
-    status: &mut SyncStatus,
-    timeout: Duration,
-    retry: Duration,
-    interval: Duration,
-) -> Outcome {
+fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut SyncStatus, at: &Attempt) -> Outcome {
+    let retry = at.retry;
     let fail = |reason: &'static str, message: String| Outcome {
         reason,
         message,
         after: retry,
         ready: ConditionStatus::False,
+        started: None,
     };
 
     // Dependencies first.
@@ -695,8 +709,8 @@ fn sync_once(
 
     // Waiting for health on this same revision: only look at health.
     let waiting = lock(&inner.waiting).get(key).cloned();
-    if let Some((rev, deadline)) = waiting.filter(|(r, _)| *r == revision) {
-        return health(inner, key, sync, status, &rev, deadline, retry, interval);
+    if let Some(w) = waiting.filter(|w| w.revision == revision) {
+        return health(inner, key, sync, status, w, at);
     }
 
     // Build.
@@ -795,21 +809,20 @@ fn sync_once(
     if !prune_errors.is_empty() {
         return fail(reason::PRUNE_FAILED, format!("pruning failed: {}", prune_errors.join("; ")));
     }
-    let deadline = Instant::now() + timeout;
-    health(inner, key, sync, status, &revision, deadline, retry, interval)
+    let w = Waiting { revision, deadline: Instant::now() + at.timeout, started: at.started };
+    health(inner, key, sync, status, w, at)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn health(
     inner: &Arc<Inner>,
     key: &ObjectKey,
     sync: &Sync,
     status: &mut SyncStatus,
-    revision: &str,
-    deadline: Instant,
-    retry: Duration,
-    interval: Duration,
+    w: Waiting,
+    at: &Attempt,
 ) -> Outcome {
+    let revision = w.revision.as_str();
+    let started = Some(w.started);
     let targets: Vec<ObjectKey> = if sync.spec.wait {
         status.inventory.iter().map(|e| ObjectKey::new(&e.kind, &e.namespace, &e.name)).collect()
     } else {
@@ -831,22 +844,30 @@ fn health(
         if first {
             inner.event(key, EventType::Normal, reason::SUCCEEDED, &message);
         }
-        return Outcome { reason: reason::SUCCEEDED, message, after: interval, ready: ConditionStatus::True };
+        return Outcome {
+            reason: reason::SUCCEEDED,
+            message,
+            after: at.interval,
+            ready: ConditionStatus::True,
+            started,
+        };
     }
-    if Instant::now() >= deadline {
+    if Instant::now() >= w.deadline {
         lock(&inner.waiting).remove(key);
         let message =
             format!("health check failed after the timeout for revision '{revision}': {}", unready.join("; "));
         inner.event(key, EventType::Warning, reason::HEALTH_CHECK_FAILED, &message);
-        return Outcome { reason: reason::HEALTH_CHECK_FAILED, message, after: retry, ready: ConditionStatus::False };
+        return Outcome {
+            reason: reason::HEALTH_CHECK_FAILED,
+            message,
+            after: at.retry,
+            ready: ConditionStatus::False,
+            started,
+        };
     }
-    lock(&inner.waiting).insert(key.clone(), (revision.to_string(), deadline));
-    Outcome {
-        reason: reason::PROGRESSING,
-        message: format!("revision '{revision}' applied; waiting for: {}", unready.join("; ")),
-        after: POLL,
-        ready: ConditionStatus::Unknown,
-    }
+    let message = format!("revision '{revision}' applied; waiting for: {}", unready.join("; "));
+    lock(&inner.waiting).insert(key.clone(), w);
+    Outcome { reason: reason::PROGRESSING, message, after: POLL, ready: ConditionStatus::Unknown, started }
 }
 
 /// A deleted Sync with `prune` deletes what it applied (never protected data), as Flux's garbage collection does.

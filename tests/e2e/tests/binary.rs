@@ -158,7 +158,7 @@ async fn cli_contracts_exit_codes_and_errors_with_file_and_line() {
     std::fs::write(&changed, app_yaml("cli", 3, &[], READINESS)).unwrap();
     let out = capstan(&data, &["diff", "-f", changed.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("~ spec.replicas: 1 -> 3"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("    spec.replicas: 1 → 3"));
 
     // A bad batch: exit 2, every error with file, line and field, and nothing applied.
     let bad = dir.path().join("bad.yaml");

@@ -1,0 +1,403 @@
+//! GitOps commands: `build`, `diff` of a path against the running state, `sync now`, `up --git`, and how Sources,
+//! Syncs and Secrets look in `get` and `describe`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use capstan_api::Client;
+use capstan_engine::sync::mark_owned;
+use capstan_engine::{diff_values, owned_view};
+use capstan_gitops::build::{build, BuildOptions};
+use capstan_model::{parse_duration, Kind, ObjectKey, BASE_DIR_ANNOTATION};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::commands::{conditions_section, events_section, indent};
+use crate::output::{age, table, time_of};
+use crate::{Failure, EXIT_FAIL, EXIT_OK};
+
+/// Namespace and name of the Source and Sync that `capstan up --git` creates.
+pub const BOOTSTRAP_NAMESPACE: &str = "capstan-system";
+pub const BOOTSTRAP_NAME: &str = "bootstrap";
+
+fn ready_of(o: &Value) -> (String, String) {
+    let c = o["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or(Value::Null);
+    (c["status"].as_str().unwrap_or("Unknown").to_string(), c["message"].as_str().unwrap_or("").to_string())
+}
+
+fn first_line(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() > max {
+        format!("{}…", line.chars().take(max - 1).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+/// Table columns of `capstan get` for the GitOps kinds (Flux's columns, plus age).
+pub fn columns(kind: Kind) -> Vec<&'static str> {
+    match kind {
+        Kind::Secret => vec!["NAME", "KEYS", "AGE"],
+        _ => vec!["NAME", "REVISION", "SUSPENDED", "READY", "MESSAGE", "AGE"],
+    }
+}
+
+/// One table row of `capstan get` for a Source, Sync or Secret.
+pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> {
+    let mut r = vec![];
+    if all {
+        r.push(o["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+    }
+    r.push(o["metadata"]["name"].as_str().unwrap_or("").to_string());
+    let created = age(time_of(&o["metadata"]["creationTimestamp"]), now);
+    if kind == Kind::Secret {
+        let keys: BTreeSet<&String> =
+            ["stringData", "data"].iter().filter_map(|f| o["spec"][f].as_object()).flat_map(|m| m.keys()).collect();
+        r.push(keys.into_iter().cloned().collect::<Vec<_>>().join(","));
+        r.push(created);
+        return r;
+    }
+    let revision = match kind {
+        Kind::Source => o["status"]["artifact"]["revision"].as_str(),
+        _ => o["status"]["lastAppliedRevision"].as_str(),
+    };
+    r.push(revision.map(short_revision).unwrap_or_else(|| "-".into()));
+    r.push(o["spec"]["suspend"].as_bool().unwrap_or(false).to_string());
+    let (ready, message) = ready_of(o);
+    r.push(ready);
+    r.push(first_line(&message, 70));
+    r.push(created);
+    r
+}
+
+/// `main@sha1:0123456789abcdef…` as `main@sha1:0123456789ab`.
+fn short_revision(rev: &str) -> String {
+    match rev.rsplit_once(':') {
+        Some((head, sum)) if sum.len() > 12 => format!("{head}:{}", &sum[..12]),
+        _ => rev.to_string(),
+    }
+}
+
+/// `capstan describe` of a Source, Sync or Secret. Secret values are never shown.
+pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> String {
+    let md = &o["metadata"];
+    let spec = &o["spec"];
+    let st = &o["status"];
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| {
+        if !v.is_empty() {
+            out.push_str(&format!("{:<18}{v}\n", format!("{k}:")))
+        }
+    };
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    field("Name", s(&md["name"]));
+    field("Namespace", s(&md["namespace"]));
+    field("Kind", kind.name().into());
+    field("Created", format!("{} ({} ago)", s(&md["creationTimestamp"]), age(time_of(&md["creationTimestamp"]), now)));
+    match kind {
+        Kind::Secret => {
+            let keys: BTreeSet<&String> =
+                ["stringData", "data"].iter().filter_map(|f| spec[f].as_object()).flat_map(|m| m.keys()).collect();
+            field("Keys", keys.into_iter().cloned().collect::<Vec<_>>().join(", "));
+        }
+        Kind::Source => {
+            field("URL", s(&spec["url"]));
+            field("Directory", s(&spec["dir"]));
+            if let Some(r) = spec["ref"].as_object() {
+                field("Ref", r.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(" "));
+            }
+            field("Interval", format!("{} (timeout {})", s(&spec["interval"]), s(&spec["timeout"])));
+            field("Secret", s(&spec["secretRef"]["name"]));
+            field("Suspended", spec["suspend"].as_bool().unwrap_or(false).to_string());
+            let a = &st["artifact"];
+            if !a.is_null() {
+                field("Revision", s(&a["revision"]));
+                field("Digest", s(&a["digest"]));
+                field("Size", format!("{} bytes in {} files", a["size"], a["files"]));
+                field("Updated", format!("{} ago", age(time_of(&a["lastUpdateTime"]), now)));
+                field("Checkout", s(&a["path"]));
+            }
+            if let Some(ms) = st["lastFetchMillis"].as_u64() {
+                field("Last fetch", format!("{ms} ms"));
+            }
+            for w in st["warnings"].as_array().into_iter().flatten() {
+                field("Warning", s(w));
+            }
+        }
+        _ => {
+            let src = &spec["sourceRef"];
+            field(
+                "Source",
+                format!("{}/{}", src["namespace"].as_str().unwrap_or(s(&md["namespace"]).as_str()), s(&src["name"])),
+            );
+            field("Path", spec["path"].as_str().unwrap_or("./").to_string());
+            field("Interval", s(&spec["interval"]));
+            field("Prune", spec["prune"].as_bool().unwrap_or(false).to_string());
+            field("Wait", spec["wait"].as_bool().unwrap_or(false).to_string());
+            let deps: Vec<String> = spec["dependsOn"].as_array().into_iter().flatten().map(|d| s(&d["name"])).collect();
+            field("Depends on", deps.join(", "));
+            field("Applied", s(&st["lastAppliedRevision"]));
+            field("Attempted", s(&st["lastAttemptedRevision"]));
+            let inv: Vec<String> = st["inventory"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| format!("{}/{}/{}", s(&e["kind"]), s(&e["namespace"]), s(&e["name"])))
+                .collect();
+            field("Inventory", inv.join(", "));
+        }
+    }
+    if kind != Kind::Secret {
+        out.push_str(&conditions_section(st, now));
+    }
+    if kind == Kind::Sync {
+        let rows: Vec<Vec<String>> = st["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                vec![
+                    short_revision(h["revision"].as_str().unwrap_or("")),
+                    s(&h["result"]),
+                    format!("{} ms", h["durationMillis"]),
+                    h["count"].to_string(),
+                    format!("{} ago", age(time_of(&h["startedAt"]), now)),
+                ]
+            })
+            .collect();
+        out.push_str("History:\n");
+        out.push_str(&indent(&table(&["REVISION", "RESULT", "DURATION", "COUNT", "LAST"], &rows)));
+    }
+    out.push_str(&events_section(events, now));
+    out
+}
+
+fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for v in vars {
+        let Some((k, val)) = v.split_once('=') else {
+            return Err(Failure::invalid(format!("error: --var `{v}` is not NAME=VALUE")).into());
+        };
+        out.insert(k.to_string(), val.to_string());
+    }
+    Ok(out)
+}
+
+fn build_paths(paths: &[String], opts: &BuildOptions) -> Result<Vec<capstan_model::Manifest>> {
+    let mut all = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        let path = Path::new(p);
+        let (root, inner) = if path.is_file() {
+            (
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            )
+        } else {
+            (path.to_path_buf(), String::new())
+        };
+        match build(&root, &inner, opts) {
+            Ok(ms) => all.extend(ms),
+            Err(d) => errors.push(format!("{p}: {d}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Failure::invalid(errors.join("\n")).into());
+    }
+    Ok(all)
+}
+
+/// `capstan build PATH…`: the objects a Sync would apply, after substitution and validation.
+pub fn build_cmd(paths: &[String], vars: &[String], target_namespace: Option<String>, output: &str) -> Result<u8> {
+    let opts = BuildOptions { substitute: parse_vars(vars)?, target_namespace, base_dir: None };
+    let ms = build_paths(paths, &opts)?;
+    let objects: Vec<Value> = ms.iter().map(|m| m.resource.to_value()).collect();
+    match output {
+        "json" => println!("{}", serde_json::to_string_pretty(&objects).unwrap_or_default()),
+        "yaml" => {
+            for o in &objects {
+                print!("---\n{}", capstan_model::yaml::to_yaml_string(o));
+            }
+        }
+        other => {
+            return Err(
+                Failure::invalid(format!("error: unknown output format `{other}`\n  hint: use yaml or json")).into()
+            )
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// What `diff` compares: the owned view without the base directory, which differs between machines and paths.
+fn comparable(v: &Value) -> Value {
+    let mut o = owned_view(v);
+    if let Some(md) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(a) = md.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(BASE_DIR_ANNOTATION);
+            if a.is_empty() {
+                md.remove("annotations");
+            }
+        }
+        if md.is_empty() {
+            o.as_object_mut().map(|m| m.remove("metadata"));
+        }
+    }
+    o
+}
+
+/// `capstan diff`: each object from PATHs / files as created, changed (field by field) or unchanged; with `--sync`,
+/// the Sync's variables and namespace apply, and objects it applied that are gone show as deleted.
+pub async fn diff(client: &Client, paths: &[String], files: &[String], sync: Option<&str>, ns: &str) -> Result<u8> {
+    let invalid = |e: capstan_api::ClientError| -> anyhow::Error { Failure::invalid(format!("error: {e}")).into() };
+    let sync_obj = match sync {
+        Some(name) => Some(client.get(&format!("/api/v1/namespaces/{ns}/syncs/{name}")).await.map_err(invalid)?),
+        None => None,
+    };
+    let mut opts = BuildOptions::default();
+    if let Some(s) = &sync_obj {
+        if let Some(m) = s["spec"]["substitute"].as_object() {
+            opts.substitute = m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect();
+        }
+        opts.target_namespace = s["spec"]["targetNamespace"].as_str().map(str::to_string);
+    }
+    let mut manifests = build_paths(paths, &opts)?;
+    if !files.is_empty() {
+        manifests.extend(crate::manifests::load(files).map_err(|d| Failure::invalid(d.to_string()))?);
+    }
+    let sync_key = sync.map(|n| ObjectKey::new("Sync", ns, n));
+    let mut differences = false;
+    let mut seen = BTreeSet::new();
+    for m in &manifests {
+        let r = &m.resource;
+        let key = r.key();
+        seen.insert(key.clone());
+        let mut desired = r.to_value();
+        if let Some(k) = &sync_key {
+            mark_owned(&mut desired, k);
+        }
+        let label = format!("{}/{}/{}", key.kind, key.namespace, key.name);
+        let path = format!("/api/v1/namespaces/{}/{}/{}", key.namespace, r.kind().plural(), key.name);
+        let live = match client.get(&path).await {
+            Ok(v) => v,
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
+                differences = true;
+                println!("+ {label} created");
+                continue;
+            }
+            Err(e) => return Err(invalid(e)),
+        };
+        let changes = diff_values(&comparable(&live), &comparable(&desired));
+        if changes.is_empty() {
+            continue;
+        }
+        differences = true;
+        println!("~ {label} changed");
+        for c in changes {
+            println!("    {c}");
+        }
+    }
+    if let Some(s) = &sync_obj {
+        for e in s["status"]["inventory"].as_array().into_iter().flatten() {
+            let k = ObjectKey::new(
+                e["kind"].as_str().unwrap_or(""),
+                e["namespace"].as_str().unwrap_or(""),
+                e["name"].as_str().unwrap_or(""),
+            );
+            if !seen.contains(&k) {
+                differences = true;
+                println!(
+                    "- {}/{}/{} deleted{}",
+                    k.kind,
+                    k.namespace,
+                    k.name,
+                    if s["spec"]["prune"] == true { "" } else { " (kept: the Sync does not prune)" }
+                );
+            }
+        }
+    }
+    if !differences {
+        eprintln!("no differences");
+    }
+    Ok(if differences { EXIT_FAIL } else { EXIT_OK })
+}
+
+/// `capstan sync now NAME`: fetch the Source and apply at once, then report how it went.
+pub async fn sync_now(client: &Client, name: &str, ns: &str, timeout: &str, wait: bool) -> Result<u8> {
+    let limit = parse_duration(timeout).map_err(|e| Failure::invalid(format!("error: --timeout: {e}")))?;
+    let path = format!("/api/v1/namespaces/{ns}/syncs/{name}");
+    let resp = client
+        .post(&format!("{path}/reconcile"), Value::Null)
+        .await
+        .map_err(|e| Failure::fail(format!("error: {e}")))?;
+    let token = resp["token"].as_str().unwrap_or("").to_string();
+    if !wait {
+        println!("sync/{name} reconcile requested");
+        return Ok(EXIT_OK);
+    }
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(Duration::from_millis(100));
+        pb.set_message(format!("fetching and applying sync/{name}"));
+        pb
+    });
+    let deadline = tokio::time::Instant::now() + limit;
+    let result = loop {
+        let o = client.get(&path).await.map_err(|e| Failure::fail(format!("error: {e}")))?;
+        let handled = o["status"]["lastHandledReconcileAt"].as_str() == Some(token.as_str());
+        let (ready, message) = ready_of(&o);
+        if let Some(pb) = &spinner {
+            pb.set_message(first_line(&message, 100));
+        }
+        if handled && ready != "Unknown" {
+            break Some((ready, message, o));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
+    }
+    match result {
+        Some((ready, message, o)) if ready == "True" => {
+            println!("✔ sync/{name}: {}", o["status"]["lastAppliedRevision"].as_str().unwrap_or(&message));
+            Ok(EXIT_OK)
+        }
+        Some((_, message, o)) => {
+            let reason = o["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .and_then(|c| c["reason"].as_str())
+                .unwrap_or("")
+                .to_string();
+            Err(Failure::fail(format!("✗ sync/{name}: {reason}: {message}")).into())
+        }
+        None => {
+            Err(Failure::fail(format!("✗ sync/{name}: not done after {timeout}; see `capstan describe sync {name}`"))
+                .into())
+        }
+    }
+}
+
+/// The Source and Sync `capstan up --git` creates.
+pub fn bootstrap_objects(url: &str, branch: &str, path: &str) -> Vec<Value> {
+    vec![
+        json!({
+            "apiVersion": capstan_model::API_VERSION, "kind": "Source",
+            "metadata": {"name": BOOTSTRAP_NAME, "namespace": BOOTSTRAP_NAMESPACE},
+            "spec": {"url": url, "ref": {"branch": branch}, "interval": "1m", "timeout": "60s"}
+        }),
+        json!({
+            "apiVersion": capstan_model::API_VERSION, "kind": "Sync",
+            "metadata": {"name": BOOTSTRAP_NAME, "namespace": BOOTSTRAP_NAMESPACE},
+            "spec": {"sourceRef": {"name": BOOTSTRAP_NAME}, "path": path, "interval": "5m", "prune": true, "wait": true, "timeout": "5m"}
+        }),
+    ]
+}
