@@ -210,6 +210,19 @@ mod tests {
     }
 
     #[test]
+    fn a_yaml_bomb_is_refused_with_its_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 0..12 {
+            let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
+            bomb.push_str(&format!("l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        std::fs::write(d.path().join("bomb.yaml"), bomb).unwrap();
+        let err = build(d.path(), "", &BuildOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("bomb.yaml:"), "{err}");
+    }
+
+    #[test]
     fn missing_empty_and_oversized_paths_are_errors() {
         let d = tempfile::tempdir().unwrap();
         let opts = BuildOptions::default();

@@ -280,3 +280,74 @@ async fn rollout_commands_restart_status_history_and_undo() {
     assert!(capstan(&data, &["shutdown"]).status.success());
     plane.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitops_from_the_command_line_up_git_build_diff_and_sync_now() {
+    use capstan_e2e::git::{self, GitRepo};
+    let repo = GitRepo::new();
+    let web = app_yaml("gweb", 1, &[], READINESS);
+    repo.commit(&[("deploy/web.yaml", Some(&web))], "v1");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let child = Command::new(bin("capstan-e2e-cli"))
+        .args(["up", "--listen", "127.0.0.1:0", "--git", &repo.file_url(), "--path", "./deploy"])
+        .env("CAPSTAN_DATA", &data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start capstan up --git");
+    let _up = Guarded(child);
+    ready_pids(&data, "gweb", 1).await;
+
+    // build: substitution and validation, offline.
+    let deploy = repo.path().join("deploy");
+    let tmpl = dir.path().join("tmpl");
+    std::fs::create_dir(&tmpl).unwrap();
+    std::fs::write(tmpl.join("web.yaml"), web.replace("replicas: 1", "replicas: ${REPLICAS:=1}")).unwrap();
+    let out = capstan(&data, &["build", tmpl.to_str().unwrap(), "--var", "REPLICAS=4", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let built: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(built[0]["spec"]["replicas"], 4);
+
+    // diff against what the bootstrap Sync applied: nothing, then a field-level change and a deletion.
+    let sync_args = ["--sync", "bootstrap", "-n", "capstan-system"];
+    let diff = |args: &[&str]| capstan(&data, &[&["diff", deploy.to_str().unwrap()], args].concat());
+    let out = diff(&sync_args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    std::fs::write(deploy.join("web.yaml"), web.replace("replicas: 1", "replicas: 2")).unwrap();
+    let out = diff(&sync_args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("~ App/default/gweb changed\n    spec.replicas: 1 → 2"));
+    std::fs::rename(deploy.join("web.yaml"), deploy.join("web.txt")).unwrap();
+    std::fs::write(deploy.join("other.yaml"), app_yaml("gother", 1, &[], "")).unwrap();
+    let out = diff(&sync_args);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("+ App/default/gother created") && text.contains("- App/default/gweb deleted"), "{text}");
+    std::fs::rename(deploy.join("web.txt"), deploy.join("web.yaml")).unwrap();
+    std::fs::remove_file(deploy.join("other.yaml")).unwrap();
+
+    // A broken build is exit 2 with file and line.
+    std::fs::write(
+        deploy.join("bad.yaml"),
+        "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: x}\nspec: {runn: {}}\n",
+    )
+    .unwrap();
+    let out = capstan(&data, &["build", deploy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml:4:"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(deploy.join("bad.yaml")).unwrap();
+
+    // sync now: the committed change is applied before the command returns.
+    repo.commit(&[], "scale to 2");
+    assert!(git::git(repo.path(), &["show", "--stat", "HEAD"]).contains("web.yaml"));
+    let out = capstan(&data, &["sync", "now", "bootstrap", "-n", "capstan-system"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("✔ sync/bootstrap: main@sha1:"));
+    assert_eq!(get_app(&data, "gweb").unwrap()["spec"]["replicas"], 2);
+    let out = capstan(&data, &["get", "syncs", "-A"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Applied revision: main@sha1:"));
+    let out = capstan(&data, &["describe", "sync", "bootstrap", "-n", "capstan-system"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("Inventory:") && text.contains("App/default/gweb") && text.contains("History:"), "{text}");
+    assert!(capstan(&data, &["shutdown"]).status.success());
+}

@@ -286,7 +286,13 @@ async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
         source_yaml("private", &format!("http://127.0.0.1:{port}/team/repo.git"), "  secretRef: {name: creds}\n");
     // Port 9 on loopback: nothing listens there.
     let gone = source_yaml("gone", "git://127.0.0.1:9/repo", "");
-    tp.apply(&format!("{secret}---\n{private}---\n{gone}"));
+    // A remote that accepts and then says nothing: the fetch must end at spec.timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || silent.accept().map(|(conn, _)| conn));
+    let hung =
+        source_yaml("hung", &format!("git://127.0.0.1:{silent_port}/repo"), "").replace("timeout: 20s", "timeout: 1s");
+    tp.apply(&format!("{secret}---\n{private}---\n{gone}---\n{hung}"));
     let cond = |o: &Value, t: &str| {
         o["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == t).cloned())
     };
@@ -305,6 +311,14 @@ async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
     })
     .await;
     assert_eq!(cond(&g, "Ready").expect("Ready")["reason"], "GitOperationFailed");
+    let h = eventually("hung times out", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/sources/hung").await.ok()?;
+        cond(&o, "FetchFailed").map(|_| o)
+    })
+    .await;
+    let msg = cond(&h, "Ready").expect("Ready")["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains("did not finish within spec.timeout"), "{msg}");
+    drop(held);
     server.abort();
     tp.stop().await;
 }
