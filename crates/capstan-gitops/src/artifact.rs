@@ -41,6 +41,10 @@ pub const DEFAULT_IGNORE: &str = "\
 /// would cost every revision memory and disk for nothing.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The file in a Git artifact listing each file's blob id, mode and size, so the next revision can share
+/// unchanged files. Hidden, so builds skip it.
+pub const INDEX_FILE: &str = ".capstan-index";
+
 /// How many artifacts of one Source are kept: the newest and two before it, so a Sync can still read the
 /// revision it applied while a newer one is fetched.
 pub const KEEP_ARTIFACTS: usize = 3;
@@ -141,7 +145,10 @@ pub fn resolve_link(link: &str, target: &str) -> Option<String> {
 /// Writes one artifact into a temporary directory, then moves it into place.
 pub struct ArtifactWriter {
     tmp: PathBuf,
-    files: BTreeMap<String, (u32, [u8; 32])>,
+    /// Directories already created, so each is made once.
+    dirs: std::collections::HashSet<PathBuf>,
+    /// Path → (mode, content id): sha256 of the content, or the Git blob id for files from Git.
+    files: BTreeMap<String, (u32, Vec<u8>)>,
     size: u64,
     pub warnings: Vec<String>,
 }
@@ -163,17 +170,32 @@ impl ArtifactWriter {
         let _ = getrandom::getrandom(&mut rnd);
         let tmp = root.join(format!(".tmp-{}", hex::encode(rnd)));
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        Ok(ArtifactWriter { tmp, files: BTreeMap::new(), size: 0, warnings: Vec::new() })
+        Ok(ArtifactWriter { tmp, dirs: Default::default(), files: BTreeMap::new(), size: 0, warnings: Vec::new() })
     }
 
-    /// Adds one file; `rel` must be a safe relative path.
-    pub fn add_file(&mut self, rel: &str, content: &[u8], executable: bool) -> Result<(), ArtifactError> {
+    fn parent_dir(&mut self, path: &Path) -> Result<(), ArtifactError> {
+        if let Some(parent) = path.parent() {
+            if !self.dirs.contains(parent) {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                self.dirs.insert(parent.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one file; `rel` must be a safe relative path. `id` identifies the content (the Git blob id); without
+    /// one, the content's sha256 does.
+    pub fn add_file(
+        &mut self,
+        rel: &str,
+        content: &[u8],
+        executable: bool,
+        id: Option<&[u8]>,
+    ) -> Result<(), ArtifactError> {
         safe_relative(rel)?;
         let path = self.tmp.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        let mode = if executable { 0o755 } else { 0o644 };
+        self.parent_dir(&path)?;
+        let mode = if executable { 0o555 } else { 0o444 };
         let mut f = std::fs::OpenOptions::new()
             .create_new(true)
             .write(true)
@@ -183,19 +205,52 @@ impl ArtifactWriter {
             .map_err(io(&path))?;
         f.write_all(content).map_err(io(&path))?;
         self.size += content.len() as u64;
-        self.files.insert(rel.to_string(), (mode, Sha256::digest(content).into()));
+        let id = id.map(<[u8]>::to_vec).unwrap_or_else(|| Sha256::digest(content).to_vec());
+        self.files.insert(rel.to_string(), (mode, id));
         Ok(())
+    }
+
+    /// Adds a file identical to one in an earlier artifact as a hard link to it: artifacts are read-only, so
+    /// revisions share unchanged files instead of writing them again. Returns false (and adds nothing) when the
+    /// earlier file is not a plain file of the expected size.
+    pub fn link_file(
+        &mut self,
+        rel: &str,
+        from: &Path,
+        len: u64,
+        executable: bool,
+        id: &[u8],
+    ) -> Result<bool, ArtifactError> {
+        safe_relative(rel)?;
+        match std::fs::symlink_metadata(from) {
+            Ok(m) if m.is_file() && m.len() == len => {}
+            _ => return Ok(false),
+        }
+        let path = self.tmp.join(rel);
+        self.parent_dir(&path)?;
+        if std::fs::hard_link(from, &path).is_err() {
+            return Ok(false);
+        }
+        self.size += len;
+        self.files.insert(rel.to_string(), (if executable { 0o555 } else { 0o444 }, id.to_vec()));
+        Ok(true)
+    }
+
+    /// Writes the artifact's index (see [`INDEX_FILE`]).
+    pub fn write_index(&self, text: &str) -> Result<(), ArtifactError> {
+        let path = self.tmp.join(INDEX_FILE);
+        std::fs::write(&path, text).map_err(io(&path))
     }
 
     /// The digest of everything added so far: sha256 over sorted paths, modes and content hashes.
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
-        for (path, (mode, sum)) in &self.files {
+        for (path, (mode, id)) in &self.files {
             h.update(path.as_bytes());
             h.update([0]);
             h.update(format!("{mode:o}").as_bytes());
             h.update([0]);
-            h.update(sum);
+            h.update(id);
             h.update(b"\n");
         }
         format!("sha256:{}", hex::encode(h.finalize()))
@@ -308,7 +363,7 @@ fn add_local_file(w: &mut ArtifactWriter, rel: &str, path: &Path, len: u64, exec
         return Ok(());
     }
     let content = std::fs::read(path).map_err(io(path))?;
-    w.add_file(rel, &content, exec)
+    w.add_file(rel, &content, exec, None)
 }
 
 #[cfg(test)]

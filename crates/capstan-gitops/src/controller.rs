@@ -407,9 +407,10 @@ async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Source) -> Resu
             interrupt: &stop2,
         })?;
         let have = current.as_ref().filter(|a| a.revision == f.revision && Path::new(&a.path).is_dir());
+        let previous = current.as_ref().map(|a| PathBuf::from(&a.path)).filter(|p| p.is_dir());
         let written = match have {
             Some(_) => None,
-            None => Some(write_commit(&repo_dir, &f.commit, &root, ignore.as_deref())?),
+            None => Some(write_commit(&repo_dir, &f.commit, &root, ignore.as_deref(), previous.as_deref())?),
         };
         Ok(Fetch { revision: f.revision, written, transferred: f.transferred })
     });

@@ -12,7 +12,7 @@ use gix::remote::fetch::Shallow;
 use gix::remote::Direction;
 use gix::ObjectId;
 
-use crate::artifact::{resolve_link, ArtifactError, ArtifactWriter, Filter, Written, MAX_FILE_BYTES};
+use crate::artifact::{resolve_link, ArtifactError, ArtifactWriter, Filter, Written, INDEX_FILE, MAX_FILE_BYTES};
 
 /// How to authenticate to a remote. Never printed.
 #[derive(Clone, Default)]
@@ -304,6 +304,9 @@ pub fn fetch(req: &FetchRequest<'_>) -> Result<Fetched, GitError> {
                     Shallow::NoChange
                 }
             }
+            // First fetch: only the tip. Later fetches of a shallow repository keep its boundary, so the remote sends
+            // just the commits since the last tip (as `git fetch` on a shallow clone does), not the whole tree again.
+            None if repo.is_shallow().unwrap_or(false) => Shallow::NoChange,
             None => Shallow::DepthAtRemote(NonZeroU32::MIN),
         };
         prepare
@@ -326,14 +329,20 @@ pub fn fetch(req: &FetchRequest<'_>) -> Result<Fetched, GitError> {
 /// Writes the tree of `commit` into an artifact under `root`: files and executables; symlinks become copies of
 /// what they name inside the tree, and are left out (with a warning) when they point outside it; submodules and
 /// files over the size limit are left out with a warning.
+///
+/// `previous` is the artifact of an earlier revision: files whose blob is unchanged are hard-linked from it instead
+/// of written again (artifacts are read-only).
 pub fn write_commit(
     repo_dir: &Path,
     commit: &str,
     root: &Path,
     spec_ignore: Option<&str>,
+    previous: Option<&Path>,
 ) -> Result<Written, GitError> {
     let local = |e: &dyn std::fmt::Display| GitError::Local(format!("{e}"));
-    let repo = gix::open_opts(repo_dir, gix::open::Options::isolated()).map_err(|e| local(&e))?;
+    let mut repo = gix::open_opts(repo_dir, gix::open::Options::isolated()).map_err(|e| local(&e))?;
+    // Deltas in the pack resolve much faster with a cache of recently decoded objects.
+    repo.object_cache_size_if_unset(16 * 1024 * 1024);
     let id = ObjectId::from_hex(commit.as_bytes()).map_err(|e| local(&e))?;
     let tree = repo
         .find_object(id)
@@ -354,6 +363,8 @@ pub fn write_commit(
     let mut w = ArtifactWriter::new(root)?;
     let mut paths: Vec<&String> = entries.keys().collect();
     paths.sort();
+    let earlier: HashMap<String, (String, bool, u64)> = previous.map(read_index).unwrap_or_default();
+    let mut index = String::new();
     let result = (|| -> Result<(), GitError> {
         for path in paths {
             let (mode, oid) = entries[path];
@@ -381,18 +392,25 @@ pub fn write_commit(
                     .push(format!("symlink {path} -> {target} does not name a file inside the repository; left out"));
                 continue;
             }
-            let header = repo.find_header(cur.1).map_err(|e| local(&e))?;
-            if header.size() > MAX_FILE_BYTES {
+            let exec = cur.0.kind() == gix::object::tree::EntryKind::BlobExecutable;
+            let hex = cur.1.to_hex().to_string();
+            if let (Some(prev), Some((h, x, len))) = (previous, earlier.get(path.as_str())) {
+                if *h == hex && *x == exec && w.link_file(path, &prev.join(path), *len, exec, cur.1.as_bytes())? {
+                    index.push_str(&format!("{hex} {} {len} {path}\n", u8::from(exec)));
+                    continue;
+                }
+            }
+            let blob = repo.find_object(cur.1).map_err(|e| local(&e))?;
+            if blob.data.len() as u64 > MAX_FILE_BYTES {
                 w.warnings.push(format!(
                     "{path} is {} MiB, over the {} MiB limit; left out",
-                    header.size() >> 20,
+                    blob.data.len() >> 20,
                     MAX_FILE_BYTES >> 20
                 ));
                 continue;
             }
-            let blob = repo.find_object(cur.1).map_err(|e| local(&e))?;
-            let exec = cur.0.kind() == gix::object::tree::EntryKind::BlobExecutable;
-            w.add_file(path, &blob.data, exec)?;
+            w.add_file(path, &blob.data, exec, Some(cur.1.as_bytes()))?;
+            index.push_str(&format!("{hex} {} {} {path}\n", u8::from(exec), blob.data.len()));
         }
         Ok(())
     })();
@@ -400,7 +418,20 @@ pub fn write_commit(
         w.abandon();
         return Err(e);
     }
+    w.write_index(&index)?;
     Ok(w.finish(root, &commit[..12.min(commit.len())])?)
+}
+
+/// Reads an artifact's index: path → (blob id, executable, size).
+fn read_index(dir: &Path) -> HashMap<String, (String, bool, u64)> {
+    let text = std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let (id, x, len, path) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            Some((path.to_string(), (id.to_string(), x == "1", len.parse().ok()?)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -55,8 +55,22 @@ fn follows_a_branch_incrementally_and_survives_force_push_and_deletion() {
     let c2 = commit(up.path(), "deploy/app.yaml", "two\n");
     let f2 = fetch(&request(&url, &main, &repo, &stop)).unwrap();
     assert_eq!(f2.commit, c2);
-    let a = write_commit(&repo, &f2.commit, local.path(), None).unwrap();
+    let a = write_commit(&repo, &f2.commit, local.path(), None, None).unwrap();
     assert_eq!(std::fs::read_to_string(a.dir.join("deploy/app.yaml")).unwrap(), "two\n");
+
+    // The next revision shares unchanged files with this one (hard links) and digests the same as a fresh write.
+    commit(up.path(), "deploy/other.yaml", "other\n");
+    let f2b = fetch(&request(&url, &main, &repo, &stop)).unwrap();
+    assert!(f2b.transferred);
+    let linked = write_commit(&repo, &f2b.commit, local.path(), None, Some(&a.dir)).unwrap();
+    let fresh_root = tempfile::tempdir().unwrap();
+    let fresh = write_commit(&repo, &f2b.commit, fresh_root.path(), None, None).unwrap();
+    assert_eq!(linked.digest, fresh.digest);
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&a.dir.join("deploy/app.yaml")), ino(&linked.dir.join("deploy/app.yaml")));
+    assert_eq!(std::fs::read_to_string(linked.dir.join("deploy/other.yaml")).unwrap(), "other\n");
+    assert!(std::fs::metadata(linked.dir.join("deploy/app.yaml")).unwrap().permissions().readonly());
 
     // Force-push: the branch moves to an unrelated commit.
     git(up.path(), &["checkout", "-q", "--orphan", "rewrite"]);
@@ -118,7 +132,7 @@ fn symlinks_outside_and_large_files_are_left_out() {
     let stop = AtomicBool::new(false);
     let main = GitRef { branch: Some("main".into()), ..Default::default() };
     fetch(&request(&url, &main, &repo, &stop)).unwrap();
-    let a = write_commit(&repo, &c, local.path(), None).unwrap();
+    let a = write_commit(&repo, &c, local.path(), None, None).unwrap();
     assert!(a.dir.join("app.yaml").is_file());
     assert_eq!(std::fs::read_to_string(a.dir.join("alias.yaml")).unwrap(), "x\n");
     assert!(!a.dir.join("passwd.yaml").exists());

@@ -1,0 +1,105 @@
+"""Helpers shared by the benchmark scripts: process memory, free ports, polling, and a `capstan up` to drive."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def gone(pid):
+    """True once the process no longer runs (absent or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def http_ok(port, path="/status", timeout=0.5):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def wait_until(pred, limit, step=0.005):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise TimeoutError("condition not met in time")
+
+
+def sample_rss(pid, seconds=6.0):
+    vals = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        vals.append(rss_kib(pid))
+        time.sleep(0.5)
+    return max(vals)
+
+
+class Capstan:
+    def __init__(self, bindir):
+        self.bindir = bindir
+        self.data = tempfile.mkdtemp(prefix="capstan-bench-")
+        self.port = free_port()
+        env = dict(os.environ, CAPSTAN_DATA=self.data, CAPSTAN_LOG="warn")
+        self.proc = subprocess.Popen(
+            [f"{bindir}/capstan", "up", "--listen", f"127.0.0.1:{self.port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: os.path.exists(f"{self.data}/server.json"), 20, 0.02)
+        self.token = open(f"{self.data}/token").read().strip()
+
+    def api(self, method, path, body=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    def app(self, name, replicas, period=2, extra=None):
+        spec = {"replicas": replicas,
+                "run": {"command": [f"{self.bindir}/capstan-hello"]},
+                "ports": [{"name": "http"}],
+                "probes": {"readiness": {"http": {"path": "/status", "port": "http"}, "periodSeconds": period}},
+                "terminationGracePeriodSeconds": 5}
+        spec.update(extra or {})
+        return {"apiVersion": "capstan.dev/v1alpha1", "kind": "App", "metadata": {"name": name}, "spec": spec}
+
+    def apply(self, objs):
+        return self.api("POST", "/api/v1/apply", {"objects": objs})
+
+    def all_ready(self, n):
+        items = self.api("GET", "/api/v1/apps")["items"]
+        ready = sum(1 for o in items if any(c["type"] == "Ready" and c["status"] == "True"
+                                            for c in (o.get("status") or {}).get("conditions", [])))
+        return ready == n
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
