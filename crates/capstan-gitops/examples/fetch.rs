@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         repo_dir: &repo_dir,
         credentials: &Credentials::None,
         interrupt: &stop,
+        timeout: std::time::Duration::from_secs(60),
     })?;
     let t1 = Instant::now();
     // As a Source does: share unchanged files with the newest artifact already here.

@@ -308,6 +308,16 @@ fn on_watch(
                 }
             }
         }
+        ("Secret", _) => {
+            // A Source waiting for its credentials tries again as soon as they change.
+            for v in inner.store.list("Source", Some(&key.namespace)).unwrap_or_default() {
+                if v["spec"]["secretRef"]["name"] == key.name.as_str() {
+                    if let Ok(k) = capstan_store::key_of(&v) {
+                        queue.add(k);
+                    }
+                }
+            }
+        }
         _ => {
             // Objects a waiting Sync checks: look again when they change.
             let waiting: Vec<ObjectKey> = lock(&inner.waiting).keys().cloned().collect();
@@ -393,7 +403,7 @@ async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Source) -> Resu
     }
     let url = src.spec.url.clone().unwrap_or_default();
     let git_ref = src.spec.git_ref.clone().unwrap_or_default();
-    let creds = credentials(inner, src).map_err(|m| ("AuthenticationFailed".to_string(), m))?;
+    let creds = credentials(inner, src).map_err(|m| (STALLED.to_string(), m))?;
     let _permit = inner.fetches.acquire().await.map_err(|e| ("GitOperationFailed".to_string(), e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -405,6 +415,8 @@ async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Source) -> Resu
             repo_dir: &repo_dir,
             credentials: &creds,
             interrupt: &stop2,
+            // The deadline below reports the timeout; the sockets' own, a little later, end the thread.
+            timeout: timeout + Duration::from_secs(2),
         })?;
         let have = current.as_ref().filter(|a| a.revision == f.revision && Path::new(&a.path).is_dir());
         let previous = current.as_ref().map(|a| PathBuf::from(&a.path)).filter(|p| p.is_dir());
@@ -476,6 +488,13 @@ async fn reconcile_source(inner: &Arc<Inner>, key: &ObjectKey) -> (Option<Durati
     let g = src.metadata.generation;
     let mut status: SourceStatus = src.status.clone().unwrap_or_default();
     let started = std::time::Instant::now();
+    if status.artifact.is_none() || status.observed_generation != g {
+        // A first fetch, or a changed spec: say so while it runs.
+        let what = src.spec.url.clone().or_else(|| src.spec.dir.clone()).unwrap_or_default();
+        let msg = format!("fetching {}", redact(&what));
+        set_condition(&mut status.conditions, cond(RECONCILING, ConditionStatus::True, reason::PROGRESSING, msg, g));
+        write_status(inner, key, &status);
+    }
     let result = fetch_source(inner, key, &src).await;
     status.last_fetch_millis = Some(started.elapsed().as_millis() as u64);
     status.observed_generation = g;
@@ -521,6 +540,15 @@ async fn reconcile_source(inner: &Arc<Inner>, key: &ObjectKey) -> (Option<Durati
             tracing::debug!(source = %key, transferred = f.transferred, "fetched {}", f.revision);
         }
         Err((why, message)) => {
+            remove_condition(&mut status.conditions, RECONCILING);
+            if why == STALLED {
+                // The Source cannot work until someone fixes its Secret: stalled, not retried in a loop of events.
+                set_condition(
+                    &mut status.conditions,
+                    cond(STALLED, ConditionStatus::True, "InvalidSecret", message.clone(), g),
+                );
+            }
+            let why = if why == STALLED { "AuthenticationFailed".to_string() } else { why };
             let keep = match &status.artifact {
                 Some(a) => format!("; still serving revision '{}'", a.revision),
                 None => String::new(),

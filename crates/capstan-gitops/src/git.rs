@@ -116,6 +116,8 @@ pub struct FetchRequest<'a> {
     pub credentials: &'a Credentials,
     /// Set to stop the transfer (on timeout).
     pub interrupt: &'a AtomicBool,
+    /// The longest any one network operation may block (connect, read, write) where the transport allows it.
+    pub timeout: std::time::Duration,
 }
 
 /// Key files for ssh, removed when dropped.
@@ -204,6 +206,44 @@ fn remote<'r>(repo: &'r gix::Repository, url: &str, spec: &str) -> Result<gix::R
         .map_err(|e| GitError::Remote(redact(&format!("{e:#}"))))
 }
 
+type Transport = Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>;
+
+/// Connects for a fetch. `git://` gets its own TCP connection with Nagle's algorithm off (gix's own leaves it on,
+/// and each small request then waits for a delayed ACK: ~40 ms per round trip) and read/write timeouts, so a silent
+/// server cannot hold the fetch thread past the Source's timeout. Other schemes use gix's transports.
+fn connect<'r>(
+    remote: &'r gix::Remote<'r>,
+    req: &FetchRequest<'_>,
+) -> Result<gix::remote::Connection<'r, 'static, 'r, Transport>, GitError> {
+    let url = remote.url(Direction::Fetch).cloned();
+    if let Some(url) = url.filter(|u| u.scheme == gix::url::Scheme::Git) {
+        let host = url.host().unwrap_or("127.0.0.1").to_string();
+        let port = url.port_or_default().unwrap_or(9418);
+        let unreachable = |e: std::io::Error| GitError::Remote(format!("cannot connect to {host}:{port}: {e}"));
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .map_err(unreachable)?
+            .next()
+            .ok_or_else(|| GitError::Remote(format!("{host} has no address")))?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, req.timeout).map_err(unreachable)?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(req.timeout));
+        let _ = stream.set_write_timeout(Some(req.timeout));
+        let write = stream.try_clone().map_err(unreachable)?;
+        let conn = gix::protocol::transport::client::git::blocking_io::Connection::new(
+            stream,
+            write,
+            gix::protocol::transport::Protocol::V2,
+            url.path.clone(),
+            Some((host.clone(), url.port)),
+            gix::protocol::transport::client::git::ConnectMode::Daemon,
+            false,
+        );
+        let boxed: Transport = Box::new(conn);
+        return Ok(remote.to_connection_with_transport(boxed));
+    }
+    remote.connect(Direction::Fetch).map_err(|e| classify(e, req.interrupt))
+}
+
 fn configure<T>(conn: &mut gix::remote::Connection<'_, '_, '_, T>, creds: &Credentials)
 where
     T: gix::protocol::transport::client::blocking_io::Transport,
@@ -258,7 +298,7 @@ pub fn fetch(req: &FetchRequest<'_>) -> Result<Fetched, GitError> {
     }
 
     let remote = remote(&repo, req.url, &spec)?;
-    let mut conn = remote.connect(Direction::Fetch).map_err(|e| classify(e, req.interrupt))?;
+    let mut conn = connect(&remote, req)?;
     configure(&mut conn, req.credentials);
     let prepare =
         conn.prepare_fetch(gix::progress::Discard, Default::default()).map_err(|e| classify(e, req.interrupt))?;

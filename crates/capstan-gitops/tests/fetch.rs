@@ -31,7 +31,14 @@ fn commit(dir: &Path, file: &str, content: &str) -> String {
 }
 
 fn request<'a>(url: &'a str, r: &'a GitRef, repo: &'a Path, stop: &'a AtomicBool) -> FetchRequest<'a> {
-    FetchRequest { url, git_ref: r, repo_dir: repo, credentials: &Credentials::None, interrupt: stop }
+    FetchRequest {
+        url,
+        git_ref: r,
+        repo_dir: repo,
+        credentials: &Credentials::None,
+        interrupt: stop,
+        timeout: std::time::Duration::from_secs(20),
+    }
 }
 
 #[test]

@@ -292,7 +292,11 @@ async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
     let held = std::thread::spawn(move || silent.accept().map(|(conn, _)| conn));
     let hung =
         source_yaml("hung", &format!("git://127.0.0.1:{silent_port}/repo"), "").replace("timeout: 20s", "timeout: 1s");
-    tp.apply(&format!("{secret}---\n{private}---\n{gone}---\n{hung}"));
+    // A Secret that does not exist yet: stalled until it is created.
+    let repo = GitRepo::new();
+    repo.commit(&[("a.yaml", Some("# nothing\n"))], "one");
+    let waiting = source_yaml("waiting", &repo.file_url(), "  secretRef: {name: later}\n");
+    tp.apply(&format!("{secret}---\n{private}---\n{gone}---\n{hung}---\n{waiting}"));
     let cond = |o: &Value, t: &str| {
         o["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == t).cloned())
     };
@@ -318,6 +322,19 @@ async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
     .await;
     let msg = cond(&h, "Ready").expect("Ready")["message"].as_str().unwrap_or("").to_string();
     assert!(msg.contains("did not finish within spec.timeout"), "{msg}");
+    let w = eventually("waiting stalls", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/sources/waiting").await.ok()?;
+        cond(&o, "Stalled").map(|_| o)
+    })
+    .await;
+    let stalled = cond(&w, "Stalled").expect("Stalled");
+    assert!(stalled["message"].as_str().unwrap_or("").contains("Secret default/later"), "{stalled}");
+    tp.apply("apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata:\n  name: later\nspec:\n  stringData: {username: u, password: p}\n");
+    eventually("waiting fetches once its Secret exists", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/sources/waiting").await.ok()?;
+        (cond(&o, "Stalled").is_none() && cond(&o, "Ready")?["status"] == "True").then_some(())
+    })
+    .await;
     drop(held);
     server.abort();
     tp.stop().await;
