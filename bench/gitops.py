@@ -177,6 +177,14 @@ spec:
 """
 
 
+def commit_version(work, name, hello, version):
+    """Commits the App manifest with a new VERSION; returns the commit id."""
+    with open(os.path.join(work, "app.yaml"), "w") as f:
+        f.write(APP.format(name=name, hello=hello, version=version))
+    git(work, "commit", "-q", "-am", f"v{version}")
+    return git(work, "rev-parse", "HEAD")
+
+
 def sync_obj(c, name):
     return c.api("GET", f"/api/v1/namespaces/default/syncs/{name}")
 
@@ -222,11 +230,7 @@ def latency_bench(bindir, rounds, poll_rounds):
 
     res = {"webhook": [], "poll": [], "app_start": [], "sync_ms": []}
     for i in range(1, rounds + 1):
-        work = repos["hook"]
-        with open(os.path.join(work, "app.yaml"), "w") as f:
-            f.write(APP.format(name="hook-app", hello=hello, version=i))
-        git(work, "commit", "-q", "-am", f"v{i}")
-        head = git(work, "rev-parse", "HEAD")
+        head = commit_version(repos["hook"], "hook-app", hello, i)
         body = json.dumps({"ref": "refs/heads/main", "after": head}).encode()
         sig = hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
         t0 = time.perf_counter()
@@ -258,11 +262,7 @@ def latency_bench(bindir, rounds, poll_rounds):
         res["app_start"].append(time.perf_counter() - t0)
 
     for i in range(1, poll_rounds + 1):
-        work = repos["poll"]
-        with open(os.path.join(work, "app.yaml"), "w") as f:
-            f.write(APP.format(name="poll-app", hello=hello, version=i))
-        git(work, "commit", "-q", "-am", f"v{i}")
-        head = git(work, "rev-parse", "HEAD")
+        head = commit_version(repos["poll"], "poll-app", hello, i)
         t0 = time.perf_counter()
         wait_until(lambda: applied(c, "poll", head), 60, 0.01)
         res["poll"].append(time.perf_counter() - t0)
