@@ -292,7 +292,8 @@ pub async fn diff(client: &Client, paths: &[String], files: &[String], sync: Opt
             }
             Err(e) => return Err(invalid(e)),
         };
-        let changes = diff_values(&comparable(&live), &comparable(&desired));
+        let mut changes = diff_values(&comparable(&live), &comparable(&desired));
+        capstan_engine::diff::mask_secrets(&key.kind, &mut changes);
         if changes.is_empty() {
             continue;
         }

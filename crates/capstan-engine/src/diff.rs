@@ -48,6 +48,22 @@ pub fn owned_view(obj: &Value) -> Value {
     Value::Object(out)
 }
 
+/// Hides the values of a Secret's changed fields (paths stay), so a diff or an event never shows a secret.
+pub fn mask_secrets(kind: &str, changes: &mut [FieldChange]) {
+    if kind != "Secret" {
+        return;
+    }
+    for c in changes.iter_mut().filter(|c| c.path.starts_with("spec.")) {
+        let mask = |v: &mut Option<Value>| {
+            if v.is_some() {
+                *v = Some(Value::String("***".into()));
+            }
+        };
+        mask(&mut c.old);
+        mask(&mut c.new);
+    }
+}
+
 /// Every leaf that differs between `old` and `new`, in field-path order.
 pub fn diff_values(old: &Value, new: &Value) -> Vec<FieldChange> {
     let mut out = Vec::new();
@@ -72,6 +88,17 @@ fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<Fiel
             keys.dedup();
             for k in keys {
                 walk(&join(path, k), a.get(k), b.get(k), out);
+            }
+        }
+        // A whole mapping added or removed: name its leaves, not the mapping.
+        (None, Some(Value::Object(b))) if !b.is_empty() => {
+            for (k, v) in b {
+                walk(&join(path, k), None, Some(v), out);
+            }
+        }
+        (Some(Value::Object(a)), None) if !a.is_empty() => {
+            for (k, v) in a {
+                walk(&join(path, k), Some(v), None, out);
             }
         }
         (Some(Value::Array(a)), Some(Value::Array(b))) if a.len() == b.len() => {
@@ -103,6 +130,17 @@ mod tests {
             ]
         );
         assert!(diff_values(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn secret_values_are_masked() {
+        let mut d = diff_values(
+            &json!({"spec": {"stringData": {"pw": "old"}}}),
+            &json!({"spec": {"stringData": {"pw": "new", "user": "u"}}}),
+        );
+        mask_secrets("Secret", &mut d);
+        let text: Vec<String> = d.iter().map(|c| c.to_string()).collect();
+        assert_eq!(text, ["spec.stringData.pw: \"***\" → \"***\"", "spec.stringData.user: (absent) → \"***\""]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod sync;
 pub use controller::{
     revision_history, Controller, ControllerHandle, ObserverReport, ReconcileObserver, RevisionRecord,
 };
-pub use diff::{diff_values, owned_view, FieldChange};
+pub use diff::{diff_values, mask_secrets, owned_view, FieldChange};
 pub use plan::{plan_app, Action, Plan, StopReason};
 pub use runtime::{AppRuntime, ObservedReplica, ReplicaState};
 pub use sync::{plan_sync, SyncPlan};

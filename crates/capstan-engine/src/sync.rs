@@ -8,7 +8,7 @@ use capstan_model::{Kind, ObjectKey};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::diff::{diff_values, owned_view, FieldChange};
+use crate::diff::{diff_values, mask_secrets, owned_view, FieldChange};
 
 /// Label naming the Sync that applied an object.
 pub const SYNC_NAME_LABEL: &str = "sync.capstan.dev/name";
@@ -119,7 +119,8 @@ pub fn plan_sync(
         match live.get(&key) {
             None => plan.create.push(obj.clone()),
             Some(current) => {
-                let changes = diff_values(&owned_view(current), &owned_view(obj));
+                let mut changes = diff_values(&owned_view(current), &owned_view(obj));
+                mask_secrets(&key.kind, &mut changes);
                 if changes.is_empty() {
                     plan.unchanged.push(key);
                 } else {

@@ -901,10 +901,12 @@ fn health(
 
 /// A deleted Sync with `prune` deletes what it applied (never protected data), as Flux's garbage collection does.
 fn finalize_sync(inner: &Inner, key: &ObjectKey, sync: &Sync) {
-    let _ = std::fs::remove_file(inner.applied_link(key));
     if !sync.spec.prune {
+        // What it applied keeps running, and keeps its revision's files: the link stays, so the artifact is kept
+        // and a replica that restarts still finds its working directory.
         return;
     }
+    let _ = std::fs::remove_file(inner.applied_link(key));
     let inventory = sync.status.as_ref().map(|s| s.inventory.clone()).unwrap_or_default();
     let mut live = BTreeMap::new();
     for e in &inventory {

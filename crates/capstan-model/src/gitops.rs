@@ -532,6 +532,25 @@ mod tests {
     }
 
     #[test]
+    fn sync_checks() {
+        let spec = SyncSpec {
+            source_ref: SourceRef { kind: Some("Bucket".into()), name: "repo".into(), namespace: None },
+            path: Some("../outside".into()),
+            interval: "5x".into(),
+            depends_on: vec![NamespacedRef { name: "apps".into(), namespace: None }],
+            substitute: [("BAD-NAME".to_string(), "x".to_string())].into(),
+            ..Default::default()
+        };
+        let mut errors = Vec::new();
+        validate_sync("apps", "default", &spec, &mut errors);
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["spec.sourceRef.kind", "spec.path", "spec.interval", "spec.dependsOn[0]", "spec.substitute.BAD-NAME"]
+        );
+    }
+
+    #[test]
     fn source_checks() {
         let mut errors = Vec::new();
         let spec = SourceSpec {

@@ -233,7 +233,8 @@ async fn a_webhook_with_a_wrong_hmac_is_refused_and_a_right_one_syncs_at_once() 
 async fn drift_made_by_hand_is_put_back() {
     let repo = GitRepo::new();
     let app = repo_app("web", 1, &[]);
-    let c1 = repo.commit(&[("web.yaml", Some(&app))], "v1");
+    let secret = "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata:\n  name: db\nspec:\n  stringData: {password: from-git-pw}\n";
+    let c1 = repo.commit(&[("web.yaml", Some(&app)), ("secret.yaml", Some(secret))], "v1");
     let tp = TestPlane::start().await;
     let sync = sync_yaml("apps", "repo", "./", "").replace("interval: 1h", "interval: 2s");
     tp.apply(&format!("{}---\n{}", source_yaml("repo", &repo.file_url(), ""), sync));
@@ -245,6 +246,19 @@ async fn drift_made_by_hand_is_put_back() {
     eventually("drift reverted", T, || async { (tp.app("web").await["spec"]["replicas"] == 1).then_some(()) }).await;
     let events = tp.client.get("/api/v1/namespaces/default/syncs/apps/events").await.expect("events").to_string();
     assert!(events.contains("DriftReverted") && events.contains("spec.replicas: 2 → 1"), "{events}");
+
+    // A Secret changed by hand is put back too, and no event shows either value.
+    tp.apply(&secret.replace("from-git-pw", "by-hand-pw"));
+    eventually("secret reverted", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/secrets/db").await.ok()?;
+        (o["spec"]["stringData"]["password"] == "from-git-pw").then_some(())
+    })
+    .await;
+    let events = tp.client.get("/api/v1/namespaces/default/syncs/apps/events").await.expect("events").to_string();
+    assert!(events.contains("Secret/db was changed outside Git"), "{events}");
+    assert!(events.contains(r#"spec.stringData.password: \"***\" → \"***\""#), "{events}");
+    assert!(events.contains("metadata.labels.sync.capstan.dev/name: (absent) → \\\"apps\\\""), "{events}");
+    assert!(!events.contains("from-git-pw") && !events.contains("by-hand-pw"), "{events}");
     tp.stop().await;
 }
 
