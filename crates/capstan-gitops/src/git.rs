@@ -78,11 +78,46 @@ pub fn redact(msg: &str) -> String {
     out
 }
 
+/// gix's error chains as one line for a status: `a: b: c`, without the Debug wrappers some of its errors print.
+pub fn tidy(msg: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for line in msg.lines() {
+        let mut l = line.trim();
+        if l.is_empty() || l == "Caused by:" {
+            continue;
+        }
+        // "0: …" numbering of causes.
+        if let Some((n, rest)) = l.split_once(": ") {
+            if n.chars().all(|c| c.is_ascii_digit()) {
+                l = rest;
+            }
+        }
+        let mut t = l.to_string();
+        for wrapper in ["Message { message: \"", "AuthenticationRefused(\"", "Io(", "Custom { kind: "] {
+            if let Some(i) = t.find(wrapper) {
+                t = format!("{}{}", &t[..i], &t[i + wrapper.len()..]);
+            }
+        }
+        let t = t.trim_end_matches(['}', ')', '"', ' ']).replace("\\\"", "\"");
+        if !t.is_empty() && !parts.contains(&t) {
+            parts.push(t);
+        }
+    }
+    parts.join(": ")
+}
+
 fn classify(e: impl std::fmt::Display, interrupt: &AtomicBool) -> GitError {
     if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
         return GitError::Interrupted;
     }
-    let msg = redact(&format!("{e:#}"));
+    let mut msg = tidy(&redact(&format!("{e:#}")));
+    if msg.contains("clear text over http") {
+        msg = "credentials are only sent over https or ssh, and this URL is plain http: use https://".into();
+    } else if msg.contains("No credentials were returned") {
+        msg = "the remote asks for credentials and this Source has none: set spec.secretRef to a Secret with \
+               username and password, or bearerToken"
+            .into();
+    }
     let lower = msg.to_ascii_lowercase();
     if lower.contains("401")
         || lower.contains("403")
@@ -484,6 +519,12 @@ mod tests {
         let (t, _) = pick_semver(">=1.0.0, <2.0.0", tags.iter().copied()).unwrap();
         assert_eq!(t, "1.10.1");
         assert!(pick_semver(">=3", tags.iter().copied()).is_none());
+    }
+
+    #[test]
+    fn error_chains_read_as_one_line() {
+        let raw = "Message { message: \"Transport handshake failed\" }\n\nCaused by:\n    0: AuthenticationRefused(\"Will not send credentials\")";
+        assert_eq!(tidy(raw), "Transport handshake failed: Will not send credentials");
     }
 
     #[test]

@@ -117,3 +117,102 @@ impl GitDaemon {
         format!("git://127.0.0.1:{}/{name}", self.port)
     }
 }
+
+/// Git's smart HTTP protocol on 127.0.0.1: an HTTP server that runs `git http-backend` (CGI) for each request,
+/// behind basic auth when `credentials` are given. Stopped when dropped.
+pub struct GitHttp {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GitHttp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GitHttp {
+    /// Serves the repositories under `root` as `http://127.0.0.1:<port>/<name>`.
+    pub async fn serve(root: &Path, credentials: Option<(&str, &str)>) -> GitHttp {
+        use axum::body::Bytes;
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        use axum::response::{IntoResponse, Response};
+        use base64::Engine;
+
+        let root = root.to_path_buf();
+        let expected = credentials
+            .map(|(u, p)| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))));
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let root = root.clone();
+            let expected = expected.clone();
+            async move {
+                let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+                if expected.is_some() && given != expected.as_deref() {
+                    return (StatusCode::UNAUTHORIZED, [("WWW-Authenticate", "Basic realm=\"git\"")], "auth")
+                        .into_response();
+                }
+                let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let mut cmd = tokio::process::Command::new("git");
+                cmd.arg("http-backend")
+                    .env("GIT_PROJECT_ROOT", &root)
+                    .env("GIT_HTTP_EXPORT_ALL", "1")
+                    .env("REQUEST_METHOD", method.as_str())
+                    .env("PATH_INFO", uri.path())
+                    .env("QUERY_STRING", uri.query().unwrap_or(""))
+                    .env("CONTENT_TYPE", header("content-type"))
+                    .env("CONTENT_LENGTH", body.len().to_string())
+                    .env("GIT_PROTOCOL", header("git-protocol"))
+                    .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+                    .env("REMOTE_ADDR", "127.0.0.1")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null());
+                let Ok(mut child) = cmd.spawn() else {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "cannot run git http-backend").into_response();
+                };
+                if let Some(mut stdin) = child.stdin.take() {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stdin.write_all(&body).await;
+                }
+                let Ok(out) = child.wait_with_output().await else {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "git http-backend failed").into_response();
+                };
+                cgi_response(&out.stdout)
+            }
+        };
+        fn cgi_response(raw: &[u8]) -> Response {
+            use axum::response::IntoResponse;
+            let split = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+            let split = split.or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+            let Some((end, sep)) = split else {
+                return (axum::http::StatusCode::BAD_GATEWAY, "no CGI headers").into_response();
+            };
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            let mut builder = axum::http::Response::builder();
+            for line in head.lines() {
+                let Some((k, v)) = line.split_once(':') else { continue };
+                if k.eq_ignore_ascii_case("status") {
+                    let code = v.trim().split(' ').next().and_then(|c| c.parse::<u16>().ok()).unwrap_or(200);
+                    builder = builder.status(code);
+                } else {
+                    builder = builder.header(k.trim(), v.trim());
+                }
+            }
+            builder
+                .body(axum::body::Body::from(raw[end + sep..].to_vec()))
+                .unwrap_or_else(|_| axum::http::Response::new(axum::body::Body::empty()))
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let app = axum::Router::new().fallback(handler);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        GitHttp { port, task }
+    }
+
+    /// The http:// URL of the repository at `root/<name>`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}

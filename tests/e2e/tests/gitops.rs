@@ -284,20 +284,17 @@ async fn a_directory_source_is_watched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
-    // An HTTP "git server" that refuses every credential.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = tokio::spawn(async move {
-        let app = axum::Router::new().fallback(|| async {
-            (axum::http::StatusCode::UNAUTHORIZED, [("WWW-Authenticate", "Basic realm=\"git\"")], "no")
-        });
-        let _ = axum::serve(listener, app).await;
-    });
+    // Git's smart HTTP (git http-backend): an open server fetches; credentials are never sent over plain http.
+    let served = GitRepo::new();
+    let c1 = served.commit(&[("a.yaml", Some("# nothing\n"))], "one");
+    let http = capstan_e2e::git::GitHttp::serve(served.root.path(), Some(("bob", "right-horse"))).await;
+    let open = capstan_e2e::git::GitHttp::serve(served.root.path(), None).await;
     let tp = TestPlane::start().await;
     let secret =
         "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata:\n  name: creds\nspec:\n  stringData:\n    username: bob\n    password: hunter2-secret\n";
-    let private =
-        source_yaml("private", &format!("http://127.0.0.1:{port}/team/repo.git"), "  secretRef: {name: creds}\n");
+    let private = source_yaml("private", &http.url("repo"), "  secretRef: {name: creds}\n");
+    let fine = source_yaml("fine", &open.url("repo"), "");
+    let anonymous = source_yaml("anonymous", &http.url("repo"), "");
     // Port 9 on loopback: nothing listens there.
     let gone = source_yaml("gone", "git://127.0.0.1:9/repo", "");
     // A remote that accepts and then says nothing: the fetch must end at spec.timeout.
@@ -310,7 +307,7 @@ async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
     let repo = GitRepo::new();
     repo.commit(&[("a.yaml", Some("# nothing\n"))], "one");
     let waiting = source_yaml("waiting", &repo.file_url(), "  secretRef: {name: later}\n");
-    tp.apply(&format!("{secret}---\n{private}---\n{gone}---\n{hung}---\n{waiting}"));
+    tp.apply(&format!("{secret}---\n{private}---\n{fine}---\n{anonymous}---\n{gone}---\n{hung}---\n{waiting}"));
     let cond = |o: &Value, t: &str| {
         o["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == t).cloned())
     };
@@ -322,6 +319,7 @@ async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
     let ready_c = cond(&p, "Ready").expect("Ready condition");
     assert_eq!(ready_c["status"], "False");
     assert_eq!(ready_c["reason"], "AuthenticationFailed", "{ready_c}");
+    assert!(ready_c["message"].as_str().unwrap_or("").contains("use https://"), "{ready_c}");
     assert!(!p.to_string().contains("hunter2"), "no secret in status: {p}");
     let g = eventually("gone fails", T, || async {
         let o = tp.client.get("/api/v1/namespaces/default/sources/gone").await.ok()?;
@@ -349,8 +347,20 @@ async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
         (cond(&o, "Stalled").is_none() && cond(&o, "Ready")?["status"] == "True").then_some(())
     })
     .await;
+    let a = eventually("anonymous is refused", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/sources/anonymous").await.ok()?;
+        cond(&o, "FetchFailed").map(|_| o)
+    })
+    .await;
+    let am = cond(&a, "Ready").expect("Ready")["message"].as_str().unwrap_or("").to_string();
+    assert!(am.contains("set spec.secretRef"), "{am}");
+    assert_eq!(cond(&a, "Ready").expect("Ready")["reason"], "AuthenticationFailed");
+    eventually("fine fetches over smart HTTP", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/sources/fine").await.ok()?;
+        (o["status"]["artifact"]["revision"] == format!("main@sha1:{c1}").as_str()).then_some(())
+    })
+    .await;
     drop(held);
-    server.abort();
     tp.stop().await;
 }
 
