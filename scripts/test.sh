@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
-# The GitOps tests build real repositories and serve them with `git daemon` on loopback.
+# The GitOps tests build real repositories and serve them on loopback with `git daemon`, `git http-backend` and
+# an OpenSSH server of their own.
 if ! command -v git >/dev/null || [ ! -x "$(git --exec-path)/git-daemon" ]; then
   apt_install git
 fi
+[ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null || apt_install openssh-server openssh-client
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -179,30 +179,57 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), GitError> {
     f.write_all(bytes).map_err(|e| GitError::Local(format!("{}: {e}", path.display())))
 }
 
+/// Where ssh's stderr goes during a fetch, inside the Source's repository directory.
+const SSH_STDERR: &str = "capstan-ssh-stderr";
+
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Adds what ssh said to a failed fetch, and files it under authentication when that is what went wrong.
+fn with_ssh_stderr(e: GitError, dir: &Path) -> GitError {
+    let said = std::fs::read_to_string(dir.join(SSH_STDERR)).unwrap_or_default();
+    let lines: Vec<&str> =
+        said.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently")).collect();
+    if lines.is_empty() {
+        return e;
+    }
+    let said = lines[lines.len().saturating_sub(3)..].join(" ");
+    let auth = said.contains("Host key verification failed") || said.contains("Permission denied");
+    match e {
+        GitError::Remote(m) | GitError::Auth(m) if auth => GitError::Auth(format!("ssh: {said} ({m})")),
+        GitError::Remote(m) => GitError::Remote(format!("ssh: {said} ({m})")),
+        other => other,
+    }
+}
+
 fn open_repo(dir: &Path, creds: &Credentials) -> Result<(gix::Repository, SshFiles), GitError> {
     let local = |e: &dyn std::fmt::Display| GitError::Local(format!("{}: {e}", dir.display()));
     if !dir.join("HEAD").exists() {
         std::fs::create_dir_all(dir).map_err(|e| local(&e))?;
         gix::init_bare(dir).map_err(|e| local(&e))?;
     }
-    let mut overrides: Vec<String> = Vec::new();
     let mut files = SshFiles(Vec::new());
+    // ssh never prompts (BatchMode), and its complaints go to a file the error message quotes ("Host key
+    // verification failed", "Permission denied"); gix only sees the connection end.
+    let mut cmd = "ssh -o BatchMode=yes".to_string();
     if let Credentials::Ssh { identity, known_hosts } = creds {
         let key = dir.join("capstan-identity");
         write_private(&key, identity)?;
         files.0.push(key.clone());
-        let mut cmd = format!("ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes", key.display());
+        cmd.push_str(&format!(" -i {} -o IdentitiesOnly=yes", shell_quote(&key)));
         match known_hosts {
             Some(kh) => {
                 let khp = dir.join("capstan-known-hosts");
                 write_private(&khp, kh)?;
                 files.0.push(khp.clone());
-                cmd.push_str(&format!(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}", khp.display()));
+                cmd.push_str(&format!(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}", shell_quote(&khp)));
             }
             None => cmd.push_str(" -o StrictHostKeyChecking=yes"),
         }
-        overrides.push(format!("core.sshCommand={cmd}"));
     }
+    cmd.push_str(&format!(" 2>{}", shell_quote(&dir.join(SSH_STDERR))));
+    let overrides = vec![format!("core.sshCommand={cmd}")];
     let opts = gix::open::Options::isolated().config_overrides(overrides);
     let repo = gix::open_opts(dir, opts).map_err(|e| local(&e))?;
     Ok((repo, files))
@@ -309,6 +336,11 @@ where
 
 /// Resolves the Source's ref on the remote and fetches what is missing.
 pub fn fetch(req: &FetchRequest<'_>) -> Result<Fetched, GitError> {
+    let _ = std::fs::remove_file(req.repo_dir.join(SSH_STDERR));
+    fetch_inner(req).map_err(|e| with_ssh_stderr(e, req.repo_dir))
+}
+
+fn fetch_inner(req: &FetchRequest<'_>) -> Result<Fetched, GitError> {
     let (repo, _files) = open_repo(req.repo_dir, req.credentials)?;
     let (mut spec, mut label) = spec_for(req.git_ref);
     let pinned = req.git_ref.commit.clone();

@@ -216,3 +216,70 @@ impl GitHttp {
         format!("http://127.0.0.1:{}/{name}", self.port)
     }
 }
+
+/// An OpenSSH server on 127.0.0.1 that lets one generated key in as the current user; stopped when dropped.
+pub struct Sshd {
+    _child: Guarded,
+    pub port: u16,
+    pub user: String,
+    /// The client's private key (OpenSSH format).
+    pub identity: String,
+    /// A known_hosts line for this server.
+    pub known_hosts: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// Starts `/usr/sbin/sshd` (Debian's openssh-server, which scripts/test.sh installs).
+    pub fn start() -> Sshd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for name in ["host", "client"] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(name))
+                .output()
+                .expect("ssh-keygen runs");
+            assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::copy(d.join("client.pub"), d.join("authorized")).expect("authorized_keys");
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let config = format!(
+            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).expect("config");
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sshd starts (is openssh-server installed?)");
+        let guard = Guarded(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "sshd did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let host_pub = std::fs::read_to_string(d.join("host.pub")).expect("host key");
+        let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        let user =
+            String::from_utf8_lossy(&Command::new("id").arg("-un").output().expect("id").stdout).trim().to_string();
+        Sshd {
+            _child: guard,
+            port,
+            user,
+            identity: std::fs::read_to_string(d.join("client")).expect("client key"),
+            known_hosts: format!("[127.0.0.1]:{port} {}\n", key.join(" ")),
+            _dir: dir,
+        }
+    }
+
+    /// The ssh:// URL of a repository at an absolute path.
+    pub fn url(&self, path: &Path) -> String {
+        format!("ssh://{}@127.0.0.1:{}{}", self.user, self.port, path.display())
+    }
+}

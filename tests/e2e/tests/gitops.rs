@@ -379,3 +379,46 @@ async fn post_raw(url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Stri
     let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     (code, String::from_utf8_lossy(&bytes).into_owned())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_sources_use_their_key_and_trust_only_their_known_hosts() {
+    let sshd = capstan_e2e::git::Sshd::start();
+    let repo = GitRepo::new();
+    let c1 = repo.commit(&[("web.yaml", Some(&repo_app("sshweb", 1, &[])))], "v1");
+    let tp = TestPlane::start().await;
+    let indent = |s: &str| s.lines().map(|l| format!("      {l}\n")).collect::<String>();
+    let secret = |name: &str, known_hosts: &str| {
+        format!(
+            "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata:\n  name: {name}\nspec:\n  stringData:\n    identity: |\n{}    known_hosts: |\n{}",
+            indent(&sshd.identity),
+            indent(known_hosts)
+        )
+    };
+    // The same host name with another key: host key verification must fail.
+    let wrong_hosts = sshd.known_hosts.replacen(
+        " AAAA",
+        " AAAAC3NzaC1lZDI1NTE5AAAAIBadKeyBadKeyBadKeyBadKeyBadKeyBadKeyBadKey0 #",
+        1,
+    );
+    let url = sshd.url(repo.path());
+    tp.apply(&format!(
+        "{}---\n{}---\n{}---\n{}---\n{}",
+        secret("ssh-key", &sshd.known_hosts),
+        secret("ssh-wrong-host", &wrong_hosts),
+        source_yaml("repo", &url, "  secretRef: {name: ssh-key}\n"),
+        source_yaml("spoofed", &url, "  secretRef: {name: ssh-wrong-host}\n"),
+        sync_yaml("apps", "repo", "./", ""),
+    ));
+    wait_applied(&tp, "apps", &c1).await;
+    assert!(ready(&tp.app("sshweb").await));
+    let s = eventually("spoofed host refused", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/sources/spoofed").await.ok()?;
+        let c = o["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        (c["status"] == "False").then_some(c)
+    })
+    .await;
+    assert_eq!(s["reason"], "AuthenticationFailed", "{s}");
+    let text = tp.client.get("/api/v1/namespaces/default/sources/repo").await.expect("source").to_string();
+    assert!(!text.contains("PRIVATE KEY"), "the key never reaches status");
+    tp.stop().await;
+}
