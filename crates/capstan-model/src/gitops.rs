@@ -21,7 +21,7 @@ pub struct SourceSpec {
     /// A directory on this machine, watched for changes (for local work). Relative to the manifest's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<String>,
-    /// What to follow; defaults to the branch `main`. A commit wins over the others.
+    /// What to follow; without it, the branch the remote's HEAD names. A commit wins over the others.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<GitRef>,
     /// How often to look for a new revision. Defaults to `1m`.
