@@ -396,6 +396,13 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
         let eps: Vec<&str> = eps.iter().filter_map(Value::as_str).collect();
         field("Endpoints", eps.join(", "));
     }
+    for v in st["volumes"].as_array().into_iter().flatten() {
+        let paths: Vec<&str> = v["paths"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        field(
+            &format!("Volume {}", v["name"].as_str().unwrap_or("")),
+            format!("{} scope, {} bytes: {}", v["scope"].as_str().unwrap_or(""), v["usedBytes"], paths.join(", ")),
+        );
+    }
     if !st["rollout"].is_null() {
         let r = &st["rollout"];
         field(

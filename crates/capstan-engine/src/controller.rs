@@ -244,6 +244,7 @@ impl<R: AppRuntime> Controller<R> {
             for (k, _) in self.store.records(&revision_prefix(key))? {
                 self.store.delete_record(&k)?;
             }
+            self.runtime.release(key);
             return Ok(None);
         }
         let previous: Option<AppStatus> = app.as_ref().and_then(|a| a.status.clone());
@@ -307,9 +308,32 @@ impl<R: AppRuntime> Controller<R> {
         }
         if let Some(mut status) = plan.status {
             status.endpoints = report.endpoints;
+            if let Some(app) = &app {
+                status.volumes = self.runtime.volumes(app);
+                status.warnings.extend(volume_warnings(app, &status.volumes));
+            }
             let value = serde_json::to_value(&status).unwrap_or_default();
             self.store.update_status(key, value)?;
         }
         Ok(plan.requeue_after)
     }
+}
+
+/// Volumes holding more than the size their manifest asks for (enforced on Kubernetes, not on this machine).
+fn volume_warnings(app: &App, volumes: &[capstan_model::VolumeStatus]) -> Vec<String> {
+    volumes
+        .iter()
+        .filter_map(|v| {
+            let spec = app.spec.volumes.iter().find(|s| s.name == v.name)?;
+            let limit = capstan_model::quantity::parse_bytes(spec.size.as_deref()?).ok()?;
+            (v.used_bytes > limit).then(|| {
+                format!(
+                    "volume {} holds {} bytes, more than its size {}",
+                    v.name,
+                    v.used_bytes,
+                    spec.size.as_deref().unwrap_or("")
+                )
+            })
+        })
+        .collect()
 }

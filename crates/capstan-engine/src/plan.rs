@@ -451,6 +451,7 @@ pub fn plan_app(
             update_revision: Some(target),
             rollout,
             endpoints: previous.map(|p| p.endpoints.clone()).unwrap_or_default(),
+            volumes: previous.map(|p| p.volumes.clone()).unwrap_or_default(),
         }),
     }
 }

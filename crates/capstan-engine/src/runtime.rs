@@ -82,4 +82,11 @@ pub trait AppRuntime: Send + Sync + 'static {
     fn warnings(&self, app: &App) -> Vec<String>;
     /// Stops every replica gracefully and waits for them.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
+    /// Where an App's volumes are and how much they hold.
+    fn volumes(&self, _app: &App) -> Vec<capstan_model::VolumeStatus> {
+        Vec::new()
+    }
+    /// The App is deleted and none of its replicas runs any more: free what it held (volumes whose reclaim
+    /// policy is Delete). Data under `Retain` stays.
+    fn release(&self, _app: &ObjectKey) {}
 }

@@ -42,6 +42,65 @@ pub struct AppSpec {
     /// How replicas move to a new revision.
     #[serde(default, skip_serializing_if = "UpdateSpec::is_default")]
     pub update: UpdateSpec,
+    /// Storage that outlives replicas: one directory per replica, or one shared by all; its path is handed to the
+    /// process in the environment variable `env`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+}
+
+/// A directory that outlives the replicas using it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Volume {
+    /// A DNS label, unique in the App.
+    pub name: String,
+    /// `replica`: one directory per ordinal, kept across restarts, updates and scaling down and up again (a
+    /// StatefulSet's volumeClaimTemplate on Kubernetes). `shared`: one directory every replica sees (a
+    /// ReadWriteMany claim on Kubernetes).
+    pub scope: VolumeScope,
+    /// The environment variable that carries the directory's absolute path, such as `INDEX_DIR`.
+    pub env: String,
+    /// `Retain` (default): the data stays when the App is deleted, pruned or scaled down. `Delete`: removed with
+    /// the App.
+    #[serde(default, skip_serializing_if = "ReclaimPolicy::is_retain")]
+    pub reclaim_policy: ReclaimPolicy,
+    /// The capacity to ask for on Kubernetes, such as `10Gi`; on this machine, usage above it is a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+}
+
+/// Who a volume belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeScope {
+    Replica,
+    Shared,
+}
+
+/// What happens to a volume's data when its App goes away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ReclaimPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+impl ReclaimPolicy {
+    fn is_retain(&self) -> bool {
+        *self == ReclaimPolicy::Retain
+    }
+}
+
+/// A volume as observed: where it is and how much it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStatus {
+    pub name: String,
+    pub scope: VolumeScope,
+    /// The directory (shared), or one per replica ordinal that has one.
+    pub paths: Vec<String>,
+    /// Bytes in all of them.
+    pub used_bytes: u64,
 }
 
 fn one() -> i32 {
@@ -288,6 +347,9 @@ pub struct AppStatus {
     /// Limits that this runtime cannot enforce, entry points that cannot listen, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The App's volumes on this machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeStatus>,
     /// The revision every replica ran when the App was last fully Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<String>,

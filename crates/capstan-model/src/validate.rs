@@ -133,6 +133,45 @@ pub fn port_env_name(port_name: &str) -> String {
     format!("PORT_{}", port_name.to_ascii_uppercase().replace('-', "_"))
 }
 
+/// Volumes: unique DNS-label names, unique environment variables that Capstan does not set itself, sizes.
+fn validate_volumes(spec: &AppSpec, errors: &mut Vec<FieldError>) {
+    let mut names = BTreeSet::new();
+    let mut envs = BTreeSet::new();
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let at = |f: &str| format!("spec.volumes[{i}].{f}");
+        if let Err(e) = check_dns_label(&v.name, 63) {
+            errors.push(FieldError::new(at("name"), e).hint(format!("for example `{}`", suggest_label(&v.name))));
+        }
+        if !names.insert(v.name.as_str()) {
+            errors.push(FieldError::new(at("name"), format!("volume `{}` is declared twice", v.name)));
+        }
+        if !is_env_name(&v.env) {
+            errors.push(
+                FieldError::new(at("env"), format!("`{}` is not a valid environment variable name", v.env))
+                    .hint("for example `DATA_DIR`"),
+            );
+        } else if v.env == "PORT" || v.env.starts_with("PORT_") || v.env.starts_with("CAPSTAN_") {
+            errors.push(
+                FieldError::new(at("env"), format!("`{}` is set by Capstan itself", v.env))
+                    .hint("pick another name, such as `DATA_DIR`"),
+            );
+        } else if spec.run.env.contains_key(&v.env) {
+            errors.push(
+                FieldError::new(at("env"), format!("`{}` is also set in spec.run.env", v.env))
+                    .hint("the volume sets it; remove it from spec.run.env"),
+            );
+        }
+        if !envs.insert(v.env.as_str()) {
+            errors.push(FieldError::new(at("env"), format!("`{}` is used by two volumes", v.env)));
+        }
+        if let Some(size) = &v.size {
+            if let Err(e) = parse_bytes(size) {
+                errors.push(FieldError::new(at("size"), e).hint("for example `10Gi`"));
+            }
+        }
+    }
+}
+
 /// Validates an App's spec.
 pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
     if spec.replicas < 0 {
@@ -163,6 +202,7 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
             );
         }
     }
+    validate_volumes(spec, errors);
 
     let mut names = BTreeSet::new();
     for (i, p) in spec.ports.iter().enumerate() {

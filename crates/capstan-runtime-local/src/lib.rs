@@ -7,6 +7,7 @@ pub mod limits;
 pub mod logs;
 pub mod probe;
 pub mod process;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
@@ -178,6 +179,7 @@ struct Inner {
     replicas: Mutex<HashMap<ReplicaKey, Replica>>,
     notify: mpsc::UnboundedSender<ObjectKey>,
     limits: LimitSupport,
+    usage: volumes::Usage,
 }
 
 /// The embedded runtime. Cheap to clone.
@@ -219,6 +221,7 @@ impl LocalRuntime {
                 replicas: Mutex::new(HashMap::new()),
                 notify,
                 limits: LimitSupport::detect(),
+                usage: volumes::Usage::default(),
             }),
         };
         rt.adopt()?;
@@ -557,6 +560,7 @@ impl LocalRuntime {
         env.push(("CAPSTAN_NAMESPACE".into(), key.namespace.clone()));
         env.push(("CAPSTAN_REPLICA".into(), format!("{}-{ordinal}", app.metadata.name)));
         env.push(("CAPSTAN_ORDINAL".into(), ordinal.to_string()));
+        env.extend(volumes::prepare(&self.inner.store, &self.inner.cfg.data_dir, app, ordinal)?);
 
         let logs = spec.logs.clone().unwrap_or_default();
         let rec = Record {
@@ -827,6 +831,15 @@ impl AppRuntime for LocalRuntime {
 
     fn warnings(&self, app: &App) -> Vec<String> {
         self.inner.limits.warnings(app.spec.resources.as_ref())
+    }
+
+    fn volumes(&self, app: &App) -> Vec<capstan_model::VolumeStatus> {
+        self.inner.usage.of(&self.inner.cfg.data_dir, app)
+    }
+
+    fn release(&self, app: &ObjectKey) {
+        volumes::release(&self.inner.store, &self.inner.cfg.data_dir, app);
+        self.inner.usage.forget(app);
     }
 
     async fn shutdown(&self) {

@@ -209,6 +209,20 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, String::from_utf8_lossy(&body).to_string()))
 }
 
+/// A PUT of `body` to 127.0.0.1:`port``path`; the status and body, or None when no answer came.
+pub async fn http_put(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = hyper::Request::put(format!("http://127.0.0.1:{port}{path}"))
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .ok()?;
+    let res = tokio::time::timeout(Duration::from_secs(5), client.request(req)).await.ok()?.ok()?;
+    let code = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some((code, String::from_utf8_lossy(&body).to_string()))
+}
+
 /// One request of a load run.
 #[derive(Debug, Clone)]
 pub struct Shot {

@@ -108,6 +108,26 @@ async fn main() {
             }),
         )
         .route("/echo", axum::routing::post(|body: String| async move { body }))
+        // Files in the directory an environment variable names (volumes): GET reads, PUT writes.
+        .route(
+            "/files/{var}/{name}",
+            get(|axum::extract::Path((var, name)): axum::extract::Path<(String, String)>| async move {
+                let dir = env(&var).unwrap_or_default();
+                match std::fs::read_to_string(std::path::Path::new(&dir).join(name)) {
+                    Ok(text) => (StatusCode::OK, text),
+                    Err(e) => (StatusCode::NOT_FOUND, e.to_string()),
+                }
+            })
+            .put(
+                |axum::extract::Path((var, name)): axum::extract::Path<(String, String)>, body: String| async move {
+                    let dir = env(&var).unwrap_or_default();
+                    match std::fs::write(std::path::Path::new(&dir).join(name), body) {
+                        Ok(()) => (StatusCode::OK, "written".to_string()),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    }
+                },
+            ),
+        )
         .route(
             "/headers",
             get(|h: axum::http::HeaderMap| async move {
