@@ -4,6 +4,7 @@ pub mod admission;
 pub mod client;
 pub mod plane;
 pub mod server;
+pub mod volume_sync;
 
 pub use client::{Client, ClientError};
 pub use plane::{ControlPlane, PlaneConfig, PlaneError};

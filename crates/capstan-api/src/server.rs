@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/namespaces/{ns}/apps/{name}/rollback", post(rollback))
         .route("/api/v1/namespaces/{ns}/apps/{name}/restart", post(restart))
         .route("/api/v1/namespaces/{ns}/syncs/{name}/reconcile", post(reconcile_sync))
+        .route("/api/v1/namespaces/{ns}/apps/{name}/volumes/{volume}/sync", post(volume_sync))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -419,5 +420,23 @@ async fn hook(
             let _ = state.store.record_event(&key, capstan_model::EventType::Normal, "WebhookReceived", &msg);
             (StatusCode::ACCEPTED, Json(json!({ "accepted": true, "token": token }))).into_response()
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct VolumeSyncBody {
+    from: u32,
+    to: u32,
+}
+
+async fn volume_sync(
+    State(state): State<AppState>,
+    Path((ns, name, volume)): Path<(String, String, String)>,
+    Json(body): Json<VolumeSyncBody>,
+) -> Response {
+    let key = ObjectKey::new("App", &ns, &name);
+    match crate::volume_sync::sync_volume(&state, &key, &volume, body.from, body.to).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.message),
     }
 }

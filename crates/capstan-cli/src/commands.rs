@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 use crate::manifests;
 use crate::output::{age, render, short, table, time_of};
-use crate::{data_dir, Cli, Command, Failure, RolloutCommand, SyncCommand, EXIT_FAIL, EXIT_INVALID, EXIT_OK};
+use crate::{
+    data_dir, Cli, Command, Failure, RolloutCommand, SyncCommand, VolumeCommand, EXIT_FAIL, EXIT_INVALID, EXIT_OK,
+};
 
 pub async fn run(cli: Cli) -> Result<u8> {
     let data = data_dir(cli.data.clone());
@@ -26,6 +28,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Build { paths, vars, target_namespace, output } => {
             crate::gitops::build_cmd(&paths, &vars, target_namespace, &output)
+        }
+        Command::Volume { action: VolumeCommand::Sync { app, volume, from, to, namespace } } => {
+            volume_sync(&client()?, &app, namespace.as_deref().unwrap_or("default"), &volume, from, to).await
         }
         Command::Sync { action: SyncCommand::Now { name, namespace, timeout, no_wait } } => {
             crate::gitops::sync_now(&client()?, &name, namespace.as_deref().unwrap_or("default"), &timeout, !no_wait)
@@ -593,6 +598,28 @@ async fn delete(
         }
     }
     Ok(code)
+}
+
+async fn volume_sync(client: &Client, app: &str, ns: &str, volume: &str, from: u32, to: u32) -> Result<u8> {
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(Duration::from_millis(100));
+        pb.set_message(format!("draining {app}-{to}, copying {volume} from {app}-{from}"));
+        pb
+    });
+    let path = format!("/api/v1/namespaces/{ns}/apps/{app}/volumes/{volume}/sync");
+    let result = client.post(&path, json!({ "from": from, "to": to })).await;
+    if let Some(pb) = spinner {
+        pb.finish_and_clear();
+    }
+    let r = result.map_err(api_failure)?;
+    let files = r["live"]["files"].as_u64().unwrap_or(0) + r["frozen"]["files"].as_u64().unwrap_or(0);
+    let bytes = r["live"]["bytes"].as_u64().unwrap_or(0) + r["frozen"]["bytes"].as_u64().unwrap_or(0);
+    println!(
+        "✔ volume {volume}: {app}-{from} → {app}-{to}: {files} files, {bytes} bytes in {} ms ({app}-{from} paused {} ms); {app}-{to} is starting",
+        r["tookMillis"], r["frozenMillis"]
+    );
+    Ok(EXIT_OK)
 }
 
 fn schema(kind: Option<&str>) -> Result<u8> {

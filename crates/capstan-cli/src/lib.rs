@@ -90,6 +90,11 @@ pub enum Command {
         #[arg(short, long, default_value = "yaml")]
         output: String,
     },
+    /// Work with an App's volumes.
+    Volume {
+        #[command(subcommand)]
+        action: VolumeCommand,
+    },
     /// Fetch and apply a Sync now instead of waiting for its interval.
     Sync {
         #[command(subcommand)]
@@ -190,6 +195,23 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Make replica TO's copy of a replica volume a copy of replica FROM's: TO is drained and stopped, the
+    /// volume copied while FROM serves (FROM is paused only for a last pass over what changed), then TO starts.
+    Sync {
+        app: String,
+        #[arg(long)]
+        volume: String,
+        #[arg(long)]
+        from: u32,
+        #[arg(long)]
+        to: u32,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -250,6 +250,10 @@ impl<R: AppRuntime> Controller<R> {
         let previous: Option<AppStatus> = app.as_ref().and_then(|a| a.status.clone());
         let mut warnings = app.as_ref().map(|a| self.runtime.warnings(a)).unwrap_or_default();
         warnings.extend(report.warnings);
+        let held = held_ordinals(&self.store, key);
+        warnings.extend(
+            held.iter().map(|o| format!("replica {}-{o} is held stopped while its volume is synced", key.name)),
+        );
         let plan = plan_app(app.as_ref(), &observed, previous.as_ref(), warnings, Utc::now());
         if let (Some(app), Some(status)) = (&app, &plan.status) {
             self.remember_revision(key, app, status, &observed);
@@ -266,6 +270,9 @@ impl<R: AppRuntime> Controller<R> {
             match action {
                 Action::Start { ordinal, revision, count_restart } => {
                     let Some(app) = &app else { continue };
+                    if held.contains(ordinal) {
+                        continue;
+                    }
                     let name = format!("{}-{ordinal}", key.name);
                     let Some(at) = self.app_at(key, app, revision) else {
                         self.event(
@@ -317,6 +324,22 @@ impl<R: AppRuntime> Controller<R> {
         }
         Ok(plan.requeue_after)
     }
+}
+
+/// The record that keeps replica `ordinal` of an App stopped (a volume sync writes it, and removes it when done).
+pub fn hold_record(key: &ObjectKey, ordinal: u32) -> String {
+    format!("hold/{}/{}/{ordinal}", key.namespace, key.name)
+}
+
+/// Ordinals of an App held stopped.
+fn held_ordinals(store: &Store, key: &ObjectKey) -> std::collections::BTreeSet<u32> {
+    let prefix = format!("hold/{}/{}/", key.namespace, key.name);
+    store
+        .records(&prefix)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, _)| k.strip_prefix(&prefix)?.parse().ok())
+        .collect()
 }
 
 /// Volumes holding more than the size their manifest asks for (enforced on Kubernetes, not on this machine).

@@ -229,6 +229,16 @@ impl LocalRuntime {
     }
 
     /// Sets what drains a replica (the load balancer) before each graceful stop.
+    /// Capstan's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.cfg.data_dir
+    }
+
+    /// Asks the controller to look at an App now.
+    pub fn poke(&self, key: &ObjectKey) {
+        let _ = self.inner.notify.send(key.clone());
+    }
+
     pub fn set_drainer(&self, drainer: Drainer) {
         *lock(&self.inner.drainer) = Some(drainer);
     }

@@ -125,3 +125,59 @@ async fn bad_volumes_are_refused_with_their_field() {
     assert!(err.contains("`node` is not allowed here") && err.contains("one of: replica, shared"), "{err}");
     tp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_sync_repairs_a_lost_index_from_a_peer() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("idx", 2, &[], &format!("{READINESS}{VOLUMES}")));
+    let o = ready_with(&tp, "idx", 2).await;
+    let (p0, p1) = (port(&o, 0), port(&o, 1));
+    write(p0, "INDEX_DIR", "segment-1", "alpha").await;
+    write(p0, "INDEX_DIR", "meta", "v1").await;
+    write(p1, "INDEX_DIR", "stale", "from replica 1").await;
+    let pid0 = replicas(&o)[0]["pid"].clone();
+    let pid1 = replicas(&o)[1]["pid"].clone();
+    // Replica 1 loses its index.
+    let lost = tp.dir.path().join("volumes/default/idx/index/replica-1");
+    for e in std::fs::read_dir(&lost).expect("dir").flatten() {
+        std::fs::remove_file(e.path()).expect("rm");
+    }
+
+    // Through the command line, as an operator would.
+    let out = std::process::Command::new(bin("capstan-e2e-cli"))
+        .args(["volume", "sync", "idx", "--volume", "index", "--from", "0", "--to", "1"])
+        .env("CAPSTAN_SERVER", tp.plane().url())
+        .env("CAPSTAN_TOKEN", tp.plane().token())
+        .output()
+        .expect("cli runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("✔ volume index: idx-0 → idx-1: 2 files, 7 bytes"), "{stdout}");
+
+    let o = eventually("idx-1 back and Ready", T, || async {
+        let o = tp.app("idx").await;
+        let r = replicas(&o).get(1).cloned()?;
+        (r["pid"] != pid1 && r["ready"] == true).then_some(o)
+    })
+    .await;
+    assert_eq!(replicas(&o)[0]["pid"], pid0, "the source kept running");
+    assert_eq!(read(port(&o, 1), "INDEX_DIR", "segment-1").await, (200, "alpha".into()));
+    assert_eq!(read(port(&o, 1), "INDEX_DIR", "stale").await.0, 404);
+    let events = tp.client.get("/api/v1/namespaces/default/apps/idx/events").await.expect("events").to_string();
+    assert!(events.contains("VolumeSynced"), "{events}");
+
+    // What cannot be synced is refused with a reason.
+    let refused = |body: Value, vol: &'static str| {
+        let c = tp.client.clone();
+        async move {
+            c.post(&format!("/api/v1/namespaces/default/apps/idx/volumes/{vol}/sync"), body)
+                .await
+                .unwrap_err()
+                .to_string()
+        }
+    };
+    assert!(refused(serde_json::json!({"from": 0, "to": 1}), "files").await.contains("is shared"));
+    assert!(refused(serde_json::json!({"from": 1, "to": 1}), "index").await.contains("same replica"));
+    assert!(refused(serde_json::json!({"from": 0, "to": 5}), "index").await.contains("replicas 0 to 1"));
+    tp.stop().await;
+}

@@ -1,0 +1,179 @@
+//! Volume sync: make one replica's volume a copy of another's — drain and stop the target, copy while the source
+//! serves, freeze the source for a last pass over what changed, swap the copy in, start the target again.
+
+use std::time::{Duration, Instant};
+
+use capstan_engine::controller::hold_record;
+use capstan_engine::{AppRuntime, ReplicaState};
+use capstan_model::{App, EventType, ObjectKey, Resource, VolumeScope};
+use capstan_runtime_local::volumes::{mirror, volume_dir, MirrorStats};
+use serde::Serialize;
+
+use crate::plane::Shared;
+
+/// What a sync did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncReport {
+    pub volume: String,
+    pub from: u32,
+    pub to: u32,
+    /// The copy made while the source kept serving.
+    pub live: MirrorStats,
+    /// The last pass, with the source frozen.
+    pub frozen: MirrorStats,
+    pub frozen_millis: u64,
+    pub took_millis: u64,
+}
+
+/// Why a sync was refused or failed; the status code the API answers with.
+#[derive(Debug)]
+pub struct SyncError {
+    pub code: u16,
+    pub message: String,
+}
+
+fn refuse(code: u16, message: impl Into<String>) -> SyncError {
+    SyncError { code, message: message.into() }
+}
+
+/// Keeps a process group stopped (SIGSTOP) until dropped (SIGCONT), so an error cannot leave it frozen.
+struct Frozen(nix::unistd::Pid);
+
+impl Frozen {
+    fn new(pid: u32) -> Result<Frozen, SyncError> {
+        let group = nix::unistd::Pid::from_raw(-(pid as i32));
+        nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGSTOP)
+            .map_err(|e| refuse(500, format!("cannot pause the source replica: {e}")))?;
+        Ok(Frozen(group))
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// Syncs `volume` of replica `from` onto replica `to`.
+pub async fn sync_volume(
+    shared: &Shared,
+    key: &ObjectKey,
+    volume: &str,
+    from: u32,
+    to: u32,
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let app: App = match shared.store.get(key).map_err(|e| refuse(500, e.to_string()))?.map(Resource::from_value) {
+        Some(Ok(Resource::App(a))) => a,
+        _ => return Err(refuse(404, format!("App \"{}\" not found in namespace {}", key.name, key.namespace))),
+    };
+    let Some(vol) = app.spec.volumes.iter().find(|v| v.name == volume) else {
+        let names: Vec<&str> = app.spec.volumes.iter().map(|v| v.name.as_str()).collect();
+        return Err(refuse(422, format!("App {} has no volume `{volume}` (volumes: {})", key.name, names.join(", "))));
+    };
+    if vol.scope != VolumeScope::Replica {
+        return Err(refuse(422, format!("volume `{volume}` is shared: every replica already sees the same directory")));
+    }
+    if from == to {
+        return Err(refuse(422, "--from and --to name the same replica"));
+    }
+    let replicas = app.spec.replicas.max(0) as u32;
+    if from >= replicas || to >= replicas {
+        return Err(refuse(422, format!("App {} runs replicas 0 to {}", key.name, replicas.saturating_sub(1))));
+    }
+    let rt = &shared.runtime;
+    let source_pid = rt
+        .observe(key)
+        .into_iter()
+        .find(|r| r.ordinal == from && r.state == ReplicaState::Running)
+        .and_then(|r| r.pid)
+        .ok_or_else(|| {
+            refuse(409, format!("replica {}-{from} is not running; its volume may be mid-write", key.name))
+        })?;
+    let dir = volume_dir(rt.data_dir(), key, volume);
+    let (src, dst) = (dir.join(format!("replica-{from}")), dir.join(format!("replica-{to}")));
+    if !src.is_dir() {
+        return Err(refuse(409, format!("replica {}-{from} has no `{volume}` directory yet", key.name)));
+    }
+
+    // Hold the target stopped, then stop it (draining first).
+    let hold = hold_record(key, to);
+    shared
+        .store
+        .put_record(&hold, &serde_json::json!({"volume": volume, "from": from}))
+        .map_err(|e| refuse(500, e.to_string()))?;
+    let result = async {
+        let grace = Duration::from_secs(u64::from(app.spec.termination_grace_period_seconds));
+        rt.stop(key, to, grace, false);
+        let deadline = Instant::now() + grace + Duration::from_secs(10);
+        while rt
+            .observe(key)
+            .iter()
+            .any(|r| r.ordinal == to && matches!(r.state, ReplicaState::Running | ReplicaState::Stopping))
+        {
+            if Instant::now() > deadline {
+                return Err(refuse(500, format!("replica {}-{to} did not stop", key.name)));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let tmp = dir.join(format!("replica-{to}.sync"));
+        let (s1, t1) = (src.clone(), tmp.clone());
+        let live = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&t1);
+            let mut stats = MirrorStats::default();
+            mirror(&s1, &t1, &mut stats).map(|_| stats)
+        })
+        .await
+        .map_err(|e| refuse(500, e.to_string()))?
+        .map_err(|e| refuse(500, format!("copying {}: {e}", src.display())))?;
+        let frozen_at = Instant::now();
+        let freeze = Frozen::new(source_pid)?;
+        let (s2, t2) = (src.clone(), tmp.clone());
+        let frozen = tokio::task::spawn_blocking(move || {
+            let mut stats = MirrorStats::default();
+            mirror(&s2, &t2, &mut stats).map(|_| stats)
+        })
+        .await
+        .map_err(|e| refuse(500, e.to_string()))?
+        .map_err(|e| refuse(500, format!("copying {}: {e}", src.display())))?;
+        drop(freeze);
+        let frozen_millis = frozen_at.elapsed().as_millis() as u64;
+        let old = dir.join(format!("replica-{to}.old"));
+        let _ = std::fs::remove_dir_all(&old);
+        if dst.exists() {
+            std::fs::rename(&dst, &old).map_err(|e| refuse(500, format!("moving {} aside: {e}", dst.display())))?;
+        }
+        std::fs::rename(&tmp, &dst).map_err(|e| refuse(500, format!("putting the copy in place: {e}")))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(SyncReport {
+            volume: volume.to_string(),
+            from,
+            to,
+            live,
+            frozen,
+            frozen_millis,
+            took_millis: started.elapsed().as_millis() as u64,
+        })
+    }
+    .await;
+    let _ = shared.store.delete_record(&hold);
+    rt.poke(key);
+    match &result {
+        Ok(r) => {
+            let msg = format!(
+                "volume {volume}: {}-{from} → {}-{to}, {} files, {} bytes; source paused {} ms",
+                key.name,
+                key.name,
+                r.live.files + r.frozen.files,
+                r.live.bytes + r.frozen.bytes,
+                r.frozen_millis
+            );
+            let _ = shared.store.record_event(key, EventType::Normal, "VolumeSynced", &msg);
+        }
+        Err(e) => {
+            let _ = shared.store.record_event(key, EventType::Warning, "VolumeSyncFailed", &e.message);
+        }
+    }
+    result
+}
