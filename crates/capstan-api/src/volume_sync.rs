@@ -117,10 +117,15 @@ pub async fn sync_volume(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Work on the target's own directory under another name: only what differs is copied (as rsync does), and
+        // the target never sees a half-done copy under its name.
         let tmp = dir.join(format!("replica-{to}.sync"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        if dst.exists() {
+            std::fs::rename(&dst, &tmp).map_err(|e| refuse(500, format!("moving {} aside: {e}", dst.display())))?;
+        }
         let (s1, t1) = (src.clone(), tmp.clone());
         let live = tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&t1);
             let mut stats = MirrorStats::default();
             mirror(&s1, &t1, &mut stats).map(|_| stats)
         })
@@ -139,13 +144,7 @@ pub async fn sync_volume(
         .map_err(|e| refuse(500, format!("copying {}: {e}", src.display())))?;
         drop(freeze);
         let frozen_millis = frozen_at.elapsed().as_millis() as u64;
-        let old = dir.join(format!("replica-{to}.old"));
-        let _ = std::fs::remove_dir_all(&old);
-        if dst.exists() {
-            std::fs::rename(&dst, &old).map_err(|e| refuse(500, format!("moving {} aside: {e}", dst.display())))?;
-        }
         std::fs::rename(&tmp, &dst).map_err(|e| refuse(500, format!("putting the copy in place: {e}")))?;
-        let _ = std::fs::remove_dir_all(&old);
         Ok(SyncReport {
             volume: volume.to_string(),
             from,
@@ -157,6 +156,13 @@ pub async fn sync_volume(
         })
     }
     .await;
+    if result.is_err() {
+        // Give the target its directory back, whatever the copy got to; the App decides what to do with it.
+        let tmp = dir.join(format!("replica-{to}.sync"));
+        if tmp.exists() && !dst.exists() {
+            let _ = std::fs::rename(&tmp, &dst);
+        }
+    }
     let _ = shared.store.delete_record(&hold);
     rt.poke(key);
     match &result {
