@@ -13,6 +13,8 @@ if ! command -v git >/dev/null || [ ! -x "$(git --exec-path)/git-daemon" ]; then
   apt_install git
 fi
 [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null || apt_install openssh-server openssh-client
+# Discovery is tested against a real Prometheus.
+[ -x /usr/bin/prometheus ] || apt_install prometheus
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

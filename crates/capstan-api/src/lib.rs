@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod discovery;
 pub mod plane;
 pub mod server;
 pub mod volume_sync;

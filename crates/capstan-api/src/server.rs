@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         // Webhooks authenticate with their own HMAC, not the API token.
         .route("/hooks/{ns}/{name}", post(hook))
         .route("/metrics", get(metrics))
+        .route("/sd/prometheus", get(service_discovery))
         .route("/version", get(|| async { Json(json!({ "version": env!("CARGO_PKG_VERSION") })) }))
         .merge(api)
         .with_state(state)
@@ -260,7 +261,17 @@ async fn shutdown(State(state): State<AppState>, Json(body): Json<ShutdownBody>)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.proxy.metrics_text()).into_response()
+    let proxy = state.proxy.metrics_text();
+    // The balancer's part ends with OpenMetrics' `# EOF`; the replicas' metrics go before it.
+    let mut text = proxy.strip_suffix("# EOF\n").unwrap_or(&proxy).to_string();
+    text.push_str(&crate::discovery::replica_metrics(&state.store, &state.runtime));
+    text.push_str("# EOF\n");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// Prometheus http_sd: every replica with `spec.metrics` as a target group.
+async fn service_discovery(State(state): State<AppState>) -> Response {
+    Json(crate::discovery::targets(&state.store, &state.runtime)).into_response()
 }
 
 fn load_app(state: &Shared, ns: &str, name: &str) -> Result<(ObjectKey, Value), Box<Response>> {

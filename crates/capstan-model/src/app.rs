@@ -46,6 +46,44 @@ pub struct AppSpec {
     /// process in the environment variable `env`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Where each replica exposes Prometheus metrics: every replica becomes a scrape target, listed at
+    /// `/sd/prometheus` for an existing Prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSpec>,
+}
+
+/// A replica's metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// A port name from spec.ports or a number; defaults to the first port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortRef>,
+    /// Defaults to `/metrics`.
+    #[serde(default = "metrics_path")]
+    pub path: String,
+    /// `http` (default) or `https`.
+    #[serde(default = "http_scheme")]
+    pub scheme: String,
+    /// How often to scrape. Defaults to `15s`.
+    #[serde(default = "fifteen_seconds")]
+    pub interval: String,
+    /// How long one scrape may take; at most `interval`. Defaults to `10s`.
+    #[serde(default = "ten_seconds")]
+    pub timeout: String,
+}
+
+fn metrics_path() -> String {
+    "/metrics".into()
+}
+fn http_scheme() -> String {
+    "http".into()
+}
+fn fifteen_seconds() -> String {
+    "15s".into()
+}
+fn ten_seconds() -> String {
+    "10s".into()
 }
 
 /// A directory that outlives the replicas using it.

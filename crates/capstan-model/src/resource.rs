@@ -311,8 +311,9 @@ fn canonical_json(v: &Value) -> String {
 /// The annotation `capstan rollout restart` sets; it is part of the revision, so changing it replaces replicas.
 pub const RESTARTED_AT_ANNOTATION: &str = "capstan.dev/restartedAt";
 
-/// The revision of a spec: a hash of everything that shapes the processes — all but `replicas`, `expose`
-/// and `update`, which change how many replicas run and how traffic and updates reach them, not the replicas.
+/// The revision of a spec: a hash of everything that shapes the processes — all but `replicas`, `expose`,
+/// `update` and `metrics`, which change how many replicas run and how traffic, updates and scrapes reach them, not
+/// the replicas.
 pub fn app_revision(spec: &AppSpec) -> String {
     revision_with(spec, None)
 }
@@ -328,6 +329,7 @@ fn revision_with(spec: &AppSpec, restarted_at: Option<&str>) -> String {
         m.remove("replicas");
         m.remove("expose");
         m.remove("update");
+        m.remove("metrics");
         if let Some(t) = restarted_at {
             m.insert("restartedAt".into(), Value::String(t.to_string()));
         }

@@ -133,6 +133,50 @@ pub fn port_env_name(port_name: &str) -> String {
     format!("PORT_{}", port_name.to_ascii_uppercase().replace('-', "_"))
 }
 
+/// The metrics endpoint: a known port, an absolute path, a scheme Prometheus knows, timeout within interval.
+fn validate_metrics(spec: &AppSpec, errors: &mut Vec<FieldError>) {
+    let Some(m) = &spec.metrics else { return };
+    match &m.port {
+        Some(PortRef::Name(n)) if !spec.ports.iter().any(|p| &p.name == n) => errors.push(
+            FieldError::new("spec.metrics.port", format!("no port named `{n}` in spec.ports"))
+                .hint("name one of spec.ports, or give a number"),
+        ),
+        None if spec.ports.is_empty() => errors.push(
+            FieldError::new("spec.metrics.port", "is required when the App has no ports")
+                .hint("add a port to spec.ports, or give `port: 9100`"),
+        ),
+        _ => {}
+    }
+    if !m.path.starts_with('/') {
+        errors.push(
+            FieldError::new("spec.metrics.path", format!("`{}` must start with /", m.path))
+                .hint("for example `/metrics`"),
+        );
+    }
+    if m.scheme != "http" && m.scheme != "https" {
+        errors.push(FieldError::new("spec.metrics.scheme", format!("`{}` is not http or https", m.scheme)));
+    }
+    let interval = crate::quantity::parse_duration(&m.interval);
+    let timeout = crate::quantity::parse_duration(&m.timeout);
+    if let Err(e) = &interval {
+        errors.push(FieldError::new("spec.metrics.interval", e.clone()).hint("for example `15s`"));
+    }
+    if let Err(e) = &timeout {
+        errors.push(FieldError::new("spec.metrics.timeout", e.clone()).hint("for example `10s`"));
+    }
+    if let (Ok(i), Ok(t)) = (interval, timeout) {
+        if t > i {
+            errors.push(
+                FieldError::new(
+                    "spec.metrics.timeout",
+                    format!("{} is longer than the interval {}", m.timeout, m.interval),
+                )
+                .hint("Prometheus requires scrape_timeout ≤ scrape_interval"),
+            );
+        }
+    }
+}
+
 /// Volumes: unique DNS-label names, unique environment variables that Capstan does not set itself, sizes.
 fn validate_volumes(spec: &AppSpec, errors: &mut Vec<FieldError>) {
     let mut names = BTreeSet::new();
@@ -203,6 +247,7 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         }
     }
     validate_volumes(spec, errors);
+    validate_metrics(spec, errors);
 
     let mut names = BTreeSet::new();
     for (i, p) in spec.ports.iter().enumerate() {

@@ -108,6 +108,15 @@ async fn main() {
             }),
         )
         .route("/echo", axum::routing::post(|body: String| async move { body }))
+        .route(
+            "/metrics",
+            get(|| async {
+                let replica = env("CAPSTAN_REPLICA").unwrap_or_default();
+                format!(
+                    "# HELP testapp_info The replica this is.\n# TYPE testapp_info gauge\ntestapp_info{{served_by=\"{replica}\"}} 1\n"
+                )
+            }),
+        )
         // Files in the directory an environment variable names (volumes): GET reads, PUT writes.
         .route(
             "/files/{var}/{name}",
