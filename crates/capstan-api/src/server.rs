@@ -446,8 +446,12 @@ async fn volume_sync(
     Json(body): Json<VolumeSyncBody>,
 ) -> Response {
     let key = ObjectKey::new("App", &ns, &name);
-    match crate::volume_sync::sync_volume(&state, &key, &volume, body.from, body.to).await {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => error(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.message),
+    // A task of its own: a client that goes away must not cancel a sync half-way (the target would stay held).
+    let task =
+        tokio::spawn(async move { crate::volume_sync::sync_volume(&state, &key, &volume, body.from, body.to).await });
+    match task.await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(e)) => error(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.message),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the sync task failed: {e}")),
     }
 }
