@@ -105,7 +105,8 @@ pub async fn sync_volume(
         .map_err(|e| refuse(500, e.to_string()))?;
     let result = async {
         let grace = Duration::from_secs(u64::from(app.spec.termination_grace_period_seconds));
-        rt.stop(key, to, grace, false);
+        // Forgotten once stopped: the restart afterwards is a fresh start, not a crash counted against the replica.
+        rt.stop(key, to, grace, true);
         let deadline = Instant::now() + grace + Duration::from_secs(10);
         while rt
             .observe(key)

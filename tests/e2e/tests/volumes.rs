@@ -161,6 +161,7 @@ async fn volume_sync_repairs_a_lost_index_from_a_peer() {
     })
     .await;
     assert_eq!(replicas(&o)[0]["pid"], pid0, "the source kept running");
+    assert_eq!(replicas(&o)[1]["restarts"], 0, "a sync is not a crash: {}", replicas(&o)[1]);
     assert_eq!(read(port(&o, 1), "INDEX_DIR", "segment-1").await, (200, "alpha".into()));
     assert_eq!(read(port(&o, 1), "INDEX_DIR", "stale").await.0, 404);
     let events = tp.client.get("/api/v1/namespaces/default/apps/idx/events").await.expect("events").to_string();
