@@ -172,7 +172,6 @@ pub struct MirrorStats {
 /// entries `src` lacks are removed, symlinks are copied as links and never followed. Run once while the source
 /// is live and again while it is frozen, the second pass copies only what changed in between.
 pub fn mirror(src: &Path, dst: &Path, stats: &mut MirrorStats) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dst)?;
     let mut wanted = std::collections::HashSet::new();
     for e in std::fs::read_dir(src)? {
@@ -209,9 +208,9 @@ pub fn mirror(src: &Path, dst: &Path, stats: &mut MirrorStats) -> std::io::Resul
             }
             stats.bytes += std::fs::copy(&from, &to)?;
             stats.files += 1;
+            // std::fs::copy keeps the mode; the time is what the next pass compares.
             let f = std::fs::File::options().write(true).open(&to)?;
             f.set_modified(meta.modified()?)?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.permissions().mode()))?;
         }
     }
     for e in std::fs::read_dir(dst)? {
