@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use crate::manifests;
 use crate::output::{age, render, short, table, time_of};
 use crate::{
-    data_dir, Cli, Command, Failure, RolloutCommand, SyncCommand, VolumeCommand, EXIT_FAIL, EXIT_INVALID, EXIT_OK,
+    data_dir, Cli, Command, Failure, MetricsCommand, RolloutCommand, SyncCommand, VolumeCommand, EXIT_FAIL,
+    EXIT_INVALID, EXIT_OK,
 };
 
 pub async fn run(cli: Cli) -> Result<u8> {
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Build { paths, vars, target_namespace, output } => {
             crate::gitops::build_cmd(&paths, &vars, target_namespace, &output)
         }
+        Command::Metrics { action: MetricsCommand::Lint { file, format } } => metrics_lint(&file, format.as_deref()),
         Command::Volume { action: VolumeCommand::Sync { app, volume, from, to, namespace } } => {
             volume_sync(&client()?, &app, namespace.as_deref().unwrap_or("default"), &volume, from, to).await
         }
@@ -598,6 +600,41 @@ async fn delete(
         }
     }
     Ok(code)
+}
+
+fn metrics_lint(file: &str, format: Option<&str>) -> Result<u8> {
+    use capstan_observe::exposition::{check, Format};
+    let text = if file == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| Failure::invalid(format!("error: cannot read standard input: {e}")))?;
+        t
+    } else {
+        std::fs::read_to_string(file).map_err(|e| Failure::invalid(format!("error: {file}: {e}")))?
+    };
+    let format = match format {
+        None => Format::detect(None, &text),
+        Some("prometheus") => Format::Prometheus,
+        Some("openmetrics") => Format::OpenMetrics,
+        Some(other) => {
+            return Err(Failure::invalid(format!(
+                "error: unknown format `{other}`\n  hint: use prometheus or openmetrics"
+            ))
+            .into())
+        }
+    };
+    let problems = check(&text, format);
+    for p in &problems {
+        let at = match (p.line, p.column) {
+            (Some(l), Some(c)) => format!("{file}:{l}:{c}"),
+            (Some(l), None) => format!("{file}:{l}"),
+            _ => file.to_string(),
+        };
+        let what = if p.severity == capstan_observe::exposition::Severity::Error { "error" } else { "lint" };
+        let metric = p.metric.as_deref().map(|m| format!("{m}: ")).unwrap_or_default();
+        println!("{at}: {what}: {metric}{}", p.message);
+    }
+    Ok(if problems.is_empty() { EXIT_OK } else { EXIT_FAIL })
 }
 
 async fn volume_sync(client: &Client, app: &str, ns: &str, volume: &str, from: u32, to: u32) -> Result<u8> {

@@ -90,6 +90,11 @@ pub enum Command {
         #[arg(short, long, default_value = "yaml")]
         output: String,
     },
+    /// Check metrics expositions as `promtool check metrics` does.
+    Metrics {
+        #[command(subcommand)]
+        action: MetricsCommand,
+    },
     /// Work with an App's volumes.
     Volume {
         #[command(subcommand)]
@@ -195,6 +200,18 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MetricsCommand {
+    /// Parse an exposition (a file, or - for stdin) and report syntax errors and broken conventions with their
+    /// line. Exit 0: clean; 1: problems; 2: unreadable.
+    Lint {
+        file: String,
+        /// prometheus (text 0.0.4) or openmetrics; by default, OpenMetrics when the text ends with `# EOF`.
+        #[arg(long)]
+        format: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -351,3 +351,27 @@ async fn gitops_from_the_command_line_up_git_build_diff_and_sync_now() {
     assert!(text.contains("Inventory:") && text.contains("App/default/gweb") && text.contains("History:"), "{text}");
     assert!(capstan(&data, &["shutdown"]).status.success());
 }
+
+#[test]
+fn metrics_lint_reports_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let good = dir.path().join("good.prom");
+    std::fs::write(&good, "# HELP jobs_total Jobs run.\n# TYPE jobs_total counter\njobs_total{queue=\"a\"} 3\n").unwrap();
+    let out = capstan(&data, &["metrics", "lint", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let bad = dir.path().join("bad.prom");
+    std::fs::write(&bad, "# TYPE jobs counter\njobs 1\njobs{queue=\"a\" 2\n").unwrap();
+    let out = capstan(&data, &["metrics", "lint", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("bad.prom:3:5: error: expected labels"), "{text}");
+    let lints = dir.path().join("lints.prom");
+    std::fs::write(&lints, "# TYPE jobs counter\njobs 1\n").unwrap();
+    let out = capstan(&data, &["metrics", "lint", lints.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("lints.prom:1: lint: jobs: no help text"), "{text}");
+    assert!(text.contains("counter metrics should have \"_total\" suffix"), "{text}");
+    assert_eq!(capstan(&data, &["metrics", "lint", "/nonexistent.prom"]).status.code(), Some(2));
+}
