@@ -27,6 +27,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let bootstrap = git.map(|url| crate::gitops::bootstrap_objects(&url, &branch, &path));
             up(data.clone(), listen, paths, bootstrap).await
         }
+        Command::Render { paths, target, output } => crate::gitops::render_cmd(&paths, &target, &output),
         Command::Build { paths, vars, target_namespace, output } => {
             crate::gitops::build_cmd(&paths, &vars, target_namespace, &output)
         }

@@ -222,9 +222,43 @@ pub fn build_cmd(paths: &[String], vars: &[String], target_namespace: Option<Str
         "json" => println!("{}", serde_json::to_string_pretty(&objects).unwrap_or_default()),
         "yaml" => {
             for o in &objects {
-                print!("---\n{}", capstan_model::yaml::to_yaml_string(o));
+                print!("{}", capstan_model::yaml::to_yaml_string(o));
             }
         }
+        other => {
+            return Err(
+                Failure::invalid(format!("error: unknown output format `{other}`\n  hint: use yaml or json")).into()
+            )
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `capstan render --target kubernetes PATH…`: the Kubernetes objects for the objects in PATH.
+pub fn render_cmd(paths: &[String], target: &str, output: &str) -> Result<u8> {
+    if target != "kubernetes" {
+        return Err(
+            Failure::invalid(format!("error: unknown target `{target}`\n  hint: use --target kubernetes")).into()
+        );
+    }
+    let ms = build_paths(paths, &BuildOptions::default())?;
+    let resources: Vec<capstan_model::Resource> = ms.iter().map(|m| m.resource.clone()).collect();
+    let objects = capstan_kubernetes::render::render(&resources).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let at = ms
+                    .iter()
+                    .find(|m| format!("{}/{}", m.resource.kind(), m.resource.meta().name) == e.object)
+                    .map(|m| format!("error: {}", m.diagnose(capstan_model::FieldError::new(&e.field, &e.message))));
+                at.unwrap_or_else(|| format!("error: {e}"))
+            })
+            .collect();
+        Failure::invalid(lines.join("\n"))
+    })?;
+    match output {
+        "json" => println!("{}", serde_json::to_string_pretty(&objects).unwrap_or_default()),
+        "yaml" => objects.iter().for_each(|o| print!("{}", capstan_model::yaml::to_yaml_string(o))),
         other => {
             return Err(
                 Failure::invalid(format!("error: unknown output format `{other}`\n  hint: use yaml or json")).into()

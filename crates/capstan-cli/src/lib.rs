@@ -100,6 +100,18 @@ pub enum Command {
         #[command(subcommand)]
         action: VolumeCommand,
     },
+    /// Print the objects of PATH as another runtime would run them: `--target kubernetes` renders Kubernetes objects
+    /// (StatefulSets, Services, Ingress, PodDisruptionBudgets, claims, NetworkPolicies).
+    Render {
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Only `kubernetes` today.
+        #[arg(long, default_value = "kubernetes")]
+        target: String,
+        /// yaml or json.
+        #[arg(short, long, default_value = "yaml")]
+        output: String,
+    },
     /// Fetch and apply a Sync now instead of waiting for its interval.
     Sync {
         #[command(subcommand)]

@@ -357,7 +357,8 @@ fn metrics_lint_reports_line_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let good = dir.path().join("good.prom");
-    std::fs::write(&good, "# HELP jobs_total Jobs run.\n# TYPE jobs_total counter\njobs_total{queue=\"a\"} 3\n").unwrap();
+    std::fs::write(&good, "# HELP jobs_total Jobs run.\n# TYPE jobs_total counter\njobs_total{queue=\"a\"} 3\n")
+        .unwrap();
     let out = capstan(&data, &["metrics", "lint", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     let bad = dir.path().join("bad.prom");
@@ -374,4 +375,36 @@ fn metrics_lint_reports_line_and_reason() {
     assert!(text.contains("lints.prom:1: lint: jobs: no help text"), "{text}");
     assert!(text.contains("counter metrics should have \"_total\" suffix"), "{text}");
     assert_eq!(capstan(&data, &["metrics", "lint", "/nonexistent.prom"]).status.code(), Some(2));
+}
+
+#[test]
+fn render_for_kubernetes_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let app = dir.path().join("app.yaml");
+    std::fs::write(
+        &app,
+        "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: web}\nspec:\n  replicas: 2\n  run: {image: nginx:1.27}\n  ports: [{name: http}]\n  expose: [{port: 80}]\n",
+    )
+    .unwrap();
+    let out = capstan(&data, &["render", "--target", "kubernetes", app.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs = capstan_model::yaml::parse_documents(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d.value["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["NetworkPolicy", "StatefulSet", "Service", "Service", "Ingress", "PodDisruptionBudget", "NetworkPolicy"]
+    );
+    std::fs::write(
+        &app,
+        "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: web}\nspec:\n  run: {command: [x]}\n",
+    )
+    .unwrap();
+    let out = capstan(&data, &["render", app.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("app.yaml:5:3: App/web: field `spec.run.image`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,3 @@
+//! Capstan on Kubernetes: the same manifests rendered as Kubernetes objects built with k8s-openapi types.
+
+pub mod render;

@@ -1,0 +1,146 @@
+//! The renderer against a golden file, typed round-trips through k8s-openapi, and the choices an expert makes.
+
+use capstan_kubernetes::render::{render, render_app};
+use capstan_model::{parse_manifests, Resource};
+use serde_json::Value;
+
+const WEB: &str = "apiVersion: capstan.dev/v1alpha1
+kind: App
+metadata:
+  name: teamboard
+  namespace: team
+spec:
+  replicas: 2
+  run:
+    image: registry.example.com/teamboard:2.0
+    command: [teamboard]
+    env: {RUST_LOG: info}
+  ports:
+    - {name: http}
+    - {name: ssh}
+  probes:
+    readiness: {http: {path: /status, port: http}, periodSeconds: 5}
+    liveness: {tcp: {port: http}}
+  resources: {memory: 512Mi, cpu: 500m}
+  expose:
+    - {port: 443, sticky: {cookie: {name: ROUTE, maxAge: 3600}}, maxBodySize: 250Mi, drainSeconds: 20}
+    - {name: ssh, port: 22, protocol: tcp, targetPort: ssh, drainSeconds: 20}
+  update: {partition: 1}
+  volumes:
+    - {name: index, scope: replica, env: INDEX_DIR, size: 5Gi}
+    - {name: attachments, scope: shared, env: SHARED_DIR, size: 50Gi}
+  metrics: {port: http}
+";
+
+fn app(yaml: &str) -> Resource {
+    parse_manifests("web.yaml", yaml).unwrap_or_else(|d| panic!("{d}")).remove(0).resource
+}
+
+fn kinds(objs: &[Value]) -> Vec<String> {
+    objs.iter()
+        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn matches_the_golden_file() {
+    let objs = render(&[app(WEB)]).unwrap();
+    let text: String = objs.iter().map(capstan_model::yaml::to_yaml_string).collect();
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/teamboard.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).expect("golden file (UPDATE_GOLDEN=1 writes it)");
+    assert_eq!(text, want, "the rendering changed; review it and run with UPDATE_GOLDEN=1");
+}
+
+#[test]
+fn every_object_round_trips_through_its_k8s_openapi_type() {
+    use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::*, networking::v1::*, policy::v1::PodDisruptionBudget};
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) {
+        let typed: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"));
+        let mut back = serde_json::to_value(&typed).unwrap();
+        back["apiVersion"] = v["apiVersion"].clone();
+        back["kind"] = v["kind"].clone();
+        assert_eq!(&back, v, "no field lost or unknown");
+    }
+    for o in render(&[app(WEB)]).unwrap() {
+        match o["kind"].as_str().unwrap() {
+            "StatefulSet" => check::<StatefulSet>(&o),
+            "Service" => check::<Service>(&o),
+            "Ingress" => check::<Ingress>(&o),
+            "NetworkPolicy" => check::<NetworkPolicy>(&o),
+            "PodDisruptionBudget" => check::<PodDisruptionBudget>(&o),
+            "PersistentVolumeClaim" => check::<PersistentVolumeClaim>(&o),
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+}
+
+#[test]
+fn what_an_expert_writes() {
+    let objs = render(&[app(WEB)]).unwrap();
+    assert_eq!(
+        kinds(&objs),
+        [
+            "NetworkPolicy/default-deny-ingress",
+            "PersistentVolumeClaim/teamboard-attachments",
+            "StatefulSet/teamboard",
+            "Service/teamboard",
+            "Service/teamboard-headless",
+            "Ingress/teamboard",
+            "Service/teamboard-ssh",
+            "PodDisruptionBudget/teamboard",
+            "NetworkPolicy/teamboard-allow",
+        ]
+    );
+    let sts = &objs[2];
+    let pod = &sts["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"], 1);
+    assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"][0], "ReadWriteOnce");
+    assert_eq!(sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"], "Retain");
+    assert_eq!(objs[1]["spec"]["accessModes"][0], "ReadWriteMany");
+    assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 20);
+    assert_eq!(pod["terminationGracePeriodSeconds"], 50, "grace covers the drain and the app's own 30 s");
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+            ["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], "http");
+    let env: Vec<String> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{}={}", e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert!(env.contains(&"PORT=8080".to_string()) && env.contains(&"PORT_SSH=8081".to_string()), "{env:?}");
+    assert!(env.contains(&"INDEX_DIR=/var/lib/capstan/index".to_string()), "{env:?}");
+    assert_eq!(sts["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"], "8080");
+    let ingress = &objs[5]["metadata"]["annotations"];
+    assert_eq!(ingress["nginx.ingress.kubernetes.io/affinity"], "cookie");
+    assert_eq!(ingress["nginx.ingress.kubernetes.io/session-cookie-name"], "ROUTE");
+    assert_eq!(ingress["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
+    assert_eq!(ingress["nginx.ingress.kubernetes.io/proxy-body-size"], "250m");
+    assert_eq!(objs[6]["spec"]["type"], "LoadBalancer");
+    assert_eq!(objs[6]["spec"]["ports"][0]["port"], 22);
+    assert_eq!(objs[7]["spec"]["maxUnavailable"], 1);
+    assert_eq!(objs[0]["spec"]["podSelector"], serde_json::json!({}));
+    for o in &objs {
+        assert_eq!(o["metadata"]["labels"]["app.kubernetes.io/managed-by"], "capstan", "{}", o["metadata"]["name"]);
+    }
+}
+
+#[test]
+fn an_app_without_an_image_is_refused_by_field() {
+    let yaml = WEB.replace("    image: registry.example.com/teamboard:2.0\n", "");
+    let Resource::App(a) = app(&yaml) else { panic!("an App") };
+    let e = render_app(&a).unwrap_err();
+    assert_eq!(e.field, "spec.run.image");
+    assert!(e.to_string().starts_with("App/teamboard: field `spec.run.image`"), "{e}");
+}
