@@ -140,8 +140,14 @@ pub fn admit(
             if in_use(&key, port) {
                 errors.push(AdmissionError::new(
                     i,
-                    FieldError::new(path, format!("port {port} is in use by another process on 127.0.0.1"))
-                        .hint("stop what listens there (see `ss -ltnp`), pick another port, or leave it out"),
+                    FieldError::new(
+                        path,
+                        match capstan_runtime_local::process::listener_of(port) {
+                            Some((pid, comm)) => format!("port {port} is in use on 127.0.0.1 by pid {pid} ({comm})"),
+                            None => format!("port {port} is in use by another process on 127.0.0.1"),
+                        },
+                    )
+                    .hint("stop what listens there (see `ss -ltnp`), pick another port, or leave it out"),
                 ));
             }
         }

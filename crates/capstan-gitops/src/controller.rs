@@ -561,6 +561,13 @@ async fn reconcile_source(inner: &Arc<Inner>, key: &ObjectKey) -> (Option<Durati
             inner.event(key, EventType::Warning, &why, &message);
         }
     }
+    if inner.store.get(key).ok().flatten().is_none() {
+        // Deleted while the fetch ran: what it wrote goes too (the deletion's own cleanup ran before it finished).
+        let root = inner.source_root(key);
+        let _ = std::fs::remove_dir_all(root.join("repo.git"));
+        collect_garbage(&root, 0, &inner.protected_artifacts());
+        return (None, false);
+    }
     write_status(inner, key, &status);
     (Some(interval), changed)
 }

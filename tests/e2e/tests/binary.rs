@@ -195,6 +195,7 @@ async fn cli_contracts_exit_codes_and_errors_with_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!(":16:7: App/clash: field `spec.expose[0].port`: port {taken} is in use")), "{err}");
+    assert!(err.contains(&format!("by pid {}", std::process::id())), "the holder is named: {err}");
 
     // Not found is exit 1; an unknown type is exit 2.
     assert_eq!(capstan(&data, &["get", "app", "nope"]).status.code(), Some(1));
