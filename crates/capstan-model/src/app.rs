@@ -602,6 +602,10 @@ pub struct StickyClientIp {
     pub timeout_seconds: u32,
 }
 
+fn three_thousand_six_hundred() -> u32 {
+    3600
+}
+
 fn three_hours() -> u32 {
     10800
 }
@@ -613,15 +617,18 @@ pub struct Timeouts {
     /// Connecting to a replica. Defaults to 5.
     #[serde(default = "five")]
     pub connect_seconds: u32,
-    /// From sending a request to the response headers. Defaults to 60. Websocket and TCP tunnels are never
-    /// cut for being idle.
+    /// From sending a request to the response headers. Defaults to 60.
     #[serde(default = "sixty")]
     pub request_seconds: u32,
+    /// A websocket or TCP tunnel with no byte either way for this long is closed. Defaults to 3600 (an hour, as
+    /// ingress-nginx advises for websockets); 0 never closes an idle tunnel.
+    #[serde(default = "three_thousand_six_hundred")]
+    pub idle_seconds: u32,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect_seconds: 5, request_seconds: 60 }
+        Timeouts { connect_seconds: 5, request_seconds: 60, idle_seconds: 3600 }
     }
 }
 

@@ -338,11 +338,12 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
             let labels = entry.replica_labels(&backend.name);
             let gauge = entry.metrics.open_tunnels.get_or_create(&labels).clone();
             if let Some(client_upgrade) = client_upgrade {
+                let idle = entry.config().idle;
                 tokio::spawn(async move {
                     let _guard = guard;
                     if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
                         gauge.inc();
-                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
+                        crate::idle::copy_until_idle(TokioIo::new(c), TokioIo::new(b), idle).await;
                         gauge.dec();
                     }
                 });

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod http;
+pub mod idle;
 pub mod metrics;
 pub mod tcp;
 
@@ -91,6 +92,8 @@ pub struct EntryConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub drain: Duration,
+    /// Tunnels quiet this long are closed; zero never.
+    pub idle: Duration,
 }
 
 impl EntryConfig {
@@ -101,6 +104,7 @@ impl EntryConfig {
             connect_timeout: Duration::from_secs(u64::from(expose.timeouts.connect_seconds.max(1))),
             request_timeout: Duration::from_secs(u64::from(expose.timeouts.request_seconds.max(1))),
             drain: Duration::from_secs(u64::from(expose.drain_seconds)),
+            idle: Duration::from_secs(u64::from(expose.timeouts.idle_seconds)),
         }
     }
 }

@@ -32,7 +32,7 @@ pub async fn serve(entry: Arc<Entry>, mut client: TcpStream, peer: SocketAddr) {
                 let gauge = entry.metrics.open_tunnels.get_or_create(&labels).clone();
                 let _guard = b.track();
                 gauge.inc();
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                crate::idle::copy_until_idle(&mut client, &mut upstream, cfg.idle).await;
                 gauge.dec();
                 return;
             }
