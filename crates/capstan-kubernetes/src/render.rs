@@ -418,11 +418,19 @@ pub fn render_app(app: &App) -> Result<Vec<Value>, RenderError> {
             ("nginx.ingress.kubernetes.io/proxy-connect-timeout".to_string(), e.timeouts.connect_seconds.to_string()),
             (
                 "nginx.ingress.kubernetes.io/proxy-read-timeout".to_string(),
-                if e.websockets { "3600".into() } else { e.timeouts.request_seconds.to_string() },
+                if e.websockets && e.timeouts.idle_seconds > 0 {
+                    e.timeouts.idle_seconds.to_string()
+                } else {
+                    e.timeouts.request_seconds.to_string()
+                },
             ),
             (
                 "nginx.ingress.kubernetes.io/proxy-send-timeout".to_string(),
-                if e.websockets { "3600".into() } else { e.timeouts.request_seconds.to_string() },
+                if e.websockets && e.timeouts.idle_seconds > 0 {
+                    e.timeouts.idle_seconds.to_string()
+                } else {
+                    e.timeouts.request_seconds.to_string()
+                },
             ),
         ]);
         if let Some(c) = e.sticky.as_ref().and_then(|s| s.cookie.as_ref()) {
