@@ -171,7 +171,18 @@ pub struct RunSpec {
     /// The container image, used on Kubernetes; the embedded runtime runs `command`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Run as this user of the machine (Capstan must run as root to switch users). On Kubernetes the
+    /// securityContext decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The signal that asks the program to stop; `SIGTERM` by default (PostgreSQL, say, wants `SIGINT` for a fast
+    /// shutdown). SIGKILL follows after the grace period, whatever this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
+
+/// Signals a program may be asked to stop with.
+pub const STOP_SIGNALS: &[&str] = &["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2"];
 
 /// A named port.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

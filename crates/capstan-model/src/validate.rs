@@ -248,6 +248,19 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
     }
     validate_volumes(spec, errors);
     validate_metrics(spec, errors);
+    if let Some(sig) = &spec.run.stop_signal {
+        if !crate::app::STOP_SIGNALS.contains(&sig.as_str()) {
+            errors.push(
+                FieldError::new("spec.run.stopSignal", format!("`{sig}` is not a stop signal Capstan sends"))
+                    .hint(format!("one of: {}", crate::app::STOP_SIGNALS.join(", "))),
+            );
+        }
+    }
+    if let Some(user) = &spec.run.user {
+        if user.is_empty() || user.contains(|c: char| c.is_whitespace() || c == ':' || c == '/') {
+            errors.push(FieldError::new("spec.run.user", format!("`{user}` is not a user name")));
+        }
+    }
 
     let mut names = BTreeSet::new();
     for (i, p) in spec.ports.iter().enumerate() {

@@ -83,9 +83,17 @@ struct Record {
     reset_after_seconds: f64,
     log_max_size: u64,
     log_max_files: u32,
+    /// The signal that asks the program to stop (SIGTERM when absent).
+    #[serde(default)]
+    stop_signal: Option<String>,
 }
 
 impl Record {
+    /// The signal a stop starts with.
+    fn stop_signal(&self) -> Signal {
+        self.stop_signal.as_deref().and_then(|s| s.parse().ok()).unwrap_or(Signal::SIGTERM)
+    }
+
     /// A record for a replica that has never run.
     fn fresh(key: &ObjectKey, ordinal: u32, revision: &str) -> Record {
         Record {
@@ -106,6 +114,7 @@ impl Record {
             reset_after_seconds: 600.0,
             log_max_size: 10 << 20,
             log_max_files: 3,
+            stop_signal: None,
         }
     }
 
@@ -316,7 +325,7 @@ impl LocalRuntime {
                             &format!("replica {}: {e}; restarting it", rec.name()),
                         );
                         if let Some(pid) = rec.pid {
-                            process::signal_group(pid, Signal::SIGTERM);
+                            process::signal_group(pid, rec.stop_signal());
                             let deadline = std::time::Instant::now() + Duration::from_secs(10);
                             while std::time::Instant::now() < deadline
                                 && matches!(process::proc_start_time(pid), Some((_, false)))
@@ -584,6 +593,7 @@ impl LocalRuntime {
             reset_after_seconds: spec.restart_backoff.clone().unwrap_or_default().reset_after_seconds,
             log_max_size: parse_bytes(&logs.max_size).unwrap_or(10 << 20),
             log_max_files: logs.max_files,
+            stop_signal: spec.run.stop_signal.clone(),
             ..Record::fresh(&key, ordinal, revision)
         };
 
@@ -611,6 +621,20 @@ impl LocalRuntime {
             .stdout(child_out)
             .stderr(child_err);
         process::configure(&mut cmd, &limits).map_err(|e| format!("preparing the process: {e}"))?;
+        if let Some(user) = &spec.run.user {
+            let u = nix::unistd::User::from_name(user)
+                .map_err(|e| format!("looking up user `{user}`: {e}"))?
+                .ok_or_else(|| format!("user `{user}` (spec.run.user) does not exist on this machine"))?;
+            let me = nix::unistd::geteuid();
+            if me.is_root() {
+                cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+                cmd.env("USER", &u.name).env("LOGNAME", &u.name).env("HOME", &u.dir);
+            } else if u.uid != me {
+                return Err(format!(
+                    "running as `{user}` (spec.run.user) needs Capstan to run as root; it runs as uid {me}"
+                ));
+            }
+        }
         let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", exe.display()))?;
         Ok((rec, child))
     }
@@ -788,7 +812,7 @@ impl AppRuntime for LocalRuntime {
     }
 
     fn stop(&self, app: &ObjectKey, ordinal: u32, grace: Duration, forget: bool) {
-        let (pid, mut exited) = {
+        let (pid, mut exited, signal) = {
             let mut map = lock(&self.inner.replicas);
             let Some(r) = map.get_mut(&(app.clone(), ordinal)) else {
                 return;
@@ -797,7 +821,7 @@ impl AppRuntime for LocalRuntime {
                 r.state = ReplicaState::Stopping;
                 r.ready = false;
             }
-            (r.rec.pid, r.exited.clone())
+            (r.rec.pid, r.exited.clone(), r.rec.stop_signal())
         };
         let rt = self.clone();
         let key = app.clone();
@@ -809,7 +833,7 @@ impl AppRuntime for LocalRuntime {
                     drain(key.clone(), format!("{}-{ordinal}", key.name)).await;
                 }
                 if !*exited.borrow() {
-                    process::signal_group(pid, Signal::SIGTERM);
+                    process::signal_group(pid, signal);
                     let timed_out = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_err();
                     if timed_out {
                         tracing::info!(replica = %format!("{}-{ordinal}", key.name), "grace period over; sending SIGKILL");
@@ -853,22 +877,22 @@ impl AppRuntime for LocalRuntime {
     }
 
     async fn shutdown(&self) {
-        let targets: Vec<(ObjectKey, u32, Option<u32>, watch::Receiver<bool>)> = {
+        let targets: Vec<(ObjectKey, u32, Option<u32>, watch::Receiver<bool>, Signal)> = {
             let mut map = lock(&self.inner.replicas);
             map.iter_mut()
                 .filter(|(_, r)| matches!(r.state, ReplicaState::Running | ReplicaState::Stopping))
                 .map(|((k, o), r)| {
                     r.state = ReplicaState::Stopping;
-                    (k.clone(), *o, r.rec.pid, r.exited.clone())
+                    (k.clone(), *o, r.rec.pid, r.exited.clone(), r.rec.stop_signal())
                 })
                 .collect()
         };
         let mut waits = Vec::new();
-        for (key, ordinal, pid, mut exited) in targets {
+        for (key, ordinal, pid, mut exited, signal) in targets {
             let grace = self.grace_of(&key);
             waits.push(tokio::spawn(async move {
                 let Some(pid) = pid else { return };
-                process::signal_group(pid, Signal::SIGTERM);
+                process::signal_group(pid, signal);
                 if tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_err() {
                     tracing::info!(replica = %format!("{}-{ordinal}", key.name), "grace period over; sending SIGKILL");
                     process::signal_group(pid, Signal::SIGKILL);

@@ -401,3 +401,40 @@ async fn the_api_refuses_requests_without_the_token() {
     other.stop().await;
     tp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_and_a_user_are_honoured() {
+    let tp = TestPlane::start().await;
+    // The test app ignores SIGTERM here; SIGINT, the App's stop signal, ends it at once.
+    let extra = format!("{READINESS}  terminationGracePeriodSeconds: 60\n");
+    let yaml = app_yaml("quits", 1, &[("TESTAPP_IGNORE_TERM", "1")], &extra)
+        .replace("  terminationGracePeriodSeconds: 5\n", "")
+        .replace("    env:\n", "    stopSignal: SIGINT\n    env:\n");
+    tp.apply(&yaml);
+    wait_ready(&tp, "quits").await;
+    tp.client.delete("/api/v1/namespaces/default/apps/quits").await.expect("delete");
+    eventually("stopped by SIGINT well before the 60 s grace", Duration::from_secs(20), || async {
+        tp.plane().runtime().pids().is_empty().then_some(())
+    })
+    .await;
+
+    // spec.run.user: as root, the process runs as that user; otherwise the start is refused, naming why.
+    let as_nobody = app_yaml("nobody", 1, &[], READINESS).replace("    env:\n", "    user: nobody\n    env:\n");
+    tp.apply(&as_nobody);
+    if nix::unistd::geteuid().is_root() {
+        let o = wait_ready(&tp, "nobody").await;
+        let pid = replicas(&o)[0]["pid"].as_u64().expect("pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid").to_string();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("nobody exists").uid.as_raw();
+        assert!(uid_line.split_whitespace().nth(1) == Some(&nobody.to_string()), "{uid_line}");
+    } else {
+        eventually("refused without root", T, || async {
+            let o = tp.app("nobody").await;
+            let msg = replicas(&o).first()?["message"].as_str()?.to_string();
+            msg.contains("needs Capstan to run as root").then_some(())
+        })
+        .await;
+    }
+    tp.stop().await;
+}
