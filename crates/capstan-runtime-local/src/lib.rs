@@ -720,6 +720,9 @@ fn describe(e: &ExitInfo) -> String {
     }
 }
 
+/// A replica to stop at shutdown: its App, ordinal, pid, exit watch and stop signal.
+type StopTarget = (ObjectKey, u32, Option<u32>, watch::Receiver<bool>, Signal);
+
 impl AppRuntime for LocalRuntime {
     fn observe(&self, app: &ObjectKey) -> Vec<ObservedReplica> {
         let map = lock(&self.inner.replicas);
@@ -877,7 +880,7 @@ impl AppRuntime for LocalRuntime {
     }
 
     async fn shutdown(&self) {
-        let targets: Vec<(ObjectKey, u32, Option<u32>, watch::Receiver<bool>, Signal)> = {
+        let targets: Vec<StopTarget> = {
             let mut map = lock(&self.inner.replicas);
             map.iter_mut()
                 .filter(|(_, r)| matches!(r.state, ReplicaState::Running | ReplicaState::Stopping))
