@@ -13,6 +13,8 @@ if ! command -v git >/dev/null || [ ! -x "$(git --exec-path)/git-daemon" ]; then
   apt_install git
 fi
 [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null || apt_install openssh-server openssh-client
+# Databases are tested against the machine's PostgreSQL (server binaries, the `postgres` user, psql).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null || apt_install postgresql postgresql-client
 # Discovery is tested against a real Prometheus.
 [ -x /usr/bin/prometheus ] || apt_install prometheus
 

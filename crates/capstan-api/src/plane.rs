@@ -129,6 +129,7 @@ pub struct ControlPlane {
     shared: Arc<Shared>,
     controller: Option<ControllerHandle>,
     gitops: Option<GitOpsHandle>,
+    databases: Option<capstan_database::controller::DatabaseHandle>,
     server: JoinHandle<()>,
     addr: SocketAddr,
     data_dir: PathBuf,
@@ -189,6 +190,7 @@ impl ControlPlane {
             GitOpsConfig { data_dir: cfg.data_dir.clone(), max_concurrent_fetches: 4 },
         );
         let requester = gitops.requester();
+        let databases = capstan_database::controller::spawn(store.clone(), cfg.data_dir.clone());
         let shared = Arc::new(Shared { store, runtime, proxy, token, shutdown, admitter, gitops: requester });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {
@@ -204,6 +206,7 @@ impl ControlPlane {
             shared,
             controller: Some(controller),
             gitops: Some(gitops),
+            databases: Some(databases),
             server,
             addr,
             data_dir: cfg.data_dir,
@@ -257,6 +260,9 @@ impl ControlPlane {
     pub async fn shutdown(mut self, keep_workloads: bool) {
         if let Some(g) = self.gitops.take() {
             g.stop().await;
+        }
+        if let Some(d) = self.databases.take() {
+            d.stop().await;
         }
         if let Some(c) = self.controller.take() {
             c.stop().await;

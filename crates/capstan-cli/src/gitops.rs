@@ -44,6 +44,7 @@ fn first_line(s: &str, max: usize) -> String {
 pub fn columns(kind: Kind) -> Vec<&'static str> {
     match kind {
         Kind::Secret => vec!["NAME", "KEYS", "AGE"],
+        Kind::Database => vec!["NAME", "ENDPOINT", "READY", "MESSAGE", "AGE"],
         _ => vec!["NAME", "REVISION", "SUSPENDED", "READY", "MESSAGE", "AGE"],
     }
 }
@@ -60,6 +61,14 @@ pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> 
         let keys: BTreeSet<&String> =
             ["stringData", "data"].iter().filter_map(|f| o["spec"][f].as_object()).flat_map(|m| m.keys()).collect();
         r.push(keys.into_iter().cloned().collect::<Vec<_>>().join(","));
+        r.push(created);
+        return r;
+    }
+    if kind == Kind::Database {
+        r.push(o["status"]["endpoint"].as_str().unwrap_or("-").to_string());
+        let (ready, message) = ready_of(o);
+        r.push(ready);
+        r.push(first_line(&message, 70));
         r.push(created);
         return r;
     }
@@ -105,6 +114,17 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
             let keys: BTreeSet<&String> =
                 ["stringData", "data"].iter().filter_map(|f| spec[f].as_object()).flat_map(|m| m.keys()).collect();
             field("Keys", keys.into_iter().cloned().collect::<Vec<_>>().join(", "));
+        }
+        Kind::Database => {
+            field("Endpoint", s(&st["endpoint"]));
+            field(
+                "Credentials",
+                format!("Secret {} (username, password, database, host, port, url)", s(&st["secretName"])),
+            );
+            field("Server", format!("App {}", s(&st["appName"])));
+            field("Data", s(&st["dataDirectory"]));
+            field("Binaries", s(&st["binDirectory"]));
+            field("Deletion policy", spec["deletionPolicy"].as_str().unwrap_or("Retain").to_string());
         }
         Kind::Source => {
             field("URL", s(&spec["url"]));

@@ -50,6 +50,9 @@ pub struct AppSpec {
     /// `/sd/prometheus` for an existing Prometheus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSpec>,
+    /// A Database in this namespace whose connection URL the replicas get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_ref: Option<crate::database::DatabaseRef>,
 }
 
 /// A replica's metrics endpoint.

@@ -1,6 +1,7 @@
 //! Capstan's resource model: the kinds users write, their validation and schemas. No I/O lives here.
 
 pub mod app;
+pub mod database;
 pub mod gitops;
 pub mod manifest;
 pub mod meta;
@@ -10,6 +11,7 @@ pub mod validate;
 pub mod yaml;
 
 pub use app::*;
+pub use database::{Database, DatabaseRef};
 pub use gitops::{Secret, Source, Sync};
 pub use manifest::{check_duplicates, parse_manifests, Diagnostic, Diagnostics, Manifest};
 pub use meta::*;

@@ -6,6 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::app::{AppSpec, AppStatus};
+use crate::database::{validate_database, Database};
 use crate::gitops::{validate_secret, validate_source, validate_sync, Secret, Source, Sync};
 use crate::manifest::closest;
 use crate::meta::{ObjectKey, ObjectMeta, API_VERSION};
@@ -34,18 +35,20 @@ pub enum Kind {
     Secret,
     Source,
     Sync,
+    Database,
     App,
 }
 
 impl Kind {
     /// Every kind, in the order objects are applied.
-    pub const ALL: &'static [Kind] = &[Kind::Secret, Kind::Source, Kind::Sync, Kind::App];
+    pub const ALL: &'static [Kind] = &[Kind::Secret, Kind::Source, Kind::Sync, Kind::Database, Kind::App];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Secret => "Secret",
             Kind::Source => "Source",
             Kind::Sync => "Sync",
+            Kind::Database => "Database",
             Kind::App => "App",
         }
     }
@@ -56,6 +59,7 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::Source => "sources",
             Kind::Sync => "syncs",
+            Kind::Database => "databases",
             Kind::App => "apps",
         }
     }
@@ -77,6 +81,7 @@ impl Kind {
             Kind::Secret => schemars::schema_for!(Secret),
             Kind::Source => schemars::schema_for!(Source),
             Kind::Sync => schemars::schema_for!(Sync),
+            Kind::Database => schemars::schema_for!(Database),
             Kind::App => schemars::schema_for!(App),
         };
         schema.insert("title".into(), Value::String(self.name().into()));
@@ -102,6 +107,7 @@ pub enum Resource {
     Secret(Secret),
     Source(Source),
     Sync(Sync),
+    Database(Database),
     App(App),
 }
 
@@ -112,6 +118,7 @@ macro_rules! each {
             Resource::Secret($o) => $body,
             Resource::Source($o) => $body,
             Resource::Sync($o) => $body,
+            Resource::Database($o) => $body,
             Resource::App($o) => $body,
         }
     };
@@ -123,6 +130,7 @@ impl Resource {
             Resource::Secret(_) => Kind::Secret,
             Resource::Source(_) => Kind::Source,
             Resource::Sync(_) => Kind::Sync,
+            Resource::Database(_) => Kind::Database,
             Resource::App(_) => Kind::App,
         }
     }
@@ -181,6 +189,7 @@ impl Resource {
             Kind::Secret => decode::<Secret>(value).map(Resource::Secret),
             Kind::Source => decode::<Source>(value).map(Resource::Source),
             Kind::Sync => decode::<Sync>(value).map(Resource::Sync),
+            Kind::Database => decode::<Database>(value).map(Resource::Database),
             Kind::App => decode::<App>(value).map(Resource::App),
         }
     }
@@ -194,6 +203,7 @@ impl Resource {
             Resource::Source(s) => validate_source(&s.spec, &mut errors),
             Resource::Sync(s) => validate_sync(&s.metadata.name, s.metadata.namespace(), &s.spec, &mut errors),
             Resource::Secret(s) => validate_secret(&s.spec, &mut errors),
+            Resource::Database(d) => validate_database(&d.metadata.name, &d.spec, &mut errors),
         }
         errors
     }

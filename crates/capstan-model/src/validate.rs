@@ -256,6 +256,17 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
             );
         }
     }
+    if let Some(r) = &spec.database_ref {
+        if let Err(e) = check_dns_label(&r.name, 63) {
+            errors.push(FieldError::new("spec.databaseRef.name", e));
+        }
+        if !is_env_name(&r.env) {
+            errors.push(FieldError::new(
+                "spec.databaseRef.env",
+                format!("`{}` is not a valid environment variable name", r.env),
+            ));
+        }
+    }
     if let Some(user) = &spec.run.user {
         if user.is_empty() || user.contains(|c: char| c.is_whitespace() || c == ':' || c == '/') {
             errors.push(FieldError::new("spec.run.user", format!("`{user}` is not a user name")));

@@ -580,6 +580,22 @@ impl LocalRuntime {
         env.push(("CAPSTAN_REPLICA".into(), format!("{}-{ordinal}", app.metadata.name)));
         env.push(("CAPSTAN_ORDINAL".into(), ordinal.to_string()));
         env.extend(volumes::prepare(&self.inner.store, &self.inner.cfg.data_dir, app, ordinal)?);
+        if let Some(r) = &spec.database_ref {
+            let secret = ObjectKey::new("Secret", &key.namespace, capstan_model::database::credentials_secret(&r.name));
+            let url = self
+                .inner
+                .store
+                .get(&secret)
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_value::<capstan_model::Secret>(v).ok())
+                .and_then(|s| s.spec.value("url"))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .ok_or_else(|| {
+                    format!("Database {} (spec.databaseRef) has no credentials yet; it may still be starting", r.name)
+                })?;
+            env.push((r.env.clone(), url));
+        }
 
         let logs = spec.logs.clone().unwrap_or_default();
         let rec = Record {

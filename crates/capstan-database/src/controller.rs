@@ -1,0 +1,299 @@
+//! The Database controller: prepares the data directory and credentials, keeps an App running the server (so
+//! supervision, probes, restarts, logs and graceful stops are the App's), mirrors its readiness, and on deletion
+//! keeps or removes the data as `deletionPolicy` says.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use capstan_model::database::{credentials_secret, server_app, Database, DatabaseStatus};
+use capstan_model::{
+    find_condition, set_condition, Condition, ConditionStatus, EventType, ObjectKey, ReclaimPolicy, Secret,
+    API_VERSION, BASE_DIR_ANNOTATION, READY, STALLED,
+};
+use capstan_store::{Store, WatchType};
+use chrono::Utc;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::postgres::{find_bin_dir, init, own, run_as};
+
+/// Label on the App and Secret a Database owns.
+pub const DATABASE_LABEL: &str = "capstan.dev/database";
+
+/// The running controller.
+pub struct DatabaseHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl DatabaseHandle {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the Database controller; `data_dir` is Capstan's data directory.
+pub fn spawn(store: Store, data_dir: PathBuf) -> DatabaseHandle {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut watch = store.watch();
+        let mut due: BTreeSet<ObjectKey> = all(&store);
+        loop {
+            for key in std::mem::take(&mut due) {
+                let (s, d) = (store.clone(), data_dir.clone());
+                let k = key.clone();
+                let _ = tokio::task::spawn_blocking(move || reconcile(&s, &d, &k)).await;
+            }
+            tokio::select! {
+                _ = stop_rx.changed() => break,
+                ev = watch.recv() => match ev {
+                    Ok(ev) if ev.key.kind == "Database" => {
+                        if ev.type_ == WatchType::Deleted {
+                            let (s, d) = (store.clone(), data_dir.clone());
+                            tokio::task::spawn_blocking(move || finalize(&s, &d, &ev.key, &ev.object));
+                        } else if generation_changed(&ev.object) {
+                            due.insert(ev.key);
+                        }
+                    }
+                    Ok(ev) if ev.key.kind == "App" => {
+                        if let Some(db) = ev.object["metadata"]["labels"][DATABASE_LABEL].as_str() {
+                            due.insert(ObjectKey::new("Database", &ev.key.namespace, db));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => due = all(&store),
+                    Err(_) => break,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(10)) => due = all(&store),
+            }
+        }
+    });
+    DatabaseHandle { stop, task }
+}
+
+/// A Database whose status does not yet reflect its spec (status writes alone do not need a reconcile).
+fn generation_changed(v: &Value) -> bool {
+    v["status"]["observedGeneration"] != v["metadata"]["generation"]
+}
+
+fn all(store: &Store) -> BTreeSet<ObjectKey> {
+    store.list("Database", None).unwrap_or_default().iter().filter_map(|v| capstan_store::key_of(v).ok()).collect()
+}
+
+fn base_dir(data_dir: &std::path::Path, key: &ObjectKey) -> PathBuf {
+    data_dir.join("databases").join(&key.namespace).join(&key.name)
+}
+
+fn cond(type_: &str, status: ConditionStatus, reason: &str, message: impl Into<String>, g: Option<i64>) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Utc::now(),
+        observed_generation: g,
+    }
+}
+
+fn random_password() -> String {
+    let mut b = [0u8; 18];
+    let _ = getrandom::getrandom(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok().map(|a| a.port())
+}
+
+/// The server's user must reach its data: the data directory becomes traversable (0711) while everything else in it
+/// stays private to Capstan's user.
+fn open_path_for(data_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(data_dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name == "databases" {
+            continue;
+        }
+        let mode = if e.path().is_dir() { 0o700 } else { 0o600 };
+        let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode));
+    }
+    for dir in [data_dir.to_path_buf(), data_dir.join("databases")] {
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711));
+    }
+}
+
+fn reconcile(store: &Store, data_dir: &std::path::Path, key: &ObjectKey) {
+    let Some(db) = store.get(key).ok().flatten().and_then(|v| serde_json::from_value::<Database>(v).ok()) else {
+        return;
+    };
+    let g = db.metadata.generation;
+    let mut status: DatabaseStatus = db.status.clone().unwrap_or_default();
+    status.observed_generation = g;
+    let fail = |status: &mut DatabaseStatus, reason: &str, message: String, stalled: bool| {
+        set_condition(&mut status.conditions, cond(READY, ConditionStatus::False, reason, message.clone(), g));
+        if stalled {
+            set_condition(&mut status.conditions, cond(STALLED, ConditionStatus::True, reason, message.clone(), g));
+        }
+        let _ = store.record_event(key, EventType::Warning, reason, &message);
+    };
+    match prepare(store, data_dir, key, &db, &mut status) {
+        Err((reason, message, stalled)) => fail(&mut status, reason, message, stalled),
+        Ok(()) => {
+            status.conditions.retain(|c| c.type_ != STALLED);
+            // Ready is the server App's readiness: pg_isready answering on its port.
+            let app = store.get(&ObjectKey::new("App", &key.namespace, server_app(&key.name))).ok().flatten();
+            let ready = app.as_ref().and_then(|a| {
+                let conds: Vec<Condition> = serde_json::from_value(a["status"]["conditions"].clone()).ok()?;
+                find_condition(&conds, READY).cloned()
+            });
+            let endpoint = status.endpoint.clone().unwrap_or_default();
+            match ready {
+                Some(c) if c.status == ConditionStatus::True => set_condition(
+                    &mut status.conditions,
+                    cond(
+                        READY,
+                        ConditionStatus::True,
+                        "AcceptingConnections",
+                        format!("accepting connections at {endpoint}"),
+                        g,
+                    ),
+                ),
+                Some(c) => {
+                    set_condition(&mut status.conditions, cond(READY, ConditionStatus::False, "Starting", c.message, g))
+                }
+                None => set_condition(
+                    &mut status.conditions,
+                    cond(READY, ConditionStatus::False, "Starting", "the server is starting".to_string(), g),
+                ),
+            }
+        }
+    }
+    let _ = store.update_status(key, serde_json::to_value(&status).unwrap_or(Value::Null));
+}
+
+type Refusal = (&'static str, String, bool);
+
+fn prepare(
+    store: &Store,
+    data_dir: &std::path::Path,
+    key: &ObjectKey,
+    db: &Database,
+    status: &mut DatabaseStatus,
+) -> Result<(), Refusal> {
+    let bin = find_bin_dir(db.spec.version).map_err(|m| ("PostgreSQLNotInstalled", m, true))?;
+    let who = run_as(db.spec.run_as.as_deref()).map_err(|m| ("RunAsUserMissing", m, true))?;
+    let base = base_dir(data_dir, key);
+    let (pgdata, run) = (base.join("pgdata"), base.join("run"));
+    for d in [&base, &pgdata, &run] {
+        std::fs::create_dir_all(d).map_err(|e| ("DataDirectory", format!("{}: {e}", d.display()), true))?;
+    }
+    if who.name.is_some() {
+        open_path_for(data_dir);
+        let _ = own(&data_dir.join("databases").join(&key.namespace), &who, 0o711);
+    }
+    for (d, mode) in [(&base, 0o700), (&pgdata, 0o700), (&run, 0o700)] {
+        own(d, &who, mode).map_err(|m| ("DataDirectory", m, true))?;
+    }
+
+    // Credentials: created once and kept, so the password survives restarts and re-creation (under Retain).
+    let user = db.spec.user_name();
+    let database = db.spec.database_name(&key.name);
+    let secret_key = ObjectKey::new("Secret", &key.namespace, credentials_secret(&key.name));
+    let existing: Option<Secret> = store.get(&secret_key).ok().flatten().and_then(|v| serde_json::from_value(v).ok());
+    let value = |s: &Secret, k: &str| s.spec.value(k).map(|b| String::from_utf8_lossy(&b).into_owned());
+    let password = existing.as_ref().and_then(|s| value(s, "password")).unwrap_or_else(random_password);
+    let kept_port = existing.as_ref().and_then(|s| value(s, "port")).and_then(|p| p.parse::<u16>().ok());
+    let port = db.spec.port.or(kept_port).or_else(free_port).ok_or((
+        "PortAllocation",
+        "no free port on 127.0.0.1".to_string(),
+        false,
+    ))?;
+    let url = format!("postgres://{user}:{password}@127.0.0.1:{port}/{database}");
+    let secret = json!({
+        "apiVersion": API_VERSION, "kind": "Secret",
+        "metadata": {"name": secret_key.name, "namespace": key.namespace, "labels": {DATABASE_LABEL: key.name}},
+        "spec": {"stringData": {"username": user, "password": password, "database": database,
+                                 "host": "127.0.0.1", "port": port.to_string(), "url": url}}
+    });
+    store.apply(vec![secret]).map_err(|e| ("Credentials", e.to_string(), false))?;
+
+    if !pgdata.join("PG_VERSION").exists() {
+        init(&bin, &pgdata, &run, &who, &user, &password, &database).map_err(|m| ("InitFailed", m, true))?;
+        let _ = store.record_event(
+            key,
+            EventType::Normal,
+            "Initialized",
+            &format!("created the cluster in {} with database {database}", pgdata.display()),
+        );
+    }
+
+    // The server, as an App: supervised, probed, restarted, stopped with SIGINT (PostgreSQL's fast shutdown).
+    let mut command: Vec<String> = vec![
+        bin.join("postgres").display().to_string(),
+        "-D".into(),
+        pgdata.display().to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-k".into(),
+        run.display().to_string(),
+        "-c".into(),
+        "listen_addresses=127.0.0.1".into(),
+    ];
+    for (k, v) in &db.spec.parameters {
+        command.push("-c".into());
+        command.push(format!("{k}={v}"));
+    }
+    let mut run_spec =
+        json!({"command": command, "stopSignal": "SIGINT", "env": {"PGDATA": pgdata.display().to_string()}});
+    if let Some(name) = &who.name {
+        run_spec["user"] = json!(name);
+    }
+    let app = json!({
+        "apiVersion": API_VERSION, "kind": "App",
+        "metadata": {"name": server_app(&key.name), "namespace": key.namespace,
+                     "labels": {DATABASE_LABEL: key.name, "app.kubernetes.io/component": "database"},
+                     "annotations": {BASE_DIR_ANNOTATION: base.display().to_string()}},
+        "spec": {
+            "replicas": 1,
+            "run": run_spec,
+            "ports": [{"name": "postgres", "port": port}],
+            "probes": {"readiness": {"exec": {"command": [bin.join("pg_isready").display().to_string(),
+                "-h", "127.0.0.1", "-p", port.to_string(), "-U", user, "-d", database]},
+                "periodSeconds": 2, "timeoutSeconds": 2}},
+            "terminationGracePeriodSeconds": 60
+        }
+    });
+    store.apply(vec![app]).map_err(|e| ("ServerApp", e.to_string(), false))?;
+    status.endpoint = Some(format!("127.0.0.1:{port}"));
+    status.secret_name = Some(secret_key.name.clone());
+    status.app_name = Some(server_app(&key.name));
+    status.data_directory = Some(pgdata.display().to_string());
+    status.bin_directory = Some(bin.display().to_string());
+    Ok(())
+}
+
+/// A deleted Database: its server App goes; its data and credentials stay unless `deletionPolicy: Delete`, and then
+/// only once the server has stopped.
+fn finalize(store: &Store, data_dir: &std::path::Path, key: &ObjectKey, object: &Value) {
+    let _ = store.delete(&ObjectKey::new("App", &key.namespace, server_app(&key.name)));
+    let Ok(db) = serde_json::from_value::<Database>(object.clone()) else { return };
+    if db.spec.deletion_policy != ReclaimPolicy::Delete {
+        tracing::info!(database = %key, "deleted; its data stays in {} (deletionPolicy Retain)", base_dir(data_dir, key).display());
+        return;
+    }
+    let base = base_dir(data_dir, key);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while base.join("pgdata/postmaster.pid").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if base.join("pgdata/postmaster.pid").exists() {
+        tracing::warn!(database = %key, "the server did not stop; its data stays in {}", base.display());
+        return;
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    let _ = store.delete(&ObjectKey::new("Secret", &key.namespace, credentials_secret(&key.name)));
+    tracing::info!(database = %key, "deleted with its data (deletionPolicy Delete)");
+}

@@ -1,0 +1,4 @@
+//! Capstan's Database kind on this machine: PostgreSQL from the machine's binaries, run as a supervised App.
+
+pub mod controller;
+pub mod postgres;

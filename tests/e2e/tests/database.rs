@@ -1,0 +1,166 @@
+//! PostgreSQL Databases on the embedded runtime, against the machine's real PostgreSQL (Debian's `postgresql`).
+
+use std::process::Command;
+use std::time::Duration;
+
+use capstan_e2e::git::GitRepo;
+use capstan_e2e::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn database_yaml(name: &str, extra: &str) -> String {
+    format!("apiVersion: capstan.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {name}\nspec:\n  parameters: {{max_connections: \"20\"}}\n{extra}")
+}
+
+async fn db_obj(tp: &TestPlane, name: &str) -> Option<Value> {
+    tp.client.get(&format!("/api/v1/namespaces/default/databases/{name}")).await.ok()
+}
+
+async fn wait_db_ready(tp: &TestPlane, name: &str) -> Value {
+    eventually(&format!("Database {name} Ready"), T, || async {
+        let o = db_obj(tp, name).await?;
+        let ready = o["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
+        ready.then_some(o)
+    })
+    .await
+}
+
+async fn url_of(tp: &TestPlane, name: &str) -> String {
+    let s = tp.client.get(&format!("/api/v1/namespaces/default/secrets/{name}-credentials")).await.expect("secret");
+    s["spec"]["stringData"]["url"].as_str().expect("url").to_string()
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-tAc", sql])
+        .output()
+        .expect("psql runs (scripts/test.sh installs postgresql)");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_serves_an_app_survives_crashes_and_restarts_and_keeps_its_data() {
+    let tp = TestPlane::start().await;
+    let app = app_yaml("board", 1, &[], READINESS).replace("  ports:\n", "  databaseRef: {name: db}\n  ports:\n");
+    tp.apply(&format!("{}---\n{app}", database_yaml("db", "")));
+    let db = wait_db_ready(&tp, "db").await;
+    assert!(db["status"]["endpoint"].as_str().unwrap_or("").starts_with("127.0.0.1:"));
+
+    // The App gets the URL and can use it.
+    let o = eventually("board Ready", T, || async {
+        let o = tp.app("board").await;
+        ready(&o).then_some(o)
+    })
+    .await;
+    let port = replicas(&o)[0]["ports"]["http"].as_u64().expect("port") as u16;
+    let (_, env) = http_get(port, "/env").await.expect("env");
+    let env: Value = serde_json::from_str(&env).expect("json");
+    let url = url_of(&tp, "db").await;
+    assert_eq!(env["DATABASE_URL"], url.as_str());
+    assert!(url.starts_with("postgres://app:") && url.ends_with("/db"), "{url}");
+    psql(&url, "create table issues(id int primary key, title text)");
+    psql(&url, "insert into issues values (1, 'survives')");
+    assert_eq!(psql(&url, "show max_connections"), "20", "spec.parameters reach the server");
+
+    // SIGKILL of the server: restarted by its App, the row is there.
+    let server = tp.app("db-postgres").await;
+    let pid = replicas(&server)[0]["pid"].as_u64().expect("pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    eventually("server back", T, || async {
+        let o = tp.app("db-postgres").await;
+        let r = replicas(&o).first().cloned()?;
+        (r["pid"].as_u64() != Some(pid as u64) && r["ready"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(psql(&url, "select title from issues where id = 1"), "survives");
+
+    // Capstan stopped (the server gets PostgreSQL's fast shutdown) and started again: same data, same password.
+    let data = tp.dir.path().to_path_buf();
+    let mut tp = tp;
+    if let Some(p) = tp.plane.take() {
+        p.shutdown(false).await;
+    }
+    let log = std::fs::read_to_string(data.join("logs/default/db-postgres/db-postgres-0.log")).unwrap_or_default();
+    assert!(log.contains("received fast shutdown request"), "stopped with SIGINT");
+    // Until every task of the first plane has let go of the state file, it stays locked.
+    let mut tries = 0;
+    let plane = loop {
+        match capstan_api::ControlPlane::start(capstan_api::PlaneConfig {
+            data_dir: data.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+        })
+        .await
+        {
+            Ok(p) => break p,
+            Err(e) if tries < 150 => {
+                tries += 1;
+                if tries % 50 == 0 {
+                    eprintln!("waiting for the state file: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("second start: {e}"),
+        }
+    };
+    let tp2 = TestPlane {
+        client: capstan_api::Client::new(plane.url(), plane.token()),
+        plane: Some(plane),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    assert_eq!(url_of(&tp2, "db").await, url);
+    // Status written before the restart says Ready until the new plane has looked; the server answers when it is.
+    let count = eventually("the server answers again", T, || async {
+        let out = Command::new("psql").args([url.as_str(), "-tAc", "select count(*) from issues"]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
+    .await;
+    assert_eq!(count, "1");
+    wait_db_ready(&tp2, "db").await;
+
+    // Deleted under Retain: the server stops; data and credentials stay.
+    tp2.client.delete("/api/v1/namespaces/default/databases/db").await.expect("delete");
+    eventually("server App gone", T, || async {
+        tp2.client.get("/api/v1/namespaces/default/apps/db-postgres").await.is_err().then_some(())
+    })
+    .await;
+    assert!(data.join("databases/default/db/pgdata/PG_VERSION").is_file());
+    assert!(tp2.client.get("/api/v1/namespaces/default/secrets/db-credentials").await.is_ok());
+    tp2.stop().await;
+    drop(tp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_policy_removes_the_data_and_a_prune_never_does() {
+    let tp = TestPlane::start().await;
+    tp.apply(&database_yaml("scratch", "  deletionPolicy: Delete\n"));
+    wait_db_ready(&tp, "scratch").await;
+    let dir = tp.dir.path().join("databases/default/scratch");
+    assert!(dir.join("pgdata/PG_VERSION").is_file());
+    tp.client.delete("/api/v1/namespaces/default/databases/scratch").await.expect("delete");
+    eventually("data removed after the server stopped", T, || async { (!dir.exists()).then_some(()) }).await;
+    eventually("credentials removed", T, || async {
+        tp.client.get("/api/v1/namespaces/default/secrets/scratch-credentials").await.is_err().then_some(())
+    })
+    .await;
+
+    // From Git, with prune: removing the manifest does not delete the Database.
+    let repo = GitRepo::new();
+    repo.commit(&[("db.yaml", Some(&database_yaml("kept", "")))], "db");
+    let sync = "apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata:\n  name: infra\nspec:\n  sourceRef: {name: repo}\n  interval: 1h\n  prune: true\n";
+    let source = format!("apiVersion: capstan.dev/v1alpha1\nkind: Source\nmetadata:\n  name: repo\nspec:\n  url: {}\n  ref: {{branch: main}}\n  interval: 1h\n", repo.file_url());
+    tp.apply(&format!("{source}---\n{sync}"));
+    wait_db_ready(&tp, "kept").await;
+    let c2 = repo.commit(&[("db.yaml", None), ("other.yaml", Some(&app_yaml("other", 1, &[], "")))], "drop the db");
+    tp.client.post("/api/v1/namespaces/default/syncs/infra/reconcile", Value::Null).await.expect("sync now");
+    eventually("applied without the Database", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/syncs/infra").await.ok()?;
+        (o["status"]["lastAppliedRevision"] == format!("main@sha1:{c2}").as_str()).then_some(())
+    })
+    .await;
+    assert!(db_obj(&tp, "kept").await.is_some(), "a prune never deletes a Database under Retain");
+    let events = tp.client.get("/api/v1/namespaces/default/syncs/infra/events").await.expect("events").to_string();
+    assert!(events.contains("kept Database/kept"), "{events}");
+    tp.stop().await;
+}
