@@ -45,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/namespaces/{ns}/apps/{name}/restart", post(restart))
         .route("/api/v1/namespaces/{ns}/syncs/{name}/reconcile", post(reconcile_sync))
         .route("/api/v1/namespaces/{ns}/apps/{name}/volumes/{volume}/sync", post(volume_sync))
+        .route("/api/v1/namespaces/{ns}/databases/{name}/backup", post(db_backup))
+        .route("/api/v1/namespaces/{ns}/databases/{name}/restore", post(db_restore))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -453,5 +455,66 @@ async fn volume_sync(
         Ok(Ok(report)) => Json(report).into_response(),
         Ok(Err(e)) => error(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.message),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the sync task failed: {e}")),
+    }
+}
+
+/// Dumps a Database now (into its server's backups volume), keeping as many dumps as its spec says (7 by default).
+async fn db_backup(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
+    let key = ObjectKey::new("Database", &ns, &name);
+    let store = state.store.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let keep =
+            store.get(&key).ok().flatten().and_then(|d| d["spec"]["backup"]["keep"].as_u64()).unwrap_or(7) as u32;
+        let t = capstan_database::backup::target(&store, &key)?;
+        capstan_database::backup::dump(&t, &key.name, keep)
+    })
+    .await;
+    match done {
+        Ok(Ok(info)) => {
+            let _ = state.store.record_event(
+                &ObjectKey::new("Database", &ns, &name),
+                capstan_model::EventType::Normal,
+                "BackedUp",
+                &format!("{} ({} bytes), on request", info.file, info.bytes),
+            );
+            Json(info).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RestoreBody {
+    file: Option<String>,
+}
+
+/// Restores a dump (the newest unless `file` names one) over the Database.
+async fn db_restore(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Option<Json<RestoreBody>>,
+) -> Response {
+    let key = ObjectKey::new("Database", &ns, &name);
+    let file = body.and_then(|b| b.0.file);
+    let store = state.store.clone();
+    let k = key.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let t = capstan_database::backup::target(&store, &k)?;
+        capstan_database::backup::restore(&t, file.as_deref())
+    })
+    .await;
+    match done {
+        Ok(Ok(info)) => {
+            let _ = state.store.record_event(
+                &key,
+                capstan_model::EventType::Warning,
+                "Restored",
+                &format!("restored {}", info.file),
+            );
+            Json(info).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::manifests;
 use crate::output::{age, render, short, table, time_of};
 use crate::{
-    data_dir, Cli, Command, Failure, MetricsCommand, RolloutCommand, SyncCommand, VolumeCommand, EXIT_FAIL,
+    data_dir, Cli, Command, DbCommand, Failure, MetricsCommand, RolloutCommand, SyncCommand, VolumeCommand, EXIT_FAIL,
     EXIT_INVALID, EXIT_OK,
 };
 
@@ -32,6 +32,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             crate::gitops::build_cmd(&paths, &vars, target_namespace, &output)
         }
         Command::Metrics { action: MetricsCommand::Lint { file, format } } => metrics_lint(&file, format.as_deref()),
+        Command::Db { action } => db(&client()?, action).await,
         Command::Volume { action: VolumeCommand::Sync { app, volume, from, to, namespace } } => {
             volume_sync(&client()?, &app, namespace.as_deref().unwrap_or("default"), &volume, from, to).await
         }
@@ -601,6 +602,19 @@ async fn delete(
         }
     }
     Ok(code)
+}
+
+async fn db(client: &Client, action: DbCommand) -> Result<u8> {
+    let (verb, name, ns, body) = match action {
+        DbCommand::Backup { name, namespace } => ("backup", name, namespace, Value::Null),
+        DbCommand::Restore { name, file, namespace } => ("restore", name, namespace, json!({ "file": file })),
+    };
+    let ns = ns.unwrap_or_else(|| "default".into());
+    let r =
+        client.post(&format!("/api/v1/namespaces/{ns}/databases/{name}/{verb}"), body).await.map_err(api_failure)?;
+    let done = if verb == "backup" { "backed up to" } else { "restored from" };
+    println!("✔ database/{name} {done} {} ({} bytes)", r["file"].as_str().unwrap_or(""), r["bytes"]);
+    Ok(EXIT_OK)
 }
 
 fn metrics_lint(file: &str, format: Option<&str>) -> Result<u8> {

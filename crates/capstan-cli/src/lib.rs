@@ -95,6 +95,11 @@ pub enum Command {
         #[command(subcommand)]
         action: MetricsCommand,
     },
+    /// Back up or restore a Database.
+    Db {
+        #[command(subcommand)]
+        action: DbCommand,
+    },
     /// Work with an App's volumes.
     Volume {
         #[command(subcommand)]
@@ -223,6 +228,24 @@ pub enum MetricsCommand {
         /// prometheus (text 0.0.4) or openmetrics; by default, OpenMetrics when the text ends with `# EOF`.
         #[arg(long)]
         format: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Dump the database now (pg_dump -Fc into its backups volume).
+    Backup {
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Restore a dump over the database: the newest, or the one --file names.
+    Restore {
+        name: String,
+        #[arg(long)]
+        file: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
     },
 }
 

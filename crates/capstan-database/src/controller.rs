@@ -151,16 +151,19 @@ fn reconcile(store: &Store, data_dir: &std::path::Path, key: &ObjectKey) {
             });
             let endpoint = status.endpoint.clone().unwrap_or_default();
             match ready {
-                Some(c) if c.status == ConditionStatus::True => set_condition(
-                    &mut status.conditions,
-                    cond(
-                        READY,
-                        ConditionStatus::True,
-                        "AcceptingConnections",
-                        format!("accepting connections at {endpoint}"),
-                        g,
-                    ),
-                ),
+                Some(c) if c.status == ConditionStatus::True => {
+                    set_condition(
+                        &mut status.conditions,
+                        cond(
+                            READY,
+                            ConditionStatus::True,
+                            "AcceptingConnections",
+                            format!("accepting connections at {endpoint}"),
+                            g,
+                        ),
+                    );
+                    scheduled_backup(store, key, &db, &mut status);
+                }
                 Some(c) => {
                     set_condition(&mut status.conditions, cond(READY, ConditionStatus::False, "Starting", c.message, g))
                 }
@@ -172,6 +175,28 @@ fn reconcile(store: &Store, data_dir: &std::path::Path, key: &ObjectKey) {
         }
     }
     let _ = store.update_status(key, serde_json::to_value(&status).unwrap_or(Value::Null));
+}
+
+/// Takes a dump when `spec.backup` says one is due; the newest dump (scheduled or taken by hand) goes in status.
+fn scheduled_backup(store: &Store, key: &ObjectKey, db: &Database, status: &mut DatabaseStatus) {
+    let Ok(target) = crate::backup::target(store, key) else { return };
+    status.last_backup = crate::backup::list(&target.dir).pop();
+    let Some(spec) = &db.spec.backup else { return };
+    let interval = capstan_model::parse_duration(&spec.interval).unwrap_or(Duration::from_secs(86_400));
+    let due =
+        status.last_backup.as_ref().is_none_or(|b| (Utc::now() - b.taken_at).to_std().unwrap_or_default() >= interval);
+    if !due {
+        return;
+    }
+    match crate::backup::dump(&target, &key.name, spec.keep) {
+        Ok(b) => {
+            let _ = store.record_event(key, EventType::Normal, "BackedUp", &format!("{} ({} bytes)", b.file, b.bytes));
+            status.last_backup = Some(b);
+        }
+        Err(e) => {
+            let _ = store.record_event(key, EventType::Warning, "BackupFailed", &e);
+        }
+    }
 }
 
 type Refusal = (&'static str, String, bool);
@@ -263,7 +288,8 @@ fn prepare(
             "probes": {"readiness": {"exec": {"command": [bin.join("pg_isready").display().to_string(),
                 "-h", "127.0.0.1", "-p", port.to_string(), "-U", user, "-d", database]},
                 "periodSeconds": 2, "timeoutSeconds": 2}},
-            "terminationGracePeriodSeconds": 60
+            "terminationGracePeriodSeconds": 60,
+            "volumes": [{"name": crate::backup::BACKUP_VOLUME, "scope": "shared", "env": "BACKUP_DIR"}]
         }
     });
     store.apply(vec![app]).map_err(|e| ("ServerApp", e.to_string(), false))?;

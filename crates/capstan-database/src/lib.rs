@@ -1,4 +1,5 @@
 //! Capstan's Database kind on this machine: PostgreSQL from the machine's binaries, run as a supervised App.
 
+pub mod backup;
 pub mod controller;
 pub mod postgres;

@@ -37,6 +37,37 @@ pub struct DatabaseSpec {
     /// `Delete`: they go with it.
     #[serde(default)]
     pub deletion_policy: crate::app::ReclaimPolicy,
+    /// Scheduled dumps (`pg_dump -Fc`) into the `backups` volume of the server's App.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+}
+
+/// When to dump and how many dumps to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupSpec {
+    /// Time between two dumps, such as `24h`. Defaults to `24h`.
+    #[serde(default = "a_day")]
+    pub interval: String,
+    /// Dumps kept; older ones are deleted. Defaults to 7.
+    #[serde(default = "seven")]
+    pub keep: u32,
+}
+
+fn a_day() -> String {
+    "24h".into()
+}
+fn seven() -> u32 {
+    7
+}
+
+/// One dump of a Database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupInfo {
+    pub file: String,
+    pub bytes: u64,
+    pub taken_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What Capstan observed of a Database.
@@ -62,6 +93,9 @@ pub struct DatabaseStatus {
     /// The PostgreSQL binaries in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_directory: Option<String>,
+    /// The newest dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<BackupInfo>,
 }
 
 /// A Database.
@@ -130,6 +164,17 @@ pub fn validate_database(name: &str, spec: &DatabaseSpec, errors: &mut Vec<Field
     }
     if spec.port == Some(0) {
         errors.push(FieldError::new("spec.port", "must not be 0").hint("leave it out to have one allocated"));
+    }
+    if let Some(b) = &spec.backup {
+        match crate::quantity::parse_duration(&b.interval) {
+            Ok(d) if d.as_secs() < 60 => errors
+                .push(FieldError::new("spec.backup.interval", "must be at least 1m").hint("for example `6h` or `24h`")),
+            Ok(_) => {}
+            Err(e) => errors.push(FieldError::new("spec.backup.interval", e).hint("for example `24h`")),
+        }
+        if b.keep == 0 {
+            errors.push(FieldError::new("spec.backup.keep", "must keep at least one dump"));
+        }
     }
     for k in spec.parameters.keys() {
         if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {

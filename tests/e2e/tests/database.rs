@@ -164,3 +164,51 @@ async fn delete_policy_removes_the_data_and_a_prune_never_does() {
     assert!(events.contains("kept Database/kept"), "{events}");
     tp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_on_schedule_and_on_request_and_a_restore_brings_data_back() {
+    let tp = TestPlane::start().await;
+    tp.apply(&database_yaml("bk", "  backup: {interval: 1h, keep: 2}\n"));
+    wait_db_ready(&tp, "bk").await;
+    // The first scheduled dump comes at once (there is none yet).
+    let first = eventually("a scheduled dump", T, || async {
+        let o = db_obj(&tp, "bk").await?;
+        o["status"]["lastBackup"]["file"].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(std::path::Path::new(&first).is_file(), "{first}");
+    assert!(first.contains("/volumes/default/bk-postgres/backups/"), "the server App's backups volume: {first}");
+
+    let url = url_of(&tp, "bk").await;
+    psql(&url, "create table notes(body text)");
+    psql(&url, "insert into notes values ('keep me')");
+    let cli = |args: &[&str]| {
+        Command::new(bin("capstan-e2e-cli"))
+            .args(args)
+            .env("CAPSTAN_SERVER", tp.plane().url())
+            .env("CAPSTAN_TOKEN", tp.plane().token())
+            .output()
+            .expect("cli")
+    };
+    let out = cli(&["db", "backup", "bk"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("✔ database/bk backed up to"));
+
+    psql(&url, "drop table notes");
+    let out = cli(&["db", "restore", "bk"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(psql(&url, "select body from notes"), "keep me");
+
+    // Retention: two dumps kept.
+    assert!(cli(&["db", "backup", "bk"]).status.success());
+    let dir = std::path::Path::new(&first).parent().expect("dir").to_path_buf();
+    let dumps = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "dump")))
+        .count();
+    assert_eq!(dumps, 2);
+    let out = cli(&["db", "restore", "bk", "--file", "nope.dump"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dump"), "{}", String::from_utf8_lossy(&out.stderr));
+    tp.stop().await;
+}
