@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use capstan_engine::controller::condition_now as cond;
 use capstan_model::database::{credentials_secret, server_app, Database, DatabaseStatus};
 use capstan_model::{
     find_condition, set_condition, Condition, ConditionStatus, EventType, ObjectKey, ReclaimPolicy, Secret,
@@ -85,17 +86,6 @@ fn all(store: &Store) -> BTreeSet<ObjectKey> {
 
 fn base_dir(data_dir: &std::path::Path, key: &ObjectKey) -> PathBuf {
     data_dir.join("databases").join(&key.namespace).join(&key.name)
-}
-
-fn cond(type_: &str, status: ConditionStatus, reason: &str, message: impl Into<String>, g: Option<i64>) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Utc::now(),
-        observed_generation: g,
-    }
 }
 
 fn random_password() -> String {

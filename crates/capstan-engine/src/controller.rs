@@ -360,3 +360,21 @@ fn volume_warnings(app: &App, volumes: &[capstan_model::VolumeStatus]) -> Vec<St
         })
         .collect()
 }
+
+/// A condition observed now, as controllers write them.
+pub fn condition_now(
+    type_: &str,
+    status: capstan_model::ConditionStatus,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> capstan_model::Condition {
+    capstan_model::Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Utc::now(),
+        observed_generation: generation,
+    }
+}

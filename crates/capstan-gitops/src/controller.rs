@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use capstan_engine::controller::condition_now as cond;
 use capstan_engine::queue::WorkQueue;
 use capstan_engine::sync::{mark_owned, plan_sync, record_history};
 use capstan_model::gitops::{reason, Artifact, Secret, Source, SourceStatus, Sync, SyncStatus};
 use capstan_model::{
-    find_condition, parse_duration, remove_condition, set_condition, Condition, ConditionStatus, Diagnostic,
-    Diagnostics, EventType, FieldError, ObjectKey, READY, RECONCILING, STALLED,
+    find_condition, parse_duration, remove_condition, set_condition, ConditionStatus, Diagnostic, Diagnostics,
+    EventType, FieldError, ObjectKey, READY, RECONCILING, STALLED,
 };
 use capstan_store::{Store, WatchType};
 use chrono::Utc;
@@ -332,17 +333,6 @@ fn find_ready(v: &Value) -> Option<String> {
     let conds = v["status"]["conditions"].as_array()?;
     let c = conds.iter().find(|c| c["type"] == READY)?;
     Some(format!("{}/{}", c["status"].as_str().unwrap_or(""), v["status"]["lastAppliedRevision"]))
-}
-
-fn cond(type_: &str, status: ConditionStatus, reason: &str, message: impl Into<String>, g: Option<i64>) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Utc::now(),
-        observed_generation: g,
-    }
 }
 
 fn duration_or(s: Option<&str>, default: Duration) -> Duration {
