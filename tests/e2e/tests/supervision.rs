@@ -419,7 +419,16 @@ async fn a_stop_signal_and_a_user_are_honoured() {
     .await;
 
     // spec.run.user: as root, the process runs as that user; otherwise the start is refused, naming why.
-    let as_nobody = app_yaml("nobody", 1, &[], READINESS).replace("    env:\n", "    user: nobody\n    env:\n");
+    // The program and its directory must be reachable by `nobody` (the build directory may sit under /root).
+    let shared = tempfile::tempdir().expect("tempdir");
+    let program = shared.path().join("capstan-testapp");
+    std::fs::copy(testapp(), &program).expect("copy the test app");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let as_nobody = app_yaml("nobody", 1, &[], READINESS)
+        .replace(&testapp(), &program.display().to_string())
+        .replace("    env:\n", &format!("    user: nobody\n    workingDir: {}\n    env:\n", shared.path().display()));
     tp.apply(&as_nobody);
     if nix::unistd::geteuid().is_root() {
         let o = wait_ready(&tp, "nobody").await;
