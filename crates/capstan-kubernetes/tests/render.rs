@@ -30,10 +30,23 @@ spec:
     - {name: index, scope: replica, env: INDEX_DIR, size: 5Gi}
     - {name: attachments, scope: shared, env: SHARED_DIR, size: 50Gi}
   metrics: {port: http}
+  databaseRef: {name: teamboard-db}
+---
+apiVersion: capstan.dev/v1alpha1
+kind: Database
+metadata:
+  name: teamboard-db
+  namespace: team
+spec:
+  parameters: {max_connections: \"200\"}
 ";
 
 fn app(yaml: &str) -> Resource {
     parse_manifests("web.yaml", yaml).unwrap_or_else(|d| panic!("{d}")).remove(0).resource
+}
+
+fn all(yaml: &str) -> Vec<Resource> {
+    parse_manifests("web.yaml", yaml).unwrap_or_else(|d| panic!("{d}")).into_iter().map(|m| m.resource).collect()
 }
 
 fn kinds(objs: &[Value]) -> Vec<String> {
@@ -44,7 +57,7 @@ fn kinds(objs: &[Value]) -> Vec<String> {
 
 #[test]
 fn matches_the_golden_file() {
-    let objs = render(&[app(WEB)]).unwrap();
+    let objs = render(&all(WEB)).unwrap();
     let text: String = objs.iter().map(capstan_model::yaml::to_yaml_string).collect();
     let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/teamboard.yaml");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -64,7 +77,7 @@ fn every_object_round_trips_through_its_k8s_openapi_type() {
         back["kind"] = v["kind"].clone();
         assert_eq!(&back, v, "no field lost or unknown");
     }
-    for o in render(&[app(WEB)]).unwrap() {
+    for o in render(&all(WEB)).unwrap() {
         match o["kind"].as_str().unwrap() {
             "StatefulSet" => check::<StatefulSet>(&o),
             "Service" => check::<Service>(&o),
@@ -79,7 +92,7 @@ fn every_object_round_trips_through_its_k8s_openapi_type() {
 
 #[test]
 fn what_an_expert_writes() {
-    let objs = render(&[app(WEB)]).unwrap();
+    let objs = render(&all(WEB)).unwrap();
     assert_eq!(
         kinds(&objs),
         [
@@ -92,6 +105,9 @@ fn what_an_expert_writes() {
             "Service/teamboard-ssh",
             "PodDisruptionBudget/teamboard",
             "NetworkPolicy/teamboard-allow",
+            "StatefulSet/teamboard-db-postgres",
+            "Service/teamboard-db",
+            "NetworkPolicy/teamboard-db-allow",
         ]
     );
     let sts = &objs[2];
@@ -117,7 +133,7 @@ fn what_an_expert_writes() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| format!("{}={}", e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .map(|e| format!("{}={}", e["name"].as_str().unwrap(), e["value"].as_str().unwrap_or("<from a secret>")))
         .collect();
     assert!(env.contains(&"PORT=8080".to_string()) && env.contains(&"PORT_SSH=8081".to_string()), "{env:?}");
     assert!(env.contains(&"INDEX_DIR=/var/lib/capstan/index".to_string()), "{env:?}");
@@ -134,6 +150,22 @@ fn what_an_expert_writes() {
     for o in &objs {
         assert_eq!(o["metadata"]["labels"]["app.kubernetes.io/managed-by"], "capstan", "{}", o["metadata"]["name"]);
     }
+    // The database: the official image, its password from the Secret, data kept, and only its App let in.
+    assert!(
+        env.contains(
+            &"DATABASE_URL=postgres://app:$(DATABASE_URL_PASSWORD)@teamboard-db.team.svc:5432/teamboard_db".to_string()
+        ),
+        "{env:?}"
+    );
+    let pg = &objs[9];
+    let pc = &pg["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(pc["image"], "postgres:16");
+    assert_eq!(pc["env"][2]["valueFrom"]["secretKeyRef"]["name"], "teamboard-db-credentials");
+    assert_eq!(pc["args"], serde_json::json!(["-c", "max_connections=200"]));
+    assert_eq!(pg["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"], "Retain");
+    let allow = &objs[11]["spec"]["ingress"][0];
+    assert_eq!(allow["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "teamboard");
+    assert_eq!(allow["ports"][0]["port"], 5432);
 }
 
 #[test]
