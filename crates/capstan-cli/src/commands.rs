@@ -28,6 +28,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
             up(data.clone(), listen, paths, bootstrap).await
         }
         Command::Render { paths, target, output } => crate::gitops::render_cmd(&paths, &target, &output),
+        Command::Crds => {
+            for c in capstan_kubernetes::crd::all() {
+                print!("{}", capstan_model::yaml::to_yaml_string(&c));
+            }
+            Ok(EXIT_OK)
+        }
         Command::Build { paths, vars, target_namespace, output } => {
             crate::gitops::build_cmd(&paths, &vars, target_namespace, &output)
         }

@@ -117,6 +117,8 @@ pub enum Command {
         #[arg(short, long, default_value = "yaml")]
         output: String,
     },
+    /// Print the CustomResourceDefinitions of Capstan's kinds, for running Capstan's objects on Kubernetes.
+    Crds,
     /// Fetch and apply a Sync now instead of waiting for its interval.
     Sync {
         #[command(subcommand)]

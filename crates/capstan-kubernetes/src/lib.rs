@@ -1,3 +1,4 @@
 //! Capstan on Kubernetes: the same manifests rendered as Kubernetes objects built with k8s-openapi types.
 
+pub mod crd;
 pub mod render;
