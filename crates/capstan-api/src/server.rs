@@ -169,6 +169,10 @@ async fn events(State(state): State<AppState>, Path((ns, plural, name)): Path<(S
 struct LogQuery {
     replica: Option<u32>,
     since: Option<DateTime<Utc>>,
+    /// Only lines up to this time.
+    until: Option<DateTime<Utc>>,
+    /// Only lines whose text matches this regular expression.
+    grep: Option<String>,
     tail: Option<usize>,
     #[serde(default)]
     follow: bool,
@@ -211,9 +215,18 @@ async fn logs(
     if !known {
         return error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}"));
     }
+    let grep = match q.grep.as_deref().map(regex::Regex::new).transpose() {
+        Ok(g) => g,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("grep: not a regular expression: {e}")),
+    };
+    let until = q.until;
+    let keep = move |l: &capstan_runtime_local::logs::LogLine| {
+        until.is_none_or(|u| l.time <= u) && grep.as_ref().is_none_or(|g| g.is_match(&l.text))
+    };
     // Subscribe before reading the files so no line falls between the two.
     let followers = if q.follow { state.runtime.follow_logs(&key, q.replica) } else { Vec::new() };
     let mut lines = state.runtime.read_logs(&key, q.replica, q.since);
+    lines.retain(|l| keep(l));
     if let Some(n) = q.tail {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
@@ -227,8 +240,9 @@ async fn logs(
             }
         }
         for f in followers {
+            let keep = keep.clone();
             tokio::spawn(forward(f, tx.clone(), move |l: &capstan_runtime_local::logs::LogLine| {
-                last_seen.is_none_or(|t| l.time > t)
+                last_seen.is_none_or(|t| l.time > t) && keep(l)
             }));
         }
     });

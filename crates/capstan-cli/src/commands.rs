@@ -51,8 +51,16 @@ pub async fn run(cli: Cli) -> Result<u8> {
             get(&client()?, &kind, name.as_deref(), namespace.as_deref(), all_namespaces, &output, watch).await
         }
         Command::Describe { kind, name, namespace } => describe(&client()?, &kind, &name, namespace.as_deref()).await,
-        Command::Logs { app, replica, follow, since, tail, timestamps, namespace } => {
-            logs(&client()?, &app, namespace.as_deref(), replica, follow, since.as_deref(), tail, timestamps).await
+        Command::Logs { app, selector, until, grep, replica, follow, since, tail, timestamps, namespace } => {
+            let client = client()?;
+            let ns = namespace.as_deref().unwrap_or("default");
+            let apps = match (app, selector) {
+                (Some(a), None) => vec![a],
+                (None, Some(sel)) => apps_matching(&client, ns, &sel).await?,
+                _ => return Err(Failure::invalid("error: give an APP or -l key=value, not both or neither").into()),
+            };
+            let filter = LogFilter { since, until, grep, tail };
+            logs(&client, &apps, ns, replica, follow, &filter, timestamps).await
         }
         Command::Delete { kind, name, files, namespace } => {
             delete(&client()?, kind.as_deref(), name.as_deref(), &files, namespace.as_deref()).await
@@ -525,35 +533,90 @@ pub(crate) fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Which lines `capstan logs` asks for.
+struct LogFilter {
+    since: Option<String>,
+    until: Option<String>,
+    grep: Option<String>,
+    tail: Option<usize>,
+}
+
+/// The Apps in a namespace whose labels include every `key=value` of the selector.
+async fn apps_matching(client: &Client, ns: &str, selector: &str) -> Result<Vec<String>> {
+    let mut wanted = Vec::new();
+    for part in selector.split(',').filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(Failure::invalid(format!("error: -l `{part}` is not key=value")).into());
+        };
+        wanted.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let items = client.get(&format!("/api/v1/apps?namespace={ns}")).await.map_err(api_failure)?;
+    let names: Vec<String> = items["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| wanted.iter().all(|(k, v)| a["metadata"]["labels"][k].as_str() == Some(v.as_str())))
+        .filter_map(|a| a["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    if names.is_empty() {
+        return Err(Failure::fail(format!("error: no App in namespace {ns} has labels {selector}")).into());
+    }
+    Ok(names)
+}
+
+fn ago(flag: &str, s: &str) -> Result<String> {
+    let d = parse_duration(s).map_err(|e| Failure::invalid(format!("error: --{flag}: {e}")))?;
+    let t = Utc::now() - chrono::Duration::from_std(d).unwrap_or_default();
+    Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).replace('+', "%2B"))
+}
+
 async fn logs(
     client: &Client,
-    app: &str,
-    ns: Option<&str>,
+    apps: &[String],
+    ns: &str,
     replica: Option<u32>,
     follow: bool,
-    since: Option<&str>,
-    tail: Option<usize>,
+    filter: &LogFilter,
     timestamps: bool,
 ) -> Result<u8> {
-    let ns = ns.unwrap_or("default");
     let mut q = vec![format!("follow={follow}")];
     if let Some(r) = replica {
         q.push(format!("replica={r}"));
     }
-    if let Some(s) = since {
-        let d = parse_duration(s).map_err(|e| Failure::invalid(format!("error: --since: {e}")))?;
-        let t = Utc::now() - chrono::Duration::from_std(d).unwrap_or_default();
-        q.push(format!("since={}", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).replace('+', "%2B")));
+    if let Some(s) = &filter.since {
+        q.push(format!("since={}", ago("since", s)?));
     }
-    if let Some(n) = tail {
+    if let Some(s) = &filter.until {
+        q.push(format!("until={}", ago("until", s)?));
+    }
+    if let Some(g) = &filter.grep {
+        let encoded: String = g
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        q.push(format!("grep={encoded}"));
+    }
+    if let Some(n) = filter.tail {
         q.push(format!("tail={n}"));
     }
-    let mut rx = client
-        .stream(&format!("/api/v1/namespaces/{ns}/apps/{app}/logs?{}", q.join("&")))
-        .await
-        .map_err(api_failure)?;
-    let prefix = replica.is_none();
+    // One stream per App, merged as lines arrive.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(1024);
+    for app in apps {
+        let mut stream = client
+            .stream(&format!("/api/v1/namespaces/{ns}/apps/{app}/logs?{}", q.join("&")))
+            .await
+            .map_err(api_failure)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(l) = stream.recv().await {
+                if tx.send(l).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let prefix = replica.is_none() || apps.len() > 1;
     while let Some(l) = rx.recv().await {
         let mut line = String::new();
         if timestamps {

@@ -162,7 +162,17 @@ pub enum Command {
     },
     /// Print the logs of an App's replicas.
     Logs {
-        app: String,
+        /// The App; or give -l to follow every App whose labels match.
+        app: Option<String>,
+        /// Every App with these labels, as `key=value[,key=value]`.
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        /// Only lines up to this long ago, such as 5m (with --since, a time window).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only lines matching this regular expression.
+        #[arg(long)]
+        grep: Option<String>,
         /// Only this replica ordinal.
         #[arg(long)]
         replica: Option<u32>,

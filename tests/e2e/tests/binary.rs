@@ -409,3 +409,51 @@ fn render_for_kubernetes_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_by_label_selector_with_a_regex_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let manifest = dir.path().join("apps.yaml");
+    let labelled = |name: &str| {
+        app_yaml(name, 1, &[("TESTAPP_LOG_LINES", "5")], READINESS)
+            .replace(&format!("  name: {name}\n"), &format!("  name: {name}\n  labels: {{team: blue}}\n"))
+    };
+    std::fs::write(
+        &manifest,
+        format!(
+            "{}---\n{}---\n{}",
+            labelled("alpha"),
+            labelled("beta"),
+            app_yaml("gamma", 1, &[("TESTAPP_LOG_LINES", "5")], READINESS)
+        ),
+    )
+    .unwrap();
+    let _up = up(&data, &manifest);
+    for name in ["alpha", "beta", "gamma"] {
+        ready_pids(&data, name, 1).await;
+    }
+    let out = eventually("lines of both labelled Apps", T, || async {
+        let out = capstan(&data, &["logs", "-l", "team=blue", "--grep", "line [13] "]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (text.lines().count() == 4).then_some(text)
+    })
+    .await;
+    for want in
+        ["[alpha-0] alpha-0 line 1", "[alpha-0] alpha-0 line 3", "[beta-0] beta-0 line 1", "[beta-0] beta-0 line 3"]
+    {
+        assert!(out.contains(want), "{want} in {out}");
+    }
+    assert!(!out.contains("gamma") && !out.contains("line 2"), "{out}");
+    let out = capstan(&data, &["logs", "-l", "team=red"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = capstan(&data, &["logs", "alpha", "--grep", "("]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a regular expression"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(capstan(&data, &["logs"]).status.code(), Some(2));
+    assert!(capstan(&data, &["shutdown"]).status.success());
+}
