@@ -80,6 +80,33 @@ pub fn admit(
                     .hint(format!("object {first} of the batch has the same kind, namespace and name")),
             ));
         }
+        if let Resource::Database(db) = r {
+            if let Some(port) = db.spec.port {
+                // The Database's own server listening there is no clash.
+                let server = ObjectKey::new(
+                    "App",
+                    db.metadata.namespace(),
+                    capstan_model::database::server_app(&db.metadata.name),
+                );
+                if let Some((other, _)) = fixed_ports.get(&port).filter(|(k, _)| *k != server) {
+                    errors.push(AdmissionError::new(
+                        i,
+                        FieldError::new("spec.port", format!("port {port} is already claimed by {other}"))
+                            .hint("pick another port, or leave it out to have one allocated"),
+                    ));
+                } else if in_use(&server, port) {
+                    let who = match capstan_runtime_local::process::listener_of(port) {
+                        Some((pid, comm)) => format!("pid {pid} ({comm})"),
+                        None => "another process".to_string(),
+                    };
+                    errors.push(AdmissionError::new(
+                        i,
+                        FieldError::new("spec.port", format!("port {port} is in use on 127.0.0.1 by {who}"))
+                            .hint("pick another port, or leave it out to have one allocated"),
+                    ));
+                }
+            }
+        }
         if let Resource::Source(src) = r {
             if let Some(dir) = src.spec.dir.as_deref() {
                 let path = capstan_runtime_local::base_dir(&src.metadata).join(dir);

@@ -134,6 +134,30 @@ async fn a_database_serves_an_app_survives_crashes_and_restarts_and_keeps_its_da
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_policy_removes_the_data_and_a_prune_never_does() {
     let tp = TestPlane::start().await;
+    // A fixed port another process holds is refused before anything runs, naming the holder.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("addr").port();
+    let yaml = database_yaml("clash", &format!("  port: {taken}\n"));
+    let objects: Vec<Value> =
+        capstan_model::parse_manifests("db.yaml", &yaml).unwrap().into_iter().map(|m| m.resource.to_value()).collect();
+    match tp.plane().apply(objects) {
+        Err(capstan_api::plane::ApplyError::Invalid(errors)) => {
+            assert_eq!(errors[0].path, "spec.port");
+            assert!(errors[0].message.contains(&format!("by pid {}", std::process::id())), "{:?}", errors[0]);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(holder);
+    // Its own server on a fixed port is no clash: the same manifest applies again once it runs.
+    let fixed = database_yaml("fixed", &format!("  port: {taken}\n"));
+    tp.apply(&fixed);
+    wait_db_ready(&tp, "fixed").await;
+    eventually("the server listens on its fixed port", T, || async {
+        std::net::TcpStream::connect(("127.0.0.1", taken)).ok().map(|_| ())
+    })
+    .await;
+    tp.apply(&fixed);
+
     tp.apply(&database_yaml("scratch", "  deletionPolicy: Delete\n"));
     wait_db_ready(&tp, "scratch").await;
     let dir = tp.dir.path().join("databases/default/scratch");
