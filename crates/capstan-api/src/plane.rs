@@ -226,6 +226,11 @@ impl ControlPlane {
         &self.shared.token
     }
 
+    /// The data directory this plane runs from.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     pub fn store(&self) -> &Store {
         &self.shared.store
     }

@@ -2,6 +2,7 @@
 //! test app, and bounded polling.
 
 pub mod git;
+pub mod web;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -110,6 +111,36 @@ impl TestPlane {
     }
 
     /// Stops every replica and the plane.
+    /// Stops this plane as Ctrl-C would (every replica stopped gracefully) and starts a new one on the same data
+    /// directory, waiting until the first has let go of the state file. The temporary directory moves over.
+    pub async fn restart(mut self) -> TestPlane {
+        let data = self.plane().data_dir().to_path_buf();
+        if let Some(p) = self.plane.take() {
+            p.shutdown(false).await;
+        }
+        let mut tries = 0;
+        let plane = loop {
+            match ControlPlane::start(PlaneConfig {
+                data_dir: data.clone(),
+                listen: "127.0.0.1:0".parse().expect("addr"),
+            })
+            .await
+            {
+                Ok(p) => break p,
+                Err(e) if tries < 150 => {
+                    tries += 1;
+                    if tries % 50 == 0 {
+                        eprintln!("waiting for the state file: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("second start: {e}"),
+            }
+        };
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        TestPlane { client: Client::new(plane.url(), plane.token()), plane: Some(plane), dir }
+    }
+
     pub async fn stop(mut self) {
         if let Some(p) = self.plane.take() {
             p.shutdown(false).await;

@@ -78,37 +78,9 @@ async fn a_database_serves_an_app_survives_crashes_and_restarts_and_keeps_its_da
 
     // Capstan stopped (the server gets PostgreSQL's fast shutdown) and started again: same data, same password.
     let data = tp.dir.path().to_path_buf();
-    let mut tp = tp;
-    if let Some(p) = tp.plane.take() {
-        p.shutdown(false).await;
-    }
+    let tp2 = tp.restart().await;
     let log = std::fs::read_to_string(data.join("logs/default/db-postgres/db-postgres-0.log")).unwrap_or_default();
     assert!(log.contains("received fast shutdown request"), "stopped with SIGINT");
-    // Until every task of the first plane has let go of the state file, it stays locked.
-    let mut tries = 0;
-    let plane = loop {
-        match capstan_api::ControlPlane::start(capstan_api::PlaneConfig {
-            data_dir: data.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-        })
-        .await
-        {
-            Ok(p) => break p,
-            Err(e) if tries < 150 => {
-                tries += 1;
-                if tries % 50 == 0 {
-                    eprintln!("waiting for the state file: {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("second start: {e}"),
-        }
-    };
-    let tp2 = TestPlane {
-        client: capstan_api::Client::new(plane.url(), plane.token()),
-        plane: Some(plane),
-        dir: tempfile::tempdir().unwrap(),
-    };
     assert_eq!(url_of(&tp2, "db").await, url);
     // Status written before the restart says Ready until the new plane has looked; the server answers when it is.
     let count = eventually("the server answers again", T, || async {
@@ -128,7 +100,6 @@ async fn a_database_serves_an_app_survives_crashes_and_restarts_and_keeps_its_da
     assert!(data.join("databases/default/db/pgdata/PG_VERSION").is_file());
     assert!(tp2.client.get("/api/v1/namespaces/default/secrets/db-credentials").await.is_ok());
     tp2.stop().await;
-    drop(tp);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
