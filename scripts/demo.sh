@@ -1,73 +1,106 @@
 #!/usr/bin/env bash
-# Builds Capstan and the hello example, puts examples/hello in a Git repository and runs Capstan straight from it
-# (`capstan up --git`), shows traffic through the balancer, then commits a change and syncs it. Prints where to look.
-# Ctrl-C stops every replica. With DEMO_SMOKE=1 it checks each replica answers, then stops by itself.
+# The main demo: the Data Center pattern on one machine. Installs what is missing (PostgreSQL, through apt), builds
+# Capstan and Teamboard, runs `capstan up examples/ha-stack` (a PostgreSQL Database and two Teamboard nodes behind
+# a sticky load balancer), adds a little sample data, and prints the URL to open. Ctrl-C stops everything; the data
+# stays in $CAPSTAN_DATA for next time.
+# With DEMO_SMOKE=1 it checks the stack end to end (both nodes, a write, a search, a v1 -> v2 rolling upgrade), then
+# stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
 apt_install curl procps python3
-if ! command -v git >/dev/null; then apt_install git; fi
-echo "== building capstan and capstan-hello (release)"
-cargo build --release --quiet -p capstan-cli -p hello
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  apt_install postgresql postgresql-client
+fi
+echo "== building capstan and teamboard (release)"
+cargo build --release --quiet -p capstan-cli -p teamboard
 export PATH="$CARGO_TARGET_DIR/release:$PATH"
 export CAPSTAN_DATA="${CAPSTAN_DATA:-$PWD/.capstan}"
 LISTEN="${CAPSTAN_LISTEN:-127.0.0.1:7470}"
+WEB=http://127.0.0.1:8090
 
-# The deployment repository: examples/hello committed to a fresh Git repository.
-REPO="$CAPSTAN_DATA/demo-repo"
-rm -rf "$REPO" && mkdir -p "$REPO"
-cp examples/hello/hello.yaml "$REPO/"
-demo_git() { git -C "$REPO" -c user.name="Capstan demo" -c user.email=demo@example.com "$@"; }
-demo_git init -q -b main
-demo_git add -A
-demo_git commit -q -m "hello: 2 replicas"
-
-capstan up --git "file://$REPO" --listen "$LISTEN" &
+started=$(date +%s.%N)
+capstan up examples/ha-stack --listen "$LISTEN" &
 UP=$!
-trap 'kill -INT $UP 2>/dev/null; wait $UP' INT TERM
+# However the script ends (Ctrl-C, a failed step), Capstan is stopped and stops every replica.
+trap 'kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
 export CAPSTAN_SERVER="http://$LISTEN"
-for _ in $(seq 1 100); do
-  capstan get apps >/dev/null 2>&1 && break
+echo "== waiting for the stack (PostgreSQL, then two Teamboard nodes)"
+for i in $(seq 1 1800); do
+  curl -fsS "$WEB/status" >/dev/null 2>&1 && break
   kill -0 $UP 2>/dev/null || { wait $UP; exit $?; }
+  [ "$i" = 1800 ] && { echo "the stack did not become Ready in 3 minutes" >&2; capstan get apps >&2; exit 1; }
   sleep 0.1
 done
-echo "== following file://$REPO"
-capstan sync now bootstrap -n capstan-system --timeout 60s
+capstan apply -f examples/ha-stack --wait --timeout 3m >/dev/null
+ready=$(date +%s.%N)
 echo
+capstan get databases
 capstan get apps -o wide
-echo
-echo "Through Capstan's load balancer, http://127.0.0.1:8080/ :"
-for _ in 1 2 3 4; do echo "  new client      -> $(curl -fsS http://127.0.0.1:8080/)"; done
-jar=$(mktemp)
-for _ in 1 2 3; do echo "  client with a cookie jar -> $(curl -fsS -c "$jar" -b "$jar" http://127.0.0.1:8080/)"; done
-rm -f "$jar"
-echo
-echo "== a commit to the repository: replicas 2 -> 3, then sync"
-sed -i 's/replicas: 2/replicas: 3/' "$REPO/hello.yaml"
-demo_git commit -q -am "hello: 3 replicas"
-capstan sync now bootstrap -n capstan-system --timeout 60s
-capstan get apps
-cat <<TOUR
+python3 -c "print('\nthe whole stack was Ready %.1f s after capstan up' % ($ready - $started))"
 
-Try, in another terminal (export CAPSTAN_DATA=$CAPSTAN_DATA):
-  capstan get syncs -A; capstan describe sync bootstrap -n capstan-system   # revision, inventory, history
-  edit $REPO/hello.yaml, git commit, then: capstan sync now bootstrap -n capstan-system
-  capstan describe app hello        # replicas, probes, conditions, events
-  capstan logs hello -f             # every replica's output
-  kill -9 \$(pgrep -f capstan-hello | head -1); capstan get apps   # healed
-  capstan rollout restart hello; capstan rollout status hello     # zero-downtime replacement
-Ctrl-C here stops every replica.
-TOUR
+# Sample data, through the balancer, as user "paul": a customer with a billable and a non-billable account.
+jar=$(mktemp)
+api() { curl -fsS -b "$jar" -c "$jar" -H 'content-type: application/json' "$@"; }
+api -d '{"user":"paul"}' "$WEB/api/login" >/dev/null
+if [ "$(api "$WEB/api/issues?limit=1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["items"]))')" = 0 ]; then
+  api -d '{"key":"SOY","name":"Soylent Corp"}' "$WEB/api/customers"
+  api -d '{"key":"SOYBIL","name":"Soylent billable","customer":"SOY","billable":true,"lead":"paul"}' "$WEB/api/accounts"
+  api -d '{"key":"SOYTRN","name":"Soylent training","customer":"SOY","billable":false,"lead":"paul"}' "$WEB/api/accounts"
+  id=$(api -d '{"title":"Nutrient model for Soylent Green","body":"Find the best mix of plankton and soy."}' "$WEB/api/issues" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["issue"]["id"])')
+  api -d "{\"account\":\"SOYBIL\",\"day\":\"$(date +%F)\",\"hours\":8,\"billableHours\":7,\"description\":\"modelling\"}" \
+    "$WEB/api/issues/$id/worklogs" >/dev/null
+  api -d "{\"account\":\"SOYTRN\",\"day\":\"$(date +%F)\",\"hours\":2,\"description\":\"onboarding Taylor\"}" \
+    "$WEB/api/issues/$id/worklogs" >/dev/null
+  api -d '{"body":"The ocean supply is not what it was."}' "$WEB/api/issues/$id/comments" >/dev/null
+  echo "sample data: issue #$id with a comment and a worklog for customer SOY"
+fi
 
 if [ "${DEMO_SMOKE:-}" = 1 ]; then
+  echo "== smoke check"
+  api -d '{"title":"smoke check issue","body":"written through the balancer"}' "$WEB/api/issues" >/dev/null
+  for _ in $(seq 1 50); do
+    api "$WEB/api/search?q=smoke" | grep -q "smoke check issue" && break
+    sleep 0.1
+  done
+  api "$WEB/api/search?q=smoke" | grep -q "smoke check issue" || { echo "search did not find the new issue" >&2; exit 1; }
+  for port in $(capstan get app teamboard -o json |
+    python3 -c 'import json,sys; print(*[r["ports"]["http"] for r in json.load(sys.stdin)["status"]["replicaStatuses"]])'); do
+    curl -fsS "http://127.0.0.1:$port/status" | grep -q '"state":"RUNNING"' || { echo "node on $port not running" >&2; exit 1; }
+  done
+  curl -fsS -b "$jar" "$WEB/" | grep -q "Teamboard v1" || { echo "the page does not show v1" >&2; exit 1; }
+  echo "== rolling upgrade v1 -> v2"
+  sed 's/TEAMBOARD_VERSION: v1/TEAMBOARD_VERSION: v2/' examples/ha-stack/ha-stack.yaml | capstan apply -f -
+  capstan rollout status teamboard --timeout 3m
+  curl -fsS "$WEB/login" | grep -q "Teamboard v2" || { echo "the page does not show v2 after the upgrade" >&2; exit 1; }
+  rm -f "$jar"
   kill -INT $UP
   wait $UP
-  if pgrep -f "$CARGO_TARGET_DIR/release/capstan-hello" >/dev/null; then
-    echo "replicas left behind" >&2
+  if pgrep -f "$CARGO_TARGET_DIR/release/teamboard" >/dev/null || pgrep -u postgres -f "$CAPSTAN_DATA" >/dev/null; then
+    echo "processes left behind" >&2
     exit 1
   fi
   echo "demo smoke check passed"
   exit 0
 fi
+rm -f "$jar"
+
+cat <<TOUR
+
+Open $WEB and sign in with any name. Sessions live in one node's memory: the balancer's cookie keeps you there.
+The node that served each page is in its header and footer; live updates from every node appear bottom right.
+
+Try, in another terminal (export CAPSTAN_DATA=$CAPSTAN_DATA):
+  capstan describe app teamboard              # nodes, volumes, probes, events
+  capstan logs teamboard -f                   # both nodes' output
+  kill -9 \$(pgrep -f 'release/teamboard' | head -1)   # one node dies: its users move, the others never notice
+  sed 's/TEAMBOARD_VERSION: v1/TEAMBOARD_VERSION: v2/' examples/ha-stack/ha-stack.yaml | capstan apply -f -
+  capstan rollout status teamboard            # one node at a time, zero downtime; the header shows v2
+  capstan volume sync teamboard --volume index --from 0 --to 1   # copy node 0's index to node 1
+  capstan db backup teamboard-db              # pg_dump into the backups volume
+  $WEB/reports                                # the monthly report per customer (billable vs non-billable)
+Ctrl-C here stops everything; the database and volumes stay in $CAPSTAN_DATA.
+TOUR
 wait $UP

@@ -138,8 +138,12 @@ async fn apply(client: &Client, files: &[String], wait: bool, timeout: &str) -> 
     let results = post_apply(client, &ms).await?;
     print_results(&results);
     if wait {
-        let keys: Vec<(String, String)> =
-            ms.iter().map(|m| (m.resource.meta().namespace().to_string(), m.resource.meta().name.clone())).collect();
+        // Secrets have no status; everything else reports a Ready condition.
+        let keys: Vec<(Kind, String, String)> = ms
+            .iter()
+            .filter(|m| m.resource.kind() != Kind::Secret)
+            .map(|m| (m.resource.kind(), m.resource.meta().namespace().to_string(), m.resource.meta().name.clone()))
+            .collect();
         return wait_ready(client, &keys, timeout).await;
     }
     Ok(EXIT_OK)
@@ -154,15 +158,16 @@ fn is_ready(obj: &Value) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
-/// Waits until every App named is Ready, with a progress bar on a terminal and plain lines otherwise.
-pub async fn wait_ready(client: &Client, apps: &[(String, String)], timeout: Duration) -> Result<u8> {
+/// Waits until every object named (Apps, Databases, Sources, Syncs) is Ready, with a progress bar on a terminal and
+/// plain lines otherwise.
+pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], timeout: Duration) -> Result<u8> {
     let deadline = tokio::time::Instant::now() + timeout;
     let tty = std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::new(apps.len() as u64);
+    let bar = indicatif::ProgressBar::new(objects.len() as u64);
     if tty {
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} waiting for Apps to be Ready [{bar:30}] {pos}/{len} {msg}",
+                "{spinner} waiting for objects to be Ready [{bar:30}] {pos}/{len} {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -175,11 +180,12 @@ pub async fn wait_ready(client: &Client, apps: &[(String, String)], timeout: Dur
     loop {
         let mut ready = 0;
         let mut waiting = Vec::new();
-        for (ns, name) in apps {
-            match client.get(&format!("/api/v1/namespaces/{ns}/apps/{name}")).await {
+        for (kind, ns, name) in objects {
+            let who = format!("{}/{name}", kind.name().to_lowercase());
+            match client.get(&format!("/api/v1/namespaces/{ns}/{}/{name}", kind.plural())).await {
                 Ok(o) if is_ready(&o) => ready += 1,
-                Ok(o) => waiting.push((name.clone(), condition_summary(&o))),
-                Err(e) => waiting.push((name.clone(), e.to_string())),
+                Ok(o) => waiting.push((who, condition_summary(&o))),
+                Err(e) => waiting.push((who, e.to_string())),
             }
         }
         bar.set_position(ready as u64);
@@ -187,20 +193,18 @@ pub async fn wait_ready(client: &Client, apps: &[(String, String)], timeout: Dur
             bar.set_message(format!("{n}: {why}"));
         }
         if !tty && ready != last_ready {
-            eprintln!("{ready}/{} Apps ready", apps.len());
+            eprintln!("{ready}/{} ready", objects.len());
         }
         last_ready = ready;
         if waiting.is_empty() {
             bar.finish_and_clear();
-            eprintln!("all {} Apps are Ready", apps.len());
+            eprintln!("all {} objects are Ready", objects.len());
             return Ok(EXIT_OK);
         }
         if tokio::time::Instant::now() >= deadline {
             bar.abandon();
-            let lines: Vec<String> = waiting.iter().map(|(n, w)| format!("  app/{n}: {w}")).collect();
-            return Err(
-                Failure::fail(format!("error: timed out waiting for Apps to be Ready:\n{}", lines.join("\n"))).into()
-            );
+            let lines: Vec<String> = waiting.iter().map(|(n, w)| format!("  {n}: {w}")).collect();
+            return Err(Failure::fail(format!("error: timed out waiting to be Ready:\n{}", lines.join("\n"))).into());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
