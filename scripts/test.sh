@@ -17,6 +17,8 @@ fi
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null || apt_install postgresql postgresql-client
 # Discovery is tested against a real Prometheus.
 [ -x /usr/bin/prometheus ] || apt_install prometheus
+# Web pages are tested in a real headless Chromium (Debian's), driven over the DevTools protocol.
+command -v chromium >/dev/null || apt_install chromium
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -362,3 +362,55 @@ async fn an_upgrade_under_load_loses_no_write_and_restarts_and_volume_sync_keep_
     assert!(hits["items"].as_array().is_some_and(|a| !a.is_empty()), "node 1 finds load issues: {hits}");
     tp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_real_browser_a_user_signs_in_and_sees_another_nodes_change_live() {
+    let tp = TestPlane::start().await;
+    let lb = free_port();
+    tp.apply(&stack_yaml(lb, "v1"));
+    let o = stack_ready(&tp, "v1").await;
+    let mut page = capstan_e2e::chromium::Chromium::launch().await;
+
+    // Sign in through the balancer with the form, as a person would.
+    page.navigate(&format!("http://127.0.0.1:{lb}/")).await;
+    page.wait_for("the sign-in form", "location.pathname === '/login' && !!document.querySelector('input[name=user]')")
+        .await;
+    page.eval("document.querySelector('input[name=user]').value = 'carol'; document.querySelector('form').submit(); 1")
+        .await;
+    page.wait_for("the issue list", "location.pathname === '/' && document.body.dataset.signedIn === '1'").await;
+    assert_eq!(page.eval("document.getElementById('version').textContent").await, "v1");
+    let node = page.eval("document.getElementById('node').textContent").await;
+    let node = node.as_str().expect("the header names the node").to_string();
+
+    // The page's script opened the websocket to the same node (the balancer's cookie took it there).
+    let live = page.wait_for("the websocket's hello", "document.body.dataset.liveNode").await;
+    assert_eq!(live, node.as_str(), "the websocket reached the node that served the page");
+
+    // Someone on the other node creates an issue: it appears on carol's page at once, without a reload.
+    let other = if node == "teamboard-0" { 1 } else { 0 };
+    let mut dave = Browser::new(node_port(&o, other));
+    assert_ne!(login(&mut dave, "dave").await, node);
+    let r = dave.post_json("/api/issues", &json!({"title": "Hull breach on deck 7"})).await.expect("create");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let toast = page
+        .wait_for("the live update", "(document.getElementById('live').textContent.includes('Hull breach on deck 7') && document.getElementById('live').textContent)")
+        .await;
+    assert!(toast.as_str().unwrap_or("").contains("by dave"), "{toast}");
+
+    // A form post from the page: a comment, then the issue page shows it.
+    let id = r.json()["issue"]["id"].as_i64().expect("id");
+    page.navigate(&format!("http://127.0.0.1:{lb}/issues/{id}")).await;
+    page.wait_for("the issue page", "!!document.querySelector('textarea[name=body]')").await;
+    page.eval("document.querySelector('textarea[name=body]').value = 'Sealed <b>by</b> carol'; document.querySelector('textarea[name=body]').form.submit(); 1").await;
+    let shown = page
+        .wait_for(
+            "the comment",
+            "document.body.innerText.includes('Sealed <b>by</b> carol') && document.body.innerText",
+        )
+        .await;
+    assert!(
+        shown.as_str().is_some_and(|t| t.contains("Hull breach on deck 7")),
+        "markup in a comment is shown as text"
+    );
+    tp.stop().await;
+}
