@@ -171,3 +171,43 @@ impl SearchIndex {
 fn search_err(e: impl std::fmt::Display) -> Error {
     Error::Search(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, title: &str, text: &str) -> IndexRow {
+        IndexRow { id, title: title.into(), text: text.into(), status: "open".into() }
+    }
+
+    #[test]
+    fn an_index_is_created_reopened_with_its_cursor_and_rebuilt_when_unreadable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("index");
+        let idx = SearchIndex::open(&path).expect("open");
+        assert_eq!((idx.origin(), idx.cursor(), idx.docs()), (Origin::Created, 0, 0));
+        idx.apply(&[row(1, "Plankton supply", "dwindling"), row(2, "Soy harvest", "record year")], 0).expect("apply");
+        idx.advance(42);
+        // The same issue again replaces its document rather than adding one.
+        idx.apply(&[row(1, "Plankton supply", "dwindling; comment: ask the ocean team")], 42).expect("apply");
+        assert_eq!(idx.docs(), 2);
+        assert_eq!(idx.search("ocean", 10).expect("search").iter().map(|h| h.0).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(idx.search("title:soy", 10).expect("search").len(), 1);
+        assert!(idx.search("unbalanced \"quote", 10).is_ok(), "queries are parsed leniently");
+        drop(idx);
+
+        let idx = SearchIndex::open(&path).expect("reopen");
+        assert_eq!((idx.origin(), idx.cursor(), idx.docs()), (Origin::Opened, 42, 2), "the cursor is the commit's");
+        drop(idx);
+
+        std::fs::write(path.join("meta.json"), b"{ not json").expect("corrupt");
+        let idx = SearchIndex::open(&path).expect("rebuilt");
+        assert_eq!((idx.origin(), idx.cursor(), idx.docs()), (Origin::Rebuilt, 0, 0));
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("index.unreadable-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the unreadable index is kept aside, not deleted");
+    }
+}
