@@ -6,6 +6,7 @@ pub mod plan;
 pub mod queue;
 pub mod runtime;
 pub mod sync;
+pub mod training;
 
 pub use controller::{
     revision_history, Controller, ControllerHandle, ObserverReport, ReconcileObserver, RevisionRecord,

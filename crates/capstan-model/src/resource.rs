@@ -10,6 +10,7 @@ use crate::database::{validate_database, Database};
 use crate::gitops::{validate_secret, validate_source, validate_sync, Secret, Source, Sync};
 use crate::manifest::closest;
 use crate::meta::{ObjectKey, ObjectMeta, API_VERSION};
+use crate::training::{validate_training_job, TrainingJobSpec, TrainingJobStatus};
 use crate::validate::{validate_app, validate_meta, FieldError};
 
 /// An object of one kind: `apiVersion`, `kind`, `metadata`, `spec` and `status`.
@@ -29,6 +30,9 @@ pub struct Object<S, T> {
 /// An App: replicas of a program.
 pub type App = Object<AppSpec, AppStatus>;
 
+/// A TrainingJob: a distributed TensorFlow training run.
+pub type TrainingJob = Object<TrainingJobSpec, TrainingJobStatus>;
+
 /// The kinds Capstan knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -37,11 +41,13 @@ pub enum Kind {
     Sync,
     Database,
     App,
+    TrainingJob,
 }
 
 impl Kind {
     /// Every kind, in the order objects are applied.
-    pub const ALL: &'static [Kind] = &[Kind::Secret, Kind::Source, Kind::Sync, Kind::Database, Kind::App];
+    pub const ALL: &'static [Kind] =
+        &[Kind::Secret, Kind::Source, Kind::Sync, Kind::Database, Kind::App, Kind::TrainingJob];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -50,6 +56,7 @@ impl Kind {
             Kind::Sync => "Sync",
             Kind::Database => "Database",
             Kind::App => "App",
+            Kind::TrainingJob => "TrainingJob",
         }
     }
 
@@ -61,6 +68,7 @@ impl Kind {
             Kind::Sync => "syncs",
             Kind::Database => "databases",
             Kind::App => "apps",
+            Kind::TrainingJob => "trainingjobs",
         }
     }
 
@@ -83,6 +91,7 @@ impl Kind {
             Kind::Sync => schemars::schema_for!(Sync),
             Kind::Database => schemars::schema_for!(Database),
             Kind::App => schemars::schema_for!(App),
+            Kind::TrainingJob => schemars::schema_for!(TrainingJob),
         };
         schema.insert("title".into(), Value::String(self.name().into()));
         schema.insert(
@@ -109,6 +118,7 @@ pub enum Resource {
     Sync(Sync),
     Database(Database),
     App(App),
+    TrainingJob(TrainingJob),
 }
 
 /// Runs `$body` with `$o` bound to the typed object inside a `Resource`, whatever its kind.
@@ -120,6 +130,7 @@ macro_rules! each {
             Resource::Sync($o) => $body,
             Resource::Database($o) => $body,
             Resource::App($o) => $body,
+            Resource::TrainingJob($o) => $body,
         }
     };
 }
@@ -132,6 +143,7 @@ impl Resource {
             Resource::Sync(_) => Kind::Sync,
             Resource::Database(_) => Kind::Database,
             Resource::App(_) => Kind::App,
+            Resource::TrainingJob(_) => Kind::TrainingJob,
         }
     }
 
@@ -191,6 +203,7 @@ impl Resource {
             Kind::Sync => decode::<Sync>(value).map(Resource::Sync),
             Kind::Database => decode::<Database>(value).map(Resource::Database),
             Kind::App => decode::<App>(value).map(Resource::App),
+            Kind::TrainingJob => decode::<TrainingJob>(value).map(Resource::TrainingJob),
         }
     }
 
@@ -204,6 +217,7 @@ impl Resource {
             Resource::Sync(s) => validate_sync(&s.metadata.name, s.metadata.namespace(), &s.spec, &mut errors),
             Resource::Secret(s) => validate_secret(&s.spec, &mut errors),
             Resource::Database(d) => validate_database(&d.metadata.name, &d.spec, &mut errors),
+            Resource::TrainingJob(t) => validate_training_job(&t.metadata.name, &t.spec, &mut errors),
         }
         errors
     }
