@@ -130,6 +130,7 @@ pub struct ControlPlane {
     controller: Option<ControllerHandle>,
     gitops: Option<GitOpsHandle>,
     databases: Option<capstan_database::controller::DatabaseHandle>,
+    training: Option<capstan_training::controller::TrainingHandle>,
     server: JoinHandle<()>,
     addr: SocketAddr,
     data_dir: PathBuf,
@@ -191,6 +192,7 @@ impl ControlPlane {
         );
         let requester = gitops.requester();
         let databases = capstan_database::controller::spawn(store.clone(), cfg.data_dir.clone());
+        let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
         let shared = Arc::new(Shared { store, runtime, proxy, token, shutdown, admitter, gitops: requester });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {
@@ -207,6 +209,7 @@ impl ControlPlane {
             controller: Some(controller),
             gitops: Some(gitops),
             databases: Some(databases),
+            training: Some(training),
             server,
             addr,
             data_dir: cfg.data_dir,
@@ -268,6 +271,9 @@ impl ControlPlane {
         }
         if let Some(d) = self.databases.take() {
             d.stop().await;
+        }
+        if let Some(t) = self.training.take() {
+            t.stop().await;
         }
         if let Some(c) = self.controller.take() {
             c.stop().await;

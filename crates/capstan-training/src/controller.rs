@@ -1,0 +1,254 @@
+//! The TrainingJob controller: gives every task an address, runs each task as an App (`<job>-<type>-<i>`, so
+//! supervision, logs and stops are the App's) with its `TF_CONFIG`, feeds what the tasks did to the pure plan
+//! (`capstan_engine::training`), and applies the plan: restarts, clean-up, status, deletion after the TTL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use capstan_engine::training::{plan_training, tasks_of, TaskObserved, TaskRun};
+use capstan_model::training::{tf_config, ReplicaType, TaskStatus};
+use capstan_model::{ObjectKey, ReplicaStatus, TrainingJob, API_VERSION, BASE_DIR_ANNOTATION};
+use capstan_store::{Store, WatchType};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Label on the Apps a TrainingJob owns.
+pub const JOB_LABEL: &str = "capstan.dev/training-job";
+/// The group-restart counter in every task's environment.
+pub const ATTEMPT_ENV: &str = "CAPSTAN_TRAINING_ATTEMPT";
+/// The task's own restart counter in its environment.
+pub const RESTART_ENV: &str = "CAPSTAN_TRAINING_RESTART";
+
+/// The running controller.
+pub struct TrainingHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl TrainingHandle {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the TrainingJob controller; `data_dir` is Capstan's data directory.
+pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut watch = store.watch();
+        let mut due: BTreeSet<ObjectKey> = all(&store);
+        let mut timers: BTreeMap<ObjectKey, tokio::time::Instant> = BTreeMap::new();
+        loop {
+            for key in std::mem::take(&mut due) {
+                let (s, d, k) = (store.clone(), data_dir.clone(), key.clone());
+                match tokio::task::spawn_blocking(move || reconcile(&s, &d, &k)).await {
+                    Ok(Some(after)) => {
+                        timers.insert(key, tokio::time::Instant::now() + after);
+                    }
+                    _ => {
+                        timers.remove(&key);
+                    }
+                }
+            }
+            let next =
+                timers.values().min().copied().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(30));
+            tokio::select! {
+                _ = stop_rx.changed() => break,
+                ev = watch.recv() => match ev {
+                    Ok(ev) if ev.key.kind == "TrainingJob" => {
+                        if ev.type_ == WatchType::Deleted {
+                            delete_tasks(&store, &ev.key.namespace, &ev.key.name);
+                        } else if ev.object["status"]["observedGeneration"] != ev.object["metadata"]["generation"] {
+                            due.insert(ev.key);
+                        }
+                    }
+                    Ok(ev) if ev.key.kind == "App" => {
+                        if let Some(job) = ev.object["metadata"]["labels"][JOB_LABEL].as_str() {
+                            due.insert(ObjectKey::new("TrainingJob", &ev.key.namespace, job));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => due = all(&store),
+                    Err(_) => break,
+                },
+                _ = tokio::time::sleep_until(next) => {
+                    let now = tokio::time::Instant::now();
+                    let ripe: Vec<ObjectKey> = timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+                    for k in ripe {
+                        timers.remove(&k);
+                        due.insert(k);
+                    }
+                    if timers.is_empty() {
+                        due.extend(all(&store));
+                    }
+                }
+            }
+        }
+    });
+    TrainingHandle { stop, task }
+}
+
+fn all(store: &Store) -> BTreeSet<ObjectKey> {
+    store.list("TrainingJob", None).unwrap_or_default().iter().filter_map(|v| capstan_store::key_of(v).ok()).collect()
+}
+
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok().map(|a| a.port())
+}
+
+/// Where a job's tasks share files: `<data>/training/<namespace>/<job>`.
+pub fn training_dir(data_dir: &Path, key: &ObjectKey) -> PathBuf {
+    data_dir.join("training").join(&key.namespace).join(&key.name)
+}
+
+/// What the App running a task shows: whether it runs the planned restart, and how it is doing.
+fn observe(app: &Value, attempt: u32, restarts: u32) -> TaskObserved {
+    let env = &app["spec"]["run"]["env"];
+    let replica: Option<ReplicaStatus> =
+        app["status"]["replicaStatuses"].get(0).and_then(|r| serde_json::from_value(r.clone()).ok());
+    let planned = env[ATTEMPT_ENV] == attempt.to_string() && env[RESTART_ENV] == restarts.to_string();
+    let seen = app["status"]["observedGeneration"] == app["metadata"]["generation"];
+    match replica {
+        Some(r) if planned && seen && Some(r.revision.as_str()) == app["status"]["revision"].as_str() => {
+            TaskObserved { current: true, phase: r.phase, last_exit: r.last_exit }
+        }
+        _ => TaskObserved { current: false, phase: capstan_model::ReplicaPhase::Pending, last_exit: None },
+    }
+}
+
+fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration> {
+    let mut job: TrainingJob = store.get(key).ok().flatten().and_then(|v| serde_json::from_value(v).ok())?;
+    let dir = training_dir(data_dir, key);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        let _ = store.record_event(
+            key,
+            capstan_model::EventType::Warning,
+            "TrainingDir",
+            &format!("{}: {e}", dir.display()),
+        );
+        return Some(Duration::from_secs(5));
+    }
+
+    // Every task gets an address before any starts: TF_CONFIG lists them all, and they are kept for the job's life.
+    let mut status = job.status.clone().unwrap_or_default();
+    for (name, t, i) in tasks_of(&job) {
+        if !status.tasks.iter().any(|x| x.name == name) {
+            let Some(port) = free_port() else {
+                let _ = store.record_event(
+                    key,
+                    capstan_model::EventType::Warning,
+                    "PortAllocation",
+                    "no free port on 127.0.0.1",
+                );
+                return Some(Duration::from_secs(5));
+            };
+            status.tasks.push(TaskStatus {
+                name,
+                type_: t,
+                index: i,
+                address: format!("127.0.0.1:{port}"),
+                phase: "Pending".into(),
+                restarts: 0,
+                exit_code: None,
+                message: None,
+            });
+        }
+    }
+    status.training_dir = Some(dir.display().to_string());
+    let addresses: BTreeMap<String, String> =
+        status.tasks.iter().map(|t| (t.name.clone(), t.address.clone())).collect();
+    let restarts: BTreeMap<String, u32> = status.tasks.iter().map(|t| (t.name.clone(), t.restarts)).collect();
+    let attempt = status.attempt;
+    job.status = Some(status);
+
+    let mut observed = BTreeMap::new();
+    for (name, _, _) in tasks_of(&job) {
+        if let Ok(Some(app)) = store.get(&ObjectKey::new("App", &key.namespace, &name)) {
+            observed.insert(name.clone(), observe(&app, attempt, restarts.get(&name).copied().unwrap_or(0)));
+        }
+    }
+    let plan = plan_training(&job, &observed, chrono::Utc::now());
+
+    // Status first: it is the record the tasks' environments are derived from.
+    let _ = store.update_status(key, serde_json::to_value(&plan.status).unwrap_or(Value::Null));
+    for (kind, reason, message) in &plan.events {
+        let _ = store.record_event(key, *kind, reason, message);
+    }
+    if plan.delete_job {
+        delete_tasks(store, &key.namespace, &key.name);
+        let _ = store.delete(key);
+        return None;
+    }
+    for name in &plan.delete {
+        let _ = store.delete(&ObjectKey::new("App", &key.namespace, name));
+    }
+    let mut by_type: BTreeMap<ReplicaType, Vec<String>> = BTreeMap::new();
+    for (name, t, _) in tasks_of(&job) {
+        by_type.entry(t).or_default().push(addresses.get(&name).cloned().unwrap_or_default());
+    }
+    let apps: Vec<Value> = plan.run.iter().filter_map(|r| task_app(&job, r, &by_type, &addresses, &dir)).collect();
+    if !apps.is_empty() {
+        if let Err(e) = store.apply(apps) {
+            let _ = store.record_event(key, capstan_model::EventType::Warning, "TaskApps", &e.to_string());
+            return Some(Duration::from_secs(2));
+        }
+    }
+    plan.requeue_after
+}
+
+/// The App that runs one task.
+fn task_app(
+    job: &TrainingJob,
+    r: &TaskRun,
+    by_type: &BTreeMap<ReplicaType, Vec<String>>,
+    addresses: &BTreeMap<String, String>,
+    dir: &Path,
+) -> Option<Value> {
+    let spec = job.spec.replica_specs.get(&r.type_)?;
+    let port: u16 = addresses.get(&r.name)?.rsplit(':').next()?.parse().ok()?;
+    let mut run = serde_json::to_value(&spec.run).ok()?;
+    let mut env = spec.run.env.clone();
+    if let Some(c) = tf_config(by_type, r.type_, r.index) {
+        env.insert("TF_CONFIG".into(), c.to_string());
+    }
+    env.insert("TRAINING_DIR".into(), dir.display().to_string());
+    env.insert("CAPSTAN_TRAINING_JOB".into(), job.metadata.name.clone());
+    env.insert(ATTEMPT_ENV.into(), r.attempt.to_string());
+    env.insert(RESTART_ENV.into(), r.restarts.to_string());
+    run["env"] = json!(env);
+    let mut annotations = serde_json::Map::new();
+    if let Some(b) = job.metadata.base_dir() {
+        annotations.insert(BASE_DIR_ANNOTATION.into(), json!(b));
+    }
+    Some(json!({
+        "apiVersion": API_VERSION, "kind": "App",
+        "metadata": {
+            "name": r.name, "namespace": job.metadata.namespace(),
+            "labels": {JOB_LABEL: job.metadata.name, "training.capstan.dev/replica-type": r.type_.job_name(),
+                       "training.capstan.dev/replica-index": r.index.to_string(),
+                       "app.kubernetes.io/component": "training"},
+            "annotations": annotations,
+        },
+        "spec": {
+            "replicas": 1,
+            "run": run,
+            "restartPolicy": "Never",
+            "ports": [{"name": "tf", "port": port}],
+            "terminationGracePeriodSeconds": spec.termination_grace_period_seconds.unwrap_or(30),
+        }
+    }))
+}
+
+/// Deletes every App a job owns.
+fn delete_tasks(store: &Store, namespace: &str, job: &str) {
+    for app in store.list("App", Some(namespace)).unwrap_or_default() {
+        if app["metadata"]["labels"][JOB_LABEL] == job {
+            if let Ok(k) = capstan_store::key_of(&app) {
+                let _ = store.delete(&k);
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! TrainingJobs on the embedded runtime: TF_CONFIG, restart policies, deadlines and clean-up with small scripts,
+//! then real TensorFlow (CPU, in the venv `scripts/setup-tf.sh` makes) with both distribution strategies.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use capstan_e2e::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(120);
+
+async fn job(tp: &TestPlane, name: &str) -> Option<Value> {
+    tp.client.get(&format!("/api/v1/namespaces/default/trainingjobs/{name}")).await.ok()
+}
+
+fn condition(o: &Value, t: &str) -> Option<(String, String, String)> {
+    o["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t && c["status"] == "True").map(|c| {
+        (
+            c["reason"].as_str().unwrap_or("").to_string(),
+            c["message"].as_str().unwrap_or("").to_string(),
+            c["lastTransitionTime"].as_str().unwrap_or("").to_string(),
+        )
+    })
+}
+
+/// Waits until the job has finished; returns it and `Succeeded` or `Failed`.
+async fn finished(tp: &TestPlane, name: &str, limit: Duration) -> (Value, &'static str) {
+    eventually(&format!("TrainingJob {name} finished"), limit, || async {
+        let o = job(tp, name).await?;
+        if condition(&o, "Succeeded").is_some() {
+            return Some((o, "Succeeded"));
+        }
+        condition(&o, "Failed").is_some().then_some((o, "Failed"))
+    })
+    .await
+}
+
+fn sh(script: &str) -> String {
+    format!("[/bin/sh, -c, {}]", serde_json::to_string(script).expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_gets_tf_config_and_the_chief_decides_success() {
+    let tp = TestPlane::start().await;
+    // Each task writes its TF_CONFIG where the test can read it; the chief waits for the others, then succeeds.
+    // The ps never exits by itself: cleanPolicy Running stops it once the chief has succeeded.
+    let dump = r#"echo "$TF_CONFIG" > "$TRAINING_DIR/$CAPSTAN_APP.json""#;
+    let chief = format!(r#"{dump}; while [ $(ls "$TRAINING_DIR" | wc -l) -lt 4 ]; do sleep 0.1; done; exit 0"#);
+    let yaml = format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: tfc}}\nspec:\n  replicaSpecs:\n    Chief: {{replicas: 1, run: {{command: {}}}}}\n    Worker: {{replicas: 2, run: {{command: {}}}}}\n    PS: {{replicas: 1, run: {{command: {}}}}}\n",
+        sh(&chief),
+        sh(dump),
+        sh(&format!("{dump}; exec sleep 600")),
+    );
+    tp.apply(&yaml);
+    let (o, how) = finished(&tp, "tfc", T).await;
+    assert_eq!(how, "Succeeded", "{o}");
+    let dir = PathBuf::from(o["status"]["trainingDir"].as_str().expect("trainingDir"));
+    let read = |n: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{n}.json"))).expect("TF_CONFIG written"))
+            .expect("TF_CONFIG is JSON")
+    };
+    let c = read("tfc-chief-0");
+    let addr = |name: &str| {
+        o["status"]["tasks"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap()["address"].clone()
+    };
+    assert_eq!(c["cluster"]["chief"], serde_json::json!([addr("tfc-chief-0")]));
+    assert_eq!(c["cluster"]["worker"], serde_json::json!([addr("tfc-worker-0"), addr("tfc-worker-1")]));
+    assert_eq!(c["cluster"]["ps"], serde_json::json!([addr("tfc-ps-0")]));
+    assert_eq!(c["task"], serde_json::json!({"type": "chief", "index": 0}));
+    assert_eq!(c["environment"], "cloud");
+    for (n, t, i) in [("tfc-worker-1", "worker", 1), ("tfc-ps-0", "ps", 0)] {
+        let x = read(n);
+        assert_eq!(x["cluster"], c["cluster"], "every task sees the same cluster");
+        assert_eq!(x["task"], serde_json::json!({"type": t, "index": i}));
+    }
+    assert!(addr("tfc-ps-0").as_str().unwrap().starts_with("127.0.0.1:"));
+    // The ps was stopped (its App removed); the finished tasks' Apps stay for their logs.
+    eventually("the ps stopped", T, || async {
+        tp.client.get("/api/v1/namespaces/default/apps/tfc-ps-0").await.is_err().then_some(())
+    })
+    .await;
+    assert!(tp.client.get("/api/v1/namespaces/default/apps/tfc-worker-0").await.is_ok());
+    assert_eq!(o["status"]["replicaStatuses"]["Worker"]["succeeded"], 2);
+    assert!(o["status"]["completionTime"].is_string() && o["status"]["startTime"].is_string());
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_policy_restarts_after_a_signal_and_fails_on_exit_1() {
+    let tp = TestPlane::start().await;
+    // Attempt 0: worker 1 kills itself with SIGKILL (exit 137: retryable). Attempt 1: it exits 1 (permanent).
+    let w = r#"if [ "$CAPSTAN_TRAINING_ATTEMPT" = 0 ] && [ "$CAPSTAN_ORDINAL" = 0 ] && [ "${CAPSTAN_APP##*-}" = 1 ]; then kill -9 $$; fi; if [ "${CAPSTAN_APP##*-}" = 1 ]; then exit 1; fi; exec sleep 600"#;
+    let yaml = format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: codes}}\nspec:\n  replicaSpecs:\n    Worker: {{replicas: 2, restartPolicy: ExitCode, run: {{command: {}}}}}\n",
+        sh(w)
+    );
+    tp.apply(&yaml);
+    let (o, how) = finished(&tp, "codes", T).await;
+    assert_eq!(how, "Failed", "{o}");
+    let (reason, message, _) = condition(&o, "Failed").expect("failed");
+    assert_eq!(reason, "TaskFailed");
+    assert!(message.contains("codes-worker-1 exited with code 1") && message.contains("ExitCode"), "{message}");
+    assert_eq!(o["status"]["attempt"], 1, "exit 137 restarted the group once: {o}");
+    assert_eq!(o["status"]["restarts"], 1);
+    // Worker 0, still running, was stopped.
+    eventually("worker 0 stopped", T, || async {
+        tp.client.get("/api/v1/namespaces/default/apps/codes-worker-0").await.is_err().then_some(())
+    })
+    .await;
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_deadline_fails_an_overrunning_job() {
+    let tp = TestPlane::start().await;
+    let yaml = format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: slow}}\nspec:\n  runPolicy: {{activeDeadlineSeconds: 3, ttlSecondsAfterFinished: 4}}\n  replicaSpecs:\n    Worker: {{replicas: 2, run: {{command: {}}}}}\n",
+        sh("exec sleep 600")
+    );
+    tp.apply(&yaml);
+    let (o, how) = finished(&tp, "slow", Duration::from_secs(30)).await;
+    assert_eq!(how, "Failed");
+    assert_eq!(condition(&o, "Failed").expect("failed").0, "DeadlineExceeded");
+    eventually("tasks stopped", T, || async {
+        let apps = tp.client.get("/api/v1/apps").await.ok()?;
+        apps["items"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    // ttlSecondsAfterFinished: the job itself goes.
+    eventually("the job deleted after its TTL", Duration::from_secs(30), || async {
+        job(&tp, "slow").await.is_none().then_some(())
+    })
+    .await;
+    tp.stop().await;
+}
