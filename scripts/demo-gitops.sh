@@ -26,7 +26,7 @@ demo_git commit -q -m "hello: 2 replicas"
 capstan up --git "file://$REPO" --listen "$LISTEN" &
 UP=$!
 # However the script ends (Ctrl-C, a failed step), Capstan is stopped and stops every replica.
-trap 'kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
+trap 'kill -INT $UP 2>/dev/null || true; wait $UP 2>/dev/null || true' EXIT
 export CAPSTAN_SERVER="http://$LISTEN"
 for _ in $(seq 1 100); do
   capstan get apps >/dev/null 2>&1 && break

@@ -24,7 +24,7 @@ started=$(date +%s.%N)
 capstan up examples/ha-stack --listen "$LISTEN" &
 UP=$!
 # However the script ends (Ctrl-C, a failed step), Capstan is stopped and stops every replica.
-trap 'kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
+trap 'kill -INT $UP 2>/dev/null || true; wait $UP 2>/dev/null || true' EXIT
 export CAPSTAN_SERVER="http://$LISTEN"
 echo "== waiting for the stack (PostgreSQL, then two Teamboard nodes)"
 for i in $(seq 1 1800); do
