@@ -19,6 +19,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/nul
 [ -x /usr/bin/prometheus ] || apt_install prometheus
 # Web pages are tested in a real headless Chromium (Debian's), driven over the DevTools protocol.
 command -v chromium >/dev/null || apt_install chromium
+# Training is tested with real TensorFlow (CPU) in a venv kept under ~/.cache (created once).
+CAPSTAN_TF_PYTHON="$(scripts/setup-tf.sh)"
+export CAPSTAN_TF_PYTHON
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

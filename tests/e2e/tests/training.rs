@@ -134,3 +134,83 @@ async fn the_active_deadline_fails_an_overrunning_job() {
     .await;
     tp.stop().await;
 }
+
+/// The venv's python with TensorFlow: `CAPSTAN_TF_PYTHON` (scripts/test.sh sets it), else what
+/// scripts/setup-tf.sh makes (and prints).
+fn tf_python() -> String {
+    if let Ok(p) = std::env::var("CAPSTAN_TF_PYTHON") {
+        return p;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/setup-tf.sh");
+    let out = std::process::Command::new("bash").arg(script).output().expect("setup-tf.sh runs");
+    assert!(out.status.success(), "setup-tf.sh: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An example manifest from examples/training, run with the venv's python and extra arguments for train.py.
+fn example(file: &str, extra_args: &str) -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/training");
+    let yaml = std::fs::read_to_string(format!("{dir}/{file}")).expect("example manifest");
+    assert!(yaml.contains("[python3, train.py"), "the example still runs train.py");
+    yaml.replace("[python3, train.py", &format!("[{}, {dir}/train.py{extra_args}", tf_python()))
+}
+
+fn result(o: &Value) -> Value {
+    let dir = PathBuf::from(o["status"]["trainingDir"].as_str().expect("trainingDir"));
+    serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).expect("result.json")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_strategies_train_with_real_tensorflow_and_succeed() {
+    let tp = TestPlane::start().await;
+    tp.apply(&format!("{}---\n{}", example("mwms.yaml", ""), example("ps.yaml", "")));
+    for name in ["linear-mwms", "linear-ps"] {
+        let (o, how) = finished(&tp, name, Duration::from_secs(600)).await;
+        assert_eq!(how, "Succeeded", "{name}: {o}");
+        let r = result(&o);
+        assert!(r["loss"].as_f64().is_some_and(|l| l < 0.2), "{name} learned y = 3a - 2b + 0.5: {r}");
+        assert_eq!(r["replicas"], 2, "{name} trained on two workers: {r}");
+        let dir = PathBuf::from(o["status"]["trainingDir"].as_str().expect("dir"));
+        assert!(dir.join("models/linear/1/saved_model.pb").is_file(), "{name} saved its model");
+    }
+    // The parameter server and the PS workers serve until the chief is done; then cleanPolicy Running stops them.
+    eventually("the ps stopped", T, || async {
+        tp.client.get("/api/v1/namespaces/default/apps/linear-ps-ps-0").await.is_err().then_some(())
+    })
+    .await;
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_training_restarts_the_group_which_resumes_from_its_backup() {
+    let tp = TestPlane::start().await;
+    tp.apply(&example("mwms.yaml", ", --pause, \"1.0\""));
+    let dir = eventually("the job has a directory", T, || async {
+        job(&tp, "linear-mwms").await?["status"]["trainingDir"].as_str().map(PathBuf::from)
+    })
+    .await;
+    // Two epochs done: SIGKILL worker 1.
+    eventually("two epochs done", Duration::from_secs(300), || async {
+        let p: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("progress-worker-1.json")).ok()?).ok()?;
+        (p["epoch"].as_u64()? >= 2).then_some(())
+    })
+    .await;
+    let app = tp.app("linear-mwms-worker-1").await;
+    let pid = replicas(&app)[0]["pid"].as_u64().expect("pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+
+    let (o, how) = finished(&tp, "linear-mwms", Duration::from_secs(600)).await;
+    assert_eq!(how, "Succeeded", "{o}");
+    assert_eq!(o["status"]["attempt"], 1, "the whole group restarted once: {o}");
+    assert_eq!(o["status"]["restarts"], 1);
+    // BackupAndRestore: the second attempt started where the first left off, not from epoch 0.
+    for w in ["worker-0", "worker-1"] {
+        let s: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("started-{w}-attempt1.json"))).expect("second attempt ran"),
+        )
+        .expect("json");
+        assert!(s["epoch"].as_u64().is_some_and(|e| e >= 2), "{w} resumed from its backup: {s}");
+    }
+    assert!(result(&o)["loss"].as_f64().is_some_and(|l| l < 0.2));
+    tp.stop().await;
+}
