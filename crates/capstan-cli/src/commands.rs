@@ -153,9 +153,10 @@ fn is_ready(obj: &Value) -> bool {
     let gen = obj["metadata"]["generation"].as_i64();
     let observed = obj["status"]["observedGeneration"].as_i64();
     gen == observed
-        && obj["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        && obj["status"]["conditions"].as_array().is_some_and(|cs| {
+            // A TrainingJob is done when it has succeeded; everything else reports Ready.
+            cs.iter().any(|c| (c["type"] == "Ready" || c["type"] == "Succeeded") && c["status"] == "True")
+        })
 }
 
 /// Waits until every object named (Apps, Databases, Sources, Syncs) is Ready, with a progress bar on a terminal and

@@ -45,6 +45,7 @@ pub fn columns(kind: Kind) -> Vec<&'static str> {
     match kind {
         Kind::Secret => vec!["NAME", "KEYS", "AGE"],
         Kind::Database => vec!["NAME", "ENDPOINT", "READY", "MESSAGE", "AGE"],
+        Kind::TrainingJob => vec!["NAME", "STATE", "ACTIVE", "SUCCEEDED", "FAILED", "RESTARTS", "AGE"],
         _ => vec!["NAME", "REVISION", "SUSPENDED", "READY", "MESSAGE", "AGE"],
     }
 }
@@ -61,6 +62,31 @@ pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> 
         let keys: BTreeSet<&String> =
             ["stringData", "data"].iter().filter_map(|f| o["spec"][f].as_object()).flat_map(|m| m.keys()).collect();
         r.push(keys.into_iter().cloned().collect::<Vec<_>>().join(","));
+        r.push(created);
+        return r;
+    }
+    if kind == Kind::TrainingJob {
+        // The latest of TFJob's conditions that holds.
+        let state = ["Failed", "Succeeded", "Restarting", "Running", "Created"]
+            .iter()
+            .find(|t| {
+                o["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == **t && c["status"] == "True"))
+            })
+            .copied()
+            .unwrap_or("Pending");
+        r.push(state.to_string());
+        let sum = |f: &str| -> u64 {
+            o["status"]["replicaStatuses"]
+                .as_object()
+                .map(|m| m.values().filter_map(|c| c[f].as_u64()).sum())
+                .unwrap_or(0)
+        };
+        for f in ["active", "succeeded", "failed"] {
+            r.push(sum(f).to_string());
+        }
+        r.push(o["status"]["restarts"].as_u64().unwrap_or(0).to_string());
         r.push(created);
         return r;
     }
@@ -149,6 +175,45 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
             for w in st["warnings"].as_array().into_iter().flatten() {
                 field("Warning", s(w));
             }
+        }
+        Kind::TrainingJob => {
+            let types: Vec<String> = spec["replicaSpecs"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(t, r)| format!("{t} ×{} ({})", r["replicas"], r["restartPolicy"].as_str().unwrap_or("Never")))
+                .collect();
+            field("Tasks", types.join(", "));
+            field("Restart scope", spec["restartScope"].as_str().unwrap_or("Group").to_string());
+            field("Success policy", spec["successPolicy"].as_str().unwrap_or("Default").to_string());
+            field("Started", s(&st["startTime"]));
+            field("Completed", s(&st["completionTime"]));
+            field(
+                "Restarts",
+                format!(
+                    "{} (group restarts: {})",
+                    st["restarts"].as_u64().unwrap_or(0),
+                    st["attempt"].as_u64().unwrap_or(0)
+                ),
+            );
+            field("Training dir", s(&st["trainingDir"]));
+            let rows: Vec<Vec<String>> = st["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    vec![
+                        s(&t["name"]),
+                        s(&t["type"]),
+                        s(&t["address"]),
+                        s(&t["phase"]),
+                        t["restarts"].as_u64().unwrap_or(0).to_string(),
+                        t["message"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect();
+            out.push_str("Task list:\n");
+            out.push_str(&indent(&table(&["TASK", "TYPE", "ADDRESS", "PHASE", "RESTARTS", "LAST EXIT"], &rows)));
         }
         _ => {
             let src = &spec["sourceRef"];

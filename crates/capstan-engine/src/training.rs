@@ -147,7 +147,7 @@ pub fn plan_training(job: &TrainingJob, observed: &BTreeMap<String, TaskObserved
             phase: phase.into(),
             restarts: restarts_of(name),
             exit_code: exit.as_ref().map(exit_code),
-            message: exit.as_ref().map(|e| describe(e)),
+            message: exit.as_ref().map(describe),
         });
     }
 
@@ -250,8 +250,10 @@ pub fn plan_training(job: &TrainingJob, observed: &BTreeMap<String, TaskObserved
             condition(RUNNING, ConditionStatus::False, "TrainingJobRestarting", msg.clone(), g, now),
         );
         events.push((EventType::Warning, "Restarting".into(), msg));
-    } else if status.tasks.iter().all(|t| matches!(t.phase.as_str(), "Running" | "Succeeded")) {
-        if !is_true(&status, RUNNING) {
+    } else if status.tasks.iter().all(|t| matches!(t.phase.as_str(), "Running" | "Succeeded"))
+        && !is_true(&status, RUNNING)
+    {
+        {
             let running = status.tasks.iter().filter(|t| t.phase == "Running").count();
             set_condition(
                 &mut status.conditions,

@@ -109,7 +109,9 @@ fn observe(app: &Value, attempt: u32, restarts: u32) -> TaskObserved {
     let env = &app["spec"]["run"]["env"];
     let replica: Option<ReplicaStatus> =
         app["status"]["replicaStatuses"].get(0).and_then(|r| serde_json::from_value(r.clone()).ok());
-    let planned = env[ATTEMPT_ENV] == attempt.to_string() && env[RESTART_ENV] == restarts.to_string();
+    // Environment values are strings.
+    let is = |k: &str, n: u32| env[k].as_str().and_then(|v| v.parse::<u32>().ok()) == Some(n);
+    let planned = is(ATTEMPT_ENV, attempt) && is(RESTART_ENV, restarts);
     let seen = app["status"]["observedGeneration"] == app["metadata"]["generation"];
     match replica {
         Some(r) if planned && seen && Some(r.revision.as_str()) == app["status"]["revision"].as_str() => {
