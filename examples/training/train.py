@@ -5,7 +5,8 @@
 
 Capstan gives every task TF_CONFIG (the cluster and this task's place in it) and TRAINING_DIR (shared by all tasks).
 The model learns y = 3*x0 - 2*x1 + 0.5 from synthetic data; the chief (worker 0 for MWMS) saves it as a SavedModel
-in $TRAINING_DIR/models/<name>/<version>/ and writes the final loss to $TRAINING_DIR/result.json.
+in $TRAINING_DIR/models/<name>/<version>/, exports it next to it as model.onnx (tf2onnx) for a ModelServer, and
+writes the final loss to $TRAINING_DIR/result.json.
 With BackupAndRestore (MWMS), a group restarted after a lost worker resumes from the last finished epoch.
 """
 
@@ -72,6 +73,18 @@ def save(model, args, is_chief, task):
     model.save(path)
     if is_chief:
         log(f"saved {target}")
+        export_onnx(target)
+
+
+def export_onnx(saved_model):
+    """Converts the SavedModel to <dir>/model.onnx with tf2onnx, in a process of its own (no strategy, no
+    collectives), through a temporary file renamed into place so a model server never reads half a file."""
+    import subprocess
+    tmp = os.path.join(saved_model, "model.onnx.tmp")
+    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved_model, "--output", tmp,
+                    "--opset", "13"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.replace(tmp, os.path.join(saved_model, "model.onnx"))
+    log(f"exported {saved_model}/model.onnx")
 
 
 def mwms(args):

@@ -1,0 +1,111 @@
+//! Small ONNX models built in code (no TensorFlow needed): for tests, benchmarks and trying the server out.
+
+use prost::Message;
+use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+use tract_onnx::pb::{
+    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+
+const FLOAT: i32 = 1;
+
+fn value(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            denotation: String::new(),
+            value: Some(match d {
+                Some(n) => dimension::Value::DimValue(*n),
+                None => dimension::Value::DimParam("batch".into()),
+            }),
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            denotation: String::new(),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: FLOAT,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+fn weights(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: FLOAT,
+        float_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        name: output.into(),
+        ..Default::default()
+    }
+}
+
+fn model(graph: GraphProto) -> Vec<u8> {
+    ModelProto {
+        ir_version: 7,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+        producer_name: "capstan-serving fixtures".into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// `y = x · w + b` for `x` of shape `[batch, w.len()]`: input `x`, output `y` of shape `[batch, 1]`.
+pub fn linear(w: &[f32], b: f32) -> Vec<u8> {
+    let n = w.len() as i64;
+    model(GraphProto {
+        name: "linear".into(),
+        node: vec![node("MatMul", &["x", "w"], "xw"), node("Add", &["xw", "b"], "y")],
+        initializer: vec![weights("w", &[n, 1], w), weights("b", &[1], &[b])],
+        input: vec![value("x", &[None, Some(n)])],
+        output: vec![value("y", &[None, Some(1)])],
+        ..Default::default()
+    })
+}
+
+/// A dense network of `layers` hidden layers of `width` units with ReLU, deterministic weights: input `x`
+/// `[batch, inputs]`, output `y` `[batch, 1]`. For throughput benchmarks.
+pub fn dense(inputs: usize, width: usize, layers: usize) -> Vec<u8> {
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+    let mut prev = ("x".to_string(), inputs);
+    let w = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104729) % 2000) as f32 / 1000.0 - 1.0) * 0.1).collect()
+    };
+    for l in 0..=layers {
+        let out = if l == layers { 1 } else { width };
+        let (wn, bn, mm, add, act) =
+            (format!("w{l}"), format!("b{l}"), format!("mm{l}"), format!("add{l}"), format!("relu{l}"));
+        inits.push(weights(&wn, &[prev.1 as i64, out as i64], &w(prev.1 * out, l)));
+        inits.push(weights(&bn, &[out as i64], &w(out, l + 100)));
+        nodes.push(node("MatMul", &[&prev.0, &wn], &mm));
+        let last = if l == layers { "y".to_string() } else { add.clone() };
+        nodes.push(node("Add", &[&mm, &bn], &last));
+        if l < layers {
+            nodes.push(node("Relu", &[&add], &act));
+            prev = (act, out);
+        }
+    }
+    model(GraphProto {
+        name: "dense".into(),
+        node: nodes,
+        initializer: inits,
+        input: vec![value("x", &[None, Some(inputs as i64)])],
+        output: vec![value("y", &[None, Some(1)])],
+        ..Default::default()
+    })
+}

@@ -1,0 +1,170 @@
+//! The model server (`capstan serve-model`'s engine) over real HTTP: TF Serving's REST API, versions swapped in
+//! under load without a failed request, a corrupt version reported while the previous one keeps serving.
+
+use std::path::Path;
+use std::time::Duration;
+
+use capstan_e2e::web::Browser;
+use capstan_e2e::*;
+use capstan_serving::{fixtures, ServeConfig, VersionPolicy};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Writes a version directory the way an exporter should: the file renamed into place.
+fn publish(base: &Path, version: u64, bytes: &[u8]) {
+    let dir = base.join(version.to_string());
+    std::fs::create_dir_all(&dir).expect("version dir");
+    std::fs::write(dir.join("model.onnx.tmp"), bytes).expect("write");
+    std::fs::rename(dir.join("model.onnx.tmp"), dir.join("model.onnx")).expect("rename");
+}
+
+async fn predict(b: &mut Browser, body: Value) -> (u16, Value) {
+    let r = b.post_json("/v1/models/linear:predict", &body).await.expect("answer");
+    (r.status, r.json())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tf_serving_api_hot_swap_under_load_and_a_corrupt_version() {
+    let base = tempfile::tempdir().expect("tempdir");
+    publish(base.path(), 1, &fixtures::linear(&[3.0, -2.0], 0.5));
+    let port = free_port();
+    let cfg = ServeConfig {
+        model_name: "linear".into(),
+        base_path: base.path().to_path_buf(),
+        policy: VersionPolicy::Latest(1),
+        poll: Duration::from_millis(200),
+        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
+    };
+    let server = tokio::spawn(capstan_serving::serve(cfg));
+    eventually("ready", T, || async { (http_get(port, "/v2/health/ready").await?.0 == 200).then_some(()) }).await;
+    assert_eq!(http_get(port, "/v2/health/live").await.map(|r| r.0), Some(200));
+
+    let mut b = Browser::new(port);
+    let status = b.get("/v1/models/linear").await.expect("status").json();
+    assert_eq!(
+        status,
+        json!({"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+    );
+    let meta = b.get("/v1/models/linear/metadata").await.expect("metadata").json();
+    let sig = &meta["metadata"]["signature_def"]["signature_def"]["serving_default"];
+    assert_eq!(meta["model_spec"]["version"], "1");
+    assert_eq!(sig["inputs"]["x"]["dtype"], "DT_FLOAT");
+    assert_eq!(
+        sig["inputs"]["x"]["tensor_shape"]["dim"],
+        json!([{"size": "-1", "name": ""}, {"size": "2", "name": ""}])
+    );
+    assert_eq!(sig["method_name"], "tensorflow/serving/predict");
+
+    // Row format in, row format out; columnar in, columnar out; named inputs too.
+    assert_eq!(
+        predict(&mut b, json!({"instances": [[1, 1], [0, 0]]})).await,
+        (200, json!({"predictions": [[1.5], [0.5]]}))
+    );
+    assert_eq!(predict(&mut b, json!({"instances": [{"x": [2, 0]}]})).await, (200, json!({"predictions": [[6.5]]})));
+    assert_eq!(predict(&mut b, json!({"inputs": [[1, 1]]})).await, (200, json!({"outputs": [[1.5]]})));
+    assert_eq!(predict(&mut b, json!({"inputs": {"x": [[0, 1]]}})).await, (200, json!({"outputs": [[-1.5]]})));
+    let r = b.post_json("/v1/models/linear/versions/1:predict", &json!({"instances": [[0, 0]]})).await.expect("answer");
+    assert_eq!((r.status, r.json()), (200, json!({"predictions": [[0.5]]})));
+
+    // Errors are {"error": ...} with the status that fits.
+    let (code, e) = predict(&mut b, json!({"instances": [[1, 2, 3]]})).await;
+    assert!(code == 400 && e["error"].as_str().is_some_and(|m| m.contains("shape")), "{e}");
+    let (code, e) = predict(&mut b, json!({"rows": []})).await;
+    assert!(code == 400 && e["error"].as_str().is_some_and(|m| m.contains("instances")), "{e}");
+    let r = b.send("POST", "/v1/models/linear:predict", Some("application/json"), "{not json").await.expect("answer");
+    assert!(r.status == 400 && r.json()["error"].as_str().is_some_and(|m| m.contains("JSON")));
+    let r = b.post_json("/v1/models/other:predict", &json!({"instances": [[0, 0]]})).await.expect("answer");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string());
+    let r = b.get("/v1/models/linear/versions/9").await.expect("answer");
+    assert_eq!(r.status, 404);
+
+    // A fixed-rate load (200 requests/s) while version 2 is published: every request answers 200 and version 2
+    // takes over within a few polls.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut tasks = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                tick.tick().await;
+                let mut c = Browser::new(port);
+                tasks.push(tokio::spawn(async move {
+                    match c.post_json("/v1/models/linear:predict", &json!({"instances": [[1, 1]]})).await {
+                        Ok(r) if r.status == 200 => Ok(r.json()["predictions"][0][0].as_f64().unwrap_or(f64::NAN)),
+                        Ok(r) => Err(format!("{} {}", r.status, r.text())),
+                        Err(e) => Err(e),
+                    }
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+            }
+            out
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(base.path(), 2, &fixtures::linear(&[1.0, 1.0], 0.0));
+    eventually("version 2 serves", T, || async {
+        let (_, v) = predict(&mut b.clone(), json!({"instances": [[1, 1]]})).await;
+        (v["predictions"][0][0] == 2.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let shots = load.await.expect("load");
+    let failed: Vec<&String> = shots.iter().filter_map(|s| s.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the swap: {:?}",
+        failed.len(),
+        shots.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let answers: std::collections::BTreeSet<String> =
+        shots.iter().filter_map(|s| s.as_ref().ok()).map(|v| v.to_string()).collect();
+    assert_eq!(
+        answers,
+        ["1.5".to_string(), "2".to_string()].into(),
+        "each request got version 1's or version 2's answer"
+    );
+    let status = b.get("/v1/models/linear").await.expect("status").json();
+    let states: Vec<(String, String)> = status["model_version_status"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| (s["version"].as_str().unwrap_or("").to_string(), s["state"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert_eq!(states, [("2".into(), "AVAILABLE".into()), ("1".into(), "END".into())], "latest 1: version 1 unloaded");
+
+    // A corrupt version 3 is reported; version 2 keeps serving.
+    publish(base.path(), 3, b"this is not an ONNX model");
+    let s3 = eventually("version 3 reported", T, || async {
+        let r = Browser::new(port).get("/v1/models/linear/versions/3").await.ok()?;
+        (r.status == 200).then(|| r.json())
+    })
+    .await;
+    let v3 = &s3["model_version_status"][0];
+    assert_eq!(v3["state"], "END");
+    assert_eq!(v3["status"]["error_code"], "UNKNOWN");
+    assert!(v3["status"]["error_message"].as_str().is_some_and(|m| m.contains("cannot load")), "{s3}");
+    assert_eq!(predict(&mut b, json!({"instances": [[1, 1]]})).await, (200, json!({"predictions": [[2.0]]})));
+    let r = b.get("/v1/models/linear/versions/2").await.expect("status").json();
+    assert_eq!(r["model_version_status"][0]["state"], "AVAILABLE");
+
+    let (_, metrics) = http_get(port, "/monitoring/prometheus/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("capstan_model_requests_total{model=\"linear\",version=\"2\",api=\"predict\",code=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("capstan_model_version_available{model=\"linear\",version=\"2\"} 1"), "{metrics}");
+    assert!(metrics.contains("capstan_model_predict_duration_seconds_bucket"), "{metrics}");
+    server.abort();
+}
