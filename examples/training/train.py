@@ -5,7 +5,7 @@
 
 Capstan gives every task TF_CONFIG (the cluster and this task's place in it) and TRAINING_DIR (shared by all tasks).
 The model learns y = 3*x0 - 2*x1 + 0.5 from synthetic data; the chief (worker 0 for MWMS) saves it as a SavedModel
-in $TRAINING_DIR/models/<name>/<version>/, exports it next to it as model.onnx (tf2onnx) for a ModelServer, and
+in <export dir>/<name>/<version>/ ($TRAINING_DIR/models by default), exports it next to it as model.onnx (tf2onnx) for a ModelServer, and
 writes the final loss to $TRAINING_DIR/result.json.
 With BackupAndRestore (MWMS), a group restarted after a lost worker resumes from the last finished epoch.
 """
@@ -68,7 +68,7 @@ class Progress(tf.keras.callbacks.Callback):
 
 def save(model, args, is_chief, task):
     # Every worker must call save under MWMS (it is a collective); only the chief's copy is kept.
-    target = os.path.join(TRAINING_DIR, "models", args.model, str(args.version))
+    target = os.path.join(args.export_dir or os.path.join(TRAINING_DIR, "models"), args.model, str(args.version))
     path = target if is_chief else os.path.join(TRAINING_DIR, "scratch", task)
     model.save(path)
     if is_chief:
@@ -155,6 +155,9 @@ def main():
     ap.add_argument("--pause", type=float, default=0.0, help="seconds to sleep after each epoch")
     ap.add_argument("--model", default="linear")
     ap.add_argument("--version", type=int, default=1)
+    ap.add_argument("--export-dir", default=None,
+                    help="where models/<name>/<version>/ goes (relative to the working directory); "
+                         "default $TRAINING_DIR/models")
     args = ap.parse_args()
     os.makedirs(TRAINING_DIR, exist_ok=True)
     log(f"TF_CONFIG={os.environ.get('TF_CONFIG', '')}")

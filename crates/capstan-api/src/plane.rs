@@ -131,6 +131,7 @@ pub struct ControlPlane {
     gitops: Option<GitOpsHandle>,
     databases: Option<capstan_database::controller::DatabaseHandle>,
     training: Option<capstan_training::controller::TrainingHandle>,
+    model_servers: Option<capstan_training::controller::TrainingHandle>,
     server: JoinHandle<()>,
     addr: SocketAddr,
     data_dir: PathBuf,
@@ -193,6 +194,7 @@ impl ControlPlane {
         let requester = gitops.requester();
         let databases = capstan_database::controller::spawn(store.clone(), cfg.data_dir.clone());
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
+        let model_servers = capstan_training::serving::spawn(store.clone(), cfg.data_dir.clone());
         let shared = Arc::new(Shared { store, runtime, proxy, token, shutdown, admitter, gitops: requester });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {
@@ -210,6 +212,7 @@ impl ControlPlane {
             gitops: Some(gitops),
             databases: Some(databases),
             training: Some(training),
+            model_servers: Some(model_servers),
             server,
             addr,
             data_dir: cfg.data_dir,
@@ -274,6 +277,9 @@ impl ControlPlane {
         }
         if let Some(t) = self.training.take() {
             t.stop().await;
+        }
+        if let Some(m) = self.model_servers.take() {
+            m.stop().await;
         }
         if let Some(c) = self.controller.take() {
             c.stop().await;

@@ -28,6 +28,47 @@ pub async fn run(cli: Cli) -> Result<u8> {
             up(data.clone(), listen, paths, bootstrap).await
         }
         Command::Render { paths, target, output } => crate::gitops::render_cmd(&paths, &target, &output),
+        Command::ServeModel {
+            model_name,
+            model_base_path,
+            rest_api_port,
+            address,
+            version_policy,
+            num_versions,
+            versions,
+            poll_seconds,
+        } => {
+            let policy = match version_policy.as_str() {
+                "latest" => capstan_serving::VersionPolicy::Latest(num_versions.max(1)),
+                "all" => capstan_serving::VersionPolicy::All,
+                "specific" if !versions.is_empty() => capstan_serving::VersionPolicy::Specific(versions),
+                "specific" => {
+                    return Err(Failure::invalid("error: --version-policy specific needs --versions 1,2,…").into())
+                }
+                other => {
+                    return Err(Failure::invalid(format!(
+                        "error: --version-policy {other:?}: use latest, all or specific"
+                    ))
+                    .into())
+                }
+            };
+            if !model_base_path.is_dir() {
+                // As TF Serving: not an error; versions are served once they appear.
+                eprintln!(
+                    "warning: --model-base-path {} does not exist yet; waiting for numbered version directories",
+                    model_base_path.display()
+                );
+            }
+            let cfg = capstan_serving::ServeConfig {
+                model_name,
+                base_path: model_base_path,
+                policy,
+                poll: Duration::from_secs_f64(poll_seconds.clamp(0.05, 3600.0)),
+                listen: std::net::SocketAddr::new(address, rest_api_port),
+            };
+            capstan_serving::serve(cfg).await.map_err(|e| Failure::fail(format!("error: {e}")))?;
+            Ok(EXIT_OK)
+        }
         Command::Crds => {
             for c in capstan_kubernetes::crd::all() {
                 print!("{}", capstan_model::yaml::to_yaml_string(&c));

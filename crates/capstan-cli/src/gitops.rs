@@ -46,6 +46,7 @@ pub fn columns(kind: Kind) -> Vec<&'static str> {
         Kind::Secret => vec!["NAME", "KEYS", "AGE"],
         Kind::Database => vec!["NAME", "ENDPOINT", "READY", "MESSAGE", "AGE"],
         Kind::TrainingJob => vec!["NAME", "STATE", "ACTIVE", "SUCCEEDED", "FAILED", "RESTARTS", "AGE"],
+        Kind::ModelServer => vec!["NAME", "URL", "REPLICAS", "READY", "MESSAGE", "AGE"],
         _ => vec!["NAME", "REVISION", "SUSPENDED", "READY", "MESSAGE", "AGE"],
     }
 }
@@ -62,6 +63,19 @@ pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> 
         let keys: BTreeSet<&String> =
             ["stringData", "data"].iter().filter_map(|f| o["spec"][f].as_object()).flat_map(|m| m.keys()).collect();
         r.push(keys.into_iter().cloned().collect::<Vec<_>>().join(","));
+        r.push(created);
+        return r;
+    }
+    if kind == Kind::ModelServer {
+        r.push(o["status"]["url"].as_str().unwrap_or("-").to_string());
+        r.push(format!(
+            "{}/{}",
+            o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+            o["spec"]["replicas"].as_i64().unwrap_or(1)
+        ));
+        let (ready, message) = ready_of(o);
+        r.push(ready);
+        r.push(message);
         r.push(created);
         return r;
     }
@@ -175,6 +189,16 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
             for w in st["warnings"].as_array().into_iter().flatten() {
                 field("Warning", s(w));
             }
+        }
+        Kind::ModelServer => {
+            field("Model", spec["model"].as_str().unwrap_or(s(&md["name"]).as_str()).to_string());
+            field("Base path", s(&spec["basePath"]));
+            field("Version policy", spec["versionPolicy"].to_string());
+            field("URL", s(&st["url"]));
+            field(
+                "Servers",
+                format!("App {} ({} ready)", s(&st["appName"]), st["readyReplicas"].as_i64().unwrap_or(0)),
+            );
         }
         Kind::TrainingJob => {
             let types: Vec<String> = spec["replicaSpecs"]

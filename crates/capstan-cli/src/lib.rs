@@ -119,6 +119,34 @@ pub enum Command {
     },
     /// Print the CustomResourceDefinitions of Capstan's kinds, for running Capstan's objects on Kubernetes.
     Crds,
+    /// Serve an ONNX model with the TensorFlow Serving REST API (what a ModelServer runs): versions are numbered
+    /// directories under the base path, each with a model.onnx, polled and swapped in while serving.
+    ServeModel {
+        /// The name clients use: /v1/models/<name>.
+        #[arg(long)]
+        model_name: String,
+        /// The directory holding the numbered version directories.
+        #[arg(long)]
+        model_base_path: std::path::PathBuf,
+        /// The REST port (TF Serving's is 8501).
+        #[arg(long, default_value_t = 8501, env = "PORT")]
+        rest_api_port: u16,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+        /// latest, all or specific.
+        #[arg(long, default_value = "latest")]
+        version_policy: String,
+        /// With `latest`: how many of the highest versions to serve.
+        #[arg(long, default_value_t = 1)]
+        num_versions: usize,
+        /// With `specific`: the versions to serve, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        versions: Vec<u64>,
+        /// How often to look for new versions (TF Serving's file_system_poll_wait_seconds).
+        #[arg(long, default_value_t = 1.0)]
+        poll_seconds: f64,
+    },
     /// Fetch and apply a Sync now instead of waiting for its interval.
     Sync {
         #[command(subcommand)]

@@ -36,7 +36,11 @@ fn check(node: &Value, path: &str, problems: &mut Vec<String>) {
 fn every_kind_has_a_structural_crd() {
     let crds = all();
     let kinds: Vec<&str> = crds.iter().map(|c| c["spec"]["names"]["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Source", "Sync", "Database", "App", "TrainingJob"], "Secrets are the core kind on Kubernetes");
+    assert_eq!(
+        kinds,
+        ["Source", "Sync", "Database", "App", "TrainingJob", "ModelServer"],
+        "Secrets are the core kind on Kubernetes"
+    );
     for c in &crds {
         let typed: CustomResourceDefinition = serde_json::from_value(c.clone()).unwrap_or_else(|e| panic!("{e}: {c}"));
         assert_eq!(typed.spec.group, "capstan.dev");

@@ -7,6 +7,7 @@ pub mod manifest;
 pub mod meta;
 pub mod quantity;
 pub mod resource;
+pub mod serving;
 pub mod training;
 pub mod validate;
 pub mod yaml;
@@ -18,6 +19,7 @@ pub use manifest::{check_duplicates, parse_manifests, Diagnostic, Diagnostics, M
 pub use meta::*;
 pub use quantity::parse_duration;
 pub use resource::{
-    app_revision, hash_value, revision_of, App, Kind, Object, Resource, TrainingJob, RESTARTED_AT_ANNOTATION,
+    app_revision, hash_value, revision_of, App, Kind, ModelServer, Object, Resource, TrainingJob,
+    RESTARTED_AT_ANNOTATION,
 };
 pub use validate::FieldError;

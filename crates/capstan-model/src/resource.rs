@@ -10,6 +10,7 @@ use crate::database::{validate_database, Database};
 use crate::gitops::{validate_secret, validate_source, validate_sync, Secret, Source, Sync};
 use crate::manifest::closest;
 use crate::meta::{ObjectKey, ObjectMeta, API_VERSION};
+use crate::serving::{validate_model_server, ModelServerSpec, ModelServerStatus};
 use crate::training::{validate_training_job, TrainingJobSpec, TrainingJobStatus};
 use crate::validate::{validate_app, validate_meta, FieldError};
 
@@ -33,6 +34,9 @@ pub type App = Object<AppSpec, AppStatus>;
 /// A TrainingJob: a distributed TensorFlow training run.
 pub type TrainingJob = Object<TrainingJobSpec, TrainingJobStatus>;
 
+/// A ModelServer: a model's versions served with the TensorFlow Serving REST API.
+pub type ModelServer = Object<ModelServerSpec, ModelServerStatus>;
+
 /// The kinds Capstan knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -42,12 +46,13 @@ pub enum Kind {
     Database,
     App,
     TrainingJob,
+    ModelServer,
 }
 
 impl Kind {
     /// Every kind, in the order objects are applied.
     pub const ALL: &'static [Kind] =
-        &[Kind::Secret, Kind::Source, Kind::Sync, Kind::Database, Kind::App, Kind::TrainingJob];
+        &[Kind::Secret, Kind::Source, Kind::Sync, Kind::Database, Kind::App, Kind::TrainingJob, Kind::ModelServer];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -57,6 +62,7 @@ impl Kind {
             Kind::Database => "Database",
             Kind::App => "App",
             Kind::TrainingJob => "TrainingJob",
+            Kind::ModelServer => "ModelServer",
         }
     }
 
@@ -69,6 +75,7 @@ impl Kind {
             Kind::Database => "databases",
             Kind::App => "apps",
             Kind::TrainingJob => "trainingjobs",
+            Kind::ModelServer => "modelservers",
         }
     }
 
@@ -92,6 +99,7 @@ impl Kind {
             Kind::Database => schemars::schema_for!(Database),
             Kind::App => schemars::schema_for!(App),
             Kind::TrainingJob => schemars::schema_for!(TrainingJob),
+            Kind::ModelServer => schemars::schema_for!(ModelServer),
         };
         schema.insert("title".into(), Value::String(self.name().into()));
         schema.insert(
@@ -119,6 +127,7 @@ pub enum Resource {
     Database(Database),
     App(App),
     TrainingJob(TrainingJob),
+    ModelServer(ModelServer),
 }
 
 /// Runs `$body` with `$o` bound to the typed object inside a `Resource`, whatever its kind.
@@ -131,6 +140,7 @@ macro_rules! each {
             Resource::Database($o) => $body,
             Resource::App($o) => $body,
             Resource::TrainingJob($o) => $body,
+            Resource::ModelServer($o) => $body,
         }
     };
 }
@@ -144,6 +154,7 @@ impl Resource {
             Resource::Database(_) => Kind::Database,
             Resource::App(_) => Kind::App,
             Resource::TrainingJob(_) => Kind::TrainingJob,
+            Resource::ModelServer(_) => Kind::ModelServer,
         }
     }
 
@@ -204,6 +215,7 @@ impl Resource {
             Kind::Database => decode::<Database>(value).map(Resource::Database),
             Kind::App => decode::<App>(value).map(Resource::App),
             Kind::TrainingJob => decode::<TrainingJob>(value).map(Resource::TrainingJob),
+            Kind::ModelServer => decode::<ModelServer>(value).map(Resource::ModelServer),
         }
     }
 
@@ -218,6 +230,7 @@ impl Resource {
             Resource::Secret(s) => validate_secret(&s.spec, &mut errors),
             Resource::Database(d) => validate_database(&d.metadata.name, &d.spec, &mut errors),
             Resource::TrainingJob(t) => validate_training_job(&t.metadata.name, &t.spec, &mut errors),
+            Resource::ModelServer(m) => validate_model_server(&m.metadata.name, &m.spec, &mut errors),
         }
         errors
     }

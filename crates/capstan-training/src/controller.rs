@@ -21,7 +21,7 @@ pub const ATTEMPT_ENV: &str = "CAPSTAN_TRAINING_ATTEMPT";
 /// The task's own restart counter in its environment.
 pub const RESTART_ENV: &str = "CAPSTAN_TRAINING_RESTART";
 
-/// The running controller.
+/// A running controller (of TrainingJobs or of ModelServers).
 pub struct TrainingHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -36,10 +36,24 @@ impl TrainingHandle {
 
 /// Starts the TrainingJob controller; `data_dir` is Capstan's data directory.
 pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
+    owner_loop(store, data_dir, "TrainingJob", JOB_LABEL, reconcile, |s, k| delete_tasks(s, &k.namespace, &k.name))
+}
+
+/// The loop shared by the controllers of kinds that own Apps: reconciles an object when it changes (not on its own
+/// status writes), when an App labelled `label` with its name changes, when the time the last reconcile asked for
+/// comes, and every 30 s; calls `on_delete` when one is deleted.
+pub(crate) fn owner_loop(
+    store: Store,
+    data_dir: PathBuf,
+    kind: &'static str,
+    label: &'static str,
+    reconcile: fn(&Store, &Path, &ObjectKey) -> Option<Duration>,
+    on_delete: fn(&Store, &ObjectKey),
+) -> TrainingHandle {
     let (stop, mut stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let mut watch = store.watch();
-        let mut due: BTreeSet<ObjectKey> = all(&store);
+        let mut due: BTreeSet<ObjectKey> = all(&store, kind);
         let mut timers: BTreeMap<ObjectKey, tokio::time::Instant> = BTreeMap::new();
         loop {
             for key in std::mem::take(&mut due) {
@@ -58,20 +72,21 @@ pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
             tokio::select! {
                 _ = stop_rx.changed() => break,
                 ev = watch.recv() => match ev {
-                    Ok(ev) if ev.key.kind == "TrainingJob" => {
+                    Ok(ev) if ev.key.kind == kind => {
                         if ev.type_ == WatchType::Deleted {
-                            delete_tasks(&store, &ev.key.namespace, &ev.key.name);
+                            let s = store.clone();
+                            let _ = tokio::task::spawn_blocking(move || on_delete(&s, &ev.key)).await;
                         } else if ev.object["status"]["observedGeneration"] != ev.object["metadata"]["generation"] {
                             due.insert(ev.key);
                         }
                     }
                     Ok(ev) if ev.key.kind == "App" => {
-                        if let Some(job) = ev.object["metadata"]["labels"][JOB_LABEL].as_str() {
-                            due.insert(ObjectKey::new("TrainingJob", &ev.key.namespace, job));
+                        if let Some(owner) = ev.object["metadata"]["labels"][label].as_str() {
+                            due.insert(ObjectKey::new(kind, &ev.key.namespace, owner));
                         }
                     }
                     Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => due = all(&store),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => due = all(&store, kind),
                     Err(_) => break,
                 },
                 _ = tokio::time::sleep_until(next) => {
@@ -82,7 +97,7 @@ pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
                         due.insert(k);
                     }
                     if timers.is_empty() {
-                        due.extend(all(&store));
+                        due.extend(all(&store, kind));
                     }
                 }
             }
@@ -91,8 +106,8 @@ pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
     TrainingHandle { stop, task }
 }
 
-fn all(store: &Store) -> BTreeSet<ObjectKey> {
-    store.list("TrainingJob", None).unwrap_or_default().iter().filter_map(|v| capstan_store::key_of(v).ok()).collect()
+fn all(store: &Store, kind: &str) -> BTreeSet<ObjectKey> {
+    store.list(kind, None).unwrap_or_default().iter().filter_map(|v| capstan_store::key_of(v).ok()).collect()
 }
 
 fn free_port() -> Option<u16> {

@@ -1,3 +1,5 @@
-//! TrainingJobs on the embedded runtime: the controller that runs each TensorFlow task as an App.
+//! TrainingJobs and ModelServers on the embedded runtime: the controllers that run TensorFlow tasks and model
+//! servers as Apps.
 
 pub mod controller;
+pub mod serving;

@@ -152,7 +152,9 @@ fn example(file: &str, extra_args: &str) -> String {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/training");
     let yaml = std::fs::read_to_string(format!("{dir}/{file}")).expect("example manifest");
     assert!(yaml.contains("[python3, train.py"), "the example still runs train.py");
-    yaml.replace("[python3, train.py", &format!("[{}, {dir}/train.py{extra_args}", tf_python()))
+    // Tests export into each job's own TRAINING_DIR, not into the example's directory.
+    yaml.replace(", --export-dir, models]", "]")
+        .replace("[python3, train.py", &format!("[{}, {dir}/train.py{extra_args}", tf_python()))
 }
 
 fn result(o: &Value) -> Value {
@@ -212,5 +214,57 @@ async fn a_worker_killed_mid_training_restarts_the_group_which_resumes_from_its_
         assert!(s["epoch"].as_u64().is_some_and(|e| e >= 2), "{w} resumed from its backup: {s}");
     }
     assert!(result(&o)["loss"].as_f64().is_some_and(|l| l < 0.2));
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_trained_by_a_job_is_served_with_tensorflows_own_predictions() {
+    // The servers run `capstan serve-model`: in this test process, the CLI binary built with the tests.
+    std::env::set_var("CAPSTAN_EXE", bin("capstan-e2e-cli"));
+    let tp = TestPlane::start().await;
+    tp.apply(&example("mwms.yaml", ""));
+    let (o, how) = finished(&tp, "linear-mwms", Duration::from_secs(600)).await;
+    assert_eq!(how, "Succeeded", "{o}");
+    let models = PathBuf::from(o["status"]["trainingDir"].as_str().expect("dir")).join("models/linear");
+    assert!(models.join("1/model.onnx").is_file(), "the chief exported ONNX next to the SavedModel");
+
+    let lb = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    tp.apply(&format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: ModelServer\nmetadata: {{name: linear}}\nspec:\n  basePath: {}\n  replicas: 2\n  pollSeconds: 0.5\n  expose: {{port: {lb}}}\n",
+        models.display()
+    ));
+    let ms = eventually("the ModelServer is Ready", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/default/modelservers/linear").await.ok()?;
+        condition(&o, "Ready").is_some().then_some(o)
+    })
+    .await;
+    assert_eq!(ms["status"]["readyReplicas"], 2);
+    assert_eq!(ms["status"]["url"], format!("http://127.0.0.1:{lb}/v1/models/linear"));
+
+    // The same inputs through Capstan's balancer and through TensorFlow itself (the SavedModel, in the venv).
+    let inputs = serde_json::json!([[0.5, -0.25], [-1.0, 1.0], [0.0, 0.0], [0.9, 0.3], [-0.7, -0.2]]);
+    let mut c = capstan_e2e::web::Browser::new(lb);
+    let r = c.post_json("/v1/models/linear:predict", &serde_json::json!({"instances": inputs})).await.expect("predict");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ours: Vec<f64> =
+        r.json()["predictions"].as_array().expect("list").iter().map(|p| p[0].as_f64().expect("number")).collect();
+    let script = "import sys, json, numpy as np, tensorflow as tf\nm = tf.keras.models.load_model(sys.argv[1])\nx = np.array(json.loads(sys.argv[2]), dtype='float32')\nprint(json.dumps(m.predict(x, verbose=0).reshape(-1).tolist()))";
+    let out = std::process::Command::new(tf_python())
+        .args(["-c", script, &models.join("1").display().to_string(), &inputs.to_string()])
+        .env("TF_CPP_MIN_LOG_LEVEL", "3")
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Vec<f64> = serde_json::from_slice(&out.stdout).expect("json from python");
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "Capstan {ours:?} vs TensorFlow {theirs:?}");
+    }
+    // Deleting the ModelServer removes its servers.
+    tp.client.delete("/api/v1/namespaces/default/modelservers/linear").await.expect("delete");
+    eventually("the servers are gone", T, || async {
+        tp.client.get("/api/v1/namespaces/default/apps/linear-server").await.is_err().then_some(())
+    })
+    .await;
     tp.stop().await;
 }

@@ -1,0 +1,133 @@
+//! The `ModelServer` kind: a model's numbered versions served with the TensorFlow Serving REST API by replicas
+//! behind Capstan's load balancer.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::Condition;
+use crate::validate::FieldError;
+
+/// Which versions are served (TF Serving's model_version_policy). Default: the latest one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum VersionPolicySpec {
+    /// The `numVersions` highest versions.
+    Latest {
+        #[serde(default = "one")]
+        num_versions: usize,
+    },
+    /// Every version found.
+    All {},
+    /// Exactly these versions.
+    Specific { versions: Vec<u64> },
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for VersionPolicySpec {
+    fn default() -> Self {
+        VersionPolicySpec::Latest { num_versions: 1 }
+    }
+}
+
+/// Where the load balancer listens for this model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelExpose {
+    pub port: u16,
+    /// Defaults to 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// A served model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelServerSpec {
+    /// The name in `/v1/models/<model>`; defaults to the object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The directory of numbered version directories, each holding `model.onnx`. Relative to the manifest.
+    pub base_path: String,
+    #[serde(default)]
+    pub version_policy: VersionPolicySpec,
+    /// How often the base path is looked at for new versions. Defaults to 1 (TF Serving's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_seconds: Option<f64>,
+    /// Server replicas. Defaults to 1.
+    #[serde(default = "one_replica")]
+    pub replicas: i32,
+    /// The load balancer's listener for the REST API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<ModelExpose>,
+}
+
+fn one_replica() -> i32 {
+    1
+}
+
+/// What Capstan observed of a ModelServer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelServerStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The App running the servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<String>,
+    /// Where to send requests: `http://<address>:<port>/v1/models/<model>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub ready_replicas: i32,
+}
+
+/// The App that runs a ModelServer's replicas.
+pub fn server_app(name: &str) -> String {
+    format!("{name}-server")
+}
+
+/// Checks a ModelServer beyond its types.
+pub fn validate_model_server(name: &str, spec: &ModelServerSpec, errors: &mut Vec<FieldError>) {
+    if server_app(name).len() > 53 {
+        errors.push(
+            FieldError::new("metadata.name", "is too long").hint("at most 46 characters: the App is `<name>-server`"),
+        );
+    }
+    if spec.base_path.trim().is_empty() {
+        errors.push(
+            FieldError::new("spec.basePath", "is empty")
+                .hint("the directory that holds 1/, 2/, … each with a model.onnx"),
+        );
+    }
+    if let Some(m) = &spec.model {
+        if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            errors.push(
+                FieldError::new("spec.model", format!("{m:?} is not a usable model name"))
+                    .hint("letters, digits, '-', '_' and '.'"),
+            );
+        }
+    }
+    if spec.replicas < 0 {
+        errors.push(FieldError::new("spec.replicas", "must not be negative"));
+    }
+    if let Some(p) = spec.poll_seconds {
+        if !(p.is_finite() && p > 0.0) {
+            errors.push(FieldError::new("spec.pollSeconds", format!("{p} is not a positive number of seconds")));
+        }
+    }
+    match &spec.version_policy {
+        VersionPolicySpec::Latest { num_versions: 0 } => {
+            errors.push(FieldError::new("spec.versionPolicy.latest.numVersions", "must be at least 1"))
+        }
+        VersionPolicySpec::Specific { versions } if versions.is_empty() => errors.push(
+            FieldError::new("spec.versionPolicy.specific.versions", "is empty")
+                .hint("list the version numbers to serve"),
+        ),
+        _ => {}
+    }
+}

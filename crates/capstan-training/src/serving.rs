@@ -1,0 +1,137 @@
+//! The ModelServer controller: keeps an App (`<name>-server`) running `capstan serve-model` on every replica, with
+//! probes on the KServe V2 health endpoints, the model's metrics as scrape targets and the load balancer in front,
+//! and mirrors its readiness.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use capstan_engine::controller::condition_now as cond;
+use capstan_model::serving::{server_app, ModelServerStatus, VersionPolicySpec};
+use capstan_model::{
+    set_condition, ConditionStatus, EventType, ModelServer, ObjectKey, API_VERSION, BASE_DIR_ANNOTATION, READY,
+};
+use capstan_store::Store;
+use serde_json::{json, Value};
+
+use crate::controller::{owner_loop, TrainingHandle};
+
+/// Label on the App a ModelServer owns.
+pub const SERVER_LABEL: &str = "capstan.dev/model-server";
+
+/// Starts the ModelServer controller.
+pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
+    owner_loop(store, data_dir, "ModelServer", SERVER_LABEL, reconcile, |s, k| {
+        let _ = s.delete(&ObjectKey::new("App", &k.namespace, server_app(&k.name)));
+    })
+}
+
+/// The `capstan` binary the servers run: `CAPSTAN_EXE`, else this process's own executable.
+fn capstan_exe() -> String {
+    std::env::var("CAPSTAN_EXE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .or_else(|| std::env::current_exe().ok().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| "capstan".into())
+}
+
+fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duration> {
+    let ms: ModelServer = store.get(key).ok().flatten().and_then(|v| serde_json::from_value(v).ok())?;
+    let g = ms.metadata.generation;
+    let mut status: ModelServerStatus = ms.status.clone().unwrap_or_default();
+    status.observed_generation = g;
+    let model = ms.spec.model.clone().unwrap_or_else(|| key.name.clone());
+    let base = match (Path::new(&ms.spec.base_path).is_absolute(), ms.metadata.base_dir()) {
+        (false, Some(dir)) => Path::new(dir).join(&ms.spec.base_path),
+        _ => PathBuf::from(&ms.spec.base_path),
+    };
+    let mut args = vec![
+        capstan_exe(),
+        "serve-model".into(),
+        "--model-name".into(),
+        model.clone(),
+        "--model-base-path".into(),
+        base.display().to_string(),
+        "--poll-seconds".into(),
+        ms.spec.poll_seconds.unwrap_or(1.0).to_string(),
+    ];
+    match &ms.spec.version_policy {
+        VersionPolicySpec::Latest { num_versions } => {
+            args.extend(["--version-policy".into(), "latest".into(), "--num-versions".into(), num_versions.to_string()])
+        }
+        VersionPolicySpec::All {} => args.extend(["--version-policy".into(), "all".into()]),
+        VersionPolicySpec::Specific { versions } => args.extend([
+            "--version-policy".into(),
+            "specific".into(),
+            "--versions".into(),
+            versions.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+        ]),
+    }
+    let mut annotations = serde_json::Map::new();
+    if let Some(b) = ms.metadata.base_dir() {
+        annotations.insert(BASE_DIR_ANNOTATION.into(), json!(b));
+    }
+    let mut spec = json!({
+        "replicas": ms.spec.replicas,
+        "run": {"command": args, "env": {"RUST_LOG": "info"}},
+        "ports": [{"name": "http"}],
+        "probes": {
+            "readiness": {"http": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+            "liveness": {"http": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 5}
+        },
+        "metrics": {"port": "http", "path": "/monitoring/prometheus/metrics"},
+        "update": {"strategy": "Surge"},
+        "terminationGracePeriodSeconds": 10
+    });
+    if let Some(e) = &ms.spec.expose {
+        let mut entry = json!({"name": "rest", "port": e.port, "drainSeconds": 5});
+        if let Some(a) = &e.address {
+            entry["address"] = json!(a);
+        }
+        spec["expose"] = json!([entry]);
+        let host = e.address.clone().unwrap_or_else(|| "127.0.0.1".into());
+        status.url = Some(format!("http://{host}:{}/v1/models/{model}", e.port));
+    }
+    let app = json!({
+        "apiVersion": API_VERSION, "kind": "App",
+        "metadata": {"name": server_app(&key.name), "namespace": key.namespace,
+                     "labels": {SERVER_LABEL: key.name, "app.kubernetes.io/component": "model-server"},
+                     "annotations": annotations},
+        "spec": spec
+    });
+    if let Err(e) = store.apply(vec![app]) {
+        let msg = e.to_string();
+        set_condition(&mut status.conditions, cond(READY, ConditionStatus::False, "ServerApp", msg.clone(), g));
+        let _ = store.record_event(key, EventType::Warning, "ServerApp", &msg);
+        let _ = store.update_status(key, serde_json::to_value(&status).unwrap_or(Value::Null));
+        return Some(Duration::from_secs(5));
+    }
+    status.app_name = Some(server_app(&key.name));
+    let app = store.get(&ObjectKey::new("App", &key.namespace, server_app(&key.name))).ok().flatten();
+    let ready =
+        app.as_ref().and_then(|a| a["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == READY).cloned());
+    status.ready_replicas = app.as_ref().and_then(|a| a["status"]["readyReplicas"].as_i64()).unwrap_or(0) as i32;
+    let c = match ready {
+        Some(c) if c["status"] == "True" => cond(
+            READY,
+            ConditionStatus::True,
+            "Serving",
+            format!("{} replicas serving {model} from {}", status.ready_replicas, base.display()),
+            g,
+        ),
+        Some(c) => cond(
+            READY,
+            ConditionStatus::False,
+            c["reason"].as_str().unwrap_or("Starting"),
+            format!(
+                "no version of {model} is available yet in {}: {}",
+                base.display(),
+                c["message"].as_str().unwrap_or("")
+            ),
+            g,
+        ),
+        None => cond(READY, ConditionStatus::False, "Starting", "the servers are starting".to_string(), g),
+    };
+    set_condition(&mut status.conditions, c);
+    let _ = store.update_status(key, serde_json::to_value(&status).unwrap_or(Value::Null));
+    None
+}
