@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,3 +104,5 @@ class Capstan:
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=60)
+        # Benchmarks write gigabytes (volume sync copies 1 GiB twice): never leave them behind.
+        shutil.rmtree(self.data, ignore_errors=True)

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -124,9 +125,10 @@ def main():
 
     # Time to Ready, cold: a new data directory (initdb, schema, empty indexes).
     cold, warm = [], []
-    data = None
+    data, data_dirs = None, []
     for _ in range(a.rounds):
         data = tempfile.mkdtemp(prefix="capstan-bench-ha-")
+        data_dirs.append(data)
         s = Stack(a.bin, manifests, data)
         cold.append(s.wait_ready())
         s.stop()
@@ -187,6 +189,8 @@ def main():
     h.wait()
     app_cpu = sum(cpu_seconds([p]) for p in s.pids())
     s.stop()
+    for d in data_dirs + [manifests, d]:
+        shutil.rmtree(d, ignore_errors=True)
 
     print(f"Time from `capstan up examples/ha-stack` to the whole stack Ready (PostgreSQL + 2 Teamboard nodes), "
           f"{a.rounds} runs each:")

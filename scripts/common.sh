@@ -2,6 +2,8 @@
 
 # A build cache outside the clone keeps repeated runs (and CI) fast.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/capstan/target}"
+# Incremental artifacts grow by gigabytes per build of a workspace this size and rarely pay off for a one-off run.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # apt_install PKG... installs the Debian packages that are not installed yet (as root, or with sudo).
 apt_install() {

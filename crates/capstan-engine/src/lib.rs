@@ -1,5 +1,6 @@
 //! Capstan's controllers: pure plan functions from (desired, observed) to actions, and the loop that runs them.
 
+pub mod autoscale;
 pub mod controller;
 pub mod diff;
 pub mod plan;

@@ -62,6 +62,46 @@ pub struct ModelServerSpec {
     /// The load balancer's listener for the REST API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose: Option<ModelExpose>,
+    /// Replicas follow the load: `replicas` is then the starting count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// Scaling on load, as a HorizontalPodAutoscaler: replicas × (observed / target), within bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Autoscaling {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    /// Predict requests per second each replica should take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_requests_per_second: Option<f64>,
+    /// The 95th percentile of predict latency to stay under, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_p95_milliseconds: Option<f64>,
+    /// Time after a scaling before scaling down again. Defaults to 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_seconds: Option<u64>,
+}
+
+/// The autoscaler's last look at the servers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    pub desired_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_milliseconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// The counters read last (predict requests, latency buckets) and when, to take rates from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_time: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub sample_requests: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sample_buckets: Vec<(f64, f64)>,
 }
 
 fn one_replica() -> i32 {
@@ -84,6 +124,8 @@ pub struct ModelServerStatus {
     pub url: Option<String>,
     #[serde(default)]
     pub ready_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
 }
 
 /// The App that runs a ModelServer's replicas.
@@ -118,6 +160,31 @@ pub fn validate_model_server(name: &str, spec: &ModelServerSpec, errors: &mut Ve
     if let Some(p) = spec.poll_seconds {
         if !(p.is_finite() && p > 0.0) {
             errors.push(FieldError::new("spec.pollSeconds", format!("{p} is not a positive number of seconds")));
+        }
+    }
+    if let Some(a) = &spec.autoscaling {
+        if a.min_replicas < 1 || a.max_replicas < a.min_replicas {
+            errors.push(
+                FieldError::new(
+                    "spec.autoscaling",
+                    format!("minReplicas {} and maxReplicas {} do not make a range", a.min_replicas, a.max_replicas),
+                )
+                .hint("1 <= minReplicas <= maxReplicas"),
+            );
+        }
+        if a.target_requests_per_second.is_none() && a.target_p95_milliseconds.is_none() {
+            errors.push(
+                FieldError::new("spec.autoscaling", "no target")
+                    .hint("set targetRequestsPerSecond, targetP95Milliseconds, or both"),
+            );
+        }
+        for (f, v) in [
+            ("targetRequestsPerSecond", a.target_requests_per_second),
+            ("targetP95Milliseconds", a.target_p95_milliseconds),
+        ] {
+            if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                errors.push(FieldError::new(format!("spec.autoscaling.{f}"), "must be a positive number"));
+            }
         }
     }
     match &spec.version_policy {

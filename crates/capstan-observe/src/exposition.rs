@@ -152,9 +152,60 @@ pub fn check(text: &str, format: Format) -> Vec<Problem> {
     out
 }
 
+/// The samples of an OpenMetrics exposition's `family` whose labels include every pair in `labels`.
+fn matching<'a>(
+    exp: &'a openmetrics_parser::MetricsExposition<OpenMetricsType, openmetrics_parser::OpenMetricsValue>,
+    family: &str,
+    labels: &[(&str, &str)],
+) -> Vec<&'a openmetrics_parser::Sample<openmetrics_parser::OpenMetricsValue>> {
+    let Some(fam) = exp.families.get(family) else { return Vec::new() };
+    fam.iter_samples()
+        .filter(|s| s.get_labelset().is_ok_and(|set| labels.iter().all(|(k, v)| set.get_label_value(k) == Some(*v))))
+        .collect()
+}
+
+/// The sum of counter `family` over the samples carrying `labels`, in an OpenMetrics exposition.
+pub fn counter_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> Result<f64, String> {
+    let exp = openmetrics_parser::openmetrics::parse_openmetrics(text).map_err(|e| e.to_string())?;
+    Ok(matching(&exp, family, labels)
+        .iter()
+        .map(|s| match &s.value {
+            openmetrics_parser::OpenMetricsValue::Counter(c) => c.value.as_f64(),
+            _ => 0.0,
+        })
+        .sum())
+}
+
+/// Histogram `family`'s cumulative buckets `(upper bound, count)`, summed over the samples carrying `labels`.
+pub fn histogram_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> Result<Vec<(f64, f64)>, String> {
+    let exp = openmetrics_parser::openmetrics::parse_openmetrics(text).map_err(|e| e.to_string())?;
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for s in matching(&exp, family, labels) {
+        if let openmetrics_parser::OpenMetricsValue::Histogram(h) = &s.value {
+            for b in &h.buckets {
+                match out.iter_mut().find(|(le, _)| *le == b.upper_bound) {
+                    Some(x) => x.1 += b.count.as_f64(),
+                    None => out.push((b.upper_bound, b.count.as_f64())),
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_and_histograms_are_summed_over_matching_samples() {
+        let text = "# TYPE req counter\nreq_total{api=\"predict\",v=\"1\"} 3\nreq_total{api=\"predict\",v=\"2\"} 4\nreq_total{api=\"status\",v=\"2\"} 9\n# TYPE lat histogram\nlat_bucket{v=\"1\",le=\"0.1\"} 1\nlat_bucket{v=\"1\",le=\"+Inf\"} 2\nlat_sum{v=\"1\"} 0.3\nlat_count{v=\"1\"} 2\nlat_bucket{v=\"2\",le=\"0.1\"} 5\nlat_bucket{v=\"2\",le=\"+Inf\"} 5\nlat_sum{v=\"2\"} 0.2\nlat_count{v=\"2\"} 5\n# EOF\n";
+        assert_eq!(counter_sum(text, "req", &[("api", "predict")]), Ok(7.0));
+        assert_eq!(counter_sum(text, "absent", &[]), Ok(0.0));
+        assert_eq!(histogram_sum(text, "lat", &[]), Ok(vec![(0.1, 6.0), (f64::INFINITY, 7.0)]));
+        assert!(counter_sum("not an exposition", "req", &[]).is_err());
+    }
 
     #[test]
     fn a_clean_exposition_has_no_problems() {

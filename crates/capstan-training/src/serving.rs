@@ -70,8 +70,15 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
     if let Some(b) = ms.metadata.base_dir() {
         annotations.insert(BASE_DIR_ANNOTATION.into(), json!(b));
     }
+    let replicas = match &ms.spec.autoscaling {
+        Some(a) => {
+            let start = status.autoscaling.as_ref().map(|x| x.desired_replicas).unwrap_or(ms.spec.replicas);
+            start.clamp(a.min_replicas.max(1), a.max_replicas.max(a.min_replicas.max(1)))
+        }
+        None => ms.spec.replicas,
+    };
     let mut spec = json!({
-        "replicas": ms.spec.replicas,
+        "replicas": replicas,
         "run": {"command": args, "env": {"RUST_LOG": "info"}},
         "ports": [{"name": "http"}],
         "probes": {
@@ -132,6 +139,99 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
         None => cond(READY, ConditionStatus::False, "Starting", "the servers are starting".to_string(), g),
     };
     set_condition(&mut status.conditions, c);
+    let requeue = match (&ms.spec.autoscaling, &app) {
+        (Some(a), Some(app)) => {
+            autoscale(store, key, a, replicas, app, &mut status);
+            Some(SAMPLE_EVERY)
+        }
+        _ => {
+            status.autoscaling = None;
+            None
+        }
+    };
     let _ = store.update_status(key, serde_json::to_value(&status).unwrap_or(Value::Null));
-    None
+    requeue
+}
+
+/// How often the autoscaler reads the servers' metrics.
+const SAMPLE_EVERY: Duration = Duration::from_secs(3);
+
+/// Reads every ready server's metrics, takes rates against the previous reading, and sets the replicas wanted.
+fn autoscale(
+    store: &Store,
+    key: &ObjectKey,
+    spec: &capstan_model::serving::Autoscaling,
+    current: i32,
+    app: &Value,
+    status: &mut ModelServerStatus,
+) {
+    let ports: Vec<u16> = app["status"]["replicaStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["ready"] == true)
+        .filter_map(|r| r["ports"]["http"].as_u64().map(|p| p as u16))
+        .collect();
+    let (mut requests, mut buckets) = (0.0, Vec::<(f64, f64)>::new());
+    for port in ports {
+        let Some(text) = fetch_metrics(port) else { continue };
+        requests += capstan_observe::exposition::counter_sum(&text, "capstan_model_requests", &[("api", "predict")])
+            .unwrap_or(0.0);
+        for (le, c) in capstan_observe::exposition::histogram_sum(&text, "capstan_model_predict_duration_seconds", &[])
+            .unwrap_or_default()
+        {
+            match buckets.iter_mut().find(|(l, _)| *l == le) {
+                Some(b) => b.1 += c,
+                None => buckets.push((le, c)),
+            }
+        }
+    }
+    // JSON has no infinity: the +Inf bucket is kept as f64::MAX.
+    for b in &mut buckets {
+        if b.0.is_infinite() {
+            b.0 = f64::MAX;
+        }
+    }
+    let now = chrono::Utc::now();
+    let mut a = status
+        .autoscaling
+        .clone()
+        .unwrap_or(capstan_model::serving::AutoscalingStatus { desired_replicas: current, ..Default::default() });
+    // Rates need a previous reading; a drop (a server replaced or removed) starts the counting again.
+    let (rate, p95) = match a.sample_time {
+        Some(t) if requests >= a.sample_requests && (now - t).num_milliseconds() > 0 => {
+            let secs = (now - t).num_milliseconds() as f64 / 1000.0;
+            (
+                Some((requests - a.sample_requests) / secs),
+                capstan_engine::autoscale::quantile(0.95, &buckets, &a.sample_buckets),
+            )
+        }
+        _ => (None, None),
+    };
+    let (want, why) = capstan_engine::autoscale::desired_replicas(spec, current, rate, p95, a.last_scale_time, now);
+    if want != current {
+        a.last_scale_time = Some(now);
+        let _ = store.record_event(key, EventType::Normal, "Scaled", &format!("{current} → {want} replicas: {why}"));
+    }
+    a.desired_replicas = want;
+    a.requests_per_second = rate;
+    a.p95_milliseconds = p95.map(|s| s * 1000.0);
+    a.sample_time = Some(now);
+    a.sample_requests = requests;
+    a.sample_buckets = buckets;
+    status.autoscaling = Some(a);
+}
+
+/// One server's metrics, or None when it does not answer within a second.
+fn fetch_metrics(port: u16) -> Option<String> {
+    use http_body_util::{BodyExt, Empty};
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    handle.block_on(async move {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Empty<bytes::Bytes>>();
+        let uri: hyper::Uri = format!("http://127.0.0.1:{port}/monitoring/prometheus/metrics").parse().ok()?;
+        let res = tokio::time::timeout(Duration::from_secs(1), client.get(uri)).await.ok()?.ok()?;
+        let body = tokio::time::timeout(Duration::from_secs(1), res.into_body().collect()).await.ok()?.ok()?;
+        String::from_utf8(body.to_bytes().to_vec()).ok()
+    })
 }

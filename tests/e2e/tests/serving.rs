@@ -168,3 +168,75 @@ async fn tf_serving_api_hot_swap_under_load_and_a_corrupt_version() {
     assert!(metrics.contains("capstan_model_predict_duration_seconds_bucket"), "{metrics}");
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_server_scales_out_under_load_and_back_in_after_the_cooldown() {
+    std::env::set_var("CAPSTAN_EXE", bin("capstan-e2e-cli"));
+    let tp = TestPlane::start().await;
+    let base = tempfile::tempdir().expect("tempdir");
+    publish(base.path(), 1, &fixtures::linear(&[3.0, -2.0], 0.5));
+    let lb = free_port();
+    tp.apply(&format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: ModelServer\nmetadata: {{name: linear}}\nspec:\n  basePath: {}\n  replicas: 1\n  expose: {{port: {lb}}}\n  autoscaling: {{minReplicas: 1, maxReplicas: 3, targetRequestsPerSecond: 20, cooldownSeconds: 2}}\n",
+        base.path().display()
+    ));
+    let ms = |tp: &TestPlane| {
+        let c = tp.client.clone();
+        async move { c.get("/api/v1/namespaces/default/modelservers/linear").await.ok() }
+    };
+    eventually("one server ready", T, || async {
+        let o = ms(&tp).await?;
+        (o["status"]["readyReplicas"] == 1).then_some(())
+    })
+    .await;
+
+    // About 100 predictions a second through the balancer: five times what one replica should take.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut c = Browser::new(lb);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                tick.tick().await;
+                match c.post_json("/v1/models/linear:predict", &json!({"instances": [[1, 1]]})).await {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let scaled = eventually("scaled out", Duration::from_secs(90), || async {
+        let o = ms(&tp).await?;
+        (o["status"]["autoscaling"]["desiredReplicas"].as_i64()? >= 2 && o["status"]["readyReplicas"].as_i64()? >= 2)
+            .then_some(o)
+    })
+    .await;
+    assert!(scaled["status"]["autoscaling"]["requestsPerSecond"].as_f64().is_some_and(|r| r > 20.0), "{scaled}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.expect("load");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while scaling: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let events = tp.client.get("/api/v1/namespaces/default/modelservers/linear/events").await.expect("events");
+    assert!(
+        events.to_string().contains("Scaled") && events.to_string().contains("1 → "),
+        "a Scaled event says why: {events}"
+    );
+
+    // Idle: back to the minimum once the cooldown has passed.
+    eventually("scaled back in", Duration::from_secs(90), || async {
+        let o = ms(&tp).await?;
+        let app = tp.client.get("/api/v1/namespaces/default/apps/linear-server").await.ok()?;
+        (o["status"]["autoscaling"]["desiredReplicas"] == 1 && app["spec"]["replicas"] == 1).then_some(())
+    })
+    .await;
+    tp.stop().await;
+}
