@@ -47,17 +47,25 @@ def wrk(url, body, seconds, conns, d):
     script = os.path.join(d, "post.lua")
     with open(script, "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
-        f.write("wrk.body = [[" + body + "]]\n")
+        # A level-2 long bracket: the JSON's nested lists contain "]]", which would end a plain [[…]] string.
+        f.write("wrk.body = [==[" + body + "]==]\n")
     out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", script, url],
                          capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    errors = sum(int(x) for x in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors: connect) (\d+)", out))
+    # wrk prints "Non-2xx or 3xx responses: N" and "Socket errors: connect N, read N, write N, timeout N".
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
 
     def lat(p):
         m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
         v = float(m.group(1))
         return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
     return {"rps": rps, "p50": lat(50), "p99": lat(99), "errors": errors}
+
+
+def flat(v):
+    return [x for item in v for x in (flat(item) if isinstance(item, list) else [item])]
 
 
 def ready(port, path):
@@ -87,7 +95,7 @@ def serving(a, d):
     models = os.path.join(d, "models")
     inputs = build_models(models)
     kinds = ["Capstan (tract)", "Python + onnxruntime", "Python + TensorFlow"]
-    results = {}
+    results, answers = {}, {}
     for _ in range(a.rounds):
         for name in ["dense", "cnn"]:
             body = json.dumps({"instances": inputs[name]})
@@ -95,6 +103,12 @@ def serving(a, d):
                 port = free_port()
                 p = start(kind, a.bin, models, name, port)
                 url = f"http://127.0.0.1:{port}/v1/models/{name}:predict"
+                # Every server must answer the request the load sends, with the same prediction.
+                req = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    got = json.load(r)["predictions"]
+                first = answers.setdefault(name, got)
+                assert all(abs(x - y) < 1e-3 for x, y in zip(flat(got), flat(first))), (kind, got, first)
                 wrk(url, body, 2, a.conns, d)  # warm-up
                 results.setdefault((name, kind), []).append(wrk(url, body, a.seconds, a.conns, d))
                 p.send_signal(signal.SIGTERM)
