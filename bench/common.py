@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -106,3 +107,26 @@ class Capstan:
         self.proc.wait(timeout=60)
         # Benchmarks write gigabytes (volume sync copies 1 GiB twice): never leave them behind.
         shutil.rmtree(self.data, ignore_errors=True)
+
+
+def wrk(url, seconds, conns, headers=(), script=None):
+    """Runs wrk (2 threads, keep-alive) and reads its report: req/s, requests, p50/p99 in ms, and errors (non-2xx
+    responses and socket errors)."""
+    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    # wrk prints "Non-2xx or 3xx responses: N" and "Socket errors: connect N, read N, write N, timeout N".
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
+
+    def lat(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+    return {"rps": rps, "requests": total, "p50_ms": lat(50), "p99_ms": lat(99), "errors": errors}

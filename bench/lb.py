@@ -7,9 +7,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import wrk  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -41,25 +45,6 @@ def wait_http(url, limit=20):
         except Exception:
             time.sleep(0.05)
     raise TimeoutError(url)
-
-
-def wrk(url, seconds, conns, headers=()):
-    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency"]
-    for h in headers:
-        cmd += ["-H", h]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    # wrk prints "Non-2xx or 3xx responses: N" and "Socket errors: connect N, read N, write N, timeout N".
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
-
-    def lat(p):
-        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
-        v = float(m.group(1))
-        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
-    return {"rps": rps, "requests": total, "p50_ms": lat(50), "p99_ms": lat(99), "errors": errors}
 
 
 class Capstan:

@@ -4,7 +4,6 @@
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -16,7 +15,7 @@ import urllib.request
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(__file__))
-from common import free_port, wait_until  # noqa: E402
+from common import free_port, wait_until, wrk  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -43,25 +42,14 @@ def build_models(d):
     return inputs
 
 
-def wrk(url, body, seconds, conns, d):
+def post_script(body, d):
+    """A wrk script that POSTs `body` as JSON."""
     script = os.path.join(d, "post.lua")
     with open(script, "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
         # A level-2 long bracket: the JSON's nested lists contain "]]", which would end a plain [[…]] string.
         f.write("wrk.body = [==[" + body + "]==]\n")
-    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", script, url],
-                         capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    # wrk prints "Non-2xx or 3xx responses: N" and "Socket errors: connect N, read N, write N, timeout N".
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
-
-    def lat(p):
-        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
-        v = float(m.group(1))
-        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
-    return {"rps": rps, "p50": lat(50), "p99": lat(99), "errors": errors}
+    return script
 
 
 def flat(v):
@@ -109,8 +97,9 @@ def serving(a, d):
                     got = json.load(r)["predictions"]
                 first = answers.setdefault(name, got)
                 assert all(abs(x - y) < 1e-3 for x, y in zip(flat(got), flat(first))), (kind, got, first)
-                wrk(url, body, 2, a.conns, d)  # warm-up
-                results.setdefault((name, kind), []).append(wrk(url, body, a.seconds, a.conns, d))
+                script = post_script(body, d)
+                wrk(url, 2, a.conns, script=script)  # warm-up
+                results.setdefault((name, kind), []).append(wrk(url, a.seconds, a.conns, script=script))
                 p.send_signal(signal.SIGTERM)
                 p.wait(timeout=30)
     print(f"Predict, one instance per request (row format), wrk -t2 -c{a.conns}, medians of {a.rounds} interleaved "
@@ -124,7 +113,7 @@ def serving(a, d):
             rs = sorted(results[(name, kind)], key=lambda r: r["rps"])
             m = rs[len(rs) // 2]
             ratio = "—" if kind == kinds[0] else f"{ours / m['rps']:.1f}×"
-            print(f"| {label} | {kind} | {m['rps']:.0f} | {m['p50']:.2f} ms | {m['p99']:.2f} ms | {ratio} | "
+            print(f"| {label} | {kind} | {m['rps']:.0f} | {m['p50_ms']:.2f} ms | {m['p99_ms']:.2f} ms | {ratio} | "
                   f"{sum(r['errors'] for r in rs)} |")
     print()
 

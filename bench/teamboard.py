@@ -6,7 +6,6 @@ front of the same two nodes, and straight to one node. Run through bench/teamboa
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -17,7 +16,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import free_port, wait_until  # noqa: E402
+from common import free_port, wait_until, wrk  # noqa: E402
 from lb import cpu_seconds, children, haproxy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,25 +94,6 @@ def call(port, method, path, body=None, token=None, cookie=None):
         return r.headers.get_all("Set-Cookie") or [], json.loads(r.read() or b"null")
 
 
-def wrk(url, seconds, conns, token, script=None):
-    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-H", f"Authorization: Bearer {token}"]
-    if script:
-        cmd += ["-s", script]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    # wrk prints "Non-2xx or 3xx responses: N" and "Socket errors: connect N, read N, write N, timeout N".
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
-
-    def lat(p):
-        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
-        v = float(m.group(1))
-        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
-    return {"rps": rps, "requests": total, "p50_ms": lat(50), "p99_ms": lat(99), "errors": errors}
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -185,7 +165,7 @@ def main():
             for tname, port, pids in targets:
                 url = f"http://127.0.0.1:{port}{path}"
                 before = cpu_seconds(pids())
-                r = wrk(url, a.seconds, a.conns, token, script)
+                r = wrk(url, a.seconds, a.conns, [f"Authorization: Bearer {token}"], script)
                 r["lb_cpu_us"] = (cpu_seconds(pids()) - before) / max(r["requests"], 1) * 1e6
                 results.setdefault((wname, tname), []).append(r)
     h.terminate()
