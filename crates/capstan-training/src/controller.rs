@@ -106,6 +106,19 @@ pub(crate) fn owner_loop(
     TrainingHandle { stop, task }
 }
 
+/// Decodes a stored object; one whose status no longer decodes (written by an older Capstan, say) is taken without
+/// it, so the reconcile rebuilds the status instead of stopping for good.
+pub(crate) fn decode_owner<T: serde::de::DeserializeOwned>(mut v: Value) -> Option<T> {
+    match serde_json::from_value(v.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("{}/{}: status unreadable ({e}); rebuilding it", v["kind"], v["metadata"]["name"]);
+            v["status"] = Value::Null;
+            serde_json::from_value(v).ok()
+        }
+    }
+}
+
 fn all(store: &Store, kind: &str) -> BTreeSet<ObjectKey> {
     store.list(kind, None).unwrap_or_default().iter().filter_map(|v| capstan_store::key_of(v).ok()).collect()
 }
@@ -137,7 +150,7 @@ fn observe(app: &Value, attempt: u32, restarts: u32) -> TaskObserved {
 }
 
 fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration> {
-    let mut job: TrainingJob = store.get(key).ok().flatten().and_then(|v| serde_json::from_value(v).ok())?;
+    let mut job: TrainingJob = decode_owner(store.get(key).ok().flatten()?)?;
     let dir = training_dir(data_dir, key);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         let _ = store.record_event(
@@ -267,5 +280,25 @@ fn delete_tasks(store: &Store, namespace: &str, job: &str) {
                 let _ = store.delete(&k);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_status_is_dropped_not_fatal() {
+        let job = json!({
+            "apiVersion": API_VERSION, "kind": "TrainingJob",
+            "metadata": {"name": "j", "namespace": "default"},
+            "spec": {"replicaSpecs": {"Worker": {"replicas": 1, "run": {"command": ["true"]}}}},
+            "status": {"restarts": "not a number"}
+        });
+        let decoded: TrainingJob = decode_owner(job).expect("decoded without its status");
+        assert!(decoded.status.is_none());
+        assert_eq!(decoded.spec.replica_specs.len(), 1);
+        let broken = json!({"kind": "TrainingJob", "spec": 3});
+        assert!(decode_owner::<TrainingJob>(broken).is_none(), "a broken spec is still refused");
     }
 }

@@ -35,7 +35,7 @@ fn capstan_exe() -> String {
 }
 
 fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duration> {
-    let ms: ModelServer = store.get(key).ok().flatten().and_then(|v| serde_json::from_value(v).ok())?;
+    let ms: ModelServer = crate::controller::decode_owner(store.get(key).ok().flatten()?)?;
     let g = ms.metadata.generation;
     let mut status: ModelServerStatus = ms.status.clone().unwrap_or_default();
     status.observed_generation = g;
