@@ -215,6 +215,14 @@ fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration
     for name in &plan.delete {
         let _ = store.delete(&ObjectKey::new("App", &key.namespace, name));
     }
+    // Tasks the spec no longer has (fewer replicas, a type removed) lose their Apps.
+    let wanted: BTreeSet<String> = tasks_of(&job).into_iter().map(|(n, _, _)| n).collect();
+    for app in store.list("App", Some(&key.namespace)).unwrap_or_default() {
+        let name = app["metadata"]["name"].as_str().unwrap_or_default();
+        if app["metadata"]["labels"][JOB_LABEL] == key.name.as_str() && !wanted.contains(name) {
+            let _ = store.delete(&ObjectKey::new("App", &key.namespace, name));
+        }
+    }
     let mut by_type: BTreeMap<ReplicaType, Vec<String>> = BTreeMap::new();
     for (name, t, _) in tasks_of(&job) {
         by_type.entry(t).or_default().push(addresses.get(&name).cloned().unwrap_or_default());

@@ -64,10 +64,7 @@ struct Login {
 async fn login(State(s): State<Shared>, Json(l): Json<Login>) -> Result<Response, Error> {
     let user = sessions::valid_user(&l.user)?;
     db::sign_in(&s.pool, &user).await?;
-    let token = s.sessions.create(&user);
-    if token.is_empty() {
-        return Err(Error::Io("no entropy for a session token".into()));
-    }
+    let token = s.sessions.create(&user)?;
     let body = json!({"user": user, "node": s.cfg.node, "version": s.cfg.version});
     Ok(([(SET_COOKIE, sessions::set_cookie(&token))], Json(body)).into_response())
 }

@@ -126,7 +126,10 @@ impl Config {
             node: var("CAPSTAN_REPLICA").unwrap_or_else(|| "teamboard".into()),
             version: var("TEAMBOARD_VERSION").unwrap_or_else(|| format!("v{}", env!("CARGO_PKG_VERSION"))),
             max_upload_bytes: number("TEAMBOARD_MAX_UPLOAD_MB", 100)?.saturating_mul(1 << 20),
-            pool_size: number("TEAMBOARD_POOL_SIZE", 16)? as usize,
+            pool_size: match number("TEAMBOARD_POOL_SIZE", 16)? {
+                0 => return Err(Error::Config("TEAMBOARD_POOL_SIZE must be at least 1".into())),
+                n => n as usize,
+            },
         })
     }
 }

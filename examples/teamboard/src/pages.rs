@@ -115,7 +115,7 @@ async fn login(State(s): State<Shared>, Form(f): Form<LoginForm>) -> PageResult 
     let wrap = |e| PageError(e, s.clone());
     let user = sessions::valid_user(&f.user).map_err(wrap)?;
     db::sign_in(&s.pool, &user).await.map_err(wrap)?;
-    let token = s.sessions.create(&user);
+    let token = s.sessions.create(&user).map_err(wrap)?;
     Ok((StatusCode::SEE_OTHER, [(LOCATION, "/".to_string()), (SET_COOKIE, sessions::set_cookie(&token))])
         .into_response())
 }

@@ -30,18 +30,17 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Starts a session for `user`, returning its token.
-    pub fn create(&self, user: &str) -> String {
-        // getrandom fails only without an OS entropy source; the empty token is then refused by the caller.
+    /// Starts a session for `user`, returning its token; fails only when the OS has no entropy to give.
+    pub fn create(&self, user: &str) -> Result<String, Error> {
         let token = Self::new_token();
         if token.is_empty() {
-            return token;
+            return Err(Error::Io("no entropy for a session token".into()));
         }
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         map.retain(|_, e| now.duration_since(e.last_seen) < IDLE);
         map.insert(token.clone(), Entry { user: user.to_string(), last_seen: now });
-        token
+        Ok(token)
     }
 
     /// The user holding `token`, refreshing its idle timer.

@@ -268,3 +268,36 @@ async fn a_model_trained_by_a_job_is_served_with_tensorflows_own_predictions() {
     .await;
     tp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_removed_from_the_spec_loses_its_app() {
+    let tp = TestPlane::start().await;
+    let job = |n: u32| {
+        format!(
+            "apiVersion: capstan.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: shrink}}\nspec:\n  replicaSpecs:\n    Worker: {{replicas: {n}, run: {{command: {}}}}}\n",
+            sh("exec sleep 600")
+        )
+    };
+    tp.apply(&job(3));
+    eventually("three task Apps", T, || async {
+        tp.client.get("/api/v1/namespaces/default/apps/shrink-worker-2").await.ok().map(|_| ())
+    })
+    .await;
+    tp.apply(&job(2));
+    eventually("worker 2's App removed", T, || async {
+        tp.client.get("/api/v1/namespaces/default/apps/shrink-worker-2").await.is_err().then_some(())
+    })
+    .await;
+    assert!(tp.client.get("/api/v1/namespaces/default/apps/shrink-worker-1").await.is_ok(), "the others stay");
+    let o = job_of(&tp).await;
+    assert_eq!(o["status"]["tasks"].as_array().map(|t| t.len()), Some(2), "{o}");
+    tp.stop().await;
+}
+
+async fn job_of(tp: &TestPlane) -> Value {
+    eventually("the job's status lists two tasks", T, || async {
+        let o = job(tp, "shrink").await?;
+        (o["status"]["tasks"].as_array()?.len() == 2).then_some(o)
+    })
+    .await
+}
