@@ -151,7 +151,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--conns", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="lb-bench-")
     ports = {"capstan": 18101, "capstan_sticky": 18102, "nginx": 18103, "haproxy": 18104, "haproxy_sticky": 18105}

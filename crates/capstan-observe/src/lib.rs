@@ -1,3 +1,8 @@
-//! Capstan's observability: metrics expositions in the Prometheus text and OpenMetrics formats, parsed and linted.
+//! Capstan's observability: metrics expositions (parsing and lint), the scraper, the embedded time-series store
+//! and PromQL evaluation over it.
 
+pub mod chunk;
 pub mod exposition;
+pub mod promql;
+pub mod scrape;
+pub mod tsdb;

@@ -83,14 +83,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// The value of cookie `name` in the request, if sent.
-pub fn cookie_value(h: &HeaderMap, name: &str) -> Option<String> {
+pub fn cookie_value<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"').to_string())
+        .map(|(_, v)| v.trim_matches('"'))
 }
 
 /// Counts an open request until its response body ends, then gives the upstream connection back to the pool
@@ -191,14 +191,16 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     // Pick the replica: a valid sticky cookie or client pin first, then the balance.
-    let sticky_cookie = cfg.expose.sticky.as_ref().and_then(|s| s.cookie.clone());
-    let sticky_ip = cfg.expose.sticky.as_ref().and_then(|s| s.client_ip.clone());
-    let mut pinned_by_cookie = None;
+    let sticky_cookie = cfg.expose.sticky.as_ref().and_then(|s| s.cookie.as_ref());
+    let sticky_ip = cfg.expose.sticky.as_ref().and_then(|s| s.client_ip.as_ref());
+    // The replica the request's cookie already names (and still serves): its cookie needs no rewrite.
+    let mut pinned_by_cookie: Option<Arc<Backend>> = None;
     let mut backend = None;
-    if let Some(c) = &sticky_cookie {
-        pinned_by_cookie = cookie_value(req.headers(), &c.name);
-        backend = pinned_by_cookie.as_deref().and_then(|v| entry.backends.by_cookie(v)).filter(|b| b.eligible());
-    } else if let Some(ci) = &sticky_ip {
+    if let Some(c) = sticky_cookie {
+        backend =
+            cookie_value(req.headers(), &c.name).and_then(|v| entry.backends.by_cookie(v)).filter(|b| b.eligible());
+        pinned_by_cookie = backend.clone();
+    } else if let Some(ci) = sticky_ip {
         backend = entry.backends.pinned_ip(client.ip(), Duration::from_secs(u64::from(ci.timeout_seconds)));
     }
     let mut backend = match backend.or_else(|| entry.backends.pick(cfg.expose.balance, &[])) {
@@ -213,24 +215,24 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
     };
 
     let (parts, body) = req.into_parts();
-    let mut headers = parts.headers.clone();
+    let mut headers = parts.headers;
+    let no_body = length == Some(0) || (length.is_none() && !headers.contains_key(header::TRANSFER_ENCODING));
     let upgrade_value = headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut headers);
     if let (true, Some(u)) = (upgrade, upgrade_value) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
-    let ip = client.ip().to_string();
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", client.ip()),
+        None => client.ip().to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
     headers.entry("x-forwarded-proto").or_insert(HeaderValue::from_static("http"));
-    if let Some(host) = parts.headers.get(header::HOST) {
-        headers.insert("x-forwarded-host", host.clone());
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert("x-forwarded-host", host);
     }
     let uri = if parts.uri.scheme().is_none() {
         parts.uri.clone()
@@ -238,7 +240,6 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
         parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().unwrap_or_default()
     };
     let mut out = Outgoing { method: parts.method.clone(), uri, headers };
-    let no_body = length == Some(0) || (length.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING));
     let replayable = cfg.expose.retry_idempotent && no_body && is_idempotent(&parts.method) && !upgrade;
     let first_body: ProxyBody = if upgrade || no_body {
         boxed(Empty::<Bytes>::new())
@@ -260,10 +261,11 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
             entry.replica_metrics(&backend.name).retries.inc();
         }
         let mut pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
-        if pooled.is_some() {
+        if pooled.is_some() && !replayable {
             // The connection's own task runs on this thread. Yield once (tokio polls the I/O driver before it
             // resumes a yielded task) so that a close the peer already sent — a replica that just died — is seen
             // before the request is written: a request written to a dead connection could not be sent again.
+            // A replayable request skips this: if its connection turns out dead, it is sent again elsewhere.
             tokio::task::yield_now().await;
         }
         if let Some(s) = pooled.as_mut() {
@@ -331,7 +333,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
             entry.backends.pin_ip(client.ip(), &backend.name);
         }
         let cookie_value = backend.cookie();
-        let set_cookie = sticky_cookie.as_ref().filter(|_| pinned_by_cookie.as_deref() != Some(cookie_value));
+        let set_cookie = sticky_cookie.filter(|_| !pinned_by_cookie.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend)));
 
         if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
@@ -396,8 +398,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("a=1; CAPSTAN_ROUTE=web-1"));
         h.append(header::COOKIE, HeaderValue::from_static("b=\"2\""));
-        assert_eq!(cookie_value(&h, "CAPSTAN_ROUTE").as_deref(), Some("web-1"));
-        assert_eq!(cookie_value(&h, "b").as_deref(), Some("2"));
+        assert_eq!(cookie_value(&h, "CAPSTAN_ROUTE"), Some("web-1"));
+        assert_eq!(cookie_value(&h, "b"), Some("2"));
         assert_eq!(cookie_value(&h, "c"), None);
         assert!(!wants_upgrade(&h));
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));

@@ -12,6 +12,7 @@ pub mod tcp;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,29 @@ pub fn worker_count() -> usize {
 struct Worker {
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Client connections it serves now.
+    connections: Arc<AtomicUsize>,
+}
+
+/// Where accepted connections go: the worker serving the fewest connections.
+#[derive(Clone)]
+struct Dispatch {
+    workers: Vec<(tokio::runtime::Handle, Arc<AtomicUsize>)>,
+}
+
+impl Dispatch {
+    fn pick(&self) -> Option<&(tokio::runtime::Handle, Arc<AtomicUsize>)> {
+        self.workers.iter().min_by_key(|(_, n)| n.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts a connection on its worker while it lives.
+struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn start_worker(index: usize) -> Worker {
@@ -65,7 +89,7 @@ fn start_worker(index: usize) -> Worker {
     });
     // Without its own thread, a worker borrows the caller's runtime: slower, but traffic still flows.
     let handle = spawned.ok().and_then(|_| rx.recv().ok().flatten()).unwrap_or_else(tokio::runtime::Handle::current);
-    Worker { handle, stop: Some(stop) }
+    Worker { handle, stop: Some(stop), connections: Arc::default() }
 }
 
 /// Errors inside bodies.
@@ -151,8 +175,8 @@ impl Drop for Listener {
     }
 }
 
-/// The load balancer of the embedded runtime: one worker thread per core, each accepting on its own
-/// SO_REUSEPORT socket, so a connection and its upstream requests never change threads.
+/// The load balancer of the embedded runtime: one worker thread per core; each accepted connection goes to the
+/// least busy worker, and a connection and its upstream requests never change threads.
 pub struct Proxy {
     listeners: Mutex<HashMap<ObjectKey, Vec<Listener>>>,
     metrics: Arc<Metrics>,
@@ -192,7 +216,7 @@ fn target_port(app: &App, e: &Expose, r: &ReplicaEndpoint) -> Option<u16> {
     }
 }
 
-/// Opens one listening socket with SO_REUSEPORT, so every worker can have its own on the same port.
+/// Opens the listening socket of an entry point.
 fn bind(address: &str, port: u16) -> Result<std::net::TcpListener, String> {
     use socket2::{Domain, Socket, Type};
     let ip: std::net::IpAddr = address.parse().map_err(|_| format!("`{address}` is not an IP address"))?;
@@ -200,19 +224,16 @@ fn bind(address: &str, port: u16) -> Result<std::net::TcpListener, String> {
     let err = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
-    socket.set_reuse_port(true).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
     socket.listen(1024).map_err(err)?;
     Ok(socket.into())
 }
 
-/// Whether something else already listens on the port (SO_REUSEPORT would let a second socket in silently).
-fn port_taken(address: &str, port: u16) -> bool {
-    std::net::TcpListener::bind((address, port)).is_err()
-}
-
-async fn serve(listener: std::net::TcpListener, entry: Arc<Entry>, protocol: ExposeProtocol) {
+/// Accepts connections and hands each to the least busy worker, where it stays with its upstream requests.
+/// (One SO_REUSEPORT socket per worker spreads connections by a hash instead: with few long keep-alive
+/// connections one worker often carries more than its share, and its queue shows in the tail latency.)
+async fn serve(listener: std::net::TcpListener, entry: Arc<Entry>, protocol: ExposeProtocol, dispatch: Dispatch) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -230,24 +251,46 @@ async fn serve(listener: std::net::TcpListener, entry: Arc<Entry>, protocol: Exp
             }
         };
         let entry = entry.clone();
-        match protocol {
-            ExposeProtocol::Tcp => {
-                tokio::spawn(tcp::serve(entry, stream, peer));
+        let Some((handle, count)) = dispatch.pick() else { return };
+        // A socket belongs to the reactor of the runtime that registered it: move it over as a std socket.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(app = %entry.app, "accept: {e}");
+                continue;
             }
-            ExposeProtocol::Http => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let entry = entry.clone();
-                        async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, peer).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
-            }
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        let guard = ConnectionGuard(count.clone());
+        handle.spawn(async move {
+            let _guard = guard;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(app = %entry.app, "accept: {e}");
+                    return;
+                }
+            };
+            connection(stream, peer, entry, protocol).await;
+        });
+    }
+}
+
+/// Serves one client connection on the current worker.
+async fn connection(stream: tokio::net::TcpStream, peer: SocketAddr, entry: Arc<Entry>, protocol: ExposeProtocol) {
+    match protocol {
+        ExposeProtocol::Tcp => tcp::serve(entry, stream, peer).await,
+        ExposeProtocol::Http => {
+            let _ = stream.set_nodelay(true);
+            let svc = service_fn(move |req| {
+                let entry = entry.clone();
+                async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, peer).await) }
+            });
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
         }
     }
 }
@@ -266,18 +309,15 @@ impl Proxy {
         entry: Arc<Entry>,
         protocol: ExposeProtocol,
     ) -> Result<(SocketAddr, Vec<JoinHandle<()>>), String> {
-        if port_taken(address, port) {
-            return Err(format!("cannot listen on {address}:{port}: the address is already in use"));
-        }
-        let mut tasks = Vec::new();
-        let mut local = None;
-        for w in self.workers.get_or_init(|| (0..worker_count()).map(start_worker).collect()) {
-            let l = bind(address, port)?;
-            local = local.or_else(|| l.local_addr().ok());
-            tasks.push(w.handle.spawn(serve(l, entry.clone(), protocol)));
-        }
-        let addr = local.ok_or_else(|| format!("cannot listen on {address}:{port}: no worker"))?;
-        Ok((addr, tasks))
+        let workers = self.workers.get_or_init(|| (0..worker_count()).map(start_worker).collect());
+        let dispatch =
+            Dispatch { workers: workers.iter().map(|w| (w.handle.clone(), w.connections.clone())).collect() };
+        let Some(acceptor) = workers.first() else {
+            return Err(format!("cannot listen on {address}:{port}: no worker"));
+        };
+        let l = bind(address, port)?;
+        let addr = l.local_addr().map_err(|e| format!("cannot listen on {address}:{port}: {e}"))?;
+        Ok((addr, vec![acceptor.handle.spawn(serve(l, entry, protocol, dispatch))]))
     }
 
     /// Brings an App's entry points in line with its spec and replicas: opens, updates and closes listeners.

@@ -1,0 +1,673 @@
+//! The embedded time-series store: series identified by sorted label sets, an inverted index from label pairs
+//! to series, samples in compressed chunks, retention by time and size, and snapshots to disk.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use promql_parser::label::{MatchOp, Matcher};
+
+use crate::chunk::Chunk;
+
+/// Prometheus' staleness marker: a NaN with this exact bit pattern ends a series.
+pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+
+pub fn is_stale(v: f64) -> bool {
+    v.to_bits() == STALE_NAN
+}
+
+pub fn stale_nan() -> f64 {
+    f64::from_bits(STALE_NAN)
+}
+
+/// A series' identity: label pairs sorted by name, `__name__` included.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Labels(Vec<(Arc<str>, Arc<str>)>);
+
+impl Labels {
+    /// Builds from pairs in any order; empty values are dropped, as Prometheus does.
+    pub fn new<K: AsRef<str>, V: AsRef<str>>(pairs: impl IntoIterator<Item = (K, V)>) -> Labels {
+        let mut v: Vec<(Arc<str>, Arc<str>)> = pairs
+            .into_iter()
+            .filter(|(_, v)| !v.as_ref().is_empty())
+            .map(|(k, v)| (Arc::from(k.as_ref()), Arc::from(v.as_ref())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+        Labels(v)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(name)).ok().map(|i| &*self.0[i].1)
+    }
+
+    /// The value of `name`, or "" when absent (how matchers see a missing label).
+    pub fn value(&self, name: &str) -> &str {
+        self.get(name).unwrap_or("")
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.get("__name__")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A copy with `name` set (or removed when `value` is empty).
+    pub fn with(&self, name: &str, value: &str) -> Labels {
+        let mut pairs: Vec<(&str, &str)> = self.iter().filter(|(k, _)| *k != name).collect();
+        pairs.push((name, value));
+        Labels::new(pairs)
+    }
+
+    /// A copy keeping only the labels `keep` accepts.
+    pub fn filter(&self, keep: impl Fn(&str) -> bool) -> Labels {
+        Labels(self.0.iter().filter(|(k, _)| keep(k)).cloned().collect())
+    }
+
+    pub fn matches(&self, matchers: &[Matcher]) -> bool {
+        matchers.iter().all(|m| m.is_match(self.value(&m.name)))
+    }
+}
+
+impl std::fmt::Display for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.name().unwrap_or("");
+        write!(f, "{name}{{")?;
+        let mut first = true;
+        for (k, v) in self.iter().filter(|(k, _)| *k != "__name__") {
+            if !first {
+                write!(f, ", ")?;
+            }
+            first = false;
+            write!(f, "{k}={v:?}")?;
+        }
+        write!(f, "}}")
+    }
+}
+
+/// Why a sample was not stored.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AppendError {
+    #[error("out of order sample: {series} at {t} is not after its last sample at {last}")]
+    OutOfOrder { series: String, t: i64, last: i64 },
+    #[error("duplicate sample for timestamp {t} with a different value in {series}")]
+    Duplicate { series: String, t: i64 },
+}
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a Capstan metrics snapshot, or damaged at byte {at}")]
+    Corrupt { path: String, at: usize },
+}
+
+struct Series {
+    labels: Labels,
+    closed: Vec<Chunk>,
+    head: Chunk,
+}
+
+impl Series {
+    fn last(&self) -> Option<(i64, f64)> {
+        let c = if self.head.is_empty() { self.closed.last()? } else { &self.head };
+        Some((c.last_t(), c.last_value()?))
+    }
+
+    fn first_t(&self) -> Option<i64> {
+        self.closed.first().or((!self.head.is_empty()).then_some(&self.head)).map(Chunk::first_t)
+    }
+
+    fn overlaps(&self, mint: i64, maxt: i64) -> bool {
+        match (self.first_t(), self.last()) {
+            (Some(f), Some((l, _))) => f <= maxt && l >= mint,
+            _ => false,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.closed.iter().map(Chunk::bytes).sum::<usize>() + self.head.bytes()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    series: Vec<Option<Series>>,
+    free: Vec<u32>,
+    ids: HashMap<Labels, u32>,
+    /// label name → value → series ids (sorted).
+    postings: BTreeMap<Arc<str>, BTreeMap<Arc<str>, Vec<u32>>>,
+    /// One copy of each label name and value.
+    symbols: HashSet<Arc<str>>,
+    samples: u64,
+}
+
+impl Inner {
+    fn intern(&mut self, s: &Arc<str>) -> Arc<str> {
+        if let Some(x) = self.symbols.get(s) {
+            return x.clone();
+        }
+        self.symbols.insert(s.clone());
+        s.clone()
+    }
+
+    fn id_for(&mut self, labels: &Labels) -> u32 {
+        if let Some(&id) = self.ids.get(labels) {
+            return id;
+        }
+        let interned = Labels(labels.0.iter().map(|(k, v)| (self.intern(k), self.intern(v))).collect());
+        let series = Series { labels: interned.clone(), closed: Vec::new(), head: Chunk::new() };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.series[id as usize] = Some(series);
+                id
+            }
+            None => {
+                self.series.push(Some(series));
+                (self.series.len() - 1) as u32
+            }
+        };
+        for (k, v) in &interned.0 {
+            let ids = self.postings.entry(k.clone()).or_default().entry(v.clone()).or_default();
+            let at = ids.partition_point(|&x| x < id);
+            ids.insert(at, id);
+        }
+        self.ids.insert(interned, id);
+        id
+    }
+
+    fn remove(&mut self, id: u32) {
+        let Some(s) = self.series.get_mut(id as usize).and_then(Option::take) else { return };
+        for (k, v) in &s.labels.0 {
+            if let Some(values) = self.postings.get_mut(k) {
+                if let Some(ids) = values.get_mut(v) {
+                    ids.retain(|&x| x != id);
+                    if ids.is_empty() {
+                        values.remove(v);
+                    }
+                }
+                if values.is_empty() {
+                    self.postings.remove(k);
+                }
+            }
+        }
+        self.ids.remove(&s.labels);
+        self.free.push(id);
+    }
+
+    /// Ids of the series the matchers select: intersect the postings of equality matchers, then filter.
+    fn select_ids(&self, matchers: &[Matcher]) -> Vec<u32> {
+        let mut candidates: Option<Vec<u32>> = None;
+        for m in matchers {
+            if let MatchOp::Equal = m.op {
+                if m.value.is_empty() {
+                    continue;
+                }
+                let ids = self.postings.get(m.name.as_str()).and_then(|v| v.get(m.value.as_str()));
+                let Some(ids) = ids else { return Vec::new() };
+                candidates = Some(match candidates {
+                    None => ids.clone(),
+                    Some(c) => c.into_iter().filter(|x| ids.binary_search(x).is_ok()).collect(),
+                });
+            }
+        }
+        let all = || (0..self.series.len() as u32).collect::<Vec<_>>();
+        candidates
+            .unwrap_or_else(all)
+            .into_iter()
+            .filter(|&id| self.series[id as usize].as_ref().is_some_and(|s| s.labels.matches(matchers)))
+            .collect()
+    }
+}
+
+/// One selected series with its samples in a time range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesData {
+    pub labels: Labels,
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// Counts for `/api/v1/status/tsdb` and the metrics of the store itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub series: usize,
+    pub chunks: usize,
+    pub bytes: usize,
+    pub samples_appended: u64,
+    pub min_time: Option<i64>,
+    pub max_time: Option<i64>,
+}
+
+/// The store. Cheap to share: all methods take `&self`.
+#[derive(Default)]
+pub struct Tsdb {
+    inner: RwLock<Inner>,
+}
+
+impl Tsdb {
+    pub fn new() -> Tsdb {
+        Tsdb::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one sample.
+    pub fn append(&self, labels: &Labels, t: i64, v: f64) -> Result<(), AppendError> {
+        let mut inner = self.write();
+        append_locked(&mut inner, labels, t, v)
+    }
+
+    /// Appends many samples under one lock; returns the errors of the samples that were refused.
+    pub fn append_all<'a>(&self, samples: impl IntoIterator<Item = (&'a Labels, i64, f64)>) -> Vec<AppendError> {
+        let mut inner = self.write();
+        samples.into_iter().filter_map(|(l, t, v)| append_locked(&mut inner, l, t, v).err()).collect()
+    }
+
+    /// The last sample of a series, if it exists.
+    pub fn last(&self, labels: &Labels) -> Option<(i64, f64)> {
+        let inner = self.read();
+        let id = *inner.ids.get(labels)?;
+        inner.series[id as usize].as_ref()?.last()
+    }
+
+    /// The series the matchers select, with their samples in `[mint, maxt]` (milliseconds).
+    pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
+        let inner = self.read();
+        let mut out = Vec::new();
+        for id in inner.select_ids(matchers) {
+            let Some(s) = inner.series[id as usize].as_ref() else { continue };
+            if !s.overlaps(mint, maxt) {
+                continue;
+            }
+            let mut samples = Vec::new();
+            for c in s.closed.iter().chain(std::iter::once(&s.head)) {
+                if c.is_empty() || c.last_t() < mint || c.first_t() > maxt {
+                    continue;
+                }
+                samples.extend(c.iter().filter(|(t, _)| *t >= mint && *t <= maxt));
+            }
+            if !samples.is_empty() {
+                out.push(SeriesData { labels: s.labels.clone(), samples });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Label sets of the series with samples in the range that any of the matcher sets select.
+    pub fn series(&self, matcher_sets: &[Vec<Matcher>], mint: i64, maxt: i64) -> Vec<Labels> {
+        let inner = self.read();
+        let mut ids: Vec<u32> = matcher_sets.iter().flat_map(|m| inner.select_ids(m)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out: Vec<Labels> = ids
+            .into_iter()
+            .filter_map(|id| inner.series[id as usize].as_ref())
+            .filter(|s| s.overlaps(mint, maxt))
+            .map(|s| s.labels.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Label names in use (by the selected series when matcher sets are given), sorted.
+    pub fn label_names(&self, matcher_sets: &[Vec<Matcher>], mint: i64, maxt: i64) -> Vec<String> {
+        if matcher_sets.is_empty() {
+            return self.read().postings.keys().map(|k| k.to_string()).collect();
+        }
+        let mut names: Vec<String> =
+            self.series(matcher_sets, mint, maxt).iter().flat_map(|l| l.iter().map(|(k, _)| k.to_string())).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Values of one label (among the selected series when matcher sets are given), sorted.
+    pub fn label_values(&self, name: &str, matcher_sets: &[Vec<Matcher>], mint: i64, maxt: i64) -> Vec<String> {
+        if matcher_sets.is_empty() {
+            return self
+                .read()
+                .postings
+                .get(name)
+                .map(|v| v.keys().map(|k| k.to_string()).collect())
+                .unwrap_or_default();
+        }
+        let mut values: Vec<String> =
+            self.series(matcher_sets, mint, maxt).iter().filter_map(|l| l.get(name).map(str::to_string)).collect();
+        values.sort();
+        values.dedup();
+        values
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = self.read();
+        let mut st = Stats { samples_appended: inner.samples, ..Stats::default() };
+        for s in inner.series.iter().flatten() {
+            st.series += 1;
+            st.chunks += s.closed.len() + usize::from(!s.head.is_empty());
+            st.bytes += s.bytes();
+            if let Some(f) = s.first_t() {
+                st.min_time = Some(st.min_time.map_or(f, |m| m.min(f)));
+            }
+            if let Some((l, _)) = s.last() {
+                st.max_time = Some(st.max_time.map_or(l, |m| m.max(l)));
+            }
+        }
+        st
+    }
+
+    /// Drops samples older than `min_t` (whole chunks), then the oldest chunks until the compressed data fits
+    /// in `max_bytes`. Series left without samples are forgotten. Returns the chunks dropped.
+    pub fn retain(&self, min_t: i64, max_bytes: Option<usize>) -> usize {
+        let mut inner = self.write();
+        let mut dropped = 0;
+        let mut empty = Vec::new();
+        for (id, s) in inner.series.iter_mut().enumerate() {
+            let Some(s) = s else { continue };
+            let before = s.closed.len();
+            s.closed.retain(|c| c.last_t() >= min_t);
+            dropped += before - s.closed.len();
+            if !s.head.is_empty() && s.head.last_t() < min_t {
+                s.head = Chunk::new();
+                dropped += 1;
+            }
+            if s.closed.is_empty() && s.head.is_empty() {
+                empty.push(id as u32);
+            }
+        }
+        if let Some(limit) = max_bytes {
+            let mut total: usize = inner.series.iter().flatten().map(Series::bytes).sum();
+            if total > limit {
+                // Oldest closed chunks first, across all series.
+                let mut order: Vec<(i64, u32)> = inner
+                    .series
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(id, s)| s.as_ref().and_then(|s| s.closed.first()).map(|c| (c.first_t(), id as u32)))
+                    .collect();
+                order.sort_unstable();
+                let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(i64, u32)>> =
+                    order.into_iter().map(std::cmp::Reverse).collect();
+                while total > limit {
+                    let Some(std::cmp::Reverse((_, id))) = heap.pop() else { break };
+                    let Some(s) = inner.series[id as usize].as_mut() else { continue };
+                    if s.closed.is_empty() {
+                        continue;
+                    }
+                    let c = s.closed.remove(0);
+                    total -= c.bytes();
+                    dropped += 1;
+                    if let Some(next) = s.closed.first() {
+                        heap.push(std::cmp::Reverse((next.first_t(), id)));
+                    } else if s.head.is_empty() {
+                        empty.push(id);
+                    }
+                }
+            }
+        }
+        for id in empty {
+            inner.remove(id);
+        }
+        dropped
+    }
+
+    /// Writes every series and chunk to `path` (via a temporary file and a rename, so a crash leaves the
+    /// previous snapshot intact).
+    pub fn save(&self, path: &Path) -> Result<(), SnapshotError> {
+        let io = |source| SnapshotError::Io { path: path.display().to_string(), source };
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(MAGIC);
+        {
+            let inner = self.read();
+            let live: Vec<&Series> = inner.series.iter().flatten().collect();
+            buf.extend_from_slice(&(live.len() as u32).to_le_bytes());
+            for s in live {
+                buf.extend_from_slice(&(s.labels.len() as u16).to_le_bytes());
+                for (k, v) in s.labels.iter() {
+                    put_str(&mut buf, k);
+                    put_str(&mut buf, v);
+                }
+                let chunks: Vec<&Chunk> =
+                    s.closed.iter().chain(std::iter::once(&s.head)).filter(|c| !c.is_empty()).collect();
+                buf.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+                for c in chunks {
+                    c.encode(&mut buf);
+                }
+            }
+        }
+        let tmp = path.with_extension("tmp");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&buf).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Reads a snapshot written by [`Tsdb::save`]. A missing file is an empty store.
+    pub fn load(path: &Path) -> Result<Tsdb, SnapshotError> {
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tsdb::new()),
+            Err(source) => return Err(SnapshotError::Io { path: path.display().to_string(), source }),
+        };
+        let corrupt = |at| SnapshotError::Corrupt { path: path.display().to_string(), at };
+        if !data.starts_with(MAGIC) {
+            return Err(corrupt(0));
+        }
+        let mut at = MAGIC.len();
+        let db = Tsdb::new();
+        {
+            let mut inner = db.write();
+            let n = get_u32(&data, &mut at).ok_or_else(|| corrupt(at))?;
+            for _ in 0..n {
+                let nl = get_u16(&data, &mut at).ok_or_else(|| corrupt(at))?;
+                let mut pairs = Vec::with_capacity(usize::from(nl));
+                for _ in 0..nl {
+                    let k = get_str(&data, &mut at).ok_or_else(|| corrupt(at))?;
+                    let v = get_str(&data, &mut at).ok_or_else(|| corrupt(at))?;
+                    pairs.push((k, v));
+                }
+                let labels = Labels::new(pairs);
+                let id = inner.id_for(&labels);
+                let nc = get_u32(&data, &mut at).ok_or_else(|| corrupt(at))?;
+                let mut chunks = Vec::with_capacity(nc as usize);
+                for _ in 0..nc {
+                    let (c, used) = Chunk::decode(data.get(at..).unwrap_or_default()).ok_or_else(|| corrupt(at))?;
+                    at += used;
+                    inner.samples += c.len() as u64;
+                    chunks.push(c);
+                }
+                if let Some(s) = inner.series[id as usize].as_mut() {
+                    s.head = match chunks.last() {
+                        Some(c) if !c.is_full() => chunks.pop().unwrap_or_default(),
+                        _ => Chunk::new(),
+                    };
+                    s.closed = chunks;
+                }
+            }
+        }
+        Ok(db)
+    }
+}
+
+const MAGIC: &[u8] = b"CAPSTAN-TSDB-1\n";
+
+fn append_locked(inner: &mut Inner, labels: &Labels, t: i64, v: f64) -> Result<(), AppendError> {
+    let id = inner.id_for(labels);
+    let Some(s) = inner.series[id as usize].as_mut() else { return Ok(()) };
+    if let Some((last, lv)) = s.last() {
+        if t == last {
+            if lv.to_bits() == v.to_bits() {
+                return Ok(());
+            }
+            return Err(AppendError::Duplicate { series: s.labels.to_string(), t });
+        }
+        if t < last {
+            return Err(AppendError::OutOfOrder { series: s.labels.to_string(), t, last });
+        }
+    }
+    if s.head.is_full() {
+        let full = std::mem::replace(&mut s.head, Chunk::new());
+        s.closed.push(full);
+    }
+    s.head.push(t, v);
+    inner.samples += 1;
+    Ok(())
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn get_u16(d: &[u8], at: &mut usize) -> Option<u16> {
+    let v = u16::from_le_bytes(d.get(*at..*at + 2)?.try_into().ok()?);
+    *at += 2;
+    Some(v)
+}
+
+fn get_u32(d: &[u8], at: &mut usize) -> Option<u32> {
+    let v = u32::from_le_bytes(d.get(*at..*at + 4)?.try_into().ok()?);
+    *at += 4;
+    Some(v)
+}
+
+fn get_str(d: &[u8], at: &mut usize) -> Option<String> {
+    let n = get_u32(d, at)? as usize;
+    let s = std::str::from_utf8(d.get(*at..*at + n)?).ok()?.to_string();
+    *at += n;
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(op: &str, name: &str, value: &str) -> Matcher {
+        let op = match op {
+            "=" => MatchOp::Equal,
+            "!=" => MatchOp::NotEqual,
+            "=~" => MatchOp::Re(regex::Regex::new(&format!("^(?:{value})$")).expect("regex")),
+            _ => MatchOp::NotRe(regex::Regex::new(&format!("^(?:{value})$")).expect("regex")),
+        };
+        Matcher { op, name: name.into(), value: value.into() }
+    }
+
+    fn l(pairs: &[(&str, &str)]) -> Labels {
+        Labels::new(pairs.iter().copied())
+    }
+
+    fn filled() -> Tsdb {
+        let db = Tsdb::new();
+        for (i, job) in ["api", "web", "db"].iter().enumerate() {
+            for inst in 0..2 {
+                let labels = l(&[("__name__", "up"), ("job", job), ("instance", &format!("h{inst}"))]);
+                for t in 0..300 {
+                    db.append(&labels, t * 1000, (i + inst) as f64).expect("append");
+                }
+            }
+        }
+        db
+    }
+
+    #[test]
+    fn matchers_select_like_prometheus() {
+        let db = filled();
+        let n = |ms: &[Matcher]| db.select(ms, 0, 1_000_000).len();
+        assert_eq!(n(&[m("=", "__name__", "up")]), 6);
+        assert_eq!(n(&[m("=", "__name__", "up"), m("=", "job", "api")]), 2);
+        assert_eq!(n(&[m("=", "__name__", "up"), m("!=", "job", "api")]), 4);
+        assert_eq!(n(&[m("=~", "job", "a.*|w.*")]), 4);
+        assert_eq!(n(&[m("!~", "job", "a.*")]), 4);
+        // An absent label matches the empty value.
+        assert_eq!(n(&[m("=", "__name__", "up"), m("=", "zone", "")]), 6);
+        assert_eq!(n(&[m("=", "__name__", "up"), m("!=", "zone", "")]), 0);
+        assert_eq!(n(&[m("=", "job", "nope")]), 0);
+        let one = db.select(&[m("=", "job", "web"), m("=", "instance", "h1")], 10_000, 19_999);
+        assert_eq!(one[0].samples.len(), 10);
+        assert_eq!(one[0].samples[0], (10_000, 2.0));
+    }
+
+    #[test]
+    fn out_of_order_and_duplicates_are_refused() {
+        let db = Tsdb::new();
+        let s = l(&[("__name__", "x")]);
+        db.append(&s, 10, 1.0).expect("first");
+        assert!(db.append(&s, 10, 1.0).is_ok(), "an identical duplicate is ignored");
+        assert!(matches!(db.append(&s, 10, 2.0), Err(AppendError::Duplicate { .. })));
+        assert!(matches!(db.append(&s, 5, 2.0), Err(AppendError::OutOfOrder { .. })));
+        assert_eq!(db.select(&[m("=", "__name__", "x")], 0, 100)[0].samples, vec![(10, 1.0)]);
+    }
+
+    #[test]
+    fn labels_and_values_are_indexed() {
+        let db = filled();
+        assert_eq!(db.label_names(&[], 0, i64::MAX), vec!["__name__", "instance", "job"]);
+        assert_eq!(db.label_values("job", &[], 0, i64::MAX), vec!["api", "db", "web"]);
+        assert_eq!(db.label_values("instance", &[vec![m("=", "job", "api")]], 0, i64::MAX), vec!["h0", "h1"]);
+        assert_eq!(db.series(&[vec![m("=", "job", "db")]], 0, i64::MAX).len(), 2);
+        assert!(db.series(&[vec![m("=", "job", "db")]], 400_000, 500_000).is_empty());
+    }
+
+    #[test]
+    fn retention_by_time_and_size() {
+        let db = filled();
+        let before = db.stats();
+        assert_eq!(before.series, 6);
+        // 300 samples per series = 3 chunks (120, 120, 60).
+        assert_eq!(before.chunks, 18);
+        db.retain(200_000, None);
+        let after = db.stats();
+        assert_eq!(after.chunks, 12, "the first chunk of each series ended at 119 s");
+        assert!(after.min_time.is_some_and(|t| t >= 120_000));
+        db.retain(0, Some(1));
+        let tiny = db.stats();
+        assert_eq!(tiny.chunks, 6, "only the open head chunks remain");
+        db.retain(400_000, None);
+        assert_eq!(db.stats().series, 0, "series without samples are forgotten");
+        assert!(db.label_names(&[], 0, i64::MAX).is_empty());
+    }
+
+    #[test]
+    fn snapshots_roundtrip_and_appends_continue() {
+        let dir = std::env::temp_dir().join(format!("capstan-tsdb-{}", std::process::id()));
+        let path = dir.join("snapshot");
+        let db = filled();
+        db.append(&l(&[("__name__", "stale")]), 5, stale_nan()).expect("append");
+        db.save(&path).expect("save");
+        let back = Tsdb::load(&path).expect("load");
+        let all = [m("=~", "__name__", ".+")];
+        // Debug output compares NaNs (the staleness marker) as equal.
+        assert_eq!(format!("{:?}", back.select(&all, 0, i64::MAX)), format!("{:?}", db.select(&all, 0, i64::MAX)));
+        let up = l(&[("__name__", "up"), ("job", "api"), ("instance", "h0")]);
+        back.append(&up, 300_000, 9.0).expect("appends continue after a load");
+        assert!(matches!(back.append(&up, 1_000, 9.0), Err(AppendError::OutOfOrder { .. })));
+        assert!(is_stale(back.last(&l(&[("__name__", "stale")])).expect("stale series").1));
+        std::fs::write(&path, b"CAPSTAN-TSDB-1\n\x05\0\0\0garbage").expect("write");
+        assert!(matches!(Tsdb::load(&path), Err(SnapshotError::Corrupt { .. })));
+        assert!(Tsdb::load(&dir.join("missing")).expect("missing is empty").stats().series == 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
