@@ -3,7 +3,9 @@
 pub mod admission;
 pub mod client;
 pub mod discovery;
+pub mod monitor;
 pub mod plane;
+pub mod prometheus;
 pub mod server;
 pub mod volume_sync;
 

@@ -24,6 +24,14 @@ use crate::{SERVER_FILE, TOKEN_FILE};
 pub struct PlaneConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    pub monitoring: crate::monitor::MonitorConfig,
+}
+
+impl PlaneConfig {
+    /// A plane on `data_dir` and `listen`, with default monitoring.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> PlaneConfig {
+        PlaneConfig { data_dir, listen, monitoring: Default::default() }
+    }
 }
 
 /// Why the control plane could not start.
@@ -106,6 +114,8 @@ pub struct Shared {
     pub admitter: Admitter,
     /// Asks the GitOps controllers for an immediate reconcile.
     pub gitops: Requester,
+    /// The scraped metrics.
+    pub metrics: Arc<capstan_observe::tsdb::Tsdb>,
 }
 
 impl Shared {
@@ -132,6 +142,7 @@ pub struct ControlPlane {
     databases: Option<capstan_database::controller::DatabaseHandle>,
     training: Option<capstan_training::controller::TrainingHandle>,
     model_servers: Option<capstan_training::controller::TrainingHandle>,
+    monitor: Option<crate::monitor::Monitor>,
     server: JoinHandle<()>,
     addr: SocketAddr,
     data_dir: PathBuf,
@@ -195,13 +206,24 @@ impl ControlPlane {
         let databases = capstan_database::controller::spawn(store.clone(), cfg.data_dir.clone());
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
         let model_servers = capstan_training::serving::spawn(store.clone(), cfg.data_dir.clone());
-        let shared = Arc::new(Shared { store, runtime, proxy, token, shutdown, admitter, gitops: requester });
+        let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
+        let shared = Arc::new(Shared {
+            store,
+            runtime,
+            proxy,
+            token,
+            shutdown,
+            admitter,
+            gitops: requester,
+            metrics: metrics.clone(),
+        });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("API server stopped: {e}");
             }
         });
+        let monitor = crate::monitor::Monitor::spawn(shared.clone(), metrics, metrics_path, addr, cfg.monitoring);
         let url = format!("http://{addr}");
         let info = serde_json::json!({ "url": url, "pid": std::process::id() });
         let _ = std::fs::write(cfg.data_dir.join(SERVER_FILE), info.to_string());
@@ -213,6 +235,7 @@ impl ControlPlane {
             databases: Some(databases),
             training: Some(training),
             model_servers: Some(model_servers),
+            monitor: Some(monitor),
             server,
             addr,
             data_dir: cfg.data_dir,
@@ -283,6 +306,9 @@ impl ControlPlane {
         }
         if let Some(c) = self.controller.take() {
             c.stop().await;
+        }
+        if let Some(m) = self.monitor.take() {
+            m.stop().await;
         }
         // Stop taking new connections first, then stop (or leave) the replicas.
         self.shared.proxy.close_all();

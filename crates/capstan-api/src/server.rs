@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/namespaces/{ns}/apps/{name}/volumes/{volume}/sync", post(volume_sync))
         .route("/api/v1/namespaces/{ns}/databases/{name}/backup", post(db_backup))
         .route("/api/v1/namespaces/{ns}/databases/{name}/restore", post(db_restore))
+        .nest("/prometheus", crate::prometheus::routes())
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

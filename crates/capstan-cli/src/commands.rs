@@ -806,7 +806,7 @@ async fn up(
 ) -> Result<u8> {
     // Validate first: a bad manifest stops `up` before anything starts.
     let ms = if paths.is_empty() { Vec::new() } else { load(&paths)? };
-    let mut plane = ControlPlane::start(PlaneConfig { data_dir: data.clone(), listen })
+    let mut plane = ControlPlane::start(PlaneConfig::new(data.clone(), listen))
         .await
         .map_err(|e| Failure::fail(format!("error: {e}")))?;
     if !ms.is_empty() {

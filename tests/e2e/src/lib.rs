@@ -84,7 +84,7 @@ impl TestPlane {
     }
 
     async fn start_at(dir: tempfile::TempDir, data_dir: PathBuf) -> TestPlane {
-        let plane = ControlPlane::start(PlaneConfig { data_dir, listen: "127.0.0.1:0".parse().expect("addr") })
+        let plane = ControlPlane::start(PlaneConfig::new(data_dir, "127.0.0.1:0".parse().expect("addr")))
             .await
             .expect("control plane starts");
         let client = Client::new(plane.url(), plane.token());
@@ -121,12 +121,7 @@ impl TestPlane {
         }
         let mut tries = 0;
         let plane = loop {
-            match ControlPlane::start(PlaneConfig {
-                data_dir: data.clone(),
-                listen: "127.0.0.1:0".parse().expect("addr"),
-            })
-            .await
-            {
+            match ControlPlane::start(PlaneConfig::new(data.clone(), "127.0.0.1:0".parse().expect("addr"))).await {
                 Ok(p) => break p,
                 Err(e) if tries < 150 => {
                     tries += 1;

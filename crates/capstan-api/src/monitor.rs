@@ -1,0 +1,233 @@
+//! Embedded monitoring: every discovered replica and Capstan itself scraped into the time-series store, on each
+//! target's own interval; targets that go away are marked stale; retention and snapshots run in the background.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_observe::scrape::{self, Limits, Target, TargetState};
+use capstan_observe::tsdb::{Labels, Tsdb};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::plane::Shared;
+
+/// How monitoring keeps its data.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// Samples older than this are dropped (Prometheus' `--storage.tsdb.retention.time`, default 15 days).
+    pub retention: Duration,
+    /// The most compressed sample data kept; the oldest goes first (`--storage.tsdb.retention.size`).
+    pub retention_bytes: Option<usize>,
+    /// How often the store is written to disk (and once more at shutdown).
+    pub snapshot_every: Duration,
+    pub limits: Limits,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            retention: Duration::from_secs(15 * 24 * 3600),
+            retention_bytes: Some(1 << 30),
+            snapshot_every: Duration::from_secs(300),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The job label of App targets, as in the `prometheus.yml` the docs suggest for `/sd/prometheus`.
+pub const APPS_JOB: &str = "capstan-apps";
+
+/// The running monitor.
+pub struct Monitor {
+    pub db: Arc<Tsdb>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+fn now_ms() -> i64 {
+    capstan_observe::promql::now_ms()
+}
+
+/// The targets to scrape now: every replica with `spec.metrics`, and Capstan's own `/metrics`.
+fn current_targets(shared: &Shared, self_addr: std::net::SocketAddr) -> Vec<Target> {
+    let mut out = Vec::new();
+    for g in crate::discovery::targets(&shared.store, &shared.runtime) {
+        let get = |k: &str| g.labels.get(k).cloned().unwrap_or_default();
+        let dur = |k: &str, d: u64| capstan_model::parse_duration(&get(k)).unwrap_or(Duration::from_secs(d));
+        for addr in &g.targets {
+            let mut pairs: Vec<(String, String)> =
+                g.labels.iter().filter(|(k, _)| !k.starts_with("__")).map(|(k, v)| (k.clone(), v.clone())).collect();
+            pairs.push(("job".into(), APPS_JOB.into()));
+            pairs.push(("instance".into(), addr.clone()));
+            out.push(Target {
+                url: format!("{}://{addr}{}", get("__scheme__"), get("__metrics_path__")),
+                labels: Labels::new(pairs),
+                interval: dur("__scrape_interval__", 15),
+                timeout: dur("__scrape_timeout__", 10),
+            });
+        }
+    }
+    let instance = self_addr.to_string();
+    out.push(Target {
+        url: format!("http://{instance}/metrics"),
+        labels: Labels::new([("job", "capstan"), ("instance", instance.as_str())]),
+        interval: Duration::from_secs(15),
+        timeout: Duration::from_secs(10),
+    });
+    out
+}
+
+impl Monitor {
+    /// Loads the store's last snapshot from the data directory; a damaged one is set aside, not fatal.
+    pub fn open_store(data_dir: &std::path::Path) -> (Arc<Tsdb>, PathBuf) {
+        let path = data_dir.join("metrics").join("snapshot");
+        let db = match Tsdb::load(&path) {
+            Ok(db) => db,
+            Err(e) => {
+                let aside = path.with_extension(format!("damaged-{}", now_ms()));
+                tracing::warn!("metrics snapshot unreadable, starting empty (kept as {}): {e}", aside.display());
+                let _ = std::fs::rename(&path, &aside);
+                Tsdb::new()
+            }
+        };
+        (Arc::new(db), path)
+    }
+
+    /// Starts scraping into `db`, snapshotting to `path`.
+    pub fn spawn(
+        shared: Arc<Shared>,
+        db: Arc<Tsdb>,
+        path: PathBuf,
+        self_addr: std::net::SocketAddr,
+        cfg: MonitorConfig,
+    ) -> Monitor {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(shared, db.clone(), self_addr, cfg, path.clone(), stop_rx));
+        Monitor { db, stop, task: Some(task), path }
+    }
+
+    /// Stops scraping and writes a last snapshot.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let db = self.db.clone();
+        let path = self.path.clone();
+        let _ = tokio::task::spawn_blocking(move || db.save(&path)).await;
+    }
+}
+
+/// One scrape loop per target; the set is refreshed every second.
+async fn run(
+    shared: Arc<Shared>,
+    db: Arc<Tsdb>,
+    self_addr: std::net::SocketAddr,
+    cfg: MonitorConfig,
+    path: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder().no_proxy().build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("monitoring is off: cannot build an HTTP client: {e}");
+            return;
+        }
+    };
+    let mut loops: HashMap<String, (Target, watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
+    let mut last_snapshot = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let wanted: HashMap<String, Target> =
+            current_targets(&shared, self_addr).into_iter().map(|t| (format!("{}|{}", t.url, t.labels), t)).collect();
+        let gone: Vec<String> = loops
+            .keys()
+            .filter(|k| wanted.get(*k).is_none_or(|t| Some(t) != loops.get(*k).map(|l| &l.0)))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some((_, s, h)) = loops.remove(&k) {
+                let _ = s.send(true);
+                let _ = h.await;
+            }
+        }
+        for (k, t) in wanted {
+            if loops.contains_key(&k) {
+                continue;
+            }
+            let (s, r) = watch::channel(false);
+            let h = tokio::spawn(target_loop(client.clone(), t.clone(), db.clone(), cfg.limits, r));
+            loops.insert(k, (t, s, h));
+        }
+        if last_snapshot.elapsed() >= cfg.snapshot_every {
+            last_snapshot = tokio::time::Instant::now();
+            let db = db.clone();
+            let path = path.clone();
+            let retention = cfg.retention;
+            let bytes = cfg.retention_bytes;
+            let _ = tokio::task::spawn_blocking(move || {
+                db.retain(now_ms() - retention.as_millis() as i64, bytes);
+                if let Err(e) = db.save(&path) {
+                    tracing::warn!("metrics snapshot: {e}");
+                }
+            })
+            .await;
+        }
+    }
+    for (_, (_, s, h)) in loops {
+        let _ = s.send(true);
+        let _ = h.await;
+    }
+}
+
+/// Scrapes one target on its interval until told to stop; then its series are marked stale.
+async fn target_loop(
+    client: reqwest::Client,
+    t: Target,
+    db: Arc<Tsdb>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut state = TargetState::default();
+    // Spread targets over the interval (Prometheus offsets each by a hash of its identity).
+    let offset = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        t.url.hash(&mut h);
+        Duration::from_millis(h.finish() % (t.interval.as_millis().max(1) as u64))
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(offset.min(Duration::from_secs(1))) => {}
+        _ = stop.changed() => return,
+    }
+    let mut tick = tokio::time::interval(t.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let report = scrape::scrape(&client, &t, &db, &mut state, limits, now_ms()).await;
+        let err = report.error.as_ref().map(|e| e.to_string());
+        if err != last_error {
+            match &err {
+                Some(e) => tracing::warn!(target = %t.url, "scrape failed: {e}"),
+                None if last_error.is_some() => tracing::info!(target = %t.url, "scrape works again"),
+                None => {}
+            }
+            last_error = err;
+        }
+    }
+    state.mark_all_stale(&db, now_ms());
+    for name in ["up", "scrape_duration_seconds", "scrape_samples_scraped"] {
+        let _ = db.append(&t.labels.with("__name__", name), now_ms(), capstan_observe::tsdb::stale_nan());
+    }
+}

@@ -1,0 +1,293 @@
+//! The Prometheus HTTP API over the embedded store, under `/prometheus/api/v1`: query, query_range, series,
+//! labels and label values, as Grafana's Prometheus data source calls them (GET or form POST).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use capstan_observe::promql::{self, format_value, Engine, QueryError, Value};
+use capstan_observe::tsdb::{Labels, SeriesData, Tsdb};
+use serde_json::{json, Map};
+
+use crate::plane::Shared;
+
+type AppState = Arc<Shared>;
+
+/// The routes, relative to `/prometheus`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/query", get(query).post(query))
+        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/status/tsdb", get(tsdb_status))
+        .route("/api/v1/metadata", get(|| async { ok(json!({})) }))
+        .route("/api/v1/query_exemplars", get(|| async { ok(json!([])) }).post(|| async { ok(json!([])) }))
+}
+
+fn ok(data: serde_json::Value) -> Response {
+    Json(json!({ "status": "success", "data": data })).into_response()
+}
+
+fn fail(e: QueryError) -> Response {
+    let status = match e {
+        QueryError::Execution(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(json!({ "status": "error", "errorType": e.kind(), "error": e.to_string() }))).into_response()
+}
+
+fn bad(msg: impl Into<String>) -> Response {
+    fail(QueryError::BadData(msg.into()))
+}
+
+/// Parameters from the query string and, for POST, the form body; repeated keys (`match[]`) are kept.
+fn params(raw: Option<String>, headers: &HeaderMap, body: &Bytes) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        raw.as_deref().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default();
+    let form = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if form {
+        if let Ok(more) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) {
+            out.extend(more);
+        }
+    }
+    out
+}
+
+fn one<'a>(p: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    p.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A time as Prometheus takes it: Unix seconds (with a fraction) or RFC 3339. Returns milliseconds.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(f) = s.parse::<f64>() {
+        if f.is_finite() {
+            return Ok((f * 1000.0).round() as i64);
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| format!("cannot parse \"{s}\" to a valid timestamp"))
+}
+
+/// A duration: seconds as a number, or a Prometheus duration (`15s`, `1m`). Returns milliseconds.
+fn parse_step(s: &str) -> Result<i64, String> {
+    if let Ok(f) = s.parse::<f64>() {
+        if f.is_finite() {
+            return Ok((f * 1000.0).round() as i64);
+        }
+    }
+    capstan_model::parse_duration(s)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| format!("cannot parse \"{s}\" to a valid duration"))
+}
+
+fn time_param(p: &[(String, String)], key: &str, default: i64) -> Result<i64, Response> {
+    match one(p, key) {
+        Some(s) if !s.is_empty() => parse_time(s).map_err(|e| bad(format!("invalid parameter \"{key}\": {e}"))),
+        _ => Ok(default),
+    }
+}
+
+fn ts(t_ms: i64) -> serde_json::Value {
+    json!(t_ms as f64 / 1000.0)
+}
+
+fn metric(l: &Labels) -> serde_json::Value {
+    let mut m = Map::new();
+    for (k, v) in l.iter() {
+        m.insert(k.to_string(), json!(v));
+    }
+    serde_json::Value::Object(m)
+}
+
+fn result(v: Value, t: i64) -> serde_json::Value {
+    match v {
+        Value::Scalar(x) => json!({ "resultType": "scalar", "result": [ts(t), format_value(x)] }),
+        Value::String(s) => json!({ "resultType": "string", "result": [ts(t), s] }),
+        Value::Vector(samples) => json!({
+            "resultType": "vector",
+            "result": samples.iter().map(|s| json!({ "metric": metric(&s.labels), "value": [ts(t), format_value(s.v)] })).collect::<Vec<_>>(),
+        }),
+        Value::Matrix(series) => json!({ "resultType": "matrix", "result": matrix(&series) }),
+    }
+}
+
+fn matrix(series: &[SeriesData]) -> Vec<serde_json::Value> {
+    series
+        .iter()
+        .map(|s| {
+            json!({
+                "metric": metric(&s.labels),
+                "values": s.samples.iter().map(|(t, v)| json!([ts(*t), format_value(*v)])).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+fn store(state: &Shared) -> Arc<Tsdb> {
+    state.metrics.clone()
+}
+
+async fn query(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+    let p = params(raw, &headers, &body);
+    let Some(q) = one(&p, "query").map(str::to_string) else { return bad("invalid parameter \"query\": empty") };
+    let t = match time_param(&p, "time", promql::now_ms()) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let db = store(&state);
+    let out = tokio::task::spawn_blocking(move || Engine::new(&db).instant(&q, t)).await;
+    match out {
+        Ok(Ok(v)) => ok(result(v, t)),
+        Ok(Err(e)) => fail(e),
+        Err(e) => fail(QueryError::Execution(e.to_string())),
+    }
+}
+
+async fn query_range(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = params(raw, &headers, &body);
+    let Some(q) = one(&p, "query").map(str::to_string) else { return bad("invalid parameter \"query\": empty") };
+    let (start, end) = match (one(&p, "start"), one(&p, "end")) {
+        (Some(s), Some(e)) => match (parse_time(s), parse_time(e)) {
+            (Ok(s), Ok(e)) => (s, e),
+            (Err(x), _) => return bad(format!("invalid parameter \"start\": {x}")),
+            (_, Err(x)) => return bad(format!("invalid parameter \"end\": {x}")),
+        },
+        _ => return bad("invalid parameter \"start\"/\"end\": both are required"),
+    };
+    let step = match one(&p, "step").map(parse_step) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return bad(format!("invalid parameter \"step\": {e}")),
+        None => return bad("invalid parameter \"step\": required"),
+    };
+    let db = store(&state);
+    let out = tokio::task::spawn_blocking(move || Engine::new(&db).range(&q, start, end, step)).await;
+    match out {
+        Ok(Ok(v)) => ok(result(v, end)),
+        Ok(Err(e)) => fail(e),
+        Err(e) => fail(QueryError::Execution(e.to_string())),
+    }
+}
+
+/// `match[]` selectors as matcher sets.
+fn matcher_sets(p: &[(String, String)]) -> Result<Vec<Vec<promql_parser::label::Matcher>>, Response> {
+    let mut out = Vec::new();
+    for (_, sel) in p.iter().filter(|(k, _)| k == "match[]") {
+        match promql::parse(sel) {
+            Ok(promql_parser::parser::Expr::VectorSelector(vs)) => {
+                let mut m = vs.matchers.matchers.clone();
+                if let Some(n) = &vs.name {
+                    m.push(promql_parser::label::Matcher::new(promql_parser::label::MatchOp::Equal, "__name__", n));
+                }
+                out.push(m);
+            }
+            Ok(_) => return Err(bad(format!("invalid parameter \"match[]\": \"{sel}\" is not a series selector"))),
+            Err(e) => return Err(bad(format!("invalid parameter \"match[]\": {e}"))),
+        }
+    }
+    Ok(out)
+}
+
+fn range_params(p: &[(String, String)]) -> Result<(i64, i64), Response> {
+    Ok((time_param(p, "start", i64::MIN)?, time_param(p, "end", i64::MAX)?))
+}
+
+async fn series(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+    let p = params(raw, &headers, &body);
+    let sets = match matcher_sets(&p) {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => return bad("no match[] parameter provided"),
+        Err(r) => return r,
+    };
+    let (start, end) = match range_params(&p) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    ok(json!(store(&state).series(&sets, start, end).iter().map(metric).collect::<Vec<_>>()))
+}
+
+async fn labels(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+    let p = params(raw, &headers, &body);
+    let sets = match matcher_sets(&p) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (start, end) = match range_params(&p) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    ok(json!(store(&state).label_names(&sets, start, end)))
+}
+
+async fn label_values(State(state): State<AppState>, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    let p = params(raw, &HeaderMap::new(), &Bytes::new());
+    let sets = match matcher_sets(&p) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (start, end) = match range_params(&p) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    ok(json!(store(&state).label_values(&name, &sets, start, end)))
+}
+
+async fn buildinfo() -> Response {
+    // Grafana reads the version to choose features; Capstan answers the PromQL of Prometheus 2.42.
+    ok(json!({ "version": "2.42.0", "revision": "capstan", "branch": "capstan", "buildUser": "capstan",
+               "buildDate": "", "goVersion": concat!("capstan ", env!("CARGO_PKG_VERSION")) }))
+}
+
+async fn tsdb_status(State(state): State<AppState>) -> Response {
+    let s = store(&state).stats();
+    ok(json!({
+        "headStats": {
+            "numSeries": s.series,
+            "chunkCount": s.chunks,
+            "minTime": s.min_time.unwrap_or(0),
+            "maxTime": s.max_time.unwrap_or(0),
+        },
+        "capstan": { "compressedBytes": s.bytes, "samplesAppended": s.samples_appended },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_steps_parse_as_prometheus_takes_them() {
+        assert_eq!(parse_time("1700000000.5"), Ok(1_700_000_000_500));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_step("15"), Ok(15_000));
+        assert_eq!(parse_step("1m"), Ok(60_000));
+        assert!(parse_step("soon").is_err());
+    }
+
+    #[test]
+    fn repeated_match_parameters_are_kept() {
+        let p = params(Some("match[]=up&match[]=x%7Bjob%3D%22a%22%7D".into()), &HeaderMap::new(), &Bytes::new());
+        assert_eq!(matcher_sets(&p).map(|s| s.len()).unwrap_or(0), 2);
+        let mut h = HeaderMap::new();
+        h.insert(axum::http::header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().expect("header"));
+        let p = params(None, &h, &Bytes::from_static(b"query=up&time=10"));
+        assert_eq!(one(&p, "query"), Some("up"));
+        assert_eq!(one(&p, "time"), Some("10"));
+    }
+}
