@@ -1,5 +1,6 @@
 //! Capstan's resource model: the kinds users write, their validation and schemas. No I/O lives here.
 
+pub mod alerting;
 pub mod app;
 pub mod database;
 pub mod gitops;
@@ -19,7 +20,7 @@ pub use manifest::{check_duplicates, parse_manifests, Diagnostic, Diagnostics, M
 pub use meta::*;
 pub use quantity::parse_duration;
 pub use resource::{
-    app_revision, hash_value, revision_of, App, Kind, ModelServer, Object, Resource, TrainingJob,
-    RESTARTED_AT_ANNOTATION,
+    app_revision, hash_value, revision_of, AlertRule, App, EscalationPolicy, Kind, ModelServer, Object, Resource,
+    TrainingJob, RESTARTED_AT_ANNOTATION,
 };
 pub use validate::FieldError;

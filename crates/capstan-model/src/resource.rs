@@ -5,6 +5,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::alerting::{
+    validate_alert_rule, validate_escalation_policy, AlertRuleSpec, AlertRuleStatus, EscalationPolicySpec,
+    EscalationPolicyStatus,
+};
 use crate::app::{AppSpec, AppStatus};
 use crate::database::{validate_database, Database};
 use crate::gitops::{validate_secret, validate_source, validate_sync, Secret, Source, Sync};
@@ -37,6 +41,12 @@ pub type TrainingJob = Object<TrainingJobSpec, TrainingJobStatus>;
 /// A ModelServer: a model's versions served with the TensorFlow Serving REST API.
 pub type ModelServer = Object<ModelServerSpec, ModelServerStatus>;
 
+/// An AlertRule: a PromQL condition that opens alerts.
+pub type AlertRule = Object<AlertRuleSpec, AlertRuleStatus>;
+
+/// An EscalationPolicy: who is told about incidents, level by level.
+pub type EscalationPolicy = Object<EscalationPolicySpec, EscalationPolicyStatus>;
+
 /// The kinds Capstan knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -47,12 +57,23 @@ pub enum Kind {
     App,
     TrainingJob,
     ModelServer,
+    AlertRule,
+    EscalationPolicy,
 }
 
 impl Kind {
     /// Every kind, in the order objects are applied.
-    pub const ALL: &'static [Kind] =
-        &[Kind::Secret, Kind::Source, Kind::Sync, Kind::Database, Kind::App, Kind::TrainingJob, Kind::ModelServer];
+    pub const ALL: &'static [Kind] = &[
+        Kind::Secret,
+        Kind::Source,
+        Kind::Sync,
+        Kind::Database,
+        Kind::App,
+        Kind::TrainingJob,
+        Kind::ModelServer,
+        Kind::AlertRule,
+        Kind::EscalationPolicy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -63,6 +84,8 @@ impl Kind {
             Kind::App => "App",
             Kind::TrainingJob => "TrainingJob",
             Kind::ModelServer => "ModelServer",
+            Kind::AlertRule => "AlertRule",
+            Kind::EscalationPolicy => "EscalationPolicy",
         }
     }
 
@@ -76,6 +99,8 @@ impl Kind {
             Kind::App => "apps",
             Kind::TrainingJob => "trainingjobs",
             Kind::ModelServer => "modelservers",
+            Kind::AlertRule => "alertrules",
+            Kind::EscalationPolicy => "escalationpolicies",
         }
     }
 
@@ -100,6 +125,8 @@ impl Kind {
             Kind::App => schemars::schema_for!(App),
             Kind::TrainingJob => schemars::schema_for!(TrainingJob),
             Kind::ModelServer => schemars::schema_for!(ModelServer),
+            Kind::AlertRule => schemars::schema_for!(AlertRule),
+            Kind::EscalationPolicy => schemars::schema_for!(EscalationPolicy),
         };
         schema.insert("title".into(), Value::String(self.name().into()));
         schema.insert(
@@ -128,6 +155,8 @@ pub enum Resource {
     App(App),
     TrainingJob(TrainingJob),
     ModelServer(ModelServer),
+    AlertRule(AlertRule),
+    EscalationPolicy(EscalationPolicy),
 }
 
 /// Runs `$body` with `$o` bound to the typed object inside a `Resource`, whatever its kind.
@@ -141,6 +170,8 @@ macro_rules! each {
             Resource::App($o) => $body,
             Resource::TrainingJob($o) => $body,
             Resource::ModelServer($o) => $body,
+            Resource::AlertRule($o) => $body,
+            Resource::EscalationPolicy($o) => $body,
         }
     };
 }
@@ -155,6 +186,8 @@ impl Resource {
             Resource::App(_) => Kind::App,
             Resource::TrainingJob(_) => Kind::TrainingJob,
             Resource::ModelServer(_) => Kind::ModelServer,
+            Resource::AlertRule(_) => Kind::AlertRule,
+            Resource::EscalationPolicy(_) => Kind::EscalationPolicy,
         }
     }
 
@@ -216,6 +249,8 @@ impl Resource {
             Kind::App => decode::<App>(value).map(Resource::App),
             Kind::TrainingJob => decode::<TrainingJob>(value).map(Resource::TrainingJob),
             Kind::ModelServer => decode::<ModelServer>(value).map(Resource::ModelServer),
+            Kind::AlertRule => decode::<AlertRule>(value).map(Resource::AlertRule),
+            Kind::EscalationPolicy => decode::<EscalationPolicy>(value).map(Resource::EscalationPolicy),
         }
     }
 
@@ -231,6 +266,8 @@ impl Resource {
             Resource::Database(d) => validate_database(&d.metadata.name, &d.spec, &mut errors),
             Resource::TrainingJob(t) => validate_training_job(&t.metadata.name, &t.spec, &mut errors),
             Resource::ModelServer(m) => validate_model_server(&m.metadata.name, &m.spec, &mut errors),
+            Resource::AlertRule(r) => validate_alert_rule(&r.spec, &mut errors),
+            Resource::EscalationPolicy(p) => validate_escalation_policy(&p.spec, &mut errors),
         }
         errors
     }

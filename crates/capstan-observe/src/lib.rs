@@ -1,7 +1,9 @@
 //! Capstan's observability: metrics expositions (parsing and lint), the scraper, the embedded time-series store
 //! and PromQL evaluation over it.
 
+pub mod alerting;
 pub mod chunk;
+pub mod escalation;
 pub mod exposition;
 pub mod promql;
 pub mod scrape;
