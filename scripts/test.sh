@@ -17,6 +17,8 @@ fi
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null || apt_install postgresql postgresql-client
 # Discovery is tested against a real Prometheus.
 [ -x /usr/bin/prometheus ] || apt_install prometheus
+[ -x /usr/bin/prometheus-node-exporter ] || apt_install prometheus-node-exporter
+[ -x /usr/bin/prometheus-alertmanager ] || apt_install prometheus-alertmanager
 # Web pages are tested in a real headless Chromium (Debian's), driven over the DevTools protocol.
 command -v chromium >/dev/null || apt_install chromium
 # Training is tested with real TensorFlow (CPU) in a venv kept under ~/.cache (created once).

@@ -25,6 +25,22 @@ impl AdmissionError {
     }
 }
 
+/// An alerting expression must parse and give an instant vector.
+fn check_expr(expr: &str) -> Option<FieldError> {
+    use capstan_observe::promql::{expr_type, parse, Kind};
+    match parse(expr) {
+        Err(e) => Some(
+            FieldError::new("spec.expr", e.to_string())
+                .hint("check the expression with the query API: /prometheus/api/v1/query?query=..."),
+        ),
+        Ok(ast) if expr_type(&ast) != Kind::Vector => Some(
+            FieldError::new("spec.expr", "the expression gives no instant vector, so it can never alert")
+                .hint("compare a vector with a threshold, e.g. up == 0"),
+        ),
+        Ok(_) => None,
+    }
+}
+
 /// Decodes and checks a batch; returns the resources, or every problem found.
 ///
 /// Beyond the model's validation it checks what only this machine knows: that the program exists and that
@@ -44,6 +60,11 @@ pub fn admit(
         match Resource::from_value(v) {
             Ok(r) => {
                 errors.extend(r.validate().into_iter().map(|e| AdmissionError::new(i, e)));
+                if let Resource::AlertRule(rule) = &r {
+                    if let Some(e) = check_expr(&rule.spec.expr) {
+                        errors.push(AdmissionError::new(i, e));
+                    }
+                }
                 resources.push(r);
             }
             Err(e) => errors.push(AdmissionError::new(i, e)),

@@ -110,8 +110,44 @@ pub fn replica_metrics(store: &Store, runtime: &LocalRuntime) -> String {
             }
         }
     }
+    // Object health for the built-in platform rules.
+    let mut object_ready = String::new();
+    let mut rollout_failed = String::new();
+    for kind in ["Source", "Sync", "Database", "App"] {
+        for v in store.list(kind, None).unwrap_or_default() {
+            let ns = v["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = v["metadata"]["name"].as_str().unwrap_or("");
+            let ready = v["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| c["status"] == "True");
+            if let Some(r) = ready {
+                let _ = writeln!(
+                    object_ready,
+                    "capstan_object_ready{{kind=\"{kind}\",namespace=\"{ns}\",name=\"{name}\"}} {}",
+                    u8::from(r)
+                );
+            }
+            if kind == "App" {
+                let phase = v["status"]["rollout"]["phase"].as_str().unwrap_or("");
+                let failed = matches!(phase, "Failed" | "RolledBack");
+                let _ = writeln!(
+                    rollout_failed,
+                    "capstan_app_rollout_failed{{namespace=\"{ns}\",app=\"{name}\"}} {}",
+                    u8::from(failed)
+                );
+            }
+        }
+    }
     let mut out = String::new();
     for (name, kind, help, body) in [
+        ("capstan_object_ready", "gauge", "1 when the object's Ready condition is True, 0 when False.", object_ready),
+        (
+            "capstan_app_rollout_failed",
+            "gauge",
+            "1 when the App's last rollout failed or was rolled back.",
+            rollout_failed,
+        ),
         ("capstan_replica_cpu_seconds_total", "counter", "CPU time of the replica's main process.", cpu),
         ("capstan_replica_resident_memory_bytes", "gauge", "Resident memory of the replica's main process.", rss),
         ("capstan_replica_open_fds", "gauge", "Open file descriptors of the replica's main process.", fds),

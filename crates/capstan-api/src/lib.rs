@@ -1,6 +1,7 @@
 //! Capstan's HTTP API: the control plane assembly, the authenticated server, and the client the CLI uses.
 
 pub mod admission;
+pub mod alerts;
 pub mod client;
 pub mod discovery;
 pub mod monitor;

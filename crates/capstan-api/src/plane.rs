@@ -116,6 +116,8 @@ pub struct Shared {
     pub gitops: Requester,
     /// The scraped metrics.
     pub metrics: Arc<capstan_observe::tsdb::Tsdb>,
+    /// Alerts, incidents and the notification outbox.
+    pub alerting: Arc<crate::alerts::Alerting>,
 }
 
 impl Shared {
@@ -143,6 +145,7 @@ pub struct ControlPlane {
     training: Option<capstan_training::controller::TrainingHandle>,
     model_servers: Option<capstan_training::controller::TrainingHandle>,
     monitor: Option<crate::monitor::Monitor>,
+    alerts: Option<crate::alerts::AlertsHandle>,
     server: JoinHandle<()>,
     addr: SocketAddr,
     data_dir: PathBuf,
@@ -207,6 +210,8 @@ impl ControlPlane {
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
         let model_servers = capstan_training::serving::spawn(store.clone(), cfg.data_dir.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
+        let alerting = Arc::new(crate::alerts::Alerting::load(&store));
+        let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone());
         let shared = Arc::new(Shared {
             store,
             runtime,
@@ -216,6 +221,7 @@ impl ControlPlane {
             admitter,
             gitops: requester,
             metrics: metrics.clone(),
+            alerting,
         });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {
@@ -236,6 +242,7 @@ impl ControlPlane {
             training: Some(training),
             model_servers: Some(model_servers),
             monitor: Some(monitor),
+            alerts: Some(alerts),
             server,
             addr,
             data_dir: cfg.data_dir,
@@ -306,6 +313,9 @@ impl ControlPlane {
         }
         if let Some(c) = self.controller.take() {
             c.stop().await;
+        }
+        if let Some(a) = self.alerts.take() {
+            a.stop().await;
         }
         if let Some(m) = self.monitor.take() {
             m.stop().await;

@@ -26,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/alerts", get(|State(s): State<AppState>| async move { ok(s.alerting.alerts_json()) }))
         .route("/api/v1/status/tsdb", get(tsdb_status))
         .route("/api/v1/metadata", get(|| async { ok(json!({})) }))
         .route("/api/v1/query_exemplars", get(|| async { ok(json!([])) }).post(|| async { ok(json!([])) }))

@@ -47,6 +47,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/namespaces/{ns}/apps/{name}/volumes/{volume}/sync", post(volume_sync))
         .route("/api/v1/namespaces/{ns}/databases/{name}/backup", post(db_backup))
         .route("/api/v1/namespaces/{ns}/databases/{name}/restore", post(db_restore))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}/acknowledge", post(acknowledge))
+        .route("/api/v1/incidents/{id}/resolve", post(resolve_incident))
         .nest("/prometheus", crate::prometheus::routes())
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -532,4 +535,41 @@ async fn db_restore(
         Ok(Err(e)) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+#[derive(Deserialize)]
+struct IncidentQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn incidents(State(state): State<AppState>, Query(q): Query<IncidentQuery>) -> Response {
+    Json(state.alerting.incidents_json(q.all)).into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct Who {
+    #[serde(default)]
+    by: Option<String>,
+}
+
+fn manual(outcome: crate::alerts::ManualOutcome, id: &str, verb: &str) -> Response {
+    use crate::alerts::ManualOutcome;
+    match outcome {
+        ManualOutcome::Done => Json(json!({ "id": id, "result": verb })).into_response(),
+        ManualOutcome::NotFound => {
+            error(StatusCode::NOT_FOUND, format!("incident {id} not found; `capstan alerts --all` lists them"))
+        }
+        ManualOutcome::NoChange(state) => error(StatusCode::CONFLICT, format!("incident {id} is already {state}")),
+    }
+}
+
+async fn acknowledge(State(state): State<AppState>, Path(id): Path<String>, body: Option<Json<Who>>) -> Response {
+    let who = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
+    manual(crate::alerts::acknowledge(&state.store, &state.alerting, &id, &who), &id, "acknowledged")
+}
+
+async fn resolve_incident(State(state): State<AppState>, Path(id): Path<String>, body: Option<Json<Who>>) -> Response {
+    let who = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
+    manual(crate::alerts::resolve(&state.store, &state.alerting, &id, &who), &id, "resolved")
 }

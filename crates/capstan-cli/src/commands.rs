@@ -79,6 +79,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
             crate::gitops::build_cmd(&paths, &vars, target_namespace, &output)
         }
         Command::Metrics { action: MetricsCommand::Lint { file, format } } => metrics_lint(&file, format.as_deref()),
+        Command::Metrics { action: MetricsCommand::Query { query, time, range, step, output } } => {
+            crate::alerts::query(&client()?, &query, time, range, &step, &output).await
+        }
+        Command::Alerts { all, output } => crate::alerts::list(&client()?, all, &output).await,
+        Command::Ack { id, by } => crate::alerts::manual(&client()?, &id, "acknowledge", by).await,
+        Command::Resolve { id, by } => crate::alerts::manual(&client()?, &id, "resolve", by).await,
         Command::Db { action } => db(&client()?, action).await,
         Command::Volume { action: VolumeCommand::Sync { app, volume, from, to, namespace } } => {
             volume_sync(&client()?, &app, namespace.as_deref().unwrap_or("default"), &volume, from, to).await

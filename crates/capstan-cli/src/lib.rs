@@ -1,5 +1,6 @@
 //! The `capstan` command line: kubectl habits (get, describe, apply -f, logs, diff, -o json|yaml) over Capstan's API.
 
+mod alerts;
 mod commands;
 mod gitops;
 pub mod manifests;
@@ -181,6 +182,27 @@ pub enum Command {
         #[arg(short, long)]
         watch: bool,
     },
+    /// List open incidents (with --all, resolved ones too) and their alerts.
+    Alerts {
+        #[arg(long)]
+        all: bool,
+        /// table, json or yaml.
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Acknowledge an incident: its escalation stops.
+    Ack {
+        id: String,
+        /// Who acknowledges; defaults to $USER.
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Resolve an incident by hand; everyone notified hears of it.
+    Resolve {
+        id: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Show an object in detail, with its replicas and recent events.
     Describe {
         kind: String,
@@ -268,6 +290,21 @@ pub enum MetricsCommand {
         /// prometheus (text 0.0.4) or openmetrics; by default, OpenMetrics when the text ends with `# EOF`.
         #[arg(long)]
         format: Option<String>,
+    },
+    /// Run a PromQL query against Capstan's metrics (an instant query, or a range with --range).
+    Query {
+        query: String,
+        /// Evaluate at this time (RFC 3339 or Unix seconds); default now.
+        #[arg(long)]
+        time: Option<String>,
+        /// A range query over this long before --time (e.g. 1h), one point per --step.
+        #[arg(long)]
+        range: Option<String>,
+        #[arg(long, default_value = "15s")]
+        step: String,
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        output: String,
     },
 }
 
