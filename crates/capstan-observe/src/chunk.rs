@@ -23,10 +23,20 @@ impl BitWriter {
         self.used = (self.used + 1) % 8;
     }
 
-    /// Writes the low `n` bits of `v`, most significant first.
+    /// Writes the low `n` bits of `v`, most significant first, a byte's worth at a time.
     fn bits(&mut self, v: u64, n: u8) {
-        for i in (0..n).rev() {
-            self.bit((v >> i) & 1 == 1);
+        let mut n = n;
+        while n > 0 {
+            if self.used == 0 {
+                self.bytes.push(0);
+            }
+            let free = 8 - self.used;
+            let take = free.min(n);
+            let chunk = ((v >> (n - take)) & ((1u64 << take) - 1)) as u8;
+            let last = self.bytes.len() - 1;
+            self.bytes[last] |= chunk << (free - take);
+            self.used = (self.used + take) % 8;
+            n -= take;
         }
     }
 }
@@ -46,8 +56,16 @@ impl BitReader<'_> {
 
     fn bits(&mut self, n: u8) -> Option<u64> {
         let mut v = 0u64;
-        for _ in 0..n {
-            v = (v << 1) | u64::from(self.bit()?);
+        let mut n = n;
+        while n > 0 {
+            let byte = *self.bytes.get(self.pos / 8)?;
+            let offset = (self.pos % 8) as u8;
+            let avail = 8 - offset;
+            let take = avail.min(n);
+            let chunk = (byte >> (avail - take)) & (((1u16 << take) - 1) as u8);
+            v = (v << take) | u64::from(chunk);
+            self.pos += usize::from(take);
+            n -= take;
         }
         Some(v)
     }

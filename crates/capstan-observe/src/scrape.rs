@@ -2,7 +2,6 @@
 //! named as Prometheus names them, append them with the target's labels, write `up` and the scrape's own series,
 //! and mark series that disappeared as stale.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use openmetrics_parser::{MetricNumber, OpenMetricsValue, PrometheusValue};
@@ -215,18 +214,94 @@ pub struct Report {
     pub refused: usize,
 }
 
-/// The state a target's scrapes carry from one to the next: the series it wrote last time.
+/// Splits a sample line into its series text (`name{labels}`) and value; the timestamp and an OpenMetrics
+/// exemplar after the value are ignored. None when the line is not a sample.
+fn split_sample(line: &str) -> Option<(&str, f64)> {
+    let (series, rest) = match line.find('{') {
+        Some(open) => {
+            let b = line.as_bytes();
+            let (mut i, mut quoted) = (open + 1, false);
+            while i < b.len() {
+                match b[i] {
+                    b'\\' if quoted => i += 1,
+                    b'"' => quoted = !quoted,
+                    b'}' if !quoted => break,
+                    _ => {}
+                }
+                i += 1;
+            }
+            if i >= b.len() {
+                return None;
+            }
+            (&line[..=i], &line[i + 1..])
+        }
+        None => line.split_once([' ', '\t'])?,
+    };
+    let value = rest.split_whitespace().next()?;
+    let v = crate::promql::parse_float(value)?;
+    (!series.is_empty()).then_some((series, v))
+}
+
+/// Parses a series text's name and labels (the slow path, once per new series of a target).
+fn parse_series(series: &str) -> Option<Vec<(String, String)>> {
+    let (name, rest) = match series.split_once('{') {
+        Some((n, r)) => (n.trim(), r.strip_suffix('}')?),
+        None => (series.trim(), ""),
+    };
+    let mut out = vec![("__name__".to_string(), name.to_string())];
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().to_string();
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.push((key, value));
+    }
+    Some(out)
+}
+
+/// The state a target's scrapes carry from one to the next: its series ids by series text (Prometheus' scrape
+/// cache), and the ids it wrote last time, to mark the missing ones stale.
 #[derive(Debug, Default)]
 pub struct TargetState {
-    last_series: HashSet<Labels>,
+    cache: std::collections::HashMap<Box<str>, u32>,
+    epoch: u64,
+    last_ids: Vec<u32>,
+    meta: Option<[u32; 3]>,
 }
 
 impl TargetState {
     /// Marks every series of the target stale (the target went away).
     pub fn mark_all_stale(&mut self, db: &Tsdb, t_ms: i64) {
-        let stale = stale_nan();
-        let series: Vec<Labels> = self.last_series.drain().collect();
-        db.append_all(series.iter().map(|l| (l, t_ms, stale)));
+        let mut w = db.writer();
+        if w.epoch() != self.epoch {
+            self.cache.clear();
+            self.last_ids.clear();
+            return;
+        }
+        for id in self.last_ids.drain(..) {
+            let _ = w.append_id(id, t_ms, stale_nan());
+        }
     }
 }
 
@@ -240,58 +315,95 @@ pub async fn scrape(
     t_ms: i64,
 ) -> Report {
     let started = Instant::now();
-    let result = match fetch(client, target, limits).await {
-        Ok((text, format)) => flatten(&text, format),
-        Err(e) => Err(e),
-    };
-    let result = result.and_then(|flat| {
-        if flat.len() > limits.series {
-            Err(ScrapeError::SeriesLimit { got: flat.len(), limit: limits.series })
-        } else {
-            Ok(flat)
+    let fetched = fetch(client, target, limits).await;
+    // Samples as (series text, value); a line that is not one makes the whole scrape fail with the parser's
+    // account of the first error.
+    let parsed = fetched.and_then(|(text, format)| {
+        let mut samples: Vec<(Box<str>, f64)> = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match split_sample(line) {
+                Some((series, v)) => samples.push((series.into(), v)),
+                None => {
+                    return Err(flatten(&text, format)
+                        .err()
+                        .unwrap_or_else(|| ScrapeError::Parse(format!("cannot read: {line}"))))
+                }
+            }
         }
+        if samples.len() > limits.series {
+            return Err(ScrapeError::SeriesLimit { got: samples.len(), limit: limits.series });
+        }
+        Ok(samples)
     });
     let duration = started.elapsed();
-    let (up, samples, error, refused) = match result {
-        Ok(flat) => {
-            let mut series = HashSet::with_capacity(flat.len());
-            let mut batch: Vec<(Labels, f64)> = Vec::with_capacity(flat.len());
-            for f in flat {
-                // Target labels win over the exposition's (Prometheus' honor_labels: false keeps both by
-                // renaming the exposition's to exported_*).
-                let mut pairs = f.labels;
-                for (k, v) in target.labels.iter() {
-                    if let Some(p) = pairs.iter_mut().find(|(pk, _)| pk == k) {
-                        p.0 = format!("exported_{k}");
-                    }
-                    pairs.push((k.to_string(), v.to_string()));
-                }
-                let labels = Labels::new(pairs);
-                series.insert(labels.clone());
-                batch.push((labels, f.v));
+    // New series: labels parsed outside the lock, target labels added (an exposition's own label that clashes
+    // is kept as exported_<name>, as Prometheus does without honor_labels).
+    let with_target = |pairs: Vec<(String, String)>| {
+        let mut pairs = pairs;
+        for (k, v) in target.labels.iter() {
+            if let Some(p) = pairs.iter_mut().find(|(pk, _)| pk == k) {
+                p.0 = format!("exported_{k}");
             }
-            let n = batch.len();
-            let refused = db.append_all(batch.iter().map(|(l, v)| (l, t_ms, *v))).len();
+            pairs.push((k.to_string(), v.to_string()));
+        }
+        Labels::new(pairs)
+    };
+    let meta_labels =
+        ["up", "scrape_duration_seconds", "scrape_samples_scraped"].map(|n| target.labels.with("__name__", n));
+    let mut w = db.writer();
+    if w.epoch() != state.epoch {
+        state.cache.clear();
+        state.last_ids.clear();
+        state.meta = None;
+        state.epoch = w.epoch();
+    }
+    let meta = *state.meta.get_or_insert_with(|| meta_labels.each_ref().map(|l| w.id_for(l)));
+    let stale = stale_nan();
+    let (up, samples, error, refused) = match parsed {
+        Ok(samples) => {
+            let n = samples.len();
+            let mut ids = Vec::with_capacity(n);
+            let mut refused = 0;
+            for (series, v) in samples {
+                let id = match state.cache.get(&series) {
+                    Some(id) => *id,
+                    None => {
+                        let Some(pairs) = parse_series(&series) else {
+                            refused += 1;
+                            continue;
+                        };
+                        let id = w.id_for(&with_target(pairs));
+                        state.cache.insert(series, id);
+                        id
+                    }
+                };
+                refused += usize::from(w.append_id(id, t_ms, v).is_err());
+                ids.push(id);
+            }
+            ids.sort_unstable();
+            ids.dedup();
             // Series that were there last time and are not now get a staleness marker.
-            let gone: Vec<Labels> = state.last_series.difference(&series).cloned().collect();
-            let stale = stale_nan();
-            db.append_all(gone.iter().map(|l| (l, t_ms, stale)));
-            state.last_series = series;
+            for gone in state.last_ids.iter().filter(|id| ids.binary_search(id).is_err()) {
+                let _ = w.append_id(*gone, t_ms, stale);
+            }
+            state.last_ids = ids;
             (true, n, None, refused)
         }
         Err(e) => {
             // A failed scrape ends every series the target had, as in Prometheus.
-            state.mark_all_stale(db, t_ms);
+            for id in state.last_ids.drain(..) {
+                let _ = w.append_id(id, t_ms, stale);
+            }
             (false, 0, Some(e), 0)
         }
     };
-    let meta = |name: &str| target.labels.with("__name__", name);
-    let up_v = if up { 1.0 } else { 0.0 };
-    db.append_all([
-        (&meta("up"), t_ms, up_v),
-        (&meta("scrape_duration_seconds"), t_ms, duration.as_secs_f64()),
-        (&meta("scrape_samples_scraped"), t_ms, samples as f64),
-    ]);
+    let _ = w.append_id(meta[0], t_ms, if up { 1.0 } else { 0.0 });
+    let _ = w.append_id(meta[1], t_ms, duration.as_secs_f64());
+    let _ = w.append_id(meta[2], t_ms, samples as f64);
     Report { up, duration, samples, error, refused }
 }
 
@@ -330,6 +442,23 @@ mod tests {
         let n = names(&flatten(text, Format::OpenMetrics).expect("parses"));
         assert!(n.iter().any(|x| x.contains("\"jobs_total\"") && x.ends_with("=4")), "{n:?}");
         assert!(n.iter().any(|x| x.contains("\"build_info\"")), "{n:?}");
+    }
+
+    #[test]
+    fn sample_lines_split_with_quotes_escapes_timestamps_and_exemplars() {
+        assert_eq!(split_sample("up 1"), Some(("up", 1.0)));
+        assert_eq!(
+            split_sample("x{a=\"}{ \\\"q\\\"\"} +Inf 1700000000"),
+            Some(("x{a=\"}{ \\\"q\\\"\"}", f64::INFINITY))
+        );
+        assert_eq!(split_sample("h_bucket{le=\"1\"} 3 # {trace_id=\"ab\"} 1 12.5"), Some(("h_bucket{le=\"1\"}", 3.0)));
+        assert_eq!(split_sample("broken{a=\"1\" 2"), None);
+        assert_eq!(split_sample("novalue"), None);
+        let l = parse_series("x{a=\"}{ \\\"q\\\"\", b=\"line\\nbreak\",}").expect("parses");
+        assert_eq!(
+            l,
+            [("__name__".into(), "x".into()), ("a".into(), "}{ \"q\"".into()), ("b".into(), "line\nbreak".into())]
+        );
     }
 
     #[test]

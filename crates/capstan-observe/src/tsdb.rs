@@ -151,6 +151,8 @@ struct Inner {
     /// One copy of each label name and value.
     symbols: HashSet<Arc<str>>,
     samples: u64,
+    /// Incremented whenever series are removed (their ids may be reused), so callers caching ids know.
+    epoch: u64,
 }
 
 impl Inner {
@@ -204,6 +206,7 @@ impl Inner {
         }
         self.ids.remove(&s.labels);
         self.free.push(id);
+        self.epoch += 1;
     }
 
     /// Ids of the series the matchers select: intersect the postings of equality matchers, then filter.
@@ -255,6 +258,26 @@ pub struct Tsdb {
     inner: RwLock<Inner>,
 }
 
+/// Appends under one write lock, by series id: what a scrape uses with its cache of ids.
+pub struct Writer<'a>(std::sync::RwLockWriteGuard<'a, Inner>);
+
+impl Writer<'_> {
+    /// Changes whenever ids may have been reused; ids cached under another epoch are invalid.
+    pub fn epoch(&self) -> u64 {
+        self.0.epoch
+    }
+
+    /// The id of a series, created if new.
+    pub fn id_for(&mut self, labels: &Labels) -> u32 {
+        self.0.id_for(labels)
+    }
+
+    /// Appends to a series by id (one from [`Writer::id_for`] in this epoch).
+    pub fn append_id(&mut self, id: u32, t: i64, v: f64) -> Result<(), AppendError> {
+        append_id_locked(&mut self.0, id, t, v)
+    }
+}
+
 impl Tsdb {
     pub fn new() -> Tsdb {
         Tsdb::default()
@@ -266,6 +289,11 @@ impl Tsdb {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A writer holding the lock, for many appends by id.
+    pub fn writer(&self) -> Writer<'_> {
+        Writer(self.write())
     }
 
     /// Appends one sample.
@@ -516,7 +544,11 @@ const MAGIC: &[u8] = b"CAPSTAN-TSDB-1\n";
 
 fn append_locked(inner: &mut Inner, labels: &Labels, t: i64, v: f64) -> Result<(), AppendError> {
     let id = inner.id_for(labels);
-    let Some(s) = inner.series[id as usize].as_mut() else { return Ok(()) };
+    append_id_locked(inner, id, t, v)
+}
+
+fn append_id_locked(inner: &mut Inner, id: u32, t: i64, v: f64) -> Result<(), AppendError> {
+    let Some(s) = inner.series.get_mut(id as usize).and_then(Option::as_mut) else { return Ok(()) };
     if let Some((last, lv)) = s.last() {
         if t == last {
             if lv.to_bits() == v.to_bits() {
