@@ -84,6 +84,16 @@ fn locate(mut p: Problem, text: &str) -> Problem {
             p.metric = Some(name.to_string());
         }
     }
+    if p.line.is_none() {
+        // "Found label `a` twice in the same labelset": the first sample line naming that label twice.
+        if let Some(label) = p.message.split('`').nth(1).filter(|_| p.message.contains("twice")) {
+            let needle = format!("{label}=");
+            p.line = text
+                .lines()
+                .position(|l| !l.starts_with('#') && l.matches(&needle).count() > 1)
+                .map(|i| i + 1);
+        }
+    }
     p
 }
 

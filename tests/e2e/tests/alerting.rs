@@ -253,5 +253,93 @@ async fn a_rule_with_bad_promql_is_refused_with_the_position() {
     })];
     let err = format!("{:?}", tp.plane().apply(objects).expect_err("refused"));
     assert!(err.contains("no instant vector"), "{err}");
+    // The example in the docs is admitted as written.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/monitoring/alerts.yaml"))
+            .expect("examples/monitoring/alerts.yaml");
+    tp.apply(&example);
+    let rules = tp.client.get("/api/v1/alertrules").await.expect("list");
+    assert_eq!(rules["items"].as_array().map(Vec::len), Some(3));
+    tp.stop().await;
+}
+
+/// A minimal SMTP server on 127.0.0.1 that keeps each message's envelope and data.
+async fn smtp_sink() -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mails: Arc<Mutex<Vec<String>>> = Arc::default();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let keep = mails.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(b"220 sink ESMTP\r\n").await;
+                let mut mail = String::new();
+                let mut in_data = false;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            keep.lock().expect("mails").push(std::mem::take(&mut mail));
+                            let _ = w.write_all(b"250 queued\r\n").await;
+                        } else {
+                            mail.push_str(&line);
+                            mail.push('\n');
+                        }
+                        continue;
+                    }
+                    let upper = line.to_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        b"250 sink\r\n"
+                    } else if upper.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go on\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        mail.push_str(&line);
+                        mail.push('\n');
+                        b"250 ok\r\n"
+                    };
+                    let _ = w.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (port, mails)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_notifier_delivers_through_smtp() {
+    let tp = TestPlane::start().await;
+    let (smtp, mails) = smtp_sink().await;
+    let metrics = "  metrics: {port: http, interval: 1s, timeout: 1s}\n";
+    tp.apply(&app_yaml("mailer", 1, &[], &format!("{READINESS}{metrics}")));
+    tp.apply(&format!(
+        "apiVersion: capstan.dev/v1alpha1
+kind: AlertRule
+metadata: {{name: mailer-up}}
+spec:
+  alert: MailerUp
+  expr: testapp_info{{app=\"mailer\"}}
+  annotations: {{summary: \"{{{{ $labels.replica }}}} is up\"}}
+  interval: 1s
+---
+apiVersion: capstan.dev/v1alpha1
+kind: EscalationPolicy
+metadata: {{name: mail}}
+spec:
+  match: {{alertname: MailerUp}}
+  levels: [{{targets: [{{email: {{to: [oncall@example.com], from: capstan@example.com, smarthost: \"127.0.0.1:{smtp}\"}}}}], after: 1h}}]
+"
+    ));
+    let mail = eventually("a mail arrives", T, || async { mails.lock().expect("mails").first().cloned() }).await;
+    assert!(mail.contains("oncall@example.com"), "{mail}");
+    assert!(mail.contains("Subject: [FIRING]"), "{mail}");
+    assert!(mail.contains("mailer-0 is up"), "{mail}");
     tp.stop().await;
 }
