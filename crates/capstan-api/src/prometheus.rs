@@ -92,9 +92,11 @@ fn parse_step(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("cannot parse \"{s}\" to a valid duration"))
 }
 
-fn time_param(p: &[(String, String)], key: &str, default: i64) -> Result<i64, Response> {
+fn time_param(p: &[(String, String)], key: &str, default: i64) -> Result<i64, QueryError> {
     match one(p, key) {
-        Some(s) if !s.is_empty() => parse_time(s).map_err(|e| bad(format!("invalid parameter \"{key}\": {e}"))),
+        Some(s) if !s.is_empty() => {
+            parse_time(s).map_err(|e| QueryError::BadData(format!("invalid parameter \"{key}\": {e}")))
+        }
         _ => Ok(default),
     }
 }
@@ -144,7 +146,7 @@ async fn query(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: 
     let Some(q) = one(&p, "query").map(str::to_string) else { return bad("invalid parameter \"query\": empty") };
     let t = match time_param(&p, "time", promql::now_ms()) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return fail(e),
     };
     let db = store(&state);
     let out = tokio::task::spawn_blocking(move || Engine::new(&db).instant(&q, t)).await;
@@ -186,7 +188,7 @@ async fn query_range(
 }
 
 /// `match[]` selectors as matcher sets.
-fn matcher_sets(p: &[(String, String)]) -> Result<Vec<Vec<promql_parser::label::Matcher>>, Response> {
+fn matcher_sets(p: &[(String, String)]) -> Result<Vec<Vec<promql_parser::label::Matcher>>, QueryError> {
     let mut out = Vec::new();
     for (_, sel) in p.iter().filter(|(k, _)| k == "match[]") {
         match promql::parse(sel) {
@@ -197,14 +199,18 @@ fn matcher_sets(p: &[(String, String)]) -> Result<Vec<Vec<promql_parser::label::
                 }
                 out.push(m);
             }
-            Ok(_) => return Err(bad(format!("invalid parameter \"match[]\": \"{sel}\" is not a series selector"))),
-            Err(e) => return Err(bad(format!("invalid parameter \"match[]\": {e}"))),
+            Ok(_) => {
+                return Err(QueryError::BadData(format!(
+                    "invalid parameter \"match[]\": \"{sel}\" is not a series selector"
+                )))
+            }
+            Err(e) => return Err(QueryError::BadData(format!("invalid parameter \"match[]\": {e}"))),
         }
     }
     Ok(out)
 }
 
-fn range_params(p: &[(String, String)]) -> Result<(i64, i64), Response> {
+fn range_params(p: &[(String, String)]) -> Result<(i64, i64), QueryError> {
     Ok((time_param(p, "start", i64::MIN)?, time_param(p, "end", i64::MAX)?))
 }
 
@@ -213,11 +219,11 @@ async fn series(State(state): State<AppState>, RawQuery(raw): RawQuery, headers:
     let sets = match matcher_sets(&p) {
         Ok(s) if !s.is_empty() => s,
         Ok(_) => return bad("no match[] parameter provided"),
-        Err(r) => return r,
+        Err(e) => return fail(e),
     };
     let (start, end) = match range_params(&p) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return fail(e),
     };
     ok(json!(store(&state).series(&sets, start, end).iter().map(metric).collect::<Vec<_>>()))
 }
@@ -226,11 +232,11 @@ async fn labels(State(state): State<AppState>, RawQuery(raw): RawQuery, headers:
     let p = params(raw, &headers, &body);
     let sets = match matcher_sets(&p) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return fail(e),
     };
     let (start, end) = match range_params(&p) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return fail(e),
     };
     ok(json!(store(&state).label_names(&sets, start, end)))
 }
@@ -239,11 +245,11 @@ async fn label_values(State(state): State<AppState>, Path(name): Path<String>, R
     let p = params(raw, &HeaderMap::new(), &Bytes::new());
     let sets = match matcher_sets(&p) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return fail(e),
     };
     let (start, end) = match range_params(&p) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return fail(e),
     };
     ok(json!(store(&state).label_values(&name, &sets, start, end)))
 }

@@ -38,7 +38,7 @@ fn every_kind_has_a_structural_crd() {
     let kinds: Vec<&str> = crds.iter().map(|c| c["spec"]["names"]["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["Source", "Sync", "Database", "App", "TrainingJob", "ModelServer"],
+        ["Source", "Sync", "Database", "App", "TrainingJob", "ModelServer", "AlertRule", "EscalationPolicy"],
         "Secrets are the core kind on Kubernetes"
     );
     for c in &crds {

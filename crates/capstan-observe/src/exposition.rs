@@ -88,10 +88,7 @@ fn locate(mut p: Problem, text: &str) -> Problem {
         // "Found label `a` twice in the same labelset": the first sample line naming that label twice.
         if let Some(label) = p.message.split('`').nth(1).filter(|_| p.message.contains("twice")) {
             let needle = format!("{label}=");
-            p.line = text
-                .lines()
-                .position(|l| !l.starts_with('#') && l.matches(&needle).count() > 1)
-                .map(|i| i + 1);
+            p.line = text.lines().position(|l| !l.starts_with('#') && l.matches(&needle).count() > 1).map(|i| i + 1);
         }
     }
     p

@@ -480,7 +480,7 @@ impl<'a> Engine<'a> {
             let v = self.vector(arg(0)?, t)?;
             Ok(Value::Vector(v.into_iter().map(|s| Sample { labels: drop_name(&s.labels), v: f(s.v) }).collect()))
         };
-        let over_time = |f: &dyn Fn(&[(i64, f64)]) -> Option<f64>| -> Result<Value, QueryError> {
+        let over_time = |f: &WindowFn| -> Result<Value, QueryError> {
             let m = self.matrix(arg(0)?, t)?;
             Ok(Value::Vector(
                 m.into_iter()
@@ -682,6 +682,9 @@ impl<'a> Engine<'a> {
         }
     }
 }
+
+/// A function of one series' samples in a range window (the `*_over_time` family).
+type WindowFn<'f> = dyn Fn(&[(i64, f64)]) -> Option<f64> + 'f;
 
 fn strip_parens(e: &Expr) -> &Expr {
     match e {
