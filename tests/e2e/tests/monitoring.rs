@@ -450,3 +450,75 @@ async fn capstan_and_a_real_prometheus_give_the_same_promql_answers_on_the_same_
     // lookback window and `absent(temperature)` do.
     assert!(answered >= queries.len() * 3, "only {answered} of {compared} answers held data");
 }
+
+fn cli(tp: &TestPlane, args: &[&str]) -> std::process::Output {
+    Command::new(bin("capstan-e2e-cli"))
+        .args(args)
+        .env("CAPSTAN_SERVER", tp.plane().url())
+        .env("CAPSTAN_TOKEN", tp.plane().token())
+        .output()
+        .expect("cli runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_built_in_rule_catches_a_crash_loop_and_the_cli_handles_its_incident() {
+    let tp = TestPlane::start().await;
+    tp.apply(
+        "apiVersion: capstan.dev/v1alpha1
+kind: App
+metadata: {name: crasher}
+spec:
+  run: {command: [/bin/sh, -c, 'sleep 0.3; exit 3']}
+  restartBackoff: {initialSeconds: 0.5, maxSeconds: 1}
+---
+apiVersion: capstan.dev/v1alpha1
+kind: EscalationPolicy
+metadata: {name: platform}
+spec:
+  match: {source: capstan}
+  groupBy: [alertname, app]
+  levels: [{targets: [{command: {command: [/bin/true]}}], after: 1h}]
+",
+    );
+    // Capstan scrapes its own /metrics every 15 s: the restarts counter rises between two scrapes.
+    let alert = eventually("CapstanReplicaCrashLooping fires", Duration::from_secs(120), || async {
+        let r = result(&tp, "ALERTS{alertname=\"CapstanReplicaCrashLooping\", alertstate=\"firing\"}").await;
+        r.into_iter().next()
+    })
+    .await;
+    assert_eq!(alert["metric"]["app"], "crasher");
+    assert_eq!(alert["metric"]["severity"], "page");
+
+    // The same incident through the CLI: listed, acknowledged once, resolved by hand.
+    let id = eventually("an incident for it", T, || async {
+        let out = cli(&tp, &["alerts", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["items"].as_array()?.first()?["id"].as_str().map(str::to_string)
+    })
+    .await;
+    let table = cli(&tp, &["alerts"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("ID") && text.contains(&id) && text.contains("triggered"), "{text}");
+    let ack = cli(&tp, &["ack", &id, "--by", "carol"]);
+    assert!(ack.status.success(), "{}", String::from_utf8_lossy(&ack.stderr));
+    assert_eq!(String::from_utf8_lossy(&ack.stdout).trim(), format!("incident {id} acknowledged by carol"));
+    let again = cli(&tp, &["ack", &id]);
+    assert_eq!(again.status.code(), Some(1), "acknowledging twice fails");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already acknowledged"));
+    let missing = cli(&tp, &["resolve", "inc-999"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+    assert!(cli(&tp, &["resolve", &id]).status.success());
+    let out = cli(&tp, &["alerts", "--all", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["items"][0]["state"], "resolved");
+
+    // `capstan metrics query` prints the series as a table.
+    let q = cli(&tp, &["metrics", "query", "capstan_replica_restarts_total{app=\"crasher\"} > 0"]);
+    let text = String::from_utf8_lossy(&q.stdout);
+    assert!(q.status.success() && text.contains("replica=crasher-0"), "{text}");
+    let bad = cli(&tp, &["metrics", "query", "rate(up[5m"]);
+    assert_eq!(bad.status.code(), Some(2), "bad PromQL is invalid input");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("parse error at char"));
+    tp.stop().await;
+}
