@@ -798,8 +798,8 @@ pub fn default_deny(namespace: &str) -> Value {
     })
 }
 
-/// Renders a batch: every App, and one default-deny policy per namespace used. Other kinds are not rendered yet
-/// and are named in the error.
+/// Renders a batch: every App, Database and TrainingJob, and one default-deny policy per namespace used. Other
+/// kinds are not rendered yet and are named in the error.
 pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
@@ -829,10 +829,20 @@ pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
                     .collect();
                 out.extend(render_database(d, &clients));
             }
+            Resource::TrainingJob(j) => {
+                namespaces.insert(j.metadata.namespace().to_string());
+                match crate::training::render_training_job(j) {
+                    Ok(v) => out.extend(v),
+                    Err(e) => errors.push(e),
+                }
+            }
             other => errors.push(RenderError {
                 object: format!("{}/{}", other.kind(), other.meta().name),
                 field: "kind".into(),
-                message: format!("{} is not rendered for Kubernetes yet (Apps and Databases are)", other.kind()),
+                message: format!(
+                    "{} is not rendered for Kubernetes yet (Apps, Databases and TrainingJobs are)",
+                    other.kind()
+                ),
             }),
         }
     }
