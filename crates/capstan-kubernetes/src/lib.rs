@@ -2,4 +2,5 @@
 
 pub mod crd;
 pub mod render;
+pub mod serving;
 pub mod training;

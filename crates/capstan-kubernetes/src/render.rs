@@ -798,7 +798,7 @@ pub fn default_deny(namespace: &str) -> Value {
     })
 }
 
-/// Renders a batch: every App, Database and TrainingJob, and one default-deny policy per namespace used. Other
+/// Renders a batch: every App, Database, TrainingJob and ModelServer, and one default-deny policy per namespace used. Other
 /// kinds are not rendered yet and are named in the error.
 pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
     let mut out = Vec::new();
@@ -836,11 +836,18 @@ pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
                     Err(e) => errors.push(e),
                 }
             }
+            Resource::ModelServer(m) => {
+                namespaces.insert(m.metadata.namespace().to_string());
+                match crate::serving::render_model_server(m) {
+                    Ok(v) => out.extend(v),
+                    Err(e) => errors.push(e),
+                }
+            }
             other => errors.push(RenderError {
                 object: format!("{}/{}", other.kind(), other.meta().name),
                 field: "kind".into(),
                 message: format!(
-                    "{} is not rendered for Kubernetes yet (Apps, Databases and TrainingJobs are)",
+                    "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs and ModelServers are)",
                     other.kind()
                 ),
             }),

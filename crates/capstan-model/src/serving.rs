@@ -65,6 +65,36 @@ pub struct ModelServerSpec {
     /// Replicas follow the load: `replicas` is then the starting count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+    /// The container image holding the `capstan` binary, used on Kubernetes; the embedded runtime runs this
+    /// Capstan's own binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// The arguments of `capstan serve-model` for a ModelServer whose versions are in `base` (without the program).
+pub fn serve_model_args(spec: &ModelServerSpec, model: &str, base: &str) -> Vec<String> {
+    let mut args = vec![
+        "serve-model".to_string(),
+        "--model-name".into(),
+        model.to_string(),
+        "--model-base-path".into(),
+        base.to_string(),
+        "--poll-seconds".into(),
+        spec.poll_seconds.unwrap_or(1.0).to_string(),
+    ];
+    match &spec.version_policy {
+        VersionPolicySpec::Latest { num_versions } => {
+            args.extend(["--version-policy".into(), "latest".into(), "--num-versions".into(), num_versions.to_string()])
+        }
+        VersionPolicySpec::All {} => args.extend(["--version-policy".into(), "all".into()]),
+        VersionPolicySpec::Specific { versions } => args.extend([
+            "--version-policy".into(),
+            "specific".into(),
+            "--versions".into(),
+            versions.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+        ]),
+    }
+    args
 }
 
 /// Scaling on load, as a HorizontalPodAutoscaler: replicas × (observed / target), within bounds.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use capstan_engine::controller::condition_now as cond;
-use capstan_model::serving::{server_app, ModelServerStatus, VersionPolicySpec};
+use capstan_model::serving::{server_app, ModelServerStatus};
 use capstan_model::{
     set_condition, ConditionStatus, EventType, ModelServer, ObjectKey, API_VERSION, BASE_DIR_ANNOTATION, READY,
 };
@@ -44,28 +44,8 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
         (false, Some(dir)) => Path::new(dir).join(&ms.spec.base_path),
         _ => PathBuf::from(&ms.spec.base_path),
     };
-    let mut args = vec![
-        capstan_exe(),
-        "serve-model".into(),
-        "--model-name".into(),
-        model.clone(),
-        "--model-base-path".into(),
-        base.display().to_string(),
-        "--poll-seconds".into(),
-        ms.spec.poll_seconds.unwrap_or(1.0).to_string(),
-    ];
-    match &ms.spec.version_policy {
-        VersionPolicySpec::Latest { num_versions } => {
-            args.extend(["--version-policy".into(), "latest".into(), "--num-versions".into(), num_versions.to_string()])
-        }
-        VersionPolicySpec::All {} => args.extend(["--version-policy".into(), "all".into()]),
-        VersionPolicySpec::Specific { versions } => args.extend([
-            "--version-policy".into(),
-            "specific".into(),
-            "--versions".into(),
-            versions.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
-        ]),
-    }
+    let mut args = vec![capstan_exe()];
+    args.extend(capstan_model::serving::serve_model_args(&ms.spec, &model, &base.display().to_string()));
     let mut annotations = serde_json::Map::new();
     if let Some(b) = ms.metadata.base_dir() {
         annotations.insert(BASE_DIR_ANNOTATION.into(), json!(b));
