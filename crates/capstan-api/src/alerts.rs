@@ -569,22 +569,25 @@ async fn deliver(store: &Store, alerting: &Alerting, client: &reqwest::Client, n
     }
 }
 
+/// POSTs a JSON body; anything but a 2xx answer is a failure, with the answer's text.
+async fn post_json(client: &reqwest::Client, url: &str, body: String) -> Result<(), String> {
+    let r = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {}: {}", r.status(), r.text().await.unwrap_or_default().trim()))
+    }
+}
+
 async fn send(client: &reqwest::Client, d: &Delivery) -> Result<(), String> {
     match &d.target {
-        NotifyTarget::Webhook { url } => {
-            let r = client
-                .post(url)
-                .header("Content-Type", "application/json")
-                .body(d.payload.to_string())
-                .send()
-                .await
-                .map_err(|e| e.without_url().to_string())?;
-            if r.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("{url} answered {}", r.status()))
-            }
-        }
+        NotifyTarget::Webhook { url } => post_json(client, url, d.payload.to_string()).await,
         NotifyTarget::Alertmanager { url } => {
             let alerts: Vec<Value> = d.payload["alerts"]
                 .as_array()
@@ -594,18 +597,7 @@ async fn send(client: &reqwest::Client, d: &Delivery) -> Result<(), String> {
                 .map(|a| json!({"labels": a["labels"], "annotations": a["annotations"], "startsAt": a["startsAt"], "endsAt": a["endsAt"], "generatorURL": a["generatorURL"]}))
                 .collect();
             let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
-            let r = client
-                .post(&endpoint)
-                .header("Content-Type", "application/json")
-                .body(Value::Array(alerts).to_string())
-                .send()
-                .await
-                .map_err(|e| e.without_url().to_string())?;
-            if r.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("{endpoint} answered {}: {}", r.status(), r.text().await.unwrap_or_default()))
-            }
+            post_json(client, &endpoint, Value::Array(alerts).to_string()).await
         }
         NotifyTarget::Command { command } => {
             use tokio::io::AsyncWriteExt;

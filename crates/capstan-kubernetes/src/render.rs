@@ -120,13 +120,35 @@ fn probe(p: &Probe) -> KProbe {
     }
 }
 
-fn to_value<T: serde::Serialize + k8s_openapi::Resource>(obj: &T) -> Value {
+/// A typed object as JSON with its `apiVersion` and `kind`.
+pub(crate) fn to_value<T: serde::Serialize + k8s_openapi::Resource>(obj: &T) -> Value {
     let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.insert("apiVersion".into(), Value::String(T::API_VERSION.into()));
         m.insert("kind".into(), Value::String(T::KIND.into()));
     }
     v
+}
+
+fn runtime_default() -> Option<SeccompProfile> {
+    Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None })
+}
+
+/// The restricted Pod Security Standard for a container: non-root, no privilege escalation, no capabilities,
+/// RuntimeDefault seccomp.
+pub(crate) fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        run_as_non_root: Some(true),
+        seccomp_profile: runtime_default(),
+        ..Default::default()
+    }
+}
+
+/// The restricted Pod Security Standard for a pod.
+pub(crate) fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext { run_as_non_root: Some(true), seccomp_profile: runtime_default(), ..Default::default() }
 }
 
 /// Renders one App. Every returned value is a complete Kubernetes object (apiVersion, kind, metadata, spec).
@@ -272,13 +294,7 @@ pub fn render_app(app: &App) -> Result<Vec<Value>, RenderError> {
             }),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            run_as_non_root: Some(true),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
-            ..Default::default()
-        }),
+        security_context: Some(restricted_container()),
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Default::default()
     };
@@ -346,14 +362,7 @@ pub fn render_app(app: &App) -> Result<Vec<Value>, RenderError> {
                     termination_grace_period_seconds: Some(
                         i64::from(app.spec.termination_grace_period_seconds) + i64::from(drain),
                     ),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     affinity: Some(Affinity {
                         pod_anti_affinity: Some(PodAntiAffinity {
                             preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
@@ -672,14 +681,7 @@ pub fn render_database(db: &Database, clients: &[String]) -> Vec<Value> {
             mount_path: "/var/lib/postgresql/data".into(),
             ..Default::default()
         }]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            run_as_non_root: Some(true),
-            run_as_user: Some(999),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
-            ..Default::default()
-        }),
+        security_context: Some(SecurityContext { run_as_user: Some(999), ..restricted_container() }),
         ..Default::default()
     };
     let keep = db.spec.deletion_policy != ReclaimPolicy::Delete;
@@ -711,15 +713,7 @@ pub fn render_database(db: &Database, clients: &[String]) -> Vec<Value> {
                     containers: vec![container],
                     // PostgreSQL's fast shutdown needs time to checkpoint.
                     termination_grace_period_seconds: Some(60),
-                    security_context: Some(PodSecurityContext {
-                        fs_group: Some(999),
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(PodSecurityContext { fs_group: Some(999), ..restricted_pod() }),
                     ..Default::default()
                 }),
             },

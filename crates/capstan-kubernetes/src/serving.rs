@@ -12,9 +12,9 @@ use k8s_openapi::api::autoscaling::v2::{
     HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use crate::render::RenderError;
+use crate::render::{restricted_container, restricted_pod, to_value, RenderError};
 
 /// TF Serving's REST port.
 pub const REST_PORT: u16 = 8501;
@@ -33,15 +33,6 @@ pub const MODELS_ROOT: &str = "/models";
 /// The per-pod metric the HorizontalPodAutoscaler reads (served by prometheus-adapter from
 /// `rate(capstan_model_requests_total[1m])`).
 pub const RPS_METRIC: &str = "capstan_model_requests_per_second";
-
-fn to_value<T: serde::Serialize + k8s_openapi::Resource>(obj: &T) -> Value {
-    let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
-    if let Some(m) = v.as_object_mut() {
-        m.insert("apiVersion".into(), Value::String(T::API_VERSION.into()));
-        m.insert("kind".into(), Value::String(T::KIND.into()));
-    }
-    v
-}
 
 /// Renders a ModelServer's claim, Deployment, Service, NetworkPolicy and (when autoscaling) autoscaler.
 pub fn render_model_server(ms: &ModelServer) -> Result<Vec<Value>, RenderError> {
@@ -143,15 +134,8 @@ pub fn render_model_server(ms: &ModelServer) -> Result<Vec<Value>, RenderError> 
                             ..Default::default()
                         }]),
                         security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-                            run_as_non_root: Some(true),
                             read_only_root_filesystem: Some(true),
-                            seccomp_profile: Some(SeccompProfile {
-                                type_: "RuntimeDefault".into(),
-                                localhost_profile: None,
-                            }),
-                            ..Default::default()
+                            ..restricted_container()
                         }),
                         ..Default::default()
                     }],
@@ -163,14 +147,7 @@ pub fn render_model_server(ms: &ModelServer) -> Result<Vec<Value>, RenderError> 
                         }),
                         ..Default::default()
                     }]),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     ..Default::default()
                 }),
             },

@@ -6,16 +6,13 @@ use std::collections::BTreeMap;
 
 use capstan_model::training::{task_name, tf_config, ReplicaType, TaskRestartPolicy};
 use capstan_model::TrainingJob;
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, Pod, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext,
-    Service, ServicePort, ServiceSpec,
-};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Pod, PodSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use crate::render::RenderError;
+use crate::render::{restricted_container, restricted_pod, to_value, RenderError};
 
 /// The port every task listens on for the cluster (the training operator's default `tfjob-port`).
 pub const TASK_PORT: u16 = 2222;
@@ -23,15 +20,6 @@ pub const TASK_PORT: u16 = 2222;
 pub const JOB_LABEL: &str = "training.capstan.dev/job-name";
 pub const TYPE_LABEL: &str = "training.capstan.dev/replica-type";
 pub const INDEX_LABEL: &str = "training.capstan.dev/replica-index";
-
-fn to_value<T: serde::Serialize + k8s_openapi::Resource>(obj: &T) -> Value {
-    let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
-    if let Some(m) = v.as_object_mut() {
-        m.insert("apiVersion".into(), Value::String(T::API_VERSION.into()));
-        m.insert("kind".into(), Value::String(T::KIND.into()));
-    }
-    v
-}
 
 /// The Pod's restartPolicy for a task's. `ExitCode` (retry on signals, fail on errors) is the operator's to
 /// apply; the Pod itself does not restart.
@@ -127,14 +115,7 @@ pub fn render_training_job(job: &TrainingJob) -> Result<Vec<Value>, RenderError>
                     active_deadline_seconds: job.spec.run_policy.active_deadline_seconds.map(|s| s as i64),
                     termination_grace_period_seconds: Some(r.termination_grace_period_seconds.unwrap_or(30) as i64),
                     hostname: Some(task.clone()),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     containers: vec![Container {
                         // The training operator's default container name.
                         name: "tensorflow".into(),
@@ -149,16 +130,7 @@ pub fn render_training_job(job: &TrainingJob) -> Result<Vec<Value>, RenderError>
                             protocol: Some("TCP".into()),
                             ..Default::default()
                         }]),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-                            run_as_non_root: Some(true),
-                            seccomp_profile: Some(SeccompProfile {
-                                type_: "RuntimeDefault".into(),
-                                localhost_profile: None,
-                            }),
-                            ..Default::default()
-                        }),
+                        security_context: Some(restricted_container()),
                         ..Default::default()
                     }],
                     ..Default::default()

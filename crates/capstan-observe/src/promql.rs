@@ -207,10 +207,7 @@ impl<'a> Engine<'a> {
             }
             t += step;
         }
-        let mut out: Vec<SeriesData> =
-            series.into_iter().map(|(labels, samples)| SeriesData { labels, samples }).collect();
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        Ok(Value::Matrix(out))
+        Ok(Value::Matrix(sorted_series(series)))
     }
 
     fn eval(&self, e: &Expr, t: i64) -> Result<Value, QueryError> {
@@ -342,10 +339,7 @@ impl<'a> Engine<'a> {
             }
             at += step;
         }
-        let mut out: Vec<SeriesData> =
-            series.into_iter().map(|(labels, samples)| SeriesData { labels, samples }).collect();
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        Ok(out)
+        Ok(sorted_series(series))
     }
 
     fn vector(&self, e: &Expr, t: i64) -> Result<Vec<Sample>, QueryError> {
@@ -681,6 +675,13 @@ impl<'a> Engine<'a> {
             other => exec(format!("function {other} is not supported")),
         }
     }
+}
+
+/// Series collected step by step, as a matrix sorted by labels.
+fn sorted_series(series: HashMap<Labels, Vec<(i64, f64)>>) -> Vec<SeriesData> {
+    let mut out: Vec<SeriesData> = series.into_iter().map(|(labels, samples)| SeriesData { labels, samples }).collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    out
 }
 
 /// A function of one series' samples in a range window (the `*_over_time` family).

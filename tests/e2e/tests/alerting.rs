@@ -20,6 +20,12 @@ type Inbox = Arc<Mutex<Vec<(String, Value)>>>;
 
 /// A webhook receiver on 127.0.0.1 that keeps every payload by path.
 async fn receiver() -> (u16, Inbox) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    receiver_on(l)
+}
+
+/// The same receiver on a given listener.
+fn receiver_on(l: tokio::net::TcpListener) -> (u16, Inbox) {
     let inbox: Inbox = Arc::default();
     let app = Router::new()
         .route(
@@ -30,7 +36,6 @@ async fn receiver() -> (u16, Inbox) {
             }),
         )
         .with_state(inbox.clone());
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
@@ -212,20 +217,8 @@ spec:
     let i = incidents(&tp).await;
     assert_eq!(i.len(), 1, "{i:?}");
     assert_eq!(i[0]["deliveries"].as_array().map(Vec::len), Some(1), "the delivery was kept: {i:?}");
-    let inbox: Inbox = Arc::default();
-    let app = Router::new()
-        .route(
-            "/{path}",
-            post(|State(i): State<Inbox>, Path(p): Path<String>, Json(v): Json<Value>| async move {
-                i.lock().expect("inbox").push((p, v));
-                "ok"
-            }),
-        )
-        .with_state(inbox.clone());
     let l = tokio::net::TcpListener::bind(("127.0.0.1", dead)).await.expect("bind the receiver's port");
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
+    let (_, inbox) = receiver_on(l);
     eventually("the kept notification arrives", Duration::from_secs(120), || async {
         (!received(&inbox, "gone", "firing").is_empty()).then_some(())
     })
