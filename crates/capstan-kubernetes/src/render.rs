@@ -151,6 +151,39 @@ pub(crate) fn restricted_pod() -> PodSecurityContext {
     PodSecurityContext { run_as_non_root: Some(true), seccomp_profile: runtime_default(), ..Default::default() }
 }
 
+/// A Gateway API HTTPRoute (gateway.networking.k8s.io/v1) for an http entry point that names a Gateway: the
+/// App's Service as the backend, the request timeout, and cookie session persistence when the entry is sticky by
+/// cookie (`sessionPersistence`, Gateway API's experimental channel). There is no k8s-openapi type for it.
+fn http_route(app: &App, e: &capstan_model::Expose, g: &capstan_model::GatewayRef, service_port: u16) -> Value {
+    let name = app.metadata.name.as_str();
+    let mut parent = serde_json::json!({ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": g.name });
+    if let Some(ns) = &g.namespace {
+        parent["namespace"] = Value::String(ns.clone());
+    }
+    if let Some(s) = &g.section_name {
+        parent["sectionName"] = Value::String(s.clone());
+    }
+    let mut rule = serde_json::json!({
+        "matches": [{ "path": { "type": "PathPrefix", "value": "/" } }],
+        "backendRefs": [{ "name": name, "port": service_port }],
+        "timeouts": { "request": format!("{}s", e.timeouts.request_seconds) },
+    });
+    if let Some(c) = e.sticky.as_ref().and_then(|s| s.cookie.as_ref()) {
+        let mut p = serde_json::json!({ "sessionName": c.name, "type": "Cookie" });
+        if let Some(age) = c.max_age {
+            p["absoluteTimeout"] = Value::String(format!("{age}s"));
+            p["cookieConfig"] = serde_json::json!({ "lifetimeType": "Permanent" });
+        }
+        rule["sessionPersistence"] = p;
+    }
+    let mut spec = serde_json::json!({ "parentRefs": [parent], "rules": [rule] });
+    if !g.hostnames.is_empty() {
+        spec["hostnames"] = serde_json::json!(g.hostnames);
+    }
+    let meta = serde_json::to_value(meta(app, name, None)).unwrap_or(Value::Null);
+    serde_json::json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta, "spec": spec })
+}
+
 /// Renders one App. Every returned value is a complete Kubernetes object (apiVersion, kind, metadata, spec).
 pub fn render_app(app: &App) -> Result<Vec<Value>, RenderError> {
     let name = app.metadata.name.as_str();
@@ -475,30 +508,34 @@ pub fn render_app(app: &App) -> Result<Vec<Value>, RenderError> {
         }
         let mut m = meta(app, name, None);
         m.annotations = Some(a);
-        out.push(to_value(&Ingress {
-            metadata: m,
-            spec: Some(IngressSpec {
-                ingress_class_name: Some("nginx".into()),
-                rules: Some(vec![IngressRule {
-                    host: None,
-                    http: Some(HTTPIngressRuleValue {
-                        paths: vec![HTTPIngressPath {
-                            path: Some("/".into()),
-                            path_type: "Prefix".into(),
-                            backend: IngressBackend {
-                                service: Some(IngressServiceBackend {
-                                    name: name.into(),
-                                    port: Some(ServiceBackendPort { name: Some(port_name), number: None }),
-                                }),
-                                resource: None,
-                            },
-                        }],
-                    }),
-                }]),
+        if let Some(g) = &e.gateway {
+            out.push(http_route(app, e, g, ports[&port_name]));
+        } else {
+            out.push(to_value(&Ingress {
+                metadata: m,
+                spec: Some(IngressSpec {
+                    ingress_class_name: Some("nginx".into()),
+                    rules: Some(vec![IngressRule {
+                        host: None,
+                        http: Some(HTTPIngressRuleValue {
+                            paths: vec![HTTPIngressPath {
+                                path: Some("/".into()),
+                                path_type: "Prefix".into(),
+                                backend: IngressBackend {
+                                    service: Some(IngressServiceBackend {
+                                        name: name.into(),
+                                        port: Some(ServiceBackendPort { name: Some(port_name), number: None }),
+                                    }),
+                                    resource: None,
+                                },
+                            }],
+                        }),
+                    }]),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }));
+            }));
+        }
     }
     for (i, e) in app.spec.expose.iter().enumerate().filter(|(_, e)| e.protocol == ExposeProtocol::Tcp) {
         let (port_name, _) = target_of(&e.target_port)
@@ -545,6 +582,19 @@ pub fn render_app(app: &App) -> Result<Vec<Value>, RenderError> {
                 match_labels: Some(BTreeMap::from([(
                     "kubernetes.io/metadata.name".to_string(),
                     INGRESS_NAMESPACE.to_string(),
+                )])),
+                match_expressions: None,
+            }),
+            ..Default::default()
+        });
+    }
+    // A Gateway's proxies run in its namespace with most implementations (Istio, for one).
+    for g in app.spec.expose.iter().filter_map(|e| e.gateway.as_ref()) {
+        from.push(NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    g.namespace.clone().unwrap_or_else(|| app.metadata.namespace().to_string()),
                 )])),
                 match_expressions: None,
             }),

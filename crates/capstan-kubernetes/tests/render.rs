@@ -176,3 +176,46 @@ fn an_app_without_an_image_is_refused_by_field() {
     assert_eq!(e.field, "spec.run.image");
     assert!(e.to_string().starts_with("App/teamboard: field `spec.run.image`"), "{e}");
 }
+
+#[test]
+fn an_entry_with_a_gateway_becomes_an_httproute() {
+    let yaml = "apiVersion: capstan.dev/v1alpha1
+kind: App
+metadata: {name: board, namespace: web}
+spec:
+  replicas: 2
+  run: {image: board:1}
+  ports: [{name: http}]
+  expose:
+    - port: 80
+      sticky: {cookie: {name: ROUTE, maxAge: 3600}}
+      timeouts: {requestSeconds: 90}
+      gateway: {name: public, namespace: gateways, sectionName: https, hostnames: [board.example.com]}
+";
+    let resources: Vec<Resource> =
+        capstan_model::parse_manifests("b.yaml", yaml).expect("parses").into_iter().map(|m| m.resource).collect();
+    let objs = capstan_kubernetes::render::render(&resources).expect("renders");
+    assert!(objs.iter().all(|o| o["kind"] != "Ingress"), "the Gateway replaces the Ingress");
+    let route = objs.iter().find(|o| o["kind"] == "HTTPRoute").expect("an HTTPRoute");
+    assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(route["metadata"]["name"], "board");
+    assert_eq!(route["metadata"]["namespace"], "web");
+    assert_eq!(
+        route["spec"]["parentRefs"][0],
+        serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "gateways", "sectionName": "https"})
+    );
+    assert_eq!(route["spec"]["hostnames"], serde_json::json!(["board.example.com"]));
+    let rule = &route["spec"]["rules"][0];
+    assert_eq!(rule["backendRefs"], serde_json::json!([{"name": "board", "port": 8080}]));
+    assert_eq!(rule["timeouts"]["request"], "90s");
+    assert_eq!(rule["sessionPersistence"]["sessionName"], "ROUTE");
+    assert_eq!(rule["sessionPersistence"]["absoluteTimeout"], "3600s");
+    let policy =
+        objs.iter().find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "board-allow").expect("policy");
+    let peers = policy["spec"]["ingress"][0]["from"].as_array().expect("peers");
+    assert!(peers.iter().any(|p| p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "gateways"));
+
+    let tcp = yaml.replace("      sticky:", "      protocol: tcp\n      sticky:");
+    let err = capstan_model::parse_manifests("b.yaml", &tcp).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("spec.expose[0].gateway") && err.contains("only http entry points"), "{err}");
+}

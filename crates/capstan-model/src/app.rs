@@ -553,6 +553,24 @@ pub struct Expose {
     /// How long a replica that leaves keeps serving its in-flight requests before it is stopped.
     #[serde(default = "thirty", skip_serializing_if = "is_thirty")]
     pub drain_seconds: u32,
+    /// On Kubernetes, reach this entry through a Gateway API Gateway (an HTTPRoute) instead of an Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayRef>,
+}
+
+/// The Gateway an http entry point attaches to on Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayRef {
+    pub name: String,
+    /// Defaults to the App's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// One listener of the Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
 }
 
 fn yes() -> bool {

@@ -371,6 +371,17 @@ fn validate_expose(spec: &AppSpec, errors: &mut Vec<FieldError>) {
                     .hint("the port clients connect to, such as 8080"),
             );
         }
+        if let Some(g) = &e.gateway {
+            if e.protocol != ExposeProtocol::Http {
+                errors.push(
+                    FieldError::new(format!("{path}.gateway"), "only http entry points attach to a Gateway")
+                        .hint("a tcp entry becomes a LoadBalancer Service on Kubernetes"),
+                );
+            }
+            if g.name.trim().is_empty() {
+                errors.push(FieldError::new(format!("{path}.gateway.name"), "empty").hint("the Gateway's name"));
+            }
+        }
         if let Some(a) = &e.address {
             if a.parse::<std::net::IpAddr>().is_err() {
                 errors.push(
