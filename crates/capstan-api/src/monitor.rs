@@ -36,6 +36,25 @@ impl Default for MonitorConfig {
     }
 }
 
+/// What each active target did last, for `/prometheus/api/v1/targets`.
+#[derive(Default)]
+pub struct TargetHealth(std::sync::Mutex<std::collections::BTreeMap<String, serde_json::Value>>);
+
+impl TargetHealth {
+    fn set(&self, key: &str, v: serde_json::Value) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), v);
+    }
+
+    fn remove(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// The active targets in Prometheus' shape (`labels`, `scrapeUrl`, `health`, `lastError`, `lastScrape`, …).
+    pub fn active(&self) -> Vec<serde_json::Value> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
 /// The job label of App targets, as in the `prometheus.yml` the docs suggest for `/sd/prometheus`.
 pub const APPS_JOB: &str = "capstan-apps";
 
@@ -163,7 +182,8 @@ async fn run(
                 continue;
             }
             let (s, r) = watch::channel(false);
-            let h = tokio::spawn(target_loop(client.clone(), t.clone(), db.clone(), cfg.limits, r));
+            let h =
+                tokio::spawn(target_loop(client.clone(), t.clone(), db.clone(), cfg.limits, shared.targets.clone(), r));
             loops.insert(k, (t, s, h));
         }
         if last_snapshot.elapsed() >= cfg.snapshot_every {
@@ -193,9 +213,23 @@ async fn target_loop(
     t: Target,
     db: Arc<Tsdb>,
     limits: Limits,
+    health: Arc<TargetHealth>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut state = TargetState::default();
+    let key = format!("{}|{}", t.url, t.labels);
+    let labels: serde_json::Map<String, serde_json::Value> =
+        t.labels.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+    let entry = |health: &str, error: &str, last: Option<i64>, duration: f64| {
+        serde_json::json!({
+            "labels": labels, "scrapePool": t.labels.get("job").unwrap_or(""), "scrapeUrl": t.url,
+            "health": health, "lastError": error,
+            "lastScrape": last.and_then(chrono::DateTime::from_timestamp_millis).map(|d| d.to_rfc3339()).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+            "lastScrapeDuration": duration,
+            "scrapeInterval": format!("{}s", t.interval.as_secs_f64()), "scrapeTimeout": format!("{}s", t.timeout.as_secs_f64()),
+        })
+    };
+    health.set(&key, entry("unknown", "", None, 0.0));
     // Spread targets over the interval (Prometheus offsets each by a hash of its identity).
     let offset = {
         use std::hash::{Hash, Hasher};
@@ -215,8 +249,18 @@ async fn target_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => break,
         }
-        let report = scrape::scrape(&client, &t, &db, &mut state, limits, now_ms()).await;
+        let at = now_ms();
+        let report = scrape::scrape(&client, &t, &db, &mut state, limits, at).await;
         let err = report.error.as_ref().map(|e| e.to_string());
+        health.set(
+            &key,
+            entry(
+                if report.up { "up" } else { "down" },
+                err.as_deref().unwrap_or(""),
+                Some(at),
+                report.duration.as_secs_f64(),
+            ),
+        );
         if err != last_error {
             match &err {
                 Some(e) => tracing::warn!(target = %t.url, "scrape failed: {e}"),
@@ -226,6 +270,7 @@ async fn target_loop(
             last_error = err;
         }
     }
+    health.remove(&key);
     state.mark_all_stale(&db, now_ms());
     for name in ["up", "scrape_duration_seconds", "scrape_samples_scraped"] {
         let _ = db.append(&t.labels.with("__name__", name), now_ms(), capstan_observe::tsdb::stale_nan());

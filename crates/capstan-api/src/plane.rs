@@ -118,6 +118,8 @@ pub struct Shared {
     pub metrics: Arc<capstan_observe::tsdb::Tsdb>,
     /// Alerts, incidents and the notification outbox.
     pub alerting: Arc<crate::alerts::Alerting>,
+    /// What each scrape target did last.
+    pub targets: Arc<crate::monitor::TargetHealth>,
 }
 
 impl Shared {
@@ -222,6 +224,7 @@ impl ControlPlane {
             gitops: requester,
             metrics: metrics.clone(),
             alerting,
+            targets: Arc::default(),
         });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {

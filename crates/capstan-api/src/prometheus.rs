@@ -26,6 +26,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route(
+            "/api/v1/targets",
+            get(|State(s): State<AppState>| async move {
+                ok(json!({ "activeTargets": s.targets.active(), "droppedTargets": [] }))
+            }),
+        )
         .route("/api/v1/alerts", get(|State(s): State<AppState>| async move { ok(s.alerting.alerts_json()) }))
         .route("/api/v1/status/tsdb", get(tsdb_status))
         .route("/api/v1/metadata", get(|| async { ok(json!({})) }))

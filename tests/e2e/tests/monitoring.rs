@@ -109,6 +109,15 @@ spec:
     })
     .await;
 
+    // Every target's last scrape, as Prometheus' /api/v1/targets shows it.
+    let (_, targets) = capstan_query(&tp, "/api/v1/targets").await.expect("targets");
+    let active = targets["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+    let node = active.iter().find(|t| t["labels"]["app"] == "node").expect("the node exporter's target");
+    assert_eq!(node["health"], "up", "{node}");
+    assert_eq!(node["lastError"], "");
+    assert!(node["scrapeUrl"].as_str().is_some_and(|u| u.ends_with("/metrics")), "{node}");
+    assert!(active.iter().any(|t| t["labels"]["job"] == "capstan"), "Capstan's own target: {active:?}");
+
     // The metadata endpoints Grafana uses.
     let (code, labels) = capstan_query(&tp, "/api/v1/labels").await.expect("labels");
     assert_eq!(code, 200);
