@@ -216,48 +216,43 @@ fn matcher_sets(p: &[(String, String)]) -> Result<Vec<Vec<promql_parser::label::
     Ok(out)
 }
 
-fn range_params(p: &[(String, String)]) -> Result<(i64, i64), QueryError> {
-    Ok((time_param(p, "start", i64::MIN)?, time_param(p, "end", i64::MAX)?))
+/// What `series`, `labels` and `label/…/values` select: matcher sets and a time range.
+struct Selection {
+    sets: Vec<Vec<promql_parser::label::Matcher>>,
+    start: i64,
+    end: i64,
+}
+
+fn selection(p: &[(String, String)]) -> Result<Selection, QueryError> {
+    Ok(Selection {
+        sets: matcher_sets(p)?,
+        start: time_param(p, "start", i64::MIN)?,
+        end: time_param(p, "end", i64::MAX)?,
+    })
 }
 
 async fn series(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
-    let p = params(raw, &headers, &body);
-    let sets = match matcher_sets(&p) {
-        Ok(s) if !s.is_empty() => s,
-        Ok(_) => return bad("no match[] parameter provided"),
-        Err(e) => return fail(e),
-    };
-    let (start, end) = match range_params(&p) {
-        Ok(x) => x,
-        Err(e) => return fail(e),
-    };
-    ok(json!(store(&state).series(&sets, start, end).iter().map(metric).collect::<Vec<_>>()))
+    match selection(&params(raw, &headers, &body)) {
+        Ok(sel) if sel.sets.is_empty() => bad("no match[] parameter provided"),
+        Ok(sel) => {
+            ok(json!(store(&state).series(&sel.sets, sel.start, sel.end).iter().map(metric).collect::<Vec<_>>()))
+        }
+        Err(e) => fail(e),
+    }
 }
 
 async fn labels(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
-    let p = params(raw, &headers, &body);
-    let sets = match matcher_sets(&p) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let (start, end) = match range_params(&p) {
-        Ok(x) => x,
-        Err(e) => return fail(e),
-    };
-    ok(json!(store(&state).label_names(&sets, start, end)))
+    match selection(&params(raw, &headers, &body)) {
+        Ok(sel) => ok(json!(store(&state).label_names(&sel.sets, sel.start, sel.end))),
+        Err(e) => fail(e),
+    }
 }
 
 async fn label_values(State(state): State<AppState>, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Response {
-    let p = params(raw, &HeaderMap::new(), &Bytes::new());
-    let sets = match matcher_sets(&p) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let (start, end) = match range_params(&p) {
-        Ok(x) => x,
-        Err(e) => return fail(e),
-    };
-    ok(json!(store(&state).label_values(&name, &sets, start, end)))
+    match selection(&params(raw, &HeaderMap::new(), &Bytes::new())) {
+        Ok(sel) => ok(json!(store(&state).label_values(&name, &sel.sets, sel.start, sel.end))),
+        Err(e) => fail(e),
+    }
 }
 
 async fn buildinfo() -> Response {

@@ -271,19 +271,9 @@ impl<'a> Engine<'a> {
         let ref_t = self.at_time(&vs.at, t) - offset_ms(&vs.offset);
         // Subqueries evaluate selectors before the query's start: read from the earliest time they can ask for.
         let data = self.data_for(vs, LOOKBACK_MS, ref_t);
-        let mut out = Vec::new();
-        for s in data.iter() {
-            let i = s.samples.partition_point(|(ts, _)| *ts <= ref_t);
-            if i == 0 {
-                continue;
-            }
-            let (ts, v) = s.samples[i - 1];
-            if ts < ref_t - LOOKBACK_MS || is_stale(v) {
-                continue;
-            }
-            out.push(Sample { labels: s.labels.clone(), v });
-        }
-        out
+        data.iter()
+            .filter_map(|s| latest(&s.samples, ref_t).map(|(_, v)| Sample { labels: s.labels.clone(), v }))
+            .collect()
     }
 
     /// Selector data covering `[ref_t - window, ref_t]`: the cached read when it covers it, else a fresh read.
@@ -601,18 +591,14 @@ impl<'a> Engine<'a> {
                 };
                 let ref_t = self.at_time(&vs.at, t) - offset_ms(&vs.offset);
                 let data = self.data_for(vs, LOOKBACK_MS, ref_t);
-                let mut out = Vec::new();
-                for s in data.iter() {
-                    let i = s.samples.partition_point(|(ts, _)| *ts <= ref_t);
-                    if i == 0 {
-                        continue;
-                    }
-                    let (ts, v) = s.samples[i - 1];
-                    if ts >= ref_t - LOOKBACK_MS && !is_stale(v) {
-                        out.push(Sample { labels: drop_name(&s.labels), v: ts as f64 / 1000.0 });
-                    }
-                }
-                Ok(Value::Vector(out))
+                Ok(Value::Vector(
+                    data.iter()
+                        .filter_map(|s| {
+                            latest(&s.samples, ref_t)
+                                .map(|(ts, _)| Sample { labels: drop_name(&s.labels), v: ts as f64 / 1000.0 })
+                        })
+                        .collect(),
+                ))
             }
             "vector" => Ok(Value::Vector(vec![Sample { labels: Labels::default(), v: self.scalar(arg(0)?, t)? }])),
             "scalar" => {
@@ -675,6 +661,14 @@ impl<'a> Engine<'a> {
             other => exec(format!("function {other} is not supported")),
         }
     }
+}
+
+/// A series' value at `ref_t`: its newest sample at or before it, within the lookback, unless that is a
+/// staleness marker.
+fn latest(samples: &[(i64, f64)], ref_t: i64) -> Option<(i64, f64)> {
+    let i = samples.partition_point(|(ts, _)| *ts <= ref_t);
+    let (ts, v) = *samples.get(i.checked_sub(1)?)?;
+    (ts >= ref_t - LOOKBACK_MS && !is_stale(v)).then_some((ts, v))
 }
 
 /// Series collected step by step, as a matrix sorted by labels.

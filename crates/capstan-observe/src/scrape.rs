@@ -110,6 +110,13 @@ fn summary(out: &mut Vec<Flat>, base: &[(String, String)], name: &str, s: &openm
     }
 }
 
+/// A parsed sample's own labels.
+fn sample_labels<V: openmetrics_parser::RenderableMetricValue + Clone>(
+    s: &openmetrics_parser::Sample<V>,
+) -> Vec<(String, String)> {
+    s.get_labelset().map(|ls| ls.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+}
+
 fn num(n: &MetricNumber) -> f64 {
     n.as_f64()
 }
@@ -127,10 +134,7 @@ pub fn flatten(text: &str, format: Format) -> Result<Vec<Flat>, ScrapeError> {
             let exp = openmetrics_parser::prometheus::parse_prometheus(text).map_err(|_| err())?;
             for (name, fam) in &exp.families {
                 for s in fam.iter_samples() {
-                    let base: Vec<(String, String)> = s
-                        .get_labelset()
-                        .map(|ls| ls.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                        .unwrap_or_default();
+                    let base = sample_labels(s);
                     match &s.value {
                         PrometheusValue::Unknown(n) | PrometheusValue::Gauge(n) => {
                             out.push(Flat { labels: with(&base, name.clone(), None), v: num(n) })
@@ -148,10 +152,7 @@ pub fn flatten(text: &str, format: Format) -> Result<Vec<Flat>, ScrapeError> {
             let exp = openmetrics_parser::openmetrics::parse_openmetrics(text).map_err(|_| err())?;
             for (name, fam) in &exp.families {
                 for s in fam.iter_samples() {
-                    let base: Vec<(String, String)> = s
-                        .get_labelset()
-                        .map(|ls| ls.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                        .unwrap_or_default();
+                    let base = sample_labels(s);
                     match &s.value {
                         OpenMetricsValue::Unknown(n) | OpenMetricsValue::Gauge(n) | OpenMetricsValue::StateSet(n) => {
                             out.push(Flat { labels: with(&base, name.clone(), None), v: num(n) })
