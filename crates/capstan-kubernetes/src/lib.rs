@@ -1,6 +1,8 @@
 //! Capstan on Kubernetes: the same manifests rendered as Kubernetes objects built with k8s-openapi types.
 
+pub mod cluster;
 pub mod crd;
+pub mod plan;
 pub mod render;
 pub mod serving;
 pub mod training;

@@ -25,7 +25,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Why an object cannot be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -900,7 +900,46 @@ pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    let mut all: Vec<Value> = namespaces.iter().map(|ns| default_deny(ns)).collect();
+    let mut all: Vec<Value> = namespaces
+        .iter()
+        .filter(|ns| ns.as_str() != capstan_model::DEFAULT_NAMESPACE)
+        .map(|ns| namespace(ns))
+        .collect();
+    all.extend(namespaces.iter().map(|ns| default_deny(ns)));
     all.extend(out);
     Ok(all)
+}
+
+/// A namespace the objects live in; never pruned, since deleting it would delete everything in it.
+pub fn namespace(name: &str) -> Value {
+    to_value(&k8s_openapi::api::core::v1::Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "capstan".to_string())])),
+            annotations: Some(BTreeMap::from([(crate::plan::PRUNE_ANNOTATION.to_string(), "disabled".to_string())])),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+/// The credentials Secret of each Database, with a fresh random password. Applying creates them only where
+/// missing, so a password never changes once set; they are never pruned, since the data needs them.
+pub fn credentials(resources: &[Resource]) -> Vec<Value> {
+    resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Database(d) => Some(json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {
+                    "name": capstan_model::database::credentials_secret(&d.metadata.name),
+                    "namespace": d.metadata.namespace(),
+                    "labels": db_labels(d),
+                    "annotations": {crate::plan::PRUNE_ANNOTATION: "disabled"}
+                },
+                "stringData": {"password": uuid::Uuid::new_v4().simple().to_string()}
+            })),
+            _ => None,
+        })
+        .collect()
 }

@@ -85,6 +85,7 @@ fn every_object_round_trips_through_its_k8s_openapi_type() {
             "NetworkPolicy" => check::<NetworkPolicy>(&o),
             "PodDisruptionBudget" => check::<PodDisruptionBudget>(&o),
             "PersistentVolumeClaim" => check::<PersistentVolumeClaim>(&o),
+            "Namespace" => check::<Namespace>(&o),
             other => panic!("unexpected kind {other}"),
         }
     }
@@ -96,6 +97,7 @@ fn what_an_expert_writes() {
     assert_eq!(
         kinds(&objs),
         [
+            "Namespace/team",
             "NetworkPolicy/default-deny-ingress",
             "PersistentVolumeClaim/teamboard-attachments",
             "StatefulSet/teamboard",
@@ -110,13 +112,13 @@ fn what_an_expert_writes() {
             "NetworkPolicy/teamboard-db-allow",
         ]
     );
-    let sts = &objs[2];
+    let sts = &objs[3];
     let pod = &sts["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     assert_eq!(sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"], 1);
     assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"][0], "ReadWriteOnce");
     assert_eq!(sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"], "Retain");
-    assert_eq!(objs[1]["spec"]["accessModes"][0], "ReadWriteMany");
+    assert_eq!(objs[2]["spec"]["accessModes"][0], "ReadWriteMany");
     assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 20);
     assert_eq!(pod["terminationGracePeriodSeconds"], 50, "grace covers the drain and the app's own 30 s");
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
@@ -138,15 +140,15 @@ fn what_an_expert_writes() {
     assert!(env.contains(&"PORT=8080".to_string()) && env.contains(&"PORT_SSH=8081".to_string()), "{env:?}");
     assert!(env.contains(&"INDEX_DIR=/var/lib/capstan/index".to_string()), "{env:?}");
     assert_eq!(sts["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"], "8080");
-    let ingress = &objs[5]["metadata"]["annotations"];
+    let ingress = &objs[6]["metadata"]["annotations"];
     assert_eq!(ingress["nginx.ingress.kubernetes.io/affinity"], "cookie");
     assert_eq!(ingress["nginx.ingress.kubernetes.io/session-cookie-name"], "ROUTE");
     assert_eq!(ingress["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
     assert_eq!(ingress["nginx.ingress.kubernetes.io/proxy-body-size"], "250m");
-    assert_eq!(objs[6]["spec"]["type"], "LoadBalancer");
-    assert_eq!(objs[6]["spec"]["ports"][0]["port"], 22);
-    assert_eq!(objs[7]["spec"]["maxUnavailable"], 1);
-    assert_eq!(objs[0]["spec"]["podSelector"], serde_json::json!({}));
+    assert_eq!(objs[7]["spec"]["type"], "LoadBalancer");
+    assert_eq!(objs[7]["spec"]["ports"][0]["port"], 22);
+    assert_eq!(objs[8]["spec"]["maxUnavailable"], 1);
+    assert_eq!(objs[1]["spec"]["podSelector"], serde_json::json!({}));
     for o in &objs {
         assert_eq!(o["metadata"]["labels"]["app.kubernetes.io/managed-by"], "capstan", "{}", o["metadata"]["name"]);
     }
@@ -157,13 +159,13 @@ fn what_an_expert_writes() {
         ),
         "{env:?}"
     );
-    let pg = &objs[9];
+    let pg = &objs[10];
     let pc = &pg["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(pc["image"], "postgres:16");
     assert_eq!(pc["env"][2]["valueFrom"]["secretKeyRef"]["name"], "teamboard-db-credentials");
     assert_eq!(pc["args"], serde_json::json!(["-c", "max_connections=200"]));
     assert_eq!(pg["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"], "Retain");
-    let allow = &objs[11]["spec"]["ingress"][0];
+    let allow = &objs[12]["spec"]["ingress"][0];
     assert_eq!(allow["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "teamboard");
     assert_eq!(allow["ports"][0]["port"], 5432);
 }
