@@ -93,7 +93,14 @@ pub async fn run(cli: Cli) -> Result<u8> {
             crate::gitops::sync_now(&client()?, &name, namespace.as_deref().unwrap_or("default"), &timeout, !no_wait)
                 .await
         }
-        Command::Apply { files, wait, timeout } => apply(&client()?, &files, wait, &timeout).await,
+        Command::Apply { files, wait, timeout, target, kube } => match target.as_str() {
+            "embedded" => apply(&client()?, &files, wait, &timeout).await,
+            "kubernetes" => crate::kube::apply(&files, &kube, wait, &timeout).await,
+            other => Err(Failure::invalid(format!(
+                "error: unknown target `{other}`\n  hint: use --target embedded (the default) or --target kubernetes"
+            ))
+            .into()),
+        },
         Command::Get { kind, name, namespace, all_namespaces, output, watch } => {
             get(&client()?, &kind, name.as_deref(), namespace.as_deref(), all_namespaces, &output, watch).await
         }

@@ -343,14 +343,8 @@ pub fn build_cmd(paths: &[String], vars: &[String], target_namespace: Option<Str
     Ok(EXIT_OK)
 }
 
-/// `capstan render --target kubernetes PATH…`: the Kubernetes objects for the objects in PATH.
-pub fn render_cmd(paths: &[String], target: &str, output: &str) -> Result<u8> {
-    if target != "kubernetes" {
-        return Err(
-            Failure::invalid(format!("error: unknown target `{target}`\n  hint: use --target kubernetes")).into()
-        );
-    }
-    let ms = build_paths(paths, &BuildOptions::default())?;
+/// The Kubernetes objects for manifests; what cannot be rendered is named by file, line and field.
+pub fn render_manifests(ms: &[capstan_model::Manifest]) -> Result<Vec<Value>> {
     let resources: Vec<capstan_model::Resource> = ms.iter().map(|m| m.resource.clone()).collect();
     let objects = capstan_kubernetes::render::render(&resources).map_err(|errors| {
         let lines: Vec<String> = errors
@@ -365,6 +359,18 @@ pub fn render_cmd(paths: &[String], target: &str, output: &str) -> Result<u8> {
             .collect();
         Failure::invalid(lines.join("\n"))
     })?;
+    Ok(objects)
+}
+
+/// `capstan render --target kubernetes PATH…`: the Kubernetes objects for the objects in PATH.
+pub fn render_cmd(paths: &[String], target: &str, output: &str) -> Result<u8> {
+    if target != "kubernetes" {
+        return Err(
+            Failure::invalid(format!("error: unknown target `{target}`\n  hint: use --target kubernetes")).into()
+        );
+    }
+    let ms = build_paths(paths, &BuildOptions::default())?;
+    let objects = render_manifests(&ms)?;
     match output {
         "json" => println!("{}", serde_json::to_string_pretty(&objects).unwrap_or_default()),
         "yaml" => objects.iter().for_each(|o| print!("{}", capstan_model::yaml::to_yaml_string(o))),

@@ -3,6 +3,7 @@
 mod alerts;
 mod commands;
 mod gitops;
+mod kube;
 pub mod manifests;
 pub mod output;
 
@@ -158,12 +159,17 @@ pub enum Command {
         /// A file, a directory, or - for stdin. Repeatable.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
-        /// Wait until every applied App is Ready.
+        /// Wait until every applied object is Ready (on Kubernetes: rolled out, bound, complete…).
         #[arg(long)]
         wait: bool,
         /// How long --wait waits.
         #[arg(long, default_value = "5m")]
         timeout: String,
+        /// `embedded` (this machine's control plane) or `kubernetes` (the kubeconfig's cluster, by server-side apply).
+        #[arg(long, default_value = "embedded")]
+        target: String,
+        #[command(flatten)]
+        kube: crate::kube::KubeArgs,
     },
     /// List objects of a kind, or show one.
     Get {
