@@ -1,5 +1,5 @@
-//! `capstan apply --target kubernetes`: render, create missing credentials, server-side apply, prune, and wait,
-//! printing one line per object as kubectl does.
+//! Capstan on a cluster from the command line: `capstan apply --target kubernetes` (render, create missing
+//! credentials, server-side apply, prune, wait, one line per object as kubectl prints) and `capstan operator`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -84,9 +84,11 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
         let bar = indicatif::ProgressBar::new(refs.len() as u64);
         if tty {
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} waiting for objects to be ready [{bar:30}] {pos}/{len}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} waiting for objects to be ready [{bar:30}] {pos}/{len}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
         } else {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -109,4 +111,95 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
         println!("all {} objects ready", refs.len());
     }
     Ok(EXIT_OK)
+}
+
+/// How `capstan operator` runs.
+pub struct OperatorSettings {
+    pub namespace: String,
+    pub identity: Option<String>,
+    pub probe_address: std::net::SocketAddr,
+    pub lease_duration: String,
+    pub resync: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+/// `capstan operator`: probes and metrics on `probe_address`, then the operator until it loses its Lease (exit 1,
+/// so the kubelet restarts it as a standby).
+pub async fn operator(s: OperatorSettings) -> Result<u8> {
+    use std::sync::atomic::Ordering;
+    let duration = |flag: &str, v: &str| {
+        parse_duration(v).map_err(|e| anyhow::Error::from(Failure::invalid(format!("error: --{flag}: {e}"))))
+    };
+    let mut cfg = capstan_kubernetes::operator::OperatorConfig {
+        lease_namespace: s.namespace,
+        lease_duration: duration("lease-duration", &s.lease_duration)?,
+        resync: duration("resync", &s.resync)?,
+        ..Default::default()
+    };
+    if let Some(id) = s.identity {
+        cfg.identity = id;
+    }
+    let cluster = Cluster::connect(s.kubeconfig.as_deref(), s.context.as_deref())
+        .await
+        .map_err(|e| Failure::fail(format!("error: {e}")))?;
+    let status = std::sync::Arc::new(capstan_kubernetes::operator::OperatorStatus::default());
+    let listener = tokio::net::TcpListener::bind(s.probe_address).await.map_err(|e| {
+        Failure::fail(format!("error: cannot listen on {}: {e}\n  hint: pass --probe-address", s.probe_address))
+    })?;
+    let probe_status = status.clone();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get({
+                let st = probe_status.clone();
+                move || async move {
+                    // A standby is ready (it waits for the Lease); a leader once its caches are filled.
+                    if !st.leader.load(Ordering::SeqCst) || st.synced.load(Ordering::SeqCst) {
+                        (axum::http::StatusCode::OK, "ok")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "syncing")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                let st = &probe_status;
+                format!(
+                    "# TYPE capstan_operator_leader gauge\ncapstan_operator_leader {}\n\
+                     # TYPE capstan_operator_reconciles_total counter\ncapstan_operator_reconciles_total {}\n\
+                     # TYPE capstan_operator_reconcile_errors_total counter\ncapstan_operator_reconcile_errors_total {}\n",
+                    u8::from(st.leader.load(Ordering::SeqCst)),
+                    st.reconciles.load(Ordering::Relaxed),
+                    st.reconcile_errors.load(Ordering::Relaxed),
+                )
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    eprintln!(
+        "capstan operator {} on {} (lease {}/{})",
+        cfg.identity,
+        cluster.url(),
+        cfg.lease_namespace,
+        cfg.lease_name
+    );
+    tokio::select! {
+        r = capstan_kubernetes::operator::run(cluster, cfg, status) => {
+            let e = r.err().map(|e| e.to_string()).unwrap_or_else(|| "stopped".into());
+            eprintln!("error: {e}");
+            Ok(EXIT_FAIL)
+        }
+        _ = tokio::signal::ctrl_c() => Ok(EXIT_OK),
+        _ = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => { term.recv().await; }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        } => Ok(EXIT_OK),
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod crd;
+pub mod operator;
 pub mod plan;
 pub mod render;
 pub mod serving;

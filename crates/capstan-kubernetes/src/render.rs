@@ -842,59 +842,49 @@ pub fn default_deny(namespace: &str) -> Value {
     })
 }
 
-/// Renders a batch: every App, Database, TrainingJob and ModelServer, and one default-deny policy per namespace used. Other
-/// kinds are not rendered yet and are named in the error.
+/// Renders one object, in the company of the others it may refer to (a Database lets in the Apps that use it).
+pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, RenderError> {
+    match r {
+        Resource::App(a) => render_app(a),
+        Resource::Database(d) => {
+            let clients: Vec<String> = all
+                .iter()
+                .filter_map(|r| match r {
+                    Resource::App(a)
+                        if a.metadata.namespace() == d.metadata.namespace()
+                            && a.spec.database_ref.as_ref().is_some_and(|x| x.name == d.metadata.name) =>
+                    {
+                        Some(a.metadata.name.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            Ok(render_database(d, &clients))
+        }
+        Resource::TrainingJob(j) => crate::training::render_training_job(j),
+        Resource::ModelServer(m) => crate::serving::render_model_server(m),
+        other => Err(RenderError {
+            object: format!("{}/{}", other.kind(), other.meta().name),
+            field: "kind".into(),
+            message: format!(
+                "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs and ModelServers are)",
+                other.kind()
+            ),
+        }),
+    }
+}
+
+/// Renders a batch: every App, Database, TrainingJob and ModelServer, with each namespace used (but `default`) and
+/// its default-deny policy first. Other kinds are named in the error.
 pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut namespaces = std::collections::BTreeSet::new();
     for r in resources {
-        match r {
-            Resource::App(a) => {
-                namespaces.insert(a.metadata.namespace().to_string());
-                match render_app(a) {
-                    Ok(v) => out.extend(v),
-                    Err(e) => errors.push(e),
-                }
-            }
-            Resource::Database(d) => {
-                namespaces.insert(d.metadata.namespace().to_string());
-                let clients: Vec<String> = resources
-                    .iter()
-                    .filter_map(|r| match r {
-                        Resource::App(a)
-                            if a.metadata.namespace() == d.metadata.namespace()
-                                && a.spec.database_ref.as_ref().is_some_and(|x| x.name == d.metadata.name) =>
-                        {
-                            Some(a.metadata.name.clone())
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                out.extend(render_database(d, &clients));
-            }
-            Resource::TrainingJob(j) => {
-                namespaces.insert(j.metadata.namespace().to_string());
-                match crate::training::render_training_job(j) {
-                    Ok(v) => out.extend(v),
-                    Err(e) => errors.push(e),
-                }
-            }
-            Resource::ModelServer(m) => {
-                namespaces.insert(m.metadata.namespace().to_string());
-                match crate::serving::render_model_server(m) {
-                    Ok(v) => out.extend(v),
-                    Err(e) => errors.push(e),
-                }
-            }
-            other => errors.push(RenderError {
-                object: format!("{}/{}", other.kind(), other.meta().name),
-                field: "kind".into(),
-                message: format!(
-                    "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs and ModelServers are)",
-                    other.kind()
-                ),
-            }),
+        namespaces.insert(r.meta().namespace().to_string());
+        match render_resource(r, resources) {
+            Ok(v) => out.extend(v),
+            Err(e) => errors.push(e),
         }
     }
     if !errors.is_empty() {

@@ -182,6 +182,41 @@ impl FakeApiServer {
             .unwrap_or_default()
     }
 
+    /// Applies an object in-process as field manager `manager` (a user's `kubectl apply --server-side --force-conflicts`),
+    /// without going through HTTP or the audit log. Returns the HTTP status it would have answered.
+    pub fn apply_object(&self, manager: &str, group: &str, version: &str, resource: &str, object: &Value) -> u16 {
+        let ns = object["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let t = Target {
+            group: group.into(),
+            version: version.into(),
+            namespace: (!ns.is_empty()).then(|| ns.clone()),
+            resource: resource.into(),
+            name: object["metadata"]["name"].as_str().map(str::to_string),
+            sub: None,
+        };
+        let q = BTreeMap::from([
+            ("fieldManager".to_string(), manager.to_string()),
+            ("force".to_string(), "true".to_string()),
+        ]);
+        let body = Bytes::from(object.to_string());
+        let code = {
+            let mut inner = lock(&self.shared);
+            let audited = inner.audit.len();
+            let code = write(&mut inner, &t, "patch", &q, "application/apply-patch+yaml", &body, &ns).status().as_u16();
+            inner.audit.truncate(audited);
+            code
+        };
+        self.notify();
+        code
+    }
+
+    /// Deletes an object in-process (and what it owns), without going through HTTP or the audit log.
+    pub fn delete_object(&self, group: &str, resource: &str, namespace: &str, name: &str) -> bool {
+        let found = lock(&self.shared).delete(&Key::new(group, resource, namespace, name), false).is_some();
+        self.notify();
+        found
+    }
+
     /// Plays a controller: sets an object's status (and, as a controller does, `observedGeneration` is the
     /// caller's to set). Returns false when there is no such object.
     pub fn set_status(&self, group: &str, resource: &str, namespace: &str, name: &str, status: Value) -> bool {
@@ -310,9 +345,9 @@ struct Target {
 
 fn parse_target(path: &str) -> Option<Target> {
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, version, rest) = match seg.first()? {
-        &"api" => (String::new(), seg.get(1)?.to_string(), &seg[2..]),
-        &"apis" => (seg.get(1)?.to_string(), seg.get(2)?.to_string(), seg.get(3..)?),
+    let (group, version, rest) = match *seg.first()? {
+        "api" => (String::new(), seg.get(1)?.to_string(), &seg[2..]),
+        "apis" => (seg.get(1)?.to_string(), seg.get(2)?.to_string(), seg.get(3..)?),
         _ => return None,
     };
     let (namespace, rest) =
@@ -658,7 +693,10 @@ fn serve(
                 None => not_found(t),
             }
         }
-        _ => write(inner, t, verb, q, headers, body, &ns),
+        _ => {
+            let content_type = headers.get("content-type").and_then(|h| h.to_str().ok()).unwrap_or("");
+            write(inner, t, verb, q, content_type, body, &ns)
+        }
     }
 }
 
@@ -672,7 +710,7 @@ fn write(
     t: &Target,
     verb: &str,
     q: &BTreeMap<String, String>,
-    headers: &HeaderMap,
+    content_type: &str,
     body: &Bytes,
     ns: &str,
 ) -> Response {
@@ -723,7 +761,6 @@ fn write(
     if t.sub.as_deref().is_some_and(|s| s != "status") {
         return status(StatusCode::NOT_FOUND, "NotFound", "the fake serves only the status subresource");
     }
-    let content_type = headers.get("content-type").and_then(|h| h.to_str().ok()).unwrap_or("");
     let mut stored = match (verb, existing.clone()) {
         ("create", Some(_)) => {
             return status(StatusCode::CONFLICT, "AlreadyExists", format!("{} \"{name}\" already exists", t.resource))
@@ -846,6 +883,17 @@ fn write(
             }
         }
         return axum::Json(v).into_response();
+    }
+    if created && verb == "patch" {
+        // An apply that creates is authorized as a create too.
+        inner.audit.push(Request {
+            verb: "create".into(),
+            group: t.group.clone(),
+            resource: t.resource.clone(),
+            namespace: ns.to_string(),
+            name: name.clone(),
+            code: 201,
+        });
     }
     let object = inner.commit(&key, stored, if created { "ADDED" } else { "MODIFIED" });
     (if created { StatusCode::CREATED } else { StatusCode::OK }, axum::Json(object)).into_response()
