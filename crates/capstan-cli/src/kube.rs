@@ -54,7 +54,10 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
     // Namespaces first: the credentials live in them.
     let namespaces: Vec<serde_json::Value> = objects.iter().filter(|o| o["kind"] == "Namespace").cloned().collect();
     let mut report = cluster.apply(namespaces, &ApplyOptions { inventory: None, ..opts.clone() }).await;
+    // What happened to the namespaces is told once, by the first apply.
+    let mut first: std::collections::HashMap<ObjectRef, Outcome> = std::collections::HashMap::new();
     if let Ok(r) = &report {
+        first.extend(r.applied.iter().cloned());
         if r.ok() {
             for (r, outcome) in cluster.create_missing(&capstan_kubernetes::render::credentials(&resources)).await {
                 if outcome == Outcome::Created {
@@ -68,7 +71,7 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
     }
     let report = report.map_err(|e| Failure::fail(format!("error: {e}")))?;
     for (r, outcome) in report.applied.iter().chain(&report.pruned) {
-        match outcome {
+        match first.get(r).unwrap_or(outcome) {
             Outcome::Failed(f) => eprintln!("error: {r}: {f}"),
             other => println!("{r} {other}"),
         }

@@ -196,6 +196,8 @@ impl Cluster {
 
     /// A connection from a ready kube config.
     pub fn from_config(mut config: Config) -> Result<Cluster, ClusterError> {
+        // The build links two TLS backends (ring here, aws-lc-rs through other crates): name one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         config.connect_timeout = Some(Duration::from_secs(5));
         let url = config.cluster_url.to_string();
         let namespace = config.default_namespace.clone();
