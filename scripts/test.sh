@@ -24,6 +24,10 @@ command -v chromium >/dev/null || apt_install chromium
 # Training is tested with real TensorFlow (CPU) in a venv kept under ~/.cache (created once).
 CAPSTAN_TF_PYTHON="$(scripts/setup-tf.sh)"
 export CAPSTAN_TF_PYTHON
+# Rendered Kubernetes objects are validated against the Kubernetes OpenAPI schemas by kubernetes-validate (a venv
+# kept under ~/.cache, created once).
+CAPSTAN_K8S_VALIDATE="$(scripts/setup-k8s-validate.sh)"
+export CAPSTAN_K8S_VALIDATE
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
