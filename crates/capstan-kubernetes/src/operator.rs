@@ -53,6 +53,7 @@ pub const PERMISSIONS: &[Rule] = &[
     rule("gateway.networking.k8s.io", &["httproutes"], &["create", "delete", "get", "patch"]),
     rule("policy", &["poddisruptionbudgets"], &["create", "get", "patch"]),
     rule("autoscaling", &["horizontalpodautoscalers"], &["create", "delete", "get", "patch"]),
+    rule("postgresql.cnpg.io", &["clusters"], &["create", "get", "patch"]),
     rule("coordination.k8s.io", &["leases"], &["create", "get", "update"]),
 ];
 

@@ -667,6 +667,9 @@ fn db_selector(db: &Database) -> BTreeMap<String, String> {
 /// The password lives in the Secret `<name>-credentials` (key `password`), which is created once, outside of the
 /// rendering, so rendering stays reproducible.
 pub fn render_database(db: &Database, clients: &[String]) -> Vec<Value> {
+    if db.spec.provider == capstan_model::database::DatabaseProvider::Cnpg {
+        return crate::cnpg::render_cnpg(db, db_labels(db), clients);
+    }
     let name = db.metadata.name.as_str();
     let ns = db.metadata.namespace();
     let meta = |n: &str| ObjectMeta {
@@ -928,7 +931,15 @@ pub fn credentials(resources: &[Resource]) -> Vec<Value> {
                     "annotations": {crate::plan::PRUNE_ANNOTATION: "disabled"}
                 },
                 "stringData": {"password": uuid::Uuid::new_v4().simple().to_string()}
-            })),
+            }))
+            .map(|mut secret| {
+                // CloudNativePG's initdb reads a basic-auth Secret: the owner's name beside the password.
+                if d.spec.provider == capstan_model::database::DatabaseProvider::Cnpg {
+                    secret["type"] = json!("kubernetes.io/basic-auth");
+                    secret["stringData"]["username"] = json!(d.spec.user_name());
+                }
+                secret
+            }),
             _ => None,
         })
         .collect()

@@ -81,6 +81,7 @@ async fn the_operator_reconciles_owns_prunes_fails_over_and_needs_only_its_rbac(
     let http_and_tcp = json!([{"port": 443}, {"name": "ssh", "port": 22, "protocol": "tcp", "targetPort": "ssh"}]);
     kubectl("capstan.dev", "apps", &web(http_and_tcp));
     kubectl("capstan.dev", "databases", &cr("Database", "db", json!({})));
+    kubectl("capstan.dev", "databases", &cr("Database", "ha-db", json!({"provider": "cnpg", "instances": 3})));
     kubectl(
         "capstan.dev",
         "modelservers",
@@ -113,6 +114,7 @@ async fn the_operator_reconciles_owns_prunes_fails_over_and_needs_only_its_rbac(
     .await;
     until("the job's pods", || fake.get("", "pods", "team", "train-worker-1").is_some()).await;
     until("the credentials", || fake.get("", "secrets", "team", "db-credentials").is_some()).await;
+    until("the CloudNativePG cluster", || fake.get("postgresql.cnpg.io", "clusters", "team", "ha-db").is_some()).await;
     assert!(a.leader.load(Ordering::SeqCst) != b.leader.load(Ordering::SeqCst), "exactly one leader");
     let app_uid = fake.get("capstan.dev", "apps", "team", "web").expect("app")["metadata"]["uid"].clone();
     let sts = fake.get("apps", "statefulsets", "team", "web").expect("sts");

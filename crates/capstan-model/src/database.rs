@@ -40,6 +40,29 @@ pub struct DatabaseSpec {
     /// Scheduled dumps (`pg_dump -Fc`) into the `backups` volume of the server's App.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// Who runs the server on Kubernetes: `builtin` (a StatefulSet of the official image) or `cnpg` (a
+    /// CloudNativePG `Cluster`, whose operator fails over and replicates). The embedded runtime always runs the
+    /// machine's PostgreSQL.
+    #[serde(default, skip_serializing_if = "DatabaseProvider::is_builtin")]
+    pub provider: DatabaseProvider,
+    /// PostgreSQL instances with `provider: cnpg` (one primary, the rest streaming replicas); 3 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+}
+
+/// Who runs a Database's server on Kubernetes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseProvider {
+    #[default]
+    Builtin,
+    Cnpg,
+}
+
+impl DatabaseProvider {
+    pub fn is_builtin(&self) -> bool {
+        *self == DatabaseProvider::Builtin
+    }
 }
 
 /// When to dump and how many dumps to keep.
@@ -161,6 +184,15 @@ pub fn validate_database(name: &str, spec: &DatabaseSpec, errors: &mut Vec<Field
     if !is_sql_name(&user) {
         errors
             .push(FieldError::new("spec.user", format!("`{user}` is not a plain SQL name")).hint("for example `app`"));
+    }
+    match (spec.provider, spec.instances) {
+        (DatabaseProvider::Builtin, Some(_)) => errors.push(
+            FieldError::new("spec.instances", "is for `provider: cnpg`")
+                .hint("the builtin server is one instance; use `provider: cnpg` for replicas and failover"),
+        ),
+        (DatabaseProvider::Cnpg, Some(0)) => errors
+            .push(FieldError::new("spec.instances", "must be at least 1").hint("3 gives a primary and two replicas")),
+        _ => {}
     }
     if spec.port == Some(0) {
         errors.push(FieldError::new("spec.port", "must not be 0").hint("leave it out to have one allocated"));
