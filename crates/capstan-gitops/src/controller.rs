@@ -26,6 +26,8 @@ use crate::artifact::{collect_garbage, write_dir, KEEP_ARTIFACTS};
 use crate::build::{build, BuildOptions};
 use crate::git::{fetch, redact, write_commit, Credentials, FetchRequest, GitError};
 
+mod kube;
+
 /// Condition type of a Source whose last fetch failed (the artifact of the fetch before stays).
 pub const FETCH_FAILED: &str = "FetchFailed";
 /// How often a Sync waiting for health or dependencies looks again (store changes wake it sooner).
@@ -291,7 +293,14 @@ fn on_watch(
                 collect_garbage(&root, 0, &inner.protected_artifacts());
             } else if let Some(sync) = typed::<Sync>(ev.object) {
                 let inner = inner.clone();
-                tokio::spawn(async move { finalize_sync(&inner, &key, &sync) });
+                tokio::spawn(async move {
+                    match sync.spec.target {
+                        capstan_model::gitops::SyncTarget::Embedded => finalize_sync(&inner, &key, &sync),
+                        capstan_model::gitops::SyncTarget::Kubernetes => {
+                            kube::finalize_kubernetes(&inner, &key, &sync).await
+                        }
+                    }
+                });
             }
         }
         ("Source" | "Sync", _) => {
@@ -659,7 +668,12 @@ async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Option<Duration>
     }
 
     let attempt = Attempt { started, timeout, retry, interval };
-    let outcome = sync_once(inner, key, &sync, &mut status, &attempt);
+    let outcome = match sync.spec.target {
+        capstan_model::gitops::SyncTarget::Embedded => sync_once(inner, key, &sync, &mut status, &attempt),
+        capstan_model::gitops::SyncTarget::Kubernetes => {
+            kube::sync_kubernetes(inner, key, &sync, &mut status, &attempt).await
+        }
+    };
     // History counts attempts to apply a revision, not waits for a dependency or an artifact.
     let mut record = ![reason::DEPENDENCY_NOT_READY, reason::ARTIFACT_FAILED].contains(&outcome.reason);
     match outcome.ready {
@@ -689,8 +703,8 @@ async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Option<Duration>
     Some(outcome.after)
 }
 
-fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut SyncStatus, at: &Attempt) -> Outcome {
-    let retry = at.retry;
+/// The artifact a Sync applies, once its dependencies are Ready and its Source has one; else why not.
+fn ready_artifact(inner: &Arc<Inner>, sync: &Sync, retry: Duration) -> Result<Artifact, Outcome> {
     let fail = |reason: &'static str, message: String| Outcome {
         reason,
         message,
@@ -698,7 +712,6 @@ fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut Sync
         ready: ConditionStatus::False,
         started: None,
     };
-
     // Dependencies first.
     for d in &sync.spec.depends_on {
         let dk = ObjectKey::new("Sync", d.namespace.as_deref().unwrap_or(sync.metadata.namespace()), &d.name);
@@ -711,14 +724,14 @@ fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut Sync
             let mut o =
                 fail(reason::DEPENDENCY_NOT_READY, format!("dependency '{}/{}' is not ready", dk.namespace, dk.name));
             o.after = retry.min(POLL * 5);
-            return o;
+            return Err(o);
         }
     }
 
     // The Source's artifact.
     let sk = source_key_of(sync);
     let Some(src) = inner.store.get(&sk).ok().flatten().and_then(typed::<Source>) else {
-        return fail(reason::ARTIFACT_FAILED, format!("Source '{}/{}' not found", sk.namespace, sk.name));
+        return Err(fail(reason::ARTIFACT_FAILED, format!("Source '{}/{}' not found", sk.namespace, sk.name)));
     };
     let Some(artifact) = src.status.as_ref().and_then(|s| s.artifact.clone()) else {
         let why = src
@@ -728,7 +741,24 @@ fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut Sync
             .unwrap_or_else(|| "no artifact yet".into());
         let mut o = fail(reason::ARTIFACT_FAILED, format!("Source '{}/{}' is not ready: {why}", sk.namespace, sk.name));
         o.after = retry.min(POLL * 5);
-        return o;
+        return Err(o);
+    };
+    Ok(artifact)
+}
+
+fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut SyncStatus, at: &Attempt) -> Outcome {
+    let retry = at.retry;
+    let fail = |reason: &'static str, message: String| Outcome {
+        reason,
+        message,
+        after: retry,
+        ready: ConditionStatus::False,
+        started: None,
+    };
+
+    let artifact = match ready_artifact(inner, sync, retry) {
+        Ok(a) => a,
+        Err(o) => return o,
     };
     let revision = artifact.revision.clone();
     status.last_attempted_revision = Some(revision.clone());

@@ -194,6 +194,15 @@ impl Cluster {
         Self::from_config(config)
     }
 
+    /// Connects with a kubeconfig given as text (a Sync's Secret) and an optional context.
+    pub async fn from_kubeconfig_text(text: &str, context: Option<&str>) -> Result<Cluster, ClusterError> {
+        let bad = |message: String| ClusterError::Kubeconfig { path: "(from a Secret)".into(), message };
+        let kc = Kubeconfig::from_yaml(text).map_err(|e| bad(e.to_string()))?;
+        let opts = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
+        let config = Config::from_custom_kubeconfig(kc, &opts).await.map_err(|e| bad(e.to_string()))?;
+        Self::from_config(config)
+    }
+
     /// A connection from a ready kube config.
     pub fn from_config(mut config: Config) -> Result<Cluster, ClusterError> {
         // The build links two TLS backends (ring here, aws-lc-rs through other crates): name one.
@@ -408,6 +417,20 @@ impl Cluster {
         Ok(report)
     }
 
+    /// The health of each object, read once: missing objects and unanswered reads are not ready.
+    pub async fn health_of(&self, refs: &[ObjectRef]) -> Vec<(ObjectRef, Health)> {
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            let h = match self.get(r).await {
+                Ok(Some(live)) => health(&live),
+                Ok(None) => Health::Progressing("not found".into()),
+                Err(f) => Health::Progressing(f.to_string()),
+            };
+            out.push((r.clone(), h));
+        }
+        out
+    }
+
     /// Waits until every object is healthy or the timeout passes; the error lists what is not ready and why. A
     /// failed object ends the wait at once.
     pub async fn wait(
@@ -421,12 +444,7 @@ impl Cluster {
         loop {
             let mut still = Vec::new();
             let mut reasons = Vec::new();
-            for r in &pending {
-                let h = match self.get(r).await {
-                    Ok(Some(live)) => health(&live),
-                    Ok(None) => Health::Progressing("not found".into()),
-                    Err(f) => Health::Progressing(f.to_string()),
-                };
+            for (r, h) in self.health_of(&pending).await {
                 match h {
                     Health::Ready => {}
                     Health::Failed(why) => {

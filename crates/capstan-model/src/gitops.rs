@@ -165,6 +165,52 @@ pub struct SyncSpec {
     /// The webhook receiver at `POST /hooks/<namespace>/<name>`: its Secret holds the shared `token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Webhook>,
+    /// Where the objects go: `embedded` (this control plane, the default) or `kubernetes` (a cluster: the objects
+    /// are rendered as Kubernetes objects and applied with server-side apply).
+    #[serde(default, skip_serializing_if = "SyncTarget::is_embedded")]
+    pub target: SyncTarget,
+    /// With `target: kubernetes`, the cluster: a kubeconfig in a Secret. Without it, Capstan's own kubeconfig
+    /// (`KUBECONFIG`, `~/.kube/config`, or the in-cluster account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_config: Option<KubeConfigRef>,
+}
+
+/// Where a Sync applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncTarget {
+    #[default]
+    Embedded,
+    Kubernetes,
+}
+
+impl SyncTarget {
+    pub fn is_embedded(&self) -> bool {
+        *self == SyncTarget::Embedded
+    }
+}
+
+/// A kubeconfig held in a Secret, as Flux's `kubeConfig.secretRef`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeConfigRef {
+    pub secret_ref: KubeConfigSecretRef,
+    /// The context to use; the kubeconfig's current context by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// The Secret, in the Sync's namespace, and its key holding the kubeconfig (`value` by default, as Flux).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeConfigSecretRef {
+    pub name: String,
+    #[serde(default = "value_key")]
+    pub key: String,
+}
+
+fn value_key() -> String {
+    "value".into()
 }
 
 fn five_minutes() -> String {
@@ -425,6 +471,12 @@ pub fn validate_source(spec: &SourceSpec, errors: &mut Vec<FieldError>) {
 
 /// Validates a Sync spec.
 pub fn validate_sync(name: &str, namespace: &str, spec: &SyncSpec, errors: &mut Vec<FieldError>) {
+    if spec.kube_config.is_some() && spec.target != SyncTarget::Kubernetes {
+        errors.push(
+            FieldError::new("spec.kubeConfig", "is only read with `target: kubernetes`")
+                .hint("add `target: kubernetes`, or remove kubeConfig"),
+        );
+    }
     if let Some(k) = &spec.source_ref.kind {
         if k != "Source" && k != "GitRepository" {
             errors.push(

@@ -422,3 +422,75 @@ async fn ssh_sources_use_their_key_and_trust_only_their_known_hosts() {
     assert!(!text.contains("PRIVATE KEY"), "the key never reaches status");
     tp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_with_target_kubernetes_applies_to_the_cluster_waits_for_health_and_prunes() {
+    let fake =
+        capstan_fake_apiserver::FakeApiServer::start_on("127.0.0.1:0", Some("cluster-token")).await.expect("fake");
+    let app = "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: jira}\nspec:\n  run: {image: atlassian/jira-software:9.12}\n  ports: [{name: http}]\n  databaseRef: {name: jira-db}\n";
+    let db = "apiVersion: capstan.dev/v1alpha1\nkind: Database\nmetadata: {name: jira-db}\nspec: {}\n";
+    let repo = GitRepo::new();
+    let c1 = repo.commit(&[("k8s/jira.yaml", Some(app)), ("k8s/db.yaml", Some(db))], "jira on a cluster");
+    let tp = TestPlane::start().await;
+    let kubeconfig: String = fake.kubeconfig("cluster-token").lines().map(|l| format!("      {l}\n")).collect();
+    tp.apply(&format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata: {{name: prod-cluster}}\nspec:\n  stringData:\n    value: |\n{kubeconfig}---\n{}---\n{}",
+        source_yaml("repo", &repo.file_url(), ""),
+        sync_yaml("prod", "repo", "./k8s", "  target: kubernetes\n  kubeConfig: {secretRef: {name: prod-cluster}}\n")
+    ));
+
+    // Applied to the cluster (nothing runs here), then held until the cluster says the workloads are ready.
+    let progressing = eventually("the Sync waits for the cluster", T, || async {
+        let o = sync_obj(&tp, "prod").await;
+        let msg = o["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or("")
+            .to_string();
+        msg.contains("waiting for").then_some(msg)
+    })
+    .await;
+    assert!(
+        progressing.contains("StatefulSet default/jira: the controller has not seen generation 1 yet"),
+        "{progressing}"
+    );
+    assert!(!app_exists(&tp, "jira").await, "the App is not run by the embedded runtime");
+    let sts = fake.get("apps", "statefulsets", "default", "jira").expect("StatefulSet in the cluster");
+    assert_eq!(
+        fake.managers("apps", "statefulsets", "default", "jira").keys().next().map(String::as_str),
+        Some("capstan")
+    );
+    assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], "atlassian/jira-software:9.12");
+    assert!(fake.get("", "secrets", "default", "jira-db-credentials").is_some());
+    assert!(fake.get("", "configmaps", "default", "capstan-inventory-default-prod").is_some());
+    let ready = serde_json::json!({"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "a"});
+    for name in ["jira", "jira-db-postgres"] {
+        assert!(fake.set_status("apps", "statefulsets", "default", name, ready.clone()));
+    }
+    let s = wait_applied(&tp, "prod", &c1).await;
+    let kinds: Vec<&str> =
+        s["status"]["inventory"].as_array().into_iter().flatten().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.contains(&"StatefulSet") && kinds.contains(&"Service"), "{kinds:?}");
+
+    // The App leaves Git: pruned from the cluster; the database stays.
+    let c2 = repo.commit(&[("k8s/jira.yaml", None)], "drop jira");
+    sync_now(&tp, "prod").await;
+    wait_applied(&tp, "prod", &c2).await;
+    assert!(fake.get("apps", "statefulsets", "default", "jira").is_none());
+    assert!(fake.get("apps", "statefulsets", "default", "jira-db-postgres").is_some());
+
+    // A kubeconfig Secret that is gone: a clear status, and nothing changes in the cluster.
+    tp.client.delete("/api/v1/namespaces/default/secrets/prod-cluster").await.expect("delete secret");
+    sync_now(&tp, "prod").await;
+    let msg = eventually("a missing kubeconfig is reported", T, || async {
+        let o = sync_obj(&tp, "prod").await;
+        let (status, _) = ready_reason(&o);
+        let msg = o["status"]["conditions"][0]["message"].as_str().unwrap_or("").to_string();
+        (status == "False" && msg.contains("prod-cluster")).then_some(msg)
+    })
+    .await;
+    assert!(msg.contains("Secret default/prod-cluster named in spec.kubeConfig does not exist"), "{msg}");
+    assert!(fake.get("apps", "statefulsets", "default", "jira-db-postgres").is_some());
+    tp.stop().await;
+}
