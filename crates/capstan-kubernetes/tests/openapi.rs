@@ -107,12 +107,15 @@ fn validate(dir: &std::path::Path, name: &str, objects: &[Value]) -> (bool, Stri
 
 #[test]
 fn rendered_and_shipped_objects_validate_against_the_kubernetes_schemas() {
-    let resources: Vec<_> = parse_manifests("corpus.yaml", CORPUS)
-        .unwrap_or_else(|d| panic!("{d}"))
-        .into_iter()
-        .map(|m| m.resource)
-        .collect();
-    let mut objects = render(&resources).unwrap_or_else(|e| panic!("{e:?}"));
+    let example = include_str!("../../../examples/kubernetes/atlassian.yaml");
+    let mut objects = Vec::new();
+    let mut resources = Vec::new();
+    for (file, text) in [("corpus.yaml", CORPUS), ("examples/kubernetes/atlassian.yaml", example)] {
+        let rs: Vec<_> =
+            parse_manifests(file, text).unwrap_or_else(|d| panic!("{d}")).into_iter().map(|m| m.resource).collect();
+        objects.extend(render(&rs).unwrap_or_else(|e| panic!("{file}: {e:?}")));
+        resources.extend(rs);
+    }
     objects.extend(capstan_kubernetes::render::credentials(&resources));
     objects.extend(capstan_kubernetes::crd::all());
     objects.extend(capstan_kubernetes::operator::rbac("capstan-system"));
@@ -124,7 +127,7 @@ fn rendered_and_shipped_objects_validate_against_the_kubernetes_schemas() {
     // OpenAPI: they are checked by their own tests.
     let custom = |o: &Value| o["kind"] == "HTTPRoute" || o["apiVersion"] == "postgresql.cnpg.io/v1";
     let (core, custom): (Vec<Value>, Vec<Value>) = objects.into_iter().partition(|o| !custom(o));
-    assert_eq!(custom.len(), 2);
+    assert_eq!(custom.len(), 3, "one HTTPRoute, two CloudNativePG clusters");
     let kinds: std::collections::BTreeSet<&str> = core.iter().filter_map(|o| o["kind"].as_str()).collect();
     for k in
         ["StatefulSet", "Deployment", "Pod", "Service", "Ingress", "NetworkPolicy", "HorizontalPodAutoscaler", "Secret"]
