@@ -184,8 +184,14 @@ fn http_route(app: &App, e: &capstan_model::Expose, g: &capstan_model::GatewayRe
     serde_json::json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta, "spec": spec })
 }
 
-/// Renders one App. Every returned value is a complete Kubernetes object (apiVersion, kind, metadata, spec).
+/// Renders one App on its own: a database it references gets the default user and database name. Every
+/// returned value is a complete Kubernetes object (apiVersion, kind, metadata, spec).
 pub fn render_app(app: &App) -> Result<Vec<Value>, RenderError> {
+    render_app_with(app, None)
+}
+
+/// Renders one App; `db` is the spec of the Database it references, whose user and database name its URL uses.
+pub fn render_app_with(app: &App, db: Option<&DatabaseSpec>) -> Result<Vec<Value>, RenderError> {
     let name = app.metadata.name.as_str();
     let err = |field: &str, message: &str| RenderError {
         object: format!("App/{name}"),
@@ -233,7 +239,7 @@ pub fn render_app(app: &App) -> Result<Vec<Value>, RenderError> {
         });
         env.push(EnvVar {
             name: r.env.clone(),
-            value: Some(database_url(app.metadata.namespace(), &r.name, None, &password_var)),
+            value: Some(database_url(app.metadata.namespace(), &r.name, db, &password_var)),
             ..Default::default()
         });
     }
@@ -848,7 +854,19 @@ pub fn default_deny(namespace: &str) -> Value {
 /// Renders one object, in the company of the others it may refer to (a Database lets in the Apps that use it).
 pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, RenderError> {
     match r {
-        Resource::App(a) => render_app(a),
+        Resource::App(a) => {
+            let db = a.spec.database_ref.as_ref().and_then(|r| {
+                all.iter().find_map(|x| match x {
+                    Resource::Database(d)
+                        if d.metadata.name == r.name && d.metadata.namespace() == a.metadata.namespace() =>
+                    {
+                        Some(&d.spec)
+                    }
+                    _ => None,
+                })
+            });
+            render_app_with(a, db)
+        }
         Resource::Database(d) => {
             let clients: Vec<String> = all
                 .iter()

@@ -55,16 +55,27 @@ fn kinds(objs: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn matches_the_golden_file() {
-    let objs = render(&all(WEB)).unwrap();
+/// Compares a rendering with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, yaml: &str) {
+    let objs = render(&all(yaml)).unwrap();
     let text: String = objs.iter().map(capstan_model::yaml::to_yaml_string).collect();
-    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/teamboard.yaml");
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &text).unwrap();
     }
     let want = std::fs::read_to_string(&golden).expect("golden file (UPDATE_GOLDEN=1 writes it)");
-    assert_eq!(text, want, "the rendering changed; review it and run with UPDATE_GOLDEN=1");
+    assert_eq!(text, want, "the rendering of {name} changed; review it and run with UPDATE_GOLDEN=1");
+}
+
+#[test]
+fn matches_the_golden_file() {
+    golden("teamboard.yaml", WEB);
+}
+
+/// The HA stack as it runs on a cluster: Jira Data Center with a CloudNativePG database (examples/kubernetes).
+#[test]
+fn the_ha_stack_on_a_cluster_matches_its_golden_file() {
+    golden("atlassian.yaml", include_str!("../../../examples/kubernetes/atlassian.yaml"));
 }
 
 #[test]

@@ -53,7 +53,6 @@ impl Upstream {
     }
 }
 
-
 /// Where one replica is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendInfo {
