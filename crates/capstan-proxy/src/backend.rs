@@ -6,52 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use std::future::Future as _;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use capstan_model::Balance;
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http1::SendRequest;
 
 use crate::ProxyBody;
-
-/// An upstream HTTP/1.1 connection that no task of its own drives: the request using it polls its I/O, so a
-/// request and its response move through one task, without hand-offs between tasks.
-pub struct Upstream {
-    pub sender: SendRequest<ProxyBody>,
-    conn: Connection<TokioIo<tokio::net::TcpStream>, ProxyBody>,
-    closed: bool,
-}
-
-impl Upstream {
-    pub fn new(sender: SendRequest<ProxyBody>, conn: Connection<TokioIo<tokio::net::TcpStream>, ProxyBody>) -> Self {
-        Upstream { sender, conn, closed: false }
-    }
-
-    /// Moves the connection's I/O along without waiting; false once it has closed.
-    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.closed && Pin::new(&mut self.conn).poll(cx).is_ready() {
-            self.closed = true;
-        }
-        !self.closed
-    }
-
-    /// Whether a request can be sent now: drives the connection until it is idle, or reports it closed.
-    pub fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        if !self.drive(cx) {
-            return Poll::Ready(false);
-        }
-        match self.sender.poll_ready(cx) {
-            Poll::Ready(r) => Poll::Ready(r.is_ok()),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed || self.sender.is_closed()
-    }
-}
 
 /// Where one replica is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +35,9 @@ pub struct Backend {
     /// A connection to it failed; out of rotation until its process changes or it becomes ready again.
     ejected: AtomicBool,
     inflight: AtomicUsize,
-    /// Idle upstream connections, one pool per proxy worker thread: a connection's socket is registered with
-    /// the thread that opened it, so a request only ever uses its own thread's connections.
-    idle: Vec<Mutex<Vec<Upstream>>>,
+    /// Idle upstream connections, one pool per proxy worker thread: a connection's task lives on the thread
+    /// that opened it, so a request only ever uses its own thread's connections.
+    idle: Vec<Mutex<Vec<SendRequest<ProxyBody>>>>,
 }
 
 /// Idle upstream connections kept per backend.
@@ -140,7 +98,7 @@ impl Backend {
         }
     }
 
-    fn pool(&self) -> &Mutex<Vec<Upstream>> {
+    fn pool(&self) -> &Mutex<Vec<SendRequest<ProxyBody>>> {
         &self.idle[crate::worker_index() % self.idle.len().max(1)]
     }
 
@@ -149,9 +107,9 @@ impl Backend {
         self.clear_pools();
     }
 
-    /// An idle connection, if any: one whose last response was read completely. Whether the peer closed it
-    /// meanwhile shows when it is next driven ([`Upstream::poll_idle`]).
-    pub fn checkout(&self) -> Option<Upstream> {
+    /// An idle connection, if any: one whose last response was read completely. It may need a moment to
+    /// become ready (its connection task notices the end of the response asynchronously); callers await that.
+    pub fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.pool().lock().unwrap_or_else(|p| p.into_inner());
         while let Some(s) = idle.pop() {
             if !s.is_closed() {
@@ -162,13 +120,13 @@ impl Backend {
     }
 
     /// Returns a connection for reuse.
-    pub fn checkin(&self, upstream: Upstream) {
-        if upstream.is_closed() || self.draining.load(Ordering::Acquire) {
+    pub fn checkin(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() || self.draining.load(Ordering::Acquire) {
             return;
         }
         let mut idle = self.pool().lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(upstream);
+            idle.push(sender);
         }
     }
 }

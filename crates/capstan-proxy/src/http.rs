@@ -1,7 +1,6 @@
 //! The HTTP side: pick a replica (sticky cookie, client IP or balance), forward with safe retries, stream bodies,
 //! and tunnel websocket upgrades.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::backend::{Backend, InflightGuard, Upstream};
+use crate::backend::{Backend, InflightGuard};
 use crate::metrics::{ErrorLabels, ReplicaLabels};
 use crate::{BoxError, Entry, ProxyBody};
 
@@ -94,14 +93,12 @@ pub fn cookie_value<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
-/// Counts an open request until its response body ends, driving its upstream connection meanwhile (the body
-/// arrives through it), then gives the connection back to the pool (an HTTP/1.1 connection is reusable only once
-/// the whole response has been read).
+/// Counts an open request until its response body ends, then gives the upstream connection back to the pool
+/// (an HTTP/1.1 connection is reusable only once the whole response has been read).
 struct Tracked {
     inner: Incoming,
     _guard: InflightGuard,
-    /// The connection, behind a mutex only to be `Sync`: it is reached through `&mut`, never locked.
-    pooled: Option<(std::sync::Mutex<Upstream>, Arc<Backend>)>,
+    pooled: Option<(SendRequest<ProxyBody>, Arc<Backend>)>,
 }
 
 impl Body for Tracked {
@@ -109,11 +106,7 @@ impl Body for Tracked {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some((up, _)) = this.pooled.as_mut() {
-            up.get_mut().unwrap_or_else(|p| p.into_inner()).drive(cx);
-        }
-        Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into)
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx).map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -129,22 +122,15 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         // The server stops polling once the body says it has ended, so the hand-back happens here. A body that
         // was not read to its end (the client went away) leaves its connection unusable: it is dropped.
-        if let Some((up, backend)) = self.pooled.take() {
+        if let Some((sender, backend)) = self.pooled.take() {
             if self.inner.is_end_stream() {
-                backend.checkin(up.into_inner().unwrap_or_else(|p| p.into_inner()));
+                backend.checkin(sender);
             }
         }
     }
 }
 
-/// An upstream connection: for a websocket upgrade, driven by a task of its own (it outlives the request as a
-/// tunnel); otherwise driven by the requests that use it.
-enum Link {
-    Driven(Upstream),
-    Spawned(SendRequest<ProxyBody>),
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<Link, String> {
+async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<SendRequest<ProxyBody>, String> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connect to {addr} timed out"))?
@@ -154,33 +140,10 @@ async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake with {addr}: {e}"))?;
-    if !upgrades {
-        return Ok(Link::Driven(Upstream::new(sender, conn)));
-    }
     tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
+        let _ = if upgrades { conn.with_upgrades().await } else { conn.await };
     });
-    Ok(Link::Spawned(sender))
-}
-
-type Sent = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>;
-
-/// Sends a request on a link and waits for the response head, driving a driven link's I/O in this task.
-async fn send(link: &mut Link, req: Request<ProxyBody>) -> Sent {
-    match link {
-        Link::Spawned(sender) => sender.try_send_request(req).await,
-        Link::Driven(up) => {
-            let mut response = std::pin::pin!(up.sender.try_send_request(req));
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                    return Poll::Ready(r);
-                }
-                up.drive(cx);
-                response.as_mut().poll(cx)
-            })
-            .await
-        }
-    }
+    Ok(sender)
 }
 
 /// What is forwarded: the request line and headers, kept so a request without a body can be sent again.
@@ -297,7 +260,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
         if attempt > 0 {
             entry.replica_metrics(&backend.name).retries.inc();
         }
-        let mut pooled = if upgrade || fresh_connection { None } else { backend.checkout().map(Link::Driven) };
+        let mut pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
         if pooled.is_some() && !replayable {
             // The connection's own task runs on this thread. Yield once (tokio polls the I/O driver before it
             // resumes a yielded task) so that a close the peer already sent — a replica that just died — is seen
@@ -305,12 +268,12 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
             // A replayable request skips this: if its connection turns out dead, it is sent again elsewhere.
             tokio::task::yield_now().await;
         }
-        if let Some(Link::Driven(up)) = pooled.as_mut() {
-            if !std::future::poll_fn(|cx| up.poll_idle(cx)).await {
+        if let Some(s) = pooled.as_mut() {
+            if s.is_closed() || s.ready().await.is_err() {
                 pooled = None;
             }
         }
-        let mut link = match pooled {
+        let mut sender = match pooled {
             Some(s) => s,
             None => match connect(backend.addr, cfg.connect_timeout, upgrade).await {
                 Ok(s) => s,
@@ -333,7 +296,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
         };
         fresh_connection = false;
         let guard = backend.track();
-        let sent = tokio::time::timeout(cfg.request_timeout, send(&mut link, req)).await;
+        let sent = tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await;
         let mut resp = match sent {
             Err(_) => {
                 error("timeout");
@@ -394,10 +357,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         add_cookie(&mut rparts.headers, set_cookie, cookie_value);
-        let pooled = match link {
-            Link::Driven(up) => Some((std::sync::Mutex::new(up), backend.clone())),
-            Link::Spawned(_) => None,
-        };
+        let pooled = (!upgrade).then(|| (sender, backend.clone()));
         return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard, pooled }.boxed());
     }
     error(if tried.is_empty() { "upstream" } else { "connect" });
