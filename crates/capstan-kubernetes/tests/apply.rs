@@ -206,10 +206,11 @@ async fn bad_credentials_and_an_unreachable_cluster_fail_before_anything_is_appl
     }
     assert!(fake.is_empty());
 
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    // A port bound but not listening: connections are refused, and no other test can take it meanwhile.
+    let reserved = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    reserved.bind(&any.into()).expect("bind");
+    let port = reserved.local_addr().ok().and_then(|a| a.as_socket()).expect("addr").port();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kubeconfig");
     std::fs::write(&path, fake.kubeconfig("s3cret").replace(&fake.addr.port().to_string(), &port.to_string()))

@@ -185,7 +185,12 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notifier_that_is_down_is_retried_and_its_delivery_survives_a_restart() {
     let tp = TestPlane::start().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    // The receiver's port, bound but not listening (connections are refused) until the receiver starts: no other
+    // test can take it meanwhile.
+    let reserved = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    reserved.bind(&any.into()).expect("bind");
+    let dead = reserved.local_addr().ok().and_then(|a| a.as_socket()).expect("addr").port();
     let metrics = "  metrics: {port: http, interval: 1s, timeout: 1s}\n";
     tp.apply(&app_yaml("cart", 1, &[], &format!("{READINESS}{metrics}")));
     tp.apply(&format!(
@@ -217,7 +222,9 @@ spec:
     let i = incidents(&tp).await;
     assert_eq!(i.len(), 1, "{i:?}");
     assert_eq!(i[0]["deliveries"].as_array().map(Vec::len), Some(1), "the delivery was kept: {i:?}");
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", dead)).await.expect("bind the receiver's port");
+    reserved.listen(128).expect("listen on the receiver's port");
+    reserved.set_nonblocking(true).expect("nonblocking");
+    let l = tokio::net::TcpListener::from_std(reserved.into()).expect("the receiver's listener");
     let (_, inbox) = receiver_on(l);
     eventually("the kept notification arrives", Duration::from_secs(120), || async {
         (!received(&inbox, "gone", "firing").is_empty()).then_some(())
