@@ -69,33 +69,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
             capstan_serving::serve(cfg).await.map_err(|e| Failure::fail(format!("error: {e}")))?;
             Ok(EXIT_OK)
         }
-        Command::Operator {
-            print_rbac,
-            namespace,
-            identity,
-            probe_address,
-            lease_duration,
-            resync,
-            kubeconfig,
-            context,
-        } => {
-            if print_rbac {
-                for o in capstan_kubernetes::operator::rbac(&namespace) {
-                    print!("{}", capstan_model::yaml::to_yaml_string(&o));
-                }
-                return Ok(EXIT_OK);
+        Command::Operator { print_rbac: true, settings } => {
+            for o in capstan_kubernetes::operator::rbac(&settings.namespace) {
+                print!("{}", capstan_model::yaml::to_yaml_string(&o));
             }
-            let settings = crate::kube::OperatorSettings {
-                namespace,
-                identity,
-                probe_address,
-                lease_duration,
-                resync,
-                kubeconfig,
-                context,
-            };
-            crate::kube::operator(settings).await
+            Ok(EXIT_OK)
         }
+        Command::Operator { print_rbac: false, settings } => crate::kube::operator(settings).await,
         Command::Crds => {
             for c in capstan_kubernetes::crd::all() {
                 print!("{}", capstan_model::yaml::to_yaml_string(&c));

@@ -345,21 +345,10 @@ pub fn build_cmd(paths: &[String], vars: &[String], target_namespace: Option<Str
 
 /// The Kubernetes objects for manifests; what cannot be rendered is named by file, line and field.
 pub fn render_manifests(ms: &[capstan_model::Manifest]) -> Result<Vec<Value>> {
-    let resources: Vec<capstan_model::Resource> = ms.iter().map(|m| m.resource.clone()).collect();
-    let objects = capstan_kubernetes::render::render(&resources).map_err(|errors| {
-        let lines: Vec<String> = errors
-            .iter()
-            .map(|e| {
-                let at = ms
-                    .iter()
-                    .find(|m| format!("{}/{}", m.resource.kind(), m.resource.meta().name) == e.object)
-                    .map(|m| format!("error: {}", m.diagnose(capstan_model::FieldError::new(&e.field, &e.message))));
-                at.unwrap_or_else(|| format!("error: {e}"))
-            })
-            .collect();
-        Failure::invalid(lines.join("\n"))
-    })?;
-    Ok(objects)
+    capstan_kubernetes::render::render_manifests(ms).map_err(|lines| {
+        let text: Vec<String> = lines.iter().map(|l| format!("error: {l}")).collect();
+        Failure::invalid(text.join("\n")).into()
+    })
 }
 
 /// `capstan render --target kubernetes PATH…`: the Kubernetes objects for the objects in PATH.

@@ -117,13 +117,28 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
 }
 
 /// How `capstan operator` runs.
+#[derive(Debug, Clone, clap::Args)]
 pub struct OperatorSettings {
+    /// The operator's namespace, where its Lease lives.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "capstan-system")]
     pub namespace: String,
+    /// This replica's name in the Lease (default: the pod's name).
+    #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, default_value = "0.0.0.0:8080")]
     pub probe_address: std::net::SocketAddr,
+    /// How long the Lease holds without renewal.
+    #[arg(long, default_value = "15s")]
     pub lease_duration: String,
+    /// How often every resource is applied again, repairing drift.
+    #[arg(long, default_value = "10m")]
     pub resync: String,
+    /// The kubeconfig file (default: the in-cluster account, KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context.
+    #[arg(long)]
     pub context: Option<String>,
 }
 

@@ -126,27 +126,8 @@ pub enum Command {
         /// Print the ServiceAccount and RBAC objects the operator needs (exactly what it uses), then exit.
         #[arg(long)]
         print_rbac: bool,
-        /// The operator's namespace, where its Lease lives.
-        #[arg(long, env = "POD_NAMESPACE", default_value = "capstan-system")]
-        namespace: String,
-        /// This replica's name in the Lease (default: the pod's name).
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-        /// Where /healthz, /readyz and /metrics are served.
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        probe_address: std::net::SocketAddr,
-        /// How long the Lease holds without renewal.
-        #[arg(long, default_value = "15s")]
-        lease_duration: String,
-        /// How often every resource is applied again, repairing drift.
-        #[arg(long, default_value = "10m")]
-        resync: String,
-        /// The kubeconfig file (default: the in-cluster account, KUBECONFIG or ~/.kube/config).
-        #[arg(long)]
-        kubeconfig: Option<std::path::PathBuf>,
-        /// The kubeconfig context.
-        #[arg(long)]
-        context: Option<String>,
+        #[command(flatten)]
+        settings: crate::kube::OperatorSettings,
     },
     /// Serve an ONNX model with the TensorFlow Serving REST API (what a ModelServer runs): versions are numbered
     /// directories under the base path, each with a model.onnx, polled and swapped in while serving.

@@ -705,13 +705,7 @@ async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Option<Duration>
 
 /// The artifact a Sync applies, once its dependencies are Ready and its Source has one; else why not.
 fn ready_artifact(inner: &Arc<Inner>, sync: &Sync, retry: Duration) -> Result<Artifact, Outcome> {
-    let fail = |reason: &'static str, message: String| Outcome {
-        reason,
-        message,
-        after: retry,
-        ready: ConditionStatus::False,
-        started: None,
-    };
+    let fail = failed(retry);
     // Dependencies first.
     for d in &sync.spec.depends_on {
         let dk = ObjectKey::new("Sync", d.namespace.as_deref().unwrap_or(sync.metadata.namespace()), &d.name);
@@ -746,15 +740,41 @@ fn ready_artifact(inner: &Arc<Inner>, sync: &Sync, retry: Duration) -> Result<Ar
     Ok(artifact)
 }
 
+/// A failed attempt, looked at again after `retry`.
+fn failed(retry: Duration) -> impl Fn(&'static str, String) -> Outcome {
+    move |reason, message| Outcome { reason, message, after: retry, ready: ConditionStatus::False, started: None }
+}
+
+/// Builds a revision's manifests for a Sync; a broken revision is BuildFailed with every problem's file and line,
+/// and the previous revision keeps running.
+fn build_revision(
+    inner: &Inner,
+    key: &ObjectKey,
+    sync: &Sync,
+    artifact: &Artifact,
+    base_dir: Option<PathBuf>,
+    retry: Duration,
+) -> Result<Vec<capstan_model::Manifest>, Outcome> {
+    let opts = BuildOptions {
+        substitute: sync.spec.substitute.clone(),
+        target_namespace: sync.spec.target_namespace.clone(),
+        base_dir,
+    };
+    let path = sync.spec.path.clone().unwrap_or_else(|| "./".into());
+    build(Path::new(&artifact.path), &path, &opts)
+        .map_err(|d| refused(inner, key, &artifact.revision, &d.to_string(), retry))
+}
+
+/// A revision refused before anything was applied.
+fn refused(inner: &Inner, key: &ObjectKey, revision: &str, why: &str, retry: Duration) -> Outcome {
+    let msg = format!("revision '{revision}' was not applied; the previous revision keeps running:\n{why}");
+    inner.event(key, EventType::Warning, reason::BUILD_FAILED, &msg);
+    failed(retry)(reason::BUILD_FAILED, msg)
+}
+
 fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut SyncStatus, at: &Attempt) -> Outcome {
     let retry = at.retry;
-    let fail = |reason: &'static str, message: String| Outcome {
-        reason,
-        message,
-        after: retry,
-        ready: ConditionStatus::False,
-        started: None,
-    };
+    let fail = failed(retry);
 
     let artifact = match ready_artifact(inner, sync, retry) {
         Ok(a) => a,
@@ -771,19 +791,9 @@ fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut Sync
 
     // Build.
     let link = inner.applied_link(key);
-    let opts = BuildOptions {
-        substitute: sync.spec.substitute.clone(),
-        target_namespace: sync.spec.target_namespace.clone(),
-        base_dir: Some(link.clone()),
-    };
-    let path = sync.spec.path.clone().unwrap_or_else(|| "./".into());
-    let manifests = match build(Path::new(&artifact.path), &path, &opts) {
+    let manifests = match build_revision(inner, key, sync, &artifact, Some(link.clone()), retry) {
         Ok(m) => m,
-        Err(d) => {
-            let msg = format!("revision '{revision}' was not applied; the previous revision keeps running:\n{d}");
-            inner.event(key, EventType::Warning, reason::BUILD_FAILED, &msg);
-            return fail(reason::BUILD_FAILED, msg);
-        }
+        Err(o) => return o,
     };
     let mut desired: Vec<Value> = manifests.iter().map(|m| m.resource.to_value()).collect();
     for v in &mut desired {
@@ -800,10 +810,7 @@ fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut Sync
         if let Some(old) = previous_target {
             let _ = swap_link(&link, &old);
         }
-        let d = diag_for(&manifests, errors);
-        let msg = format!("revision '{revision}' was not applied; the previous revision keeps running:\n{d}");
-        inner.event(key, EventType::Warning, reason::BUILD_FAILED, &msg);
-        return fail(reason::BUILD_FAILED, msg);
+        return refused(inner, key, &revision, &diag_for(&manifests, errors).to_string(), retry);
     }
 
     // Plan against what is stored.
@@ -877,8 +884,6 @@ fn health(
     w: Waiting,
     at: &Attempt,
 ) -> Outcome {
-    let revision = w.revision.as_str();
-    let started = Some(w.started);
     let targets: Vec<ObjectKey> = if sync.spec.wait {
         status.inventory.iter().map(|e| ObjectKey::new(&e.kind, &e.namespace, &e.name)).collect()
     } else {
@@ -892,10 +897,25 @@ fn health(
         .iter()
         .filter_map(|t| not_ready(&inner.store, t).map(|why| format!("{}/{}/{}: {why}", t.kind, t.namespace, t.name)))
         .collect();
+    health_outcome(inner, key, status, w, at, unready)
+}
+
+/// What health means for a Sync, whatever its target: everything ready → Succeeded; past the deadline →
+/// HealthCheckFailed naming what is not; otherwise Progressing, looked at again soon.
+fn health_outcome(
+    inner: &Arc<Inner>,
+    key: &ObjectKey,
+    status: &mut SyncStatus,
+    w: Waiting,
+    at: &Attempt,
+    unready: Vec<String>,
+) -> Outcome {
+    let revision = w.revision.clone();
+    let started = Some(w.started);
     if unready.is_empty() {
         lock(&inner.waiting).remove(key);
-        let first = status.last_applied_revision.as_deref() != Some(revision);
-        status.last_applied_revision = Some(revision.to_string());
+        let first = status.last_applied_revision.as_deref() != Some(revision.as_str());
+        status.last_applied_revision = Some(revision.clone());
         let message = format!("Applied revision: {revision}");
         if first {
             inner.event(key, EventType::Normal, reason::SUCCEEDED, &message);

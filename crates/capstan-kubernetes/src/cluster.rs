@@ -50,7 +50,8 @@ impl std::fmt::Display for Failure {
     }
 }
 
-fn failure(e: kube::Error, r: Option<&ObjectRef>) -> Failure {
+/// A kube error as a failure, with a hint by status code.
+pub(crate) fn failure(e: kube::Error, r: Option<&ObjectRef>) -> Failure {
     match e {
         kube::Error::Api(s) => {
             let kind = r.map(|r| r.kind.as_str()).unwrap_or("object");

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
 use crate::plan::PRUNE_ANNOTATION;
-use crate::render::{to_value, POSTGRES_DEFAULT_MAJOR};
+use crate::render::{app_peer, to_value, POSTGRES_DEFAULT_MAJOR};
 
 /// The namespace CloudNativePG's operator runs in, let in to its instance manager.
 pub const CNPG_NAMESPACE: &str = "cnpg-system";
@@ -81,16 +81,6 @@ pub fn render_cnpg(db: &Database, labels: BTreeMap<String, String>, clients: &[S
         }),
         status: None,
     };
-    let app_peer = |app: &String| NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/name".to_string(), app.clone()),
-                ("app.kubernetes.io/instance".to_string(), app.clone()),
-            ])),
-            match_expressions: None,
-        }),
-        ..Default::default()
-    };
     let instances = NetworkPolicyPeer {
         pod_selector: Some(LabelSelector { match_labels: Some(pods_of(name)), match_expressions: None }),
         ..Default::default()
@@ -111,7 +101,7 @@ pub fn render_cnpg(db: &Database, labels: BTreeMap<String, String>, clients: &[S
     }];
     if !clients.is_empty() {
         ingress.push(NetworkPolicyIngressRule {
-            from: Some(clients.iter().map(app_peer).collect()),
+            from: Some(clients.iter().map(|a| app_peer(a)).collect()),
             ports: Some(vec![tcp(5432)]),
         });
     }

@@ -131,13 +131,7 @@ fn micro_time(t: chrono::DateTime<chrono::Utc>) -> String {
 /// two replicas cannot both win). Returns whether this replica holds it.
 pub async fn try_lead(cluster: &Cluster, cfg: &OperatorConfig) -> Result<bool, Failure> {
     let r = lease_ref(cfg);
-    let api = cluster.api(&r).map_err(|e| Failure {
-        code: 0,
-        reason: "Unknown".into(),
-        message: e.to_string(),
-        hint: None,
-        retryable: false,
-    })?;
+    let api = cluster.api(&r).map_err(|e| bad(e.to_string()))?;
     let now = chrono::Utc::now();
     let spec = |transitions: i64, acquired: String| {
         json!({
@@ -148,23 +142,20 @@ pub async fn try_lead(cluster: &Cluster, cfg: &OperatorConfig) -> Result<bool, F
             "leaseTransitions": transitions,
         })
     };
-    let conflict = |f: &Failure| f.code == 409;
+    // Someone else wrote the Lease first (a create that exists, an update of a stale resourceVersion): not won.
+    let won = |result: Result<DynamicObject, kube::Error>| match result {
+        Ok(_) => Ok(true),
+        Err(e) => match crate::cluster::failure(e, Some(&r)) {
+            f if f.code == 409 => Ok(false),
+            f => Err(f),
+        },
+    };
     match cluster.get(&r).await? {
         None => {
             let lease = json!({"apiVersion": r.api_version, "kind": "Lease",
                 "metadata": {"name": r.name, "namespace": r.namespace}, "spec": spec(0, micro_time(now))});
             let obj: DynamicObject = serde_json::from_value(lease).map_err(|e| bad(e.to_string()))?;
-            match api.create(&PostParams::default(), &obj).await {
-                Ok(_) => Ok(true),
-                Err(e) => {
-                    let f = kube_failure(e);
-                    if conflict(&f) {
-                        Ok(false)
-                    } else {
-                        Err(f)
-                    }
-                }
-            }
+            won(api.create(&PostParams::default(), &obj).await)
         }
         Some(mut live) => {
             let s = &live["spec"];
@@ -181,38 +172,13 @@ pub async fn try_lead(cluster: &Cluster, cfg: &OperatorConfig) -> Result<bool, F
             let acquired = if ours { s["acquireTime"].as_str().unwrap_or("").to_string() } else { micro_time(now) };
             live["spec"] = spec(transitions, acquired);
             let obj: DynamicObject = serde_json::from_value(live).map_err(|e| bad(e.to_string()))?;
-            match api.replace(&r.name, &PostParams::default(), &obj).await {
-                Ok(_) => Ok(true),
-                Err(e) => {
-                    let f = kube_failure(e);
-                    if conflict(&f) {
-                        Ok(false)
-                    } else {
-                        Err(f)
-                    }
-                }
-            }
+            won(api.replace(&r.name, &PostParams::default(), &obj).await)
         }
     }
 }
 
 fn bad(message: String) -> Failure {
     Failure { code: 0, reason: "Invalid".into(), message, hint: None, retryable: false }
-}
-
-fn kube_failure(e: kube::Error) -> Failure {
-    match e {
-        kube::Error::Api(s) => Failure {
-            code: s.code,
-            reason: s.reason.clone(),
-            message: s.message.clone(),
-            hint: None,
-            retryable: s.code >= 500,
-        },
-        other => {
-            Failure { code: 0, reason: "Unreachable".into(), message: other.to_string(), hint: None, retryable: true }
-        }
-    }
 }
 
 /// A custom resource the operator reconciles: kind, namespace, name.

@@ -103,6 +103,17 @@ impl ObjectRef {
         })
     }
 
+    /// The reference of an object named by kind alone (a Sync's inventory or health checks), if Capstan knows the
+    /// kind.
+    pub fn for_kind(kind: &str, namespace: &str, name: &str) -> Option<ObjectRef> {
+        KINDS.iter().find(|k| k.kind == kind).map(|k| ObjectRef {
+            api_version: k.api_version.into(),
+            kind: kind.into(),
+            namespace: if k.namespaced { namespace.into() } else { String::new() },
+            name: name.into(),
+        })
+    }
+
     pub fn info(&self) -> Option<KindInfo> {
         kind_info(&self.api_version, &self.kind)
     }

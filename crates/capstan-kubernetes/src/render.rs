@@ -652,6 +652,20 @@ fn database_url(namespace: &str, db: &str, spec: Option<&DatabaseSpec>, password
     )
 }
 
+/// The pods of the App `app`, as a NetworkPolicy peer.
+pub(crate) fn app_peer(app: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_string(), app.to_string()),
+                ("app.kubernetes.io/instance".to_string(), app.to_string()),
+            ])),
+            match_expressions: None,
+        }),
+        ..Default::default()
+    }
+}
+
 fn db_labels(db: &Database) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "postgresql".to_string()),
@@ -796,19 +810,7 @@ pub fn render_database(db: &Database, clients: &[String]) -> Vec<Value> {
         }),
         ..Default::default()
     };
-    let from: Vec<NetworkPolicyPeer> = clients
-        .iter()
-        .map(|app| NetworkPolicyPeer {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([
-                    ("app.kubernetes.io/name".to_string(), app.clone()),
-                    ("app.kubernetes.io/instance".to_string(), app.clone()),
-                ])),
-                match_expressions: None,
-            }),
-            ..Default::default()
-        })
-        .collect();
+    let from: Vec<NetworkPolicyPeer> = clients.iter().map(|app| app_peer(app)).collect();
     let policy = NetworkPolicy {
         metadata: meta(&format!("{name}-allow")),
         spec: Some(NetworkPolicySpec {
@@ -919,6 +921,22 @@ pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
     all.extend(namespaces.iter().map(|ns| default_deny(ns)));
     all.extend(out);
     Ok(all)
+}
+
+/// Renders parsed manifests; what cannot be rendered is described by file, line and field, one problem a line.
+pub fn render_manifests(ms: &[capstan_model::Manifest]) -> Result<Vec<Value>, Vec<String>> {
+    let resources: Vec<Resource> = ms.iter().map(|m| m.resource.clone()).collect();
+    render(&resources).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| {
+                ms.iter()
+                    .find(|m| format!("{}/{}", m.resource.kind(), m.resource.meta().name) == e.object)
+                    .map(|m| m.diagnose(capstan_model::FieldError::new(&e.field, &e.message)).to_string())
+                    .unwrap_or_else(|| e.to_string())
+            })
+            .collect()
+    })
 }
 
 /// A namespace the objects live in; never pruned, since deleting it would delete everything in it.

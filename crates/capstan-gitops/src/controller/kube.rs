@@ -47,13 +47,7 @@ pub(super) async fn sync_kubernetes(
     at: &Attempt,
 ) -> Outcome {
     let retry = at.retry;
-    let fail = |reason: &'static str, message: String| Outcome {
-        reason,
-        message,
-        after: retry,
-        ready: ConditionStatus::False,
-        started: None,
-    };
+    let fail = failed(retry);
     let artifact = match ready_artifact(inner, sync, retry) {
         Ok(a) => a,
         Err(o) => return o,
@@ -68,42 +62,14 @@ pub(super) async fn sync_kubernetes(
     if let Some(w) = waiting.filter(|w| w.revision == revision) {
         return health(inner, key, &cluster, sync, status, w, at).await;
     }
-
-    let opts = BuildOptions {
-        substitute: sync.spec.substitute.clone(),
-        target_namespace: sync.spec.target_namespace.clone(),
-        base_dir: None,
-    };
-    let path = sync.spec.path.clone().unwrap_or_else(|| "./".into());
-    let manifests = match build(Path::new(&artifact.path), &path, &opts) {
+    let manifests = match build_revision(inner, key, sync, &artifact, None, retry) {
         Ok(m) => m,
-        Err(d) => {
-            let msg = format!("revision '{revision}' was not applied; the previous revision keeps running:\n{d}");
-            inner.event(key, EventType::Warning, reason::BUILD_FAILED, &msg);
-            return fail(reason::BUILD_FAILED, msg);
-        }
+        Err(o) => return o,
     };
     let resources: Vec<capstan_model::Resource> = manifests.iter().map(|m| m.resource.clone()).collect();
-    let objects = match capstan_kubernetes::render::render(&resources) {
+    let objects = match capstan_kubernetes::render::render_manifests(&manifests) {
         Ok(o) => o,
-        Err(errors) => {
-            let lines: Vec<String> = errors
-                .iter()
-                .map(|e| {
-                    manifests
-                        .iter()
-                        .find(|m| format!("{}/{}", m.resource.kind(), m.resource.meta().name) == e.object)
-                        .map(|m| m.diagnose(capstan_model::FieldError::new(&e.field, &e.message)).to_string())
-                        .unwrap_or_else(|| e.to_string())
-                })
-                .collect();
-            let msg = format!(
-                "revision '{revision}' was not applied; the previous revision keeps running:\n{}",
-                lines.join("\n")
-            );
-            inner.event(key, EventType::Warning, reason::BUILD_FAILED, &msg);
-            return fail(reason::BUILD_FAILED, msg);
-        }
+        Err(lines) => return refused(inner, key, &revision, &lines.join("\n"), retry),
     };
 
     let apply_opts = ApplyOptions {
@@ -167,34 +133,12 @@ async fn health(
     w: Waiting,
     at: &Attempt,
 ) -> Outcome {
-    let revision = w.revision.clone();
-    let started = Some(w.started);
     let refs: Vec<ObjectRef> = if sync.spec.wait {
-        status
-            .inventory
-            .iter()
-            .filter_map(|e| {
-                capstan_kubernetes::plan::KINDS.iter().find(|k| k.kind == e.kind).map(|k| ObjectRef {
-                    api_version: k.api_version.into(),
-                    kind: e.kind.clone(),
-                    namespace: e.namespace.clone(),
-                    name: e.name.clone(),
-                })
-            })
-            .collect()
+        status.inventory.iter().filter_map(|e| ObjectRef::for_kind(&e.kind, &e.namespace, &e.name)).collect()
     } else {
-        sync.spec
-            .health_checks
-            .iter()
-            .filter_map(|h| {
-                capstan_kubernetes::plan::KINDS.iter().find(|k| k.kind == h.kind).map(|k| ObjectRef {
-                    api_version: k.api_version.into(),
-                    kind: h.kind.clone(),
-                    namespace: h.namespace.clone().unwrap_or_else(|| sync.metadata.namespace().to_string()),
-                    name: h.name.clone(),
-                })
-            })
-            .collect()
+        let ns = sync.metadata.namespace();
+        let checks = sync.spec.health_checks.iter();
+        checks.filter_map(|h| ObjectRef::for_kind(&h.kind, h.namespace.as_deref().unwrap_or(ns), &h.name)).collect()
     };
     let unready: Vec<String> = cluster
         .health_of(&refs)
@@ -205,38 +149,7 @@ async fn health(
             Health::Progressing(why) | Health::Failed(why) => Some(format!("{r}: {why}")),
         })
         .collect();
-    if unready.is_empty() {
-        lock(&inner.waiting).remove(key);
-        let first = status.last_applied_revision.as_deref() != Some(revision.as_str());
-        status.last_applied_revision = Some(revision.clone());
-        let message = format!("Applied revision: {revision}");
-        if first {
-            inner.event(key, EventType::Normal, reason::SUCCEEDED, &message);
-        }
-        return Outcome {
-            reason: reason::SUCCEEDED,
-            message,
-            after: at.interval,
-            ready: ConditionStatus::True,
-            started,
-        };
-    }
-    if Instant::now() >= w.deadline {
-        lock(&inner.waiting).remove(key);
-        let message =
-            format!("health check failed after the timeout for revision '{revision}': {}", unready.join("; "));
-        inner.event(key, EventType::Warning, reason::HEALTH_CHECK_FAILED, &message);
-        return Outcome {
-            reason: reason::HEALTH_CHECK_FAILED,
-            message,
-            after: at.retry,
-            ready: ConditionStatus::False,
-            started,
-        };
-    }
-    let message = format!("revision '{revision}' applied; waiting for: {}", unready.join("; "));
-    lock(&inner.waiting).insert(key.clone(), w);
-    Outcome { reason: reason::PROGRESSING, message, after: POLL, ready: ConditionStatus::Unknown, started }
+    health_outcome(inner, key, status, w, at, unready)
 }
 
 /// A deleted Sync with `prune` deletes what it applied to the cluster (never what holds data).
