@@ -387,8 +387,25 @@ pub async fn run(cluster: Cluster, cfg: OperatorConfig, status: Arc<OperatorStat
             if !reconcile(&cluster, &world, &owner).await {
                 status.reconcile_errors.fetch_add(1, Ordering::Relaxed);
             }
+            // The Apps of a Database render its user and database name into their URL: look at them again (a
+            // no-op unless their rendering changed).
+            if owner.0 == "Database" {
+                for app in users_of(&world, &owner.1, &owner.2) {
+                    let _ = tx.send(app);
+                }
+            }
         }
     }
+}
+
+/// The Apps in `namespace` that reference the Database `name`.
+fn users_of(world: &World, namespace: &str, name: &str) -> Vec<Owner> {
+    let Some(apps) = world.crs.get("App") else { return Vec::new() };
+    apps.state()
+        .iter()
+        .filter(|a| a.namespace().as_deref() == Some(namespace) && a.data["spec"]["databaseRef"]["name"] == name)
+        .map(|a| ("App".to_string(), namespace.to_string(), a.name_any()))
+        .collect()
 }
 
 fn hash_of(objects: &[Value]) -> u64 {

@@ -175,6 +175,18 @@ async fn the_operator_reconciles_owns_prunes_fails_over_and_needs_only_its_rbac(
     until("worker 1 pruned", || fake.get("", "pods", "team", "train-worker-1").is_none()).await;
     assert!(fake.get("", "pods", "team", "train-worker-0").is_some());
 
+    // The Database's user changes: the App's URL follows.
+    kubectl("capstan.dev", "databases", &cr("Database", "db", json!({"user": "teamboard"})));
+    until("the App's URL names the new user", || {
+        fake.get("apps", "statefulsets", "team", "web").is_some_and(|s| {
+            s["spec"]["template"]["spec"]["containers"][0]["env"].as_array().into_iter().flatten().any(|e| {
+                e["name"] == "DATABASE_URL"
+                    && e["value"].as_str().is_some_and(|v| v.starts_with("postgres://teamboard:"))
+            })
+        })
+    })
+    .await;
+
     // A spec the model refuses: status names the field; what ran keeps running.
     let mut bad = job(1);
     bad["spec"]["replicaSpecs"]["Worker"]["restartPolicy"] = json!("Sometimes");
