@@ -60,6 +60,10 @@ pub fn admit(
         match Resource::from_value(v) {
             Ok(r) => {
                 errors.extend(r.validate().into_iter().map(|e| AdmissionError::new(i, e)));
+                if let Resource::App(app) = &r {
+                    let one_machine = capstan_model::validate::validate_for_one_machine(&app.spec);
+                    errors.extend(one_machine.into_iter().map(|e| AdmissionError::new(i, e)));
+                }
                 if let Resource::AlertRule(rule) = &r {
                     if let Some(e) = check_expr(&rule.spec.expr) {
                         errors.push(AdmissionError::new(i, e));

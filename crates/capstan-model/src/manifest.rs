@@ -270,9 +270,15 @@ spec:
     }
 
     #[test]
-    fn fixed_port_with_many_replicas_is_refused() {
-        let e = errs(&GOOD.replace("[{name: http}]", "[{name: http, port: 8080}]"));
-        assert_eq!(e[0].field.as_deref(), Some("spec.ports[0].port"));
+    fn fixed_port_with_many_replicas_is_refused_on_one_machine_only() {
+        let ms = parse_manifests("app.yaml", &GOOD.replace("[{name: http}]", "[{name: http, port: 8080}]"))
+            .expect("a cluster gives each replica its own address");
+        let crate::Resource::App(app) = &ms[0].resource else { panic!("an App") };
+        let e = crate::validate::validate_for_one_machine(&app.spec);
+        assert_eq!(e[0].path, "spec.ports[0].port");
+        assert!(e[0].message.contains("cannot be shared by 2 replicas on one machine"));
+        let d = ms[0].diagnose(e[0].clone());
+        assert_eq!(d.location.map(|l| l.line), Some(9), "the embedded runtime's admission names the line");
     }
 
     #[test]

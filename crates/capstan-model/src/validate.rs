@@ -217,6 +217,24 @@ fn validate_volumes(spec: &AppSpec, errors: &mut Vec<FieldError>) {
 }
 
 /// Validates an App's spec.
+/// What only one machine forbids: replicas sharing a fixed port. The embedded runtime's admission checks it; on
+/// Kubernetes each pod has its own address, so a rendering does not.
+pub fn validate_for_one_machine(spec: &AppSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        if let Some(port) = p.port.filter(|p| *p != 0 && spec.replicas > 1) {
+            errors.push(
+                FieldError::new(
+                    format!("spec.ports[{i}].port"),
+                    format!("fixed port {port} cannot be shared by {} replicas on one machine", spec.replicas),
+                )
+                .hint("remove `port` so each replica gets its own, or run one replica"),
+            );
+        }
+    }
+    errors
+}
+
 pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
     if spec.replicas < 0 {
         errors.push(
@@ -286,15 +304,6 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
             );
         }
         if let Some(port) = p.port.filter(|p| *p != 0) {
-            if spec.replicas > 1 {
-                errors.push(
-                    FieldError::new(
-                        format!("{path}.port"),
-                        format!("fixed port {port} cannot be shared by {} replicas on one machine", spec.replicas),
-                    )
-                    .hint("remove `port` so each replica gets its own, or run one replica"),
-                );
-            }
             if port < 1024 {
                 errors.push(
                     FieldError::new(format!("{path}.port"), format!("port {port} is privileged"))

@@ -186,6 +186,19 @@ async fn cli_contracts_exit_codes_and_errors_with_file_and_line() {
     assert!(err.contains(":8:15: App/ghost: field `spec.run.command[0]`: program"), "{err}");
     assert!(err.contains("does not exist"), "{err}");
 
+    // Replicas sharing a fixed port: refused on one machine (on a cluster each pod has its own address).
+    let shared = dir.path().join("shared.yaml");
+    std::fs::write(
+        &shared,
+        app_yaml("shared", 2, &[], "").replace("    - name: http\n", "    - name: http\n      port: 18555\n"),
+    )
+    .unwrap();
+    let out = capstan(&data, &["apply", "-f", shared.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shared.yaml:") && err.contains("App/shared: field `spec.ports[0].port`"), "{err}");
+    assert!(err.contains("fixed port 18555 cannot be shared by 2 replicas on one machine"), "{err}");
+
     // An entry point on a port another process holds is refused with its line.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = holder.local_addr().unwrap().port();

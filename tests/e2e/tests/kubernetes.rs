@@ -14,7 +14,7 @@ metadata: {name: jira, namespace: atlassian}
 spec:
   replicas: 3
   run: {image: atlassian/jira-software:9.12}
-  ports: [{name: http}]
+  ports: [{name: http, port: 8080}]
   probes:
     readiness: {http: {path: /status, port: http}}
   expose: [{port: 443, sticky: {cookie: {name: JSESSIONID}}}]
@@ -61,6 +61,8 @@ async fn apply_to_a_cluster_from_the_cli() {
     assert!(out.contains("Ingress atlassian/jira created"), "{out}");
     let sts = fake.get("apps", "statefulsets", "atlassian", "jira").expect("statefulset");
     assert_eq!(sts["spec"]["replicas"], json!(3));
+    // A fixed port shared by three replicas is fine on a cluster: each pod has its own address.
+    assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], json!(8080));
     assert!(fake.get("", "configmaps", "default", "capstan-inventory-cli").is_some(), "the inventory");
 
     let again = capstan(dir.path(), &["apply", "--target", "kubernetes", "-f", f]);
