@@ -37,6 +37,15 @@ pub struct KubeArgs {
 /// Renders the manifests in `files`, applies them to the cluster, prunes when asked, and waits when asked.
 pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str) -> Result<u8> {
     let timeout = parse_duration(timeout).map_err(|e| Failure::invalid(format!("error: --timeout: {e}")))?;
+    // The inventory becomes a ConfigMap name: refuse a bad one before anything is applied.
+    let prefix = capstan_kubernetes::cluster::inventory_configmap("");
+    if let Err(e) = capstan_model::validate::check_dns_label(&args.inventory, 253 - prefix.len()) {
+        return Err(Failure::invalid(format!(
+            "error: --inventory {:?}: {e}\n  hint: it names the ConfigMap `{prefix}<name>`; for example `--inventory team-a`",
+            args.inventory
+        ))
+        .into());
+    }
     let ms = crate::manifests::load(files).map_err(|d| Failure::invalid(d.to_string()))?;
     let objects = crate::gitops::render_manifests(&ms)?;
     let resources: Vec<capstan_model::Resource> = ms.iter().map(|m| m.resource.clone()).collect();

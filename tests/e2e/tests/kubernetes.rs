@@ -119,6 +119,11 @@ async fn apply_to_a_cluster_from_the_cli() {
     assert_eq!(refused.status.code(), Some(2), "{err}");
     assert!(err.contains("no-image.yaml:5") && err.contains("spec.run.image"), "{err}");
     assert_eq!(fake.audit().len(), before, "nothing reached the cluster");
+    let bad_inventory = capstan(dir.path(), &["apply", "--target", "kubernetes", "-f", f, "--inventory", "Team A"]);
+    let (_, err) = text(&bad_inventory);
+    assert_eq!(bad_inventory.status.code(), Some(2), "{err}");
+    assert!(err.contains("--inventory \"Team A\"") && err.contains("capstan-inventory-<name>"), "{err}");
+    assert_eq!(fake.audit().len(), before, "nothing reached the cluster");
 
     // A wrong target, a stale token, a cluster that is not there.
     let target = capstan(dir.path(), &["apply", "--target", "kubernets", "-f", f]);
