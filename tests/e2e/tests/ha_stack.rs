@@ -30,7 +30,8 @@ fn stack_yaml(lb: u16, version: &str) -> String {
 
 /// Waits until both nodes are Ready at `version` and the rollout is over; returns the App.
 async fn stack_ready(tp: &TestPlane, version: &str) -> Value {
-    eventually(&format!("teamboard 2/2 Ready at {version}"), T, || async {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
         let o = tp.app("teamboard").await;
         let rs = replicas(&o);
         let all = rs.len() == 2
@@ -41,9 +42,19 @@ async fn stack_ready(tp: &TestPlane, version: &str) -> Value {
             });
         let env_ok = o["spec"]["run"]["env"]["TEAMBOARD_VERSION"] == version
             && o["status"]["observedGeneration"] == o["metadata"]["generation"];
-        (ready(&o) && all && env_ok).then_some(o)
-    })
-    .await
+        if ready(&o) && all && env_ok {
+            return o;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            // Say what the App and its database looked like, so a failure can be understood from the log.
+            let db = tp.client.get("/api/v1/namespaces/default/databases/teamboard-db").await.unwrap_or_default();
+            panic!(
+                "timed out after {T:?} waiting for teamboard 2/2 Ready at {version}\napp status: {}\ndatabase status: {}",
+                o["status"], db["status"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn node_port(o: &Value, ordinal: usize) -> u16 {
