@@ -220,12 +220,11 @@ fn is_ready(obj: &Value) -> bool {
         })
 }
 
-/// Waits until every object named (Apps, Databases, Sources, Syncs) is Ready, with a progress bar on a terminal and
-/// plain lines otherwise.
-pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], timeout: Duration) -> Result<u8> {
-    let deadline = tokio::time::Instant::now() + timeout;
+/// The bar of a wait for `len` objects: drawn on a terminal (with whether it is one), hidden otherwise, where the
+/// caller prints plain lines.
+pub fn wait_bar(len: usize) -> (indicatif::ProgressBar, bool) {
     let tty = std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::new(objects.len() as u64);
+    let bar = indicatif::ProgressBar::new(len as u64);
     if tty {
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -238,6 +237,14 @@ pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], tim
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    (bar, tty)
+}
+
+/// Waits until every object named (Apps, Databases, Sources, Syncs) is Ready, with a progress bar on a terminal and
+/// plain lines otherwise.
+pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], timeout: Duration) -> Result<u8> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (bar, tty) = wait_bar(objects.len());
     let mut last_ready = usize::MAX;
     loop {
         let mut ready = 0;

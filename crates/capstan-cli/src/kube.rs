@@ -1,7 +1,6 @@
 //! Capstan on a cluster from the command line: `capstan apply --target kubernetes` (render, create missing
 //! credentials, server-side apply, prune, wait, one line per object as kubectl prints) and `capstan operator`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -92,19 +91,7 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
         return Ok(EXIT_FAIL);
     }
     if wait {
-        let tty = std::io::stderr().is_terminal();
-        let bar = indicatif::ProgressBar::new(refs.len() as u64);
-        if tty {
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} waiting for objects to be ready [{bar:30}] {pos}/{len}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-        } else {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
+        let (bar, tty) = crate::commands::wait_bar(refs.len());
         let mut last = usize::MAX;
         let result = cluster
             .wait(&refs, timeout, |done, all| {
