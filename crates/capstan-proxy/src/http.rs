@@ -30,6 +30,33 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
+// Header names built once: a name given as a string is copied into a new allocation at every insert.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The client at the other end of one connection, with what every request on it forwards about it.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    /// The `X-Forwarded-For` value of a request that brings none, built once per connection.
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client { addr, forwarded_for: HeaderValue::from_maybe_shared(Bytes::from(addr.ip().to_string())).ok() }
+    }
+
+    /// `X-Forwarded-For` for a request that brought `previous`: the client's address appended to it.
+    fn forwarded_for(&self, previous: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match previous.and_then(|v| v.to_str().ok()) {
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", self.addr.ip())).ok(),
+            None => self.forwarded_for.clone(),
+        }
+    }
+}
+
 /// The most attempts one request makes (distinct replicas, or a fresh connection after a stale one).
 const MAX_ATTEMPTS: usize = 4;
 
@@ -165,7 +192,7 @@ impl Outgoing {
 }
 
 /// Serves one request arriving on an HTTP entry point.
-pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Client) -> Response<ProxyBody> {
     let cfg = entry.config();
     let started = Instant::now();
     let error = |kind: &str| {
@@ -201,7 +228,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
             cookie_value(req.headers(), &c.name).and_then(|v| entry.backends.by_cookie(v)).filter(|b| b.eligible());
         pinned_by_cookie = backend.clone();
     } else if let Some(ci) = sticky_ip {
-        backend = entry.backends.pinned_ip(client.ip(), Duration::from_secs(u64::from(ci.timeout_seconds)));
+        backend = entry.backends.pinned_ip(client.addr.ip(), Duration::from_secs(u64::from(ci.timeout_seconds)));
     }
     let mut backend = match backend.or_else(|| entry.backends.pick(cfg.expose.balance, &[])) {
         Some(b) => b,
@@ -223,16 +250,12 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", client.ip()),
-        None => client.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(v) = client.forwarded_for(headers.get(X_FORWARDED_FOR)) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.entry("x-forwarded-proto").or_insert(HeaderValue::from_static("http"));
+    headers.entry(X_FORWARDED_PROTO).or_insert(HeaderValue::from_static("http"));
     if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
     let uri = if parts.uri.scheme().is_none() {
         parts.uri.clone()
@@ -330,7 +353,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Socke
         let status = resp.status();
         entry.replica_metrics(&backend.name).answered(status.as_u16(), started.elapsed().as_secs_f64());
         if sticky_ip.is_some() {
-            entry.backends.pin_ip(client.ip(), &backend.name);
+            entry.backends.pin_ip(client.addr.ip(), &backend.name);
         }
         let cookie_value = backend.cookie();
         let set_cookie = sticky_cookie.filter(|_| !pinned_by_cookie.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend)));
@@ -417,6 +440,16 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let client = Client::new("10.1.2.3:5000".parse().unwrap());
+        assert_eq!(client.forwarded_for(None).unwrap(), "10.1.2.3");
+        let previous = HeaderValue::from_static("192.0.2.7");
+        assert_eq!(client.forwarded_for(Some(&previous)).unwrap(), "192.0.2.7, 10.1.2.3");
+        let v6 = Client::new("[::1]:5000".parse().unwrap());
+        assert_eq!(v6.forwarded_for(None).unwrap(), "::1");
     }
 
     #[test]

@@ -282,9 +282,10 @@ async fn connection(stream: tokio::net::TcpStream, peer: SocketAddr, entry: Arc<
         ExposeProtocol::Tcp => tcp::serve(entry, stream, peer).await,
         ExposeProtocol::Http => {
             let _ = stream.set_nodelay(true);
+            let client = http::Client::new(peer);
             let svc = service_fn(move |req| {
-                let entry = entry.clone();
-                async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, peer).await) }
+                let (entry, client) = (entry.clone(), client.clone());
+                async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, client).await) }
             });
             let _ = http1::Builder::new()
                 .keep_alive(true)

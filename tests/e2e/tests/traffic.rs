@@ -376,6 +376,9 @@ async fn http_edges_body_limit_forwarded_headers_no_replica_and_client_ip_sticki
     assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{port}"));
+    let (_, env) = send(hyper::Method::GET, "/headers", vec![], None).await;
+    let h: Value = serde_json::from_str(&env).unwrap();
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     // Client-IP stickiness: every request from this address lands on one replica.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..12 {
