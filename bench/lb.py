@@ -2,13 +2,14 @@
 """Load balancers compared: Capstan, nginx, HAProxy. Run through bench/lb.sh."""
 
 import argparse
+import http.client
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -137,6 +138,60 @@ backend be_sticky
     return subprocess.Popen(["haproxy", "-f", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def kill_under_load(port, path, kill, dead_port, seconds=5.0, conns=10, kill_at=1.0):
+    """Keep-alive GETs from `conns` client threads for `seconds`; `kill()` runs after `kill_at`. Returns what the
+    clients saw (failed requests, when the last one ended after the kill, the slowest request around it) and, from
+    tcpdump on loopback, how long the balancer kept sending to the dead replica: the resets its port answered."""
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-nn", "-tt", "-l", "--immediate-mode",
+                             f"tcp src port {dead_port} and tcp[tcpflags] & tcp-rst != 0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(1.0)  # tcpdump attaches its filter
+    log = []  # (start, end, ok), times relative to the kill
+    start = time.monotonic()
+    t_kill = start + kill_at
+    lock = threading.Lock()
+
+    def client():
+        conn = None
+        while time.monotonic() - start < seconds:
+            t = time.monotonic()
+            try:
+                conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", path)
+                r = conn.getresponse()
+                r.read()
+                ok = r.status == 200
+            except (OSError, http.client.HTTPException):
+                ok, conn = False, None
+            with lock:
+                log.append((t - t_kill, time.monotonic() - t_kill, ok))
+
+    threads = [threading.Thread(target=client) for _ in range(conns)]
+    for th in threads:
+        th.start()
+    time.sleep(max(0.0, t_kill - time.monotonic()))
+    wall_kill = time.time()
+    kill()
+    for th in threads:
+        th.join()
+    time.sleep(0.2)
+    dump.terminate()
+    resets = [float(line.split()[0]) - wall_kill for line in dump.communicate()[0].splitlines() if line.strip()]
+    resets = [r for r in resets if r >= 0]
+    failed = [e for s_, e, ok in log if not ok and e >= 0]
+    around = [e - s_ for s_, e, _ in log if e >= 0 and s_ <= 0.5]
+    baseline = sorted(e - s_ for s_, e, _ in log if e < 0)
+    return {
+        "requests": len(log),
+        "failed": len(failed),
+        "last_failure_ms": max(failed) * 1000 if failed else 0.0,
+        "slowest_after_kill_ms": max(around) * 1000 if around else 0.0,
+        "p99_before_ms": baseline[int(len(baseline) * 0.99)] * 1000 if baseline else 0.0,
+        "resets": len(resets),
+        "last_reset_ms": max(resets) * 1000 if resets else 0.0,
+    }
+
+
 def measure(name, url, pids, seconds, conns, headers=()):
     wrk(url, 2, conns, headers)  # warm-up: connections, pools, caches
     before = cpu_seconds(pids())
@@ -198,20 +253,16 @@ def run(a, c, n, h, ports):
     for name, port in [("Capstan", ports["capstan"]), ("nginx", ports["nginx"]), ("HAProxy", ports["haproxy"])]:
         st = c.call("GET", "/api/v1/namespaces/default/apps/bench")["status"]
         pid = st["replicaStatuses"][1]["pid"]
+        dead_port = st["replicaStatuses"][1]["ports"]["http"]
         t0 = time.monotonic()
-        loader = subprocess.Popen(["wrk", "-t1", "-c10", "-d5s", f"http://127.0.0.1:{port}{path}"],
-                                  stdout=subprocess.PIPE, text=True)
-        time.sleep(1)
-        os.kill(pid, signal.SIGKILL)
-        out = loader.communicate()[0]
-        errs = sum(int(x) for x in re.findall(r"(?:Non-2xx or 3xx responses:|connect|read|write|timeout) (\d+)", out))
-        kill[name] = errs
+        kill[name] = kill_under_load(port, path, lambda pid=pid: os.kill(pid, signal.SIGKILL), dead_port)
         # Capstan restarts the backend; wait until both are Ready again before the next balancer's turn.
         while time.monotonic() - t0 < 30:
             st = c.call("GET", "/api/v1/namespaces/default/apps/bench")["status"]
             if st.get("readyReplicas") == 2 and st["replicaStatuses"][1]["pid"] != pid:
                 break
             time.sleep(0.1)
+        kill[name]["port_reused"] = st["replicaStatuses"][1]["ports"]["http"] == dead_port
         time.sleep(2.5)  # HAProxy's checks need `rise 2` at `inter 2s` to take the backend back
 
     base = {r["name"]: r for r in results}
@@ -224,11 +275,15 @@ def run(a, c, n, h, ports):
         vs_n = f"{r['rps'] / base['nginx']['rps']:.2f}" if "sticky" not in r["name"] else ""
         print(f"| {r['name']} | {r['rps']:.0f} | {', '.join(str(x) for x in r['all_rps'])} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['cpu_us_per_req']:.1f} µs | {vs_n} | {r['rps'] / base[ref]['rps']:.2f} |")
     print()
-    print("| balancer | failed requests in 5 s of 10-connection load with one of two backends SIGKILLed |")
-    print("|---|---|")
+    print("One of two backends SIGKILLed 1 s into 5 s of keep-alive GETs from 10 client connections:")
+    print()
+    print("| balancer | requests | failed | last failure after the kill | slowest request in flight at the kill (p99 before) | sent to the dead replica: resets, last one after the kill |")
+    print("|---|---|---|---|---|---|")
     for k, v in kill.items():
-        print(f"| {k} | {v} |")
-    json.dump({"results": results, "sigkill_errors": kill}, open(os.environ.get("BENCH_OUT", "/tmp/capstan-bench-lb.json"), "w"), indent=1)
+        print(f"| {k} | {v['requests']} | {v['failed']} | {v['last_failure_ms']:.0f} ms | {v['slowest_after_kill_ms']:.1f} ms ({v['p99_before_ms']:.1f} ms) | {v['resets']}, {v['last_reset_ms']:.0f} ms |")
+    print()
+    print("The replacement listens on " + ("the same port" if all(v["port_reused"] for v in kill.values()) else "a new port") + ".")
+    json.dump({"results": results, "sigkill": kill}, open(os.environ.get("BENCH_OUT", "/tmp/capstan-bench-lb.json"), "w"), indent=1)
 
 
 if __name__ == "__main__":
