@@ -1,10 +1,13 @@
-//! Links the `capstan` binary as a position-dependent executable.
+//! Links the `capstan` binary with packed relative relocations (DT_RELR).
 //!
-//! A position-independent binary of this size carries 2.5 MB of relocations that the dynamic loader reads, and
-//! 1.5 MB of tables it rewrites, at every start: resident memory an idle control plane does not need.
+//! `capstan` is a position-independent executable, so the dynamic loader relocates its pointers at every start.
+//! Stored the classic way, those ~100,000 relocations take 2.5 MB that every start reads and keeps resident;
+//! packed, they take a few kilobytes. glibc 2.36 and binutils 2.38 or later understand the packed form.
 
 fn main() {
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
-        println!("cargo:rustc-link-arg-bins=-no-pie");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
+        && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu")
+    {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
