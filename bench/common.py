@@ -109,10 +109,10 @@ class Capstan:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
-def wrk(url, seconds, conns, headers=(), script=None):
-    """Runs wrk (2 threads, keep-alive) and reads its report: req/s, requests, p50/p99 in ms, and errors (non-2xx
-    responses and socket errors)."""
-    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency"]
+def wrk(url, seconds, conns, headers=(), script=None, threads=2):
+    """Runs wrk (2 threads unless told, keep-alive) and reads its report: req/s, requests, p50/p99 in ms, and errors
+    (non-2xx responses and socket errors)."""
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
     if script:

@@ -14,7 +14,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import wrk  # noqa: E402
+from common import free_port, wrk  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -49,13 +49,14 @@ def wait_http(url, limit=20):
 
 
 class Capstan:
-    def __init__(self, bindir, port, sticky_port):
+    def __init__(self, bindir, port, sticky_port, api=None, wrap=()):
+        """`capstan up` with an App of two backends behind two entry points; `wrap` is a command prefix (valgrind)."""
         self.data = tempfile.mkdtemp(prefix="capstan-lb-")
-        self.api = 17600 + os.getpid() % 300
+        self.api = api or 17600 + os.getpid() % 300
         env = dict(os.environ, CAPSTAN_DATA=self.data, CAPSTAN_LOG="warn")
-        self.proc = subprocess.Popen([f"{bindir}/capstan", "up", "--listen", f"127.0.0.1:{self.api}"],
+        self.proc = subprocess.Popen([*wrap, f"{bindir}/capstan", "up", "--listen", f"127.0.0.1:{self.api}"],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 20
+        end = time.monotonic() + (120 if wrap else 20)
         while not os.path.exists(f"{self.data}/server.json") and time.monotonic() < end:
             time.sleep(0.05)
         self.token = open(f"{self.data}/token").read().strip()
@@ -86,8 +87,12 @@ class Capstan:
         self.proc.wait(timeout=60)
 
 
-def nginx(backends, port, d):
-    conf = f"""worker_processes 2;
+# Every balancer is configured to do what Capstan always does: keep-alive to the backends, retry a failed
+# connection on the other backend, and send X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host.
+
+
+def nginx(backends, port, d, workers=2, prefix="", wrap=()):
+    conf = f"""{prefix}worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{ worker_connections 4096; }}
@@ -96,20 +101,26 @@ http {{
   upstream be {{ {" ".join(f"server 127.0.0.1:{b} max_fails=1 fail_timeout=10s;" for b in backends)} keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_next_upstream error timeout; }}
+    location / {{
+      proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_next_upstream error timeout;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+    }}
   }}
 }}
 """
     path = f"{d}/nginx.conf"
     open(path, "w").write(conf)
-    return subprocess.Popen(["nginx", "-c", path, "-p", d, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([*wrap, "nginx", "-c", path, "-p", d, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def haproxy(backends, port, sticky_port, d):
+def haproxy(backends, port, sticky_port, d, threads=2, wrap=()):
     servers = "\n".join(f"  server s{i} 127.0.0.1:{b} check inter 2s rise 2 fall 3" for i, b in enumerate(backends))
+    forwarded = "  http-request set-header X-Forwarded-Proto http\n  http-request set-header X-Forwarded-Host %[req.hdr(host)]"
     sticky = "\n".join(f"  server s{i} 127.0.0.1:{b} check inter 2s rise 2 fall 3 cookie s{i}" for i, b in enumerate(backends))
     conf = f"""global
-  nbthread 2
+  nbthread {threads}
   maxconn 4096
 defaults
   mode http
@@ -119,11 +130,14 @@ defaults
   option http-keep-alive
   option redispatch
   retries 3
+  option forwardfor
 frontend plain
   bind 127.0.0.1:{port}
+{forwarded}
   default_backend be
 frontend sticky
   bind 127.0.0.1:{sticky_port}
+{forwarded}
   default_backend be_sticky
 backend be
   balance roundrobin
@@ -135,7 +149,7 @@ backend be_sticky
 """
     path = f"{d}/haproxy.cfg"
     open(path, "w").write(conf)
-    return subprocess.Popen(["haproxy", "-f", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([*wrap, "haproxy", "-f", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def kill_under_load(port, path, kill, dead_port, seconds=5.0, conns=10, kill_at=1.0):
@@ -195,6 +209,30 @@ def kill_under_load(port, path, kill, dead_port, seconds=5.0, conns=10, kill_at=
     }
 
 
+def instructions_per_request(start, port, path, d, seconds):
+    """User-space instructions per request of one balancer, counted by callgrind: the same on a quiet or a busy
+    machine, so it shows differences too small for the noise of req/s. `start(wrap)` starts the balancer under the
+    given command prefix and returns its process. The count covers the whole process, after a warm-up, over
+    `seconds` of wrk -t1 -c8 (valgrind runs the process's threads one at a time, so it serves a few thousand req/s).
+    Returns (requests, instructions per request)."""
+    out = f"{d}/callgrind-{port}.out"
+    proc = start(("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"))
+    try:
+        url = f"http://127.0.0.1:{port}{path}"
+        wait_http(url, 120)
+        wrk(url, 5, 4)  # warm-up: connections, pools, caches
+        subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True)
+        r = wrk(url, seconds, 8, threads=1)
+        subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
+        dumps = sorted((f for f in os.listdir(d) if f.startswith(f"callgrind-{port}.out.")), key=lambda f: int(f.rsplit(".", 1)[1]))
+        with open(f"{d}/{dumps[-1]}") as f:
+            total = next(int(line.split()[1]) for line in f if line.startswith(("summary:", "totals:")))
+        return r["requests"], total / max(r["requests"], 1)
+    finally:
+        proc.send_signal(signal.SIGINT)  # a clean stop for all three (Capstan stops its backends)
+        proc.wait(timeout=60)
+
+
 def measure(name, url, pids, seconds, conns, headers=()):
     wrk(url, 2, conns, headers)  # warm-up: connections, pools, caches
     before = cpu_seconds(pids())
@@ -210,6 +248,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--instr-seconds", type=int, default=20, help="wrk time under callgrind per balancer; 0 skips")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="lb-bench-")
     ports = {"capstan": 18101, "capstan_sticky": 18102, "nginx": 18103, "haproxy": 18104, "haproxy_sticky": 18105}
@@ -268,6 +307,29 @@ def run(a, c, n, h, ports):
         kill[name]["port_reused"] = st["replicaStatuses"][1]["ports"]["http"] == dead_port
         time.sleep(2.5)  # HAProxy's checks need `rise 2` at `inter 2s` to take the backend back
 
+    # Instructions per request under callgrind: one more instance of each balancer, one worker where there is a
+    # choice (valgrind runs one thread at a time anyway), in front of the same backends.
+    instr = {}
+    if a.instr_seconds > 0:
+        d = tempfile.mkdtemp(prefix="lb-callgrind-")
+        port, sticky, api = free_port(), free_port(), free_port()
+        holder = {}
+
+        def start_capstan(wrap):
+            holder["c"] = Capstan(a.bin, port, sticky, api=api, wrap=wrap)
+            return holder["c"].proc
+        try:
+            instr["Capstan"] = instructions_per_request(start_capstan, port, path, d, a.instr_seconds)
+        finally:
+            if "c" in holder:
+                subprocess.run(["rm", "-rf", holder["c"].data])
+        np_, hp = free_port(), free_port()
+        instr["nginx"] = instructions_per_request(
+            lambda wrap: nginx(c.backends, np_, d, workers=1, prefix="master_process off;\n", wrap=wrap), np_, path, d, a.instr_seconds)
+        instr["HAProxy"] = instructions_per_request(
+            lambda wrap: haproxy(c.backends, hp, free_port(), d, threads=1, wrap=wrap), hp, path, d, a.instr_seconds)
+        subprocess.run(["rm", "-rf", d])
+
     base = {r["name"]: r for r in results}
     print(f"Medians of {a.rounds} interleaved rounds of {a.seconds} s, wrk -t2 -c{a.conns}, 1 KiB responses.")
     print()
@@ -286,7 +348,15 @@ def run(a, c, n, h, ports):
         print(f"| {k} | {v['requests']} | {v['failed']} | {v['last_failure_ms']:.0f} ms | {v['slowest_after_kill_ms']:.1f} ms ({v['p99_before_ms']:.1f} ms) | {v['resets']}, {v['last_reset_ms']:.0f} ms |")
     print()
     print("The replacement listens on " + ("the same port" if all(v["port_reused"] for v in kill.values()) else "a new port") + ".")
-    json.dump({"results": results, "sigkill": kill}, open(os.environ.get("BENCH_OUT", "/tmp/capstan-bench-lb.json"), "w"), indent=1)
+    if instr:
+        print()
+        print(f"User-space instructions per request (callgrind, whole process, {a.instr_seconds} s of wrk -t1 -c8 after a warm-up):")
+        print()
+        print("| balancer | requests counted | instructions per request | vs nginx | vs HAProxy |")
+        print("|---|---|---|---|---|")
+        for k, (reqs, ipr) in instr.items():
+            print(f"| {k} | {reqs} | {ipr:,.0f} | {ipr / instr['nginx'][1]:.2f} | {ipr / instr['HAProxy'][1]:.2f} |")
+    json.dump({"results": results, "sigkill": kill, "instructions_per_request": {k: v[1] for k, v in instr.items()}}, open(os.environ.get("BENCH_OUT", "/tmp/capstan-bench-lb.json"), "w"), indent=1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
-apt_install nginx haproxy wrk tcpdump python3
+apt_install nginx haproxy wrk tcpdump valgrind python3
 cargo build --release --quiet -p capstan-cli -p hello
 exec python3 bench/lb.py --bin "$CARGO_TARGET_DIR/release" "$@"

@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use capstan_model::Balance;
 use hyper::client::conn::http1::SendRequest;
 
+use crate::metrics::ReplicaMetrics;
 use crate::ProxyBody;
 
 /// Where one replica is reached.
@@ -38,6 +39,8 @@ pub struct Backend {
     /// Idle upstream connections, one pool per proxy worker thread: a connection's task lives on the thread
     /// that opened it, so a request only ever uses its own thread's connections.
     idle: Vec<Mutex<Vec<SendRequest<ProxyBody>>>>,
+    /// Its metric handles, shared with any later backend of the same replica name.
+    pub(crate) metrics: OnceLock<Arc<ReplicaMetrics>>,
 }
 
 /// Idle upstream connections kept per backend.
@@ -58,6 +61,7 @@ impl Backend {
             ejected: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             idle: (0..crate::worker_count()).map(|_| Mutex::new(Vec::new())).collect(),
+            metrics: OnceLock::new(),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::backend::{Backend, InflightGuard};
 use crate::metrics::{ErrorLabels, ReplicaLabels};
 use crate::{BoxError, Entry, ProxyBody};
 
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1, plus the non-standard ones in use).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -29,6 +30,15 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
     "proxy-authorization",
 ];
+
+/// The position of `name` in `HOP_BY_HOP`. Most names are ruled out by their length alone.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let s = name.as_str();
+    match s.len() {
+        2 | 7 | 10 | 16 | 17 | 19 => HOP_BY_HOP.iter().position(|n| *n == s),
+        _ => None,
+    }
+}
 
 // Header names built once: a name given as a string is copied into a new allocation at every insert.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -87,25 +97,35 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Removes hop-by-hop headers, including those the Connection header names. One pass over the names; the
-/// common case (nothing to remove but `connection`/`keep-alive`) allocates nothing.
+/// Removes hop-by-hop headers, including those the Connection header names. One pass over the names; nothing is
+/// allocated unless the Connection header names headers of its own.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let connection_names: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !t.eq_ignore_ascii_case("close")
-                && !t.eq_ignore_ascii_case("keep-alive")
-                && !t.eq_ignore_ascii_case("upgrade")
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
-        .collect();
-    let present: Vec<HeaderName> = h.keys().filter(|k| HOP_BY_HOP.contains(&k.as_str())).cloned().collect();
-    for n in present.into_iter().chain(connection_names) {
-        h.remove(n);
+    let mut present = [false; 8];
+    for k in h.keys() {
+        if let Some(i) = hop_by_hop_index(k) {
+            present[i] = true;
+        }
+    }
+    if present[0] {
+        let listed: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        for n in listed {
+            h.remove(n);
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        h.remove(*name);
     }
 }
 
@@ -244,9 +264,9 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     let no_body = length == Some(0) || (length.is_none() && !headers.contains_key(header::TRANSFER_ENCODING));
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
     strip_hop_by_hop(&mut headers);
-    if let (true, Some(u)) = (upgrade, upgrade_value) {
+    if let Some(u) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
@@ -281,7 +301,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
             None => break,
         };
         if attempt > 0 {
-            entry.replica_metrics(&backend.name).retries.inc();
+            entry.metrics_of(&backend).retries.inc();
         }
         let mut pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
         if pooled.is_some() && !replayable {
@@ -351,7 +371,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
             }
         };
         let status = resp.status();
-        entry.replica_metrics(&backend.name).answered(status.as_u16(), started.elapsed().as_secs_f64());
+        entry.metrics_of(&backend).answered(status.as_u16(), started.elapsed().as_secs_f64());
         if sticky_ip.is_some() {
             entry.backends.pin_ip(client.addr.ip(), &backend.name);
         }
@@ -440,6 +460,20 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        // Every name on the list goes; names of the same lengths that are not on it stay.
+        let mut h = HeaderMap::new();
+        for name in HOP_BY_HOP {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        let kept = ["ab", "content-disposition", "content-location", "expires", "user-agent", "x-forwarded-proto"];
+        for name in kept {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, kept);
     }
 
     #[test]

@@ -149,6 +149,11 @@ impl Entry {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The metric handles of a backend, looked up once per backend: the hot path neither locks nor hashes.
+    pub fn metrics_of<'b>(&self, backend: &'b backend::Backend) -> &'b metrics::ReplicaMetrics {
+        backend.metrics.get_or_init(|| self.replica_metrics(&backend.name))
+    }
+
     /// The metric handles of one replica, created once (label sets are not rebuilt per request).
     pub fn replica_metrics(&self, replica: &str) -> Arc<metrics::ReplicaMetrics> {
         if let Some(m) = self.per_replica.read().unwrap_or_else(|p| p.into_inner()).get(replica) {
