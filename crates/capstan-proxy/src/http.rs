@@ -58,12 +58,19 @@ impl Client {
         Client { addr, forwarded_for: HeaderValue::from_maybe_shared(Bytes::from(addr.ip().to_string())).ok() }
     }
 
-    /// `X-Forwarded-For` for a request that brought `previous`: the client's address appended to it.
-    fn forwarded_for(&self, previous: Option<&HeaderValue>) -> Option<HeaderValue> {
-        match previous.and_then(|v| v.to_str().ok()) {
-            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", self.addr.ip())).ok(),
-            None => self.forwarded_for.clone(),
+    /// `X-Forwarded-For` for a request that brought the `previous` values (one per header line): those joined
+    /// into one list, the client's address appended. Values that are not visible ASCII are left out.
+    fn forwarded_for<'h>(&self, previous: impl Iterator<Item = &'h HeaderValue>) -> Option<HeaderValue> {
+        let mut list = String::new();
+        for v in previous.filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()) {
+            list.push_str(v);
+            list.push_str(", ");
         }
+        if list.is_empty() {
+            return self.forwarded_for.clone();
+        }
+        list.push_str(&self.addr.ip().to_string());
+        HeaderValue::from_str(&list).ok()
     }
 }
 
@@ -270,8 +277,18 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
-    if let Some(v) = client.forwarded_for(headers.get(X_FORWARDED_FOR)) {
-        headers.insert(X_FORWARDED_FOR, v);
+    // One lookup: the entry gives the previous values and takes the new one in their place.
+    match headers.entry(X_FORWARDED_FOR) {
+        header::Entry::Occupied(mut e) => {
+            if let Some(v) = client.forwarded_for(e.iter()) {
+                e.insert(v);
+            }
+        }
+        header::Entry::Vacant(e) => {
+            if let Some(v) = client.forwarded_for(std::iter::empty()) {
+                e.insert(v);
+            }
+        }
     }
     headers.entry(X_FORWARDED_PROTO).or_insert(HeaderValue::from_static("http"));
     if let Some(host) = headers.get(header::HOST).cloned() {
@@ -479,11 +496,18 @@ mod tests {
     #[test]
     fn forwarded_for_appends_the_client() {
         let client = Client::new("10.1.2.3:5000".parse().unwrap());
-        assert_eq!(client.forwarded_for(None).unwrap(), "10.1.2.3");
+        assert_eq!(client.forwarded_for(std::iter::empty()).unwrap(), "10.1.2.3");
         let previous = HeaderValue::from_static("192.0.2.7");
-        assert_eq!(client.forwarded_for(Some(&previous)).unwrap(), "192.0.2.7, 10.1.2.3");
+        assert_eq!(client.forwarded_for([&previous].into_iter()).unwrap(), "192.0.2.7, 10.1.2.3");
+        // Several header lines are one list (RFC 9110 section 5.3): all of them are kept, in order.
+        let second = HeaderValue::from_static("198.51.100.1, 198.51.100.2");
+        let lines = [&previous, &second];
+        assert_eq!(client.forwarded_for(lines.into_iter()).unwrap(), "192.0.2.7, 198.51.100.1, 198.51.100.2, 10.1.2.3");
+        // A value that is not visible ASCII is left out rather than forwarded.
+        let bad = HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
+        assert_eq!(client.forwarded_for([&bad, &previous].into_iter()).unwrap(), "192.0.2.7, 10.1.2.3");
         let v6 = Client::new("[::1]:5000".parse().unwrap());
-        assert_eq!(v6.forwarded_for(None).unwrap(), "::1");
+        assert_eq!(v6.forwarded_for(std::iter::empty()).unwrap(), "::1");
     }
 
     #[test]
