@@ -352,10 +352,10 @@ async fn http_edges_body_limit_forwarded_headers_no_replica_and_client_ip_sticki
     use http_body_util::{BodyExt, Full};
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<bytes::Bytes>>();
-    let send = |method: hyper::Method, path: &str, body: Vec<u8>, xff: Option<&str>| {
+    let send = |method: hyper::Method, path: &str, body: Vec<u8>, xff: &[&str]| {
         let mut req = hyper::Request::builder().method(method).uri(format!("http://127.0.0.1:{port}{path}"));
-        if let Some(x) = xff {
-            req = req.header("x-forwarded-for", x);
+        for x in xff {
+            req = req.header("x-forwarded-for", *x);
         }
         let req = req.body(Full::new(bytes::Bytes::from(body))).unwrap();
         let client = client.clone();
@@ -366,29 +366,33 @@ async fn http_edges_body_limit_forwarded_headers_no_replica_and_client_ip_sticki
         }
     };
     // A body over maxBodySize is refused before it reaches a replica.
-    let (code, body) = send(hyper::Method::POST, "/echo", vec![b'x'; 2048], None).await;
+    let (code, body) = send(hyper::Method::POST, "/echo", vec![b'x'; 2048], &[]).await;
     assert_eq!(code, 413, "{body}");
-    let (code, body) = send(hyper::Method::POST, "/echo", vec![b'y'; 512], None).await;
+    let (code, body) = send(hyper::Method::POST, "/echo", vec![b'y'; 512], &[]).await;
     assert_eq!((code, body.len()), (200, 512));
     // X-Forwarded-For gets the client appended; X-Forwarded-Proto and -Host are set.
-    let (_, env) = send(hyper::Method::GET, "/headers", vec![], Some("10.1.2.3")).await;
+    let (_, env) = send(hyper::Method::GET, "/headers", vec![], &["10.1.2.3"]).await;
     let h: Value = serde_json::from_str(&env).unwrap();
     assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{port}"));
-    let (_, env) = send(hyper::Method::GET, "/headers", vec![], None).await;
+    let (_, env) = send(hyper::Method::GET, "/headers", vec![], &[]).await;
     let h: Value = serde_json::from_str(&env).unwrap();
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    // Two X-Forwarded-For lines reach the replica as one list, every hop kept.
+    let (_, env) = send(hyper::Method::GET, "/headers", vec![], &["10.1.2.3", "10.4.5.6, 10.7.8.9"]).await;
+    let h: Value = serde_json::from_str(&env).unwrap();
+    assert_eq!(h["x-forwarded-for"], "10.1.2.3, 10.4.5.6, 10.7.8.9, 127.0.0.1");
     // Client-IP stickiness: every request from this address lands on one replica.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..12 {
-        seen.insert(send(hyper::Method::GET, "/version", vec![], None).await.1);
+        seen.insert(send(hyper::Method::GET, "/version", vec![], &[]).await.1);
     }
     assert_eq!(seen.len(), 1, "one client address, one replica: {seen:?}");
     // No Ready replica: 503 naming the App, not a hang.
     tp.apply(&web("edge", port, "1", extra).replace("replicas: 3", "replicas: 0"));
     let (code, body) = eventually("503 with no replica", T, || async {
-        let r = send(hyper::Method::GET, "/", vec![], None).await;
+        let r = send(hyper::Method::GET, "/", vec![], &[]).await;
         (r.0 == 503).then_some(r)
     })
     .await;
