@@ -307,7 +307,8 @@ impl Proxy {
         Proxy { listeners: Mutex::new(HashMap::new()), metrics: Arc::default(), workers: std::sync::OnceLock::new() }
     }
 
-    /// Opens the sockets of an entry point, one per worker, and starts accepting on each.
+    /// Opens the listening socket of an entry point and starts accepting on the first worker, which hands each
+    /// connection to the least busy one.
     fn open(
         &self,
         address: &str,
