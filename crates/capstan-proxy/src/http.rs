@@ -107,13 +107,14 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including those the Connection header names. One pass over the names; nothing is
 /// allocated unless the Connection header names headers of its own.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let mut present = [false; 8];
+    let mut present = [false; HOP_BY_HOP.len()];
     for k in h.keys() {
         if let Some(i) = hop_by_hop_index(k) {
             present[i] = true;
         }
     }
     if present[0] {
+        // HOP_BY_HOP[0] is `connection`: the names it lists go too.
         let listed: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
@@ -285,7 +286,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
             }
         }
         header::Entry::Vacant(e) => {
-            if let Some(v) = client.forwarded_for(std::iter::empty()) {
+            if let Some(v) = client.forwarded_for.clone() {
                 e.insert(v);
             }
         }
