@@ -308,7 +308,7 @@ def run(a, c, n, h, ports):
         time.sleep(2.5)  # HAProxy's checks need `rise 2` at `inter 2s` to take the backend back
 
     # Instructions per request under callgrind: one more instance of each balancer, one worker where there is a
-    # choice (valgrind runs one thread at a time anyway), in front of the same backends.
+    # choice (valgrind runs one thread at a time anyway), in front of the same backends; and a bare hyper proxy.
     instr = {}
     if a.instr_seconds > 0:
         d = tempfile.mkdtemp(prefix="lb-callgrind-")
@@ -328,6 +328,12 @@ def run(a, c, n, h, ports):
             lambda wrap: nginx(c.backends, np_, d, workers=1, prefix="master_process off;\n", wrap=wrap), np_, path, d, a.instr_seconds)
         instr["HAProxy"] = instructions_per_request(
             lambda wrap: haproxy(c.backends, hp, free_port(), d, threads=1, wrap=wrap), hp, path, d, a.instr_seconds)
+        # The floor under any balancer on hyper: its server and client connections passing requests through.
+        fp = free_port()
+        floor = [f"{a.bin}/examples/hyper_floor", str(fp)] + [str(b) for b in c.backends]
+        instr["hyper alone (examples/hyper_floor)"] = instructions_per_request(
+            lambda wrap: subprocess.Popen([*wrap, *floor], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            fp, path, d, a.instr_seconds)
         subprocess.run(["rm", "-rf", d])
 
     base = {r["name"]: r for r in results}
