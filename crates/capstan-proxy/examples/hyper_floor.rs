@@ -20,7 +20,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Incoming>, Error> {
     let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
+    let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     Ok(sender)
@@ -60,7 +60,7 @@ fn main() -> Result<(), Error> {
         let listener = TcpListener::bind(("127.0.0.1", listen)).await?;
         loop {
             let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
+            let _ = stream.set_nodelay(true);
             let backend = backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
             let upstream = Arc::new(Mutex::new(None));
             tokio::spawn(async move {

@@ -155,7 +155,7 @@ impl Entry {
     }
 
     /// The metric handles of one replica, created once (label sets are not rebuilt per request).
-    pub fn replica_metrics(&self, replica: &str) -> Arc<metrics::ReplicaMetrics> {
+    fn replica_metrics(&self, replica: &str) -> Arc<metrics::ReplicaMetrics> {
         if let Some(m) = self.per_replica.read().unwrap_or_else(|p| p.into_inner()).get(replica) {
             return m.clone();
         }
