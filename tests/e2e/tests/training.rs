@@ -44,12 +44,18 @@ async fn every_task_gets_tf_config_and_the_chief_decides_success() {
     let tp = TestPlane::start().await;
     // Each task writes its TF_CONFIG where the test can read it; the chief waits for the others, then succeeds.
     // The ps never exits by itself: cleanPolicy Running stops it once the chief has succeeded.
+    // The workers exit right after writing; the chief also waits until they are gone (reaped), so that they
+    // have finished (and keep their Apps) before the chief ends the job, rather than racing it: with the CI
+    // machine busy with TensorFlow, a worker's exit was once seen after the chief's and cleaned as still running.
     let dump = r#"echo "$TF_CONFIG" > "$TRAINING_DIR/$CAPSTAN_APP.json""#;
-    let chief = format!(r#"{dump}; while [ $(ls "$TRAINING_DIR" | wc -l) -lt 4 ]; do sleep 0.1; done; exit 0"#);
+    let worker = format!(r#"echo $$ > "$TRAINING_DIR/$CAPSTAN_APP.pid"; {dump}"#);
+    let chief = format!(
+        r#"{dump}; while [ $(ls "$TRAINING_DIR" | grep -c '\.json$') -lt 4 ]; do sleep 0.1; done; for f in "$TRAINING_DIR"/*-worker-*.pid; do while kill -0 $(cat "$f") 2>/dev/null; do sleep 0.05; done; done; sleep 1; exit 0"#
+    );
     let yaml = format!(
         "apiVersion: capstan.dev/v1alpha1\nkind: TrainingJob\nmetadata: {{name: tfc}}\nspec:\n  replicaSpecs:\n    Chief: {{replicas: 1, run: {{command: {}}}}}\n    Worker: {{replicas: 2, run: {{command: {}}}}}\n    PS: {{replicas: 1, run: {{command: {}}}}}\n",
         sh(&chief),
-        sh(dump),
+        sh(&worker),
         sh(&format!("{dump}; exec sleep 600")),
     );
     tp.apply(&yaml);
