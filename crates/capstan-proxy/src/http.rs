@@ -223,6 +223,7 @@ impl Outgoing {
 pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Client) -> Response<ProxyBody> {
     let cfg = entry.config();
     let started = Instant::now();
+    crate::busy::request_starts(started);
     let error = |kind: &str| {
         entry
             .metrics

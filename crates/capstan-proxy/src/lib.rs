@@ -4,6 +4,7 @@
 //! listen and whether they are ready (`sync_app`), and asked to take one out of rotation before it stops (`drain`).
 
 pub mod backend;
+mod busy;
 pub mod http;
 pub mod idle;
 pub mod metrics;
@@ -72,9 +73,16 @@ impl Drop for ConnectionGuard {
 fn start_worker(index: usize) -> Worker {
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let busy_limit = busy::limit_from_env();
     let spawned = std::thread::Builder::new().name(format!("capstan-lb-{index}")).spawn(move || {
         WORKER.with(|w| w.set(index));
-        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        busy::enable(busy_limit);
+        let built = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(busy::parked)
+            .on_thread_unpark(busy::unparked)
+            .build();
+        match built {
             Ok(rt) => {
                 let _ = tx.send(Some(rt.handle().clone()));
                 rt.block_on(async {
