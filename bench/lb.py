@@ -263,6 +263,7 @@ def main():
                 p.send_signal(signal.SIGQUIT if p is n else signal.SIGTERM)
                 p.wait(timeout=30)
         c.stop()
+        subprocess.run(["rm", "-rf", c.data, d])
 
 
 def run(a, c, n, h, ports):
