@@ -70,10 +70,9 @@ impl Drop for ConnectionGuard {
     }
 }
 
-fn start_worker(index: usize) -> Worker {
+fn start_worker(index: usize, busy_limit: Option<Duration>) -> Worker {
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let busy_limit = busy::limit_from_env();
     let spawned = std::thread::Builder::new().name(format!("capstan-lb-{index}")).spawn(move || {
         WORKER.with(|w| w.set(index));
         busy::enable(busy_limit);
@@ -324,7 +323,10 @@ impl Proxy {
         entry: Arc<Entry>,
         protocol: ExposeProtocol,
     ) -> Result<(SocketAddr, Vec<JoinHandle<()>>), String> {
-        let workers = self.workers.get_or_init(|| (0..worker_count()).map(start_worker).collect());
+        let workers = self.workers.get_or_init(|| {
+            let busy_limit = busy::limit_from_env();
+            (0..worker_count()).map(|i| start_worker(i, busy_limit)).collect()
+        });
         let dispatch =
             Dispatch { workers: workers.iter().map(|w| (w.handle.clone(), w.connections.clone())).collect() };
         let Some(acceptor) = workers.first() else {
