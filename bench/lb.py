@@ -49,12 +49,13 @@ def wait_http(url, limit=20):
 
 
 class Capstan:
-    def __init__(self, bindir, port, sticky_port, api=None, wrap=()):
-        """`capstan up` with an App of two backends behind two entry points; `wrap` is a command prefix (valgrind)."""
+    def __init__(self, bindir, port, sticky_port, api=None, wrap=(), exe=None, expose=()):
+        """`capstan up` with an App of two backends (`bindir`'s capstan-hello) behind two entry points, and any more
+        `expose` entries; `exe` is the capstan binary (default `bindir`'s), `wrap` a command prefix (valgrind)."""
         self.data = tempfile.mkdtemp(prefix="capstan-lb-")
         self.api = api or 17600 + os.getpid() % 300
         env = dict(os.environ, CAPSTAN_DATA=self.data, CAPSTAN_LOG="warn")
-        self.proc = subprocess.Popen([*wrap, f"{bindir}/capstan", "up", "--listen", f"127.0.0.1:{self.api}"],
+        self.proc = subprocess.Popen([*wrap, exe or f"{bindir}/capstan", "up", "--listen", f"127.0.0.1:{self.api}"],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         end = time.monotonic() + (120 if wrap else 20)
         while not os.path.exists(f"{self.data}/server.json") and time.monotonic() < end:
@@ -64,7 +65,8 @@ class Capstan:
                "spec": {"replicas": 2, "run": {"command": [f"{bindir}/capstan-hello"]}, "ports": [{"name": "http"}],
                         "probes": {"readiness": {"http": {"path": "/status", "port": "http"}, "periodSeconds": 1}},
                         "expose": [{"port": port},
-                                   {"name": "sticky", "port": sticky_port, "sticky": {"cookie": {"name": "ROUTE"}}}]}}
+                                   {"name": "sticky", "port": sticky_port, "sticky": {"cookie": {"name": "ROUTE"}}},
+                                   *expose]}}
         self.call("POST", "/api/v1/apply", {"objects": [app]})
         end = time.monotonic() + 30
         while time.monotonic() < end:
@@ -249,14 +251,19 @@ def main():
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--instr-seconds", type=int, default=20, help="wrk time under callgrind per balancer; 0 skips")
+    ap.add_argument("--pgo-bin", help="a PGO release build of capstan (scripts/build-release.sh), measured as well")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="lb-bench-")
     ports = {"capstan": 18101, "capstan_sticky": 18102, "nginx": 18103, "haproxy": 18104, "haproxy_sticky": 18105}
     c = Capstan(a.bin, ports["capstan"], ports["capstan_sticky"])
+    pgo = None
+    if a.pgo_bin:
+        ports.update(pgo=18106, pgo_sticky=18107)
+        pgo = Capstan(a.bin, ports["pgo"], ports["pgo_sticky"], api=free_port(), exe=a.pgo_bin)
     n = nginx(c.backends, ports["nginx"], d)
     h = haproxy(c.backends, ports["haproxy"], ports["haproxy_sticky"], d)
     try:
-        run(a, c, n, h, ports)
+        run(a, c, n, h, ports, pgo)
     finally:
         for p in (n, h):
             if p.poll() is None:
@@ -264,9 +271,12 @@ def main():
                 p.wait(timeout=30)
         c.stop()
         subprocess.run(["rm", "-rf", c.data, d])
+        if pgo:
+            pgo.stop()
+            subprocess.run(["rm", "-rf", pgo.data])
 
 
-def run(a, c, n, h, ports):
+def run(a, c, n, h, ports, pgo=None):
     path = "/bytes/1024"
     for p in ports.values():
         wait_http(f"http://127.0.0.1:{p}{path}")
@@ -279,6 +289,12 @@ def run(a, c, n, h, ports):
         ("Capstan, sticky cookie", f"http://127.0.0.1:{ports['capstan_sticky']}{path}", lambda: [c.proc.pid], [f"Cookie: {cookie}"]),
         ("HAProxy, sticky cookie", f"http://127.0.0.1:{ports['haproxy_sticky']}{path}", lambda: [h.pid] + children(h.pid), ["Cookie: SERVERID=s0"]),
     ]
+    if pgo:
+        # The release build (scripts/build-release.sh): the same code, optimised with a profile of its training run.
+        pcookie = urllib.request.urlopen(f"http://127.0.0.1:{ports['pgo_sticky']}/").headers["Set-Cookie"].split(";")[0]
+        runs[1:1] = [("Capstan, PGO release build", f"http://127.0.0.1:{ports['pgo']}{path}", lambda: [pgo.proc.pid], ())]
+        runs[5:5] = [("Capstan, PGO release build, sticky cookie", f"http://127.0.0.1:{ports['pgo_sticky']}{path}",
+                      lambda: [pgo.proc.pid], [f"Cookie: {pcookie}"])]
     # Interleaved rounds: every balancer sees the same machine conditions; the median of each is reported.
     samples = {name: [] for name, *_ in runs}
     for _ in range(a.rounds):
@@ -324,6 +340,15 @@ def run(a, c, n, h, ports):
         finally:
             if "c" in holder:
                 subprocess.run(["rm", "-rf", holder["c"].data])
+        if a.pgo_bin:
+            def start_pgo(wrap):
+                holder["p"] = Capstan(a.bin, port, sticky, api=api, wrap=wrap, exe=a.pgo_bin)
+                return holder["p"].proc
+            try:
+                instr["Capstan, PGO release build"] = instructions_per_request(start_pgo, port, path, d, a.instr_seconds)
+            finally:
+                if "p" in holder:
+                    subprocess.run(["rm", "-rf", holder["p"].data])
         np_, hp = free_port(), free_port()
         instr["nginx"] = instructions_per_request(
             lambda wrap: nginx(c.backends, np_, d, workers=1, prefix="master_process off;\n", wrap=wrap), np_, path, d, a.instr_seconds)

@@ -109,3 +109,46 @@ pub fn dense(inputs: usize, width: usize, layers: usize) -> Vec<u8> {
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Dense, Loaded};
+
+    /// The dense fixture computes what it says: ReLU layers of the documented weights, then one linear output.
+    #[test]
+    fn dense_matches_a_reference_computation() {
+        let (inputs, width, layers) = (4, 8, 2);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.onnx");
+        std::fs::write(&path, dense(inputs, width, layers)).expect("write");
+        let model = Loaded::load(&path).expect("the fixture loads");
+        // Inputs of both signs and large enough that the ReLUs cut off part of every hidden layer.
+        let x: Vec<f32> = (0..3 * inputs).map(|i| ((i * 37 % 11) as f32 - 5.0) * 2.0).collect();
+        let out = model.run(vec![Dense { shape: vec![3, inputs], values: x.clone() }]).expect("runs");
+        assert_eq!(out[0].shape, vec![3, 1]);
+
+        let weight = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| (((i * 7919 + seed * 104729) % 2000) as f32 / 1000.0 - 1.0) * 0.1).collect()
+        };
+        for row in 0..3 {
+            let mut h: Vec<f32> = x[row * inputs..(row + 1) * inputs].to_vec();
+            for l in 0..=layers {
+                let out_n = if l == layers { 1 } else { width };
+                let (w, b) = (weight(h.len() * out_n, l), weight(out_n, l + 100));
+                h = (0..out_n)
+                    .map(|j| {
+                        let v = b[j] + h.iter().enumerate().map(|(i, hi)| hi * w[i * out_n + j]).sum::<f32>();
+                        if l < layers {
+                            v.max(0.0)
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+            }
+            let got = out[0].values[row];
+            assert!((got - h[0]).abs() < 1e-6, "row {row}: model {got}, reference {}", h[0]);
+        }
+    }
+}

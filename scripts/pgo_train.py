@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""The training run of the release build (scripts/build-release.sh): an instrumented `capstan` serves what it
+serves in production — the load balancer (round-robin, sticky cookie, new connection per request, TCP
+passthrough), the API and PromQL queries, supervision, and a model server — and writes its profile at exit."""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from common import free_port, wrk  # noqa: E402
+from lb import Capstan, wait_http  # noqa: E402
+
+
+def balancer_and_api(capstan, bindir, seconds):
+    port, sticky, tcp = free_port(), free_port(), free_port()
+    c = Capstan(bindir, port, sticky, api=free_port(), exe=capstan,
+                expose=[{"name": "raw", "port": tcp, "protocol": "tcp"}])
+    try:
+        path = "/bytes/1024"
+        for p in (port, sticky, tcp):
+            wait_http(f"http://127.0.0.1:{p}{path}", 60)
+        cookie = urllib.request.urlopen(f"http://127.0.0.1:{sticky}/").headers["Set-Cookie"].split(";")[0]
+        for url, secs, conns, headers in [
+            (f"http://127.0.0.1:{port}{path}", seconds, 50, ()),
+            (f"http://127.0.0.1:{sticky}{path}", seconds / 2, 50, [f"Cookie: {cookie}"]),
+            (f"http://127.0.0.1:{port}{path}", seconds / 4, 8, ["Connection: close"]),
+            (f"http://127.0.0.1:{tcp}{path}", seconds / 4, 8, ()),
+        ]:
+            r = wrk(url, max(1, round(secs)), conns, headers)
+            print(f"  {url} {'; '.join(headers)[:40]}: {r['requests']} requests, {r['errors']} errors", flush=True)
+        # The API a dashboard and the CLI use, and the monitoring queries behind them.
+        queries = ["up", 'sum by (replica) (rate(capstan_lb_requests_total[1m]))',
+                   'histogram_quantile(0.99, sum by (le) (rate(capstan_lb_request_duration_seconds_bucket[1m])))']
+        for i in range(60):
+            c.call("GET", "/api/v1/namespaces/default/apps/bench")
+            c.call("GET", "/api/v1/apps")
+            c.call("GET", "/prometheus/api/v1/query?query=" + urllib.parse.quote(queries[i % len(queries)]))
+        c.call("GET", "/prometheus/api/v1/targets")
+        c.call("POST", "/api/v1/namespaces/default/apps/bench/restart", {})
+        time.sleep(3)  # a rolling restart: replicas drained, replaced, probed
+        print("  API, queries and a rolling restart done", flush=True)
+    finally:
+        c.stop()
+        subprocess.run(["rm", "-rf", c.data])
+
+
+def model_server(capstan, fixture, seconds):
+    with tempfile.TemporaryDirectory(prefix="pgo-model-") as d:
+        subprocess.run([fixture, os.path.join(d, "dense")], check=True)
+        port = free_port()
+        p = subprocess.Popen([capstan, "serve-model", "--model-name", "dense", "--model-base-path",
+                              os.path.join(d, "dense"), "--rest-api-port", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 60)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/dense/metadata").read()
+            script = os.path.join(d, "post.lua")
+            body = "[" + ",".join("[" + ",".join(str((i * 7 + j) % 10 / 10) for j in range(16)) + "]" for i in range(8)) + "]"
+            with open(script, "w") as f:
+                f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+                f.write('wrk.body = \'{"instances": ' + body + "}'\n")
+            r = wrk(f"http://127.0.0.1:{port}/v1/models/dense:predict", max(1, round(seconds / 2)), 8, script=script)
+            print(f"  model server: {r['requests']} predictions, {r['errors']} errors", flush=True)
+            if r["errors"]:
+                raise SystemExit("the model server answered with errors during training")
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=60)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--capstan", required=True, help="the instrumented capstan binary")
+    ap.add_argument("--bin", required=True, help="the directory holding capstan-hello (the backends)")
+    ap.add_argument("--fixture-model", required=True, help="the fixture_model example of capstan-serving")
+    ap.add_argument("--seconds", type=float, default=10)
+    a = ap.parse_args()
+    print("training: the load balancer, the API and supervision", flush=True)
+    balancer_and_api(a.capstan, a.bin, a.seconds)
+    print("training: the model server", flush=True)
+    model_server(a.capstan, a.fixture_model, a.seconds)
+
+
+if __name__ == "__main__":
+    main()
