@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The training run of the release build (scripts/build-release.sh): an instrumented `capstan` serves what it
 serves in production — the load balancer (round-robin, sticky cookie, new connection per request, TCP
-passthrough), the API and PromQL queries, supervision, and a model server — and writes its profile at exit."""
+passthrough), the API and PromQL queries, supervision, and a model server — and writes its profile at exit.
+Any failed request stops it with an error. scripts/test.sh runs it briefly on the debug build, so that it keeps
+working as the API changes."""
 
 import argparse
 import os
@@ -36,6 +38,8 @@ def balancer_and_api(capstan, bindir, seconds):
         ]:
             r = wrk(url, max(1, round(secs)), conns, headers)
             print(f"  {url} {'; '.join(headers)[:40]}: {r['requests']} requests, {r['errors']} errors", flush=True)
+            if r["errors"] or not r["requests"]:
+                raise SystemExit(f"the balancer failed requests during training ({url})")
         # The API a dashboard and the CLI use, and the monitoring queries behind them.
         queries = ["up", 'sum by (replica) (rate(capstan_lb_requests_total[1m]))',
                    'histogram_quantile(0.99, sum by (le) (rate(capstan_lb_request_duration_seconds_bucket[1m])))']
@@ -69,7 +73,7 @@ def model_server(capstan, fixture, seconds):
                 f.write('wrk.body = \'{"instances": ' + body + "}'\n")
             r = wrk(f"http://127.0.0.1:{port}/v1/models/dense:predict", max(1, round(seconds / 2)), 8, script=script)
             print(f"  model server: {r['requests']} predictions, {r['errors']} errors", flush=True)
-            if r["errors"]:
+            if r["errors"] or not r["requests"]:
                 raise SystemExit("the model server answered with errors during training")
         finally:
             p.send_signal(signal.SIGINT)
