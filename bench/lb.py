@@ -330,25 +330,18 @@ def run(a, c, n, h, ports, pgo=None):
     if a.instr_seconds > 0:
         d = tempfile.mkdtemp(prefix="lb-callgrind-")
         port, sticky, api = free_port(), free_port(), free_port()
-        holder = {}
+        builds = [("Capstan", None)] + ([("Capstan, PGO release build", a.pgo_bin)] if a.pgo_bin else [])
+        for label, exe in builds:
+            holder = {}
 
-        def start_capstan(wrap):
-            holder["c"] = Capstan(a.bin, port, sticky, api=api, wrap=wrap)
-            return holder["c"].proc
-        try:
-            instr["Capstan"] = instructions_per_request(start_capstan, port, path, d, a.instr_seconds)
-        finally:
-            if "c" in holder:
-                subprocess.run(["rm", "-rf", holder["c"].data])
-        if a.pgo_bin:
-            def start_pgo(wrap):
-                holder["p"] = Capstan(a.bin, port, sticky, api=api, wrap=wrap, exe=a.pgo_bin)
-                return holder["p"].proc
+            def start_capstan(wrap, exe=exe, holder=holder):
+                holder["c"] = Capstan(a.bin, port, sticky, api=api, wrap=wrap, exe=exe)
+                return holder["c"].proc
             try:
-                instr["Capstan, PGO release build"] = instructions_per_request(start_pgo, port, path, d, a.instr_seconds)
+                instr[label] = instructions_per_request(start_capstan, port, path, d, a.instr_seconds)
             finally:
-                if "p" in holder:
-                    subprocess.run(["rm", "-rf", holder["p"].data])
+                if "c" in holder:
+                    subprocess.run(["rm", "-rf", holder["c"].data])
         np_, hp = free_port(), free_port()
         instr["nginx"] = instructions_per_request(
             lambda wrap: nginx(c.backends, np_, d, workers=1, prefix="master_process off;\n", wrap=wrap), np_, path, d, a.instr_seconds)
