@@ -7,15 +7,16 @@
 # Usage: scripts/build-release.sh [--out DIR]   (copies the binary to DIR as well)
 # `cargo build --release` gives the same program without the profile; docs/benchmarks.md measures both.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. scripts/common.sh
 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out) out="${2:?--out needs a directory}"; shift 2 ;;
+    # Relative to where the script was called from.
+    --out) out="$(realpath -m "${2:?--out needs a directory}")"; shift 2 ;;
     *) echo "build-release.sh: unknown argument $1 (usage: scripts/build-release.sh [--out DIR])" >&2; exit 2 ;;
   esac
 done
+cd "$(dirname "$0")/.."
+. scripts/common.sh
 apt_install wrk python3
 
 # llvm-profdata must match rustc's LLVM: it comes with the toolchain's llvm-tools component.
