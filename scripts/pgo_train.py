@@ -6,6 +6,7 @@ Any failed request stops it with an error. scripts/test.sh runs it briefly on th
 working as the API changes."""
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from common import free_port, wrk  # noqa: E402
 from lb import Capstan, wait_http  # noqa: E402
+from serving import post_script  # noqa: E402
 
 
 def balancer_and_api(capstan, bindir, seconds):
@@ -66,11 +68,8 @@ def model_server(capstan, fixture, seconds):
         try:
             wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 60)
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/dense/metadata").read()
-            script = os.path.join(d, "post.lua")
-            body = "[" + ",".join("[" + ",".join(str((i * 7 + j) % 10 / 10) for j in range(16)) + "]" for i in range(8)) + "]"
-            with open(script, "w") as f:
-                f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
-                f.write('wrk.body = \'{"instances": ' + body + "}'\n")
+            rows = [[(i * 7 + j) % 10 / 10 for j in range(16)] for i in range(8)]
+            script = post_script(json.dumps({"instances": rows}), d)
             r = wrk(f"http://127.0.0.1:{port}/v1/models/dense:predict", max(1, round(seconds / 2)), 8, script=script)
             print(f"  model server: {r['requests']} predictions, {r['errors']} errors", flush=True)
             if r["errors"] or not r["requests"]:
