@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use capstan_engine::controller::hold_record;
 use capstan_engine::{AppRuntime, ReplicaState};
 use capstan_model::{App, EventType, ObjectKey, Resource, VolumeScope};
-use capstan_runtime_local::volumes::{mirror, volume_dir, MirrorStats};
+use capstan_runtime_local::volume_copy::CopyError;
+use capstan_runtime_local::volumes::{volume_dir, MirrorStats, Replace};
 use serde::Serialize;
 
 use crate::plane::Shared;
@@ -35,6 +36,16 @@ pub struct SyncError {
 
 fn refuse(code: u16, message: impl Into<String>) -> SyncError {
     SyncError { code, message: message.into() }
+}
+
+/// Runs a copy step off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CopyError> + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| refuse(500, e.to_string()))?
+        .map_err(|e| refuse(500, format!("volume copy failed: {e}")))
 }
 
 /// Keeps a process group stopped (SIGSTOP) until dropped (SIGCONT), so an error cannot leave it frozen.
@@ -118,34 +129,40 @@ pub async fn sync_volume(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Work on the target's own directory under another name: only what differs is copied (as rsync does), and
-        // the target never sees a half-done copy under its name.
-        let tmp = dir.join(format!("replica-{to}.sync"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        if dst.exists() {
-            std::fs::rename(&dst, &tmp).map_err(|e| refuse(500, format!("moving {} aside: {e}", dst.display())))?;
-        }
-        let (s1, t1) = (src.clone(), tmp.clone());
-        let live = tokio::task::spawn_blocking(move || {
-            let mut stats = MirrorStats::default();
-            mirror(&s1, &t1, &mut stats).map(|_| stats)
+        // Build the copy beside the target (hard links to its files, so only what differs is copied) and swap it in
+        // by rename: the target never sees a half-done copy, and its previous contents stay until the copy verifies.
+        let (s, d) = (src.clone(), dst.clone());
+        let (mut replace, live) = blocking(move || {
+            let mut r = Replace::begin(&s, &d)?;
+            match r.pass() {
+                Ok(live) => Ok((r, live)),
+                Err(e) => {
+                    r.abort();
+                    Err(e)
+                }
+            }
         })
-        .await
-        .map_err(|e| refuse(500, e.to_string()))?
-        .map_err(|e| refuse(500, format!("copying {}: {e}", src.display())))?;
+        .await?;
         let frozen_at = Instant::now();
-        let freeze = Frozen::new(source_pid)?;
-        let (s2, t2) = (src.clone(), tmp.clone());
-        let frozen = tokio::task::spawn_blocking(move || {
-            let mut stats = MirrorStats::default();
-            mirror(&s2, &t2, &mut stats).map(|_| stats)
+        let freeze = match Frozen::new(source_pid) {
+            Ok(f) => f,
+            Err(e) => {
+                replace.abort();
+                return Err(e);
+            }
+        };
+        let (replace, frozen) = blocking(move || match replace.pass() {
+            Ok(stats) => Ok((replace, stats)),
+            Err(e) => {
+                replace.abort();
+                Err(e)
+            }
         })
-        .await
-        .map_err(|e| refuse(500, e.to_string()))?
-        .map_err(|e| refuse(500, format!("copying {}: {e}", src.display())))?;
+        .await?;
         drop(freeze);
         let frozen_millis = frozen_at.elapsed().as_millis() as u64;
-        std::fs::rename(&tmp, &dst).map_err(|e| refuse(500, format!("putting the copy in place: {e}")))?;
+        // Read back and compared with what the frozen pass saw; a mismatch puts the target's contents back.
+        blocking(move || replace.commit()).await?;
         Ok(SyncReport {
             volume: volume.to_string(),
             from,
@@ -157,13 +174,6 @@ pub async fn sync_volume(
         })
     }
     .await;
-    if result.is_err() {
-        // Give the target its directory back, whatever the copy got to; the App decides what to do with it.
-        let tmp = dir.join(format!("replica-{to}.sync"));
-        if tmp.exists() && !dst.exists() {
-            let _ = std::fs::rename(&tmp, &dst);
-        }
-    }
     let _ = shared.store.delete_record(&hold);
     rt.poke(key);
     match &result {

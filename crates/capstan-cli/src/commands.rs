@@ -795,12 +795,16 @@ fn metrics_lint(file: &str, format: Option<&str>) -> Result<u8> {
 }
 
 async fn volume_sync(client: &Client, app: &str, ns: &str, volume: &str, from: u32, to: u32) -> Result<u8> {
-    let spinner = std::io::stderr().is_terminal().then(|| {
+    let what = format!("draining {app}-{to}, copying {volume} from {app}-{from}, verifying the copy");
+    let spinner = if std::io::stderr().is_terminal() {
         let pb = indicatif::ProgressBar::new_spinner();
         pb.enable_steady_tick(Duration::from_millis(100));
-        pb.set_message(format!("draining {app}-{to}, copying {volume} from {app}-{from}"));
-        pb
-    });
+        pb.set_message(what);
+        Some(pb)
+    } else {
+        eprintln!("{what}…");
+        None
+    };
     let path = format!("/api/v1/namespaces/{ns}/apps/{app}/volumes/{volume}/sync");
     let result = client.post(&path, json!({ "from": from, "to": to })).await;
     if let Some(pb) = spinner {
@@ -810,7 +814,7 @@ async fn volume_sync(client: &Client, app: &str, ns: &str, volume: &str, from: u
     let files = r["live"]["files"].as_u64().unwrap_or(0) + r["frozen"]["files"].as_u64().unwrap_or(0);
     let bytes = r["live"]["bytes"].as_u64().unwrap_or(0) + r["frozen"]["bytes"].as_u64().unwrap_or(0);
     println!(
-        "✔ volume {volume}: {app}-{from} → {app}-{to}: {files} files, {bytes} bytes in {} ms ({app}-{from} paused {} ms); {app}-{to} is starting",
+        "✔ volume {volume}: {app}-{from} → {app}-{to}: {files} files, {bytes} bytes copied and verified in {} ms ({app}-{from} paused {} ms); {app}-{to} is starting",
         r["tookMillis"], r["frozenMillis"]
     );
     Ok(EXIT_OK)

@@ -7,6 +7,7 @@ pub mod limits;
 pub mod logs;
 pub mod probe;
 pub mod process;
+pub mod volume_copy;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -10,6 +10,8 @@ use capstan_model::{App, ObjectKey, ReclaimPolicy, Volume, VolumeScope, VolumeSt
 use capstan_store::Store;
 use serde::{Deserialize, Serialize};
 
+pub use crate::volume_copy::{MirrorStats, Replace};
+
 /// How long a measured usage is reused.
 const USAGE_TTL: Duration = Duration::from_secs(15);
 
@@ -93,6 +95,11 @@ pub fn release(store: &Store, data_dir: &Path, app: &ObjectKey) {
     let _ = std::fs::remove_dir(&app_dir);
 }
 
+/// The ordinal of a `replica-<N>` directory; `None` for anything else (a sync's `replica-1.sync`, say).
+fn replica_ordinal(name: &str) -> Option<u32> {
+    name.strip_prefix("replica-")?.parse().ok()
+}
+
 fn du(path: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
     if !meta.is_dir() {
@@ -140,12 +147,10 @@ impl Usage {
                         .flatten()
                         .flatten()
                         .map(|e| e.path())
-                        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("replica-")))
+                        .filter(|p| p.file_name().and_then(|n| replica_ordinal(&n.to_string_lossy())).is_some())
                         .collect(),
                 };
-                paths.sort_by_key(|p| {
-                    p.file_name().and_then(|n| n.to_string_lossy().trim_start_matches("replica-").parse::<u32>().ok())
-                });
+                paths.sort_by_key(|p| p.file_name().and_then(|n| replica_ordinal(&n.to_string_lossy())));
                 VolumeStatus {
                     name: v.name.clone(),
                     scope: v.scope,
@@ -156,103 +161,5 @@ impl Usage {
             .collect();
         cache.insert(key, (Instant::now(), out.clone()));
         out
-    }
-}
-
-/// What a mirror pass copied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MirrorStats {
-    pub files: u64,
-    pub bytes: u64,
-    pub removed: u64,
-}
-
-/// Makes `dst` a copy of `src`: files whose size or modification time differ are copied (keeping mode and time),
-/// entries `src` lacks are removed, symlinks are copied as links and never followed. Run once while the source
-/// is live and again while it is frozen, the second pass copies only what changed in between.
-pub fn mirror(src: &Path, dst: &Path, stats: &mut MirrorStats) -> std::io::Result<()> {
-    std::fs::create_dir_all(dst)?;
-    let mut wanted = std::collections::HashSet::new();
-    for e in std::fs::read_dir(src)? {
-        let e = e?;
-        let name = e.file_name();
-        wanted.insert(name.clone());
-        let (from, to) = (e.path(), dst.join(&name));
-        let meta = std::fs::symlink_metadata(&from)?;
-        let existing = std::fs::symlink_metadata(&to).ok();
-        if meta.is_dir() {
-            if existing.as_ref().is_some_and(|m| !m.is_dir()) {
-                std::fs::remove_file(&to)?;
-            }
-            mirror(&from, &to, stats)?;
-            std::fs::set_permissions(&to, meta.permissions())?;
-        } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&from)?;
-            if existing.is_some() && std::fs::read_link(&to).ok().as_ref() != Some(&target) {
-                remove_any(&to)?;
-            }
-            if std::fs::symlink_metadata(&to).is_err() {
-                std::os::unix::fs::symlink(&target, &to)?;
-                stats.files += 1;
-            }
-        } else if meta.is_file() {
-            let same = existing
-                .as_ref()
-                .is_some_and(|m| m.is_file() && m.len() == meta.len() && m.modified().ok() == meta.modified().ok());
-            if same {
-                continue;
-            }
-            if existing.is_some() {
-                remove_any(&to)?;
-            }
-            stats.bytes += std::fs::copy(&from, &to)?;
-            stats.files += 1;
-            // std::fs::copy keeps the mode; the time is what the next pass compares.
-            let f = std::fs::File::options().write(true).open(&to)?;
-            f.set_modified(meta.modified()?)?;
-        }
-    }
-    for e in std::fs::read_dir(dst)? {
-        let e = e?;
-        if !wanted.contains(&e.file_name()) {
-            remove_any(&e.path())?;
-            stats.removed += 1;
-        }
-    }
-    Ok(())
-}
-
-fn remove_any(p: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
-        Ok(_) => std::fs::remove_file(p),
-        Err(_) => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mirror_copies_changes_and_removes_extras() {
-        let src = tempfile::tempdir().unwrap();
-        let dst = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(src.path().join("seg")).unwrap();
-        std::fs::write(src.path().join("seg/a"), "aaaa").unwrap();
-        std::fs::write(src.path().join("meta"), "v1").unwrap();
-        std::os::unix::fs::symlink("seg/a", src.path().join("link")).unwrap();
-        std::fs::write(dst.path().join("stale"), "old").unwrap();
-        let mut s = MirrorStats::default();
-        mirror(src.path(), dst.path(), &mut s).unwrap();
-        assert_eq!((s.files, s.bytes, s.removed), (3, 6, 1));
-        assert_eq!(std::fs::read_link(dst.path().join("link")).unwrap(), Path::new("seg/a"));
-        // A second pass copies only what changed.
-        std::fs::write(src.path().join("meta"), "v2 longer").unwrap();
-        let mut s2 = MirrorStats::default();
-        mirror(src.path(), dst.path(), &mut s2).unwrap();
-        assert_eq!((s2.files, s2.bytes, s2.removed), (1, 9, 0));
-        assert_eq!(std::fs::read_to_string(dst.path().join("meta")).unwrap(), "v2 longer");
     }
 }

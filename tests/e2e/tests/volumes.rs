@@ -142,6 +142,12 @@ async fn volume_sync_repairs_a_lost_index_from_a_peer() {
     for e in std::fs::read_dir(&lost).expect("dir").flatten() {
         std::fs::remove_file(e.path()).expect("rm");
     }
+    // …and keeps a `meta` of its own with the source's size and, to the nanosecond, its mtime: the copy must not
+    // take it for up to date (it did, and the replica's index then named segments that were gone).
+    let source_meta = tp.dir.path().join("volumes/default/idx/index/replica-0/meta");
+    std::fs::write(lost.join("meta"), "v0").expect("write");
+    let mtime = std::fs::metadata(&source_meta).expect("meta").modified().expect("mtime");
+    std::fs::File::options().write(true).open(lost.join("meta")).expect("open").set_modified(mtime).expect("touch");
 
     // Through the command line, as an operator would.
     let out = std::process::Command::new(bin("capstan-e2e-cli"))
@@ -152,7 +158,7 @@ async fn volume_sync_repairs_a_lost_index_from_a_peer() {
         .expect("cli runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("✔ volume index: idx-0 → idx-1: 2 files, 7 bytes"), "{stdout}");
+    assert!(stdout.contains("✔ volume index: idx-0 → idx-1: 2 files, 7 bytes copied and verified"), "{stdout}");
 
     let o = eventually("idx-1 back and Ready", T, || async {
         let o = tp.app("idx").await;
@@ -164,6 +170,7 @@ async fn volume_sync_repairs_a_lost_index_from_a_peer() {
     assert_eq!(replicas(&o)[1]["restarts"], 0, "a sync is not a crash: {}", replicas(&o)[1]);
     assert_eq!(read(port(&o, 1), "INDEX_DIR", "segment-1").await, (200, "alpha".into()));
     assert_eq!(read(port(&o, 1), "INDEX_DIR", "stale").await.0, 404);
+    assert_eq!(read(port(&o, 1), "INDEX_DIR", "meta").await, (200, "v1".into()), "the racy file was copied");
     let events = tp.client.get("/api/v1/namespaces/default/apps/idx/events").await.expect("events").to_string();
     assert!(events.contains("VolumeSynced"), "{events}");
 
