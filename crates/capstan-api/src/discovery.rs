@@ -55,7 +55,7 @@ pub fn app_targets(app: &App, observed: &[ObservedReplica]) -> Vec<TargetGroup> 
                 ("__metrics_path__".to_string(), m.path.clone()),
                 ("__scheme__".to_string(), m.scheme.clone()),
                 ("__scrape_interval__".to_string(), m.interval.clone()),
-                ("__scrape_timeout__".to_string(), m.timeout.clone()),
+                ("__scrape_timeout__".to_string(), m.effective_timeout()),
             ]);
             Some(TargetGroup { targets: vec![format!("127.0.0.1:{port}")], labels })
         })

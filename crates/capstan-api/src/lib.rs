@@ -13,6 +13,15 @@ pub mod volume_sync;
 pub use client::{Client, ClientError};
 pub use plane::{ControlPlane, PlaneConfig, PlaneError};
 
+/// What this build is: the version, the commit it was built from and that commit's date.
+pub fn build_info() -> serde_json::Value {
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("CAPSTAN_COMMIT"),
+        "commitDate": env!("CAPSTAN_COMMIT_DATE"),
+    })
+}
+
 /// The address `capstan up` listens on by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7470";
 /// The file in the data directory holding the API token.

@@ -25,12 +25,15 @@ pub struct PlaneConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub monitoring: crate::monitor::MonitorConfig,
+    /// A batch applied as the plane starts, before any controller runs or the API listens: a batch that is refused
+    /// stops the start with nothing started.
+    pub initial: Vec<Value>,
 }
 
 impl PlaneConfig {
     /// A plane on `data_dir` and `listen`, with default monitoring.
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> PlaneConfig {
-        PlaneConfig { data_dir, listen, monitoring: Default::default() }
+        PlaneConfig { data_dir, listen, monitoring: Default::default(), initial: Vec::new() }
     }
 }
 
@@ -49,6 +52,11 @@ pub enum PlaneError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("token file {path}: {source}")]
     Token { path: PathBuf, source: std::io::Error },
+    /// The initial batch was refused; nothing was started.
+    #[error("the initial batch was refused ({} problems); nothing was started", .0.len())]
+    Invalid(Vec<AdmissionError>),
+    #[error("storing the initial batch: {0}")]
+    Apply(capstan_store::StoreError),
 }
 
 /// Keeps the load balancer in step with what the runtime observes.
@@ -129,6 +137,13 @@ impl Shared {
         let values = resources.iter().map(|r| r.to_value()).collect();
         self.store.apply(values).map_err(ApplyError::Store)
     }
+
+    /// Admits a batch and says what applying it would do, storing nothing (`--dry-run=server`).
+    pub fn apply_dry_run(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, ApplyError> {
+        let resources = self.admitter.check(&objects).map_err(ApplyError::Invalid)?;
+        let values = resources.iter().map(|r| r.to_value()).collect();
+        self.store.apply_dry_run(values).map_err(ApplyError::Store)
+    }
 }
 
 /// Why a batch was not applied.
@@ -152,6 +167,7 @@ pub struct ControlPlane {
     addr: SocketAddr,
     data_dir: PathBuf,
     shutdown_rx: watch::Receiver<Option<bool>>,
+    applied: Vec<(ObjectKey, ApplyAction)>,
 }
 
 fn load_or_create_token(path: &Path) -> Result<String, PlaneError> {
@@ -197,11 +213,23 @@ impl ControlPlane {
             let p = drain_proxy.clone();
             Box::pin(async move { p.drain(&key, &replica).await })
         }));
+        let admitter = Admitter { store: store.clone(), runtime: runtime.clone(), proxy: proxy.clone() };
+        let mut applied = Vec::new();
+        if !cfg.initial.is_empty() {
+            let checked = match admitter.check(&cfg.initial) {
+                Ok(r) => r,
+                Err(errors) => {
+                    // Replicas a previous Capstan left running stay as they were.
+                    runtime.detach();
+                    return Err(PlaneError::Invalid(errors));
+                }
+            };
+            applied = store.apply(checked.iter().map(|r| r.to_value()).collect()).map_err(PlaneError::Apply)?;
+        }
         let controller = Controller::new(store.clone(), Arc::new(runtime.clone()))
             .with_observer(Arc::new(ProxyObserver(proxy.clone())))
             .spawn(notify_rx);
         let (shutdown, shutdown_rx) = watch::channel(None);
-        let admitter = Admitter { store: store.clone(), runtime: runtime.clone(), proxy: proxy.clone() };
         let gitops = capstan_gitops::controller::spawn(
             store.clone(),
             Arc::new(admitter.clone()),
@@ -250,7 +278,13 @@ impl ControlPlane {
             addr,
             data_dir: cfg.data_dir,
             shutdown_rx,
+            applied,
         })
+    }
+
+    /// What the initial batch ([`PlaneConfig::initial`]) created or changed.
+    pub fn applied(&self) -> &[(ObjectKey, ApplyAction)] {
+        &self.applied
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -330,6 +364,9 @@ impl ControlPlane {
         } else {
             self.shared.runtime.shutdown().await;
         }
+        // Streams that follow (logs) end with a reason rather than a cut connection; give them a moment to send it.
+        self.shared.shutdown.send_replace(Some(keep_workloads));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         self.server.abort();
         let _ = std::fs::remove_file(self.data_dir.join(SERVER_FILE));
     }

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/watch", get(watch_objects))
         .route("/api/v1/shutdown", post(shutdown))
+        .route("/api/v1/events", get(all_events))
         .route("/api/v1/{plural}", get(list))
         .route("/api/v1/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one))
         .route("/api/v1/namespaces/{ns}/{plural}/{name}/events", get(events))
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/namespaces/{ns}/apps/{name}/revisions", get(revisions))
         .route("/api/v1/namespaces/{ns}/apps/{name}/rollback", post(rollback))
         .route("/api/v1/namespaces/{ns}/apps/{name}/restart", post(restart))
+        .route("/api/v1/namespaces/{ns}/apps/{name}/scale", post(scale))
         .route("/api/v1/namespaces/{ns}/syncs/{name}/reconcile", post(reconcile_sync))
         .route("/api/v1/namespaces/{ns}/apps/{name}/volumes/{volume}/sync", post(volume_sync))
         .route("/api/v1/namespaces/{ns}/databases/{name}/backup", post(db_backup))
@@ -58,7 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hooks/{ns}/{name}", post(hook))
         .route("/metrics", get(metrics))
         .route("/sd/prometheus", get(service_discovery))
-        .route("/version", get(|| async { Json(json!({ "version": env!("CARGO_PKG_VERSION") })) }))
+        .route("/version", get(|| async { Json(crate::build_info()) }))
         .merge(api)
         .with_state(state)
 }
@@ -88,8 +90,16 @@ struct ApplyBody {
     objects: Vec<Value>,
 }
 
-async fn apply(State(state): State<AppState>, Json(body): Json<ApplyBody>) -> Response {
-    match state.apply(body.objects) {
+#[derive(Deserialize)]
+struct ApplyQuery {
+    /// Admit and report, store nothing.
+    #[serde(default, rename = "dryRun")]
+    dry_run: bool,
+}
+
+async fn apply(State(state): State<AppState>, Query(q): Query<ApplyQuery>, Json(body): Json<ApplyBody>) -> Response {
+    let result = if q.dry_run { state.apply_dry_run(body.objects) } else { state.apply(body.objects) };
+    match result {
         Ok(results) => {
             let results: Vec<Value> = results
                 .into_iter()
@@ -170,6 +180,39 @@ async fn events(State(state): State<AppState>, Path((ns, plural, name)): Path<(S
 }
 
 #[derive(Deserialize)]
+struct EventsQuery {
+    namespace: Option<String>,
+    /// After the recorded events, stream each new one as NDJSON.
+    #[serde(default)]
+    watch: bool,
+}
+
+/// Every object's events (of one namespace), oldest first; with `watch`, an NDJSON stream that goes on with each new
+/// event, as `kubectl get events -w`.
+async fn all_events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
+    let live = q.watch.then(|| state.store.watch_events());
+    let items = match state.store.all_events(q.namespace.as_deref()) {
+        Ok(items) => items,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some(live) = live else { return Json(json!({ "items": items })).into_response() };
+    let (tx, rx) = mpsc::channel::<String>(256);
+    let ns = q.namespace.clone();
+    tokio::spawn(async move {
+        for e in items {
+            if tx.send(serde_json::to_string(&e).unwrap_or_default()).await.is_err() {
+                return;
+            }
+        }
+        forward(live, tx, move |e: &capstan_store::ObjectEvent| {
+            ns.as_ref().is_none_or(|n| *n == e.involved_object.namespace)
+        })
+        .await;
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
+}
+
+#[derive(Deserialize)]
 struct LogQuery {
     replica: Option<u32>,
     since: Option<DateTime<Utc>>,
@@ -228,7 +271,7 @@ async fn logs(
         until.is_none_or(|u| l.time <= u) && grep.as_ref().is_none_or(|g| g.is_match(&l.text))
     };
     // Subscribe before reading the files so no line falls between the two.
-    let followers = if q.follow { state.runtime.follow_logs(&key, q.replica) } else { Vec::new() };
+    let follower = q.follow.then(|| state.runtime.follow_logs(&key));
     let mut lines = state.runtime.read_logs(&key, q.replica, q.since);
     lines.retain(|l| keep(l));
     if let Some(n) = q.tail {
@@ -236,19 +279,43 @@ async fn logs(
         lines.drain(..skip);
     }
     let last_seen = lines.last().map(|l| l.time);
+    let replica = q.replica.map(|o| format!("{name}-{o}"));
     let (tx, rx) = mpsc::channel::<String>(1024);
+    let mut shutdown = state.shutdown.subscribe();
     tokio::spawn(async move {
         for l in lines {
             if tx.send(serde_json::to_string(&l).unwrap_or_default()).await.is_err() {
                 return;
             }
         }
-        for f in followers {
-            let keep = keep.clone();
-            tokio::spawn(forward(f, tx.clone(), move |l: &capstan_runtime_local::logs::LogLine| {
-                last_seen.is_none_or(|t| l.time > t) && keep(l)
-            }));
-        }
+        let Some(mut follower) = follower else { return };
+        // Follow the App, not the replicas that exist now: replicas started later are followed as they write. The
+        // stream ends only with a reason, sent as a last record.
+        let end = loop {
+            let next = tokio::select! {
+                next = follower.recv() => next,
+                _ = shutdown.changed() => break "Capstan is shutting down".to_string(),
+            };
+            let record = match next {
+                Ok(l) => {
+                    let wanted = replica.as_ref().is_none_or(|r| l.replica == *r)
+                        && last_seen.is_none_or(|t| l.time > t)
+                        && keep(&l);
+                    if !wanted {
+                        continue;
+                    }
+                    serde_json::to_string(&l).unwrap_or_default()
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => json!({ "skipped": n }).to_string(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    break format!("App {ns}/{name} was deleted");
+                }
+            };
+            if tx.send(record).await.is_err() {
+                return;
+            }
+        };
+        let _ = tx.send(json!({ "end": end }).to_string()).await;
     });
     ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
 }
@@ -393,6 +460,33 @@ async fn restart(State(state): State<AppState>, Path((ns, name)): Path<(String, 
             Json(json!({ "error": "the App no longer passes admission", "errors": errors })),
         )
             .into_response(),
+        Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ScaleBody {
+    replicas: i64,
+}
+
+/// `kubectl scale`: sets `spec.replicas`, admitted like any change.
+async fn scale(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    Json(body): Json<ScaleBody>,
+) -> Response {
+    let (_, mut obj) = match load_app(&state, &ns, &name) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let from = obj["spec"]["replicas"].clone();
+    obj["spec"]["replicas"] = json!(body.replicas);
+    match state.apply(vec![obj]) {
+        Ok(_) => Json(json!({ "replicas": body.replicas, "previous": from })).into_response(),
+        Err(ApplyError::Invalid(errors)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "the App was not scaled", "errors": errors })))
+                .into_response()
+        }
         Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

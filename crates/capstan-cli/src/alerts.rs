@@ -28,47 +28,90 @@ fn labels(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// `capstan alerts`.
+/// `capstan alerts`: open incidents, then every pending and firing alert with the incident it belongs to — or
+/// "not escalated" when no EscalationPolicy matches it (as Prometheus' alerts page lists every active alert).
 pub async fn list(client: &Client, all: bool, output: &str) -> Result<u8> {
-    let v = client.get(&format!("/api/v1/incidents?all={all}")).await.map_err(api_failure)?;
+    let mut v = client.get(&format!("/api/v1/incidents?all={all}")).await.map_err(api_failure)?;
+    let active = client.get("/prometheus/api/v1/alerts").await.map_err(api_failure)?;
+    let items = v["items"].as_array().cloned().unwrap_or_default();
+    let alerts: Vec<Value> = active["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let incident = items.iter().find(|i| {
+                i["state"] != "resolved"
+                    && i["alerts"].as_array().is_some_and(|xs| xs.iter().any(|x| x["labels"] == a["labels"]))
+            });
+            let mut a = a.clone();
+            a["incident"] = incident.map_or(Value::Null, |i| i["id"].clone());
+            a
+        })
+        .collect();
+    v["alerts"] = Value::Array(alerts.clone());
     match output {
         "json" => println!("{}", serde_json::to_string_pretty(&v)?),
         "yaml" => print!("{}", capstan_model::yaml::to_yaml_string(&v)),
         _ => {
-            let items = v["items"].as_array().cloned().unwrap_or_default();
             if items.is_empty() {
                 println!("No {}incidents.", if all { "" } else { "open " });
-                return Ok(EXIT_OK);
+            } else {
+                print!("{}", incidents_table(&items));
             }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|i| {
-                    let firing =
-                        i["alerts"].as_array().map_or(0, |a| a.iter().filter(|a| a["state"] == "firing").count());
-                    let failed = i["deliveries"].as_array().map_or(0, |d| d.len());
-                    vec![
-                        s(&i["id"]),
-                        s(&i["state"]),
-                        s(&i["policy"]),
-                        labels(&i["group"]),
-                        format!("{firing}"),
-                        format!("{}", s(&i["level"])),
-                        s(&i["acknowledgedBy"]),
-                        if failed > 0 { format!("{failed} pending") } else { "-".into() },
-                        s(&i["createdAt"]),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                crate::output::table(
-                    &["ID", "STATE", "POLICY", "GROUP", "FIRING", "LEVEL", "ACK BY", "DELIVERIES", "CREATED"],
-                    &rows
-                )
-            );
+            if !alerts.is_empty() {
+                println!();
+                print!("{}", alerts_table(&alerts));
+            }
         }
     }
     Ok(EXIT_OK)
+}
+
+fn incidents_table(items: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            let firing = i["alerts"].as_array().map_or(0, |a| a.iter().filter(|a| a["state"] == "firing").count());
+            let failed = i["deliveries"].as_array().map_or(0, |d| d.len());
+            vec![
+                s(&i["id"]),
+                s(&i["state"]),
+                s(&i["policy"]),
+                labels(&i["group"]),
+                format!("{firing}"),
+                s(&i["level"]).to_string(),
+                s(&i["acknowledgedBy"]),
+                if failed > 0 { format!("{failed} pending") } else { "-".into() },
+                s(&i["createdAt"]),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &["ID", "STATE", "POLICY", "GROUP", "FIRING", "LEVEL", "ACK BY", "DELIVERIES", "CREATED"],
+        &rows,
+    )
+}
+
+fn alerts_table(alerts: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = alerts
+        .iter()
+        .map(|a| {
+            let mut rest = a["labels"].clone();
+            let name = rest.as_object_mut().and_then(|m| m.remove("alertname")).unwrap_or(Value::Null);
+            vec![
+                s(&name),
+                s(&a["state"]),
+                labels(&rest),
+                s(&a["value"]),
+                s(&a["activeAt"]),
+                match a["incident"].as_str() {
+                    Some(id) => id.to_string(),
+                    None => "not escalated (no EscalationPolicy matches)".into(),
+                },
+            ]
+        })
+        .collect();
+    crate::output::table(&["ALERT", "STATE", "LABELS", "VALUE", "ACTIVE SINCE", "INCIDENT"], &rows)
 }
 
 /// `capstan ack ID` and `capstan resolve ID`.

@@ -89,6 +89,29 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Metrics { action: MetricsCommand::Query { query, time, range, step, output } } => {
             crate::alerts::query(&client()?, &query, time, range, &step, &output).await
         }
+        Command::Scale { app, replicas, namespace } => {
+            let ns = namespace.unwrap_or_else(|| "default".into());
+            let name = app.strip_prefix("app/").or_else(|| app.strip_prefix("apps/")).unwrap_or(&app);
+            let r = client()?
+                .post(&format!("/api/v1/namespaces/{ns}/apps/{name}/scale"), json!({ "replicas": replicas }))
+                .await;
+            match r {
+                Ok(v) => {
+                    println!("app/{name} scaled from {} to {replicas} replicas", v["previous"]);
+                    Ok(EXIT_OK)
+                }
+                Err(ClientError::Status { body, message, .. }) if body["errors"].is_array() => {
+                    let lines: Vec<String> = body["errors"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|e| format!("error: app/{name}: field `{}`: {}", s_or(&e["path"]), s_or(&e["message"])))
+                        .collect();
+                    Err(Failure::invalid(format!("{}\n({message})", lines.join("\n"))).into())
+                }
+                Err(e) => Err(api_failure(e)),
+            }
+        }
         Command::Alerts { all, output } => crate::alerts::list(&client()?, all, &output).await,
         Command::Ack { id, by } => crate::alerts::manual(&client()?, &id, "acknowledge", by).await,
         Command::Resolve { id, by } => crate::alerts::manual(&client()?, &id, "resolve", by).await,
@@ -100,10 +123,16 @@ pub async fn run(cli: Cli) -> Result<u8> {
             crate::gitops::sync_now(&client()?, &name, namespace.as_deref().unwrap_or("default"), &timeout, !no_wait)
                 .await
         }
-        Command::Apply { files, wait, timeout, target, kube } => match target.as_str() {
-            "embedded" => apply(&client()?, &files, wait, &timeout).await,
-            "kubernetes" => crate::kube::apply(&files, &kube, wait, &timeout).await,
-            other => Err(Failure::invalid(format!(
+        Command::Apply { files, wait, timeout, dry_run, target, kube } => match (target.as_str(), dry_run.as_deref()) {
+            ("embedded" | "kubernetes", Some("client")) => apply_dry_run_client(&files),
+            ("embedded", Some("server")) => apply_dry_run_server(&client()?, &files).await,
+            (_, Some(other)) => Err(Failure::invalid(format!(
+                "error: --dry-run={other}: use client or server (server on the embedded target only)"
+            ))
+            .into()),
+            ("embedded", None) => apply(&client()?, &files, wait, &timeout).await,
+            ("kubernetes", None) => crate::kube::apply(&files, &kube, wait, &timeout).await,
+            (other, None) => Err(Failure::invalid(format!(
                 "error: unknown target `{other}`\n  hint: use --target embedded (the default) or --target kubernetes"
             ))
             .into()),
@@ -112,7 +141,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             get(&client()?, &kind, name.as_deref(), namespace.as_deref(), all_namespaces, &output, watch).await
         }
         Command::Describe { kind, name, namespace } => describe(&client()?, &kind, &name, namespace.as_deref()).await,
-        Command::Logs { app, selector, until, grep, replica, follow, since, tail, timestamps, namespace } => {
+        Command::Logs { app, selector, until, grep, replica, follow, since, tail, timestamps, ansi, namespace } => {
             let client = client()?;
             let ns = namespace.as_deref().unwrap_or("default");
             let apps = match (app, selector) {
@@ -121,7 +150,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 _ => return Err(Failure::invalid("error: give an APP or -l key=value, not both or neither").into()),
             };
             let filter = LogFilter { since, until, grep, tail };
-            logs(&client, &apps, ns, replica, follow, &filter, timestamps).await
+            logs(&client, &apps, ns, replica, follow, &filter, LogFormat { timestamps, ansi }).await
         }
         Command::Delete { kind, name, files, namespace } => {
             delete(&client()?, kind.as_deref(), name.as_deref(), &files, namespace.as_deref()).await
@@ -143,14 +172,88 @@ pub async fn run(cli: Cli) -> Result<u8> {
             println!("capstan is stopping{}", if keep_workloads { " (replicas keep running)" } else { "" });
             Ok(EXIT_OK)
         }
-        Command::Version => {
-            println!("capstan {}", env!("CARGO_PKG_VERSION"));
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "capstan", &mut std::io::stdout());
             Ok(EXIT_OK)
         }
+        Command::Wait { objects, condition, timeout, namespace } => {
+            if !condition.eq_ignore_ascii_case("condition=Ready") {
+                return Err(Failure::invalid(format!(
+                    "error: --for={condition}: only condition=Ready can be waited for"
+                ))
+                .into());
+            }
+            let ns = namespace.unwrap_or_else(|| "default".into());
+            let mut refs = Vec::new();
+            for o in &objects {
+                let Some((k, n)) = o.split_once('/') else {
+                    return Err(Failure::invalid(format!("error: `{o}`: give KIND/NAME, such as app/hello")).into());
+                };
+                refs.push((kind_arg(k)?, ns.clone(), n.to_string()));
+            }
+            let limit = parse_duration(&timeout).map_err(|e| Failure::invalid(format!("error: --timeout: {e}")))?;
+            let deadline = tokio::time::Instant::now() + limit;
+            // The control plane may still be starting: wait for it to answer first.
+            let client = loop {
+                let last = match client() {
+                    Ok(c) => match c.get("/version").await {
+                        Ok(_) => break c,
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Failure::fail(format!("error: timed out waiting for the control plane: {last}")).into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            wait_ready(&client, &refs, deadline.saturating_duration_since(tokio::time::Instant::now())).await
+        }
+        Command::Explain { what } => crate::explain::explain(&what),
+        Command::Version { client: only_client, output } => version((!only_client).then(client), &output).await,
     }
 }
 
-fn api_failure(e: ClientError) -> anyhow::Error {
+/// `capstan version`: like `kubectl version`, the client's build and the server's, if one answers.
+async fn version(server: Option<Result<Client>>, output: &str) -> Result<u8> {
+    let mine = capstan_api::build_info();
+    let server = match server {
+        None => None,
+        Some(Ok(c)) => Some(c.get("/version").await.map_err(|e| e.to_string())),
+        Some(Err(e)) => Some(Err(e.to_string().lines().next().unwrap_or("").to_string())),
+    };
+    let line =
+        |v: &Value| format!("{} (commit {}, {})", s_or(&v["version"]), s_or(&v["commit"]), s_or(&v["commitDate"]));
+    match output {
+        "json" | "yaml" => {
+            let mut v = json!({ "clientVersion": mine });
+            if let Some(Ok(sv)) = &server {
+                v["serverVersion"] = sv.clone();
+            }
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", capstan_model::yaml::to_yaml_string(&v));
+            }
+        }
+        _ => {
+            println!("Client Version: {}", line(&mine));
+            match &server {
+                Some(Ok(sv)) => println!("Server Version: {}", line(sv)),
+                Some(Err(e)) => eprintln!("Server Version: unknown: {e}"),
+                None => {}
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn s_or(v: &Value) -> &str {
+    v.as_str().unwrap_or("unknown")
+}
+
+pub(crate) fn api_failure(e: ClientError) -> anyhow::Error {
     let code = match e.status() {
         Some(s) if s.as_u16() == 422 || s.as_u16() == 400 => EXIT_INVALID,
         _ => EXIT_FAIL,
@@ -170,11 +273,54 @@ fn load(files: &[String]) -> Result<Vec<capstan_model::Manifest>> {
     manifests::load(files).map_err(|d| Failure::invalid(d.to_string()).into())
 }
 
+/// Loads manifests for a command that changes state: a refusal says that nothing was done.
+fn load_to_change(files: &[String], nothing: &str) -> Result<Vec<capstan_model::Manifest>> {
+    manifests::load(files)
+        .map_err(|d| Failure::invalid(format!("{d}\n(the batch was refused; nothing was {nothing})")).into())
+}
+
 async fn post_apply(client: &Client, ms: &[capstan_model::Manifest]) -> Result<Vec<Value>> {
     let objects: Vec<Value> = ms.iter().map(|m| m.resource.to_value()).collect();
     match client.post("/api/v1/apply", json!({ "objects": objects })).await {
         Ok(v) => Ok(v["results"].as_array().cloned().unwrap_or_default()),
         Err(ClientError::Status { body, message, .. }) => match manifests::server_diagnostics(ms, &body) {
+            Some(d) => Err(Failure::invalid(format!("{d}\n({message})")).into()),
+            None => Err(Failure::fail(format!("error: {message}")).into()),
+        },
+        Err(e) => Err(api_failure(e)),
+    }
+}
+
+/// `apply --dry-run=client`: the manifests are read and checked here; nothing is sent.
+fn apply_dry_run_client(files: &[String]) -> Result<u8> {
+    let ms = load_to_change(files, "applied")?;
+    for m in &ms {
+        println!(
+            "{}/{} checked (dry run: client)",
+            m.resource.kind().name().to_ascii_lowercase(),
+            m.resource.meta().name
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// `apply --dry-run=server`: the server admits the batch and says what it would do; nothing is stored.
+async fn apply_dry_run_server(client: &Client, ms_files: &[String]) -> Result<u8> {
+    let ms = load_to_change(ms_files, "applied")?;
+    let objects: Vec<Value> = ms.iter().map(|m| m.resource.to_value()).collect();
+    match client.post("/api/v1/apply?dryRun=true", json!({ "objects": objects })).await {
+        Ok(v) => {
+            for r in v["results"].as_array().into_iter().flatten() {
+                println!(
+                    "{}/{} {} (dry run: server)",
+                    r["kind"].as_str().unwrap_or("").to_ascii_lowercase(),
+                    r["name"].as_str().unwrap_or(""),
+                    r["action"].as_str().unwrap_or("")
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Err(ClientError::Status { body, message, .. }) => match manifests::server_diagnostics(&ms, &body) {
             Some(d) => Err(Failure::invalid(format!("{d}\n({message})")).into()),
             None => Err(Failure::fail(format!("error: {message}")).into()),
         },
@@ -195,7 +341,7 @@ fn print_results(results: &[Value]) {
 
 async fn apply(client: &Client, files: &[String], wait: bool, timeout: &str) -> Result<u8> {
     let timeout = parse_duration(timeout).map_err(|e| Failure::invalid(format!("error: --timeout: {e}")))?;
-    let ms = load(files)?;
+    let ms = load_to_change(files, "applied")?;
     let results = post_apply(client, &ms).await?;
     print_results(&results);
     if wait {
@@ -228,7 +374,7 @@ pub fn wait_bar(len: usize) -> (indicatif::ProgressBar, bool) {
     if tty {
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} waiting for objects to be Ready [{bar:30}] {pos}/{len} {msg}",
+                "{spinner} waiting for objects to be Ready [{bar:30}] {pos} of {len} objects {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -262,12 +408,13 @@ pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], tim
             bar.set_message(format!("{n}: {why}"));
         }
         if !tty && ready != last_ready {
-            eprintln!("{ready}/{} ready", objects.len());
+            let next = waiting.first().map(|(n, why)| format!("; waiting for {n}: {why}")).unwrap_or_default();
+            eprintln!("{}{next}", objects_ready(ready, objects.len()));
         }
         last_ready = ready;
         if waiting.is_empty() {
             bar.finish_and_clear();
-            eprintln!("all {} objects are Ready", objects.len());
+            eprintln!("{}", objects_ready(ready, objects.len()));
             return Ok(EXIT_OK);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -276,6 +423,16 @@ pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], tim
             return Err(Failure::fail(format!("error: timed out waiting to be Ready:\n{}", lines.join("\n"))).into());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// "1 of 2 objects Ready", "the object is Ready", "all 3 objects Ready": objects, not replicas.
+pub fn objects_ready(ready: usize, all: usize) -> String {
+    match (ready, all) {
+        (1, 1) => "the object is Ready".into(),
+        (r, a) if r == a => format!("all {a} objects Ready"),
+        (r, 1) => format!("{r} of 1 object Ready"),
+        (r, a) => format!("{r} of {a} objects Ready"),
     }
 }
 
@@ -316,6 +473,9 @@ async fn get(
     output: &str,
     watch: bool,
 ) -> Result<u8> {
+    if crate::events::is_events(kind) {
+        return crate::events::get(client, ns.unwrap_or("default"), all, output, watch).await;
+    }
     let kind = kind_arg(kind)?;
     if !["table", "wide", "json", "yaml"].contains(&output) {
         return Err(Failure::invalid(format!(
@@ -403,7 +563,12 @@ fn app_row(o: &Value, all: bool, wide: bool, now: chrono::DateTime<Utc>) -> Vec<
     row.push(o["status"]["restarts"].as_u64().unwrap_or(0).to_string());
     row.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
     if wide {
-        row.push(o["status"]["revision"].as_str().unwrap_or("").to_string());
+        // What runs; a rolled-back App also names the revision it declares.
+        let (declared, running) = (o["status"]["revision"].as_str(), o["status"]["currentRevision"].as_str());
+        row.push(match (running, declared) {
+            (Some(r), Some(d)) if r != d => format!("{r} (declared {d})"),
+            (r, d) => r.or(d).unwrap_or("").to_string(),
+        });
         let ports: Vec<String> = o["status"]["replicaStatuses"]
             .as_array()
             .into_iter()
@@ -433,7 +598,8 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
     let spec = &o["spec"];
     let st = &o["status"];
     let mut out = String::new();
-    let mut field = |k: &str, v: String| out.push_str(&format!("{:<18}{v}\n", format!("{k}:")));
+    // Values line up at column 18; a longer label keeps one space before its value.
+    let mut field = |k: &str, v: String| out.push_str(&format!("{:<17} {v}\n", format!("{k}:")));
     field("Name", md["name"].as_str().unwrap_or("").into());
     field("Namespace", md["namespace"].as_str().unwrap_or("").into());
     field("Kind", kind.name().into());
@@ -643,6 +809,13 @@ fn ago(flag: &str, s: &str) -> Result<String> {
     Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).replace('+', "%2B"))
 }
 
+/// How `capstan logs` prints a line.
+struct LogFormat {
+    timestamps: bool,
+    /// Keep escape sequences as the replica wrote them.
+    ansi: bool,
+}
+
 async fn logs(
     client: &Client,
     apps: &[String],
@@ -650,7 +823,7 @@ async fn logs(
     replica: Option<u32>,
     follow: bool,
     filter: &LogFilter,
-    timestamps: bool,
+    format: LogFormat,
 ) -> Result<u8> {
     let mut q = vec![format!("follow={follow}")];
     if let Some(r) = replica {
@@ -672,7 +845,7 @@ async fn logs(
     if let Some(n) = filter.tail {
         q.push(format!("tail={n}"));
     }
-    // One stream per App, merged as lines arrive.
+    // One stream per App, merged as lines arrive; a stream that ends while following says why.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(1024);
     for app in apps {
         let mut stream = client
@@ -680,31 +853,55 @@ async fn logs(
             .await
             .map_err(api_failure)?;
         let tx = tx.clone();
+        let app = app.clone();
         tokio::spawn(async move {
+            let mut ended = false;
             while let Some(l) = stream.recv().await {
+                ended = l.get("end").is_some();
                 if tx.send(l).await.is_err() {
                     return;
                 }
+            }
+            if follow && !ended {
+                let why = format!("the connection to Capstan closed while following app/{app}");
+                let _ = tx.send(json!({ "end": why })).await;
             }
         });
     }
     drop(tx);
     let prefix = replica.is_none() || apps.len() > 1;
+    let mut ended = Vec::new();
     while let Some(l) = rx.recv().await {
+        if let Some(why) = l.get("end") {
+            ended.push(why.as_str().unwrap_or("the stream ended").to_string());
+            continue;
+        }
+        if let Some(n) = l.get("skipped") {
+            eprintln!("warning: {n} lines were skipped: this client fell behind the replicas' output");
+            continue;
+        }
         let mut line = String::new();
-        if timestamps {
+        if format.timestamps {
             line.push_str(l["time"].as_str().unwrap_or(""));
             line.push(' ');
         }
         if prefix {
             line.push_str(&format!("[{}] ", l["replica"].as_str().unwrap_or("")));
         }
-        line.push_str(l["text"].as_str().unwrap_or(""));
+        let text = l["text"].as_str().unwrap_or("");
+        if format.ansi {
+            line.push_str(text);
+        } else {
+            line.push_str(&console::strip_ansi_codes(text));
+        }
         if l["stream"] == "stderr" {
             eprintln!("{line}");
         } else {
             println!("{line}");
         }
+    }
+    if !ended.is_empty() {
+        return Err(Failure::fail(format!("error: stopped following: {}", ended.join("; "))).into());
     }
     Ok(EXIT_OK)
 }
@@ -836,41 +1033,30 @@ async fn up(
     bootstrap: Option<Vec<Value>>,
 ) -> Result<u8> {
     // Validate first: a bad manifest stops `up` before anything starts.
-    let ms = if paths.is_empty() { Vec::new() } else { load(&paths)? };
-    let mut plane = ControlPlane::start(PlaneConfig::new(data.clone(), listen))
-        .await
-        .map_err(|e| Failure::fail(format!("error: {e}")))?;
-    if !ms.is_empty() {
-        let objects: Vec<Value> = ms.iter().map(|m| m.resource.to_value()).collect();
-        match plane.apply(objects) {
-            Ok(results) => {
-                for (k, a) in results {
-                    println!(
-                        "{}/{} {}",
-                        k.kind.to_ascii_lowercase(),
-                        k.name,
-                        serde_json::to_value(a).unwrap_or_default().as_str().unwrap_or("")
-                    );
-                }
-            }
-            Err(capstan_api::plane::ApplyError::Invalid(errors)) => {
-                let body = json!({ "errors": errors });
-                let d = manifests::server_diagnostics(&ms, &body).map(|d| d.to_string()).unwrap_or_default();
-                plane.shutdown(true).await;
-                return Err(Failure::invalid(d).into());
-            }
-            Err(capstan_api::plane::ApplyError::Store(e)) => {
-                plane.shutdown(true).await;
-                return Err(Failure::fail(format!("error: {e}")).into());
-            }
+    let ms = if paths.is_empty() { Vec::new() } else { load_to_change(&paths, "started")? };
+    // The manifests (and the Git bootstrap) are admitted before anything starts: a refused batch starts nothing.
+    let mut cfg = PlaneConfig::new(data.clone(), listen);
+    cfg.initial = ms.iter().map(|m| m.resource.to_value()).collect();
+    let following = bootstrap.as_ref().map(|objects| objects[0]["spec"]["url"].as_str().unwrap_or("").to_string());
+    cfg.initial.extend(bootstrap.into_iter().flatten());
+    let mut plane = match ControlPlane::start(cfg).await {
+        Ok(p) => p,
+        Err(capstan_api::plane::PlaneError::Invalid(errors)) => {
+            let body = json!({ "errors": errors });
+            let d = manifests::server_diagnostics(&ms, &body).map(|d| d.to_string()).unwrap_or_default();
+            return Err(Failure::invalid(format!("{d}\n(the batch was refused; nothing was started)")).into());
         }
+        Err(e) => return Err(Failure::fail(format!("error: {e}")).into()),
+    };
+    for (k, a) in plane.applied().iter().take(ms.len()) {
+        println!(
+            "{}/{} {}",
+            k.kind.to_ascii_lowercase(),
+            k.name,
+            serde_json::to_value(a).unwrap_or_default().as_str().unwrap_or("")
+        );
     }
-    if let Some(objects) = bootstrap {
-        let url = objects[0]["spec"]["url"].as_str().unwrap_or("").to_string();
-        if let Err(e) = plane.apply(objects) {
-            plane.shutdown(true).await;
-            return Err(Failure::invalid(format!("error: cannot follow {url}: {e:?}")).into());
-        }
+    if let Some(url) = following {
         println!(
             "following {url}: source/{ns}/{n} and sync/{ns}/{n} (see `capstan get syncs -A`)",
             ns = crate::gitops::BOOTSTRAP_NAMESPACE,

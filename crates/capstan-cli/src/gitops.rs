@@ -47,11 +47,14 @@ pub fn columns(kind: Kind) -> Vec<&'static str> {
         Kind::Database => vec!["NAME", "ENDPOINT", "READY", "MESSAGE", "AGE"],
         Kind::TrainingJob => vec!["NAME", "STATE", "ACTIVE", "SUCCEEDED", "FAILED", "RESTARTS", "AGE"],
         Kind::ModelServer => vec!["NAME", "URL", "REPLICAS", "READY", "MESSAGE", "AGE"],
-        _ => vec!["NAME", "REVISION", "SUSPENDED", "READY", "MESSAGE", "AGE"],
+        Kind::Source | Kind::Sync => vec!["NAME", "REVISION", "SUSPENDED", "READY", "MESSAGE", "AGE"],
+        Kind::AlertRule => vec!["NAME", "HEALTH", "PENDING", "FIRING", "EXPR", "AGE"],
+        Kind::EscalationPolicy => vec!["NAME", "MATCH", "LEVELS", "REPEAT", "AGE"],
+        Kind::App => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
     }
 }
 
-/// One table row of `capstan get` for a Source, Sync or Secret.
+/// One table row of `capstan get` for any kind but App.
 pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> {
     let mut r = vec![];
     if all {
@@ -109,6 +112,34 @@ pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> 
         let (ready, message) = ready_of(o);
         r.push(ready);
         r.push(first_line(&message, 70));
+        r.push(created);
+        return r;
+    }
+    if kind == Kind::AlertRule {
+        let health = o["status"]["health"].as_str().filter(|h| !h.is_empty()).unwrap_or("unknown");
+        let health = match o["status"]["lastError"].as_str() {
+            Some(e) => format!("{health}: {}", first_line(e, 50)),
+            None => health.to_string(),
+        };
+        r.push(health);
+        let alerts = o["status"]["alerts"].as_array().cloned().unwrap_or_default();
+        for state in ["pending", "firing"] {
+            r.push(alerts.iter().filter(|a| a["state"] == state).count().to_string());
+        }
+        r.push(first_line(o["spec"]["expr"].as_str().unwrap_or(""), 50));
+        r.push(created);
+        return r;
+    }
+    if kind == Kind::EscalationPolicy {
+        let m: Vec<String> = o["spec"]["match"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        r.push(if m.is_empty() { "<every alert>".into() } else { m.join(",") });
+        r.push(o["spec"]["levels"].as_array().map_or(0, Vec::len).to_string());
+        r.push(o["spec"]["repeat"].as_u64().unwrap_or(0).to_string());
         r.push(created);
         return r;
     }
@@ -433,6 +464,11 @@ pub async fn diff(client: &Client, paths: &[String], files: &[String], sync: Opt
         let mut changes = diff_values(&comparable(&live), &comparable(&desired));
         capstan_engine::diff::mask_secrets(&key.kind, &mut changes);
         if changes.is_empty() {
+            // The stored spec matches, yet what runs may not: a rolled-back or halted rollout.
+            if let Some(why) = not_running_as_declared(&live) {
+                differences = true;
+                println!("! {label} {why}");
+            }
             continue;
         }
         differences = true;
@@ -464,6 +500,30 @@ pub async fn diff(client: &Client, paths: &[String], files: &[String], sync: Opt
         eprintln!("no differences");
     }
     Ok(if differences { EXIT_FAIL } else { EXIT_OK })
+}
+
+/// Why an App whose stored spec matches the file does not run it: its rollout to that revision was rolled back
+/// (the replicas run the previous revision) or halted part-way. `None` when it runs what it declares.
+fn not_running_as_declared(live: &Value) -> Option<String> {
+    let st = &live["status"];
+    let r = &st["rollout"];
+    if r["revision"] != st["revision"] {
+        return None;
+    }
+    let (declared, running) = (st["revision"].as_str().unwrap_or("?"), st["currentRevision"].as_str().unwrap_or("?"));
+    let message = r["message"].as_str().unwrap_or("");
+    match r["phase"].as_str() {
+        Some("RolledBack") => Some(format!(
+            "runs revision {running}, not the file's {declared}: {message}\n    \
+             hint: fix the manifest and apply it, `capstan rollout restart` to try it again, \
+             or `capstan rollout undo` to declare what runs"
+        )),
+        Some("Failed") => Some(format!(
+            "is not at the file's revision {declared}: {message}\n    \
+             hint: fix the manifest and apply it, or `capstan rollout restart` to try the revision again"
+        )),
+        _ => None,
+    }
 }
 
 /// `capstan sync now NAME`: fetch the Source and apply at once, then report how it went.

@@ -97,7 +97,7 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
             .wait(&refs, timeout, |done, all| {
                 bar.set_position(done as u64);
                 if !tty && done != last {
-                    eprintln!("{done}/{all} ready");
+                    eprintln!("{}", crate::commands::objects_ready(done, all));
                     last = done;
                 }
             })
@@ -107,7 +107,7 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
             eprintln!("error: {e}");
             return Ok(EXIT_FAIL);
         }
-        println!("all {} objects ready", refs.len());
+        println!("{}", crate::commands::objects_ready(refs.len(), refs.len()));
     }
     Ok(EXIT_OK)
 }

@@ -2,6 +2,8 @@
 
 mod alerts;
 mod commands;
+mod events;
+mod explain;
 mod gitops;
 mod kube;
 pub mod manifests;
@@ -61,6 +63,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane in the foreground and apply the manifests in PATH, or follow a Git repository with
     /// --git. Ctrl-C stops every replica.
+    #[command(display_order = 7)]
     Up {
         /// Manifest files or directories to apply at start.
         paths: Vec<String>,
@@ -78,6 +81,7 @@ pub enum Command {
         path: String,
     },
     /// Print the objects a Sync would apply from PATH: variables substituted, everything validated.
+    #[command(display_order = 18)]
     Build {
         /// Directories (or files) of manifests.
         #[arg(required = true)]
@@ -93,22 +97,26 @@ pub enum Command {
         output: String,
     },
     /// Check metrics expositions as `promtool check metrics` does.
+    #[command(display_order = 17)]
     Metrics {
         #[command(subcommand)]
         action: MetricsCommand,
     },
     /// Back up or restore a Database.
+    #[command(display_order = 16)]
     Db {
         #[command(subcommand)]
         action: DbCommand,
     },
     /// Work with an App's volumes.
+    #[command(display_order = 15)]
     Volume {
         #[command(subcommand)]
         action: VolumeCommand,
     },
     /// Print the objects of PATH as another runtime would run them: `--target kubernetes` renders Kubernetes objects
     /// (StatefulSets, Services, Ingress, PodDisruptionBudgets, claims, NetworkPolicies).
+    #[command(display_order = 19)]
     Render {
         #[arg(required = true)]
         paths: Vec<String>,
@@ -120,8 +128,10 @@ pub enum Command {
         output: String,
     },
     /// Print the CustomResourceDefinitions of Capstan's kinds, for running Capstan's objects on Kubernetes.
+    #[command(display_order = 20)]
     Crds,
     /// Run in a cluster: reconcile Capstan's custom resources into Kubernetes objects, one leader among replicas.
+    #[command(display_order = 21)]
     Operator {
         /// Print the ServiceAccount and RBAC objects the operator needs (exactly what it uses), then exit.
         #[arg(long)]
@@ -131,6 +141,7 @@ pub enum Command {
     },
     /// Serve an ONNX model with the TensorFlow Serving REST API (what a ModelServer runs): versions are numbered
     /// directories under the base path, each with a model.onnx, polled and swapped in while serving.
+    #[command(display_order = 22)]
     ServeModel {
         /// The name clients use: /v1/models/<name>.
         #[arg(long)]
@@ -158,11 +169,13 @@ pub enum Command {
         poll_seconds: f64,
     },
     /// Fetch and apply a Sync now instead of waiting for its interval.
+    #[command(display_order = 11)]
     Sync {
         #[command(subcommand)]
         action: SyncCommand,
     },
     /// Create or update objects from manifests (all or nothing).
+    #[command(display_order = 4)]
     Apply {
         /// A file, a directory, or - for stdin. Repeatable.
         #[arg(short = 'f', long = "filename", required = true)]
@@ -173,6 +186,10 @@ pub enum Command {
         /// How long --wait waits.
         #[arg(long, default_value = "5m")]
         timeout: String,
+        /// `client`: check the manifests here and print what would be sent; `server`: the server admits them and
+        /// says what it would do. Nothing is changed either way.
+        #[arg(long, value_name = "client|server", num_args = 0..=1, default_missing_value = "client")]
+        dry_run: Option<String>,
         /// `embedded` (this machine's control plane) or `kubernetes` (the kubeconfig's cluster, by server-side apply).
         #[arg(long, default_value = "embedded")]
         target: String,
@@ -180,10 +197,14 @@ pub enum Command {
         kube: crate::kube::KubeArgs,
     },
     /// List objects of a kind, or show one.
+    #[command(display_order = 1)]
     Get {
-        /// apps (or app).
+        /// What to list: apps, databases, sources, syncs, secrets, trainingjobs, modelservers, alertrules,
+        /// escalationpolicies (or the singular), or events.
         kind: String,
+        /// One object's name; all of the kind when left out.
         name: Option<String>,
+        /// The namespace to look in (default: `default`).
         #[arg(short, long)]
         namespace: Option<String>,
         /// Every namespace.
@@ -196,7 +217,8 @@ pub enum Command {
         #[arg(short, long)]
         watch: bool,
     },
-    /// List open incidents (with --all, resolved ones too) and their alerts.
+    /// List open incidents (with --all, resolved ones too), then every pending and firing alert and its incident.
+    #[command(display_order = 12)]
     Alerts {
         #[arg(long)]
         all: bool,
@@ -205,6 +227,7 @@ pub enum Command {
         output: String,
     },
     /// Acknowledge an incident: its escalation stops.
+    #[command(display_order = 13)]
     Ack {
         id: String,
         /// Who acknowledges; defaults to $USER.
@@ -212,12 +235,25 @@ pub enum Command {
         by: Option<String>,
     },
     /// Resolve an incident by hand; everyone notified hears of it.
+    #[command(display_order = 14)]
     Resolve {
         id: String,
         #[arg(long)]
         by: Option<String>,
     },
+    /// Set the number of replicas of an App, as `kubectl scale` does.
+    #[command(display_order = 9)]
+    Scale {
+        /// The App, as `app/NAME` or `NAME`.
+        app: String,
+        /// A negative number is taken as given, so that the server's error names it.
+        #[arg(long, allow_hyphen_values = true)]
+        replicas: i64,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
     /// Show an object in detail, with its replicas and recent events.
+    #[command(display_order = 2)]
     Describe {
         kind: String,
         name: String,
@@ -225,6 +261,7 @@ pub enum Command {
         namespace: Option<String>,
     },
     /// Print the logs of an App's replicas.
+    #[command(display_order = 3)]
     Logs {
         /// The App; or give -l to follow every App whose labels match.
         app: Option<String>,
@@ -252,10 +289,14 @@ pub enum Command {
         /// Prefix each line with its time.
         #[arg(long)]
         timestamps: bool,
+        /// Keep the colour and cursor escape sequences replicas wrote (removed by default).
+        #[arg(long)]
+        ansi: bool,
         #[arg(short, long)]
         namespace: Option<String>,
     },
     /// Delete an object, or every object in manifests.
+    #[command(display_order = 6)]
     Delete {
         kind: Option<String>,
         name: Option<String>,
@@ -266,6 +307,7 @@ pub enum Command {
     },
     /// Compare manifests with the running state: created, changed (field by field), deleted.
     /// Exit 0: no differences, 1: differences, 2: error.
+    #[command(display_order = 5)]
     Diff {
         /// Directories of manifests, built as a Sync builds them.
         paths: Vec<String>,
@@ -279,20 +321,55 @@ pub enum Command {
         namespace: Option<String>,
     },
     /// Follow, list, undo or restart an App's rolling updates.
+    #[command(display_order = 8)]
     Rollout {
         #[command(subcommand)]
         action: RolloutCommand,
     },
     /// Print the JSON Schema of a kind (all kinds without an argument), for editors.
+    #[command(display_order = 23)]
     Schema { kind: Option<String> },
     /// Stop the control plane.
+    #[command(display_order = 24)]
     Shutdown {
         /// Leave replicas running for the next `capstan up` to adopt (for upgrades of Capstan itself).
         #[arg(long)]
         keep_workloads: bool,
     },
-    /// Print the version.
-    Version,
+    /// Print a shell completion script: `source <(capstan completion bash)`, or save it where your shell looks.
+    #[command(display_order = 25)]
+    Completion { shell: clap_complete::Shell },
+    /// Describe a kind or one of its fields from its schema: `capstan explain app.spec.update`.
+    /// Wait until objects are Ready, waiting first for the control plane to answer (so it can follow
+    /// `capstan up … &`): `capstan wait app/hello db/board-db --timeout 2m`.
+    #[command(display_order = 9)]
+    Wait {
+        /// Objects as KIND/NAME.
+        #[arg(required = true)]
+        objects: Vec<String>,
+        /// Only `condition=Ready` (a TrainingJob: Succeeded), as `kubectl wait --for`.
+        #[arg(long = "for", default_value = "condition=Ready")]
+        condition: String,
+        #[arg(long, default_value = "2m")]
+        timeout: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    #[command(display_order = 10)]
+    Explain {
+        /// KIND or KIND.field.path, such as `app`, `app.spec.probes.readiness`, `sync.spec`.
+        what: String,
+    },
+    /// Print this client's version and commit, and the server's when one is running.
+    #[command(display_order = 26)]
+    Version {
+        /// Only this client's version; do not ask the server.
+        #[arg(long)]
+        client: bool,
+        /// table, json or yaml.
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -418,6 +418,16 @@ pub fn plan_app(
             ("ScalingDown".to_string(), format!("{extra} replicas above {want} are being stopped"))
         } else if rolling || updated_replicas < want as i32 {
             ("Updating".to_string(), format!("{updated_replicas}/{want} replicas at revision {target}"))
+        } else if ready_replicas >= want as i32 {
+            // Ready, but not yet ready for long enough to count as available.
+            let available = in_range.iter().filter(|r| available(r, upd.min_ready_seconds, now)).count();
+            (
+                if upd.min_ready_seconds > 0 { "MinReadySeconds" } else { "ReplicasNotAvailable" }.to_string(),
+                format!(
+                    "{ready_replicas}/{want} replicas ready, {available}/{want} available (ready for minReadySeconds: {}s)",
+                    upd.min_ready_seconds
+                ),
+            )
         } else {
             ("ReplicasNotReady".to_string(), format!("{ready_replicas}/{want} replicas ready"))
         };

@@ -108,9 +108,16 @@ fn validate(dir: &std::path::Path, name: &str, objects: &[Value]) -> (bool, Stri
 #[test]
 fn rendered_and_shipped_objects_validate_against_the_kubernetes_schemas() {
     let example = include_str!("../../../examples/kubernetes/atlassian.yaml");
+    // The main demo's manifest, unchanged: one manifest for both runtimes.
+    let demo = include_str!("../../../examples/ha-stack/ha-stack.yaml");
     let mut objects = Vec::new();
     let mut resources = Vec::new();
-    for (file, text) in [("corpus.yaml", CORPUS), ("examples/kubernetes/atlassian.yaml", example)] {
+    let files = [
+        ("corpus.yaml", CORPUS),
+        ("examples/kubernetes/atlassian.yaml", example),
+        ("examples/ha-stack/ha-stack.yaml", demo),
+    ];
+    for (file, text) in files {
         let rs: Vec<_> =
             parse_manifests(file, text).unwrap_or_else(|d| panic!("{d}")).into_iter().map(|m| m.resource).collect();
         objects.extend(render(&rs).unwrap_or_else(|e| panic!("{file}: {e:?}")));

@@ -71,9 +71,23 @@ pub struct MetricsSpec {
     /// How often to scrape. Defaults to `15s`.
     #[serde(default = "fifteen_seconds")]
     pub interval: String,
-    /// How long one scrape may take; at most `interval`. Defaults to `10s`.
-    #[serde(default = "ten_seconds")]
-    pub timeout: String,
+    /// How long one scrape may take; at most `interval`. Defaults to `10s`, or the interval when that is shorter
+    /// (as Prometheus clamps its default scrape_timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+impl MetricsSpec {
+    /// The scrape timeout in force: the one given, else `10s` or the interval when that is shorter.
+    pub fn effective_timeout(&self) -> String {
+        if let Some(t) = &self.timeout {
+            return t.clone();
+        }
+        match crate::quantity::parse_duration(&self.interval) {
+            Ok(i) if i < std::time::Duration::from_secs(10) => self.interval.clone(),
+            _ => "10s".into(),
+        }
+    }
 }
 
 fn metrics_path() -> String {
@@ -84,9 +98,6 @@ fn http_scheme() -> String {
 }
 fn fifteen_seconds() -> String {
     "15s".into()
-}
-fn ten_seconds() -> String {
-    "10s".into()
 }
 
 /// A directory that outlives the replicas using it.

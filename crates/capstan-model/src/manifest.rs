@@ -123,13 +123,94 @@ pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<Manifest>, Diagnost
                     diags.extend(errors.into_iter().map(|e| m.diagnose(e)));
                 }
             }
-            Err(e) => diags.push(Diagnostic::from_field(file, &doc, object_label(&doc), e)),
+            Err(e) => {
+                let label = object_label(&doc);
+                let mut found: Vec<Diagnostic> = every_decode_error(&doc.value, e)
+                    .into_iter()
+                    .map(|e| Diagnostic::from_field(file, &doc, label.clone(), e))
+                    .collect();
+                // In the order of the file, as a reader goes through it.
+                found.sort_by_key(|d| d.location.map(|l| (l.line, l.column)));
+                diags.extend(found);
+            }
         }
     }
     if !diags.is_empty() {
         return Err(Diagnostics(diags));
     }
     Ok(out)
+}
+
+/// The most decode errors one object reports; past it, fixing the first ones is the better next step.
+const MAX_DECODE_ERRORS: usize = 20;
+
+/// Every field of an object that cannot be decoded, not just the first: decoding stops at the first error, so the
+/// field it names is taken out of a copy and decoding tried again, until it succeeds or an error cannot be stepped
+/// over (a required field, a field already taken out).
+fn every_decode_error(value: &serde_json::Value, first: FieldError) -> Vec<FieldError> {
+    let mut value = value.clone();
+    if let Some(m) = value.as_object_mut() {
+        m.remove("status");
+    }
+    let mut errors = vec![first];
+    while errors.len() < MAX_DECODE_ERRORS {
+        let last = &errors[errors.len() - 1];
+        if last.message == "is required" || last.path.is_empty() || !remove_path(&mut value, &last.path) {
+            break;
+        }
+        match Resource::from_value(value.clone()) {
+            Ok(_) => break,
+            Err(e) if e.message == "is required" && errors.iter().any(|x| x.path == e.path) => break,
+            Err(e) if errors.iter().any(|x| x.path == e.path && x.message == e.message) => break,
+            Err(e) => errors.push(e),
+        }
+    }
+    errors
+}
+
+/// Removes the field at `path` (`spec.ports[0].name`) from `value`; false when there is no such field.
+fn remove_path(value: &mut serde_json::Value, path: &str) -> bool {
+    let mut steps: Vec<Step> = Vec::new();
+    for part in path.split('.') {
+        let (name, rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if !name.is_empty() {
+            steps.push(Step::Key(name.to_string()));
+        }
+        for idx in rest.split('[').filter(|s| !s.is_empty()) {
+            match idx.trim_end_matches(']').parse() {
+                Ok(i) => steps.push(Step::Index(i)),
+                Err(_) => return false,
+            }
+        }
+    }
+    let Some((last, parents)) = steps.split_last() else { return false };
+    let mut at = value;
+    for step in parents {
+        at = match (step, at) {
+            (Step::Key(k), serde_json::Value::Object(m)) => match m.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Step::Index(i), serde_json::Value::Array(a)) => match a.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, at) {
+        (Step::Key(k), serde_json::Value::Object(m)) => m.remove(k).is_some(),
+        (Step::Index(i), serde_json::Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
+enum Step {
+    Key(String),
+    Index(usize),
 }
 
 /// Checks a batch read from several files for objects declared twice.
@@ -260,6 +341,50 @@ spec:
         let e = errs(&GOOD.replace("[{name: http}]", "[{name: http, port: 70000}]"));
         assert_eq!(e[0].field.as_deref(), Some("spec.ports[0].port"));
         assert!(e[0].hint.as_deref().unwrap().contains("65535"));
+    }
+
+    /// One object with three mistakes reports all three, each with its line.
+    #[test]
+    fn every_decode_error_of_an_object_is_reported() {
+        let text = GOOD
+            .replace("replicas: 2", "replicas: two")
+            .replace("periodSeconds: 2", "periodSecond: 2")
+            .replace("  ports: [{name: http}]", "  ports: [{name: http}]\n  update: {drainSecs: 5}");
+        let e = errs(&text);
+        let fields: Vec<_> = e.iter().map(|d| d.field.clone().unwrap_or_default()).collect();
+        assert_eq!(fields, ["spec.replicas", "spec.update.drainSecs", "spec.probes.readiness.periodSecond"]);
+        assert_eq!(e.iter().map(|d| d.location.unwrap().line).collect::<Vec<_>>(), [6, 10, 12]);
+        assert_eq!(e[2].hint.as_deref(), Some("did you mean `periodSeconds`?"));
+        // A required field missing stops the search: nothing after it would be trustworthy.
+        let e = errs("apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: x}\nspec: {replicas: 1}\n");
+        assert_eq!(e.len(), 1);
+    }
+
+    /// Like Prometheus, the default scrape timeout is clamped to a shorter interval; a timeout given longer than
+    /// the interval stays an error.
+    #[test]
+    fn the_default_metrics_timeout_is_clamped_to_the_interval() {
+        let with = |metrics: &str| {
+            GOOD.replace("  ports: [{name: http}]", &format!("  ports: [{{name: http}}]\n  metrics: {metrics}"))
+        };
+        let m = parse_manifests("app.yaml", &with("{interval: 2s}")).unwrap();
+        let crate::Resource::App(app) = &m[0].resource else { panic!("expected an App") };
+        assert_eq!(app.spec.metrics.as_ref().unwrap().effective_timeout(), "2s");
+        let m = parse_manifests("app.yaml", &with("{interval: 30s}")).unwrap();
+        let crate::Resource::App(app) = &m[0].resource else { panic!("expected an App") };
+        assert_eq!(app.spec.metrics.as_ref().unwrap().effective_timeout(), "10s");
+        let e = errs(&with("{interval: 2s, timeout: 5s}"));
+        assert_eq!(e[0].field.as_deref(), Some("spec.metrics.timeout"));
+        assert!(e[0].message.contains("5s is longer than the interval 2s"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn remove_path_follows_keys_and_indices() {
+        let mut v = serde_json::json!({"spec": {"ports": [{"name": "a", "x": 1}], "k": 2}});
+        assert!(remove_path(&mut v, "spec.ports[0].x"));
+        assert!(!remove_path(&mut v, "spec.ports[3].x"));
+        assert!(remove_path(&mut v, "spec.k"));
+        assert_eq!(v, serde_json::json!({"spec": {"ports": [{"name": "a"}]}}));
     }
 
     #[test]

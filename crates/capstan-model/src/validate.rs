@@ -157,7 +157,7 @@ fn validate_metrics(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new("spec.metrics.scheme", format!("`{}` is not http or https", m.scheme)));
     }
     let interval = crate::quantity::parse_duration(&m.interval);
-    let timeout = crate::quantity::parse_duration(&m.timeout);
+    let timeout = crate::quantity::parse_duration(&m.effective_timeout());
     if let Err(e) = &interval {
         errors.push(FieldError::new("spec.metrics.interval", e.clone()).hint("for example `15s`"));
     }
@@ -169,7 +169,7 @@ fn validate_metrics(spec: &AppSpec, errors: &mut Vec<FieldError>) {
             errors.push(
                 FieldError::new(
                     "spec.metrics.timeout",
-                    format!("{} is longer than the interval {}", m.timeout, m.interval),
+                    format!("{} is longer than the interval {}", m.effective_timeout(), m.interval),
                 )
                 .hint("Prometheus requires scrape_timeout ≤ scrape_interval"),
             );

@@ -144,17 +144,11 @@ struct Replica {
     stop_tasks: watch::Sender<bool>,
     /// Becomes true when the process has exited.
     exited: watch::Receiver<bool>,
-    writer: Option<Arc<Mutex<LogWriter>>>,
 }
 
 impl Replica {
     /// A replica whose process runs; its tasks stop when `stop_tasks` fires.
-    fn running(
-        rec: Record,
-        stop_tasks: watch::Sender<bool>,
-        exited: watch::Receiver<bool>,
-        writer: Option<Arc<Mutex<LogWriter>>>,
-    ) -> Replica {
+    fn running(rec: Record, stop_tasks: watch::Sender<bool>, exited: watch::Receiver<bool>) -> Replica {
         Replica {
             rec,
             state: ReplicaState::Running,
@@ -164,7 +158,6 @@ impl Replica {
             probe_message: None,
             stop_tasks,
             exited,
-            writer,
         }
     }
 
@@ -172,7 +165,7 @@ impl Replica {
     fn without_process(rec: Record, state: ReplicaState) -> Replica {
         let (stop_tasks, _) = watch::channel(true);
         let (_, exited) = watch::channel(true);
-        Replica { state, ..Replica::running(rec, stop_tasks, exited, None) }
+        Replica { state, ..Replica::running(rec, stop_tasks, exited) }
     }
 }
 
@@ -190,7 +183,12 @@ struct Inner {
     notify: mpsc::UnboundedSender<ObjectKey>,
     limits: LimitSupport,
     usage: volumes::Usage,
+    /// One channel per App carrying every replica's lines, so a follower outlives the replicas it started with.
+    followers: Mutex<HashMap<ObjectKey, tokio::sync::broadcast::Sender<LogLine>>>,
 }
+
+/// How many lines a follower may fall behind before it is told it skipped some.
+const FOLLOW_BUFFER: usize = 4096;
 
 /// The embedded runtime. Cheap to clone.
 #[derive(Clone)]
@@ -232,6 +230,7 @@ impl LocalRuntime {
                 notify,
                 limits: LimitSupport::detect(),
                 usage: volumes::Usage::default(),
+                followers: Mutex::new(HashMap::new()),
             }),
         };
         rt.adopt()?;
@@ -388,8 +387,7 @@ impl LocalRuntime {
         let key = rec.key();
         let ordinal = rec.ordinal;
         self.spawn_probes(&rec, stop_rx.clone());
-        lock(&self.inner.replicas)
-            .insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited, Some(writer)));
+        lock(&self.inner.replicas).insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited));
         let rt = self.clone();
         tokio::spawn(async move {
             let _ = pidfd.readable().await;
@@ -400,7 +398,7 @@ impl LocalRuntime {
 
     fn open_writer(&self, rec: &Record) -> std::io::Result<Arc<Mutex<LogWriter>>> {
         let path = self.log_path(&rec.key(), rec.ordinal);
-        let w = LogWriter::open(path, rec.name(), rec.log_max_size, rec.log_max_files)?;
+        let w = LogWriter::open(path, rec.name(), rec.log_max_size, rec.log_max_files, self.follow_sender(&rec.key()))?;
         Ok(Arc::new(Mutex::new(w)))
     }
 
@@ -690,13 +688,17 @@ impl LocalRuntime {
         lines
     }
 
-    /// Receivers of new lines of one replica or all running replicas of an App.
-    pub fn follow_logs(&self, key: &ObjectKey, ordinal: Option<u32>) -> Vec<tokio::sync::broadcast::Receiver<LogLine>> {
-        lock(&self.inner.replicas)
-            .iter()
-            .filter(|((k, o), _)| k == key && ordinal.is_none_or(|x| x == *o))
-            .filter_map(|(_, r)| r.writer.as_ref().map(|w| lock(w).subscribe()))
-            .collect()
+    /// A receiver of every line any replica of an App writes from now on, replicas started later included; it
+    /// closes when the App is deleted.
+    pub fn follow_logs(&self, key: &ObjectKey) -> tokio::sync::broadcast::Receiver<LogLine> {
+        self.follow_sender(key).subscribe()
+    }
+
+    fn follow_sender(&self, key: &ObjectKey) -> tokio::sync::broadcast::Sender<LogLine> {
+        lock(&self.inner.followers)
+            .entry(key.clone())
+            .or_insert_with(|| tokio::sync::broadcast::channel(FOLLOW_BUFFER).0)
+            .clone()
     }
 
     /// Leaves every replica running and stops supervising (for a Capstan restart or upgrade).
@@ -821,7 +823,7 @@ impl AppRuntime for LocalRuntime {
             }
         }
         self.spawn_probes(&rec, stop_rx);
-        lock(&self.inner.replicas).insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited, writer));
+        lock(&self.inner.replicas).insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited));
         let rt = self.clone();
         let mut child = child;
         tokio::spawn(async move {
@@ -894,6 +896,8 @@ impl AppRuntime for LocalRuntime {
     fn release(&self, app: &ObjectKey) {
         volumes::release(&self.inner.store, &self.inner.cfg.data_dir, app);
         self.inner.usage.forget(app);
+        // Followers learn the App is gone once the last writer holding its channel is dropped.
+        lock(&self.inner.followers).remove(app);
     }
 
     async fn shutdown(&self) {

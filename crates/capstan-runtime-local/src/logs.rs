@@ -34,19 +34,21 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    pub fn open(path: PathBuf, replica: String, max_size: u64, max_files: u32) -> std::io::Result<Self> {
+    /// Opens `path` for appending; every line written is also sent on `follow`, which all replicas of an App share
+    /// so that a follower sees replicas that start after it began.
+    pub fn open(
+        path: PathBuf,
+        replica: String,
+        max_size: u64,
+        max_files: u32,
+        follow: broadcast::Sender<LogLine>,
+    ) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        let (follow, _) = broadcast::channel(64);
         Ok(LogWriter { path, file, size, max_size, max_files, replica, follow })
-    }
-
-    /// A receiver of every line written from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<LogLine> {
-        self.follow.subscribe()
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
@@ -192,7 +194,7 @@ mod tests {
     fn rotates_and_reads_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a-0.log");
-        let mut w = LogWriter::open(path.clone(), "a-0".into(), 400, 2).unwrap();
+        let mut w = LogWriter::open(path.clone(), "a-0".into(), 400, 2, broadcast::channel(16).0).unwrap();
         for i in 0..40 {
             w.write("stdout", false, &format!("line {i}")).unwrap();
         }
@@ -211,7 +213,9 @@ mod tests {
     async fn pump_splits_lines_and_long_output() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b-0.log");
-        let w = Arc::new(Mutex::new(LogWriter::open(path.clone(), "b-0".into(), 1 << 20, 1).unwrap()));
+        let w = Arc::new(Mutex::new(
+            LogWriter::open(path.clone(), "b-0".into(), 1 << 20, 1, broadcast::channel(16).0).unwrap(),
+        ));
         let long = "x".repeat(MAX_LINE + 10);
         let input = format!("one\ntwo\r\n{long}\nthree-no-newline");
         let (_tx, rx) = tokio::sync::watch::channel(false);

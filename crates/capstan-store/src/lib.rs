@@ -80,6 +80,16 @@ pub enum ApplyAction {
 pub struct Store {
     db: Arc<Database>,
     watch: broadcast::Sender<WatchEvent>,
+    events: broadcast::Sender<ObjectEvent>,
+}
+
+/// An event with the object it is about, as `capstan get events` lists them.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectEvent {
+    pub involved_object: ObjectKey,
+    #[serde(flatten)]
+    pub event: Event,
 }
 
 fn object_key(key: &ObjectKey) -> String {
@@ -145,7 +155,8 @@ impl Store {
         }
         tx.commit()?;
         let (watch, _) = broadcast::channel(4096);
-        Ok(Store { db: Arc::new(db), watch })
+        let (events, _) = broadcast::channel(1024);
+        Ok(Store { db: Arc::new(db), watch, events })
     }
 
     /// The layout version on disk.
@@ -171,6 +182,15 @@ impl Store {
     /// Users own `metadata.labels`, `metadata.annotations` and `spec`; Capstan keeps `status`, `uid`,
     /// `creationTimestamp`, and bumps `generation` only when `spec` changes.
     pub fn apply(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, StoreError> {
+        self.apply_or_try(objects, false)
+    }
+
+    /// What [`Store::apply`] would do, without storing anything (`--dry-run=server`).
+    pub fn apply_dry_run(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, StoreError> {
+        self.apply_or_try(objects, true)
+    }
+
+    fn apply_or_try(&self, objects: Vec<Value>, dry_run: bool) -> Result<Vec<(ObjectKey, ApplyAction)>, StoreError> {
         let tx = self.db.begin_write()?;
         let mut outcomes = Vec::new();
         let mut events = Vec::new();
@@ -230,6 +250,10 @@ impl Store {
                 events.push(WatchEvent { type_, key: key.clone(), object: stored });
                 outcomes.push((key, action));
             }
+        }
+        if dry_run {
+            tx.abort()?;
+            return Ok(outcomes);
         }
         tx.commit()?;
         for e in events {
@@ -338,6 +362,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Eventual);
+        let recorded;
         {
             let mut table = tx.open_table(EVENTS)?;
             let prefix = format!("{}#", object_key(key));
@@ -356,6 +381,7 @@ impl Store {
                     e.last_timestamp = now;
                     let bytes = serde_json::to_vec(&e).map_err(|e| StoreError::Db(e.to_string()))?;
                     table.insert(k.as_str(), bytes.as_slice())?;
+                    recorded = e;
                 }
                 last => {
                     let seq =
@@ -376,11 +402,39 @@ impl Store {
                     for old in keys.iter().take(excess) {
                         table.remove(old.as_str())?;
                     }
+                    recorded = e;
                 }
             }
         }
         tx.commit()?;
+        let _ = self.events.send(ObjectEvent { involved_object: key.clone(), event: recorded });
         Ok(())
+    }
+
+    /// Every recorded event of every object (of one namespace), oldest first.
+    pub fn all_events(&self, namespace: Option<&str>) -> Result<Vec<ObjectEvent>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let Some((object, _)) = k.value().rsplit_once('#') else { continue };
+            let mut parts = object.splitn(3, '/');
+            let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            if namespace.is_some_and(|n| n != ns) {
+                continue;
+            }
+            if let Ok(event) = serde_json::from_slice::<Event>(v.value()) {
+                out.push(ObjectEvent { involved_object: ObjectKey::new(kind, ns, name), event });
+            }
+        }
+        out.sort_by_key(|e| e.event.last_timestamp);
+        Ok(out)
+    }
+
+    /// Subscribes to every event recorded from now on.
+    pub fn watch_events(&self) -> broadcast::Receiver<ObjectEvent> {
+        self.events.subscribe()
     }
 
     /// The recorded events of an object, oldest first.

@@ -89,12 +89,12 @@ async fn home(State(s): State<Shared>, u: MaybeUser) -> PageResult {
         "<section><h2>New issue</h2><form method=post action=/issues>\
 <p><input name=title placeholder=Title required maxlength=200 style=width:100%></p>\
 <p><textarea name=body placeholder=Description></textarea></p><button>Create</button></form></section>\
-<section><h2>Issues</h2><p class=muted>{n} issues · {c} comments · {a} attachments · {w} worklogs</p>\
+<section><h2>Issues</h2><p class=muted>{n} · {c} · {a} · {w}</p>\
 <table><tr><th class=n>#</th><th>Title</th><th>Status</th><th>Author</th><th>Created</th></tr>{rows}</table></section>",
-        n = counts["issues"],
-        c = counts["comments"],
-        a = counts["attachments"],
-        w = counts["worklogs"],
+        n = count(&counts["issues"], "issue"),
+        c = count(&counts["comments"], "comment"),
+        a = count(&counts["attachments"], "attachment"),
+        w = count(&counts["worklogs"], "worklog"),
     );
     Ok(render(&s, "Issues", &user, &body))
 }
@@ -433,4 +433,24 @@ async fn reports(State(s): State<Shared>, u: MaybeUser, Query(q): Query<ReportQu
         m = esc(&month)
     );
     Ok(render(&s, "Reports", &user, &body))
+}
+
+/// "1 issue", "2 issues".
+fn count(n: &serde_json::Value, noun: &str) -> String {
+    let n = n.as_i64().unwrap_or(0);
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_pluralized() {
+        assert_eq!(super::count(&serde_json::json!(1), "issue"), "1 issue");
+        assert_eq!(super::count(&serde_json::json!(0), "issue"), "0 issues");
+        assert_eq!(super::count(&serde_json::json!(12), "worklog"), "12 worklogs");
+    }
 }

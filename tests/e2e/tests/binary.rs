@@ -245,6 +245,94 @@ async fn up_refuses_a_bad_manifest_before_starting_anything() {
     assert!(err.contains("field `spec.replcas`: unknown field"), "{err}");
     assert!(err.contains("did you mean `replicas`?"), "{err}");
     assert!(!data.join("state.redb").exists(), "nothing was started");
+
+    // A manifest only the server can refuse (its program does not exist) is refused before the API or any
+    // controller starts.
+    let ghost = dir.path().join("ghost.yaml");
+    std::fs::write(&ghost, app_yaml("ghost", 1, &[], "").replace(&testapp(), "./not-built-yet")).unwrap();
+    let out = Command::new(bin("capstan-e2e-cli"))
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .arg(&ghost)
+        .env("CAPSTAN_DATA", &data)
+        .env("CAPSTAN_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("App/ghost: field `spec.run.command[0]`: program"), "{err}");
+    assert!(err.contains("(the batch was refused; nothing was started)"), "{err}");
+    assert!(!err.contains("control plane is up"), "{err}");
+    assert!(!data.join("server.json").exists(), "the API never listened");
+}
+
+/// kubectl's habits: version (client and server), explain, completion, scale, get events (and --watch), apply
+/// --dry-run=client|server that changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_habits_version_explain_completion_scale_events_and_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let m = dir.path().join("app.yaml");
+    std::fs::write(&m, app_yaml("habits", 1, &[], READINESS)).unwrap();
+    let mut plane = up(&data, &m);
+    ready_pids(&data, "habits", 1).await;
+
+    let out = capstan(&data, &["version"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let commit = capstan_api::build_info()["commit"].as_str().unwrap().to_string();
+    assert!(text.contains(&format!("Client Version: {} (commit {commit}", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(text.contains("Server Version: ") && text.matches(&commit).count() == 2, "{text}");
+    let v: Value = serde_json::from_slice(&capstan(&data, &["version", "-o", "json"]).stdout).unwrap();
+    assert_eq!(v["serverVersion"]["commit"], v["clientVersion"]["commit"]);
+
+    let out = capstan(&data, &["explain", "app.spec.update"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FIELD:      spec.update <") && text.contains("FIELDS:"), "{text}");
+    assert!(text.contains("  maxUnavailable\t<") || text.contains("  strategy\t<"), "{text}");
+    let out = capstan(&data, &["explain", "app.spec.replcas"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("field `replcas` does not exist in spec"));
+
+    let out = capstan(&data, &["completion", "bash"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("complete -F") && text.contains("capstan"), "{text}");
+
+    // Dry runs change nothing: the App stays at one replica.
+    let two = dir.path().join("two.yaml");
+    std::fs::write(&two, app_yaml("habits", 2, &[], READINESS)).unwrap();
+    let out = capstan(&data, &["apply", "-f", two.to_str().unwrap(), "--dry-run=server"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app/habits configured (dry run: server)");
+    let out = capstan(&data, &["apply", "-f", two.to_str().unwrap(), "--dry-run=client"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app/habits checked (dry run: client)");
+    let ghost = dir.path().join("ghost.yaml");
+    std::fs::write(&ghost, app_yaml("ghost", 1, &[], "").replace(&testapp(), "./not-built-yet")).unwrap();
+    let out = capstan(&data, &["apply", "-f", ghost.to_str().unwrap(), "--dry-run=server"]);
+    assert_eq!(out.status.code(), Some(2), "the server's admission runs in a server dry run");
+    assert_eq!(get_app(&data, "habits").unwrap()["spec"]["replicas"], 1);
+    assert_eq!(capstan(&data, &["get", "app", "ghost"]).status.code(), Some(1));
+
+    // Events are followed while scale changes the App.
+    let mut watch = Command::new(bin("capstan-e2e-cli"))
+        .args(["get", "events", "--watch"])
+        .env("CAPSTAN_DATA", &data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = capstan(&data, &["scale", "app/habits", "--replicas", "2"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app/habits scaled from 1 to 2 replicas");
+    ready_pids(&data, "habits", 2).await;
+    let out = capstan(&data, &["scale", "habits", "--replicas", "-1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("field `spec.replicas`"));
+    let out = capstan(&data, &["get", "events"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("LAST SEEN") && text.contains("app/habits") && text.contains("habits-1"), "{text}");
+    let _ = watch.kill();
+    let watched = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).to_string();
+    assert!(watched.starts_with("LAST SEEN") && watched.contains("habits-1"), "{watched}");
+
+    assert!(capstan(&data, &["shutdown"]).status.success());
+    plane.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

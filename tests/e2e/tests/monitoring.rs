@@ -508,6 +508,14 @@ spec:
     let table = cli(&tp, &["alerts"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("ID") && text.contains(&id) && text.contains("triggered"), "{text}");
+    // The firing alerts are listed under the incidents, each with its incident.
+    let alerts_part = text.split_once("\nALERT ").map(|(_, a)| a).expect("an alerts table");
+    assert!(
+        alerts_part
+            .lines()
+            .any(|l| l.starts_with("CapstanReplicaCrashLooping") && l.contains("firing") && l.contains(&id)),
+        "{text}"
+    );
     let ack = cli(&tp, &["ack", &id, "--by", "carol"]);
     assert!(ack.status.success(), "{}", String::from_utf8_lossy(&ack.stderr));
     assert_eq!(String::from_utf8_lossy(&ack.stdout).trim(), format!("incident {id} acknowledged by carol"));
@@ -529,5 +537,40 @@ spec:
     let bad = cli(&tp, &["metrics", "query", "rate(up[5m"]);
     assert_eq!(bad.status.code(), Some(2), "bad PromQL is invalid input");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("parse error at char"));
+    tp.stop().await;
+}
+
+/// A firing alert that no EscalationPolicy matches has no incident, and `capstan alerts` still shows it, marked as
+/// not escalated, as Prometheus' alerts page would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_firing_alerts_that_no_policy_escalates() {
+    let tp = TestPlane::start().await;
+    tp.apply(
+        "apiVersion: capstan.dev/v1alpha1
+kind: AlertRule
+metadata: {name: always}
+spec:
+  expr: vector(1) > 0
+  interval: 1s
+  labels: {team: nobody}
+",
+    );
+    let text = eventually("the alert is listed", T, || async {
+        let out = cli(&tp, &["alerts"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("firing").then_some(text)
+    })
+    .await;
+    assert!(text.starts_with("No open incidents."), "{text}");
+    let row = text.lines().find(|l| l.starts_with("always")).unwrap_or_else(|| panic!("a row for the alert: {text}"));
+    assert!(row.contains("team=nobody") && row.contains("not escalated"), "{row}");
+    let out = cli(&tp, &["alerts", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["alerts"][0]["labels"]["alertname"], "always");
+    assert_eq!(v["alerts"][0]["incident"], Value::Null);
+    let rules = cli(&tp, &["get", "alertrules"]);
+    let text = String::from_utf8_lossy(&rules.stdout);
+    assert!(text.starts_with("NAME") && text.contains("HEALTH") && !text.contains("SUSPENDED"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("always") && l.contains("ok") && l.contains("vector(1) > 0")), "{text}");
     tp.stop().await;
 }

@@ -447,3 +447,78 @@ async fn a_stop_signal_and_a_user_are_honoured() {
     }
     tp.stop().await;
 }
+
+/// `capstan logs -f` follows the App, not the replicas it started with: a rollout replaces both replicas and the
+/// new ones are followed as they start; escape sequences are removed unless asked for; when the App is deleted the
+/// command says so and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_keeps_following_across_a_rollout_and_says_why_it_stops() {
+    use tokio::io::AsyncBufReadExt;
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("roll", 2, &[], READINESS));
+    let o = wait_ready(&tp, "roll").await;
+    let old: Vec<Value> = replicas(&o).iter().map(|r| r["pid"].clone()).collect();
+    let mut cli = tokio::process::Command::new(bin("capstan-e2e-cli"))
+        .args(["logs", "roll", "-f", "--tail", "0"])
+        .env("CAPSTAN_SERVER", tp.plane().url())
+        .env("CAPSTAN_TOKEN", tp.plane().token())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cli runs");
+    let mut out = tokio::io::BufReader::new(cli.stdout.take().unwrap()).lines();
+    // Following has begun once a line said now comes through.
+    let port = port_of(&replicas(&o)[0]);
+    let deadline = tokio::time::Instant::now() + T;
+    let said = loop {
+        assert!(tokio::time::Instant::now() < deadline, "the follower received no line");
+        http_get(port, "/say/before").await.expect("say");
+        if let Ok(line) = tokio::time::timeout(Duration::from_millis(500), out.next_line()).await {
+            break line.expect("reads").expect("the follower is running");
+        }
+    };
+    assert_eq!(said, "[roll-0] said before");
+
+    tp.client.post("/api/v1/namespaces/default/apps/roll/restart", serde_json::json!({})).await.expect("restart");
+    let o = eventually("both replicas replaced and ready", T, || async {
+        let o = tp.app("roll").await;
+        let r = replicas(&o);
+        (ready(&o) && r.len() == 2 && r.iter().all(|r| !old.contains(&r["pid"]) && r["ready"] == true)).then_some(o)
+    })
+    .await;
+    let mut started = std::collections::BTreeSet::new();
+    tokio::time::timeout(T, async {
+        while started.len() < 2 {
+            let line = out.next_line().await.expect("reads").expect("the follower is still running");
+            if line.contains("listening on") {
+                started.insert(line.split(']').next().unwrap_or("").to_string());
+            }
+        }
+    })
+    .await
+    .expect("both new replicas' first lines arrive");
+    assert_eq!(started.into_iter().collect::<Vec<_>>(), ["[roll-0", "[roll-1"]);
+
+    // Colour codes a replica writes are removed.
+    http_get(port_of(&replicas(&o)[1]), "/say/%1B%5B31mred%1B%5B0m").await.expect("say");
+    let line = tokio::time::timeout(T, async {
+        loop {
+            let line = out.next_line().await.expect("reads").expect("a line");
+            if line.contains(" said ") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("in time");
+    assert_eq!(line, "[roll-1] said red");
+
+    tp.client.delete("/api/v1/namespaces/default/apps/roll").await.expect("delete");
+    let status = tokio::time::timeout(T, cli.wait()).await.expect("the follower stops").expect("status");
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut cli.stderr.take().unwrap(), &mut err).await.unwrap();
+    assert!(!status.success(), "a stream that ends while following is an error: {err}");
+    assert!(err.contains("stopped following: App default/roll was deleted"), "{err}");
+    tp.stop().await;
+}

@@ -262,6 +262,24 @@ async fn failing_new_version_is_rolled_back_while_old_replicas_serve() {
     assert_eq!(ready_cond["reason"], "RolledBack");
     let events = tp.client.get("/api/v1/namespaces/default/apps/canary/events").await.unwrap().to_string();
     assert!(events.contains("RolloutRolledBack"), "{events}");
+    // The spec says version 2, the replicas run version 1: `diff` against the file says so, and `get` shows it.
+    let file = tp.dir.path().join("canary-v2.yaml");
+    std::fs::write(&file, &v2).unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin("capstan-e2e-cli"))
+            .args(args)
+            .env("CAPSTAN_SERVER", tp.plane().url())
+            .env("CAPSTAN_TOKEN", tp.plane().token())
+            .output()
+            .expect("cli runs")
+    };
+    let diff = cli(&["diff", "-f", file.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&diff.stdout).to_string();
+    assert_eq!(diff.status.code(), Some(1), "a difference: {out}{}", String::from_utf8_lossy(&diff.stderr));
+    let running = o["status"]["currentRevision"].as_str().unwrap();
+    assert!(out.contains(&format!("! App/default/canary runs revision {running}, not the file's")), "{out}");
+    let get = String::from_utf8_lossy(&cli(&["get", "apps", "-o", "wide"]).stdout).to_string();
+    assert!(get.contains("RolledBack") && get.contains(&format!("{running} (declared ")), "{get}");
     tp.stop().await;
 }
 

@@ -316,3 +316,21 @@ fn condition_time_is_kept_while_status_holds() {
     let p2 = plan_app(Some(&a), &[running(&a, 0, true)], p1.status.as_ref(), vec![], t1);
     assert_eq!(ready_cond(&p2).last_transition_time, t0);
 }
+
+/// Every replica ready but not yet for minReadySeconds: the condition says so, not "ReplicasNotReady" beside 2/2.
+#[test]
+fn ready_but_not_yet_available_says_why() {
+    let a = app(2, "  update: {minReadySeconds: 10}\n");
+    let now = Utc::now();
+    let obs: Vec<_> = (0..2)
+        .map(|o| {
+            let mut r = running(&a, o, true);
+            r.ready_since = Some(now - chrono::Duration::seconds(3));
+            r
+        })
+        .collect();
+    let p = plan_app(Some(&a), &obs, None, vec![], now);
+    let c = ready_cond(&p);
+    assert_eq!((c.status, c.reason.as_str()), (ConditionStatus::False, "MinReadySeconds"));
+    assert_eq!(c.message, "2/2 replicas ready, 0/2 available (ready for minReadySeconds: 10s)");
+}

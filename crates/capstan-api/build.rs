@@ -1,0 +1,27 @@
+//! Records which commit this build is made from (and that commit's date), for `capstan version` and `/version`.
+//!
+//! The commit's date rather than the clock's: a rebuild of the same commit is the same build, and nothing is
+//! rebuilt just because time passed. Outside a Git checkout both read `unknown`.
+
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !s.is_empty()).then_some(s)
+}
+
+fn main() {
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let date = git(&["log", "-1", "--format=%cI"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CAPSTAN_COMMIT={commit}");
+    println!("cargo:rustc-env=CAPSTAN_COMMIT_DATE={date}");
+    // A new commit or a checkout changes HEAD or the ref it names.
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={dir}/{r}");
+        }
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}
