@@ -9,6 +9,6 @@ if ! command -v git >/dev/null || [ ! -x "$(git --exec-path)/git-daemon" ]; then
   apt_install git
 fi
 apt_install python3
-cargo build --release --quiet -p capstan-cli -p hello
+build_bins --release
 cargo build --release --quiet -p capstan-gitops --example fetch
 exec python3 bench/gitops.py --bin "$CARGO_TARGET_DIR/release" "$@"

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 apt_install haproxy wrk python3
-cargo build --release --quiet -p capstan-cli -p hello
+build_bins --release
 exec python3 bench/lb_tail.py --bin "$CARGO_TARGET_DIR/release" "$@"

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 apt_install nginx haproxy wrk tcpdump valgrind python3
-cargo build --release --quiet -p capstan-cli -p hello
+build_bins --release
 cargo build --release --quiet -p capstan-proxy --example hyper_floor
 pgo=()
 if [ "${1:-}" = "--no-pgo" ]; then

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
-cargo build --release --quiet -p capstan-cli
+build_bins --release
 cargo build --release --quiet -p capstan-kubernetes --example operator_bench
 for n in 143 1000; do
   "$CARGO_TARGET_DIR/release/examples/operator_bench" "$CARGO_TARGET_DIR/release/capstan" "$n"

@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 apt_install wrk python3
 PY="$(scripts/setup-tf.sh)"
 "$PY" -c 'import onnxruntime' 2>/dev/null || "$PY" -m pip install --quiet --disable-pip-version-check 'onnxruntime==1.17.3'
-cargo build --release --quiet -p capstan-cli
+build_bins --release
 exec "$PY" bench/serving.py --bin "$CARGO_TARGET_DIR/release" "$@"

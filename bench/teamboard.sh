@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 . scripts/common.sh
 apt_install haproxy wrk python3 curl
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then apt_install postgresql postgresql-client; fi
-cargo build --release --quiet -p capstan-cli -p teamboard
+build_bins --release
 exec python3 bench/teamboard.py --bin "$CARGO_TARGET_DIR/release" "$@"

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 apt_install rsync python3
-cargo build --release --quiet -p capstan-cli -p hello
+build_bins --release
 exec python3 bench/volume.py --bin "$CARGO_TARGET_DIR/release" "$@"

@@ -18,3 +18,13 @@ apt_install() {
   $sudo apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+# The one package set every script builds: capstan, capstan-hello and teamboard together. Building the same set each
+# time unifies dependency features the same way, so a second script reuses the first one's build instead of
+# rebuilding most crates. `build_bins` builds it in debug, `build_bins --release` optimised.
+BIN_PACKAGES=(-p capstan-cli -p hello -p teamboard)
+build_bins() {
+  local start=$SECONDS
+  cargo build --quiet "$@" "${BIN_PACKAGES[@]}"
+  echo "   (built in $((SECONDS - start)) s)" >&2
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds Capstan and the hello example, puts examples/hello in a Git repository and runs Capstan straight from it
+# Builds Capstan and the examples (one package set with demo.sh, so the second script reuses the first's build), puts examples/hello in a Git repository and runs Capstan straight from it
 # (`capstan up --git`), shows traffic through the balancer, then commits a change and syncs it. Prints where to look.
 # Ctrl-C stops every replica. With DEMO_SMOKE=1 it checks each replica answers, then stops by itself.
 set -euo pipefail
@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 
 apt_install curl procps python3
 if ! command -v git >/dev/null; then apt_install git; fi
-echo "== building capstan and capstan-hello (release)"
-cargo build --release --quiet -p capstan-cli -p hello
+echo "== building capstan, capstan-hello and teamboard (release)"
+build_bins --release
 export PATH="$CARGO_TARGET_DIR/release:$PATH"
-export CAPSTAN_DATA="${CAPSTAN_DATA:-$PWD/.capstan}"
+# Its own data directory: other walkthroughs (demo.sh, the README's tour) keep theirs apart.
+export CAPSTAN_DATA="${CAPSTAN_DATA:-$PWD/.capstan/gitops}"
 LISTEN="${CAPSTAN_LISTEN:-127.0.0.1:7470}"
 
 # The deployment repository: examples/hello committed to a fresh Git repository.
@@ -51,7 +52,8 @@ capstan sync now bootstrap -n capstan-system --timeout 60s
 capstan get apps
 cat <<TOUR
 
-Try, in another terminal (export CAPSTAN_DATA=$CAPSTAN_DATA):
+Try, in another terminal:
+  export PATH="$CARGO_TARGET_DIR/release:\$PATH" CAPSTAN_DATA="$CAPSTAN_DATA"
   capstan get syncs -A; capstan describe sync bootstrap -n capstan-system   # revision, inventory, history
   edit $REPO/hello.yaml, git commit, then: capstan sync now bootstrap -n capstan-system
   capstan describe app hello        # replicas, probes, conditions, events

@@ -13,10 +13,11 @@ apt_install curl procps python3
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
   apt_install postgresql postgresql-client
 fi
-echo "== building capstan and teamboard (release)"
-cargo build --release --quiet -p capstan-cli -p teamboard
+echo "== building capstan, capstan-hello and teamboard (release)"
+build_bins --release
 export PATH="$CARGO_TARGET_DIR/release:$PATH"
-export CAPSTAN_DATA="${CAPSTAN_DATA:-$PWD/.capstan}"
+# Its own data directory: other walkthroughs (demo-gitops.sh, the README's tour) keep theirs apart.
+export CAPSTAN_DATA="${CAPSTAN_DATA:-$PWD/.capstan/ha-stack}"
 LISTEN="${CAPSTAN_LISTEN:-127.0.0.1:7470}"
 WEB=http://127.0.0.1:8090
 
@@ -92,7 +93,8 @@ cat <<TOUR
 Open $WEB and sign in with any name. Sessions live in one node's memory: the balancer's cookie keeps you there.
 The node that served each page is in its header and footer; live updates from every node appear bottom right.
 
-Try, in another terminal (export CAPSTAN_DATA=$CAPSTAN_DATA):
+Try, in another terminal:
+  export PATH="$CARGO_TARGET_DIR/release:\$PATH" CAPSTAN_DATA="$CAPSTAN_DATA"
   capstan describe app teamboard              # nodes, volumes, probes, events
   capstan logs teamboard -f                   # both nodes' output
   kill -9 \$(pgrep -f 'release/teamboard' | head -1)   # one node dies: its users move, the others never notice

@@ -38,7 +38,7 @@ cargo test --workspace
 # The release build's training run (scripts/build-release.sh), briefly, on the debug build: it must keep working.
 echo "== release training run (smoke, debug build)"
 apt_install wrk
-cargo build --quiet -p capstan-cli -p hello
+build_bins
 cargo build --quiet -p capstan-serving --example fixture_model
 python3 scripts/pgo_train.py --capstan "$CARGO_TARGET_DIR/debug/capstan" --bin "$CARGO_TARGET_DIR/debug" \
   --fixture-model "$CARGO_TARGET_DIR/debug/examples/fixture_model" --seconds 2
