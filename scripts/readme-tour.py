@@ -7,6 +7,7 @@ code: 0, or the N of an `(exit N)` in its comment. Run from the repository's roo
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,8 @@ def script(block):
         command, comment = split_comment(line)
         if not command:
             continue
+        if command.endswith("\\"):
+            raise SystemExit(f"README.md:{number}: a replayed command must fit on one line")
         expected = re.search(r"\(exit (\d+)\)", comment)
         expected = expected.group(1) if expected else "0"
         out.append(f"echo {shlex.quote('$ ' + command)} >&2")
@@ -91,9 +94,18 @@ def main():
     for block in found:
         with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
             f.write(script(block))
-        r = subprocess.run(["bash", f.name], cwd=root, env=env, stdin=subprocess.DEVNULL, timeout=600)
+        # Its own session, so that a tour that hangs is stopped whole: bash, `capstan up` and the replicas.
+        p = subprocess.Popen(["bash", f.name], cwd=root, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            failed += p.wait(timeout=600) != 0
+        except subprocess.TimeoutExpired:
+            print("the tour did not finish in 10 minutes", file=sys.stderr)
+            data = os.path.join(root, ".capstan", "tour")
+            subprocess.run(["capstan", "shutdown", "--data", data], env=env, capture_output=True, timeout=30)
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            failed += 1
         os.unlink(f.name)
-        failed += r.returncode != 0
     leftovers = subprocess.run(["pgrep", "-f", os.path.join(target, "release", "capstan-hello")], capture_output=True)
     if leftovers.stdout.strip():
         print(f"replicas left behind: {leftovers.stdout.decode().split()}", file=sys.stderr)

@@ -16,11 +16,16 @@ fn main() {
     let date = git(&["log", "-1", "--format=%cI"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=CAPSTAN_COMMIT={commit}");
     println!("cargo:rustc-env=CAPSTAN_COMMIT_DATE={date}");
-    // A new commit or a checkout changes HEAD or the ref it names.
-    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{r}");
+    // A new commit or a checkout changes HEAD, or the branch it names: a loose ref under refs/heads (watched as a
+    // directory, since a ref may not exist as a file yet) or packed-refs. Only paths that exist are named: cargo
+    // reruns a build script whose watched path is missing every time.
+    if let (Some(dir), Some(common)) =
+        (git(&["rev-parse", "--absolute-git-dir"]), git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]))
+    {
+        for path in [format!("{dir}/HEAD"), format!("{common}/refs/heads"), format!("{common}/packed-refs")] {
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
         }
     }
     println!("cargo:rerun-if-changed=build.rs");

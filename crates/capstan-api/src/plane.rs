@@ -205,6 +205,7 @@ impl ControlPlane {
             .map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
 
+        crate::volume_sync::release_stale_holds(&store)?;
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
         let runtime = LocalRuntime::new(LocalConfig { data_dir: cfg.data_dir.clone() }, store.clone(), notify_tx)?;
         let proxy = Arc::new(Proxy::new());

@@ -99,19 +99,23 @@ struct ApplyQuery {
 
 async fn apply(State(state): State<AppState>, Query(q): Query<ApplyQuery>, Json(body): Json<ApplyBody>) -> Response {
     let result = if q.dry_run { state.apply_dry_run(body.objects) } else { state.apply(body.objects) };
+    answer(result, "the batch was refused; nothing was applied", |results| {
+        let results: Vec<Value> = results
+            .into_iter()
+            .map(|(k, a)| json!({"kind": k.kind, "namespace": k.namespace, "name": k.name, "action": a}))
+            .collect();
+        json!({ "results": results })
+    })
+}
+
+/// The answer to a change that went through admission: `ok`'s JSON, or 422 with every problem and `refused` as the
+/// error, or 500 when the store failed.
+fn answer<T>(result: Result<T, ApplyError>, refused: &str, ok: impl FnOnce(T) -> Value) -> Response {
     match result {
-        Ok(results) => {
-            let results: Vec<Value> = results
-                .into_iter()
-                .map(|(k, a)| json!({"kind": k.kind, "namespace": k.namespace, "name": k.name, "action": a}))
-                .collect();
-            Json(json!({ "results": results })).into_response()
+        Ok(v) => Json(ok(v)).into_response(),
+        Err(ApplyError::Invalid(errors)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": refused, "errors": errors }))).into_response()
         }
-        Err(ApplyError::Invalid(errors)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "error": "the batch was refused; nothing was applied", "errors": errors })),
-        )
-            .into_response(),
         Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -198,6 +202,8 @@ async fn all_events(State(state): State<AppState>, Query(q): Query<EventsQuery>)
     let Some(live) = live else { return Json(json!({ "items": items })).into_response() };
     let (tx, rx) = mpsc::channel::<String>(256);
     let ns = q.namespace.clone();
+    // An event recorded between the subscription and the listing is in both: the stream skips what was listed.
+    let listed = items.iter().map(|e| e.event.last_timestamp).max();
     tokio::spawn(async move {
         for e in items {
             if tx.send(serde_json::to_string(&e).unwrap_or_default()).await.is_err() {
@@ -206,6 +212,7 @@ async fn all_events(State(state): State<AppState>, Query(q): Query<EventsQuery>)
         }
         forward(live, tx, move |e: &capstan_store::ObjectEvent| {
             ns.as_ref().is_none_or(|n| *n == e.involved_object.namespace)
+                && listed.is_none_or(|t| e.event.last_timestamp > t)
         })
         .await;
     });
@@ -270,15 +277,27 @@ async fn logs(
     let keep = move |l: &capstan_runtime_local::logs::LogLine| {
         until.is_none_or(|u| l.time <= u) && grep.as_ref().is_none_or(|g| g.is_match(&l.text))
     };
-    // Subscribe before reading the files so no line falls between the two.
-    let follower = q.follow.then(|| state.runtime.follow_logs(&key));
+    // Subscribe before reading the files so no line falls between the two. An App that is gone (only its logs are
+    // left) has nothing to follow; checked again after subscribing, so a deletion in between is not missed.
+    let exists = || matches!(state.store.get(&key), Ok(Some(_)));
+    let follower = (q.follow && exists()).then(|| state.runtime.follow_logs(&key));
+    let follower = match follower {
+        Some(f) if exists() => Ok(f),
+        _ if q.follow => Err(format!("App {ns}/{name} does not exist (any more): only its past lines are shown")),
+        _ => Err(String::new()),
+    };
     let mut lines = state.runtime.read_logs(&key, q.replica, q.since);
+    // What the files held, per replica: the channel repeats those lines, and replicas write at their own pace.
+    let mut last_seen: std::collections::HashMap<String, DateTime<Utc>> = std::collections::HashMap::new();
+    for l in &lines {
+        let t = last_seen.entry(l.replica.clone()).or_insert(l.time);
+        *t = (*t).max(l.time);
+    }
     lines.retain(|l| keep(l));
     if let Some(n) = q.tail {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
     }
-    let last_seen = lines.last().map(|l| l.time);
     let replica = q.replica.map(|o| format!("{name}-{o}"));
     let (tx, rx) = mpsc::channel::<String>(1024);
     let mut shutdown = state.shutdown.subscribe();
@@ -288,18 +307,26 @@ async fn logs(
                 return;
             }
         }
-        let Some(mut follower) = follower else { return };
+        let mut follower = match follower {
+            Ok(f) => f,
+            Err(why) if why.is_empty() => return,
+            Err(why) => {
+                let _ = tx.send(json!({ "end": why }).to_string()).await;
+                return;
+            }
+        };
         // Follow the App, not the replicas that exist now: replicas started later are followed as they write. The
-        // stream ends only with a reason, sent as a last record.
+        // stream ends only with a reason, sent as a last record; a client that left ends it at once.
         let end = loop {
             let next = tokio::select! {
                 next = follower.recv() => next,
                 _ = shutdown.changed() => break "Capstan is shutting down".to_string(),
+                _ = tx.closed() => return,
             };
             let record = match next {
                 Ok(l) => {
                     let wanted = replica.as_ref().is_none_or(|r| l.replica == *r)
-                        && last_seen.is_none_or(|t| l.time > t)
+                        && last_seen.get(&l.replica).is_none_or(|t| l.time > *t)
                         && keep(&l);
                     if !wanted {
                         continue;
@@ -431,15 +458,7 @@ async fn rollback(
         }
     }
     let revision = target.revision.clone();
-    match state.apply(vec![obj]) {
-        Ok(_) => Json(json!({ "revision": revision })).into_response(),
-        Err(ApplyError::Invalid(errors)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "error": "the old revision no longer passes admission", "errors": errors })),
-        )
-            .into_response(),
-        Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    answer(state.apply(vec![obj]), "the old revision no longer passes admission", |_| json!({ "revision": revision }))
 }
 
 /// Replaces every replica in order, as `kubectl rollout restart` does.
@@ -453,15 +472,7 @@ async fn restart(State(state): State<AppState>, Path((ns, name)): Path<(String, 
         obj["metadata"]["annotations"] = json!({});
     }
     obj["metadata"]["annotations"][capstan_model::RESTARTED_AT_ANNOTATION] = json!(now);
-    match state.apply(vec![obj]) {
-        Ok(_) => Json(json!({ "restartedAt": now })).into_response(),
-        Err(ApplyError::Invalid(errors)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "error": "the App no longer passes admission", "errors": errors })),
-        )
-            .into_response(),
-        Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    answer(state.apply(vec![obj]), "the App no longer passes admission", |_| json!({ "restartedAt": now }))
 }
 
 #[derive(Deserialize)]
@@ -481,14 +492,7 @@ async fn scale(
     };
     let from = obj["spec"]["replicas"].clone();
     obj["spec"]["replicas"] = json!(body.replicas);
-    match state.apply(vec![obj]) {
-        Ok(_) => Json(json!({ "replicas": body.replicas, "previous": from })).into_response(),
-        Err(ApplyError::Invalid(errors)) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "the App was not scaled", "errors": errors })))
-                .into_response()
-        }
-        Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    answer(state.apply(vec![obj]), "the App was not scaled", |_| json!({ "replicas": body.replicas, "previous": from }))
 }
 
 async fn reconcile_sync(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {

@@ -38,6 +38,37 @@ fn refuse(code: u16, message: impl Into<String>) -> SyncError {
     SyncError { code, message: message.into() }
 }
 
+/// The targets being synced now, by hold record.
+static RUNNING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A target claimed for one sync until dropped.
+struct Running(String);
+
+impl Running {
+    fn claim(hold: &str) -> Option<Running> {
+        let mut set = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(hold.to_string()).then(|| Running(hold.to_string()))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
+    }
+}
+
+/// Releases the holds a sync left when Capstan stopped in the middle of it (no sync outlives its process): the
+/// replicas start again, and their volumes are put back or refused as `volumes::prepare` decides.
+pub fn release_stale_holds(store: &capstan_store::Store) -> Result<usize, capstan_store::StoreError> {
+    let stale = store.records("hold/")?;
+    for (k, _) in &stale {
+        tracing::warn!("releasing {k}: a volume sync did not finish before Capstan stopped");
+        store.delete_record(k)?;
+    }
+    Ok(stale.len())
+}
+
 /// Runs a copy step off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CopyError> + Send + 'static,
@@ -108,8 +139,12 @@ pub async fn sync_volume(
         return Err(refuse(409, format!("replica {}-{from} has no `{volume}` directory yet", key.name)));
     }
 
-    // Hold the target stopped, then stop it (draining first).
+    // One sync per target at a time: a second one would share the staging directory and release the hold early.
     let hold = hold_record(key, to);
+    let Some(_running) = Running::claim(&hold) else {
+        return Err(refuse(409, format!("a volume sync onto {}-{to} is already in progress", key.name)));
+    };
+    // Hold the target stopped, then stop it (draining first).
     shared
         .store
         .put_record(&hold, &serde_json::json!({"volume": volume, "from": from}))
@@ -193,4 +228,31 @@ pub async fn sync_volume(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sync cannot outlive its Capstan: holds found at start are released so the replicas run again.
+    #[test]
+    fn holds_left_by_a_stopped_capstan_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = capstan_store::Store::open(&dir.path().join("state.redb")).unwrap();
+        let key = ObjectKey::new("App", "default", "idx");
+        store.put_record(&hold_record(&key, 1), &serde_json::json!({"volume": "index", "from": 0})).unwrap();
+        store.put_record("volumes/default/idx", &serde_json::json!({})).unwrap();
+        assert_eq!(release_stale_holds(&store).unwrap(), 1);
+        assert!(store.records("hold/").unwrap().is_empty());
+        assert_eq!(store.records("volumes/").unwrap().len(), 1, "other records stay");
+    }
+
+    #[test]
+    fn one_sync_per_target_at_a_time() {
+        let first = Running::claim("hold/default/idx/1").expect("free");
+        assert!(Running::claim("hold/default/idx/1").is_none(), "taken");
+        assert!(Running::claim("hold/default/idx/2").is_some(), "another target is free");
+        drop(first);
+        assert!(Running::claim("hold/default/idx/1").is_some(), "free again");
+    }
 }

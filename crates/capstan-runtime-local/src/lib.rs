@@ -188,7 +188,7 @@ struct Inner {
 }
 
 /// How many lines a follower may fall behind before it is told it skipped some.
-const FOLLOW_BUFFER: usize = 4096;
+const FOLLOW_BUFFER: usize = 1024;
 
 /// The embedded runtime. Cheap to clone.
 #[derive(Clone)]

@@ -5,8 +5,8 @@
 //! write a file of the same length within one kernel clock tick leave two different files with the same size and
 //! the same nanosecond mtime. So the first pass trusts nothing: a file of equal size is compared byte for byte. The
 //! second pass (with the source frozen) trusts a file only when the source still has exactly what the first pass
-//! read — same inode, size, mtime and ctime, the ctime older than the first pass by a margin wider than any clock
-//! tick — and reads every other file again. Every source file's SHA-256 is recorded as it is read; after the swap
+//! read — same inode, size, mtime and ctime, the ctime older than the first pass by a minute (wider than any clock
+//! tick and the kernel's writeback of pages written through memory maps) — and reads every other file again. Every source file's SHA-256 is recorded as it is read; after the swap
 //! the target is read back and must hold the same entries with the same digests, else its previous contents are
 //! put back and the copy is reported as failed.
 
@@ -20,9 +20,12 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-/// How much older than the first pass a file's change time must be before its size and times are trusted: wider
-/// than any file system's timestamp granularity and the kernel's coarse clock tick.
-const TRUST_MARGIN: Duration = Duration::from_secs(2);
+/// How much older than the first pass a file's change time must be before its size and times are trusted. Wider
+/// than any timestamp granularity and clock tick, and than the kernel's writeback of dirty pages (30 s by
+/// default): a write through a shared memory mapping updates the times only when a clean page is first dirtied,
+/// so a page dirtied shortly before the first pass can change again without moving them; a minute after its last
+/// change a file's pages have been written back, and its next write moves its change time.
+const TRUST_MARGIN: Duration = Duration::from_secs(60);
 
 /// What one pass copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -84,9 +87,15 @@ pub enum CopyError {
     #[error("the copy does not match the source: {0}; the target's previous contents were put back")]
     Mismatch(String),
     #[error(
-        "the copy does not match the source ({mismatch}) and putting the previous contents back failed: {restore}"
+        "the copy does not match the source ({mismatch}) and putting the previous contents back failed: {restore}; they are in {}",
+        prev.display()
     )]
-    RestoreFailed { mismatch: String, restore: String },
+    RestoreFailed { mismatch: String, restore: String, prev: PathBuf },
+    #[error(
+        "{} holds the contents {} had before an earlier sync that did not finish; move it back over {} or remove it, then sync again",
+        prev.display(), dst.display(), dst.display()
+    )]
+    Leftover { prev: PathBuf, dst: PathBuf },
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CopyError + 'a {
@@ -121,12 +130,13 @@ impl Replace {
     pub fn begin(src: &Path, dst: &Path) -> Result<Replace, CopyError> {
         let tmp = sibling(dst, ".sync");
         let prev = sibling(dst, ".prev");
-        remove_any(&tmp).map_err(io_err("removing", &tmp))?;
-        // A `.prev` left by an interrupted swap is the only copy of the target's contents when `dst` is missing.
-        if prev.exists() && !dst.exists() {
-            std::fs::rename(&prev, dst).map_err(io_err("restoring", dst))?;
+        // A `.prev` is the target's contents from a sync that did not finish. Without the target it is the only copy
+        // and goes back; beside one, which of the two is right cannot be told here, and neither is deleted.
+        recover(dst)?;
+        if prev.exists() {
+            return Err(CopyError::Leftover { prev, dst: dst.to_path_buf() });
         }
-        remove_any(&prev).map_err(io_err("removing", &prev))?;
+        remove_any(&tmp).map_err(io_err("removing", &tmp))?;
         if dst.is_dir() {
             link_tree(dst, &tmp)?;
         } else {
@@ -160,6 +170,9 @@ impl Replace {
         let mut walk =
             Walk { trust_before, previous: &self.seen, seen: &mut seen, snapshot: &mut snapshot, stats: &mut stats };
         walk.dir(&self.src, &self.tmp, Path::new(""))?;
+        // The root keeps the source's mode (a replica's volume is 0700, and some programs insist on it).
+        let root = std::fs::metadata(&self.src).map_err(io_err("reading", &self.src))?;
+        std::fs::set_permissions(&self.tmp, root.permissions()).map_err(io_err("setting the mode of", &self.tmp))?;
         if self.first_pass.is_none() {
             self.first_pass = Some(started);
             self.seen = seen;
@@ -182,28 +195,46 @@ impl Replace {
         }
         if let Err(e) = std::fs::rename(&self.tmp, &self.dst) {
             if had_dst {
-                let _ = std::fs::rename(&self.prev, &self.dst);
+                if let Err(back) = std::fs::rename(&self.prev, &self.dst) {
+                    let restore = format!("moving {} back: {back}", self.prev.display());
+                    return Err(CopyError::RestoreFailed { mismatch: e.to_string(), restore, prev: self.prev });
+                }
             }
             return Err(CopyError::Io { action: "putting the copy in place at", path: self.dst.clone(), source: e });
         }
+        sync_dir(&self.dst);
         match verify(&self.dst, &self.snapshot) {
             Ok(()) => {
-                let _ = remove_any(&self.prev);
+                // The copy is in place and verified; the old contents go. Should that fail, `.prev` stays and the
+                // next sync asks what to do with it rather than guess.
+                if let Err(e) = remove_any(&self.prev) {
+                    tracing::warn!("removing {} after a verified sync: {e}", self.prev.display());
+                }
                 Ok(())
             }
             Err(mismatch) => {
+                // The failed copy is moved out of the way before anything is deleted, so the previous contents are
+                // back under their name even if deleting the copy fails.
+                let failed = sibling(&self.dst, ".failed");
                 let restore = (|| -> io::Result<()> {
-                    remove_any(&self.dst)?;
+                    remove_any(&failed)?;
+                    std::fs::rename(&self.dst, &failed)?;
                     if had_dst {
                         std::fs::rename(&self.prev, &self.dst)?;
                     } else {
                         std::fs::create_dir_all(&self.dst)?;
                     }
+                    sync_dir(&self.dst);
                     Ok(())
                 })();
                 match restore {
-                    Ok(()) => Err(CopyError::Mismatch(mismatch)),
-                    Err(e) => Err(CopyError::RestoreFailed { mismatch, restore: e.to_string() }),
+                    Ok(()) => {
+                        if let Err(e) = remove_any(&failed) {
+                            tracing::warn!("removing the copy that did not verify at {}: {e}", failed.display());
+                        }
+                        Err(CopyError::Mismatch(mismatch))
+                    }
+                    Err(e) => Err(CopyError::RestoreFailed { mismatch, restore: e.to_string(), prev: self.prev }),
                 }
             }
         }
@@ -212,6 +243,32 @@ impl Replace {
     /// Gives up: removes the copy and leaves the target as it was.
     pub fn abort(self) {
         let _ = remove_any(&self.tmp);
+    }
+}
+
+/// Puts a replica directory's previous contents back when a sync stopped after moving them aside and before the
+/// copy took their place (`<dst>.prev` without `<dst>`).
+pub fn recover(dst: &Path) -> Result<(), CopyError> {
+    let prev = sibling(dst, ".prev");
+    if prev.exists() && std::fs::symlink_metadata(dst).is_err() {
+        std::fs::rename(&prev, dst).map_err(io_err("moving back", &prev))?;
+        tracing::warn!("{} had been moved aside by a sync that did not finish; it is back", dst.display());
+    }
+    Ok(())
+}
+
+/// Why a replica directory should not be used as it is: an earlier sync left its previous contents beside it.
+pub fn leftover(dst: &Path) -> Option<CopyError> {
+    let prev = sibling(dst, ".prev");
+    prev.exists().then(|| CopyError::Leftover { prev, dst: dst.to_path_buf() })
+}
+
+/// Flushes a directory's entries (and its parent's: the renames), so a crash keeps the swap.
+fn sync_dir(dir: &Path) {
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        if let Ok(f) = File::open(d) {
+            let _ = f.sync_all();
+        }
     }
 }
 
@@ -226,7 +283,14 @@ struct Walk<'a> {
 impl Walk<'_> {
     fn dir(&mut self, src: &Path, dst: &Path, rel: &Path) -> Result<(), CopyError> {
         match std::fs::symlink_metadata(dst) {
-            Ok(m) if m.is_dir() => {}
+            // A directory the source keeps read-only must take changes in this pass; its mode is set back after.
+            Ok(m) if m.is_dir() => {
+                let mode = m.permissions().mode();
+                if mode & 0o700 != 0o700 {
+                    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode | 0o700))
+                        .map_err(io_err("setting the mode of", dst))?;
+                }
+            }
             Ok(_) => {
                 remove_any(dst).map_err(io_err("removing", dst))?;
                 std::fs::create_dir(dst).map_err(io_err("creating", dst))?;
@@ -287,8 +351,7 @@ impl Walk<'_> {
             }
         }
         remove_any(to).map_err(io_err("removing", to))?;
-        let (len, sha256) = copy_hashing(from, to, mode)?;
-        set_mtime(to, meta)?;
+        let (len, sha256) = copy_hashing(from, to, meta)?;
         self.stats.files += 1;
         self.stats.bytes += len;
         // What was read may be torn if the file changed while it was read: the stamp taken before the read then
@@ -303,17 +366,6 @@ impl Walk<'_> {
         }
         entry
     }
-}
-
-/// Sets a new copy's modification time to the source's, so `ls -l` and backups see the same times.
-fn set_mtime(to: &Path, meta: &Metadata) -> Result<(), CopyError> {
-    let want = meta.modified().map_err(io_err("reading the time of", to))?;
-    let have = std::fs::metadata(to).and_then(|m| m.modified()).ok();
-    if have != Some(want) {
-        let f = File::options().write(true).open(to).map_err(io_err("opening", to))?;
-        f.set_modified(want).map_err(io_err("setting the time of", to))?;
-    }
-    Ok(())
 }
 
 /// Reads both files; the source's digest when their contents are equal.
@@ -348,8 +400,9 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Copies `from` to a new file `to` with `mode`, flushed to disk; the length and digest of what was copied.
-fn copy_hashing(from: &Path, to: &Path, mode: u32) -> Result<(u64, [u8; 32]), CopyError> {
+/// Copies `from` to a new file `to` with the source's modification time and mode, flushed to disk; the length and
+/// digest of what was copied. The time is set through the open file, before the mode, so a read-only file copies.
+fn copy_hashing(from: &Path, to: &Path, meta: &Metadata) -> Result<(u64, [u8; 32]), CopyError> {
     let mut src = File::open(from).map_err(io_err("reading", from))?;
     let mut dst = File::options().write(true).create_new(true).open(to).map_err(io_err("creating", to))?;
     let mut hasher = Sha256::new();
@@ -364,7 +417,9 @@ fn copy_hashing(from: &Path, to: &Path, mode: u32) -> Result<(u64, [u8; 32]), Co
         dst.write_all(&buf[..n]).map_err(io_err("writing", to))?;
         len += n as u64;
     }
-    dst.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io_err("setting the mode of", to))?;
+    dst.set_modified(meta.modified().map_err(io_err("reading the time of", from))?)
+        .map_err(io_err("setting the time of", to))?;
+    dst.set_permissions(meta.permissions()).map_err(io_err("setting the mode of", to))?;
     dst.sync_all().map_err(io_err("flushing", to))?;
     Ok((len, hasher.finalize().into()))
 }
@@ -384,8 +439,7 @@ fn link_tree(src: &Path, dst: &Path) -> Result<(), CopyError> {
             let target = std::fs::read_link(&from).map_err(io_err("reading", &from))?;
             std::os::unix::fs::symlink(&target, &to).map_err(io_err("creating", &to))?;
         } else if meta.is_file() && std::fs::hard_link(&from, &to).is_err() {
-            copy_hashing(&from, &to, meta.permissions().mode())?;
-            set_mtime(&to, &meta)?;
+            copy_hashing(&from, &to, &meta)?;
         }
     }
     Ok(())
@@ -448,10 +502,29 @@ fn read_tree(dir: &Path, rel: &Path, out: &mut Snapshot) -> io::Result<()> {
 /// Removes a file, symlink or directory tree; a missing one is not an error.
 pub(crate) fn remove_any(p: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(m) if m.is_dir() => match std::fs::remove_dir_all(p) {
+            // A read-only directory inside (kept read-only by the source) is opened up, then removed.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                open_up(p);
+                std::fs::remove_dir_all(p)
+            }
+            other => other,
+        },
         Ok(_) => std::fs::remove_file(p),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// Gives the owner full access to every directory of a tree, so it can be removed.
+fn open_up(dir: &Path) {
+    if let Ok(m) = std::fs::symlink_metadata(dir) {
+        if m.is_dir() {
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(m.permissions().mode() | 0o700));
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                open_up(&e.path());
+            }
+        }
     }
 }
 
@@ -620,6 +693,48 @@ mod tests {
         let r = Replace::begin(&src, &dst).unwrap();
         assert_eq!(read(&dst.join("f")), "keep me");
         r.abort();
+    }
+
+    /// `.prev` beside the target: which one is right cannot be told, so nothing is deleted and the sync refuses.
+    #[test]
+    fn a_leftover_beside_the_target_is_kept_and_refused() {
+        let (_root, src, dst) = dirs();
+        std::fs::write(dst.join("f"), "current").unwrap();
+        let prev = sibling(&dst, ".prev");
+        std::fs::create_dir_all(&prev).unwrap();
+        std::fs::write(prev.join("f"), "before").unwrap();
+        let err = Replace::begin(&src, &dst).err().expect("refused");
+        assert!(matches!(err, CopyError::Leftover { .. }), "{err}");
+        assert!(err.to_string().contains("move it back"), "{err}");
+        assert_eq!((read(&dst.join("f")), read(&prev.join("f"))), ("current".into(), "before".into()));
+        assert!(leftover(&dst).is_some());
+    }
+
+    /// Modes travel with the copy: the volume's own 0700, a read-only file in a read-only directory.
+    #[test]
+    fn modes_are_kept_read_only_ones_included() {
+        let (_root, src, dst) = dirs();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        std::fs::create_dir_all(src.join("ro")).unwrap();
+        std::fs::write(src.join("ro/f"), "frozen").unwrap();
+        std::fs::set_permissions(src.join("ro/f"), std::fs::Permissions::from_mode(0o444)).unwrap();
+        std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut r = Replace::begin(&src, &dst).unwrap();
+        r.pass().unwrap();
+        r.pass().unwrap();
+        r.commit().unwrap();
+        assert_eq!((mode(&dst), mode(&dst.join("ro")), mode(&dst.join("ro/f"))), (0o700, 0o555, 0o444));
+        assert_eq!(read(&dst.join("ro/f")), "frozen");
+        // A second sync over the read-only tree works too, and removes what it must.
+        std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::remove_file(src.join("ro/f")).unwrap();
+        let mut r = Replace::begin(&src, &dst).unwrap();
+        r.pass().unwrap();
+        r.commit().unwrap();
+        assert!(!dst.join("ro/f").exists());
+        assert_eq!(mode(&dst.join("ro")), 0o755);
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub fn prepare(store: &Store, data_dir: &Path, app: &App, ordinal: u32) -> Resul
         .unwrap_or_default();
     for v in &app.spec.volumes {
         let path = volume_path(data_dir, &key, v, ordinal);
+        // A sync that did not finish may have left the replica's data aside: it goes back, or (beside newer data)
+        // the replica waits for someone to choose rather than start on the wrong one.
+        crate::volume_copy::recover(&path).map_err(|e| format!("volume {}: {e}", v.name))?;
+        if let Some(e) = crate::volume_copy::leftover(&path) {
+            return Err(format!("volume {}: {e}", v.name));
+        }
         if !path.is_dir() {
             std::fs::create_dir_all(&path)
                 .map_err(|e| format!("creating volume {} at {}: {e}", v.name, path.display()))?;
