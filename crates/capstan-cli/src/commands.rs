@@ -426,6 +426,12 @@ pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], tim
     }
 }
 
+/// One `Label:  value` line of `describe`: values line up at column 18, and a longer label keeps one space before
+/// its value.
+fn describe_line(label: &str, value: &str) -> String {
+    format!("{:<17} {value}\n", format!("{label}:"))
+}
+
 /// "1 of 2 objects Ready", "the object is Ready", "all 3 objects Ready": objects, not replicas.
 pub fn objects_ready(ready: usize, all: usize) -> String {
     match (ready, all) {
@@ -598,8 +604,7 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
     let spec = &o["spec"];
     let st = &o["status"];
     let mut out = String::new();
-    // Values line up at column 18; a longer label keeps one space before its value.
-    let mut field = |k: &str, v: String| out.push_str(&format!("{:<17} {v}\n", format!("{k}:")));
+    let mut field = |k: &str, v: String| out.push_str(&describe_line(k, &v));
     field("Name", md["name"].as_str().unwrap_or("").into());
     field("Namespace", md["namespace"].as_str().unwrap_or("").into());
     field("Kind", kind.name().into());
@@ -1195,5 +1200,24 @@ async fn rollout_status(client: &Client, ns: &str, app: &str, timeout: Duration)
             return Err(Failure::fail(format!("error: timed out waiting for app/{app}: {last}")).into());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_lines_line_up_and_long_labels_keep_a_space() {
+        assert_eq!(describe_line("Name", "web"), "Name:             web\n");
+        assert_eq!(describe_line("Volume attachments", "shared scope"), "Volume attachments: shared scope\n");
+    }
+
+    #[test]
+    fn wait_counts_objects_not_replicas() {
+        assert_eq!(objects_ready(1, 1), "the object is Ready");
+        assert_eq!(objects_ready(1, 2), "1 of 2 objects Ready");
+        assert_eq!(objects_ready(3, 3), "all 3 objects Ready");
+        assert_eq!(objects_ready(0, 1), "0 of 1 object Ready");
     }
 }

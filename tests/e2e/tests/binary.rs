@@ -310,6 +310,14 @@ async fn kubectl_habits_version_explain_completion_scale_events_and_dry_run() {
     assert_eq!(out.status.code(), Some(2), "the server's admission runs in a server dry run");
     assert_eq!(get_app(&data, "habits").unwrap()["spec"]["replicas"], 1);
     assert_eq!(capstan(&data, &["get", "app", "ghost"]).status.code(), Some(1));
+    // --wait counts objects, not replicas.
+    let out = capstan(&data, &["apply", "-f", two.to_str().unwrap(), "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.lines().last() == Some("the object is Ready"), "{err}");
+    assert!(!err.contains("1/2") && !err.contains("objects are"), "{err}");
+    ready_pids(&data, "habits", 2).await;
+    assert!(capstan(&data, &["scale", "app/habits", "--replicas", "1"]).status.success());
+    ready_pids(&data, "habits", 1).await;
 
     // Events are followed while scale changes the App.
     let mut watch = Command::new(bin("capstan-e2e-cli"))

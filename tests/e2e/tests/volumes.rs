@@ -159,6 +159,9 @@ async fn volume_sync_repairs_a_lost_index_from_a_peer() {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("✔ volume index: idx-0 → idx-1: 2 files, 7 bytes copied and verified"), "{stdout}");
+    // Not a terminal: a plain progress line says what it waits for.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("draining idx-1, copying index from idx-0, verifying the copy…"), "{stderr}");
 
     let o = eventually("idx-1 back and Ready", T, || async {
         let o = tp.app("idx").await;
