@@ -46,14 +46,110 @@ fn exec<T>(msg: impl Into<String>) -> Result<T, QueryError> {
     Err(QueryError::Execution(msg.into()))
 }
 
-/// Parses a query; a syntax error names the character where the longest sensible prefix ends.
+/// How deeply expressions may nest (operands of operators, arguments, parentheses, aggregations, subqueries):
+/// evaluation recurses once per level, and a query or an alerting rule must never exhaust a thread's stack.
+/// Written queries stay far below it; `1+1+…` with a thousand terms does not.
+pub const MAX_DEPTH: usize = 128;
+
+/// The longest query text accepted; Prometheus' own limit is the HTTP request's size.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+
+/// Parses a query; a syntax error names the character where the longest sensible prefix ends. A query nested more
+/// deeply than [`MAX_DEPTH`] is refused with the position where it gets too deep.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
-    parser::parse(query).map_err(|message| QueryError::Parse { position: error_position(query), message })
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(QueryError::BadData(format!(
+            "the query is {} bytes long; at most {MAX_QUERY_BYTES} are accepted",
+            query.len()
+        )));
+    }
+    let expr =
+        parser::parse(query).map_err(|message| QueryError::Parse { position: error_position(query), message })?;
+    let depth = depth(&expr);
+    if depth > MAX_DEPTH {
+        let position = deep_position(query);
+        let err = QueryError::Parse {
+            position,
+            message: format!(
+                "expressions nested {depth} deep; at most {MAX_DEPTH} levels are allowed (split it into recording rules or fewer operators)"
+            ),
+        };
+        dismantle(expr);
+        return Err(err);
+    }
+    Ok(expr)
+}
+
+/// The children of an expression node.
+fn children(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::Aggregate(a) => std::iter::once(a.expr.as_ref()).chain(a.param.as_deref()).collect(),
+        Expr::Unary(u) => vec![&u.expr],
+        Expr::Binary(b) => vec![&b.lhs, &b.rhs],
+        Expr::Paren(p) => vec![&p.expr],
+        Expr::Subquery(s) => vec![&s.expr],
+        Expr::Call(c) => c.args.args.iter().map(|a| a.as_ref()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// How deeply an expression nests, counted without recursion (so that any depth can be measured).
+pub fn depth(e: &Expr) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(e, 1usize)];
+    while let Some((e, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        stack.extend(children(e).into_iter().map(|c| (c, d + 1)));
+    }
+    deepest
+}
+
+/// Drops an expression without recursion: the boxes are taken apart one level at a time, so that dropping an
+/// expression too deep to evaluate cannot exhaust the stack either.
+fn dismantle(e: Expr) {
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        match e {
+            Expr::Aggregate(a) => {
+                stack.push(*a.expr);
+                stack.extend(a.param.map(|p| *p));
+            }
+            Expr::Unary(u) => stack.push(*u.expr),
+            Expr::Binary(b) => {
+                stack.push(*b.lhs);
+                stack.push(*b.rhs);
+            }
+            Expr::Paren(p) => stack.push(*p.expr),
+            Expr::Subquery(s) => stack.push(*s.expr),
+            Expr::Call(c) => stack.extend(c.args.args.into_iter().map(|a| *a)),
+            _ => {}
+        }
+    }
+}
+
+/// Roughly where a query gets too deep: the character after which as many operators and open brackets as
+/// [`MAX_DEPTH`] have been seen.
+fn deep_position(query: &str) -> usize {
+    let mut seen = 0;
+    for (i, c) in query.chars().enumerate() {
+        if matches!(c, '(' | '+' | '-' | '*' | '/' | '%' | '^' | '[') {
+            seen += 1;
+            if seen >= MAX_DEPTH {
+                return i + 1;
+            }
+        }
+    }
+    1
 }
 
 /// Where a query stops parsing: the end of the longest token prefix that some completion (an operand, closing
 /// brackets) turns into a valid query. promql-parser reports syntax errors without a position.
 fn error_position(query: &str) -> usize {
+    // The search below parses once per token and completion: fine for a query someone typed, too slow for a long
+    // machine-made one, which is reported at its end.
+    if query.len() > 4096 {
+        return query.chars().count();
+    }
     let Ok(lexer) = parser::lexer(query) else {
         // The lexer failed: the error is at the first character it could not take; find it by prefix.
         let chars: Vec<(usize, char)> = query.char_indices().collect();
@@ -72,7 +168,14 @@ fn error_position(query: &str) -> usize {
     let mut best = 0;
     for &(_, end) in &spans {
         let prefix = &query[..end];
-        if completions.iter().any(|c| parser::parse(&format!("{prefix}{c}")).is_ok()) {
+        let parses = |c: &&str| match parser::parse(&format!("{prefix}{c}")) {
+            Ok(e) => {
+                dismantle(e);
+                true
+            }
+            Err(_) => false,
+        };
+        if completions.iter().any(parses) {
             best = end;
         }
     }
@@ -1219,6 +1322,42 @@ mod tests {
         assert_eq!(m[0].samples, vec![(0, 0.0), (15_000, 45.0), (30_000, 90.0), (45_000, 135.0), (60_000, 180.0)]);
         assert!(matches!(Engine::new(&db).range("up", 0, 10, 0), Err(QueryError::BadData(_))));
         assert!(matches!(Engine::new(&db).range("up[5m]", 0, 10, 1), Err(QueryError::BadData(_))));
+    }
+
+    /// A query nested too deeply is refused at parse, with a position, however deep it is; one at the limit
+    /// evaluates on a thread with the default 2 MiB stack (the size of tokio's and of blocking threads).
+    #[test]
+    fn deep_queries_are_refused_and_the_deepest_allowed_one_evaluates() {
+        for terms in [MAX_DEPTH + 2, 5_000, 30_000] {
+            let q = vec!["1"; terms].join("+");
+            let text =
+                if q.len() > MAX_QUERY_BYTES { q[..MAX_QUERY_BYTES - 1].trim_end_matches('+').to_string() } else { q };
+            let err = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || parse(&text).map(|_| ()).unwrap_err())
+                .unwrap()
+                .join()
+                .expect("no overflow");
+            let msg = err.to_string();
+            assert!(msg.contains("nested") && msg.contains("at most 128 levels"), "{msg}");
+            assert!(matches!(err, QueryError::Parse { position, .. } if position > 1), "{err:?}");
+        }
+        let huge = "1+".repeat(MAX_QUERY_BYTES / 2) + "1";
+        assert!(parse(&huge).unwrap_err().to_string().contains("at most 65536"));
+        let vectors = vec!["vector(1)"; MAX_DEPTH - 1].join(" + ");
+        let deep_parens = "(".repeat(MAX_DEPTH / 2) + "vector(1)" + &")".repeat(MAX_DEPTH / 2);
+        for q in [vectors, deep_parens] {
+            let v = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    let db = Tsdb::new();
+                    Engine::new(&db).instant(&q, 1_000).map(|v| format!("{v:?}"))
+                })
+                .unwrap()
+                .join()
+                .expect("no overflow");
+            assert!(v.is_ok(), "{v:?}");
+        }
     }
 
     #[test]

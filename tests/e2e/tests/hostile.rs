@@ -1,0 +1,75 @@
+//! Hostile input over real loopback sockets: what an attacker, a careless tenant or a broken workload sends must be
+//! answered with a clear error while Capstan keeps serving everyone else. Later features add their cases here.
+
+use std::time::Duration;
+
+use capstan_e2e::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A rule with this expression nests 5,000 deep: evaluating it recursively overflowed the stack and aborted Capstan.
+fn deep_rule_expr() -> String {
+    format!("{} > 0", vec!["vector(1)"; 5_000].join(" + "))
+}
+
+fn deep_rule(name: &str) -> Value {
+    json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "AlertRule",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"expr": deep_rule_expr(), "interval": "1s"},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_nested_too_deeply_is_refused_and_capstan_keeps_serving() {
+    let tp = TestPlane::start().await;
+    let query = vec!["1"; 5_000].join("+");
+    let url = format!("/prometheus/api/v1/query?query={}", query.replace('+', "%2B"));
+    let err = tp.client.get(&url).await.expect_err("refused").to_string();
+    assert!(err.contains("nested") && err.contains("at most 128 levels"), "{err}");
+    // Still up: the API answers, and a sane query works.
+    let ok = tp.client.get("/prometheus/api/v1/query?query=1%2B1").await.expect("answers");
+    assert_eq!(ok["data"]["result"][1], "2");
+    tp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_alert_rule_is_refused_at_apply_with_its_position() {
+    let tp = TestPlane::start().await;
+    let err = tp.client.post("/api/v1/apply", json!({ "objects": [deep_rule("deep")] })).await.expect_err("refused");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(422));
+    let text = err.to_string();
+    let body = match &err {
+        capstan_api::ClientError::Status { body, .. } => body.clone(),
+        other => panic!("{other}"),
+    };
+    assert_eq!(body["errors"][0]["path"], "spec.expr", "{text}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("parse error at char ") && message.contains("nested"), "{message}");
+    assert!(tp.client.get("/api/v1/namespaces/default/alertrules/deep").await.is_err(), "nothing was stored");
+    tp.stop().await;
+}
+
+/// A store written before the limit existed may hold such a rule: Capstan starts, keeps running, and marks the
+/// rule unhealthy with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_deep_alert_rule_is_marked_unhealthy_and_never_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = capstan_store::Store::open(&dir.path().join("state.redb")).expect("store");
+        store.apply(vec![deep_rule("inherited")]).expect("written as an older Capstan would have");
+    }
+    let tp = TestPlane::start_in(dir).await;
+    let rule = eventually("the rule is evaluated and marked unhealthy", T, || async {
+        let r = tp.client.get("/api/v1/namespaces/default/alertrules/inherited").await.ok()?;
+        (r["status"]["health"] == "err").then_some(r)
+    })
+    .await;
+    let error = rule["status"]["lastError"].as_str().unwrap_or("");
+    assert!(error.contains("nested") && error.contains("at most 128 levels"), "{error}");
+    // Evaluated again and again, and Capstan still answers.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(tp.client.get("/version").await.expect("still up")["version"], env!("CARGO_PKG_VERSION"));
+    tp.stop().await;
+}
