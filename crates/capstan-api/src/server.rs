@@ -544,12 +544,17 @@ async fn hook(
             let msg = format!(
                 "{provider:?} push{}{}; reconciling now",
                 push.git_ref.map(|r| format!(" to {r}")).unwrap_or_default(),
-                push.after.map(|a| format!(" ({})", &a[..a.len().min(12)])).unwrap_or_default()
+                push.after.map(|a| format!(" ({})", short(&a, 12))).unwrap_or_default()
             );
             let _ = state.store.record_event(&key, capstan_model::EventType::Normal, "WebhookReceived", &msg);
             (StatusCode::ACCEPTED, Json(json!({ "accepted": true, "token": token }))).into_response()
         }
     }
+}
+
+/// The first `n` characters of a text someone else sent (never cut inside a character).
+fn short(text: &str, n: usize) -> String {
+    text.chars().take(n).collect()
 }
 
 #[derive(Deserialize)]
@@ -670,4 +675,16 @@ async fn acknowledge(State(state): State<AppState>, Path(id): Path<String>, body
 async fn resolve_incident(State(state): State<AppState>, Path(id): Path<String>, body: Option<Json<Who>>) -> Response {
     let who = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
     manual(crate::alerts::resolve(&state.store, &state.alerting, &id, &who), &id, "resolved")
+}
+
+#[cfg(test)]
+mod tests {
+    /// A push's `after` is whatever the sender wrote: a multi-byte character at byte 12 panicked the handler.
+    #[test]
+    fn short_never_cuts_a_character() {
+        assert_eq!(super::short("0123456789abcdef", 12), "0123456789ab");
+        assert_eq!(super::short("01234567890é", 12), "01234567890é");
+        assert_eq!(super::short("ééééééééééééé", 12).chars().count(), 12);
+        assert_eq!(super::short("abc", 12), "abc");
+    }
 }

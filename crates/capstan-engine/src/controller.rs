@@ -222,6 +222,16 @@ impl<R: AppRuntime> Controller<R> {
         Some(old)
     }
 
+    /// The grace period of a replica whose App is gone: the one of the revision it runs, as remembered (30 s, as
+    /// Kubernetes' default, only when that revision is not remembered).
+    fn deleted_grace(&self, key: &ObjectKey, observed: &[ObservedReplica], ordinal: u32) -> u32 {
+        let revision = observed.iter().find(|r| r.ordinal == ordinal).map(|r| r.revision.as_str());
+        revision
+            .and_then(|rev| revision_history(&self.store, key).into_iter().find(|h| h.revision == rev))
+            .and_then(|h| h.spec.get("terminationGracePeriodSeconds").and_then(Value::as_u64))
+            .map_or(30, |g| g.min(u64::from(u32::MAX)) as u32)
+    }
+
     /// Reconciles one App; returns when to look again.
     fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, capstan_store::StoreError> {
         let stored = self.store.get(key)?;
@@ -300,7 +310,10 @@ impl<R: AppRuntime> Controller<R> {
                     }
                 }
                 Action::Stop { ordinal, reason, forget } => {
-                    let grace = app.as_ref().map(|a| a.spec.termination_grace_period_seconds).unwrap_or(30);
+                    let grace = match &app {
+                        Some(a) => a.spec.termination_grace_period_seconds,
+                        None => self.deleted_grace(key, &observed, *ordinal),
+                    };
                     self.runtime.stop(key, *ordinal, Duration::from_secs(u64::from(grace)), *forget);
                     if app.is_some() {
                         self.event(

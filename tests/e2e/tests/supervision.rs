@@ -522,3 +522,23 @@ async fn logs_follow_keeps_following_across_a_rollout_and_says_why_it_stops() {
     assert!(err.contains("stopped following: App default/roll was deleted"), "{err}");
     tp.stop().await;
 }
+
+/// Deleting an App stops its replicas with the App's own grace period, not a default of 30 s: a replica that
+/// ignores SIGTERM with a grace period of 1 s is killed about a second after the delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_honours_the_apps_grace_period() {
+    let tp = TestPlane::start().await;
+    let stubborn = app_yaml("gone", 1, &[("TESTAPP_IGNORE_TERM", "1")], "")
+        .replace("terminationGracePeriodSeconds: 5", "terminationGracePeriodSeconds: 1");
+    assert!(stubborn.contains("terminationGracePeriodSeconds: 1"), "{stubborn}");
+    tp.apply(&stubborn);
+    let o = wait_ready(&tp, "gone").await;
+    let pid = replicas(&o)[0]["pid"].as_u64().expect("pid") as u32;
+    tp.client.delete("/api/v1/namespaces/default/apps/gone").await.expect("delete");
+    // 15 s is half the 30 s default the replica used to get once its App was gone.
+    eventually("the replica is killed after its own grace period", Duration::from_secs(15), || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+    tp.stop().await;
+}
