@@ -374,7 +374,7 @@ pub struct LogSpec {
     /// Size at which the current file is rotated. Defaults to `10Mi`.
     #[serde(default = "ten_mi")]
     pub max_size: String,
-    /// Rotated files kept besides the current one. Defaults to 3.
+    /// Files kept in all, the current one included (as the kubelet's `containerLogMaxFiles`). Defaults to 3.
     #[serde(default = "three")]
     pub max_files: u32,
 }

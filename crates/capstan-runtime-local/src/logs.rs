@@ -51,14 +51,22 @@ impl LogWriter {
         Ok(LogWriter { path, file, size, max_size, max_files, replica, follow })
     }
 
+    /// Keeps `max_files` files in all, the current one included (as the kubelet's containerLogMaxFiles): the
+    /// current file becomes `.1`, `.1` becomes `.2`, …, and the oldest goes.
     fn rotate(&mut self) -> std::io::Result<()> {
-        for i in (1..self.max_files).rev() {
-            let from = rotated(&self.path, i);
-            if from.exists() {
-                std::fs::rename(&from, rotated(&self.path, i + 1))?;
+        let keep = self.max_files.saturating_sub(1);
+        if keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            let _ = std::fs::remove_file(rotated(&self.path, keep));
+            for i in (1..keep).rev() {
+                let from = rotated(&self.path, i);
+                if from.exists() {
+                    std::fs::rename(&from, rotated(&self.path, i + 1))?;
+                }
             }
+            std::fs::rename(&self.path, rotated(&self.path, 1))?;
         }
-        std::fs::rename(&self.path, rotated(&self.path, 1))?;
         self.file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
         self.size = 0;
         Ok(())
@@ -155,7 +163,7 @@ pub fn parse_record(replica: &str, line: &str) -> Option<(LogLine, bool)> {
 
 /// Reads a replica's stored lines, oldest first, from rotated files and the current one; partial records are joined.
 pub fn read_lines(path: &Path, replica: &str, max_files: u32, since: Option<DateTime<Utc>>) -> Vec<LogLine> {
-    let mut files: Vec<PathBuf> = (1..=max_files.max(1) + 1).rev().map(|i| rotated(path, i)).collect();
+    let mut files: Vec<PathBuf> = (1..max_files.max(1)).rev().map(|i| rotated(path, i)).collect();
     files.push(path.to_path_buf());
     let mut out: Vec<LogLine> = Vec::new();
     let mut partial: Option<LogLine> = None;
@@ -199,8 +207,7 @@ mod tests {
             w.write("stdout", false, &format!("line {i}")).unwrap();
         }
         assert!(rotated(&path, 1).exists());
-        assert!(rotated(&path, 2).exists());
-        assert!(!rotated(&path, 3).exists(), "only max_files rotated files are kept");
+        assert!(!rotated(&path, 2).exists(), "maxFiles counts every file, the current one included");
         let lines = read_lines(&path, "a-0", 2, None);
         assert!(lines.len() < 40, "old lines were rotated away");
         assert_eq!(lines.last().unwrap().text, "line 39");

@@ -260,7 +260,8 @@ async fn logs_are_captured_rotated_and_filtered() {
     assert!(lines.iter().any(|l| l.text.starts_with("chatty-0 line 399")));
     let path = rt.log_path(&key, 0);
     assert!(std::fs::metadata(&path).unwrap().len() <= 8 * 1024);
-    assert!(path.with_extension("log.2").exists() && !path.with_extension("log.3").exists());
+    // maxFiles: 2 is two files in all, the current one included, as the kubelet counts containerLogMaxFiles.
+    assert!(path.with_extension("log.1").exists() && !path.with_extension("log.2").exists());
     // Through the API: tail and since.
     let mut rx = tp.client.stream("/api/v1/namespaces/default/apps/chatty/logs?tail=2").await.unwrap();
     let mut got = Vec::new();
