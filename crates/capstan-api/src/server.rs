@@ -232,7 +232,9 @@ struct LogQuery {
     follow: bool,
 }
 
-/// Copies what a broadcast carries into an NDJSON stream, skipping what `keep` rejects, until the client leaves.
+/// Copies what a broadcast carries into an NDJSON stream, skipping what `keep` rejects, until the client leaves. A
+/// client too slow to keep up is not left with a stream that silently misses changes: it gets Kubernetes' "410
+/// Gone" as a last `ERROR` record, and lists again.
 async fn forward<T: Clone + serde::Serialize>(
     mut from: tokio::sync::broadcast::Receiver<T>,
     to: mpsc::Sender<String>,
@@ -245,10 +247,25 @@ async fn forward<T: Clone + serde::Serialize>(
                     return;
                 }
             }
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Ok(_) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let _ = to.send(gone(n).to_string()).await;
+                return;
+            }
             Err(_) => return,
         }
     }
+}
+
+/// The record that ends a watch whose client fell `missed` changes behind, as Kubernetes ends one (410 Gone).
+fn gone(missed: u64) -> Value {
+    json!({
+        "type": "ERROR",
+        "object": {
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired",
+            "message": format!("the watch fell {missed} changes behind and was ended; list again, then watch"),
+        },
+    })
 }
 
 fn ndjson_stream(mut rx: mpsc::Receiver<String>) -> Body {

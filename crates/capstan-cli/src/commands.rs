@@ -540,6 +540,13 @@ async fn get(
     let mut rx = client.stream(&format!("/api/v1/watch?kind={}", kind.plural())).await.map_err(api_failure)?;
     while let Some(ev) = rx.recv().await {
         let o = &ev["object"];
+        if ev["type"] == "ERROR" {
+            return Err(Failure::fail(format!(
+                "error: stopped watching: {}",
+                o["message"].as_str().unwrap_or("the server ended the watch")
+            ))
+            .into());
+        }
         let same_ns = all || o["metadata"]["namespace"] == ns;
         let same_name = name.is_none_or(|n| o["metadata"]["name"] == n);
         if same_ns && same_name {
@@ -551,7 +558,7 @@ async fn get(
             println!("{}", table(&headers, &[row]).lines().nth(1).unwrap_or_default());
         }
     }
-    Ok(EXIT_OK)
+    Err(Failure::fail("error: stopped watching: the connection to Capstan closed").into())
 }
 
 fn app_row(o: &Value, all: bool, wide: bool, now: chrono::DateTime<Utc>) -> Vec<String> {

@@ -68,6 +68,10 @@ pub async fn get(client: &Client, ns: &str, all: bool, output: &str, watch: bool
         client.stream(&format!("/api/v1/events?watch=true&{filter}")).await.map_err(crate::commands::api_failure)?;
     let mut header = true;
     while let Some(e) = rx.recv().await {
+        if e["type"] == "ERROR" {
+            let why = e["object"]["message"].as_str().unwrap_or("the server ended the watch");
+            return Err(Failure::fail(format!("error: stopped watching: {why}")).into());
+        }
         match output {
             "json" => println!("{}", serde_json::to_string(&e)?),
             "yaml" => print!("---\n{}", capstan_model::yaml::to_yaml_string(&e)),

@@ -73,3 +73,59 @@ async fn a_stored_deep_alert_rule_is_marked_unhealthy_and_never_fatal() {
     assert_eq!(tp.client.get("/version").await.expect("still up")["version"], env!("CARGO_PKG_VERSION"));
     tp.stop().await;
 }
+
+/// A watch client that stops reading falls behind; instead of a stream that silently misses changes it gets
+/// Kubernetes' 410 Gone as a last record, and everyone else is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_falls_behind_ends_with_410_gone() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tp = TestPlane::start().await;
+    let addr: std::net::SocketAddr = tp.plane().url().trim_start_matches("http://").parse().expect("addr");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small buffer");
+    let mut slow = socket.connect(addr).await.expect("connect");
+    let request = format!(
+        "GET /api/v1/watch?kind=secrets HTTP/1.1\r\nHost: capstan\r\nAuthorization: Bearer {}\r\n\r\n",
+        tp.plane().token()
+    );
+    slow.write_all(request.as_bytes()).await.expect("send");
+    // 10,000 changes of 4 KiB while the slow client reads nothing: more than the kernel's socket buffers (a few
+    // MiB), the stream's queue (256) and the watch's (4,096) hold.
+    let value = "v".repeat(4096);
+    for batch in 0..50 {
+        let objects: Vec<Value> = (0..200)
+            .map(|i| {
+                json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Secret",
+                       "metadata": {"name": format!("s-{batch}-{i}")}, "spec": {"stringData": {"k": value}}})
+            })
+            .collect();
+        tp.client.post("/api/v1/apply", json!({ "objects": objects })).await.expect("others are served");
+    }
+    let mut seen = Vec::new();
+    let mut total = 0usize;
+    let found = tokio::time::timeout(T, async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = slow.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return false;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            total += n;
+            // Only the last record matters: keep a window, not the megabytes of events before it.
+            if seen.len() > 8192 {
+                seen.drain(..seen.len() - 8192);
+            }
+            let text = String::from_utf8_lossy(&seen);
+            if text.contains("\"type\":\"ERROR\"") && text.contains("\"code\":410") {
+                return true;
+            }
+        }
+    })
+    .await;
+    let tail = String::from_utf8_lossy(&seen[seen.len().saturating_sub(600)..]).to_string();
+    assert_eq!(found, Ok(true), "the watch ends with 410 Gone in time ({total} bytes read, ending: {tail})");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("list again, then watch"), "the record says what to do");
+    tp.stop().await;
+}
