@@ -116,6 +116,9 @@ fn answer<T>(result: Result<T, ApplyError>, refused: &str, ok: impl FnOnce(T) ->
         Err(ApplyError::Invalid(errors)) => {
             (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": refused, "errors": errors }))).into_response()
         }
+        Err(ApplyError::Store(e @ capstan_store::StoreError::Conflict { .. })) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -405,10 +408,18 @@ async fn service_discovery(State(state): State<AppState>) -> Response {
     Json(crate::discovery::targets(&state.store, &state.runtime)).into_response()
 }
 
+/// An App as stored, to change one thing in it and apply it back. Its resourceVersion is left out: status updates
+/// move it all the time, and these changes (restart, scale, rollback) each own their field, as Kubernetes' scale
+/// subresource does.
 fn load_app(state: &Shared, ns: &str, name: &str) -> Result<(ObjectKey, Value), Box<Response>> {
     let key = ObjectKey::new("App", ns, name);
     match state.store.get(&key) {
-        Ok(Some(o)) => Ok((key, o)),
+        Ok(Some(mut o)) => {
+            if let Some(md) = o["metadata"].as_object_mut() {
+                md.remove("resourceVersion");
+            }
+            Ok((key, o))
+        }
         Ok(None) => Err(Box::new(error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}")))),
         Err(e) => Err(Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))),
     }

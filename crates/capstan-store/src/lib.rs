@@ -35,6 +35,11 @@ pub enum StoreError {
     Corrupt { key: String, source: serde_json::Error },
     #[error("object is missing metadata.name")]
     NoName,
+    /// An apply named the resourceVersion it read, and the object has changed since (Kubernetes' 409 Conflict).
+    #[error(
+        "{key} was changed since it was read (resourceVersion {given}, now {current}); get it again, reapply the change, or leave metadata.resourceVersion out to overwrite"
+    )]
+    Conflict { key: String, given: String, current: String },
 }
 
 macro_rules! db_err {
@@ -219,6 +224,12 @@ impl Store {
                         (ApplyAction::Created, obj)
                     }
                     Some(mut old) => {
+                        // Optimistic concurrency, as Kubernetes: a resourceVersion given must be the current one.
+                        let given = obj["metadata"]["resourceVersion"].as_str().map(str::to_string);
+                        let current = old["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+                        if let Some(given) = given.filter(|g| *g != current) {
+                            return Err(StoreError::Conflict { key: key.to_string(), given, current });
+                        }
                         keep_capstan_annotations(&old, &mut obj);
                         let spec_changed = old.get("spec") != obj.get("spec");
                         let labels_changed = old["metadata"].get("labels") != obj["metadata"].get("labels")
@@ -502,6 +513,33 @@ mod tests {
     fn app(name: &str, replicas: i64) -> Value {
         json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "App", "metadata": {"name": name},
                "spec": {"replicas": replicas, "run": {"command": ["x"]}}})
+    }
+
+    /// As Kubernetes: an apply that names a resourceVersion is refused when the object has changed since; one
+    /// that names the current one, or none, goes through.
+    #[test]
+    fn a_stale_resource_version_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.apply(vec![app("a", 1)]).unwrap();
+        let key = ObjectKey::new("App", "default", "a");
+        let read = store.get(&key).unwrap().unwrap();
+        let with_rv = |replicas: i64, rv: &Value| {
+            let mut o = app("a", replicas);
+            o["metadata"]["resourceVersion"] = rv.clone();
+            o
+        };
+        let rv = read["metadata"]["resourceVersion"].clone();
+        assert_eq!(store.apply(vec![with_rv(2, &rv)]).unwrap()[0].1, ApplyAction::Configured);
+        let err = store.apply(vec![with_rv(3, &rv)]).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("was changed since it was read"), "{err}");
+        assert_eq!(store.get(&key).unwrap().unwrap()["spec"]["replicas"], 2, "nothing of the refused apply stored");
+        assert_eq!(
+            store.apply(vec![app("a", 3)]).unwrap()[0].1,
+            ApplyAction::Configured,
+            "no resourceVersion: applied"
+        );
     }
 
     #[test]

@@ -129,3 +129,31 @@ async fn a_watch_that_falls_behind_ends_with_410_gone() {
     assert!(text.contains("list again, then watch"), "the record says what to do");
     tp.stop().await;
 }
+
+/// Two writers that read the same version: the second apply naming it is refused with 409, not silently
+/// overwriting the first; an apply without a resourceVersion keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_with_a_stale_resource_version_is_a_conflict() {
+    let tp = TestPlane::start().await;
+    let secret = |value: &str, rv: Option<&Value>| {
+        let mut o = json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Secret",
+                           "metadata": {"name": "shared"}, "spec": {"stringData": {"k": value}}});
+        if let Some(rv) = rv {
+            o["metadata"]["resourceVersion"] = rv.clone();
+        }
+        o
+    };
+    tp.client.post("/api/v1/apply", json!({ "objects": [secret("a", None)] })).await.expect("created");
+    let read = tp.client.get("/api/v1/namespaces/default/secrets/shared").await.expect("read");
+    let rv = read["metadata"]["resourceVersion"].clone();
+    tp.client.post("/api/v1/apply", json!({ "objects": [secret("first", Some(&rv))] })).await.expect("first writer");
+    let err = tp
+        .client
+        .post("/api/v1/apply", json!({ "objects": [secret("second", Some(&rv))] }))
+        .await
+        .expect_err("second writer refused");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(409), "{err}");
+    assert!(err.to_string().contains("was changed since it was read"), "{err}");
+    tp.client.post("/api/v1/apply", json!({ "objects": [secret("forced", None)] })).await.expect("no version given");
+    tp.stop().await;
+}
