@@ -1,5 +1,6 @@
 //! The HTTP API: Kubernetes-shaped paths under /api/v1, bearer-token auth, NDJSON streams for logs and watches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -546,22 +547,25 @@ async fn hook(
     use capstan_model::gitops::{Secret, Sync};
     let key = ObjectKey::new("Sync", &ns, &name);
     let sync: Option<Sync> = state.store.get(&key).ok().flatten().and_then(|v| serde_json::from_value(v).ok());
-    // Unknown Syncs and Syncs without a webhook look the same from outside: nothing to probe for.
-    let not_found = || error(StatusCode::NOT_FOUND, format!("no webhook receiver at /hooks/{ns}/{name}"));
+    // Unknown Syncs, Syncs without a webhook, a receiver without its secret and a bad signature all get the same
+    // answer: nothing to probe for from outside. The Sync's events tell its owner which it was.
+    let not_found = || error(StatusCode::NOT_FOUND, "no webhook receiver here accepts this request");
     let Some(sync) = sync else { return not_found() };
     let Some(hook) = sync.spec.webhook else { return not_found() };
     let secret_key = ObjectKey::new("Secret", &ns, &hook.secret_ref.name);
     let secret: Option<Secret> =
         state.store.get(&secret_key).ok().flatten().and_then(|v| serde_json::from_value(v).ok());
     let Some(token) = secret.and_then(|s| s.spec.value("token")) else {
-        tracing::warn!(sync = %key, "webhook refused: Secret {ns}/{} has no key `token`", hook.secret_ref.name);
-        return error(StatusCode::SERVICE_UNAVAILABLE, "this receiver's secret is missing; see the Sync's events");
+        let why = format!("Secret {ns}/{} has no key `token`", hook.secret_ref.name);
+        tracing::warn!(sync = %key, "webhook refused: {why}");
+        refused(&state, &key, why);
+        return not_found();
     };
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     match verify(header, &body, &token) {
         Err(e) => {
-            let _ = state.store.record_event(&key, capstan_model::EventType::Warning, "WebhookRefused", &e.to_string());
-            error(StatusCode::UNAUTHORIZED, e.to_string())
+            refused(&state, &key, e.to_string());
+            not_found()
         }
         Ok(provider) => {
             if matches!(header("x-github-event"), Some("ping")) || matches!(header("x-gitea-event"), Some("ping")) {
@@ -578,6 +582,28 @@ async fn hook(
             (StatusCode::ACCEPTED, Json(json!({ "accepted": true, "token": token }))).into_response()
         }
     }
+}
+
+/// How often a Sync's refused webhook deliveries are recorded as an event: a flood of bad signatures writes one
+/// event per Sync per interval, off the async workers, not one store write per request.
+const REFUSAL_EVENT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn refused(state: &AppState, key: &ObjectKey, why: String) {
+    static LAST: std::sync::Mutex<Option<HashMap<ObjectKey, std::time::Instant>>> = std::sync::Mutex::new(None);
+    {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let map = last.get_or_insert_with(HashMap::new);
+        let now = std::time::Instant::now();
+        if map.get(key).is_some_and(|t| now.duration_since(*t) < REFUSAL_EVENT_INTERVAL) {
+            return;
+        }
+        map.retain(|_, t| now.duration_since(*t) < REFUSAL_EVENT_INTERVAL);
+        map.insert(key.clone(), now);
+    }
+    let (store, key) = (state.store.clone(), key.clone());
+    tokio::task::spawn_blocking(move || {
+        let _ = store.record_event(&key, capstan_model::EventType::Warning, "WebhookRefused", &why);
+    });
 }
 
 /// The first `n` characters of a text someone else sent (never cut inside a character).

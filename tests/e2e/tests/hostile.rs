@@ -157,3 +157,51 @@ async fn an_apply_with_a_stale_resource_version_is_a_conflict() {
     tp.client.post("/api/v1/apply", json!({ "objects": [secret("forced", None)] })).await.expect("no version given");
     tp.stop().await;
 }
+
+/// A flood of badly signed webhook deliveries: each gets the same answer as a receiver that does not exist, and
+/// the Sync's events record the refusal once per interval, not one store write per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_webhook_signatures_records_one_event() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tp = TestPlane::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    tp.apply(&format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata: {{name: hook}}\nspec: {{stringData: {{token: s3cret}}}}\n---
+apiVersion: capstan.dev/v1alpha1\nkind: Source\nmetadata: {{name: local}}\nspec: {{dir: {}}}\n---
+apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {{name: apps}}\nspec: {{sourceRef: {{name: local}}, webhook: {{secretRef: {{name: hook}}}}}}\n",
+        dir.path().display()
+    ));
+    let addr = tp.plane().url().trim_start_matches("http://").to_string();
+    let post = |path: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let body = r#"{"ref":"refs/heads/main"}"#;
+            let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            let req = format!(
+                "POST {path} HTTP/1.1\r\nHost: capstan\r\nX-Hub-Signature-256: sha256=00ff\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.expect("send");
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.expect("answer");
+            let status = out.split_whitespace().nth(1).unwrap_or("").to_string();
+            let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            (status, body)
+        }
+    };
+    let unknown = post("/hooks/default/nope").await;
+    for _ in 0..200 {
+        assert_eq!(post("/hooks/default/apps").await, unknown, "the same answer as no receiver at all");
+    }
+    assert_eq!(unknown.0, "404");
+    let events = eventually("the refusal is recorded", T, || async {
+        let e = tp.client.get("/api/v1/namespaces/default/syncs/apps/events").await.ok()?;
+        let refused: Vec<Value> =
+            e["items"].as_array()?.iter().filter(|e| e["reason"] == "WebhookRefused").cloned().collect();
+        (!refused.is_empty()).then_some(refused)
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["count"], 1, "one event for the whole flood: {events:?}");
+    tp.stop().await;
+}
