@@ -128,6 +128,8 @@ pub struct Shared {
     pub alerting: Arc<crate::alerts::Alerting>,
     /// What each scrape target did last.
     pub targets: Arc<crate::monitor::TargetHealth>,
+    /// When each Sync's refused webhook deliveries were last recorded as an event.
+    pub webhook_refusals: std::sync::Mutex<std::collections::HashMap<ObjectKey, std::time::Instant>>,
 }
 
 impl Shared {
@@ -217,7 +219,14 @@ impl ControlPlane {
         let admitter = Admitter { store: store.clone(), runtime: runtime.clone(), proxy: proxy.clone() };
         let mut applied = Vec::new();
         if !cfg.initial.is_empty() {
-            let checked = match admitter.check(&cfg.initial) {
+            // Manifests given to `up` say what should run; a resourceVersion saved with one is not a precondition.
+            let mut initial = cfg.initial.clone();
+            for o in &mut initial {
+                if let Some(md) = o["metadata"].as_object_mut() {
+                    md.remove("resourceVersion");
+                }
+            }
+            let checked = match admitter.check(&initial) {
                 Ok(r) => r,
                 Err(errors) => {
                     // Replicas a previous Capstan left running stay as they were.
@@ -254,6 +263,7 @@ impl ControlPlane {
             metrics: metrics.clone(),
             alerting,
             targets: Arc::default(),
+            webhook_refusals: Default::default(),
         });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(async move {

@@ -309,7 +309,7 @@ async fn logs(
     };
     let mut lines = state.runtime.read_logs(&key, q.replica, q.since);
     // What the files held, per replica: the channel repeats those lines, and replicas write at their own pace.
-    let mut last_seen: std::collections::HashMap<String, DateTime<Utc>> = std::collections::HashMap::new();
+    let mut last_seen: HashMap<String, DateTime<Utc>> = HashMap::new();
     for l in &lines {
         let t = last_seen.entry(l.replica.clone()).or_insert(l.time);
         *t = (*t).max(l.time);
@@ -409,18 +409,11 @@ async fn service_discovery(State(state): State<AppState>) -> Response {
     Json(crate::discovery::targets(&state.store, &state.runtime)).into_response()
 }
 
-/// An App as stored, to change one thing in it and apply it back. Its resourceVersion is left out: status updates
-/// move it all the time, and these changes (restart, scale, rollback) each own their field, as Kubernetes' scale
-/// subresource does.
+/// An App as stored, with its resourceVersion.
 fn load_app(state: &Shared, ns: &str, name: &str) -> Result<(ObjectKey, Value), Box<Response>> {
     let key = ObjectKey::new("App", ns, name);
     match state.store.get(&key) {
-        Ok(Some(mut o)) => {
-            if let Some(md) = o["metadata"].as_object_mut() {
-                md.remove("resourceVersion");
-            }
-            Ok((key, o))
-        }
+        Ok(Some(o)) => Ok((key, o)),
         Ok(None) => Err(Box::new(error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}")))),
         Err(e) => Err(Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))),
     }
@@ -453,55 +446,76 @@ async fn rollback(
     Path((ns, name)): Path<(String, String)>,
     Json(body): Json<RollbackBody>,
 ) -> Response {
-    let (key, mut obj) = match load_app(&state, &ns, &name) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let history = capstan_engine::revision_history(&state.store, &key);
-    let now = obj["status"]["revision"].as_str().unwrap_or_default().to_string();
-    let target = match &body.to_revision {
-        Some(r) => history.iter().find(|h| &h.revision == r),
-        None => history.iter().rev().find(|h| h.revision != now),
-    };
-    let Some(target) = target else {
-        let known: Vec<&str> = history.iter().map(|h| h.revision.as_str()).collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            match &body.to_revision {
-                Some(r) => format!("revision {r} is not in the history of App {name}; known: {}", known.join(", ")),
-                None => format!("App {name} has no earlier revision to go back to"),
-            },
-        );
-    };
-    obj["spec"] = target.spec.clone();
-    let annotations = &mut obj["metadata"]["annotations"];
-    if !annotations.is_object() {
-        *annotations = json!({});
-    }
-    match &target.restarted_at {
-        Some(t) => annotations[capstan_model::RESTARTED_AT_ANNOTATION] = json!(t),
-        None => {
-            if let Some(m) = annotations.as_object_mut() {
-                m.remove(capstan_model::RESTARTED_AT_ANNOTATION);
+    change_app(&state, &ns, &name, "the old revision no longer passes admission", |key, obj| {
+        let history = capstan_engine::revision_history(&state.store, key);
+        let now = obj["status"]["revision"].as_str().unwrap_or_default().to_string();
+        let target = match &body.to_revision {
+            Some(r) => history.iter().find(|h| &h.revision == r),
+            None => history.iter().rev().find(|h| h.revision != now),
+        };
+        let Some(target) = target else {
+            let known: Vec<&str> = history.iter().map(|h| h.revision.as_str()).collect();
+            return Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                match &body.to_revision {
+                    Some(r) => format!("revision {r} is not in the history of App {name}; known: {}", known.join(", ")),
+                    None => format!("App {name} has no earlier revision to go back to"),
+                },
+            )));
+        };
+        obj["spec"] = target.spec.clone();
+        let annotations = &mut obj["metadata"]["annotations"];
+        if !annotations.is_object() {
+            *annotations = json!({});
+        }
+        match &target.restarted_at {
+            Some(t) => annotations[capstan_model::RESTARTED_AT_ANNOTATION] = json!(t),
+            None => {
+                if let Some(m) = annotations.as_object_mut() {
+                    m.remove(capstan_model::RESTARTED_AT_ANNOTATION);
+                }
             }
         }
-    }
-    let revision = target.revision.clone();
-    answer(state.apply(vec![obj]), "the old revision no longer passes admission", |_| json!({ "revision": revision }))
+        Ok(json!({ "revision": target.revision }))
+    })
 }
 
 /// Replaces every replica in order, as `kubectl rollout restart` does.
 async fn restart(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
-    let (_, mut obj) = match load_app(&state, &ns, &name) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
     let now = chrono::Utc::now().to_rfc3339();
-    if !obj["metadata"]["annotations"].is_object() {
-        obj["metadata"]["annotations"] = json!({});
+    change_app(&state, &ns, &name, "the App no longer passes admission", |_, obj| {
+        if !obj["metadata"]["annotations"].is_object() {
+            obj["metadata"]["annotations"] = json!({});
+        }
+        obj["metadata"]["annotations"][capstan_model::RESTARTED_AT_ANNOTATION] = json!(now);
+        Ok(json!({ "restartedAt": now }))
+    })
+}
+
+/// Reads an App, changes it and applies it back with the resourceVersion it read; when something else changed it
+/// in between (a status update, an apply), it is read again and the change made again, so nothing is overwritten.
+fn change_app(
+    state: &Shared,
+    ns: &str,
+    name: &str,
+    refused: &str,
+    change: impl Fn(&ObjectKey, &mut Value) -> Result<Value, Box<Response>>,
+) -> Response {
+    for _ in 0..8 {
+        let (key, mut obj) = match load_app(state, ns, name) {
+            Ok(x) => x,
+            Err(r) => return *r,
+        };
+        let ok = match change(&key, &mut obj) {
+            Ok(v) => v,
+            Err(r) => return *r,
+        };
+        match state.apply(vec![obj]) {
+            Err(ApplyError::Store(capstan_store::StoreError::Conflict { .. })) => continue,
+            result => return answer(result, refused, |_| ok),
+        }
     }
-    obj["metadata"]["annotations"][capstan_model::RESTARTED_AT_ANNOTATION] = json!(now);
-    answer(state.apply(vec![obj]), "the App no longer passes admission", |_| json!({ "restartedAt": now }))
+    error(StatusCode::CONFLICT, format!("App {ns}/{name} kept changing while this change was made; try again"))
 }
 
 #[derive(Deserialize)]
@@ -515,13 +529,11 @@ async fn scale(
     Path((ns, name)): Path<(String, String)>,
     Json(body): Json<ScaleBody>,
 ) -> Response {
-    let (_, mut obj) = match load_app(&state, &ns, &name) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let from = obj["spec"]["replicas"].clone();
-    obj["spec"]["replicas"] = json!(body.replicas);
-    answer(state.apply(vec![obj]), "the App was not scaled", |_| json!({ "replicas": body.replicas, "previous": from }))
+    change_app(&state, &ns, &name, "the App was not scaled", |_, obj| {
+        let from = obj["spec"]["replicas"].clone();
+        obj["spec"]["replicas"] = json!(body.replicas);
+        Ok(json!({ "replicas": body.replicas, "previous": from }))
+    })
 }
 
 async fn reconcile_sync(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
@@ -589,10 +601,8 @@ async fn hook(
 const REFUSAL_EVENT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn refused(state: &AppState, key: &ObjectKey, why: String) {
-    static LAST: std::sync::Mutex<Option<HashMap<ObjectKey, std::time::Instant>>> = std::sync::Mutex::new(None);
     {
-        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-        let map = last.get_or_insert_with(HashMap::new);
+        let mut map = state.webhook_refusals.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         if map.get(key).is_some_and(|t| now.duration_since(*t) < REFUSAL_EVENT_INTERVAL) {
             return;

@@ -407,7 +407,7 @@ pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], tim
         if let Some((n, why)) = waiting.first() {
             bar.set_message(format!("{n}: {why}"));
         }
-        if !tty && ready != last_ready {
+        if !tty && ready != last_ready && !waiting.is_empty() {
             let next = waiting.first().map(|(n, why)| format!("; waiting for {n}: {why}")).unwrap_or_default();
             eprintln!("{}{next}", objects_ready(ready, objects.len()));
         }

@@ -69,6 +69,11 @@ fn key_of(v: &Value) -> ObjectKey {
 /// Adds the labels that mark `obj` as applied by the Sync `sync`.
 pub fn mark_owned(obj: &mut Value, sync: &ObjectKey) {
     let md = &mut obj["metadata"];
+    // Git holds what should be, not a version read at some point: a resourceVersion saved with a manifest (from
+    // `get -o yaml`) would make every later apply a conflict.
+    if let Some(m) = md.as_object_mut() {
+        m.remove("resourceVersion");
+    }
     if !md["labels"].is_object() {
         md["labels"] = Value::Object(Default::default());
     }

@@ -362,8 +362,11 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
             Ok(_) => {}
             Err(e) => errors.push(FieldError::new("spec.logs.maxSize", e)),
         }
-        if l.max_files == 0 || l.max_files > 100 {
-            errors.push(FieldError::new("spec.logs.maxFiles", "must be between 1 and 100"));
+        if l.max_files < 2 || l.max_files > 100 {
+            errors.push(
+                FieldError::new("spec.logs.maxFiles", "must be between 2 and 100")
+                    .hint("it counts every file, the current one included, as the kubelet's containerLogMaxFiles"),
+            );
         }
     }
 }

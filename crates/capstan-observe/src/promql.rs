@@ -51,6 +51,9 @@ fn exec<T>(msg: impl Into<String>) -> Result<T, QueryError> {
 /// Written queries stay far below it; `1+1+…` with a thousand terms does not.
 pub const MAX_DEPTH: usize = 128;
 
+/// The most operators and opening brackets a query may hold before it is parsed at all.
+pub const MAX_OPERATORS: usize = 1_000;
+
 /// The longest query text accepted; Prometheus' own limit is the HTTP request's size.
 pub const MAX_QUERY_BYTES: usize = 64 * 1024;
 
@@ -62,6 +65,18 @@ pub fn parse(query: &str) -> Result<Expr, QueryError> {
             "the query is {} bytes long; at most {MAX_QUERY_BYTES} are accepted",
             query.len()
         )));
+    }
+    // The parser itself checks types recursively over the whole tree as it builds it, and drops a half-built tree
+    // recursively on a syntax error: a text with more operators and brackets than any sane query is refused before
+    // it gets there. (Such chains nest, so they would be refused below anyway.)
+    let operators = operator_count(query);
+    if operators > MAX_OPERATORS {
+        return Err(QueryError::Parse {
+            position: deep_position(query),
+            message: format!(
+                "{operators} operators and brackets; at most {MAX_OPERATORS} are allowed, and expressions may nest at most {MAX_DEPTH} levels"
+            ),
+        });
     }
     let expr =
         parser::parse(query).map_err(|message| QueryError::Parse { position: error_position(query), message })?;
@@ -78,6 +93,22 @@ pub fn parse(query: &str) -> Result<Expr, QueryError> {
         return Err(err);
     }
     Ok(expr)
+}
+
+/// How many operators and opening brackets a query holds, counted on its tokens (so nothing inside a string
+/// counts).
+fn operator_count(query: &str) -> usize {
+    use lrpar::{Lexeme, Lexer};
+    let Ok(lexer) = parser::lexer(query) else { return 0 };
+    lexer
+        .iter()
+        .filter_map(|l| l.ok())
+        .filter(|l| {
+            let text = &query[l.span().start()..l.span().end()];
+            (text.len() == 1 && "+-*/%^([<>".contains(text))
+                || matches!(text, "and" | "or" | "unless" | "==" | "!=" | ">=" | "<=")
+        })
+        .count()
 }
 
 /// The children of an expression node.
@@ -147,7 +178,7 @@ fn deep_position(query: &str) -> usize {
 fn error_position(query: &str) -> usize {
     // The search below parses once per token and completion: fine for a query someone typed, too slow for a long
     // machine-made one, which is reported at its end.
-    if query.len() > 4096 {
+    if query.len() > 512 {
         return query.chars().count();
     }
     let Ok(lexer) = parser::lexer(query) else {
@@ -1339,8 +1370,19 @@ mod tests {
                 .join()
                 .expect("no overflow");
             let msg = err.to_string();
-            assert!(msg.contains("nested") && msg.contains("at most 128 levels"), "{msg}");
+            assert!(msg.contains("at most 128 levels"), "{msg}");
             assert!(matches!(err, QueryError::Parse { position, .. } if position > 1), "{err:?}");
+        }
+        // Refused before the parser's own recursion: long unary chains (one byte a level), and a long chain with
+        // a syntax error at its end (the parser then drops what it built).
+        for q in ["-".repeat(65_000) + "x", "-".repeat(65_000) + "x+", "1+".repeat(32_000)] {
+            let err = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || parse(&q).map(|_| ()).unwrap_err())
+                .unwrap()
+                .join()
+                .expect("no overflow");
+            assert!(err.to_string().contains("at most 1000 are allowed"), "{err}");
         }
         let huge = "1+".repeat(MAX_QUERY_BYTES / 2) + "1";
         assert!(parse(&huge).unwrap_err().to_string().contains("at most 65536"));

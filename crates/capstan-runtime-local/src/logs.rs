@@ -56,7 +56,10 @@ impl LogWriter {
     fn rotate(&mut self) -> std::io::Result<()> {
         let keep = self.max_files.saturating_sub(1);
         if keep == 0 {
-            std::fs::remove_file(&self.path)?;
+            match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         } else {
             let _ = std::fs::remove_file(rotated(&self.path, keep));
             for i in (1..keep).rev() {
@@ -65,7 +68,10 @@ impl LogWriter {
                     std::fs::rename(&from, rotated(&self.path, i + 1))?;
                 }
             }
-            std::fs::rename(&self.path, rotated(&self.path, 1))?;
+            match std::fs::rename(&self.path, rotated(&self.path, 1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         self.file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
         self.size = 0;

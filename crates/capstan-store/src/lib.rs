@@ -212,7 +212,18 @@ impl Store {
                 if let Some(m) = obj.as_object_mut() {
                     m.remove("status");
                 }
+                // Optimistic concurrency, as Kubernetes: a resourceVersion given ("" is none) must be the current
+                // one; given for an object that no longer exists, it is stale too.
+                let given = obj["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty()).map(str::to_string);
                 let (action, stored) = match existing {
+                    None if given.is_some() => {
+                        let given = given.unwrap_or_default();
+                        return Err(StoreError::Conflict {
+                            key: key.to_string(),
+                            given,
+                            current: "none (deleted)".into(),
+                        });
+                    }
                     None => {
                         let rv = Self::next_rv(&mut meta)?;
                         let md = &mut obj["metadata"];
@@ -224,8 +235,6 @@ impl Store {
                         (ApplyAction::Created, obj)
                     }
                     Some(mut old) => {
-                        // Optimistic concurrency, as Kubernetes: a resourceVersion given must be the current one.
-                        let given = obj["metadata"]["resourceVersion"].as_str().map(str::to_string);
                         let current = old["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
                         if let Some(given) = given.filter(|g| *g != current) {
                             return Err(StoreError::Conflict { key: key.to_string(), given, current });
@@ -540,6 +549,11 @@ mod tests {
             ApplyAction::Configured,
             "no resourceVersion: applied"
         );
+        assert_eq!(store.apply(vec![with_rv(4, &json!(""))]).unwrap()[0].1, ApplyAction::Configured, "\"\" is none");
+        // A writer holding a version of a deleted object does not bring it back.
+        store.delete(&key).unwrap();
+        assert!(matches!(store.apply(vec![with_rv(5, &rv)]), Err(StoreError::Conflict { .. })));
+        assert!(store.get(&key).unwrap().is_none());
     }
 
     #[test]

@@ -314,7 +314,9 @@ async fn kubectl_habits_version_explain_completion_scale_events_and_dry_run() {
     let out = capstan(&data, &["apply", "-f", two.to_str().unwrap(), "--wait"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.lines().last() == Some("the object is Ready"), "{err}");
-    assert!(!err.contains("1/2") && !err.contains("objects are"), "{err}");
+    // Progress counts objects ("0 of 1 object Ready; waiting for app/habits: …"), never a bare "1/2 ready".
+    assert!(err.lines().all(|l| l.contains(" object") && !l.ends_with("/2 ready")), "{err}");
+    assert_eq!(err.matches("the object is Ready").count(), 1, "{err}");
     ready_pids(&data, "habits", 2).await;
     assert!(capstan(&data, &["scale", "app/habits", "--replicas", "1"]).status.success());
     ready_pids(&data, "habits", 1).await;

@@ -27,7 +27,7 @@ async fn a_query_nested_too_deeply_is_refused_and_capstan_keeps_serving() {
     let query = vec!["1"; 5_000].join("+");
     let url = format!("/prometheus/api/v1/query?query={}", query.replace('+', "%2B"));
     let err = tp.client.get(&url).await.expect_err("refused").to_string();
-    assert!(err.contains("nested") && err.contains("at most 128 levels"), "{err}");
+    assert!(err.contains("at most 128 levels"), "{err}");
     // Still up: the API answers, and a sane query works.
     let ok = tp.client.get("/prometheus/api/v1/query?query=1%2B1").await.expect("answers");
     assert_eq!(ok["data"]["result"][1], "2");
@@ -46,7 +46,7 @@ async fn a_deep_alert_rule_is_refused_at_apply_with_its_position() {
     };
     assert_eq!(body["errors"][0]["path"], "spec.expr", "{text}");
     let message = body["errors"][0]["message"].as_str().unwrap_or("");
-    assert!(message.starts_with("parse error at char ") && message.contains("nested"), "{message}");
+    assert!(message.starts_with("parse error at char ") && message.contains("at most 128 levels"), "{message}");
     assert!(tp.client.get("/api/v1/namespaces/default/alertrules/deep").await.is_err(), "nothing was stored");
     tp.stop().await;
 }
@@ -67,7 +67,7 @@ async fn a_stored_deep_alert_rule_is_marked_unhealthy_and_never_fatal() {
     })
     .await;
     let error = rule["status"]["lastError"].as_str().unwrap_or("");
-    assert!(error.contains("nested") && error.contains("at most 128 levels"), "{error}");
+    assert!(error.contains("at most 128 levels"), "{error}");
     // Evaluated again and again, and Capstan still answers.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(tp.client.get("/version").await.expect("still up")["version"], env!("CARGO_PKG_VERSION"));
