@@ -1355,6 +1355,12 @@ mod tests {
         assert!(matches!(Engine::new(&db).range("up[5m]", 0, 10, 1), Err(QueryError::BadData(_))));
     }
 
+    /// Runs `f` on a thread with the default 2 MiB stack (tokio's workers and blocking threads have as much); an
+    /// overflow aborts the test binary, so every assertion after it proves there was none.
+    fn on_a_2_mib_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new().stack_size(2 << 20).spawn(f).unwrap().join().expect("no overflow")
+    }
+
     /// A query nested too deeply is refused at parse, with a position, however deep it is; one at the limit
     /// evaluates on a thread with the default 2 MiB stack (the size of tokio's and of blocking threads).
     #[test]
@@ -1363,12 +1369,7 @@ mod tests {
             let q = vec!["1"; terms].join("+");
             let text =
                 if q.len() > MAX_QUERY_BYTES { q[..MAX_QUERY_BYTES - 1].trim_end_matches('+').to_string() } else { q };
-            let err = std::thread::Builder::new()
-                .stack_size(2 << 20)
-                .spawn(move || parse(&text).map(|_| ()).unwrap_err())
-                .unwrap()
-                .join()
-                .expect("no overflow");
+            let err = on_a_2_mib_stack(move || parse(&text).map(|_| ()).unwrap_err());
             let msg = err.to_string();
             assert!(msg.contains("at most 128 levels"), "{msg}");
             assert!(matches!(err, QueryError::Parse { position, .. } if position > 1), "{err:?}");
@@ -1376,12 +1377,7 @@ mod tests {
         // Refused before the parser's own recursion: long unary chains (one byte a level), and a long chain with
         // a syntax error at its end (the parser then drops what it built).
         for q in ["-".repeat(65_000) + "x", "-".repeat(65_000) + "x+", "1+".repeat(32_000)] {
-            let err = std::thread::Builder::new()
-                .stack_size(2 << 20)
-                .spawn(move || parse(&q).map(|_| ()).unwrap_err())
-                .unwrap()
-                .join()
-                .expect("no overflow");
+            let err = on_a_2_mib_stack(move || parse(&q).map(|_| ()).unwrap_err());
             assert!(err.to_string().contains("at most 1000 are allowed"), "{err}");
         }
         let huge = "1+".repeat(MAX_QUERY_BYTES / 2) + "1";
@@ -1389,15 +1385,10 @@ mod tests {
         let vectors = vec!["vector(1)"; MAX_DEPTH - 1].join(" + ");
         let deep_parens = "(".repeat(MAX_DEPTH / 2) + "vector(1)" + &")".repeat(MAX_DEPTH / 2);
         for q in [vectors, deep_parens] {
-            let v = std::thread::Builder::new()
-                .stack_size(2 << 20)
-                .spawn(move || {
-                    let db = Tsdb::new();
-                    Engine::new(&db).instant(&q, 1_000).map(|v| format!("{v:?}"))
-                })
-                .unwrap()
-                .join()
-                .expect("no overflow");
+            let v = on_a_2_mib_stack(move || {
+                let db = Tsdb::new();
+                Engine::new(&db).instant(&q, 1_000).map(|v| format!("{v:?}"))
+            });
             assert!(v.is_ok(), "{v:?}");
         }
     }
