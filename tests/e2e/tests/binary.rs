@@ -171,6 +171,7 @@ async fn cli_contracts_exit_codes_and_errors_with_file_and_line() {
     let out = capstan(&data, &["apply", "-f", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim_end().ends_with("(the batch was refused; nothing was applied)"), "{err}");
     let file = bad.display().to_string();
     assert!(err.contains(&format!("{file}:19:3: App/Bad_Name: field `metadata.name`")), "{err}");
     assert!(err.contains("field `spec.replicas`: must not be negative"), "{err}");
@@ -296,6 +297,20 @@ async fn kubectl_habits_version_explain_completion_scale_events_and_dry_run() {
     let out = capstan(&data, &["completion", "bash"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("complete -F") && text.contains("capstan"), "{text}");
+    for (shell, marker) in [("zsh", "#compdef capstan"), ("fish", "complete -c capstan")] {
+        let out = capstan(&data, &["completion", shell]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(marker), "{shell}");
+    }
+    // Help: `get` names every kind it takes and what NAME and -n mean; the commands most used come first.
+    let help = String::from_utf8_lossy(&capstan(&data, &["get", "--help"]).stdout).to_string();
+    for k in capstan_model::Kind::ALL.iter().map(|k| k.plural()).chain(["events"]) {
+        assert!(help.contains(k), "get --help names {k}: {help}");
+    }
+    assert!(help.contains("One object's name") && help.contains("The namespace to look in"), "{help}");
+    let help = String::from_utf8_lossy(&capstan(&data, &["--help"]).stdout).to_string();
+    let at = |c: &str| help.find(&format!("\n  {c} ")).unwrap_or_else(|| panic!("{c} in: {help}"));
+    assert!(at("get") < at("describe") && at("describe") < at("logs") && at("apply") < at("up"), "{help}");
+    assert!(at("up") < at("serve-model") && at("serve-model") < at("version"), "{help}");
 
     // Dry runs change nothing: the App stays at one replica.
     let two = dir.path().join("two.yaml");
