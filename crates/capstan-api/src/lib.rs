@@ -4,6 +4,7 @@ pub mod admission;
 pub mod alerts;
 pub mod client;
 pub mod discovery;
+mod listen;
 pub mod monitor;
 pub mod plane;
 pub mod prometheus;

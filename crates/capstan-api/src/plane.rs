@@ -28,12 +28,24 @@ pub struct PlaneConfig {
     /// A batch applied as the plane starts, before any controller runs or the API listens: a batch that is refused
     /// stops the start with nothing started.
     pub initial: Vec<Value>,
+    /// How long every listener (API, webhooks, entry points) waits for a request's headers, and for the next
+    /// request on a kept-alive connection.
+    pub header_timeout: std::time::Duration,
+    /// Connections the API listener holds at once.
+    pub api_max_connections: usize,
 }
 
 impl PlaneConfig {
-    /// A plane on `data_dir` and `listen`, with default monitoring.
+    /// A plane on `data_dir` and `listen`, with default monitoring and listener limits.
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> PlaneConfig {
-        PlaneConfig { data_dir, listen, monitoring: Default::default(), initial: Vec::new() }
+        PlaneConfig {
+            data_dir,
+            listen,
+            monitoring: Default::default(),
+            initial: Vec::new(),
+            header_timeout: capstan_proxy::gate::DEFAULT_HEADER_TIMEOUT,
+            api_max_connections: capstan_proxy::gate::DEFAULT_API_MAX_CONNECTIONS,
+        }
     }
 }
 
@@ -210,7 +222,12 @@ impl ControlPlane {
         crate::volume_sync::release_stale_holds(&store)?;
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
         let runtime = LocalRuntime::new(LocalConfig { data_dir: cfg.data_dir.clone() }, store.clone(), notify_tx)?;
-        let proxy = Arc::new(Proxy::new());
+        // Connections are admitted within a budget under the open-file limit, so that a flood of them leaves fds
+        // for probes, supervision, logs and the store.
+        let fd_limit = capstan_proxy::gate::raise_fd_limit();
+        let budget = capstan_proxy::gate::connection_budget(fd_limit);
+        let proxy = Arc::new(Proxy::with_limits(budget, cfg.header_timeout));
+        let api_gate = proxy.gate().listener("api", cfg.api_max_connections);
         let drain_proxy = proxy.clone();
         runtime.set_drainer(Arc::new(move |key: ObjectKey, replica: String| {
             let p = drain_proxy.clone();
@@ -266,11 +283,7 @@ impl ControlPlane {
             webhook_refusals: Default::default(),
         });
         let app = crate::server::router(shared.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("API server stopped: {e}");
-            }
-        });
+        let server = tokio::spawn(crate::listen::serve(listener, app, api_gate));
         let monitor = crate::monitor::Monitor::spawn(shared.clone(), metrics, metrics_path, addr, cfg.monitoring);
         let url = format!("http://{addr}");
         let info = serde_json::json!({ "url": url, "pid": std::process::id() });

@@ -23,9 +23,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
             .map_err(|e| Failure::fail(format!("error: {e}")).into())
     };
     match cli.command {
-        Command::Up { paths, listen, git, branch, path } => {
+        Command::Up { paths, listen, git, branch, path, header_timeout, api_max_connections } => {
             let bootstrap = git.map(|url| crate::gitops::bootstrap_objects(&url, &branch, &path));
-            up(data.clone(), listen, paths, bootstrap).await
+            let mut cfg = PlaneConfig::new(data.clone(), listen);
+            cfg.header_timeout = std::time::Duration::from_secs(header_timeout);
+            cfg.api_max_connections = api_max_connections as usize;
+            up(cfg, paths, bootstrap).await
         }
         Command::Render { paths, target, output } => crate::gitops::render_cmd(&paths, &target, &output),
         Command::ServeModel {
@@ -1038,16 +1041,11 @@ fn schema(kind: Option<&str>) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-async fn up(
-    data: std::path::PathBuf,
-    listen: std::net::SocketAddr,
-    paths: Vec<String>,
-    bootstrap: Option<Vec<Value>>,
-) -> Result<u8> {
+async fn up(mut cfg: PlaneConfig, paths: Vec<String>, bootstrap: Option<Vec<Value>>) -> Result<u8> {
+    let data = cfg.data_dir.clone();
     // Validate first: a bad manifest stops `up` before anything starts.
     let ms = if paths.is_empty() { Vec::new() } else { load_to_change(&paths, "started")? };
     // The manifests (and the Git bootstrap) are admitted before anything starts: a refused batch starts nothing.
-    let mut cfg = PlaneConfig::new(data.clone(), listen);
     cfg.initial = ms.iter().map(|m| m.resource.to_value()).collect();
     let following = bootstrap.as_ref().map(|objects| objects[0]["spec"]["url"].as_str().unwrap_or("").to_string());
     cfg.initial.extend(bootstrap.into_iter().flatten());

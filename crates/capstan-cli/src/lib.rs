@@ -79,6 +79,13 @@ pub enum Command {
         /// The directory of the repository to apply with --git.
         #[arg(long, default_value = "./", requires = "git")]
         path: String,
+        /// Seconds every listener (API, webhooks, entry points) waits for a request's headers, and for the next
+        /// request on a kept-alive connection.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        header_timeout: u64,
+        /// Connections the API listener holds at once; when full, the one idle longest is closed to make room.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        api_max_connections: u64,
     },
     /// Print the objects a Sync would apply from PATH: variables substituted, everything validated.
     #[command(display_order = 18)]

@@ -555,6 +555,11 @@ pub struct Expose {
     /// Largest request body accepted (http only), such as `250Mi`. Defaults to `250Mi`.
     #[serde(default = "body_default")]
     pub max_body_size: String,
+    /// Client connections held at once. When full, the connection idle longest is closed to make room, or the
+    /// new one is answered 503 if none is idle (tcp connections are never closed for room). Defaults to no cap
+    /// of its own: all listeners share a budget set by Capstan's open-file limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Retry idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE) on another replica when the connection

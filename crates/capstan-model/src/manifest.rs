@@ -427,7 +427,7 @@ spec:
     #[test]
     fn expose_and_update_are_checked() {
         let bad = GOOD.to_string()
-            + "  expose:\n    - {port: 8080, targetPort: htp}\n    - {port: 8080, protocol: tcp, sticky: {cookie: {name: R}}}\n    - {port: 9000, address: localhost, sticky: {}}\n  update: {strategy: Surge, maxSurge: 0, minReadySeconds: 30, progressDeadlineSeconds: 10}\n";
+            + "  expose:\n    - {port: 8080, targetPort: htp}\n    - {port: 8080, protocol: tcp, sticky: {cookie: {name: R}}}\n    - {port: 9000, address: localhost, sticky: {}, maxConnections: 0}\n  update: {strategy: Surge, maxSurge: 0, minReadySeconds: 30, progressDeadlineSeconds: 10}\n";
         let e = errs(&bad);
         let has = |field: &str, text: &str| {
             e.iter().any(|d| {
@@ -440,6 +440,7 @@ spec:
         assert!(has("spec.expose[1].sticky.cookie", "cannot read cookies"));
         assert!(has("spec.expose[2].address", "not an IP address"));
         assert!(has("spec.expose[2].sticky", "exactly one of cookie or clientIP"));
+        assert!(has("spec.expose[2].maxConnections", "at least 1"));
         assert!(has("spec.update.maxSurge", "at least 1"));
         assert!(has("spec.update.progressDeadlineSeconds", "greater than minReadySeconds"));
         let line =
@@ -452,6 +453,7 @@ spec:
         assert_eq!(ci.timeout_seconds, 10800, "Kubernetes' default");
         assert_eq!(app.spec.expose[0].drain_seconds, 30);
         assert!(app.spec.expose[0].websockets && app.spec.expose[0].retry_idempotent);
+        assert_eq!(app.spec.expose[0].max_connections, None, "no cap of its own unless given");
     }
 
     #[test]

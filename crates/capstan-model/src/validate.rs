@@ -463,6 +463,12 @@ fn validate_expose(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         if let Err(msg) = parse_bytes(&e.max_body_size) {
             errors.push(FieldError::new(format!("{path}.maxBodySize"), msg));
         }
+        if e.max_connections == Some(0) {
+            errors.push(
+                FieldError::new(format!("{path}.maxConnections"), "must be at least 1")
+                    .hint("leave it out to share Capstan's connection budget without a cap of its own"),
+            );
+        }
         if e.timeouts.connect_seconds == 0 || e.timeouts.request_seconds == 0 {
             errors.push(FieldError::new(format!("{path}.timeouts"), "timeouts must be at least 1 second"));
         }

@@ -5,9 +5,11 @@
 
 pub mod backend;
 mod busy;
+pub mod gate;
 pub mod http;
 pub mod idle;
 pub mod metrics;
+pub mod serve;
 pub mod tcp;
 
 use std::cell::Cell;
@@ -19,12 +21,11 @@ use std::time::{Duration, Instant};
 
 use capstan_model::quantity::parse_bytes;
 use capstan_model::{App, Expose, ExposeProtocol, ObjectKey, PortRef};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 
 use crate::backend::{BackendInfo, BackendSet};
+use crate::gate::{AcceptBackoff, Gate, ListenerGate};
 use crate::metrics::Metrics;
 
 thread_local! {
@@ -175,6 +176,7 @@ impl Entry {
 struct Listener {
     bind: (String, u16, ExposeProtocol),
     entry: Arc<Entry>,
+    gate: Arc<ListenerGate>,
     addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -192,6 +194,7 @@ impl Drop for Listener {
 pub struct Proxy {
     listeners: Mutex<HashMap<ObjectKey, Vec<Listener>>>,
     metrics: Arc<Metrics>,
+    gate: Arc<Gate>,
     /// Started with the first entry point, so a Capstan that exposes nothing runs no proxy threads.
     workers: std::sync::OnceLock<Vec<Worker>>,
 }
@@ -228,6 +231,11 @@ fn target_port(app: &App, e: &Expose, r: &ReplicaEndpoint) -> Option<u16> {
     }
 }
 
+/// The connection cap of an entry point: its own, or no more than the process' budget.
+fn cap_of(e: &Expose) -> usize {
+    e.max_connections.map_or(usize::MAX, |n| n as usize)
+}
+
 /// Opens the listening socket of an entry point.
 fn bind(address: &str, port: u16) -> Result<std::net::TcpListener, String> {
     use socket2::{Domain, Socket, Type};
@@ -242,10 +250,17 @@ fn bind(address: &str, port: u16) -> Result<std::net::TcpListener, String> {
     Ok(socket.into())
 }
 
-/// Accepts connections and hands each to the least busy worker, where it stays with its upstream requests.
-/// (One SO_REUSEPORT socket per worker spreads connections by a hash instead: with few long keep-alive
-/// connections one worker often carries more than its share, and its queue shows in the tail latency.)
-async fn serve(listener: std::net::TcpListener, entry: Arc<Entry>, protocol: ExposeProtocol, dispatch: Dispatch) {
+/// Accepts connections, admits them through the listener's gate and hands each to the least busy worker, where
+/// it stays with its upstream requests. (One SO_REUSEPORT socket per worker spreads connections by a hash
+/// instead: with few long keep-alive connections one worker often carries more than its share, and its queue
+/// shows in the tail latency.)
+async fn serve(
+    listener: std::net::TcpListener,
+    entry: Arc<Entry>,
+    protocol: ExposeProtocol,
+    dispatch: Dispatch,
+    gate: Arc<ListenerGate>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -253,12 +268,23 @@ async fn serve(listener: std::net::TcpListener, entry: Arc<Entry>, protocol: Exp
             return;
         }
     };
+    let name = format!("{}/{}/{}", entry.namespace, entry.app, entry.name);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(app = %entry.app, "accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(backoff.after(&name, &e)).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        let admitted = match gate.admit(protocol == ExposeProtocol::Http) {
+            Ok(a) => a,
+            Err(refusal) => {
+                if protocol == ExposeProtocol::Http {
+                    tokio::spawn(gate::refuse_http(stream, refusal));
+                }
                 continue;
             }
         };
@@ -283,35 +309,58 @@ async fn serve(listener: std::net::TcpListener, entry: Arc<Entry>, protocol: Exp
                     return;
                 }
             };
-            connection(stream, peer, entry, protocol).await;
+            connection(stream, peer, entry, protocol, admitted).await;
         });
     }
 }
 
 /// Serves one client connection on the current worker.
-async fn connection(stream: tokio::net::TcpStream, peer: SocketAddr, entry: Arc<Entry>, protocol: ExposeProtocol) {
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    entry: Arc<Entry>,
+    protocol: ExposeProtocol,
+    admitted: gate::Admitted,
+) {
     match protocol {
-        ExposeProtocol::Tcp => tcp::serve(entry, stream, peer).await,
+        ExposeProtocol::Tcp => {
+            let _admitted = admitted;
+            tcp::serve(entry, stream, peer).await
+        }
         ExposeProtocol::Http => {
-            let _ = stream.set_nodelay(true);
             let client = http::Client::new(peer);
             let svc = service_fn(move |req| {
                 let (entry, client) = (entry.clone(), client.clone());
                 async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, client).await) }
             });
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
+            serve::serve_http(stream, admitted, svc).await;
         }
     }
 }
 
 impl Proxy {
     /// A proxy that will run one worker thread per core once it has an entry point.
+    /// Its connection budget follows the open-file limit in force; see [`Proxy::with_limits`].
     pub fn new() -> Proxy {
-        Proxy { listeners: Mutex::new(HashMap::new()), metrics: Arc::default(), workers: std::sync::OnceLock::new() }
+        let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |l| l.0);
+        Proxy::with_limits(gate::connection_budget(fd_limit), gate::DEFAULT_HEADER_TIMEOUT)
+    }
+
+    /// A proxy holding at most `budget` client connections over all its listeners (and those of
+    /// [`Proxy::gate`]'s other users), each of which must send its headers within `header_timeout`.
+    pub fn with_limits(budget: usize, header_timeout: Duration) -> Proxy {
+        let metrics = Arc::new(Metrics::default());
+        Proxy {
+            listeners: Mutex::new(HashMap::new()),
+            gate: Gate::new(budget, header_timeout, metrics.clone()),
+            metrics,
+            workers: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The connection gate shared by every listener of the process (the API's too).
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 
     /// Opens the listening socket of an entry point and starts accepting on the first worker, which hands each
@@ -322,6 +371,7 @@ impl Proxy {
         port: u16,
         entry: Arc<Entry>,
         protocol: ExposeProtocol,
+        gate: Arc<ListenerGate>,
     ) -> Result<(SocketAddr, Vec<JoinHandle<()>>), String> {
         let workers = self.workers.get_or_init(|| {
             let busy_limit = busy::limit_from_env();
@@ -334,7 +384,7 @@ impl Proxy {
         };
         let l = bind(address, port)?;
         let addr = l.local_addr().map_err(|e| format!("cannot listen on {address}:{port}: {e}"))?;
-        Ok((addr, vec![acceptor.handle.spawn(serve(l, entry, protocol, dispatch))]))
+        Ok((addr, vec![acceptor.handle.spawn(serve(l, entry, protocol, dispatch, gate))]))
     }
 
     /// Brings an App's entry points in line with its spec and replicas: opens, updates and closes listeners.
@@ -376,10 +426,12 @@ impl Proxy {
                         metrics: self.metrics.clone(),
                         per_replica: RwLock::new(HashMap::new()),
                     });
-                    match self.open(&address, e.port, entry.clone(), e.protocol) {
+                    let name = format!("{}/{}/{}", key.namespace, key.name, entry.name);
+                    let gate = self.gate.listener(&name, cap_of(e));
+                    match self.open(&address, e.port, entry.clone(), e.protocol, gate.clone()) {
                         Ok((addr, tasks)) => {
                             tracing::info!(app = %key, %addr, protocol = ?e.protocol, "entry point listening");
-                            Listener { bind: bind_key, entry, addr, tasks }
+                            Listener { bind: bind_key, entry, gate, addr, tasks }
                         }
                         Err(msg) => {
                             errors.push(msg);
@@ -389,6 +441,7 @@ impl Proxy {
                 }
             };
             *listener.entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EntryConfig::new(e));
+            listener.gate.set_cap(cap_of(e));
             listener.entry.backends.update(&backends);
             next.push(listener);
         }

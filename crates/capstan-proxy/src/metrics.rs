@@ -37,6 +37,20 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+/// Labels of a listener's connection series: `api`, or `<namespace>/<app>/<entry>`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+/// Labels of refused connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    /// `listener_cap` or `process_budget`.
+    pub reason: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -50,6 +64,10 @@ pub struct Metrics {
     pub retries: Family<ReplicaLabels, Counter>,
     pub tcp_connections: Family<ReplicaLabels, Counter>,
     pub open_tunnels: Family<ReplicaLabels, Gauge>,
+    pub connections: Family<ListenerLabels, Gauge>,
+    pub connections_refused: Family<RefusedLabels, Counter>,
+    pub connections_evicted: Family<ListenerLabels, Counter>,
+    pub header_timeouts: Family<ListenerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,7 +89,39 @@ impl Default for Metrics {
         registry.register("retries", "Requests sent again to another replica", retries.clone());
         registry.register("tcp_connections", "TCP passthrough connections opened", tcp_connections.clone());
         registry.register("open_tunnels", "Websocket and TCP tunnels currently open", open_tunnels.clone());
-        Metrics { registry, requests, latency, errors, retries, tcp_connections, open_tunnels }
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
+        let connections_evicted = Family::<ListenerLabels, Counter>::default();
+        let header_timeouts = Family::<ListenerLabels, Counter>::default();
+        registry.register("connections", "Client connections held now, by listener", connections.clone());
+        registry.register(
+            "connections_refused",
+            "Client connections answered 503 and closed because the listener or Capstan was full",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connections_evicted",
+            "Idle client connections closed to make room for new ones",
+            connections_evicted.clone(),
+        );
+        registry.register(
+            "header_timeouts",
+            "Connections closed because a request's headers did not arrive in time",
+            header_timeouts.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            errors,
+            retries,
+            tcp_connections,
+            open_tunnels,
+            connections,
+            connections_refused,
+            connections_evicted,
+            header_timeouts,
+        }
     }
 }
 

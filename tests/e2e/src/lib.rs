@@ -21,6 +21,12 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local address").port()
+}
+
 /// The test app's absolute path.
 pub fn testapp() -> String {
     bin("capstan-testapp").display().to_string()
@@ -83,10 +89,20 @@ impl TestPlane {
         Self::start_at(dir, path.to_path_buf()).await
     }
 
+    /// A control plane in a temporary directory, its configuration changed by `configure` first.
+    pub async fn start_with(configure: impl FnOnce(&mut PlaneConfig)) -> TestPlane {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = PlaneConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
+        configure(&mut cfg);
+        Self::start_config(dir, cfg).await
+    }
+
     async fn start_at(dir: tempfile::TempDir, data_dir: PathBuf) -> TestPlane {
-        let plane = ControlPlane::start(PlaneConfig::new(data_dir, "127.0.0.1:0".parse().expect("addr")))
-            .await
-            .expect("control plane starts");
+        Self::start_config(dir, PlaneConfig::new(data_dir, "127.0.0.1:0".parse().expect("addr"))).await
+    }
+
+    async fn start_config(dir: tempfile::TempDir, cfg: PlaneConfig) -> TestPlane {
+        let plane = ControlPlane::start(cfg).await.expect("control plane starts");
         let client = Client::new(plane.url(), plane.token());
         TestPlane { plane: Some(plane), client, dir }
     }

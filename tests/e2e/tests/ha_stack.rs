@@ -12,10 +12,6 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(90);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// The example's manifest, running the test build of Teamboard behind a balancer on `lb`, at `version`.
 fn stack_yaml(lb: u16, version: &str) -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/ha-stack/ha-stack.yaml");

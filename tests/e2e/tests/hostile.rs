@@ -205,3 +205,162 @@ apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {{name: apps}}\nspec: {{
     assert_eq!(events[0]["count"], 1, "one event for the whole flood: {events:?}");
     tp.stop().await;
 }
+
+/// Connections to `addr` that send nothing, or half a request header, and are then left open.
+async fn idle_connections(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await
+        else {
+            continue;
+        };
+        if i % 3 == 0 {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: slow\r\nX-Trickle: ").await;
+        }
+        held.push(s);
+    }
+    held
+}
+
+/// How many of `held` Capstan has closed (a read sees the end of the stream or a reset).
+fn closed_by_peer(held: &[tokio::net::TcpStream]) -> usize {
+    let mut buf = [0u8; 512];
+    held.iter()
+        .filter(|s| match s.try_read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        })
+        .count()
+}
+
+fn api_port(client: &capstan_api::Client) -> u16 {
+    client.base().rsplit(':').next().and_then(|p| p.parse().ok()).expect("the API URL has a port")
+}
+
+/// The value of one series in a Prometheus text exposition (0 when absent).
+fn sample(exposition: &str, series: &str) -> f64 {
+    exposition.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(usize::MAX)
+}
+
+/// 1,700 connections that send nothing or half a header, against a Capstan allowed 1,024 open files: the
+/// idle ones are closed to make room, the fds Capstan holds stay under its limit, its API and the entry point
+/// keep answering, and the App's probes keep passing (no replica is restarted for want of an fd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_exhaust_capstan() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let liveness = "    liveness: {http: {path: /status, port: http}, periodSeconds: 1, failureThreshold: 1}\n";
+    let extra = format!("{READINESS}{liveness}  expose:\n    - port: {port}\n");
+    let manifest = data.path().join("web.yaml");
+    std::fs::write(&manifest, app_yaml("web", 2, &[], &extra)).expect("manifest");
+    let state = data.path().join("state");
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 1024 && exec "$0" "$@""#)
+        .arg(bin("capstan-e2e-cli"))
+        .args(["up", "--listen", "127.0.0.1:0", "--header-timeout", "120", "--api-max-connections", "64"])
+        .arg(&manifest)
+        .env("CAPSTAN_DATA", &state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start capstan up");
+    let capstan = Guarded(child);
+    let pid = capstan.id();
+    let client = eventually("capstan is up", T, || async {
+        let c = capstan_api::Client::discover(&state, None, None).ok()?;
+        c.get("/version").await.ok().map(|_| c)
+    })
+    .await;
+    let app = eventually("web is Ready", T, || async {
+        let o = client.get("/api/v1/namespaces/default/apps/web").await.ok()?;
+        (ready(&o) && replicas(&o).len() == 2).then_some(o)
+    })
+    .await;
+    let restarts: Vec<Value> = replicas(&app).iter().map(|r| r["restarts"].clone()).collect();
+    let api = client.base().trim_start_matches("http://").to_string();
+
+    let flood = idle_connections(&format!("127.0.0.1:{port}"), 1_500).await;
+    let api_flood = idle_connections(&api, 200).await;
+    assert!(flood.len() + api_flood.len() > 1_024, "more connections were opened than Capstan has fds");
+
+    // Everyone else is still served.
+    let (code, _) = eventually("the entry point answers", T, || http_get(port, "/")).await;
+    assert_eq!(code, 200);
+    assert_eq!(client.get("/version").await.expect("the API answers")["version"], env!("CARGO_PKG_VERSION"));
+    // Idle connections were closed to make room; what Capstan holds stays under its limit.
+    let budget = (1_024 - 256) / 2;
+    eventually("idle connections beyond the budget are closed", T, || async {
+        let closed = closed_by_peer(&flood) + closed_by_peer(&api_flood);
+        (closed + budget >= flood.len() + api_flood.len()).then_some(())
+    })
+    .await;
+    let fds = open_fds(pid);
+    assert!(fds < 1_024, "capstan holds {fds} fds");
+    // Probes kept passing through it all: no replica was restarted and the App stayed Ready.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let app = client.get("/api/v1/namespaces/default/apps/web").await.expect("app");
+    assert!(ready(&app), "{app}");
+    let after: Vec<Value> = replicas(&app).iter().map(|r| r["restarts"].clone()).collect();
+    assert_eq!(after, restarts, "no replica restarted");
+    // The balancer says what it did.
+    let (_, metrics) = http_get(api_port(&client), "/metrics").await.expect("metrics");
+    let evicted =
+        |listener: &str| sample(&metrics, &format!("capstan_lb_connections_evicted_total{{listener=\"{listener}\"}}"));
+    assert!(evicted(&format!("default/web/http-{port}")) > 0.0, "{metrics}");
+    assert!(evicted("api") > 0.0, "{metrics}");
+    drop(capstan);
+}
+
+/// A header that trickles in is cut off after the header timeout (and counted); a listener whose every
+/// connection is busy answers a new one 503 with Retry-After instead of leaving it hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_time_out_and_a_busy_full_listener_answers_503() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tp = TestPlane::start_with(|c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.api_max_connections = 4;
+    })
+    .await;
+    let addr = tp.plane().url().trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n").await.expect("half a header");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection is closed after the header timeout");
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"), "no answer to half a request");
+
+    // Four watches stream for as long as they are open: every connection of the listener is busy.
+    let mut watches = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let req =
+            format!("GET /api/v1/watch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", tp.plane().token());
+        s.write_all(req.as_bytes()).await.expect("watch");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.expect("the watch starts");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        watches.push(s);
+    }
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), extra.read_to_string(&mut answer))
+        .await
+        .expect("answered at once")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    drop(watches);
+    eventually("room again once the watches end", T, || async { tp.client.get("/version").await.ok() }).await;
+    let (_, metrics) = http_get(api_port(&tp.client), "/metrics").await.expect("metrics");
+    assert_eq!(sample(&metrics, "capstan_lb_header_timeouts_total{listener=\"api\"}"), 1.0, "{metrics}");
+    let refused = sample(&metrics, "capstan_lb_connections_refused_total{listener=\"api\",reason=\"listener_cap\"}");
+    assert!(refused >= 1.0, "{metrics}");
+    tp.stop().await;
+}

@@ -11,10 +11,6 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// Writes a version directory the way an exporter should: the file renamed into place.
 fn publish(base: &Path, version: u64, bytes: &[u8]) {
     let dir = base.join(version.to_string());

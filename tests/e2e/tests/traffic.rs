@@ -11,10 +11,6 @@ use tokio::sync::watch;
 
 const T: Duration = Duration::from_secs(60);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A 3-replica HTTP App behind an entry point; `version` goes into VERSION.
 fn web(name: &str, port: u16, version: &str, extra: &str) -> String {
     let expose = format!("  expose:\n    - port: {port}\n      drainSeconds: 2\n{extra}");

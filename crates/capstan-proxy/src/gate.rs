@@ -1,0 +1,437 @@
+//! Admission of client connections on every listener: a cap per listener, a budget for the process below its
+//! file-descriptor limit, the longest-idle connection closed to make room, and an accept loop that backs off.
+//!
+//! A connection is *idle* while no request of it is being answered (no handler running, no response body
+//! streaming): between keep-alive requests, before its first byte, or while it trickles a header in. When a
+//! listener is at its cap (or the process at its budget), the connection that has been idle longest is closed to
+//! make room; when none is idle, the new connection is answered `503` and closed. So connections that send
+//! nothing cannot lock out clients that do, and whatever the clients do, the fds kept in reserve remain for
+//! probes, supervision, logs and the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::metrics::{ListenerLabels, Metrics, RefusedLabels};
+
+/// How long a client may take to send a request's headers, and how long a connection may wait for its next
+/// request (nginx's `client_header_timeout`, HAProxy's `timeout http-request`).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connections the API listener holds at once.
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 1024;
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Raises the soft limit on open files to the hard limit and returns it (the limit in force if that fails).
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            1024
+        }
+    }
+}
+
+/// Client connections a process with `fd_limit` open files may hold: a reserve of a tenth (256 to 4,096) is
+/// kept for everything else, and what is left is halved because each proxied connection may hold one upstream.
+pub fn connection_budget(fd_limit: u64) -> usize {
+    let reserve = (fd_limit / 10).clamp(256, 4096);
+    (fd_limit.saturating_sub(reserve) / 2).max(16) as usize
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener holds its cap of connections and none of them is idle.
+    ListenerFull(usize),
+    /// The process holds its budget of connections and none of them is idle.
+    BudgetFull(usize),
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::ListenerFull(_) => "listener_cap",
+            Refusal::BudgetFull(_) => "process_budget",
+        }
+    }
+}
+
+/// One admitted connection as the gate sees it.
+struct Slot {
+    listener: u64,
+    /// Closing it frees a slot without harm (false for TCP tunnels, whose quiet is not idleness).
+    evictable: bool,
+    /// Requests being answered; the connection is idle at zero.
+    busy: AtomicUsize,
+    /// When it last became idle, in ms of the process clock.
+    idle_since: AtomicU64,
+    evicted: AtomicBool,
+    evict: tokio::sync::Notify,
+}
+
+/// The connections of the whole process.
+pub struct Gate {
+    budget: usize,
+    header_timeout: Duration,
+    open: AtomicUsize,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    next: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Gate {
+    /// A gate holding at most `budget` connections across its listeners.
+    pub fn new(budget: usize, header_timeout: Duration, metrics: Arc<Metrics>) -> Arc<Gate> {
+        Arc::new(Gate {
+            budget: budget.max(1),
+            header_timeout,
+            open: AtomicUsize::new(0),
+            slots: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            metrics,
+        })
+    }
+
+    /// How long a client may take to send a request's headers (and a connection may wait for its next request).
+    pub fn header_timeout(&self) -> Duration {
+        self.header_timeout
+    }
+
+    /// Connections the process may hold.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Connections held now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A listener of this gate, holding at most `cap` connections.
+    pub fn listener(self: &Arc<Self>, name: &str, cap: usize) -> Arc<ListenerGate> {
+        Arc::new(ListenerGate {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            cap: AtomicUsize::new(cap.max(1)),
+            open: AtomicUsize::new(0),
+            gate: self.clone(),
+            labels: ListenerLabels { listener: name.to_string() },
+            refused_since_log: AtomicU64::new(0),
+            last_log: Mutex::new(None),
+        })
+    }
+
+    /// Closes the connection idle longest (of one listener, or of any): false when none is idle.
+    fn evict(&self, listener: Option<u64>) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = slots
+            .values()
+            .filter(|s| s.evictable && listener.is_none_or(|l| s.listener == l))
+            .filter(|s| s.busy.load(Ordering::Acquire) == 0 && !s.evicted.load(Ordering::Relaxed))
+            .min_by_key(|s| s.idle_since.load(Ordering::Relaxed));
+        match victim {
+            Some(s) => {
+                s.evicted.store(true, Ordering::Relaxed);
+                s.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One listener's share of the gate.
+pub struct ListenerGate {
+    id: u64,
+    cap: AtomicUsize,
+    open: AtomicUsize,
+    gate: Arc<Gate>,
+    labels: ListenerLabels,
+    refused_since_log: AtomicU64,
+    last_log: Mutex<Option<Instant>>,
+}
+
+impl ListenerGate {
+    /// Changes the cap; connections above a lowered cap are not closed, new ones wait for room.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap.max(1), Ordering::Relaxed);
+    }
+
+    /// Connections this listener holds now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The gate this listener belongs to.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// Admits a new connection, closing the longest-idle one when the listener or the process is full.
+    /// `evictable` is false for connections whose quiet is not idleness (TCP tunnels).
+    pub fn admit(self: &Arc<Self>, evictable: bool) -> Result<Admitted, Refusal> {
+        let cap = self.cap.load(Ordering::Relaxed);
+        let gate = &self.gate;
+        let full = if self.open.load(Ordering::Relaxed) >= cap {
+            Some((Some(self.id), Refusal::ListenerFull(cap)))
+        } else if gate.open.load(Ordering::Relaxed) >= gate.budget {
+            Some((None, Refusal::BudgetFull(gate.budget)))
+        } else {
+            None
+        };
+        if let Some((scope, refusal)) = full {
+            if gate.evict(scope) {
+                gate.metrics.connections_evicted.get_or_create(&self.labels).inc();
+                self.note(refusal, "closed the longest-idle connection to make room");
+            } else {
+                gate.metrics
+                    .connections_refused
+                    .get_or_create(&RefusedLabels {
+                        listener: self.labels.listener.clone(),
+                        reason: refusal.reason().into(),
+                    })
+                    .inc();
+                self.refused_since_log.fetch_add(1, Ordering::Relaxed);
+                self.note(refusal, "refusing new connections (none is idle)");
+                return Err(refusal);
+            }
+        }
+        let id = gate.next.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            listener: self.id,
+            evictable,
+            busy: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(now_ms()),
+            evicted: AtomicBool::new(false),
+            evict: tokio::sync::Notify::new(),
+        });
+        gate.slots.lock().unwrap_or_else(|p| p.into_inner()).insert(id, slot.clone());
+        self.open.fetch_add(1, Ordering::Relaxed);
+        gate.open.fetch_add(1, Ordering::Relaxed);
+        gate.metrics.connections.get_or_create(&self.labels).inc();
+        Ok(Admitted { id, slot, listener: self.clone() })
+    }
+
+    /// Counts a request header that did not arrive in time.
+    pub fn header_timed_out(&self) {
+        self.gate.metrics.header_timeouts.get_or_create(&self.labels).inc();
+    }
+
+    /// Logs that the listener is full, at most once every 10 s.
+    fn note(&self, refusal: Refusal, what: &str) {
+        let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let refused = self.refused_since_log.swap(0, Ordering::Relaxed);
+        let listener = &self.labels.listener;
+        match refusal {
+            Refusal::ListenerFull(cap) => {
+                tracing::warn!(%listener, cap, refused, "listener {listener} holds its cap of {cap} connections: {what}")
+            }
+            Refusal::BudgetFull(budget) => tracing::warn!(
+                %listener,
+                budget,
+                refused,
+                "Capstan holds its budget of {budget} client connections (set by the open-file limit): {what}"
+            ),
+        }
+    }
+}
+
+/// An admitted connection; dropping it frees its place.
+pub struct Admitted {
+    id: u64,
+    slot: Arc<Slot>,
+    listener: Arc<ListenerGate>,
+}
+
+impl Admitted {
+    /// Marks the connection busy until the returned guard is dropped.
+    pub fn activity(&self) -> Activity {
+        self.slot.busy.fetch_add(1, Ordering::AcqRel);
+        Activity(self.slot.clone())
+    }
+
+    /// Resolves when the gate closes this connection to make room for another.
+    pub async fn evicted(&self) {
+        self.slot.evict.notified().await
+    }
+
+    /// The listener the connection came in on.
+    pub fn listener(&self) -> &Arc<ListenerGate> {
+        &self.listener
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let l = &self.listener;
+        l.gate.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        l.open.fetch_sub(1, Ordering::Relaxed);
+        l.gate.open.fetch_sub(1, Ordering::Relaxed);
+        l.gate.metrics.connections.get_or_create(&l.labels).dec();
+    }
+}
+
+/// A request being answered; its connection is idle again when the last one is dropped.
+pub struct Activity(Arc<Slot>);
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        self.0.idle_since.store(now_ms(), Ordering::Relaxed);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Waits between accepts that failed for lack of resources (fds, buffers), from 5 ms up to 1 s, so that a
+/// full process does not spin on `accept` and fill its log.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    delay: Option<Duration>,
+    last_log: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    /// True for errors that more accepting will not cure: the process or system is out of fds or memory.
+    pub fn is_exhaustion(e: &std::io::Error) -> bool {
+        use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+        matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+    }
+
+    /// Called after a successful accept.
+    pub fn reset(&mut self) {
+        self.delay = None;
+    }
+
+    /// How long to wait after `e`, logging at most once every 10 s. Errors that concern one connection only
+    /// (it was reset before it was accepted) wait nothing.
+    pub fn after(&mut self, listener: &str, e: &std::io::Error) -> Duration {
+        if !Self::is_exhaustion(e) {
+            tracing::debug!(%listener, "accept: {e}");
+            return Duration::ZERO;
+        }
+        let next = self.delay.map_or(Duration::from_millis(5), |d| (d * 2).min(Duration::from_secs(1)));
+        self.delay = Some(next);
+        if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            self.last_log = Some(Instant::now());
+            tracing::warn!(%listener, "accept: {e}; waiting before accepting again (up to 1 s between tries)");
+        }
+        next
+    }
+}
+
+/// The answer to a connection refused for lack of room, written with a deadline and then closed.
+pub async fn refuse_http(mut stream: tokio::net::TcpStream, refusal: Refusal) {
+    use tokio::io::AsyncWriteExt;
+    let text = match refusal {
+        Refusal::ListenerFull(cap) => format!("this listener holds its cap of {cap} connections; retry shortly\n"),
+        Refusal::BudgetFull(_) => "Capstan holds as many connections as it may; retry shortly\n".to_string(),
+    };
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(budget: usize) -> Arc<Gate> {
+        Gate::new(budget, DEFAULT_HEADER_TIMEOUT, Arc::default())
+    }
+
+    #[test]
+    fn the_budget_keeps_a_reserve_and_room_for_upstreams() {
+        assert_eq!(connection_budget(1024), (1024 - 256) / 2);
+        assert_eq!(connection_budget(20_000), (20_000 - 2_000) / 2);
+        assert_eq!(connection_budget(1_048_576), (1_048_576 - 4_096) / 2);
+        assert_eq!(connection_budget(100), 16);
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_closes_its_longest_idle_connection() {
+        let g = gate(100);
+        let l = g.listener("test", 2);
+        let first = l.admit(true).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let second = l.admit(true).unwrap();
+        let _busy = second.activity();
+        let third = l.admit(true).expect("room is made by closing an idle connection");
+        tokio::time::timeout(Duration::from_secs(1), first.evicted()).await.expect("the idle one is told to close");
+        assert!(!second.slot.evicted.load(Ordering::Relaxed), "a busy connection is never evicted");
+        assert_eq!(g.metrics.connections_evicted.get_or_create(&l.labels).get(), 1);
+        assert_eq!(l.open(), 3, "the evicted connection counts until it has closed");
+        drop(first);
+        assert_eq!((l.open(), g.open()), (2, 2));
+        drop(third);
+        assert_eq!(l.open(), 1);
+    }
+
+    #[test]
+    fn a_full_listener_with_nothing_idle_refuses() {
+        let g = gate(100);
+        let l = g.listener("test", 1);
+        let a = l.admit(true).unwrap();
+        let _busy = a.activity();
+        assert_eq!(l.admit(true).err(), Some(Refusal::ListenerFull(1)));
+        let t = g.listener("tunnels", 1);
+        let _tunnel = t.admit(false).unwrap();
+        assert_eq!(t.admit(false).err(), Some(Refusal::ListenerFull(1)), "tunnels are never evicted");
+        let labels = RefusedLabels { listener: "test".into(), reason: "listener_cap".into() };
+        assert_eq!(g.metrics.connections_refused.get_or_create(&labels).get(), 1);
+    }
+
+    #[test]
+    fn the_process_budget_spans_listeners() {
+        let g = gate(2);
+        let (a, b) = (g.listener("a", 10), g.listener("b", 10));
+        let held = [a.admit(false).unwrap(), a.admit(false).unwrap()];
+        assert_eq!(b.admit(true).err(), Some(Refusal::BudgetFull(2)));
+        drop(held);
+        assert!(b.admit(true).is_ok(), "room again once connections close");
+    }
+
+    #[test]
+    fn a_busy_connection_becomes_idle_when_its_last_request_ends() {
+        let g = gate(10);
+        let l = g.listener("test", 1);
+        let a = l.admit(true).unwrap();
+        let (r1, r2) = (a.activity(), a.activity());
+        drop(r1);
+        assert_eq!(l.admit(true).err(), Some(Refusal::ListenerFull(1)), "one request is still being answered");
+        drop(r2);
+        assert!(l.admit(true).is_ok());
+    }
+
+    #[test]
+    fn accept_backs_off_only_when_out_of_resources() {
+        let mut b = AcceptBackoff::default();
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(b.after("t", &reset), Duration::ZERO);
+        let waits: Vec<Duration> = (0..10).map(|_| b.after("t", &emfile)).collect();
+        assert_eq!(waits[0], Duration::from_millis(5));
+        assert_eq!(waits[1], Duration::from_millis(10));
+        assert_eq!(waits[9], Duration::from_secs(1), "capped at one second");
+        b.reset();
+        assert_eq!(b.after("t", &emfile), Duration::from_millis(5));
+    }
+}
