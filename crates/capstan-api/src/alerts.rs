@@ -11,6 +11,7 @@ use capstan_model::{parse_duration, ObjectKey, Resource};
 use capstan_observe::alerting::{self, Alert, RuleParams, State};
 use capstan_observe::escalation::{self, Incident, IncidentState, Notification, Policy, Reason};
 use capstan_observe::promql::{format_value, now_ms, Engine, Value as PromValue};
+use capstan_observe::query_limits::QueryLimits;
 use capstan_observe::tsdb::{stale_nan, Labels, Tsdb};
 use capstan_store::Store;
 use serde::{Deserialize, Serialize};
@@ -243,13 +244,20 @@ fn policies(store: &Store) -> Vec<Policy> {
 }
 
 /// Starts the controller.
-pub fn spawn(store: Store, db: Arc<Tsdb>, alerting: Arc<Alerting>) -> AlertsHandle {
+/// Rules are evaluated within `limits`: a rule that exceeds them is marked unhealthy with the reason.
+pub fn spawn(store: Store, db: Arc<Tsdb>, alerting: Arc<Alerting>, limits: QueryLimits) -> AlertsHandle {
     let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(run(store, db, alerting, rx));
+    let task = tokio::spawn(run(store, db, alerting, limits, rx));
     AlertsHandle { stop, task: Some(task) }
 }
 
-async fn run(store: Store, db: Arc<Tsdb>, alerting: Arc<Alerting>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    store: Store,
+    db: Arc<Tsdb>,
+    alerting: Arc<Alerting>,
+    limits: QueryLimits,
+    mut stop: watch::Receiver<bool>,
+) {
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap_or_default();
     let mut next_eval: HashMap<String, i64> = HashMap::new();
     let mut alerts_series: HashSet<Labels> = HashSet::new();
@@ -260,7 +268,7 @@ async fn run(store: Store, db: Arc<Tsdb>, alerting: Arc<Alerting>, mut stop: wat
             _ = stop.changed() => break,
         }
         let now = now_ms();
-        evaluate_rules(&store, &db, &alerting, &mut next_eval, &mut alerts_series, now).await;
+        evaluate_rules(&store, &db, &alerting, &limits, &mut next_eval, &mut alerts_series, now).await;
         escalate(&store, &alerting, now);
         deliver(&store, &alerting, &client, now).await;
     }
@@ -270,6 +278,7 @@ async fn evaluate_rules(
     store: &Store,
     db: &Arc<Tsdb>,
     alerting: &Arc<Alerting>,
+    limits: &QueryLimits,
     next_eval: &mut HashMap<String, i64>,
     alerts_series: &mut HashSet<Labels>,
     now: i64,
@@ -296,7 +305,8 @@ async fn evaluate_rules(
         let params = rule_params(&name, &spec);
         let expr = spec.expr.clone();
         let db2 = db.clone();
-        let result = tokio::task::spawn_blocking(move || Engine::new(&db2).instant(&expr, now)).await;
+        let limits = limits.clone();
+        let result = tokio::task::spawn_blocking(move || Engine::with_limits(&db2, limits).instant(&expr, now)).await;
         let previous = lock(&alerting.rules).get(&id).map(|(_, a)| a.clone()).unwrap_or_default();
         let outcome = match result {
             Ok(Ok(PromValue::Vector(v))) => alerting::evaluate(&params, &previous, &v, now).map_err(|e| e.to_string()),

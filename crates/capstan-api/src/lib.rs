@@ -8,6 +8,7 @@ mod listen;
 pub mod monitor;
 pub mod plane;
 pub mod prometheus;
+pub mod queries;
 pub mod server;
 pub mod volume_sync;
 

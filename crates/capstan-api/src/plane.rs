@@ -33,6 +33,8 @@ pub struct PlaneConfig {
     pub header_timeout: std::time::Duration,
     /// Connections the API listener holds at once.
     pub api_max_connections: usize,
+    /// How PromQL queries (of the API and of alerting rules) are bounded.
+    pub query: crate::queries::QuerySettings,
 }
 
 impl PlaneConfig {
@@ -45,6 +47,7 @@ impl PlaneConfig {
             initial: Vec::new(),
             header_timeout: capstan_proxy::gate::DEFAULT_HEADER_TIMEOUT,
             api_max_connections: capstan_proxy::gate::DEFAULT_API_MAX_CONNECTIONS,
+            query: Default::default(),
         }
     }
 }
@@ -142,6 +145,8 @@ pub struct Shared {
     pub targets: Arc<crate::monitor::TargetHealth>,
     /// When each Sync's refused webhook deliveries were last recorded as an event.
     pub webhook_refusals: std::sync::Mutex<std::collections::HashMap<ObjectKey, std::time::Instant>>,
+    /// Runs the API's PromQL queries within their limits.
+    pub queries: Arc<crate::queries::Queries>,
 }
 
 impl Shared {
@@ -268,7 +273,7 @@ impl ControlPlane {
         let model_servers = capstan_training::serving::spawn(store.clone(), cfg.data_dir.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
         let alerting = Arc::new(crate::alerts::Alerting::load(&store));
-        let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone());
+        let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone(), cfg.query.limits());
         let shared = Arc::new(Shared {
             store,
             runtime,
@@ -281,6 +286,7 @@ impl ControlPlane {
             alerting,
             targets: Arc::default(),
             webhook_refusals: Default::default(),
+            queries: Arc::new(crate::queries::Queries::new(cfg.query.clone())),
         });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(crate::listen::serve(listener, app, api_gate));

@@ -45,7 +45,9 @@ fn ok(data: serde_json::Value) -> Response {
 fn fail(e: QueryError) -> Response {
     let status = match e {
         QueryError::Execution(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::BAD_REQUEST,
+        // As Prometheus answers them.
+        QueryError::Timeout(_) | QueryError::Canceled(_) => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Parse { .. } | QueryError::BadData(_) => StatusCode::BAD_REQUEST,
     };
     (status, Json(json!({ "status": "error", "errorType": e.kind(), "error": e.to_string() }))).into_response()
 }
@@ -154,12 +156,9 @@ async fn query(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: 
         Ok(t) => t,
         Err(e) => return fail(e),
     };
-    let db = store(&state);
-    let out = tokio::task::spawn_blocking(move || Engine::new(&db).instant(&q, t)).await;
-    match out {
-        Ok(Ok(v)) => ok(result(v, t)),
-        Ok(Err(e)) => fail(e),
-        Err(e) => fail(QueryError::Execution(e.to_string())),
+    match state.queries.run(store(&state), move |e: &mut Engine| e.instant(&q, t)).await {
+        Ok(v) => ok(result(v, t)),
+        Err(e) => fail(e),
     }
 }
 
@@ -184,12 +183,9 @@ async fn query_range(
         Some(Err(e)) => return bad(format!("invalid parameter \"step\": {e}")),
         None => return bad("invalid parameter \"step\": required"),
     };
-    let db = store(&state);
-    let out = tokio::task::spawn_blocking(move || Engine::new(&db).range(&q, start, end, step)).await;
-    match out {
-        Ok(Ok(v)) => ok(result(v, end)),
-        Ok(Err(e)) => fail(e),
-        Err(e) => fail(QueryError::Execution(e.to_string())),
+    match state.queries.run(store(&state), move |e: &mut Engine| e.range(&q, start, end, step)).await {
+        Ok(v) => ok(result(v, end)),
+        Err(e) => fail(e),
     }
 }
 

@@ -399,6 +399,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let proxy = state.proxy.metrics_text();
     // The balancer's part ends with OpenMetrics' `# EOF`; the replicas' metrics go before it.
     let mut text = proxy.strip_suffix("# EOF\n").unwrap_or(&proxy).to_string();
+    text.push_str(&state.queries.metrics_text());
     text.push_str(&crate::discovery::replica_metrics(&state.store, &state.runtime));
     text.push_str("# EOF\n");
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()

@@ -23,11 +23,27 @@ pub async fn run(cli: Cli) -> Result<u8> {
             .map_err(|e| Failure::fail(format!("error: {e}")).into())
     };
     match cli.command {
-        Command::Up { paths, listen, git, branch, path, header_timeout, api_max_connections } => {
+        Command::Up {
+            paths,
+            listen,
+            git,
+            branch,
+            path,
+            header_timeout,
+            api_max_connections,
+            query_max_samples,
+            query_timeout,
+            query_max_concurrency,
+        } => {
             let bootstrap = git.map(|url| crate::gitops::bootstrap_objects(&url, &branch, &path));
             let mut cfg = PlaneConfig::new(data.clone(), listen);
             cfg.header_timeout = std::time::Duration::from_secs(header_timeout);
             cfg.api_max_connections = api_max_connections as usize;
+            cfg.query.max_samples = query_max_samples as usize;
+            cfg.query.timeout = std::time::Duration::from_secs(query_timeout);
+            if let Some(n) = query_max_concurrency {
+                cfg.query.max_concurrency = n as usize;
+            }
             up(cfg, paths, bootstrap).await
         }
         Command::Render { paths, target, output } => crate::gitops::render_cmd(&paths, &target, &output),

@@ -86,6 +86,15 @@ pub enum Command {
         /// Connections the API listener holds at once; when full, the one idle longest is closed to make room.
         #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         api_max_connections: u64,
+        /// Samples one PromQL query may hold in memory at once (Prometheus' --query.max-samples).
+        #[arg(long, default_value_t = 50_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+        query_max_samples: u64,
+        /// Seconds one PromQL query may run, waiting for its turn included (Prometheus' --query.timeout).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        query_timeout: u64,
+        /// PromQL queries evaluated at once; more wait for a turn. Defaults to the number of cores (at least 2).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        query_max_concurrency: Option<u64>,
     },
     /// Print the objects a Sync would apply from PATH: variables substituted, everything validated.
     #[command(display_order = 18)]

@@ -6,5 +6,6 @@ pub mod chunk;
 pub mod escalation;
 pub mod exposition;
 pub mod promql;
+pub mod query_limits;
 pub mod scrape;
 pub mod tsdb;

@@ -11,6 +11,7 @@ use promql_parser::parser::{
     VectorMatchCardinality, VectorSelector,
 };
 
+use crate::query_limits::{Meter, QueryLimits};
 use crate::tsdb::{is_stale, Labels, SeriesData, Tsdb};
 
 /// How far back an instant selector looks for a sample (Prometheus' default `--query.lookback-delta`).
@@ -30,6 +31,12 @@ pub enum QueryError {
     Execution(String),
     #[error("{0}")]
     BadData(String),
+    /// The query ran past its timeout.
+    #[error("{0}")]
+    Timeout(String),
+    /// The caller cancelled the query (its client went away).
+    #[error("{0}")]
+    Canceled(String),
 }
 
 impl QueryError {
@@ -38,6 +45,8 @@ impl QueryError {
         match self {
             QueryError::Parse { .. } | QueryError::BadData(_) => "bad_data",
             QueryError::Execution(_) => "execution",
+            QueryError::Timeout(_) => "timeout",
+            QueryError::Canceled(_) => "canceled",
         }
     }
 }
@@ -237,6 +246,13 @@ pub struct Engine<'a> {
     end: i64,
     /// Data read once per selector for the whole query (keyed by the selector's address in the AST).
     cache: std::cell::RefCell<HashMap<usize, std::rc::Rc<Vec<SeriesData>>>>,
+    limits: QueryLimits,
+    /// What the running query holds, and its deadline.
+    meter: Meter,
+}
+
+fn samples_in(data: &[SeriesData]) -> usize {
+    data.iter().map(|s| s.samples.len()).sum()
 }
 
 /// Milliseconds since the epoch.
@@ -279,16 +295,28 @@ fn name_matchers(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
 }
 
 impl<'a> Engine<'a> {
+    /// An engine with Prometheus' default limits (50 million samples, 2 minutes).
     pub fn new(db: &'a Tsdb) -> Engine<'a> {
-        Engine { db, start: 0, end: 0, cache: Default::default() }
+        Engine::with_limits(db, QueryLimits::default())
+    }
+
+    /// An engine whose every query is bounded by `limits`.
+    pub fn with_limits(db: &'a Tsdb, limits: QueryLimits) -> Engine<'a> {
+        Engine { db, start: 0, end: 0, cache: Default::default(), meter: Meter::new(limits.clone()), limits }
+    }
+
+    /// Forgets the previous query's data and starts the clock and the sample count of a new one.
+    fn begin(&mut self, start: i64, end: i64) {
+        self.start = start;
+        self.end = end;
+        self.cache.borrow_mut().clear();
+        self.meter = Meter::new(self.limits.clone());
     }
 
     /// An instant query at `t` (milliseconds).
     pub fn instant(&mut self, query: &str, t: i64) -> Result<Value, QueryError> {
         let expr = parse(query)?;
-        self.start = t;
-        self.end = t;
-        self.cache.borrow_mut().clear();
+        self.begin(t, t);
         let v = self.eval(&expr, t)?;
         Ok(match v {
             Value::Vector(mut s) => {
@@ -324,15 +352,18 @@ impl<'a> Engine<'a> {
                 )))
             }
         }
-        self.start = start;
-        self.end = end;
-        self.cache.borrow_mut().clear();
+        self.begin(start, end);
         let mut series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
         let mut t = start;
         while t <= end {
             match self.eval(&expr, t)? {
-                Value::Scalar(v) => series.entry(Labels::default()).or_default().push((t, v)),
+                Value::Scalar(v) => {
+                    self.meter.hold(1)?;
+                    series.entry(Labels::default()).or_default().push((t, v))
+                }
                 Value::Vector(samples) => {
+                    // The result grows with every step: it is held until the query ends.
+                    self.meter.hold(samples.len())?;
                     for s in samples {
                         series.entry(s.labels).or_default().push((t, s.v));
                     }
@@ -345,6 +376,7 @@ impl<'a> Engine<'a> {
     }
 
     fn eval(&self, e: &Expr, t: i64) -> Result<Value, QueryError> {
+        self.meter.check()?;
         match e {
             Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
             Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
@@ -356,8 +388,8 @@ impl<'a> Engine<'a> {
                 }
                 _ => exec("unary minus needs a scalar or an instant vector"),
             },
-            Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant_selector(vs, t))),
-            Expr::MatrixSelector(m) => Ok(Value::Matrix(self.range_selector(m, t))),
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant_selector(vs, t)?)),
+            Expr::MatrixSelector(m) => Ok(Value::Matrix(self.range_selector(m, t)?)),
             Expr::Subquery(sq) => Ok(Value::Matrix(self.subquery(sq, t)?)),
             Expr::Aggregate(a) => self.aggregate(a, t),
             Expr::Binary(b) => self.binary(b, t),
@@ -376,9 +408,9 @@ impl<'a> Engine<'a> {
     }
 
     /// All data a selector can need in this query, read once.
-    fn data(&self, key: usize, vs: &VectorSelector, window: i64) -> std::rc::Rc<Vec<SeriesData>> {
+    fn data(&self, key: usize, vs: &VectorSelector, window: i64) -> Result<std::rc::Rc<Vec<SeriesData>>, QueryError> {
         if let Some(d) = self.cache.borrow().get(&key) {
-            return d.clone();
+            return Ok(d.clone());
         }
         let off = offset_ms(&vs.offset);
         let (lo, hi) = match &vs.at {
@@ -396,22 +428,30 @@ impl<'a> Engine<'a> {
             all.sort_by(|a, b| a.labels.cmp(&b.labels));
             all.dedup_by(|a, b| a.labels == b.labels);
         }
+        // Cached for the whole query: held until it ends.
+        self.meter.hold(samples_in(&all))?;
         let d = std::rc::Rc::new(all);
         self.cache.borrow_mut().insert(key, d.clone());
-        d
+        Ok(d)
     }
 
-    fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Vec<Sample> {
+    fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>, QueryError> {
         let ref_t = self.at_time(&vs.at, t) - offset_ms(&vs.offset);
         // Subqueries evaluate selectors before the query's start: read from the earliest time they can ask for.
-        let data = self.data_for(vs, LOOKBACK_MS, ref_t);
-        data.iter()
+        let data = self.data_for(vs, LOOKBACK_MS, ref_t)?;
+        Ok(data
+            .iter()
             .filter_map(|s| latest(&s.samples, ref_t).map(|(_, v)| Sample { labels: s.labels.clone(), v }))
-            .collect()
+            .collect())
     }
 
     /// Selector data covering `[ref_t - window, ref_t]`: the cached read when it covers it, else a fresh read.
-    fn data_for(&self, vs: &VectorSelector, window: i64, ref_t: i64) -> std::rc::Rc<Vec<SeriesData>> {
+    fn data_for(
+        &self,
+        vs: &VectorSelector,
+        window: i64,
+        ref_t: i64,
+    ) -> Result<std::rc::Rc<Vec<SeriesData>>, QueryError> {
         let key = vs as *const VectorSelector as usize;
         let off = offset_ms(&vs.offset);
         let cached_lo = self.start - off - window;
@@ -420,15 +460,17 @@ impl<'a> Engine<'a> {
             for set in name_matchers(vs) {
                 all.extend(self.db.select(&set, ref_t - window, ref_t));
             }
-            return std::rc::Rc::new(all);
+            // Read for this step only.
+            self.meter.peek(samples_in(&all))?;
+            return Ok(std::rc::Rc::new(all));
         }
         self.data(key, vs, window)
     }
 
-    fn range_selector(&self, m: &MatrixSelector, t: i64) -> Vec<SeriesData> {
+    fn range_selector(&self, m: &MatrixSelector, t: i64) -> Result<Vec<SeriesData>, QueryError> {
         let range = ms(&m.range);
         let ref_t = self.at_time(&m.vs.at, t) - offset_ms(&m.vs.offset);
-        let data = self.data_for(&m.vs, range, ref_t);
+        let data = self.data_for(&m.vs, range, ref_t)?;
         let mut out = Vec::new();
         for s in data.iter() {
             let lo = s.samples.partition_point(|(ts, _)| *ts < ref_t - range);
@@ -438,7 +480,8 @@ impl<'a> Engine<'a> {
                 out.push(SeriesData { labels: s.labels.clone(), samples });
             }
         }
-        out
+        self.meter.peek(samples_in(&out))?;
+        Ok(out)
     }
 
     fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Vec<SeriesData>, QueryError> {
@@ -450,19 +493,32 @@ impl<'a> Engine<'a> {
             first += step;
         }
         let mut series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
-        let mut at = first;
-        while at <= ref_t {
-            match self.eval(&sq.expr, at)? {
-                Value::Vector(v) => {
-                    for s in v {
-                        series.entry(s.labels).or_default().push((at, s.v));
+        // Points are held while the subquery builds them, and counted against the query's budget.
+        let mut held = 0;
+        let built = (|| {
+            let mut at = first;
+            while at <= ref_t {
+                match self.eval(&sq.expr, at)? {
+                    Value::Vector(v) => {
+                        self.meter.hold(v.len())?;
+                        held += v.len();
+                        for s in v {
+                            series.entry(s.labels).or_default().push((at, s.v));
+                        }
                     }
+                    Value::Scalar(v) => {
+                        self.meter.hold(1)?;
+                        held += 1;
+                        series.entry(Labels::default()).or_default().push((at, v))
+                    }
+                    _ => return exec("subquery needs an instant vector or scalar"),
                 }
-                Value::Scalar(v) => series.entry(Labels::default()).or_default().push((at, v)),
-                _ => return exec("subquery needs an instant vector or scalar"),
+                at += step;
             }
-            at += step;
-        }
+            Ok(())
+        })();
+        self.meter.release(held);
+        built?;
         Ok(sorted_series(series))
     }
 
@@ -724,7 +780,7 @@ impl<'a> Engine<'a> {
                     ));
                 };
                 let ref_t = self.at_time(&vs.at, t) - offset_ms(&vs.offset);
-                let data = self.data_for(vs, LOOKBACK_MS, ref_t);
+                let data = self.data_for(vs, LOOKBACK_MS, ref_t)?;
                 Ok(Value::Vector(
                     data.iter()
                         .filter_map(|s| {
@@ -1303,6 +1359,29 @@ mod tests {
         assert_eq!(vector("2 * 3 + 1", 0)[0].1, 7.0);
         let grouped = vector("reqs_total * on(job) group_left() sum by (job) (reqs_total)", 600_000);
         assert_eq!(grouped.len(), 3);
+    }
+
+    #[test]
+    fn subqueries_and_range_results_count_against_the_sample_budget() {
+        let db = db();
+        let limits = QueryLimits { max_samples: 1_000, ..Default::default() };
+        let mut e = Engine::with_limits(&db, limits);
+        let err = e.instant("count_over_time(vector(1)[1h:1s])", 3_600_000).expect_err("3,601 points");
+        assert!(err.to_string().contains("too many samples"), "{err}");
+        assert_eq!(err.kind(), "execution");
+        match e.instant("count_over_time(vector(1)[10m:1s])", 3_600_000).expect("601 points fit") {
+            Value::Vector(v) => assert_eq!(v[0].v, 601.0),
+            other => panic!("{other:?}"),
+        }
+        // Points of a finished subquery are given back: two in a row fit where their sum would not.
+        let two = "count_over_time(vector(1)[10m:1s]) + count_over_time(vector(2)[10m:1s])";
+        assert!(e.instant(two, 3_600_000).is_ok());
+        let err = e.range("vector(1)", 0, 2_000_000, 1_000).expect_err("2,001 result points");
+        assert!(err.to_string().contains("too many samples"), "{err}");
+        // A deadline already past stops the query at once, with Prometheus' error type.
+        let mut late = Engine::with_limits(&db, QueryLimits { timeout: Duration::ZERO, ..Default::default() });
+        let err = late.instant("count_over_time(vector(1)[1h:1s])", 3_600_000).expect_err("timed out");
+        assert_eq!(err.kind(), "timeout", "{err}");
     }
 
     #[test]

@@ -364,3 +364,76 @@ async fn slow_headers_time_out_and_a_busy_full_listener_answers_503() {
     assert!(refused >= 1.0, "{metrics}");
     tp.stop().await;
 }
+
+/// A subquery that would hold millions of points, one that would run for hours, and one whose client leaves:
+/// each is stopped (by the sample budget, the timeout, or cancellation) with Prometheus' error type, no more
+/// queries run at once than allowed, and the API answers meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_subqueries_are_bounded_timed_out_and_cancelled() {
+    use tokio::io::AsyncWriteExt;
+    let tp = TestPlane::start_with(|c| {
+        c.query.max_samples = 200_000;
+        c.query.timeout = Duration::from_secs(3);
+        c.query.max_concurrency = 2;
+    })
+    .await;
+    let status = |e: &capstan_api::ClientError| match e {
+        capstan_api::ClientError::Status { status, body, .. } => (status.as_u16(), body.clone()),
+        other => panic!("{other}"),
+    };
+    let enc = |q: &str| q.replace('+', "%2B").replace(' ', "%20");
+    // 172.8 million points: refused by the budget, not after 23 s and 2.7 GB.
+    let err = tp.client.get("/prometheus/api/v1/query?query=count_over_time(vector(1)[2d:1ms])").await.expect_err("");
+    let (code, body) = status(&err);
+    assert_eq!((code, body["errorType"].as_str()), (422, Some("execution")), "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("too many samples"), "{body}");
+    // Billions of steps that hold little: stopped at the timeout.
+    let slow = "max_over_time(sum_over_time(vector(1)[100s:1ms])[30d:1m])";
+    let err = tp.client.get(&format!("/prometheus/api/v1/query?query={}", enc(slow))).await.expect_err("");
+    let (code, body) = status(&err);
+    assert_eq!((code, body["errorType"].as_str()), (503, Some("timeout")), "{body}");
+
+    // Four at once with room for two: never more than two run, and the API answers all along.
+    let queries: Vec<_> = (0..4)
+        .map(|_| {
+            let c = tp.client.clone();
+            let url = format!("/prometheus/api/v1/query?query={}", enc(slow));
+            tokio::spawn(async move { c.get(&url).await })
+        })
+        .collect();
+    let port = api_port(&tp.client);
+    let mut most = 0.0f64;
+    for _ in 0..20 {
+        let (_, metrics) = http_get(port, "/metrics").await.expect("metrics answer while queries run");
+        most = most.max(sample(&metrics, "capstan_query_running"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most, 2.0, "two queries ran at once, never more");
+    for q in queries {
+        let err = q.await.expect("task").expect_err("timed out");
+        assert_eq!(status(&err).1["errorType"], "timeout");
+    }
+
+    // A client that leaves: its query stops at once, not when it would have finished.
+    let addr = tp.plane().url().trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let req = format!(
+        "GET /prometheus/api/v1/query?query={} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        enc(slow),
+        tp.plane().token()
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    eventually("the query runs", T, || async {
+        let (_, m) = http_get(port, "/metrics").await?;
+        (sample(&m, "capstan_query_running") == 1.0).then_some(())
+    })
+    .await;
+    drop(s);
+    let metrics = eventually("the query is cancelled", T, || async {
+        let (_, m) = http_get(port, "/metrics").await?;
+        (sample(&m, "capstan_query_canceled_total") == 1.0).then_some(m)
+    })
+    .await;
+    assert_eq!(sample(&metrics, "capstan_query_running"), 0.0, "{metrics}");
+    tp.stop().await;
+}
