@@ -18,7 +18,8 @@ use crate::plane::Shared;
 pub struct MonitorConfig {
     /// Samples older than this are dropped (Prometheus' `--storage.tsdb.retention.time`, default 15 days).
     pub retention: Duration,
-    /// The most compressed sample data kept; the oldest goes first (`--storage.tsdb.retention.size`).
+    /// The most memory the store may use — compressed samples plus each series' labels and index entries; the
+    /// oldest data goes first (`--storage.tsdb.retention.size`).
     pub retention_bytes: Option<usize>,
     /// How often the store is written to disk (and once more at shutdown).
     pub snapshot_every: Duration,
@@ -158,6 +159,7 @@ async fn run(
     };
     let mut loops: HashMap<String, (Target, watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
     let mut last_snapshot = tokio::time::Instant::now();
+    let mut last_retention = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -186,14 +188,20 @@ async fn run(
                 tokio::spawn(target_loop(client.clone(), t.clone(), db.clone(), cfg.limits, shared.targets.clone(), r));
             loops.insert(k, (t, s, h));
         }
+        // Retention runs every minute, so that the store's size limit binds within a minute of a flood.
+        if last_retention.elapsed() >= Duration::from_secs(60) {
+            last_retention = tokio::time::Instant::now();
+            let db = db.clone();
+            let retention = cfg.retention;
+            let bytes = cfg.retention_bytes;
+            let _ =
+                tokio::task::spawn_blocking(move || db.retain(now_ms() - retention.as_millis() as i64, bytes)).await;
+        }
         if last_snapshot.elapsed() >= cfg.snapshot_every {
             last_snapshot = tokio::time::Instant::now();
             let db = db.clone();
             let path = path.clone();
-            let retention = cfg.retention;
-            let bytes = cfg.retention_bytes;
             let _ = tokio::task::spawn_blocking(move || {
-                db.retain(now_ms() - retention.as_millis() as i64, bytes);
                 if let Err(e) = db.save(&path) {
                     tracing::warn!("metrics snapshot: {e}");
                 }

@@ -212,26 +212,54 @@ fn matcher_sets(p: &[(String, String)]) -> Result<Vec<Vec<promql_parser::label::
     Ok(out)
 }
 
-/// What `series`, `labels` and `label/…/values` select: matcher sets and a time range.
+/// Most series `series` returns, and most names or values `labels` and `label/…/values` return, whatever the
+/// `limit` asked: a selector over everything must not build a response of hundreds of megabytes.
+pub const MAX_METADATA_RESULTS: usize = 50_000;
+
+/// What `series`, `labels` and `label/…/values` select: matcher sets, a time range and a limit.
 struct Selection {
     sets: Vec<Vec<promql_parser::label::Matcher>>,
     start: i64,
     end: i64,
+    limit: usize,
 }
 
 fn selection(p: &[(String, String)]) -> Result<Selection, QueryError> {
+    // Prometheus' `limit` (0: none asked), capped by the server's own.
+    let limit = match one(p, "limit") {
+        None | Some("") | Some("0") => MAX_METADATA_RESULTS,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) => n.min(MAX_METADATA_RESULTS),
+            Err(_) => return Err(QueryError::BadData(format!("invalid parameter \"limit\": cannot parse \"{l}\""))),
+        },
+    };
     Ok(Selection {
         sets: matcher_sets(p)?,
         start: time_param(p, "start", i64::MIN)?,
         end: time_param(p, "end", i64::MAX)?,
+        limit,
     })
+}
+
+/// A success answer that says, as Prometheus does, when a limit cut it short.
+fn limited(data: serde_json::Value, truncated: bool, limit: usize) -> Response {
+    if !truncated {
+        return ok(data);
+    }
+    let warning = if limit == MAX_METADATA_RESULTS {
+        format!("results truncated due to limit: at most {MAX_METADATA_RESULTS} are returned; narrow the match[] selectors or the time range")
+    } else {
+        "results truncated due to limit".to_string()
+    };
+    Json(json!({ "status": "success", "data": data, "warnings": [warning] })).into_response()
 }
 
 async fn series(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     match selection(&params(raw, &headers, &body)) {
         Ok(sel) if sel.sets.is_empty() => bad("no match[] parameter provided"),
         Ok(sel) => {
-            ok(json!(store(&state).series(&sel.sets, sel.start, sel.end).iter().map(metric).collect::<Vec<_>>()))
+            let (found, truncated) = store(&state).series(&sel.sets, sel.start, sel.end, sel.limit);
+            limited(json!(found.iter().map(metric).collect::<Vec<_>>()), truncated, sel.limit)
         }
         Err(e) => fail(e),
     }
@@ -239,14 +267,20 @@ async fn series(State(state): State<AppState>, RawQuery(raw): RawQuery, headers:
 
 async fn labels(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     match selection(&params(raw, &headers, &body)) {
-        Ok(sel) => ok(json!(store(&state).label_names(&sel.sets, sel.start, sel.end))),
+        Ok(sel) => {
+            let (names, truncated) = store(&state).label_names(&sel.sets, sel.start, sel.end, sel.limit);
+            limited(json!(names), truncated, sel.limit)
+        }
         Err(e) => fail(e),
     }
 }
 
 async fn label_values(State(state): State<AppState>, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Response {
     match selection(&params(raw, &HeaderMap::new(), &Bytes::new())) {
-        Ok(sel) => ok(json!(store(&state).label_values(&name, &sel.sets, sel.start, sel.end))),
+        Ok(sel) => {
+            let (values, truncated) = store(&state).label_values(&name, &sel.sets, sel.start, sel.end, sel.limit);
+            limited(json!(values), truncated, sel.limit)
+        }
         Err(e) => fail(e),
     }
 }
@@ -266,7 +300,7 @@ async fn tsdb_status(State(state): State<AppState>) -> Response {
             "minTime": s.min_time.unwrap_or(0),
             "maxTime": s.max_time.unwrap_or(0),
         },
-        "capstan": { "compressedBytes": s.bytes, "samplesAppended": s.samples_appended },
+        "capstan": { "bytes": s.bytes, "samplesAppended": s.samples_appended },
     }))
 }
 

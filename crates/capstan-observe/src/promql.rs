@@ -422,7 +422,9 @@ impl<'a> Engine<'a> {
         };
         let mut all: Vec<SeriesData> = Vec::new();
         for set in name_matchers(vs) {
-            all.extend(self.db.select(&set, lo, hi));
+            // The read stops as soon as it would not fit in the budget: a selector over everything fails fast.
+            let room = self.meter.room().saturating_sub(samples_in(&all));
+            all.extend(self.db.select_at_most(&set, lo, hi, room).ok_or_else(|| self.meter.exceeded())?);
         }
         if vs.matchers.or_matchers.len() > 1 {
             all.sort_by(|a, b| a.labels.cmp(&b.labels));
@@ -456,12 +458,14 @@ impl<'a> Engine<'a> {
         let off = offset_ms(&vs.offset);
         let cached_lo = self.start - off - window;
         if vs.at.is_none() && ref_t - window < cached_lo {
+            // Read for this step only.
             let mut all = Vec::new();
             for set in name_matchers(vs) {
-                all.extend(self.db.select(&set, ref_t - window, ref_t));
+                let room = self.meter.room().saturating_sub(samples_in(&all));
+                all.extend(
+                    self.db.select_at_most(&set, ref_t - window, ref_t, room).ok_or_else(|| self.meter.exceeded())?,
+                );
             }
-            // Read for this step only.
-            self.meter.peek(samples_in(&all))?;
             return Ok(std::rc::Rc::new(all));
         }
         self.data(key, vs, window)

@@ -67,6 +67,16 @@ impl Meter {
         Ok(())
     }
 
+    /// Samples that may still be held.
+    pub(crate) fn room(&self) -> usize {
+        self.limits.max_samples.saturating_sub(self.held.get())
+    }
+
+    /// The error of a query that would hold too many samples.
+    pub(crate) fn exceeded(&self) -> QueryError {
+        Self::too_many()
+    }
+
     pub(crate) fn release(&self, n: usize) {
         self.held.set(self.held.get().saturating_sub(n));
     }

@@ -25,18 +25,39 @@ pub struct Target {
     pub timeout: Duration,
 }
 
-/// Limits that protect the store from one bad target.
+/// Limits that protect the store from one bad target (Prometheus' per-scrape-config limits, on by default), and
+/// the store from all of them. A scrape that breaks one fails whole: nothing of it is stored, `up` is 0 and the
+/// target's `lastError` says which limit and by how much.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest exposition read, in bytes.
     pub body_bytes: usize,
-    /// Most series one scrape may produce; above it the scrape fails and nothing of it is stored.
+    /// Most series one scrape may produce (`sample_limit`).
     pub series: usize,
+    /// Most labels a series may have, the target's included (`label_limit`).
+    pub labels: usize,
+    /// Longest label name (`label_name_length_limit`).
+    pub label_name_bytes: usize,
+    /// Longest label value (`label_value_length_limit`).
+    pub label_value_bytes: usize,
+    /// Most series new to the store one target may bring in an hour: a target that puts ever-changing values in
+    /// its labels is stopped before it fills the store (VictoriaMetrics' `-storage.maxHourlySeries`, per target).
+    pub new_series_per_hour: usize,
+    /// Most series the store holds, from all targets together; scrapes that would add more fail.
+    pub store_series: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { body_bytes: 10 << 20, series: 50_000 }
+        Limits {
+            body_bytes: 10 << 20,
+            series: 50_000,
+            labels: 64,
+            label_name_bytes: 256,
+            label_value_bytes: 4096,
+            new_series_per_hour: 100_000,
+            store_series: 2_000_000,
+        }
     }
 }
 
@@ -55,6 +76,21 @@ pub enum ScrapeError {
     Parse(String),
     #[error("sample limit exceeded: {got} series, the limit is {limit}")]
     SeriesLimit { got: usize, limit: usize },
+    #[error("label_limit exceeded (metric: {metric}, number of labels: {got}, limit: {limit})")]
+    LabelLimit { metric: String, got: usize, limit: usize },
+    #[error("label_name_length_limit exceeded (metric: {metric}, label name: {name}…, length: {got}, limit: {limit})")]
+    LabelNameLength { metric: String, name: String, got: usize, limit: usize },
+    #[error(
+        "label_value_length_limit exceeded (metric: {metric}, label name: {name}, value length: {got}, limit: {limit})"
+    )]
+    LabelValueLength { metric: String, name: String, got: usize, limit: usize },
+    #[error(
+        "new series limit exceeded: this scrape would add {new} series to the {recent} the target added in the last hour; \
+         the limit is {limit} an hour (are request ids or timestamps in its labels?)"
+    )]
+    NewSeriesLimit { new: usize, recent: usize, limit: usize },
+    #[error("the store holds {held} series and would exceed its limit of {limit} with this scrape's {new} new ones")]
+    StoreSeriesLimit { held: usize, new: usize, limit: usize },
 }
 
 /// A flat sample as Prometheus stores it: the series' own labels (with `__name__`) and its value.
@@ -282,16 +318,69 @@ fn parse_series(series: &str) -> Option<Vec<(String, String)>> {
 }
 
 /// The state a target's scrapes carry from one to the next: its series ids by series text (Prometheus' scrape
-/// cache), and the ids it wrote last time, to mark the missing ones stale.
+/// cache, holding the series of the last scrape only), the ids it wrote last time, to mark the missing ones
+/// stale, and how many series it added to the store lately.
 #[derive(Debug, Default)]
 pub struct TargetState {
     cache: std::collections::HashMap<Box<str>, u32>,
     epoch: u64,
     last_ids: Vec<u32>,
     meta: Option<[u32; 3]>,
+    /// (scrape time, series it added to the store), over the last hour.
+    added: std::collections::VecDeque<(i64, usize)>,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// The name of the metric in a series text, for errors.
+fn metric_of(series: &str) -> String {
+    let name = series.split('{').next().unwrap_or("").trim();
+    name.chars().take(200).collect()
+}
+
+/// Checks a new series' own labels against the limits; `target_labels` are added to the count.
+fn check_labels(
+    series: &str,
+    pairs: &[(String, String)],
+    target_labels: usize,
+    limits: &Limits,
+) -> Result<(), ScrapeError> {
+    // `__name__` is counted as Prometheus counts it.
+    if pairs.len() + target_labels > limits.labels {
+        return Err(ScrapeError::LabelLimit {
+            metric: metric_of(series),
+            got: pairs.len() + target_labels,
+            limit: limits.labels,
+        });
+    }
+    for (k, v) in pairs.iter().filter(|(k, _)| k != "__name__") {
+        if k.len() > limits.label_name_bytes {
+            let name = k.chars().take(40).collect();
+            return Err(ScrapeError::LabelNameLength {
+                metric: metric_of(series),
+                name,
+                got: k.len(),
+                limit: limits.label_name_bytes,
+            });
+        }
+        if v.len() > limits.label_value_bytes {
+            return Err(ScrapeError::LabelValueLength {
+                metric: metric_of(series),
+                name: k.clone(),
+                got: v.len(),
+                limit: limits.label_value_bytes,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl TargetState {
+    /// How many series texts the scrape cache holds: those of the last successful scrape.
+    pub fn cached_series(&self) -> usize {
+        self.cache.len()
+    }
+
     /// Marks every series of the target stale (the target went away).
     pub fn mark_all_stale(&mut self, db: &Tsdb, t_ms: i64) {
         let mut w = db.writer();
@@ -341,8 +430,8 @@ pub async fn scrape(
         Ok(samples)
     });
     let duration = started.elapsed();
-    // New series: labels parsed outside the lock, target labels added (an exposition's own label that clashes
-    // is kept as exported_<name>, as Prometheus does without honor_labels).
+    // Series not in the cache: labels parsed and checked outside the lock, target labels added (an
+    // exposition's own label that clashes is kept as exported_<name>, as Prometheus does without honor_labels).
     let with_target = |pairs: Vec<(String, String)>| {
         let mut pairs = pairs;
         for (k, v) in target.labels.iter() {
@@ -353,6 +442,28 @@ pub async fn scrape(
         }
         Labels::new(pairs)
     };
+    if db.epoch() != state.epoch {
+        state.cache.clear();
+    }
+    let parsed = parsed.and_then(|samples| {
+        let mut out: Vec<(Box<str>, f64, Option<Labels>)> = Vec::with_capacity(samples.len());
+        for (series, v) in samples {
+            if state.cache.contains_key(&series) {
+                out.push((series, v, None));
+                continue;
+            }
+            let labels = match parse_series(&series) {
+                Some(pairs) => {
+                    check_labels(&series, &pairs, target.labels.len(), &limits)?;
+                    Some(with_target(pairs))
+                }
+                // Counted as refused below.
+                None => None,
+            };
+            out.push((series, v, Some(labels.unwrap_or_default())));
+        }
+        Ok(out)
+    });
     let meta_labels =
         ["up", "scrape_duration_seconds", "scrape_samples_scraped"].map(|n| target.labels.with("__name__", n));
     let mut w = db.writer();
@@ -364,27 +475,71 @@ pub async fn scrape(
     }
     let meta = *state.meta.get_or_insert_with(|| meta_labels.each_ref().map(|l| w.id_for(l)));
     let stale = stale_nan();
-    let (up, samples, error, refused) = match parsed {
+    state.added.retain(|(t, _)| *t > t_ms - HOUR_MS);
+    // Which series are new to the store; the scrape fails whole if they break a limit.
+    let resolved = parsed.and_then(|samples| {
+        let mut new: std::collections::HashSet<Labels> = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(samples.len());
+        for (series, v, labels) in samples {
+            let labels = match labels {
+                Some(l) => l,
+                None => match state.cache.get(&series) {
+                    Some(id) => {
+                        out.push((series, v, Some(*id), None));
+                        continue;
+                    }
+                    // The cache was emptied under the lock (ids were reused): parse again. Its labels were
+                    // checked when it first came.
+                    None => parse_series(&series).map(with_target).unwrap_or_default(),
+                },
+            };
+            if labels.is_empty() {
+                // Not a series text: refused when stored.
+                out.push((series, v, None, None));
+                continue;
+            }
+            match w.lookup(&labels) {
+                Some(id) => out.push((series, v, Some(id), None)),
+                None => {
+                    new.insert(labels.clone());
+                    out.push((series, v, None, Some(labels)));
+                }
+            }
+        }
+        if !new.is_empty() {
+            let recent: usize = state.added.iter().map(|(_, n)| n).sum();
+            if recent + new.len() > limits.new_series_per_hour {
+                return Err(ScrapeError::NewSeriesLimit { new: new.len(), recent, limit: limits.new_series_per_hour });
+            }
+            let held = w.series_count();
+            if held + new.len() > limits.store_series {
+                return Err(ScrapeError::StoreSeriesLimit { held, new: new.len(), limit: limits.store_series });
+            }
+            state.added.push_back((t_ms, new.len()));
+        }
+        Ok(out)
+    });
+    let (up, samples, error, refused) = match resolved {
         Ok(samples) => {
             let n = samples.len();
             let mut ids = Vec::with_capacity(n);
             let mut refused = 0;
-            for (series, v) in samples {
-                let id = match state.cache.get(&series) {
-                    Some(id) => *id,
-                    None => {
-                        let Some(pairs) = parse_series(&series) else {
-                            refused += 1;
-                            continue;
-                        };
-                        let id = w.id_for(&with_target(pairs));
-                        state.cache.insert(series, id);
-                        id
+            // The cache keeps this scrape's series only, so that churned series do not stay in it.
+            let mut cache = std::collections::HashMap::with_capacity(n);
+            for (series, v, known, labels) in samples {
+                let id = match (known, labels) {
+                    (Some(id), _) => id,
+                    (None, Some(l)) if !l.is_empty() => w.id_for(&l),
+                    _ => {
+                        refused += 1;
+                        continue;
                     }
                 };
                 refused += usize::from(w.append_id(id, t_ms, v).is_err());
+                cache.insert(series, id);
                 ids.push(id);
             }
+            state.cache = cache;
             ids.sort_unstable();
             ids.dedup();
             // Series that were there last time and are not now get a staleness marker.

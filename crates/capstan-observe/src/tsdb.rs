@@ -137,9 +137,27 @@ impl Series {
     }
 
     fn bytes(&self) -> usize {
-        self.closed.iter().map(Chunk::bytes).sum::<usize>() + self.head.bytes()
+        self.closed.iter().map(Chunk::bytes).sum::<usize>() + self.head.bytes() + self.overhead()
+    }
+
+    /// What the series costs besides its samples: its labels, its index entries, its bookkeeping. Counted in
+    /// retention so that many short series (a target churning label values) are bounded like many samples.
+    fn overhead(&self) -> usize {
+        SERIES_OVERHEAD_BYTES
+            + self.labels.0.iter().map(|(k, v)| k.len() + v.len() + LABEL_OVERHEAD_BYTES).sum::<usize>()
+    }
+
+    /// The start of its oldest chunk, closed or open.
+    fn oldest_chunk_t(&self) -> Option<i64> {
+        self.first_t()
     }
 }
+
+/// Memory of one series apart from its labels and samples: the series record, its id in the label index and
+/// the chunk bookkeeping (measured on x86-64, rounded up).
+const SERIES_OVERHEAD_BYTES: usize = 256;
+/// Memory per label of a series apart from the strings: the pair, and the series' entry in that label's postings.
+const LABEL_OVERHEAD_BYTES: usize = 48;
 
 #[derive(Default)]
 struct Inner {
@@ -234,6 +252,12 @@ impl Inner {
     }
 }
 
+/// The first `limit` of a sorted set, and whether there were more.
+fn truncate(set: std::collections::BTreeSet<String>, limit: usize) -> (Vec<String>, bool) {
+    let truncated = set.len() > limit;
+    (set.into_iter().take(limit).collect(), truncated)
+}
+
 /// One selected series with its samples in a time range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesData {
@@ -272,6 +296,16 @@ impl Writer<'_> {
         self.0.id_for(labels)
     }
 
+    /// The id of a series if the store has it.
+    pub fn lookup(&self, labels: &Labels) -> Option<u32> {
+        self.0.ids.get(labels).copied()
+    }
+
+    /// How many series the store holds.
+    pub fn series_count(&self) -> usize {
+        self.0.ids.len()
+    }
+
     /// Appends to a series by id (one from [`Writer::id_for`] in this epoch).
     pub fn append_id(&mut self, id: u32, t: i64, v: f64) -> Result<(), AppendError> {
         append_id_locked(&mut self.0, id, t, v)
@@ -289,6 +323,11 @@ impl Tsdb {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes whenever series are removed and their ids may be reused (see [`Writer::epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.read().epoch
     }
 
     /// A writer holding the lock, for many appends by id.
@@ -317,8 +356,20 @@ impl Tsdb {
 
     /// The series the matchers select, with their samples in `[mint, maxt]` (milliseconds).
     pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesData> {
+        self.select_at_most(matchers, mint, maxt, usize::MAX).unwrap_or_default()
+    }
+
+    /// As [`Tsdb::select`], but stops with `None` as soon as more than `max_samples` samples would be copied.
+    pub fn select_at_most(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        max_samples: usize,
+    ) -> Option<Vec<SeriesData>> {
         let inner = self.read();
         let mut out = Vec::new();
+        let mut copied = 0usize;
         for id in inner.select_ids(matchers) {
             let Some(s) = inner.series[id as usize].as_ref() else { continue };
             if !s.overlaps(mint, maxt) {
@@ -331,57 +382,84 @@ impl Tsdb {
                 }
                 samples.extend(c.iter().filter(|(t, _)| *t >= mint && *t <= maxt));
             }
+            copied = copied.saturating_add(samples.len());
+            if copied > max_samples {
+                return None;
+            }
             if !samples.is_empty() {
                 out.push(SeriesData { labels: s.labels.clone(), samples });
             }
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        out
+        Some(out)
     }
 
-    /// Label sets of the series with samples in the range that any of the matcher sets select.
-    pub fn series(&self, matcher_sets: &[Vec<Matcher>], mint: i64, maxt: i64) -> Vec<Labels> {
+    /// Label sets of the series with samples in the range that any of the matcher sets select, sorted; at most
+    /// `limit` of them (the flag says whether more matched).
+    pub fn series(&self, matcher_sets: &[Vec<Matcher>], mint: i64, maxt: i64, limit: usize) -> (Vec<Labels>, bool) {
         let inner = self.read();
         let mut ids: Vec<u32> = matcher_sets.iter().flat_map(|m| inner.select_ids(m)).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut out: Vec<Labels> = ids
-            .into_iter()
-            .filter_map(|id| inner.series[id as usize].as_ref())
-            .filter(|s| s.overlaps(mint, maxt))
-            .map(|s| s.labels.clone())
-            .collect();
+        let mut matching =
+            ids.into_iter().filter_map(|id| inner.series[id as usize].as_ref()).filter(|s| s.overlaps(mint, maxt));
+        let mut out: Vec<Labels> = matching.by_ref().take(limit).map(|s| s.labels.clone()).collect();
+        let truncated = matching.next().is_some();
         out.sort();
+        (out, truncated)
+    }
+
+    /// Label names in use (by the selected series when matcher sets are given), sorted; at most `limit`.
+    pub fn label_names(
+        &self,
+        matcher_sets: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
+        limit: usize,
+    ) -> (Vec<String>, bool) {
+        let names: std::collections::BTreeSet<String> = if matcher_sets.is_empty() {
+            self.read().postings.keys().map(|k| k.to_string()).collect()
+        } else {
+            self.distinct_labels(matcher_sets, mint, maxt, |l, out| out.extend(l.iter().map(|(k, _)| k.to_string())))
+        };
+        truncate(names, limit)
+    }
+
+    /// Values of one label (among the selected series when matcher sets are given), sorted; at most `limit`.
+    pub fn label_values(
+        &self,
+        name: &str,
+        matcher_sets: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
+        limit: usize,
+    ) -> (Vec<String>, bool) {
+        let values: std::collections::BTreeSet<String> = if matcher_sets.is_empty() {
+            self.read().postings.get(name).map(|v| v.keys().map(|k| k.to_string()).collect()).unwrap_or_default()
+        } else {
+            self.distinct_labels(matcher_sets, mint, maxt, |l, out| out.extend(l.get(name).map(str::to_string)))
+        };
+        truncate(values, limit)
+    }
+
+    /// What `pick` takes from each selected series, without copying the series' label sets.
+    fn distinct_labels(
+        &self,
+        matcher_sets: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
+        pick: impl Fn(&Labels, &mut std::collections::BTreeSet<String>),
+    ) -> std::collections::BTreeSet<String> {
+        let inner = self.read();
+        let mut ids: Vec<u32> = matcher_sets.iter().flat_map(|m| inner.select_ids(m)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = std::collections::BTreeSet::new();
+        for s in ids.into_iter().filter_map(|id| inner.series[id as usize].as_ref()).filter(|s| s.overlaps(mint, maxt))
+        {
+            pick(&s.labels, &mut out);
+        }
         out
-    }
-
-    /// Label names in use (by the selected series when matcher sets are given), sorted.
-    pub fn label_names(&self, matcher_sets: &[Vec<Matcher>], mint: i64, maxt: i64) -> Vec<String> {
-        if matcher_sets.is_empty() {
-            return self.read().postings.keys().map(|k| k.to_string()).collect();
-        }
-        let mut names: Vec<String> =
-            self.series(matcher_sets, mint, maxt).iter().flat_map(|l| l.iter().map(|(k, _)| k.to_string())).collect();
-        names.sort();
-        names.dedup();
-        names
-    }
-
-    /// Values of one label (among the selected series when matcher sets are given), sorted.
-    pub fn label_values(&self, name: &str, matcher_sets: &[Vec<Matcher>], mint: i64, maxt: i64) -> Vec<String> {
-        if matcher_sets.is_empty() {
-            return self
-                .read()
-                .postings
-                .get(name)
-                .map(|v| v.keys().map(|k| k.to_string()).collect())
-                .unwrap_or_default();
-        }
-        let mut values: Vec<String> =
-            self.series(matcher_sets, mint, maxt).iter().filter_map(|l| l.get(name).map(str::to_string)).collect();
-        values.sort();
-        values.dedup();
-        values
     }
 
     pub fn stats(&self) -> Stats {
@@ -401,8 +479,9 @@ impl Tsdb {
         st
     }
 
-    /// Drops samples older than `min_t` (whole chunks), then the oldest chunks until the compressed data fits
-    /// in `max_bytes`. Series left without samples are forgotten. Returns the chunks dropped.
+    /// Drops samples older than `min_t` (whole chunks), then the oldest chunks until the store fits in
+    /// `max_bytes` — compressed samples plus what each series costs besides them ([`Stats::bytes`]). Series left
+    /// without samples are forgotten. Returns the chunks dropped.
     pub fn retain(&self, min_t: i64, max_bytes: Option<usize>) -> usize {
         let mut inner = self.write();
         let mut dropped = 0;
@@ -423,29 +502,33 @@ impl Tsdb {
         if let Some(limit) = max_bytes {
             let mut total: usize = inner.series.iter().flatten().map(Series::bytes).sum();
             if total > limit {
-                // Oldest closed chunks first, across all series.
-                let mut order: Vec<(i64, u32)> = inner
+                // Oldest chunks first across all series, a series' open chunk last; a series left empty is
+                // forgotten and gives back its overhead too.
+                let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(i64, u32)>> = inner
                     .series
                     .iter()
                     .enumerate()
-                    .filter_map(|(id, s)| s.as_ref().and_then(|s| s.closed.first()).map(|c| (c.first_t(), id as u32)))
+                    .filter(|(id, _)| !empty.contains(&(*id as u32)))
+                    .filter_map(|(id, s)| s.as_ref()?.oldest_chunk_t().map(|t| std::cmp::Reverse((t, id as u32))))
                     .collect();
-                order.sort_unstable();
-                let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(i64, u32)>> =
-                    order.into_iter().map(std::cmp::Reverse).collect();
                 while total > limit {
                     let Some(std::cmp::Reverse((_, id))) = heap.pop() else { break };
                     let Some(s) = inner.series[id as usize].as_mut() else { continue };
-                    if s.closed.is_empty() {
+                    if !s.closed.is_empty() {
+                        total -= s.closed.remove(0).bytes();
+                    } else if !s.head.is_empty() {
+                        total -= s.head.bytes();
+                        s.head = Chunk::new();
+                    } else {
                         continue;
                     }
-                    let c = s.closed.remove(0);
-                    total -= c.bytes();
                     dropped += 1;
-                    if let Some(next) = s.closed.first() {
-                        heap.push(std::cmp::Reverse((next.first_t(), id)));
-                    } else if s.head.is_empty() {
-                        empty.push(id);
+                    match s.oldest_chunk_t() {
+                        Some(t) => heap.push(std::cmp::Reverse((t, id))),
+                        None => {
+                            total -= s.overhead();
+                            empty.push(id);
+                        }
                     }
                 }
             }
@@ -656,11 +739,21 @@ mod tests {
     #[test]
     fn labels_and_values_are_indexed() {
         let db = filled();
-        assert_eq!(db.label_names(&[], 0, i64::MAX), vec!["__name__", "instance", "job"]);
-        assert_eq!(db.label_values("job", &[], 0, i64::MAX), vec!["api", "db", "web"]);
-        assert_eq!(db.label_values("instance", &[vec![m("=", "job", "api")]], 0, i64::MAX), vec!["h0", "h1"]);
-        assert_eq!(db.series(&[vec![m("=", "job", "db")]], 0, i64::MAX).len(), 2);
-        assert!(db.series(&[vec![m("=", "job", "db")]], 400_000, 500_000).is_empty());
+        let all = usize::MAX;
+        assert_eq!(db.label_names(&[], 0, i64::MAX, all).0, vec!["__name__", "instance", "job"]);
+        assert_eq!(db.label_values("job", &[], 0, i64::MAX, all).0, vec!["api", "db", "web"]);
+        let api = [vec![m("=", "job", "api")]];
+        assert_eq!(db.label_values("instance", &api, 0, i64::MAX, all).0, vec!["h0", "h1"]);
+        assert_eq!(db.label_names(&api, 0, i64::MAX, all).0, vec!["__name__", "instance", "job"]);
+        assert_eq!(db.series(&[vec![m("=", "job", "db")]], 0, i64::MAX, all).0.len(), 2);
+        assert!(db.series(&[vec![m("=", "job", "db")]], 400_000, 500_000, all).0.is_empty());
+        // Limits truncate, and say so.
+        assert_eq!(db.label_values("job", &[], 0, i64::MAX, 2), (vec!["api".to_string(), "db".to_string()], true));
+        assert!(!db.label_values("job", &[], 0, i64::MAX, 3).1);
+        let (some, more) = db.series(&[vec![m("=~", "job", ".+")]], 0, i64::MAX, 4);
+        assert_eq!((some.len(), more), (4, true));
+        assert!(db.select_at_most(&[m("=", "job", "db")], 0, i64::MAX, 10).is_none(), "600 samples are more than 10");
+        assert_eq!(db.select_at_most(&[m("=", "job", "db")], 0, i64::MAX, 600).map(|d| d.len()), Some(2));
     }
 
     #[test]
@@ -674,12 +767,18 @@ mod tests {
         let after = db.stats();
         assert_eq!(after.chunks, 12, "the first chunk of each series ended at 119 s");
         assert!(after.min_time.is_some_and(|t| t >= 120_000));
-        db.retain(0, Some(1));
-        let tiny = db.stats();
-        assert_eq!(tiny.chunks, 6, "only the open head chunks remain");
+        // The size counts each series' labels and bookkeeping besides its samples.
+        assert!(after.bytes > 6 * (SERIES_OVERHEAD_BYTES + 3 * LABEL_OVERHEAD_BYTES), "{after:?}");
+        db.retain(0, Some(after.bytes - 1));
+        assert_eq!(db.stats().chunks, 11, "one chunk, the oldest, made room");
+        db.retain(0, Some(after.bytes / 2));
+        let half = db.stats();
+        assert!(half.bytes <= after.bytes / 2, "{half:?}");
+        assert!(half.min_time.is_some_and(|t| t >= 240_000), "closed chunks went first: {half:?}");
+        assert!(half.series < 6 && half.series == half.chunks, "then whole series, overhead and all: {half:?}");
         db.retain(400_000, None);
         assert_eq!(db.stats().series, 0, "series without samples are forgotten");
-        assert!(db.label_names(&[], 0, i64::MAX).is_empty());
+        assert!(db.label_names(&[], 0, i64::MAX, usize::MAX).0.is_empty());
     }
 
     #[test]

@@ -47,6 +47,19 @@ async fn target(kind: &'static str) -> (String, Arc<AtomicUsize>) {
                         }
                         ("text/plain; version=0.0.4", b)
                     }
+                    "churn" => {
+                        let mut b = String::from("# TYPE req gauge\n");
+                        for i in 0..60 {
+                            b.push_str(&format!("req{{request_id=\"{}\"}} 1\n", n * 60 + i));
+                        }
+                        ("text/plain; version=0.0.4", b)
+                    }
+                    "wide" => {
+                        let labels: Vec<String> = (0..100).map(|i| format!("l{i}=\"v\"")).collect();
+                        ("text/plain; version=0.0.4", format!("wide{{{}}} 1\n", labels.join(",")))
+                    }
+                    "long_value" => ("text/plain; version=0.0.4", format!("v{{path=\"{}\"}} 1\n", "a".repeat(5_000))),
+                    "long_name" => ("text/plain; version=0.0.4", format!("n{{{}=\"x\"}} 1\n", "k".repeat(300))),
                     "slow" => {
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         ("text/plain", "late 1\n".into())
@@ -132,7 +145,7 @@ async fn openmetrics_is_asked_for_and_parsed() {
 async fn bad_targets_fail_alone_with_a_clear_error() {
     let db = Tsdb::new();
     let client = reqwest::Client::new();
-    let limits = Limits { body_bytes: 1 << 20, series: 100 };
+    let limits = Limits { body_bytes: 1 << 20, series: 100, ..Limits::default() };
 
     let (url, _) = target("malformed").await;
     let r = scrape(&client, &t(&url, 2000), &db, &mut TargetState::default(), limits, 1_000).await;
@@ -161,4 +174,60 @@ async fn bad_targets_fail_alone_with_a_clear_error() {
     // Each failed scrape wrote up == 0 for its target.
     let up = instant(&db, "up == 0", 1_000);
     assert_eq!(up.len(), 1, "all five targets share the same labels here: {up:?}");
+}
+
+/// Prometheus' label limits, and a target that puts a new value in a label at every scrape: each fails its scrape
+/// with the limit named, stores nothing, and other targets go on.
+#[tokio::test]
+async fn label_limits_and_churning_targets_are_refused_with_the_limit_named() {
+    let client = reqwest::Client::new();
+    let limits = Limits {
+        labels: 10,
+        label_name_bytes: 32,
+        label_value_bytes: 100,
+        new_series_per_hour: 150,
+        store_series: 1_000,
+        ..Limits::default()
+    };
+    let db = Tsdb::new();
+    let one = |kind: &'static str| {
+        let (client, db) = (client.clone(), &db);
+        async move {
+            let (url, _) = target(kind).await;
+            scrape(&client, &t(&url, 2000), db, &mut TargetState::default(), limits, 1_000).await
+        }
+    };
+    let r = one("wide").await;
+    assert!(matches!(r.error, Some(ScrapeError::LabelLimit { got: 103, limit: 10, .. })), "{r:?}");
+    let r = one("long_value").await;
+    let e = r.error.expect("refused").to_string();
+    assert!(e.contains("label_value_length_limit exceeded (metric: v, label name: path, value length: 5000"), "{e}");
+    let r = one("long_name").await;
+    assert!(matches!(r.error, Some(ScrapeError::LabelNameLength { got: 300, limit: 32, .. })), "{r:?}");
+    assert!(instant(&db, "{__name__=~\"wide|v|n\"}", 1_000).is_empty(), "nothing of them was stored");
+
+    // 60 new series a scrape: the third scrape within the hour would pass 150.
+    let (url, _) = target("churn").await;
+    let mut st = TargetState::default();
+    for at in [1_000, 2_000] {
+        let r = scrape(&client, &t(&url, 2000), &db, &mut st, limits, at).await;
+        assert!(r.up, "{r:?}");
+        assert_eq!(st.cached_series(), 60, "the cache holds the last scrape's series only");
+    }
+    let r = scrape(&client, &t(&url, 2000), &db, &mut st, limits, 3_000).await;
+    assert_eq!(r.error, Some(ScrapeError::NewSeriesLimit { new: 60, recent: 120, limit: 150 }));
+    assert!(r.error.expect("refused").to_string().contains("request ids or timestamps"));
+    assert!(instant(&db, "req", 3_000).is_empty(), "the failed scrape ended the target's series, added none");
+    assert_eq!(instant(&db, "count(count_over_time(req[1h]))", 3_000)[0].1, 120.0);
+    // An hour later it may add series again.
+    let r = scrape(&client, &t(&url, 2000), &db, &mut st, limits, 3_000 + 3_600_000).await;
+    assert!(r.up, "{r:?}");
+
+    // The store's own limit binds all targets together.
+    let full = Limits { store_series: db.stats().series + 10, new_series_per_hour: 1_000_000, ..limits };
+    let r = scrape(&client, &t(&url, 2000), &db, &mut st, full, 4_000 + 3_600_000).await;
+    assert!(matches!(r.error, Some(ScrapeError::StoreSeriesLimit { new: 60, .. })), "{r:?}");
+    let (good, _) = target("good").await;
+    let r = scrape(&client, &t(&good, 2000), &db, &mut TargetState::default(), full, 5_000 + 3_600_000).await;
+    assert!(r.up, "a target whose series fit is still scraped: {r:?}");
 }

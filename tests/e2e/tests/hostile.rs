@@ -437,3 +437,50 @@ async fn heavy_subqueries_are_bounded_timed_out_and_cancelled() {
     assert_eq!(sample(&metrics, "capstan_query_running"), 0.0, "{metrics}");
     tp.stop().await;
 }
+
+/// A replica whose metrics carry a new request id at every scrape: 45,000 series each time, under the sample
+/// limit, which used to grow the store by a million series a minute. The target is stopped at the new-series
+/// limit with the reason in its `lastError`, the store stops growing, and answers about metadata are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_churning_target_is_stopped_and_metadata_answers_are_bounded() {
+    let tp = TestPlane::start().await;
+    let extra = "  metrics: {port: http, interval: 3s, timeout: 3s}\n";
+    tp.apply(&app_yaml("churn", 1, &[("TESTAPP_CHURN_SERIES", "45000")], extra));
+    let target = eventually("the target is stopped at the new-series limit", Duration::from_secs(120), || async {
+        let t = tp.client.get("/prometheus/api/v1/targets").await.ok()?;
+        t["data"]["activeTargets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["lastError"].as_str().is_some_and(|e| e.contains("new series limit exceeded")))
+            .cloned()
+    })
+    .await;
+    assert_eq!(target["health"], "down", "{target}");
+    let series = || async {
+        let s = tp.client.get("/prometheus/api/v1/status/tsdb").await.expect("tsdb status");
+        s["data"]["headStats"]["numSeries"].as_u64().unwrap_or(u64::MAX)
+    };
+    let held = series().await;
+    assert!((90_000..=101_000).contains(&held), "two scrapes' worth of series and no more: {held}");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(series().await <= 101_000, "later scrapes add nothing");
+
+    // Everything at once: cut at the server's limit, with Prometheus' warning.
+    let everything = "match%5B%5D=%7B__name__%3D~%22.%2B%22%7D";
+    let all = tp.client.get(&format!("/prometheus/api/v1/series?{everything}")).await.expect("series");
+    assert_eq!(all["data"].as_array().map(Vec::len), Some(50_000));
+    assert!(
+        all["warnings"][0].as_str().is_some_and(|w| w.starts_with("results truncated due to limit")),
+        "{}",
+        all["warnings"]
+    );
+    let few = tp.client.get(&format!("/prometheus/api/v1/series?{everything}&limit=10")).await.expect("series");
+    assert_eq!(few["data"].as_array().map(Vec::len), Some(10));
+    assert_eq!(few["warnings"][0], "results truncated due to limit");
+    let values = tp.client.get("/prometheus/api/v1/label/request_id/values?limit=5").await.expect("values");
+    assert_eq!(values["data"].as_array().map(Vec::len), Some(5));
+    let bad = tp.client.get("/prometheus/api/v1/labels?limit=many").await.expect_err("refused");
+    assert_eq!(bad.status().map(|s| s.as_u16()), Some(400));
+    assert_eq!(tp.client.get("/version").await.expect("still answering")["version"], env!("CARGO_PKG_VERSION"));
+    tp.stop().await;
+}

@@ -71,6 +71,7 @@ async fn main() {
     };
     println!("{replica} listening on {port}");
     let name = replica.clone();
+    let scrapes: &'static std::sync::atomic::AtomicU64 = Box::leak(Box::default());
     let app = Router::new()
         .route("/", get(move || async move { name }))
         .route(
@@ -110,11 +111,20 @@ async fn main() {
         .route("/echo", axum::routing::post(|body: String| async move { body }))
         .route(
             "/metrics",
-            get(|| async {
+            get(move || async move {
                 let replica = env("CAPSTAN_REPLICA").unwrap_or_default();
-                format!(
+                let mut out = format!(
                     "# HELP testapp_info The replica this is.\n# TYPE testapp_info gauge\ntestapp_info{{served_by=\"{replica}\"}} 1\n"
-                )
+                );
+                // A badly instrumented app: a label value that changes at every scrape.
+                if let Some(n) = env("TESTAPP_CHURN_SERIES").and_then(|n| n.parse::<u64>().ok()) {
+                    let scrape = scrapes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    out.push_str("# TYPE testapp_request gauge\n");
+                    for i in 0..n {
+                        out.push_str(&format!("testapp_request{{request_id=\"{}\"}} 1\n", scrape * n + i));
+                    }
+                }
+                out
             }),
         )
         // Files in the directory an environment variable names (volumes): GET reads, PUT writes.
