@@ -3,6 +3,7 @@
 //! Replicas outlive the `capstan` process if it dies: their output goes through FIFOs they hold open
 //! themselves, and a record per replica (pid plus process start time) lets the next `capstan` adopt them.
 
+pub mod escape;
 pub mod limits;
 pub mod logs;
 pub mod probe;
@@ -234,6 +235,24 @@ impl LocalRuntime {
             }),
         };
         rt.adopt()?;
+        // Orphans of replicas come to Capstan rather than to init: they can be found, stopped and reaped.
+        if escape::become_subreaper() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let weak = Arc::downgrade(&rt.inner);
+                handle.spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        let Some(inner) = weak.upgrade() else { return };
+                        LocalRuntime { inner }.reap_orphans();
+                    }
+                });
+            }
+        } else {
+            tracing::warn!(
+                "cannot become the subreaper of replicas' orphans; a process that calls setsid may outlive its App"
+            );
+        }
         Ok(rt)
     }
 
@@ -485,8 +504,10 @@ impl LocalRuntime {
             let mut map = lock(&self.inner.replicas);
             if let Some(r) = map.get_mut(&(key.clone(), ordinal)) {
                 if let Some(pid) = r.rec.pid {
-                    // No orphans: whatever the replica left in its process group goes with it.
+                    // No orphans: whatever the replica left in its process group goes with it, and so does
+                    // whatever left the group (setsid) but still carries the replica's marker.
                     process::signal_group(pid, Signal::SIGKILL);
+                    escape::signal_marked(&self.marker(&r.rec), &HashSet::from([pid]), Signal::SIGKILL);
                 }
                 self.inner.limits.cleanup(&r.rec.id());
                 let ran = r.rec.started_at.map(|s| (now - s).num_milliseconds() as f64 / 1000.0).unwrap_or(0.0);
@@ -578,6 +599,8 @@ impl LocalRuntime {
         env.push(("CAPSTAN_NAMESPACE".into(), key.namespace.clone()));
         env.push(("CAPSTAN_REPLICA".into(), format!("{}-{ordinal}", app.metadata.name)));
         env.push(("CAPSTAN_ORDINAL".into(), ordinal.to_string()));
+        let marker = escape::marker(&self.inner.cfg.data_dir, &key.namespace, &app.metadata.name, ordinal);
+        env.push((escape::MARKER_ENV.into(), marker));
         env.extend(volumes::prepare(&self.inner.store, &self.inner.cfg.data_dir, app, ordinal)?);
         if let Some(r) = &spec.database_ref {
             let secret = ObjectKey::new("Secret", &key.namespace, capstan_model::database::credentials_secret(&r.name));
@@ -714,6 +737,17 @@ impl LocalRuntime {
     pub fn pids(&self) -> Vec<u32> {
         lock(&self.inner.replicas).values().filter_map(|r| r.rec.pid).collect()
     }
+
+    /// The marker in the environment of every process of a replica.
+    fn marker(&self, rec: &Record) -> String {
+        escape::marker(&self.inner.cfg.data_dir, &rec.namespace, &rec.app, rec.ordinal)
+    }
+
+    /// Reaps the zombies of processes that left their replicas and were re-parented to Capstan.
+    fn reap_orphans(&self) {
+        let mains: HashSet<u32> = self.pids().into_iter().collect();
+        escape::reap_orphans(&mains);
+    }
 }
 
 fn allocate_port(taken: &HashSet<u16>, chosen: &BTreeMap<String, u16>) -> Result<u16, String> {
@@ -834,7 +868,7 @@ impl AppRuntime for LocalRuntime {
     }
 
     fn stop(&self, app: &ObjectKey, ordinal: u32, grace: Duration, forget: bool) {
-        let (pid, mut exited, signal) = {
+        let (pid, mut exited, signal, marker) = {
             let mut map = lock(&self.inner.replicas);
             let Some(r) = map.get_mut(&(app.clone(), ordinal)) else {
                 return;
@@ -843,7 +877,7 @@ impl AppRuntime for LocalRuntime {
                 r.state = ReplicaState::Stopping;
                 r.ready = false;
             }
-            (r.rec.pid, r.exited.clone(), r.rec.stop_signal())
+            (r.rec.pid, r.exited.clone(), r.rec.stop_signal(), self.marker(&r.rec))
         };
         let rt = self.clone();
         let key = app.clone();
@@ -854,8 +888,11 @@ impl AppRuntime for LocalRuntime {
                     // Out of rotation first; in-flight requests finish (up to the drain time), then SIGTERM.
                     drain(key.clone(), format!("{}-{ordinal}", key.name)).await;
                 }
+                let main = HashSet::from([pid]);
                 if !*exited.borrow() {
                     process::signal_group(pid, signal);
+                    // Processes that left the group are asked to stop at the same time.
+                    escape::signal_marked(&marker, &main, signal);
                     let timed_out = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_err();
                     if timed_out {
                         tracing::info!(replica = %format!("{}-{ordinal}", key.name), "grace period over; sending SIGKILL");
@@ -863,6 +900,12 @@ impl AppRuntime for LocalRuntime {
                         let _ = exited.wait_for(|e| *e).await;
                     }
                 }
+                // Whatever outlived the main process and its grace period goes now.
+                let left = escape::signal_marked(&marker, &main, Signal::SIGKILL);
+                if left > 0 {
+                    tracing::info!(replica = %format!("{}-{ordinal}", key.name), "stopped {left} processes that had left the replica's process group");
+                }
+                rt.reap_orphans();
             }
             if forget {
                 let removed = lock(&rt.inner.replicas).remove(&(key.clone(), ordinal));

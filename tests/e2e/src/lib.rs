@@ -240,6 +240,22 @@ pub fn alive(pid: u32) -> bool {
     capstan_runtime_local::process::proc_start_time(pid).is_some_and(|(_, zombie)| !zombie)
 }
 
+/// Every live process whose environment holds `marker` (`NAME=value`): replicas and their children.
+pub fn processes_with_env(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) && alive(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
 /// A GET to 127.0.0.1:port, returning status and body.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use http_body_util::{BodyExt, Empty};

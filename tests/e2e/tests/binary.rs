@@ -48,22 +48,6 @@ async fn ready_pids(data: &Path, name: &str, n: usize) -> Vec<u32> {
     .await
 }
 
-/// Every process whose environment names this data directory's Apps (replicas and their children).
-fn processes_with_env(marker: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) && alive(pid) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
 fn write_manifest(dir: &Path, marker: &str) -> std::path::PathBuf {
     let path = dir.join("apps.yaml");
     let yaml = app_yaml("svc", 2, &[("TESTAPP_SPAWN_CHILD", "1"), ("E2E_MARKER", marker)], READINESS);

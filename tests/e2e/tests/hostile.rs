@@ -484,3 +484,53 @@ async fn a_churning_target_is_stopped_and_metadata_answers_are_bounded() {
     assert_eq!(tp.client.get("/version").await.expect("still answering")["version"], env!("CARGO_PKG_VERSION"));
     tp.stop().await;
 }
+
+/// `(ppid, state, pgrp)` of a process.
+fn proc_stat(pid: u32) -> Option<(u32, char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = text[text.rfind(')')? + 2..].split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((f.next()?.parse().ok()?, state, f.next()?.parse().ok()?))
+}
+
+/// Zombie children of this process outside its own process group: orphans nobody reaped.
+fn unreaped_orphans() -> Vec<u32> {
+    let me = std::process::id();
+    let my_group = proc_stat(me).map(|s| s.2).unwrap_or(0);
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            proc_stat(*pid).is_some_and(|(ppid, state, group)| ppid == me && state == 'Z' && group != my_group)
+        })
+        .collect()
+}
+
+/// A replica's children that start their own session, directly (`setsid`) or as a daemon does (a shell that
+/// forks and exits at once), are stopped with the App instead of living on under init, and none is left a
+/// zombie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_that_leave_their_replica_are_stopped_with_it() {
+    let tp = TestPlane::start().await;
+    let marker = format!("E2E_ESCAPE_{}", std::process::id());
+    tp.apply(&app_yaml("escaper", 1, &[("TESTAPP_SPAWN_SETSID", "1"), ("E2E_MARKER", &marker)], READINESS));
+    let entry = format!("E2E_MARKER={marker}");
+    let pids = eventually("the replica and the two processes that left it run", T, || async {
+        let p = processes_with_env(&entry);
+        (p.len() == 3).then_some(p)
+    })
+    .await;
+    let me = std::process::id();
+    let groups: std::collections::HashSet<u32> = pids.iter().filter_map(|p| proc_stat(*p).map(|s| s.2)).collect();
+    assert_eq!(groups.len(), 3, "each is in a process group of its own: {pids:?}");
+    assert!(
+        pids.iter().any(|p| proc_stat(*p).is_some_and(|s| s.0 == me)),
+        "the daemon's orphan was re-parented to Capstan, not to init: {pids:?}"
+    );
+    tp.client.delete("/api/v1/namespaces/default/apps/escaper").await.expect("delete");
+    eventually("nothing of the App is left", T, || async { processes_with_env(&entry).is_empty().then_some(()) }).await;
+    eventually("its orphans were reaped", T, || async { unreaped_orphans().is_empty().then_some(()) }).await;
+    tp.stop().await;
+}

@@ -44,6 +44,16 @@ async fn main() {
             Err(e) => eprintln!("spawn failed: {e}"),
         }
     }
+    if env("TESTAPP_SPAWN_SETSID").is_some() {
+        // Children that leave the process group: one in its own session, one a daemon's double fork (the shell
+        // exits at once, and its child is re-parented).
+        let direct = std::process::Command::new("setsid").args(["sleep", "300"]).spawn();
+        let daemon = std::process::Command::new("sh").args(["-c", "setsid sleep 300 &"]).status();
+        match (direct, daemon) {
+            (Ok(c), Ok(_)) => println!("spawned setsid child {}", c.id()),
+            (Err(e), _) | (_, Err(e)) => eprintln!("spawn failed: {e}"),
+        }
+    }
     if env("TESTAPP_IGNORE_TERM").is_some() {
         // SAFETY: setting a signal disposition to SIG_IGN before any threads depend on it.
         unsafe {
