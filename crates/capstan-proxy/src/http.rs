@@ -40,6 +40,9 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// Headers never removed because the `Connection` header lists them (`Connection: host` used to strip `Host`).
+const END_TO_END: [&str; 3] = ["host", "content-length", "content-type"];
+
 // Header names built once: a name given as a string is copied into a new allocation at every insert.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -125,6 +128,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
                 !t.eq_ignore_ascii_case("close")
                     && !t.eq_ignore_ascii_case("keep-alive")
                     && !t.eq_ignore_ascii_case("upgrade")
+                    // End-to-end headers a client cannot make hop-by-hop: the replica must see the host it was
+                    // asked for and the framing of the body.
+                    && !END_TO_END.iter().any(|e| t.eq_ignore_ascii_case(e))
             })
             .filter_map(|t| HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok())
             .collect();
@@ -146,6 +152,47 @@ pub fn cookie_value<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// How the client's request body failed, if it did: told apart from a replica's failure, it is the client's
+/// error (400, or 413 for a chunked body longer than `maxBodySize`), not a 502.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientBodyError {
+    Malformed,
+    TooLarge,
+}
+
+/// The request body on its way to the replica, noting how it failed.
+struct ClientBody {
+    inner: Limited<Incoming>,
+    failed: Arc<std::sync::OnceLock<ClientBodyError>>,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            let kind = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ClientBodyError::TooLarge
+            } else {
+                ClientBodyError::Malformed
+            };
+            let _ = this.failed.set(kind);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Counts an open request until its response body ends, then gives the upstream connection back to the pool
@@ -303,10 +350,13 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
     };
     let mut out = Outgoing { method: parts.method.clone(), uri, headers };
     let replayable = cfg.expose.retry_idempotent && no_body && is_idempotent(&parts.method) && !upgrade;
-    let first_body: ProxyBody = if upgrade || no_body {
+    // An Upgrade request may carry a body too: it is forwarded like any other (sending its Content-Length
+    // without it left the replica waiting).
+    let body_failed = Arc::new(std::sync::OnceLock::new());
+    let first_body: ProxyBody = if no_body {
         boxed(Empty::<Bytes>::new())
     } else {
-        boxed(Limited::new(body, cfg.max_body as usize))
+        ClientBody { inner: Limited::new(body, cfg.max_body as usize), failed: body_failed.clone() }.boxed()
     };
 
     let mut pending = Some(out.build(first_body, replayable));
@@ -422,6 +472,17 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         let pooled = (!upgrade).then(|| (sender, backend.clone()));
         return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard, pooled }.boxed());
     }
+    match body_failed.get() {
+        Some(ClientBodyError::TooLarge) => {
+            error("body_too_large");
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {} bytes", cfg.max_body));
+        }
+        Some(ClientBodyError::Malformed) => {
+            error("bad_request");
+            return plain(StatusCode::BAD_REQUEST, "the request body is malformed (chunked encoding?)".into());
+        }
+        None => {}
+    }
     error(if tried.is_empty() { "upstream" } else { "connect" });
     plain(
         StatusCode::BAD_GATEWAY,
@@ -472,13 +533,17 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret, Host, content-length"));
         h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::HOST, HeaderValue::from_static("app.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
+        assert_eq!(h.len(), 3);
         assert!(h.contains_key("x-kept"));
+        assert_eq!(h[header::HOST], "app.example", "Connection cannot strip Host");
+        assert_eq!(h[header::CONTENT_LENGTH], "5", "nor the body's framing");
 
         // Every name on the list goes; names of the same lengths that are not on it stay.
         let mut h = HeaderMap::new();

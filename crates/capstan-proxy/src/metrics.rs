@@ -33,7 +33,7 @@ pub struct ErrorLabels {
     pub namespace: String,
     pub app: String,
     pub entry: String,
-    /// `no_backend`, `connect`, `upstream`, `timeout`, `body_too_large`.
+    /// `no_backend`, `connect`, `upstream`, `timeout`, `body_too_large`, `bad_request`.
     pub kind: String,
 }
 

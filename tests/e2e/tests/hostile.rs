@@ -534,3 +534,58 @@ async fn processes_that_leave_their_replica_are_stopped_with_it() {
     eventually("its orphans were reaped", T, || async { unreaped_orphans().is_empty().then_some(()) }).await;
     tp.stop().await;
 }
+
+/// Sends raw bytes to 127.0.0.1:`port` and reads the answer until the connection closes (or 10 s pass).
+async fn raw(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("send");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The balancer's edges: an Upgrade request with a body, `Connection: host`, malformed and oversized chunked
+/// bodies. Each gets the answer HTTP says, not a hang or a 502 blamed on the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancer_edges_upgrade_with_a_body_connection_host_and_bad_chunks() {
+    let tp = TestPlane::start().await;
+    let port = free_port();
+    let extra = format!("{READINESS}  expose:\n    - port: {port}\n      maxBodySize: 1Ki\n");
+    tp.apply(&app_yaml("edges", 1, &[], &extra));
+    eventually("edges is Ready", T, || async { ready(&tp.app("edges").await).then_some(()) }).await;
+    eventually("the entry point answers", T, || async { http_get(port, "/").await.filter(|r| r.0 == 200) }).await;
+
+    // The body of an Upgrade request reaches the replica (it answers without upgrading).
+    let answer = raw(
+        port,
+        "POST /echo HTTP/1.1\r\nHost: edges\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello"), "{answer}");
+    // `Connection: host` does not take Host away from the replica.
+    let answer = raw(port, "GET /headers HTTP/1.1\r\nHost: shop.example\r\nConnection: host, close\r\n\r\n").await;
+    let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let headers: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(headers["host"], "shop.example", "{answer}");
+    // A chunk size that is not hexadecimal is the client's error.
+    let answer = raw(
+        port,
+        "POST /echo HTTP/1.1\r\nHost: edges\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("malformed"), "{answer}");
+    // A chunked body longer than maxBodySize: 413, as for a Content-Length that says so.
+    let chunk = "x".repeat(1000);
+    let answer = raw(
+        port,
+        &format!(
+            "POST /echo HTTP/1.1\r\nHost: edges\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3e8\r\n{chunk}\r\n3e8\r\n{chunk}\r\n0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    tp.stop().await;
+}
