@@ -285,8 +285,7 @@ async fn logs(
     Query(q): Query<LogQuery>,
 ) -> Response {
     let key = ObjectKey::new("App", &ns, &name);
-    let known =
-        state.store.get(&key).ok().flatten().is_some() || !state.runtime.read_logs(&key, q.replica, None).is_empty();
+    let known = state.store.get(&key).ok().flatten().is_some() || state.runtime.has_logs(&key, q.replica);
     if !known {
         return error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}"));
     }
@@ -307,27 +306,41 @@ async fn logs(
         _ if q.follow => Err(format!("App {ns}/{name} does not exist (any more): only its past lines are shown")),
         _ => Err(String::new()),
     };
-    let mut lines = state.runtime.read_logs(&key, q.replica, q.since);
-    // What the files held, per replica: the channel repeats those lines, and replicas write at their own pace.
-    let mut last_seen: HashMap<String, DateTime<Utc>> = HashMap::new();
-    for l in &lines {
-        let t = last_seen.entry(l.replica.clone()).or_insert(l.time);
-        *t = (*t).max(l.time);
-    }
-    lines.retain(|l| keep(l));
-    if let Some(n) = q.tail {
-        let skip = lines.len().saturating_sub(n);
-        lines.drain(..skip);
-    }
+    // The files are read off the async runtime a line at a time and streamed as they are read: memory holds the
+    // lines a tail keeps, or a channel's worth.
+    let stored = state.runtime.read_logs(&key, q.replica, q.since);
+    let tail = q.tail;
+    let read_keep = keep.clone();
     let replica = q.replica.map(|o| format!("{name}-{o}"));
     let (tx, rx) = mpsc::channel::<String>(1024);
+    let file_tx = tx.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        // What the files held, per replica: the channel repeats those lines, and replicas write at their own pace.
+        let mut last_seen: HashMap<String, DateTime<Utc>> = HashMap::new();
+        let sent = {
+            let kept = stored
+                .inspect(|l| {
+                    let t = last_seen.entry(l.replica.clone()).or_insert(l.time);
+                    *t = (*t).max(l.time);
+                })
+                .filter(|l| read_keep(l));
+            let mut send = |l: capstan_runtime_local::logs::LogLine| {
+                file_tx.blocking_send(serde_json::to_string(&l).unwrap_or_default()).is_ok()
+            };
+            match tail {
+                Some(n) => capstan_runtime_local::logs::last_n(kept, n).into_iter().all(&mut send),
+                None => {
+                    let mut kept = kept;
+                    kept.all(send)
+                }
+            }
+        };
+        // None: the client left while the files were read.
+        sent.then_some(last_seen)
+    });
     let mut shutdown = state.shutdown.subscribe();
     tokio::spawn(async move {
-        for l in lines {
-            if tx.send(serde_json::to_string(&l).unwrap_or_default()).await.is_err() {
-                return;
-            }
-        }
+        let Ok(Some(last_seen)) = read.await else { return };
         let mut follower = match follower {
             Ok(f) => f,
             Err(why) if why.is_empty() => return,

@@ -14,13 +14,14 @@ use nix::unistd::Pid;
 /// The environment variable that marks every process of a replica (inherited by its descendants).
 pub const MARKER_ENV: &str = "CAPSTAN_REPLICA_OF";
 
-/// The marker value of one replica: the data directory's identity and the replica's place in it, so that two
-/// Capstans on one machine never take each other's processes.
-pub fn marker(data_dir: &std::path::Path, namespace: &str, app: &str, ordinal: u32) -> String {
+/// The marker value of one run of one replica: the data directory's identity, the replica's place in it and the
+/// run (`incarnation`), so that two Capstans on one machine never take each other's processes, and cleaning up
+/// after a run never touches the next run of the same replica.
+pub fn marker(data_dir: &std::path::Path, namespace: &str, app: &str, ordinal: u32, incarnation: i64) -> String {
     use sha2::Digest;
     let dir = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
     let id: String = dir[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{id}/{namespace}/{app}/{ordinal}")
+    format!("{id}/{namespace}/{app}/{ordinal}/{incarnation}")
 }
 
 /// Makes this process the reaper of its descendants' orphans. Returns false where the kernel refuses.
@@ -92,11 +93,12 @@ mod tests {
 
     #[test]
     fn markers_differ_by_data_directory_and_replica() {
-        let a = marker(std::path::Path::new("/data/a"), "default", "web", 0);
-        assert_eq!(a, marker(std::path::Path::new("/data/a"), "default", "web", 0));
-        assert_ne!(a, marker(std::path::Path::new("/data/b"), "default", "web", 0));
-        assert_ne!(a, marker(std::path::Path::new("/data/a"), "default", "web", 1));
-        assert!(a.ends_with("/default/web/0"), "{a}");
+        let a = marker(std::path::Path::new("/data/a"), "default", "web", 0, 7);
+        assert_eq!(a, marker(std::path::Path::new("/data/a"), "default", "web", 0, 7));
+        assert_ne!(a, marker(std::path::Path::new("/data/b"), "default", "web", 0, 7));
+        assert_ne!(a, marker(std::path::Path::new("/data/a"), "default", "web", 1, 7));
+        assert_ne!(a, marker(std::path::Path::new("/data/a"), "default", "web", 0, 8), "another run");
+        assert!(a.ends_with("/default/web/0/7"), "{a}");
     }
 
     #[test]

@@ -507,7 +507,9 @@ impl LocalRuntime {
                     // No orphans: whatever the replica left in its process group goes with it, and so does
                     // whatever left the group (setsid) but still carries the replica's marker.
                     process::signal_group(pid, Signal::SIGKILL);
-                    escape::signal_marked(&self.marker(&r.rec), &HashSet::from([pid]), Signal::SIGKILL);
+                    if let Some(marker) = self.marker(&r.rec) {
+                        escape::signal_marked(&marker, &HashSet::from([pid]), Signal::SIGKILL);
+                    }
                 }
                 self.inner.limits.cleanup(&r.rec.id());
                 let ran = r.rec.started_at.map(|s| (now - s).num_milliseconds() as f64 / 1000.0).unwrap_or(0.0);
@@ -599,7 +601,8 @@ impl LocalRuntime {
         env.push(("CAPSTAN_NAMESPACE".into(), key.namespace.clone()));
         env.push(("CAPSTAN_REPLICA".into(), format!("{}-{ordinal}", app.metadata.name)));
         env.push(("CAPSTAN_ORDINAL".into(), ordinal.to_string()));
-        let marker = escape::marker(&self.inner.cfg.data_dir, &key.namespace, &app.metadata.name, ordinal);
+        let run = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let marker = escape::marker(&self.inner.cfg.data_dir, &key.namespace, &app.metadata.name, ordinal, run);
         env.push((escape::MARKER_ENV.into(), marker));
         env.extend(volumes::prepare(&self.inner.store, &self.inner.cfg.data_dir, app, ordinal)?);
         if let Some(r) = &spec.database_ref {
@@ -685,8 +688,14 @@ impl LocalRuntime {
             .collect()
     }
 
-    /// Stored log lines of one replica or all replicas of an App, oldest first.
-    pub fn read_logs(&self, key: &ObjectKey, ordinal: Option<u32>, since: Option<DateTime<Utc>>) -> Vec<LogLine> {
+    /// Stored log lines of one replica or all replicas of an App, oldest first, read from the files as the
+    /// iterator is advanced (blocking file reads: run it off the async runtime).
+    pub fn read_logs(
+        &self,
+        key: &ObjectKey,
+        ordinal: Option<u32>,
+        since: Option<DateTime<Utc>>,
+    ) -> impl Iterator<Item = LogLine> + Send + 'static {
         let dir = self.inner.cfg.data_dir.join("logs").join(&key.namespace).join(&key.name);
         let mut ordinals: Vec<u32> = match ordinal {
             Some(o) => vec![o],
@@ -703,12 +712,21 @@ impl LocalRuntime {
         };
         ordinals.sort();
         let max_files = |o: u32| lock(&self.inner.replicas).get(&(key.clone(), o)).map_or(100, |r| r.rec.log_max_files);
-        let mut lines: Vec<LogLine> = ordinals
+        let replicas = ordinals
             .into_iter()
-            .flat_map(|o| logs::read_lines(&self.log_path(key, o), &format!("{}-{o}", key.name), max_files(o), since))
+            .map(|o| {
+                logs::ReplicaLines::open(&self.log_path(key, o), &format!("{}-{o}", key.name), max_files(o), since)
+            })
             .collect();
-        lines.sort_by_key(|l| l.time);
-        lines
+        logs::merge(replicas)
+    }
+
+    /// Whether an App (or one replica of it) has stored logs, without reading them.
+    pub fn has_logs(&self, key: &ObjectKey, ordinal: Option<u32>) -> bool {
+        match ordinal {
+            Some(o) => self.log_path(key, o).exists(),
+            None => self.inner.cfg.data_dir.join("logs").join(&key.namespace).join(&key.name).is_dir(),
+        }
     }
 
     /// A receiver of every line any replica of an App writes from now on, replicas started later included; it
@@ -738,9 +756,10 @@ impl LocalRuntime {
         lock(&self.inner.replicas).values().filter_map(|r| r.rec.pid).collect()
     }
 
-    /// The marker in the environment of every process of a replica.
-    fn marker(&self, rec: &Record) -> String {
-        escape::marker(&self.inner.cfg.data_dir, &rec.namespace, &rec.app, rec.ordinal)
+    /// The marker in the environment of every process of this run of a replica (none for runs started by a
+    /// Capstan that set no marker).
+    fn marker(&self, rec: &Record) -> Option<String> {
+        rec.env.iter().find(|(k, _)| k == escape::MARKER_ENV).map(|(_, v)| v.clone())
     }
 
     /// Reaps the zombies of processes that left their replicas and were re-parented to Capstan.
@@ -892,7 +911,9 @@ impl AppRuntime for LocalRuntime {
                 if !*exited.borrow() {
                     process::signal_group(pid, signal);
                     // Processes that left the group are asked to stop at the same time.
-                    escape::signal_marked(&marker, &main, signal);
+                    if let Some(m) = &marker {
+                        escape::signal_marked(m, &main, signal);
+                    }
                     let timed_out = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_err();
                     if timed_out {
                         tracing::info!(replica = %format!("{}-{ordinal}", key.name), "grace period over; sending SIGKILL");
@@ -901,7 +922,7 @@ impl AppRuntime for LocalRuntime {
                     }
                 }
                 // Whatever outlived the main process and its grace period goes now.
-                let left = escape::signal_marked(&marker, &main, Signal::SIGKILL);
+                let left = marker.as_deref().map_or(0, |m| escape::signal_marked(m, &main, Signal::SIGKILL));
                 if left > 0 {
                     tracing::info!(replica = %format!("{}-{ordinal}", key.name), "stopped {left} processes that had left the replica's process group");
                 }

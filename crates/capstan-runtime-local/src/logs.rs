@@ -167,37 +167,135 @@ pub fn parse_record(replica: &str, line: &str) -> Option<(LogLine, bool)> {
     Some((LogLine { replica: replica.to_string(), time, stream, text }, partial))
 }
 
-/// Reads a replica's stored lines, oldest first, from rotated files and the current one; partial records are joined.
-pub fn read_lines(path: &Path, replica: &str, max_files: u32, since: Option<DateTime<Utc>>) -> Vec<LogLine> {
-    let mut files: Vec<PathBuf> = (1..max_files.max(1)).rev().map(|i| rotated(path, i)).collect();
-    files.push(path.to_path_buf());
-    let mut out: Vec<LogLine> = Vec::new();
-    let mut partial: Option<LogLine> = None;
-    for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else {
-            continue;
-        };
-        for raw in text.lines() {
-            let Some((line, is_partial)) = parse_record(replica, raw) else {
-                continue;
-            };
-            let line = match partial.take() {
-                Some(mut p) => {
-                    p.text.push_str(&line.text);
-                    p
-                }
-                None => line,
-            };
-            if is_partial {
-                partial = Some(line);
+/// The longest line a read gives back: partial records past it are left out and the line says how much. An App
+/// that never writes a newline (150 MB of one "line") is still readable with `--tail 1`.
+pub const MAX_JOINED_LINE: usize = 256 * 1024;
+
+/// The longest stored record read whole; Capstan writes none longer than [`MAX_LINE`] plus its prefix.
+const MAX_RECORD: u64 = 64 * 1024;
+
+/// A replica's stored lines, oldest first, read from its rotated files and the current one as they are needed:
+/// memory holds one line (and one buffer), whatever the files hold. Partial records are joined, up to
+/// [`MAX_JOINED_LINE`].
+pub struct ReplicaLines {
+    files: std::collections::VecDeque<PathBuf>,
+    reader: Option<std::io::BufReader<std::fs::File>>,
+    replica: String,
+    since: Option<DateTime<Utc>>,
+    /// A line whose partial records are being joined, and how many bytes of it were left out.
+    partial: Option<(LogLine, usize)>,
+    buf: Vec<u8>,
+}
+
+impl ReplicaLines {
+    /// The lines of the replica whose current file is `path`, keeping `max_files` files, from `since` on.
+    pub fn open(path: &Path, replica: &str, max_files: u32, since: Option<DateTime<Utc>>) -> ReplicaLines {
+        let mut files: std::collections::VecDeque<PathBuf> =
+            (1..max_files.max(1)).rev().map(|i| rotated(path, i)).collect();
+        files.push_back(path.to_path_buf());
+        ReplicaLines { files, reader: None, replica: replica.to_string(), since, partial: None, buf: Vec::new() }
+    }
+
+    /// The next stored record, as text; None when every file is read.
+    fn next_record(&mut self) -> Option<String> {
+        use std::io::{BufRead, Read};
+        loop {
+            if self.reader.is_none() {
+                let f = self.files.pop_front()?;
+                // A file that is missing (rotated away, or never written) is skipped.
+                self.reader = std::fs::File::open(f).ok().map(std::io::BufReader::new);
                 continue;
             }
-            if since.is_none_or(|s| line.time >= s) {
-                out.push(line);
+            let reader = self.reader.as_mut()?;
+            self.buf.clear();
+            match reader.by_ref().take(MAX_RECORD).read_until(b'\n', &mut self.buf) {
+                Ok(0) | Err(_) => {
+                    self.reader = None;
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            if self.buf.last() != Some(&b'\n') && self.buf.len() as u64 >= MAX_RECORD {
+                // Not a record Capstan wrote: skip to the end of this line.
+                let mut rest = Vec::new();
+                let _ = reader.read_until(b'\n', &mut rest);
+                continue;
+            }
+            let text = String::from_utf8_lossy(&self.buf);
+            return Some(text.trim_end_matches('\n').to_string());
+        }
+    }
+}
+
+impl Iterator for ReplicaLines {
+    type Item = LogLine;
+
+    fn next(&mut self) -> Option<LogLine> {
+        loop {
+            let Some(raw) = self.next_record() else {
+                // Output that ended without its last newline is a line of its own.
+                return self.partial.take().map(|(l, cut)| finish(l, cut));
+            };
+            let Some((line, is_partial)) = parse_record(&self.replica, &raw) else {
+                continue;
+            };
+            let (line, cut) = match self.partial.take() {
+                Some((mut p, mut cut)) => {
+                    if p.text.len() + line.text.len() <= MAX_JOINED_LINE {
+                        p.text.push_str(&line.text);
+                    } else {
+                        cut += line.text.len();
+                    }
+                    (p, cut)
+                }
+                None => (line, 0),
+            };
+            if is_partial {
+                self.partial = Some((line, cut));
+                continue;
+            }
+            if self.since.is_none_or(|s| line.time >= s) {
+                return Some(finish(line, cut));
             }
         }
     }
-    out
+}
+
+/// A joined line, saying how much of it was left out.
+fn finish(mut line: LogLine, cut: usize) -> LogLine {
+    if cut > 0 {
+        line.text.push_str(&format!(" [… {cut} more bytes of this line not shown]"));
+    }
+    line
+}
+
+/// Several replicas' lines merged by time, oldest first, read as they are needed.
+pub fn merge(replicas: Vec<ReplicaLines>) -> impl Iterator<Item = LogLine> {
+    let mut sources: Vec<std::iter::Peekable<ReplicaLines>> = replicas.into_iter().map(Iterator::peekable).collect();
+    std::iter::from_fn(move || {
+        let mut best: Option<usize> = None;
+        for i in 0..sources.len() {
+            let Some(t) = sources[i].peek().map(|l| l.time) else { continue };
+            if best.is_none_or(|b| sources[b].peek().is_some_and(|bl| t < bl.time)) {
+                best = Some(i);
+            }
+        }
+        sources[best?].next()
+    })
+}
+
+/// The last `n` items of an iterator, holding no more than `n` at a time.
+pub fn last_n<T>(items: impl Iterator<Item = T>, n: usize) -> Vec<T> {
+    let mut window = std::collections::VecDeque::with_capacity(n.min(4096));
+    for item in items {
+        if window.len() == n {
+            window.pop_front();
+        }
+        if n > 0 {
+            window.push_back(item);
+        }
+    }
+    window.into()
 }
 
 #[cfg(test)]
@@ -214,7 +312,7 @@ mod tests {
         }
         assert!(rotated(&path, 1).exists());
         assert!(!rotated(&path, 2).exists(), "maxFiles counts every file, the current one included");
-        let lines = read_lines(&path, "a-0", 2, None);
+        let lines: Vec<LogLine> = ReplicaLines::open(&path, "a-0", 2, None).collect();
         assert!(lines.len() < 40, "old lines were rotated away");
         assert_eq!(lines.last().unwrap().text, "line 39");
         let nums: Vec<u32> = lines.iter().map(|l| l.text[5..].parse().unwrap()).collect();
@@ -233,11 +331,53 @@ mod tests {
         let input = format!("one\ntwo\r\n{long}\nthree-no-newline");
         let (_tx, rx) = tokio::sync::watch::channel(false);
         pump(input.as_bytes(), "stderr", w.clone(), rx).await;
-        let lines = read_lines(&path, "b-0", 1, None);
+        let lines: Vec<LogLine> = ReplicaLines::open(&path, "b-0", 1, None).collect();
         let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, vec!["one", "two", long.as_str(), "three-no-newline"]);
         assert!(lines.iter().all(|l| l.stream == "stderr"));
         let since = lines[0].time + chrono::Duration::days(1);
-        assert!(read_lines(&path, "b-0", 1, Some(since)).is_empty());
+        assert_eq!(ReplicaLines::open(&path, "b-0", 1, Some(since)).count(), 0);
+    }
+
+    #[tokio::test]
+    async fn output_without_newlines_reads_back_as_one_capped_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c-0.log");
+        let w = Arc::new(Mutex::new(
+            LogWriter::open(path.clone(), "c-0".into(), 64 << 20, 1, broadcast::channel(16).0).unwrap(),
+        ));
+        // 4 MiB and never a newline, then one line.
+        let input = format!("{}\nlast\n", "y".repeat(4 << 20));
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        pump(input.as_bytes(), "stdout", w.clone(), rx).await;
+        let lines: Vec<LogLine> = ReplicaLines::open(&path, "c-0", 1, None).collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].text.len() < MAX_JOINED_LINE + 100, "{}", lines[0].text.len());
+        let cut = (4 << 20) - MAX_JOINED_LINE;
+        assert!(lines[0].text.ends_with(&format!(" [… {cut} more bytes of this line not shown]")), "cut {cut}");
+        assert_eq!(lines[1].text, "last");
+        assert_eq!(last_n(ReplicaLines::open(&path, "c-0", 1, None), 1)[0].text, "last");
+    }
+
+    #[test]
+    fn replicas_merge_by_time_and_tails_hold_only_what_they_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("m-0.log"), dir.path().join("m-1.log"));
+        let mut a = LogWriter::open(pa.clone(), "m-0".into(), 1 << 20, 1, broadcast::channel(16).0).unwrap();
+        let mut b = LogWriter::open(pb.clone(), "m-1".into(), 1 << 20, 1, broadcast::channel(16).0).unwrap();
+        for i in 0..6 {
+            if i % 2 == 0 { &mut a } else { &mut b }.write("stdout", false, &format!("{i}")).unwrap();
+        }
+        let merged: Vec<String> =
+            merge(vec![ReplicaLines::open(&pa, "m-0", 1, None), ReplicaLines::open(&pb, "m-1", 1, None)])
+                .map(|l| l.text)
+                .collect();
+        assert_eq!(merged, ["0", "1", "2", "3", "4", "5"]);
+        assert_eq!(last_n(0..10, 3), vec![7, 8, 9]);
+        assert!(last_n(0..10, 0).is_empty());
+        // A line longer than any record Capstan writes (a file written by something else) is skipped.
+        std::fs::write(&pa, format!("{}\n2024-01-01T00:00:00Z stdout F ok\n", "z".repeat(100_000))).unwrap();
+        let texts: Vec<String> = ReplicaLines::open(&pa, "m-0", 1, None).map(|l| l.text).collect();
+        assert_eq!(texts, ["ok"]);
     }
 }

@@ -589,3 +589,27 @@ async fn balancer_edges_upgrade_with_a_body_connection_host_and_bad_chunks() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     tp.stop().await;
 }
+
+/// An App that writes 12 MiB without a newline: `logs --tail 1` shows that line, cut at 256 KiB and saying how
+/// much was left out, instead of a line too long to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_without_newlines_is_shown_cut_by_tail() {
+    let tp = TestPlane::start().await;
+    tp.apply(&app_yaml("noline", 1, &[("TESTAPP_NO_NEWLINE_MB", "12")], READINESS));
+    eventually("noline is Ready", T, || async { ready(&tp.app("noline").await).then_some(()) }).await;
+    let path = "/api/v1/namespaces/default/apps/noline/logs?tail=1";
+    let cut_of = |text: &str| -> usize {
+        text.rsplit("[… ").next().and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let last = eventually("the whole output was captured", T, || async {
+        let mut rx = tp.client.stream(path).await.ok()?;
+        let text = rx.recv().await?["text"].as_str()?.to_string();
+        // Until every record is written, the line read is shorter.
+        (cut_of(&text) + 256 * 1024 == 12 << 20).then_some(text)
+    })
+    .await;
+    assert!(last.starts_with("yyyy"), "{}", &last[..40.min(last.len())]);
+    assert!(last.len() <= 256 * 1024 + 100, "{}", last.len());
+    assert!(last.ends_with("more bytes of this line not shown]"), "{}", &last[last.len().saturating_sub(80)..]);
+    tp.stop().await;
+}

@@ -172,11 +172,10 @@ async fn graceful_stop_sends_sigterm_then_sigkill_after_the_grace_period() {
     })
     .await;
     let key = |n: &str| capstan_model::ObjectKey::new("App", "default", n);
-    let polite: Vec<String> = rt.read_logs(&key("polite"), Some(0), None).into_iter().map(|l| l.text).collect();
+    let polite: Vec<String> = rt.read_logs(&key("polite"), Some(0), None).map(|l| l.text).collect();
     assert!(polite.iter().any(|l| l.starts_with("got SIGTERM")), "{polite:?}");
     assert!(polite.iter().any(|l| l.contains("exiting cleanly")), "it finished within the grace period: {polite:?}");
-    let stubborn_logs: Vec<String> =
-        rt.read_logs(&key("stubborn"), Some(0), None).into_iter().map(|l| l.text).collect();
+    let stubborn_logs: Vec<String> = rt.read_logs(&key("stubborn"), Some(0), None).map(|l| l.text).collect();
     assert!(stubborn_logs.iter().any(|l| l == "ignoring SIGTERM"));
     assert!(!stubborn_logs.iter().any(|l| l.contains("exiting cleanly")), "it was killed: {stubborn_logs:?}");
     tp.stop().await;
@@ -252,7 +251,7 @@ async fn logs_are_captured_rotated_and_filtered() {
     let key = capstan_model::ObjectKey::new("App", "default", "chatty");
     let rt = tp.plane().runtime().clone();
     let lines = eventually("logs written", T, || async {
-        let l = rt.read_logs(&key, None, None);
+        let l: Vec<_> = rt.read_logs(&key, None, None).collect();
         l.iter().any(|l| l.text.contains("listening")).then_some(l)
     })
     .await;

@@ -80,6 +80,16 @@ async fn main() {
         }
     };
     println!("{replica} listening on {port}");
+    if let Some(mb) = env("TESTAPP_NO_NEWLINE_MB").and_then(|n| n.parse::<usize>().ok()) {
+        // Output that never ends its line.
+        use std::io::Write;
+        let chunk = "y".repeat(1 << 20);
+        let mut out = std::io::stdout().lock();
+        for _ in 0..mb {
+            let _ = out.write_all(chunk.as_bytes());
+        }
+        let _ = out.flush();
+    }
     let name = replica.clone();
     let scrapes: &'static std::sync::atomic::AtomicU64 = Box::leak(Box::default());
     let app = Router::new()
