@@ -145,6 +145,8 @@ pub struct Shared {
     pub targets: Arc<crate::monitor::TargetHealth>,
     /// When each Sync's refused webhook deliveries were last recorded as an event.
     pub webhook_refusals: std::sync::Mutex<std::collections::HashMap<ObjectKey, std::time::Instant>>,
+    /// The deliveries each Sync's webhook accepted lately, to refuse replays.
+    pub webhook_deliveries: std::sync::Mutex<std::collections::HashMap<ObjectKey, capstan_gitops::webhook::Deliveries>>,
     /// Runs the API's PromQL queries within their limits.
     pub queries: Arc<crate::queries::Queries>,
 }
@@ -286,6 +288,7 @@ impl ControlPlane {
             alerting,
             targets: Arc::default(),
             webhook_refusals: Default::default(),
+            webhook_deliveries: Default::default(),
             queries: Arc::new(crate::queries::Queries::new(cfg.query.clone())),
         });
         let app = crate::server::router(shared.clone());

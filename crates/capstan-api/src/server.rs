@@ -597,6 +597,16 @@ async fn hook(
             if matches!(header("x-github-event"), Some("ping")) || matches!(header("x-gitea-event"), Some("ping")) {
                 return Json(json!({ "accepted": false, "reason": "ping" })).into_response();
             }
+            // A delivery accepted before (by its sender's id or by its signed body) starts nothing again.
+            let ids = capstan_gitops::webhook::delivery_ids(header, &body);
+            let replayed = {
+                let mut all = state.webhook_deliveries.lock().unwrap_or_else(|p| p.into_inner());
+                all.entry(key.clone()).or_default().replayed(&ids, std::time::Instant::now())
+            };
+            if replayed {
+                return Json(json!({ "accepted": false, "reason": "this delivery was already accepted" }))
+                    .into_response();
+            }
             let push = parse_push(&body);
             let token = state.gitops.request(key.clone());
             let msg = format!(
@@ -604,7 +614,11 @@ async fn hook(
                 push.git_ref.map(|r| format!(" to {r}")).unwrap_or_default(),
                 push.after.map(|a| format!(" ({})", short(&a, 12))).unwrap_or_default()
             );
-            let _ = state.store.record_event(&key, capstan_model::EventType::Normal, "WebhookReceived", &msg);
+            let store = state.store.clone();
+            let event_key = key.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = store.record_event(&event_key, capstan_model::EventType::Normal, "WebhookReceived", &msg);
+            });
             (StatusCode::ACCEPTED, Json(json!({ "accepted": true, "token": token }))).into_response()
         }
     }

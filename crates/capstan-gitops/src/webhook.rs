@@ -19,7 +19,12 @@ pub enum WebhookError {
     Unsigned,
     #[error("the {0:?} signature does not match the body and the Sync's webhook secret")]
     BadSignature(Provider),
+    #[error("X-Signature-Timestamp {0} is not within {MAX_SKEW_SECONDS} s of now (a replayed or delayed delivery?)")]
+    Stale(String),
 }
+
+/// How far a generic sender's signed timestamp may be from Capstan's clock.
+pub const MAX_SKEW_SECONDS: i64 = 300;
 
 /// What a push payload says, when it says it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,6 +76,21 @@ pub fn verify<'a>(
     }
     if let Some(sig) = header("x-signature") {
         let hex_sig = sig.strip_prefix("sha256=").unwrap_or(sig);
+        // With a timestamp, the signature covers `<timestamp>.<body>` (as Stripe's and Slack's do) and an old
+        // delivery cannot be replayed: the timestamp must be within five minutes of now.
+        if let Some(ts) = header("x-signature-timestamp") {
+            let mut signed = ts.as_bytes().to_vec();
+            signed.push(b'.');
+            signed.extend_from_slice(body);
+            if !hmac_ok(token, &signed, hex_sig) {
+                return Err(WebhookError::BadSignature(Provider::Generic));
+            }
+            let now = chrono::Utc::now().timestamp();
+            return match ts.trim().parse::<i64>() {
+                Ok(t) if (now - t).abs() <= MAX_SKEW_SECONDS => Ok(Provider::Generic),
+                _ => Err(WebhookError::Stale(ts.chars().take(20).collect())),
+            };
+        }
         return if hmac_ok(token, body, hex_sig) {
             Ok(Provider::Generic)
         } else {
@@ -78,6 +98,62 @@ pub fn verify<'a>(
         };
     }
     Err(WebhookError::Unsigned)
+}
+
+/// What identifies one delivery, for telling a replay from a new one: the sender's delivery id when it sends
+/// one (`X-GitHub-Delivery`, `X-Gitea-Delivery`, `X-Gitlab-Event-UUID`, `X-Delivery-Id`), and the digest of the
+/// signed body, which differs between any two pushes.
+pub fn delivery_ids<'a>(header: impl Fn(&str) -> Option<&'a str>, body: &[u8]) -> Vec<String> {
+    use sha2::Digest;
+    let mut ids: Vec<String> = ["x-github-delivery", "x-gitea-delivery", "x-gitlab-event-uuid", "x-delivery-id"]
+        .iter()
+        .filter_map(|h| header(h))
+        .map(|v| format!("id:{}", v.chars().take(100).collect::<String>()))
+        .collect();
+    ids.push(format!("body:{}", hex::encode(Sha256::digest(body))));
+    ids
+}
+
+/// The deliveries one receiver accepted lately: at most `capacity`, none older than `window`.
+#[derive(Debug)]
+pub struct Deliveries {
+    seen: std::collections::VecDeque<(std::time::Instant, String)>,
+    capacity: usize,
+    window: std::time::Duration,
+}
+
+impl Deliveries {
+    /// One hour and the last 1,000 deliveries.
+    pub fn new() -> Deliveries {
+        Deliveries::with(1_000, std::time::Duration::from_secs(3600))
+    }
+
+    pub fn with(capacity: usize, window: std::time::Duration) -> Deliveries {
+        Deliveries { seen: std::collections::VecDeque::new(), capacity, window }
+    }
+
+    /// True when any of `ids` was accepted within the window (a replay); otherwise records them.
+    pub fn replayed(&mut self, ids: &[String], now: std::time::Instant) -> bool {
+        while self.seen.front().is_some_and(|(t, _)| now.duration_since(*t) > self.window) {
+            self.seen.pop_front();
+        }
+        if ids.iter().any(|id| self.seen.iter().any(|(_, s)| s == id)) {
+            return true;
+        }
+        for id in ids {
+            if self.seen.len() == self.capacity {
+                self.seen.pop_front();
+            }
+            self.seen.push_back((now, id.clone()));
+        }
+        false
+    }
+}
+
+impl Default for Deliveries {
+    fn default() -> Self {
+        Deliveries::new()
+    }
 }
 
 /// Reads `ref` and `after` (or GitLab's `checkout_sha`) from a push payload; other payloads give an empty Push.
@@ -125,5 +201,44 @@ mod tests {
         assert!(verify(headers(&[("x-hub-signature-256", &gh)]), tampered, b"s3cret").is_err());
         assert_eq!(verify(headers(&[]), body, b"s3cret"), Err(WebhookError::Unsigned));
         assert_eq!(parse_push(body), Push { git_ref: Some("refs/heads/main".into()), after: Some("abc".into()) });
+    }
+
+    #[test]
+    fn a_generic_timestamp_is_signed_and_must_be_recent() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let now = chrono::Utc::now().timestamp().to_string();
+        let signed = |ts: &str| format!("sha256={}", sign(b"k", &[ts.as_bytes(), b".", body].concat()));
+        let sig = signed(&now);
+        let h = [("x-signature", sig.as_str()), ("x-signature-timestamp", now.as_str())];
+        assert_eq!(verify(headers(&h), body, b"k"), Ok(Provider::Generic));
+        // The timestamp is part of what is signed: changing it breaks the signature.
+        let later = (chrono::Utc::now().timestamp() + 1).to_string();
+        let moved = [("x-signature", sig.as_str()), ("x-signature-timestamp", later.as_str())];
+        assert_eq!(verify(headers(&moved), body, b"k"), Err(WebhookError::BadSignature(Provider::Generic)));
+        // A delivery signed an hour ago is a replay.
+        let old = (chrono::Utc::now().timestamp() - 3600).to_string();
+        let old_sig = signed(&old);
+        let replay = [("x-signature", old_sig.as_str()), ("x-signature-timestamp", old.as_str())];
+        assert!(matches!(verify(headers(&replay), body, b"k"), Err(WebhookError::Stale(_))));
+    }
+
+    #[test]
+    fn a_delivery_is_accepted_once() {
+        let t0 = std::time::Instant::now();
+        let mut d = Deliveries::with(4, std::time::Duration::from_secs(60));
+        let first = delivery_ids(headers(&[("x-github-delivery", "d-1")]), b"push 1");
+        assert_eq!(first.len(), 2);
+        assert!(!d.replayed(&first, t0));
+        assert!(d.replayed(&first, t0), "the same delivery again");
+        let same_body = delivery_ids(headers(&[("x-github-delivery", "d-2")]), b"push 1");
+        assert!(d.replayed(&same_body, t0), "a new id on a body already accepted");
+        let second = delivery_ids(headers(&[("x-github-delivery", "d-3")]), b"push 2");
+        assert!(!d.replayed(&second, t0));
+        assert!(!d.replayed(&first, t0 + std::time::Duration::from_secs(61)), "forgotten after the window");
+        // Bounded: old entries go first.
+        for i in 0..10 {
+            assert!(!d.replayed(&[format!("id:{i}")], t0 + std::time::Duration::from_secs(62)));
+        }
+        assert_eq!(d.seen.len(), 4);
     }
 }

@@ -220,10 +220,24 @@ async fn a_webhook_with_a_wrong_hmac_is_refused_and_a_right_one_syncs_at_once() 
     assert_eq!(sync_obj(&tp, "apps").await["status"]["lastAppliedRevision"], format!("main@sha1:{c1}"));
 
     let right = format!("sha256={}", capstan_gitops::webhook::sign(b"s3cret", body.as_bytes()));
-    let (code, resp) = post_raw(&url, &body, &[("X-Hub-Signature-256", &right), ("X-GitHub-Event", "push")]).await;
+    let delivery = [("X-Hub-Signature-256", right.as_str()), ("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "d-1")];
+    let (code, resp) = post_raw(&url, &body, &delivery).await;
     assert_eq!(code, 202, "{resp}");
     // The interval is an hour: only the webhook can have done this.
     wait_applied(&tp, "apps", &c2).await;
+    // The same delivery again, or the same signed body under a new delivery id, is a replay: it starts nothing.
+    let (code, resp) = post_raw(&url, &body, &delivery).await;
+    assert_eq!(code, 200, "{resp}");
+    assert!(resp.contains("already accepted"), "{resp}");
+    let renamed = [("X-Hub-Signature-256", right.as_str()), ("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "d-2")];
+    let (code, resp) = post_raw(&url, &body, &renamed).await;
+    assert_eq!((code, resp.contains("already accepted")), (200, true), "{resp}");
+    // A generic sender that signs a timestamp cannot have an old delivery replayed.
+    let old = (chrono::Utc::now().timestamp() - 3_600).to_string();
+    let signed = [old.as_bytes(), b".", body.as_bytes()].concat();
+    let old_sig = format!("sha256={}", capstan_gitops::webhook::sign(b"s3cret", &signed));
+    let (code, _) = post_raw(&url, &body, &[("X-Signature", &old_sig), ("X-Signature-Timestamp", &old)]).await;
+    assert_eq!(code, 404, "refused as every bad delivery is");
     let events = tp.client.get("/api/v1/namespaces/default/syncs/apps/events").await.expect("events");
     let text = events.to_string();
     assert!(text.contains("WebhookRefused") && text.contains("WebhookReceived"), "{text}");
