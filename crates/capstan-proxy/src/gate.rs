@@ -288,6 +288,11 @@ impl Drop for Admitted {
     }
 }
 
+/// An admitted connection, as a request carries it in its extensions: a websocket tunnel that outlives the
+/// HTTP connection it came from keeps its place counted (and busy) while it lives.
+#[derive(Clone)]
+pub struct Held(pub Arc<Admitted>);
+
 /// A request being answered; its connection is idle again when the last one is dropped.
 pub struct Activity(Arc<Slot>);
 

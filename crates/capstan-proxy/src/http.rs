@@ -292,6 +292,8 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
     }
     let upgrade = cfg.expose.websockets && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // A tunnel keeps its client connection's place in the gate (busy) for as long as it lives.
+    let held = req.extensions_mut().remove::<crate::gate::Held>().filter(|_| upgrade);
 
     // Pick the replica: a valid sticky cookie or client pin first, then the balance.
     let sticky_cookie = cfg.expose.sticky.as_ref().and_then(|s| s.cookie.as_ref());
@@ -455,6 +457,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
                 let idle = entry.config().idle;
                 tokio::spawn(async move {
                     let _guard = guard;
+                    let _busy = held.as_ref().map(|h| h.0.activity());
                     if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
                         gauge.inc();
                         crate::idle::copy_until_idle(TokioIo::new(c), TokioIo::new(b), idle).await;

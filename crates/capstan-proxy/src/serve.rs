@@ -49,8 +49,9 @@ where
     let timeout = admitted.listener().gate().header_timeout();
     let slot = std::sync::Arc::new(admitted);
     let tracker = slot.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let activity = tracker.activity();
+        req.extensions_mut().insert(crate::gate::Held(tracker.clone()));
         let fut = service.call(req);
         async move {
             let res = fut.await?;

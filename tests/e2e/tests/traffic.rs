@@ -290,6 +290,10 @@ async fn websocket_stays_open_until_its_replica_drains_then_reconnects() {
     socket.send("hello".into()).await.unwrap();
     let first = socket.next().await.unwrap().unwrap().into_text().unwrap().to_string();
     assert!(first.starts_with("1 ws-"), "{first}");
+    // The tunnel outlives its HTTP connection but keeps its place among the entry point's connections.
+    let (_, metrics) = http_get(tp.plane().addr().port(), "/metrics").await.expect("metrics");
+    let held = format!("capstan_lb_connections{{listener=\"default/ws/http-{port}\"}} 1");
+    assert!(metrics.contains(&held), "{metrics}");
     tp.apply(&web("ws", port, "2", ""));
     // Keep talking on the old socket until the replica drains and closes it.
     let mut answers_before_close = 0;
