@@ -65,14 +65,21 @@ def sample_rss(pid, seconds=6.0):
 
 
 class Capstan:
-    def __init__(self, bindir):
+    def __init__(self, bindir, args=(), nofile=None, exe=None):
+        """`capstan up` (`exe`, or the one in `bindir`) with extra `args`; `nofile` sets its open-file limit (soft
+        and hard; raising it needs the privilege to)."""
         self.bindir = bindir
         self.data = tempfile.mkdtemp(prefix="capstan-bench-")
         self.port = free_port()
         env = dict(os.environ, CAPSTAN_DATA=self.data, CAPSTAN_LOG="warn")
+
+        def limits():
+            if nofile:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(
-            [f"{bindir}/capstan", "up", "--listen", f"127.0.0.1:{self.port}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [exe or f"{bindir}/capstan", "up", "--listen", f"127.0.0.1:{self.port}", *args],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=limits)
         wait_until(lambda: os.path.exists(f"{self.data}/server.json"), 20, 0.02)
         self.token = open(f"{self.data}/token").read().strip()
 

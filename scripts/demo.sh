@@ -97,6 +97,7 @@ Try, in another terminal:
   export PATH="$CARGO_TARGET_DIR/release:\$PATH" CAPSTAN_DATA="$CAPSTAN_DATA"
   capstan describe app teamboard              # nodes, volumes, probes, events
   capstan logs teamboard -f                   # both nodes' output
+  capstan metrics query capstan_lb_connections   # connections each listener holds, within its cap
   kill -9 \$(pgrep -f 'release/teamboard' | head -1)   # one node dies: its users move, the others never notice
   sed 's/TEAMBOARD_VERSION: v1/TEAMBOARD_VERSION: v2/' examples/ha-stack/ha-stack.yaml | capstan apply -f -
   capstan rollout status teamboard            # one node at a time, zero downtime; the header shows v2

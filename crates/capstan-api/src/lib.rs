@@ -4,7 +4,7 @@ pub mod admission;
 pub mod alerts;
 pub mod client;
 pub mod discovery;
-mod listen;
+pub mod listen;
 pub mod monitor;
 pub mod plane;
 pub mod prometheus;

@@ -464,6 +464,12 @@ async fn a_churning_target_is_stopped_and_metadata_answers_are_bounded() {
     assert!((90_000..=101_000).contains(&held), "two scrapes' worth of series and no more: {held}");
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert!(series().await <= 101_000, "later scrapes add nothing");
+    // This test's whole process (Capstan in it) stays far below the gigabytes the flood used to take.
+    let rss_kib: u64 = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(rss_kib < 1 << 20, "resident memory {rss_kib} KiB");
 
     // Everything at once: cut at the server's limit, with Prometheus' warning.
     let everything = "match%5B%5D=%7B__name__%3D~%22.%2B%22%7D";
