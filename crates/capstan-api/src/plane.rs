@@ -231,10 +231,12 @@ impl ControlPlane {
         let runtime = LocalRuntime::new(LocalConfig { data_dir: cfg.data_dir.clone() }, store.clone(), notify_tx)?;
         // Connections are admitted within a budget under the open-file limit, so that a flood of them leaves fds
         // for probes, supervision, logs and the store.
+        // The API's connections come out of the limit first, on a gate of their own: connections to the entry
+        // points, however many and however busy, cannot lock operators out.
         let fd_limit = capstan_proxy::gate::raise_fd_limit();
-        let budget = capstan_proxy::gate::connection_budget(fd_limit);
+        let budget = capstan_proxy::gate::connection_budget(fd_limit.saturating_sub(cfg.api_max_connections as u64));
         let proxy = Arc::new(Proxy::with_limits(budget, cfg.header_timeout));
-        let api_gate = proxy.gate().listener("api", cfg.api_max_connections);
+        let api_gate = proxy.separate_gate(cfg.api_max_connections).listener("api", cfg.api_max_connections);
         let drain_proxy = proxy.clone();
         runtime.set_drainer(Arc::new(move |key: ObjectKey, replica: String| {
             let p = drain_proxy.clone();

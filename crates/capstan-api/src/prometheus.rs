@@ -156,8 +156,8 @@ async fn query(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: 
         Ok(t) => t,
         Err(e) => return fail(e),
     };
-    match state.queries.run(store(&state), move |e: &mut Engine| e.instant(&q, t)).await {
-        Ok(v) => ok(result(v, t)),
+    match state.queries.run(store(&state), move |e: &mut Engine| e.instant(&q, t).map(|v| result(v, t))).await {
+        Ok(v) => ok(v),
         Err(e) => fail(e),
     }
 }
@@ -183,8 +183,9 @@ async fn query_range(
         Some(Err(e)) => return bad(format!("invalid parameter \"step\": {e}")),
         None => return bad("invalid parameter \"step\": required"),
     };
-    match state.queries.run(store(&state), move |e: &mut Engine| e.range(&q, start, end, step)).await {
-        Ok(v) => ok(result(v, end)),
+    let range = move |e: &mut Engine| e.range(&q, start, end, step).map(|v| result(v, end));
+    match state.queries.run(store(&state), range).await {
+        Ok(v) => ok(v),
         Err(e) => fail(e),
     }
 }
@@ -258,8 +259,17 @@ async fn series(State(state): State<AppState>, RawQuery(raw): RawQuery, headers:
     match selection(&params(raw, &headers, &body)) {
         Ok(sel) if sel.sets.is_empty() => bad("no match[] parameter provided"),
         Ok(sel) => {
-            let (found, truncated) = store(&state).series(&sel.sets, sel.start, sel.end, sel.limit);
-            limited(json!(found.iter().map(metric).collect::<Vec<_>>()), truncated, sel.limit)
+            let db = store(&state);
+            // Reading the index and building the answer are blocking work: off the async workers.
+            let answer = tokio::task::spawn_blocking(move || {
+                let (found, truncated) = db.series(&sel.sets, sel.start, sel.end, sel.limit);
+                (json!(found.iter().map(metric).collect::<Vec<_>>()), truncated, sel.limit)
+            })
+            .await;
+            match answer {
+                Ok((data, truncated, limit)) => limited(data, truncated, limit),
+                Err(e) => fail(QueryError::Execution(e.to_string())),
+            }
         }
         Err(e) => fail(e),
     }
@@ -268,8 +278,12 @@ async fn series(State(state): State<AppState>, RawQuery(raw): RawQuery, headers:
 async fn labels(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     match selection(&params(raw, &headers, &body)) {
         Ok(sel) => {
-            let (names, truncated) = store(&state).label_names(&sel.sets, sel.start, sel.end, sel.limit);
-            limited(json!(names), truncated, sel.limit)
+            let db = store(&state);
+            let limit = sel.limit;
+            match tokio::task::spawn_blocking(move || db.label_names(&sel.sets, sel.start, sel.end, limit)).await {
+                Ok((names, truncated)) => limited(json!(names), truncated, limit),
+                Err(e) => fail(QueryError::Execution(e.to_string())),
+            }
         }
         Err(e) => fail(e),
     }
@@ -278,8 +292,14 @@ async fn labels(State(state): State<AppState>, RawQuery(raw): RawQuery, headers:
 async fn label_values(State(state): State<AppState>, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Response {
     match selection(&params(raw, &HeaderMap::new(), &Bytes::new())) {
         Ok(sel) => {
-            let (values, truncated) = store(&state).label_values(&name, &sel.sets, sel.start, sel.end, sel.limit);
-            limited(json!(values), truncated, sel.limit)
+            let db = store(&state);
+            let limit = sel.limit;
+            match tokio::task::spawn_blocking(move || db.label_values(&name, &sel.sets, sel.start, sel.end, limit))
+                .await
+            {
+                Ok((values, truncated)) => limited(json!(values), truncated, limit),
+                Err(e) => fail(QueryError::Execution(e.to_string())),
+            }
         }
         Err(e) => fail(e),
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capstan_observe::promql::{Engine, QueryError, Value};
+use capstan_observe::promql::{Engine, QueryError};
 use capstan_observe::query_limits::{self, QueryLimits};
 use capstan_observe::tsdb::Tsdb;
 use tokio::sync::Semaphore;
@@ -83,11 +83,12 @@ impl Queries {
         &self.settings
     }
 
-    /// Evaluates `f` on a blocking thread once a turn is free. Dropping the returned future (the client went
-    /// away) cancels the evaluation at its next step.
-    pub async fn run<F>(self: &Arc<Self>, db: Arc<Tsdb>, f: F) -> Result<Value, QueryError>
+    /// Evaluates `f` on a blocking thread once a turn is free (its answer is built there too, however large).
+    /// Dropping the returned future (the client went away) cancels the evaluation at its next step.
+    pub async fn run<F, T>(self: &Arc<Self>, db: Arc<Tsdb>, f: F) -> Result<T, QueryError>
     where
-        F: FnOnce(&mut Engine) -> Result<Value, QueryError> + Send + 'static,
+        F: FnOnce(&mut Engine) -> Result<T, QueryError> + Send + 'static,
+        T: Send + 'static,
     {
         let cancel = Arc::new(AtomicBool::new(false));
         let _cancel_on_drop = CancelOnDrop(cancel.clone());

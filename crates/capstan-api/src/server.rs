@@ -223,6 +223,9 @@ async fn all_events(State(state): State<AppState>, Query(q): Query<EventsQuery>)
     ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
 }
 
+/// The most lines `tail` returns.
+const MAX_TAIL: usize = 100_000;
+
 #[derive(Deserialize)]
 struct LogQuery {
     replica: Option<u32>,
@@ -309,7 +312,8 @@ async fn logs(
     // The files are read off the async runtime a line at a time and streamed as they are read: memory holds the
     // lines a tail keeps, or a channel's worth.
     let stored = state.runtime.read_logs(&key, q.replica, q.since);
-    let tail = q.tail;
+    // A tail is held whole before it is sent: it is capped.
+    let tail = q.tail.map(|n| n.min(MAX_TAIL));
     let read_keep = keep.clone();
     let replica = q.replica.map(|o| format!("{name}-{o}"));
     let (tx, rx) = mpsc::channel::<String>(1024);
@@ -567,9 +571,16 @@ async fn hook(
     State(state): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     use capstan_gitops::webhook::{parse_push, verify};
+    // No token guards this path: a body that trickles in is cut off, so that slow senders cannot hold the
+    // listener's connections busy.
+    let body = match tokio::time::timeout(HOOK_BODY_TIMEOUT, axum::body::to_bytes(body, HOOK_BODY_LIMIT)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the delivery is larger than 2 MiB"),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the delivery's body did not arrive in time"),
+    };
     use capstan_model::gitops::{Secret, Sync};
     let key = ObjectKey::new("Sync", &ns, &name);
     let sync: Option<Sync> = state.store.get(&key).ok().flatten().and_then(|v| serde_json::from_value(v).ok());
@@ -623,6 +634,10 @@ async fn hook(
         }
     }
 }
+
+/// How long a webhook delivery's body may take to arrive, and how large it may be.
+const HOOK_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const HOOK_BODY_LIMIT: usize = 2 << 20;
 
 /// How often a Sync's refused webhook deliveries are recorded as an event: a flood of bad signatures writes one
 /// event per Sync per interval, off the async workers, not one store write per request.

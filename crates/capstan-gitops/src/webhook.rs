@@ -114,10 +114,11 @@ pub fn delivery_ids<'a>(header: impl Fn(&str) -> Option<&'a str>, body: &[u8]) -
     ids
 }
 
-/// The deliveries one receiver accepted lately: at most `capacity`, none older than `window`.
+/// The deliveries one receiver accepted lately, each with all its ids: at most `capacity` deliveries, none older
+/// than `window`.
 #[derive(Debug)]
 pub struct Deliveries {
-    seen: std::collections::VecDeque<(std::time::Instant, String)>,
+    seen: std::collections::VecDeque<(std::time::Instant, Vec<String>)>,
     capacity: usize,
     window: std::time::Duration,
 }
@@ -137,15 +138,13 @@ impl Deliveries {
         while self.seen.front().is_some_and(|(t, _)| now.duration_since(*t) > self.window) {
             self.seen.pop_front();
         }
-        if ids.iter().any(|id| self.seen.iter().any(|(_, s)| s == id)) {
+        if ids.iter().any(|id| self.seen.iter().any(|(_, known)| known.contains(id))) {
             return true;
         }
-        for id in ids {
-            if self.seen.len() == self.capacity {
-                self.seen.pop_front();
-            }
-            self.seen.push_back((now, id.clone()));
+        if self.seen.len() == self.capacity {
+            self.seen.pop_front();
         }
+        self.seen.push_back((now, ids.to_vec()));
         false
     }
 }
@@ -235,10 +234,12 @@ mod tests {
         let second = delivery_ids(headers(&[("x-github-delivery", "d-3")]), b"push 2");
         assert!(!d.replayed(&second, t0));
         assert!(!d.replayed(&first, t0 + std::time::Duration::from_secs(61)), "forgotten after the window");
-        // Bounded: old entries go first.
+        // Bounded by deliveries, each with all its ids: old ones go first, whole.
         for i in 0..10 {
-            assert!(!d.replayed(&[format!("id:{i}")], t0 + std::time::Duration::from_secs(62)));
+            assert!(!d.replayed(&[format!("id:{i}"), format!("body:{i}")], t0 + std::time::Duration::from_secs(62)));
         }
         assert_eq!(d.seen.len(), 4);
+        assert!(d.replayed(&["body:9".to_string()], t0 + std::time::Duration::from_secs(62)));
+        assert!(!d.replayed(&["body:5".to_string()], t0 + std::time::Duration::from_secs(62)), "forgotten whole");
     }
 }

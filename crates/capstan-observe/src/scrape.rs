@@ -353,7 +353,8 @@ fn check_labels(
             limit: limits.labels,
         });
     }
-    for (k, v) in pairs.iter().filter(|(k, _)| k != "__name__") {
+    // Every label is checked, the metric's name (`__name__`'s value) included, as Prometheus checks them.
+    for (k, v) in pairs {
         if k.len() > limits.label_name_bytes {
             let name = k.chars().take(40).collect();
             return Err(ScrapeError::LabelNameLength {
@@ -511,7 +512,16 @@ pub async fn scrape(
             if recent + new.len() > limits.new_series_per_hour {
                 return Err(ScrapeError::NewSeriesLimit { new: new.len(), recent, limit: limits.new_series_per_hour });
             }
-            let held = w.series_count();
+            let mut held = w.series_count();
+            if held + new.len() > limits.store_series {
+                // Room is made from series that have ended (a churning target's, typically), those that ended
+                // longest ago first; never from this scrape's own or its target's bookkeeping.
+                let mut keep: std::collections::HashSet<u32> = out.iter().filter_map(|(_, _, id, _)| *id).collect();
+                keep.extend(meta);
+                w.forget_ended(held + new.len() - limits.store_series, &keep);
+                state.epoch = w.epoch();
+                held = w.series_count();
+            }
             if held + new.len() > limits.store_series {
                 return Err(ScrapeError::StoreSeriesLimit { held, new: new.len(), limit: limits.store_series });
             }

@@ -252,10 +252,12 @@ impl Inner {
     }
 }
 
-/// The first `limit` of a sorted set, and whether there were more.
-fn truncate(set: std::collections::BTreeSet<String>, limit: usize) -> (Vec<String>, bool) {
-    let truncated = set.len() > limit;
-    (set.into_iter().take(limit).collect(), truncated)
+/// The first `limit` of sorted items, and whether there were more.
+fn first(items: impl Iterator<Item = String>, limit: usize) -> (Vec<String>, bool) {
+    let mut out: Vec<String> = items.take(limit.saturating_add(1)).collect();
+    let truncated = out.len() > limit;
+    out.truncate(limit);
+    (out, truncated)
 }
 
 /// One selected series with its samples in a time range.
@@ -304,6 +306,26 @@ impl Writer<'_> {
     /// How many series the store holds.
     pub fn series_count(&self) -> usize {
         self.0.ids.len()
+    }
+
+    /// Forgets up to `n` series that have ended (their last sample is a staleness marker), those that ended
+    /// longest ago first, never one in `keep`. Returns how many went; ids may be reused afterwards (the epoch
+    /// changes).
+    pub fn forget_ended(&mut self, n: usize, keep: &std::collections::HashSet<u32>) -> usize {
+        let mut ended: Vec<(i64, u32)> = self
+            .0
+            .series
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| !keep.contains(&(*id as u32)))
+            .filter_map(|(id, s)| s.as_ref()?.last().filter(|(_, v)| is_stale(*v)).map(|(t, _)| (t, id as u32)))
+            .collect();
+        ended.sort_unstable();
+        ended.truncate(n);
+        for (_, id) in &ended {
+            self.0.remove(*id);
+        }
+        ended.len()
     }
 
     /// Appends to a series by id (one from [`Writer::id_for`] in this epoch).
@@ -417,12 +439,11 @@ impl Tsdb {
         maxt: i64,
         limit: usize,
     ) -> (Vec<String>, bool) {
-        let names: std::collections::BTreeSet<String> = if matcher_sets.is_empty() {
-            self.read().postings.keys().map(|k| k.to_string()).collect()
-        } else {
-            self.distinct_labels(matcher_sets, mint, maxt, |l, out| out.extend(l.iter().map(|(k, _)| k.to_string())))
-        };
-        truncate(names, limit)
+        if matcher_sets.is_empty() {
+            let inner = self.read();
+            return first(inner.postings.keys().map(|k| k.to_string()), limit);
+        }
+        self.distinct_labels(matcher_sets, mint, maxt, limit, |l| l.iter().map(|(k, _)| k.to_string()).collect())
     }
 
     /// Values of one label (among the selected series when matcher sets are given), sorted; at most `limit`.
@@ -434,32 +455,41 @@ impl Tsdb {
         maxt: i64,
         limit: usize,
     ) -> (Vec<String>, bool) {
-        let values: std::collections::BTreeSet<String> = if matcher_sets.is_empty() {
-            self.read().postings.get(name).map(|v| v.keys().map(|k| k.to_string()).collect()).unwrap_or_default()
-        } else {
-            self.distinct_labels(matcher_sets, mint, maxt, |l, out| out.extend(l.get(name).map(str::to_string)))
-        };
-        truncate(values, limit)
+        if matcher_sets.is_empty() {
+            let inner = self.read();
+            let values = inner.postings.get(name).into_iter().flat_map(|v| v.keys().map(|k| k.to_string()));
+            return first(values, limit);
+        }
+        self.distinct_labels(matcher_sets, mint, maxt, limit, |l| l.get(name).map(str::to_string).into_iter().collect())
     }
 
-    /// What `pick` takes from each selected series, without copying the series' label sets.
+    /// The `limit` smallest of what `pick` takes from each selected series, never holding more than `limit + 1`
+    /// of them, and whether there were more.
     fn distinct_labels(
         &self,
         matcher_sets: &[Vec<Matcher>],
         mint: i64,
         maxt: i64,
-        pick: impl Fn(&Labels, &mut std::collections::BTreeSet<String>),
-    ) -> std::collections::BTreeSet<String> {
+        limit: usize,
+        pick: impl Fn(&Labels) -> Vec<String>,
+    ) -> (Vec<String>, bool) {
         let inner = self.read();
         let mut ids: Vec<u32> = matcher_sets.iter().flat_map(|m| inner.select_ids(m)).collect();
         ids.sort_unstable();
         ids.dedup();
         let mut out = std::collections::BTreeSet::new();
+        let mut truncated = false;
         for s in ids.into_iter().filter_map(|id| inner.series[id as usize].as_ref()).filter(|s| s.overlaps(mint, maxt))
         {
-            pick(&s.labels, &mut out);
+            for v in pick(&s.labels) {
+                out.insert(v);
+                if out.len() > limit {
+                    out.pop_last();
+                    truncated = true;
+                }
+            }
         }
-        out
+        (out.into_iter().collect(), truncated)
     }
 
     pub fn stats(&self) -> Stats {
@@ -499,6 +529,10 @@ impl Tsdb {
                 empty.push(id as u32);
             }
         }
+        // Series left empty by time are forgotten before sizes are counted: their overhead is not there any more.
+        for id in empty.drain(..) {
+            inner.remove(id);
+        }
         if let Some(limit) = max_bytes {
             let mut total: usize = inner.series.iter().flatten().map(Series::bytes).sum();
             if total > limit {
@@ -508,7 +542,6 @@ impl Tsdb {
                     .series
                     .iter()
                     .enumerate()
-                    .filter(|(id, _)| !empty.contains(&(*id as u32)))
                     .filter_map(|(id, s)| s.as_ref()?.oldest_chunk_t().map(|t| std::cmp::Reverse((t, id as u32))))
                     .collect();
                 while total > limit {
@@ -754,6 +787,26 @@ mod tests {
         assert_eq!((some.len(), more), (4, true));
         assert!(db.select_at_most(&[m("=", "job", "db")], 0, i64::MAX, 10).is_none(), "600 samples are more than 10");
         assert_eq!(db.select_at_most(&[m("=", "job", "db")], 0, i64::MAX, 600).map(|d| d.len()), Some(2));
+    }
+
+    #[test]
+    fn ended_series_are_forgotten_oldest_first() {
+        let db = Tsdb::new();
+        for (i, end) in [(0, 30), (1, 10), (2, 20)] {
+            let s = l(&[("__name__", "x"), ("i", &i.to_string())]);
+            db.append(&s, 1, 1.0).expect("append");
+            db.append(&s, end, stale_nan()).expect("append");
+        }
+        let live = l(&[("__name__", "live")]);
+        db.append(&live, 5, 1.0).expect("append");
+        let mut w = db.writer();
+        let epoch = w.epoch();
+        let keep: std::collections::HashSet<u32> = [w.lookup(&l(&[("__name__", "x"), ("i", "1")])).unwrap()].into();
+        assert_eq!(w.forget_ended(1, &keep), 1);
+        assert_ne!(w.epoch(), epoch);
+        assert!(w.lookup(&l(&[("__name__", "x"), ("i", "2")])).is_none(), "ended at 20: the oldest not kept");
+        assert_eq!(w.forget_ended(10, &keep), 1, "the one ended at 30; the kept one and the live one stay");
+        assert_eq!(w.series_count(), 2);
     }
 
     #[test]

@@ -60,6 +60,7 @@ async fn target(kind: &'static str) -> (String, Arc<AtomicUsize>) {
                     }
                     "long_value" => ("text/plain; version=0.0.4", format!("v{{path=\"{}\"}} 1\n", "a".repeat(5_000))),
                     "long_name" => ("text/plain; version=0.0.4", format!("n{{{}=\"x\"}} 1\n", "k".repeat(300))),
+                    "long_metric" => ("text/plain; version=0.0.4", format!("{} 1\n", "m".repeat(5_000))),
                     "slow" => {
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         ("text/plain", "late 1\n".into())
@@ -204,6 +205,11 @@ async fn label_limits_and_churning_targets_are_refused_with_the_limit_named() {
     assert!(e.contains("label_value_length_limit exceeded (metric: v, label name: path, value length: 5000"), "{e}");
     let r = one("long_name").await;
     assert!(matches!(r.error, Some(ScrapeError::LabelNameLength { got: 300, limit: 32, .. })), "{r:?}");
+    let r = one("long_metric").await;
+    assert!(
+        matches!(&r.error, Some(ScrapeError::LabelValueLength { name, got: 5000, .. }) if name == "__name__"),
+        "a metric name is a label value too: {r:?}"
+    );
     assert!(instant(&db, "{__name__=~\"wide|v|n\"}", 1_000).is_empty(), "nothing of them was stored");
 
     // 60 new series a scrape: the third scrape within the hour would pass 150.
@@ -223,11 +229,19 @@ async fn label_limits_and_churning_targets_are_refused_with_the_limit_named() {
     let r = scrape(&client, &t(&url, 2000), &db, &mut st, limits, 3_000 + 3_600_000).await;
     assert!(r.up, "{r:?}");
 
-    // The store's own limit binds all targets together.
+    // The store's own limit binds all targets together. Room is made from series that ended (the churn's earlier
+    // ones), those that ended longest ago first, so live targets keep working.
     let full = Limits { store_series: db.stats().series + 10, new_series_per_hour: 1_000_000, ..limits };
     let r = scrape(&client, &t(&url, 2000), &db, &mut st, full, 4_000 + 3_600_000).await;
-    assert!(matches!(r.error, Some(ScrapeError::StoreSeriesLimit { new: 60, .. })), "{r:?}");
+    assert!(r.up, "{r:?}");
+    assert!(db.stats().series <= full.store_series, "{} series", db.stats().series);
     let (good, _) = target("good").await;
     let r = scrape(&client, &t(&good, 2000), &db, &mut TargetState::default(), full, 5_000 + 3_600_000).await;
     assert!(r.up, "a target whose series fit is still scraped: {r:?}");
+    assert!(db.stats().series <= full.store_series);
+    // With nothing ended to forget, a scrape that would pass the limit fails whole.
+    let fresh = Tsdb::new();
+    let tight = Limits { store_series: 20, ..full };
+    let r = scrape(&client, &t(&url, 2000), &fresh, &mut TargetState::default(), tight, 1_000).await;
+    assert!(matches!(r.error, Some(ScrapeError::StoreSeriesLimit { new: 60, limit: 20, .. })), "{r:?}");
 }

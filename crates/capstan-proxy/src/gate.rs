@@ -59,6 +59,8 @@ pub enum Refusal {
     ListenerFull(usize),
     /// The process holds its budget of connections and none of them is idle.
     BudgetFull(usize),
+    /// Half the budget is held by tunnels (TCP and websockets), which are never closed for room.
+    Tunnels(usize),
 }
 
 impl Refusal {
@@ -66,6 +68,7 @@ impl Refusal {
         match self {
             Refusal::ListenerFull(_) => "listener_cap",
             Refusal::BudgetFull(_) => "process_budget",
+            Refusal::Tunnels(_) => "tunnel_share",
         }
     }
 }
@@ -81,6 +84,8 @@ struct Slot {
     idle_since: AtomicU64,
     evicted: AtomicBool,
     evict: tokio::sync::Notify,
+    /// Counted among the tunnels.
+    pinned: AtomicBool,
 }
 
 /// The connections of the whole process.
@@ -88,6 +93,9 @@ pub struct Gate {
     budget: usize,
     header_timeout: Duration,
     open: AtomicUsize,
+    /// Connections that are tunnels (never closed for room): at most half the budget, so that they cannot lock
+    /// out everyone else.
+    pinned: AtomicUsize,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     next: AtomicU64,
     metrics: Arc<Metrics>,
@@ -100,6 +108,7 @@ impl Gate {
             budget: budget.max(1),
             header_timeout,
             open: AtomicUsize::new(0),
+            pinned: AtomicUsize::new(0),
             slots: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             metrics,
@@ -111,6 +120,12 @@ impl Gate {
         self.header_timeout
     }
 
+    /// How long a client may read nothing of a response before its connection is closed: four header timeouts
+    /// (60 s by default, nginx's `send_timeout`).
+    pub fn send_timeout(&self) -> Duration {
+        self.header_timeout * 4
+    }
+
     /// Connections the process may hold.
     pub fn budget(&self) -> usize {
         self.budget
@@ -119,6 +134,18 @@ impl Gate {
     /// Connections held now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// The most tunnels held at once: half the budget.
+    pub fn tunnel_limit(&self) -> usize {
+        (self.budget / 2).max(1)
+    }
+
+    /// Counts one more tunnel, if there is room for it.
+    fn pin(&self) -> bool {
+        self.pinned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.tunnel_limit()).then_some(n + 1))
+            .is_ok()
     }
 
     /// A listener of this gate, holding at most `cap` connections.
@@ -185,7 +212,9 @@ impl ListenerGate {
     pub fn admit(self: &Arc<Self>, evictable: bool) -> Result<Admitted, Refusal> {
         let cap = self.cap.load(Ordering::Relaxed);
         let gate = &self.gate;
-        let full = if self.open.load(Ordering::Relaxed) >= cap {
+        let full = if !evictable && gate.pinned.load(Ordering::Acquire) >= gate.tunnel_limit() {
+            Some((None, Refusal::Tunnels(gate.tunnel_limit())))
+        } else if self.open.load(Ordering::Relaxed) >= cap {
             Some((Some(self.id), Refusal::ListenerFull(cap)))
         } else if gate.open.load(Ordering::Relaxed) >= gate.budget {
             Some((None, Refusal::BudgetFull(gate.budget)))
@@ -193,7 +222,7 @@ impl ListenerGate {
             None
         };
         if let Some((scope, refusal)) = full {
-            if gate.evict(scope) {
+            if !matches!(refusal, Refusal::Tunnels(_)) && gate.evict(scope) {
                 gate.metrics.connections_evicted.get_or_create(&self.labels).inc();
                 self.note(refusal, "closed the longest-idle connection to make room");
             } else {
@@ -217,7 +246,14 @@ impl ListenerGate {
             idle_since: AtomicU64::new(now_ms()),
             evicted: AtomicBool::new(false),
             evict: tokio::sync::Notify::new(),
+            pinned: AtomicBool::new(false),
         });
+        if !evictable {
+            if !gate.pin() {
+                return Err(Refusal::Tunnels(gate.tunnel_limit()));
+            }
+            slot.pinned.store(true, Ordering::Relaxed);
+        }
         gate.slots.lock().unwrap_or_else(|p| p.into_inner()).insert(id, slot.clone());
         self.open.fetch_add(1, Ordering::Relaxed);
         gate.open.fetch_add(1, Ordering::Relaxed);
@@ -243,6 +279,12 @@ impl ListenerGate {
             Refusal::ListenerFull(cap) => {
                 tracing::warn!(%listener, cap, refused, "listener {listener} holds its cap of {cap} connections: {what}")
             }
+            Refusal::Tunnels(limit) => tracing::warn!(
+                %listener,
+                limit,
+                refused,
+                "Capstan holds {limit} tunnels, half its connection budget: {what}"
+            ),
             Refusal::BudgetFull(budget) => tracing::warn!(
                 %listener,
                 budget,
@@ -272,6 +314,11 @@ impl Admitted {
         self.slot.evict.notified().await
     }
 
+    /// Whether a request of this connection is being answered now.
+    pub fn is_busy(&self) -> bool {
+        self.slot.busy.load(Ordering::Acquire) > 0
+    }
+
     /// The listener the connection came in on.
     pub fn listener(&self) -> &Arc<ListenerGate> {
         &self.listener
@@ -284,6 +331,9 @@ impl Drop for Admitted {
         l.gate.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         l.open.fetch_sub(1, Ordering::Relaxed);
         l.gate.open.fetch_sub(1, Ordering::Relaxed);
+        if self.slot.pinned.load(Ordering::Relaxed) {
+            l.gate.pinned.fetch_sub(1, Ordering::AcqRel);
+        }
         l.gate.metrics.connections.get_or_create(&l.labels).dec();
     }
 }
@@ -292,6 +342,21 @@ impl Drop for Admitted {
 /// HTTP connection it came from keeps its place counted (and busy) while it lives.
 #[derive(Clone)]
 pub struct Held(pub Arc<Admitted>);
+
+impl Held {
+    /// Counts the connection among the tunnels; false when half the budget is tunnels already.
+    pub fn pin(&self) -> bool {
+        let slot = &self.0.slot;
+        if slot.pinned.load(Ordering::Relaxed) {
+            return true;
+        }
+        if !self.0.listener.gate.pin() {
+            return false;
+        }
+        slot.pinned.store(true, Ordering::Relaxed);
+        true
+    }
+}
 
 /// A request being answered; its connection is idle again when the last one is dropped.
 pub struct Activity(Arc<Slot>);
@@ -346,13 +411,23 @@ pub async fn refuse_http(mut stream: tokio::net::TcpStream, refusal: Refusal) {
     let text = match refusal {
         Refusal::ListenerFull(cap) => format!("this listener holds its cap of {cap} connections; retry shortly\n"),
         Refusal::BudgetFull(_) => "Capstan holds as many connections as it may; retry shortly\n".to_string(),
+        Refusal::Tunnels(_) => "Capstan holds as many tunnels as it may; retry shortly\n".to_string(),
     };
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\n\
          content-length: {}\r\n\r\n{text}",
         text.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+    // Answered, then closed after reading what the client sent (up to a second): closing with unread data
+    // would reset the connection, and the client could lose the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -404,12 +479,37 @@ mod tests {
         assert_eq!(g.metrics.connections_refused.get_or_create(&labels).get(), 1);
     }
 
+    #[tokio::test]
+    async fn the_connection_idle_longest_goes_first_and_tunnels_have_half_the_budget() {
+        let g = gate(8);
+        let l = g.listener("test", 3);
+        let oldest = l.admit(true).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let newer = l.admit(true).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let newest = l.admit(true).unwrap();
+        // The oldest was busy a moment ago, so it became idle last.
+        drop(oldest.activity());
+        let _fourth = l.admit(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), newer.evicted()).await.expect("idle longest: `newer`");
+        assert!(!oldest.slot.evicted.load(Ordering::Relaxed) && !newest.slot.evicted.load(Ordering::Relaxed));
+        // Tunnels: 4 of the 8.
+        let t = g.listener("tcp", 100);
+        let tunnels: Vec<Admitted> = (0..4).map(|_| t.admit(false).unwrap()).collect();
+        assert_eq!(t.admit(false).err(), Some(Refusal::Tunnels(4)));
+        assert!(!Held(Arc::new(l.admit(true).unwrap())).pin(), "a websocket counts among them too");
+        drop(tunnels);
+        assert!(Held(Arc::new(l.admit(true).unwrap())).pin());
+    }
+
     #[test]
     fn the_process_budget_spans_listeners() {
         let g = gate(2);
         let (a, b) = (g.listener("a", 10), g.listener("b", 10));
-        let held = [a.admit(false).unwrap(), a.admit(false).unwrap()];
-        assert_eq!(b.admit(true).err(), Some(Refusal::BudgetFull(2)));
+        let held = [a.admit(true).unwrap(), a.admit(true).unwrap()];
+        let busy: Vec<Activity> = held.iter().map(Admitted::activity).collect();
+        assert_eq!(b.admit(true).err(), Some(Refusal::BudgetFull(2)), "both busy: nothing to close for room");
+        drop(busy);
         drop(held);
         assert!(b.admit(true).is_ok(), "room again once connections close");
     }

@@ -1,6 +1,7 @@
 //! The HTTP side: pick a replica (sticky cookie, client IP or balance), forward with safe retries, stream bodies,
 //! and tunnel websocket upgrades.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -160,12 +161,19 @@ pub fn cookie_value<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
 enum ClientBodyError {
     Malformed,
     TooLarge,
+    /// Nothing of it arrived for the entry point's `requestSeconds`.
+    Stalled,
 }
 
-/// The request body on its way to the replica, noting how it failed.
+/// The request body on its way to the replica, noting how it failed. A body from which nothing arrives for
+/// `stall` fails (nginx's `client_body_timeout`): a slow sender cannot hold a connection busy for ever.
 struct ClientBody {
     inner: Limited<Incoming>,
     failed: Arc<std::sync::OnceLock<ClientBodyError>>,
+    /// Set once the whole body was read.
+    done: Arc<std::sync::atomic::AtomicBool>,
+    stall: Duration,
+    stalled: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Body for ClientBody {
@@ -175,13 +183,29 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &polled {
-            let kind = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ClientBodyError::TooLarge
-            } else {
-                ClientBodyError::Malformed
-            };
-            let _ = this.failed.set(kind);
+        match &polled {
+            Poll::Pending => {
+                if this.stalled.as_mut().poll(cx).is_ready() {
+                    let _ = this.failed.set(ClientBodyError::Stalled);
+                    return Poll::Ready(Some(Err("the request body stopped arriving".into())));
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let kind = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    ClientBodyError::TooLarge
+                } else {
+                    ClientBodyError::Malformed
+                };
+                let _ = this.failed.set(kind);
+            }
+            Poll::Ready(None) => this.done.store(true, std::sync::atomic::Ordering::Release),
+            Poll::Ready(Some(Ok(_))) => {
+                if this.inner.is_end_stream() {
+                    this.done.store(true, std::sync::atomic::Ordering::Release);
+                }
+                let stall = this.stall;
+                this.stalled.as_mut().reset(tokio::time::Instant::now() + stall);
+            }
         }
         polled
     }
@@ -292,8 +316,13 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
     }
     let upgrade = cfg.expose.websockets && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // A tunnel keeps its client connection's place in the gate (busy) for as long as it lives.
+    // A tunnel keeps its client connection's place in the gate (busy) for as long as it lives, and counts among
+    // the tunnels, which may hold half the connection budget.
     let held = req.extensions_mut().remove::<crate::gate::Held>().filter(|_| upgrade);
+    if held.as_ref().is_some_and(|h| !h.pin()) {
+        error("too_many_tunnels");
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "Capstan holds as many tunnels as it may; retry shortly".into());
+    }
 
     // Pick the replica: a valid sticky cookie or client pin first, then the balance.
     let sticky_cookie = cfg.expose.sticky.as_ref().and_then(|s| s.cookie.as_ref());
@@ -355,10 +384,18 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
     // An Upgrade request may carry a body too: it is forwarded like any other (sending its Content-Length
     // without it left the replica waiting).
     let body_failed = Arc::new(std::sync::OnceLock::new());
+    let body_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let first_body: ProxyBody = if no_body {
         boxed(Empty::<Bytes>::new())
     } else {
-        ClientBody { inner: Limited::new(body, cfg.max_body as usize), failed: body_failed.clone() }.boxed()
+        ClientBody {
+            inner: Limited::new(body, cfg.max_body as usize),
+            failed: body_failed.clone(),
+            done: body_done.clone(),
+            stall: cfg.request_timeout,
+            stalled: Box::pin(tokio::time::sleep(cfg.request_timeout)),
+        }
+        .boxed()
     };
 
     let mut pending = Some(out.build(first_body, replayable));
@@ -412,6 +449,14 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         let guard = backend.track();
         let sent = tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await;
         let mut resp = match sent {
+            Err(_) if !no_body && !body_done.load(std::sync::atomic::Ordering::Acquire) => {
+                // The replica was still waiting for the body: the client's delay, not the replica's.
+                error("body_timeout");
+                return plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not arrive within {:?}", cfg.request_timeout),
+                );
+            }
             Err(_) => {
                 error("timeout");
                 return plain(
@@ -483,6 +528,13 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         Some(ClientBodyError::Malformed) => {
             error("bad_request");
             return plain(StatusCode::BAD_REQUEST, "the request body is malformed (chunked encoding?)".into());
+        }
+        Some(ClientBodyError::Stalled) => {
+            error("body_timeout");
+            return plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("nothing of the request body arrived for {:?}", cfg.request_timeout),
+            );
         }
         None => {}
     }

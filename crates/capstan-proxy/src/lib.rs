@@ -358,9 +358,15 @@ impl Proxy {
         }
     }
 
-    /// The connection gate shared by every listener of the process (the API's too).
+    /// The connection gate shared by the entry points.
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
+    }
+
+    /// A gate of its own for another listener (the API), with the same header timeout and metrics: connections
+    /// to the entry points cannot use up its `budget`.
+    pub fn separate_gate(&self, budget: usize) -> Arc<Gate> {
+        Gate::new(budget, self.gate.header_timeout(), self.metrics.clone())
     }
 
     /// Opens the listening socket of an entry point and starts accepting on the first worker, which hands each

@@ -33,7 +33,8 @@ pub struct ErrorLabels {
     pub namespace: String,
     pub app: String,
     pub entry: String,
-    /// `no_backend`, `connect`, `upstream`, `timeout`, `body_too_large`, `bad_request`.
+    /// `no_backend`, `connect`, `upstream`, `timeout`, `body_too_large`, `bad_request`, `body_timeout`,
+    /// `too_many_tunnels`.
     pub kind: String,
 }
 

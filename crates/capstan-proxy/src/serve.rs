@@ -1,8 +1,10 @@
 //! Serving one admitted HTTP/1 connection: the header-read timeout, requests counted busy until their response
 //! body is written, and the connection dropped when the gate evicts it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -35,6 +37,80 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
+/// A client connection whose writes give up when the client reads nothing for `timeout` (nginx's
+/// `send_timeout`): a response nobody reads cannot hold its connection, and the replica's, busy for ever.
+pub struct TimedIo {
+    inner: tokio::net::TcpStream,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl TimedIo {
+    pub fn new(inner: tokio::net::TcpStream, timeout: Duration) -> TimedIo {
+        TimedIo { inner, timeout, stalled: None }
+    }
+
+    /// Passes a write's progress through; a write that stays pending past the timeout fails.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client read nothing of the response in time",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for TimedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TimedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Serves `stream` with `service` until the client closes it, its headers time out, or the gate evicts it.
 pub async fn serve_http<S, B>(stream: tokio::net::TcpStream, admitted: Admitted, service: S)
 where
@@ -47,6 +123,7 @@ where
 {
     let _ = stream.set_nodelay(true);
     let timeout = admitted.listener().gate().header_timeout();
+    let stream = TimedIo::new(stream, admitted.listener().gate().send_timeout());
     let slot = std::sync::Arc::new(admitted);
     let tracker = slot.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -64,12 +141,20 @@ where
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
+    tokio::pin!(conn);
     tokio::select! {
-        r = conn => {
+        r = conn.as_mut() => {
             if r.as_ref().is_err_and(|e| e.is_timeout()) {
                 slot.listener().header_timed_out();
             }
         }
-        _ = slot.evicted() => {}
+        _ = slot.evicted() => {
+            // Chosen while idle, but a request may have begun since: it is answered, then the connection closes.
+            // An idle one closes now.
+            if slot.is_busy() {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+            }
+        }
     }
 }

@@ -11,6 +11,8 @@ use std::collections::HashSet;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::process::proc_stat;
+
 /// The environment variable that marks every process of a replica (inherited by its descendants).
 pub const MARKER_ENV: &str = "CAPSTAN_REPLICA_OF";
 
@@ -30,17 +32,6 @@ pub fn become_subreaper() -> bool {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
 }
 
-/// `(pid, ppid, state, pgrp)` from /proc/PID/stat.
-fn stat(pid: u32) -> Option<(u32, char, u32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((ppid, state, pgrp))
-}
-
 fn all_pids() -> impl Iterator<Item = u32> {
     std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
@@ -55,7 +46,7 @@ pub fn marked(marker: &str, spare: &HashSet<u32>) -> Vec<u32> {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == entry.as_bytes()))
         })
-        .filter(|pid| stat(*pid).is_some_and(|(_, state, _)| state != 'Z' && state != 'X'))
+        .filter(|pid| proc_stat(*pid).is_some_and(|s| !s.zombie()))
         .collect()
 }
 
@@ -75,8 +66,8 @@ pub fn reap_orphans(mains: &HashSet<u32>) -> usize {
         if mains.contains(&pid) {
             continue;
         }
-        let Some((ppid, state, pgrp)) = stat(pid) else { continue };
-        if ppid != me || state != 'Z' || pgrp == my_group {
+        let Some(s) = proc_stat(pid) else { continue };
+        if s.ppid != me || s.state != 'Z' || s.pgrp == my_group {
             continue;
         }
         let flags = nix::sys::wait::WaitPidFlag::WNOHANG;

@@ -186,6 +186,9 @@ struct Inner {
     usage: volumes::Usage,
     /// One channel per App carrying every replica's lines, so a follower outlives the replicas it started with.
     followers: Mutex<HashMap<ObjectKey, tokio::sync::broadcast::Sender<LogLine>>>,
+    /// Replicas' main processes spawned and not yet in `replicas`: the orphan reaper, which holds this lock while
+    /// it reaps, must leave them to the task that waits for them.
+    launching: Mutex<HashSet<u32>>,
 }
 
 /// How many lines a follower may fall behind before it is told it skipped some.
@@ -232,6 +235,7 @@ impl LocalRuntime {
                 limits: LimitSupport::detect(),
                 usage: volumes::Usage::default(),
                 followers: Mutex::new(HashMap::new()),
+                launching: Mutex::new(HashSet::new()),
             }),
         };
         rt.adopt()?;
@@ -244,7 +248,8 @@ impl LocalRuntime {
                     loop {
                         tick.tick().await;
                         let Some(inner) = weak.upgrade() else { return };
-                        LocalRuntime { inner }.reap_orphans();
+                        // Reading /proc is blocking work: off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || LocalRuntime { inner }.reap_orphans()).await;
                     }
                 });
             }
@@ -505,10 +510,13 @@ impl LocalRuntime {
             if let Some(r) = map.get_mut(&(key.clone(), ordinal)) {
                 if let Some(pid) = r.rec.pid {
                     // No orphans: whatever the replica left in its process group goes with it, and so does
-                    // whatever left the group (setsid) but still carries the replica's marker.
+                    // whatever left the group (setsid) but still carries this run's marker (found by reading
+                    // /proc, off the async workers and outside this lock; the next run has a marker of its own).
                     process::signal_group(pid, Signal::SIGKILL);
                     if let Some(marker) = self.marker(&r.rec) {
-                        escape::signal_marked(&marker, &HashSet::from([pid]), Signal::SIGKILL);
+                        tokio::task::spawn_blocking(move || {
+                            escape::signal_marked(&marker, &HashSet::from([pid]), Signal::SIGKILL)
+                        });
                     }
                 }
                 self.inner.limits.cleanup(&r.rec.id());
@@ -676,7 +684,12 @@ impl LocalRuntime {
                 ));
             }
         }
-        let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", exe.display()))?;
+        let child = {
+            let mut launching = lock(&self.inner.launching);
+            let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", exe.display()))?;
+            launching.extend(child.id());
+            child
+        };
         Ok((rec, child))
     }
 
@@ -762,9 +775,12 @@ impl LocalRuntime {
         rec.env.iter().find(|(k, _)| k == escape::MARKER_ENV).map(|(_, v)| v.clone())
     }
 
-    /// Reaps the zombies of processes that left their replicas and were re-parented to Capstan.
+    /// Reaps the zombies of processes that left their replicas and were re-parented to Capstan. Blocking: reads
+    /// /proc. Replicas' main processes, known or being launched, are left to the tasks that wait for them.
     fn reap_orphans(&self) {
-        let mains: HashSet<u32> = self.pids().into_iter().collect();
+        let launching = lock(&self.inner.launching);
+        let mut mains: HashSet<u32> = self.pids().into_iter().collect();
+        mains.extend(launching.iter().copied());
         escape::reap_orphans(&mains);
     }
 }
@@ -877,6 +893,7 @@ impl AppRuntime for LocalRuntime {
         }
         self.spawn_probes(&rec, stop_rx);
         lock(&self.inner.replicas).insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited));
+        lock(&self.inner.launching).remove(&pid);
         let rt = self.clone();
         let mut child = child;
         tokio::spawn(async move {
@@ -907,13 +924,17 @@ impl AppRuntime for LocalRuntime {
                     // Out of rotation first; in-flight requests finish (up to the drain time), then SIGTERM.
                     drain(key.clone(), format!("{}-{ordinal}", key.name)).await;
                 }
-                let main = HashSet::from([pid]);
+                // Processes that left the group are found by reading /proc: off the async workers.
+                let marked = |sig: Signal| {
+                    let m = marker.clone();
+                    tokio::task::spawn_blocking(move || {
+                        m.map_or(0, |m| escape::signal_marked(&m, &HashSet::from([pid]), sig))
+                    })
+                };
                 if !*exited.borrow() {
                     process::signal_group(pid, signal);
                     // Processes that left the group are asked to stop at the same time.
-                    if let Some(m) = &marker {
-                        escape::signal_marked(m, &main, signal);
-                    }
+                    let _ = marked(signal).await;
                     let timed_out = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_err();
                     if timed_out {
                         tracing::info!(replica = %format!("{}-{ordinal}", key.name), "grace period over; sending SIGKILL");
@@ -922,11 +943,12 @@ impl AppRuntime for LocalRuntime {
                     }
                 }
                 // Whatever outlived the main process and its grace period goes now.
-                let left = marker.as_deref().map_or(0, |m| escape::signal_marked(m, &main, Signal::SIGKILL));
+                let left = marked(Signal::SIGKILL).await.unwrap_or(0);
                 if left > 0 {
                     tracing::info!(replica = %format!("{}-{ordinal}", key.name), "stopped {left} processes that had left the replica's process group");
                 }
-                rt.reap_orphans();
+                let reaper = rt.clone();
+                let _ = tokio::task::spawn_blocking(move || reaper.reap_orphans()).await;
             }
             if forget {
                 let removed = lock(&rt.inner.replicas).remove(&(key.clone(), ordinal));

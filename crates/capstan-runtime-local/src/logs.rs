@@ -216,9 +216,8 @@ impl ReplicaLines {
                 Ok(_) => {}
             }
             if self.buf.last() != Some(&b'\n') && self.buf.len() as u64 >= MAX_RECORD {
-                // Not a record Capstan wrote: skip to the end of this line.
-                let mut rest = Vec::new();
-                let _ = reader.read_until(b'\n', &mut rest);
+                // Not a record Capstan wrote: skip to the end of this line without holding it.
+                let _ = reader.skip_until(b'\n');
                 continue;
             }
             let text = String::from_utf8_lossy(&self.buf);
@@ -241,7 +240,8 @@ impl Iterator for ReplicaLines {
             };
             let (line, cut) = match self.partial.take() {
                 Some((mut p, mut cut)) => {
-                    if p.text.len() + line.text.len() <= MAX_JOINED_LINE {
+                    // Once a piece was left out, every later piece is too: the text shown never skips one.
+                    if cut == 0 && p.text.len() + line.text.len() <= MAX_JOINED_LINE {
                         p.text.push_str(&line.text);
                     } else {
                         cut += line.text.len();

@@ -35,15 +35,42 @@ fn is_executable(m: &std::fs::Metadata) -> bool {
     m.permissions().mode() & 0o111 != 0
 }
 
-/// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), and whether it is a zombie.
-pub fn proc_start_time(pid: u32) -> Option<(u64, bool)> {
+/// What /proc/PID/stat says of a process that Capstan looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// `R`, `S`, `Z` (zombie), …
+    pub state: char,
+    pub ppid: u32,
+    /// The process group.
+    pub pgrp: u32,
+    /// The start time in clock ticks since boot (field 22).
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// Exited, and not yet reaped (or being reaped).
+    pub fn zombie(&self) -> bool {
+        self.state == 'Z' || self.state == 'X'
+    }
+}
+
+/// Reads /proc/PID/stat; None when the process does not exist (any more).
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces; fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((start, *state == "Z" || *state == "X"))
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), and whether it is a zombie.
+pub fn proc_start_time(pid: u32) -> Option<(u64, bool)> {
+    proc_stat(pid).map(|s| (s.start_ticks, s.zombie()))
 }
 
 /// Sends a signal to a whole process group; false when the group no longer exists.

@@ -129,6 +129,11 @@ async fn main() {
             }),
         )
         .route("/echo", axum::routing::post(|body: String| async move { body }))
+        // A large answer: `n` bytes (at most 256 MiB).
+        .route(
+            "/bytes/{n}",
+            get(|axum::extract::Path(n): axum::extract::Path<usize>| async move { vec![b'b'; n.min(256 << 20)] }),
+        )
         .route(
             "/metrics",
             get(move || async move {
