@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def rss_kib(pid):
@@ -137,3 +138,23 @@ def wrk(url, seconds, conns, headers=(), script=None, threads=2):
         v = float(m.group(1))
         return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
     return {"rps": rps, "requests": total, "p50_ms": lat(50), "p99_ms": lat(99), "errors": errors}
+
+
+def exposition_server(port, lines_for):
+    """An HTTP server on 127.0.0.1:`port` (not yet serving) that answers each GET with the lines `lines_for(path)`
+    gives, as Prometheus' 0.0.4 text format."""
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = ("\n".join(lines_for(self.path)) + "\n").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", port), H)
+    srv.daemon_threads = True
+    return srv

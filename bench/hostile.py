@@ -27,10 +27,9 @@ import tempfile
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import Capstan, free_port, http_ok, rss_kib, wait_until, wrk  # noqa: E402
+from common import Capstan, exposition_server, free_port, http_ok, rss_kib, wait_until, wrk  # noqa: E402
 from monitoring import cpu_seconds, prom_metric, start_prometheus  # noqa: E402
 
 
@@ -110,26 +109,13 @@ def serve_churn(port, series):
     state = {"n": 0}
     lock = threading.Lock()
 
-    class H(BaseHTTPRequestHandler):
-        def do_GET(self):
-            with lock:
-                n = state["n"]
-                state["n"] += 1
-            lines = ["# TYPE churn_request gauge"]
-            lines += [f'churn_request{{request_id="{n * series + j}"}} 1' for j in range(series)]
-            body = ("\n".join(lines) + "\n").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def lines_for(_path):
+        with lock:
+            n = state["n"]
+            state["n"] += 1
+        return ["# TYPE churn_request gauge"] + [f'churn_request{{request_id="{n * series + j}"}} 1' for j in range(series)]
 
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", port), H)
-    srv.daemon_threads = True
-    return srv
+    return exposition_server(port, lines_for)
 
 
 def churn_capstan(a):

@@ -20,10 +20,9 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import free_port, rss_kib  # noqa: E402
+from common import exposition_server, free_port, rss_kib  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -37,24 +36,13 @@ def cpu_seconds(pid):
 def serve_targets(port, series):
     start = time.time()
 
-    class H(BaseHTTPRequestHandler):
-        def do_GET(self):
-            t = self.path.rsplit("/", 1)[-1]
-            tick = int((time.time() - start) * 10)
-            lines = ["# HELP bench_requests_total Requests.", "# TYPE bench_requests_total counter"]
-            lines += [f'bench_requests_total{{target="{t}",id="{j}"}} {tick * (j % 7 + 1)}' for j in range(series)]
-            body = ("\n".join(lines) + "\n").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def lines_for(path):
+        t = path.rsplit("/", 1)[-1]
+        tick = int((time.time() - start) * 10)
+        lines = ["# HELP bench_requests_total Requests.", "# TYPE bench_requests_total counter"]
+        return lines + [f'bench_requests_total{{target="{t}",id="{j}"}} {tick * (j % 7 + 1)}' for j in range(series)]
 
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", port), H)
-    srv.daemon_threads = True
+    srv = exposition_server(port, lines_for)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
