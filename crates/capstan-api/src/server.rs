@@ -557,6 +557,14 @@ async fn scale(
 async fn reconcile_sync(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
     let key = ObjectKey::new("Sync", &ns, &name);
     match state.store.get(&key) {
+        // A suspended Sync applies nothing: say so at once rather than let the caller wait for a reconcile.
+        Ok(Some(o)) if o["spec"]["suspend"] == true => error(
+            StatusCode::CONFLICT,
+            format!(
+                "sync/{name} is suspended: nothing is applied until spec.suspend is false (set it in the Sync's \
+                 manifest and apply it)"
+            ),
+        ),
         Ok(Some(_)) => {
             let token = state.gitops.request(key);
             (StatusCode::ACCEPTED, Json(json!({ "token": token }))).into_response()

@@ -706,17 +706,20 @@ async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Option<Duration>
 /// The artifact a Sync applies, once its dependencies are Ready and its Source has one; else why not.
 fn ready_artifact(inner: &Arc<Inner>, sync: &Sync, retry: Duration) -> Result<Artifact, Outcome> {
     let fail = failed(retry);
-    // Dependencies first.
+    // Dependencies first: each must be Ready at its spec, and have applied what its Source holds now (as Flux
+    // holds a dependent back): a dependency that was Ready on the previous revision and has not yet tried (or
+    // has refused) the new one holds this Sync on the revision it runs.
     for d in &sync.spec.depends_on {
         let dk = ObjectKey::new("Sync", d.namespace.as_deref().unwrap_or(sync.metadata.namespace()), &d.name);
-        let ok = inner.store.get(&dk).ok().flatten().and_then(typed::<Sync>).is_some_and(|dep| {
-            let st = dep.status.unwrap_or_default();
-            let ready = find_condition(&st.conditions, READY).is_some_and(|c| c.status == ConditionStatus::True);
-            ready && st.observed_generation == dep.metadata.generation
-        });
-        if !ok {
-            let mut o =
-                fail(reason::DEPENDENCY_NOT_READY, format!("dependency '{}/{}' is not ready", dk.namespace, dk.name));
+        let read_err =
+            |e: capstan_store::StoreError| fail(reason::DEPENDENCY_NOT_READY, format!("reading '{dk}': {e}"));
+        let dep = inner.store.get(&dk).map_err(read_err)?.and_then(typed::<Sync>);
+        let source = match &dep {
+            Some(dep) => inner.store.get(&source_key_of(dep)).map_err(read_err)?.and_then(typed::<Source>),
+            None => None,
+        };
+        if let Some(why) = dependency_holds(&dk, dep.as_ref(), source.as_ref()) {
+            let mut o = fail(reason::DEPENDENCY_NOT_READY, why);
             o.after = retry.min(POLL * 5);
             return Err(o);
         }
@@ -738,6 +741,26 @@ fn ready_artifact(inner: &Arc<Inner>, sync: &Sync, retry: Duration) -> Result<Ar
         return Err(o);
     };
     Ok(artifact)
+}
+
+/// Why a dependency (`dep`, with its Source) holds its dependents back, if it does: it is not Ready at its spec,
+/// or it has not applied what its Source holds now.
+fn dependency_holds(dk: &ObjectKey, dep: Option<&Sync>, source: Option<&Source>) -> Option<String> {
+    let name = format!("{}/{}", dk.namespace, dk.name);
+    let Some(dep) = dep else { return Some(format!("dependency '{name}' is not ready: it does not exist")) };
+    let st = dep.status.clone().unwrap_or_default();
+    let ready = find_condition(&st.conditions, READY).is_some_and(|c| c.status == ConditionStatus::True);
+    if !ready || st.observed_generation != dep.metadata.generation {
+        return Some(format!("dependency '{name}' is not ready"));
+    }
+    let current = source.and_then(|s| s.status.as_ref()).and_then(|s| s.artifact.as_ref()).map(|a| a.revision.clone());
+    match (current, st.last_applied_revision) {
+        (Some(now), Some(applied)) if now != applied => {
+            Some(format!("dependency '{name}' has not applied revision {now} (it runs {applied})"))
+        }
+        (Some(now), None) => Some(format!("dependency '{name}' has not applied revision {now} yet")),
+        _ => None,
+    }
 }
 
 /// A failed attempt, looked at again after `retry`.
@@ -967,5 +990,51 @@ fn finalize_sync(inner: &Inner, key: &ObjectKey, sync: &Sync) {
         if let Err(e) = inner.store.delete(&k) {
             tracing::warn!(object = %k, "deleting after Sync {key} was deleted: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dep(applied: &str) -> Sync {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "Sync",
+            "metadata": {"name": "infra", "namespace": "default", "generation": 1},
+            "spec": {"sourceRef": {"name": "repo"}, "path": "./infra"},
+            "status": {
+                "observedGeneration": 1,
+                "lastAppliedRevision": applied,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded",
+                                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            },
+        }))
+        .expect("a Sync")
+    }
+
+    fn source(revision: &str) -> Source {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "Source",
+            "metadata": {"name": "repo", "namespace": "default"},
+            "spec": {"url": "file:///repo"},
+            "status": {"artifact": {"revision": revision, "digest": "sha256:0", "size": 0, "files": 0, "path": "/a",
+                                    "lastUpdateTime": "2026-01-01T00:00:00Z"}},
+        }))
+        .expect("a Source")
+    }
+
+    /// The day-2 case: the Source moved to a new commit, and the dependency, Ready on the previous one, has not
+    /// applied it (it has not tried yet, or refused it). Its dependents wait.
+    #[test]
+    fn a_dependency_ready_on_an_older_revision_holds_its_dependents() {
+        let k = ObjectKey::new("Sync", "default", "infra");
+        let why = dependency_holds(&k, Some(&dep("main@sha1:c1")), Some(&source("main@sha1:c2"))).expect("held back");
+        assert!(why.contains("has not applied revision main@sha1:c2 (it runs main@sha1:c1)"), "{why}");
+        assert_eq!(dependency_holds(&k, Some(&dep("main@sha1:c2")), Some(&source("main@sha1:c2"))), None);
+        let missing = dependency_holds(&k, None, None).expect("held back");
+        assert!(missing.contains("does not exist"), "{missing}");
+        let mut changed = dep("main@sha1:c2");
+        changed.metadata.generation = Some(2);
+        assert!(dependency_holds(&k, Some(&changed), Some(&source("main@sha1:c2"))).is_some(), "spec not observed");
     }
 }

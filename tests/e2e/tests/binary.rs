@@ -460,6 +460,21 @@ async fn gitops_from_the_command_line_up_git_build_diff_and_sync_now() {
     let out = capstan(&data, &["describe", "sync", "bootstrap", "-n", "capstan-system"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains("Inventory:") && text.contains("App/default/gweb") && text.contains("History:"), "{text}");
+    // sync now on a suspended Sync says so at once instead of waiting for a reconcile that never comes.
+    let paused = dir.path().join("paused.yaml");
+    std::fs::write(
+        &paused,
+        "apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {name: paused, namespace: capstan-system}\n\
+         spec: {sourceRef: {name: bootstrap}, path: ./nothing, suspend: true}\n",
+    )
+    .unwrap();
+    assert!(capstan(&data, &["apply", "-f", paused.to_str().unwrap()]).status.success());
+    let started = std::time::Instant::now();
+    let out = capstan(&data, &["sync", "now", "paused", "-n", "capstan-system"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("sync/paused is suspended"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "answered at once, not after the 5-minute wait");
     assert!(capstan(&data, &["shutdown"]).status.success());
 }
 

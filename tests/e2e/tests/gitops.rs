@@ -190,6 +190,55 @@ async fn depends_on_holds_a_sync_until_its_dependency_is_ready() {
     tp.stop().await;
 }
 
+/// Day 2: one commit breaks `infra/` and scales the Apps under `apps/`. `apps` must not apply that commit while
+/// `infra` refuses it: it keeps running (and reporting) the revision before, and takes the next one once `infra`
+/// has applied it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_sync_never_runs_a_revision_its_dependency_refused() {
+    let repo = GitRepo::new();
+    let db = repo_app("db", 1, &[]);
+    let front = |n: i32| repo_app("front", n, &[]);
+    let c1 = repo.commit(&[("infra/db.yaml", Some(&db)), ("apps/front.yaml", Some(&front(1)))], "both");
+    let tp = TestPlane::start().await;
+    tp.apply(&format!(
+        "{}---\n{}---\n{}",
+        source_yaml("repo", &repo.file_url(), ""),
+        sync_yaml("apps", "repo", "./apps", "  dependsOn:\n    - name: infra\n"),
+        sync_yaml("infra", "repo", "./infra", ""),
+    ));
+    wait_applied(&tp, "infra", &c1).await;
+    wait_applied(&tp, "apps", &c1).await;
+
+    let broken = "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: cache}\nspec: {replicas: many}\n";
+    let c2 = repo.commit(&[("infra/cache.yaml", Some(broken)), ("apps/front.yaml", Some(&front(2)))], "break");
+    // `apps` is asked first: the Source moves to c2 while `infra` is still Ready on c1.
+    sync_now(&tp, "apps").await;
+    sync_now(&tp, "infra").await;
+    eventually("infra refuses c2", T, || async {
+        let o = sync_obj(&tp, "infra").await;
+        (o["status"]["lastAttemptedRevision"] == format!("main@sha1:{c2}") && ready_reason(&o).0 == "False")
+            .then_some(())
+    })
+    .await;
+    sync_now(&tp, "apps").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let apps = sync_obj(&tp, "apps").await;
+    assert_eq!(apps["status"]["lastAppliedRevision"], format!("main@sha1:{c1}"), "{apps}");
+    assert_eq!(ready_reason(&apps), ("False".into(), "DependencyNotReady".into()), "{apps}");
+    let why = apps["status"]["conditions"].to_string();
+    assert!(why.contains("dependency 'default/infra'"), "{why}");
+    assert_eq!(tp.app("front").await["spec"]["replicas"], 1, "front runs what apps reports: c1");
+
+    // infra fixed: both move on, infra first.
+    let c3 = repo.commit(&[("infra/cache.yaml", None)], "fix");
+    sync_now(&tp, "infra").await;
+    wait_applied(&tp, "infra", &c3).await;
+    sync_now(&tp, "apps").await;
+    wait_applied(&tp, "apps", &c3).await;
+    assert_eq!(tp.app("front").await["spec"]["replicas"], 2);
+    tp.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_with_a_wrong_hmac_is_refused_and_a_right_one_syncs_at_once() {
     let repo = GitRepo::new();
