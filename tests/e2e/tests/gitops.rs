@@ -26,6 +26,16 @@ fn repo_app(name: &str, replicas: i32, env: &[(&str, &str)]) -> String {
     app_yaml(name, replicas, env, READINESS)
 }
 
+/// A Source on `repo` and two Syncs of it: `infra` (./infra) and `apps` (./apps), which depends on `infra`.
+fn apply_infra_and_apps(tp: &TestPlane, repo: &GitRepo) {
+    tp.apply(&format!(
+        "{}---\n{}---\n{}",
+        source_yaml("repo", &repo.file_url(), ""),
+        sync_yaml("apps", "repo", "./apps", "  dependsOn:\n    - name: infra\n"),
+        sync_yaml("infra", "repo", "./infra", ""),
+    ));
+}
+
 async fn sync_obj(tp: &TestPlane, name: &str) -> Value {
     tp.client.get(&format!("/api/v1/namespaces/default/syncs/{name}")).await.expect("get sync")
 }
@@ -164,12 +174,7 @@ async fn depends_on_holds_a_sync_until_its_dependency_is_ready() {
     let c1 =
         repo.commit(&[("infra/db.yaml", Some(&db)), ("apps/front.yaml", Some(&repo_app("front", 1, &[])))], "both");
     let tp = TestPlane::start().await;
-    tp.apply(&format!(
-        "{}---\n{}---\n{}",
-        source_yaml("repo", &repo.file_url(), ""),
-        sync_yaml("apps", "repo", "./apps", "  dependsOn:\n    - name: infra\n"),
-        sync_yaml("infra", "repo", "./infra", ""),
-    ));
+    apply_infra_and_apps(&tp, &repo);
     eventually("apps waits for infra", T, || async {
         let o = sync_obj(&tp, "apps").await;
         (ready_reason(&o) == ("False".into(), "DependencyNotReady".into())).then_some(())
@@ -200,12 +205,7 @@ async fn a_dependent_sync_never_runs_a_revision_its_dependency_refused() {
     let front = |n: i32| repo_app("front", n, &[]);
     let c1 = repo.commit(&[("infra/db.yaml", Some(&db)), ("apps/front.yaml", Some(&front(1)))], "both");
     let tp = TestPlane::start().await;
-    tp.apply(&format!(
-        "{}---\n{}---\n{}",
-        source_yaml("repo", &repo.file_url(), ""),
-        sync_yaml("apps", "repo", "./apps", "  dependsOn:\n    - name: infra\n"),
-        sync_yaml("infra", "repo", "./infra", ""),
-    ));
+    apply_infra_and_apps(&tp, &repo);
     wait_applied(&tp, "infra", &c1).await;
     wait_applied(&tp, "apps", &c1).await;
 

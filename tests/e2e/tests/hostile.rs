@@ -619,24 +619,41 @@ async fn output_without_newlines_is_shown_cut_by_tail() {
     tp.stop().await;
 }
 
-/// Slow clients cannot hold connections busy: a request body that stops arriving is answered 408 (on an entry
-/// point and on the unauthenticated webhook path), and a client that reads nothing of a response is disconnected
-/// after four header timeouts.
+/// Slow clients cannot hold connections busy: an entry point closes silent connections at its header timeout and
+/// its own cap, a request body that stops arriving is answered 408 (on an entry point and on the unauthenticated
+/// webhook path), and a client that reads nothing of a response is disconnected after four header timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_and_slow_readers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tp = TestPlane::start_with(|c| c.header_timeout = Duration::from_secs(1)).await;
     let port = free_port();
-    let extra = format!("{READINESS}  expose:\n    - port: {port}\n      timeouts: {{requestSeconds: 2}}\n");
+    let extra = format!(
+        "{READINESS}  expose:\n    - port: {port}\n      maxConnections: 3\n      timeouts: {{requestSeconds: 2}}\n"
+    );
     tp.apply(&app_yaml("slow", 1, &[], &extra));
     eventually("slow is Ready", T, || async { ready(&tp.app("slow").await).then_some(()) }).await;
     eventually("the entry point answers", T, || async { http_get(port, "/").await.filter(|r| r.0 == 200) }).await;
+    let api = api_port(&tp.client);
+    let listener = format!("{{listener=\"default/slow/http-{port}\"}}");
+
+    // An entry point's own cap and its header timeout: three silent connections fill `maxConnections: 3`, a
+    // fourth client is served by closing the one idle longest, and the header timeout closes the rest.
+    let silent = idle_connections(&format!("127.0.0.1:{port}"), 3).await;
+    assert_eq!(silent.len(), 3);
+    let (code, _) = http_get(port, "/").await.expect("served at the cap");
+    assert_eq!(code, 200);
+    eventually("the silent connections are closed", T, || async {
+        (closed_by_peer(&silent) == silent.len()).then_some(())
+    })
+    .await;
+    let (_, metrics) = http_get(api, "/metrics").await.expect("metrics");
+    assert!(sample(&metrics, &format!("capstan_lb_connections_evicted_total{listener}")) >= 1.0, "{metrics}");
+    assert!(sample(&metrics, &format!("capstan_lb_header_timeouts_total{listener}")) >= 1.0, "{metrics}");
 
     // 3 bytes of the 100 announced, then nothing.
     let stalled = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\nabc";
     let answer = raw(port, stalled).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    let api = api_port(&tp.client);
     let hook = stalled.replace("/echo", "/hooks/default/nope");
     let answer = raw(api, &hook).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -649,7 +666,7 @@ async fn slow_bodies_and_slow_readers_are_cut_off() {
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
     assert!(got.len() < 64 << 20, "the connection was closed before the whole answer: {} bytes", got.len());
     let (_, metrics) = http_get(api, "/metrics").await.expect("metrics");
-    let held = sample(&metrics, &format!("capstan_lb_connections{{listener=\"default/slow/http-{port}\"}}"));
+    let held = sample(&metrics, &format!("capstan_lb_connections{listener}"));
     assert_eq!(held, 0.0, "{metrics}");
     tp.stop().await;
 }
