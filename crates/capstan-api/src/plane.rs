@@ -233,6 +233,7 @@ impl ControlPlane {
         // for probes, supervision, logs and the store.
         // The API's connections come out of the limit first, on a gate of their own: connections to the entry
         // points, however many and however busy, cannot lock operators out.
+        // Raised only now that the runtime has noted the limit Capstan started with: replicas keep that one.
         let fd_limit = capstan_proxy::gate::raise_fd_limit();
         let budget = capstan_proxy::gate::connection_budget(fd_limit.saturating_sub(cfg.api_max_connections as u64));
         let proxy = Arc::new(Proxy::with_limits(budget, cfg.header_timeout));

@@ -189,6 +189,8 @@ struct Inner {
     /// Replicas' main processes spawned and not yet in `replicas`: the orphan reaper, which holds this lock while
     /// it reaps, must leave them to the task that waits for them.
     launching: Mutex<HashSet<u32>>,
+    /// The soft open-file limit Capstan started with, which replicas get (Capstan raises its own).
+    child_nofile: Option<u64>,
 }
 
 /// How many lines a follower may fall behind before it is told it skipped some.
@@ -236,6 +238,9 @@ impl LocalRuntime {
                 usage: volumes::Usage::default(),
                 followers: Mutex::new(HashMap::new()),
                 launching: Mutex::new(HashSet::new()),
+                child_nofile: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    .ok()
+                    .map(|l| l.0),
             }),
         };
         rt.adopt()?;
@@ -655,11 +660,12 @@ impl LocalRuntime {
         let child_out = process::open_fifo_for_child(&out).map_err(|e| format!("{}: {e}", out.display()))?;
         let child_err = process::open_fifo_for_child(&err).map_err(|e| format!("{}: {e}", err.display()))?;
 
-        let limits = self
+        let mut limits = self
             .inner
             .limits
             .prepare(&rec.id(), spec.resources.as_ref())
             .map_err(|e| format!("setting resource limits: {e}"))?;
+        limits.nofile_soft = self.inner.child_nofile;
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.args(first_args)
             .args(&spec.run.args)

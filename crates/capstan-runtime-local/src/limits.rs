@@ -73,14 +73,14 @@ impl LimitSupport {
         let memory = r.memory.as_deref().and_then(|m| parse_bytes(m).ok());
         let cpu = r.cpu.as_deref().and_then(|c| parse_millicpu(c).ok());
         match self {
-            LimitSupport::Rlimit { .. } => Ok(ChildLimits { data_bytes: memory, cgroup_procs: None }),
+            LimitSupport::Rlimit { .. } => Ok(ChildLimits { data_bytes: memory, ..Default::default() }),
             LimitSupport::CgroupV2 { base } => {
                 let dir = base.join(format!("replica-{replica_id}"));
                 std::fs::create_dir_all(&dir)?;
                 std::fs::write(dir.join("memory.max"), memory.map_or("max".into(), |b| b.to_string()))?;
                 let quota = cpu.map_or("max 100000".into(), |m| format!("{} 100000", m * 100));
                 std::fs::write(dir.join("cpu.max"), quota)?;
-                Ok(ChildLimits { data_bytes: None, cgroup_procs: Some(dir.join("cgroup.procs")) })
+                Ok(ChildLimits { cgroup_procs: Some(dir.join("cgroup.procs")), ..Default::default() })
             }
         }
     }

@@ -119,6 +119,9 @@ pub struct ChildLimits {
     pub data_bytes: Option<u64>,
     /// A cgroup.procs file the child moves itself into.
     pub cgroup_procs: Option<PathBuf>,
+    /// The soft open-file limit the child gets: Capstan raises its own to hold many connections, but programs
+    /// written for the usual limit (select(2), closing every possible fd at start) get the limit they expect.
+    pub nofile_soft: Option<u64>,
 }
 
 /// Prepares `cmd` to start in its own process group with `limits`.
@@ -126,6 +129,7 @@ pub fn configure(cmd: &mut tokio::process::Command, limits: &ChildLimits) -> std
     cmd.process_group(0);
     cmd.kill_on_drop(false);
     let data = limits.data_bytes;
+    let nofile_soft = limits.nofile_soft;
     let cgroup_fd: Option<OwnedFd> = match &limits.cgroup_procs {
         Some(p) => Some(std::fs::OpenOptions::new().write(true).open(p)?.into()),
         None => None,
@@ -137,6 +141,15 @@ pub fn configure(cmd: &mut tokio::process::Command, limits: &ChildLimits) -> std
             if let Some(fd) = &cgroup_fd {
                 if libc::write(fd.as_raw_fd(), zero.as_ptr().cast(), 1) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(soft) = nofile_soft {
+                let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && (soft as libc::rlim_t) < lim.rlim_cur {
+                    lim.rlim_cur = soft as libc::rlim_t;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
             }
             if let Some(bytes) = data {
@@ -154,6 +167,18 @@ pub fn configure(cmd: &mut tokio::process::Command, limits: &ChildLimits) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn children_get_the_open_file_limit_they_are_given() {
+        let limits = ChildLimits { nofile_soft: Some(512), ..Default::default() };
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "ulimit -Sn"]).stdout(std::process::Stdio::piped());
+        configure(&mut cmd, &limits).expect("configure");
+        let out = cmd.output().await.expect("run sh");
+        let soft: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("a number");
+        let ours = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("getrlimit").0;
+        assert_eq!(soft, 512.min(ours), "never raised, lowered to what it is given");
+    }
 
     #[test]
     fn finds_programs() {
