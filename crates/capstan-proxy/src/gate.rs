@@ -319,6 +319,12 @@ impl Admitted {
         self.slot.busy.load(Ordering::Acquire) > 0
     }
 
+    /// How long the connection has been idle (no request being answered); None while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        (!self.is_busy())
+            .then(|| Duration::from_millis(now_ms().saturating_sub(self.slot.idle_since.load(Ordering::Relaxed))))
+    }
+
     /// The listener the connection came in on.
     pub fn listener(&self) -> &Arc<ListenerGate> {
         &self.listener

@@ -10,7 +10,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::Service;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::gate::{Activity, Admitted};
 
@@ -135,26 +135,37 @@ where
             Ok::<_, S::Error>(res.map(|inner| Tracked { inner, _activity: activity }))
         }
     });
+    // hyper's own header-read timeout also runs while a response is still streaming (it reads ahead for the next
+    // request), so it would cut off watches, `logs -f` and long downloads: the timeout is kept here instead, on
+    // the time the connection has been idle — no request being answered, whether it sent nothing, half a header
+    // or is waiting between kept-alive requests.
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if r.as_ref().is_err_and(|e| e.is_timeout()) {
-                slot.listener().header_timed_out();
+    let mut check = timeout;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = slot.evicted() => {
+                // Chosen while idle, but a request may have begun since: it is answered, then the connection
+                // closes. An idle one closes now.
+                if slot.is_busy() {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+                return;
             }
-        }
-        _ = slot.evicted() => {
-            // Chosen while idle, but a request may have begun since: it is answered, then the connection closes.
-            // An idle one closes now.
-            if slot.is_busy() {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.as_mut().await;
-            }
+            _ = tokio::time::sleep(check) => match slot.idle_for() {
+                Some(idle) if idle >= timeout => {
+                    slot.listener().header_timed_out();
+                    return;
+                }
+                Some(idle) => check = timeout - idle,
+                None => check = timeout,
+            },
         }
     }
 }

@@ -350,6 +350,9 @@ async fn slow_headers_time_out_and_a_busy_full_listener_answers_503() {
         assert_eq!(&head, b"HTTP/1.1 200");
         watches.push(s);
     }
+    // A watch streams for longer than the header timeout: the timeout is for idle connections only.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(closed_by_peer(&watches), 0, "the watches outlived the header timeout");
     let mut extra = tokio::net::TcpStream::connect(&addr).await.expect("connect");
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(10), extra.read_to_string(&mut answer))
