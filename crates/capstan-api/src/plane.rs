@@ -155,16 +155,29 @@ impl Shared {
     /// Admits and stores a batch atomically.
     pub fn apply(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, ApplyError> {
         let resources = self.admitter.check(&objects).map_err(ApplyError::Invalid)?;
-        let values = resources.iter().map(|r| r.to_value()).collect();
-        self.store.apply(values).map_err(ApplyError::Store)
+        self.store.apply(by_hand(&resources)).map_err(ApplyError::Store)
     }
 
     /// Admits a batch and says what applying it would do, storing nothing (`--dry-run=server`).
     pub fn apply_dry_run(&self, objects: Vec<Value>) -> Result<Vec<(ObjectKey, ApplyAction)>, ApplyError> {
         let resources = self.admitter.check(&objects).map_err(ApplyError::Invalid)?;
-        let values = resources.iter().map(|r| r.to_value()).collect();
-        self.store.apply_dry_run(values).map_err(ApplyError::Store)
+        self.store.apply_dry_run(by_hand(&resources)).map_err(ApplyError::Store)
     }
+}
+
+/// Objects as an apply by hand writes them: without an owner record, so an object a Sync applied stays the Sync's
+/// (a change by hand is drift that the Sync puts back, and a prune still removes the object).
+fn by_hand(resources: &[capstan_model::Resource]) -> Vec<Value> {
+    resources
+        .iter()
+        .map(|r| {
+            let mut v = r.to_value();
+            if let Some(md) = v["metadata"].as_object_mut() {
+                md.remove(capstan_store::MANAGED_FIELDS);
+            }
+            v
+        })
+        .collect()
 }
 
 /// Why a batch was not applied.

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use capstan_model::gitops::{InventoryEntry, SyncHistoryEntry};
-use capstan_model::{Kind, ObjectKey};
+use capstan_model::{Kind, ObjectKey, BASE_DIR_ANNOTATION, SYNC_MANAGER_PREFIX};
+use capstan_store::MANAGED_FIELDS;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::diff::{diff_values, mask_secrets, owned_view, FieldChange};
 
@@ -79,14 +80,40 @@ pub fn mark_owned(obj: &mut Value, sync: &ObjectKey) {
     }
     md["labels"][SYNC_NAME_LABEL] = Value::String(sync.name.clone());
     md["labels"][SYNC_NAMESPACE_LABEL] = Value::String(sync.namespace.clone());
+    md[MANAGED_FIELDS] = json!([{"manager": manager(sync), "operation": "Apply"}]);
     if md["namespace"].is_null() {
         md["namespace"] = Value::String(capstan_model::DEFAULT_NAMESPACE.into());
     }
 }
 
+/// The manager a Sync records as an object's owner.
+fn manager(sync: &ObjectKey) -> String {
+    format!("{SYNC_MANAGER_PREFIX}{}/{}", sync.namespace, sync.name)
+}
+
+/// The Sync that owns `obj`: the one its owner record names, which an apply by hand cannot change. An object stored
+/// before owner records existed is judged by its labels.
 fn owner(obj: &Value) -> Option<ObjectKey> {
-    let labels = &obj["metadata"]["labels"];
-    Some(ObjectKey::new("Sync", labels[SYNC_NAMESPACE_LABEL].as_str()?, labels[SYNC_NAME_LABEL].as_str()?))
+    match obj["metadata"][MANAGED_FIELDS].as_array() {
+        Some(entries) => entries.iter().find_map(|e| {
+            let (ns, name) = e["manager"].as_str()?.strip_prefix(SYNC_MANAGER_PREFIX)?.split_once('/')?;
+            Some(ObjectKey::new("Sync", ns, name))
+        }),
+        None => {
+            let labels = &obj["metadata"]["labels"];
+            Some(ObjectKey::new("Sync", labels[SYNC_NAMESPACE_LABEL].as_str()?, labels[SYNC_NAME_LABEL].as_str()?))
+        }
+    }
+}
+
+/// Whether a changed field is Capstan's bookkeeping rather than something a person changed: the owner record, the
+/// Sync's labels and the directory relative paths start from. Drift events leave them out.
+pub fn is_bookkeeping(change: &FieldChange) -> bool {
+    let p = change.path.as_str();
+    p.starts_with("metadata.managedFields")
+        || p == format!("metadata.labels.{SYNC_NAME_LABEL}")
+        || p == format!("metadata.labels.{SYNC_NAMESPACE_LABEL}")
+        || p == format!("metadata.annotations.{BASE_DIR_ANNOTATION}")
 }
 
 /// Why an object that left the Source must not be deleted, if it must not.
@@ -126,6 +153,15 @@ pub fn plan_sync(
             Some(current) => {
                 let mut changes = diff_values(&owned_view(current), &owned_view(obj));
                 mask_secrets(&key.kind, &mut changes);
+                let owner_now = owner(current);
+                if owner_now.as_ref() != Some(sync) || current["metadata"][MANAGED_FIELDS].is_null() {
+                    // Taken over from another Sync, or stored before owner records: the record is written.
+                    changes.push(FieldChange {
+                        path: "metadata.managedFields".into(),
+                        old: current["metadata"].get(MANAGED_FIELDS).cloned(),
+                        new: obj["metadata"].get(MANAGED_FIELDS).cloned(),
+                    });
+                }
                 if changes.is_empty() {
                     plan.unchanged.push(key);
                 } else {
@@ -143,7 +179,7 @@ pub fn plan_sync(
     for key in gone {
         let Some(current) = live.get(&key) else { continue };
         if owner(current).as_ref() != Some(sync) {
-            plan.keep.push((key, "now applied by another Sync or by hand".into()));
+            plan.keep.push((key, "now applied by another Sync".into()));
         } else if !prune {
             plan.keep.push((key, "spec.prune is false".into()));
         } else if let Some(why) = protected(current) {
@@ -215,10 +251,21 @@ mod tests {
         let mut kept = app("kept", 1, &s);
         kept["metadata"]["annotations"] = json!({PRUNE_ANNOTATION: "disabled"});
         live.insert(ObjectKey::new("App", "default", "kept"), kept);
-        let mut taken = app("taken", 1, &s);
-        taken["metadata"]["labels"][SYNC_NAME_LABEL] = json!("other");
+        let taken = app("taken", 1, &ObjectKey::new("Sync", "default", "other"));
         live.insert(ObjectKey::new("App", "default", "taken"), taken);
-        let previous = vec![entry("a"), entry("b"), entry("old"), entry("kept"), entry("taken"), entry("vanished")];
+        // Applied by hand without the Sync's labels: the owner record still names the Sync, so it is pruned.
+        let mut by_hand = app("by-hand", 1, &s);
+        by_hand["metadata"]["labels"] = json!({});
+        live.insert(ObjectKey::new("App", "default", "by-hand"), by_hand);
+        let previous = vec![
+            entry("a"),
+            entry("b"),
+            entry("old"),
+            entry("kept"),
+            entry("taken"),
+            entry("vanished"),
+            entry("by-hand"),
+        ];
 
         let p = plan_sync(&s, &desired, &live, &previous, true);
         assert_eq!(p.create.len(), 1);
@@ -226,7 +273,7 @@ mod tests {
         assert_eq!(p.update.len(), 1);
         assert_eq!(p.update[0].1.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["spec.replicas: 3 → 2"]);
         assert_eq!(p.unchanged, vec![ObjectKey::new("App", "default", "b")]);
-        assert_eq!(p.prune, vec![ObjectKey::new("App", "default", "old")]);
+        assert_eq!(p.prune, vec![ObjectKey::new("App", "default", "old"), ObjectKey::new("App", "default", "by-hand")]);
         let kept: Vec<&str> = p.keep.iter().map(|(k, _)| k.name.as_str()).collect();
         assert_eq!(kept, ["kept", "taken"]);
         assert_eq!(p.inventory, vec![entry("a"), entry("b"), entry("new")]);
@@ -234,6 +281,34 @@ mod tests {
         let no_prune = plan_sync(&s, &desired, &live, &previous, false);
         assert!(no_prune.prune.is_empty());
         assert!(no_prune.keep.iter().any(|(k, why)| k.name == "old" && why.contains("prune is false")));
+    }
+
+    #[test]
+    fn an_object_taken_over_or_stored_without_an_owner_record_gets_one() {
+        let s = ObjectKey::new("Sync", "default", "s");
+        let other = ObjectKey::new("Sync", "default", "other");
+        let mut legacy = app("legacy", 1, &s);
+        legacy["metadata"].as_object_mut().map(|m| m.remove(MANAGED_FIELDS));
+        let live: BTreeMap<_, _> = [
+            (ObjectKey::new("App", "default", "legacy"), legacy.clone()),
+            (ObjectKey::new("App", "default", "theirs"), app("theirs", 1, &other)),
+            (ObjectKey::new("App", "default", "mine"), app("mine", 1, &s)),
+        ]
+        .into();
+        // Before the record existed, the labels tell the owner.
+        assert_eq!(owner(&legacy), Some(s.clone()));
+        let desired = vec![app("legacy", 1, &s), app("theirs", 1, &s), app("mine", 1, &s)];
+        let p = plan_sync(&s, &desired, &live, &[], true);
+        assert_eq!(p.unchanged, vec![ObjectKey::new("App", "default", "mine")]);
+        let updated: Vec<&str> = p.update.iter().map(|(v, _)| v["metadata"]["name"].as_str().unwrap_or("")).collect();
+        assert_eq!(updated, ["legacy", "theirs"]);
+        for (v, changes) in &p.update {
+            assert_eq!(v["metadata"][MANAGED_FIELDS][0]["manager"], "sync.capstan.dev/default/s");
+            assert!(changes.iter().all(is_bookkeeping), "only the owner record changes: {changes:?}");
+        }
+        let label = FieldChange { path: format!("metadata.labels.{SYNC_NAME_LABEL}"), old: None, new: None };
+        let replicas = FieldChange { path: "spec.replicas".into(), old: None, new: None };
+        assert!(is_bookkeeping(&label) && !is_bookkeeping(&replicas));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use capstan_engine::controller::condition_now as cond;
 use capstan_engine::queue::WorkQueue;
-use capstan_engine::sync::{mark_owned, plan_sync, record_history};
+use capstan_engine::sync::{is_bookkeeping, mark_owned, plan_sync, record_history};
 use capstan_model::gitops::{reason, Artifact, Secret, Source, SourceStatus, Sync, SyncStatus};
 use capstan_model::{
     find_condition, parse_duration, remove_condition, set_condition, ConditionStatus, Diagnostic, Diagnostics,
@@ -863,8 +863,8 @@ fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut Sync
     }
     for (v, changes) in &plan.update {
         let Ok(k) = capstan_store::key_of(v) else { continue };
-        let fields: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
-        if drift {
+        let fields: Vec<String> = changes.iter().filter(|c| !is_bookkeeping(c)).map(|c| c.to_string()).collect();
+        if drift && !fields.is_empty() {
             let msg = format!("{}/{} was changed outside Git; put back: {}", k.kind, k.name, fields.join("; "));
             inner.event(key, EventType::Warning, "DriftReverted", &msg);
             inner.event(

@@ -37,7 +37,25 @@ pub struct ObjectMeta {
     pub resource_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<DateTime<Utc>>,
+    /// Who owns the object, kept by Capstan apart from what an apply by hand can change (as Kubernetes keeps
+    /// server-side apply's managers): a Sync that applied an object stays its owner when someone changes it by hand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_fields: Vec<ManagedFieldsEntry>,
 }
+
+/// One owner of an object, in the shape of a Kubernetes `managedFields` entry (without the field sets: an owner
+/// owns the whole object).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedFieldsEntry {
+    /// `sync.capstan.dev/<namespace>/<name>` for a Sync.
+    pub manager: String,
+    /// `Apply`, as server-side apply records it.
+    pub operation: String,
+}
+
+/// The prefix of the manager a Sync records on what it applies; its namespace and name follow.
+pub const SYNC_MANAGER_PREFIX: &str = "sync.capstan.dev/";
 
 /// The annotation `capstan apply` sets to the manifest's directory; relative paths in the spec start there.
 pub const BASE_DIR_ANNOTATION: &str = "capstan.dev/base-dir";

@@ -114,6 +114,9 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_string(), source })
 }
 
+/// The metadata field that records an object's owner ([`capstan_model::ManagedFieldsEntry`]).
+pub const MANAGED_FIELDS: &str = "managedFields";
+
 /// Annotations that Capstan's own commands set (`capstan rollout restart`); an apply that does not name them
 /// keeps them, as server-side apply keeps fields another manager owns.
 pub const KEPT_ANNOTATIONS: &[&str] = &["capstan.dev/restartedAt"];
@@ -240,10 +243,14 @@ impl Store {
                             return Err(StoreError::Conflict { key: key.to_string(), given, current });
                         }
                         keep_capstan_annotations(&old, &mut obj);
+                        // The owner record changes only when a writer gives one (a Sync does; an apply by hand,
+                        // whose record the API takes out, keeps the owner it found).
+                        let owner = obj["metadata"].get(MANAGED_FIELDS).filter(|m| !m.is_null()).cloned();
+                        let owner_changed = owner.as_ref().is_some_and(|o| old["metadata"].get(MANAGED_FIELDS) != Some(o));
                         let spec_changed = old.get("spec") != obj.get("spec");
                         let labels_changed = old["metadata"].get("labels") != obj["metadata"].get("labels")
                             || old["metadata"].get("annotations") != obj["metadata"].get("annotations");
-                        if !spec_changed && !labels_changed {
+                        if !spec_changed && !labels_changed && !owner_changed {
                             outcomes.push((key, ApplyAction::Unchanged));
                             continue;
                         }
@@ -254,6 +261,9 @@ impl Store {
                                 Some(v) => md.insert(field.into(), v.clone()),
                                 None => md.remove(field),
                             };
+                        }
+                        if let Some(o) = owner {
+                            md.insert(MANAGED_FIELDS.into(), o);
                         }
                         if spec_changed {
                             let g = md.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
@@ -585,6 +595,30 @@ mod tests {
         assert_eq!(o["metadata"]["generation"], 2);
         assert_eq!(o["status"]["replicas"], 1, "status is kept across spec changes");
         assert!(o["metadata"].get("labels").is_none(), "labels removed from the manifest are removed");
+    }
+
+    #[test]
+    fn an_owner_record_survives_writes_that_do_not_give_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let key = ObjectKey::new("App", "default", "a");
+        let owned_by = |who: &str| {
+            let mut v = app("a", 1);
+            v["metadata"][MANAGED_FIELDS] = json!([{"manager": who, "operation": "Apply"}]);
+            v
+        };
+        store.apply(vec![owned_by("sync.capstan.dev/default/s")]).unwrap();
+        // A change by hand (no record given) keeps the owner.
+        assert_eq!(store.apply(vec![app("a", 2)]).unwrap()[0].1, ApplyAction::Configured);
+        let o = store.get(&key).unwrap().unwrap();
+        assert_eq!(o["metadata"][MANAGED_FIELDS][0]["manager"], "sync.capstan.dev/default/s");
+        assert_eq!(o["spec"]["replicas"], 2);
+        // A writer that gives another owner takes it over, even with nothing else changed.
+        let mut other = owned_by("sync.capstan.dev/default/t");
+        other["spec"]["replicas"] = json!(2);
+        assert_eq!(store.apply(vec![other]).unwrap()[0].1, ApplyAction::Configured);
+        let o = store.get(&key).unwrap().unwrap();
+        assert_eq!(o["metadata"][MANAGED_FIELDS][0]["manager"], "sync.capstan.dev/default/t");
     }
 
     #[test]

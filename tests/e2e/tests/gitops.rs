@@ -322,8 +322,38 @@ async fn drift_made_by_hand_is_put_back() {
     let events = tp.client.get("/api/v1/namespaces/default/syncs/apps/events").await.expect("events").to_string();
     assert!(events.contains("Secret/db was changed outside Git"), "{events}");
     assert!(events.contains(r#"spec.stringData.password: \"***\" → \"***\""#), "{events}");
-    assert!(events.contains("metadata.labels.sync.capstan.dev/name: (absent) → \\\"apps\\\""), "{events}");
+    // The Sync's labels the apply by hand dropped are put back too, but they are bookkeeping, not the change.
+    assert!(!events.contains("metadata.labels.sync.capstan.dev") && !events.contains("base-dir"), "{events}");
+    assert_eq!(tp.app("web").await["metadata"]["labels"]["sync.capstan.dev/name"], "apps");
     assert!(!events.contains("from-git-pw") && !events.contains("by-hand-pw"), "{events}");
+    tp.stop().await;
+}
+
+/// Issue 20, item 2: an apply by hand (which drops the Sync's labels) does not take an object away from its Sync;
+/// when Git deletes it, the next reconcile prunes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_by_hand_does_not_take_an_object_away_from_its_sync() {
+    let repo = GitRepo::new();
+    let web = repo_app("web", 1, &[]);
+    let c1 = repo.commit(&[("web.yaml", Some(&web)), ("keep.yaml", Some(&repo_app("keep", 1, &[])))], "v1");
+    let tp = TestPlane::start().await;
+    tp.apply(&format!("{}---\n{}", source_yaml("repo", &repo.file_url(), ""), sync_yaml("apps", "repo", "./", "")));
+    wait_applied(&tp, "apps", &c1).await;
+
+    // By hand, as a user would from their own copy: no Sync labels, another replica count.
+    tp.apply(&web.replace("replicas: 1", "replicas: 2"));
+    let o = tp.app("web").await;
+    assert!(o["metadata"]["labels"].get("sync.capstan.dev/name").is_none(), "the apply dropped the labels: {o}");
+    assert_eq!(o["metadata"]["managedFields"][0]["manager"], "sync.capstan.dev/default/apps", "{o}");
+
+    // Git deletes it before the Sync's next interval: the next reconcile prunes it all the same.
+    let c2 = repo.commit(&[("web.yaml", None)], "drop web");
+    sync_now(&tp, "apps").await;
+    wait_applied(&tp, "apps", &c2).await;
+    eventually("web pruned", T, || async { (!app_exists(&tp, "web").await).then_some(()) }).await;
+    assert!(app_exists(&tp, "keep").await);
+    let events = tp.client.get("/api/v1/namespaces/default/syncs/apps/events").await.expect("events").to_string();
+    assert!(!events.contains("PruneSkipped"), "{events}");
     tp.stop().await;
 }
 
