@@ -4,7 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use capstan_model::{revision_of, App, AppStatus, EventType, Kind, ObjectKey, Resource, RESTARTED_AT_ANNOTATION};
+use crate::runtime::StartError;
+use capstan_model::{
+    revision_of, App, AppStatus, EventType, Kind, ObjectKey, Resource, DATABASE_CREDENTIALS_ANNOTATION,
+    RESTARTED_AT_ANNOTATION,
+};
 use capstan_store::Store;
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -66,6 +70,9 @@ pub struct RevisionRecord {
     pub spec: Value,
     #[serde(default)]
     pub restarted_at: Option<String>,
+    /// The digest of the `databaseRef` credentials the revision was made with.
+    #[serde(default)]
+    pub database_credentials: Option<String>,
     pub created_at: chrono::DateTime<Utc>,
     pub generation: Option<i64>,
 }
@@ -114,6 +121,22 @@ impl<R: AppRuntime> Controller<R> {
         keys
     }
 
+    /// The Apps whose `databaseRef` credentials are the Secret `secret`.
+    fn apps_reading_credentials(&self, secret: &ObjectKey) -> Vec<ObjectKey> {
+        let Ok(apps) = self.store.list(Kind::App.name(), Some(&secret.namespace)) else {
+            // The resync comes back to every App.
+            return Vec::new();
+        };
+        apps.iter()
+            .filter(|a| {
+                a["spec"]["databaseRef"]["name"]
+                    .as_str()
+                    .is_some_and(|db| capstan_model::database::credentials_secret(db) == secret.name)
+            })
+            .filter_map(|a| capstan_store::key_of(a).ok())
+            .collect()
+    }
+
     async fn run(self, mut notify: mpsc::UnboundedReceiver<ObjectKey>, mut stop: watch::Receiver<bool>) {
         let mut queue = WorkQueue::default();
         let mut watch = self.store.watch();
@@ -128,6 +151,9 @@ impl<R: AppRuntime> Controller<R> {
                 _ = stop.changed() => break,
                 ev = watch.recv() => match ev {
                     Ok(ev) if ev.key.kind == Kind::App.name() => queue.add(ev.key),
+                    Ok(ev) if ev.key.kind == Kind::Secret.name() => {
+                        for k in self.apps_reading_credentials(&ev.key) { queue.add(k); }
+                    }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         for k in self.all_keys() { queue.add(k); }
@@ -184,6 +210,7 @@ impl<R: AppRuntime> Controller<R> {
                 "revision": rev,
                 "spec": serde_json::to_value(&app.spec).unwrap_or_default(),
                 "restartedAt": app.metadata.annotations.get(RESTARTED_AT_ANNOTATION),
+                "databaseCredentials": app.metadata.annotations.get(DATABASE_CREDENTIALS_ANNOTATION),
                 "createdAt": Utc::now(),
                 "generation": app.metadata.generation,
             });
@@ -219,6 +246,10 @@ impl<R: AppRuntime> Controller<R> {
             Some(t) => old.metadata.annotations.insert(RESTARTED_AT_ANNOTATION.into(), t),
             None => old.metadata.annotations.remove(RESTARTED_AT_ANNOTATION),
         };
+        match rec.database_credentials {
+            Some(d) => old.metadata.annotations.insert(DATABASE_CREDENTIALS_ANNOTATION.into(), d),
+            None => old.metadata.annotations.remove(DATABASE_CREDENTIALS_ANNOTATION),
+        };
         Some(old)
     }
 
@@ -230,6 +261,34 @@ impl<R: AppRuntime> Controller<R> {
             .and_then(|rev| revision_history(&self.store, key).into_iter().find(|h| h.revision == rev))
             .and_then(|h| h.spec.get("terminationGracePeriodSeconds").and_then(Value::as_u64))
             .map_or(30, |g| g.min(u64::from(u32::MAX)) as u32)
+    }
+
+    /// The App with the digest of its `databaseRef` credentials set (in memory only) as part of its revision, so
+    /// that new credentials or a new endpoint roll the App out. While the credentials are gone (the Database is being
+    /// created again) the digest of the revision that runs is kept: nothing rolls until new ones exist.
+    fn with_credentials(&self, key: &ObjectKey, mut app: App) -> Result<App, capstan_store::StoreError> {
+        app.metadata.annotations.remove(DATABASE_CREDENTIALS_ANNOTATION);
+        let Some(r) = &app.spec.database_ref else { return Ok(app) };
+        let secret = ObjectKey::new("Secret", &key.namespace, capstan_model::database::credentials_secret(&r.name));
+        // A Secret that does not decode is left to the runtime, which says so when it starts a replica.
+        let url = self
+            .store
+            .get(&secret)?
+            .and_then(|v| serde_json::from_value::<capstan_model::Secret>(v).ok())
+            .and_then(|s| s.spec.value("url"));
+        let digest = match url {
+            Some(url) => Some(capstan_model::hash_value(&Value::String(String::from_utf8_lossy(&url).into_owned()))),
+            None => {
+                let running = app.status.as_ref().and_then(|s| s.current_revision.clone());
+                running.and_then(|rev| {
+                    revision_history(&self.store, key).into_iter().find(|h| h.revision == rev)?.database_credentials
+                })
+            }
+        };
+        if let Some(d) = digest {
+            app.metadata.annotations.insert(DATABASE_CREDENTIALS_ANNOTATION.into(), d);
+        }
+        Ok(app)
     }
 
     /// Reconciles one App; returns when to look again.
@@ -245,6 +304,10 @@ impl<R: AppRuntime> Controller<R> {
                 tracing::error!(app = %key, "stored object does not decode: {e}");
                 return Ok(None);
             }
+            None => None,
+        };
+        let app = match app {
+            Some(a) => Some(self.with_credentials(key, a)?),
             None => None,
         };
         let observed = self.runtime.observe(key);
@@ -304,7 +367,10 @@ impl<R: AppRuntime> Controller<R> {
                                 &format!("replica {name} {verb} at revision {revision}"),
                             );
                         }
-                        Err(msg) => {
+                        Err(StartError::Waiting(msg)) => {
+                            self.event(key, EventType::Normal, "Waiting", &format!("replica {name}: {msg}"))
+                        }
+                        Err(StartError::Failed(msg)) => {
                             self.event(key, EventType::Warning, "StartFailed", &format!("replica {name}: {msg}"))
                         }
                     }

@@ -14,5 +14,5 @@ pub use controller::{
 };
 pub use diff::{diff_values, mask_secrets, owned_view, FieldChange};
 pub use plan::{plan_app, Action, Plan, StopReason};
-pub use runtime::{AppRuntime, ObservedReplica, ReplicaState};
+pub use runtime::{AppRuntime, ObservedReplica, ReplicaState, StartError};
 pub use sync::{plan_sync, SyncPlan};

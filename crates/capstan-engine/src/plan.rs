@@ -55,6 +55,9 @@ pub struct Plan {
     pub status: Option<AppStatus>,
 }
 
+/// How often a replica that waits for a dependency is tried again.
+pub const WAITING_RETRY: Duration = Duration::from_secs(2);
+
 /// The wait before restarting after `streak` crashes in a row: none for the first, then the schedule doubles.
 pub fn backoff_delay(streak: u32, b: &RestartBackoff) -> Duration {
     if streak <= 1 {
@@ -200,6 +203,7 @@ pub fn plan_app(
     let mut actions = Vec::new();
     let mut replica_statuses = Vec::new();
     let mut stalled: Option<(String, String)> = None;
+    let mut waiting: Option<String> = None;
     let in_range: Vec<&ObservedReplica> = observed.iter().filter(|r| r.ordinal < want).collect();
     // An update is under way when a replica that exists runs another revision than its own target.
     let rolling = in_range.iter().any(|r| r.revision != want_rev(r.ordinal));
@@ -267,6 +271,15 @@ pub fn plan_app(
         let mut message = r.probe_message.clone();
         match &r.state {
             ReplicaState::Stopping => phase = ReplicaPhase::Terminating,
+            ReplicaState::Waiting(m) => {
+                // A dependency on its way (its Database's credentials): try again soon; nothing failed.
+                actions.push(Action::Start { ordinal, revision: rev.clone(), count_restart: false });
+                wait(WAITING_RETRY);
+                phase = ReplicaPhase::Pending;
+                reason = Some("Waiting".into());
+                message = Some(m.clone());
+                waiting.get_or_insert_with(|| format!("{name}: {m}"));
+            }
             ReplicaState::Running => {
                 if let Some(why) = &r.unhealthy {
                     actions.push(Action::Stop { ordinal, reason: StopReason::Unhealthy(why.clone()), forget: false });
@@ -414,6 +427,8 @@ pub fn plan_app(
     } else {
         let (reason, msg) = if let Some((r, m)) = &stalled {
             (r.clone(), m.clone())
+        } else if let Some(m) = &waiting {
+            ("DependencyNotReady".to_string(), m.clone())
         } else if extra > 0 && !rolling {
             ("ScalingDown".to_string(), format!("{extra} replicas above {want} are being stopped"))
         } else if rolling || updated_replicas < want as i32 {

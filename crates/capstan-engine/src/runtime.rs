@@ -18,6 +18,20 @@ pub enum ReplicaState {
     Exited,
     /// The process could not be started (missing program, port taken, …).
     StartFailed(String),
+    /// The process is not started yet because something it needs is not there yet (its Database's credentials);
+    /// a dependency on its way, not a failure.
+    Waiting(String),
+}
+
+/// Why a replica did not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// Something the replica needs is not there yet; the start is tried again, and nothing counts as failed.
+    #[error("{0}")]
+    Waiting(String),
+    /// The start failed (missing program, port taken, …).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// What a runtime knows about one replica.
@@ -73,7 +87,7 @@ pub trait AppRuntime: Send + Sync + 'static {
     fn observe(&self, app: &ObjectKey) -> Vec<ObservedReplica>;
     /// Starts (or starts again) one replica from the App's current spec.
     /// `count_restart` says whether this start counts as a restart for the user.
-    fn start(&self, app: &App, ordinal: u32, revision: &str, count_restart: bool) -> Result<(), String>;
+    fn start(&self, app: &App, ordinal: u32, revision: &str, count_restart: bool) -> Result<(), StartError>;
     /// Stops a replica gracefully (SIGTERM, grace period, SIGKILL); with `forget`, drops it afterwards.
     fn stop(&self, app: &ObjectKey, ordinal: u32, grace: Duration, forget: bool);
     /// Every App the runtime has replicas for.

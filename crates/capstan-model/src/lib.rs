@@ -21,6 +21,6 @@ pub use meta::*;
 pub use quantity::parse_duration;
 pub use resource::{
     app_revision, hash_value, revision_of, AlertRule, App, EscalationPolicy, Kind, ModelServer, Object, Resource,
-    TrainingJob, RESTARTED_AT_ANNOTATION,
+    TrainingJob, DATABASE_CREDENTIALS_ANNOTATION, RESTARTED_AT_ANNOTATION,
 };
 pub use validate::FieldError;

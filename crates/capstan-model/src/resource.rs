@@ -389,15 +389,24 @@ pub const RESTARTED_AT_ANNOTATION: &str = "capstan.dev/restartedAt";
 /// `update` and `metrics`, which change how many replicas run and how traffic, updates and scrapes reach them, not
 /// the replicas.
 pub fn app_revision(spec: &AppSpec) -> String {
-    revision_with(spec, None)
+    revision_with(spec, None, None)
 }
 
-/// The revision of an App: its spec's, plus the restart annotation when set.
+/// Set in memory (never stored) by the App controller to the digest of the credentials behind `spec.databaseRef`;
+/// it is part of the revision, so new credentials or a new endpoint roll the App out.
+pub const DATABASE_CREDENTIALS_ANNOTATION: &str = "capstan.dev/database-credentials";
+
+/// The revision of an App: its spec's, plus the restart annotation and the credentials digest when set.
 pub fn revision_of(app: &App) -> String {
-    revision_with(&app.spec, app.metadata.annotations.get(RESTARTED_AT_ANNOTATION).map(String::as_str))
+    let a = &app.metadata.annotations;
+    revision_with(
+        &app.spec,
+        a.get(RESTARTED_AT_ANNOTATION).map(String::as_str),
+        a.get(DATABASE_CREDENTIALS_ANNOTATION).map(String::as_str),
+    )
 }
 
-fn revision_with(spec: &AppSpec, restarted_at: Option<&str>) -> String {
+fn revision_with(spec: &AppSpec, restarted_at: Option<&str>, credentials: Option<&str>) -> String {
     let mut v = serde_json::to_value(spec).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.remove("replicas");
@@ -406,6 +415,9 @@ fn revision_with(spec: &AppSpec, restarted_at: Option<&str>) -> String {
         m.remove("metrics");
         if let Some(t) = restarted_at {
             m.insert("restartedAt".into(), Value::String(t.to_string()));
+        }
+        if let Some(d) = credentials {
+            m.insert("databaseCredentials".into(), Value::String(d.to_string()));
         }
     }
     hash_value(&v)

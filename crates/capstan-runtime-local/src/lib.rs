@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use capstan_engine::{AppRuntime, ObservedReplica, ReplicaState};
+use capstan_engine::{AppRuntime, ObservedReplica, ReplicaState, StartError};
 use capstan_model::quantity::parse_bytes;
 use capstan_model::validate::port_env_name;
 use capstan_model::{App, EventType, ExitInfo, ObjectKey, Probes};
@@ -552,6 +552,33 @@ impl LocalRuntime {
         let _ = self.inner.notify.send(key.clone());
     }
 
+    /// The variable and URL an App's `databaseRef` gives its replicas. Credentials not written yet (the Database
+    /// is still starting) are a wait; a store that cannot be read is a failure, never taken for "not there".
+    fn database_env(&self, app: &App) -> Result<Option<(String, String)>, StartError> {
+        let Some(r) = &app.spec.database_ref else { return Ok(None) };
+        let name = capstan_model::database::credentials_secret(&r.name);
+        let key = ObjectKey::new("Secret", app.metadata.namespace(), &name);
+        let stored = self
+            .inner
+            .store
+            .get(&key)
+            .map_err(|e| StartError::Failed(format!("reading Secret {name} for spec.databaseRef: {e}")))?;
+        let url = match stored {
+            None => None,
+            Some(v) => serde_json::from_value::<capstan_model::Secret>(v)
+                .map_err(|e| StartError::Failed(format!("Secret {name} does not decode: {e}")))?
+                .spec
+                .value("url"),
+        };
+        match url {
+            Some(b) => Ok(Some((r.env.clone(), String::from_utf8_lossy(&b).into_owned()))),
+            None => Err(StartError::Waiting(format!(
+                "waiting for Database {}'s credentials (spec.databaseRef); it may still be starting",
+                r.name
+            ))),
+        }
+    }
+
     fn memory_limited(&self, key: &ObjectKey, ordinal: u32) -> bool {
         matches!(self.inner.limits, LimitSupport::CgroupV2 { .. })
             && lock(&self.inner.replicas).contains_key(&(key.clone(), ordinal))
@@ -563,6 +590,7 @@ impl LocalRuntime {
         ordinal: u32,
         revision: &str,
         prev: Option<&Record>,
+        database: Option<(String, String)>,
     ) -> Result<(Record, tokio::process::Child), String> {
         let spec = &app.spec;
         let key = ObjectKey::new("App", app.metadata.namespace(), &app.metadata.name);
@@ -618,22 +646,7 @@ impl LocalRuntime {
         let marker = escape::marker(&self.inner.cfg.data_dir, &key.namespace, &app.metadata.name, ordinal, run);
         env.push((escape::MARKER_ENV.into(), marker));
         env.extend(volumes::prepare(&self.inner.store, &self.inner.cfg.data_dir, app, ordinal)?);
-        if let Some(r) = &spec.database_ref {
-            let secret = ObjectKey::new("Secret", &key.namespace, capstan_model::database::credentials_secret(&r.name));
-            let url = self
-                .inner
-                .store
-                .get(&secret)
-                .ok()
-                .flatten()
-                .and_then(|v| serde_json::from_value::<capstan_model::Secret>(v).ok())
-                .and_then(|s| s.spec.value("url"))
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .ok_or_else(|| {
-                    format!("Database {} (spec.databaseRef) has no credentials yet; it may still be starting", r.name)
-                })?;
-            env.push((r.env.clone(), url));
-        }
+        env.extend(database);
 
         let logs = spec.logs.clone().unwrap_or_default();
         let rec = Record {
@@ -843,13 +856,13 @@ impl AppRuntime for LocalRuntime {
         out
     }
 
-    fn start(&self, app: &App, ordinal: u32, revision: &str, count_restart: bool) -> Result<(), String> {
+    fn start(&self, app: &App, ordinal: u32, revision: &str, count_restart: bool) -> Result<(), StartError> {
         let key = ObjectKey::new("App", app.metadata.namespace(), &app.metadata.name);
         let prev = {
             let map = lock(&self.inner.replicas);
             match map.get(&(key.clone(), ordinal)) {
                 Some(r) if matches!(r.state, ReplicaState::Running | ReplicaState::Stopping) => {
-                    return Err(format!("replica {}-{ordinal} is still running", key.name));
+                    return Err(StartError::Failed(format!("replica {}-{ordinal} is still running", key.name)));
                 }
                 Some(r) => Some(r.rec.clone()),
                 None => None,
@@ -863,7 +876,19 @@ impl AppRuntime for LocalRuntime {
                 p.crash_streak = 0;
             }
         }
-        let (mut rec, child) = match self.launch(app, ordinal, revision, prev.as_ref()) {
+        let launched = match self.database_env(app) {
+            Ok(database) => self.launch(app, ordinal, revision, prev.as_ref(), database),
+            Err(StartError::Waiting(msg)) => {
+                // Nothing failed: no crash counted, no exit recorded; the controller tries again.
+                let mut rec = prev.unwrap_or_else(|| Record::fresh(&key, ordinal, revision));
+                rec.revision = revision.to_string();
+                lock(&self.inner.replicas)
+                    .insert((key, ordinal), Replica::without_process(rec, ReplicaState::Waiting(msg.clone())));
+                return Err(StartError::Waiting(msg));
+            }
+            Err(StartError::Failed(msg)) => Err(msg),
+        };
+        let (mut rec, child) = match launched {
             Ok(x) => x,
             Err(msg) => {
                 let mut rec = prev.unwrap_or_else(|| Record::fresh(&key, ordinal, revision));
@@ -874,7 +899,7 @@ impl AppRuntime for LocalRuntime {
                 self.persist(&rec);
                 lock(&self.inner.replicas)
                     .insert((key, ordinal), Replica::without_process(rec, ReplicaState::StartFailed(msg.clone())));
-                return Err(msg);
+                return Err(StartError::Failed(msg));
             }
         };
         let pid = child.id().unwrap_or(0);

@@ -246,7 +246,8 @@ impl Store {
                         // The owner record changes only when a writer gives one (a Sync does; an apply by hand,
                         // whose record the API takes out, keeps the owner it found).
                         let owner = obj["metadata"].get(MANAGED_FIELDS).filter(|m| !m.is_null()).cloned();
-                        let owner_changed = owner.as_ref().is_some_and(|o| old["metadata"].get(MANAGED_FIELDS) != Some(o));
+                        let owner_changed =
+                            owner.as_ref().is_some_and(|o| old["metadata"].get(MANAGED_FIELDS) != Some(o));
                         let spec_changed = old.get("spec") != obj.get("spec");
                         let labels_changed = old["metadata"].get("labels") != obj["metadata"].get("labels")
                             || old["metadata"].get("annotations") != obj["metadata"].get("annotations");

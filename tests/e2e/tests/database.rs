@@ -102,6 +102,72 @@ async fn a_database_serves_an_app_survives_crashes_and_restarts_and_keeps_its_da
     tp2.stop().await;
 }
 
+async fn env_of(o: &Value) -> Value {
+    let port = replicas(o)[0]["ports"]["http"].as_u64().expect("port") as u16;
+    let (_, env) = http_get(port, "/env").await.expect("env");
+    serde_json::from_str(&env).expect("json")
+}
+
+/// Issue 20, items 9 and 4: an App that waits for its Database's credentials is Progressing, not a failed rollout;
+/// when the Database is deleted and created again (new port, new password) the App rolls out with the new URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_waits_for_its_database_and_follows_it_when_it_is_created_again() {
+    let tp = TestPlane::start().await;
+    let app = app_yaml("board", 1, &[], READINESS).replace("  ports:\n", "  databaseRef: {name: db}\n  ports:\n");
+    tp.apply(&app);
+    let waiting = eventually("board waits for its Database", T, || async {
+        let o = tp.app("board").await;
+        let c = o["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        (c["reason"] == "DependencyNotReady").then_some(o)
+    })
+    .await;
+    assert_eq!(waiting["status"]["replicaStatuses"][0]["reason"], "Waiting", "{waiting}");
+    assert_eq!(waiting["status"]["rollout"]["phase"], "Progressing", "{waiting}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let o = tp.app("board").await;
+    assert_eq!(o["status"]["rollout"]["phase"], "Progressing", "still waiting, never failed: {o}");
+    assert_eq!(o["status"]["restarts"], 0);
+
+    tp.apply(&database_yaml("db", "  deletionPolicy: Delete\n"));
+    let o = eventually("board Ready once the credentials exist", T, || async {
+        let o = tp.app("board").await;
+        ready(&o).then_some(o)
+    })
+    .await;
+    let url1 = url_of(&tp, "db").await;
+    assert_eq!(env_of(&o).await["DATABASE_URL"], url1.as_str());
+    let rev1 = o["status"]["currentRevision"].as_str().expect("revision").to_string();
+    let events = tp.client.get("/api/v1/namespaces/default/apps/board/events").await.expect("events").to_string();
+    assert!(
+        events.contains("Waiting") && !events.contains("RolloutFailed") && !events.contains("StartFailed"),
+        "{events}"
+    );
+
+    // Deleted (Delete policy) and created again: new password (and port), so the App rolls out.
+    tp.client.delete("/api/v1/namespaces/default/databases/db").await.expect("delete");
+    eventually("credentials removed", T, || async {
+        tp.client.get("/api/v1/namespaces/default/secrets/db-credentials").await.is_err().then_some(())
+    })
+    .await;
+    assert_eq!(
+        tp.app("board").await["status"]["revision"],
+        rev1.as_str(),
+        "nothing rolls while the credentials are gone"
+    );
+    tp.apply(&database_yaml("db", "  deletionPolicy: Delete\n"));
+    wait_db_ready(&tp, "db").await;
+    let url2 = url_of(&tp, "db").await;
+    assert_ne!(url1, url2);
+    let o = eventually("board rolled out with the new URL", T, || async {
+        let o = tp.app("board").await;
+        (ready(&o) && o["status"]["currentRevision"] != rev1.as_str()).then_some(o)
+    })
+    .await;
+    assert_eq!(env_of(&o).await["DATABASE_URL"], url2.as_str());
+    psql(&url2, "select 1");
+    tp.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_policy_removes_the_data_and_a_prune_never_does() {
     let tp = TestPlane::start().await;

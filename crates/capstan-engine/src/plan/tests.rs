@@ -334,3 +334,30 @@ fn ready_but_not_yet_available_says_why() {
     assert_eq!((c.status, c.reason.as_str()), (ConditionStatus::False, "MinReadySeconds"));
     assert_eq!(c.message, "2/2 replicas ready, 0/2 available (ready for minReadySeconds: 10s)");
 }
+
+/// Issue 20, item 9: a replica waiting for its Database's credentials is a dependency on its way — tried again,
+/// Progressing, never a failed rollout — even past its crash-loop thresholds.
+#[test]
+fn a_replica_waiting_for_a_dependency_is_progressing_not_failed() {
+    let a = app(1, "  update: {autoRollback: true}\n");
+    let now = Utc::now();
+    let mut w = ObservedReplica::new(0, &rev(&a));
+    w.state = ReplicaState::Waiting("waiting for Database pg's credentials".into());
+    let first = plan_app(Some(&a), &[], None, vec![], now);
+    for _ in 0..5 {
+        let p = plan_app(Some(&a), std::slice::from_ref(&w), first.status.as_ref(), vec![], now);
+        assert_eq!(p.actions, vec![start(0, &a, false)], "tried again, not counted as a restart");
+        assert_eq!(p.requeue_after, Some(WAITING_RETRY));
+        let st = p.status.as_ref().unwrap();
+        assert_eq!(st.rollout.as_ref().map(|r| r.phase), Some(RolloutPhase::Progressing));
+        assert_eq!(st.replica_statuses[0].reason.as_deref(), Some("Waiting"));
+        assert_eq!(ready_cond(&p).reason, "DependencyNotReady");
+        assert!(ready_cond(&p).message.contains("web-0: waiting for Database pg"), "{:?}", ready_cond(&p));
+        assert!(cond(&p, STALLED).is_none());
+    }
+    // A start that failed is a failure.
+    let mut f = w.clone();
+    f.state = ReplicaState::StartFailed("no such program".into());
+    let p = plan_app(Some(&a), &[f], first.status.as_ref(), vec![], now);
+    assert_eq!(p.status.unwrap().rollout.map(|r| r.phase), Some(RolloutPhase::Failed));
+}
