@@ -79,13 +79,23 @@ struct ProxyObserver(Arc<Proxy>);
 
 impl ReconcileObserver for ProxyObserver {
     fn observed(&self, key: &ObjectKey, app: Option<&App>, replicas: &[ObservedReplica]) -> ObserverReport {
+        let out: Vec<&str> = app
+            .and_then(|a| a.metadata.annotations.get(capstan_model::OUT_OF_ROTATION_ANNOTATION))
+            .map(|v| v.split(',').map(str::trim).collect())
+            .unwrap_or_default();
         let endpoints: Vec<ReplicaEndpoint> = replicas
             .iter()
-            .map(|r| ReplicaEndpoint {
-                name: format!("{}-{}", key.name, r.ordinal),
-                ports: r.ports.clone(),
-                ready: r.state == ReplicaState::Running && r.ready && r.unhealthy.is_none(),
-                pid: r.pid.filter(|_| matches!(r.state, ReplicaState::Running | ReplicaState::Stopping)),
+            .map(|r| {
+                let name = format!("{}-{}", key.name, r.ordinal);
+                ReplicaEndpoint {
+                    ready: r.state == ReplicaState::Running
+                        && r.ready
+                        && r.unhealthy.is_none()
+                        && !out.contains(&name.as_str()),
+                    name,
+                    ports: r.ports.clone(),
+                    pid: r.pid.filter(|_| matches!(r.state, ReplicaState::Running | ReplicaState::Stopping)),
+                }
             })
             .collect();
         let warnings = self.0.sync_app(key, app, &endpoints);

@@ -230,6 +230,43 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
                 "Servers",
                 format!("App {} ({} ready)", s(&st["appName"]), st["readyReplicas"].as_i64().unwrap_or(0)),
             );
+            let nums = |v: &Value| -> String {
+                let n: Vec<String> = v.as_array().into_iter().flatten().map(|x| x.to_string()).collect();
+                if n.is_empty() {
+                    "-".into()
+                } else {
+                    n.join(", ")
+                }
+            };
+            field("Agreed versions", nums(&st["agreedVersions"]));
+            let versions: Vec<Vec<String>> = st["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    let on: Vec<String> = v["replicas"].as_array().into_iter().flatten().map(s).collect();
+                    vec![
+                        v["version"].to_string(),
+                        s(&v["state"]),
+                        if v["wanted"] == true { "yes" } else { "no" }.to_string(),
+                        if on.is_empty() { "-".into() } else { on.join(", ") },
+                        v["error"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect();
+            out.push_str("Versions:\n");
+            out.push_str(&indent(&table(&["VERSION", "STATE", "WANTED", "SERVED BY", "ERROR"], &versions)));
+            let replicas: Vec<Vec<String>> = st["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    let traffic = if r["agrees"] == true { "yes" } else { "no (serves other versions)" };
+                    vec![s(&r["name"]), nums(&r["versions"]), traffic.to_string()]
+                })
+                .collect();
+            out.push_str("Replicas:\n");
+            out.push_str(&indent(&table(&["REPLICA", "SERVES", "TRAFFIC"], &replicas)));
         }
         Kind::TrainingJob => {
             let types: Vec<String> = spec["replicaSpecs"]

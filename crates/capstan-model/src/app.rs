@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::meta::Condition;
 
+/// Replicas of an App (names, comma-separated) that the load balancer leaves out although they are ready: set by
+/// the controller that owns the App (a ModelServer's, for replicas serving other versions than the agreed ones).
+pub const OUT_OF_ROTATION_ANNOTATION: &str = "capstan.dev/out-of-rotation";
+
 /// The desired state of an App.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -156,6 +156,44 @@ pub struct ModelServerStatus {
     pub ready_replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
+    /// The versions every replica should serve: the best set some replica serves (the most versions the policy
+    /// wants, then the highest). Only replicas serving exactly these get traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agreed_versions: Vec<u64>,
+    /// Each version wanted or served, with its state and why it failed to load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<ModelVersionStatus>,
+    /// What each replica serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ModelReplicaStatus>,
+}
+
+/// One version of a ModelServer's model, across its replicas.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelVersionStatus {
+    pub version: u64,
+    /// TF Serving's state, the furthest any replica reached: `AVAILABLE`, `LOADING`, `START`, `UNLOADING` or `END`.
+    pub state: String,
+    /// Whether the version policy wants it, given what the base path holds.
+    #[serde(default)]
+    pub wanted: bool,
+    /// The replicas serving it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+    /// Why it could not be loaded (on the replicas named first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One replica of a ModelServer: the versions it serves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelReplicaStatus {
+    pub name: String,
+    pub versions: Vec<u64>,
+    /// It serves the agreed versions, so it gets traffic.
+    pub agrees: bool,
 }
 
 /// The App that runs a ModelServer's replicas.

@@ -10,14 +10,19 @@ use tract_onnx::pb::{
 const FLOAT: i32 = 1;
 
 fn value(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    value_with(name, dims, Some("batch"))
+}
+
+/// A tensor's declaration; a `None` dimension is named `dynamic`, or left with neither size nor name.
+fn value_with(name: &str, dims: &[Option<i64>], dynamic: Option<&str>) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| Dimension {
             denotation: String::new(),
-            value: Some(match d {
-                Some(n) => dimension::Value::DimValue(*n),
-                None => dimension::Value::DimParam("batch".into()),
-            }),
+            value: match d {
+                Some(n) => Some(dimension::Value::DimValue(*n)),
+                None => dynamic.map(|p| dimension::Value::DimParam(p.into())),
+            },
         })
         .collect();
     ValueInfoProto {
@@ -73,6 +78,20 @@ pub fn linear(w: &[f32], b: f32) -> Vec<u8> {
         initializer: vec![weights("w", &[n, 1], w), weights("b", &[1], &[b])],
         input: vec![value("x", &[None, Some(n)])],
         output: vec![value("y", &[None, Some(1)])],
+        ..Default::default()
+    })
+}
+
+/// [`linear`] with an input batch dimension that has neither a size nor a name (`[None, n]`), as some exporters
+/// write it.
+pub fn linear_unnamed_batch(w: &[f32], b: f32) -> Vec<u8> {
+    let n = w.len() as i64;
+    model(GraphProto {
+        name: "linear".into(),
+        node: vec![node("MatMul", &["x", "w"], "xw"), node("Add", &["xw", "b"], "y")],
+        initializer: vec![weights("w", &[n, 1], w), weights("b", &[1], &[b])],
+        input: vec![value_with("x", &[None, Some(n)], None)],
+        output: vec![value_with("y", &[None, Some(1)], None)],
         ..Default::default()
     })
 }

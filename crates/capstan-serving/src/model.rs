@@ -62,11 +62,42 @@ fn info(model: &TypedModel, outlet: OutletId) -> TractResult<TensorInfo> {
     })
 }
 
+/// Reads an ONNX file. An input dimension with neither a size nor a name (`[None, 1]` as some exporters write the
+/// batch) gets a name of its own, as a named one (`[N, 1]`) has: tract would otherwise leave it unknown and refuse to
+/// optimise the graph.
+fn read_model(path: &Path) -> TractResult<InferenceModel> {
+    use tract_onnx::pb::{tensor_shape_proto::dimension::Value as Dim, type_proto};
+    let onnx = tract_onnx::onnx();
+    let mut proto = onnx.proto_model_for_path(path)?;
+    if let Some(graph) = proto.graph.as_mut() {
+        for (i, input) in graph.input.iter_mut().enumerate() {
+            let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
+                continue;
+            };
+            for (j, d) in t.shape.iter_mut().flat_map(|s| s.dim.iter_mut()).enumerate() {
+                let unnamed = match &d.value {
+                    None => true,
+                    Some(Dim::DimParam(p)) => p.is_empty(),
+                    Some(Dim::DimValue(v)) => *v < 0,
+                };
+                if unnamed {
+                    d.value = Some(Dim::DimParam(format!("capstan_in{i}_dim{j}")));
+                }
+            }
+        }
+    }
+    let parsed = onnx.parse(&proto, path.parent().and_then(Path::to_str))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(TractError::msg(format!("could not resolve inputs at top level: {:?}", parsed.unresolved_inputs)));
+    }
+    Ok(parsed.model)
+}
+
 impl Loaded {
     /// Loads and optimises `model.onnx`; only float inputs are served.
     pub fn load(path: &Path) -> Result<Loaded, ModelError> {
         let err = |e: TractError| ModelError::Load { path: path.display().to_string(), message: format!("{e:#}") };
-        let model = tract_onnx::onnx().model_for_path(path).map_err(err)?.into_optimized().map_err(err)?;
+        let model = read_model(path).map_err(err)?.into_optimized().map_err(err)?;
         let inputs: Vec<TensorInfo> = model
             .input_outlets()
             .map_err(err)?

@@ -71,6 +71,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/models/{*rest}", get(get_model).post(post_model))
         .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
         .route("/v2/health/ready", get(ready))
+        .route("/capstan/versions", get(versions))
         .route("/monitoring/prometheus/metrics", get(metrics))
         .route("/metrics", get(metrics))
         .with_state(server)
@@ -86,6 +87,18 @@ async fn ready(State(s): State<Arc<Server>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false}))).into_response()
     }
+}
+
+/// For the ModelServer controller: the versions the policy wants from what is on disk, and every version known with
+/// its state and load error. Replicas of one ModelServer are compared with it.
+async fn versions(State(s): State<Arc<Server>>) -> Response {
+    let versions: Vec<Value> = s
+        .model
+        .list()
+        .into_iter()
+        .map(|(v, x)| json!({"version": v, "state": x.state.as_str(), "error": x.error}))
+        .collect();
+    Json(json!({"model": s.model.name, "wanted": s.model.wanted(), "versions": versions})).into_response()
 }
 
 async fn metrics(State(s): State<Arc<Server>>) -> Response {

@@ -63,8 +63,18 @@ pub struct Version {
     /// Why it could not be loaded.
     pub error: Option<String>,
     pub model: Option<Arc<Loaded>>,
-    /// The file's modification time when it was (tried to be) loaded: a rewritten file is tried again.
-    stamp: Option<SystemTime>,
+    /// The file's identity when it was (tried to be) loaded: a rewritten or replaced file is tried again.
+    stamp: Option<Stamp>,
+}
+
+/// What tells one file's content from another's without reading it: the inode (a file renamed into place is a new
+/// one), size, modification and change times (a copy that keeps the old modification time still changes `ctime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
 }
 
 /// A model's versions, shared between the poller and request handlers.
@@ -73,6 +83,8 @@ pub struct ModelVersions {
     pub base: PathBuf,
     pub policy: VersionPolicy,
     versions: RwLock<BTreeMap<u64, Version>>,
+    /// The versions the policy picked at the last poll.
+    wanted: RwLock<Vec<u64>>,
 }
 
 /// What one poll did, for logs and tests.
@@ -83,13 +95,21 @@ pub struct PollReport {
     pub unloaded: Vec<u64>,
 }
 
-fn stamp(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some(Stamp { inode: m.ino(), len: m.len(), modified: m.modified().ok(), changed: (m.ctime(), m.ctime_nsec()) })
 }
 
 impl ModelVersions {
     pub fn new(name: &str, base: &Path, policy: VersionPolicy) -> ModelVersions {
-        ModelVersions { name: name.into(), base: base.into(), policy, versions: RwLock::new(BTreeMap::new()) }
+        ModelVersions {
+            name: name.into(),
+            base: base.into(),
+            policy,
+            versions: RwLock::new(BTreeMap::new()),
+            wanted: RwLock::new(Vec::new()),
+        }
     }
 
     /// Numbered directories under the base path that hold a model file, ascending.
@@ -110,6 +130,7 @@ impl ModelVersions {
     pub fn poll(&self) -> PollReport {
         let mut report = PollReport::default();
         let wanted = self.policy.select(&self.found());
+        *self.wanted.write().unwrap_or_else(|p| p.into_inner()) = wanted.clone();
         for v in &wanted {
             let path = self.base.join(v.to_string()).join(MODEL_FILE);
             let st = stamp(&path);
@@ -173,6 +194,11 @@ impl ModelVersions {
         self.versions.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The versions the policy picked from what the base path held at the last poll, highest first.
+    pub fn wanted(&self) -> Vec<u64> {
+        self.wanted.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Every version known, with its state.
     pub fn list(&self) -> Vec<(u64, Version)> {
         self.read().iter().map(|(v, x)| (*v, x.clone())).collect()
@@ -223,5 +249,57 @@ mod tests {
         assert!(v.error.is_some());
         // The same file is not tried again at every poll.
         assert_eq!(m.poll(), PollReport::default());
+    }
+
+    /// Issue 20, item 3: a version whose file is replaced after a failed load is tried again, even when the new file
+    /// keeps the old one's modification time; and a deleted version is unloaded once a wanted one is available.
+    #[test]
+    fn a_replaced_file_is_tried_again_and_a_deleted_version_leaves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let put = |v: u64, bytes: &[u8]| {
+            let d = dir.path().join(v.to_string());
+            std::fs::create_dir_all(&d).expect("dir");
+            std::fs::write(d.join("tmp"), bytes).expect("write");
+            std::fs::rename(d.join("tmp"), d.join(MODEL_FILE)).expect("rename");
+        };
+        let good = crate::fixtures::linear(&[1.0, 2.0], 0.0);
+        let mut bad = good.clone();
+        bad.truncate(good.len() / 2);
+        put(1, &bad);
+        put(2, &good);
+        let m = ModelVersions::new("m", dir.path(), VersionPolicy::Latest(1));
+        m.poll();
+        assert_eq!(m.get(None).map(|(v, _)| v), Some(2));
+        assert_eq!(m.wanted(), vec![2]);
+
+        // 2 deleted: 1 (broken) is wanted; 2 keeps serving meanwhile.
+        std::fs::remove_dir_all(dir.path().join("2")).expect("rm");
+        let r = m.poll();
+        assert_eq!(r.failed.len(), 1, "{r:?}");
+        assert_eq!(m.wanted(), vec![1]);
+        assert_eq!(m.get(None).map(|(v, _)| v), Some(2), "the last available version keeps serving");
+        assert_eq!(m.poll(), PollReport::default(), "the same broken file is not tried at every poll");
+
+        // 1 replaced by a loadable file with the same modification time: tried again, and 2 leaves.
+        let old = std::fs::metadata(dir.path().join("1").join(MODEL_FILE)).and_then(|x| x.modified()).expect("mtime");
+        put(1, &good);
+        let f = std::fs::File::options().write(true).open(dir.path().join("1").join(MODEL_FILE)).expect("open");
+        f.set_modified(old).expect("set mtime");
+        let r = m.poll();
+        assert_eq!((r.loaded, r.unloaded), (vec![1], vec![2]));
+        assert_eq!(m.get(None).map(|(v, _)| v), Some(1));
+    }
+
+    /// Issue 20, item 7: an input dimension with neither a size nor a name is accepted as a named one is.
+    #[test]
+    fn an_unnamed_dynamic_dimension_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(MODEL_FILE);
+        std::fs::write(&path, crate::fixtures::linear_unnamed_batch(&[3.0, -2.0], 0.5)).expect("write");
+        let m = Loaded::load(&path).expect("loads");
+        assert_eq!(m.inputs[0].dims, vec![-1, 2]);
+        let out =
+            m.run(vec![crate::model::Dense { shape: vec![2, 2], values: vec![1.0, 1.0, 0.0, 1.0] }]).expect("run");
+        assert_eq!(out[0].values, vec![1.5, -1.5]);
     }
 }

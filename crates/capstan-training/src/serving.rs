@@ -8,11 +8,13 @@ use std::time::Duration;
 use capstan_engine::controller::condition_now as cond;
 use capstan_model::serving::{server_app, ModelServerStatus};
 use capstan_model::{
-    set_condition, ConditionStatus, EventType, ModelServer, ObjectKey, API_VERSION, BASE_DIR_ANNOTATION, READY,
+    set_condition, ConditionStatus, EventType, ModelServer, ObjectKey, API_VERSION, BASE_DIR_ANNOTATION,
+    OUT_OF_ROTATION_ANNOTATION, READY,
 };
 use capstan_store::Store;
 use serde_json::{json, Value};
 
+use crate::agreement::{agree, Agreement, Report};
 use crate::controller::{owner_loop, TrainingHandle};
 
 /// Label on the App a ModelServer owns.
@@ -49,6 +51,14 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
     let mut annotations = serde_json::Map::new();
     if let Some(b) = ms.metadata.base_dir() {
         annotations.insert(BASE_DIR_ANNOTATION.into(), json!(b));
+    }
+    // What the replicas serve, compared: those serving other versions than the agreed ones get no traffic.
+    let app_key = ObjectKey::new("App", &key.namespace, server_app(&key.name));
+    let running = store.get(&app_key).ok().flatten();
+    let agreement = running.as_ref().map(version_reports).map(|r| agree(&r)).unwrap_or_default();
+    let out = agreement.dissenters();
+    if !out.is_empty() {
+        annotations.insert(OUT_OF_ROTATION_ANNOTATION.into(), json!(out.join(",")));
     }
     let replicas = match &ms.spec.autoscaling {
         Some(a) => {
@@ -96,13 +106,52 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
     let app = store.get(&ObjectKey::new("App", &key.namespace, server_app(&key.name))).ok().flatten();
     let ready =
         app.as_ref().and_then(|a| a["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == READY).cloned());
-    status.ready_replicas = app.as_ref().and_then(|a| a["status"]["readyReplicas"].as_i64()).unwrap_or(0) as i32;
+    let app_ready = app.as_ref().and_then(|a| a["status"]["readyReplicas"].as_i64()).unwrap_or(0) as i32;
+    status.ready_replicas = (app_ready - out.len() as i32).max(0);
+    let previously_out = status.replicas.iter().filter(|r| !r.agrees).map(|r| r.name.clone()).collect::<Vec<_>>();
+    if out != previously_out && !out.is_empty() {
+        let msg =
+            format!("{}; they get no traffic until they serve {:?}", describe_replicas(&agreement), agreement.agreed);
+        let _ = store.record_event(key, EventType::Warning, "VersionsDisagree", &msg);
+    }
+    status.agreed_versions = agreement.agreed.clone();
+    status.versions = agreement.versions.clone();
+    status.replicas = agreement.replicas.clone();
+    let failures: Vec<String> = status
+        .versions
+        .iter()
+        .filter(|v| v.wanted && v.state != "AVAILABLE")
+        .filter_map(|v| Some(format!("version {}: {}", v.version, v.error.as_deref()?)))
+        .collect();
     let c = match ready {
+        Some(_) if !out.is_empty() => cond(
+            READY,
+            ConditionStatus::False,
+            "VersionsDisagree",
+            format!(
+                "{}; traffic goes only to the replicas serving {:?}",
+                describe_replicas(&agreement),
+                agreement.agreed
+            ),
+            g,
+        ),
         Some(c) if c["status"] == "True" => cond(
             READY,
             ConditionStatus::True,
             "Serving",
-            format!("{} replicas serving {model} from {}", status.ready_replicas, base.display()),
+            format!(
+                "{} replicas serving {model} versions {:?} from {}",
+                status.ready_replicas,
+                agreement.agreed,
+                base.display()
+            ),
+            g,
+        ),
+        Some(c) if !failures.is_empty() => cond(
+            READY,
+            ConditionStatus::False,
+            c["reason"].as_str().unwrap_or("Starting"),
+            format!("no version of {model} is available yet in {}: {}", base.display(), failures.join("; ")),
             g,
         ),
         Some(c) => cond(
@@ -122,15 +171,36 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
     let requeue = match (&ms.spec.autoscaling, &app) {
         (Some(a), Some(app)) => {
             autoscale(store, key, a, replicas, app, &mut status);
-            Some(SAMPLE_EVERY)
+            SAMPLE_EVERY
         }
         _ => {
             status.autoscaling = None;
-            None
+            SAMPLE_EVERY
         }
     };
     let _ = store.update_status(key, serde_json::to_value(&status).unwrap_or(Value::Null));
-    requeue
+    // The replicas' versions change without the store knowing: look again.
+    Some(requeue)
+}
+
+/// `lin-server-0 serves [2], lin-server-1 serves [1]`.
+fn describe_replicas(a: &Agreement) -> String {
+    a.replicas.iter().map(|r| format!("{} serves {:?}", r.name, r.versions)).collect::<Vec<_>>().join(", ")
+}
+
+/// Each running replica's version report, by replica name; a replica that does not answer is left out.
+fn version_reports(app: &Value) -> Vec<(String, Report)> {
+    app["status"]["replicaStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["phase"] == "Running")
+        .filter_map(|r| {
+            let port = r["ports"]["http"].as_u64()? as u16;
+            let report = serde_json::from_str(&fetch(port, "/capstan/versions")?).ok()?;
+            Some((r["name"].as_str()?.to_string(), report))
+        })
+        .collect()
 }
 
 /// How often the autoscaler reads the servers' metrics.
@@ -154,7 +224,7 @@ fn autoscale(
         .collect();
     let (mut requests, mut buckets) = (0.0, Vec::<(f64, f64)>::new());
     for port in ports {
-        let Some(text) = fetch_metrics(port) else { continue };
+        let Some(text) = fetch(port, "/monitoring/prometheus/metrics") else { continue };
         requests += capstan_observe::exposition::counter_sum(&text, "capstan_model_requests", &[("api", "predict")])
             .unwrap_or(0.0);
         for (le, c) in capstan_observe::exposition::histogram_sum(&text, "capstan_model_predict_duration_seconds", &[])
@@ -202,14 +272,14 @@ fn autoscale(
     status.autoscaling = Some(a);
 }
 
-/// One server's metrics, or None when it does not answer within a second.
-fn fetch_metrics(port: u16) -> Option<String> {
+/// A GET of one server's `path`, or None when it does not answer within a second.
+fn fetch(port: u16, path: &str) -> Option<String> {
     use http_body_util::{BodyExt, Empty};
     let handle = tokio::runtime::Handle::try_current().ok()?;
     handle.block_on(async move {
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http::<Empty<bytes::Bytes>>();
-        let uri: hyper::Uri = format!("http://127.0.0.1:{port}/monitoring/prometheus/metrics").parse().ok()?;
+        let uri: hyper::Uri = format!("http://127.0.0.1:{port}{path}").parse().ok()?;
         let res = tokio::time::timeout(Duration::from_secs(1), client.get(uri)).await.ok()?.ok()?;
         let body = tokio::time::timeout(Duration::from_secs(1), res.into_body().collect()).await.ok()?.ok()?;
         String::from_utf8(body.to_bytes().to_vec()).ok()

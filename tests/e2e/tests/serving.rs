@@ -249,3 +249,85 @@ async fn a_model_server_scales_out_under_load_and_back_in_after_the_cooldown() {
     .await;
     tp.stop().await;
 }
+
+/// Issue 20, items 3 and 7: replicas of one ModelServer that serve different versions (one polls slowly and still
+/// serves version 1 when a new one already serves version 2) are reported, the ModelServer is not Ready, and the
+/// balancer sends every request to the replica serving the agreed version until they agree again. A version that
+/// fails to load shows its error in the ModelServer's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serving_different_versions_are_reported_and_kept_out_of_the_balancer() {
+    std::env::set_var("CAPSTAN_EXE", bin("capstan-e2e-cli"));
+    let tp = TestPlane::start().await;
+    let base = tempfile::tempdir().expect("tempdir");
+    publish(base.path(), 1, &fixtures::linear(&[3.0, -2.0], 0.5));
+    let lb = free_port();
+    let manifest = |replicas: u32| {
+        format!(
+            "apiVersion: capstan.dev/v1alpha1\nkind: ModelServer\nmetadata: {{name: lin}}\nspec:\n  model: linear\n  basePath: {}\n  replicas: {replicas}\n  pollSeconds: 25\n  expose: {{port: {lb}}}\n",
+            base.path().display()
+        )
+    };
+    tp.apply(&manifest(1));
+    let ms = || async { tp.client.get("/api/v1/namespaces/default/modelservers/lin").await.ok() };
+    eventually("version 1 served", T, || async {
+        let o = ms().await?;
+        (o["status"]["readyReplicas"] == 1 && o["status"]["agreedVersions"] == json!([1])).then_some(())
+    })
+    .await;
+
+    // Version 2 arrives; lin-server-0 will not look for 25 s. A second replica starts and serves version 2 at once.
+    publish(base.path(), 2, &fixtures::linear(&[1.0, 1.0], 0.0));
+    tp.apply(&manifest(2));
+    let o = eventually("the disagreement is seen", T, || async {
+        let o = ms().await?;
+        (o["status"]["agreedVersions"] == json!([2]) && o["status"]["replicas"].as_array()?.len() == 2).then_some(o)
+    })
+    .await;
+    let st = &o["status"];
+    assert_eq!(st["replicas"][0], json!({"name": "lin-server-0", "versions": [1], "agrees": false}), "{st}");
+    assert_eq!(st["replicas"][1], json!({"name": "lin-server-1", "versions": [2], "agrees": true}), "{st}");
+    let ready = st["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).cloned();
+    let ready = ready.expect("Ready condition");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("VersionsDisagree")));
+    assert_eq!(st["readyReplicas"], 1, "only the agreeing replica counts");
+    let app = tp.app("lin-server").await;
+    assert_eq!(app["metadata"]["annotations"]["capstan.dev/out-of-rotation"], "lin-server-0");
+    // Every request through the balancer is answered by version 2 (x·[1,1] = 2; version 1 would say 1.5).
+    eventually("the balancer left lin-server-0 out", T, || async {
+        let mut b = Browser::new(lb);
+        let r = b.post_json("/v1/models/linear:predict", &json!({"instances": [[1, 1]]})).await.ok()?;
+        (r.json()["predictions"] == json!([[2.0]])).then_some(())
+    })
+    .await;
+    let mut b = Browser::new(lb);
+    for _ in 0..20 {
+        let r = b.post_json("/v1/models/linear:predict", &json!({"instances": [[1, 1]]})).await.expect("answer");
+        assert_eq!(r.json()["predictions"], json!([[2.0]]), "answered by the replica serving version 2");
+    }
+
+    // lin-server-0 polls, loads version 2 and unloads 1: they agree, both get traffic, Ready again.
+    eventually("the replicas agree", Duration::from_secs(45), || async {
+        let o = ms().await?;
+        let agree = o["status"]["replicas"].as_array()?.iter().all(|r| r["agrees"] == true);
+        let ready = o["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
+        (agree && ready && o["status"]["readyReplicas"] == 2).then_some(())
+    })
+    .await;
+    assert!(tp.app("lin-server").await["metadata"]["annotations"].get("capstan.dev/out-of-rotation").is_none());
+    let events = tp.client.get("/api/v1/namespaces/default/modelservers/lin/events").await.expect("events");
+    assert!(events.to_string().contains("VersionsDisagree"), "{events}");
+
+    // A corrupt version 3: reported with its error; version 2 keeps serving.
+    publish(base.path(), 3, b"not an onnx model");
+    tp.apply(&manifest(2).replace("pollSeconds: 25", "pollSeconds: 1"));
+    let v3 = eventually("version 3's error in the status", Duration::from_secs(60), || async {
+        let o = ms().await?;
+        o["status"]["versions"].as_array()?.iter().find(|v| v["version"] == 3 && v["error"].is_string()).cloned()
+    })
+    .await;
+    assert_eq!((v3["wanted"].as_bool(), v3["state"].as_str()), (Some(true), Some("END")), "{v3}");
+    assert!(v3["error"].as_str().unwrap_or("").contains("cannot load"), "{v3}");
+    let r = b.post_json("/v1/models/linear:predict", &json!({"instances": [[1, 1]]})).await.expect("answer");
+    assert_eq!(r.json()["predictions"], json!([[2.0]]));
+    tp.stop().await;
+}
