@@ -107,7 +107,11 @@ pub struct Alerting {
     rules: Mutex<BTreeMap<String, (String, Vec<Alert>)>>,
     incidents: Mutex<BTreeMap<String, Incident>>,
     deliveries: Mutex<BTreeMap<String, Delivery>>,
-    seq: std::sync::atomic::AtomicU64,
+    /// The last incident number and the last delivery number: apart, so incidents count 1, 2, 3.
+    incident_seq: std::sync::atomic::AtomicU64,
+    delivery_seq: std::sync::atomic::AtomicU64,
+    /// Where people look: `externalURL` of notifications, and the start of each alert's `generatorURL`.
+    external_url: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -122,8 +126,9 @@ fn rfc3339(ms: i64) -> String {
 
 impl Alerting {
     /// Loads incidents and pending deliveries kept by a previous run.
-    pub fn load(store: &Store) -> Alerting {
-        let a = Alerting::default();
+    /// `external_url` is where people look (the query API's address until there is a dashboard).
+    pub fn load(store: &Store, external_url: &str) -> Alerting {
+        let a = Alerting { external_url: external_url.trim_end_matches('/').to_string(), ..Default::default() };
         let mut max = 0u64;
         for (k, v) in store.records("incident/").unwrap_or_default() {
             if let Ok(i) = serde_json::from_value::<Incident>(v) {
@@ -131,19 +136,35 @@ impl Alerting {
                 lock(&a.incidents).insert(k.trim_start_matches("incident/").to_string(), i);
             }
         }
+        let mut max_delivery = 0u64;
         for (k, v) in store.records("delivery/").unwrap_or_default() {
             if let Ok(d) = serde_json::from_value::<Delivery>(v) {
-                max = max.max(d.id.trim_start_matches("dlv-").parse().unwrap_or(0));
+                max_delivery = max_delivery.max(d.id.trim_start_matches("dlv-").parse().unwrap_or(0));
                 lock(&a.deliveries).insert(k.trim_start_matches("delivery/").to_string(), d);
             }
         }
-        a.seq.store(max, std::sync::atomic::Ordering::Relaxed);
+        a.incident_seq.store(max, std::sync::atomic::Ordering::Relaxed);
+        a.delivery_seq.store(max_delivery, std::sync::atomic::Ordering::Relaxed);
         a
     }
 
-    fn next_id(&self, prefix: &str) -> String {
-        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        format!("{prefix}-{n}")
+    #[cfg(test)]
+    fn load_empty(external_url: &str) -> Alerting {
+        Alerting { external_url: external_url.trim_end_matches('/').to_string(), ..Default::default() }
+    }
+
+    fn next_incident_id(&self) -> String {
+        format!("inc-{}", self.incident_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+    }
+
+    fn next_delivery_id(&self) -> String {
+        format!("dlv-{}", self.delivery_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+    }
+
+    /// Prometheus' `generatorURL` for an expression: the query API answering it.
+    fn generator_url(&self, expr: &str) -> String {
+        let q: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+        format!("{}/api/v1/query?query={q}", self.external_url)
     }
 
     /// Every alert now held, Prometheus' `/api/v1/alerts` shape.
@@ -218,7 +239,7 @@ impl AlertsHandle {
     }
 }
 
-fn rule_params(name: &str, spec: &AlertRuleSpec) -> RuleParams {
+fn rule_params(name: &str, spec: &AlertRuleSpec, generator_url: String) -> RuleParams {
     let ms = |s: &Option<String>| s.as_deref().and_then(|d| parse_duration(d).ok()).map_or(0, |d| d.as_millis() as i64);
     RuleParams {
         alertname: spec.alert.clone().unwrap_or_else(|| name.to_string()),
@@ -226,7 +247,15 @@ fn rule_params(name: &str, spec: &AlertRuleSpec) -> RuleParams {
         keep_firing_for_ms: ms(&spec.keep_firing_for),
         labels: spec.labels.clone(),
         annotations: spec.annotations.clone(),
+        generator_url,
     }
+}
+
+/// The `ALERTS_FOR_STATE` series of an alert.
+fn for_state_labels(labels: &BTreeMap<String, String>) -> Labels {
+    let mut pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.push(("__name__", alerting::FOR_STATE_METRIC));
+    Labels::new(pairs)
 }
 
 fn policies(store: &Store) -> Vec<Policy> {
@@ -302,14 +331,24 @@ async fn evaluate_rules(
         let interval = spec.interval.as_deref().and_then(|i| parse_duration(i).ok()).unwrap_or(Duration::from_secs(15));
         next_eval.insert(id.clone(), now + interval.as_millis() as i64);
         let name = key.as_ref().map_or_else(|| id.trim_start_matches("builtin/").to_string(), |k| k.name.clone());
-        let params = rule_params(&name, &spec);
+        let params = rule_params(&name, &spec, alerting.generator_url(&spec.expr));
         let expr = spec.expr.clone();
         let db2 = db.clone();
         let limits = limits.clone();
         let result = tokio::task::spawn_blocking(move || Engine::with_limits(&db2, limits).instant(&expr, now)).await;
-        let previous = lock(&alerting.rules).get(&id).map(|(_, a)| a.clone()).unwrap_or_default();
+        let known = lock(&alerting.rules).get(&id).map(|(_, a)| a.clone());
+        let first = known.is_none();
+        let previous = known.unwrap_or_default();
         let outcome = match result {
-            Ok(Ok(PromValue::Vector(v))) => alerting::evaluate(&params, &previous, &v, now).map_err(|e| e.to_string()),
+            Ok(Ok(PromValue::Vector(v))) => alerting::evaluate(&params, &previous, &v, now)
+                .map(|mut alerts| {
+                    // The first evaluation since Capstan started: alerts active before keep their start.
+                    if first {
+                        alerting::restore(&params, &mut alerts, |l| db.last(&for_state_labels(l)), now);
+                    }
+                    alerts
+                })
+                .map_err(|e| e.to_string()),
             Ok(Ok(PromValue::Scalar(_) | PromValue::String(_) | PromValue::Matrix(_))) => {
                 Err("the expression must give an instant vector".to_string())
             }
@@ -349,22 +388,20 @@ async fn evaluate_rules(
         }
         lock(&alerting.rules).insert(id, (name, alerts));
     }
-    // ALERTS{alertname, alertstate, …} = 1 for every pending or firing alert; stale markers for those that ended.
-    let now_series: HashSet<Labels> = lock(&alerting.rules)
-        .values()
-        .flat_map(|(_, v)| v.iter())
-        .filter(|a| a.state != State::Inactive)
-        .map(|a| {
-            let mut pairs: Vec<(&str, &str)> = a.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            pairs.push(("__name__", "ALERTS"));
-            pairs.push(("alertstate", a.state.as_str()));
-            Labels::new(pairs)
-        })
-        .collect();
+    // ALERTS{alertname, alertstate, …} = 1 and ALERTS_FOR_STATE{alertname, …} = the time it became active (s) for
+    // every pending or firing alert; stale markers for those that ended.
+    let mut now_series: HashMap<Labels, f64> = HashMap::new();
+    for a in lock(&alerting.rules).values().flat_map(|(_, v)| v.iter()).filter(|a| a.state != State::Inactive) {
+        let mut pairs: Vec<(&str, &str)> = a.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pairs.push(("__name__", "ALERTS"));
+        pairs.push(("alertstate", a.state.as_str()));
+        now_series.insert(Labels::new(pairs), 1.0);
+        now_series.insert(for_state_labels(&a.labels), a.active_at as f64 / 1000.0);
+    }
     let stale = stale_nan();
-    db.append_all(alerts_series.difference(&now_series).map(|l| (l, now, stale)));
-    db.append_all(now_series.iter().map(|l| (l, now, 1.0)));
-    *alerts_series = now_series;
+    db.append_all(alerts_series.iter().filter(|l| !now_series.contains_key(*l)).map(|l| (l, now, stale)));
+    db.append_all(now_series.iter().map(|(l, v)| (l, now, *v)));
+    *alerts_series = now_series.into_keys().collect();
     let _ = changed_any;
 }
 
@@ -378,9 +415,9 @@ fn persist_incident(store: &Store, i: &Incident) {
 
 fn enqueue(store: &Store, alerting: &Alerting, incident: &Incident, notes: Vec<Notification>, now: i64) {
     for n in notes {
-        let payload = payload(incident, &n, now);
+        let payload = payload(incident, &n, &alerting.external_url, now);
         let d = Delivery {
-            id: alerting.next_id("dlv"),
+            id: alerting.next_delivery_id(),
             incident: n.incident.clone(),
             target: n.target,
             reason: n.reason,
@@ -437,7 +474,7 @@ fn escalate(store: &Store, alerting: &Alerting, now: i64) {
             if open || handled {
                 continue;
             }
-            let id = alerting.next_id("inc");
+            let id = alerting.next_incident_id();
             let (i, notes) = escalation::open(&policy, id.clone(), group, alerts, now);
             persist_incident(store, &i);
             enqueue(store, alerting, &i, notes, now);
@@ -497,7 +534,7 @@ pub fn resolve(store: &Store, alerting: &Alerting, id: &str, who: &str) -> Manua
 }
 
 /// The Alertmanager webhook payload (version 4), with Capstan's incident alongside.
-fn payload(i: &Incident, n: &Notification, now: i64) -> Value {
+fn payload(i: &Incident, n: &Notification, external_url: &str, now: i64) -> Value {
     let resolved = i.state == IncidentState::Resolved;
     let alerts: Vec<Value> = i
         .alerts
@@ -511,7 +548,7 @@ fn payload(i: &Incident, n: &Notification, now: i64) -> Value {
                 "annotations": a.annotations,
                 "startsAt": rfc3339(a.active_at),
                 "endsAt": if ended || matches!(n.target, NotifyTarget::Alertmanager { .. }) { rfc3339(ends) } else { "0001-01-01T00:00:00Z".to_string() },
-                "generatorURL": "",
+                "generatorURL": a.generator_url,
                 "fingerprint": fingerprint(&a.labels),
             })
         })
@@ -534,7 +571,7 @@ fn payload(i: &Incident, n: &Notification, now: i64) -> Value {
         "groupLabels": i.group,
         "commonLabels": common(&|a| &a.labels),
         "commonAnnotations": common(&|a| &a.annotations),
-        "externalURL": "",
+        "externalURL": external_url,
         "alerts": alerts,
         "incident": { "id": i.id, "state": i.state.as_str(), "level": n.level + 1, "reason": n.reason },
     })
@@ -699,13 +736,19 @@ mod tests {
             resolved_at: None,
             last_seen: 1_700_000_000_000,
             value: 0.0,
+            generator_url: Alerting::load_empty("http://127.0.0.1:7470/").generator_url("up{job=\"web\"} == 0"),
         };
         let spec: EscalationPolicySpec =
             serde_json::from_value(json!({"levels": [{"targets": [{"webhook": {"url": "http://127.0.0.1:1/x"}}]}]}))
                 .expect("spec");
         let p = Policy::new("default/p".into(), spec);
         let (i, notes) = escalation::open(&p, "inc-1".into(), p.group_of(&alert), vec![alert], 1_700_000_060_000);
-        let v = payload(&i, &notes[0], 1_700_000_060_000);
+        let v = payload(&i, &notes[0], "http://127.0.0.1:7470", 1_700_000_060_000);
+        assert_eq!(v["externalURL"], "http://127.0.0.1:7470");
+        assert_eq!(
+            v["alerts"][0]["generatorURL"],
+            "http://127.0.0.1:7470/api/v1/query?query=up%7Bjob%3D%22web%22%7D+%3D%3D+0"
+        );
         assert_eq!(v["version"], "4");
         assert_eq!(v["status"], "firing");
         assert_eq!(v["groupLabels"], json!({"alertname": "Down"}));

@@ -300,7 +300,7 @@ impl ControlPlane {
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
         let model_servers = capstan_training::serving::spawn(store.clone(), cfg.data_dir.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
-        let alerting = Arc::new(crate::alerts::Alerting::load(&store));
+        let alerting = Arc::new(crate::alerts::Alerting::load(&store, &format!("http://{addr}")));
         let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone(), cfg.query.limits());
         let shared = Arc::new(Shared {
             store,

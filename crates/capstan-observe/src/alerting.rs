@@ -19,6 +19,8 @@ pub struct RuleParams {
     pub keep_firing_for_ms: i64,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Given to each alert as its `generatorURL`.
+    pub generator_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +56,42 @@ pub struct Alert {
     /// The last evaluation at which the condition held.
     pub last_seen: i64,
     pub value: f64,
+    /// Where the alert's expression can be queried (Prometheus' `generatorURL`).
+    #[serde(default)]
+    pub generator_url: String,
+}
+
+/// The series that keeps when each active alert became active (Prometheus' `ALERTS_FOR_STATE`), so a restart
+/// restores it.
+pub const FOR_STATE_METRIC: &str = "ALERTS_FOR_STATE";
+
+/// How old a kept `ALERTS_FOR_STATE` sample may be and still be restored (Prometheus' outage tolerance).
+pub const OUTAGE_TOLERANCE_MS: i64 = 60 * 60 * 1000;
+
+/// After a restart, gives the alerts a rule's first evaluation found the time they became active before it, from
+/// `kept` (the last `ALERTS_FOR_STATE` sample of an alert's labels: its time in ms and its value, the active time in
+/// seconds). An alert already active for its `for` fires at once; `startsAt` stays what receivers saw.
+pub fn restore(
+    rule: &RuleParams,
+    alerts: &mut [Alert],
+    kept: impl Fn(&BTreeMap<String, String>) -> Option<(i64, f64)>,
+    now: i64,
+) {
+    for a in alerts.iter_mut().filter(|a| a.state != State::Inactive) {
+        let Some((t, v)) = kept(&a.labels) else { continue };
+        if !v.is_finite() || now - t > OUTAGE_TOLERANCE_MS {
+            continue;
+        }
+        let active_at = (v * 1000.0).round() as i64;
+        if active_at >= a.active_at {
+            continue;
+        }
+        a.active_at = active_at;
+        if now - active_at >= rule.for_ms {
+            a.state = State::Firing;
+            a.fired_at.get_or_insert(now);
+        }
+    }
 }
 
 /// Why an evaluation produced no alerts.
@@ -165,6 +203,7 @@ pub fn evaluate(rule: &RuleParams, previous: &[Alert], result: &[Sample], now: i
                 resolved_at: None,
                 last_seen: now,
                 value: *value,
+                generator_url: rule.generator_url.clone(),
             },
         };
         a.value = *value;
@@ -220,6 +259,7 @@ mod tests {
                 "summary".to_string(),
                 "{{ $labels.app }} at {{ $value }}s ({{ printf \"%.1f\" $value }})".to_string(),
             )]),
+            generator_url: "http://127.0.0.1:7470/api/v1/query?query=up".into(),
         }
     }
 
@@ -293,5 +333,36 @@ mod tests {
         assert_eq!(expand("{{ unknown }} stays", &l, 1.0), "{{ unknown }} stays");
         assert_eq!(humanize(0.0123), "12.3m");
         assert_eq!(humanize(12.0), "12");
+    }
+
+    /// Issue 20, item 6: after a restart, an alert keeps the active time `ALERTS_FOR_STATE` kept, and one active for
+    /// its `for` fires at once; a sample older than the outage tolerance, or a stale marker, restores nothing.
+    #[test]
+    fn a_restart_restores_when_alerts_became_active() {
+        let r = rule(60, 0);
+        let labels = BTreeMap::from([("alertname".to_string(), "HighLatency".to_string())]);
+        let fresh = |now: i64| Alert {
+            labels: labels.clone(),
+            annotations: BTreeMap::new(),
+            state: State::Pending,
+            active_at: now,
+            fired_at: None,
+            resolved_at: None,
+            last_seen: now,
+            value: 1.0,
+            generator_url: String::new(),
+        };
+        let now = 10_000_000;
+        let mut a = vec![fresh(now)];
+        restore(&r, &mut a, |_| Some((now - 20_000, (now - 300_000) as f64 / 1000.0)), now);
+        assert_eq!((a[0].active_at, a[0].state, a[0].fired_at), (now - 300_000, State::Firing, Some(now)));
+        let mut a = vec![fresh(now)];
+        restore(&r, &mut a, |_| Some((now - 20_000, (now - 30_000) as f64 / 1000.0)), now);
+        assert_eq!((a[0].active_at, a[0].state), (now - 30_000, State::Pending), "not yet for its `for`");
+        let mut a = vec![fresh(now)];
+        restore(&r, &mut a, |_| Some((now - OUTAGE_TOLERANCE_MS - 1, 1.0)), now);
+        assert_eq!(a[0].active_at, now);
+        restore(&r, &mut a, |_| Some((now - 1_000, crate::tsdb::stale_nan())), now);
+        assert_eq!(a[0].active_at, now);
     }
 }

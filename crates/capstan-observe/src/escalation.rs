@@ -293,6 +293,7 @@ mod tests {
             resolved_at: None,
             last_seen: 0,
             value: 1.0,
+            generator_url: String::new(),
         }
     }
 

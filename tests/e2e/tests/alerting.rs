@@ -215,10 +215,23 @@ spec:
     })
     .await;
     assert!(failing["lastError"].as_str().is_some_and(|e| !e.is_empty()), "{failing}");
+    let rule = |tp: &TestPlane| {
+        let c = tp.client.clone();
+        async move { c.get("/api/v1/namespaces/default/alertrules/cart-up").await.ok() }
+    };
+    let active_at = rule(&tp).await.expect("rule")["status"]["alerts"][0]["activeAt"].clone();
+    assert!(active_at.is_string(), "{active_at}");
 
     // Capstan restarts: the incident and its undelivered notification are still there; once the receiver is
     // up, it arrives.
     let tp = tp.restart().await;
+    // The firing alert keeps the time it became active (ALERTS_FOR_STATE), as Prometheus restores it.
+    let restored = eventually("the rule evaluated again", T, || async {
+        let a = rule(&tp).await?["status"]["alerts"][0].clone();
+        a.is_object().then_some(a)
+    })
+    .await;
+    assert_eq!((&restored["activeAt"], &restored["state"]), (&active_at, &json!("firing")), "{restored}");
     let i = incidents(&tp).await;
     assert_eq!(i.len(), 1, "{i:?}");
     assert_eq!(i[0]["deliveries"].as_array().map(Vec::len), Some(1), "the delivery was kept: {i:?}");
@@ -226,10 +239,15 @@ spec:
     reserved.set_nonblocking(true).expect("nonblocking");
     let l = tokio::net::TcpListener::from_std(reserved.into()).expect("the receiver's listener");
     let (_, inbox) = receiver_on(l);
-    eventually("the kept notification arrives", Duration::from_secs(120), || async {
-        (!received(&inbox, "gone", "firing").is_empty()).then_some(())
+    let got = eventually("the kept notification arrives", Duration::from_secs(120), || async {
+        received(&inbox, "gone", "firing").first().cloned()
     })
     .await;
+    let url = got["alerts"][0]["generatorURL"].as_str().unwrap_or("");
+    assert!(url.starts_with("http://127.0.0.1:") && url.contains("/api/v1/query?query=testapp_info"), "{got}");
+    assert!(got["externalURL"].as_str().is_some_and(|u| u.starts_with("http://127.0.0.1:")), "{got}");
+    assert_eq!(got["alerts"][0]["startsAt"], active_at, "{got}");
+    assert_eq!(incidents(&tp).await.len(), 1, "the restored alert belongs to the incident it had");
     eventually("nothing left to deliver", T, || async {
         let i = incidents(&tp).await;
         i.first()?["deliveries"].as_array()?.is_empty().then_some(())
