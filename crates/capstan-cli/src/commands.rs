@@ -821,13 +821,28 @@ async fn apps_matching(client: &Client, ns: &str, selector: &str) -> Result<Vec<
         wanted.push((k.trim().to_string(), v.trim().to_string()));
     }
     let items = client.get(&format!("/api/v1/apps?namespace={ns}")).await.map_err(api_failure)?;
-    let names: Vec<String> = items["items"]
+    let mut names: Vec<String> = items["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|a| wanted.iter().all(|(k, v)| a["metadata"]["labels"][k].as_str() == Some(v.as_str())))
         .filter_map(|a| a["metadata"]["name"].as_str().map(str::to_string))
         .collect();
+    // A finished TrainingJob's tasks have no App any more; their logs are kept until the job is deleted.
+    if wanted.iter().any(|(k, _)| k == capstan_model::training::TASK_JOB_LABEL) {
+        let jobs = client.get(&format!("/api/v1/trainingjobs?namespace={ns}")).await.map_err(api_failure)?;
+        for job in jobs["items"].as_array().into_iter().flatten() {
+            let Ok(job) = serde_json::from_value::<capstan_model::TrainingJob>(job.clone()) else { continue };
+            for t in job.status.iter().flat_map(|s| s.tasks.iter()) {
+                let labels = capstan_model::training::task_labels(&job.metadata.name, t.type_, t.index);
+                let matches = wanted.iter().all(|(k, v)| labels.get(k) == Some(v));
+                if matches && !names.contains(&t.name) {
+                    names.push(t.name.clone());
+                }
+            }
+        }
+        names.sort();
+    }
     if names.is_empty() {
         return Err(Failure::fail(format!("error: no App in namespace {ns} has labels {selector}")).into());
     }

@@ -50,6 +50,9 @@ pub struct TrainingPlan {
     pub run: Vec<TaskRun>,
     /// Task Apps to delete.
     pub delete: Vec<String>,
+    /// Task Apps of a finished job whose process has ended: nothing is left to run; the task's state stays in the
+    /// job's status and its logs until the job is deleted.
+    pub retire: Vec<String>,
     /// The job itself is past its TTL: delete it.
     pub delete_job: bool,
     pub status: TrainingJobStatus,
@@ -283,7 +286,7 @@ pub fn plan_training(job: &TrainingJob, observed: &BTreeMap<String, TaskObserved
     let requeue_after = spec.run_policy.active_deadline_seconds.map(|d| {
         (start + chrono::Duration::seconds(d as i64) - now).to_std().unwrap_or_default() + Duration::from_millis(50)
     });
-    TrainingPlan { run, delete: Vec::new(), delete_job: false, status, events, requeue_after }
+    TrainingPlan { run, delete: Vec::new(), retire: Vec::new(), delete_job: false, status, events, requeue_after }
 }
 
 fn describe(e: &ExitInfo) -> String {
@@ -366,10 +369,15 @@ fn finish(
     if delete_job {
         delete = tasks.iter().filter(|(n, _, _)| observed.contains_key(n)).map(|(n, _, _)| n.clone()).collect();
     }
-    // Tasks not cleaned stay as they are: the same counters, so nothing restarts them.
+    let retire: Vec<String> = tasks
+        .iter()
+        .filter(|(n, _, _)| observed.contains_key(n) && !running(n) && !delete.contains(n))
+        .map(|(n, _, _)| n.clone())
+        .collect();
+    // Tasks still running and not cleaned stay as they are: the same counters, so nothing restarts them.
     let run = tasks
         .iter()
-        .filter(|(n, _, _)| !delete.contains(n) && observed.contains_key(n))
+        .filter(|(n, _, _)| !delete.contains(n) && !retire.contains(n) && observed.contains_key(n))
         .map(|(n, t, i)| TaskRun {
             name: n.clone(),
             type_: *t,
@@ -378,7 +386,7 @@ fn finish(
             restarts: prev.get(n).map(|p| p.restarts).unwrap_or(0),
         })
         .collect();
-    TrainingPlan { run, delete, delete_job, status, events, requeue_after }
+    TrainingPlan { run, delete, retire, delete_job, status, events, requeue_after }
 }
 
 #[cfg(test)]
@@ -455,6 +463,9 @@ mod tests {
         let p = plan_training(&j, &o, t0());
         assert_eq!(cond(&p, SUCCEEDED), Some((ConditionStatus::True, "TrainingJobSucceeded".into())));
         assert_eq!(p.delete, ["mnist-ps-0"], "cleanPolicy Running stops what still runs");
+        // Issue 20, item 8: the tasks that ended leave no App behind (their state is the job's, their logs kept).
+        assert_eq!(p.retire, ["mnist-chief-0", "mnist-worker-0", "mnist-worker-1"]);
+        assert!(p.run.is_empty(), "{:?}", p.run);
         assert_eq!(p.status.completion_time, Some(t0()));
         assert_eq!(p.status.replica_statuses[&ReplicaType::PS], ReplicaCounts { active: 0, succeeded: 0, failed: 0 });
     }

@@ -37,6 +37,22 @@ impl ReplicaType {
     }
 }
 
+/// Label on every App a TrainingJob runs: the job's name.
+pub const TASK_JOB_LABEL: &str = "capstan.dev/training-job";
+/// Label on a task's App: its replica type (`chief`, `worker`, `ps`, `evaluator`).
+pub const TASK_TYPE_LABEL: &str = "training.capstan.dev/replica-type";
+/// Label on a task's App: its index within its type.
+pub const TASK_INDEX_LABEL: &str = "training.capstan.dev/replica-index";
+
+/// The labels of the App that runs a task, also how a finished task (whose App is gone) is found by selector.
+pub fn task_labels(job: &str, type_: ReplicaType, index: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (TASK_JOB_LABEL.to_string(), job.to_string()),
+        (TASK_TYPE_LABEL.to_string(), type_.job_name().to_string()),
+        (TASK_INDEX_LABEL.to_string(), index.to_string()),
+    ])
+}
+
 /// When a task whose process ended is started again (TFJob's restartPolicy).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum TaskRestartPolicy {

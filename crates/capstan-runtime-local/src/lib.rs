@@ -591,7 +591,7 @@ impl LocalRuntime {
         revision: &str,
         prev: Option<&Record>,
         database: Option<(String, String)>,
-    ) -> Result<(Record, tokio::process::Child), String> {
+    ) -> Result<(Record, tokio::process::Child, Vec<std::fs::File>), String> {
         let spec = &app.spec;
         let key = ObjectKey::new("App", app.metadata.namespace(), &app.metadata.name);
         let cwd = working_dir(app);
@@ -672,6 +672,13 @@ impl LocalRuntime {
         process::ensure_fifo(&err).map_err(|e| format!("creating {}: {e}", err.display()))?;
         let child_out = process::open_fifo_for_child(&out).map_err(|e| format!("{}: {e}", out.display()))?;
         let child_err = process::open_fifo_for_child(&err).map_err(|e| format!("{}: {e}", err.display()))?;
+        // Held until the log readers are open: a FIFO that no process holds open drops what is in it, so a program
+        // that writes and exits at once would otherwise lose its output.
+        let hold = [&child_out, &child_err]
+            .iter()
+            .map(|f| f.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("{}: {e}", out.display()))?;
 
         let mut limits = self
             .inner
@@ -709,7 +716,7 @@ impl LocalRuntime {
             launching.extend(child.id());
             child
         };
-        Ok((rec, child))
+        Ok((rec, child, hold))
     }
 
     fn ports_in_use(&self, except_app: &ObjectKey, except_ordinal: u32) -> HashSet<u16> {
@@ -888,7 +895,7 @@ impl AppRuntime for LocalRuntime {
             }
             Err(StartError::Failed(msg)) => Err(msg),
         };
-        let (mut rec, child) = match launched {
+        let (mut rec, child, hold) = match launched {
             Ok(x) => x,
             Err(msg) => {
                 let mut rec = prev.unwrap_or_else(|| Record::fresh(&key, ordinal, revision));
@@ -922,6 +929,7 @@ impl AppRuntime for LocalRuntime {
                 }
             }
         }
+        drop(hold);
         self.spawn_probes(&rec, stop_rx);
         lock(&self.inner.replicas).insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited));
         lock(&self.inner.launching).remove(&pid);

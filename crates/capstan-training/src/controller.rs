@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Label on the Apps a TrainingJob owns.
-pub const JOB_LABEL: &str = "capstan.dev/training-job";
+pub const JOB_LABEL: &str = capstan_model::training::TASK_JOB_LABEL;
 /// The group-restart counter in every task's environment.
 pub const ATTEMPT_ENV: &str = "CAPSTAN_TRAINING_ATTEMPT";
 /// The task's own restart counter in its environment.
@@ -36,7 +36,21 @@ impl TrainingHandle {
 
 /// Starts the TrainingJob controller; `data_dir` is Capstan's data directory.
 pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
-    owner_loop(store, data_dir, "TrainingJob", JOB_LABEL, reconcile, |s, k| delete_tasks(s, &k.namespace, &k.name))
+    owner_loop(store, data_dir, "TrainingJob", JOB_LABEL, reconcile, |s, data_dir, k, last| {
+        delete_tasks(s, &k.namespace, &k.name);
+        // The tasks' logs were kept for the job's life (`capstan logs -l capstan.dev/training-job=NAME`).
+        for t in last["status"]["tasks"].as_array().into_iter().flatten() {
+            let Some(name) = t["name"].as_str().filter(|n| !n.is_empty() && !n.contains('/') && *n != "..") else {
+                continue;
+            };
+            let dir = data_dir.join("logs").join(&k.namespace).join(name);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(job = %k, "removing the logs of task {name}: {e}");
+                }
+            }
+        }
+    })
 }
 
 /// The loop shared by the controllers of kinds that own Apps: reconciles an object when it changes (not on its own
@@ -48,7 +62,7 @@ pub(crate) fn owner_loop(
     kind: &'static str,
     label: &'static str,
     reconcile: fn(&Store, &Path, &ObjectKey) -> Option<Duration>,
-    on_delete: fn(&Store, &ObjectKey),
+    on_delete: fn(&Store, &Path, &ObjectKey, &Value),
 ) -> TrainingHandle {
     let (stop, mut stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
@@ -74,8 +88,9 @@ pub(crate) fn owner_loop(
                 ev = watch.recv() => match ev {
                     Ok(ev) if ev.key.kind == kind => {
                         if ev.type_ == WatchType::Deleted {
-                            let s = store.clone();
-                            let _ = tokio::task::spawn_blocking(move || on_delete(&s, &ev.key)).await;
+                            let (s, d) = (store.clone(), data_dir.clone());
+                            let _ =
+                                tokio::task::spawn_blocking(move || on_delete(&s, &d, &ev.key, &ev.object)).await;
                         } else if ev.object["status"]["observedGeneration"] != ev.object["metadata"]["generation"] {
                             due.insert(ev.key);
                         }
@@ -212,7 +227,7 @@ fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration
         let _ = store.delete(key);
         return None;
     }
-    for name in &plan.delete {
+    for name in plan.delete.iter().chain(&plan.retire) {
         let _ = store.delete(&ObjectKey::new("App", &key.namespace, name));
     }
     // Tasks the spec no longer has (fewer replicas, a type removed) lose their Apps.
@@ -261,13 +276,13 @@ fn task_app(
     if let Some(b) = job.metadata.base_dir() {
         annotations.insert(BASE_DIR_ANNOTATION.into(), json!(b));
     }
+    let mut labels = capstan_model::training::task_labels(&job.metadata.name, r.type_, r.index);
+    labels.insert("app.kubernetes.io/component".into(), "training".into());
     Some(json!({
         "apiVersion": API_VERSION, "kind": "App",
         "metadata": {
             "name": r.name, "namespace": job.metadata.namespace(),
-            "labels": {JOB_LABEL: job.metadata.name, "training.capstan.dev/replica-type": r.type_.job_name(),
-                       "training.capstan.dev/replica-index": r.index.to_string(),
-                       "app.kubernetes.io/component": "training"},
+            "labels": labels,
             "annotations": annotations,
         },
         "spec": {

@@ -22,7 +22,7 @@ pub const SERVER_LABEL: &str = "capstan.dev/model-server";
 
 /// Starts the ModelServer controller.
 pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
-    owner_loop(store, data_dir, "ModelServer", SERVER_LABEL, reconcile, |s, k| {
+    owner_loop(store, data_dir, "ModelServer", SERVER_LABEL, reconcile, |s, _, k, _| {
         let _ = s.delete(&ObjectKey::new("App", &k.namespace, server_app(&k.name)));
     })
 }

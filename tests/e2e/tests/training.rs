@@ -45,9 +45,9 @@ async fn every_task_gets_tf_config_and_the_chief_decides_success() {
     // Each task writes its TF_CONFIG where the test can read it; the chief waits for the others, then succeeds.
     // The ps never exits by itself: cleanPolicy Running stops it once the chief has succeeded.
     // The workers exit right after writing; the chief also waits until they are gone (reaped), so that they
-    // have finished (and keep their Apps) before the chief ends the job, rather than racing it: with the CI
-    // machine busy with TensorFlow, a worker's exit was once seen after the chief's and cleaned as still running.
-    let dump = r#"echo "$TF_CONFIG" > "$TRAINING_DIR/$CAPSTAN_APP.json""#;
+    // have finished before the chief ends the job, rather than racing it: with the CI machine busy with
+    // TensorFlow, a worker's exit was once seen after the chief's and cleaned as still running.
+    let dump = r#"echo "$TF_CONFIG" > "$TRAINING_DIR/$CAPSTAN_APP.json"; echo "task $CAPSTAN_APP says hello""#;
     let worker = format!(r#"echo $$ > "$TRAINING_DIR/$CAPSTAN_APP.pid"; {dump}"#);
     let chief = format!(
         r#"{dump}; while [ $(ls "$TRAINING_DIR" | grep -c '\.json$') -lt 4 ]; do sleep 0.1; done; for f in "$TRAINING_DIR"/*-worker-*.pid; do while kill -0 $(cat "$f") 2>/dev/null; do sleep 0.05; done; done; sleep 1; exit 0"#
@@ -81,14 +81,46 @@ async fn every_task_gets_tf_config_and_the_chief_decides_success() {
         assert_eq!(x["task"], serde_json::json!({"type": t, "index": i}));
     }
     assert!(addr("tfc-ps-0").as_str().unwrap().starts_with("127.0.0.1:"));
-    // The ps was stopped (its App removed); the finished tasks' Apps stay for their logs.
-    eventually("the ps stopped", T, || async {
-        tp.client.get("/api/v1/namespaces/default/apps/tfc-ps-0").await.is_err().then_some(())
+    // Issue 20, item 8: the ps was stopped (its App removed), and the finished tasks leave no App behind to be
+    // listed as broken; their state is the job's status and their logs stay readable until the job is deleted.
+    eventually("the task Apps are gone", T, || async {
+        let apps = tp.client.get("/api/v1/apps?namespace=default").await.ok()?;
+        let left: Vec<String> =
+            apps["items"].as_array()?.iter().filter_map(|a| a["metadata"]["name"].as_str()).map(String::from).collect();
+        left.iter().all(|n| !n.starts_with("tfc-")).then_some(())
     })
     .await;
-    assert!(tp.client.get("/api/v1/namespaces/default/apps/tfc-worker-0").await.is_ok());
     assert_eq!(o["status"]["replicaStatuses"]["Worker"]["succeeded"], 2);
     assert!(o["status"]["completionTime"].is_string() && o["status"]["startTime"].is_string());
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin("capstan-e2e-cli"))
+            .args(args)
+            .env("CAPSTAN_SERVER", tp.plane().url())
+            .env("CAPSTAN_TOKEN", tp.plane().token())
+            .output()
+            .expect("cli");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["logs", "-l", "capstan.dev/training-job=tfc"]);
+    assert!(ok, "{err}");
+    for task in ["tfc-chief-0", "tfc-worker-0", "tfc-worker-1", "tfc-ps-0"] {
+        assert!(out.contains(&format!("task {task} says hello")), "{task} in:\n{out}");
+    }
+    let (ok, out, err) = cli(&["logs", "-l", "capstan.dev/training-job=tfc,training.capstan.dev/replica-type=worker"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("task tfc-worker-1 says hello") && !out.contains("tfc-chief-0 says"), "{out}");
+
+    // The job deleted: its tasks' logs go with it.
+    let logs = tp.dir.path().join("logs/default/tfc-worker-0");
+    assert!(logs.is_dir());
+    tp.client.delete("/api/v1/namespaces/default/trainingjobs/tfc").await.expect("delete");
+    eventually("the tasks' logs removed", T, || async { (!logs.exists()).then_some(()) }).await;
+    let (ok, _, err) = cli(&["logs", "-l", "capstan.dev/training-job=tfc"]);
+    assert!(!ok && err.contains("no App"), "{err}");
     tp.stop().await;
 }
 
