@@ -616,6 +616,22 @@ async fn deliver(store: &Store, alerting: &Alerting, client: &reqwest::Client, n
     }
 }
 
+/// An error with what caused it (`error sending request: client error (Connect): tcp connect error: Connection
+/// refused (os error 111)`): reqwest's own text alone says only `error sending request`.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// POSTs a JSON body; anything but a 2xx answer is a failure, with the answer's text.
 async fn post_json(client: &reqwest::Client, url: &str, body: String) -> Result<(), String> {
     let r = client
@@ -624,7 +640,7 @@ async fn post_json(client: &reqwest::Client, url: &str, body: String) -> Result<
         .body(body)
         .send()
         .await
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| format!("{url}: {}", with_causes(&e.without_url())))?;
     if r.status().is_success() {
         Ok(())
     } else {

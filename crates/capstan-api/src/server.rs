@@ -742,15 +742,19 @@ async fn db_restore(
     .await;
     match done {
         Ok(Ok(info)) => {
+            // Asked for and done: Normal, as Kubernetes records what went as intended.
             let _ = state.store.record_event(
                 &key,
-                capstan_model::EventType::Warning,
+                capstan_model::EventType::Normal,
                 "Restored",
                 &format!("restored {}", info.file),
             );
             Json(info).into_response()
         }
-        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Ok(Err(e)) => {
+            let _ = state.store.record_event(&key, capstan_model::EventType::Warning, "RestoreFailed", &e.to_string());
+            error(StatusCode::CONFLICT, e)
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::manifests;
-use crate::output::{age, render, short, table, time_of};
+use crate::output::{age, render, table, time_of};
 use crate::{
     data_dir, Cli, Command, DbCommand, Failure, MetricsCommand, RolloutCommand, SyncCommand, VolumeCommand, EXIT_FAIL,
     EXIT_INVALID, EXIT_OK,
@@ -116,7 +116,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 .await;
             match r {
                 Ok(v) => {
-                    println!("app/{name} scaled from {} to {replicas} replicas", v["previous"]);
+                    println!(
+                        "app/{name} scaled from {} to {}",
+                        v["previous"],
+                        capstan_model::count_of(replicas, "replica")
+                    );
                     Ok(EXIT_OK)
                 }
                 Err(ClientError::Status { body, message, .. }) if body["errors"].is_array() => {
@@ -662,28 +666,9 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
     field("Command", cmd.join(" "));
     field("Restart policy", spec["restartPolicy"].as_str().unwrap_or("Always").into());
     for p in ["startup", "readiness", "liveness"] {
-        let pr = &spec["probes"][p];
-        if pr.is_null() {
-            continue;
-        }
-        let how = if !pr["http"].is_null() {
-            format!("http-get {} on port {}", pr["http"]["path"].as_str().unwrap_or("/"), pr["http"]["port"])
-        } else if !pr["tcp"].is_null() {
-            format!("tcp-connect on port {}", pr["tcp"]["port"])
-        } else {
-            format!("exec {}", short(&pr["exec"]["command"]))
-        };
-        field(
-            &format!("{}{} probe", p[..1].to_uppercase(), &p[1..]),
-            format!(
-                "{how} delay={}s period={}s timeout={}s #success={} #failure={}",
-                pr["initialDelaySeconds"],
-                pr["periodSeconds"],
-                pr["timeoutSeconds"],
-                pr["successThreshold"],
-                pr["failureThreshold"]
-            ),
-        );
+        // Read as the model reads it, so that the defaults a writer left out show (not `null`).
+        let Ok(pr) = serde_json::from_value::<capstan_model::Probe>(spec["probes"][p].clone()) else { continue };
+        field(&format!("{}{} probe", p[..1].to_uppercase(), &p[1..]), probe_text(&pr));
     }
     if let Some(eps) = st["endpoints"].as_array().filter(|e| !e.is_empty()) {
         let eps: Vec<&str> = eps.iter().filter_map(Value::as_str).collect();
@@ -809,6 +794,20 @@ struct LogFilter {
     until: Option<String>,
     grep: Option<String>,
     tail: Option<usize>,
+}
+
+/// A probe as kubectl describes one: `http-get /health on port http delay=0s timeout=1s period=10s #success=1 …`.
+fn probe_text(p: &capstan_model::Probe) -> String {
+    let how = match (&p.http, &p.tcp, &p.exec) {
+        (Some(h), _, _) => format!("http-get {} on port {}", h.path, h.port),
+        (None, Some(t), _) => format!("tcp-connect on port {}", t.port),
+        (None, None, Some(e)) => format!("exec {}", e.command.join(" ")),
+        (None, None, None) => "none".into(),
+    };
+    format!(
+        "{how} delay={}s timeout={}s period={}s #success={} #failure={}",
+        p.initial_delay_seconds, p.timeout_seconds, p.period_seconds, p.success_threshold, p.failure_threshold
+    )
 }
 
 /// The Apps in a namespace whose labels include every `key=value` of the selector.
@@ -1153,7 +1152,11 @@ async fn rollout(client: &Client, action: RolloutCommand) -> Result<u8> {
                         rev,
                         r["generation"].as_i64().map(|g| g.to_string()).unwrap_or_default(),
                         age(time_of(&r["createdAt"]), now),
-                        r["restartedAt"].as_str().map(|_| "restart").unwrap_or("").to_string(),
+                        r["cause"]
+                            .as_str()
+                            .or_else(|| r["restartedAt"].as_str().map(|_| "restart"))
+                            .unwrap_or("")
+                            .to_string(),
                         marks.join(","),
                     ]
                 })
@@ -1242,6 +1245,18 @@ async fn rollout_status(client: &Client, ns: &str, app: &str, timeout: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 20, polish: a probe written without its timings (as a controller writes one) shows the defaults.
+    #[test]
+    fn a_probe_is_described_with_its_defaults() {
+        let p: capstan_model::Probe =
+            serde_json::from_value(json!({"http": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1}))
+                .expect("probe");
+        assert_eq!(
+            probe_text(&p),
+            "http-get /v2/health/ready on port http delay=0s timeout=1s period=1s #success=1 #failure=3"
+        );
+    }
 
     #[test]
     fn describe_lines_line_up_and_long_labels_keep_a_space() {

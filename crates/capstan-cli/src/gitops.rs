@@ -156,6 +156,22 @@ pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> 
     r
 }
 
+/// One notification target in words: `webhook http://…`, `email a@b via relay:25`.
+fn target_text(kind: &str, v: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    match kind {
+        "command" => {
+            let argv: Vec<String> = v["command"].as_array().into_iter().flatten().map(s).collect();
+            format!("command {}", argv.join(" "))
+        }
+        "email" => {
+            let to: Vec<String> = v["to"].as_array().into_iter().flatten().map(s).collect();
+            format!("email {} via {}", to.join(", "), s(&v["smarthost"]))
+        }
+        other => format!("{other} {}", s(&v["url"])),
+    }
+}
+
 /// `main@sha1:0123456789abcdef…` as `main@sha1:0123456789ab`.
 fn short_revision(rev: &str) -> String {
     match rev.rsplit_once(':') {
@@ -164,7 +180,7 @@ fn short_revision(rev: &str) -> String {
     }
 }
 
-/// `capstan describe` of a Source, Sync or Secret. Secret values are never shown.
+/// `capstan describe` of every kind but App (whose describe is its own). Secret values are never shown.
 pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> String {
     let md = &o["metadata"];
     let spec = &o["spec"];
@@ -307,7 +323,66 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
             out.push_str("Task list:\n");
             out.push_str(&indent(&table(&["TASK", "TYPE", "ADDRESS", "PHASE", "RESTARTS", "LAST EXIT"], &rows)));
         }
-        _ => {
+        Kind::AlertRule => {
+            let pairs = |v: &Value| -> String {
+                let p: Vec<String> =
+                    v.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", s(v))).collect();
+                if p.is_empty() {
+                    "-".into()
+                } else {
+                    p.join(", ")
+                }
+            };
+            field("Alert", spec["alert"].as_str().unwrap_or(s(&md["name"]).as_str()).to_string());
+            field("Expression", s(&spec["expr"]));
+            field("For", spec["for"].as_str().unwrap_or("0s").to_string());
+            field("Keep firing for", spec["keepFiringFor"].as_str().unwrap_or("0s").to_string());
+            field("Interval", spec["interval"].as_str().unwrap_or("15s").to_string());
+            field("Labels", pairs(&spec["labels"]));
+            field("Annotations", pairs(&spec["annotations"]));
+            field("Health", st["health"].as_str().filter(|h| !h.is_empty()).unwrap_or("unknown").to_string());
+            field("Last error", s(&st["lastError"]));
+            let rows: Vec<Vec<String>> = st["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    let since = time_of(&a["activeAt"]);
+                    vec![s(&a["state"]), format!("{} ago", age(since, now)), s(&a["value"]), pairs(&a["labels"])]
+                })
+                .collect();
+            out.push_str("Alerts:\n");
+            out.push_str(&indent(&table(&["STATE", "ACTIVE FOR", "VALUE", "LABELS"], &rows)));
+        }
+        Kind::EscalationPolicy => {
+            let m: Vec<String> =
+                spec["match"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", s(v))).collect();
+            field("Match", if m.is_empty() { "<every alert>".into() } else { m.join(", ") });
+            let group: Vec<String> = spec["groupBy"].as_array().into_iter().flatten().map(s).collect();
+            field("Group by", group.join(", "));
+            field("Repeat", spec["repeat"].as_u64().unwrap_or(0).to_string());
+            field("Acknowledge timeout", spec["acknowledgeTimeout"].as_str().unwrap_or("never").to_string());
+            field("Open incidents", st["openIncidents"].as_u64().unwrap_or(0).to_string());
+            let rows: Vec<Vec<String>> = spec["levels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, l)| {
+                    let targets: Vec<String> = l["targets"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|t| t.as_object()?.iter().next().map(|(k, v)| target_text(k, v)))
+                        .collect();
+                    vec![(i + 1).to_string(), s(&l["after"]), targets.join("; ")]
+                })
+                .collect();
+            out.push_str("Levels:\n");
+            out.push_str(&indent(&table(&["LEVEL", "AFTER", "TARGETS"], &rows)));
+        }
+        Kind::App => {}
+        Kind::Sync => {
             let src = &spec["sourceRef"];
             field(
                 "Source",
@@ -440,9 +515,13 @@ pub fn render_cmd(paths: &[String], target: &str, output: &str) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// What `diff` compares: the owned view without the base directory, which differs between machines and paths.
-fn comparable(v: &Value) -> Value {
+/// What `diff` compares: the owned view; without the base directory when the desired side has none (objects built
+/// from a Sync's paths get the revision's directory only when applied), so that only a real change shows.
+fn comparable(v: &Value, with_base_dir: bool) -> Value {
     let mut o = owned_view(v);
+    if with_base_dir {
+        return o;
+    }
     if let Some(md) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         if let Some(a) = md.get_mut("annotations").and_then(Value::as_object_mut) {
             a.remove(BASE_DIR_ANNOTATION);
@@ -498,7 +577,9 @@ pub async fn diff(client: &Client, paths: &[String], files: &[String], sync: Opt
             }
             Err(e) => return Err(invalid(e)),
         };
-        let mut changes = diff_values(&comparable(&live), &comparable(&desired));
+        // A file given with -f carries its directory, as `apply -f` sends it: a move of relative paths shows.
+        let with_dir = desired["metadata"]["annotations"].get(BASE_DIR_ANNOTATION).is_some();
+        let mut changes = diff_values(&comparable(&live, with_dir), &comparable(&desired, with_dir));
         capstan_engine::diff::mask_secrets(&key.kind, &mut changes);
         if changes.is_empty() {
             // The stored spec matches, yet what runs may not: a rolled-back or halted rollout.
@@ -636,4 +717,58 @@ pub fn bootstrap_objects(url: &str, branch: &str, path: &str) -> Vec<Value> {
             "spec": {"sourceRef": {"name": BOOTSTRAP_NAME}, "path": path, "interval": "5m", "prune": true, "wait": true, "timeout": "5m"}
         }),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+    }
+
+    /// Issue 20, polish: an AlertRule is described by its expression, health and alerts, not a Sync's fields.
+    #[test]
+    fn an_alert_rule_is_described_by_its_expression_and_alerts() {
+        let o = json!({
+            "metadata": {"name": "cart-up", "namespace": "default", "creationTimestamp": "2026-12-06T10:00:00Z"},
+            "spec": {"expr": "up == 0", "for": "1m", "labels": {"severity": "page"}},
+            "status": {"health": "ok", "alerts": [{"state": "firing", "activeAt": "2026-12-06T10:55:00Z",
+                       "value": "0", "labels": {"alertname": "cart-up", "app": "cart"}}]}
+        });
+        let text = describe(Kind::AlertRule, &o, &json!({"items": []}), at("2026-12-06T11:00:00Z"));
+        assert!(text.contains("Expression:       up == 0"), "{text}");
+        assert!(text.contains("For:              1m") && text.contains("Health:           ok"), "{text}");
+        assert!(text.contains("firing") && text.contains("5m ago") && text.contains("app=cart"), "{text}");
+        assert!(!text.contains("Source:") && !text.contains("Prune:"), "no Sync fields: {text}");
+    }
+
+    #[test]
+    fn an_escalation_policy_lists_its_levels_and_a_model_server_its_versions() {
+        let o = json!({
+            "metadata": {"name": "oncall", "namespace": "default"},
+            "spec": {"groupBy": ["alertname"], "levels": [
+                {"after": "5m", "targets": [{"webhook": {"url": "http://127.0.0.1:9/hook"}}]},
+                {"after": "10m", "targets": [{"email": {"to": ["ops@example.com"], "smarthost": "127.0.0.1:25"}}]}]},
+        });
+        let text = describe(Kind::EscalationPolicy, &o, &json!({"items": []}), Utc::now());
+        assert!(text.contains("Match:            <every alert>"), "{text}");
+        assert!(text.contains("webhook http://127.0.0.1:9/hook"), "{text}");
+        assert!(text.contains("email ops@example.com via 127.0.0.1:25"), "{text}");
+        assert!(!text.contains("Source:"), "{text}");
+
+        let ms = json!({
+            "metadata": {"name": "lin", "namespace": "default"},
+            "spec": {"basePath": "/models/lin"},
+            "status": {"agreedVersions": [2],
+                       "versions": [{"version": 3, "state": "END", "wanted": true, "error": "lin-server-0: cannot load"},
+                                    {"version": 2, "state": "AVAILABLE", "wanted": false, "replicas": ["lin-server-0"]}],
+                       "replicas": [{"name": "lin-server-0", "versions": [2], "agrees": true},
+                                    {"name": "lin-server-1", "versions": [1], "agrees": false}]}
+        });
+        let text = describe(Kind::ModelServer, &ms, &json!({"items": []}), Utc::now());
+        assert!(text.contains("Agreed versions:  2"), "{text}");
+        assert!(text.contains("lin-server-0: cannot load"), "{text}");
+        assert!(text.contains("no (serves other versions)"), "{text}");
+    }
 }

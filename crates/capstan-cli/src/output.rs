@@ -64,16 +64,6 @@ pub fn render(objects: &[Value], format: &str, single: bool) -> String {
     }
 }
 
-/// A compact one-line rendering of a value.
-pub fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 120 {
-        format!("{}…", &s[..117])
-    } else {
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,8 +73,50 @@ pub struct RevisionRecord {
     /// The digest of the `databaseRef` credentials the revision was made with.
     #[serde(default)]
     pub database_credentials: Option<String>,
+    /// What made this revision, as `kubectl rollout history` shows the change-cause: the App's
+    /// `kubernetes.io/change-cause` annotation when set, else what changed from the revision before.
+    #[serde(default)]
+    pub cause: Option<String>,
     pub created_at: chrono::DateTime<Utc>,
     pub generation: Option<i64>,
+}
+
+/// The annotation kubectl's `--record` set, read as the cause of a revision when present.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
+
+/// Why `app` is a new revision after `before`: the change-cause annotation, a restart, new database credentials,
+/// or the spec fields that changed (their paths only: values may be secrets).
+pub fn change_cause(app: &App, before: Option<&RevisionRecord>) -> String {
+    if let Some(c) = app.metadata.annotations.get(CHANGE_CAUSE_ANNOTATION).filter(|c| !c.is_empty()) {
+        return c.clone();
+    }
+    let Some(before) = before else { return "created".into() };
+    let mut causes = Vec::new();
+    if app.metadata.annotations.get(RESTARTED_AT_ANNOTATION) != before.restarted_at.as_ref() {
+        causes.push("restart".to_string());
+    }
+    if app.metadata.annotations.get(DATABASE_CREDENTIALS_ANNOTATION) != before.database_credentials.as_ref() {
+        causes.push("new database credentials".to_string());
+    }
+    let now = serde_json::to_value(&app.spec).unwrap_or_default();
+    let mut paths: Vec<String> = crate::diff::diff_values(&before.spec, &now)
+        .into_iter()
+        .map(|c| c.path)
+        .filter(|p| {
+            !["replicas", "expose", "update", "metrics"].iter().any(|x| p == x || p.starts_with(&format!("{x}.")))
+        })
+        .collect();
+    paths.dedup();
+    if !paths.is_empty() {
+        let shown: Vec<&str> = paths.iter().take(3).map(String::as_str).collect();
+        let more = if paths.len() > 3 { format!(" and {} more", paths.len() - 3) } else { String::new() };
+        causes.push(format!("changed {}{more}", shown.join(", ")));
+    }
+    if causes.is_empty() {
+        "changed".into()
+    } else {
+        causes.join("; ")
+    }
 }
 
 /// The revisions remembered for an App, oldest first.
@@ -206,7 +248,11 @@ impl<R: AppRuntime> Controller<R> {
         let prefix = revision_prefix(key);
         let history = revision_history(&self.store, key);
         if !history.iter().any(|r| r.revision == rev) {
+            // Compared with the revision running (the newest remembered when none runs yet).
+            let running = status.current_revision.as_ref().and_then(|c| history.iter().find(|r| &r.revision == c));
+            let cause = change_cause(app, running.or(history.last()));
             let record = json!({
+                "cause": cause,
                 "revision": rev,
                 "spec": serde_json::to_value(&app.spec).unwrap_or_default(),
                 "restartedAt": app.metadata.annotations.get(RESTARTED_AT_ANNOTATION),
@@ -455,5 +501,48 @@ pub fn condition_now(
         message: message.into(),
         last_transition_time: Utc::now(),
         observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(env: &str, annotations: &[(&str, &str)]) -> App {
+        let mut a: App = serde_json::from_value(json!({
+            "apiVersion": "capstan.dev/v1alpha1", "kind": "App", "metadata": {"name": "web"},
+            "spec": {"run": {"command": ["srv"], "env": {"V": env}}}
+        }))
+        .expect("app");
+        for (k, v) in annotations {
+            a.metadata.annotations.insert((*k).into(), (*v).into());
+        }
+        a
+    }
+
+    fn record(a: &App) -> RevisionRecord {
+        RevisionRecord {
+            revision: revision_of(a),
+            spec: serde_json::to_value(&a.spec).expect("spec"),
+            restarted_at: a.metadata.annotations.get(RESTARTED_AT_ANNOTATION).cloned(),
+            database_credentials: a.metadata.annotations.get(DATABASE_CREDENTIALS_ANNOTATION).cloned(),
+            cause: None,
+            created_at: Utc::now(),
+            generation: Some(1),
+        }
+    }
+
+    /// Issue 20, polish: `rollout history` says what made each revision.
+    #[test]
+    fn a_revision_says_what_made_it() {
+        let v1 = app("1", &[]);
+        assert_eq!(change_cause(&v1, None), "created");
+        assert_eq!(change_cause(&app("2", &[]), Some(&record(&v1))), "changed run.env.V");
+        let restarted = app("1", &[(RESTARTED_AT_ANNOTATION, "2026-12-06T10:00:00Z")]);
+        assert_eq!(change_cause(&restarted, Some(&record(&v1))), "restart");
+        let creds = app("1", &[(DATABASE_CREDENTIALS_ANNOTATION, "abc")]);
+        assert_eq!(change_cause(&creds, Some(&record(&v1))), "new database credentials");
+        let told = app("3", &[(CHANGE_CAUSE_ANNOTATION, "bump to 3 for INC-42")]);
+        assert_eq!(change_cause(&told, Some(&record(&v1))), "bump to 3 for INC-42");
     }
 }

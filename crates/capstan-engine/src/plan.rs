@@ -430,7 +430,10 @@ pub fn plan_app(
         } else if let Some(m) = &waiting {
             ("DependencyNotReady".to_string(), m.clone())
         } else if extra > 0 && !rolling {
-            ("ScalingDown".to_string(), format!("{extra} replicas above {want} are being stopped"))
+            (
+                "ScalingDown".to_string(),
+                format!("{} above {want} being stopped", capstan_model::count_of(extra as i64, "replica")),
+            )
         } else if rolling || updated_replicas < want as i32 {
             ("Updating".to_string(), format!("{updated_replicas}/{want} replicas at revision {target}"))
         } else if ready_replicas >= want as i32 {

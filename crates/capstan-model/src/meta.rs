@@ -72,6 +72,15 @@ impl ObjectMeta {
     }
 }
 
+/// `1 replica`, `2 replicas`: a count with its noun, for messages people read.
+pub fn count_of(n: i64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// `True`, `False` or `Unknown`, as Kubernetes writes condition statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ConditionStatus {

@@ -140,8 +140,8 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
             ConditionStatus::True,
             "Serving",
             format!(
-                "{} replicas serving {model} versions {:?} from {}",
-                status.ready_replicas,
+                "{} serving {model} versions {:?} from {}",
+                capstan_model::count_of(i64::from(status.ready_replicas), "replica"),
                 agreement.agreed,
                 base.display()
             ),
@@ -261,7 +261,12 @@ fn autoscale(
     let (want, why) = capstan_engine::autoscale::desired_replicas(spec, current, rate, p95, a.last_scale_time, now);
     if want != current {
         a.last_scale_time = Some(now);
-        let _ = store.record_event(key, EventType::Normal, "Scaled", &format!("{current} → {want} replicas: {why}"));
+        let _ = store.record_event(
+            key,
+            EventType::Normal,
+            "Scaled",
+            &format!("{current} → {}: {why}", capstan_model::count_of(i64::from(want), "replica")),
+        );
     }
     a.desired_replicas = want;
     a.requests_per_second = rate;

@@ -214,7 +214,9 @@ spec:
         (d["attempts"].as_u64()? >= 2).then_some(d)
     })
     .await;
-    assert!(failing["lastError"].as_str().is_some_and(|e| !e.is_empty()), "{failing}");
+    // The error says why, not only reqwest's `error sending request`.
+    let why = failing["lastError"].as_str().unwrap_or("");
+    assert!(why.contains("Connection refused") && why.contains(&format!("127.0.0.1:{dead}")), "{failing}");
     let rule = |tp: &TestPlane| {
         let c = tp.client.clone();
         async move { c.get("/api/v1/namespaces/default/alertrules/cart-up").await.ok() }

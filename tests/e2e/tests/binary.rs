@@ -143,6 +143,13 @@ async fn cli_contracts_exit_codes_and_errors_with_file_and_line() {
     let out = capstan(&data, &["diff", "-f", changed.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("    spec.replicas: 1 → 3"));
+    // The same manifest from another directory: apply would move where relative paths start, and diff says so.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("good.yaml"), app_yaml("cli", 1, &[], READINESS)).unwrap();
+    let out = capstan(&data, &["diff", "-f", elsewhere.join("good.yaml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("metadata.annotations.capstan.dev/base-dir"));
 
     // A bad batch: exit 2, every error with file, line and field, and nothing applied.
     let bad = dir.path().join("bad.yaml");
@@ -365,6 +372,9 @@ async fn rollout_commands_restart_status_history_and_undo() {
     assert!(text.starts_with("REVISION"), "{text}");
     assert_eq!(text.lines().count(), 3, "two revisions: {text}");
     assert!(text.lines().any(|l| l.starts_with(&rev2) && l.contains("spec,current")), "{text}");
+    // The CAUSE says what made each revision (kubectl's change-cause).
+    assert!(text.lines().any(|l| l.starts_with(&rev2) && l.contains("changed run.env.VERSION")), "{text}");
+    assert!(text.lines().any(|l| !l.starts_with(&rev2) && l.contains("created")), "{text}");
 
     // Undo writes revision 1's spec back: VERSION is 1 again, as a new generation.
     let out = capstan(&data, &["rollout", "undo", "roll"]);

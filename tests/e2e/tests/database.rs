@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use capstan_e2e::git::GitRepo;
 use capstan_e2e::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -271,5 +271,12 @@ async fn backups_on_schedule_and_on_request_and_a_restore_brings_data_back() {
     let out = cli(&["db", "restore", "bk", "--file", "nope.dump"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no dump"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A restore asked for is recorded as Normal; one that failed as a Warning.
+    let events = tp.client.get("/api/v1/namespaces/default/databases/bk/events").await.expect("events");
+    let of = |reason: &str| {
+        events["items"].as_array().into_iter().flatten().find(|e| e["reason"] == reason).map(|e| e["type"].clone())
+    };
+    assert_eq!(of("Restored"), Some(json!("Normal")), "{events}");
+    assert_eq!(of("RestoreFailed"), Some(json!("Warning")), "{events}");
     tp.stop().await;
 }
