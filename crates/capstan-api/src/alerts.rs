@@ -738,6 +738,28 @@ mod tests {
         }
     }
 
+    /// Issue 20, polish: incidents count 1, 2, 3 whatever the deliveries between them, also after a restart.
+    #[test]
+    fn incidents_and_deliveries_are_numbered_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb")).expect("store");
+        let a = Alerting::load(&store, "http://127.0.0.1:7470");
+        assert_eq!(a.next_incident_id(), "inc-1");
+        for n in 1..=4 {
+            assert_eq!(a.next_delivery_id(), format!("dlv-{n}"));
+        }
+        assert_eq!(a.next_incident_id(), "inc-2");
+        let spec: EscalationPolicySpec =
+            serde_json::from_value(json!({"levels": [{"targets": [{"webhook": {"url": "http://127.0.0.1:1/x"}}]}]}))
+                .expect("spec");
+        let p = Policy::new("default/p".into(), spec);
+        let (i, _) = escalation::open(&p, "inc-2".into(), BTreeMap::new(), vec![], 0);
+        persist_incident(&store, &i);
+        let again = Alerting::load(&store, "http://127.0.0.1:7470");
+        assert_eq!(again.next_incident_id(), "inc-3");
+        assert_eq!(again.next_delivery_id(), "dlv-1");
+    }
+
     #[test]
     fn the_webhook_payload_is_alertmanagers_version_4() {
         let alert = Alert {

@@ -175,3 +175,15 @@ impl std::fmt::Display for ObjectKey {
         write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(count_of(1, "replica"), "1 replica");
+        assert_eq!(count_of(0, "replica"), "0 replicas");
+        assert_eq!(count_of(3, "replica"), "3 replicas");
+    }
+}
