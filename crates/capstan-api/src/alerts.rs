@@ -632,6 +632,17 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Scheme, host and port of a URL: what errors may show (a webhook's path often holds its token, as Slack's do).
+fn origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match u.port() {
+            Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or("")),
+            None => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")),
+        },
+        Err(_) => "the target".into(),
+    }
+}
+
 /// POSTs a JSON body; anything but a 2xx answer is a failure, with the answer's text.
 async fn post_json(client: &reqwest::Client, url: &str, body: String) -> Result<(), String> {
     let r = client
@@ -640,11 +651,11 @@ async fn post_json(client: &reqwest::Client, url: &str, body: String) -> Result<
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("{url}: {}", with_causes(&e.without_url())))?;
+        .map_err(|e| format!("{}: {}", origin(url), with_causes(&e.without_url())))?;
     if r.status().is_success() {
         Ok(())
     } else {
-        Err(format!("{url} answered {}: {}", r.status(), r.text().await.unwrap_or_default().trim()))
+        Err(format!("{} answered {}: {}", origin(url), r.status(), r.text().await.unwrap_or_default().trim()))
     }
 }
 
@@ -736,6 +747,13 @@ mod tests {
             capstan_model::alerting::validate_alert_rule(&spec, &mut e);
             assert!(e.is_empty(), "{name}: {e:?}");
         }
+    }
+
+    #[test]
+    fn errors_name_the_origin_never_the_path() {
+        assert_eq!(origin("https://hooks.slack.com/services/T0/B0/SECRET"), "https://hooks.slack.com");
+        assert_eq!(origin("http://127.0.0.1:9093/api/v2/alerts"), "http://127.0.0.1:9093");
+        assert_eq!(origin("not a url"), "the target");
     }
 
     /// Issue 20, polish: incidents count 1, 2, 3 whatever the deliveries between them, also after a restart.

@@ -25,6 +25,9 @@ pub struct PlaneConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub monitoring: crate::monitor::MonitorConfig,
+    /// Where people reach this Capstan (`capstan up --external-url`, as Prometheus' `--web.external-url`): the
+    /// notifications' `externalURL` and the start of each alert's `generatorURL`. Default: the API's address.
+    pub external_url: Option<String>,
     /// A batch applied as the plane starts, before any controller runs or the API listens: a batch that is refused
     /// stops the start with nothing started.
     pub initial: Vec<Value>,
@@ -45,6 +48,7 @@ impl PlaneConfig {
             listen,
             monitoring: Default::default(),
             initial: Vec::new(),
+            external_url: None,
             header_timeout: capstan_proxy::gate::DEFAULT_HEADER_TIMEOUT,
             api_max_connections: capstan_proxy::gate::DEFAULT_API_MAX_CONNECTIONS,
             query: Default::default(),
@@ -83,15 +87,16 @@ impl ReconcileObserver for ProxyObserver {
             .and_then(|a| a.metadata.annotations.get(capstan_model::OUT_OF_ROTATION_ANNOTATION))
             .map(|v| v.split(',').map(str::trim).collect())
             .unwrap_or_default();
+        let serving = |r: &ObservedReplica| r.state == ReplicaState::Running && r.ready && r.unhealthy.is_none();
+        // Out of rotation only while another replica serves: the annotation never leaves the App without traffic.
+        let others =
+            replicas.iter().any(|r| serving(r) && !out.contains(&format!("{}-{}", key.name, r.ordinal).as_str()));
         let endpoints: Vec<ReplicaEndpoint> = replicas
             .iter()
             .map(|r| {
                 let name = format!("{}-{}", key.name, r.ordinal);
                 ReplicaEndpoint {
-                    ready: r.state == ReplicaState::Running
-                        && r.ready
-                        && r.unhealthy.is_none()
-                        && !out.contains(&name.as_str()),
+                    ready: serving(r) && !(others && out.contains(&name.as_str())),
                     name,
                     ports: r.ports.clone(),
                     pid: r.pid.filter(|_| matches!(r.state, ReplicaState::Running | ReplicaState::Stopping)),
@@ -284,7 +289,7 @@ impl ControlPlane {
                     return Err(PlaneError::Invalid(errors));
                 }
             };
-            applied = store.apply(checked.iter().map(|r| r.to_value()).collect()).map_err(PlaneError::Apply)?;
+            applied = store.apply(by_hand(&checked)).map_err(PlaneError::Apply)?;
         }
         let controller = Controller::new(store.clone(), Arc::new(runtime.clone()))
             .with_observer(Arc::new(ProxyObserver(proxy.clone())))
@@ -300,7 +305,13 @@ impl ControlPlane {
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
         let model_servers = capstan_training::serving::spawn(store.clone(), cfg.data_dir.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
-        let alerting = Arc::new(crate::alerts::Alerting::load(&store, &format!("http://{addr}")));
+        // Links in notifications must work from elsewhere: an unspecified address (0.0.0.0) is not one to visit.
+        let external = match addr.ip().is_unspecified() {
+            true => format!("http://127.0.0.1:{}", addr.port()),
+            false => format!("http://{addr}"),
+        };
+        let alerting =
+            Arc::new(crate::alerts::Alerting::load(&store, cfg.external_url.as_deref().unwrap_or(&external)));
         let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone(), cfg.query.limits());
         let shared = Arc::new(Shared {
             store,

@@ -288,7 +288,11 @@ async fn logs(
     Query(q): Query<LogQuery>,
 ) -> Response {
     let key = ObjectKey::new("App", &ns, &name);
-    let known = state.store.get(&key).ok().flatten().is_some() || state.runtime.has_logs(&key, q.replica);
+    let stored = match state.store.get(&key) {
+        Ok(v) => v.is_some(),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let known = stored || state.runtime.has_logs(&key, q.replica);
     if !known {
         return error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}"));
     }
@@ -591,15 +595,22 @@ async fn hook(
     };
     use capstan_model::gitops::{Secret, Sync};
     let key = ObjectKey::new("Sync", &ns, &name);
-    let sync: Option<Sync> = state.store.get(&key).ok().flatten().and_then(|v| serde_json::from_value(v).ok());
+    // A store that cannot be read answers 503 (the sender retries), never "no such receiver".
+    let unavailable = |e: capstan_store::StoreError| error(StatusCode::SERVICE_UNAVAILABLE, format!("try again: {e}"));
+    let sync: Option<Sync> = match state.store.get(&key) {
+        Ok(v) => v.and_then(|v| serde_json::from_value(v).ok()),
+        Err(e) => return unavailable(e),
+    };
     // Unknown Syncs, Syncs without a webhook, a receiver without its secret and a bad signature all get the same
     // answer: nothing to probe for from outside. The Sync's events tell its owner which it was.
     let not_found = || error(StatusCode::NOT_FOUND, "no webhook receiver here accepts this request");
     let Some(sync) = sync else { return not_found() };
     let Some(hook) = sync.spec.webhook else { return not_found() };
     let secret_key = ObjectKey::new("Secret", &ns, &hook.secret_ref.name);
-    let secret: Option<Secret> =
-        state.store.get(&secret_key).ok().flatten().and_then(|v| serde_json::from_value(v).ok());
+    let secret: Option<Secret> = match state.store.get(&secret_key) {
+        Ok(v) => v.and_then(|v| serde_json::from_value(v).ok()),
+        Err(e) => return unavailable(e),
+    };
     let Some(token) = secret.and_then(|s| s.spec.value("token")) else {
         let why = format!("Secret {ns}/{} has no key `token`", hook.secret_ref.name);
         tracing::warn!(sync = %key, "webhook refused: {why}");
@@ -699,8 +710,9 @@ async fn db_backup(State(state): State<AppState>, Path((ns, name)): Path<(String
     let key = ObjectKey::new("Database", &ns, &name);
     let store = state.store.clone();
     let done = tokio::task::spawn_blocking(move || {
-        let keep =
-            store.get(&key).ok().flatten().and_then(|d| d["spec"]["backup"]["keep"].as_u64()).unwrap_or(7) as u32;
+        // The retention comes from the spec; a spec that cannot be read prunes nothing.
+        let db = store.get(&key).map_err(|e| format!("reading Database {}: {e}", key.name))?;
+        let keep = db.and_then(|d| d["spec"]["backup"]["keep"].as_u64()).unwrap_or(7) as u32;
         let t = capstan_database::backup::target(&store, &key)?;
         capstan_database::backup::dump(&t, &key.name, keep)
     })

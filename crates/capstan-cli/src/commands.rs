@@ -30,6 +30,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             branch,
             path,
             header_timeout,
+            external_url,
             api_max_connections,
             query_max_samples,
             query_timeout,
@@ -38,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let bootstrap = git.map(|url| crate::gitops::bootstrap_objects(&url, &branch, &path));
             let mut cfg = PlaneConfig::new(data.clone(), listen);
             cfg.header_timeout = std::time::Duration::from_secs(header_timeout);
+            cfg.external_url = external_url;
             cfg.api_max_connections = api_max_connections as usize;
             cfg.query.max_samples = query_max_samples as usize;
             cfg.query.timeout = std::time::Duration::from_secs(query_timeout);

@@ -277,7 +277,11 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
                 .into_iter()
                 .flatten()
                 .map(|r| {
-                    let traffic = if r["agrees"] == true { "yes" } else { "no (serves other versions)" };
+                    let traffic = match (r["ready"] == true, r["agrees"] == true) {
+                        (true, true) => "yes",
+                        (true, false) => "no (serves other versions)",
+                        _ => "no (not ready)",
+                    };
                     vec![s(&r["name"]), nums(&r["versions"]), traffic.to_string()]
                 })
                 .collect();
@@ -763,8 +767,8 @@ mod tests {
             "status": {"agreedVersions": [2],
                        "versions": [{"version": 3, "state": "END", "wanted": true, "error": "lin-server-0: cannot load"},
                                     {"version": 2, "state": "AVAILABLE", "wanted": false, "replicas": ["lin-server-0"]}],
-                       "replicas": [{"name": "lin-server-0", "versions": [2], "agrees": true},
-                                    {"name": "lin-server-1", "versions": [1], "agrees": false}]}
+                       "replicas": [{"name": "lin-server-0", "versions": [2], "agrees": true, "ready": true},
+                                    {"name": "lin-server-1", "versions": [1], "agrees": false, "ready": true}]}
         });
         let text = describe(Kind::ModelServer, &ms, &json!({"items": []}), Utc::now());
         assert!(text.contains("Agreed versions:  2"), "{text}");

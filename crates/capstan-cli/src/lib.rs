@@ -83,6 +83,10 @@ pub enum Command {
         /// request on a kept-alive connection.
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
         header_timeout: u64,
+        /// Where people reach this Capstan (as Prometheus' --web.external-url): used in notifications' externalURL
+        /// and alerts' generatorURL. Default: the API's address.
+        #[arg(long)]
+        external_url: Option<String>,
         /// Connections the API listener holds at once; when full, the one idle longest is closed to make room.
         #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         api_max_connections: u64,

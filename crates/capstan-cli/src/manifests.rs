@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use capstan_model::BASE_DIR_ANNOTATION;
 use capstan_model::{check_duplicates, parse_manifests, Diagnostic, Diagnostics, FieldError, Manifest};
-use capstan_runtime_local::BASE_DIR_ANNOTATION;
 use serde_json::Value;
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -28,8 +28,7 @@ pub fn target(store: &Store, key: &ObjectKey) -> Result<Target, String> {
         .ok_or_else(|| format!("Database {} has not been set up yet", key.name))?;
     let secret: Secret = store
         .get(&ObjectKey::new("Secret", &key.namespace, credentials_secret(&key.name)))
-        .ok()
-        .flatten()
+        .map_err(|e| format!("reading Database {}'s credentials: {e}", key.name))?
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or_else(|| format!("Database {} has no credentials yet", key.name))?;
     let url = secret
@@ -37,7 +36,9 @@ pub fn target(store: &Store, key: &ObjectKey) -> Result<Target, String> {
         .value("url")
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .ok_or("no url in the credentials")?;
-    let app = store.get(&ObjectKey::new("App", &key.namespace, server_app(&key.name))).ok().flatten();
+    let app = store
+        .get(&ObjectKey::new("App", &key.namespace, server_app(&key.name)))
+        .map_err(|e| format!("reading Database {}'s server: {e}", key.name))?;
     let dir = app
         .as_ref()
         .and_then(|a| {

@@ -88,10 +88,11 @@ fn base_dir(data_dir: &std::path::Path, key: &ObjectKey) -> PathBuf {
     data_dir.join("databases").join(&key.namespace).join(&key.name)
 }
 
-fn random_password() -> String {
+/// 18 random bytes in hex; an error when the system cannot give randomness (never a predictable password).
+fn random_password() -> Result<String, getrandom::Error> {
     let mut b = [0u8; 18];
-    let _ = getrandom::getrandom(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    getrandom::getrandom(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn free_port() -> Option<u16> {
@@ -116,7 +117,15 @@ fn open_path_for(data_dir: &std::path::Path) {
 }
 
 fn reconcile(store: &Store, data_dir: &std::path::Path, key: &ObjectKey) {
-    let Some(db) = store.get(key).ok().flatten().and_then(|v| serde_json::from_value::<Database>(v).ok()) else {
+    let stored = match store.get(key) {
+        Ok(v) => v,
+        Err(e) => {
+            // Looked at again at the next resync (every 10 s); nothing is done on a guess.
+            tracing::warn!(database = %key, "reading the Database: {e}");
+            return;
+        }
+    };
+    let Some(db) = stored.and_then(|v| serde_json::from_value::<Database>(v).ok()) else {
         return;
     };
     let g = db.metadata.generation;
@@ -134,7 +143,14 @@ fn reconcile(store: &Store, data_dir: &std::path::Path, key: &ObjectKey) {
         Ok(()) => {
             status.conditions.retain(|c| c.type_ != STALLED);
             // Ready is the server App's readiness: pg_isready answering on its port.
-            let app = store.get(&ObjectKey::new("App", &key.namespace, server_app(&key.name))).ok().flatten();
+            let app = match store.get(&ObjectKey::new("App", &key.namespace, server_app(&key.name))) {
+                Ok(v) => v,
+                Err(e) => {
+                    // Readiness unknown: the status stays as it was until the next look.
+                    tracing::warn!(database = %key, "reading its server App: {e}");
+                    return;
+                }
+            };
             let ready = app.as_ref().and_then(|a| {
                 let conds: Vec<Condition> = serde_json::from_value(a["status"]["conditions"].clone()).ok()?;
                 find_condition(&conds, READY).cloned()
@@ -217,9 +233,23 @@ fn prepare(
     let user = db.spec.user_name();
     let database = db.spec.database_name(&key.name);
     let secret_key = ObjectKey::new("Secret", &key.namespace, credentials_secret(&key.name));
-    let existing: Option<Secret> = store.get(&secret_key).ok().flatten().and_then(|v| serde_json::from_value(v).ok());
+    // A Secret that cannot be read or decoded is not a missing one: new credentials would lock the Apps out.
+    let existing: Option<Secret> = match store.get(&secret_key) {
+        Ok(None) => None,
+        Ok(Some(v)) => Some(serde_json::from_value(v).map_err(|e| {
+            let msg =
+                format!("Secret {} does not decode ({e}); fix it, or delete it for new credentials", secret_key.name);
+            ("CredentialsUnreadable", msg, true)
+        })?),
+        Err(e) => {
+            return Err(("StoreUnavailable", format!("reading Secret {}: {e}; tried again", secret_key.name), false))
+        }
+    };
     let value = |s: &Secret, k: &str| s.spec.value(k).map(|b| String::from_utf8_lossy(&b).into_owned());
-    let password = existing.as_ref().and_then(|s| value(s, "password")).unwrap_or_else(random_password);
+    let password = match existing.as_ref().and_then(|s| value(s, "password")) {
+        Some(p) => p,
+        None => random_password().map_err(|e| ("Credentials", format!("cannot draw a password: {e}"), true))?,
+    };
     let kept_port = existing.as_ref().and_then(|s| value(s, "port")).and_then(|p| p.parse::<u16>().ok());
     let port = db.spec.port.or(kept_port).or_else(free_port).ok_or((
         "PortAllocation",

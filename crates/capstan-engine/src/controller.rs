@@ -325,10 +325,17 @@ impl<R: AppRuntime> Controller<R> {
         let digest = match url {
             Some(url) => Some(capstan_model::hash_value(&Value::String(String::from_utf8_lossy(&url).into_owned()))),
             None => {
-                let running = app.status.as_ref().and_then(|s| s.current_revision.clone());
-                running.and_then(|rev| {
-                    revision_history(&self.store, key).into_iter().find(|h| h.revision == rev)?.database_credentials
-                })
+                // The digest of the revision replicas move to (or run), else the newest remembered: a rollout under
+                // way goes on as it was, and nothing flips to a revision without credentials.
+                let st = app.status.as_ref();
+                let history = revision_history(&self.store, key);
+                let of = |rev: Option<&String>| {
+                    rev.and_then(|r| history.iter().find(|h| &h.revision == r))
+                        .and_then(|h| h.database_credentials.clone())
+                };
+                of(st.and_then(|s| s.update_revision.as_ref()))
+                    .or_else(|| of(st.and_then(|s| s.current_revision.as_ref())))
+                    .or_else(|| history.iter().rev().find_map(|h| h.database_credentials.clone()))
             }
         };
         if let Some(d) = digest {

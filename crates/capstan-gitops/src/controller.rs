@@ -32,6 +32,8 @@ mod kube;
 pub const FETCH_FAILED: &str = "FetchFailed";
 /// How often a Sync waiting for health or dependencies looks again (store changes wake it sooner).
 const POLL: Duration = Duration::from_secs(2);
+/// When an object that could not be read is looked at again.
+const READ_RETRY: Duration = Duration::from_secs(5);
 
 /// The checks `capstan apply` runs on a batch, provided by the API layer.
 pub trait Admit: Send + std::marker::Sync + 'static {
@@ -230,6 +232,7 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Msg>, mut stop: 
                 None => break,
                 Some(Msg::Request { sync, token }) => {
                     lock(&inner.requests).insert(sync.clone(), token);
+                    // The Source fetches first; when the Sync cannot be read, the Sync is queued and says why.
                     let src = inner.store.get(&sync).ok().flatten().and_then(typed::<Sync>).map(|s| source_key_of(&s));
                     match src {
                         Some(s) => queue.add(s),
@@ -479,7 +482,15 @@ fn ensure_watcher(inner: &Arc<Inner>, key: &ObjectKey, path: &Path) {
 
 /// Fetches one Source; returns when to look again and whether its artifact changed.
 async fn reconcile_source(inner: &Arc<Inner>, key: &ObjectKey) -> (Option<Duration>, bool) {
-    let Some(src) = inner.store.get(key).ok().flatten().and_then(typed::<Source>) else { return (None, false) };
+    let src = match inner.store.get(key) {
+        Ok(v) => v.and_then(typed::<Source>),
+        Err(e) => {
+            // Not "gone": looked at again, and nothing is removed.
+            tracing::warn!(source = %key, "reading the Source (retry in {READ_RETRY:?}): {e}");
+            return (Some(READ_RETRY), false);
+        }
+    };
+    let Some(src) = src else { return (None, false) };
     if src.spec.suspend {
         return (None, false);
     }
@@ -560,12 +571,21 @@ async fn reconcile_source(inner: &Arc<Inner>, key: &ObjectKey) -> (Option<Durati
             inner.event(key, EventType::Warning, &why, &message);
         }
     }
-    if inner.store.get(key).ok().flatten().is_none() {
-        // Deleted while the fetch ran: what it wrote goes too (the deletion's own cleanup ran before it finished).
-        let root = inner.source_root(key);
-        let _ = std::fs::remove_dir_all(root.join("repo.git"));
-        collect_garbage(&root, 0, &inner.protected_artifacts());
-        return (None, false);
+    match inner.store.get(key) {
+        Ok(None) => {
+            // Deleted while the fetch ran: what it wrote goes too (the deletion's own cleanup ran before it
+            // finished).
+            let root = inner.source_root(key);
+            let _ = std::fs::remove_dir_all(root.join("repo.git"));
+            collect_garbage(&root, 0, &inner.protected_artifacts());
+            return (None, false);
+        }
+        Err(e) => {
+            // A read that failed says nothing about the Source: its repository and artifacts stay.
+            tracing::warn!(source = %key, "reading the Source after a fetch (retry in {READ_RETRY:?}): {e}");
+            return (Some(READ_RETRY), false);
+        }
+        Ok(Some(_)) => {}
     }
     write_status(inner, key, &status);
     (Some(interval), changed)
@@ -583,7 +603,11 @@ fn write_status<T: serde::Serialize>(inner: &Inner, key: &ObjectKey, status: &T)
 
 /// Why an object is not Ready, if it is not.
 fn not_ready(store: &Store, key: &ObjectKey) -> Option<String> {
-    let Ok(Some(v)) = store.get(key) else { return Some("not found".into()) };
+    let v = match store.get(key) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Some("not found".into()),
+        Err(e) => return Some(format!("cannot be read: {e}")),
+    };
     if key.kind == "Secret" {
         return None;
     }
@@ -652,7 +676,13 @@ struct Attempt {
 
 /// Reconciles one Sync; returns when to look again.
 async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Option<Duration> {
-    let sync = inner.store.get(key).ok().flatten().and_then(typed::<Sync>)?;
+    let sync = match inner.store.get(key) {
+        Ok(v) => v.and_then(typed::<Sync>)?,
+        Err(e) => {
+            tracing::warn!(sync = %key, "reading the Sync (retry in {READ_RETRY:?}): {e}");
+            return Some(READ_RETRY);
+        }
+    };
     if sync.spec.suspend {
         return None;
     }
@@ -727,7 +757,11 @@ fn ready_artifact(inner: &Arc<Inner>, sync: &Sync, retry: Duration) -> Result<Ar
 
     // The Source's artifact.
     let sk = source_key_of(sync);
-    let Some(src) = inner.store.get(&sk).ok().flatten().and_then(typed::<Source>) else {
+    let src = inner
+        .store
+        .get(&sk)
+        .map_err(|e| fail(reason::ARTIFACT_FAILED, format!("reading Source '{}/{}': {e}", sk.namespace, sk.name)))?;
+    let Some(src) = src.and_then(typed::<Source>) else {
         return Err(fail(reason::ARTIFACT_FAILED, format!("Source '{}/{}' not found", sk.namespace, sk.name)));
     };
     let Some(artifact) = src.status.as_ref().and_then(|s| s.artifact.clone()) else {
@@ -843,8 +877,19 @@ fn sync_once(inner: &Arc<Inner>, key: &ObjectKey, sync: &Sync, status: &mut Sync
         .filter_map(|v| capstan_store::key_of(v).ok())
         .chain(status.inventory.iter().map(|e| ObjectKey::new(&e.kind, &e.namespace, &e.name)));
     for k in keys {
-        if let Ok(Some(v)) = inner.store.get(&k) {
-            live.insert(k, v);
+        // An object that cannot be read is neither created again nor forgotten from the inventory (and so never
+        // pruned): the whole reconcile waits for the store.
+        match inner.store.get(&k) {
+            Ok(Some(v)) => {
+                live.insert(k, v);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if let Some(old) = previous_target {
+                    let _ = swap_link(&link, &old);
+                }
+                return fail(reason::APPLY_FAILED, format!("reading {k}: {e}; nothing was applied"));
+            }
         }
     }
     let plan = plan_sync(key, &desired, &live, &status.inventory, sync.spec.prune);
@@ -981,8 +1026,15 @@ fn finalize_sync(inner: &Inner, key: &ObjectKey, sync: &Sync) {
     let mut live = BTreeMap::new();
     for e in &inventory {
         let k = ObjectKey::new(&e.kind, &e.namespace, &e.name);
-        if let Ok(Some(v)) = inner.store.get(&k) {
-            live.insert(k, v);
+        match inner.store.get(&k) {
+            Ok(Some(v)) => {
+                live.insert(k, v);
+            }
+            Ok(None) => {}
+            // Not deleted on a guess: it stays, and says why.
+            Err(e) => {
+                tracing::error!(sync = %key, object = %k, "not pruned after the Sync was deleted: reading it: {e}")
+            }
         }
     }
     let plan = plan_sync(key, &[], &live, &inventory, true);

@@ -192,8 +192,11 @@ pub struct ModelVersionStatus {
 pub struct ModelReplicaStatus {
     pub name: String,
     pub versions: Vec<u64>,
-    /// It serves the agreed versions, so it gets traffic.
+    /// It is ready and serves the agreed versions, so it gets traffic.
     pub agrees: bool,
+    /// It passes its readiness probe.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// The App that runs a ModelServer's replicas.

@@ -86,6 +86,8 @@ pub struct Store {
     db: Arc<Database>,
     watch: broadcast::Sender<WatchEvent>,
     events: broadcast::Sender<ObjectEvent>,
+    /// While set, reads of objects fail (fault injection for tests that prove a read error is never "absent").
+    read_fault: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An event with the object it is about, as `capstan get events` lists them.
@@ -164,7 +166,7 @@ impl Store {
         tx.commit()?;
         let (watch, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel(1024);
-        Ok(Store { db: Arc::new(db), watch, events })
+        Ok(Store { db: Arc::new(db), watch, events, read_fault: Arc::default() })
     }
 
     /// The layout version on disk.
@@ -293,8 +295,22 @@ impl Store {
         Ok(outcomes)
     }
 
+    /// Makes every read of objects (`get`, `list`) fail while `on`, as a failing disk would: for tests that show a
+    /// read error is retried, never taken for "absent".
+    pub fn inject_read_faults(&self, on: bool) {
+        self.read_fault.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn read_fault(&self) -> Result<(), StoreError> {
+        if self.read_fault.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Db("injected read fault".into()));
+        }
+        Ok(())
+    }
+
     /// One object.
     pub fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
+        self.read_fault()?;
         let tx = self.db.begin_read()?;
         let table = tx.open_table(OBJECTS)?;
         let k = object_key(key);
@@ -306,6 +322,7 @@ impl Store {
 
     /// Every object of a kind, in one namespace or all, ordered by namespace and name.
     pub fn list(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Value>, StoreError> {
+        self.read_fault()?;
         let tx = self.db.begin_read()?;
         let table = tx.open_table(OBJECTS)?;
         let prefix = match namespace {

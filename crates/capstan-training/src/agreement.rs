@@ -13,6 +13,10 @@ pub struct Report {
     /// What the version policy picks from the base path.
     pub wanted: Vec<u64>,
     pub versions: Vec<ReportedVersion>,
+    /// The replica passes its readiness probe (set by the controller, not by the replica): only ready replicas
+    /// take part in the agreement; the others are reported for their versions' states and errors.
+    #[serde(skip)]
+    pub ready: bool,
 }
 
 /// One version one replica knows.
@@ -33,9 +37,14 @@ pub struct Agreement {
 }
 
 impl Agreement {
-    /// Replicas that serve something other than the agreed versions.
+    /// Ready replicas that serve something other than the agreed versions.
     pub fn dissenters(&self) -> Vec<String> {
-        self.replicas.iter().filter(|r| !r.agrees).map(|r| r.name.clone()).collect()
+        self.replicas.iter().filter(|r| r.ready && !r.agrees).map(|r| r.name.clone()).collect()
+    }
+
+    /// Ready replicas serving the agreed versions.
+    pub fn serving(&self) -> usize {
+        self.replicas.iter().filter(|r| r.ready && r.agrees).count()
     }
 }
 
@@ -55,7 +64,8 @@ fn rank(state: &str) -> u8 {
 pub fn agree(reports: &[(String, Report)]) -> Agreement {
     // What the policy wants: what most replicas say (they read the same directory; one may be a poll behind).
     let mut votes: BTreeMap<&[u64], usize> = BTreeMap::new();
-    for (_, r) in reports {
+    // A replica that did not answer (kept from the last look) has no say.
+    for (_, r) in reports.iter().filter(|(_, r)| !r.wanted.is_empty()) {
         *votes.entry(r.wanted.as_slice()).or_default() += 1;
     }
     let wanted: BTreeSet<u64> =
@@ -68,6 +78,7 @@ pub fn agree(reports: &[(String, Report)]) -> Agreement {
     // The best set served: most wanted versions, then fewest unwanted ones, then the highest versions.
     let agreed = reports
         .iter()
+        .filter(|(_, r)| r.ready)
         .map(|(_, r)| serving(r))
         .filter(|s| !s.is_empty())
         .max_by_key(|s| {
@@ -79,7 +90,8 @@ pub fn agree(reports: &[(String, Report)]) -> Agreement {
         .iter()
         .map(|(name, r)| {
             let versions = serving(r);
-            ModelReplicaStatus { name: name.clone(), agrees: versions == agreed, versions }
+            let agrees = r.ready && !versions.is_empty() && versions == agreed;
+            ModelReplicaStatus { name: name.clone(), agrees, ready: r.ready, versions }
         })
         .collect();
     let mut by_version: BTreeMap<u64, ModelVersionStatus> = BTreeMap::new();
@@ -123,6 +135,7 @@ mod tests {
 
     fn report(wanted: &[u64], versions: &[(u64, &str, Option<&str>)]) -> Report {
         Report {
+            ready: versions.iter().any(|(_, s, _)| *s == AVAILABLE),
             wanted: wanted.to_vec(),
             versions: versions
                 .iter()
@@ -140,6 +153,7 @@ mod tests {
         let a = agree(&[("lin-server-0".into(), old), ("lin-server-1".into(), new)]);
         assert_eq!(a.agreed, vec![1]);
         assert_eq!(a.dissenters(), vec!["lin-server-0".to_string()]);
+        assert_eq!(a.serving(), 1);
         assert_eq!(a.replicas[0].versions, vec![2]);
         let v: Vec<(u64, &str, bool)> = a.versions.iter().map(|v| (v.version, v.state.as_str(), v.wanted)).collect();
         assert_eq!(v, vec![(2, AVAILABLE, false), (1, AVAILABLE, true)], "version 3 is history");
@@ -161,5 +175,19 @@ mod tests {
         assert_eq!(a.versions[0].error.as_deref(), Some("a: unnamed dimension"));
         // Nothing is served anywhere: nobody dissents from nothing.
         assert!(a.dissenters().is_empty());
+        assert_eq!(a.serving(), 0);
+    }
+
+    /// A replica still loading (not ready, serving nothing yet) is no dissent: a scale-out or a publish does not
+    /// make the ModelServer disagree with itself, and the one agreed replica is never taken out.
+    #[test]
+    fn a_replica_not_ready_yet_does_not_dissent() {
+        let serving = report(&[1], &[(1, AVAILABLE, None)]);
+        let loading = report(&[1], &[(1, "LOADING", None)]);
+        let a = agree(&[("a".into(), serving), ("b".into(), loading)]);
+        assert_eq!(a.agreed, vec![1]);
+        assert!(a.dissenters().is_empty(), "{a:?}");
+        assert!(!a.replicas[1].agrees && !a.replicas[1].ready);
+        assert_eq!(a.versions[0].state, AVAILABLE);
     }
 }

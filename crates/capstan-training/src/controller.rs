@@ -40,9 +40,12 @@ pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
         delete_tasks(s, &k.namespace, &k.name);
         // The tasks' logs were kept for the job's life (`capstan logs -l capstan.dev/training-job=NAME`).
         for t in last["status"]["tasks"].as_array().into_iter().flatten() {
-            let Some(name) = t["name"].as_str().filter(|n| !n.is_empty() && !n.contains('/') && *n != "..") else {
-                continue;
+            // Only a task's own directory: `<job>-…`, a DNS-1123 name (no `/`, no `.`), whatever the status says.
+            let prefix = format!("{}-", k.name);
+            let valid = |n: &&str| {
+                n.starts_with(&prefix) && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             };
+            let Some(name) = t["name"].as_str().filter(valid) else { continue };
             let dir = data_dir.join("logs").join(&k.namespace).join(name);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -165,7 +168,10 @@ fn observe(app: &Value, attempt: u32, restarts: u32) -> TaskObserved {
 }
 
 fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration> {
-    let mut job: TrainingJob = decode_owner(store.get(key).ok().flatten()?)?;
+    let mut job: TrainingJob = match store.get(key) {
+        Ok(v) => decode_owner(v?)?,
+        Err(e) => return Some(read_failed(key, &e)),
+    };
     let dir = training_dir(data_dir, key);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         let _ = store.record_event(
@@ -211,8 +217,13 @@ fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration
 
     let mut observed = BTreeMap::new();
     for (name, _, _) in tasks_of(&job) {
-        if let Ok(Some(app)) = store.get(&ObjectKey::new("App", &key.namespace, &name)) {
-            observed.insert(name.clone(), observe(&app, attempt, restarts.get(&name).copied().unwrap_or(0)));
+        // A task whose App cannot be read is not a missing task (that would start it again): wait for the store.
+        match store.get(&ObjectKey::new("App", &key.namespace, &name)) {
+            Ok(Some(app)) => {
+                observed.insert(name.clone(), observe(&app, attempt, restarts.get(&name).copied().unwrap_or(0)));
+            }
+            Ok(None) => {}
+            Err(e) => return Some(read_failed(key, &e)),
         }
     }
     let plan = plan_training(&job, &observed, chrono::Utc::now());
@@ -250,6 +261,15 @@ fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration
         }
     }
     plan.requeue_after
+}
+
+/// When an object that could not be read is looked at again.
+pub(crate) const READ_RETRY: Duration = Duration::from_secs(5);
+
+/// Logs a read that failed and says when to look again: a read error is never taken for "absent".
+pub(crate) fn read_failed(key: &ObjectKey, e: &capstan_store::StoreError) -> Duration {
+    tracing::warn!(object = %key, "reading from the store (retry in {READ_RETRY:?}): {e}");
+    READ_RETRY
 }
 
 /// The App that runs one task.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use capstan_engine::controller::condition_now as cond;
-use capstan_model::serving::{server_app, ModelServerStatus};
+use capstan_model::serving::{server_app, ModelReplicaStatus, ModelServerStatus};
 use capstan_model::{
     set_condition, ConditionStatus, EventType, ModelServer, ObjectKey, API_VERSION, BASE_DIR_ANNOTATION,
     OUT_OF_ROTATION_ANNOTATION, READY,
@@ -14,8 +14,8 @@ use capstan_model::{
 use capstan_store::Store;
 use serde_json::{json, Value};
 
-use crate::agreement::{agree, Agreement, Report};
-use crate::controller::{owner_loop, TrainingHandle};
+use crate::agreement::{agree, Agreement, Report, ReportedVersion};
+use crate::controller::{owner_loop, read_failed, TrainingHandle};
 
 /// Label on the App a ModelServer owns.
 pub const SERVER_LABEL: &str = "capstan.dev/model-server";
@@ -37,7 +37,10 @@ fn capstan_exe() -> String {
 }
 
 fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duration> {
-    let ms: ModelServer = crate::controller::decode_owner(store.get(key).ok().flatten()?)?;
+    let ms: ModelServer = match store.get(key) {
+        Ok(v) => crate::controller::decode_owner(v?)?,
+        Err(e) => return Some(read_failed(key, &e)),
+    };
     let g = ms.metadata.generation;
     let mut status: ModelServerStatus = ms.status.clone().unwrap_or_default();
     status.observed_generation = g;
@@ -54,8 +57,13 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
     }
     // What the replicas serve, compared: those serving other versions than the agreed ones get no traffic.
     let app_key = ObjectKey::new("App", &key.namespace, server_app(&key.name));
-    let running = store.get(&app_key).ok().flatten();
-    let agreement = running.as_ref().map(version_reports).map(|r| agree(&r)).unwrap_or_default();
+    let running = match store.get(&app_key) {
+        Ok(v) => v,
+        // Not "no replicas": nothing is taken out of (or put back into) rotation on a guess.
+        Err(e) => return Some(read_failed(&app_key, &e)),
+    };
+    let reports = running.as_ref().map(|a| version_reports(a, &status.replicas)).unwrap_or_default();
+    let agreement = agree(&reports);
     let out = agreement.dissenters();
     if !out.is_empty() {
         annotations.insert(OUT_OF_ROTATION_ANNOTATION.into(), json!(out.join(",")));
@@ -103,13 +111,20 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
         return Some(Duration::from_secs(5));
     }
     status.app_name = Some(server_app(&key.name));
-    let app = store.get(&ObjectKey::new("App", &key.namespace, server_app(&key.name))).ok().flatten();
+    let app = match store.get(&app_key) {
+        Ok(v) => v,
+        Err(e) => return Some(read_failed(&app_key, &e)),
+    };
     let ready =
         app.as_ref().and_then(|a| a["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == READY).cloned());
-    let app_ready = app.as_ref().and_then(|a| a["status"]["readyReplicas"].as_i64()).unwrap_or(0) as i32;
-    status.ready_replicas = (app_ready - out.len() as i32).max(0);
-    let previously_out = status.replicas.iter().filter(|r| !r.agrees).map(|r| r.name.clone()).collect::<Vec<_>>();
-    if out != previously_out && !out.is_empty() {
+    status.ready_replicas = agreement.serving() as i32;
+    // Routing follows every look; the condition and the event wait for a disagreement seen twice in a row, so that
+    // replicas a poll apart while a new version is published do not raise an alarm.
+    let previously_out: Vec<String> =
+        status.replicas.iter().filter(|r| r.ready && !r.agrees).map(|r| r.name.clone()).collect();
+    let lasting: Vec<&String> = out.iter().filter(|n| previously_out.contains(n)).collect();
+    let said = status.conditions.iter().any(|c| c.type_ == READY && c.reason == "VersionsDisagree");
+    if !lasting.is_empty() && !said {
         let msg =
             format!("{}; they get no traffic until they serve {:?}", describe_replicas(&agreement), agreement.agreed);
         let _ = store.record_event(key, EventType::Warning, "VersionsDisagree", &msg);
@@ -124,7 +139,7 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
         .filter_map(|v| Some(format!("version {}: {}", v.version, v.error.as_deref()?)))
         .collect();
     let c = match ready {
-        Some(_) if !out.is_empty() => cond(
+        Some(_) if !lasting.is_empty() => cond(
             READY,
             ConditionStatus::False,
             "VersionsDisagree",
@@ -188,17 +203,37 @@ fn describe_replicas(a: &Agreement) -> String {
     a.replicas.iter().map(|r| format!("{} serves {:?}", r.name, r.versions)).collect::<Vec<_>>().join(", ")
 }
 
-/// Each running replica's version report, by replica name; a replica that does not answer is left out.
-fn version_reports(app: &Value) -> Vec<(String, Report)> {
+/// Each running replica's version report, by replica name. A ready replica that does not answer in time keeps what
+/// it served at the last look (`before`), so that a slow answer under load does not move traffic.
+fn version_reports(app: &Value, before: &[ModelReplicaStatus]) -> Vec<(String, Report)> {
     app["status"]["replicaStatuses"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|r| r["phase"] == "Running")
         .filter_map(|r| {
-            let port = r["ports"]["http"].as_u64()? as u16;
-            let report = serde_json::from_str(&fetch(port, "/capstan/versions")?).ok()?;
-            Some((r["name"].as_str()?.to_string(), report))
+            let name = r["name"].as_str()?.to_string();
+            let ready = r["ready"] == true;
+            let answered = r["ports"]["http"]
+                .as_u64()
+                .and_then(|port| fetch(port as u16, "/capstan/versions"))
+                .and_then(|text| serde_json::from_str::<Report>(&text).ok());
+            let report = match answered {
+                Some(r) => r,
+                None => {
+                    let last = before.iter().find(|b| b.name == name && b.ready)?;
+                    Report {
+                        wanted: Vec::new(),
+                        versions: last
+                            .versions
+                            .iter()
+                            .map(|v| ReportedVersion { version: *v, state: "AVAILABLE".into(), error: None })
+                            .collect(),
+                        ready: true,
+                    }
+                }
+            };
+            Some((name, Report { ready, ..report }))
         })
         .collect()
 }

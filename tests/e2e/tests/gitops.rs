@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use capstan_e2e::git::GitRepo;
 use capstan_e2e::*;
+use capstan_engine::AppRuntime;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(40);
@@ -354,6 +355,38 @@ async fn an_apply_by_hand_does_not_take_an_object_away_from_its_sync() {
     assert!(app_exists(&tp, "keep").await);
     let events = tp.client.get("/api/v1/namespaces/default/syncs/apps/events").await.expect("events").to_string();
     assert!(!events.contains("PruneSkipped"), "{events}");
+    tp.stop().await;
+}
+
+/// Issue 21: a store that cannot be read is not an empty one. While every read fails, the Source keeps its
+/// repository, the Sync its inventory and the App its replicas; when reads work again, the next commit is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_errors_are_retried_and_never_taken_for_absent() {
+    let repo = GitRepo::new();
+    let c1 = repo.commit(&[("web.yaml", Some(&repo_app("web", 1, &[])))], "v1");
+    let tp = TestPlane::start().await;
+    let src = source_yaml("repo", &repo.file_url(), "").replace("interval: 1h", "interval: 1s");
+    tp.apply(&format!("{src}---\n{}", sync_yaml("apps", "repo", "./", "").replace("interval: 1h", "interval: 1s")));
+    wait_applied(&tp, "apps", &c1).await;
+    let key = capstan_model::ObjectKey::new("App", "default", "web");
+    let pid = tp.plane().runtime().observe(&key)[0].pid.expect("pid");
+    let repo_git = tp.dir.path().join("sources/default/repo/repo.git");
+    assert!(repo_git.is_dir());
+
+    tp.plane().store().inject_read_faults(true);
+    let c2 = repo.commit(&[("web.yaml", Some(&repo_app("web", 2, &[])))], "v2");
+    // Several intervals of every controller (Sources and Syncs every second, Apps on their own schedule).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(repo_git.is_dir(), "the repository was kept");
+    let running = tp.plane().runtime().observe(&key);
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0].pid, Some(pid), "the replica kept running");
+    assert!(alive(pid));
+    tp.plane().store().inject_read_faults(false);
+
+    let s = wait_applied(&tp, "apps", &c2).await;
+    assert_eq!(s["status"]["inventory"][0]["name"], "web", "the inventory was kept");
+    eventually("web scaled to 2", T, || async { (replicas(&tp.app("web").await).len() == 2).then_some(()) }).await;
     tp.stop().await;
 }
 

@@ -238,7 +238,19 @@ async fn failing_new_version_is_rolled_back_while_old_replicas_serve() {
         "      VERSION: \"2\"\n",
         &format!("      VERSION: \"2\"\n      TESTAPP_READY_FILE: \"{}\"\n", flag.display()),
     );
-    tp.apply(&v2);
+    // Applied from a file, as `diff -f` below reads it (the same directory, so only the revision differs).
+    let file = tp.dir.path().join("canary-v2.yaml");
+    std::fs::write(&file, &v2).unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin("capstan-e2e-cli"))
+            .args(args)
+            .env("CAPSTAN_SERVER", tp.plane().url())
+            .env("CAPSTAN_TOKEN", tp.plane().token())
+            .output()
+            .expect("cli runs")
+    };
+    let applied = cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let o = eventually("rolled back", T, || async {
         let o = tp.app("canary").await;
         let back = o["status"]["rollout"]["phase"] == "RolledBack"
@@ -259,16 +271,6 @@ async fn failing_new_version_is_rolled_back_while_old_replicas_serve() {
     let events = tp.client.get("/api/v1/namespaces/default/apps/canary/events").await.unwrap().to_string();
     assert!(events.contains("RolloutRolledBack"), "{events}");
     // The spec says version 2, the replicas run version 1: `diff` against the file says so, and `get` shows it.
-    let file = tp.dir.path().join("canary-v2.yaml");
-    std::fs::write(&file, &v2).unwrap();
-    let cli = |args: &[&str]| {
-        std::process::Command::new(bin("capstan-e2e-cli"))
-            .args(args)
-            .env("CAPSTAN_SERVER", tp.plane().url())
-            .env("CAPSTAN_TOKEN", tp.plane().token())
-            .output()
-            .expect("cli runs")
-    };
     let diff = cli(&["diff", "-f", file.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&diff.stdout).to_string();
     assert_eq!(diff.status.code(), Some(1), "a difference: {out}{}", String::from_utf8_lossy(&diff.stderr));
