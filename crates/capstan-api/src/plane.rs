@@ -207,9 +207,8 @@ pub struct ControlPlane {
     shared: Arc<Shared>,
     controller: Option<ControllerHandle>,
     gitops: Option<GitOpsHandle>,
-    databases: Option<capstan_database::controller::DatabaseHandle>,
-    training: Option<capstan_training::controller::TrainingHandle>,
-    model_servers: Option<capstan_training::controller::TrainingHandle>,
+    /// The controllers run by the shared runner (Databases, TrainingJobs, ModelServers), stopped in this order.
+    controllers: Vec<capstan_engine::runner::Handle>,
     monitor: Option<crate::monitor::Monitor>,
     alerts: Option<crate::alerts::AlertsHandle>,
     server: JoinHandle<()>,
@@ -339,9 +338,7 @@ impl ControlPlane {
             shared,
             controller: Some(controller),
             gitops: Some(gitops),
-            databases: Some(databases),
-            training: Some(training),
-            model_servers: Some(model_servers),
+            controllers: vec![databases, training, model_servers],
             monitor: Some(monitor),
             alerts: Some(alerts),
             server,
@@ -409,14 +406,8 @@ impl ControlPlane {
         if let Some(g) = self.gitops.take() {
             g.stop().await;
         }
-        if let Some(d) = self.databases.take() {
-            d.stop().await;
-        }
-        if let Some(t) = self.training.take() {
-            t.stop().await;
-        }
-        if let Some(m) = self.model_servers.take() {
-            m.stop().await;
+        for c in std::mem::take(&mut self.controllers) {
+            c.stop().await;
         }
         if let Some(c) = self.controller.take() {
             c.stop().await;

@@ -2,86 +2,62 @@
 //! supervision, probes, restarts, logs and graceful stops are the App's), mirrors its readiness, and on deletion
 //! keeps or removes the data as `deletionPolicy` says.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_engine::controller::condition_now as cond;
+use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
 use capstan_model::database::{credentials_secret, server_app, Database, DatabaseStatus};
 use capstan_model::{
     find_condition, set_condition, Condition, ConditionStatus, EventType, ObjectKey, ReclaimPolicy, Secret,
     API_VERSION, BASE_DIR_ANNOTATION, READY, STALLED,
 };
-use capstan_store::{Store, WatchType};
+use capstan_store::{Store, WatchEvent};
 use chrono::Utc;
 use serde_json::{json, Value};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::postgres::{find_bin_dir, init, own, run_as};
 
 /// Label on the App and Secret a Database owns.
 pub const DATABASE_LABEL: &str = "capstan.dev/database";
 
-/// The running controller.
-pub struct DatabaseHandle {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+/// The Database controller, run by the shared runner: a Database is reconciled when its spec changes, when its
+/// server App changes, and every 10 s (backups are due on a clock); its data is handled on deletion.
+struct Databases {
+    store: Store,
+    data_dir: PathBuf,
 }
 
-impl DatabaseHandle {
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+impl Reconciler for Databases {
+    fn kind(&self) -> &'static str {
+        "Database"
+    }
+
+    fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
+        match ev.object["metadata"]["labels"][DATABASE_LABEL].as_str() {
+            Some(db) if ev.key.kind == "App" => vec![ObjectKey::new("Database", &ev.key.namespace, db)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
+        reconcile(&self.store, &self.data_dir, key);
+        Ok(Action::AwaitChange)
+    }
+
+    fn finalize(&self, key: &ObjectKey, last: &Value) {
+        finalize(&self.store, &self.data_dir, key, last)
+    }
+
+    fn resync(&self) -> Duration {
+        Duration::from_secs(10)
     }
 }
 
 /// Starts the Database controller; `data_dir` is Capstan's data directory.
-pub fn spawn(store: Store, data_dir: PathBuf) -> DatabaseHandle {
-    let (stop, mut stop_rx) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let mut watch = store.watch();
-        let mut due: BTreeSet<ObjectKey> = all(&store);
-        loop {
-            for key in std::mem::take(&mut due) {
-                let (s, d) = (store.clone(), data_dir.clone());
-                let k = key.clone();
-                let _ = tokio::task::spawn_blocking(move || reconcile(&s, &d, &k)).await;
-            }
-            tokio::select! {
-                _ = stop_rx.changed() => break,
-                ev = watch.recv() => match ev {
-                    Ok(ev) if ev.key.kind == "Database" => {
-                        if ev.type_ == WatchType::Deleted {
-                            let (s, d) = (store.clone(), data_dir.clone());
-                            tokio::task::spawn_blocking(move || finalize(&s, &d, &ev.key, &ev.object));
-                        } else if generation_changed(&ev.object) {
-                            due.insert(ev.key);
-                        }
-                    }
-                    Ok(ev) if ev.key.kind == "App" => {
-                        if let Some(db) = ev.object["metadata"]["labels"][DATABASE_LABEL].as_str() {
-                            due.insert(ObjectKey::new("Database", &ev.key.namespace, db));
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => due = all(&store),
-                    Err(_) => break,
-                },
-                _ = tokio::time::sleep(Duration::from_secs(10)) => due = all(&store),
-            }
-        }
-    });
-    DatabaseHandle { stop, task }
-}
-
-/// A Database whose status does not yet reflect its spec (status writes alone do not need a reconcile).
-fn generation_changed(v: &Value) -> bool {
-    v["status"]["observedGeneration"] != v["metadata"]["generation"]
-}
-
-fn all(store: &Store) -> BTreeSet<ObjectKey> {
-    store.list("Database", None).unwrap_or_default().iter().filter_map(|v| capstan_store::key_of(v).ok()).collect()
+pub fn spawn(store: Store, data_dir: PathBuf) -> Handle {
+    runner::run(store.clone(), Arc::new(Databases { store, data_dir }), 2)
 }
 
 fn base_dir(data_dir: &std::path::Path, key: &ObjectKey) -> PathBuf {

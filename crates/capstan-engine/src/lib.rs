@@ -5,6 +5,7 @@ pub mod controller;
 pub mod diff;
 pub mod plan;
 pub mod queue;
+pub mod runner;
 pub mod runtime;
 pub mod sync;
 pub mod training;

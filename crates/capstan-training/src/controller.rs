@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
 use capstan_engine::training::{plan_training, tasks_of, TaskObserved, TaskRun};
 use capstan_model::training::{tf_config, ReplicaType, TaskStatus};
 use capstan_model::{ObjectKey, ReplicaStatus, TrainingJob, API_VERSION, BASE_DIR_ANNOTATION};
-use capstan_store::{Store, WatchType};
+use capstan_store::{Store, WatchEvent};
 use serde_json::{json, Value};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use std::sync::Arc;
 
 /// Label on the Apps a TrainingJob owns.
 pub const JOB_LABEL: &str = capstan_model::training::TASK_JOB_LABEL;
@@ -21,21 +21,8 @@ pub const ATTEMPT_ENV: &str = "CAPSTAN_TRAINING_ATTEMPT";
 /// The task's own restart counter in its environment.
 pub const RESTART_ENV: &str = "CAPSTAN_TRAINING_RESTART";
 
-/// A running controller (of TrainingJobs or of ModelServers).
-pub struct TrainingHandle {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl TrainingHandle {
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
-
 /// Starts the TrainingJob controller; `data_dir` is Capstan's data directory.
-pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
+pub fn spawn(store: Store, data_dir: PathBuf) -> Handle {
     owner_loop(store, data_dir, "TrainingJob", JOB_LABEL, reconcile, |s, data_dir, k, last| {
         delete_tasks(s, &k.namespace, &k.name);
         // The tasks' logs were kept for the job's life (`capstan logs -l capstan.dev/training-job=NAME`).
@@ -56,9 +43,43 @@ pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
     })
 }
 
-/// The loop shared by the controllers of kinds that own Apps: reconciles an object when it changes (not on its own
-/// status writes), when an App labelled `label` with its name changes, when the time the last reconcile asked for
-/// comes, and every 30 s; calls `on_delete` when one is deleted.
+/// The controller of a kind that owns Apps, run by the shared runner: it reconciles an object when its spec
+/// changes (not on its own status writes), when an App labelled `label` with its name changes, when the time the
+/// last reconcile asked for comes, and every 30 s; `on_delete` runs when one is deleted.
+struct Owner {
+    store: Store,
+    data_dir: PathBuf,
+    kind: &'static str,
+    label: &'static str,
+    reconcile: fn(&Store, &Path, &ObjectKey) -> Option<Duration>,
+    on_delete: fn(&Store, &Path, &ObjectKey, &Value),
+}
+
+impl Reconciler for Owner {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
+        match ev.object["metadata"]["labels"][self.label].as_str() {
+            Some(owner) if ev.key.kind == "App" => vec![ObjectKey::new(self.kind, &ev.key.namespace, owner)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
+        Ok(match (self.reconcile)(&self.store, &self.data_dir, key) {
+            Some(after) => Action::Requeue(after),
+            None => Action::AwaitChange,
+        })
+    }
+
+    fn finalize(&self, key: &ObjectKey, last: &Value) {
+        (self.on_delete)(&self.store, &self.data_dir, key, last)
+    }
+}
+
+/// Starts the controller of a kind that owns Apps (TrainingJobs, ModelServers).
 pub(crate) fn owner_loop(
     store: Store,
     data_dir: PathBuf,
@@ -66,62 +87,9 @@ pub(crate) fn owner_loop(
     label: &'static str,
     reconcile: fn(&Store, &Path, &ObjectKey) -> Option<Duration>,
     on_delete: fn(&Store, &Path, &ObjectKey, &Value),
-) -> TrainingHandle {
-    let (stop, mut stop_rx) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let mut watch = store.watch();
-        let mut due: BTreeSet<ObjectKey> = all(&store, kind);
-        let mut timers: BTreeMap<ObjectKey, tokio::time::Instant> = BTreeMap::new();
-        loop {
-            for key in std::mem::take(&mut due) {
-                let (s, d, k) = (store.clone(), data_dir.clone(), key.clone());
-                match tokio::task::spawn_blocking(move || reconcile(&s, &d, &k)).await {
-                    Ok(Some(after)) => {
-                        timers.insert(key, tokio::time::Instant::now() + after);
-                    }
-                    _ => {
-                        timers.remove(&key);
-                    }
-                }
-            }
-            let next =
-                timers.values().min().copied().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(30));
-            tokio::select! {
-                _ = stop_rx.changed() => break,
-                ev = watch.recv() => match ev {
-                    Ok(ev) if ev.key.kind == kind => {
-                        if ev.type_ == WatchType::Deleted {
-                            let (s, d) = (store.clone(), data_dir.clone());
-                            let _ =
-                                tokio::task::spawn_blocking(move || on_delete(&s, &d, &ev.key, &ev.object)).await;
-                        } else if ev.object["status"]["observedGeneration"] != ev.object["metadata"]["generation"] {
-                            due.insert(ev.key);
-                        }
-                    }
-                    Ok(ev) if ev.key.kind == "App" => {
-                        if let Some(owner) = ev.object["metadata"]["labels"][label].as_str() {
-                            due.insert(ObjectKey::new(kind, &ev.key.namespace, owner));
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => due = all(&store, kind),
-                    Err(_) => break,
-                },
-                _ = tokio::time::sleep_until(next) => {
-                    let now = tokio::time::Instant::now();
-                    let ripe: Vec<ObjectKey> = timers.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
-                    for k in ripe {
-                        timers.remove(&k);
-                        due.insert(k);
-                    }
-                    if timers.is_empty() {
-                        due.extend(all(&store, kind));
-                    }
-                }
-            }
-        }
-    });
-    TrainingHandle { stop, task }
+) -> Handle {
+    let owner = Owner { store: store.clone(), data_dir, kind, label, reconcile, on_delete };
+    runner::run(store, Arc::new(owner), 4)
 }
 
 /// Decodes a stored object; one whose status no longer decodes (written by an older Capstan, say) is taken without
@@ -135,10 +103,6 @@ pub(crate) fn decode_owner<T: serde::de::DeserializeOwned>(mut v: Value) -> Opti
             serde_json::from_value(v).ok()
         }
     }
-}
-
-fn all(store: &Store, kind: &str) -> BTreeSet<ObjectKey> {
-    store.list(kind, None).unwrap_or_default().iter().filter_map(|v| capstan_store::key_of(v).ok()).collect()
 }
 
 fn free_port() -> Option<u16> {

@@ -15,13 +15,15 @@ use capstan_store::Store;
 use serde_json::{json, Value};
 
 use crate::agreement::{agree, Agreement, Report, ReportedVersion};
-use crate::controller::{owner_loop, read_failed, TrainingHandle};
+use capstan_engine::runner::Handle;
+
+use crate::controller::{owner_loop, read_failed};
 
 /// Label on the App a ModelServer owns.
 pub const SERVER_LABEL: &str = "capstan.dev/model-server";
 
 /// Starts the ModelServer controller.
-pub fn spawn(store: Store, data_dir: PathBuf) -> TrainingHandle {
+pub fn spawn(store: Store, data_dir: PathBuf) -> Handle {
     owner_loop(store, data_dir, "ModelServer", SERVER_LABEL, reconcile, |s, _, k, _| {
         let _ = s.delete(&ObjectKey::new("App", &k.namespace, server_app(&k.name)));
     })

@@ -1,0 +1,332 @@
+//! One controller runner for every kind, in the spirit of kube-runtime's `Controller`: a [`Reconciler`] says what
+//! triggers it and how to reconcile one object; the runner owns the loop — the work queue, one reconcile per object
+//! at a time, bounded concurrency, requeues, capped exponential backoff with jitter on errors, periodic resync,
+//! finalizers on deletion and shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_model::ObjectKey;
+use capstan_store::{Store, StoreError, WatchEvent, WatchType};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+use crate::queue::WorkQueue;
+
+/// What to do after a reconcile that went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Look again after this long even if nothing changes (a deadline, a poll, a TTL).
+    Requeue(Duration),
+    /// Look again when something that triggers this controller changes (or at the next resync).
+    AwaitChange,
+}
+
+/// Why a reconcile did not go through; the object is looked at again after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The store could not be read or written: never taken for "absent".
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One kind's controller: what wakes it and how it brings one object towards its spec.
+pub trait Reconciler: Send + Sync + 'static {
+    /// The kind whose objects it reconciles.
+    fn kind(&self) -> &'static str;
+
+    /// Whether an event on one of its own objects needs a reconcile. Default: when the spec changed (the status
+    /// does not yet say it observed the object's generation); a write of the status alone does not.
+    fn wants(&self, ev: &WatchEvent) -> bool {
+        ev.object["status"]["observedGeneration"] != ev.object["metadata"]["generation"]
+    }
+
+    /// Its objects that an event on another object should wake: the owner of a child labelled with it, the users of
+    /// a Secret. Default: none.
+    fn triggers(&self, _ev: &WatchEvent) -> Vec<ObjectKey> {
+        Vec::new()
+    }
+
+    /// Brings one object towards its spec. It may block (it runs on the blocking pool); an object that is gone is
+    /// `Ok(Action::AwaitChange)`.
+    fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError>;
+
+    /// The object was deleted; `last` is what it was. Runs once, on the blocking pool.
+    fn finalize(&self, _key: &ObjectKey, _last: &Value) {}
+
+    /// How often every object is looked at even without events.
+    fn resync(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// The first wait after a failed reconcile; it doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// The longest wait between attempts at an object whose reconcile keeps failing.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The wait after the `failures`-th failure in a row (1 for the first): capped exponential, with up to a tenth of
+/// jitter (from `seed`) so that objects failing together do not retry together.
+pub fn backoff(failures: u32, seed: u64) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let base = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
+    // A multiplicative hash spreads consecutive seeds; the jitter is 0–10 % of the wait.
+    let spread = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
+    base + base.mul_f64(spread as f64 / 1024.0 / 10.0)
+}
+
+/// A running controller; stop it with [`Handle::stop`].
+pub struct Handle {
+    name: &'static str,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// A handle for a loop written by hand (one that is not a [`Reconciler`] yet), stopped the same way.
+    pub fn new(name: &'static str, stop: watch::Sender<bool>, task: tokio::task::JoinHandle<()>) -> Handle {
+        Handle { name, stop, task }
+    }
+
+    /// The controller's name, for logs.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Stops the loop and waits for the reconciles under way.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::warn!(controller = self.name, "stopped with an error: {e}");
+        }
+    }
+}
+
+/// Runs `r` over the store's objects of its kind, at most `concurrency` reconciles at once.
+pub fn run<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize) -> Handle {
+    let (stop, stop_rx) = watch::channel(false);
+    let name = r.kind();
+    let task = tokio::spawn(run_loop(store, r, concurrency.max(1), stop_rx));
+    Handle { name, stop, task }
+}
+
+fn seed_of(key: &ObjectKey, failures: u32) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    failures.hash(&mut h);
+    h.finish()
+}
+
+fn keys_of(store: &Store, kind: &str) -> Result<Vec<ObjectKey>, StoreError> {
+    Ok(store.list(kind, None)?.iter().filter_map(|v| capstan_store::key_of(v).ok()).collect())
+}
+
+async fn run_loop<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize, mut stop: watch::Receiver<bool>) {
+    let kind = r.kind();
+    let mut queue = WorkQueue::default();
+    let mut watch = store.watch();
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ObjectKey, Result<Action, String>)>();
+    let mut in_flight: HashSet<ObjectKey> = HashSet::new();
+    let mut dirty: HashSet<ObjectKey> = HashSet::new();
+    let mut failures: HashMap<ObjectKey, u32> = HashMap::new();
+    // The first listing, and every resync: a listing that fails is tried again soon, never taken for "none".
+    let mut next_resync = Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let now = Instant::now();
+        if now >= next_resync {
+            match keys_of(&store, kind) {
+                Ok(keys) => {
+                    keys.into_iter().for_each(|k| queue.add(k));
+                    next_resync = now + r.resync();
+                }
+                Err(e) => {
+                    tracing::warn!(controller = kind, "listing {kind}s (retry soon): {e}");
+                    next_resync = now + BACKOFF_BASE * 4;
+                }
+            }
+        }
+        for key in queue.pop_due(now) {
+            if !in_flight.insert(key.clone()) {
+                dirty.insert(key);
+                continue;
+            }
+            let (r, tx, permits) = (r.clone(), done_tx.clone(), permits.clone());
+            running.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else { return };
+                let k = key.clone();
+                let out = tokio::task::spawn_blocking(move || r.reconcile(&k).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the reconcile panicked: {e}")));
+                let _ = tx.send((key, out));
+            });
+        }
+        let wake = queue.next_due().unwrap_or(next_resync).min(next_resync);
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some((key, out)) = done_rx.recv() => {
+                in_flight.remove(&key);
+                match out {
+                    Ok(action) => {
+                        failures.remove(&key);
+                        if let Action::Requeue(d) = action {
+                            queue.add_at(key.clone(), Instant::now() + d);
+                        }
+                    }
+                    Err(e) => {
+                        let n = failures.entry(key.clone()).or_insert(0);
+                        *n += 1;
+                        let d = backoff(*n, seed_of(&key, *n));
+                        tracing::warn!(controller = kind, object = %key, "reconcile failed (attempt {n}, retry in {d:?}): {e}");
+                        queue.add_at(key.clone(), Instant::now() + d);
+                    }
+                }
+                if dirty.remove(&key) {
+                    queue.add(key);
+                }
+            }
+            ev = watch.recv() => match ev {
+                Ok(ev) if ev.key.kind == kind => {
+                    if ev.type_ == WatchType::Deleted {
+                        failures.remove(&ev.key);
+                        let r = r.clone();
+                        running.spawn(async move {
+                            let _ = tokio::task::spawn_blocking(move || r.finalize(&ev.key, &ev.object)).await;
+                        });
+                    } else if r.wants(&ev) {
+                        queue.add(ev.key);
+                    }
+                }
+                Ok(ev) => r.triggers(&ev).into_iter().for_each(|k| queue.add(k)),
+                // Events were missed: look at everything.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => next_resync = Instant::now(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+    // Reconciles under way finish; none starts.
+    while running.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_a_little_jitter() {
+        let plain = |n: u32| backoff(n, 0);
+        assert_eq!(plain(1), Duration::from_millis(500));
+        assert_eq!(plain(2), Duration::from_secs(1));
+        assert_eq!(plain(4), Duration::from_secs(4));
+        assert_eq!(plain(40), BACKOFF_MAX);
+        for seed in 0..200u64 {
+            let d = backoff(3, seed);
+            assert!(d >= Duration::from_secs(2) && d <= Duration::from_millis(2200), "{d:?}");
+        }
+        let spread: HashSet<Duration> = (0..50u64).map(|s| backoff(3, s)).collect();
+        assert!(spread.len() > 10, "seeds spread the retries: {spread:?}");
+    }
+
+    /// A reconciler that fails its first two attempts at `b`, requeues `a` once, and records everything.
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        b_failures: AtomicU32,
+        finalized: Mutex<Vec<String>>,
+    }
+
+    impl Reconciler for Recorder {
+        fn kind(&self) -> &'static str {
+            "App"
+        }
+        fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
+            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            calls.push(key.name.clone());
+            match key.name.as_str() {
+                "b" if self.b_failures.fetch_add(1, Ordering::SeqCst) < 2 => {
+                    Err(ReconcileError::Other("not yet".into()))
+                }
+                "a" if calls.iter().filter(|c| *c == "a").count() == 1 => {
+                    Ok(Action::Requeue(Duration::from_millis(50)))
+                }
+                _ => Ok(Action::AwaitChange),
+            }
+        }
+        fn finalize(&self, key: &ObjectKey, _last: &Value) {
+            self.finalized.lock().unwrap_or_else(|p| p.into_inner()).push(key.name.clone());
+        }
+    }
+
+    fn app(name: &str) -> Value {
+        json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "App", "metadata": {"name": name},
+               "spec": {"run": {"command": ["x"]}}})
+    }
+
+    #[tokio::test]
+    async fn requeues_retries_with_backoff_finalizes_and_stops() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb")).expect("store");
+        store.apply(vec![app("a"), app("b")]).expect("apply");
+        let r =
+            Arc::new(Recorder { calls: Mutex::default(), b_failures: AtomicU32::new(0), finalized: Mutex::default() });
+        let handle = run(store.clone(), r.clone(), 2);
+        let count =
+            |name: &str| r.calls.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|c| *c == name).count();
+        // `a`: once, then once more after its requeue; `b`: two failures, then success after 0.5 s + 1 s of backoff.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (count("a") < 2 || count("b") < 3) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!((count("a"), count("b")), (2, 3));
+        // A status write alone does not wake it; a spec change does.
+        let key = ObjectKey::new("App", "default", "a");
+        store.update_status(&key, json!({"observedGeneration": 1})).expect("status");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(count("a"), 2);
+        let mut changed = app("a");
+        changed["spec"]["replicas"] = json!(3);
+        store.apply(vec![changed]).expect("apply");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count("a") < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(count("a"), 3);
+        store.delete(&ObjectKey::new("App", "default", "b")).expect("delete");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while r.finalized.lock().unwrap_or_else(|p| p.into_inner()).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*r.finalized.lock().unwrap_or_else(|p| p.into_inner()), vec!["b".to_string()]);
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_fails_is_tried_again_not_taken_for_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb")).expect("store");
+        store.apply(vec![app("a")]).expect("apply");
+        store.inject_read_faults(true);
+        let r =
+            Arc::new(Recorder { calls: Mutex::default(), b_failures: AtomicU32::new(0), finalized: Mutex::default() });
+        let handle = run(store.clone(), r.clone(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(r.calls.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
+        store.inject_read_faults(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.calls.lock().unwrap_or_else(|p| p.into_inner()).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(r.calls.lock().unwrap_or_else(|p| p.into_inner()).contains(&"a".to_string()));
+        handle.stop().await;
+    }
+}
