@@ -17,7 +17,6 @@ use capstan_store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// Capstan's own rules for platform events, always evaluated (over the metrics of Capstan's `/metrics`).
 pub fn builtin_rules() -> Vec<(String, AlertRuleSpec)> {
@@ -224,21 +223,6 @@ pub enum ManualOutcome {
     NoChange(&'static str),
 }
 
-/// The running controller.
-pub struct AlertsHandle {
-    stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl AlertsHandle {
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
-}
-
 fn rule_params(name: &str, spec: &AlertRuleSpec, generator_url: String) -> RuleParams {
     let ms = |s: &Option<String>| s.as_deref().and_then(|d| parse_duration(d).ok()).map_or(0, |d| d.as_millis() as i64);
     RuleParams {
@@ -274,10 +258,15 @@ fn policies(store: &Store) -> Vec<Policy> {
 
 /// Starts the controller.
 /// Rules are evaluated within `limits`: a rule that exceeds them is marked unhealthy with the reason.
-pub fn spawn(store: Store, db: Arc<Tsdb>, alerting: Arc<Alerting>, limits: QueryLimits) -> AlertsHandle {
+pub fn spawn(
+    store: Store,
+    db: Arc<Tsdb>,
+    alerting: Arc<Alerting>,
+    limits: QueryLimits,
+) -> capstan_engine::runner::Handle {
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(run(store, db, alerting, limits, rx));
-    AlertsHandle { stop, task: Some(task) }
+    capstan_engine::runner::Handle::new("alerting", stop, task)
 }
 
 async fn run(

@@ -4,10 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use capstan_engine::{
-    AppRuntime, Controller, ControllerHandle, ObservedReplica, ObserverReport, ReconcileObserver, ReplicaState,
-};
-use capstan_gitops::controller::{Admit, GitOpsConfig, GitOpsHandle, Requester};
+use capstan_engine::{AppRuntime, Controller, ObservedReplica, ObserverReport, ReconcileObserver, ReplicaState};
+use capstan_gitops::controller::{Admit, GitOpsConfig, Requester};
 use capstan_model::{App, ObjectKey};
 use capstan_proxy::{Proxy, ReplicaEndpoint};
 use capstan_runtime_local::{LocalConfig, LocalRuntime};
@@ -205,12 +203,10 @@ pub enum ApplyError {
 /// A running control plane.
 pub struct ControlPlane {
     shared: Arc<Shared>,
-    controller: Option<ControllerHandle>,
-    gitops: Option<GitOpsHandle>,
-    /// The controllers run by the shared runner (Databases, TrainingJobs, ModelServers), stopped in this order.
+    /// Every controller loop (GitOps, Databases, TrainingJobs, ModelServers, Apps, alerting), stopped in this order;
+    /// the monitor stops after them (it saves the metrics).
     controllers: Vec<capstan_engine::runner::Handle>,
     monitor: Option<crate::monitor::Monitor>,
-    alerts: Option<crate::alerts::AlertsHandle>,
     server: JoinHandle<()>,
     addr: SocketAddr,
     data_dir: PathBuf,
@@ -336,11 +332,8 @@ impl ControlPlane {
         tracing::info!(%url, data = %cfg.data_dir.display(), "capstan control plane is up");
         Ok(ControlPlane {
             shared,
-            controller: Some(controller),
-            gitops: Some(gitops),
-            controllers: vec![databases, training, model_servers],
+            controllers: vec![gitops.into_handle(), databases, training, model_servers, controller, alerts],
             monitor: Some(monitor),
-            alerts: Some(alerts),
             server,
             addr,
             data_dir: cfg.data_dir,
@@ -403,17 +396,8 @@ impl ControlPlane {
     /// Stops the control plane. With `keep_workloads`, replicas keep running for the next Capstan to adopt;
     /// otherwise each is stopped gracefully (SIGTERM, its grace period, then SIGKILL).
     pub async fn shutdown(mut self, keep_workloads: bool) {
-        if let Some(g) = self.gitops.take() {
-            g.stop().await;
-        }
         for c in std::mem::take(&mut self.controllers) {
             c.stop().await;
-        }
-        if let Some(c) = self.controller.take() {
-            c.stop().await;
-        }
-        if let Some(a) = self.alerts.take() {
-            a.stop().await;
         }
         if let Some(m) = self.monitor.take() {
             m.stop().await;

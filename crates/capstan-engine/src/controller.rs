@@ -13,7 +13,6 @@ use capstan_store::Store;
 use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::plan::{plan_app, Action};
@@ -41,20 +40,6 @@ pub struct Controller<R: AppRuntime> {
     store: Store,
     runtime: Arc<R>,
     observer: Option<Arc<dyn ReconcileObserver>>,
-}
-
-/// A running controller: stop it with `stop`.
-pub struct ControllerHandle {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl ControllerHandle {
-    /// Stops the loop (replicas keep running; see `AppRuntime::shutdown`).
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
 }
 
 /// The store key prefix of an App's revision history.
@@ -143,10 +128,11 @@ impl<R: AppRuntime> Controller<R> {
     }
 
     /// Starts the loop. `notify` carries the keys of Apps the runtime saw change.
-    pub fn spawn(self, notify: mpsc::UnboundedReceiver<ObjectKey>) -> ControllerHandle {
+    /// Stopping the handle stops the loop; replicas keep running (see `AppRuntime::shutdown`).
+    pub fn spawn(self, notify: mpsc::UnboundedReceiver<ObjectKey>) -> crate::runner::Handle {
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(self.run(notify, stop_rx));
-        ControllerHandle { stop, task }
+        crate::runner::Handle::new("App", stop, task)
     }
 
     fn all_keys(&self) -> Vec<ObjectKey> {

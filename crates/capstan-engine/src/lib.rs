@@ -10,9 +10,7 @@ pub mod runtime;
 pub mod sync;
 pub mod training;
 
-pub use controller::{
-    revision_history, Controller, ControllerHandle, ObserverReport, ReconcileObserver, RevisionRecord,
-};
+pub use controller::{revision_history, Controller, ObserverReport, ReconcileObserver, RevisionRecord};
 pub use diff::{diff_values, mask_secrets, owned_view, FieldChange};
 pub use plan::{plan_app, Action, Plan, StopReason};
 pub use runtime::{AppRuntime, ObservedReplica, ReplicaState, StartError};

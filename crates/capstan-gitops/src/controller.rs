@@ -103,9 +103,9 @@ impl GitOpsHandle {
         Requester { tx: self.tx.clone() }
     }
 
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+    /// The loop's handle, stopped with the plane's other controllers (the requester keeps working until then).
+    pub fn into_handle(self) -> capstan_engine::runner::Handle {
+        capstan_engine::runner::Handle::new("Source/Sync", self.stop, self.task)
     }
 }
 
