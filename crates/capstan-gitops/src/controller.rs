@@ -388,7 +388,55 @@ struct Fetch {
     transferred: bool,
 }
 
-async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Source) -> Result<Fetch, (String, String)> {
+/// Why a Source could not be fetched, sorted as its status reports it.
+#[derive(Debug, thiserror::Error)]
+enum FetchFailure {
+    /// Its credentials Secret is missing or unusable: nothing changes until someone fixes it (stalled).
+    #[error("{0}")]
+    InvalidSecret(String),
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    RefNotFound(String),
+    #[error("the fetch did not finish within spec.timeout ({0:?})")]
+    Timeout(Duration),
+    /// Anything else Git said (an unreachable remote, a broken local repository), credentials redacted.
+    #[error("{0}")]
+    Git(String),
+    /// Writing the artifact (or a directory Source's copy) failed.
+    #[error("{0}")]
+    Artifact(String),
+}
+
+impl FetchFailure {
+    /// The reason in the Source's conditions (Flux's words).
+    fn reason(&self) -> &'static str {
+        match self {
+            FetchFailure::InvalidSecret(_) | FetchFailure::Auth(_) => "AuthenticationFailed",
+            FetchFailure::RefNotFound(_) => "RefNotFound",
+            FetchFailure::Timeout(_) | FetchFailure::Git(_) => "GitOperationFailed",
+            FetchFailure::Artifact(_) => "ArtifactFailed",
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        matches!(self, FetchFailure::InvalidSecret(_))
+    }
+}
+
+impl From<GitError> for FetchFailure {
+    fn from(e: GitError) -> Self {
+        let text = redact(&e.to_string());
+        match e {
+            GitError::Auth(_) => FetchFailure::Auth(text),
+            GitError::RefNotFound(_) => FetchFailure::RefNotFound(text),
+            GitError::Artifact(_) => FetchFailure::Artifact(text),
+            GitError::Remote(_) | GitError::Local(_) | GitError::Interrupted => FetchFailure::Git(text),
+        }
+    }
+}
+
+async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Source) -> Result<Fetch, FetchFailure> {
     let root = inner.source_root(key);
     let current = src.status.as_ref().and_then(|s| s.artifact.clone());
     let ignore = src.spec.ignore.clone();
@@ -398,15 +446,15 @@ async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Source) -> Resu
         ensure_watcher(inner, key, &path);
         let r = tokio::task::spawn_blocking(move || write_dir(&path, &root, ignore.as_deref()))
             .await
-            .map_err(|e| ("ArtifactFailed".to_string(), e.to_string()))?
-            .map_err(|e| ("ArtifactFailed".to_string(), e.to_string()))?;
+            .map_err(|e| FetchFailure::Artifact(e.to_string()))?
+            .map_err(|e| FetchFailure::Artifact(e.to_string()))?;
         let revision = r.digest.clone();
         return Ok(Fetch { revision, written: Some(r), transferred: true });
     }
     let url = src.spec.url.clone().unwrap_or_default();
     let git_ref = src.spec.git_ref.clone().unwrap_or_default();
-    let creds = credentials(inner, src).map_err(|m| (STALLED.to_string(), m))?;
-    let _permit = inner.fetches.acquire().await.map_err(|e| ("GitOperationFailed".to_string(), e.to_string()))?;
+    let creds = credentials(inner, src).map_err(FetchFailure::InvalidSecret)?;
+    let _permit = inner.fetches.acquire().await.map_err(|e| FetchFailure::Git(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let job = tokio::task::spawn_blocking(move || -> Result<Fetch, GitError> {
@@ -431,17 +479,10 @@ async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Source) -> Resu
     match tokio::time::timeout(timeout, job).await {
         Err(_) => {
             stop.store(true, Ordering::Relaxed);
-            Err(("GitOperationFailed".into(), format!("the fetch did not finish within spec.timeout ({timeout:?})")))
+            Err(FetchFailure::Timeout(timeout))
         }
-        Ok(Err(e)) => Err(("GitOperationFailed".into(), e.to_string())),
-        Ok(Ok(Err(e))) => {
-            let reason = match e {
-                GitError::Auth(_) => "AuthenticationFailed",
-                GitError::RefNotFound(_) => "RefNotFound",
-                _ => "GitOperationFailed",
-            };
-            Err((reason.into(), redact(&e.to_string())))
-        }
+        Ok(Err(e)) => Err(FetchFailure::Git(e.to_string())),
+        Ok(Ok(Err(e))) => Err(e.into()),
         Ok(Ok(Ok(f))) => Ok(f),
     }
 }
@@ -549,26 +590,27 @@ async fn reconcile_source(inner: &Arc<Inner>, key: &ObjectKey) -> (Option<Durati
             collect_garbage(&root, KEEP_ARTIFACTS, &protect);
             tracing::debug!(source = %key, transferred = f.transferred, "fetched {}", f.revision);
         }
-        Err((why, message)) => {
+        Err(failure) => {
+            let message = failure.to_string();
             remove_condition(&mut status.conditions, RECONCILING);
-            if why == STALLED {
+            if failure.stalled() {
                 // The Source cannot work until someone fixes its Secret: stalled, not retried in a loop of events.
                 set_condition(
                     &mut status.conditions,
                     cond(STALLED, ConditionStatus::True, "InvalidSecret", message.clone(), g),
                 );
             }
-            let why = if why == STALLED { "AuthenticationFailed".to_string() } else { why };
+            let why = failure.reason();
             let keep = match &status.artifact {
                 Some(a) => format!("; still serving revision '{}'", a.revision),
                 None => String::new(),
             };
-            set_condition(&mut status.conditions, cond(FETCH_FAILED, ConditionStatus::True, &why, message.clone(), g));
+            set_condition(&mut status.conditions, cond(FETCH_FAILED, ConditionStatus::True, why, message.clone(), g));
             set_condition(
                 &mut status.conditions,
-                cond(READY, ConditionStatus::False, &why, format!("{message}{keep}"), g),
+                cond(READY, ConditionStatus::False, why, format!("{message}{keep}"), g),
             );
-            inner.event(key, EventType::Warning, &why, &message);
+            inner.event(key, EventType::Warning, why, &message);
         }
     }
     match inner.store.get(key) {
@@ -1077,6 +1119,21 @@ mod tests {
 
     /// The day-2 case: the Source moved to a new commit, and the dependency, Ready on the previous one, has not
     /// applied it (it has not tried yet, or refused it). Its dependents wait.
+    #[test]
+    fn fetch_failures_have_flux_reasons_and_only_a_bad_secret_stalls() {
+        let f = |e: GitError| FetchFailure::from(e);
+        assert_eq!(f(GitError::Auth("no".into())).reason(), "AuthenticationFailed");
+        assert_eq!(f(GitError::RefNotFound("gone".into())).reason(), "RefNotFound");
+        assert_eq!(f(GitError::Remote("refused".into())).reason(), "GitOperationFailed");
+        assert_eq!(FetchFailure::Timeout(Duration::from_secs(20)).reason(), "GitOperationFailed");
+        assert_eq!(FetchFailure::Artifact("full".into()).reason(), "ArtifactFailed");
+        assert!(FetchFailure::InvalidSecret("missing".into()).stalled());
+        assert!(!f(GitError::Auth("no".into())).stalled());
+        // Credentials in a message never reach the status.
+        let text = f(GitError::Remote("https://me:s3cret@example.com/r.git refused".into())).to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
     #[test]
     fn a_dependency_ready_on_an_older_revision_holds_its_dependents() {
         let k = ObjectKey::new("Sync", "default", "infra");
