@@ -516,6 +516,7 @@ pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
 }
 
 /// Runs the CLI with the process's arguments and returns the exit code.
+#[allow(unsafe_code)] // each block below says why it is sound (SAFETY)
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,

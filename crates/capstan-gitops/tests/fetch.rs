@@ -1,4 +1,5 @@
 //! Fetches from real repositories built with the git CLI, over file://.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
 use std::path::Path;
 use std::process::Command;

@@ -1,6 +1,7 @@
 //! The operator's memory while reconciling many custom resources: a fake API server in this process holds N
 //! Apps; `capstan operator` runs as a child process against it until every App has its objects and a status; then
 //! its resident memory (now and peak) is read from /proc. Usage: operator_bench CAPSTAN_BINARY [N].
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed step ends the run, saying which
 
 use std::time::{Duration, Instant};
 

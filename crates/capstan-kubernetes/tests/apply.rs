@@ -1,6 +1,7 @@
 //! Apply, prune and health against the in-process fake API server over HTTP: server-side apply with field manager
 //! `capstan`, a conflict with another manager, prune after an object leaves Git (claims kept), rejected and
 //! forbidden objects, bad credentials and an unreachable cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
 use std::time::Duration;
 

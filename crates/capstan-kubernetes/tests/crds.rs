@@ -1,4 +1,5 @@
 //! The CRDs: typed as apiextensions/v1 and structural as the API server demands.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
 use capstan_kubernetes::crd::all;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -1,5 +1,6 @@
 //! `deploy/kubernetes/`: every object deserializes into its k8s-openapi type without losing a field, the CRDs are
 //! the generated ones, and the operator's Deployment runs two replicas the way the RBAC and probes expect.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};

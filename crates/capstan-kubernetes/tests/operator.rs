@@ -2,6 +2,7 @@
 //! applied with owner references, status written back, prune when a resource stops rendering an object, garbage
 //! collection on delete (claims kept), a bad spec named in status, fail-over to the standby, and the RBAC it
 //! ships compared with the requests it made, both ways.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;

@@ -1,4 +1,5 @@
 //! The renderer against a golden file, typed round-trips through k8s-openapi, and the choices an expert makes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
 use capstan_kubernetes::render::{render, render_app};
 use capstan_model::{parse_manifests, Resource};

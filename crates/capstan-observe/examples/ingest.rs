@@ -3,6 +3,7 @@
 //! `ingest URLS_FILE INTERVAL_S SECONDS`: scrapes every URL on the interval for the given time, then prints JSON
 //! with the samples stored, active series, compressed bytes, and this process' CPU seconds and resident memory.
 //! `query OPENMETRICS_FILE QUERY TIME_S ROUNDS`: loads the file's samples into a store, then times the query.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed step ends the run, saying which
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

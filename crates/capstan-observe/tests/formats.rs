@@ -1,5 +1,6 @@
 //! The two exposition formats, rule by rule: each case is a text that must be accepted (and flatten to the
 //! series Prometheus would store) or refused with an error on the right line.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
 use capstan_observe::exposition::{check, Format, Severity};
 use capstan_observe::scrape::flatten;

@@ -1,6 +1,7 @@
 //! The scraper against real HTTP targets on 127.0.0.1: content negotiation, `up` and the scrape series,
 //! staleness when a series or the target goes away, and bad targets (malformed, endless, slow, too many series)
 //! that fail alone with a clear error.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

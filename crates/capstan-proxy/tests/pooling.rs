@@ -1,4 +1,5 @@
 //! The proxy against a real HTTP backend on loopback: upstream connections are reused, bodies stream through.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -27,6 +27,7 @@ pub fn marker(data_dir: &std::path::Path, namespace: &str, app: &str, ordinal: u
 }
 
 /// Makes this process the reaper of its descendants' orphans. Returns false where the kernel refuses.
+#[allow(unsafe_code)] // each block below says why it is sound (SAFETY)
 pub fn become_subreaper() -> bool {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers only and changes an attribute of this process.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }

@@ -397,6 +397,7 @@ impl LocalRuntime {
     }
 
     /// Re-attaches to a running process that a previous Capstan started.
+    #[allow(unsafe_code)] // each block below says why it is sound (SAFETY)
     fn attach(&self, rec: Record) -> Result<(), String> {
         let pid = rec.pid.ok_or("no pid")?;
         let (out, err) = self.fifo_paths(&rec);

@@ -79,6 +79,7 @@ pub fn signal_group(pgid: u32, sig: Signal) -> bool {
 }
 
 /// Opens a pidfd that becomes readable when the process exits (works for processes that are not our children).
+#[allow(unsafe_code)] // each block below says why it is sound (SAFETY)
 pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -103,6 +104,7 @@ pub fn ensure_fifo(path: &Path) -> std::io::Result<()> {
 
 /// Opens the write side of a FIFO for a child. It is opened read-write so that writes never fail with
 /// EPIPE while Capstan (the reader) restarts; the pipe buffer is raised to 1 MiB where allowed.
+#[allow(unsafe_code)] // each block below says why it is sound (SAFETY)
 pub fn open_fifo_for_child(path: &Path) -> std::io::Result<std::fs::File> {
     let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
     // SAFETY: F_SETPIPE_SZ on a FIFO descriptor we own; failure only leaves the default size.
@@ -125,6 +127,7 @@ pub struct ChildLimits {
 }
 
 /// Prepares `cmd` to start in its own process group with `limits`.
+#[allow(unsafe_code)] // each block below says why it is sound (SAFETY)
 pub fn configure(cmd: &mut tokio::process::Command, limits: &ChildLimits) -> std::io::Result<()> {
     cmd.process_group(0);
     cmd.kill_on_drop(false);

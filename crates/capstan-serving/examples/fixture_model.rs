@@ -2,6 +2,7 @@
 //!
 //! `fixture_model BASE [INPUTS WIDTH LAYERS]` writes `BASE/1/model.onnx`: a dense ReLU network (default 16 inputs,
 //! 64 units, 2 hidden layers). Used by the release build's training run (`scripts/pgo_train.py`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed step ends the run, saying which
 
 use std::path::PathBuf;
 
