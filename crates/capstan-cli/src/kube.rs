@@ -67,7 +67,13 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
     if let Ok(r) = &report {
         first.extend(r.applied.iter().cloned());
         if r.ok() {
-            for (r, outcome) in cluster.create_missing(&capstan_kubernetes::render::credentials(&resources)).await {
+            for (r, outcome) in cluster
+                .create_missing(&capstan_kubernetes::render::credentials(
+                    &resources,
+                    capstan_kubernetes::render::random_password,
+                ))
+                .await
+            {
                 if outcome == Outcome::Created {
                     println!("{r} created (a new random password)");
                 } else if let Outcome::Failed(f) = outcome {

@@ -165,9 +165,10 @@ spec:
             policy["spec"]["ingress"][1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
             "jira"
         );
-        let secret = &credentials(&rs)[0];
+        let secret = &credentials(&rs, || "fixed".into())[0];
         assert_eq!(secret["type"], "kubernetes.io/basic-auth");
         assert_eq!(secret["stringData"]["username"], "app");
+        assert_eq!(secret["stringData"]["password"], "fixed", "the password comes from the caller: rendering is pure");
     }
 
     #[test]

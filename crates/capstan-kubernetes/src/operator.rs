@@ -505,6 +505,7 @@ async fn reconcile(cluster: &Cluster, world: &World, owner: &Owner) -> bool {
                     .filter(|r| r.meta().name == *name && r.kind().name() == "Database")
                     .cloned()
                     .collect::<Vec<_>>(),
+                crate::render::random_password,
             );
             for (r, o) in cluster.create_missing(&secrets).await {
                 if let Outcome::Failed(f) = o {

@@ -952,9 +952,15 @@ pub fn namespace(name: &str) -> Value {
     })
 }
 
-/// The credentials Secret of each Database, with a fresh random password. Applying creates them only where
-/// missing, so a password never changes once set; they are never pruned, since the data needs them.
-pub fn credentials(resources: &[Resource]) -> Vec<Value> {
+/// A fresh random password (128 bits from the system's generator, as 32 hex digits).
+pub fn random_password() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The credentials Secret of each Database, with a password from `password` (pass [`random_password`]; tests pass
+/// a fixed one, so this stays a pure function). Applying creates them only where missing, so a password never
+/// changes once set; they are never pruned, since the data needs them.
+pub fn credentials(resources: &[Resource], mut password: impl FnMut() -> String) -> Vec<Value> {
     resources
         .iter()
         .filter_map(|r| match r {
@@ -966,7 +972,7 @@ pub fn credentials(resources: &[Resource]) -> Vec<Value> {
                     "labels": db_labels(d),
                     "annotations": {crate::plan::PRUNE_ANNOTATION: "disabled"}
                 },
-                "stringData": {"password": uuid::Uuid::new_v4().simple().to_string()}
+                "stringData": {"password": password()}
             }))
             .map(|mut secret| {
                 // CloudNativePG's initdb reads a basic-auth Secret: the owner's name beside the password.

@@ -65,7 +65,7 @@ async fn apply_prune_conflicts_and_health() {
     let both = resources(&format!("{APP}---\n{DB}"));
 
     // First apply: everything created, in order, owned by the field manager `capstan`.
-    let secrets = c.create_missing(&credentials(&both)).await;
+    let secrets = c.create_missing(&credentials(&both, capstan_kubernetes::render::random_password)).await;
     assert_eq!(secrets[0].1, Outcome::Created);
     let password =
         fake.get("", "secrets", "team", "teamboard-db-credentials").expect("secret")["stringData"]["password"].clone();
@@ -89,7 +89,10 @@ async fn apply_prune_conflicts_and_health() {
     // Again: nothing changes, and the generated password is kept.
     let again = c.apply(objects.clone(), &opts()).await.expect("apply");
     assert!(again.applied.iter().all(|(_, o)| *o == Outcome::Unchanged), "{again:?}");
-    assert_eq!(c.create_missing(&credentials(&both)).await[0].1, Outcome::Unchanged);
+    assert_eq!(
+        c.create_missing(&credentials(&both, capstan_kubernetes::render::random_password)).await[0].1,
+        Outcome::Unchanged
+    );
     assert_eq!(
         fake.get("", "secrets", "team", "teamboard-db-credentials").expect("secret")["stringData"]["password"],
         password

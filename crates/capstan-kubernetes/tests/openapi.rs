@@ -124,7 +124,7 @@ fn rendered_and_shipped_objects_validate_against_the_kubernetes_schemas() {
         objects.extend(render(&rs).unwrap_or_else(|e| panic!("{file}: {e:?}")));
         resources.extend(rs);
     }
-    objects.extend(capstan_kubernetes::render::credentials(&resources));
+    objects.extend(capstan_kubernetes::render::credentials(&resources, capstan_kubernetes::render::random_password));
     objects.extend(capstan_kubernetes::crd::all());
     objects.extend(capstan_kubernetes::operator::rbac("capstan-system"));
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes/operator.yaml");

@@ -85,7 +85,13 @@ pub(super) async fn sync_kubernetes(
         Ok(r) => failures.extend(r.failures().map(|(r, f)| format!("{r}: {f}"))),
         Err(e) => return fail(reason::APPLY_FAILED, format!("revision '{revision}' was not applied: {e}")),
     }
-    for (r, o) in cluster.create_missing(&capstan_kubernetes::render::credentials(&resources)).await {
+    for (r, o) in cluster
+        .create_missing(&capstan_kubernetes::render::credentials(
+            &resources,
+            capstan_kubernetes::render::random_password,
+        ))
+        .await
+    {
         if let Applied::Failed(f) = o {
             failures.push(format!("{r}: {f}"));
         }
