@@ -40,7 +40,7 @@ fn first_line(s: &str, max: usize) -> String {
     }
 }
 
-/// Table columns of `capstan get` for the GitOps kinds (Flux's columns, plus age).
+/// Table columns of `capstan get` for each kind (for Sources and Syncs, Flux's columns), plus age.
 pub fn columns(kind: Kind) -> Vec<&'static str> {
     match kind {
         Kind::Secret => vec!["NAME", "KEYS", "AGE"],
@@ -54,105 +54,112 @@ pub fn columns(kind: Kind) -> Vec<&'static str> {
     }
 }
 
-/// One table row of `capstan get` for any kind but App.
+/// One table row of `capstan get`, in the order of [`columns`]. Every kind has its own arm (no catch-all), so a new
+/// kind does not compile until it says what `get` shows.
 pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> {
     let mut r = vec![];
     if all {
         r.push(o["metadata"]["namespace"].as_str().unwrap_or("").to_string());
     }
     r.push(o["metadata"]["name"].as_str().unwrap_or("").to_string());
-    let created = age(time_of(&o["metadata"]["creationTimestamp"]), now);
-    if kind == Kind::Secret {
-        let keys: BTreeSet<&String> =
-            ["stringData", "data"].iter().filter_map(|f| o["spec"][f].as_object()).flat_map(|m| m.keys()).collect();
-        r.push(keys.into_iter().cloned().collect::<Vec<_>>().join(","));
-        r.push(created);
-        return r;
-    }
-    if kind == Kind::ModelServer {
-        r.push(o["status"]["url"].as_str().unwrap_or("-").to_string());
-        r.push(format!(
-            "{}/{}",
-            o["status"]["readyReplicas"].as_i64().unwrap_or(0),
-            o["spec"]["replicas"].as_i64().unwrap_or(1)
-        ));
-        let (ready, message) = ready_of(o);
-        r.push(ready);
-        r.push(message);
-        r.push(created);
-        return r;
-    }
-    if kind == Kind::TrainingJob {
-        // The latest of TFJob's conditions that holds.
-        let state = ["Failed", "Succeeded", "Restarting", "Running", "Created"]
-            .iter()
-            .find(|t| {
-                o["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == **t && c["status"] == "True"))
-            })
-            .copied()
-            .unwrap_or("Pending");
-        r.push(state.to_string());
-        let sum = |f: &str| -> u64 {
-            o["status"]["replicaStatuses"]
+    let st = &o["status"];
+    let cells: Vec<String> = match kind {
+        Kind::Secret => {
+            let keys: BTreeSet<&String> =
+                ["stringData", "data"].iter().filter_map(|f| o["spec"][f].as_object()).flat_map(|m| m.keys()).collect();
+            vec![keys.into_iter().cloned().collect::<Vec<_>>().join(",")]
+        }
+        Kind::ModelServer => {
+            let (ready, message) = ready_of(o);
+            vec![
+                st["url"].as_str().unwrap_or("-").to_string(),
+                format!(
+                    "{}/{}",
+                    st["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(1)
+                ),
+                ready,
+                message,
+            ]
+        }
+        Kind::TrainingJob => {
+            // The latest of TFJob's conditions that holds.
+            let state = ["Failed", "Succeeded", "Restarting", "Running", "Created"]
+                .iter()
+                .find(|t| {
+                    st["conditions"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().any(|c| c["type"] == **t && c["status"] == "True"))
+                })
+                .copied()
+                .unwrap_or("Pending");
+            let sum = |f: &str| -> u64 {
+                st["replicaStatuses"].as_object().map(|m| m.values().filter_map(|c| c[f].as_u64()).sum()).unwrap_or(0)
+            };
+            vec![
+                state.to_string(),
+                sum("active").to_string(),
+                sum("succeeded").to_string(),
+                sum("failed").to_string(),
+                st["restarts"].as_u64().unwrap_or(0).to_string(),
+            ]
+        }
+        Kind::Database => {
+            let (ready, message) = ready_of(o);
+            vec![st["endpoint"].as_str().unwrap_or("-").to_string(), ready, first_line(&message, 70)]
+        }
+        Kind::AlertRule => {
+            let health = st["health"].as_str().filter(|h| !h.is_empty()).unwrap_or("unknown");
+            let health = match st["lastError"].as_str() {
+                Some(e) => format!("{health}: {}", first_line(e, 50)),
+                None => health.to_string(),
+            };
+            let alerts = st["alerts"].as_array().cloned().unwrap_or_default();
+            let count = |state: &str| alerts.iter().filter(|a| a["state"] == state).count().to_string();
+            vec![health, count("pending"), count("firing"), first_line(o["spec"]["expr"].as_str().unwrap_or(""), 50)]
+        }
+        Kind::EscalationPolicy => {
+            let m: Vec<String> = o["spec"]["match"]
                 .as_object()
-                .map(|m| m.values().filter_map(|c| c[f].as_u64()).sum())
-                .unwrap_or(0)
-        };
-        for f in ["active", "succeeded", "failed"] {
-            r.push(sum(f).to_string());
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            vec![
+                if m.is_empty() { "<every alert>".into() } else { m.join(",") },
+                o["spec"]["levels"].as_array().map_or(0, Vec::len).to_string(),
+                o["spec"]["repeat"].as_u64().unwrap_or(0).to_string(),
+            ]
         }
-        r.push(o["status"]["restarts"].as_u64().unwrap_or(0).to_string());
-        r.push(created);
-        return r;
-    }
-    if kind == Kind::Database {
-        r.push(o["status"]["endpoint"].as_str().unwrap_or("-").to_string());
-        let (ready, message) = ready_of(o);
-        r.push(ready);
-        r.push(first_line(&message, 70));
-        r.push(created);
-        return r;
-    }
-    if kind == Kind::AlertRule {
-        let health = o["status"]["health"].as_str().filter(|h| !h.is_empty()).unwrap_or("unknown");
-        let health = match o["status"]["lastError"].as_str() {
-            Some(e) => format!("{health}: {}", first_line(e, 50)),
-            None => health.to_string(),
-        };
-        r.push(health);
-        let alerts = o["status"]["alerts"].as_array().cloned().unwrap_or_default();
-        for state in ["pending", "firing"] {
-            r.push(alerts.iter().filter(|a| a["state"] == state).count().to_string());
+        Kind::Source | Kind::Sync => {
+            let revision = match kind {
+                Kind::Source => st["artifact"]["revision"].as_str(),
+                _ => st["lastAppliedRevision"].as_str(),
+            };
+            let (ready, message) = ready_of(o);
+            vec![
+                revision.map(short_revision).unwrap_or_else(|| "-".into()),
+                o["spec"]["suspend"].as_bool().unwrap_or(false).to_string(),
+                ready,
+                first_line(&message, 70),
+            ]
         }
-        r.push(first_line(o["spec"]["expr"].as_str().unwrap_or(""), 50));
-        r.push(created);
-        return r;
-    }
-    if kind == Kind::EscalationPolicy {
-        let m: Vec<String> = o["spec"]["match"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-            .collect();
-        r.push(if m.is_empty() { "<every alert>".into() } else { m.join(",") });
-        r.push(o["spec"]["levels"].as_array().map_or(0, Vec::len).to_string());
-        r.push(o["spec"]["repeat"].as_u64().unwrap_or(0).to_string());
-        r.push(created);
-        return r;
-    }
-    let revision = match kind {
-        Kind::Source => o["status"]["artifact"]["revision"].as_str(),
-        _ => o["status"]["lastAppliedRevision"].as_str(),
+        Kind::App => {
+            // `get apps` has its own rows (replicas, restarts, rollouts: `commands::app_row`); this is the short form.
+            let (ready, message) = ready_of(o);
+            vec![
+                format!(
+                    "{}/{}",
+                    st["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(1)
+                ),
+                if ready == "True" { "Running".into() } else { first_line(&message, 40) },
+                st["restarts"].as_u64().unwrap_or(0).to_string(),
+            ]
+        }
     };
-    r.push(revision.map(short_revision).unwrap_or_else(|| "-".into()));
-    r.push(o["spec"]["suspend"].as_bool().unwrap_or(false).to_string());
-    let (ready, message) = ready_of(o);
-    r.push(ready);
-    r.push(first_line(&message, 70));
-    r.push(created);
+    r.extend(cells);
+    r.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
     r
 }
 
@@ -729,6 +736,17 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+    }
+
+    /// Issue 21: every kind's row has exactly its columns (a kind that slipped into another's arm would not).
+    #[test]
+    fn every_kind_has_a_row_as_wide_as_its_columns() {
+        let o = json!({"metadata": {"name": "x", "namespace": "default", "creationTimestamp": "2026-12-06T10:00:00Z"},
+                       "spec": {}, "status": {}});
+        for kind in Kind::ALL {
+            assert_eq!(row(*kind, &o, false, Utc::now()).len(), columns(*kind).len(), "{kind}");
+            assert_eq!(row(*kind, &o, true, Utc::now()).len(), columns(*kind).len() + 1, "{kind} with NAMESPACE");
+        }
     }
 
     /// Issue 20, polish: an AlertRule is described by its expression, health and alerts, not a Sync's fields.

@@ -47,63 +47,104 @@ pub type AlertRule = Object<AlertRuleSpec, AlertRuleStatus>;
 /// An EscalationPolicy: who is told about incidents, level by level.
 pub type EscalationPolicy = Object<EscalationPolicySpec, EscalationPolicyStatus>;
 
-/// The kinds Capstan knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Secret,
-    Source,
-    Sync,
-    Database,
-    App,
-    TrainingJob,
-    ModelServer,
-    AlertRule,
-    EscalationPolicy,
+/// Declares every kind once: its variant, its typed object, its plural and how it is validated beyond its types.
+/// From this one table come `Kind` (with `ALL` in apply order, names, plurals and schemas), `Resource` (with
+/// decoding, validation and access to the typed object whatever its kind) — so a new kind is one line here, and
+/// every `match` on `Kind` elsewhere fails to compile until it handles the kind.
+macro_rules! kinds {
+    ($( $(#[$doc:meta])* $kind:ident($ty:ty), $plural:literal, |$o:ident, $e:ident| $validate:expr; )*) => {
+        /// The kinds Capstan knows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Kind {
+            $( $(#[$doc])* $kind, )*
+        }
+
+        impl Kind {
+            /// Every kind, in the order objects are applied.
+            pub const ALL: &'static [Kind] = &[$( Kind::$kind, )*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Kind::$kind => stringify!($kind), )*
+                }
+            }
+
+            /// The plural used in API paths and `capstan get`.
+            pub fn plural(self) -> &'static str {
+                match self {
+                    $( Kind::$kind => $plural, )*
+                }
+            }
+
+            fn root_schema(self) -> schemars::Schema {
+                match self {
+                    $( Kind::$kind => schemars::schema_for!($ty), )*
+                }
+            }
+        }
+
+        /// An object of any kind.
+        // Resources are decoded a batch at a time and never kept in bulk, so the size of the largest variant does
+        // not matter.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Resource {
+            $( $kind($ty), )*
+        }
+
+        /// Runs `$body` with `$obj` bound to the typed object inside a `Resource`, whatever its kind.
+        macro_rules! each {
+            ($r:expr, $obj:ident => $body:expr) => {
+                match $r {
+                    $( Resource::$kind($obj) => $body, )*
+                }
+            };
+        }
+
+        impl Resource {
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $( Resource::$kind(_) => Kind::$kind, )*
+                }
+            }
+
+            fn decode_as(kind: Kind, value: Value) -> Result<Resource, FieldError> {
+                match kind {
+                    $( Kind::$kind => decode::<$ty>(value).map(Resource::$kind), )*
+                }
+            }
+
+            fn validate_kind(&self, errors: &mut Vec<FieldError>) {
+                match self {
+                    $( Resource::$kind($o) => { let $e = errors; $validate } )*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    /// Values kept apart from specs (credentials, tokens).
+    Secret(Secret), "secrets", |o, e| validate_secret(&o.spec, e);
+    /// Where manifests come from: a Git repository or a directory.
+    Source(Source), "sources", |o, e| validate_source(&o.spec, e);
+    /// What to apply from a Source, and how.
+    Sync(Sync), "syncs", |o, e| validate_sync(&o.metadata.name, o.metadata.namespace(), &o.spec, e);
+    /// A PostgreSQL database on this machine (or CloudNativePG on Kubernetes).
+    Database(Database), "databases", |o, e| validate_database(&o.metadata.name, &o.spec, e);
+    /// Replicas of a program.
+    App(App), "apps", |o, e| validate_app(&o.spec, e);
+    /// A distributed TensorFlow training run.
+    TrainingJob(TrainingJob), "trainingjobs", |o, e| validate_training_job(&o.metadata.name, &o.spec, e);
+    /// A model's versions served with the TensorFlow Serving REST API.
+    ModelServer(ModelServer), "modelservers", |o, e| validate_model_server(&o.metadata.name, &o.spec, e);
+    /// A PromQL condition that opens alerts.
+    AlertRule(AlertRule), "alertrules", |o, e| validate_alert_rule(&o.spec, e);
+    /// Who is told about incidents, level by level.
+    EscalationPolicy(EscalationPolicy), "escalationpolicies", |o, e| validate_escalation_policy(&o.spec, e);
 }
 
 impl Kind {
-    /// Every kind, in the order objects are applied.
-    pub const ALL: &'static [Kind] = &[
-        Kind::Secret,
-        Kind::Source,
-        Kind::Sync,
-        Kind::Database,
-        Kind::App,
-        Kind::TrainingJob,
-        Kind::ModelServer,
-        Kind::AlertRule,
-        Kind::EscalationPolicy,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Secret => "Secret",
-            Kind::Source => "Source",
-            Kind::Sync => "Sync",
-            Kind::Database => "Database",
-            Kind::App => "App",
-            Kind::TrainingJob => "TrainingJob",
-            Kind::ModelServer => "ModelServer",
-            Kind::AlertRule => "AlertRule",
-            Kind::EscalationPolicy => "EscalationPolicy",
-        }
-    }
-
-    /// The plural used in API paths and `capstan get`.
-    pub fn plural(self) -> &'static str {
-        match self {
-            Kind::Secret => "secrets",
-            Kind::Source => "sources",
-            Kind::Sync => "syncs",
-            Kind::Database => "databases",
-            Kind::App => "apps",
-            Kind::TrainingJob => "trainingjobs",
-            Kind::ModelServer => "modelservers",
-            Kind::AlertRule => "alertrules",
-            Kind::EscalationPolicy => "escalationpolicies",
-        }
-    }
-
     /// Finds a kind by name, plural or short name, in any case.
     pub fn parse(s: &str) -> Option<Kind> {
         let l = s.to_ascii_lowercase();
@@ -117,17 +158,7 @@ impl Kind {
 
     /// The JSON Schema of objects of this kind.
     pub fn schema(self) -> Value {
-        let mut schema = match self {
-            Kind::Secret => schemars::schema_for!(Secret),
-            Kind::Source => schemars::schema_for!(Source),
-            Kind::Sync => schemars::schema_for!(Sync),
-            Kind::Database => schemars::schema_for!(Database),
-            Kind::App => schemars::schema_for!(App),
-            Kind::TrainingJob => schemars::schema_for!(TrainingJob),
-            Kind::ModelServer => schemars::schema_for!(ModelServer),
-            Kind::AlertRule => schemars::schema_for!(AlertRule),
-            Kind::EscalationPolicy => schemars::schema_for!(EscalationPolicy),
-        };
+        let mut schema = self.root_schema();
         schema.insert("title".into(), Value::String(self.name().into()));
         schema.insert(
             "$id".into(),
@@ -143,54 +174,7 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// An object of any kind.
-// Resources are decoded a batch at a time and never kept in bulk, so the size of the largest variant does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Resource {
-    Secret(Secret),
-    Source(Source),
-    Sync(Sync),
-    Database(Database),
-    App(App),
-    TrainingJob(TrainingJob),
-    ModelServer(ModelServer),
-    AlertRule(AlertRule),
-    EscalationPolicy(EscalationPolicy),
-}
-
-/// Runs `$body` with `$o` bound to the typed object inside a `Resource`, whatever its kind.
-macro_rules! each {
-    ($r:expr, $o:ident => $body:expr) => {
-        match $r {
-            Resource::Secret($o) => $body,
-            Resource::Source($o) => $body,
-            Resource::Sync($o) => $body,
-            Resource::Database($o) => $body,
-            Resource::App($o) => $body,
-            Resource::TrainingJob($o) => $body,
-            Resource::ModelServer($o) => $body,
-            Resource::AlertRule($o) => $body,
-            Resource::EscalationPolicy($o) => $body,
-        }
-    };
-}
-
 impl Resource {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Resource::Secret(_) => Kind::Secret,
-            Resource::Source(_) => Kind::Source,
-            Resource::Sync(_) => Kind::Sync,
-            Resource::Database(_) => Kind::Database,
-            Resource::App(_) => Kind::App,
-            Resource::TrainingJob(_) => Kind::TrainingJob,
-            Resource::ModelServer(_) => Kind::ModelServer,
-            Resource::AlertRule(_) => Kind::AlertRule,
-            Resource::EscalationPolicy(_) => Kind::EscalationPolicy,
-        }
-    }
-
     pub fn meta(&self) -> &ObjectMeta {
         each!(self, o => &o.metadata)
     }
@@ -241,34 +225,14 @@ impl Resource {
             },
             Some(v) => return Err(FieldError::new("kind", format!("`{}` is not a kind name", show(v)))),
         };
-        match kind {
-            Kind::Secret => decode::<Secret>(value).map(Resource::Secret),
-            Kind::Source => decode::<Source>(value).map(Resource::Source),
-            Kind::Sync => decode::<Sync>(value).map(Resource::Sync),
-            Kind::Database => decode::<Database>(value).map(Resource::Database),
-            Kind::App => decode::<App>(value).map(Resource::App),
-            Kind::TrainingJob => decode::<TrainingJob>(value).map(Resource::TrainingJob),
-            Kind::ModelServer => decode::<ModelServer>(value).map(Resource::ModelServer),
-            Kind::AlertRule => decode::<AlertRule>(value).map(Resource::AlertRule),
-            Kind::EscalationPolicy => decode::<EscalationPolicy>(value).map(Resource::EscalationPolicy),
-        }
+        Resource::decode_as(kind, value)
     }
 
     /// Semantic checks beyond the types.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         validate_meta(self.meta(), &mut errors);
-        match self {
-            Resource::App(a) => validate_app(&a.spec, &mut errors),
-            Resource::Source(s) => validate_source(&s.spec, &mut errors),
-            Resource::Sync(s) => validate_sync(&s.metadata.name, s.metadata.namespace(), &s.spec, &mut errors),
-            Resource::Secret(s) => validate_secret(&s.spec, &mut errors),
-            Resource::Database(d) => validate_database(&d.metadata.name, &d.spec, &mut errors),
-            Resource::TrainingJob(t) => validate_training_job(&t.metadata.name, &t.spec, &mut errors),
-            Resource::ModelServer(m) => validate_model_server(&m.metadata.name, &m.spec, &mut errors),
-            Resource::AlertRule(r) => validate_alert_rule(&r.spec, &mut errors),
-            Resource::EscalationPolicy(p) => validate_escalation_policy(&p.spec, &mut errors),
-        }
+        self.validate_kind(&mut errors);
         errors
     }
 
