@@ -27,13 +27,13 @@ impl AdmissionError {
 
 /// An alerting expression must parse and give an instant vector.
 fn check_expr(expr: &str) -> Option<FieldError> {
-    use capstan_observe::promql::{expr_type, parse, Kind};
+    use capstan_observe::promql::{expr_type, parse, ValueType};
     match parse(expr) {
         Err(e) => Some(
             FieldError::new("spec.expr", e.to_string())
                 .hint("check the expression with the query API: /prometheus/api/v1/query?query=..."),
         ),
-        Ok(ast) if expr_type(&ast) != Kind::Vector => Some(
+        Ok(ast) if expr_type(&ast) != ValueType::Vector => Some(
             FieldError::new("spec.expr", "the expression gives no instant vector, so it can never alert")
                 .hint("compare a vector with a threshold, e.g. up == 0"),
         ),

@@ -344,7 +344,7 @@ impl<'a> Engine<'a> {
         }
         let expr = parse(query)?;
         match expr_type(&expr) {
-            Kind::Vector | Kind::Scalar => {}
+            ValueType::Vector | ValueType::Scalar => {}
             k => {
                 return Err(QueryError::BadData(format!(
                     "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
@@ -1249,45 +1249,45 @@ fn is_sorting(e: &Expr) -> bool {
 
 /// What an expression evaluates to.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kind {
+pub enum ValueType {
     Scalar,
     String,
     Vector,
     Matrix,
 }
 
-impl Kind {
+impl ValueType {
     fn name(self) -> &'static str {
         match self {
-            Kind::Scalar => "scalar",
-            Kind::String => "string",
-            Kind::Vector => "instant vector",
-            Kind::Matrix => "range vector",
+            ValueType::Scalar => "scalar",
+            ValueType::String => "string",
+            ValueType::Vector => "instant vector",
+            ValueType::Matrix => "range vector",
         }
     }
 }
 
-pub fn expr_type(e: &Expr) -> Kind {
+pub fn expr_type(e: &Expr) -> ValueType {
     match e {
-        Expr::NumberLiteral(_) => Kind::Scalar,
-        Expr::StringLiteral(_) => Kind::String,
-        Expr::MatrixSelector(_) | Expr::Subquery(_) => Kind::Matrix,
+        Expr::NumberLiteral(_) => ValueType::Scalar,
+        Expr::StringLiteral(_) => ValueType::String,
+        Expr::MatrixSelector(_) | Expr::Subquery(_) => ValueType::Matrix,
         Expr::Paren(p) => expr_type(&p.expr),
         Expr::Unary(u) => expr_type(&u.expr),
         Expr::Binary(b) => {
-            if expr_type(&b.lhs) == Kind::Scalar && expr_type(&b.rhs) == Kind::Scalar {
-                Kind::Scalar
+            if expr_type(&b.lhs) == ValueType::Scalar && expr_type(&b.rhs) == ValueType::Scalar {
+                ValueType::Scalar
             } else {
-                Kind::Vector
+                ValueType::Vector
             }
         }
         Expr::Call(c) => match c.func.return_type {
-            parser::value::ValueType::Scalar => Kind::Scalar,
-            parser::value::ValueType::String => Kind::String,
-            parser::value::ValueType::Matrix => Kind::Matrix,
-            parser::value::ValueType::Vector => Kind::Vector,
+            parser::value::ValueType::Scalar => ValueType::Scalar,
+            parser::value::ValueType::String => ValueType::String,
+            parser::value::ValueType::Matrix => ValueType::Matrix,
+            parser::value::ValueType::Vector => ValueType::Vector,
         },
-        _ => Kind::Vector,
+        _ => ValueType::Vector,
     }
 }
 
