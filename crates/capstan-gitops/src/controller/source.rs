@@ -1,0 +1,303 @@
+//! Sources: credentials, fetches (Git or a directory), artifacts and their garbage, the directory watcher, and the
+//! Source's status.
+
+use super::*;
+
+pub(super) fn credentials(inner: &Inner, src: &Source) -> Result<Credentials, String> {
+    let Some(r) = &src.spec.secret_ref else { return Ok(Credentials::None) };
+    let key = ObjectKey::new("Secret", src.metadata.namespace(), &r.name);
+    let secret: Secret = inner
+        .store
+        .get(&key)
+        .ok()
+        .flatten()
+        .and_then(typed)
+        .ok_or_else(|| format!("Secret {}/{} named in spec.secretRef does not exist", key.namespace, key.name))?;
+    let s = |k: &str| secret.spec.value(k).map(|b| String::from_utf8_lossy(&b).into_owned());
+    if let Some(identity) = secret.spec.value("identity") {
+        return Ok(Credentials::Ssh { identity, known_hosts: secret.spec.value("known_hosts") });
+    }
+    if let Some(token) = s("bearerToken") {
+        return Ok(Credentials::Bearer(token));
+    }
+    match (s("username"), s("password")) {
+        (Some(username), Some(password)) => Ok(Credentials::Basic { username, password }),
+        _ => Err(format!(
+            "Secret {}/{} has none of: username and password, bearerToken, identity (keys present: {})",
+            key.namespace,
+            key.name,
+            secret.spec.keys().join(", ")
+        )),
+    }
+}
+
+pub(super) struct Fetch {
+    pub(super) revision: String,
+    pub(super) written: Option<crate::artifact::Written>,
+    pub(super) transferred: bool,
+}
+
+/// Why a Source could not be fetched, sorted as its status reports it.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FetchFailure {
+    /// Its credentials Secret is missing or unusable: nothing changes until someone fixes it (stalled).
+    #[error("{0}")]
+    InvalidSecret(String),
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    RefNotFound(String),
+    #[error("the fetch did not finish within spec.timeout ({0:?})")]
+    Timeout(Duration),
+    /// Anything else Git said (an unreachable remote, a broken local repository), credentials redacted.
+    #[error("{0}")]
+    Git(String),
+    /// Writing the artifact (or a directory Source's copy) failed.
+    #[error("{0}")]
+    Artifact(String),
+}
+
+impl FetchFailure {
+    /// The reason in the Source's conditions (Flux's words).
+    fn reason(&self) -> &'static str {
+        match self {
+            FetchFailure::InvalidSecret(_) | FetchFailure::Auth(_) => "AuthenticationFailed",
+            FetchFailure::RefNotFound(_) => "RefNotFound",
+            FetchFailure::Timeout(_) | FetchFailure::Git(_) => "GitOperationFailed",
+            FetchFailure::Artifact(_) => "ArtifactFailed",
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        matches!(self, FetchFailure::InvalidSecret(_))
+    }
+}
+
+impl From<GitError> for FetchFailure {
+    fn from(e: GitError) -> Self {
+        let text = redact(&e.to_string());
+        match e {
+            GitError::Auth(_) => FetchFailure::Auth(text),
+            GitError::RefNotFound(_) => FetchFailure::RefNotFound(text),
+            GitError::Artifact(_) => FetchFailure::Artifact(text),
+            GitError::Remote(_) | GitError::Local(_) | GitError::Interrupted => FetchFailure::Git(text),
+        }
+    }
+}
+
+pub(super) async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Source) -> Result<Fetch, FetchFailure> {
+    let root = inner.source_root(key);
+    let current = src.status.as_ref().and_then(|s| s.artifact.clone());
+    let ignore = src.spec.ignore.clone();
+    let timeout = duration_or(Some(&src.spec.timeout), Duration::from_secs(60));
+    if let Some(dir) = &src.spec.dir {
+        let path = capstan_model_base_dir(src).join(dir);
+        ensure_watcher(inner, key, &path);
+        let r = tokio::task::spawn_blocking(move || write_dir(&path, &root, ignore.as_deref()))
+            .await
+            .map_err(|e| FetchFailure::Artifact(e.to_string()))?
+            .map_err(|e| FetchFailure::Artifact(e.to_string()))?;
+        let revision = r.digest.clone();
+        return Ok(Fetch { revision, written: Some(r), transferred: true });
+    }
+    let url = src.spec.url.clone().unwrap_or_default();
+    let git_ref = src.spec.git_ref.clone().unwrap_or_default();
+    let creds = credentials(inner, src).map_err(FetchFailure::InvalidSecret)?;
+    let _permit = inner.fetches.acquire().await.map_err(|e| FetchFailure::Git(e.to_string()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let job = tokio::task::spawn_blocking(move || -> Result<Fetch, GitError> {
+        let repo_dir = root.join("repo.git");
+        let f = fetch(&FetchRequest {
+            url: &url,
+            git_ref: &git_ref,
+            repo_dir: &repo_dir,
+            credentials: &creds,
+            interrupt: &stop2,
+            // The deadline below reports the timeout; the sockets' own, a little later, end the thread.
+            timeout: timeout + Duration::from_secs(2),
+        })?;
+        let have = current.as_ref().filter(|a| a.revision == f.revision && Path::new(&a.path).is_dir());
+        let previous = current.as_ref().map(|a| PathBuf::from(&a.path)).filter(|p| p.is_dir());
+        let written = match have {
+            Some(_) => None,
+            None => Some(write_commit(&repo_dir, &f.commit, &root, ignore.as_deref(), previous.as_deref())?),
+        };
+        Ok(Fetch { revision: f.revision, written, transferred: f.transferred })
+    });
+    match tokio::time::timeout(timeout, job).await {
+        Err(_) => {
+            stop.store(true, Ordering::Relaxed);
+            Err(FetchFailure::Timeout(timeout))
+        }
+        Ok(Err(e)) => Err(FetchFailure::Git(e.to_string())),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Ok(Ok(f))) => Ok(f),
+    }
+}
+
+pub(super) fn capstan_model_base_dir(src: &Source) -> PathBuf {
+    src.metadata
+        .base_dir()
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+pub(super) fn ensure_watcher(inner: &Arc<Inner>, key: &ObjectKey, path: &Path) {
+    use notify::Watcher;
+    let mut watchers = lock(&inner.watchers);
+    if watchers.get(key).map(|(p, _)| p == path).unwrap_or(false) {
+        return;
+    }
+    let tx = inner.tx.clone();
+    let k = key.clone();
+    let handler = move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !ev.kind.is_access() {
+                let _ = tx.send(Msg::DirChanged(k.clone()));
+            }
+        }
+    };
+    match notify::recommended_watcher(handler) {
+        Ok(mut w) => match w.watch(path, notify::RecursiveMode::Recursive) {
+            Ok(()) => {
+                watchers.insert(key.clone(), (path.to_path_buf(), w));
+            }
+            Err(e) => tracing::warn!(source = %key, "cannot watch {}: {e}; polling at spec.interval", path.display()),
+        },
+        Err(e) => tracing::warn!(source = %key, "cannot watch {}: {e}; polling at spec.interval", path.display()),
+    }
+}
+
+/// Fetches one Source; returns when to look again and whether its artifact changed.
+pub(super) async fn reconcile_source(inner: &Arc<Inner>, key: &ObjectKey) -> (Option<Duration>, bool) {
+    let src = match inner.store.get(key) {
+        Ok(v) => v.and_then(typed::<Source>),
+        Err(e) => {
+            // Not "gone": looked at again, and nothing is removed.
+            tracing::warn!(source = %key, "reading the Source (retry in {READ_RETRY:?}): {e}");
+            return (Some(READ_RETRY), false);
+        }
+    };
+    let Some(src) = src else { return (None, false) };
+    if src.spec.suspend {
+        return (None, false);
+    }
+    let interval = duration_or(Some(&src.spec.interval), Duration::from_secs(60));
+    let g = src.metadata.generation;
+    let mut status: SourceStatus = src.status.clone().unwrap_or_default();
+    let started = std::time::Instant::now();
+    if status.artifact.is_none() || status.observed_generation != g {
+        // A first fetch, or a changed spec: say so while it runs.
+        let what = src.spec.url.clone().or_else(|| src.spec.dir.clone()).unwrap_or_default();
+        let msg = format!("fetching {}", redact(&what));
+        set_condition(&mut status.conditions, cond(RECONCILING, ConditionStatus::True, reason::PROGRESSING, msg, g));
+        write_status(inner, key, &status);
+    }
+    let result = fetch_source(inner, key, &src).await;
+    status.last_fetch_millis = Some(started.elapsed().as_millis() as u64);
+    status.observed_generation = g;
+    let mut changed = false;
+    match result {
+        Ok(f) => {
+            remove_condition(&mut status.conditions, FETCH_FAILED);
+            remove_condition(&mut status.conditions, STALLED);
+            remove_condition(&mut status.conditions, RECONCILING);
+            let same = status.artifact.as_ref().map(|a| a.revision == f.revision).unwrap_or(false);
+            if let Some(w) = f.written {
+                let unchanged_dir = status.artifact.as_ref().map(|a| Path::new(&a.path) == w.dir).unwrap_or(false);
+                if !same || !unchanged_dir {
+                    changed = true;
+                    status.warnings = w.warnings.clone();
+                    status.artifact = Some(Artifact {
+                        revision: f.revision.clone(),
+                        digest: w.digest,
+                        size: w.size,
+                        files: w.files,
+                        path: w.dir.display().to_string(),
+                        last_update_time: Utc::now(),
+                    });
+                    inner.event(
+                        key,
+                        EventType::Normal,
+                        "NewArtifact",
+                        &format!("stored artifact for revision '{}'", f.revision),
+                    );
+                    for warning in &w.warnings {
+                        inner.event(key, EventType::Warning, "ArtifactWarning", warning);
+                    }
+                }
+            }
+            let msg = format!("stored artifact for revision '{}'", f.revision);
+            set_condition(&mut status.conditions, cond(READY, ConditionStatus::True, reason::SUCCEEDED_SOURCE, msg, g));
+            let root = inner.source_root(key);
+            let mut protect = inner.protected_artifacts();
+            if let Some(a) = &status.artifact {
+                protect.push(PathBuf::from(&a.path));
+            }
+            collect_garbage(&root, KEEP_ARTIFACTS, &protect);
+            tracing::debug!(source = %key, transferred = f.transferred, "fetched {}", f.revision);
+        }
+        Err(failure) => {
+            let message = failure.to_string();
+            remove_condition(&mut status.conditions, RECONCILING);
+            if failure.stalled() {
+                // The Source cannot work until someone fixes its Secret: stalled, not retried in a loop of events.
+                set_condition(
+                    &mut status.conditions,
+                    cond(STALLED, ConditionStatus::True, "InvalidSecret", message.clone(), g),
+                );
+            }
+            let why = failure.reason();
+            let keep = match &status.artifact {
+                Some(a) => format!("; still serving revision '{}'", a.revision),
+                None => String::new(),
+            };
+            set_condition(&mut status.conditions, cond(FETCH_FAILED, ConditionStatus::True, why, message.clone(), g));
+            set_condition(
+                &mut status.conditions,
+                cond(READY, ConditionStatus::False, why, format!("{message}{keep}"), g),
+            );
+            inner.event(key, EventType::Warning, why, &message);
+        }
+    }
+    match inner.store.get(key) {
+        Ok(None) => {
+            // Deleted while the fetch ran: what it wrote goes too (the deletion's own cleanup ran before it
+            // finished).
+            let root = inner.source_root(key);
+            let _ = std::fs::remove_dir_all(root.join("repo.git"));
+            collect_garbage(&root, 0, &inner.protected_artifacts());
+            return (None, false);
+        }
+        Err(e) => {
+            // A read that failed says nothing about the Source: its repository and artifacts stay.
+            tracing::warn!(source = %key, "reading the Source after a fetch (retry in {READ_RETRY:?}): {e}");
+            return (Some(READ_RETRY), false);
+        }
+        Ok(Some(_)) => {}
+    }
+    write_status(inner, key, &status);
+    (Some(interval), changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_failures_have_flux_reasons_and_only_a_bad_secret_stalls() {
+        let f = |e: GitError| FetchFailure::from(e);
+        assert_eq!(f(GitError::Auth("no".into())).reason(), "AuthenticationFailed");
+        assert_eq!(f(GitError::RefNotFound("gone".into())).reason(), "RefNotFound");
+        assert_eq!(f(GitError::Remote("refused".into())).reason(), "GitOperationFailed");
+        assert_eq!(FetchFailure::Timeout(Duration::from_secs(20)).reason(), "GitOperationFailed");
+        assert_eq!(FetchFailure::Artifact("full".into()).reason(), "ArtifactFailed");
+        assert!(FetchFailure::InvalidSecret("missing".into()).stalled());
+        assert!(!f(GitError::Auth("no".into())).stalled());
+        // Credentials in a message never reach the status.
+        let text = f(GitError::Remote("https://me:s3cret@example.com/r.git refused".into())).to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+}
