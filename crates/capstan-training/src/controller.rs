@@ -23,7 +23,7 @@ pub const RESTART_ENV: &str = "CAPSTAN_TRAINING_RESTART";
 
 /// Starts the TrainingJob controller; `data_dir` is Capstan's data directory.
 pub fn spawn(store: Store, data_dir: PathBuf) -> Handle {
-    owner_loop(store, data_dir, "TrainingJob", JOB_LABEL, reconcile, |s, data_dir, k, last| {
+    let on_delete = |s: &Store, data_dir: &Path, k: &ObjectKey, last: &Value| {
         delete_tasks(s, &k.namespace, &k.name);
         // The tasks' logs were kept for the job's life (`capstan logs -l capstan.dev/training-job=NAME`).
         for t in last["status"]["tasks"].as_array().into_iter().flatten() {
@@ -40,19 +40,27 @@ pub fn spawn(store: Store, data_dir: PathBuf) -> Handle {
                 }
             }
         }
-    })
+    };
+    Owner { store, data_dir, kind: "TrainingJob", label: JOB_LABEL, reconcile, on_delete }.run()
 }
 
-/// The controller of a kind that owns Apps, run by the shared runner: it reconciles an object when its spec
-/// changes (not on its own status writes), when an App labelled `label` with its name changes, when the time the
-/// last reconcile asked for comes, and every 30 s; `on_delete` runs when one is deleted.
-struct Owner {
-    store: Store,
-    data_dir: PathBuf,
-    kind: &'static str,
-    label: &'static str,
-    reconcile: fn(&Store, &Path, &ObjectKey) -> Option<Duration>,
-    on_delete: fn(&Store, &Path, &ObjectKey, &Value),
+/// The controller of a kind that owns Apps (TrainingJobs, ModelServers), run by the shared runner: it reconciles an
+/// object when its spec changes (not on its own status writes), when an App labelled `label` with its name changes,
+/// when the time the last reconcile asked for comes, and every 30 s; `on_delete` runs when one is deleted.
+pub(crate) struct Owner {
+    pub store: Store,
+    pub data_dir: PathBuf,
+    pub kind: &'static str,
+    pub label: &'static str,
+    pub reconcile: fn(&Store, &Path, &ObjectKey) -> Option<Duration>,
+    pub on_delete: fn(&Store, &Path, &ObjectKey, &Value),
+}
+
+impl Owner {
+    /// Starts it.
+    pub fn run(self) -> Handle {
+        runner::run(self.store.clone(), Arc::new(self), 4)
+    }
 }
 
 impl Reconciler for Owner {
@@ -77,19 +85,6 @@ impl Reconciler for Owner {
     fn finalize(&self, key: &ObjectKey, last: &Value) {
         (self.on_delete)(&self.store, &self.data_dir, key, last)
     }
-}
-
-/// Starts the controller of a kind that owns Apps (TrainingJobs, ModelServers).
-pub(crate) fn owner_loop(
-    store: Store,
-    data_dir: PathBuf,
-    kind: &'static str,
-    label: &'static str,
-    reconcile: fn(&Store, &Path, &ObjectKey) -> Option<Duration>,
-    on_delete: fn(&Store, &Path, &ObjectKey, &Value),
-) -> Handle {
-    let owner = Owner { store: store.clone(), data_dir, kind, label, reconcile, on_delete };
-    runner::run(store, Arc::new(owner), 4)
 }
 
 /// Decodes a stored object; one whose status no longer decodes (written by an older Capstan, say) is taken without

@@ -17,16 +17,17 @@ use serde_json::{json, Value};
 use crate::agreement::{agree, Agreement, Report, ReportedVersion};
 use capstan_engine::runner::Handle;
 
-use crate::controller::{owner_loop, read_failed};
+use crate::controller::{read_failed, Owner};
 
 /// Label on the App a ModelServer owns.
 pub const SERVER_LABEL: &str = "capstan.dev/model-server";
 
 /// Starts the ModelServer controller.
 pub fn spawn(store: Store, data_dir: PathBuf) -> Handle {
-    owner_loop(store, data_dir, "ModelServer", SERVER_LABEL, reconcile, |s, _, k, _| {
+    let on_delete = |s: &Store, _: &Path, k: &ObjectKey, _: &Value| {
         let _ = s.delete(&ObjectKey::new("App", &k.namespace, server_app(&k.name)));
-    })
+    };
+    Owner { store, data_dir, kind: "ModelServer", label: SERVER_LABEL, reconcile, on_delete }.run()
 }
 
 /// The `capstan` binary the servers run: `CAPSTAN_EXE`, else this process's own executable.
