@@ -82,7 +82,16 @@ pub fn admit(
     let mut fixed_ports: HashMap<u16, (ObjectKey, usize)> = HashMap::new();
     // Ports claimed by stored Apps that this batch does not replace.
     let batch_keys: Vec<ObjectKey> = resources.iter().map(|r| r.key()).collect();
-    for stored in store.list("App", None).unwrap_or_default() {
+    // Stored Apps that cannot be read leave the port check undecided: the batch is refused, never let through.
+    let stored_apps = match store.list("App", None) {
+        Ok(v) => v,
+        Err(e) => {
+            let e = FieldError::new("", format!("cannot read the stored Apps to check ports: {e}"))
+                .hint("the state database could not be read; try again");
+            return Err(vec![AdmissionError::new(0, e)]);
+        }
+    };
+    for stored in stored_apps {
         if let Ok(Resource::App(a)) = Resource::from_value(stored) {
             let key = ObjectKey::new("App", a.metadata.namespace(), &a.metadata.name);
             if batch_keys.contains(&key) {

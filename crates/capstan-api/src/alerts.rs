@@ -172,6 +172,8 @@ pub enum ManualOutcome {
     NotFound,
     /// Already in that state (or past it).
     NoChange(&'static str),
+    /// The store could not be read; nothing changed.
+    Unavailable(String),
 }
 
 /// Starts the controller.

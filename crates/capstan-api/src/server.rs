@@ -795,6 +795,7 @@ fn manual(outcome: crate::alerts::ManualOutcome, id: &str, verb: &str) -> Respon
             error(StatusCode::NOT_FOUND, format!("incident {id} not found; `capstan alerts --all` lists them"))
         }
         ManualOutcome::NoChange(state) => error(StatusCode::CONFLICT, format!("incident {id} is already {state}")),
+        ManualOutcome::Unavailable(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("try again: {e}")),
     }
 }
 

@@ -42,7 +42,7 @@ impl Reconciler for Databases {
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
-        reconcile(&self.store, &self.data_dir, key);
+        reconcile(&self.store, &self.data_dir, key)?;
         Ok(Action::AwaitChange)
     }
 
@@ -92,17 +92,12 @@ fn open_path_for(data_dir: &std::path::Path) {
     }
 }
 
-fn reconcile(store: &Store, data_dir: &std::path::Path, key: &ObjectKey) {
-    let stored = match store.get(key) {
-        Ok(v) => v,
-        Err(e) => {
-            // Looked at again at the next resync (every 10 s); nothing is done on a guess.
-            tracing::warn!(database = %key, "reading the Database: {e}");
-            return;
-        }
-    };
+/// One look at a Database; a store that cannot be read is an error (retried with backoff by the runner).
+fn reconcile(store: &Store, data_dir: &std::path::Path, key: &ObjectKey) -> Result<(), capstan_store::StoreError> {
+    // A read that fails is an error, nothing done on a guess: the runner tries again after a backoff.
+    let stored = store.get(key)?;
     let Some(db) = stored.and_then(|v| serde_json::from_value::<Database>(v).ok()) else {
-        return;
+        return Ok(());
     };
     let g = db.metadata.generation;
     let mut status: DatabaseStatus = db.status.clone().unwrap_or_default();
@@ -119,14 +114,8 @@ fn reconcile(store: &Store, data_dir: &std::path::Path, key: &ObjectKey) {
         Ok(()) => {
             status.conditions.retain(|c| c.type_ != STALLED);
             // Ready is the server App's readiness: pg_isready answering on its port.
-            let app = match store.get(&ObjectKey::new("App", &key.namespace, server_app(&key.name))) {
-                Ok(v) => v,
-                Err(e) => {
-                    // Readiness unknown: the status stays as it was until the next look.
-                    tracing::warn!(database = %key, "reading its server App: {e}");
-                    return;
-                }
-            };
+            // Readiness unknown: the status stays as it was until the retry.
+            let app = store.get(&ObjectKey::new("App", &key.namespace, server_app(&key.name)))?;
             let ready = app.as_ref().and_then(|a| {
                 let conds: Vec<Condition> = serde_json::from_value(a["status"]["conditions"].clone()).ok()?;
                 find_condition(&conds, READY).cloned()
@@ -157,6 +146,7 @@ fn reconcile(store: &Store, data_dir: &std::path::Path, key: &ObjectKey) {
         }
     }
     let _ = store.update_status(key, serde_json::to_value(&status).unwrap_or(Value::Null));
+    Ok(())
 }
 
 /// Takes a dump when `spec.backup` says one is due; the newest dump (scheduled or taken by hand) goes in status.

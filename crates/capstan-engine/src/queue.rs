@@ -35,6 +35,17 @@ impl WorkQueue {
         self.order.first().map(|(t, _)| *t)
     }
 
+    /// Takes the earliest key due by `now`, if any.
+    pub fn pop_next_due(&mut self, now: Instant) -> Option<ObjectKey> {
+        let (t, _) = self.order.first()?;
+        if *t > now {
+            return None;
+        }
+        let (_, k) = self.order.pop_first()?;
+        self.due.remove(&k);
+        Some(k)
+    }
+
     /// Takes every key due by `now`.
     pub fn pop_due(&mut self, now: Instant) -> Vec<ObjectKey> {
         let mut out = Vec::new();
@@ -75,7 +86,13 @@ mod tests {
         assert_eq!(q.len(), 1);
         assert_eq!(q.next_due(), Some(now + Duration::from_secs(2)));
         assert!(q.pop_due(now).is_empty());
-        assert_eq!(q.pop_due(now + Duration::from_secs(3)), vec![k]);
+        assert_eq!(q.pop_due(now + Duration::from_secs(3)), vec![k.clone()]);
         assert!(q.is_empty());
+        let j = ObjectKey::new("App", "default", "j");
+        q.add_at(j.clone(), now + Duration::from_secs(1));
+        q.add_at(k.clone(), now);
+        assert_eq!(q.pop_next_due(now), Some(k));
+        assert_eq!(q.pop_next_due(now), None, "j is not due yet");
+        assert_eq!(q.pop_next_due(now + Duration::from_secs(1)), Some(j));
     }
 }

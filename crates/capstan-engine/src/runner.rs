@@ -1,7 +1,8 @@
 //! One controller runner for every kind, in the spirit of kube-runtime's `Controller`: a [`Reconciler`] says what
-//! triggers it and how to reconcile one object; the runner owns the loop — the work queue, one reconcile per object
-//! at a time, bounded concurrency, requeues, capped exponential backoff with jitter on errors, periodic resync,
-//! finalizers on deletion and shutdown.
+//! triggers it and how to reconcile one object; the runner owns the loop — the work queue, one task per object at a
+//! time (a reconcile, or the finalizer once it is deleted), bounded concurrency, requeues, capped exponential backoff
+//! with jitter on errors, periodic resync, and shutdown. Finalizers run on the deletion event: one missed (Capstan
+//! down, a lagging watch) is not run later, so what a finalizer removes must also be safe to find left over.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -76,7 +77,7 @@ pub fn backoff(failures: u32, seed: u64) -> Duration {
     let base = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
     // A multiplicative hash spreads consecutive seeds; the jitter is 0–10 % of the wait.
     let spread = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
-    base + base.mul_f64(spread as f64 / 1024.0 / 10.0)
+    (base + base.mul_f64(spread as f64 / 1024.0 / 10.0)).min(BACKOFF_MAX)
 }
 
 /// A running controller; stop it with [`Handle::stop`].
@@ -126,14 +127,37 @@ fn keys_of(store: &Store, kind: &str) -> Result<Vec<ObjectKey>, StoreError> {
     Ok(store.list(kind, None)?.iter().filter_map(|v| capstan_store::key_of(v).ok()).collect())
 }
 
+/// What a task of the runner reports back.
+enum Done {
+    Reconciled(ObjectKey, Result<Action, String>),
+    Finalized(ObjectKey),
+}
+
+fn spawn_finalize<R: Reconciler>(
+    running: &mut tokio::task::JoinSet<()>,
+    r: &Arc<R>,
+    tx: &mpsc::UnboundedSender<Done>,
+    key: ObjectKey,
+    last: Value,
+) {
+    let (r, tx) = (r.clone(), tx.clone());
+    running.spawn(async move {
+        let k = key.clone();
+        let _ = tokio::task::spawn_blocking(move || r.finalize(&k, &last)).await;
+        let _ = tx.send(Done::Finalized(key));
+    });
+}
+
 async fn run_loop<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize, mut stop: watch::Receiver<bool>) {
     let kind = r.kind();
     let mut queue = WorkQueue::default();
     let mut watch = store.watch();
     let permits = Arc::new(Semaphore::new(concurrency));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ObjectKey, Result<Action, String>)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    // An object is reconciled or finalized by one task at a time: what comes for it meanwhile waits.
     let mut in_flight: HashSet<ObjectKey> = HashSet::new();
     let mut dirty: HashSet<ObjectKey> = HashSet::new();
+    let mut deleted: HashMap<ObjectKey, Value> = HashMap::new();
     let mut failures: HashMap<ObjectKey, u32> = HashMap::new();
     // The first listing, and every resync: a listing that fails is tried again soon, never taken for "none".
     let mut next_resync = Instant::now();
@@ -143,7 +167,11 @@ async fn run_loop<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize, mu
         if now >= next_resync {
             match keys_of(&store, kind) {
                 Ok(keys) => {
-                    keys.into_iter().for_each(|k| queue.add(k));
+                    // Not what is under way (it looks again when done if an event said so), nor what waits out a
+                    // backoff: a resync must not turn retries after failures into retries every resync.
+                    for k in keys.into_iter().filter(|k| !in_flight.contains(k) && !failures.contains_key(k)) {
+                        queue.add(k);
+                    }
                     next_resync = now + r.resync();
                 }
                 Err(e) => {
@@ -152,53 +180,84 @@ async fn run_loop<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize, mu
                 }
             }
         }
-        for key in queue.pop_due(now) {
-            if !in_flight.insert(key.clone()) {
+        // Start what is due while permits last; what is due beyond waits in the queue (and is not started when the
+        // runner stops).
+        while permits.available_permits() > 0 {
+            let Some(key) = queue.pop_next_due(now) else { break };
+            if in_flight.contains(&key) {
                 dirty.insert(key);
                 continue;
             }
-            let (r, tx, permits) = (r.clone(), done_tx.clone(), permits.clone());
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                queue.add(key);
+                break;
+            };
+            in_flight.insert(key.clone());
+            let (r, tx) = (r.clone(), done_tx.clone());
             running.spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else { return };
                 let k = key.clone();
                 let out = tokio::task::spawn_blocking(move || r.reconcile(&k).map_err(|e| e.to_string()))
                     .await
                     .unwrap_or_else(|e| Err(format!("the reconcile panicked: {e}")));
-                let _ = tx.send((key, out));
+                drop(permit);
+                let _ = tx.send(Done::Reconciled(key, out));
             });
         }
-        let wake = queue.next_due().unwrap_or(next_resync).min(next_resync);
+        let wake = match permits.available_permits() {
+            0 => next_resync,
+            _ => queue.next_due().unwrap_or(next_resync).min(next_resync),
+        };
         tokio::select! {
             _ = stop.changed() => break,
-            Some((key, out)) = done_rx.recv() => {
-                in_flight.remove(&key);
-                match out {
-                    Ok(action) => {
+            Some(done) = done_rx.recv() => match done {
+                Done::Reconciled(key, out) => {
+                    if let Some(last) = deleted.remove(&key) {
+                        // Deleted while it was reconciled: finalized now, after the reconcile (never beside it).
+                        dirty.remove(&key);
                         failures.remove(&key);
-                        if let Action::Requeue(d) = action {
-                            queue.add_at(key.clone(), Instant::now() + d);
+                        spawn_finalize(&mut running, &r, &done_tx, key, last);
+                        continue;
+                    }
+                    in_flight.remove(&key);
+                    match out {
+                        Ok(action) => {
+                            failures.remove(&key);
+                            if let Action::Requeue(d) = action {
+                                queue.add_at(key.clone(), Instant::now() + d);
+                            }
+                            if dirty.remove(&key) {
+                                queue.add(key);
+                            }
+                        }
+                        Err(e) => {
+                            let n = failures.entry(key.clone()).or_insert(0);
+                            *n += 1;
+                            let d = backoff(*n, seed_of(&key, *n));
+                            tracing::warn!(controller = kind, object = %key, "reconcile failed (attempt {n}, retry in {d:?}): {e}");
+                            // The retry waits out the backoff even if something changed meanwhile.
+                            dirty.remove(&key);
+                            queue.add_at(key, Instant::now() + d);
                         }
                     }
-                    Err(e) => {
-                        let n = failures.entry(key.clone()).or_insert(0);
-                        *n += 1;
-                        let d = backoff(*n, seed_of(&key, *n));
-                        tracing::warn!(controller = kind, object = %key, "reconcile failed (attempt {n}, retry in {d:?}): {e}");
-                        queue.add_at(key.clone(), Instant::now() + d);
+                }
+                Done::Finalized(key) => {
+                    in_flight.remove(&key);
+                    // Created again meanwhile: reconciled as new.
+                    if dirty.remove(&key) {
+                        queue.add(key);
                     }
                 }
-                if dirty.remove(&key) {
-                    queue.add(key);
-                }
-            }
+            },
             ev = watch.recv() => match ev {
                 Ok(ev) if ev.key.kind == kind => {
                     if ev.type_ == WatchType::Deleted {
                         failures.remove(&ev.key);
-                        let r = r.clone();
-                        running.spawn(async move {
-                            let _ = tokio::task::spawn_blocking(move || r.finalize(&ev.key, &ev.object)).await;
-                        });
+                        if in_flight.contains(&ev.key) {
+                            deleted.insert(ev.key, ev.object);
+                        } else {
+                            in_flight.insert(ev.key.clone());
+                            spawn_finalize(&mut running, &r, &done_tx, ev.key, ev.object);
+                        }
                     } else if r.wants(&ev) {
                         queue.add(ev.key);
                     }
@@ -212,7 +271,7 @@ async fn run_loop<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize, mu
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
-    // Reconciles under way finish; none starts.
+    // Reconciles and finalizers under way finish; none starts.
     while running.join_next().await.is_some() {}
 }
 
@@ -328,5 +387,73 @@ mod tests {
         }
         assert!(r.calls.lock().unwrap_or_else(|p| p.into_inner()).contains(&"a".to_string()));
         handle.stop().await;
+    }
+
+    /// Reconciles take 300 ms each and say when they overlap a finalizer of the same object.
+    struct Slow {
+        busy: std::sync::atomic::AtomicBool,
+        overlapped: std::sync::atomic::AtomicBool,
+        calls: AtomicU32,
+        finalized: AtomicU32,
+    }
+
+    impl Reconciler for Slow {
+        fn kind(&self) -> &'static str {
+            "App"
+        }
+        fn reconcile(&self, _key: &ObjectKey) -> Result<Action, ReconcileError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.busy.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            self.busy.store(false, Ordering::SeqCst);
+            Ok(Action::AwaitChange)
+        }
+        fn finalize(&self, _key: &ObjectKey, _last: &Value) {
+            if self.busy.load(Ordering::SeqCst) {
+                self.overlapped.store(true, Ordering::SeqCst);
+            }
+            self.finalized.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn slow() -> Arc<Slow> {
+        Arc::new(Slow {
+            busy: Default::default(),
+            overlapped: Default::default(),
+            calls: AtomicU32::new(0),
+            finalized: AtomicU32::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_deletion_during_a_reconcile_is_finalized_after_it_never_beside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb")).expect("store");
+        store.apply(vec![app("a")]).expect("apply");
+        let r = slow();
+        let handle = run(store.clone(), r.clone(), 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(r.busy.load(Ordering::SeqCst), "the reconcile is under way");
+        store.delete(&ObjectKey::new("App", "default", "a")).expect("delete");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while r.finalized.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(r.finalized.load(Ordering::SeqCst), 1);
+        assert!(!r.overlapped.load(Ordering::SeqCst), "the finalizer waited for the reconcile");
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stopping_waits_for_what_runs_and_starts_nothing_queued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb")).expect("store");
+        store.apply(vec![app("a"), app("b"), app("c")]).expect("apply");
+        let r = slow();
+        let handle = run(store.clone(), r.clone(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        handle.stop().await;
+        assert_eq!(r.calls.load(Ordering::SeqCst), 1, "one ran (and finished); the two queued never started");
+        assert!(!r.busy.load(Ordering::SeqCst));
     }
 }

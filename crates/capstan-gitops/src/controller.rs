@@ -203,6 +203,19 @@ impl Inner {
     }
 }
 
+/// Every Source and Sync, with its generation.
+fn list_all(store: &Store) -> Result<Vec<(ObjectKey, i64)>, capstan_store::StoreError> {
+    let mut out = Vec::new();
+    for kind in ["Source", "Sync"] {
+        for v in store.list(kind, None)? {
+            if let Ok(k) = capstan_store::key_of(&v) {
+                out.push((k, generation(&v)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Msg>, mut stop: watch::Receiver<bool>) {
     let mut queue = WorkQueue::default();
     let mut watch = inner.store.watch();
@@ -210,34 +223,40 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Msg>, mut stop: 
     let mut ready: HashMap<ObjectKey, Option<String>> = HashMap::new();
     let mut in_flight: HashSet<ObjectKey> = HashSet::new();
     let mut dirty: HashSet<ObjectKey> = HashSet::new();
-    for kind in ["Source", "Sync"] {
-        for v in inner.store.list(kind, None).unwrap_or_default() {
-            if let Ok(k) = capstan_store::key_of(&v) {
-                generations.insert(k.clone(), generation(&v));
-                queue.add(k);
+    // Every Source and Sync, at start and after missed events; a listing that fails is tried again, never taken for
+    // "there are none".
+    let mut relist_at = Some(Instant::now());
+    loop {
+        if relist_at.is_some_and(|t| t <= Instant::now()) {
+            match list_all(&inner.store) {
+                Ok(all) => {
+                    for (k, g) in all {
+                        generations.insert(k.clone(), g);
+                        queue.add(k);
+                    }
+                    relist_at = None;
+                }
+                Err(e) => {
+                    tracing::warn!("listing Sources and Syncs (retry in {READ_RETRY:?}): {e}");
+                    relist_at = Some(Instant::now() + READ_RETRY);
+                }
             }
         }
-    }
-    loop {
         let wake = queue.next_due().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let wake = relist_at.map_or(wake, |t| t.min(wake));
         tokio::select! {
             _ = stop.changed() => break,
             ev = watch.recv() => match ev {
                 Ok(ev) => on_watch(&inner, ev, &mut queue, &mut generations, &mut ready),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    for kind in ["Source", "Sync"] {
-                        for v in inner.store.list(kind, None).unwrap_or_default() {
-                            if let Ok(k) = capstan_store::key_of(&v) { queue.add(k); }
-                        }
-                    }
-                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => relist_at = Some(Instant::now()),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
             msg = rx.recv() => match msg {
                 None => break,
                 Some(Msg::Request { sync, token }) => {
                     lock(&inner.requests).insert(sync.clone(), token);
-                    // The Source fetches first; when the Sync cannot be read, the Sync is queued and says why.
+                    // The Source fetches first; when the Sync cannot be read, the Sync itself is queued (its reconcile
+                    // retries the read).
                     let src = inner.store.get(&sync).ok().flatten().and_then(typed::<Sync>).map(|s| source_key_of(&s));
                     match src {
                         Some(s) => queue.add(s),

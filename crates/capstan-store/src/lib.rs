@@ -296,7 +296,8 @@ impl Store {
     }
 
     /// Makes every read of objects (`get`, `list`) fail while `on`, as a failing disk would: for tests that show a
-    /// read error is retried, never taken for "absent".
+    /// read error is retried, never taken for "absent" (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
     pub fn inject_read_faults(&self, on: bool) {
         self.read_fault.store(on, std::sync::atomic::Ordering::SeqCst);
     }

@@ -276,7 +276,15 @@ fn task_app(
 
 /// Deletes every App a job owns.
 fn delete_tasks(store: &Store, namespace: &str, job: &str) {
-    for app in store.list("App", Some(namespace)).unwrap_or_default() {
+    let apps = match store.list("App", Some(namespace)) {
+        Ok(a) => a,
+        Err(e) => {
+            // Left for a person to delete (`capstan delete app -l …`); nothing is deleted on a guess.
+            tracing::error!(job, "listing the task Apps of a deleted job: {e}; they are left running");
+            return;
+        }
+    };
+    for app in apps {
         if app["metadata"]["labels"][JOB_LABEL] == job {
             if let Ok(k) = capstan_store::key_of(&app) {
                 let _ = store.delete(&k);

@@ -3,10 +3,9 @@
 
 use super::*;
 
-pub(super) fn policies(store: &Store) -> Vec<Policy> {
-    store
-        .list("EscalationPolicy", None)
-        .unwrap_or_default()
+pub(super) fn policies(store: &Store) -> Result<Vec<Policy>, capstan_store::StoreError> {
+    Ok(store
+        .list("EscalationPolicy", None)?
         .into_iter()
         .filter_map(|v| match Resource::from_value(v) {
             Ok(Resource::EscalationPolicy(p)) => {
@@ -14,7 +13,7 @@ pub(super) fn policies(store: &Store) -> Vec<Policy> {
             }
             _ => None,
         })
-        .collect()
+        .collect())
 }
 
 pub(super) fn persist_incident(store: &Store, i: &Incident) {
@@ -52,7 +51,15 @@ pub(super) fn enqueue(store: &Store, alerting: &Alerting, incident: &Incident, n
 /// Groups firing alerts into incidents per policy and advances every open incident.
 pub(super) fn escalate(store: &Store, alerting: &Alerting, now: i64) {
     let all_alerts: Vec<Alert> = lock(&alerting.rules).values().flat_map(|(_, v)| v.iter().cloned()).collect();
-    for policy in policies(store) {
+    // Policies that cannot be read are not "no policies": incidents stay as they are until the next round.
+    let policies = match policies(store) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("reading EscalationPolicies (incidents wait for the next round): {e}");
+            return;
+        }
+    };
+    for policy in policies {
         let mut groups: BTreeMap<BTreeMap<String, String>, Vec<Alert>> = BTreeMap::new();
         for a in all_alerts.iter().filter(|a| a.state != State::Pending && policy.matches(a)) {
             groups.entry(policy.group_of(a)).or_default().push(a.clone());
@@ -123,7 +130,10 @@ pub fn resolve(store: &Store, alerting: &Alerting, id: &str, who: &str) -> Manua
         Some(i) => i.policy.clone(),
         None => return ManualOutcome::NotFound,
     };
-    let policy = policies(store).into_iter().find(|p| p.key == policy_key);
+    let policy = match policies(store) {
+        Ok(p) => p.into_iter().find(|p| p.key == policy_key),
+        Err(e) => return ManualOutcome::Unavailable(e.to_string()),
+    };
     let mut incidents = lock(&alerting.incidents);
     let Some(i) = incidents.get_mut(id) else { return ManualOutcome::NotFound };
     if i.state == IncidentState::Resolved {

@@ -92,7 +92,15 @@ pub(super) async fn evaluate_rules(
 ) {
     let mut rules: Vec<(String, Option<ObjectKey>, AlertRuleSpec)> =
         builtin_rules().into_iter().map(|(n, s)| (format!("builtin/{n}"), None, s)).collect();
-    for v in store.list("AlertRule", None).unwrap_or_default() {
+    // Rules that cannot be listed are not "no rules": their alerts would be dropped. This round waits.
+    let stored = match store.list("AlertRule", None) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("listing AlertRules (evaluation waits for the next round): {e}");
+            return;
+        }
+    };
+    for v in stored {
         if let Ok(Resource::AlertRule(r)) = Resource::from_value(v) {
             let key = ObjectKey::new("AlertRule", r.metadata.namespace(), &r.metadata.name);
             rules.push((format!("{}/{}", key.namespace, key.name), Some(key), r.spec));
