@@ -10,7 +10,7 @@ use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
 use capstan_engine::training::{plan_training, tasks_of, TaskObserved, TaskRun};
 use capstan_model::training::{tf_config, ReplicaType, TaskStatus};
 use capstan_model::{ObjectKey, ReplicaStatus, TrainingJob, API_VERSION, BASE_DIR_ANNOTATION};
-use capstan_store::{Store, WatchEvent};
+use capstan_store::{Store, StoreError, WatchEvent};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -52,7 +52,7 @@ pub(crate) struct Owner {
     pub data_dir: PathBuf,
     pub kind: &'static str,
     pub label: &'static str,
-    pub reconcile: fn(&Store, &Path, &ObjectKey) -> Option<Duration>,
+    pub reconcile: fn(&Store, &Path, &ObjectKey) -> Result<Option<Duration>, StoreError>,
     pub on_delete: fn(&Store, &Path, &ObjectKey, &Value),
 }
 
@@ -76,7 +76,7 @@ impl Reconciler for Owner {
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
-        Ok(match (self.reconcile)(&self.store, &self.data_dir, key) {
+        Ok(match (self.reconcile)(&self.store, &self.data_dir, key)? {
             Some(after) => Action::Requeue(after),
             None => Action::AwaitChange,
         })
@@ -126,11 +126,10 @@ fn observe(app: &Value, attempt: u32, restarts: u32) -> TaskObserved {
     }
 }
 
-fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration> {
-    let mut job: TrainingJob = match store.get(key) {
-        Ok(v) => decode_owner(v?)?,
-        Err(e) => return Some(read_failed(key, &e)),
-    };
+fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Result<Option<Duration>, StoreError> {
+    // A read that fails is an error for the runner's backoff, never "the job is gone".
+    let Some(stored) = store.get(key)? else { return Ok(None) };
+    let Some(mut job) = decode_owner::<TrainingJob>(stored) else { return Ok(None) };
     let dir = training_dir(data_dir, key);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         let _ = store.record_event(
@@ -139,7 +138,7 @@ fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration
             "TrainingDir",
             &format!("{}: {e}", dir.display()),
         );
-        return Some(Duration::from_secs(5));
+        return Ok(Some(Duration::from_secs(5)));
     }
 
     // Every task gets an address before any starts: TF_CONFIG lists them all, and they are kept for the job's life.
@@ -153,7 +152,7 @@ fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration
                     "PortAllocation",
                     "no free port on 127.0.0.1",
                 );
-                return Some(Duration::from_secs(5));
+                return Ok(Some(Duration::from_secs(5)));
             };
             status.tasks.push(TaskStatus {
                 name,
@@ -177,12 +176,8 @@ fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration
     let mut observed = BTreeMap::new();
     for (name, _, _) in tasks_of(&job) {
         // A task whose App cannot be read is not a missing task (that would start it again): wait for the store.
-        match store.get(&ObjectKey::new("App", &key.namespace, &name)) {
-            Ok(Some(app)) => {
-                observed.insert(name.clone(), observe(&app, attempt, restarts.get(&name).copied().unwrap_or(0)));
-            }
-            Ok(None) => {}
-            Err(e) => return Some(read_failed(key, &e)),
+        if let Some(app) = store.get(&ObjectKey::new("App", &key.namespace, &name))? {
+            observed.insert(name.clone(), observe(&app, attempt, restarts.get(&name).copied().unwrap_or(0)));
         }
     }
     let plan = plan_training(&job, &observed, chrono::Utc::now());
@@ -195,7 +190,7 @@ fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration
     if plan.delete_job {
         delete_tasks(store, &key.namespace, &key.name);
         let _ = store.delete(key);
-        return None;
+        return Ok(None);
     }
     for name in plan.delete.iter().chain(&plan.retire) {
         let _ = store.delete(&ObjectKey::new("App", &key.namespace, name));
@@ -216,19 +211,10 @@ fn reconcile(store: &Store, data_dir: &Path, key: &ObjectKey) -> Option<Duration
     if !apps.is_empty() {
         if let Err(e) = store.apply(apps) {
             let _ = store.record_event(key, capstan_model::EventType::Warning, "TaskApps", &e.to_string());
-            return Some(Duration::from_secs(2));
+            return Ok(Some(Duration::from_secs(2)));
         }
     }
-    plan.requeue_after
-}
-
-/// When an object that could not be read is looked at again.
-pub(crate) const READ_RETRY: Duration = Duration::from_secs(5);
-
-/// Logs a read that failed and says when to look again: a read error is never taken for "absent".
-pub(crate) fn read_failed(key: &ObjectKey, e: &capstan_store::StoreError) -> Duration {
-    tracing::warn!(object = %key, "reading from the store (retry in {READ_RETRY:?}): {e}");
-    READ_RETRY
+    Ok(plan.requeue_after)
 }
 
 /// The App that runs one task.

@@ -11,13 +11,13 @@ use capstan_model::{
     set_condition, ConditionStatus, EventType, ModelServer, ObjectKey, API_VERSION, BASE_DIR_ANNOTATION,
     OUT_OF_ROTATION_ANNOTATION, READY,
 };
-use capstan_store::Store;
+use capstan_store::{Store, StoreError};
 use serde_json::{json, Value};
 
 use crate::agreement::{agree, Agreement, Report, ReportedVersion};
 use capstan_engine::runner::Handle;
 
-use crate::controller::{read_failed, Owner};
+use crate::controller::Owner;
 
 /// Label on the App a ModelServer owns.
 pub const SERVER_LABEL: &str = "capstan.dev/model-server";
@@ -39,11 +39,10 @@ fn capstan_exe() -> String {
         .unwrap_or_else(|| "capstan".into())
 }
 
-fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duration> {
-    let ms: ModelServer = match store.get(key) {
-        Ok(v) => crate::controller::decode_owner(v?)?,
-        Err(e) => return Some(read_failed(key, &e)),
-    };
+fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Result<Option<Duration>, StoreError> {
+    // A read that fails is an error for the runner's backoff, never "the ModelServer is gone".
+    let Some(stored) = store.get(key)? else { return Ok(None) };
+    let Some(ms) = crate::controller::decode_owner::<ModelServer>(stored) else { return Ok(None) };
     let g = ms.metadata.generation;
     let mut status: ModelServerStatus = ms.status.clone().unwrap_or_default();
     status.observed_generation = g;
@@ -60,11 +59,8 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
     }
     // What the replicas serve, compared: those serving other versions than the agreed ones get no traffic.
     let app_key = ObjectKey::new("App", &key.namespace, server_app(&key.name));
-    let running = match store.get(&app_key) {
-        Ok(v) => v,
-        // Not "no replicas": nothing is taken out of (or put back into) rotation on a guess.
-        Err(e) => return Some(read_failed(&app_key, &e)),
-    };
+    // Not "no replicas" when the read fails: nothing is taken out of (or put back into) rotation on a guess.
+    let running = store.get(&app_key)?;
     let reports = running.as_ref().map(|a| version_reports(a, &status.replicas)).unwrap_or_default();
     let agreement = agree(&reports);
     let out = agreement.dissenters();
@@ -111,13 +107,10 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
         set_condition(&mut status.conditions, cond(READY, ConditionStatus::False, "ServerApp", msg.clone(), g));
         let _ = store.record_event(key, EventType::Warning, "ServerApp", &msg);
         let _ = store.update_status(key, serde_json::to_value(&status).unwrap_or(Value::Null));
-        return Some(Duration::from_secs(5));
+        return Ok(Some(Duration::from_secs(5)));
     }
     status.app_name = Some(server_app(&key.name));
-    let app = match store.get(&app_key) {
-        Ok(v) => v,
-        Err(e) => return Some(read_failed(&app_key, &e)),
-    };
+    let app = store.get(&app_key)?;
     let ready =
         app.as_ref().and_then(|a| a["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == READY).cloned());
     status.ready_replicas = agreement.serving() as i32;
@@ -198,7 +191,7 @@ fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Option<Duratio
     };
     let _ = store.update_status(key, serde_json::to_value(&status).unwrap_or(Value::Null));
     // The replicas' versions change without the store knowing: look again.
-    Some(requeue)
+    Ok(Some(requeue))
 }
 
 /// `lin-server-0 serves [2], lin-server-1 serves [1]`.
