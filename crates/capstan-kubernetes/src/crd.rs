@@ -179,5 +179,5 @@ pub fn crd(kind: Kind) -> Value {
 /// The CustomResourceDefinitions of Capstan's kinds. Not for `Secret`: on Kubernetes that is the core Secret, and a
 /// second `secrets` resource would make `kubectl get secrets` ambiguous.
 pub fn all() -> Vec<Value> {
-    Kind::ALL.iter().filter(|k| **k != Kind::Secret).map(|k| crd(*k)).collect()
+    Kind::ALL.iter().filter(|k| k.is_custom_resource()).map(|k| crd(*k)).collect()
 }

@@ -111,7 +111,7 @@ fn api_resource(info: KindInfo) -> ApiResource {
 }
 
 fn info(kind: &str) -> KindInfo {
-    crate::plan::KINDS.iter().copied().find(|k| k.kind == kind).unwrap_or(crate::plan::KINDS[0])
+    crate::plan::all_kinds().find(|k| k.kind == kind).unwrap_or(crate::plan::KINDS[0])
 }
 
 fn lease_ref(cfg: &OperatorConfig) -> ObjectRef {

@@ -57,19 +57,27 @@ pub const KINDS: &[KindInfo] = &[
     k("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", true, 7),
     k("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes", true, 7),
     k("coordination.k8s.io/v1", "Lease", "leases", true, 8),
-    k("capstan.dev/v1alpha1", "App", "apps", true, 9),
-    k("capstan.dev/v1alpha1", "Database", "databases", true, 9),
-    k("capstan.dev/v1alpha1", "TrainingJob", "trainingjobs", true, 9),
-    k("capstan.dev/v1alpha1", "ModelServer", "modelservers", true, 9),
-    k("capstan.dev/v1alpha1", "AlertRule", "alertrules", true, 9),
-    k("capstan.dev/v1alpha1", "EscalationPolicy", "escalationpolicies", true, 9),
-    k("capstan.dev/v1alpha1", "Source", "sources", true, 9),
-    k("capstan.dev/v1alpha1", "Sync", "syncs", true, 9),
 ];
+
+/// Capstan's own kinds as a cluster serves them, from the model's one declaration of kinds (applied last).
+fn capstan_kinds() -> impl Iterator<Item = KindInfo> {
+    capstan_model::Kind::ALL.iter().filter(|k| k.is_custom_resource()).map(|k| KindInfo {
+        api_version: capstan_model::API_VERSION,
+        kind: k.name(),
+        plural: k.plural(),
+        namespaced: true,
+        rank: 9,
+    })
+}
+
+/// Every kind Capstan applies to a cluster: Kubernetes' own ([`KINDS`]) and Capstan's custom resources.
+pub fn all_kinds() -> impl Iterator<Item = KindInfo> {
+    KINDS.iter().copied().chain(capstan_kinds())
+}
 
 /// The kind's API, if Capstan knows it.
 pub fn kind_info(api_version: &str, kind: &str) -> Option<KindInfo> {
-    KINDS.iter().copied().find(|k| k.api_version == api_version && k.kind == kind)
+    all_kinds().find(|k| k.api_version == api_version && k.kind == kind)
 }
 
 /// One object in a cluster, as an inventory names it.
@@ -106,7 +114,7 @@ impl ObjectRef {
     /// The reference of an object named by kind alone (a Sync's inventory or health checks), if Capstan knows the
     /// kind.
     pub fn for_kind(kind: &str, namespace: &str, name: &str) -> Option<ObjectRef> {
-        KINDS.iter().find(|k| k.kind == kind).map(|k| ObjectRef {
+        all_kinds().find(|k| k.kind == kind).map(|k| ObjectRef {
             api_version: k.api_version.into(),
             kind: kind.into(),
             namespace: if k.namespaced { namespace.into() } else { String::new() },

@@ -47,12 +47,13 @@ pub type AlertRule = Object<AlertRuleSpec, AlertRuleStatus>;
 /// An EscalationPolicy: who is told about incidents, level by level.
 pub type EscalationPolicy = Object<EscalationPolicySpec, EscalationPolicyStatus>;
 
-/// Declares every kind once: its variant, its typed object, its plural and how it is validated beyond its types.
+/// Declares every kind once: its variant, its typed object, its plural, whether a cluster serves it as a custom
+/// resource, and how it is validated beyond its types.
 /// From this one table come `Kind` (with `ALL` in apply order, names, plurals and schemas), `Resource` (with
 /// decoding, validation and access to the typed object whatever its kind) — so a new kind is one line here, and
 /// every `match` on `Kind` elsewhere fails to compile until it handles the kind.
 macro_rules! kinds {
-    ($( $(#[$doc:meta])* $kind:ident($ty:ty), $plural:literal, |$o:ident, $e:ident| $validate:expr; )*) => {
+    ($( $(#[$doc:meta])* $kind:ident($ty:ty), $plural:literal, crd: $crd:literal, |$o:ident, $e:ident| $validate:expr; )*) => {
         /// The kinds Capstan knows.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Kind {
@@ -73,6 +74,13 @@ macro_rules! kinds {
             pub fn plural(self) -> &'static str {
                 match self {
                     $( Kind::$kind => $plural, )*
+                }
+            }
+
+            /// Whether a cluster serves it as Capstan's own custom resource (a Secret is the core Secret there).
+            pub fn is_custom_resource(self) -> bool {
+                match self {
+                    $( Kind::$kind => $crd, )*
                 }
             }
 
@@ -125,23 +133,23 @@ macro_rules! kinds {
 
 kinds! {
     /// Values kept apart from specs (credentials, tokens).
-    Secret(Secret), "secrets", |o, e| validate_secret(&o.spec, e);
+    Secret(Secret), "secrets", crd: false, |o, e| validate_secret(&o.spec, e);
     /// Where manifests come from: a Git repository or a directory.
-    Source(Source), "sources", |o, e| validate_source(&o.spec, e);
+    Source(Source), "sources", crd: true, |o, e| validate_source(&o.spec, e);
     /// What to apply from a Source, and how.
-    Sync(Sync), "syncs", |o, e| validate_sync(&o.metadata.name, o.metadata.namespace(), &o.spec, e);
+    Sync(Sync), "syncs", crd: true, |o, e| validate_sync(&o.metadata.name, o.metadata.namespace(), &o.spec, e);
     /// A PostgreSQL database on this machine (or CloudNativePG on Kubernetes).
-    Database(Database), "databases", |o, e| validate_database(&o.metadata.name, &o.spec, e);
+    Database(Database), "databases", crd: true, |o, e| validate_database(&o.metadata.name, &o.spec, e);
     /// Replicas of a program.
-    App(App), "apps", |o, e| validate_app(&o.spec, e);
+    App(App), "apps", crd: true, |o, e| validate_app(&o.spec, e);
     /// A distributed TensorFlow training run.
-    TrainingJob(TrainingJob), "trainingjobs", |o, e| validate_training_job(&o.metadata.name, &o.spec, e);
+    TrainingJob(TrainingJob), "trainingjobs", crd: true, |o, e| validate_training_job(&o.metadata.name, &o.spec, e);
     /// A model's versions served with the TensorFlow Serving REST API.
-    ModelServer(ModelServer), "modelservers", |o, e| validate_model_server(&o.metadata.name, &o.spec, e);
+    ModelServer(ModelServer), "modelservers", crd: true, |o, e| validate_model_server(&o.metadata.name, &o.spec, e);
     /// A PromQL condition that opens alerts.
-    AlertRule(AlertRule), "alertrules", |o, e| validate_alert_rule(&o.spec, e);
+    AlertRule(AlertRule), "alertrules", crd: true, |o, e| validate_alert_rule(&o.spec, e);
     /// Who is told about incidents, level by level.
-    EscalationPolicy(EscalationPolicy), "escalationpolicies", |o, e| validate_escalation_policy(&o.spec, e);
+    EscalationPolicy(EscalationPolicy), "escalationpolicies", crd: true, |o, e| validate_escalation_policy(&o.spec, e);
 }
 
 impl Kind {
