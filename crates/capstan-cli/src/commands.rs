@@ -162,8 +162,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             ))
             .into()),
         },
-        Command::Get { kind, name, namespace, all_namespaces, output, watch } => {
-            get(&client()?, &kind, name.as_deref(), namespace.as_deref(), all_namespaces, &output, watch).await
+        Command::Get { kind, name, namespace, all_namespaces, output, watch, show_managed_fields } => {
+            let how = GetOutput { format: output, watch, show_managed_fields };
+            get(&client()?, &kind, name.as_deref(), namespace.as_deref(), all_namespaces, &how).await
         }
         Command::Describe { kind, name, namespace } => describe(&client()?, &kind, &name, namespace.as_deref()).await,
         Command::Logs { app, selector, until, grep, replica, follow, since, tail, timestamps, ansi, namespace } => {
@@ -501,9 +502,9 @@ async fn get(
     name: Option<&str>,
     ns: Option<&str>,
     all: bool,
-    output: &str,
-    watch: bool,
+    how: &GetOutput,
 ) -> Result<u8> {
+    let (output, watch) = (how.format.as_str(), how.watch);
     if crate::events::is_events(kind) {
         return crate::events::get(client, ns.unwrap_or("default"), all, output, watch).await;
     }
@@ -515,7 +516,7 @@ async fn get(
         .into());
     }
     let ns = ns.unwrap_or("default");
-    let items: Vec<Value> = match name {
+    let mut items: Vec<Value> = match name {
         Some(n) => {
             vec![client.get(&format!("/api/v1/namespaces/{ns}/{}/{n}", kind.plural())).await.map_err(api_failure)?]
         }
@@ -528,6 +529,14 @@ async fn get(
         }
     };
     if output == "json" || output == "yaml" {
+        if !how.show_managed_fields {
+            // As kubectl: the owner record is bookkeeping, shown on request.
+            for o in &mut items {
+                if let Some(md) = o["metadata"].as_object_mut() {
+                    md.remove("managedFields");
+                }
+            }
+        }
         print!("{}", render(&items, output, name.is_some()));
         return Ok(EXIT_OK);
     }
@@ -644,6 +653,9 @@ async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> 
         .as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", "));
     field("Labels", labels.filter(|s| !s.is_empty()).unwrap_or_else(|| "<none>".into()));
+    if let Some(owner) = crate::output::managed_by(md) {
+        field("Managed by", owner);
+    }
     let created = time_of(&md["creationTimestamp"]);
     field("Created", format!("{} ({} ago)", md["creationTimestamp"].as_str().unwrap_or(""), age(created, now)));
     field("Generation", format!("{} (observed {})", md["generation"], st["observedGeneration"]));
@@ -796,6 +808,14 @@ struct LogFilter {
     until: Option<String>,
     grep: Option<String>,
     tail: Option<usize>,
+}
+
+/// How `get` prints.
+struct GetOutput {
+    /// table, wide, json or yaml.
+    format: String,
+    watch: bool,
+    show_managed_fields: bool,
 }
 
 /// A probe as kubectl describes one: `http-get /health on port http delay=0s timeout=1s period=10s #success=1 …`.

@@ -202,6 +202,7 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
     field("Name", s(&md["name"]));
     field("Namespace", s(&md["namespace"]));
     field("Kind", kind.name().into());
+    field("Managed by", crate::output::managed_by(md).unwrap_or_default());
     field("Created", format!("{} ({} ago)", s(&md["creationTimestamp"]), age(time_of(&md["creationTimestamp"]), now)));
     match kind {
         Kind::Secret => {

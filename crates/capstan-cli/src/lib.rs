@@ -236,6 +236,9 @@ pub enum Command {
         /// After listing, print a row for every change (table output).
         #[arg(short, long)]
         watch: bool,
+        /// Keep `metadata.managedFields` (which Sync owns an object) in json and yaml output, as kubectl's flag.
+        #[arg(long)]
+        show_managed_fields: bool,
     },
     /// List open incidents (with --all, resolved ones too), then every pending and firing alert and its incident.
     #[command(display_order = 12)]

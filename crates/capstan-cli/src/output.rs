@@ -64,8 +64,24 @@ pub fn render(objects: &[Value], format: &str, single: bool) -> String {
     }
 }
 
+/// Who owns an object, from its owner record: `Sync default/apps` (None when nobody does).
+pub fn managed_by(metadata: &Value) -> Option<String> {
+    metadata["managedFields"].as_array()?.iter().find_map(|e| {
+        let rest = e["manager"].as_str()?.strip_prefix(capstan_model::SYNC_MANAGER_PREFIX)?;
+        Some(format!("Sync {rest}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_owner_record_reads_as_a_sync() {
+        let md =
+            serde_json::json!({"managedFields": [{"manager": "sync.capstan.dev/default/apps", "operation": "Apply"}]});
+        assert_eq!(managed_by(&md).as_deref(), Some("Sync default/apps"));
+        assert_eq!(managed_by(&serde_json::json!({})), None);
+    }
+
     use super::*;
 
     #[test]
