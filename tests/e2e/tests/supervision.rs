@@ -289,7 +289,12 @@ async fn memory_limit_is_enforced_and_unenforceable_limits_are_reported() {
         (replicas(&o).first()?["phase"] == "Failed").then_some(o)
     })
     .await;
-    assert_eq!(replicas(&o)[0]["lastExit"]["code"], 3, "the allocation was refused");
+    // Should it ever end otherwise (a signal), the replica's exit and its own words say how.
+    let log = std::fs::read_to_string(
+        tp.plane().runtime().log_path(&capstan_model::ObjectKey::new("App", "default", "hog"), 0),
+    )
+    .unwrap_or_default();
+    assert_eq!(replicas(&o)[0]["lastExit"]["code"], 3, "the allocation was refused: {}\n{log}", replicas(&o)[0]);
     match tp.plane().runtime().limit_support() {
         capstan_runtime_local::limits::LimitSupport::Rlimit { .. } => {
             let w = o["status"]["warnings"].to_string();
