@@ -21,8 +21,10 @@ use crate::cluster::{ApplyOptions, Cluster, Failure, Outcome};
 use crate::plan::{health, plan, prunable, Health, KindInfo, ObjectRef, PRUNE_ANNOTATION};
 use crate::render::{default_deny, render_resource};
 
-/// The custom resources the operator reconciles.
-pub const RECONCILED: &[&str] = &["App", "Database", "TrainingJob", "ModelServer"];
+/// The custom resources the operator reconciles: the kinds that render to Kubernetes objects.
+pub fn reconciled() -> impl Iterator<Item = &'static str> {
+    capstan_model::Kind::ALL.iter().filter(|k| crate::render::renders(**k)).map(|k| k.name())
+}
 /// The rendered kinds whose health is read off their status (the rest are healthy once they exist).
 pub const WATCHED_CHILDREN: &[&str] = &["StatefulSet", "Deployment", "Pod", "PersistentVolumeClaim"];
 
@@ -250,7 +252,7 @@ pub async fn run(cluster: Cluster, cfg: OperatorConfig, status: Arc<OperatorStat
     let (tx, mut rx) = mpsc::unbounded_channel::<Owner>();
     let mut tasks = tokio::task::JoinSet::new();
     let mut crs = BTreeMap::new();
-    for kind in RECONCILED {
+    for kind in reconciled() {
         let ar = api_resource(info(kind));
         let api: Api<DynamicObject> = Api::all_with(cluster.client(), &ar);
         let writer = reflector::store::Writer::new(ar.clone());

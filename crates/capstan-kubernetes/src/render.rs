@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use capstan_model::database::{Database, DatabaseSpec};
-use capstan_model::{App, ExposeProtocol, PortRef, Probe, ReclaimPolicy, Resource, VolumeScope};
+use capstan_model::{App, ExposeProtocol, Kind, PortRef, Probe, ReclaimPolicy, Resource, VolumeScope};
 use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
     StatefulSetUpdateStrategy,
@@ -886,14 +886,27 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
         }
         Resource::TrainingJob(j) => crate::training::render_training_job(j),
         Resource::ModelServer(m) => crate::serving::render_model_server(m),
-        other => Err(RenderError {
-            object: format!("{}/{}", other.kind(), other.meta().name),
+        Resource::Secret(_)
+        | Resource::Source(_)
+        | Resource::Sync(_)
+        | Resource::AlertRule(_)
+        | Resource::EscalationPolicy(_) => Err(RenderError {
+            object: format!("{}/{}", r.kind(), r.meta().name),
             field: "kind".into(),
             message: format!(
                 "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs and ModelServers are)",
-                other.kind()
+                r.kind()
             ),
         }),
+    }
+}
+
+/// Whether objects of `kind` become Kubernetes objects (so the operator reconciles them). Every kind has its arm:
+/// a new kind does not compile until it says.
+pub fn renders(kind: Kind) -> bool {
+    match kind {
+        Kind::App | Kind::Database | Kind::TrainingJob | Kind::ModelServer => true,
+        Kind::Secret | Kind::Source | Kind::Sync | Kind::AlertRule | Kind::EscalationPolicy => false,
     }
 }
 

@@ -252,3 +252,10 @@ fn shipped_rbac_is_the_generated_rbac() {
         "regenerate with: capstan operator --print-rbac > deploy/kubernetes/rbac.yaml"
     );
 }
+
+/// The operator reconciles exactly the kinds that render to Kubernetes objects (derived from the kinds, not a list).
+#[test]
+fn the_reconciled_kinds_are_those_that_render() {
+    let kinds: BTreeSet<&str> = operator::reconciled().collect();
+    assert_eq!(kinds, BTreeSet::from(["App", "Database", "ModelServer", "TrainingJob"]));
+}
