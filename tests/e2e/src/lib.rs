@@ -111,6 +111,16 @@ impl TestPlane {
         self.plane.as_ref().expect("running")
     }
 
+    /// Runs the `capstan` command line against this plane (its URL and token) and waits for it.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin("capstan-e2e-cli"))
+            .args(args)
+            .env("CAPSTAN_SERVER", self.plane().url())
+            .env("CAPSTAN_TOKEN", self.plane().token())
+            .output()
+            .expect("the capstan CLI runs")
+    }
+
     /// Applies manifests given as YAML text; panics with the diagnostics if refused.
     pub fn apply(&self, yaml: &str) {
         let objects: Vec<Value> = parse_manifests("test.yaml", yaml)

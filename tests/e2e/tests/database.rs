@@ -243,14 +243,7 @@ async fn backups_on_schedule_and_on_request_and_a_restore_brings_data_back() {
     let url = url_of(&tp, "bk").await;
     psql(&url, "create table notes(body text)");
     psql(&url, "insert into notes values ('keep me')");
-    let cli = |args: &[&str]| {
-        Command::new(bin("capstan-e2e-cli"))
-            .args(args)
-            .env("CAPSTAN_SERVER", tp.plane().url())
-            .env("CAPSTAN_TOKEN", tp.plane().token())
-            .output()
-            .expect("cli")
-    };
+    let cli = |args: &[&str]| tp.cli(args);
     let out = cli(&["db", "backup", "bk"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("✔ database/bk backed up to"));

@@ -347,15 +347,7 @@ async fn an_apply_by_hand_does_not_take_an_object_away_from_its_sync() {
     assert!(o["metadata"]["labels"].get("sync.capstan.dev/name").is_none(), "the apply dropped the labels: {o}");
     assert_eq!(o["metadata"]["managedFields"][0]["manager"], "sync.capstan.dev/default/apps", "{o}");
     // The CLI says who owns it; `get -o yaml` shows the record only on request, as kubectl does.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin("capstan-e2e-cli"))
-            .args(args)
-            .env("CAPSTAN_SERVER", tp.plane().url())
-            .env("CAPSTAN_TOKEN", tp.plane().token())
-            .output()
-            .expect("cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cli = |args: &[&str]| String::from_utf8_lossy(&tp.cli(args).stdout).into_owned();
     assert!(cli(&["describe", "app", "web"]).contains("Managed by:       Sync default/apps"));
     assert!(!cli(&["get", "app", "web", "-o", "yaml"]).contains("managedFields"));
     assert!(

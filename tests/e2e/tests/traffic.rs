@@ -241,14 +241,7 @@ async fn failing_new_version_is_rolled_back_while_old_replicas_serve() {
     // Applied from a file, as `diff -f` below reads it (the same directory, so only the revision differs).
     let file = tp.dir.path().join("canary-v2.yaml");
     std::fs::write(&file, &v2).unwrap();
-    let cli = |args: &[&str]| {
-        std::process::Command::new(bin("capstan-e2e-cli"))
-            .args(args)
-            .env("CAPSTAN_SERVER", tp.plane().url())
-            .env("CAPSTAN_TOKEN", tp.plane().token())
-            .output()
-            .expect("cli runs")
-    };
+    let cli = |args: &[&str]| tp.cli(args);
     let applied = cli(&["apply", "-f", file.to_str().unwrap()]);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let o = eventually("rolled back", T, || async {

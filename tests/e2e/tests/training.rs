@@ -93,12 +93,7 @@ async fn every_task_gets_tf_config_and_the_chief_decides_success() {
     assert_eq!(o["status"]["replicaStatuses"]["Worker"]["succeeded"], 2);
     assert!(o["status"]["completionTime"].is_string() && o["status"]["startTime"].is_string());
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin("capstan-e2e-cli"))
-            .args(args)
-            .env("CAPSTAN_SERVER", tp.plane().url())
-            .env("CAPSTAN_TOKEN", tp.plane().token())
-            .output()
-            .expect("cli");
+        let out = tp.cli(args);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
