@@ -1,6 +1,5 @@
 //! The App controller loop: watches the store and the runtime, plans each App and carries out the plan.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +11,9 @@ use capstan_model::{
 use capstan_store::Store;
 use chrono::Utc;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::sync::mpsc;
 
-use crate::plan::{plan_app, Action};
-use crate::queue::WorkQueue;
+use crate::plan::{hold_replicas, plan_app, Action};
 use crate::runtime::{AppRuntime, ObservedReplica};
 
 /// How often every App is looked at even when nothing was reported.
@@ -127,26 +124,12 @@ impl<R: AppRuntime> Controller<R> {
         self
     }
 
-    /// Starts the loop. `notify` carries the keys of Apps the runtime saw change.
+    /// Starts the controller on the shared runner. `notify` carries the keys of Apps the runtime saw change.
     /// Stopping the handle stops the loop; replicas keep running (see `AppRuntime::shutdown`).
     pub fn spawn(self, notify: mpsc::UnboundedReceiver<ObjectKey>) -> crate::runner::Handle {
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(self.run(notify, stop_rx));
-        crate::runner::Handle::new("App", stop, task)
-    }
-
-    fn all_keys(&self) -> Vec<ObjectKey> {
-        let mut keys: Vec<ObjectKey> = match self.store.list(Kind::App.name(), None) {
-            Ok(objs) => objs.iter().filter_map(|o| capstan_store::key_of(o).ok()).collect(),
-            Err(e) => {
-                tracing::error!("listing Apps: {e}");
-                Vec::new()
-            }
-        };
-        keys.extend(self.runtime.known_apps());
-        keys.sort();
-        keys.dedup();
-        keys
+        let store = self.store.clone();
+        // One App at a time: the runtime picks free ports by looking, so two starts at once could pick the same.
+        crate::runner::run_with_requests(store, Arc::new(self), 1, notify)
     }
 
     /// The Apps whose `databaseRef` credentials are the Secret `secret`.
@@ -163,63 +146,6 @@ impl<R: AppRuntime> Controller<R> {
             })
             .filter_map(|a| capstan_store::key_of(a).ok())
             .collect()
-    }
-
-    async fn run(self, mut notify: mpsc::UnboundedReceiver<ObjectKey>, mut stop: watch::Receiver<bool>) {
-        let mut queue = WorkQueue::default();
-        let mut watch = self.store.watch();
-        for k in self.all_keys() {
-            queue.add(k);
-        }
-        let mut next_resync = Instant::now() + RESYNC;
-        let mut failures: HashMap<ObjectKey, u32> = HashMap::new();
-        loop {
-            let wake = queue.next_due().unwrap_or(next_resync).min(next_resync);
-            tokio::select! {
-                _ = stop.changed() => break,
-                ev = watch.recv() => match ev {
-                    Ok(ev) if ev.key.kind == Kind::App.name() => queue.add(ev.key),
-                    Ok(ev) if ev.key.kind == Kind::Secret.name() => {
-                        for k in self.apps_reading_credentials(&ev.key) { queue.add(k); }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        for k in self.all_keys() { queue.add(k); }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                },
-                key = notify.recv() => match key {
-                    Some(k) => queue.add(k),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(wake) => {}
-            }
-            let now = Instant::now();
-            if now >= next_resync {
-                for k in self.all_keys() {
-                    queue.add(k);
-                }
-                next_resync = now + RESYNC;
-            }
-            for key in queue.pop_due(now) {
-                match self.reconcile(&key) {
-                    Ok(Some(after)) => {
-                        failures.remove(&key);
-                        queue.add_at(key, now + after);
-                    }
-                    Ok(None) => {
-                        failures.remove(&key);
-                    }
-                    Err(e) => {
-                        let n = failures.entry(key.clone()).or_insert(0);
-                        *n += 1;
-                        let delay = Duration::from_millis(200u64.saturating_mul(1 << (*n).min(8)));
-                        tracing::warn!(app = %key, "reconcile failed (retry in {delay:?}): {e}");
-                        queue.add_at(key, now + delay);
-                    }
-                }
-            }
-        }
     }
 
     fn event(&self, key: &ObjectKey, type_: EventType, reason: &str, message: &str) {
@@ -331,7 +257,7 @@ impl<R: AppRuntime> Controller<R> {
     }
 
     /// Reconciles one App; returns when to look again.
-    fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, capstan_store::StoreError> {
+    fn reconcile_app(&self, key: &ObjectKey) -> Result<Option<Duration>, capstan_store::StoreError> {
         let stored = self.store.get(key)?;
         let app: Option<App> = match stored.map(Resource::from_value) {
             Some(Ok(Resource::App(a))) => Some(a),
@@ -362,11 +288,9 @@ impl<R: AppRuntime> Controller<R> {
         let previous: Option<AppStatus> = app.as_ref().and_then(|a| a.status.clone());
         let mut warnings = app.as_ref().map(|a| self.runtime.warnings(a)).unwrap_or_default();
         warnings.extend(report.warnings);
-        let held = held_ordinals(&self.store, key);
-        warnings.extend(
-            held.iter().map(|o| format!("replica {}-{o} is held stopped while its volume is synced", key.name)),
-        );
-        let plan = plan_app(app.as_ref(), &observed, previous.as_ref(), warnings, Utc::now());
+        let held = held_ordinals(&self.store, key)?;
+        let plan =
+            hold_replicas(plan_app(app.as_ref(), &observed, previous.as_ref(), warnings, Utc::now()), &key.name, &held);
         if let (Some(app), Some(status)) = (&app, &plan.status) {
             self.remember_revision(key, app, status, &observed);
             let (before, after) = (previous.as_ref().and_then(|p| p.rollout.as_ref()), status.rollout.as_ref());
@@ -382,9 +306,6 @@ impl<R: AppRuntime> Controller<R> {
             match action {
                 Action::Start { ordinal, revision, count_restart } => {
                     let Some(app) = &app else { continue };
-                    if held.contains(ordinal) {
-                        continue;
-                    }
                     let name = format!("{}-{ordinal}", key.name);
                     let Some(at) = self.app_at(key, app, revision) else {
                         self.event(
@@ -449,15 +370,51 @@ pub fn hold_record(key: &ObjectKey, ordinal: u32) -> String {
     format!("hold/{}/{}/{ordinal}", key.namespace, key.name)
 }
 
-/// Ordinals of an App held stopped.
-fn held_ordinals(store: &Store, key: &ObjectKey) -> std::collections::BTreeSet<u32> {
+/// Ordinals of an App held stopped; a read error is an error (a hold must not be lost to one).
+fn held_ordinals(store: &Store, key: &ObjectKey) -> Result<std::collections::BTreeSet<u32>, capstan_store::StoreError> {
     let prefix = format!("hold/{}/{}/", key.namespace, key.name);
-    store
-        .records(&prefix)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, _)| k.strip_prefix(&prefix)?.parse().ok())
-        .collect()
+    Ok(store.records(&prefix)?.into_iter().filter_map(|(k, _)| k.strip_prefix(&prefix)?.parse().ok()).collect())
+}
+
+impl<R: AppRuntime> crate::runner::Reconciler for Controller<R> {
+    fn kind(&self) -> &'static str {
+        Kind::App.name()
+    }
+
+    /// Every change of an App: its annotations (a restart) count as well as its spec; a status written unchanged
+    /// makes no event.
+    fn wants(&self, _ev: &capstan_store::WatchEvent) -> bool {
+        true
+    }
+
+    /// The Apps reading a Secret's database credentials.
+    fn triggers(&self, ev: &capstan_store::WatchEvent) -> Vec<ObjectKey> {
+        match ev.key.kind == Kind::Secret.name() {
+            true => self.apps_reading_credentials(&ev.key),
+            false => Vec::new(),
+        }
+    }
+
+    /// Apps whose replicas still run although the App is gone.
+    fn known(&self) -> Vec<ObjectKey> {
+        self.runtime.known_apps()
+    }
+
+    /// A deleted App's replicas are stopped, with their grace period, over the looks that follow.
+    fn reconcile_when_gone(&self) -> bool {
+        true
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Result<crate::runner::Action, crate::runner::ReconcileError> {
+        Ok(match self.reconcile_app(key)? {
+            Some(after) => crate::runner::Action::Requeue(after),
+            None => crate::runner::Action::AwaitChange,
+        })
+    }
+
+    fn resync(&self) -> Duration {
+        RESYNC
+    }
 }
 
 /// Volumes holding more than the size their manifest asks for (enforced on Kubernetes, not on this machine).

@@ -55,6 +55,18 @@ pub struct Plan {
     pub status: Option<AppStatus>,
 }
 
+/// Keeps the replicas in `held` stopped (a volume sync holds them while it copies): their starts leave the plan and
+/// the status says why they are down.
+pub fn hold_replicas(mut plan: Plan, app_name: &str, held: &std::collections::BTreeSet<u32>) -> Plan {
+    plan.actions.retain(|a| !matches!(a, Action::Start { ordinal, .. } if held.contains(ordinal)));
+    if let Some(status) = plan.status.as_mut() {
+        status
+            .warnings
+            .extend(held.iter().map(|o| format!("replica {app_name}-{o} is held stopped while its volume is synced")));
+    }
+    plan
+}
+
 /// How often a replica that waits for a dependency is tried again.
 pub const WAITING_RETRY: Duration = Duration::from_secs(2);
 

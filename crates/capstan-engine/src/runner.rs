@@ -46,10 +46,22 @@ pub trait Reconciler: Send + Sync + 'static {
         ev.object["status"]["observedGeneration"] != ev.object["metadata"]["generation"]
     }
 
-    /// Its objects that an event on another object should wake: the owner of a child labelled with it, the users of
-    /// a Secret. Default: none.
+    /// Its objects that an event should wake besides the object itself: the owner of a child labelled with it, the
+    /// users of a Secret, the dependents of one of its own objects. Called for every event. Default: none.
     fn triggers(&self, _ev: &WatchEvent) -> Vec<ObjectKey> {
         Vec::new()
+    }
+
+    /// Keys to look at on every resync besides the stored objects: what still runs for an object that is gone, say.
+    /// Default: none.
+    fn known(&self) -> Vec<ObjectKey> {
+        Vec::new()
+    }
+
+    /// Whether a deleted object is reconciled (as absent) after its finalizer, and again as long as the reconcile
+    /// asks: for a controller that winds down what an object ran over several looks. Default: no.
+    fn reconcile_when_gone(&self) -> bool {
+        false
     }
 
     /// Brings one object towards its spec. It may block (it runs on the blocking pool); an object that is gone is
@@ -109,9 +121,21 @@ impl Handle {
 
 /// Runs `r` over the store's objects of its kind, at most `concurrency` reconciles at once.
 pub fn run<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize) -> Handle {
+    let (_requests, rx) = mpsc::unbounded_channel();
+    run_with_requests(store, r, concurrency, rx)
+}
+
+/// [`run`], with `requests` carrying keys to reconcile at once from outside the store (a runtime that saw a replica
+/// change, a `sync now`, a changed directory).
+pub fn run_with_requests<R: Reconciler>(
+    store: Store,
+    r: Arc<R>,
+    concurrency: usize,
+    requests: mpsc::UnboundedReceiver<ObjectKey>,
+) -> Handle {
     let (stop, stop_rx) = watch::channel(false);
     let name = r.kind();
-    let task = tokio::spawn(run_loop(store, r, concurrency.max(1), stop_rx));
+    let task = tokio::spawn(run_loop(store, r, concurrency.max(1), requests, stop_rx));
     Handle { name, stop, task }
 }
 
@@ -123,8 +147,13 @@ fn seed_of(key: &ObjectKey, failures: u32) -> u64 {
     h.finish()
 }
 
-fn keys_of(store: &Store, kind: &str) -> Result<Vec<ObjectKey>, StoreError> {
-    Ok(store.list(kind, None)?.iter().filter_map(|v| capstan_store::key_of(v).ok()).collect())
+fn keys_of<R: Reconciler>(store: &Store, r: &R) -> Result<Vec<ObjectKey>, StoreError> {
+    let mut keys: Vec<ObjectKey> =
+        store.list(r.kind(), None)?.iter().filter_map(|v| capstan_store::key_of(v).ok()).collect();
+    keys.extend(r.known());
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// What a task of the runner reports back.
@@ -148,7 +177,13 @@ fn spawn_finalize<R: Reconciler>(
     });
 }
 
-async fn run_loop<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize, mut stop: watch::Receiver<bool>) {
+async fn run_loop<R: Reconciler>(
+    store: Store,
+    r: Arc<R>,
+    concurrency: usize,
+    mut requests: mpsc::UnboundedReceiver<ObjectKey>,
+    mut stop: watch::Receiver<bool>,
+) {
     let kind = r.kind();
     let mut queue = WorkQueue::default();
     let mut watch = store.watch();
@@ -165,7 +200,7 @@ async fn run_loop<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize, mu
     loop {
         let now = Instant::now();
         if now >= next_resync {
-            match keys_of(&store, kind) {
+            match keys_of(&store, &*r) {
                 Ok(keys) => {
                     // Not what is under way (it looks again when done if an event said so), nor what waits out a
                     // backoff: a resync must not turn retries after failures into retries every resync.
@@ -242,14 +277,15 @@ async fn run_loop<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize, mu
                 }
                 Done::Finalized(key) => {
                     in_flight.remove(&key);
-                    // Created again meanwhile: reconciled as new.
-                    if dirty.remove(&key) {
+                    // Created again meanwhile: reconciled as new; gone for good: wound down if the controller asks.
+                    if dirty.remove(&key) || r.reconcile_when_gone() {
                         queue.add(key);
                     }
                 }
             },
             ev = watch.recv() => match ev {
                 Ok(ev) if ev.key.kind == kind => {
+                    r.triggers(&ev).into_iter().for_each(|k| queue.add(k));
                     if ev.type_ == WatchType::Deleted {
                         failures.remove(&ev.key);
                         if in_flight.contains(&ev.key) {
@@ -267,6 +303,7 @@ async fn run_loop<R: Reconciler>(store: Store, r: Arc<R>, concurrency: usize, mu
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => next_resync = Instant::now(),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
+            Some(key) = requests.recv() => queue.add(key),
             Some(_) = running.join_next(), if !running.is_empty() => {}
             _ = tokio::time::sleep_until(wake) => {}
         }
@@ -455,5 +492,63 @@ mod tests {
         handle.stop().await;
         assert_eq!(r.calls.load(Ordering::SeqCst), 1, "one ran (and finished); the two queued never started");
         assert!(!r.busy.load(Ordering::SeqCst));
+    }
+
+    /// Winds down what runs for an object that is gone: `known` lists `ghost` (no stored object), and a deleted
+    /// object is looked at until it says it is done.
+    struct WindDown {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Reconciler for WindDown {
+        fn kind(&self) -> &'static str {
+            "App"
+        }
+        fn known(&self) -> Vec<ObjectKey> {
+            vec![ObjectKey::new("App", "default", "ghost")]
+        }
+        fn reconcile_when_gone(&self) -> bool {
+            true
+        }
+        fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
+            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            calls.push(key.name.clone());
+            // `a`, once deleted, needs three looks 20 ms apart to stop what it ran.
+            let looks = calls.iter().filter(|c| *c == "a").count();
+            Ok(match key.name.as_str() {
+                "a" if looks >= 2 && looks < 4 => Action::Requeue(Duration::from_millis(20)),
+                _ => Action::AwaitChange,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn known_keys_requests_and_deleted_objects_are_reconciled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb")).expect("store");
+        store.apply(vec![app("a")]).expect("apply");
+        let r = Arc::new(WindDown { calls: Mutex::default() });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = run_with_requests(store.clone(), r.clone(), 1, rx);
+        let count =
+            |name: &str| r.calls.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|c| *c == name).count();
+        let wait_for = |name: &'static str, n: usize| async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while count(name) < n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            count(name)
+        };
+        assert_eq!(wait_for("a", 1).await, 1);
+        assert_eq!(wait_for("ghost", 1).await, 1, "what `known` lists is looked at without a stored object");
+        // A request from outside the store (a replica that exited, say) is reconciled at once.
+        tx.send(ObjectKey::new("App", "default", "elsewhere")).expect("send");
+        assert_eq!(wait_for("elsewhere", 1).await, 1);
+        // Deleted: looked at again, and as long as it asks.
+        store.delete(&ObjectKey::new("App", "default", "a")).expect("delete");
+        assert_eq!(wait_for("a", 4).await, 4);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(count("a"), 4, "done once it awaits a change");
+        handle.stop().await;
     }
 }

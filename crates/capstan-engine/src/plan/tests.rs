@@ -361,3 +361,18 @@ fn a_replica_waiting_for_a_dependency_is_progressing_not_failed() {
     let p = plan_app(Some(&a), &[f], first.status.as_ref(), vec![], now);
     assert_eq!(p.status.unwrap().rollout.map(|r| r.phase), Some(RolloutPhase::Failed));
 }
+
+#[test]
+fn held_replicas_stay_stopped_and_the_status_says_why() {
+    let a = app(3, "");
+    let now = Utc::now();
+    let held: std::collections::BTreeSet<u32> = [1].into();
+    let p = hold_replicas(plan_app(Some(&a), &[running(&a, 0, true)], None, vec![], now), "web", &held);
+    assert_eq!(p.actions, vec![start(2, &a, false)], "replica 1 is held; 0 runs; 2 starts");
+    let warnings = &p.status.as_ref().unwrap().warnings;
+    assert!(warnings.iter().any(|w| w == "replica web-1 is held stopped while its volume is synced"), "{warnings:?}");
+    // Nothing held: the plan is unchanged.
+    let plain = plan_app(Some(&a), &[running(&a, 0, true)], None, vec![], now);
+    let same = hold_replicas(plain.clone(), "web", &Default::default());
+    assert_eq!(same.actions, plain.actions);
+}
