@@ -1,0 +1,171 @@
+//! `capstan get`: tables (with the App rows), json or yaml, and `-w` watching.
+
+use anyhow::Result;
+use capstan_api::Client;
+use capstan_model::Kind;
+use chrono::Utc;
+use serde_json::Value;
+
+use super::{api_failure, kind_arg};
+use crate::output::{age, render, table, time_of};
+use crate::{Failure, EXIT_OK};
+
+fn app_status_word(o: &Value) -> String {
+    let conds = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    if let Some(s) = conds.iter().find(|c| c["type"] == "Stalled" && c["status"] == "True") {
+        return s["reason"].as_str().unwrap_or("Stalled").to_string();
+    }
+    match conds.iter().find(|c| c["type"] == "Ready") {
+        Some(c) if c["status"] == "True" => {
+            if o["spec"]["replicas"].as_i64() == Some(0) {
+                "Stopped".into()
+            } else {
+                "Running".into()
+            }
+        }
+        Some(c) => c["reason"].as_str().unwrap_or("Pending").to_string(),
+        None => "Pending".into(),
+    }
+}
+
+pub(super) async fn get(
+    client: &Client,
+    kind: &str,
+    name: Option<&str>,
+    ns: Option<&str>,
+    all: bool,
+    how: &GetOutput,
+) -> Result<u8> {
+    let (output, watch) = (how.format.as_str(), how.watch);
+    if crate::events::is_events(kind) {
+        return crate::events::get(client, ns.unwrap_or("default"), all, output, watch).await;
+    }
+    let kind = kind_arg(kind)?;
+    if !["table", "wide", "json", "yaml"].contains(&output) {
+        return Err(Failure::invalid(format!(
+            "error: unknown output format `{output}`\n  hint: use table, wide, json or yaml"
+        ))
+        .into());
+    }
+    let ns = ns.unwrap_or("default");
+    let mut items: Vec<Value> = match name {
+        Some(n) => {
+            vec![client.get(&format!("/api/v1/namespaces/{ns}/{}/{n}", kind.plural())).await.map_err(api_failure)?]
+        }
+        None => {
+            let q = if all { String::new() } else { format!("?namespace={ns}") };
+            client.get(&format!("/api/v1/{}{q}", kind.plural())).await.map_err(api_failure)?["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    if output == "json" || output == "yaml" {
+        if !how.show_managed_fields {
+            // As kubectl: the owner record is bookkeeping, shown on request.
+            for o in &mut items {
+                if let Some(md) = o["metadata"].as_object_mut() {
+                    md.remove("managedFields");
+                }
+            }
+        }
+        print!("{}", render(&items, output, name.is_some()));
+        return Ok(EXIT_OK);
+    }
+    if items.is_empty() {
+        eprintln!("No {} found{}.", kind.plural(), if all { String::new() } else { format!(" in namespace {ns}") });
+        if !watch {
+            return Ok(EXIT_OK);
+        }
+    }
+    let now = Utc::now();
+    let wide = output == "wide";
+    let mut headers = vec![];
+    if all {
+        headers.push("NAMESPACE");
+    }
+    let row_of = |o: &Value, now| match kind {
+        Kind::App => app_row(o, all, wide, now),
+        other => crate::gitops::row(other, o, all, now),
+    };
+    match kind {
+        Kind::App => {
+            headers.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+            if wide {
+                headers.extend(["REVISION", "PORTS", "ENDPOINTS"]);
+            }
+        }
+        other => headers.extend(crate::gitops::columns(other)),
+    }
+    let rows: Vec<Vec<String>> = items.iter().map(|o| row_of(o, now)).collect();
+    println!("{}", table(&headers, &rows));
+    if !watch {
+        return Ok(EXIT_OK);
+    }
+    // Like `kubectl get -w`: one more row per change, until interrupted.
+    let mut rx = client.stream(&format!("/api/v1/watch?kind={}", kind.plural())).await.map_err(api_failure)?;
+    while let Some(ev) = rx.recv().await {
+        let o = &ev["object"];
+        if ev["type"] == "ERROR" {
+            return Err(Failure::fail(format!(
+                "error: stopped watching: {}",
+                o["message"].as_str().unwrap_or("the server ended the watch")
+            ))
+            .into());
+        }
+        let same_ns = all || o["metadata"]["namespace"] == ns;
+        let same_name = name.is_none_or(|n| o["metadata"]["name"] == n);
+        if same_ns && same_name {
+            let mut row = row_of(o, Utc::now());
+            if ev["type"] == "Deleted" {
+                let col = if kind == Kind::App { 2 } else { 1 };
+                row[if all { col + 1 } else { col }] = "Deleted".into();
+            }
+            println!("{}", table(&headers, &[row]).lines().nth(1).unwrap_or_default());
+        }
+    }
+    Err(Failure::fail("error: stopped watching: the connection to Capstan closed").into())
+}
+
+fn app_row(o: &Value, all: bool, wide: bool, now: chrono::DateTime<Utc>) -> Vec<String> {
+    let mut row = vec![];
+    if all {
+        row.push(o["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+    }
+    row.push(o["metadata"]["name"].as_str().unwrap_or("").to_string());
+    row.push(format!(
+        "{}/{}",
+        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+        o["spec"]["replicas"].as_i64().unwrap_or(1)
+    ));
+    row.push(app_status_word(o));
+    row.push(o["status"]["restarts"].as_u64().unwrap_or(0).to_string());
+    row.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
+    if wide {
+        // What runs; a rolled-back App also names the revision it declares.
+        let (declared, running) = (o["status"]["revision"].as_str(), o["status"]["currentRevision"].as_str());
+        row.push(match (running, declared) {
+            (Some(r), Some(d)) if r != d => format!("{r} (declared {d})"),
+            (r, d) => r.or(d).unwrap_or("").to_string(),
+        });
+        let ports: Vec<String> = o["status"]["replicaStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["ports"].as_object().into_iter().flatten().map(|(_, v)| v.to_string()))
+            .collect();
+        row.push(ports.join(","));
+        let eps: Vec<&str> =
+            o["status"]["endpoints"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        row.push(if eps.is_empty() { "<none>".into() } else { eps.join(",") });
+    }
+    row
+}
+
+/// How `get` prints.
+pub(super) struct GetOutput {
+    /// table, wide, json or yaml.
+    pub(super) format: String,
+    pub(super) watch: bool,
+    pub(super) show_managed_fields: bool,
+}

@@ -1,0 +1,114 @@
+//! Waiting for objects to be Ready (`capstan wait`, `apply --wait`): the progress bar and the readiness test.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Result;
+use capstan_api::Client;
+use capstan_model::Kind;
+use serde_json::Value;
+
+use crate::{Failure, EXIT_OK};
+
+pub(super) fn is_ready(obj: &Value) -> bool {
+    let gen = obj["metadata"]["generation"].as_i64();
+    let observed = obj["status"]["observedGeneration"].as_i64();
+    gen == observed
+        && obj["status"]["conditions"].as_array().is_some_and(|cs| {
+            // A TrainingJob is done when it has succeeded; everything else reports Ready.
+            cs.iter().any(|c| (c["type"] == "Ready" || c["type"] == "Succeeded") && c["status"] == "True")
+        })
+}
+
+/// The bar of a wait for `len` objects: drawn on a terminal (with whether it is one), hidden otherwise, where the
+/// caller prints plain lines.
+pub fn wait_bar(len: usize) -> (indicatif::ProgressBar, bool) {
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} waiting for objects to be Ready [{bar:30}] {pos} of {len} objects {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    (bar, tty)
+}
+
+/// Waits until every object named (Apps, Databases, Sources, Syncs) is Ready, with a progress bar on a terminal and
+/// plain lines otherwise.
+pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], timeout: Duration) -> Result<u8> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (bar, tty) = wait_bar(objects.len());
+    let mut last_ready = usize::MAX;
+    loop {
+        let mut ready = 0;
+        let mut waiting = Vec::new();
+        for (kind, ns, name) in objects {
+            let who = format!("{}/{name}", kind.name().to_lowercase());
+            match client.get(&format!("/api/v1/namespaces/{ns}/{}/{name}", kind.plural())).await {
+                Ok(o) if is_ready(&o) => ready += 1,
+                Ok(o) => waiting.push((who, condition_summary(&o))),
+                Err(e) => waiting.push((who, e.to_string())),
+            }
+        }
+        bar.set_position(ready as u64);
+        if let Some((n, why)) = waiting.first() {
+            bar.set_message(format!("{n}: {why}"));
+        }
+        if !tty && ready != last_ready && !waiting.is_empty() {
+            let next = waiting.first().map(|(n, why)| format!("; waiting for {n}: {why}")).unwrap_or_default();
+            eprintln!("{}{next}", objects_ready(ready, objects.len()));
+        }
+        last_ready = ready;
+        if waiting.is_empty() {
+            bar.finish_and_clear();
+            eprintln!("{}", objects_ready(ready, objects.len()));
+            return Ok(EXIT_OK);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bar.abandon();
+            let lines: Vec<String> = waiting.iter().map(|(n, w)| format!("  {n}: {w}")).collect();
+            return Err(Failure::fail(format!("error: timed out waiting to be Ready:\n{}", lines.join("\n"))).into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// "1 of 2 objects Ready", "the object is Ready", "all 3 objects Ready": objects, not replicas.
+pub fn objects_ready(ready: usize, all: usize) -> String {
+    match (ready, all) {
+        (1, 1) => "the object is Ready".into(),
+        (r, a) if r == a => format!("all {a} objects Ready"),
+        (r, 1) => format!("{r} of 1 object Ready"),
+        (r, a) => format!("{r} of {a} objects Ready"),
+    }
+}
+
+pub(super) fn condition_summary(o: &Value) -> String {
+    let conds = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    conds
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .or_else(|| conds.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| format!("{}: {}", c["reason"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or("")))
+        .unwrap_or_else(|| "not reconciled yet".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_counts_objects_not_replicas() {
+        assert_eq!(objects_ready(1, 1), "the object is Ready");
+        assert_eq!(objects_ready(1, 2), "1 of 2 objects Ready");
+        assert_eq!(objects_ready(3, 3), "all 3 objects Ready");
+        assert_eq!(objects_ready(0, 1), "0 of 1 object Ready");
+    }
+}
