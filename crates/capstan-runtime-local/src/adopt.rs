@@ -107,8 +107,10 @@ impl LocalRuntime {
         }
         let key = rec.key();
         let ordinal = rec.ordinal;
-        self.spawn_probes(&rec, stop_rx.clone());
+        // Registered before its probes start, so that no probe result is lost (see `start`).
+        let probed = rec.clone();
         lock(&self.inner.replicas).insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited));
+        self.spawn_probes(&probed, stop_rx.clone());
         let rt = self.clone();
         tokio::spawn(async move {
             let _ = pidfd.readable().await;

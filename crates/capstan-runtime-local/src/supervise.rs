@@ -236,8 +236,11 @@ impl AppRuntime for LocalRuntime {
             }
         }
         drop(hold);
-        self.spawn_probes(&rec, stop_rx);
+        // Registered before its probes start: a probe that reported sooner would find no replica, and its result
+        // (sent on changes only) would be lost.
+        let probed = rec.clone();
         lock(&self.inner.replicas).insert((key.clone(), ordinal), Replica::running(rec, stop_tasks, exited));
+        self.spawn_probes(&probed, stop_rx);
         lock(&self.inner.launching).remove(&pid);
         let rt = self.clone();
         let mut child = child;
