@@ -332,7 +332,11 @@ impl ControlPlane {
         tracing::info!(%url, data = %cfg.data_dir.display(), "capstan control plane is up");
         Ok(ControlPlane {
             shared,
-            controllers: vec![gitops.into_handle(), databases, training, model_servers, controller, alerts],
+            controllers: gitops
+                .into_handles()
+                .into_iter()
+                .chain([databases, training, model_servers, controller, alerts])
+                .collect(),
             monitor: Some(monitor),
             server,
             addr,

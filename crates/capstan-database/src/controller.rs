@@ -50,8 +50,8 @@ impl Reconciler for Databases {
         finalize(&self.store, &self.data_dir, key, last)
     }
 
-    fn resync(&self) -> Duration {
-        Duration::from_secs(10)
+    fn resync(&self) -> Option<Duration> {
+        Some(Duration::from_secs(10))
     }
 }
 

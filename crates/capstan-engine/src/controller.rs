@@ -412,8 +412,8 @@ impl<R: AppRuntime> crate::runner::Reconciler for Controller<R> {
         })
     }
 
-    fn resync(&self) -> Duration {
-        RESYNC
+    fn resync(&self) -> Option<Duration> {
+        Some(RESYNC)
     }
 }
 

@@ -71,9 +71,10 @@ pub trait Reconciler: Send + Sync + 'static {
     /// The object was deleted; `last` is what it was. Runs once, on the blocking pool.
     fn finalize(&self, _key: &ObjectKey, _last: &Value) {}
 
-    /// How often every object is looked at even without events.
-    fn resync(&self) -> Duration {
-        Duration::from_secs(30)
+    /// How often every object is looked at even without events; `None`: only at start and after missed events
+    /// (for a controller whose reconciles are costly and that requeues each object on its own schedule).
+    fn resync(&self) -> Option<Duration> {
+        Some(Duration::from_secs(30))
     }
 }
 
@@ -207,7 +208,8 @@ async fn run_loop<R: Reconciler>(
                     for k in keys.into_iter().filter(|k| !in_flight.contains(k) && !failures.contains_key(k)) {
                         queue.add(k);
                     }
-                    next_resync = now + r.resync();
+                    // With no resync, the next listing is after missed events only.
+                    next_resync = now + r.resync().unwrap_or(Duration::from_secs(365 * 24 * 3600));
                 }
                 Err(e) => {
                     tracing::warn!(controller = kind, "listing {kind}s (retry soon): {e}");
@@ -516,7 +518,7 @@ mod tests {
             // `a`, once deleted, needs three looks 20 ms apart to stop what it ran.
             let looks = calls.iter().filter(|c| *c == "a").count();
             Ok(match key.name.as_str() {
-                "a" if looks >= 2 && looks < 4 => Action::Requeue(Duration::from_millis(20)),
+                "a" if (2..4).contains(&looks) => Action::Requeue(Duration::from_millis(20)),
                 _ => Action::AwaitChange,
             })
         }

@@ -1,5 +1,5 @@
 //! The Source and Sync controllers: fetch revisions into artifacts, build and apply them atomically, prune, wait for
-//! health, revert drift — one loop with a work queue, reconciles running as tasks, instant requests from the API.
+//! health, revert drift — two reconcilers on the shared runner, instant requests from the API.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -8,18 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capstan_engine::controller::condition_now as cond;
-use capstan_engine::queue::WorkQueue;
+use capstan_engine::runner;
 use capstan_engine::sync::{is_bookkeeping, mark_owned, plan_sync, record_history};
 use capstan_model::gitops::{reason, Artifact, Secret, Source, SourceStatus, Sync, SyncStatus};
 use capstan_model::{
     find_condition, parse_duration, remove_condition, set_condition, ConditionStatus, Diagnostic, Diagnostics,
     EventType, FieldError, ObjectKey, READY, RECONCILING, STALLED,
 };
-use capstan_store::{Store, WatchType};
+use capstan_store::{Store, StoreError, WatchEvent, WatchType};
 use chrono::Utc;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use crate::artifact::{collect_garbage, write_dir, KEEP_ARTIFACTS};
@@ -37,8 +36,6 @@ use self::sync::*;
 pub const FETCH_FAILED: &str = "FetchFailed";
 /// How often a Sync waiting for health or dependencies looks again (store changes wake it sooner).
 const POLL: Duration = Duration::from_secs(2);
-/// When an object that could not be read is looked at again.
-const READ_RETRY: Duration = Duration::from_secs(5);
 
 /// The checks `capstan apply` runs on a batch, provided by the API layer.
 pub trait Admit: Send + std::marker::Sync + 'static {
@@ -54,12 +51,6 @@ pub struct GitOpsConfig {
     pub max_concurrent_fetches: usize,
 }
 
-enum Msg {
-    Request { sync: ObjectKey, token: String },
-    Done { key: ObjectKey, after: Option<Duration>, changed: bool },
-    DirChanged(ObjectKey),
-}
-
 #[derive(Clone)]
 struct Waiting {
     revision: String,
@@ -72,25 +63,31 @@ struct Inner {
     admit: Arc<dyn Admit>,
     cfg: GitOpsConfig,
     fetches: Semaphore,
-    tx: mpsc::UnboundedSender<Msg>,
+    /// Sources to fetch now (a `sync now`, a changed directory) and Syncs to reconcile now (after their Source).
+    fetch_now: mpsc::UnboundedSender<ObjectKey>,
+    sync_now: mpsc::UnboundedSender<ObjectKey>,
     /// Pending `sync now` / webhook tokens per Sync.
     requests: Mutex<HashMap<ObjectKey, String>>,
     /// Syncs waiting for health: the revision, the deadline, and when the attempt started.
     waiting: Mutex<HashMap<ObjectKey, Waiting>>,
     watchers: Mutex<HashMap<ObjectKey, (PathBuf, notify::RecommendedWatcher)>>,
+    /// The generation of each Source and Sync last seen: a write that leaves it (a status) wakes nothing.
+    generations: Mutex<HashMap<ObjectKey, i64>>,
+    /// Each Sync's readiness last seen, so that its dependents go on when it changes.
+    ready: Mutex<HashMap<ObjectKey, Option<String>>>,
 }
 
 /// The running controllers.
 pub struct GitOpsHandle {
-    tx: mpsc::UnboundedSender<Msg>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    inner: Arc<Inner>,
+    sources: capstan_engine::runner::Handle,
+    syncs: capstan_engine::runner::Handle,
 }
 
 /// Asks the controllers for immediate reconciles; cheap to clone.
 #[derive(Clone)]
 pub struct Requester {
-    tx: mpsc::UnboundedSender<Msg>,
+    inner: Arc<Inner>,
 }
 
 impl Requester {
@@ -98,38 +95,183 @@ impl Requester {
     /// the Sync's `status.lastHandledReconcileAt` shows once handled.
     pub fn request(&self, sync: ObjectKey) -> String {
         let token = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        let _ = self.tx.send(Msg::Request { sync, token: token.clone() });
+        lock(&self.inner.requests).insert(sync.clone(), token.clone());
+        // The Source fetches first, then wakes the Sync; when the Sync cannot be read, the Sync itself is queued (its
+        // reconcile retries the read).
+        match self.inner.store.get(&sync) {
+            Ok(Some(v)) => match typed::<Sync>(v) {
+                Some(s) => {
+                    let _ = self.inner.fetch_now.send(source_key_of(&s));
+                }
+                None => {
+                    let _ = self.inner.sync_now.send(sync);
+                }
+            },
+            Ok(None) | Err(_) => {
+                let _ = self.inner.sync_now.send(sync);
+            }
+        }
         token
     }
 }
 
 impl GitOpsHandle {
     pub fn requester(&self) -> Requester {
-        Requester { tx: self.tx.clone() }
+        Requester { inner: self.inner.clone() }
     }
 
-    /// The loop's handle, stopped with the plane's other controllers (the requester keeps working until then).
-    pub fn into_handle(self) -> capstan_engine::runner::Handle {
-        capstan_engine::runner::Handle::new("Source/Sync", self.stop, self.task)
+    /// The controllers' handles, stopped with the plane's other controllers (the requester keeps working until
+    /// then).
+    pub fn into_handles(self) -> [capstan_engine::runner::Handle; 2] {
+        [self.sources, self.syncs]
     }
 }
 
-/// Starts the Source and Sync controllers.
+/// Starts the Source and Sync controllers on the shared runner.
 pub fn spawn(store: Store, admit: Arc<dyn Admit>, cfg: GitOpsConfig) -> GitOpsHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop, stop_rx) = watch::channel(false);
+    let (fetch_now, fetch_rx) = mpsc::unbounded_channel();
+    let (sync_now, sync_rx) = mpsc::unbounded_channel();
+    let concurrency = cfg.max_concurrent_fetches.max(1);
     let inner = Arc::new(Inner {
-        store,
+        store: store.clone(),
         admit,
-        fetches: Semaphore::new(cfg.max_concurrent_fetches.max(1)),
+        fetches: Semaphore::new(concurrency),
         cfg,
-        tx: tx.clone(),
+        fetch_now,
+        sync_now,
         requests: Mutex::default(),
         waiting: Mutex::default(),
         watchers: Mutex::default(),
+        generations: Mutex::default(),
+        ready: Mutex::default(),
     });
-    let task = tokio::spawn(run(inner, rx, stop_rx));
-    GitOpsHandle { tx, stop, task }
+    // Fetches beyond the fetch limit wait for a permit without holding a reconcile slot for long; Syncs apply in
+    // parallel, one reconcile per Sync at a time.
+    let sources = runner::run_with_requests(store.clone(), Arc::new(Sources(inner.clone())), concurrency * 2, fetch_rx);
+    let syncs = runner::run_with_requests(store, Arc::new(Syncs(inner.clone())), 4, sync_rx);
+    GitOpsHandle { inner, sources, syncs }
+}
+
+/// The Source controller: fetches revisions into artifacts.
+struct Sources(Arc<Inner>);
+
+/// The Sync controller: applies artifacts, prunes, waits for health, reverts drift.
+struct Syncs(Arc<Inner>);
+
+impl Inner {
+    /// Whether the event changed the object's generation (a new object, or a new spec).
+    fn new_generation(&self, ev: &WatchEvent) -> bool {
+        let g = generation(&ev.object);
+        lock(&self.generations).insert(ev.key.clone(), g) != Some(g)
+    }
+
+    fn forget(&self, key: &ObjectKey) {
+        lock(&self.generations).remove(key);
+        lock(&self.ready).remove(key);
+        lock(&self.waiting).remove(key);
+    }
+}
+
+impl runner::Reconciler for Sources {
+    fn kind(&self) -> &'static str {
+        "Source"
+    }
+
+    fn wants(&self, ev: &WatchEvent) -> bool {
+        self.0.new_generation(ev)
+    }
+
+    /// A Source waiting for its credentials tries again as soon as they change.
+    fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
+        if ev.key.kind != "Secret" {
+            return Vec::new();
+        }
+        // A listing that fails is no loss: the Source looks again at its interval.
+        let sources = self.0.store.list("Source", Some(&ev.key.namespace)).unwrap_or_default();
+        sources
+            .iter()
+            .filter(|v| v["spec"]["secretRef"]["name"] == ev.key.name.as_str())
+            .filter_map(|v| capstan_store::key_of(v).ok())
+            .collect()
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Result<runner::Action, runner::ReconcileError> {
+        let inner = &self.0;
+        let (after, changed) = tokio::runtime::Handle::current().block_on(reconcile_source(inner, key))?;
+        // The Syncs reading it apply the new artifact; those asked to sync now go on once it is fetched.
+        let pending: HashSet<ObjectKey> = lock(&inner.requests).keys().cloned().collect();
+        for s in inner.syncs_reading(key)? {
+            if changed || pending.contains(&s) {
+                let _ = inner.sync_now.send(s);
+            }
+        }
+        Ok(after.map_or(runner::Action::AwaitChange, runner::Action::Requeue))
+    }
+
+    fn finalize(&self, key: &ObjectKey, _last: &Value) {
+        let inner = &self.0;
+        inner.forget(key);
+        lock(&inner.watchers).remove(key);
+        let root = inner.source_root(key);
+        let _ = std::fs::remove_dir_all(root.join("repo.git"));
+        collect_garbage(&root, 0, &inner.protected_artifacts());
+    }
+
+    /// Fetched at its interval, not at every resync.
+    fn resync(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl runner::Reconciler for Syncs {
+    fn kind(&self) -> &'static str {
+        "Sync"
+    }
+
+    fn wants(&self, ev: &WatchEvent) -> bool {
+        self.0.new_generation(ev)
+    }
+
+    fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
+        let inner = &self.0;
+        match ev.key.kind.as_str() {
+            "Source" => Vec::new(),
+            "Sync" if ev.type_ == WatchType::Deleted => Vec::new(),
+            "Sync" => {
+                // A dependency that became Ready (or stopped being) lets its dependents go on.
+                let state = find_ready(&ev.object);
+                if lock(&inner.ready).insert(ev.key.clone(), state.clone()) == Some(state) {
+                    return Vec::new();
+                }
+                // A listing that fails is no loss: a held dependent polls its dependencies.
+                inner.dependents_of(&ev.key).unwrap_or_default()
+            }
+            // Objects a waiting Sync checks: look again when they change.
+            _ => lock(&inner.waiting).keys().cloned().collect(),
+        }
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Result<runner::Action, runner::ReconcileError> {
+        let after = tokio::runtime::Handle::current().block_on(reconcile_sync(&self.0, key))?;
+        Ok(after.map_or(runner::Action::AwaitChange, runner::Action::Requeue))
+    }
+
+    fn finalize(&self, key: &ObjectKey, last: &Value) {
+        let inner = &self.0;
+        inner.forget(key);
+        let Some(sync) = typed::<Sync>(last.clone()) else { return };
+        match sync.spec.target {
+            capstan_model::gitops::SyncTarget::Embedded => finalize_sync(inner, key, &sync),
+            capstan_model::gitops::SyncTarget::Kubernetes => {
+                tokio::runtime::Handle::current().block_on(kube::finalize_kubernetes(inner, key, &sync))
+            }
+        }
+    }
+
+    /// Looked at at its interval, and when what it depends on changes.
+    fn resync(&self) -> Option<Duration> {
+        None
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -154,16 +296,17 @@ fn sync_key(s: &Sync) -> ObjectKey {
 }
 
 impl Inner {
-    fn syncs(&self) -> Vec<Sync> {
-        self.store.list("Sync", None).unwrap_or_default().into_iter().filter_map(typed).collect()
+    fn syncs(&self) -> Result<Vec<Sync>, StoreError> {
+        Ok(self.store.list("Sync", None)?.into_iter().filter_map(typed).collect())
     }
 
-    fn syncs_reading(&self, source: &ObjectKey) -> Vec<ObjectKey> {
-        self.syncs().iter().filter(|s| source_key_of(s) == *source).map(sync_key).collect()
+    fn syncs_reading(&self, source: &ObjectKey) -> Result<Vec<ObjectKey>, StoreError> {
+        Ok(self.syncs()?.iter().filter(|s| source_key_of(s) == *source).map(sync_key).collect())
     }
 
-    fn dependents_of(&self, dep: &ObjectKey) -> Vec<ObjectKey> {
-        self.syncs()
+    fn dependents_of(&self, dep: &ObjectKey) -> Result<Vec<ObjectKey>, StoreError> {
+        Ok(self
+            .syncs()?
             .iter()
             .filter(|s| {
                 s.spec.depends_on.iter().any(|d| {
@@ -171,7 +314,7 @@ impl Inner {
                 })
             })
             .map(sync_key)
-            .collect()
+            .collect())
     }
 
     fn source_root(&self, key: &ObjectKey) -> PathBuf {
@@ -199,168 +342,6 @@ impl Inner {
     fn event(&self, key: &ObjectKey, type_: EventType, reason: &str, message: &str) {
         if let Err(e) = self.store.record_event(key, type_, reason, message) {
             tracing::warn!(object = %key, "recording an event: {e}");
-        }
-    }
-}
-
-/// Every Source and Sync, with its generation.
-fn list_all(store: &Store) -> Result<Vec<(ObjectKey, i64)>, capstan_store::StoreError> {
-    let mut out = Vec::new();
-    for kind in ["Source", "Sync"] {
-        for v in store.list(kind, None)? {
-            if let Ok(k) = capstan_store::key_of(&v) {
-                out.push((k, generation(&v)));
-            }
-        }
-    }
-    Ok(out)
-}
-
-async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Msg>, mut stop: watch::Receiver<bool>) {
-    let mut queue = WorkQueue::default();
-    let mut watch = inner.store.watch();
-    let mut generations: HashMap<ObjectKey, i64> = HashMap::new();
-    let mut ready: HashMap<ObjectKey, Option<String>> = HashMap::new();
-    let mut in_flight: HashSet<ObjectKey> = HashSet::new();
-    let mut dirty: HashSet<ObjectKey> = HashSet::new();
-    // Every Source and Sync, at start and after missed events; a listing that fails is tried again, never taken for
-    // "there are none".
-    let mut relist_at = Some(Instant::now());
-    loop {
-        if relist_at.is_some_and(|t| t <= Instant::now()) {
-            match list_all(&inner.store) {
-                Ok(all) => {
-                    for (k, g) in all {
-                        generations.insert(k.clone(), g);
-                        queue.add(k);
-                    }
-                    relist_at = None;
-                }
-                Err(e) => {
-                    tracing::warn!("listing Sources and Syncs (retry in {READ_RETRY:?}): {e}");
-                    relist_at = Some(Instant::now() + READ_RETRY);
-                }
-            }
-        }
-        let wake = queue.next_due().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        let wake = relist_at.map_or(wake, |t| t.min(wake));
-        tokio::select! {
-            _ = stop.changed() => break,
-            ev = watch.recv() => match ev {
-                Ok(ev) => on_watch(&inner, ev, &mut queue, &mut generations, &mut ready),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => relist_at = Some(Instant::now()),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            },
-            msg = rx.recv() => match msg {
-                None => break,
-                Some(Msg::Request { sync, token }) => {
-                    lock(&inner.requests).insert(sync.clone(), token);
-                    // The Source fetches first; when the Sync cannot be read, the Sync itself is queued (its reconcile
-                    // retries the read).
-                    let src = inner.store.get(&sync).ok().flatten().and_then(typed::<Sync>).map(|s| source_key_of(&s));
-                    match src {
-                        Some(s) => queue.add(s),
-                        None => queue.add(sync),
-                    }
-                }
-                Some(Msg::Done { key, after, changed }) => {
-                    in_flight.remove(&key);
-                    if dirty.remove(&key) {
-                        queue.add(key.clone());
-                    } else if let Some(a) = after {
-                        queue.add_at(key.clone(), Instant::now() + a);
-                    }
-                    if key.kind == "Source" {
-                        let pending: HashSet<ObjectKey> = lock(&inner.requests).keys().cloned().collect();
-                        for s in inner.syncs_reading(&key) {
-                            if changed || pending.contains(&s) {
-                                queue.add(s);
-                            }
-                        }
-                    }
-                }
-                Some(Msg::DirChanged(key)) => queue.add_at(key, Instant::now() + Duration::from_millis(100)),
-            },
-            _ = tokio::time::sleep_until(wake) => {}
-        }
-        for key in queue.pop_due(Instant::now()) {
-            if !in_flight.insert(key.clone()) {
-                dirty.insert(key);
-                continue;
-            }
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                let (after, changed) = match key.kind.as_str() {
-                    "Source" => reconcile_source(&inner, &key).await,
-                    _ => (reconcile_sync(&inner, &key).await, false),
-                };
-                let _ = inner.tx.send(Msg::Done { key, after, changed });
-            });
-        }
-    }
-}
-
-fn on_watch(
-    inner: &Arc<Inner>,
-    ev: capstan_store::WatchEvent,
-    queue: &mut WorkQueue,
-    generations: &mut HashMap<ObjectKey, i64>,
-    ready: &mut HashMap<ObjectKey, Option<String>>,
-) {
-    let key = ev.key.clone();
-    match (key.kind.as_str(), ev.type_) {
-        ("Source" | "Sync", WatchType::Deleted) => {
-            generations.remove(&key);
-            ready.remove(&key);
-            lock(&inner.waiting).remove(&key);
-            if key.kind == "Source" {
-                lock(&inner.watchers).remove(&key);
-                let root = inner.source_root(&key);
-                let _ = std::fs::remove_dir_all(root.join("repo.git"));
-                collect_garbage(&root, 0, &inner.protected_artifacts());
-            } else if let Some(sync) = typed::<Sync>(ev.object) {
-                let inner = inner.clone();
-                tokio::spawn(async move {
-                    match sync.spec.target {
-                        capstan_model::gitops::SyncTarget::Embedded => finalize_sync(&inner, &key, &sync),
-                        capstan_model::gitops::SyncTarget::Kubernetes => {
-                            kube::finalize_kubernetes(&inner, &key, &sync).await
-                        }
-                    }
-                });
-            }
-        }
-        ("Source" | "Sync", _) => {
-            let g = generation(&ev.object);
-            if generations.insert(key.clone(), g) != Some(g) {
-                queue.add(key.clone());
-            }
-            if key.kind == "Sync" {
-                // A dependency that became Ready (or stopped being) lets its dependents go on.
-                let state = find_ready(&ev.object);
-                if ready.insert(key.clone(), state.clone()) != Some(state) {
-                    for d in inner.dependents_of(&key) {
-                        queue.add(d);
-                    }
-                }
-            }
-        }
-        ("Secret", _) => {
-            // A Source waiting for its credentials tries again as soon as they change.
-            for v in inner.store.list("Source", Some(&key.namespace)).unwrap_or_default() {
-                if v["spec"]["secretRef"]["name"] == key.name.as_str() {
-                    if let Ok(k) = capstan_store::key_of(&v) {
-                        queue.add(k);
-                    }
-                }
-            }
-        }
-        _ => {
-            // Objects a waiting Sync checks: look again when they change.
-            let waiting: Vec<ObjectKey> = lock(&inner.waiting).keys().cloned().collect();
-            for w in waiting {
-                queue.add_at(w, Instant::now() + Duration::from_millis(50));
-            }
         }
     }
 }

@@ -18,11 +18,12 @@ async fn connect(inner: &Inner, sync: &Sync) -> Result<Cluster, String> {
         return Cluster::connect(None, None).await.map_err(|e| e.to_string());
     };
     let sk = ObjectKey::new("Secret", sync.metadata.namespace(), &kc.secret_ref.name);
-    let secret: Secret = inner
+    // A read that fails is said as such, never as "does not exist".
+    let stored = inner
         .store
         .get(&sk)
-        .ok()
-        .flatten()
+        .map_err(|e| format!("reading Secret {}/{} named in spec.kubeConfig: {e}", sk.namespace, sk.name))?;
+    let secret: Secret = stored
         .and_then(typed)
         .ok_or_else(|| format!("Secret {}/{} named in spec.kubeConfig does not exist", sk.namespace, sk.name))?;
     let text = secret

@@ -150,12 +150,12 @@ pub(super) fn ensure_watcher(inner: &Arc<Inner>, key: &ObjectKey, path: &Path) {
     if watchers.get(key).map(|(p, _)| p == path).unwrap_or(false) {
         return;
     }
-    let tx = inner.tx.clone();
+    let tx = inner.fetch_now.clone();
     let k = key.clone();
     let handler = move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if !ev.kind.is_access() {
-                let _ = tx.send(Msg::DirChanged(k.clone()));
+                let _ = tx.send(k.clone());
             }
         }
     };
@@ -170,19 +170,15 @@ pub(super) fn ensure_watcher(inner: &Arc<Inner>, key: &ObjectKey, path: &Path) {
     }
 }
 
-/// Fetches one Source; returns when to look again and whether its artifact changed.
-pub(super) async fn reconcile_source(inner: &Arc<Inner>, key: &ObjectKey) -> (Option<Duration>, bool) {
-    let src = match inner.store.get(key) {
-        Ok(v) => v.and_then(typed::<Source>),
-        Err(e) => {
-            // Not "gone": looked at again, and nothing is removed.
-            tracing::warn!(source = %key, "reading the Source (retry in {READ_RETRY:?}): {e}");
-            return (Some(READ_RETRY), false);
-        }
-    };
-    let Some(src) = src else { return (None, false) };
+/// Fetches one Source; returns when to look again and whether its artifact changed. A read that fails is an error
+/// (retried with backoff): the Source is not "gone", and nothing of it is removed.
+pub(super) async fn reconcile_source(
+    inner: &Arc<Inner>,
+    key: &ObjectKey,
+) -> Result<(Option<Duration>, bool), StoreError> {
+    let Some(src) = inner.store.get(key)?.and_then(typed::<Source>) else { return Ok((None, false)) };
     if src.spec.suspend {
-        return (None, false);
+        return Ok((None, false));
     }
     let interval = duration_or(Some(&src.spec.interval), Duration::from_secs(60));
     let g = src.metadata.generation;
@@ -262,24 +258,14 @@ pub(super) async fn reconcile_source(inner: &Arc<Inner>, key: &ObjectKey) -> (Op
             inner.event(key, EventType::Warning, why, &message);
         }
     }
-    match inner.store.get(key) {
-        Ok(None) => {
-            // Deleted while the fetch ran: what it wrote goes too (the deletion's own cleanup ran before it
-            // finished).
-            let root = inner.source_root(key);
-            let _ = std::fs::remove_dir_all(root.join("repo.git"));
-            collect_garbage(&root, 0, &inner.protected_artifacts());
-            return (None, false);
-        }
-        Err(e) => {
-            // A read that failed says nothing about the Source: its repository and artifacts stay.
-            tracing::warn!(source = %key, "reading the Source after a fetch (retry in {READ_RETRY:?}): {e}");
-            return (Some(READ_RETRY), false);
-        }
-        Ok(Some(_)) => {}
+    // A read that failed says nothing about the Source (the `?`): its repository and artifacts stay.
+    if inner.store.get(key)?.is_none() {
+        // Deleted while the fetch ran. The runner finalizes after a reconcile, never beside it, so the deletion's
+        // cleanup comes next and removes what this fetch wrote.
+        return Ok((None, false));
     }
     write_status(inner, key, &status);
-    (Some(interval), changed)
+    Ok((Some(interval), changed))
 }
 
 #[cfg(test)]

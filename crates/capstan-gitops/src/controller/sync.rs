@@ -76,17 +76,11 @@ pub(super) struct Attempt {
     pub(super) interval: Duration,
 }
 
-/// Reconciles one Sync; returns when to look again.
-pub(super) async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Option<Duration> {
-    let sync = match inner.store.get(key) {
-        Ok(v) => v.and_then(typed::<Sync>)?,
-        Err(e) => {
-            tracing::warn!(sync = %key, "reading the Sync (retry in {READ_RETRY:?}): {e}");
-            return Some(READ_RETRY);
-        }
-    };
+/// Reconciles one Sync; returns when to look again. A read that fails is an error, retried with backoff.
+pub(super) async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Result<Option<Duration>, StoreError> {
+    let Some(sync) = inner.store.get(key)?.and_then(typed::<Sync>) else { return Ok(None) };
     if sync.spec.suspend {
-        return None;
+        return Ok(None);
     }
     let started = Utc::now();
     let interval = duration_or(Some(&sync.spec.interval), Duration::from_secs(300));
@@ -132,7 +126,7 @@ pub(super) async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Optio
         record_history(&mut status.history, &rev, outcome.reason, began, millis);
     }
     write_status(inner, key, &status);
-    Some(outcome.after)
+    Ok(Some(outcome.after))
 }
 
 /// The artifact a Sync applies, once its dependencies are Ready and its Source has one; else why not.
@@ -376,6 +370,26 @@ pub(super) fn health(
     health_outcome(inner, key, status, w, at, unready)
 }
 
+/// Where a Sync waiting for health stands at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Everything it waits for is ready.
+    Healthy,
+    /// Something is not, and the deadline has passed.
+    TimedOut,
+    /// Something is not; it looks again before the deadline.
+    Waiting,
+}
+
+/// Judges health at `now`: ready wins even at the deadline; past it, what is not ready fails the revision.
+pub(super) fn judge_health(unready: &[String], deadline: Instant, now: Instant) -> Verdict {
+    match (unready.is_empty(), now >= deadline) {
+        (true, _) => Verdict::Healthy,
+        (false, true) => Verdict::TimedOut,
+        (false, false) => Verdict::Waiting,
+    }
+}
+
 /// What health means for a Sync, whatever its target: everything ready → Succeeded; past the deadline →
 /// HealthCheckFailed naming what is not; otherwise Progressing, looked at again soon.
 pub(super) fn health_outcome(
@@ -388,7 +402,8 @@ pub(super) fn health_outcome(
 ) -> Outcome {
     let revision = w.revision.clone();
     let started = Some(w.started);
-    if unready.is_empty() {
+    let verdict = judge_health(&unready, w.deadline, Instant::now());
+    if verdict == Verdict::Healthy {
         lock(&inner.waiting).remove(key);
         let first = status.last_applied_revision.as_deref() != Some(revision.as_str());
         status.last_applied_revision = Some(revision.clone());
@@ -404,7 +419,7 @@ pub(super) fn health_outcome(
             started,
         };
     }
-    if Instant::now() >= w.deadline {
+    if verdict == Verdict::TimedOut {
         lock(&inner.waiting).remove(key);
         let message =
             format!("health check failed after the timeout for revision '{revision}': {}", unready.join("; "));
@@ -450,5 +465,22 @@ pub(super) fn finalize_sync(inner: &Inner, key: &ObjectKey, sync: &Sync) {
         if let Err(e) = inner.store.delete(&k) {
             tracing::warn!(object = %k, "deleting after Sync {key} was deleted: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_judged_at_the_time_given() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(60);
+        let late = vec!["App/default/web: 1/2 replicas ready".to_string()];
+        assert_eq!(judge_health(&late, deadline, start), Verdict::Waiting);
+        assert_eq!(judge_health(&late, deadline, start + Duration::from_secs(59)), Verdict::Waiting);
+        assert_eq!(judge_health(&late, deadline, deadline), Verdict::TimedOut, "the deadline itself is past");
+        assert_eq!(judge_health(&[], deadline, start), Verdict::Healthy);
+        assert_eq!(judge_health(&[], deadline, deadline + Duration::from_secs(1)), Verdict::Healthy, "ready wins");
     }
 }
