@@ -298,7 +298,7 @@ impl ControlPlane {
         let requester = gitops.requester();
         let databases = capstan_database::controller::spawn(store.clone(), cfg.data_dir.clone());
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
-        let model_servers = capstan_training::serving::spawn(store.clone(), cfg.data_dir.clone());
+        let model_servers = capstan_modelserver::controller::spawn(store.clone(), cfg.data_dir.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
         // Links in notifications must work from elsewhere: an unspecified address (0.0.0.0) is not one to visit.
         let external = match addr.ip().is_unspecified() {

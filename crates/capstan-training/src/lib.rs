@@ -1,6 +1,4 @@
-//! TrainingJobs and ModelServers on the embedded runtime: the controllers that run TensorFlow tasks and model
-//! servers as Apps.
+//! TrainingJobs on the embedded runtime: the controller that runs TensorFlow tasks as Apps, each with its
+//! `TF_CONFIG`.
 
-pub mod agreement;
 pub mod controller;
-pub mod serving;

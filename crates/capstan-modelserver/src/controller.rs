@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::agreement::{agree, Agreement, Report, ReportedVersion};
 use capstan_engine::runner::Handle;
 
-use crate::controller::Owner;
+use capstan_engine::owner::{decode_owner, Owner};
 
 /// Label on the App a ModelServer owns.
 pub const SERVER_LABEL: &str = "capstan.dev/model-server";
@@ -42,7 +42,7 @@ fn capstan_exe() -> String {
 fn reconcile(store: &Store, _data_dir: &Path, key: &ObjectKey) -> Result<Option<Duration>, StoreError> {
     // A read that fails is an error for the runner's backoff, never "the ModelServer is gone".
     let Some(stored) = store.get(key)? else { return Ok(None) };
-    let Some(ms) = crate::controller::decode_owner::<ModelServer>(stored) else { return Ok(None) };
+    let Some(ms) = decode_owner::<ModelServer>(stored) else { return Ok(None) };
     let g = ms.metadata.generation;
     let mut status: ModelServerStatus = ms.status.clone().unwrap_or_default();
     status.observed_generation = g;
