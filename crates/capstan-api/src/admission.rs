@@ -169,7 +169,7 @@ pub fn admit(
                 } else {
                     "install it, give its full path, or set spec.run.env.PATH".to_string()
                 };
-                errors.push(AdmissionError::new(i, FieldError::new("spec.run.command[0]", msg).hint(hint)));
+                errors.push(AdmissionError::new(i, FieldError::new("spec.run.command[0]", msg.to_string()).hint(hint)));
             }
         } else if app.spec.run.image.is_some() {
             errors.push(AdmissionError::new(

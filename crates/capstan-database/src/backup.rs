@@ -9,6 +9,8 @@ use capstan_model::{ObjectKey, Secret};
 use capstan_store::Store;
 use chrono::Utc;
 
+use crate::DatabaseError;
+
 /// The name of the server App's volume that holds the dumps.
 pub const BACKUP_VOLUME: &str = "backups";
 
@@ -20,25 +22,22 @@ pub struct Target {
 }
 
 /// Reads a Database's URL, binaries and backup directory from the store (the server App must have run).
-pub fn target(store: &Store, key: &ObjectKey) -> Result<Target, String> {
-    let db = store.get(key).map_err(|e| e.to_string())?.ok_or_else(|| format!("Database {} not found", key.name))?;
+pub fn target(store: &Store, key: &ObjectKey) -> Result<Target, DatabaseError> {
+    let name = || key.name.clone();
+    let db = store.get(key).map_err(DatabaseError::Store)?.ok_or_else(|| DatabaseError::NotFound { name: name() })?;
     let bin = db["status"]["binDirectory"]
         .as_str()
         .map(PathBuf::from)
-        .ok_or_else(|| format!("Database {} has not been set up yet", key.name))?;
+        .ok_or_else(|| DatabaseError::NotSetUp { name: name() })?;
     let secret: Secret = store
         .get(&ObjectKey::new("Secret", &key.namespace, credentials_secret(&key.name)))
-        .map_err(|e| format!("reading Database {}'s credentials: {e}", key.name))?
+        .map_err(|source| DatabaseError::ReadCredentials { name: name(), source })?
         .and_then(|v| serde_json::from_value(v).ok())
-        .ok_or_else(|| format!("Database {} has no credentials yet", key.name))?;
-    let url = secret
-        .spec
-        .value("url")
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .ok_or("no url in the credentials")?;
+        .ok_or_else(|| DatabaseError::NoCredentials { name: name() })?;
+    let url = secret.spec.value("url").map(|b| String::from_utf8_lossy(&b).into_owned()).ok_or(DatabaseError::NoUrl)?;
     let app = store
         .get(&ObjectKey::new("App", &key.namespace, server_app(&key.name)))
-        .map_err(|e| format!("reading Database {}'s server: {e}", key.name))?;
+        .map_err(|source| DatabaseError::ReadServer { name: name(), source })?;
     let dir = app
         .as_ref()
         .and_then(|a| {
@@ -46,7 +45,7 @@ pub fn target(store: &Store, key: &ObjectKey) -> Result<Target, String> {
                 .as_str()
                 .map(PathBuf::from)
         })
-        .ok_or_else(|| format!("Database {}'s server has not started yet (no backup volume)", key.name))?;
+        .ok_or_else(|| DatabaseError::ServerNotStarted { name: name() })?;
     Ok(Target { url, bin, dir })
 }
 
@@ -86,7 +85,7 @@ pub fn list(dir: &Path) -> Vec<BackupInfo> {
 }
 
 /// Dumps the database now; keeps the newest `keep` dumps.
-pub fn dump(t: &Target, name: &str, keep: u32) -> Result<BackupInfo, String> {
+pub fn dump(t: &Target, name: &str, keep: u32) -> Result<BackupInfo, DatabaseError> {
     let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let file = t.dir.join(format!("{name}-{stamp}.dump"));
     let tmp = file.with_extension("partial");
@@ -95,12 +94,12 @@ pub fn dump(t: &Target, name: &str, keep: u32) -> Result<BackupInfo, String> {
         .arg(&tmp)
         .arg(&t.url)
         .output()
-        .map_err(|e| format!("running pg_dump: {e}"))?;
+        .map_err(|source| DatabaseError::Run { program: "pg_dump", source })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("pg_dump failed: {}", tail(&out.stderr)));
+        return Err(DatabaseError::Failed { program: "pg_dump", stderr: tail(&out.stderr) });
     }
-    std::fs::rename(&tmp, &file).map_err(|e| format!("{}: {e}", file.display()))?;
+    std::fs::rename(&tmp, &file).map_err(|source| DatabaseError::SaveDump { path: file.clone(), source })?;
     let all = list(&t.dir);
     for old in all.iter().take(all.len().saturating_sub(keep.max(1) as usize)) {
         let _ = std::fs::remove_file(&old.file);
@@ -110,28 +109,25 @@ pub fn dump(t: &Target, name: &str, keep: u32) -> Result<BackupInfo, String> {
 }
 
 /// Restores a dump (by default the newest) over the database: objects in the dump are dropped and recreated.
-pub fn restore(t: &Target, file: Option<&str>) -> Result<BackupInfo, String> {
+pub fn restore(t: &Target, file: Option<&str>) -> Result<BackupInfo, DatabaseError> {
     let all = list(&t.dir);
     let chosen = match file {
         Some(f) => {
             let p = if f.contains('/') { PathBuf::from(f) } else { t.dir.join(f) };
             all.into_iter()
                 .find(|b| Path::new(&b.file) == p)
-                .ok_or_else(|| format!("no dump {} in {}", p.display(), t.dir.display()))?
+                .ok_or_else(|| DatabaseError::NoSuchDump { file: p.clone(), dir: t.dir.clone() })?
         }
-        None => all
-            .into_iter()
-            .last()
-            .ok_or_else(|| format!("no dump in {} yet; take one with `capstan db backup`", t.dir.display()))?,
+        None => all.into_iter().last().ok_or_else(|| DatabaseError::NoDumps { dir: t.dir.clone() })?,
     };
     let out = Command::new(tool(&t.bin, "pg_restore"))
         .args(["--clean", "--if-exists", "--no-owner", "--single-transaction", "-d"])
         .arg(&t.url)
         .arg(&chosen.file)
         .output()
-        .map_err(|e| format!("running pg_restore: {e}"))?;
+        .map_err(|source| DatabaseError::Run { program: "pg_restore", source })?;
     if !out.status.success() {
-        return Err(format!("pg_restore failed: {}", tail(&out.stderr)));
+        return Err(DatabaseError::Failed { program: "pg_restore", stderr: tail(&out.stderr) });
     }
     Ok(chosen)
 }

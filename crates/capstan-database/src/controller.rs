@@ -155,9 +155,7 @@ fn scheduled_backup(store: &Store, key: &ObjectKey, db: &Database, status: &mut 
     status.last_backup = crate::backup::list(&target.dir).pop();
     let Some(spec) = &db.spec.backup else { return };
     let interval = capstan_model::parse_duration(&spec.interval).unwrap_or(Duration::from_secs(86_400));
-    let due =
-        status.last_backup.as_ref().is_none_or(|b| (Utc::now() - b.taken_at).to_std().unwrap_or_default() >= interval);
-    if !due {
+    if !backup_due(status.last_backup.as_ref(), interval, Utc::now()) {
         return;
     }
     match crate::backup::dump(&target, &key.name, spec.keep) {
@@ -166,9 +164,19 @@ fn scheduled_backup(store: &Store, key: &ObjectKey, db: &Database, status: &mut 
             status.last_backup = Some(b);
         }
         Err(e) => {
-            let _ = store.record_event(key, EventType::Warning, "BackupFailed", &e);
+            let _ = store.record_event(key, EventType::Warning, "BackupFailed", &e.to_string());
         }
     }
+}
+
+/// Whether a scheduled dump is due at `now`: none taken yet, or the newest is at least `interval` old (one from the
+/// future — a clock set back — counts as just taken).
+pub fn backup_due(
+    last: Option<&capstan_model::database::BackupInfo>,
+    interval: Duration,
+    now: chrono::DateTime<Utc>,
+) -> bool {
+    last.is_none_or(|b| (now - b.taken_at).to_std().unwrap_or_default() >= interval)
 }
 
 type Refusal = (&'static str, String, bool);
@@ -180,8 +188,8 @@ fn prepare(
     db: &Database,
     status: &mut DatabaseStatus,
 ) -> Result<(), Refusal> {
-    let bin = find_bin_dir(db.spec.version).map_err(|m| ("PostgreSQLNotInstalled", m, true))?;
-    let who = run_as(db.spec.run_as.as_deref()).map_err(|m| ("RunAsUserMissing", m, true))?;
+    let bin = find_bin_dir(db.spec.version).map_err(|e| ("PostgreSQLNotInstalled", e.to_string(), true))?;
+    let who = run_as(db.spec.run_as.as_deref()).map_err(|e| ("RunAsUserMissing", e.to_string(), true))?;
     let base = base_dir(data_dir, key);
     let (pgdata, run) = (base.join("pgdata"), base.join("run"));
     for d in [&base, &pgdata, &run] {
@@ -192,7 +200,7 @@ fn prepare(
         let _ = own(&data_dir.join("databases").join(&key.namespace), &who, 0o711);
     }
     for (d, mode) in [(&base, 0o700), (&pgdata, 0o700), (&run, 0o700)] {
-        own(d, &who, mode).map_err(|m| ("DataDirectory", m, true))?;
+        own(d, &who, mode).map_err(|e| ("DataDirectory", e.to_string(), true))?;
     }
 
     // Credentials: created once and kept, so the password survives restarts and re-creation (under Retain).
@@ -232,7 +240,8 @@ fn prepare(
     store.apply(vec![secret]).map_err(|e| ("Credentials", e.to_string(), false))?;
 
     if !pgdata.join("PG_VERSION").exists() {
-        init(&bin, &pgdata, &run, &who, &user, &password, &database).map_err(|m| ("InitFailed", m, true))?;
+        init(&bin, &pgdata, &run, &who, &user, &password, &database)
+            .map_err(|e| ("InitFailed", e.to_string(), true))?;
         let _ = store.record_event(
             key,
             EventType::Normal,
@@ -308,4 +317,24 @@ fn finalize(store: &Store, data_dir: &std::path::Path, key: &ObjectKey, object: 
     let _ = std::fs::remove_dir_all(&base);
     let _ = store.delete(&ObjectKey::new("Secret", &key.namespace, credentials_secret(&key.name)));
     tracing::info!(database = %key, "deleted with its data (deletionPolicy Delete)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(at: chrono::DateTime<Utc>) -> capstan_model::database::BackupInfo {
+        serde_json::from_value(json!({"file": "db-1.dump", "bytes": 10, "takenAt": at})).expect("a BackupInfo")
+    }
+
+    #[test]
+    fn a_backup_is_due_after_its_interval_at_the_time_given() {
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:00:00Z").expect("time").with_timezone(&Utc);
+        let hour = Duration::from_secs(3600);
+        assert!(backup_due(None, hour, t0), "none yet: due at once");
+        let last = taken(t0);
+        assert!(!backup_due(Some(&last), hour, t0 + chrono::Duration::minutes(59)));
+        assert!(backup_due(Some(&last), hour, t0 + chrono::Duration::minutes(60)));
+        assert!(!backup_due(Some(&last), hour, t0 - chrono::Duration::minutes(5)), "a clock set back waits");
+    }
 }

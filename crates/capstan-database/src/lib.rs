@@ -2,4 +2,7 @@
 
 pub mod backup;
 pub mod controller;
+pub mod error;
 pub mod postgres;
+
+pub use error::DatabaseError;

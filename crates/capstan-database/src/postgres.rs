@@ -6,12 +6,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::DatabaseError;
+
 /// The Debian package that provides the server binaries.
 pub const PACKAGE: &str = "postgresql";
 
 /// Finds a directory holding `initdb`, `postgres` and `pg_isready`: `/usr/lib/postgresql/<version>/bin` (the
 /// requested version, or the highest installed), else the directories on PATH.
-pub fn find_bin_dir(version: Option<u32>) -> Result<PathBuf, String> {
+pub fn find_bin_dir(version: Option<u32>) -> Result<PathBuf, DatabaseError> {
     let complete = |d: &Path| ["initdb", "postgres", "pg_isready"].iter().all(|b| d.join(b).is_file());
     let mut installed: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -22,9 +24,11 @@ pub fn find_bin_dir(version: Option<u32>) -> Result<PathBuf, String> {
         .collect();
     installed.sort();
     if let Some(v) = version {
-        return installed.into_iter().find(|(iv, _)| *iv == v).map(|(_, d)| d).ok_or_else(|| {
-            format!("PostgreSQL {v} is not installed under /usr/lib/postgresql/{v}/bin; install Debian's `postgresql-{v}` package")
-        });
+        return installed
+            .into_iter()
+            .find(|(iv, _)| *iv == v)
+            .map(|(_, d)| d)
+            .ok_or(DatabaseError::VersionNotInstalled { version: v });
     }
     if let Some((_, d)) = installed.pop() {
         return Ok(d);
@@ -34,9 +38,7 @@ pub fn find_bin_dir(version: Option<u32>) -> Result<PathBuf, String> {
         .unwrap_or_default()
         .into_iter()
         .find(|d| complete(d))
-        .ok_or_else(|| {
-            format!("initdb, postgres and pg_isready were not found on PATH or under /usr/lib/postgresql/*/bin; install Debian's `{PACKAGE}` package (apt install {PACKAGE})")
-        })
+        .ok_or(DatabaseError::NotInstalled)
 }
 
 /// The machine user a server runs as: itself when Capstan is not root; `run_as` (default `postgres`) when it is.
@@ -47,15 +49,15 @@ pub struct RunAs {
     pub gid: u32,
 }
 
-pub fn run_as(requested: Option<&str>) -> Result<RunAs, String> {
+pub fn run_as(requested: Option<&str>) -> Result<RunAs, DatabaseError> {
     let me = nix::unistd::geteuid();
     if !me.is_root() {
         return Ok(RunAs { name: None, uid: me.as_raw(), gid: nix::unistd::getegid().as_raw() });
     }
     let name = requested.unwrap_or("postgres");
     let u = nix::unistd::User::from_name(name)
-        .map_err(|e| format!("looking up user `{name}`: {e}"))?
-        .ok_or_else(|| format!("PostgreSQL refuses to run as root and user `{name}` does not exist; install Debian's `{PACKAGE}` package (it creates `postgres`) or set spec.runAs"))?;
+        .map_err(|source| DatabaseError::UserLookup { name: name.to_string(), source })?
+        .ok_or_else(|| DatabaseError::NoSuchUser { name: name.to_string() })?;
     Ok(RunAs { name: Some(name.to_string()), uid: u.uid.as_raw(), gid: u.gid.as_raw() })
 }
 
@@ -67,13 +69,13 @@ fn as_user(cmd: &mut Command, who: &RunAs) {
 }
 
 /// Makes `path` belong to the server's user (when Capstan is root) and private to it.
-pub fn own(path: &Path, who: &RunAs, mode: u32) -> Result<(), String> {
+pub fn own(path: &Path, who: &RunAs, mode: u32) -> Result<(), DatabaseError> {
     if who.name.is_some() {
         nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(who.uid)), Some(nix::unistd::Gid::from_raw(who.gid)))
-            .map_err(|e| format!("chown {}: {e}", path.display()))?;
+            .map_err(|source| DatabaseError::Chown { path: path.to_path_buf(), source })?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))
+        .map_err(|source| DatabaseError::Chmod { path: path.to_path_buf(), source })
 }
 
 fn tail(bytes: &[u8]) -> String {
@@ -92,11 +94,12 @@ pub fn init(
     user: &str,
     password: &str,
     db: &str,
-) -> Result<(), String> {
+) -> Result<(), DatabaseError> {
     let pwfile = scratch.join("initdb-password");
     {
-        let mut f = std::fs::File::create(&pwfile).map_err(|e| format!("{}: {e}", pwfile.display()))?;
-        f.write_all(password.as_bytes()).map_err(|e| e.to_string())?;
+        let mut f = std::fs::File::create(&pwfile)
+            .map_err(|source| DatabaseError::PasswordFile { path: pwfile.clone(), source })?;
+        f.write_all(password.as_bytes()).map_err(DatabaseError::PasswordWrite)?;
     }
     own(&pwfile, who, 0o600)?;
     let mut cmd = Command::new(bin.join("initdb"));
@@ -107,24 +110,24 @@ pub fn init(
         .current_dir(scratch)
         .stdin(Stdio::null());
     as_user(&mut cmd, who);
-    let out = cmd.output().map_err(|e| format!("running initdb: {e}"));
+    let out = cmd.output().map_err(|source| DatabaseError::Run { program: "initdb", source });
     let _ = std::fs::remove_file(&pwfile);
     let out = out?;
     if !out.status.success() {
-        return Err(format!("initdb failed: {}", tail(&out.stderr)));
+        return Err(DatabaseError::Failed { program: "initdb", stderr: tail(&out.stderr) });
     }
     if db != "postgres" {
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("--single").arg("-D").arg(pgdata).arg("postgres").current_dir(scratch);
         cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
         as_user(&mut cmd, who);
-        let mut child = cmd.spawn().map_err(|e| format!("running postgres --single: {e}"))?;
+        let mut child = cmd.spawn().map_err(|source| DatabaseError::Run { program: "postgres --single", source })?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = writeln!(stdin, "CREATE DATABASE \"{db}\" OWNER \"{user}\";");
         }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(DatabaseError::Wait)?;
         if !out.status.success() {
-            return Err(format!("creating database {db} failed: {}", tail(&out.stderr)));
+            return Err(DatabaseError::CreateDatabase { db: db.to_string(), stderr: tail(&out.stderr) });
         }
     }
     Ok(())

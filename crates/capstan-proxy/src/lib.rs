@@ -236,12 +236,30 @@ fn cap_of(e: &Expose) -> usize {
     e.max_connections.map_or(usize::MAX, |n| n as usize)
 }
 
+/// Why an entry point could not listen.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// `expose[].address` is not an IP address.
+    #[error("`{address}` is not an IP address")]
+    NotAnAddress { address: String },
+    /// The socket could not be created, set up, bound or put to listening.
+    #[error("cannot listen on {addr}: {source}")]
+    Socket { addr: SocketAddr, source: std::io::Error },
+    /// No proxy worker runs to accept on.
+    #[error("cannot listen on {address}:{port}: no worker")]
+    NoWorker { address: String, port: u16 },
+    /// The listening socket has no local address.
+    #[error("cannot listen on {address}:{port}: {source}")]
+    LocalAddr { address: String, port: u16, source: std::io::Error },
+}
+
 /// Opens the listening socket of an entry point.
-fn bind(address: &str, port: u16) -> Result<std::net::TcpListener, String> {
+fn bind(address: &str, port: u16) -> Result<std::net::TcpListener, ListenError> {
     use socket2::{Domain, Socket, Type};
-    let ip: std::net::IpAddr = address.parse().map_err(|_| format!("`{address}` is not an IP address"))?;
+    let ip: std::net::IpAddr =
+        address.parse().map_err(|_| ListenError::NotAnAddress { address: address.to_string() })?;
     let addr = SocketAddr::new(ip, port);
-    let err = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
+    let err = |source: std::io::Error| ListenError::Socket { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
@@ -378,7 +396,7 @@ impl Proxy {
         entry: Arc<Entry>,
         protocol: ExposeProtocol,
         gate: Arc<ListenerGate>,
-    ) -> Result<(SocketAddr, Vec<JoinHandle<()>>), String> {
+    ) -> Result<(SocketAddr, Vec<JoinHandle<()>>), ListenError> {
         let workers = self.workers.get_or_init(|| {
             let busy_limit = busy::limit_from_env();
             (0..worker_count()).map(|i| start_worker(i, busy_limit)).collect()
@@ -386,10 +404,11 @@ impl Proxy {
         let dispatch =
             Dispatch { workers: workers.iter().map(|w| (w.handle.clone(), w.connections.clone())).collect() };
         let Some(acceptor) = workers.first() else {
-            return Err(format!("cannot listen on {address}:{port}: no worker"));
+            return Err(ListenError::NoWorker { address: address.to_string(), port });
         };
         let l = bind(address, port)?;
-        let addr = l.local_addr().map_err(|e| format!("cannot listen on {address}:{port}: {e}"))?;
+        let addr =
+            l.local_addr().map_err(|source| ListenError::LocalAddr { address: address.to_string(), port, source })?;
         Ok((addr, vec![acceptor.handle.spawn(serve(l, entry, protocol, dispatch, gate))]))
     }
 
@@ -439,8 +458,8 @@ impl Proxy {
                             tracing::info!(app = %key, %addr, protocol = ?e.protocol, "entry point listening");
                             Listener { bind: bind_key, entry, gate, addr, tasks }
                         }
-                        Err(msg) => {
-                            errors.push(msg);
+                        Err(e) => {
+                            errors.push(e.to_string());
                             continue;
                         }
                     }

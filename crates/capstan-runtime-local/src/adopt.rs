@@ -3,6 +3,24 @@
 
 use super::*;
 
+/// Why a running replica left by a previous Capstan could not be taken over.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttachError {
+    /// The record says it runs but names no process.
+    #[error("no pid")]
+    NoPid,
+    #[error("opening log: {0}")]
+    Log(std::io::Error),
+    /// One of its output FIFOs could not be opened.
+    #[error("{}: {source}", path.display())]
+    Fifo { path: PathBuf, source: std::io::Error },
+    #[error("pidfd_open: {0}")]
+    PidfdOpen(std::io::Error),
+    /// The pidfd could not be registered with the runtime to watch for the exit (the registration's cause).
+    #[error("pidfd: {0}")]
+    PidfdWatch(std::io::Error),
+}
+
 impl LocalRuntime {
     pub(crate) fn adopt(&self) -> Result<(), RuntimeError> {
         for (skey, value) in self.inner.store.records("replica/")? {
@@ -89,19 +107,19 @@ impl LocalRuntime {
 
     /// Re-attaches to a running process that a previous Capstan started.
     #[allow(unsafe_code)] // each block below says why it is sound (SAFETY)
-    pub(crate) fn attach(&self, rec: Record) -> Result<(), String> {
-        let pid = rec.pid.ok_or("no pid")?;
+    pub(crate) fn attach(&self, rec: Record) -> Result<(), AttachError> {
+        let pid = rec.pid.ok_or(AttachError::NoPid)?;
         let (out, err) = self.fifo_paths(&rec);
-        let writer = self.open_writer(&rec).map_err(|e| format!("opening log: {e}"))?;
+        let writer = self.open_writer(&rec).map_err(AttachError::Log)?;
         let (stop_tasks, stop_rx) = watch::channel(false);
         let (exited_tx, exited) = watch::channel(false);
         let readers = [(out, "stdout"), (err, "stderr")]
             .into_iter()
-            .map(|(p, s)| open_fifo_reader(&p).map(|r| (r, s)).map_err(|e| format!("{}: {e}", p.display())))
+            .map(|(p, s)| open_fifo_reader(&p).map(|r| (r, s)).map_err(|source| AttachError::Fifo { path: p, source }))
             .collect::<Result<Vec<_>, _>>()?;
-        let pidfd = process::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+        let pidfd = process::pidfd_open(pid).map_err(AttachError::PidfdOpen)?;
         // SAFETY: the OwnedFd is moved into the AsyncFd, stays open for its whole life and keeps its number.
-        let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(|e| format!("pidfd: {e}"))?;
+        let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(|e| AttachError::PidfdWatch(e.into()))?;
         for (r, s) in readers {
             tokio::spawn(logs::pump(r, s, writer.clone(), stop_rx.clone()));
         }

@@ -3,6 +3,50 @@
 
 use super::*;
 
+/// Why a replica's process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LaunchError {
+    #[error("working directory {} does not exist", dir.display())]
+    NoWorkingDir { dir: PathBuf },
+    #[error("run.command is empty; the embedded runtime cannot run `run.image` alone")]
+    EmptyCommand,
+    #[error(transparent)]
+    Program(#[from] process::ProgramError),
+    /// A fixed port (`spec.ports[].port`) is taken.
+    #[error("port {port} (spec.ports `{name}`) is already in use on 127.0.0.1")]
+    PortInUse { port: u16, name: String },
+    /// No socket could be bound to find a free port.
+    #[error("allocating a port: {0}")]
+    AllocatePort(std::io::Error),
+    /// The socket bound to find a free port has no address.
+    #[error("{0}")]
+    PortAddress(std::io::Error),
+    #[error("could not find a free port on 127.0.0.1")]
+    NoFreePort,
+    /// The replica's volumes could not be prepared; `volumes::prepare` says why.
+    #[error("{0}")]
+    Volumes(String),
+    /// The FIFOs' directory or a FIFO could not be created.
+    #[error("creating {}: {source}", path.display())]
+    Create { path: PathBuf, source: std::io::Error },
+    /// A FIFO could not be opened (or its descriptor duplicated) for the replica.
+    #[error("{}: {source}", path.display())]
+    Fifo { path: PathBuf, source: std::io::Error },
+    #[error("setting resource limits: {0}")]
+    Limits(std::io::Error),
+    #[error("preparing the process: {0}")]
+    Configure(std::io::Error),
+    #[error("looking up user `{user}`: {source}")]
+    UserLookup { user: String, source: nix::Error },
+    #[error("user `{user}` (spec.run.user) does not exist on this machine")]
+    NoSuchUser { user: String },
+    /// Running as another user needs root.
+    #[error("running as `{user}` (spec.run.user) needs Capstan to run as root; it runs as uid {uid}")]
+    NotRoot { user: String, uid: nix::unistd::Uid },
+    #[error("starting {}: {source}", exe.display())]
+    Spawn { exe: PathBuf, source: std::io::Error },
+}
+
 impl LocalRuntime {
     /// The variable and URL an App's `databaseRef` gives its replicas. Credentials not written yet (the Database
     /// is still starting) are a wait; a store that cannot be read is a failure, never taken for "not there".
@@ -43,15 +87,15 @@ impl LocalRuntime {
         revision: &str,
         prev: Option<&Record>,
         database: Option<(String, String)>,
-    ) -> Result<(Record, tokio::process::Child, Vec<std::fs::File>), String> {
+    ) -> Result<(Record, tokio::process::Child, Vec<std::fs::File>), LaunchError> {
         let spec = &app.spec;
         let key = ObjectKey::new("App", app.metadata.namespace(), &app.metadata.name);
         let cwd = working_dir(app);
         if !cwd.is_dir() {
-            return Err(format!("working directory {} does not exist", cwd.display()));
+            return Err(LaunchError::NoWorkingDir { dir: cwd });
         }
         let Some((program, first_args)) = spec.run.command.split_first() else {
-            return Err("run.command is empty; the embedded runtime cannot run `run.image` alone".into());
+            return Err(LaunchError::EmptyCommand);
         };
         let path_env = search_path(app);
         let exe = process::resolve_program(program, &cwd, &path_env)?;
@@ -63,7 +107,7 @@ impl LocalRuntime {
             let port = match p.port.filter(|p| *p != 0) {
                 Some(fixed) => {
                     if taken.contains(&fixed) || TcpListener::bind(("127.0.0.1", fixed)).is_err() {
-                        return Err(format!("port {fixed} (spec.ports `{}`) is already in use on 127.0.0.1", p.name));
+                        return Err(LaunchError::PortInUse { port: fixed, name: p.name.clone() });
                     }
                     fixed
                 }
@@ -97,7 +141,8 @@ impl LocalRuntime {
         let run = Utc::now().timestamp_nanos_opt().unwrap_or_default();
         let marker = escape::marker(&self.inner.cfg.data_dir, &key.namespace, &app.metadata.name, ordinal, run);
         env.push((escape::MARKER_ENV.into(), marker));
-        env.extend(volumes::prepare(&self.inner.store, &self.inner.cfg.data_dir, app, ordinal)?);
+        let volume_env = volumes::prepare(&self.inner.store, &self.inner.cfg.data_dir, app, ordinal);
+        env.extend(volume_env.map_err(LaunchError::Volumes)?);
         env.extend(database);
 
         let logs = spec.logs.clone().unwrap_or_default();
@@ -118,25 +163,23 @@ impl LocalRuntime {
 
         let (out, err) = self.fifo_paths(&rec);
         if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| LaunchError::Create { path: dir.to_path_buf(), source })?;
         }
-        process::ensure_fifo(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-        process::ensure_fifo(&err).map_err(|e| format!("creating {}: {e}", err.display()))?;
-        let child_out = process::open_fifo_for_child(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let child_err = process::open_fifo_for_child(&err).map_err(|e| format!("{}: {e}", err.display()))?;
+        process::ensure_fifo(&out).map_err(|source| LaunchError::Create { path: out.clone(), source })?;
+        process::ensure_fifo(&err).map_err(|source| LaunchError::Create { path: err.clone(), source })?;
+        let child_out =
+            process::open_fifo_for_child(&out).map_err(|source| LaunchError::Fifo { path: out.clone(), source })?;
+        let child_err =
+            process::open_fifo_for_child(&err).map_err(|source| LaunchError::Fifo { path: err.clone(), source })?;
         // Held until the log readers are open: a FIFO that no process holds open drops what is in it, so a program
         // that writes and exits at once would otherwise lose its output.
         let hold = [&child_out, &child_err]
             .iter()
             .map(|f| f.try_clone())
             .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| format!("{}: {e}", out.display()))?;
+            .map_err(|source| LaunchError::Fifo { path: out.clone(), source })?;
 
-        let mut limits = self
-            .inner
-            .limits
-            .prepare(&rec.id(), spec.resources.as_ref())
-            .map_err(|e| format!("setting resource limits: {e}"))?;
+        let mut limits = self.inner.limits.prepare(&rec.id(), spec.resources.as_ref()).map_err(LaunchError::Limits)?;
         limits.nofile_soft = self.inner.child_nofile;
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.args(first_args)
@@ -147,24 +190,22 @@ impl LocalRuntime {
             .stdin(std::process::Stdio::null())
             .stdout(child_out)
             .stderr(child_err);
-        process::configure(&mut cmd, &limits).map_err(|e| format!("preparing the process: {e}"))?;
+        process::configure(&mut cmd, &limits).map_err(LaunchError::Configure)?;
         if let Some(user) = &spec.run.user {
             let u = nix::unistd::User::from_name(user)
-                .map_err(|e| format!("looking up user `{user}`: {e}"))?
-                .ok_or_else(|| format!("user `{user}` (spec.run.user) does not exist on this machine"))?;
+                .map_err(|source| LaunchError::UserLookup { user: user.clone(), source })?
+                .ok_or_else(|| LaunchError::NoSuchUser { user: user.clone() })?;
             let me = nix::unistd::geteuid();
             if me.is_root() {
                 cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
                 cmd.env("USER", &u.name).env("LOGNAME", &u.name).env("HOME", &u.dir);
             } else if u.uid != me {
-                return Err(format!(
-                    "running as `{user}` (spec.run.user) needs Capstan to run as root; it runs as uid {me}"
-                ));
+                return Err(LaunchError::NotRoot { user: user.clone(), uid: me });
             }
         }
         let child = {
             let mut launching = lock(&self.inner.launching);
-            let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", exe.display()))?;
+            let child = cmd.spawn().map_err(|source| LaunchError::Spawn { exe: exe.clone(), source })?;
             launching.extend(child.id());
             child
         };
@@ -180,15 +221,15 @@ impl LocalRuntime {
     }
 }
 
-pub(crate) fn allocate_port(taken: &HashSet<u16>, chosen: &BTreeMap<String, u16>) -> Result<u16, String> {
+pub(crate) fn allocate_port(taken: &HashSet<u16>, chosen: &BTreeMap<String, u16>) -> Result<u16, LaunchError> {
     for _ in 0..64 {
-        let l = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("allocating a port: {e}"))?;
-        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+        let l = TcpListener::bind(("127.0.0.1", 0)).map_err(LaunchError::AllocatePort)?;
+        let port = l.local_addr().map_err(LaunchError::PortAddress)?.port();
         if !taken.contains(&port) && !chosen.values().any(|p| *p == port) {
             return Ok(port);
         }
     }
-    Err("could not find a free port on 127.0.0.1".into())
+    Err(LaunchError::NoFreePort)
 }
 
 pub(crate) fn open_fifo_reader(path: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {

@@ -20,12 +20,48 @@ pub struct ProbeTarget {
 }
 
 impl ProbeTarget {
-    fn port(&self, p: &PortRef) -> Result<u16, String> {
+    fn port(&self, p: &PortRef) -> Result<u16, ProbeError> {
         match p {
             PortRef::Number(n) => Ok(*n),
-            PortRef::Name(name) => self.ports.get(name).copied().ok_or_else(|| format!("no port named `{name}`")),
+            PortRef::Name(name) => {
+                self.ports.get(name).copied().ok_or_else(|| ProbeError::NoSuchPort { name: name.clone() })
+            }
         }
     }
+}
+
+/// Why one probe attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The probe names a port the replica does not have.
+    #[error("no port named `{name}`")]
+    NoSuchPort { name: String },
+    /// An http probe could not connect.
+    #[error("GET http://127.0.0.1:{port}{path}: {source}")]
+    HttpConnect { port: u16, path: String, source: std::io::Error },
+    /// An http probe connected, but the HTTP exchange failed.
+    #[error("GET http://127.0.0.1:{port}{path}: {source}")]
+    Http { port: u16, path: String, source: hyper::Error },
+    /// The request could not be built (a header the probe names is not valid).
+    #[error("{0}")]
+    Request(hyper::http::Error),
+    /// An http probe was answered with a status outside 200–399.
+    #[error("GET http://127.0.0.1:{port}{path} returned {code}")]
+    Status { port: u16, path: String, code: u16 },
+    #[error("tcp 127.0.0.1:{port}: {source}")]
+    Tcp { port: u16, source: std::io::Error },
+    #[error("empty exec command")]
+    EmptyExec,
+    /// An exec probe's command could not be run.
+    #[error("exec {program}: {source}")]
+    ExecStart { program: String, source: std::io::Error },
+    /// An exec probe's command ran and did not succeed.
+    #[error("exec {program}: {status}")]
+    ExecFailed { program: String, status: std::process::ExitStatus },
+    #[error("probe has no handler")]
+    NoHandler,
+    #[error("timed out after {secs}s")]
+    TimedOut { secs: u64 },
 }
 
 /// What the probes concluded; sent on every change.
@@ -37,34 +73,34 @@ pub enum ProbeEvent {
     Unhealthy(String),
 }
 
-async fn http_get(port: u16, path: &str, headers: &BTreeMap<String, String>) -> Result<(), String> {
+async fn http_get(port: u16, path: &str, headers: &BTreeMap<String, String>) -> Result<(), ProbeError> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .map_err(|e| format!("GET http://127.0.0.1:{port}{path}: {e}"))?;
+        .map_err(|source| ProbeError::HttpConnect { port, path: path.to_string(), source })?;
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
         .await
-        .map_err(|e| format!("GET http://127.0.0.1:{port}{path}: {e}"))?;
+        .map_err(|source| ProbeError::Http { port, path: path.to_string(), source })?;
     let conn_task = tokio::spawn(conn);
     let mut req =
         hyper::Request::get(path).header("host", format!("127.0.0.1:{port}")).header("user-agent", "capstan-probe/1");
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+    let req = req.body(Empty::new()).map_err(ProbeError::Request)?;
     let res = sender.send_request(req).await;
     conn_task.abort();
-    let res = res.map_err(|e| format!("GET http://127.0.0.1:{port}{path}: {e}"))?;
+    let res = res.map_err(|source| ProbeError::Http { port, path: path.to_string(), source })?;
     let code = res.status().as_u16();
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(format!("GET http://127.0.0.1:{port}{path} returned {code}"))
+        Err(ProbeError::Status { port, path: path.to_string(), code })
     }
 }
 
 /// Runs one probe attempt.
-pub async fn check(p: &Probe, t: &ProbeTarget) -> Result<(), String> {
+pub async fn check(p: &Probe, t: &ProbeTarget) -> Result<(), ProbeError> {
     let limit = Duration::from_secs(u64::from(p.timeout_seconds.max(1)));
     let attempt = async {
         if let Some(h) = &p.http {
@@ -75,11 +111,11 @@ pub async fn check(p: &Probe, t: &ProbeTarget) -> Result<(), String> {
             return tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .map(drop)
-                .map_err(|e| format!("tcp 127.0.0.1:{port}: {e}"));
+                .map_err(|source| ProbeError::Tcp { port, source });
         }
         if let Some(e) = &p.exec {
             let Some((prog, args)) = e.command.split_first() else {
-                return Err("empty exec command".into());
+                return Err(ProbeError::EmptyExec);
             };
             let mut cmd = tokio::process::Command::new(prog);
             cmd.args(args)
@@ -90,14 +126,19 @@ pub async fn check(p: &Probe, t: &ProbeTarget) -> Result<(), String> {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true);
-            let status = cmd.status().await.map_err(|e| format!("exec {prog}: {e}"))?;
-            return if status.success() { Ok(()) } else { Err(format!("exec {prog}: {status}")) };
+            let status =
+                cmd.status().await.map_err(|source| ProbeError::ExecStart { program: prog.clone(), source })?;
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(ProbeError::ExecFailed { program: prog.clone(), status })
+            };
         }
-        Err("probe has no handler".into())
+        Err(ProbeError::NoHandler)
     };
     match timeout(limit, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timed out after {}s", limit.as_secs())),
+        Err(_) => Err(ProbeError::TimedOut { secs: limit.as_secs() }),
     }
 }
 

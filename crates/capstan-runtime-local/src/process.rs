@@ -8,15 +8,28 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+/// Why a replica's program cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("`{}` is a directory, not a program", path.display())]
+    Directory { path: PathBuf },
+    #[error("`{}` is not executable (chmod +x it)", path.display())]
+    NotExecutable { path: PathBuf },
+    #[error("program `{}` does not exist", path.display())]
+    Missing { path: PathBuf },
+    #[error("program `{program}` was not found on PATH")]
+    NotOnPath { program: String },
+}
+
 /// Finds the program to run: a path with a `/` is taken relative to `cwd`; a bare name is looked up in `path`.
-pub fn resolve_program(program: &str, cwd: &Path, path: &str) -> Result<PathBuf, String> {
+pub fn resolve_program(program: &str, cwd: &Path, path: &str) -> Result<PathBuf, ProgramError> {
     if program.contains('/') {
         let p = cwd.join(program);
         return match std::fs::metadata(&p) {
             Ok(m) if m.is_file() && is_executable(&m) => Ok(p),
-            Ok(m) if m.is_dir() => Err(format!("`{}` is a directory, not a program", p.display())),
-            Ok(_) => Err(format!("`{}` is not executable (chmod +x it)", p.display())),
-            Err(_) => Err(format!("program `{}` does not exist", p.display())),
+            Ok(m) if m.is_dir() => Err(ProgramError::Directory { path: p }),
+            Ok(_) => Err(ProgramError::NotExecutable { path: p }),
+            Err(_) => Err(ProgramError::Missing { path: p }),
         };
     }
     for dir in std::env::split_paths(path) {
@@ -27,7 +40,7 @@ pub fn resolve_program(program: &str, cwd: &Path, path: &str) -> Result<PathBuf,
             }
         }
     }
-    Err(format!("program `{program}` was not found on PATH"))
+    Err(ProgramError::NotOnPath { program: program.to_string() })
 }
 
 fn is_executable(m: &std::fs::Metadata) -> bool {
@@ -187,11 +200,11 @@ mod tests {
     fn finds_programs() {
         let path = std::env::var("PATH").unwrap_or_default();
         assert!(resolve_program("sh", Path::new("/"), &path).is_ok());
-        let e = resolve_program("no-such-program-xyz", Path::new("/"), &path).unwrap_err();
+        let e = resolve_program("no-such-program-xyz", Path::new("/"), &path).unwrap_err().to_string();
         assert!(e.contains("not found on PATH"));
-        let e = resolve_program("./nope", Path::new("/tmp"), &path).unwrap_err();
+        let e = resolve_program("./nope", Path::new("/tmp"), &path).unwrap_err().to_string();
         assert!(e.contains("does not exist"));
-        let e = resolve_program("./", Path::new("/tmp"), &path).unwrap_err();
+        let e = resolve_program("./", Path::new("/tmp"), &path).unwrap_err().to_string();
         assert!(e.contains("directory"));
     }
 

@@ -190,7 +190,7 @@ impl AppRuntime for LocalRuntime {
             }
         }
         let launched = match self.database_env(app) {
-            Ok(database) => self.launch(app, ordinal, revision, prev.as_ref(), database),
+            Ok(database) => self.launch(app, ordinal, revision, prev.as_ref(), database).map_err(|e| e.to_string()),
             Err(StartError::Waiting(msg)) => {
                 // Nothing failed: no crash counted, no exit recorded; the controller tries again.
                 let mut rec = prev.unwrap_or_else(|| Record::fresh(&key, ordinal, revision));

@@ -85,7 +85,7 @@ pub enum CopyError {
     #[error("{action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: io::Error },
     #[error("the copy does not match the source: {0}; the target's previous contents were put back")]
-    Mismatch(String),
+    Mismatch(VerifyError),
     #[error(
         "the copy does not match the source ({mismatch}) and putting the previous contents back failed: {restore}; they are in {}",
         prev.display()
@@ -96,6 +96,26 @@ pub enum CopyError {
         prev.display(), dst.display(), dst.display()
     )]
     Leftover { prev: PathBuf, dst: PathBuf },
+}
+
+/// Why a copy read back does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The copy could not be read back.
+    #[error("reading {} back: {source}", root.display())]
+    Unreadable { root: PathBuf, source: io::Error },
+    /// The copy differs: the first few differences, and how many more there are.
+    #[error("{}{}", .shown.join(", "), and_more(*.hidden))]
+    Differs { shown: Vec<String>, hidden: usize },
+}
+
+/// ` and N more` when there are more differences than shown.
+fn and_more(hidden: usize) -> String {
+    if hidden > 0 {
+        format!(" and {hidden} more")
+    } else {
+        String::new()
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CopyError + 'a {
@@ -234,7 +254,11 @@ impl Replace {
                         }
                         Err(CopyError::Mismatch(mismatch))
                     }
-                    Err(e) => Err(CopyError::RestoreFailed { mismatch, restore: e.to_string(), prev: self.prev }),
+                    Err(e) => Err(CopyError::RestoreFailed {
+                        mismatch: mismatch.to_string(),
+                        restore: e.to_string(),
+                        prev: self.prev,
+                    }),
                 }
             }
         }
@@ -447,9 +471,10 @@ fn link_tree(src: &Path, dst: &Path) -> Result<(), CopyError> {
 
 /// Reads `root` back and compares it with `want`: the same entries, each file with the same length, mode and
 /// digest. The first few differences, described.
-pub fn verify(root: &Path, want: &Snapshot) -> Result<(), String> {
+pub fn verify(root: &Path, want: &Snapshot) -> Result<(), VerifyError> {
     let mut have = Snapshot::new();
-    read_tree(root, Path::new(""), &mut have).map_err(|e| format!("reading {} back: {e}", root.display()))?;
+    read_tree(root, Path::new(""), &mut have)
+        .map_err(|source| VerifyError::Unreadable { root: root.to_path_buf(), source })?;
     let mut diffs = Vec::new();
     for (path, w) in want {
         match have.get(path) {
@@ -464,10 +489,9 @@ pub fn verify(root: &Path, want: &Snapshot) -> Result<(), String> {
     if diffs.is_empty() {
         return Ok(());
     }
-    let n = diffs.len();
+    let hidden = diffs.len().saturating_sub(3);
     diffs.truncate(3);
-    let more = if n > 3 { format!(" and {} more", n - 3) } else { String::new() };
-    Err(format!("{}{more}", diffs.join(", ")))
+    Err(VerifyError::Differs { shown: diffs, hidden })
 }
 
 fn read_tree(dir: &Path, rel: &Path, out: &mut Snapshot) -> io::Result<()> {
@@ -743,7 +767,7 @@ mod tests {
         std::fs::write(root.path().join("a"), "1").unwrap();
         let mut want = Snapshot::new();
         want.insert(PathBuf::from("b"), Entry::Dir);
-        let err = verify(root.path(), &want).unwrap_err();
+        let err = verify(root.path(), &want).unwrap_err().to_string();
         assert!(err.contains("b is missing") && err.contains("a should not be there"), "{err}");
     }
 }
