@@ -4,6 +4,7 @@ pub mod admission;
 pub mod alerts;
 pub mod client;
 pub mod discovery;
+pub mod error;
 pub mod listen;
 pub mod monitor;
 pub mod plane;
@@ -13,6 +14,7 @@ pub mod server;
 pub mod volume_sync;
 
 pub use client::{Client, ClientError};
+pub use error::ApiError;
 pub use plane::{ControlPlane, PlaneConfig, PlaneError};
 
 /// What this build is: the version, the commit it was built from and that commit's date.

@@ -76,8 +76,17 @@ fn one<'a>(p: &'a [(String, String)], key: &str) -> Option<&'a str> {
     p.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// A parameter that does not parse; the text is Prometheus' own.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum PrometheusError {
+    #[error("cannot parse \"{0}\" to a valid timestamp")]
+    Timestamp(String),
+    #[error("cannot parse \"{0}\" to a valid duration")]
+    Duration(String),
+}
+
 /// A time as Prometheus takes it: Unix seconds (with a fraction) or RFC 3339. Returns milliseconds.
-fn parse_time(s: &str) -> Result<i64, String> {
+fn parse_time(s: &str) -> Result<i64, PrometheusError> {
     if let Ok(f) = s.parse::<f64>() {
         if f.is_finite() {
             return Ok((f * 1000.0).round() as i64);
@@ -85,19 +94,17 @@ fn parse_time(s: &str) -> Result<i64, String> {
     }
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| format!("cannot parse \"{s}\" to a valid timestamp"))
+        .map_err(|_| PrometheusError::Timestamp(s.to_string()))
 }
 
 /// A duration: seconds as a number, or a Prometheus duration (`15s`, `1m`). Returns milliseconds.
-fn parse_step(s: &str) -> Result<i64, String> {
+fn parse_step(s: &str) -> Result<i64, PrometheusError> {
     if let Ok(f) = s.parse::<f64>() {
         if f.is_finite() {
             return Ok((f * 1000.0).round() as i64);
         }
     }
-    capstan_model::parse_duration(s)
-        .map(|d| d.as_millis() as i64)
-        .map_err(|_| format!("cannot parse \"{s}\" to a valid duration"))
+    capstan_model::parse_duration(s).map(|d| d.as_millis() as i64).map_err(|_| PrometheusError::Duration(s.to_string()))
 }
 
 fn time_param(p: &[(String, String)], key: &str, default: i64) -> Result<i64, QueryError> {
@@ -332,10 +339,12 @@ mod tests {
     fn times_and_steps_parse_as_prometheus_takes_them() {
         assert_eq!(parse_time("1700000000.5"), Ok(1_700_000_000_500));
         assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
-        assert!(parse_time("yesterday").is_err());
+        let bad_time = parse_time("yesterday").map_err(|e| e.to_string());
+        assert_eq!(bad_time, Err("cannot parse \"yesterday\" to a valid timestamp".to_string()));
         assert_eq!(parse_step("15"), Ok(15_000));
         assert_eq!(parse_step("1m"), Ok(60_000));
-        assert!(parse_step("soon").is_err());
+        let bad_step = parse_step("soon").map_err(|e| e.to_string());
+        assert_eq!(bad_step, Err("cannot parse \"soon\" to a valid duration".to_string()));
     }
 
     #[test]

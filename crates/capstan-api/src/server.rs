@@ -16,18 +16,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::error::ApiError;
 use crate::plane::{ApplyError, Shared};
 
 type AppState = Arc<Shared>;
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-fn kind_of(plural: &str) -> Result<Kind, Box<Response>> {
+fn kind_of(plural: &str) -> Result<Kind, ApiError> {
     Kind::parse(plural).ok_or_else(|| {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
-        Box::new(error(StatusCode::NOT_FOUND, format!("unknown resource type `{plural}`; known: {}", known.join(", "))))
+        ApiError::NotFound(format!("unknown resource type `{plural}`; known: {}", known.join(", ")))
     })
 }
 
@@ -78,10 +75,11 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
-        return error(
+        return ApiError::Status(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong token; the CLI reads it from the data directory (CAPSTAN_DATA) or CAPSTAN_TOKEN",
-        );
+            "missing or wrong token; the CLI reads it from the data directory (CAPSTAN_DATA) or CAPSTAN_TOKEN".into(),
+        )
+        .into_response();
     }
     next.run(req).await
 }
@@ -98,30 +96,19 @@ struct ApplyQuery {
     dry_run: bool,
 }
 
-async fn apply(State(state): State<AppState>, Query(q): Query<ApplyQuery>, Json(body): Json<ApplyBody>) -> Response {
-    let result = if q.dry_run { state.apply_dry_run(body.objects) } else { state.apply(body.objects) };
-    answer(result, "the batch was refused; nothing was applied", |results| {
-        let results: Vec<Value> = results
-            .into_iter()
-            .map(|(k, a)| json!({"kind": k.kind, "namespace": k.namespace, "name": k.name, "action": a}))
-            .collect();
-        json!({ "results": results })
-    })
-}
-
-/// The answer to a change that went through admission: `ok`'s JSON, or 422 with every problem and `refused` as the
-/// error, or 500 when the store failed.
-fn answer<T>(result: Result<T, ApplyError>, refused: &str, ok: impl FnOnce(T) -> Value) -> Response {
-    match result {
-        Ok(v) => Json(ok(v)).into_response(),
-        Err(ApplyError::Invalid(errors)) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": refused, "errors": errors }))).into_response()
-        }
-        Err(ApplyError::Store(e @ capstan_store::StoreError::Conflict { .. })) => {
-            error(StatusCode::CONFLICT, e.to_string())
-        }
-        Err(ApplyError::Store(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+/// Admits and stores a batch: 422 with every problem when it is refused (nothing is applied), 409 or 500 when the
+/// store fails.
+async fn apply(
+    State(state): State<AppState>,
+    Query(q): Query<ApplyQuery>,
+    Json(body): Json<ApplyBody>,
+) -> Result<Json<Value>, ApiError> {
+    let applied = if q.dry_run { state.apply_dry_run(body.objects) } else { state.apply(body.objects) }?;
+    let results: Vec<Value> = applied
+        .into_iter()
+        .map(|(k, a)| json!({"kind": k.kind, "namespace": k.namespace, "name": k.name, "action": a}))
+        .collect();
+    Ok(Json(json!({ "results": results })))
 }
 
 #[derive(Deserialize)]
@@ -129,62 +116,52 @@ struct ListQuery {
     namespace: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, Path(plural): Path<String>, Query(q): Query<ListQuery>) -> Response {
-    let kind = match kind_of(&plural) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match state.store.list(kind.name(), q.namespace.as_deref()) {
-        Ok(items) => Json(json!({ "items": items })).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+async fn list(
+    State(state): State<AppState>,
+    Path(plural): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = kind_of(&plural)?;
+    let items = state.store.list(kind.name(), q.namespace.as_deref())?;
+    Ok(Json(json!({ "items": items })))
 }
 
 /// The object as JSON, 404 naming it when absent, 500 on a store error.
-fn object_response(key: &ObjectKey, found: Result<Option<Value>, capstan_store::StoreError>) -> Response {
-    match found {
-        Ok(Some(o)) => Json(o).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            format!("{} \"{}\" not found in namespace {}", key.kind, key.name, key.namespace),
-        ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+fn object_response(
+    key: &ObjectKey,
+    found: Result<Option<Value>, capstan_store::StoreError>,
+) -> Result<Json<Value>, ApiError> {
+    found?.map(Json).ok_or_else(|| ApiError::not_found(key))
 }
 
-fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, Box<Response>> {
+fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, ApiError> {
     let kind = kind_of(plural)?;
     Ok(ObjectKey::new(kind.name(), ns, name))
 }
 
-async fn get_one(State(state): State<AppState>, Path((ns, plural, name)): Path<(String, String, String)>) -> Response {
-    let key = match key_from(&ns, &plural, &name) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
+async fn get_one(
+    State(state): State<AppState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let key = key_from(&ns, &plural, &name)?;
     object_response(&key, state.store.get(&key))
 }
 
 async fn delete_one(
     State(state): State<AppState>,
     Path((ns, plural, name)): Path<(String, String, String)>,
-) -> Response {
-    let key = match key_from(&ns, &plural, &name) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
+) -> Result<Json<Value>, ApiError> {
+    let key = key_from(&ns, &plural, &name)?;
     object_response(&key, state.store.delete(&key))
 }
 
-async fn events(State(state): State<AppState>, Path((ns, plural, name)): Path<(String, String, String)>) -> Response {
-    let key = match key_from(&ns, &plural, &name) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match state.store.events(&key) {
-        Ok(items) => Json(json!({ "items": items })).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+async fn events(
+    State(state): State<AppState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let key = key_from(&ns, &plural, &name)?;
+    let items = state.store.events(&key)?;
+    Ok(Json(json!({ "items": items })))
 }
 
 #[derive(Deserialize)]
@@ -197,13 +174,10 @@ struct EventsQuery {
 
 /// Every object's events (of one namespace), oldest first; with `watch`, an NDJSON stream that goes on with each new
 /// event, as `kubectl get events -w`.
-async fn all_events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
+async fn all_events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> Result<Response, ApiError> {
     let live = q.watch.then(|| state.store.watch_events());
-    let items = match state.store.all_events(q.namespace.as_deref()) {
-        Ok(items) => items,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let Some(live) = live else { return Json(json!({ "items": items })).into_response() };
+    let items = state.store.all_events(q.namespace.as_deref())?;
+    let Some(live) = live else { return Ok(Json(json!({ "items": items })).into_response()) };
     let (tx, rx) = mpsc::channel::<String>(256);
     let ns = q.namespace.clone();
     // An event recorded between the subscription and the listing is in both: the stream skips what was listed.
@@ -220,7 +194,7 @@ async fn all_events(State(state): State<AppState>, Query(q): Query<EventsQuery>)
         })
         .await;
     });
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response())
 }
 
 /// The most lines `tail` returns.
@@ -286,20 +260,19 @@ async fn logs(
     State(state): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<LogQuery>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let key = ObjectKey::new("App", &ns, &name);
-    let stored = match state.store.get(&key) {
-        Ok(v) => v.is_some(),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    let stored = state.store.get(&key)?.is_some();
     let known = stored || state.runtime.has_logs(&key, q.replica);
     if !known {
-        return error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}"));
+        return Err(ApiError::not_found(&key));
     }
-    let grep = match q.grep.as_deref().map(regex::Regex::new).transpose() {
-        Ok(g) => g,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("grep: not a regular expression: {e}")),
-    };
+    let grep = q
+        .grep
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("grep: not a regular expression: {e}")))?;
     let until = q.until;
     let keep = move |l: &capstan_runtime_local::logs::LogLine| {
         until.is_none_or(|u| l.time <= u) && grep.as_ref().is_none_or(|g| g.is_match(&l.text))
@@ -386,7 +359,7 @@ async fn logs(
         };
         let _ = tx.send(json!({ "end": end }).to_string()).await;
     });
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -394,15 +367,12 @@ struct WatchQuery {
     kind: Option<String>,
 }
 
-async fn watch_objects(State(state): State<AppState>, Query(q): Query<WatchQuery>) -> Response {
-    let kind = match q.kind.as_deref().map(kind_of).transpose() {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
+async fn watch_objects(State(state): State<AppState>, Query(q): Query<WatchQuery>) -> Result<Response, ApiError> {
+    let kind = q.kind.as_deref().map(kind_of).transpose()?;
     let (tx, rx) = mpsc::channel::<String>(256);
     let keep = move |ev: &capstan_store::WatchEvent| kind.is_none_or(|k| k.name() == ev.key.kind);
     tokio::spawn(forward(state.store.watch(), tx, keep));
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response()
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -432,28 +402,26 @@ async fn service_discovery(State(state): State<AppState>) -> Response {
 }
 
 /// An App as stored, with its resourceVersion.
-fn load_app(state: &Shared, ns: &str, name: &str) -> Result<(ObjectKey, Value), Box<Response>> {
+fn load_app(state: &Shared, ns: &str, name: &str) -> Result<(ObjectKey, Value), ApiError> {
     let key = ObjectKey::new("App", ns, name);
-    match state.store.get(&key) {
-        Ok(Some(o)) => Ok((key, o)),
-        Ok(None) => Err(Box::new(error(StatusCode::NOT_FOUND, format!("App \"{name}\" not found in namespace {ns}")))),
-        Err(e) => Err(Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))),
+    match state.store.get(&key)? {
+        Some(o) => Ok((key, o)),
+        None => Err(ApiError::not_found(&key)),
     }
 }
 
-async fn revisions(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
-    let (key, obj) = match load_app(&state, &ns, &name) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
+async fn revisions(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (key, obj) = load_app(&state, &ns, &name)?;
     let history = capstan_engine::revision_history(&state.store, &key);
-    Json(json!({
+    Ok(Json(json!({
         "items": history,
         "revision": obj["status"]["revision"],
         "currentRevision": obj["status"]["currentRevision"],
         "updateRevision": obj["status"]["updateRevision"],
-    }))
-    .into_response()
+    })))
 }
 
 #[derive(Deserialize)]
@@ -467,7 +435,7 @@ async fn rollback(
     State(state): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
     Json(body): Json<RollbackBody>,
-) -> Response {
+) -> Result<Json<Value>, ApiError> {
     change_app(&state, &ns, &name, "the old revision no longer passes admission", |key, obj| {
         let history = capstan_engine::revision_history(&state.store, key);
         let now = obj["status"]["revision"].as_str().unwrap_or_default().to_string();
@@ -477,13 +445,10 @@ async fn rollback(
         };
         let Some(target) = target else {
             let known: Vec<&str> = history.iter().map(|h| h.revision.as_str()).collect();
-            return Err(Box::new(error(
-                StatusCode::NOT_FOUND,
-                match &body.to_revision {
-                    Some(r) => format!("revision {r} is not in the history of App {name}; known: {}", known.join(", ")),
-                    None => format!("App {name} has no earlier revision to go back to"),
-                },
-            )));
+            return Err(ApiError::NotFound(match &body.to_revision {
+                Some(r) => format!("revision {r} is not in the history of App {name}; known: {}", known.join(", ")),
+                None => format!("App {name} has no earlier revision to go back to"),
+            }));
         };
         obj["spec"] = target.spec.clone();
         let annotations = &mut obj["metadata"]["annotations"];
@@ -503,7 +468,10 @@ async fn rollback(
 }
 
 /// Replaces every replica in order, as `kubectl rollout restart` does.
-async fn restart(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
+async fn restart(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let now = chrono::Utc::now().to_rfc3339();
     change_app(&state, &ns, &name, "the App no longer passes admission", |_, obj| {
         if !obj["metadata"]["annotations"].is_object() {
@@ -521,23 +489,18 @@ fn change_app(
     ns: &str,
     name: &str,
     refused: &str,
-    change: impl Fn(&ObjectKey, &mut Value) -> Result<Value, Box<Response>>,
-) -> Response {
+    change: impl Fn(&ObjectKey, &mut Value) -> Result<Value, ApiError>,
+) -> Result<Json<Value>, ApiError> {
     for _ in 0..8 {
-        let (key, mut obj) = match load_app(state, ns, name) {
-            Ok(x) => x,
-            Err(r) => return *r,
-        };
-        let ok = match change(&key, &mut obj) {
-            Ok(v) => v,
-            Err(r) => return *r,
-        };
+        let (key, mut obj) = load_app(state, ns, name)?;
+        let ok = change(&key, &mut obj)?;
         match state.apply(vec![obj]) {
+            Ok(_) => return Ok(Json(ok)),
             Err(ApplyError::Store(capstan_store::StoreError::Conflict { .. })) => continue,
-            result => return answer(result, refused, |_| ok),
+            Err(e) => return Err(ApiError::refused(e, refused)),
         }
     }
-    error(StatusCode::CONFLICT, format!("App {ns}/{name} kept changing while this change was made; try again"))
+    Err(ApiError::Conflict(format!("App {ns}/{name} kept changing while this change was made; try again")))
 }
 
 #[derive(Deserialize)]
@@ -550,7 +513,7 @@ async fn scale(
     State(state): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
     Json(body): Json<ScaleBody>,
-) -> Response {
+) -> Result<Json<Value>, ApiError> {
     change_app(&state, &ns, &name, "the App was not scaled", |_, obj| {
         let from = obj["spec"]["replicas"].clone();
         obj["spec"]["replicas"] = json!(body.replicas);
@@ -558,22 +521,22 @@ async fn scale(
     })
 }
 
-async fn reconcile_sync(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
+async fn reconcile_sync(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let key = ObjectKey::new("Sync", &ns, &name);
-    match state.store.get(&key) {
+    match state.store.get(&key)? {
         // A suspended Sync applies nothing: say so at once rather than let the caller wait for a reconcile.
-        Ok(Some(o)) if o["spec"]["suspend"] == true => error(
-            StatusCode::CONFLICT,
-            format!(
-                "sync/{name} is suspended: nothing is applied until spec.suspend is false (set it in the Sync's \
-                 manifest and apply it)"
-            ),
-        ),
-        Ok(Some(_)) => {
+        Some(o) if o["spec"]["suspend"] == true => Err(ApiError::Conflict(format!(
+            "sync/{name} is suspended: nothing is applied until spec.suspend is false (set it in the Sync's \
+             manifest and apply it)"
+        ))),
+        Some(_) => {
             let token = state.gitops.request(key);
-            (StatusCode::ACCEPTED, Json(json!({ "token": token }))).into_response()
+            Ok((StatusCode::ACCEPTED, Json(json!({ "token": token }))).into_response())
         }
-        other => object_response(&key, other),
+        None => Err(ApiError::not_found(&key)),
     }
 }
 
@@ -584,48 +547,50 @@ async fn hook(
     Path((ns, name)): Path<(String, String)>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> Response {
+) -> Result<Response, ApiError> {
     use capstan_gitops::webhook::{parse_push, verify};
     // No token guards this path: a body that trickles in is cut off, so that slow senders cannot hold the
     // listener's connections busy.
     let body = match tokio::time::timeout(HOOK_BODY_TIMEOUT, axum::body::to_bytes(body, HOOK_BODY_LIMIT)).await {
         Ok(Ok(b)) => b,
-        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the delivery is larger than 2 MiB"),
-        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the delivery's body did not arrive in time"),
+        Ok(Err(_)) => {
+            return Err(ApiError::Status(StatusCode::PAYLOAD_TOO_LARGE, "the delivery is larger than 2 MiB".into()))
+        }
+        Err(_) => {
+            return Err(ApiError::Status(
+                StatusCode::REQUEST_TIMEOUT,
+                "the delivery's body did not arrive in time".into(),
+            ))
+        }
     };
     use capstan_model::gitops::{Secret, Sync};
     let key = ObjectKey::new("Sync", &ns, &name);
     // A store that cannot be read answers 503 (the sender retries), never "no such receiver".
-    let unavailable = |e: capstan_store::StoreError| error(StatusCode::SERVICE_UNAVAILABLE, format!("try again: {e}"));
-    let sync: Option<Sync> = match state.store.get(&key) {
-        Ok(v) => v.and_then(|v| serde_json::from_value(v).ok()),
-        Err(e) => return unavailable(e),
-    };
+    let unavailable = |e: capstan_store::StoreError| ApiError::Unavailable(e.to_string());
+    let sync: Option<Sync> = state.store.get(&key).map_err(unavailable)?.and_then(|v| serde_json::from_value(v).ok());
     // Unknown Syncs, Syncs without a webhook, a receiver without its secret and a bad signature all get the same
     // answer: nothing to probe for from outside. The Sync's events tell its owner which it was.
-    let not_found = || error(StatusCode::NOT_FOUND, "no webhook receiver here accepts this request");
-    let Some(sync) = sync else { return not_found() };
-    let Some(hook) = sync.spec.webhook else { return not_found() };
+    let not_found = || ApiError::NotFound("no webhook receiver here accepts this request".into());
+    let Some(sync) = sync else { return Err(not_found()) };
+    let Some(hook) = sync.spec.webhook else { return Err(not_found()) };
     let secret_key = ObjectKey::new("Secret", &ns, &hook.secret_ref.name);
-    let secret: Option<Secret> = match state.store.get(&secret_key) {
-        Ok(v) => v.and_then(|v| serde_json::from_value(v).ok()),
-        Err(e) => return unavailable(e),
-    };
+    let secret: Option<Secret> =
+        state.store.get(&secret_key).map_err(unavailable)?.and_then(|v| serde_json::from_value(v).ok());
     let Some(token) = secret.and_then(|s| s.spec.value("token")) else {
         let why = format!("Secret {ns}/{} has no key `token`", hook.secret_ref.name);
         tracing::warn!(sync = %key, "webhook refused: {why}");
         refused(&state, &key, why);
-        return not_found();
+        return Err(not_found());
     };
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     match verify(header, &body, &token) {
         Err(e) => {
             refused(&state, &key, e.to_string());
-            not_found()
+            Err(not_found())
         }
         Ok(provider) => {
             if matches!(header("x-github-event"), Some("ping")) || matches!(header("x-gitea-event"), Some("ping")) {
-                return Json(json!({ "accepted": false, "reason": "ping" })).into_response();
+                return Ok(Json(json!({ "accepted": false, "reason": "ping" })).into_response());
             }
             // A delivery accepted before (by its sender's id or by its signed body) starts nothing again.
             let ids = capstan_gitops::webhook::delivery_ids(header, &body);
@@ -634,8 +599,9 @@ async fn hook(
                 all.entry(key.clone()).or_default().replayed(&ids, std::time::Instant::now())
             };
             if replayed {
-                return Json(json!({ "accepted": false, "reason": "this delivery was already accepted" }))
-                    .into_response();
+                return Ok(
+                    Json(json!({ "accepted": false, "reason": "this delivery was already accepted" })).into_response()
+                );
             }
             let push = parse_push(&body);
             let token = state.gitops.request(key.clone());
@@ -649,7 +615,7 @@ async fn hook(
             tokio::task::spawn_blocking(move || {
                 let _ = store.record_event(&event_key, capstan_model::EventType::Normal, "WebhookReceived", &msg);
             });
-            (StatusCode::ACCEPTED, Json(json!({ "accepted": true, "token": token }))).into_response()
+            Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true, "token": token }))).into_response())
         }
     }
 }
@@ -693,28 +659,31 @@ async fn volume_sync(
     State(state): State<AppState>,
     Path((ns, name, volume)): Path<(String, String, String)>,
     Json(body): Json<VolumeSyncBody>,
-) -> Response {
+) -> Result<Json<crate::volume_sync::SyncReport>, ApiError> {
     let key = ObjectKey::new("App", &ns, &name);
     // A task of its own: a client that goes away must not cancel a sync half-way (the target would stay held).
     let task =
         tokio::spawn(async move { crate::volume_sync::sync_volume(&state, &key, &volume, body.from, body.to).await });
-    match task.await {
-        Ok(Ok(report)) => Json(report).into_response(),
-        Ok(Err(e)) => error(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.message),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the sync task failed: {e}")),
-    }
+    let report = task
+        .await
+        .map_err(|e| ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, format!("the sync task failed: {e}")))??;
+    Ok(Json(report))
 }
 
 /// Dumps a Database now (into its server's backups volume), keeping as many dumps as its spec says (7 by default).
-async fn db_backup(State(state): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Response {
+async fn db_backup(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let key = ObjectKey::new("Database", &ns, &name);
     let store = state.store.clone();
     let done = tokio::task::spawn_blocking(move || {
         // The retention comes from the spec; a spec that cannot be read prunes nothing.
         let db = store.get(&key).map_err(|e| format!("reading Database {}: {e}", key.name))?;
         let keep = db.and_then(|d| d["spec"]["backup"]["keep"].as_u64()).unwrap_or(7) as u32;
-        let t = capstan_database::backup::target(&store, &key)?;
-        capstan_database::backup::dump(&t, &key.name, keep)
+        // Answered as text (409): the Database's own error says what is missing.
+        let t = capstan_database::backup::target(&store, &key).map_err(|e| e.to_string())?;
+        capstan_database::backup::dump(&t, &key.name, keep).map_err(|e| e.to_string())
     })
     .await;
     match done {
@@ -725,10 +694,10 @@ async fn db_backup(State(state): State<AppState>, Path((ns, name)): Path<(String
                 "BackedUp",
                 &format!("{} ({} bytes), on request", info.file, info.bytes),
             );
-            Json(info).into_response()
+            Ok(Json(info).into_response())
         }
-        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => Err(ApiError::Conflict(e)),
+        Err(e) => Err(ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
 
@@ -742,7 +711,7 @@ async fn db_restore(
     State(state): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
     body: Option<Json<RestoreBody>>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let key = ObjectKey::new("Database", &ns, &name);
     let file = body.and_then(|b| b.0.file);
     let store = state.store.clone();
@@ -761,13 +730,14 @@ async fn db_restore(
                 "Restored",
                 &format!("restored {}", info.file),
             );
-            Json(info).into_response()
+            Ok(Json(info).into_response())
         }
         Ok(Err(e)) => {
-            let _ = state.store.record_event(&key, capstan_model::EventType::Warning, "RestoreFailed", &e.to_string());
-            error(StatusCode::CONFLICT, e)
+            let why = e.to_string();
+            let _ = state.store.record_event(&key, capstan_model::EventType::Warning, "RestoreFailed", &why);
+            Err(ApiError::Conflict(why))
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => Err(ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
 
@@ -787,24 +757,32 @@ struct Who {
     by: Option<String>,
 }
 
-fn manual(outcome: crate::alerts::ManualOutcome, id: &str, verb: &str) -> Response {
+fn manual(outcome: crate::alerts::ManualOutcome, id: &str, verb: &str) -> Result<Json<Value>, ApiError> {
     use crate::alerts::ManualOutcome;
     match outcome {
-        ManualOutcome::Done => Json(json!({ "id": id, "result": verb })).into_response(),
+        ManualOutcome::Done => Ok(Json(json!({ "id": id, "result": verb }))),
         ManualOutcome::NotFound => {
-            error(StatusCode::NOT_FOUND, format!("incident {id} not found; `capstan alerts --all` lists them"))
+            Err(ApiError::NotFound(format!("incident {id} not found; `capstan alerts --all` lists them")))
         }
-        ManualOutcome::NoChange(state) => error(StatusCode::CONFLICT, format!("incident {id} is already {state}")),
-        ManualOutcome::Unavailable(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("try again: {e}")),
+        ManualOutcome::NoChange(state) => Err(ApiError::Conflict(format!("incident {id} is already {state}"))),
+        ManualOutcome::Unavailable(e) => Err(ApiError::Unavailable(e)),
     }
 }
 
-async fn acknowledge(State(state): State<AppState>, Path(id): Path<String>, body: Option<Json<Who>>) -> Response {
+async fn acknowledge(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<Who>>,
+) -> Result<Json<Value>, ApiError> {
     let who = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
     manual(crate::alerts::acknowledge(&state.store, &state.alerting, &id, &who), &id, "acknowledged")
 }
 
-async fn resolve_incident(State(state): State<AppState>, Path(id): Path<String>, body: Option<Json<Who>>) -> Response {
+async fn resolve_incident(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<Who>>,
+) -> Result<Json<Value>, ApiError> {
     let who = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
     manual(crate::alerts::resolve(&state.store, &state.alerting, &id, &who), &id, "resolved")
 }

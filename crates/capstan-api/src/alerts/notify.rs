@@ -3,6 +3,37 @@
 
 use super::*;
 
+/// Why a notification was not delivered; the text is the delivery's `lastError`.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotifyError {
+    /// The request did not get an answer; `cause` has reqwest's chain of causes, without the URL's path.
+    #[error("{origin}: {cause}")]
+    Unreachable { origin: String, cause: String },
+    /// The target answered with something other than 2xx.
+    #[error("{origin} answered {status}: {body}")]
+    Answered { origin: String, status: reqwest::StatusCode, body: String },
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("{program}: {source}")]
+    Command { program: String, source: std::io::Error },
+    #[error("{program} ran longer than 30s")]
+    CommandTimeout { program: String },
+    #[error("{program} exited with {status}: {stderr}")]
+    CommandFailed { program: String, status: std::process::ExitStatus, stderr: String },
+    #[error("smarthost needs host:port")]
+    SmarthostWithoutPort,
+    #[error("bad port in {smarthost}")]
+    SmarthostPort { smarthost: String },
+    #[error("from: {0}")]
+    Sender(lettre::address::AddressError),
+    #[error("to {to}: {source}")]
+    Recipient { to: String, source: lettre::address::AddressError },
+    #[error("{0}")]
+    Message(lettre::error::Error),
+    #[error("smtp {smarthost}: {source}")]
+    Smtp { smarthost: String, source: lettre::transport::smtp::Error },
+}
+
 /// The Alertmanager webhook payload (version 4), with Capstan's incident alongside.
 pub(super) fn payload(i: &Incident, n: &Notification, external_url: &str, now: i64) -> Value {
     let resolved = i.state == IncidentState::Resolved;
@@ -76,7 +107,7 @@ pub(super) async fn deliver(store: &Store, alerting: &Alerting, client: &reqwest
                     d.failed = true;
                 }
                 tracing::warn!(delivery = %d.id, attempts = d.attempts, "notification failed: {e}");
-                d.last_error = Some(e);
+                d.last_error = Some(e.to_string());
                 if let Ok(v) = serde_json::to_value(&d) {
                     let _ = store.put_record(&format!("delivery/{}", d.id), &v);
                 }
@@ -114,22 +145,24 @@ pub(super) fn origin(url: &str) -> String {
 }
 
 /// POSTs a JSON body; anything but a 2xx answer is a failure, with the answer's text.
-pub(super) async fn post_json(client: &reqwest::Client, url: &str, body: String) -> Result<(), String> {
+pub(super) async fn post_json(client: &reqwest::Client, url: &str, body: String) -> Result<(), NotifyError> {
     let r = client
         .post(url)
         .header("Content-Type", "application/json")
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("{}: {}", origin(url), with_causes(&e.without_url())))?;
-    if r.status().is_success() {
+        .map_err(|e| NotifyError::Unreachable { origin: origin(url), cause: with_causes(&e.without_url()) })?;
+    let status = r.status();
+    if status.is_success() {
         Ok(())
     } else {
-        Err(format!("{} answered {}: {}", origin(url), r.status(), r.text().await.unwrap_or_default().trim()))
+        let body = r.text().await.unwrap_or_default().trim().to_string();
+        Err(NotifyError::Answered { origin: origin(url), status, body })
     }
 }
 
-pub(super) async fn send(client: &reqwest::Client, d: &Delivery) -> Result<(), String> {
+pub(super) async fn send(client: &reqwest::Client, d: &Delivery) -> Result<(), NotifyError> {
     match &d.target {
         NotifyTarget::Webhook { url } => post_json(client, url, d.payload.to_string()).await,
         NotifyTarget::Alertmanager { url } => {
@@ -145,7 +178,8 @@ pub(super) async fn send(client: &reqwest::Client, d: &Delivery) -> Result<(), S
         }
         NotifyTarget::Command { command } => {
             use tokio::io::AsyncWriteExt;
-            let (prog, args) = command.split_first().ok_or("empty command")?;
+            let (prog, args) = command.split_first().ok_or(NotifyError::EmptyCommand)?;
+            let failed = |source| NotifyError::Command { program: prog.clone(), source };
             let mut child = tokio::process::Command::new(prog)
                 .args(args)
                 .env("CAPSTAN_INCIDENT_ID", &d.incident)
@@ -157,18 +191,19 @@ pub(super) async fn send(client: &reqwest::Client, d: &Delivery) -> Result<(), S
                 .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| format!("{prog}: {e}"))?;
+                .map_err(failed)?;
             if let Some(mut stdin) = child.stdin.take() {
                 let _ = stdin.write_all(d.payload.to_string().as_bytes()).await;
             }
             let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
                 .await
-                .map_err(|_| format!("{prog} ran longer than 30s"))?
-                .map_err(|e| format!("{prog}: {e}"))?;
+                .map_err(|_| NotifyError::CommandTimeout { program: prog.clone() })?
+                .map_err(failed)?;
             if out.status.success() {
                 Ok(())
             } else {
-                Err(format!("{prog} exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+                let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                Err(NotifyError::CommandFailed { program: prog.clone(), status: out.status, stderr })
             }
         }
         NotifyTarget::Email { to, from, smarthost } => send_mail(smarthost, from, to, d).await,
@@ -176,11 +211,11 @@ pub(super) async fn send(client: &reqwest::Client, d: &Delivery) -> Result<(), S
 }
 
 /// Plain SMTP to a relay, as Alertmanager's email receiver without TLS.
-pub(super) async fn send_mail(smarthost: &str, from: &str, to: &[String], d: &Delivery) -> Result<(), String> {
+pub(super) async fn send_mail(smarthost: &str, from: &str, to: &[String], d: &Delivery) -> Result<(), NotifyError> {
     use lettre::message::Mailbox;
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-    let (host, port) = smarthost.rsplit_once(':').ok_or("smarthost needs host:port")?;
-    let port: u16 = port.parse().map_err(|_| format!("bad port in {smarthost}"))?;
+    let (host, port) = smarthost.rsplit_once(':').ok_or(NotifyError::SmarthostWithoutPort)?;
+    let port: u16 = port.parse().map_err(|_| NotifyError::SmarthostPort { smarthost: smarthost.to_string() })?;
     let status = d.payload["status"].as_str().unwrap_or("firing");
     let subject = format!(
         "[{}] {} {}",
@@ -195,11 +230,11 @@ pub(super) async fn send_mail(smarthost: &str, from: &str, to: &[String], d: &De
             body.push_str(&format!("  {s}\n"));
         }
     }
-    let mut msg = Message::builder().from(from.parse::<Mailbox>().map_err(|e| format!("from: {e}"))?).subject(subject);
+    let mut msg = Message::builder().from(from.parse::<Mailbox>().map_err(NotifyError::Sender)?).subject(subject);
     for t in to {
-        msg = msg.to(t.parse::<Mailbox>().map_err(|e| format!("to {t}: {e}"))?);
+        msg = msg.to(t.parse::<Mailbox>().map_err(|source| NotifyError::Recipient { to: t.clone(), source })?);
     }
-    let msg = msg.body(body).map_err(|e| e.to_string())?;
+    let msg = msg.body(body).map_err(NotifyError::Message)?;
     let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).port(port).build();
-    mailer.send(msg).await.map(|_| ()).map_err(|e| format!("smtp {smarthost}: {e}"))
+    mailer.send(msg).await.map(|_| ()).map_err(|source| NotifyError::Smtp { smarthost: smarthost.to_string(), source })
 }
