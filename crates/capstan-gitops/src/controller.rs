@@ -25,6 +25,7 @@ use crate::artifact::{collect_garbage, write_dir, KEEP_ARTIFACTS};
 use crate::build::{build, BuildOptions};
 use crate::git::{fetch, redact, write_commit, Credentials, FetchRequest, GitError};
 
+mod embedded;
 mod kube;
 mod source;
 mod sync;
@@ -260,12 +261,7 @@ impl runner::Reconciler for Syncs {
         let inner = &self.0;
         inner.forget(key);
         let Some(sync) = typed::<Sync>(last.clone()) else { return };
-        match sync.spec.target {
-            capstan_model::gitops::SyncTarget::Embedded => finalize_sync(inner, key, &sync),
-            capstan_model::gitops::SyncTarget::Kubernetes => {
-                tokio::runtime::Handle::current().block_on(kube::finalize_kubernetes(inner, key, &sync))
-            }
-        }
+        tokio::runtime::Handle::current().block_on(finalize_sync(inner, key, &sync));
     }
 
     /// Looked at at its interval, and when what it depends on changes.

@@ -1,63 +1,11 @@
-//! Syncs: dependencies and the artifact, build and admission, the plan applied to the store, drift, prune, the
-//! health wait and the finalizer.
+//! Syncs, whatever their target: dependencies and the artifact, the build, the revision applied through a
+//! `Target`, the health wait and the finalizer.
 
+use capstan_model::gitops::{InventoryEntry, SyncTarget};
+
+use super::embedded::Embedded;
+use super::kube::Kubernetes;
 use super::*;
-
-/// Why an object is not Ready, if it is not.
-pub(super) fn not_ready(store: &Store, key: &ObjectKey) -> Option<String> {
-    let v = match store.get(key) {
-        Ok(Some(v)) => v,
-        Ok(None) => return Some("not found".into()),
-        Err(e) => return Some(format!("cannot be read: {e}")),
-    };
-    if key.kind == "Secret" {
-        return None;
-    }
-    let Some(c) = v["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == READY)) else {
-        return Some("no status yet".into());
-    };
-    let observed = v["status"]["observedGeneration"].as_i64().unwrap_or(i64::MAX);
-    if observed < generation(&v) {
-        return Some("its controller has not seen the latest spec yet".into());
-    }
-    if c["status"] == "True" {
-        None
-    } else {
-        Some(c["message"].as_str().unwrap_or("not Ready").to_string())
-    }
-}
-
-pub(super) fn diag_for(manifests: &[capstan_model::Manifest], errors: Vec<(usize, FieldError)>) -> Diagnostics {
-    Diagnostics(
-        errors
-            .into_iter()
-            .map(|(i, e)| match manifests.get(i) {
-                Some(m) => m.diagnose(e),
-                None => Diagnostic {
-                    file: "-".into(),
-                    location: None,
-                    object: None,
-                    field: Some(e.path),
-                    message: e.message,
-                    hint: e.hint,
-                },
-            })
-            .collect(),
-    )
-}
-
-/// Points `link` at `target` atomically; returns the target it had.
-pub(super) fn swap_link(link: &Path, target: &Path) -> std::io::Result<Option<PathBuf>> {
-    let old = std::fs::read_link(link).ok();
-    if let Some(parent) = link.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = link.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, link)?;
-    Ok(old)
-}
 
 pub(super) struct Outcome {
     pub(super) reason: &'static str,
@@ -95,10 +43,8 @@ pub(super) async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Resul
 
     let attempt = Attempt { started, timeout, retry, interval };
     let outcome = match sync.spec.target {
-        capstan_model::gitops::SyncTarget::Embedded => sync_once(inner, key, &sync, &mut status, &attempt),
-        capstan_model::gitops::SyncTarget::Kubernetes => {
-            kube::sync_kubernetes(inner, key, &sync, &mut status, &attempt).await
-        }
+        SyncTarget::Embedded => sync_with::<Embedded>(inner, key, &sync, &mut status, &attempt).await,
+        SyncTarget::Kubernetes => sync_with::<Kubernetes>(inner, key, &sync, &mut status, &attempt).await,
     };
     // History counts attempts to apply a revision, not waits for a dependency or an artifact.
     let mut record = ![reason::DEPENDENCY_NOT_READY, reason::ARTIFACT_FAILED].contains(&outcome.reason);
@@ -130,7 +76,7 @@ pub(super) async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Resul
 }
 
 /// The artifact a Sync applies, once its dependencies are Ready and its Source has one; else why not.
-pub(super) fn ready_artifact(inner: &Arc<Inner>, sync: &Sync, retry: Duration) -> Result<Artifact, Outcome> {
+fn ready_artifact(inner: &Arc<Inner>, sync: &Sync, retry: Duration) -> Result<Artifact, Outcome> {
     let fail = failed(retry);
     // Dependencies first: each must be Ready at its spec, and have applied what its Source holds now (as Flux
     // holds a dependent back): a dependency that was Ready on the previous revision and has not yet tried (or
@@ -200,7 +146,7 @@ pub(super) fn failed(retry: Duration) -> impl Fn(&'static str, String) -> Outcom
 
 /// Builds a revision's manifests for a Sync; a broken revision is BuildFailed with every problem's file and line,
 /// and the previous revision keeps running.
-pub(super) fn build_revision(
+fn build_revision(
     inner: &Inner,
     key: &ObjectKey,
     sync: &Sync,
@@ -225,7 +171,48 @@ pub(super) fn refused(inner: &Inner, key: &ObjectKey, revision: &str, why: &str,
     failed(retry)(reason::BUILD_FAILED, msg)
 }
 
-pub(super) fn sync_once(
+/// Where a Sync applies its revisions: Capstan's own store (`Embedded`) or a Kubernetes cluster (`Kubernetes`). The
+/// steps they share are `sync_with`, `health` and `finalize_with`; a target does only what differs.
+pub(super) trait Target: Sized {
+    /// Reaches the target a Sync names; the error says why it cannot be reached.
+    async fn connect(inner: &Inner, key: &ObjectKey, sync: &Sync) -> Result<Self, String>;
+
+    /// Where the build looks up relative programs, if anywhere.
+    fn base_dir(&self) -> Option<PathBuf>;
+
+    /// Admits and applies a built revision and prunes what it no longer holds. An error is the outcome of a revision
+    /// refused or not applied, with the inventory left as it was.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &self,
+        inner: &Inner,
+        key: &ObjectKey,
+        sync: &Sync,
+        artifact: &Artifact,
+        manifests: &[capstan_model::Manifest],
+        status: &SyncStatus,
+        at: &Attempt,
+    ) -> Result<Applied, Outcome>;
+
+    /// What is not ready among `objects`, each as "what: why".
+    async fn unready(&self, inner: &Inner, objects: &[ObjectKey]) -> Vec<String>;
+
+    /// Deletes what a deleted Sync (with `prune`) applied there, never what holds data.
+    async fn prune_all(&self, inner: &Inner, key: &ObjectKey, sync: &Sync);
+}
+
+/// What applying a revision did.
+pub(super) struct Applied {
+    /// What changed ("App/web created", …), said in a Progressing event.
+    pub(super) summary: Vec<String>,
+    /// What the Sync owns there now.
+    pub(super) inventory: Vec<InventoryEntry>,
+    /// What failed once the rest was applied, and whether it is said in a Warning event as well.
+    pub(super) failure: Option<(Outcome, bool)>,
+}
+
+/// One reconcile of a Sync on its target: the artifact, the build, the apply, then the wait for health.
+async fn sync_with<T: Target>(
     inner: &Arc<Inner>,
     key: &ObjectKey,
     sync: &Sync,
@@ -233,128 +220,57 @@ pub(super) fn sync_once(
     at: &Attempt,
 ) -> Outcome {
     let retry = at.retry;
-    let fail = failed(retry);
-
     let artifact = match ready_artifact(inner, sync, retry) {
         Ok(a) => a,
         Err(o) => return o,
     };
     let revision = artifact.revision.clone();
     status.last_attempted_revision = Some(revision.clone());
+    let target = match T::connect(inner, key, sync).await {
+        Ok(t) => t,
+        Err(e) => return failed(retry)(reason::APPLY_FAILED, format!("revision '{revision}' was not applied: {e}")),
+    };
 
     // Waiting for health on this same revision: only look at health.
     let waiting = lock(&inner.waiting).get(key).cloned();
     if let Some(w) = waiting.filter(|w| w.revision == revision) {
-        return health(inner, key, sync, status, w, at);
+        return health(inner, key, &target, sync, status, w, at).await;
     }
 
-    // Build.
-    let link = inner.applied_link(key);
-    let manifests = match build_revision(inner, key, sync, &artifact, Some(link.clone()), retry) {
+    let manifests = match build_revision(inner, key, sync, &artifact, target.base_dir(), retry) {
         Ok(m) => m,
         Err(o) => return o,
     };
-    let mut desired: Vec<Value> = manifests.iter().map(|m| m.resource.to_value()).collect();
-    for v in &mut desired {
-        mark_owned(v, key);
-    }
-
-    // Admission, with the link already on the new revision (relative programs are looked up there); put back when
-    // the revision is refused.
-    let previous_target = match swap_link(&link, Path::new(&artifact.path)) {
-        Ok(old) => old,
-        Err(e) => return fail(reason::APPLY_FAILED, format!("cannot link {}: {e}", link.display())),
+    let applied = match target.apply(inner, key, sync, &artifact, &manifests, status, at).await {
+        Ok(a) => a,
+        Err(o) => return o,
     };
-    if let Err(errors) = inner.admit.admit(&desired) {
-        if let Some(old) = previous_target {
-            let _ = swap_link(&link, &old);
+    if !applied.summary.is_empty() {
+        let msg = format!("revision '{revision}': {}", applied.summary.join(", "));
+        inner.event(key, EventType::Normal, "Progressing", &msg);
+    }
+    status.inventory = applied.inventory;
+    if let Some((o, warn)) = applied.failure {
+        if warn {
+            inner.event(key, EventType::Warning, o.reason, &o.message);
         }
-        return refused(inner, key, &revision, &diag_for(&manifests, errors).to_string(), retry);
-    }
-
-    // Plan against what is stored.
-    let mut live = BTreeMap::new();
-    let keys = desired
-        .iter()
-        .filter_map(|v| capstan_store::key_of(v).ok())
-        .chain(status.inventory.iter().map(|e| ObjectKey::new(&e.kind, &e.namespace, &e.name)));
-    for k in keys {
-        // An object that cannot be read is neither created again nor forgotten from the inventory (and so never
-        // pruned): the whole reconcile waits for the store.
-        match inner.store.get(&k) {
-            Ok(Some(v)) => {
-                live.insert(k, v);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                if let Some(old) = previous_target {
-                    let _ = swap_link(&link, &old);
-                }
-                return fail(reason::APPLY_FAILED, format!("reading {k}: {e}; nothing was applied"));
-            }
-        }
-    }
-    let plan = plan_sync(key, &desired, &live, &status.inventory, sync.spec.prune);
-    let drift = status.last_applied_revision.as_deref() == Some(revision.as_str());
-    let writes = plan.writes();
-    if !writes.is_empty() {
-        if let Err(e) = inner.store.apply(writes) {
-            return fail(reason::APPLY_FAILED, format!("applying revision '{revision}': {e}"));
-        }
-    }
-    let mut summary = Vec::new();
-    for v in &plan.create {
-        if let Ok(k) = capstan_store::key_of(v) {
-            summary.push(format!("{}/{} created", k.kind, k.name));
-        }
-    }
-    for (v, changes) in &plan.update {
-        let Ok(k) = capstan_store::key_of(v) else { continue };
-        let fields: Vec<String> = changes.iter().filter(|c| !is_bookkeeping(c)).map(|c| c.to_string()).collect();
-        if drift && !fields.is_empty() {
-            let msg = format!("{}/{} was changed outside Git; put back: {}", k.kind, k.name, fields.join("; "));
-            inner.event(key, EventType::Warning, "DriftReverted", &msg);
-            inner.event(
-                &k,
-                EventType::Warning,
-                "DriftReverted",
-                &format!("changed outside Git; Sync {} put back: {}", key.name, fields.join("; ")),
-            );
-        }
-        summary.push(format!("{}/{} configured", k.kind, k.name));
-    }
-    let mut prune_errors = Vec::new();
-    for k in &plan.prune {
-        match inner.store.delete(k) {
-            Ok(_) => summary.push(format!("{}/{} pruned", k.kind, k.name)),
-            Err(e) => prune_errors.push(format!("{k}: {e}")),
-        }
-    }
-    for (k, why) in &plan.keep {
-        if sync.spec.prune {
-            inner.event(key, EventType::Normal, "PruneSkipped", &format!("kept {}/{}: {why}", k.kind, k.name));
-        }
-    }
-    status.inventory = plan.inventory.clone();
-    if !summary.is_empty() {
-        inner.event(key, EventType::Normal, "Progressing", &format!("revision '{revision}': {}", summary.join(", ")));
-    }
-    if !prune_errors.is_empty() {
-        return fail(reason::PRUNE_FAILED, format!("pruning failed: {}", prune_errors.join("; ")));
+        return o;
     }
     let w = Waiting { revision, deadline: Instant::now() + at.timeout, started: at.started };
-    health(inner, key, sync, status, w, at)
+    health(inner, key, &target, sync, status, w, at).await
 }
 
-pub(super) fn health(
+/// Health read off the target: every applied object with `wait`, else the named health checks.
+async fn health<T: Target>(
     inner: &Arc<Inner>,
     key: &ObjectKey,
+    target: &T,
     sync: &Sync,
     status: &mut SyncStatus,
     w: Waiting,
     at: &Attempt,
 ) -> Outcome {
-    let targets: Vec<ObjectKey> = if sync.spec.wait {
+    let objects: Vec<ObjectKey> = if sync.spec.wait {
         status.inventory.iter().map(|e| ObjectKey::new(&e.kind, &e.namespace, &e.name)).collect()
     } else {
         sync.spec
@@ -363,10 +279,7 @@ pub(super) fn health(
             .map(|h| ObjectKey::new(&h.kind, h.namespace.as_deref().unwrap_or(sync.metadata.namespace()), &h.name))
             .collect()
     };
-    let unready: Vec<String> = targets
-        .iter()
-        .filter_map(|t| not_ready(&inner.store, t).map(|why| format!("{}/{}/{}: {why}", t.kind, t.namespace, t.name)))
-        .collect();
+    let unready = target.unready(inner, &objects).await;
     health_outcome(inner, key, status, w, at, unready)
 }
 
@@ -392,7 +305,7 @@ pub(super) fn judge_health(unready: &[String], deadline: Instant, now: Instant) 
 
 /// What health means for a Sync, whatever its target: everything ready → Succeeded; past the deadline →
 /// HealthCheckFailed naming what is not; otherwise Progressing, looked at again soon.
-pub(super) fn health_outcome(
+fn health_outcome(
     inner: &Arc<Inner>,
     key: &ObjectKey,
     status: &mut SyncStatus,
@@ -438,34 +351,27 @@ pub(super) fn health_outcome(
 }
 
 /// A deleted Sync with `prune` deletes what it applied (never protected data), as Flux's garbage collection does.
-pub(super) fn finalize_sync(inner: &Inner, key: &ObjectKey, sync: &Sync) {
+pub(super) async fn finalize_sync(inner: &Inner, key: &ObjectKey, sync: &Sync) {
+    match sync.spec.target {
+        SyncTarget::Embedded => finalize_with::<Embedded>(inner, key, sync).await,
+        SyncTarget::Kubernetes => finalize_with::<Kubernetes>(inner, key, sync).await,
+    }
+}
+
+async fn finalize_with<T: Target>(inner: &Inner, key: &ObjectKey, sync: &Sync) {
     if !sync.spec.prune {
-        // What it applied keeps running, and keeps its revision's files: the link stays, so the artifact is kept
-        // and a replica that restarts still finds its working directory.
+        // What it applied keeps running. In the store it keeps its revision's files too: the link stays, so the
+        // artifact is kept and a replica that restarts still finds its working directory.
         return;
     }
-    let _ = std::fs::remove_file(inner.applied_link(key));
-    let inventory = sync.status.as_ref().map(|s| s.inventory.clone()).unwrap_or_default();
-    let mut live = BTreeMap::new();
-    for e in &inventory {
-        let k = ObjectKey::new(&e.kind, &e.namespace, &e.name);
-        match inner.store.get(&k) {
-            Ok(Some(v)) => {
-                live.insert(k, v);
-            }
-            Ok(None) => {}
-            // Not deleted on a guess: it stays, and says why.
-            Err(e) => {
-                tracing::error!(sync = %key, object = %k, "not pruned after the Sync was deleted: reading it: {e}")
-            }
+    let target = match T::connect(inner, key, sync).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(sync = %key, "cannot prune after the Sync was deleted: {e}");
+            return;
         }
-    }
-    let plan = plan_sync(key, &[], &live, &inventory, true);
-    for k in plan.prune {
-        if let Err(e) = inner.store.delete(&k) {
-            tracing::warn!(object = %k, "deleting after Sync {key} was deleted: {e}");
-        }
-    }
+    };
+    target.prune_all(inner, key, sync).await;
 }
 
 #[cfg(test)]
