@@ -5,6 +5,7 @@ mod commands;
 mod events;
 mod explain;
 mod gitops;
+mod kinds;
 mod kube;
 pub mod manifests;
 pub mod output;

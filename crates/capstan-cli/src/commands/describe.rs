@@ -24,7 +24,7 @@ pub(super) async fn describe(client: &Client, kind: &str, name: &str, ns: Option
     let events = client.get(&format!("{path}/events")).await.map_err(api_failure)?;
     let now = Utc::now();
     if kind != Kind::App {
-        print!("{}", crate::gitops::describe(kind, &o, &events, now));
+        print!("{}", crate::kinds::describe(kind, &o, &events, now));
         return Ok(EXIT_OK);
     }
     let md = &o["metadata"];

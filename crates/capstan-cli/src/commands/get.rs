@@ -86,7 +86,7 @@ pub(super) async fn get(
     }
     let row_of = |o: &Value, now| match kind {
         Kind::App => app_row(o, all, wide, now),
-        other => crate::gitops::row(other, o, all, now),
+        other => crate::kinds::row(other, o, all, now),
     };
     match kind {
         Kind::App => {
@@ -95,7 +95,7 @@ pub(super) async fn get(
                 headers.extend(["REVISION", "PORTS", "ENDPOINTS"]);
             }
         }
-        other => headers.extend(crate::gitops::columns(other)),
+        other => headers.extend(crate::kinds::columns(other)),
     }
     let rows: Vec<Vec<String>> = items.iter().map(|o| row_of(o, now)).collect();
     println!("{}", table(&headers, &rows));

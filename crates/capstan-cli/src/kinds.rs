@@ -1,0 +1,144 @@
+//! How each kind looks in `capstan get` and `capstan describe`: one module per kind, chosen by exhaustive matches.
+
+mod alert_rule;
+mod app;
+mod database;
+mod escalation_policy;
+mod model_server;
+mod secret;
+mod source;
+mod sync;
+mod training_job;
+#[cfg(feature = "throwaway-kind")]
+mod widget;
+
+use capstan_model::Kind;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::commands::events_section;
+use crate::output::{age, time_of};
+
+/// The status and message of an object's `Ready` condition (`Unknown` and empty without one).
+pub(crate) fn ready_of(o: &Value) -> (String, String) {
+    let c = o["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or(Value::Null);
+    (c["status"].as_str().unwrap_or("Unknown").to_string(), c["message"].as_str().unwrap_or("").to_string())
+}
+
+/// The first line of `s`, cut to `max` characters with `…`.
+pub(crate) fn first_line(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() > max {
+        format!("{}…", line.chars().take(max - 1).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+/// `main@sha1:0123456789abcdef…` as `main@sha1:0123456789ab`.
+fn short_revision(rev: &str) -> String {
+    match rev.rsplit_once(':') {
+        Some((head, sum)) if sum.len() > 12 => format!("{head}:{}", &sum[..12]),
+        _ => rev.to_string(),
+    }
+}
+
+/// One `Label:            value` line of `describe`; nothing when the value is empty.
+fn put_field(out: &mut String, k: &str, v: String) {
+    if !v.is_empty() {
+        out.push_str(&format!("{:<18}{v}\n", format!("{k}:")))
+    }
+}
+
+/// Table columns of `capstan get` for each kind (for Sources and Syncs, Flux's columns), plus age.
+pub fn columns(kind: Kind) -> Vec<&'static str> {
+    match kind {
+        Kind::Secret => secret::columns(),
+        Kind::Source => source::columns(),
+        Kind::Sync => sync::columns(),
+        Kind::Database => database::columns(),
+        Kind::App => app::columns(),
+        Kind::TrainingJob => training_job::columns(),
+        Kind::ModelServer => model_server::columns(),
+        Kind::AlertRule => alert_rule::columns(),
+        Kind::EscalationPolicy => escalation_policy::columns(),
+        #[cfg(feature = "throwaway-kind")]
+        Kind::Widget => widget::columns(),
+    }
+}
+
+/// One table row of `capstan get`, in the order of [`columns`]. Every kind has its own arm (no catch-all), so a new
+/// kind does not compile until it says what `get` shows.
+pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> {
+    let mut r = vec![];
+    if all {
+        r.push(o["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+    }
+    r.push(o["metadata"]["name"].as_str().unwrap_or("").to_string());
+    let cells: Vec<String> = match kind {
+        Kind::Secret => secret::cells(o),
+        Kind::Source => source::cells(o),
+        Kind::Sync => sync::cells(o),
+        Kind::Database => database::cells(o),
+        Kind::App => app::cells(o),
+        Kind::TrainingJob => training_job::cells(o),
+        Kind::ModelServer => model_server::cells(o),
+        Kind::AlertRule => alert_rule::cells(o),
+        Kind::EscalationPolicy => escalation_policy::cells(o),
+        #[cfg(feature = "throwaway-kind")]
+        Kind::Widget => widget::cells(o),
+    };
+    r.extend(cells);
+    r.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
+    r
+}
+
+/// `capstan describe` of every kind but App (whose describe is its own). Secret values are never shown.
+pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> String {
+    let md = &o["metadata"];
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| put_field(&mut out, k, v);
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    field("Name", s(&md["name"]));
+    field("Namespace", s(&md["namespace"]));
+    field("Kind", kind.name().into());
+    field("Managed by", crate::output::managed_by(md).unwrap_or_default());
+    field("Created", format!("{} ({} ago)", s(&md["creationTimestamp"]), age(time_of(&md["creationTimestamp"]), now)));
+    // Each kind's fields and sections, then its conditions (all but a Secret's).
+    match kind {
+        Kind::Secret => secret::describe(o, now, &mut out),
+        Kind::Source => source::describe(o, now, &mut out),
+        Kind::Sync => sync::describe(o, now, &mut out),
+        Kind::Database => database::describe(o, now, &mut out),
+        Kind::App => app::describe(o, now, &mut out),
+        Kind::TrainingJob => training_job::describe(o, now, &mut out),
+        Kind::ModelServer => model_server::describe(o, now, &mut out),
+        Kind::AlertRule => alert_rule::describe(o, now, &mut out),
+        Kind::EscalationPolicy => escalation_policy::describe(o, now, &mut out),
+        #[cfg(feature = "throwaway-kind")]
+        Kind::Widget => widget::describe(o, now, &mut out),
+    }
+    out.push_str(&events_section(events, now));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Issue 21: every kind's row has exactly its columns (a kind that slipped into another's arm would not).
+    #[test]
+    fn every_kind_has_a_row_as_wide_as_its_columns() {
+        let o = json!({"metadata": {"name": "x", "namespace": "default", "creationTimestamp": "2026-12-06T10:00:00Z"},
+                       "spec": {}, "status": {}});
+        for kind in Kind::ALL {
+            assert_eq!(row(*kind, &o, false, Utc::now()).len(), columns(*kind).len(), "{kind}");
+            assert_eq!(row(*kind, &o, true, Utc::now()).len(), columns(*kind).len() + 1, "{kind} with NAMESPACE");
+        }
+    }
+}
