@@ -85,18 +85,25 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
         }
         Resource::TrainingJob(j) => crate::training::render_training_job(j),
         Resource::ModelServer(m) => crate::serving::render_model_server(m),
+        #[cfg(feature = "throwaway-kind")]
+        Resource::Widget(_) => Err(not_rendered(r)),
         Resource::Secret(_)
         | Resource::Source(_)
         | Resource::Sync(_)
         | Resource::AlertRule(_)
-        | Resource::EscalationPolicy(_) => Err(RenderError {
-            object: format!("{}/{}", r.kind(), r.meta().name),
-            field: "kind".into(),
-            message: format!(
-                "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs and ModelServers are)",
-                r.kind()
-            ),
-        }),
+        | Resource::EscalationPolicy(_) => Err(not_rendered(r)),
+    }
+}
+
+/// The error for a kind that has no Kubernetes form.
+fn not_rendered(r: &Resource) -> RenderError {
+    RenderError {
+        object: format!("{}/{}", r.kind(), r.meta().name),
+        field: "kind".into(),
+        message: format!(
+            "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs and ModelServers are)",
+            r.kind()
+        ),
     }
 }
 
@@ -106,6 +113,8 @@ pub fn renders(kind: Kind) -> bool {
     match kind {
         Kind::App | Kind::Database | Kind::TrainingJob | Kind::ModelServer => true,
         Kind::Secret | Kind::Source | Kind::Sync | Kind::AlertRule | Kind::EscalationPolicy => false,
+        #[cfg(feature = "throwaway-kind")]
+        Kind::Widget => false,
     }
 }
 

@@ -11,6 +11,8 @@ pub mod resource;
 pub mod serving;
 pub mod training;
 pub mod validate;
+#[cfg(feature = "throwaway-kind")]
+pub mod widget;
 pub mod yaml;
 
 pub use app::*;

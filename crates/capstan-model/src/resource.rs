@@ -53,40 +53,40 @@ pub type EscalationPolicy = Object<EscalationPolicySpec, EscalationPolicyStatus>
 /// decoding, validation and access to the typed object whatever its kind) — so a new kind is one line here, and
 /// every `match` on `Kind` elsewhere fails to compile until it handles the kind.
 macro_rules! kinds {
-    ($( $(#[$doc:meta])* $kind:ident($ty:ty), $plural:literal, crd: $crd:literal, |$o:ident, $e:ident| $validate:expr; )*) => {
+    ($( $(#[$doc:meta])* $([cfg($cfg:meta)])? $kind:ident($ty:ty), $plural:literal, crd: $crd:literal, |$o:ident, $e:ident| $validate:expr; )*) => {
         /// The kinds Capstan knows.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Kind {
-            $( $(#[$doc])* $kind, )*
+            $( $(#[$doc])* $(#[cfg($cfg)])? $kind, )*
         }
 
         impl Kind {
             /// Every kind, in the order objects are applied.
-            pub const ALL: &'static [Kind] = &[$( Kind::$kind, )*];
+            pub const ALL: &'static [Kind] = &[$( $(#[cfg($cfg)])? Kind::$kind, )*];
 
             pub fn name(self) -> &'static str {
                 match self {
-                    $( Kind::$kind => stringify!($kind), )*
+                    $( $(#[cfg($cfg)])? Kind::$kind => stringify!($kind), )*
                 }
             }
 
             /// The plural used in API paths and `capstan get`.
             pub fn plural(self) -> &'static str {
                 match self {
-                    $( Kind::$kind => $plural, )*
+                    $( $(#[cfg($cfg)])? Kind::$kind => $plural, )*
                 }
             }
 
             /// Whether a cluster serves it as Capstan's own custom resource (a Secret is the core Secret there).
             pub fn is_custom_resource(self) -> bool {
                 match self {
-                    $( Kind::$kind => $crd, )*
+                    $( $(#[cfg($cfg)])? Kind::$kind => $crd, )*
                 }
             }
 
             fn root_schema(self) -> schemars::Schema {
                 match self {
-                    $( Kind::$kind => schemars::schema_for!($ty), )*
+                    $( $(#[cfg($cfg)])? Kind::$kind => schemars::schema_for!($ty), )*
                 }
             }
         }
@@ -97,14 +97,14 @@ macro_rules! kinds {
         #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq)]
         pub enum Resource {
-            $( $kind($ty), )*
+            $( $(#[cfg($cfg)])? $kind($ty), )*
         }
 
         /// Runs `$body` with `$obj` bound to the typed object inside a `Resource`, whatever its kind.
         macro_rules! each {
             ($r:expr, $obj:ident => $body:expr) => {
                 match $r {
-                    $( Resource::$kind($obj) => $body, )*
+                    $( $(#[cfg($cfg)])? Resource::$kind($obj) => $body, )*
                 }
             };
         }
@@ -112,19 +112,19 @@ macro_rules! kinds {
         impl Resource {
             pub fn kind(&self) -> Kind {
                 match self {
-                    $( Resource::$kind(_) => Kind::$kind, )*
+                    $( $(#[cfg($cfg)])? Resource::$kind(_) => Kind::$kind, )*
                 }
             }
 
             fn decode_as(kind: Kind, value: Value) -> Result<Resource, FieldError> {
                 match kind {
-                    $( Kind::$kind => decode::<$ty>(value).map(Resource::$kind), )*
+                    $( $(#[cfg($cfg)])? Kind::$kind => decode::<$ty>(value).map(Resource::$kind), )*
                 }
             }
 
             fn validate_kind(&self, errors: &mut Vec<FieldError>) {
                 match self {
-                    $( Resource::$kind($o) => { let $e = errors; $validate } )*
+                    $( $(#[cfg($cfg)])? Resource::$kind($o) => { let $e = errors; $validate } )*
                 }
             }
         }
@@ -150,6 +150,9 @@ kinds! {
     AlertRule(AlertRule), "alertrules", crd: true, |o, e| validate_alert_rule(&o.spec, e);
     /// Who is told about incidents, level by level.
     EscalationPolicy(EscalationPolicy), "escalationpolicies", crd: true, |o, e| validate_escalation_policy(&o.spec, e);
+    /// A throwaway kind that exists only to prove the "adding a kind" checklist (feature `throwaway-kind`).
+    [cfg(feature = "throwaway-kind")]
+    Widget(crate::widget::Widget), "widgets", crd: false, |o, e| crate::widget::validate_widget(&o.spec, e);
 }
 
 impl Kind {
