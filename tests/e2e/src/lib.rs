@@ -21,6 +21,22 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Whether a test that needs more than git, the capstan binaries and loopback may run: true when
+/// `CAPSTAN_HEAVY_TESTS=1` (scripts/test.sh sets it). Otherwise it says on stderr which test is skipped and what it
+/// needs, and returns false; a heavy test begins with `if !heavy("PostgreSQL") { return; }`.
+pub fn heavy(needs: &str) -> bool {
+    if std::env::var("CAPSTAN_HEAVY_TESTS").as_deref() == Ok("1") {
+        return true;
+    }
+    // libtest names each test's thread after the test. Written to stderr directly, not with eprintln!, so that the
+    // test harness does not capture it: plain `cargo test` shows what it skipped.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let line = format!("skipped {test}: needs {needs} (set CAPSTAN_HEAVY_TESTS=1, as scripts/test.sh does)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    false
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");

@@ -42,6 +42,9 @@ fn psql(url: &str, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_serves_an_app_survives_crashes_and_restarts_and_keeps_its_data() {
+    if !heavy("PostgreSQL") {
+        return;
+    }
     let tp = TestPlane::start().await;
     let app = app_yaml("board", 1, &[], READINESS).replace("  ports:\n", "  databaseRef: {name: db}\n  ports:\n");
     tp.apply(&format!("{}---\n{app}", database_yaml("db", "")));
@@ -112,6 +115,9 @@ async fn env_of(o: &Value) -> Value {
 /// when the Database is deleted and created again (new port, new password) the App rolls out with the new URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_waits_for_its_database_and_follows_it_when_it_is_created_again() {
+    if !heavy("PostgreSQL") {
+        return;
+    }
     let tp = TestPlane::start().await;
     let app = app_yaml("board", 1, &[], READINESS).replace("  ports:\n", "  databaseRef: {name: db}\n  ports:\n");
     tp.apply(&app);
@@ -170,6 +176,9 @@ async fn an_app_waits_for_its_database_and_follows_it_when_it_is_created_again()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_policy_removes_the_data_and_a_prune_never_does() {
+    if !heavy("PostgreSQL") {
+        return;
+    }
     let tp = TestPlane::start().await;
     // A fixed port another process holds is refused before anything runs, naming the holder.
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -228,6 +237,9 @@ async fn delete_policy_removes_the_data_and_a_prune_never_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_on_schedule_and_on_request_and_a_restore_brings_data_back() {
+    if !heavy("PostgreSQL") {
+        return;
+    }
     let tp = TestPlane::start().await;
     tp.apply(&database_yaml("bk", "  backup: {interval: 1h, keep: 2}\n"));
     wait_db_ready(&tp, "bk").await;

@@ -27,6 +27,9 @@ async fn up_targets(port: u16, app: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_every_replica_it_finds_at_sd_prometheus() {
+    if !heavy("Prometheus") {
+        return;
+    }
     let tp = TestPlane::start().await;
     let metrics = "  metrics: {port: http, interval: 1s, timeout: 1s}\n";
     tp.apply(&app_yaml("scraped", 2, &[], &format!("{READINESS}{metrics}")));

@@ -517,6 +517,9 @@ async fn post_raw(url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_sources_use_their_key_and_trust_only_their_known_hosts() {
+    if !heavy("sshd and ssh-keygen (OpenSSH)") {
+        return;
+    }
     let sshd = capstan_e2e::git::Sshd::start();
     let repo = GitRepo::new();
     let c1 = repo.commit(&[("web.yaml", Some(&repo_app("sshweb", 1, &[])))], "v1");

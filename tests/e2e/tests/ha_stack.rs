@@ -86,6 +86,9 @@ fn payload() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attachments_are_shared_sessions_stick_and_a_killed_node_moves_only_its_own_users() {
+    if !heavy("PostgreSQL") {
+        return;
+    }
     let tp = TestPlane::start().await;
     let lb = free_port();
     tp.apply(&stack_yaml(lb, "v1"));
@@ -191,6 +194,9 @@ async fn attachments_are_shared_sessions_stick_and_a_killed_node_moves_only_its_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_under_load_loses_no_write_and_restarts_and_volume_sync_keep_every_index() {
+    if !heavy("PostgreSQL") {
+        return;
+    }
     let tp = TestPlane::start().await;
     let lb = free_port();
     tp.apply(&stack_yaml(lb, "v1"));
@@ -372,6 +378,9 @@ async fn an_upgrade_under_load_loses_no_write_and_restarts_and_volume_sync_keep_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_a_real_browser_a_user_signs_in_and_sees_another_nodes_change_live() {
+    if !heavy("PostgreSQL and Chromium") {
+        return;
+    }
     let tp = TestPlane::start().await;
     let lb = free_port();
     tp.apply(&stack_yaml(lb, "v1"));

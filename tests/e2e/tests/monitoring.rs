@@ -50,6 +50,9 @@ fn value(s: &Value) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capstan_scrapes_every_replica_and_a_node_exporter_and_answers_promql() {
+    if !heavy("prometheus-node-exporter") {
+        return;
+    }
     let tp = TestPlane::start().await;
     let metrics = "  metrics: {port: http, interval: 1s, timeout: 1s}\n";
     tp.apply(&app_yaml("scraped", 2, &[], &format!("{READINESS}{metrics}")));
@@ -302,6 +305,9 @@ fn same(a: f64, b: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capstan_and_a_real_prometheus_give_the_same_promql_answers_on_the_same_data() {
+    if !heavy("Prometheus and promtool") {
+        return;
+    }
     let now_s = capstan_observe::promql::now_ms() / 1000;
     let end_s = now_s - now_s % 60 - 30 * 60;
     let (om, db) = dataset(end_s);

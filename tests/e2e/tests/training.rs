@@ -197,6 +197,9 @@ fn result(o: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_strategies_train_with_real_tensorflow_and_succeed() {
+    if !heavy("TensorFlow (the venv of scripts/setup-tf.sh)") {
+        return;
+    }
     let tp = TestPlane::start().await;
     tp.apply(&format!("{}---\n{}", example("mwms.yaml", ""), example("ps.yaml", "")));
     for name in ["linear-mwms", "linear-ps"] {
@@ -218,6 +221,9 @@ async fn both_strategies_train_with_real_tensorflow_and_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_training_restarts_the_group_which_resumes_from_its_backup() {
+    if !heavy("TensorFlow (the venv of scripts/setup-tf.sh)") {
+        return;
+    }
     let tp = TestPlane::start().await;
     tp.apply(&example("mwms.yaml", ", --pause, \"1.0\""));
     let dir = eventually("the job has a directory", T, || async {
@@ -252,6 +258,9 @@ async fn a_worker_killed_mid_training_restarts_the_group_which_resumes_from_its_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_trained_by_a_job_is_served_with_tensorflows_own_predictions() {
+    if !heavy("TensorFlow (the venv of scripts/setup-tf.sh)") {
+        return;
+    }
     // The servers run `capstan serve-model`: in this test process, the CLI binary built with the tests.
     std::env::set_var("CAPSTAN_EXE", bin("capstan-e2e-cli"));
     let tp = TestPlane::start().await;
