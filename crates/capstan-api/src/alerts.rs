@@ -16,7 +16,6 @@ use capstan_observe::tsdb::{stale_nan, Labels, Tsdb};
 use capstan_store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 mod incidents;
 mod notify;
@@ -176,39 +175,55 @@ pub enum ManualOutcome {
     Unavailable(String),
 }
 
-/// Starts the controller.
-/// Rules are evaluated within `limits`: a rule that exceeds them is marked unhealthy with the reason.
+/// Starts the alerting clock on the shared runner: every 500 ms, rules due are evaluated (within `limits`: a rule
+/// that exceeds them is marked unhealthy with the reason), incidents escalate, and the outbox is delivered.
 pub fn spawn(
     store: Store,
     db: Arc<Tsdb>,
     alerting: Arc<Alerting>,
     limits: QueryLimits,
 ) -> capstan_engine::runner::Handle {
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(run(store, db, alerting, limits, rx));
-    capstan_engine::runner::Handle::new("alerting", stop, task)
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    capstan_engine::runner::every(Evaluator {
+        store,
+        db,
+        alerting,
+        limits,
+        client,
+        next_eval: HashMap::new(),
+        alerts_series: HashSet::new(),
+    })
 }
 
-async fn run(
+/// What the alerting clock keeps between ticks.
+struct Evaluator {
     store: Store,
     db: Arc<Tsdb>,
     alerting: Arc<Alerting>,
     limits: QueryLimits,
-    mut stop: watch::Receiver<bool>,
-) {
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-    let mut next_eval: HashMap<String, i64> = HashMap::new();
-    let mut alerts_series: HashSet<Labels> = HashSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => break,
-        }
+    client: reqwest::Client,
+    /// When each rule is next due, in ms.
+    next_eval: HashMap<String, i64>,
+    /// The `ALERTS` series written last, so that those that end get a staleness marker.
+    alerts_series: HashSet<Labels>,
+}
+
+impl capstan_engine::runner::Periodic for Evaluator {
+    fn name(&self) -> &'static str {
+        "alerting"
+    }
+
+    fn period(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    async fn tick(&mut self) -> Result<(), capstan_engine::runner::ReconcileError> {
         let now = now_ms();
-        evaluate_rules(&store, &db, &alerting, &limits, &mut next_eval, &mut alerts_series, now).await;
-        escalate(&store, &alerting, now);
-        deliver(&store, &alerting, &client, now).await;
+        let Evaluator { store, db, alerting, limits, client, next_eval, alerts_series } = self;
+        evaluate_rules(store, db, alerting, limits, next_eval, alerts_series, now).await;
+        escalate(store, alerting, now);
+        deliver(store, alerting, client, now).await;
+        Ok(())
     }
 }
 

@@ -62,8 +62,7 @@ pub const APPS_JOB: &str = "capstan-apps";
 /// The running monitor.
 pub struct Monitor {
     pub db: Arc<Tsdb>,
-    stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    handle: capstan_engine::runner::Handle,
     path: PathBuf,
 }
 
@@ -116,7 +115,8 @@ impl Monitor {
         (Arc::new(db), path)
     }
 
-    /// Starts scraping into `db`, snapshotting to `path`.
+    /// Starts scraping into `db`, snapshotting to `path`: a clock on the shared runner that keeps one scrape task
+    /// per target in step with the targets every second, and runs retention and snapshots.
     pub fn spawn(
         shared: Arc<Shared>,
         db: Arc<Tsdb>,
@@ -124,50 +124,69 @@ impl Monitor {
         self_addr: std::net::SocketAddr,
         cfg: MonitorConfig,
     ) -> Monitor {
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(shared, db.clone(), self_addr, cfg, path.clone(), stop_rx));
-        Monitor { db, stop, task: Some(task), path }
+        let now = tokio::time::Instant::now();
+        let scraper = Scraper {
+            shared,
+            db: db.clone(),
+            self_addr,
+            cfg,
+            path: path.clone(),
+            client: None,
+            loops: HashMap::new(),
+            last_snapshot: now,
+            last_retention: now,
+        };
+        Monitor { db, handle: capstan_engine::runner::every(scraper), path }
     }
 
     /// Stops scraping and writes a last snapshot.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
+    pub async fn stop(self) {
+        self.handle.stop().await;
         let db = self.db.clone();
         let path = self.path.clone();
         let _ = tokio::task::spawn_blocking(move || db.save(&path)).await;
     }
 }
 
-/// One scrape loop per target; the set is refreshed every second.
-async fn run(
+/// What the monitoring clock keeps between ticks: one scrape task per target.
+struct Scraper {
     shared: Arc<Shared>,
     db: Arc<Tsdb>,
     self_addr: std::net::SocketAddr,
     cfg: MonitorConfig,
     path: PathBuf,
-    mut stop: watch::Receiver<bool>,
-) {
-    let client = match reqwest::Client::builder().no_proxy().build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("monitoring is off: cannot build an HTTP client: {e}");
-            return;
-        }
-    };
-    let mut loops: HashMap<String, (Target, watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
-    let mut last_snapshot = tokio::time::Instant::now();
-    let mut last_retention = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => break,
-        }
-        let wanted: HashMap<String, Target> =
-            current_targets(&shared, self_addr).into_iter().map(|t| (format!("{}|{}", t.url, t.labels), t)).collect();
+    /// Built at the first tick (a failure is retried with the runner's backoff).
+    client: Option<reqwest::Client>,
+    loops: HashMap<String, (Target, watch::Sender<bool>, JoinHandle<()>)>,
+    last_snapshot: tokio::time::Instant,
+    last_retention: tokio::time::Instant,
+}
+
+impl capstan_engine::runner::Periodic for Scraper {
+    fn name(&self) -> &'static str {
+        "monitoring"
+    }
+
+    fn period(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    async fn tick(&mut self) -> Result<(), capstan_engine::runner::ReconcileError> {
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => {
+                let c = reqwest::Client::builder().no_proxy().build().map_err(|e| {
+                    capstan_engine::runner::ReconcileError::Other(format!("cannot build an HTTP client: {e}"))
+                })?;
+                self.client = Some(c.clone());
+                c
+            }
+        };
+        let wanted: HashMap<String, Target> = current_targets(&self.shared, self.self_addr)
+            .into_iter()
+            .map(|t| (format!("{}|{}", t.url, t.labels), t))
+            .collect();
+        let loops = &mut self.loops;
         let gone: Vec<String> = loops
             .keys()
             .filter(|k| wanted.get(*k).is_none_or(|t| Some(t) != loops.get(*k).map(|l| &l.0)))
@@ -184,23 +203,23 @@ async fn run(
                 continue;
             }
             let (s, r) = watch::channel(false);
-            let h =
-                tokio::spawn(target_loop(client.clone(), t.clone(), db.clone(), cfg.limits, shared.targets.clone(), r));
+            let (db, limits, health) = (self.db.clone(), self.cfg.limits, self.shared.targets.clone());
+            let h = tokio::spawn(target_loop(client.clone(), t.clone(), db, limits, health, r));
             loops.insert(k, (t, s, h));
         }
         // Retention runs every minute, so that the store's size limit binds within a minute of a flood.
-        if last_retention.elapsed() >= Duration::from_secs(60) {
-            last_retention = tokio::time::Instant::now();
-            let db = db.clone();
-            let retention = cfg.retention;
-            let bytes = cfg.retention_bytes;
+        if self.last_retention.elapsed() >= Duration::from_secs(60) {
+            self.last_retention = tokio::time::Instant::now();
+            let db = self.db.clone();
+            let retention = self.cfg.retention;
+            let bytes = self.cfg.retention_bytes;
             let _ =
                 tokio::task::spawn_blocking(move || db.retain(now_ms() - retention.as_millis() as i64, bytes)).await;
         }
-        if last_snapshot.elapsed() >= cfg.snapshot_every {
-            last_snapshot = tokio::time::Instant::now();
-            let db = db.clone();
-            let path = path.clone();
+        if self.last_snapshot.elapsed() >= self.cfg.snapshot_every {
+            self.last_snapshot = tokio::time::Instant::now();
+            let db = self.db.clone();
+            let path = self.path.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if let Err(e) = db.save(&path) {
                     tracing::warn!("metrics snapshot: {e}");
@@ -208,10 +227,15 @@ async fn run(
             })
             .await;
         }
+        Ok(())
     }
-    for (_, (_, s, h)) in loops {
-        let _ = s.send(true);
-        let _ = h.await;
+
+    /// Every scrape task stops (its series are marked stale).
+    async fn shutdown(self) {
+        for (_, (_, s, h)) in self.loops {
+            let _ = s.send(true);
+            let _ = h.await;
+        }
     }
 }
 

@@ -101,11 +101,6 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// A handle for a loop written by hand (one that is not a [`Reconciler`] yet), stopped the same way.
-    pub fn new(name: &'static str, stop: watch::Sender<bool>, task: tokio::task::JoinHandle<()>) -> Handle {
-        Handle { name, stop, task }
-    }
-
     /// The controller's name, for logs.
     pub fn name(&self) -> &'static str {
         self.name
@@ -137,6 +132,59 @@ pub fn run_with_requests<R: Reconciler>(
     let (stop, stop_rx) = watch::channel(false);
     let name = r.kind();
     let task = tokio::spawn(run_loop(store, r, concurrency.max(1), requests, stop_rx));
+    Handle { name, stop, task }
+}
+
+/// A worker driven by a clock rather than by objects — rules evaluated as a group, scrape tasks kept in step with
+/// their targets: the runner calls `tick` every `period`, waits out the same capped backoff after a failed tick, and
+/// calls `shutdown` once stopped (never during a tick).
+pub trait Periodic: Send + 'static {
+    /// Its name, for logs.
+    fn name(&self) -> &'static str;
+
+    /// The time from the start of one tick to the start of the next (a tick that overruns it is followed at once).
+    fn period(&self) -> Duration;
+
+    /// One round of work.
+    fn tick(&mut self) -> impl std::future::Future<Output = Result<(), ReconcileError>> + Send;
+
+    /// What to do once stopped. Default: nothing.
+    fn shutdown(self) -> impl std::future::Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        async {}
+    }
+}
+
+/// Runs `p` on its clock, the first tick at once.
+pub fn every<P: Periodic>(mut p: P) -> Handle {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let name = p.name();
+    let task = tokio::spawn(async move {
+        let mut failures = 0u32;
+        let mut wait = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = stop_rx.changed() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let started = Instant::now();
+            wait = match p.tick().await {
+                Ok(()) => {
+                    failures = 0;
+                    p.period().saturating_sub(started.elapsed())
+                }
+                Err(e) => {
+                    failures += 1;
+                    let d = backoff(failures, u64::from(failures)).max(p.period());
+                    tracing::warn!(worker = name, "tick failed (attempt {failures}, next in {d:?}): {e}");
+                    d
+                }
+            };
+        }
+        p.shutdown().await;
+    });
     Handle { name, stop, task }
 }
 
@@ -552,5 +600,54 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(count("a"), 4, "done once it awaits a change");
         handle.stop().await;
+    }
+
+    /// Counts ticks, fails the second, and records its shutdown.
+    struct Clock {
+        ticks: Arc<AtomicU32>,
+        shut: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Periodic for Clock {
+        fn name(&self) -> &'static str {
+            "clock"
+        }
+        fn period(&self) -> Duration {
+            Duration::from_millis(20)
+        }
+        async fn tick(&mut self) -> Result<(), ReconcileError> {
+            match self.ticks.fetch_add(1, Ordering::SeqCst) {
+                1 => Err(ReconcileError::Other("the second tick fails".into())),
+                _ => Ok(()),
+            }
+        }
+        async fn shutdown(self) {
+            self.shut.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_periodic_worker_ticks_backs_off_after_a_failure_and_shuts_down_once_stopped() {
+        let ticks = Arc::new(AtomicU32::new(0));
+        let shut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handle = every(Clock { ticks: ticks.clone(), shut: shut.clone() });
+        // Ticks 1 and 2 come 20 ms apart; the second fails, so the third waits the first backoff (500 ms).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ticks.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), 2, "backing off after the failed tick");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ticks.load(Ordering::SeqCst) < 4 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ticks.load(Ordering::SeqCst) >= 4, "back on its period after the backoff");
+        assert!(!shut.load(Ordering::SeqCst));
+        handle.stop().await;
+        assert!(shut.load(Ordering::SeqCst), "shut down once stopped");
+        let after = ticks.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), after, "no tick after the stop");
     }
 }
