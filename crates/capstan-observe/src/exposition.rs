@@ -171,9 +171,18 @@ fn matching<'a>(
         .collect()
 }
 
+/// Why [`counter_sum`] or [`histogram_sum`] could not read an exposition.
+#[derive(Debug, thiserror::Error)]
+pub enum SumError {
+    /// The text is not an OpenMetrics exposition: the parser's report, in its words ([`check`] finds its line and
+    /// column).
+    #[error("{0}")]
+    Parse(openmetrics_parser::ParseError),
+}
+
 /// The sum of counter `family` over the samples carrying `labels`, in an OpenMetrics exposition.
-pub fn counter_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> Result<f64, String> {
-    let exp = openmetrics_parser::openmetrics::parse_openmetrics(text).map_err(|e| e.to_string())?;
+pub fn counter_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> Result<f64, SumError> {
+    let exp = openmetrics_parser::openmetrics::parse_openmetrics(text).map_err(SumError::Parse)?;
     Ok(matching(&exp, family, labels)
         .iter()
         .map(|s| match &s.value {
@@ -184,8 +193,8 @@ pub fn counter_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> Result<
 }
 
 /// Histogram `family`'s cumulative buckets `(upper bound, count)`, summed over the samples carrying `labels`.
-pub fn histogram_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> Result<Vec<(f64, f64)>, String> {
-    let exp = openmetrics_parser::openmetrics::parse_openmetrics(text).map_err(|e| e.to_string())?;
+pub fn histogram_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> Result<Vec<(f64, f64)>, SumError> {
+    let exp = openmetrics_parser::openmetrics::parse_openmetrics(text).map_err(SumError::Parse)?;
     let mut out: Vec<(f64, f64)> = Vec::new();
     for s in matching(&exp, family, labels) {
         if let openmetrics_parser::OpenMetricsValue::Histogram(h) = &s.value {
@@ -208,10 +217,17 @@ mod tests {
     #[test]
     fn counters_and_histograms_are_summed_over_matching_samples() {
         let text = "# TYPE req counter\nreq_total{api=\"predict\",v=\"1\"} 3\nreq_total{api=\"predict\",v=\"2\"} 4\nreq_total{api=\"status\",v=\"2\"} 9\n# TYPE lat histogram\nlat_bucket{v=\"1\",le=\"0.1\"} 1\nlat_bucket{v=\"1\",le=\"+Inf\"} 2\nlat_sum{v=\"1\"} 0.3\nlat_count{v=\"1\"} 2\nlat_bucket{v=\"2\",le=\"0.1\"} 5\nlat_bucket{v=\"2\",le=\"+Inf\"} 5\nlat_sum{v=\"2\"} 0.2\nlat_count{v=\"2\"} 5\n# EOF\n";
-        assert_eq!(counter_sum(text, "req", &[("api", "predict")]), Ok(7.0));
-        assert_eq!(counter_sum(text, "absent", &[]), Ok(0.0));
-        assert_eq!(histogram_sum(text, "lat", &[]), Ok(vec![(0.1, 6.0), (f64::INFINITY, 7.0)]));
-        assert!(counter_sum("not an exposition", "req", &[]).is_err());
+        assert_eq!(counter_sum(text, "req", &[("api", "predict")]).ok(), Some(7.0));
+        assert_eq!(counter_sum(text, "absent", &[]).ok(), Some(0.0));
+        assert_eq!(histogram_sum(text, "lat", &[]).ok(), Some(vec![(0.1, 6.0), (f64::INFINITY, 7.0)]));
+        // Not an exposition: the parser's report, word for word.
+        let bad = "not an exposition";
+        let report = openmetrics_parser::openmetrics::parse_openmetrics(bad).err().map(|e| e.to_string());
+        assert!(report.is_some());
+        let e = counter_sum(bad, "req", &[]).unwrap_err();
+        assert!(matches!(e, SumError::Parse(_)));
+        assert_eq!(Some(e.to_string()), report);
+        assert_eq!(histogram_sum(bad, "lat", &[]).err().map(|e| e.to_string()), report);
     }
 
     #[test]

@@ -256,16 +256,30 @@ impl Drop for Tracked {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<SendRequest<ProxyBody>, String> {
+/// Why no connection to a replica could be opened. Nothing of the request was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The replica did not accept within the entry point's `connectSeconds`.
+    #[error("connect to {addr} timed out")]
+    Timeout { addr: SocketAddr },
+    /// The replica refused the connection, or it failed on the way.
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    /// The HTTP/1.1 connection could not be set up on the open socket.
+    #[error("handshake with {addr}: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<SendRequest<ProxyBody>, ConnectError> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
-        .map_err(|_| format!("connect to {addr} timed out"))?
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
+        .map_err(|_| ConnectError::Timeout { addr })?
+        .map_err(|source| ConnectError::Connect { addr, source })?;
     let _ = stream.set_nodelay(true);
     tracing::debug!(%addr, upgrades, "new upstream connection");
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
         let _ = if upgrades { conn.with_upgrades().await } else { conn.await };
     });
@@ -290,6 +304,100 @@ impl Outgoing {
     }
 }
 
+/// Why a request could not be forwarded, or its answer not be had: what the client is told (`status`, and the
+/// text as the body), the `kind` its error is counted under, and whether the attempt may be made again (`retry`).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No connection to the replica could be opened: nothing was sent.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The replica's connection failed while the request was on its way or its answer awaited. `written` is false
+    /// when the connection closed before any of the request was written.
+    #[error("{replica}: {source}")]
+    Send { replica: String, source: hyper::Error, written: bool },
+    /// The replica did not answer within the entry point's `requestSeconds`.
+    #[error("replica {replica} did not answer within {after:?}")]
+    Timeout { replica: String, after: Duration },
+    /// The replica still waited for the request body when `requestSeconds` ran out: the client's delay.
+    #[error("the request body did not arrive within {after:?}")]
+    BodyTimeout { after: Duration },
+    /// Nothing of the request body arrived for `requestSeconds`.
+    #[error("nothing of the request body arrived for {after:?}")]
+    BodyStalled { after: Duration },
+    /// The request body is longer than the entry point's `maxBodySize`.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    /// The request body could not be read (a broken chunked encoding).
+    #[error("the request body is malformed (chunked encoding?)")]
+    BodyMalformed,
+    /// Every attempt failed; `last` is the last failure. `moved_on` tells whether the request was taken off at
+    /// least one replica (a failed connect, or a replay elsewhere).
+    #[error(
+        "no replica of App {namespace}/{app} could take the request: {}",
+        last.as_ref().map(ToString::to_string).unwrap_or_default()
+    )]
+    Exhausted { namespace: String, app: String, last: Option<Box<ProxyError>>, moved_on: bool },
+}
+
+/// Where a failed attempt may be made again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// On a new connection to the same replica: the pooled one closed before the request was written.
+    FreshConnection,
+    /// On another replica; `eject` takes the failed one out of the balance until it is ready again.
+    OtherReplica { eject: bool },
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Connect(_) | ProxyError::Send { .. } | ProxyError::Exhausted { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTimeout { .. } | ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyMalformed => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `kind` label of the errors counter.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Connect(_) | ProxyError::Exhausted { moved_on: true, .. } => "connect",
+            ProxyError::Send { .. } | ProxyError::Exhausted { moved_on: false, .. } => "upstream",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::BodyTimeout { .. } | ProxyError::BodyStalled { .. } => "body_timeout",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyMalformed => "bad_request",
+        }
+    }
+
+    /// Where the failed attempt may be made again, if anywhere. `replayable` says the request can be sent a second
+    /// time once written (see `may_replay`). A failed connect sent nothing: any request goes to another replica,
+    /// and the failed one is ejected. A failed send goes again on a fresh connection when nothing was written,
+    /// elsewhere when the request is replayable, and nowhere otherwise. Timeouts and the client's own failures are
+    /// never retried.
+    pub fn retry(&self, replayable: bool) -> Option<Retry> {
+        match self {
+            ProxyError::Connect(_) => Some(Retry::OtherReplica { eject: true }),
+            ProxyError::Send { written: false, .. } => Some(Retry::FreshConnection),
+            ProxyError::Send { written: true, .. } if replayable => Some(Retry::OtherReplica { eject: false }),
+            _ => None,
+        }
+    }
+
+    /// Whether the failed attempt may be made again (on the same replica or another).
+    pub fn retryable(&self, replayable: bool) -> bool {
+        self.retry(replayable).is_some()
+    }
+}
+
+/// Whether a request may be sent a second time once written: the entry point allows it (`retryIdempotent`), the
+/// method is idempotent, and there is no body to send again and no tunnel to open twice.
+fn may_replay(retry_idempotent: bool, no_body: bool, method: &Method, upgrade: bool) -> bool {
+    retry_idempotent && no_body && is_idempotent(method) && !upgrade
+}
+
 /// Serves one request arriving on an HTTP entry point.
 pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Client) -> Response<ProxyBody> {
     let cfg = entry.config();
@@ -308,11 +416,15 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
             .inc();
     };
 
+    let fail = |e: ProxyError| {
+        error(e.kind());
+        plain(e.status(), e.to_string())
+    };
+
     let length =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|l| l > cfg.max_body) {
-        error("body_too_large");
-        return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {} bytes", cfg.max_body));
+        return fail(ProxyError::BodyTooLarge { limit: cfg.max_body });
     }
     let upgrade = cfg.expose.websockets && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -380,7 +492,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().unwrap_or_default()
     };
     let mut out = Outgoing { method: parts.method.clone(), uri, headers };
-    let replayable = cfg.expose.retry_idempotent && no_body && is_idempotent(&parts.method) && !upgrade;
+    let replayable = may_replay(cfg.expose.retry_idempotent, no_body, &parts.method, upgrade);
     // An Upgrade request may carry a body too: it is forwarded like any other (sending its Content-Length
     // without it left the replica waiting).
     let body_failed = Arc::new(std::sync::OnceLock::new());
@@ -401,7 +513,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
     let mut pending = Some(out.build(first_body, replayable));
     let mut tried: Vec<String> = Vec::new();
     let mut fresh_connection = false;
-    let mut last_error = String::new();
+    let mut last_error: Option<ProxyError> = None;
     for attempt in 0..MAX_ATTEMPTS {
         let req = match pending.take() {
             Some(r) => r,
@@ -424,65 +536,63 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
                 pooled = None;
             }
         }
-        let mut sender = match pooled {
-            Some(s) => s,
-            None => match connect(backend.addr, cfg.connect_timeout, upgrade).await {
-                Ok(s) => s,
-                Err(e) => {
-                    // Nothing was sent: any request may go to another replica.
-                    backend.eject();
-                    last_error = e;
-                    tried.push(backend.name.clone());
-                    pending = Some(req);
-                    fresh_connection = false;
-                    match entry.backends.pick(cfg.expose.balance, &tried) {
-                        Some(b) => {
-                            backend = b;
-                            continue;
-                        }
-                        None => break,
+        let connected = match pooled {
+            Some(s) => Ok(s),
+            None => connect(backend.addr, cfg.connect_timeout, upgrade).await.map_err(ProxyError::Connect),
+        };
+        let answered = match connected {
+            Err(e) => {
+                // Nothing was sent: the request is kept for the next attempt.
+                pending = Some(req);
+                Err(e)
+            }
+            Ok(mut sender) => {
+                let guard = backend.track();
+                let sent = tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await;
+                match sent {
+                    Err(_) if !no_body && !body_done.load(std::sync::atomic::Ordering::Acquire) => {
+                        // The replica was still waiting for the body: the client's delay, not the replica's.
+                        return fail(ProxyError::BodyTimeout { after: cfg.request_timeout });
+                    }
+                    Err(_) => {
+                        let replica = backend.name.clone();
+                        return fail(ProxyError::Timeout { replica, after: cfg.request_timeout });
+                    }
+                    Ok(Ok(resp)) => Ok((resp, sender, guard)),
+                    Ok(Err(mut e)) => {
+                        // A request the connection closed on before writing it is kept for the next attempt.
+                        pending = e.take_message();
+                        let written = pending.is_none();
+                        Err(ProxyError::Send { replica: backend.name.clone(), source: e.into_error(), written })
                     }
                 }
-            },
+            }
         };
-        fresh_connection = false;
-        let guard = backend.track();
-        let sent = tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await;
-        let mut resp = match sent {
-            Err(_) if !no_body && !body_done.load(std::sync::atomic::Ordering::Acquire) => {
-                // The replica was still waiting for the body: the client's delay, not the replica's.
-                error("body_timeout");
-                return plain(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("the request body did not arrive within {:?}", cfg.request_timeout),
-                );
-            }
-            Err(_) => {
-                error("timeout");
-                return plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("replica {} did not answer within {:?}", backend.name, cfg.request_timeout),
-                );
-            }
-            Ok(Ok(resp)) => resp,
-            Ok(Err(mut e)) => {
-                last_error = format!("{}: {}", backend.name, e.error());
-                if let Some(unsent) = e.take_message() {
-                    // The connection closed before the request was written: send it again on a new one.
-                    pending = Some(unsent);
-                    fresh_connection = true;
-                    continue;
-                }
-                if !replayable {
-                    break;
-                }
-                tried.push(backend.name.clone());
-                match entry.backends.pick(cfg.expose.balance, &tried) {
-                    Some(b) => {
-                        backend = b;
+        let (mut resp, sender, guard) = match answered {
+            Ok(answer) => answer,
+            Err(e) => {
+                let retry = e.retry(replayable);
+                last_error = Some(e);
+                match retry {
+                    None => break,
+                    Some(Retry::FreshConnection) => {
+                        fresh_connection = true;
                         continue;
                     }
-                    None => break,
+                    Some(Retry::OtherReplica { eject }) => {
+                        if eject {
+                            backend.eject();
+                        }
+                        tried.push(backend.name.clone());
+                        fresh_connection = false;
+                        match entry.backends.pick(cfg.expose.balance, &tried) {
+                            Some(b) => {
+                                backend = b;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
                 }
             }
         };
@@ -520,29 +630,18 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         let pooled = (!upgrade).then(|| (sender, backend.clone()));
         return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard, pooled }.boxed());
     }
-    match body_failed.get() {
-        Some(ClientBodyError::TooLarge) => {
-            error("body_too_large");
-            return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {} bytes", cfg.max_body));
-        }
-        Some(ClientBodyError::Malformed) => {
-            error("bad_request");
-            return plain(StatusCode::BAD_REQUEST, "the request body is malformed (chunked encoding?)".into());
-        }
-        Some(ClientBodyError::Stalled) => {
-            error("body_timeout");
-            return plain(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("nothing of the request body arrived for {:?}", cfg.request_timeout),
-            );
-        }
-        None => {}
-    }
-    error(if tried.is_empty() { "upstream" } else { "connect" });
-    plain(
-        StatusCode::BAD_GATEWAY,
-        format!("no replica of App {}/{} could take the request: {last_error}", entry.namespace, entry.app),
-    )
+    let failure = match body_failed.get() {
+        Some(ClientBodyError::TooLarge) => ProxyError::BodyTooLarge { limit: cfg.max_body },
+        Some(ClientBodyError::Malformed) => ProxyError::BodyMalformed,
+        Some(ClientBodyError::Stalled) => ProxyError::BodyStalled { after: cfg.request_timeout },
+        None => ProxyError::Exhausted {
+            namespace: entry.namespace.clone(),
+            app: entry.app.clone(),
+            last: last_error.map(Box::new),
+            moved_on: !tried.is_empty(),
+        },
+    };
+    fail(failure)
 }
 
 fn add_cookie(h: &mut HeaderMap, cookie: Option<&capstan_model::StickyCookie>, value: &str) {
@@ -636,5 +735,116 @@ mod tests {
     fn idempotent_methods() {
         assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT));
         assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
+    }
+
+    #[test]
+    fn only_idempotent_requests_without_a_body_replay() {
+        assert!(may_replay(true, true, &Method::GET, false));
+        assert!(may_replay(true, true, &Method::DELETE, false));
+        assert!(!may_replay(false, true, &Method::GET, false), "retryIdempotent is off");
+        assert!(!may_replay(true, false, &Method::PUT, false), "a body cannot be sent twice");
+        assert!(!may_replay(true, true, &Method::POST, false), "POST is not idempotent");
+        assert!(!may_replay(true, true, &Method::GET, true), "a tunnel is not opened twice");
+    }
+
+    fn connect_failure() -> ProxyError {
+        ProxyError::Connect(ConnectError::Timeout { addr: "10.0.0.7:8080".parse().unwrap() })
+    }
+
+    /// A failed send to replica `web-1`; `written` says whether the request had been written.
+    async fn send_failure(written: bool) -> ProxyError {
+        let (io, _replica) = tokio::io::duplex(64);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, ProxyBody>(TokioIo::new(io)).await.unwrap();
+        // With its connection gone, hyper answers the request with an error.
+        drop(conn);
+        let source = sender.send_request(Request::new(boxed(Empty::<Bytes>::new()))).await.unwrap_err();
+        ProxyError::Send { replica: "web-1".into(), source, written }
+    }
+
+    fn exhausted(last: Option<ProxyError>, moved_on: bool) -> ProxyError {
+        ProxyError::Exhausted { namespace: "shop".into(), app: "web".into(), last: last.map(Box::new), moved_on }
+    }
+
+    #[tokio::test]
+    async fn each_failure_has_its_status_and_kind() {
+        let after = Duration::from_secs(30);
+        let cases = [
+            (connect_failure(), StatusCode::BAD_GATEWAY, "connect"),
+            (send_failure(true).await, StatusCode::BAD_GATEWAY, "upstream"),
+            (ProxyError::Timeout { replica: "web-1".into(), after }, StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            (ProxyError::BodyTimeout { after }, StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            (ProxyError::BodyStalled { after }, StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            (ProxyError::BodyTooLarge { limit: 1024 }, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            (ProxyError::BodyMalformed, StatusCode::BAD_REQUEST, "bad_request"),
+            (exhausted(Some(connect_failure()), true), StatusCode::BAD_GATEWAY, "connect"),
+            (exhausted(Some(send_failure(true).await), false), StatusCode::BAD_GATEWAY, "upstream"),
+        ];
+        for (e, status, kind) in cases {
+            assert_eq!(e.status(), status, "{e}");
+            assert_eq!(e.kind(), kind, "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_read_as_before() {
+        let after = Duration::from_secs(30);
+        assert_eq!(connect_failure().to_string(), "connect to 10.0.0.7:8080 timed out");
+        let refused = ConnectError::Connect {
+            addr: "10.0.0.7:8080".parse().unwrap(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(ProxyError::from(refused).to_string(), format!("connect to 10.0.0.7:8080: {io}"));
+        let sent = send_failure(false).await;
+        let ProxyError::Send { source, .. } = &sent else { unreachable!() };
+        assert_eq!(sent.to_string(), format!("web-1: {source}"));
+        assert_eq!(
+            ProxyError::Timeout { replica: "web-1".into(), after }.to_string(),
+            "replica web-1 did not answer within 30s"
+        );
+        assert_eq!(ProxyError::BodyTimeout { after }.to_string(), "the request body did not arrive within 30s");
+        assert_eq!(ProxyError::BodyStalled { after }.to_string(), "nothing of the request body arrived for 30s");
+        assert_eq!(ProxyError::BodyTooLarge { limit: 1024 }.to_string(), "request body larger than 1024 bytes");
+        assert_eq!(ProxyError::BodyMalformed.to_string(), "the request body is malformed (chunked encoding?)");
+        assert_eq!(
+            exhausted(Some(connect_failure()), true).to_string(),
+            "no replica of App shop/web could take the request: connect to 10.0.0.7:8080 timed out"
+        );
+        assert_eq!(exhausted(None, false).to_string(), "no replica of App shop/web could take the request: ");
+    }
+
+    #[tokio::test]
+    async fn only_unsent_or_replayable_requests_are_retried() {
+        for replayable in [false, true] {
+            // A failed connect sent nothing: any request goes to another replica, and the failed one is ejected.
+            assert_eq!(connect_failure().retry(replayable), Some(Retry::OtherReplica { eject: true }));
+            assert!(connect_failure().retryable(replayable));
+            // A connection that closed before the request was written: again, on a fresh connection.
+            let unsent = send_failure(false).await;
+            assert_eq!(unsent.retry(replayable), Some(Retry::FreshConnection));
+            assert!(unsent.retryable(replayable));
+        }
+        // A written request goes elsewhere only when it can be sent twice.
+        let written = send_failure(true).await;
+        assert_eq!(written.retry(true), Some(Retry::OtherReplica { eject: false }));
+        assert!(written.retryable(true));
+        assert_eq!(written.retry(false), None);
+        assert!(!written.retryable(false));
+        // Timeouts, the client's own failures and the final answer are never retried.
+        let after = Duration::from_secs(30);
+        let never = [
+            ProxyError::Timeout { replica: "web-1".into(), after },
+            ProxyError::BodyTimeout { after },
+            ProxyError::BodyStalled { after },
+            ProxyError::BodyTooLarge { limit: 1024 },
+            ProxyError::BodyMalformed,
+            exhausted(Some(connect_failure()), true),
+        ];
+        for e in never {
+            for replayable in [false, true] {
+                assert_eq!(e.retry(replayable), None, "{e}");
+                assert!(!e.retryable(replayable), "{e}");
+            }
+        }
     }
 }

@@ -24,8 +24,8 @@ pub(crate) enum LaunchError {
     #[error("could not find a free port on 127.0.0.1")]
     NoFreePort,
     /// The replica's volumes could not be prepared; `volumes::prepare` says why.
-    #[error("{0}")]
-    Volumes(String),
+    #[error(transparent)]
+    Volumes(volumes::VolumeError),
     /// The FIFOs' directory or a FIFO could not be created.
     #[error("creating {}: {source}", path.display())]
     Create { path: PathBuf, source: std::io::Error },

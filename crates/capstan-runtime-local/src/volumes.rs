@@ -7,9 +7,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use capstan_model::{App, ObjectKey, ReclaimPolicy, Volume, VolumeScope, VolumeStatus};
-use capstan_store::Store;
+use capstan_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::volume_copy::CopyError;
 pub use crate::volume_copy::{MirrorStats, Replace};
 
 /// How long a measured usage is reused.
@@ -39,8 +40,26 @@ fn record_key(app: &ObjectKey) -> String {
     format!("volumes/{}/{}", app.namespace, app.name)
 }
 
+/// Why the volumes of a replica could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// A sync that did not finish left the volume's previous contents aside: they could not be put back, or they
+    /// sit beside newer data and someone must choose.
+    #[error("volume {volume}: {source}")]
+    Sync { volume: String, source: CopyError },
+    /// The volume's directory could not be created.
+    #[error("creating volume {volume} at {}: {source}", path.display())]
+    Create { volume: String, path: PathBuf, source: std::io::Error },
+    /// The record of the volumes' reclaim policies could not be encoded.
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    /// The record of the volumes' reclaim policies could not be stored.
+    #[error("recording volumes: {0}")]
+    Record(StoreError),
+}
+
 /// Creates the directories replica `ordinal` needs and returns the environment variables naming them.
-pub fn prepare(store: &Store, data_dir: &Path, app: &App, ordinal: u32) -> Result<Vec<(String, String)>, String> {
+pub fn prepare(store: &Store, data_dir: &Path, app: &App, ordinal: u32) -> Result<Vec<(String, String)>, VolumeError> {
     let key = ObjectKey::new("App", app.metadata.namespace(), &app.metadata.name);
     let mut env = Vec::new();
     if app.spec.volumes.is_empty() {
@@ -56,21 +75,22 @@ pub fn prepare(store: &Store, data_dir: &Path, app: &App, ordinal: u32) -> Resul
         let path = volume_path(data_dir, &key, v, ordinal);
         // A sync that did not finish may have left the replica's data aside: it goes back, or (beside newer data)
         // the replica waits for someone to choose rather than start on the wrong one.
-        crate::volume_copy::recover(&path).map_err(|e| format!("volume {}: {e}", v.name))?;
+        let sync = |source| VolumeError::Sync { volume: v.name.clone(), source };
+        crate::volume_copy::recover(&path).map_err(sync)?;
         if let Some(e) = crate::volume_copy::leftover(&path) {
-            return Err(format!("volume {}: {e}", v.name));
+            return Err(sync(e));
         }
         if !path.is_dir() {
-            std::fs::create_dir_all(&path)
-                .map_err(|e| format!("creating volume {} at {}: {e}", v.name, path.display()))?;
+            let create = |source| VolumeError::Create { volume: v.name.clone(), path: path.clone(), source };
+            std::fs::create_dir_all(&path).map_err(create)?;
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
         }
         env.push((v.env.clone(), path.display().to_string()));
         rec.policies.insert(v.name.clone(), v.reclaim_policy);
     }
-    let value = serde_json::to_value(&rec).map_err(|e| e.to_string())?;
-    store.put_record(&record_key(&key), &value).map_err(|e| format!("recording volumes: {e}"))?;
+    let value = serde_json::to_value(&rec).map_err(VolumeError::Encode)?;
+    store.put_record(&record_key(&key), &value).map_err(VolumeError::Record)?;
     Ok(env)
 }
 
@@ -167,5 +187,22 @@ impl Usage {
             .collect();
         cache.insert(key, (Instant::now(), out.clone()));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_errors_read_as_before() {
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let path = PathBuf::from("/d/data/replica-0");
+        let e = VolumeError::Create { volume: "data".into(), path, source: denied() };
+        assert_eq!(e.to_string(), format!("creating volume data at /d/data/replica-0: {}", denied()));
+        let leftover = CopyError::Leftover { prev: "/d/data/replica-0.prev".into(), dst: "/d/data/replica-0".into() };
+        let text = leftover.to_string();
+        let e = VolumeError::Sync { volume: "data".into(), source: leftover };
+        assert_eq!(e.to_string(), format!("volume data: {text}"));
     }
 }

@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
 
-use crate::model::{Dense, Loaded, TensorInfo};
+use crate::model::{Dense, Loaded, ModelError, TensorInfo};
 use crate::versions::{ModelVersions, State as VState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,7 +133,25 @@ struct Target {
     what: String,
 }
 
-fn parse_target(rest: &str) -> Result<Target, String> {
+/// Why a `/v1/models/<rest>` path names nothing this server answers.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum TargetError {
+    #[error("no such endpoint: /v1/models/{rest}")]
+    NoSuchEndpoint { rest: String },
+    #[error("version {version:?} is not a number")]
+    BadVersion { version: String },
+    #[error("unsupported method :{method}; this server answers :predict")]
+    UnsupportedMethod { method: String },
+}
+
+impl TargetError {
+    /// The status of the answer: the path names no resource.
+    fn status(&self) -> StatusCode {
+        StatusCode::NOT_FOUND
+    }
+}
+
+fn parse_target(rest: &str) -> Result<Target, TargetError> {
     let (path, verb) = match rest.rsplit_once(':') {
         Some((p, v)) => (p, Some(v)),
         None => (rest, None),
@@ -144,18 +162,18 @@ fn parse_target(rest: &str) -> Result<Target, String> {
         [m, "metadata"] => (*m, None, Some("metadata")),
         [m, "versions", v] => (*m, Some(*v), None),
         [m, "versions", v, "metadata"] => (*m, Some(*v), Some("metadata")),
-        _ => return Err(format!("no such endpoint: /v1/models/{rest}")),
+        _ => return Err(TargetError::NoSuchEndpoint { rest: rest.into() }),
     };
     let version = match version {
-        Some(v) => Some(v.parse::<u64>().map_err(|_| format!("version {v:?} is not a number"))?),
+        Some(v) => Some(v.parse::<u64>().map_err(|_| TargetError::BadVersion { version: v.into() })?),
         None => None,
     };
     let what = match (tail, verb) {
         (None, None) => "",
         (Some("metadata"), None) => "metadata",
         (None, Some("predict")) => "predict",
-        (_, Some(v)) => return Err(format!("unsupported method :{v}; this server answers :predict")),
-        _ => return Err(format!("no such endpoint: /v1/models/{rest}")),
+        (_, Some(v)) => return Err(TargetError::UnsupportedMethod { method: v.into() }),
+        _ => return Err(TargetError::NoSuchEndpoint { rest: rest.into() }),
     };
     Ok(Target { model: model.into(), version, what: what.into() })
 }
@@ -163,7 +181,7 @@ fn parse_target(rest: &str) -> Result<Target, String> {
 async fn get_model(State(s): State<Arc<Server>>, Path(rest): Path<String>) -> Response {
     let t = match parse_target(&rest) {
         Ok(t) => t,
-        Err(e) => return error(StatusCode::NOT_FOUND, e),
+        Err(e) => return error(e.status(), e.to_string()),
     };
     if t.model != s.model.name {
         return error(StatusCode::NOT_FOUND, format!("Servable not found for request: Latest({})", t.model));
@@ -222,7 +240,7 @@ async fn post_model(State(s): State<Arc<Server>>, Path(rest): Path<String>, body
     let t = match parse_target(&rest) {
         Ok(t) if t.what == "predict" => t,
         Ok(_) => return error(StatusCode::METHOD_NOT_ALLOWED, "POST is for :predict"),
-        Err(e) => return error(StatusCode::NOT_FOUND, e),
+        Err(e) => return error(e.status(), e.to_string()),
     };
     if t.model != s.model.name {
         return error(StatusCode::NOT_FOUND, format!("Servable not found for request: Latest({})", t.model));
@@ -238,7 +256,7 @@ async fn post_model(State(s): State<Arc<Server>>, Path(rest): Path<String>, body
     let vs = v.to_string();
     let answer = match serde_json::from_slice::<Value>(&body) {
         Err(e) => Err((StatusCode::BAD_REQUEST, format!("JSON Parse error: {e}"))),
-        Ok(req) => predict(&m, &req).map_err(|e| (StatusCode::BAD_REQUEST, e)),
+        Ok(req) => predict(&m, &req).map_err(|e| (e.status(), e.to_string())),
     };
     let res = match answer {
         Ok(v) => {
@@ -256,8 +274,48 @@ async fn post_model(State(s): State<Arc<Server>>, Path(rest): Path<String>, body
     res
 }
 
+/// Why a predict request cannot be answered. Every one is the client's error (400): the request does not fit the
+/// model, or the model refused its tensors.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// A value of input `what` is not a rectangular list of numbers.
+    #[error("{what}: the lists are not all the same shape, or hold something other than numbers")]
+    NotATensor { what: String },
+    /// `instances` is an empty list.
+    #[error("{what}: no instances")]
+    NoInstances { what: String },
+    /// The instances of input `what` differ in shape.
+    #[error("{what}: instance {index} has shape {shape:?}, instance 0 has {first:?}")]
+    ShapeMismatch { what: String, index: usize, shape: Vec<usize>, first: Vec<usize> },
+    /// `instances` is not a list.
+    #[error("\"instances\" must be a list")]
+    InstancesNotAList,
+    /// An instance (row format, several inputs) has no value for `input`.
+    #[error("an instance lacks input {input:?}")]
+    InstanceLacksInput { input: String },
+    /// `inputs` (columnar format, by name) has no value for `input`.
+    #[error("\"inputs\" lacks {input:?}")]
+    InputsLack { input: String },
+    /// `inputs` is not an object although the model has `count` inputs.
+    #[error("the model has {count} inputs: give \"inputs\" as an object by name")]
+    InputsNotByName { count: usize },
+    /// The request has neither `instances` nor `inputs`.
+    #[error("the request needs \"instances\" (row format) or \"inputs\" (columnar format)")]
+    NoInputs,
+    /// The model did not take the tensors, or failed running them.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl PredictError {
+    /// The status of the answer.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::BAD_REQUEST
+    }
+}
+
 /// Flattens nested JSON arrays of numbers into a tensor, checking that they are rectangular.
-fn dense(v: &Value, what: &str) -> Result<Dense, String> {
+fn dense(v: &Value, what: &str) -> Result<Dense, PredictError> {
     fn shape_of(v: &Value) -> Vec<usize> {
         match v {
             Value::Array(a) => {
@@ -270,7 +328,7 @@ fn dense(v: &Value, what: &str) -> Result<Dense, String> {
             _ => vec![],
         }
     }
-    fn walk(v: &Value, shape: &[usize], out: &mut Vec<f32>, what: &str) -> Result<(), String> {
+    fn walk(v: &Value, shape: &[usize], out: &mut Vec<f32>, what: &str) -> Result<(), PredictError> {
         match (v, shape.split_first()) {
             (Value::Array(a), Some((n, rest))) if a.len() == *n => a.iter().try_for_each(|x| walk(x, rest, out, what)),
             (Value::Number(x), None) => {
@@ -281,7 +339,7 @@ fn dense(v: &Value, what: &str) -> Result<Dense, String> {
                 out.push(if *b { 1.0 } else { 0.0 });
                 Ok(())
             }
-            _ => Err(format!("{what}: the lists are not all the same shape, or hold something other than numbers")),
+            _ => Err(PredictError::NotATensor { what: what.into() }),
         }
     }
     let shape = shape_of(v);
@@ -302,12 +360,12 @@ fn nested(shape: &[usize], values: &[f32]) -> Value {
 }
 
 /// Stacks one value per instance into a batch.
-fn stack(items: Vec<Dense>, what: &str) -> Result<Dense, String> {
-    let first = items.first().ok_or_else(|| format!("{what}: no instances"))?.shape.clone();
+fn stack(items: Vec<Dense>, what: &str) -> Result<Dense, PredictError> {
+    let first = items.first().ok_or_else(|| PredictError::NoInstances { what: what.into() })?.shape.clone();
     let mut values = Vec::new();
     for (i, d) in items.iter().enumerate() {
         if d.shape != first {
-            return Err(format!("{what}: instance {i} has shape {:?}, instance 0 has {:?}", d.shape, first));
+            return Err(PredictError::ShapeMismatch { what: what.into(), index: i, shape: d.shape.clone(), first });
         }
         values.extend_from_slice(&d.values);
     }
@@ -318,10 +376,10 @@ fn stack(items: Vec<Dense>, what: &str) -> Result<Dense, String> {
 
 /// Answers a predict request in the format it came in: `instances` (row) → `predictions`, `inputs` (columnar) →
 /// `outputs`.
-pub fn predict(m: &Loaded, req: &Value) -> Result<Value, String> {
+pub fn predict(m: &Loaded, req: &Value) -> Result<Value, PredictError> {
     let one_input = m.inputs.len() == 1;
     let (inputs, row) = if let Some(instances) = req.get("instances") {
-        let list = instances.as_array().ok_or("\"instances\" must be a list")?;
+        let list = instances.as_array().ok_or(PredictError::InstancesNotAList)?;
         let tensors = if one_input {
             let items: Vec<Dense> = list
                 .iter()
@@ -339,11 +397,10 @@ pub fn predict(m: &Loaded, req: &Value) -> Result<Value, String> {
                 let items: Vec<Dense> = list
                     .iter()
                     .map(|x| {
-                        let v =
-                            x.get(&input.name).ok_or_else(|| format!("an instance lacks input {:?}", input.name))?;
-                        dense(v, &input.name)
+                        let lacks = || PredictError::InstanceLacksInput { input: input.name.clone() };
+                        dense(x.get(&input.name).ok_or_else(lacks)?, &input.name)
                     })
-                    .collect::<Result<_, String>>()?;
+                    .collect::<Result<_, PredictError>>()?;
                 out.push(stack(items, &input.name)?);
             }
             out
@@ -354,18 +411,19 @@ pub fn predict(m: &Loaded, req: &Value) -> Result<Value, String> {
             Some(o) => m
                 .inputs
                 .iter()
-                .map(|i| dense(o.get(&i.name).ok_or_else(|| format!("\"inputs\" lacks {:?}", i.name))?, &i.name))
+                .map(|i| {
+                    let lacks = || PredictError::InputsLack { input: i.name.clone() };
+                    dense(o.get(&i.name).ok_or_else(lacks)?, &i.name)
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             None if one_input => vec![dense(inputs, "inputs")?],
-            None => {
-                return Err(format!("the model has {} inputs: give \"inputs\" as an object by name", m.inputs.len()))
-            }
+            None => return Err(PredictError::InputsNotByName { count: m.inputs.len() }),
         };
         (tensors, false)
     } else {
-        return Err("the request needs \"instances\" (row format) or \"inputs\" (columnar format)".into());
+        return Err(PredictError::NoInputs);
     };
-    let outputs = m.run(inputs).map_err(|e| e.to_string())?;
+    let outputs = m.run(inputs)?;
     if row {
         let batch = outputs.first().and_then(|o| o.shape.first().copied()).unwrap_or(0);
         let per = |o: &Dense, i: usize| {
@@ -452,8 +510,57 @@ mod tests {
         assert_eq!(parse_target("linear/versions/3/metadata"), Ok(t("linear", Some(3), "metadata")));
         assert_eq!(parse_target("linear:predict"), Ok(t("linear", None, "predict")));
         assert_eq!(parse_target("linear/versions/2:predict"), Ok(t("linear", Some(2), "predict")));
-        assert!(parse_target("linear:classify").is_err_and(|e| e.contains(":classify")));
+        assert!(parse_target("linear:classify").is_err_and(|e| e.to_string().contains(":classify")));
         assert!(parse_target("linear/versions/x").is_err());
+    }
+
+    #[test]
+    fn unknown_paths_are_not_found_with_the_old_texts() {
+        let err = |rest: &str| parse_target(rest).expect_err(rest);
+        for (rest, text) in [
+            ("linear/foo", "no such endpoint: /v1/models/linear/foo"),
+            ("linear/versions/3/4", "no such endpoint: /v1/models/linear/versions/3/4"),
+            ("linear/versions/x", "version \"x\" is not a number"),
+            ("linear:classify", "unsupported method :classify; this server answers :predict"),
+        ] {
+            assert_eq!(err(rest).to_string(), text);
+            assert_eq!(err(rest).status(), StatusCode::NOT_FOUND, "{rest}");
+        }
+    }
+
+    #[test]
+    fn bad_predict_requests_are_the_clients_error_with_the_old_texts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.onnx");
+        std::fs::write(&path, crate::fixtures::linear(&[3.0, -2.0], 0.5)).expect("write");
+        let m = Loaded::load(&path).expect("the fixture loads");
+        assert_eq!(predict(&m, &json!({"instances": [[1, 1]]})).expect("answers"), json!({"predictions": [[1.5]]}));
+        let err = |req: Value| predict(&m, &req).expect_err("refused");
+        for (req, text) in [
+            (json!({"instances": 3}), "\"instances\" must be a list"),
+            (json!({"instances": []}), "instances: no instances"),
+            (
+                json!({"instances": [["a"]]}),
+                "instances: the lists are not all the same shape, or hold something other than numbers",
+            ),
+            (json!({"instances": [[1, 2], [[3], [4]]]}), "instances: instance 1 has shape [2, 1], instance 0 has [2]"),
+            (json!({"inputs": {"z": [[1, 2]]}}), "\"inputs\" lacks \"x\""),
+            (json!({"rows": []}), "the request needs \"instances\" (row format) or \"inputs\" (columnar format)"),
+        ] {
+            let e = err(req);
+            assert_eq!(e.to_string(), text);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{text}");
+        }
+        // What the model refuses reads as the model's own error.
+        let e = err(json!({"instances": [[1, 2, 3]]}));
+        assert!(matches!(e, PredictError::Model(ModelError::BadInput(_))), "{e:?}");
+        let refused = m.run(vec![Dense { shape: vec![1, 3], values: vec![1.0, 2.0, 3.0] }]).expect_err("refused");
+        assert_eq!(e.to_string(), refused.to_string());
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let several = PredictError::InputsNotByName { count: 2 };
+        assert_eq!(several.to_string(), "the model has 2 inputs: give \"inputs\" as an object by name");
+        let lacking = PredictError::InstanceLacksInput { input: "y".into() };
+        assert_eq!(lacking.to_string(), "an instance lacks input \"y\"");
     }
 
     #[test]

@@ -3,7 +3,23 @@
 
 use super::*;
 
-pub(super) fn credentials(inner: &Inner, src: &Source) -> Result<Credentials, String> {
+/// Why a Source's credentials Secret (`spec.secretRef`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CredentialsError {
+    /// The Secret is not there (or could not be read).
+    #[error("Secret {}/{} named in spec.secretRef does not exist", secret.namespace, secret.name)]
+    Missing { secret: ObjectKey },
+    /// The Secret holds none of the keys that make credentials; `keys` are those it has.
+    #[error(
+        "Secret {}/{} has none of: username and password, bearerToken, identity (keys present: {})",
+        secret.namespace,
+        secret.name,
+        keys.join(", ")
+    )]
+    NoCredentials { secret: ObjectKey, keys: Vec<String> },
+}
+
+pub(super) fn credentials(inner: &Inner, src: &Source) -> Result<Credentials, CredentialsError> {
     let Some(r) = &src.spec.secret_ref else { return Ok(Credentials::None) };
     let key = ObjectKey::new("Secret", src.metadata.namespace(), &r.name);
     let secret: Secret = inner
@@ -12,7 +28,7 @@ pub(super) fn credentials(inner: &Inner, src: &Source) -> Result<Credentials, St
         .ok()
         .flatten()
         .and_then(typed)
-        .ok_or_else(|| format!("Secret {}/{} named in spec.secretRef does not exist", key.namespace, key.name))?;
+        .ok_or_else(|| CredentialsError::Missing { secret: key.clone() })?;
     let s = |k: &str| secret.spec.value(k).map(|b| String::from_utf8_lossy(&b).into_owned());
     if let Some(identity) = secret.spec.value("identity") {
         return Ok(Credentials::Ssh { identity, known_hosts: secret.spec.value("known_hosts") });
@@ -22,12 +38,10 @@ pub(super) fn credentials(inner: &Inner, src: &Source) -> Result<Credentials, St
     }
     match (s("username"), s("password")) {
         (Some(username), Some(password)) => Ok(Credentials::Basic { username, password }),
-        _ => Err(format!(
-            "Secret {}/{} has none of: username and password, bearerToken, identity (keys present: {})",
-            key.namespace,
-            key.name,
-            secret.spec.keys().join(", ")
-        )),
+        _ => {
+            let keys = secret.spec.keys().into_iter().map(str::to_string).collect();
+            Err(CredentialsError::NoCredentials { secret: key, keys })
+        }
     }
 }
 
@@ -41,8 +55,8 @@ pub(super) struct Fetch {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum FetchFailure {
     /// Its credentials Secret is missing or unusable: nothing changes until someone fixes it (stalled).
-    #[error("{0}")]
-    InvalidSecret(String),
+    #[error(transparent)]
+    InvalidSecret(CredentialsError),
     #[error("{0}")]
     Auth(String),
     #[error("{0}")]
@@ -280,7 +294,17 @@ mod tests {
         assert_eq!(f(GitError::Remote("refused".into())).reason(), "GitOperationFailed");
         assert_eq!(FetchFailure::Timeout(Duration::from_secs(20)).reason(), "GitOperationFailed");
         assert_eq!(FetchFailure::Artifact("full".into()).reason(), "ArtifactFailed");
-        assert!(FetchFailure::InvalidSecret("missing".into()).stalled());
+        let missing = CredentialsError::Missing { secret: ObjectKey::new("Secret", "default", "git") };
+        let missing = FetchFailure::InvalidSecret(missing);
+        assert!(missing.stalled());
+        assert_eq!(missing.reason(), "AuthenticationFailed");
+        assert_eq!(missing.to_string(), "Secret default/git named in spec.secretRef does not exist");
+        let keys = vec!["token".to_string(), "user".to_string()];
+        let unusable = CredentialsError::NoCredentials { secret: ObjectKey::new("Secret", "default", "git"), keys };
+        assert_eq!(
+            unusable.to_string(),
+            "Secret default/git has none of: username and password, bearerToken, identity (keys present: token, user)"
+        );
         assert!(!f(GitError::Auth("no".into())).stalled());
         // Credentials in a message never reach the status.
         let text = f(GitError::Remote("https://me:s3cret@example.com/r.git refused".into())).to_string();
