@@ -5,6 +5,7 @@
 
 pub mod backend;
 mod busy;
+pub mod error;
 pub mod gate;
 pub mod http;
 pub mod idle;
