@@ -74,19 +74,20 @@ fn rfc3339(ms: i64) -> String {
 }
 
 impl Alerting {
-    /// Loads incidents and pending deliveries kept by a previous run.
+    /// Loads incidents and pending deliveries kept by a previous run. A read that fails is an error: starting
+    /// empty would number new incidents from 1 again, over the ones kept.
     /// `external_url` is where people look (the query API's address until there is a dashboard).
-    pub fn load(store: &Store, external_url: &str) -> Alerting {
+    pub fn load(store: &Store, external_url: &str) -> Result<Alerting, capstan_store::StoreError> {
         let a = Alerting { external_url: external_url.trim_end_matches('/').to_string(), ..Default::default() };
         let mut max = 0u64;
-        for (k, v) in store.records("incident/").unwrap_or_default() {
+        for (k, v) in store.records("incident/")? {
             if let Ok(i) = serde_json::from_value::<Incident>(v) {
                 max = max.max(i.id.trim_start_matches("inc-").parse().unwrap_or(0));
                 lock(&a.incidents).insert(k.trim_start_matches("incident/").to_string(), i);
             }
         }
         let mut max_delivery = 0u64;
-        for (k, v) in store.records("delivery/").unwrap_or_default() {
+        for (k, v) in store.records("delivery/")? {
             if let Ok(d) = serde_json::from_value::<Delivery>(v) {
                 max_delivery = max_delivery.max(d.id.trim_start_matches("dlv-").parse().unwrap_or(0));
                 lock(&a.deliveries).insert(k.trim_start_matches("delivery/").to_string(), d);
@@ -94,7 +95,7 @@ impl Alerting {
         }
         a.incident_seq.store(max, std::sync::atomic::Ordering::Relaxed);
         a.delivery_seq.store(max_delivery, std::sync::atomic::Ordering::Relaxed);
-        a
+        Ok(a)
     }
 
     #[cfg(test)]
@@ -254,7 +255,7 @@ mod tests {
     fn incidents_and_deliveries_are_numbered_apart() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb")).expect("store");
-        let a = Alerting::load(&store, "http://127.0.0.1:7470");
+        let a = Alerting::load(&store, "http://127.0.0.1:7470").expect("load");
         assert_eq!(a.next_incident_id(), "inc-1");
         for n in 1..=4 {
             assert_eq!(a.next_delivery_id(), format!("dlv-{n}"));
@@ -266,7 +267,7 @@ mod tests {
         let p = Policy::new("default/p".into(), spec);
         let (i, _) = escalation::open(&p, "inc-2".into(), BTreeMap::new(), vec![], 0);
         persist_incident(&store, &i);
-        let again = Alerting::load(&store, "http://127.0.0.1:7470");
+        let again = Alerting::load(&store, "http://127.0.0.1:7470").expect("load");
         assert_eq!(again.next_incident_id(), "inc-3");
         assert_eq!(again.next_delivery_id(), "dlv-1");
     }

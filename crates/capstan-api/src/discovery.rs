@@ -7,7 +7,7 @@ use std::fmt::Write;
 use capstan_engine::{AppRuntime, ObservedReplica, ReplicaState};
 use capstan_model::{App, ObjectKey, PortRef, Resource};
 use capstan_runtime_local::LocalRuntime;
-use capstan_store::Store;
+use capstan_store::{Store, StoreError};
 use serde::Serialize;
 
 /// One Prometheus http_sd target group.
@@ -17,16 +17,16 @@ pub struct TargetGroup {
     pub labels: BTreeMap<String, String>,
 }
 
-fn apps(store: &Store) -> Vec<App> {
-    store
-        .list("App", None)
-        .unwrap_or_default()
+/// Every App; a listing that fails is an error, never "no Apps" (which would drop every target).
+fn apps(store: &Store) -> Result<Vec<App>, StoreError> {
+    Ok(store
+        .list("App", None)?
         .into_iter()
         .filter_map(|v| match Resource::from_value(v) {
             Ok(Resource::App(a)) => Some(a),
             _ => None,
         })
-        .collect()
+        .collect())
 }
 
 /// The port a replica serves metrics on.
@@ -63,14 +63,14 @@ pub fn app_targets(app: &App, observed: &[ObservedReplica]) -> Vec<TargetGroup> 
 }
 
 /// Every scrape target on this machine.
-pub fn targets(store: &Store, runtime: &LocalRuntime) -> Vec<TargetGroup> {
-    apps(store)
+pub fn targets(store: &Store, runtime: &LocalRuntime) -> Result<Vec<TargetGroup>, StoreError> {
+    Ok(apps(store)?
         .iter()
         .flat_map(|a| {
             let key = ObjectKey::new("App", a.metadata.namespace(), &a.metadata.name);
             app_targets(a, &runtime.observe(&key))
         })
-        .collect()
+        .collect())
 }
 
 /// CPU seconds, resident bytes and open descriptors of a process, from /proc.
@@ -89,13 +89,14 @@ fn proc_stats(pid: u32) -> Option<(f64, u64, u64)> {
 }
 
 /// Per-replica process metrics in the Prometheus text format, for Capstan's own `/metrics`.
-pub fn replica_metrics(store: &Store, runtime: &LocalRuntime) -> String {
+/// A read that fails is an error: a page without the series would read as objects gone.
+pub fn replica_metrics(store: &Store, runtime: &LocalRuntime) -> Result<String, StoreError> {
     let mut cpu = String::new();
     let mut rss = String::new();
     let mut fds = String::new();
     let mut restarts = String::new();
     let mut ready = String::new();
-    for a in apps(store) {
+    for a in apps(store)? {
         let key = ObjectKey::new("App", a.metadata.namespace(), &a.metadata.name);
         for r in runtime.observe(&key) {
             let labels =
@@ -114,7 +115,7 @@ pub fn replica_metrics(store: &Store, runtime: &LocalRuntime) -> String {
     let mut object_ready = String::new();
     let mut rollout_failed = String::new();
     for kind in ["Source", "Sync", "Database", "App"] {
-        for v in store.list(kind, None).unwrap_or_default() {
+        for v in store.list(kind, None)? {
             let ns = v["metadata"]["namespace"].as_str().unwrap_or("default");
             let name = v["metadata"]["name"].as_str().unwrap_or("");
             let ready = v["status"]["conditions"]
@@ -159,7 +160,7 @@ pub fn replica_metrics(store: &Store, runtime: &LocalRuntime) -> String {
             out.push_str(&body);
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -71,9 +71,9 @@ fn now_ms() -> i64 {
 }
 
 /// The targets to scrape now: every replica with `spec.metrics`, and Capstan's own `/metrics`.
-fn current_targets(shared: &Shared, self_addr: std::net::SocketAddr) -> Vec<Target> {
+fn current_targets(shared: &Shared, self_addr: std::net::SocketAddr) -> Result<Vec<Target>, capstan_store::StoreError> {
     let mut out = Vec::new();
-    for g in crate::discovery::targets(&shared.store, &shared.runtime) {
+    for g in crate::discovery::targets(&shared.store, &shared.runtime)? {
         let get = |k: &str| g.labels.get(k).cloned().unwrap_or_default();
         let dur = |k: &str, d: u64| capstan_model::parse_duration(&get(k)).unwrap_or(Duration::from_secs(d));
         for addr in &g.targets {
@@ -96,7 +96,7 @@ fn current_targets(shared: &Shared, self_addr: std::net::SocketAddr) -> Vec<Targ
         interval: Duration::from_secs(15),
         timeout: Duration::from_secs(10),
     });
-    out
+    Ok(out)
 }
 
 impl Monitor {
@@ -182,7 +182,8 @@ impl capstan_engine::runner::Periodic for Scraper {
                 c
             }
         };
-        let wanted: HashMap<String, Target> = current_targets(&self.shared, self.self_addr)
+        // Targets that cannot be listed are not taken for gone: the scrape tasks keep running, and the tick is retried.
+        let wanted: HashMap<String, Target> = current_targets(&self.shared, self.self_addr)?
             .into_iter()
             .map(|t| (format!("{}|{}", t.url, t.labels), t))
             .collect();

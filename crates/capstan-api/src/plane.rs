@@ -250,6 +250,13 @@ impl ControlPlane {
         let addr = listener.local_addr().map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
 
         crate::volume_sync::release_stale_holds(&store)?;
+        // Links in notifications must work from elsewhere: an unspecified address (0.0.0.0) is not one to visit.
+        let external = match addr.ip().is_unspecified() {
+            true => format!("http://127.0.0.1:{}", addr.port()),
+            false => format!("http://{addr}"),
+        };
+        let alerting =
+            Arc::new(crate::alerts::Alerting::load(&store, cfg.external_url.as_deref().unwrap_or(&external))?);
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
         let runtime = LocalRuntime::new(LocalConfig { data_dir: cfg.data_dir.clone() }, store.clone(), notify_tx)?;
         // Connections are admitted within a budget under the open-file limit, so that a flood of them leaves fds
@@ -300,13 +307,6 @@ impl ControlPlane {
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
         let model_servers = capstan_modelserver::controller::spawn(store.clone(), cfg.data_dir.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
-        // Links in notifications must work from elsewhere: an unspecified address (0.0.0.0) is not one to visit.
-        let external = match addr.ip().is_unspecified() {
-            true => format!("http://127.0.0.1:{}", addr.port()),
-            false => format!("http://{addr}"),
-        };
-        let alerting =
-            Arc::new(crate::alerts::Alerting::load(&store, cfg.external_url.as_deref().unwrap_or(&external)));
         let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone(), cfg.query.limits());
         let shared = Arc::new(Shared {
             store,
@@ -401,6 +401,7 @@ impl ControlPlane {
     /// otherwise each is stopped gracefully (SIGTERM, its grace period, then SIGKILL).
     pub async fn shutdown(mut self, keep_workloads: bool) {
         for c in std::mem::take(&mut self.controllers) {
+            tracing::debug!(controller = c.name(), "stopping");
             c.stop().await;
         }
         if let Some(m) = self.monitor.take() {

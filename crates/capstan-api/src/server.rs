@@ -386,19 +386,19 @@ async fn shutdown(State(state): State<AppState>, Json(body): Json<ShutdownBody>)
     Json(json!({ "stopping": true, "keepWorkloads": body.keep_workloads })).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let proxy = state.proxy.metrics_text();
     // The balancer's part ends with OpenMetrics' `# EOF`; the replicas' metrics go before it.
     let mut text = proxy.strip_suffix("# EOF\n").unwrap_or(&proxy).to_string();
     text.push_str(&state.queries.metrics_text());
-    text.push_str(&crate::discovery::replica_metrics(&state.store, &state.runtime));
+    text.push_str(&crate::discovery::replica_metrics(&state.store, &state.runtime)?);
     text.push_str("# EOF\n");
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
 /// Prometheus http_sd: every replica with `spec.metrics` as a target group.
-async fn service_discovery(State(state): State<AppState>) -> Response {
-    Json(crate::discovery::targets(&state.store, &state.runtime)).into_response()
+async fn service_discovery(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(crate::discovery::targets(&state.store, &state.runtime)?).into_response())
 }
 
 /// An App as stored, with its resourceVersion.
@@ -415,7 +415,7 @@ async fn revisions(
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (key, obj) = load_app(&state, &ns, &name)?;
-    let history = capstan_engine::revision_history(&state.store, &key);
+    let history = capstan_engine::revision_history(&state.store, &key)?;
     Ok(Json(json!({
         "items": history,
         "revision": obj["status"]["revision"],
@@ -437,7 +437,7 @@ async fn rollback(
     Json(body): Json<RollbackBody>,
 ) -> Result<Json<Value>, ApiError> {
     change_app(&state, &ns, &name, "the old revision no longer passes admission", |key, obj| {
-        let history = capstan_engine::revision_history(&state.store, key);
+        let history = capstan_engine::revision_history(&state.store, key)?;
         let now = obj["status"]["revision"].as_str().unwrap_or_default().to_string();
         let target = match &body.to_revision {
             Some(r) => history.iter().find(|h| &h.revision == r),

@@ -54,8 +54,8 @@ fn put_field(out: &mut String, k: &str, v: String) {
 }
 
 /// Table columns of `capstan get` for each kind (for Sources and Syncs, Flux's columns), plus age.
-pub fn columns(kind: Kind) -> Vec<&'static str> {
-    match kind {
+pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
+    let mut columns = match kind {
         Kind::Secret => secret::columns(),
         Kind::Source => source::columns(),
         Kind::Sync => sync::columns(),
@@ -67,12 +67,33 @@ pub fn columns(kind: Kind) -> Vec<&'static str> {
         Kind::EscalationPolicy => escalation_policy::columns(),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::columns(),
+    };
+    if wide {
+        columns.extend(wide_columns(kind));
+    }
+    columns
+}
+
+/// What `-o wide` adds to a kind's columns.
+fn wide_columns(kind: Kind) -> Vec<&'static str> {
+    match kind {
+        Kind::App => app::wide_columns(),
+        Kind::Secret
+        | Kind::Source
+        | Kind::Sync
+        | Kind::Database
+        | Kind::TrainingJob
+        | Kind::ModelServer
+        | Kind::AlertRule
+        | Kind::EscalationPolicy => Vec::new(),
+        #[cfg(feature = "throwaway-kind")]
+        Kind::Widget => Vec::new(),
     }
 }
 
 /// One table row of `capstan get`, in the order of [`columns`]. Every kind has its own arm (no catch-all), so a new
 /// kind does not compile until it says what `get` shows.
-pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> {
+pub fn row(kind: Kind, o: &Value, all: bool, wide: bool, now: DateTime<Utc>) -> Vec<String> {
     let mut r = vec![];
     if all {
         r.push(o["metadata"]["namespace"].as_str().unwrap_or("").to_string());
@@ -93,11 +114,45 @@ pub fn row(kind: Kind, o: &Value, all: bool, now: DateTime<Utc>) -> Vec<String> 
     };
     r.extend(cells);
     r.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
+    if wide {
+        r.extend(wide_cells(kind, o));
+    }
     r
 }
 
-/// `capstan describe` of every kind but App (whose describe is its own). Secret values are never shown.
+/// The cells of [`wide_columns`].
+fn wide_cells(kind: Kind, o: &Value) -> Vec<String> {
+    match kind {
+        Kind::App => app::wide_cells(o),
+        Kind::Secret
+        | Kind::Source
+        | Kind::Sync
+        | Kind::Database
+        | Kind::TrainingJob
+        | Kind::ModelServer
+        | Kind::AlertRule
+        | Kind::EscalationPolicy => Vec::new(),
+        #[cfg(feature = "throwaway-kind")]
+        Kind::Widget => Vec::new(),
+    }
+}
+
+/// `capstan describe` of every kind: a common header, the kind's own fields and sections, then its events; an App's
+/// page has a layout of its own (replicas, rollout, volumes). Secret values are never shown.
 pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> String {
+    let own: fn(&Value, DateTime<Utc>, &mut String) = match kind {
+        Kind::App => return app::page(o, events, now),
+        Kind::Secret => secret::describe,
+        Kind::Source => source::describe,
+        Kind::Sync => sync::describe,
+        Kind::Database => database::describe,
+        Kind::TrainingJob => training_job::describe,
+        Kind::ModelServer => model_server::describe,
+        Kind::AlertRule => alert_rule::describe,
+        Kind::EscalationPolicy => escalation_policy::describe,
+        #[cfg(feature = "throwaway-kind")]
+        Kind::Widget => widget::describe,
+    };
     let md = &o["metadata"];
     let mut out = String::new();
     let mut field = |k: &str, v: String| put_field(&mut out, k, v);
@@ -107,20 +162,8 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
     field("Kind", kind.name().into());
     field("Managed by", crate::output::managed_by(md).unwrap_or_default());
     field("Created", format!("{} ({} ago)", s(&md["creationTimestamp"]), age(time_of(&md["creationTimestamp"]), now)));
-    // Each kind's fields and sections, then its conditions (all but a Secret's).
-    match kind {
-        Kind::Secret => secret::describe(o, now, &mut out),
-        Kind::Source => source::describe(o, now, &mut out),
-        Kind::Sync => sync::describe(o, now, &mut out),
-        Kind::Database => database::describe(o, now, &mut out),
-        Kind::App => app::describe(o, now, &mut out),
-        Kind::TrainingJob => training_job::describe(o, now, &mut out),
-        Kind::ModelServer => model_server::describe(o, now, &mut out),
-        Kind::AlertRule => alert_rule::describe(o, now, &mut out),
-        Kind::EscalationPolicy => escalation_policy::describe(o, now, &mut out),
-        #[cfg(feature = "throwaway-kind")]
-        Kind::Widget => widget::describe(o, now, &mut out),
-    }
+    // The kind's fields and sections, then its conditions (all but a Secret's).
+    own(o, now, &mut out);
     out.push_str(&events_section(events, now));
     out
 }
@@ -137,8 +180,11 @@ mod tests {
         let o = json!({"metadata": {"name": "x", "namespace": "default", "creationTimestamp": "2026-12-06T10:00:00Z"},
                        "spec": {}, "status": {}});
         for kind in Kind::ALL {
-            assert_eq!(row(*kind, &o, false, Utc::now()).len(), columns(*kind).len(), "{kind}");
-            assert_eq!(row(*kind, &o, true, Utc::now()).len(), columns(*kind).len() + 1, "{kind} with NAMESPACE");
+            for wide in [false, true] {
+                let n = columns(*kind, wide).len();
+                assert_eq!(row(*kind, &o, false, wide, Utc::now()).len(), n, "{kind} wide={wide}");
+                assert_eq!(row(*kind, &o, true, wide, Utc::now()).len(), n + 1, "{kind} wide={wide} with NAMESPACE");
+            }
         }
     }
 }

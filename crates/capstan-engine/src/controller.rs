@@ -1,4 +1,5 @@
-//! The App controller loop: watches the store and the runtime, plans each App and carries out the plan.
+//! The App controller, a reconciler on the shared runner: woken by its Apps and the runtime, it plans each App and
+//! carries out the plan.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use capstan_model::{
     revision_of, App, AppStatus, EventType, Kind, ObjectKey, Resource, DATABASE_CREDENTIALS_ANNOTATION,
     RESTARTED_AT_ANNOTATION,
 };
-use capstan_store::Store;
+use capstan_store::{Store, StoreError};
 use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -101,16 +102,13 @@ pub fn change_cause(app: &App, before: Option<&RevisionRecord>) -> String {
     }
 }
 
-/// The revisions remembered for an App, oldest first.
-pub fn revision_history(store: &Store, key: &ObjectKey) -> Vec<RevisionRecord> {
-    let mut out: Vec<RevisionRecord> = store
-        .records(&revision_prefix(key))
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(_, v)| serde_json::from_value(v).ok())
-        .collect();
+/// The revisions remembered for an App, oldest first. A read that fails is an error, never "no history" (which
+/// would rewrite a revision's cause, start nothing at a remembered revision, or answer a rollback wrongly).
+pub fn revision_history(store: &Store, key: &ObjectKey) -> Result<Vec<RevisionRecord>, StoreError> {
+    let mut out: Vec<RevisionRecord> =
+        store.records(&revision_prefix(key))?.into_iter().filter_map(|(_, v)| serde_json::from_value(v).ok()).collect();
     out.sort_by_key(|r| r.created_at);
-    out
+    Ok(out)
 }
 
 impl<R: AppRuntime> Controller<R> {
@@ -155,10 +153,16 @@ impl<R: AppRuntime> Controller<R> {
     }
 
     /// Remembers the App's revision and forgets the oldest beyond the limit (never one in use).
-    fn remember_revision(&self, key: &ObjectKey, app: &App, status: &AppStatus, observed: &[ObservedReplica]) {
+    fn remember_revision(
+        &self,
+        key: &ObjectKey,
+        app: &App,
+        status: &AppStatus,
+        observed: &[ObservedReplica],
+    ) -> Result<(), StoreError> {
         let rev = revision_of(app);
         let prefix = revision_prefix(key);
-        let history = revision_history(&self.store, key);
+        let history = revision_history(&self.store, key)?;
         if !history.iter().any(|r| r.revision == rev) {
             // Compared with the revision running (the newest remembered when none runs yet).
             let running = status.current_revision.as_ref().and_then(|c| history.iter().find(|r| &r.revision == c));
@@ -177,7 +181,7 @@ impl<R: AppRuntime> Controller<R> {
             }
         }
         let limit = app.spec.update.revision_history_limit.max(1) as usize + 1;
-        let history = revision_history(&self.store, key);
+        let history = revision_history(&self.store, key)?;
         if history.len() > limit {
             let in_use = |r: &str| {
                 r == rev
@@ -190,16 +194,20 @@ impl<R: AppRuntime> Controller<R> {
                 let _ = self.store.delete_record(&format!("{prefix}{}", old.revision));
             }
         }
+        Ok(())
     }
 
     /// The App as it was at `revision`, from the history (the App itself when it is that revision).
-    fn app_at(&self, key: &ObjectKey, app: &App, revision: &str) -> Option<App> {
+    fn app_at(&self, key: &ObjectKey, app: &App, revision: &str) -> Result<Option<App>, StoreError> {
         if revision_of(app) == revision {
-            return Some(app.clone());
+            return Ok(Some(app.clone()));
         }
-        let rec = revision_history(&self.store, key).into_iter().find(|r| r.revision == revision)?;
+        let Some(rec) = revision_history(&self.store, key)?.into_iter().find(|r| r.revision == revision) else {
+            return Ok(None);
+        };
         let mut old = app.clone();
-        old.spec = serde_json::from_value(rec.spec).ok()?;
+        let Ok(spec) = serde_json::from_value(rec.spec) else { return Ok(None) };
+        old.spec = spec;
         match rec.restarted_at {
             Some(t) => old.metadata.annotations.insert(RESTARTED_AT_ANNOTATION.into(), t),
             None => old.metadata.annotations.remove(RESTARTED_AT_ANNOTATION),
@@ -208,23 +216,26 @@ impl<R: AppRuntime> Controller<R> {
             Some(d) => old.metadata.annotations.insert(DATABASE_CREDENTIALS_ANNOTATION.into(), d),
             None => old.metadata.annotations.remove(DATABASE_CREDENTIALS_ANNOTATION),
         };
-        Some(old)
+        Ok(Some(old))
     }
 
     /// The grace period of a replica whose App is gone: the one of the revision it runs, as remembered (30 s, as
     /// Kubernetes' default, only when that revision is not remembered).
-    fn deleted_grace(&self, key: &ObjectKey, observed: &[ObservedReplica], ordinal: u32) -> u32 {
-        let revision = observed.iter().find(|r| r.ordinal == ordinal).map(|r| r.revision.as_str());
-        revision
-            .and_then(|rev| revision_history(&self.store, key).into_iter().find(|h| h.revision == rev))
+    fn deleted_grace(&self, key: &ObjectKey, observed: &[ObservedReplica], ordinal: u32) -> Result<u32, StoreError> {
+        let Some(rev) = observed.iter().find(|r| r.ordinal == ordinal).map(|r| r.revision.as_str()) else {
+            return Ok(30);
+        };
+        Ok(revision_history(&self.store, key)?
+            .into_iter()
+            .find(|h| h.revision == rev)
             .and_then(|h| h.spec.get("terminationGracePeriodSeconds").and_then(Value::as_u64))
-            .map_or(30, |g| g.min(u64::from(u32::MAX)) as u32)
+            .map_or(30, |g| g.min(u64::from(u32::MAX)) as u32))
     }
 
     /// The App with the digest of its `databaseRef` credentials set (in memory only) as part of its revision, so
     /// that new credentials or a new endpoint roll the App out. While the credentials are gone (the Database is being
     /// created again) the digest of the revision that runs is kept: nothing rolls until new ones exist.
-    fn with_credentials(&self, key: &ObjectKey, mut app: App) -> Result<App, capstan_store::StoreError> {
+    fn with_credentials(&self, key: &ObjectKey, mut app: App) -> Result<App, StoreError> {
         app.metadata.annotations.remove(DATABASE_CREDENTIALS_ANNOTATION);
         let Some(r) = &app.spec.database_ref else { return Ok(app) };
         let secret = ObjectKey::new("Secret", &key.namespace, capstan_model::database::credentials_secret(&r.name));
@@ -240,7 +251,7 @@ impl<R: AppRuntime> Controller<R> {
                 // The digest of the revision replicas move to (or run), else the newest remembered: a rollout under
                 // way goes on as it was, and nothing flips to a revision without credentials.
                 let st = app.status.as_ref();
-                let history = revision_history(&self.store, key);
+                let history = revision_history(&self.store, key)?;
                 let of = |rev: Option<&String>| {
                     rev.and_then(|r| history.iter().find(|h| &h.revision == r))
                         .and_then(|h| h.database_credentials.clone())
@@ -257,7 +268,7 @@ impl<R: AppRuntime> Controller<R> {
     }
 
     /// Reconciles one App; returns when to look again.
-    fn reconcile_app(&self, key: &ObjectKey) -> Result<Option<Duration>, capstan_store::StoreError> {
+    fn reconcile_app(&self, key: &ObjectKey) -> Result<Option<Duration>, StoreError> {
         let stored = self.store.get(key)?;
         let app: Option<App> = match stored.map(Resource::from_value) {
             Some(Ok(Resource::App(a))) => Some(a),
@@ -292,7 +303,7 @@ impl<R: AppRuntime> Controller<R> {
         let plan =
             hold_replicas(plan_app(app.as_ref(), &observed, previous.as_ref(), warnings, Utc::now()), &key.name, &held);
         if let (Some(app), Some(status)) = (&app, &plan.status) {
-            self.remember_revision(key, app, status, &observed);
+            self.remember_revision(key, app, status, &observed)?;
             let (before, after) = (previous.as_ref().and_then(|p| p.rollout.as_ref()), status.rollout.as_ref());
             if let Some(r) = after.filter(|r| before.is_none_or(|b| b.phase != r.phase || b.revision != r.revision)) {
                 let type_ = match r.phase {
@@ -307,7 +318,7 @@ impl<R: AppRuntime> Controller<R> {
                 Action::Start { ordinal, revision, count_restart } => {
                     let Some(app) = &app else { continue };
                     let name = format!("{}-{ordinal}", key.name);
-                    let Some(at) = self.app_at(key, app, revision) else {
+                    let Some(at) = self.app_at(key, app, revision)? else {
                         self.event(
                             key,
                             EventType::Warning,
@@ -338,7 +349,7 @@ impl<R: AppRuntime> Controller<R> {
                 Action::Stop { ordinal, reason, forget } => {
                     let grace = match &app {
                         Some(a) => a.spec.termination_grace_period_seconds,
-                        None => self.deleted_grace(key, &observed, *ordinal),
+                        None => self.deleted_grace(key, &observed, *ordinal)?,
                     };
                     self.runtime.stop(key, *ordinal, Duration::from_secs(u64::from(grace)), *forget);
                     if app.is_some() {
@@ -371,7 +382,7 @@ pub fn hold_record(key: &ObjectKey, ordinal: u32) -> String {
 }
 
 /// Ordinals of an App held stopped; a read error is an error (a hold must not be lost to one).
-fn held_ordinals(store: &Store, key: &ObjectKey) -> Result<std::collections::BTreeSet<u32>, capstan_store::StoreError> {
+fn held_ordinals(store: &Store, key: &ObjectKey) -> Result<std::collections::BTreeSet<u32>, StoreError> {
     let prefix = format!("hold/{}/{}/", key.namespace, key.name);
     Ok(store.records(&prefix)?.into_iter().filter_map(|(k, _)| k.strip_prefix(&prefix)?.parse().ok()).collect())
 }

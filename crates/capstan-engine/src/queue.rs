@@ -46,21 +46,6 @@ impl WorkQueue {
         Some(k)
     }
 
-    /// Takes every key due by `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Vec<ObjectKey> {
-        let mut out = Vec::new();
-        while let Some((t, _)) = self.order.first() {
-            if *t > now {
-                break;
-            }
-            if let Some((_, k)) = self.order.pop_first() {
-                self.due.remove(&k);
-                out.push(k);
-            }
-        }
-        out
-    }
-
     pub fn len(&self) -> usize {
         self.due.len()
     }
@@ -85,8 +70,8 @@ mod tests {
         q.add_at(k.clone(), now + Duration::from_secs(5));
         assert_eq!(q.len(), 1);
         assert_eq!(q.next_due(), Some(now + Duration::from_secs(2)));
-        assert!(q.pop_due(now).is_empty());
-        assert_eq!(q.pop_due(now + Duration::from_secs(3)), vec![k.clone()]);
+        assert_eq!(q.pop_next_due(now), None);
+        assert_eq!(q.pop_next_due(now + Duration::from_secs(3)), Some(k.clone()));
         assert!(q.is_empty());
         let j = ObjectKey::new("App", "default", "j");
         q.add_at(j.clone(), now + Duration::from_secs(1));

@@ -319,7 +319,7 @@ async fn run_loop<R: Reconciler>(
                             *n += 1;
                             let d = backoff(*n, seed_of(&key, *n));
                             tracing::warn!(controller = kind, object = %key, "reconcile failed (attempt {n}, retry in {d:?}): {e}");
-                            // The retry waits out the backoff even if something changed meanwhile.
+                            // The retry waits out the backoff unless something changes meanwhile (as kube-runtime).
                             dirty.remove(&key);
                             queue.add_at(key, Instant::now() + d);
                         }

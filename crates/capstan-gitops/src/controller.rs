@@ -76,6 +76,8 @@ struct Inner {
     generations: Mutex<HashMap<ObjectKey, i64>>,
     /// Each Sync's readiness last seen, so that its dependents go on when it changes.
     ready: Mutex<HashMap<ObjectKey, Option<String>>>,
+    /// Sources whose new artifact their Syncs have not been told of yet.
+    untold: Mutex<HashSet<ObjectKey>>,
 }
 
 /// The running controllers.
@@ -145,6 +147,7 @@ pub fn spawn(store: Store, admit: Arc<dyn Admit>, cfg: GitOpsConfig) -> GitOpsHa
         watchers: Mutex::default(),
         generations: Mutex::default(),
         ready: Mutex::default(),
+        untold: Mutex::default(),
     });
     // Fetches beyond the fetch limit wait for a permit without holding a reconcile slot for long; Syncs apply in
     // parallel, one reconcile per Sync at a time.
@@ -167,6 +170,7 @@ impl Inner {
     }
 
     fn forget(&self, key: &ObjectKey) {
+        lock(&self.untold).remove(key);
         lock(&self.generations).remove(key);
         lock(&self.ready).remove(key);
         lock(&self.waiting).remove(key);
@@ -199,9 +203,20 @@ impl runner::Reconciler for Sources {
     fn reconcile(&self, key: &ObjectKey) -> Result<runner::Action, runner::ReconcileError> {
         let inner = &self.0;
         let (after, changed) = tokio::runtime::Handle::current().block_on(reconcile_source(inner, key))?;
+        // A new artifact whose Syncs could not be told (the listing failed) is told at the retry.
+        let changed = lock(&inner.untold).remove(key) || changed;
+        let syncs = match inner.syncs_reading(key) {
+            Ok(s) => s,
+            Err(e) => {
+                if changed {
+                    lock(&inner.untold).insert(key.clone());
+                }
+                return Err(e.into());
+            }
+        };
         // The Syncs reading it apply the new artifact; those asked to sync now go on once it is fetched.
         let pending: HashSet<ObjectKey> = lock(&inner.requests).keys().cloned().collect();
-        for s in inner.syncs_reading(key)? {
+        for s in syncs {
             if changed || pending.contains(&s) {
                 let _ = inner.sync_now.send(s);
             }

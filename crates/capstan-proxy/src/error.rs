@@ -101,11 +101,6 @@ impl ProxyError {
             _ => None,
         }
     }
-
-    /// Whether the failed attempt may be made again (on the same replica or another).
-    pub fn retryable(&self, replayable: bool) -> bool {
-        self.retry(replayable).is_some()
-    }
 }
 
 #[cfg(test)]
@@ -192,18 +187,18 @@ mod tests {
         for replayable in [false, true] {
             // A failed connect sent nothing: any request goes to another replica, and the failed one is ejected.
             assert_eq!(connect_failure().retry(replayable), Some(Retry::OtherReplica { eject: true }));
-            assert!(connect_failure().retryable(replayable));
+            assert!(connect_failure().retry(replayable).is_some());
             // A connection that closed before the request was written: again, on a fresh connection.
             let unsent = send_failure(false).await;
             assert_eq!(unsent.retry(replayable), Some(Retry::FreshConnection));
-            assert!(unsent.retryable(replayable));
+            assert!(unsent.retry(replayable).is_some());
         }
         // A written request goes elsewhere only when it can be sent twice.
         let written = send_failure(true).await;
         assert_eq!(written.retry(true), Some(Retry::OtherReplica { eject: false }));
-        assert!(written.retryable(true));
+        assert!(written.retry(true).is_some());
         assert_eq!(written.retry(false), None);
-        assert!(!written.retryable(false));
+        assert!(written.retry(false).is_none());
         // Timeouts, the client's own failures and the final answer are never retried.
         let after = Duration::from_secs(30);
         let never = [
@@ -217,7 +212,7 @@ mod tests {
         for e in never {
             for replayable in [false, true] {
                 assert_eq!(e.retry(replayable), None, "{e}");
-                assert!(!e.retryable(replayable), "{e}");
+                assert!(e.retry(replayable).is_none(), "{e}");
             }
         }
     }

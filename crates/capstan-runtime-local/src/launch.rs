@@ -158,6 +158,7 @@ impl LocalRuntime {
             log_max_size: parse_bytes(&logs.max_size).unwrap_or(10 << 20),
             log_max_files: logs.max_files,
             stop_signal: spec.run.stop_signal.clone(),
+            grace_seconds: Some(spec.termination_grace_period_seconds),
             ..Record::fresh(&key, ordinal, revision)
         };
 

@@ -92,6 +92,9 @@ struct Record {
     /// The signal that asks the program to stop (SIGTERM when absent).
     #[serde(default)]
     stop_signal: Option<String>,
+    /// The grace period the replica was started with (records written before it was kept have none).
+    #[serde(default)]
+    grace_seconds: Option<u32>,
 }
 
 impl Record {
@@ -121,6 +124,7 @@ impl Record {
             log_max_size: 10 << 20,
             log_max_files: 3,
             stop_signal: None,
+            grace_seconds: None,
         }
     }
 

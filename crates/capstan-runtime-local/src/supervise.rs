@@ -140,8 +140,8 @@ pub(crate) fn describe(e: &ExitInfo) -> String {
     }
 }
 
-/// A replica to stop at shutdown: its App, ordinal, pid, exit watch and stop signal.
-pub(crate) type StopTarget = (ObjectKey, u32, Option<u32>, watch::Receiver<bool>, Signal);
+/// A replica to stop at shutdown: its App, ordinal, pid, exit watch, stop signal and recorded grace period.
+pub(crate) type StopTarget = (ObjectKey, u32, Option<u32>, watch::Receiver<bool>, Signal, Option<u32>);
 
 impl AppRuntime for LocalRuntime {
     fn observe(&self, app: &ObjectKey) -> Vec<ObservedReplica> {
@@ -341,13 +341,16 @@ impl AppRuntime for LocalRuntime {
                 .filter(|(_, r)| matches!(r.state, ReplicaState::Running | ReplicaState::Stopping))
                 .map(|((k, o), r)| {
                     r.state = ReplicaState::Stopping;
-                    (k.clone(), *o, r.rec.pid, r.exited.clone(), r.rec.stop_signal())
+                    (k.clone(), *o, r.rec.pid, r.exited.clone(), r.rec.stop_signal(), r.rec.grace_seconds)
                 })
                 .collect()
         };
         let mut waits = Vec::new();
-        for (key, ordinal, pid, mut exited, signal) in targets {
-            let grace = self.grace_of(&key);
+        for (key, ordinal, pid, mut exited, signal, grace) in targets {
+            let grace = match grace {
+                Some(g) => Duration::from_secs(u64::from(g)),
+                None => self.grace_of(&key),
+            };
             waits.push(tokio::spawn(async move {
                 let Some(pid) = pid else { return };
                 process::signal_group(pid, signal);
@@ -370,15 +373,16 @@ impl AppRuntime for LocalRuntime {
 }
 
 impl LocalRuntime {
+    /// The grace period of a replica whose record does not say it (written by an older Capstan): its App's, read
+    /// now. A read that fails is said, and the Kubernetes default used, since the stop cannot wait for the store.
     pub(crate) fn grace_of(&self, key: &ObjectKey) -> Duration {
-        let secs = self
-            .inner
-            .store
-            .get(key)
-            .ok()
-            .flatten()
-            .and_then(|o| o["spec"]["terminationGracePeriodSeconds"].as_u64())
-            .unwrap_or(30);
+        let secs = match self.inner.store.get(key) {
+            Ok(o) => o.and_then(|o| o["spec"]["terminationGracePeriodSeconds"].as_u64()).unwrap_or(30),
+            Err(e) => {
+                tracing::warn!(app = %key, "reading the App for its grace period ({e}): 30 s");
+                30
+            }
+        };
         Duration::from_secs(secs)
     }
 }

@@ -53,7 +53,7 @@ pub enum VolumeError {
     /// The record of the volumes' reclaim policies could not be encoded.
     #[error("{0}")]
     Encode(serde_json::Error),
-    /// The record of the volumes' reclaim policies could not be stored.
+    /// The record of the volumes' reclaim policies could not be read or stored.
     #[error("recording volumes: {0}")]
     Record(StoreError),
 }
@@ -65,10 +65,12 @@ pub fn prepare(store: &Store, data_dir: &Path, app: &App, ordinal: u32) -> Resul
     if app.spec.volumes.is_empty() {
         return Ok(env);
     }
+    // A record that cannot be read is an error: starting afresh would overwrite the reclaim policies it keeps.
     let mut rec: VolumeRecord = store
         .records(&record_key(&key))
-        .ok()
-        .and_then(|r| r.into_iter().next())
+        .map_err(VolumeError::Record)?
+        .into_iter()
+        .next()
         .and_then(|(_, v)| serde_json::from_value(v).ok())
         .unwrap_or_default();
     for v in &app.spec.volumes {

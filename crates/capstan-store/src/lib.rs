@@ -86,7 +86,8 @@ pub struct Store {
     db: Arc<Database>,
     watch: broadcast::Sender<WatchEvent>,
     events: broadcast::Sender<ObjectEvent>,
-    /// While set, reads of objects fail (fault injection for tests that prove a read error is never "absent").
+    /// While set, reads of objects and records fail (fault injection for tests that prove a read error is never
+    /// "absent").
     read_fault: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -526,6 +527,7 @@ impl Store {
 
     /// Every runtime record whose key starts with `prefix`.
     pub fn records(&self, prefix: &str) -> Result<Vec<(String, Value)>, StoreError> {
+        self.read_fault()?;
         let tx = self.db.begin_read()?;
         let table = tx.open_table(RECORDS)?;
         let (lo, hi) = prefix_range(prefix);

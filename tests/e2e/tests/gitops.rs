@@ -381,8 +381,8 @@ async fn read_errors_are_retried_and_never_taken_for_absent() {
     assert!(repo_git.is_dir());
 
     tp.plane().store().inject_read_faults(true);
-    let c2 = repo.commit(&[("web.yaml", Some(&repo_app("web", 2, &[])))], "v2");
-    // Several intervals of every controller (Sources and Syncs every second, Apps on their own schedule).
+    // Several intervals of every controller (Sources and Syncs every second, Apps on their own schedule). Writes
+    // still work meanwhile: a controller that took a failed read for "nothing there" could write that down.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(repo_git.is_dir(), "the repository was kept");
     let running = tp.plane().runtime().observe(&key);
@@ -390,9 +390,17 @@ async fn read_errors_are_retried_and_never_taken_for_absent() {
     assert_eq!(running[0].pid, Some(pid), "the replica kept running");
     assert!(alive(pid));
     tp.plane().store().inject_read_faults(false);
+    // What was stored meanwhile, before anything new is committed: the inventory and the App as they were.
+    let sync_key = capstan_model::ObjectKey::new("Sync", "default", "apps");
+    let s = tp.plane().store().get(&sync_key).expect("read").expect("the Sync");
+    assert_eq!(s["status"]["inventory"][0]["name"], "web", "the inventory was kept: {}", s["status"]);
+    assert_eq!(s["status"]["lastAppliedRevision"], format!("main@sha1:{c1}"), "{}", s["status"]);
+    assert!(tp.plane().store().get(&key).expect("read").is_some(), "the App was not pruned");
 
+    // And the next commit is applied.
+    let c2 = repo.commit(&[("web.yaml", Some(&repo_app("web", 2, &[])))], "v2");
     let s = wait_applied(&tp, "apps", &c2).await;
-    assert_eq!(s["status"]["inventory"][0]["name"], "web", "the inventory was kept");
+    assert_eq!(s["status"]["inventory"][0]["name"], "web");
     eventually("web scaled to 2", T, || async { (replicas(&tp.app("web").await).len() == 2).then_some(()) }).await;
     tp.stop().await;
 }

@@ -7,26 +7,8 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::{api_failure, kind_arg};
-use crate::output::{age, render, table, time_of};
+use crate::output::{render, table};
 use crate::{Failure, EXIT_OK};
-
-fn app_status_word(o: &Value) -> String {
-    let conds = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    if let Some(s) = conds.iter().find(|c| c["type"] == "Stalled" && c["status"] == "True") {
-        return s["reason"].as_str().unwrap_or("Stalled").to_string();
-    }
-    match conds.iter().find(|c| c["type"] == "Ready") {
-        Some(c) if c["status"] == "True" => {
-            if o["spec"]["replicas"].as_i64() == Some(0) {
-                "Stopped".into()
-            } else {
-                "Running".into()
-            }
-        }
-        Some(c) => c["reason"].as_str().unwrap_or("Pending").to_string(),
-        None => "Pending".into(),
-    }
-}
 
 pub(super) async fn get(
     client: &Client,
@@ -84,20 +66,8 @@ pub(super) async fn get(
     if all {
         headers.push("NAMESPACE");
     }
-    let row_of = |o: &Value, now| match kind {
-        Kind::App => app_row(o, all, wide, now),
-        other => crate::kinds::row(other, o, all, now),
-    };
-    match kind {
-        Kind::App => {
-            headers.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
-            if wide {
-                headers.extend(["REVISION", "PORTS", "ENDPOINTS"]);
-            }
-        }
-        other => headers.extend(crate::kinds::columns(other)),
-    }
-    let rows: Vec<Vec<String>> = items.iter().map(|o| row_of(o, now)).collect();
+    headers.extend(crate::kinds::columns(kind, wide));
+    let rows: Vec<Vec<String>> = items.iter().map(|o| crate::kinds::row(kind, o, all, wide, now)).collect();
     println!("{}", table(&headers, &rows));
     if !watch {
         return Ok(EXIT_OK);
@@ -116,7 +86,7 @@ pub(super) async fn get(
         let same_ns = all || o["metadata"]["namespace"] == ns;
         let same_name = name.is_none_or(|n| o["metadata"]["name"] == n);
         if same_ns && same_name {
-            let mut row = row_of(o, Utc::now());
+            let mut row = crate::kinds::row(kind, o, all, wide, Utc::now());
             if ev["type"] == "Deleted" {
                 let col = if kind == Kind::App { 2 } else { 1 };
                 row[if all { col + 1 } else { col }] = "Deleted".into();
@@ -125,41 +95,6 @@ pub(super) async fn get(
         }
     }
     Err(Failure::fail("error: stopped watching: the connection to Capstan closed").into())
-}
-
-fn app_row(o: &Value, all: bool, wide: bool, now: chrono::DateTime<Utc>) -> Vec<String> {
-    let mut row = vec![];
-    if all {
-        row.push(o["metadata"]["namespace"].as_str().unwrap_or("").to_string());
-    }
-    row.push(o["metadata"]["name"].as_str().unwrap_or("").to_string());
-    row.push(format!(
-        "{}/{}",
-        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
-        o["spec"]["replicas"].as_i64().unwrap_or(1)
-    ));
-    row.push(app_status_word(o));
-    row.push(o["status"]["restarts"].as_u64().unwrap_or(0).to_string());
-    row.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
-    if wide {
-        // What runs; a rolled-back App also names the revision it declares.
-        let (declared, running) = (o["status"]["revision"].as_str(), o["status"]["currentRevision"].as_str());
-        row.push(match (running, declared) {
-            (Some(r), Some(d)) if r != d => format!("{r} (declared {d})"),
-            (r, d) => r.or(d).unwrap_or("").to_string(),
-        });
-        let ports: Vec<String> = o["status"]["replicaStatuses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|r| r["ports"].as_object().into_iter().flatten().map(|(_, v)| v.to_string()))
-            .collect();
-        row.push(ports.join(","));
-        let eps: Vec<&str> =
-            o["status"]["endpoints"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        row.push(if eps.is_empty() { "<none>".into() } else { eps.join(",") });
-    }
-    row
 }
 
 /// How `get` prints.

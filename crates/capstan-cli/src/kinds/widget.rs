@@ -41,8 +41,8 @@ mod tests {
             "spec": {"size": 3, "colour": "red"},
             "status": {"observedGeneration": 1, "shape": "square"}
         });
-        assert_eq!(columns(Kind::Widget), ["NAME", "SIZE", "COLOUR", "SHAPE", "AGE"]);
-        assert_eq!(row(Kind::Widget, &o, false, Utc::now())[..4], ["w", "3", "red", "square"]);
+        assert_eq!(columns(Kind::Widget, false), ["NAME", "SIZE", "COLOUR", "SHAPE", "AGE"]);
+        assert_eq!(row(Kind::Widget, &o, false, false, Utc::now())[..4], ["w", "3", "red", "square"]);
         let text = describe(Kind::Widget, &o, &json!({"items": []}), Utc::now());
         assert!(text.contains("Kind:             Widget"), "{text}");
         assert!(text.contains("Size:             3"), "{text}");

@@ -6,9 +6,12 @@ use super::*;
 /// Why a Source's credentials Secret (`spec.secretRef`) cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum CredentialsError {
-    /// The Secret is not there (or could not be read).
+    /// The Secret is not there.
     #[error("Secret {}/{} named in spec.secretRef does not exist", secret.namespace, secret.name)]
     Missing { secret: ObjectKey },
+    /// The Secret could not be read: not a verdict on the Secret — the reconcile fails and is retried.
+    #[error("reading Secret {}/{} named in spec.secretRef: {source}", secret.namespace, secret.name)]
+    Unreadable { secret: ObjectKey, source: Box<StoreError> },
     /// The Secret holds none of the keys that make credentials; `keys` are those it has.
     #[error(
         "Secret {}/{} has none of: username and password, bearerToken, identity (keys present: {})",
@@ -22,13 +25,9 @@ pub(super) enum CredentialsError {
 pub(super) fn credentials(inner: &Inner, src: &Source) -> Result<Credentials, CredentialsError> {
     let Some(r) = &src.spec.secret_ref else { return Ok(Credentials::None) };
     let key = ObjectKey::new("Secret", src.metadata.namespace(), &r.name);
-    let secret: Secret = inner
-        .store
-        .get(&key)
-        .ok()
-        .flatten()
-        .and_then(typed)
-        .ok_or_else(|| CredentialsError::Missing { secret: key.clone() })?;
+    let stored =
+        inner.store.get(&key).map_err(|e| CredentialsError::Unreadable { secret: key.clone(), source: Box::new(e) })?;
+    let secret: Secret = stored.and_then(typed).ok_or_else(|| CredentialsError::Missing { secret: key.clone() })?;
     let s = |k: &str| secret.spec.value(k).map(|b| String::from_utf8_lossy(&b).into_owned());
     if let Some(identity) = secret.spec.value("identity") {
         return Ok(Credentials::Ssh { identity, known_hosts: secret.spec.value("known_hosts") });
@@ -191,6 +190,8 @@ pub(super) async fn reconcile_source(
     key: &ObjectKey,
 ) -> Result<(Option<Duration>, bool), StoreError> {
     let Some(src) = inner.store.get(key)?.and_then(typed::<Source>) else { return Ok((None, false)) };
+    // What this reconcile saw: its own status write that follows is not a new generation.
+    lock(&inner.generations).insert(key.clone(), src.metadata.generation.unwrap_or(0));
     if src.spec.suspend {
         return Ok((None, false));
     }
@@ -205,7 +206,11 @@ pub(super) async fn reconcile_source(
         set_condition(&mut status.conditions, cond(RECONCILING, ConditionStatus::True, reason::PROGRESSING, msg, g));
         write_status(inner, key, &status);
     }
-    let result = fetch_source(inner, key, &src).await;
+    let result = match fetch_source(inner, key, &src).await {
+        // A Secret that could not be read says nothing of the Source: its status stays, and the runner retries.
+        Err(FetchFailure::InvalidSecret(CredentialsError::Unreadable { source, .. })) => return Err(*source),
+        r => r,
+    };
     status.last_fetch_millis = Some(started.elapsed().as_millis() as u64);
     status.observed_generation = g;
     let mut changed = false;

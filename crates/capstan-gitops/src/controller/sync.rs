@@ -27,6 +27,8 @@ pub(super) struct Attempt {
 /// Reconciles one Sync; returns when to look again. A read that fails is an error, retried with backoff.
 pub(super) async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Result<Option<Duration>, StoreError> {
     let Some(sync) = inner.store.get(key)?.and_then(typed::<Sync>) else { return Ok(None) };
+    // What this reconcile saw: its own status write that follows is not a new generation.
+    lock(&inner.generations).insert(key.clone(), sync.metadata.generation.unwrap_or(0));
     if sync.spec.suspend {
         return Ok(None);
     }
