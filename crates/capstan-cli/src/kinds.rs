@@ -68,16 +68,19 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::columns(),
     };
-    if wide {
-        columns.extend(wide_columns(kind));
+    if let Some((extra, _)) = wide_of(kind).filter(|_| wide) {
+        columns.extend(extra());
     }
     columns
 }
 
-/// What `-o wide` adds to a kind's columns.
-fn wide_columns(kind: Kind) -> Vec<&'static str> {
+/// The extra columns `-o wide` shows, and their cells.
+type Wide = (fn() -> Vec<&'static str>, fn(&Value) -> Vec<String>);
+
+/// What `-o wide` adds to a kind's columns, for the kinds that have any.
+fn wide_of(kind: Kind) -> Option<Wide> {
     match kind {
-        Kind::App => app::wide_columns(),
+        Kind::App => Some((app::wide_columns, app::wide_cells)),
         Kind::Secret
         | Kind::Source
         | Kind::Sync
@@ -85,9 +88,9 @@ fn wide_columns(kind: Kind) -> Vec<&'static str> {
         | Kind::TrainingJob
         | Kind::ModelServer
         | Kind::AlertRule
-        | Kind::EscalationPolicy => Vec::new(),
+        | Kind::EscalationPolicy => None,
         #[cfg(feature = "throwaway-kind")]
-        Kind::Widget => Vec::new(),
+        Kind::Widget => None,
     }
 }
 
@@ -114,27 +117,10 @@ pub fn row(kind: Kind, o: &Value, all: bool, wide: bool, now: DateTime<Utc>) -> 
     };
     r.extend(cells);
     r.push(age(time_of(&o["metadata"]["creationTimestamp"]), now));
-    if wide {
-        r.extend(wide_cells(kind, o));
+    if let Some((_, cells)) = wide_of(kind).filter(|_| wide) {
+        r.extend(cells(o));
     }
     r
-}
-
-/// The cells of [`wide_columns`].
-fn wide_cells(kind: Kind, o: &Value) -> Vec<String> {
-    match kind {
-        Kind::App => app::wide_cells(o),
-        Kind::Secret
-        | Kind::Source
-        | Kind::Sync
-        | Kind::Database
-        | Kind::TrainingJob
-        | Kind::ModelServer
-        | Kind::AlertRule
-        | Kind::EscalationPolicy => Vec::new(),
-        #[cfg(feature = "throwaway-kind")]
-        Kind::Widget => Vec::new(),
-    }
 }
 
 /// `capstan describe` of every kind: a common header, the kind's own fields and sections, then its events; an App's
