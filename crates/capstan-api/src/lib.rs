@@ -15,7 +15,7 @@ pub mod volume_sync;
 
 pub use client::{Client, ClientError};
 pub use error::ApiError;
-pub use plane::{ControlPlane, PlaneConfig, PlaneError};
+pub use plane::{controller_of, ControlPlane, PlaneConfig, PlaneError};
 
 /// What this build is: the version, the commit it was built from and that commit's date.
 pub fn build_info() -> serde_json::Value {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use capstan_engine::{AppRuntime, Controller, ObservedReplica, ObserverReport, ReconcileObserver, ReplicaState};
 use capstan_gitops::controller::{Admit, GitOpsConfig, Requester};
-use capstan_model::{App, ObjectKey};
+use capstan_model::{App, Kind, ObjectKey};
 use capstan_proxy::{Proxy, ReplicaEndpoint};
 use capstan_runtime_local::{LocalConfig, LocalRuntime};
 use capstan_store::{ApplyAction, Store};
@@ -397,6 +397,11 @@ impl ControlPlane {
         }
     }
 
+    /// The controllers running, by name (a kind's name, or `alerting`).
+    pub fn controllers(&self) -> Vec<&'static str> {
+        self.controllers.iter().map(|c| c.name()).collect()
+    }
+
     /// Stops the control plane. With `keep_workloads`, replicas keep running for the next Capstan to adopt;
     /// otherwise each is stopped gracefully (SIGTERM, its grace period, then SIGKILL).
     pub async fn shutdown(mut self, keep_workloads: bool) {
@@ -419,5 +424,22 @@ impl ControlPlane {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         self.server.abort();
         let _ = std::fs::remove_file(self.data_dir.join(SERVER_FILE));
+    }
+}
+
+/// The controller that reconciles each kind on this machine, by the name its `Handle` carries; `None` for a kind that
+/// no controller of its own reconciles. Every kind has its arm (no catch-all): a new kind does not compile until it
+/// says who runs it, and a test checks that the plane starts every controller named here.
+pub fn controller_of(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::App | Kind::Source | Kind::Sync | Kind::Database | Kind::TrainingJob | Kind::ModelServer => {
+            Some(kind.name())
+        }
+        Kind::AlertRule | Kind::EscalationPolicy => Some("alerting"),
+        // Read by the controllers of the kinds that use it (a Source's credentials, a Database's URL).
+        Kind::Secret => None,
+        // The throwaway kind's reconciler is started by its own test.
+        #[cfg(feature = "throwaway-kind")]
+        Kind::Widget => None,
     }
 }

@@ -1,5 +1,6 @@
 //! The layering of the crates, as ARCHITECTURE.md's table states it: every crate depends on exactly the crates its
-//! row names, so a dependency that points the wrong way fails here, and the table stays true.
+//! row names, so a dependency that points the wrong way fails here, and the table stays true. And every kind that
+//! names a controller has it running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -79,4 +80,19 @@ fn the_parsers_read_what_they_should() {
     let t = table("| `capstan-a` | things | `capstan-b`, `capstan-c` | api |\n| `capstan-b` | more | — | all |\n");
     assert_eq!(t["capstan-a"], BTreeSet::from(["capstan-b".to_string(), "capstan-c".to_string()]));
     assert!(t["capstan-b"].is_empty());
+}
+
+/// Adding a kind: `capstan_api::controller_of` names the controller of every kind (the compiler points at it), and
+/// the control plane starts each one named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plane_starts_the_controller_of_every_kind_that_names_one() {
+    let tp = capstan_e2e::TestPlane::start().await;
+    let running = tp.plane().controllers();
+    for kind in capstan_model::Kind::ALL {
+        if let Some(name) = capstan_api::controller_of(*kind) {
+            assert!(running.contains(&name), "{kind}'s controller {name} is not running: {running:?}");
+        }
+    }
+    assert_eq!(capstan_api::controller_of(capstan_model::Kind::Secret), None);
+    tp.stop().await;
 }

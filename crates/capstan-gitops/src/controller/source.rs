@@ -130,11 +130,10 @@ pub(super) async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Sour
             // The deadline below reports the timeout; the sockets' own, a little later, end the thread.
             timeout: timeout + Duration::from_secs(2),
         })?;
-        let have = current.as_ref().filter(|a| a.revision == f.revision && Path::new(&a.path).is_dir());
         let previous = current.as_ref().map(|a| PathBuf::from(&a.path)).filter(|p| p.is_dir());
-        let written = match have {
-            Some(_) => None,
-            None => Some(write_commit(&repo_dir, &f.commit, &root, ignore.as_deref(), previous.as_deref())?),
+        let written = match must_write(current.as_ref(), &f.revision, previous.is_some()) {
+            false => None,
+            true => Some(write_commit(&repo_dir, &f.commit, &root, ignore.as_deref(), previous.as_deref())?),
         };
         Ok(Fetch { revision: f.revision, written, transferred: f.transferred })
     });
@@ -147,6 +146,18 @@ pub(super) async fn fetch_source(inner: &Arc<Inner>, key: &ObjectKey, src: &Sour
         Ok(Ok(Err(e))) => Err(e.into()),
         Ok(Ok(Ok(f))) => Ok(f),
     }
+}
+
+/// Whether a fetched revision must be written as an artifact: not when the current artifact is that revision and
+/// its directory is still there (`current_dir_exists`).
+pub(super) fn must_write(current: Option<&Artifact>, fetched: &str, current_dir_exists: bool) -> bool {
+    !current.is_some_and(|a| a.revision == fetched && current_dir_exists)
+}
+
+/// Whether what was written is a new artifact for the Source's status (and its Syncs): another revision, or the
+/// same revision written to another directory (the old one was gone, or a directory Source's content changed).
+pub(super) fn is_new_artifact(current: Option<&Artifact>, revision: &str, written_dir: &Path) -> bool {
+    !current.is_some_and(|a| a.revision == revision && Path::new(&a.path) == written_dir)
 }
 
 pub(super) fn capstan_model_base_dir(src: &Source) -> PathBuf {
@@ -219,10 +230,8 @@ pub(super) async fn reconcile_source(
             remove_condition(&mut status.conditions, FETCH_FAILED);
             remove_condition(&mut status.conditions, STALLED);
             remove_condition(&mut status.conditions, RECONCILING);
-            let same = status.artifact.as_ref().map(|a| a.revision == f.revision).unwrap_or(false);
             if let Some(w) = f.written {
-                let unchanged_dir = status.artifact.as_ref().map(|a| Path::new(&a.path) == w.dir).unwrap_or(false);
-                if !same || !unchanged_dir {
+                if is_new_artifact(status.artifact.as_ref(), &f.revision, &w.dir) {
                     changed = true;
                     status.warnings = w.warnings.clone();
                     status.artifact = Some(Artifact {
@@ -290,6 +299,32 @@ pub(super) async fn reconcile_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn artifact(revision: &str, path: &str) -> Artifact {
+        Artifact {
+            revision: revision.into(),
+            digest: "sha256:0".into(),
+            size: 0,
+            files: 0,
+            path: path.into(),
+            last_update_time: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_fetched_revision_is_written_once_and_a_new_artifact_is_said_once() {
+        let a = artifact("main@sha1:c1", "/data/sources/default/repo/c1");
+        // First fetch, new revision, or the directory gone: written.
+        assert!(must_write(None, "main@sha1:c1", false));
+        assert!(must_write(Some(&a), "main@sha1:c2", true));
+        assert!(must_write(Some(&a), "main@sha1:c1", false), "its directory was removed");
+        assert!(!must_write(Some(&a), "main@sha1:c1", true), "the same revision, still there");
+        // What was written is new unless it is the same revision in the same place.
+        assert!(is_new_artifact(None, "main@sha1:c1", Path::new("/data/sources/default/repo/c1")));
+        assert!(is_new_artifact(Some(&a), "main@sha1:c2", Path::new("/data/sources/default/repo/c2")));
+        assert!(is_new_artifact(Some(&a), "main@sha1:c1", Path::new("/data/sources/default/repo/c1-2")));
+        assert!(!is_new_artifact(Some(&a), "main@sha1:c1", Path::new("/data/sources/default/repo/c1")));
+    }
 
     #[test]
     fn fetch_failures_have_flux_reasons_and_only_a_bad_secret_stalls() {
