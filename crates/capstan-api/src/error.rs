@@ -81,6 +81,16 @@ impl From<crate::volume_sync::SyncError> for ApiError {
     }
 }
 
+/// A Database's own refusals (no server yet, no dump) are 409 with its words; a store that failed is the store's.
+impl From<capstan_database::DatabaseError> for ApiError {
+    fn from(e: capstan_database::DatabaseError) -> Self {
+        match e {
+            capstan_database::DatabaseError::Store(s) => ApiError::Store(s),
+            other => ApiError::Conflict(other.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

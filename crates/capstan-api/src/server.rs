@@ -678,12 +678,12 @@ async fn db_backup(
     let key = ObjectKey::new("Database", &ns, &name);
     let store = state.store.clone();
     let done = tokio::task::spawn_blocking(move || {
-        // The retention comes from the spec; a spec that cannot be read prunes nothing.
-        let db = store.get(&key).map_err(|e| format!("reading Database {}: {e}", key.name))?;
+        // The retention comes from the spec; a spec that cannot be read prunes nothing (the store's error).
+        let db = store.get(&key).map_err(ApiError::from)?;
         let keep = db.and_then(|d| d["spec"]["backup"]["keep"].as_u64()).unwrap_or(7) as u32;
-        // Answered as text (409): the Database's own error says what is missing.
-        let t = capstan_database::backup::target(&store, &key).map_err(|e| e.to_string())?;
-        capstan_database::backup::dump(&t, &key.name, keep).map_err(|e| e.to_string())
+        // The Database's own refusals say what is missing (409).
+        let t = capstan_database::backup::target(&store, &key)?;
+        Ok::<_, ApiError>(capstan_database::backup::dump(&t, &key.name, keep)?)
     })
     .await;
     match done {
@@ -696,7 +696,7 @@ async fn db_backup(
             );
             Ok(Json(info).into_response())
         }
-        Ok(Err(e)) => Err(ApiError::Conflict(e)),
+        Ok(Err(e)) => Err(e),
         Err(e) => Err(ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
@@ -733,9 +733,8 @@ async fn db_restore(
             Ok(Json(info).into_response())
         }
         Ok(Err(e)) => {
-            let why = e.to_string();
-            let _ = state.store.record_event(&key, capstan_model::EventType::Warning, "RestoreFailed", &why);
-            Err(ApiError::Conflict(why))
+            let _ = state.store.record_event(&key, capstan_model::EventType::Warning, "RestoreFailed", &e.to_string());
+            Err(e.into())
         }
         Err(e) => Err(ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }

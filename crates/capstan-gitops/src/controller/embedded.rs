@@ -8,7 +8,7 @@ pub(super) struct Embedded {
 }
 
 impl Target for Embedded {
-    async fn connect(inner: &Inner, key: &ObjectKey, _sync: &Sync) -> Result<Self, String> {
+    async fn connect(inner: &Inner, key: &ObjectKey, _sync: &Sync) -> Result<Self, TargetError> {
         Ok(Embedded { link: inner.applied_link(key) })
     }
 

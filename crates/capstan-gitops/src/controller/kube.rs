@@ -21,26 +21,22 @@ pub(super) struct Kubernetes(Cluster);
 
 impl Target for Kubernetes {
     /// Its kubeConfig Secret, or Capstan's own kubeconfig.
-    async fn connect(inner: &Inner, _key: &ObjectKey, sync: &Sync) -> Result<Self, String> {
+    async fn connect(inner: &Inner, _key: &ObjectKey, sync: &Sync) -> Result<Self, TargetError> {
         let Some(kc) = &sync.spec.kube_config else {
-            return Cluster::connect(None, None).await.map(Kubernetes).map_err(|e| e.to_string());
+            return Ok(Kubernetes(Cluster::connect(None, None).await?));
         };
-        let sk = ObjectKey::new("Secret", sync.metadata.namespace(), &kc.secret_ref.name);
+        let secret = ObjectKey::new("Secret", sync.metadata.namespace(), &kc.secret_ref.name);
         // A read that fails is said as such, never as "does not exist".
         let stored = inner
             .store
-            .get(&sk)
-            .map_err(|e| format!("reading Secret {}/{} named in spec.kubeConfig: {e}", sk.namespace, sk.name))?;
-        let secret: Secret = stored
-            .and_then(typed)
-            .ok_or_else(|| format!("Secret {}/{} named in spec.kubeConfig does not exist", sk.namespace, sk.name))?;
-        let text = secret
-            .spec
-            .value(&kc.secret_ref.key)
-            .ok_or_else(|| format!("Secret {}/{} has no key `{}`", sk.namespace, sk.name, kc.secret_ref.key))?;
-        let text = String::from_utf8(text)
-            .map_err(|_| format!("Secret {}/{}: the kubeconfig is not UTF-8", sk.namespace, sk.name))?;
-        Cluster::from_kubeconfig_text(&text, kc.context.as_deref()).await.map(Kubernetes).map_err(|e| e.to_string())
+            .get(&secret)
+            .map_err(|e| TargetError::Unreadable { secret: secret.clone(), source: Box::new(e) })?;
+        let Some(s) = stored.and_then(typed::<Secret>) else { return Err(TargetError::MissingSecret { secret }) };
+        let Some(text) = s.spec.value(&kc.secret_ref.key) else {
+            return Err(TargetError::MissingKey { secret, key: kc.secret_ref.key.clone() });
+        };
+        let text = String::from_utf8(text).map_err(|_| TargetError::NotUtf8 { secret })?;
+        Ok(Kubernetes(Cluster::from_kubeconfig_text(&text, kc.context.as_deref()).await?))
     }
 
     fn base_dir(&self) -> Option<PathBuf> {

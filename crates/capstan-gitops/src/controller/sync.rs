@@ -45,8 +45,8 @@ pub(super) async fn reconcile_sync(inner: &Arc<Inner>, key: &ObjectKey) -> Resul
 
     let attempt = Attempt { started, timeout, retry, interval };
     let outcome = match sync.spec.target {
-        SyncTarget::Embedded => sync_with::<Embedded>(inner, key, &sync, &mut status, &attempt).await,
-        SyncTarget::Kubernetes => sync_with::<Kubernetes>(inner, key, &sync, &mut status, &attempt).await,
+        SyncTarget::Embedded => sync_with::<Embedded>(inner, key, &sync, &mut status, &attempt).await?,
+        SyncTarget::Kubernetes => sync_with::<Kubernetes>(inner, key, &sync, &mut status, &attempt).await?,
     };
     // History counts attempts to apply a revision, not waits for a dependency or an artifact.
     let mut record = ![reason::DEPENDENCY_NOT_READY, reason::ARTIFACT_FAILED].contains(&outcome.reason);
@@ -177,7 +177,7 @@ pub(super) fn refused(inner: &Inner, key: &ObjectKey, revision: &str, why: &str,
 /// steps they share are `sync_with`, `health` and `finalize_with`; a target does only what differs.
 pub(super) trait Target: Sized {
     /// Reaches the target a Sync names; the error says why it cannot be reached.
-    async fn connect(inner: &Inner, key: &ObjectKey, sync: &Sync) -> Result<Self, String>;
+    async fn connect(inner: &Inner, key: &ObjectKey, sync: &Sync) -> Result<Self, TargetError>;
 
     /// Where the build looks up relative programs, if anywhere.
     fn base_dir(&self) -> Option<PathBuf>;
@@ -213,6 +213,23 @@ pub(super) struct Applied {
     pub(super) failure: Option<(Outcome, bool)>,
 }
 
+/// Why a Sync's target cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TargetError {
+    /// The kubeConfig Secret could not be read: not a verdict on the Secret.
+    #[error("reading Secret {}/{} named in spec.kubeConfig: {source}", secret.namespace, secret.name)]
+    Unreadable { secret: ObjectKey, source: Box<StoreError> },
+    #[error("Secret {}/{} named in spec.kubeConfig does not exist", secret.namespace, secret.name)]
+    MissingSecret { secret: ObjectKey },
+    #[error("Secret {}/{} has no key `{key}`", secret.namespace, secret.name)]
+    MissingKey { secret: ObjectKey, key: String },
+    #[error("Secret {}/{}: the kubeconfig is not UTF-8", secret.namespace, secret.name)]
+    NotUtf8 { secret: ObjectKey },
+    /// The cluster cannot be reached with that kubeconfig.
+    #[error(transparent)]
+    Cluster(#[from] capstan_kubernetes::cluster::ClusterError),
+}
+
 /// One reconcile of a Sync on its target: the artifact, the build, the apply, then the wait for health.
 async fn sync_with<T: Target>(
     inner: &Arc<Inner>,
@@ -220,32 +237,36 @@ async fn sync_with<T: Target>(
     sync: &Sync,
     status: &mut SyncStatus,
     at: &Attempt,
-) -> Outcome {
+) -> Result<Outcome, StoreError> {
     let retry = at.retry;
     let artifact = match ready_artifact(inner, sync, retry) {
         Ok(a) => a,
-        Err(o) => return o,
+        Err(o) => return Ok(o),
     };
     let revision = artifact.revision.clone();
     status.last_attempted_revision = Some(revision.clone());
     let target = match T::connect(inner, key, sync).await {
         Ok(t) => t,
-        Err(e) => return failed(retry)(reason::APPLY_FAILED, format!("revision '{revision}' was not applied: {e}")),
+        // A Secret that could not be read says nothing of the target: the reconcile is retried, the status kept.
+        Err(TargetError::Unreadable { source, .. }) => return Err(*source),
+        Err(e) => {
+            return Ok(failed(retry)(reason::APPLY_FAILED, format!("revision '{revision}' was not applied: {e}")))
+        }
     };
 
     // Waiting for health on this same revision: only look at health.
     let waiting = lock(&inner.waiting).get(key).cloned();
     if let Some(w) = waiting.filter(|w| w.revision == revision) {
-        return health(inner, key, &target, sync, status, w, at).await;
+        return Ok(health(inner, key, &target, sync, status, w, at).await);
     }
 
     let manifests = match build_revision(inner, key, sync, &artifact, target.base_dir(), retry) {
         Ok(m) => m,
-        Err(o) => return o,
+        Err(o) => return Ok(o),
     };
     let applied = match target.apply(inner, key, sync, &artifact, &manifests, status, at).await {
         Ok(a) => a,
-        Err(o) => return o,
+        Err(o) => return Ok(o),
     };
     if !applied.summary.is_empty() {
         let msg = format!("revision '{revision}': {}", applied.summary.join(", "));
@@ -256,10 +277,10 @@ async fn sync_with<T: Target>(
         if warn {
             inner.event(key, EventType::Warning, o.reason, &o.message);
         }
-        return o;
+        return Ok(o);
     }
     let w = Waiting { revision, deadline: Instant::now() + at.timeout, started: at.started };
-    health(inner, key, &target, sync, status, w, at).await
+    Ok(health(inner, key, &target, sync, status, w, at).await)
 }
 
 /// Health read off the target: every applied object with `wait`, else the named health checks.
