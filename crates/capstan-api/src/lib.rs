@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod alerts;
+pub mod audit;
 pub mod client;
 pub mod discovery;
 pub mod error;

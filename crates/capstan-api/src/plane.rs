@@ -69,6 +69,8 @@ pub enum PlaneError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("token file {path}: {source}")]
     Token { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// The initial batch was refused; nothing was started.
     #[error("the initial batch was refused ({} problems); nothing was started", .0.len())]
     Invalid(Vec<AdmissionError>),
@@ -162,6 +164,8 @@ pub struct Shared {
     pub webhook_deliveries: std::sync::Mutex<std::collections::HashMap<ObjectKey, capstan_gitops::webhook::Deliveries>>,
     /// Runs the API's PromQL queries within their limits.
     pub queries: Arc<crate::queries::Queries>,
+    /// The audit log (`<data>/audit/audit.log`).
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
 impl Shared {
@@ -244,6 +248,7 @@ impl ControlPlane {
         }
         let store = Store::open(&cfg.data_dir.join("state.redb"))?;
         let token = load_or_create_token(&cfg.data_dir.join(TOKEN_FILE))?;
+        let audit = Arc::new(crate::audit::AuditLog::open(&cfg.data_dir)?);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
@@ -322,6 +327,7 @@ impl ControlPlane {
             webhook_refusals: Default::default(),
             webhook_deliveries: Default::default(),
             queries: Arc::new(crate::queries::Queries::new(cfg.query.clone())),
+            audit,
         });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(crate::listen::serve(listener, app, api_gate));

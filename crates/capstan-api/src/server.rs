@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::audit::{Identity, Touched};
 use crate::error::ApiError;
 use crate::plane::{ApplyError, Shared};
 
@@ -50,8 +51,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/incidents", get(incidents))
         .route("/api/v1/incidents/{id}/acknowledge", post(acknowledge))
         .route("/api/v1/incidents/{id}/resolve", post(resolve_incident))
+        .route("/api/v1/audit", get(audit_log))
         .nest("/prometheus", crate::prometheus::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        // Outside authentication, so that refused requests are recorded too.
+        .layer(middleware::from_fn_with_state(state.audit.clone(), crate::audit::layer));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         // Webhooks authenticate with their own HMAC, not the API token.
@@ -81,7 +85,44 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         )
         .into_response();
     }
-    next.run(req).await
+    // One token today: the data directory's, which is the administrator's.
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(Identity { user: "admin".into(), role: "admin".into() });
+    response
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    /// Only lines this recent: a duration (`1h`, `30m`).
+    since: Option<String>,
+    user: Option<String>,
+    kind: Option<String>,
+}
+
+/// The audit log's lines, oldest first, filtered by age, user and kind (a kind's name or plural).
+async fn audit_log(State(state): State<AppState>, Query(q): Query<AuditQuery>) -> Result<Json<Value>, ApiError> {
+    let since = match q.since.as_deref() {
+        Some(s) => {
+            let d = capstan_model::parse_duration(s).map_err(|e| ApiError::BadRequest(format!("since: {e}")))?;
+            Some(chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+        }
+        None => None,
+    };
+    let kind = q.kind.as_deref().map(|k| Kind::parse(k).map(|k| k.name().to_string()).unwrap_or_else(|| k.into()));
+    let log = state.audit.clone();
+    let all = tokio::task::spawn_blocking(move || log.read_all())
+        .await
+        .map_err(|e| ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let items: Vec<_> = all
+        .into_iter()
+        .filter(|r| since.is_none_or(|t| r.time >= t))
+        .filter(|r| q.user.as_ref().is_none_or(|u| &r.user == u))
+        .filter(|r| {
+            kind.as_ref().is_none_or(|k| &r.kind == k || r.objects.iter().any(|o| o.starts_with(&format!("{k}/"))))
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
 }
 
 #[derive(Deserialize)]
@@ -102,13 +143,19 @@ async fn apply(
     State(state): State<AppState>,
     Query(q): Query<ApplyQuery>,
     Json(body): Json<ApplyBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let applied = if q.dry_run { state.apply_dry_run(body.objects) } else { state.apply(body.objects) }?;
+    let touched = match q.dry_run {
+        true => Vec::new(),
+        false => applied.iter().map(|(k, _)| k.clone()).collect(),
+    };
     let results: Vec<Value> = applied
         .into_iter()
         .map(|(k, a)| json!({"kind": k.kind, "namespace": k.namespace, "name": k.name, "action": a}))
         .collect();
-    Ok(Json(json!({ "results": results })))
+    let mut response = Json(json!({ "results": results })).into_response();
+    response.extensions_mut().insert(Touched(touched));
+    Ok(response)
 }
 
 #[derive(Deserialize)]

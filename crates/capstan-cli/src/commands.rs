@@ -1,6 +1,7 @@
 //! The implementation of each subcommand: `run` dispatches to one module per command; shared helpers live here.
 
 mod apply;
+mod audit;
 mod db;
 mod delete;
 mod describe;
@@ -30,6 +31,7 @@ use crate::{
 };
 
 use apply::{apply, apply_dry_run_client, apply_dry_run_server};
+use audit::audit;
 use db::db;
 use delete::delete;
 use describe::describe;
@@ -264,6 +266,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Explain { what } => crate::explain::explain(&what),
         Command::Version { client: only_client, output } => version((!only_client).then(client), &output).await,
+        Command::Audit { since, user, kind, output } => {
+            audit(&client()?, since.as_deref(), user.as_deref(), kind.as_deref(), &output).await
+        }
     }
 }
 

@@ -384,6 +384,22 @@ pub enum Command {
         /// KIND or KIND.field.path, such as `app`, `app.spec.probes.readiness`, `sync.spec`.
         what: String,
     },
+    /// Show the audit log: who changed what, who was refused, who read Secret values.
+    #[command(display_order = 27)]
+    Audit {
+        /// Only lines this recent, such as 1h or 30m.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this user's lines.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only lines about this kind (name or plural).
+        #[arg(long)]
+        kind: Option<String>,
+        /// table, or json (one line per record, as stored).
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
     /// Print this client's version and commit, and the server's when one is running.
     #[command(display_order = 26)]
     Version {
