@@ -19,6 +19,14 @@ pub enum ClientError {
     Connect { url: String, reason: String },
     #[error("no API token: {0}\n  hint: the CLI reads it from the data directory's `token` file (CAPSTAN_DATA) or CAPSTAN_TOKEN")]
     NoToken(String),
+    /// The token file can be read by other users: whoever reads it may do everything.
+    #[error(
+        "the token file {path} can be read by other users (mode {mode:o}); it is not used\n  hint: chmod 600 {path}"
+    )]
+    TokenExposed { path: String, mode: u32 },
+    /// The file naming the running server exists but cannot be read.
+    #[error("cannot read {path}: {reason}\n  hint: set CAPSTAN_SERVER, or fix the file's permissions")]
+    ServerFile { path: String, reason: String },
     #[error("{message}")]
     Status { status: StatusCode, message: String, body: Value },
     #[error("bad response from the API: {0}")]
@@ -55,20 +63,34 @@ impl Client {
     /// Finds the API from the environment: CAPSTAN_SERVER / CAPSTAN_TOKEN, else the files `capstan up` wrote
     /// into the data directory.
     pub fn discover(data_dir: &Path, server: Option<String>, token: Option<String>) -> Result<Client, ClientError> {
-        let base = server.unwrap_or_else(|| {
-            std::fs::read_to_string(data_dir.join(SERVER_FILE))
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| v["url"].as_str().map(str::to_string))
-                .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
-        });
+        let base = match server {
+            Some(s) => s,
+            None => {
+                // No file: the default address. A file that cannot be read is an error, not "no server".
+                let path = data_dir.join(SERVER_FILE);
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => Some(t),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => {
+                        return Err(ClientError::ServerFile { path: path.display().to_string(), reason: e.to_string() })
+                    }
+                };
+                text.and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .and_then(|v| v["url"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
+            }
+        };
         let token = match token {
             Some(t) => t,
             None => {
                 let path = data_dir.join(TOKEN_FILE);
-                std::fs::read_to_string(&path)
-                    .map(|t| t.trim().to_string())
-                    .map_err(|e| ClientError::NoToken(format!("{}: {e}", path.display())))?
+                let no_token = |e: std::io::Error| ClientError::NoToken(format!("{}: {e}", path.display()));
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path).map_err(no_token)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    return Err(ClientError::TokenExposed { path: path.display().to_string(), mode: mode & 0o777 });
+                }
+                std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(no_token)?
             }
         };
         Ok(Client::new(base, token))
@@ -149,5 +171,39 @@ impl Client {
             }
         });
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod discover_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused_with_a_hint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(TOKEN_FILE);
+        std::fs::write(&path, "abc\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), None).err().expect("refused");
+        let text = e.to_string();
+        assert!(text.contains("can be read by other users (mode 644)") && text.contains("chmod 600"), "{text}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), None).expect("a private token is used");
+        assert_eq!(c.token, "abc");
+        // A token given by the environment is the caller's business.
+        assert!(Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), Some("t".into())).is_ok());
+    }
+
+    #[test]
+    fn a_server_file_that_cannot_be_read_is_an_error_not_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A directory where the file should be: reading it fails with something other than "not found".
+        std::fs::create_dir(dir.path().join(SERVER_FILE)).expect("mkdir");
+        let e = Client::discover(dir.path(), None, Some("t".into())).err().expect("an error");
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        std::fs::remove_dir(dir.path().join(SERVER_FILE)).expect("rmdir");
+        let c = Client::discover(dir.path(), None, Some("t".into())).expect("no file: the default");
+        assert_eq!(c.base(), format!("http://{DEFAULT_LISTEN}"));
     }
 }

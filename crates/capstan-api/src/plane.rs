@@ -221,10 +221,13 @@ pub struct ControlPlane {
 fn load_or_create_token(path: &Path) -> Result<String, PlaneError> {
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| PlaneError::Token { path: path.to_path_buf(), source };
-    if let Ok(t) = std::fs::read_to_string(path) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_string());
-        }
+    // Only a missing (or empty) file makes a new token: one that cannot be read must not be replaced, which would
+    // lock out every client holding it.
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
     }
     let mut bytes = [0u8; 24];
     getrandom::getrandom(&mut bytes).map_err(|e| err(std::io::Error::other(e.to_string())))?;
@@ -447,5 +450,26 @@ pub fn controller_of(kind: Kind) -> Option<&'static str> {
         // The throwaway kind's reconciler is started by its own test.
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_made_once_and_one_that_cannot_be_read_is_never_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(TOKEN_FILE);
+        let first = load_or_create_token(&path).expect("made");
+        assert_eq!(first.len(), 48);
+        assert_eq!(load_or_create_token(&path).expect("read"), first, "kept across starts");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        // A token path that cannot be read as a file (here a directory) is an error, and nothing is written.
+        let odd = dir.path().join("odd");
+        std::fs::create_dir(&odd).expect("mkdir");
+        assert!(matches!(load_or_create_token(&odd), Err(PlaneError::Token { .. })));
+        assert!(odd.is_dir());
     }
 }
