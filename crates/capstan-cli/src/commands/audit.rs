@@ -20,16 +20,13 @@ pub(super) async fn audit(
     if !matches!(output, "table" | "json") {
         return Err(Failure::invalid(format!("error: -o {output}: use table or json")).into());
     }
-    let mut query = Vec::new();
+    let mut query = form_urlencoded::Serializer::new(String::new());
     for (k, v) in [("since", since), ("user", user), ("kind", kind)] {
         if let Some(v) = v {
-            query.push(format!("{k}={}", urlencode(v)));
+            query.append_pair(k, v);
         }
     }
-    let path = match query.is_empty() {
-        true => "/api/v1/audit".to_string(),
-        false => format!("/api/v1/audit?{}", query.join("&")),
-    };
+    let path = format!("/api/v1/audit?{}", query.finish());
     let answer = client.get(&path).await.map_err(api_failure)?;
     let items = answer["items"].as_array().cloned().unwrap_or_default();
     if output == "json" {
@@ -67,14 +64,4 @@ pub(super) async fn audit(
         .collect();
     println!("{}", table(&["TIME", "USER", "VERB", "OBJECT", "RESULT", "SOURCE"], &rows));
     Ok(EXIT_OK)
-}
-
-/// Percent-encodes a query value (durations and names need little, but a user name may hold anything).
-fn urlencode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
