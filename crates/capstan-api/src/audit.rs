@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 /// The file the log is appended to, under the data directory.
 pub const AUDIT_FILE: &str = "audit/audit.log";
+/// Refusals without a valid token written per client address and minute; past it, one line says the rest of that
+/// minute's are left out, so that a flood of them cannot rotate the record of real changes away.
+pub const REFUSALS_PER_MINUTE: u32 = 10;
 /// A file is rotated when it passes this size.
 pub const ROTATE_BYTES: u64 = 16 << 20;
 /// Rotated files kept (`audit.log.1` is the newest).
@@ -80,6 +83,8 @@ pub struct AuditLog {
     path: PathBuf,
     file: Mutex<(File, u64)>,
     rotate_at: u64,
+    /// Anonymous refusals counted per address in the current minute (the minute, then the counts).
+    refusals: Mutex<(i64, std::collections::HashMap<std::net::IpAddr, u32>)>,
 }
 
 impl AuditLog {
@@ -102,7 +107,7 @@ impl AuditLog {
         }
         let file = open_append(&path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
-        Ok(AuditLog { path, file: Mutex::new((file, len)), rotate_at: ROTATE_BYTES })
+        Ok(AuditLog { path, file: Mutex::new((file, len)), rotate_at: ROTATE_BYTES, refusals: Mutex::default() })
     }
 
     /// The same log, rotated at `bytes` instead of [`ROTATE_BYTES`].
@@ -125,6 +130,24 @@ impl AuditLog {
         guard.0.sync_data().map_err(io)?;
         guard.1 += line.len() as u64;
         Ok(())
+    }
+
+    /// Whether an anonymous refusal from `source` at `now` is written: the first [`REFUSALS_PER_MINUTE`] of a minute
+    /// are, then one more that says the rest are left out (`Some(true)`), then none until the next minute.
+    pub fn admit_refusal(&self, source: Option<std::net::IpAddr>, now: DateTime<Utc>) -> Option<bool> {
+        let Some(ip) = source else { return Some(false) };
+        let minute = now.timestamp().div_euclid(60);
+        let mut guard = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.0 != minute {
+            *guard = (minute, std::collections::HashMap::new());
+        }
+        let n = guard.1.entry(ip).or_insert(0);
+        *n = n.saturating_add(1);
+        match *n {
+            n if n <= REFUSALS_PER_MINUTE => Some(false),
+            n if n == REFUSALS_PER_MINUTE + 1 => Some(true),
+            _ => None,
+        }
     }
 
     /// Every record kept, oldest first (rotated files, then the current one); lines that do not read are skipped.
@@ -223,7 +246,8 @@ pub async fn layer(State(log): State<std::sync::Arc<AuditLog>>, req: Request, ne
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let source = req.extensions().get::<Source>().map(|s| s.0.to_string()).unwrap_or_default();
+    let source_addr = req.extensions().get::<Source>().map(|s| s.0);
+    let source = source_addr.map(|s| s.to_string()).unwrap_or_default();
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut response = next.run(req).await;
     if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
@@ -237,8 +261,15 @@ pub async fn layer(State(log): State<std::sync::Arc<AuditLog>>, req: Request, ne
     if !audited(&method, &full, status) {
         return response;
     }
-    let (verb, kind, namespace, name) = describe_request(&method, &path);
+    let (mut verb, kind, namespace, name) = describe_request(&method, &path);
     let identity = response.extensions().get::<Identity>().cloned();
+    if identity.is_none() && status == StatusCode::UNAUTHORIZED {
+        match log.admit_refusal(source_addr.map(|a| a.ip()), Utc::now()) {
+            Some(false) => {}
+            Some(true) => verb = format!("{verb} (more refusals from this address this minute are left out)"),
+            None => return response,
+        }
+    }
     let objects = response
         .extensions()
         .get::<Touched>()
@@ -351,6 +382,22 @@ mod tests {
         assert_eq!(aside.len(), 1, "{aside:?}");
         assert_eq!(std::fs::read(&aside[0]).expect("read"), before, "kept whole");
         assert!(log.read_all().expect("read").is_empty(), "a new log is started");
+    }
+
+    #[test]
+    fn refusals_without_a_token_are_written_ten_a_minute_per_address_then_said_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = AuditLog::open(dir.path()).expect("open");
+        let t0 = DateTime::parse_from_rfc3339("2026-12-06T10:00:00Z").expect("time").with_timezone(&Utc);
+        let a: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: std::net::IpAddr = "10.0.0.2".parse().expect("ip");
+        let verdicts: Vec<Option<bool>> = (0..13).map(|_| log.admit_refusal(Some(a), t0)).collect();
+        assert!(verdicts[..10].iter().all(|v| *v == Some(false)), "{verdicts:?}");
+        assert_eq!(verdicts[10], Some(true), "the eleventh says the rest are left out");
+        assert_eq!(&verdicts[11..], [None, None]);
+        assert_eq!(log.admit_refusal(Some(b), t0), Some(false), "another address has its own count");
+        let next = t0 + chrono::Duration::seconds(60);
+        assert_eq!(log.admit_refusal(Some(a), next), Some(false), "a new minute starts again");
     }
 
     #[test]
