@@ -63,6 +63,11 @@ pub struct Alerting {
     external_url: String,
 }
 
+/// The namespace of a policy's key (`namespace/name`).
+pub fn namespace_of_policy(key: &str) -> String {
+    key.split_once('/').map_or(key, |(ns, _)| ns).to_string()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -135,6 +140,11 @@ impl Alerting {
     }
 
     /// Incidents, newest first, with their pending deliveries.
+    /// The namespace of an incident: its escalation policy's.
+    pub fn incident_namespace(&self, id: &str) -> Option<String> {
+        lock(&self.incidents).get(id).map(|i| namespace_of_policy(&i.policy))
+    }
+
     pub fn incidents_json(&self, all: bool) -> Value {
         let incidents = lock(&self.incidents);
         let deliveries = lock(&self.deliveries);

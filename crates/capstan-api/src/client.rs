@@ -100,6 +100,11 @@ impl Client {
         &self.base
     }
 
+    /// The bearer token this client sends.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -133,6 +138,11 @@ impl Client {
         let res = self.send(method, path, body).await?;
         let bytes = res.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?.to_bytes();
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Any request; the answer's JSON (an answer that is not JSON is a `Protocol` error after a success).
+    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        self.json(method, path, body).await
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {

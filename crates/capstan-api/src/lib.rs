@@ -1,5 +1,6 @@
 //! Capstan's HTTP API: the control plane assembly, the authenticated server, and the client the CLI uses.
 
+pub mod access;
 pub mod admission;
 pub mod alerts;
 pub mod audit;
@@ -11,7 +12,9 @@ pub mod monitor;
 pub mod plane;
 pub mod prometheus;
 pub mod queries;
+pub mod redact;
 pub mod server;
+pub mod tokens;
 pub mod volume_sync;
 
 pub use client::{Client, ClientError};

@@ -71,6 +71,8 @@ pub enum PlaneError {
     Token { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error("API tokens: {0}")]
+    Tokens(#[from] crate::tokens::TokenError),
     /// The initial batch was refused; nothing was started.
     #[error("the initial batch was refused ({} problems); nothing was started", .0.len())]
     Invalid(Vec<AdmissionError>),
@@ -166,6 +168,8 @@ pub struct Shared {
     pub queries: Arc<crate::queries::Queries>,
     /// The audit log (`<data>/audit/audit.log`).
     pub audit: Arc<crate::audit::AuditLog>,
+    /// The named API tokens.
+    pub tokens: Arc<crate::tokens::Tokens>,
 }
 
 impl Shared {
@@ -252,6 +256,7 @@ impl ControlPlane {
         let store = Store::open(&cfg.data_dir.join("state.redb"))?;
         let token = load_or_create_token(&cfg.data_dir.join(TOKEN_FILE))?;
         let audit = Arc::new(crate::audit::AuditLog::open(&cfg.data_dir)?);
+        let tokens = Arc::new(crate::tokens::Tokens::load(&store)?);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
@@ -331,6 +336,7 @@ impl ControlPlane {
             webhook_deliveries: Default::default(),
             queries: Arc::new(crate::queries::Queries::new(cfg.query.clone())),
             audit,
+            tokens,
         });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(crate::listen::serve(listener, app, api_gate));

@@ -5,37 +5,47 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use capstan_observe::promql::{self, format_value, Engine, QueryError, Value};
 use capstan_observe::tsdb::{Labels, SeriesData, Tsdb};
 use serde_json::{json, Map};
 
+use crate::access::{Routes, Rule, Scope, Verb};
 use crate::plane::Shared;
 
 type AppState = Arc<Shared>;
 
-/// The routes, relative to `/prometheus`.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/query", get(query).post(query))
-        .route("/api/v1/query_range", get(query_range).post(query_range))
-        .route("/api/v1/series", get(series).post(series))
-        .route("/api/v1/labels", get(labels).post(labels))
-        .route("/api/v1/label/{name}/values", get(label_values))
-        .route("/api/v1/status/buildinfo", get(buildinfo))
-        .route(
+/// The routes, relative to `/prometheus`: all of them read metrics of every namespace.
+pub fn routes() -> Routes<AppState> {
+    use Method as M;
+    let read = Rule::Needs(Verb::Read, Scope::All);
+    Routes::default()
+        .add(M::GET, "/api/v1/query", query, read)
+        .add(M::POST, "/api/v1/query", query, read)
+        .add(M::GET, "/api/v1/query_range", query_range, read)
+        .add(M::POST, "/api/v1/query_range", query_range, read)
+        .add(M::GET, "/api/v1/series", series, read)
+        .add(M::POST, "/api/v1/series", series, read)
+        .add(M::GET, "/api/v1/labels", labels, read)
+        .add(M::POST, "/api/v1/labels", labels, read)
+        .add(M::GET, "/api/v1/label/{name}/values", label_values, read)
+        .add(M::GET, "/api/v1/status/buildinfo", buildinfo, read)
+        .add(
+            M::GET,
             "/api/v1/targets",
-            get(|State(s): State<AppState>| async move {
+            |State(s): State<AppState>| async move {
                 ok(json!({ "activeTargets": s.targets.active(), "droppedTargets": [] }))
-            }),
+            },
+            read,
         )
-        .route("/api/v1/alerts", get(|State(s): State<AppState>| async move { ok(s.alerting.alerts_json()) }))
-        .route("/api/v1/status/tsdb", get(tsdb_status))
-        .route("/api/v1/metadata", get(|| async { ok(json!({})) }))
-        .route("/api/v1/query_exemplars", get(|| async { ok(json!([])) }).post(|| async { ok(json!([])) }))
+        .add(M::GET, "/api/v1/alerts", |State(s): State<AppState>| async move { ok(s.alerting.alerts_json()) }, read)
+        .add(M::GET, "/api/v1/status/tsdb", tsdb_status, read)
+        .add(M::GET, "/api/v1/metadata", || async { ok(json!({})) }, read)
+        .add(M::GET, "/api/v1/query_exemplars", || async { ok(json!([])) }, read)
+        .add(M::POST, "/api/v1/query_exemplars", || async { ok(json!([])) }, read)
 }
 
 fn ok(data: serde_json::Value) -> Response {

@@ -5,17 +5,17 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use capstan_model::{Kind, ObjectKey};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::access::{Grant, Role, Routes, Rule, Rules, Scope, Verb};
 use crate::audit::{Identity, Touched};
 use crate::error::ApiError;
 use crate::plane::{ApplyError, Shared};
@@ -29,41 +29,56 @@ fn kind_of(plural: &str) -> Result<Kind, ApiError> {
     })
 }
 
-/// Builds the router.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/api/v1/apply", post(apply))
-        .route("/api/v1/watch", get(watch_objects))
-        .route("/api/v1/shutdown", post(shutdown))
-        .route("/api/v1/events", get(all_events))
-        .route("/api/v1/{plural}", get(list))
-        .route("/api/v1/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one))
-        .route("/api/v1/namespaces/{ns}/{plural}/{name}/events", get(events))
-        .route("/api/v1/namespaces/{ns}/apps/{name}/logs", get(logs))
-        .route("/api/v1/namespaces/{ns}/apps/{name}/revisions", get(revisions))
-        .route("/api/v1/namespaces/{ns}/apps/{name}/rollback", post(rollback))
-        .route("/api/v1/namespaces/{ns}/apps/{name}/restart", post(restart))
-        .route("/api/v1/namespaces/{ns}/apps/{name}/scale", post(scale))
-        .route("/api/v1/namespaces/{ns}/syncs/{name}/reconcile", post(reconcile_sync))
-        .route("/api/v1/namespaces/{ns}/apps/{name}/volumes/{volume}/sync", post(volume_sync))
-        .route("/api/v1/namespaces/{ns}/databases/{name}/backup", post(db_backup))
-        .route("/api/v1/namespaces/{ns}/databases/{name}/restore", post(db_restore))
-        .route("/api/v1/incidents", get(incidents))
-        .route("/api/v1/incidents/{id}/acknowledge", post(acknowledge))
-        .route("/api/v1/incidents/{id}/resolve", post(resolve_incident))
-        .route("/api/v1/audit", get(audit_log))
+/// Every route with the right it asks for. The API's routes need a token; a route cannot be added here without
+/// its rule, and the role × route test walks this table.
+pub fn routes() -> Routes<AppState> {
+    use Method as M;
+    use Scope::{All, Each, Namespace};
+    use Verb::{Admin, Read, Write};
+    let needs = Rule::Needs;
+    Routes::default()
+        .add(M::GET, "/healthz", || async { "ok" }, Rule::Public)
+        // Webhooks authenticate with their own HMAC, not a token.
+        .add(M::POST, "/hooks/{ns}/{name}", hook, Rule::Public)
+        // Scraped by Prometheus as its own /metrics is: counters and addresses, never a Secret value.
+        .add(M::GET, "/metrics", metrics, Rule::Public)
+        .add(M::GET, "/sd/prometheus", service_discovery, Rule::Public)
+        .add(M::GET, "/version", || async { Json(crate::build_info()) }, Rule::Public)
+        .add(M::POST, "/api/v1/apply", apply, needs(Write, Each))
+        .add(M::GET, "/api/v1/watch", watch_objects, needs(Read, Each))
+        .add(M::POST, "/api/v1/shutdown", shutdown, needs(Admin, All))
+        .add(M::GET, "/api/v1/events", all_events, needs(Read, Each))
+        .add(M::GET, "/api/v1/tokens", list_tokens, needs(Admin, All))
+        .add(M::POST, "/api/v1/tokens", create_token, needs(Admin, All))
+        .add(M::DELETE, "/api/v1/tokens/{name}", revoke_token, needs(Admin, All))
+        .add(M::GET, "/api/v1/whoami", whoami, needs(Read, Each))
+        .add(M::GET, "/api/v1/{plural}", list, needs(Read, Each))
+        .add(M::GET, "/api/v1/namespaces/{ns}/{plural}/{name}", get_one, needs(Read, Namespace))
+        .add(M::DELETE, "/api/v1/namespaces/{ns}/{plural}/{name}", delete_one, needs(Write, Namespace))
+        .add(M::GET, "/api/v1/namespaces/{ns}/{plural}/{name}/events", events, needs(Read, Namespace))
+        .add(M::GET, "/api/v1/namespaces/{ns}/apps/{name}/logs", logs, needs(Read, Namespace))
+        .add(M::GET, "/api/v1/namespaces/{ns}/apps/{name}/revisions", revisions, needs(Read, Namespace))
+        .add(M::POST, "/api/v1/namespaces/{ns}/apps/{name}/rollback", rollback, needs(Write, Namespace))
+        .add(M::POST, "/api/v1/namespaces/{ns}/apps/{name}/restart", restart, needs(Write, Namespace))
+        .add(M::POST, "/api/v1/namespaces/{ns}/apps/{name}/scale", scale, needs(Write, Namespace))
+        .add(M::POST, "/api/v1/namespaces/{ns}/syncs/{name}/reconcile", reconcile_sync, needs(Write, Namespace))
+        .add(M::POST, "/api/v1/namespaces/{ns}/apps/{name}/volumes/{volume}/sync", volume_sync, needs(Write, Namespace))
+        .add(M::POST, "/api/v1/namespaces/{ns}/databases/{name}/backup", db_backup, needs(Write, Namespace))
+        .add(M::POST, "/api/v1/namespaces/{ns}/databases/{name}/restore", db_restore, needs(Admin, Namespace))
+        .add(M::GET, "/api/v1/incidents", incidents, needs(Read, Each))
+        .add(M::POST, "/api/v1/incidents/{id}/acknowledge", acknowledge, needs(Write, Each))
+        .add(M::POST, "/api/v1/incidents/{id}/resolve", resolve_incident, needs(Write, Each))
+        .add(M::GET, "/api/v1/audit", audit_log, needs(Admin, All))
         .nest("/prometheus", crate::prometheus::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
+}
+
+/// Builds the router: every route checked against its rule, every API request in the audit log.
+pub fn router(state: AppState) -> Router {
+    let (router, rules) = routes().finish();
+    router
+        .layer(middleware::from_fn_with_state((state.clone(), rules), auth))
         // Outside authentication, so that refused requests are recorded too.
-        .layer(middleware::from_fn_with_state(state.audit.clone(), crate::audit::layer));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        // Webhooks authenticate with their own HMAC, not the API token.
-        .route("/hooks/{ns}/{name}", post(hook))
-        .route("/metrics", get(metrics))
-        .route("/sd/prometheus", get(service_discovery))
-        .route("/version", get(|| async { Json(crate::build_info()) }))
-        .merge(api)
+        .layer(middleware::from_fn_with_state(state.audit.clone(), crate::audit::layer))
         .with_state(state)
 }
 
@@ -71,24 +86,128 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Who the request's bearer token is: the data directory's own token (the administrator) or a named token.
+fn authenticate(state: &Shared, req: &Request) -> Option<Grant> {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    if constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+        return Some(Grant::admin(crate::tokens::ADMIN_USER));
+    }
+    state.tokens.authenticate(given, Utc::now())
+}
+
+/// Authentication and authorization, before any handler: a request without a valid token gets 401 (the same
+/// answer for a missing, malformed, unknown, expired or revoked one), a token without the route's right 403
+/// naming what was refused. Public routes pass; a route without a rule is refused, whoever asks.
+async fn auth(
+    State((state, rules)): State<(AppState, Arc<Rules>)>,
+    matched: Option<axum::extract::MatchedPath>,
+    params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let rule = matched.as_ref().and_then(|m| rules.get(req.method(), m.as_str()));
+    if rule == Some(Rule::Public) {
+        return next.run(req).await;
+    }
+    let Some(grant) = authenticate(&state, &req) else {
         return ApiError::Status(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong token; the CLI reads it from the data directory (CAPSTAN_DATA) or CAPSTAN_TOKEN".into(),
+            "missing, unknown, expired or revoked token; the CLI reads it from its context (capstan config \
+             get-contexts), the data directory (CAPSTAN_DATA) or CAPSTAN_TOKEN"
+                .into(),
         )
         .into_response();
-    }
-    // One token today: the data directory's, which is the administrator's.
-    let mut response = next.run(req).await;
-    response.extensions_mut().insert(Identity { user: "admin".into(), role: "admin".into() });
+    };
+    let identity = Identity { user: grant.user.clone(), role: grant.scope() };
+    let ns = params.ok().and_then(|p| p.iter().find(|(k, _)| *k == "ns").map(|(_, v)| v.to_string()));
+    let refused = match rule {
+        // No route here: the fallback's 404 (or 405) follows.
+        None if matched.is_none() => None,
+        None => Some("this route has no authorization rule".to_string()),
+        Some(rule) if crate::access::admits(&grant, rule, ns.as_deref()) => None,
+        Some(_) => {
+            let (verb, kind, _, name) = crate::audit::describe_request(req.method(), req.uri().path());
+            let what = match (kind.is_empty(), name.is_empty()) {
+                (true, _) => req.uri().path().to_string(),
+                (false, true) => kind,
+                (false, false) => format!("{kind} {name}"),
+            };
+            let place = match &ns {
+                Some(ns) => format!(" in namespace {ns}"),
+                None => " across all namespaces".into(),
+            };
+            Some(format!("{} ({}) may not {verb} {what}{place}", grant.user, grant.scope()))
+        }
+    };
+    let mut response = match refused {
+        Some(why) => ApiError::Status(StatusCode::FORBIDDEN, why).into_response(),
+        None => {
+            req.extensions_mut().insert(grant);
+            next.run(req).await
+        }
+    };
+    response.extensions_mut().insert(identity);
     response
+}
+
+/// The caller's own grant, as `capstan auth whoami` shows it.
+async fn whoami(Extension(grant): Extension<Grant>) -> Json<Value> {
+    Json(json!({ "user": grant.user, "role": grant.role, "namespace": grant.namespace }))
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    name: String,
+    role: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    /// How long the token works: a duration (`30d`, `12h`); absent, until revoked.
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+fn token_error(e: crate::tokens::TokenError) -> ApiError {
+    use crate::tokens::TokenError as E;
+    match e {
+        E::Exists(_) | E::AlreadyRevoked(_) => ApiError::Conflict(e.to_string()),
+        E::NotFound(_) => ApiError::NotFound(e.to_string()),
+        E::Invalid(_) => ApiError::BadRequest(e.to_string()),
+        E::Store(e) => e.into(),
+    }
+}
+
+/// Makes a named token; the answer is the only place its text is ever shown.
+async fn create_token(State(state): State<AppState>, Json(body): Json<TokenBody>) -> Result<Response, ApiError> {
+    let role = Role::parse(&body.role).ok_or_else(|| {
+        let known: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        ApiError::BadRequest(format!("role `{}` is not one of {}", body.role, known.join(", ")))
+    })?;
+    let ttl = body
+        .ttl
+        .as_deref()
+        .map(|t| capstan_model::parse_duration(t).map_err(|e| ApiError::BadRequest(format!("ttl: {e}"))))
+        .transpose()?;
+    let now = Utc::now();
+    let (token, record) =
+        state.tokens.create(&state.store, &body.name, role, body.namespace, ttl, now).map_err(token_error)?;
+    let mut shown = record.public(now);
+    shown["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(shown)).into_response())
+}
+
+async fn list_tokens(State(state): State<AppState>) -> Json<Value> {
+    let now = Utc::now();
+    Json(json!({ "items": state.tokens.list().iter().map(|r| r.public(now)).collect::<Vec<_>>() }))
+}
+
+async fn revoke_token(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let now = Utc::now();
+    let record = state.tokens.revoke(&state.store, &name, now).map_err(token_error)?;
+    Ok(Json(record.public(now)))
 }
 
 #[derive(Deserialize)]
@@ -141,9 +260,11 @@ struct ApplyQuery {
 /// store fails.
 async fn apply(
     State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
     Query(q): Query<ApplyQuery>,
     Json(body): Json<ApplyBody>,
 ) -> Result<Response, ApiError> {
+    crate::redact::check_batch(&grant, &body.objects)?;
     let applied = if q.dry_run { state.apply_dry_run(body.objects) } else { state.apply(body.objects) }?;
     let touched = match q.dry_run {
         true => Vec::new(),
@@ -163,13 +284,23 @@ struct ListQuery {
     namespace: Option<String>,
 }
 
+/// Every object of a kind (in one namespace), as far as the caller may see: a token bound to one namespace sees
+/// that namespace's, and Secrets come without their values unless it may read them.
 async fn list(
     State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
     Path(plural): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = kind_of(&plural)?;
-    let items = state.store.list(kind.name(), q.namespace.as_deref())?;
+    if let Some(ns) = q.namespace.as_deref().filter(|ns| !grant.sees(ns)) {
+        return Err(crate::redact::forbidden(&grant, &format!("list {plural} in namespace {ns}")));
+    }
+    let mut items = state.store.list(kind.name(), q.namespace.as_deref().or(grant.namespace.as_deref()))?;
+    items.retain(|o| grant.sees(&crate::redact::namespace_of(o)));
+    for o in &mut items {
+        crate::redact::object(&grant, o);
+    }
     Ok(Json(json!({ "items": items })))
 }
 
@@ -188,18 +319,24 @@ fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, ApiError> {
 
 async fn get_one(
     State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let key = key_from(&ns, &plural, &name)?;
-    object_response(&key, state.store.get(&key))
+    let Json(mut obj) = object_response(&key, state.store.get(&key))?;
+    crate::redact::object(&grant, &mut obj);
+    Ok(Json(obj))
 }
 
 async fn delete_one(
     State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let key = key_from(&ns, &plural, &name)?;
-    object_response(&key, state.store.delete(&key))
+    let Json(mut obj) = object_response(&key, state.store.delete(&key))?;
+    crate::redact::object(&grant, &mut obj);
+    Ok(Json(obj))
 }
 
 async fn events(
@@ -221,12 +358,21 @@ struct EventsQuery {
 
 /// Every object's events (of one namespace), oldest first; with `watch`, an NDJSON stream that goes on with each new
 /// event, as `kubectl get events -w`.
-async fn all_events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> Result<Response, ApiError> {
+async fn all_events(
+    State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    if let Some(ns) = q.namespace.as_deref().filter(|ns| !grant.sees(ns)) {
+        return Err(crate::redact::forbidden(&grant, &format!("list events in namespace {ns}")));
+    }
     let live = q.watch.then(|| state.store.watch_events());
-    let items = state.store.all_events(q.namespace.as_deref())?;
+    let mut items = state.store.all_events(q.namespace.as_deref().or(grant.namespace.as_deref()))?;
+    items.retain(|e| grant.sees(&e.involved_object.namespace));
     let Some(live) = live else { return Ok(Json(json!({ "items": items })).into_response()) };
     let (tx, rx) = mpsc::channel::<String>(256);
     let ns = q.namespace.clone();
+    let shutdown = state.shutdown.subscribe();
     // An event recorded between the subscription and the listing is in both: the stream skips what was listed.
     let listed = items.iter().map(|e| e.event.last_timestamp).max();
     tokio::spawn(async move {
@@ -235,10 +381,17 @@ async fn all_events(State(state): State<AppState>, Query(q): Query<EventsQuery>)
                 return;
             }
         }
-        forward(live, tx, move |e: &capstan_store::ObjectEvent| {
-            ns.as_ref().is_none_or(|n| *n == e.involved_object.namespace)
-                && listed.is_none_or(|t| e.event.last_timestamp > t)
-        })
+        forward(
+            live,
+            tx,
+            shutdown,
+            move |e: &capstan_store::ObjectEvent| {
+                grant.sees(&e.involved_object.namespace)
+                    && ns.as_ref().is_none_or(|n| *n == e.involved_object.namespace)
+                    && listed.is_none_or(|t| e.event.last_timestamp > t)
+            },
+            |e| serde_json::to_string(&e).unwrap_or_default(),
+        )
         .await;
     });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response())
@@ -263,15 +416,22 @@ struct LogQuery {
 /// Copies what a broadcast carries into an NDJSON stream, skipping what `keep` rejects, until the client leaves. A
 /// client too slow to keep up is not left with a stream that silently misses changes: it gets Kubernetes' "410
 /// Gone" as a last `ERROR` record, and lists again.
-async fn forward<T: Clone + serde::Serialize>(
+async fn forward<T: Clone>(
     mut from: tokio::sync::broadcast::Receiver<T>,
     to: mpsc::Sender<String>,
+    mut shutdown: tokio::sync::watch::Receiver<Option<bool>>,
     keep: impl Fn(&T) -> bool,
+    render: impl Fn(T) -> String,
 ) {
     loop {
-        match from.recv().await {
+        let next = tokio::select! {
+            next = from.recv() => next,
+            // The stream ends with Capstan, so that no connection holds it past its shutdown.
+            _ = shutdown.changed() => return,
+        };
+        match next {
             Ok(item) if keep(&item) => {
-                if to.send(serde_json::to_string(&item).unwrap_or_default()).await.is_err() {
+                if to.send(render(item)).await.is_err() {
                     return;
                 }
             }
@@ -414,11 +574,24 @@ struct WatchQuery {
     kind: Option<String>,
 }
 
-async fn watch_objects(State(state): State<AppState>, Query(q): Query<WatchQuery>) -> Result<Response, ApiError> {
+/// Every change from now on (of one kind), as far as the caller may see; Secrets without their values unless it
+/// may read them.
+async fn watch_objects(
+    State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    Query(q): Query<WatchQuery>,
+) -> Result<Response, ApiError> {
     let kind = q.kind.as_deref().map(kind_of).transpose()?;
     let (tx, rx) = mpsc::channel::<String>(256);
-    let keep = move |ev: &capstan_store::WatchEvent| kind.is_none_or(|k| k.name() == ev.key.kind);
-    tokio::spawn(forward(state.store.watch(), tx, keep));
+    let shown = grant.clone();
+    let keep = move |ev: &capstan_store::WatchEvent| {
+        kind.is_none_or(|k| k.name() == ev.key.kind) && grant.sees(&ev.key.namespace)
+    };
+    let render = move |mut ev: capstan_store::WatchEvent| {
+        crate::redact::object(&shown, &mut ev.object);
+        serde_json::to_string(&ev).unwrap_or_default()
+    };
+    tokio::spawn(forward(state.store.watch(), tx, state.shutdown.subscribe(), keep, render));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response())
 }
 
@@ -793,14 +966,44 @@ struct IncidentQuery {
     all: bool,
 }
 
-async fn incidents(State(state): State<AppState>, Query(q): Query<IncidentQuery>) -> Response {
-    Json(state.alerting.incidents_json(q.all)).into_response()
+/// Incidents, as far as the caller may see: those of escalation policies in its namespaces.
+async fn incidents(
+    State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    Query(q): Query<IncidentQuery>,
+) -> Response {
+    let mut all = state.alerting.incidents_json(q.all);
+    if let Some(items) = all["items"].as_array_mut() {
+        items.retain(|i| grant.sees(&crate::alerts::namespace_of_policy(i["policy"].as_str().unwrap_or_default())));
+    }
+    Json(all).into_response()
+}
+
+/// An incident the caller may act on: one of its namespaces' (an unknown one is the handler's 404).
+fn incident_in_reach(state: &Shared, grant: &Grant, id: &str, verb: &str) -> Result<(), ApiError> {
+    match state.alerting.incident_namespace(id) {
+        Some(ns) if !grant.allows(Verb::Write, Some(&ns)) => {
+            Err(crate::redact::forbidden(grant, &format!("{verb} incident {id} in namespace {ns}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Deserialize, Default)]
 struct Who {
     #[serde(default)]
     by: Option<String>,
+}
+
+/// Who acknowledged or resolved. The data directory's token is shared by whoever is at the machine, so the name
+/// its client gives (`--by`, or $USER) is taken; a named token is its own identity, and a different name given
+/// with it is kept beside it.
+fn acted_by(grant: &Grant, body: Option<Json<Who>>) -> String {
+    match body.and_then(|b| b.0.by) {
+        Some(by) if grant.user == crate::tokens::ADMIN_USER => by,
+        Some(by) if by != grant.user => format!("{by} (token {})", grant.user),
+        _ => grant.user.clone(),
+    }
 }
 
 fn manual(outcome: crate::alerts::ManualOutcome, id: &str, verb: &str) -> Result<Json<Value>, ApiError> {
@@ -817,19 +1020,23 @@ fn manual(outcome: crate::alerts::ManualOutcome, id: &str, verb: &str) -> Result
 
 async fn acknowledge(
     State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
     Path(id): Path<String>,
     body: Option<Json<Who>>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
+    incident_in_reach(&state, &grant, &id, "acknowledge")?;
+    let who = acted_by(&grant, body);
     manual(crate::alerts::acknowledge(&state.store, &state.alerting, &id, &who), &id, "acknowledged")
 }
 
 async fn resolve_incident(
     State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
     Path(id): Path<String>,
     body: Option<Json<Who>>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = body.and_then(|b| b.0.by).unwrap_or_else(|| "api".into());
+    incident_in_reach(&state, &grant, &id, "resolve")?;
+    let who = acted_by(&grant, body);
     manual(crate::alerts::resolve(&state.store, &state.alerting, &id, &who), &id, "resolved")
 }
 

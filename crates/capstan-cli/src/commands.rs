@@ -10,6 +10,7 @@ mod logs;
 mod metrics;
 mod rollout;
 mod schema;
+mod token;
 mod up;
 mod version;
 mod volume;
@@ -40,6 +41,7 @@ use logs::{apps_matching, logs, LogFilter, LogFormat};
 use metrics::metrics_lint;
 use rollout::rollout;
 use schema::schema;
+use token::token;
 use up::up;
 use version::version;
 use volume::volume_sync;
@@ -269,6 +271,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Audit { since, user, kind, output } => {
             audit(&client()?, since.as_deref(), user.as_deref(), kind.as_deref(), &output).await
         }
+        Command::Token { action } => token(&client()?, action).await,
     }
 }
 

@@ -400,6 +400,12 @@ pub enum Command {
         #[arg(short, long, default_value = "table")]
         output: String,
     },
+    /// Make, list and revoke named API tokens (admin only): each with a role, one namespace or all, and an expiry.
+    #[command(display_order = 28)]
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
     /// Print this client's version and commit, and the server's when one is running.
     #[command(display_order = 26)]
     Version {
@@ -410,6 +416,38 @@ pub enum Command {
         #[arg(short, long, default_value = "table")]
         output: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token and print it (this is the only time it is shown): `capstan token create ci --role deployer
+    /// --namespace team-a --ttl 30d > ci.token`.
+    Create {
+        name: String,
+        /// viewer, deployer, secrets-reader or admin.
+        #[arg(long)]
+        role: String,
+        /// The one namespace the token works in; every namespace when left out.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// How long the token works, such as 30d or 12h; until revoked when left out.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// token (the token alone, on stdout) or json (with its record).
+        #[arg(short, long, default_value = "token")]
+        output: String,
+    },
+    /// List tokens: name, role, namespace, state (active, expired, revoked), expiry. Never the tokens themselves.
+    List {
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Revoke a token: it stops working at once.
+    Revoke { name: String },
+    /// Print who the token in use is: its name, role and namespace.
+    #[command(name = "whoami")]
+    WhoAmI,
 }
 
 #[derive(Subcommand, Debug)]

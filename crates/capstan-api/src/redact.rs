@@ -1,0 +1,113 @@
+//! What a caller may see and send: Secrets without their values for a token that may not read them, refusals
+//! naming what was refused, and a batch checked object by object against the caller's namespaces.
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::access::{Grant, Verb};
+use crate::error::ApiError;
+
+/// The annotation on a Secret whose values were removed before it was shown.
+pub const REDACTED_ANNOTATION: &str = "capstan.dev/redacted";
+/// What replaces each value.
+pub const MASK: &str = "<redacted>";
+
+/// The namespace an object as JSON is in.
+pub fn namespace_of(obj: &Value) -> String {
+    obj["metadata"]["namespace"].as_str().unwrap_or(capstan_model::DEFAULT_NAMESPACE).to_string()
+}
+
+/// 403 naming who was refused what.
+pub fn forbidden(grant: &Grant, what: &str) -> ApiError {
+    ApiError::Status(StatusCode::FORBIDDEN, format!("{} ({}) may not {what}", grant.user, grant.scope()))
+}
+
+/// Removes a Secret's values (keeping its keys) when `grant` may not read them, and says so in an annotation.
+/// Every other object is left as it is.
+pub fn object(grant: &Grant, obj: &mut Value) {
+    if obj["kind"] != "Secret" || grant.allows(Verb::ReadSecrets, Some(&namespace_of(obj))) {
+        return;
+    }
+    for field in ["data", "stringData"] {
+        if let Some(values) = obj["spec"].get_mut(field).and_then(Value::as_object_mut) {
+            for v in values.values_mut() {
+                *v = json!(MASK);
+            }
+        }
+    }
+    let meta = &mut obj["metadata"];
+    if !meta["annotations"].is_object() {
+        meta["annotations"] = json!({});
+    }
+    meta["annotations"][REDACTED_ANNOTATION] = json!(format!(
+        "values removed: {} ({}) may not read Secret values (role secrets-reader)",
+        grant.user,
+        grant.scope()
+    ));
+}
+
+/// Refuses a batch with an object outside the caller's namespaces, or a Secret that was shown redacted (applying
+/// it back would replace its values with masks).
+pub fn check_batch(grant: &Grant, objects: &[Value]) -> Result<(), ApiError> {
+    for obj in objects {
+        let ns = namespace_of(obj);
+        let kind = obj["kind"].as_str().unwrap_or("object");
+        let name = obj["metadata"]["name"].as_str().unwrap_or("");
+        if !grant.allows(Verb::Write, Some(&ns)) {
+            return Err(forbidden(grant, &format!("apply {kind} {name} in namespace {ns}")));
+        }
+        if kind == "Secret" && obj["metadata"]["annotations"].get(REDACTED_ANNOTATION).is_some() {
+            return Err(ApiError::BadRequest(format!(
+                "Secret {ns}/{name} carries {REDACTED_ANNOTATION}: it was read without its values, and applying it \
+                 would store the masks\n  hint: apply the Secret from its source (the manifest with its values)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Role;
+
+    fn secret(ns: &str) -> Value {
+        json!({"kind": "Secret", "metadata": {"name": "db", "namespace": ns},
+               "spec": {"stringData": {"password": "hunter2"}, "data": {"token": "c2VjcmV0"}}})
+    }
+
+    #[test]
+    fn secret_values_are_removed_unless_the_grant_reads_them_there() {
+        let viewer = Grant { user: "v".into(), role: Role::Viewer, namespace: None };
+        let mut s = secret("team-a");
+        object(&viewer, &mut s);
+        assert!(!s.to_string().contains("hunter2") && !s.to_string().contains("c2VjcmV0"), "{s}");
+        assert_eq!(s["spec"]["stringData"]["password"], MASK, "the keys stay");
+        assert!(s["metadata"]["annotations"][REDACTED_ANNOTATION].as_str().unwrap().contains("secrets-reader"));
+
+        let reader = Grant { user: "r".into(), role: Role::SecretsReader, namespace: Some("team-a".into()) };
+        let mut s = secret("team-a");
+        object(&reader, &mut s);
+        assert_eq!(s, secret("team-a"));
+        let mut other = secret("team-b");
+        object(&reader, &mut other);
+        assert_eq!(other["spec"]["stringData"]["password"], MASK, "only in its namespace");
+
+        let mut app = json!({"kind": "App", "metadata": {"name": "a"}, "spec": {"command": ["x"]}});
+        let before = app.clone();
+        object(&viewer, &mut app);
+        assert_eq!(app, before);
+    }
+
+    #[test]
+    fn a_batch_stays_in_the_callers_namespaces_and_a_redacted_secret_is_not_applied_back() {
+        let deployer = Grant { user: "d".into(), role: Role::Deployer, namespace: Some("team-a".into()) };
+        assert!(check_batch(&deployer, &[secret("team-a")]).is_ok());
+        let e = check_batch(&deployer, &[secret("team-a"), secret("team-b")]).unwrap_err();
+        assert!(e.to_string().contains("namespace team-b"), "{e}");
+        let mut shown = secret("team-a");
+        object(&deployer, &mut shown);
+        let e = check_batch(&deployer, &[shown]).unwrap_err();
+        assert!(e.to_string().contains(REDACTED_ANNOTATION), "{e}");
+    }
+}
