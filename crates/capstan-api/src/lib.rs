@@ -7,6 +7,7 @@ pub mod audit;
 pub mod client;
 pub mod discovery;
 pub mod error;
+pub mod keys;
 pub mod listen;
 pub mod monitor;
 pub mod plane;

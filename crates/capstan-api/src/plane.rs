@@ -36,13 +36,14 @@ pub struct PlaneConfig {
     pub api_max_connections: usize,
     /// How PromQL queries (of the API and of alerting rules) are bounded.
     pub query: crate::queries::QuerySettings,
+    /// The key that encrypts the store (default: the file `<data>.key` beside the data directory).
+    pub encryption_key: crate::keys::KeySource,
 }
 
 impl PlaneConfig {
     /// A plane on `data_dir` and `listen`, with default monitoring and listener limits.
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> PlaneConfig {
         PlaneConfig {
-            data_dir,
             listen,
             monitoring: Default::default(),
             initial: Vec::new(),
@@ -50,6 +51,8 @@ impl PlaneConfig {
             header_timeout: capstan_proxy::gate::DEFAULT_HEADER_TIMEOUT,
             api_max_connections: capstan_proxy::gate::DEFAULT_API_MAX_CONNECTIONS,
             query: Default::default(),
+            encryption_key: crate::keys::KeySource::beside(&data_dir),
+            data_dir,
         }
     }
 }
@@ -71,6 +74,8 @@ pub enum PlaneError {
     Token { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
     #[error("API tokens: {0}")]
     Tokens(#[from] crate::tokens::TokenError),
     /// The initial batch was refused; nothing was started.
@@ -170,6 +175,10 @@ pub struct Shared {
     pub audit: Arc<crate::audit::AuditLog>,
     /// The named API tokens.
     pub tokens: Arc<crate::tokens::Tokens>,
+    /// Where the store's key-encryption key comes from (for rotation).
+    pub encryption_key: crate::keys::KeySource,
+    /// One key rotation at a time.
+    pub rotating: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -253,7 +262,7 @@ impl ControlPlane {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
         }
-        let store = Store::open(&cfg.data_dir.join("state.redb"))?;
+        let store = crate::keys::open_store(&cfg.data_dir, &cfg.encryption_key)?;
         let token = load_or_create_token(&cfg.data_dir.join(TOKEN_FILE))?;
         let audit = Arc::new(crate::audit::AuditLog::open(&cfg.data_dir)?);
         let tokens = Arc::new(crate::tokens::Tokens::load(&store)?);
@@ -337,6 +346,8 @@ impl ControlPlane {
             queries: Arc::new(crate::queries::Queries::new(cfg.query.clone())),
             audit,
             tokens,
+            encryption_key: cfg.encryption_key.clone(),
+            rotating: Default::default(),
         });
         let app = crate::server::router(shared.clone());
         let server = tokio::spawn(crate::listen::serve(listener, app, api_gate));

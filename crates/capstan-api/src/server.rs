@@ -69,6 +69,7 @@ pub fn routes() -> Routes<AppState> {
         .add(M::POST, "/api/v1/incidents/{id}/acknowledge", acknowledge, needs(Write, Each))
         .add(M::POST, "/api/v1/incidents/{id}/resolve", resolve_incident, needs(Write, Each))
         .add(M::GET, "/api/v1/audit", audit_log, needs(Admin, All))
+        .add(M::POST, "/api/v1/encryption/rotate", rotate_key, needs(Admin, All))
         .nest("/prometheus", crate::prometheus::routes())
 }
 
@@ -178,6 +179,17 @@ fn token_error(e: crate::tokens::TokenError) -> ApiError {
         E::Invalid(_) => ApiError::BadRequest(e.to_string()),
         E::Store(e) => e.into(),
     }
+}
+
+/// Rotates the store's key-encryption key while everything keeps running (`capstan secrets rotate-key`).
+async fn rotate_key(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let _one = state.rotating.lock().await;
+    let (store, source) = (state.store.clone(), state.encryption_key.clone());
+    let done = tokio::task::spawn_blocking(move || crate::keys::rotate(&store, &source))
+        .await
+        .map_err(|e| ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(serde_json::to_value(done).unwrap_or_default()))
 }
 
 /// Makes a named token; the answer is the only place its text is ever shown.

@@ -65,6 +65,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
             query_max_samples,
             query_timeout,
             query_max_concurrency,
+            encryption_key_file,
+            encryption_key_command,
         } => {
             let bootstrap = git.map(|url| crate::gitops::bootstrap_objects(&url, &branch, &path));
             let mut cfg = PlaneConfig::new(data.clone(), listen);
@@ -75,6 +77,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
             cfg.query.timeout = std::time::Duration::from_secs(query_timeout);
             if let Some(n) = query_max_concurrency {
                 cfg.query.max_concurrency = n as usize;
+            }
+            if let Some(f) = encryption_key_file {
+                cfg.encryption_key = capstan_api::keys::KeySource::File(f);
+            }
+            if let Some(c) = encryption_key_command {
+                cfg.encryption_key = capstan_api::keys::KeySource::Command(c);
             }
             up(cfg, paths, bootstrap).await
         }
@@ -272,6 +280,16 @@ pub async fn run(cli: Cli) -> Result<u8> {
             audit(&client()?, since.as_deref(), user.as_deref(), kind.as_deref(), &output).await
         }
         Command::Token { action } => token(&client()?, action).await,
+        Command::Secrets { action: crate::SecretsCommand::RotateKey } => {
+            let done = client()?.post("/api/v1/encryption/rotate", json!({})).await.map_err(api_failure)?;
+            println!(
+                "rotated: {} data keys now wrapped by key {}; {} stored values encrypted again",
+                done["dataKeys"],
+                done["keyId"].as_str().unwrap_or_default(),
+                done["values"]
+            );
+            Ok(EXIT_OK)
+        }
     }
 }
 

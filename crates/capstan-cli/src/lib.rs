@@ -100,6 +100,14 @@ pub enum Command {
         /// PromQL queries evaluated at once; more wait for a turn. Defaults to the number of cores (at least 2).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
         query_max_concurrency: Option<u64>,
+        /// The file holding the key that encrypts the store, outside the data directory; made (0600) on first
+        /// start. Default: `<data>.key` beside the data directory.
+        #[arg(long, env = "CAPSTAN_ENCRYPTION_KEY_FILE", conflicts_with = "encryption_key_command")]
+        encryption_key_file: Option<std::path::PathBuf>,
+        /// A command that prints the key (base64 of 32 bytes; several lines: the first encrypts), as a KMS
+        /// plugin: `--encryption-key-command 'vault kv get -field=key secret/capstan'`.
+        #[arg(long, env = "CAPSTAN_ENCRYPTION_KEY_COMMAND")]
+        encryption_key_command: Option<String>,
     },
     /// Print the objects a Sync would apply from PATH: variables substituted, everything validated.
     #[command(display_order = 18)]
@@ -400,6 +408,12 @@ pub enum Command {
         #[arg(short, long, default_value = "table")]
         output: String,
     },
+    /// Work with the encryption of Secrets at rest: `capstan secrets rotate-key`.
+    #[command(display_order = 29)]
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsCommand,
+    },
     /// Make, list and revoke named API tokens (admin only): each with a role, one namespace or all, and an expiry.
     #[command(display_order = 28)]
     Token {
@@ -416,6 +430,14 @@ pub enum Command {
         #[arg(short, long, default_value = "table")]
         output: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Wrap every data key with a new key-encryption key and encrypt every stored value again, while everything
+    /// keeps running (admin only). With a key file, Capstan makes the new key and writes it to the file; with a
+    /// key command, the command's first key becomes the one in use.
+    RotateKey,
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,12 +3,14 @@
 //! The store is kind-agnostic: it keeps objects as JSON and knows only the metadata rules every kind shares
 //! (uid, generation bumped when `spec` changes, resourceVersion bumped on every write).
 
-use std::path::Path;
-use std::sync::Arc;
+pub mod seal;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use capstan_model::{Event, EventType, ObjectKey};
 use chrono::Utc;
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -16,6 +18,12 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Data keys, wrapped by a key-encryption key that is not in the store (`dek/<id>`).
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// The tables whose values are sealed.
+const SEALED_TABLES: [TableDefinition<&str, &[u8]>; 3] = [OBJECTS, EVENTS, RECORDS];
+
+use seal::{Keyring, SealError, Sealer};
 
 /// The layout version this build writes; older layouts are migrated on open.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -35,6 +43,14 @@ pub enum StoreError {
     Corrupt { key: String, source: serde_json::Error },
     #[error("object is missing metadata.name")]
     NoName,
+    /// The store is encrypted and no key was given.
+    #[error("{path} is encrypted and no key was given\n  hint: pass the key it was encrypted with (--encryption-key-file or --encryption-key-command)")]
+    NoKey { path: String },
+    /// None of the keys given wrapped the store's data keys; nothing was read or written.
+    #[error("{path} was encrypted with key {wrapped_by}, and the keys given are {given}; nothing was changed\n  hint: give the key file (or key command) this data directory was started with")]
+    WrongKey { path: String, wrapped_by: String, given: String },
+    #[error("encryption: {0}")]
+    Seal(#[from] SealError),
     /// An apply named the resourceVersion it read, and the object has changed since (Kubernetes' 409 Conflict).
     #[error(
         "{key} was changed since it was read (resourceVersion {given}, now {current}); get it again, reapply the change, or leave metadata.resourceVersion out to overwrite"
@@ -89,6 +105,21 @@ pub struct Store {
     /// While set, reads of objects and records fail (fault injection for tests that prove a read error is never
     /// "absent").
     read_fault: Arc<std::sync::atomic::AtomicBool>,
+    /// The data keys values are sealed with; `None`: a store without encryption (tests, tools).
+    sealer: Arc<RwLock<Option<Arc<Sealer>>>>,
+    path: PathBuf,
+}
+
+/// What a key rotation did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    /// The key-encryption key every data key is now wrapped by.
+    pub key_id: String,
+    /// The data keys re-wrapped.
+    pub data_keys: usize,
+    /// The values sealed again with the new data key.
+    pub values: usize,
 }
 
 /// An event with the object it is about, as `capstan get events` lists them.
@@ -113,8 +144,38 @@ pub fn key_of(obj: &Value) -> Result<ObjectKey, StoreError> {
     Ok(ObjectKey::new(kind, ns, name))
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_string(), source })
+/// Where a value is stored, bound into its seal so that it cannot be moved to another place.
+fn aad(table: &str, key: &str) -> Vec<u8> {
+    format!("{table}\0{key}").into_bytes()
+}
+
+fn json_bytes(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))
+}
+
+/// The data keys of a store and the active one's id, read without writing anything.
+fn read_data_keys(db: &Database) -> Result<(Vec<(u32, Vec<u8>)>, u32), StoreError> {
+    let tx = db.begin_read()?;
+    let keys = match tx.open_table(KEYS) {
+        Ok(t) => {
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let id = k.value().strip_prefix("dek/").and_then(|i| i.parse::<u32>().ok());
+                let id = id.ok_or_else(|| StoreError::Db(format!("unknown key record {}", k.value())))?;
+                out.push((id, v.value().to_vec()));
+            }
+            out
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let active = match tx.open_table(META) {
+        Ok(m) => m.get("active_dek")?.map(|v| v.value()).unwrap_or(0) as u32,
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    Ok((keys, active))
 }
 
 /// The metadata field that records an object's owner ([`capstan_model::ManagedFieldsEntry`]).
@@ -137,18 +198,75 @@ fn keep_capstan_annotations(old: &Value, new: &mut Value) {
     }
 }
 
+/// Seals every value of the sealed tables that is still stored plain (a store from before encryption); returns
+/// how many.
+fn seal_plain_values(tx: &redb::WriteTransaction, sealer: &Sealer) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for def in SEALED_TABLES {
+        let mut table = tx.open_table(def)?;
+        let name = def.name().to_string();
+        let mut plain = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            if !seal::is_sealed(v.value()) {
+                plain.push((k.value().to_string(), v.value().to_vec()));
+            }
+        }
+        for (k, v) in plain {
+            table.insert(k.as_str(), sealer.seal(&aad(&name, &k), &v)?.as_slice())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// The range of string keys that start with `prefix`.
 fn prefix_range(prefix: &str) -> (String, String) {
     (prefix.to_string(), format!("{prefix}\u{10FFFF}"))
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`, migrating older layouts.
+    /// Opens (or creates) the store at `path` without encryption, migrating older layouts. An encrypted store is
+    /// refused.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, None)
+    }
+
+    /// Opens (or creates) the store at `path` with its values encrypted under data keys that `ring` wraps.
+    ///
+    /// The keys are checked before anything is written: with a wrong key the file is left as it was. A store
+    /// without encryption has every value encrypted on this first start, in one transaction; data keys wrapped
+    /// by a key of the ring that is not its first are wrapped again by the first.
+    pub fn open_sealed(path: &Path, ring: &Keyring) -> Result<Store, StoreError> {
+        Store::open_with(path, Some(ring))
+    }
+
+    fn open_with(path: &Path, ring: Option<&Keyring>) -> Result<Store, StoreError> {
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.display().to_string()),
             other => StoreError::Db(format!("{}: {other}", path.display())),
         })?;
+        let shown = path.display().to_string();
+        let (wrapped, mut active) = read_data_keys(&db)?;
+        let mut deks = Vec::new();
+        match ring {
+            None if !wrapped.is_empty() => return Err(StoreError::NoKey { path: shown }),
+            None => {}
+            Some(ring) => {
+                for (id, w) in &wrapped {
+                    match seal::unwrap(ring, w)? {
+                        Some(k) => deks.push((*id, k)),
+                        None => {
+                            return Err(StoreError::WrongKey {
+                                path: shown,
+                                wrapped_by: seal::wrapped_by(w),
+                                given: ring.ids().join(", "),
+                            })
+                        }
+                    }
+                }
+            }
+        }
         let tx = db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
@@ -164,10 +282,125 @@ impl Store {
             tx.open_table(EVENTS)?;
             tx.open_table(RECORDS)?;
         }
+        let mut sealer = None;
+        let mut migrated = 0;
+        if let Some(ring) = ring {
+            let mut keys = tx.open_table(KEYS)?;
+            if deks.is_empty() {
+                active = 1;
+                let dek: [u8; seal::KEY_LEN] = seal::random()?;
+                keys.insert("dek/1", seal::wrap(ring.active(), &dek)?.as_slice())?;
+                tx.open_table(META)?.insert("active_dek", u64::from(active))?;
+                deks.push((active, dek));
+            }
+            for (id, w) in &wrapped {
+                if seal::wrapped_by(w) != ring.active().id() {
+                    let dek = deks.iter().find(|(i, _)| i == id).map(|(_, k)| *k).ok_or(SealError::Open)?;
+                    keys.insert(format!("dek/{id}").as_str(), seal::wrap(ring.active(), &dek)?.as_slice())?;
+                }
+            }
+            drop(keys);
+            let s = Sealer::new(&deks, active)?;
+            migrated = seal_plain_values(&tx, &s)?;
+            sealer = Some(Arc::new(s));
+        }
         tx.commit()?;
+        let mut db = db;
+        if migrated > 0 {
+            // The pages that held the values in the clear are free but not yet overwritten: compacting rewrites
+            // the file without them.
+            db.compact().map_err(|e| StoreError::Db(format!("{shown}: compacting after encryption: {e}")))?;
+            tracing::info!(values = migrated, "the store's values were stored unencrypted; they are encrypted now");
+        }
         let (watch, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel(1024);
-        Ok(Store { db: Arc::new(db), watch, events, read_fault: Arc::default() })
+        Ok(Store {
+            db: Arc::new(db),
+            watch,
+            events,
+            read_fault: Arc::default(),
+            sealer: Arc::new(RwLock::new(sealer)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Wraps every data key with `ring`'s first key, and seals every value again with a new data key, in one
+    /// transaction while the store stays in use. Earlier data keys are kept (wrapped by the new key), so a value
+    /// sealed by a write that raced the rotation still opens.
+    pub fn rotate_key(&self, ring: &Keyring) -> Result<Rotation, StoreError> {
+        let old = self.sealer().ok_or_else(|| StoreError::Db("the store is not encrypted".into()))?;
+        let tx = self.db.begin_write()?;
+        let mut deks = Vec::new();
+        {
+            let keys = tx.open_table(KEYS)?;
+            for item in keys.iter()? {
+                let (k, v) = item?;
+                let id = k.value().strip_prefix("dek/").and_then(|i| i.parse::<u32>().ok()).unwrap_or(0);
+                let dek = seal::unwrap(ring, v.value())?.ok_or_else(|| StoreError::WrongKey {
+                    path: self.path.display().to_string(),
+                    wrapped_by: seal::wrapped_by(v.value()),
+                    given: ring.ids().join(", "),
+                })?;
+                deks.push((id, dek));
+            }
+        }
+        let next = deks.iter().map(|(i, _)| *i).max().unwrap_or(0) + 1;
+        deks.push((next, seal::random()?));
+        {
+            let mut keys = tx.open_table(KEYS)?;
+            for (id, dek) in &deks {
+                keys.insert(format!("dek/{id}").as_str(), seal::wrap(ring.active(), dek)?.as_slice())?;
+            }
+            tx.open_table(META)?.insert("active_dek", u64::from(next))?;
+        }
+        let new = Arc::new(Sealer::new(&deks, next)?);
+        let mut values = 0;
+        for def in SEALED_TABLES {
+            let mut table = tx.open_table(def)?;
+            let name = def.name().to_string();
+            let mut all = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                all.push((k.value().to_string(), v.value().to_vec()));
+            }
+            for (k, v) in all {
+                let plain = if seal::is_sealed(&v) { old.open(&aad(&name, &k), &v)? } else { v };
+                table.insert(k.as_str(), new.seal(&aad(&name, &k), &plain)?.as_slice())?;
+                values += 1;
+            }
+        }
+        tx.commit()?;
+        *self.sealer.write().unwrap_or_else(|p| p.into_inner()) = Some(new);
+        Ok(Rotation { key_id: ring.active().id().to_string(), data_keys: deks.len(), values })
+    }
+
+    fn sealer(&self) -> Option<Arc<Sealer>> {
+        self.sealer.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A value as it is stored under `key` of `table`: JSON, sealed when the store is encrypted.
+    fn encode(&self, table: &str, key: &str, value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
+        let plain = json_bytes(value)?;
+        match self.sealer() {
+            Some(s) => Ok(s.seal(&aad(table, key), &plain)?),
+            None => Ok(plain),
+        }
+    }
+
+    /// The JSON stored under `key` of `table`, opened when sealed.
+    fn decode_bytes(&self, table: &str, key: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if !seal::is_sealed(bytes) {
+            return Ok(bytes.to_vec());
+        }
+        match self.sealer() {
+            Some(s) => Ok(s.open(&aad(table, key), bytes)?),
+            None => Err(StoreError::NoKey { path: self.path.display().to_string() }),
+        }
+    }
+
+    fn decode(&self, table: &str, key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
+        let plain = self.decode_bytes(table, key, bytes)?;
+        serde_json::from_slice(&plain).map_err(|source| StoreError::Corrupt { key: key.to_string(), source })
     }
 
     /// The layout version on disk.
@@ -212,7 +445,7 @@ impl Store {
                 let key = key_of(&obj)?;
                 let k = object_key(&key);
                 let existing = match table.get(k.as_str())? {
-                    Some(v) => Some(decode(&k, v.value())?),
+                    Some(v) => Some(self.decode("objects", &k, v.value())?),
                     None => None,
                 };
                 if let Some(m) = obj.as_object_mut() {
@@ -278,7 +511,7 @@ impl Store {
                         (ApplyAction::Configured, old)
                     }
                 };
-                let bytes = serde_json::to_vec(&stored).map_err(|e| StoreError::Db(e.to_string()))?;
+                let bytes = self.encode("objects", &k, &stored)?;
                 table.insert(k.as_str(), bytes.as_slice())?;
                 let type_ = if action == ApplyAction::Created { WatchType::Added } else { WatchType::Modified };
                 events.push(WatchEvent { type_, key: key.clone(), object: stored });
@@ -317,7 +550,7 @@ impl Store {
         let table = tx.open_table(OBJECTS)?;
         let k = object_key(key);
         match table.get(k.as_str())? {
-            Some(v) => Ok(Some(decode(&k, v.value())?)),
+            Some(v) => Ok(Some(self.decode("objects", &k, v.value())?)),
             None => Ok(None),
         }
     }
@@ -335,7 +568,7 @@ impl Store {
         let mut out = Vec::new();
         for item in table.range(lo.as_str()..hi.as_str())? {
             let (k, v) = item?;
-            out.push(decode(k.value(), v.value())?);
+            out.push(self.decode("objects", k.value(), v.value())?);
         }
         Ok(out)
     }
@@ -347,7 +580,7 @@ impl Store {
         let old = {
             let mut table = tx.open_table(OBJECTS)?;
             let old = match table.remove(k.as_str())? {
-                Some(v) => Some(decode(&k, v.value())?),
+                Some(v) => Some(self.decode("objects", &k, v.value())?),
                 None => None,
             };
             let mut events = tx.open_table(EVENTS)?;
@@ -376,7 +609,7 @@ impl Store {
         let updated = {
             let mut table = tx.open_table(OBJECTS)?;
             let current = match table.get(k.as_str())? {
-                Some(v) => Some(decode(&k, v.value())?),
+                Some(v) => Some(self.decode("objects", &k, v.value())?),
                 None => None,
             };
             match current {
@@ -385,7 +618,7 @@ impl Store {
                     let rv = Self::next_rv(&mut meta)?;
                     obj["status"] = status;
                     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-                    let bytes = serde_json::to_vec(&obj).map_err(|e| StoreError::Db(e.to_string()))?;
+                    let bytes = self.encode("objects", &k, &obj)?;
                     table.insert(k.as_str(), bytes.as_slice())?;
                     Some(obj)
                 }
@@ -423,13 +656,14 @@ impl Store {
             for item in table.range(lo.as_str()..hi.as_str())? {
                 let (k, v) = item?;
                 keys.push(k.value().to_string());
-                last = serde_json::from_slice::<Event>(v.value()).ok().map(|e| (k.value().to_string(), e));
+                let plain = self.decode_bytes("events", k.value(), v.value())?;
+                last = serde_json::from_slice::<Event>(&plain).ok().map(|e| (k.value().to_string(), e));
             }
             match last {
                 Some((k, mut e)) if e.reason == reason && e.message == message && e.type_ == type_ => {
                     e.count += 1;
                     e.last_timestamp = now;
-                    let bytes = serde_json::to_vec(&e).map_err(|e| StoreError::Db(e.to_string()))?;
+                    let bytes = self.encode("events", &k, &e)?;
                     table.insert(k.as_str(), bytes.as_slice())?;
                     recorded = e;
                 }
@@ -445,8 +679,9 @@ impl Store {
                         last_timestamp: now,
                         count: 1,
                     };
-                    let bytes = serde_json::to_vec(&e).map_err(|e| StoreError::Db(e.to_string()))?;
-                    table.insert(format!("{prefix}{seq:020}").as_str(), bytes.as_slice())?;
+                    let at = format!("{prefix}{seq:020}");
+                    let bytes = self.encode("events", &at, &e)?;
+                    table.insert(at.as_str(), bytes.as_slice())?;
                     keys.push(String::new());
                     let excess = keys.len().saturating_sub(EVENTS_PER_OBJECT);
                     for old in keys.iter().take(excess) {
@@ -474,7 +709,8 @@ impl Store {
             if namespace.is_some_and(|n| n != ns) {
                 continue;
             }
-            if let Ok(event) = serde_json::from_slice::<Event>(v.value()) {
+            let plain = self.decode_bytes("events", k.value(), v.value())?;
+            if let Ok(event) = serde_json::from_slice::<Event>(&plain) {
                 out.push(ObjectEvent { involved_object: ObjectKey::new(kind, ns, name), event });
             }
         }
@@ -494,8 +730,9 @@ impl Store {
         let (lo, hi) = prefix_range(&format!("{}#", object_key(key)));
         let mut out = Vec::new();
         for item in table.range(lo.as_str()..hi.as_str())? {
-            let (_, v) = item?;
-            if let Ok(e) = serde_json::from_slice(v.value()) {
+            let (k, v) = item?;
+            let plain = self.decode_bytes("events", k.value(), v.value())?;
+            if let Ok(e) = serde_json::from_slice(&plain) {
                 out.push(e);
             }
         }
@@ -507,7 +744,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         {
             let mut table = tx.open_table(RECORDS)?;
-            let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))?;
+            let bytes = self.encode("records", key, value)?;
             table.insert(key, bytes.as_slice())?;
         }
         tx.commit()?;
@@ -534,7 +771,7 @@ impl Store {
         let mut out = Vec::new();
         for item in table.range(lo.as_str()..hi.as_str())? {
             let (k, v) = item?;
-            out.push((k.value().to_string(), decode(k.value(), v.value())?));
+            out.push((k.value().to_string(), self.decode("records", k.value(), v.value())?));
         }
         Ok(out)
     }
@@ -543,6 +780,102 @@ impl Store {
     pub fn count(&self) -> Result<u64, StoreError> {
         let tx = self.db.begin_read()?;
         Ok(tx.open_table(OBJECTS)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod sealed_tests {
+    use super::*;
+
+    const SECRET: &str = "hunter2-in-the-store";
+
+    fn secret() -> Value {
+        json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Secret", "metadata": {"name": "db"},
+               "spec": {"stringData": {"password": SECRET}}})
+    }
+
+    fn contains(path: &Path, needle: &str) -> bool {
+        std::fs::read(path).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn a_plain_store_is_encrypted_on_first_sealed_start_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let plain = Store::open(&path).unwrap();
+            plain.apply(vec![secret()]).unwrap();
+            plain.put_record("replica/default/a/0", &json!({"env": {"PASSWORD": SECRET}})).unwrap();
+            plain.record_event(&ObjectKey::new("Secret", "default", "db"), EventType::Normal, "Made", SECRET).unwrap();
+        }
+        assert!(contains(&path, SECRET), "the old layout holds it in the clear");
+        let ring = Keyring::generate().unwrap();
+        let before = {
+            let store = Store::open_sealed(&path, &ring).unwrap();
+            let got = store.get(&ObjectKey::new("Secret", "default", "db")).unwrap().unwrap();
+            assert_eq!(got["spec"]["stringData"]["password"], SECRET);
+            assert_eq!(store.records("replica/").unwrap()[0].1["env"]["PASSWORD"], SECRET);
+            assert_eq!(store.events(&ObjectKey::new("Secret", "default", "db")).unwrap()[0].message, SECRET);
+            got
+        };
+        assert!(!contains(&path, SECRET), "no value is left in the clear");
+        assert!(matches!(Store::open(&path), Err(StoreError::NoKey { .. })), "no key: refused");
+        let again = Store::open_sealed(&path, &ring).unwrap();
+        assert_eq!(again.get(&ObjectKey::new("Secret", "default", "db")).unwrap().unwrap(), before);
+    }
+
+    #[test]
+    fn a_wrong_key_is_refused_and_leaves_the_file_byte_for_byte_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let ring = Keyring::generate().unwrap();
+        Store::open_sealed(&path, &ring).unwrap().apply(vec![secret()]).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let wrong = Keyring::generate().unwrap();
+        match Store::open_sealed(&path, &wrong) {
+            Err(StoreError::WrongKey { wrapped_by, given, .. }) => {
+                assert_eq!(wrapped_by, ring.active().id());
+                assert_eq!(given, wrong.active().id());
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "unchanged");
+        assert!(Store::open_sealed(&path, &ring).is_ok());
+    }
+
+    #[test]
+    fn rotation_rewraps_every_key_reseals_every_value_and_the_old_key_no_longer_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let old = Keyring::generate().unwrap();
+        let store = Store::open_sealed(&path, &old).unwrap();
+        store.apply(vec![secret()]).unwrap();
+        let new = old.with_first(Keyring::generate().unwrap().active().clone());
+        let done = store.rotate_key(&new).unwrap();
+        assert_eq!((done.key_id.as_str(), done.data_keys, done.values), (new.active().id(), 2, 1));
+        // Still serving, reads and writes, during and after.
+        let key = ObjectKey::new("Secret", "default", "db");
+        assert_eq!(store.get(&key).unwrap().unwrap()["spec"]["stringData"]["password"], SECRET);
+        store.apply(vec![json!({"kind": "Secret", "metadata": {"name": "b"}, "spec": {}})]).unwrap();
+        drop(store);
+        let only_new = Keyring::new(vec![new.active().clone()]).unwrap();
+        let reopened = Store::open_sealed(&path, &only_new).unwrap();
+        assert_eq!(reopened.list("Secret", None).unwrap().len(), 2);
+        drop(reopened);
+        assert!(matches!(Store::open_sealed(&path, &old), Err(StoreError::WrongKey { .. })));
+    }
+
+    #[test]
+    fn a_key_file_with_a_new_first_key_rewraps_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let old = Keyring::generate().unwrap();
+        Store::open_sealed(&path, &old).unwrap().apply(vec![secret()]).unwrap();
+        let both = old.with_first(Keyring::generate().unwrap().active().clone());
+        drop(Store::open_sealed(&path, &both).unwrap());
+        let only_new = Keyring::new(vec![both.active().clone()]).unwrap();
+        let store = Store::open_sealed(&path, &only_new).unwrap();
+        assert_eq!(store.list("Secret", None).unwrap().len(), 1);
     }
 }
 

@@ -86,6 +86,10 @@ pub struct TestPlane {
     pub plane: Option<ControlPlane>,
     pub client: Client,
     pub dir: tempfile::TempDir,
+    /// Holds the store's encryption key, apart from the data directory (the default would be beside it, in /tmp).
+    pub keys: tempfile::TempDir,
+    /// The key source the plane was started with (and is started with again on restart).
+    pub key: capstan_api::keys::KeySource,
 }
 
 impl TestPlane {
@@ -117,10 +121,15 @@ impl TestPlane {
         Self::start_config(dir, PlaneConfig::new(data_dir, "127.0.0.1:0".parse().expect("addr"))).await
     }
 
-    async fn start_config(dir: tempfile::TempDir, cfg: PlaneConfig) -> TestPlane {
+    async fn start_config(dir: tempfile::TempDir, mut cfg: PlaneConfig) -> TestPlane {
+        let keys = tempfile::tempdir().expect("tempdir");
+        if cfg.encryption_key == capstan_api::keys::KeySource::beside(&cfg.data_dir) {
+            cfg.encryption_key = capstan_api::keys::KeySource::File(keys.path().join("state.key"));
+        }
+        let key = cfg.encryption_key.clone();
         let plane = ControlPlane::start(cfg).await.expect("control plane starts");
         let client = Client::new(plane.url(), plane.token());
-        TestPlane { plane: Some(plane), client, dir }
+        TestPlane { plane: Some(plane), client, dir, keys, key }
     }
 
     pub fn plane(&self) -> &ControlPlane {
@@ -163,7 +172,9 @@ impl TestPlane {
         }
         let mut tries = 0;
         let plane = loop {
-            match ControlPlane::start(PlaneConfig::new(data.clone(), "127.0.0.1:0".parse().expect("addr"))).await {
+            let mut cfg = PlaneConfig::new(data.clone(), "127.0.0.1:0".parse().expect("addr"));
+            cfg.encryption_key = self.key.clone();
+            match ControlPlane::start(cfg).await {
                 Ok(p) => break p,
                 Err(e) if tries < 150 => {
                     tries += 1;
@@ -176,7 +187,9 @@ impl TestPlane {
             }
         };
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        TestPlane { client: Client::new(plane.url(), plane.token()), plane: Some(plane), dir }
+        let keys = std::mem::replace(&mut self.keys, tempfile::tempdir().expect("tempdir"));
+        let key = self.key.clone();
+        TestPlane { client: Client::new(plane.url(), plane.token()), plane: Some(plane), dir, keys, key }
     }
 
     pub async fn stop(mut self) {

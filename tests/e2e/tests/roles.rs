@@ -38,7 +38,9 @@ fn expected_rule(method: &Method, path: &str) -> Option<Rule> {
             needs(Read, Each)
         }
         ("POST", "/api/v1/shutdown") => needs(Admin, All),
-        (_, "/api/v1/tokens" | "/api/v1/tokens/{name}" | "/api/v1/audit") => needs(Admin, All),
+        (_, "/api/v1/tokens" | "/api/v1/tokens/{name}" | "/api/v1/audit" | "/api/v1/encryption/rotate") => {
+            needs(Admin, All)
+        }
         ("GET", p) if p.starts_with("/api/v1/namespaces/") => needs(Read, Namespace),
         ("DELETE", "/api/v1/namespaces/{ns}/{plural}/{name}") => needs(Write, Namespace),
         ("POST", "/api/v1/namespaces/{ns}/databases/{name}/restore") => needs(Admin, Namespace),
