@@ -153,8 +153,11 @@ fn json_bytes(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))
 }
 
+/// Data keys as stored: their ids and wrapped bytes.
+type WrappedKeys = Vec<(u32, Vec<u8>)>;
+
 /// The data keys of a store and the active one's id, read without writing anything.
-fn read_data_keys(db: &Database) -> Result<(Vec<(u32, Vec<u8>)>, u32), StoreError> {
+fn read_data_keys(db: &Database) -> Result<(WrappedKeys, u32), StoreError> {
     let tx = db.begin_read()?;
     let keys = match tx.open_table(KEYS) {
         Ok(t) => {
