@@ -36,6 +36,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 # Plain `cargo test` skips the tests that need the tools set up above; here every test runs.
 export CAPSTAN_HEAVY_TESTS=1
+# `capstan up` writes its context into the client configuration: tests keep theirs apart from the user's.
+CAPSTAN_CONFIG="$(mktemp -d)/capstan-config"
+export CAPSTAN_CONFIG
 cargo test --workspace
 # Adding a kind (ARCHITECTURE.md): a throwaway kind, built only with the feature `throwaway-kind`, goes through the
 # checklist and is listed, decoded, validated, stored, reconciled and printed like every kind.

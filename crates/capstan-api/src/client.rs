@@ -1,10 +1,12 @@
-//! The API client used by the CLI and tests: JSON requests and NDJSON streams over HTTP/1.1 with a bearer token.
+//! The API client used by the CLI and tests: JSON requests and NDJSON streams over HTTP/1.1 (TLS verified against
+//! a CA file, or the system's CAs) with a bearer token.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
@@ -27,6 +29,12 @@ pub enum ClientError {
     /// The file naming the running server exists but cannot be read.
     #[error("cannot read {path}: {reason}\n  hint: set CAPSTAN_SERVER, or fix the file's permissions")]
     ServerFile { path: String, reason: String },
+    /// The server's certificate is not vouched for by the CA the client trusts (or does not name the server).
+    #[error("the server at {url} presented a certificate that {ca} does not vouch for: {reason}\n  hint: use the CA file of this server's context (`capstan login {url} --certificate-authority FILE`), or set CAPSTAN_CA_FILE; a local Capstan's CA is <data>/tls/ca.crt")]
+    Certificate { url: String, ca: String, reason: String },
+    /// The CA file cannot be used.
+    #[error("{0}")]
+    Tls(String),
     #[error("{message}")]
     Status { status: StatusCode, message: String, body: Value },
     #[error("bad response from the API: {0}")]
@@ -43,57 +51,110 @@ impl ClientError {
     }
 }
 
+type Http = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Reads a token file; one that other users can read is refused (whoever reads it acts with its rights).
+pub fn read_token_file(path: &Path) -> Result<String, ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let no_token = |e: std::io::Error| ClientError::NoToken(format!("{}: {e}", path.display()));
+    let mode = std::fs::metadata(path).map_err(no_token)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(ClientError::TokenExposed { path: path.display().to_string(), mode: mode & 0o777 });
+    }
+    std::fs::read_to_string(path).map(|t| t.trim().to_string()).map_err(no_token)
+}
+
 /// A client for one Capstan API.
 #[derive(Clone)]
 pub struct Client {
     base: String,
     token: String,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    /// The CA file the server is verified against (`None`: the system's CAs).
+    ca: Option<PathBuf>,
+    /// The connection pool, or why it could not be made (said at the first request).
+    http: Result<Http, String>,
+}
+
+fn http_client(ca: Option<&Path>) -> Result<Http, ClientError> {
+    let tls = crate::tls::client_config(ca).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    Ok(HyperClient::builder(TokioExecutor::new()).build(https))
 }
 
 impl Client {
+    /// A client trusting the system's CAs for `https://` (plain `http://` is dialled as it is).
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
         Client {
             base: base.into().trim_end_matches('/').to_string(),
             token: token.into(),
-            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            ca: None,
+            http: http_client(None).map_err(|e| e.to_string()),
         }
     }
 
-    /// Finds the API from the environment: CAPSTAN_SERVER / CAPSTAN_TOKEN, else the files `capstan up` wrote
-    /// into the data directory.
-    pub fn discover(data_dir: &Path, server: Option<String>, token: Option<String>) -> Result<Client, ClientError> {
+    /// A client that verifies the server against the certificates of `ca` (PEM).
+    pub fn with_ca(base: impl Into<String>, token: impl Into<String>, ca: Option<&Path>) -> Result<Self, ClientError> {
+        Ok(Client {
+            base: base.into().trim_end_matches('/').to_string(),
+            token: token.into(),
+            ca: ca.map(Path::to_path_buf),
+            http: Ok(http_client(ca)?),
+        })
+    }
+
+    /// Finds the API of a data directory: the URL and CA that `capstan up` wrote into it (`server` overrides the
+    /// URL, and its CA is used only when the URL is the same), and its token (`token` overrides it). `ca` names a
+    /// CA file to trust instead.
+    pub fn discover(
+        data_dir: &Path,
+        server: Option<String>,
+        token: Option<String>,
+        ca: Option<PathBuf>,
+    ) -> Result<Client, ClientError> {
+        // No file: the default address. A file that cannot be read is an error, not "no server".
+        let path = data_dir.join(SERVER_FILE);
+        let written = match std::fs::read_to_string(&path) {
+            Ok(t) => serde_json::from_str::<Value>(&t).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ClientError::ServerFile { path: path.display().to_string(), reason: e.to_string() }),
+        };
+        let written_url = written.as_ref().and_then(|v| v["url"].as_str().map(str::to_string));
+        let written_ca = written.as_ref().and_then(|v| v["ca"].as_str().map(PathBuf::from));
         let base = match server {
             Some(s) => s,
-            None => {
-                // No file: the default address. A file that cannot be read is an error, not "no server".
-                let path = data_dir.join(SERVER_FILE);
-                let text = match std::fs::read_to_string(&path) {
-                    Ok(t) => Some(t),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => {
-                        return Err(ClientError::ServerFile { path: path.display().to_string(), reason: e.to_string() })
-                    }
-                };
-                text.and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                    .and_then(|v| v["url"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
-            }
+            None => written_url.clone().unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}")),
         };
+        let ca = ca.or_else(|| {
+            let same = written_url.as_deref().map(|u| u.trim_end_matches('/')) == Some(base.trim_end_matches('/'));
+            written_ca.filter(|_| same)
+        });
         let token = match token {
             Some(t) => t,
-            None => {
-                let path = data_dir.join(TOKEN_FILE);
-                let no_token = |e: std::io::Error| ClientError::NoToken(format!("{}: {e}", path.display()));
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(&path).map_err(no_token)?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    return Err(ClientError::TokenExposed { path: path.display().to_string(), mode: mode & 0o777 });
-                }
-                std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(no_token)?
-            }
+            None => read_token_file(&data_dir.join(TOKEN_FILE))?,
         };
-        Ok(Client::new(base, token))
+        Client::with_ca(base, token, ca.as_deref())
+    }
+
+    /// What a failed connection says: a certificate the CA does not vouch for is named as such, with the server
+    /// and the CA file.
+    fn connect_error(&self, e: &(dyn std::error::Error + 'static)) -> ClientError {
+        let mut chain = Vec::new();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = next {
+            chain.push(err.to_string());
+            next = err.source();
+        }
+        let reason = chain.get(1).cloned().unwrap_or_else(|| chain.join(": "));
+        let all = chain.join(": ");
+        if all.contains("certificate") || all.contains("Certificate") {
+            let ca = match &self.ca {
+                Some(f) => format!("the CA file {}", f.display()),
+                None => "the system's CAs".into(),
+            };
+            let reason = chain.iter().rev().find(|c| c.contains("ertificate")).cloned().unwrap_or(reason);
+            return ClientError::Certificate { url: self.base.clone(), ca, reason };
+        }
+        ClientError::Connect { url: self.base.clone(), reason }
     }
 
     pub fn base(&self) -> &str {
@@ -120,10 +181,8 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(bytes))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let res = self.http.request(req).await.map_err(|e| ClientError::Connect {
-            url: self.base.clone(),
-            reason: std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()),
-        })?;
+        let http = self.http.as_ref().map_err(|e| ClientError::Tls(e.clone()))?;
+        let res = http.request(req).await.map_err(|e| self.connect_error(&e))?;
         if res.status().is_success() {
             return Ok(res);
         }
@@ -195,14 +254,15 @@ mod discover_tests {
         let path = dir.path().join(TOKEN_FILE);
         std::fs::write(&path, "abc\n").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let e = Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), None).err().expect("refused");
+        let e = Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), None, None).err().expect("refused");
         let text = e.to_string();
         assert!(text.contains("can be read by other users (mode 644)") && text.contains("chmod 600"), "{text}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let c = Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), None).expect("a private token is used");
+        let c = Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), None, None)
+            .expect("a private token is used");
         assert_eq!(c.token, "abc");
         // A token given by the environment is the caller's business.
-        assert!(Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), Some("t".into())).is_ok());
+        assert!(Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), Some("t".into()), None).is_ok());
     }
 
     #[test]
@@ -210,10 +270,10 @@ mod discover_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // A directory where the file should be: reading it fails with something other than "not found".
         std::fs::create_dir(dir.path().join(SERVER_FILE)).expect("mkdir");
-        let e = Client::discover(dir.path(), None, Some("t".into())).err().expect("an error");
+        let e = Client::discover(dir.path(), None, Some("t".into()), None).err().expect("an error");
         assert!(e.to_string().contains("cannot read"), "{e}");
         std::fs::remove_dir(dir.path().join(SERVER_FILE)).expect("rmdir");
-        let c = Client::discover(dir.path(), None, Some("t".into())).expect("no file: the default");
+        let c = Client::discover(dir.path(), None, Some("t".into()), None).expect("no file: the default");
         assert_eq!(c.base(), format!("http://{DEFAULT_LISTEN}"));
     }
 }

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod alerts;
 pub mod audit;
 pub mod client;
+pub mod contexts;
 pub mod discovery;
 pub mod error;
 pub mod keys;
@@ -15,6 +16,7 @@ pub mod prometheus;
 pub mod queries;
 pub mod redact;
 pub mod server;
+pub mod tls;
 pub mod tokens;
 pub mod volume_sync;
 

@@ -71,7 +71,15 @@ fn now_ms() -> i64 {
 }
 
 /// The targets to scrape now: every replica with `spec.metrics`, and Capstan's own `/metrics`.
-fn current_targets(shared: &Shared, self_addr: std::net::SocketAddr) -> Result<Vec<Target>, capstan_store::StoreError> {
+/// How the monitor reaches Capstan's own `/metrics`: its address, its scheme, and the CA of its certificate.
+#[derive(Clone)]
+pub struct SelfTarget {
+    pub addr: std::net::SocketAddr,
+    pub scheme: &'static str,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+fn current_targets(shared: &Shared, me: &SelfTarget) -> Result<Vec<Target>, capstan_store::StoreError> {
     let mut out = Vec::new();
     for g in crate::discovery::targets(&shared.store, &shared.runtime)? {
         let get = |k: &str| g.labels.get(k).cloned().unwrap_or_default();
@@ -89,9 +97,15 @@ fn current_targets(shared: &Shared, self_addr: std::net::SocketAddr) -> Result<V
             });
         }
     }
-    let instance = self_addr.to_string();
+    let instance = me.addr.to_string();
+    // An address that listens everywhere is dialled on the loopback (which the certificate names).
+    let dial = match me.addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => format!("127.0.0.1:{}", me.addr.port()),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => format!("[::1]:{}", me.addr.port()),
+        _ => instance.clone(),
+    };
     out.push(Target {
-        url: format!("http://{instance}/metrics"),
+        url: format!("{}://{dial}/metrics", me.scheme),
         labels: Labels::new([("job", "capstan"), ("instance", instance.as_str())]),
         interval: Duration::from_secs(15),
         timeout: Duration::from_secs(10),
@@ -117,18 +131,12 @@ impl Monitor {
 
     /// Starts scraping into `db`, snapshotting to `path`: a clock on the shared runner that keeps one scrape task
     /// per target in step with the targets every second, and runs retention and snapshots.
-    pub fn spawn(
-        shared: Arc<Shared>,
-        db: Arc<Tsdb>,
-        path: PathBuf,
-        self_addr: std::net::SocketAddr,
-        cfg: MonitorConfig,
-    ) -> Monitor {
+    pub fn spawn(shared: Arc<Shared>, db: Arc<Tsdb>, path: PathBuf, me: SelfTarget, cfg: MonitorConfig) -> Monitor {
         let now = tokio::time::Instant::now();
         let scraper = Scraper {
             shared,
             db: db.clone(),
-            self_addr,
+            me,
             cfg,
             path: path.clone(),
             client: None,
@@ -152,7 +160,7 @@ impl Monitor {
 struct Scraper {
     shared: Arc<Shared>,
     db: Arc<Tsdb>,
-    self_addr: std::net::SocketAddr,
+    me: SelfTarget,
     cfg: MonitorConfig,
     path: PathBuf,
     /// Built at the first tick (a failure is retried with the runner's backoff).
@@ -175,15 +183,21 @@ impl capstan_engine::runner::Periodic for Scraper {
         let client = match &self.client {
             Some(c) => c.clone(),
             None => {
-                let c = reqwest::Client::builder().no_proxy().build().map_err(|e| {
+                let failed = |e: reqwest::Error| {
                     capstan_engine::runner::ReconcileError::Other(format!("cannot build an HTTP client: {e}"))
-                })?;
+                };
+                let mut b = reqwest::Client::builder().no_proxy();
+                // Capstan's own certificate is signed by its local CA.
+                if let Some(pem) = &self.me.ca_pem {
+                    b = b.add_root_certificate(reqwest::Certificate::from_pem(pem).map_err(failed)?);
+                }
+                let c = b.build().map_err(failed)?;
                 self.client = Some(c.clone());
                 c
             }
         };
         // Targets that cannot be listed are not taken for gone: the scrape tasks keep running, and the tick is retried.
-        let wanted: HashMap<String, Target> = current_targets(&self.shared, self.self_addr)?
+        let wanted: HashMap<String, Target> = current_targets(&self.shared, &self.me)?
             .into_iter()
             .map(|t| (format!("{}|{}", t.url, t.labels), t))
             .collect();

@@ -38,6 +38,8 @@ pub struct PlaneConfig {
     pub query: crate::queries::QuerySettings,
     /// The key that encrypts the store (default: the file `<data>.key` beside the data directory).
     pub encryption_key: crate::keys::KeySource,
+    /// How the API serves: TLS with a local CA by default; plain HTTP only on a loopback address.
+    pub tls: crate::tls::ApiTls,
 }
 
 impl PlaneConfig {
@@ -52,6 +54,7 @@ impl PlaneConfig {
             api_max_connections: capstan_proxy::gate::DEFAULT_API_MAX_CONNECTIONS,
             query: Default::default(),
             encryption_key: crate::keys::KeySource::beside(&data_dir),
+            tls: crate::tls::ApiTls::Auto { sans: Vec::new() },
             data_dir,
         }
     }
@@ -76,6 +79,13 @@ pub enum PlaneError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Plain HTTP on an address others can reach.
+    #[error("--listen {addr} is reachable from other machines, and the API would serve it without TLS: tokens would cross the network in the clear\n  hint: leave TLS on (drop --plain-http): Capstan makes a local CA and a certificate; --tls-san adds the names clients use, or give --tls-cert-file and --tls-private-key-file")]
+    PlainHttp { addr: SocketAddr },
+    #[error("cannot serve the Unix socket {path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
     #[error("API tokens: {0}")]
     Tokens(#[from] crate::tokens::TokenError),
     /// The initial batch was refused; nothing was started.
@@ -225,7 +235,12 @@ pub struct ControlPlane {
     controllers: Vec<capstan_engine::runner::Handle>,
     monitor: Option<crate::monitor::Monitor>,
     server: JoinHandle<()>,
+    /// The Unix socket's accept loop, and the socket's path.
+    local: JoinHandle<()>,
+    socket: PathBuf,
     addr: SocketAddr,
+    url: String,
+    ca_file: Option<PathBuf>,
     data_dir: PathBuf,
     shutdown_rx: watch::Receiver<Option<bool>>,
     applied: Vec<(ObjectKey, ApplyAction)>,
@@ -254,6 +269,9 @@ fn load_or_create_token(path: &Path) -> Result<String, PlaneError> {
 impl ControlPlane {
     /// Opens the store, adopts surviving replicas, starts the controller and the API server.
     pub async fn start(cfg: PlaneConfig) -> Result<ControlPlane, PlaneError> {
+        if cfg.tls == crate::tls::ApiTls::Off && !cfg.listen.ip().is_loopback() {
+            return Err(PlaneError::PlainHttp { addr: cfg.listen });
+        }
         let fresh = !cfg.data_dir.exists();
         let dir_err = |source| PlaneError::DataDir { path: cfg.data_dir.clone(), source };
         std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err)?;
@@ -271,12 +289,21 @@ impl ControlPlane {
             .map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| PlaneError::Listen { addr: cfg.listen, source })?;
 
+        let tls = crate::tls::serve(&cfg.data_dir, addr, &cfg.tls)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        // Clients dial an address that listens everywhere on the loopback (which the certificate names).
+        let url = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => format!("{scheme}://127.0.0.1:{}", addr.port()),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => format!("{scheme}://[::1]:{}", addr.port()),
+            _ => format!("{scheme}://{addr}"),
+        };
+        let ca_file = tls.as_ref().and_then(|t| t.ca_file.clone());
+        let (unix, socket) = crate::listen::bind_unix(&cfg.data_dir)
+            .map_err(|source| PlaneError::Socket { path: cfg.data_dir.join(crate::listen::SOCKET_FILE), source })?;
+
         crate::volume_sync::release_stale_holds(&store)?;
         // Links in notifications must work from elsewhere: an unspecified address (0.0.0.0) is not one to visit.
-        let external = match addr.ip().is_unspecified() {
-            true => format!("http://127.0.0.1:{}", addr.port()),
-            false => format!("http://{addr}"),
-        };
+        let external = url.clone();
         let alerting =
             Arc::new(crate::alerts::Alerting::load(&store, cfg.external_url.as_deref().unwrap_or(&external))?);
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
@@ -350,10 +377,15 @@ impl ControlPlane {
             rotating: Default::default(),
         });
         let app = crate::server::router(shared.clone());
-        let server = tokio::spawn(crate::listen::serve(listener, app, api_gate));
-        let monitor = crate::monitor::Monitor::spawn(shared.clone(), metrics, metrics_path, addr, cfg.monitoring);
-        let url = format!("http://{addr}");
-        let info = serde_json::json!({ "url": url, "pid": std::process::id() });
+        let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
+        let server = tokio::spawn(crate::listen::serve(listener, app.clone(), api_gate.clone(), acceptor));
+        let local = tokio::spawn(crate::listen::serve_unix(unix, app, api_gate));
+        let ca_pem = ca_file.as_ref().and_then(|f| std::fs::read(f).ok());
+        let me = crate::monitor::SelfTarget { addr, scheme, ca_pem };
+        let monitor = crate::monitor::Monitor::spawn(shared.clone(), metrics, metrics_path, me, cfg.monitoring);
+        let info = serde_json::json!({
+            "url": url, "pid": std::process::id(), "ca": ca_file, "socket": socket,
+        });
         let _ = std::fs::write(cfg.data_dir.join(SERVER_FILE), info.to_string());
         tracing::info!(%url, data = %cfg.data_dir.display(), "capstan control plane is up");
         Ok(ControlPlane {
@@ -365,7 +397,11 @@ impl ControlPlane {
                 .collect(),
             monitor: Some(monitor),
             server,
+            local,
+            socket,
             addr,
+            url,
+            ca_file,
             data_dir: cfg.data_dir,
             shutdown_rx,
             applied,
@@ -381,8 +417,19 @@ impl ControlPlane {
         self.addr
     }
 
+    /// The API's URL: `https://` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
+    }
+
+    /// The local CA's certificate, when the API's certificate is Capstan's own.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// The Unix socket serving the API in the data directory.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     pub fn token(&self) -> &str {
@@ -449,6 +496,8 @@ impl ControlPlane {
         self.shared.shutdown.send_replace(Some(keep_workloads));
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         self.server.abort();
+        self.local.abort();
+        let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(self.data_dir.join(SERVER_FILE));
     }
 }

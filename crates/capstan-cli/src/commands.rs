@@ -2,6 +2,7 @@
 
 mod apply;
 mod audit;
+mod config;
 mod db;
 mod delete;
 mod describe;
@@ -46,12 +47,40 @@ use up::up;
 use version::version;
 use volume::volume_sync;
 
+/// The API client, found as kubectl finds its cluster: `--context` (or CAPSTAN_CONTEXT) names a context; a server
+/// (`--server`, CAPSTAN_SERVER) or a data directory (`--data`, CAPSTAN_DATA) given explicitly comes next; then the
+/// configuration's current context; then the default data directory. CAPSTAN_TOKEN and CAPSTAN_CA_FILE override
+/// the token and the CA file.
+fn resolve_client(
+    cli_data: Option<&std::path::Path>,
+    data: &std::path::Path,
+    server: Option<String>,
+    context: Option<&str>,
+) -> Result<Client> {
+    use capstan_api::contexts::{config_path, Config};
+    let token = std::env::var("CAPSTAN_TOKEN").ok().filter(|t| !t.is_empty());
+    let ca = std::env::var_os("CAPSTAN_CA_FILE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let fail = |e: &dyn std::fmt::Display| -> anyhow::Error { Failure::fail(format!("error: {e}")).into() };
+    if let Some(name) = context {
+        let path = config_path();
+        let cfg = Config::load(&path).map_err(|e| fail(&e))?;
+        return cfg.get(name, &path).map_err(|e| fail(&e))?.client(token).map_err(|e| fail(&e));
+    }
+    if server.is_some() || cli_data.is_some() {
+        return Client::discover(data, server, token, ca).map_err(|e| fail(&e));
+    }
+    let path = config_path();
+    let cfg = Config::load(&path).map_err(|e| fail(&e))?;
+    if let Some(current) = cfg.current(&path).map_err(|e| fail(&e))? {
+        return current.client(token).map_err(|e| fail(&e));
+    }
+    Client::discover(data, None, token, ca).map_err(|e| fail(&e))
+}
+
 pub async fn run(cli: Cli) -> Result<u8> {
     let data = data_dir(cli.data.clone());
-    let client = || -> Result<Client> {
-        Client::discover(&data, cli.server.clone(), std::env::var("CAPSTAN_TOKEN").ok())
-            .map_err(|e| Failure::fail(format!("error: {e}")).into())
-    };
+    let client =
+        || -> Result<Client> { resolve_client(cli.data.as_deref(), &data, cli.server.clone(), cli.context.as_deref()) };
     match cli.command {
         Command::Up {
             paths,
@@ -67,6 +96,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
             query_max_concurrency,
             encryption_key_file,
             encryption_key_command,
+            tls_sans,
+            tls_cert_file,
+            tls_private_key_file,
+            plain_http,
         } => {
             let bootstrap = git.map(|url| crate::gitops::bootstrap_objects(&url, &branch, &path));
             let mut cfg = PlaneConfig::new(data.clone(), listen);
@@ -84,6 +117,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
             if let Some(c) = encryption_key_command {
                 cfg.encryption_key = capstan_api::keys::KeySource::Command(c);
             }
+            cfg.tls = match (plain_http, tls_cert_file, tls_private_key_file) {
+                (true, _, _) => capstan_api::tls::ApiTls::Off,
+                (false, Some(cert), Some(key)) => capstan_api::tls::ApiTls::Files { cert, key },
+                _ => capstan_api::tls::ApiTls::Auto { sans: tls_sans },
+            };
             up(cfg, paths, bootstrap).await
         }
         Command::Render { paths, target, output } => crate::gitops::render_cmd(&paths, &target, &output),
@@ -280,6 +318,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
             audit(&client()?, since.as_deref(), user.as_deref(), kind.as_deref(), &output).await
         }
         Command::Token { action } => token(&client()?, action).await,
+        Command::Login { server, token_file, certificate_authority, name } => {
+            config::login(&server, &token_file, certificate_authority.as_deref(), name).await
+        }
+        Command::Config { action } => config::config(action),
         Command::Secrets { action: crate::SecretsCommand::RotateKey } => {
             let done = client()?.post("/api/v1/encryption/rotate", json!({})).await.map_err(api_failure)?;
             println!(

@@ -201,7 +201,7 @@ pub async fn operator(s: OperatorSettings) -> Result<u8> {
     // The probe listener admits connections through a gate of its own (header timeout, a cap), as every
     // listener of Capstan does.
     let gate = capstan_proxy::gate::Gate::new(256, capstan_proxy::gate::DEFAULT_HEADER_TIMEOUT, Default::default());
-    tokio::spawn(capstan_api::listen::serve(listener, app, gate.listener("probes", 64)));
+    tokio::spawn(capstan_api::listen::serve(listener, app, gate.listener("probes", 64), None));
     eprintln!(
         "capstan operator {} on {} (lease {}/{})",
         cfg.identity,

@@ -53,9 +53,12 @@ pub struct Cli {
     /// Data directory (state, logs, token). Defaults to $XDG_DATA_HOME/capstan or ~/.local/share/capstan.
     #[arg(long, global = true, env = "CAPSTAN_DATA")]
     pub data: Option<PathBuf>,
-    /// API URL of a running control plane; found through the data directory when not given.
+    /// API URL of a running control plane; found through the context or the data directory when not given.
     #[arg(long, global = true, env = "CAPSTAN_SERVER")]
     pub server: Option<String>,
+    /// The context of the client configuration to use (default: its current context).
+    #[arg(long, global = true, env = "CAPSTAN_CONTEXT")]
+    pub context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -108,6 +111,18 @@ pub enum Command {
         /// plugin: `--encryption-key-command 'vault kv get -field=key secret/capstan'`.
         #[arg(long, env = "CAPSTAN_ENCRYPTION_KEY_COMMAND")]
         encryption_key_command: Option<String>,
+        /// A name (DNS or IP) clients use for the API, added to the certificate Capstan makes. Repeatable.
+        #[arg(long = "tls-san")]
+        tls_sans: Vec<String>,
+        /// Serve the API with this certificate chain (PEM) instead of one from Capstan's local CA.
+        #[arg(long, requires = "tls_private_key_file", conflicts_with = "plain_http")]
+        tls_cert_file: Option<std::path::PathBuf>,
+        /// The private key (PEM) of --tls-cert-file.
+        #[arg(long, requires = "tls_cert_file")]
+        tls_private_key_file: Option<std::path::PathBuf>,
+        /// Serve the API over plain HTTP: refused unless --listen is a loopback address.
+        #[arg(long, conflicts_with = "tls_sans")]
+        plain_http: bool,
     },
     /// Print the objects a Sync would apply from PATH: variables substituted, everything validated.
     #[command(display_order = 18)]
@@ -414,6 +429,29 @@ pub enum Command {
         #[command(subcommand)]
         action: SecretsCommand,
     },
+    /// Add a context for a Capstan API to the client configuration and make it current: the server is checked
+    /// with the token (and the CA) before anything is written.
+    #[command(display_order = 30)]
+    Login {
+        /// The API's URL, such as https://capstan.example.com:7470.
+        server: String,
+        /// The file holding the token (from `capstan token create`); must not be readable by others.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The CA file to verify the server with (a local Capstan's is <data>/tls/ca.crt); the system's CAs
+        /// when left out.
+        #[arg(long)]
+        certificate_authority: Option<PathBuf>,
+        /// The context's name; the server's host and port when left out.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show and switch the contexts of the client configuration (~/.config/capstan/config, or $CAPSTAN_CONFIG).
+    #[command(display_order = 31)]
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
     /// Make, list and revoke named API tokens (admin only): each with a role, one namespace or all, and an expiry.
     #[command(display_order = 28)]
     Token {
@@ -430,6 +468,16 @@ pub enum Command {
         #[arg(short, long, default_value = "table")]
         output: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// List the contexts; the current one is marked with *.
+    GetContexts,
+    /// Make a context the current one.
+    UseContext { name: String },
+    /// Print the current context's name.
+    CurrentContext,
 }
 
 #[derive(Subcommand, Debug)]

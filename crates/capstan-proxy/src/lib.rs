@@ -352,6 +352,7 @@ async fn connection(
                 let (entry, client) = (entry.clone(), client.clone());
                 async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, client).await) }
             });
+            let _ = stream.set_nodelay(true);
             serve::serve_http(stream, admitted, svc).await;
         }
     }

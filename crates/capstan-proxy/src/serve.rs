@@ -39,14 +39,14 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
 /// A client connection whose writes give up when the client reads nothing for `timeout` (nginx's
 /// `send_timeout`): a response nobody reads cannot hold its connection, and the replica's, busy for ever.
-pub struct TimedIo {
-    inner: tokio::net::TcpStream,
+pub struct TimedIo<IO = tokio::net::TcpStream> {
+    inner: IO,
     timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl TimedIo {
-    pub fn new(inner: tokio::net::TcpStream, timeout: Duration) -> TimedIo {
+impl<IO> TimedIo<IO> {
+    pub fn new(inner: IO, timeout: Duration) -> TimedIo<IO> {
         TimedIo { inner, timeout, stalled: None }
     }
 
@@ -72,7 +72,7 @@ impl TimedIo {
     }
 }
 
-impl tokio::io::AsyncRead for TimedIo {
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for TimedIo<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -82,7 +82,7 @@ impl tokio::io::AsyncRead for TimedIo {
     }
 }
 
-impl tokio::io::AsyncWrite for TimedIo {
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for TimedIo<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.watch(cx, polled)
@@ -111,9 +111,11 @@ impl tokio::io::AsyncWrite for TimedIo {
     }
 }
 
-/// Serves `stream` with `service` until the client closes it, its headers time out, or the gate evicts it.
-pub async fn serve_http<S, B>(stream: tokio::net::TcpStream, admitted: Admitted, service: S)
+/// Serves `stream` (a TCP connection, or TLS over one, or a Unix socket's) with `service` until the client closes
+/// it, its headers time out, or the gate evicts it.
+pub async fn serve_http<IO, S, B>(stream: IO, admitted: Admitted, service: S)
 where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -121,7 +123,6 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let _ = stream.set_nodelay(true);
     let timeout = admitted.listener().gate().header_timeout();
     let stream = TimedIo::new(stream, admitted.listener().gate().send_timeout());
     let slot = std::sync::Arc::new(admitted);

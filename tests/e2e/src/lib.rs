@@ -90,6 +90,8 @@ pub struct TestPlane {
     pub keys: tempfile::TempDir,
     /// The key source the plane was started with (and is started with again on restart).
     pub key: capstan_api::keys::KeySource,
+    /// How its API serves (plain HTTP on the loopback unless a test asks for TLS), kept across restarts.
+    pub tls: capstan_api::tls::ApiTls,
 }
 
 impl TestPlane {
@@ -113,12 +115,16 @@ impl TestPlane {
     pub async fn start_with(configure: impl FnOnce(&mut PlaneConfig)) -> TestPlane {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = PlaneConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
+        cfg.tls = capstan_api::tls::ApiTls::Off;
         configure(&mut cfg);
         Self::start_config(dir, cfg).await
     }
 
     async fn start_at(dir: tempfile::TempDir, data_dir: PathBuf) -> TestPlane {
-        Self::start_config(dir, PlaneConfig::new(data_dir, "127.0.0.1:0".parse().expect("addr"))).await
+        let mut cfg = PlaneConfig::new(data_dir, "127.0.0.1:0".parse().expect("addr"));
+        // In-process tests speak plain HTTP on the loopback; the TLS tests ask for it.
+        cfg.tls = capstan_api::tls::ApiTls::Off;
+        Self::start_config(dir, cfg).await
     }
 
     async fn start_config(dir: tempfile::TempDir, mut cfg: PlaneConfig) -> TestPlane {
@@ -126,10 +132,10 @@ impl TestPlane {
         if cfg.encryption_key == capstan_api::keys::KeySource::beside(&cfg.data_dir) {
             cfg.encryption_key = capstan_api::keys::KeySource::File(keys.path().join("state.key"));
         }
-        let key = cfg.encryption_key.clone();
+        let (key, tls) = (cfg.encryption_key.clone(), cfg.tls.clone());
         let plane = ControlPlane::start(cfg).await.expect("control plane starts");
-        let client = Client::new(plane.url(), plane.token());
-        TestPlane { plane: Some(plane), client, dir, keys, key }
+        let client = Client::with_ca(plane.url(), plane.token(), plane.ca_file()).expect("a client");
+        TestPlane { plane: Some(plane), client, dir, keys, key, tls }
     }
 
     pub fn plane(&self) -> &ControlPlane {
@@ -138,12 +144,17 @@ impl TestPlane {
 
     /// Runs the `capstan` command line against this plane (its URL and token) and waits for it.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(bin("capstan-e2e-cli"))
-            .args(args)
+        let mut cmd = std::process::Command::new(bin("capstan-e2e-cli"));
+        cmd.args(args)
             .env("CAPSTAN_SERVER", self.plane().url())
             .env("CAPSTAN_TOKEN", self.plane().token())
-            .output()
-            .expect("the capstan CLI runs")
+            .env("CAPSTAN_CONFIG", self.keys.path().join("client-config"))
+            .env_remove("CAPSTAN_CONTEXT");
+        match self.plane().ca_file() {
+            Some(ca) => cmd.env("CAPSTAN_CA_FILE", ca),
+            None => cmd.env_remove("CAPSTAN_CA_FILE"),
+        };
+        cmd.output().expect("the capstan CLI runs")
     }
 
     /// Applies manifests given as YAML text; panics with the diagnostics if refused.
@@ -174,6 +185,7 @@ impl TestPlane {
         let plane = loop {
             let mut cfg = PlaneConfig::new(data.clone(), "127.0.0.1:0".parse().expect("addr"));
             cfg.encryption_key = self.key.clone();
+            cfg.tls = self.tls.clone();
             match ControlPlane::start(cfg).await {
                 Ok(p) => break p,
                 Err(e) if tries < 150 => {
@@ -188,8 +200,9 @@ impl TestPlane {
         };
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
         let keys = std::mem::replace(&mut self.keys, tempfile::tempdir().expect("tempdir"));
-        let key = self.key.clone();
-        TestPlane { client: Client::new(plane.url(), plane.token()), plane: Some(plane), dir, keys, key }
+        let (key, tls) = (self.key.clone(), self.tls.clone());
+        let client = Client::with_ca(plane.url(), plane.token(), plane.ca_file()).expect("a client");
+        TestPlane { client, plane: Some(plane), dir, keys, key, tls }
     }
 
     pub async fn stop(mut self) {

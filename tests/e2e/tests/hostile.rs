@@ -264,7 +264,18 @@ async fn idle_connections_cannot_exhaust_capstan() {
         .arg("-c")
         .arg(r#"ulimit -n 1024 && exec "$0" "$@""#)
         .arg(bin("capstan-e2e-cli"))
-        .args(["up", "--listen", "127.0.0.1:0", "--header-timeout", "120", "--api-max-connections", "64"])
+        // Plain HTTP on the loopback: the flood below opens bare TCP connections, and /metrics is read with curl-like
+        // plain requests.
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--plain-http",
+            "--header-timeout",
+            "120",
+            "--api-max-connections",
+            "64",
+        ])
         .arg(&manifest)
         .env("CAPSTAN_DATA", &state)
         .stdout(std::process::Stdio::null())
@@ -274,7 +285,7 @@ async fn idle_connections_cannot_exhaust_capstan() {
     let capstan = Guarded(child);
     let pid = capstan.id();
     let client = eventually("capstan is up", T, || async {
-        let c = capstan_api::Client::discover(&state, None, None).ok()?;
+        let c = capstan_api::Client::discover(&state, None, None, None).ok()?;
         c.get("/version").await.ok().map(|_| c)
     })
     .await;

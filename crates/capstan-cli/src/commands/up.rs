@@ -41,6 +41,17 @@ pub(super) async fn up(mut cfg: PlaneConfig, paths: Vec<String>, bootstrap: Opti
         );
     }
     println!("capstan is up: API {} (data {})", plane.url(), data.display());
+    // The local administrator's context, so that the CLI finds this Capstan from anywhere.
+    let name = match data == crate::data_dir(None) {
+        true => "local".to_string(),
+        false => format!("local-{}", data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+    };
+    let absolute = std::fs::canonicalize(&data).unwrap_or_else(|_| data.clone());
+    let token_file = absolute.join(capstan_api::TOKEN_FILE);
+    match super::config::write_local_context(&name, &plane.url(), plane.ca_file(), &token_file) {
+        Ok(path) => println!("  context {name} is current in {path}"),
+        Err(e) => eprintln!("warning: the client configuration was not written: {e}"),
+    }
     println!("  try: capstan get apps    stop: Ctrl-C (stops every replica)");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let keep = tokio::select! {
