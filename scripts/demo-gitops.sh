@@ -28,7 +28,7 @@ capstan up --git "file://$REPO" --listen "$LISTEN" &
 UP=$!
 # However the script ends (Ctrl-C, a failed step), Capstan is stopped and stops every replica.
 trap 'kill -INT $UP 2>/dev/null || true; wait $UP 2>/dev/null || true' EXIT
-export CAPSTAN_SERVER="http://$LISTEN"
+export CAPSTAN_SERVER="https://$LISTEN"
 for _ in $(seq 1 100); do
   capstan get apps >/dev/null 2>&1 && break
   kill -0 $UP 2>/dev/null || { wait $UP; exit $?; }

@@ -26,7 +26,7 @@ capstan up examples/ha-stack --listen "$LISTEN" &
 UP=$!
 # However the script ends (Ctrl-C, a failed step), Capstan is stopped and stops every replica.
 trap 'kill -INT $UP 2>/dev/null || true; wait $UP 2>/dev/null || true' EXIT
-export CAPSTAN_SERVER="http://$LISTEN"
+export CAPSTAN_SERVER="https://$LISTEN"
 echo "== waiting for the stack (PostgreSQL, then two Teamboard nodes)"
 for i in $(seq 1 1800); do
   curl -fsS "$WEB/status" >/dev/null 2>&1 && break

@@ -124,7 +124,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             };
             up(cfg, paths, bootstrap).await
         }
-        Command::Render { paths, target, output } => crate::gitops::render_cmd(&paths, &target, &output),
+        Command::Render { paths, target, output, rbac } => crate::gitops::render_cmd(&paths, &target, &output, rbac),
         Command::ServeModel {
             model_name,
             model_base_path,

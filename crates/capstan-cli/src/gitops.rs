@@ -86,14 +86,19 @@ pub fn render_manifests(ms: &[capstan_model::Manifest]) -> Result<Vec<Value>> {
 }
 
 /// `capstan render --target kubernetes PATH…`: the Kubernetes objects for the objects in PATH.
-pub fn render_cmd(paths: &[String], target: &str, output: &str) -> Result<u8> {
+pub fn render_cmd(paths: &[String], target: &str, output: &str, rbac: bool) -> Result<u8> {
     if target != "kubernetes" {
         return Err(
             Failure::invalid(format!("error: unknown target `{target}`\n  hint: use --target kubernetes")).into()
         );
     }
-    let ms = build_paths(paths, &BuildOptions::default())?;
-    let objects = render_manifests(&ms)?;
+    let mut objects = match paths.is_empty() {
+        true => Vec::new(),
+        false => render_manifests(&build_paths(paths, &BuildOptions::default())?)?,
+    };
+    if rbac {
+        objects.extend(capstan_kubernetes::roles::cluster_roles());
+    }
     match output {
         "json" => println!("{}", serde_json::to_string_pretty(&objects).unwrap_or_default()),
         "yaml" => objects.iter().for_each(|o| print!("{}", capstan_model::yaml::to_yaml_string(o))),

@@ -162,11 +162,15 @@ pub enum Command {
     /// (StatefulSets, Services, Ingress, PodDisruptionBudgets, claims, NetworkPolicies).
     #[command(display_order = 19)]
     Render {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "rbac")]
         paths: Vec<String>,
         /// Only `kubernetes` today.
         #[arg(long, default_value = "kubernetes")]
         target: String,
+        /// Also print the embedded roles (viewer, deployer, secrets-reader, admin) as ClusterRoles, to bind per
+        /// namespace with RoleBindings (docs/security.md).
+        #[arg(long)]
+        rbac: bool,
         /// yaml or json.
         #[arg(short, long, default_value = "yaml")]
         output: String,

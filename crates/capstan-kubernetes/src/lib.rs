@@ -6,5 +6,6 @@ pub mod crd;
 pub mod operator;
 pub mod plan;
 pub mod render;
+pub mod roles;
 pub mod serving;
 pub mod training;

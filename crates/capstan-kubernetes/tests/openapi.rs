@@ -145,6 +145,8 @@ fn rendered_and_shipped_objects_validate_against_the_kubernetes_schemas() {
     objects.extend(capstan_kubernetes::render::credentials(&resources, capstan_kubernetes::render::random_password));
     objects.extend(capstan_kubernetes::crd::all());
     objects.extend(capstan_kubernetes::operator::rbac("capstan-system"));
+    // `capstan render --target kubernetes --rbac`: the embedded roles as ClusterRoles.
+    objects.extend(capstan_kubernetes::roles::cluster_roles());
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes/operator.yaml");
     let text = std::fs::read_to_string(deploy).expect("operator.yaml");
     objects.extend(capstan_model::yaml::parse_documents(&text).expect("yaml").into_iter().map(|d| d.value));
