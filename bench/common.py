@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -65,6 +66,24 @@ def sample_rss(pid, seconds=6.0):
     return max(vals)
 
 
+def server_of(data):
+    """The API's URL and an SSL context trusting its local CA, from the `server.json` `capstan up` wrote in `data`
+    (the context is None for plain HTTP)."""
+    info = json.load(open(f"{data}/server.json"))
+    ctx = ssl.create_default_context(cafile=info["ca"]) if info.get("ca") else None
+    return info["url"], ctx
+
+
+def api_call(data, token, method, path, body=None, timeout=30):
+    """One API request to the `capstan up` of data directory `data`; its JSON answer."""
+    url, ctx = server_of(data)
+    req = urllib.request.Request(f"{url}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+        return json.load(r)
+
+
 class Capstan:
     def __init__(self, bindir, args=(), nofile=None, exe=None):
         """`capstan up` (`exe`, or the one in `bindir`) with extra `args`; `nofile` sets its open-file limit (soft
@@ -85,12 +104,7 @@ class Capstan:
         self.token = open(f"{self.data}/token").read().strip()
 
     def api(self, method, path, body=None):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {self.token}",
-                                              "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.load(r)
+        return api_call(self.data, self.token, method, path, body)
 
     def app(self, name, replicas, period=2, extra=None):
         spec = {"replicas": replicas,

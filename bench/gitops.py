@@ -22,7 +22,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Capstan, free_port, rss_kib, wait_until  # noqa: E402
+from common import Capstan, free_port, rss_kib, server_of, wait_until  # noqa: E402
 
 GIT_ENV = dict(os.environ, GIT_AUTHOR_NAME="Bench", GIT_AUTHOR_EMAIL="b@example.com",
                GIT_COMMITTER_NAME="Bench", GIT_COMMITTER_EMAIL="b@example.com", GIT_CONFIG_NOSYSTEM="1")
@@ -234,10 +234,11 @@ def latency_bench(bindir, rounds, poll_rounds):
         body = json.dumps({"ref": "refs/heads/main", "after": head}).encode()
         sig = hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
         t0 = time.perf_counter()
-        req = urllib.request.Request(f"http://127.0.0.1:{c.port}/hooks/default/hook", data=body, method="POST",
+        url, ctx = server_of(c.data)
+        req = urllib.request.Request(f"{url}/hooks/default/hook", data=body, method="POST",
                                      headers={"X-Hub-Signature-256": f"sha256={sig}", "X-GitHub-Event": "push",
                                               "Content-Type": "application/json"})
-        urllib.request.urlopen(req, timeout=10).read()
+        urllib.request.urlopen(req, timeout=10, context=ctx).read()
         wait_until(lambda: applied(c, "hook", head), 60, 0.005)
         res["webhook"].append(time.perf_counter() - t0)
         res["sync_ms"].append(sync_obj(c, "hook")["status"]["history"][0]["durationMillis"])

@@ -66,7 +66,8 @@ def hold_idle(port, count):
 def idle_connections(a):
     # The open-file limit of this machine bounds each process: the connections are held by helpers of 10,000 each,
     # and Capstan runs with the limit it is given (its connection budget follows from it).
-    cap = Capstan(a.bin, args=["--header-timeout", "120"], exe=a.exe)
+    # Plain HTTP on the loopback: the flood holds bare TCP connections, and /metrics is read without TLS.
+    cap = Capstan(a.bin, args=["--header-timeout", "120", "--plain-http"], exe=a.exe)
     lb = free_port()
     try:
         cap.apply([cap.app("web", 2, extra={"expose": [{"port": lb}]})])
@@ -119,7 +120,7 @@ def serve_churn(port, series):
 
 
 def churn_capstan(a):
-    cap = Capstan(a.bin, exe=a.exe)
+    cap = Capstan(a.bin, args=["--plain-http"], exe=a.exe)
     try:
         app = {"apiVersion": "capstan.dev/v1alpha1", "kind": "App", "metadata": {"name": "churn"},
                "spec": {"replicas": 1,

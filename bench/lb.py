@@ -14,7 +14,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import free_port, wrk  # noqa: E402
+from common import api_call, free_port, wrk  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -78,11 +78,7 @@ class Capstan:
         self.pids = [r["pid"] for r in st["replicaStatuses"]]
 
     def call(self, method, path, body=None):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.api}{path}", method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.load(r)
+        return api_call(self.data, self.token, method, path, body)
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)

@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import free_port, wait_until, wrk  # noqa: E402
+from common import api_call, free_port, wait_until, wrk  # noqa: E402
 from lb import cpu_seconds, children, haproxy  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,14 +39,11 @@ class Stack:
         self.started = time.monotonic()
         self.proc = subprocess.Popen([f"{bindir}/capstan", "up", manifests, "--listen", f"127.0.0.1:{self.port}"],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: os.path.exists(f"{data}/token"), 20, 0.01)
+        wait_until(lambda: os.path.exists(f"{data}/server.json"), 20, 0.01)
         self.token = open(f"{data}/token").read().strip()
 
     def api(self, path):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
-                                     headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.load(r)
+        return api_call(self.data, self.token, "GET", path, timeout=10)
 
     def ready(self):
         """Both Apps Ready with every replica's process alive (not a status left from before a restart)."""
