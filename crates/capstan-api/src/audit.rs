@@ -207,6 +207,12 @@ pub fn describe_request(method: &Method, path: &str) -> (String, String, String,
         ["api", "v1", "apply"] => ("apply".into(), String::new(), String::new(), String::new()),
         ["api", "v1", "shutdown"] => ("shutdown".into(), String::new(), String::new(), String::new()),
         ["api", "v1", "watch"] => ("watch".into(), String::new(), String::new(), String::new()),
+        ["api", "v1", "tokens"] => {
+            let verb = if write { "create" } else { "list" };
+            (verb.into(), "Token".into(), String::new(), String::new())
+        }
+        ["api", "v1", "tokens", name] => ("revoke".into(), "Token".into(), String::new(), name.to_string()),
+        ["api", "v1", "encryption", "rotate"] => ("rotate-key".into(), String::new(), String::new(), String::new()),
         ["api", "v1", "incidents", id, action] => {
             (action.to_string(), "Incident".into(), String::new(), id.to_string())
         }

@@ -15,10 +15,14 @@ use tokio_rustls::TlsAcceptor;
 /// The Unix socket's name in the data directory.
 pub const SOCKET_FILE: &str = "capstan.sock";
 
-/// Serves `app` on `listener` (over TLS when `tls` is given) until the task is aborted.
+/// Serves `app` on `listener` (over TLS when `tls` is given) until the task is aborted. Connections are served by
+/// tasks this loop owns: aborting it closes them all, so that nothing keeps the control plane's state (the store)
+/// after it stopped.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router, gate: Arc<ListenerGate>, tls: Option<TlsAcceptor>) {
     let mut backoff = AcceptBackoff::default();
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let (stream, source) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -33,13 +37,13 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, gate: Arc<Lis
                 let _ = stream.set_nodelay(true);
                 match tls.clone() {
                     None => {
-                        tokio::spawn(capstan_proxy::serve::serve_http(stream, admitted, svc));
+                        conns.spawn(capstan_proxy::serve::serve_http(stream, admitted, svc));
                     }
                     Some(acceptor) => {
                         // A handshake that does not finish in time is dropped, as a request whose headers do not
                         // come: a client that opens connections and sends nothing cannot hold them.
                         let limit = admitted.listener().gate().header_timeout();
-                        tokio::spawn(async move {
+                        conns.spawn(async move {
                             match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => capstan_proxy::serve::serve_http(tls, admitted, svc).await,
                                 Ok(Err(e)) => tracing::debug!(%source, "TLS handshake failed: {e}"),
@@ -50,7 +54,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, gate: Arc<Lis
                 }
             }
             Err(refusal) => {
-                tokio::spawn(gate::refuse_http(stream, refusal));
+                conns.spawn(gate::refuse_http(stream, refusal));
             }
         }
     }
@@ -72,7 +76,9 @@ pub fn bind_unix(data_dir: &Path) -> std::io::Result<(tokio::net::UnixListener, 
 /// with the same token, roles and audit as the TCP listener.
 pub async fn serve_unix(listener: tokio::net::UnixListener, app: Router, gate: Arc<ListenerGate>) {
     let mut backoff = AcceptBackoff::default();
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -83,7 +89,7 @@ pub async fn serve_unix(listener: tokio::net::UnixListener, app: Router, gate: A
         backoff.reset();
         if let Ok(admitted) = gate.admit(true) {
             let svc = WithSource { inner: TowerToHyperService::new(app.clone()), source: None };
-            tokio::spawn(capstan_proxy::serve::serve_http(stream, admitted, svc));
+            conns.spawn(capstan_proxy::serve::serve_http(stream, admitted, svc));
         }
     }
 }
