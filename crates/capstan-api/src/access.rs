@@ -76,12 +76,21 @@ pub struct Grant {
     pub user: String,
     pub role: Role,
     pub namespace: Option<String>,
+    /// The named token it came from (`None`: the data directory's token), for streams to end when it does.
+    pub token: Option<TokenRef>,
+}
+
+/// Which named token a grant came from, and until when it works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRef {
+    pub hash: String,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Grant {
     /// The administrator of every namespace (the data directory's own token).
     pub fn admin(user: &str) -> Grant {
-        Grant { user: user.into(), role: Role::Admin, namespace: None }
+        Grant { user: user.into(), role: Role::Admin, namespace: None, token: None }
     }
 
     /// Whether the grant includes `verb` in namespace `ns` (`None`: in every namespace at once).
@@ -212,7 +221,7 @@ mod tests {
     use super::*;
 
     fn grant(role: Role, ns: Option<&str>) -> Grant {
-        Grant { user: "u".into(), role, namespace: ns.map(str::to_string) }
+        Grant { user: "u".into(), role, namespace: ns.map(str::to_string), token: None }
     }
 
     #[test]

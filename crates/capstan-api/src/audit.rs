@@ -234,15 +234,17 @@ pub fn describe_request(method: &Method, path: &str) -> (String, String, String,
     }
 }
 
-/// Whether the request is audited once answered: it changes state, was refused, or reads Secret values.
-fn audited(method: &Method, path: &str, status: StatusCode) -> bool {
+/// Whether the request is audited once answered: it changes state, was refused, or showed Secret values (the
+/// handler that returned them unredacted, or opened a stream that may carry them, marked the answer).
+fn audited(method: &Method, status: StatusCode, secret_values: bool) -> bool {
     let write = *method != Method::GET && *method != Method::HEAD;
     let denied = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
-    let secrets = path.starts_with("/api/v1/secrets")
-        || path.contains("/secrets/")
-        || (path.starts_with("/api/v1/watch") && path.contains("kind=secrets"));
-    write || denied || secrets
+    write || denied || secret_values
 }
+
+/// Put in a response's extensions by a handler that shows Secret values (or streams that may): the read is audited.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretValuesShown;
 
 /// The audit layer, outside authentication (so that refusals are recorded too): answers the request, then writes
 /// its line before the answer leaves. A line that cannot be written turns the answer into a 500 for a change that
@@ -251,7 +253,6 @@ fn audited(method: &Method, path: &str, status: StatusCode) -> bool {
 pub async fn layer(State(log): State<std::sync::Arc<AuditLog>>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
     let source_addr = req.extensions().get::<Source>().map(|s| s.0);
     let source = source_addr.map(|s| s.to_string()).unwrap_or_default();
     let request_id = uuid::Uuid::new_v4().to_string();
@@ -259,12 +260,8 @@ pub async fn layer(State(log): State<std::sync::Arc<AuditLog>>, req: Request, ne
     if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    let full = match &query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.clone(),
-    };
     let status = response.status();
-    if !audited(&method, &full, status) {
+    if !audited(&method, status, response.extensions().get::<SecretValuesShown>().is_some()) {
         return response;
     }
     let (mut verb, kind, namespace, name) = describe_request(&method, &path);
@@ -418,9 +415,13 @@ mod tests {
         assert_eq!(d(Method::POST, "/api/v1/namespaces/default/apps/web/rollback").0, "rollback");
         assert_eq!(d(Method::POST, "/api/v1/namespaces/default/apps/web/volumes/data/sync").0, "volume-sync");
         assert_eq!(d(Method::POST, "/api/v1/incidents/inc-1/acknowledge").0, "acknowledge");
-        assert!(audited(&Method::GET, "/api/v1/secrets", StatusCode::OK), "a Secret read");
-        assert!(audited(&Method::GET, "/api/v1/watch?kind=secrets", StatusCode::OK));
-        assert!(audited(&Method::GET, "/api/v1/apps", StatusCode::UNAUTHORIZED), "a refusal");
-        assert!(!audited(&Method::GET, "/api/v1/apps", StatusCode::OK), "a plain read");
+        assert_eq!(d(Method::POST, "/api/v1/tokens"), ("create".into(), "Token".into(), String::new(), String::new()));
+        assert_eq!(d(Method::DELETE, "/api/v1/tokens/ci").0, "revoke");
+        assert_eq!(d(Method::POST, "/api/v1/encryption/rotate").0, "rotate-key");
+        assert!(audited(&Method::GET, StatusCode::OK, true), "Secret values shown (the handler's mark)");
+        assert!(audited(&Method::GET, StatusCode::UNAUTHORIZED, false), "a refusal");
+        assert!(audited(&Method::GET, StatusCode::FORBIDDEN, false), "a refusal");
+        assert!(audited(&Method::POST, StatusCode::OK, false), "a change");
+        assert!(!audited(&Method::GET, StatusCode::OK, false), "a plain read");
     }
 }

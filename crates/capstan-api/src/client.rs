@@ -17,7 +17,7 @@ use crate::{DEFAULT_LISTEN, SERVER_FILE, TOKEN_FILE};
 /// What went wrong talking to the API.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the Capstan API at {url}: {reason}\n  hint: start it with `capstan up`, or point CAPSTAN_SERVER / CAPSTAN_DATA at the running one")]
+    #[error("cannot reach the Capstan API at {url}: {reason}\n  hint: start it with `capstan up`, or point CAPSTAN_SERVER / CAPSTAN_DATA / --context at the running one (its API speaks https:// unless started with --plain-http)")]
     Connect { url: String, reason: String },
     #[error("no API token: {0}\n  hint: the CLI reads it from the data directory's `token` file (CAPSTAN_DATA) or CAPSTAN_TOKEN")]
     NoToken(String),
@@ -30,8 +30,11 @@ pub enum ClientError {
     #[error("cannot read {path}: {reason}\n  hint: set CAPSTAN_SERVER, or fix the file's permissions")]
     ServerFile { path: String, reason: String },
     /// The server's certificate is not vouched for by the CA the client trusts (or does not name the server).
-    #[error("the server at {url} presented a certificate that {ca} does not vouch for: {reason}\n  hint: use the CA file of this server's context (`capstan login {url} --certificate-authority FILE`), or set CAPSTAN_CA_FILE; a local Capstan's CA is <data>/tls/ca.crt")]
-    Certificate { url: String, ca: String, reason: String },
+    #[error("the server at {url} presented a certificate that {ca} does not vouch for: {reason}\n  hint: {hint}")]
+    Certificate { url: String, ca: String, reason: String, hint: String },
+    /// A token would cross the network in the clear.
+    #[error("refusing to send the API token over plain HTTP to {url}\n  hint: use https:// (Capstan serves TLS unless started with --plain-http, which is allowed only on a loopback address)")]
+    Insecure { url: String },
     /// The CA file cannot be used.
     #[error("{0}")]
     Tls(String),
@@ -52,6 +55,17 @@ impl ClientError {
 }
 
 type Http = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Whether a bearer token may be sent to `base`: over TLS, or over plain HTTP to this machine only.
+fn transport_is_safe(base: &str) -> bool {
+    let Some(rest) = base.strip_prefix("http://") else { return true };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
 
 /// Reads a token file; one that other users can read is refused (whoever reads it acts with its rights).
 pub fn read_token_file(path: &Path) -> Result<String, ClientError> {
@@ -120,16 +134,24 @@ impl Client {
         };
         let written_url = written.as_ref().and_then(|v| v["url"].as_str().map(str::to_string));
         let written_ca = written.as_ref().and_then(|v| v["ca"].as_str().map(PathBuf::from));
+        let server_given = server.is_some();
         let base = match server {
             Some(s) => s,
-            None => written_url.clone().unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}")),
+            None => written_url.clone().unwrap_or_else(|| format!("https://{DEFAULT_LISTEN}")),
         };
-        let ca = ca.or_else(|| {
-            let same = written_url.as_deref().map(|u| u.trim_end_matches('/')) == Some(base.trim_end_matches('/'));
-            written_ca.filter(|_| same)
-        });
+        let same = written_url.as_deref().map(|u| u.trim_end_matches('/')) == Some(base.trim_end_matches('/'));
+        let named = server_given && !same;
+        let ca = ca.or_else(|| written_ca.filter(|_| same));
         let token = match token {
             Some(t) => t,
+            // The data directory's token is its own Capstan's: never sent to another server.
+            None if named => {
+                return Err(ClientError::NoToken(format!(
+                    "{base} is not the Capstan of {} ({}); give its token with CAPSTAN_TOKEN, or use a context",
+                    data_dir.display(),
+                    written_url.as_deref().unwrap_or("none running")
+                )))
+            }
             None => read_token_file(&data_dir.join(TOKEN_FILE))?,
         };
         Client::with_ca(base, token, ca.as_deref())
@@ -152,7 +174,19 @@ impl Client {
                 None => "the system's CAs".into(),
             };
             let reason = chain.iter().rev().find(|c| c.contains("ertificate")).cloned().unwrap_or(reason);
-            return ClientError::Certificate { url: self.base.clone(), ca, reason };
+            let hint = match reason.contains("NotValidForName") {
+                true => {
+                    "the certificate does not name this address: start Capstan with --tls-san for the name clients \
+                         use, or connect with a name it has (localhost, 127.0.0.1)"
+                        .to_string()
+                }
+                false => format!(
+                    "use the CA file of this server's context (`capstan login {} --certificate-authority FILE`), or \
+                     set CAPSTAN_CA_FILE; a local Capstan's CA is <data>/tls/ca.crt",
+                    self.base
+                ),
+            };
+            return ClientError::Certificate { url: self.base.clone(), ca, reason, hint };
         }
         ClientError::Connect { url: self.base.clone(), reason }
     }
@@ -181,6 +215,9 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(bytes))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if !transport_is_safe(&self.base) {
+            return Err(ClientError::Insecure { url: self.base.clone() });
+        }
         let http = self.http.as_ref().map_err(|e| ClientError::Tls(e.clone()))?;
         let res = http.request(req).await.map_err(|e| self.connect_error(&e))?;
         if res.status().is_success() {
@@ -254,15 +291,28 @@ mod discover_tests {
         let path = dir.path().join(TOKEN_FILE);
         std::fs::write(&path, "abc\n").expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let e = Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), None, None).err().expect("refused");
+        let e = Client::discover(dir.path(), None, None, None).err().expect("refused");
         let text = e.to_string();
         assert!(text.contains("can be read by other users (mode 644)") && text.contains("chmod 600"), "{text}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let c = Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), None, None)
-            .expect("a private token is used");
+        let c = Client::discover(dir.path(), None, None, None).expect("a private token is used");
         assert_eq!(c.token, "abc");
+        // Never to another server than the data directory's.
+        let e = Client::discover(dir.path(), Some("https://elsewhere:7470".into()), None, None).err().expect("no");
+        assert!(matches!(e, ClientError::NoToken(_)), "{e}");
         // A token given by the environment is the caller's business.
         assert!(Client::discover(dir.path(), Some("http://127.0.0.1:1".into()), Some("t".into()), None).is_ok());
+    }
+
+    #[test]
+    fn a_token_goes_over_plain_http_only_to_this_machine() {
+        for ok in ["https://capstan.example.com:7470", "http://127.0.0.1:7470", "http://localhost:1", "http://[::1]:7"]
+        {
+            assert!(transport_is_safe(ok), "{ok}");
+        }
+        for bad in ["http://capstan.example.com:7470", "http://10.0.0.5:7470", "http://[2001:db8::1]:7470"] {
+            assert!(!transport_is_safe(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -274,6 +324,6 @@ mod discover_tests {
         assert!(e.to_string().contains("cannot read"), "{e}");
         std::fs::remove_dir(dir.path().join(SERVER_FILE)).expect("rmdir");
         let c = Client::discover(dir.path(), None, Some("t".into()), None).expect("no file: the default");
-        assert_eq!(c.base(), format!("http://{DEFAULT_LISTEN}"));
+        assert_eq!(c.base(), format!("https://{DEFAULT_LISTEN}"));
     }
 }

@@ -148,8 +148,8 @@ impl Config {
 }
 
 impl Context {
-    /// A client for this context; `token` (CAPSTAN_TOKEN) overrides the context's.
-    pub fn client(&self, token: Option<String>) -> Result<Client, ContextError> {
+    /// A client for this context; `token` (CAPSTAN_TOKEN) and `ca` (CAPSTAN_CA_FILE) override the context's.
+    pub fn client(&self, token: Option<String>, ca: Option<&Path>) -> Result<Client, ContextError> {
         let token = match (token, &self.token, &self.token_file) {
             (Some(t), _, _) => t,
             (None, Some(t), _) => t.clone(),
@@ -160,7 +160,7 @@ impl Context {
                 )
             }
         };
-        Ok(Client::with_ca(&self.server, token, self.certificate_authority.as_deref())?)
+        Ok(Client::with_ca(&self.server, token, ca.or(self.certificate_authority.as_deref()))?)
     }
 }
 

@@ -55,6 +55,14 @@ pub fn read(source: &KeySource) -> Result<Option<Keyring>, KeyError> {
                 Err(e) => return Err(file_error(path, e, "check the file's permissions")),
             };
             let mode = meta.permissions().mode() & 0o777;
+            use std::os::unix::fs::MetadataExt;
+            if meta.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(file_error(
+                    path,
+                    format!("it belongs to another user (uid {})", meta.uid()),
+                    "the key file must belong to the user Capstan runs as",
+                ));
+            }
             if mode & 0o077 != 0 {
                 return Err(file_error(
                     path,
@@ -97,24 +105,40 @@ pub fn read(source: &KeySource) -> Result<Option<Keyring>, KeyError> {
     }
 }
 
-/// Writes a key file whole (a temporary file, synced, renamed over), private to its user.
-fn write_file(path: &Path, ring: &Keyring) -> Result<(), KeyError> {
-    use std::io::Write;
+/// How a key file is written: over the old one, or only where none exists.
+#[derive(PartialEq)]
+enum Write {
+    Replace,
+    New,
+}
+
+/// Writes a key file whole: a temporary file of its own (created new, `0600`), synced, then renamed over the old one
+/// — or, for a new key, linked in place only if no file exists yet (`Ok(false)`: another process made one first).
+fn write_file(path: &Path, ring: &Keyring, how: Write) -> Result<bool, KeyError> {
+    use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |e: std::io::Error| file_error(path, e, "Capstan must be able to write beside the data directory");
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("key.tmp");
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
-    f.write_all(ring.to_text().as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
+    let tag: [u8; 8] = capstan_store::seal::random().map_err(StoreError::from)?;
+    let tmp = path.with_extension(format!("key.tmp-{}", hex::encode(tag)));
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
+    let written = f.write_all(ring.to_text().as_bytes()).and_then(|()| f.sync_all());
+    let placed = written.and_then(|()| match how {
+        Write::Replace => std::fs::rename(&tmp, path).map(|()| true),
+        Write::New => match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        },
+    });
+    let _ = std::fs::remove_file(&tmp);
+    let placed = placed.map_err(err)?;
     if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
         let _ = dir.sync_all();
     }
-    Ok(())
+    Ok(placed)
 }
 
 /// Opens the data directory's store encrypted. A key file that does not exist is made first (and saved before
@@ -122,7 +146,11 @@ fn write_file(path: &Path, ring: &Keyring) -> Result<(), KeyError> {
 /// is taken back and the start refused, the store untouched.
 pub fn open_store(data_dir: &Path, source: &KeySource) -> Result<Store, KeyError> {
     if let KeySource::File(path) = source {
-        if path.starts_with(data_dir) {
+        // Compared as absolute paths: `--data .` with a key file `./k` is inside it.
+        let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let key_dir = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+        if key_dir.starts_with(&dir) {
             return Err(file_error(
                 path,
                 "it is inside the data directory",
@@ -138,9 +166,14 @@ pub fn open_store(data_dir: &Path, source: &KeySource) -> Result<Store, KeyError
                 return Err(KeyError::Command { command: String::new(), reason: "gave no key".into() });
             };
             let ring = Keyring::generate().map_err(StoreError::from)?;
-            write_file(path, &ring)?;
-            tracing::info!(key = %path.display(), "made the encryption key file; back it up apart from the data directory");
-            (ring, Some(path.clone()))
+            if write_file(path, &ring, Write::New)? {
+                tracing::info!(key = %path.display(), "made the encryption key file; back it up apart from the data directory");
+                (ring, Some(path.clone()))
+            } else {
+                // Another start made it first: that key is the one.
+                let ring = read(source)?.ok_or_else(|| file_error(path, "it vanished", "start again"))?;
+                (ring, None)
+            }
         }
     };
     match Store::open_sealed(&state, &ring) {
@@ -172,9 +205,9 @@ pub fn rotate(store: &Store, source: &KeySource) -> Result<Rotation, KeyError> {
             let fresh = Keyring::generate().map_err(StoreError::from)?;
             let both = current.with_first(fresh.active().clone());
             // Saved first: whatever happens next, the file holds a key that opens the store.
-            write_file(path, &both)?;
+            write_file(path, &both, Write::Replace)?;
             let done = store.rotate_key(&both)?;
-            write_file(path, &fresh)?;
+            write_file(path, &fresh, Write::Replace)?;
             Ok(done)
         }
         KeySource::Command(_) => {
@@ -222,6 +255,21 @@ mod tests {
         assert!(e.contains("encrypted with another key"), "{e}");
         assert!(!path.exists(), "the key made for nothing is taken back");
         assert_eq!(std::fs::read(data.join("state.redb")).unwrap(), before);
+    }
+
+    #[test]
+    fn a_new_key_file_never_replaces_one_another_start_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        let first = Keyring::generate().unwrap();
+        assert!(write_file(&path, &first, Write::New).unwrap());
+        let second = Keyring::generate().unwrap();
+        assert!(!write_file(&path, &second, Write::New).unwrap(), "the first one stays");
+        assert_eq!(read(&KeySource::File(path.clone())).unwrap().unwrap().ids(), first.ids());
+        assert!(write_file(&path, &second, Write::Replace).unwrap());
+        assert_eq!(read(&KeySource::File(path)).unwrap().unwrap().ids(), second.ids());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
     }
 
     #[test]

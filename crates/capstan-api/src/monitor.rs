@@ -71,12 +71,12 @@ fn now_ms() -> i64 {
 }
 
 /// The targets to scrape now: every replica with `spec.metrics`, and Capstan's own `/metrics`.
-/// How the monitor reaches Capstan's own `/metrics`: its address, its scheme, and the CA of its certificate.
+/// How the monitor reaches Capstan's own `/metrics`: over the data directory's Unix socket (plain HTTP, whatever
+/// certificate the TCP listener serves), labelled with the API's address.
 #[derive(Clone)]
 pub struct SelfTarget {
     pub addr: std::net::SocketAddr,
-    pub scheme: &'static str,
-    pub ca_pem: Option<Vec<u8>>,
+    pub socket: PathBuf,
 }
 
 fn current_targets(shared: &Shared, me: &SelfTarget) -> Result<Vec<Target>, capstan_store::StoreError> {
@@ -105,7 +105,7 @@ fn current_targets(shared: &Shared, me: &SelfTarget) -> Result<Vec<Target>, caps
         _ => instance.clone(),
     };
     out.push(Target {
-        url: format!("{}://{dial}/metrics", me.scheme),
+        url: format!("http://{dial}/metrics"),
         labels: Labels::new([("job", "capstan"), ("instance", instance.as_str())]),
         interval: Duration::from_secs(15),
         timeout: Duration::from_secs(10),
@@ -140,6 +140,7 @@ impl Monitor {
             cfg,
             path: path.clone(),
             client: None,
+            own_client: None,
             loops: HashMap::new(),
             last_snapshot: now,
             last_retention: now,
@@ -165,6 +166,8 @@ struct Scraper {
     path: PathBuf,
     /// Built at the first tick (a failure is retried with the runner's backoff).
     client: Option<reqwest::Client>,
+    /// The client of the self-scrape, over the Unix socket.
+    own_client: Option<reqwest::Client>,
     loops: HashMap<String, (Target, watch::Sender<bool>, JoinHandle<()>)>,
     last_snapshot: tokio::time::Instant,
     last_retention: tokio::time::Instant,
@@ -186,12 +189,9 @@ impl capstan_engine::runner::Periodic for Scraper {
                 let failed = |e: reqwest::Error| {
                     capstan_engine::runner::ReconcileError::Other(format!("cannot build an HTTP client: {e}"))
                 };
-                let mut b = reqwest::Client::builder().no_proxy();
-                // Capstan's own certificate is signed by its local CA.
-                if let Some(pem) = &self.me.ca_pem {
-                    b = b.add_root_certificate(reqwest::Certificate::from_pem(pem).map_err(failed)?);
-                }
-                let c = b.build().map_err(failed)?;
+                let c = reqwest::Client::builder().no_proxy().build().map_err(failed)?;
+                let own = reqwest::Client::builder().unix_socket(self.me.socket.clone()).build().map_err(failed)?;
+                self.own_client = Some(own);
                 self.client = Some(c.clone());
                 c
             }
@@ -219,7 +219,12 @@ impl capstan_engine::runner::Periodic for Scraper {
             }
             let (s, r) = watch::channel(false);
             let (db, limits, health) = (self.db.clone(), self.cfg.limits, self.shared.targets.clone());
-            let h = tokio::spawn(target_loop(client.clone(), t.clone(), db, limits, health, r));
+            let own = t.labels.get("job") == Some("capstan");
+            let c = match (&self.own_client, own) {
+                (Some(o), true) => o.clone(),
+                _ => client.clone(),
+            };
+            let h = tokio::spawn(target_loop(c, t.clone(), db, limits, health, r));
             loops.insert(k, (t, s, h));
         }
         // Retention runs every minute, so that the store's size limit binds within a minute of a flood.

@@ -268,7 +268,7 @@ fn load_or_create_token(path: &Path) -> Result<String, PlaneError> {
 
 impl ControlPlane {
     /// Opens the store, adopts surviving replicas, starts the controller and the API server.
-    pub async fn start(cfg: PlaneConfig) -> Result<ControlPlane, PlaneError> {
+    pub async fn start(mut cfg: PlaneConfig) -> Result<ControlPlane, PlaneError> {
         if cfg.tls == crate::tls::ApiTls::Off && !cfg.listen.ip().is_loopback() {
             return Err(PlaneError::PlainHttp { addr: cfg.listen });
         }
@@ -280,6 +280,13 @@ impl ControlPlane {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
         }
+        // Absolute from here on: the paths in server.json and contexts are used from other directories, and the key
+        // beside `--data .` is beside the directory, not in it.
+        let absolute = std::fs::canonicalize(&cfg.data_dir).map_err(dir_err)?;
+        if cfg.encryption_key == crate::keys::KeySource::beside(&cfg.data_dir) {
+            cfg.encryption_key = crate::keys::KeySource::beside(&absolute);
+        }
+        cfg.data_dir = absolute;
         let store = crate::keys::open_store(&cfg.data_dir, &cfg.encryption_key)?;
         let token = load_or_create_token(&cfg.data_dir.join(TOKEN_FILE))?;
         let audit = Arc::new(crate::audit::AuditLog::open(&cfg.data_dir)?);
@@ -380,8 +387,7 @@ impl ControlPlane {
         let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
         let server = tokio::spawn(crate::listen::serve(listener, app.clone(), api_gate.clone(), acceptor));
         let local = tokio::spawn(crate::listen::serve_unix(unix, app, api_gate));
-        let ca_pem = ca_file.as_ref().and_then(|f| std::fs::read(f).ok());
-        let me = crate::monitor::SelfTarget { addr, scheme, ca_pem };
+        let me = crate::monitor::SelfTarget { addr, socket: socket.clone() };
         let monitor = crate::monitor::Monitor::spawn(shared.clone(), metrics, metrics_path, me, cfg.monitoring);
         let info = serde_json::json!({
             "url": url, "pid": std::process::id(), "ca": ca_file, "socket": socket,

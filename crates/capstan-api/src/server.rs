@@ -303,17 +303,18 @@ async fn list(
     Extension(grant): Extension<Grant>,
     Path(plural): Path<String>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let kind = kind_of(&plural)?;
     if let Some(ns) = q.namespace.as_deref().filter(|ns| !grant.sees(ns)) {
         return Err(crate::redact::forbidden(&grant, &format!("list {plural} in namespace {ns}")));
     }
     let mut items = state.store.list(kind.name(), q.namespace.as_deref().or(grant.namespace.as_deref()))?;
     items.retain(|o| grant.sees(&crate::redact::namespace_of(o)));
+    let mut shown = false;
     for o in &mut items {
-        crate::redact::object(&grant, o);
+        shown |= crate::redact::object(&grant, o);
     }
-    Ok(Json(json!({ "items": items })))
+    Ok(crate::redact::answer(json!({ "items": items }), shown))
 }
 
 /// The object as JSON, 404 naming it when absent, 500 on a store error.
@@ -333,22 +334,22 @@ async fn get_one(
     State(state): State<AppState>,
     Extension(grant): Extension<Grant>,
     Path((ns, plural, name)): Path<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let key = key_from(&ns, &plural, &name)?;
     let Json(mut obj) = object_response(&key, state.store.get(&key))?;
-    crate::redact::object(&grant, &mut obj);
-    Ok(Json(obj))
+    let shown = crate::redact::object(&grant, &mut obj);
+    Ok(crate::redact::answer(obj, shown))
 }
 
 async fn delete_one(
     State(state): State<AppState>,
     Extension(grant): Extension<Grant>,
     Path((ns, plural, name)): Path<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let key = key_from(&ns, &plural, &name)?;
     let Json(mut obj) = object_response(&key, state.store.delete(&key))?;
-    crate::redact::object(&grant, &mut obj);
-    Ok(Json(obj))
+    let shown = crate::redact::object(&grant, &mut obj);
+    Ok(crate::redact::answer(obj, shown))
 }
 
 async fn events(
@@ -384,7 +385,7 @@ async fn all_events(
     let Some(live) = live else { return Ok(Json(json!({ "items": items })).into_response()) };
     let (tx, rx) = mpsc::channel::<String>(256);
     let ns = q.namespace.clone();
-    let shutdown = state.shutdown.subscribe();
+    let ended = stream_ends(state.clone(), grant.clone());
     // An event recorded between the subscription and the listing is in both: the stream skips what was listed.
     let listed = items.iter().map(|e| e.event.last_timestamp).max();
     tokio::spawn(async move {
@@ -396,7 +397,7 @@ async fn all_events(
         forward(
             live,
             tx,
-            shutdown,
+            ended,
             move |e: &capstan_store::ObjectEvent| {
                 grant.sees(&e.involved_object.namespace)
                     && ns.as_ref().is_none_or(|n| *n == e.involved_object.namespace)
@@ -431,15 +432,21 @@ struct LogQuery {
 async fn forward<T: Clone>(
     mut from: tokio::sync::broadcast::Receiver<T>,
     to: mpsc::Sender<String>,
-    mut shutdown: tokio::sync::watch::Receiver<Option<bool>>,
+    ended: impl std::future::Future<Output = Option<Value>>,
     keep: impl Fn(&T) -> bool,
     render: impl Fn(T) -> String,
 ) {
+    tokio::pin!(ended);
     loop {
         let next = tokio::select! {
             next = from.recv() => next,
-            // The stream ends with Capstan, so that no connection holds it past its shutdown.
-            _ = shutdown.changed() => return,
+            // The stream ends with Capstan (so that no connection holds it past its shutdown), or with its token.
+            last = &mut ended => {
+                if let Some(last) = last {
+                    let _ = to.send(last.to_string()).await;
+                }
+                return;
+            }
         };
         match next {
             Ok(item) if keep(&item) => {
@@ -454,6 +461,22 @@ async fn forward<T: Clone>(
             }
             Err(_) => return,
         }
+    }
+}
+
+/// Resolves when a stream must end: Capstan is stopping (`None`: the stream just ends), or the grant's token was
+/// revoked or expired (a last `ERROR` record says so, as Kubernetes' 401 Status).
+async fn stream_ends(state: AppState, grant: Grant) -> Option<Value> {
+    let mut shutdown = state.shutdown.subscribe();
+    tokio::select! {
+        _ = shutdown.changed() => None,
+        _ = state.tokens.ended(&grant) => Some(json!({
+            "type": "ERROR",
+            "object": {
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 401, "reason": "Unauthorized",
+                "message": "the token of this stream was revoked or expired",
+            },
+        })),
     }
 }
 
@@ -477,6 +500,7 @@ fn ndjson_stream(mut rx: mpsc::Receiver<String>) -> Body {
 
 async fn logs(
     State(state): State<AppState>,
+    Extension(grant): Extension<Grant>,
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
@@ -539,7 +563,10 @@ async fn logs(
         sent.then_some(last_seen)
     });
     let mut shutdown = state.shutdown.subscribe();
+    let tokens = state.tokens.clone();
     tokio::spawn(async move {
+        let token_ended = tokens.ended(&grant);
+        tokio::pin!(token_ended);
         let Ok(Some(last_seen)) = read.await else { return };
         let mut follower = match follower {
             Ok(f) => f,
@@ -555,6 +582,7 @@ async fn logs(
             let next = tokio::select! {
                 next = follower.recv() => next,
                 _ = shutdown.changed() => break "Capstan is shutting down".to_string(),
+                _ = &mut token_ended => break "the token of this stream was revoked or expired".to_string(),
                 _ = tx.closed() => return,
             };
             let record = match next {
@@ -596,6 +624,9 @@ async fn watch_objects(
     let kind = q.kind.as_deref().map(kind_of).transpose()?;
     let (tx, rx) = mpsc::channel::<String>(256);
     let shown = grant.clone();
+    let ended = stream_ends(state.clone(), grant.clone());
+    // A watch that may carry Secrets to a token that reads their values is a read of Secret values.
+    let may_show = kind.is_none_or(|k| k.name() == "Secret") && grant.role.includes(Verb::ReadSecrets);
     let keep = move |ev: &capstan_store::WatchEvent| {
         kind.is_none_or(|k| k.name() == ev.key.kind) && grant.sees(&ev.key.namespace)
     };
@@ -603,8 +634,12 @@ async fn watch_objects(
         crate::redact::object(&shown, &mut ev.object);
         serde_json::to_string(&ev).unwrap_or_default()
     };
-    tokio::spawn(forward(state.store.watch(), tx, state.shutdown.subscribe(), keep, render));
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response())
+    tokio::spawn(forward(state.store.watch(), tx, ended, keep, render));
+    let mut response = ([(header::CONTENT_TYPE, "application/x-ndjson")], ndjson_stream(rx)).into_response();
+    if may_show {
+        response.extensions_mut().insert(crate::audit::SecretValuesShown);
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]

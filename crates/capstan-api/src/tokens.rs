@@ -76,6 +76,8 @@ pub enum TokenError {
 #[derive(Default)]
 pub struct Tokens {
     by_hash: RwLock<HashMap<String, TokenRecord>>,
+    /// Bumped at every revocation: open streams check whether their token still works.
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 fn hash_of(token: &str) -> String {
@@ -108,7 +110,7 @@ impl Tokens {
                 .map_err(|e| TokenError::Invalid(format!("stored token record {key} does not read: {e}")))?;
             by_hash.insert(record.hash.clone(), record);
         }
-        Ok(Tokens { by_hash: RwLock::new(by_hash) })
+        Ok(Tokens { by_hash: RwLock::new(by_hash), revocations: Default::default() })
     }
 
     /// The grant of a presented token, if it is known, not revoked and not expired.
@@ -122,7 +124,36 @@ impl Tokens {
             user: record.name.clone(),
             role: record.role,
             namespace: record.namespace.clone(),
+            token: Some(crate::access::TokenRef { hash: record.hash.clone(), expires_at: record.expires_at }),
         })
+    }
+
+    /// Resolves when the grant's token stops working: revoked, or expired. Never for the data directory's token.
+    pub async fn ended(&self, grant: &Grant) {
+        let Some(token) = &grant.token else { return std::future::pending().await };
+        let mut revocations = self.revocations.subscribe();
+        let expiry = token.expires_at.map(|t| (t - Utc::now()).to_std().unwrap_or_default());
+        let expired = async {
+            match expiry {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        loop {
+            tokio::select! {
+                _ = &mut expired => return,
+                changed = revocations.changed() => {
+                    let active = {
+                        let all = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
+                        all.get(&token.hash).is_some_and(|r| r.state(Utc::now()) == "active")
+                    };
+                    if changed.is_err() || !active {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Makes a token; returns it (the only time it is seen) and its record.
@@ -190,6 +221,7 @@ impl Tokens {
         let value = serde_json::to_value(&revoked).map_err(|e| TokenError::Invalid(e.to_string()))?;
         store.put_record(&format!("{RECORD_PREFIX}{name}"), &value)?;
         *record = revoked.clone();
+        self.revocations.send_modify(|n| *n += 1);
         Ok(revoked)
     }
 

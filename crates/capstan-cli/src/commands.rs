@@ -64,7 +64,7 @@ fn resolve_client(
     if let Some(name) = context {
         let path = config_path();
         let cfg = Config::load(&path).map_err(|e| fail(&e))?;
-        return cfg.get(name, &path).map_err(|e| fail(&e))?.client(token).map_err(|e| fail(&e));
+        return cfg.get(name, &path).map_err(|e| fail(&e))?.client(token, ca.as_deref()).map_err(|e| fail(&e));
     }
     if server.is_some() || cli_data.is_some() {
         return Client::discover(data, server, token, ca).map_err(|e| fail(&e));
@@ -72,7 +72,7 @@ fn resolve_client(
     let path = config_path();
     let cfg = Config::load(&path).map_err(|e| fail(&e))?;
     if let Some(current) = cfg.current(&path).map_err(|e| fail(&e))? {
-        return current.client(token).map_err(|e| fail(&e));
+        return current.client(token, ca.as_deref()).map_err(|e| fail(&e));
     }
     Client::discover(data, None, token, ca).map_err(|e| fail(&e))
 }

@@ -25,6 +25,9 @@ const SEALED_TABLES: [TableDefinition<&str, &[u8]>; 3] = [OBJECTS, EVENTS, RECOR
 
 use seal::{Keyring, SealError, Sealer};
 
+/// The META flag of a store whose file still holds values in the clear in free pages, until it is compacted.
+const NEEDS_COMPACTION: &str = "needs_compaction";
+
 /// The layout version this build writes; older layouts are migrated on open.
 pub const SCHEMA_VERSION: u64 = 1;
 /// Events kept per object.
@@ -305,15 +308,26 @@ impl Store {
             drop(keys);
             let s = Sealer::new(&deks, active)?;
             migrated = seal_plain_values(&tx, &s)?;
+            if migrated > 0 {
+                // Cleared once the file is compacted: a compaction that fails is tried again at the next start.
+                tx.open_table(META)?.insert(NEEDS_COMPACTION, 1)?;
+            }
             sealer = Some(Arc::new(s));
         }
         tx.commit()?;
         let mut db = db;
-        if migrated > 0 {
+        let pending = db.begin_read()?.open_table(META)?.get(NEEDS_COMPACTION)?.is_some_and(|v| v.value() == 1);
+        if pending {
             // The pages that held the values in the clear are free but not yet overwritten: compacting rewrites
             // the file without them.
             db.compact().map_err(|e| StoreError::Db(format!("{shown}: compacting after encryption: {e}")))?;
-            tracing::info!(values = migrated, "the store's values were stored unencrypted; they are encrypted now");
+            let tx = db.begin_write()?;
+            tx.open_table(META)?.remove(NEEDS_COMPACTION)?;
+            tx.commit()?;
+            db.compact().map_err(|e| StoreError::Db(format!("{shown}: compacting after encryption: {e}")))?;
+            if migrated > 0 {
+                tracing::info!(values = migrated, "the store's values were stored unencrypted; they are encrypted now");
+            }
         }
         let (watch, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel(1024);
@@ -357,6 +371,11 @@ impl Store {
             tx.open_table(META)?.insert("active_dek", u64::from(next))?;
         }
         let new = Arc::new(Sealer::new(&deks, next)?);
+        // Until the commit, readers may see values sealed with either key, and writers must keep sealing with the
+        // old one (a value they commit first is resealed here only if it was read here): a sealer that knows both
+        // and seals with the old one bridges the two.
+        let bridge = Arc::new(Sealer::new(&deks, old.active())?);
+        *self.sealer.write().unwrap_or_else(|p| p.into_inner()) = Some(bridge);
         let mut values = 0;
         for def in SEALED_TABLES {
             let mut table = tx.open_table(def)?;

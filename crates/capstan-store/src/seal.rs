@@ -124,7 +124,8 @@ impl Keyring {
     }
 }
 
-pub(crate) fn random<const N: usize>() -> Result<[u8; N], SealError> {
+/// `N` random bytes from the system.
+pub fn random<const N: usize>() -> Result<[u8; N], SealError> {
     let mut b = [0u8; N];
     getrandom::getrandom(&mut b).map_err(|e| SealError::Random(e.to_string()))?;
     Ok(b)
@@ -189,6 +190,11 @@ impl Sealer {
             keys.insert(*id, aead_key(k)?);
         }
         Ok(Sealer { keys, active })
+    }
+
+    /// The id of the data key values are sealed with.
+    pub(crate) fn active(&self) -> u32 {
+        self.active
     }
 
     /// `MAGIC | data key id | nonce | ciphertext | tag`, bound to `aad` (the table and key it is stored under).

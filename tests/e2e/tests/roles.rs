@@ -242,6 +242,11 @@ async fn named_tokens_work_in_their_namespace_keep_secrets_and_stop_when_revoked
     assert_eq!(shown["spec"]["stringData"]["password"], SECRET_VALUE);
     let hidden = reader.get("/api/v1/namespaces/team-b/secrets/creds").await.unwrap_err();
     assert_eq!(hidden.status().map(|s| s.as_u16()), Some(403));
+    // However the kind is spelt, a read of Secret values is in the audit log.
+    reader.get("/api/v1/namespaces/team-a/Secret/creds").await.unwrap();
+    let read = tp.client.get("/api/v1/audit?user=auditor").await.unwrap();
+    let reads = read["items"].as_array().unwrap();
+    assert!(reads.iter().any(|l| l["verb"] == "get" && l["kind"] == "Secret" && l["result"] == "allowed"), "{reads:?}");
 
     // The audit log names who did what.
     let lines = tp.client.get("/api/v1/audit?user=alice").await.unwrap();
@@ -253,13 +258,23 @@ async fn named_tokens_work_in_their_namespace_keep_secrets_and_stop_when_revoked
     let audit_text = std::fs::read_to_string(dir.join("audit/audit.log")).unwrap();
     assert!(!audit_text.contains(SECRET_VALUE) && !audit_text.contains(&alice_token));
 
-    // Revoked: 401, the same answer as a token never made.
+    // Revoked: 401, the same answer as a token never made; a stream it opened ends with a 401 record.
+    let mut open_watch = alice.stream("/api/v1/watch").await.unwrap();
     let out = tp.cli(&["token", "revoke", "alice"]);
     assert!(out.status.success(), "{}", text(&out));
     let gone = alice.get("/api/v1/apps").await.unwrap_err();
     let never = Client::new(tp.plane().url(), "cst_0123").get("/api/v1/apps").await.unwrap_err();
     assert_eq!(gone.status().map(|s| s.as_u16()), Some(401));
     assert_eq!(gone.to_string(), never.to_string());
+    let last = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), open_watch.recv()).await.expect("the stream ends");
+        match ev {
+            Some(ev) if ev["type"] == "ERROR" => break ev,
+            Some(_) => continue,
+            None => panic!("the stream ended without saying why"),
+        }
+    };
+    assert_eq!(last["object"]["code"], 401, "{last}");
     assert!(text(&tp.cli(&["token", "list"])).contains("revoked"));
 
     // Tokens survive a restart; an expired one is refused.

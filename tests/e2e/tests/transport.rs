@@ -81,7 +81,39 @@ async fn the_api_serves_tls_verified_against_its_ca_and_refused_against_another(
     // The certificate names what the flags said.
     let pem = std::fs::read(tp.dir.path().join("tls/server.crt")).unwrap();
     assert!(pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+    scrapes_itself(&tp.client).await;
     tp.stop().await;
+}
+
+/// Capstan's own metrics are scraped (over the Unix socket), whatever certificate the API serves.
+async fn scrapes_itself(client: &Client) {
+    eventually("Capstan scrapes itself", T, || async {
+        let v = client.get("/prometheus/api/v1/query?query=up%7Bjob%3D%22capstan%22%7D").await.ok()?;
+        (v["data"]["result"][0]["value"][1] == "1").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_the_user_gives_is_served_and_capstan_still_scrapes_itself() {
+    // A certificate from "the user's PKI": another directory's CA and server certificate, for 127.0.0.1.
+    let pki = tempfile::tempdir().unwrap();
+    capstan_api::tls::serve(pki.path(), "127.0.0.1:1".parse().unwrap(), &ApiTls::Auto { sans: vec![] }).unwrap();
+    let (cert, key) = (pki.path().join("tls/server.crt"), pki.path().join("tls/server.key"));
+    let tp = TestPlane::start_with(|c| c.tls = ApiTls::Files { cert: cert.clone(), key: key.clone() }).await;
+    assert!(tp.plane().ca_file().is_none(), "no local CA is made for a user's certificate");
+    assert!(!tp.dir.path().join("tls/ca.crt").exists());
+    let theirs = Client::with_ca(tp.plane().url(), tp.plane().token(), Some(&pki.path().join("tls/ca.crt"))).unwrap();
+    theirs.get("/api/v1/apps").await.expect("verified against the user's CA");
+    scrapes_itself(&theirs).await;
+    tp.stop().await;
+    // A key that does not belong to the certificate is named.
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    capstan_api::tls::serve(other.path(), "127.0.0.1:1".parse().unwrap(), &ApiTls::Auto { sans: vec![] }).unwrap();
+    let mixed = ApiTls::Files { cert, key: other.path().join("tls/server.key") };
+    let e = capstan_api::tls::serve(dir.path(), "127.0.0.1:1".parse().unwrap(), &mixed).err().unwrap().to_string();
+    assert!(e.contains("server.crt") && e.contains("belong together"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
