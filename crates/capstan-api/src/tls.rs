@@ -247,7 +247,13 @@ mod tests {
         let names = server_names(listen, &["capstan.example.com".into(), "10.0.0.5".into()]);
         assert_eq!(names, ["localhost", "127.0.0.1", "::1", "192.0.2.7", "capstan.example.com", "10.0.0.5"]);
         assert_eq!(server_names("0.0.0.0:1".parse().unwrap(), &[]).len(), 3, "0.0.0.0 is not a name to dial");
-        let first = serve(dir.path(), listen, &ApiTls::Auto { sans: vec![] }).unwrap().unwrap();
+        let first =
+            serve(dir.path(), listen, &ApiTls::Auto { sans: vec!["capstan.example.com".into()] }).unwrap().unwrap();
+        // The names are in the certificate served: the DNS name as its bytes, the address as its four octets.
+        let pem = std::fs::read(dir.path().join("tls/server.crt")).unwrap();
+        let leaf = CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap();
+        let has = |needle: &[u8]| leaf.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"capstan.example.com") && has(b"localhost") && has(&[192, 0, 2, 7]), "the SANs");
         let ca = std::fs::read(dir.path().join(CA_FILE)).unwrap();
         serve(dir.path(), listen, &ApiTls::Auto { sans: vec![] }).unwrap();
         assert_eq!(std::fs::read(dir.path().join(CA_FILE)).unwrap(), ca, "the CA is kept across starts");

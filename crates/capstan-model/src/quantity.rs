@@ -80,7 +80,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => value * 86400.0,
             other => return Err(format!("unknown unit `{other}` in `{s}`; use ms, s, m, h or d")),
         };
-        total += Duration::from_secs_f64(secs);
+        // A number too large for a duration is an error, not a panic (the text may come from anyone).
+        let part = Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is too long a duration"))?;
+        total = total.checked_add(part).ok_or_else(|| format!("`{s}` is too long a duration"))?;
         rest = next;
     }
     Ok(total)
@@ -107,6 +109,13 @@ mod tests {
         assert_eq!(parse_millicpu("250m").unwrap(), 250);
         assert!(parse_millicpu("0").is_err());
         assert!(parse_millicpu("fast").is_err());
+    }
+
+    #[test]
+    fn a_duration_too_long_is_an_error_not_a_panic() {
+        for huge in [format!("{}d", "9".repeat(400)), "18446744073709551615s18446744073709551615s".to_string()] {
+            assert!(parse_duration(&huge).unwrap_err().contains("too long"), "{huge}");
+        }
     }
 
     #[test]

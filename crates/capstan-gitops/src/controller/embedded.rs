@@ -87,12 +87,7 @@ impl Target for Embedded {
         }
         for (v, changes) in &plan.update {
             let Ok(k) = capstan_store::key_of(v) else { continue };
-            // A Secret's values never go into an event: only which fields changed.
-            let shown = |c: &capstan_engine::diff::FieldChange| match k.kind.as_str() {
-                "Secret" => format!("{} (value hidden)", c.path),
-                _ => c.to_string(),
-            };
-            let fields: Vec<String> = changes.iter().filter(|c| !is_bookkeeping(c)).map(shown).collect();
+            let fields: Vec<String> = changes.iter().filter(|c| !is_bookkeeping(c)).map(|c| c.to_string()).collect();
             if drift && !fields.is_empty() {
                 let msg = format!("{}/{} was changed outside Git; put back: {}", k.kind, k.name, fields.join("; "));
                 inner.event(key, EventType::Warning, "DriftReverted", &msg);
