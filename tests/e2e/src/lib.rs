@@ -81,6 +81,18 @@ spec:
 pub const READINESS: &str =
     "  probes:\n    readiness: {http: {path: /status, port: http}, periodSeconds: 1, failureThreshold: 1}\n";
 
+/// Runs the `capstan` command line on the data directory `data` (its server and token, nothing from the
+/// environment) and waits for it.
+pub fn cli_at(data: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin("capstan-e2e-cli"))
+        .args(args)
+        .env("CAPSTAN_DATA", data)
+        .env_remove("CAPSTAN_SERVER")
+        .env_remove("CAPSTAN_TOKEN")
+        .output()
+        .expect("run capstan")
+}
+
 /// A control plane in a temporary directory, with a client.
 pub struct TestPlane {
     pub plane: Option<ControlPlane>,

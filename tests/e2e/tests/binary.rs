@@ -10,13 +10,7 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(30);
 
 fn capstan(data: &Path, args: &[&str]) -> Output {
-    Command::new(bin("capstan-e2e-cli"))
-        .args(args)
-        .env("CAPSTAN_DATA", data)
-        .env_remove("CAPSTAN_SERVER")
-        .env_remove("CAPSTAN_TOKEN")
-        .output()
-        .expect("run capstan")
+    cli_at(data, args)
 }
 
 fn up(data: &Path, manifests: &Path) -> Guarded {
