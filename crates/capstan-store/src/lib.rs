@@ -204,26 +204,37 @@ fn keep_capstan_annotations(old: &Value, new: &mut Value) {
     }
 }
 
-/// Seals every value of the sealed tables that is still stored plain (a store from before encryption); returns
-/// how many.
-fn seal_plain_values(tx: &redb::WriteTransaction, sealer: &Sealer) -> Result<usize, StoreError> {
+/// Rewrites every value of the sealed tables that `change` gives a new form for (given the table, the key and
+/// the stored bytes); returns how many were rewritten.
+fn rewrite_values(
+    tx: &redb::WriteTransaction,
+    change: impl Fn(&str, &str, Vec<u8>) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<usize, StoreError> {
     let mut n = 0;
     for def in SEALED_TABLES {
         let mut table = tx.open_table(def)?;
         let name = def.name().to_string();
-        let mut plain = Vec::new();
+        let mut all = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;
-            if !seal::is_sealed(v.value()) {
-                plain.push((k.value().to_string(), v.value().to_vec()));
-            }
+            all.push((k.value().to_string(), v.value().to_vec()));
         }
-        for (k, v) in plain {
-            table.insert(k.as_str(), sealer.seal(&aad(&name, &k), &v)?.as_slice())?;
-            n += 1;
+        for (k, v) in all {
+            if let Some(new) = change(&name, &k, v)? {
+                table.insert(k.as_str(), new.as_slice())?;
+                n += 1;
+            }
         }
     }
     Ok(n)
+}
+
+/// Seals every value that is still stored plain (a store from before encryption); returns how many.
+fn seal_plain_values(tx: &redb::WriteTransaction, sealer: &Sealer) -> Result<usize, StoreError> {
+    rewrite_values(tx, |table, key, v| match seal::is_sealed(&v) {
+        true => Ok(None),
+        false => Ok(Some(sealer.seal(&aad(table, key), &v)?)),
+    })
 }
 
 /// The range of string keys that start with `prefix`.
@@ -376,21 +387,11 @@ impl Store {
         // and seals with the old one bridges the two.
         let bridge = Arc::new(Sealer::new(&deks, old.active())?);
         *self.sealer.write().unwrap_or_else(|p| p.into_inner()) = Some(bridge);
-        let mut values = 0;
-        for def in SEALED_TABLES {
-            let mut table = tx.open_table(def)?;
-            let name = def.name().to_string();
-            let mut all = Vec::new();
-            for item in table.iter()? {
-                let (k, v) = item?;
-                all.push((k.value().to_string(), v.value().to_vec()));
-            }
-            for (k, v) in all {
-                let plain = if seal::is_sealed(&v) { old.open(&aad(&name, &k), &v)? } else { v };
-                table.insert(k.as_str(), new.seal(&aad(&name, &k), &plain)?.as_slice())?;
-                values += 1;
-            }
-        }
+        let values = rewrite_values(&tx, |table, key, v| {
+            let at = aad(table, key);
+            let plain = if seal::is_sealed(&v) { old.open(&at, &v)? } else { v };
+            Ok(Some(new.seal(&at, &plain)?))
+        })?;
         tx.commit()?;
         *self.sealer.write().unwrap_or_else(|p| p.into_inner()) = Some(new);
         Ok(Rotation { key_id: ring.active().id().to_string(), data_keys: deks.len(), values })
