@@ -166,6 +166,19 @@ async fn every_route_is_checked_for_every_role_and_namespace() {
     tp.stop().await;
 }
 
+#[test]
+fn the_roles_render_as_cluster_roles() {
+    let out = std::process::Command::new(bin("capstan-e2e-cli"))
+        .args(["render", "--target", "kubernetes", "--rbac", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let objects: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = objects.iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
+    assert_eq!(names, ["capstan-viewer", "capstan-deployer", "capstan-secrets-reader", "capstan-admin"]);
+    assert!(objects.iter().all(|o| o["kind"] == "ClusterRole"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_tokens_work_in_their_namespace_keep_secrets_and_stop_when_revoked() {
     let tp = TestPlane::start().await;
@@ -210,6 +223,33 @@ async fn named_tokens_work_in_their_namespace_keep_secrets_and_stop_when_revoked
     assert!(!all.to_string().contains(SECRET_VALUE));
     let other = alice.get("/api/v1/secrets?namespace=team-b").await.unwrap_err();
     assert_eq!(other.status().map(|s| s.as_u16()), Some(403));
+    // Events too: another namespace's are neither listed nor given.
+    tp.plane()
+        .store()
+        .record_event(
+            &capstan_model::ObjectKey::new("Secret", "team-b", "creds"),
+            capstan_model::EventType::Normal,
+            "Made",
+            "b",
+        )
+        .unwrap();
+    tp.plane()
+        .store()
+        .record_event(
+            &capstan_model::ObjectKey::new("Secret", "team-a", "creds"),
+            capstan_model::EventType::Normal,
+            "Made",
+            "a",
+        )
+        .unwrap();
+    let events = alice.get("/api/v1/events").await.unwrap();
+    let seen: Vec<&str> =
+        events["items"].as_array().unwrap().iter().filter_map(|e| e["involvedObject"]["namespace"].as_str()).collect();
+    assert!(seen.contains(&"team-a") && !seen.contains(&"team-b"), "{events}");
+    let refused = alice.get("/api/v1/events?namespace=team-b").await.unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(403));
+    let refused = alice.get("/api/v1/namespaces/team-b/secrets/creds/events").await.unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(403));
     // The watch stream redacts too.
     let mut watch = alice.stream("/api/v1/watch?kind=secrets").await.unwrap();
     tp.apply(&secret("team-a").replace("creds", "creds2"));

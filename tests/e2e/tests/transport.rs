@@ -45,6 +45,7 @@ async fn the_api_serves_tls_verified_against_its_ca_and_refused_against_another(
     tp.client.get("/api/v1/apps").await.expect("verified against the local CA");
     let hook = tp.client.post("/hooks/default/nothing", serde_json::json!({})).await.unwrap_err();
     assert_eq!(hook.status().map(|s| s.as_u16()), Some(404), "the webhook receiver answers over TLS: {hook}");
+    assert!(hook.to_string().contains("no webhook receiver here accepts this request"), "its own answer: {hook}");
 
     // Another CA: refused, naming the server and the CA file, with a hint.
     let other = tempfile::tempdir().unwrap();
@@ -232,6 +233,19 @@ async fn contexts_written_by_up_and_login_lead_the_cli_to_the_right_capstan() {
     assert!(cli_with_config(&config, &home, &["get", "apps"]).status.success());
     let out = cli_with_config(&config, &home, &["delete", "app", "web"]);
     assert!(!out.status.success() && text(&out).contains("may not delete"), "{}", text(&out));
+    // CAPSTAN_SERVER and CAPSTAN_TOKEN still override the current context.
+    let admin_token = std::fs::read_to_string(data.join(capstan_api::TOKEN_FILE)).unwrap();
+    let out = Command::new(bin("capstan-e2e-cli"))
+        .args(["token", "whoami"])
+        .env("CAPSTAN_CONFIG", &config)
+        .env("HOME", &home)
+        .env_remove("CAPSTAN_DATA")
+        .env("CAPSTAN_SERVER", &url)
+        .env("CAPSTAN_TOKEN", admin_token.trim())
+        .env("CAPSTAN_CA_FILE", &ca)
+        .output()
+        .unwrap();
+    assert!(text(&out).starts_with("admin"), "the environment's token, not the context's: {}", text(&out));
     // --context picks another without switching; use-context switches.
     let me = text(&cli_with_config(&config, &home, &["--context", "local-data", "token", "whoami"]));
     assert!(me.starts_with("admin"), "{me}");

@@ -122,16 +122,15 @@ pub(super) async fn evaluate_rules(
         let db2 = db.clone();
         let limits = limits.clone();
         let result = tokio::task::spawn_blocking(move || Engine::with_limits(&db2, limits).instant(&expr, now)).await;
-        let known = lock(&alerting.rules).get(&id).map(|(_, a)| a.clone());
-        let first = known.is_none();
-        let previous = known.unwrap_or_default();
+        let previous = lock(&alerting.rules).get(&id).map(|(_, a)| a.clone()).unwrap_or_default();
         let outcome = match result {
             Ok(Ok(PromValue::Vector(v))) => alerting::evaluate(&params, &previous, &v, now)
                 .map(|mut alerts| {
-                    // The first evaluation since Capstan started: alerts active before keep their start.
-                    if first {
-                        alerting::restore(&params, &mut alerts, |l| db.last(&for_state_labels(l)), now);
-                    }
+                    // An alert that was active before Capstan restarted keeps its start, however late after the
+                    // start its series come back (the first evaluation may see none yet): its ALERTS_FOR_STATE is
+                    // finite only while it was active (an alert that ended wrote a stale marker), and an alert
+                    // carried over from the last evaluation already has that start.
+                    alerting::restore(&params, &mut alerts, |l| db.last(&for_state_labels(l)), now);
                     alerts
                 })
                 .map_err(|e| e.to_string()),
