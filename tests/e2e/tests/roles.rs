@@ -337,3 +337,69 @@ fn reader_token(c: &Client) -> String {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Incidents belong to their EscalationPolicy's namespace: a namespaced token lists only those, acknowledges and
+/// resolves only those (another namespace's is a 403 naming it, not a 404 that would hide nothing), and a viewer
+/// acknowledges none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_are_listed_and_acknowledged_only_in_a_tokens_namespaces() {
+    let tp = TestPlane::start().await;
+    let team = |t: &str| {
+        format!(
+            "apiVersion: capstan.dev/v1alpha1
+kind: AlertRule
+metadata: {{name: always-{t}}}
+spec: {{alert: Always{t}, expr: vector(1), labels: {{team: {t}}}, interval: 200ms}}
+---
+apiVersion: capstan.dev/v1alpha1
+kind: EscalationPolicy
+metadata: {{name: oncall, namespace: team-{t}}}
+spec:
+  match: {{team: {t}}}
+  levels: [{{targets: [{{command: {{command: [/bin/true]}}}}]}}]
+---
+"
+        )
+    };
+    tp.apply(&format!("{}{}", team("a"), team("b")));
+    let open = eventually("both teams have an incident", Duration::from_secs(30), || async {
+        let all = tp.client.get("/api/v1/incidents").await.ok()?;
+        let items = all["items"].as_array()?.clone();
+        (items.len() == 2).then_some(items)
+    })
+    .await;
+    let id_of = |ns: &str| {
+        open.iter()
+            .find(|i| i["policy"] == format!("{ns}/oncall"))
+            .and_then(|i| i["id"].as_str())
+            .unwrap_or_else(|| panic!("an incident of {ns}: {open:?}"))
+            .to_string()
+    };
+    let (a, b) = (id_of("team-a"), id_of("team-b"));
+
+    let alice = token(&tp, "alice", "deployer", Some("team-a")).await;
+    let listed = alice.get("/api/v1/incidents?all=true").await.unwrap();
+    let ids: Vec<&str> = listed["items"].as_array().unwrap().iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, vec![a.as_str()], "only team-a's: {listed}");
+
+    for verb in ["acknowledge", "resolve"] {
+        let refused = alice.post(&format!("/api/v1/incidents/{b}/{verb}"), json!({})).await.unwrap_err();
+        assert_eq!(refused.status().map(|s| s.as_u16()), Some(403), "{refused}");
+        assert!(refused.to_string().contains(&format!("{verb} incident {b} in namespace team-b")), "{refused}");
+    }
+    let viewer = token(&tp, "vic", "viewer", Some("team-a")).await;
+    let refused = viewer.post(&format!("/api/v1/incidents/{a}/acknowledge"), json!({})).await.unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(403), "{refused}");
+
+    let acked = alice.post(&format!("/api/v1/incidents/{a}/acknowledge"), json!({})).await.expect("its own");
+    assert_eq!(acked["result"], "acknowledged");
+    let all = tp.client.get("/api/v1/incidents?all=true").await.unwrap();
+    let state_of = |id: &str| {
+        all["items"].as_array().unwrap().iter().find(|i| i["id"] == id).map(|i| i["state"].clone()).unwrap()
+    };
+    assert_eq!(state_of(&a), "acknowledged", "{all}");
+    assert_eq!(state_of(&b), "triggered", "team-b's is untouched: {all}");
+    let by = all["items"].as_array().unwrap().iter().find(|i| i["id"] == a.as_str()).unwrap();
+    assert_eq!(by["acknowledgedBy"], "alice", "the token's name is who acknowledged: {by}");
+    tp.stop().await;
+}
