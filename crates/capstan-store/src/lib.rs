@@ -888,6 +888,78 @@ mod sealed_tests {
         assert!(matches!(Store::open_sealed(&path, &old), Err(StoreError::WrongKey { .. })));
     }
 
+    /// Readers and writers on other threads all through several rotations: no read fails (a value sealed under
+    /// the old key or the new one opens with whichever sealer the reader finds), no write is lost, and afterwards
+    /// the last key alone opens everything.
+    #[test]
+    fn rotation_under_concurrent_reads_and_writes_loses_nothing_and_fails_no_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let mut ring = Keyring::generate().unwrap();
+        let store = Store::open_sealed(&path, &ring).unwrap();
+        let named = |i: usize| {
+            json!({"kind": "Secret", "metadata": {"name": format!("s{i}")},
+                                     "spec": {"stringData": {"password": format!("{SECRET}-{i}")}}})
+        };
+        store.apply((0..50).map(named).collect()).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let (reads, written) = std::thread::scope(|s| {
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut reads = 0u64;
+                        started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let all = store.list("Secret", None).expect("a list during rotation");
+                            assert!(all.len() >= 50);
+                            for (n, o) in all.iter().enumerate().take(5) {
+                                assert!(
+                                    o["spec"]["stringData"]["password"].as_str().unwrap().starts_with(SECRET),
+                                    "{n}"
+                                );
+                            }
+                            let one = store.get(&ObjectKey::new("Secret", "default", "s7")).expect("a get");
+                            assert_eq!(one.unwrap()["spec"]["stringData"]["password"], format!("{SECRET}-7"));
+                            reads += 1;
+                        }
+                        reads
+                    })
+                })
+                .collect();
+            let writer = s.spawn(|| {
+                let mut i = 50;
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.apply(vec![named(i)]).expect("a write during rotation");
+                    i += 1;
+                }
+                i
+            });
+            while started.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+                std::thread::yield_now();
+            }
+            for _ in 0..5 {
+                ring = ring.with_first(Keyring::generate().unwrap().active().clone());
+                store.rotate_key(&ring).expect("a rotation while in use");
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let reads: u64 = readers.into_iter().map(|r| r.join().expect("a reader")).sum();
+            (reads, writer.join().expect("the writer"))
+        });
+        assert!(reads > 0, "the readers ran during the rotations");
+        drop(store);
+        let only_last = Keyring::new(vec![ring.active().clone()]).unwrap();
+        let reopened = Store::open_sealed(&path, &only_last).unwrap();
+        let all = reopened.list("Secret", None).unwrap();
+        assert_eq!(all.len(), written, "every write is there");
+        for o in &all {
+            let name = o["metadata"]["name"].as_str().unwrap();
+            assert_eq!(o["spec"]["stringData"]["password"], format!("{SECRET}-{}", &name[1..]));
+        }
+        assert!(!contains(&path, SECRET), "nothing in the clear after rotations");
+    }
+
     #[test]
     fn a_key_file_with_a_new_first_key_rewraps_at_start() {
         let dir = tempfile::tempdir().unwrap();

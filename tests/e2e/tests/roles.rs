@@ -394,9 +394,8 @@ spec:
     let acked = alice.post(&format!("/api/v1/incidents/{a}/acknowledge"), json!({})).await.expect("its own");
     assert_eq!(acked["result"], "acknowledged");
     let all = tp.client.get("/api/v1/incidents?all=true").await.unwrap();
-    let state_of = |id: &str| {
-        all["items"].as_array().unwrap().iter().find(|i| i["id"] == id).map(|i| i["state"].clone()).unwrap()
-    };
+    let state_of =
+        |id: &str| all["items"].as_array().unwrap().iter().find(|i| i["id"] == id).map(|i| i["state"].clone()).unwrap();
     assert_eq!(state_of(&a), "acknowledged", "{all}");
     assert_eq!(state_of(&b), "triggered", "team-b's is untouched: {all}");
     let by = all["items"].as_array().unwrap().iter().find(|i| i["id"] == a.as_str()).unwrap();
