@@ -222,6 +222,14 @@ impl TestPlane {
             p.shutdown(false).await;
         }
     }
+
+    /// Stops the plane and hands back its data directory, to look at what it left on disk.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(p) = self.plane.take() {
+            p.shutdown(false).await;
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
 }
 
 impl Drop for TestPlane {
@@ -284,6 +292,27 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every regular file under `dir` (recursively) whose bytes contain `needle` (FIFOs and sockets are skipped: a
+/// read of a FIFO would wait for a writer).
+pub fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file()
+                && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
 }
 
 /// The Ready condition's status of an App object.

@@ -66,6 +66,12 @@ async fn a_database_serves_an_app_survives_crashes_and_restarts_and_keeps_its_da
     psql(&url, "create table issues(id int primary key, title text)");
     psql(&url, "insert into issues values (1, 'survives')");
     assert_eq!(psql(&url, "show max_connections"), "20", "spec.parameters reach the server");
+    // The generated password is in the credentials Secret, the App's DATABASE_URL and the replica's runtime
+    // record: all of them in the encrypted store, none of them in the clear in any file of the data directory
+    // (PostgreSQL keeps a SCRAM verifier, initdb's password file is gone).
+    let password = url.trim_start_matches("postgres://app:").split('@').next().expect("a password").to_string();
+    assert!(password.len() >= 16, "{url}");
+    assert_eq!(files_holding(tp.dir.path(), &password), Vec::<String>::new(), "the password in the clear");
 
     // SIGKILL of the server: restarted by its App, the row is there.
     let server = tp.app("db-postgres").await;

@@ -504,7 +504,10 @@ async fn wrong_credentials_and_unreachable_remotes_get_a_clear_status() {
     })
     .await;
     drop(held);
-    tp.stop().await;
+    let data = tp.stop_keeping_data().await;
+    // The Source's password was only ever in the encrypted store and in memory.
+    assert!(data.path().join("state.redb").is_file());
+    assert_eq!(files_holding(data.path(), "hunter2-secret"), Vec::<String>::new());
 }
 
 /// POSTs a raw body with headers; returns the status and body.
@@ -566,7 +569,14 @@ async fn ssh_sources_use_their_key_and_trust_only_their_known_hosts() {
     assert_eq!(s["reason"], "AuthenticationFailed", "{s}");
     let text = tp.client.get("/api/v1/namespaces/default/sources/repo").await.expect("source").to_string();
     assert!(!text.contains("PRIVATE KEY"), "the key never reaches status");
-    tp.stop().await;
+    let data = tp.stop_keeping_data().await;
+    assert!(data.path().join("state.redb").is_file());
+    // ssh reads the key from a file (0600, in the Source's repository directory) only while it fetches.
+    let key_line = sshd.identity.lines().nth(1).expect("a line of the key").to_string();
+    eventually("no file holds the private key once fetches have ended", T, || async {
+        files_holding(data.path(), &key_line).is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,27 +99,6 @@ async fn the_audit_log_records_changes_refusals_and_secret_reads_with_who_never_
     tp.stop().await;
 }
 
-/// Every regular file under `dir` (recursively) whose bytes contain `needle` (FIFOs and sockets are skipped: a
-/// read of a FIFO would wait for a writer).
-fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file()
-                && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
-}
-
 /// `capstan up` in the background with its own log (stderr, at debug) in `log`.
 fn up_logged(
     data: &std::path::Path,
