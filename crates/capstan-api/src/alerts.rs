@@ -171,7 +171,7 @@ impl Alerting {
                 })
             })
             .collect();
-        json!({ "items": items })
+        Value::Object(serde_json::Map::from_iter([("items".to_string(), Value::Array(items))]))
     }
 }
 

@@ -314,7 +314,15 @@ async fn list(
     for o in &mut items {
         shown |= crate::redact::object(&grant, o);
     }
-    Ok(crate::redact::answer(json!({ "items": items }), shown))
+    Ok(crate::redact::answer(list_of(items), shown))
+}
+
+/// `{"items": [...]}` built by moving the items in (`json!` would serialize them into a copy: a third of the time
+/// of a large list answer).
+fn list_of(items: Vec<Value>) -> Value {
+    let mut m = serde_json::Map::with_capacity(1);
+    m.insert("items".into(), Value::Array(items));
+    Value::Object(m)
 }
 
 /// The object as JSON, 404 naming it when absent, 500 on a store error.

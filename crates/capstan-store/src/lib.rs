@@ -541,7 +541,9 @@ impl Store {
                 outcomes.push((key, action));
             }
         }
-        if dry_run {
+        // Nothing changed (every object as stored): no commit, so no write to disk and no fsync, as an unchanged
+        // `kubectl apply` writes nothing to etcd.
+        if dry_run || events.is_empty() {
             tx.abort()?;
             return Ok(outcomes);
         }
