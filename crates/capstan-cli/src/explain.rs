@@ -111,7 +111,7 @@ pub fn explain(what: &str) -> Result<u8> {
         path.push(field.to_string());
         node = next;
     }
-    let mut out = format!("KIND:       {}\nVERSION:    {}\n", kind.name(), capstan_model::API_VERSION);
+    let mut out = format!("KIND:       {}\nVERSION:    {}\n", kind.name(), kind.api_version());
     if !path.is_empty() {
         out.push_str(&format!("\nFIELD:      {} <{}>\n", path.join("."), type_name(&root, node)));
     }

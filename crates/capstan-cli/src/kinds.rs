@@ -4,6 +4,8 @@ mod alert_rule;
 mod app;
 mod database;
 mod escalation_policy;
+mod gateway;
+mod http_route;
 mod model_server;
 mod secret;
 mod source;
@@ -65,6 +67,8 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::ModelServer => model_server::columns(),
         Kind::AlertRule => alert_rule::columns(),
         Kind::EscalationPolicy => escalation_policy::columns(),
+        Kind::Gateway => gateway::columns(),
+        Kind::HTTPRoute => http_route::columns(),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::columns(),
     };
@@ -88,7 +92,9 @@ fn wide_of(kind: Kind) -> Option<Wide> {
         | Kind::TrainingJob
         | Kind::ModelServer
         | Kind::AlertRule
-        | Kind::EscalationPolicy => None,
+        | Kind::EscalationPolicy
+        | Kind::Gateway
+        | Kind::HTTPRoute => None,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,
     }
@@ -112,6 +118,8 @@ pub fn row(kind: Kind, o: &Value, all: bool, wide: bool, now: DateTime<Utc>) -> 
         Kind::ModelServer => model_server::cells(o),
         Kind::AlertRule => alert_rule::cells(o),
         Kind::EscalationPolicy => escalation_policy::cells(o),
+        Kind::Gateway => gateway::cells(o),
+        Kind::HTTPRoute => http_route::cells(o),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::cells(o),
     };
@@ -136,6 +144,8 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
         Kind::ModelServer => model_server::describe,
         Kind::AlertRule => alert_rule::describe,
         Kind::EscalationPolicy => escalation_policy::describe,
+        Kind::Gateway => gateway::describe,
+        Kind::HTTPRoute => http_route::describe,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::describe,
     };

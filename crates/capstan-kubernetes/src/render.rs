@@ -83,6 +83,7 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
                 .collect();
             Ok(render_database(d, &clients))
         }
+        Resource::Gateway(_) | Resource::HTTPRoute(_) => Ok(vec![pass_through(r)]),
         Resource::TrainingJob(j) => crate::training::render_training_job(j),
         Resource::ModelServer(m) => crate::serving::render_model_server(m),
         #[cfg(feature = "throwaway-kind")]
@@ -93,6 +94,20 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
         | Resource::AlertRule(_)
         | Resource::EscalationPolicy(_) => Err(not_rendered(r)),
     }
+}
+
+/// A standard's object (Gateway API's) as the cluster takes it: the same apiVersion, kind and spec, the metadata a
+/// user writes (name, namespace, labels, annotations), no status.
+fn pass_through(r: &Resource) -> Value {
+    let m = r.meta();
+    let mut meta = json!({ "name": m.name, "namespace": m.namespace() });
+    if !m.labels.is_empty() {
+        meta["labels"] = json!(m.labels);
+    }
+    if !m.annotations.is_empty() {
+        meta["annotations"] = json!(m.annotations);
+    }
+    json!({ "apiVersion": r.kind().api_version(), "kind": r.kind().name(), "metadata": meta, "spec": r.spec_value() })
 }
 
 /// The error for a kind that has no Kubernetes form.
@@ -113,6 +128,8 @@ pub fn renders(kind: Kind) -> bool {
     match kind {
         Kind::App | Kind::Database | Kind::TrainingJob | Kind::ModelServer => true,
         Kind::Secret | Kind::Source | Kind::Sync | Kind::AlertRule | Kind::EscalationPolicy => false,
+        // Passed through as they are by `render_resource`; the cluster's own Gateway implementation reconciles them.
+        Kind::Gateway | Kind::HTTPRoute => false,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => false,
     }

@@ -4,9 +4,9 @@
 
 use serde_json::{json, Value};
 
-/// Capstan's custom resources (every kind but Secret, which is Kubernetes' own there).
+/// Capstan's custom resources (not Secret, which is Kubernetes' own there, nor Gateway API's kinds).
 fn custom_resources() -> Vec<&'static str> {
-    capstan_model::Kind::ALL.iter().filter(|k| **k != capstan_model::Kind::Secret).map(|k| k.plural()).collect()
+    capstan_model::Kind::ALL.iter().filter(|k| k.is_custom_resource()).map(|k| k.plural()).collect()
 }
 
 /// What Capstan's kinds render to, by API group: what a deployer changes when it applies them.
@@ -14,7 +14,7 @@ const RENDERED: &[(&str, &[&str])] = &[
     ("apps", &["statefulsets", "deployments"]),
     ("", &["pods", "services", "persistentvolumeclaims"]),
     ("networking.k8s.io", &["ingresses", "networkpolicies"]),
-    ("gateway.networking.k8s.io", &["httproutes"]),
+    ("gateway.networking.k8s.io", &["gateways", "httproutes"]),
     ("policy", &["poddisruptionbudgets"]),
     ("autoscaling", &["horizontalpodautoscalers"]),
     ("postgresql.cnpg.io", &["clusters"]),

@@ -3,6 +3,7 @@
 pub mod alerting;
 pub mod app;
 pub mod database;
+pub mod gateway;
 pub mod gitops;
 pub mod manifest;
 pub mod meta;

@@ -11,6 +11,7 @@ use crate::alerting::{
 };
 use crate::app::{AppSpec, AppStatus};
 use crate::database::{validate_database, Database};
+use crate::gateway::{validate_gateway, validate_http_route, Gateway, HttpRoute, GATEWAY_API_VERSION};
 use crate::gitops::{validate_secret, validate_source, validate_sync, Secret, Source, Sync};
 use crate::manifest::closest;
 use crate::meta::{ObjectKey, ObjectMeta, API_VERSION};
@@ -22,7 +23,8 @@ use crate::validate::{validate_app, validate_meta, FieldError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Object<S, T> {
-    /// Always `capstan.dev/v1alpha1`.
+    /// `capstan.dev/v1alpha1` for Capstan's kinds; the standard's own for the standard kinds it implements
+    /// (`gateway.networking.k8s.io/v1` for Gateway API).
     pub api_version: String,
     pub kind: String,
     pub metadata: ObjectMeta,
@@ -53,8 +55,9 @@ pub type EscalationPolicy = Object<EscalationPolicySpec, EscalationPolicyStatus>
 /// decoding, validation and access to the typed object whatever its kind) — so a new kind is one line here, and
 /// every `match` on `Kind` elsewhere fails to compile until it handles the kind.
 macro_rules! kinds {
-    ($( $(#[$doc:meta])* $([cfg($cfg:meta)])? $kind:ident($ty:ty), $plural:literal, crd: $crd:literal, |$o:ident, $e:ident| $validate:expr; )*) => {
-        /// The kinds Capstan knows.
+    ($( $(#[$doc:meta])* $([cfg($cfg:meta)])? $kind:ident($ty:ty), $plural:literal, api: $api:expr, crd: $crd:literal, |$o:ident, $e:ident| $validate:expr; )*) => {
+        /// The kinds Capstan knows (a standard's kind keeps its spelling: `HTTPRoute`).
+        #[allow(clippy::upper_case_acronyms)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Kind {
             $( $(#[$doc])* $(#[cfg($cfg)])? $kind, )*
@@ -77,6 +80,13 @@ macro_rules! kinds {
                 }
             }
 
+            /// The `apiVersion` its objects are written with: Capstan's own, or the standard's it implements.
+            pub fn api_version(self) -> &'static str {
+                match self {
+                    $( $(#[cfg($cfg)])? Kind::$kind => $api, )*
+                }
+            }
+
             /// Whether a cluster serves it as Capstan's own custom resource (a Secret is the core Secret there).
             pub fn is_custom_resource(self) -> bool {
                 match self {
@@ -94,7 +104,7 @@ macro_rules! kinds {
         /// An object of any kind.
         // Resources are decoded a batch at a time and never kept in bulk, so the size of the largest variant does
         // not matter.
-        #[allow(clippy::large_enum_variant)]
+        #[allow(clippy::large_enum_variant, clippy::upper_case_acronyms)]
         #[derive(Debug, Clone, PartialEq)]
         pub enum Resource {
             $( $(#[cfg($cfg)])? $kind($ty), )*
@@ -133,26 +143,30 @@ macro_rules! kinds {
 
 kinds! {
     /// Values kept apart from specs (credentials, tokens).
-    Secret(Secret), "secrets", crd: false, |o, e| validate_secret(&o.spec, e);
+    Secret(Secret), "secrets", api: API_VERSION, crd: false, |o, e| validate_secret(&o.spec, e);
     /// Where manifests come from: a Git repository or a directory.
-    Source(Source), "sources", crd: true, |o, e| validate_source(&o.spec, e);
+    Source(Source), "sources", api: API_VERSION, crd: true, |o, e| validate_source(&o.spec, e);
     /// What to apply from a Source, and how.
-    Sync(Sync), "syncs", crd: true, |o, e| validate_sync(&o.metadata.name, o.metadata.namespace(), &o.spec, e);
+    Sync(Sync), "syncs", api: API_VERSION, crd: true, |o, e| validate_sync(&o.metadata.name, o.metadata.namespace(), &o.spec, e);
     /// A PostgreSQL database on this machine (or CloudNativePG on Kubernetes).
-    Database(Database), "databases", crd: true, |o, e| validate_database(&o.metadata.name, &o.spec, e);
+    Database(Database), "databases", api: API_VERSION, crd: true, |o, e| validate_database(&o.metadata.name, &o.spec, e);
     /// Replicas of a program.
-    App(App), "apps", crd: true, |o, e| validate_app(&o.spec, e);
+    App(App), "apps", api: API_VERSION, crd: true, |o, e| validate_app(&o.spec, e);
     /// A distributed TensorFlow training run.
-    TrainingJob(TrainingJob), "trainingjobs", crd: true, |o, e| validate_training_job(&o.metadata.name, &o.spec, e);
+    TrainingJob(TrainingJob), "trainingjobs", api: API_VERSION, crd: true, |o, e| validate_training_job(&o.metadata.name, &o.spec, e);
     /// A model's versions served with the TensorFlow Serving REST API.
-    ModelServer(ModelServer), "modelservers", crd: true, |o, e| validate_model_server(&o.metadata.name, &o.spec, e);
+    ModelServer(ModelServer), "modelservers", api: API_VERSION, crd: true, |o, e| validate_model_server(&o.metadata.name, &o.spec, e);
     /// A PromQL condition that opens alerts.
-    AlertRule(AlertRule), "alertrules", crd: true, |o, e| validate_alert_rule(&o.spec, e);
+    AlertRule(AlertRule), "alertrules", api: API_VERSION, crd: true, |o, e| validate_alert_rule(&o.spec, e);
     /// Who is told about incidents, level by level.
-    EscalationPolicy(EscalationPolicy), "escalationpolicies", crd: true, |o, e| validate_escalation_policy(&o.spec, e);
+    EscalationPolicy(EscalationPolicy), "escalationpolicies", api: API_VERSION, crd: true, |o, e| validate_escalation_policy(&o.spec, e);
+    /// Gateway API's Gateway: listeners on ports where routes attach.
+    Gateway(Gateway), "gateways", api: GATEWAY_API_VERSION, crd: false, |o, e| validate_gateway(&o.spec, e);
+    /// Gateway API's HTTPRoute: requests matched by host, path, headers, query and method, sent to Apps.
+    HTTPRoute(HttpRoute), "httproutes", api: GATEWAY_API_VERSION, crd: false, |o, e| validate_http_route(&o.spec, e);
     /// A throwaway kind that exists only to prove the "adding a kind" checklist (feature `throwaway-kind`).
     [cfg(feature = "throwaway-kind")]
-    Widget(crate::widget::Widget), "widgets", crd: false, |o, e| crate::widget::validate_widget(&o.spec, e);
+    Widget(crate::widget::Widget), "widgets", api: API_VERSION, crd: false, |o, e| crate::widget::validate_widget(&o.spec, e);
 }
 
 impl Kind {
@@ -210,16 +224,6 @@ impl Resource {
             return Err(FieldError::new("", "a manifest must be a mapping")
                 .hint("start with `apiVersion: capstan.dev/v1alpha1` and `kind: App`"));
         };
-        match map.get("apiVersion") {
-            None => {
-                return Err(FieldError::new("apiVersion", "is missing").hint(format!("add `apiVersion: {API_VERSION}`")))
-            }
-            Some(Value::String(v)) if v == API_VERSION => {}
-            Some(v) => {
-                return Err(FieldError::new("apiVersion", format!("`{}` is not served here", show(v)))
-                    .hint(format!("use `{API_VERSION}`")))
-            }
-        }
         let kind = match map.get("kind") {
             None => {
                 return Err(FieldError::new("kind", "is missing").hint(format!("one of: {}", Kind::names().join(", "))))
@@ -236,6 +240,15 @@ impl Resource {
             },
             Some(v) => return Err(FieldError::new("kind", format!("`{}` is not a kind name", show(v)))),
         };
+        let api = kind.api_version();
+        match map.get("apiVersion") {
+            None => return Err(FieldError::new("apiVersion", "is missing").hint(format!("add `apiVersion: {api}`"))),
+            Some(Value::String(v)) if v == api => {}
+            Some(v) => {
+                return Err(FieldError::new("apiVersion", format!("`{}` is not served here for {kind}", show(v)))
+                    .hint(format!("use `{api}`")))
+            }
+        }
         Resource::decode_as(kind, value)
     }
 

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod http;
 pub mod idle;
 pub mod metrics;
+pub mod routes;
 pub mod serve;
 pub mod tcp;
 
