@@ -362,6 +362,7 @@ impl ControlPlane {
         let databases = capstan_database::controller::spawn(store.clone(), cfg.data_dir.clone());
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
         let model_servers = capstan_modelserver::controller::spawn(store.clone(), cfg.data_dir.clone());
+        let front_door = capstan_gateway::controller::spawn(store.clone(), proxy.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
         let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone(), cfg.query.limits());
         let shared = Arc::new(Shared {
@@ -399,7 +400,7 @@ impl ControlPlane {
             controllers: gitops
                 .into_handles()
                 .into_iter()
-                .chain([databases, training, model_servers, controller, alerts])
+                .chain([databases, training, model_servers, front_door, controller, alerts])
                 .collect(),
             monitor: Some(monitor),
             server,
@@ -519,8 +520,8 @@ pub fn controller_of(kind: Kind) -> Option<&'static str> {
         Kind::AlertRule | Kind::EscalationPolicy => Some("alerting"),
         // Read by the controllers of the kinds that use it (a Source's credentials, a Database's URL).
         Kind::Secret => None,
-        // Stored and validated; the front door that serves them on this machine is issue 23's next step.
-        Kind::Gateway | Kind::HTTPRoute => None,
+        // One controller compiles both into the balancer's listeners.
+        Kind::Gateway | Kind::HTTPRoute => Some("Gateway"),
         // The throwaway kind's reconciler is started by its own test.
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,

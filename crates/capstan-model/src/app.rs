@@ -213,6 +213,29 @@ pub struct PortSpec {
     pub port: Option<u16>,
 }
 
+/// The first port given to a named port that has no number on Kubernetes (pods have their own addresses, so
+/// numbers are free); the same numbers name an App's ports in a Gateway API backendRef on this machine.
+pub const FIRST_PORT: u16 = 8080;
+
+impl AppSpec {
+    /// The Service (and container) port of each named port on Kubernetes: its number, or 8080, 8081, … in order
+    /// for the unnumbered ones. A backendRef's `port` means the same on both runtimes.
+    pub fn service_ports(&self) -> std::collections::BTreeMap<String, u16> {
+        let mut next = FIRST_PORT;
+        self.ports
+            .iter()
+            .map(|p| {
+                let n = p.port.filter(|n| *n != 0).unwrap_or_else(|| {
+                    let n = next;
+                    next += 1;
+                    n
+                });
+                (p.name.clone(), n)
+            })
+            .collect()
+    }
+}
+
 /// A port given by its name in `spec.ports` or by number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
@@ -595,6 +618,28 @@ pub struct GatewayRef {
 
 fn yes() -> bool {
     true
+}
+
+impl Expose {
+    /// An http entry point on `port` with every default, as `expose: [{port: N}]` gives.
+    pub fn http(port: u16) -> Expose {
+        Expose {
+            name: None,
+            port,
+            address: None,
+            protocol: ExposeProtocol::default(),
+            target_port: None,
+            balance: Balance::default(),
+            sticky: None,
+            websockets: yes(),
+            max_body_size: body_default(),
+            max_connections: None,
+            timeouts: Timeouts::default(),
+            retry_idempotent: yes(),
+            drain_seconds: thirty(),
+            gateway: None,
+        }
+    }
 }
 fn body_default() -> String {
     "250Mi".into()

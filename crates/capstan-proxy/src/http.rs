@@ -90,7 +90,7 @@ where
     b.map_err(Into::into).boxed()
 }
 
-fn plain(status: StatusCode, text: String) -> Response<ProxyBody> {
+pub(crate) fn plain(status: StatusCode, text: String) -> Response<ProxyBody> {
     let mut r = Response::new(boxed(Full::new(Bytes::from(text + "\n"))));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -7,6 +7,7 @@ pub mod backend;
 mod busy;
 pub mod error;
 pub mod gate;
+pub mod gateway;
 pub mod http;
 pub mod idle;
 pub mod metrics;
@@ -191,10 +192,44 @@ impl Drop for Listener {
     }
 }
 
+/// A gateway listener: its routes and its accept loop.
+struct GatewayListener {
+    routes: Arc<gateway::Routes>,
+    _gate: Arc<ListenerGate>,
+    addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for GatewayListener {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The backends of an App's replicas on one of its ports, by the port's name.
+fn port_backends(replicas: &[ReplicaEndpoint], port: &str) -> Vec<BackendInfo> {
+    replicas
+        .iter()
+        .filter(|r| r.pid.is_some())
+        .filter_map(|r| {
+            let p = *r.ports.get(port)?;
+            Some(BackendInfo { name: r.name.clone(), addr: ([127, 0, 0, 1], p).into(), ready: r.ready, pid: r.pid })
+        })
+        .collect()
+}
+
 /// The load balancer of the embedded runtime: one worker thread per core; each accepted connection goes to the
 /// least busy worker, and a connection and its upstream requests never change threads.
 pub struct Proxy {
     listeners: Mutex<HashMap<ObjectKey, Vec<Listener>>>,
+    /// Gateway listeners by address and port, each shared by the routes attached to it.
+    gateways: Mutex<HashMap<(String, u16), GatewayListener>>,
+    /// The backend entries of gateway routes, by (App, port name, rule).
+    gateway_entries: Mutex<HashMap<gateway::EntryKey, Arc<Entry>>>,
+    /// Every App's spec and replicas as last synced, whether it has entry points or not: gateway routes use them.
+    apps: Mutex<HashMap<ObjectKey, (App, Vec<ReplicaEndpoint>)>>,
     metrics: Arc<Metrics>,
     gate: Arc<Gate>,
     /// Started with the first entry point, so a Capstan that exposes nothing runs no proxy threads.
@@ -210,6 +245,7 @@ impl Default for Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.gateways.lock().unwrap_or_else(|p| p.into_inner()).clear();
         for w in self.workers.get_mut().into_iter().flatten() {
             if let Some(s) = w.stop.take() {
                 let _ = s.send(());
@@ -276,19 +312,19 @@ fn bind(address: &str, port: u16) -> Result<std::net::TcpListener, ListenError> 
 /// shows in the tail latency.)
 async fn serve(
     listener: std::net::TcpListener,
-    entry: Arc<Entry>,
+    front: Front,
     protocol: ExposeProtocol,
     dispatch: Dispatch,
     gate: Arc<ListenerGate>,
 ) {
+    let name = front.name();
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(app = %entry.app, "listener: {e}");
+            tracing::error!(listener = %name, "listener: {e}");
             return;
         }
     };
-    let name = format!("{}/{}/{}", entry.namespace, entry.app, entry.name);
     let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -308,13 +344,13 @@ async fn serve(
                 continue;
             }
         };
-        let entry = entry.clone();
+        let front = front.clone();
         let Some((handle, count)) = dispatch.pick() else { return };
         // A socket belongs to the reactor of the runtime that registered it: move it over as a std socket.
         let stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(app = %entry.app, "accept: {e}");
+                tracing::warn!(listener = %name, "accept: {e}");
                 continue;
             }
         };
@@ -325,12 +361,28 @@ async fn serve(
             let stream = match tokio::net::TcpStream::from_std(stream) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(app = %entry.app, "accept: {e}");
+                    tracing::warn!("accept: {e}");
                     return;
                 }
             };
-            connection(stream, peer, entry, protocol, admitted).await;
+            connection(stream, peer, front, protocol, admitted).await;
         });
+    }
+}
+
+/// What a listener serves: one App's entry point, or a gateway listener's routes.
+#[derive(Clone)]
+enum Front {
+    App(Arc<Entry>),
+    Routes(Arc<gateway::Routes>),
+}
+
+impl Front {
+    fn name(&self) -> String {
+        match self {
+            Front::App(e) => format!("{}/{}/{}", e.namespace, e.app, e.name),
+            Front::Routes(r) => format!("gateway port {}", r.port),
+        }
     }
 }
 
@@ -338,10 +390,23 @@ async fn serve(
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    entry: Arc<Entry>,
+    front: Front,
     protocol: ExposeProtocol,
     admitted: gate::Admitted,
 ) {
+    let entry = match (front, protocol) {
+        (Front::Routes(routes), _) => {
+            let client = http::Client::new(peer);
+            let svc = service_fn(move |req| {
+                let (routes, client) = (routes.clone(), client.clone());
+                async move { Ok::<_, std::convert::Infallible>(gateway::handle(routes, req, client).await) }
+            });
+            let _ = stream.set_nodelay(true);
+            serve::serve_http(stream, admitted, svc).await;
+            return;
+        }
+        (Front::App(entry), _) => entry,
+    };
     match protocol {
         ExposeProtocol::Tcp => {
             let _admitted = admitted;
@@ -373,6 +438,9 @@ impl Proxy {
         let metrics = Arc::new(Metrics::default());
         Proxy {
             listeners: Mutex::new(HashMap::new()),
+            gateways: Mutex::new(HashMap::new()),
+            gateway_entries: Mutex::new(HashMap::new()),
+            apps: Mutex::new(HashMap::new()),
             gate: Gate::new(budget, header_timeout, metrics.clone()),
             metrics,
             workers: std::sync::OnceLock::new(),
@@ -396,7 +464,7 @@ impl Proxy {
         &self,
         address: &str,
         port: u16,
-        entry: Arc<Entry>,
+        front: Front,
         protocol: ExposeProtocol,
         gate: Arc<ListenerGate>,
     ) -> Result<(SocketAddr, Vec<JoinHandle<()>>), ListenError> {
@@ -412,12 +480,24 @@ impl Proxy {
         let l = bind(address, port)?;
         let addr =
             l.local_addr().map_err(|source| ListenError::LocalAddr { address: address.to_string(), port, source })?;
-        Ok((addr, vec![acceptor.handle.spawn(serve(l, entry, protocol, dispatch, gate))]))
+        Ok((addr, vec![acceptor.handle.spawn(serve(l, front, protocol, dispatch, gate))]))
     }
 
     /// Brings an App's entry points in line with its spec and replicas: opens, updates and closes listeners.
     /// Returns one message per entry point that could not listen.
     pub fn sync_app(&self, key: &ObjectKey, app: Option<&App>, replicas: &[ReplicaEndpoint]) -> Vec<String> {
+        {
+            let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+            match app {
+                Some(a) => apps.insert(key.clone(), (a.clone(), replicas.to_vec())),
+                None => apps.remove(key),
+            };
+        }
+        for ((app_key, port, _), entry) in self.gateway_entries.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if app_key == key {
+                entry.backends.update(&port_backends(replicas, port));
+            }
+        }
         let mut all = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let Some(app) = app.filter(|a| !a.spec.expose.is_empty()) else {
             all.remove(key);
@@ -456,7 +536,7 @@ impl Proxy {
                     });
                     let name = format!("{}/{}/{}", key.namespace, key.name, entry.name);
                     let gate = self.gate.listener(&name, cap_of(e));
-                    match self.open(&address, e.port, entry.clone(), e.protocol, gate.clone()) {
+                    match self.open(&address, e.port, Front::App(entry.clone()), e.protocol, gate.clone()) {
                         Ok((addr, tasks)) => {
                             tracing::info!(app = %key, %addr, protocol = ?e.protocol, "entry point listening");
                             Listener { bind: bind_key, entry, gate, addr, tasks }
@@ -482,11 +562,16 @@ impl Proxy {
     pub async fn drain(&self, key: &ObjectKey, replica: &str) {
         let targets: Vec<(Arc<backend::Backend>, Duration)> = {
             let all = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            all.get(key)
-                .into_iter()
-                .flatten()
-                .filter_map(|l| l.entry.backends.drain(replica).map(|b| (b, l.entry.config().drain)))
-                .collect()
+            let own = all.get(key).into_iter().flatten().map(|l| l.entry.clone());
+            let routed: Vec<Arc<Entry>> = self
+                .gateway_entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|((app, _, _), _)| app == key)
+                .map(|(_, e)| e.clone())
+                .collect();
+            own.chain(routed).filter_map(|e| e.backends.drain(replica).map(|b| (b, e.config().drain))).collect()
         };
         let Some(limit) = targets.iter().map(|(_, d)| *d).max() else { return };
         let deadline = Instant::now() + limit;
@@ -511,6 +596,79 @@ impl Proxy {
     /// Stops every listener.
     pub fn close_all(&self) {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.gateways.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Brings the gateway listeners in line with `plans`: opens new ones, swaps the routes of open ones (their
+    /// connections stay open and take the new routes on their next request), closes the rest. Returns, per
+    /// address and port, why a listener could not open; that listener's routes are not served.
+    pub fn sync_gateways(&self, plans: Vec<gateway::ListenerPlan>) -> BTreeMap<(String, u16), String> {
+        let mut errors = BTreeMap::new();
+        let mut old_entries = std::mem::take(&mut *self.gateway_entries.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut entries = HashMap::new();
+        let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for plan in &plans {
+            for (action, b) in gateway::backends(&plan.routes) {
+                let Ok(port) = &b.port else { continue };
+                let (rule, settings) = (&action.id, &action.settings);
+                let key = (b.app.clone(), port.clone(), rule.clone());
+                let entry = entries.get(&key).cloned().or_else(|| old_entries.remove(&key)).unwrap_or_else(|| {
+                    Arc::new(Entry {
+                        namespace: b.app.namespace.clone(),
+                        app: b.app.name.clone(),
+                        name: rule.clone(),
+                        config: RwLock::new(Arc::new(EntryConfig::new(settings))),
+                        backends: BackendSet::default(),
+                        metrics: self.metrics.clone(),
+                        per_replica: RwLock::new(HashMap::new()),
+                    })
+                });
+                *entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EntryConfig::new(settings));
+                let replicas = apps.get(&b.app).map(|(_, r)| r.as_slice()).unwrap_or_default();
+                entry.backends.update(&port_backends(replicas, port));
+                let _ = b.entry.set(entry.clone());
+                entries.insert(key, entry);
+            }
+        }
+        *self.gateway_entries.lock().unwrap_or_else(|p| p.into_inner()) = entries;
+        let mut open = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = HashMap::new();
+        for plan in plans {
+            let bind = (plan.address.clone(), plan.port);
+            let listener = match open.remove(&bind) {
+                Some(l) => l,
+                None => {
+                    let routes = Arc::new(gateway::Routes::new(plan.port));
+                    let name = format!("gateway {}:{}", plan.address, plan.port);
+                    let gate = self.gate.listener(&name, usize::MAX);
+                    match self.open(
+                        &plan.address,
+                        plan.port,
+                        Front::Routes(routes.clone()),
+                        ExposeProtocol::Http,
+                        gate.clone(),
+                    ) {
+                        Ok((addr, tasks)) => {
+                            tracing::info!(%addr, "gateway listener open");
+                            GatewayListener { routes, _gate: gate, addr, tasks }
+                        }
+                        Err(e) => {
+                            errors.insert(bind, e.to_string());
+                            continue;
+                        }
+                    }
+                }
+            };
+            listener.routes.set(plan.routes);
+            next.insert(bind, listener);
+        }
+        *open = next;
+        errors
+    }
+
+    /// The addresses gateway listeners are bound to, by the address and port they were asked for.
+    pub fn gateway_addresses(&self) -> BTreeMap<(String, u16), SocketAddr> {
+        self.gateways.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, l)| (k.clone(), l.addr)).collect()
     }
 
     /// The proxy's metrics in Prometheus text format.

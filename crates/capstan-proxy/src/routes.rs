@@ -310,6 +310,11 @@ impl<A> RouteTable<A> {
         exact.chain(self.rest.iter().filter(|e| e.host.matches(req.host))).find(|e| e.matcher.matches(req))
     }
 
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry<A>> {
+        self.exact.values().flatten().chain(self.rest.iter())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.rest.is_empty()
     }

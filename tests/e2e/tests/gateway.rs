@@ -120,3 +120,204 @@ async fn gateway_api_objects_apply_list_describe_and_render_as_written() {
     assert_eq!(gw["spec"]["listeners"][1]["tls"]["certificateRefs"][0]["name"], "wildcard");
     tp.stop().await;
 }
+
+/// A GET through a gateway listener on 127.0.0.1:`port` for `host`: status, headers and body.
+async fn through(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, hyper::HeaderMap, String) {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let mut req = hyper::Request::get(format!("http://127.0.0.1:{port}{path}")).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req.body(Empty::new()).unwrap()))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.map(|b| String::from_utf8_lossy(&b.to_bytes()).to_string()).unwrap_or_default();
+    (parts.status.as_u16(), parts.headers, body)
+}
+
+fn condition<'a>(conditions: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    conditions.as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).unwrap_or(&serde_json::Value::Null)
+}
+
+/// Modelled on Gateway API's conformance cases (HTTPRouteWeight, HTTPRouteHeaderMatching, HTTPRouteRedirect*,
+/// HTTPRouteRewritePath, HTTPRouteRequestHeaderModifier, HTTPRouteResponseHeaderModifier, HTTPRouteInvalid*,
+/// GatewayWithAttachedRoutes, the listener conflict cases): three Apps behind one shared HTTP listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_share_one_listener_by_host_and_path_with_weights_filters_and_status() {
+    let tp = TestPlane::start().await;
+    let port = free_port();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let apps: String =
+        ["shop", "api", "api-next"].iter().map(|n| format!("{}---\n", app_yaml(n, 1, &[], READINESS))).collect();
+    tp.apply(&format!(
+        "{apps}apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: front}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: late}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+    - {{name: same-port, port: {port}, protocol: HTTP}}
+    - {{name: taken, port: {held_port}, protocol: HTTP}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shop}}
+spec:
+  parentRefs: [{{name: front}}]
+  hostnames: [shop.example.com]
+  rules: [{{backendRefs: [{{name: shop, port: 8080}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api}}
+spec:
+  parentRefs: [{{name: front, sectionName: http}}]
+  hostnames: [\"*.example.org\"]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /v1}}}}]
+      filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}]
+      backendRefs: [{{name: api, port: 8080, weight: 90}}, {{name: api-next, port: 8080, weight: 10}}]
+    - matches: [{{path: {{type: PathPrefix, value: /v1}}, headers: [{{name: X-Canary, value: \"true\"}}]}}]
+      filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}]
+      backendRefs: [{{name: api-next, port: 8080}}]
+    - matches: [{{path: {{type: Exact, value: /old}}}}]
+      filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https, hostname: new.example.org, statusCode: 301}}}}]
+    - matches: [{{path: {{type: PathPrefix, value: /headers}}}}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {{set: [{{name: x-added, value: \"yes\"}}], remove: [x-drop]}}
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: {{add: [{{name: x-served-by, value: capstan}}]}}
+      backendRefs: [{{name: api, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: ghost}}
+spec:
+  parentRefs: [{{name: front}}]
+  hostnames: [ghost.example.com]
+  rules: [{{backendRefs: [{{name: nobody, port: 8080}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: orphan}}
+spec:
+  parentRefs: [{{name: nowhere}}]
+  rules: [{{backendRefs: [{{name: shop, port: 8080}}]}}]
+"
+    ));
+    for app in ["shop", "api", "api-next"] {
+        eventually(&format!("{app} Ready"), T, || async { ready(&tp.app(app).await).then_some(()) }).await;
+    }
+
+    // By host name; an unknown host is a 404.
+    let (code, _, body) = eventually("the shop is served through the gateway", T, || async {
+        let r = through(port, "shop.example.com", "/", &[]).await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!((code, body.as_str()), (200, "shop-0"));
+    assert_eq!(through(port, "unknown.example.com", "/", &[]).await.0, 404);
+
+    // Weights: 90/10 over 1,000 requests, within ±3 points; a header match takes precedence.
+    let mut next = 0;
+    for _ in 0..1000 {
+        let (code, _, body) = through(port, "api.example.org", "/v1", &[]).await;
+        assert_eq!(code, 200, "{body}");
+        match body.as_str() {
+            "api-next-0" => next += 1,
+            "api-0" => {}
+            other => panic!("answered by {other}"),
+        }
+    }
+    assert!((70..=130).contains(&next), "api-next took {next} of 1000 (10% ± 3 points)");
+    for _ in 0..20 {
+        assert_eq!(through(port, "x.example.org", "/v1/", &[("x-canary", "true")]).await.2, "api-next-0");
+    }
+
+    // A redirect, and header modifiers both ways.
+    let (code, headers, _) = through(port, "api.example.org", "/old?q=1", &[]).await;
+    assert_eq!(code, 301);
+    assert_eq!(headers["location"], "https://new.example.org/old?q=1");
+    let (code, headers, body) = through(port, "api.example.org", "/headers", &[("x-drop", "1")]).await;
+    assert_eq!(code, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["x-added"], "yes", "{seen}");
+    assert!(seen.get("x-drop").is_none(), "{seen}");
+    assert_eq!(headers["x-served-by"], "capstan");
+
+    // A backend that does not exist: its requests are answered 500, and the route says why.
+    assert_eq!(through(port, "ghost.example.com", "/", &[]).await.0, 500);
+
+    // Status as Gateway API defines it.
+    let route = |name: &str| {
+        let name = name.to_string();
+        let c = tp.client.clone();
+        async move { c.get(&format!("/api/v1/namespaces/default/httproutes/{name}")).await.ok() }
+    };
+    let api = eventually("the api route's status", T, || async {
+        let r = route("api").await?;
+        (condition(&r["status"]["parents"][0]["conditions"], "Accepted")["status"] == "True").then_some(r)
+    })
+    .await;
+    let parent = &api["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "capstan.dev/gateway-controller");
+    assert_eq!(condition(&parent["conditions"], "ResolvedRefs")["status"], "True", "{parent}");
+    let ghost = route("ghost").await.unwrap();
+    let resolved = condition(&ghost["status"]["parents"][0]["conditions"], "ResolvedRefs");
+    assert_eq!((resolved["status"].as_str(), resolved["reason"].as_str()), (Some("False"), Some("BackendNotFound")));
+    assert!(resolved["message"].as_str().unwrap().contains("App default/nobody does not exist"), "{resolved}");
+    let orphan = route("orphan").await.unwrap();
+    let accepted = condition(&orphan["status"]["parents"][0]["conditions"], "Accepted");
+    assert_eq!((accepted["status"].as_str(), accepted["reason"].as_str()), (Some("False"), Some("NoMatchingParent")));
+
+    let gw = |name: &str| {
+        let name = name.to_string();
+        let c = tp.client.clone();
+        async move { c.get(&format!("/api/v1/namespaces/default/gateways/{name}")).await.unwrap() }
+    };
+    let front = gw("front").await;
+    let http = &front["status"]["listeners"][0];
+    assert_eq!(http["attachedRoutes"], 3, "shop, api and ghost: {front}");
+    assert_eq!(condition(&http["conditions"], "Programmed")["status"], "True");
+    assert_eq!(condition(&front["status"]["conditions"], "Programmed")["status"], "True");
+    let late = eventually("the late Gateway's listeners report", T, || async {
+        let g = gw("late").await;
+        (g["status"]["listeners"].as_array()?.len() == 2
+            && condition(&g["status"]["listeners"][1]["conditions"], "Accepted")["reason"] == "PortUnavailable")
+            .then_some(g)
+    })
+    .await;
+    let same = &late["status"]["listeners"][0];
+    assert_eq!(condition(&same["conditions"], "Conflicted")["reason"], "HostnameConflict", "{late}");
+    assert_eq!(condition(&same["conditions"], "Programmed")["status"], "False");
+    assert_eq!(condition(&late["status"]["conditions"], "Programmed")["status"], "False", "{late}");
+
+    // `describe` shows it too.
+    let page = text(&tp.cli(&["describe", "gateway", "late"]));
+    assert!(page.contains("PortUnavailable") && page.contains("HostnameConflict"), "{page}");
+
+    // A route deleted: its host is no longer served; the others still are.
+    tp.client.delete("/api/v1/namespaces/default/httproutes/shop").await.unwrap();
+    eventually("the shop's host is gone", T, || async {
+        (through(port, "shop.example.com", "/", &[]).await.0 == 404).then_some(())
+    })
+    .await;
+    assert_eq!(through(port, "api.example.org", "/v1", &[("x-canary", "true")]).await.2, "api-next-0");
+    drop(held);
+    tp.stop().await;
+}

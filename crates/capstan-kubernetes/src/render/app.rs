@@ -31,8 +31,7 @@ use super::{RenderError, INGRESS_NAMESPACE};
 
 /// Where volumes are mounted in the container: `<VOLUME_ROOT>/<volume name>`.
 pub const VOLUME_ROOT: &str = "/var/lib/capstan";
-/// The first port given to a named port that has no number (pods have their own addresses, so numbers are free).
-pub const FIRST_PORT: u16 = 8080;
+pub use capstan_model::app::FIRST_PORT;
 
 fn labels(app: &App) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -67,19 +66,7 @@ fn meta(app: &App, name: &str, component: Option<&str>) -> ObjectMeta {
 
 /// The container port of each named port: its number, or 8080, 8081, … in order for the unnumbered ones.
 pub fn port_numbers(app: &App) -> BTreeMap<String, u16> {
-    let mut next = FIRST_PORT;
-    app.spec
-        .ports
-        .iter()
-        .map(|p| {
-            let n = p.port.filter(|n| *n != 0).unwrap_or_else(|| {
-                let n = next;
-                next += 1;
-                n
-            });
-            (p.name.clone(), n)
-        })
-        .collect()
+    app.spec.service_ports()
 }
 
 fn port_ref(p: &PortRef) -> IntOrString {

@@ -1,0 +1,526 @@
+//! From Gateways, HTTPRoutes and Apps to what the proxy serves and what their status says: a pure function.
+//!
+//! Listeners that share an address and port share one socket; their hostnames must differ (else
+//! `HostnameConflict`) and their protocols agree (else `ProtocolConflict`): the older Gateway keeps the port. A
+//! route attaches to the listeners its parentRefs select that allow it (namespace and kind) and whose hostname
+//! meets its own; each rule's matches become entries of that socket's route table, under every hostname where the
+//! listener's and the route's meet.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_model::gateway::{
+    Condition, FromNamespaces, Gateway, GatewayAddress, GatewayStatus, HttpBackendRef, HttpFilterType, HttpRoute,
+    HttpRouteRule, Listener, ListenerProtocol, ListenerStatus, ParentReference, RouteGroupKind, RouteParentStatus,
+    RouteStatus, CONTROLLER_NAME, GATEWAY_GROUP,
+};
+use capstan_model::{App, Expose, ObjectKey, Sticky, StickyCookie};
+use capstan_proxy::gateway::{ListenerPlan, RouteBackend, RuleAction};
+use capstan_proxy::routes::{Entry, HostPattern, Matcher, RouteId, RouteTable};
+use chrono::{DateTime, Utc};
+
+/// Where a shared listener binds: address and port.
+pub type Bind = (String, u16);
+
+/// What the proxy serves, and the status of every Gateway and HTTPRoute.
+pub struct Compiled {
+    pub listeners: Vec<ListenerPlan>,
+    pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
+    pub routes: BTreeMap<ObjectKey, RouteStatus>,
+    /// Which Gateway listeners each socket serves, to report a socket that could not open.
+    pub binds: BTreeMap<(String, u16), Vec<(ObjectKey, String)>>,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: now,
+    }
+}
+
+/// The address a Gateway's listeners bind: its first `IPAddress`, else every address.
+pub fn bind_address(g: &Gateway) -> String {
+    g.spec
+        .addresses
+        .iter()
+        .find(|a| a.type_.as_deref().unwrap_or("IPAddress") == "IPAddress")
+        .map_or_else(|| "0.0.0.0".to_string(), |a| a.value.clone())
+}
+
+/// One listener of one Gateway, with what was decided about it.
+struct Slot<'a> {
+    gateway: &'a Gateway,
+    key: ObjectKey,
+    listener: &'a Listener,
+    bind: (String, u16),
+    /// Why it cannot take routes (not accepted, conflicted), with the condition it gets.
+    refused: Option<Condition>,
+    conflicted: Option<Condition>,
+    bad_kinds: Vec<String>,
+    attached: i32,
+}
+
+fn created_ms(meta: &capstan_model::ObjectMeta) -> i64 {
+    meta.creation_timestamp.map_or(0, |t| t.timestamp_millis())
+}
+
+fn key_of<S, T>(kind: &str, o: &capstan_model::Object<S, T>) -> ObjectKey {
+    ObjectKey::new(kind, o.metadata.namespace(), &o.metadata.name)
+}
+
+/// Compiles every Gateway and HTTPRoute against the Apps that exist.
+pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: DateTime<Utc>) -> Compiled {
+    let mut gateways: Vec<&Gateway> = gateways.iter().collect();
+    gateways.sort_by_key(|g| (created_ms(&g.metadata), g.metadata.namespace().to_string(), g.metadata.name.clone()));
+    let mut slots: Vec<Slot> = Vec::new();
+    // Per socket: the protocol that holds it, and the hostnames taken.
+    let mut sockets: BTreeMap<Bind, (ListenerProtocol, Vec<Option<String>>)> = BTreeMap::new();
+    for g in &gateways {
+        let gen = g.metadata.generation;
+        for l in &g.spec.listeners {
+            let bind = (bind_address(g), l.port);
+            let mut slot = Slot {
+                gateway: g,
+                key: key_of("Gateway", g),
+                listener: l,
+                bind: bind.clone(),
+                refused: None,
+                conflicted: None,
+                bad_kinds: Vec::new(),
+                attached: 0,
+            };
+            if l.protocol != ListenerProtocol::Http {
+                slot.refused = Some(condition(
+                    "Accepted",
+                    false,
+                    "UnsupportedProtocol",
+                    format!(
+                        "{} listeners are not served on the embedded runtime yet (HTTP is); on Kubernetes the cluster's Gateway implementation serves them",
+                        l.protocol.as_str()
+                    ),
+                    gen,
+                    now,
+                ));
+            }
+            for k in l.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default() {
+                let group_ok = k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP);
+                if !group_ok || !l.protocol.route_kinds().contains(&k.kind.as_str()) {
+                    slot.bad_kinds.push(k.kind.clone());
+                }
+            }
+            if slot.refused.is_none() {
+                match sockets.get_mut(&bind) {
+                    Some((p, _)) if *p != l.protocol => {
+                        slot.conflicted = Some(condition(
+                            "Conflicted",
+                            true,
+                            "ProtocolConflict",
+                            format!("port {} is served as {} by an older listener", l.port, p.as_str()),
+                            gen,
+                            now,
+                        ))
+                    }
+                    Some((_, hosts)) if hosts.contains(&l.hostname) => {
+                        slot.conflicted = Some(condition(
+                            "Conflicted",
+                            true,
+                            "HostnameConflict",
+                            format!(
+                                "another listener on port {} serves {}",
+                                l.port,
+                                l.hostname.as_deref().unwrap_or("every host name")
+                            ),
+                            gen,
+                            now,
+                        ))
+                    }
+                    Some((_, hosts)) => hosts.push(l.hostname.clone()),
+                    None => {
+                        sockets.insert(bind, (l.protocol, vec![l.hostname.clone()]));
+                    }
+                }
+            }
+            slots.push(slot);
+        }
+    }
+
+    let app_ports: BTreeMap<ObjectKey, BTreeMap<String, u16>> =
+        apps.iter().map(|a| (key_of("App", a), a.spec.service_ports())).collect();
+    // Every usable listener has its socket, routes or not (it answers 404 until a route attaches).
+    let mut tables: BTreeMap<Bind, Vec<Entry<RuleAction>>> = slots
+        .iter()
+        .filter(|s| s.refused.is_none() && s.conflicted.is_none())
+        .map(|s| (s.bind.clone(), Vec::new()))
+        .collect();
+    let mut route_status = BTreeMap::new();
+    let mut routes: Vec<&HttpRoute> = routes.iter().collect();
+    routes.sort_by_key(|r| (created_ms(&r.metadata), r.metadata.namespace().to_string(), r.metadata.name.clone()));
+    for r in routes {
+        let ns = r.metadata.namespace();
+        let gen = r.metadata.generation;
+        let id = Arc::new(RouteId {
+            namespace: ns.to_string(),
+            name: r.metadata.name.clone(),
+            created_ms: created_ms(&r.metadata),
+        });
+        let (actions, resolved) = actions(r, &app_ports, now);
+        let unsupported = unsupported(r);
+        let mut parents = Vec::new();
+        for p in &r.spec.parent_refs {
+            let mut conditions = Vec::new();
+            let accepted = match &unsupported {
+                Some(why) => condition("Accepted", false, "UnsupportedValue", why.clone(), gen, now),
+                None => attach(r, &id, p, &mut slots, &actions, &mut tables, gen, now),
+            };
+            conditions.push(accepted);
+            conditions.push(resolved.clone());
+            parents.push(RouteParentStatus {
+                parent_ref: p.clone(),
+                controller_name: CONTROLLER_NAME.into(),
+                conditions,
+            });
+        }
+        route_status.insert(key_of("HTTPRoute", r), RouteStatus { parents });
+    }
+
+    let mut gateway_status: BTreeMap<ObjectKey, GatewayStatus> = BTreeMap::new();
+    let mut binds: BTreeMap<(String, u16), Vec<(ObjectKey, String)>> = BTreeMap::new();
+    for s in &slots {
+        let gen = s.gateway.metadata.generation;
+        let usable = s.refused.is_none() && s.conflicted.is_none();
+        if usable {
+            binds.entry(s.bind.clone()).or_default().push((s.key.clone(), s.listener.name.clone()));
+        }
+        let supported: Vec<RouteGroupKind> = s
+            .listener
+            .protocol
+            .route_kinds()
+            .iter()
+            .filter(|k| **k == "HTTPRoute")
+            .map(|k| RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: (*k).into() })
+            .collect();
+        let mut conditions =
+            vec![s.refused.clone().unwrap_or_else(|| condition("Accepted", true, "Accepted", "", gen, now))];
+        conditions.push(match (&s.refused, &s.conflicted) {
+            (Some(_), _) => condition("Programmed", false, "Invalid", "the listener is not accepted", gen, now),
+            (None, Some(c)) => condition("Programmed", false, "Invalid", c.message.clone(), gen, now),
+            (None, None) => condition("Programmed", true, "Programmed", "", gen, now),
+        });
+        conditions.push(if s.bad_kinds.is_empty() {
+            condition("ResolvedRefs", true, "ResolvedRefs", "", gen, now)
+        } else {
+            condition(
+                "ResolvedRefs",
+                false,
+                "InvalidRouteKinds",
+                format!("not served on this listener: {}", s.bad_kinds.join(", ")),
+                gen,
+                now,
+            )
+        });
+        conditions
+            .push(s.conflicted.clone().unwrap_or_else(|| condition("Conflicted", false, "NoConflicts", "", gen, now)));
+        let st = gateway_status.entry(s.key.clone()).or_default();
+        st.listeners.push(ListenerStatus {
+            name: s.listener.name.clone(),
+            supported_kinds: supported,
+            attached_routes: s.attached,
+            conditions,
+        });
+    }
+    for g in &gateways {
+        let key = key_of("Gateway", g);
+        let gen = g.metadata.generation;
+        let st = gateway_status.entry(key).or_default();
+        let programmed =
+            st.listeners.iter().any(|l| l.conditions.iter().any(|c| c.type_ == "Programmed" && c.status == "True"));
+        let all_valid =
+            st.listeners.iter().all(|l| l.conditions.iter().any(|c| c.type_ == "Programmed" && c.status == "True"));
+        st.conditions = vec![
+            if all_valid {
+                condition("Accepted", true, "Accepted", "", gen, now)
+            } else {
+                condition(
+                    "Accepted",
+                    true,
+                    "ListenersNotValid",
+                    "some listeners are not served; see status.listeners",
+                    gen,
+                    now,
+                )
+            },
+            if programmed {
+                condition("Programmed", true, "Programmed", "", gen, now)
+            } else {
+                condition("Programmed", false, "Invalid", "no listener is served", gen, now)
+            },
+        ];
+        st.addresses = vec![GatewayAddress { type_: Some("IPAddress".into()), value: bind_address(g) }];
+    }
+    let listeners = tables
+        .into_iter()
+        .map(|((address, port), entries)| ListenerPlan { address, port, routes: RouteTable::new(entries) })
+        .collect();
+    Compiled { listeners, gateways: gateway_status, routes: route_status, binds }
+}
+
+/// A route that uses what the embedded runtime does not serve yet is not accepted anywhere, with the reason.
+fn unsupported(r: &HttpRoute) -> Option<String> {
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let filters = rule.filters.iter().chain(rule.backend_refs.iter().flat_map(|b| b.filters.iter()));
+        for f in filters {
+            if f.type_ == HttpFilterType::RequestMirror {
+                return Some(format!("spec.rules[{i}]: RequestMirror is not served on the embedded runtime yet"));
+            }
+        }
+    }
+    None
+}
+
+/// Attaches a route to the listeners one parentRef selects; returns its `Accepted` condition for that parent.
+#[allow(clippy::too_many_arguments)]
+fn attach(
+    r: &HttpRoute,
+    id: &Arc<RouteId>,
+    p: &ParentReference,
+    slots: &mut [Slot],
+    actions: &[Arc<RuleAction>],
+    tables: &mut BTreeMap<(String, u16), Vec<Entry<RuleAction>>>,
+    gen: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
+    let route_ns = r.metadata.namespace();
+    let gw_ns = p.namespace.as_deref().unwrap_or(route_ns);
+    let selected: Vec<usize> = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.key.namespace == gw_ns && s.key.name == p.name)
+        .filter(|(_, s)| p.section_name.as_ref().is_none_or(|n| *n == s.listener.name))
+        .filter(|(_, s)| p.port.is_none_or(|port| port == s.listener.port))
+        .map(|(i, _)| i)
+        .collect();
+    if selected.is_empty() {
+        let what = match (&p.section_name, p.port) {
+            (Some(n), _) => format!("Gateway {gw_ns}/{} has no listener `{n}`", p.name),
+            (None, Some(port)) => format!("Gateway {gw_ns}/{} has no listener on port {port}", p.name),
+            (None, None) => format!("Gateway {gw_ns}/{} does not exist", p.name),
+        };
+        return condition("Accepted", false, "NoMatchingParent", what, gen, now);
+    }
+    let mut refusal = None;
+    let mut attached = 0;
+    for i in selected {
+        let s = &mut slots[i];
+        if let Some(c) = s.refused.as_ref().or(s.conflicted.as_ref()) {
+            refusal.get_or_insert(("NotAllowedByListeners", format!("listener {}: {}", s.listener.name, c.message)));
+            continue;
+        }
+        let from =
+            s.listener.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()).map(|n| n.from).unwrap_or_default();
+        let allowed_ns = match from {
+            FromNamespaces::All => true,
+            FromNamespaces::Same => route_ns == s.key.namespace,
+            FromNamespaces::Selector => false,
+        };
+        if !allowed_ns {
+            let why = match from {
+                FromNamespaces::Selector => "namespace selectors are not served on the embedded runtime (it has no Namespace objects); use `from: All` or `Same`".to_string(),
+                _ => format!("listener {} takes routes of namespace {} only (allowedRoutes.namespaces.from: Same)", s.listener.name, s.key.namespace),
+            };
+            refusal.get_or_insert(("NotAllowedByListeners", why));
+            continue;
+        }
+        let kinds = s.listener.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default();
+        if !kinds.is_empty() && !kinds.iter().any(|k| k.kind == "HTTPRoute") {
+            refusal.get_or_insert((
+                "NotAllowedByListeners",
+                format!("listener {} does not take HTTPRoutes", s.listener.name),
+            ));
+            continue;
+        }
+        let listener_host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
+        let hosts: Vec<HostPattern> = if r.spec.hostnames.is_empty() {
+            vec![listener_host.clone()]
+        } else {
+            r.spec.hostnames.iter().filter_map(|h| listener_host.intersect(&HostPattern::parse(h))).collect()
+        };
+        if hosts.is_empty() {
+            refusal.get_or_insert((
+                "NoMatchingListenerHostname",
+                format!(
+                    "none of the route's host names falls under listener {}'s {}",
+                    s.listener.name,
+                    s.listener.hostname.as_deref().unwrap_or("*")
+                ),
+            ));
+            continue;
+        }
+        s.attached += 1;
+        attached += 1;
+        let table = tables.entry(s.bind.clone()).or_default();
+        for host in &hosts {
+            for (ri, (rule, action)) in r.spec.rules.iter().zip(actions).enumerate() {
+                let matchers: Vec<Matcher> = if rule.matches.is_empty() {
+                    vec![Matcher::any()]
+                } else {
+                    rule.matches.iter().filter_map(|m| Matcher::new(m).ok()).collect()
+                };
+                for (mi, m) in matchers.into_iter().enumerate() {
+                    table.push(Entry::new(id.clone(), ri, mi, host.clone(), Arc::new(m), action.clone()));
+                }
+            }
+        }
+    }
+    match (attached, refusal) {
+        (0, Some((reason, why))) => condition("Accepted", false, reason, why, gen, now),
+        _ => condition("Accepted", true, "Accepted", "", gen, now),
+    }
+}
+
+/// Each rule's action, and the route's `ResolvedRefs` condition.
+fn actions(
+    r: &HttpRoute,
+    app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
+    now: DateTime<Utc>,
+) -> (Vec<Arc<RuleAction>>, Condition) {
+    let ns = r.metadata.namespace();
+    let gen = r.metadata.generation;
+    let mut problems: Vec<(&str, String)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let rule_name = rule.name.clone().unwrap_or_else(|| i.to_string());
+        let mut action = RuleAction::new(format!("{ns}/{}/{rule_name}", r.metadata.name), settings(rule));
+        for f in &rule.filters {
+            match f.type_ {
+                HttpFilterType::RequestHeaderModifier => action.request_headers = f.request_header_modifier.clone(),
+                HttpFilterType::ResponseHeaderModifier => action.response_headers = f.response_header_modifier.clone(),
+                HttpFilterType::RequestRedirect => action.redirect = f.request_redirect.clone(),
+                HttpFilterType::UrlRewrite => action.rewrite = f.url_rewrite.clone(),
+                _ => {}
+            }
+        }
+        for b in &rule.backend_refs {
+            let (port, problem) = resolve(b, ns, app_ports);
+            if let Some(p) = problem {
+                problems.push(p);
+            }
+            let mut rb = RouteBackend::new(
+                ObjectKey::new("App", b.backend.namespace.as_deref().unwrap_or(ns), &b.backend.name),
+                port,
+                b.weight,
+            );
+            for f in &b.filters {
+                match f.type_ {
+                    HttpFilterType::RequestHeaderModifier => rb.request_headers = f.request_header_modifier.clone(),
+                    HttpFilterType::ResponseHeaderModifier => rb.response_headers = f.response_header_modifier.clone(),
+                    _ => {}
+                }
+            }
+            action.backends.push(rb);
+        }
+        out.push(Arc::new(action));
+    }
+    let resolved = match problems.first() {
+        None => condition("ResolvedRefs", true, "ResolvedRefs", "", gen, now),
+        Some((reason, _)) => condition(
+            "ResolvedRefs",
+            false,
+            reason,
+            problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; "),
+            gen,
+            now,
+        ),
+    };
+    (out, resolved)
+}
+
+/// The App port a backendRef names, or why it names none (its share of requests is then answered 500).
+fn resolve(
+    b: &HttpBackendRef,
+    route_ns: &str,
+    app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
+) -> (Result<String, String>, Option<(&'static str, String)>) {
+    let r = &b.backend;
+    let fail = |reason: &'static str, msg: String| (Err(msg.clone()), Some((reason, msg)));
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Service");
+    if !matches!((group, kind), ("", "Service") | ("capstan.dev", "App")) {
+        return fail("InvalidKind", format!("backend {}: kind {kind} in group `{group}` is not served", r.name));
+    }
+    let ns = r.namespace.as_deref().unwrap_or(route_ns);
+    if ns != route_ns {
+        return fail(
+            "RefNotPermitted",
+            format!("backend {ns}/{}: another namespace's backends need a ReferenceGrant, which the embedded runtime does not serve yet", r.name),
+        );
+    }
+    let Some(ports) = app_ports.get(&ObjectKey::new("App", ns, &r.name)) else {
+        return fail("BackendNotFound", format!("App {ns}/{} does not exist", r.name));
+    };
+    let wanted = r.port;
+    match ports.iter().find(|(_, n)| Some(**n) == wanted).or_else(|| {
+        if wanted.is_none() {
+            ports.iter().next()
+        } else {
+            None
+        }
+    }) {
+        Some((name, _)) => (Ok(name.clone()), None),
+        None => {
+            let have: Vec<String> = ports.iter().map(|(n, p)| format!("{n}={p}")).collect();
+            fail(
+                "BackendNotFound",
+                format!(
+                    "App {ns}/{} has no port {} (its Service ports: {})",
+                    r.name,
+                    wanted.map_or("at all".to_string(), |p| p.to_string()),
+                    if have.is_empty() { "none".into() } else { have.join(", ") }
+                ),
+            )
+        }
+    }
+}
+
+/// A rule's proxy settings, as an entry point's: its request timeout and its session persistence as the sticky
+/// cookie.
+fn settings(rule: &HttpRouteRule) -> Expose {
+    let mut e = Expose::http(1);
+    if let Some(t) = rule.timeouts.as_ref().and_then(|t| t.request.as_deref()) {
+        if let Ok(d) = capstan_model::gateway::parse_gateway_duration(t) {
+            // Zero means no timeout in Gateway API: the longest the balancer allows.
+            e.timeouts.request_seconds = if d.is_zero() { u32::MAX } else { secs(d) };
+        }
+    }
+    if let Some(s) = &rule.session_persistence {
+        let max_age = s
+            .absolute_timeout
+            .as_deref()
+            .and_then(|t| capstan_model::gateway::parse_gateway_duration(t).ok())
+            .map(secs);
+        let permanent = s.cookie_config.as_ref().and_then(|c| c.lifetime_type.as_deref()) == Some("Permanent");
+        e.sticky = Some(Sticky {
+            cookie: Some(StickyCookie {
+                name: s.session_name.clone().unwrap_or_else(|| "CAPSTAN_ROUTE".into()),
+                max_age: if permanent { max_age } else { None },
+            }),
+            client_ip: None,
+        });
+    }
+    e
+}
+
+fn secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX).max(1)
+}

@@ -1,0 +1,214 @@
+//! The front door's controller: on any change to a Gateway, an HTTPRoute or an App's spec, compiles them all,
+//! installs the result in the balancer (sockets opened, swapped or closed), and writes every status that changed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
+use capstan_model::gateway::{Gateway, HttpRoute};
+use capstan_model::{App, ObjectKey};
+use capstan_proxy::Proxy;
+use capstan_store::{Store, WatchEvent, WatchType};
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::compile::compile;
+
+/// The one key every change wakes: the controller compiles everything at once.
+fn everything() -> ObjectKey {
+    ObjectKey::new("Gateway", "", "")
+}
+
+/// Starts the controller.
+pub fn spawn(store: Store, proxy: Arc<Proxy>) -> Handle {
+    runner::run(store.clone(), Arc::new(FrontDoor { store, proxy, seen: Mutex::default() }), 1)
+}
+
+struct FrontDoor {
+    store: Store,
+    proxy: Arc<Proxy>,
+    /// The generation last seen of each object that matters: a status write is not a change.
+    seen: Mutex<HashMap<ObjectKey, Option<i64>>>,
+}
+
+impl FrontDoor {
+    /// Whether an event changes what is compiled: an object added or deleted, or a spec changed.
+    fn changes(&self, ev: &WatchEvent) -> bool {
+        let generation = ev.object["metadata"]["generation"].as_i64();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match ev.type_ {
+            WatchType::Deleted => seen.remove(&ev.key).is_some() || ev.key.kind != "App",
+            _ => seen.insert(ev.key.clone(), generation) != Some(generation),
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, ReconcileError> {
+        let values = self.store.list(kind, None)?;
+        Ok(values
+            .into_iter()
+            .filter_map(|v| {
+                let name = format!("{kind}/{}", v["metadata"]["name"].as_str().unwrap_or(""));
+                serde_json::from_value(v).map_err(|e| tracing::warn!(object = %name, "cannot be read: {e}")).ok()
+            })
+            .collect())
+    }
+
+    /// One pass over everything.
+    fn pass(&self) -> Result<Action, ReconcileError> {
+        let gateways: Vec<Gateway> = self.decode("Gateway")?;
+        let routes: Vec<HttpRoute> = self.decode("HTTPRoute")?;
+        let apps: Vec<App> = self.decode("App")?;
+        let mut compiled = compile(&gateways, &routes, &apps, Utc::now());
+        let plans = std::mem::take(&mut compiled.listeners);
+        let failed = self.proxy.sync_gateways(plans);
+        for (bind, why) in &failed {
+            for (gw, listener) in compiled.binds.get(bind).into_iter().flatten() {
+                let Some(st) = compiled.gateways.get_mut(gw) else { continue };
+                for l in st.listeners.iter_mut().filter(|l| l.name == *listener) {
+                    for c in &mut l.conditions {
+                        match c.type_.as_str() {
+                            "Accepted" => {
+                                c.status = "False".into();
+                                c.reason = "PortUnavailable".into();
+                                c.message = format!("{why}: another process holds it, or binding it needs privileges");
+                            }
+                            "Programmed" => {
+                                c.status = "False".into();
+                                c.reason = "Invalid".into();
+                                c.message = why.clone();
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                let any = st
+                    .listeners
+                    .iter()
+                    .any(|l| l.conditions.iter().any(|c| c.type_ == "Programmed" && c.status == "True"));
+                for c in &mut st.conditions {
+                    match c.type_.as_str() {
+                        "Accepted" => {
+                            c.reason = "ListenersNotValid".into();
+                            c.message = "some listeners are not served; see status.listeners".into();
+                        }
+                        "Programmed" if !any => {
+                            c.status = "False".into();
+                            c.reason = "Invalid".into();
+                            c.message = "no listener is served".into();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for (key, status) in &compiled.gateways {
+            self.write(key, serde_json::to_value(status).unwrap_or(Value::Null))?;
+        }
+        for (key, status) in &compiled.routes {
+            self.write(key, serde_json::to_value(status).unwrap_or(Value::Null))?;
+        }
+        // A port that could not open is tried again: it may be free later.
+        Ok(if failed.is_empty() { Action::AwaitChange } else { Action::Requeue(Duration::from_secs(5)) })
+    }
+
+    /// Writes a status when it differs from the stored one, keeping each condition's transition time while its
+    /// status, reason and message stay the same.
+    fn write(&self, key: &ObjectKey, mut status: Value) -> Result<(), ReconcileError> {
+        let stored = self.store.get(key)?;
+        let Some(stored) = stored else { return Ok(()) };
+        keep_transition_times(&stored["status"], &mut status);
+        if stored["status"] != status {
+            self.store.update_status(key, status)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies `lastTransitionTime` from the old status into every condition of the new one that did not change.
+fn keep_transition_times(old: &Value, new: &mut Value) {
+    fn walk(old: &Value, new: &mut Value) {
+        match new {
+            Value::Object(m) => {
+                if m.contains_key("lastTransitionTime") {
+                    let same = ["type", "status", "reason", "message", "observedGeneration"]
+                        .iter()
+                        .all(|k| old.get(k) == m.get(*k));
+                    if same {
+                        if let Some(t) = old.get("lastTransitionTime") {
+                            m.insert("lastTransitionTime".into(), t.clone());
+                        }
+                    }
+                    return;
+                }
+                for (k, v) in m.iter_mut() {
+                    walk(old.get(k).unwrap_or(&Value::Null), v);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter_mut().enumerate() {
+                    // Conditions are matched by type, listeners and parents by position.
+                    let o = match v.get("type").and_then(Value::as_str) {
+                        Some(t) if v.get("lastTransitionTime").is_some() => {
+                            old.as_array().and_then(|a| a.iter().find(|c| c["type"] == t)).unwrap_or(&Value::Null)
+                        }
+                        _ => old.get(i).unwrap_or(&Value::Null),
+                    };
+                    walk(o, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(old, new);
+}
+
+impl Reconciler for FrontDoor {
+    fn kind(&self) -> &'static str {
+        "Gateway"
+    }
+
+    fn wants(&self, ev: &WatchEvent) -> bool {
+        self.changes(ev)
+    }
+
+    fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
+        match ev.key.kind.as_str() {
+            "HTTPRoute" | "App" if self.changes(ev) => vec![everything()],
+            _ => Vec::new(),
+        }
+    }
+
+    fn known(&self) -> Vec<ObjectKey> {
+        vec![everything()]
+    }
+
+    fn reconcile(&self, _key: &ObjectKey) -> Result<Action, ReconcileError> {
+        self.pass()
+    }
+
+    fn finalize(&self, _key: &ObjectKey, _last: &Value) {
+        if let Err(e) = self.pass() {
+            tracing::warn!("gateways after a delete: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_time() {
+        let old = json!({"listeners": [{"name": "http", "conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "Programmed", "status": "True", "reason": "Programmed", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]});
+        let mut new = json!({"listeners": [{"name": "http", "conditions": [
+            {"type": "Programmed", "status": "False", "reason": "Invalid", "message": "x", "lastTransitionTime": "2026-02-02T00:00:00Z"},
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-02-02T00:00:00Z"}]}]});
+        super::keep_transition_times(&old, &mut new);
+        let c = &new["listeners"][0]["conditions"];
+        assert_eq!(c[0]["lastTransitionTime"], "2026-02-02T00:00:00Z", "changed: new time");
+        assert_eq!(c[1]["lastTransitionTime"], "2026-01-01T00:00:00Z", "unchanged: kept, found by type");
+    }
+}

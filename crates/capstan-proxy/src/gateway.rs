@@ -1,0 +1,369 @@
+//! Gateway listeners: one socket shared by many routes. A request is matched against the listener's route table,
+//! its rule's filters run (redirect, rewrite, header modifiers), a backend App is chosen by weight, and from there
+//! it takes the entry points' own proxy path (`http::handle`): one proxy path, not two.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use capstan_model::gateway::{HeaderModifier, HttpPathModifier, PathModifierType, RequestRedirect, UrlRewrite};
+use capstan_model::{Expose, ObjectKey};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{HeaderMap, Request, Response, StatusCode, Uri};
+
+use crate::http::{plain, Client};
+use crate::routes::{host_of, RouteTable};
+use crate::{Entry, ProxyBody};
+
+/// What a rule does with a request it matched.
+pub struct RuleAction {
+    /// `namespace/route` and the rule's index or name, for metrics and messages.
+    pub id: String,
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+    pub redirect: Option<RequestRedirect>,
+    pub rewrite: Option<UrlRewrite>,
+    pub backends: Vec<RouteBackend>,
+    /// The proxy settings of its backends, as an entry point's: timeouts, session persistence (a sticky cookie).
+    pub settings: Expose,
+    next: AtomicUsize,
+}
+
+impl RuleAction {
+    pub fn new(id: String, settings: Expose) -> RuleAction {
+        RuleAction {
+            id,
+            request_headers: None,
+            response_headers: None,
+            redirect: None,
+            rewrite: None,
+            backends: Vec::new(),
+            settings,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The backend of the next request: weights are kept exactly over every run of `total` requests, spread
+    /// through it (a stride coprime with the total) rather than in blocks.
+    fn pick(&self) -> Option<&RouteBackend> {
+        let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as u64;
+        let stride = [7919u64, 7927, 7933, 7937].into_iter().find(|p| !total.is_multiple_of(*p)).unwrap_or(1);
+        let mut at = (n.wrapping_mul(stride)) % total;
+        for b in &self.backends {
+            if at < u64::from(b.weight) {
+                return Some(b);
+            }
+            at -= u64::from(b.weight);
+        }
+        None
+    }
+}
+
+/// One backendRef of a rule: an App and the port its Service port names.
+pub struct RouteBackend {
+    pub app: ObjectKey,
+    /// The App's port name, or why the reference does not resolve (its share of requests is answered 500).
+    pub port: Result<String, String>,
+    pub weight: u32,
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+    /// Filled in by the proxy when the plan is installed.
+    pub(crate) entry: OnceLock<Arc<Entry>>,
+}
+
+impl RouteBackend {
+    pub fn new(app: ObjectKey, port: Result<String, String>, weight: u32) -> RouteBackend {
+        RouteBackend { app, port, weight, request_headers: None, response_headers: None, entry: OnceLock::new() }
+    }
+}
+
+/// One shared listener: where it binds and the routes it serves.
+pub struct ListenerPlan {
+    pub address: String,
+    pub port: u16,
+    pub routes: RouteTable<RuleAction>,
+}
+
+/// A listener's routes, swapped whole when they change; open connections see the new table on their next request.
+#[derive(Default)]
+pub struct Routes {
+    table: RwLock<Arc<RouteTable<RuleAction>>>,
+    /// Its listening port, for redirects that keep it.
+    pub port: u16,
+}
+
+impl Routes {
+    pub fn new(port: u16) -> Routes {
+        Routes { table: RwLock::default(), port }
+    }
+
+    pub fn table(&self) -> Arc<RouteTable<RuleAction>> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, table: RouteTable<RuleAction>) {
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+}
+
+/// Every rule of a table once, with its backends: what the proxy fills with entries when the table is installed.
+pub(crate) fn backends(table: &RouteTable<RuleAction>) -> Vec<(&RuleAction, &RouteBackend)> {
+    let mut seen = std::collections::HashSet::new();
+    table
+        .entries()
+        .filter(|e| seen.insert(Arc::as_ptr(&e.action)))
+        .flat_map(|e| e.action.backends.iter().map(move |b| (e.action.as_ref(), b)))
+        .collect()
+}
+
+/// Serves one request arriving on a gateway listener.
+pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Client) -> Response<ProxyBody> {
+    let table = routes.table();
+    let host_header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let host = host_of(&host_header);
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let found = {
+        let r = crate::routes::Request {
+            host: &host,
+            path: &path,
+            query: query.as_deref(),
+            method: req.method().as_str(),
+            headers: req.headers(),
+        };
+        table.find(&r).map(|e| (e.action.clone(), e.matcher.prefix().map(str::to_string)))
+    };
+    let Some((action, prefix)) = found else {
+        return plain(StatusCode::NOT_FOUND, format!("no route for {host}{path}"));
+    };
+    if let Some(r) = &action.redirect {
+        return redirect(r, &host, routes.port, &path, query.as_deref(), prefix.as_deref());
+    }
+    if let Some(m) = &action.request_headers {
+        modify(req.headers_mut(), m);
+    }
+    if let Some(rw) = &action.rewrite {
+        if let Some(h) = &rw.hostname {
+            if let Ok(v) = HeaderValue::from_str(h) {
+                req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        if let Some(p) = &rw.path {
+            let new_path = replace_path(p, &path, prefix.as_deref());
+            let pq = match &query {
+                Some(q) => format!("{new_path}?{q}"),
+                None => new_path,
+            };
+            if let Ok(uri) = pq.parse::<Uri>() {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    let Some(backend) = action.pick() else {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("route {} has no backend with weight", action.id));
+    };
+    let entry = match (&backend.port, backend.entry.get()) {
+        (Ok(_), Some(e)) => e.clone(),
+        (Err(why), _) => return plain(StatusCode::INTERNAL_SERVER_ERROR, why.clone()),
+        (Ok(_), None) => {
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("route {}: backend not ready", action.id))
+        }
+    };
+    if let Some(m) = &backend.request_headers {
+        modify(req.headers_mut(), m);
+    }
+    let mut answer = crate::http::handle(entry, req, client).await;
+    if let Some(m) = &backend.response_headers {
+        modify(answer.headers_mut(), m);
+    }
+    if let Some(m) = &action.response_headers {
+        modify(answer.headers_mut(), m);
+    }
+    answer
+}
+
+/// Sets, adds and removes headers as a HeaderModifier says (names without regard to case).
+pub fn modify(h: &mut HeaderMap, m: &HeaderModifier) {
+    for s in &m.set {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(s.name.as_bytes()), HeaderValue::from_str(&s.value)) {
+            h.insert(n, v);
+        }
+    }
+    for a in &m.add {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(a.name.as_bytes()), HeaderValue::from_str(&a.value)) {
+            h.append(n, v);
+        }
+    }
+    for r in &m.remove {
+        if let Ok(n) = HeaderName::from_bytes(r.as_bytes()) {
+            h.remove(n);
+        }
+    }
+}
+
+/// The path after a path modifier: the full path replaced, or the matched prefix replaced (whole segments).
+pub fn replace_path(p: &HttpPathModifier, path: &str, prefix: Option<&str>) -> String {
+    match p.type_ {
+        PathModifierType::ReplaceFullPath => p.replace_full_path.clone().unwrap_or_else(|| path.to_string()),
+        PathModifierType::ReplacePrefixMatch => {
+            let with = p.replace_prefix_match.as_deref().unwrap_or("/");
+            let matched = prefix.unwrap_or("/");
+            let rest = if matched == "/" { path } else { path.strip_prefix(matched).unwrap_or(path) };
+            let rest = rest.trim_start_matches('/');
+            match (with.trim_end_matches('/'), rest) {
+                ("", "") => "/".to_string(),
+                ("", r) => format!("/{r}"),
+                (w, "") => w.to_string(),
+                (w, r) => format!("{w}/{r}"),
+            }
+        }
+    }
+}
+
+/// The answer of a RequestRedirect filter: a `Location` built from the request and the filter, as Gateway API
+/// defines it (a changed scheme without a port drops the port; a kept scheme keeps the listener's port unless
+/// it is the scheme's well-known one).
+pub fn redirect(
+    r: &RequestRedirect,
+    host: &str,
+    listener_port: u16,
+    path: &str,
+    query: Option<&str>,
+    prefix: Option<&str>,
+) -> Response<ProxyBody> {
+    let scheme = r.scheme.clone().unwrap_or_else(|| "http".into());
+    let well_known = |s: &str| if s == "https" { 443 } else { 80 };
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => Some(listener_port),
+    }
+    .filter(|p| *p != well_known(&scheme));
+    let hostname = r.hostname.clone().unwrap_or_else(|| host.to_string());
+    let new_path = r.path.as_ref().map_or_else(|| path.to_string(), |p| replace_path(p, path, prefix));
+    let mut location = format!("{scheme}://{hostname}");
+    if let Some(p) = port {
+        location.push_str(&format!(":{p}"));
+    }
+    location.push_str(&new_path);
+    if let Some(q) = query {
+        location.push_str(&format!("?{q}"));
+    }
+    let mut answer = plain(StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::FOUND), String::new());
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        answer.headers_mut().insert(header::LOCATION, v);
+    }
+    answer
+}
+
+/// The entries of gateway listeners by (App, port name, rule id), kept across plan changes so a backend's pins
+/// and metrics survive.
+pub(crate) type EntryKey = (ObjectKey, String, String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_model::gateway::HttpHeader;
+
+    fn body_of(r: Response<ProxyBody>) -> (u16, Option<String>) {
+        (r.status().as_u16(), r.headers().get(header::LOCATION).map(|v| v.to_str().unwrap().to_string()))
+    }
+
+    fn modifier(t: PathModifierType, v: &str) -> HttpPathModifier {
+        match t {
+            PathModifierType::ReplaceFullPath => {
+                HttpPathModifier { type_: t, replace_full_path: Some(v.into()), replace_prefix_match: None }
+            }
+            PathModifierType::ReplacePrefixMatch => {
+                HttpPathModifier { type_: t, replace_full_path: None, replace_prefix_match: Some(v.into()) }
+            }
+        }
+    }
+
+    /// Modelled on Gateway API's HTTPRouteRewritePath and HTTPRouteRedirectPath conformance cases.
+    #[test]
+    fn prefix_and_full_path_replacement() {
+        let prefix = |with: &str, path: &str, matched: &str| {
+            replace_path(&modifier(PathModifierType::ReplacePrefixMatch, with), path, Some(matched))
+        };
+        assert_eq!(prefix("/one", "/prefix/one/two", "/prefix/one"), "/one/two");
+        assert_eq!(prefix("/", "/strip-prefix/three", "/strip-prefix"), "/three");
+        assert_eq!(prefix("/", "/strip-prefix", "/strip-prefix"), "/");
+        assert_eq!(prefix("/new/", "/old/x", "/old"), "/new/x");
+        assert_eq!(prefix("/new", "/x", "/"), "/new/x");
+        let full = replace_path(&modifier(PathModifierType::ReplaceFullPath, "/one"), "/full/path/original", None);
+        assert_eq!(full, "/one");
+    }
+
+    #[test]
+    fn redirects_follow_gateway_api_port_and_scheme_rules() {
+        let r = |scheme: Option<&str>, port: Option<u16>, host: Option<&str>, code: u16| RequestRedirect {
+            scheme: scheme.map(str::to_string),
+            hostname: host.map(str::to_string),
+            path: None,
+            port,
+            status_code: code,
+        };
+        // Scheme changed, no port: the well-known port of the new scheme (so none in the URL).
+        assert_eq!(
+            body_of(redirect(&r(Some("https"), None, None, 301), "shop.example.com", 8080, "/a", Some("x=1"), None)),
+            (301, Some("https://shop.example.com/a?x=1".into()))
+        );
+        // Nothing changed but the host: the listener's port stays.
+        assert_eq!(
+            body_of(redirect(&r(None, None, Some("new.example.com"), 302), "old.example.com", 8080, "/", None, None)),
+            (302, Some("http://new.example.com:8080/".into()))
+        );
+        // A port on the listener's well-known port is left out; an explicit one is kept.
+        assert_eq!(body_of(redirect(&r(None, None, None, 302), "h", 80, "/p", None, None)).1.unwrap(), "http://h/p");
+        assert_eq!(
+            body_of(redirect(&r(Some("https"), Some(8443), None, 302), "h", 80, "/p", None, None)).1.unwrap(),
+            "https://h:8443/p"
+        );
+        let mut with_path = r(None, None, None, 302);
+        with_path.path = Some(modifier(PathModifierType::ReplacePrefixMatch, "/new"));
+        assert_eq!(body_of(redirect(&with_path, "h", 80, "/old/x", None, Some("/old"))).1.unwrap(), "http://h/new/x");
+    }
+
+    #[test]
+    fn header_modifiers_set_add_and_remove_without_regard_to_case() {
+        let mut h = HeaderMap::new();
+        h.insert("x-keep", "1".parse().unwrap());
+        h.insert("x-set", "old".parse().unwrap());
+        h.insert("x-gone", "1".parse().unwrap());
+        let m = HeaderModifier {
+            set: vec![HttpHeader { name: "X-Set".into(), value: "new".into() }],
+            add: vec![HttpHeader { name: "x-keep".into(), value: "2".into() }],
+            remove: vec!["X-Gone".into()],
+        };
+        modify(&mut h, &m);
+        assert_eq!(h.get("x-set").unwrap(), "new");
+        assert_eq!(h.get_all("x-keep").iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>(), ["1", "2"]);
+        assert!(h.get("x-gone").is_none());
+    }
+
+    #[test]
+    fn weights_are_exact_over_each_run_and_spread_through_it() {
+        let mut a = RuleAction::new("r".into(), Expose::http(1));
+        for (name, w) in [("big", 90), ("small", 10), ("none", 0)] {
+            a.backends.push(RouteBackend::new(ObjectKey::new("App", "default", name), Ok("http".into()), w));
+        }
+        let picks: Vec<&str> = (0..1000).map(|_| a.pick().unwrap().app.name.as_str()).collect();
+        assert_eq!(picks.iter().filter(|p| **p == "small").count(), 100);
+        assert_eq!(picks.iter().filter(|p| **p == "none").count(), 0);
+        // Not in one block: among the first 20 requests, both backends serve.
+        assert!(picks[..20].contains(&"small") && picks[..20].contains(&"big"), "{:?}", &picks[..20]);
+        let empty = RuleAction::new("r".into(), Expose::http(1));
+        assert!(empty.pick().is_none());
+    }
+}
