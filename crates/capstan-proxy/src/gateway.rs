@@ -169,7 +169,15 @@ pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Cli
             }
         }
     }
-    let Some(backend) = action.pick() else {
+    // A session already pinned to a replica of one of the backends stays with it, whatever the weights say.
+    let cookie = action.settings.sticky.as_ref().and_then(|s| s.cookie.as_ref());
+    let pinned = cookie.and_then(|c| crate::http::cookie_value(req.headers(), &c.name)).and_then(|v| {
+        action
+            .backends
+            .iter()
+            .find(|b| b.entry.get().and_then(|e| e.backends.by_cookie(v)).is_some_and(|backend| backend.eligible()))
+    });
+    let Some(backend) = pinned.or_else(|| action.pick()) else {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("route {} has no backend with weight", action.id));
     };
     let entry = match (&backend.port, backend.entry.get()) {
