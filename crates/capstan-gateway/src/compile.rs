@@ -524,3 +524,210 @@ fn settings(rule: &HttpRouteRule) -> Expose {
 fn secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Attachment, conflicts and status at chosen inputs, modelled on Gateway API's conformance cases
+    //! (GatewayWithAttachedRoutes, HTTPRouteHostnameIntersection, HTTPRouteInvalidNonExistentBackendRef,
+    //! HTTPRouteInvalidCrossNamespaceParentRef, GatewayInvalidRouteKind, the listener conflict cases).
+    use super::*;
+    use serde_json::json;
+
+    fn gateway(name: &str, created: i64, listeners: serde_json::Value) -> Gateway {
+        serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": "default", "generation": 1,
+                         "creationTimestamp": chrono::DateTime::from_timestamp(created, 0)},
+            "spec": {"gatewayClassName": "capstan", "addresses": [{"value": "127.0.0.1"}], "listeners": listeners}}))
+        .unwrap()
+    }
+
+    fn route(name: &str, ns: &str, spec: serde_json::Value) -> HttpRoute {
+        serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": ns, "generation": 2}, "spec": spec}))
+        .unwrap()
+    }
+
+    fn app(name: &str, ports: serde_json::Value) -> App {
+        serde_json::from_value(json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "App",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"run": {"command": ["x"]}, "ports": ports}}))
+        .unwrap()
+    }
+
+    fn cond<'a>(c: &'a [Condition], t: &str) -> (&'a str, &'a str, &'a str) {
+        let c = c.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t} in {c:?}"));
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+    }
+
+    fn route_cond<'a>(out: &'a Compiled, name: &str, ns: &str, parent: usize, t: &str) -> (&'a str, &'a str, &'a str) {
+        cond(&out.routes[&ObjectKey::new("HTTPRoute", ns, name)].parents[parent].conditions, t)
+    }
+
+    fn listener<'a>(out: &'a Compiled, gw: &str, i: usize) -> &'a ListenerStatus {
+        &out.gateways[&ObjectKey::new("Gateway", "default", gw)].listeners[i]
+    }
+
+    #[test]
+    fn routes_attach_by_section_port_namespace_and_hostname_and_say_why_not() {
+        let gws = [gateway(
+            "front",
+            1,
+            json!([{"name": "http", "port": 8080, "protocol": "HTTP"},
+                   {"name": "shop", "port": 8081, "protocol": "HTTP", "hostname": "*.shop.example.com",
+                    "allowedRoutes": {"namespaces": {"from": "All"}}}]),
+        )];
+        let apps = [app("web", json!([{"name": "http"}, {"name": "admin", "port": 9000}]))];
+        let routes = [
+            route(
+                "plain",
+                "default",
+                json!({"parentRefs": [{"name": "front", "sectionName": "http"}],
+                "rules": [{"backendRefs": [{"name": "web", "port": 8080}]}]}),
+            ),
+            route(
+                "by-port",
+                "default",
+                json!({"parentRefs": [{"name": "front", "port": 8081}],
+                "hostnames": ["a.shop.example.com", "other.org"], "rules": [{"backendRefs": [{"name": "web", "port": 9000}]}]}),
+            ),
+            route(
+                "elsewhere",
+                "team",
+                json!({"parentRefs": [{"name": "front", "namespace": "default", "sectionName": "http"}]}),
+            ),
+            route(
+                "wrong-host",
+                "default",
+                json!({"parentRefs": [{"name": "front", "sectionName": "shop"}],
+                "hostnames": ["example.org"]}),
+            ),
+            route("no-listener", "default", json!({"parentRefs": [{"name": "front", "sectionName": "https"}]})),
+            route("no-gateway", "default", json!({"parentRefs": [{"name": "back"}]})),
+            route(
+                "bad-port",
+                "default",
+                json!({"parentRefs": [{"name": "front", "sectionName": "http"}],
+                "rules": [{"backendRefs": [{"name": "web", "port": 8081}, {"name": "gone", "port": 8080}]}]}),
+            ),
+        ];
+        let out = compile(&gws, &routes, &apps, Utc::now());
+        assert_eq!(route_cond(&out, "plain", "default", 0, "Accepted").0, "True");
+        assert_eq!(route_cond(&out, "plain", "default", 0, "ResolvedRefs").0, "True");
+        assert_eq!(
+            route_cond(&out, "by-port", "default", 0, "Accepted").0,
+            "True",
+            "one host name meets the listener's"
+        );
+        let (s, r, m) = route_cond(&out, "elsewhere", "team", 0, "Accepted");
+        assert_eq!((s, r), ("False", "NotAllowedByListeners"), "{m}");
+        assert!(m.contains("namespace default only"), "{m}");
+        assert_eq!(route_cond(&out, "wrong-host", "default", 0, "Accepted").1, "NoMatchingListenerHostname");
+        let (_, r, m) = route_cond(&out, "no-listener", "default", 0, "Accepted");
+        assert_eq!(r, "NoMatchingParent");
+        assert!(m.contains("has no listener `https`"), "{m}");
+        assert!(route_cond(&out, "no-gateway", "default", 0, "Accepted")
+            .2
+            .contains("Gateway default/back does not exist"));
+        let (s, r, m) = route_cond(&out, "bad-port", "default", 0, "ResolvedRefs");
+        assert_eq!((s, r), ("False", "BackendNotFound"));
+        assert!(m.contains("App default/web has no port 8081 (its Service ports: admin=9000, http=8080)"), "{m}");
+        assert!(m.contains("App default/gone does not exist"), "{m}");
+        assert_eq!(route_cond(&out, "bad-port", "default", 0, "Accepted").0, "True", "accepted, its refs unresolved");
+        // Counts: http takes plain and bad-port; shop takes by-port.
+        assert_eq!(listener(&out, "front", 0).attached_routes, 2);
+        assert_eq!(listener(&out, "front", 1).attached_routes, 1);
+        // Every condition carries the object's generation.
+        assert!(out
+            .routes
+            .values()
+            .flat_map(|r| &r.parents)
+            .flat_map(|p| &p.conditions)
+            .all(|c| c.observed_generation == Some(2)));
+        // The plans: two sockets; the shop socket serves only the intersected host name.
+        assert_eq!(out.listeners.len(), 2);
+        let shop = out.listeners.iter().find(|l| l.port == 8081).unwrap();
+        let hosts: Vec<String> = shop.routes.entries().map(|e| format!("{:?}", e.host)).collect();
+        assert_eq!(hosts, ["Exact(\"a.shop.example.com\")"]);
+        let plain = out.listeners.iter().find(|l| l.port == 8080).unwrap();
+        let ports: Vec<String> = plain
+            .routes
+            .entries()
+            .flat_map(|e| e.action.backends.iter().map(|b| format!("{}:{:?}", b.app.name, b.port)))
+            .collect();
+        assert!(ports.contains(&"web:Ok(\"http\")".to_string()), "{ports:?}");
+        assert!(ports.iter().any(|p| p.starts_with("gone:Err")), "an unresolved backend keeps its share: {ports:?}");
+    }
+
+    #[test]
+    fn listeners_that_clash_on_a_port_are_conflicted_and_the_older_gateway_keeps_it() {
+        let gws = [
+            gateway(
+                "young",
+                20,
+                json!([{"name": "a", "port": 80, "protocol": "HTTP"},
+                                         {"name": "b", "port": 80, "protocol": "HTTP", "hostname": "b.example.com"}]),
+            ),
+            gateway(
+                "old",
+                10,
+                json!([{"name": "a", "port": 80, "protocol": "HTTP"},
+                                       {"name": "tls", "port": 443, "protocol": "HTTPS",
+                                        "tls": {"certificateRefs": [{"name": "c"}]}},
+                                       {"name": "kinds", "port": 81, "protocol": "HTTP",
+                                        "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}}]),
+            ),
+        ];
+        let out = compile(&gws, &[], &[], Utc::now());
+        assert_eq!(cond(&listener(&out, "old", 0).conditions, "Conflicted").0, "False");
+        assert_eq!(cond(&listener(&out, "old", 0).conditions, "Programmed").0, "True");
+        let (s, r, _) = cond(&listener(&out, "young", 0).conditions, "Conflicted");
+        assert_eq!((s, r), ("True", "HostnameConflict"));
+        assert_eq!(cond(&listener(&out, "young", 0).conditions, "Programmed").0, "False");
+        assert_eq!(cond(&listener(&out, "young", 1).conditions, "Conflicted").0, "False", "another host name is fine");
+        let (s, r, m) = cond(&listener(&out, "old", 1).conditions, "Accepted");
+        assert_eq!((s, r), ("False", "UnsupportedProtocol"), "{m}");
+        assert_eq!(cond(&listener(&out, "old", 2).conditions, "ResolvedRefs").1, "InvalidRouteKinds");
+        let young = &out.gateways[&ObjectKey::new("Gateway", "default", "young")];
+        assert_eq!(cond(&young.conditions, "Accepted").1, "ListenersNotValid");
+        assert_eq!(cond(&young.conditions, "Programmed").0, "True", "one of its listeners serves");
+        assert_eq!(young.addresses[0].value, "127.0.0.1");
+        // Sockets: port 80 (shared by old/a and young/b) and 81; none for the HTTPS listener.
+        let mut ports: Vec<u16> = out.listeners.iter().map(|l| l.port).collect();
+        ports.sort();
+        assert_eq!(ports, [80, 81]);
+        assert_eq!(out.binds[&("127.0.0.1".to_string(), 80)].len(), 2);
+    }
+
+    #[test]
+    fn a_route_with_a_mirror_is_not_accepted_and_rule_settings_map_onto_the_balancer() {
+        let gws = [gateway("front", 1, json!([{"name": "http", "port": 8080, "protocol": "HTTP"}]))];
+        let apps = [app("web", json!([{"name": "http"}]))];
+        let routes = [
+            route(
+                "mirror",
+                "default",
+                json!({"parentRefs": [{"name": "front"}], "rules": [{
+                "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "web", "port": 8080}}}],
+                "backendRefs": [{"name": "web", "port": 8080}]}]}),
+            ),
+            route(
+                "sticky",
+                "default",
+                json!({"parentRefs": [{"name": "front"}], "hostnames": ["s.example.com"], "rules": [{
+                "timeouts": {"request": "1500ms"},
+                "sessionPersistence": {"sessionName": "S", "absoluteTimeout": "1h", "cookieConfig": {"lifetimeType": "Permanent"}},
+                "backendRefs": [{"name": "web", "port": 8080}]}]}),
+            ),
+        ];
+        let out = compile(&gws, &routes, &apps, Utc::now());
+        let (s, r, m) = route_cond(&out, "mirror", "default", 0, "Accepted");
+        assert_eq!((s, r), ("False", "UnsupportedValue"));
+        assert!(m.contains("RequestMirror"), "{m}");
+        let plan = &out.listeners[0];
+        let action = &plan.routes.entries().next().expect("the sticky route only").action;
+        assert_eq!(action.id, "default/sticky/0");
+        assert_eq!(action.settings.timeouts.request_seconds, 2, "rounded up to whole seconds");
+        let cookie = action.settings.sticky.as_ref().and_then(|s| s.cookie.as_ref()).unwrap();
+        assert_eq!((cookie.name.as_str(), cookie.max_age), ("S", Some(3600)));
+    }
+}

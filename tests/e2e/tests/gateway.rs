@@ -345,28 +345,25 @@ async fn the_gateway_example_serves_as_documented() {
         .replace("port: 8088", &format!("port: {port}"));
     let tp = TestPlane::start().await;
     tp.apply(&yaml);
-    let (_, headers, body) = eventually("hello through the gateway", T, || async {
-        let r = try_through(port, "hello.localhost", "/", &[]).await?;
+    let (_, headers, body) = eventually("the site through the gateway", T, || async {
+        let r = try_through(port, "site.localhost", "/", &[]).await?;
         (r.0 == 200).then_some(r)
     })
     .await;
-    assert!(body.starts_with("hello-"), "{body}");
+    assert!(body.starts_with("site-"), "{body}");
     // Session persistence: the cookie keeps a client on its replica, whatever the weights pick.
     let cookie = headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    assert!(cookie.starts_with("HELLO_ROUTE="), "{cookie}");
+    assert!(cookie.starts_with("SITE_ROUTE="), "{cookie}");
     for _ in 0..30 {
-        assert_eq!(through(port, "hello.localhost", "/", &[("cookie", &cookie)]).await.2, body, "{cookie}");
+        assert_eq!(through(port, "site.localhost", "/", &[("cookie", &cookie)]).await.2, body, "{cookie}");
     }
     let canary = eventually("the canary is Ready", T, || async {
-        let r = try_through(port, "hello.localhost", "/", &[("x-canary", "true")]).await?;
+        let r = try_through(port, "site.localhost", "/", &[("x-canary", "true")]).await?;
         (r.0 == 200).then_some(r.2)
     })
     .await;
-    assert_eq!(canary, "hello-next-0");
-    let (code, headers, _) = through(port, "hello.localhost", "/old", &[]).await;
-    assert_eq!(
-        (code, headers["location"].to_str().unwrap()),
-        (301, format!("http://hello.localhost:{port}/").as_str())
-    );
+    assert_eq!(canary, "site-next-0");
+    let (code, headers, _) = through(port, "site.localhost", "/old", &[]).await;
+    assert_eq!((code, headers["location"].to_str().unwrap()), (301, format!("http://site.localhost:{port}/").as_str()));
     tp.stop().await;
 }
