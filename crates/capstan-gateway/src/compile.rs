@@ -16,7 +16,7 @@ use capstan_model::gateway::{
     RouteStatus, CONTROLLER_NAME, GATEWAY_GROUP,
 };
 use capstan_model::{App, Expose, ObjectKey, Sticky, StickyCookie};
-use capstan_proxy::gateway::{ListenerPlan, RouteBackend, RuleAction};
+use capstan_proxy::gateway::{ListenerPlan, RouteBackend, RuleAction, VirtualHost};
 use capstan_proxy::routes::{Entry, HostPattern, Matcher, RouteId, RouteTable};
 use chrono::{DateTime, Utc};
 
@@ -69,7 +69,10 @@ struct Slot<'a> {
     refused: Option<Condition>,
     conflicted: Option<Condition>,
     bad_kinds: Vec<String>,
-    attached: i32,
+    /// The routes attached (a route naming the listener twice counts once).
+    attached: std::collections::BTreeSet<ObjectKey>,
+    /// Its routes' entries: the listener's virtual host on its socket.
+    entries: Vec<Entry<RuleAction>>,
 }
 
 fn created_ms(meta: &capstan_model::ObjectMeta) -> i64 {
@@ -86,7 +89,8 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
     gateways.sort_by_key(|g| (created_ms(&g.metadata), g.metadata.namespace().to_string(), g.metadata.name.clone()));
     let mut slots: Vec<Slot> = Vec::new();
     // Per socket: the protocol that holds it, and the hostnames taken.
-    let mut sockets: BTreeMap<Bind, (ListenerProtocol, Vec<Option<String>>)> = BTreeMap::new();
+    // Per socket: the namespace that holds it (its oldest Gateway's), the protocol, and the host names taken.
+    let mut sockets: BTreeMap<Bind, (String, ListenerProtocol, Vec<Option<String>>)> = BTreeMap::new();
     for g in &gateways {
         let gen = g.metadata.generation;
         for l in &g.spec.listeners {
@@ -99,7 +103,8 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
                 refused: None,
                 conflicted: None,
                 bad_kinds: Vec::new(),
-                attached: 0,
+                attached: Default::default(),
+                entries: Vec::new(),
             };
             if l.protocol != ListenerProtocol::Http {
                 slot.refused = Some(condition(
@@ -121,8 +126,21 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
                 }
             }
             if slot.refused.is_none() {
+                let ns = g.metadata.namespace().to_string();
                 match sockets.get_mut(&bind) {
-                    Some((p, _)) if *p != l.protocol => {
+                    // Another namespace's socket: sharing it would let one namespace take the other's traffic
+                    // with a more specific host name.
+                    Some((owner, _, _)) if *owner != ns => {
+                        slot.conflicted = Some(condition(
+                            "Conflicted",
+                            true,
+                            "PortOwnedByAnotherNamespace",
+                            format!("port {} is served by a Gateway of namespace {owner}", l.port),
+                            gen,
+                            now,
+                        ))
+                    }
+                    Some((_, p, _)) if *p != l.protocol => {
                         slot.conflicted = Some(condition(
                             "Conflicted",
                             true,
@@ -132,7 +150,7 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
                             now,
                         ))
                     }
-                    Some((_, hosts)) if hosts.contains(&l.hostname) => {
+                    Some((_, _, hosts)) if hosts.contains(&l.hostname) => {
                         slot.conflicted = Some(condition(
                             "Conflicted",
                             true,
@@ -146,9 +164,9 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
                             now,
                         ))
                     }
-                    Some((_, hosts)) => hosts.push(l.hostname.clone()),
+                    Some((_, _, hosts)) => hosts.push(l.hostname.clone()),
                     None => {
-                        sockets.insert(bind, (l.protocol, vec![l.hostname.clone()]));
+                        sockets.insert(bind, (ns, l.protocol, vec![l.hostname.clone()]));
                     }
                 }
             }
@@ -158,12 +176,6 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
 
     let app_ports: BTreeMap<ObjectKey, BTreeMap<String, u16>> =
         apps.iter().map(|a| (key_of("App", a), a.spec.service_ports())).collect();
-    // Every usable listener has its socket, routes or not (it answers 404 until a route attaches).
-    let mut tables: BTreeMap<Bind, Vec<Entry<RuleAction>>> = slots
-        .iter()
-        .filter(|s| s.refused.is_none() && s.conflicted.is_none())
-        .map(|s| (s.bind.clone(), Vec::new()))
-        .collect();
     let mut route_status = BTreeMap::new();
     let mut routes: Vec<&HttpRoute> = routes.iter().collect();
     routes.sort_by_key(|r| (created_ms(&r.metadata), r.metadata.namespace().to_string(), r.metadata.name.clone()));
@@ -175,14 +187,14 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
             name: r.metadata.name.clone(),
             created_ms: created_ms(&r.metadata),
         });
-        let (actions, resolved) = actions(r, &app_ports, now);
-        let unsupported = unsupported(r);
+        let (rules, resolved, bad_match) = actions(r, &app_ports, now);
+        let unsupported = unsupported(r).or(bad_match);
         let mut parents = Vec::new();
         for p in &r.spec.parent_refs {
             let mut conditions = Vec::new();
             let accepted = match &unsupported {
                 Some(why) => condition("Accepted", false, "UnsupportedValue", why.clone(), gen, now),
-                None => attach(r, &id, p, &mut slots, &actions, &mut tables, gen, now),
+                None => attach(r, &id, p, &mut slots, &rules, gen, now),
             };
             conditions.push(accepted);
             conditions.push(resolved.clone());
@@ -208,7 +220,7 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
             .protocol
             .route_kinds()
             .iter()
-            .filter(|k| **k == "HTTPRoute")
+            .filter(|k| **k == "HTTPRoute" && takes_http_routes(s.listener))
             .map(|k| RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: (*k).into() })
             .collect();
         let mut conditions =
@@ -236,7 +248,7 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
         st.listeners.push(ListenerStatus {
             name: s.listener.name.clone(),
             supported_kinds: supported,
-            attached_routes: s.attached,
+            attached_routes: i32::try_from(s.attached.len()).unwrap_or(i32::MAX),
             conditions,
         });
     }
@@ -269,10 +281,13 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
         ];
         st.addresses = vec![GatewayAddress { type_: Some("IPAddress".into()), value: bind_address(g) }];
     }
-    let listeners = tables
-        .into_iter()
-        .map(|((address, port), entries)| ListenerPlan { address, port, routes: RouteTable::new(entries) })
-        .collect();
+    // Every usable listener is a virtual host of its socket, routes or not (it answers 404 until one attaches).
+    let mut plans: BTreeMap<Bind, Vec<VirtualHost>> = BTreeMap::new();
+    for s in slots.into_iter().filter(|s| s.refused.is_none() && s.conflicted.is_none()) {
+        let host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
+        plans.entry(s.bind).or_default().push(VirtualHost { host, routes: RouteTable::new(s.entries) });
+    }
+    let listeners = plans.into_iter().map(|((address, port), hosts)| ListenerPlan { address, port, hosts }).collect();
     Compiled { listeners, gateways: gateway_status, routes: route_status, binds }
 }
 
@@ -281,9 +296,13 @@ fn unsupported(r: &HttpRoute) -> Option<String> {
     for (i, rule) in r.spec.rules.iter().enumerate() {
         let filters = rule.filters.iter().chain(rule.backend_refs.iter().flat_map(|b| b.filters.iter()));
         for f in filters {
-            if f.type_ == HttpFilterType::RequestMirror {
-                return Some(format!("spec.rules[{i}]: RequestMirror is not served on the embedded runtime yet"));
-            }
+            let name = match f.type_ {
+                HttpFilterType::RequestMirror => "RequestMirror",
+                HttpFilterType::ExtensionRef => "ExtensionRef",
+                HttpFilterType::Cors => "CORS",
+                _ => continue,
+            };
+            return Some(format!("spec.rules[{i}]: {name} is not served on the embedded runtime yet"));
         }
     }
     None
@@ -296,8 +315,7 @@ fn attach(
     id: &Arc<RouteId>,
     p: &ParentReference,
     slots: &mut [Slot],
-    actions: &[Arc<RuleAction>],
-    tables: &mut BTreeMap<(String, u16), Vec<Entry<RuleAction>>>,
+    rules: &[CompiledRule],
     gen: Option<i64>,
     now: DateTime<Utc>,
 ) -> Condition {
@@ -342,8 +360,7 @@ fn attach(
             refusal.get_or_insert(("NotAllowedByListeners", why));
             continue;
         }
-        let kinds = s.listener.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default();
-        if !kinds.is_empty() && !kinds.iter().any(|k| k.kind == "HTTPRoute") {
+        if !takes_http_routes(s.listener) {
             refusal.get_or_insert((
                 "NotAllowedByListeners",
                 format!("listener {} does not take HTTPRoutes", s.listener.name),
@@ -367,18 +384,12 @@ fn attach(
             ));
             continue;
         }
-        s.attached += 1;
+        s.attached.insert(ObjectKey::new("HTTPRoute", route_ns, &r.metadata.name));
         attached += 1;
-        let table = tables.entry(s.bind.clone()).or_default();
         for host in &hosts {
-            for (ri, (rule, action)) in r.spec.rules.iter().zip(actions).enumerate() {
-                let matchers: Vec<Matcher> = if rule.matches.is_empty() {
-                    vec![Matcher::any()]
-                } else {
-                    rule.matches.iter().filter_map(|m| Matcher::new(m).ok()).collect()
-                };
-                for (mi, m) in matchers.into_iter().enumerate() {
-                    table.push(Entry::new(id.clone(), ri, mi, host.clone(), Arc::new(m), action.clone()));
+            for (ri, rule) in rules.iter().enumerate() {
+                for (mi, m) in rule.matchers.iter().enumerate() {
+                    s.entries.push(Entry::new(id.clone(), ri, mi, host.clone(), m.clone(), rule.action.clone()));
                 }
             }
         }
@@ -389,17 +400,47 @@ fn attach(
     }
 }
 
-/// Each rule's action, and the route's `ResolvedRefs` condition.
+/// One rule, compiled once whatever the number of listeners and host names it is served under.
+struct CompiledRule {
+    action: Arc<RuleAction>,
+    matchers: Vec<Arc<Matcher>>,
+}
+
+/// Whether a listener takes HTTPRoutes: no `allowedRoutes.kinds`, or one naming HTTPRoute in Gateway API's group.
+fn takes_http_routes(l: &Listener) -> bool {
+    let kinds = l.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default();
+    kinds.is_empty()
+        || kinds.iter().any(|k| k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP))
+}
+
+/// Each rule compiled, the route's `ResolvedRefs` condition, and a match that does not compile (a route stored
+/// before its validation was tightened).
 fn actions(
     r: &HttpRoute,
     app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
     now: DateTime<Utc>,
-) -> (Vec<Arc<RuleAction>>, Condition) {
+) -> (Vec<CompiledRule>, Condition, Option<String>) {
     let ns = r.metadata.namespace();
     let gen = r.metadata.generation;
     let mut problems: Vec<(&str, String)> = Vec::new();
     let mut out = Vec::new();
+    let mut bad_match = None;
     for (i, rule) in r.spec.rules.iter().enumerate() {
+        let matchers: Vec<Arc<Matcher>> = if rule.matches.is_empty() {
+            vec![Arc::new(Matcher::any())]
+        } else {
+            rule.matches
+                .iter()
+                .enumerate()
+                .filter_map(|(m, x)| match Matcher::new(x) {
+                    Ok(m) => Some(Arc::new(m)),
+                    Err(e) => {
+                        bad_match.get_or_insert(format!("spec.rules[{i}].matches[{m}]: {e}"));
+                        None
+                    }
+                })
+                .collect()
+        };
         let rule_name = rule.name.clone().unwrap_or_else(|| i.to_string());
         let mut action = RuleAction::new(format!("{ns}/{}/{rule_name}", r.metadata.name), settings(rule));
         for f in &rule.filters {
@@ -430,7 +471,7 @@ fn actions(
             }
             action.backends.push(rb);
         }
-        out.push(Arc::new(action));
+        out.push(CompiledRule { action: Arc::new(action), matchers });
     }
     let resolved = match problems.first() {
         None => condition("ResolvedRefs", true, "ResolvedRefs", "", gen, now),
@@ -443,7 +484,7 @@ fn actions(
             now,
         ),
     };
-    (out, resolved)
+    (out, resolved, bad_match)
 }
 
 /// The App port a backendRef names, or why it names none (its share of requests is then answered 500).
@@ -646,10 +687,12 @@ mod tests {
         // The plans: two sockets; the shop socket serves only the intersected host name.
         assert_eq!(out.listeners.len(), 2);
         let shop = out.listeners.iter().find(|l| l.port == 8081).unwrap();
-        let hosts: Vec<String> = shop.routes.entries().map(|e| format!("{:?}", e.host)).collect();
+        assert_eq!(shop.hosts.len(), 1);
+        assert_eq!(shop.hosts[0].host, HostPattern::parse("*.shop.example.com"), "the listener's virtual host");
+        let hosts: Vec<String> = shop.hosts[0].routes.entries().map(|e| format!("{:?}", e.host)).collect();
         assert_eq!(hosts, ["Exact(\"a.shop.example.com\")"]);
         let plain = out.listeners.iter().find(|l| l.port == 8080).unwrap();
-        let ports: Vec<String> = plain
+        let ports: Vec<String> = plain.hosts[0]
             .routes
             .entries()
             .flat_map(|e| e.action.backends.iter().map(|b| format!("{}:{:?}", b.app.name, b.port)))
@@ -698,6 +741,56 @@ mod tests {
         assert_eq!(out.binds[&("127.0.0.1".to_string(), 80)].len(), 2);
     }
 
+    /// A namespace cannot take another's traffic by putting a Gateway with a more specific host name on its port.
+    #[test]
+    fn a_socket_belongs_to_the_namespace_of_its_oldest_gateway() {
+        let mut theirs = gateway(
+            "theirs",
+            20,
+            json!([{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "shop.example.com"}]),
+        );
+        theirs.metadata.namespace = Some("tenant-b".into());
+        let ours =
+            gateway("ours", 10, json!([{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.com"}]));
+        let twice = route(
+            "twice",
+            "default",
+            json!({"parentRefs": [{"name": "ours"}, {"name": "ours", "sectionName": "http"}]}),
+        );
+        let out = compile(&[theirs, ours], &[twice], &[], Utc::now());
+        let st = &out.gateways[&ObjectKey::new("Gateway", "tenant-b", "theirs")].listeners[0];
+        let (s, r, m) = cond(&st.conditions, "Conflicted");
+        assert_eq!((s, r), ("True", "PortOwnedByAnotherNamespace"), "{m}");
+        assert_eq!(out.listeners.len(), 1);
+        assert_eq!(out.listeners[0].hosts.len(), 1, "only the owner's listener is served on the socket");
+        assert_eq!(listener(&out, "ours", 0).attached_routes, 1, "a route naming the listener twice counts once");
+    }
+
+    #[test]
+    fn listeners_take_http_routes_only_from_gateway_api_s_group() {
+        let gws = [gateway(
+            "front",
+            1,
+            json!([
+            {"name": "a", "port": 80, "protocol": "HTTP", "allowedRoutes": {"kinds": [{"group": "example.com", "kind": "HTTPRoute"}]}},
+            {"name": "b", "port": 81, "protocol": "HTTP", "allowedRoutes": {"kinds": [{"kind": "HTTPRoute"}]}}]),
+        )];
+        let routes = [
+            route("r", "default", json!({"parentRefs": [{"name": "front"}]})),
+            route(
+                "ext",
+                "default",
+                json!({"parentRefs": [{"name": "front"}], "rules": [{"filters": [
+                          {"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}]}]}),
+            ),
+        ];
+        let out = compile(&gws, &routes, &[], Utc::now());
+        assert!(listener(&out, "front", 0).supported_kinds.is_empty());
+        assert_eq!(listener(&out, "front", 0).attached_routes, 0);
+        assert_eq!(listener(&out, "front", 1).attached_routes, 1);
+        assert_eq!(route_cond(&out, "ext", "default", 0, "Accepted").1, "UnsupportedValue");
+    }
+
     #[test]
     fn a_route_with_a_mirror_is_not_accepted_and_rule_settings_map_onto_the_balancer() {
         let gws = [gateway("front", 1, json!([{"name": "http", "port": 8080, "protocol": "HTTP"}]))];
@@ -724,7 +817,7 @@ mod tests {
         assert_eq!((s, r), ("False", "UnsupportedValue"));
         assert!(m.contains("RequestMirror"), "{m}");
         let plan = &out.listeners[0];
-        let action = &plan.routes.entries().next().expect("the sticky route only").action;
+        let action = &plan.hosts[0].routes.entries().next().expect("the sticky route only").action;
         assert_eq!(action.id, "default/sticky/0");
         assert_eq!(action.settings.timeouts.request_seconds, 2, "rounded up to whole seconds");
         let cookie = action.settings.sticky.as_ref().and_then(|s| s.cookie.as_ref()).unwrap();

@@ -22,7 +22,11 @@ fn everything() -> ObjectKey {
 
 /// Starts the controller.
 pub fn spawn(store: Store, proxy: Arc<Proxy>) -> Handle {
-    runner::run(store.clone(), Arc::new(FrontDoor { store, proxy, seen: Mutex::default() }), 1)
+    runner::run(
+        store.clone(),
+        Arc::new(FrontDoor { store, proxy, seen: Mutex::default(), one_pass: Mutex::new(()) }),
+        1,
+    )
 }
 
 struct FrontDoor {
@@ -30,6 +34,8 @@ struct FrontDoor {
     proxy: Arc<Proxy>,
     /// The generation last seen of each object that matters: a status write is not a change.
     seen: Mutex<HashMap<ObjectKey, Option<i64>>>,
+    /// Passes run one at a time (a finalizer's beside a reconcile would install what it listed before a delete).
+    one_pass: Mutex<()>,
 }
 
 impl FrontDoor {
@@ -56,6 +62,7 @@ impl FrontDoor {
 
     /// One pass over everything.
     fn pass(&self) -> Result<Action, ReconcileError> {
+        let _one = self.one_pass.lock().unwrap_or_else(|p| p.into_inner());
         let gateways: Vec<Gateway> = self.decode("Gateway")?;
         let routes: Vec<HttpRoute> = self.decode("HTTPRoute")?;
         let apps: Vec<App> = self.decode("App")?;
@@ -125,16 +132,14 @@ impl FrontDoor {
     }
 }
 
-/// Copies `lastTransitionTime` from the old status into every condition of the new one that did not change.
+/// Copies `lastTransitionTime` from the old status into every condition of the new one whose status did not change
+/// (as `metav1.Condition` defines it: the time the status last changed, whatever the reason or message).
 fn keep_transition_times(old: &Value, new: &mut Value) {
     fn walk(old: &Value, new: &mut Value) {
         match new {
             Value::Object(m) => {
                 if m.contains_key("lastTransitionTime") {
-                    let same = ["type", "status", "reason", "message", "observedGeneration"]
-                        .iter()
-                        .all(|k| old.get(k) == m.get(*k));
-                    if same {
+                    if old.get("type") == m.get("type") && old.get("status") == m.get("status") {
                         if let Some(t) = old.get("lastTransitionTime") {
                             m.insert("lastTransitionTime".into(), t.clone());
                         }
@@ -147,13 +152,13 @@ fn keep_transition_times(old: &Value, new: &mut Value) {
             }
             Value::Array(items) => {
                 for (i, v) in items.iter_mut().enumerate() {
-                    // Conditions are matched by type, listeners and parents by position.
-                    let o = match v.get("type").and_then(Value::as_str) {
-                        Some(t) if v.get("lastTransitionTime").is_some() => {
-                            old.as_array().and_then(|a| a.iter().find(|c| c["type"] == t)).unwrap_or(&Value::Null)
-                        }
-                        _ => old.get(i).unwrap_or(&Value::Null),
-                    };
+                    // Conditions are matched by type, listeners by name, route parents by their reference.
+                    let identity = ["type", "name", "parentRef"].into_iter().find_map(|k| Some((k, v.get(k)?.clone())));
+                    let o = match identity {
+                        Some((k, id)) => old.as_array().and_then(|a| a.iter().find(|o| o.get(k) == Some(&id))),
+                        None => old.get(i),
+                    }
+                    .unwrap_or(&Value::Null);
                     walk(o, v);
                 }
             }
@@ -168,13 +173,14 @@ impl Reconciler for FrontDoor {
         "Gateway"
     }
 
-    fn wants(&self, ev: &WatchEvent) -> bool {
-        self.changes(ev)
+    /// A Gateway's own events wake the one key, as the others' do (see `triggers`): one pass, not one per Gateway.
+    fn wants(&self, _ev: &WatchEvent) -> bool {
+        false
     }
 
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
         match ev.key.kind.as_str() {
-            "HTTPRoute" | "App" if self.changes(ev) => vec![everything()],
+            "Gateway" | "HTTPRoute" | "App" if self.changes(ev) => vec![everything()],
             _ => Vec::new(),
         }
     }
@@ -183,11 +189,17 @@ impl Reconciler for FrontDoor {
         vec![everything()]
     }
 
-    fn reconcile(&self, _key: &ObjectKey) -> Result<Action, ReconcileError> {
+    /// Every stored Gateway is also looked at on each resync: only the one key runs a pass.
+    fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
+        if *key != everything() {
+            return Ok(Action::AwaitChange);
+        }
         self.pass()
     }
 
-    fn finalize(&self, _key: &ObjectKey, _last: &Value) {
+    fn finalize(&self, key: &ObjectKey, _last: &Value) {
+        // Forgotten, so the same name created again is a change.
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
         if let Err(e) = self.pass() {
             tracing::warn!("gateways after a delete: {e}");
         }
@@ -203,12 +215,20 @@ mod tests {
         let old = json!({"listeners": [{"name": "http", "conditions": [
             {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"},
             {"type": "Programmed", "status": "True", "reason": "Programmed", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]});
-        let mut new = json!({"listeners": [{"name": "http", "conditions": [
-            {"type": "Programmed", "status": "False", "reason": "Invalid", "message": "x", "lastTransitionTime": "2026-02-02T00:00:00Z"},
-            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-02-02T00:00:00Z"}]}]});
+        // The listeners come back in another order with another one first: matched by name.
+        let mut new = json!({"listeners": [
+            {"name": "new", "conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-02-02T00:00:00Z"}]},
+            {"name": "http", "conditions": [
+                {"type": "Programmed", "status": "False", "reason": "Invalid", "message": "x", "lastTransitionTime": "2026-02-02T00:00:00Z"},
+                {"type": "Accepted", "status": "True", "reason": "ListenersNotValid", "message": "y", "lastTransitionTime": "2026-02-02T00:00:00Z"}]}]});
         super::keep_transition_times(&old, &mut new);
-        let c = &new["listeners"][0]["conditions"];
-        assert_eq!(c[0]["lastTransitionTime"], "2026-02-02T00:00:00Z", "changed: new time");
-        assert_eq!(c[1]["lastTransitionTime"], "2026-01-01T00:00:00Z", "unchanged: kept, found by type");
+        let c = &new["listeners"][1]["conditions"];
+        assert_eq!(c[0]["lastTransitionTime"], "2026-02-02T00:00:00Z", "status changed: the new time");
+        assert_eq!(c[1]["lastTransitionTime"], "2026-01-01T00:00:00Z", "same status, other reason: the time kept");
+        assert_eq!(
+            new["listeners"][0]["conditions"][0]["lastTransitionTime"], "2026-02-02T00:00:00Z",
+            "a new listener"
+        );
     }
 }

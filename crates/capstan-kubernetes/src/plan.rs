@@ -55,6 +55,7 @@ pub const KINDS: &[KindInfo] = &[
     k("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true, 7),
     k("networking.k8s.io/v1", "Ingress", "ingresses", true, 7),
     k("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", true, 7),
+    k("gateway.networking.k8s.io/v1", "Gateway", "gateways", true, 7),
     k("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes", true, 7),
     k("coordination.k8s.io/v1", "Lease", "leases", true, 8),
 ];

@@ -266,7 +266,8 @@ pub struct HttpRouteSpec {
     /// Host names this route serves: exact or `*.` wildcards. Empty: whatever its listener serves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
-    /// Defaults to one rule matching every path, with no backend (a 404... unless a filter answers).
+    /// Defaults to one rule matching every path, with no backend (answered 500, as Gateway API asks of a rule
+    /// without backends).
     #[serde(default = "default_rules")]
     pub rules: Vec<HttpRouteRule>,
 }
@@ -374,10 +375,11 @@ pub struct HttpRouteFilter {
     pub url_rewrite: Option<UrlRewrite>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_mirror: Option<RequestMirror>,
-    /// Implementation-specific: refused on the embedded runtime.
+    /// Implementation-specific: passed through to a cluster; a route using it is not accepted on the embedded
+    /// runtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension_ref: Option<serde_json::Value>,
-    /// CORS (experimental channel): refused on the embedded runtime for now.
+    /// CORS (experimental channel): passed through to a cluster; not served on the embedded runtime yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<serde_json::Value>,
 }
@@ -581,9 +583,54 @@ fn check_hostname(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Compiles a Gateway API regular expression as it is matched: against the whole value, within a size limit a
+/// hostile manifest cannot blow up (64 KiB of compiled program, where the default allows 10 MiB).
+pub fn whole_regex(re: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$")).size_limit(64 << 10).build().map_err(|e| match e {
+        regex::Error::CompiledTooBig(_) => "is too large once compiled (the limit is 64 KiB)".to_string(),
+        e => format!("is not a regular expression: {e}"),
+    })
+}
+
+/// A host name that names one host: a redirect or rewrite cannot go to a wildcard.
+fn no_wildcard(host: &str) -> Result<(), String> {
+    match host.starts_with("*.") {
+        true => Err(format!("`{host}` is a wildcard; a redirect or rewrite names one host")),
+        false => Ok(()),
+    }
+}
+
 /// Parses a Gateway API duration (`1h`, `10s`, `500ms`, combined as `1m30s`).
 pub fn parse_gateway_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::quantity::parse_duration(s)
+    // GEP-2257: one to four parts, each of one to five digits and a unit of h, m, s or ms.
+    let bad = || format!("`{s}` is not a Gateway API duration (such as `10s`, `1m30s` or `500ms`)");
+    let mut total = std::time::Duration::ZERO;
+    let (mut rest, mut parts) = (s, 0);
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 || parts == 4 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else {
+            match rest.as_bytes().first() {
+                Some(b'h') => (std::time::Duration::from_secs(3600), 1),
+                Some(b'm') => (std::time::Duration::from_secs(60), 1),
+                Some(b's') => (std::time::Duration::from_secs(1), 1),
+                _ => return Err(bad()),
+            }
+        };
+        total += unit * u32::try_from(n).map_err(|_| bad())?;
+        rest = &rest[len..];
+        parts += 1;
+    }
+    if parts == 0 {
+        return Err(bad());
+    }
+    Ok(total)
 }
 
 pub fn validate_gateway(spec: &GatewaySpec, errors: &mut Vec<FieldError>) {
@@ -682,16 +729,18 @@ pub fn validate_http_route(spec: &HttpRouteSpec, errors: &mut Vec<FieldError>) {
             );
         }
     }
+    limit(spec.hostnames.len(), 16, "spec.hostnames", errors);
     for (i, h) in spec.hostnames.iter().enumerate() {
         if let Err(e) = check_hostname(h) {
             errors.push(FieldError::new(format!("spec.hostnames[{i}]"), e));
         }
     }
-    if spec.rules.len() > 16 {
-        errors.push(FieldError::new("spec.rules", "has more than 16 rules (Gateway API's limit)"));
-    }
+    limit(spec.rules.len(), 16, "spec.rules", errors);
     for (r, rule) in spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{r}]");
+        limit(rule.matches.len(), 64, &format!("{at}.matches"), errors);
+        limit(rule.filters.len(), 16, &format!("{at}.filters"), errors);
+        limit(rule.backend_refs.len(), 16, &format!("{at}.backendRefs"), errors);
         for (m, mat) in rule.matches.iter().enumerate() {
             validate_match(mat, &format!("{at}.matches[{m}]"), errors);
         }
@@ -783,6 +832,7 @@ pub fn validate_http_route(spec: &HttpRouteSpec, errors: &mut Vec<FieldError>) {
 
 fn validate_match(m: &HttpRouteMatch, at: &str, errors: &mut Vec<FieldError>) {
     if let Some(p) = &m.path {
+        too_long(&p.value, &format!("{at}.path.value"), errors);
         match p.type_ {
             PathMatchType::Exact | PathMatchType::PathPrefix => {
                 if !p.value.starts_with('/') {
@@ -791,52 +841,43 @@ fn validate_match(m: &HttpRouteMatch, at: &str, errors: &mut Vec<FieldError>) {
                         format!("`{}` must start with `/`", p.value),
                     ));
                 }
-                if p.value.contains("//")
-                    || p.value.contains("/./")
-                    || p.value.contains("/../")
-                    || p.value.contains('?')
-                    || p.value.contains('#')
-                {
+                let lower = p.value.to_ascii_lowercase();
+                let bad = ["//", "/./", "/../", "%2f", "?", "#"].iter().any(|b| lower.contains(b))
+                    || lower.ends_with("/.")
+                    || lower.ends_with("/..");
+                if bad {
                     errors.push(FieldError::new(
                         format!("{at}.path.value"),
-                        format!("`{}` is not a plain path (no `//`, `/./`, `/../`, `?` or `#`)", p.value),
+                        format!("`{}` is not a plain path (no `//`, `.` or `..` segments, `%2f`, `?` or `#`)", p.value),
                     ));
                 }
             }
             PathMatchType::RegularExpression => {
-                if let Err(e) = regex::Regex::new(&p.value) {
-                    errors
-                        .push(FieldError::new(format!("{at}.path.value"), format!("is not a regular expression: {e}")));
+                if let Err(e) = whole_regex(&p.value) {
+                    errors.push(FieldError::new(format!("{at}.path.value"), e));
                 }
             }
         }
     }
+    limit(m.headers.len(), 16, &format!("{at}.headers"), errors);
+    limit(m.query_params.len(), 16, &format!("{at}.queryParams"), errors);
+    let values = m
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.name.as_str(), h.type_, h.value.as_str(), "headers"))
+        .chain(
+            m.query_params.iter().map(|q| (q.name.clone(), q.name.as_str(), q.type_, q.value.as_str(), "queryParams")),
+        );
     let mut seen = std::collections::BTreeSet::new();
-    for (i, h) in m.headers.iter().enumerate() {
-        if !seen.insert(h.name.to_ascii_lowercase()) {
-            errors.push(FieldError::new(format!("{at}.headers[{i}].name"), format!("`{}` is matched twice", h.name)));
+    for (i, (key, name, kind, value, field)) in values.enumerate() {
+        let i = if field == "headers" { i } else { i - m.headers.len() };
+        if !seen.insert((field, key)) {
+            errors.push(FieldError::new(format!("{at}.{field}[{i}].name"), format!("`{name}` is matched twice")));
         }
-        if h.type_ == StringMatchType::RegularExpression {
-            if let Err(e) = regex::Regex::new(&h.value) {
-                errors.push(FieldError::new(
-                    format!("{at}.headers[{i}].value"),
-                    format!("is not a regular expression: {e}"),
-                ));
-            }
-        }
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, q) in m.query_params.iter().enumerate() {
-        if !seen.insert(q.name.as_str()) {
-            errors
-                .push(FieldError::new(format!("{at}.queryParams[{i}].name"), format!("`{}` is matched twice", q.name)));
-        }
-        if q.type_ == StringMatchType::RegularExpression {
-            if let Err(e) = regex::Regex::new(&q.value) {
-                errors.push(FieldError::new(
-                    format!("{at}.queryParams[{i}].value"),
-                    format!("is not a regular expression: {e}"),
-                ));
+        too_long(value, &format!("{at}.{field}[{i}].value"), errors);
+        if kind == StringMatchType::RegularExpression {
+            if let Err(e) = whole_regex(value) {
+                errors.push(FieldError::new(format!("{at}.{field}[{i}].value"), e));
             }
         }
     }
@@ -848,6 +889,20 @@ fn validate_match(m: &HttpRouteMatch, at: &str, errors: &mut Vec<FieldError>) {
                     .hint(METHODS.join(", ")),
             );
         }
+    }
+}
+
+/// Gateway API's caps on list lengths, which keep a hostile manifest from costing the balancer much.
+fn limit(len: usize, max: usize, at: &str, errors: &mut Vec<FieldError>) {
+    if len > max {
+        errors.push(FieldError::new(at.to_string(), format!("has {len} entries; Gateway API allows at most {max}")));
+    }
+}
+
+/// Gateway API's cap on a match value's length.
+fn too_long(value: &str, at: &str, errors: &mut Vec<FieldError>) {
+    if value.len() > 1024 {
+        errors.push(FieldError::new(at.to_string(), format!("is {} characters long; the limit is 1024", value.len())));
     }
 }
 
@@ -899,13 +954,6 @@ fn validate_filters(filters: &[HttpRouteFilter], at: &str, in_rule: bool, errors
             }
         }
         match f.type_ {
-            HttpFilterType::ExtensionRef | HttpFilterType::Cors => errors.push(
-                FieldError::new(
-                    format!("{fat}.type"),
-                    format!("`{}` is not served on the embedded runtime", filter_name(f.type_)),
-                )
-                .hint("on a cluster, your Gateway implementation serves it"),
-            ),
             HttpFilterType::RequestRedirect | HttpFilterType::UrlRewrite if !in_rule => errors.push(FieldError::new(
                 format!("{fat}.type"),
                 format!("`{}` is a rule's filter, not a backend's", filter_name(f.type_)),
@@ -946,9 +994,12 @@ fn validate_filters(filters: &[HttpRouteFilter], at: &str, in_rule: bool, errors
                 ));
             }
             if let Some(h) = &r.hostname {
-                if let Err(e) = check_hostname(h) {
+                if let Err(e) = check_hostname(h).and_then(|_| no_wildcard(h)) {
                     errors.push(FieldError::new(format!("{fat}.requestRedirect.hostname"), e));
                 }
+            }
+            if r.port == Some(0) {
+                errors.push(FieldError::new(format!("{fat}.requestRedirect.port"), "must be a port from 1 to 65535"));
             }
             if let Some(p) = &r.path {
                 validate_path_modifier(p, &format!("{fat}.requestRedirect.path"), errors);
@@ -956,7 +1007,7 @@ fn validate_filters(filters: &[HttpRouteFilter], at: &str, in_rule: bool, errors
         }
         if let Some(u) = &f.url_rewrite {
             if let Some(h) = &u.hostname {
-                if let Err(e) = check_hostname(h) {
+                if let Err(e) = check_hostname(h).and_then(|_| no_wildcard(h)) {
                     errors.push(FieldError::new(format!("{fat}.urlRewrite.hostname"), e));
                 }
             }
@@ -980,10 +1031,12 @@ fn validate_path_modifier(p: &HttpPathModifier, at: &str, errors: &mut Vec<Field
     };
     match value {
         None => errors.push(FieldError::new(format!("{at}.{want}"), "is required with this type")),
+        // An empty prefix replacement removes the matched prefix, as the specification's table shows.
+        Some(v) if v.is_empty() && p.type_ == PathModifierType::ReplacePrefixMatch => {}
         Some(v) if !v.starts_with('/') => {
             errors.push(FieldError::new(format!("{at}.{want}"), format!("`{v}` must start with `/`")))
         }
-        _ => {}
+        Some(v) => too_long(v, &format!("{at}.{want}"), errors),
     }
     if other.is_some() {
         errors.push(FieldError::new(at.to_string(), format!("give only `{want}` with this type")));
@@ -1114,6 +1167,32 @@ mod tests {
             "spec.rules[7].filters: ReplacePrefixMatch needs every match to be a PathPrefix",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        // What the CRD's own patterns and caps refuse is refused here too.
+        let e = errors_of(route(json!([
+            {"matches": [{"path": {"value": "/a%2Fb"}}], "timeouts": {"request": "1.5s"}},
+            {"matches": [{"path": {"type": "RegularExpression", "value": "(a{1000}){1000}"}}]},
+            {"filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "*.example.com", "port": 0}}]},
+            {"matches": (0..65).map(|_| json!({"method": "GET"})).collect::<Vec<_>>()},
+            {"matches": [{"path": {"value": "/old"}}],
+             "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": ""}}}],
+             "backendRefs": [{"name": "a", "port": 80}], "timeouts": {"request": "1m30s", "backendRequest": "500ms"}},
+        ])));
+        let text = e.join("\n");
+        for want in [
+            "spec.rules[0].matches[0].path.value: `/a%2Fb` is not a plain path",
+            "spec.rules[0].timeouts.request: `1.5s` is not a Gateway API duration",
+            "spec.rules[1].matches[0].path.value: is too large once compiled",
+            "spec.rules[2].filters[0].requestRedirect.hostname: `*.example.com` is a wildcard",
+            "spec.rules[2].filters[0].requestRedirect.port: must be a port from 1 to 65535",
+            "spec.rules[3].matches: has 65 entries; Gateway API allows at most 64",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(!text.contains("spec.rules[4]"), "an empty prefix replacement and GEP-2257 durations are fine: {text}");
+        assert_eq!(super::parse_gateway_duration("1h2m3s4ms"), Ok(std::time::Duration::from_millis(3_723_004)));
+        for bad in ["", "1d", "30", "100000s", "1s1s1s1s1s", "-1s"] {
+            assert!(super::parse_gateway_duration(bad).is_err(), "{bad}");
         }
         let none = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
                           "spec": {"rules": []}});

@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri};
 
 use crate::http::{plain, Client};
-use crate::routes::{host_of, RouteTable};
+use crate::routes::{host_of, HostPattern, RouteTable};
 use crate::{Entry, ProxyBody};
 
 /// What a rule does with a request it matched.
@@ -26,7 +26,9 @@ pub struct RuleAction {
     pub backends: Vec<RouteBackend>,
     /// The proxy settings of its backends, as an entry point's: timeouts, session persistence (a sticky cookie).
     pub settings: Expose,
-    next: AtomicUsize,
+    /// Requests it has taken, for the weights: kept by the proxy across plan changes (by `id`), so a new plan does
+    /// not start every split again at its first backend.
+    pub(crate) next: OnceLock<Arc<AtomicUsize>>,
 }
 
 impl RuleAction {
@@ -39,7 +41,7 @@ impl RuleAction {
             rewrite: None,
             backends: Vec::new(),
             settings,
-            next: AtomicUsize::new(0),
+            next: OnceLock::new(),
         }
     }
 
@@ -50,7 +52,7 @@ impl RuleAction {
         if total == 0 {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed) as u64;
+        let n = self.next.get_or_init(Arc::default).fetch_add(1, Ordering::Relaxed) as u64;
         let stride = [7919u64, 7927, 7933, 7937].into_iter().find(|p| !total.is_multiple_of(*p)).unwrap_or(1);
         let mut at = (n.wrapping_mul(stride)) % total;
         for b in &self.backends {
@@ -81,48 +83,103 @@ impl RouteBackend {
     }
 }
 
-/// One shared listener: where it binds and the routes it serves.
-pub struct ListenerPlan {
-    pub address: String,
-    pub port: u16,
+/// The routes of one Gateway listener on a shared socket: requests for its host name (or any, without one) are
+/// matched against its routes only.
+pub struct VirtualHost {
+    pub host: HostPattern,
     pub routes: RouteTable<RuleAction>,
 }
 
-/// A listener's routes, swapped whole when they change; open connections see the new table on their next request.
+/// One shared socket: where it binds and its listeners' routes.
+pub struct ListenerPlan {
+    pub address: String,
+    pub port: u16,
+    /// In any order: they are ordered by host specificity when installed.
+    pub hosts: Vec<VirtualHost>,
+}
+
+/// A socket's listeners, swapped whole when they change; open connections see the new ones on their next request.
 #[derive(Default)]
 pub struct Routes {
-    table: RwLock<Arc<RouteTable<RuleAction>>>,
+    hosts: RwLock<Arc<Vec<VirtualHost>>>,
     /// Its listening port, for redirects that keep it.
     pub port: u16,
 }
 
 impl Routes {
     pub fn new(port: u16) -> Routes {
-        Routes { table: RwLock::default(), port }
+        Routes { hosts: RwLock::default(), port }
     }
 
-    pub fn table(&self) -> Arc<RouteTable<RuleAction>> {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn hosts(&self) -> Arc<Vec<VirtualHost>> {
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(crate) fn set(&self, table: RouteTable<RuleAction>) {
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    /// Installs a socket's listeners, the most specific host name first (as Gateway API picks a listener).
+    pub(crate) fn set(&self, mut hosts: Vec<VirtualHost>) {
+        hosts.sort_by_key(|h| h.host.rank());
+        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
     }
 }
 
-/// Every rule of a table once, with its backends: what the proxy fills with entries when the table is installed.
-pub(crate) fn backends(table: &RouteTable<RuleAction>) -> Vec<(&RuleAction, &RouteBackend)> {
+/// Every rule of a plan once, with its backends: what the proxy fills with entries when the plan is installed.
+pub(crate) fn rules(hosts: &[VirtualHost]) -> Vec<&RuleAction> {
     let mut seen = std::collections::HashSet::new();
-    table
-        .entries()
+    hosts
+        .iter()
+        .flat_map(|h| h.routes.entries())
         .filter(|e| seen.insert(Arc::as_ptr(&e.action)))
-        .flat_map(|e| e.action.backends.iter().map(move |b| (e.action.as_ref(), b)))
+        .map(|e| e.action.as_ref())
         .collect()
+}
+
+/// The client's own host, kept for `X-Forwarded-Host` when a rewrite changes `Host`.
+#[derive(Clone)]
+pub(crate) struct OriginalHost(pub HeaderValue);
+
+/// A request path as routes see it: unreserved characters percent-decoded, `.` and `..` segments removed, repeated
+/// slashes merged — so `/api/./admin`, `/api//admin` and `/%61pi/admin` are all `/api/admin` and cannot slip past
+/// a rule written for it. None for a path that is not absolute.
+pub fn normalize_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(c) = hex.filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c)) {
+                decoded.push(c as char);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i] as char);
+        i += 1;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut out = format!("/{}", segments.join("/"));
+    if trailing && out != "/" {
+        out.push('/');
+    }
+    Some(out)
 }
 
 /// Serves one request arriving on a gateway listener.
 pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Client) -> Response<ProxyBody> {
-    let table = routes.table();
+    let hosts = routes.hosts();
     let host_header = req
         .headers()
         .get(header::HOST)
@@ -131,8 +188,25 @@ pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Cli
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let host = host_of(&host_header);
-    let path = req.uri().path().to_string();
+    let Some(path) = normalize_path(req.uri().path()) else {
+        return plain(StatusCode::BAD_REQUEST, "the request path must start with `/`".into());
+    };
     let query = req.uri().query().map(str::to_string);
+    if path != req.uri().path() {
+        // The backend sees the path the routes matched.
+        let pq = match &query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        match pq.parse::<Uri>() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "the request path is not valid".into()),
+        }
+    }
+    // The most specific listener whose host name covers the request's, and only its routes.
+    let Some(vhost) = hosts.iter().find(|h| h.host.matches(&host)) else {
+        return plain(StatusCode::NOT_FOUND, format!("no listener on this port serves {host}"));
+    };
     let found = {
         let r = crate::routes::Request {
             host: &host,
@@ -141,7 +215,7 @@ pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Cli
             method: req.method().as_str(),
             headers: req.headers(),
         };
-        table.find(&r).map(|e| (e.action.clone(), e.matcher.prefix().map(str::to_string)))
+        vhost.routes.find(&r).map(|e| (e.action.clone(), e.matcher.prefix().map(str::to_string)))
     };
     let Some((action, prefix)) = found else {
         return plain(StatusCode::NOT_FOUND, format!("no route for {host}{path}"));
@@ -154,7 +228,8 @@ pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Cli
     }
     if let Some(rw) = &action.rewrite {
         if let Some(h) = &rw.hostname {
-            if let Ok(v) = HeaderValue::from_str(h) {
+            if let (Ok(v), Some(original)) = (HeaderValue::from_str(h), req.headers().get(header::HOST).cloned()) {
+                req.extensions_mut().insert(OriginalHost(original));
                 req.headers_mut().insert(header::HOST, v);
             }
         }
@@ -169,12 +244,13 @@ pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Cli
             }
         }
     }
-    // A session already pinned to a replica of one of the backends stays with it, whatever the weights say.
+    // A session already pinned to a replica of one of the backends stays with it while that backend has weight.
     let cookie = action.settings.sticky.as_ref().and_then(|s| s.cookie.as_ref());
     let pinned = cookie.and_then(|c| crate::http::cookie_value(req.headers(), &c.name)).and_then(|v| {
         action
             .backends
             .iter()
+            .filter(|b| b.weight > 0)
             .find(|b| b.entry.get().and_then(|e| e.backends.by_cookie(v)).is_some_and(|backend| backend.eligible()))
     });
     let Some(backend) = pinned.or_else(|| action.pick()) else {
@@ -219,20 +295,20 @@ pub fn modify(h: &mut HeaderMap, m: &HeaderModifier) {
     }
 }
 
-/// The path after a path modifier: the full path replaced, or the matched prefix replaced (whole segments).
+/// The path after a path modifier: the full path replaced, or the matched prefix replaced, as Gateway API's table
+/// for `ReplacePrefixMatch` gives it (the remainder keeps its slashes; an empty result is `/`).
 pub fn replace_path(p: &HttpPathModifier, path: &str, prefix: Option<&str>) -> String {
     match p.type_ {
         PathModifierType::ReplaceFullPath => p.replace_full_path.clone().unwrap_or_else(|| path.to_string()),
         PathModifierType::ReplacePrefixMatch => {
-            let with = p.replace_prefix_match.as_deref().unwrap_or("/");
-            let matched = prefix.unwrap_or("/");
-            let rest = if matched == "/" { path } else { path.strip_prefix(matched).unwrap_or(path) };
-            let rest = rest.trim_start_matches('/');
-            match (with.trim_end_matches('/'), rest) {
-                ("", "") => "/".to_string(),
-                ("", r) => format!("/{r}"),
-                (w, "") => w.to_string(),
-                (w, r) => format!("{w}/{r}"),
+            let with = p.replace_prefix_match.as_deref().unwrap_or("").trim_end_matches('/');
+            let matched = prefix.unwrap_or("/").trim_end_matches('/');
+            let rest = path.strip_prefix(matched).unwrap_or(path);
+            let out = format!("{with}{rest}");
+            if out.is_empty() {
+                "/".to_string()
+            } else {
+                out
             }
         }
     }
@@ -298,19 +374,48 @@ mod tests {
         }
     }
 
-    /// Modelled on Gateway API's HTTPRouteRewritePath and HTTPRouteRedirectPath conformance cases.
+    /// Every row of Gateway API's table for `ReplacePrefixMatch` (HTTPPathModifier), and a full replacement.
     #[test]
     fn prefix_and_full_path_replacement() {
-        let prefix = |with: &str, path: &str, matched: &str| {
+        let prefix = |path: &str, matched: &str, with: &str| {
             replace_path(&modifier(PathModifierType::ReplacePrefixMatch, with), path, Some(matched))
         };
-        assert_eq!(prefix("/one", "/prefix/one/two", "/prefix/one"), "/one/two");
-        assert_eq!(prefix("/", "/strip-prefix/three", "/strip-prefix"), "/three");
-        assert_eq!(prefix("/", "/strip-prefix", "/strip-prefix"), "/");
-        assert_eq!(prefix("/new/", "/old/x", "/old"), "/new/x");
-        assert_eq!(prefix("/new", "/x", "/"), "/new/x");
+        for (path, matched, with, want) in [
+            ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
+            ("/foo/bar", "/foo", "/xyz/", "/xyz/bar"),
+            ("/foo/bar", "/foo/", "/xyz", "/xyz/bar"),
+            ("/foo/bar", "/foo/", "/xyz/", "/xyz/bar"),
+            ("/foo", "/foo", "/xyz", "/xyz"),
+            ("/foo/", "/foo", "/xyz", "/xyz/"),
+            ("/foo/bar", "/foo", "", "/bar"),
+            ("/foo/", "/foo", "", "/"),
+            ("/foo", "/foo", "", "/"),
+            ("/foo/", "/foo", "/", "/"),
+            ("/foo", "/foo", "/", "/"),
+            ("/x", "/", "/new", "/new/x"),
+        ] {
+            assert_eq!(prefix(path, matched, with), want, "{path} with prefix {matched} replaced by {with:?}");
+        }
         let full = replace_path(&modifier(PathModifierType::ReplaceFullPath, "/one"), "/full/path/original", None);
         assert_eq!(full, "/one");
+    }
+
+    #[test]
+    fn paths_are_normalized_before_matching() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/api/./admin", "/api/admin"),
+            ("/api//admin", "/api/admin"),
+            ("/%61pi/admin", "/api/admin"),
+            ("/api/x/../admin/", "/api/admin/"),
+            ("/../../etc", "/etc"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/a%zz", "/a%zz"),
+            ("/trail%", "/trail%"),
+        ] {
+            assert_eq!(normalize_path(raw).as_deref(), Some(want), "{raw}");
+        }
+        assert_eq!(normalize_path("relative"), None);
     }
 
     #[test]

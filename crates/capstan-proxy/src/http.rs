@@ -382,7 +382,9 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         }
     }
     headers.entry(X_FORWARDED_PROTO).or_insert(HeaderValue::from_static("http"));
-    if let Some(host) = headers.get(header::HOST).cloned() {
+    // The host the client asked for, even when a gateway rule rewrote `Host`.
+    let original = parts.extensions.get::<crate::gateway::OriginalHost>().map(|o| o.0.clone());
+    if let Some(host) = original.or_else(|| headers.get(header::HOST).cloned()) {
         headers.insert(X_FORWARDED_HOST, host);
     }
     let uri = if parts.uri.scheme().is_none() {

@@ -196,7 +196,6 @@ impl Drop for Listener {
 struct GatewayListener {
     routes: Arc<gateway::Routes>,
     _gate: Arc<ListenerGate>,
-    addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -228,8 +227,12 @@ pub struct Proxy {
     gateways: Mutex<HashMap<(String, u16), GatewayListener>>,
     /// The backend entries of gateway routes, by (App, port name, rule).
     gateway_entries: Mutex<HashMap<gateway::EntryKey, Arc<Entry>>>,
-    /// Every App's spec and replicas as last synced, whether it has entry points or not: gateway routes use them.
-    apps: Mutex<HashMap<ObjectKey, (App, Vec<ReplicaEndpoint>)>>,
+    /// Every App's replicas as last synced, whether it has entry points or not: gateway routes use them. Locked
+    /// before `gateway_entries` wherever both are (`sync_app`, `sync_gateways`), so an update of an App's replicas
+    /// and a new plan never miss each other.
+    apps: Mutex<HashMap<ObjectKey, Vec<ReplicaEndpoint>>>,
+    /// The request counters of gateway rules by rule id, kept across plans so weights do not start over.
+    rule_counters: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     metrics: Arc<Metrics>,
     gate: Arc<Gate>,
     /// Started with the first entry point, so a Capstan that exposes nothing runs no proxy threads.
@@ -441,6 +444,7 @@ impl Proxy {
             gateways: Mutex::new(HashMap::new()),
             gateway_entries: Mutex::new(HashMap::new()),
             apps: Mutex::new(HashMap::new()),
+            rule_counters: Mutex::new(HashMap::new()),
             gate: Gate::new(budget, header_timeout, metrics.clone()),
             metrics,
             workers: std::sync::OnceLock::new(),
@@ -489,13 +493,14 @@ impl Proxy {
         {
             let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
             match app {
-                Some(a) => apps.insert(key.clone(), (a.clone(), replicas.to_vec())),
+                Some(_) => apps.insert(key.clone(), replicas.to_vec()),
                 None => apps.remove(key),
             };
-        }
-        for ((app_key, port, _), entry) in self.gateway_entries.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if app_key == key {
-                entry.backends.update(&port_backends(replicas, port));
+            // Still holding `apps`: a plan being installed sees these replicas or is updated here after.
+            for ((app_key, port, _), entry) in self.gateway_entries.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if app_key == key {
+                    entry.backends.update(&port_backends(replicas, port));
+                }
             }
         }
         let mut all = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -604,33 +609,45 @@ impl Proxy {
     /// address and port, why a listener could not open; that listener's routes are not served.
     pub fn sync_gateways(&self, plans: Vec<gateway::ListenerPlan>) -> BTreeMap<(String, u16), String> {
         let mut errors = BTreeMap::new();
-        let mut old_entries = std::mem::take(&mut *self.gateway_entries.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut entries = HashMap::new();
-        let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for plan in &plans {
-            for (action, b) in gateway::backends(&plan.routes) {
-                let Ok(port) = &b.port else { continue };
-                let (rule, settings) = (&action.id, &action.settings);
-                let key = (b.app.clone(), port.clone(), rule.clone());
-                let entry = entries.get(&key).cloned().or_else(|| old_entries.remove(&key)).unwrap_or_else(|| {
-                    Arc::new(Entry {
-                        namespace: b.app.namespace.clone(),
-                        app: b.app.name.clone(),
-                        name: rule.clone(),
-                        config: RwLock::new(Arc::new(EntryConfig::new(settings))),
-                        backends: BackendSet::default(),
-                        metrics: self.metrics.clone(),
-                        per_replica: RwLock::new(HashMap::new()),
-                    })
-                });
-                *entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EntryConfig::new(settings));
-                let replicas = apps.get(&b.app).map(|(_, r)| r.as_slice()).unwrap_or_default();
-                entry.backends.update(&port_backends(replicas, port));
-                let _ = b.entry.set(entry.clone());
-                entries.insert(key, entry);
+        {
+            // One lock order everywhere: apps, then gateway_entries (see `sync_app`).
+            let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+            let mut current = self.gateway_entries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut old_entries = std::mem::take(&mut *current);
+            let mut counters = self.rule_counters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kept_counters = HashMap::new();
+            for plan in &plans {
+                for action in gateway::rules(&plan.hosts) {
+                    let counter = counters.remove(&action.id).or_else(|| kept_counters.get(&action.id).cloned());
+                    let counter = counter.unwrap_or_default();
+                    let _ = action.next.set(counter.clone());
+                    kept_counters.insert(action.id.clone(), counter);
+                    for b in &action.backends {
+                        let Ok(port) = &b.port else { continue };
+                        let key = (b.app.clone(), port.clone(), action.id.clone());
+                        let settings = &action.settings;
+                        let entry =
+                            current.get(&key).cloned().or_else(|| old_entries.remove(&key)).unwrap_or_else(|| {
+                                Arc::new(Entry {
+                                    namespace: b.app.namespace.clone(),
+                                    app: b.app.name.clone(),
+                                    name: action.id.clone(),
+                                    config: RwLock::new(Arc::new(EntryConfig::new(settings))),
+                                    backends: BackendSet::default(),
+                                    metrics: self.metrics.clone(),
+                                    per_replica: RwLock::new(HashMap::new()),
+                                })
+                            });
+                        *entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EntryConfig::new(settings));
+                        let replicas = apps.get(&b.app).map(Vec::as_slice).unwrap_or_default();
+                        entry.backends.update(&port_backends(replicas, port));
+                        let _ = b.entry.set(entry.clone());
+                        current.insert(key, entry);
+                    }
+                }
             }
+            *counters = kept_counters;
         }
-        *self.gateway_entries.lock().unwrap_or_else(|p| p.into_inner()) = entries;
         let mut open = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = HashMap::new();
         for plan in plans {
@@ -650,7 +667,7 @@ impl Proxy {
                     ) {
                         Ok((addr, tasks)) => {
                             tracing::info!(%addr, "gateway listener open");
-                            GatewayListener { routes, _gate: gate, addr, tasks }
+                            GatewayListener { routes, _gate: gate, tasks }
                         }
                         Err(e) => {
                             errors.insert(bind, e.to_string());
@@ -659,16 +676,15 @@ impl Proxy {
                     }
                 }
             };
-            listener.routes.set(plan.routes);
+            listener.routes.set(plan.hosts);
             next.insert(bind, listener);
+        }
+        // Sockets no plan wants: their open keep-alive connections must not go on routing by the old table.
+        for (_, gone) in open.drain() {
+            gone.routes.set(Vec::new());
         }
         *open = next;
         errors
-    }
-
-    /// The addresses gateway listeners are bound to, by the address and port they were asked for.
-    pub fn gateway_addresses(&self) -> BTreeMap<(String, u16), SocketAddr> {
-        self.gateways.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, l)| (k.clone(), l.addr)).collect()
     }
 
     /// The proxy's metrics in Prometheus text format.

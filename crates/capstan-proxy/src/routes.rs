@@ -73,7 +73,7 @@ impl HostPattern {
     }
 
     /// Precedence: exact names first, then wildcards, longer before shorter; any host last.
-    fn rank(&self) -> (u8, std::cmp::Reverse<usize>) {
+    pub(crate) fn rank(&self) -> (u8, std::cmp::Reverse<usize>) {
         match self {
             HostPattern::Exact(h) => (0, std::cmp::Reverse(h.len())),
             HostPattern::Wildcard(s) => (1, std::cmp::Reverse(s.len())),
@@ -118,7 +118,7 @@ enum ValueMatcher {
 }
 
 impl ValueMatcher {
-    fn new(kind: StringMatchType, value: &str) -> Result<ValueMatcher, regex::Error> {
+    fn new(kind: StringMatchType, value: &str) -> Result<ValueMatcher, String> {
         Ok(match kind {
             StringMatchType::Exact => ValueMatcher::Exact(value.to_string()),
             StringMatchType::RegularExpression => ValueMatcher::Regex(whole(value)?),
@@ -133,9 +133,10 @@ impl ValueMatcher {
     }
 }
 
-/// A regular expression that must match the whole value, as Gateway API's conformance expects.
-fn whole(re: &str) -> Result<regex::Regex, regex::Error> {
-    regex::Regex::new(&format!("^(?:{re})$"))
+/// A regular expression that must match the whole value, as Gateway API's conformance expects (compiled as the
+/// model validated it, with the same size limit).
+fn whole(re: &str) -> Result<regex::Regex, String> {
+    capstan_model::gateway::whole_regex(re)
 }
 
 /// One `HTTPRouteMatch`, compiled.
@@ -150,7 +151,7 @@ pub struct Matcher {
 
 impl Matcher {
     /// Compiles a match; an absent path is `PathPrefix /`.
-    pub fn new(m: &HttpRouteMatch) -> Result<Matcher, regex::Error> {
+    pub fn new(m: &HttpRouteMatch) -> Result<Matcher, String> {
         let path = match &m.path {
             None => PathMatcher::Prefix("/".into()),
             Some(p) => match p.type_ {
@@ -166,12 +167,12 @@ impl Matcher {
             .headers
             .iter()
             .map(|h| Ok((h.name.to_ascii_lowercase(), ValueMatcher::new(h.type_, &h.value)?)))
-            .collect::<Result<_, regex::Error>>()?;
+            .collect::<Result<_, String>>()?;
         let query = m
             .query_params
             .iter()
             .map(|q| Ok((q.name.clone(), ValueMatcher::new(q.type_, &q.value)?)))
-            .collect::<Result<_, regex::Error>>()?;
+            .collect::<Result<_, String>>()?;
         Ok(Matcher { path, headers, query, method: m.method.clone() })
     }
 
@@ -314,10 +315,6 @@ impl<A> RouteTable<A> {
     pub fn entries(&self) -> impl Iterator<Item = &Entry<A>> {
         self.exact.values().flatten().chain(self.rest.iter())
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.rest.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -455,6 +452,6 @@ mod tests {
         let t = RouteTable::new(vec![entry(&r, "a.example.com", path(PathMatchType::Exact, "/x"), "x")]);
         assert_eq!(find(&t, "a.example.com", "/y", "GET", &[]), None);
         assert_eq!(find(&t, "b.example.com", "/x", "GET", &[]), None);
-        assert!(RouteTable::<String>::default().is_empty());
+        assert_eq!(find(&RouteTable::default(), "a.example.com", "/x", "GET", &[]), None);
     }
 }

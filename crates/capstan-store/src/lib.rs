@@ -906,6 +906,7 @@ mod sealed_tests {
         store.apply((0..50).map(named).collect()).unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
         let started = std::sync::atomic::AtomicUsize::new(0);
+        let progress = std::sync::atomic::AtomicUsize::new(0);
         let (reads, written) = std::thread::scope(|s| {
             let readers: Vec<_> = (0..2)
                 .map(|_| {
@@ -924,6 +925,7 @@ mod sealed_tests {
                             let one = store.get(&ObjectKey::new("Secret", "default", "s7")).expect("a get");
                             assert_eq!(one.unwrap()["spec"]["stringData"]["password"], format!("{SECRET}-7"));
                             reads += 1;
+                            progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         }
                         reads
                     })
@@ -944,6 +946,11 @@ mod sealed_tests {
             for _ in 0..5 {
                 ring = ring.with_first(Keyring::generate().unwrap().active().clone());
                 store.rotate_key(&ring).expect("a rotation while in use");
+                // The readers read again between rotations, so each rotation meets reads that began under it.
+                let seen = progress.load(std::sync::atomic::Ordering::SeqCst);
+                while progress.load(std::sync::atomic::Ordering::SeqCst) < seen + 2 {
+                    std::thread::yield_now();
+                }
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let reads: u64 = readers.into_iter().map(|r| r.join().expect("a reader")).sum();
@@ -983,6 +990,23 @@ mod tests {
     fn app(name: &str, replicas: i64) -> Value {
         json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "App", "metadata": {"name": name},
                "spec": {"replicas": replicas, "run": {"command": ["x"]}}})
+    }
+
+    /// An apply that changes nothing writes nothing: the file is byte for byte as it was, and no watch event goes out.
+    #[test]
+    fn an_unchanged_apply_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        store.apply(vec![app("a", 1)]).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let mut watch = store.watch();
+        let again = store.apply(vec![app("a", 1)]).unwrap();
+        assert_eq!(again[0].1, ApplyAction::Unchanged);
+        assert_eq!(std::fs::read(&path).unwrap(), before, "no transaction was committed");
+        assert!(watch.try_recv().is_err(), "no event");
+        store.apply(vec![app("a", 2)]).unwrap();
+        assert_ne!(std::fs::read(&path).unwrap(), before, "a change is written");
     }
 
     /// As Kubernetes: an apply that names a resourceVersion is refused when the object has changed since; one

@@ -72,6 +72,7 @@ async fn a_database_serves_an_app_survives_crashes_and_restarts_and_keeps_its_da
     let password = url.trim_start_matches("postgres://app:").split('@').next().expect("a password").to_string();
     assert!(password.len() >= 16, "{url}");
     assert_eq!(files_holding(tp.dir.path(), &password), Vec::<String>::new(), "the password in the clear");
+    assert!(!files_holding(tp.dir.path(), "listen_addresses").is_empty(), "the scan reads the server's own files");
 
     // SIGKILL of the server: restarted by its App, the row is there.
     let server = tp.app("db-postgres").await;

@@ -135,3 +135,39 @@ async fn apply_to_a_cluster_from_the_cli() {
     assert_eq!(denied.status.code(), Some(1), "{err}");
     assert!(err.contains("Unauthorized (401)") && err.contains("credentials"), "{err}");
 }
+
+/// Gateway API's objects go to a cluster as they were written: applied with server-side apply, unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_objects_are_applied_to_a_cluster_as_written() {
+    let fake = FakeApiServer::start_on("127.0.0.1:0", Some("token-1")).await.expect("fake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("kubeconfig"), fake.kubeconfig("token-1")).expect("kubeconfig");
+    let file = dir.path().join("front.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: front, namespace: web}
+spec:
+  gatewayClassName: eg
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: web}
+spec:
+  parentRefs: [{name: front}]
+  hostnames: [shop.example.com]
+  rules: [{backendRefs: [{name: shop, port: 8080, weight: 90}, {name: shop-next, port: 8080, weight: 10}]}]
+",
+    )
+    .expect("manifests");
+    let out = capstan(dir.path(), &["apply", "--target", "kubernetes", "-f", file.to_str().expect("utf-8")]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Gateway web/front created") && stdout.contains("HTTPRoute web/shop created"), "{stdout}");
+    let gw = fake.get("gateway.networking.k8s.io", "gateways", "web", "front").expect("the Gateway");
+    assert_eq!(gw["spec"]["gatewayClassName"], "eg");
+    let route = fake.get("gateway.networking.k8s.io", "httproutes", "web", "shop").expect("the HTTPRoute");
+    assert_eq!(route["spec"]["rules"][0]["backendRefs"][1], json!({"name": "shop-next", "port": 8080, "weight": 10}));
+}
