@@ -15,7 +15,8 @@ use capstan_model::gateway::{
     HttpRouteRule, Listener, ListenerProtocol, ListenerStatus, ParentReference, RouteGroupKind, RouteParentStatus,
     RouteStatus, CONTROLLER_NAME, GATEWAY_GROUP,
 };
-use capstan_model::{App, Expose, ObjectKey, Sticky, StickyCookie};
+use capstan_model::{App, Expose, ObjectKey, Secret, Sticky, StickyCookie};
+use capstan_proxy::gateway::CertifiedKey;
 use capstan_proxy::gateway::{ListenerPlan, RouteBackend, RuleAction, VirtualHost};
 use capstan_proxy::routes::{Entry, HostPattern, Matcher, RouteId, RouteTable};
 use chrono::{DateTime, Utc};
@@ -30,6 +31,8 @@ pub struct Compiled {
     pub routes: BTreeMap<ObjectKey, RouteStatus>,
     /// Which Gateway listeners each socket serves, to report a socket that could not open.
     pub binds: BTreeMap<(String, u16), Vec<(ObjectKey, String)>>,
+    /// The certificate each HTTPS listener serves now.
+    pub certificates: Certificates,
 }
 
 fn condition(
@@ -73,6 +76,11 @@ struct Slot<'a> {
     attached: std::collections::BTreeSet<ObjectKey>,
     /// Its routes' entries: the listener's virtual host on its socket.
     entries: Vec<Entry<RuleAction>>,
+    /// An HTTPS listener's certificate, and what is wrong with its Secret (its `ResolvedRefs`).
+    cert: Option<Arc<CertifiedKey>>,
+    cert_problem: Option<String>,
+    /// Why an accepted listener cannot be served (an HTTPS listener without a usable certificate).
+    unserved: Option<String>,
 }
 
 fn created_ms(meta: &capstan_model::ObjectMeta) -> i64 {
@@ -83,8 +91,20 @@ fn key_of<S, T>(kind: &str, o: &capstan_model::Object<S, T>) -> ObjectKey {
     ObjectKey::new(kind, o.metadata.namespace(), &o.metadata.name)
 }
 
-/// Compiles every Gateway and HTTPRoute against the Apps that exist.
-pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: DateTime<Utc>) -> Compiled {
+/// The certificate each HTTPS listener served last, by Gateway and listener name: kept serving while a changed
+/// Secret is not usable.
+pub type Certificates = BTreeMap<(ObjectKey, String), Arc<CertifiedKey>>;
+
+/// Compiles every Gateway and HTTPRoute against the Apps and Secrets that exist; `served` is what the last pass
+/// served, and `Compiled::certificates` what this one serves.
+pub fn compile(
+    gateways: &[Gateway],
+    routes: &[HttpRoute],
+    apps: &[App],
+    secrets: &[Secret],
+    served: &Certificates,
+    now: DateTime<Utc>,
+) -> Compiled {
     let mut gateways: Vec<&Gateway> = gateways.iter().collect();
     gateways.sort_by_key(|g| (created_ms(&g.metadata), g.metadata.namespace().to_string(), g.metadata.name.clone()));
     let mut slots: Vec<Slot> = Vec::new();
@@ -105,8 +125,26 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
                 bad_kinds: Vec::new(),
                 attached: Default::default(),
                 entries: Vec::new(),
+                cert: None,
+                cert_problem: None,
+                unserved: None,
             };
-            if l.protocol != ListenerProtocol::Http {
+            if l.protocol == ListenerProtocol::Https {
+                let listener_key = (key_of("Gateway", g), l.name.clone());
+                match certificate(g, l, secrets) {
+                    Ok(c) => slot.cert = Some(Arc::new(c)),
+                    Err(why) => {
+                        slot.cert = served.get(&listener_key).cloned();
+                        slot.cert_problem = Some(match slot.cert {
+                            Some(_) => format!("{why}; the previous certificate is still served"),
+                            None => why.clone(),
+                        });
+                        if slot.cert.is_none() {
+                            slot.unserved = Some(format!("no usable certificate: {why}"));
+                        }
+                    }
+                }
+            } else if l.protocol != ListenerProtocol::Http {
                 slot.refused = Some(condition(
                     "Accepted",
                     false,
@@ -125,7 +163,7 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
                     slot.bad_kinds.push(k.kind.clone());
                 }
             }
-            if slot.refused.is_none() {
+            if slot.refused.is_none() && slot.unserved.is_none() {
                 let ns = g.metadata.namespace().to_string();
                 match sockets.get_mut(&bind) {
                     // Another namespace's socket: sharing it would let one namespace take the other's traffic
@@ -211,7 +249,7 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
     let mut binds: BTreeMap<(String, u16), Vec<(ObjectKey, String)>> = BTreeMap::new();
     for s in &slots {
         let gen = s.gateway.metadata.generation;
-        let usable = s.refused.is_none() && s.conflicted.is_none();
+        let usable = s.refused.is_none() && s.conflicted.is_none() && s.unserved.is_none();
         if usable {
             binds.entry(s.bind.clone()).or_default().push((s.key.clone(), s.listener.name.clone()));
         }
@@ -225,12 +263,15 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
             .collect();
         let mut conditions =
             vec![s.refused.clone().unwrap_or_else(|| condition("Accepted", true, "Accepted", "", gen, now))];
-        conditions.push(match (&s.refused, &s.conflicted) {
-            (Some(_), _) => condition("Programmed", false, "Invalid", "the listener is not accepted", gen, now),
-            (None, Some(c)) => condition("Programmed", false, "Invalid", c.message.clone(), gen, now),
-            (None, None) => condition("Programmed", true, "Programmed", "", gen, now),
+        conditions.push(match (&s.refused, &s.conflicted, &s.unserved) {
+            (Some(_), _, _) => condition("Programmed", false, "Invalid", "the listener is not accepted", gen, now),
+            (None, Some(c), _) => condition("Programmed", false, "Invalid", c.message.clone(), gen, now),
+            (None, None, Some(why)) => condition("Programmed", false, "Invalid", why.clone(), gen, now),
+            (None, None, None) => condition("Programmed", true, "Programmed", "", gen, now),
         });
-        conditions.push(if s.bad_kinds.is_empty() {
+        conditions.push(if let Some(why) = &s.cert_problem {
+            condition("ResolvedRefs", false, "InvalidCertificateRef", why.clone(), gen, now)
+        } else if s.bad_kinds.is_empty() {
             condition("ResolvedRefs", true, "ResolvedRefs", "", gen, now)
         } else {
             condition(
@@ -282,13 +323,55 @@ pub fn compile(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], now: Da
         st.addresses = vec![GatewayAddress { type_: Some("IPAddress".into()), value: bind_address(g) }];
     }
     // Every usable listener is a virtual host of its socket, routes or not (it answers 404 until one attaches).
-    let mut plans: BTreeMap<Bind, Vec<VirtualHost>> = BTreeMap::new();
-    for s in slots.into_iter().filter(|s| s.refused.is_none() && s.conflicted.is_none()) {
+    let mut certificates = Certificates::new();
+    let mut plans: BTreeMap<Bind, (bool, Vec<VirtualHost>)> = BTreeMap::new();
+    for s in slots.into_iter().filter(|s| s.refused.is_none() && s.conflicted.is_none() && s.unserved.is_none()) {
         let host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
-        plans.entry(s.bind).or_default().push(VirtualHost { host, routes: RouteTable::new(s.entries) });
+        if let Some(c) = &s.cert {
+            certificates.insert((s.key.clone(), s.listener.name.clone()), c.clone());
+        }
+        let https = s.listener.protocol == ListenerProtocol::Https;
+        let socket = plans.entry(s.bind).or_insert((https, Vec::new()));
+        socket.1.push(VirtualHost { host, routes: RouteTable::new(s.entries), cert: s.cert });
     }
-    let listeners = plans.into_iter().map(|((address, port), hosts)| ListenerPlan { address, port, hosts }).collect();
-    Compiled { listeners, gateways: gateway_status, routes: route_status, binds }
+    let listeners = plans
+        .into_iter()
+        .map(|((address, port), (https, hosts))| ListenerPlan { address, port, https, hosts })
+        .collect();
+    Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates }
+}
+
+/// An HTTPS listener's certificate from the Secret its first `certificateRefs` entry names, or what is wrong with it
+/// (its `InvalidCertificateRef` message, naming the Secret and the key).
+fn certificate(g: &Gateway, l: &Listener, secrets: &[Secret]) -> Result<CertifiedKey, String> {
+    let Some(r) = l.tls.as_ref().and_then(|t| t.certificate_refs.first()) else {
+        return Err("the listener names no certificate (tls.certificateRefs)".into());
+    };
+    let gw_ns = g.metadata.namespace();
+    let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+    let (group, kind) = (r.group.as_deref().unwrap_or(""), r.kind.as_deref().unwrap_or("Secret"));
+    if !group.is_empty() || kind != "Secret" {
+        return Err(format!(
+            "certificateRefs[0] names a {kind} in group `{group}`; only Secrets hold certificates here"
+        ));
+    }
+    if ns != gw_ns {
+        return Err(format!(
+            "Secret {ns}/{} is in another namespace, which needs a ReferenceGrant (not served yet)",
+            r.name
+        ));
+    }
+    let Some(secret) = secrets.iter().find(|s| s.metadata.namespace() == ns && s.metadata.name == r.name) else {
+        return Err(format!("Secret {ns}/{} does not exist", r.name));
+    };
+    let (Some(crt), Some(key)) = (secret.spec.value("tls.crt"), secret.spec.value("tls.key")) else {
+        return Err(format!(
+            "Secret {ns}/{} needs both tls.crt and tls.key (it has: {})",
+            r.name,
+            secret.spec.keys().join(", ")
+        ));
+    };
+    capstan_proxy::gateway::certified_key(&crt, &key).map_err(|e| format!("Secret {ns}/{}: {e}", r.name))
 }
 
 /// A route that uses what the embedded runtime does not serve yet is not accepted anywhere, with the reason.
@@ -343,6 +426,10 @@ fn attach(
         let s = &mut slots[i];
         if let Some(c) = s.refused.as_ref().or(s.conflicted.as_ref()) {
             refusal.get_or_insert(("NotAllowedByListeners", format!("listener {}: {}", s.listener.name, c.message)));
+            continue;
+        }
+        if let Some(why) = &s.unserved {
+            refusal.get_or_insert(("NotAllowedByListeners", format!("listener {}: {why}", s.listener.name)));
             continue;
         }
         let from =
@@ -651,7 +738,7 @@ mod tests {
                 "rules": [{"backendRefs": [{"name": "web", "port": 8081}, {"name": "gone", "port": 8080}]}]}),
             ),
         ];
-        let out = compile(&gws, &routes, &apps, Utc::now());
+        let out = compile(&gws, &routes, &apps, &[], &Certificates::new(), Utc::now());
         assert_eq!(route_cond(&out, "plain", "default", 0, "Accepted").0, "True");
         assert_eq!(route_cond(&out, "plain", "default", 0, "ResolvedRefs").0, "True");
         assert_eq!(
@@ -720,15 +807,18 @@ mod tests {
                                         "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}}]),
             ),
         ];
-        let out = compile(&gws, &[], &[], Utc::now());
+        let out = compile(&gws, &[], &[], &[], &Certificates::new(), Utc::now());
         assert_eq!(cond(&listener(&out, "old", 0).conditions, "Conflicted").0, "False");
         assert_eq!(cond(&listener(&out, "old", 0).conditions, "Programmed").0, "True");
         let (s, r, _) = cond(&listener(&out, "young", 0).conditions, "Conflicted");
         assert_eq!((s, r), ("True", "HostnameConflict"));
         assert_eq!(cond(&listener(&out, "young", 0).conditions, "Programmed").0, "False");
         assert_eq!(cond(&listener(&out, "young", 1).conditions, "Conflicted").0, "False", "another host name is fine");
-        let (s, r, m) = cond(&listener(&out, "old", 1).conditions, "Accepted");
-        assert_eq!((s, r), ("False", "UnsupportedProtocol"), "{m}");
+        // An HTTPS listener whose Secret does not exist: accepted, not served, and its ResolvedRefs says why.
+        let (s, r, m) = cond(&listener(&out, "old", 1).conditions, "ResolvedRefs");
+        assert_eq!((s, r), ("False", "InvalidCertificateRef"), "{m}");
+        assert!(m.contains("Secret default/c does not exist"), "{m}");
+        assert_eq!(cond(&listener(&out, "old", 1).conditions, "Programmed").0, "False");
         assert_eq!(cond(&listener(&out, "old", 2).conditions, "ResolvedRefs").1, "InvalidRouteKinds");
         let young = &out.gateways[&ObjectKey::new("Gateway", "default", "young")];
         assert_eq!(cond(&young.conditions, "Accepted").1, "ListenersNotValid");
@@ -757,7 +847,7 @@ mod tests {
             "default",
             json!({"parentRefs": [{"name": "ours"}, {"name": "ours", "sectionName": "http"}]}),
         );
-        let out = compile(&[theirs, ours], &[twice], &[], Utc::now());
+        let out = compile(&[theirs, ours], &[twice], &[], &[], &Certificates::new(), Utc::now());
         let st = &out.gateways[&ObjectKey::new("Gateway", "tenant-b", "theirs")].listeners[0];
         let (s, r, m) = cond(&st.conditions, "Conflicted");
         assert_eq!((s, r), ("True", "PortOwnedByAnotherNamespace"), "{m}");
@@ -784,7 +874,7 @@ mod tests {
                           {"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}]}]}),
             ),
         ];
-        let out = compile(&gws, &routes, &[], Utc::now());
+        let out = compile(&gws, &routes, &[], &[], &Certificates::new(), Utc::now());
         assert!(listener(&out, "front", 0).supported_kinds.is_empty());
         assert_eq!(listener(&out, "front", 0).attached_routes, 0);
         assert_eq!(listener(&out, "front", 1).attached_routes, 1);
@@ -812,7 +902,7 @@ mod tests {
                 "backendRefs": [{"name": "web", "port": 8080}]}]}),
             ),
         ];
-        let out = compile(&gws, &routes, &apps, Utc::now());
+        let out = compile(&gws, &routes, &apps, &[], &Certificates::new(), Utc::now());
         let (s, r, m) = route_cond(&out, "mirror", "default", 0, "Accepted");
         assert_eq!((s, r), ("False", "UnsupportedValue"));
         assert!(m.contains("RequestMirror"), "{m}");

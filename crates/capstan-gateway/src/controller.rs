@@ -1,4 +1,4 @@
-//! The front door's controller: on any change to a Gateway, an HTTPRoute or an App's spec, compiles them all,
+//! The front door's controller: on any change to a Gateway, an HTTPRoute, an App's spec or a Secret, compiles them all,
 //! installs the result in the balancer (sockets opened, swapped or closed), and writes every status that changed.
 
 use std::collections::HashMap;
@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
 use capstan_model::gateway::{Gateway, HttpRoute};
-use capstan_model::{App, ObjectKey};
+use capstan_model::{App, ObjectKey, Secret};
 use capstan_proxy::Proxy;
 use capstan_store::{Store, WatchEvent, WatchType};
 use chrono::Utc;
 use serde_json::Value;
 
-use crate::compile::compile;
+use crate::compile::{compile, Certificates};
 
 /// The one key every change wakes: the controller compiles everything at once.
 fn everything() -> ObjectKey {
@@ -24,7 +24,7 @@ fn everything() -> ObjectKey {
 pub fn spawn(store: Store, proxy: Arc<Proxy>) -> Handle {
     runner::run(
         store.clone(),
-        Arc::new(FrontDoor { store, proxy, seen: Mutex::default(), one_pass: Mutex::new(()) }),
+        Arc::new(FrontDoor { store, proxy, seen: Mutex::default(), one_pass: Mutex::default() }),
         1,
     )
 }
@@ -34,8 +34,9 @@ struct FrontDoor {
     proxy: Arc<Proxy>,
     /// The generation last seen of each object that matters: a status write is not a change.
     seen: Mutex<HashMap<ObjectKey, Option<i64>>>,
-    /// Passes run one at a time (a finalizer's beside a reconcile would install what it listed before a delete).
-    one_pass: Mutex<()>,
+    /// Passes run one at a time (a finalizer's beside a reconcile would install what it listed before a delete);
+    /// the lock holds the certificates the last pass served, kept serving while a changed Secret is not usable.
+    one_pass: Mutex<Certificates>,
 }
 
 impl FrontDoor {
@@ -62,11 +63,13 @@ impl FrontDoor {
 
     /// One pass over everything.
     fn pass(&self) -> Result<Action, ReconcileError> {
-        let _one = self.one_pass.lock().unwrap_or_else(|p| p.into_inner());
+        let mut served = self.one_pass.lock().unwrap_or_else(|p| p.into_inner());
         let gateways: Vec<Gateway> = self.decode("Gateway")?;
         let routes: Vec<HttpRoute> = self.decode("HTTPRoute")?;
         let apps: Vec<App> = self.decode("App")?;
-        let mut compiled = compile(&gateways, &routes, &apps, Utc::now());
+        let secrets: Vec<Secret> = self.decode("Secret")?;
+        let mut compiled = compile(&gateways, &routes, &apps, &secrets, &served, Utc::now());
+        *served = std::mem::take(&mut compiled.certificates);
         let plans = std::mem::take(&mut compiled.listeners);
         let failed = self.proxy.sync_gateways(plans);
         for (bind, why) in &failed {
@@ -180,7 +183,7 @@ impl Reconciler for FrontDoor {
 
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
         match ev.key.kind.as_str() {
-            "Gateway" | "HTTPRoute" | "App" if self.changes(ev) => vec![everything()],
+            "Gateway" | "HTTPRoute" | "App" | "Secret" if self.changes(ev) => vec![everything()],
             _ => Vec::new(),
         }
     }

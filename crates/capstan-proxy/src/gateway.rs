@@ -10,6 +10,8 @@ use capstan_model::{Expose, ObjectKey};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Request, Response, StatusCode, Uri};
+use rustls::server::{ClientHello, ResolvesServerCert};
+pub use rustls::sign::CertifiedKey;
 
 use crate::http::{plain, Client};
 use crate::routes::{host_of, HostPattern, RouteTable};
@@ -84,31 +86,88 @@ impl RouteBackend {
 }
 
 /// The routes of one Gateway listener on a shared socket: requests for its host name (or any, without one) are
-/// matched against its routes only.
+/// matched against its routes only; on an HTTPS socket, its certificate answers the handshakes for that name.
 pub struct VirtualHost {
     pub host: HostPattern,
     pub routes: RouteTable<RuleAction>,
+    pub cert: Option<Arc<CertifiedKey>>,
 }
 
-/// One shared socket: where it binds and its listeners' routes.
+/// One shared socket: where it binds, whether it terminates TLS, and its listeners' routes.
 pub struct ListenerPlan {
     pub address: String,
     pub port: u16,
+    pub https: bool,
     /// In any order: they are ordered by host specificity when installed.
     pub hosts: Vec<VirtualHost>,
 }
 
-/// A socket's listeners, swapped whole when they change; open connections see the new ones on their next request.
+/// A socket's listeners, swapped whole when they change; open connections see the new ones on their next request,
+/// and new TLS handshakes the new certificates.
 #[derive(Default)]
 pub struct Routes {
     hosts: RwLock<Arc<Vec<VirtualHost>>>,
     /// Its listening port, for redirects that keep it.
     pub port: u16,
+    /// It terminates TLS: requests are `https`.
+    pub https: bool,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gateway socket on port {}", self.port)
+    }
+}
+
+/// Chooses the certificate of a TLS handshake by its server name (SNI) among the socket's listeners, the most
+/// specific host name first; without a name, a listener without a host name's.
+impl ResolvesServerCert for Routes {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let hosts = self.hosts();
+        let with_cert = hosts.iter().filter(|h| h.cert.is_some());
+        let chosen = match hello.server_name() {
+            Some(name) => {
+                let name = name.to_ascii_lowercase();
+                with_cert.clone().find(|h| h.host.matches(&name))
+            }
+            None => with_cert.clone().find(|h| h.host == HostPattern::Any),
+        };
+        chosen.or_else(|| with_cert.clone().next()).and_then(|h| h.cert.clone())
+    }
+}
+
+/// A certificate chain and its private key from PEM, checked to belong together: what a listener serves.
+pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt is not PEM certificates: {e}"))?;
+    if chain.is_empty() {
+        return Err("tls.crt holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("tls.key is not a PEM private key: {e}"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => "tls.key is not the key of the certificate in tls.crt".to_string(),
+        e => format!("tls.crt and tls.key cannot be used: {e}"),
+    })
+}
+
+/// The TLS server configuration of an HTTPS socket: its certificates chosen by SNI, live; HTTP/1.1 by ALPN.
+pub(crate) fn tls_config(routes: Arc<Routes>) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| rustls::ServerConfig::builder());
+    let mut config = builder.with_no_client_auth().with_cert_resolver(routes);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 impl Routes {
-    pub fn new(port: u16) -> Routes {
-        Routes { hosts: RwLock::default(), port }
+    pub fn new(port: u16, https: bool) -> Routes {
+        Routes { hosts: RwLock::default(), port, https }
     }
 
     fn hosts(&self) -> Arc<Vec<VirtualHost>> {
@@ -221,7 +280,12 @@ pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Cli
         return plain(StatusCode::NOT_FOUND, format!("no route for {host}{path}"));
     };
     if let Some(r) = &action.redirect {
-        return redirect(r, &host, routes.port, &path, query.as_deref(), prefix.as_deref());
+        let scheme = if routes.https { "https" } else { "http" };
+        return redirect(r, scheme, &host, routes.port, &path, query.as_deref(), prefix.as_deref());
+    }
+    if routes.https {
+        // What the client used, whatever it claims.
+        req.headers_mut().insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
     }
     if let Some(m) = &action.request_headers {
         modify(req.headers_mut(), m);
@@ -319,13 +383,14 @@ pub fn replace_path(p: &HttpPathModifier, path: &str, prefix: Option<&str>) -> S
 /// it is the scheme's well-known one).
 pub fn redirect(
     r: &RequestRedirect,
+    request_scheme: &str,
     host: &str,
     listener_port: u16,
     path: &str,
     query: Option<&str>,
     prefix: Option<&str>,
 ) -> Response<ProxyBody> {
-    let scheme = r.scheme.clone().unwrap_or_else(|| "http".into());
+    let scheme = r.scheme.clone().unwrap_or_else(|| request_scheme.to_string());
     let well_known = |s: &str| if s == "https" { 443 } else { 80 };
     let port = match (r.port, &r.scheme) {
         (Some(p), _) => Some(p),
@@ -429,23 +494,45 @@ mod tests {
         };
         // Scheme changed, no port: the well-known port of the new scheme (so none in the URL).
         assert_eq!(
-            body_of(redirect(&r(Some("https"), None, None, 301), "shop.example.com", 8080, "/a", Some("x=1"), None)),
+            body_of(redirect(
+                &r(Some("https"), None, None, 301),
+                "http",
+                "shop.example.com",
+                8080,
+                "/a",
+                Some("x=1"),
+                None
+            )),
             (301, Some("https://shop.example.com/a?x=1".into()))
         );
         // Nothing changed but the host: the listener's port stays.
         assert_eq!(
-            body_of(redirect(&r(None, None, Some("new.example.com"), 302), "old.example.com", 8080, "/", None, None)),
+            body_of(redirect(
+                &r(None, None, Some("new.example.com"), 302),
+                "http",
+                "old.example.com",
+                8080,
+                "/",
+                None,
+                None
+            )),
             (302, Some("http://new.example.com:8080/".into()))
         );
         // A port on the listener's well-known port is left out; an explicit one is kept.
-        assert_eq!(body_of(redirect(&r(None, None, None, 302), "h", 80, "/p", None, None)).1.unwrap(), "http://h/p");
         assert_eq!(
-            body_of(redirect(&r(Some("https"), Some(8443), None, 302), "h", 80, "/p", None, None)).1.unwrap(),
+            body_of(redirect(&r(None, None, None, 302), "http", "h", 80, "/p", None, None)).1.unwrap(),
+            "http://h/p"
+        );
+        assert_eq!(
+            body_of(redirect(&r(Some("https"), Some(8443), None, 302), "http", "h", 80, "/p", None, None)).1.unwrap(),
             "https://h:8443/p"
         );
         let mut with_path = r(None, None, None, 302);
         with_path.path = Some(modifier(PathModifierType::ReplacePrefixMatch, "/new"));
-        assert_eq!(body_of(redirect(&with_path, "h", 80, "/old/x", None, Some("/old"))).1.unwrap(), "http://h/new/x");
+        assert_eq!(
+            body_of(redirect(&with_path, "http", "h", 80, "/old/x", None, Some("/old"))).1.unwrap(),
+            "http://h/new/x"
+        );
     }
 
     #[test]

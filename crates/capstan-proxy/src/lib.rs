@@ -377,14 +377,15 @@ async fn serve(
 #[derive(Clone)]
 enum Front {
     App(Arc<Entry>),
-    Routes(Arc<gateway::Routes>),
+    /// A gateway socket, with its TLS acceptor when it serves HTTPS.
+    Routes(Arc<gateway::Routes>, Option<tokio_rustls::TlsAcceptor>),
 }
 
 impl Front {
     fn name(&self) -> String {
         match self {
             Front::App(e) => format!("{}/{}/{}", e.namespace, e.app, e.name),
-            Front::Routes(r) => format!("gateway port {}", r.port),
+            Front::Routes(r, _) => format!("gateway port {}", r.port),
         }
     }
 }
@@ -398,14 +399,26 @@ async fn connection(
     admitted: gate::Admitted,
 ) {
     let entry = match (front, protocol) {
-        (Front::Routes(routes), _) => {
+        (Front::Routes(routes, tls), _) => {
             let client = http::Client::new(peer);
             let svc = service_fn(move |req| {
                 let (routes, client) = (routes.clone(), client.clone());
                 async move { Ok::<_, std::convert::Infallible>(gateway::handle(routes, req, client).await) }
             });
             let _ = stream.set_nodelay(true);
-            serve::serve_http(stream, admitted, svc).await;
+            match tls {
+                None => serve::serve_http(stream, admitted, svc).await,
+                Some(acceptor) => {
+                    // A handshake must finish within the header timeout, as headers must come: a client that
+                    // opens connections and sends nothing cannot hold them.
+                    let limit = admitted.listener().gate().header_timeout();
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve::serve_http(tls, admitted, svc).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             return;
         }
         (Front::App(entry), _) => entry,
@@ -652,16 +665,18 @@ impl Proxy {
         let mut next = HashMap::new();
         for plan in plans {
             let bind = (plan.address.clone(), plan.port);
-            let listener = match open.remove(&bind) {
+            // A socket that changes between HTTP and HTTPS is opened again.
+            let listener = match open.remove(&bind).filter(|l| l.routes.https == plan.https) {
                 Some(l) => l,
                 None => {
-                    let routes = Arc::new(gateway::Routes::new(plan.port));
+                    let routes = Arc::new(gateway::Routes::new(plan.port, plan.https));
+                    let tls = plan.https.then(|| tokio_rustls::TlsAcceptor::from(gateway::tls_config(routes.clone())));
                     let name = format!("gateway {}:{}", plan.address, plan.port);
                     let gate = self.gate.listener(&name, usize::MAX);
                     match self.open(
                         &plan.address,
                         plan.port,
-                        Front::Routes(routes.clone()),
+                        Front::Routes(routes.clone(), tls),
                         ExposeProtocol::Http,
                         gate.clone(),
                     ) {

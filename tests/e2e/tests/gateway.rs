@@ -367,3 +367,146 @@ async fn the_gateway_example_serves_as_documented() {
     assert_eq!((code, headers["location"].to_str().unwrap()), (301, format!("http://site.localhost:{port}/").as_str()));
     tp.stop().await;
 }
+
+/// A CA and a certificate it signs for `names`: (CA PEM, certificate PEM, key PEM).
+fn certificate_for(names: &[&str], ca: &(rcgen::KeyPair, rcgen::CertificateParams)) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("names");
+    let issuer = rcgen::Issuer::new(ca.1.clone(), &ca.0);
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn test_ca() -> ((rcgen::KeyPair, rcgen::CertificateParams), String) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let pem = params.self_signed(&key).expect("self-signed").pem();
+    ((key, params), pem)
+}
+
+/// A GET over TLS with `sni` as the server name, verified against `ca_pem`: status, body and the served leaf
+/// certificate; None when the connection or the handshake fails.
+async fn https_get(port: u16, sni: &str, path: &str, ca_pem: &str) -> Option<(u16, String, Vec<u8>)> {
+    use http_body_util::{BodyExt, Empty};
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.ok()?).ok()?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
+    let tls = tokio::time::timeout(std::time::Duration::from_secs(5), connector.connect(name, tcp)).await.ok()?.ok()?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]), "HTTP/1.1 by ALPN");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.ok()?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path).header("host", sni).body(Empty::<bytes::Bytes>::new()).ok()?;
+    let res = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req)).await.ok()?.ok()?;
+    let code = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some((code, String::from_utf8_lossy(&body).to_string(), leaf))
+}
+
+fn tls_secret(name: &str, cert: &str, key: &str) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("      {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata: {{name: {name}}}\nspec:\n  stringData:\n    tls.crt: |\n{}    tls.key: |\n{}",
+        indent(cert),
+        indent(key)
+    )
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a certificate").to_vec()
+}
+
+/// HTTPS listeners terminate TLS with certificates from Secrets: SNI picks among them (wildcards included), a changed
+/// Secret is served to new handshakes at once, a broken one leaves the last good certificate serving with the reason
+/// in status, and plain HTTP redirects to HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listeners_serve_certificates_from_secrets_by_sni_and_swap_them_live() {
+    let tp = TestPlane::start().await;
+    let (ca, ca_pem) = test_ca();
+    let (shop_crt, shop_key) = certificate_for(&["shop.example.test"], &ca);
+    let (wild_crt, wild_key) = certificate_for(&["*.example.org"], &ca);
+    let (https, http) = (free_port(), free_port());
+    tp.apply(&format!(
+        "{}---\n{}---\n{}---\napiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: secure}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+    - {{name: shop, port: {https}, protocol: HTTPS, hostname: shop.example.test, tls: {{certificateRefs: [{{name: shop-tls}}]}}}}
+    - {{name: wild, port: {https}, protocol: HTTPS, hostname: \"*.example.org\", tls: {{certificateRefs: [{{name: wild-tls}}]}}}}
+    - {{name: plain, port: {http}, protocol: HTTP}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: secure, sectionName: shop}}, {{name: secure, sectionName: wild}}]
+  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: to-https}}
+spec:
+  parentRefs: [{{name: secure, sectionName: plain}}]
+  rules: [{{filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https, port: {https}, statusCode: 301}}}}]}}]
+",
+        app_yaml("web", 1, &[], READINESS),
+        tls_secret("shop-tls", &shop_crt, &shop_key),
+        tls_secret("wild-tls", &wild_crt, &wild_key),
+    ));
+    eventually("web Ready", T, || async { ready(&tp.app("web").await).then_some(()) }).await;
+    let (code, body, leaf) = eventually("the shop over HTTPS", T, || async {
+        https_get(https, "shop.example.test", "/", &ca_pem).await.filter(|r| r.0 == 200)
+    })
+    .await;
+    assert_eq!((code, body.as_str()), (200, "web-0"));
+    assert_eq!(leaf, der_of(&shop_crt), "SNI shop.example.test gets the shop's certificate");
+    let (_, _, leaf) = https_get(https, "api.example.org", "/", &ca_pem).await.expect("a wildcard name");
+    assert_eq!(leaf, der_of(&wild_crt), "a name under *.example.org gets the wildcard certificate");
+
+    // Plain HTTP redirects to HTTPS.
+    let (code, headers, _) = through(http, "shop.example.test", "/cart?x=1", &[]).await;
+    assert_eq!(code, 301);
+    assert_eq!(headers["location"], format!("https://shop.example.test:{https}/cart?x=1").as_str());
+
+    // A new certificate in the Secret: new handshakes get it at once.
+    let (next_crt, next_key) = certificate_for(&["shop.example.test"], &ca);
+    tp.apply(&tls_secret("shop-tls", &next_crt, &next_key));
+    eventually("the new certificate is served", T, || async {
+        let r = https_get(https, "shop.example.test", "/", &ca_pem).await?;
+        (r.2 == der_of(&next_crt)).then_some(())
+    })
+    .await;
+
+    // A key that does not match: the last good certificate keeps serving, and the listener says why.
+    let (_, other_key) = certificate_for(&["shop.example.test"], &ca);
+    tp.apply(&tls_secret("shop-tls", &next_crt, &other_key));
+    let gw = eventually("the listener reports the bad Secret", T, || async {
+        let g = tp.client.get("/api/v1/namespaces/default/gateways/secure").await.ok()?;
+        let c = condition(&g["status"]["listeners"][0]["conditions"], "ResolvedRefs").clone();
+        (c["reason"] == "InvalidCertificateRef").then_some(c)
+    })
+    .await;
+    let message = gw["message"].as_str().unwrap();
+    assert!(message.contains("Secret default/shop-tls: tls.key is not the key of the certificate"), "{message}");
+    assert!(message.contains("the previous certificate is still served"), "{message}");
+    let (code, _, leaf) = https_get(https, "shop.example.test", "/", &ca_pem).await.expect("still served");
+    assert_eq!((code, leaf), (200, der_of(&next_crt)));
+    tp.stop().await;
+}
