@@ -129,14 +129,28 @@ pub fn compile(
                 cert_problem: None,
                 unserved: None,
             };
-            if l.protocol == ListenerProtocol::Https {
+            if l.tls.as_ref().is_some_and(|t| t.frontend_validation.is_some()) {
+                // Served without the client certificates it asks for would be an open door: not served at all.
+                slot.refused = Some(condition(
+                    "Accepted",
+                    false,
+                    "UnsupportedValue",
+                    "tls.frontendValidation (client certificates) is not served on the embedded runtime yet",
+                    gen,
+                    now,
+                ));
+            } else if l.protocol == ListenerProtocol::Https {
                 let listener_key = (key_of("Gateway", g), l.name.clone());
                 match certificate(g, l, secrets) {
                     Ok(c) => slot.cert = Some(Arc::new(c)),
                     Err(why) => {
-                        slot.cert = served.get(&listener_key).cloned();
+                        // The last good certificate keeps serving while its Secret exists but is not usable (a
+                        // deleted Secret takes its certificate with it), in this process's memory only.
+                        slot.cert = secret_exists(g, l, secrets).then(|| served.get(&listener_key).cloned()).flatten();
                         slot.cert_problem = Some(match slot.cert {
-                            Some(_) => format!("{why}; the previous certificate is still served"),
+                            Some(_) => {
+                                format!("{why}; the previous certificate is still served (until Capstan restarts)")
+                            }
                             None => why.clone(),
                         });
                         if slot.cert.is_none() {
@@ -366,12 +380,19 @@ fn certificate(g: &Gateway, l: &Listener, secrets: &[Secret]) -> Result<Certifie
     };
     let (Some(crt), Some(key)) = (secret.spec.value("tls.crt"), secret.spec.value("tls.key")) else {
         return Err(format!(
-            "Secret {ns}/{} needs both tls.crt and tls.key (it has: {})",
+            "Secret {ns}/{} needs both tls.crt and tls.key, as text in stringData or base64 in data (it has: {})",
             r.name,
             secret.spec.keys().join(", ")
         ));
     };
     capstan_proxy::gateway::certified_key(&crt, &key).map_err(|e| format!("Secret {ns}/{}: {e}", r.name))
+}
+
+/// Whether the Secret an HTTPS listener names exists.
+fn secret_exists(g: &Gateway, l: &Listener, secrets: &[Secret]) -> bool {
+    let Some(r) = l.tls.as_ref().and_then(|t| t.certificate_refs.first()) else { return false };
+    let ns = r.namespace.as_deref().unwrap_or(g.metadata.namespace());
+    secrets.iter().any(|s| s.metadata.namespace() == ns && s.metadata.name == r.name)
 }
 
 /// A route that uses what the embedded runtime does not serve yet is not accepted anywhere, with the reason.

@@ -125,14 +125,17 @@ impl ResolvesServerCert for Routes {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let hosts = self.hosts();
         let with_cert = hosts.iter().filter(|h| h.cert.is_some());
+        let any = || with_cert.clone().find(|h| h.host == HostPattern::Any);
+        // An unknown name gets a listener without a host name's certificate, or none (the handshake fails): never
+        // another host's, which would tell a scanner what else is served here.
         let chosen = match hello.server_name() {
             Some(name) => {
-                let name = name.to_ascii_lowercase();
-                with_cert.clone().find(|h| h.host.matches(&name))
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                with_cert.clone().find(|h| h.host.matches(&name)).or_else(any)
             }
-            None => with_cert.clone().find(|h| h.host == HostPattern::Any),
+            None => any(),
         };
-        chosen.or_else(|| with_cert.clone().next()).and_then(|h| h.cert.clone())
+        chosen.and_then(|h| h.cert.clone())
     }
 }
 
@@ -140,29 +143,32 @@ impl ResolvesServerCert for Routes {
 pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // The parsers' errors are not shown: some quote the offending line, which may be key material, and status is
+    // readable by those who may not read the Secret.
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls.crt is not PEM certificates: {e}"))?;
+        .map_err(|_| "tls.crt is not PEM certificates (-----BEGIN CERTIFICATE----- blocks)".to_string())?;
     if chain.is_empty() {
         return Err("tls.crt holds no certificate".into());
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("tls.key is not a PEM private key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| "tls.key is not a PEM private key (PKCS#8, PKCS#1 or SEC1)".to_string())?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => "tls.key is not the key of the certificate in tls.crt".to_string(),
-        e => format!("tls.crt and tls.key cannot be used: {e}"),
+        _ => {
+            "tls.key is not a key this server can sign with, or tls.crt's first certificate cannot be read".to_string()
+        }
     })
 }
 
 /// The TLS server configuration of an HTTPS socket: its certificates chosen by SNI, live; HTTP/1.1 by ALPN.
-pub(crate) fn tls_config(routes: Arc<Routes>) -> Arc<rustls::ServerConfig> {
+pub(crate) fn tls_config(routes: Arc<Routes>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| rustls::ServerConfig::builder());
+    let builder = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
     let mut config = builder.with_no_client_auth().with_cert_resolver(routes);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
 
 impl Routes {
@@ -283,10 +289,9 @@ pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Cli
         let scheme = if routes.https { "https" } else { "http" };
         return redirect(r, scheme, &host, routes.port, &path, query.as_deref(), prefix.as_deref());
     }
-    if routes.https {
-        // What the client used, whatever it claims.
-        req.headers_mut().insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
-    }
+    // What the client used, whatever it claims (a client on plain HTTP must not pass for one on HTTPS).
+    let proto = HeaderValue::from_static(if routes.https { "https" } else { "http" });
+    req.headers_mut().insert(HeaderName::from_static("x-forwarded-proto"), proto);
     if let Some(m) = &action.request_headers {
         modify(req.headers_mut(), m);
     }

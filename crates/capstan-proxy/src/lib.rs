@@ -199,6 +199,19 @@ struct GatewayListener {
     tasks: Vec<JoinHandle<()>>,
 }
 
+impl GatewayListener {
+    /// Stops accepting and waits (briefly) until the listening socket is closed, so its port can be bound again.
+    fn close(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
 impl Drop for GatewayListener {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -411,11 +424,18 @@ async fn connection(
                 Some(acceptor) => {
                     // A handshake must finish within the header timeout, as headers must come: a client that
                     // opens connections and sends nothing cannot hold them.
+                    // A connection still in its handshake gives its place up when the gate evicts it, as an idle
+                    // one does: otherwise stalled handshakes would each keep a file descriptor past the budget.
                     let limit = admitted.listener().gate().header_timeout();
-                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve::serve_http(tls, admitted, svc).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    let outcome = tokio::select! {
+                        r = tokio::time::timeout(limit, acceptor.accept(stream)) => Some(r),
+                        _ = admitted.evicted() => None,
+                    };
+                    match outcome {
+                        Some(Ok(Ok(tls))) => serve::serve_http(tls, admitted, svc).await,
+                        Some(Ok(Err(e))) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Some(Err(_)) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        None => tracing::debug!(%peer, "evicted during its TLS handshake"),
                     }
                 }
             }
@@ -665,12 +685,27 @@ impl Proxy {
         let mut next = HashMap::new();
         for plan in plans {
             let bind = (plan.address.clone(), plan.port);
-            // A socket that changes between HTTP and HTTPS is opened again.
-            let listener = match open.remove(&bind).filter(|l| l.routes.https == plan.https) {
+            // A socket that changes between HTTP and HTTPS is opened again: the old one stops routing and is closed
+            // first (its accept loop ends before the new bind).
+            let kept = match open.remove(&bind) {
+                Some(l) if l.routes.https != plan.https => {
+                    l.routes.set(Vec::new());
+                    l.close();
+                    None
+                }
+                other => other,
+            };
+            let listener = match kept {
                 Some(l) => l,
                 None => {
                     let routes = Arc::new(gateway::Routes::new(plan.port, plan.https));
-                    let tls = plan.https.then(|| tokio_rustls::TlsAcceptor::from(gateway::tls_config(routes.clone())));
+                    let tls = match plan.https.then(|| gateway::tls_config(routes.clone())).transpose() {
+                        Ok(t) => t.map(tokio_rustls::TlsAcceptor::from),
+                        Err(e) => {
+                            errors.insert(bind, format!("TLS cannot be set up: {e}"));
+                            continue;
+                        }
+                    };
                     let name = format!("gateway {}:{}", plan.address, plan.port);
                     let gate = self.gate.listener(&name, usize::MAX);
                     match self.open(

@@ -1,7 +1,7 @@
 //! Capstan's embedded state: objects, per-object events and runtime records in one redb file, with watches.
 //!
 //! The store is kind-agnostic: it keeps objects as JSON and knows only the metadata rules every kind shares
-//! (uid, generation bumped when `spec` changes, resourceVersion bumped on every write).
+//! (uid, generation bumped when `spec` changes or an App is restarted, resourceVersion bumped on every write).
 
 pub mod seal;
 
@@ -190,6 +190,11 @@ pub const MANAGED_FIELDS: &str = "managedFields";
 /// Annotations that Capstan's own commands set (`capstan rollout restart`); an apply that does not name them
 /// keeps them, as server-side apply keeps fields another manager owns.
 pub const KEPT_ANNOTATIONS: &[&str] = &["capstan.dev/restartedAt"];
+
+/// One annotation of an object as given.
+fn md_annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a Value> {
+    obj["metadata"]["annotations"].get(key)
+}
 
 fn keep_capstan_annotations(old: &Value, new: &mut Value) {
     for k in KEPT_ANNOTATIONS {
@@ -515,6 +520,10 @@ impl Store {
                             continue;
                         }
                         let rv = Self::next_rv(&mut meta)?;
+                        // A restart (`rollout restart`) is a new generation too, as a changed pod template is on
+                        // Kubernetes: `rollout status` then waits for the controller to have seen it.
+                        let restart = capstan_model::RESTARTED_AT_ANNOTATION;
+                        let restarted = old["metadata"]["annotations"].get(restart) != md_annotation(&obj, restart);
                         let md = old["metadata"].as_object_mut().ok_or(StoreError::NoName)?;
                         for field in ["labels", "annotations"] {
                             match obj["metadata"].get(field) {
@@ -525,7 +534,7 @@ impl Store {
                         if let Some(o) = owner {
                             md.insert(MANAGED_FIELDS.into(), o);
                         }
-                        if spec_changed {
+                        if spec_changed || restarted {
                             let g = md.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
                             md.insert("generation".into(), json!(g));
                         }
@@ -990,6 +999,24 @@ mod tests {
     fn app(name: &str, replicas: i64) -> Value {
         json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "App", "metadata": {"name": name},
                "spec": {"replicas": replicas, "run": {"command": ["x"]}}})
+    }
+
+    /// A restart is a new generation (as a changed pod template is on Kubernetes); an apply that leaves the restart
+    /// out keeps it, and is no new generation.
+    #[test]
+    fn a_restart_is_a_new_generation_and_an_apply_without_it_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.apply(vec![app("a", 1)]).unwrap();
+        let mut restarted = app("a", 1);
+        restarted["metadata"]["annotations"] = json!({"capstan.dev/restartedAt": "2026-12-07T03:00:00Z"});
+        store.apply(vec![restarted]).unwrap();
+        let key = ObjectKey::new("App", "default", "a");
+        assert_eq!(store.get(&key).unwrap().unwrap()["metadata"]["generation"], 2);
+        assert_eq!(store.apply(vec![app("a", 1)]).unwrap()[0].1, ApplyAction::Unchanged);
+        let o = store.get(&key).unwrap().unwrap();
+        assert_eq!(o["metadata"]["generation"], 2);
+        assert_eq!(o["metadata"]["annotations"]["capstan.dev/restartedAt"], "2026-12-07T03:00:00Z");
     }
 
     /// An apply that changes nothing writes nothing: the file is byte for byte as it was, and no watch event goes out.
