@@ -252,9 +252,12 @@ async fn named_tokens_work_in_their_namespace_keep_secrets_and_stop_when_revoked
     assert_eq!(refused.status().map(|s| s.as_u16()), Some(403));
     // The watch stream redacts too.
     let mut watch = alice.stream("/api/v1/watch?kind=secrets").await.unwrap();
+    // Another namespace's change first: the watch of a team-a token never carries it.
+    tp.apply(&secret("team-b").replace("creds", "other-team"));
     tp.apply(&secret("team-a").replace("creds", "creds2"));
     let ev = tokio::time::timeout(Duration::from_secs(10), watch.recv()).await.expect("an event").expect("open");
-    assert_eq!(ev["object"]["metadata"]["name"], "creds2");
+    assert_eq!(ev["object"]["metadata"]["name"], "creds2", "team-b's Secret is not in team-a's watch: {ev}");
+    assert_eq!(ev["object"]["metadata"]["namespace"], "team-a");
     assert!(!ev.to_string().contains(SECRET_VALUE), "{ev}");
 
     // It applies in team-a, is refused in team-b with the verb and the resource named.

@@ -177,7 +177,7 @@ async fn contexts_written_by_up_and_login_lead_the_cli_to_the_right_capstan() {
     let manifest = dir.path().join("web.yaml");
     std::fs::write(&manifest, app_yaml("web", 1, &[], READINESS)).unwrap();
     let up = Command::new(bin("capstan-e2e-cli"))
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(["up", "--listen", "127.0.0.1:0", "--tls-san", "capstan.example.test"])
         .arg(&manifest)
         .env("CAPSTAN_DATA", &data)
         .env("CAPSTAN_CONFIG", &config)
@@ -194,6 +194,13 @@ async fn contexts_written_by_up_and_login_lead_the_cli_to_the_right_capstan() {
     .await;
     let app: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(app["metadata"]["name"], "web");
+    // `--tls-san` names one more host in the server's certificate.
+    let pem = std::fs::read(data.join("tls/server.crt")).unwrap();
+    let leaf = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap().to_vec()
+    };
+    assert!(leaf.windows(20).any(|w| w == b"capstan.example.test"), "the certificate names the --tls-san host");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
     let listed = text(&cli_with_config(&config, &home, &["config", "get-contexts"]));
