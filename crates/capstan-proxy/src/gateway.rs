@@ -162,12 +162,13 @@ pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, S
     })
 }
 
-/// The TLS server configuration of an HTTPS socket: its certificates chosen by SNI, live; HTTP/1.1 by ALPN.
+/// The TLS server configuration of an HTTPS socket: its certificates chosen by SNI, live; HTTP/2 or HTTP/1.1 by
+/// ALPN (a client offering neither gets HTTP/1.1).
 pub(crate) fn tls_config(routes: Arc<Routes>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
     let mut config = builder.with_no_client_auth().with_cert_resolver(routes);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -242,17 +243,22 @@ pub fn normalize_path(path: &str) -> Option<String> {
     Some(out)
 }
 
-/// Serves one request arriving on a gateway listener.
-pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Client) -> Response<ProxyBody> {
+/// Serves one request arriving on a gateway listener; `sni` is the server name its TLS handshake asked for.
+pub async fn handle(
+    routes: Arc<Routes>,
+    mut req: Request<Incoming>,
+    client: Client,
+    sni: Option<&str>,
+) -> Response<ProxyBody> {
     let hosts = routes.hosts();
-    let host_header = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let host = host_of(&host_header);
+    if !req.headers().contains_key(header::HOST) {
+        // HTTP/2 names the host in `:authority`: the backend, spoken to in HTTP/1.1, gets it as `Host`.
+        if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let host_header = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let host = host_of(host_header);
     let Some(path) = normalize_path(req.uri().path()) else {
         return plain(StatusCode::BAD_REQUEST, "the request path must start with `/`".into());
     };
@@ -272,6 +278,19 @@ pub async fn handle(routes: Arc<Routes>, mut req: Request<Incoming>, client: Cli
     let Some(vhost) = hosts.iter().find(|h| h.host.matches(&host)) else {
         return plain(StatusCode::NOT_FOUND, format!("no listener on this port serves {host}"));
     };
+    if let Some(name) = sni {
+        // A connection made for one listener's name (and certificate) may not carry another listener's requests:
+        // a browser reusing an HTTP/2 connection for a second name its certificate covers is told to open one of
+        // its own (RFC 9110 section 15.5.20).
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let chosen = hosts.iter().find(|h| h.host.matches(&name));
+        if chosen.is_some_and(|c| !std::ptr::eq(c, vhost)) {
+            return plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("this connection was made for {name}; open a new one for {host}"),
+            );
+        }
+    }
     let found = {
         let r = crate::routes::Request {
             host: &host,

@@ -156,6 +156,19 @@ pub fn cookie_value<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
+/// Joins the `Cookie` fields an HTTP/2 client may send one per cookie into the one field HTTP/1.1 allows
+/// (RFC 9113 section 8.2.3).
+fn join_cookies(h: &mut HeaderMap) {
+    let header::Entry::Occupied(mut e) = h.entry(header::COOKIE) else { return };
+    if e.iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = e.iter().map(HeaderValue::as_bytes).collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        e.insert(v);
+    }
+}
+
 /// How the client's request body failed, if it did: told apart from a replica's failure, it is the client's
 /// error (400, or 413 for a chunked body longer than `maxBodySize`), not a 502.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,9 +374,11 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
 
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    let no_body = length == Some(0) || (length.is_none() && !headers.contains_key(header::TRANSFER_ENCODING));
+    // HTTP/1 says so with its framing headers, HTTP/2 with END_STREAM on the request's headers (hyper reads both).
+    let no_body = length == Some(0) || body.is_end_stream();
     let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
     strip_hop_by_hop(&mut headers);
+    join_cookies(&mut headers);
     if let Some(u) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
@@ -613,6 +628,20 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, kept);
+    }
+    #[test]
+    fn cookies_sent_one_per_field_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("capstan-sticky=r2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; capstan-sticky=r2");
+        assert_eq!(cookie_value(&h, "capstan-sticky"), Some("r2"));
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1; b=2");
     }
 
     #[test]

@@ -414,13 +414,17 @@ async fn connection(
     let entry = match (front, protocol) {
         (Front::Routes(routes, tls), _) => {
             let client = http::Client::new(peer);
-            let svc = service_fn(move |req| {
-                let (routes, client) = (routes.clone(), client.clone());
-                async move { Ok::<_, std::convert::Infallible>(gateway::handle(routes, req, client).await) }
-            });
+            let service = move |sni: Option<Arc<str>>| {
+                service_fn(move |req| {
+                    let (routes, client, sni) = (routes.clone(), client.clone(), sni.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(gateway::handle(routes, req, client, sni.as_deref()).await)
+                    }
+                })
+            };
             let _ = stream.set_nodelay(true);
             match tls {
-                None => serve::serve_http(stream, admitted, svc).await,
+                None => serve::serve_http(stream, admitted, service(None)).await,
                 Some(acceptor) => {
                     // A handshake must finish within the header timeout, as headers must come: a client that
                     // opens connections and sends nothing cannot hold them.
@@ -432,7 +436,15 @@ async fn connection(
                         _ = admitted.evicted() => None,
                     };
                     match outcome {
-                        Some(Ok(Ok(tls))) => serve::serve_http(tls, admitted, svc).await,
+                        Some(Ok(Ok(tls))) => {
+                            let session = tls.get_ref().1;
+                            let sni = session.server_name().map(Arc::from);
+                            if session.alpn_protocol() == Some(b"h2") {
+                                serve::serve_http2(tls, admitted, service(sni)).await
+                            } else {
+                                serve::serve_http(tls, admitted, service(sni)).await
+                            }
+                        }
                         Some(Ok(Err(e))) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Some(Err(_)) => tracing::debug!(%peer, "TLS handshake timed out"),
                         None => tracing::debug!(%peer, "evicted during its TLS handshake"),

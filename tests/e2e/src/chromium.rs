@@ -33,6 +33,11 @@ fn find_chromium() -> PathBuf {
 impl Chromium {
     /// Starts Chromium headless with a fresh profile and connects to its first page.
     pub async fn launch() -> Chromium {
+        Chromium::launch_with(&[]).await
+    }
+
+    /// As [`Chromium::launch`], with `extra` command-line switches (host resolver rules, certificate handling).
+    pub async fn launch_with(extra: &[&str]) -> Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
         let child = Command::new(find_chromium())
             .args([
@@ -46,6 +51,7 @@ impl Chromium {
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())

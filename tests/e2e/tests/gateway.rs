@@ -371,7 +371,10 @@ async fn the_gateway_example_serves_as_documented() {
 /// A CA and a certificate it signs for `names`: (CA PEM, certificate PEM, key PEM).
 fn certificate_for(names: &[&str], ca: &(rcgen::KeyPair, rcgen::CertificateParams)) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("a key");
-    let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("names");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("names");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
     let issuer = rcgen::Issuer::new(ca.1.clone(), &ca.0);
     let cert = params.signed_by(&key, &issuer).expect("signed");
     (cert.pem(), key.serialize_pem())
@@ -380,15 +383,19 @@ fn certificate_for(names: &[&str], ca: &(rcgen::KeyPair, rcgen::CertificateParam
 fn test_ca() -> ((rcgen::KeyPair, rcgen::CertificateParams), String) {
     let key = rcgen::KeyPair::generate().expect("a key");
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    // Its own name: a leaf named as its issuer looks self-signed to OpenSSL (curl).
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Capstan test CA");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let pem = params.self_signed(&key).expect("self-signed").pem();
     ((key, params), pem)
 }
 
-/// A GET over TLS with `sni` as the server name, verified against `ca_pem`: status, body and the served leaf
-/// certificate; None when the connection or the handshake fails.
-async fn https_get(port: u16, sni: &str, path: &str, ca_pem: &str) -> Option<(u16, String, Vec<u8>)> {
-    use http_body_util::{BodyExt, Empty};
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to 127.0.0.1:`port` with `sni` as the server name, verified against `ca_pem`, offering the
+/// `alpn` protocols; None when the connection or the handshake fails.
+async fn tls_connect(port: u16, sni: &str, ca_pem: &str, alpn: &[&[u8]]) -> Option<Tls> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -400,11 +407,18 @@ async fn https_get(port: u16, sni: &str, path: &str, ca_pem: &str) -> Option<(u1
         .ok()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
-    let tls = tokio::time::timeout(std::time::Duration::from_secs(5), connector.connect(name, tcp)).await.ok()?.ok()?;
+    tokio::time::timeout(std::time::Duration::from_secs(5), connector.connect(name, tcp)).await.ok()?.ok()
+}
+
+/// A GET over TLS and HTTP/1.1 with `sni` as the server name, verified against `ca_pem`: status, body and the
+/// served leaf certificate; None when the connection or the handshake fails.
+async fn https_get(port: u16, sni: &str, path: &str, ca_pem: &str) -> Option<(u16, String, Vec<u8>)> {
+    use http_body_util::{BodyExt, Empty};
+    let tls = tls_connect(port, sni, ca_pem, &[b"http/1.1"]).await?;
     let leaf = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]), "HTTP/1.1 by ALPN");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.ok()?;
@@ -416,31 +430,10 @@ async fn https_get(port: u16, sni: &str, path: &str, ca_pem: &str) -> Option<(u1
     Some((code, String::from_utf8_lossy(&body).to_string(), leaf))
 }
 
-fn tls_secret(name: &str, cert: &str, key: &str) -> String {
-    let indent = |s: &str| s.lines().map(|l| format!("      {l}\n")).collect::<String>();
+/// App `web` behind Gateway `secure`: HTTPS listeners `shop` (shop.example.test) and `wild` (*.example.org) on one
+/// port with their certificates' Secrets, and plain HTTP on another redirecting to HTTPS.
+fn secure_site(https: u16, http: u16, shop: (&str, &str), wild: (&str, &str)) -> String {
     format!(
-        "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata: {{name: {name}}}\nspec:\n  stringData:\n    tls.crt: |\n{}    tls.key: |\n{}",
-        indent(cert),
-        indent(key)
-    )
-}
-
-fn der_of(pem: &str) -> Vec<u8> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a certificate").to_vec()
-}
-
-/// HTTPS listeners terminate TLS with certificates from Secrets: SNI picks among them (wildcards included), a changed
-/// Secret is served to new handshakes at once, a broken one leaves the last good certificate serving with the reason
-/// in status, and plain HTTP redirects to HTTPS.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_listeners_serve_certificates_from_secrets_by_sni_and_swap_them_live() {
-    let tp = TestPlane::start().await;
-    let (ca, ca_pem) = test_ca();
-    let (shop_crt, shop_key) = certificate_for(&["shop.example.test"], &ca);
-    let (wild_crt, wild_key) = certificate_for(&["*.example.org"], &ca);
-    let (https, http) = (free_port(), free_port());
-    tp.apply(&format!(
         "{}---\n{}---\n{}---\napiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: secure}}
@@ -467,9 +460,36 @@ spec:
   rules: [{{filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https, port: {https}, statusCode: 301}}}}]}}]
 ",
         app_yaml("web", 1, &[], READINESS),
-        tls_secret("shop-tls", &shop_crt, &shop_key),
-        tls_secret("wild-tls", &wild_crt, &wild_key),
-    ));
+        tls_secret("shop-tls", shop.0, shop.1),
+        tls_secret("wild-tls", wild.0, wild.1),
+)
+}
+
+fn tls_secret(name: &str, cert: &str, key: &str) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("      {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata: {{name: {name}}}\nspec:\n  stringData:\n    tls.crt: |\n{}    tls.key: |\n{}",
+        indent(cert),
+        indent(key)
+    )
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a certificate").to_vec()
+}
+
+/// HTTPS listeners terminate TLS with certificates from Secrets: SNI picks among them (wildcards included), a changed
+/// Secret is served to new handshakes at once, a broken one leaves the last good certificate serving with the reason
+/// in status, and plain HTTP redirects to HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listeners_serve_certificates_from_secrets_by_sni_and_swap_them_live() {
+    let tp = TestPlane::start().await;
+    let (ca, ca_pem) = test_ca();
+    let (shop_crt, shop_key) = certificate_for(&["shop.example.test"], &ca);
+    let (wild_crt, wild_key) = certificate_for(&["*.example.org"], &ca);
+    let (https, http) = (free_port(), free_port());
+    tp.apply(&secure_site(https, http, (&shop_crt, &shop_key), (&wild_crt, &wild_key)));
     eventually("web Ready", T, || async { ready(&tp.app("web").await).then_some(()) }).await;
     let (code, body, leaf) = eventually("the shop over HTTPS", T, || async {
         https_get(https, "shop.example.test", "/", &ca_pem).await.filter(|r| r.0 == 200)
@@ -508,5 +528,151 @@ spec:
     assert!(message.contains("the previous certificate is still served"), "{message}");
     let (code, _, leaf) = https_get(https, "shop.example.test", "/", &ca_pem).await.expect("still served");
     assert_eq!((code, leaf), (200, der_of(&next_crt)));
+    tp.stop().await;
+}
+
+/// An HTTP/2 request on `sender` for `https://<authority><path>`: status and body.
+async fn h2_send(
+    sender: &mut hyper::client::conn::http2::SendRequest<
+        http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>,
+    >,
+    request: hyper::Request<http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>>,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let res = tokio::time::timeout(T, sender.send_request(request)).await.expect("in time").expect("an answer");
+    assert_eq!(res.version(), hyper::Version::HTTP_2);
+    let code = res.status().as_u16();
+    let body = res.into_body().collect().await.expect("the body").to_bytes();
+    (code, String::from_utf8_lossy(&body).to_string())
+}
+
+/// HTTPS listeners speak HTTP/2 to clients that offer it (ALPN `h2`) and HTTP/1.1 to the others, to the same
+/// backends over HTTP/1.1: checked with hyper's client, curl and a real Chromium, whose page loads over h2 while its
+/// websocket (which HTTP/2 cannot carry here) opens over TLS and HTTP/1.1. A request for another listener's host on
+/// a connection made for one is refused with 421; stream limits are advertised; a rapid-reset flood is cut off
+/// without harming the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listeners_speak_http2_with_limits_and_carry_websockets_over_tls() {
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+    type Req = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+    let tp = TestPlane::start().await;
+    let (ca, ca_pem) = test_ca();
+    let (shop_crt, shop_key) = certificate_for(&["shop.example.test"], &ca);
+    let (wild_crt, wild_key) = certificate_for(&["*.example.org"], &ca);
+    let (https, http) = (free_port(), free_port());
+    tp.apply(&secure_site(https, http, (&shop_crt, &shop_key), (&wild_crt, &wild_key)));
+    eventually("web Ready over HTTPS", T, || async {
+        https_get(https, "shop.example.test", "/", &ca_pem).await.filter(|r| r.0 == 200)
+    })
+    .await;
+
+    // hyper's HTTP/2 client: ALPN chooses h2.
+    let tls = tls_connect(https, "shop.example.test", &ca_pem, &[b"h2", b"http/1.1"]).await.expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "h2 by ALPN");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let url = |host: &str, path: &str| format!("https://{host}:{https}{path}");
+    let get = |u: String| hyper::Request::get(u).body(Empty::new().boxed()).unwrap();
+    assert_eq!(h2_send(&mut h2, get(url("shop.example.test", "/"))).await, (200, "web-0".to_string()));
+
+    // A body without a length (DATA frames until END_STREAM) reaches the backend whole.
+    let chunks = futures_util::stream::iter(
+        ["first half, ", "second half"]
+            .map(|c| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(c)))),
+    );
+    let post: Req = StreamBody::new(chunks).boxed();
+    let req = hyper::Request::post(url("shop.example.test", "/echo")).body(post).unwrap();
+    assert_eq!(h2_send(&mut h2, req).await, (200, "first half, second half".to_string()));
+    let req = hyper::Request::post(url("shop.example.test", "/echo")).body(Full::from("sized").boxed()).unwrap();
+    assert_eq!(h2_send(&mut h2, req).await, (200, "sized".to_string()));
+
+    // The backend gets `:authority` as Host, one Cookie field, and the scheme the client used.
+    let req = hyper::Request::get(url("shop.example.test", "/headers"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Empty::new().boxed())
+        .unwrap();
+    let (code, body) = h2_send(&mut h2, req).await;
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("headers as JSON");
+    assert_eq!(code, 200);
+    assert_eq!(seen["host"], format!("shop.example.test:{https}").as_str());
+    assert_eq!(seen["cookie"], "a=1; b=2");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+
+    // The connection was made for shop.example.test: a request for a name another listener serves is misdirected.
+    let (code, body) = h2_send(&mut h2, get(url("api.example.org", "/"))).await;
+    assert_eq!(code, 421, "{body}");
+    assert!(body.contains("open a new one for api.example.org"), "{body}");
+    let (_, _, leaf) = https_get(https, "api.example.org", "/", &ca_pem).await.expect("its own connection");
+    assert_eq!(leaf, der_of(&wild_crt));
+
+    // The h2 library's client shows what the server advertised: at most 128 concurrent streams.
+    let tls = tls_connect(https, "shop.example.test", &ca_pem, &[b"h2"]).await.expect("TLS");
+    let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    eventually("the server's SETTINGS", T, || {
+        let m = client.current_max_send_streams();
+        async move { (m == 128).then_some(()) }
+    })
+    .await;
+
+    // Rapid reset (CVE-2023-44487): streams opened and cancelled at once, over and over. The server ends the
+    // connection rather than serve the flood.
+    let mut sent = 0;
+    for _ in 0..5_000 {
+        let Ok(ready) = client.clone().ready().await else { break };
+        client = ready;
+        let req = hyper::Request::get(url("shop.example.test", "/")).body(()).unwrap();
+        let Ok((_, mut stream)) = client.send_request(req, true) else { break };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(T, conn).await.expect("the server ends a flooded connection").expect("joined");
+    let error = ended.expect_err("the connection ends in an error");
+    // GOAWAY with ENHANCE_YOUR_CALM, or, when the client was still writing as the server closed, a broken pipe.
+    assert!(error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || error.is_io(), "{error} after {sent} resets");
+    assert!(sent < 5_000, "the server cut the flood short");
+    // The next client is served as before.
+    let (code, body, _) = https_get(https, "shop.example.test", "/", &ca_pem).await.expect("served after the flood");
+    assert_eq!((code, body.as_str()), (200, "web-0"));
+
+    // curl over HTTP/2.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "10", "-w", " %{http_version}", "--cacert"])
+        .arg(&ca_file)
+        .arg("--resolve")
+        .arg(format!("shop.example.test:{https}:127.0.0.1"))
+        .arg(url("shop.example.test", "/"))
+        .output()
+        .expect("curl runs");
+    assert_eq!(text(&out), "web-0 2", "curl: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Chromium: the page over h2, a websocket over TLS (HTTP/1.1) echoing through the gateway.
+    let mut browser = capstan_e2e::chromium::Chromium::launch_with(&[
+        "--host-resolver-rules=MAP *.example.test 127.0.0.1",
+        "--ignore-certificate-errors",
+    ])
+    .await;
+    browser.navigate(&url("shop.example.test", "/")).await;
+    let protocol = browser
+        .wait_for("the page's protocol", "performance.getEntriesByType('navigation')[0]?.nextHopProtocol || ''")
+        .await;
+    assert_eq!(protocol, "h2");
+    assert_eq!(browser.eval("document.body.innerText").await, "web-0");
+    browser
+        .eval(&format!(
+            "window.answer = ''; const ws = new WebSocket('wss://shop.example.test:{https}/ws');
+             ws.onopen = () => ws.send('over tls'); ws.onmessage = (m) => {{ window.answer = m.data; }}; 1"
+        ))
+        .await;
+    let answer = browser.wait_for("the websocket's answer", "window.answer").await;
+    assert_eq!(answer.as_str().map(str::trim), Some("web-0 over tls"));
     tp.stop().await;
 }
