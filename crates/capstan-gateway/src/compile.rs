@@ -33,6 +33,8 @@ pub struct Compiled {
     pub binds: BTreeMap<(String, u16), Vec<(ObjectKey, String)>>,
     /// The certificate each HTTPS listener serves now.
     pub certificates: Certificates,
+    /// When a certificate named by a listener becomes valid or expires next: the status changes then on its own.
+    pub wake: Option<DateTime<Utc>>,
 }
 
 fn condition(
@@ -108,6 +110,7 @@ pub fn compile(
     let mut gateways: Vec<&Gateway> = gateways.iter().collect();
     gateways.sort_by_key(|g| (created_ms(&g.metadata), g.metadata.namespace().to_string(), g.metadata.name.clone()));
     let mut slots: Vec<Slot> = Vec::new();
+    let mut wake: Option<DateTime<Utc>> = None;
     // Per socket: the protocol that holds it, and the hostnames taken.
     // Per socket: the namespace that holds it (its oldest Gateway's), the protocol, and the host names taken.
     let mut sockets: BTreeMap<Bind, (String, ListenerProtocol, Vec<Option<String>>)> = BTreeMap::new();
@@ -141,7 +144,7 @@ pub fn compile(
                 ));
             } else if l.protocol == ListenerProtocol::Https {
                 let listener_key = (key_of("Gateway", g), l.name.clone());
-                match certificate(g, l, secrets) {
+                match certificate(g, l, secrets, now, &mut wake) {
                     Ok(c) => slot.cert = Some(Arc::new(c)),
                     Err(why) => {
                         // The last good certificate keeps serving while its Secret exists but is not usable (a
@@ -352,12 +355,19 @@ pub fn compile(
         .into_iter()
         .map(|((address, port), (https, hosts))| ListenerPlan { address, port, https, hosts })
         .collect();
-    Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates }
+    Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates, wake }
 }
 
 /// An HTTPS listener's certificate from the Secret its first `certificateRefs` entry names, or what is wrong with it
-/// (its `InvalidCertificateRef` message, naming the Secret and the key).
-fn certificate(g: &Gateway, l: &Listener, secrets: &[Secret]) -> Result<CertifiedKey, String> {
+/// (its `InvalidCertificateRef` message, naming the Secret and the key): unreadable, a key that does not match, not
+/// valid at `now`, or not naming the listener's hostname. `wake` is brought forward to when its validity changes.
+fn certificate(
+    g: &Gateway,
+    l: &Listener,
+    secrets: &[Secret],
+    now: DateTime<Utc>,
+    wake: &mut Option<DateTime<Utc>>,
+) -> Result<CertifiedKey, String> {
     let Some(r) = l.tls.as_ref().and_then(|t| t.certificate_refs.first()) else {
         return Err("the listener names no certificate (tls.certificateRefs)".into());
     };
@@ -385,7 +395,14 @@ fn certificate(g: &Gateway, l: &Listener, secrets: &[Secret]) -> Result<Certifie
             secret.spec.keys().join(", ")
         ));
     };
-    capstan_proxy::gateway::certified_key(&crt, &key).map_err(|e| format!("Secret {ns}/{}: {e}", r.name))
+    let named = |e: String| format!("Secret {ns}/{}: {e}", r.name);
+    let certified = capstan_proxy::gateway::certified_key(&crt, &key).map_err(named)?;
+    let facts = crate::certs::facts(&crt).map_err(named)?;
+    if let Some(t) = crate::certs::next_change(&facts, now) {
+        *wake = Some(wake.map_or(t, |w| w.min(t)));
+    }
+    crate::certs::check(&facts, l.hostname.as_deref(), now).map_err(named)?;
+    Ok(certified)
 }
 
 /// Whether the Secret an HTTPS listener names exists.
@@ -933,5 +950,81 @@ mod tests {
         assert_eq!(action.settings.timeouts.request_seconds, 2, "rounded up to whole seconds");
         let cookie = action.settings.sticky.as_ref().and_then(|s| s.cookie.as_ref()).unwrap();
         assert_eq!((cookie.name.as_str(), cookie.max_age), ("S", Some(3600)));
+    }
+
+    fn tls_secret(name: &str, names: &[&str], from: u8, until: u8) -> Secret {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.not_before = rcgen::date_time_ymd(2026, 12, from);
+        params.not_after = rcgen::date_time_ymd(2026, 12, until);
+        let crt = params.self_signed(&key).unwrap().pem();
+        serde_json::from_value(json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"stringData": {"tls.crt": crt, "tls.key": key.serialize_pem()}}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn certificates_out_of_their_validity_or_for_other_names_are_refused_in_status() {
+        let https = |name: &str, host: &str, secret: &str| {
+            json!({"name": name, "port": 443, "protocol": "HTTPS", "hostname": host,
+                   "tls": {"certificateRefs": [{"name": secret}]}})
+        };
+        let gws = [gateway(
+            "secure",
+            10,
+            json!([
+                https("good", "a.example.com", "good"),
+                https("expired", "b.example.com", "expired"),
+                https("early", "c.example.com", "early"),
+                https("other", "d.example.com", "other")
+            ]),
+        )];
+        let secrets = [
+            tls_secret("good", &["*.example.com"], 1, 20),
+            tls_secret("expired", &["b.example.com"], 1, 5),
+            tls_secret("early", &["c.example.com"], 10, 20),
+            tls_secret("other", &["www.example.net"], 1, 20),
+        ];
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap().and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let out = compile(&gws, &[], &[], &secrets, &Certificates::new(), now);
+        let refs = |i: usize| cond(&listener(&out, "secure", i).conditions, "ResolvedRefs");
+        assert_eq!(refs(0).0, "True");
+        assert_eq!(cond(&listener(&out, "secure", 0).conditions, "Programmed").0, "True");
+        let (s, r, m) = refs(1);
+        assert_eq!((s, r), ("False", "InvalidCertificateRef"));
+        assert_eq!(m, "Secret default/expired: the certificate in tls.crt expired at 2026-12-05T00:00:00Z");
+        assert_eq!(
+            refs(2).2,
+            "Secret default/early: the certificate in tls.crt is not valid before 2026-12-10T00:00:00Z"
+        );
+        assert_eq!(
+            refs(3).2,
+            "Secret default/other: the certificate in tls.crt names www.example.net, not the listener's hostname d.example.com"
+        );
+        for i in 1..4 {
+            assert_eq!(cond(&listener(&out, "secure", i).conditions, "Programmed").0, "False", "listener {i}");
+        }
+        // Only the good one is served; the status is looked at again when the early one becomes valid.
+        let served: Vec<String> = out.listeners[0].hosts.iter().map(|h| format!("{:?}", h.host)).collect();
+        let with_cert = out.listeners[0].hosts.iter().filter(|h| h.cert.is_some()).count();
+        assert_eq!((with_cert, served.len()), (1, 1), "{served:?}");
+        assert_eq!(
+            out.wake,
+            Some(chrono::NaiveDate::from_ymd_opt(2026, 12, 10).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc())
+        );
+        // Once the good certificate is served, an expired one in its Secret leaves it serving, with the reason.
+        let renewed = [tls_secret("good", &["a.example.com"], 1, 5)];
+        let later = compile(&gws[..1], &[], &[], &renewed, &out.certificates, now);
+        let (s, _, m) = cond(&listener(&later, "secure", 0).conditions, "ResolvedRefs");
+        assert_eq!(s, "False");
+        assert!(
+            m.ends_with(
+                "expired at 2026-12-05T00:00:00Z; the previous certificate is still served (until Capstan restarts)"
+            ),
+            "{m}"
+        );
+        assert_eq!(cond(&listener(&later, "secure", 0).conditions, "Programmed").0, "True");
     }
 }

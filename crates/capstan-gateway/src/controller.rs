@@ -39,6 +39,9 @@ struct FrontDoor {
     one_pass: Mutex<Certificates>,
 }
 
+/// The longest wait for a certificate's validity to change (a certificate valid until 9999 is looked at daily).
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
 impl FrontDoor {
     /// Whether an event changes what is compiled: an object added or deleted, or a spec changed.
     fn changes(&self, ev: &WatchEvent) -> bool {
@@ -118,8 +121,15 @@ impl FrontDoor {
         for (key, status) in &compiled.routes {
             self.write(key, serde_json::to_value(status).unwrap_or(Value::Null))?;
         }
-        // A port that could not open is tried again: it may be free later.
-        Ok(if failed.is_empty() { Action::AwaitChange } else { Action::Requeue(Duration::from_secs(5)) })
+        // A port that could not open is tried again: it may be free later. A certificate that becomes valid or
+        // expires changes the status then.
+        let retry = (!failed.is_empty()).then_some(Duration::from_secs(5));
+        let wake =
+            compiled.wake.and_then(|t| (t - Utc::now()).to_std().ok()).map(|d| d.clamp(Duration::from_secs(1), DAY));
+        Ok(match retry.into_iter().chain(wake).min() {
+            Some(after) => Action::Requeue(after),
+            None => Action::AwaitChange,
+        })
     }
 
     /// Writes a status when it differs from the stored one, keeping each condition's transition time while its

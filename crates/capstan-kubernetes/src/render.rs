@@ -88,11 +88,10 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
         Resource::ModelServer(m) => crate::serving::render_model_server(m),
         #[cfg(feature = "throwaway-kind")]
         Resource::Widget(_) => Err(not_rendered(r)),
-        Resource::Secret(_)
-        | Resource::Source(_)
-        | Resource::Sync(_)
-        | Resource::AlertRule(_)
-        | Resource::EscalationPolicy(_) => Err(not_rendered(r)),
+        Resource::Secret(s) => Ok(vec![core_secret(s)]),
+        Resource::Source(_) | Resource::Sync(_) | Resource::AlertRule(_) | Resource::EscalationPolicy(_) => {
+            Err(not_rendered(r))
+        }
     }
 }
 
@@ -110,13 +109,37 @@ fn pass_through(r: &Resource) -> Value {
     json!({ "apiVersion": r.kind().api_version(), "kind": r.kind().name(), "metadata": meta, "spec": r.spec_value() })
 }
 
+/// A Secret as the cluster's own `v1` Secret: every value base64 under `data` (a `stringData` value wins over a
+/// `data` value of the same key, as Kubernetes merges them), its `type` kept (`Opaque` without one).
+fn core_secret(s: &capstan_model::Secret) -> Value {
+    use base64::Engine;
+    let m = &s.metadata;
+    let mut meta = json!({ "name": m.name, "namespace": m.namespace() });
+    if !m.labels.is_empty() {
+        meta["labels"] = json!(m.labels);
+    }
+    if !m.annotations.is_empty() {
+        meta["annotations"] = json!(m.annotations);
+    }
+    let data: std::collections::BTreeMap<&str, String> = s
+        .spec
+        .keys()
+        .into_iter()
+        .filter_map(|k| Some((k, base64::engine::general_purpose::STANDARD.encode(s.spec.value(k)?))))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": meta,
+        "type": s.spec.type_.as_deref().unwrap_or("Opaque"), "data": data,
+    })
+}
+
 /// The error for a kind that has no Kubernetes form.
 fn not_rendered(r: &Resource) -> RenderError {
     RenderError {
         object: format!("{}/{}", r.kind(), r.meta().name),
         field: "kind".into(),
         message: format!(
-            "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs and ModelServers are)",
+            "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs, ModelServers, Secrets, Gateways and HTTPRoutes are)",
             r.kind()
         ),
     }
@@ -127,9 +150,9 @@ fn not_rendered(r: &Resource) -> RenderError {
 pub fn renders(kind: Kind) -> bool {
     match kind {
         Kind::App | Kind::Database | Kind::TrainingJob | Kind::ModelServer => true,
-        Kind::Secret | Kind::Source | Kind::Sync | Kind::AlertRule | Kind::EscalationPolicy => false,
-        // Passed through as they are by `render_resource`; the cluster's own Gateway implementation reconciles them.
-        Kind::Gateway | Kind::HTTPRoute => false,
+        Kind::Source | Kind::Sync | Kind::AlertRule | Kind::EscalationPolicy => false,
+        // Passed through as they are by `render_resource` (a Secret as the core Secret); the cluster reconciles them.
+        Kind::Secret | Kind::Gateway | Kind::HTTPRoute => false,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => false,
     }

@@ -233,3 +233,35 @@ spec:
     let err = capstan_model::parse_manifests("b.yaml", &tcp).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("spec.expose[0].gateway") && err.contains("only http entry points"), "{err}");
 }
+
+/// Kubernetes' own Secret, as written for a cluster, is taken by Capstan and rendered back as the same Secret; a
+/// Capstan Secret becomes one too, its text values in base64. Both round-trip through k8s-openapi's Secret.
+#[test]
+fn secrets_render_as_the_core_secret_whichever_way_they_were_written() {
+    let yaml = "apiVersion: v1
+kind: Secret
+metadata: {name: shop-tls, namespace: team, labels: {app: shop}}
+type: kubernetes.io/tls
+data: {tls.crt: Y2VydA==, tls.key: a2V5}
+---
+apiVersion: capstan.dev/v1alpha1
+kind: Secret
+metadata: {name: token, namespace: team}
+spec:
+  stringData: {token: s3cret}
+  data: {extra: ZXh0cmE=}
+";
+    let objs = render(&all(yaml)).unwrap();
+    let secrets: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "Secret").collect();
+    assert_eq!(secrets.len(), 2);
+    assert_eq!(secrets[0]["apiVersion"], "v1");
+    assert_eq!(secrets[0]["type"], "kubernetes.io/tls");
+    assert_eq!(secrets[0]["metadata"]["labels"]["app"], "shop");
+    assert_eq!(secrets[0]["data"], serde_json::json!({"tls.crt": "Y2VydA==", "tls.key": "a2V5"}));
+    assert_eq!(secrets[1]["type"], "Opaque");
+    assert_eq!(secrets[1]["data"], serde_json::json!({"extra": "ZXh0cmE=", "token": "czNjcmV0"}));
+    for s in secrets {
+        let typed: k8s_openapi::api::core::v1::Secret = serde_json::from_value(s.clone()).expect("a core Secret");
+        assert_eq!(serde_json::to_value(&typed).unwrap()["data"], s["data"]);
+    }
+}

@@ -305,6 +305,36 @@ pub struct SecretSpec {
     /// Values in base64, as in Kubernetes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// Kubernetes' Secret type (`Opaque`, `kubernetes.io/tls`, …): kept for the cluster, and `kubernetes.io/tls`
+    /// needs `tls.crt` and `tls.key` as it does there.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+}
+
+/// The type of a Secret holding a certificate and its key, as Kubernetes names it.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// The fields of Kubernetes' own `v1` Secret that Capstan takes (`metadata` aside), each kept in `spec`.
+const CORE_SECRET_FIELDS: [&str; 3] = ["data", "stringData", "type"];
+
+/// A Kubernetes `v1` Secret as written (`data`, `stringData` and `type` beside `metadata`) in Capstan's shape, so that
+/// one file serves both runtimes; a field Capstan does not take is named.
+pub fn from_core_secret(mut map: serde_json::Map<String, serde_json::Value>) -> Result<serde_json::Value, FieldError> {
+    let mut spec = serde_json::Map::new();
+    for f in CORE_SECRET_FIELDS {
+        if let Some(v) = map.remove(f) {
+            spec.insert(f.to_string(), v);
+        }
+    }
+    for f in map.keys() {
+        if !matches!(f.as_str(), "apiVersion" | "kind" | "metadata") {
+            return Err(FieldError::new(f.clone(), "is not a field Capstan takes from a v1 Secret")
+                .hint("use data, stringData and type (immutable is not served)"));
+        }
+    }
+    map.insert("apiVersion".into(), crate::meta::API_VERSION.into());
+    map.insert("spec".into(), serde_json::Value::Object(spec));
+    Ok(serde_json::Value::Object(map))
 }
 
 /// A Secret has no status; the unit type keeps the object shape.
@@ -543,11 +573,54 @@ pub fn validate_secret(spec: &SecretSpec, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(format!("spec.data.{k}"), "keys are letters, digits, '-', '_' and '.'"));
         }
     }
+    if spec.type_.as_deref() == Some(TLS_SECRET_TYPE) {
+        let keys = spec.keys();
+        for needed in ["tls.crt", "tls.key"].into_iter().filter(|k| !keys.contains(k)) {
+            errors.push(
+                FieldError::new(format!("spec.data.{needed}"), format!("a {TLS_SECRET_TYPE} Secret needs {needed}"))
+                    .hint("the certificate chain in tls.crt and its private key in tls.key, both PEM"),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_v1_secrets_are_taken_as_written() {
+        let ms = crate::parse_manifests(
+            "tls.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: shop-tls}\ntype: kubernetes.io/tls\nstringData: {tls.crt: C, tls.key: K}\n",
+        )
+        .expect("a v1 Secret");
+        let crate::Resource::Secret(s) = &ms[0].resource else { panic!("a Secret") };
+        assert_eq!(s.api_version, crate::meta::API_VERSION, "kept in Capstan's shape");
+        assert_eq!(s.spec.type_.as_deref(), Some(TLS_SECRET_TYPE));
+        assert_eq!(s.spec.value("tls.key").as_deref(), Some(&b"K"[..]));
+        // A tls Secret without its key is refused as Kubernetes refuses it.
+        let e = crate::parse_manifests(
+            "tls.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: shop-tls}\ntype: kubernetes.io/tls\ndata: {tls.crt: Qw==}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a kubernetes.io/tls Secret needs tls.key"), "{e}");
+        // A field Capstan does not take is named.
+        let e = crate::parse_manifests(
+            "s.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nimmutable: true\nstringData: {a: b}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("immutable") && e.contains("is not a field Capstan takes from a v1 Secret"), "{e}");
+        // Another core kind under v1 is still refused with the usual hint.
+        let e = crate::parse_manifests("a.yaml", "apiVersion: v1\nkind: App\nmetadata: {name: a}\nspec: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`v1` is not served here for App"), "{e}");
+    }
 
     #[test]
     fn git_urls() {

@@ -240,6 +240,10 @@ impl Resource {
             },
             Some(v) => return Err(FieldError::new("kind", format!("`{}` is not a kind name", show(v)))),
         };
+        if kind == Kind::Secret && map.get("apiVersion").and_then(Value::as_str) == Some("v1") {
+            // Kubernetes' own Secret, as written for a cluster.
+            return Resource::decode_as(kind, crate::gitops::from_core_secret(map.clone())?);
+        }
         let api = kind.api_version();
         match map.get("apiVersion") {
             None => return Err(FieldError::new("apiVersion", "is missing").hint(format!("add `apiVersion: {api}`"))),

@@ -370,11 +370,21 @@ async fn the_gateway_example_serves_as_documented() {
 
 /// A CA and a certificate it signs for `names`: (CA PEM, certificate PEM, key PEM).
 fn certificate_for(names: &[&str], ca: &(rcgen::KeyPair, rcgen::CertificateParams)) -> (String, String) {
+    certificate_with(names, ca, |_| {})
+}
+
+/// As [`certificate_for`], with `adjust` changing the certificate's parameters (its validity) before it is signed.
+fn certificate_with(
+    names: &[&str],
+    ca: &(rcgen::KeyPair, rcgen::CertificateParams),
+    adjust: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("a key");
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("names");
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+    adjust(&mut params);
     let issuer = rcgen::Issuer::new(ca.1.clone(), &ca.0);
     let cert = params.signed_by(&key, &issuer).expect("signed");
     (cert.pem(), key.serialize_pem())
@@ -461,8 +471,8 @@ spec:
 ",
         app_yaml("web", 1, &[], READINESS),
         tls_secret("shop-tls", shop.0, shop.1),
-        tls_secret("wild-tls", wild.0, wild.1),
-)
+        core_tls_secret("wild-tls", wild.0, wild.1),
+    )
 }
 
 fn tls_secret(name: &str, cert: &str, key: &str) -> String {
@@ -474,14 +484,26 @@ fn tls_secret(name: &str, cert: &str, key: &str) -> String {
     )
 }
 
+/// The same as Kubernetes' own `v1` Secret of type `kubernetes.io/tls`, as a cluster takes it.
+fn core_tls_secret(name: &str, cert: &str, key: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(cert),
+        b64(key)
+    )
+}
+
 fn der_of(pem: &str) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a certificate").to_vec()
 }
 
-/// HTTPS listeners terminate TLS with certificates from Secrets: SNI picks among them (wildcards included), a changed
-/// Secret is served to new handshakes at once, a broken one leaves the last good certificate serving with the reason
-/// in status, and plain HTTP redirects to HTTPS.
+/// HTTPS listeners terminate TLS with certificates from Secrets (Capstan's, and Kubernetes' own `v1` Secret as
+/// written): SNI picks among them (wildcards included), a changed Secret is served to new handshakes at once, a
+/// broken, expired or misnamed one leaves the last good certificate serving with the reason in status, and plain
+/// HTTP redirects to HTTPS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_listeners_serve_certificates_from_secrets_by_sni_and_swap_them_live() {
     let tp = TestPlane::start().await;
@@ -528,6 +550,35 @@ async fn https_listeners_serve_certificates_from_secrets_by_sni_and_swap_them_li
     assert!(message.contains("the previous certificate is still served"), "{message}");
     let (code, _, leaf) = https_get(https, "shop.example.test", "/", &ca_pem).await.expect("still served");
     assert_eq!((code, leaf), (200, der_of(&next_crt)));
+
+    // An expired certificate, and one for another name: refused in status, the last good one still served.
+    let (old_crt, old_key) = certificate_with(&["shop.example.test"], &ca, |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    tp.apply(&tls_secret("shop-tls", &old_crt, &old_key));
+    eventually("the listener reports the expired certificate", T, || async {
+        let g = tp.client.get("/api/v1/namespaces/default/gateways/secure").await.ok()?;
+        let c = condition(&g["status"]["listeners"][0]["conditions"], "ResolvedRefs").clone();
+        c["message"]
+            .as_str()?
+            .contains("Secret default/shop-tls: the certificate in tls.crt expired at 2021-01-01T00:00:00Z")
+            .then_some(())
+    })
+    .await;
+    let (other_crt, other_key) = certificate_for(&["elsewhere.example.test"], &ca);
+    tp.apply(&tls_secret("shop-tls", &other_crt, &other_key));
+    eventually("the listener reports a certificate for another name", T, || async {
+        let g = tp.client.get("/api/v1/namespaces/default/gateways/secure").await.ok()?;
+        let c = condition(&g["status"]["listeners"][0]["conditions"], "ResolvedRefs").clone();
+        c["message"]
+            .as_str()?
+            .contains("names elsewhere.example.test, not the listener's hostname shop.example.test")
+            .then_some(())
+    })
+    .await;
+    let (code, _, leaf) = https_get(https, "shop.example.test", "/", &ca_pem).await.expect("still served");
+    assert_eq!((code, leaf), (200, der_of(&next_crt)), "the last good certificate");
     tp.stop().await;
 }
 
