@@ -3,6 +3,7 @@
 mod apply;
 mod audit;
 mod config;
+mod create;
 mod db;
 mod delete;
 mod describe;
@@ -318,6 +319,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             audit(&client()?, since.as_deref(), user.as_deref(), kind.as_deref(), &output).await
         }
         Command::Token { action } => token(&client()?, action).await,
+        Command::Create { what: crate::CreateCommand::Secret { kind } } => create::create_secret(client, kind).await,
         Command::Login { server, token_file, certificate_authority, name } => {
             config::login(&server, &token_file, certificate_authority.as_deref(), name).await
         }

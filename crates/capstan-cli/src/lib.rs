@@ -222,6 +222,12 @@ pub enum Command {
         #[command(subcommand)]
         action: SyncCommand,
     },
+    /// Create an object from the command line, as kubectl does: `capstan create secret tls NAME --cert F --key F`.
+    #[command(display_order = 5)]
+    Create {
+        #[command(subcommand)]
+        what: CreateCommand,
+    },
     /// Create or update objects from manifests (all or nothing).
     #[command(display_order = 4)]
     Apply {
@@ -482,6 +488,61 @@ pub enum ConfigCommand {
     UseContext { name: String },
     /// Print the current context's name.
     CurrentContext,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CreateCommand {
+    /// A Secret: `tls` from a certificate and its key, `generic` from literals and files. Applied (created, or
+    /// updated when it exists), or printed with `--dry-run=client -o yaml`.
+    Secret {
+        #[command(subcommand)]
+        kind: CreateSecret,
+    },
+}
+
+/// What every `create` takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CreateCommon {
+    /// The namespace (default: `default`).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// `client`: print or check the object here; nothing is sent.
+    #[arg(long, value_name = "client", num_args = 0..=1, default_missing_value = "client")]
+    pub dry_run: Option<String>,
+    /// With --dry-run: print the object as yaml or json.
+    #[arg(short, long)]
+    pub output: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CreateSecret {
+    /// A `kubernetes.io/tls` Secret with `tls.crt` and `tls.key`, for a Gateway's HTTPS listener. The key must be
+    /// the first certificate's: a pair that does not belong together is refused here.
+    Tls {
+        name: String,
+        /// The PEM certificate chain, leaf first.
+        #[arg(long)]
+        cert: PathBuf,
+        /// The PEM private key of the leaf certificate.
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        common: CreateCommon,
+    },
+    /// A Secret from `--from-literal KEY=VALUE` and `--from-file [KEY=]PATH` (the file's name is the key when left
+    /// out), each repeatable.
+    Generic {
+        name: String,
+        #[arg(long)]
+        from_literal: Vec<String>,
+        #[arg(long)]
+        from_file: Vec<String>,
+        /// The Secret's type, such as `Opaque` (kept for Kubernetes).
+        #[arg(long = "type")]
+        type_: Option<String>,
+        #[command(flatten)]
+        common: CreateCommon,
+    },
 }
 
 #[derive(Subcommand, Debug)]

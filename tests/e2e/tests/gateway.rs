@@ -527,9 +527,36 @@ async fn https_listeners_serve_certificates_from_secrets_by_sni_and_swap_them_li
     assert_eq!(code, 301);
     assert_eq!(headers["location"], format!("https://shop.example.test:{https}/cart?x=1").as_str());
 
-    // A new certificate in the Secret: new handshakes get it at once.
+    // A new certificate in the Secret (with kubectl's `create secret tls`): new handshakes get it at once.
     let (next_crt, next_key) = certificate_for(&["shop.example.test"], &ca);
-    tp.apply(&tls_secret("shop-tls", &next_crt, &next_key));
+    let files = tp.dir.path();
+    std::fs::write(files.join("next.crt"), &next_crt).unwrap();
+    std::fs::write(files.join("next.key"), &next_key).unwrap();
+    std::fs::write(files.join("shop.key"), &shop_key).unwrap();
+    let (crt_file, key_file) = (files.join("next.crt"), files.join("next.key"));
+    let (crt_arg, key_arg) = (crt_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let out = tp.cli(&[
+        "create",
+        "secret",
+        "tls",
+        "shop-tls",
+        "--cert",
+        crt_arg,
+        "--key",
+        key_arg,
+        "--dry-run",
+        "-o",
+        "yaml",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("type: kubernetes.io/tls") && text(&out).contains("tls.key: |"), "{}", text(&out));
+    let wrong_key = files.join("shop.key");
+    let out = tp.cli(&["create", "secret", "tls", "shop-tls", "--cert", crt_arg, "--key", wrong_key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "a key of another certificate is refused here: {}", text(&out));
+    assert!(text(&out).contains("tls.key is not the key of the certificate in tls.crt"), "{}", text(&out));
+    let out = tp.cli(&["create", "secret", "tls", "shop-tls", "--cert", crt_arg, "--key", key_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).trim(), "secret/shop-tls configured");
     eventually("the new certificate is served", T, || async {
         let r = https_get(https, "shop.example.test", "/", &ca_pem).await?;
         (r.2 == der_of(&next_crt)).then_some(())
