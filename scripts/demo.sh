@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main demo: the Data Center pattern on one machine. Installs what is missing (PostgreSQL, through apt), builds
 # Capstan and Teamboard, runs `capstan up examples/ha-stack` (a PostgreSQL Database and two Teamboard nodes behind
-# a sticky load balancer), adds a little sample data, and prints the URL to open. Ctrl-C stops everything; the data
+# a sticky load balancer, served over HTTPS by a Gateway with a certificate made for the demo), adds a little sample
+# data, and prints the URL to open. Ctrl-C stops everything; the data
 # stays in $CAPSTAN_DATA for next time.
 # With DEMO_SMOKE=1 it checks the stack end to end (both nodes, a write, a search, a v1 -> v2 rolling upgrade), then
 # stops by itself.
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 . scripts/common.sh
 
 apt_install curl procps python3
+command -v openssl >/dev/null || apt_install openssl
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
   apt_install postgresql postgresql-client
 fi
@@ -20,6 +22,18 @@ export PATH="$CARGO_TARGET_DIR/release:$PATH"
 export CAPSTAN_DATA="${CAPSTAN_DATA:-$PWD/.capstan/ha-stack}"
 LISTEN="${CAPSTAN_LISTEN:-127.0.0.1:7470}"
 WEB=http://127.0.0.1:8090
+# The front door (examples/ha-stack/front-door.yaml): HTTPS on a Gateway, with a certificate made here for the demo.
+HTTPS=https://teamboard.localhost:8443
+DEMO_TLS="${CAPSTAN_DATA}-tls"
+if [ ! -s "$DEMO_TLS/tls.crt" ]; then
+  mkdir -p "$DEMO_TLS"
+  # ECDSA P-256, self-signed for teamboard.localhost, valid 90 days: the demo's own, until an Issuer makes one.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 90 \
+    -subj /CN=teamboard.localhost -addext subjectAltName=DNS:teamboard.localhost \
+    -keyout "$DEMO_TLS/tls.key" -out "$DEMO_TLS/tls.crt" 2>/dev/null
+  chmod 600 "$DEMO_TLS/tls.key"
+fi
+tls() { curl -fsS --cacert "$DEMO_TLS/tls.crt" "$@"; }
 
 started=$(date +%s.%N)
 capstan up examples/ha-stack --listen "$LISTEN" &
@@ -34,11 +48,13 @@ for i in $(seq 1 1800); do
   [ "$i" = 1800 ] && { echo "the stack did not become Ready in 3 minutes" >&2; capstan get apps >&2; exit 1; }
   sleep 0.1
 done
+capstan create secret tls teamboard-tls --cert "$DEMO_TLS/tls.crt" --key "$DEMO_TLS/tls.key" >/dev/null
 capstan apply -f examples/ha-stack --wait --timeout 3m >/dev/null
 ready=$(date +%s.%N)
 echo
 capstan get databases
 capstan get apps -o wide
+capstan get gateways
 python3 -c "print('\nthe whole stack was Ready %.1f s after capstan up' % ($ready - $started))"
 
 # Sample data, through the balancer, as user "paul": a customer with a billable and a non-billable account.
@@ -72,10 +88,19 @@ if [ "${DEMO_SMOKE:-}" = 1 ]; then
     curl -fsS "http://127.0.0.1:$port/status" | grep -q '"state":"RUNNING"' || { echo "node on $port not running" >&2; exit 1; }
   done
   curl -fsS -b "$jar" "$WEB/" | grep -q "Teamboard v1" || { echo "the page does not show v1" >&2; exit 1; }
+  echo "== the front door: HTTPS with HTTP/2 and HSTS, plain HTTP redirected"
+  [ "$(tls -o /dev/null -w '%{http_version}' "$HTTPS/status")" = 2 ] || { echo "HTTPS did not speak HTTP/2" >&2; exit 1; }
+  tls -D - -o /dev/null "$HTTPS/status" | grep -qi '^strict-transport-security: max-age=3600' ||
+    { echo "no HSTS header over HTTPS" >&2; exit 1; }
+  [ "$(curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' http://teamboard.localhost:8480/issues)" = \
+    "301 $HTTPS/issues" ] || { echo "plain HTTP was not redirected to HTTPS" >&2; exit 1; }
+  tls -b "$jar" -c "$jar" -H 'content-type: application/json' -d '{"user":"paul"}' "$HTTPS/api/login" >/dev/null
+  tls -b "$jar" "$HTTPS/" | grep -q "Teamboard v1" || { echo "the page over HTTPS does not show v1" >&2; exit 1; }
   echo "== rolling upgrade v1 -> v2"
   sed 's/TEAMBOARD_VERSION: v1/TEAMBOARD_VERSION: v2/' examples/ha-stack/ha-stack.yaml | capstan apply -f -
   capstan rollout status teamboard --timeout 3m
   curl -fsS "$WEB/login" | grep -q "Teamboard v2" || { echo "the page does not show v2 after the upgrade" >&2; exit 1; }
+  tls "$HTTPS/login" | grep -q "Teamboard v2" || { echo "HTTPS does not show v2 after the upgrade" >&2; exit 1; }
   rm -f "$jar"
   kill -INT $UP
   wait $UP
@@ -90,12 +115,16 @@ rm -f "$jar"
 
 cat <<TOUR
 
-Open $WEB and sign in with any name. Sessions live in one node's memory: the balancer's cookie keeps you there.
-The node that served each page is in its header and footer; live updates from every node appear bottom right.
+Open $HTTPS and sign in with any name (the certificate is the demo's own, made for teamboard.localhost:
+let the browser accept it, or trust $DEMO_TLS/tls.crt). Plain http://teamboard.localhost:8480 redirects there,
+and $WEB is the stack's direct entry point. Sessions live in one node's memory: the balancer's cookie keeps you
+there. The node that served each page is in its header and footer; live updates from every node appear bottom right.
 
 Try, in another terminal:
   export PATH="$CARGO_TARGET_DIR/release:\$PATH" CAPSTAN_DATA="$CAPSTAN_DATA"
   capstan describe app teamboard              # nodes, volumes, probes, events
+  capstan describe gateway front              # listeners, the certificate's Secret, attached routes
+  curl --cacert $DEMO_TLS/tls.crt -sI $HTTPS/ | head -3   # HTTP/2, HSTS
   capstan logs teamboard -f                   # both nodes' output
   capstan metrics query capstan_lb_connections   # connections each listener holds, within its cap
   kill -9 \$(pgrep -f 'release/teamboard' | head -1)   # one node dies: its users move, the others never notice

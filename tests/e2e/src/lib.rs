@@ -395,12 +395,32 @@ pub async fn open_loop(
     stop: tokio::sync::watch::Receiver<bool>,
     max: Duration,
 ) -> Vec<Shot> {
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::Full;
     let mut builder = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
     if !keep_alive {
         builder.pool_max_idle_per_host(0);
     }
     let client = builder.build_http::<Full<bytes::Bytes>>();
+    open_loop_with(client, url, method, rate_per_sec, keep_alive, stop, max, Vec::new()).await
+}
+
+/// As [`open_loop`], with the client given (an HTTPS one, say) and `headers` added to every request.
+#[allow(clippy::too_many_arguments)] // the load's whole description, each told apart by name at the call
+pub async fn open_loop_with<C>(
+    client: hyper_util::client::legacy::Client<C, http_body_util::Full<bytes::Bytes>>,
+    url: String,
+    method: hyper::Method,
+    rate_per_sec: u32,
+    keep_alive: bool,
+    stop: tokio::sync::watch::Receiver<bool>,
+    max: Duration,
+    headers: Vec<(&'static str, String)>,
+) -> Vec<Shot>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    use http_body_util::{BodyExt, Full};
+    let headers = std::sync::Arc::new(headers);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate_per_sec.max(1))));
     let end = tokio::time::Instant::now() + max;
     let mut tasks = Vec::new();
@@ -410,10 +430,14 @@ pub async fn open_loop(
         let url = url.clone();
         let has_body = method == hyper::Method::POST || method == hyper::Method::PUT;
         let method = method.clone();
+        let headers = headers.clone();
         let n = tasks.len();
         tasks.push(tokio::spawn(async move {
             let started = tokio::time::Instant::now();
             let mut req = hyper::Request::builder().method(method).uri(url);
+            for (k, v) in headers.iter() {
+                req = req.header(*k, v);
+            }
             if !keep_alive {
                 req = req.header("connection", "close");
             }

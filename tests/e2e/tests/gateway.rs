@@ -2,7 +2,10 @@
 //! and described with kubectl's columns, refused with file, line, field and hint when malformed, and rendered for
 //! Kubernetes unchanged. Routing itself is covered by `capstan_proxy::routes`' conformance-modelled unit tests.
 
+use std::time::Duration;
+
 use capstan_e2e::*;
+use tokio::sync::watch;
 
 const T: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -752,5 +755,157 @@ async fn https_listeners_speak_http2_with_limits_and_carry_websockets_over_tls()
         .await;
     let answer = browser.wait_for("the websocket's answer", "window.answer").await;
     assert_eq!(answer.as_str().map(str::trim), Some("web-0 over tls"));
+    tp.stop().await;
+}
+
+/// An HTTPS client (HTTP/1.1 with keep-alive) trusting only `ca_pem`, for open-loop load.
+fn https_client(
+    ca_pem: &str,
+) -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("a CA certificate")).expect("a root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+}
+
+/// Over HTTPS with keep-alive, under open-loop load, a certificate rotation, a rolling update and a SIGKILLed
+/// replica fail no request: new handshakes get the new certificate while kept-alive connections go on, and clients
+/// pinned by the route's session cookie to the killed replica move to another (idempotent GETs are retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_under_load_through_rotation_rolling_update_and_sigkill_fails_nothing() {
+    let tp = TestPlane::start().await;
+    let (ca, ca_pem) = test_ca();
+    let (first_crt, first_key) = certificate_for(&["127.0.0.1"], &ca);
+    let port = free_port();
+    let gateway = |version: &str| {
+        format!(
+            "{}---\n{}---\napiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners: [{{name: https, port: {port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: edge-tls}}]}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+    - backendRefs: [{{name: web, port: 8080}}]
+      sessionPersistence: {{sessionName: WEB_NODE, type: Cookie}}
+",
+            app_yaml("web", 3, &[("VERSION", version)], READINESS),
+            tls_secret("edge-tls", &first_crt, &first_key),
+        )
+    };
+    tp.apply(&gateway("1"));
+    eventually("web Ready", T, || async {
+        let o = tp.app("web").await;
+        (ready(&o) && replicas(&o).len() == 3).then_some(())
+    })
+    .await;
+    let (_, _, leaf) = eventually("served over HTTPS", T, || async {
+        https_get(port, "127.0.0.1", "/", &ca_pem).await.filter(|r| r.0 == 200)
+    })
+    .await;
+    assert_eq!(leaf, der_of(&first_crt));
+    // The session cookie of replica web-1, which is killed below.
+    let client = https_client(&ca_pem);
+    let url = format!("https://127.0.0.1:{port}/version");
+    let pinned = eventually("a session on web-1", T, || async {
+        let res = client.request(hyper::Request::get(&url).body(Default::default()).ok()?).await.ok()?;
+        let cookie = res.headers().get("set-cookie")?.to_str().ok()?.split(';').next()?.to_string();
+        use http_body_util::BodyExt;
+        let body = res.into_body().collect().await.ok()?.to_bytes();
+        String::from_utf8_lossy(&body).contains("web-1").then_some(cookie)
+    })
+    .await;
+
+    let (stop_tx, stop) = watch::channel(false);
+    let load = |headers: Vec<(&'static str, String)>, rate: u32| {
+        tokio::spawn(open_loop_with(
+            https_client(&ca_pem),
+            url.clone(),
+            hyper::Method::GET,
+            rate,
+            true,
+            stop.clone(),
+            Duration::from_secs(60),
+            headers,
+        ))
+    };
+    let anyone = load(Vec::new(), 80);
+    let sticky = load(vec![("cookie", pinned.clone())], 40);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // 1. A new certificate: new handshakes get it while the load's kept-alive connections carry on.
+    let (next_crt, next_key) = certificate_for(&["127.0.0.1"], &ca);
+    tp.apply(&tls_secret("edge-tls", &next_crt, &next_key));
+    eventually("new handshakes get the new certificate", T, || async {
+        let r = https_get(port, "127.0.0.1", "/", &ca_pem).await?;
+        (r.2 == der_of(&next_crt)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 2. A rolling update to version 2 (a replica's new process has a cookie of its own: its pinned clients move).
+    let update_started = tokio::time::Instant::now();
+    tp.apply(&gateway("2").replace(&first_crt, &next_crt).replace(&first_key, &next_key));
+    eventually("v2 rolled out", T, || async {
+        let o = tp.app("web").await;
+        let done = ready(&o) && o["status"]["rollout"]["phase"] == "Complete" && o["metadata"]["generation"] == 2;
+        done.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 3. SIGKILL of the replica the sticky clients are pinned to.
+    let o = tp.app("web").await;
+    let victim = replicas(&o).iter().find(|r| r["name"] == "web-1").and_then(|r| r["pid"].as_u64()).expect("web-1");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually("web-1 replaced", T, || async {
+        let o = tp.app("web").await;
+        let back = replicas(&o).iter().any(|r| r["name"] == "web-1" && r["pid"].as_u64() != Some(victim));
+        (ready(&o) && back).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_tx.send(true).unwrap();
+    let (anyone, sticky) = (anyone.await.unwrap(), sticky.await.unwrap());
+    for (what, shots) in [("unpinned", &anyone), ("pinned to web-1", &sticky)] {
+        let failed = failures(shots);
+        assert!(failed.is_empty(), "{what}: {} of {} failed, first: {:?}", failed.len(), shots.len(), failed.first());
+    }
+    assert!(
+        anyone.len() > 100 && sticky.len() > 50,
+        "the load ran throughout: {} and {} requests",
+        anyone.len(),
+        sticky.len()
+    );
+    let v = |shots: &[Shot], p: &str| shots.iter().filter(|s| s.body.starts_with(p)).count();
+    assert!(v(&anyone, "1 ") > 0 && v(&anyone, "2 ") > 0, "both versions served");
+    // The pinned clients stayed on web-1, through the certificate's rotation, until its update.
+    let before: Vec<&Shot> = sticky.iter().filter(|s| s.finished < update_started).collect();
+    assert!(before.len() > 10, "{} pinned requests before the update", before.len());
+    assert!(
+        before.iter().all(|s| s.body.ends_with("web-1")),
+        "pinned: {:?}",
+        before.iter().find(|s| !s.body.ends_with("web-1"))
+    );
     tp.stop().await;
 }

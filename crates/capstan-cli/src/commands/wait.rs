@@ -10,8 +10,30 @@ use serde_json::Value;
 
 use crate::{Failure, EXIT_OK};
 
+/// Whether `conditions` holds `type_` True for `generation` (Gateway API puts observedGeneration on each condition).
+fn holds(conditions: &Value, type_: &str, generation: Option<i64>) -> bool {
+    conditions.as_array().is_some_and(|cs| {
+        cs.iter().any(|c| c["type"] == type_ && c["status"] == "True" && c["observedGeneration"].as_i64() == generation)
+    })
+}
+
 pub(super) fn is_ready(obj: &Value) -> bool {
     let gen = obj["metadata"]["generation"].as_i64();
+    match obj["kind"].as_str() {
+        // Gateway API's own health: a Gateway is Programmed; a route is Accepted, with its references resolved, by
+        // every parent it names.
+        Some("Gateway") => return holds(&obj["status"]["conditions"], "Programmed", gen),
+        Some("HTTPRoute") => {
+            let parents = obj["status"]["parents"].as_array();
+            return parents.is_some_and(|ps| {
+                !ps.is_empty()
+                    && ps.iter().all(|p| {
+                        holds(&p["conditions"], "Accepted", gen) && holds(&p["conditions"], "ResolvedRefs", gen)
+                    })
+            });
+        }
+        _ => {}
+    }
     let observed = obj["status"]["observedGeneration"].as_i64();
     gen == observed
         && obj["status"]["conditions"].as_array().is_some_and(|cs| {
@@ -110,5 +132,20 @@ mod tests {
         assert_eq!(objects_ready(1, 2), "1 of 2 objects Ready");
         assert_eq!(objects_ready(3, 3), "all 3 objects Ready");
         assert_eq!(objects_ready(0, 1), "0 of 1 object Ready");
+    }
+
+    #[test]
+    fn gateways_are_ready_when_programmed_and_routes_when_every_parent_accepts_them() {
+        let c = |t: &str, s: &str, g: i64| serde_json::json!({"type": t, "status": s, "observedGeneration": g});
+        let gw = |cs: Value| serde_json::json!({"kind": "Gateway", "metadata": {"generation": 2}, "status": {"conditions": cs}});
+        assert!(is_ready(&gw(serde_json::json!([c("Accepted", "True", 2), c("Programmed", "True", 2)]))));
+        assert!(!is_ready(&gw(serde_json::json!([c("Programmed", "True", 1)]))), "an older generation's");
+        assert!(!is_ready(&gw(serde_json::json!([c("Programmed", "False", 2)]))));
+        let route = |parents: Value| serde_json::json!({"kind": "HTTPRoute", "metadata": {"generation": 1}, "status": {"parents": parents}});
+        let ok = serde_json::json!({"conditions": [c("Accepted", "True", 1), c("ResolvedRefs", "True", 1)]});
+        let unresolved = serde_json::json!({"conditions": [c("Accepted", "True", 1), c("ResolvedRefs", "False", 1)]});
+        assert!(is_ready(&route(serde_json::json!([ok.clone()]))));
+        assert!(!is_ready(&route(serde_json::json!([ok, unresolved]))), "every parent");
+        assert!(!is_ready(&route(serde_json::json!([]))), "no parent has taken it yet");
     }
 }
