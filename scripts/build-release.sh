@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
 done
 cd "$(dirname "$0")/.."
 . scripts/common.sh
-apt_install wrk python3
+apt_install wrk nghttp2-client openssl python3
 
 # llvm-profdata must match rustc's LLVM: it comes with the toolchain's llvm-tools component.
 host="$(rustc -vV | sed -n 's/^host: //p')"

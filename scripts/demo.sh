@@ -25,7 +25,8 @@ WEB=http://127.0.0.1:8090
 # The front door (examples/ha-stack/front-door.yaml): HTTPS on a Gateway, with a certificate made here for the demo.
 HTTPS=https://teamboard.localhost:8443
 DEMO_TLS="${CAPSTAN_DATA}-tls"
-if [ ! -s "$DEMO_TLS/tls.crt" ]; then
+# Made again when missing or within a day of expiry.
+if ! openssl x509 -checkend 86400 -noout -in "$DEMO_TLS/tls.crt" >/dev/null 2>&1; then
   mkdir -p "$DEMO_TLS"
   # ECDSA P-256, self-signed for teamboard.localhost, valid 90 days: the demo's own, until an Issuer makes one.
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 90 \

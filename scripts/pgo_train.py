@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The training run of the release build (scripts/build-release.sh): an instrumented `capstan` serves what it
 serves in production — the load balancer (round-robin, sticky cookie, new connection per request, TCP
-passthrough), the API and PromQL queries, supervision, and a model server — and writes its profile at exit.
+passthrough), a Gateway's HTTPS listener (keep-alive, a new TLS connection per request, HTTP/2) and an HTTP listener
+with 100 routes, the API and PromQL queries, supervision, and a model server — and writes its profile at exit.
 Any failed request stops it with an error. scripts/test.sh runs it briefly on the debug build, so that it keeps
 working as the API changes."""
 
@@ -21,6 +22,8 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 from common import free_port, wrk  # noqa: E402
 from lb import Capstan, wait_http  # noqa: E402
 from serving import post_script  # noqa: E402
+from tls import PATH, certificate, h2load, wait_tls  # noqa: E402
+from tls import Capstan as GatewayCapstan  # noqa: E402
 
 
 def balancer_and_api(capstan, bindir, seconds):
@@ -58,6 +61,32 @@ def balancer_and_api(capstan, bindir, seconds):
         subprocess.run(["rm", "-rf", c.data])
 
 
+def gateway(capstan, bindir, seconds):
+    d = tempfile.mkdtemp(prefix="pgo-tls-")
+    crt, key = certificate(d)
+    https, http, expose = free_port(), free_port(), free_port()
+    c = GatewayCapstan(bindir, capstan, crt, key, https, http, expose, 100)
+    try:
+        wait_tls(https)
+        wait_http(f"http://127.0.0.1:{expose}{PATH}", 60)
+        for url, secs, conns, headers in [
+            (f"https://127.0.0.1:{https}{PATH}", seconds / 2, 50, ()),
+            (f"https://127.0.0.1:{https}{PATH}", seconds / 4, 8, ["Connection: close"]),
+            (f"http://127.0.0.1:{http}{PATH}", seconds / 4, 50, ["Host: r99.bench.test"]),
+        ]:
+            r = wrk(url, max(1, round(secs)), conns, headers)
+            print(f"  {url} {'; '.join(headers)[:40]}: {r['requests']} requests, {r['errors']} errors", flush=True)
+            if r["errors"] or not r["requests"]:
+                raise SystemExit(f"the gateway failed requests during training ({url})")
+        r = h2load(f"https://127.0.0.1:{https}{PATH}", max(1, round(seconds / 4)), 8, 10)
+        print(f"  HTTP/2 ({r['protocol']}): {r['rps']:.0f} req/s, {r['failed']} failed", flush=True)
+        if r["failed"] or r["protocol"] != "h2":
+            raise SystemExit("the gateway failed HTTP/2 requests during training")
+    finally:
+        c.stop()
+        subprocess.run(["rm", "-rf", c.data, d])
+
+
 def model_server(capstan, fixture, seconds):
     with tempfile.TemporaryDirectory(prefix="pgo-model-") as d:
         subprocess.run([fixture, os.path.join(d, "dense")], check=True)
@@ -88,6 +117,8 @@ def main():
     a = ap.parse_args()
     print("training: the load balancer, the API and supervision", flush=True)
     balancer_and_api(a.capstan, a.bin, a.seconds)
+    print("training: a Gateway's HTTPS and HTTP listeners", flush=True)
+    gateway(a.capstan, a.bin, a.seconds)
     print("training: the model server", flush=True)
     model_server(a.capstan, a.fixture_model, a.seconds)
 

@@ -49,7 +49,7 @@ cargo test -p capstan-cli --features throwaway-kind --lib
 cargo test -p capstan-e2e --features throwaway-kind --test throwaway_kind
 # The release build's training run (scripts/build-release.sh), briefly, on the debug build: it must keep working.
 echo "== release training run (smoke, debug build)"
-apt_install wrk
+apt_install wrk nghttp2-client openssl
 build_bins
 cargo build --quiet -p capstan-serving --example fixture_model
 python3 scripts/pgo_train.py --capstan "$CARGO_TARGET_DIR/debug/capstan" --bin "$CARGO_TARGET_DIR/debug" \

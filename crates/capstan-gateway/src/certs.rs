@@ -21,7 +21,12 @@ pub fn facts(chain_pem: &[u8]) -> Result<Facts, String> {
         .next()
         .and_then(Result::ok)
         .ok_or_else(|| "tls.crt holds no PEM certificate".to_string())?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+    facts_der(&der)
+}
+
+/// Reads one DER certificate.
+pub fn facts_der(der: &[u8]) -> Result<Facts, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|_| "tls.crt's first certificate is not a valid X.509 certificate".to_string())?;
     let time = |t: x509_parser::time::ASN1Time| DateTime::from_timestamp(t.timestamp(), 0).unwrap_or_default();
     let validity = cert.validity();

@@ -144,12 +144,42 @@ pub fn compile(
                 ));
             } else if l.protocol == ListenerProtocol::Https {
                 let listener_key = (key_of("Gateway", g), l.name.clone());
-                match certificate(g, l, secrets, now, &mut wake) {
-                    Ok(c) => slot.cert = Some(Arc::new(c)),
+                // The last certificate served keeps serving while its Secret exists but holds nothing better (a
+                // deleted Secret takes its certificate with it), in this process's memory only.
+                let previous = secret_exists(g, l, secrets).then(|| served.get(&listener_key).cloned()).flatten();
+                match certificate(g, l, secrets) {
+                    Ok((c, facts)) => {
+                        let checked = facts.and_then(|f| {
+                            bring_forward(&mut wake, crate::certs::next_change(&f, now));
+                            crate::certs::check(&f, l.hostname.as_deref(), now)
+                        });
+                        match checked {
+                            Ok(()) => slot.cert = Some(Arc::new(c)),
+                            Err(why) => {
+                                let why = format!("{}: {why}", secret_name(g, l));
+                                // Expired, early or for another name, but servable: a certificate already served
+                                // stays; without one this one is served anyway (a client may accept it, and a
+                                // restart must not take the site down), and the status says what clients will do.
+                                let same = previous.as_ref().is_some_and(|p| p.cert.first() == c.cert.first());
+                                match previous.filter(|_| !same) {
+                                    Some(p) => {
+                                        slot.cert = Some(p);
+                                        slot.cert_problem = Some(format!(
+                                            "{why}; the previous certificate is still served (until Capstan restarts)"
+                                        ));
+                                    }
+                                    None => {
+                                        slot.cert = Some(Arc::new(c));
+                                        slot.cert_problem = Some(format!(
+                                            "{why}; it is served anyway, and clients that check it will refuse it"
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                    }
                     Err(why) => {
-                        // The last good certificate keeps serving while its Secret exists but is not usable (a
-                        // deleted Secret takes its certificate with it), in this process's memory only.
-                        slot.cert = secret_exists(g, l, secrets).then(|| served.get(&listener_key).cloned()).flatten();
+                        slot.cert = previous;
                         slot.cert_problem = Some(match slot.cert {
                             Some(_) => {
                                 format!("{why}; the previous certificate is still served (until Capstan restarts)")
@@ -160,6 +190,12 @@ pub fn compile(
                             slot.unserved = Some(format!("no usable certificate: {why}"));
                         }
                     }
+                }
+                // The certificate served changes status on its own when it becomes valid or expires.
+                if let Some(f) =
+                    slot.cert.as_ref().and_then(|c| c.cert.first()).and_then(|d| crate::certs::facts_der(d).ok())
+                {
+                    bring_forward(&mut wake, crate::certs::next_change(&f, now));
                 }
             } else if l.protocol != ListenerProtocol::Http {
                 slot.refused = Some(condition(
@@ -358,16 +394,29 @@ pub fn compile(
     Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates, wake }
 }
 
-/// An HTTPS listener's certificate from the Secret its first `certificateRefs` entry names, or what is wrong with it
-/// (its `InvalidCertificateRef` message, naming the Secret and the key): unreadable, a key that does not match, not
-/// valid at `now`, or not naming the listener's hostname. `wake` is brought forward to when its validity changes.
+/// `wake` brought forward to `t`, if `t` is sooner.
+fn bring_forward(wake: &mut Option<DateTime<Utc>>, t: Option<DateTime<Utc>>) {
+    if let Some(t) = t {
+        *wake = Some(wake.map_or(t, |w| w.min(t)));
+    }
+}
+
+/// `Secret <namespace>/<name>` of an HTTPS listener's first certificateRef.
+fn secret_name(g: &Gateway, l: &Listener) -> String {
+    let r = l.tls.as_ref().and_then(|t| t.certificate_refs.first());
+    let ns = r.and_then(|r| r.namespace.as_deref()).unwrap_or(g.metadata.namespace());
+    format!("Secret {ns}/{}", r.map_or("", |r| r.name.as_str()))
+}
+
+/// An HTTPS listener's certificate from the Secret its first `certificateRefs` entry names, with what it says of
+/// itself (rustls serving what x509-parser could not read), or why it cannot be served (its `InvalidCertificateRef` message, naming the Secret and the key):
+/// unreadable, or a key that does not match.
+#[allow(clippy::type_complexity)] // the certificate, and what it says of itself if that can be read
 fn certificate(
     g: &Gateway,
     l: &Listener,
     secrets: &[Secret],
-    now: DateTime<Utc>,
-    wake: &mut Option<DateTime<Utc>>,
-) -> Result<CertifiedKey, String> {
+) -> Result<(CertifiedKey, Result<crate::certs::Facts, String>), String> {
     let Some(r) = l.tls.as_ref().and_then(|t| t.certificate_refs.first()) else {
         return Err("the listener names no certificate (tls.certificateRefs)".into());
     };
@@ -397,12 +446,7 @@ fn certificate(
     };
     let named = |e: String| format!("Secret {ns}/{}: {e}", r.name);
     let certified = capstan_proxy::gateway::certified_key(&crt, &key).map_err(named)?;
-    let facts = crate::certs::facts(&crt).map_err(named)?;
-    if let Some(t) = crate::certs::next_change(&facts, now) {
-        *wake = Some(wake.map_or(t, |w| w.min(t)));
-    }
-    crate::certs::check(&facts, l.hostname.as_deref(), now).map_err(named)?;
-    Ok(certified)
+    Ok((certified, crate::certs::facts(&crt)))
 }
 
 /// Whether the Secret an HTTPS listener names exists.
@@ -991,30 +1035,34 @@ mod tests {
         let out = compile(&gws, &[], &[], &secrets, &Certificates::new(), now);
         let refs = |i: usize| cond(&listener(&out, "secure", i).conditions, "ResolvedRefs");
         assert_eq!(refs(0).0, "True");
-        assert_eq!(cond(&listener(&out, "secure", 0).conditions, "Programmed").0, "True");
         let (s, r, m) = refs(1);
         assert_eq!((s, r), ("False", "InvalidCertificateRef"));
-        assert_eq!(m, "Secret default/expired: the certificate in tls.crt expired at 2026-12-05T00:00:00Z");
+        let anyway = "; it is served anyway, and clients that check it will refuse it";
+        assert_eq!(
+            m,
+            format!("Secret default/expired: the certificate in tls.crt expired at 2026-12-05T00:00:00Z{anyway}")
+        );
         assert_eq!(
             refs(2).2,
-            "Secret default/early: the certificate in tls.crt is not valid before 2026-12-10T00:00:00Z"
+            format!(
+                "Secret default/early: the certificate in tls.crt is not valid before 2026-12-10T00:00:00Z{anyway}"
+            )
         );
         assert_eq!(
             refs(3).2,
-            "Secret default/other: the certificate in tls.crt names www.example.net, not the listener's hostname d.example.com"
+            format!("Secret default/other: the certificate in tls.crt names www.example.net, not the listener's hostname d.example.com{anyway}")
         );
-        for i in 1..4 {
-            assert_eq!(cond(&listener(&out, "secure", i).conditions, "Programmed").0, "False", "listener {i}");
+        // With nothing better to serve, each is served (a restart must not take a site down for a warning).
+        for i in 0..4 {
+            assert_eq!(cond(&listener(&out, "secure", i).conditions, "Programmed").0, "True", "listener {i}");
         }
-        // Only the good one is served; the status is looked at again when the early one becomes valid.
-        let served: Vec<String> = out.listeners[0].hosts.iter().map(|h| format!("{:?}", h.host)).collect();
-        let with_cert = out.listeners[0].hosts.iter().filter(|h| h.cert.is_some()).count();
-        assert_eq!((with_cert, served.len()), (1, 1), "{served:?}");
-        assert_eq!(
-            out.wake,
-            Some(chrono::NaiveDate::from_ymd_opt(2026, 12, 10).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc())
-        );
-        // Once the good certificate is served, an expired one in its Secret leaves it serving, with the reason.
+        assert_eq!(out.listeners[0].hosts.iter().filter(|h| h.cert.is_some()).count(), 4);
+        // The status is looked at again when the early one becomes valid.
+        let dec =
+            |d: u32| chrono::NaiveDate::from_ymd_opt(2026, 12, d).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+        assert_eq!(out.wake, Some(dec(10)));
+        // Once a good certificate is served, an expired one in its Secret leaves it serving, with the reason; and
+        // the wake-up follows the certificate served.
         let renewed = [tls_secret("good", &["a.example.com"], 1, 5)];
         let later = compile(&gws[..1], &[], &[], &renewed, &out.certificates, now);
         let (s, _, m) = cond(&listener(&later, "secure", 0).conditions, "ResolvedRefs");
@@ -1026,5 +1074,6 @@ mod tests {
             "{m}"
         );
         assert_eq!(cond(&listener(&later, "secure", 0).conditions, "Programmed").0, "True");
+        assert_eq!(later.wake, Some(dec(20) + chrono::Duration::seconds(1)), "when the served one expires");
     }
 }

@@ -98,29 +98,26 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
 /// A standard's object (Gateway API's) as the cluster takes it: the same apiVersion, kind and spec, the metadata a
 /// user writes (name, namespace, labels, annotations), no status.
 fn pass_through(r: &Resource) -> Value {
-    let m = r.meta();
-    let mut meta = json!({ "name": m.name, "namespace": m.namespace() });
-    if !m.labels.is_empty() {
-        meta["labels"] = json!(m.labels);
-    }
+    json!({ "apiVersion": r.kind().api_version(), "kind": r.kind().name(), "metadata": written_meta(r.meta()), "spec": r.spec_value() })
+}
+
+/// The metadata a user writes (name, namespace, labels, annotations), labelled as Capstan's so that a prune may
+/// delete the object once it leaves the files.
+fn written_meta(m: &capstan_model::ObjectMeta) -> Value {
+    let mut labels = m.labels.clone();
+    labels.insert(crate::plan::MANAGED_BY.0.into(), crate::plan::MANAGED_BY.1.into());
+    let mut meta = json!({ "name": m.name, "namespace": m.namespace(), "labels": labels });
     if !m.annotations.is_empty() {
         meta["annotations"] = json!(m.annotations);
     }
-    json!({ "apiVersion": r.kind().api_version(), "kind": r.kind().name(), "metadata": meta, "spec": r.spec_value() })
+    meta
 }
 
 /// A Secret as the cluster's own `v1` Secret: every value base64 under `data` (a `stringData` value wins over a
 /// `data` value of the same key, as Kubernetes merges them), its `type` kept (`Opaque` without one).
 fn core_secret(s: &capstan_model::Secret) -> Value {
     use base64::Engine;
-    let m = &s.metadata;
-    let mut meta = json!({ "name": m.name, "namespace": m.namespace() });
-    if !m.labels.is_empty() {
-        meta["labels"] = json!(m.labels);
-    }
-    if !m.annotations.is_empty() {
-        meta["annotations"] = json!(m.annotations);
-    }
+    let meta = written_meta(&s.metadata);
     let data: std::collections::BTreeMap<&str, String> = s
         .spec
         .keys()

@@ -257,6 +257,7 @@ spec:
     assert_eq!(secrets[0]["apiVersion"], "v1");
     assert_eq!(secrets[0]["type"], "kubernetes.io/tls");
     assert_eq!(secrets[0]["metadata"]["labels"]["app"], "shop");
+    assert_eq!(secrets[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"], "capstan", "pruned when it leaves");
     assert_eq!(secrets[0]["data"], serde_json::json!({"tls.crt": "Y2VydA==", "tls.key": "a2V5"}));
     assert_eq!(secrets[1]["type"], "Opaque");
     assert_eq!(secrets[1]["data"], serde_json::json!({"extra": "ZXh0cmE=", "token": "czNjcmV0"}));

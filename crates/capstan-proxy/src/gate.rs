@@ -21,7 +21,7 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connections the API listener holds at once.
 pub const DEFAULT_API_MAX_CONNECTIONS: usize = 1024;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
@@ -96,6 +96,9 @@ pub struct Gate {
     /// Connections that are tunnels (never closed for room): at most half the budget, so that they cannot lock
     /// out everyone else.
     pinned: AtomicUsize,
+    /// HTTP/2 streams beyond the first of their connection: each may hold an upstream connection as a connection
+    /// does, so they share the budget with connections.
+    streams: AtomicUsize,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     next: AtomicU64,
     metrics: Arc<Metrics>,
@@ -109,6 +112,7 @@ impl Gate {
             header_timeout,
             open: AtomicUsize::new(0),
             pinned: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
             slots: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             metrics,
@@ -216,7 +220,7 @@ impl ListenerGate {
             Some((None, Refusal::Tunnels(gate.tunnel_limit())))
         } else if self.open.load(Ordering::Relaxed) >= cap {
             Some((Some(self.id), Refusal::ListenerFull(cap)))
-        } else if gate.open.load(Ordering::Relaxed) >= gate.budget {
+        } else if gate.open.load(Ordering::Relaxed) + gate.streams.load(Ordering::Relaxed) >= gate.budget {
             Some((None, Refusal::BudgetFull(gate.budget)))
         } else {
             None
@@ -364,6 +368,31 @@ impl Held {
     }
 }
 
+impl Held {
+    /// For an HTTP/2 request: a place in the budget when another stream of its connection is being answered too
+    /// (the first stream rides on the connection's own place), None when the budget is full. A request alone on
+    /// its connection needs none: `Some(None)`.
+    pub fn stream(&self) -> Option<Option<StreamPlace>> {
+        if self.0.slot.busy.load(Ordering::Acquire) <= 1 {
+            return Some(None);
+        }
+        let gate = self.0.listener.gate.clone();
+        let taken = gate.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (gate.open.load(Ordering::Relaxed) + n < gate.budget).then_some(n + 1)
+        });
+        taken.ok().map(|_| Some(StreamPlace(gate)))
+    }
+}
+
+/// The place in the budget of one HTTP/2 stream beyond its connection's first; freed when dropped.
+pub struct StreamPlace(Arc<Gate>);
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A request being answered; its connection is idle again when the last one is dropped.
 pub struct Activity(Arc<Slot>);
 
@@ -469,6 +498,25 @@ mod tests {
         assert_eq!((l.open(), g.open()), (2, 2));
         drop(third);
         assert_eq!(l.open(), 1);
+    }
+
+    #[test]
+    fn http2_streams_beyond_the_first_share_the_budget_with_connections() {
+        let g = gate(3);
+        let l = g.listener("test", 10);
+        let a = Arc::new(l.admit(true).unwrap());
+        let b = l.admit(true).unwrap();
+        let _held_b = b.activity();
+        let held = Held(a.clone());
+        let _first = a.activity();
+        assert!(matches!(held.stream(), Some(None)), "the first stream rides on its connection's place");
+        let _second = a.activity();
+        let place = held.stream().expect("room for one stream").expect("a place");
+        let _third = a.activity();
+        assert!(held.stream().is_none(), "two connections and one stream fill a budget of 3");
+        assert_eq!(l.admit(true).err(), Some(Refusal::BudgetFull(3)), "streams count against new connections too");
+        drop(place);
+        assert!(held.stream().expect("room again").is_some());
     }
 
     #[test]

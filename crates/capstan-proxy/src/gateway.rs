@@ -7,9 +7,10 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use capstan_model::gateway::{HeaderModifier, HttpPathModifier, PathModifierType, RequestRedirect, UrlRewrite};
 use capstan_model::{Expose, ObjectKey};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{HeaderMap, Request, Response, StatusCode, Uri};
+use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use rustls::server::{ClientHello, ResolvesServerCert};
 pub use rustls::sign::CertifiedKey;
 
@@ -163,7 +164,7 @@ pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, S
 }
 
 /// The TLS server configuration of an HTTPS socket: its certificates chosen by SNI, live; HTTP/2 or HTTP/1.1 by
-/// ALPN (a client offering neither gets HTTP/1.1).
+/// ALPN (a client sending no ALPN gets HTTP/1.1; one offering only other protocols is refused, as RFC 7301 says).
 pub(crate) fn tls_config(routes: Arc<Routes>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
@@ -210,6 +211,16 @@ pub fn normalize_path(path: &str) -> Option<String> {
     if !path.starts_with('/') {
         return None;
     }
+    // Most paths are normal already: no escape, no empty, `.` or `..` segment.
+    let plain = !path.contains('%')
+        && !path.contains("//")
+        && !path.contains("/./")
+        && !path.contains("/../")
+        && !path.ends_with("/.")
+        && !path.ends_with("/..");
+    if plain {
+        return Some(path.to_string());
+    }
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
@@ -243,7 +254,8 @@ pub fn normalize_path(path: &str) -> Option<String> {
     Some(out)
 }
 
-/// Serves one request arriving on a gateway listener; `sni` is the server name its TLS handshake asked for.
+/// Serves one request arriving on a gateway listener; `sni` is the server name its TLS handshake asked for,
+/// lower-cased and without a final dot.
 pub async fn handle(
     routes: Arc<Routes>,
     mut req: Request<Incoming>,
@@ -257,8 +269,26 @@ pub async fn handle(
             req.headers_mut().insert(header::HOST, v);
         }
     }
+    // An HTTP/2 stream beyond its connection's first takes a place in the connection budget, as it may hold an
+    // upstream connection as a connection does: without one, a few clients' streams could use every descriptor.
+    let place = match req.extensions().get::<crate::gate::Held>().filter(|_| req.version() == Version::HTTP_2) {
+        Some(held) => match held.stream() {
+            Some(place) => place,
+            None => {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Capstan holds as many connections and streams as it may; retry shortly".into(),
+                )
+            }
+        },
+        None => None,
+    };
     let host_header = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-    let host = host_of(host_header);
+    // A request naming no host (HTTP/1.0) is for the name its connection was made for.
+    let host = match (host_header, sni) {
+        ("", Some(name)) => name.to_string(),
+        _ => host_of(host_header),
+    };
     let Some(path) = normalize_path(req.uri().path()) else {
         return plain(StatusCode::BAD_REQUEST, "the request path must start with `/`".into());
     };
@@ -282,8 +312,7 @@ pub async fn handle(
         // A connection made for one listener's name (and certificate) may not carry another listener's requests:
         // a browser reusing an HTTP/2 connection for a second name its certificate covers is told to open one of
         // its own (RFC 9110 section 15.5.20).
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let chosen = hosts.iter().find(|h| h.host.matches(&name));
+        let chosen = hosts.iter().find(|h| h.host.matches(name));
         if chosen.is_some_and(|c| !std::ptr::eq(c, vhost)) {
             return plain(
                 StatusCode::MISDIRECTED_REQUEST,
@@ -310,6 +339,9 @@ pub async fn handle(
     }
     // What the client used, whatever it claims (a client on plain HTTP must not pass for one on HTTPS).
     let proto = HeaderValue::from_static(if routes.https { "https" } else { "http" });
+    if routes.https {
+        req.extensions_mut().insert(crate::http::OverTls);
+    }
     req.headers_mut().insert(HeaderName::from_static("x-forwarded-proto"), proto);
     if let Some(m) = &action.request_headers {
         modify(req.headers_mut(), m);
@@ -361,7 +393,10 @@ pub async fn handle(
     if let Some(m) = &action.response_headers {
         modify(answer.headers_mut(), m);
     }
-    answer
+    match place {
+        Some(place) => answer.map(|body| crate::serve::Tracked::new(body, place).boxed()),
+        None => answer,
+    }
 }
 
 /// Sets, adds and removes headers as a HeaderModifier says (names without regard to case).
@@ -501,6 +536,9 @@ mod tests {
             ("/a%2Fb", "/a%2Fb"),
             ("/a%zz", "/a%zz"),
             ("/trail%", "/trail%"),
+            ("/api/v1/items.json", "/api/v1/items.json"),
+            ("/a/..", "/"),
+            ("/.", "/"),
         ] {
             assert_eq!(normalize_path(raw).as_deref(), Some(want), "{raw}");
         }

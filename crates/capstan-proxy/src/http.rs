@@ -373,6 +373,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
     };
 
     let (parts, body) = req.into_parts();
+    let over_tls = parts.extensions.get::<OverTls>().is_some();
     let mut headers = parts.headers;
     // HTTP/1 says so with its framing headers, HTTP/2 with END_STREAM on the request's headers (hyper reads both).
     let no_body = length == Some(0) || body.is_end_stream();
@@ -537,12 +538,12 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
                 });
             }
             let (mut rparts, _) = resp.into_parts();
-            add_cookie(&mut rparts.headers, set_cookie, cookie_value);
+            add_cookie(&mut rparts.headers, set_cookie, cookie_value, over_tls);
             return Response::from_parts(rparts, boxed(Empty::<Bytes>::new()));
         }
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
-        add_cookie(&mut rparts.headers, set_cookie, cookie_value);
+        add_cookie(&mut rparts.headers, set_cookie, cookie_value, over_tls);
         let pooled = (!upgrade).then(|| (sender, backend.clone()));
         return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard, pooled }.boxed());
     }
@@ -560,9 +561,16 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
     fail(failure)
 }
 
-fn add_cookie(h: &mut HeaderMap, cookie: Option<&capstan_model::StickyCookie>, value: &str) {
+/// Marks a request that came over TLS (a gateway's HTTPS listener): its sticky cookie is `Secure`.
+#[derive(Clone, Copy)]
+pub(crate) struct OverTls;
+
+fn add_cookie(h: &mut HeaderMap, cookie: Option<&capstan_model::StickyCookie>, value: &str, secure: bool) {
     let Some(c) = cookie else { return };
     let mut v = format!("{}={value}; Path=/; HttpOnly; SameSite=Lax", c.name);
+    if secure {
+        v.push_str("; Secure");
+    }
     if let Some(age) = c.max_age {
         v.push_str(&format!("; Max-Age={age}"));
     }

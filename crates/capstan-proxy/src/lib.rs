@@ -438,7 +438,8 @@ async fn connection(
                     match outcome {
                         Some(Ok(Ok(tls))) => {
                             let session = tls.get_ref().1;
-                            let sni = session.server_name().map(Arc::from);
+                            let sni =
+                                session.server_name().map(|n| Arc::from(n.trim_end_matches('.').to_ascii_lowercase()));
                             if session.alpn_protocol() == Some(b"h2") {
                                 serve::serve_http2(tls, admitted, service(sni)).await
                             } else {

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,18 +16,33 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::gate::{Activity, Admitted};
 
-/// A response body that keeps its connection busy until it has been written (or dropped).
-pub struct Tracked<B> {
+/// A response body that holds `G` until it has been written (or dropped): its connection's activity (busy until
+/// then), or an HTTP/2 stream's place in the connection budget.
+pub struct Tracked<B, G = Activity> {
     inner: B,
-    _activity: Activity,
+    _guard: G,
+    /// On HTTP/2: since when (ms) a frame it gave has waited for the connection to take the next one; 0 while it
+    /// waits for data of its own.
+    waiting: Option<Arc<AtomicU64>>,
 }
 
-impl<B: Body + Unpin> Body for Tracked<B> {
+impl<B, G> Tracked<B, G> {
+    pub fn new(inner: B, guard: G) -> Tracked<B, G> {
+        Tracked { inner, _guard: guard, waiting: None }
+    }
+}
+
+impl<B: Body + Unpin, G: Unpin> Body for Tracked<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(w) = &self.waiting {
+            let since = if matches!(polled, Poll::Ready(Some(Ok(_)))) { crate::gate::now_ms() } else { 0 };
+            w.store(since, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -119,15 +136,50 @@ pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
 const H2_MAX_PENDING_RESETS: usize = 20;
 /// Streams the server may reset for a client's protocol errors before it closes the connection.
 const H2_MAX_ERROR_RESETS: usize = 256;
-/// The largest header block a client may send, as an HTTP/1 request's headers (hyper's default there).
+/// The largest header block a client may send (nginx's `large_client_header_buffers` allow 32 KiB).
 const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Response data buffered per stream before the client's window takes it (hyper's default is 400 KiB: 50 MB for a
+/// connection's 128 streams).
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
+/// The response bodies of one HTTP/2 connection, watched for a client that stops taking data: with a flow-control
+/// window it never opens, no write ever blocks (so [`TimedIo`] never fires) while the stream, its backend connection
+/// and the client connection's place stay held. A body whose frame has waited longer than the send timeout for
+/// the connection to take it closes the connection, as nginx's `send_timeout` does.
+#[derive(Default)]
+struct Stalls {
+    bodies: std::sync::Mutex<Vec<Weak<AtomicU64>>>,
+}
+
+impl Stalls {
+    /// A new body's clock, started: a body never polled waits as much as one whose frame was not taken.
+    fn watch(&self) -> Arc<AtomicU64> {
+        let w = Arc::new(AtomicU64::new(crate::gate::now_ms()));
+        let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
+        bodies.retain(|b| b.strong_count() > 0);
+        bodies.push(Arc::downgrade(&w));
+        w
+    }
+
+    /// Whether a body still being sent has waited longer than `limit` for the connection to take its data.
+    fn stalled(&self, limit: Duration) -> bool {
+        let now = crate::gate::now_ms();
+        let limit = limit.as_millis() as u64;
+        let bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
+        bodies.iter().filter_map(Weak::upgrade).any(|w| {
+            let since = w.load(Ordering::Relaxed);
+            since != 0 && now.saturating_sub(since) > limit
+        })
+    }
+}
 
 /// Wraps a service so that every request counts its connection busy until its response body is written, and
-/// carries the connection's place in the gate (for tunnels).
+/// carries the connection's place in the gate (for tunnels); on HTTP/2, each body is watched for stalls.
 #[derive(Clone)]
 struct TrackedService<S> {
     slot: std::sync::Arc<Admitted>,
     service: S,
+    stalls: Option<Arc<Stalls>>,
 }
 
 impl<S, B> Service<Request<Incoming>> for TrackedService<S>
@@ -144,9 +196,10 @@ where
         let activity = self.slot.activity();
         req.extensions_mut().insert(crate::gate::Held(self.slot.clone()));
         let fut = self.service.call(req);
+        let stalls = self.stalls.clone();
         Box::pin(async move {
             let res = fut.await?;
-            Ok(res.map(|inner| Tracked { inner, _activity: activity }))
+            Ok(res.map(|inner| Tracked { inner, _guard: activity, waiting: stalls.map(|s| s.watch()) }))
         })
     }
 }
@@ -154,15 +207,25 @@ where
 /// Runs one served connection (HTTP/1 or HTTP/2, whose types share no trait for this) until it ends, the gate
 /// evicts it, or it has been idle for the header timeout.
 macro_rules! drive {
-    ($conn:expr, $slot:expr) => {{
+    ($conn:expr, $slot:expr, $stalls:expr) => {{
         let slot = $slot;
+        let stalls: Option<&Stalls> = $stalls;
         let timeout = slot.listener().gate().header_timeout();
+        let send_timeout = slot.listener().gate().send_timeout();
         let conn = $conn;
         tokio::pin!(conn);
         let mut check = timeout;
+        // Its own clock: the idle check's sleep starts over at every turn of the loop.
+        let mut stall_check = tokio::time::interval(send_timeout / 4);
         loop {
             tokio::select! {
                 _ = conn.as_mut() => break,
+                _ = stall_check.tick(), if stalls.is_some() => {
+                    if stalls.is_some_and(|s| s.stalled(send_timeout)) {
+                        tracing::debug!("closing an HTTP/2 connection whose client took no data for {send_timeout:?}");
+                        break;
+                    }
+                }
                 _ = slot.evicted() => {
                     // Chosen while idle, but a request may have begun since: it is answered, then the connection
                     // closes. An idle one closes now.
@@ -199,7 +262,7 @@ where
 {
     let stream = TimedIo::new(stream, admitted.listener().gate().send_timeout());
     let slot = std::sync::Arc::new(admitted);
-    let svc = TrackedService { slot: slot.clone(), service };
+    let svc = TrackedService { slot: slot.clone(), service, stalls: None };
     // hyper's own header-read timeout also runs while a response is still streaming (it reads ahead for the next
     // request), so it would cut off watches, `logs -f` and long downloads: the timeout is kept in `drive` instead,
     // on the time the connection has been idle — no request being answered, whether it sent nothing, half a header
@@ -209,7 +272,7 @@ where
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
-    drive!(conn, &slot);
+    drive!(conn, &slot, None::<&Stalls>);
 }
 
 /// Serves `stream` (TLS that negotiated `h2`) with `service` over HTTP/2, with the same idle timeout and eviction
@@ -226,13 +289,15 @@ where
 {
     let stream = TimedIo::new(stream, admitted.listener().gate().send_timeout());
     let slot = std::sync::Arc::new(admitted);
-    let svc = TrackedService { slot: slot.clone(), service };
+    let stalls = Arc::new(Stalls::default());
+    let svc = TrackedService { slot: slot.clone(), service, stalls: Some(stalls.clone()) };
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
         .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_send_buf_size(H2_SEND_BUFFER)
         .serve_connection(TokioIo::new(stream), svc);
-    drive!(conn, &slot);
+    drive!(conn, &slot, Some(&*stalls));
 }

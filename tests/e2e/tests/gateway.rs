@@ -552,7 +552,9 @@ async fn https_listeners_serve_certificates_from_secrets_by_sni_and_swap_them_li
         "yaml",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("type: kubernetes.io/tls") && text(&out).contains("tls.key: |"), "{}", text(&out));
+    let printed = text(&out);
+    assert!(printed.contains("apiVersion: v1\nkind: Secret\n"), "kubectl's shape: {printed}");
+    assert!(printed.contains("type: kubernetes.io/tls") && printed.contains("tls.key: LS0tLS1CRUdJTi"), "{printed}");
     let wrong_key = files.join("shop.key");
     let out = tp.cli(&["create", "secret", "tls", "shop-tls", "--cert", crt_arg, "--key", wrong_key.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "a key of another certificate is refused here: {}", text(&out));
@@ -689,6 +691,14 @@ async fn https_listeners_speak_http2_with_limits_and_carry_websockets_over_tls()
     assert!(body.contains("open a new one for api.example.org"), "{body}");
     let (_, _, leaf) = https_get(https, "api.example.org", "/", &ca_pem).await.expect("its own connection");
     assert_eq!(leaf, der_of(&wild_crt));
+    // Another name of the same listener on one connection is fine (a wildcard certificate covers both).
+    let tls = tls_connect(https, "api.example.org", &ca_pem, &[b"h2"]).await.expect("TLS");
+    let (mut wild, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    assert_eq!(h2_send(&mut wild, get(url("www.example.org", "/"))).await, (200, "web-0".to_string()));
 
     // The h2 library's client shows what the server advertised: at most 128 concurrent streams.
     let tls = tls_connect(https, "shop.example.test", &ca_pem, &[b"h2"]).await.expect("TLS");
@@ -827,6 +837,9 @@ spec:
     // The session cookie of replica web-1, which is killed below.
     let client = https_client(&ca_pem);
     let url = format!("https://127.0.0.1:{port}/version");
+    let res = client.request(hyper::Request::get(&url).body(Default::default()).unwrap()).await.expect("an answer");
+    let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.starts_with("WEB_NODE=") && set_cookie.ends_with("; Secure"), "over HTTPS: {set_cookie}");
     let pinned = eventually("a session on web-1", T, || async {
         let res = client.request(hyper::Request::get(&url).body(Default::default()).ok()?).await.ok()?;
         let cookie = res.headers().get("set-cookie")?.to_str().ok()?.split(';').next()?.to_string();
@@ -907,5 +920,40 @@ spec:
         "pinned: {:?}",
         before.iter().find(|s| !s.body.ends_with("web-1"))
     );
+    tp.stop().await;
+}
+
+/// An HTTP/2 client that never opens its flow-control window holds its stream, its backend connection and its
+/// connection's place for no longer than the send timeout (four header timeouts): the connection is closed, as an
+/// HTTP/1.1 client that reads nothing is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_takes_no_data_is_closed_after_the_send_timeout() {
+    let tp = TestPlane::start_with(|c| c.header_timeout = Duration::from_secs(1)).await;
+    let (ca, ca_pem) = test_ca();
+    let (shop_crt, shop_key) = certificate_for(&["shop.example.test"], &ca);
+    let (wild_crt, wild_key) = certificate_for(&["*.example.org"], &ca);
+    let (https, http) = (free_port(), free_port());
+    tp.apply(&secure_site(https, http, (&shop_crt, &shop_key), (&wild_crt, &wild_key)));
+    eventually("web Ready over HTTPS", T, || async {
+        https_get(https, "shop.example.test", "/", &ca_pem).await.filter(|r| r.0 == 200)
+    })
+    .await;
+    let tls = tls_connect(https, "shop.example.test", &ca_pem, &[b"h2"]).await.expect("TLS");
+    let (client, conn) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, bytes::Bytes>(tls).await.expect("h2");
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = hyper::Request::get(format!("https://shop.example.test:{https}/bytes/100000")).body(()).unwrap();
+    let (response, _) = client.send_request(req, true).expect("sent");
+    let response = tokio::time::timeout(T, response).await.expect("headers in time").expect("a response");
+    assert_eq!(response.status(), 200, "the headers come; the body cannot, the window being shut");
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(30), conn).await;
+    assert!(ended.is_ok(), "the stalled connection is closed");
+    let after = started.elapsed();
+    assert!(after >= Duration::from_secs(3), "not before the send timeout ({after:?})");
+    // Others are served meanwhile and after.
+    let (code, body, _) = https_get(https, "shop.example.test", "/", &ca_pem).await.expect("served");
+    assert_eq!((code, body.as_str()), (200, "web-0"));
     tp.stop().await;
 }

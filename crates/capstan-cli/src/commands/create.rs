@@ -66,6 +66,22 @@ fn values(what: &CreateSecret) -> Result<(String, BTreeMap<String, String>, Opti
     }
 }
 
+/// The v1 Secret of Capstan's `object`: `type` and `data` (base64) beside `metadata`.
+fn core_secret(object: &serde_json::Value) -> serde_json::Value {
+    use base64::Engine;
+    let data: BTreeMap<&str, String> = object["spec"]["stringData"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default())))
+        .collect();
+    let mut core = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": object["metadata"], "data": data });
+    if let Some(t) = object["spec"]["type"].as_str() {
+        core["type"] = json!(t);
+    }
+    core
+}
+
 pub(super) async fn create_secret(client: impl FnOnce() -> Result<Client>, what: CreateSecret) -> Result<u8> {
     let (name, values, type_) = values(&what)?;
     let (namespace, dry_run, output) = match &what {
@@ -90,11 +106,19 @@ pub(super) async fn create_secret(client: impl FnOnce() -> Result<Client>, what:
         return Err(Failure::invalid(format!("error: secret {name}: {e}")).into());
     }
     match dry_run.as_deref() {
+        None if output.is_some() => {
+            return Err(Failure::invalid(
+                "error: -o prints the Secret instead of applying it: give --dry-run=client with it",
+            )
+            .into());
+        }
         None => {}
         Some("client") => {
+            // As kubectl prints it: Kubernetes' own v1 Secret, which Capstan takes as written too.
+            let core = core_secret(&object);
             match output.as_deref() {
-                Some("yaml") => print!("{}", capstan_model::yaml::to_yaml_string(&object)),
-                Some("json") => println!("{}", serde_json::to_string_pretty(&object).unwrap_or_default()),
+                Some("yaml") => print!("{}", capstan_model::yaml::to_yaml_string(&core)),
+                Some("json") => println!("{}", serde_json::to_string_pretty(&core).unwrap_or_default()),
                 Some(other) => {
                     return Err(Failure::invalid(format!("error: -o {other}: use yaml or json")).into());
                 }

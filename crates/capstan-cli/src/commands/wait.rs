@@ -22,7 +22,12 @@ pub(super) fn is_ready(obj: &Value) -> bool {
     match obj["kind"].as_str() {
         // Gateway API's own health: a Gateway is Programmed; a route is Accepted, with its references resolved, by
         // every parent it names.
-        Some("Gateway") => return holds(&obj["status"]["conditions"], "Programmed", gen),
+        Some("Gateway") => {
+            // Gateway API calls a Gateway Programmed when any listener is: every one must be here.
+            let listeners = obj["status"]["listeners"].as_array();
+            return holds(&obj["status"]["conditions"], "Programmed", gen)
+                && listeners.is_some_and(|ls| ls.iter().all(|l| holds(&l["conditions"], "Programmed", gen)));
+        }
         Some("HTTPRoute") => {
             let parents = obj["status"]["parents"].as_array();
             return parents.is_some_and(|ps| {
@@ -137,8 +142,15 @@ mod tests {
     #[test]
     fn gateways_are_ready_when_programmed_and_routes_when_every_parent_accepts_them() {
         let c = |t: &str, s: &str, g: i64| serde_json::json!({"type": t, "status": s, "observedGeneration": g});
-        let gw = |cs: Value| serde_json::json!({"kind": "Gateway", "metadata": {"generation": 2}, "status": {"conditions": cs}});
+        let listener = |s: &str| serde_json::json!({"conditions": [c("Programmed", s, 2)]});
+        let gw = |cs: Value| {
+            serde_json::json!({"kind": "Gateway", "metadata": {"generation": 2},
+                               "status": {"conditions": cs, "listeners": [listener("True"), listener("True")]}})
+        };
         assert!(is_ready(&gw(serde_json::json!([c("Accepted", "True", 2), c("Programmed", "True", 2)]))));
+        let mut one_down = gw(serde_json::json!([c("Programmed", "True", 2)]));
+        one_down["status"]["listeners"][1] = listener("False");
+        assert!(!is_ready(&one_down), "every listener, not any");
         assert!(!is_ready(&gw(serde_json::json!([c("Programmed", "True", 1)]))), "an older generation's");
         assert!(!is_ready(&gw(serde_json::json!([c("Programmed", "False", 2)]))));
         let route = |parents: Value| serde_json::json!({"kind": "HTTPRoute", "metadata": {"generation": 1}, "status": {"parents": parents}});
