@@ -215,12 +215,19 @@ macro_rules! drive {
         let conn = $conn;
         tokio::pin!(conn);
         let mut check = timeout;
-        // Its own clock: the idle check's sleep starts over at every turn of the loop.
-        let mut stall_check = tokio::time::interval(send_timeout / 4);
+        // Its own clock (the idle check's sleep starts over at every turn of the loop), for HTTP/2 only.
+        let mut stall_check = stalls.map(|_| tokio::time::interval(send_timeout / 4));
         loop {
             tokio::select! {
                 _ = conn.as_mut() => break,
-                _ = stall_check.tick(), if stalls.is_some() => {
+                _ = async {
+                    match stall_check.as_mut() {
+                        Some(i) => {
+                            i.tick().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
                     if stalls.is_some_and(|s| s.stalled(send_timeout)) {
                         tracing::debug!("closing an HTTP/2 connection whose client took no data for {send_timeout:?}");
                         break;
