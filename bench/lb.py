@@ -89,6 +89,23 @@ class Capstan:
 # connection on the other backend, and send X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host.
 
 
+# nginx's proxying, as every benchmark configures it: keep-alive upstream, a retry on another backend, X-Forwarded-*.
+NGINX_LOCATION = """    location / {
+      proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_next_upstream error timeout;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+    }"""
+
+
+def start_nginx(conf, d, wrap=()):
+    """nginx in the foreground with `conf`, written to `d`."""
+    path = f"{d}/nginx.conf"
+    open(path, "w").write(conf)
+    return subprocess.Popen([*wrap, "nginx", "-c", path, "-p", d, "-g", "daemon off;"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def nginx(backends, port, d, workers=2, prefix="", wrap=()):
     conf = f"""{prefix}worker_processes {workers};
 pid {d}/nginx.pid;
@@ -99,18 +116,11 @@ http {{
   upstream be {{ {" ".join(f"server 127.0.0.1:{b} max_fails=1 fail_timeout=10s;" for b in backends)} keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_next_upstream error timeout;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $host;
-    }}
+{NGINX_LOCATION}
   }}
 }}
 """
-    path = f"{d}/nginx.conf"
-    open(path, "w").write(conf)
-    return subprocess.Popen([*wrap, "nginx", "-c", path, "-p", d, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start_nginx(conf, d, wrap)
 
 
 def haproxy(backends, port, sticky_port, d, threads=2, wrap=()):

@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import api_call, free_port, rss_kib, wrk  # noqa: E402
-from lb import children, cpu_seconds, wait_http  # noqa: E402
+from lb import NGINX_LOCATION, children, cpu_seconds, start_nginx, wait_http  # noqa: E402
 
 PATH = "/bytes/1024"
 # Every proxy keeps an idle client connection this long, so that the idle-memory measurement is not cut short.
@@ -98,19 +98,11 @@ http {{
     ssl_certificate {crt};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.3;
-    location / {{
-      proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_next_upstream error timeout;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $host;
-    }}
+{NGINX_LOCATION}
   }}
 }}
 """
-    path = f"{d}/nginx.conf"
-    open(path, "w").write(conf)
-    return subprocess.Popen(["nginx", "-c", path, "-p", d, "-g", "daemon off;"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return start_nginx(conf, d)
 
 
 def haproxy(backends, port, d):

@@ -37,7 +37,12 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, gate: Arc<Lis
                 let _ = stream.set_nodelay(true);
                 match tls.clone() {
                     None => {
-                        conns.spawn(capstan_proxy::serve::serve_http(stream, admitted, svc));
+                        conns.spawn(capstan_proxy::serve::serve_http(
+                            stream,
+                            admitted,
+                            svc,
+                            capstan_proxy::serve::Protocol::Http1,
+                        ));
                     }
                     Some(acceptor) => {
                         // A handshake that does not finish in time is dropped, as a request whose headers do not
@@ -45,7 +50,15 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, gate: Arc<Lis
                         let limit = admitted.listener().gate().header_timeout();
                         conns.spawn(async move {
                             match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => capstan_proxy::serve::serve_http(tls, admitted, svc).await,
+                                Ok(Ok(tls)) => {
+                                    capstan_proxy::serve::serve_http(
+                                        tls,
+                                        admitted,
+                                        svc,
+                                        capstan_proxy::serve::Protocol::Http1,
+                                    )
+                                    .await
+                                }
                                 Ok(Err(e)) => tracing::debug!(%source, "TLS handshake failed: {e}"),
                                 Err(_) => tracing::debug!(%source, "TLS handshake timed out"),
                             }
@@ -89,7 +102,7 @@ pub async fn serve_unix(listener: tokio::net::UnixListener, app: Router, gate: A
         backoff.reset();
         if let Ok(admitted) = gate.admit(true) {
             let svc = WithSource { inner: TowerToHyperService::new(app.clone()), source: None };
-            conns.spawn(capstan_proxy::serve::serve_http(stream, admitted, svc));
+            conns.spawn(capstan_proxy::serve::serve_http(stream, admitted, svc, capstan_proxy::serve::Protocol::Http1));
         }
     }
 }

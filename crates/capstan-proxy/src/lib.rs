@@ -424,7 +424,7 @@ async fn connection(
             };
             let _ = stream.set_nodelay(true);
             match tls {
-                None => serve::serve_http(stream, admitted, service(None)).await,
+                None => serve::serve_http(stream, admitted, service(None), serve::Protocol::Http1).await,
                 Some(acceptor) => {
                     // A handshake must finish within the header timeout, as headers must come: a client that
                     // opens connections and sends nothing cannot hold them.
@@ -440,11 +440,11 @@ async fn connection(
                             let session = tls.get_ref().1;
                             let sni =
                                 session.server_name().map(|n| Arc::from(n.trim_end_matches('.').to_ascii_lowercase()));
-                            if session.alpn_protocol() == Some(b"h2") {
-                                serve::serve_http2(tls, admitted, service(sni)).await
-                            } else {
-                                serve::serve_http(tls, admitted, service(sni)).await
-                            }
+                            let protocol = match session.alpn_protocol() {
+                                Some(b"h2") => serve::Protocol::Http2,
+                                _ => serve::Protocol::Http1,
+                            };
+                            serve::serve_http(tls, admitted, service(sni), protocol).await
                         }
                         Some(Ok(Err(e))) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Some(Err(_)) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -468,7 +468,7 @@ async fn connection(
                 async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, client).await) }
             });
             let _ = stream.set_nodelay(true);
-            serve::serve_http(stream, admitted, svc).await;
+            serve::serve_http(stream, admitted, svc, serve::Protocol::Http1).await;
         }
     }
 }

@@ -255,36 +255,17 @@ macro_rules! drive {
     }};
 }
 
-/// Serves `stream` (a TCP connection, or TLS over one, or a Unix socket's) with `service` over HTTP/1.1 until the
-/// client closes it, its headers time out, or the gate evicts it.
-pub async fn serve_http<IO, S, B>(stream: IO, admitted: Admitted, service: S)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Unpin + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = TimedIo::new(stream, admitted.listener().gate().send_timeout());
-    let slot = std::sync::Arc::new(admitted);
-    let svc = TrackedService { slot: slot.clone(), service, stalls: None };
-    // hyper's own header-read timeout also runs while a response is still streaming (it reads ahead for the next
-    // request), so it would cut off watches, `logs -f` and long downloads: the timeout is kept in `drive` instead,
-    // on the time the connection has been idle — no request being answered, whether it sent nothing, half a header
-    // or is waiting between kept-alive requests.
-    let conn = http1::Builder::new()
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
-    drive!(conn, &slot, None::<&Stalls>);
+/// The protocol a connection speaks: HTTP/1.1, or HTTP/2 once ALPN chose `h2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
 }
 
-/// Serves `stream` (TLS that negotiated `h2`) with `service` over HTTP/2, with the same idle timeout and eviction
-/// as HTTP/1 and the limits above.
-pub async fn serve_http2<IO, S, B>(stream: IO, admitted: Admitted, service: S)
+/// Serves `stream` (a TCP connection, or TLS over one, or a Unix socket's) with `service` in `protocol` until the
+/// client closes it, its headers time out, or the gate evicts it; HTTP/2 with the limits above, and closed when a
+/// client stops taking data.
+pub async fn serve_http<IO, S, B>(stream: IO, admitted: Admitted, service: S, protocol: Protocol)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -294,17 +275,34 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = TimedIo::new(stream, admitted.listener().gate().send_timeout());
-    let slot = std::sync::Arc::new(admitted);
-    let stalls = Arc::new(Stalls::default());
-    let svc = TrackedService { slot: slot.clone(), service, stalls: Some(stalls.clone()) };
-    let conn = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
-        .max_header_list_size(H2_MAX_HEADER_LIST)
-        .max_send_buf_size(H2_SEND_BUFFER)
-        .serve_connection(TokioIo::new(stream), svc);
-    drive!(conn, &slot, Some(&*stalls));
+    let stream = TokioIo::new(TimedIo::new(stream, admitted.listener().gate().send_timeout()));
+    let slot = Arc::new(admitted);
+    match protocol {
+        Protocol::Http1 => {
+            let svc = TrackedService { slot: slot.clone(), service, stalls: None };
+            // hyper's own header-read timeout also runs while a response is still streaming (it reads ahead for
+            // the next request), so it would cut off watches, `logs -f` and long downloads: the timeout is kept in
+            // `drive` instead, on the time the connection has been idle — no request being answered, whether it
+            // sent nothing, half a header or is waiting between kept-alive requests.
+            let conn = http1::Builder::new()
+                .header_read_timeout(None)
+                .keep_alive(true)
+                .serve_connection(stream, svc)
+                .with_upgrades();
+            drive!(conn, &slot, None::<&Stalls>);
+        }
+        Protocol::Http2 => {
+            let stalls = Arc::new(Stalls::default());
+            let svc = TrackedService { slot: slot.clone(), service, stalls: Some(stalls.clone()) };
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+                .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+                .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
+                .max_header_list_size(H2_MAX_HEADER_LIST)
+                .max_send_buf_size(H2_SEND_BUFFER)
+                .serve_connection(stream, svc);
+            drive!(conn, &slot, Some(&*stalls));
+        }
+    }
 }

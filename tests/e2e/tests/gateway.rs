@@ -478,6 +478,27 @@ spec:
     )
 }
 
+/// What [`serve_secure_site`] set up: its CA, the wildcard listener's certificate and the HTTPS port.
+struct Site {
+    ca_pem: String,
+    wild_crt: String,
+    https: u16,
+}
+
+/// [`secure_site`] with certificates from a fresh CA, applied, and served over HTTPS.
+async fn serve_secure_site(tp: &TestPlane) -> Site {
+    let (ca, ca_pem) = test_ca();
+    let (shop_crt, shop_key) = certificate_for(&["shop.example.test"], &ca);
+    let (wild_crt, wild_key) = certificate_for(&["*.example.org"], &ca);
+    let (https, http) = (free_port(), free_port());
+    tp.apply(&secure_site(https, http, (&shop_crt, &shop_key), (&wild_crt, &wild_key)));
+    eventually("web Ready over HTTPS", T, || async {
+        https_get(https, "shop.example.test", "/", &ca_pem).await.filter(|r| r.0 == 200)
+    })
+    .await;
+    Site { ca_pem, wild_crt, https }
+}
+
 fn tls_secret(name: &str, cert: &str, key: &str) -> String {
     let indent = |s: &str| s.lines().map(|l| format!("      {l}\n")).collect::<String>();
     format!(
@@ -501,6 +522,19 @@ fn core_tls_secret(name: &str, cert: &str, key: &str) -> String {
 fn der_of(pem: &str) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a certificate").to_vec()
+}
+
+/// Waits until the `shop` listener of Gateway `secure` says `needle` in its ResolvedRefs (False,
+/// InvalidCertificateRef); returns the whole message.
+async fn shop_refs_saying(tp: &TestPlane, needle: &str) -> String {
+    eventually(&format!("the listener reports: {needle}"), T, || async {
+        let g = tp.client.get("/api/v1/namespaces/default/gateways/secure").await.ok()?;
+        let c = condition(&g["status"]["listeners"][0]["conditions"], "ResolvedRefs").clone();
+        let message = c["message"].as_str()?.to_string();
+        (c["status"] == "False" && c["reason"] == "InvalidCertificateRef" && message.contains(needle))
+            .then_some(message)
+    })
+    .await
 }
 
 /// HTTPS listeners terminate TLS with certificates from Secrets (Capstan's, and Kubernetes' own `v1` Secret as
@@ -571,14 +605,7 @@ async fn https_listeners_serve_certificates_from_secrets_by_sni_and_swap_them_li
     // A key that does not match: the last good certificate keeps serving, and the listener says why.
     let (_, other_key) = certificate_for(&["shop.example.test"], &ca);
     tp.apply(&tls_secret("shop-tls", &next_crt, &other_key));
-    let gw = eventually("the listener reports the bad Secret", T, || async {
-        let g = tp.client.get("/api/v1/namespaces/default/gateways/secure").await.ok()?;
-        let c = condition(&g["status"]["listeners"][0]["conditions"], "ResolvedRefs").clone();
-        (c["reason"] == "InvalidCertificateRef").then_some(c)
-    })
-    .await;
-    let message = gw["message"].as_str().unwrap();
-    assert!(message.contains("Secret default/shop-tls: tls.key is not the key of the certificate"), "{message}");
+    let message = shop_refs_saying(&tp, "Secret default/shop-tls: tls.key is not the key of the certificate").await;
     assert!(message.contains("the previous certificate is still served"), "{message}");
     let (code, _, leaf) = https_get(https, "shop.example.test", "/", &ca_pem).await.expect("still served");
     assert_eq!((code, leaf), (200, der_of(&next_crt)));
@@ -589,26 +616,10 @@ async fn https_listeners_serve_certificates_from_secrets_by_sni_and_swap_them_li
         p.not_after = rcgen::date_time_ymd(2021, 1, 1);
     });
     tp.apply(&tls_secret("shop-tls", &old_crt, &old_key));
-    eventually("the listener reports the expired certificate", T, || async {
-        let g = tp.client.get("/api/v1/namespaces/default/gateways/secure").await.ok()?;
-        let c = condition(&g["status"]["listeners"][0]["conditions"], "ResolvedRefs").clone();
-        c["message"]
-            .as_str()?
-            .contains("Secret default/shop-tls: the certificate in tls.crt expired at 2021-01-01T00:00:00Z")
-            .then_some(())
-    })
-    .await;
+    shop_refs_saying(&tp, "Secret default/shop-tls: the certificate in tls.crt expired at 2021-01-01T00:00:00Z").await;
     let (other_crt, other_key) = certificate_for(&["elsewhere.example.test"], &ca);
     tp.apply(&tls_secret("shop-tls", &other_crt, &other_key));
-    eventually("the listener reports a certificate for another name", T, || async {
-        let g = tp.client.get("/api/v1/namespaces/default/gateways/secure").await.ok()?;
-        let c = condition(&g["status"]["listeners"][0]["conditions"], "ResolvedRefs").clone();
-        c["message"]
-            .as_str()?
-            .contains("names elsewhere.example.test, not the listener's hostname shop.example.test")
-            .then_some(())
-    })
-    .await;
+    shop_refs_saying(&tp, "names elsewhere.example.test, not the listener's hostname shop.example.test").await;
     let (code, _, leaf) = https_get(https, "shop.example.test", "/", &ca_pem).await.expect("still served");
     assert_eq!((code, leaf), (200, der_of(&next_crt)), "the last good certificate");
     tp.stop().await;
@@ -639,15 +650,7 @@ async fn https_listeners_speak_http2_with_limits_and_carry_websockets_over_tls()
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
     type Req = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
     let tp = TestPlane::start().await;
-    let (ca, ca_pem) = test_ca();
-    let (shop_crt, shop_key) = certificate_for(&["shop.example.test"], &ca);
-    let (wild_crt, wild_key) = certificate_for(&["*.example.org"], &ca);
-    let (https, http) = (free_port(), free_port());
-    tp.apply(&secure_site(https, http, (&shop_crt, &shop_key), (&wild_crt, &wild_key)));
-    eventually("web Ready over HTTPS", T, || async {
-        https_get(https, "shop.example.test", "/", &ca_pem).await.filter(|r| r.0 == 200)
-    })
-    .await;
+    let Site { ca_pem, wild_crt, https, .. } = serve_secure_site(&tp).await;
 
     // hyper's HTTP/2 client: ALPN chooses h2.
     let tls = tls_connect(https, "shop.example.test", &ca_pem, &[b"h2", b"http/1.1"]).await.expect("TLS");
@@ -929,15 +932,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_takes_no_data_is_closed_after_the_send_timeout() {
     let tp = TestPlane::start_with(|c| c.header_timeout = Duration::from_secs(1)).await;
-    let (ca, ca_pem) = test_ca();
-    let (shop_crt, shop_key) = certificate_for(&["shop.example.test"], &ca);
-    let (wild_crt, wild_key) = certificate_for(&["*.example.org"], &ca);
-    let (https, http) = (free_port(), free_port());
-    tp.apply(&secure_site(https, http, (&shop_crt, &shop_key), (&wild_crt, &wild_key)));
-    eventually("web Ready over HTTPS", T, || async {
-        https_get(https, "shop.example.test", "/", &ca_pem).await.filter(|r| r.0 == 200)
-    })
-    .await;
+    let Site { ca_pem, https, .. } = serve_secure_site(&tp).await;
     let tls = tls_connect(https, "shop.example.test", &ca_pem, &[b"h2"]).await.expect("TLS");
     let (client, conn) =
         h2::client::Builder::new().initial_window_size(0).handshake::<_, bytes::Bytes>(tls).await.expect("h2");
