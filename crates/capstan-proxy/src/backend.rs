@@ -78,6 +78,11 @@ impl Backend {
             && !self.ejected.load(Ordering::Acquire)
     }
 
+    /// Taken out of rotation for a drain.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
     }

@@ -440,6 +440,19 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         if attempt > 0 {
             entry.metrics_of(&backend).retries.inc();
         }
+        // Counted in flight from the moment the replica is chosen, before a connection is taken: a drain waits for
+        // the replica's in-flight requests, then its process is stopped, closing its idle connections — one this
+        // request was about to write to, had it been counted only once sent.
+        let guard = backend.track();
+        if backend.is_draining() {
+            // The drain began between the choice and the count: another replica, if there is one.
+            tried.push(backend.name.clone());
+            if let Some(b) = entry.backends.pick(cfg.expose.balance, &tried) {
+                backend = b;
+                pending = Some(req);
+                continue;
+            }
+        }
         let mut pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
         if pooled.is_some() && !replayable {
             // The connection's own task runs on this thread. Yield once (tokio polls the I/O driver before it
@@ -464,7 +477,6 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
                 Err(e)
             }
             Ok(mut sender) => {
-                let guard = backend.track();
                 let sent = tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await;
                 match sent {
                     Err(_) if !no_body && !body_done.load(std::sync::atomic::Ordering::Acquire) => {
