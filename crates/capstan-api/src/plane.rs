@@ -521,7 +521,7 @@ pub fn controller_of(kind: Kind) -> Option<&'static str> {
         // Read by the controllers of the kinds that use it (a Source's credentials, a Database's URL).
         Kind::Secret => None,
         // One controller compiles both into the balancer's listeners.
-        Kind::Gateway | Kind::HTTPRoute => Some("Gateway"),
+        Kind::Gateway | Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => Some("Gateway"),
         // The throwaway kind's reconciler is started by its own test.
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,

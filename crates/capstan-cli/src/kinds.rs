@@ -5,8 +5,8 @@ mod app;
 mod database;
 mod escalation_policy;
 mod gateway;
-mod http_route;
 mod model_server;
+mod route;
 mod secret;
 mod source;
 mod sync;
@@ -68,7 +68,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::AlertRule => alert_rule::columns(),
         Kind::EscalationPolicy => escalation_policy::columns(),
         Kind::Gateway => gateway::columns(),
-        Kind::HTTPRoute => http_route::columns(),
+        Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::columns(),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::columns(),
     };
@@ -94,7 +94,9 @@ fn wide_of(kind: Kind) -> Option<Wide> {
         | Kind::AlertRule
         | Kind::EscalationPolicy
         | Kind::Gateway
-        | Kind::HTTPRoute => None,
+        | Kind::HTTPRoute
+        | Kind::TLSRoute
+        | Kind::TCPRoute => None,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,
     }
@@ -119,7 +121,7 @@ pub fn row(kind: Kind, o: &Value, all: bool, wide: bool, now: DateTime<Utc>) -> 
         Kind::AlertRule => alert_rule::cells(o),
         Kind::EscalationPolicy => escalation_policy::cells(o),
         Kind::Gateway => gateway::cells(o),
-        Kind::HTTPRoute => http_route::cells(o),
+        Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::cells(o),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::cells(o),
     };
@@ -145,7 +147,7 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
         Kind::AlertRule => alert_rule::describe,
         Kind::EscalationPolicy => escalation_policy::describe,
         Kind::Gateway => gateway::describe,
-        Kind::HTTPRoute => http_route::describe,
+        Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::describe,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::describe,
     };

@@ -11,20 +11,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_model::gateway::{
-    Condition, FromNamespaces, Gateway, GatewayAddress, GatewayStatus, HttpBackendRef, HttpFilterType, HttpRoute,
-    HttpRouteRule, Listener, ListenerProtocol, ListenerStatus, ParentReference, RouteGroupKind, RouteParentStatus,
-    RouteStatus, CONTROLLER_NAME, GATEWAY_GROUP,
+    BackendObjectReference, Condition, FromNamespaces, Gateway, GatewayAddress, GatewayStatus, HttpFilterType,
+    HttpRoute, HttpRouteRule, Listener, ListenerProtocol, ListenerStatus, ParentReference, RouteGroupKind,
+    RouteParentStatus, RouteStatus, TlsMode, CONTROLLER_NAME, GATEWAY_GROUP,
 };
 use capstan_model::{App, Expose, ObjectKey, Secret, Sticky, StickyCookie};
 use capstan_proxy::gateway::CertifiedKey;
-use capstan_proxy::gateway::{ListenerPlan, RouteBackend, RuleAction, VirtualHost};
+use capstan_proxy::gateway::{ListenerPlan, RouteBackend, RuleAction, SocketMode, VirtualHost};
 use capstan_proxy::routes::{Entry, HostPattern, Matcher, RouteId, RouteTable};
 use chrono::{DateTime, Utc};
 
 /// Where a shared listener binds: address and port.
 pub type Bind = (String, u16);
 
-/// What the proxy serves, and the status of every Gateway and HTTPRoute.
+/// What the proxy serves, and the status of every Gateway and route.
 pub struct Compiled {
     pub listeners: Vec<ListenerPlan>,
     pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
@@ -37,7 +37,7 @@ pub struct Compiled {
     pub wake: Option<DateTime<Utc>>,
 }
 
-fn condition(
+pub(crate) fn condition(
     type_: &str,
     ok: bool,
     reason: &str,
@@ -65,19 +65,22 @@ pub fn bind_address(g: &Gateway) -> String {
 }
 
 /// One listener of one Gateway, with what was decided about it.
-struct Slot<'a> {
+pub(crate) struct Slot<'a> {
     gateway: &'a Gateway,
-    key: ObjectKey,
-    listener: &'a Listener,
+    pub(crate) key: ObjectKey,
+    pub(crate) listener: &'a Listener,
     bind: (String, u16),
     /// Why it cannot take routes (not accepted, conflicted), with the condition it gets.
     refused: Option<Condition>,
     conflicted: Option<Condition>,
     bad_kinds: Vec<String>,
     /// The routes attached (a route naming the listener twice counts once).
-    attached: std::collections::BTreeSet<ObjectKey>,
+    pub(crate) attached: std::collections::BTreeSet<ObjectKey>,
     /// Its routes' entries: the listener's virtual host on its socket.
     entries: Vec<Entry<RuleAction>>,
+    /// A TLS or TCP listener's routes: each host name (every name for TCP) with its route's backends and the
+    /// route that holds it (the oldest route keeps a name another claims too).
+    pub(crate) streams: Vec<(HostPattern, Arc<RuleAction>, ObjectKey)>,
     /// An HTTPS listener's certificate, and what is wrong with its Secret (its `ResolvedRefs`).
     cert: Option<Arc<CertifiedKey>>,
     cert_problem: Option<String>,
@@ -85,11 +88,11 @@ struct Slot<'a> {
     unserved: Option<String>,
 }
 
-fn created_ms(meta: &capstan_model::ObjectMeta) -> i64 {
+pub(crate) fn created_ms(meta: &capstan_model::ObjectMeta) -> i64 {
     meta.creation_timestamp.map_or(0, |t| t.timestamp_millis())
 }
 
-fn key_of<S, T>(kind: &str, o: &capstan_model::Object<S, T>) -> ObjectKey {
+pub(crate) fn key_of<S, T>(kind: &str, o: &capstan_model::Object<S, T>) -> ObjectKey {
     ObjectKey::new(kind, o.metadata.namespace(), &o.metadata.name)
 }
 
@@ -97,11 +100,12 @@ fn key_of<S, T>(kind: &str, o: &capstan_model::Object<S, T>) -> ObjectKey {
 /// Secret is not usable.
 pub type Certificates = BTreeMap<(ObjectKey, String), Arc<CertifiedKey>>;
 
-/// Compiles every Gateway and HTTPRoute against the Apps and Secrets that exist; `served` is what the last pass
+/// Compiles every Gateway and route against the Apps and Secrets that exist; `served` is what the last pass
 /// served, and `Compiled::certificates` what this one serves.
 pub fn compile(
     gateways: &[Gateway],
     routes: &[HttpRoute],
+    streams: &crate::streams::StreamRoutes,
     apps: &[App],
     secrets: &[Secret],
     served: &Certificates,
@@ -128,6 +132,7 @@ pub fn compile(
                 bad_kinds: Vec::new(),
                 attached: Default::default(),
                 entries: Vec::new(),
+                streams: Vec::new(),
                 cert: None,
                 cert_problem: None,
                 unserved: None,
@@ -142,7 +147,7 @@ pub fn compile(
                     gen,
                     now,
                 ));
-            } else if l.protocol == ListenerProtocol::Https {
+            } else if terminates_tls(l) {
                 let listener_key = (key_of("Gateway", g), l.name.clone());
                 // The last certificate served keeps serving while its Secret exists but holds nothing better (a
                 // deleted Secret takes its certificate with it), in this process's memory only.
@@ -197,22 +202,19 @@ pub fn compile(
                 {
                     bring_forward(&mut wake, crate::certs::next_change(&f, now));
                 }
-            } else if l.protocol != ListenerProtocol::Http {
+            } else if l.protocol == ListenerProtocol::Udp {
                 slot.refused = Some(condition(
                     "Accepted",
                     false,
                     "UnsupportedProtocol",
-                    format!(
-                        "{} listeners are not served on the embedded runtime yet (HTTP is); on Kubernetes the cluster's Gateway implementation serves them",
-                        l.protocol.as_str()
-                    ),
+                    "UDP listeners are not served on the embedded runtime (HTTP, HTTPS, TLS and TCP are); on Kubernetes the cluster's Gateway implementation serves them",
                     gen,
                     now,
                 ));
             }
             for k in l.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default() {
                 let group_ok = k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP);
-                if !group_ok || !l.protocol.route_kinds().contains(&k.kind.as_str()) {
+                if !group_ok || !can_take(l.protocol, &k.kind) {
                     slot.bad_kinds.push(k.kind.clone());
                 }
             }
@@ -297,6 +299,7 @@ pub fn compile(
         }
         route_status.insert(key_of("HTTPRoute", r), RouteStatus { parents });
     }
+    route_status.extend(crate::streams::attach_all(streams, &mut slots, &app_ports, now));
 
     let mut gateway_status: BTreeMap<ObjectKey, GatewayStatus> = BTreeMap::new();
     let mut binds: BTreeMap<(String, u16), Vec<(ObjectKey, String)>> = BTreeMap::new();
@@ -306,13 +309,10 @@ pub fn compile(
         if usable {
             binds.entry(s.bind.clone()).or_default().push((s.key.clone(), s.listener.name.clone()));
         }
-        let supported: Vec<RouteGroupKind> = s
-            .listener
-            .protocol
-            .route_kinds()
-            .iter()
-            .filter(|k| **k == "HTTPRoute" && takes_http_routes(s.listener))
-            .map(|k| RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: (*k).into() })
+        let supported: Vec<RouteGroupKind> = ["HTTPRoute", "TLSRoute", "TCPRoute"]
+            .into_iter()
+            .filter(|k| takes(s.listener, k))
+            .map(|k| RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: k.into() })
             .collect();
         let mut conditions =
             vec![s.refused.clone().unwrap_or_else(|| condition("Accepted", true, "Accepted", "", gen, now))];
@@ -377,20 +377,33 @@ pub fn compile(
     }
     // Every usable listener is a virtual host of its socket, routes or not (it answers 404 until one attaches).
     let mut certificates = Certificates::new();
-    let mut plans: BTreeMap<Bind, (bool, Vec<VirtualHost>)> = BTreeMap::new();
+    let mut plans: BTreeMap<Bind, (SocketMode, Vec<VirtualHost>)> = BTreeMap::new();
     for s in slots.into_iter().filter(|s| s.refused.is_none() && s.conflicted.is_none() && s.unserved.is_none()) {
         let host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
         if let Some(c) = &s.cert {
             certificates.insert((s.key.clone(), s.listener.name.clone()), c.clone());
         }
-        let https = s.listener.protocol == ListenerProtocol::Https;
-        let socket = plans.entry(s.bind).or_insert((https, Vec::new()));
-        socket.1.push(VirtualHost { host, routes: RouteTable::new(s.entries), cert: s.cert });
+        let mode = match s.listener.protocol {
+            ListenerProtocol::Https => SocketMode::Https,
+            ListenerProtocol::Tls => SocketMode::Tls,
+            ListenerProtocol::Tcp => SocketMode::Tcp,
+            ListenerProtocol::Http | ListenerProtocol::Udp => SocketMode::Http,
+        };
+        let socket = plans.entry(s.bind).or_insert((mode, Vec::new()));
+        match mode {
+            SocketMode::Http | SocketMode::Https => {
+                socket.1.push(VirtualHost::http(host, RouteTable::new(s.entries), s.cert))
+            }
+            SocketMode::Tls | SocketMode::Tcp => {
+                let passthrough = s.listener.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough);
+                for (h, action, _) in s.streams {
+                    socket.1.push(VirtualHost::stream(h, Some(action), s.cert.clone(), passthrough));
+                }
+            }
+        }
     }
-    let listeners = plans
-        .into_iter()
-        .map(|((address, port), (https, hosts))| ListenerPlan { address, port, https, hosts })
-        .collect();
+    let listeners =
+        plans.into_iter().map(|((address, port), (mode, hosts))| ListenerPlan { address, port, mode, hosts }).collect();
     Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates, wake }
 }
 
@@ -473,18 +486,14 @@ fn unsupported(r: &HttpRoute) -> Option<String> {
     None
 }
 
-/// Attaches a route to the listeners one parentRef selects; returns its `Accepted` condition for that parent.
-#[allow(clippy::too_many_arguments)]
-fn attach(
-    r: &HttpRoute,
-    id: &Arc<RouteId>,
+/// The listeners a parentRef selects that take a route of `kind` from `route_ns`: their indexes in `slots`, or the
+/// reason and message of the `Accepted: False` condition when there is none (the first listener's refusal).
+pub(crate) fn listeners_for(
     p: &ParentReference,
-    slots: &mut [Slot],
-    rules: &[CompiledRule],
-    gen: Option<i64>,
-    now: DateTime<Utc>,
-) -> Condition {
-    let route_ns = r.metadata.namespace();
+    kind: &str,
+    route_ns: &str,
+    slots: &[Slot],
+) -> Result<Vec<usize>, (&'static str, String)> {
     let gw_ns = p.namespace.as_deref().unwrap_or(route_ns);
     let selected: Vec<usize> = slots
         .iter()
@@ -500,12 +509,12 @@ fn attach(
             (None, Some(port)) => format!("Gateway {gw_ns}/{} has no listener on port {port}", p.name),
             (None, None) => format!("Gateway {gw_ns}/{} does not exist", p.name),
         };
-        return condition("Accepted", false, "NoMatchingParent", what, gen, now);
+        return Err(("NoMatchingParent", what));
     }
     let mut refusal = None;
-    let mut attached = 0;
+    let mut taken = Vec::new();
     for i in selected {
-        let s = &mut slots[i];
+        let s = &slots[i];
         if let Some(c) = s.refused.as_ref().or(s.conflicted.as_ref()) {
             refusal.get_or_insert(("NotAllowedByListeners", format!("listener {}: {}", s.listener.name, c.message)));
             continue;
@@ -529,13 +538,41 @@ fn attach(
             refusal.get_or_insert(("NotAllowedByListeners", why));
             continue;
         }
-        if !takes_http_routes(s.listener) {
+        if !takes(s.listener, kind) {
             refusal.get_or_insert((
                 "NotAllowedByListeners",
-                format!("listener {} does not take HTTPRoutes", s.listener.name),
+                format!("listener {} ({}) does not take {kind}s", s.listener.name, s.listener.protocol.as_str()),
             ));
             continue;
         }
+        taken.push(i);
+    }
+    match (taken.is_empty(), refusal) {
+        (true, Some(r)) => Err(r),
+        _ => Ok(taken),
+    }
+}
+
+/// Attaches a route to the listeners one parentRef selects; returns its `Accepted` condition for that parent.
+#[allow(clippy::too_many_arguments)]
+fn attach(
+    r: &HttpRoute,
+    id: &Arc<RouteId>,
+    p: &ParentReference,
+    slots: &mut [Slot],
+    rules: &[CompiledRule],
+    gen: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
+    let route_ns = r.metadata.namespace();
+    let selected = match listeners_for(p, "HTTPRoute", route_ns, slots) {
+        Ok(selected) => selected,
+        Err((reason, why)) => return condition("Accepted", false, reason, why, gen, now),
+    };
+    let mut refusal = None;
+    let mut attached = 0;
+    for i in selected {
+        let s = &mut slots[i];
         let listener_host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
         let hosts: Vec<HostPattern> = if r.spec.hostnames.is_empty() {
             vec![listener_host.clone()]
@@ -575,11 +612,30 @@ struct CompiledRule {
     matchers: Vec<Arc<Matcher>>,
 }
 
-/// Whether a listener takes HTTPRoutes: no `allowedRoutes.kinds`, or one naming HTTPRoute in Gateway API's group.
-fn takes_http_routes(l: &Listener) -> bool {
+/// Whether a listener of this protocol can take routes of `kind`: its protocol's own, and TCPRoutes on a TLS
+/// listener (every connection to one backend, whatever its name), as Gateway API allows.
+fn can_take(protocol: ListenerProtocol, kind: &str) -> bool {
+    protocol.route_kinds().contains(&kind) || (protocol == ListenerProtocol::Tls && kind == "TCPRoute")
+}
+
+/// Whether a listener takes routes of `kind`: without `allowedRoutes.kinds`, its protocol's own kind; with them,
+/// those it names in Gateway API's group that its protocol can take.
+fn takes(l: &Listener, kind: &str) -> bool {
     let kinds = l.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default();
-    kinds.is_empty()
-        || kinds.iter().any(|k| k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP))
+    if kinds.is_empty() {
+        return l.protocol.route_kinds().contains(&kind);
+    }
+    can_take(l.protocol, kind)
+        && kinds.iter().any(|k| k.kind == kind && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP))
+}
+
+/// Whether a listener ends TLS with a certificate of its own: HTTPS, and TLS in `Terminate` mode.
+fn terminates_tls(l: &Listener) -> bool {
+    match l.protocol {
+        ListenerProtocol::Https => true,
+        ListenerProtocol::Tls => l.tls.as_ref().is_none_or(|t| t.mode == TlsMode::Terminate),
+        _ => false,
+    }
 }
 
 /// Each rule compiled, the route's `ResolvedRefs` condition, and a match that does not compile (a route stored
@@ -622,7 +678,7 @@ fn actions(
             }
         }
         for b in &rule.backend_refs {
-            let (port, problem) = resolve(b, ns, app_ports);
+            let (port, problem) = resolve(&b.backend, ns, app_ports);
             if let Some(p) = problem {
                 problems.push(p);
             }
@@ -656,13 +712,13 @@ fn actions(
     (out, resolved, bad_match)
 }
 
-/// The App port a backendRef names, or why it names none (its share of requests is then answered 500).
-fn resolve(
-    b: &HttpBackendRef,
+/// The App port a backendRef names, or why it names none (its share of requests is then answered 500, or its
+/// share of connections closed).
+pub(crate) fn resolve(
+    r: &BackendObjectReference,
     route_ns: &str,
     app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
 ) -> (Result<String, String>, Option<(&'static str, String)>) {
-    let r = &b.backend;
     let fail = |reason: &'static str, msg: String| (Err(msg.clone()), Some((reason, msg)));
     let group = r.group.as_deref().unwrap_or("");
     let kind = r.kind.as_deref().unwrap_or("Service");
@@ -741,6 +797,7 @@ mod tests {
     //! (GatewayWithAttachedRoutes, HTTPRouteHostnameIntersection, HTTPRouteInvalidNonExistentBackendRef,
     //! HTTPRouteInvalidCrossNamespaceParentRef, GatewayInvalidRouteKind, the listener conflict cases).
     use super::*;
+    use crate::streams::StreamRoutes;
     use serde_json::json;
 
     fn gateway(name: &str, created: i64, listeners: serde_json::Value) -> Gateway {
@@ -820,7 +877,7 @@ mod tests {
                 "rules": [{"backendRefs": [{"name": "web", "port": 8081}, {"name": "gone", "port": 8080}]}]}),
             ),
         ];
-        let out = compile(&gws, &routes, &apps, &[], &Certificates::new(), Utc::now());
+        let out = compile(&gws, &routes, &StreamRoutes::default(), &apps, &[], &Certificates::new(), Utc::now());
         assert_eq!(route_cond(&out, "plain", "default", 0, "Accepted").0, "True");
         assert_eq!(route_cond(&out, "plain", "default", 0, "ResolvedRefs").0, "True");
         assert_eq!(
@@ -889,7 +946,7 @@ mod tests {
                                         "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}}]),
             ),
         ];
-        let out = compile(&gws, &[], &[], &[], &Certificates::new(), Utc::now());
+        let out = compile(&gws, &[], &StreamRoutes::default(), &[], &[], &Certificates::new(), Utc::now());
         assert_eq!(cond(&listener(&out, "old", 0).conditions, "Conflicted").0, "False");
         assert_eq!(cond(&listener(&out, "old", 0).conditions, "Programmed").0, "True");
         let (s, r, _) = cond(&listener(&out, "young", 0).conditions, "Conflicted");
@@ -929,7 +986,8 @@ mod tests {
             "default",
             json!({"parentRefs": [{"name": "ours"}, {"name": "ours", "sectionName": "http"}]}),
         );
-        let out = compile(&[theirs, ours], &[twice], &[], &[], &Certificates::new(), Utc::now());
+        let out =
+            compile(&[theirs, ours], &[twice], &StreamRoutes::default(), &[], &[], &Certificates::new(), Utc::now());
         let st = &out.gateways[&ObjectKey::new("Gateway", "tenant-b", "theirs")].listeners[0];
         let (s, r, m) = cond(&st.conditions, "Conflicted");
         assert_eq!((s, r), ("True", "PortOwnedByAnotherNamespace"), "{m}");
@@ -956,7 +1014,7 @@ mod tests {
                           {"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}]}]}),
             ),
         ];
-        let out = compile(&gws, &routes, &[], &[], &Certificates::new(), Utc::now());
+        let out = compile(&gws, &routes, &StreamRoutes::default(), &[], &[], &Certificates::new(), Utc::now());
         assert!(listener(&out, "front", 0).supported_kinds.is_empty());
         assert_eq!(listener(&out, "front", 0).attached_routes, 0);
         assert_eq!(listener(&out, "front", 1).attached_routes, 1);
@@ -984,7 +1042,7 @@ mod tests {
                 "backendRefs": [{"name": "web", "port": 8080}]}]}),
             ),
         ];
-        let out = compile(&gws, &routes, &apps, &[], &Certificates::new(), Utc::now());
+        let out = compile(&gws, &routes, &StreamRoutes::default(), &apps, &[], &Certificates::new(), Utc::now());
         let (s, r, m) = route_cond(&out, "mirror", "default", 0, "Accepted");
         assert_eq!((s, r), ("False", "UnsupportedValue"));
         assert!(m.contains("RequestMirror"), "{m}");
@@ -1032,7 +1090,7 @@ mod tests {
             tls_secret("other", &["www.example.net"], 1, 20),
         ];
         let now = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap().and_hms_opt(12, 0, 0).unwrap().and_utc();
-        let out = compile(&gws, &[], &[], &secrets, &Certificates::new(), now);
+        let out = compile(&gws, &[], &StreamRoutes::default(), &[], &secrets, &Certificates::new(), now);
         let refs = |i: usize| cond(&listener(&out, "secure", i).conditions, "ResolvedRefs");
         assert_eq!(refs(0).0, "True");
         let (s, r, m) = refs(1);
@@ -1064,7 +1122,7 @@ mod tests {
         // Once a good certificate is served, an expired one in its Secret leaves it serving, with the reason; and
         // the wake-up follows the certificate served.
         let renewed = [tls_secret("good", &["a.example.com"], 1, 5)];
-        let later = compile(&gws[..1], &[], &[], &renewed, &out.certificates, now);
+        let later = compile(&gws[..1], &[], &StreamRoutes::default(), &[], &renewed, &out.certificates, now);
         let (s, _, m) = cond(&listener(&later, "secure", 0).conditions, "ResolvedRefs");
         assert_eq!(s, "False");
         assert!(
@@ -1075,5 +1133,133 @@ mod tests {
         );
         assert_eq!(cond(&listener(&later, "secure", 0).conditions, "Programmed").0, "True");
         assert_eq!(later.wake, Some(dec(20) + chrono::Duration::seconds(1)), "when the served one expires");
+    }
+
+    fn stream_route(kind: &str, name: &str, created: i64, spec: serde_json::Value) -> serde_json::Value {
+        let api = if kind == "TLSRoute" { "v1" } else { "v1alpha2" };
+        json!({"apiVersion": format!("gateway.networking.k8s.io/{api}"), "kind": kind,
+               "metadata": {"name": name, "namespace": "default", "generation": 3,
+                            "creationTimestamp": chrono::DateTime::from_timestamp(created, 0)},
+               "spec": spec})
+    }
+
+    /// Modelled on Gateway API's TLSRoute and TCPRoute conformance cases (TLSRouteSimpleSameNamespace,
+    /// TLSRouteInvalidReferenceGrant's missing backend, listener kinds): passthrough and terminated TLS listeners
+    /// by SNI name, a TCP listener, and what each refused route is told.
+    #[test]
+    fn tls_and_tcp_routes_attach_by_name_the_oldest_keeps_a_name_and_other_kinds_are_refused() {
+        let gws = [gateway(
+            "edge",
+            1,
+            json!([
+                {"name": "pass", "port": 8443, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
+                {"name": "end", "port": 9443, "protocol": "TLS", "hostname": "*.example.com",
+                 "tls": {"certificateRefs": [{"name": "wild"}]}},
+                {"name": "ssh", "port": 2222, "protocol": "TCP"},
+                {"name": "web", "port": 8080, "protocol": "HTTP"},
+                {"name": "mixed", "port": 9444, "protocol": "TLS", "tls": {"mode": "Passthrough"},
+                 "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}, {"kind": "HTTPRoute"}]}}
+            ]),
+        )];
+        let apps = [app("pg", json!([{"name": "pg", "port": 5432}])), app("git", json!([{"name": "ssh", "port": 22}]))];
+        let tls = |name: &str, created: i64, parent: &str, hosts: serde_json::Value, backend: &str| {
+            serde_json::from_value(stream_route(
+                "TLSRoute",
+                name,
+                created,
+                json!({
+                "parentRefs": [{"name": "edge", "sectionName": parent}], "hostnames": hosts,
+                "rules": [{"backendRefs": [{"name": backend, "port": 5432}]}]}),
+            ))
+            .unwrap()
+        };
+        let tcp = |name: &str, created: i64, parent: &str| {
+            serde_json::from_value(stream_route(
+                "TCPRoute",
+                name,
+                created,
+                json!({
+                "parentRefs": [{"name": "edge", "sectionName": parent}],
+                "rules": [{"backendRefs": [{"name": "git", "port": 22}]}]}),
+            ))
+            .unwrap()
+        };
+        let streams = StreamRoutes {
+            tls: vec![
+                tls("db", 10, "pass", json!(["db.example.com"]), "pg"),
+                tls("db-young", 20, "pass", json!(["db.example.com"]), "pg"),
+                tls("cache", 10, "end", json!(["cache.example.com", "other.org"]), "pg"),
+                tls("elsewhere", 10, "end", json!(["other.org"]), "pg"),
+                tls("on-http", 10, "web", json!(["db.example.com"]), "pg"),
+                tls("missing", 11, "pass", json!(["*.internal"]), "gone"),
+            ],
+            tcp: vec![tcp("git", 10, "ssh"), tcp("git-young", 20, "ssh"), tcp("any-tls", 10, "mixed")],
+        };
+        let http = [route("to-ssh", "default", json!({"parentRefs": [{"name": "edge", "sectionName": "ssh"}]}))];
+        let secrets = [tls_secret("wild", &["*.example.com"], 1, 28)];
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap().and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let out = compile(&gws, &http, &streams, &apps, &secrets, &Certificates::new(), now);
+        let st = |kind: &str, name: &str, t: &str| -> (String, String, String) {
+            let c = cond(&out.routes[&ObjectKey::new(kind, "default", name)].parents[0].conditions, t);
+            (c.0.to_string(), c.1.to_string(), c.2.to_string())
+        };
+        for (kind, name) in [("TLSRoute", "db"), ("TLSRoute", "cache"), ("TCPRoute", "git"), ("TCPRoute", "any-tls")] {
+            assert_eq!(st(kind, name, "Accepted").0, "True", "{kind} {name}: {:?}", st(kind, name, "Accepted"));
+            assert_eq!(st(kind, name, "ResolvedRefs").0, "True", "{kind} {name}");
+        }
+        let (s, r, m) = st("TLSRoute", "db-young", "Accepted");
+        assert_eq!((s.as_str(), r.as_str()), ("False", "NotAllowedByListeners"));
+        assert_eq!(m, "listener pass already sends db.example.com to TLSRoute default/db, which is older");
+        let (_, _, m) = st("TCPRoute", "git-young", "Accepted");
+        assert_eq!(m, "listener ssh already sends every name to TCPRoute default/git, which is older");
+        assert_eq!(st("TLSRoute", "elsewhere", "Accepted").1, "NoMatchingListenerHostname");
+        let (_, r, m) = st("TLSRoute", "on-http", "Accepted");
+        assert_eq!((r.as_str(), m.as_str()), ("NotAllowedByListeners", "listener web (HTTP) does not take TLSRoutes"));
+        let (_, r, m) = st("HTTPRoute", "to-ssh", "Accepted");
+        assert_eq!((r.as_str(), m.as_str()), ("NotAllowedByListeners", "listener ssh (TCP) does not take HTTPRoutes"));
+        let (s, r, m) = st("TLSRoute", "missing", "ResolvedRefs");
+        assert_eq!(
+            (s.as_str(), r.as_str(), m.as_str()),
+            ("False", "BackendNotFound", "App default/gone does not exist")
+        );
+        assert_eq!(st("TLSRoute", "missing", "Accepted").0, "True", "accepted: its connections are closed");
+        assert!(st_route(&out, "TLSRoute", "db").iter().all(|c| c.observed_generation == Some(3)), "its generation");
+
+        // Listener status: the kinds each takes and the routes attached.
+        let kinds = |i: usize| -> Vec<String> {
+            listener(&out, "edge", i).supported_kinds.iter().map(|k| k.kind.clone()).collect()
+        };
+        assert_eq!(kinds(0), ["TLSRoute"]);
+        assert_eq!(kinds(2), ["TCPRoute"]);
+        assert_eq!(kinds(4), ["TCPRoute"], "HTTPRoute named but not takeable on TLS: left out");
+        assert_eq!(cond(&listener(&out, "edge", 4).conditions, "ResolvedRefs").1, "InvalidRouteKinds");
+        assert_eq!(listener(&out, "edge", 0).attached_routes, 2, "db and missing (db-young holds no name)");
+        assert_eq!(listener(&out, "edge", 1).attached_routes, 1);
+        assert_eq!(listener(&out, "edge", 2).attached_routes, 1);
+        assert_eq!(cond(&listener(&out, "edge", 1).conditions, "Programmed").0, "True", "its certificate is good");
+
+        // The sockets: modes, host names, passthrough or not, and the terminating listener's certificate.
+        let socket = |port: u16| out.listeners.iter().find(|l| l.port == port).unwrap();
+        assert_eq!(socket(8443).mode, SocketMode::Tls);
+        let names = |port: u16| -> Vec<(String, bool, bool)> {
+            socket(port).hosts.iter().map(|h| (h.host.to_string(), h.passthrough, h.cert.is_some())).collect()
+        };
+        assert_eq!(names(8443), [("db.example.com".into(), true, false), ("*.internal".into(), true, false)]);
+        assert_eq!(names(9443), [("cache.example.com".into(), false, true)]);
+        assert_eq!(socket(2222).mode, SocketMode::Tcp);
+        assert_eq!(names(2222), [("*".into(), false, false)]);
+        let backends: Vec<String> = socket(2222).hosts[0]
+            .stream
+            .as_ref()
+            .unwrap()
+            .backends
+            .iter()
+            .map(|b| format!("{}:{:?}", b.app.name, b.port))
+            .collect();
+        assert_eq!(backends, ["git:Ok(\"ssh\")"]);
+    }
+
+    fn st_route(out: &Compiled, kind: &str, name: &str) -> Vec<Condition> {
+        out.routes[&ObjectKey::new(kind, "default", name)].parents[0].conditions.clone()
     }
 }

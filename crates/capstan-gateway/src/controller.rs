@@ -1,4 +1,4 @@
-//! The front door's controller: on any change to a Gateway, an HTTPRoute, an App's spec or a Secret, compiles them all,
+//! The front door's controller: on any change to a Gateway, a route, an App's spec or a Secret, compiles them all,
 //! installs the result in the balancer (sockets opened, swapped or closed), and writes every status that changed.
 
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::compile::{compile, Certificates};
+use crate::streams::StreamRoutes;
 
 /// The one key every change wakes: the controller compiles everything at once.
 fn everything() -> ObjectKey {
@@ -69,9 +70,10 @@ impl FrontDoor {
         let mut served = self.one_pass.lock().unwrap_or_else(|p| p.into_inner());
         let gateways: Vec<Gateway> = self.decode("Gateway")?;
         let routes: Vec<HttpRoute> = self.decode("HTTPRoute")?;
+        let streams = StreamRoutes { tls: self.decode("TLSRoute")?, tcp: self.decode("TCPRoute")? };
         let apps: Vec<App> = self.decode("App")?;
         let secrets: Vec<Secret> = self.decode("Secret")?;
-        let mut compiled = compile(&gateways, &routes, &apps, &secrets, &served, Utc::now());
+        let mut compiled = compile(&gateways, &routes, &streams, &apps, &secrets, &served, Utc::now());
         *served = std::mem::take(&mut compiled.certificates);
         let plans = std::mem::take(&mut compiled.listeners);
         let failed = self.proxy.sync_gateways(plans);
@@ -193,7 +195,9 @@ impl Reconciler for FrontDoor {
 
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
         match ev.key.kind.as_str() {
-            "Gateway" | "HTTPRoute" | "App" | "Secret" if self.changes(ev) => vec![everything()],
+            "Gateway" | "HTTPRoute" | "TLSRoute" | "TCPRoute" | "App" | "Secret" if self.changes(ev) => {
+                vec![everything()]
+            }
             _ => Vec::new(),
         }
     }

@@ -1,7 +1,8 @@
-//! Gateway API on the embedded runtime: Gateways and HTTPRoutes compiled (`compile`, pure) into the balancer's
-//! shared listeners, kept in step with the store by one controller (`controller`), which writes their status;
-//! certificates are checked (`certs`) before they are served.
+//! Gateway API on the embedded runtime: Gateways, HTTPRoutes (`compile`, pure) and TLSRoutes and TCPRoutes
+//! (`streams`) compiled into the balancer's shared listeners, kept in step with the store by one controller
+//! (`controller`), which writes their status; certificates are checked (`certs`) before they are served.
 
 pub mod certs;
 pub mod compile;
 pub mod controller;
+pub mod streams;

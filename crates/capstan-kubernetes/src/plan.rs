@@ -57,6 +57,11 @@ pub const KINDS: &[KindInfo] = &[
     k("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", true, 7),
     k("gateway.networking.k8s.io/v1", "Gateway", "gateways", true, 7),
     k("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes", true, 7),
+    k("gateway.networking.k8s.io/v1", "TLSRoute", "tlsroutes", true, 7),
+    k("gateway.networking.k8s.io/v1alpha2", "TLSRoute", "tlsroutes", true, 7),
+    k("gateway.networking.k8s.io/v1alpha3", "TLSRoute", "tlsroutes", true, 7),
+    k("gateway.networking.k8s.io/v1alpha2", "TCPRoute", "tcproutes", true, 7),
+    k("gateway.networking.k8s.io/v1", "TCPRoute", "tcproutes", true, 7),
     k("coordination.k8s.io/v1", "Lease", "leases", true, 8),
 ];
 
@@ -327,7 +332,7 @@ pub fn health(obj: &Value) -> Health {
                 Health::Progressing("CRD is not established yet".into())
             }
         }
-        "HTTPRoute" => {
+        "HTTPRoute" | "TLSRoute" | "TCPRoute" => {
             let refused = status["parents"].as_array().into_iter().flatten().find_map(|p| {
                 p["conditions"]
                     .as_array()?

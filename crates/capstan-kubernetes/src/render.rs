@@ -83,7 +83,9 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
                 .collect();
             Ok(render_database(d, &clients))
         }
-        Resource::Gateway(_) | Resource::HTTPRoute(_) => Ok(vec![pass_through(r)]),
+        Resource::Gateway(_) | Resource::HTTPRoute(_) | Resource::TLSRoute(_) | Resource::TCPRoute(_) => {
+            Ok(vec![pass_through(r)])
+        }
         Resource::TrainingJob(j) => crate::training::render_training_job(j),
         Resource::ModelServer(m) => crate::serving::render_model_server(m),
         #[cfg(feature = "throwaway-kind")]
@@ -95,10 +97,11 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
     }
 }
 
-/// A standard's object (Gateway API's) as the cluster takes it: the same apiVersion, kind and spec, the metadata a
-/// user writes (name, namespace, labels, annotations), no status.
+/// A standard's object (Gateway API's) as the cluster takes it: the same apiVersion (as written: a TLSRoute may be
+/// `v1` or `v1alpha2`, as the cluster's CRDs serve it), kind and spec, the metadata a user writes (name, namespace,
+/// labels, annotations), no status.
 fn pass_through(r: &Resource) -> Value {
-    json!({ "apiVersion": r.kind().api_version(), "kind": r.kind().name(), "metadata": written_meta(r.meta()), "spec": r.spec_value() })
+    json!({ "apiVersion": r.api_version(), "kind": r.kind().name(), "metadata": written_meta(r.meta()), "spec": r.spec_value() })
 }
 
 /// The metadata a user writes (name, namespace, labels, annotations), labelled as Capstan's so that a prune may
@@ -136,7 +139,7 @@ fn not_rendered(r: &Resource) -> RenderError {
         object: format!("{}/{}", r.kind(), r.meta().name),
         field: "kind".into(),
         message: format!(
-            "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs, ModelServers, Secrets, Gateways and HTTPRoutes are)",
+            "{} is not rendered for Kubernetes yet (Apps, Databases, TrainingJobs, ModelServers, Secrets, Gateways and their routes are)",
             r.kind()
         ),
     }
@@ -149,7 +152,7 @@ pub fn renders(kind: Kind) -> bool {
         Kind::App | Kind::Database | Kind::TrainingJob | Kind::ModelServer => true,
         Kind::Source | Kind::Sync | Kind::AlertRule | Kind::EscalationPolicy => false,
         // Passed through as they are by `render_resource` (a Secret as the core Secret); the cluster reconciles them.
-        Kind::Secret | Kind::Gateway | Kind::HTTPRoute => false,
+        Kind::Secret | Kind::Gateway | Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => false,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => false,
     }

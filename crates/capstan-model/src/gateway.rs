@@ -560,7 +560,7 @@ pub struct RouteParentStatus {
 }
 
 /// Whether `host` is a valid Gateway API hostname: a DNS name, or one with a leading `*.` label; never an IP.
-fn check_hostname(host: &str) -> Result<(), String> {
+pub(crate) fn check_hostname(host: &str) -> Result<(), String> {
     let bare = host.strip_prefix("*.").unwrap_or(host);
     if host.len() > 253 || bare.is_empty() {
         return Err(format!("`{host}` is not a host name"));
@@ -711,16 +711,28 @@ pub fn validate_gateway(spec: &GatewaySpec, errors: &mut Vec<FieldError>) {
 }
 
 pub fn validate_http_route(spec: &HttpRouteSpec, errors: &mut Vec<FieldError>) {
-    if spec.parent_refs.is_empty() {
+    validate_parent_refs(&spec.parent_refs, errors);
+    limit(spec.hostnames.len(), 16, "spec.hostnames", errors);
+    for (i, h) in spec.hostnames.iter().enumerate() {
+        if let Err(e) = check_hostname(h) {
+            errors.push(FieldError::new(format!("spec.hostnames[{i}]"), e));
+        }
+    }
+    validate_http_rules(spec, errors);
+}
+
+/// A route's `parentRefs`: one to 32 Gateways.
+pub(crate) fn validate_parent_refs(parent_refs: &[ParentReference], errors: &mut Vec<FieldError>) {
+    if parent_refs.is_empty() {
         errors.push(
             FieldError::new("spec.parentRefs", "names no Gateway: the route would serve nothing")
                 .hint("`parentRefs: [{name: my-gateway}]`"),
         );
     }
-    if spec.parent_refs.len() > 32 {
+    if parent_refs.len() > 32 {
         errors.push(FieldError::new("spec.parentRefs", "has more than 32 entries"));
     }
-    for (i, p) in spec.parent_refs.iter().enumerate() {
+    for (i, p) in parent_refs.iter().enumerate() {
         let at = format!("spec.parentRefs[{i}]");
         if p.group.as_deref().is_some_and(|g| g != GATEWAY_GROUP) || p.kind.as_deref().is_some_and(|k| k != "Gateway") {
             errors.push(
@@ -729,12 +741,9 @@ pub fn validate_http_route(spec: &HttpRouteSpec, errors: &mut Vec<FieldError>) {
             );
         }
     }
-    limit(spec.hostnames.len(), 16, "spec.hostnames", errors);
-    for (i, h) in spec.hostnames.iter().enumerate() {
-        if let Err(e) = check_hostname(h) {
-            errors.push(FieldError::new(format!("spec.hostnames[{i}]"), e));
-        }
-    }
+}
+
+fn validate_http_rules(spec: &HttpRouteSpec, errors: &mut Vec<FieldError>) {
     limit(spec.rules.len(), 16, "spec.rules", errors);
     for (r, rule) in spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{r}]");
@@ -893,7 +902,7 @@ fn validate_match(m: &HttpRouteMatch, at: &str, errors: &mut Vec<FieldError>) {
 }
 
 /// Gateway API's caps on list lengths, which keep a hostile manifest from costing the balancer much.
-fn limit(len: usize, max: usize, at: &str, errors: &mut Vec<FieldError>) {
+pub(crate) fn limit(len: usize, max: usize, at: &str, errors: &mut Vec<FieldError>) {
     if len > max {
         errors.push(FieldError::new(at.to_string(), format!("has {len} entries; Gateway API allows at most {max}")));
     }
@@ -906,7 +915,7 @@ fn too_long(value: &str, at: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
-fn validate_backend(b: &BackendObjectReference, at: &str, errors: &mut Vec<FieldError>) {
+pub(crate) fn validate_backend(b: &BackendObjectReference, at: &str, errors: &mut Vec<FieldError>) {
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     if !matches!((group, kind), ("", "Service") | ("capstan.dev", "App")) {

@@ -10,6 +10,7 @@ pub mod meta;
 pub mod quantity;
 pub mod resource;
 pub mod serving;
+pub mod stream_route;
 pub mod training;
 pub mod validate;
 #[cfg(feature = "throwaway-kind")]

@@ -16,6 +16,9 @@ use crate::gitops::{validate_secret, validate_source, validate_sync, Secret, Sou
 use crate::manifest::closest;
 use crate::meta::{ObjectKey, ObjectMeta, API_VERSION};
 use crate::serving::{validate_model_server, ModelServerSpec, ModelServerStatus};
+use crate::stream_route::{
+    validate_tcp_route, validate_tls_route, TcpRoute, TlsRoute, TCP_ROUTE_API_VERSION, TLS_ROUTE_API_VERSION,
+};
 use crate::training::{validate_training_job, TrainingJobSpec, TrainingJobStatus};
 use crate::validate::{validate_app, validate_meta, FieldError};
 
@@ -164,6 +167,10 @@ kinds! {
     Gateway(Gateway), "gateways", api: GATEWAY_API_VERSION, crd: false, |o, e| validate_gateway(&o.spec, e);
     /// Gateway API's HTTPRoute: requests matched by host, path, headers, query and method, sent to Apps.
     HTTPRoute(HttpRoute), "httproutes", api: GATEWAY_API_VERSION, crd: false, |o, e| validate_http_route(&o.spec, e);
+    /// Gateway API's TLSRoute: TLS connections sent to Apps by their SNI name.
+    TLSRoute(TlsRoute), "tlsroutes", api: TLS_ROUTE_API_VERSION, crd: false, |o, e| validate_tls_route(&o.spec, e);
+    /// Gateway API's TCPRoute: every connection on a listener sent to Apps.
+    TCPRoute(TcpRoute), "tcproutes", api: TCP_ROUTE_API_VERSION, crd: false, |o, e| validate_tcp_route(&o.spec, e);
     /// A throwaway kind that exists only to prove the "adding a kind" checklist (feature `throwaway-kind`).
     [cfg(feature = "throwaway-kind")]
     Widget(crate::widget::Widget), "widgets", api: API_VERSION, crd: false, |o, e| crate::widget::validate_widget(&o.spec, e);
@@ -174,6 +181,17 @@ impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
         let l = s.to_ascii_lowercase();
         Kind::ALL.iter().copied().find(|k| l == k.name().to_ascii_lowercase() || l == k.plural())
+    }
+
+    /// Other `apiVersion`s its objects are taken in, kept as written: a standard's kind in the versions clusters
+    /// serve it in (TLSRoute left the experimental channel's `v1alpha2` for `v1` in Gateway API v1.5; TCPRoute is
+    /// on its way).
+    pub fn also_served(self) -> &'static [&'static str] {
+        match self {
+            Kind::TLSRoute => &["gateway.networking.k8s.io/v1alpha2", "gateway.networking.k8s.io/v1alpha3"],
+            Kind::TCPRoute => &["gateway.networking.k8s.io/v1"],
+            _ => &[],
+        }
     }
 
     /// Names to suggest from when a kind is unknown.
@@ -206,6 +224,11 @@ impl Resource {
 
     pub fn meta_mut(&mut self) -> &mut ObjectMeta {
         each!(self, o => &mut o.metadata)
+    }
+
+    /// The `apiVersion` as written (one of its kind's [`Kind::api_version`] and [`Kind::also_served`]).
+    pub fn api_version(&self) -> &str {
+        each!(self, o => &o.api_version)
     }
 
     pub fn key(&self) -> ObjectKey {
@@ -247,10 +270,11 @@ impl Resource {
         let api = kind.api_version();
         match map.get("apiVersion") {
             None => return Err(FieldError::new("apiVersion", "is missing").hint(format!("add `apiVersion: {api}`"))),
-            Some(Value::String(v)) if v == api => {}
+            Some(Value::String(v)) if v == api || kind.also_served().contains(&v.as_str()) => {}
             Some(v) => {
+                let also: String = kind.also_served().iter().map(|a| format!(" or `{a}`")).collect();
                 return Err(FieldError::new("apiVersion", format!("`{}` is not served here for {kind}", show(v)))
-                    .hint(format!("use `{api}`")))
+                    .hint(format!("use `{api}`{also}")));
             }
         }
         Resource::decode_as(kind, value)

@@ -50,7 +50,7 @@ impl RuleAction {
 
     /// The backend of the next request: weights are kept exactly over every run of `total` requests, spread
     /// through it (a stride coprime with the total) rather than in blocks.
-    fn pick(&self) -> Option<&RouteBackend> {
+    pub(crate) fn pick(&self) -> Option<&RouteBackend> {
         let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
         if total == 0 {
             return None;
@@ -87,18 +87,53 @@ impl RouteBackend {
 }
 
 /// The routes of one Gateway listener on a shared socket: requests for its host name (or any, without one) are
-/// matched against its routes only; on an HTTPS socket, its certificate answers the handshakes for that name.
+/// matched against its routes only; on an HTTPS socket, its certificate answers the handshakes for that name. On a
+/// TLS or TCP socket, one host name of a TLSRoute (or a TCPRoute's every name) and where its connections go.
 pub struct VirtualHost {
     pub host: HostPattern,
     pub routes: RouteTable<RuleAction>,
     pub cert: Option<Arc<CertifiedKey>>,
+    /// A TLS or TCP socket's route for this host name: its backends, split by weight.
+    pub stream: Option<Arc<RuleAction>>,
+    /// On a TLS socket: the connection goes to the backend as it came, still encrypted (`tls.mode: Passthrough`);
+    /// otherwise Capstan ends TLS with `cert` and the backend gets the plain bytes.
+    pub passthrough: bool,
 }
 
-/// One shared socket: where it binds, whether it terminates TLS, and its listeners' routes.
+impl VirtualHost {
+    /// A listener of an HTTP or HTTPS socket, with its routes.
+    pub fn http(host: HostPattern, routes: RouteTable<RuleAction>, cert: Option<Arc<CertifiedKey>>) -> VirtualHost {
+        VirtualHost { host, routes, cert, stream: None, passthrough: false }
+    }
+
+    /// A host name of a TLS socket (or a TCP socket's one route), and where its connections go.
+    pub fn stream(
+        host: HostPattern,
+        action: Option<Arc<RuleAction>>,
+        cert: Option<Arc<CertifiedKey>>,
+        passthrough: bool,
+    ) -> VirtualHost {
+        VirtualHost { host, routes: RouteTable::new(Vec::new()), cert, stream: action, passthrough }
+    }
+}
+
+/// What a shared socket speaks, from its listeners' protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SocketMode {
+    #[default]
+    Http,
+    Https,
+    /// TLS connections routed by their server name (SNI), passed through or ended here.
+    Tls,
+    /// Connections of any protocol, to one route's backends.
+    Tcp,
+}
+
+/// One shared socket: where it binds, what it speaks, and its listeners' routes.
 pub struct ListenerPlan {
     pub address: String,
     pub port: u16,
-    pub https: bool,
+    pub mode: SocketMode,
     /// In any order: they are ordered by host specificity when installed.
     pub hosts: Vec<VirtualHost>,
 }
@@ -110,8 +145,9 @@ pub struct Routes {
     hosts: RwLock<Arc<Vec<VirtualHost>>>,
     /// Its listening port, for redirects that keep it.
     pub port: u16,
-    /// It terminates TLS: requests are `https`.
+    /// It terminates TLS for HTTP: requests are `https`.
     pub https: bool,
+    pub mode: SocketMode,
 }
 
 impl std::fmt::Debug for Routes {
@@ -163,22 +199,27 @@ pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, S
     })
 }
 
-/// The TLS server configuration of an HTTPS socket: its certificates chosen by SNI, live; HTTP/2 or HTTP/1.1 by
-/// ALPN (a client sending no ALPN gets HTTP/1.1; one offering only other protocols is refused, as RFC 7301 says).
+/// The TLS server configuration of an HTTPS or TLS socket: its certificates chosen by SNI, live. HTTPS offers
+/// HTTP/2 or HTTP/1.1 by ALPN (a client sending no ALPN gets HTTP/1.1; one offering only other protocols is
+/// refused, as RFC 7301 says); a TLS socket ends TLS for a backend whose protocol it does not know, so it offers
+/// none.
 pub(crate) fn tls_config(routes: Arc<Routes>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let http = routes.mode == SocketMode::Https;
     let mut config = builder.with_no_client_auth().with_cert_resolver(routes);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if http {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     Ok(Arc::new(config))
 }
 
 impl Routes {
-    pub fn new(port: u16, https: bool) -> Routes {
-        Routes { hosts: RwLock::default(), port, https }
+    pub fn new(port: u16, mode: SocketMode) -> Routes {
+        Routes { hosts: RwLock::default(), port, https: mode == SocketMode::Https, mode }
     }
 
-    fn hosts(&self) -> Arc<Vec<VirtualHost>> {
+    pub(crate) fn hosts(&self) -> Arc<Vec<VirtualHost>> {
         self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -194,9 +235,9 @@ pub(crate) fn rules(hosts: &[VirtualHost]) -> Vec<&RuleAction> {
     let mut seen = std::collections::HashSet::new();
     hosts
         .iter()
-        .flat_map(|h| h.routes.entries())
-        .filter(|e| seen.insert(Arc::as_ptr(&e.action)))
-        .map(|e| e.action.as_ref())
+        .flat_map(|h| h.routes.entries().map(|e| &e.action).chain(h.stream.as_ref()))
+        .filter(|a| seen.insert(Arc::as_ptr(a)))
+        .map(|a| a.as_ref())
         .collect()
 }
 

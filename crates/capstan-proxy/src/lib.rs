@@ -13,6 +13,7 @@ pub mod idle;
 pub mod metrics;
 pub mod routes;
 pub mod serve;
+mod stream;
 pub mod tcp;
 
 use std::cell::Cell;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{BackendInfo, BackendSet};
 use crate::gate::{AcceptBackoff, Gate, ListenerGate};
+use crate::gateway::SocketMode;
 use crate::metrics::Metrics;
 
 thread_local! {
@@ -412,6 +414,9 @@ async fn connection(
     admitted: gate::Admitted,
 ) {
     let entry = match (front, protocol) {
+        (Front::Routes(routes, tls), _) if matches!(routes.mode, SocketMode::Tls | SocketMode::Tcp) => {
+            return stream::serve(routes, tls, stream, peer, admitted).await;
+        }
         (Front::Routes(routes, tls), _) => {
             let client = http::Client::new(peer);
             let service = move |sni: Option<Arc<str>>| {
@@ -701,7 +706,7 @@ impl Proxy {
             // A socket that changes between HTTP and HTTPS is opened again: the old one stops routing and is closed
             // first (its accept loop ends before the new bind).
             let kept = match open.remove(&bind) {
-                Some(l) if l.routes.https != plan.https => {
+                Some(l) if l.routes.mode != plan.mode => {
                     l.routes.set(Vec::new());
                     l.close();
                     None
@@ -711,8 +716,9 @@ impl Proxy {
             let listener = match kept {
                 Some(l) => l,
                 None => {
-                    let routes = Arc::new(gateway::Routes::new(plan.port, plan.https));
-                    let tls = match plan.https.then(|| gateway::tls_config(routes.clone())).transpose() {
+                    let routes = Arc::new(gateway::Routes::new(plan.port, plan.mode));
+                    let tls_socket = matches!(plan.mode, SocketMode::Https | SocketMode::Tls);
+                    let tls = match tls_socket.then(|| gateway::tls_config(routes.clone())).transpose() {
                         Ok(t) => t.map(tokio_rustls::TlsAcceptor::from),
                         Err(e) => {
                             errors.insert(bind, format!("TLS cannot be set up: {e}"));
@@ -725,7 +731,11 @@ impl Proxy {
                         &plan.address,
                         plan.port,
                         Front::Routes(routes.clone(), tls),
-                        ExposeProtocol::Http,
+                        // A tunnel's quiet is not idleness: TLS and TCP connections are not evicted for others.
+                        match plan.mode {
+                            SocketMode::Http | SocketMode::Https => ExposeProtocol::Http,
+                            SocketMode::Tls | SocketMode::Tcp => ExposeProtocol::Tcp,
+                        },
                         gate.clone(),
                     ) {
                         Ok((addr, tasks)) => {

@@ -32,6 +32,17 @@ pub enum HostPattern {
     Any,
 }
 
+/// As Gateway API writes it: `shop.example.com`, `*.example.com`, or `*` for every name.
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(suffix) => write!(f, "*{suffix}"),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
 impl HostPattern {
     pub fn parse(host: &str) -> HostPattern {
         let host = host.to_ascii_lowercase();

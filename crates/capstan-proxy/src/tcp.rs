@@ -5,12 +5,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::Entry;
 
 /// Serves one TCP connection arriving on a `protocol: tcp` entry point.
-pub async fn serve(entry: Arc<Entry>, mut client: TcpStream, peer: SocketAddr) {
+pub async fn serve(entry: Arc<Entry>, client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    tunnel(entry, client, peer, &[]).await;
+}
+
+/// Tunnels a client's connection to one of the entry's replicas, writing `first` (bytes already read from the
+/// client, such as a TLS ClientHello that was looked at) before anything else. A replica that cannot be reached is
+/// ejected and the next one tried.
+pub(crate) async fn tunnel<C>(entry: Arc<Entry>, mut client: C, peer: SocketAddr, first: &[u8])
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let cfg = entry.config();
     let sticky = cfg.expose.sticky.as_ref().and_then(|s| s.client_ip.clone());
     let mut backend = sticky
@@ -23,7 +35,6 @@ pub async fn serve(entry: Arc<Entry>, mut client: TcpStream, peer: SocketAddr) {
         match connected {
             Ok(Ok(mut upstream)) => {
                 let _ = upstream.set_nodelay(true);
-                let _ = client.set_nodelay(true);
                 if sticky.is_some() {
                     entry.backends.pin_ip(peer.ip(), &b.name);
                 }
@@ -31,6 +42,9 @@ pub async fn serve(entry: Arc<Entry>, mut client: TcpStream, peer: SocketAddr) {
                 entry.metrics.tcp_connections.get_or_create(&labels).inc();
                 let gauge = entry.metrics.open_tunnels.get_or_create(&labels).clone();
                 let _guard = b.track();
+                if !first.is_empty() && upstream.write_all(first).await.is_err() {
+                    return;
+                }
                 gauge.inc();
                 crate::idle::copy_until_idle(&mut client, &mut upstream, cfg.idle).await;
                 gauge.dec();

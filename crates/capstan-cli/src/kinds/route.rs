@@ -1,5 +1,5 @@
-//! An HTTPRoute in `get` and `describe`: its host names, the Gateways it attaches to with their conditions, and each
-//! rule's matches and backends.
+//! An HTTPRoute, TLSRoute or TCPRoute in `get` and `describe`: its host names, the Gateways it attaches to with their
+//! conditions, and each rule's matches (HTTPRoute) and backends.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -65,7 +65,14 @@ fn match_text(m: &Value) -> String {
 pub fn describe(o: &Value, _now: DateTime<Utc>, out: &mut String) {
     let spec = &o["spec"];
     let hosts: Vec<String> = spec["hostnames"].as_array().into_iter().flatten().map(s).collect();
-    super::put_field(out, "Hostnames", if hosts.is_empty() { "* (the listener's)".into() } else { hosts.join(", ") });
+    let http = o["kind"].as_str().is_none_or(|k| k == "HTTPRoute");
+    if o["kind"] != "TCPRoute" {
+        super::put_field(
+            out,
+            "Hostnames",
+            if hosts.is_empty() { "* (the listener's)".into() } else { hosts.join(", ") },
+        );
+    }
     out.push_str("Rules:\n");
     let mut rows = Vec::new();
     for (i, r) in spec["rules"].as_array().into_iter().flatten().enumerate() {
@@ -79,14 +86,20 @@ pub fn describe(o: &Value, _now: DateTime<Utc>, out: &mut String) {
             })
             .collect();
         let filters: Vec<String> = r["filters"].as_array().into_iter().flatten().map(|f| s(&f["type"])).collect();
-        rows.push(vec![
-            r["name"].as_str().map_or_else(|| i.to_string(), str::to_string),
-            if matches.is_empty() { "PathPrefix /".into() } else { matches.join(" | ") },
-            filters.join(","),
-            backends.join(", "),
-        ]);
+        let name = r["name"].as_str().map_or_else(|| i.to_string(), str::to_string);
+        rows.push(if http {
+            vec![
+                name,
+                if matches.is_empty() { "PathPrefix /".into() } else { matches.join(" | ") },
+                filters.join(","),
+                backends.join(", "),
+            ]
+        } else {
+            vec![name, backends.join(", ")]
+        });
     }
-    out.push_str(&indent(&table(&["RULE", "MATCHES", "FILTERS", "BACKENDS"], &rows)));
+    let heads: &[&str] = if http { &["RULE", "MATCHES", "FILTERS", "BACKENDS"] } else { &["RULE", "BACKENDS"] };
+    out.push_str(&indent(&table(heads, &rows)));
     let mut parents = Vec::new();
     for p in o["status"]["parents"].as_array().into_iter().flatten() {
         for c in p["conditions"].as_array().into_iter().flatten() {
@@ -129,5 +142,19 @@ mod tests {
         assert!(text.contains("api:8080 ×90, api-next:8080 ×10"), "{text}");
         assert!(text.contains("front:https") && text.contains("BackendNotFound"), "{text}");
         assert_eq!(super::cells(&o), vec!["shop.example.com", "front:https", "1/1"]);
+    }
+
+    #[test]
+    fn a_route_of_connections_shows_its_backends_without_http_matches() {
+        let o = json!({
+            "kind": "TCPRoute",
+            "metadata": {"name": "ssh", "namespace": "default"},
+            "spec": {"parentRefs": [{"name": "edge", "sectionName": "ssh"}],
+                     "rules": [{"backendRefs": [{"name": "git", "port": 22}]}]},
+        });
+        let text = describe(Kind::TCPRoute, &o, &json!({"items": []}), Utc::now());
+        assert!(text.contains("git:22 ×1"), "{text}");
+        assert!(!text.contains("PathPrefix") && !text.contains("MATCHES") && !text.contains("Hostnames"), "{text}");
+        assert_eq!(super::cells(&o), vec!["*", "edge:ssh", "Unknown"]);
     }
 }
