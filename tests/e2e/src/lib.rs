@@ -3,6 +3,7 @@
 
 pub mod chromium;
 pub mod git;
+pub mod tls;
 pub mod web;
 
 use std::future::Future;

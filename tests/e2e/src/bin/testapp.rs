@@ -220,9 +220,40 @@ async fn ws(up: axum::extract::ws::WebSocketUpgrade) -> axum::response::Response
     })
 }
 
-/// A TCP server that answers each line with `<replica> <line>`, until SIGTERM.
-async fn tcp_echo(port: u16, replica: String) {
+/// Answers each line with `<replica> <line>`.
+async fn echo_lines<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(stream: S, replica: &str) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (r, mut w) = tokio::io::split(stream);
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if w.write_all(format!("{replica} {line}\n").as_bytes()).await.is_err() || w.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The TLS server of a `TESTAPP_TLS_CERT` and `TESTAPP_TLS_KEY` (PEM text), if both are given.
+fn tls_acceptor() -> Option<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = (env("TESTAPP_TLS_CERT")?, env("TESTAPP_TLS_KEY")?);
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>().expect("TESTAPP_TLS_CERT: PEM");
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("TESTAPP_TLS_KEY: a PEM key");
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("the key of the certificate");
+    Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// A TCP server that answers each line with `<replica> <line>`, until SIGTERM; over TLS when given a certificate
+/// (a backend that ends TLS itself, behind a passthrough listener).
+async fn tcp_echo(port: u16, replica: String) {
+    let tls = tls_acceptor();
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -238,13 +269,15 @@ async fn tcp_echo(port: u16, replica: String) {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let replica = replica.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let (r, mut w) = stream.into_split();
-                    let mut lines = BufReader::new(r).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        if w.write_all(format!("{replica} {line}\n").as_bytes()).await.is_err() {
-                            break;
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                echo_lines(stream, &replica).await;
+                            }
                         }
+                        None => echo_lines(stream, &replica).await,
                     }
                 });
             }

@@ -1,0 +1,87 @@
+//! TLS for end-to-end tests: a test CA and the certificates it signs, a verified client connection, and the Secret
+//! manifests that carry a certificate (Capstan's and Kubernetes' own `v1`).
+
+/// A certificate `ca` signs for `names`: (certificate PEM, key PEM).
+pub fn certificate_for(names: &[&str], ca: &(rcgen::KeyPair, rcgen::CertificateParams)) -> (String, String) {
+    certificate_with(names, ca, |_| {})
+}
+
+/// As [`certificate_for`], with `adjust` changing the certificate's parameters (its validity) before it is signed.
+pub fn certificate_with(
+    names: &[&str],
+    ca: &(rcgen::KeyPair, rcgen::CertificateParams),
+    adjust: impl FnOnce(&mut rcgen::CertificateParams),
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("names");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+    adjust(&mut params);
+    let issuer = rcgen::Issuer::new(ca.1.clone(), &ca.0);
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A fresh CA: its key and parameters (to sign with) and its certificate PEM (to trust).
+pub fn test_ca() -> ((rcgen::KeyPair, rcgen::CertificateParams), String) {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    // Its own name: a leaf named as its issuer looks self-signed to OpenSSL (curl).
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Capstan test CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let pem = params.self_signed(&key).expect("self-signed").pem();
+    ((key, params), pem)
+}
+
+/// A client's TLS connection.
+pub type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to 127.0.0.1:`port` with `sni` as the server name, verified against `ca_pem`, offering the
+/// `alpn` protocols; None when the connection or the handshake fails.
+pub async fn tls_connect(port: u16, sni: &str, ca_pem: &str, alpn: &[&[u8]]) -> Option<Tls> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.ok()?).ok()?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
+    tokio::time::timeout(std::time::Duration::from_secs(5), connector.connect(name, tcp)).await.ok()?.ok()
+}
+
+/// Capstan's Secret holding `tls.crt` and `tls.key` as text.
+pub fn tls_secret(name: &str, cert: &str, key: &str) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("      {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata: {{name: {name}}}\nspec:\n  stringData:\n    tls.crt: |\n{}    tls.key: |\n{}",
+        indent(cert),
+        indent(key)
+    )
+}
+
+/// The same as Kubernetes' own `v1` Secret of type `kubernetes.io/tls`, as a cluster takes it.
+pub fn core_tls_secret(name: &str, cert: &str, key: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(cert),
+        b64(key)
+    )
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a certificate").to_vec()
+}

@@ -1,0 +1,198 @@
+//! TLSRoute and TCPRoute from the outside: real clients and real backend processes through a Gateway's TLS and TCP
+//! listeners — passthrough by SNI name to a backend that ends TLS itself, TLS ended by the listener's certificate,
+//! TCP split by weight — with their status, `get` and `describe`, and open tunnels kept through a route change.
+
+use std::time::Duration;
+
+use capstan_e2e::tls::*;
+use capstan_e2e::*;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Sends `line` and reads the echo: `<replica> <line>`.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, line: &str) -> Option<String> {
+    s.write_all(format!("{line}\n").as_bytes()).await.ok()?;
+    s.flush().await.ok()?;
+    let mut reply = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), BufReader::new(s).read_line(&mut reply)).await;
+    match read {
+        Ok(Ok(n)) if n > 0 => Some(reply.trim_end().to_string()),
+        _ => None,
+    }
+}
+
+/// A PEM as one line of a double-quoted YAML string.
+fn one_line(pem: &str) -> String {
+    pem.replace('\n', "\\n")
+}
+
+fn edge(pass: u16, end: u16, tcp: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+    - {{name: pass, port: {pass}, protocol: TLS, tls: {{mode: Passthrough}}}}
+    - {{name: end, port: {end}, protocol: TLS, hostname: \"*.example.test\", tls: {{certificateRefs: [{{name: wild-tls}}]}}}}
+    - {{name: raw, port: {tcp}, protocol: TCP}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: db}}
+spec:
+  parentRefs: [{{name: edge, sectionName: pass}}]
+  hostnames: [db.example.test]
+  rules: [{{backendRefs: [{{name: tls-echo, port: 8080}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: cache}}
+spec:
+  parentRefs: [{{name: edge, sectionName: end}}]
+  hostnames: [cache.example.test]
+  rules: [{{backendRefs: [{{name: echo, port: 8080}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: raw}}
+spec:
+  parentRefs: [{{name: edge, sectionName: raw}}]
+  rules:
+    - backendRefs:
+        - {{name: echo, port: 8080, weight: 3}}
+        - {{name: echo-b, port: 8080, weight: 1}}
+"
+    )
+}
+
+const TCP_READY: &str = "  probes:\n    readiness: {tcp: {port: http}, periodSeconds: 1}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_tcp_listeners_route_connections_by_sni_and_weight_to_real_backends() {
+    let tp = TestPlane::start().await;
+    let (ca, ca_pem) = test_ca();
+    let (db_crt, db_key) = certificate_for(&["db.example.test", "*.example.test"], &ca);
+    let (wild_crt, wild_key) = certificate_for(&["*.example.test"], &ca);
+    let (pass, end, raw) = (free_port(), free_port(), free_port());
+    let apps = [
+        app_yaml(
+            "tls-echo",
+            2,
+            &[
+                ("TESTAPP_TCP_ECHO", "1"),
+                ("TESTAPP_TLS_CERT", &one_line(&db_crt)),
+                ("TESTAPP_TLS_KEY", &one_line(&db_key)),
+            ],
+            TCP_READY,
+        ),
+        app_yaml("echo", 2, &[("TESTAPP_TCP_ECHO", "1")], TCP_READY),
+        app_yaml("echo-b", 1, &[("TESTAPP_TCP_ECHO", "1")], TCP_READY),
+        tls_secret("wild-tls", &wild_crt, &wild_key),
+        edge(pass, end, raw),
+    ];
+    tp.apply(&apps.join("---\n"));
+    for app in ["tls-echo", "echo", "echo-b"] {
+        eventually(&format!("{app} Ready"), T, || async { ready(&tp.app(app).await).then_some(()) }).await;
+    }
+
+    // Passthrough: the backend ends TLS with its own certificate; Capstan never holds it.
+    let mut tunnel = eventually("a passthrough connection to db.example.test", T, || async {
+        let mut tls = tls_connect(pass, "db.example.test", &ca_pem, &[]).await?;
+        echo(&mut tls, "ping").await.filter(|r| r.ends_with(" ping"))?;
+        Some(tls)
+    })
+    .await;
+    let leaf = tunnel.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+    assert_eq!(leaf, Some(der_of(&db_crt)), "the backend's own certificate, passed through");
+    let reply = echo(&mut tunnel, "hello").await.expect("an echo through the tunnel");
+    assert!(reply.starts_with("tls-echo-") && reply.ends_with(" hello"), "{reply}");
+    assert!(
+        tls_connect(pass, "other.example.test", &ca_pem, &[]).await.is_none(),
+        "a name no TLSRoute serves is closed"
+    );
+    // Not TLS at all: closed without an answer.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", pass)).await.expect("connect");
+    assert_eq!(echo(&mut plain, "GET / HTTP/1.1").await, None, "bytes that are not a ClientHello are refused");
+
+    // Terminated: the listener's certificate, and the plain echo behind it.
+    let mut ended = tls_connect(end, "cache.example.test", &ca_pem, &[]).await.expect("a terminated connection");
+    let leaf = ended.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+    assert_eq!(leaf, Some(der_of(&wild_crt)), "the listener's certificate");
+    assert_eq!(ended.get_ref().1.alpn_protocol(), None, "no HTTP offered on a TLS listener");
+    let reply = echo(&mut ended, "plain inside").await.expect("an echo");
+    assert!(reply.starts_with("echo-") && reply.ends_with(" plain inside"), "{reply}");
+
+    // TCP by weight: 3:1 exactly over every run of four connections.
+    let mut apps_seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut replicas = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", raw)).await.expect("the TCP listener accepts");
+        let reply = echo(&mut s, &format!("n{i}")).await.expect("an echo over TCP");
+        let replica = reply.split(' ').next().unwrap_or_default().to_string();
+        let app = replica.rsplit_once('-').map(|(a, _)| a.to_string()).unwrap_or_default();
+        *apps_seen.entry(app).or_default() += 1;
+        replicas.insert(replica);
+    }
+    assert_eq!(apps_seen.get("echo"), Some(&30), "{apps_seen:?}");
+    assert_eq!(apps_seen.get("echo-b"), Some(&10), "{apps_seen:?}");
+    assert!(replicas.len() == 3, "echo's two replicas and echo-b's one: {replicas:?}");
+
+    // Status as Gateway API writes it, and kubectl's habits.
+    let route = tp.client.get("/api/v1/namespaces/default/tlsroutes/db").await.expect("the TLSRoute");
+    let conditions = &route["status"]["parents"][0]["conditions"];
+    for t in ["Accepted", "ResolvedRefs"] {
+        let c = conditions.as_array().unwrap().iter().find(|c| c["type"] == t).expect(t);
+        assert_eq!(c["status"], "True", "{t}: {c}");
+    }
+    let g = tp.client.get("/api/v1/namespaces/default/gateways/edge").await.expect("the Gateway");
+    for l in g["status"]["listeners"].as_array().unwrap() {
+        assert_eq!(l["attachedRoutes"], 1, "{l}");
+        let programmed = l["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Programmed").unwrap();
+        assert_eq!(programmed["status"], "True", "{l}");
+    }
+    let out = tp.cli(&["get", "tlsroutes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("db.example.test") && text.contains("edge:pass"), "{text}");
+    let out = tp.cli(&["describe", "tcproute", "raw"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("echo:8080 ×3, echo-b:8080 ×1"), "{text}");
+
+    // A new route on the same listener: the open passthrough tunnel is not dropped, and new names are served.
+    tp.apply(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: db-replica}
+spec:
+  parentRefs: [{name: edge, sectionName: pass}]
+  hostnames: [\"*.example.test\"]
+  rules: [{backendRefs: [{name: tls-echo, port: 8080}]}]
+",
+    );
+    eventually("the wildcard TLSRoute accepted", T, || async {
+        let r = tp.client.get("/api/v1/namespaces/default/tlsroutes/db-replica").await.ok()?;
+        (r["status"]["parents"][0]["conditions"][0]["status"] == "True").then_some(())
+    })
+    .await;
+    let mut other = tls_connect(pass, "other.example.test", &ca_pem, &[]).await.expect("the wildcard route's name");
+    let reply = echo(&mut other, "new name").await.expect("an echo");
+    assert!(reply.starts_with("tls-echo-") && reply.ends_with(" new name"), "{reply}");
+    let reply = echo(&mut tunnel, "still here").await.expect("the open tunnel survives a route change");
+    assert!(reply.ends_with(" still here"), "{reply}");
+
+    // A route deleted: its name is no longer served, and the listener's count says so.
+    let out = tp.cli(&["delete", "tcproute", "raw"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the TCP listener without routes", T, || async {
+        let g = tp.client.get("/api/v1/namespaces/default/gateways/edge").await.ok()?;
+        let l = g["status"]["listeners"].as_array()?.iter().find(|l| l["name"] == "raw")?.clone();
+        (l["attachedRoutes"] == 0).then_some(())
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", raw)).await.expect("the socket stays open");
+    assert_eq!(echo(&mut s, "anyone?").await, None, "no route: the connection is closed");
+    tp.stop().await;
+}
