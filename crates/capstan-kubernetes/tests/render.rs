@@ -229,9 +229,70 @@ spec:
     let peers = policy["spec"]["ingress"][0]["from"].as_array().expect("peers");
     assert!(peers.iter().any(|p| p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "gateways"));
 
-    let tcp = yaml.replace("      sticky:", "      protocol: tcp\n      sticky:");
-    let err = capstan_model::parse_manifests("b.yaml", &tcp).map(|_| ()).unwrap_err().to_string();
-    assert!(err.contains("spec.expose[0].gateway") && err.contains("only http entry points"), "{err}");
+    // A tcp entry through a Gateway: a TCPRoute, no LoadBalancer, and no port opened to everyone.
+    let tcp = yaml.replace("      sticky: {cookie: {name: ROUTE, maxAge: 3600}}\n", "      protocol: tcp\n");
+    let resources: Vec<Resource> =
+        capstan_model::parse_manifests("b.yaml", &tcp).expect("parses").into_iter().map(|m| m.resource).collect();
+    let objs = capstan_kubernetes::render::render(&resources).expect("renders");
+    let route = objs.iter().find(|o| o["kind"] == "TCPRoute").expect("a TCPRoute");
+    assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1alpha2");
+    assert_eq!(route["metadata"]["name"], "board-tcp-80");
+    assert_eq!(route["spec"]["parentRefs"][0]["sectionName"], "https");
+    assert_eq!(route["spec"]["rules"][0]["backendRefs"], serde_json::json!([{"name": "board", "port": 8080}]));
+    assert!(!objs.iter().any(|o| o["spec"]["type"] == "LoadBalancer"), "the Gateway replaces the LoadBalancer");
+    let policy =
+        objs.iter().find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "board-allow").expect("policy");
+    let rules = policy["spec"]["ingress"].as_array().expect("rules");
+    assert!(rules.iter().all(|r| r["from"].is_array()), "every rule names who may connect: {rules:?}");
+}
+
+/// TLSRoutes and TCPRoutes reach the cluster as written, in the apiVersion written (the cluster's CRDs decide).
+#[test]
+fn routes_of_connections_pass_through_in_the_version_written() {
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: db, namespace: data}
+spec:
+  parentRefs: [{name: edge, sectionName: tls}]
+  hostnames: [db.example.com]
+  rules: [{backendRefs: [{name: pg, port: 5432}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: db-v1, namespace: data}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [db1.example.com]
+  rules: [{backendRefs: [{name: pg, port: 5432, weight: 2}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: ssh, namespace: data}
+spec:
+  parentRefs: [{name: edge, sectionName: ssh}]
+  rules: [{backendRefs: [{name: git, port: 22}]}]
+";
+    let resources: Vec<Resource> =
+        capstan_model::parse_manifests("r.yaml", yaml).expect("parses").into_iter().map(|m| m.resource).collect();
+    let objs = capstan_kubernetes::render::render(&resources).expect("renders");
+    let got: Vec<(String, String)> = objs
+        .iter()
+        .filter(|o| o["kind"].as_str().is_some_and(|k| k.ends_with("Route")))
+        .map(|o| (o["apiVersion"].as_str().unwrap().to_string(), o["kind"].as_str().unwrap().to_string()))
+        .collect();
+    let want = [
+        ("gateway.networking.k8s.io/v1alpha2", "TLSRoute"),
+        ("gateway.networking.k8s.io/v1", "TLSRoute"),
+        ("gateway.networking.k8s.io/v1alpha2", "TCPRoute"),
+    ];
+    assert_eq!(got, want.map(|(a, k)| (a.to_string(), k.to_string())));
+    let v1 = objs.iter().find(|o| o["metadata"]["name"] == "db-v1").unwrap();
+    assert_eq!(v1["spec"]["rules"][0]["backendRefs"][0]["weight"], 2);
+    assert_eq!(v1["metadata"]["labels"]["app.kubernetes.io/managed-by"], "capstan", "pruned when it leaves the files");
+    for o in objs.iter().filter(|o| o["kind"].as_str().is_some_and(|k| k.ends_with("Route"))) {
+        let info = capstan_kubernetes::plan::kind_info(o["apiVersion"].as_str().unwrap(), o["kind"].as_str().unwrap());
+        assert!(info.is_some_and(|k| k.namespaced), "the cluster plan knows {} {}", o["apiVersion"], o["kind"]);
+    }
 }
 
 /// Kubernetes' own Secret, as written for a cluster, is taken by Capstan and rendered back as the same Secret; a

@@ -596,12 +596,13 @@ pub struct Expose {
     /// How long a replica that leaves keeps serving its in-flight requests before it is stopped.
     #[serde(default = "thirty", skip_serializing_if = "is_thirty")]
     pub drain_seconds: u32,
-    /// On Kubernetes, reach this entry through a Gateway API Gateway (an HTTPRoute) instead of an Ingress.
+    /// On Kubernetes, reach this entry through a Gateway API Gateway instead of an Ingress (an http entry, by an
+    /// HTTPRoute) or a LoadBalancer Service (a tcp entry, by a TCPRoute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayRef>,
 }
 
-/// The Gateway an http entry point attaches to on Kubernetes.
+/// The Gateway an entry point attaches to on Kubernetes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayRef {

@@ -384,12 +384,6 @@ fn validate_expose(spec: &AppSpec, errors: &mut Vec<FieldError>) {
             );
         }
         if let Some(g) = &e.gateway {
-            if e.protocol != ExposeProtocol::Http {
-                errors.push(
-                    FieldError::new(format!("{path}.gateway"), "only http entry points attach to a Gateway")
-                        .hint("a tcp entry becomes a LoadBalancer Service on Kubernetes"),
-                );
-            }
             if g.name.trim().is_empty() {
                 errors.push(FieldError::new(format!("{path}.gateway.name"), "empty").hint("the Gateway's name"));
             }

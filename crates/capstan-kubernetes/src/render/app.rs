@@ -101,13 +101,7 @@ fn probe(p: &Probe) -> KProbe {
 /// cookie (`sessionPersistence`, Gateway API's experimental channel). There is no k8s-openapi type for it.
 fn http_route(app: &App, e: &capstan_model::Expose, g: &capstan_model::GatewayRef, service_port: u16) -> Value {
     let name = app.metadata.name.as_str();
-    let mut parent = serde_json::json!({ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": g.name });
-    if let Some(ns) = &g.namespace {
-        parent["namespace"] = Value::String(ns.clone());
-    }
-    if let Some(s) = &g.section_name {
-        parent["sectionName"] = Value::String(s.clone());
-    }
+    let parent = parent_ref(g);
     let mut rule = serde_json::json!({
         "matches": [{ "path": { "type": "PathPrefix", "value": "/" } }],
         "backendRefs": [{ "name": name, "port": service_port }],
@@ -127,6 +121,29 @@ fn http_route(app: &App, e: &capstan_model::Expose, g: &capstan_model::GatewayRe
     }
     let meta = serde_json::to_value(meta(app, name, None)).unwrap_or(Value::Null);
     serde_json::json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta, "spec": spec })
+}
+
+/// A Gateway API TCPRoute (`gateway.networking.k8s.io/v1alpha2`, as clusters serve it) for a tcp entry point that
+/// names a Gateway: every connection on the listener to the App's Service port.
+fn tcp_route(app: &App, route: &str, g: &capstan_model::GatewayRef, service_port: u16) -> Value {
+    let spec = serde_json::json!({
+        "parentRefs": [parent_ref(g)],
+        "rules": [{ "backendRefs": [{ "name": app.metadata.name, "port": service_port }] }],
+    });
+    let meta = serde_json::to_value(meta(app, route, None)).unwrap_or(Value::Null);
+    serde_json::json!({ "apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute", "metadata": meta, "spec": spec })
+}
+
+/// A route's reference to the Gateway an entry point names.
+fn parent_ref(g: &capstan_model::GatewayRef) -> Value {
+    let mut parent = serde_json::json!({ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": g.name });
+    if let Some(ns) = &g.namespace {
+        parent["namespace"] = Value::String(ns.clone());
+    }
+    if let Some(s) = &g.section_name {
+        parent["sectionName"] = Value::String(s.clone());
+    }
+    parent
 }
 
 /// Renders one App on its own: a database it references gets the default user and database name. Every
@@ -500,7 +517,7 @@ fn services(app: &App, ports: &BTreeMap<String, u16>, headless: &str) -> Vec<Val
 }
 
 /// The entry points: an Ingress (or an HTTPRoute, given a Gateway) for the first http entry, a LoadBalancer Service
-/// per tcp entry.
+/// (or a TCPRoute, given a Gateway) per tcp entry.
 fn entry_points(
     app: &App,
     ports: &BTreeMap<String, u16>,
@@ -579,6 +596,10 @@ fn entry_points(
         let (port_name, _) = target_of(&e.target_port)
             .ok_or_else(|| err(&format!("spec.expose[{i}].targetPort"), "names no port of spec.ports"))?;
         let suffix = e.name.clone().unwrap_or_else(|| format!("tcp-{}", e.port));
+        if let Some(g) = &e.gateway {
+            out.push(tcp_route(app, &format!("{name}-{suffix}"), g, ports[&port_name]));
+            continue;
+        }
         out.push(to_value(&Service {
             metadata: meta(app, &format!("{name}-{suffix}"), Some("entrypoint")),
             spec: Some(ServiceSpec {
@@ -652,13 +673,15 @@ fn network_policy(
         });
     }
     let mut rules = vec![NetworkPolicyIngressRule { from: Some(from), ports: None }];
-    if app.spec.expose.iter().any(|e| e.protocol == ExposeProtocol::Tcp) {
-        // A LoadBalancer's clients come from anywhere: open exactly the tcp entry ports.
+    // A LoadBalancer's clients come from anywhere: open exactly the tcp entry ports (those behind a Gateway are
+    // reached from its namespace, above).
+    let load_balanced = |e: &&capstan_model::Expose| e.protocol == ExposeProtocol::Tcp && e.gateway.is_none();
+    if app.spec.expose.iter().any(|e| load_balanced(&e)) {
         let tcp_ports = app
             .spec
             .expose
             .iter()
-            .filter(|e| e.protocol == ExposeProtocol::Tcp)
+            .filter(load_balanced)
             .filter_map(|e| target_of(&e.target_port))
             .map(|(n, _)| k8s_openapi::api::networking::v1::NetworkPolicyPort {
                 port: Some(IntOrString::String(n)),
