@@ -52,7 +52,7 @@ pub const PERMISSIONS: &[Rule] = &[
     rule("", &["secrets"], &["create"]),
     rule("networking.k8s.io", &["ingresses"], &["create", "delete", "get", "patch"]),
     rule("networking.k8s.io", &["networkpolicies"], &["create", "get", "patch"]),
-    rule("gateway.networking.k8s.io", &["httproutes"], &["create", "delete", "get", "patch"]),
+    rule("gateway.networking.k8s.io", &["httproutes", "tcproutes"], &["create", "delete", "get", "patch"]),
     rule("policy", &["poddisruptionbudgets"], &["create", "get", "patch"]),
     rule("autoscaling", &["horizontalpodautoscalers"], &["create", "delete", "get", "patch"]),
     rule("postgresql.cnpg.io", &["clusters"], &["create", "get", "patch"]),

@@ -155,15 +155,21 @@ async fn the_operator_reconciles_owns_prunes_fails_over_and_needs_only_its_rbac(
     until("TrainingJob status", || ready(&fake, "trainingjobs", "train").is_some()).await;
     until("Database status", || ready(&fake, "databases", "db").is_some()).await;
 
-    // The tcp entry goes and a Gateway replaces the Ingress: the Service and Ingress are pruned, an HTTPRoute made.
-    let gateway = json!([{"port": 443, "gateway": {"name": "public", "namespace": "gateways"}}]);
+    // A Gateway replaces the Ingress and the tcp entry's LoadBalancer: the Service and Ingress are pruned, an
+    // HTTPRoute and a TCPRoute made.
+    let public = json!({"name": "public", "namespace": "gateways"});
+    let ssh = json!({"name": "public", "namespace": "gateways", "sectionName": "ssh"});
+    let gateway = json!([{"port": 443, "gateway": public},
+                         {"name": "ssh", "port": 22, "protocol": "tcp", "targetPort": "ssh", "gateway": ssh}]);
     kubectl("capstan.dev", "apps", &web(gateway));
     until("HTTPRoute", || fake.get("gateway.networking.k8s.io", "httproutes", "team", "web").is_some()).await;
+    until("TCPRoute", || fake.get("gateway.networking.k8s.io", "tcproutes", "team", "web-ssh").is_some()).await;
     until("Ingress pruned", || fake.get("networking.k8s.io", "ingresses", "team", "web").is_none()).await;
     until("tcp Service pruned", || fake.get("", "services", "team", "web-ssh").is_none()).await;
-    // And back: the HTTPRoute is pruned.
+    // And back: the routes are pruned.
     kubectl("capstan.dev", "apps", &web(json!([{"port": 443}])));
     until("HTTPRoute pruned", || fake.get("gateway.networking.k8s.io", "httproutes", "team", "web").is_none()).await;
+    until("TCPRoute pruned", || fake.get("gateway.networking.k8s.io", "tcproutes", "team", "web-ssh").is_none()).await;
     until("Ingress back", || fake.get("networking.k8s.io", "ingresses", "team", "web").is_some()).await;
     // The autoscaler goes; one worker fewer.
     kubectl(

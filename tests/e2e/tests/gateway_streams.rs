@@ -196,3 +196,62 @@ spec:
     assert_eq!(echo(&mut s, "anyone?").await, None, "no route: the connection is closed");
     tp.stop().await;
 }
+
+/// An HTTP/1.0 GET written over any connection: the body of the answer.
+async fn get_over<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: hello.localhost\r\n\r\n").await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+}
+
+/// `examples/gateway-streams` as its comments say to run it (the test app for `capstan-hello`, free ports, the
+/// certificate stored with `capstan create secret tls`): TCP split 3:1, TLS ended by SNI name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_example_serves_as_documented() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/gateway-streams/streams.yaml");
+    let (tcp, tls) = (free_port(), free_port());
+    let yaml = std::fs::read_to_string(path)
+        .expect("examples/gateway-streams/streams.yaml")
+        .replace("command: [capstan-hello]", &format!("command: [{}]", testapp()))
+        .replace("port: 8090", &format!("port: {tcp}"))
+        .replace("port: 8453", &format!("port: {tls}"));
+    let tp = TestPlane::start().await;
+    let (ca, ca_pem) = test_ca();
+    let (crt, key) = certificate_for(&["hello.localhost", "*.localhost"], &ca);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (crt_file, key_file) = (dir.path().join("edge.crt"), dir.path().join("edge.key"));
+    std::fs::write(&crt_file, &crt).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let out = tp.cli(&[
+        "create",
+        "secret",
+        "tls",
+        "edge-tls",
+        "--cert",
+        crt_file.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tp.apply(&yaml);
+    for app in ["site", "site-next"] {
+        eventually(&format!("{app} Ready"), T, || async { ready(&tp.app(app).await).then_some(()) }).await;
+    }
+    let mut by_app = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..8 {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", tcp)).await.expect("the TCP listener");
+        let body = get_over(s).await.expect("an answer over TCP");
+        let app = body.trim().rsplit_once('-').map(|(a, _)| a.to_string()).unwrap_or(body);
+        *by_app.entry(app).or_default() += 1;
+    }
+    assert_eq!(by_app, [("site".to_string(), 6), ("site-next".to_string(), 2)].into(), "3:1");
+    let conn = tls_connect(tls, "hello.localhost", &ca_pem, &[]).await.expect("a TLS connection to hello.localhost");
+    let body = get_over(conn).await.expect("an answer over TLS");
+    assert!(body.starts_with("site-"), "{body}");
+    assert!(tls_connect(tls, "other.localhost", &ca_pem, &[]).await.is_none(), "no TLSRoute for other.localhost");
+    tp.stop().await;
+}
