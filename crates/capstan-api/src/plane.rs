@@ -393,7 +393,11 @@ impl ControlPlane {
         let info = serde_json::json!({
             "url": url, "pid": std::process::id(), "ca": ca_file, "socket": socket,
         });
-        let _ = std::fs::write(cfg.data_dir.join(SERVER_FILE), info.to_string());
+        // Written whole and renamed into place: a client starting beside `capstan up` never reads half of it.
+        let staged = cfg.data_dir.join(format!("{SERVER_FILE}.tmp"));
+        if std::fs::write(&staged, info.to_string()).is_ok() {
+            let _ = std::fs::rename(&staged, cfg.data_dir.join(SERVER_FILE));
+        }
         tracing::info!(%url, data = %cfg.data_dir.display(), "capstan control plane is up");
         Ok(ControlPlane {
             shared,
@@ -521,7 +525,7 @@ pub fn controller_of(kind: Kind) -> Option<&'static str> {
         // Read by the controllers of the kinds that use it (a Source's credentials, a Database's URL).
         Kind::Secret => None,
         // One controller compiles both into the balancer's listeners.
-        Kind::Gateway | Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => Some("Gateway"),
+        Kind::Gateway | Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute | Kind::ReferenceGrant => Some("Gateway"),
         // The throwaway kind's reconciler is started by its own test.
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,

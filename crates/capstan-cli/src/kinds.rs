@@ -6,6 +6,7 @@ mod database;
 mod escalation_policy;
 mod gateway;
 mod model_server;
+mod reference_grant;
 mod route;
 mod secret;
 mod source;
@@ -69,6 +70,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::EscalationPolicy => escalation_policy::columns(),
         Kind::Gateway => gateway::columns(),
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::columns(),
+        Kind::ReferenceGrant => reference_grant::columns(),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::columns(),
     };
@@ -96,7 +98,8 @@ fn wide_of(kind: Kind) -> Option<Wide> {
         | Kind::Gateway
         | Kind::HTTPRoute
         | Kind::TLSRoute
-        | Kind::TCPRoute => None,
+        | Kind::TCPRoute
+        | Kind::ReferenceGrant => None,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,
     }
@@ -122,6 +125,7 @@ pub fn row(kind: Kind, o: &Value, all: bool, wide: bool, now: DateTime<Utc>) -> 
         Kind::EscalationPolicy => escalation_policy::cells(o),
         Kind::Gateway => gateway::cells(o),
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::cells(o),
+        Kind::ReferenceGrant => reference_grant::cells(o),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::cells(o),
     };
@@ -148,6 +152,7 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
         Kind::EscalationPolicy => escalation_policy::describe,
         Kind::Gateway => gateway::describe,
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::describe,
+        Kind::ReferenceGrant => reference_grant::describe,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::describe,
     };

@@ -15,6 +15,8 @@ use capstan_model::gateway::{
     HttpRoute, HttpRouteRule, Listener, ListenerProtocol, ListenerStatus, ParentReference, RouteGroupKind,
     RouteParentStatus, RouteStatus, TlsMode, CONTROLLER_NAME, GATEWAY_GROUP,
 };
+use capstan_model::reference_grant::ReferenceGrant;
+use capstan_model::stream_route::{TcpRoute, TlsRoute};
 use capstan_model::{App, Expose, ObjectKey, Secret, Sticky, StickyCookie};
 use capstan_proxy::gateway::CertifiedKey;
 use capstan_proxy::gateway::{ListenerPlan, RouteBackend, RuleAction, SocketMode, VirtualHost};
@@ -84,6 +86,9 @@ pub(crate) struct Slot<'a> {
     /// An HTTPS listener's certificate, and what is wrong with its Secret (its `ResolvedRefs`).
     cert: Option<Arc<CertifiedKey>>,
     cert_problem: Option<String>,
+    /// The reason of `ResolvedRefs: False` when there is a problem: `InvalidCertificateRef`, or `RefNotPermitted`
+    /// for another namespace's Secret that no ReferenceGrant lets the Gateway use.
+    cert_reason: &'static str,
     /// Why an accepted listener cannot be served (an HTTPS listener without a usable certificate).
     unserved: Option<String>,
 }
@@ -100,17 +105,40 @@ pub(crate) fn key_of<S, T>(kind: &str, o: &capstan_model::Object<S, T>) -> Objec
 /// Secret is not usable.
 pub type Certificates = BTreeMap<(ObjectKey, String), Arc<CertifiedKey>>;
 
-/// Compiles every Gateway and route against the Apps and Secrets that exist; `served` is what the last pass
-/// served, and `Compiled::certificates` what this one serves.
-pub fn compile(
-    gateways: &[Gateway],
-    routes: &[HttpRoute],
-    streams: &crate::streams::StreamRoutes,
-    apps: &[App],
-    secrets: &[Secret],
-    served: &Certificates,
-    now: DateTime<Utc>,
-) -> Compiled {
+/// Everything a pass compiles: the objects the store holds of each kind that matters.
+#[derive(Debug, Default)]
+pub struct Objects {
+    pub gateways: Vec<Gateway>,
+    pub http_routes: Vec<HttpRoute>,
+    pub tls_routes: Vec<TlsRoute>,
+    pub tcp_routes: Vec<TcpRoute>,
+    pub apps: Vec<App>,
+    pub secrets: Vec<Secret>,
+    pub grants: Vec<ReferenceGrant>,
+}
+
+/// The ReferenceGrants of every namespace, asked whether one lets an object reference another namespace's.
+#[derive(Clone, Copy)]
+pub(crate) struct Grants<'a>(&'a [ReferenceGrant]);
+
+impl Grants<'_> {
+    /// Whether a `from_kind` (of Gateway API's group) of `from_ns` may reference the `to` (group, kind) named `name`
+    /// in `to_ns`: always within a namespace, across namespaces when a grant in `to_ns` says so.
+    pub(crate) fn allow(&self, from_kind: &str, from_ns: &str, to: (&str, &str), to_ns: &str, name: &str) -> bool {
+        from_ns == to_ns
+            || self
+                .0
+                .iter()
+                .filter(|g| g.metadata.namespace() == to_ns)
+                .any(|g| g.spec.allows((GATEWAY_GROUP, from_kind), from_ns, to, name))
+    }
+}
+
+/// Compiles every Gateway and route against the Apps, Secrets and ReferenceGrants that exist; `served` is what the
+/// last pass served, and `Compiled::certificates` what this one serves.
+pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> Compiled {
+    let Objects { gateways, http_routes: routes, apps, secrets, grants, .. } = objects;
+    let grants = Grants(grants);
     let mut gateways: Vec<&Gateway> = gateways.iter().collect();
     gateways.sort_by_key(|g| (created_ms(&g.metadata), g.metadata.namespace().to_string(), g.metadata.name.clone()));
     let mut slots: Vec<Slot> = Vec::new();
@@ -135,6 +163,7 @@ pub fn compile(
                 streams: Vec::new(),
                 cert: None,
                 cert_problem: None,
+                cert_reason: "InvalidCertificateRef",
                 unserved: None,
             };
             if l.tls.as_ref().is_some_and(|t| t.frontend_validation.is_some()) {
@@ -147,6 +176,12 @@ pub fn compile(
                     gen,
                     now,
                 ));
+            } else if let Some(why) = foreign_secret_refused(g, l, grants) {
+                // Without a grant, another namespace's Secret is not used, nor the certificate it gave before: a
+                // grant withdrawn takes its access with it.
+                slot.cert_reason = "RefNotPermitted";
+                slot.unserved = Some(format!("no usable certificate: {why}"));
+                slot.cert_problem = Some(why);
             } else if terminates_tls(l) {
                 let listener_key = (key_of("Gateway", g), l.name.clone());
                 // The last certificate served keeps serving while its Secret exists but holds nothing better (a
@@ -280,7 +315,7 @@ pub fn compile(
             name: r.metadata.name.clone(),
             created_ms: created_ms(&r.metadata),
         });
-        let (rules, resolved, bad_match) = actions(r, &app_ports, now);
+        let (rules, resolved, bad_match) = actions(r, &app_ports, grants, now);
         let unsupported = unsupported(r).or(bad_match);
         let mut parents = Vec::new();
         for p in &r.spec.parent_refs {
@@ -299,7 +334,7 @@ pub fn compile(
         }
         route_status.insert(key_of("HTTPRoute", r), RouteStatus { parents });
     }
-    route_status.extend(crate::streams::attach_all(streams, &mut slots, &app_ports, now));
+    route_status.extend(crate::streams::attach_all(objects, &mut slots, &app_ports, grants, now));
 
     let mut gateway_status: BTreeMap<ObjectKey, GatewayStatus> = BTreeMap::new();
     let mut binds: BTreeMap<(String, u16), Vec<(ObjectKey, String)>> = BTreeMap::new();
@@ -323,7 +358,7 @@ pub fn compile(
             (None, None, None) => condition("Programmed", true, "Programmed", "", gen, now),
         });
         conditions.push(if let Some(why) = &s.cert_problem {
-            condition("ResolvedRefs", false, "InvalidCertificateRef", why.clone(), gen, now)
+            condition("ResolvedRefs", false, s.cert_reason, why.clone(), gen, now)
         } else if s.bad_kinds.is_empty() {
             condition("ResolvedRefs", true, "ResolvedRefs", "", gen, now)
         } else {
@@ -441,12 +476,6 @@ fn certificate(
             "certificateRefs[0] names a {kind} in group `{group}`; only Secrets hold certificates here"
         ));
     }
-    if ns != gw_ns {
-        return Err(format!(
-            "Secret {ns}/{} is in another namespace, which needs a ReferenceGrant (not served yet)",
-            r.name
-        ));
-    }
     let Some(secret) = secrets.iter().find(|s| s.metadata.namespace() == ns && s.metadata.name == r.name) else {
         return Err(format!("Secret {ns}/{} does not exist", r.name));
     };
@@ -460,6 +489,21 @@ fn certificate(
     let named = |e: String| format!("Secret {ns}/{}: {e}", r.name);
     let certified = capstan_proxy::gateway::certified_key(&crt, &key).map_err(named)?;
     Ok((certified, crate::certs::facts(&crt)))
+}
+
+/// Why a listener may not use the Secret its first certificateRef names in another namespace: no ReferenceGrant there
+/// lets Gateways of the listener's namespace use it.
+fn foreign_secret_refused(g: &Gateway, l: &Listener, grants: Grants) -> Option<String> {
+    let r = l.tls.as_ref().and_then(|t| t.certificate_refs.first())?;
+    let gw_ns = g.metadata.namespace();
+    let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+    let to = (r.group.as_deref().unwrap_or(""), r.kind.as_deref().unwrap_or("Secret"));
+    (!grants.allow("Gateway", gw_ns, to, ns, &r.name)).then(|| {
+        format!(
+            "Secret {ns}/{} is in another namespace, and no ReferenceGrant in {ns} lets Gateways of namespace {gw_ns} use it",
+            r.name
+        )
+    })
 }
 
 /// Whether the Secret an HTTPS listener names exists.
@@ -643,6 +687,7 @@ fn terminates_tls(l: &Listener) -> bool {
 fn actions(
     r: &HttpRoute,
     app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
+    grants: Grants,
     now: DateTime<Utc>,
 ) -> (Vec<CompiledRule>, Condition, Option<String>) {
     let ns = r.metadata.namespace();
@@ -678,7 +723,7 @@ fn actions(
             }
         }
         for b in &rule.backend_refs {
-            let (port, problem) = resolve(&b.backend, ns, app_ports);
+            let (port, problem) = resolve(&b.backend, "HTTPRoute", ns, app_ports, grants);
             if let Some(p) = problem {
                 problems.push(p);
             }
@@ -716,8 +761,10 @@ fn actions(
 /// share of connections closed).
 pub(crate) fn resolve(
     r: &BackendObjectReference,
+    route_kind: &str,
     route_ns: &str,
     app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
+    grants: Grants,
 ) -> (Result<String, String>, Option<(&'static str, String)>) {
     let fail = |reason: &'static str, msg: String| (Err(msg.clone()), Some((reason, msg)));
     let group = r.group.as_deref().unwrap_or("");
@@ -726,10 +773,12 @@ pub(crate) fn resolve(
         return fail("InvalidKind", format!("backend {}: kind {kind} in group `{group}` is not served", r.name));
     }
     let ns = r.namespace.as_deref().unwrap_or(route_ns);
-    if ns != route_ns {
+    // An App is its Service: a grant to the Service covers a reference written to the App.
+    let granted = |to: (&str, &str)| grants.allow(route_kind, route_ns, to, ns, &r.name);
+    if !(granted((group, kind)) || (kind == "App" && granted(("", "Service")))) {
         return fail(
             "RefNotPermitted",
-            format!("backend {ns}/{}: another namespace's backends need a ReferenceGrant, which the embedded runtime does not serve yet", r.name),
+            format!("backend {ns}/{}: no ReferenceGrant in namespace {ns} lets {route_kind}s of namespace {route_ns} reference {kind} {}", r.name, r.name),
         );
     }
     let Some(ports) = app_ports.get(&ObjectKey::new("App", ns, &r.name)) else {
@@ -797,8 +846,17 @@ mod tests {
     //! (GatewayWithAttachedRoutes, HTTPRouteHostnameIntersection, HTTPRouteInvalidNonExistentBackendRef,
     //! HTTPRouteInvalidCrossNamespaceParentRef, GatewayInvalidRouteKind, the listener conflict cases).
     use super::*;
-    use crate::streams::StreamRoutes;
     use serde_json::json;
+
+    fn objects(gateways: &[Gateway], routes: &[HttpRoute], apps: &[App], secrets: &[Secret]) -> Objects {
+        Objects {
+            gateways: gateways.to_vec(),
+            http_routes: routes.to_vec(),
+            apps: apps.to_vec(),
+            secrets: secrets.to_vec(),
+            ..Objects::default()
+        }
+    }
 
     fn gateway(name: &str, created: i64, listeners: serde_json::Value) -> Gateway {
         serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
@@ -877,7 +935,7 @@ mod tests {
                 "rules": [{"backendRefs": [{"name": "web", "port": 8081}, {"name": "gone", "port": 8080}]}]}),
             ),
         ];
-        let out = compile(&gws, &routes, &StreamRoutes::default(), &apps, &[], &Certificates::new(), Utc::now());
+        let out = compile(&objects(&gws, &routes, &apps, &[]), &Certificates::new(), Utc::now());
         assert_eq!(route_cond(&out, "plain", "default", 0, "Accepted").0, "True");
         assert_eq!(route_cond(&out, "plain", "default", 0, "ResolvedRefs").0, "True");
         assert_eq!(
@@ -946,7 +1004,7 @@ mod tests {
                                         "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}}]),
             ),
         ];
-        let out = compile(&gws, &[], &StreamRoutes::default(), &[], &[], &Certificates::new(), Utc::now());
+        let out = compile(&objects(&gws, &[], &[], &[]), &Certificates::new(), Utc::now());
         assert_eq!(cond(&listener(&out, "old", 0).conditions, "Conflicted").0, "False");
         assert_eq!(cond(&listener(&out, "old", 0).conditions, "Programmed").0, "True");
         let (s, r, _) = cond(&listener(&out, "young", 0).conditions, "Conflicted");
@@ -986,8 +1044,7 @@ mod tests {
             "default",
             json!({"parentRefs": [{"name": "ours"}, {"name": "ours", "sectionName": "http"}]}),
         );
-        let out =
-            compile(&[theirs, ours], &[twice], &StreamRoutes::default(), &[], &[], &Certificates::new(), Utc::now());
+        let out = compile(&objects(&[theirs, ours], &[twice], &[], &[]), &Certificates::new(), Utc::now());
         let st = &out.gateways[&ObjectKey::new("Gateway", "tenant-b", "theirs")].listeners[0];
         let (s, r, m) = cond(&st.conditions, "Conflicted");
         assert_eq!((s, r), ("True", "PortOwnedByAnotherNamespace"), "{m}");
@@ -1014,7 +1071,7 @@ mod tests {
                           {"type": "ExtensionRef", "extensionRef": {"group": "x", "kind": "Y", "name": "z"}}]}]}),
             ),
         ];
-        let out = compile(&gws, &routes, &StreamRoutes::default(), &[], &[], &Certificates::new(), Utc::now());
+        let out = compile(&objects(&gws, &routes, &[], &[]), &Certificates::new(), Utc::now());
         assert!(listener(&out, "front", 0).supported_kinds.is_empty());
         assert_eq!(listener(&out, "front", 0).attached_routes, 0);
         assert_eq!(listener(&out, "front", 1).attached_routes, 1);
@@ -1042,7 +1099,7 @@ mod tests {
                 "backendRefs": [{"name": "web", "port": 8080}]}]}),
             ),
         ];
-        let out = compile(&gws, &routes, &StreamRoutes::default(), &apps, &[], &Certificates::new(), Utc::now());
+        let out = compile(&objects(&gws, &routes, &apps, &[]), &Certificates::new(), Utc::now());
         let (s, r, m) = route_cond(&out, "mirror", "default", 0, "Accepted");
         assert_eq!((s, r), ("False", "UnsupportedValue"));
         assert!(m.contains("RequestMirror"), "{m}");
@@ -1090,7 +1147,7 @@ mod tests {
             tls_secret("other", &["www.example.net"], 1, 20),
         ];
         let now = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap().and_hms_opt(12, 0, 0).unwrap().and_utc();
-        let out = compile(&gws, &[], &StreamRoutes::default(), &[], &secrets, &Certificates::new(), now);
+        let out = compile(&objects(&gws, &[], &[], &secrets), &Certificates::new(), now);
         let refs = |i: usize| cond(&listener(&out, "secure", i).conditions, "ResolvedRefs");
         assert_eq!(refs(0).0, "True");
         let (s, r, m) = refs(1);
@@ -1122,7 +1179,7 @@ mod tests {
         // Once a good certificate is served, an expired one in its Secret leaves it serving, with the reason; and
         // the wake-up follows the certificate served.
         let renewed = [tls_secret("good", &["a.example.com"], 1, 5)];
-        let later = compile(&gws[..1], &[], &StreamRoutes::default(), &[], &renewed, &out.certificates, now);
+        let later = compile(&objects(&gws[..1], &[], &[], &renewed), &out.certificates, now);
         let (s, _, m) = cond(&listener(&later, "secure", 0).conditions, "ResolvedRefs");
         assert_eq!(s, "False");
         assert!(
@@ -1184,8 +1241,11 @@ mod tests {
             ))
             .unwrap()
         };
-        let streams = StreamRoutes {
-            tls: vec![
+        let mut objects = objects(&gws, &[], &apps, &[tls_secret("wild", &["*.example.com"], 1, 28)]);
+        objects.http_routes =
+            vec![route("to-ssh", "default", json!({"parentRefs": [{"name": "edge", "sectionName": "ssh"}]}))];
+        (objects.tls_routes, objects.tcp_routes) = (
+            vec![
                 tls("db", 10, "pass", json!(["db.example.com"]), "pg"),
                 tls("db-young", 20, "pass", json!(["db.example.com"]), "pg"),
                 tls("cache", 10, "end", json!(["cache.example.com", "other.org"]), "pg"),
@@ -1193,12 +1253,10 @@ mod tests {
                 tls("on-http", 10, "web", json!(["db.example.com"]), "pg"),
                 tls("missing", 11, "pass", json!(["*.internal"]), "gone"),
             ],
-            tcp: vec![tcp("git", 10, "ssh"), tcp("git-young", 20, "ssh"), tcp("any-tls", 10, "mixed")],
-        };
-        let http = [route("to-ssh", "default", json!({"parentRefs": [{"name": "edge", "sectionName": "ssh"}]}))];
-        let secrets = [tls_secret("wild", &["*.example.com"], 1, 28)];
+            vec![tcp("git", 10, "ssh"), tcp("git-young", 20, "ssh"), tcp("any-tls", 10, "mixed")],
+        );
         let now = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap().and_hms_opt(12, 0, 0).unwrap().and_utc();
-        let out = compile(&gws, &http, &streams, &apps, &secrets, &Certificates::new(), now);
+        let out = compile(&objects, &Certificates::new(), now);
         let st = |kind: &str, name: &str, t: &str| -> (String, String, String) {
             let c = cond(&out.routes[&ObjectKey::new(kind, "default", name)].parents[0].conditions, t);
             (c.0.to_string(), c.1.to_string(), c.2.to_string())
@@ -1261,5 +1319,104 @@ mod tests {
 
     fn st_route(out: &Compiled, kind: &str, name: &str) -> Vec<Condition> {
         out.routes[&ObjectKey::new(kind, "default", name)].parents[0].conditions.clone()
+    }
+
+    fn grant(ns: &str, from: (&str, &str), to: (&str, Option<&str>)) -> ReferenceGrant {
+        let mut to_ref = json!({"group": "", "kind": to.0});
+        if let Some(n) = to.1 {
+            to_ref["name"] = json!(n);
+        }
+        serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": format!("{}-{}", from.0, to.0).to_lowercase(), "namespace": ns},
+            "spec": {"from": [{"group": GATEWAY_GROUP, "kind": from.0, "namespace": from.1}], "to": [to_ref]}}))
+        .unwrap()
+    }
+
+    /// Modelled on Gateway API's ReferenceGrant conformance cases (HTTPRouteReferenceGrant,
+    /// HTTPRoutePartiallyInvalidViaInvalidReferenceGrant, GatewaySecretReferenceGrantSpecific/AllInNamespace,
+    /// GatewaySecretMissingReferenceGrant, GatewaySecretInvalidReferenceGrant): another namespace's Service or
+    /// Secret is used only with a grant there that names the referring kind, namespace and (if it names one) the
+    /// object; a grant withdrawn takes the access with it.
+    #[test]
+    fn another_namespace_s_backends_and_secrets_need_a_reference_grant_there() {
+        let gws = [gateway(
+            "front",
+            1,
+            json!([{"name": "https", "port": 443, "protocol": "HTTPS",
+                    "tls": {"certificateRefs": [{"name": "shared", "namespace": "certs"}]}},
+                   {"name": "http", "port": 80, "protocol": "HTTP"}]),
+        )];
+        let mut api = app("api", json!([{"name": "http"}]));
+        api.metadata.namespace = Some("team-b".into());
+        let mut secret = tls_secret("shared", &["*.example.com"], 1, 28);
+        secret.metadata.namespace = Some("certs".into());
+        let routes = [route(
+            "cross",
+            "default",
+            json!({"parentRefs": [{"name": "front", "sectionName": "http"}],
+                   "rules": [{"backendRefs": [{"name": "api", "namespace": "team-b", "port": 8080}]}]}),
+        )];
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap().and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let with = |grants: Vec<ReferenceGrant>, served: &Certificates| {
+            let mut o = objects(&gws, &routes, &[api.clone()], &[secret.clone()]);
+            o.grants = grants;
+            compile(&o, served, now)
+        };
+        let backend_port = |out: &Compiled| -> String {
+            let plain = out.listeners.iter().find(|l| l.port == 80).unwrap();
+            let e = plain.hosts[0].routes.entries().next().unwrap();
+            format!("{:?}", e.action.backends[0].port)
+        };
+
+        // No grants: both refused, with the reason Gateway API names.
+        let out = with(vec![], &Certificates::new());
+        let (s, r, m) = route_cond(&out, "cross", "default", 0, "ResolvedRefs");
+        assert_eq!((s, r), ("False", "RefNotPermitted"));
+        assert_eq!(m, "backend team-b/api: no ReferenceGrant in namespace team-b lets HTTPRoutes of namespace default reference Service api");
+        assert!(backend_port(&out).starts_with("Err"), "its share is answered 500");
+        let (s, r, m) = cond(&listener(&out, "front", 0).conditions, "ResolvedRefs");
+        assert_eq!((s, r), ("False", "RefNotPermitted"));
+        assert!(m.contains("no ReferenceGrant in certs lets Gateways of namespace default use it"), "{m}");
+        assert_eq!(cond(&listener(&out, "front", 0).conditions, "Programmed").0, "False");
+
+        // Grants that do not fit: another name, another referring kind, another referring namespace.
+        let wrong = vec![
+            grant("team-b", ("HTTPRoute", "default"), ("Service", Some("other"))),
+            grant("team-b", ("TCPRoute", "default"), ("Service", None)),
+            grant("certs", ("Gateway", "elsewhere"), ("Secret", None)),
+            grant("default", ("Gateway", "default"), ("Secret", None)),
+        ];
+        let out = with(wrong, &Certificates::new());
+        assert_eq!(route_cond(&out, "cross", "default", 0, "ResolvedRefs").1, "RefNotPermitted");
+        assert_eq!(cond(&listener(&out, "front", 0).conditions, "ResolvedRefs").1, "RefNotPermitted");
+
+        // The right grants: by name for the Service, every Secret of the namespace for the Gateway.
+        let right = vec![
+            grant("team-b", ("HTTPRoute", "default"), ("Service", Some("api"))),
+            grant("certs", ("Gateway", "default"), ("Secret", None)),
+        ];
+        let out = with(right, &Certificates::new());
+        assert_eq!(route_cond(&out, "cross", "default", 0, "ResolvedRefs").0, "True");
+        assert_eq!(backend_port(&out), "Ok(\"http\")");
+        assert_eq!(
+            out.listeners.iter().find(|l| l.port == 80).unwrap().hosts[0]
+                .routes
+                .entries()
+                .next()
+                .unwrap()
+                .action
+                .backends[0]
+                .app,
+            ObjectKey::new("App", "team-b", "api")
+        );
+        assert_eq!(cond(&listener(&out, "front", 0).conditions, "ResolvedRefs").0, "True");
+        assert_eq!(cond(&listener(&out, "front", 0).conditions, "Programmed").0, "True");
+        assert_eq!(out.certificates.len(), 1);
+
+        // Withdrawn: the certificate served until now is not kept, as it would be for a broken Secret.
+        let later = with(vec![], &out.certificates);
+        assert_eq!(cond(&listener(&later, "front", 0).conditions, "Programmed").0, "False");
+        assert!(later.certificates.is_empty());
+        assert!(later.listeners.iter().all(|l| l.port != 443), "the HTTPS socket is no longer served");
     }
 }

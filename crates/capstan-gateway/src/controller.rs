@@ -1,20 +1,19 @@
-//! The front door's controller: on any change to a Gateway, a route, an App's spec or a Secret, compiles them all,
-//! installs the result in the balancer (sockets opened, swapped or closed), and writes every status that changed.
+//! The front door's controller: on any change to a Gateway, a route, a ReferenceGrant, an App's spec or a Secret,
+//! compiles them all, installs the result in the balancer (sockets opened, swapped or closed), and writes every
+//! status that changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
-use capstan_model::gateway::{Gateway, HttpRoute};
-use capstan_model::{App, ObjectKey, Secret};
+use capstan_model::ObjectKey;
 use capstan_proxy::Proxy;
 use capstan_store::{Store, WatchEvent, WatchType};
 use chrono::Utc;
 use serde_json::Value;
 
-use crate::compile::{compile, Certificates};
-use crate::streams::StreamRoutes;
+use crate::compile::{compile, Certificates, Objects};
 
 /// The one key every change wakes: the controller compiles everything at once.
 fn everything() -> ObjectKey {
@@ -68,12 +67,16 @@ impl FrontDoor {
     /// One pass over everything.
     fn pass(&self) -> Result<Action, ReconcileError> {
         let mut served = self.one_pass.lock().unwrap_or_else(|p| p.into_inner());
-        let gateways: Vec<Gateway> = self.decode("Gateway")?;
-        let routes: Vec<HttpRoute> = self.decode("HTTPRoute")?;
-        let streams = StreamRoutes { tls: self.decode("TLSRoute")?, tcp: self.decode("TCPRoute")? };
-        let apps: Vec<App> = self.decode("App")?;
-        let secrets: Vec<Secret> = self.decode("Secret")?;
-        let mut compiled = compile(&gateways, &routes, &streams, &apps, &secrets, &served, Utc::now());
+        let objects = Objects {
+            gateways: self.decode("Gateway")?,
+            http_routes: self.decode("HTTPRoute")?,
+            tls_routes: self.decode("TLSRoute")?,
+            tcp_routes: self.decode("TCPRoute")?,
+            apps: self.decode("App")?,
+            secrets: self.decode("Secret")?,
+            grants: self.decode("ReferenceGrant")?,
+        };
+        let mut compiled = compile(&objects, &served, Utc::now());
         *served = std::mem::take(&mut compiled.certificates);
         let plans = std::mem::take(&mut compiled.listeners);
         let failed = self.proxy.sync_gateways(plans);
@@ -195,7 +198,9 @@ impl Reconciler for FrontDoor {
 
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
         match ev.key.kind.as_str() {
-            "Gateway" | "HTTPRoute" | "TLSRoute" | "TCPRoute" | "App" | "Secret" if self.changes(ev) => {
+            "Gateway" | "HTTPRoute" | "TLSRoute" | "TCPRoute" | "ReferenceGrant" | "App" | "Secret"
+                if self.changes(ev) =>
+            {
                 vec![everything()]
             }
             _ => Vec::new(),

@@ -6,20 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use capstan_model::gateway::{Condition, ParentReference, RouteParentStatus, RouteStatus, CONTROLLER_NAME};
-use capstan_model::stream_route::{StreamRouteRule, TcpRoute, TlsRoute};
+use capstan_model::stream_route::StreamRouteRule;
 use capstan_model::{Expose, ObjectKey, ObjectMeta};
 use capstan_proxy::gateway::{RouteBackend, RuleAction};
 use capstan_proxy::routes::HostPattern;
 use chrono::{DateTime, Utc};
 
-use crate::compile::{condition, created_ms, listeners_for, resolve, Slot};
-
-/// The routes of connections the store holds.
-#[derive(Debug, Default)]
-pub struct StreamRoutes {
-    pub tls: Vec<TlsRoute>,
-    pub tcp: Vec<TcpRoute>,
-}
+use crate::compile::{condition, created_ms, listeners_for, resolve, Grants, Objects, Slot};
 
 /// One route of either kind, as attachment sees it.
 struct Candidate<'a> {
@@ -33,14 +26,15 @@ struct Candidate<'a> {
 
 /// Attaches every TLSRoute and TCPRoute, the oldest first, and returns their status.
 pub(crate) fn attach_all(
-    streams: &StreamRoutes,
+    objects: &Objects,
     slots: &mut [Slot],
     app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
+    grants: Grants,
     now: DateTime<Utc>,
 ) -> BTreeMap<ObjectKey, RouteStatus> {
     let key = |kind: &str, m: &ObjectMeta| ObjectKey::new(kind, m.namespace(), &m.name);
-    let mut all: Vec<Candidate> = streams
-        .tls
+    let mut all: Vec<Candidate> = objects
+        .tls_routes
         .iter()
         .map(|r| Candidate {
             key: key("TLSRoute", &r.metadata),
@@ -49,7 +43,7 @@ pub(crate) fn attach_all(
             hostnames: Some(&r.spec.hostnames),
             rule: r.spec.rules.first(),
         })
-        .chain(streams.tcp.iter().map(|r| Candidate {
+        .chain(objects.tcp_routes.iter().map(|r| Candidate {
             key: key("TCPRoute", &r.metadata),
             meta: &r.metadata,
             parent_refs: &r.spec.parent_refs,
@@ -62,7 +56,7 @@ pub(crate) fn attach_all(
     let mut out = BTreeMap::new();
     for c in all {
         let gen = c.meta.generation;
-        let (action, resolved) = action(&c, app_ports, now);
+        let (action, resolved) = action(&c, app_ports, grants, now);
         let parents = c
             .parent_refs
             .iter()
@@ -81,6 +75,7 @@ pub(crate) fn attach_all(
 fn action(
     c: &Candidate,
     app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
+    grants: Grants,
     now: DateTime<Utc>,
 ) -> (Arc<RuleAction>, Condition) {
     let ns = c.meta.namespace();
@@ -89,7 +84,7 @@ fn action(
     let mut action = RuleAction::new(format!("{ns}/{}/{rule_name}", c.meta.name), Expose::http(1));
     let mut problems: Vec<(&str, String)> = Vec::new();
     for b in c.rule.map(|r| r.backend_refs.as_slice()).unwrap_or_default() {
-        let (port, problem) = resolve(&b.backend, ns, app_ports);
+        let (port, problem) = resolve(&b.backend, &c.key.kind, ns, app_ports, grants);
         problems.extend(problem);
         let app = ObjectKey::new("App", b.backend.namespace.as_deref().unwrap_or(ns), &b.backend.name);
         action.backends.push(RouteBackend::new(app, port, b.weight));

@@ -83,9 +83,11 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
                 .collect();
             Ok(render_database(d, &clients))
         }
-        Resource::Gateway(_) | Resource::HTTPRoute(_) | Resource::TLSRoute(_) | Resource::TCPRoute(_) => {
-            Ok(vec![pass_through(r)])
-        }
+        Resource::Gateway(_)
+        | Resource::HTTPRoute(_)
+        | Resource::TLSRoute(_)
+        | Resource::TCPRoute(_)
+        | Resource::ReferenceGrant(_) => Ok(vec![pass_through(r)]),
         Resource::TrainingJob(j) => crate::training::render_training_job(j),
         Resource::ModelServer(m) => crate::serving::render_model_server(m),
         #[cfg(feature = "throwaway-kind")]
@@ -152,7 +154,9 @@ pub fn renders(kind: Kind) -> bool {
         Kind::App | Kind::Database | Kind::TrainingJob | Kind::ModelServer => true,
         Kind::Source | Kind::Sync | Kind::AlertRule | Kind::EscalationPolicy => false,
         // Passed through as they are by `render_resource` (a Secret as the core Secret); the cluster reconciles them.
-        Kind::Secret | Kind::Gateway | Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => false,
+        Kind::Secret | Kind::Gateway | Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute | Kind::ReferenceGrant => {
+            false
+        }
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => false,
     }

@@ -14,7 +14,7 @@ const RENDERED: &[(&str, &[&str])] = &[
     ("apps", &["statefulsets", "deployments"]),
     ("", &["pods", "services", "persistentvolumeclaims"]),
     ("networking.k8s.io", &["ingresses", "networkpolicies"]),
-    ("gateway.networking.k8s.io", &["gateways", "httproutes", "tlsroutes", "tcproutes"]),
+    ("gateway.networking.k8s.io", &["gateways", "httproutes", "tlsroutes", "tcproutes", "referencegrants"]),
     ("policy", &["poddisruptionbudgets"]),
     ("autoscaling", &["horizontalpodautoscalers"]),
     ("postgresql.cnpg.io", &["clusters"]),

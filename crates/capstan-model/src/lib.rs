@@ -8,6 +8,7 @@ pub mod gitops;
 pub mod manifest;
 pub mod meta;
 pub mod quantity;
+pub mod reference_grant;
 pub mod resource;
 pub mod serving;
 pub mod stream_route;

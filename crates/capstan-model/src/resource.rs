@@ -15,6 +15,7 @@ use crate::gateway::{validate_gateway, validate_http_route, Gateway, HttpRoute, 
 use crate::gitops::{validate_secret, validate_source, validate_sync, Secret, Source, Sync};
 use crate::manifest::closest;
 use crate::meta::{ObjectKey, ObjectMeta, API_VERSION};
+use crate::reference_grant::{validate_reference_grant, ReferenceGrant, REFERENCE_GRANT_API_VERSION};
 use crate::serving::{validate_model_server, ModelServerSpec, ModelServerStatus};
 use crate::stream_route::{
     validate_tcp_route, validate_tls_route, TcpRoute, TlsRoute, TCP_ROUTE_API_VERSION, TLS_ROUTE_API_VERSION,
@@ -171,6 +172,8 @@ kinds! {
     TLSRoute(TlsRoute), "tlsroutes", api: TLS_ROUTE_API_VERSION, crd: false, |o, e| validate_tls_route(&o.spec, e);
     /// Gateway API's TCPRoute: every connection on a listener sent to Apps.
     TCPRoute(TcpRoute), "tcproutes", api: TCP_ROUTE_API_VERSION, crd: false, |o, e| validate_tcp_route(&o.spec, e);
+    /// Gateway API's ReferenceGrant: a namespace's consent to be referenced from another.
+    ReferenceGrant(ReferenceGrant), "referencegrants", api: REFERENCE_GRANT_API_VERSION, crd: false, |o, e| validate_reference_grant(&o.spec, e);
     /// A throwaway kind that exists only to prove the "adding a kind" checklist (feature `throwaway-kind`).
     [cfg(feature = "throwaway-kind")]
     Widget(crate::widget::Widget), "widgets", api: API_VERSION, crd: false, |o, e| crate::widget::validate_widget(&o.spec, e);
@@ -190,6 +193,7 @@ impl Kind {
         match self {
             Kind::TLSRoute => &["gateway.networking.k8s.io/v1alpha2", "gateway.networking.k8s.io/v1alpha3"],
             Kind::TCPRoute => &["gateway.networking.k8s.io/v1"],
+            Kind::ReferenceGrant => &["gateway.networking.k8s.io/v1beta1", "gateway.networking.k8s.io/v1alpha2"],
             _ => &[],
         }
     }

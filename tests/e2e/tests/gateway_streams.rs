@@ -255,3 +255,76 @@ async fn the_streams_example_serves_as_documented() {
     assert!(tls_connect(tls, "other.localhost", &ca_pem, &[]).await.is_none(), "no TLSRoute for other.localhost");
     tp.stop().await;
 }
+
+/// A route to another namespace's App is served once a ReferenceGrant in that namespace allows it, and no longer
+/// once the grant is deleted; the route's status says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_grant_opens_another_namespace_s_app_to_a_route_and_its_deletion_closes_it() {
+    let tp = TestPlane::start().await;
+    let port = free_port();
+    let echo_app = app_yaml("echo", 1, &[("TESTAPP_TCP_ECHO", "1")], TCP_READY)
+        .replace("metadata:\n  name: echo\n", "metadata:\n  name: echo\n  namespace: team-b\n");
+    let objects = format!(
+        "{echo_app}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners: [{{name: raw, port: {port}, protocol: TCP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: raw}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: echo, namespace: team-b, port: 8080}}]}}]
+"
+    );
+    tp.apply(&objects);
+    eventually("echo Ready", T, || async {
+        let o = tp.client.get("/api/v1/namespaces/team-b/apps/echo").await.ok()?;
+        ready(&o).then_some(())
+    })
+    .await;
+    let resolved = || async {
+        let r = tp.client.get("/api/v1/namespaces/default/tcproutes/raw").await.ok()?;
+        let c =
+            r["status"]["parents"][0]["conditions"].as_array()?.iter().find(|c| c["type"] == "ResolvedRefs")?.clone();
+        Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
+    };
+    eventually("refused without a grant", T, || async {
+        resolved().await.filter(|(s, r)| s == "False" && r == "RefNotPermitted")
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("the listener");
+    assert_eq!(echo(&mut s, "before").await, None, "no grant: the connection is closed");
+
+    tp.apply(
+        "apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-default, namespace: team-b}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: TCPRoute, namespace: default}]
+  to: [{group: \"\", kind: Service, name: echo}]
+",
+    );
+    eventually("resolved with the grant", T, || async { resolved().await.filter(|(s, _)| s == "True") }).await;
+    let reply = eventually("an echo from team-b", T, || async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        echo(&mut s, "granted").await
+    })
+    .await;
+    assert!(reply.starts_with("echo-") && reply.ends_with(" granted"), "{reply}");
+    let out = tp.cli(&["get", "referencegrants", "-n", "team-b"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TCPRoute/default") && text.contains("Service/echo"), "{text}");
+
+    let out = tp.cli(&["delete", "referencegrant", "from-default", "-n", "team-b"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("refused again", T, || async { resolved().await.filter(|(s, _)| s == "False") }).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("the listener");
+    assert_eq!(echo(&mut s, "after").await, None, "the grant withdrawn: closed again");
+    tp.stop().await;
+}
