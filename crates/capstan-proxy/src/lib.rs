@@ -155,9 +155,35 @@ pub struct Entry {
     pub backends: BackendSet,
     pub metrics: Arc<Metrics>,
     per_replica: RwLock<HashMap<String, Arc<metrics::ReplicaMetrics>>>,
+    /// Replicas it has tunnelled to (websockets, TCP): their series go with the entry too.
+    tunnelled: Mutex<std::collections::HashSet<String>>,
+}
+
+/// An entry point gone (its App deleted, its route or rule removed) takes its series with it.
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let per_replica = self.per_replica.get_mut().unwrap_or_else(|p| p.into_inner());
+        let tunnelled = self.tunnelled.get_mut().unwrap_or_else(|p| p.into_inner());
+        let replicas: std::collections::BTreeSet<&str> =
+            per_replica.keys().chain(tunnelled.iter()).map(String::as_str).collect();
+        self.metrics.forget_entry(&self.namespace, &self.app, &self.name, replicas.into_iter());
+    }
 }
 
 impl Entry {
+    fn new(namespace: &str, app: &str, name: String, expose: &Expose, metrics: Arc<Metrics>) -> Entry {
+        Entry {
+            namespace: namespace.to_string(),
+            app: app.to_string(),
+            name,
+            config: RwLock::new(Arc::new(EntryConfig::new(expose))),
+            backends: BackendSet::default(),
+            metrics,
+            per_replica: RwLock::new(HashMap::new()),
+            tunnelled: Mutex::default(),
+        }
+    }
+
     pub fn config(&self) -> Arc<EntryConfig> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -581,15 +607,7 @@ impl Proxy {
             let listener = match old.iter().position(|l| l.bind == bind_key) {
                 Some(i) => old.swap_remove(i),
                 None => {
-                    let entry = Arc::new(Entry {
-                        namespace: key.namespace.clone(),
-                        app: key.name.clone(),
-                        name: entry_name(e),
-                        config: RwLock::new(Arc::new(EntryConfig::new(e))),
-                        backends: BackendSet::default(),
-                        metrics: self.metrics.clone(),
-                        per_replica: RwLock::new(HashMap::new()),
-                    });
+                    let entry = Arc::new(Entry::new(&key.namespace, &key.name, entry_name(e), e, self.metrics.clone()));
                     let name = format!("{}/{}/{}", key.namespace, key.name, entry.name);
                     let gate = self.gate.listener(&name, cap_of(e));
                     match self.open(&address, e.port, Front::App(entry.clone()), e.protocol, gate.clone()) {
@@ -679,15 +697,13 @@ impl Proxy {
                         let settings = &action.settings;
                         let entry =
                             current.get(&key).cloned().or_else(|| old_entries.remove(&key)).unwrap_or_else(|| {
-                                Arc::new(Entry {
-                                    namespace: b.app.namespace.clone(),
-                                    app: b.app.name.clone(),
-                                    name: action.id.clone(),
-                                    config: RwLock::new(Arc::new(EntryConfig::new(settings))),
-                                    backends: BackendSet::default(),
-                                    metrics: self.metrics.clone(),
-                                    per_replica: RwLock::new(HashMap::new()),
-                                })
+                                Arc::new(Entry::new(
+                                    &b.app.namespace,
+                                    &b.app.name,
+                                    action.id.clone(),
+                                    settings,
+                                    self.metrics.clone(),
+                                ))
                             });
                         *entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EntryConfig::new(settings));
                         let replicas = apps.get(&b.app).map(Vec::as_slice).unwrap_or_default();
@@ -763,5 +779,43 @@ impl Proxy {
     /// The proxy's metrics in Prometheus text format.
     pub fn metrics_text(&self) -> String {
         self.metrics.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_point_gone_takes_its_series_with_it_and_leaves_the_others() {
+        let metrics = Arc::new(Metrics::default());
+        let gone = Entry::new("shop", "web", "default/site/0".into(), &Expose::http(1), metrics.clone());
+        let kept = Entry::new("shop", "web", "http".into(), &Expose::http(1), metrics.clone());
+        for e in [&gone, &kept] {
+            e.replica_metrics("web-0").answered(200, 0.01);
+            e.replica_metrics("web-0").answered(502, 0.01);
+            metrics.tcp_connections.get_or_create(&e.replica_labels("web-1")).inc();
+            metrics.open_tunnels.get_or_create(&e.replica_labels("web-1")).inc();
+            let labels = |kind: &str| metrics::ErrorLabels {
+                namespace: e.namespace.clone(),
+                app: e.app.clone(),
+                entry: e.name.clone(),
+                kind: kind.into(),
+            };
+            metrics.errors.get_or_create(&labels("connect")).inc();
+        }
+        let text = metrics.render();
+        assert!(text.contains("entry=\"default/site/0\"") && text.contains("entry=\"http\""), "{text}");
+        drop(gone);
+        let text = metrics.render();
+        assert!(!text.contains("default/site/0"), "no series of the gone entry is left:\n{text}");
+        for family in
+            ["requests_total", "request_duration_seconds", "tcp_connections_total", "open_tunnels", "errors_total"]
+        {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("capstan_lb_{family}")) && l.contains("entry=\"http\"")),
+                "{family} of the entry kept:\n{text}"
+            );
+        }
     }
 }

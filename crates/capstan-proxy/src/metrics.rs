@@ -126,7 +126,53 @@ impl Default for Metrics {
     }
 }
 
+/// Every `kind` of the errors series: `ProxyError::kind`'s, and the two the balancer counts itself.
+pub const ERROR_KINDS: &[&str] = &[
+    "no_backend",
+    "too_many_tunnels",
+    "connect",
+    "upstream",
+    "timeout",
+    "body_timeout",
+    "body_too_large",
+    "bad_request",
+];
+
 impl Metrics {
+    /// Removes every series of one entry point (of its `replicas`) once the entry point is gone, so that deleted
+    /// Apps and routes, and renamed rules, leave nothing behind in the exposition to grow it for ever.
+    pub fn forget_entry<'r>(&self, namespace: &str, app: &str, entry: &str, replicas: impl Iterator<Item = &'r str>) {
+        for replica in replicas {
+            let labels = ReplicaLabels {
+                namespace: namespace.into(),
+                app: app.into(),
+                entry: entry.into(),
+                replica: replica.into(),
+            };
+            self.latency.remove(&labels);
+            self.retries.remove(&labels);
+            self.tcp_connections.remove(&labels);
+            self.open_tunnels.remove(&labels);
+            for c in 1..=5 {
+                self.requests.remove(&RequestLabels {
+                    namespace: namespace.into(),
+                    app: app.into(),
+                    entry: entry.into(),
+                    replica: replica.into(),
+                    code: format!("{c}xx"),
+                });
+            }
+        }
+        for kind in ERROR_KINDS {
+            self.errors.remove(&ErrorLabels {
+                namespace: namespace.into(),
+                app: app.into(),
+                entry: entry.into(),
+                kind: (*kind).into(),
+            });
+        }
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
