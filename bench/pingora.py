@@ -48,12 +48,14 @@ def main():
     try:
         p_plain, p_tls = free_port(), free_port()
         p = spike(a.pingora, c.backends, d, p_plain, p_tls, crt, key)
+        procs.append(p)
         n_plain, n_tls = free_port(), free_port()
         os.makedirs(f"{d}/plain", exist_ok=True)
         os.makedirs(f"{d}/tls", exist_ok=True)
         np_ = plain_nginx(c.backends, n_plain, f"{d}/plain")
+        procs.append(np_)
         nt = tls_nginx(c.backends, n_tls, f"{d}/tls", crt, key)
-        procs = [p, np_, nt]
+        procs.append(nt)
         pid = lambda proc: (lambda: [proc.pid] + children(proc.pid))  # noqa: E731
         plain = [("Capstan", ports["expose"], lambda: [c.proc.pid]), ("Pingora spike", p_plain, pid(p)),
                  ("nginx", n_plain, pid(np_))]
@@ -100,14 +102,17 @@ def main():
             if proc.poll() is None:
                 # Pingora's fast shutdown is SIGINT (SIGTERM waits out its grace period); nginx's is SIGTERM.
                 proc.send_signal(signal.SIGINT if proc is procs[0] else signal.SIGTERM)
-                proc.wait(timeout=30)
-        c.stop()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        c.stop()  # Capstan stops its backends: none is left behind
         subprocess.run(["rm", "-rf", c.data, d])
 
 
 def report(a, tables, instr):
-    print(f"\n{a.conns} connections, {a.seconds} s per run, median of {a.rounds} interleaved rounds, 1 KiB answers, "
-          "two worker threads each\n")
+    print(f"\n{a.conns} connections, {a.seconds} s per run, median of {a.rounds} interleaved rounds, 1 KiB answers; "
+          f"Pingora and nginx with two worker threads, Capstan with one per core ({os.cpu_count()} cores)\n")
     for title, rows in tables.items():
         rows = {label: median(rs, "rps") for label, rs in rows.items()}
         unit = "req/s, h2load -c50 -m10" if title == "HTTP/2" else "req/s, wrk"

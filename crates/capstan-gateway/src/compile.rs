@@ -143,7 +143,6 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
     gateways.sort_by_key(|g| (created_ms(&g.metadata), g.metadata.namespace().to_string(), g.metadata.name.clone()));
     let mut slots: Vec<Slot> = Vec::new();
     let mut wake: Option<DateTime<Utc>> = None;
-    // Per socket: the protocol that holds it, and the hostnames taken.
     // Per socket: the namespace that holds it (its oldest Gateway's), the protocol, and the host names taken.
     let mut sockets: BTreeMap<Bind, (String, ListenerProtocol, Vec<Option<String>>)> = BTreeMap::new();
     for g in &gateways {
@@ -176,7 +175,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                     gen,
                     now,
                 ));
-            } else if let Some(why) = foreign_secret_refused(g, l, grants) {
+            } else if let Some(why) = terminates_tls(l).then(|| foreign_secret_refused(g, l, grants)).flatten() {
                 // Without a grant, another namespace's Secret is not used, nor the certificate it gave before: a
                 // grant withdrawn takes its access with it.
                 slot.cert_reason = "RefNotPermitted";
@@ -249,7 +248,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
             }
             for k in l.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default() {
                 let group_ok = k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP);
-                if !group_ok || !can_take(l.protocol, &k.kind) {
+                if !group_ok || !can_take(l, &k.kind) {
                     slot.bad_kinds.push(k.kind.clone());
                 }
             }
@@ -274,6 +273,19 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                             true,
                             "ProtocolConflict",
                             format!("port {} is served as {} by an older listener", l.port, p.as_str()),
+                            gen,
+                            now,
+                        ))
+                    }
+                    Some((_, ListenerProtocol::Tcp, _)) => {
+                        slot.conflicted = Some(condition(
+                            "Conflicted",
+                            true,
+                            "HostnameConflict",
+                            format!(
+                                "port {} has a TCP listener already: TCP listeners do not share a port (host names do not apply to TCP)",
+                                l.port
+                            ),
                             gen,
                             now,
                         ))
@@ -432,7 +444,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
             SocketMode::Tls | SocketMode::Tcp => {
                 let passthrough = s.listener.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough);
                 for (h, action, _) in s.streams {
-                    socket.1.push(VirtualHost::stream(h, Some(action), s.cert.clone(), passthrough));
+                    socket.1.push(VirtualHost::stream(host.clone(), h, Some(action), s.cert.clone(), passthrough));
                 }
             }
         }
@@ -617,23 +629,13 @@ fn attach(
     let mut attached = 0;
     for i in selected {
         let s = &mut slots[i];
-        let listener_host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
-        let hosts: Vec<HostPattern> = if r.spec.hostnames.is_empty() {
-            vec![listener_host.clone()]
-        } else {
-            r.spec.hostnames.iter().filter_map(|h| listener_host.intersect(&HostPattern::parse(h))).collect()
+        let hosts = match hosts_on(s.listener, &r.spec.hostnames) {
+            Ok(hosts) => hosts,
+            Err(why) => {
+                refusal.get_or_insert(why);
+                continue;
+            }
         };
-        if hosts.is_empty() {
-            refusal.get_or_insert((
-                "NoMatchingListenerHostname",
-                format!(
-                    "none of the route's host names falls under listener {}'s {}",
-                    s.listener.name,
-                    s.listener.hostname.as_deref().unwrap_or("*")
-                ),
-            ));
-            continue;
-        }
         s.attached.insert(ObjectKey::new("HTTPRoute", route_ns, &r.metadata.name));
         attached += 1;
         for host in &hosts {
@@ -650,16 +652,40 @@ fn attach(
     }
 }
 
+/// Where a route's host names meet a listener's (a route without any takes the listener's), or the
+/// `NoMatchingListenerHostname` refusal when they do not meet.
+pub(crate) fn hosts_on(l: &Listener, names: &[String]) -> Result<Vec<HostPattern>, (&'static str, String)> {
+    let listener_host = l.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
+    if names.is_empty() {
+        return Ok(vec![listener_host]);
+    }
+    let hosts: Vec<HostPattern> =
+        names.iter().filter_map(|h| listener_host.intersect(&HostPattern::parse(h))).collect();
+    if hosts.is_empty() {
+        return Err((
+            "NoMatchingListenerHostname",
+            format!(
+                "none of the route's host names falls under listener {}'s {}",
+                l.name,
+                l.hostname.as_deref().unwrap_or("*")
+            ),
+        ));
+    }
+    Ok(hosts)
+}
+
 /// One rule, compiled once whatever the number of listeners and host names it is served under.
 struct CompiledRule {
     action: Arc<RuleAction>,
     matchers: Vec<Arc<Matcher>>,
 }
 
-/// Whether a listener of this protocol can take routes of `kind`: its protocol's own, and TCPRoutes on a TLS
-/// listener (every connection to one backend, whatever its name), as Gateway API allows.
-fn can_take(protocol: ListenerProtocol, kind: &str) -> bool {
-    protocol.route_kinds().contains(&kind) || (protocol == ListenerProtocol::Tls && kind == "TCPRoute")
+/// Whether a listener can take routes of `kind`: its protocol's own, and TCPRoutes on a TLS listener that ends TLS
+/// (the decrypted connections of every name it serves, to one route's backends), as Gateway API's implementations
+/// allow it; a passthrough listener has no use for them.
+fn can_take(l: &Listener, kind: &str) -> bool {
+    l.protocol.route_kinds().contains(&kind)
+        || (terminates_tls(l) && l.protocol == ListenerProtocol::Tls && kind == "TCPRoute")
 }
 
 /// Whether a listener takes routes of `kind`: without `allowedRoutes.kinds`, its protocol's own kind; with them,
@@ -669,8 +695,7 @@ fn takes(l: &Listener, kind: &str) -> bool {
     if kinds.is_empty() {
         return l.protocol.route_kinds().contains(&kind);
     }
-    can_take(l.protocol, kind)
-        && kinds.iter().any(|k| k.kind == kind && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP))
+    can_take(l, kind) && kinds.iter().any(|k| k.kind == kind && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP))
 }
 
 /// Whether a listener ends TLS with a certificate of its own: HTTPS, and TLS in `Terminate` mode.
@@ -1214,8 +1239,13 @@ mod tests {
                  "tls": {"certificateRefs": [{"name": "wild"}]}},
                 {"name": "ssh", "port": 2222, "protocol": "TCP"},
                 {"name": "web", "port": 8080, "protocol": "HTTP"},
-                {"name": "mixed", "port": 9444, "protocol": "TLS", "tls": {"mode": "Passthrough"},
-                 "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}, {"kind": "HTTPRoute"}]}}
+                {"name": "mixed", "port": 9444, "protocol": "TLS", "tls": {"certificateRefs": [{"name": "wild"}]},
+                 "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}, {"kind": "HTTPRoute"}]}},
+                {"name": "pass-kinds", "port": 9445, "protocol": "TLS", "tls": {"mode": "Passthrough"},
+                 "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}},
+                {"name": "ssh2", "port": 2222, "protocol": "TCP", "hostname": "git.example.com"},
+                {"name": "pass-cert", "port": 9446, "protocol": "TLS",
+                 "tls": {"mode": "Passthrough", "certificateRefs": [{"name": "x", "namespace": "elsewhere"}]}}
             ]),
         )];
         let apps = [app("pg", json!([{"name": "pg", "port": 5432}])), app("git", json!([{"name": "ssh", "port": 22}]))];
@@ -1252,6 +1282,7 @@ mod tests {
                 tls("elsewhere", 10, "end", json!(["other.org"]), "pg"),
                 tls("on-http", 10, "web", json!(["db.example.com"]), "pg"),
                 tls("missing", 11, "pass", json!(["*.internal"]), "gone"),
+                tls("db-wide", 30, "pass", json!(["db.example.com", "ro.example.com"]), "pg"),
             ],
             vec![tcp("git", 10, "ssh"), tcp("git-young", 20, "ssh"), tcp("any-tls", 10, "mixed")],
         );
@@ -1291,7 +1322,20 @@ mod tests {
         assert_eq!(kinds(2), ["TCPRoute"]);
         assert_eq!(kinds(4), ["TCPRoute"], "HTTPRoute named but not takeable on TLS: left out");
         assert_eq!(cond(&listener(&out, "edge", 4).conditions, "ResolvedRefs").1, "InvalidRouteKinds");
-        assert_eq!(listener(&out, "edge", 0).attached_routes, 2, "db and missing (db-young holds no name)");
+        assert!(kinds(5).is_empty(), "no TCPRoute on a passthrough listener");
+        assert_eq!(cond(&listener(&out, "edge", 5).conditions, "ResolvedRefs").1, "InvalidRouteKinds");
+        let (s, r, m) = cond(&listener(&out, "edge", 6).conditions, "Conflicted");
+        assert_eq!((s, r), ("True", "HostnameConflict"), "TCP listeners do not share a port, whatever their names");
+        assert!(m.contains("TCP listeners do not share a port"), "{m}");
+        assert_eq!(
+            cond(&listener(&out, "edge", 7).conditions, "Programmed").0,
+            "True",
+            "a passthrough listener never uses its certificateRefs, so another namespace's Secret does not matter"
+        );
+        assert_eq!(listener(&out, "edge", 0).attached_routes, 3, "db, missing and db-wide (db-young holds no name)");
+        let (s, r, m) = st("TLSRoute", "db-wide", "Accepted");
+        assert_eq!((s.as_str(), r.as_str()), ("True", "Accepted"), "it holds ro.example.com");
+        assert_eq!(m, "partly: listener pass already sends db.example.com to TLSRoute default/db, which is older");
         assert_eq!(listener(&out, "edge", 1).attached_routes, 1);
         assert_eq!(listener(&out, "edge", 2).attached_routes, 1);
         assert_eq!(cond(&listener(&out, "edge", 1).conditions, "Programmed").0, "True", "its certificate is good");
@@ -1299,10 +1343,21 @@ mod tests {
         // The sockets: modes, host names, passthrough or not, and the terminating listener's certificate.
         let socket = |port: u16| out.listeners.iter().find(|l| l.port == port).unwrap();
         assert_eq!(socket(8443).mode, SocketMode::Tls);
+        // In any order (the proxy orders them by specificity when it installs them): sorted here.
         let names = |port: u16| -> Vec<(String, bool, bool)> {
-            socket(port).hosts.iter().map(|h| (h.host.to_string(), h.passthrough, h.cert.is_some())).collect()
+            let mut v: Vec<_> =
+                socket(port).hosts.iter().map(|h| (h.host.to_string(), h.passthrough, h.cert.is_some())).collect();
+            v.sort();
+            v
         };
-        assert_eq!(names(8443), [("db.example.com".into(), true, false), ("*.internal".into(), true, false)]);
+        assert_eq!(
+            names(8443),
+            [
+                ("*.internal".into(), true, false),
+                ("db.example.com".into(), true, false),
+                ("ro.example.com".into(), true, false)
+            ]
+        );
         assert_eq!(names(9443), [("cache.example.com".into(), false, true)]);
         assert_eq!(socket(2222).mode, SocketMode::Tcp);
         assert_eq!(names(2222), [("*".into(), false, false)]);

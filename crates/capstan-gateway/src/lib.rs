@@ -5,4 +5,4 @@
 pub mod certs;
 pub mod compile;
 pub mod controller;
-pub mod streams;
+mod streams;

@@ -12,7 +12,7 @@ use capstan_proxy::gateway::{RouteBackend, RuleAction};
 use capstan_proxy::routes::HostPattern;
 use chrono::{DateTime, Utc};
 
-use crate::compile::{condition, created_ms, listeners_for, resolve, Grants, Objects, Slot};
+use crate::compile::{condition, created_ms, hosts_on, listeners_for, resolve, Grants, Objects, Slot};
 
 /// One route of either kind, as attachment sees it.
 struct Candidate<'a> {
@@ -81,7 +81,9 @@ fn action(
     let ns = c.meta.namespace();
     let gen = c.meta.generation;
     let rule_name = c.rule.and_then(|r| r.name.clone()).unwrap_or_else(|| "0".into());
-    let mut action = RuleAction::new(format!("{ns}/{}/{rule_name}", c.meta.name), Expose::http(1));
+    // The route's kind is in its id: an HTTPRoute and a TCPRoute of the same name are other rules, with other
+    // settings, weights and metric series.
+    let mut action = RuleAction::new(format!("{ns}/{}/{}/{rule_name}", c.key.kind, c.meta.name), Expose::http(1));
     let mut problems: Vec<(&str, String)> = Vec::new();
     for b in c.rule.map(|r| r.backend_refs.as_slice()).unwrap_or_default() {
         let (port, problem) = resolve(&b.backend, &c.key.kind, ns, app_ports, grants);
@@ -117,22 +119,14 @@ fn attach(
     let mut attached = 0;
     for i in selected {
         let s = &mut slots[i];
-        let listener_host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
-        let hosts: Vec<HostPattern> = match c.hostnames {
-            Some(names) => names.iter().filter_map(|h| listener_host.intersect(&HostPattern::parse(h))).collect(),
-            None => vec![listener_host.clone()],
+        // A TCPRoute takes every name its listener serves.
+        let hosts = match hosts_on(s.listener, c.hostnames.unwrap_or_default()) {
+            Ok(hosts) => hosts,
+            Err(why) => {
+                refusal.get_or_insert(why);
+                continue;
+            }
         };
-        if hosts.is_empty() {
-            refusal.get_or_insert((
-                "NoMatchingListenerHostname",
-                format!(
-                    "none of the route's host names falls under listener {}'s {}",
-                    s.listener.name,
-                    s.listener.hostname.as_deref().unwrap_or("*")
-                ),
-            ));
-            continue;
-        }
         let mut held = 0;
         for host in hosts {
             match s.streams.iter().find(|(h, _, _)| *h == host) {
@@ -163,6 +157,8 @@ fn attach(
     }
     match (attached, refusal) {
         (0, Some((reason, why))) => condition("Accepted", false, reason, why, gen, now),
+        // Accepted for some names, not all: the message says which are served elsewhere.
+        (_, Some((_, why))) => condition("Accepted", true, "Accepted", format!("partly: {why}"), gen, now),
         _ => condition("Accepted", true, "Accepted", "", gen, now),
     }
 }

@@ -231,6 +231,9 @@ spec:
 
     // A tcp entry through a Gateway: a TCPRoute, no LoadBalancer, and no port opened to everyone.
     let tcp = yaml.replace("      sticky: {cookie: {name: ROUTE, maxAge: 3600}}\n", "      protocol: tcp\n");
+    let err = capstan_model::parse_manifests("b.yaml", &tcp).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("spec.expose[0].gateway.hostnames") && err.contains("tcp entry point"), "{err}");
+    let tcp = tcp.replace(", hostnames: [board.example.com]", "");
     let resources: Vec<Resource> =
         capstan_model::parse_manifests("b.yaml", &tcp).expect("parses").into_iter().map(|m| m.resource).collect();
     let objs = capstan_kubernetes::render::render(&resources).expect("renders");

@@ -99,14 +99,7 @@ pub fn validate_reference_grant(spec: &ReferenceGrantSpec, errors: &mut Vec<Fiel
 mod tests {
     use serde_json::json;
 
-    use crate::resource::Resource;
-
-    fn errors(v: serde_json::Value) -> Vec<String> {
-        match Resource::from_value(v) {
-            Ok(r) => r.validate().into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
-            Err(e) => vec![format!("decode {}: {}", e.path, e.message)],
-        }
-    }
+    use crate::resource::problems as errors;
 
     #[test]
     fn grants_are_taken_in_v1_and_v1beta1_and_bad_ones_name_the_field() {

@@ -303,6 +303,15 @@ impl Resource {
     }
 }
 
+/// Every problem of a manifest as `field: message`, whether decoding or validation finds it (for tests).
+#[cfg(test)]
+pub(crate) fn problems(v: Value) -> Vec<String> {
+    match Resource::from_value(v) {
+        Ok(r) => r.validate().into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+        Err(e) => vec![format!("decode {}: {}", e.path, e.message)],
+    }
+}
+
 fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),

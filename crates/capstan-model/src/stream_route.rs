@@ -123,12 +123,7 @@ mod tests {
 
     use crate::resource::Resource;
 
-    fn errors(v: serde_json::Value) -> Vec<String> {
-        match Resource::from_value(v) {
-            Ok(r) => r.validate().into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
-            Err(e) => vec![format!("decode {}: {}", e.path, e.message)],
-        }
-    }
+    use crate::resource::problems as errors;
 
     #[test]
     fn a_tls_route_is_taken_as_gateway_api_writes_it_in_v1_and_v1alpha2() {

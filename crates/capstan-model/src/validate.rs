@@ -387,6 +387,12 @@ fn validate_expose(spec: &AppSpec, errors: &mut Vec<FieldError>) {
             if g.name.trim().is_empty() {
                 errors.push(FieldError::new(format!("{path}.gateway.name"), "empty").hint("the Gateway's name"));
             }
+            if e.protocol == ExposeProtocol::Tcp && !g.hostnames.is_empty() {
+                errors.push(
+                    FieldError::new(format!("{path}.gateway.hostnames"), "do not apply to a tcp entry point")
+                        .hint("a TCPRoute takes every connection on its listener: remove them, or name a listener with `sectionName`"),
+                );
+            }
         }
         if let Some(a) = &e.address {
             if a.parse::<std::net::IpAddr>().is_err() {

@@ -90,7 +90,11 @@ impl RouteBackend {
 /// matched against its routes only; on an HTTPS socket, its certificate answers the handshakes for that name. On a
 /// TLS or TCP socket, one host name of a TLSRoute (or a TCPRoute's every name) and where its connections go.
 pub struct VirtualHost {
+    /// The listener's host name (the route's, within it, on a TLS or TCP socket).
     pub host: HostPattern,
+    /// The listener's own host name: on a TLS socket the most specific listener covering a name is chosen before
+    /// its routes are, as on HTTP sockets.
+    pub listener: HostPattern,
     pub routes: RouteTable<RuleAction>,
     pub cert: Option<Arc<CertifiedKey>>,
     /// A TLS or TCP socket's route for this host name: its backends, split by weight.
@@ -103,17 +107,19 @@ pub struct VirtualHost {
 impl VirtualHost {
     /// A listener of an HTTP or HTTPS socket, with its routes.
     pub fn http(host: HostPattern, routes: RouteTable<RuleAction>, cert: Option<Arc<CertifiedKey>>) -> VirtualHost {
-        VirtualHost { host, routes, cert, stream: None, passthrough: false }
+        VirtualHost { listener: host.clone(), host, routes, cert, stream: None, passthrough: false }
     }
 
-    /// A host name of a TLS socket (or a TCP socket's one route), and where its connections go.
+    /// A route's host name on a listener of a TLS socket (or a TCP socket's one route), and where its connections
+    /// go.
     pub fn stream(
+        listener: HostPattern,
         host: HostPattern,
         action: Option<Arc<RuleAction>>,
         cert: Option<Arc<CertifiedKey>>,
         passthrough: bool,
     ) -> VirtualHost {
-        VirtualHost { host, routes: RouteTable::new(Vec::new()), cert, stream: action, passthrough }
+        VirtualHost { host, listener, routes: RouteTable::new(Vec::new()), cert, stream: action, passthrough }
     }
 }
 
@@ -223,9 +229,10 @@ impl Routes {
         self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Installs a socket's listeners, the most specific host name first (as Gateway API picks a listener).
+    /// Installs a socket's listeners, the most specific host name first (as Gateway API picks a listener), and
+    /// within a listener its routes' host names, the most specific first.
     pub(crate) fn set(&self, mut hosts: Vec<VirtualHost>) {
-        hosts.sort_by_key(|h| h.host.rank());
+        hosts.sort_by_key(|h| (h.listener.rank(), h.host.rank()));
         *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
     }
 }

@@ -594,7 +594,7 @@ fn add_cookie(h: &mut HeaderMap, cookie: Option<&capstan_model::StickyCookie>, v
 impl Entry {
     /// The labels of a tunnel's series to `replica` (remembered, so they go with the entry).
     pub(crate) fn replica_labels(&self, replica: &str) -> ReplicaLabels {
-        self.tunnelled.lock().unwrap_or_else(|p| p.into_inner()).insert(replica.to_string());
+        self.metrics.note_replica(&self.namespace, &self.app, &self.name, replica);
         ReplicaLabels {
             namespace: self.namespace.clone(),
             app: self.app.clone(),

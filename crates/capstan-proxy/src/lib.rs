@@ -155,23 +155,19 @@ pub struct Entry {
     pub backends: BackendSet,
     pub metrics: Arc<Metrics>,
     per_replica: RwLock<HashMap<String, Arc<metrics::ReplicaMetrics>>>,
-    /// Replicas it has tunnelled to (websockets, TCP): their series go with the entry too.
-    tunnelled: Mutex<std::collections::HashSet<String>>,
 }
 
-/// An entry point gone (its App deleted, its route or rule removed) takes its series with it.
+/// An entry point gone (its App deleted, its route or rule removed) takes its series with it, unless another
+/// entry point alive writes under the same labels.
 impl Drop for Entry {
     fn drop(&mut self) {
-        let per_replica = self.per_replica.get_mut().unwrap_or_else(|p| p.into_inner());
-        let tunnelled = self.tunnelled.get_mut().unwrap_or_else(|p| p.into_inner());
-        let replicas: std::collections::BTreeSet<&str> =
-            per_replica.keys().chain(tunnelled.iter()).map(String::as_str).collect();
-        self.metrics.forget_entry(&self.namespace, &self.app, &self.name, replicas.into_iter());
+        self.metrics.release(&self.namespace, &self.app, &self.name);
     }
 }
 
 impl Entry {
     fn new(namespace: &str, app: &str, name: String, expose: &Expose, metrics: Arc<Metrics>) -> Entry {
+        metrics.hold(namespace, app, &name);
         Entry {
             namespace: namespace.to_string(),
             app: app.to_string(),
@@ -180,7 +176,6 @@ impl Entry {
             backends: BackendSet::default(),
             metrics,
             per_replica: RwLock::new(HashMap::new()),
-            tunnelled: Mutex::default(),
         }
     }
 
@@ -198,6 +193,7 @@ impl Entry {
         if let Some(m) = self.per_replica.read().unwrap_or_else(|p| p.into_inner()).get(replica) {
             return m.clone();
         }
+        self.metrics.note_replica(&self.namespace, &self.app, &self.name, replica);
         let m = Arc::new(metrics::ReplicaMetrics::new(&self.metrics, &self.namespace, &self.app, &self.name, replica));
         self.per_replica.write().unwrap_or_else(|p| p.into_inner()).insert(replica.to_string(), m.clone());
         m
@@ -382,7 +378,7 @@ async fn serve(
         let admitted = match gate.admit(protocol == ExposeProtocol::Http) {
             Ok(a) => a,
             Err(refusal) => {
-                if protocol == ExposeProtocol::Http {
+                if protocol == ExposeProtocol::Http && front.speaks_http() {
                     tokio::spawn(gate::refuse_http(stream, refusal));
                 }
                 continue;
@@ -423,6 +419,14 @@ enum Front {
 }
 
 impl Front {
+    /// Whether its clients speak plain HTTP first, so that a refusal may be answered with a 503.
+    fn speaks_http(&self) -> bool {
+        match self {
+            Front::App(_) => true,
+            Front::Routes(r, _) => r.mode == SocketMode::Http,
+        }
+    }
+
     fn name(&self) -> String {
         match self {
             Front::App(e) => format!("{}/{}/{}", e.namespace, e.app, e.name),
@@ -747,10 +751,13 @@ impl Proxy {
                         &plan.address,
                         plan.port,
                         Front::Routes(routes.clone(), tls),
-                        // A tunnel's quiet is not idleness: TLS and TCP connections are not evicted for others.
+                        // A TCP connection is a tunnel from its first byte: never evicted, counted among the tunnels.
+                        // A TLS connection is one only once its ClientHello chose a route (`stream::serve` pins it
+                        // then): until then it may be evicted, as an HTTPS connection in its handshake may, so
+                        // clients that send nothing cannot hold the tunnels' share of the budget.
                         match plan.mode {
-                            SocketMode::Http | SocketMode::Https => ExposeProtocol::Http,
-                            SocketMode::Tls | SocketMode::Tcp => ExposeProtocol::Tcp,
+                            SocketMode::Http | SocketMode::Https | SocketMode::Tls => ExposeProtocol::Http,
+                            SocketMode::Tcp => ExposeProtocol::Tcp,
                         },
                         gate.clone(),
                     ) {
@@ -806,7 +813,17 @@ mod tests {
         }
         let text = metrics.render();
         assert!(text.contains("entry=\"default/site/0\"") && text.contains("entry=\"http\""), "{text}");
+        // Another entry alive under the same labels (an App twice in one rule, or a new plan's entry while an old
+        // one still carries a tunnel): the series stay until it goes too.
+        let twin = Entry::new("shop", "web", "default/site/0".into(), &Expose::http(1), metrics.clone());
+        twin.replica_metrics("web-2").answered(200, 0.01);
         drop(gone);
+        let text = metrics.render();
+        assert!(
+            text.lines().any(|l| l.contains("entry=\"default/site/0\"") && l.contains("replica=\"web-0\"")),
+            "the twin's labels keep their series:\n{text}"
+        );
+        drop(twin);
         let text = metrics.render();
         assert!(!text.contains("default/site/0"), "no series of the gone entry is left:\n{text}");
         for family in

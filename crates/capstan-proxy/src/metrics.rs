@@ -56,6 +56,9 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// The label values an entry point's series share: namespace, App, entry.
+type EntryLabels = (String, String, String);
+
 /// Every metric of the proxy, and the registry that renders them.
 pub struct Metrics {
     pub registry: Registry,
@@ -69,6 +72,10 @@ pub struct Metrics {
     pub connections_refused: Family<RefusedLabels, Counter>,
     pub connections_evicted: Family<ListenerLabels, Counter>,
     pub header_timeouts: Family<ListenerLabels, Counter>,
+    /// Entry points alive with each label set, and the replicas their series name: the series go when the last
+    /// of them does (two entries may share labels: an App twice in a rule, a plan replaced while a tunnel of the
+    /// old one is open).
+    live: std::sync::Mutex<std::collections::HashMap<EntryLabels, (usize, std::collections::BTreeSet<String>)>>,
 }
 
 impl Default for Metrics {
@@ -122,6 +129,7 @@ impl Default for Metrics {
             connections_refused,
             connections_evicted,
             header_timeouts,
+            live: Default::default(),
         }
     }
 }
@@ -139,9 +147,49 @@ pub const ERROR_KINDS: &[&str] = &[
 ];
 
 impl Metrics {
-    /// Removes every series of one entry point (of its `replicas`) once the entry point is gone, so that deleted
-    /// Apps and routes, and renamed rules, leave nothing behind in the exposition to grow it for ever.
-    pub fn forget_entry<'r>(&self, namespace: &str, app: &str, entry: &str, replicas: impl Iterator<Item = &'r str>) {
+    fn live(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<EntryLabels, (usize, std::collections::BTreeSet<String>)>>
+    {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An entry point writing series under these labels is alive.
+    pub(crate) fn hold(&self, namespace: &str, app: &str, entry: &str) {
+        self.live().entry((namespace.into(), app.into(), entry.into())).or_default().0 += 1;
+    }
+
+    /// An entry point under these labels writes series of `replica`.
+    pub(crate) fn note_replica(&self, namespace: &str, app: &str, entry: &str, replica: &str) {
+        if let Some((_, replicas)) = self.live().get_mut(&(namespace.into(), app.into(), entry.into())) {
+            if !replicas.contains(replica) {
+                replicas.insert(replica.to_string());
+            }
+        }
+    }
+
+    /// An entry point under these labels is gone: the last one takes the series with it, so that deleted Apps and
+    /// routes, and renamed rules, leave nothing behind in the exposition to grow it for ever.
+    pub(crate) fn release(&self, namespace: &str, app: &str, entry: &str) {
+        let key = (namespace.to_string(), app.to_string(), entry.to_string());
+        let gone = {
+            let mut live = self.live();
+            match live.get_mut(&key) {
+                Some((n, _)) if *n > 1 => {
+                    *n -= 1;
+                    None
+                }
+                Some(_) => live.remove(&key).map(|(_, replicas)| replicas),
+                None => None,
+            }
+        };
+        if let Some(replicas) = gone {
+            self.forget_entry(namespace, app, entry, replicas.iter().map(String::as_str));
+        }
+    }
+
+    /// Removes every series of one entry point's labels (of its `replicas`).
+    fn forget_entry<'r>(&self, namespace: &str, app: &str, entry: &str, replicas: impl Iterator<Item = &'r str>) {
         for replica in replicas {
             let labels = ReplicaLabels {
                 namespace: namespace.into(),

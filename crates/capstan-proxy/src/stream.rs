@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::gate::Admitted;
+use crate::gate::{Activity, Admitted, Held};
 use crate::gateway::{Routes, RuleAction, SocketMode, VirtualHost};
 use crate::routes::HostPattern;
 
@@ -25,37 +25,51 @@ pub(crate) async fn serve(
     admitted: Admitted,
 ) {
     let _ = stream.set_nodelay(true);
-    let _admitted = &admitted;
     match routes.mode {
         SocketMode::Tcp => {
-            let hosts = routes.hosts();
-            match hosts.iter().find_map(|h| h.stream.clone()) {
+            // Admitted as a tunnel (counted among them, never evicted) from the start.
+            let _admitted = admitted;
+            let action = routes.hosts().iter().find_map(|h| h.stream.clone());
+            match action {
                 Some(action) => forward(&action, stream, peer, &[]).await,
                 None => tracing::debug!(%peer, port = routes.port, "no TCPRoute on this port: connection closed"),
             }
         }
         SocketMode::Tls => {
-            // The ClientHello must come within the header timeout, as an HTTP request's headers must.
+            // The ClientHello must come within the header timeout, as an HTTP request's headers must; until it has
+            // chosen a route the connection may be evicted to make room, as one in its HTTPS handshake may.
             let limit = admitted.listener().gate().header_timeout();
-            let (hello, sni) = match tokio::time::timeout(limit, client_hello(&mut stream)).await {
+            let read = tokio::select! {
+                r = tokio::time::timeout(limit, client_hello(&mut stream)) => r,
+                _ = admitted.evicted() => return tracing::debug!(%peer, "evicted before its ClientHello"),
+            };
+            let (hello, sni) = match read {
                 Ok(Ok(x)) => x,
                 Ok(Err(why)) => return tracing::debug!(%peer, "TLS connection closed: {why}"),
                 Err(_) => return tracing::debug!(%peer, "no ClientHello within {limit:?}: connection closed"),
             };
-            let hosts = routes.hosts();
-            let Some(vhost) = chosen(&hosts, sni.as_deref()) else {
+            // The plan is let go of at once: a long tunnel must not keep every entry of an old plan alive.
+            let chosen = chosen(&routes.hosts(), sni.as_deref()).map(|v| (v.stream.clone(), v.passthrough));
+            let Some((Some(action), passthrough)) = chosen else {
                 return tracing::debug!(%peer, sni = sni.as_deref().unwrap_or("(none)"), "no TLSRoute serves this name");
             };
-            let Some(action) = vhost.stream.clone() else { return };
-            if vhost.passthrough {
+            if passthrough {
+                let Some(_tunnel) = tunnel(admitted, peer) else { return };
                 return forward(&action, stream, peer, &hello).await;
             }
             let Some(acceptor) = acceptor else { return };
             // The ClientHello was read to choose the route: the handshake reads it again before the rest.
             let (read, write) = stream.into_split();
             let replayed = tokio::io::join(std::io::Cursor::new(hello).chain(read), write);
-            match tokio::time::timeout(limit, acceptor.accept(replayed)).await {
-                Ok(Ok(tls)) => forward(&action, tls, peer, &[]).await,
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(limit, acceptor.accept(replayed)) => r,
+                _ = admitted.evicted() => return tracing::debug!(%peer, "evicted during its TLS handshake"),
+            };
+            match handshake {
+                Ok(Ok(tls)) => {
+                    let Some(_tunnel) = tunnel(admitted, peer) else { return };
+                    forward(&action, tls, peer, &[]).await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -64,13 +78,29 @@ pub(crate) async fn serve(
     }
 }
 
-/// The route of a server name: the most specific host name that covers it (hosts are ordered so); a ClientHello
-/// without a name goes to a route for every name only.
+/// A TLS connection that became a tunnel: counted among the tunnels (none when half the budget is tunnels
+/// already: the connection is closed) and busy, so that it is not evicted for being quiet.
+fn tunnel(admitted: Admitted, peer: SocketAddr) -> Option<(Held, Activity)> {
+    let held = Held(Arc::new(admitted));
+    if !held.pin() {
+        tracing::debug!(%peer, "as many tunnels as the budget allows are open: connection closed");
+        return None;
+    }
+    let busy = held.0.activity();
+    Some((held, busy))
+}
+
+/// The route of a server name: the most specific listener whose host name covers it, then that listener's route
+/// with the most specific host name that covers it (hosts are ordered so); a ClientHello without a name goes to a
+/// route for every name only.
 fn chosen<'h>(hosts: &'h [VirtualHost], sni: Option<&str>) -> Option<&'h VirtualHost> {
-    let mut with_route = hosts.iter().filter(|h| h.stream.is_some());
+    let routed = || hosts.iter().filter(|h| h.stream.is_some());
     match sni {
-        Some(name) => with_route.find(|h| h.host.matches(name)),
-        None => with_route.find(|h| h.host == HostPattern::Any),
+        Some(name) => {
+            let listener = routed().map(|h| &h.listener).find(|l| l.matches(name))?;
+            routed().find(|h| h.listener == *listener && h.host.matches(name))
+        }
+        None => routed().find(|h| h.host == HostPattern::Any),
     }
 }
 
@@ -132,16 +162,21 @@ mod tests {
     use crate::routes::HostPattern;
 
     fn host(pattern: &str, routed: bool) -> VirtualHost {
-        let action =
-            routed.then(|| Arc::new(RuleAction::new(format!("default/r/{pattern}"), capstan_model::Expose::http(1))));
-        let host = if pattern == "*" { HostPattern::Any } else { HostPattern::parse(pattern) };
-        VirtualHost::stream(host, action, None, true)
+        on("*", pattern, routed)
+    }
+
+    /// A route's host name `pattern` on a listener whose host name is `listener`.
+    fn on(listener: &str, pattern: &str, routed: bool) -> VirtualHost {
+        let id = if listener == "*" { format!("default/r/{pattern}") } else { format!("{listener}/r/{pattern}") };
+        let action = routed.then(|| Arc::new(RuleAction::new(id, capstan_model::Expose::http(1))));
+        let parse = |p: &str| if p == "*" { HostPattern::Any } else { HostPattern::parse(p) };
+        VirtualHost::stream(parse(listener), parse(pattern), action, None, true)
     }
 
     #[test]
     fn the_most_specific_name_with_a_route_is_chosen_and_a_nameless_hello_gets_the_catch_all_only() {
         let mut hosts = vec![host("*", true), host("*.example.com", true), host("db.example.com", true)];
-        hosts.sort_by_key(|h| h.host.rank());
+        hosts.sort_by_key(|h| (h.listener.rank(), h.host.rank()));
         let id = |h: Option<&VirtualHost>| h.and_then(|h| h.stream.as_ref()).map(|a| a.id.clone());
         assert_eq!(id(chosen(&hosts, Some("db.example.com"))), Some("default/r/db.example.com".into()));
         assert_eq!(id(chosen(&hosts, Some("cache.example.com"))), Some("default/r/*.example.com".into()));
@@ -150,6 +185,15 @@ mod tests {
         let named_only = vec![host("db.example.com", true), host("*", false)];
         assert!(chosen(&named_only, None).is_none(), "no route for every name: a nameless hello is closed");
         assert!(chosen(&named_only, Some("x.example.com")).is_none());
+
+        // Listeners first: a route on the listener for db.example.com wins over an older one for the same name on a
+        // listener for every name; a name only the catch-all listener's route covers goes there.
+        let mut shared = vec![on("*", "db.example.com", true), on("db.example.com", "db.example.com", true)];
+        shared.sort_by_key(|h| (h.listener.rank(), h.host.rank()));
+        assert_eq!(id(chosen(&shared, Some("db.example.com"))), Some("db.example.com/r/db.example.com".into()));
+        let mut other = vec![on("*", "*.example.com", true), on("db.example.com", "db.example.com", true)];
+        other.sort_by_key(|h| (h.listener.rank(), h.host.rank()));
+        assert_eq!(id(chosen(&other, Some("cache.example.com"))), Some("default/r/*.example.com".into()));
     }
 
     #[tokio::test]
