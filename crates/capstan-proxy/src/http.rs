@@ -539,12 +539,17 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
             let gauge = entry.metrics.open_tunnels.get_or_create(&labels).clone();
             if let Some(client_upgrade) = client_upgrade {
                 let idle = entry.config().idle;
+                let entry = entry.clone();
                 tokio::spawn(async move {
                     let _guard = guard;
                     let _busy = held.as_ref().map(|h| h.0.activity());
                     if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
                         gauge.inc();
-                        crate::idle::copy_until_idle(TokioIo::new(c), TokioIo::new(b), idle).await;
+                        // A websocket through a gateway route closes when the route (or its grant) goes.
+                        tokio::select! {
+                            _ = crate::idle::copy_until_idle(TokioIo::new(c), TokioIo::new(b), idle) => {}
+                            _ = entry.retired() => {}
+                        }
                         gauge.dec();
                     }
                 });

@@ -155,6 +155,9 @@ pub struct Entry {
     pub backends: BackendSet,
     pub metrics: Arc<Metrics>,
     per_replica: RwLock<HashMap<String, Arc<metrics::ReplicaMetrics>>>,
+    /// Set when a gateway plan no longer has this entry (its route, rule or backend gone, or the ReferenceGrant it
+    /// relied on withdrawn): the tunnels still open through it are closed.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 /// An entry point gone (its App deleted, its route or rule removed) takes its series with it, unless another
@@ -176,7 +179,19 @@ impl Entry {
             backends: BackendSet::default(),
             metrics,
             per_replica: RwLock::new(HashMap::new()),
+            retired: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Closes the tunnels open through this entry: what sent them here is gone.
+    pub(crate) fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// Resolves once the entry is retired.
+    pub(crate) async fn retired(&self) {
+        let mut rx = self.retired.subscribe();
+        let _ = rx.wait_for(|retired| *retired).await;
     }
 
     pub fn config(&self) -> Arc<EntryConfig> {
@@ -718,6 +733,11 @@ impl Proxy {
                 }
             }
             *counters = kept_counters;
+            // What the new plans no longer have: tunnels through it close now, as new connections are refused — a
+            // deleted route or a withdrawn ReferenceGrant takes its open connections with it.
+            for (_, gone) in old_entries {
+                gone.retire();
+            }
         }
         let mut open = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = HashMap::new();

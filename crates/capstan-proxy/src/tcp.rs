@@ -46,7 +46,12 @@ where
                     return;
                 }
                 gauge.inc();
-                crate::idle::copy_until_idle(&mut client, &mut upstream, cfg.idle).await;
+                tokio::select! {
+                    _ = crate::idle::copy_until_idle(&mut client, &mut upstream, cfg.idle) => {}
+                    _ = entry.retired() => {
+                        tracing::debug!(%peer, entry = %entry.name, "its route is gone: tunnel closed");
+                    }
+                }
                 gauge.dec();
                 return;
             }

@@ -33,6 +33,13 @@ async fn closed_promptly(port: u16, bytes: &[u8]) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut answer)).await, Ok(Ok(0)) | Ok(Err(_)))
 }
 
+/// Whether an open connection is closed by the other side within 5 s.
+async fn is_closed(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    matches!(tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await, Ok(Ok(_)) | Ok(Err(_)))
+}
+
 /// A PEM as one line of a double-quoted YAML string.
 fn one_line(pem: &str) -> String {
     pem.replace('\n', "\\n")
@@ -195,7 +202,10 @@ spec:
     let reply = echo(&mut tunnel, "still here").await.expect("the open tunnel survives a route change");
     assert!(reply.ends_with(" still here"), "{reply}");
 
-    // A route deleted: its name is no longer served, and the listener's count says so.
+    // A route deleted: its name is no longer served, the listener's count says so, and the connections it carried
+    // are closed.
+    let mut open = tokio::net::TcpStream::connect(("127.0.0.1", raw)).await.expect("the TCP listener");
+    assert!(echo(&mut open, "open").await.is_some_and(|r| r.ends_with(" open")), "a tunnel open before the delete");
     let out = tp.cli(&["delete", "tcproute", "raw"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     eventually("the TCP listener without routes", T, || async {
@@ -205,6 +215,7 @@ spec:
     })
     .await;
     assert!(closed_promptly(raw, b"anyone?\n").await, "no route: the connection is closed");
+    assert!(is_closed(&mut open).await, "the tunnel of the deleted route is closed too");
     tp.stop().await;
 }
 
@@ -331,9 +342,12 @@ spec:
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("TCPRoute/default") && text.contains("Service/echo"), "{text}");
 
+    let mut open = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("the listener");
+    assert!(echo(&mut open, "open").await.is_some(), "a tunnel open before the grant goes");
     let out = tp.cli(&["delete", "referencegrant", "from-default", "-n", "team-b"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     eventually("refused again", T, || async { resolved().await.filter(|(s, _)| s == "False") }).await;
     assert!(closed_promptly(port, b"after\n").await, "the grant withdrawn: closed again");
+    assert!(is_closed(&mut open).await, "the withdrawn grant takes the open tunnel with it");
     tp.stop().await;
 }
