@@ -125,7 +125,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             };
             up(cfg, paths, bootstrap).await
         }
-        Command::Render { paths, target, output, rbac } => crate::gitops::render_cmd(&paths, &target, &output, rbac),
+        Command::Render { paths, target, output, rbac, entry_points } => {
+            crate::gitops::render_cmd(&paths, &target, &output, rbac, &entry_points)
+        }
         Command::ServeModel {
             model_name,
             model_base_path,

@@ -78,15 +78,24 @@ pub fn build_cmd(paths: &[String], vars: &[String], target_namespace: Option<Str
 }
 
 /// The Kubernetes objects for manifests; what cannot be rendered is named by file, line and field.
-pub fn render_manifests(ms: &[capstan_model::Manifest]) -> Result<Vec<Value>> {
-    capstan_kubernetes::render::render_manifests(ms).map_err(|lines| {
+pub fn render_manifests(
+    ms: &[capstan_model::Manifest],
+    opts: &capstan_kubernetes::render::RenderOptions,
+) -> Result<Vec<Value>> {
+    capstan_kubernetes::render::render_manifests(ms, opts).map_err(|lines| {
         let text: Vec<String> = lines.iter().map(|l| format!("error: {l}")).collect();
         Failure::invalid(text.join("\n")).into()
     })
 }
 
 /// `capstan render --target kubernetes PATH…`: the Kubernetes objects for the objects in PATH.
-pub fn render_cmd(paths: &[String], target: &str, output: &str, rbac: bool) -> Result<u8> {
+pub fn render_cmd(
+    paths: &[String],
+    target: &str,
+    output: &str,
+    rbac: bool,
+    entry_points: &crate::kube::EntryPointArgs,
+) -> Result<u8> {
     if target != "kubernetes" {
         return Err(
             Failure::invalid(format!("error: unknown target `{target}`\n  hint: use --target kubernetes")).into()
@@ -94,7 +103,7 @@ pub fn render_cmd(paths: &[String], target: &str, output: &str, rbac: bool) -> R
     }
     let mut objects = match paths.is_empty() {
         true => Vec::new(),
-        false => render_manifests(&build_paths(paths, &BuildOptions::default())?)?,
+        false => render_manifests(&build_paths(paths, &BuildOptions::default())?, &entry_points.options()?)?,
     };
     if rbac {
         objects.extend(capstan_kubernetes::roles::cluster_roles());

@@ -31,6 +31,44 @@ pub struct KubeArgs {
     /// Take over fields that another field manager owns.
     #[arg(long)]
     pub force_conflicts: bool,
+    #[command(flatten)]
+    pub entry_points: EntryPointArgs,
+}
+
+/// Where Apps' entry points attach on a cluster.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EntryPointArgs {
+    /// The Gateway that Apps' entry points attach to unless they name one (HTTPRoutes, and TCPRoutes on the
+    /// listener of their port): NAMESPACE/NAME, or NAME in capstan-system [default: capstan-system/capstan].
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "ingress_class")]
+    pub gateway: Option<String>,
+    /// For clusters without Gateway API: an Ingress of this class for http entry points and a LoadBalancer Service
+    /// for tcp ones, instead of routes.
+    #[arg(long, value_name = "CLASS")]
+    pub ingress_class: Option<String>,
+}
+
+impl EntryPointArgs {
+    /// The render options these flags ask for; a bad name is refused with the flag named.
+    pub fn options(&self) -> Result<capstan_kubernetes::render::RenderOptions> {
+        use capstan_model::gitops::{DefaultGateway, EntryPoints};
+        let gateway = self.gateway.as_deref().map(|g| match g.split_once('/') {
+            Some((ns, name)) => DefaultGateway { name: name.into(), namespace: ns.into() },
+            None => DefaultGateway { name: g.into(), ..Default::default() },
+        });
+        let entry_points = EntryPoints { gateway, ingress_class_name: self.ingress_class.clone() };
+        let mut errors = Vec::new();
+        entry_points.validate("", &mut errors);
+        if let Some(e) = errors.first() {
+            let flag = if e.path.contains("ingressClassName") { "--ingress-class" } else { "--gateway" };
+            return Err(Failure::invalid(format!(
+                "error: {flag}: {}\n  hint: --gateway takes NAMESPACE/NAME (or NAME in capstan-system), --ingress-class a class name",
+                e.message
+            ))
+            .into());
+        }
+        Ok(capstan_kubernetes::render::RenderOptions { entry_points })
+    }
 }
 
 /// Renders the manifests in `files`, applies them to the cluster, prunes when asked, and waits when asked.
@@ -46,7 +84,7 @@ pub async fn apply(files: &[String], args: &KubeArgs, wait: bool, timeout: &str)
         .into());
     }
     let ms = crate::manifests::load(files).map_err(|d| Failure::invalid(d.to_string()))?;
-    let objects = crate::gitops::render_manifests(&ms)?;
+    let objects = crate::gitops::render_manifests(&ms, &args.entry_points.options()?)?;
     let resources: Vec<capstan_model::Resource> = ms.iter().map(|m| m.resource.clone()).collect();
     let cluster = Cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref())
         .await
@@ -142,6 +180,8 @@ pub struct OperatorSettings {
     /// The kubeconfig context.
     #[arg(long)]
     pub context: Option<String>,
+    #[command(flatten)]
+    pub entry_points: EntryPointArgs,
 }
 
 /// `capstan operator`: probes and metrics on `probe_address`, then the operator until it loses its Lease (exit 1,
@@ -155,6 +195,7 @@ pub async fn operator(s: OperatorSettings) -> Result<u8> {
         lease_namespace: s.namespace,
         lease_duration: duration("lease-duration", &s.lease_duration)?,
         resync: duration("resync", &s.resync)?,
+        render: s.entry_points.options()?,
         ..Default::default()
     };
     if let Some(id) = s.identity {

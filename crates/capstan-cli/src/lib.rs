@@ -159,7 +159,7 @@ pub enum Command {
         action: VolumeCommand,
     },
     /// Print the objects of PATH as another runtime would run them: `--target kubernetes` renders Kubernetes objects
-    /// (StatefulSets, Services, Ingress, PodDisruptionBudgets, claims, NetworkPolicies).
+    /// (StatefulSets, Services, HTTPRoutes or an Ingress, PodDisruptionBudgets, claims, NetworkPolicies).
     #[command(display_order = 19)]
     Render {
         #[arg(required_unless_present = "rbac")]
@@ -174,6 +174,8 @@ pub enum Command {
         /// yaml or json.
         #[arg(short, long, default_value = "yaml")]
         output: String,
+        #[command(flatten)]
+        entry_points: crate::kube::EntryPointArgs,
     },
     /// Print the CustomResourceDefinitions of Capstan's kinds, for running Capstan's objects on Kubernetes.
     #[command(display_order = 20)]

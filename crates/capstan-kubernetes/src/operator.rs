@@ -71,6 +71,8 @@ pub struct OperatorConfig {
     pub lease_duration: Duration,
     /// How often every resource is applied again, repairing drift.
     pub resync: Duration,
+    /// How objects are rendered (where Apps' entry points attach).
+    pub render: crate::render::RenderOptions,
 }
 
 impl Default for OperatorConfig {
@@ -83,6 +85,7 @@ impl Default for OperatorConfig {
             lease_name: "capstan-operator".into(),
             lease_duration: Duration::from_secs(15),
             resync: Duration::from_secs(600),
+            render: crate::render::RenderOptions::default(),
         }
     }
 }
@@ -203,6 +206,7 @@ struct World {
     applied: Mutex<HashMap<Owner, Applied>>,
     /// Namespaces whose default-deny policy has been applied.
     denied: Mutex<BTreeSet<String>>,
+    render: crate::render::RenderOptions,
 }
 
 /// The object as the model reads it: spec and identity, without the server's bookkeeping.
@@ -289,6 +293,7 @@ pub async fn run(cluster: Cluster, cfg: OperatorConfig, status: Arc<OperatorStat
         health: Mutex::new(HashMap::new()),
         applied: Mutex::new(HashMap::new()),
         denied: Mutex::new(BTreeSet::new()),
+        render: cfg.render.clone(),
     });
     for kind in WATCHED_CHILDREN {
         let info = info(kind);
@@ -463,9 +468,9 @@ async fn reconcile(cluster: &Cluster, world: &World, owner: &Owner) -> bool {
     let mut view = model_view(&cr);
     view["apiVersion"] = json!(ar.api_version);
     view["kind"] = json!(kind);
-    let rendered = Resource::from_value(view)
-        .map_err(|e| format!("field `{}`: {}", e.path, e.message))
-        .and_then(|r| render_resource(&r, &context).map_err(|e| format!("field `{}`: {}", e.field, e.message)));
+    let rendered = Resource::from_value(view).map_err(|e| format!("field `{}`: {}", e.path, e.message)).and_then(|r| {
+        render_resource(&r, &context, &world.render).map_err(|e| format!("field `{}`: {}", e.field, e.message))
+    });
     let mut objects = match rendered {
         Ok(o) => o,
         Err(message) => {

@@ -1,5 +1,5 @@
-//! The renderer: an App becomes a StatefulSet, its Services, Ingress, PodDisruptionBudget, claims and
-//! NetworkPolicies — what an expert would write by hand, with `app.kubernetes.io/*` labels everywhere.
+//! The renderer: an App becomes a StatefulSet, its Services, routes on a Gateway (or an Ingress), its
+//! PodDisruptionBudget, claims and NetworkPolicies — what an expert would write by hand, with `app.kubernetes.io/*` labels everywhere.
 //!
 //! One module per kind renders it (`app`, `database`; TrainingJobs and ModelServers in `crate::training` and
 //! `crate::serving`), `common` holds what they share; this root dispatches and renders the namespace-wide objects.
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 mod app;
 mod common;
 mod database;
+mod entry;
 
 pub use self::app::{port_numbers, render_app, render_app_with, FIRST_PORT, VOLUME_ROOT};
 pub(crate) use self::common::{app_peer, restricted_container, restricted_pod, to_value};
@@ -29,8 +30,25 @@ pub struct RenderError {
     pub message: String,
 }
 
-/// The namespace of the ingress controller that NetworkPolicies let in.
+/// The namespace of the ingress controller that NetworkPolicies let in, when entry points are Ingresses.
 pub const INGRESS_NAMESPACE: &str = "ingress-nginx";
+
+/// What the renderer is told about the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Where Apps' entry points attach: a Gateway (`capstan-system/capstan` by default) or an Ingress class.
+    pub entry_points: capstan_model::gitops::EntryPoints,
+}
+
+impl RenderOptions {
+    /// The namespace whose pods bring outside clients in: the default Gateway's, or the ingress controller's.
+    pub fn front_door_namespace(&self) -> String {
+        match self.entry_points.default_gateway() {
+            Some(g) => g.namespace,
+            None => INGRESS_NAMESPACE.to_string(),
+        }
+    }
+}
 /// The field manager Capstan applies with.
 pub const FIELD_MANAGER: &str = "capstan";
 
@@ -53,7 +71,7 @@ pub fn default_deny(namespace: &str) -> Value {
 }
 
 /// Renders one object, in the company of the others it may refer to (a Database lets in the Apps that use it).
-pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, RenderError> {
+pub fn render_resource(r: &Resource, all: &[Resource], opts: &RenderOptions) -> Result<Vec<Value>, RenderError> {
     match r {
         Resource::App(a) => {
             let db = a.spec.database_ref.as_ref().and_then(|r| {
@@ -66,7 +84,7 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
                     _ => None,
                 })
             });
-            render_app_with(a, db)
+            render_app_with(a, db, opts, &gateways_routing_to(a, all))
         }
         Resource::Database(d) => {
             let clients: Vec<String> = all
@@ -89,7 +107,7 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
         | Resource::TCPRoute(_)
         | Resource::ReferenceGrant(_) => Ok(vec![pass_through(r)]),
         Resource::TrainingJob(j) => crate::training::render_training_job(j),
-        Resource::ModelServer(m) => crate::serving::render_model_server(m),
+        Resource::ModelServer(m) => crate::serving::render_model_server(m, opts),
         #[cfg(feature = "throwaway-kind")]
         Resource::Widget(_) => Err(not_rendered(r)),
         Resource::Secret(s) => Ok(vec![core_secret(s)]),
@@ -97,6 +115,42 @@ pub fn render_resource(r: &Resource, all: &[Resource]) -> Result<Vec<Value>, Ren
             Err(not_rendered(r))
         }
     }
+}
+
+/// The namespaces of the Gateways whose routes among `all` send to `app` (by a backendRef to its Service, or to the
+/// App itself as the embedded runtime takes it): their proxies must get through its NetworkPolicy. A parentRef
+/// without a namespace is in the route's.
+fn gateways_routing_to(app: &capstan_model::App, all: &[Resource]) -> Vec<String> {
+    use capstan_model::gateway::{BackendObjectReference, ParentReference};
+    let (name, namespace) = (app.metadata.name.as_str(), app.metadata.namespace());
+    let mut out = std::collections::BTreeSet::new();
+    for r in all {
+        let route_ns = r.meta().namespace();
+        let (parents, backends): (&[ParentReference], Vec<&BackendObjectReference>) = match r {
+            Resource::HTTPRoute(h) => (
+                &h.spec.parent_refs,
+                h.spec.rules.iter().flat_map(|x| x.backend_refs.iter().map(|b| &b.backend)).collect(),
+            ),
+            Resource::TLSRoute(t) => (
+                &t.spec.parent_refs,
+                t.spec.rules.iter().flat_map(|x| x.backend_refs.iter().map(|b| &b.backend)).collect(),
+            ),
+            Resource::TCPRoute(t) => (
+                &t.spec.parent_refs,
+                t.spec.rules.iter().flat_map(|x| x.backend_refs.iter().map(|b| &b.backend)).collect(),
+            ),
+            _ => continue,
+        };
+        let to_app = backends.iter().any(|b| {
+            b.name == name
+                && b.namespace.as_deref().unwrap_or(route_ns) == namespace
+                && matches!(b.kind.as_deref(), None | Some("Service") | Some("App"))
+        });
+        if to_app {
+            out.extend(parents.iter().map(|p| p.namespace.clone().unwrap_or_else(|| route_ns.to_string())));
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// A standard's object (Gateway API's) as the cluster takes it: the same apiVersion (as written: a TLSRoute may be
@@ -162,15 +216,20 @@ pub fn renders(kind: Kind) -> bool {
     }
 }
 
+/// Renders a batch with the default options (entry points on the Gateway `capstan-system/capstan`).
+pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
+    render_with(resources, &RenderOptions::default())
+}
+
 /// Renders a batch: every App, Database, TrainingJob and ModelServer, with each namespace used (but `default`) and
 /// its default-deny policy first. Other kinds are named in the error.
-pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
+pub fn render_with(resources: &[Resource], opts: &RenderOptions) -> Result<Vec<Value>, Vec<RenderError>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut namespaces = std::collections::BTreeSet::new();
     for r in resources {
         namespaces.insert(r.meta().namespace().to_string());
-        match render_resource(r, resources) {
+        match render_resource(r, resources, opts) {
             Ok(v) => out.extend(v),
             Err(e) => errors.push(e),
         }
@@ -189,9 +248,9 @@ pub fn render(resources: &[Resource]) -> Result<Vec<Value>, Vec<RenderError>> {
 }
 
 /// Renders parsed manifests; what cannot be rendered is described by file, line and field, one problem a line.
-pub fn render_manifests(ms: &[capstan_model::Manifest]) -> Result<Vec<Value>, Vec<String>> {
+pub fn render_manifests(ms: &[capstan_model::Manifest], opts: &RenderOptions) -> Result<Vec<Value>, Vec<String>> {
     let resources: Vec<Resource> = ms.iter().map(|m| m.resource.clone()).collect();
-    render(&resources).map_err(|errors| {
+    render_with(&resources, opts).map_err(|errors| {
         errors
             .iter()
             .map(|e| {

@@ -35,7 +35,7 @@ pub const MODELS_ROOT: &str = "/models";
 pub const RPS_METRIC: &str = "capstan_model_requests_per_second";
 
 /// Renders a ModelServer's claim, Deployment, Service, NetworkPolicy and (when autoscaling) autoscaler.
-pub fn render_model_server(ms: &ModelServer) -> Result<Vec<Value>, RenderError> {
+pub fn render_model_server(ms: &ModelServer, opts: &crate::render::RenderOptions) -> Result<Vec<Value>, RenderError> {
     let name = ms.metadata.name.as_str();
     let ns = ms.metadata.namespace();
     let image = ms.spec.image.clone().ok_or_else(|| RenderError {
@@ -170,7 +170,8 @@ pub fn render_model_server(ms: &ModelServer) -> Result<Vec<Value>, RenderError> 
         }),
         ..Default::default()
     }));
-    // Clients anywhere in the namespace, and the ingress controller, may call the REST port.
+    // Clients anywhere in the namespace, and the front door's pods (the default Gateway's or the ingress
+    // controller's), may call the REST port.
     out.push(to_value(&NetworkPolicy {
         metadata: meta(format!("{name}-allow")),
         spec: Some(NetworkPolicySpec {
@@ -182,11 +183,7 @@ pub fn render_model_server(ms: &ModelServer) -> Result<Vec<Value>, RenderError> 
                     NetworkPolicyPeer {
                         namespace_selector: Some(LabelSelector {
                             match_labels: Some(
-                                [(
-                                    "kubernetes.io/metadata.name".to_string(),
-                                    crate::render::INGRESS_NAMESPACE.to_string(),
-                                )]
-                                .into(),
+                                [("kubernetes.io/metadata.name".to_string(), opts.front_door_namespace())].into(),
                             ),
                             match_expressions: None,
                         }),
@@ -267,7 +264,7 @@ spec:
   replicas: 1
   autoscaling: {minReplicas: 2, maxReplicas: 6, targetRequestsPerSecond: 50, cooldownSeconds: 120}
 ");
-        let objs = render_model_server(&m).expect("renders");
+        let objs = render_model_server(&m, &Default::default()).expect("renders");
         let kinds: Vec<&str> = objs.iter().map(|o| o["kind"].as_str().unwrap_or("")).collect();
         assert_eq!(
             kinds,
@@ -326,6 +323,6 @@ spec:
     #[test]
     fn no_image_is_named() {
         let m = ms("apiVersion: capstan.dev/v1alpha1\nkind: ModelServer\nmetadata: {name: x}\nspec: {basePath: m}\n");
-        assert_eq!(render_model_server(&m).unwrap_err().field, "spec.image");
+        assert_eq!(render_model_server(&m, &Default::default()).unwrap_err().field, "spec.image");
     }
 }

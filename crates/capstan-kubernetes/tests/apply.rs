@@ -144,10 +144,10 @@ async fn apply_prune_conflicts_and_health() {
     let pruned = c.apply(only_db.clone(), &opts()).await.expect("apply");
     assert!(pruned.ok(), "{pruned:?}");
     assert_eq!(*outcome(&pruned.pruned, "StatefulSet", "teamboard"), Outcome::Deleted);
-    assert_eq!(*outcome(&pruned.pruned, "Ingress", "teamboard"), Outcome::Deleted);
+    assert_eq!(*outcome(&pruned.pruned, "HTTPRoute", "teamboard"), Outcome::Deleted);
     assert!(matches!(outcome(&pruned.pruned, "PersistentVolumeClaim", "teamboard-attachments"), Outcome::Kept(_)));
     assert!(fake.get("apps", "statefulsets", "team", "teamboard").is_none());
-    assert!(fake.get("networking.k8s.io", "ingresses", "team", "teamboard").is_none());
+    assert!(fake.get("gateway.networking.k8s.io", "httproutes", "team", "teamboard").is_none());
     assert!(fake.get("", "persistentvolumeclaims", "team", "teamboard-attachments").is_some());
     assert!(fake.get("apps", "statefulsets", "team", "teamboard-db-postgres").is_some());
     let last = c.read_inventory("team", "teamboard").await.expect("inventory");

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use capstan_kubernetes::render::render;
+use capstan_kubernetes::render::{render, render_with, RenderOptions};
 use capstan_model::parse_manifests;
 use serde_json::Value;
 
@@ -140,6 +140,9 @@ fn rendered_and_shipped_objects_validate_against_the_kubernetes_schemas() {
         let rs: Vec<_> =
             parse_manifests(file, text).unwrap_or_else(|d| panic!("{d}")).into_iter().map(|m| m.resource).collect();
         objects.extend(render(&rs).unwrap_or_else(|e| panic!("{file}: {e:?}")));
+        // And for a cluster without Gateway API: Ingresses and LoadBalancer Services.
+        let old = RenderOptions { entry_points: capstan_model::gitops::EntryPoints::ingress("nginx") };
+        objects.extend(render_with(&rs, &old).unwrap_or_else(|e| panic!("{file}: {e:?}")));
         resources.extend(rs);
     }
     objects.extend(capstan_kubernetes::render::credentials(&resources, capstan_kubernetes::render::random_password));
@@ -152,10 +155,18 @@ fn rendered_and_shipped_objects_validate_against_the_kubernetes_schemas() {
     objects.extend(capstan_model::yaml::parse_documents(&text).expect("yaml").into_iter().map(|d| d.value));
 
     // Gateway API routes and CloudNativePG clusters are custom resources with no schema in the Kubernetes
-    // OpenAPI: they are checked by their own tests.
-    let custom = |o: &Value| o["kind"] == "HTTPRoute" || o["apiVersion"] == "postgresql.cnpg.io/v1";
+    // OpenAPI: routes are read back by Capstan's typed Gateway API structs (unknown fields refused), CloudNativePG
+    // clusters are checked by their own tests.
+    let custom = |o: &Value| {
+        o["apiVersion"].as_str().is_some_and(|v| v.starts_with("gateway.networking.k8s.io/"))
+            || o["apiVersion"] == "postgresql.cnpg.io/v1"
+    };
     let (core, custom): (Vec<Value>, Vec<Value>) = objects.into_iter().partition(|o| !custom(o));
-    assert_eq!(custom.len(), 3, "one HTTPRoute, two CloudNativePG clusters");
+    let count = |k: &str| custom.iter().filter(|o| o["kind"] == k).count();
+    assert!(count("HTTPRoute") >= 3 && count("TCPRoute") >= 1 && count("Cluster") == 4, "{custom:?}");
+    for o in custom.iter().filter(|o| o["kind"] != "Cluster") {
+        capstan_model::Resource::from_value(o.clone()).unwrap_or_else(|e| panic!("{e}: {o}"));
+    }
     let kinds: std::collections::BTreeSet<&str> = core.iter().filter_map(|o| o["kind"].as_str()).collect();
     for k in
         ["StatefulSet", "Deployment", "Pod", "Service", "Ingress", "NetworkPolicy", "HorizontalPodAutoscaler", "Secret"]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use capstan_fake_apiserver::FakeApiServer;
 use capstan_kubernetes::cluster::Cluster;
 use capstan_kubernetes::operator::{self, OperatorConfig, OperatorStatus, PERMISSIONS};
+use capstan_kubernetes::render::RenderOptions;
 use serde_json::{json, Value};
 
 async fn cluster(fake: &FakeApiServer) -> Cluster {
@@ -63,6 +64,9 @@ fn start(cluster: &Cluster, identity: &str) -> (Arc<OperatorStatus>, tokio::task
         identity: identity.into(),
         lease_namespace: "capstan-system".into(),
         lease_duration: Duration::from_secs(2),
+        // A cluster without Gateway API: Ingresses and LoadBalancers unless an entry names a Gateway (the default,
+        // routes on `capstan-system/capstan`, is the renderer's and the CLI's tests').
+        render: RenderOptions { entry_points: capstan_model::gitops::EntryPoints::ingress("nginx") },
         ..Default::default()
     };
     let (c, s) = (cluster.clone(), status.clone());

@@ -1,7 +1,8 @@
 //! The renderer against a golden file, typed round-trips through k8s-openapi, and the choices an expert makes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed step is the failure it reports
 
-use capstan_kubernetes::render::{render, render_app};
+use capstan_kubernetes::render::{render, render_app, render_with, RenderOptions};
+use capstan_model::gitops::EntryPoints;
 use capstan_model::{parse_manifests, Resource};
 use serde_json::Value;
 
@@ -89,17 +90,30 @@ fn every_object_round_trips_through_its_k8s_openapi_type() {
         back["kind"] = v["kind"].clone();
         assert_eq!(&back, v, "no field lost or unknown");
     }
-    for o in render(&all(WEB)).unwrap() {
+    let old = RenderOptions { entry_points: EntryPoints::ingress("nginx") };
+    let objects = render(&all(WEB)).unwrap().into_iter().chain(render_with(&all(WEB), &old).unwrap());
+    let mut seen = std::collections::BTreeSet::new();
+    for o in objects {
+        seen.insert(o["kind"].as_str().unwrap().to_string());
         match o["kind"].as_str().unwrap() {
             "StatefulSet" => check::<StatefulSet>(&o),
             "Service" => check::<Service>(&o),
             "Ingress" => check::<Ingress>(&o),
+            // Gateway API has no k8s-openapi type: Capstan's own typed structs for it refuse an unknown field.
+            "HTTPRoute" | "TCPRoute" => {
+                let typed = Resource::from_value(o.clone()).unwrap_or_else(|e| panic!("{e}: {o}"));
+                assert_eq!(typed.kind().name(), o["kind"]);
+                assert_eq!(typed.api_version(), o["apiVersion"], "the apiVersion a cluster serves");
+            }
             "NetworkPolicy" => check::<NetworkPolicy>(&o),
             "PodDisruptionBudget" => check::<PodDisruptionBudget>(&o),
             "PersistentVolumeClaim" => check::<PersistentVolumeClaim>(&o),
             "Namespace" => check::<Namespace>(&o),
             other => panic!("unexpected kind {other}"),
         }
+    }
+    for k in ["HTTPRoute", "TCPRoute", "Ingress"] {
+        assert!(seen.contains(k), "{k} was rendered and checked: {seen:?}");
     }
 }
 
@@ -115,8 +129,8 @@ fn what_an_expert_writes() {
             "StatefulSet/teamboard",
             "Service/teamboard",
             "Service/teamboard-headless",
-            "Ingress/teamboard",
-            "Service/teamboard-ssh",
+            "HTTPRoute/teamboard",
+            "TCPRoute/teamboard-ssh",
             "PodDisruptionBudget/teamboard",
             "NetworkPolicy/teamboard-allow",
             "StatefulSet/teamboard-db-postgres",
@@ -152,13 +166,25 @@ fn what_an_expert_writes() {
     assert!(env.contains(&"PORT=8080".to_string()) && env.contains(&"PORT_SSH=8081".to_string()), "{env:?}");
     assert!(env.contains(&"INDEX_DIR=/var/lib/capstan/index".to_string()), "{env:?}");
     assert_eq!(sts["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"], "8080");
-    let ingress = &objs[6]["metadata"]["annotations"];
-    assert_eq!(ingress["nginx.ingress.kubernetes.io/affinity"], "cookie");
-    assert_eq!(ingress["nginx.ingress.kubernetes.io/session-cookie-name"], "ROUTE");
-    assert_eq!(ingress["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
-    assert_eq!(ingress["nginx.ingress.kubernetes.io/proxy-body-size"], "250m");
-    assert_eq!(objs[7]["spec"]["type"], "LoadBalancer");
-    assert_eq!(objs[7]["spec"]["ports"][0]["port"], 22);
+    // Entry points on the cluster's default Gateway: every http listener for the http entry, the listener on
+    // port 22 for the tcp one, and the Gateway's namespace let in.
+    let default_gateway = serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "capstan", "namespace": "capstan-system"});
+    let route = &objs[6];
+    assert_eq!(route["spec"]["parentRefs"], serde_json::json!([default_gateway]));
+    assert_eq!(route["spec"]["rules"][0]["backendRefs"], serde_json::json!([{"name": "teamboard", "port": 8080}]));
+    assert_eq!(route["spec"]["rules"][0]["sessionPersistence"]["sessionName"], "ROUTE");
+    assert!(route["spec"]["hostnames"].is_null(), "no host names: whatever the listeners serve");
+    let mut on_22 = default_gateway.clone();
+    on_22["port"] = serde_json::json!(22);
+    assert_eq!(objs[7]["spec"]["parentRefs"], serde_json::json!([on_22]));
+    assert_eq!(objs[7]["spec"]["rules"][0]["backendRefs"], serde_json::json!([{"name": "teamboard", "port": 8081}]));
+    assert!(!objs.iter().any(|o| o["kind"] == "Ingress" || o["spec"]["type"] == "LoadBalancer"));
+    let policy = &objs[9]["spec"]["ingress"];
+    assert_eq!(policy.as_array().map(Vec::len), Some(1), "no port open to everyone: {policy}");
+    assert_eq!(
+        policy[0]["from"][1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "capstan-system"
+    );
     assert_eq!(objs[8]["spec"]["maxUnavailable"], 1);
     assert_eq!(objs[1]["spec"]["podSelector"], serde_json::json!({}));
     for o in &objs {
@@ -180,6 +206,140 @@ fn what_an_expert_writes() {
     let allow = &objs[12]["spec"]["ingress"][0];
     assert_eq!(allow["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "teamboard");
     assert_eq!(allow["ports"][0]["port"], 5432);
+}
+
+/// For clusters without Gateway API: an ingress-nginx Ingress and a LoadBalancer Service, when asked for.
+#[test]
+fn old_clusters_get_an_ingress_and_load_balancers() {
+    let old = RenderOptions { entry_points: EntryPoints::ingress("nginx") };
+    let objs = render_with(&all(WEB), &old).unwrap();
+    let names = kinds(&objs);
+    assert_eq!(names[6..8], ["Ingress/teamboard", "Service/teamboard-ssh"]);
+    assert!(!names.iter().any(|n| n.contains("Route/")), "{names:?}");
+    let ingress = &objs[6]["metadata"]["annotations"];
+    assert_eq!(ingress["nginx.ingress.kubernetes.io/affinity"], "cookie");
+    assert_eq!(ingress["nginx.ingress.kubernetes.io/session-cookie-name"], "ROUTE");
+    assert_eq!(ingress["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
+    assert_eq!(ingress["nginx.ingress.kubernetes.io/proxy-body-size"], "250m");
+    assert_eq!(objs[6]["spec"]["ingressClassName"], "nginx");
+    assert!(objs[6]["spec"]["rules"][0]["host"].is_null());
+    assert_eq!(objs[7]["spec"]["type"], "LoadBalancer");
+    assert_eq!(objs[7]["spec"]["ports"][0]["port"], 22);
+    assert_eq!(objs[7]["spec"]["selector"]["app.kubernetes.io/name"], "teamboard");
+    let policy = &objs[9]["spec"]["ingress"];
+    assert_eq!(
+        policy[0]["from"][1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "ingress-nginx"
+    );
+    assert_eq!(policy[1]["ports"][0]["port"], "ssh", "the LoadBalancer's port is open to everyone");
+    assert!(policy[1]["from"].is_null());
+
+    // Host names written for the Gateway (without naming one) become the Ingress's hosts; a Gateway named by the
+    // entry still wins over the Ingress.
+    let hosts = WEB.replace(
+        "drainSeconds: 20}\n    - {name: ssh",
+        "drainSeconds: 20, gateway: {hostnames: [board.example.com, '*.board.example.com']}}\n    - {name: ssh",
+    );
+    let objs = render_with(&all(&hosts), &old).unwrap();
+    let rules = objs[6]["spec"]["rules"].as_array().expect("rules");
+    let hosts: Vec<&str> = rules.iter().filter_map(|r| r["host"].as_str()).collect();
+    assert_eq!(hosts, ["board.example.com", "*.board.example.com"]);
+    let named = WEB
+        .replace("drainSeconds: 20}\n    - {name: ssh", "drainSeconds: 20, gateway: {name: edge}}\n    - {name: ssh");
+    let objs = render_with(&all(&named), &old).unwrap();
+    assert_eq!(objs[6]["kind"], "HTTPRoute");
+    assert_eq!(
+        objs[6]["spec"]["parentRefs"][0],
+        serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge"})
+    );
+    assert_eq!(objs[7]["spec"]["type"], "LoadBalancer", "the tcp entry names no Gateway");
+}
+
+/// The cluster's Gateway is set per Sync (or by flag): entries attach to it, with the host names they give.
+#[test]
+fn entry_points_attach_to_the_gateway_the_cluster_names() {
+    let edge = RenderOptions {
+        entry_points: EntryPoints {
+            gateway: Some(capstan_model::gitops::DefaultGateway { name: "edge".into(), namespace: "team".into() }),
+            ingress_class_name: None,
+        },
+    };
+    let yaml = WEB.replace(
+        "drainSeconds: 20}\n    - {name: ssh",
+        "drainSeconds: 20, gateway: {hostnames: [board.example.com], sectionName: https}}\n    - {name: ssh",
+    );
+    let objs = render_with(&all(&yaml), &edge).unwrap();
+    assert_eq!(
+        objs[6]["spec"]["parentRefs"][0],
+        serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge", "sectionName": "https"}),
+        "a Gateway in the App's own namespace is named without one"
+    );
+    assert_eq!(objs[6]["spec"]["hostnames"], serde_json::json!(["board.example.com"]));
+    assert_eq!(objs[7]["spec"]["parentRefs"][0]["port"], 22);
+    let policy = &objs[9]["spec"]["ingress"][0]["from"];
+    assert_eq!(policy[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "team");
+    assert_eq!(policy.as_array().map(Vec::len), Some(2), "the namespace once: {policy}");
+
+    // Bad host names and a namespace without a name are refused by field.
+    for (bad, field) in [
+        ("gateway: {hostnames: [Board.Example.com]}", "spec.expose[0].gateway.hostnames[0]"),
+        ("gateway: {namespace: edge}", "spec.expose[0].gateway.namespace"),
+        ("gateway: {name: ''}", "spec.expose[0].gateway.name"),
+    ] {
+        let yaml = WEB
+            .replace("drainSeconds: 20}\n    - {name: ssh", &format!("drainSeconds: 20, {bad}}}\n    - {{name: ssh"));
+        let err = parse_manifests("web.yaml", &yaml).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+}
+
+/// A route written by hand to an App: the Gateway's proxies get through the App's NetworkPolicy.
+#[test]
+fn gateways_of_routes_written_by_hand_are_let_in() {
+    let yaml = "apiVersion: capstan.dev/v1alpha1
+kind: App
+metadata: {name: shop, namespace: web}
+spec:
+  run: {image: shop:1}
+  ports: [{name: http}]
+---
+apiVersion: capstan.dev/v1alpha1
+kind: App
+metadata: {name: other, namespace: web}
+spec:
+  run: {image: other:1}
+  ports: [{name: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: web}
+spec:
+  parentRefs: [{name: public, namespace: edge}, {name: internal}]
+  rules: [{backendRefs: [{name: shop, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db, namespace: tcp}
+spec:
+  parentRefs: [{name: tcp-gw}]
+  rules: [{backendRefs: [{name: shop, namespace: web, port: 8080}]}]
+";
+    let objs = render(&all(yaml)).unwrap();
+    let peers = |app: &str| -> Vec<String> {
+        let policy = objs
+            .iter()
+            .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == format!("{app}-allow"))
+            .expect("policy");
+        policy["spec"]["ingress"][0]["from"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .filter_map(|p| p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str())
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(peers("shop"), ["edge", "tcp", "web"], "each Gateway routing to shop, once");
+    assert!(peers("other").is_empty(), "no route sends to other, and it has no entry point");
 }
 
 #[test]
@@ -241,6 +401,7 @@ spec:
     assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1alpha2");
     assert_eq!(route["metadata"]["name"], "board-tcp-80");
     assert_eq!(route["spec"]["parentRefs"][0]["sectionName"], "https");
+    assert!(route["spec"]["parentRefs"][0]["port"].is_null(), "the listener is named: no port besides");
     assert_eq!(route["spec"]["rules"][0]["backendRefs"], serde_json::json!([{"name": "board", "port": 8080}]));
     assert!(!objs.iter().any(|o| o["spec"]["type"] == "LoadBalancer"), "the Gateway replaces the LoadBalancer");
     let policy =

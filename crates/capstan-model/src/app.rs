@@ -596,18 +596,21 @@ pub struct Expose {
     /// How long a replica that leaves keeps serving its in-flight requests before it is stopped.
     #[serde(default = "thirty", skip_serializing_if = "is_thirty")]
     pub drain_seconds: u32,
-    /// On Kubernetes, reach this entry through a Gateway API Gateway instead of an Ingress (an http entry, by an
-    /// HTTPRoute) or a LoadBalancer Service (a tcp entry, by a TCPRoute).
+    /// On Kubernetes, the Gateway API Gateway this entry attaches to (an http entry by an HTTPRoute, a tcp entry by
+    /// a TCPRoute), and the host names it serves. Without it, the cluster's default Gateway (the Sync's
+    /// `entryPoints`; `capstan-system/capstan` unless set), or an Ingress where the cluster is set to use one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayRef>,
 }
 
 /// The Gateway an entry point attaches to on Kubernetes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayRef {
-    pub name: String,
-    /// Defaults to the App's namespace.
+    /// The Gateway's name. Without it, the cluster's default Gateway (and its namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Defaults to the App's namespace when `name` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// One listener of the Gateway.

@@ -173,6 +173,90 @@ pub struct SyncSpec {
     /// (`KUBECONFIG`, `~/.kube/config`, or the in-cluster account).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_config: Option<KubeConfigRef>,
+    /// With `target: kubernetes`, how Apps' entry points reach the cluster's clients: the Gateway they attach to
+    /// by default, or an Ingress class for clusters without Gateway API.
+    #[serde(default, skip_serializing_if = "EntryPoints::is_default")]
+    pub entry_points: EntryPoints,
+}
+
+/// How Apps' entry points are rendered for a cluster. By default an http entry becomes an HTTPRoute and a tcp entry
+/// a TCPRoute (on the listener of its port), both attached to the Gateway `capstan` in `capstan-system`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntryPoints {
+    /// The Gateway entry points attach to unless they name their own. Defaults to `capstan` in `capstan-system`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<DefaultGateway>,
+    /// For clusters without Gateway API: an Ingress of this class (with ingress-nginx's annotations) for an http
+    /// entry, and a LoadBalancer Service for a tcp entry, unless the entry names a Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
+}
+
+/// The Gateway Apps' entry points attach to by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultGateway {
+    pub name: String,
+    /// Defaults to `capstan-system`.
+    #[serde(default = "capstan_system")]
+    pub namespace: String,
+}
+
+/// The Gateway's name and namespace when nothing says otherwise.
+pub const DEFAULT_GATEWAY: (&str, &str) = ("capstan", "capstan-system");
+
+fn capstan_system() -> String {
+    DEFAULT_GATEWAY.1.into()
+}
+
+impl Default for DefaultGateway {
+    fn default() -> Self {
+        DefaultGateway { name: DEFAULT_GATEWAY.0.into(), namespace: DEFAULT_GATEWAY.1.into() }
+    }
+}
+
+impl EntryPoints {
+    pub fn is_default(&self) -> bool {
+        *self == EntryPoints::default()
+    }
+
+    /// An Ingress of this class, for clusters without Gateway API.
+    pub fn ingress(class: &str) -> EntryPoints {
+        EntryPoints { gateway: None, ingress_class_name: Some(class.into()) }
+    }
+
+    /// The Gateway entry points attach to when they name none (None: the Ingress is used instead).
+    pub fn default_gateway(&self) -> Option<DefaultGateway> {
+        match (&self.gateway, &self.ingress_class_name) {
+            (Some(g), _) => Some(g.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some(DefaultGateway::default()),
+        }
+    }
+
+    /// What is wrong with these settings, the fields under `path`.
+    pub fn validate(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if self.gateway.is_some() && self.ingress_class_name.is_some() {
+            errors.push(
+                FieldError::new(format!("{path}.ingressClassName"), "is given with a gateway")
+                    .hint("entry points go either to a Gateway or to an Ingress: keep one of the two"),
+            );
+        }
+        if let Some(g) = &self.gateway {
+            if let Err(e) = check_dns_label(&g.name, 253) {
+                errors.push(FieldError::new(format!("{path}.gateway.name"), e));
+            }
+            if let Err(e) = check_dns_label(&g.namespace, 63) {
+                errors.push(FieldError::new(format!("{path}.gateway.namespace"), e));
+            }
+        }
+        if let Some(c) = &self.ingress_class_name {
+            if let Err(e) = check_dns_label(c, 253) {
+                errors.push(FieldError::new(format!("{path}.ingressClassName"), e));
+            }
+        }
+    }
 }
 
 /// Where a Sync applies.
@@ -507,6 +591,13 @@ pub fn validate_sync(name: &str, namespace: &str, spec: &SyncSpec, errors: &mut 
                 .hint("add `target: kubernetes`, or remove kubeConfig"),
         );
     }
+    if !spec.entry_points.is_default() && spec.target != SyncTarget::Kubernetes {
+        errors.push(
+            FieldError::new("spec.entryPoints", "is only read with `target: kubernetes`")
+                .hint("add `target: kubernetes`, or remove entryPoints (the embedded runtime serves `expose` itself)"),
+        );
+    }
+    spec.entry_points.validate("spec.entryPoints", errors);
     if let Some(k) = &spec.source_ref.kind {
         if k != "Source" && k != "GitRepository" {
             errors.push(
@@ -620,6 +711,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`v1` is not served here for App"), "{e}");
+    }
+
+    #[test]
+    fn a_syncs_entry_points_name_a_gateway_or_an_ingress_class_for_a_cluster() {
+        let sync = |extra: &str| {
+            crate::parse_manifests(
+                "sync.yaml",
+                &format!("apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {{name: s}}\nspec:\n  sourceRef: {{name: r}}\n{extra}"),
+            )
+        };
+        let ok = sync("  target: kubernetes\n  entryPoints: {gateway: {name: edge}}\n").expect("a Gateway");
+        let crate::Resource::Sync(s) = &ok[0].resource else { panic!("a Sync") };
+        let g = s.spec.entry_points.default_gateway().expect("a Gateway");
+        assert_eq!((g.name.as_str(), g.namespace.as_str()), ("edge", "capstan-system"));
+        assert_eq!(EntryPoints::default().default_gateway(), Some(DefaultGateway::default()));
+        assert_eq!(EntryPoints::ingress("nginx").default_gateway(), None, "an Ingress instead");
+        for (extra, field) in [
+            ("  entryPoints: {ingressClassName: nginx}\n", "spec.entryPoints"),
+            (
+                "  target: kubernetes\n  entryPoints: {ingressClassName: nginx, gateway: {name: a}}\n",
+                "spec.entryPoints.ingressClassName",
+            ),
+            ("  target: kubernetes\n  entryPoints: {gateway: {name: Edge}}\n", "spec.entryPoints.gateway.name"),
+            ("  target: kubernetes\n  entryPoints: {ingressClassName: ''}\n", "spec.entryPoints.ingressClassName"),
+            ("  target: kubernetes\n  entryPoints: {ingress: nginx}\n", "ingress"),
+        ] {
+            let e = sync(extra).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -384,8 +384,22 @@ fn validate_expose(spec: &AppSpec, errors: &mut Vec<FieldError>) {
             );
         }
         if let Some(g) = &e.gateway {
-            if g.name.trim().is_empty() {
-                errors.push(FieldError::new(format!("{path}.gateway.name"), "empty").hint("the Gateway's name"));
+            if g.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                errors.push(
+                    FieldError::new(format!("{path}.gateway.name"), "empty")
+                        .hint("the Gateway's name, or leave it out for the cluster's default Gateway"),
+                );
+            }
+            if g.namespace.is_some() && g.name.is_none() {
+                errors.push(
+                    FieldError::new(format!("{path}.gateway.namespace"), "is given without a name")
+                        .hint("name the Gateway too, or leave both out for the cluster's default Gateway"),
+                );
+            }
+            for (j, h) in g.hostnames.iter().enumerate() {
+                if let Err(e) = crate::gateway::check_hostname(h) {
+                    errors.push(FieldError::new(format!("{path}.gateway.hostnames[{j}]"), e));
+                }
             }
             if e.protocol == ExposeProtocol::Tcp && !g.hostnames.is_empty() {
                 errors.push(

@@ -523,8 +523,13 @@ fn render_for_kubernetes_from_the_command_line() {
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d.value["kind"].as_str()).collect();
     assert_eq!(
         kinds,
-        ["NetworkPolicy", "StatefulSet", "Service", "Service", "Ingress", "PodDisruptionBudget", "NetworkPolicy"]
+        ["NetworkPolicy", "StatefulSet", "Service", "Service", "HTTPRoute", "PodDisruptionBudget", "NetworkPolicy"]
     );
+    let out = capstan(&data, &["render", "--ingress-class", "nginx", "-o", "json", app.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let objects: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ingress = objects.as_array().unwrap().iter().find(|o| o["kind"] == "Ingress").expect("an Ingress");
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
     std::fs::write(
         &app,
         "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: web}\nspec:\n  run: {command: [x]}\n",

@@ -583,7 +583,7 @@ async fn ssh_sources_use_their_key_and_trust_only_their_known_hosts() {
 async fn a_sync_with_target_kubernetes_applies_to_the_cluster_waits_for_health_and_prunes() {
     let fake =
         capstan_fake_apiserver::FakeApiServer::start_on("127.0.0.1:0", Some("cluster-token")).await.expect("fake");
-    let app = "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: jira}\nspec:\n  run: {image: atlassian/jira-software:9.12}\n  ports: [{name: http}]\n  databaseRef: {name: jira-db}\n";
+    let app = "apiVersion: capstan.dev/v1alpha1\nkind: App\nmetadata: {name: jira}\nspec:\n  run: {image: atlassian/jira-software:9.12}\n  ports: [{name: http}]\n  expose: [{port: 443}]\n  databaseRef: {name: jira-db}\n";
     let db = "apiVersion: capstan.dev/v1alpha1\nkind: Database\nmetadata: {name: jira-db}\nspec: {}\n";
     let repo = GitRepo::new();
     let c1 = repo.commit(&[("k8s/jira.yaml", Some(app)), ("k8s/db.yaml", Some(db))], "jira on a cluster");
@@ -592,7 +592,12 @@ async fn a_sync_with_target_kubernetes_applies_to_the_cluster_waits_for_health_a
     tp.apply(&format!(
         "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata: {{name: prod-cluster}}\nspec:\n  stringData:\n    value: |\n{kubeconfig}---\n{}---\n{}",
         source_yaml("repo", &repo.file_url(), ""),
-        sync_yaml("prod", "repo", "./k8s", "  target: kubernetes\n  kubeConfig: {secretRef: {name: prod-cluster}}\n")
+        sync_yaml(
+            "prod",
+            "repo",
+            "./k8s",
+            "  target: kubernetes\n  kubeConfig: {secretRef: {name: prod-cluster}}\n  entryPoints: {ingressClassName: traefik}\n"
+        )
     ));
 
     // Applied to the cluster (nothing runs here), then held until the cluster says the workloads are ready.
@@ -620,6 +625,10 @@ async fn a_sync_with_target_kubernetes_applies_to_the_cluster_waits_for_health_a
     assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], "atlassian/jira-software:9.12");
     assert!(fake.get("", "secrets", "default", "jira-db-credentials").is_some());
     assert!(fake.get("", "configmaps", "default", "capstan-inventory-default-prod").is_some());
+    // The Sync's cluster has no Gateway API: its entryPoints ask for an Ingress of its class instead of a route.
+    let ingress = fake.get("networking.k8s.io", "ingresses", "default", "jira").expect("the Ingress");
+    assert_eq!(ingress["spec"]["ingressClassName"], "traefik");
+    assert!(fake.get("gateway.networking.k8s.io", "httproutes", "default", "jira").is_none());
     let ready = serde_json::json!({"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "a"});
     for name in ["jira", "jira-db-postgres"] {
         assert!(fake.set_status("apps", "statefulsets", "default", name, ready.clone()));

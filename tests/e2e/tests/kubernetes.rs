@@ -58,7 +58,10 @@ async fn apply_to_a_cluster_from_the_cli() {
     assert!(out.contains("Namespace/atlassian created"), "{out}");
     assert!(out.contains("Secret atlassian/jira-db-credentials created (a new random password)"), "{out}");
     assert!(out.contains("StatefulSet atlassian/jira created"), "{out}");
-    assert!(out.contains("Ingress atlassian/jira created"), "{out}");
+    assert!(out.contains("HTTPRoute atlassian/jira created"), "{out}");
+    let route = fake.get("gateway.networking.k8s.io", "httproutes", "atlassian", "jira").expect("the HTTPRoute");
+    assert_eq!(route["spec"]["parentRefs"][0]["name"], "capstan", "the default Gateway: {route}");
+    assert_eq!(route["spec"]["parentRefs"][0]["namespace"], "capstan-system");
     let sts = fake.get("apps", "statefulsets", "atlassian", "jira").expect("statefulset");
     assert_eq!(sts["spec"]["replicas"], json!(3));
     // A fixed port shared by three replicas is fine on a cluster: each pod has its own address.
@@ -89,6 +92,27 @@ async fn apply_to_a_cluster_from_the_cli() {
     assert!(err.contains("--force-conflicts"), "{err}");
     let forced = capstan(dir.path(), &["apply", "--target", "kubernetes", "-f", f, "--force-conflicts"]);
     assert_eq!(forced.status.code(), Some(0), "{:?}", text(&forced));
+
+    // Another Gateway by flag; then a cluster without Gateway API: an Ingress, and the route pruned.
+    let edge = capstan(dir.path(), &["apply", "--target", "kubernetes", "-f", f, "--gateway", "edge/public"]);
+    let (out, err) = text(&edge);
+    assert_eq!(edge.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("HTTPRoute atlassian/jira configured"), "{out}");
+    let route = fake.get("gateway.networking.k8s.io", "httproutes", "atlassian", "jira").expect("the HTTPRoute");
+    assert_eq!(route["spec"]["parentRefs"][0]["namespace"], "edge", "{route}");
+    let old = capstan(dir.path(), &["apply", "--target", "kubernetes", "-f", f, "--ingress-class", "nginx", "--prune"]);
+    let (out, err) = text(&old);
+    assert_eq!(old.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("Ingress atlassian/jira created") && out.contains("HTTPRoute atlassian/jira pruned"), "{out}");
+    assert!(fake.get("gateway.networking.k8s.io", "httproutes", "atlassian", "jira").is_none());
+    let before = fake.audit().len();
+    for bad in [&["--gateway", "Edge/Public"][..], &["--ingress-class", "nginx", "--gateway", "edge/public"]] {
+        let refused = capstan(dir.path(), &[&["apply", "--target", "kubernetes", "-f", f][..], bad].concat());
+        let (_, err) = text(&refused);
+        assert_eq!(refused.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("--gateway"), "{bad:?}: {err}");
+    }
+    assert_eq!(fake.audit().len(), before, "nothing reached the cluster");
 
     // The App leaves the file: --prune deletes its objects but keeps its shared claim and the namespace.
     let db_only = dir.path().join("db.yaml");

@@ -60,7 +60,8 @@ impl Target for Kubernetes {
         let fail = failed(retry);
         let revision = &artifact.revision;
         let resources: Vec<capstan_model::Resource> = manifests.iter().map(|m| m.resource.clone()).collect();
-        let objects = match capstan_kubernetes::render::render_manifests(manifests) {
+        let render = capstan_kubernetes::render::RenderOptions { entry_points: sync.spec.entry_points.clone() };
+        let objects = match capstan_kubernetes::render::render_manifests(manifests, &render) {
             Ok(o) => o,
             Err(lines) => return Err(refused(inner, key, revision, &lines.join("\n"), retry)),
         };

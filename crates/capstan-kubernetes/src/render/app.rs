@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use capstan_model::database::DatabaseSpec;
-use capstan_model::{App, ExposeProtocol, PortRef, Probe, ReclaimPolicy, VolumeScope};
+use capstan_model::{App, PortRef, Probe, ReclaimPolicy, VolumeScope};
 use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
     StatefulSetUpdateStrategy,
@@ -15,10 +15,7 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector, Service, ServicePort, ServiceSpec, SessionAffinityConfig, SleepAction, TCPSocketAction,
     Volume as KVolume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
-use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec, ServiceBackendPort,
-};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -27,7 +24,7 @@ use serde_json::Value;
 
 use super::common::{restricted_container, restricted_pod, to_value};
 use super::database::database_url;
-use super::{RenderError, INGRESS_NAMESPACE};
+use super::{RenderError, RenderOptions};
 
 /// Where volumes are mounted in the container: `<VOLUME_ROOT>/<volume name>`.
 pub const VOLUME_ROOT: &str = "/var/lib/capstan";
@@ -41,7 +38,7 @@ fn labels(app: &App) -> BTreeMap<String, String> {
     ])
 }
 
-fn selector(app: &App) -> BTreeMap<String, String> {
+pub(super) fn selector(app: &App) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), app.metadata.name.clone()),
         ("app.kubernetes.io/instance".to_string(), app.metadata.name.clone()),
@@ -96,64 +93,20 @@ fn probe(p: &Probe) -> KProbe {
     }
 }
 
-/// A Gateway API HTTPRoute (gateway.networking.k8s.io/v1) for an http entry point that names a Gateway: the
-/// App's Service as the backend, the request timeout, and cookie session persistence when the entry is sticky by
-/// cookie (`sessionPersistence`, Gateway API's experimental channel). There is no k8s-openapi type for it.
-fn http_route(app: &App, e: &capstan_model::Expose, g: &capstan_model::GatewayRef, service_port: u16) -> Value {
-    let name = app.metadata.name.as_str();
-    let parent = parent_ref(g);
-    let mut rule = serde_json::json!({
-        "matches": [{ "path": { "type": "PathPrefix", "value": "/" } }],
-        "backendRefs": [{ "name": name, "port": service_port }],
-        "timeouts": { "request": format!("{}s", e.timeouts.request_seconds) },
-    });
-    if let Some(c) = e.sticky.as_ref().and_then(|s| s.cookie.as_ref()) {
-        let mut p = serde_json::json!({ "sessionName": c.name, "type": "Cookie" });
-        if let Some(age) = c.max_age {
-            p["absoluteTimeout"] = Value::String(format!("{age}s"));
-            p["cookieConfig"] = serde_json::json!({ "lifetimeType": "Permanent" });
-        }
-        rule["sessionPersistence"] = p;
-    }
-    let mut spec = serde_json::json!({ "parentRefs": [parent], "rules": [rule] });
-    if !g.hostnames.is_empty() {
-        spec["hostnames"] = serde_json::json!(g.hostnames);
-    }
-    let meta = serde_json::to_value(meta(app, name, None)).unwrap_or(Value::Null);
-    serde_json::json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta, "spec": spec })
-}
-
-/// A Gateway API TCPRoute (`gateway.networking.k8s.io/v1alpha2`, as clusters serve it) for a tcp entry point that
-/// names a Gateway: every connection on the listener to the App's Service port.
-fn tcp_route(app: &App, route: &str, g: &capstan_model::GatewayRef, service_port: u16) -> Value {
-    let spec = serde_json::json!({
-        "parentRefs": [parent_ref(g)],
-        "rules": [{ "backendRefs": [{ "name": app.metadata.name, "port": service_port }] }],
-    });
-    let meta = serde_json::to_value(meta(app, route, None)).unwrap_or(Value::Null);
-    serde_json::json!({ "apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute", "metadata": meta, "spec": spec })
-}
-
-/// A route's reference to the Gateway an entry point names.
-fn parent_ref(g: &capstan_model::GatewayRef) -> Value {
-    let mut parent = serde_json::json!({ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": g.name });
-    if let Some(ns) = &g.namespace {
-        parent["namespace"] = Value::String(ns.clone());
-    }
-    if let Some(s) = &g.section_name {
-        parent["sectionName"] = Value::String(s.clone());
-    }
-    parent
-}
-
 /// Renders one App on its own: a database it references gets the default user and database name. Every
 /// returned value is a complete Kubernetes object (apiVersion, kind, metadata, spec).
 pub fn render_app(app: &App) -> Result<Vec<Value>, RenderError> {
-    render_app_with(app, None)
+    render_app_with(app, None, &RenderOptions::default(), &[])
 }
 
-/// Renders one App; `db` is the spec of the Database it references, whose user and database name its URL uses.
-pub fn render_app_with(app: &App, db: Option<&DatabaseSpec>) -> Result<Vec<Value>, RenderError> {
+/// Renders one App; `db` is the spec of the Database it references, whose user and database name its URL uses;
+/// `gateways` are the namespaces of the Gateways whose routes (written by hand) send to it.
+pub fn render_app_with(
+    app: &App,
+    db: Option<&DatabaseSpec>,
+    opts: &RenderOptions,
+    gateways: &[String],
+) -> Result<Vec<Value>, RenderError> {
     let name = app.metadata.name.as_str();
     let err = |field: &str, message: &str| RenderError {
         object: format!("App/{name}"),
@@ -181,7 +134,7 @@ pub fn render_app_with(app: &App, db: Option<&DatabaseSpec>) -> Result<Vec<Value
     // Services: one for clients, a headless one for peers.
     out.extend(services(app, &ports, &headless));
 
-    // Entry points: an Ingress for http, a LoadBalancer Service per tcp entry.
+    // Entry points: routes on a Gateway, or an Ingress and LoadBalancer Services.
     let target_of = |t: &Option<PortRef>| -> Option<(String, u16)> {
         match t {
             Some(PortRef::Name(n)) => ports.get(n).map(|p| (n.clone(), *p)),
@@ -189,14 +142,17 @@ pub fn render_app_with(app: &App, db: Option<&DatabaseSpec>) -> Result<Vec<Value
             None => app.spec.ports.first().map(|p| (p.name.clone(), ports[&p.name])),
         }
     };
-    let http: Vec<_> = app.spec.expose.iter().filter(|e| e.protocol == ExposeProtocol::Http).collect();
-    out.extend(entry_points(app, &ports, &http, &target_of, &err)?);
+    let service_port = |i: usize, e: &capstan_model::Expose| {
+        target_of(&e.target_port)
+            .ok_or_else(|| err(&format!("spec.expose[{i}].targetPort"), "names no port of spec.ports"))
+    };
+    out.extend(super::entry::entry_points(app, opts, &|n, c| meta(app, n, c), &service_port)?);
 
     // Disruptions one at a time, as the rolling update.
     out.push(to_value(&pod_disruption_budget(app)));
 
-    // Who may reach the replicas: the ingress controller (for http entry points) and the App's own replicas.
-    out.push(to_value(&network_policy(app, &http, &target_of)));
+    // Who may reach the replicas: the Gateway's or ingress controller's pods, and the App's own replicas.
+    out.push(to_value(&network_policy(app, opts, gateways, &target_of)));
     Ok(out)
 }
 
@@ -516,111 +472,6 @@ fn services(app: &App, ports: &BTreeMap<String, u16>, headless: &str) -> Vec<Val
     out
 }
 
-/// The entry points: an Ingress (or an HTTPRoute, given a Gateway) for the first http entry, a LoadBalancer Service
-/// (or a TCPRoute, given a Gateway) per tcp entry.
-fn entry_points(
-    app: &App,
-    ports: &BTreeMap<String, u16>,
-    http: &[&capstan_model::Expose],
-    target_of: &impl Fn(&Option<PortRef>) -> Option<(String, u16)>,
-    err: &impl Fn(&str, &str) -> RenderError,
-) -> Result<Vec<Value>, RenderError> {
-    let name = app.metadata.name.as_str();
-    let mut out = Vec::new();
-    if let Some(e) = http.first() {
-        let (port_name, _) =
-            target_of(&e.target_port).ok_or_else(|| err("spec.expose[0].targetPort", "names no port of spec.ports"))?;
-        let mut a = BTreeMap::from([
-            (
-                "nginx.ingress.kubernetes.io/proxy-body-size".to_string(),
-                e.max_body_size.trim_end_matches('i').to_lowercase(),
-            ),
-            ("nginx.ingress.kubernetes.io/proxy-connect-timeout".to_string(), e.timeouts.connect_seconds.to_string()),
-            (
-                "nginx.ingress.kubernetes.io/proxy-read-timeout".to_string(),
-                if e.websockets && e.timeouts.idle_seconds > 0 {
-                    e.timeouts.idle_seconds.to_string()
-                } else {
-                    e.timeouts.request_seconds.to_string()
-                },
-            ),
-            (
-                "nginx.ingress.kubernetes.io/proxy-send-timeout".to_string(),
-                if e.websockets && e.timeouts.idle_seconds > 0 {
-                    e.timeouts.idle_seconds.to_string()
-                } else {
-                    e.timeouts.request_seconds.to_string()
-                },
-            ),
-        ]);
-        if let Some(c) = e.sticky.as_ref().and_then(|s| s.cookie.as_ref()) {
-            a.insert("nginx.ingress.kubernetes.io/affinity".into(), "cookie".into());
-            a.insert("nginx.ingress.kubernetes.io/affinity-mode".into(), "persistent".into());
-            a.insert("nginx.ingress.kubernetes.io/session-cookie-name".into(), c.name.clone());
-            if let Some(age) = c.max_age {
-                a.insert("nginx.ingress.kubernetes.io/session-cookie-max-age".into(), age.to_string());
-            }
-        }
-        let mut m = meta(app, name, None);
-        m.annotations = Some(a);
-        if let Some(g) = &e.gateway {
-            out.push(http_route(app, e, g, ports[&port_name]));
-        } else {
-            out.push(to_value(&Ingress {
-                metadata: m,
-                spec: Some(IngressSpec {
-                    ingress_class_name: Some("nginx".into()),
-                    rules: Some(vec![IngressRule {
-                        host: None,
-                        http: Some(HTTPIngressRuleValue {
-                            paths: vec![HTTPIngressPath {
-                                path: Some("/".into()),
-                                path_type: "Prefix".into(),
-                                backend: IngressBackend {
-                                    service: Some(IngressServiceBackend {
-                                        name: name.into(),
-                                        port: Some(ServiceBackendPort { name: Some(port_name), number: None }),
-                                    }),
-                                    resource: None,
-                                },
-                            }],
-                        }),
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }));
-        }
-    }
-    for (i, e) in app.spec.expose.iter().enumerate().filter(|(_, e)| e.protocol == ExposeProtocol::Tcp) {
-        let (port_name, _) = target_of(&e.target_port)
-            .ok_or_else(|| err(&format!("spec.expose[{i}].targetPort"), "names no port of spec.ports"))?;
-        let suffix = e.name.clone().unwrap_or_else(|| format!("tcp-{}", e.port));
-        if let Some(g) = &e.gateway {
-            out.push(tcp_route(app, &format!("{name}-{suffix}"), g, ports[&port_name]));
-            continue;
-        }
-        out.push(to_value(&Service {
-            metadata: meta(app, &format!("{name}-{suffix}"), Some("entrypoint")),
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                selector: Some(selector(app)),
-                ports: Some(vec![ServicePort {
-                    name: Some(port_name.clone()),
-                    port: i32::from(e.port),
-                    target_port: Some(IntOrString::String(port_name)),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
-                session_affinity: e.sticky.as_ref().and_then(|s| s.client_ip.as_ref()).map(|_| "ClientIP".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }));
-    }
-    Ok(out)
-}
-
 /// Disruptions one at a time, as the rolling update.
 fn pod_disruption_budget(app: &App) -> PodDisruptionBudget {
     let name = app.metadata.name.as_str();
@@ -635,11 +486,12 @@ fn pod_disruption_budget(app: &App) -> PodDisruptionBudget {
     }
 }
 
-/// Who may reach the replicas: the ingress controller (for http entry points), a Gateway's namespace, the App's own
+/// Who may reach the replicas: the namespaces of the Gateways or the ingress controller of its entry points, the App's own
 /// replicas, and anyone on the tcp entry ports.
 fn network_policy(
     app: &App,
-    http: &[&capstan_model::Expose],
+    opts: &RenderOptions,
+    gateways: &[String],
     target_of: &impl Fn(&Option<PortRef>) -> Option<(String, u16)>,
 ) -> NetworkPolicy {
     let name = app.metadata.name.as_str();
@@ -647,26 +499,15 @@ fn network_policy(
         pod_selector: Some(LabelSelector { match_labels: Some(selector(app)), match_expressions: None }),
         ..Default::default()
     }];
-    if !http.is_empty() {
+    // A Gateway's proxies run in its namespace with most implementations (Istio, Envoy Gateway's, for two).
+    let mut namespaces = super::entry::client_namespaces(app, opts);
+    namespaces.extend(gateways.iter().cloned());
+    namespaces.sort();
+    namespaces.dedup();
+    for ns in namespaces {
         from.push(NetworkPolicyPeer {
             namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".to_string(),
-                    INGRESS_NAMESPACE.to_string(),
-                )])),
-                match_expressions: None,
-            }),
-            ..Default::default()
-        });
-    }
-    // A Gateway's proxies run in its namespace with most implementations (Istio, for one).
-    for g in app.spec.expose.iter().filter_map(|e| e.gateway.as_ref()) {
-        from.push(NetworkPolicyPeer {
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".to_string(),
-                    g.namespace.clone().unwrap_or_else(|| app.metadata.namespace().to_string()),
-                )])),
+                match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns)])),
                 match_expressions: None,
             }),
             ..Default::default()
@@ -675,7 +516,8 @@ fn network_policy(
     let mut rules = vec![NetworkPolicyIngressRule { from: Some(from), ports: None }];
     // A LoadBalancer's clients come from anywhere: open exactly the tcp entry ports (those behind a Gateway are
     // reached from its namespace, above).
-    let load_balanced = |e: &&capstan_model::Expose| e.protocol == ExposeProtocol::Tcp && e.gateway.is_none();
+    let load_balanced =
+        |e: &&capstan_model::Expose| super::entry::front(app, e, opts) == super::entry::Front::LoadBalancer;
     if app.spec.expose.iter().any(|e| load_balanced(&e)) {
         let tcp_ports = app
             .spec
