@@ -522,8 +522,9 @@ pub fn controller_of(kind: Kind) -> Option<&'static str> {
             Some(kind.name())
         }
         Kind::AlertRule | Kind::EscalationPolicy => Some("alerting"),
-        // Read by the controllers of the kinds that use it (a Source's credentials, a Database's URL).
-        Kind::Secret => None,
+        // Read by the controllers of the kinds that use them (a Source's credentials, a Database's URL, a Gateway's
+        // certificates and CA bundles).
+        Kind::Secret | Kind::ConfigMap => None,
         // One controller compiles both into the balancer's listeners.
         Kind::Gateway | Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute | Kind::ReferenceGrant => Some("Gateway"),
         // The throwaway kind's reconciler is started by its own test.

@@ -2,6 +2,7 @@
 
 mod alert_rule;
 mod app;
+mod config_map;
 mod database;
 mod escalation_policy;
 mod gateway;
@@ -60,6 +61,7 @@ fn put_field(out: &mut String, k: &str, v: String) {
 pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
     let mut columns = match kind {
         Kind::Secret => secret::columns(),
+        Kind::ConfigMap => config_map::columns(),
         Kind::Source => source::columns(),
         Kind::Sync => sync::columns(),
         Kind::Database => database::columns(),
@@ -88,6 +90,7 @@ fn wide_of(kind: Kind) -> Option<Wide> {
     match kind {
         Kind::App => Some((app::wide_columns, app::wide_cells)),
         Kind::Secret
+        | Kind::ConfigMap
         | Kind::Source
         | Kind::Sync
         | Kind::Database
@@ -115,6 +118,7 @@ pub fn row(kind: Kind, o: &Value, all: bool, wide: bool, now: DateTime<Utc>) -> 
     r.push(o["metadata"]["name"].as_str().unwrap_or("").to_string());
     let cells: Vec<String> = match kind {
         Kind::Secret => secret::cells(o),
+        Kind::ConfigMap => config_map::cells(o),
         Kind::Source => source::cells(o),
         Kind::Sync => sync::cells(o),
         Kind::Database => database::cells(o),
@@ -143,6 +147,7 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
     let own: fn(&Value, DateTime<Utc>, &mut String) = match kind {
         Kind::App => return app::page(o, events, now),
         Kind::Secret => secret::describe,
+        Kind::ConfigMap => config_map::describe,
         Kind::Source => source::describe,
         Kind::Sync => sync::describe,
         Kind::Database => database::describe,

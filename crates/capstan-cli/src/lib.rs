@@ -255,7 +255,7 @@ pub enum Command {
     /// List objects of a kind, or show one.
     #[command(display_order = 1)]
     Get {
-        /// What to list: apps, databases, sources, syncs, secrets, trainingjobs, modelservers, alertrules,
+        /// What to list: apps, databases, sources, syncs, secrets, configmaps, trainingjobs, modelservers, alertrules,
         /// escalationpolicies, gateways, httproutes, tlsroutes, tcproutes, referencegrants (or the singular), or
         /// events.
         kind: String,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use capstan_model::gateway::FrontendValidationMode;
 use capstan_model::gateway::{
     BackendObjectReference, Condition, FromNamespaces, Gateway, GatewayAddress, GatewayStatus, HttpFilterType,
     HttpRoute, HttpRouteRule, Listener, ListenerProtocol, ListenerStatus, ParentReference, RouteGroupKind,
@@ -18,6 +19,7 @@ use capstan_model::gateway::{
 use capstan_model::reference_grant::ReferenceGrant;
 use capstan_model::stream_route::{TcpRoute, TlsRoute};
 use capstan_model::{App, Expose, ObjectKey, Secret, Sticky, StickyCookie};
+use capstan_proxy::client_auth::ClientAuth;
 use capstan_proxy::gateway::CertifiedKey;
 use capstan_proxy::gateway::{ListenerPlan, RouteBackend, RuleAction, SocketMode, VirtualHost};
 use capstan_proxy::routes::{Entry, HostPattern, Matcher, RouteId, RouteTable};
@@ -91,6 +93,8 @@ pub(crate) struct Slot<'a> {
     cert_reason: &'static str,
     /// Why an accepted listener cannot be served (an HTTPS listener without a usable certificate).
     unserved: Option<String>,
+    /// The client certificates its port asks for (a listener that ends TLS).
+    client_auth: Option<Arc<capstan_proxy::client_auth::ClientAuth>>,
 }
 
 pub(crate) fn created_ms(meta: &capstan_model::ObjectMeta) -> i64 {
@@ -114,6 +118,7 @@ pub struct Objects {
     pub tcp_routes: Vec<TcpRoute>,
     pub apps: Vec<App>,
     pub secrets: Vec<Secret>,
+    pub config_maps: Vec<capstan_model::config_map::ConfigMap>,
     pub grants: Vec<ReferenceGrant>,
 }
 
@@ -143,8 +148,10 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
     gateways.sort_by_key(|g| (created_ms(&g.metadata), g.metadata.namespace().to_string(), g.metadata.name.clone()));
     let mut slots: Vec<Slot> = Vec::new();
     let mut wake: Option<DateTime<Utc>> = None;
-    // Per socket: the namespace that holds it (its oldest Gateway's), the protocol, and the host names taken.
-    let mut sockets: BTreeMap<Bind, (String, ListenerProtocol, Vec<Option<String>>)> = BTreeMap::new();
+    // Per socket: the namespace that holds it (its oldest Gateway's), the protocol, the host names taken, and the
+    // client certificates it asks for (those of the first listener on it that ends TLS).
+    type Socket = (String, ListenerProtocol, Vec<Option<String>>, Option<Option<Arc<ClientAuth>>>);
+    let mut sockets: BTreeMap<Bind, Socket> = BTreeMap::new();
     for g in &gateways {
         let gen = g.metadata.generation;
         for l in &g.spec.listeners {
@@ -164,18 +171,9 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                 cert_problem: None,
                 cert_reason: "InvalidCertificateRef",
                 unserved: None,
+                client_auth: None,
             };
-            if l.tls.as_ref().is_some_and(|t| t.frontend_validation.is_some()) {
-                // Served without the client certificates it asks for would be an open door: not served at all.
-                slot.refused = Some(condition(
-                    "Accepted",
-                    false,
-                    "UnsupportedValue",
-                    "tls.frontendValidation (client certificates) is not served on the embedded runtime yet",
-                    gen,
-                    now,
-                ));
-            } else if let Some(why) = terminates_tls(l).then(|| foreign_secret_refused(g, l, grants)).flatten() {
+            if let Some(why) = terminates_tls(l).then(|| foreign_secret_refused(g, l, grants)).flatten() {
                 // Without a grant, another namespace's Secret is not used, nor the certificate it gave before: a
                 // grant withdrawn takes its access with it.
                 slot.cert_reason = "RefNotPermitted";
@@ -246,6 +244,18 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                     now,
                 ));
             }
+            // Client certificates that cannot be checked: the port is not served (served without them would be an
+            // open door).
+            if let Some(v) = terminates_tls(l).then(|| g.spec.frontend_validation(l.port)).flatten() {
+                match crate::frontend::client_auth(g, v, &objects.config_maps, secrets, grants) {
+                    Ok(a) => slot.client_auth = Some(a),
+                    Err((reason, why)) => {
+                        slot.cert_reason = reason;
+                        slot.unserved = Some(format!("client certificates cannot be checked: {why}"));
+                        slot.cert_problem = Some(why);
+                    }
+                }
+            }
             for k in l.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default() {
                 let group_ok = k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP);
                 if !group_ok || !can_take(l, &k.kind) {
@@ -257,7 +267,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                 match sockets.get_mut(&bind) {
                     // Another namespace's socket: sharing it would let one namespace take the other's traffic
                     // with a more specific host name.
-                    Some((owner, _, _)) if *owner != ns => {
+                    Some((owner, _, _, _)) if *owner != ns => {
                         slot.conflicted = Some(condition(
                             "Conflicted",
                             true,
@@ -267,7 +277,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                             now,
                         ))
                     }
-                    Some((_, p, _)) if *p != l.protocol => {
+                    Some((_, p, _, _)) if *p != l.protocol => {
                         slot.conflicted = Some(condition(
                             "Conflicted",
                             true,
@@ -277,7 +287,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                             now,
                         ))
                     }
-                    Some((_, ListenerProtocol::Tcp, _)) => {
+                    Some((_, ListenerProtocol::Tcp, _, _)) => {
                         slot.conflicted = Some(condition(
                             "Conflicted",
                             true,
@@ -290,7 +300,20 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                             now,
                         ))
                     }
-                    Some((_, _, hosts)) if hosts.contains(&l.hostname) => {
+                    Some((_, _, _, Some(auth))) if terminates_tls(l) && *auth != slot.client_auth => {
+                        slot.conflicted = Some(condition(
+                            "Conflicted",
+                            true,
+                            "ProtocolConflict",
+                            format!(
+                                "port {} asks clients for other certificates (spec.tls.frontend of an older Gateway on it): one port, one client certificate check",
+                                l.port
+                            ),
+                            gen,
+                            now,
+                        ))
+                    }
+                    Some((_, _, hosts, _)) if hosts.contains(&l.hostname) => {
                         slot.conflicted = Some(condition(
                             "Conflicted",
                             true,
@@ -304,9 +327,15 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                             now,
                         ))
                     }
-                    Some((_, _, hosts)) => hosts.push(l.hostname.clone()),
+                    Some((_, _, hosts, auth)) => {
+                        hosts.push(l.hostname.clone());
+                        if terminates_tls(l) && auth.is_none() {
+                            *auth = Some(slot.client_auth.clone());
+                        }
+                    }
                     None => {
-                        sockets.insert(bind, (ns, l.protocol, vec![l.hostname.clone()]));
+                        let auth = terminates_tls(l).then(|| slot.client_auth.clone());
+                        sockets.insert(bind, (ns, l.protocol, vec![l.hostname.clone()], auth));
                     }
                 }
             }
@@ -420,11 +449,41 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                 condition("Programmed", false, "Invalid", "no listener is served", gen, now)
             },
         ];
+        // Gateway API asks that a mode which lets clients in without a good certificate be said out loud.
+        let insecure: Vec<String> = g
+            .spec
+            .listeners
+            .iter()
+            .filter(|l| terminates_tls(l))
+            .filter(|l| {
+                g.spec
+                    .frontend_validation(l.port)
+                    .is_some_and(|v| v.mode == FrontendValidationMode::AllowInsecureFallback)
+            })
+            .map(|l| l.port.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !insecure.is_empty() {
+            st.conditions.push(condition(
+                "InsecureFrontendValidationMode",
+                true,
+                "ConfigurationChanged",
+                format!(
+                    "port {} serves clients without a valid certificate too (AllowInsecureFallback): the backends must check who they are",
+                    insecure.join(", ")
+                ),
+                gen,
+                now,
+            ));
+        }
         st.addresses = vec![GatewayAddress { type_: Some("IPAddress".into()), value: bind_address(g) }];
     }
     // Every usable listener is a virtual host of its socket, routes or not (it answers 404 until one attaches).
     let mut certificates = Certificates::new();
-    let mut plans: BTreeMap<Bind, (SocketMode, Vec<VirtualHost>)> = BTreeMap::new();
+    // Per socket: its mode, its listeners, and the client certificates it asks for.
+    type Plan = (SocketMode, Vec<VirtualHost>, Option<Arc<ClientAuth>>);
+    let mut plans: BTreeMap<Bind, Plan> = BTreeMap::new();
     for s in slots.into_iter().filter(|s| s.refused.is_none() && s.conflicted.is_none() && s.unserved.is_none()) {
         let host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
         if let Some(c) = &s.cert {
@@ -436,7 +495,10 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
             ListenerProtocol::Tcp => SocketMode::Tcp,
             ListenerProtocol::Http | ListenerProtocol::Udp => SocketMode::Http,
         };
-        let socket = plans.entry(s.bind).or_insert((mode, Vec::new()));
+        let socket = plans.entry(s.bind).or_insert((mode, Vec::new(), None));
+        if terminates_tls(s.listener) && socket.2.is_none() {
+            socket.2 = s.client_auth.clone();
+        }
         match mode {
             SocketMode::Http | SocketMode::Https => {
                 socket.1.push(VirtualHost::http(host, RouteTable::new(s.entries), s.cert))
@@ -449,8 +511,10 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
             }
         }
     }
-    let listeners =
-        plans.into_iter().map(|((address, port), (mode, hosts))| ListenerPlan { address, port, mode, hosts }).collect();
+    let listeners = plans
+        .into_iter()
+        .map(|((address, port), (mode, hosts, client_auth))| ListenerPlan { address, port, mode, hosts, client_auth })
+        .collect();
     Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates, wake }
 }
 
@@ -1215,6 +1279,100 @@ mod tests {
         );
         assert_eq!(cond(&listener(&later, "secure", 0).conditions, "Programmed").0, "True");
         assert_eq!(later.wake, Some(dec(20) + chrono::Duration::seconds(1)), "when the served one expires");
+    }
+
+    fn ca_config_map(name: &str, ns: &str) -> capstan_model::config_map::ConfigMap {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        serde_json::from_value(json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns}, "spec": {"data": {"ca.crt": pem}}}))
+        .unwrap()
+    }
+
+    /// Modelled on Gateway API's frontend validation cases: the CAs of a port by default or per port, the listener
+    /// refused with the reason when its CA bundle is missing, not granted or not a CA, the insecure mode said out
+    /// loud, and two Gateways on one port that ask differently.
+    #[test]
+    fn client_certificates_are_asked_per_port_and_refused_refs_unserve_the_listener() {
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap().and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let https = |name: &str, port: u16| json!({"name": name, "port": port, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "cert"}]}});
+        let mut gw = gateway("secure", 1, json!([https("a", 8443), https("b", 9443), https("c", 7443)]));
+        gw.spec.tls = serde_json::from_value(json!({"frontend": {
+            "default": {"validation": {"caCertificateRefs": [{"kind": "ConfigMap", "group": "", "name": "clients"}]}},
+            "perPort": [
+                {"port": 9443, "tls": {"validation": {"mode": "AllowInsecureFallback",
+                    "caCertificateRefs": [{"kind": "ConfigMap", "group": "", "name": "partners", "namespace": "partners"}]}}},
+                {"port": 7443, "tls": {}}
+            ]}}))
+        .unwrap();
+        let secrets = [tls_secret("cert", &["example.com"], 1, 20)];
+        let mut objs = objects(std::slice::from_ref(&gw), &[], &[], &secrets);
+        objs.config_maps = vec![ca_config_map("clients", "default"), ca_config_map("partners", "partners")];
+        let out = compile(&objs, &Certificates::new(), now);
+        let plan = |port: u16| out.listeners.iter().find(|p| p.port == port);
+        let auth = plan(8443).and_then(|p| p.client_auth.clone()).expect("the default asks on 8443");
+        assert!(!auth.fallback);
+        assert!(plan(7443).is_some_and(|p| p.client_auth.is_none()), "a port whose own settings ask nothing");
+        // Another namespace's CA bundle without a ReferenceGrant: that port is not served, and says why.
+        assert!(plan(9443).is_none());
+        let (s, r, m) = cond(&listener(&out, "secure", 1).conditions, "ResolvedRefs");
+        assert_eq!((s, r), ("False", "RefNotPermitted"), "{m}");
+        assert!(m.contains("ConfigMap partners/partners is in another namespace"), "{m}");
+        assert_eq!(cond(&listener(&out, "secure", 1).conditions, "Programmed").0, "False");
+        let gs = &out.gateways[&ObjectKey::new("Gateway", "default", "secure")];
+        let (s, r, m) = cond(&gs.conditions, "InsecureFrontendValidationMode");
+        assert_eq!((s, r), ("True", "ConfigurationChanged"));
+        assert!(m.starts_with("port 9443 serves clients without a valid certificate too"), "{m}");
+
+        // With the grant, 9443 asks for certificates without requiring one.
+        objs.grants = vec![serde_json::from_value(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant",
+            "metadata": {"name": "g", "namespace": "partners"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default"}],
+                     "to": [{"group": "", "kind": "ConfigMap"}]}}),
+        )
+        .unwrap()];
+        let out = compile(&objs, &Certificates::new(), now);
+        let auth = out.listeners.iter().find(|p| p.port == 9443).and_then(|p| p.client_auth.clone()).expect("served");
+        assert!(auth.fallback);
+
+        // A missing bundle, one without ca.crt, and one that holds no certificate.
+        for (maps, why) in [
+            (vec![], "ConfigMap default/clients does not exist"),
+            (
+                vec![serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "clients", "namespace": "default"},
+                    "spec": {"data": {"other": "x"}}})).unwrap()],
+                "ConfigMap default/clients has no ca.crt",
+            ),
+            (
+                vec![serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "clients", "namespace": "default"},
+                    "spec": {"data": {"ca.crt": "not pem"}}})).unwrap()],
+                "ConfigMap default/clients: ca.crt holds no certificate",
+            ),
+        ] {
+            objs.config_maps = maps;
+            let out = compile(&objs, &Certificates::new(), now);
+            let (s, r, m) = cond(&listener(&out, "secure", 0).conditions, "ResolvedRefs");
+            assert_eq!((s, r), ("False", "InvalidCACertificateRef"), "{m}");
+            assert!(m.starts_with(why), "{m}");
+            assert!(!out.listeners.iter().any(|p| p.port == 8443), "never served without the check: {why}");
+        }
+
+        // The earlier per-listener field is taken for its port; a younger Gateway on that port asking for other
+        // certificates is conflicted.
+        objs.config_maps = vec![ca_config_map("clients", "default"), ca_config_map("other", "default")];
+        let mut legacy = https("old", 6443);
+        legacy["tls"]["frontendValidation"] = json!({"caCertificateRefs": [{"name": "clients"}]});
+        let mut other = https("old", 6443);
+        other["tls"]["frontendValidation"] = json!({"caCertificateRefs": [{"name": "other"}]});
+        objs.gateways = vec![gateway("first", 1, json!([legacy])), gateway("second", 2, json!([other]))];
+        let out = compile(&objs, &Certificates::new(), now);
+        assert!(out.listeners.iter().find(|p| p.port == 6443).and_then(|p| p.client_auth.clone()).is_some());
+        let (s, r, m) = cond(&listener(&out, "second", 0).conditions, "Conflicted");
+        assert_eq!((s, r), ("True", "ProtocolConflict"));
+        assert!(m.contains("asks clients for other certificates"), "{m}");
     }
 
     fn stream_route(kind: &str, name: &str, created: i64, spec: serde_json::Value) -> serde_json::Value {

@@ -1,4 +1,5 @@
-//! The front door's controller: on any change to a Gateway, a route, a ReferenceGrant, an App's spec or a Secret,
+//! The front door's controller: on any change to a Gateway, a route, a ReferenceGrant, an App's spec, a Secret or a
+//! ConfigMap,
 //! compiles them all, installs the result in the balancer (sockets opened, swapped or closed), and writes every
 //! status that changed.
 
@@ -74,6 +75,7 @@ impl FrontDoor {
             tcp_routes: self.decode("TCPRoute")?,
             apps: self.decode("App")?,
             secrets: self.decode("Secret")?,
+            config_maps: self.decode("ConfigMap")?,
             grants: self.decode("ReferenceGrant")?,
         };
         let mut compiled = compile(&objects, &served, Utc::now());
@@ -198,7 +200,7 @@ impl Reconciler for FrontDoor {
 
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
         match ev.key.kind.as_str() {
-            "Gateway" | "HTTPRoute" | "TLSRoute" | "TCPRoute" | "ReferenceGrant" | "App" | "Secret"
+            "Gateway" | "HTTPRoute" | "TLSRoute" | "TCPRoute" | "ReferenceGrant" | "App" | "Secret" | "ConfigMap"
                 if self.changes(ev) =>
             {
                 vec![everything()]

@@ -111,6 +111,7 @@ pub fn render_resource(r: &Resource, all: &[Resource], opts: &RenderOptions) -> 
         #[cfg(feature = "throwaway-kind")]
         Resource::Widget(_) => Err(not_rendered(r)),
         Resource::Secret(s) => Ok(vec![core_secret(s)]),
+        Resource::ConfigMap(c) => Ok(vec![core_config_map(c)]),
         Resource::Source(_) | Resource::Sync(_) | Resource::AlertRule(_) | Resource::EscalationPolicy(_) => {
             Err(not_rendered(r))
         }
@@ -189,6 +190,18 @@ fn core_secret(s: &capstan_model::Secret) -> Value {
     })
 }
 
+/// A ConfigMap as the cluster's own `v1` ConfigMap.
+fn core_config_map(c: &capstan_model::config_map::ConfigMap) -> Value {
+    let mut out = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": written_meta(&c.metadata) });
+    if !c.spec.data.is_empty() {
+        out["data"] = json!(c.spec.data);
+    }
+    if !c.spec.binary_data.is_empty() {
+        out["binaryData"] = json!(c.spec.binary_data);
+    }
+    out
+}
+
 /// The error for a kind that has no Kubernetes form.
 fn not_rendered(r: &Resource) -> RenderError {
     RenderError {
@@ -208,9 +221,13 @@ pub fn renders(kind: Kind) -> bool {
         Kind::App | Kind::Database | Kind::TrainingJob | Kind::ModelServer => true,
         Kind::Source | Kind::Sync | Kind::AlertRule | Kind::EscalationPolicy => false,
         // Passed through as they are by `render_resource` (a Secret as the core Secret); the cluster reconciles them.
-        Kind::Secret | Kind::Gateway | Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute | Kind::ReferenceGrant => {
-            false
-        }
+        Kind::Secret
+        | Kind::ConfigMap
+        | Kind::Gateway
+        | Kind::HTTPRoute
+        | Kind::TLSRoute
+        | Kind::TCPRoute
+        | Kind::ReferenceGrant => false,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => false,
     }

@@ -12,7 +12,7 @@ fn custom_resources() -> Vec<&'static str> {
 /// What Capstan's kinds render to, by API group: what a deployer changes when it applies them.
 const RENDERED: &[(&str, &[&str])] = &[
     ("apps", &["statefulsets", "deployments"]),
-    ("", &["pods", "services", "persistentvolumeclaims"]),
+    ("", &["pods", "services", "persistentvolumeclaims", "configmaps"]),
     ("networking.k8s.io", &["ingresses", "networkpolicies"]),
     ("gateway.networking.k8s.io", &["gateways", "httproutes", "tlsroutes", "tcproutes", "referencegrants"]),
     ("policy", &["poddisruptionbudgets"]),

@@ -491,3 +491,35 @@ spec:
         assert_eq!(serde_json::to_value(&typed).unwrap()["data"], s["data"]);
     }
 }
+
+/// A ConfigMap, written as Kubernetes' own or in Capstan's shape, renders as the core ConfigMap, which k8s-openapi
+/// reads back whole.
+#[test]
+fn config_maps_render_as_the_core_config_map() {
+    let yaml = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: client-ca, namespace: edge}
+data: {ca.crt: PEM}
+binaryData: {raw: AAE=}
+---
+apiVersion: capstan.dev/v1alpha1
+kind: ConfigMap
+metadata: {name: settings, namespace: edge}
+spec: {data: {mode: fast}}
+";
+    let objs = render(&all(yaml)).unwrap();
+    let maps: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "ConfigMap").collect();
+    assert_eq!(maps.len(), 2);
+    assert_eq!(maps[0]["apiVersion"], "v1");
+    assert_eq!(maps[0]["data"], serde_json::json!({"ca.crt": "PEM"}));
+    assert_eq!(maps[0]["binaryData"], serde_json::json!({"raw": "AAE="}));
+    assert_eq!(maps[1]["data"], serde_json::json!({"mode": "fast"}));
+    assert!(maps[1].get("binaryData").is_none());
+    for m in maps {
+        let typed: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(m.clone()).expect("a core ConfigMap");
+        let mut back = serde_json::to_value(&typed).unwrap();
+        back["apiVersion"] = m["apiVersion"].clone();
+        back["kind"] = m["kind"].clone();
+        assert_eq!(&back, m, "no field lost or unknown");
+    }
+}

@@ -37,6 +37,57 @@ pub struct GatewaySpec {
     /// Cluster infrastructure labels and annotations: passed through on Kubernetes, unused here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infrastructure: Option<serde_json::Value>,
+    /// TLS settings of the whole Gateway: client certificates asked of clients, per port (`frontend`), and the
+    /// certificate shown to backends that ask for one (`backend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<GatewayTlsConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayTlsConfig {
+    /// Client certificate validation on the ports that end TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<FrontendTlsConfig>,
+    /// The Gateway as a TLS client of its backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<GatewayBackendTls>,
+}
+
+/// Client certificates are asked per port, not per listener: an HTTP/2 connection may carry requests for every
+/// host name its certificate covers, so a port is the unit that cannot be bypassed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FrontendTlsConfig {
+    /// Every port that ends TLS, unless `perPort` names it.
+    #[serde(default)]
+    pub default: TlsConfig,
+    /// Ports with their own settings (each port once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_port: Vec<TlsPortConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Ask clients for a certificate and check it against these CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<FrontendValidation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsPortConfig {
+    pub port: u16,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayBackendTls {
+    /// A Secret with `tls.crt` and `tls.key`: the certificate the Gateway shows backends that ask for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_ref: Option<SecretObjectReference>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -111,8 +162,8 @@ pub struct ListenerTls {
     /// Secrets holding `tls.crt` and `tls.key`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificate_refs: Vec<SecretObjectReference>,
-    /// Client certificates: the listener asks for one and checks it against these CA bundles (ConfigMaps or Secrets
-    /// with `ca.crt`).
+    /// Client certificates, as Gateway API v1.2–v1.3 wrote them per listener: taken for the listener's port when the
+    /// Gateway's `tls.frontend` says nothing (it replaced this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frontend_validation: Option<FrontendValidation>,
     /// Implementation-specific options.
@@ -130,8 +181,65 @@ pub enum TlsMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FrontendValidation {
+    /// One to 8 CA bundles: ConfigMaps (the default kind) or Secrets, each with its PEM certificates under `ca.crt`.
     #[serde(default)]
     pub ca_certificate_refs: Vec<SecretObjectReference>,
+    /// `AllowValidOnly` (the default): a connection without a certificate those CAs signed is refused in its
+    /// handshake. `AllowInsecureFallback`: one is asked for, and the connection is served with none or a bad one.
+    #[serde(default, skip_serializing_if = "FrontendValidationMode::is_default")]
+    pub mode: FrontendValidationMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FrontendValidationMode {
+    #[default]
+    AllowValidOnly,
+    AllowInsecureFallback,
+}
+
+impl FrontendValidationMode {
+    pub fn is_default(&self) -> bool {
+        *self == FrontendValidationMode::AllowValidOnly
+    }
+}
+
+impl GatewaySpec {
+    /// The client certificate validation of `port`: its `perPort` entry, else the default; a listener's own
+    /// `tls.frontendValidation` (Gateway API's earlier, per-listener field) where the Gateway sets none.
+    pub fn frontend_validation(&self, port: u16) -> Option<&FrontendValidation> {
+        let frontend = self.tls.as_ref().and_then(|t| t.frontend.as_ref());
+        let own = frontend.map(|f| match f.per_port.iter().find(|p| p.port == port) {
+            Some(p) => p.tls.validation.as_ref(),
+            None => f.default.validation.as_ref(),
+        });
+        match own {
+            Some(v) => v,
+            None => self
+                .listeners
+                .iter()
+                .filter(|l| l.port == port)
+                .find_map(|l| l.tls.as_ref().and_then(|t| t.frontend_validation.as_ref())),
+        }
+    }
+}
+
+/// Checks a validation's CA references: one to 8, of a kind that holds `ca.crt`.
+fn validate_frontend_validation(v: &FrontendValidation, at: &str, errors: &mut Vec<FieldError>) {
+    if v.ca_certificate_refs.is_empty() || v.ca_certificate_refs.len() > 8 {
+        errors.push(
+            FieldError::new(format!("{at}.caCertificateRefs"), "needs one to 8 references")
+                .hint("`caCertificateRefs: [{kind: ConfigMap, name: client-ca}]`, its CAs under `ca.crt`"),
+        );
+    }
+    for (i, r) in v.ca_certificate_refs.iter().enumerate() {
+        let kind_ok = matches!(r.kind.as_deref(), None | Some("ConfigMap") | Some("Secret"));
+        if r.group.as_deref().is_some_and(|g| !g.is_empty()) || !kind_ok {
+            errors.push(
+                FieldError::new(format!("{at}.caCertificateRefs[{i}]"), "must name a core ConfigMap or Secret")
+                    .hint("`group: \"\"` and `kind: ConfigMap` (or `Secret`), with the CAs under `ca.crt`"),
+            );
+        }
+    }
 }
 
 /// A reference to a Secret (or, where allowed, a ConfigMap), as Gateway API writes it.
@@ -656,9 +764,30 @@ pub fn validate_gateway(spec: &GatewaySpec, errors: &mut Vec<FieldError>) {
             ),
         }
     }
+    if let Some(f) = spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) {
+        if let Some(v) = &f.default.validation {
+            validate_frontend_validation(v, "spec.tls.frontend.default.validation", errors);
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        for (i, p) in f.per_port.iter().enumerate() {
+            let at = format!("spec.tls.frontend.perPort[{i}]");
+            if p.port == 0 || !ports.insert(p.port) {
+                errors.push(FieldError::new(format!("{at}.port"), "must be a port from 1 to 65535, each once"));
+            }
+            if let Some(v) = &p.tls.validation {
+                validate_frontend_validation(v, &format!("{at}.tls.validation"), errors);
+            }
+        }
+        if f.per_port.len() > 64 {
+            errors.push(FieldError::new("spec.tls.frontend.perPort", "holds at most 64 ports"));
+        }
+    }
     let mut names = std::collections::BTreeSet::new();
     for (i, l) in spec.listeners.iter().enumerate() {
         let at = format!("spec.listeners[{i}]");
+        if let Some(v) = l.tls.as_ref().and_then(|t| t.frontend_validation.as_ref()) {
+            validate_frontend_validation(v, &format!("{at}.tls.frontendValidation"), errors);
+        }
         if let Err(e) = crate::validate::check_dns_label(&l.name, 253) {
             errors.push(FieldError::new(format!("{at}.name"), e));
         }

@@ -148,6 +148,8 @@ macro_rules! kinds {
 kinds! {
     /// Values kept apart from specs (credentials, tokens).
     Secret(Secret), "secrets", api: API_VERSION, crd: false, |o, e| validate_secret(&o.spec, e);
+    /// Non-secret values read by key (CA bundles).
+    ConfigMap(crate::config_map::ConfigMap), "configmaps", api: API_VERSION, crd: false, |o, e| crate::config_map::validate_config_map(&o.spec, e);
     /// Where manifests come from: a Git repository or a directory.
     Source(Source), "sources", api: API_VERSION, crd: true, |o, e| validate_source(&o.spec, e);
     /// What to apply from a Source, and how.
@@ -270,6 +272,9 @@ impl Resource {
         if kind == Kind::Secret && map.get("apiVersion").and_then(Value::as_str) == Some("v1") {
             // Kubernetes' own Secret, as written for a cluster.
             return Resource::decode_as(kind, crate::gitops::from_core_secret(map.clone())?);
+        }
+        if kind == Kind::ConfigMap && map.get("apiVersion").and_then(Value::as_str) == Some("v1") {
+            return Resource::decode_as(kind, crate::config_map::from_core_config_map(map.clone())?);
         }
         let api = kind.api_version();
         match map.get("apiVersion") {

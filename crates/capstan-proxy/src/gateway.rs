@@ -142,6 +142,8 @@ pub struct ListenerPlan {
     pub mode: SocketMode,
     /// In any order: they are ordered by host specificity when installed.
     pub hosts: Vec<VirtualHost>,
+    /// Client certificates asked on this port (a TLS socket that ends TLS).
+    pub client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
 }
 
 /// A socket's listeners, swapped whole when they change; open connections see the new ones on their next request,
@@ -154,6 +156,8 @@ pub struct Routes {
     /// It terminates TLS for HTTP: requests are `https`.
     pub https: bool,
     pub mode: SocketMode,
+    /// The client certificates its handshakes ask for, swapped live as its hosts are.
+    pub(crate) client_auth: Arc<crate::client_auth::LiveClientAuth>,
 }
 
 impl std::fmt::Debug for Routes {
@@ -213,7 +217,7 @@ pub(crate) fn tls_config(routes: Arc<Routes>) -> Result<Arc<rustls::ServerConfig
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
     let http = routes.mode == SocketMode::Https;
-    let mut config = builder.with_no_client_auth().with_cert_resolver(routes);
+    let mut config = builder.with_client_cert_verifier(routes.client_auth.clone()).with_cert_resolver(routes);
     if http {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
@@ -222,7 +226,13 @@ pub(crate) fn tls_config(routes: Arc<Routes>) -> Result<Arc<rustls::ServerConfig
 
 impl Routes {
     pub fn new(port: u16, mode: SocketMode) -> Routes {
-        Routes { hosts: RwLock::default(), port, https: mode == SocketMode::Https, mode }
+        Routes {
+            hosts: RwLock::default(),
+            port,
+            https: mode == SocketMode::Https,
+            mode,
+            client_auth: Arc::new(crate::client_auth::LiveClientAuth::new()),
+        }
     }
 
     pub(crate) fn hosts(&self) -> Arc<Vec<VirtualHost>> {

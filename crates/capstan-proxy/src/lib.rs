@@ -5,6 +5,7 @@
 
 pub mod backend;
 mod busy;
+pub mod client_auth;
 pub mod error;
 pub mod gate;
 pub mod gateway;
@@ -793,6 +794,7 @@ impl Proxy {
                 }
             };
             listener.routes.set(plan.hosts);
+            listener.routes.client_auth.set(plan.client_auth);
             next.insert(bind, listener);
         }
         // Sockets no plan wants: their open keep-alive connections must not go on routing by the old table.
