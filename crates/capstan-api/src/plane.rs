@@ -526,7 +526,12 @@ pub fn controller_of(kind: Kind) -> Option<&'static str> {
         // certificates and CA bundles).
         Kind::Secret | Kind::ConfigMap => None,
         // One controller compiles both into the balancer's listeners.
-        Kind::Gateway | Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute | Kind::ReferenceGrant => Some("Gateway"),
+        Kind::Gateway
+        | Kind::HTTPRoute
+        | Kind::TLSRoute
+        | Kind::TCPRoute
+        | Kind::ReferenceGrant
+        | Kind::BackendTLSPolicy => Some("Gateway"),
         // The throwaway kind's reconciler is started by its own test.
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,

@@ -2,6 +2,7 @@
 
 mod alert_rule;
 mod app;
+mod backend_tls_policy;
 mod config_map;
 mod database;
 mod escalation_policy;
@@ -73,6 +74,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Gateway => gateway::columns(),
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::columns(),
         Kind::ReferenceGrant => reference_grant::columns(),
+        Kind::BackendTLSPolicy => backend_tls_policy::columns(),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::columns(),
     };
@@ -102,7 +104,8 @@ fn wide_of(kind: Kind) -> Option<Wide> {
         | Kind::HTTPRoute
         | Kind::TLSRoute
         | Kind::TCPRoute
-        | Kind::ReferenceGrant => None,
+        | Kind::ReferenceGrant
+        | Kind::BackendTLSPolicy => None,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,
     }
@@ -130,6 +133,7 @@ pub fn row(kind: Kind, o: &Value, all: bool, wide: bool, now: DateTime<Utc>) -> 
         Kind::Gateway => gateway::cells(o),
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::cells(o),
         Kind::ReferenceGrant => reference_grant::cells(o),
+        Kind::BackendTLSPolicy => backend_tls_policy::cells(o),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::cells(o),
     };
@@ -158,6 +162,7 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
         Kind::Gateway => gateway::describe,
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::describe,
         Kind::ReferenceGrant => reference_grant::describe,
+        Kind::BackendTLSPolicy => backend_tls_policy::describe,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::describe,
     };

@@ -39,6 +39,8 @@ pub struct Compiled {
     pub certificates: Certificates,
     /// When a certificate named by a listener becomes valid or expires next: the status changes then on its own.
     pub wake: Option<DateTime<Utc>>,
+    /// Every BackendTLSPolicy's status.
+    pub policies: BTreeMap<ObjectKey, capstan_model::backend_tls_policy::PolicyStatus>,
 }
 
 pub(crate) fn condition(
@@ -120,6 +122,7 @@ pub struct Objects {
     pub secrets: Vec<Secret>,
     pub config_maps: Vec<capstan_model::config_map::ConfigMap>,
     pub grants: Vec<ReferenceGrant>,
+    pub backend_tls_policies: Vec<capstan_model::backend_tls_policy::BackendTlsPolicy>,
 }
 
 /// The ReferenceGrants of every namespace, asked whether one lets an object reference another namespace's.
@@ -345,6 +348,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
 
     let app_ports: BTreeMap<ObjectKey, BTreeMap<String, u16>> =
         apps.iter().map(|a| (key_of("App", a), a.spec.service_ports())).collect();
+    let backend_tls = crate::backend_tls::BackendTls::new(&objects.backend_tls_policies, &objects.config_maps, secrets);
     let mut route_status = BTreeMap::new();
     let mut routes: Vec<&HttpRoute> = routes.iter().collect();
     routes.sort_by_key(|r| (created_ms(&r.metadata), r.metadata.namespace().to_string(), r.metadata.name.clone()));
@@ -356,7 +360,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
             name: r.metadata.name.clone(),
             created_ms: created_ms(&r.metadata),
         });
-        let (rules, resolved, bad_match) = actions(r, &app_ports, grants, now);
+        let (rules, resolved, bad_match) = actions(r, &app_ports, grants, &backend_tls, now);
         let unsupported = unsupported(r).or(bad_match);
         let mut parents = Vec::new();
         for p in &r.spec.parent_refs {
@@ -515,7 +519,8 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
         .into_iter()
         .map(|((address, port), (mode, hosts, client_auth))| ListenerPlan { address, port, mode, hosts, client_auth })
         .collect();
-    Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates, wake }
+    let policies = backend_tls.status(now);
+    Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates, wake, policies }
 }
 
 /// `wake` brought forward to `t`, if `t` is sooner.
@@ -777,6 +782,7 @@ fn actions(
     r: &HttpRoute,
     app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
     grants: Grants,
+    backend_tls: &crate::backend_tls::BackendTls,
     now: DateTime<Utc>,
 ) -> (Vec<CompiledRule>, Condition, Option<String>) {
     let ns = r.metadata.namespace();
@@ -816,11 +822,17 @@ fn actions(
             if let Some(p) = problem {
                 problems.push(p);
             }
-            let mut rb = RouteBackend::new(
-                ObjectKey::new("App", b.backend.namespace.as_deref().unwrap_or(ns), &b.backend.name),
-                port,
-                b.weight,
-            );
+            let app = ObjectKey::new("App", b.backend.namespace.as_deref().unwrap_or(ns), &b.backend.name);
+            // TLS to the backend when a BackendTLSPolicy asks for it; a policy that cannot be used leaves the
+            // backend unreachable (its share answered 500), never spoken to in plain text.
+            let tls = port.as_ref().ok().and_then(|p| backend_tls.for_backend(&app, p, &r.spec.parent_refs, ns));
+            let (port, tls) = match tls {
+                Some(Err(why)) => (Err(why), None),
+                Some(Ok(t)) => (port, Some(t)),
+                None => (port, None),
+            };
+            let mut rb = RouteBackend::new(app, port, b.weight);
+            rb.tls = tls;
             for f in &b.filters {
                 match f.type_ {
                     HttpFilterType::RequestHeaderModifier => rb.request_headers = f.request_header_modifier.clone(),
@@ -1373,6 +1385,63 @@ mod tests {
         let (s, r, m) = cond(&listener(&out, "second", 0).conditions, "Conflicted");
         assert_eq!((s, r), ("True", "ProtocolConflict"));
         assert!(m.contains("asks clients for other certificates"), "{m}");
+    }
+
+    fn tls_policy(
+        name: &str,
+        created: i64,
+        target: serde_json::Value,
+        ca: &str,
+    ) -> capstan_model::backend_tls_policy::BackendTlsPolicy {
+        serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": name, "namespace": "default", "generation": 1,
+                         "creationTimestamp": chrono::DateTime::from_timestamp(created, 0)},
+            "spec": {"targetRefs": [target],
+                     "validation": {"caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": ca}], "hostname": "web.example.test"}}}))
+        .unwrap()
+    }
+
+    /// Modelled on Gateway API's BackendTLSPolicy cases: the policy naming the port wins over one naming the whole
+    /// Service, the oldest of equals wins, the others are `Conflicted` on the Gateway whose routes reach the port,
+    /// and one whose CA bundle is missing leaves its backend unreachable (never plain).
+    #[test]
+    fn backend_tls_policies_pick_by_port_then_age_and_say_why_not() {
+        let now = chrono::Utc::now();
+        let gws = [gateway("front", 1, json!([{"name": "http", "port": 8080, "protocol": "HTTP"}]))];
+        let apps = [app("web", json!([{"name": "http"}, {"name": "admin", "port": 9000}]))];
+        let routes = [route(
+            "r",
+            "default",
+            json!({"parentRefs": [{"name": "front"}],
+                   "rules": [{"backendRefs": [{"name": "web", "port": 8080}, {"name": "web", "port": 9000}]}]}),
+        )];
+        let mut objs = objects(&gws, &routes, &apps, &[]);
+        objs.config_maps = vec![ca_config_map("ca", "default")];
+        let whole = json!({"group": "", "kind": "Service", "name": "web"});
+        let admin = json!({"group": "", "kind": "Service", "name": "web", "sectionName": "admin"});
+        objs.backend_tls_policies = vec![
+            tls_policy("whole", 1, whole.clone(), "ca"),
+            tls_policy("younger", 5, whole, "ca"),
+            tls_policy("admin-only", 9, admin, "missing"),
+        ];
+        let out = compile(&objs, &Certificates::new(), now);
+        let backends = &out.listeners[0].hosts[0].routes.entries().next().unwrap().action.backends;
+        assert!(backends[0].tls.is_some(), "port http: the oldest whole-Service policy");
+        assert_eq!(
+            backends[1].port.as_ref().unwrap_err(),
+            "BackendTLSPolicy admin-only: ConfigMap default/missing does not exist",
+            "port admin: the policy naming it, unusable: answered 500, not sent in plain text"
+        );
+        let status = |name: &str| &out.policies[&ObjectKey::new("BackendTLSPolicy", "default", name)];
+        let whole = &status("whole").ancestors[0];
+        assert_eq!(whole.ancestor_ref.name, "front");
+        assert_eq!(cond(&whole.conditions, "Accepted").0, "True");
+        let (s, r, m) = cond(&status("younger").ancestors[0].conditions, "Accepted");
+        assert_eq!((s, r), ("False", "Conflicted"));
+        assert!(m.contains("web:http (BackendTLSPolicy whole applies there)"), "{m}");
+        let (s, r, _) = cond(&status("admin-only").ancestors[0].conditions, "ResolvedRefs");
+        assert_eq!((s, r), ("False", "InvalidCACertificateRef"));
+        assert_eq!(cond(&status("admin-only").ancestors[0].conditions, "Accepted").1, "NoValidCACertificate");
     }
 
     fn stream_route(kind: &str, name: &str, created: i64, spec: serde_json::Value) -> serde_json::Value {

@@ -1,5 +1,5 @@
-//! The front door's controller: on any change to a Gateway, a route, a ReferenceGrant, an App's spec, a Secret or a
-//! ConfigMap,
+//! The front door's controller: on any change to a Gateway, a route, a ReferenceGrant, a BackendTLSPolicy, an App's
+//! spec, a Secret or a ConfigMap,
 //! compiles them all, installs the result in the balancer (sockets opened, swapped or closed), and writes every
 //! status that changed.
 
@@ -76,6 +76,7 @@ impl FrontDoor {
             apps: self.decode("App")?,
             secrets: self.decode("Secret")?,
             config_maps: self.decode("ConfigMap")?,
+            backend_tls_policies: self.decode("BackendTLSPolicy")?,
             grants: self.decode("ReferenceGrant")?,
         };
         let mut compiled = compile(&objects, &served, Utc::now());
@@ -128,6 +129,9 @@ impl FrontDoor {
         for (key, status) in &compiled.routes {
             self.write(key, serde_json::to_value(status).unwrap_or(Value::Null))?;
         }
+        for (key, status) in &compiled.policies {
+            self.write(key, serde_json::to_value(status).unwrap_or(Value::Null))?;
+        }
         // A port that could not open is tried again: it may be free later. A certificate that becomes valid or
         // expires changes the status then.
         let retry = (!failed.is_empty()).then_some(Duration::from_secs(5));
@@ -173,7 +177,9 @@ fn keep_transition_times(old: &Value, new: &mut Value) {
             Value::Array(items) => {
                 for (i, v) in items.iter_mut().enumerate() {
                     // Conditions are matched by type, listeners by name, route parents by their reference.
-                    let identity = ["type", "name", "parentRef"].into_iter().find_map(|k| Some((k, v.get(k)?.clone())));
+                    let identity = ["type", "name", "parentRef", "ancestorRef"]
+                        .into_iter()
+                        .find_map(|k| Some((k, v.get(k)?.clone())));
                     let o = match identity {
                         Some((k, id)) => old.as_array().and_then(|a| a.iter().find(|o| o.get(k) == Some(&id))),
                         None => old.get(i),
@@ -201,6 +207,7 @@ impl Reconciler for FrontDoor {
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
         match ev.key.kind.as_str() {
             "Gateway" | "HTTPRoute" | "TLSRoute" | "TCPRoute" | "ReferenceGrant" | "App" | "Secret" | "ConfigMap"
+            | "BackendTLSPolicy"
                 if self.changes(ev) =>
             {
                 vec![everything()]

@@ -65,6 +65,8 @@ pub const KINDS: &[KindInfo] = &[
     k("gateway.networking.k8s.io/v1", "ReferenceGrant", "referencegrants", true, 7),
     k("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", "referencegrants", true, 7),
     k("gateway.networking.k8s.io/v1alpha2", "ReferenceGrant", "referencegrants", true, 7),
+    k("gateway.networking.k8s.io/v1", "BackendTLSPolicy", "backendtlspolicies", true, 7),
+    k("gateway.networking.k8s.io/v1alpha3", "BackendTLSPolicy", "backendtlspolicies", true, 7),
     k("coordination.k8s.io/v1", "Lease", "leases", true, 8),
 ];
 

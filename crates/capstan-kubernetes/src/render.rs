@@ -105,7 +105,8 @@ pub fn render_resource(r: &Resource, all: &[Resource], opts: &RenderOptions) -> 
         | Resource::HTTPRoute(_)
         | Resource::TLSRoute(_)
         | Resource::TCPRoute(_)
-        | Resource::ReferenceGrant(_) => Ok(vec![pass_through(r)]),
+        | Resource::ReferenceGrant(_)
+        | Resource::BackendTLSPolicy(_) => Ok(vec![pass_through(r)]),
         Resource::TrainingJob(j) => crate::training::render_training_job(j),
         Resource::ModelServer(m) => crate::serving::render_model_server(m, opts),
         #[cfg(feature = "throwaway-kind")]
@@ -227,7 +228,8 @@ pub fn renders(kind: Kind) -> bool {
         | Kind::HTTPRoute
         | Kind::TLSRoute
         | Kind::TCPRoute
-        | Kind::ReferenceGrant => false,
+        | Kind::ReferenceGrant
+        | Kind::BackendTLSPolicy => false,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => false,
     }

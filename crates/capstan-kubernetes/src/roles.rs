@@ -14,7 +14,10 @@ const RENDERED: &[(&str, &[&str])] = &[
     ("apps", &["statefulsets", "deployments"]),
     ("", &["pods", "services", "persistentvolumeclaims", "configmaps"]),
     ("networking.k8s.io", &["ingresses", "networkpolicies"]),
-    ("gateway.networking.k8s.io", &["gateways", "httproutes", "tlsroutes", "tcproutes", "referencegrants"]),
+    (
+        "gateway.networking.k8s.io",
+        &["gateways", "httproutes", "tlsroutes", "tcproutes", "referencegrants", "backendtlspolicies"],
+    ),
     ("policy", &["poddisruptionbudgets"]),
     ("autoscaling", &["horizontalpodautoscalers"]),
     ("postgresql.cnpg.io", &["clusters"]),

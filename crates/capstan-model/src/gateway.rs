@@ -668,7 +668,7 @@ pub struct RouteParentStatus {
 }
 
 /// Whether `host` is a valid Gateway API hostname: a DNS name, or one with a leading `*.` label; never an IP.
-pub(crate) fn check_hostname(host: &str) -> Result<(), String> {
+pub fn check_hostname(host: &str) -> Result<(), String> {
     let bare = host.strip_prefix("*.").unwrap_or(host);
     if host.len() > 253 || bare.is_empty() {
         return Err(format!("`{host}` is not a host name"));

@@ -2,6 +2,7 @@
 
 pub mod alerting;
 pub mod app;
+pub mod backend_tls_policy;
 pub mod config_map;
 pub mod database;
 pub mod gateway;

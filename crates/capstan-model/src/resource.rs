@@ -176,6 +176,8 @@ kinds! {
     TCPRoute(TcpRoute), "tcproutes", api: TCP_ROUTE_API_VERSION, crd: false, |o, e| validate_tcp_route(&o.spec, e);
     /// Gateway API's ReferenceGrant: a namespace's consent to be referenced from another.
     ReferenceGrant(ReferenceGrant), "referencegrants", api: REFERENCE_GRANT_API_VERSION, crd: false, |o, e| validate_reference_grant(&o.spec, e);
+    /// Gateway API's BackendTLSPolicy: the Gateway speaks TLS to these Services (Apps), checking their certificates.
+    BackendTLSPolicy(crate::backend_tls_policy::BackendTlsPolicy), "backendtlspolicies", api: crate::backend_tls_policy::BACKEND_TLS_POLICY_API_VERSION, crd: false, |o, e| crate::backend_tls_policy::validate_backend_tls_policy(&o.spec, e);
     /// A throwaway kind that exists only to prove the "adding a kind" checklist (feature `throwaway-kind`).
     [cfg(feature = "throwaway-kind")]
     Widget(crate::widget::Widget), "widgets", api: API_VERSION, crd: false, |o, e| crate::widget::validate_widget(&o.spec, e);
@@ -196,6 +198,7 @@ impl Kind {
             Kind::TLSRoute => &["gateway.networking.k8s.io/v1alpha2", "gateway.networking.k8s.io/v1alpha3"],
             Kind::TCPRoute => &["gateway.networking.k8s.io/v1"],
             Kind::ReferenceGrant => &["gateway.networking.k8s.io/v1beta1", "gateway.networking.k8s.io/v1alpha2"],
+            Kind::BackendTLSPolicy => &["gateway.networking.k8s.io/v1alpha3"],
             _ => &[],
         }
     }

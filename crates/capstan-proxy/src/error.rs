@@ -18,6 +18,9 @@ pub enum ConnectError {
     /// The HTTP/1.1 connection could not be set up on the open socket.
     #[error("handshake with {addr}: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
+    /// TLS to the replica (a BackendTLSPolicy) failed: its certificate was not trusted or not for the name.
+    #[error("TLS to {addr}: {source}")]
+    Tls { addr: SocketAddr, source: std::io::Error },
 }
 
 /// Why a request could not be forwarded, or its answer not be had: what the client is told (`status`, and the

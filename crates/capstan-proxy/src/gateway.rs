@@ -76,13 +76,23 @@ pub struct RouteBackend {
     pub weight: u32,
     pub request_headers: Option<HeaderModifier>,
     pub response_headers: Option<HeaderModifier>,
+    /// TLS to its replicas, when a BackendTLSPolicy targets its port.
+    pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
     /// Filled in by the proxy when the plan is installed.
     pub(crate) entry: OnceLock<Arc<Entry>>,
 }
 
 impl RouteBackend {
     pub fn new(app: ObjectKey, port: Result<String, String>, weight: u32) -> RouteBackend {
-        RouteBackend { app, port, weight, request_headers: None, response_headers: None, entry: OnceLock::new() }
+        RouteBackend {
+            app,
+            port,
+            weight,
+            request_headers: None,
+            response_headers: None,
+            tls: None,
+            entry: OnceLock::new(),
+        }
     }
 }
 

@@ -270,16 +270,39 @@ impl Drop for Tracked {
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<SendRequest<ProxyBody>, ConnectError> {
+/// A new connection to a replica: TCP within `timeout`, then TLS when a BackendTLSPolicy asks for it (the
+/// handshake within the same time), then HTTP/1.1.
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    upgrades: bool,
+    tls: Option<&crate::upstream_tls::UpstreamTls>,
+) -> Result<SendRequest<ProxyBody>, ConnectError> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout { addr })?
         .map_err(|source| ConnectError::Connect { addr, source })?;
     let _ = stream.set_nodelay(true);
-    tracing::debug!(%addr, upgrades, "new upstream connection");
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tracing::debug!(%addr, upgrades, tls = tls.is_some(), "new upstream connection");
+    match tls {
+        None => handshake(addr, TokioIo::new(stream), upgrades).await,
+        Some(t) => {
+            let secured = tokio::time::timeout(timeout, t.connector.connect(t.server_name.clone(), stream))
+                .await
+                .map_err(|_| ConnectError::Timeout { addr })?
+                .map_err(|source| ConnectError::Tls { addr, source })?;
+            handshake(addr, TokioIo::new(secured), upgrades).await
+        }
+    }
+}
+
+/// HTTP/1.1 on an open connection, driven by a task of its own.
+async fn handshake<I>(addr: SocketAddr, io: I, upgrades: bool) -> Result<SendRequest<ProxyBody>, ConnectError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
         let _ = if upgrades { conn.with_upgrades().await } else { conn.await };
     });
@@ -468,7 +491,9 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         }
         let connected = match pooled {
             Some(s) => Ok(s),
-            None => connect(backend.addr, cfg.connect_timeout, upgrade).await.map_err(ProxyError::Connect),
+            None => connect(backend.addr, cfg.connect_timeout, upgrade, cfg.upstream_tls.as_deref())
+                .await
+                .map_err(ProxyError::Connect),
         };
         let answered = match connected {
             Err(e) => {

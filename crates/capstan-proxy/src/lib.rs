@@ -16,6 +16,7 @@ pub mod routes;
 pub mod serve;
 mod stream;
 pub mod tcp;
+pub mod upstream_tls;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -132,6 +133,8 @@ pub struct EntryConfig {
     pub drain: Duration,
     /// Tunnels quiet this long are closed; zero never.
     pub idle: Duration,
+    /// TLS to the replicas (a BackendTLSPolicy on a gateway route's backend).
+    pub upstream_tls: Option<Arc<upstream_tls::UpstreamTls>>,
 }
 
 impl EntryConfig {
@@ -143,6 +146,7 @@ impl EntryConfig {
             request_timeout: Duration::from_secs(u64::from(expose.timeouts.request_seconds.max(1))),
             drain: Duration::from_secs(u64::from(expose.drain_seconds)),
             idle: Duration::from_secs(u64::from(expose.timeouts.idle_seconds)),
+            upstream_tls: None,
         }
     }
 }
@@ -715,8 +719,14 @@ impl Proxy {
                         let Ok(port) = &b.port else { continue };
                         let key = (b.app.clone(), port.clone(), action.id.clone());
                         let settings = &action.settings;
-                        let entry =
-                            current.get(&key).cloned().or_else(|| old_entries.remove(&key)).unwrap_or_else(|| {
+                        // A backend whose TLS changed gets a new entry: its pooled connections spoke the old way.
+                        let same_tls = |e: &Arc<Entry>| e.config().upstream_tls == b.tls;
+                        let entry = current
+                            .get(&key)
+                            .cloned()
+                            .or_else(|| old_entries.remove(&key))
+                            .filter(same_tls)
+                            .unwrap_or_else(|| {
                                 Arc::new(Entry::new(
                                     &b.app.namespace,
                                     &b.app.name,
@@ -725,7 +735,9 @@ impl Proxy {
                                     self.metrics.clone(),
                                 ))
                             });
-                        *entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EntryConfig::new(settings));
+                        let mut config = EntryConfig::new(settings);
+                        config.upstream_tls = b.tls.clone();
+                        *entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
                         let replicas = apps.get(&b.app).map(Vec::as_slice).unwrap_or_default();
                         entry.backends.update(&port_backends(replicas, port));
                         let _ = b.entry.set(entry.clone());

@@ -151,3 +151,113 @@ async fn ports_ask_for_client_certificates_and_refuse_or_serve_as_their_mode_say
     .await;
     tp.stop().await;
 }
+
+/// GET `http://127.0.0.1:<port>/` as `shop.example.test` with curl: the status and body.
+fn plain_get(port: u16) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5", "-H", "Host: shop.example.test", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn backend_site(port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shop}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [shop.example.test]
+  rules: [{{backendRefs: [{{name: auth, port: 8080}}]}}]
+"
+    )
+}
+
+fn policy(validation: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: auth-tls}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: auth, sectionName: http}}]
+  validation: {validation}
+"
+    )
+}
+
+/// A backend that ends TLS itself: spoken to in plain HTTP it answers nothing useful (502); a BackendTLSPolicy makes
+/// the Gateway speak TLS to it, checking its certificate against the CA bundle and the name (or subject alternative
+/// names); a policy that cannot be used never falls back to plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_tls_policy_makes_the_gateway_speak_tls_to_its_backend_and_check_it() {
+    let tp = TestPlane::start().await;
+    let (ca, ca_pem) = test_ca();
+    let (crt, key) = certificate_for(&["auth.example.test"], &ca);
+    let one_line = |pem: &str| pem.replace('\n', "\\n");
+    let port = free_port();
+    tp.apply(
+        &[
+            app_yaml(
+                "auth",
+                1,
+                &[("TESTAPP_HTTPS", "1"), ("TESTAPP_TLS_CERT", &one_line(&crt)), ("TESTAPP_TLS_KEY", &one_line(&key))],
+                "  probes:\n    readiness: {tcp: {port: http}, periodSeconds: 1}\n",
+            ),
+            backend_site(port),
+        ]
+        .join("---\n"),
+    );
+    eventually("auth Ready", T, || async { ready(&tp.app("auth").await).then_some(()) }).await;
+    // Plain HTTP to a TLS server: no answer it could use.
+    eventually("plain HTTP to the TLS backend fails", T, || async { (plain_get(port).0 == 502).then_some(()) }).await;
+
+    let checked = "{caCertificateRefs: [{group: \"\", kind: ConfigMap, name: auth-ca}], hostname: auth.example.test}";
+    tp.apply(&[ca_config_map("auth-ca", &ca_pem), policy(checked)].join("---\n"));
+    let (_, body) =
+        eventually("served over TLS", T, || async { Some(plain_get(port)).filter(|(code, _)| *code == 200) }).await;
+    assert_eq!(body, "auth-0");
+    let p = tp.client.get("/api/v1/namespaces/default/backendtlspolicies/auth-tls").await.expect("policy");
+    let ancestor = &p["status"]["ancestors"][0];
+    assert_eq!(ancestor["ancestorRef"]["name"], "edge", "{p}");
+    assert_eq!(condition(&ancestor["conditions"], "Accepted")["status"], "True", "{p}");
+    assert_eq!(condition(&ancestor["conditions"], "ResolvedRefs")["status"], "True", "{p}");
+
+    // A name the certificate does not carry: refused in the handshake (502), never served unchecked.
+    tp.apply(&policy(&checked.replace("hostname: auth.example.test", "hostname: other.example.test")));
+    eventually("a wrong name is refused", T, || async { (plain_get(port).0 == 502).then_some(()) }).await;
+    // Its subject alternative names decide instead of the SNI name.
+    tp.apply(&policy(&checked.replace(
+        "hostname: auth.example.test",
+        "hostname: other.example.test, subjectAltNames: [{type: Hostname, hostname: auth.example.test}]",
+    )));
+    eventually("the SAN decides", T, || async { (plain_get(port).0 == 200).then_some(()) }).await;
+
+    // The CA bundle gone: the policy says so, and the backend is not spoken to in plain text (500, not 502).
+    let del = tp.cli(&["delete", "configmap", "auth-ca"]);
+    assert!(del.status.success(), "{}", String::from_utf8_lossy(&del.stderr));
+    let message = eventually("the policy reports its missing CA bundle", T, || async {
+        let p = tp.client.get("/api/v1/namespaces/default/backendtlspolicies/auth-tls").await.ok()?;
+        let c = condition(&p["status"]["ancestors"][0]["conditions"], "ResolvedRefs").clone();
+        (c["reason"] == "InvalidCACertificateRef").then(|| c["message"].as_str().unwrap_or("").to_string())
+    })
+    .await;
+    assert_eq!(message, "ConfigMap default/auth-ca does not exist");
+    eventually("the backend is unreachable, not plain", T, || async { (plain_get(port).0 == 500).then_some(()) }).await;
+
+    let got = tp.cli(&["get", "backendtlspolicies"]);
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert!(text.contains("TARGETS") && text.contains("auth:http") && text.contains("other.example.test"), "{text}");
+    tp.stop().await;
+}

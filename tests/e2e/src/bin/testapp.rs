@@ -183,6 +183,11 @@ async fn main() {
             }),
         )
         .route("/ws", get(ws));
+    if env("TESTAPP_HTTPS").is_some() {
+        if let Some(acceptor) = tls_acceptor() {
+            return serve_https(listener, app, acceptor).await;
+        }
+    }
     let ignore = env("TESTAPP_IGNORE_TERM").is_some();
     let delay: u64 = env("TESTAPP_TERM_DELAY_MS").and_then(|c| c.parse().ok()).unwrap_or(0);
     let shutdown = async move {
@@ -229,6 +234,22 @@ async fn echo_lines<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(stream: S, 
         if w.write_all(format!("{replica} {line}\n").as_bytes()).await.is_err() || w.flush().await.is_err() {
             break;
         }
+    }
+}
+
+/// The app over HTTPS (`TESTAPP_HTTPS` with a certificate): a backend that ends TLS itself, behind a
+/// BackendTLSPolicy. Stops with the process.
+async fn serve_https(listener: tokio::net::TcpListener, app: Router, acceptor: tokio_rustls::TlsAcceptor) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
     }
 }
 
