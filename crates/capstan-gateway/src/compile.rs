@@ -349,6 +349,11 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
     let app_ports: BTreeMap<ObjectKey, BTreeMap<String, u16>> =
         apps.iter().map(|a| (key_of("App", a), a.spec.service_ports())).collect();
     let backend_tls = crate::backend_tls::BackendTls::new(&objects.backend_tls_policies, &objects.config_maps, secrets);
+    // The App ports that speak HTTP/2 without TLS (`appProtocol: kubernetes.io/h2c`).
+    let h2c_ports: std::collections::BTreeSet<(ObjectKey, String)> = apps
+        .iter()
+        .flat_map(|a| a.spec.ports.iter().filter(|p| p.is_h2c()).map(move |p| (key_of("App", a), p.name.clone())))
+        .collect();
     let mut route_status = BTreeMap::new();
     let mut routes: Vec<&HttpRoute> = routes.iter().collect();
     routes.sort_by_key(|r| (created_ms(&r.metadata), r.metadata.namespace().to_string(), r.metadata.name.clone()));
@@ -360,7 +365,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
             name: r.metadata.name.clone(),
             created_ms: created_ms(&r.metadata),
         });
-        let (rules, resolved, bad_match) = actions(r, &app_ports, grants, &backend_tls, now);
+        let (rules, resolved, bad_match) = actions(r, &app_ports, grants, &backend_tls, &h2c_ports, now);
         let unsupported = unsupported(r).or(bad_match);
         let mut parents = Vec::new();
         for p in &r.spec.parent_refs {
@@ -783,6 +788,7 @@ fn actions(
     app_ports: &BTreeMap<ObjectKey, BTreeMap<String, u16>>,
     grants: Grants,
     backend_tls: &crate::backend_tls::BackendTls,
+    h2c_ports: &std::collections::BTreeSet<(ObjectKey, String)>,
     now: DateTime<Utc>,
 ) -> (Vec<CompiledRule>, Condition, Option<String>) {
     let ns = r.metadata.namespace();
@@ -831,8 +837,10 @@ fn actions(
                 Some(Ok(t)) => (port, Some(t)),
                 None => (port, None),
             };
+            let h2c = port.as_ref().is_ok_and(|p| h2c_ports.contains(&(app.clone(), p.clone())));
             let mut rb = RouteBackend::new(app, port, b.weight);
             rb.tls = tls;
+            rb.h2c = h2c;
             for f in &b.filters {
                 match f.type_ {
                     HttpFilterType::RequestHeaderModifier => rb.request_headers = f.request_header_modifier.clone(),

@@ -523,3 +523,19 @@ spec: {data: {mode: fast}}
         assert_eq!(&back, m, "no field lost or unknown");
     }
 }
+
+/// A port's `appProtocol` reaches the Service port, Capstan's `h2c` shorthand as Kubernetes names it; a bad one is
+/// refused by field.
+#[test]
+fn a_ports_app_protocol_reaches_its_service_port() {
+    let yaml = WEB.replace("    - {name: ssh}", "    - {name: ssh, appProtocol: h2c}");
+    let objs = render(&all(&yaml)).unwrap();
+    let service = objs.iter().find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "teamboard").unwrap();
+    let ports = service["spec"]["ports"].as_array().unwrap();
+    let ssh = ports.iter().find(|p| p["name"] == "ssh").unwrap();
+    assert_eq!(ssh["appProtocol"], "kubernetes.io/h2c");
+    assert!(ports.iter().find(|p| p["name"] == "http").unwrap().get("appProtocol").is_none());
+    let bad = WEB.replace("    - {name: ssh}", "    - {name: ssh, appProtocol: 'h2 c'}");
+    let err = parse_manifests("web.yaml", &bad).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("spec.ports[1].appProtocol") && err.contains("kubernetes.io/h2c"), "{err}");
+}

@@ -211,6 +211,28 @@ pub struct PortSpec {
     /// A fixed port on 127.0.0.1 (only with one replica); 0 or absent allocates one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The protocol spoken on it, as a Kubernetes Service port's `appProtocol`: `kubernetes.io/h2c` (or `h2c`) makes
+    /// the balancer speak HTTP/2 without TLS to it (gRPC servers); other values are passed to the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+impl PortSpec {
+    /// It speaks HTTP/2 without TLS (prior knowledge).
+    pub fn is_h2c(&self) -> bool {
+        matches!(self.app_protocol.as_deref(), Some("kubernetes.io/h2c" | "h2c"))
+    }
+}
+
+impl AppSpec {
+    /// The port an entry point's `targetPort` names (the first port without one).
+    pub fn target_port_spec(&self, target: &Option<PortRef>) -> Option<&PortSpec> {
+        match target {
+            Some(PortRef::Name(n)) => self.ports.iter().find(|p| &p.name == n),
+            Some(PortRef::Number(n)) => self.ports.iter().find(|p| p.port == Some(*n)),
+            None => self.ports.first(),
+        }
+    }
 }
 
 /// The first port given to a named port that has no number on Kubernetes (pods have their own addresses, so

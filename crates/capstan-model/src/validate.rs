@@ -303,6 +303,18 @@ pub fn validate_app(spec: &AppSpec, errors: &mut Vec<FieldError>) {
                     .hint("each port needs its own name"),
             );
         }
+        if let Some(proto) = &p.app_protocol {
+            // Kubernetes' rule: an IANA service name, or a domain-prefixed name such as `kubernetes.io/h2c`.
+            let ok = !proto.is_empty()
+                && proto.len() <= 63 + 254
+                && proto.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '/' | '_'));
+            if !ok {
+                errors.push(
+                    FieldError::new(format!("{path}.appProtocol"), format!("`{proto}` is not a protocol name"))
+                        .hint("for example `kubernetes.io/h2c` (HTTP/2 without TLS, gRPC), `http` or `https`"),
+                );
+            }
+        }
         if let Some(port) = p.port.filter(|p| *p != 0) {
             if port < 1024 {
                 errors.push(

@@ -6,11 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use capstan_model::Balance;
-use hyper::client::conn::http1::SendRequest;
-
 use crate::metrics::ReplicaMetrics;
-use crate::ProxyBody;
+use crate::upstream::Sender;
+use capstan_model::Balance;
 
 /// Where one replica is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +36,7 @@ pub struct Backend {
     inflight: AtomicUsize,
     /// Idle upstream connections, one pool per proxy worker thread: a connection's task lives on the thread
     /// that opened it, so a request only ever uses its own thread's connections.
-    idle: Vec<Mutex<Vec<SendRequest<ProxyBody>>>>,
+    idle: Vec<Mutex<Vec<Sender>>>,
     /// Its metric handles, shared with any later backend of the same replica name.
     pub(crate) metrics: OnceLock<Arc<ReplicaMetrics>>,
 }
@@ -107,7 +105,7 @@ impl Backend {
         }
     }
 
-    fn pool(&self) -> &Mutex<Vec<SendRequest<ProxyBody>>> {
+    fn pool(&self) -> &Mutex<Vec<Sender>> {
         &self.idle[crate::worker_index() % self.idle.len().max(1)]
     }
 
@@ -116,24 +114,33 @@ impl Backend {
         self.clear_pools();
     }
 
-    /// An idle connection, if any: one whose last response was read completely. It may need a moment to
-    /// become ready (its connection task notices the end of the response asynchronously); callers await that.
-    pub fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+    /// An idle connection, if any: one whose last response was read completely (HTTP/1.1), or a shared HTTP/2
+    /// one, which stays in the pool. It may need a moment to become ready (its connection task notices the end of
+    /// the response asynchronously); callers await that.
+    pub(crate) fn checkout(&self) -> Option<Sender> {
         let mut idle = self.pool().lock().unwrap_or_else(|p| p.into_inner());
         while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+            if s.is_closed() {
+                continue;
             }
+            if let Some(shared) = s.share() {
+                idle.push(s);
+                return Some(shared);
+            }
+            return Some(s);
         }
         None
     }
 
-    /// Returns a connection for reuse.
-    pub fn checkin(&self, sender: SendRequest<ProxyBody>) {
+    /// Returns a connection for reuse (a shared one only if the pool holds none open yet).
+    pub(crate) fn checkin(&self, sender: Sender) {
         if sender.is_closed() || self.draining.load(Ordering::Acquire) {
             return;
         }
         let mut idle = self.pool().lock().unwrap_or_else(|p| p.into_inner());
+        if sender.is_shared() && idle.iter().any(|s| s.is_shared() && !s.is_closed()) {
+            return;
+        }
         if idle.len() < MAX_IDLE {
             idle.push(sender);
         }
@@ -158,6 +165,13 @@ pub struct BackendSet {
 }
 
 impl BackendSet {
+    /// Drops every idle connection (they speak a protocol no longer wanted).
+    pub fn clear_pools(&self) {
+        for b in self.snapshot() {
+            b.clear_pools();
+        }
+    }
+
     /// Replaces the set, keeping the state (pool, in-flight count, draining) of backends that stay.
     pub fn update(&self, infos: &[BackendInfo]) {
         let mut current = self.backends.write().unwrap_or_else(|p| p.into_inner());

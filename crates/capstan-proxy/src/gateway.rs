@@ -78,6 +78,8 @@ pub struct RouteBackend {
     pub response_headers: Option<HeaderModifier>,
     /// TLS to its replicas, when a BackendTLSPolicy targets its port.
     pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
+    /// Its port speaks HTTP/2 without TLS (`appProtocol: kubernetes.io/h2c`).
+    pub h2c: bool,
     /// Filled in by the proxy when the plan is installed.
     pub(crate) entry: OnceLock<Arc<Entry>>,
 }
@@ -91,6 +93,7 @@ impl RouteBackend {
             request_headers: None,
             response_headers: None,
             tls: None,
+            h2c: false,
             entry: OnceLock::new(),
         }
     }

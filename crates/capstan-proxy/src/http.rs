@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::upstream::Sender;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::backend::{Backend, InflightGuard};
 use crate::error::{ConnectError, ProxyError, Retry};
@@ -82,7 +82,7 @@ impl Client {
 /// The most attempts one request makes (distinct replicas, or a fresh connection after a stale one).
 const MAX_ATTEMPTS: usize = 4;
 
-fn boxed<B>(b: B) -> ProxyBody
+pub(crate) fn boxed<B>(b: B) -> ProxyBody
 where
     B: Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
@@ -238,7 +238,7 @@ impl Body for ClientBody {
 struct Tracked {
     inner: Incoming,
     _guard: InflightGuard,
-    pooled: Option<(SendRequest<ProxyBody>, Arc<Backend>)>,
+    pooled: Option<(Sender, Arc<Backend>)>,
 }
 
 impl Body for Tracked {
@@ -261,9 +261,10 @@ impl Body for Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         // The server stops polling once the body says it has ended, so the hand-back happens here. A body that
-        // was not read to its end (the client went away) leaves its connection unusable: it is dropped.
+        // was not read to its end (the client went away) leaves its HTTP/1.1 connection unusable: it is dropped
+        // (an HTTP/2 connection's other streams are unaffected).
         if let Some((sender, backend)) = self.pooled.take() {
-            if self.inner.is_end_stream() {
+            if self.inner.is_end_stream() || sender.is_shared() {
                 backend.checkin(sender);
             }
         }
@@ -271,13 +272,15 @@ impl Drop for Tracked {
 }
 
 /// A new connection to a replica: TCP within `timeout`, then TLS when a BackendTLSPolicy asks for it (the
-/// handshake within the same time), then HTTP/1.1.
+/// handshake within the same time), then HTTP/1.1 — or HTTP/2 for an h2c port (never for an upgrade, which
+/// HTTP/2 does not carry).
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     upgrades: bool,
     tls: Option<&crate::upstream_tls::UpstreamTls>,
-) -> Result<SendRequest<ProxyBody>, ConnectError> {
+    h2c: bool,
+) -> Result<Sender, ConnectError> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout { addr })?
@@ -285,6 +288,13 @@ async fn connect(
     let _ = stream.set_nodelay(true);
     tracing::debug!(%addr, upgrades, tls = tls.is_some(), "new upstream connection");
     match tls {
+        None if h2c && !upgrades => {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|source| ConnectError::Handshake { addr, source })?;
+            tokio::spawn(conn);
+            Ok(Sender::H2(sender))
+        }
         None => handshake(addr, TokioIo::new(stream), upgrades).await,
         Some(t) => {
             let secured = tokio::time::timeout(timeout, t.connector.connect(t.server_name.clone(), stream))
@@ -297,7 +307,7 @@ async fn connect(
 }
 
 /// HTTP/1.1 on an open connection, driven by a task of its own.
-async fn handshake<I>(addr: SocketAddr, io: I, upgrades: bool) -> Result<SendRequest<ProxyBody>, ConnectError>
+async fn handshake<I>(addr: SocketAddr, io: I, upgrades: bool) -> Result<Sender, ConnectError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -306,7 +316,7 @@ where
     tokio::spawn(async move {
         let _ = if upgrades { conn.with_upgrades().await } else { conn.await };
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
 }
 
 /// What is forwarded: the request line and headers, kept so a request without a body can be sent again.
@@ -491,7 +501,7 @@ pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Clien
         }
         let connected = match pooled {
             Some(s) => Ok(s),
-            None => connect(backend.addr, cfg.connect_timeout, upgrade, cfg.upstream_tls.as_deref())
+            None => connect(backend.addr, cfg.connect_timeout, upgrade, cfg.upstream_tls.as_deref(), cfg.h2c)
                 .await
                 .map_err(ProxyError::Connect),
         };

@@ -16,6 +16,7 @@ pub mod routes;
 pub mod serve;
 mod stream;
 pub mod tcp;
+mod upstream;
 pub mod upstream_tls;
 
 use std::cell::Cell;
@@ -135,6 +136,8 @@ pub struct EntryConfig {
     pub idle: Duration,
     /// TLS to the replicas (a BackendTLSPolicy on a gateway route's backend).
     pub upstream_tls: Option<Arc<upstream_tls::UpstreamTls>>,
+    /// The replicas' port speaks HTTP/2 without TLS (`appProtocol: kubernetes.io/h2c`).
+    pub h2c: bool,
 }
 
 impl EntryConfig {
@@ -147,6 +150,7 @@ impl EntryConfig {
             drain: Duration::from_secs(u64::from(expose.drain_seconds)),
             idle: Duration::from_secs(u64::from(expose.timeouts.idle_seconds)),
             upstream_tls: None,
+            h2c: false,
         }
     }
 }
@@ -646,7 +650,13 @@ impl Proxy {
                     }
                 }
             };
-            *listener.entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EntryConfig::new(e));
+            let mut config = EntryConfig::new(e);
+            config.h2c = app.spec.target_port_spec(&e.target_port).is_some_and(|p| p.is_h2c());
+            if config.h2c != listener.entry.config().h2c {
+                // Pooled connections speak the other protocol.
+                listener.entry.backends.clear_pools();
+            }
+            *listener.entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
             listener.gate.set_cap(cap_of(e));
             listener.entry.backends.update(&backends);
             next.push(listener);
@@ -719,8 +729,9 @@ impl Proxy {
                         let Ok(port) = &b.port else { continue };
                         let key = (b.app.clone(), port.clone(), action.id.clone());
                         let settings = &action.settings;
-                        // A backend whose TLS changed gets a new entry: its pooled connections spoke the old way.
-                        let same_tls = |e: &Arc<Entry>| e.config().upstream_tls == b.tls;
+                        // A backend whose TLS or protocol changed gets a new entry: its pooled connections spoke the
+                        // old way.
+                        let same_tls = |e: &Arc<Entry>| e.config().upstream_tls == b.tls && e.config().h2c == b.h2c;
                         let entry = current
                             .get(&key)
                             .cloned()
@@ -737,6 +748,7 @@ impl Proxy {
                             });
                         let mut config = EntryConfig::new(settings);
                         config.upstream_tls = b.tls.clone();
+                        config.h2c = b.h2c;
                         *entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
                         let replicas = apps.get(&b.app).map(Vec::as_slice).unwrap_or_default();
                         entry.backends.update(&port_backends(replicas, port));

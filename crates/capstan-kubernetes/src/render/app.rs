@@ -438,6 +438,12 @@ fn services(app: &App, ports: &BTreeMap<String, u16>, headless: &str) -> Vec<Val
             port: i32::from(*p),
             target_port: Some(IntOrString::String(n.clone())),
             protocol: Some("TCP".into()),
+            // `h2c` alone is Capstan's shorthand; a cluster's Gateway reads Kubernetes' name for it.
+            app_protocol: app.spec.ports.iter().find(|x| &x.name == n).and_then(|x| {
+                x.app_protocol
+                    .as_deref()
+                    .map(|a| if a == "h2c" { "kubernetes.io/h2c".to_string() } else { a.to_string() })
+            }),
             ..Default::default()
         })
         .collect();

@@ -182,7 +182,12 @@ async fn main() {
                 )
             }),
         )
-        .route("/ws", get(ws));
+        .route("/ws", get(ws))
+        // The HTTP version the request came in (HTTP/2.0 from a balancer speaking h2c).
+        .route("/proto", get(|req: axum::extract::Request| async move { format!("{:?}", req.version()) }));
+    if env("TESTAPP_H2C_ONLY").is_some() {
+        return serve_h2c_only(listener, app).await;
+    }
     if env("TESTAPP_HTTPS").is_some() {
         if let Some(acceptor) = tls_acceptor() {
             return serve_https(listener, app, acceptor).await;
@@ -248,6 +253,21 @@ async fn serve_https(listener: tokio::net::TcpListener, app: Router, acceptor: t
             let service = hyper_util::service::TowerToHyperService::new(app);
             let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// The app in HTTP/2 without TLS only, as a gRPC server (`TESTAPP_H2C_ONLY`): an HTTP/1.1 request is refused.
+async fn serve_h2c_only(listener: tokio::net::TcpListener, app: Router) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .http2_only()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
                 .await;
         });
     }

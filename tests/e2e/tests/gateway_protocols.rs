@@ -1,7 +1,8 @@
-//! Client certificates on a Gateway's HTTPS ports (Gateway API's `spec.tls.frontend`), checked with curl: a port that
-//! requires one refuses clients without a certificate its CA bundle (a ConfigMap, as written for a cluster) signed, a
-//! port in `AllowInsecureFallback` serves them, a changed bundle applies to the next handshake, and a bundle gone
-//! takes the port down rather than open it.
+//! What a Gateway speaks on each side, checked with curl and real backends. Clients: certificates asked per port
+//! (Gateway API's `spec.tls.frontend`) — a port that requires one refuses clients without a certificate its CA
+//! bundle (a ConfigMap, as written for a cluster) signed, a port in `AllowInsecureFallback` serves them, a changed
+//! bundle applies to the next handshake, and a bundle gone takes the port down rather than open it. Backends: TLS
+//! where a BackendTLSPolicy asks for it, and HTTP/2 without TLS to ports that declare `appProtocol: kubernetes.io/h2c`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -259,5 +260,53 @@ async fn a_backend_tls_policy_makes_the_gateway_speak_tls_to_its_backend_and_che
     let got = tp.cli(&["get", "backendtlspolicies"]);
     let text = String::from_utf8_lossy(&got.stdout);
     assert!(text.contains("TARGETS") && text.contains("auth:http") && text.contains("other.example.test"), "{text}");
+    tp.stop().await;
+}
+
+/// A gRPC-like backend that speaks only HTTP/2 without TLS: reached through a gateway route and through the App's own
+/// entry point once its port declares `appProtocol: kubernetes.io/h2c`, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_that_declare_h2c_are_spoken_to_in_http2() {
+    let tp = TestPlane::start().await;
+    let (route_port, entry_port) = (free_port(), free_port());
+    let grpc = |proto: &str| {
+        format!(
+            "apiVersion: capstan.dev/v1alpha1
+kind: App
+metadata: {{name: grpc}}
+spec:
+  replicas: 1
+  run:
+    command: [{}]
+    env: {{TESTAPP_H2C_ONLY: \"1\"}}
+  ports: [{{name: grpc{proto}}}]
+  expose: [{{port: {entry_port}}}]
+  probes:
+    readiness: {{tcp: {{port: grpc}}, periodSeconds: 1}}
+",
+            testapp()
+        )
+    };
+    let site = backend_site(route_port).replace("name: auth, port: 8080", "name: grpc, port: 8080");
+    tp.apply(&[grpc(""), site].join("---\n"));
+    eventually("grpc Ready", T, || async { ready(&tp.app("grpc").await).then_some(()) }).await;
+    let get = |port: u16| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "-H", "Host: shop.example.test", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{port}/proto"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // Spoken to in HTTP/1.1, an HTTP/2-only server answers nothing the balancer can use.
+    eventually("HTTP/1.1 to an h2c-only backend fails", T, || async {
+        (get(route_port).ends_with("502") && get(entry_port).ends_with("502")).then_some(())
+    })
+    .await;
+    tp.apply(&grpc(", appProtocol: kubernetes.io/h2c"));
+    for (what, port) in [("a gateway route", route_port), ("the App's entry point", entry_port)] {
+        let answer = eventually(what, T, || async { Some(get(port)).filter(|a| a.ends_with("200")) }).await;
+        assert_eq!(answer, "HTTP/2.0\n200", "{what}: the backend saw HTTP/2");
+    }
     tp.stop().await;
 }
