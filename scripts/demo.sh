@@ -97,6 +97,9 @@ if [ "${DEMO_SMOKE:-}" = 1 ]; then
     "301 $HTTPS/issues" ] || { echo "plain HTTP was not redirected to HTTPS" >&2; exit 1; }
   tls -b "$jar" -c "$jar" -H 'content-type: application/json' -d '{"user":"paul"}' "$HTTPS/api/login" >/dev/null
   tls -b "$jar" "$HTTPS/" | grep -q "Teamboard v1" || { echo "the page over HTTPS does not show v1" >&2; exit 1; }
+  echo "== the same files for a cluster: the entry points become routes on its Gateway"
+  capstan render --target kubernetes examples/ha-stack/ | grep -q '^kind: HTTPRoute' ||
+    { echo "the stack did not render to HTTPRoutes for Kubernetes" >&2; exit 1; }
   echo "== rolling upgrade v1 -> v2"
   sed 's/TEAMBOARD_VERSION: v1/TEAMBOARD_VERSION: v2/' examples/ha-stack/ha-stack.yaml | capstan apply -f -
   capstan rollout status teamboard --timeout 3m
@@ -126,6 +129,7 @@ Try, in another terminal:
   capstan describe app teamboard              # nodes, volumes, probes, events
   capstan describe gateway front              # listeners, the certificate's Secret, attached routes
   curl --cacert $DEMO_TLS/tls.crt -sI $HTTPS/ | head -3   # HTTP/2, HSTS
+  capstan render --target kubernetes examples/ha-stack/ | less   # the same files for a cluster: HTTPRoutes on its Gateway
   capstan logs teamboard -f                   # both nodes' output
   capstan metrics query capstan_lb_connections   # connections each listener holds, within its cap
   kill -9 \$(pgrep -f 'release/teamboard' | head -1)   # one node dies: its users move, the others never notice

@@ -246,10 +246,47 @@ pub fn render_with(resources: &[Resource], opts: &RenderOptions) -> Result<Vec<V
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut namespaces = std::collections::BTreeSet::new();
+    // An object written in the files (an HTTPRoute by hand) wins over one an App would make of the same kind and
+    // name: the file says exactly what is wanted there.
+    let identity = |o: &Value| {
+        let group = o["apiVersion"].as_str().and_then(|v| v.rsplit_once('/')).map_or("", |(g, _)| g).to_string();
+        let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+        (group, text(&o["kind"]), text(&o["metadata"]["namespace"]), text(&o["metadata"]["name"]))
+    };
+    let written: std::collections::BTreeSet<_> = resources
+        .iter()
+        .filter(|r| !renders(r.kind()))
+        .filter_map(|r| render_resource(r, resources, opts).ok())
+        .flatten()
+        .map(|o| identity(&o))
+        .collect();
+    let mut made_by = std::collections::BTreeMap::new();
     for r in resources {
         namespaces.insert(r.meta().namespace().to_string());
         match render_resource(r, resources, opts) {
-            Ok(v) => out.extend(v),
+            Ok(v) => {
+                for o in v {
+                    let id = identity(&o);
+                    if renders(r.kind()) && written.contains(&id) {
+                        continue;
+                    }
+                    let by = format!("{}/{}", r.kind(), r.meta().name);
+                    if let Some(first) = made_by.insert(id, by.clone()) {
+                        errors.push(RenderError {
+                            object: by,
+                            field: "metadata.name".into(),
+                            message: format!(
+                                "renders {} {}/{}, which {first} renders too",
+                                o["kind"].as_str().unwrap_or(""),
+                                o["metadata"]["namespace"].as_str().unwrap_or(""),
+                                o["metadata"]["name"].as_str().unwrap_or("")
+                            ),
+                        });
+                        continue;
+                    }
+                    out.push(o);
+                }
+            }
             Err(e) => errors.push(e),
         }
     }

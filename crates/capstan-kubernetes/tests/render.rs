@@ -539,3 +539,38 @@ fn a_ports_app_protocol_reaches_its_service_port() {
     let err = parse_manifests("web.yaml", &bad).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("spec.ports[1].appProtocol") && err.contains("kubernetes.io/h2c"), "{err}");
 }
+
+/// An HTTPRoute written by hand with the name an App's entry point would give its own: the written one is applied,
+/// the App's is not (two objects with one name would overwrite each other on the cluster). Two Apps' objects that
+/// collide are refused by name.
+#[test]
+fn a_route_written_by_hand_wins_over_the_one_an_app_would_make() {
+    let route = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: teamboard, namespace: team}
+spec:
+  parentRefs: [{name: front}]
+  rules: [{backendRefs: [{name: teamboard, port: 8080}]}]
+";
+    let objs = render(&all(&format!("{WEB}{route}"))).unwrap();
+    let routes: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "HTTPRoute").collect();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0]["spec"]["parentRefs"][0]["name"], "front", "the written one");
+    // An App named like another App's tcp entry object: both would render Service/TCPRoute `teamboard-ssh`.
+    let twin = "---
+apiVersion: capstan.dev/v1alpha1
+kind: App
+metadata: {name: teamboard-ssh, namespace: team}
+spec:
+  run: {image: x:1}
+  ports: [{name: http}]
+";
+    let old = RenderOptions { entry_points: EntryPoints::ingress("nginx") };
+    let errors = render_with(&all(&format!("{WEB}{twin}")), &old).unwrap_err();
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter().any(|e| e.contains("App/teamboard-ssh") && e.contains("which App/teamboard renders too")),
+        "{text:?}"
+    );
+}
