@@ -602,10 +602,16 @@ fn secret_exists(g: &Gateway, l: &Listener, secrets: &[Secret]) -> bool {
 /// A route that uses what the embedded runtime does not serve yet is not accepted anywhere, with the reason.
 fn unsupported(r: &HttpRoute) -> Option<String> {
     for (i, rule) in r.spec.rules.iter().enumerate() {
+        for f in rule.backend_refs.iter().flat_map(|b| b.filters.iter()) {
+            if f.type_ == HttpFilterType::RequestMirror {
+                return Some(format!(
+                    "spec.rules[{i}]: a RequestMirror on one backendRef is not served on the embedded runtime yet (one on the rule is)"
+                ));
+            }
+        }
         let filters = rule.filters.iter().chain(rule.backend_refs.iter().flat_map(|b| b.filters.iter()));
         for f in filters {
             let name = match f.type_ {
-                HttpFilterType::RequestMirror => "RequestMirror",
                 HttpFilterType::ExtensionRef => "ExtensionRef",
                 HttpFilterType::Cors => "CORS",
                 _ => continue,
@@ -820,6 +826,19 @@ fn actions(
                 HttpFilterType::ResponseHeaderModifier => action.response_headers = f.response_header_modifier.clone(),
                 HttpFilterType::RequestRedirect => action.redirect = f.request_redirect.clone(),
                 HttpFilterType::UrlRewrite => action.rewrite = f.url_rewrite.clone(),
+                HttpFilterType::RequestMirror => {
+                    let Some(m) = &f.request_mirror else { continue };
+                    let (port, problem) = resolve(&m.backend_ref, "HTTPRoute", ns, app_ports, grants);
+                    if let Some(p) = problem {
+                        problems.push(p);
+                    }
+                    let app =
+                        ObjectKey::new("App", m.backend_ref.namespace.as_deref().unwrap_or(ns), &m.backend_ref.name);
+                    let (numerator, denominator) = m.share();
+                    let mut backend = RouteBackend::new(app.clone(), port.clone(), 1);
+                    backend.h2c = port.as_ref().is_ok_and(|p| h2c_ports.contains(&(app, p.clone())));
+                    action.mirrors.push(capstan_proxy::mirror::Mirror::new(backend, numerator, denominator));
+                }
                 _ => {}
             }
         }
@@ -1188,16 +1207,24 @@ mod tests {
     }
 
     #[test]
-    fn a_route_with_a_mirror_is_not_accepted_and_rule_settings_map_onto_the_balancer() {
+    fn mirrors_are_compiled_per_rule_and_rule_settings_map_onto_the_balancer() {
         let gws = [gateway("front", 1, json!([{"name": "http", "port": 8080, "protocol": "HTTP"}]))];
-        let apps = [app("web", json!([{"name": "http"}]))];
+        let apps = [app("web", json!([{"name": "http"}])), app("shadow", json!([{"name": "http"}]))];
         let routes = [
             route(
                 "mirror",
                 "default",
-                json!({"parentRefs": [{"name": "front"}], "rules": [{
-                "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "web", "port": 8080}}}],
+                json!({"parentRefs": [{"name": "front"}], "hostnames": ["m.example.com"], "rules": [{
+                "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "shadow", "port": 8080}, "fraction": {"numerator": 1, "denominator": 4}}},
+                            {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "gone", "port": 8080}, "percent": 50}}],
                 "backendRefs": [{"name": "web", "port": 8080}]}]}),
+            ),
+            route(
+                "per-backend",
+                "default",
+                json!({"parentRefs": [{"name": "front"}], "hostnames": ["b.example.com"], "rules": [{
+                "backendRefs": [{"name": "web", "port": 8080,
+                    "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "shadow", "port": 8080}}}]}]}]}),
             ),
             route(
                 "sticky",
@@ -1209,12 +1236,24 @@ mod tests {
             ),
         ];
         let out = compile(&objects(&gws, &routes, &apps, &[]), &Certificates::new(), Utc::now());
-        let (s, r, m) = route_cond(&out, "mirror", "default", 0, "Accepted");
-        assert_eq!((s, r), ("False", "UnsupportedValue"));
-        assert!(m.contains("RequestMirror"), "{m}");
+        // A mirror on the rule is served; one to an App that does not exist makes ResolvedRefs false.
+        assert_eq!(route_cond(&out, "mirror", "default", 0, "Accepted").0, "True");
+        let (s, r, m) = route_cond(&out, "mirror", "default", 0, "ResolvedRefs");
+        assert_eq!((s, r), ("False", "BackendNotFound"), "{m}");
         let plan = &out.listeners[0];
-        let action = &plan.hosts[0].routes.entries().next().expect("the sticky route only").action;
-        assert_eq!(action.id, "default/sticky/0");
+        let action_of = |id: &str| {
+            plan.hosts[0].routes.entries().map(|e| e.action.clone()).find(|a| a.id == id).expect("the route's rule")
+        };
+        let mirrored = action_of("default/mirror/0");
+        let shares: Vec<(u32, u32)> = mirrored.mirrors.iter().map(|m| (m.numerator, m.denominator)).collect();
+        assert_eq!(shares, [(1, 4), (50, 100)]);
+        assert_eq!(mirrored.mirrors[0].backend.app.name, "shadow");
+        assert!(mirrored.mirrors[1].backend.port.is_err());
+        // A mirror on one backendRef is not served yet: the route is refused, with the reason.
+        let (s, r, m) = route_cond(&out, "per-backend", "default", 0, "Accepted");
+        assert_eq!((s, r), ("False", "UnsupportedValue"));
+        assert!(m.contains("RequestMirror on one backendRef"), "{m}");
+        let action = action_of("default/sticky/0");
         assert_eq!(action.settings.timeouts.request_seconds, 2, "rounded up to whole seconds");
         let cookie = action.settings.sticky.as_ref().and_then(|s| s.cookie.as_ref()).unwrap();
         assert_eq!((cookie.name.as_str(), cookie.max_age), ("S", Some(3600)));

@@ -577,6 +577,32 @@ pub struct RequestMirror {
     /// Mirror this share of requests (0–100); every request by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<u8>,
+    /// Mirror this fraction of requests instead (`numerator` of every `denominator`, 100 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default = "hundred")]
+    pub denominator: u32,
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+impl RequestMirror {
+    /// The share of requests mirrored, as (numerator, denominator).
+    pub fn share(&self) -> (u32, u32) {
+        match (&self.fraction, self.percent) {
+            (Some(f), _) => (f.numerator, f.denominator),
+            (None, Some(p)) => (u32::from(p), 100),
+            (None, None) => (1, 1),
+        }
+    }
 }
 
 /// A Service by name and port; on the embedded runtime an App is its own Service.
@@ -1157,6 +1183,20 @@ fn validate_filters(filters: &[HttpRouteFilter], at: &str, in_rule: bool, errors
             validate_backend(&m.backend_ref, &format!("{fat}.requestMirror.backendRef"), errors);
             if m.percent.is_some_and(|p| p > 100) {
                 errors.push(FieldError::new(format!("{fat}.requestMirror.percent"), "must be 0 to 100"));
+            }
+            if let Some(f) = &m.fraction {
+                if m.percent.is_some() {
+                    errors.push(
+                        FieldError::new(format!("{fat}.requestMirror.fraction"), "is given with percent")
+                            .hint("one of the two"),
+                    );
+                }
+                if f.denominator == 0 || f.numerator > f.denominator {
+                    errors.push(FieldError::new(
+                        format!("{fat}.requestMirror.fraction"),
+                        "needs a denominator above 0 and a numerator no larger",
+                    ));
+                }
             }
         }
     }

@@ -27,6 +27,8 @@ pub struct RuleAction {
     pub redirect: Option<RequestRedirect>,
     pub rewrite: Option<UrlRewrite>,
     pub backends: Vec<RouteBackend>,
+    /// Where copies of its requests go (RequestMirror filters).
+    pub mirrors: Vec<crate::mirror::Mirror>,
     /// The proxy settings of its backends, as an entry point's: timeouts, session persistence (a sticky cookie).
     pub settings: Expose,
     /// Requests it has taken, for the weights: kept by the proxy across plan changes (by `id`), so a new plan does
@@ -43,6 +45,7 @@ impl RuleAction {
             redirect: None,
             rewrite: None,
             backends: Vec::new(),
+            mirrors: Vec::new(),
             settings,
             next: OnceLock::new(),
         }
@@ -454,10 +457,54 @@ pub async fn handle(
             return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("route {}: backend not ready", action.id))
         }
     };
-    if let Some(m) = &backend.request_headers {
-        modify(req.headers_mut(), m);
-    }
-    let mut answer = crate::http::handle(entry, req, client).await;
+    // Copies for the mirrors chosen for this request, made before the backend's own header changes; the client's
+    // body is passed to them as it goes by.
+    let mirrors: Vec<&crate::mirror::Mirror> = action.mirrors.iter().filter(|m| m.chosen()).collect();
+    let req = if mirrors.is_empty() {
+        Either::Plain(req)
+    } else {
+        let no_body = hyper::body::Body::is_end_stream(req.body())
+            || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0");
+        let (parts, body) = req.into_parts();
+        let copy_of = || {
+            let mut r = Request::new(());
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = parts.uri.clone();
+            *r.version_mut() = parts.version;
+            *r.headers_mut() = parts.headers.clone();
+            r
+        };
+        if no_body {
+            for m in &mirrors {
+                crate::mirror::send(
+                    m,
+                    copy_of().map(|()| http_body_util::Empty::<bytes::Bytes>::new()),
+                    client.clone(),
+                );
+            }
+            Either::Plain(Request::from_parts(parts, body))
+        } else {
+            let (tee, copies) = crate::mirror::Tee::new(body, mirrors.len());
+            for (m, copy) in mirrors.iter().zip(copies) {
+                crate::mirror::send(m, copy_of().map(|()| copy), client.clone());
+            }
+            Either::Teed(Request::from_parts(parts, tee))
+        }
+    };
+    let mut answer = match req {
+        Either::Plain(mut req) => {
+            if let Some(m) = &backend.request_headers {
+                modify(req.headers_mut(), m);
+            }
+            crate::http::handle(entry, req, client).await
+        }
+        Either::Teed(mut req) => {
+            if let Some(m) = &backend.request_headers {
+                modify(req.headers_mut(), m);
+            }
+            crate::http::handle(entry, req, client).await
+        }
+    };
     if let Some(m) = &backend.response_headers {
         modify(answer.headers_mut(), m);
     }
@@ -468,6 +515,12 @@ pub async fn handle(
         Some(place) => answer.map(|body| crate::serve::Tracked::new(body, place).boxed()),
         None => answer,
     }
+}
+
+/// A request as it goes to its backend: as the client sent it, or with its body copied to mirrors.
+enum Either {
+    Plain(Request<Incoming>),
+    Teed(Request<crate::mirror::Tee<Incoming>>),
 }
 
 /// Sets, adds and removes headers as a HeaderModifier says (names without regard to case).

@@ -181,8 +181,8 @@ enum ClientBodyError {
 
 /// The request body on its way to the replica, noting how it failed. A body from which nothing arrives for
 /// `stall` fails (nginx's `client_body_timeout`): a slow sender cannot hold a connection busy for ever.
-struct ClientBody {
-    inner: Limited<Incoming>,
+struct ClientBody<B> {
+    inner: Limited<B>,
     failed: Arc<std::sync::OnceLock<ClientBodyError>>,
     /// Set once the whole body was read.
     done: Arc<std::sync::atomic::AtomicBool>,
@@ -190,7 +190,11 @@ struct ClientBody {
     stalled: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl Body for ClientBody {
+impl<B> Body for ClientBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -343,8 +347,12 @@ fn may_replay(retry_idempotent: bool, no_body: bool, method: &Method, upgrade: b
     retry_idempotent && no_body && is_idempotent(method) && !upgrade
 }
 
-/// Serves one request arriving on an HTTP entry point.
-pub async fn handle(entry: Arc<Entry>, mut req: Request<Incoming>, client: Client) -> Response<ProxyBody> {
+/// Serves one request arriving on an HTTP entry point (its body a client's, or a mirrored copy of one).
+pub async fn handle<B>(entry: Arc<Entry>, mut req: Request<B>, client: Client) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let cfg = entry.config();
     let started = Instant::now();
     crate::busy::request_starts(started);

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod http;
 pub mod idle;
 pub mod metrics;
+pub mod mirror;
 pub mod routes;
 pub mod serve;
 mod stream;
@@ -725,7 +726,7 @@ impl Proxy {
                     let counter = counter.unwrap_or_default();
                     let _ = action.next.set(counter.clone());
                     kept_counters.insert(action.id.clone(), counter);
-                    for b in &action.backends {
+                    for b in action.backends.iter().chain(action.mirrors.iter().map(|m| &m.backend)) {
                         let Ok(port) = &b.port else { continue };
                         let key = (b.app.clone(), port.clone(), action.id.clone());
                         let settings = &action.settings;

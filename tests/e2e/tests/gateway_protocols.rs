@@ -2,7 +2,8 @@
 //! (Gateway API's `spec.tls.frontend`) — a port that requires one refuses clients without a certificate its CA
 //! bundle (a ConfigMap, as written for a cluster) signed, a port in `AllowInsecureFallback` serves them, a changed
 //! bundle applies to the next handshake, and a bundle gone takes the port down rather than open it. Backends: TLS
-//! where a BackendTLSPolicy asks for it, and HTTP/2 without TLS to ports that declare `appProtocol: kubernetes.io/h2c`.
+//! where a BackendTLSPolicy asks for it, HTTP/2 without TLS to ports that declare `appProtocol: kubernetes.io/h2c`,
+//! and copies of requests to a mirror (RequestMirror), its share exact and the body whole.
 
 use std::path::Path;
 use std::time::Duration;
@@ -308,5 +309,76 @@ spec:
         let answer = eventually(what, T, || async { Some(get(port)).filter(|a| a.ends_with("200")) }).await;
         assert_eq!(answer, "HTTP/2.0\n200", "{what}: the backend saw HTTP/2");
     }
+    tp.stop().await;
+}
+
+/// Gateway API's RequestMirror: copies of requests, bodies included, go to another App in the share asked for; its
+/// answers are thrown away and the client's answers come from the route's backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_mirror_copies_its_share_of_requests_with_their_bodies() {
+    let tp = TestPlane::start().await;
+    let port = free_port();
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shop}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [shop.example.test]
+  rules:
+    - matches: [{{path: {{type: Exact, value: /echo}}}}]
+      filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow, port: 8080}}}}}}]
+      backendRefs: [{{name: web, port: 8080}}]
+    - filters:
+        - type: RequestMirror
+          requestMirror: {{backendRef: {{name: shadow, port: 8080}}, fraction: {{numerator: 1, denominator: 2}}}}
+      backendRefs: [{{name: web, port: 8080}}]
+"
+    );
+    tp.apply(&[app_yaml("web", 1, &[], READINESS), app_yaml("shadow", 1, &[], READINESS), route].join("---\n"));
+    for app in ["web", "shadow"] {
+        eventually(&format!("{app} Ready"), T, || async { ready(&tp.app(app).await).then_some(()) }).await;
+    }
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "-H", "Host: shop.example.test"])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    eventually("the route serves", T, || async {
+        (curl(&[&format!("http://127.0.0.1:{port}/say/warmup")]) == "ok").then_some(())
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/say/n{i}")]), "ok", "request {i}: the backend's answer");
+    }
+    let body = "x".repeat(100_000);
+    assert_eq!(
+        curl(&["--data-binary", &body, &format!("http://127.0.0.1:{port}/echo")]),
+        body,
+        "the client's body, whole"
+    );
+    let logs = |app: &str| String::from_utf8_lossy(&tp.cli(&["logs", app]).stdout).to_string();
+    let shadow = eventually("the mirror got its copies", T, || async {
+        let l = logs("shadow");
+        l.contains("echoed 100000 bytes").then_some(l)
+    })
+    .await;
+    // The warm-up was the share's first request (not taken); of the 20 after it, exactly every second one.
+    let copied = shadow.lines().filter(|l| l.contains("said n")).count();
+    assert_eq!(copied, 10, "exactly half of the 20 numbered requests: {shadow}");
+    let served = logs("web");
+    assert_eq!(served.lines().filter(|l| l.contains("said n")).count(), 20, "every request reached the backend");
+    assert!(served.contains("echoed 100000 bytes"));
     tp.stop().await;
 }

@@ -128,7 +128,13 @@ async fn main() {
                 format!("{} {}", env("VERSION").unwrap_or_default(), env("CAPSTAN_REPLICA").unwrap_or_default())
             }),
         )
-        .route("/echo", axum::routing::post(|body: String| async move { body }))
+        .route(
+            "/echo",
+            axum::routing::post(|body: String| async move {
+                println!("echoed {} bytes", body.len());
+                body
+            }),
+        )
         // A large answer: `n` bytes (at most 256 MiB).
         .route(
             "/bytes/{n}",
