@@ -221,6 +221,8 @@ def main():
     # machine's, which a container cannot raise) caps it below 10,000.
     ap.add_argument("--idle", type=int, default=8000, help="idle TLS connections for the memory measurement")
     ap.add_argument("--routes", type=int, default=100)
+    ap.add_argument("--only", choices=["all", "idle"], default="all",
+                    help="`idle`: only the idle-connection memory (a quick look after a change to it)")
     a = ap.parse_args()
     # 10,000 idle connections need more descriptors than a shell's usual limit, in the client and in each proxy
     # (HAProxy asks for twice its maxconn): raised here (root may raise the hard limit), and inherited below.
@@ -263,6 +265,9 @@ def run(a, capstans, n, n_port, h, h_port):
         wait_tls(port)
     for label, c, ports in capstans:
         wait_http(f"http://127.0.0.1:{ports['expose']}{PATH}")
+    if a.only == "idle":
+        memory = {label: idle_tls_memory(port, pids, a.idle) for label, port, pids in proxies}
+        return report_memory(a, proxies, memory)
     tables = {"keep-alive": {}, "new connections": {}, "full handshakes": {}, "HTTP/2": {}}
     # Interleaved rounds: every proxy sees the same machine conditions; the median of each is reported.
     for _ in range(a.rounds):
@@ -324,13 +329,7 @@ def report(a, proxies, tables, memory, routing, capstans):
             failed = sum(x.get("errors", x.get("failed", 0)) for x in tables[title][label])
             col = {"HTTP/2": f"| {r.get('protocol')} ", "full handshakes": ""}.get(title, f"| {r.get('p99_ms', 0):.2f} ms ")
             print(f"| {label} | {r[key]:,.0f} | {r['all']} {col}| {failed} | {r[key] / base_n:.2f} | {r[key] / base_h:.2f} |")
-    print(f"\n**{a.idle:,} idle TLS connections** (handshake done, no request)\n")
-    print("| proxy | memory added | per connection | still held | vs nginx | vs HAProxy |")
-    print("|---|---|---|---|---|---|")
-    for label, _, _ in proxies:
-        m = memory[label]
-        print(f"| {label} | {m['kib'] / 1024:.1f} MiB | {m['kib'] * 1024 / max(a.idle, 1):,.0f} B | {m['held']:,} | "
-              f"{m['kib'] / max(memory['nginx']['kib'], 1):.2f} | {m['kib'] / max(memory['HAProxy']['kib'], 1):.2f} |")
+    report_memory(a, proxies, memory)
     print(f"\n**Routing cost**: plain HTTP, {a.routes} HTTPRoutes on one Gateway listener (the last one's host name "
           "requested) against the App's own `expose` entry point\n")
     print("| build | expose req/s | gateway req/s | gateway / expose | CPU per request, expose → gateway |")
@@ -339,6 +338,16 @@ def report(a, proxies, tables, memory, routing, capstans):
         e, g = median(routing[(label, "expose")], "rps"), median(routing[(label, "gateway")], "rps")
         print(f"| {label} | {e['rps']:,.0f} {e['all']} | {g['rps']:,.0f} {g['all']} | {g['rps'] / e['rps']:.3f} | "
               f"{e['cpu_us_per_req']:.1f} → {g['cpu_us_per_req']:.1f} µs |")
+
+
+def report_memory(a, proxies, memory):
+    print(f"\n**{a.idle:,} idle TLS connections** (handshake done, no request)\n")
+    print("| proxy | memory added | per connection | still held | vs nginx | vs HAProxy |")
+    print("|---|---|---|---|---|---|")
+    for label, _, _ in proxies:
+        m = memory[label]
+        print(f"| {label} | {m['kib'] / 1024:.1f} MiB | {m['kib'] * 1024 / max(a.idle, 1):,.0f} B | {m['held']:,} | "
+              f"{m['kib'] / max(memory['nginx']['kib'], 1):.2f} | {m['kib'] / max(memory['HAProxy']['kib'], 1):.2f} |")
 
 
 if __name__ == "__main__":

@@ -46,21 +46,32 @@ pub struct EntryPointArgs {
     /// for tcp ones, instead of routes.
     #[arg(long, value_name = "CLASS")]
     pub ingress_class: Option<String>,
+    /// The namespace whose pods carry the Gateway's traffic, let through Apps' NetworkPolicies (default: the
+    /// Gateway's; `envoy-gateway-system` for Envoy Gateway).
+    #[arg(long, value_name = "NAMESPACE", conflicts_with = "ingress_class")]
+    pub gateway_proxy_namespace: Option<String>,
 }
 
 impl EntryPointArgs {
     /// The render options these flags ask for; a bad name is refused with the flag named.
     pub fn options(&self) -> Result<capstan_kubernetes::render::RenderOptions> {
         use capstan_model::gitops::{DefaultGateway, EntryPoints};
-        let gateway = self.gateway.as_deref().map(|g| match g.split_once('/') {
-            Some((ns, name)) => DefaultGateway { name: name.into(), namespace: ns.into() },
+        let mut gateway = self.gateway.as_deref().map(|g| match g.split_once('/') {
+            Some((ns, name)) => DefaultGateway { name: name.into(), namespace: ns.into(), proxy_namespace: None },
             None => DefaultGateway { name: g.into(), ..Default::default() },
         });
+        if let Some(ns) = &self.gateway_proxy_namespace {
+            gateway.get_or_insert_with(DefaultGateway::default).proxy_namespace = Some(ns.clone());
+        }
         let entry_points = EntryPoints { gateway, ingress_class_name: self.ingress_class.clone() };
         let mut errors = Vec::new();
         entry_points.validate("", &mut errors);
         if let Some(e) = errors.first() {
-            let flag = if e.path.contains("ingressClassName") { "--ingress-class" } else { "--gateway" };
+            let flag = match &e.path {
+                p if p.contains("ingressClassName") => "--ingress-class",
+                p if p.contains("proxyNamespace") => "--gateway-proxy-namespace",
+                _ => "--gateway",
+            };
             return Err(Failure::invalid(format!(
                 "error: {flag}: {}\n  hint: --gateway takes NAMESPACE/NAME (or NAME in capstan-system), --ingress-class a class name",
                 e.message

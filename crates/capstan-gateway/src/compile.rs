@@ -835,8 +835,18 @@ fn actions(
                     let app =
                         ObjectKey::new("App", m.backend_ref.namespace.as_deref().unwrap_or(ns), &m.backend_ref.name);
                     let (numerator, denominator) = m.share();
+                    // A mirror gets what its backend's BackendTLSPolicy asks, as any backend; an unusable policy
+                    // leaves the copy unsent, never sent in plain text.
+                    let tls =
+                        port.as_ref().ok().and_then(|p| backend_tls.for_backend(&app, p, &r.spec.parent_refs, ns));
+                    let (port, tls) = match tls {
+                        Some(Err(why)) => (Err(why), None),
+                        Some(Ok(t)) => (port, Some(t)),
+                        None => (port, None),
+                    };
                     let mut backend = RouteBackend::new(app.clone(), port.clone(), 1);
                     backend.h2c = port.as_ref().is_ok_and(|p| h2c_ports.contains(&(app, p.clone())));
+                    backend.tls = tls;
                     action.mirrors.push(capstan_proxy::mirror::Mirror::new(backend, numerator, denominator));
                 }
                 _ => {}
@@ -1444,7 +1454,7 @@ mod tests {
             "metadata": {"name": name, "namespace": "default", "generation": 1,
                          "creationTimestamp": chrono::DateTime::from_timestamp(created, 0)},
             "spec": {"targetRefs": [target],
-                     "validation": {"caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": ca}], "hostname": "web.example.test"}}}))
+                     "validation": {"caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": ca}], "hostname": format!("{name}.example.test")}}}))
         .unwrap()
     }
 
@@ -1473,7 +1483,12 @@ mod tests {
         ];
         let out = compile(&objs, &Certificates::new(), now);
         let backends = &out.listeners[0].hosts[0].routes.entries().next().unwrap().action.backends;
-        assert!(backends[0].tls.is_some(), "port http: the oldest whole-Service policy");
+        let tls = backends[0].tls.as_ref().expect("port http: TLS");
+        assert_eq!(
+            format!("{tls:?}"),
+            "TLS to backends as whole.example.test",
+            "port http: the oldest whole-Service policy"
+        );
         assert_eq!(
             backends[1].port.as_ref().unwrap_err(),
             "BackendTLSPolicy admin-only: ConfigMap default/missing does not exist",

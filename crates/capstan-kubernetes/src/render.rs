@@ -129,9 +129,18 @@ fn gateways_routing_to(app: &capstan_model::App, all: &[Resource]) -> Vec<String
     for r in all {
         let route_ns = r.meta().namespace();
         let (parents, backends): (&[ParentReference], Vec<&BackendObjectReference>) = match r {
+            // Backends, and the mirrors that get copies of their requests.
             Resource::HTTPRoute(h) => (
                 &h.spec.parent_refs,
-                h.spec.rules.iter().flat_map(|x| x.backend_refs.iter().map(|b| &b.backend)).collect(),
+                h.spec
+                    .rules
+                    .iter()
+                    .flat_map(|x| {
+                        let filters = x.filters.iter().chain(x.backend_refs.iter().flat_map(|b| b.filters.iter()));
+                        let mirrors = filters.filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref));
+                        x.backend_refs.iter().map(|b| &b.backend).chain(mirrors)
+                    })
+                    .collect(),
             ),
             Resource::TLSRoute(t) => (
                 &t.spec.parent_refs,
@@ -149,7 +158,12 @@ fn gateways_routing_to(app: &capstan_model::App, all: &[Resource]) -> Vec<String
                 && matches!(b.kind.as_deref(), None | Some("Service") | Some("App"))
         });
         if to_app {
-            out.extend(parents.iter().map(|p| p.namespace.clone().unwrap_or_else(|| route_ns.to_string())));
+            let gateways = parents.iter().filter(|p| {
+                p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+                    && p.group.as_deref().unwrap_or(capstan_model::gateway::GATEWAY_GROUP)
+                        == capstan_model::gateway::GATEWAY_GROUP
+            });
+            out.extend(gateways.map(|p| p.namespace.clone().unwrap_or_else(|| route_ns.to_string())));
         }
     }
     out.into_iter().collect()

@@ -260,7 +260,11 @@ fn old_clusters_get_an_ingress_and_load_balancers() {
 fn entry_points_attach_to_the_gateway_the_cluster_names() {
     let edge = RenderOptions {
         entry_points: EntryPoints {
-            gateway: Some(capstan_model::gitops::DefaultGateway { name: "edge".into(), namespace: "team".into() }),
+            gateway: Some(capstan_model::gitops::DefaultGateway {
+                name: "edge".into(),
+                namespace: "team".into(),
+                proxy_namespace: None,
+            }),
             ingress_class_name: None,
         },
     };
@@ -279,6 +283,15 @@ fn entry_points_attach_to_the_gateway_the_cluster_names() {
     let policy = &objs[9]["spec"]["ingress"][0]["from"];
     assert_eq!(policy[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "team");
     assert_eq!(policy.as_array().map(Vec::len), Some(2), "the namespace once: {policy}");
+
+    // Envoy Gateway runs the proxies elsewhere: that namespace is let in instead.
+    let mut envoy = edge.clone();
+    if let Some(g) = envoy.entry_points.gateway.as_mut() {
+        g.proxy_namespace = Some("envoy-gateway-system".into());
+    }
+    let objs = render_with(&all(&yaml), &envoy).unwrap();
+    let policy = &objs[9]["spec"]["ingress"][0]["from"];
+    assert_eq!(policy[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "envoy-gateway-system");
 
     // Bad host names and a namespace without a name are refused by field.
     for (bad, field) in [
@@ -317,6 +330,13 @@ spec:
   parentRefs: [{name: public, namespace: edge}, {name: internal}]
   rules: [{backendRefs: [{name: shop, port: 8080}]}]
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: copy, namespace: web}
+spec:
+  parentRefs: [{name: mirrors, namespace: shadowing}]
+  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: other, port: 8080}}}], backendRefs: [{name: elsewhere, port: 80}]}]
+---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TCPRoute
 metadata: {name: db, namespace: tcp}
@@ -339,7 +359,7 @@ spec:
             .collect()
     };
     assert_eq!(peers("shop"), ["edge", "tcp", "web"], "each Gateway routing to shop, once");
-    assert!(peers("other").is_empty(), "no route sends to other, and it has no entry point");
+    assert_eq!(peers("other"), ["shadowing"], "a mirror's Gateway sends it copies");
 }
 
 #[test]

@@ -205,15 +205,15 @@ impl FrontendValidationMode {
 
 impl GatewaySpec {
     /// The client certificate validation of `port`: its `perPort` entry, else the default; a listener's own
-    /// `tls.frontendValidation` (Gateway API's earlier, per-listener field) where the Gateway sets none.
+    /// `tls.frontendValidation` (Gateway API's earlier, per-listener field) where those ask for none.
     pub fn frontend_validation(&self, port: u16) -> Option<&FrontendValidation> {
         let frontend = self.tls.as_ref().and_then(|t| t.frontend.as_ref());
         let own = frontend.map(|f| match f.per_port.iter().find(|p| p.port == port) {
             Some(p) => p.tls.validation.as_ref(),
             None => f.default.validation.as_ref(),
         });
-        match own {
-            Some(v) => v,
+        match own.flatten() {
+            Some(v) => Some(v),
             None => self
                 .listeners
                 .iter()

@@ -201,6 +201,10 @@ pub struct DefaultGateway {
     /// Defaults to `capstan-system`.
     #[serde(default = "capstan_system")]
     pub namespace: String,
+    /// The namespace whose pods carry the Gateway's traffic, let through Apps' NetworkPolicies: the Gateway's own
+    /// by default (Istio, kgateway), `envoy-gateway-system` for Envoy Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_namespace: Option<String>,
 }
 
 /// The Gateway's name and namespace when nothing says otherwise.
@@ -212,7 +216,7 @@ fn capstan_system() -> String {
 
 impl Default for DefaultGateway {
     fn default() -> Self {
-        DefaultGateway { name: DEFAULT_GATEWAY.0.into(), namespace: DEFAULT_GATEWAY.1.into() }
+        DefaultGateway { name: DEFAULT_GATEWAY.0.into(), namespace: DEFAULT_GATEWAY.1.into(), proxy_namespace: None }
     }
 }
 
@@ -243,16 +247,28 @@ impl EntryPoints {
                     .hint("entry points go either to a Gateway or to an Ingress: keep one of the two"),
             );
         }
+        // Gateway and IngressClass names are DNS subdomains (dots allowed); namespaces are labels.
+        let subdomain = |v: &str| -> Result<(), String> {
+            if v.len() > 253 {
+                return Err(format!("`{v}` is longer than 253 characters"));
+            }
+            v.split('.').try_for_each(|label| {
+                check_dns_label(label, 63)
+                    .map_err(|_| format!("`{v}` is not a DNS subdomain (lower-case letters, digits, '-' and '.')"))
+            })
+        };
         if let Some(g) = &self.gateway {
-            if let Err(e) = check_dns_label(&g.name, 253) {
+            if let Err(e) = subdomain(&g.name) {
                 errors.push(FieldError::new(format!("{path}.gateway.name"), e));
             }
-            if let Err(e) = check_dns_label(&g.namespace, 63) {
-                errors.push(FieldError::new(format!("{path}.gateway.namespace"), e));
+            for (field, ns) in [("namespace", Some(&g.namespace)), ("proxyNamespace", g.proxy_namespace.as_ref())] {
+                if let Some(Err(e)) = ns.map(|n| check_dns_label(n, 63)) {
+                    errors.push(FieldError::new(format!("{path}.gateway.{field}"), e));
+                }
             }
         }
         if let Some(c) = &self.ingress_class_name {
-            if let Err(e) = check_dns_label(c, 253) {
+            if let Err(e) = subdomain(c) {
                 errors.push(FieldError::new(format!("{path}.ingressClassName"), e));
             }
         }
@@ -721,10 +737,14 @@ mod tests {
                 &format!("apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {{name: s}}\nspec:\n  sourceRef: {{name: r}}\n{extra}"),
             )
         };
-        let ok = sync("  target: kubernetes\n  entryPoints: {gateway: {name: edge}}\n").expect("a Gateway");
+        let ok = sync(
+            "  target: kubernetes\n  entryPoints: {gateway: {name: edge.gw, proxyNamespace: envoy-gateway-system}}\n",
+        )
+        .expect("a Gateway");
         let crate::Resource::Sync(s) = &ok[0].resource else { panic!("a Sync") };
         let g = s.spec.entry_points.default_gateway().expect("a Gateway");
-        assert_eq!((g.name.as_str(), g.namespace.as_str()), ("edge", "capstan-system"));
+        assert_eq!((g.name.as_str(), g.namespace.as_str()), ("edge.gw", "capstan-system"));
+        assert_eq!(g.proxy_namespace.as_deref(), Some("envoy-gateway-system"));
         assert_eq!(EntryPoints::default().default_gateway(), Some(DefaultGateway::default()));
         assert_eq!(EntryPoints::ingress("nginx").default_gateway(), None, "an Ingress instead");
         for (extra, field) in [
@@ -734,6 +754,10 @@ mod tests {
                 "spec.entryPoints.ingressClassName",
             ),
             ("  target: kubernetes\n  entryPoints: {gateway: {name: Edge}}\n", "spec.entryPoints.gateway.name"),
+            (
+                "  target: kubernetes\n  entryPoints: {gateway: {name: a, proxyNamespace: a.b}}\n",
+                "spec.entryPoints.gateway.proxyNamespace",
+            ),
             ("  target: kubernetes\n  entryPoints: {ingressClassName: ''}\n", "spec.entryPoints.ingressClassName"),
             ("  target: kubernetes\n  entryPoints: {ingress: nginx}\n", "ingress"),
         ] {

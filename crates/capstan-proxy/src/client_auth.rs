@@ -70,6 +70,8 @@ fn provider() -> Arc<CryptoProvider> {
 pub(crate) struct LiveClientAuth {
     pub(crate) current: RwLock<Option<Arc<ClientAuth>>>,
     provider: Arc<CryptoProvider>,
+    /// Bumped at each change of the settings: a session made before may not be resumed (see [`Sessions`]).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Default for LiveClientAuth {
@@ -80,7 +82,7 @@ impl Default for LiveClientAuth {
 
 impl LiveClientAuth {
     pub(crate) fn new() -> LiveClientAuth {
-        LiveClientAuth { current: RwLock::new(None), provider: provider() }
+        LiveClientAuth { current: RwLock::new(None), provider: provider(), generation: Default::default() }
     }
 
     fn get(&self) -> Option<Arc<ClientAuth>> {
@@ -88,7 +90,54 @@ impl LiveClientAuth {
     }
 
     pub(crate) fn set(&self, auth: Option<Arc<ClientAuth>>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = auth;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if *current != auth {
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        *current = auth;
+    }
+
+    fn generation(&self) -> [u8; 8] {
+        self.generation.load(std::sync::atomic::Ordering::Acquire).to_be_bytes()
+    }
+}
+
+/// A socket's resumable TLS sessions, each under the client-certificate settings it was made with: resuming skips
+/// the client's certificate, so a session made before the settings changed (without a certificate, or with one of a
+/// CA since removed) is not resumed — the client does a full handshake and is checked again.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    inner: Arc<dyn rustls::server::StoresServerSessions>,
+    auth: Arc<LiveClientAuth>,
+}
+
+impl Sessions {
+    pub(crate) fn new(auth: Arc<LiveClientAuth>) -> Sessions {
+        Sessions { inner: rustls::server::ServerSessionMemoryCache::new(256), auth }
+    }
+
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = self.auth.generation().to_vec();
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+impl rustls::server::StoresServerSessions for Sessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(self.key(&key), value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.get(&self.key(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.take(&self.key(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        true
     }
 }
 
@@ -167,8 +216,20 @@ mod tests {
         assert!(!live.offer_client_auth());
         live.set(Some(Arc::new(one)));
         assert!(live.offer_client_auth() && live.client_auth_mandatory());
+        let live = Arc::new(live);
+        let sessions = Sessions::new(live.clone());
+        use rustls::server::StoresServerSessions;
+        assert!(sessions.put(b"id".to_vec(), b"session".to_vec()));
+        assert_eq!(sessions.get(b"id").as_deref(), Some(&b"session"[..]));
         live.set(Some(Arc::new(fallback)));
         assert!(live.offer_client_auth() && !live.client_auth_mandatory());
+        assert_eq!(sessions.get(b"id"), None, "a session made under other settings is not resumed");
+        let again = ClientAuth::new(&[("ConfigMap/a".into(), a.clone().into_bytes())], true).expect("a CA");
+        live.set(Some(Arc::new(again)));
+        assert!(sessions.put(b"id2".to_vec(), b"s2".to_vec()));
+        let same = ClientAuth::new(&[("ConfigMap/a".into(), a.clone().into_bytes())], true).expect("a CA");
+        live.set(Some(Arc::new(same)));
+        assert_eq!(sessions.take(b"id2").as_deref(), Some(&b"s2"[..]), "the same settings again keep sessions");
         let e = ClientAuth::new(&[("ConfigMap/ca".into(), b"nothing".to_vec())], false).unwrap_err();
         assert_eq!(e, "ConfigMap/ca: ca.crt holds no certificate");
         let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec();

@@ -98,6 +98,9 @@ impl ProxyError {
     /// never retried.
     pub fn retry(&self, replayable: bool) -> Option<Retry> {
         match self {
+            // A backend's certificate that does not check out fails alike on every replica: not retried, and no
+            // replica is taken out for it.
+            ProxyError::Connect(ConnectError::Tls { .. }) => None,
             ProxyError::Connect(_) => Some(Retry::OtherReplica { eject: true }),
             ProxyError::Send { written: false, .. } => Some(Retry::FreshConnection),
             ProxyError::Send { written: true, .. } if replayable => Some(Retry::OtherReplica { eject: false }),
@@ -117,6 +120,17 @@ mod tests {
 
     fn empty() -> ProxyBody {
         Empty::<Bytes>::new().map_err(Into::into).boxed()
+    }
+
+    #[test]
+    fn a_backend_certificate_refused_is_not_retried_elsewhere_nor_ejects() {
+        let e = ProxyError::Connect(ConnectError::Tls {
+            addr: "10.0.0.7:8443".parse().unwrap(),
+            source: std::io::Error::other("invalid peer certificate: NotValidForName"),
+        });
+        assert!(e.retry(true).is_none() && e.retry(false).is_none());
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert!(e.to_string().starts_with("TLS to 10.0.0.7:8443: "), "{e}");
     }
 
     fn connect_failure() -> ProxyError {

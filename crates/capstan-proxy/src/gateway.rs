@@ -233,7 +233,9 @@ pub(crate) fn tls_config(routes: Arc<Routes>) -> Result<Arc<rustls::ServerConfig
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
     let http = routes.mode == SocketMode::Https;
+    let sessions = Arc::new(crate::client_auth::Sessions::new(routes.client_auth.clone()));
     let mut config = builder.with_client_cert_verifier(routes.client_auth.clone()).with_cert_resolver(routes);
+    config.session_storage = sessions;
     if http {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
@@ -459,7 +461,9 @@ pub async fn handle(
     };
     // Copies for the mirrors chosen for this request, made before the backend's own header changes; the client's
     // body is passed to them as it goes by.
-    let mirrors: Vec<&crate::mirror::Mirror> = action.mirrors.iter().filter(|m| m.chosen()).collect();
+    // Upgrades (websockets) are not copied: a mirror's tunnel would have no client.
+    let upgrade = crate::http::wants_upgrade(req.headers());
+    let mirrors: Vec<&crate::mirror::Mirror> = action.mirrors.iter().filter(|m| !upgrade && m.chosen()).collect();
     let req = if mirrors.is_empty() {
         Either::Plain(req)
     } else {

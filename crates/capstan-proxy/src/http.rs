@@ -101,7 +101,7 @@ fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
-fn wants_upgrade(h: &HeaderMap) -> bool {
+pub(crate) fn wants_upgrade(h: &HeaderMap) -> bool {
     h.get(header::UPGRADE).is_some()
         && h.get_all(header::CONNECTION)
             .iter()
@@ -276,7 +276,7 @@ impl Drop for Tracked {
 }
 
 /// A new connection to a replica: TCP within `timeout`, then TLS when a BackendTLSPolicy asks for it (the
-/// handshake within the same time), then HTTP/1.1 — or HTTP/2 for an h2c port (never for an upgrade, which
+/// handshake within a `timeout` of its own), then HTTP/1.1 — or HTTP/2 for an h2c port (never for an upgrade, which
 /// HTTP/2 does not carry).
 async fn connect(
     addr: SocketAddr,
@@ -419,7 +419,16 @@ where
     // HTTP/1 says so with its framing headers, HTTP/2 with END_STREAM on the request's headers (hyper reads both).
     let no_body = length == Some(0) || body.is_end_stream();
     let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    // `te: trailers` is the one TE HTTP/2 carries, and gRPC servers require it.
+    let te_trailers = cfg.h2c
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|t| t.split(',').any(|x| x.trim() == "trailers")));
     strip_hop_by_hop(&mut headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     join_cookies(&mut headers);
     if let Some(u) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -507,11 +516,21 @@ where
                 pooled = None;
             }
         }
+        // A pooled connection of the other protocol (the port's appProtocol changed under it) is not used.
+        let pooled = pooled.filter(|s| s.is_shared() == (cfg.h2c && !upgrade));
         let connected = match pooled {
             Some(s) => Ok(s),
-            None => connect(backend.addr, cfg.connect_timeout, upgrade, cfg.upstream_tls.as_deref(), cfg.h2c)
-                .await
-                .map_err(ProxyError::Connect),
+            None => {
+                let made = connect(backend.addr, cfg.connect_timeout, upgrade, cfg.upstream_tls.as_deref(), cfg.h2c)
+                    .await
+                    .map_err(ProxyError::Connect);
+                // An HTTP/2 connection is shared from the start: concurrent requests use it rather than each open
+                // one of their own.
+                if let Some(shared) = made.as_ref().ok().and_then(Sender::share) {
+                    backend.checkin(shared);
+                }
+                made
+            }
         };
         let answered = match connected {
             Err(e) => {

@@ -470,7 +470,9 @@ async fn connection(
 ) {
     let entry = match (front, protocol) {
         (Front::Routes(routes, tls), _) if matches!(routes.mode, SocketMode::Tls | SocketMode::Tcp) => {
-            return stream::serve(routes, tls, stream, peer, admitted).await;
+            // Boxed: a connection's task is as large as the largest thing it may do, and every HTTP connection
+            // would carry the size of a TLS or TCP tunnel's.
+            return Box::pin(stream::serve(routes, tls, stream, peer, admitted)).await;
         }
         (Front::Routes(routes, tls), _) => {
             let client = http::Client::new(peer);
@@ -519,7 +521,7 @@ async fn connection(
     match protocol {
         ExposeProtocol::Tcp => {
             let _admitted = admitted;
-            tcp::serve(entry, stream, peer).await
+            Box::pin(tcp::serve(entry, stream, peer)).await
         }
         ExposeProtocol::Http => {
             let client = http::Client::new(peer);
@@ -733,20 +735,20 @@ impl Proxy {
                         // A backend whose TLS or protocol changed gets a new entry: its pooled connections spoke the
                         // old way.
                         let same_tls = |e: &Arc<Entry>| e.config().upstream_tls == b.tls && e.config().h2c == b.h2c;
-                        let entry = current
-                            .get(&key)
-                            .cloned()
-                            .or_else(|| old_entries.remove(&key))
-                            .filter(same_tls)
-                            .unwrap_or_else(|| {
-                                Arc::new(Entry::new(
-                                    &b.app.namespace,
-                                    &b.app.name,
-                                    action.id.clone(),
-                                    settings,
-                                    self.metrics.clone(),
-                                ))
-                            });
+                        let found = current.get(&key).cloned().or_else(|| old_entries.remove(&key));
+                        // Its tunnels spoke the old way too: they close, as a removed route's do.
+                        if let Some(stale) = found.as_ref().filter(|e| !same_tls(e)) {
+                            stale.retire();
+                        }
+                        let entry = found.filter(same_tls).unwrap_or_else(|| {
+                            Arc::new(Entry::new(
+                                &b.app.namespace,
+                                &b.app.name,
+                                action.id.clone(),
+                                settings,
+                                self.metrics.clone(),
+                            ))
+                        });
                         let mut config = EntryConfig::new(settings);
                         config.upstream_tls = b.tls.clone();
                         config.h2c = b.h2c;

@@ -19,6 +19,8 @@ use crate::BoxError;
 
 /// Frames a mirror may be behind the client's request before it loses its copy.
 const LAG: usize = 64;
+/// Copies on their way to one mirror at once; beyond, a request is not copied (a slow mirror cannot pile them up).
+const IN_FLIGHT: usize = 256;
 
 /// Where a rule's requests are copied to, and what share of them.
 pub struct Mirror {
@@ -26,18 +28,25 @@ pub struct Mirror {
     pub numerator: u32,
     pub denominator: u32,
     taken: AtomicU64,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Mirror {
     pub fn new(backend: RouteBackend, numerator: u32, denominator: u32) -> Mirror {
-        Mirror { backend, numerator, denominator: denominator.max(1), taken: AtomicU64::new(0) }
+        Mirror {
+            backend,
+            numerator,
+            denominator: denominator.max(1),
+            taken: AtomicU64::new(0),
+            in_flight: Arc::default(),
+        }
     }
 
     /// Whether this request is copied: exactly `numerator` of every `denominator`, spread through them.
     pub(crate) fn chosen(&self) -> bool {
         let (k, d) = (u64::from(self.numerator.min(self.denominator)), u64::from(self.denominator));
         let n = self.taken.fetch_add(1, Ordering::Relaxed) % d;
-        (n + 1) * k / d > n * k / d
+        (n + 1) * k / d > n * k / d && self.in_flight.load(Ordering::Relaxed) < IN_FLIGHT
     }
 }
 
@@ -155,9 +164,14 @@ where
     B::Error: Into<BoxError>,
 {
     let Some(entry) = mirror.backend.entry.get().cloned().filter(|_| mirror.backend.port.is_ok()) else { return };
+    let in_flight = mirror.in_flight.clone();
+    in_flight.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let answer = crate::http::handle(entry, req, client).await;
-        let _ = answer.into_body().collect().await;
+        // Read to its end (so the connection may serve again) and dropped as it comes.
+        let mut body = answer.into_body();
+        while let Some(Ok(_)) = body.frame().await {}
+        in_flight.fetch_sub(1, Ordering::Relaxed);
     });
 }
 

@@ -214,7 +214,9 @@ macro_rules! drive {
         let send_timeout = slot.listener().gate().send_timeout();
         let conn = $conn;
         tokio::pin!(conn);
-        let mut check = timeout;
+        // The first look comes when the time left since the connection became idle runs out (it may have waited
+        // for its first byte already).
+        let mut check = slot.idle_for().map_or(timeout, |i| timeout.saturating_sub(i)).max(Duration::from_millis(1));
         // Its own clock (the idle check's sleep starts over at every turn of the loop), for HTTP/2 only.
         let mut stall_check = stalls.map(|_| tokio::time::interval(send_timeout / 4));
         loop {
@@ -255,6 +257,36 @@ macro_rules! drive {
     }};
 }
 
+/// A connection that can say, without reading into a buffer, that it has something to read.
+pub trait AwaitRead {
+    fn await_read(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl AwaitRead for tokio::net::TcpStream {
+    async fn await_read(&mut self) -> std::io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl AwaitRead for tokio::net::UnixStream {
+    async fn await_read(&mut self) -> std::io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl AwaitRead for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    async fn await_read(&mut self) -> std::io::Result<()> {
+        let (tcp, tls) = self.get_mut();
+        // A request that came with the handshake's last flight is already decrypted: there is something to read.
+        match tls.process_new_packets() {
+            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => tcp.readable().await,
+            Ok(_) => Ok(()),
+            // A TLS error: the connection closes without a buffer taken for it.
+            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+    }
+}
+
 /// The protocol a connection speaks: HTTP/1.1, or HTTP/2 once ALPN chose `h2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -265,9 +297,9 @@ pub enum Protocol {
 /// Serves `stream` (a TCP connection, or TLS over one, or a Unix socket's) with `service` in `protocol` until the
 /// client closes it, its headers time out, or the gate evicts it; HTTP/2 with the limits above, and closed when a
 /// client stops taking data.
-pub async fn serve_http<IO, S, B>(stream: IO, admitted: Admitted, service: S, protocol: Protocol)
+pub async fn serve_http<IO, S, B>(mut stream: IO, admitted: Admitted, service: S, protocol: Protocol)
 where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + AwaitRead + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -275,6 +307,25 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if protocol == Protocol::Http1 {
+        // hyper takes its 8 KiB read buffer at its first read: a connection that has sent nothing yet (an idle
+        // keep-alive pool's, a browser's spare) is only waited on, with no buffer, until it does — within the
+        // header timeout, and giving its place up if the gate needs it.
+        // The header timeout counts from the connection's admission (its TLS handshake took part of it).
+        let limit = admitted.listener().gate().header_timeout().saturating_sub(admitted.idle_for().unwrap_or_default());
+        tokio::select! {
+            r = stream.await_read() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            _ = admitted.evicted() => return,
+            _ = tokio::time::sleep(limit) => {
+                admitted.listener().header_timed_out();
+                return;
+            }
+        }
+    }
     let stream = TokioIo::new(TimedIo::new(stream, admitted.listener().gate().send_timeout()));
     let slot = Arc::new(admitted);
     match protocol {
@@ -291,18 +342,30 @@ where
                 .with_upgrades();
             drive!(conn, &slot, None::<&Stalls>);
         }
-        Protocol::Http2 => {
-            let stalls = Arc::new(Stalls::default());
-            let svc = TrackedService { slot: slot.clone(), service, stalls: Some(stalls.clone()) };
-            let conn = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-                .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-                .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
-                .max_header_list_size(H2_MAX_HEADER_LIST)
-                .max_send_buf_size(H2_SEND_BUFFER)
-                .serve_connection(stream, svc);
-            drive!(conn, &slot, Some(&*stalls));
-        }
+        // Boxed: only HTTP/2 connections pay for HTTP/2's state, which is larger than HTTP/1.1's.
+        Protocol::Http2 => Box::pin(serve_h2(stream, slot, service)).await,
     }
+}
+
+async fn serve_h2<IO, S, B>(stream: TokioIo<TimedIo<IO>>, slot: Arc<Admitted>, service: S)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stalls = Arc::new(Stalls::default());
+    let svc = TrackedService { slot: slot.clone(), service, stalls: Some(stalls.clone()) };
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .serve_connection(stream, svc);
+    drive!(conn, &slot, Some(&*stalls));
 }

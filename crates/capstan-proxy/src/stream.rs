@@ -125,7 +125,8 @@ where
 async fn client_hello(stream: &mut TcpStream) -> Result<(Vec<u8>, Option<String>), String> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut read = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
+    // On the heap, for as long as the hello takes: a connection's task is as large as its largest state.
+    let mut chunk = vec![0u8; 4096];
     loop {
         let n = stream.read(&mut chunk).await.map_err(|e| format!("reading the ClientHello: {e}"))?;
         if n == 0 {

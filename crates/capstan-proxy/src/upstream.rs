@@ -57,11 +57,12 @@ impl Sender {
 /// from the `Host` header, which HTTP/2 then leaves out.
 fn prepare_h2(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
     if req.uri().scheme().is_none() {
-        let host = req.headers_mut().remove(hyper::header::HOST);
-        let authority = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+        let host = req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        if let Ok(uri) = format!("http://{authority}{path}").parse() {
+        let uri = format!("http://{host}{path}").parse().or_else(|_| format!("http://localhost{path}").parse());
+        if let Ok(uri) = uri {
             *req.uri_mut() = uri;
+            req.headers_mut().remove(hyper::header::HOST);
         }
     }
     *req.version_mut() = hyper::Version::HTTP_2;

@@ -32,6 +32,9 @@ pub enum SubjectName {
 pub struct UpstreamTls {
     pub(crate) connector: tokio_rustls::TlsConnector,
     pub(crate) server_name: ServerName<'static>,
+    /// The check the connector makes, kept to be asked directly.
+    #[cfg_attr(not(test), allow(dead_code))]
+    verifier: Arc<NamesVerifier>,
     /// What it checks: two with the same identity check the same.
     identity: (Vec<Vec<u8>>, bool, String, Vec<SubjectName>),
 }
@@ -106,12 +109,13 @@ impl UpstreamTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
+            .with_custom_certificate_verifier(verifier.clone())
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(UpstreamTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name,
+            verifier,
             identity: (ders, system, hostname.to_string(), names),
         })
     }
@@ -213,14 +217,10 @@ mod tests {
         (ca_cert.pem(), cert.der().clone())
     }
 
-    fn verify(tls: &UpstreamTls, ca_pem: &str, leaf: &CertificateDer<'_>, sni: &str) -> Result<(), rustls::Error> {
-        let mut store = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            store.add(c.expect("pem")).expect("root");
-        }
-        let v = NamesVerifier { roots: Arc::new(store), names: tls.identity.3.clone(), provider: provider() };
+    /// What the TLS settings' own verifier says of `leaf` presented for `sni`.
+    fn verify(tls: &UpstreamTls, leaf: &CertificateDer<'_>, sni: &str) -> Result<(), rustls::Error> {
         let name = ServerName::try_from(sni.to_string()).expect("name");
-        v.verify_server_cert(leaf, &[], &name, &[], UnixTime::now()).map(|_| ())
+        tls.verifier.verify_server_cert(leaf, &[], &name, &[], UnixTime::now()).map(|_| ())
     }
 
     #[test]
@@ -232,17 +232,24 @@ mod tests {
         ]);
         let roots = Roots::Bundles(vec![("ConfigMap default/ca".into(), ca.clone().into_bytes())]);
         let by_name = UpstreamTls::new(&roots, "auth.example.test", &[]).expect("tls");
-        assert!(verify(&by_name, &ca, &leaf, "auth.example.test").is_ok());
-        assert!(verify(&by_name, &ca, &leaf, "other.example.test").is_err(), "not its name");
+        assert_eq!(by_name.server_name, ServerName::try_from("auth.example.test").expect("name"), "the SNI sent");
+        assert!(verify(&by_name, &leaf, "auth.example.test").is_ok());
+        assert!(verify(&by_name, &leaf, "other.example.test").is_err(), "not its name");
         let by_uri = UpstreamTls::new(&roots, "other.example.test", &[SubjectName::Uri(uri.into())]).expect("tls");
-        assert!(verify(&by_uri, &ca, &leaf, "other.example.test").is_ok(), "the URI decides, not the SNI name");
+        assert!(verify(&by_uri, &leaf, "other.example.test").is_ok(), "the URI decides, not the SNI name");
         let wrong_uri =
             UpstreamTls::new(&roots, "auth.example.test", &[SubjectName::Uri("spiffe://example.org/x".into())])
                 .expect("tls");
-        assert!(verify(&wrong_uri, &ca, &leaf, "auth.example.test").is_err(), "the SNI name no longer decides");
-        // Another CA's leaf is refused whatever its names.
+        assert!(verify(&wrong_uri, &leaf, "auth.example.test").is_err(), "the SNI name no longer decides");
+        // Settings that trust another CA refuse the leaf whatever its names.
         let (other_ca, _) = ca_and_leaf(vec![]);
-        assert!(verify(&by_name, &other_ca, &leaf, "auth.example.test").is_err());
+        let other = UpstreamTls::new(
+            &Roots::Bundles(vec![("ConfigMap default/other".into(), other_ca.into_bytes())]),
+            "auth.example.test",
+            &[],
+        )
+        .expect("tls");
+        assert!(verify(&other, &leaf, "auth.example.test").is_err());
         assert_ne!(by_name, by_uri);
         assert_eq!(by_name, UpstreamTls::new(&roots, "auth.example.test", &[]).expect("tls"));
         let e = UpstreamTls::new(&Roots::Bundles(vec![("ConfigMap default/ca".into(), b"x".to_vec())]), "a.b", &[]);

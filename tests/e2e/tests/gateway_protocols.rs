@@ -151,7 +151,56 @@ async fn ports_ask_for_client_certificates_and_refuse_or_serve_as_their_mode_say
         (curl(d, strict, Some("partner")) == Some(200)).then_some(())
     })
     .await;
+
+    // A resumed TLS session skips the client's certificate: one made while the lenient port served clients without
+    // a certificate is not resumed once that port requires one.
+    let client = resuming_client(&server_ca_pem);
+    let first = get_over(&client, lenient).await.expect("served without a certificate");
+    assert_eq!(first.0, Some(rustls::HandshakeKind::Full));
+    assert!(first.1.starts_with("HTTP/1.1 200"), "{}", first.1);
+    let again = get_over(&client, lenient).await.expect("served again");
+    assert_eq!(again.0, Some(rustls::HandshakeKind::Resumed), "the session is resumed while the settings hold");
+    tp.apply(&site(strict, lenient).replace("              mode: AllowInsecureFallback\n", ""));
+    eventually("the lenient port now requires a certificate", T, || async {
+        curl(d, lenient, None).is_none().then_some(())
+    })
+    .await;
+    let after = get_over(&client, lenient).await;
+    assert!(
+        !after.as_ref().is_some_and(|(_, text)| text.starts_with("HTTP/1.1 200")),
+        "a session from before may not skip the certificate now required: {after:?}"
+    );
     tp.stop().await;
+}
+
+/// A TLS client trusting `ca_pem`, without a client certificate, that keeps and offers sessions to resume.
+fn resuming_client(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// `GET /` on `shop.example.test` over TLS: how the handshake went and the answer as text; None when the handshake
+/// or the exchange failed.
+async fn get_over(client: &tokio_rustls::TlsConnector, port: u16) -> Option<(Option<rustls::HandshakeKind>, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("shop.example.test").ok()?;
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), client.connect(name, tcp)).await.ok()?.ok()?;
+    let kind = tls.get_ref().1.handshake_kind();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: shop.example.test\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await.ok()?.ok()?;
+    Some((kind, String::from_utf8_lossy(&answer).into_owned()))
 }
 
 /// GET `http://127.0.0.1:<port>/` as `shop.example.test` with curl: the status and body.

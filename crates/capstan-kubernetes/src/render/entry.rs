@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use capstan_model::{App, Expose, ExposeProtocol};
+use capstan_model::{App, Expose, ExposeProtocol, GatewayRef};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
@@ -19,7 +19,8 @@ use super::{RenderOptions, INGRESS_NAMESPACE};
 /// Where one entry point reaches the cluster's clients from.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Front {
-    /// A route on a Gateway: its parentRef, the host names, and the Gateway's namespace (whose proxies connect).
+    /// A route on a Gateway: its parentRef, the host names, and the namespace whose pods (the Gateway's proxies)
+    /// connect.
     Route { parent: Value, hostnames: Vec<String>, namespace: String },
     /// An Ingress of this class, for these hosts (every host when empty).
     Ingress { class: String, hosts: Vec<String> },
@@ -32,35 +33,48 @@ pub(super) enum Front {
 /// attaches by its port, so that it takes only the listener on that port.
 pub(super) fn front(app: &App, e: &Expose, opts: &RenderOptions) -> Front {
     let written = e.gateway.clone().unwrap_or_default();
-    let (name, namespace, explicit_ns) = match (&written.name, opts.entry_points.default_gateway()) {
-        (Some(n), _) => {
-            let ns = written.namespace.clone().unwrap_or_else(|| app.metadata.namespace().to_string());
-            (n.clone(), ns, written.namespace.is_some())
-        }
-        (None, Some(d)) => {
-            let same = d.namespace == app.metadata.namespace();
-            (d.name, d.namespace, !same)
-        }
-        (None, None) => {
-            return match e.protocol {
-                ExposeProtocol::Http => Front::Ingress {
-                    class: opts.entry_points.ingress_class_name.clone().unwrap_or_else(|| "nginx".into()),
-                    hosts: written.hostnames,
-                },
-                ExposeProtocol::Tcp => Front::LoadBalancer,
-            };
-        }
-    };
+    let (name, namespace, explicit_ns): (String, String, bool) =
+        match (&written.name, opts.entry_points.default_gateway()) {
+            (Some(n), _) => {
+                let ns = written.namespace.clone().unwrap_or_else(|| app.metadata.namespace().to_string());
+                (n.clone(), ns, written.namespace.is_some())
+            }
+            (None, Some(d)) => {
+                let same = d.namespace == app.metadata.namespace();
+                let proxies = d.proxy_namespace.clone();
+                let (name, namespace) = (d.name, d.namespace);
+                let mut parent = json!({ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": name });
+                if !same {
+                    parent["namespace"] = Value::String(namespace.clone());
+                }
+                return with_section(parent, &written, e, proxies.unwrap_or(namespace));
+            }
+            (None, None) => {
+                return match e.protocol {
+                    ExposeProtocol::Http => Front::Ingress {
+                        class: opts.entry_points.ingress_class_name.clone().unwrap_or_else(|| "nginx".into()),
+                        hosts: written.hostnames,
+                    },
+                    ExposeProtocol::Tcp => Front::LoadBalancer,
+                };
+            }
+        };
     let mut parent = json!({ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": name });
     if explicit_ns {
         parent["namespace"] = Value::String(namespace.clone());
     }
+    with_section(parent, &written, e, namespace)
+}
+
+/// The route's parentRef with the listener the entry names, or (a tcp entry) the port it listens on; `proxies` is
+/// the namespace whose pods bring the Gateway's traffic.
+fn with_section(mut parent: Value, written: &GatewayRef, e: &Expose, proxies: String) -> Front {
     match &written.section_name {
         Some(s) => parent["sectionName"] = Value::String(s.clone()),
         None if e.protocol == ExposeProtocol::Tcp => parent["port"] = json!(e.port),
         None => {}
     }
-    Front::Route { parent, hostnames: written.hostnames, namespace }
+    Front::Route { parent, hostnames: written.hostnames.clone(), namespace: proxies }
 }
 
 /// The objects for an App's entry points: the first http entry's route or Ingress, and a route or LoadBalancer
