@@ -215,7 +215,8 @@ fn plain_get(port: u16) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-fn backend_site(port: u16) -> String {
+/// A Gateway `edge` with a plain HTTP listener on `port`, and its HTTPRoute `shop` for shop.example.test with `rules`.
+fn shop_route(port: u16, rules: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -231,9 +232,12 @@ metadata: {{name: shop}}
 spec:
   parentRefs: [{{name: edge}}]
   hostnames: [shop.example.test]
-  rules: [{{backendRefs: [{{name: auth, port: 8080}}]}}]
-"
+  rules:{rules}"
     )
+}
+
+fn backend_site(port: u16) -> String {
+    shop_route(port, " [{backendRefs: [{name: auth, port: 8080}]}]\n")
 }
 
 fn policy(validation: &str) -> String {
@@ -367,30 +371,17 @@ spec:
 async fn a_request_mirror_copies_its_share_of_requests_with_their_bodies() {
     let tp = TestPlane::start().await;
     let port = free_port();
-    let route = format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge}}
-spec:
-  gatewayClassName: capstan
-  addresses: [{{value: 127.0.0.1}}]
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: shop}}
-spec:
-  parentRefs: [{{name: edge}}]
-  hostnames: [shop.example.test]
-  rules:
-    - matches: [{{path: {{type: Exact, value: /echo}}}}]
-      filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow, port: 8080}}}}}}]
-      backendRefs: [{{name: web, port: 8080}}]
+    let route = shop_route(
+        port,
+        "
+    - matches: [{path: {type: Exact, value: /echo}}]
+      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 8080}}}]
+      backendRefs: [{name: web, port: 8080}]
     - filters:
         - type: RequestMirror
-          requestMirror: {{backendRef: {{name: shadow, port: 8080}}, fraction: {{numerator: 1, denominator: 2}}}}
-      backendRefs: [{{name: web, port: 8080}}]
-"
+          requestMirror: {backendRef: {name: shadow, port: 8080}, fraction: {numerator: 1, denominator: 2}}
+      backendRefs: [{name: web, port: 8080}]
+",
     );
     tp.apply(&[app_yaml("web", 1, &[], READINESS), app_yaml("shadow", 1, &[], READINESS), route].join("---\n"));
     for app in ["web", "shadow"] {
