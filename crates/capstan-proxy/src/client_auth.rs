@@ -97,6 +97,32 @@ impl LiveClientAuth {
         *current = auth;
     }
 
+    /// What backends are told of a connection's client certificate (`x-forwarded-client-cert`, in Envoy's form):
+    /// its SHA-256, subject, URI and DNS names — only for a certificate the port's CAs accept, so that under
+    /// `AllowInsecureFallback` an unchecked certificate is never passed off as checked.
+    pub(crate) fn forwarded(&self, chain: &[CertificateDer<'_>]) -> Option<hyper::header::HeaderValue> {
+        let auth = self.get()?;
+        let (leaf, rest) = chain.split_first()?;
+        auth.verifier.verify_client_cert(leaf, rest, UnixTime::now()).ok()?;
+        let hash: String =
+            ring::digest::digest(&ring::digest::SHA256, leaf).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let mut parts = vec![format!("Hash={hash}")];
+        if let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) {
+            let subject = cert.subject().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+            parts.push(format!("Subject=\"{subject}\""));
+            if let Ok(Some(san)) = cert.subject_alternative_name() {
+                for n in &san.value.general_names {
+                    match n {
+                        x509_parser::extensions::GeneralName::URI(u) => parts.push(format!("URI={u}")),
+                        x509_parser::extensions::GeneralName::DNSName(d) => parts.push(format!("DNS={d}")),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        hyper::header::HeaderValue::from_str(&parts.join(";")).ok()
+    }
+
     fn generation(&self) -> [u8; 8] {
         self.generation.load(std::sync::atomic::Ordering::Acquire).to_be_bytes()
     }

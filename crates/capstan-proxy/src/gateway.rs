@@ -276,6 +276,13 @@ pub(crate) fn rules(hosts: &[VirtualHost]) -> Vec<&RuleAction> {
         .collect()
 }
 
+/// What backends are told of the connection's client certificate, once the port's CAs accepted it.
+#[derive(Clone)]
+pub(crate) struct ClientCert(pub HeaderValue);
+
+/// The header that carries it (Envoy's name and form); whatever a client sends under it is dropped.
+const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
 /// The client's own host, kept for `X-Forwarded-Host` when a rewrite changes `Host`.
 #[derive(Clone)]
 pub(crate) struct OriginalHost(pub HeaderValue);
@@ -419,6 +426,11 @@ pub async fn handle(
         req.extensions_mut().insert(crate::http::OverTls);
     }
     req.headers_mut().insert(HeaderName::from_static("x-forwarded-proto"), proto);
+    // A client cannot say who it is by header: only the handshake's checked certificate is passed on.
+    req.headers_mut().remove(FORWARDED_CLIENT_CERT);
+    if let Some(ClientCert(c)) = req.extensions_mut().remove::<ClientCert>() {
+        req.headers_mut().insert(FORWARDED_CLIENT_CERT, c);
+    }
     if let Some(m) = &action.request_headers {
         modify(req.headers_mut(), m);
     }

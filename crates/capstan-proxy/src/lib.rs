@@ -476,8 +476,13 @@ async fn connection(
         }
         (Front::Routes(routes, tls), _) => {
             let client = http::Client::new(peer);
-            let service = move |sni: Option<Arc<str>>| {
-                service_fn(move |req| {
+            let client_auth = routes.client_auth.clone();
+            // The server name its handshake asked for, and what backends are told of its client certificate.
+            let service = move |sni: Option<Arc<str>>, cert: Option<hyper::header::HeaderValue>| {
+                service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(c) = &cert {
+                        req.extensions_mut().insert(gateway::ClientCert(c.clone()));
+                    }
                     let (routes, client, sni) = (routes.clone(), client.clone(), sni.clone());
                     async move {
                         Ok::<_, std::convert::Infallible>(gateway::handle(routes, req, client, sni.as_deref()).await)
@@ -486,7 +491,7 @@ async fn connection(
             };
             let _ = stream.set_nodelay(true);
             match tls {
-                None => serve::serve_http(stream, admitted, service(None), serve::Protocol::Http1).await,
+                None => serve::serve_http(stream, admitted, service(None, None), serve::Protocol::Http1).await,
                 Some(acceptor) => {
                     // A handshake must finish within the header timeout, as headers must come: a client that
                     // opens connections and sends nothing cannot hold them.
@@ -506,7 +511,8 @@ async fn connection(
                                 Some(b"h2") => serve::Protocol::Http2,
                                 _ => serve::Protocol::Http1,
                             };
-                            serve::serve_http(tls, admitted, service(sni), protocol).await
+                            let cert = session.peer_certificates().and_then(|c| client_auth.forwarded(c));
+                            serve::serve_http(tls, admitted, service(sni, cert), protocol).await
                         }
                         Some(Ok(Err(e))) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Some(Err(_)) => tracing::debug!(%peer, "TLS handshake timed out"),

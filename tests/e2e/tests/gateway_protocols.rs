@@ -68,6 +68,21 @@ fn curl(dir: &Path, port: u16, client: Option<&str>) -> Option<u16> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).parse().ok()).flatten()
 }
 
+/// The headers the backend saw for `GET /headers` over curl (as [`curl`]), the client claiming a certificate by
+/// header that it does not have.
+fn seen_headers(dir: &Path, port: u16, client: Option<&str>) -> Option<serde_json::Value> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "5", "-H", "x-forwarded-client-cert: Hash=forged", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("shop.example.test:{port}:127.0.0.1"));
+    if let Some(who) = client {
+        cmd.arg("--cert").arg(dir.join(format!("{who}.crt"))).arg("--key").arg(dir.join(format!("{who}.key")));
+    }
+    let out = cmd.arg(format!("https://shop.example.test:{port}/headers")).output().expect("curl runs");
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 fn condition<'a>(conditions: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
     conditions.as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).unwrap_or(&serde_json::Value::Null)
 }
@@ -113,6 +128,19 @@ async fn ports_ask_for_client_certificates_and_refuse_or_serve_as_their_mode_say
     // The lenient port asks, and serves either way; the Gateway says so.
     for who in [None, Some("partner"), Some("stranger")] {
         assert_eq!(curl(d, lenient, who), Some(200), "{who:?} on the AllowInsecureFallback port");
+    }
+    // The backend is told who a checked client is, and only that: a header sent by the client is dropped, and a
+    // certificate the lenient port let through unchecked is not passed on.
+    let seen = seen_headers(d, strict, Some("partner")).expect("the partner's request");
+    let forwarded = seen["x-forwarded-client-cert"].as_str().unwrap_or_default().to_string();
+    assert!(forwarded.starts_with("Hash=") && !forwarded.contains("forged"), "{seen}");
+    assert!(
+        forwarded.contains("Subject=\"CN=client.partner.test\"") && forwarded.contains("DNS=client.partner.test"),
+        "{forwarded}"
+    );
+    for who in [None, Some("stranger")] {
+        let seen = seen_headers(d, lenient, who).expect("served on the lenient port");
+        assert!(seen.get("x-forwarded-client-cert").is_none(), "{who:?}: {seen}");
     }
     let g = tp.client.get("/api/v1/namespaces/default/gateways/partners").await.expect("gateway");
     let insecure = condition(&g["status"]["conditions"], "InsecureFrontendValidationMode");
