@@ -761,6 +761,11 @@ fn write(
     if t.sub.as_deref().is_some_and(|s| s != "status") {
         return status(StatusCode::NOT_FOUND, "NotFound", "the fake serves only the status subresource");
     }
+    // As the real server: a status subresource belongs to an object, so writing one never creates it (an operator's
+    // status write that races a delete gets 404, not a new object).
+    if on_status && existing.is_none() {
+        return not_found(t);
+    }
     let mut stored = match (verb, existing.clone()) {
         ("create", Some(_)) => {
             return status(StatusCode::CONFLICT, "AlreadyExists", format!("{} \"{name}\" already exists", t.resource))
