@@ -37,13 +37,13 @@ class Capstan:
     """`capstan up` with an App of two backends, a Gateway with an HTTPS listener (and an HTTP one carrying
     `routes` HTTPRoutes, the last of which the benchmark requests), and the App's own `expose` entry point."""
 
-    def __init__(self, bindir, exe, crt, key, https, http, expose, routes):
+    def __init__(self, bindir, exe, crt, key, https, http, expose, routes, wrap=()):
         self.data = tempfile.mkdtemp(prefix="capstan-tls-")
         api = free_port()
         env = dict(os.environ, CAPSTAN_DATA=self.data, CAPSTAN_LOG="warn")
-        self.proc = subprocess.Popen([exe, "up", "--listen", f"127.0.0.1:{api}", "--header-timeout", str(IDLE_SECONDS)],
+        self.proc = subprocess.Popen([*wrap, exe, "up", "--listen", f"127.0.0.1:{api}", "--header-timeout", str(IDLE_SECONDS)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 20
+        end = time.monotonic() + (120 if wrap else 20)
         while not os.path.exists(f"{self.data}/server.json") and time.monotonic() < end:
             time.sleep(0.05)
         self.token = open(f"{self.data}/token").read().strip()
@@ -65,7 +65,7 @@ class Capstan:
                                 "backendRefs": [{"name": "bench", "port": 8080}]}]}}
         many = [route(f"r{i}", "http", f"r{i}.bench.test") for i in range(routes)]
         self.call("POST", "/api/v1/apply", {"objects": [app, secret, gw, route("tls", "https", None), *many]})
-        end = time.monotonic() + 30
+        end = time.monotonic() + (180 if wrap else 30)
         while time.monotonic() < end:
             st = self.call("GET", "/api/v1/namespaces/default/apps/bench").get("status") or {}
             if st.get("readyReplicas") == 2:
@@ -221,8 +221,12 @@ def main():
     # machine's, which a container cannot raise) caps it below 10,000.
     ap.add_argument("--idle", type=int, default=8000, help="idle TLS connections for the memory measurement")
     ap.add_argument("--routes", type=int, default=100)
-    ap.add_argument("--only", choices=["all", "idle"], default="all",
-                    help="`idle`: only the idle-connection memory (a quick look after a change to it)")
+    ap.add_argument("--instr-seconds", type=int, default=0,
+                    help="with `--only routing`: also count user-space instructions per request under callgrind, "
+                         "expose against the gateway, over this many seconds of wrk each")
+    ap.add_argument("--only", choices=["all", "idle", "routing", "h2"], default="all",
+                    help="one measure alone, for a quick look after a change to it: `idle` the idle-connection "
+                         "memory, `routing` the 100 routes against `expose`, `h2` HTTP/2 against the peers")
     a = ap.parse_args()
     # 10,000 idle connections need more descriptors than a shell's usual limit, in the client and in each proxy
     # (HAProxy asks for twice its maxconn): raised here (root may raise the hard limit), and inherited below.
@@ -269,6 +273,23 @@ def run(a, capstans, n, n_port, h, h_port):
         memory = {label: idle_tls_memory(port, pids, a.idle) for label, port, pids in proxies}
         return report_memory(a, proxies, memory)
     tables = {"keep-alive": {}, "new connections": {}, "full handshakes": {}, "HTTP/2": {}}
+    if a.only == "routing":
+        report_routing(a, capstans, routing_rounds(a, capstans))
+        if a.instr_seconds:
+            routing_instructions(a, capstans[0][1].backends)
+        return
+    if a.only == "h2":
+        for _ in range(a.rounds):
+            for label, port, pids in proxies:
+                before = cpu_seconds(pids())
+                r = h2load(f"https://127.0.0.1:{port}{PATH}", a.seconds, a.conns, 10)
+                r["cpu_us_per_req"] = (cpu_seconds(pids()) - before) / max(r["rps"] * a.seconds, 1) * 1e6
+                tables["HTTP/2"].setdefault(label, []).append(r)
+        for label, _, _ in proxies:
+            r = median(tables["HTTP/2"][label], "rps")
+            print(f"{label}: {r['rps']:.0f} req/s (rounds {r['all']}), {r['cpu_us_per_req']:.1f} us CPU per request, "
+                  f"{r['protocol']}, failed {r['failed']}")
+        return
     # Interleaved rounds: every proxy sees the same machine conditions; the median of each is reported.
     for _ in range(a.rounds):
         for label, port, pids in proxies:
@@ -279,8 +300,12 @@ def run(a, capstans, n, n_port, h, h_port):
             tables["full handshakes"].setdefault(label, []).append(full_handshakes(port, a.seconds))
             tables["HTTP/2"].setdefault(label, []).append(h2load(url, a.seconds, a.conns, 10))
     memory = {label: idle_tls_memory(port, pids, a.idle) for label, port, pids in proxies}
-    # Routing: plain HTTP through the Gateway's HTTP listener, its last of `routes` routes matched by host name,
-    # against the App's own entry point (`expose`), same process, interleaved.
+    report(a, proxies, tables, memory, routing_rounds(a, capstans), capstans)
+
+
+def routing_rounds(a, capstans):
+    """Plain HTTP through the Gateway's HTTP listener, its last of `routes` routes matched by host name, against the
+    App's own entry point (`expose`), same process, interleaved."""
     routing = {}
     for _ in range(a.rounds):
         for label, c, ports in capstans:
@@ -290,7 +315,7 @@ def run(a, capstans, n, n_port, h, h_port):
                 measure(f"http://127.0.0.1:{ports['expose']}{PATH}", pid, a.seconds, a.conns))
             routing.setdefault((label, "gateway"), []).append(
                 measure(f"http://127.0.0.1:{ports['http']}{PATH}", pid, a.seconds, a.conns, headers=[host]))
-    report(a, proxies, tables, memory, routing, capstans)
+    return routing
 
 
 def wait_tls(port, limit=30):
@@ -330,6 +355,10 @@ def report(a, proxies, tables, memory, routing, capstans):
             col = {"HTTP/2": f"| {r.get('protocol')} ", "full handshakes": ""}.get(title, f"| {r.get('p99_ms', 0):.2f} ms ")
             print(f"| {label} | {r[key]:,.0f} | {r['all']} {col}| {failed} | {r[key] / base_n:.2f} | {r[key] / base_h:.2f} |")
     report_memory(a, proxies, memory)
+    report_routing(a, capstans, routing)
+
+
+def report_routing(a, capstans, routing):
     print(f"\n**Routing cost**: plain HTTP, {a.routes} HTTPRoutes on one Gateway listener (the last one's host name "
           "requested) against the App's own `expose` entry point\n")
     print("| build | expose req/s | gateway req/s | gateway / expose | CPU per request, expose → gateway |")
@@ -338,6 +367,41 @@ def report(a, proxies, tables, memory, routing, capstans):
         e, g = median(routing[(label, "expose")], "rps"), median(routing[(label, "gateway")], "rps")
         print(f"| {label} | {e['rps']:,.0f} {e['all']} | {g['rps']:,.0f} {g['all']} | {g['rps'] / e['rps']:.3f} | "
               f"{e['cpu_us_per_req']:.1f} → {g['cpu_us_per_req']:.1f} µs |")
+
+
+def routing_instructions(a, backends):
+    """User-space instructions per request (callgrind, whole process) through the App's `expose` entry point and
+    through the Gateway's 100 routes, one Capstan under valgrind: the same on a quiet or a busy machine, so it shows
+    differences smaller than the noise of req/s."""
+    d = tempfile.mkdtemp(prefix="tls-callgrind-")
+    out = f"{d}/callgrind.out"
+    crt, key = certificate(d)
+    ports = {"https": free_port(), "http": free_port(), "expose": free_port()}
+    c = Capstan(a.bin, f"{a.bin}/capstan", crt, key, ports["https"], ports["http"], ports["expose"], a.routes,
+                wrap=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"))
+    counts = {}
+    try:
+        for name, port, headers in [("expose", ports["expose"], []),
+                                    ("gateway", ports["http"], [f"Host: r{a.routes - 1}.bench.test"])]:
+            url = f"http://127.0.0.1:{port}{PATH}"
+            wait_http(url, 120) if name == "expose" else None
+            wrk(url, 5, 4, headers)  # warm-up
+            subprocess.run(["callgrind_control", "--zero", str(c.proc.pid)], check=True, capture_output=True)
+            r = wrk(url, a.instr_seconds, 8, headers, threads=1)
+            subprocess.run(["callgrind_control", "--dump", str(c.proc.pid)], check=True, capture_output=True)
+            dumps = sorted((f for f in os.listdir(d) if f.startswith("callgrind.out.")), key=lambda f: int(f.rsplit(".", 1)[1]))
+            with open(f"{d}/{dumps[-1]}") as f:
+                total = next(int(line.split()[1]) for line in f if line.startswith(("summary:", "totals:")))
+            counts[name] = (r["requests"], total / max(r["requests"], 1), f"{d}/{dumps[-1]}")
+    finally:
+        c.stop()
+        subprocess.run(["rm", "-rf", c.data])
+    print(f"\nUser-space instructions per request (callgrind, whole process, {a.instr_seconds} s of wrk -t1 -c8):\n")
+    print("| path | requests counted | instructions per request |")
+    print("|---|---|---|")
+    for name, (n, per, _) in counts.items():
+        print(f"| {name} | {n:,} | {per:,.0f} |")
+    print(f"\ngateway / expose: {counts['gateway'][1] / counts['expose'][1]:.3f} (dumps kept in {d})")
 
 
 def report_memory(a, proxies, memory):

@@ -2,11 +2,16 @@
 //! its rule's filters run (redirect, rewrite, header modifiers), a backend App is chosen by weight, and from there
 //! it takes the entry points' own proxy path (`http::handle`): one proxy path, not two.
 
+use std::borrow::Cow;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 
 use capstan_model::gateway::{HeaderModifier, HttpPathModifier, PathModifierType, RequestRedirect, UrlRewrite};
 use capstan_model::{Expose, ObjectKey};
+use futures_util::future::{Either, FutureExt};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
@@ -54,6 +59,10 @@ impl RuleAction {
     /// The backend of the next request: weights are kept exactly over every run of `total` requests, spread
     /// through it (a stride coprime with the total) rather than in blocks.
     pub(crate) fn pick(&self) -> Option<&RouteBackend> {
+        if let [only] = self.backends.as_slice() {
+            // One backend takes every request: no count to keep (it is shared by every worker).
+            return (only.weight > 0).then_some(only);
+        }
         let total: u64 = self.backends.iter().map(|b| u64::from(b.weight)).sum();
         if total == 0 {
             return None;
@@ -166,7 +175,8 @@ pub struct ListenerPlan {
 /// and new TLS handshakes the new certificates.
 #[derive(Default)]
 pub struct Routes {
-    hosts: RwLock<Arc<Vec<VirtualHost>>>,
+    /// Read at every request and handshake without a lock or a shared count: both workers may read it at once.
+    hosts: ArcSwap<Vec<VirtualHost>>,
     /// Its listening port, for redirects that keep it.
     pub port: u16,
     /// It terminates TLS for HTTP: requests are `https`.
@@ -186,7 +196,7 @@ impl std::fmt::Debug for Routes {
 /// specific host name first; without a name, a listener without a host name's.
 impl ResolvesServerCert for Routes {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let hosts = self.hosts();
+        let hosts = self.hosts.load();
         let with_cert = hosts.iter().filter(|h| h.cert.is_some());
         let any = || with_cert.clone().find(|h| h.host == HostPattern::Any);
         // An unknown name gets a listener without a host name's certificate, or none (the handshake fails): never
@@ -245,7 +255,7 @@ pub(crate) fn tls_config(routes: Arc<Routes>) -> Result<Arc<rustls::ServerConfig
 impl Routes {
     pub fn new(port: u16, mode: SocketMode) -> Routes {
         Routes {
-            hosts: RwLock::default(),
+            hosts: ArcSwap::default(),
             port,
             https: mode == SocketMode::Https,
             mode,
@@ -254,14 +264,14 @@ impl Routes {
     }
 
     pub(crate) fn hosts(&self) -> Arc<Vec<VirtualHost>> {
-        self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.hosts.load_full()
     }
 
     /// Installs a socket's listeners, the most specific host name first (as Gateway API picks a listener), and
     /// within a listener its routes' host names, the most specific first.
     pub(crate) fn set(&self, mut hosts: Vec<VirtualHost>) {
         hosts.sort_by_key(|h| (h.listener.rank(), h.host.rank()));
-        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(hosts);
+        self.hosts.store(Arc::new(hosts));
     }
 }
 
@@ -290,7 +300,7 @@ pub(crate) struct OriginalHost(pub HeaderValue);
 /// A request path as routes see it: unreserved characters percent-decoded, `.` and `..` segments removed, repeated
 /// slashes merged — so `/api/./admin`, `/api//admin` and `/%61pi/admin` are all `/api/admin` and cannot slip past
 /// a rule written for it. None for a path that is not absolute.
-pub fn normalize_path(path: &str) -> Option<String> {
+pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
     }
@@ -302,7 +312,7 @@ pub fn normalize_path(path: &str) -> Option<String> {
         && !path.ends_with("/.")
         && !path.ends_with("/..");
     if plain {
-        return Some(path.to_string());
+        return Some(Cow::Borrowed(path));
     }
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
@@ -334,18 +344,59 @@ pub fn normalize_path(path: &str) -> Option<String> {
     if trailing && out != "/" {
         out.push('/');
     }
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 /// Serves one request arriving on a gateway listener; `sni` is the server name its TLS handshake asked for,
 /// lower-cased and without a final dot.
-pub async fn handle(
-    routes: Arc<Routes>,
-    mut req: Request<Incoming>,
+pub fn handle(
+    routes: &Routes,
+    req: Request<Incoming>,
     client: Client,
     sni: Option<&str>,
-) -> Response<ProxyBody> {
-    let hosts = routes.hosts();
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+    // Routing is done now; the future holds only what forwarding needs. Every request's future is moved into a task
+    // of its own, whole: a future carrying the routing's state as well would be copied at every request.
+    match route(routes, req, &client, sni) {
+        Err(answer) => Either::Left(std::future::ready(answer)),
+        Ok(Forward { entry, req, action, backend, place }) => {
+            Either::Right(crate::http::handle(entry, req, client).map(move |mut answer| {
+                let backend = &action.backends[backend];
+                if let Some(m) = &backend.response_headers {
+                    modify(answer.headers_mut(), m);
+                }
+                if let Some(m) = &action.response_headers {
+                    modify(answer.headers_mut(), m);
+                }
+                match place {
+                    Some(place) => answer.map(|body| crate::serve::Tracked::new(body, place).boxed()),
+                    None => answer,
+                }
+            }))
+        }
+    }
+}
+
+/// A request on its way to a backend, with what its answer gets on the way back.
+struct Forward {
+    entry: Arc<Entry>,
+    req: Request<GatewayBody>,
+    action: Arc<RuleAction>,
+    /// The backend's index among the rule's.
+    backend: usize,
+    /// An HTTP/2 stream's place in the connection budget, held until its answer's body is sent.
+    place: Option<crate::gate::StreamPlace>,
+}
+
+/// Chooses the rule and the backend of a request and applies the rule's request filters: the request to forward,
+/// or the answer when there is nothing to forward (a redirect, no route, a refusal).
+#[allow(clippy::result_large_err, reason = "the answer goes straight back to the client: boxing it costs a malloc")]
+fn route(
+    routes: &Routes,
+    mut req: Request<Incoming>,
+    client: &Client,
+    sni: Option<&str>,
+) -> Result<Forward, Response<ProxyBody>> {
     if !req.headers().contains_key(header::HOST) {
         // HTTP/2 names the host in `:authority`: the backend, spoken to in HTTP/1.1, gets it as `Host`.
         if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
@@ -358,68 +409,68 @@ pub async fn handle(
         Some(held) => match held.stream() {
             Some(place) => place,
             None => {
-                return plain(
+                return Err(plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Capstan holds as many connections and streams as it may; retry shortly".into(),
-                )
+                ))
             }
         },
         None => None,
     };
-    let host_header = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-    // A request naming no host (HTTP/1.0) is for the name its connection was made for.
-    let host = match (host_header, sni) {
-        ("", Some(name)) => name.to_string(),
-        _ => host_of(host_header),
-    };
-    let Some(path) = normalize_path(req.uri().path()) else {
-        return plain(StatusCode::BAD_REQUEST, "the request path must start with `/`".into());
-    };
-    let query = req.uri().query().map(str::to_string);
-    if path != req.uri().path() {
+    if let Some(path) = normalize_path(req.uri().path()).filter(|p| matches!(p, Cow::Owned(_))) {
         // The backend sees the path the routes matched.
-        let pq = match &query {
+        let pq = match req.uri().query() {
             Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
+            None => path.into_owned(),
         };
         match pq.parse::<Uri>() {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => return plain(StatusCode::BAD_REQUEST, "the request path is not valid".into()),
+            Err(_) => return Err(plain(StatusCode::BAD_REQUEST, "the request path is not valid".into())),
         }
+    } else if !req.uri().path().starts_with('/') {
+        return Err(plain(StatusCode::BAD_REQUEST, "the request path must start with `/`".into()));
     }
-    // The most specific listener whose host name covers the request's, and only its routes.
-    let Some(vhost) = hosts.iter().find(|h| h.host.matches(&host)) else {
-        return plain(StatusCode::NOT_FOUND, format!("no listener on this port serves {host}"));
-    };
-    if let Some(name) = sni {
-        // A connection made for one listener's name (and certificate) may not carry another listener's requests:
-        // a browser reusing an HTTP/2 connection for a second name its certificate covers is told to open one of
-        // its own (RFC 9110 section 15.5.20).
-        let chosen = hosts.iter().find(|h| h.host.matches(name));
-        if chosen.is_some_and(|c| !std::ptr::eq(c, vhost)) {
-            return plain(
-                StatusCode::MISDIRECTED_REQUEST,
-                format!("this connection was made for {name}; open a new one for {host}"),
-            );
-        }
-    }
-    let found = {
-        let r = crate::routes::Request {
-            host: &host,
-            path: &path,
-            query: query.as_deref(),
-            method: req.method().as_str(),
-            headers: req.headers(),
+    // Routing borrows the request (its host, path and query) and the socket's routes as they are now; it keeps only
+    // the rule it chose (and the prefix it matched, for the filters that use it).
+    let (action, prefix) = {
+        let hosts = routes.hosts.load();
+        let host_header = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        // A request naming no host (HTTP/1.0) is for the name its connection was made for.
+        let host = match (host_header, sni) {
+            ("", Some(name)) => Cow::Borrowed(name),
+            _ => host_of(host_header),
         };
-        vhost.routes.find(&r).map(|e| (e.action.clone(), e.matcher.prefix().map(str::to_string)))
+        let (path, query) = (req.uri().path(), req.uri().query());
+        // The most specific listener whose host name covers the request's, and only its routes.
+        let Some(vhost) = hosts.iter().find(|h| h.host.matches(&host)) else {
+            return Err(plain(StatusCode::NOT_FOUND, format!("no listener on this port serves {host}")));
+        };
+        if let Some(name) = sni {
+            // A connection made for one listener's name (and certificate) may not carry another listener's
+            // requests: a browser reusing an HTTP/2 connection for a second name its certificate covers is told to
+            // open one of its own (RFC 9110 section 15.5.20).
+            let chosen = hosts.iter().find(|h| h.host.matches(name));
+            if chosen.is_some_and(|c| !std::ptr::eq(c, vhost)) {
+                return Err(plain(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!("this connection was made for {name}; open a new one for {host}"),
+                ));
+            }
+        }
+        let r =
+            crate::routes::Request { host: &host, path, query, method: req.method().as_str(), headers: req.headers() };
+        let Some(found) = vhost.routes.find(&r) else {
+            return Err(plain(StatusCode::NOT_FOUND, format!("no route for {host}{path}")));
+        };
+        let action = &found.action;
+        let prefix = found.matcher.prefix();
+        if let Some(r) = &action.redirect {
+            let scheme = if routes.https { "https" } else { "http" };
+            return Err(redirect(r, scheme, &host, routes.port, path, query, prefix));
+        }
+        let uses_prefix = action.rewrite.as_ref().is_some_and(|rw| rw.path.is_some());
+        (action.clone(), prefix.filter(|_| uses_prefix).map(str::to_string))
     };
-    let Some((action, prefix)) = found else {
-        return plain(StatusCode::NOT_FOUND, format!("no route for {host}{path}"));
-    };
-    if let Some(r) = &action.redirect {
-        let scheme = if routes.https { "https" } else { "http" };
-        return redirect(r, scheme, &host, routes.port, &path, query.as_deref(), prefix.as_deref());
-    }
     // What the client used, whatever it claims (a client on plain HTTP must not pass for one on HTTPS).
     let proto = HeaderValue::from_static(if routes.https { "https" } else { "http" });
     if routes.https {
@@ -442,8 +493,8 @@ pub async fn handle(
             }
         }
         if let Some(p) = &rw.path {
-            let new_path = replace_path(p, &path, prefix.as_deref());
-            let pq = match &query {
+            let new_path = replace_path(p, req.uri().path(), prefix.as_deref());
+            let pq = match req.uri().query() {
                 Some(q) => format!("{new_path}?{q}"),
                 None => new_path,
             };
@@ -462,13 +513,16 @@ pub async fn handle(
             .find(|b| b.entry.get().and_then(|e| e.backends.by_cookie(v)).is_some_and(|backend| backend.eligible()))
     });
     let Some(backend) = pinned.or_else(|| action.pick()) else {
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("route {} has no backend with weight", action.id));
+        return Err(plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("route {} has no backend with weight", action.id),
+        ));
     };
     let entry = match (&backend.port, backend.entry.get()) {
         (Ok(_), Some(e)) => e.clone(),
-        (Err(why), _) => return plain(StatusCode::INTERNAL_SERVER_ERROR, why.clone()),
+        (Err(why), _) => return Err(plain(StatusCode::INTERNAL_SERVER_ERROR, why.clone())),
         (Ok(_), None) => {
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("route {}: backend not ready", action.id))
+            return Err(plain(StatusCode::INTERNAL_SERVER_ERROR, format!("route {}: backend not ready", action.id)))
         }
     };
     // Copies for the mirrors chosen for this request, made before the backend's own header changes; the client's
@@ -476,8 +530,8 @@ pub async fn handle(
     // Upgrades (websockets) are not copied: a mirror's tunnel would have no client.
     let upgrade = crate::http::wants_upgrade(req.headers());
     let mirrors: Vec<&crate::mirror::Mirror> = action.mirrors.iter().filter(|m| !upgrade && m.chosen()).collect();
-    let req = if mirrors.is_empty() {
-        Either::Plain(req)
+    let mut req = if mirrors.is_empty() {
+        req.map(GatewayBody::Plain)
     } else {
         let no_body = hyper::body::Body::is_end_stream(req.body())
             || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0");
@@ -498,45 +552,55 @@ pub async fn handle(
                     client.clone(),
                 );
             }
-            Either::Plain(Request::from_parts(parts, body))
+            Request::from_parts(parts, GatewayBody::Plain(body))
         } else {
             let (tee, copies) = crate::mirror::Tee::new(body, mirrors.len());
             for (m, copy) in mirrors.iter().zip(copies) {
                 crate::mirror::send(m, copy_of().map(|()| copy), client.clone());
             }
-            Either::Teed(Request::from_parts(parts, tee))
+            Request::from_parts(parts, GatewayBody::Teed(tee))
         }
     };
-    let mut answer = match req {
-        Either::Plain(mut req) => {
-            if let Some(m) = &backend.request_headers {
-                modify(req.headers_mut(), m);
-            }
-            crate::http::handle(entry, req, client).await
-        }
-        Either::Teed(mut req) => {
-            if let Some(m) = &backend.request_headers {
-                modify(req.headers_mut(), m);
-            }
-            crate::http::handle(entry, req, client).await
-        }
-    };
-    if let Some(m) = &backend.response_headers {
-        modify(answer.headers_mut(), m);
+    if let Some(m) = &backend.request_headers {
+        modify(req.headers_mut(), m);
     }
-    if let Some(m) = &action.response_headers {
-        modify(answer.headers_mut(), m);
-    }
-    match place {
-        Some(place) => answer.map(|body| crate::serve::Tracked::new(body, place).boxed()),
-        None => answer,
-    }
+    let backend = action.backends.iter().position(|b| std::ptr::eq(b, backend)).unwrap_or_default();
+    Ok(Forward { entry, req, action, backend, place })
 }
 
-/// A request as it goes to its backend: as the client sent it, or with its body copied to mirrors.
-enum Either {
-    Plain(Request<Incoming>),
-    Teed(Request<crate::mirror::Tee<Incoming>>),
+/// A request's body as it goes to its backend: as the client sends it, or copied to mirrors as it goes by.
+pub(crate) enum GatewayBody {
+    Plain(Incoming),
+    Teed(crate::mirror::Tee<Incoming>),
+}
+
+impl hyper::body::Body for GatewayBody {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, crate::BoxError>>> {
+        match self.get_mut() {
+            GatewayBody::Plain(b) => std::pin::Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into))),
+            GatewayBody::Teed(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Plain(b) => b.is_end_stream(),
+            GatewayBody::Teed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            GatewayBody::Plain(b) => b.size_hint(),
+            GatewayBody::Teed(b) => b.size_hint(),
+        }
+    }
 }
 
 /// Sets, adds and removes headers as a HeaderModifier says (names without regard to case).

@@ -347,8 +347,70 @@ fn may_replay(retry_idempotent: bool, no_body: bool, method: &Method, upgrade: b
     retry_idempotent && no_body && is_idempotent(method) && !upgrade
 }
 
-/// Serves one request arriving on an HTTP entry point (its body a client's, or a mirrored copy of one).
-pub async fn handle<B>(entry: Arc<Entry>, mut req: Request<B>, client: Client) -> Response<ProxyBody>
+/// Serves one request arriving on an HTTP entry point (its body a client's, or a mirrored copy of one). What
+/// comes before the first attempt (the replica chosen, the headers rewritten) is done now; the future returned holds
+/// only what the attempts need, since every request's future is moved whole into its task.
+pub fn handle<B>(
+    entry: Arc<Entry>,
+    req: Request<B>,
+    client: Client,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'static
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    match prepare(entry, req, &client) {
+        Err(answer) => futures_util::future::Either::Left(std::future::ready(answer)),
+        Ok(p) => futures_util::future::Either::Right(forward(p, client)),
+    }
+}
+
+/// Counts one failed request of an entry point by kind.
+fn count_error(entry: &Entry, kind: &str) {
+    entry
+        .metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            namespace: entry.namespace.clone(),
+            app: entry.app.clone(),
+            entry: entry.name.clone(),
+            kind: kind.to_string(),
+        })
+        .inc();
+}
+
+/// The answer to a request that failed, counted.
+fn fail(entry: &Entry, e: ProxyError) -> Response<ProxyBody> {
+    count_error(entry, e.kind());
+    plain(e.status(), e.to_string())
+}
+
+/// A request ready for its first attempt.
+struct Prepared {
+    entry: Arc<Entry>,
+    cfg: Arc<crate::EntryConfig>,
+    started: Instant,
+    /// The client's side of a websocket, once the replica agrees.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// A tunnel's place in the gate.
+    held: Option<crate::gate::Held>,
+    /// The replica the request's cookie already names (and still serves): its cookie needs no rewrite.
+    pinned_by_cookie: Option<Arc<Backend>>,
+    backend: Arc<Backend>,
+    out: Outgoing,
+    /// The request of the next attempt: the first, with the client's body; then a replay's, built from `out`.
+    pending: Option<Request<ProxyBody>>,
+    body_failed: Arc<std::sync::OnceLock<ClientBodyError>>,
+    body_done: Arc<std::sync::atomic::AtomicBool>,
+    upgrade: bool,
+    no_body: bool,
+    replayable: bool,
+    over_tls: bool,
+}
+
+/// Chooses the replica and rewrites the request for it; or the answer, when it cannot be forwarded.
+#[allow(clippy::result_large_err, reason = "the answer goes straight back to the client: boxing it costs a malloc")]
+fn prepare<B>(entry: Arc<Entry>, mut req: Request<B>, client: &Client) -> Result<Prepared, Response<ProxyBody>>
 where
     B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -356,28 +418,11 @@ where
     let cfg = entry.config();
     let started = Instant::now();
     crate::busy::request_starts(started);
-    let error = |kind: &str| {
-        entry
-            .metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                namespace: entry.namespace.clone(),
-                app: entry.app.clone(),
-                entry: entry.name.clone(),
-                kind: kind.to_string(),
-            })
-            .inc();
-    };
-
-    let fail = |e: ProxyError| {
-        error(e.kind());
-        plain(e.status(), e.to_string())
-    };
 
     let length =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|l| l > cfg.max_body) {
-        return fail(ProxyError::BodyTooLarge { limit: cfg.max_body });
+        return Err(fail(&entry, ProxyError::BodyTooLarge { limit: cfg.max_body }));
     }
     let upgrade = cfg.expose.websockets && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -385,8 +430,11 @@ where
     // the tunnels, which may hold half the connection budget.
     let held = req.extensions_mut().remove::<crate::gate::Held>().filter(|_| upgrade);
     if held.as_ref().is_some_and(|h| !h.pin()) {
-        error("too_many_tunnels");
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "Capstan holds as many tunnels as it may; retry shortly".into());
+        count_error(&entry, "too_many_tunnels");
+        return Err(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Capstan holds as many tunnels as it may; retry shortly".into(),
+        ));
     }
 
     // Pick the replica: a valid sticky cookie or client pin first, then the balance.
@@ -402,14 +450,14 @@ where
     } else if let Some(ci) = sticky_ip {
         backend = entry.backends.pinned_ip(client.addr.ip(), Duration::from_secs(u64::from(ci.timeout_seconds)));
     }
-    let mut backend = match backend.or_else(|| entry.backends.pick(cfg.expose.balance, &[])) {
+    let backend = match backend.or_else(|| entry.backends.pick(cfg.expose.balance, &[])) {
         Some(b) => b,
         None => {
-            error("no_backend");
-            return plain(
+            count_error(&entry, "no_backend");
+            return Err(plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no ready replica of App {}/{} behind `{}`", entry.namespace, entry.app, entry.name),
-            );
+            ));
         }
     };
 
@@ -477,167 +525,209 @@ where
         .boxed()
     };
 
-    let mut pending = Some(out.build(first_body, replayable));
-    let mut tried: Vec<String> = Vec::new();
-    let mut fresh_connection = false;
-    let mut last_error: Option<ProxyError> = None;
-    for attempt in 0..MAX_ATTEMPTS {
-        let req = match pending.take() {
-            Some(r) => r,
-            None if replayable => out.build(boxed(Empty::<Bytes>::new()), true),
-            None => break,
-        };
-        if attempt > 0 {
-            entry.metrics_of(&backend).retries.inc();
-        }
-        // Counted in flight from the moment the replica is chosen, before a connection is taken: a drain waits for
-        // the replica's in-flight requests, then its process is stopped, closing its idle connections — one this
-        // request was about to write to, had it been counted only once sent.
-        let guard = backend.track();
-        if backend.is_draining() {
-            // The drain began between the choice and the count: another replica, if there is one.
-            tried.push(backend.name.clone());
-            if let Some(b) = entry.backends.pick(cfg.expose.balance, &tried) {
-                backend = b;
-                pending = Some(req);
-                continue;
+    let pending = Some(out.build(first_body, replayable));
+    Ok(Prepared {
+        entry,
+        cfg,
+        started,
+        client_upgrade,
+        held,
+        pinned_by_cookie,
+        backend,
+        out,
+        pending,
+        body_failed,
+        body_done,
+        upgrade,
+        no_body,
+        replayable,
+        over_tls,
+    })
+}
+
+/// Sends a prepared request: to a pooled or new connection of its replica, again elsewhere when it may be, and
+/// its answer back. An `async` block, not an `async fn`: its state keeps `p` once, where a function's would keep its
+/// arguments twice.
+#[allow(clippy::manual_async_fn, reason = "an async fn's state keeps its arguments twice: `p` is large")]
+fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+    async move {
+        let entry = &*p.entry;
+        let cfg = &*p.cfg;
+        let (upgrade, no_body, replayable, over_tls) = (p.upgrade, p.no_body, p.replayable, p.over_tls);
+        let sticky_cookie = cfg.expose.sticky.as_ref().and_then(|s| s.cookie.as_ref());
+        let sticky_ip = cfg.expose.sticky.as_ref().and_then(|s| s.client_ip.as_ref());
+        let mut backend = p.backend;
+        let mut tried: Vec<String> = Vec::new();
+        let mut fresh_connection = false;
+        let mut last_error: Option<ProxyError> = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            let req = match p.pending.take() {
+                Some(r) => r,
+                None if replayable => p.out.build(boxed(Empty::<Bytes>::new()), true),
+                None => break,
+            };
+            if attempt > 0 {
+                entry.metrics_of(&backend).retries.inc();
             }
-        }
-        let mut pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
-        if pooled.is_some() && !replayable {
-            // The connection's own task runs on this thread. Yield once (tokio polls the I/O driver before it
-            // resumes a yielded task) so that a close the peer already sent — a replica that just died — is seen
-            // before the request is written: a request written to a dead connection could not be sent again.
-            // A replayable request skips this: if its connection turns out dead, it is sent again elsewhere.
-            tokio::task::yield_now().await;
-        }
-        if let Some(s) = pooled.as_mut() {
-            if s.is_closed() || s.ready().await.is_err() {
-                pooled = None;
+            // Counted in flight from the moment the replica is chosen, before a connection is taken: a drain waits for
+            // the replica's in-flight requests, then its process is stopped, closing its idle connections — one this
+            // request was about to write to, had it been counted only once sent.
+            let guard = backend.track();
+            if backend.is_draining() {
+                // The drain began between the choice and the count: another replica, if there is one.
+                tried.push(backend.name.clone());
+                if let Some(b) = entry.backends.pick(cfg.expose.balance, &tried) {
+                    backend = b;
+                    p.pending = Some(req);
+                    continue;
+                }
             }
-        }
-        // A pooled connection of the other protocol (the port's appProtocol changed under it) is not used.
-        let pooled = pooled.filter(|s| s.is_shared() == (cfg.h2c && !upgrade));
-        let connected = match pooled {
-            Some(s) => Ok(s),
-            None => {
-                let made = connect(backend.addr, cfg.connect_timeout, upgrade, cfg.upstream_tls.as_deref(), cfg.h2c)
+            let mut pooled = if upgrade || fresh_connection { None } else { backend.checkout() };
+            if pooled.is_some() && !replayable {
+                // The connection's own task runs on this thread. Yield once (tokio polls the I/O driver before it
+                // resumes a yielded task) so that a close the peer already sent — a replica that just died — is seen
+                // before the request is written: a request written to a dead connection could not be sent again.
+                // A replayable request skips this: if its connection turns out dead, it is sent again elsewhere.
+                tokio::task::yield_now().await;
+            }
+            if let Some(s) = pooled.as_mut() {
+                if s.is_closed() || s.ready().await.is_err() {
+                    pooled = None;
+                }
+            }
+            // A pooled connection of the other protocol (the port's appProtocol changed under it) is not used.
+            let pooled = pooled.filter(|s| s.is_shared() == (cfg.h2c && !upgrade));
+            let connected = match pooled {
+                Some(s) => Ok(s),
+                None => {
+                    // Boxed: a new connection's state (TCP, TLS and HTTP handshakes) is most of this future's size, and
+                    // every request's future is moved whole into its task, while few requests open a connection.
+                    let made = Box::pin(connect(
+                        backend.addr,
+                        cfg.connect_timeout,
+                        upgrade,
+                        cfg.upstream_tls.as_deref(),
+                        cfg.h2c,
+                    ))
                     .await
                     .map_err(ProxyError::Connect);
-                // An HTTP/2 connection is shared from the start: concurrent requests use it rather than each open
-                // one of their own.
-                if let Some(shared) = made.as_ref().ok().and_then(Sender::share) {
-                    backend.checkin(shared);
+                    // An HTTP/2 connection is shared from the start: concurrent requests use it rather than each open
+                    // one of their own.
+                    if let Some(shared) = made.as_ref().ok().and_then(Sender::share) {
+                        backend.checkin(shared);
+                    }
+                    made
                 }
-                made
-            }
-        };
-        let answered = match connected {
-            Err(e) => {
-                // Nothing was sent: the request is kept for the next attempt.
-                pending = Some(req);
-                Err(e)
-            }
-            Ok(mut sender) => {
-                let sent = tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await;
-                match sent {
-                    Err(_) if !no_body && !body_done.load(std::sync::atomic::Ordering::Acquire) => {
-                        // The replica was still waiting for the body: the client's delay, not the replica's.
-                        return fail(ProxyError::BodyTimeout { after: cfg.request_timeout });
-                    }
-                    Err(_) => {
-                        let replica = backend.name.clone();
-                        return fail(ProxyError::Timeout { replica, after: cfg.request_timeout });
-                    }
-                    Ok(Ok(resp)) => Ok((resp, sender, guard)),
-                    Ok(Err(mut e)) => {
-                        // A request the connection closed on before writing it is kept for the next attempt.
-                        pending = e.take_message();
-                        let written = pending.is_none();
-                        Err(ProxyError::Send { replica: backend.name.clone(), source: e.into_error(), written })
-                    }
+            };
+            let answered = match connected {
+                Err(e) => {
+                    // Nothing was sent: the request is kept for the next attempt.
+                    p.pending = Some(req);
+                    Err(e)
                 }
-            }
-        };
-        let (mut resp, sender, guard) = match answered {
-            Ok(answer) => answer,
-            Err(e) => {
-                let retry = e.retry(replayable);
-                last_error = Some(e);
-                match retry {
-                    None => break,
-                    Some(Retry::FreshConnection) => {
-                        fresh_connection = true;
-                        continue;
-                    }
-                    Some(Retry::OtherReplica { eject }) => {
-                        if eject {
-                            backend.eject();
+                Ok(mut sender) => {
+                    let sent = tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await;
+                    match sent {
+                        Err(_) if !no_body && !p.body_done.load(std::sync::atomic::Ordering::Acquire) => {
+                            // The replica was still waiting for the body: the client's delay, not the replica's.
+                            return fail(entry, ProxyError::BodyTimeout { after: cfg.request_timeout });
                         }
-                        tried.push(backend.name.clone());
-                        fresh_connection = false;
-                        match entry.backends.pick(cfg.expose.balance, &tried) {
-                            Some(b) => {
-                                backend = b;
-                                continue;
+                        Err(_) => {
+                            let replica = backend.name.clone();
+                            return fail(entry, ProxyError::Timeout { replica, after: cfg.request_timeout });
+                        }
+                        Ok(Ok(resp)) => Ok((resp, sender, guard)),
+                        Ok(Err(mut e)) => {
+                            // A request the connection closed on before writing it is kept for the next attempt.
+                            p.pending = e.take_message();
+                            let written = p.pending.is_none();
+                            Err(ProxyError::Send { replica: backend.name.clone(), source: e.into_error(), written })
+                        }
+                    }
+                }
+            };
+            let (mut resp, sender, guard) = match answered {
+                Ok(answer) => answer,
+                Err(e) => {
+                    let retry = e.retry(replayable);
+                    last_error = Some(e);
+                    match retry {
+                        None => break,
+                        Some(Retry::FreshConnection) => {
+                            fresh_connection = true;
+                            continue;
+                        }
+                        Some(Retry::OtherReplica { eject }) => {
+                            if eject {
+                                backend.eject();
                             }
-                            None => break,
+                            tried.push(backend.name.clone());
+                            fresh_connection = false;
+                            match entry.backends.pick(cfg.expose.balance, &tried) {
+                                Some(b) => {
+                                    backend = b;
+                                    continue;
+                                }
+                                None => break,
+                            }
                         }
                     }
                 }
+            };
+            let status = resp.status();
+            entry.metrics_of(&backend).answered(status.as_u16(), p.started.elapsed().as_secs_f64());
+            if sticky_ip.is_some() {
+                entry.backends.pin_ip(client.addr.ip(), &backend.name);
             }
-        };
-        let status = resp.status();
-        entry.metrics_of(&backend).answered(status.as_u16(), started.elapsed().as_secs_f64());
-        if sticky_ip.is_some() {
-            entry.backends.pin_ip(client.addr.ip(), &backend.name);
-        }
-        let cookie_value = backend.cookie();
-        let set_cookie = sticky_cookie.filter(|_| !pinned_by_cookie.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend)));
+            let cookie_value = backend.cookie();
+            let set_cookie =
+                sticky_cookie.filter(|_| !p.pinned_by_cookie.as_ref().is_some_and(|p| Arc::ptr_eq(p, &backend)));
 
-        if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
-            let backend_upgrade = hyper::upgrade::on(&mut resp);
-            let labels = entry.replica_labels(&backend.name);
-            let gauge = entry.metrics.open_tunnels.get_or_create(&labels).clone();
-            if let Some(client_upgrade) = client_upgrade {
-                let idle = entry.config().idle;
-                let entry = entry.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let _busy = held.as_ref().map(|h| h.0.activity());
-                    if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
-                        gauge.inc();
-                        // A websocket through a gateway route closes when the route (or its grant) goes.
-                        tokio::select! {
-                            _ = crate::idle::copy_until_idle(TokioIo::new(c), TokioIo::new(b), idle) => {}
-                            _ = entry.retired() => {}
+            if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
+                let backend_upgrade = hyper::upgrade::on(&mut resp);
+                let labels = entry.replica_labels(&backend.name);
+                let gauge = entry.metrics.open_tunnels.get_or_create(&labels).clone();
+                if let Some(client_upgrade) = p.client_upgrade.take() {
+                    let idle = entry.config().idle;
+                    let entry = p.entry.clone();
+                    let held = p.held.take();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        let _busy = held.as_ref().map(|h| h.0.activity());
+                        if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
+                            gauge.inc();
+                            // A websocket through a gateway route closes when the route (or its grant) goes.
+                            tokio::select! {
+                                _ = crate::idle::copy_until_idle(TokioIo::new(c), TokioIo::new(b), idle) => {}
+                                _ = entry.retired() => {}
+                            }
+                            gauge.dec();
                         }
-                        gauge.dec();
-                    }
-                });
+                    });
+                }
+                let (mut rparts, _) = resp.into_parts();
+                add_cookie(&mut rparts.headers, set_cookie, cookie_value, over_tls);
+                return Response::from_parts(rparts, boxed(Empty::<Bytes>::new()));
             }
-            let (mut rparts, _) = resp.into_parts();
+            let (mut rparts, rbody) = resp.into_parts();
+            strip_hop_by_hop(&mut rparts.headers);
             add_cookie(&mut rparts.headers, set_cookie, cookie_value, over_tls);
-            return Response::from_parts(rparts, boxed(Empty::<Bytes>::new()));
+            let pooled = (!upgrade).then(|| (sender, backend.clone()));
+            return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard, pooled }.boxed());
         }
-        let (mut rparts, rbody) = resp.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
-        add_cookie(&mut rparts.headers, set_cookie, cookie_value, over_tls);
-        let pooled = (!upgrade).then(|| (sender, backend.clone()));
-        return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard, pooled }.boxed());
+        let failure = match p.body_failed.get() {
+            Some(ClientBodyError::TooLarge) => ProxyError::BodyTooLarge { limit: cfg.max_body },
+            Some(ClientBodyError::Malformed) => ProxyError::BodyMalformed,
+            Some(ClientBodyError::Stalled) => ProxyError::BodyStalled { after: cfg.request_timeout },
+            None => ProxyError::Exhausted {
+                namespace: entry.namespace.clone(),
+                app: entry.app.clone(),
+                last: last_error.map(Box::new),
+                moved_on: !tried.is_empty(),
+            },
+        };
+        fail(entry, failure)
     }
-    let failure = match body_failed.get() {
-        Some(ClientBodyError::TooLarge) => ProxyError::BodyTooLarge { limit: cfg.max_body },
-        Some(ClientBodyError::Malformed) => ProxyError::BodyMalformed,
-        Some(ClientBodyError::Stalled) => ProxyError::BodyStalled { after: cfg.request_timeout },
-        None => ProxyError::Exhausted {
-            namespace: entry.namespace.clone(),
-            app: entry.app.clone(),
-            last: last_error.map(Box::new),
-            moved_on: !tried.is_empty(),
-        },
-    };
-    fail(failure)
 }
 
 /// Marks a request that came over TLS (a gateway's HTTPS listener): its sticky cookie is `Secure`.

@@ -460,6 +460,16 @@ impl Front {
     }
 }
 
+/// What every request of one gateway connection shares.
+struct GatewayConnection {
+    routes: Arc<gateway::Routes>,
+    client: http::Client,
+    /// The server name its TLS handshake asked for, lower-case, without a final dot.
+    sni: Option<Box<str>>,
+    /// What backends are told of its client certificate (`X-Forwarded-Client-Cert`).
+    cert: Option<hyper::header::HeaderValue>,
+}
+
 /// Serves one client connection on the current worker.
 async fn connection(
     stream: tokio::net::TcpStream,
@@ -475,18 +485,18 @@ async fn connection(
             return Box::pin(stream::serve(routes, tls, stream, peer, admitted)).await;
         }
         (Front::Routes(routes, tls), _) => {
-            let client = http::Client::new(peer);
             let client_auth = routes.client_auth.clone();
-            // The server name its handshake asked for, and what backends are told of its client certificate.
-            let service = move |sni: Option<Arc<str>>, cert: Option<hyper::header::HeaderValue>| {
+            // The server name its handshake asked for, and what backends are told of its client certificate: with
+            // the socket's routes and the client, what every request of the connection is routed with.
+            let service = move |sni: Option<Box<str>>, cert: Option<hyper::header::HeaderValue>| {
+                let conn = Arc::new(GatewayConnection { routes, client: http::Client::new(peer), sni, cert });
                 service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    if let Some(c) = &cert {
+                    if let Some(c) = &conn.cert {
                         req.extensions_mut().insert(gateway::ClientCert(c.clone()));
                     }
-                    let (routes, client, sni) = (routes.clone(), client.clone(), sni.clone());
-                    async move {
-                        Ok::<_, std::convert::Infallible>(gateway::handle(routes, req, client, sni.as_deref()).await)
-                    }
+                    // Routed here: the future holds only the forwarding, and nothing of the connection's.
+                    let answer = gateway::handle(&conn.routes, req, conn.client.clone(), conn.sni.as_deref());
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
                 })
             };
             let _ = stream.set_nodelay(true);
@@ -506,7 +516,7 @@ async fn connection(
                         Some(Ok(Ok(tls))) => {
                             let session = tls.get_ref().1;
                             let sni =
-                                session.server_name().map(|n| Arc::from(n.trim_end_matches('.').to_ascii_lowercase()));
+                                session.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase().into());
                             let protocol = match session.alpn_protocol() {
                                 Some(b"h2") => serve::Protocol::Http2,
                                 _ => serve::Protocol::Http1,

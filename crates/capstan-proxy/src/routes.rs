@@ -248,12 +248,18 @@ pub struct Request<'a> {
 }
 
 /// Lower-cases a `Host` header's name and drops its port (and an IPv6 literal's brackets are kept).
-pub fn host_of(header: &str) -> String {
+pub fn host_of(header: &str) -> std::borrow::Cow<'_, str> {
     let h = match header.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
         _ => header,
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    let h = h.trim_end_matches('.');
+    // Most clients write it lower-case already: no copy then.
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
 }
 
 /// One compiled match of one rule of one route, for one hostname.

@@ -311,7 +311,12 @@ async fn a_backend_tls_policy_makes_the_gateway_speak_tls_to_its_backend_and_che
     let (_, body) =
         eventually("served over TLS", T, || async { Some(plain_get(port)).filter(|(code, _)| *code == 200) }).await;
     assert_eq!(body, "auth-0");
-    let p = tp.client.get("/api/v1/namespaces/default/backendtlspolicies/auth-tls").await.expect("policy");
+    // The status is written after the proxy takes the plan: it may come a moment after the first answer.
+    let p = eventually("the policy's status", T, || async {
+        let p = tp.client.get("/api/v1/namespaces/default/backendtlspolicies/auth-tls").await.expect("policy");
+        p["status"]["ancestors"].get(0).is_some().then_some(p)
+    })
+    .await;
     let ancestor = &p["status"]["ancestors"][0];
     assert_eq!(ancestor["ancestorRef"]["name"], "edge", "{p}");
     assert_eq!(condition(&ancestor["conditions"], "Accepted")["status"], "True", "{p}");
