@@ -304,13 +304,19 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
     }
-    // Most paths are normal already: no escape, no empty, `.` or `..` segment.
-    let plain = !path.contains('%')
-        && !path.contains("//")
-        && !path.contains("/./")
-        && !path.contains("/../")
-        && !path.ends_with("/.")
-        && !path.ends_with("/..");
+    // Most paths are normal already: no escape, no empty segment (but a final one: a trailing slash), no `.` or
+    // `..` segment. One pass over the segments, at every request.
+    let plain = !path.as_bytes().contains(&b'%') && {
+        let mut segments = path[1..].split('/').peekable();
+        let mut plain = true;
+        while let Some(seg) = segments.next() {
+            if (seg.is_empty() && segments.peek().is_some()) || seg == "." || seg == ".." {
+                plain = false;
+                break;
+            }
+        }
+        plain
+    };
     if plain {
         return Some(Cow::Borrowed(path));
     }
