@@ -78,7 +78,7 @@ class Capstan:
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=60)
+        self.proc.wait(timeout=180)  # under valgrind, a clean stop takes a while
 
 
 def nginx(backends, port, d, crt, key):
@@ -141,12 +141,13 @@ def h2load(url, seconds, clients, streams):
     out = subprocess.run(["h2load", "-D", str(seconds), "-c", str(clients), "-m", str(streams), "-t", "2", url],
                          capture_output=True, text=True).stdout
     done = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed", out)
     if not done or not m:
         sys.exit(f"h2load gave no report for {url}:\n{out}")
     proto = re.search(r"Application protocol: (\S+)", out)
     # "errored" requests are counted among the "failed" ones.
-    return {"rps": float(done.group(1)), "failed": int(m.group(2)), "protocol": proto.group(1) if proto else "?"}
+    return {"rps": float(done.group(1)), "done": int(m.group(1)), "failed": int(m.group(2)),
+            "protocol": proto.group(1) if proto else "?"}
 
 
 def full_handshakes(port, seconds, clients=2):
@@ -228,6 +229,8 @@ def main():
                     help="one measure alone, for a quick look after a change to it: `idle` the idle-connection "
                          "memory, `routing` the 100 routes against `expose`, `h2` HTTP/2 against the peers")
     a = ap.parse_args()
+    if a.instr_seconds and a.only != "routing":
+        ap.error("--instr-seconds counts the routing path: use it with --only routing")
     # 10,000 idle connections need more descriptors than a shell's usual limit, in the client and in each proxy
     # (HAProxy asks for twice its maxconn): raised here (root may raise the hard limit), and inherited below.
     try:
@@ -276,14 +279,15 @@ def run(a, capstans, n, n_port, h, h_port):
     if a.only == "routing":
         report_routing(a, capstans, routing_rounds(a, capstans))
         if a.instr_seconds:
-            routing_instructions(a, capstans[0][1].backends)
+            routing_instructions(a)
         return
     if a.only == "h2":
         for _ in range(a.rounds):
             for label, port, pids in proxies:
+                h2load(f"https://127.0.0.1:{port}{PATH}", 2, a.conns, 10)  # warm-up
                 before = cpu_seconds(pids())
                 r = h2load(f"https://127.0.0.1:{port}{PATH}", a.seconds, a.conns, 10)
-                r["cpu_us_per_req"] = (cpu_seconds(pids()) - before) / max(r["rps"] * a.seconds, 1) * 1e6
+                r["cpu_us_per_req"] = (cpu_seconds(pids()) - before) / max(r["done"], 1) * 1e6
                 tables["HTTP/2"].setdefault(label, []).append(r)
         for label, _, _ in proxies:
             r = median(tables["HTTP/2"][label], "rps")
@@ -369,7 +373,7 @@ def report_routing(a, capstans, routing):
               f"{e['cpu_us_per_req']:.1f} → {g['cpu_us_per_req']:.1f} µs |")
 
 
-def routing_instructions(a, backends):
+def routing_instructions(a):
     """User-space instructions per request (callgrind, whole process) through the App's `expose` entry point and
     through the Gateway's 100 routes, one Capstan under valgrind: the same on a quiet or a busy machine, so it shows
     differences smaller than the noise of req/s."""
@@ -377,8 +381,7 @@ def routing_instructions(a, backends):
     out = f"{d}/callgrind.out"
     crt, key = certificate(d)
     ports = {"https": free_port(), "http": free_port(), "expose": free_port()}
-    c = Capstan(a.bin, f"{a.bin}/capstan", crt, key, ports["https"], ports["http"], ports["expose"], a.routes,
-                wrap=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"))
+    c = None
     counts = {}
 
     def dump():
@@ -387,9 +390,12 @@ def routing_instructions(a, backends):
         with open(f"{d}/{dumps[-1]}") as f:
             return next(int(line.split()[1]) for line in f if line.startswith(("summary:", "totals:")))
     try:
+        c = Capstan(a.bin, f"{a.bin}/capstan", crt, key, ports["https"], ports["http"], ports["expose"], a.routes,
+                    wrap=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"))
         # What Capstan does without requests (its controllers, probes, scrapes) in the same time, taken off each
         # count: otherwise the path that serves fewer requests in the time would carry more of it per request.
         wait_http(f"http://127.0.0.1:{ports['expose']}{PATH}", 120)
+        time.sleep(5)  # the start's own work done
         subprocess.run(["callgrind_control", "--zero", str(c.proc.pid)], check=True, capture_output=True)
         time.sleep(a.instr_seconds)
         idle = dump()
@@ -402,8 +408,10 @@ def routing_instructions(a, backends):
             total = dump()
             counts[name] = (r["requests"], (total - idle) / max(r["requests"], 1))
     finally:
-        c.stop()
-        subprocess.run(["rm", "-rf", c.data])
+        if c is not None:
+            c.stop()
+            subprocess.run(["rm", "-rf", c.data])
+        subprocess.run(["rm", "-rf", d])
     print(f"\nUser-space instructions per request (callgrind, whole process, {a.instr_seconds} s of wrk -t1 -c8, less "
           f"{idle / a.instr_seconds:,.0f} per second counted idle):\n")
     print("| path | requests counted | instructions per request |")
@@ -411,7 +419,6 @@ def routing_instructions(a, backends):
     for name, (n, per) in counts.items():
         print(f"| {name} | {n:,} | {per:,.0f} |")
     print(f"\ngateway / expose: {counts['gateway'][1] / counts['expose'][1]:.3f}")
-    subprocess.run(["rm", "-rf", d])
 
 
 def report_memory(a, proxies, memory):

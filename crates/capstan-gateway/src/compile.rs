@@ -820,6 +820,12 @@ fn actions(
         };
         let rule_name = rule.name.clone().unwrap_or_else(|| i.to_string());
         let mut action = RuleAction::new(format!("{ns}/{}/{rule_name}", r.metadata.name), settings(rule));
+        // Zero is no limit in Gateway API (the model checked that both parse).
+        let limit = |t: Option<&String>| {
+            t.and_then(|t| capstan_model::gateway::parse_gateway_duration(t).ok()).filter(|d| !d.is_zero())
+        };
+        action.request_timeout = limit(rule.timeouts.as_ref().and_then(|t| t.request.as_ref()));
+        action.backend_request_timeout = limit(rule.timeouts.as_ref().and_then(|t| t.backend_request.as_ref()));
         for f in &rule.filters {
             match f.type_ {
                 HttpFilterType::RequestHeaderModifier => action.request_headers = f.request_header_modifier.clone(),
@@ -1240,7 +1246,7 @@ mod tests {
                 "sticky",
                 "default",
                 json!({"parentRefs": [{"name": "front"}], "hostnames": ["s.example.com"], "rules": [{
-                "timeouts": {"request": "1500ms"},
+                "timeouts": {"request": "1500ms", "backendRequest": "400ms"},
                 "sessionPersistence": {"sessionName": "S", "absoluteTimeout": "1h", "cookieConfig": {"lifetimeType": "Permanent"}},
                 "backendRefs": [{"name": "web", "port": 8080}]}]}),
             ),
@@ -1265,6 +1271,9 @@ mod tests {
         assert!(m.contains("RequestMirror on one backendRef"), "{m}");
         let action = action_of("default/sticky/0");
         assert_eq!(action.settings.timeouts.request_seconds, 2, "rounded up to whole seconds");
+        // The whole request's limit and each attempt's, as written.
+        assert_eq!(action.request_timeout, Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(action.backend_request_timeout, Some(std::time::Duration::from_millis(400)));
         let cookie = action.settings.sticky.as_ref().and_then(|s| s.cookie.as_ref()).unwrap();
         assert_eq!((cookie.name.as_str(), cookie.max_age), ("S", Some(3600)));
     }

@@ -34,7 +34,8 @@ pub enum ProxyError {
     /// when the connection closed before any of the request was written.
     #[error("{replica}: {source}")]
     Send { replica: String, source: hyper::Error, written: bool },
-    /// The replica did not answer within the entry point's `requestSeconds`.
+    /// The replica did not answer within the entry point's `requestSeconds` (a gateway route's
+    /// `timeouts.backendRequest`, or what was left of its `timeouts.request`).
     #[error("replica {replica} did not answer within {after:?}")]
     Timeout { replica: String, after: Duration },
     /// The replica still waited for the request body when `requestSeconds` ran out: the client's delay.

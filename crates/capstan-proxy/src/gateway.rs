@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -36,6 +37,12 @@ pub struct RuleAction {
     pub mirrors: Vec<crate::mirror::Mirror>,
     /// The proxy settings of its backends, as an entry point's: timeouts, session persistence (a sticky cookie).
     pub settings: Expose,
+    /// Gateway API's `timeouts.request`: the whole request, every attempt included, to its response. None: no
+    /// limit but each attempt's.
+    pub request_timeout: Option<Duration>,
+    /// Gateway API's `timeouts.backendRequest`: one attempt, from sending it to the backend's response. None: the
+    /// settings' request timeout.
+    pub backend_request_timeout: Option<Duration>,
     /// Requests it has taken, for the weights: kept by the proxy across plan changes (by `id`), so a new plan does
     /// not start every split again at its first backend.
     pub(crate) next: OnceLock<Arc<AtomicUsize>>,
@@ -52,6 +59,8 @@ impl RuleAction {
             backends: Vec::new(),
             mirrors: Vec::new(),
             settings,
+            request_timeout: None,
+            backend_request_timeout: None,
             next: OnceLock::new(),
         }
     }
@@ -175,7 +184,7 @@ pub struct ListenerPlan {
 /// and new TLS handshakes the new certificates.
 #[derive(Default)]
 pub struct Routes {
-    /// Read at every request and handshake without a lock or a shared count: both workers may read it at once.
+    /// Read at every request and handshake without a lock or a shared count, by every worker at once.
     hosts: ArcSwap<Vec<VirtualHost>>,
     /// Its listening port, for redirects that keep it.
     pub port: u16,

@@ -397,6 +397,9 @@ struct Prepared {
     /// The replica the request's cookie already names (and still serves): its cookie needs no rewrite.
     pinned_by_cookie: Option<Arc<Backend>>,
     backend: Arc<Backend>,
+    /// The request counted in flight on `backend` from the moment it was chosen (for least-requests, and for a
+    /// drain, which waits for it), taken by the first attempt.
+    first_guard: Option<InflightGuard>,
     out: Outgoing,
     /// The request of the next attempt: the first, with the client's body; then a replay's, built from `out`.
     pending: Option<Request<ProxyBody>>,
@@ -526,6 +529,7 @@ where
     };
 
     let pending = Some(out.build(first_body, replayable));
+    let first_guard = Some(backend.track());
     Ok(Prepared {
         entry,
         cfg,
@@ -534,6 +538,7 @@ where
         held,
         pinned_by_cookie,
         backend,
+        first_guard,
         out,
         pending,
         body_failed,
@@ -572,7 +577,19 @@ fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<Pro
             // Counted in flight from the moment the replica is chosen, before a connection is taken: a drain waits for
             // the replica's in-flight requests, then its process is stopped, closing its idle connections — one this
             // request was about to write to, had it been counted only once sent.
-            let guard = backend.track();
+            // What is left of the whole request's time (a gateway route's `timeouts.request`) bounds this attempt.
+            // `after` is the limit that bounds it, as written, for the message.
+            let (limit, after) = match cfg.total_timeout {
+                Some(total) if total.saturating_sub(p.started.elapsed()) < cfg.request_timeout => {
+                    (total.saturating_sub(p.started.elapsed()), total)
+                }
+                _ => (cfg.request_timeout, cfg.request_timeout),
+            };
+            if limit.is_zero() {
+                let replica = backend.name.clone();
+                return fail(entry, ProxyError::Timeout { replica, after });
+            }
+            let guard = p.first_guard.take().unwrap_or_else(|| backend.track());
             if backend.is_draining() {
                 // The drain began between the choice and the count: another replica, if there is one.
                 tried.push(backend.name.clone());
@@ -626,15 +643,15 @@ fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<Pro
                     Err(e)
                 }
                 Ok(mut sender) => {
-                    let sent = tokio::time::timeout(cfg.request_timeout, sender.try_send_request(req)).await;
+                    let sent = tokio::time::timeout(limit, sender.try_send_request(req)).await;
                     match sent {
                         Err(_) if !no_body && !p.body_done.load(std::sync::atomic::Ordering::Acquire) => {
                             // The replica was still waiting for the body: the client's delay, not the replica's.
-                            return fail(entry, ProxyError::BodyTimeout { after: cfg.request_timeout });
+                            return fail(entry, ProxyError::BodyTimeout { after });
                         }
                         Err(_) => {
                             let replica = backend.name.clone();
-                            return fail(entry, ProxyError::Timeout { replica, after: cfg.request_timeout });
+                            return fail(entry, ProxyError::Timeout { replica, after });
                         }
                         Ok(Ok(resp)) => Ok((resp, sender, guard)),
                         Ok(Err(mut e)) => {

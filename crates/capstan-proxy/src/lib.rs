@@ -131,7 +131,11 @@ pub struct EntryConfig {
     pub expose: Expose,
     pub max_body: u64,
     pub connect_timeout: Duration,
+    /// One attempt: from sending the request to a replica to its response's headers.
     pub request_timeout: Duration,
+    /// The whole request, every attempt included (a gateway route's `timeouts.request`); None for entry points,
+    /// whose limit is per attempt.
+    pub total_timeout: Option<Duration>,
     pub drain: Duration,
     /// Tunnels quiet this long are closed; zero never.
     pub idle: Duration,
@@ -148,6 +152,7 @@ impl EntryConfig {
             max_body: parse_bytes(&expose.max_body_size).unwrap_or(250 << 20),
             connect_timeout: Duration::from_secs(u64::from(expose.timeouts.connect_seconds.max(1))),
             request_timeout: Duration::from_secs(u64::from(expose.timeouts.request_seconds.max(1))),
+            total_timeout: None,
             drain: Duration::from_secs(u64::from(expose.drain_seconds)),
             idle: Duration::from_secs(u64::from(expose.timeouts.idle_seconds)),
             upstream_tls: None,
@@ -542,8 +547,9 @@ async fn connection(
         ExposeProtocol::Http => {
             let client = http::Client::new(peer);
             let svc = service_fn(move |req| {
-                let (entry, client) = (entry.clone(), client.clone());
-                async move { Ok::<_, std::convert::Infallible>(http::handle(entry, req, client).await) }
+                // Prepared here: the future holds only the forwarding.
+                let answer = http::handle(entry.clone(), req, client.clone());
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
             let _ = stream.set_nodelay(true);
             serve::serve_http(stream, admitted, svc, serve::Protocol::Http1).await;
@@ -766,6 +772,10 @@ impl Proxy {
                             ))
                         });
                         let mut config = EntryConfig::new(settings);
+                        if let Some(t) = action.backend_request_timeout {
+                            config.request_timeout = t;
+                        }
+                        config.total_timeout = action.request_timeout;
                         config.upstream_tls = b.tls.clone();
                         config.h2c = b.h2c;
                         *entry.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);

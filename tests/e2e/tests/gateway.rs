@@ -337,6 +337,60 @@ spec:
     tp.stop().await;
 }
 
+/// Gateway API's two route timeouts: `backendRequest` bounds each attempt, `request` the whole request (504 when
+/// either runs out, naming the limit); a rule without them waits as long as an entry point does.
+#[tokio::test(flavor = "multi_thread")]
+async fn route_timeouts_bound_each_attempt_and_the_whole_request() {
+    let tp = TestPlane::start().await;
+    let port = free_port();
+    let rule = |host: &str, timeouts: &str| {
+        format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {}}}
+spec:
+  parentRefs: [{{name: front}}]
+  hostnames: [{host}]
+  rules: [{{backendRefs: [{{name: slow, port: 8080}}]{timeouts}}}]
+",
+            host.split('.').next().unwrap_or("r")
+        )
+    };
+    tp.apply(&format!(
+        "{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: front}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+{}{}{}",
+        app_yaml("slow", 1, &[], READINESS),
+        rule("attempt.example.com", ", timeouts: {request: 5s, backendRequest: 300ms}"),
+        rule("whole.example.com", ", timeouts: {request: 400ms}"),
+        rule("none.example.com", ""),
+    ));
+    eventually("slow Ready", T, || async { ready(&tp.app("slow").await).then_some(()) }).await;
+    eventually("the routes serve", T, || async {
+        let (code, _, _) = try_through(port, "none.example.com", "/sleep/1", &[]).await?;
+        (code == 200).then_some(())
+    })
+    .await;
+    for (host, limit) in [("attempt.example.com", "300ms"), ("whole.example.com", "400ms")] {
+        let (code, _, body) = through(port, host, "/sleep/10", &[]).await;
+        assert_eq!((code, body.as_str()), (200, "slept 10 ms"), "{host}: an answer within the limit is served");
+        let (code, _, body) = through(port, host, "/sleep/2000", &[]).await;
+        assert_eq!(code, 504, "{host}: {body}");
+        assert!(body.contains(&format!("did not answer within {limit}")), "{host}: {body}");
+    }
+    // No timeouts: the entry points' default (60 s) applies, and two seconds are served.
+    let (code, _, body) = through(port, "none.example.com", "/sleep/2000", &[]).await;
+    assert_eq!((code, body.as_str()), (200, "slept 2000 ms"));
+    tp.stop().await;
+}
+
 /// `examples/gateway` as the docs show it (with the test app for `capstan-hello` and a free port): both Apps
 /// behind the Gateway, the canary header, the redirect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,6 +135,14 @@ async fn main() {
                 body
             }),
         )
+        // An answer that takes `ms` milliseconds (at most a minute) to start.
+        .route(
+            "/sleep/{ms}",
+            get(|axum::extract::Path(ms): axum::extract::Path<u64>| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+                format!("slept {ms} ms")
+            }),
+        )
         // A large answer: `n` bytes (at most 256 MiB).
         .route(
             "/bytes/{n}",
