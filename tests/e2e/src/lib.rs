@@ -44,6 +44,27 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local address").port()
 }
 
+/// A Gateway `name` of class `capstan` on 127.0.0.1 with one listener, named after its protocol in lower case, on
+/// `port`; no trailing `---`.
+pub fn gateway_yaml(name: &str, port: u16, protocol: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners: [{{name: {}, port: {port}, protocol: {protocol}}}]
+",
+        protocol.to_ascii_lowercase()
+    )
+}
+
+/// The condition of `kind` among an object's (or a parent's) `conditions`, or null.
+pub fn condition<'a>(conditions: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    conditions.as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).unwrap_or(&serde_json::Value::Null)
+}
+
 /// The test app's absolute path.
 pub fn testapp() -> String {
     bin("capstan-testapp").display().to_string()

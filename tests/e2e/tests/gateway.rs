@@ -154,10 +154,6 @@ async fn through(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) ->
     try_through(port, host, path, headers).await.expect("an answer from the gateway listener")
 }
 
-fn condition<'a>(conditions: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
-    conditions.as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).unwrap_or(&serde_json::Value::Null)
-}
-
 /// Modelled on Gateway API's conformance cases (HTTPRouteWeight, HTTPRouteHeaderMatching, HTTPRouteRedirect*,
 /// HTTPRouteRewritePath, HTTPRouteRequestHeaderModifier, HTTPRouteResponseHeaderModifier, HTTPRouteInvalid*,
 /// GatewayWithAttachedRoutes, the listener conflict cases): three Apps behind one shared HTTP listener.
@@ -358,16 +354,9 @@ spec:
         )
     };
     tp.apply(&format!(
-        "{}---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: front}}
-spec:
-  gatewayClassName: capstan
-  addresses: [{{value: 127.0.0.1}}]
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
-{}{}{}",
+        "{}---\n{}{}{}{}",
         app_yaml("slow", 1, &[], READINESS),
+        gateway_yaml("front", port, "HTTP"),
         rule("attempt.example.com", ", timeouts: {request: 5s, backendRequest: 300ms}"),
         rule("whole.example.com", ", timeouts: {request: 400ms}"),
         rule("none.example.com", ""),

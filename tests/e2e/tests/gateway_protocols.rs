@@ -83,10 +83,6 @@ fn seen_headers(dir: &Path, port: u16, client: Option<&str>) -> Option<serde_jso
     serde_json::from_slice(&out.stdout).ok()
 }
 
-fn condition<'a>(conditions: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
-    conditions.as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).unwrap_or(&serde_json::Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ports_ask_for_client_certificates_and_refuse_or_serve_as_their_mode_says() {
     let tp = TestPlane::start().await;
@@ -246,21 +242,15 @@ fn plain_get(port: u16) -> (u16, String) {
 /// A Gateway `edge` with a plain HTTP listener on `port`, and its HTTPRoute `shop` for shop.example.test with `rules`.
 fn shop_route(port: u16, rules: &str) -> String {
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge}}
-spec:
-  gatewayClassName: capstan
-  addresses: [{{value: 127.0.0.1}}]
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
----
+        "{}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: shop}}
 spec:
   parentRefs: [{{name: edge}}]
   hostnames: [shop.example.test]
-  rules:{rules}"
+  rules:{rules}",
+        gateway_yaml("edge", port, "HTTP")
     )
 }
 

@@ -288,21 +288,15 @@ async fn a_reference_grant_opens_another_namespace_s_app_to_a_route_and_its_dele
         .replace("metadata:\n  name: echo\n", "metadata:\n  name: echo\n  namespace: team-b\n");
     let objects = format!(
         "{echo_app}---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge}}
-spec:
-  gatewayClassName: capstan
-  addresses: [{{value: 127.0.0.1}}]
-  listeners: [{{name: raw, port: {port}, protocol: TCP}}]
----
+{}---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TCPRoute
 metadata: {{name: raw}}
 spec:
   parentRefs: [{{name: edge}}]
   rules: [{{backendRefs: [{{name: echo, namespace: team-b, port: 8080}}]}}]
-"
+",
+        gateway_yaml("edge", port, "TCP")
     );
     tp.apply(&objects);
     eventually("echo Ready", T, || async {
