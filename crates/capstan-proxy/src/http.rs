@@ -169,6 +169,14 @@ fn join_cookies(h: &mut HeaderMap) {
     }
 }
 
+/// What the request's handling learns of the client's body as it is sent on.
+#[derive(Default)]
+struct BodyWatch {
+    failed: std::sync::OnceLock<ClientBodyError>,
+    /// Set once the whole body was read.
+    done: std::sync::atomic::AtomicBool,
+}
+
 /// How the client's request body failed, if it did: told apart from a replica's failure, it is the client's
 /// error (400, or 413 for a chunked body longer than `maxBodySize`), not a 502.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,9 +191,7 @@ enum ClientBodyError {
 /// `stall` fails (nginx's `client_body_timeout`): a slow sender cannot hold a connection busy for ever.
 struct ClientBody<B> {
     inner: Limited<B>,
-    failed: Arc<std::sync::OnceLock<ClientBodyError>>,
-    /// Set once the whole body was read.
-    done: Arc<std::sync::atomic::AtomicBool>,
+    watch: Arc<BodyWatch>,
     stall: Duration,
     stalled: Pin<Box<tokio::time::Sleep>>,
 }
@@ -204,7 +210,7 @@ where
         match &polled {
             Poll::Pending => {
                 if this.stalled.as_mut().poll(cx).is_ready() {
-                    let _ = this.failed.set(ClientBodyError::Stalled);
+                    let _ = this.watch.failed.set(ClientBodyError::Stalled);
                     return Poll::Ready(Some(Err("the request body stopped arriving".into())));
                 }
             }
@@ -214,12 +220,12 @@ where
                 } else {
                     ClientBodyError::Malformed
                 };
-                let _ = this.failed.set(kind);
+                let _ = this.watch.failed.set(kind);
             }
-            Poll::Ready(None) => this.done.store(true, std::sync::atomic::Ordering::Release),
+            Poll::Ready(None) => this.watch.done.store(true, std::sync::atomic::Ordering::Release),
             Poll::Ready(Some(Ok(_))) => {
                 if this.inner.is_end_stream() {
-                    this.done.store(true, std::sync::atomic::Ordering::Release);
+                    this.watch.done.store(true, std::sync::atomic::Ordering::Release);
                 }
                 let stall = this.stall;
                 this.stalled.as_mut().reset(tokio::time::Instant::now() + stall);
@@ -403,10 +409,9 @@ struct Prepared {
     out: Outgoing,
     /// The request of the next attempt: the first, with the client's body; then a replay's, built from `out`.
     pending: Option<Request<ProxyBody>>,
-    body_failed: Arc<std::sync::OnceLock<ClientBodyError>>,
-    body_done: Arc<std::sync::atomic::AtomicBool>,
+    /// The client's body as it goes (None: the request has none).
+    body: Option<Arc<BodyWatch>>,
     upgrade: bool,
-    no_body: bool,
     replayable: bool,
     over_tls: bool,
 }
@@ -513,19 +518,16 @@ where
     let replayable = may_replay(cfg.expose.retry_idempotent, no_body, &parts.method, upgrade);
     // An Upgrade request may carry a body too: it is forwarded like any other (sending its Content-Length
     // without it left the replica waiting).
-    let body_failed = Arc::new(std::sync::OnceLock::new());
-    let body_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let first_body: ProxyBody = if no_body {
-        boxed(Empty::<Bytes>::new())
-    } else {
-        ClientBody {
+    let watch = (!no_body).then(Arc::<BodyWatch>::default);
+    let first_body: ProxyBody = match &watch {
+        None => boxed(Empty::<Bytes>::new()),
+        Some(watch) => ClientBody {
             inner: Limited::new(body, cfg.max_body as usize),
-            failed: body_failed.clone(),
-            done: body_done.clone(),
+            watch: watch.clone(),
             stall: cfg.request_timeout,
             stalled: Box::pin(tokio::time::sleep(cfg.request_timeout)),
         }
-        .boxed()
+        .boxed(),
     };
 
     let pending = Some(out.build(first_body, replayable));
@@ -541,10 +543,8 @@ where
         first_guard,
         out,
         pending,
-        body_failed,
-        body_done,
+        body: watch,
         upgrade,
-        no_body,
         replayable,
         over_tls,
     })
@@ -558,7 +558,7 @@ fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<Pro
     async move {
         let entry = &*p.entry;
         let cfg = &*p.cfg;
-        let (upgrade, no_body, replayable, over_tls) = (p.upgrade, p.no_body, p.replayable, p.over_tls);
+        let (upgrade, replayable, over_tls) = (p.upgrade, p.replayable, p.over_tls);
         let sticky_cookie = cfg.expose.sticky.as_ref().and_then(|s| s.cookie.as_ref());
         let sticky_ip = cfg.expose.sticky.as_ref().and_then(|s| s.client_ip.as_ref());
         let mut backend = p.backend;
@@ -645,7 +645,9 @@ fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<Pro
                 Ok(mut sender) => {
                     let sent = tokio::time::timeout(limit, sender.try_send_request(req)).await;
                     match sent {
-                        Err(_) if !no_body && !p.body_done.load(std::sync::atomic::Ordering::Acquire) => {
+                        Err(_)
+                            if p.body.as_ref().is_some_and(|b| !b.done.load(std::sync::atomic::Ordering::Acquire)) =>
+                        {
                             // The replica was still waiting for the body: the client's delay, not the replica's.
                             return fail(entry, ProxyError::BodyTimeout { after });
                         }
@@ -732,7 +734,7 @@ fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<Pro
             let pooled = (!upgrade).then(|| (sender, backend.clone()));
             return Response::from_parts(rparts, Tracked { inner: rbody, _guard: guard, pooled }.boxed());
         }
-        let failure = match p.body_failed.get() {
+        let failure = match p.body.as_ref().and_then(|b| b.failed.get()) {
             Some(ClientBodyError::TooLarge) => ProxyError::BodyTooLarge { limit: cfg.max_body },
             Some(ClientBodyError::Malformed) => ProxyError::BodyMalformed,
             Some(ClientBodyError::Stalled) => ProxyError::BodyStalled { after: cfg.request_timeout },
