@@ -820,12 +820,13 @@ fn actions(
         };
         let rule_name = rule.name.clone().unwrap_or_else(|| i.to_string());
         let mut action = RuleAction::new(format!("{ns}/{}/{rule_name}", r.metadata.name), settings(rule));
-        // Zero is no limit in Gateway API (the model checked that both parse).
-        let limit = |t: Option<&String>| {
-            t.and_then(|t| capstan_model::gateway::parse_gateway_duration(t).ok()).filter(|d| !d.is_zero())
-        };
-        action.request_timeout = limit(rule.timeouts.as_ref().and_then(|t| t.request.as_ref()));
-        action.backend_request_timeout = limit(rule.timeouts.as_ref().and_then(|t| t.backend_request.as_ref()));
+        // Zero is no limit in Gateway API (the model checked that both parse): the whole request's is left out, and
+        // an attempt's is the longest the balancer allows, as the settings' request timeout is for `request: 0s`.
+        let limit = |t: Option<&String>| t.and_then(|t| capstan_model::gateway::parse_gateway_duration(t).ok());
+        action.request_timeout =
+            limit(rule.timeouts.as_ref().and_then(|t| t.request.as_ref())).filter(|d| !d.is_zero());
+        action.backend_request_timeout = limit(rule.timeouts.as_ref().and_then(|t| t.backend_request.as_ref()))
+            .map(|d| if d.is_zero() { std::time::Duration::from_secs(u64::from(u32::MAX)) } else { d });
         for f in &rule.filters {
             match f.type_ {
                 HttpFilterType::RequestHeaderModifier => action.request_headers = f.request_header_modifier.clone(),
@@ -1250,6 +1251,13 @@ mod tests {
                 "sessionPersistence": {"sessionName": "S", "absoluteTimeout": "1h", "cookieConfig": {"lifetimeType": "Permanent"}},
                 "backendRefs": [{"name": "web", "port": 8080}]}]}),
             ),
+            route(
+                "unbounded",
+                "default",
+                json!({"parentRefs": [{"name": "front"}], "hostnames": ["u.example.com"], "rules": [{
+                "timeouts": {"request": "0s", "backendRequest": "0s"},
+                "backendRefs": [{"name": "web", "port": 8080}]}]}),
+            ),
         ];
         let out = compile(&objects(&gws, &routes, &apps, &[]), &Certificates::new(), Utc::now());
         // A mirror on the rule is served; one to an App that does not exist makes ResolvedRefs false.
@@ -1274,6 +1282,11 @@ mod tests {
         // The whole request's limit and each attempt's, as written.
         assert_eq!(action.request_timeout, Some(std::time::Duration::from_millis(1500)));
         assert_eq!(action.backend_request_timeout, Some(std::time::Duration::from_millis(400)));
+        // Zero is no limit: none for the whole request, the longest the balancer allows for an attempt (without it,
+        // an attempt would take the entry points' default of 60 s).
+        let unbounded = action_of("default/unbounded/0");
+        assert_eq!(unbounded.request_timeout, None);
+        assert_eq!(unbounded.backend_request_timeout, Some(std::time::Duration::from_secs(u64::from(u32::MAX))));
         let cookie = action.settings.sticky.as_ref().and_then(|s| s.cookie.as_ref()).unwrap();
         assert_eq!((cookie.name.as_str(), cookie.max_age), ("S", Some(3600)));
     }

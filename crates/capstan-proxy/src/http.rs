@@ -524,8 +524,8 @@ where
         Some(watch) => ClientBody {
             inner: Limited::new(body, cfg.max_body as usize),
             watch: watch.clone(),
-            stall: cfg.request_timeout,
-            stalled: Box::pin(tokio::time::sleep(cfg.request_timeout)),
+            stall: cfg.body_stall,
+            stalled: Box::pin(tokio::time::sleep(cfg.body_stall)),
         }
         .boxed(),
     };
@@ -574,21 +574,19 @@ fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<Pro
             if attempt > 0 {
                 entry.metrics_of(&backend).retries.inc();
             }
+            // What is left of the whole request's time (a gateway route's `timeouts.request`), if it has a limit: it
+            // bounds this attempt's connect and its wait for the answer.
+            let left = || cfg.total_timeout.map(|total| total.saturating_sub(p.started.elapsed()));
+            let total_out = |tried: &[String], backend: &Backend| {
+                let replica = tried.last().cloned().unwrap_or_else(|| backend.name.clone());
+                ProxyError::Timeout { replica, after: cfg.total_timeout.unwrap_or_default() }
+            };
+            if left().is_some_and(|l| l.is_zero()) {
+                return fail(entry, total_out(&tried, &backend));
+            }
             // Counted in flight from the moment the replica is chosen, before a connection is taken: a drain waits for
             // the replica's in-flight requests, then its process is stopped, closing its idle connections — one this
             // request was about to write to, had it been counted only once sent.
-            // What is left of the whole request's time (a gateway route's `timeouts.request`) bounds this attempt.
-            // `after` is the limit that bounds it, as written, for the message.
-            let (limit, after) = match cfg.total_timeout {
-                Some(total) if total.saturating_sub(p.started.elapsed()) < cfg.request_timeout => {
-                    (total.saturating_sub(p.started.elapsed()), total)
-                }
-                _ => (cfg.request_timeout, cfg.request_timeout),
-            };
-            if limit.is_zero() {
-                let replica = backend.name.clone();
-                return fail(entry, ProxyError::Timeout { replica, after });
-            }
             let guard = p.first_guard.take().unwrap_or_else(|| backend.track());
             if backend.is_draining() {
                 // The drain began between the choice and the count: another replica, if there is one.
@@ -619,15 +617,15 @@ fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<Pro
                 None => {
                     // Boxed: a new connection's state (TCP, TLS and HTTP handshakes) is most of this future's size, and
                     // every request's future is moved whole into its task, while few requests open a connection.
-                    let made = Box::pin(connect(
-                        backend.addr,
-                        cfg.connect_timeout,
-                        upgrade,
-                        cfg.upstream_tls.as_deref(),
-                        cfg.h2c,
-                    ))
-                    .await
-                    .map_err(ProxyError::Connect);
+                    let connect_limit = left().map_or(cfg.connect_timeout, |l| l.min(cfg.connect_timeout));
+                    let made =
+                        Box::pin(connect(backend.addr, connect_limit, upgrade, cfg.upstream_tls.as_deref(), cfg.h2c))
+                            .await;
+                    // The request's own time ran out, not the replica's: 504, and the replica is not blamed.
+                    if matches!(made, Err(ConnectError::Timeout { .. })) && connect_limit < cfg.connect_timeout {
+                        return fail(entry, total_out(&tried, &backend));
+                    }
+                    let made = made.map_err(ProxyError::Connect);
                     // An HTTP/2 connection is shared from the start: concurrent requests use it rather than each open
                     // one of their own.
                     if let Some(shared) = made.as_ref().ok().and_then(Sender::share) {
@@ -643,6 +641,11 @@ fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<Pro
                     Err(e)
                 }
                 Ok(mut sender) => {
+                    // This attempt's limit, and the limit that bounds it as written, for the message.
+                    let (limit, after) = match left() {
+                        Some(l) if l < cfg.request_timeout => (l, cfg.total_timeout.unwrap_or(l)),
+                        _ => (cfg.request_timeout, cfg.request_timeout),
+                    };
                     let sent = tokio::time::timeout(limit, sender.try_send_request(req)).await;
                     match sent {
                         Err(_)
@@ -737,7 +740,7 @@ fn forward(mut p: Prepared, client: Client) -> impl Future<Output = Response<Pro
         let failure = match p.body.as_ref().and_then(|b| b.failed.get()) {
             Some(ClientBodyError::TooLarge) => ProxyError::BodyTooLarge { limit: cfg.max_body },
             Some(ClientBodyError::Malformed) => ProxyError::BodyMalformed,
-            Some(ClientBodyError::Stalled) => ProxyError::BodyStalled { after: cfg.request_timeout },
+            Some(ClientBodyError::Stalled) => ProxyError::BodyStalled { after: cfg.body_stall },
             None => ProxyError::Exhausted {
                 namespace: entry.namespace.clone(),
                 app: entry.app.clone(),

@@ -136,6 +136,8 @@ pub struct EntryConfig {
     /// The whole request, every attempt included (a gateway route's `timeouts.request`); None for entry points,
     /// whose limit is per attempt.
     pub total_timeout: Option<Duration>,
+    /// The longest a client's request body may pause (`requestSeconds`, whatever a route's attempts are allowed).
+    pub body_stall: Duration,
     pub drain: Duration,
     /// Tunnels quiet this long are closed; zero never.
     pub idle: Duration,
@@ -153,6 +155,7 @@ impl EntryConfig {
             connect_timeout: Duration::from_secs(u64::from(expose.timeouts.connect_seconds.max(1))),
             request_timeout: Duration::from_secs(u64::from(expose.timeouts.request_seconds.max(1))),
             total_timeout: None,
+            body_stall: Duration::from_secs(u64::from(expose.timeouts.request_seconds.max(1))),
             drain: Duration::from_secs(u64::from(expose.drain_seconds)),
             idle: Duration::from_secs(u64::from(expose.timeouts.idle_seconds)),
             upstream_tls: None,
