@@ -9,6 +9,7 @@ pub mod client_auth;
 pub mod error;
 pub mod gate;
 pub mod gateway;
+mod h2_streams;
 pub mod http;
 pub mod idle;
 pub mod metrics;

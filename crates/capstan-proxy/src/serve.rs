@@ -12,7 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::gate::{Activity, Admitted};
 
@@ -330,10 +330,11 @@ where
             }
         }
     }
-    let stream = TokioIo::new(TimedIo::new(stream, admitted.listener().gate().send_timeout()));
+    let stream = TimedIo::new(stream, admitted.listener().gate().send_timeout());
     let slot = Arc::new(admitted);
     match protocol {
         Protocol::Http1 => {
+            let stream = TokioIo::new(stream);
             let svc = TrackedService { slot: slot.clone(), service, stalls: None };
             // hyper's own header-read timeout also runs while a response is still streaming (it reads ahead for
             // the next request), so it would cut off watches, `logs -f` and long downloads: the timeout is kept in
@@ -351,7 +352,7 @@ where
     }
 }
 
-async fn serve_h2<IO, S, B>(stream: TokioIo<TimedIo<IO>>, slot: Arc<Admitted>, service: S)
+async fn serve_h2<IO, S, B>(stream: TimedIo<IO>, slot: Arc<Admitted>, service: S)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -363,7 +364,10 @@ where
 {
     let stalls = Arc::new(Stalls::default());
     let svc = TrackedService { slot: slot.clone(), service, stalls: Some(stalls.clone()) };
-    let conn = http2::Builder::new(TokioExecutor::new())
+    let queue = crate::h2_streams::StreamQueue::default();
+    let round = crate::h2_streams::Round::default();
+    let stream = TokioIo::new(crate::h2_streams::Rounds::new(stream, round.clone()));
+    let conn = http2::Builder::new(queue.clone())
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
@@ -371,5 +375,5 @@ where
         .max_header_list_size(H2_MAX_HEADER_LIST)
         .max_send_buf_size(H2_SEND_BUFFER)
         .serve_connection(stream, svc);
-    drive!(conn, &slot, Some(&*stalls));
+    drive!(crate::h2_streams::WithStreams::new(conn, queue, round), &slot, Some(&*stalls));
 }
