@@ -363,6 +363,7 @@ impl ControlPlane {
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
         let model_servers = capstan_modelserver::controller::spawn(store.clone(), cfg.data_dir.clone());
         let front_door = capstan_gateway::controller::spawn(store.clone(), proxy.clone());
+        let (issuers, certificates) = capstan_certificates::controller::spawn(store.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
         let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone(), cfg.query.limits());
         let shared = Arc::new(Shared {
@@ -404,7 +405,7 @@ impl ControlPlane {
             controllers: gitops
                 .into_handles()
                 .into_iter()
-                .chain([databases, training, model_servers, front_door, controller, alerts])
+                .chain([databases, training, model_servers, front_door, issuers, certificates, controller, alerts])
                 .collect(),
             monitor: Some(monitor),
             server,
@@ -532,6 +533,7 @@ pub fn controller_of(kind: Kind) -> Option<&'static str> {
         | Kind::TCPRoute
         | Kind::ReferenceGrant
         | Kind::BackendTLSPolicy => Some("Gateway"),
+        Kind::Issuer | Kind::Certificate => Some(kind.name()),
         // The throwaway kind's reconciler is started by its own test.
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,

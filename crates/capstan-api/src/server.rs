@@ -62,6 +62,7 @@ pub fn routes() -> Routes<AppState> {
         .add(M::POST, "/api/v1/namespaces/{ns}/apps/{name}/restart", restart, needs(Write, Namespace))
         .add(M::POST, "/api/v1/namespaces/{ns}/apps/{name}/scale", scale, needs(Write, Namespace))
         .add(M::POST, "/api/v1/namespaces/{ns}/syncs/{name}/reconcile", reconcile_sync, needs(Write, Namespace))
+        .add(M::POST, "/api/v1/namespaces/{ns}/certificates/{name}/renew", renew_certificate, needs(Write, Namespace))
         .add(M::POST, "/api/v1/namespaces/{ns}/apps/{name}/volumes/{volume}/sync", volume_sync, needs(Write, Namespace))
         .add(M::POST, "/api/v1/namespaces/{ns}/databases/{name}/backup", db_backup, needs(Write, Namespace))
         .add(M::POST, "/api/v1/namespaces/{ns}/databases/{name}/restore", db_restore, needs(Admin, Namespace))
@@ -813,6 +814,38 @@ async fn reconcile_sync(
         }
         None => Err(ApiError::not_found(&key)),
     }
+}
+
+/// `capstan certificate renew`: as cmctl does, the Certificate's `Issuing` condition set True with reason
+/// `ManuallyTriggered`, which its controller answers with a new issuance.
+async fn renew_certificate(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    use capstan_certificates::controller::{ISSUING, MANUALLY_TRIGGERED};
+    use capstan_model::certificate::CertificateStatus;
+    use capstan_model::meta::{find_condition, set_condition, Condition, ConditionStatus};
+    let key = ObjectKey::new("Certificate", &ns, &name);
+    let Some(obj) = state.store.get(&key)? else { return Err(ApiError::not_found(&key)) };
+    let mut status: CertificateStatus = serde_json::from_value(obj["status"].clone()).unwrap_or_default();
+    if find_condition(&status.conditions, ISSUING).is_some_and(|c| c.status == ConditionStatus::True) {
+        return Err(ApiError::Conflict(format!("certificate/{name} is already being issued")));
+    }
+    set_condition(
+        &mut status.conditions,
+        Condition {
+            type_: ISSUING.into(),
+            status: ConditionStatus::True,
+            reason: MANUALLY_TRIGGERED.into(),
+            message: "Certificate re-issuance manually triggered".into(),
+            last_transition_time: Utc::now(),
+            observed_generation: obj["metadata"]["generation"].as_i64(),
+        },
+    );
+    let status = serde_json::to_value(&status)
+        .map_err(|e| ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state.store.update_status(&key, status.clone())?;
+    Ok(Json(json!({"kind": "Certificate", "name": name, "namespace": ns, "status": status})))
 }
 
 /// A push webhook for one Sync: verified against the token in the Secret its `spec.webhook` names, then the Sync's

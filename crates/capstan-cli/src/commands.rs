@@ -2,6 +2,7 @@
 
 mod apply;
 mod audit;
+mod certificate;
 mod config;
 mod create;
 mod db;
@@ -30,7 +31,8 @@ use serde_json::{json, Value};
 
 use crate::manifests;
 use crate::{
-    data_dir, Cli, Command, Failure, MetricsCommand, SyncCommand, VolumeCommand, EXIT_FAIL, EXIT_INVALID, EXIT_OK,
+    data_dir, CertificateCommand, Cli, Command, Failure, MetricsCommand, SyncCommand, VolumeCommand, EXIT_FAIL,
+    EXIT_INVALID, EXIT_OK,
 };
 
 use apply::{apply, apply_dry_run_client, apply_dry_run_server};
@@ -220,6 +222,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Ack { id, by } => crate::alerts::manual(&client()?, &id, "acknowledge", by).await,
         Command::Resolve { id, by } => crate::alerts::manual(&client()?, &id, "resolve", by).await,
         Command::Db { action } => db(&client()?, action).await,
+        Command::Certificate { action: CertificateCommand::Renew { name, namespace } } => {
+            certificate::renew(&client()?, &name, namespace.as_deref().unwrap_or("default")).await
+        }
         Command::Volume { action: VolumeCommand::Sync { app, volume, from, to, namespace } } => {
             volume_sync(&client()?, &app, namespace.as_deref().unwrap_or("default"), &volume, from, to).await
         }

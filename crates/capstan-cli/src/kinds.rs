@@ -3,6 +3,7 @@
 mod alert_rule;
 mod app;
 mod backend_tls_policy;
+mod certificate;
 mod config_map;
 mod database;
 mod escalation_policy;
@@ -75,6 +76,8 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::columns(),
         Kind::ReferenceGrant => reference_grant::columns(),
         Kind::BackendTLSPolicy => backend_tls_policy::columns(),
+        Kind::Issuer => certificate::issuer_columns(),
+        Kind::Certificate => certificate::columns(),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::columns(),
     };
@@ -105,7 +108,9 @@ fn wide_of(kind: Kind) -> Option<Wide> {
         | Kind::TLSRoute
         | Kind::TCPRoute
         | Kind::ReferenceGrant
-        | Kind::BackendTLSPolicy => None,
+        | Kind::BackendTLSPolicy
+        | Kind::Issuer
+        | Kind::Certificate => None,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,
     }
@@ -134,6 +139,8 @@ pub fn row(kind: Kind, o: &Value, all: bool, wide: bool, now: DateTime<Utc>) -> 
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::cells(o),
         Kind::ReferenceGrant => reference_grant::cells(o),
         Kind::BackendTLSPolicy => backend_tls_policy::cells(o),
+        Kind::Issuer => certificate::issuer_cells(o),
+        Kind::Certificate => certificate::cells(o),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::cells(o),
     };
@@ -163,6 +170,8 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::describe,
         Kind::ReferenceGrant => reference_grant::describe,
         Kind::BackendTLSPolicy => backend_tls_policy::describe,
+        Kind::Issuer => certificate::describe_issuer,
+        Kind::Certificate => certificate::describe,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::describe,
     };

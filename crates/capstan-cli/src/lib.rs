@@ -152,6 +152,12 @@ pub enum Command {
         #[command(subcommand)]
         action: DbCommand,
     },
+    /// Work with cert-manager's Certificates: `renew` issues one again now.
+    #[command(display_order = 15)]
+    Certificate {
+        #[command(subcommand)]
+        action: CertificateCommand,
+    },
     /// Work with an App's volumes.
     #[command(display_order = 15)]
     Volume {
@@ -645,6 +651,17 @@ pub enum VolumeCommand {
         from: u32,
         #[arg(long)]
         to: u32,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertificateCommand {
+    /// Issue the Certificate again now, whatever its renewal time (cmctl's `renew`); the old one serves until the
+    /// new one is written.
+    Renew {
+        name: String,
         #[arg(short, long)]
         namespace: Option<String>,
     },

@@ -106,7 +106,9 @@ pub fn render_resource(r: &Resource, all: &[Resource], opts: &RenderOptions) -> 
         | Resource::TLSRoute(_)
         | Resource::TCPRoute(_)
         | Resource::ReferenceGrant(_)
-        | Resource::BackendTLSPolicy(_) => Ok(vec![pass_through(r)]),
+        | Resource::BackendTLSPolicy(_)
+        | Resource::Issuer(_)
+        | Resource::Certificate(_) => Ok(vec![pass_through(r)]),
         Resource::TrainingJob(j) => crate::training::render_training_job(j),
         Resource::ModelServer(m) => crate::serving::render_model_server(m, opts),
         #[cfg(feature = "throwaway-kind")]
@@ -243,7 +245,10 @@ pub fn renders(kind: Kind) -> bool {
         | Kind::TLSRoute
         | Kind::TCPRoute
         | Kind::ReferenceGrant
-        | Kind::BackendTLSPolicy => false,
+        | Kind::BackendTLSPolicy
+        // cert-manager's, which the cluster's cert-manager reconciles.
+        | Kind::Issuer
+        | Kind::Certificate => false,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => false,
     }

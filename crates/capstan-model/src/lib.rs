@@ -3,6 +3,7 @@
 pub mod alerting;
 pub mod app;
 pub mod backend_tls_policy;
+pub mod certificate;
 pub mod config_map;
 pub mod database;
 pub mod gateway;

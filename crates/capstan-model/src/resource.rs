@@ -178,6 +178,10 @@ kinds! {
     ReferenceGrant(ReferenceGrant), "referencegrants", api: REFERENCE_GRANT_API_VERSION, crd: false, |o, e| validate_reference_grant(&o.spec, e);
     /// Gateway API's BackendTLSPolicy: the Gateway speaks TLS to these Services (Apps), checking their certificates.
     BackendTLSPolicy(crate::backend_tls_policy::BackendTlsPolicy), "backendtlspolicies", api: crate::backend_tls_policy::BACKEND_TLS_POLICY_API_VERSION, crd: false, |o, e| crate::backend_tls_policy::validate_backend_tls_policy(&o.spec, e);
+    /// cert-manager's Issuer: signs the Certificates of its namespace (self-signed, or by a CA held in a Secret).
+    Issuer(crate::certificate::Issuer), "issuers", api: crate::certificate::CERT_MANAGER_API_VERSION, crd: false, |o, e| crate::certificate::validate_issuer(&o.spec, e);
+    /// cert-manager's Certificate: a key and certificate kept in a Secret and renewed before they expire.
+    Certificate(crate::certificate::Certificate), "certificates", api: crate::certificate::CERT_MANAGER_API_VERSION, crd: false, |o, e| crate::certificate::validate_certificate(&o.spec, e);
     /// A throwaway kind that exists only to prove the "adding a kind" checklist (feature `throwaway-kind`).
     [cfg(feature = "throwaway-kind")]
     Widget(crate::widget::Widget), "widgets", api: API_VERSION, crd: false, |o, e| crate::widget::validate_widget(&o.spec, e);

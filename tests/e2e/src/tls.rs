@@ -85,3 +85,19 @@ pub fn der_of(pem: &str) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a certificate").to_vec()
 }
+
+/// GET `path` over HTTPS (HTTP/1.1) with `sni` as the name, trusting `ca_pem`: the status, the body and the leaf
+/// certificate the server presented; None when any step fails.
+pub async fn https_get(port: u16, sni: &str, path: &str, ca_pem: &str) -> Option<(u16, String, Vec<u8>)> {
+    use http_body_util::{BodyExt, Empty};
+    let tls = tls_connect(port, sni, ca_pem, &[b"http/1.1"]).await?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]), "HTTP/1.1 by ALPN");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.ok()?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path).header("host", sni).body(Empty::<bytes::Bytes>::new()).ok()?;
+    let res = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req)).await.ok()?.ok()?;
+    let code = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some((code, String::from_utf8_lossy(&body).to_string(), leaf))
+}

@@ -417,20 +417,6 @@ async fn the_gateway_example_serves_as_documented() {
 
 /// A GET over TLS and HTTP/1.1 with `sni` as the server name, verified against `ca_pem`: status, body and the
 /// served leaf certificate; None when the connection or the handshake fails.
-async fn https_get(port: u16, sni: &str, path: &str, ca_pem: &str) -> Option<(u16, String, Vec<u8>)> {
-    use http_body_util::{BodyExt, Empty};
-    let tls = tls_connect(port, sni, ca_pem, &[b"http/1.1"]).await?;
-    let leaf = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]), "HTTP/1.1 by ALPN");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.ok()?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path).header("host", sni).body(Empty::<bytes::Bytes>::new()).ok()?;
-    let res = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(req)).await.ok()?.ok()?;
-    let code = res.status().as_u16();
-    let body = res.into_body().collect().await.ok()?.to_bytes();
-    Some((code, String::from_utf8_lossy(&body).to_string(), leaf))
-}
-
 /// App `web` behind Gateway `secure`: HTTPS listeners `shop` (shop.example.test) and `wild` (*.example.org) on one
 /// port with their certificates' Secrets, and plain HTTP on another redirecting to HTTPS.
 fn secure_site(https: u16, http: u16, shop: (&str, &str), wild: (&str, &str)) -> String {

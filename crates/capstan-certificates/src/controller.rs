@@ -1,0 +1,397 @@
+//! The Issuer and Certificate controllers: an Issuer's `Ready` says whether it can sign; a Certificate is issued
+//! into its Secret when the plan says so (missing, changed, due for renewal, asked for) and looked at again at its
+//! renewal time. A failed issuance leaves the Secret as it was (the old certificate keeps serving) and backs off.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
+use capstan_model::certificate::{Certificate, CertificateStatus, Issuer};
+use capstan_model::meta::{find_condition, set_condition, Condition, ConditionStatus};
+use capstan_model::{EventType, ObjectKey};
+use capstan_store::{Store, WatchEvent};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::error::IssueError;
+use crate::issue::{sign, Signer};
+use crate::keys::Key;
+use crate::plan::{decide, Decision};
+use crate::secret;
+
+/// The condition type of a Certificate being issued.
+pub const ISSUING: &str = "Issuing";
+/// The reason `capstan certificate renew` writes on `Issuing`, as cmctl does.
+pub const MANUALLY_TRIGGERED: &str = "ManuallyTriggered";
+
+/// Starts both controllers.
+pub fn spawn(store: Store) -> (Handle, Handle) {
+    let issuers = runner::run(store.clone(), Arc::new(Issuers { store: store.clone() }), 1);
+    let certificates = runner::run(store.clone(), Arc::new(Certificates { store, failed_with: Mutex::default() }), 1);
+    (issuers, certificates)
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { ConditionStatus::True } else { ConditionStatus::False },
+        reason: reason.into(),
+        message,
+        last_transition_time: now,
+        observed_generation: generation,
+    }
+}
+
+/// How an Issuer signs, read from the store: its CA's chain and key, or itself.
+enum Signing {
+    SelfSigned,
+    Ca { chain_pem: String, key: Key },
+}
+
+/// The signer an Issuer stands for, or why it cannot sign (in words for its `Ready` condition).
+fn signing(store: &Store, issuer: &Issuer) -> Result<Result<Signing, (String, String)>, ReconcileError> {
+    if issuer.spec.self_signed.is_some() {
+        return Ok(Ok(Signing::SelfSigned));
+    }
+    let Some(ca) = &issuer.spec.ca else {
+        return Ok(Err(("NotSupported".into(), "only selfSigned and ca issuers sign on this runtime".into())));
+    };
+    let key = ObjectKey::new("Secret", issuer.metadata.namespace(), &ca.secret_name);
+    let Some(s) = store.get(&key)? else {
+        return Ok(Err((
+            "ErrGetKeyPair".into(),
+            format!("Error getting keypair for CA issuer: secret \"{}\" not found", ca.secret_name),
+        )));
+    };
+    let spec = match secret::spec_of(&s) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(("ErrGetKeyPair".into(), e))),
+    };
+    let (Some(crt), Some(pem)) = (spec.value("tls.crt"), spec.value("tls.key")) else {
+        return Ok(Err((
+            "ErrGetKeyPair".into(),
+            format!("Error getting keypair for CA issuer: secret \"{}\" needs tls.crt and tls.key", ca.secret_name),
+        )));
+    };
+    let key = match Key::from_pem(&pem) {
+        Ok(k) => k,
+        Err(e) => return Ok(Err(("ErrInvalidKeyPair".into(), format!("Error decoding the CA's tls.key: {e}")))),
+    };
+    match secret::facts(&crt, &key) {
+        Err(e) => Ok(Err(("ErrInvalidKeyPair".into(), format!("Error decoding the CA's tls.crt: {e}")))),
+        Ok(f) if !f.key_matches => {
+            Ok(Err(("ErrInvalidKeyPair".into(), "the CA's tls.key is not the key of its tls.crt".into())))
+        }
+        Ok(f) if !f.is_ca => Ok(Err((
+            "ErrInvalidKeyPair".into(),
+            "the certificate in tls.crt is not a CA (basicConstraints CA:FALSE)".into(),
+        ))),
+        Ok(_) => Ok(Ok(Signing::Ca { chain_pem: String::from_utf8_lossy(&crt).into_owned(), key })),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: Value, key: &ObjectKey) -> Result<T, ReconcileError> {
+    serde_json::from_value(v).map_err(|e| ReconcileError::Other(format!("{key}: {e}")))
+}
+
+struct Issuers {
+    store: Store,
+}
+
+impl Reconciler for Issuers {
+    fn kind(&self) -> &'static str {
+        "Issuer"
+    }
+
+    fn wants(&self, ev: &WatchEvent) -> bool {
+        ev.object["status"]["conditions"].is_null()
+            || ev.object["metadata"]["generation"] != ev.object["status"]["conditions"][0]["observedGeneration"]
+    }
+
+    /// The CA issuers of a Secret that changed.
+    fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
+        if ev.key.kind != "Secret" {
+            return Vec::new();
+        }
+        let Ok(issuers) = self.store.list("Issuer", Some(&ev.key.namespace)) else { return Vec::new() };
+        issuers
+            .iter()
+            .filter(|i| i["spec"]["ca"]["secretName"].as_str() == Some(ev.key.name.as_str()))
+            .filter_map(|i| i["metadata"]["name"].as_str().map(|n| ObjectKey::new("Issuer", &ev.key.namespace, n)))
+            .collect()
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
+        let Some(v) = self.store.get(key)? else { return Ok(Action::AwaitChange) };
+        let issuer: Issuer = decode(v, key)?;
+        let now = Utc::now();
+        let generation = issuer.metadata.generation;
+        let mut status = issuer.status.clone().unwrap_or_default();
+        let ready = match signing(&self.store, &issuer)? {
+            Ok(Signing::SelfSigned) => condition("Ready", true, "IsReady", String::new(), generation, now),
+            Ok(Signing::Ca { .. }) => {
+                condition("Ready", true, "KeyPairVerified", "Signing CA verified".into(), generation, now)
+            }
+            Err((reason, message)) => condition("Ready", false, &reason, message, generation, now),
+        };
+        let was = find_condition(&status.conditions, "Ready").map(|c| (c.status, c.reason.clone()));
+        if was != Some((ready.status, ready.reason.clone())) {
+            let type_ = if ready.status == ConditionStatus::True { EventType::Normal } else { EventType::Warning };
+            self.store.record_event(key, type_, &ready.reason, &ready.message)?;
+        }
+        set_condition(&mut status.conditions, ready);
+        self.store.update_status(key, serde_json::to_value(&status).unwrap_or_default())?;
+        Ok(Action::AwaitChange)
+    }
+}
+
+struct Certificates {
+    store: Store,
+    /// What each Certificate's issuer was (its and its CA Secret's resourceVersions) when its last issuance failed:
+    /// a change to either is tried at once, whatever the backoff.
+    failed_with: Mutex<HashMap<ObjectKey, String>>,
+}
+
+impl Certificates {
+    /// The resourceVersions of `cert`'s Issuer and of its CA Secret, as one string.
+    fn issuer_version(&self, cert: &Certificate) -> Result<String, ReconcileError> {
+        let ns = cert.metadata.namespace();
+        let issuer = self.store.get(&ObjectKey::new("Issuer", ns, &cert.spec.issuer_ref.name))?;
+        let rv =
+            |v: &Option<Value>| v.as_ref().and_then(|v| v["metadata"]["resourceVersion"].as_str().map(str::to_string));
+        let ca = match issuer.as_ref().and_then(|i| i["spec"]["ca"]["secretName"].as_str()) {
+            Some(name) => rv(&self.store.get(&ObjectKey::new("Secret", ns, name))?),
+            None => None,
+        };
+        Ok(format!("{:?}/{:?}", rv(&issuer), ca))
+    }
+
+    /// Certificates of `namespace` matching `f`.
+    fn certificates_where(&self, namespace: &str, f: impl Fn(&Value) -> bool) -> Vec<ObjectKey> {
+        let Ok(all) = self.store.list("Certificate", Some(namespace)) else { return Vec::new() };
+        all.iter()
+            .filter(|c| f(c))
+            .filter_map(|c| c["metadata"]["name"].as_str().map(|n| ObjectKey::new("Certificate", namespace, n)))
+            .collect()
+    }
+
+    /// Issues `cert` into its Secret.
+    fn issue(
+        &self,
+        cert: &Certificate,
+        existing: Option<&Value>,
+        kept: Option<Key>,
+        now: DateTime<Utc>,
+    ) -> Result<crate::issue::Signed, IssueError> {
+        let ns = cert.metadata.namespace();
+        let issuer_key = ObjectKey::new("Issuer", ns, &cert.spec.issuer_ref.name);
+        let issuer: Issuer = match self.store.get(&issuer_key) {
+            Ok(Some(v)) => serde_json::from_value(v).map_err(|e| IssueError::Issuer(e.to_string()))?,
+            Ok(None) => {
+                return Err(IssueError::Issuer(format!(
+                    "Referenced \"Issuer\" not found: issuer.cert-manager.io \"{}\" not found",
+                    cert.spec.issuer_ref.name
+                )))
+            }
+            Err(e) => return Err(IssueError::Issuer(format!("reading the Issuer: {e}"))),
+        };
+        let signing = match signing(&self.store, &issuer) {
+            Ok(Ok(s)) => s,
+            Ok(Err((_, message))) => {
+                return Err(IssueError::Issuer(format!("Issuer {} is not ready: {message}", issuer.metadata.name)))
+            }
+            Err(e) => return Err(IssueError::Issuer(format!("reading the Issuer's CA: {e}"))),
+        };
+        // rotationPolicy Never keeps the Secret's key when it is of the algorithm asked for.
+        let key = match kept {
+            Some(k) if !cert.spec.rotates_key() && k.algorithm == cert.spec.key_algorithm() => k,
+            _ => Key::generate(cert.spec.key_algorithm())?,
+        };
+        let signed = match &signing {
+            Signing::SelfSigned => sign(&cert.spec, &key, Signer::SelfSigned, now)?,
+            Signing::Ca { chain_pem, key: ca_key } => {
+                sign(&cert.spec, &key, Signer::Ca { chain_pem, key: ca_key }, now)?
+            }
+        };
+        let pem = key.to_pem(cert.spec.pkcs8())?;
+        let written = secret::build(cert, &signed, &pem, existing);
+        self.store.apply(vec![written]).map_err(|e| IssueError::Issuer(format!("writing the Secret: {e}")))?;
+        Ok(signed)
+    }
+}
+
+/// Whether a Certificate's status asks for a renewal now (`capstan certificate renew`).
+fn manually_triggered(status: &CertificateStatus) -> bool {
+    find_condition(&status.conditions, ISSUING)
+        .is_some_and(|c| c.status == ConditionStatus::True && c.reason == MANUALLY_TRIGGERED)
+}
+
+impl Reconciler for Certificates {
+    fn kind(&self) -> &'static str {
+        "Certificate"
+    }
+
+    fn wants(&self, ev: &WatchEvent) -> bool {
+        let manual = ev.object["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| c["type"] == ISSUING && c["status"] == "True" && c["reason"] == MANUALLY_TRIGGERED)
+        });
+        manual || ev.object["status"]["observedGeneration"] != ev.object["metadata"]["generation"]
+    }
+
+    /// The Certificates of a Secret that changed (their own, or their issuer's CA) and of an Issuer that changed.
+    fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
+        let ns = &ev.key.namespace;
+        match ev.key.kind.as_str() {
+            "Secret" => {
+                let mut keys =
+                    self.certificates_where(ns, |c| c["spec"]["secretName"].as_str() == Some(ev.key.name.as_str()));
+                let issuers: Vec<String> = self
+                    .store
+                    .list("Issuer", Some(ns))
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|i| i["spec"]["ca"]["secretName"].as_str() == Some(ev.key.name.as_str()))
+                    .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
+                    .collect();
+                keys.extend(self.certificates_where(ns, |c| {
+                    c["spec"]["issuerRef"]["name"].as_str().is_some_and(|n| issuers.iter().any(|i| i == n))
+                }));
+                keys
+            }
+            "Issuer" => {
+                self.certificates_where(ns, |c| c["spec"]["issuerRef"]["name"].as_str() == Some(ev.key.name.as_str()))
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
+        let Some(v) = self.store.get(key)? else { return Ok(Action::AwaitChange) };
+        let cert: Certificate = decode(v, key)?;
+        let now = Utc::now();
+        let generation = cert.metadata.generation;
+        let mut status = cert.status.clone().unwrap_or_default();
+        let secret_key = ObjectKey::new("Secret", cert.metadata.namespace(), &cert.spec.secret_name);
+        let existing = self.store.get(&secret_key)?;
+        let (current, kept) = secret::read(existing.as_ref());
+        // A backoff holds only while nothing changed: not after a new generation of the Certificate, nor a change to
+        // its Issuer or the Issuer's CA Secret.
+        let issuer_version = self.issuer_version(&cert)?;
+        let unchanged = self.failed_with.lock().unwrap_or_else(|p| p.into_inner()).get(key) == Some(&issuer_version);
+        let retry =
+            status.observed_generation == generation && (unchanged || status.failed_issuance_attempts.is_none());
+        let manual = manually_triggered(&status);
+        let decision = decide(&cert.spec, &current, &status, retry, manual, now);
+        status.observed_generation = generation;
+        let action = match decision {
+            Decision::Keep { renewal_time } => {
+                if let Ok(c) = &current {
+                    status.not_before = Some(c.not_before);
+                    status.not_after = Some(c.not_after);
+                }
+                status.renewal_time = Some(renewal_time);
+                set_condition(
+                    &mut status.conditions,
+                    condition(
+                        "Ready",
+                        true,
+                        "Ready",
+                        "Certificate is up to date and has not expired".into(),
+                        generation,
+                        now,
+                    ),
+                );
+                set_condition(
+                    &mut status.conditions,
+                    condition(ISSUING, false, "Issued", "The certificate is issued".into(), generation, now),
+                );
+                wait_until(renewal_time, now)
+            }
+            Decision::Backoff { until } => wait_until(until, now),
+            Decision::Issue { reason, message } => {
+                self.store.record_event(key, EventType::Normal, reason, &message)?;
+                match self.issue(&cert, existing.as_ref(), kept, now) {
+                    Ok(signed) => {
+                        let renewal = crate::plan::renewal_time(&cert.spec, signed.not_before, signed.not_after);
+                        status.revision = Some(status.revision.unwrap_or(0) + 1);
+                        status.not_before = Some(signed.not_before);
+                        status.not_after = Some(signed.not_after);
+                        status.renewal_time = Some(renewal);
+                        status.failed_issuance_attempts = None;
+                        status.last_failure_time = None;
+                        self.failed_with.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+                        let issued = format!(
+                            "The certificate has been successfully issued (revision {})",
+                            status.revision.unwrap_or(1)
+                        );
+                        self.store.record_event(key, EventType::Normal, "Issued", &issued)?;
+                        set_condition(
+                            &mut status.conditions,
+                            condition(
+                                "Ready",
+                                true,
+                                "Ready",
+                                "Certificate is up to date and has not expired".into(),
+                                generation,
+                                now,
+                            ),
+                        );
+                        set_condition(
+                            &mut status.conditions,
+                            condition(ISSUING, false, "Issued", issued, generation, now),
+                        );
+                        wait_until(renewal, now)
+                    }
+                    Err(e) => {
+                        let failures = status.failed_issuance_attempts.unwrap_or(0) + 1;
+                        self.failed_with.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), issuer_version);
+                        status.failed_issuance_attempts = Some(failures);
+                        status.last_failure_time = Some(now);
+                        let message = format!("The certificate could not be issued: {e}");
+                        tracing::warn!(certificate = %key, "{message}");
+                        self.store.record_event(key, EventType::Warning, "Failed", &message)?;
+                        // The Secret was not touched: whatever it held keeps serving, and Ready says whether it may.
+                        let still_valid = current.as_ref().is_ok_and(|c| c.not_after > now && c.key_matches);
+                        let (ready_reason, ready_message) = if still_valid {
+                            ("Ready", "The previous certificate is still valid; its renewal failed".to_string())
+                        } else {
+                            ("DoesNotExist", message.clone())
+                        };
+                        set_condition(
+                            &mut status.conditions,
+                            condition("Ready", still_valid, ready_reason, ready_message, generation, now),
+                        );
+                        set_condition(
+                            &mut status.conditions,
+                            condition(ISSUING, false, "Failed", message, generation, now),
+                        );
+                        wait_until(
+                            now + chrono::Duration::from_std(crate::plan::backoff(failures)).unwrap_or_default(),
+                            now,
+                        )
+                    }
+                }
+            }
+        };
+        self.store.update_status(key, serde_json::to_value(&status).unwrap_or_default())?;
+        Ok(action)
+    }
+
+    fn resync(&self) -> Option<Duration> {
+        Some(Duration::from_secs(300))
+    }
+}
+
+/// A requeue at `at` (at least a second away; at most a day, so a changed clock is noticed).
+fn wait_until(at: DateTime<Utc>, now: DateTime<Utc>) -> Action {
+    let wait = (at - now).to_std().unwrap_or_default();
+    Action::Requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
+}

@@ -1,0 +1,168 @@
+//! cert-manager's Issuers and Certificates in `get` and `describe`: who signs and whether it can; what a
+//! certificate names, where it is kept, until when it is valid and when it is renewed.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{first_line, ready_of};
+use crate::commands::conditions_section;
+use crate::output::age;
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or("").to_string()
+}
+
+/// `selfSigned`, `ca (Secret root-ca)` or `acme`.
+fn signer(spec: &Value) -> String {
+    if spec["selfSigned"].is_object() {
+        "selfSigned".into()
+    } else if let Some(secret) = spec["ca"]["secretName"].as_str() {
+        format!("ca (Secret {secret})")
+    } else if spec["acme"].is_object() {
+        "acme".into()
+    } else {
+        String::new()
+    }
+}
+
+pub fn issuer_columns() -> Vec<&'static str> {
+    vec!["NAME", "TYPE", "READY", "MESSAGE", "AGE"]
+}
+
+pub fn issuer_cells(o: &Value) -> Vec<String> {
+    let (ready, message) = ready_of(o);
+    vec![signer(&o["spec"]), ready, first_line(&message, 60)]
+}
+
+pub fn describe_issuer(o: &Value, now: DateTime<Utc>, out: &mut String) {
+    super::put_field(out, "Signs", signer(&o["spec"]));
+    out.push_str(&conditions_section(&o["status"], now));
+}
+
+pub fn columns() -> Vec<&'static str> {
+    vec!["NAME", "READY", "SECRET", "ISSUER", "EXPIRES", "RENEWAL", "AGE"]
+}
+
+/// `in 59d`, or `2h ago` for a time past; empty for none.
+fn when(v: &Value, now: DateTime<Utc>) -> String {
+    let Some(t) = v.as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()) else { return String::new() };
+    let t = t.with_timezone(&Utc);
+    if t >= now {
+        format!("in {}", age(Some(now), t))
+    } else {
+        format!("{} ago", age(Some(t), now))
+    }
+}
+
+fn issuer_ref(spec: &Value) -> String {
+    format!("{}/{}", spec["issuerRef"]["kind"].as_str().unwrap_or("Issuer"), s(&spec["issuerRef"]["name"]))
+}
+
+pub fn cells(o: &Value) -> Vec<String> {
+    let now = Utc::now();
+    let (ready, _) = ready_of(o);
+    vec![
+        ready,
+        s(&o["spec"]["secretName"]),
+        issuer_ref(&o["spec"]),
+        when(&o["status"]["notAfter"], now),
+        when(&o["status"]["renewalTime"], now),
+    ]
+}
+
+/// The names a certificate carries, by kind.
+fn names(spec: &Value) -> Vec<String> {
+    let list = |k: &str, prefix: &str| -> Vec<String> {
+        spec[k].as_array().into_iter().flatten().filter_map(Value::as_str).map(|v| format!("{prefix}{v}")).collect()
+    };
+    let mut out = list("dnsNames", "DNS:");
+    out.extend(list("ipAddresses", "IP:"));
+    out.extend(list("uris", "URI:"));
+    out.extend(list("emailAddresses", "email:"));
+    out
+}
+
+pub fn describe(o: &Value, now: DateTime<Utc>, out: &mut String) {
+    let spec = &o["spec"];
+    let st = &o["status"];
+    let mut field = |k: &str, v: String| super::put_field(out, k, v);
+    field("Secret", s(&spec["secretName"]));
+    field("Issuer", issuer_ref(spec));
+    field("Common name", s(&spec["commonName"]));
+    field("Names", names(spec).join(", "));
+    field("CA", if spec["isCA"] == true { "yes".into() } else { String::new() });
+    let pk = &spec["privateKey"];
+    field(
+        "Private key",
+        format!(
+            "{} {}, {}, rotation {}",
+            pk["algorithm"].as_str().unwrap_or("RSA"),
+            pk["size"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| match pk["algorithm"].as_str() {
+                Some("ECDSA") => "256".into(),
+                Some("Ed25519") => String::new(),
+                _ => "2048".into(),
+            }),
+            pk["encoding"].as_str().unwrap_or("PKCS1"),
+            pk["rotationPolicy"].as_str().unwrap_or("Always"),
+        ),
+    );
+    field("Duration", spec["duration"].as_str().unwrap_or("2160h (default)").to_string());
+    field("Not before", s(&st["notBefore"]));
+    let not_after = s(&st["notAfter"]);
+    field(
+        "Not after",
+        if not_after.is_empty() { not_after } else { format!("{not_after} ({})", when(&st["notAfter"], now)) },
+    );
+    let renewal = s(&st["renewalTime"]);
+    field(
+        "Renewal",
+        if renewal.is_empty() { renewal } else { format!("{renewal} ({})", when(&st["renewalTime"], now)) },
+    );
+    field("Revision", st["revision"].as_u64().map(|r| r.to_string()).unwrap_or_default());
+    if let Some(n) = st["failedIssuanceAttempts"].as_u64() {
+        field("Failed attempts", format!("{n}, the last at {}", s(&st["lastFailureTime"])));
+    }
+    out.push_str(&conditions_section(st, now));
+}
+
+#[cfg(test)]
+mod tests {
+    use capstan_model::Kind;
+    use chrono::Utc;
+    use serde_json::json;
+
+    use crate::kinds::describe;
+
+    #[test]
+    fn a_certificate_shows_its_names_expiry_renewal_and_issuer() {
+        let now = Utc::now();
+        let later = |h: i64| (now + chrono::Duration::hours(h)).to_rfc3339();
+        let o = json!({
+            "kind": "Certificate",
+            "metadata": {"name": "shop", "namespace": "default", "creationTimestamp": later(-1)},
+            "spec": {"secretName": "shop-tls", "dnsNames": ["shop.example.com"], "ipAddresses": ["127.0.0.1"],
+                     "issuerRef": {"name": "ca"}, "privateKey": {"algorithm": "ECDSA"}},
+            "status": {"notBefore": later(-1), "notAfter": later(24 * 90), "renewalTime": later(24 * 60), "revision": 2,
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "up to date",
+                                       "lastTransitionTime": later(-1)}]},
+        });
+        let cells = super::cells(&o);
+        assert_eq!(&cells[..3], &["True", "shop-tls", "Issuer/ca"]);
+        assert!(cells[3].starts_with("in 89d") || cells[3].starts_with("in 90d"), "{cells:?}");
+        assert!(cells[4].starts_with("in 59d") || cells[4].starts_with("in 60d"), "{cells:?}");
+        let text = describe(Kind::Certificate, &o, &json!({"items": []}), now);
+        for needle in [
+            "shop-tls",
+            "DNS:shop.example.com, IP:127.0.0.1",
+            "ECDSA 256, PKCS1, rotation Always",
+            "Revision:",
+            "Ready",
+        ] {
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+        let issuer = json!({"kind": "Issuer", "metadata": {"name": "ca"}, "spec": {"ca": {"secretName": "root"}},
+                            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "ErrGetKeyPair",
+                                       "message": "secret \"root\" not found", "lastTransitionTime": later(0)}]}});
+        assert_eq!(super::issuer_cells(&issuer), vec!["ca (Secret root)", "False", "secret \"root\" not found"]);
+    }
+}

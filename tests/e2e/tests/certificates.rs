@@ -1,0 +1,234 @@
+//! cert-manager's Issuer and Certificate on the embedded runtime, from the outside: a self-signed root made by a
+//! Certificate, a CA Issuer on it, a server certificate it signs (checked by `openssl verify`) served by a Gateway
+//! and renewed under requests without one failing; a broken issuer reported while the old certificate keeps serving.
+
+use std::time::Duration;
+
+use base64::Engine;
+use capstan_e2e::tls::*;
+use capstan_e2e::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+fn site(https: u16) -> String {
+    format!(
+        "apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {{name: selfsigned}}
+spec: {{selfSigned: {{}}}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {{name: root}}
+spec:
+  isCA: true
+  commonName: Capstan test root
+  secretName: root-ca
+  privateKey: {{algorithm: ECDSA, size: 384}}
+  issuerRef: {{name: selfsigned}}
+---
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {{name: ca}}
+spec: {{ca: {{secretName: root-ca}}}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {{name: shop}}
+spec:
+  secretName: shop-tls
+  dnsNames: [shop.example.test]
+  ipAddresses: [127.0.0.1]
+  duration: 1h
+  renewBefore: 59m48s
+  issuerRef: {{name: ca}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: front}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+    - {{name: shop, port: {https}, protocol: HTTPS, hostname: shop.example.test, tls: {{certificateRefs: [{{name: shop-tls}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: front}}]
+  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
+---
+{}",
+        app_yaml("web", 1, &[], READINESS)
+    )
+}
+
+async fn get(tp: &TestPlane, kind: &str, name: &str) -> Option<Value> {
+    tp.client.get(&format!("/api/v1/namespaces/default/{kind}/{name}")).await.ok()
+}
+
+fn value(secret: &Value, key: &str) -> String {
+    let b64 = secret["spec"]["data"][key].as_str().unwrap_or_default();
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()).unwrap_or_default()
+}
+
+/// The Certificate once `Ready` at `revision` or later.
+async fn ready_at(tp: &TestPlane, name: &str, revision: u64) -> Value {
+    eventually(&format!("Certificate {name} Ready at revision {revision}"), T, || async {
+        let c = get(tp, "certificates", name).await?;
+        let ok = condition(&c["status"]["conditions"], "Ready")["status"] == "True"
+            && c["status"]["revision"].as_u64().is_some_and(|r| r >= revision);
+        ok.then_some(c)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuers_sign_certificates_into_secrets_that_the_gateway_serves_and_renews() {
+    let tp = TestPlane::start().await;
+    let https = free_port();
+    tp.apply(&site(https));
+
+    // The root signs itself; the CA Issuer on its Secret is verified; the server certificate is signed by it.
+    ready_at(&tp, "root", 1).await;
+    let ca_issuer = eventually("Issuer ca Ready", T, || async {
+        let i = get(&tp, "issuers", "ca").await?;
+        (condition(&i["status"]["conditions"], "Ready")["status"] == "True").then_some(i)
+    })
+    .await;
+    assert_eq!(condition(&ca_issuer["status"]["conditions"], "Ready")["reason"], "KeyPairVerified");
+    let shop = ready_at(&tp, "shop", 1).await;
+    assert!(shop["status"]["notAfter"].is_string() && shop["status"]["renewalTime"].is_string(), "{shop}");
+    let root = get(&tp, "secrets", "root-ca").await.expect("the root's Secret");
+    let secret = get(&tp, "secrets", "shop-tls").await.expect("the Secret");
+    assert_eq!(secret["spec"]["type"], "kubernetes.io/tls");
+    assert_eq!(secret["metadata"]["annotations"]["cert-manager.io/certificate-name"], "shop");
+    assert_eq!(secret["metadata"]["annotations"]["cert-manager.io/issuer-name"], "ca");
+    let (crt, key, ca) = (value(&secret, "tls.crt"), value(&secret, "tls.key"), value(&secret, "ca.crt"));
+    assert!(key.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "cert-manager's default key: RSA 2048 in PKCS#1");
+    assert!(value(&root, "tls.key").starts_with("-----BEGIN EC PRIVATE KEY-----"), "ECDSA in SEC 1");
+    assert_eq!(ca, value(&root, "tls.crt"), "ca.crt is the root that signed it");
+    assert_eq!(crt.matches("BEGIN CERTIFICATE").count(), 2, "tls.crt: the certificate, then the CA's");
+
+    // openssl agrees: the chain verifies to the root, for the name asked, with the names asked.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.crt"), &ca).expect("write");
+    std::fs::write(dir.path().join("tls.crt"), &crt).expect("write");
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "ca.crt", "-verify_hostname", "shop.example.test", "tls.crt"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl runs");
+    assert!(
+        verify.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", "tls.crt"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("DNS:shop.example.test") && text.contains("IP Address:127.0.0.1"), "{text}");
+    assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
+
+    // The Gateway serves it, trusted through the root.
+    let first = der_of(&crt);
+    let served = eventually("the Gateway serves the issued certificate", T, || async {
+        https_get(https, "shop.example.test", "/", &ca).await.filter(|r| r.0 == 200)
+    })
+    .await;
+    assert_eq!(served.2, first);
+
+    // Renewal (renewBefore leaves 12 s of its hour): a new certificate, a new key, swapped in live while requests
+    // on new connections keep coming; none fails.
+    let mut failures = Vec::new();
+    let mut renewed = None;
+    let deadline = tokio::time::Instant::now() + T;
+    while tokio::time::Instant::now() < deadline {
+        match https_get(https, "shop.example.test", "/", &ca).await {
+            Some((200, _, leaf)) if leaf != first => {
+                renewed = Some(leaf);
+                break;
+            }
+            Some((200, ..)) => {}
+            other => failures.push(format!("{:?}", other.map(|o| o.0))),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failures.is_empty(), "requests failed during the renewal: {failures:?}");
+    let renewed = renewed.expect("the Gateway served the renewed certificate");
+    let shop = ready_at(&tp, "shop", 2).await;
+    let secret = get(&tp, "secrets", "shop-tls").await.expect("the Secret");
+    assert_eq!(der_of(&value(&secret, "tls.crt")), renewed);
+    assert_ne!(value(&secret, "tls.key"), key, "rotationPolicy Always: a new key");
+    let events = tp.client.get("/api/v1/namespaces/default/certificates/shop/events").await.expect("events");
+    let reasons: Vec<&str> =
+        events["items"].as_array().into_iter().flatten().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(
+        reasons.contains(&"DoesNotExist") && reasons.contains(&"Renewing") && reasons.contains(&"Issued"),
+        "{reasons:?}"
+    );
+
+    // The CLI: kubectl's columns and a describe with the names, the key and the renewal.
+    let out = tp.cli(&["get", "certificates"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("READY") && listing.contains("shop-tls") && listing.contains("Issuer/ca"), "{listing}");
+    let out = tp.cli(&["describe", "certificate", "shop"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.contains("DNS:shop.example.test, IP:127.0.0.1") && page.contains("RSA 2048") && page.contains("Renewal:"),
+        "{page}"
+    );
+    let out = tp.cli(&["get", "issuers"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ca (Secret root-ca)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A broken issuer: its CA Secret gone from its spec. The renewal fails and says why; the Secret is not touched,
+    // Ready stays True while the old certificate is valid, and the Gateway keeps serving it.
+    tp.apply("apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: ca}\nspec: {ca: {secretName: gone}}\n");
+    let broken = eventually("Issuer ca reports its missing Secret", T, || async {
+        let i = get(&tp, "issuers", "ca").await?;
+        let c = condition(&i["status"]["conditions"], "Ready").clone();
+        (c["status"] == "False").then_some(c)
+    })
+    .await;
+    assert_eq!(broken["reason"], "ErrGetKeyPair");
+    assert!(broken["message"].as_str().unwrap_or("").contains("\"gone\" not found"), "{broken}");
+    let revision = shop["status"]["revision"].as_u64().unwrap_or(0);
+    let failed = eventually("the renewal fails, named", T, || async {
+        let c = get(&tp, "certificates", "shop").await?;
+        (condition(&c["status"]["conditions"], "Issuing")["reason"] == "Failed").then_some(c)
+    })
+    .await;
+    let issuing = condition(&failed["status"]["conditions"], "Issuing");
+    assert!(issuing["message"].as_str().unwrap_or("").contains("Issuer ca is not ready"), "{issuing}");
+    assert_eq!(condition(&failed["status"]["conditions"], "Ready")["status"], "True", "the old one is still valid");
+    assert!(failed["status"]["failedIssuanceAttempts"].as_u64() >= Some(1));
+    let kept = get(&tp, "secrets", "shop-tls").await.expect("the Secret");
+    assert_eq!(kept["spec"], secret["spec"].clone(), "a failed issuance leaves the Secret as it was");
+    let still = https_get(https, "shop.example.test", "/", &ca).await.expect("still served");
+    assert_eq!((still.0, still.2), (200, renewed));
+
+    // Fixed: the next attempt (the Issuer's change wakes it) issues again.
+    tp.apply("apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: ca}\nspec: {ca: {secretName: root-ca}}\n");
+    ready_at(&tp, "shop", revision + 1).await;
+
+    // `capstan certificate renew`: the root (90 days, far from its renewal) is issued again at once.
+    let root_key = value(&get(&tp, "secrets", "root-ca").await.expect("the root's Secret"), "tls.key");
+    let out = tp.cli(&["certificate", "renew", "root"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Manually triggered issuance of Certificate default/root"));
+    ready_at(&tp, "root", 2).await;
+    assert_ne!(value(&get(&tp, "secrets", "root-ca").await.expect("the root's Secret"), "tls.key"), root_key);
+    let out = tp.cli(&["certificate", "renew", "nothing"]);
+    assert_eq!(out.status.code(), Some(1), "a missing Certificate: {}", String::from_utf8_lossy(&out.stderr));
+    tp.stop().await;
+}
