@@ -67,6 +67,9 @@ pub const KINDS: &[KindInfo] = &[
     k("gateway.networking.k8s.io/v1alpha2", "ReferenceGrant", "referencegrants", true, 7),
     k("gateway.networking.k8s.io/v1", "BackendTLSPolicy", "backendtlspolicies", true, 7),
     k("gateway.networking.k8s.io/v1alpha3", "BackendTLSPolicy", "backendtlspolicies", true, 7),
+    // After the Secrets a CA Issuer reads; before the Gateways that serve the Certificates' Secrets.
+    k("cert-manager.io/v1", "Issuer", "issuers", true, 6),
+    k("cert-manager.io/v1", "Certificate", "certificates", true, 6),
     k("coordination.k8s.io/v1", "Lease", "leases", true, 8),
 ];
 
@@ -349,6 +352,20 @@ pub fn health(obj: &Value) -> Health {
                 None => Health::Ready,
             }
         }
+        // cert-manager's: Ready when it says so; a Certificate whose issuance failed is Failed with its message.
+        "Issuer" | "Certificate" if obj["apiVersion"].as_str().is_some_and(|v| v.starts_with("cert-manager.io/")) => {
+            let ready = condition(obj, "Ready");
+            let issuing = condition(obj, "Issuing");
+            if is_true(ready) {
+                Health::Ready
+            } else if issuing.is_some_and(|c| c["reason"].as_str() == Some("Failed")) {
+                Health::Failed(message(issuing))
+            } else if ready.is_some_and(|c| c["status"].as_str() == Some("False")) && kind == "Issuer" {
+                Health::Failed(message(ready))
+            } else {
+                Health::Progressing(ready.map_or_else(|| "waiting for cert-manager".to_string(), |c| message(Some(c))))
+            }
+        }
         "Cluster" if obj["apiVersion"].as_str().is_some_and(|v| v.starts_with("postgresql.cnpg.io/")) => {
             if is_true(condition(obj, "Ready")) {
                 Health::Ready
@@ -394,6 +411,25 @@ mod tests {
         let done = json!({"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3,
                           "currentRevision": "b", "updateRevision": "b"});
         assert!(health(&sts(done)).is_ready());
+    }
+
+    #[test]
+    fn cert_managers_kinds_are_healthy_when_ready() {
+        let obj = |kind: &str, conditions: Value| json!({"apiVersion": "cert-manager.io/v1", "kind": kind, "status": {"conditions": conditions}});
+        assert!(health(&obj("Certificate", json!([{"type": "Ready", "status": "True"}]))).is_ready());
+        assert_eq!(
+            health(&obj("Certificate", json!([{"type": "Ready", "status": "False", "message": "Issuing"},
+                                               {"type": "Issuing", "status": "False", "reason": "Failed", "message": "the CA is gone"}]))),
+            Health::Failed("Failed: the CA is gone".into())
+        );
+        assert_eq!(
+            health(&obj("Certificate", json!([{"type": "Issuing", "status": "True", "reason": "DoesNotExist"}]))),
+            Health::Progressing("waiting for cert-manager".into())
+        );
+        assert_eq!(
+            health(&obj("Issuer", json!([{"type": "Ready", "status": "False", "message": "secret not found"}]))),
+            Health::Failed("secret not found".into())
+        );
     }
 
     #[test]

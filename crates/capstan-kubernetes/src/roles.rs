@@ -18,6 +18,7 @@ const RENDERED: &[(&str, &[&str])] = &[
         "gateway.networking.k8s.io",
         &["gateways", "httproutes", "tlsroutes", "tcproutes", "referencegrants", "backendtlspolicies"],
     ),
+    ("cert-manager.io", &["issuers", "certificates"]),
     ("policy", &["poddisruptionbudgets"]),
     ("autoscaling", &["horizontalpodautoscalers"]),
     ("postgresql.cnpg.io", &["clusters"]),

@@ -479,6 +479,41 @@ spec:
     }
 }
 
+/// cert-manager's objects reach the cluster as written (its cert-manager issues them), labelled for pruning, in the
+/// order the cluster plan applies them: after the Secrets a CA Issuer reads, before the Gateways that serve them.
+#[test]
+fn cert_manager_objects_pass_through_as_written() {
+    let yaml = "apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {name: ca, namespace: shop}
+spec: {ca: {secretName: root-ca}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: web, namespace: shop}
+spec:
+  secretName: web-tls
+  dnsNames: [shop.example.com]
+  duration: 2160h
+  renewBefore: 360h
+  privateKey: {algorithm: ECDSA, size: 256, rotationPolicy: Always}
+  issuerRef: {name: ca, kind: Issuer, group: cert-manager.io}
+";
+    let resources: Vec<Resource> =
+        capstan_model::parse_manifests("c.yaml", yaml).expect("parses").into_iter().map(|m| m.resource).collect();
+    let objs = capstan_kubernetes::render::render(&resources).expect("renders");
+    let cert = objs.iter().find(|o| o["kind"] == "Certificate").expect("the Certificate");
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    let written = resources[1].to_value();
+    assert_eq!(cert["spec"], written["spec"], "the spec unchanged");
+    assert_eq!(cert["metadata"]["labels"]["app.kubernetes.io/managed-by"], "capstan");
+    let issuer = objs.iter().find(|o| o["kind"] == "Issuer").expect("the Issuer");
+    assert_eq!(issuer["spec"]["ca"]["secretName"], "root-ca");
+    let rank = |api: &str, kind: &str| capstan_kubernetes::plan::kind_info(api, kind).expect("known").rank;
+    assert!(rank("v1", "Secret") < rank("cert-manager.io/v1", "Issuer"));
+    assert!(rank("cert-manager.io/v1", "Certificate") < rank("gateway.networking.k8s.io/v1", "Gateway"));
+}
+
 /// Kubernetes' own Secret, as written for a cluster, is taken by Capstan and rendered back as the same Secret; a
 /// Capstan Secret becomes one too, its text values in base64. Both round-trip through k8s-openapi's Secret.
 #[test]
