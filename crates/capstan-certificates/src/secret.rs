@@ -99,8 +99,9 @@ pub fn facts(chain_pem: &[u8], key: &Key) -> Result<Current, String> {
     Ok(c)
 }
 
-/// The Secret for `cert`, holding `signed` and `key`; `existing` (the stored Secret) keeps its other keys, labels
-/// and annotations, as cert-manager leaves them.
+/// The Secret for `cert`, holding `signed` and `key`; `existing` (the stored Secret) keeps its other keys, labels,
+/// annotations and type, as cert-manager leaves them: a Certificate pointed at a Secret that holds other values
+/// adds its three keys and loses none.
 pub fn build(cert: &Certificate, signed: &Signed, key_pem: &str, existing: Option<&Value>) -> Value {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let mut data: BTreeMap<String, String> = existing
@@ -116,6 +117,9 @@ pub fn build(cert: &Certificate, signed: &Signed, key_pem: &str, existing: Optio
     data.insert("tls.crt".into(), b64(&signed.chain_pem));
     data.insert("tls.key".into(), b64(key_pem));
     data.insert("ca.crt".into(), b64(&signed.ca_pem));
+    // A Secret's type does not change (Kubernetes refuses it): one made by hand as Opaque stays so.
+    let type_ =
+        existing.and_then(|e| e["spec"]["type"].as_str()).unwrap_or(capstan_model::gitops::TLS_SECRET_TYPE).to_string();
     let mut annotations: BTreeMap<String, String> =
         existing.and_then(|e| serde_json::from_value(e["metadata"]["annotations"].clone()).ok()).unwrap_or_default();
     let mut labels: BTreeMap<String, String> =
@@ -144,6 +148,46 @@ pub fn build(cert: &Certificate, signed: &Signed, key_pem: &str, existing: Optio
             "labels": labels,
             "annotations": annotations,
         },
-        "spec": {"type": capstan_model::gitops::TLS_SECRET_TYPE, "data": data},
+        "spec": {"type": type_, "data": data},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_model::certificate::{CertificateSpec, IssuerRef};
+    use chrono::Utc;
+
+    #[test]
+    fn a_secret_that_held_other_values_keeps_them_and_its_type() {
+        let cert = Certificate {
+            api_version: "cert-manager.io/v1".into(),
+            kind: "Certificate".into(),
+            metadata: capstan_model::ObjectMeta { name: "web".into(), ..Default::default() },
+            spec: CertificateSpec {
+                secret_name: "shared".into(),
+                dns_names: vec!["web.example.com".into()],
+                issuer_ref: IssuerRef { name: "self".into(), ..Default::default() },
+                ..Default::default()
+            },
+            status: None,
+        };
+        let key = Key::generate(capstan_model::certificate::KeyAlgorithm::Ecdsa(256)).expect("a key");
+        let signed =
+            crate::issue::sign(&cert.spec, &key, crate::issue::Signer::SelfSigned, Utc::now()).expect("signed");
+        let existing = json!({"kind": "Secret", "metadata": {"name": "shared", "labels": {"team": "a"}},
+                              "spec": {"type": "Opaque", "stringData": {"password": "s3cret"}, "data": {"user": "YWRh"}}});
+        let written = build(&cert, &signed, &key.to_pem(false).expect("pem"), Some(&existing));
+        let spec = spec_of(&written).expect("a Secret");
+        assert_eq!(spec.value("password").as_deref(), Some(&b"s3cret"[..]), "values kept");
+        assert_eq!(spec.value("user").as_deref(), Some(&b"ada"[..]));
+        assert_eq!(written["spec"]["type"], "Opaque");
+        assert_eq!(written["metadata"]["labels"]["team"], "a");
+        let (current, _) = read(Some(&written));
+        let current = current.expect("readable");
+        assert!(current.key_matches && current.dns_names == ["web.example.com"]);
+        assert_eq!(current.issuer, Some(("self".into(), "Issuer".into())));
+        let fresh = build(&cert, &signed, &key.to_pem(true).expect("pem"), None);
+        assert_eq!(fresh["spec"]["type"], "kubernetes.io/tls");
+    }
 }

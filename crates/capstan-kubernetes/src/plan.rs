@@ -418,8 +418,11 @@ mod tests {
         let obj = |kind: &str, conditions: Value| json!({"apiVersion": "cert-manager.io/v1", "kind": kind, "status": {"conditions": conditions}});
         assert!(health(&obj("Certificate", json!([{"type": "Ready", "status": "True"}]))).is_ready());
         assert_eq!(
-            health(&obj("Certificate", json!([{"type": "Ready", "status": "False", "message": "Issuing"},
-                                               {"type": "Issuing", "status": "False", "reason": "Failed", "message": "the CA is gone"}]))),
+            health(&obj(
+                "Certificate",
+                json!([{"type": "Ready", "status": "False", "message": "Issuing"},
+                                               {"type": "Issuing", "status": "False", "reason": "Failed", "message": "the CA is gone"}])
+            )),
             Health::Failed("Failed: the CA is gone".into())
         );
         assert_eq!(

@@ -1,5 +1,5 @@
-//! cert-manager's Issuer and Certificate on the embedded runtime, from the outside: a self-signed root made by a
-//! Certificate, a CA Issuer on it, a server certificate it signs (checked by `openssl verify`) served by a Gateway
+//! cert-manager's Issuer and Certificate on the embedded runtime, from the outside (`examples/certificates`): a
+//! self-signed root made by a Certificate, a CA Issuer on it, a server certificate it signs (checked by `openssl verify`) served by a Gateway
 //! and renewed under requests without one failing; a broken issuer reported while the old certificate keeps serving.
 
 use std::time::Duration;
@@ -11,58 +11,19 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
+/// `examples/certificates` as written, but for the test app, a free port, and a renewal 12 s after each issuance
+/// (one hour's certificate, renewed 59m48s before its end).
 fn site(https: u16) -> String {
-    format!(
-        "apiVersion: cert-manager.io/v1
-kind: Issuer
-metadata: {{name: selfsigned}}
-spec: {{selfSigned: {{}}}}
----
-apiVersion: cert-manager.io/v1
-kind: Certificate
-metadata: {{name: root}}
-spec:
-  isCA: true
-  commonName: Capstan test root
-  secretName: root-ca
-  privateKey: {{algorithm: ECDSA, size: 384}}
-  issuerRef: {{name: selfsigned}}
----
-apiVersion: cert-manager.io/v1
-kind: Issuer
-metadata: {{name: ca}}
-spec: {{ca: {{secretName: root-ca}}}}
----
-apiVersion: cert-manager.io/v1
-kind: Certificate
-metadata: {{name: shop}}
-spec:
-  secretName: shop-tls
-  dnsNames: [shop.example.test]
-  ipAddresses: [127.0.0.1]
-  duration: 1h
-  renewBefore: 59m48s
-  issuerRef: {{name: ca}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: front}}
-spec:
-  gatewayClassName: capstan
-  addresses: [{{value: 127.0.0.1}}]
-  listeners:
-    - {{name: shop, port: {https}, protocol: HTTPS, hostname: shop.example.test, tls: {{certificateRefs: [{{name: shop-tls}}]}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: web}}
-spec:
-  parentRefs: [{{name: front}}]
-  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
----
-{}",
-        app_yaml("web", 1, &[], READINESS)
-    )
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/certificates/certificates.yaml");
+    let yaml = std::fs::read_to_string(path).expect("examples/certificates/certificates.yaml");
+    for needle in ["command: [capstan-hello]", "port: 8443", "duration: 2160h", "renewBefore: 720h", "shop.localhost"] {
+        assert!(yaml.contains(needle), "the example still says {needle}");
+    }
+    yaml.replace("command: [capstan-hello]", &format!("command: [{}]", testapp()))
+        .replace("port: 8443", &format!("port: {https}"))
+        .replace("duration: 2160h", "duration: 1h")
+        .replace("renewBefore: 720h", "renewBefore: 59m48s")
+        .replace("shop.localhost", "shop.example.test")
 }
 
 async fn get(tp: &TestPlane, kind: &str, name: &str) -> Option<Value> {
