@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main demo: the Data Center pattern on one machine. Installs what is missing (PostgreSQL, through apt), builds
 # Capstan and Teamboard, runs `capstan up examples/ha-stack` (a PostgreSQL Database and two Teamboard nodes behind
-# a sticky load balancer, served over HTTPS by a Gateway with a certificate made for the demo), adds a little sample
+# a sticky load balancer, served over HTTPS by a Gateway with a certificate Capstan issues from cert-manager's
+# Issuer and Certificate), adds a little sample
 # data, and prints the URL to open. Ctrl-C stops everything; the data
 # stays in $CAPSTAN_DATA for next time.
 # With DEMO_SMOKE=1 it checks the stack end to end (both nodes, a write, a search, a v1 -> v2 rolling upgrade), then
@@ -22,19 +23,15 @@ export PATH="$CARGO_TARGET_DIR/release:$PATH"
 export CAPSTAN_DATA="${CAPSTAN_DATA:-$PWD/.capstan/ha-stack}"
 LISTEN="${CAPSTAN_LISTEN:-127.0.0.1:7470}"
 WEB=http://127.0.0.1:8090
-# The front door (examples/ha-stack/front-door.yaml): HTTPS on a Gateway, with a certificate made here for the demo.
+# The front door (examples/ha-stack/front-door.yaml): HTTPS on a Gateway, its certificate issued by Capstan
+# (examples/ha-stack/certificates.yaml); the demo's root CA is written to $DEMO_TLS/ca.crt for curl and browsers.
 HTTPS=https://teamboard.localhost:8443
 DEMO_TLS="${CAPSTAN_DATA}-tls"
-# Made again when missing or within a day of expiry.
-if ! openssl x509 -checkend 86400 -noout -in "$DEMO_TLS/tls.crt" >/dev/null 2>&1; then
-  mkdir -p "$DEMO_TLS"
-  # ECDSA P-256, self-signed for teamboard.localhost, valid 90 days: the demo's own, until an Issuer makes one.
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 90 \
-    -subj /CN=teamboard.localhost -addext subjectAltName=DNS:teamboard.localhost \
-    -keyout "$DEMO_TLS/tls.key" -out "$DEMO_TLS/tls.crt" 2>/dev/null
-  chmod 600 "$DEMO_TLS/tls.key"
-fi
-tls() { curl -fsS --cacert "$DEMO_TLS/tls.crt" "$@"; }
+tls() { curl -fsS --cacert "$DEMO_TLS/ca.crt" "$@"; }
+# A Secret's value, decoded.
+secret_value() {
+  capstan get secret "$1" -o json | python3 -c 'import base64,json,sys; sys.stdout.write(base64.b64decode(json.load(sys.stdin)["spec"]["data"][sys.argv[1]]).decode())' "$2"
+}
 
 started=$(date +%s.%N)
 capstan up examples/ha-stack --listen "$LISTEN" &
@@ -49,13 +46,20 @@ for i in $(seq 1 1800); do
   [ "$i" = 1800 ] && { echo "the stack did not become Ready in 3 minutes" >&2; capstan get apps >&2; exit 1; }
   sleep 0.1
 done
-capstan create secret tls teamboard-tls --cert "$DEMO_TLS/tls.crt" --key "$DEMO_TLS/tls.key" >/dev/null
 capstan apply -f examples/ha-stack --wait --timeout 3m >/dev/null
+mkdir -p "$DEMO_TLS"
+secret_value demo-root-ca ca.crt > "$DEMO_TLS/ca.crt"
+for i in $(seq 1 100); do
+  tls -o /dev/null "$HTTPS/status" 2>/dev/null && break
+  [ "$i" = 100 ] && { echo "the Gateway did not serve the issued certificate in 10 s" >&2; capstan get certificates >&2; exit 1; }
+  sleep 0.1
+done
 ready=$(date +%s.%N)
 echo
 capstan get databases
 capstan get apps -o wide
 capstan get gateways
+capstan get certificates
 python3 -c "print('\nthe whole stack was Ready %.1f s after capstan up' % ($ready - $started))"
 
 # Sample data, through the balancer, as user "paul": a customer with a billable and a non-billable account.
@@ -97,6 +101,22 @@ if [ "${DEMO_SMOKE:-}" = 1 ]; then
     "301 $HTTPS/issues" ] || { echo "plain HTTP was not redirected to HTTPS" >&2; exit 1; }
   tls -b "$jar" -c "$jar" -H 'content-type: application/json' -d '{"user":"paul"}' "$HTTPS/api/login" >/dev/null
   tls -b "$jar" "$HTTPS/" | grep -q "Teamboard v1" || { echo "the page over HTTPS does not show v1" >&2; exit 1; }
+  echo "== the certificate renewed on demand (cmctl's renew), swapped in live"
+  before=$(secret_value teamboard-tls tls.crt | openssl x509 -noout -serial)
+  capstan certificate renew teamboard
+  for i in $(seq 1 100); do
+    [ "$(secret_value teamboard-tls tls.crt | openssl x509 -noout -serial)" != "$before" ] && break
+    [ "$i" = 100 ] && { echo "the certificate was not renewed in 10 s" >&2; capstan describe certificate teamboard >&2; exit 1; }
+    sleep 0.1
+  done
+  renewed=$(secret_value teamboard-tls tls.crt | openssl x509 -noout -serial)
+  for i in $(seq 1 100); do
+    served=$(openssl s_client -connect 127.0.0.1:8443 -servername teamboard.localhost </dev/null 2>/dev/null | openssl x509 -noout -serial || true)
+    [ "$served" = "$renewed" ] && break
+    [ "$i" = 100 ] && { echo "the Gateway did not serve the renewed certificate" >&2; exit 1; }
+    sleep 0.1
+  done
+  tls -b "$jar" "$HTTPS/" | grep -q "Teamboard v1" || { echo "the page over HTTPS failed after the renewal" >&2; exit 1; }
   echo "== the same files for a cluster: the entry points become routes on its Gateway"
   # grep -c reads everything: with -q, an early exit would cut render's output (SIGPIPE, and pipefail says so).
   [ "$(capstan render --target kubernetes examples/ha-stack/ | grep -c '^kind: HTTPRoute')" -ge 1 ] ||
@@ -120,8 +140,8 @@ rm -f "$jar"
 
 cat <<TOUR
 
-Open $HTTPS and sign in with any name (the certificate is the demo's own, made for teamboard.localhost:
-let the browser accept it, or trust $DEMO_TLS/tls.crt). Plain http://teamboard.localhost:8480 redirects there,
+Open $HTTPS and sign in with any name (the certificate is issued by the demo's own CA: let the browser accept
+it, or trust $DEMO_TLS/ca.crt). Plain http://teamboard.localhost:8480 redirects there,
 and $WEB is the stack's direct entry point. Sessions live in one node's memory: the balancer's cookie keeps you
 there. The node that served each page is in its header and footer; live updates from every node appear bottom right.
 
@@ -129,7 +149,9 @@ Try, in another terminal:
   export PATH="$CARGO_TARGET_DIR/release:\$PATH" CAPSTAN_DATA="$CAPSTAN_DATA"
   capstan describe app teamboard              # nodes, volumes, probes, events
   capstan describe gateway front              # listeners, the certificate's Secret, attached routes
-  curl --cacert $DEMO_TLS/tls.crt -sI $HTTPS/ | head -3   # HTTP/2, HSTS
+  curl --cacert $DEMO_TLS/ca.crt -sI $HTTPS/ | head -3   # HTTP/2, HSTS
+  capstan get certificates; capstan describe certificate teamboard   # issued, renewal time, revision
+  capstan certificate renew teamboard         # a new certificate now, served from the next handshake
   capstan render --target kubernetes examples/ha-stack/ | less   # the same files for a cluster: HTTPRoutes on its Gateway
   capstan logs teamboard -f                   # both nodes' output
   capstan metrics query capstan_lb_connections   # connections each listener holds, within its cap

@@ -228,6 +228,14 @@ impl Certificates {
     }
 }
 
+/// The generation an object's `Ready` condition was written for (cert-manager keeps it on each condition).
+fn ready_generation(obj: &Value) -> &Value {
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .map_or(&Value::Null, |c| &c["observedGeneration"])
+}
+
 /// Whether a Certificate's status asks for a renewal now (`capstan certificate renew`).
 fn manually_triggered(status: &CertificateStatus) -> bool {
     find_condition(&status.conditions, ISSUING)
@@ -243,7 +251,7 @@ impl Reconciler for Certificates {
         let manual = ev.object["status"]["conditions"].as_array().is_some_and(|cs| {
             cs.iter().any(|c| c["type"] == ISSUING && c["status"] == "True" && c["reason"] == MANUALLY_TRIGGERED)
         });
-        manual || ev.object["status"]["observedGeneration"] != ev.object["metadata"]["generation"]
+        manual || ready_generation(&ev.object) != &ev.object["metadata"]["generation"]
     }
 
     /// The Certificates of a Secret that changed (their own, or their issuer's CA) and of an Issuer that changed.
@@ -286,11 +294,10 @@ impl Reconciler for Certificates {
         // its Issuer or the Issuer's CA Secret.
         let issuer_version = self.issuer_version(&cert)?;
         let unchanged = self.failed_with.lock().unwrap_or_else(|p| p.into_inner()).get(key) == Some(&issuer_version);
-        let retry =
-            status.observed_generation == generation && (unchanged || status.failed_issuance_attempts.is_none());
+        let seen = find_condition(&status.conditions, "Ready").and_then(|c| c.observed_generation);
+        let retry = seen == generation && (unchanged || status.failed_issuance_attempts.is_none());
         let manual = manually_triggered(&status);
         let decision = decide(&cert.spec, &current, &status, retry, manual, now);
-        status.observed_generation = generation;
         let action = match decision {
             Decision::Keep { renewal_time } => {
                 if let Ok(c) = &current {

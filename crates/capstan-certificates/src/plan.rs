@@ -103,8 +103,8 @@ pub fn decide(
                     "SecretMismatch",
                     "Issuing certificate as Secret's private key does not match its certificate".into(),
                 ))
-            } else if c.issuer.as_ref().is_some_and(|(n, k)| n != &spec.issuer_ref.name || k != spec.issuer_ref.kind())
-            {
+            // cert-manager's rule: a Secret it did not issue (no annotations: made by hand) is issued again.
+            } else if c.issuer.as_ref().is_none_or(|(n, k)| n != &spec.issuer_ref.name || k != spec.issuer_ref.kind()) {
                 Some(issue(
                     "IncorrectIssuer",
                     "Issuing certificate as Secret was previously issued by another issuer".into(),
@@ -229,10 +229,11 @@ mod tests {
         assert_eq!(with(&|c| c.common_name = Some("shop".into())), "RequestChanged");
         assert_eq!(with(&|c| c.key_algorithm = KeyAlgorithm::Ecdsa(256)), "RequestChanged");
         assert_eq!(with(&|c| c.is_ca = true), "RequestChanged");
-        // Order and repeats of names do not matter; a Secret written by hand (no issuer annotation) is taken.
+        // A Secret made by hand (no issuer annotations) is issued again, as cert-manager does.
+        assert_eq!(with(&|c| c.issuer = None), "IncorrectIssuer");
+        // Order and repeats of names do not matter.
         let mut c = current();
         c.dns_names = vec!["shop.example.com".into(), "shop.example.com".into()];
-        c.issuer = None;
         assert!(matches!(decide(&s, &Ok(c), &st, false, false, t(1)), Decision::Keep { .. }));
     }
 

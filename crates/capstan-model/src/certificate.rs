@@ -172,7 +172,7 @@ pub struct IssuerRef {
     pub group: Option<String>,
 }
 
-/// What a Certificate says of itself, as cert-manager writes it.
+/// What a Certificate says of itself, as cert-manager writes it (the generation seen is on each condition).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
@@ -194,9 +194,6 @@ pub struct CertificateStatus {
     /// Failed issuances since the last that succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_issuance_attempts: Option<u32>,
-    /// The generation the status was written for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
 }
 
 /// A key algorithm and size, defaults applied.

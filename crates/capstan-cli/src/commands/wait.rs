@@ -28,6 +28,12 @@ pub(super) fn is_ready(obj: &Value) -> bool {
             return holds(&obj["status"]["conditions"], "Programmed", gen)
                 && listeners.is_some_and(|ls| ls.iter().all(|l| holds(&l["conditions"], "Programmed", gen)));
         }
+        // cert-manager's kinds keep the generation on each condition.
+        Some("Issuer" | "Certificate")
+            if obj["apiVersion"].as_str().is_some_and(|v| v.starts_with("cert-manager.io/")) =>
+        {
+            return holds(&obj["status"]["conditions"], "Ready", gen);
+        }
         Some("HTTPRoute") => {
             let parents = obj["status"]["parents"].as_array();
             return parents.is_some_and(|ps| {
