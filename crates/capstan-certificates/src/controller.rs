@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
 use capstan_model::certificate::{Certificate, CertificateStatus, Issuer};
-use capstan_model::meta::{find_condition, set_condition, Condition, ConditionStatus};
+use capstan_model::meta::{find_condition, remove_condition, set_condition, Condition, ConditionStatus};
 use capstan_model::{EventType, ObjectKey};
 use capstan_store::{Store, WatchEvent};
 use chrono::{DateTime, Utc};
@@ -228,6 +228,12 @@ impl Certificates {
     }
 }
 
+/// `Ready` True: the Secret holds what the spec asks, and it has not expired.
+fn up_to_date(status: &mut CertificateStatus, generation: Option<i64>, now: DateTime<Utc>) {
+    let message = "Certificate is up to date and has not expired".to_string();
+    set_condition(&mut status.conditions, condition("Ready", true, "Ready", message, generation, now));
+}
+
 /// The generation an object's `Ready` condition was written for (cert-manager keeps it on each condition).
 fn ready_generation(obj: &Value) -> &Value {
     obj["status"]["conditions"]
@@ -305,21 +311,7 @@ impl Reconciler for Certificates {
                     status.not_after = Some(c.not_after);
                 }
                 status.renewal_time = Some(renewal_time);
-                set_condition(
-                    &mut status.conditions,
-                    condition(
-                        "Ready",
-                        true,
-                        "Ready",
-                        "Certificate is up to date and has not expired".into(),
-                        generation,
-                        now,
-                    ),
-                );
-                set_condition(
-                    &mut status.conditions,
-                    condition(ISSUING, false, "Issued", "The certificate is issued".into(), generation, now),
-                );
+                up_to_date(&mut status, generation, now);
                 wait_until(renewal_time, now)
             }
             Decision::Backoff { until } => wait_until(until, now),
@@ -340,21 +332,9 @@ impl Reconciler for Certificates {
                             status.revision.unwrap_or(1)
                         );
                         self.store.record_event(key, EventType::Normal, "Issued", &issued)?;
-                        set_condition(
-                            &mut status.conditions,
-                            condition(
-                                "Ready",
-                                true,
-                                "Ready",
-                                "Certificate is up to date and has not expired".into(),
-                                generation,
-                                now,
-                            ),
-                        );
-                        set_condition(
-                            &mut status.conditions,
-                            condition(ISSUING, false, "Issued", issued, generation, now),
-                        );
+                        up_to_date(&mut status, generation, now);
+                        // As cert-manager: the Issuing condition goes once the issuance is done.
+                        remove_condition(&mut status.conditions, ISSUING);
                         wait_until(renewal, now)
                     }
                     Err(e) => {
