@@ -62,7 +62,10 @@ fn signing(store: &Store, issuer: &Issuer) -> Result<Result<Signing, (String, St
         return Ok(Ok(Signing::SelfSigned));
     }
     let Some(ca) = &issuer.spec.ca else {
-        return Ok(Err(("NotSupported".into(), "only selfSigned and ca issuers sign on this runtime".into())));
+        return Ok(Err((
+            "NotSupported".into(),
+            "ACME issuers do not sign on Capstan's embedded runtime yet (selfSigned and ca do); a cluster's cert-manager takes this Issuer as written".into(),
+        )));
     };
     let key = ObjectKey::new("Secret", issuer.metadata.namespace(), &ca.secret_name);
     let Some(s) = store.get(&key)? else {
@@ -183,6 +186,18 @@ impl Certificates {
             .collect()
     }
 
+    /// The other Certificates of `cert`'s namespace with its secretName.
+    fn duplicates(&self, cert: &Certificate) -> Vec<String> {
+        let ns = cert.metadata.namespace();
+        self.certificates_where(ns, |c| {
+            c["spec"]["secretName"].as_str() == Some(cert.spec.secret_name.as_str())
+                && c["metadata"]["name"].as_str() != Some(cert.metadata.name.as_str())
+        })
+        .into_iter()
+        .map(|k| k.name)
+        .collect()
+    }
+
     /// Issues `cert` into its Secret.
     fn issue(
         &self,
@@ -192,6 +207,17 @@ impl Certificates {
         now: DateTime<Utc>,
     ) -> Result<crate::issue::Signed, IssueError> {
         let ns = cert.metadata.namespace();
+        let r = &cert.spec.issuer_ref;
+        if r.kind() != "Issuer"
+            || r.group.as_deref().is_some_and(|g| g != capstan_model::certificate::CERT_MANAGER_GROUP)
+        {
+            return Err(IssueError::Issuer(format!(
+                "{} {} ({}) does not sign on Capstan's embedded runtime: only Issuers of cert-manager.io do here; a cluster's cert-manager takes this Certificate as written",
+                r.kind(),
+                r.name,
+                r.group.as_deref().unwrap_or(capstan_model::certificate::CERT_MANAGER_GROUP)
+            )));
+        }
         let issuer_key = ObjectKey::new("Issuer", ns, &cert.spec.issuer_ref.name);
         let issuer: Issuer = match self.store.get(&issuer_key) {
             Ok(Some(v)) => serde_json::from_value(v).map_err(|e| IssueError::Issuer(e.to_string()))?,
@@ -283,6 +309,14 @@ impl Reconciler for Certificates {
             "Issuer" => {
                 self.certificates_where(ns, |c| c["spec"]["issuerRef"]["name"].as_str() == Some(ev.key.name.as_str()))
             }
+            // The others naming its Secret: one of two deleted or changed frees the other.
+            "Certificate" => {
+                let secret = ev.object["spec"]["secretName"].as_str().unwrap_or_default();
+                self.certificates_where(ns, |c| {
+                    c["spec"]["secretName"].as_str() == Some(secret)
+                        && c["metadata"]["name"].as_str() != Some(ev.key.name.as_str())
+                })
+            }
             _ => Vec::new(),
         }
     }
@@ -293,6 +327,25 @@ impl Reconciler for Certificates {
         let now = Utc::now();
         let generation = cert.metadata.generation;
         let mut status = cert.status.clone().unwrap_or_default();
+        // Two Certificates writing one Secret would issue over each other for ever: cert-manager stops both.
+        let others = self.duplicates(&cert);
+        if !others.is_empty() {
+            let message = format!(
+                "Secret {} is also the secretName of Certificate {}: each Secret belongs to one Certificate",
+                cert.spec.secret_name,
+                others.join(", ")
+            );
+            set_condition(
+                &mut status.conditions,
+                condition("Ready", false, "DuplicateSecretName", message.clone(), generation, now),
+            );
+            set_condition(
+                &mut status.conditions,
+                condition(ISSUING, false, "DuplicateSecretName", message, generation, now),
+            );
+            self.store.update_status(key, serde_json::to_value(&status).unwrap_or_default())?;
+            return Ok(Action::AwaitChange);
+        }
         let secret_key = ObjectKey::new("Secret", cert.metadata.namespace(), &cert.spec.secret_name);
         let existing = self.store.get(&secret_key)?;
         let (current, kept) = secret::read(existing.as_ref());
@@ -345,12 +398,15 @@ impl Reconciler for Certificates {
                         let message = format!("The certificate could not be issued: {e}");
                         tracing::warn!(certificate = %key, "{message}");
                         self.store.record_event(key, EventType::Warning, "Failed", &message)?;
-                        // The Secret was not touched: whatever it held keeps serving, and Ready says whether it may.
-                        let still_valid = current.as_ref().is_ok_and(|c| c.not_after > now && c.key_matches);
+                        // The Secret was not touched: whatever it held keeps serving. Ready stays True only for a
+                        // renewal of a certificate that still matches its spec and is valid; otherwise it is False
+                        // with the reason the issuance was for, as cert-manager's.
+                        let renewal = matches!(reason, "Renewing" | "ManuallyTriggered");
+                        let still_valid = renewal && current.as_ref().is_ok_and(|c| c.not_after > now && c.key_matches);
                         let (ready_reason, ready_message) = if still_valid {
                             ("Ready", "The previous certificate is still valid; its renewal failed".to_string())
                         } else {
-                            ("DoesNotExist", message.clone())
+                            (reason, message.clone())
                         };
                         set_condition(
                             &mut status.conditions,

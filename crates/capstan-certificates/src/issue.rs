@@ -83,7 +83,9 @@ pub fn sign(spec: &CertificateSpec, key: &Key, signer: Signer<'_>, now: DateTime
     serial[0] &= 0x7f;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     let duration = chrono::Duration::from_std(spec.duration()).map_err(|e| IssueError::Sign(e.to_string()))?;
-    let mut not_after = now + duration;
+    let mut not_after = now.checked_add_signed(duration).ok_or_else(|| {
+        IssueError::Sign(format!("a lifetime of {duration} from {now} is past any date a certificate can hold"))
+    })?;
     if spec.is_ca {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     }
@@ -143,14 +145,25 @@ pub fn sign(spec: &CertificateSpec, key: &Key, signer: Signer<'_>, now: DateTime
             let issuer = rcgen::Issuer::from_ca_cert_der(ca, ca_key.key_pair()?)
                 .map_err(|e| IssueError::Issuer(format!("the CA's certificate cannot sign: {e}")))?;
             let cert = params.signed_by(&key_pair, &issuer).map_err(IssueError::rcgen)?;
+            // As cert-manager: the certificate and the CA's chain, but not a self-signed root, which clients must
+            // already hold (it is `ca.crt`).
             let mut out = cert.pem();
-            for c in &chain {
+            let last = chain.len().saturating_sub(1);
+            for (i, c) in chain.iter().enumerate() {
+                if i == last && self_signed(c) {
+                    break;
+                }
                 out.push_str(&pem_of(c));
             }
             let root = chain.last().map(|c| pem_of(c)).unwrap_or_default();
             Ok(Signed { chain_pem: out, ca_pem: root, not_before: now, not_after })
         }
     }
+}
+
+/// Whether a certificate names itself as its issuer (a root).
+fn self_signed(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der).is_ok_and(|(_, c)| c.subject() == c.issuer())
 }
 
 fn pem_of(der: &[u8]) -> String {

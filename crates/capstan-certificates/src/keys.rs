@@ -40,6 +40,11 @@ impl Key {
                     .map_err(|e| IssueError::Key(format!("making an RSA key: {e}")))?;
                 key.to_pkcs8_der().map_err(kerr)?.as_bytes().to_vec()
             }
+            KeyAlgorithm::Ecdsa(n) if n != 256 && n != 384 => {
+                return Err(IssueError::Key(format!(
+                    "P-{n} keys are not made on this runtime (rustls and most clients do not take them); ECDSA 256 or 384 are"
+                )))
+            }
             other => KeyPair::generate_for(sign_algorithm(other)).map_err(IssueError::rcgen)?.serialize_der(),
         };
         Ok(Key { pkcs8, algorithm })
@@ -119,7 +124,8 @@ fn algorithm_of(der: &[u8]) -> Result<KeyAlgorithm, IssueError> {
             use rsa::pkcs1::DecodeRsaPrivateKey;
             use rsa::traits::PublicKeyParts;
             let key = rsa::RsaPrivateKey::from_pkcs1_der(info.private_key).map_err(kerr)?;
-            Ok(KeyAlgorithm::Rsa((key.size() * 8) as u32))
+            // The modulus's exact length: a 2049-bit key is not a 2056-bit one.
+            Ok(KeyAlgorithm::Rsa(key.n().bits() as u32))
         }
         EC_PUBLIC_KEY => match info.algorithm.parameters_oid() {
             Ok(P256) => Ok(KeyAlgorithm::Ecdsa(256)),

@@ -63,6 +63,14 @@ pub fn renewal_time(spec: &CertificateSpec, not_before: DateTime<Utc>, not_after
     not_after - before
 }
 
+/// The same addresses however written (`2001:DB8::1` is `2001:db8::1`).
+fn same_ips(a: &[String], b: &[String]) -> bool {
+    let parse = |v: &[String]| -> Vec<String> {
+        v.iter().map(|s| s.parse::<std::net::IpAddr>().map_or_else(|_| s.clone(), |ip| ip.to_string())).collect()
+    };
+    same(parse(a), &parse(b))
+}
+
 fn same(mut a: Vec<String>, b: &[String]) -> bool {
     let mut b = b.to_vec();
     a.sort();
@@ -86,57 +94,53 @@ pub fn decide(
     let issue = |reason: &'static str, message: String| Decision::Issue { reason, message };
     let wanted = match current {
         Err(Unusable::Missing) => {
-            Some(issue("DoesNotExist", format!("Issuing certificate as Secret {} does not exist", spec.secret_name)))
+            issue("DoesNotExist", format!("Issuing certificate as Secret {} does not exist", spec.secret_name))
         }
         Err(Unusable::MissingData) => {
-            Some(issue("MissingData", "Issuing certificate as Secret does not contain a certificate and key".into()))
+            issue("MissingData", "Issuing certificate as Secret does not contain a certificate and key".into())
         }
-        Err(Unusable::Invalid(e)) => Some(issue(
+        Err(Unusable::Invalid(e)) => issue(
             "InvalidCertificate",
             format!("Issuing certificate as Secret holds an unusable certificate or key: {e}"),
-        )),
+        ),
         Ok(c) => {
             let cn_ok = spec.common_name.as_deref().filter(|s| !s.is_empty())
                 == c.common_name.as_deref().filter(|s| !s.is_empty());
             if !c.key_matches {
-                Some(issue(
+                issue(
                     "SecretMismatch",
                     "Issuing certificate as Secret's private key does not match its certificate".into(),
-                ))
-            // cert-manager's rule: a Secret it did not issue (no annotations: made by hand) is issued again.
-            } else if c.issuer.as_ref().is_none_or(|(n, k)| n != &spec.issuer_ref.name || k != spec.issuer_ref.kind()) {
-                Some(issue(
-                    "IncorrectIssuer",
-                    "Issuing certificate as Secret was previously issued by another issuer".into(),
-                ))
+                )
+            } else if c.issuer.as_ref().is_none_or(
+                // cert-manager's rule: a Secret it did not issue (no annotations: made by hand) is issued again.
+                |(n, k)| n != &spec.issuer_ref.name || k != spec.issuer_ref.kind(),
+            ) {
+                issue("IncorrectIssuer", "Issuing certificate as Secret was previously issued by another issuer".into())
             } else if !cn_ok
                 || !same(c.dns_names.clone(), &spec.dns_names)
-                || !same(c.ip_addresses.clone(), &spec.ip_addresses)
+                || !same_ips(&c.ip_addresses, &spec.ip_addresses)
                 || !same(c.uris.clone(), &spec.uris)
                 || !same(c.email_addresses.clone(), &spec.email_addresses)
                 || c.is_ca != spec.is_ca
             {
-                Some(issue("RequestChanged", "Issuing certificate as the names it should carry changed".into()))
+                issue("RequestChanged", "Issuing certificate as the names it should carry changed".into())
             } else if c.key_algorithm != spec.key_algorithm() {
-                Some(issue(
+                issue(
                     "RequestChanged",
                     format!(
                         "Issuing certificate as its key is {} and should be {}",
                         c.key_algorithm,
                         spec.key_algorithm()
                     ),
-                ))
+                )
             } else if now >= c.not_after {
-                Some(issue("Expired", format!("Issuing certificate as it expired at {}", c.not_after.to_rfc3339())))
+                issue("Expired", format!("Issuing certificate as it expired at {}", c.not_after.to_rfc3339()))
             } else if manual {
-                Some(issue("ManuallyTriggered", "Certificate re-issuance manually triggered".into()))
+                issue("ManuallyTriggered", "Certificate re-issuance manually triggered".into())
             } else {
                 let at = renewal_time(spec, c.not_before, c.not_after);
                 if now >= at {
-                    Some(issue(
-                        "Renewing",
-                        format!("Renewing certificate as renewal was scheduled at {}", at.to_rfc3339()),
-                    ))
+                    issue("Renewing", format!("Renewing certificate as renewal was scheduled at {}", at.to_rfc3339()))
                 } else {
                     return Decision::Keep { renewal_time: at };
                 }
@@ -150,7 +154,7 @@ pub fn decide(
             return Decision::Backoff { until };
         }
     }
-    wanted.unwrap_or(Decision::Keep { renewal_time: now })
+    wanted
 }
 
 #[cfg(test)]
@@ -229,6 +233,12 @@ mod tests {
         assert_eq!(with(&|c| c.common_name = Some("shop".into())), "RequestChanged");
         assert_eq!(with(&|c| c.key_algorithm = KeyAlgorithm::Ecdsa(256)), "RequestChanged");
         assert_eq!(with(&|c| c.is_ca = true), "RequestChanged");
+        // Addresses compare as addresses: the certificate reads back `2001:db8::1` for a spec's `2001:DB8:0::1`.
+        let mut ipv6 = s.clone();
+        ipv6.ip_addresses = vec!["2001:DB8:0::1".into()];
+        let mut c = current();
+        c.ip_addresses = vec!["2001:db8::1".into()];
+        assert!(matches!(decide(&ipv6, &Ok(c), &st, false, false, t(1)), Decision::Keep { .. }));
         // A Secret made by hand (no issuer annotations) is issued again, as cert-manager does.
         assert_eq!(with(&|c| c.issuer = None), "IncorrectIssuer");
         // Order and repeats of names do not matter.

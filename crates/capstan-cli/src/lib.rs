@@ -262,8 +262,8 @@ pub enum Command {
     #[command(display_order = 1)]
     Get {
         /// What to list: apps, databases, sources, syncs, secrets, configmaps, trainingjobs, modelservers, alertrules,
-        /// escalationpolicies, gateways, httproutes, tlsroutes, tcproutes, referencegrants, backendtlspolicies (or
-        /// the singular), or events.
+        /// escalationpolicies, gateways, httproutes, tlsroutes, tcproutes, referencegrants, backendtlspolicies,
+        /// issuers, certificates (or the singular), or events.
         kind: String,
         /// One object's name; all of the kind when left out.
         name: Option<String>,

@@ -356,6 +356,10 @@ pub fn health(obj: &Value) -> Health {
         "Issuer" | "Certificate" if obj["apiVersion"].as_str().is_some_and(|v| v.starts_with("cert-manager.io/")) => {
             let ready = condition(obj, "Ready");
             let issuing = condition(obj, "Issuing");
+            // cert-manager keeps the generation it saw on each condition: a Ready from before a change is stale.
+            if ready.is_some_and(|c| c["observedGeneration"].as_i64().is_some_and(|g| g < generation)) {
+                return stale();
+            }
             if is_true(ready) {
                 Health::Ready
             } else if issuing.is_some_and(|c| c["reason"].as_str() == Some("Failed")) {
@@ -417,6 +421,9 @@ mod tests {
     fn cert_managers_kinds_are_healthy_when_ready() {
         let obj = |kind: &str, conditions: Value| json!({"apiVersion": "cert-manager.io/v1", "kind": kind, "status": {"conditions": conditions}});
         assert!(health(&obj("Certificate", json!([{"type": "Ready", "status": "True"}]))).is_ready());
+        let mut changed = obj("Certificate", json!([{"type": "Ready", "status": "True", "observedGeneration": 1}]));
+        changed["metadata"] = json!({"generation": 2});
+        assert_eq!(health(&changed), Health::Progressing("the controller has not seen generation 2 yet".into()));
         assert_eq!(
             health(&obj(
                 "Certificate",

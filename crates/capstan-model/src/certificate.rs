@@ -41,7 +41,8 @@ pub struct IssuerSpec {
     /// Certificates signed by a CA whose certificate and key a Secret holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CaIssuer>,
-    /// An ACME server (Let's Encrypt and others): taken as written, refused until Capstan speaks ACME.
+    /// An ACME server (Let's Encrypt and others): taken as written and passed to a cluster's cert-manager; on the
+    /// embedded runtime its `Ready` says it cannot sign yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub acme: Option<serde_json::Value>,
@@ -275,12 +276,6 @@ pub fn validate_issuer(spec: &IssuerSpec, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new("spec.ca.secretName", e).hint("the name of a Secret with tls.crt and tls.key"));
         }
     }
-    if spec.acme.is_some() {
-        errors.push(
-            FieldError::new("spec.acme", "ACME issuers are not available on this runtime yet")
-                .hint("use `selfSigned` or `ca` here; on Kubernetes, cert-manager takes this Issuer as written"),
-        );
-    }
 }
 
 pub fn validate_certificate(spec: &CertificateSpec, errors: &mut Vec<FieldError>) {
@@ -325,27 +320,23 @@ pub fn validate_certificate(spec: &CertificateSpec, errors: &mut Vec<FieldError>
             errors.push(FieldError::new(format!("spec.emailAddresses[{i}]"), format!("`{e}` is not an email address")));
         }
     }
-    let lifetime = match spec.duration.as_deref().map(parse_duration) {
+    let lifetime = match spec.duration.as_deref().map(|d| go_duration("spec.duration", d, errors)) {
         None => Some(DEFAULT_DURATION),
-        Some(Ok(d)) if d < MIN_DURATION => {
+        Some(Some(d)) if d < MIN_DURATION => {
             errors.push(
                 FieldError::new("spec.duration", format!("{d:?} is shorter than an hour, cert-manager's least"))
                     .hint("for example `2160h` (90 days) or `24h`"),
             );
             None
         }
-        Some(Ok(d)) => Some(d),
-        Some(Err(e)) => {
-            errors.push(FieldError::new("spec.duration", e));
-            None
-        }
+        Some(d) => d,
     };
     if spec.renew_before.is_some() && spec.renew_before_percentage.is_some() {
         errors.push(FieldError::new("spec.renewBefore", "and renewBeforePercentage cannot both be set"));
     }
     if let Some(r) = &spec.renew_before {
-        match parse_duration(r) {
-            Err(e) => errors.push(FieldError::new("spec.renewBefore", e)),
+        match go_duration("spec.renewBefore", r, errors).ok_or(()) {
+            Err(()) => {}
             Ok(r) if r < MIN_RENEW_BEFORE => errors.push(
                 FieldError::new("spec.renewBefore", "is shorter than 5 minutes, cert-manager's least")
                     .hint("for example `720h` (30 days)"),
@@ -372,18 +363,12 @@ pub fn validate_certificate(spec: &CertificateSpec, errors: &mut Vec<FieldError>
     }
     if let Some(pk) = &spec.private_key {
         match (pk.algorithm.as_deref().unwrap_or("RSA"), pk.size) {
-            ("RSA", Some(n)) if !(2048..=8192).contains(&n) => errors.push(
+            ("RSA", Some(n)) if !(2048..=8192).contains(&n) || n % 8 != 0 => errors.push(
                 FieldError::new("spec.privateKey.size", format!("{n} bits is not an RSA size taken"))
-                    .hint("2048, 3072 or 4096"),
+                    .hint("a multiple of 8 from 2048 to 8192: 2048, 3072 or 4096"),
             ),
-            ("ECDSA", Some(521)) => errors.push(
-                FieldError::new(
-                    "spec.privateKey.size",
-                    "P-521 keys are not made here (TLS libraries rarely take them)",
-                )
-                .hint("256 or 384"),
-            ),
-            ("ECDSA", Some(n)) if n != 256 && n != 384 => errors.push(
+            // P-521 is taken (a cluster's cert-manager makes it); the embedded runtime says in status it cannot.
+            ("ECDSA", Some(n)) if n != 256 && n != 384 && n != 521 => errors.push(
                 FieldError::new("spec.privateKey.size", format!("{n} is not an ECDSA curve size")).hint("256 or 384"),
             ),
             ("RSA" | "ECDSA" | "Ed25519", _) => {}
@@ -405,24 +390,36 @@ pub fn validate_certificate(spec: &CertificateSpec, errors: &mut Vec<FieldError>
             );
         }
     }
-    let r = &spec.issuer_ref;
-    if r.name.is_empty() {
+    // A ClusterIssuer or an external issuer (another group) is taken: a cluster's cert-manager issues it, and on the
+    // embedded runtime the Certificate's condition says it cannot.
+    if spec.issuer_ref.name.is_empty() {
         errors.push(FieldError::new("spec.issuerRef.name", "is empty").hint("the name of an Issuer in this namespace"));
     }
-    if r.group.as_deref().is_some_and(|g| g != CERT_MANAGER_GROUP) {
+}
+
+/// The longest lifetime taken: a hundred years (X.509's times end in 9999).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A Go duration, as cert-manager parses it: a unit on every number (`2160h`, `1h30m`), and no `d`.
+fn go_duration(path: &str, value: &str, errors: &mut Vec<FieldError>) -> Option<Duration> {
+    if value.trim().parse::<f64>().is_ok() || value.contains('d') {
         errors.push(
-            FieldError::new("spec.issuerRef.group", "names an external issuer, which does not run on this runtime")
-                .hint("`cert-manager.io`, or leave it out"),
+            FieldError::new(path, format!("`{value}` is not a Go duration, which cert-manager reads"))
+                .hint("hours and minutes, with their units: `2160h` for 90 days, `1h30m`"),
         );
+        return None;
     }
-    match r.kind() {
-        "Issuer" => {}
-        "ClusterIssuer" => errors.push(
-            FieldError::new("spec.issuerRef.kind", "ClusterIssuers are not available on this runtime yet")
-                .hint("`kind: Issuer`, with an Issuer in the Certificate's namespace"),
-        ),
-        other => errors
-            .push(FieldError::new("spec.issuerRef.kind", format!("`{other}` is not an issuer kind")).hint("`Issuer`")),
+    match parse_duration(value) {
+        Ok(d) if d > MAX_DURATION => {
+            errors
+                .push(FieldError::new(path, "is longer than a hundred years").hint("for example `87600h` (ten years)"));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            errors.push(FieldError::new(path, e));
+            None
+        }
     }
 }
 
@@ -476,6 +473,11 @@ mod tests {
         assert_eq!(s.renew_before(s.duration()), Duration::from_secs(6 * 3600));
         assert_eq!(s.key_algorithm(), KeyAlgorithm::Ecdsa(256));
         assert!(s.pkcs8() && !s.rotates_key());
+        // What only a cluster's cert-manager issues is taken as written.
+        let s = spec("  dnsNames: [a.example.com]\n  privateKey: {algorithm: ECDSA, size: 521}\n");
+        assert_eq!(s.key_algorithm(), KeyAlgorithm::Ecdsa(521));
+        let cluster = "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: c}\nspec:\n  secretName: x\n  dnsNames: [a.b]\n  issuerRef: {name: le, kind: ClusterIssuer}\n---\napiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: d}\nspec:\n  secretName: y\n  dnsNames: [a.b]\n  issuerRef: {name: pca, kind: AWSPCAClusterIssuer, group: awspca.cert-manager.io}\n";
+        assert_eq!(crate::parse_manifests("c.yaml", cluster).expect("taken").len(), 2);
     }
 
     #[test]
@@ -490,10 +492,12 @@ mod tests {
             ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  renewBefore: 1m\n", "spec.renewBefore"),
             ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  usages: [flying]\n", "spec.usages[0]"),
             ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  privateKey: {algorithm: DSA}\n", "spec.privateKey.algorithm"),
-            ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  privateKey: {algorithm: ECDSA, size: 521}\n", "spec.privateKey.size"),
+            ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  privateKey: {algorithm: ECDSA, size: 512}\n", "spec.privateKey.size"),
+            ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  privateKey: {size: 2049}\n", "spec.privateKey.size"),
+            ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  duration: 90d\n", "spec.duration"),
+            ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  duration: '3600'\n", "spec.duration"),
+            ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  duration: 100000000000h\n", "spec.duration"),
             ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  privateKey: {size: 1024}\n", "spec.privateKey.size"),
-            ("  secretName: x\n  issuerRef: {name: ca, kind: ClusterIssuer}\n  dnsNames: [a.b]\n", "spec.issuerRef.kind"),
-            ("  secretName: x\n  issuerRef: {name: ca, group: awspca.cert-manager.io}\n  dnsNames: [a.b]\n", "spec.issuerRef.group"),
             ("  secretName: Bad_Name\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n", "spec.secretName"),
             ("  secretName: x\n  issuerRef: {name: ca}\n  dnsNames: [a.b]\n  keystores: {}\n", "keystores"),
         ] {
@@ -507,10 +511,12 @@ mod tests {
         let base = "apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: i}\nspec:\n";
         assert!(crate::parse_manifests("i.yaml", &format!("{base}  selfSigned: {{}}\n")).is_ok());
         assert!(crate::parse_manifests("i.yaml", &format!("{base}  ca: {{secretName: root}}\n")).is_ok());
+        // Taken for a cluster's cert-manager; the embedded runtime says in status that it cannot sign with it.
+        assert!(crate::parse_manifests("i.yaml", &format!("{base}  acme: {{server: 'https://acme.example/dir'}}\n"))
+            .is_ok());
         for (body, field) in [
             ("  selfSigned: {}\n  ca: {secretName: root}\n", "exactly one"),
             ("  {}\n", "exactly one"),
-            ("  acme: {server: 'https://acme.example/dir'}\n", "spec.acme"),
             ("  vault: {}\n", "vault"),
         ] {
             let e = crate::parse_manifests("i.yaml", &format!("{base}{body}")).map(|_| ()).unwrap_err().to_string();

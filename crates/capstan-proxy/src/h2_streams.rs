@@ -136,9 +136,10 @@ where
                 this.turn.polling.store(true, Ordering::SeqCst);
             }
         }
-        // Still busy after its turns: it gives the worker back, and comes again.
+        // Still busy after its turns: it gives the worker back (a wake deferred until the worker's other ready tasks
+        // have run, not one that would poll it again at once), and comes again.
         this.turn.polling.store(false, Ordering::SeqCst);
-        cx.waker().wake_by_ref();
+        let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
         Poll::Pending
     }
 }
@@ -257,7 +258,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rounds<T> {
                 let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
                 Poll::Ready(Ok(()))
             }
-            Some(r) if r == now => Poll::Ready(Ok(())),
+            // Put off again in the same poll: the deferred wake is asked for again (the same waker twice is one wake),
+            // so that a wake the runtime gave at once — outside a worker — does not leave the bytes unwritten.
+            Some(r) if r == now => {
+                let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                Poll::Ready(Ok(()))
+            }
             Some(_) => {
                 std::task::ready!(this.poll_drain(cx))?;
                 Pin::new(&mut this.inner).poll_flush(cx)

@@ -71,7 +71,7 @@ async fn issuers_sign_certificates_into_secrets_that_the_gateway_serves_and_rene
     assert!(key.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "cert-manager's default key: RSA 2048 in PKCS#1");
     assert!(value(&root, "tls.key").starts_with("-----BEGIN EC PRIVATE KEY-----"), "ECDSA in SEC 1");
     assert_eq!(ca, value(&root, "tls.crt"), "ca.crt is the root that signed it");
-    assert_eq!(crt.matches("BEGIN CERTIFICATE").count(), 2, "tls.crt: the certificate, then the CA's");
+    assert_eq!(crt.matches("BEGIN CERTIFICATE").count(), 1, "tls.crt: the certificate; the self-signed root is ca.crt");
 
     // openssl agrees: the chain verifies to the root, for the name asked, with the names asked.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -182,7 +182,7 @@ async fn issuers_sign_certificates_into_secrets_that_the_gateway_serves_and_rene
     tp.apply("apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: ca}\nspec: {ca: {secretName: root-ca}}\n");
     ready_at(&tp, "shop", revision + 1).await;
 
-    // `capstan certificate renew`: the root (90 days, far from its renewal) is issued again at once.
+    // `capstan certificate renew`: the root (ten years, far from its renewal) is issued again at once.
     let root_key = value(&get(&tp, "secrets", "root-ca").await.expect("the root's Secret"), "tls.key");
     let out = tp.cli(&["certificate", "renew", "root"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

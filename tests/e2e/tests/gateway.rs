@@ -415,8 +415,6 @@ async fn the_gateway_example_serves_as_documented() {
     tp.stop().await;
 }
 
-/// A GET over TLS and HTTP/1.1 with `sni` as the server name, verified against `ca_pem`: status, body and the
-/// served leaf certificate; None when the connection or the handshake fails.
 /// App `web` behind Gateway `secure`: HTTPS listeners `shop` (shop.example.test) and `wild` (*.example.org) on one
 /// port with their certificates' Secrets, and plain HTTP on another redirecting to HTTPS.
 fn secure_site(https: u16, http: u16, shop: (&str, &str), wild: (&str, &str)) -> String {
