@@ -182,6 +182,24 @@ async fn issuers_sign_certificates_into_secrets_that_the_gateway_serves_and_rene
     tp.apply("apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: ca}\nspec: {ca: {secretName: root-ca}}\n");
     ready_at(&tp, "shop", revision + 1).await;
 
+    // Two Certificates naming one Secret would issue over each other: both are stopped and say so, until one goes.
+    tp.apply("apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: shop-copy}\nspec: {secretName: shop-tls, dnsNames: [copy.example.test], issuerRef: {name: ca}}\n");
+    for name in ["shop", "shop-copy"] {
+        let ready = eventually(&format!("{name} reports the shared Secret"), T, || async {
+            let c = get(&tp, "certificates", name).await?;
+            let ready = condition(&c["status"]["conditions"], "Ready").clone();
+            (ready["reason"] == "DuplicateSecretName").then_some(ready)
+        })
+        .await;
+        assert_eq!(ready["status"], "False");
+        assert!(ready["message"].as_str().unwrap_or("").contains("shop-tls"), "{ready}");
+    }
+    let out = tp.cli(&["delete", "certificate", "shop-copy"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let freed = get(&tp, "certificates", "shop").await.expect("shop").clone();
+    let revision = freed["status"]["revision"].as_u64().unwrap_or(0);
+    ready_at(&tp, "shop", revision + 1).await;
+
     // `capstan certificate renew`: the root (ten years, far from its renewal) is issued again at once.
     let root_key = value(&get(&tp, "secrets", "root-ca").await.expect("the root's Secret"), "tls.key");
     let out = tp.cli(&["certificate", "renew", "root"]);

@@ -142,9 +142,13 @@ async fn tf_serving_api_hot_swap_under_load_and_a_corrupt_version() {
 
     // A corrupt version 3 is reported; version 2 keeps serving.
     publish(base.path(), 3, b"this is not an ONNX model");
-    let s3 = eventually("version 3 reported", T, || async {
+    // Reported once its load has been tried: a poll may first see it LOADING (the server lists a version as soon as
+    // it finds it).
+    let s3 = eventually("version 3 reported, its load tried", T, || async {
         let r = Browser::new(port).get("/v1/models/linear/versions/3").await.ok()?;
-        (r.status == 200).then(|| r.json())
+        let v = r.json();
+        let state = v["model_version_status"][0]["state"].as_str().unwrap_or("");
+        (r.status == 200 && !matches!(state, "START" | "LOADING")).then_some(v)
     })
     .await;
     let v3 = &s3["model_version_status"][0];
