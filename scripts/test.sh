@@ -19,6 +19,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/nul
 [ -x /usr/bin/prometheus ] || apt_install prometheus
 [ -x /usr/bin/prometheus-node-exporter ] || apt_install prometheus-node-exporter
 [ -x /usr/bin/prometheus-alertmanager ] || apt_install prometheus-alertmanager
+# ACME issuers are tested against Let's Encrypt's test server, Debian's pebble (with its DNS test server).
+[ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ] || apt_install pebble
 # Web pages are tested in a real headless Chromium (Debian's), driven over the DevTools protocol.
 command -v chromium >/dev/null || apt_install chromium
 # Training is tested with real TensorFlow (CPU) in a venv kept under ~/.cache (created once).

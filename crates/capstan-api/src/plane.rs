@@ -362,8 +362,10 @@ impl ControlPlane {
         let databases = capstan_database::controller::spawn(store.clone(), cfg.data_dir.clone());
         let training = capstan_training::controller::spawn(store.clone(), cfg.data_dir.clone());
         let model_servers = capstan_modelserver::controller::spawn(store.clone(), cfg.data_dir.clone());
-        let front_door = capstan_gateway::controller::spawn(store.clone(), proxy.clone());
-        let (issuers, certificates) = capstan_certificates::controller::spawn(store.clone());
+        // ACME HTTP-01 answers go from the certificates controller to the front door.
+        let (answers, answers_feed) = capstan_certificates::acme::Answers::new();
+        let front_door = capstan_gateway::controller::spawn(store.clone(), proxy.clone(), answers_feed);
+        let (issuers, certificates) = capstan_certificates::controller::spawn(store.clone(), answers);
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
         let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone(), cfg.query.limits());
         let shared = Arc::new(Shared {

@@ -14,6 +14,7 @@ use capstan_store::{Store, WatchEvent};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::acme::{account, http::AcmeHttp, Answers};
 use crate::error::IssueError;
 use crate::issue::{sign, Signer};
 use crate::keys::Key;
@@ -25,10 +26,15 @@ pub const ISSUING: &str = "Issuing";
 /// The reason `capstan certificate renew` writes on `Issuing`, as cmctl does.
 pub const MANUALLY_TRIGGERED: &str = "ManuallyTriggered";
 
-/// Starts both controllers.
-pub fn spawn(store: Store) -> (Handle, Handle) {
-    let issuers = runner::run(store.clone(), Arc::new(Issuers { store: store.clone() }), 1);
-    let certificates = runner::run(store.clone(), Arc::new(Certificates { store, failed_with: Mutex::default() }), 1);
+/// How many Certificates are issued at once: an ACME order waits seconds on the server.
+const CONCURRENT_ISSUANCES: usize = 4;
+
+/// Starts both controllers; ACME HTTP-01 answers are published to `answers`.
+pub fn spawn(store: Store, answers: Answers) -> (Handle, Handle) {
+    let issuers = runner::run(store.clone(), Arc::new(Issuers { store: store.clone(), failures: Mutex::default() }), 1);
+    let certificates =
+        Certificates { store: store.clone(), answers, not_before: Mutex::default(), failed_with: Mutex::default() };
+    let certificates = runner::run(store, Arc::new(certificates), CONCURRENT_ISSUANCES);
     (issuers, certificates)
 }
 
@@ -50,10 +56,11 @@ fn condition(
     }
 }
 
-/// How an Issuer signs, read from the store: its CA's chain and key, or itself.
+/// How an Issuer signs, read from the store: its CA's chain and key, itself, or an ACME server.
 enum Signing {
     SelfSigned,
     Ca { chain_pem: String, key: Key },
+    Acme(Box<capstan_model::acme::AcmeIssuer>),
 }
 
 /// The signer an Issuer stands for, or why it cannot sign (in words for its `Ready` condition).
@@ -61,11 +68,11 @@ fn signing(store: &Store, issuer: &Issuer) -> Result<Result<Signing, (String, St
     if issuer.spec.self_signed.is_some() {
         return Ok(Ok(Signing::SelfSigned));
     }
+    if let Some(acme) = &issuer.spec.acme {
+        return Ok(Ok(Signing::Acme(Box::new(acme.clone()))));
+    }
     let Some(ca) = &issuer.spec.ca else {
-        return Ok(Err((
-            "NotSupported".into(),
-            "ACME issuers do not sign on Capstan's embedded runtime yet (selfSigned and ca do); a cluster's cert-manager takes this Issuer as written".into(),
-        )));
+        return Ok(Err(("NotSupported".into(), "the Issuer names no way of signing".into())));
     };
     let key = ObjectKey::new("Secret", issuer.metadata.namespace(), &ca.secret_name);
     let Some(s) = store.get(&key)? else {
@@ -107,6 +114,55 @@ fn decode<T: serde::de::DeserializeOwned>(v: Value, key: &ObjectKey) -> Result<T
 
 struct Issuers {
     store: Store,
+    /// ACME registrations failed in a row, per Issuer, for the backoff.
+    failures: Mutex<HashMap<ObjectKey, u32>>,
+}
+
+impl Issuers {
+    /// An ACME Issuer's account registered (or found): its `Ready` condition, its account status, and when to look
+    /// again after a failure.
+    fn register(
+        &self,
+        key: &ObjectKey,
+        issuer: &Issuer,
+        acme: &capstan_model::acme::AcmeIssuer,
+        generation: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> (Condition, Option<capstan_model::acme::AcmeIssuerStatus>, Action) {
+        let registered =
+            account::trust(acme).and_then(|t| AcmeHttp::new(&t).map_err(IssueError::Issuer)).and_then(|http| {
+                tokio::runtime::Handle::current()
+                    .block_on(account::account(&self.store, issuer, acme, &http))
+                    .map(|(_, st)| st)
+            });
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match registered {
+            Ok(st) => {
+                failures.remove(key);
+                let message = "The ACME account was registered with the ACME server".to_string();
+                (
+                    condition("Ready", true, "ACMEAccountRegistered", message, generation, now),
+                    Some(st),
+                    Action::AwaitChange,
+                )
+            }
+            Err(e) => {
+                let n = failures.entry(key.clone()).or_default();
+                *n += 1;
+                let mut wait = crate::plan::backoff(*n);
+                if let IssueError::Acme { retry_after: Some(t), .. } = &e {
+                    wait = wait.max((*t - now).to_std().unwrap_or_default());
+                }
+                let message = format!("Failed to register ACME account: {e}");
+                let known = issuer.status.as_ref().and_then(|s| s.acme.clone());
+                (
+                    condition("Ready", false, "ErrRegisterACMEAccount", message, generation, now),
+                    known,
+                    Action::Requeue(wait),
+                )
+            }
+        }
+    }
 }
 
 impl Reconciler for Issuers {
@@ -119,15 +175,21 @@ impl Reconciler for Issuers {
             || ev.object["metadata"]["generation"] != ev.object["status"]["conditions"][0]["observedGeneration"]
     }
 
-    /// The CA issuers of a Secret that changed.
+    /// The CA issuers of a Secret that changed, and the ACME issuers whose account key or binding it holds.
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
         if ev.key.kind != "Secret" {
             return Vec::new();
         }
         let Ok(issuers) = self.store.list("Issuer", Some(&ev.key.namespace)) else { return Vec::new() };
+        let name = Some(ev.key.name.as_str());
         issuers
             .iter()
-            .filter(|i| i["spec"]["ca"]["secretName"].as_str() == Some(ev.key.name.as_str()))
+            .filter(|i| {
+                let s = &i["spec"];
+                s["ca"]["secretName"].as_str() == name
+                    || s["acme"]["privateKeySecretRef"]["name"].as_str() == name
+                    || s["acme"]["externalAccountBinding"]["keySecretRef"]["name"].as_str() == name
+            })
             .filter_map(|i| i["metadata"]["name"].as_str().map(|n| ObjectKey::new("Issuer", &ev.key.namespace, n)))
             .collect()
     }
@@ -138,10 +200,17 @@ impl Reconciler for Issuers {
         let now = Utc::now();
         let generation = issuer.metadata.generation;
         let mut status = issuer.status.clone().unwrap_or_default();
+        let mut action = Action::AwaitChange;
         let ready = match signing(&self.store, &issuer)? {
             Ok(Signing::SelfSigned) => condition("Ready", true, "IsReady", String::new(), generation, now),
             Ok(Signing::Ca { .. }) => {
                 condition("Ready", true, "KeyPairVerified", "Signing CA verified".into(), generation, now)
+            }
+            Ok(Signing::Acme(acme)) => {
+                let (ready, account, after) = self.register(key, &issuer, &acme, generation, now);
+                status.acme = account;
+                action = after;
+                ready
             }
             Err((reason, message)) => condition("Ready", false, &reason, message, generation, now),
         };
@@ -152,12 +221,17 @@ impl Reconciler for Issuers {
         }
         set_condition(&mut status.conditions, ready);
         self.store.update_status(key, serde_json::to_value(&status).unwrap_or_default())?;
-        Ok(Action::AwaitChange)
+        Ok(action)
     }
 }
 
 struct Certificates {
     store: Store,
+    /// Where ACME HTTP-01 answers are published for the front door.
+    answers: Answers,
+    /// When an ACME server that refused with `Retry-After` may be asked again, per Certificate: nothing but a
+    /// manual renewal asks it sooner.
+    not_before: Mutex<HashMap<ObjectKey, DateTime<Utc>>>,
     /// What each Certificate's issuer was (its and its CA Secret's resourceVersions) when its last issuance failed:
     /// a change to either is tried at once, whatever the backoff.
     failed_with: Mutex<HashMap<ObjectKey, String>>,
@@ -246,11 +320,58 @@ impl Certificates {
             Signing::Ca { chain_pem, key: ca_key } => {
                 sign(&cert.spec, &key, Signer::Ca { chain_pem, key: ca_key }, now)?
             }
+            Signing::Acme(acme) => self.order(&issuer, acme, cert, &key)?,
         };
         let pem = key.to_pem(cert.spec.pkcs8())?;
         let written = secret::build(cert, &signed, &pem, existing);
         self.store.apply(vec![written]).map_err(|e| IssueError::Issuer(format!("writing the Secret: {e}")))?;
         Ok(signed)
+    }
+}
+
+impl Certificates {
+    /// When the ACME server said `key` may ask again, if that is still to come.
+    fn told_to_wait(&self, key: &ObjectKey, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut map = self.not_before.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some(t) if *t > now => Some(*t),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// `cert` from its Issuer's ACME server, for `key`.
+    fn order(
+        &self,
+        issuer: &Issuer,
+        acme: &capstan_model::acme::AcmeIssuer,
+        cert: &Certificate,
+        key: &Key,
+    ) -> Result<crate::issue::Signed, IssueError> {
+        let http = AcmeHttp::new(&account::trust(acme)?).map_err(IssueError::Issuer)?;
+        let chain = tokio::runtime::Handle::current().block_on(async {
+            let account = account::registered(&self.store, issuer, acme, &http).await?;
+            crate::acme::order(&self.store, &account, &http, acme, cert, key, &self.answers).await
+        })?;
+        let facts = secret::facts(chain.as_bytes(), key).map_err(|e| IssueError::Acme {
+            message: format!("the ACME server's certificate: {e}"),
+            retry_after: None,
+        })?;
+        if !facts.key_matches {
+            return Err(IssueError::Acme {
+                message: "the ACME server returned a certificate for another key".into(),
+                retry_after: None,
+            });
+        }
+        Ok(crate::issue::Signed {
+            chain_pem: chain,
+            ca_pem: String::new(),
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+        })
     }
 }
 
@@ -368,6 +489,9 @@ impl Reconciler for Certificates {
                 wait_until(renewal_time, now)
             }
             Decision::Backoff { until } => wait_until(until, now),
+            Decision::Issue { .. } if !manual && self.told_to_wait(key, now).is_some() => {
+                wait_until(self.told_to_wait(key, now).unwrap_or(now), now)
+            }
             Decision::Issue { reason, message } => {
                 self.store.record_event(key, EventType::Normal, reason, &message)?;
                 match self.issue(&cert, existing.as_ref(), kept, now) {
@@ -416,10 +540,14 @@ impl Reconciler for Certificates {
                             &mut status.conditions,
                             condition(ISSUING, false, "Failed", message, generation, now),
                         );
-                        wait_until(
-                            now + chrono::Duration::from_std(crate::plan::backoff(failures)).unwrap_or_default(),
-                            now,
-                        )
+                        // A server that said when to come back is not asked before.
+                        let mut until =
+                            now + chrono::Duration::from_std(crate::plan::backoff(failures)).unwrap_or_default();
+                        if let IssueError::Acme { retry_after: Some(t), .. } = &e {
+                            until = until.max(*t);
+                            self.not_before.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), *t);
+                        }
+                        wait_until(until, now)
                     }
                 }
             }

@@ -10,6 +10,10 @@ pub enum IssueError {
     Key(String),
     #[error("signing: {0}")]
     Sign(String),
+    /// The ACME server refused, could not be reached or could not validate; `retry_after` when it said when to
+    /// come back (a rate limit's `Retry-After`).
+    #[error("{message}")]
+    Acme { message: String, retry_after: Option<chrono::DateTime<chrono::Utc>> },
 }
 
 impl IssueError {

@@ -1,6 +1,7 @@
-//! cert-manager's Issuers and Certificates on the embedded runtime: keys made, certificates signed by themselves
-//! or by a CA, written to Secrets as cert-manager writes them, and renewed before they expire.
+//! cert-manager's Issuers and Certificates on the embedded runtime: keys made, certificates signed by themselves,
+//! by a CA or by an ACME server, written to Secrets as cert-manager writes them, and renewed before they expire.
 
+pub mod acme;
 pub mod controller;
 pub mod error;
 pub mod issue;

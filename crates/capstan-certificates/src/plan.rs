@@ -104,8 +104,11 @@ pub fn decide(
             format!("Issuing certificate as Secret holds an unusable certificate or key: {e}"),
         ),
         Ok(c) => {
-            let cn_ok = spec.common_name.as_deref().filter(|s| !s.is_empty())
-                == c.common_name.as_deref().filter(|s| !s.is_empty());
+            // Without a commonName asked for, any is taken: ACME servers write the first name there.
+            let cn_ok = match spec.common_name.as_deref().filter(|s| !s.is_empty()) {
+                None => true,
+                Some(cn) => c.common_name.as_deref() == Some(cn),
+            };
             if !c.key_matches {
                 issue(
                     "SecretMismatch",
@@ -230,7 +233,14 @@ mod tests {
         assert_eq!(with(&|c| c.key_matches = false), "SecretMismatch");
         assert_eq!(with(&|c| c.issuer = Some(("other".into(), "Issuer".into()))), "IncorrectIssuer");
         assert_eq!(with(&|c| c.dns_names.push("www.example.com".into())), "RequestChanged");
-        assert_eq!(with(&|c| c.common_name = Some("shop".into())), "RequestChanged");
+        // A commonName asked for and another held is a change; one held but not asked for is not (ACME servers
+        // write the first name there).
+        let mut named = s.clone();
+        named.common_name = Some("shop.example.com".into());
+        let mut c = current();
+        c.common_name = Some("shop".into());
+        assert_eq!(reason(decide(&named, &Ok(c.clone()), &st, false, false, t(1))), "RequestChanged");
+        assert!(matches!(decide(&s, &Ok(c), &st, false, false, t(1)), Decision::Keep { .. }));
         assert_eq!(with(&|c| c.key_algorithm = KeyAlgorithm::Ecdsa(256)), "RequestChanged");
         assert_eq!(with(&|c| c.is_ca = true), "RequestChanged");
         // Addresses compare as addresses: the certificate reads back `2001:db8::1` for a spec's `2001:DB8:0::1`.

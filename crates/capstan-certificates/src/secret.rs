@@ -116,7 +116,12 @@ pub fn build(cert: &Certificate, signed: &Signed, key_pem: &str, existing: Optio
         .unwrap_or_default();
     data.insert("tls.crt".into(), b64(&signed.chain_pem));
     data.insert("tls.key".into(), b64(key_pem));
-    data.insert("ca.crt".into(), b64(&signed.ca_pem));
+    // An ACME server's root is not known from what it returns: no ca.crt, as cert-manager writes it.
+    if signed.ca_pem.is_empty() {
+        data.remove("ca.crt");
+    } else {
+        data.insert("ca.crt".into(), b64(&signed.ca_pem));
+    }
     // A Secret's type does not change (Kubernetes refuses it): one made by hand as Opaque stays so.
     let type_ =
         existing.and_then(|e| e["spec"]["type"].as_str()).unwrap_or(capstan_model::gitops::TLS_SECRET_TYPE).to_string();

@@ -123,6 +123,8 @@ pub struct Objects {
     pub config_maps: Vec<capstan_model::config_map::ConfigMap>,
     pub grants: Vec<ReferenceGrant>,
     pub backend_tls_policies: Vec<capstan_model::backend_tls_policy::BackendTlsPolicy>,
+    /// The ACME HTTP-01 challenges being answered now.
+    pub answers: Vec<capstan_model::acme::Http01Answer>,
 }
 
 /// The ReferenceGrants of every namespace, asked whether one lets an object reference another namespace's.
@@ -385,6 +387,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
         route_status.insert(key_of("HTTPRoute", r), RouteStatus { parents });
     }
     route_status.extend(crate::streams::attach_all(objects, &mut slots, &app_ports, grants, now));
+    answer_challenges(&objects.answers, &mut slots);
 
     let mut gateway_status: BTreeMap<ObjectKey, GatewayStatus> = BTreeMap::new();
     let mut binds: BTreeMap<(String, u16), Vec<(ObjectKey, String)>> = BTreeMap::new();
@@ -526,6 +529,45 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
         .collect();
     let policies = backend_tls.status(now);
     Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates, wake, policies }
+}
+
+/// ACME HTTP-01 challenges of the Certificates Capstan issues: their exact path on their host name, on the HTTP
+/// listeners their solver's parentRefs select (as cert-manager's HTTPRoute for the solver attaches, with the
+/// listener's namespace and host name rules), ahead of every route: the oldest of all, on an exact name and path.
+/// They count as no route attached.
+fn answer_challenges(answers: &[capstan_model::acme::Http01Answer], slots: &mut [Slot]) {
+    use capstan_model::gateway::{HttpPathMatch, HttpRouteMatch, PathMatchType};
+    for a in answers {
+        let m = HttpRouteMatch {
+            path: Some(HttpPathMatch { type_: PathMatchType::Exact, value: a.path() }),
+            headers: Vec::new(),
+            query_params: Vec::new(),
+            method: None,
+        };
+        let Ok(m) = Matcher::new(&m) else { continue };
+        let m = Arc::new(m);
+        let id = Arc::new(RouteId {
+            namespace: a.namespace.clone(),
+            name: format!("acme-http01-{}", a.token),
+            created_ms: i64::MIN,
+        });
+        let mut action = RuleAction::new(format!("{}/acme-http01/{}", a.namespace, a.host), Expose::http(1));
+        action.answer = Some(a.key_authorization.clone().into());
+        let action = Arc::new(action);
+        for p in &a.parent_refs {
+            let Ok(selected) = listeners_for(p, "HTTPRoute", &a.namespace, slots) else { continue };
+            for i in selected {
+                let s = &mut slots[i];
+                if s.listener.protocol != ListenerProtocol::Http {
+                    continue;
+                }
+                let Ok(hosts) = hosts_on(s.listener, std::slice::from_ref(&a.host)) else { continue };
+                for h in hosts {
+                    s.entries.push(Entry::new(id.clone(), 0, 0, h, m.clone(), action.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// `wake` brought forward to `t`, if `t` is sooner.
@@ -1784,5 +1826,73 @@ mod tests {
         assert_eq!(cond(&listener(&later, "front", 0).conditions, "Programmed").0, "False");
         assert!(later.certificates.is_empty());
         assert!(later.listeners.iter().all(|l| l.port != 443), "the HTTPS socket is no longer served");
+    }
+
+    #[test]
+    fn acme_answers_are_served_on_the_http_listeners_named_ahead_of_routes() {
+        use capstan_model::acme::Http01Answer;
+        let gws = [
+            gateway(
+                "web",
+                1,
+                json!([{"name": "http", "port": 8080, "protocol": "HTTP"},
+                       {"name": "api", "port": 8081, "protocol": "HTTP", "hostname": "api.example.com"}]),
+            ),
+            gateway("other", 2, json!([{"name": "http", "port": 8090, "protocol": "HTTP"}])),
+        ];
+        let apps = [app("web", json!([{"name": "http"}]))];
+        // A route of its own for every path of the host: the answer still comes first.
+        let routes = [route(
+            "catch-all",
+            "default",
+            json!({"parentRefs": [{"name": "web"}], "hostnames": ["shop.example.com"],
+                   "rules": [{"backendRefs": [{"name": "web", "port": 8080}]}]}),
+        )];
+        let answer = |host: &str, token: &str, section: Option<&str>, ns: &str| Http01Answer {
+            namespace: ns.into(),
+            parent_refs: vec![ParentReference {
+                group: None,
+                kind: None,
+                namespace: Some("default".into()),
+                name: "web".into(),
+                section_name: section.map(str::to_string),
+                port: None,
+            }],
+            host: host.into(),
+            token: token.into(),
+            key_authorization: format!("{token}.thumbprint"),
+        };
+        let mut objects = objects(&gws, &routes, &apps, &[]);
+        objects.answers = vec![
+            answer("shop.example.com", "t1", Some("http"), "default"),
+            // On a listener whose hostname does not cover it: not attached there.
+            answer("shop.example.com", "t2", Some("api"), "default"),
+            // From another namespace, which the listener (from: Same by default) does not take.
+            answer("shop.example.com", "t3", Some("http"), "team"),
+        ];
+        let out = compile(&objects, &Certificates::new(), Utc::now());
+        let at = |port: u16| out.listeners.iter().find(|l| l.port == port).expect("the socket");
+        let headers = http::HeaderMap::new();
+        let find = |port: u16, host: &str, path: &str| {
+            let req = capstan_proxy::routes::Request { host, path, query: None, method: "GET", headers: &headers };
+            at(port).hosts.iter().find(|h| h.host.matches(host)).and_then(|h| h.routes.find(&req)).map(|e| {
+                (e.action.id.clone(), e.action.answer.as_ref().map(|b| String::from_utf8_lossy(b).to_string()))
+            })
+        };
+        assert_eq!(
+            find(8080, "shop.example.com", "/.well-known/acme-challenge/t1"),
+            Some(("default/acme-http01/shop.example.com".into(), Some("t1.thumbprint".into())))
+        );
+        // Another path of the host, or another token, goes to the route as before.
+        assert_eq!(find(8080, "shop.example.com", "/").map(|f| f.1), Some(None));
+        assert_eq!(find(8080, "shop.example.com", "/.well-known/acme-challenge/t9").map(|f| f.1), Some(None));
+        // Other hosts have no answer: only the name proven.
+        assert_eq!(find(8080, "else.example.com", "/.well-known/acme-challenge/t1"), None);
+        assert_eq!(find(8081, "api.example.com", "/.well-known/acme-challenge/t2"), None);
+        assert_eq!(find(8080, "shop.example.com", "/.well-known/acme-challenge/t3").map(|f| f.1), Some(None));
+        assert_eq!(find(8090, "shop.example.com", "/.well-known/acme-challenge/t1"), None, "another Gateway");
+        // An answer is no attached route.
+        assert_eq!(listener(&out, "web", 0).attached_routes, 1);
+        assert_eq!(listener(&out, "web", 1).attached_routes, 0);
     }
 }

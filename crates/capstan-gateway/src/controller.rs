@@ -1,13 +1,15 @@
 //! The front door's controller: on any change to a Gateway, a route, a ReferenceGrant, a BackendTLSPolicy, an App's
 //! spec, a Secret or a ConfigMap,
 //! compiles them all, installs the result in the balancer (sockets opened, swapped or closed), and writes every
-//! status that changed.
+//! status that changed. The ACME HTTP-01 challenges being answered come from the certificates controller, through a
+//! watch channel; a change to them is a change too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
+use capstan_model::acme::Http01Answer;
 use capstan_model::ObjectKey;
 use capstan_proxy::Proxy;
 use capstan_store::{Store, WatchEvent, WatchType};
@@ -21,18 +23,29 @@ fn everything() -> ObjectKey {
     ObjectKey::new("Gateway", "", "")
 }
 
+/// The ACME HTTP-01 challenges to answer, as the certificates controller publishes them.
+pub type Answers = tokio::sync::watch::Receiver<Arc<Vec<Http01Answer>>>;
+
 /// Starts the controller.
-pub fn spawn(store: Store, proxy: Arc<Proxy>) -> Handle {
-    runner::run(
-        store.clone(),
-        Arc::new(FrontDoor { store, proxy, seen: Mutex::default(), one_pass: Mutex::default() }),
-        1,
-    )
+pub fn spawn(store: Store, proxy: Arc<Proxy>, mut answers: Answers) -> Handle {
+    let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watched = answers.clone();
+    tokio::spawn(async move {
+        while answers.changed().await.is_ok() {
+            if requests.send(everything()).is_err() {
+                break;
+            }
+        }
+    });
+    let door =
+        FrontDoor { store: store.clone(), proxy, answers: watched, seen: Mutex::default(), one_pass: Mutex::default() };
+    runner::run_with_requests(store, Arc::new(door), 1, rx)
 }
 
 struct FrontDoor {
     store: Store,
     proxy: Arc<Proxy>,
+    answers: Answers,
     /// The generation last seen of each object that matters: a status write is not a change.
     seen: Mutex<HashMap<ObjectKey, Option<i64>>>,
     /// Passes run one at a time (a finalizer's beside a reconcile would install what it listed before a delete);
@@ -78,6 +91,7 @@ impl FrontDoor {
             config_maps: self.decode("ConfigMap")?,
             backend_tls_policies: self.decode("BackendTLSPolicy")?,
             grants: self.decode("ReferenceGrant")?,
+            answers: self.answers.borrow().as_ref().clone(),
         };
         let mut compiled = compile(&objects, &served, Utc::now());
         *served = std::mem::take(&mut compiled.certificates);

@@ -41,11 +41,9 @@ pub struct IssuerSpec {
     /// Certificates signed by a CA whose certificate and key a Secret holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CaIssuer>,
-    /// An ACME server (Let's Encrypt and others): taken as written and passed to a cluster's cert-manager; on the
-    /// embedded runtime its `Ready` says it cannot sign yet.
+    /// Certificates from an ACME server (Let's Encrypt and others), its challenges answered by Capstan's Gateways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
-    pub acme: Option<serde_json::Value>,
+    pub acme: Option<crate::acme::AcmeIssuer>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -75,6 +73,9 @@ pub struct CaIssuer {
 pub struct IssuerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// An ACME issuer's account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<crate::acme::AcmeIssuerStatus>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -275,6 +276,9 @@ pub fn validate_issuer(spec: &IssuerSpec, errors: &mut Vec<FieldError>) {
         if let Err(e) = check_dns_label(&ca.secret_name, 253) {
             errors.push(FieldError::new("spec.ca.secretName", e).hint("the name of a Secret with tls.crt and tls.key"));
         }
+    }
+    if let Some(acme) = &spec.acme {
+        crate::acme::validate_acme(acme, errors);
     }
 }
 
@@ -511,13 +515,16 @@ mod tests {
         let base = "apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: i}\nspec:\n";
         assert!(crate::parse_manifests("i.yaml", &format!("{base}  selfSigned: {{}}\n")).is_ok());
         assert!(crate::parse_manifests("i.yaml", &format!("{base}  ca: {{secretName: root}}\n")).is_ok());
-        // Taken for a cluster's cert-manager; the embedded runtime says in status that it cannot sign with it.
-        assert!(crate::parse_manifests("i.yaml", &format!("{base}  acme: {{server: 'https://acme.example/dir'}}\n"))
-            .is_ok());
+        let acme = "  acme:\n    server: https://acme.example/dir\n    privateKeySecretRef: {name: account}\n";
+        assert!(crate::parse_manifests("i.yaml", &format!("{base}{acme}")).is_ok());
         for (body, field) in [
             ("  selfSigned: {}\n  ca: {secretName: root}\n", "exactly one"),
             ("  {}\n", "exactly one"),
             ("  vault: {}\n", "vault"),
+            ("  acme: {server: 'https://acme.example/dir'}\n", "privateKeySecretRef"),
+            ("  acme: {server: 'http://acme.example/dir', privateKeySecretRef: {name: a}}\n", "spec.acme.server"),
+            (&format!("{acme}    solvers: [{{http01: {{gatewayHTTPRoute: {{}}}}}}]\n"), "parentRefs"),
+            (&format!("{acme}    solvers: [{{tlsalpn01: {{}}}}]\n"), "tlsalpn01"),
         ] {
             let e = crate::parse_manifests("i.yaml", &format!("{base}{body}")).map(|_| ()).unwrap_err().to_string();
             assert!(e.contains(field), "{body}: {e}");

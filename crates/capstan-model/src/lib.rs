@@ -1,5 +1,6 @@
 //! Capstan's resource model: the kinds users write, their validation and schemas. No I/O lives here.
 
+pub mod acme;
 pub mod alerting;
 pub mod app;
 pub mod backend_tls_policy;

@@ -43,6 +43,8 @@ pub struct RuleAction {
     /// Gateway API's `timeouts.backendRequest`: one attempt, from sending it to the backend's response. None: the
     /// settings' request timeout.
     pub backend_request_timeout: Option<Duration>,
+    /// A fixed answer instead of a backend: an ACME HTTP-01 challenge's key authorization, as `text/plain`.
+    pub answer: Option<bytes::Bytes>,
     /// Requests it has taken, for the weights: kept by the proxy across plan changes (by `id`), so a new plan does
     /// not start every split again at its first backend.
     pub(crate) next: OnceLock<Arc<AtomicUsize>>,
@@ -61,6 +63,7 @@ impl RuleAction {
             settings,
             request_timeout: None,
             backend_request_timeout: None,
+            answer: None,
             next: OnceLock::new(),
         }
     }
@@ -482,6 +485,11 @@ fn route(
         if let Some(r) = &action.redirect {
             let scheme = if routes.https { "https" } else { "http" };
             return Err(redirect(r, scheme, &host, routes.port, path, query, prefix));
+        }
+        if let Some(body) = &action.answer {
+            let mut r = Response::new(crate::http::boxed(http_body_util::Full::new(body.clone())));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return Err(r);
         }
         let uses_prefix = action.rewrite.as_ref().is_some_and(|rw| rw.path.is_some());
         (action.clone(), prefix.filter(|_| uses_prefix).map(str::to_string))

@@ -12,14 +12,15 @@ fn s(v: &Value) -> String {
     v.as_str().unwrap_or("").to_string()
 }
 
-/// `selfSigned`, `ca (Secret root-ca)` or `acme`.
+/// `selfSigned`, `ca (Secret root-ca)` or `acme (acme-v02.api.letsencrypt.org)`.
 fn signer(spec: &Value) -> String {
     if spec["selfSigned"].is_object() {
         "selfSigned".into()
     } else if let Some(secret) = spec["ca"]["secretName"].as_str() {
         format!("ca (Secret {secret})")
-    } else if spec["acme"].is_object() {
-        "acme".into()
+    } else if let Some(server) = spec["acme"]["server"].as_str() {
+        let host = server.split_once("://").map_or(server, |(_, rest)| rest).split('/').next().unwrap_or_default();
+        format!("acme ({host})")
     } else {
         String::new()
     }

@@ -1,0 +1,188 @@
+//! The HTTP client the ACME protocol runs over: rustls checking the server against the system's roots, the Issuer's
+//! `caBundle`, or nothing (`skipTLSVerify`); every request bounded in time; the last `Retry-After` a server sent with
+//! a refusal kept for the backoff.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::Request;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// The longest an ACME server may take to answer one request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the server's certificate is checked.
+pub enum Trust {
+    /// The system's CA certificates.
+    System,
+    /// These PEM CA certificates only (`caBundle`).
+    Bundle(Vec<u8>),
+    /// Not at all (`skipTLSVerify`).
+    Nothing,
+}
+
+/// An ACME server's client, with the `Retry-After` of its last refusal (429 or 503).
+#[derive(Clone)]
+pub struct AcmeHttp {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
+    pub retry_after: Arc<Mutex<Option<SystemTime>>>,
+}
+
+impl AcmeHttp {
+    pub fn new(trust: &Trust) -> Result<AcmeHttp, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let config = match trust {
+            Trust::Nothing => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth(),
+            Trust::System | Trust::Bundle(_) => {
+                let mut roots = rustls::RootCertStore::empty();
+                match trust {
+                    Trust::Bundle(pem) => {
+                        use rustls::pki_types::pem::PemObject;
+                        for c in CertificateDer::pem_slice_iter(pem) {
+                            let c = c.map_err(|_| "caBundle is not PEM certificates".to_string())?;
+                            roots.add(c).map_err(|e| format!("caBundle: {e}"))?;
+                        }
+                    }
+                    _ => {
+                        for c in rustls_native_certs::load_native_certs().certs {
+                            let _ = roots.add(c);
+                        }
+                    }
+                }
+                if roots.is_empty() {
+                    return Err("no CA certificate to check the ACME server against".into());
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+        };
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(AcmeHttp { client: Client::builder(TokioExecutor::new()).build(connector), retry_after: Arc::default() })
+    }
+}
+
+impl HttpClient for AcmeHttp {
+    fn request(
+        &self,
+        req: Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let url = req.uri().to_string();
+        let fut = self.client.request(req);
+        let slot = self.retry_after.clone();
+        Box::pin(async move {
+            let rsp = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+                Err(_) => return Err(other(format!("{url} did not answer within {}s", REQUEST_TIMEOUT.as_secs()))),
+                Ok(Err(e)) => return Err(other(format!("{url}: {}", chain(&e)))),
+                Ok(Ok(r)) => r,
+            };
+            let status = rsp.status().as_u16();
+            if status == 429 || status == 503 {
+                let at = rsp.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_at);
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = at;
+            }
+            Ok(BytesResponse::from(rsp))
+        })
+    }
+}
+
+fn other(message: String) -> instant_acme::Error {
+    instant_acme::Error::Other(message.into())
+}
+
+/// An error and its causes, as one line (`client error (Connect): tcp connect error: Connection refused`).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date.
+pub fn retry_at(value: &str) -> Option<SystemTime> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(secs) => Some(SystemTime::now() + Duration::from_secs(secs.min(7 * 24 * 3600))),
+        Err(_) => httpdate::parse_http_date(value).ok(),
+    }
+}
+
+/// `skipTLSVerify`: any certificate is taken; the handshake's signatures are still checked against it.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = std::time::SystemTime::now();
+        let at = super::retry_at("120").unwrap();
+        let wait = at.duration_since(now).unwrap().as_secs();
+        assert!((119..=121).contains(&wait), "{wait}");
+        let date = super::retry_at("Wed, 21 Oct 2037 07:28:00 GMT").unwrap();
+        assert_eq!(date.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 2139722880);
+        assert_eq!(super::retry_at("soon"), None);
+    }
+}

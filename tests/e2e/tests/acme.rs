@@ -1,0 +1,237 @@
+//! ACME issuers against a real ACME server (Debian's pebble, every name resolved to 127.0.0.1): an account
+//! registered and kept in its Secret, a certificate proven by HTTP-01 on a Gateway's HTTP listener, served on its
+//! HTTPS listener and renewed live under requests; a name no listener serves and a challenge the server cannot
+//! validate, each named; the server gone during a renewal, the old certificate served meanwhile, and issuance once
+//! it is back.
+
+use std::time::Duration;
+
+use base64::Engine;
+use capstan_e2e::pebble::Pebble;
+use capstan_e2e::tls::*;
+use capstan_e2e::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(90);
+
+async fn get(tp: &TestPlane, kind: &str, name: &str) -> Option<Value> {
+    tp.client.get(&format!("/api/v1/namespaces/default/{kind}/{name}")).await.ok()
+}
+
+fn value(secret: &Value, key: &str) -> String {
+    let b64 = secret["spec"]["data"][key].as_str().unwrap_or_default();
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()).unwrap_or_default()
+}
+
+/// A Gateway with an HTTP listener (where pebble looks for HTTP-01 answers) and an HTTPS one for the shop, an ACME
+/// Issuer on pebble, an App and the shop's route and Certificate (pebble's certificates live a minute; renewed at
+/// 80 % of it).
+fn site(pebble: &Pebble, http: u16, https: u16) -> String {
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&pebble.ca_pem);
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+  - {{name: http, port: {http}, protocol: HTTP}}
+  - name: https
+    port: {https}
+    protocol: HTTPS
+    hostname: shop.example.test
+    tls: {{certificateRefs: [{{name: shop-tls}}]}}
+---
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {{name: pebble}}
+spec:
+  acme:
+    server: {server}
+    email: ops@example.test
+    caBundle: {bundle}
+    privateKeySecretRef: {{name: pebble-account}}
+    solvers:
+    - http01:
+        gatewayHTTPRoute:
+          parentRefs: [{{name: web, sectionName: http}}]
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {{name: shop}}
+spec:
+  secretName: shop-tls
+  dnsNames: [shop.example.test]
+  renewBeforePercentage: 80
+  privateKey: {{algorithm: ECDSA}}
+  issuerRef: {{name: pebble}}
+---
+{app}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shop}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: [shop.example.test]
+  rules: [{{backendRefs: [{{name: shop, port: 8080}}]}}]
+",
+        server = pebble.directory(),
+        app = app_yaml("shop", 1, &[], ""),
+    )
+}
+
+async fn ready_at(tp: &TestPlane, name: &str, revision: u64) -> Value {
+    eventually(&format!("Certificate {name} Ready at revision {revision}"), T, || async {
+        let c = get(tp, "certificates", name).await?;
+        let ok = condition(&c["status"]["conditions"], "Ready")["status"] == "True"
+            && c["status"]["revision"].as_u64().is_some_and(|r| r >= revision);
+        ok.then_some(c)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_certificates_are_proven_on_the_gateway_served_and_renewed() {
+    if !heavy("pebble (Debian's pebble package)") {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let mut pebble = Pebble::start(http, free_port(), Duration::from_secs(60));
+    let tp = TestPlane::start().await;
+    tp.apply(&site(&pebble, http, https));
+
+    // The account: registered, its URL in status, its key (ECDSA P-256, PKCS#8) written to the Secret named.
+    let issuer = eventually("Issuer pebble Ready", T, || async {
+        let i = get(&tp, "issuers", "pebble").await?;
+        (condition(&i["status"]["conditions"], "Ready")["status"] == "True").then_some(i)
+    })
+    .await;
+    assert_eq!(condition(&issuer["status"]["conditions"], "Ready")["reason"], "ACMEAccountRegistered");
+    let uri = issuer["status"]["acme"]["uri"].as_str().unwrap_or_default();
+    assert!(uri.starts_with(&format!("https://127.0.0.1:{}/my-account/", pebble.port)), "{issuer}");
+    assert_eq!(issuer["status"]["acme"]["lastRegisteredEmail"], "ops@example.test");
+    let account = get(&tp, "secrets", "pebble-account").await.expect("the account key's Secret");
+    assert!(value(&account, "tls.key").starts_with("-----BEGIN PRIVATE KEY-----"), "{account}");
+
+    // Issued through HTTP-01 on the HTTP listener: the chain (leaf and pebble's intermediate), no ca.crt, verified
+    // by openssl against pebble's root.
+    let shop = ready_at(&tp, "shop", 1).await;
+    assert!(shop["status"]["renewalTime"].is_string(), "{shop}");
+    let secret = get(&tp, "secrets", "shop-tls").await.expect("the Secret");
+    let crt = value(&secret, "tls.crt");
+    assert!(crt.matches("BEGIN CERTIFICATE").count() >= 2, "the leaf and the intermediate: {crt}");
+    assert!(value(&secret, "tls.key").starts_with("-----BEGIN EC PRIVATE KEY-----"));
+    assert!(secret["spec"]["data"]["ca.crt"].is_null(), "an ACME server's root is not known: no ca.crt");
+    let root = pebble.root().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("root.pem"), &root).expect("write");
+    std::fs::write(dir.path().join("tls.crt"), &crt).expect("write");
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "root.pem", "-untrusted", "tls.crt", "-verify_hostname", "shop.example.test"])
+        .arg("tls.crt")
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl runs");
+    assert!(verify.status.success(), "openssl verify: {}", String::from_utf8_lossy(&verify.stderr));
+
+    // Served on the HTTPS listener, trusted through pebble's root; the challenge's route is gone.
+    let first = der_of(&crt);
+    let served = eventually("the Gateway serves the ACME certificate", T, || async {
+        https_get(https, "shop.example.test", "/", &root).await.filter(|r| r.0 == 200)
+    })
+    .await;
+    assert_eq!(served.2, first);
+    let probe = http_get_host(http, "shop.example.test", "/.well-known/acme-challenge/anything").await;
+    assert_eq!(probe.map(|p| p.0), Some(404), "no challenge answered once the order is done");
+
+    // Renewal at 80 % of a minute, live: requests on new connections meanwhile all succeed.
+    let mut failures = Vec::new();
+    let mut renewed = None;
+    let deadline = tokio::time::Instant::now() + T;
+    while tokio::time::Instant::now() < deadline {
+        match https_get(https, "shop.example.test", "/", &root).await {
+            Some((200, _, leaf)) if leaf != first => {
+                renewed = Some(leaf);
+                break;
+            }
+            Some((200, ..)) => {}
+            other => failures.push(format!("{:?}", other.map(|o| o.0))),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failures.is_empty(), "requests failed during the renewal: {failures:?}");
+    let renewed = renewed.expect("the renewed certificate is served");
+    ready_at(&tp, "shop", 2).await;
+
+    // A name no HTTP listener of the solver's Gateway serves: refused before the server is asked, the field named.
+    tp.apply(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: api}
+spec:
+  gatewayClassName: capstan
+  addresses: [{value: 127.0.0.1}]
+  listeners: [{name: http, port: APIPORT, protocol: HTTP, hostname: api.example.test}]
+---
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {name: on-api}
+spec:
+  acme:
+    server: SERVER
+    skipTLSVerify: true
+    privateKeySecretRef: {name: pebble-account}
+    solvers: [{http01: {gatewayHTTPRoute: {parentRefs: [{name: api}]}}}]
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: lost}
+spec:
+  secretName: lost-tls
+  dnsNames: [lost.example.test]
+  issuerRef: {name: on-api}
+"
+        .replace("SERVER", &pebble.directory())
+        .replace("APIPORT", &free_port().to_string())
+        .as_str(),
+    );
+    let lost = eventually("Certificate lost names its unserved name", T, || async {
+        let c = get(&tp, "certificates", "lost").await?;
+        let issuing = condition(&c["status"]["conditions"], "Issuing").clone();
+        (issuing["reason"] == "Failed").then_some(issuing)
+    })
+    .await;
+    let message = lost["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.dnsNames[0]") && message.contains("no HTTP listener"), "{message}");
+
+    // The server gone during a renewal: the failure is named and backed off, the old certificate still served.
+    pebble.stop();
+    let out = tp.cli(&["certificate", "renew", "shop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let failed = eventually("the renewal fails while pebble is down", T, || async {
+        let c = get(&tp, "certificates", "shop").await?;
+        (condition(&c["status"]["conditions"], "Issuing")["reason"] == "Failed").then_some(c)
+    })
+    .await;
+    let issuing = condition(&failed["status"]["conditions"], "Issuing");
+    assert!(
+        issuing["message"].as_str().unwrap_or_default().contains(&format!("127.0.0.1:{}", pebble.port)),
+        "{issuing}"
+    );
+    assert_eq!(condition(&failed["status"]["conditions"], "Ready")["status"], "True", "{failed}");
+    let still = https_get(https, "shop.example.test", "/", &root).await.expect("still served");
+    assert_eq!((still.0, still.2), (200, renewed.clone()));
+
+    // Back (a new pebble: a new root, no accounts): the next attempt registers again and issues.
+    pebble.resume();
+    let revision = failed["status"]["revision"].as_u64().unwrap_or(0);
+    ready_at(&tp, "shop", revision + 1).await;
+    let root = pebble.root().await;
+    eventually("the certificate from the new pebble is served", T, || async {
+        https_get(https, "shop.example.test", "/", &root).await.filter(|r| r.0 == 200)
+    })
+    .await;
+    drop(pebble);
+    tp.stop().await;
+}
