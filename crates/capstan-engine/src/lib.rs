@@ -3,6 +3,7 @@
 pub mod autoscale;
 pub mod controller;
 pub mod diff;
+pub mod errors;
 pub mod owner;
 pub mod plan;
 pub mod queue;

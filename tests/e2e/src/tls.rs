@@ -101,3 +101,26 @@ pub async fn https_get(port: u16, sni: &str, path: &str, ca_pem: &str) -> Option
     let body = res.into_body().collect().await.ok()?.to_bytes();
     Some((code, String::from_utf8_lossy(&body).to_string(), leaf))
 }
+
+/// Requests for `host` on new connections to 127.0.0.1:`port` every 100 ms, verified against `ca_pem`, until a
+/// certificate other than `first` answers or `limit` passes: that certificate, and each request that did not get a
+/// 200 (its status, or None when no answer came).
+pub async fn until_renewed(
+    port: u16,
+    host: &str,
+    ca_pem: &str,
+    first: &[u8],
+    limit: std::time::Duration,
+) -> (Option<Vec<u8>>, Vec<String>) {
+    let mut failures = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        match https_get(port, host, "/", ca_pem).await {
+            Some((200, _, leaf)) if leaf != first => return (Some(leaf), failures),
+            Some((200, ..)) => {}
+            other => failures.push(format!("{:?}", other.map(|o| o.0))),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    (None, failures)
+}

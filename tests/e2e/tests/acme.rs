@@ -146,20 +146,7 @@ async fn acme_certificates_are_proven_on_the_gateway_served_and_renewed() {
     assert_eq!(probe.map(|p| p.0), Some(404), "no challenge answered once the order is done");
 
     // Renewal at 80 % of a minute, live: requests on new connections meanwhile all succeed.
-    let mut failures = Vec::new();
-    let mut renewed = None;
-    let deadline = tokio::time::Instant::now() + T;
-    while tokio::time::Instant::now() < deadline {
-        match https_get(https, "shop.example.test", "/", &root).await {
-            Some((200, _, leaf)) if leaf != first => {
-                renewed = Some(leaf);
-                break;
-            }
-            Some((200, ..)) => {}
-            other => failures.push(format!("{:?}", other.map(|o| o.0))),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (renewed, failures) = until_renewed(https, "shop.example.test", &root, &first, T).await;
     assert!(failures.is_empty(), "requests failed during the renewal: {failures:?}");
     let renewed = renewed.expect("the renewed certificate is served");
     ready_at(&tp, "shop", 2).await;

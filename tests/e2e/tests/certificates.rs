@@ -107,20 +107,7 @@ async fn issuers_sign_certificates_into_secrets_that_the_gateway_serves_and_rene
 
     // Renewal (renewBefore leaves 12 s of its hour): a new certificate, a new key, swapped in live while requests
     // on new connections keep coming; none fails.
-    let mut failures = Vec::new();
-    let mut renewed = None;
-    let deadline = tokio::time::Instant::now() + T;
-    while tokio::time::Instant::now() < deadline {
-        match https_get(https, "shop.example.test", "/", &ca).await {
-            Some((200, _, leaf)) if leaf != first => {
-                renewed = Some(leaf);
-                break;
-            }
-            Some((200, ..)) => {}
-            other => failures.push(format!("{:?}", other.map(|o| o.0))),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (renewed, failures) = until_renewed(https, "shop.example.test", &ca, &first, T).await;
     assert!(failures.is_empty(), "requests failed during the renewal: {failures:?}");
     let renewed = renewed.expect("the Gateway served the renewed certificate");
     let shop = ready_at(&tp, "shop", 2).await;

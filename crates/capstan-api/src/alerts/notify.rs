@@ -117,22 +117,6 @@ pub(super) async fn deliver(store: &Store, alerting: &Alerting, client: &reqwest
     }
 }
 
-/// An error with what caused it (`error sending request: client error (Connect): tcp connect error: Connection
-/// refused (os error 111)`): reqwest's own text alone says only `error sending request`.
-pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 /// Scheme, host and port of a URL: what errors may show (a webhook's path often holds its token, as Slack's do).
 pub(super) fn origin(url: &str) -> String {
     match reqwest::Url::parse(url) {
@@ -146,13 +130,9 @@ pub(super) fn origin(url: &str) -> String {
 
 /// POSTs a JSON body; anything but a 2xx answer is a failure, with the answer's text.
 pub(super) async fn post_json(client: &reqwest::Client, url: &str, body: String) -> Result<(), NotifyError> {
-    let r = client
-        .post(url)
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| NotifyError::Unreachable { origin: origin(url), cause: with_causes(&e.without_url()) })?;
+    let r = client.post(url).header("Content-Type", "application/json").body(body).send().await.map_err(|e| {
+        NotifyError::Unreachable { origin: origin(url), cause: capstan_engine::errors::with_causes(&e.without_url()) }
+    })?;
     let status = r.status();
     if status.is_success() {
         Ok(())

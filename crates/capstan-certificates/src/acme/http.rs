@@ -93,7 +93,7 @@ impl HttpClient for AcmeHttp {
         Box::pin(async move {
             let rsp = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
                 Err(_) => return Err(other(format!("{url} did not answer within {}s", REQUEST_TIMEOUT.as_secs()))),
-                Ok(Err(e)) => return Err(other(format!("{url}: {}", chain(&e)))),
+                Ok(Err(e)) => return Err(other(format!("{url}: {}", capstan_engine::errors::with_causes(&e)))),
                 Ok(Ok(r)) => r,
             };
             let status = rsp.status().as_u16();
@@ -108,21 +108,6 @@ impl HttpClient for AcmeHttp {
 
 fn other(message: String) -> instant_acme::Error {
     instant_acme::Error::Other(message.into())
-}
-
-/// An error and its causes, as one line (`client error (Connect): tcp connect error: Connection refused`).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// A `Retry-After` value: seconds, or an HTTP date.

@@ -92,7 +92,7 @@ fn acme_error(what: &str, e: &instant_acme::Error, http: &http::AcmeHttp) -> Iss
             }
             m
         }
-        other => format!("{what}: {}", http::chain(other)),
+        other => format!("{what}: {}", capstan_engine::errors::with_causes(other)),
     };
     let message = match retry_after {
         Some(at) => format!("{message}; the server asks to retry after {}", at.format("%Y-%m-%dT%H:%M:%SZ")),
@@ -309,7 +309,7 @@ async fn self_check(answer: &Http01Answer, targets: &[std::net::SocketAddr]) -> 
                     }
                     format!("{target} answered {status}")
                 }
-                Ok(Err(e)) => format!("{target}: {}", http::chain(&e)),
+                Ok(Err(e)) => format!("{target}: {}", capstan_engine::errors::with_causes(&e)),
                 Err(_) => format!("{target} did not answer within 5s"),
             };
             if tokio::time::Instant::now() >= deadline {
