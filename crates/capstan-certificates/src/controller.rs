@@ -229,8 +229,9 @@ struct Certificates {
     store: Store,
     /// Where ACME HTTP-01 answers are published for the front door.
     answers: Answers,
-    /// When an ACME server that refused with `Retry-After` may be asked again, per Certificate: nothing but a
-    /// manual renewal asks it sooner.
+    /// When an ACME server may be asked again: per Issuer, after a `Retry-After` (nothing but a manual renewal
+    /// asks it sooner, for any Certificate of that Issuer); per Certificate, after the server rejected an order (a
+    /// failed validation counts against the server's limits: the longer ACME backoff holds while nothing changed).
     not_before: Mutex<HashMap<ObjectKey, DateTime<Utc>>>,
     /// What each Certificate's issuer was (its and its CA Secret's resourceVersions) when its last issuance failed:
     /// a change to either is tried at once, whatever the backoff.
@@ -351,20 +352,18 @@ impl Certificates {
         cert: &Certificate,
         key: &Key,
     ) -> Result<crate::issue::Signed, IssueError> {
+        // Every name's proof is checked on this machine before the server is asked anything.
+        let plan = crate::acme::plan(&self.store, acme, cert)?;
         let http = AcmeHttp::new(&account::trust(acme)?).map_err(IssueError::Issuer)?;
         let chain = tokio::runtime::Handle::current().block_on(async {
             let account = account::registered(&self.store, issuer, acme, &http).await?;
-            crate::acme::order(&self.store, &account, &http, acme, cert, key, &self.answers).await
+            crate::acme::order(&plan, &account, &http, acme, cert, key, &self.answers).await
         })?;
-        let facts = secret::facts(chain.as_bytes(), key).map_err(|e| IssueError::Acme {
-            message: format!("the ACME server's certificate: {e}"),
-            retry_after: None,
-        })?;
+        let bad = |message: String| IssueError::Acme { message, retry_after: None, rejected: true };
+        let facts =
+            secret::facts(chain.as_bytes(), key).map_err(|e| bad(format!("the ACME server's certificate: {e}")))?;
         if !facts.key_matches {
-            return Err(IssueError::Acme {
-                message: "the ACME server returned a certificate for another key".into(),
-                retry_after: None,
-            });
+            return Err(bad("the ACME server returned a certificate for another key".into()));
         }
         Ok(crate::issue::Signed {
             chain_pem: chain,
@@ -478,6 +477,11 @@ impl Reconciler for Certificates {
         let retry = seen == generation && (unchanged || status.failed_issuance_attempts.is_none());
         let manual = manually_triggered(&status);
         let decision = decide(&cert.spec, &current, &status, retry, manual, now);
+        let issuer_key = ObjectKey::new("Issuer", cert.metadata.namespace(), &cert.spec.issuer_ref.name);
+        let hold = [self.told_to_wait(&issuer_key, now), retry.then(|| self.told_to_wait(key, now)).flatten()]
+            .into_iter()
+            .flatten()
+            .max();
         let action = match decision {
             Decision::Keep { renewal_time } => {
                 if let Ok(c) = &current {
@@ -489,9 +493,7 @@ impl Reconciler for Certificates {
                 wait_until(renewal_time, now)
             }
             Decision::Backoff { until } => wait_until(until, now),
-            Decision::Issue { .. } if !manual && self.told_to_wait(key, now).is_some() => {
-                wait_until(self.told_to_wait(key, now).unwrap_or(now), now)
-            }
+            Decision::Issue { .. } if !manual && hold.is_some() => wait_until(hold.unwrap_or(now), now),
             Decision::Issue { reason, message } => {
                 self.store.record_event(key, EventType::Normal, reason, &message)?;
                 match self.issue(&cert, existing.as_ref(), kept, now) {
@@ -543,9 +545,17 @@ impl Reconciler for Certificates {
                         // A server that said when to come back is not asked before.
                         let mut until =
                             now + chrono::Duration::from_std(crate::plan::backoff(failures)).unwrap_or_default();
-                        if let IssueError::Acme { retry_after: Some(t), .. } = &e {
-                            until = until.max(*t);
-                            self.not_before.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), *t);
+                        if let IssueError::Acme { retry_after, rejected, .. } = &e {
+                            let mut holds = self.not_before.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(t) = retry_after {
+                                until = until.max(*t);
+                                holds.insert(issuer_key.clone(), *t);
+                            }
+                            if *rejected {
+                                let wait = crate::plan::rejected_backoff(failures);
+                                until = until.max(now + chrono::Duration::from_std(wait).unwrap_or_default());
+                                holds.insert(key.clone(), until);
+                            }
                         }
                         wait_until(until, now)
                     }

@@ -11,9 +11,10 @@ pub enum IssueError {
     #[error("signing: {0}")]
     Sign(String),
     /// The ACME server refused, could not be reached or could not validate; `retry_after` when it said when to
-    /// come back (a rate limit's `Retry-After`).
+    /// come back (a rate limit's `Retry-After`); `rejected` when the server itself answered no (a refusal or a
+    /// failed validation, which count against its limits), rather than never being reached.
     #[error("{message}")]
-    Acme { message: String, retry_after: Option<chrono::DateTime<chrono::Utc>> },
+    Acme { message: String, retry_after: Option<chrono::DateTime<chrono::Utc>>, rejected: bool },
 }
 
 impl IssueError {

@@ -56,6 +56,18 @@ pub fn backoff(failures: u32) -> Duration {
     BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(BACKOFF_MAX)
 }
 
+/// The shortest wait after an ACME server rejected an order (a failed validation, a refusal): Let's Encrypt allows
+/// five failed validations of a name an hour, so the first retries are minutes apart, not seconds.
+pub const REJECTED_BACKOFF_BASE: Duration = Duration::from_secs(5 * 60);
+
+/// The wait after `failures` failed issuances in a row, the last rejected by an ACME server.
+pub fn rejected_backoff(failures: u32) -> Duration {
+    REJECTED_BACKOFF_BASE
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX)
+        .max(backoff(failures))
+}
+
 /// When a certificate valid from `not_before` to `not_after` is renewed.
 pub fn renewal_time(spec: &CertificateSpec, not_before: DateTime<Utc>, not_after: DateTime<Utc>) -> DateTime<Utc> {
     let lifetime = (not_after - not_before).to_std().unwrap_or_default();
@@ -276,6 +288,9 @@ mod tests {
             Decision::Backoff { until: t(0) + chrono::Duration::seconds(40) }
         );
         assert_eq!(backoff(30), BACKOFF_MAX);
+        assert_eq!(rejected_backoff(1), Duration::from_secs(300));
+        assert_eq!(rejected_backoff(3), Duration::from_secs(1200));
+        assert_eq!(rejected_backoff(30), BACKOFF_MAX);
         assert_eq!(reason(decide(&s, &Err(Unusable::Missing), &failed(3), false, false, t(0))), "DoesNotExist");
         assert_eq!(reason(decide(&s, &Err(Unusable::Missing), &failed(3), true, true, t(0))), "DoesNotExist");
     }

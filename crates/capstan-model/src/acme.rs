@@ -38,7 +38,8 @@ pub struct AcmeIssuer {
     /// Fail rather than make an account key when the Secret is missing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable_account_key_generation: bool,
-    /// Ask the server for the Certificate's `duration` (most public CAs ignore it).
+    /// Ask the server for the Certificate's `duration`: taken for a cluster's cert-manager; Capstan's ACME client
+    /// asks for none (the server's lifetime, which most public CAs impose anyway).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enable_duration_feature: bool,
     /// The certificate profile to ask for (ACME profiles), when the server offers it.
@@ -156,12 +157,17 @@ impl AcmeSolver {
         if !s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
             return None;
         }
-        let name = name.trim_start_matches("*.");
-        let by_name = s.dns_names.iter().any(|n| n.trim_start_matches("*.") == name);
+        // A dnsNames entry picks that exact name (a wildcard picks the wildcard); a zone picks its names and their
+        // wildcards.
+        let by_name = s.dns_names.iter().any(|n| n.eq_ignore_ascii_case(name));
+        let bare = name.trim_start_matches("*.");
         let zone = s
             .dns_zones
             .iter()
-            .filter(|z| name == z.as_str() || name.ends_with(&format!(".{z}")))
+            .filter(|z| {
+                bare.eq_ignore_ascii_case(z)
+                    || bare.to_ascii_lowercase().ends_with(&format!(".{}", z.to_ascii_lowercase()))
+            })
             .map(String::len)
             .max();
         if !s.dns_names.is_empty() && !by_name && (s.dns_zones.is_empty() || zone.is_none()) {
@@ -307,7 +313,11 @@ mod tests {
         let team: BTreeMap<String, String> = [("team".to_string(), "a".to_string())].into();
         assert_eq!(solver_for(&all, "other.org", &team), Some(&labelled));
         assert_eq!(solver_for(std::slice::from_ref(&zone), "example.org", &none), None, "outside its zone");
-        assert_eq!(solver_for(&[zone], "notexample.com", &none), None, "a zone is a whole label");
+        assert_eq!(solver_for(std::slice::from_ref(&zone), "notexample.com", &none), None, "a zone is a whole label");
+        assert_eq!(solver_for(std::slice::from_ref(&zone), "*.example.com", &none), Some(&zone), "and its wildcards");
+        let wild = solver(&["*.example.org"], &[], &[]);
+        assert_eq!(solver_for(std::slice::from_ref(&wild), "example.org", &none), None, "a wildcard is its own name");
+        assert_eq!(solver_for(std::slice::from_ref(&wild), "*.example.org", &none), Some(&wild));
     }
 
     #[test]

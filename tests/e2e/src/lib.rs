@@ -384,21 +384,6 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, String::from_utf8_lossy(&body).to_string()))
 }
 
-/// A GET to 127.0.0.1:`port``path` for virtual host `host`: status and body, or None when no answer came.
-pub async fn http_get_host(port: u16, host: &str, path: &str) -> Option<(u16, String)> {
-    use http_body_util::{BodyExt, Empty};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let req = hyper::Request::get(format!("http://127.0.0.1:{port}{path}"))
-        .header("host", host)
-        .body(Empty::<bytes::Bytes>::new())
-        .ok()?;
-    let res = tokio::time::timeout(Duration::from_secs(5), client.request(req)).await.ok()?.ok()?;
-    let code = res.status().as_u16();
-    let body = res.into_body().collect().await.ok()?.to_bytes();
-    Some((code, String::from_utf8_lossy(&body).to_string()))
-}
-
 /// A PUT of `body` to 127.0.0.1:`port``path`; the status and body, or None when no answer came.
 pub async fn http_put(port: u16, path: &str, body: &str) -> Option<(u16, String)> {
     use http_body_util::{BodyExt, Full};

@@ -53,9 +53,21 @@ spec:
     caBundle: {bundle}
     privateKeySecretRef: {{name: pebble-account}}
     solvers:
+    - selector: {{dnsNames: [side.example.test]}}
+      http01:
+        gatewayHTTPRoute:
+          parentRefs: [{{name: side}}]
     - http01:
         gatewayHTTPRoute:
           parentRefs: [{{name: web, sectionName: http}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: side}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {side}, protocol: HTTP}}]
 ---
 apiVersion: cert-manager.io/v1
 kind: Certificate
@@ -78,6 +90,7 @@ spec:
 ",
         server = pebble.directory(),
         app = app_yaml("shop", 1, &[], ""),
+        side = free_port(),
     )
 }
 
@@ -142,16 +155,34 @@ async fn acme_certificates_are_proven_on_the_gateway_served_and_renewed() {
     })
     .await;
     assert_eq!(served.2, first);
-    let probe = http_get_host(http, "shop.example.test", "/.well-known/acme-challenge/anything").await;
-    assert_eq!(probe.map(|p| p.0), Some(404), "no challenge answered once the order is done");
-
     // Renewal at 80 % of a minute, live: requests on new connections meanwhile all succeed.
     let (renewed, failures) = until_renewed(https, "shop.example.test", &root, &first, T).await;
     assert!(failures.is_empty(), "requests failed during the renewal: {failures:?}");
     let renewed = renewed.expect("the renewed certificate is served");
     ready_at(&tp, "shop", 2).await;
 
-    // A name no HTTP listener of the solver's Gateway serves: refused before the server is asked, the field named.
+    // A challenge the server cannot validate: the solver the selector picks answers on Gateway side's listener,
+    // which pebble does not look at (it asks the HTTP port of Gateway web, which has no answer there). The failure
+    // names the name and what the server saw.
+    tp.apply("apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: side}\nspec: {secretName: side-tls, dnsNames: [side.example.test], issuerRef: {name: pebble}}\n");
+    let side = eventually("Certificate side reports the failed validation", T, || async {
+        let c = get(&tp, "certificates", "side").await?;
+        let issuing = condition(&c["status"]["conditions"], "Issuing").clone();
+        (issuing["reason"] == "Failed").then_some(c)
+    })
+    .await;
+    let message =
+        condition(&side["status"]["conditions"], "Issuing")["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("validating the challenges") && message.contains("side.example.test") && message.contains("404"),
+        "{message}"
+    );
+    assert!(get(&tp, "secrets", "side-tls").await.is_none(), "nothing written");
+
+    // The server gone during a renewal: the failure is named and backed off, the old certificate still served.
+    pebble.stop();
+    // A name no HTTP listener of the solver's Gateway serves: refused before the server is asked (it is down), the
+    // field named and the listener that does not take it.
     tp.apply(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -191,9 +222,8 @@ spec:
     .await;
     let message = lost["message"].as_str().unwrap_or_default();
     assert!(message.contains("spec.dnsNames[0]") && message.contains("no HTTP listener"), "{message}");
+    assert!(message.contains("listener http of Gateway default/api serves api.example.test"), "{message}");
 
-    // The server gone during a renewal: the failure is named and backed off, the old certificate still served.
-    pebble.stop();
     let out = tp.cli(&["certificate", "renew", "shop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let failed = eventually("the renewal fails while pebble is down", T, || async {

@@ -65,7 +65,7 @@ pub async fn account(
     let builder = || Account::builder_with_http(Box::new(http.clone()));
     let contact: Vec<String> = acme.email.iter().map(|e| format!("mailto:{e}")).collect();
     let contact_refs: Vec<&str> = contact.iter().map(String::as_str).collect();
-    let refused = |what: &str, e: instant_acme::Error| super::acme_error(what, &e, http);
+    let refused = |what: &str, e: instant_acme::Error| eab_hint(super::acme_error(what, &e, http), &sel.name);
 
     match secret_value(store, ns, &sel.name, key_name)? {
         Some(pem) => {
@@ -79,7 +79,8 @@ pub async fn account(
             }
             let hash = key_hash(&key.pkcs8);
             let same_server = known.uri.as_deref().is_some_and(|u| same_origin(u, &acme.server));
-            let account = if same_server && known.last_private_key_hash.as_deref() == Some(hash.as_str()) {
+            let known_account = same_server && known.last_private_key_hash.as_deref() == Some(hash.as_str());
+            let account = if known_account {
                 let uri = known.uri.clone().unwrap_or_default();
                 builder()
                     .from_parts(uri, PrivatePkcs8KeyDer::from(key.pkcs8.clone()), acme.server.clone())
@@ -96,7 +97,9 @@ pub async fn account(
                     .map_err(|e| refused("registering the ACME account", e))?
                     .0
             };
-            if known.last_registered_email != acme.email && !contact_refs.is_empty() {
+            // A contact changed, or an account found or registered again (another server, another key): its
+            // contact is set.
+            if (known.last_registered_email != acme.email || !known_account) && !contact_refs.is_empty() {
                 account.update_contacts(&contact_refs).await.map_err(|e| refused("updating the account's email", e))?;
             }
             let status = AcmeIssuerStatus {
@@ -173,11 +176,39 @@ pub async fn registered(
     let ikey = instant_acme::Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(key.pkcs8.clone()))
         .map_err(|e| super::acme_error("reading the account key", &e, http))?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8));
-    Account::builder_with_http(Box::new(http.clone()))
+    let account = Account::builder_with_http(Box::new(http.clone()))
         .create_from_key((ikey, der), acme.server.clone())
         .await
         .map(|(a, _)| a)
-        .map_err(|e| super::acme_error("reaching the ACME account", &e, http))
+        .map_err(|e| eab_hint(super::acme_error("reaching the ACME account", &e, http), &sel.name))?;
+    // A server that had forgotten the account registered it again: its contact is set again.
+    let known = issuer.status.as_ref().and_then(|s| s.acme.as_ref()).and_then(|a| a.uri.as_deref());
+    if known != Some(account.id()) {
+        if let Some(email) = &acme.email {
+            let contact = format!("mailto:{email}");
+            if let Err(e) = account.update_contacts(&[contact.as_str()]).await {
+                tracing::warn!(issuer = %issuer.metadata.name, "setting the contact of the account registered again: {e}");
+            }
+        }
+    }
+    Ok(account)
+}
+
+/// A refusal for want of an external account binding says what to do: the binding is sent when an account key
+/// is made, so a key made elsewhere (or an account the server forgot) needs the Secret deleted.
+fn eab_hint(e: IssueError, secret: &str) -> IssueError {
+    match e {
+        IssueError::Acme { message, retry_after, rejected } if message.contains("externalAccountRequired") => {
+            IssueError::Acme {
+                message: format!(
+                    "{message}; the binding (spec.acme.externalAccountBinding) is sent when Capstan makes the account key: delete Secret {secret} to have a key made and registered with it"
+                ),
+                retry_after,
+                rejected,
+            }
+        }
+        other => other,
+    }
 }
 
 /// Whether an account URL belongs to the server of a directory URL (same scheme, host and port).

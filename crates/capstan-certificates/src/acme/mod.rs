@@ -7,12 +7,13 @@ pub mod account;
 pub mod http;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use capstan_model::acme::{solver_for, AcmeIssuer, Http01Answer};
 use capstan_model::certificate::Certificate;
-use capstan_model::gateway::{Gateway, ListenerProtocol};
+use capstan_model::gateway::{FromNamespaces, Gateway, ListenerProtocol, ParentReference};
 use capstan_model::ObjectKey;
 use capstan_store::Store;
 use chrono::{DateTime, Utc};
@@ -98,38 +99,38 @@ fn acme_error(what: &str, e: &instant_acme::Error, http: &http::AcmeHttp) -> Iss
         Some(at) => format!("{message}; the server asks to retry after {}", at.format("%Y-%m-%dT%H:%M:%SZ")),
         None => message,
     };
-    IssueError::Acme { message, retry_after }
+    // A problem document is the server's answer (a refusal, a limit); anything else never reached it.
+    let rejected = matches!(e, instant_acme::Error::Api(_));
+    IssueError::Acme { message, retry_after, rejected }
 }
 
-/// Orders `cert` from the ACME server of `acme` with `account`, for `key`: the certificate chain, PEM.
-#[allow(clippy::too_many_arguments)]
-pub async fn order(
-    store: &Store,
-    account: &Account,
-    http: &http::AcmeHttp,
-    acme: &AcmeIssuer,
-    cert: &Certificate,
-    key: &Key,
-    answers: &Answers,
-) -> Result<String, IssueError> {
+/// What an order needs, checked before the server is asked anything: the identifiers, and for each name (in its
+/// canonical form: an address as the server writes it) the parentRefs that answer it and where the front door
+/// serves them on this machine.
+pub struct Plan {
+    identifiers: Vec<Identifier>,
+    parents: BTreeMap<String, (Vec<ParentReference>, Vec<SocketAddr>)>,
+}
+
+/// A name as an ACME server writes it back: an address in its canonical form, a DNS name in lower case.
+fn canonical(name: &str) -> String {
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => name.to_ascii_lowercase(),
+    }
+}
+
+/// Checks that every name of `cert` can be proven on this machine (a solver that selects it, HTTP-01 through a
+/// Gateway, an HTTP listener of its parentRefs that takes it), naming the field when not.
+pub fn plan(store: &Store, acme: &AcmeIssuer, cert: &Certificate) -> Result<Plan, IssueError> {
     let spec = &cert.spec;
     let ns = cert.metadata.namespace();
-    let mut identifiers: Vec<Identifier> = spec.dns_names.iter().map(|d| Identifier::Dns(d.clone())).collect();
-    if let Some(cn) = spec.common_name.as_deref().filter(|c| !c.is_empty()) {
-        if !spec.dns_names.iter().any(|d| d == cn) && cn.parse::<std::net::IpAddr>().is_err() {
-            identifiers.push(Identifier::Dns(cn.to_string()));
-        }
-    }
-    for ip in &spec.ip_addresses {
-        let ip = ip.parse().map_err(|_| IssueError::Sign(format!("`{ip}` is not an IP address")))?;
-        identifiers.push(Identifier::Ip(ip));
-    }
     if !spec.uris.is_empty() || !spec.email_addresses.is_empty() {
         return Err(IssueError::Issuer(
             "ACME servers certify DNS names and IP addresses only: remove spec.uris and spec.emailAddresses".into(),
         ));
     }
-    // Every name's way of being proven is known before anything is asked of the server.
+    let mut identifiers = Vec::new();
     let labels = cert.metadata.labels.clone();
     let mut parents = BTreeMap::new();
     for (field, name) in names(cert) {
@@ -149,22 +150,49 @@ pub async fn order(
                 "{field} `{name}`: a wildcard name can only be proven by DNS-01, which the embedded runtime does not solve"
             )));
         }
-        let targets = listener_addresses(store, ns, &route.parent_refs, &name)?;
-        if targets.is_empty() {
-            return Err(IssueError::Issuer(format!(
-                "{field} `{name}`: no HTTP listener of the solver's parentRefs ({}) serves this name; the ACME server could not reach the challenge",
-                route.parent_refs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
-            )));
+        if parents.contains_key(&canonical(&name)) {
+            continue;
         }
-        parents.insert(name, (route.parent_refs.clone(), targets));
+        let targets = listener_addresses(store, ns, &route.parent_refs, &name)
+            .map_err(|why| IssueError::Issuer(format!("{field} `{name}`: {why}")))?;
+        identifiers.push(match name.parse::<IpAddr>() {
+            Ok(ip) => Identifier::Ip(ip),
+            Err(_) => Identifier::Dns(name.clone()),
+        });
+        parents.insert(canonical(&name), (route.parent_refs.clone(), targets));
     }
+    Ok(Plan { identifiers, parents })
+}
 
-    let mut new_order = NewOrder::new(&identifiers);
+/// Whether a challenge token is one an ACME server makes (base64url, RFC 8555 section 8.1): anything else is not
+/// put into a route or a URL.
+fn token_ok(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 256
+        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Orders `cert` from the ACME server of `acme` with `account`, for `key`, as `plan` says: the certificate chain,
+/// PEM. Every answer is published and fetched back before the server is told to look at any, and stays published
+/// until the server has validated them all (or the order failed).
+#[allow(clippy::too_many_arguments)]
+pub async fn order(
+    plan: &Plan,
+    account: &Account,
+    http: &http::AcmeHttp,
+    acme: &AcmeIssuer,
+    cert: &Certificate,
+    key: &Key,
+    answers: &Answers,
+) -> Result<String, IssueError> {
+    let ns = cert.metadata.namespace();
+    let mut new_order = NewOrder::new(&plan.identifiers);
     if let Some(p) = &acme.profile {
         new_order = new_order.profile(p);
     }
     let mut order = account.new_order(&new_order).await.map_err(|e| acme_error("creating the order", &e, http))?;
     let mut published = Published { answers, tokens: Vec::new() };
+    let mut pending = Vec::new();
     {
         let mut authorizations = order.authorizations();
         while let Some(a) = authorizations.next().await {
@@ -172,24 +200,18 @@ pub async fn order(
             match a.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
-                other => {
-                    return Err(IssueError::Acme {
-                        message: format!("the authorization of {} is {other:?}", a.identifier()),
-                        retry_after: None,
-                    })
-                }
+                other => return Err(refused(format!("the authorization of {} is {other:?}", a.identifier()))),
             }
-            let name = a.identifier().to_string();
-            let Some((parent_refs, targets)) = parents.get(&name) else {
-                return Err(IssueError::Acme {
-                    message: format!("the server asks to prove {name}, which the Certificate does not name"),
-                    retry_after: None,
-                });
+            let name = canonical(&a.identifier().to_string());
+            let Some((parent_refs, targets)) = plan.parents.get(&name) else {
+                return Err(refused(format!("the server asks to prove {name}, which the Certificate does not name")));
             };
-            let mut challenge = a.challenge(ChallengeType::Http01).ok_or_else(|| IssueError::Acme {
-                message: format!("the server offers no HTTP-01 challenge for {name}"),
-                retry_after: None,
-            })?;
+            let challenge = a
+                .challenge(ChallengeType::Http01)
+                .ok_or_else(|| refused(format!("the server offers no HTTP-01 challenge for {name}")))?;
+            if !token_ok(&challenge.token) {
+                return Err(refused(format!("the server's HTTP-01 token for {name} is not base64url")));
+            }
             let answer = Http01Answer {
                 namespace: ns.to_string(),
                 parent_refs: parent_refs.clone(),
@@ -199,15 +221,30 @@ pub async fn order(
             };
             published.tokens.push(answer.token.clone());
             answers.add(answer.clone());
-            self_check(&answer, targets).await?;
-            challenge
-                .set_ready()
-                .await
-                .map_err(|e| acme_error(&format!("answering the challenge of {name}"), &e, http))?;
+            pending.push((answer, targets.clone()));
+        }
+    }
+    for (answer, targets) in &pending {
+        self_check(answer, targets).await?;
+    }
+    {
+        let mut authorizations = order.authorizations();
+        while let Some(a) = authorizations.next().await {
+            let mut a = a.map_err(|e| acme_error("reading an authorization", &e, http))?;
+            if a.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            let name = a.identifier().to_string();
+            if let Some(mut challenge) = a.challenge(ChallengeType::Http01) {
+                challenge
+                    .set_ready()
+                    .await
+                    .map_err(|e| acme_error(&format!("answering the challenge of {name}"), &e, http))?;
+            }
         }
     }
     let retries = RetryPolicy::new().initial_delay(Duration::from_millis(250)).backoff(1.5).timeout(ORDER_TIMEOUT);
-    let status = order.poll_ready(&retries).await.map_err(|e| acme_error("waiting for the validation", &e, http))?;
+    let status = order.poll_ready(&retries).await.map_err(|e| acme_error("validating the challenges", &e, http))?;
     if status != OrderStatus::Ready {
         // Which name failed, and why the server says it did.
         let mut why = Vec::new();
@@ -222,18 +259,20 @@ pub async fn order(
                 }
             }
         }
-        return Err(IssueError::Acme {
-            message: format!(
-                "the ACME server could not validate the challenges: {}",
-                if why.is_empty() { format!("the order is {status:?}") } else { why.join("; ") }
-            ),
-            retry_after: None,
-        });
+        return Err(refused(format!(
+            "the ACME server could not validate the challenges: {}",
+            if why.is_empty() { format!("the order is {status:?}") } else { why.join("; ") }
+        )));
     }
     drop(published);
     let csr = csr(cert, key)?;
     order.finalize_csr(&csr).await.map_err(|e| acme_error("finalizing the order", &e, http))?;
     order.poll_certificate(&retries).await.map_err(|e| acme_error("downloading the certificate", &e, http))
+}
+
+/// The server refused or could not validate: counts against its failed-validation limits.
+fn refused(message: String) -> IssueError {
+    IssueError::Acme { message, retry_after: None, rejected: true }
 }
 
 /// Each name to prove, with the field it comes from.
@@ -248,30 +287,37 @@ fn names(cert: &Certificate) -> Vec<(String, String)> {
     out
 }
 
-/// Where the HTTP listeners of `parent_refs` that serve `host` can be reached from this machine.
+/// Where the HTTP listeners of `parent_refs` that take `host`'s challenge can be reached from this machine (the
+/// same listener rules the front door applies to the answer: protocol HTTP, a hostname that covers the name,
+/// `allowedRoutes` that take an HTTPRoute of the Certificate's namespace), or why none can.
 fn listener_addresses(
     store: &Store,
     namespace: &str,
-    parent_refs: &[capstan_model::gateway::ParentReference],
+    parent_refs: &[ParentReference],
     host: &str,
-) -> Result<Vec<std::net::SocketAddr>, IssueError> {
+) -> Result<Vec<SocketAddr>, String> {
     let mut out = Vec::new();
+    let mut why = Vec::new();
     for p in parent_refs {
         let gw_ns = p.namespace.as_deref().unwrap_or(namespace);
         let key = ObjectKey::new("Gateway", gw_ns, &p.name);
-        let Some(v) = store.get(&key).map_err(|e| IssueError::Issuer(format!("reading {key}: {e}")))? else {
+        let Some(v) = store.get(&key).map_err(|e| format!("reading {key}: {e}"))? else {
+            why.push(format!("Gateway {gw_ns}/{} does not exist", p.name));
             continue;
         };
-        let Ok(g) = serde_json::from_value::<Gateway>(v) else { continue };
+        let g = serde_json::from_value::<Gateway>(v).map_err(|e| format!("{key}: {e}"))?;
         let ip = g
             .spec
             .addresses
             .iter()
-            .find_map(|a| a.value.parse::<std::net::IpAddr>().ok())
+            .find_map(|a| a.value.parse::<IpAddr>().ok())
             .filter(|ip| !ip.is_unspecified())
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         for l in &g.spec.listeners {
-            let named = p.section_name.as_ref().is_none_or(|n| *n == l.name) && p.port.is_none_or(|x| x == l.port);
+            if !(p.section_name.as_ref().is_none_or(|n| *n == l.name) && p.port.is_none_or(|x| x == l.port)) {
+                continue;
+            }
+            let at = format!("listener {} of Gateway {gw_ns}/{}", l.name, p.name);
             let covers = match l.hostname.as_deref() {
                 None => true,
                 Some(h) => match h.strip_prefix('*') {
@@ -279,25 +325,47 @@ fn listener_addresses(
                     None => h.eq_ignore_ascii_case(host),
                 },
             };
-            if named && covers && l.protocol == ListenerProtocol::Http {
-                out.push(std::net::SocketAddr::new(ip, l.port));
+            let allowed = l.allowed_routes.as_ref();
+            let from = allowed.and_then(|a| a.namespaces.as_ref()).map(|n| n.from).unwrap_or_default();
+            let kinds = allowed.map(|a| a.kinds.as_slice()).unwrap_or_default();
+            if l.protocol != ListenerProtocol::Http {
+                why.push(format!("{at} is {}, and HTTP-01 is answered over plain HTTP", l.protocol.as_str()));
+            } else if !covers {
+                why.push(format!("{at} serves {}", l.hostname.as_deref().unwrap_or("*")));
+            } else if !(from == FromNamespaces::All || (from == FromNamespaces::Same && gw_ns == namespace)) {
+                why.push(format!("{at} does not take routes of namespace {namespace} (allowedRoutes)"));
+            } else if !kinds.is_empty() && !kinds.iter().any(|k| k.kind == "HTTPRoute") {
+                why.push(format!("{at} does not take HTTPRoutes (allowedRoutes.kinds)"));
+            } else {
+                out.push(SocketAddr::new(ip, l.port));
             }
         }
+    }
+    if out.is_empty() {
+        let names = parent_refs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+        let why = if why.is_empty() { "no listener matches them".to_string() } else { why.join("; ") };
+        return Err(format!(
+            "no HTTP listener of the solver's parentRefs ({names}) serves this name, so the ACME server could not reach its challenge: {why}"
+        ));
     }
     Ok(out)
 }
 
 /// Asks the front door for a published answer, as the ACME server will, until it is served (cert-manager's
 /// self check): the server is told to look only once the answer is there.
-async fn self_check(answer: &Http01Answer, targets: &[std::net::SocketAddr]) -> Result<(), IssueError> {
+async fn self_check(answer: &Http01Answer, targets: &[SocketAddr]) -> Result<(), IssueError> {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let deadline = tokio::time::Instant::now() + PROPAGATION_TIMEOUT;
     for target in targets {
         loop {
+            let host = match answer.host.parse::<IpAddr>() {
+                Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+                _ => answer.host.clone(),
+            };
             let req = ::http::Request::get(format!("http://{target}{}", answer.path()))
-                .header(::http::header::HOST, answer.host.as_str())
+                .header(::http::header::HOST, host)
                 .body(http_body_util::Empty::new())
                 .map_err(|e| IssueError::Sign(e.to_string()))?;
             let last = match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
@@ -320,6 +388,7 @@ async fn self_check(answer: &Http01Answer, targets: &[std::net::SocketAddr]) -> 
                         PROPAGATION_TIMEOUT.as_secs()
                     ),
                     retry_after: None,
+                    rejected: false,
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -345,6 +414,69 @@ fn csr(cert: &Certificate, key: &Key) -> Result<Vec<u8>, IssueError> {
         let ip = ip.parse().map_err(|_| IssueError::Sign(format!("`{ip}` is not an IP address")))?;
         params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
     }
+    // A commonName not among the dnsNames is ordered as a name of its own: the CSR names it too, as ACME servers
+    // require every name of the order in the request.
+    if let Some(cn) = s.common_name.as_deref().filter(|c| !c.is_empty() && !s.dns_names.iter().any(|d| d == *c)) {
+        let san = match cn.parse::<IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName(
+                cn.try_into().map_err(|_| IssueError::Sign(format!("commonName `{cn}` cannot be requested")))?,
+            ),
+        };
+        if !params.subject_alt_names.contains(&san) {
+            params.subject_alt_names.push(san);
+        }
+    }
     let request = params.serialize_request(&key.key_pair()?).map_err(IssueError::rcgen)?;
     Ok(request.der().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(token: &str) -> Http01Answer {
+        Http01Answer {
+            namespace: "default".into(),
+            parent_refs: Vec::new(),
+            host: "shop.example.com".into(),
+            token: token.into(),
+            key_authorization: format!("{token}.thumb"),
+        }
+    }
+
+    #[test]
+    fn answers_are_withdrawn_when_their_order_ends_however_it_ends() {
+        let (answers, feed) = Answers::new();
+        answers.add(answer("other-order"));
+        {
+            let mut published = Published { answers: &answers, tokens: Vec::new() };
+            for t in ["a", "b"] {
+                published.tokens.push(t.into());
+                answers.add(answer(t));
+            }
+            assert_eq!(feed.borrow().len(), 3);
+            // An order that fails returns early: the guard goes out of scope all the same.
+        }
+        let left: Vec<String> = feed.borrow().iter().map(|a| a.token.clone()).collect();
+        assert_eq!(left, ["other-order"], "only this order's answers go");
+        // The same token published again replaces the first.
+        answers.add(answer("other-order"));
+        assert_eq!(answers.current().len(), 1);
+    }
+
+    #[test]
+    fn only_base64url_tokens_reach_a_route() {
+        assert!(token_ok("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"));
+        for bad in ["", "../admin", "a/b", "a?b", "a b", "%2e%2e", &"x".repeat(300)] {
+            assert!(!token_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_compared_as_the_server_writes_them() {
+        assert_eq!(canonical("2001:DB8:0::1"), "2001:db8::1");
+        assert_eq!(canonical("Shop.Example.com"), "shop.example.com");
+        assert_eq!(canonical("127.0.0.1"), "127.0.0.1");
+    }
 }
