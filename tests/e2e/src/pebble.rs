@@ -25,6 +25,12 @@ impl Pebble {
     /// Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`, issuing certificates valid for
     /// `validity` (at least a second).
     pub fn start(http_port: u16, tls_port: u16, validity: Duration) -> Pebble {
+        Pebble::start_with(http_port, tls_port, validity, &[])
+    }
+
+    /// As [`Pebble::start`]; with `eab` key IDs and their base64url HMAC keys, accounts must be bound to one of them
+    /// (external account binding).
+    pub fn start_with(http_port: u16, tls_port: u16, validity: Duration, eab: &[(&str, &str)]) -> Pebble {
         let dir = tempfile::tempdir().expect("tempdir");
         let (ca, ca_pem) = test_ca();
         let (cert, key) = certificate_for(&["localhost", "127.0.0.1"], &ca);
@@ -39,7 +45,8 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
+            "externalAccountBindingRequired": !eab.is_empty(),
+            "externalAccountMACKeys": eab.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
             "certificateValidityPeriod": validity.as_secs().max(1),
         }});
         std::fs::write(dir.path().join("pebble.json"), config.to_string()).expect("write");

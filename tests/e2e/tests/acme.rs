@@ -252,3 +252,52 @@ spec:
     drop(pebble);
     tp.stop().await;
 }
+
+/// A CA that binds accounts to accounts it knows (external account binding, as ZeroSSL's and Google's): an Issuer
+/// with the key ID and the HMAC key in a Secret registers; one without is refused with the server's reason and what
+/// to do; one with a wrong key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_account_binding_registers_the_account_the_ca_expects() {
+    if !heavy("pebble (Debian's pebble package)") {
+        return;
+    }
+    const MAC: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with(free_port(), free_port(), Duration::from_secs(60), &[("kid-1", MAC)]);
+    let tp = TestPlane::start().await;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&pebble.ca_pem);
+    let issuer = |name: &str, eab: &str| {
+        format!(
+            "apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {{name: {name}}}\nspec:\n  acme:\n    server: {}\n    caBundle: {bundle}\n    privateKeySecretRef: {{name: {name}-account}}\n{eab}---\n",
+            pebble.directory()
+        )
+    };
+    let wrong = MAC.replace('z', "y");
+    tp.apply(&format!(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Secret\nmetadata: {{name: eab}}\nspec: {{stringData: {{secret: {MAC}, wrong: {wrong}}}}}\n---\n{}{}{}",
+        issuer("bound", "    externalAccountBinding: {keyID: kid-1, keySecretRef: {name: eab}}\n"),
+        issuer("unbound", ""),
+        issuer("forged", "    externalAccountBinding: {keyID: kid-1, keySecretRef: {name: eab, key: wrong}}\n"),
+    ));
+    let ready = |name: &'static str| {
+        let tp = &tp;
+        async move {
+            eventually(&format!("Issuer {name} reports its registration"), T, || async {
+                let i = get(tp, "issuers", name).await?;
+                let c = condition(&i["status"]["conditions"], "Ready").clone();
+                (!c.is_null()).then_some((c, i))
+            })
+            .await
+        }
+    };
+    let (c, bound) = ready("bound").await;
+    assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("ACMEAccountRegistered")), "{c}");
+    assert!(bound["status"]["acme"]["uri"].as_str().is_some_and(|u| u.contains("/my-account/")), "{bound}");
+    let (c, _) = ready("unbound").await;
+    assert_eq!(c["reason"], "ErrRegisterACMEAccount", "{c}");
+    assert!(c["message"].as_str().unwrap_or_default().contains("externalAccountRequired"), "{c}");
+    let (c, _) = ready("forged").await;
+    assert_eq!(c["reason"], "ErrRegisterACMEAccount", "{c}");
+    assert!(get(&tp, "secrets", "forged-account").await.is_none(), "a refused registration writes no key");
+    drop(pebble);
+    tp.stop().await;
+}
