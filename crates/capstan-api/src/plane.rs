@@ -366,6 +366,7 @@ impl ControlPlane {
         let (answers, answers_feed) = capstan_certificates::acme::Answers::new();
         let front_door = capstan_gateway::controller::spawn(store.clone(), proxy.clone(), answers_feed);
         let (issuers, certificates) = capstan_certificates::controller::spawn(store.clone(), answers);
+        let gateway_shim = capstan_certificates::shim::spawn(store.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
         let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone(), cfg.query.limits());
         let shared = Arc::new(Shared {
@@ -407,7 +408,17 @@ impl ControlPlane {
             controllers: gitops
                 .into_handles()
                 .into_iter()
-                .chain([databases, training, model_servers, front_door, issuers, certificates, controller, alerts])
+                .chain([
+                    databases,
+                    training,
+                    model_servers,
+                    front_door,
+                    issuers,
+                    certificates,
+                    gateway_shim,
+                    controller,
+                    alerts,
+                ])
                 .collect(),
             monitor: Some(monitor),
             server,

@@ -8,3 +8,4 @@ pub mod issue;
 pub mod keys;
 pub mod plan;
 pub mod secret;
+pub mod shim;

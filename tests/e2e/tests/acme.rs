@@ -174,7 +174,9 @@ async fn acme_certificates_are_proven_on_the_gateway_served_and_renewed() {
     let message =
         condition(&side["status"]["conditions"], "Issuing")["message"].as_str().unwrap_or_default().to_string();
     assert!(
-        message.contains("validating the challenges") && message.contains("side.example.test") && message.contains("404"),
+        message.contains("validating the challenges")
+            && message.contains("side.example.test")
+            && message.contains("404"),
         "{message}"
     );
     assert!(get(&tp, "secrets", "side-tls").await.is_none(), "nothing written");
@@ -298,6 +300,88 @@ async fn an_external_account_binding_registers_the_account_the_ca_expects() {
     let (c, _) = ready("forged").await;
     assert_eq!(c["reason"], "ErrRegisterACMEAccount", "{c}");
     assert!(get(&tp, "secrets", "forged-account").await.is_none(), "a refused registration writes no key");
+    drop(pebble);
+    tp.stop().await;
+}
+
+/// cert-manager's gateway-shim: a Gateway annotated with an Issuer gets a Certificate for its HTTPS listener's
+/// Secret and host name, issued by pebble and served; without the annotation the Certificate goes and its Secret
+/// stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_annotated_gateway_gets_its_certificates_without_one_written() {
+    if !heavy("pebble (Debian's pebble package)") {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, free_port(), Duration::from_secs(3600));
+    let tp = TestPlane::start().await;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&pebble.ca_pem);
+    let gateway = |annotations: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: web
+  annotations: {{{annotations}}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+  - {{name: http, port: {http}, protocol: HTTP}}
+  - name: https
+    port: {https}
+    protocol: HTTPS
+    hostname: shim.example.test
+    tls: {{certificateRefs: [{{name: shim-tls}}]}}
+"
+        )
+    };
+    tp.apply(&format!(
+        "{}---
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {{name: pebble}}
+spec:
+  acme:
+    server: {}
+    caBundle: {bundle}
+    privateKeySecretRef: {{name: pebble-account}}
+    solvers: [{{http01: {{gatewayHTTPRoute: {{parentRefs: [{{name: web, sectionName: http}}]}}}}}}]
+---
+{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shim}}
+spec:
+  parentRefs: [{{name: web, sectionName: https}}]
+  rules: [{{backendRefs: [{{name: shim, port: 8080}}]}}]
+",
+        gateway("cert-manager.io/issuer: pebble, cert-manager.io/private-key-algorithm: ECDSA"),
+        pebble.directory(),
+        app_yaml("shim", 1, &[], ""),
+    ));
+    let cert = ready_at(&tp, "shim-tls", 1).await;
+    assert_eq!(cert["metadata"]["labels"]["capstan.dev/made-for-gateway"], "web");
+    assert_eq!(cert["spec"]["dnsNames"], serde_json::json!(["shim.example.test"]));
+    assert_eq!(cert["spec"]["privateKey"]["algorithm"], "ECDSA");
+    let root = pebble.root().await;
+    let secret = get(&tp, "secrets", "shim-tls").await.expect("the Secret");
+    let leaf = der_of(&value(&secret, "tls.crt"));
+    let served = eventually("the HTTPS listener serves the certificate made for it", T, || async {
+        https_get(https, "shim.example.test", "/", &root).await.filter(|r| r.0 == 200)
+    })
+    .await;
+    assert_eq!(served.2, leaf);
+
+    // The annotation removed: the Certificate made for the Gateway goes; its Secret, still served, stays.
+    tp.apply(&gateway(""));
+    eventually("the Certificate made for the Gateway is deleted", T, || async {
+        get(&tp, "certificates", "shim-tls").await.is_none().then_some(())
+    })
+    .await;
+    assert!(get(&tp, "secrets", "shim-tls").await.is_some(), "the Secret is kept");
+    let still = https_get(https, "shim.example.test", "/", &root).await.expect("still served");
+    assert_eq!((still.0, still.2), (200, leaf));
     drop(pebble);
     tp.stop().await;
 }

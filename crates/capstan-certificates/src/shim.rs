@@ -1,0 +1,266 @@
+//! cert-manager's gateway-shim: a Gateway annotated `cert-manager.io/issuer` (or `cluster-issuer`) gets a
+//! Certificate for each Secret its TLS-terminating listeners name, with those listeners' host names, without one
+//! written by hand. `wanted` is the pure part; the reconciler applies what it says and deletes the Certificates it
+//! made that are no longer wanted (their Secrets stay, as cert-manager leaves them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
+use capstan_model::certificate::{CERT_MANAGER_API_VERSION, CERT_MANAGER_GROUP};
+use capstan_model::gateway::{Gateway, ListenerProtocol, TlsMode};
+use capstan_model::{EventType, ObjectKey};
+use capstan_store::{Store, WatchEvent};
+use serde_json::{json, Map, Value};
+
+/// The label on a Certificate made for a Gateway: the Gateway's name.
+pub const MADE_FOR_GATEWAY: &str = "capstan.dev/made-for-gateway";
+
+/// Gateway annotations read as cert-manager's gateway-shim reads them, with the Certificate field each sets.
+const FIELDS: [(&str, &str); 6] = [
+    ("cert-manager.io/common-name", "commonName"),
+    ("cert-manager.io/duration", "duration"),
+    ("cert-manager.io/renew-before", "renewBefore"),
+    ("cert-manager.io/private-key-algorithm", "algorithm"),
+    ("cert-manager.io/private-key-encoding", "encoding"),
+    ("cert-manager.io/private-key-rotation-policy", "rotationPolicy"),
+];
+
+/// The Certificates `g` asks for, by name (its Secret's), as manifests; empty without an issuer annotation. Also
+/// what was skipped and why, for the Gateway's events.
+pub fn wanted(g: &Gateway) -> (BTreeMap<String, Value>, Vec<String>) {
+    let mut out = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let a = &g.metadata.annotations;
+    let (issuer, kind) = match (a.get("cert-manager.io/issuer"), a.get("cert-manager.io/cluster-issuer")) {
+        (Some(i), None) => (i, a.get("cert-manager.io/issuer-kind").map_or("Issuer", String::as_str)),
+        (None, Some(c)) => (c, "ClusterIssuer"),
+        (Some(_), Some(_)) => {
+            skipped.push("both cert-manager.io/issuer and cert-manager.io/cluster-issuer are set: one, please".into());
+            return (out, skipped);
+        }
+        (None, None) => return (out, skipped),
+    };
+    let group = a.get("cert-manager.io/issuer-group").map_or(CERT_MANAGER_GROUP, String::as_str);
+    let ns = g.metadata.namespace();
+    let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in &g.spec.listeners {
+        let Some(tls) = &l.tls else { continue };
+        if !matches!(l.protocol, ListenerProtocol::Https | ListenerProtocol::Tls) || tls.mode != TlsMode::Terminate {
+            continue;
+        }
+        let Some(host) = l.hostname.as_deref().filter(|h| !h.is_empty()) else {
+            skipped.push(format!("listener {}: no hostname, so no name to certify", l.name));
+            continue;
+        };
+        for r in &tls.certificate_refs {
+            let secret =
+                r.kind.as_deref().is_none_or(|k| k == "Secret") && r.group.as_deref().is_none_or(str::is_empty);
+            if !secret || r.namespace.as_deref().is_some_and(|n| n != ns) {
+                skipped.push(format!(
+                    "listener {}: certificateRef {} is not a Secret of the Gateway's namespace",
+                    l.name, r.name
+                ));
+                continue;
+            }
+            let hosts = names.entry(r.name.clone()).or_default();
+            if !hosts.iter().any(|h| h == host) {
+                hosts.push(host.to_string());
+            }
+        }
+    }
+    for (secret, mut hosts) in names {
+        hosts.sort();
+        let mut spec = json!({
+            "secretName": secret,
+            "dnsNames": hosts,
+            "issuerRef": {"name": issuer, "kind": kind, "group": group},
+        });
+        let mut key = Map::new();
+        for (annotation, field) in FIELDS {
+            let Some(v) = a.get(annotation) else { continue };
+            match field {
+                "algorithm" | "encoding" | "rotationPolicy" => {
+                    key.insert(field.into(), Value::String(v.clone()));
+                }
+                _ => spec[field] = Value::String(v.clone()),
+            }
+        }
+        if let Some(size) = a.get("cert-manager.io/private-key-size") {
+            match size.parse::<u32>() {
+                Ok(n) => {
+                    key.insert("size".into(), n.into());
+                }
+                Err(_) => skipped.push(format!("cert-manager.io/private-key-size `{size}` is not a number: left out")),
+            }
+        }
+        if !key.is_empty() {
+            spec["privateKey"] = Value::Object(key);
+        }
+        if let Some(u) = a.get("cert-manager.io/usages") {
+            spec["usages"] = u.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        let manifest = json!({
+            "apiVersion": CERT_MANAGER_API_VERSION,
+            "kind": "Certificate",
+            "metadata": {"name": secret, "namespace": ns, "labels": {MADE_FOR_GATEWAY: g.metadata.name}},
+            "spec": spec,
+        });
+        out.insert(secret, manifest);
+    }
+    (out, skipped)
+}
+
+/// Starts the gateway-shim controller.
+pub fn spawn(store: Store) -> Handle {
+    runner::run(store.clone(), Arc::new(Shim { store }), 1)
+}
+
+struct Shim {
+    store: Store,
+}
+
+impl Shim {
+    /// The Certificates of `namespace` made for Gateway `name`.
+    fn made_for(&self, namespace: &str, name: &str) -> Result<Vec<Value>, ReconcileError> {
+        Ok(self
+            .store
+            .list("Certificate", Some(namespace))?
+            .into_iter()
+            .filter(|c| c["metadata"]["labels"][MADE_FOR_GATEWAY].as_str() == Some(name))
+            .collect())
+    }
+}
+
+impl Reconciler for Shim {
+    fn kind(&self) -> &'static str {
+        "Gateway"
+    }
+
+    /// A Certificate made for a Gateway, changed or deleted by hand, is made again as the Gateway asks.
+    fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
+        match ev.object["metadata"]["labels"][MADE_FOR_GATEWAY].as_str() {
+            Some(g) if ev.key.kind == "Certificate" => vec![ObjectKey::new("Gateway", &ev.key.namespace, g)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
+        let Some(v) = self.store.get(key)? else { return Ok(Action::AwaitChange) };
+        let Ok(g) = serde_json::from_value::<Gateway>(v) else { return Ok(Action::AwaitChange) };
+        let (wanted, skipped) = wanted(&g);
+        let ns = g.metadata.namespace();
+        let mut notes = skipped;
+        let mut writes = Vec::new();
+        for (name, manifest) in &wanted {
+            let stored = self.store.get(&ObjectKey::new("Certificate", ns, name))?;
+            match stored {
+                Some(s) if s["metadata"]["labels"][MADE_FOR_GATEWAY].as_str() != Some(g.metadata.name.as_str()) => {
+                    notes.push(format!(
+                        "Certificate {name} exists and was not made for this Gateway: it is left as it is"
+                    ));
+                }
+                Some(s) if s["spec"] == manifest["spec"] => {}
+                _ => writes.push(manifest.clone()),
+            }
+        }
+        if !writes.is_empty() {
+            let names: Vec<String> =
+                writes.iter().filter_map(|w| w["metadata"]["name"].as_str().map(str::to_string)).collect();
+            self.store.apply(writes)?;
+            let message = format!("Certificate {} made or updated for this Gateway's listeners", names.join(", "));
+            self.store.record_event(key, EventType::Normal, "CreateCertificate", &message)?;
+        }
+        for c in self.made_for(ns, &g.metadata.name)? {
+            let Some(name) = c["metadata"]["name"].as_str() else { continue };
+            if !wanted.contains_key(name) {
+                // Its Secret stays: deleting a Certificate deletes no key.
+                self.store.delete(&ObjectKey::new("Certificate", ns, name))?;
+                let message = format!("Certificate {name} deleted: no listener of this Gateway asks for it any more");
+                self.store.record_event(key, EventType::Normal, "DeleteCertificate", &message)?;
+            }
+        }
+        for n in notes {
+            self.store.record_event(key, EventType::Warning, "BadConfig", &n)?;
+        }
+        Ok(Action::AwaitChange)
+    }
+
+    /// A Gateway deleted takes the Certificates made for it (not their Secrets), as cert-manager's owner
+    /// references do.
+    fn finalize(&self, key: &ObjectKey, _last: &Value) {
+        let Ok(made) = self.made_for(&key.namespace, &key.name) else { return };
+        for c in made {
+            if let Some(name) = c["metadata"]["name"].as_str() {
+                if let Err(e) = self.store.delete(&ObjectKey::new("Certificate", &key.namespace, name)) {
+                    tracing::warn!(gateway = %key, "deleting Certificate {name}: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(annotations: serde_json::Value, listeners: serde_json::Value) -> Gateway {
+        serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "web", "namespace": "shop", "annotations": annotations},
+            "spec": {"gatewayClassName": "capstan", "listeners": listeners}}))
+        .expect("a Gateway")
+    }
+
+    #[test]
+    fn each_secret_of_a_terminating_listener_gets_a_certificate_with_its_hosts() {
+        let g = gateway(
+            json!({"cert-manager.io/issuer": "letsencrypt", "cert-manager.io/duration": "2160h",
+                   "cert-manager.io/private-key-algorithm": "ECDSA", "cert-manager.io/private-key-size": "384",
+                   "cert-manager.io/usages": "server auth, digital signature"}),
+            json!([
+                {"name": "http", "port": 80, "protocol": "HTTP"},
+                {"name": "a", "port": 443, "protocol": "HTTPS", "hostname": "b.example.com",
+                 "tls": {"certificateRefs": [{"name": "shared-tls"}]}},
+                {"name": "b", "port": 443, "protocol": "HTTPS", "hostname": "a.example.com",
+                 "tls": {"certificateRefs": [{"name": "shared-tls"}]}},
+                {"name": "c", "port": 443, "protocol": "HTTPS", "hostname": "c.example.com",
+                 "tls": {"certificateRefs": [{"name": "c-tls"}, {"name": "x", "namespace": "other"}]}},
+                {"name": "nohost", "port": 8443, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "n-tls"}]}},
+                {"name": "pass", "port": 9443, "protocol": "TLS", "hostname": "p.example.com",
+                 "tls": {"mode": "Passthrough"}},
+            ]),
+        );
+        let (wanted, skipped) = wanted(&g);
+        assert_eq!(wanted.keys().collect::<Vec<_>>(), ["c-tls", "shared-tls"]);
+        let shared = &wanted["shared-tls"];
+        assert_eq!(shared["spec"]["dnsNames"], json!(["a.example.com", "b.example.com"]), "merged and sorted");
+        assert_eq!(
+            shared["spec"]["issuerRef"],
+            json!({"name": "letsencrypt", "kind": "Issuer", "group": "cert-manager.io"})
+        );
+        assert_eq!(shared["spec"]["duration"], "2160h");
+        assert_eq!(shared["spec"]["privateKey"], json!({"algorithm": "ECDSA", "size": 384}));
+        assert_eq!(shared["spec"]["usages"], json!(["server auth", "digital signature"]));
+        assert_eq!(shared["metadata"]["namespace"], "shop");
+        assert_eq!(shared["metadata"]["labels"][MADE_FOR_GATEWAY], "web");
+        assert!(skipped.iter().any(|s| s.contains("listener nohost")), "{skipped:?}");
+        assert!(skipped.iter().any(|s| s.contains("certificateRef x")), "{skipped:?}");
+        // Each manifest is a valid Certificate.
+        for m in wanted.values() {
+            capstan_model::parse_manifests("shim.yaml", &serde_json::to_string(m).expect("json")).expect("valid");
+        }
+    }
+
+    #[test]
+    fn without_one_issuer_annotation_nothing_is_made() {
+        let listeners = json!([{"name": "a", "port": 443, "protocol": "HTTPS", "hostname": "a.example.com",
+                                "tls": {"certificateRefs": [{"name": "a-tls"}]}}]);
+        assert!(wanted(&gateway(json!({}), listeners.clone())).0.is_empty());
+        let both =
+            gateway(json!({"cert-manager.io/issuer": "a", "cert-manager.io/cluster-issuer": "b"}), listeners.clone());
+        let (w, skipped) = wanted(&both);
+        assert!(w.is_empty() && skipped[0].contains("one, please"), "{skipped:?}");
+        let cluster = wanted(&gateway(json!({"cert-manager.io/cluster-issuer": "le"}), listeners)).0;
+        assert_eq!(cluster["a-tls"]["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    }
+}
