@@ -140,8 +140,33 @@ pub fn replica_metrics(store: &Store, runtime: &LocalRuntime) -> Result<String, 
             }
         }
     }
+    let (expiry, renewal, cert_ready, issuance_failed) = certificate_metrics(store)?;
     let mut out = String::new();
     for (name, kind, help, body) in [
+        (
+            "certmanager_certificate_expiration_timestamp_seconds",
+            "gauge",
+            "The date after which the certificate expires, in seconds since the epoch (cert-manager's metric).",
+            expiry,
+        ),
+        (
+            "certmanager_certificate_renewal_timestamp_seconds",
+            "gauge",
+            "The date at which the certificate is renewed, in seconds since the epoch (cert-manager's metric).",
+            renewal,
+        ),
+        (
+            "certmanager_certificate_ready_status",
+            "gauge",
+            "The status of the certificate's Ready condition, one series per value (cert-manager's metric).",
+            cert_ready,
+        ),
+        (
+            "capstan_certificate_issuance_failed",
+            "gauge",
+            "1 when the certificate's last issuance failed (failedIssuanceAttempts above 0).",
+            issuance_failed,
+        ),
         ("capstan_object_ready", "gauge", "1 when the object's Ready condition is True, 0 when False.", object_ready),
         (
             "capstan_app_rollout_failed",
@@ -161,6 +186,45 @@ pub fn replica_metrics(store: &Store, runtime: &LocalRuntime) -> Result<String, 
         }
     }
     Ok(out)
+}
+
+/// The Certificates' series, labelled as cert-manager labels them: expiry, renewal, Ready, and a failed last
+/// issuance.
+fn certificate_metrics(store: &Store) -> Result<(String, String, String, String), StoreError> {
+    let (mut expiry, mut renewal, mut ready, mut failed) = (String::new(), String::new(), String::new(), String::new());
+    let seconds = |v: &serde_json::Value| {
+        v.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp())
+    };
+    for v in store.list("Certificate", None)? {
+        let r = &v["spec"]["issuerRef"];
+        let labels = format!(
+            "name=\"{}\",namespace=\"{}\",issuer_name=\"{}\",issuer_kind=\"{}\",issuer_group=\"{}\"",
+            v["metadata"]["name"].as_str().unwrap_or_default(),
+            v["metadata"]["namespace"].as_str().unwrap_or("default"),
+            r["name"].as_str().unwrap_or_default(),
+            r["kind"].as_str().unwrap_or("Issuer"),
+            r["group"].as_str().unwrap_or("cert-manager.io"),
+        );
+        let st = &v["status"];
+        if let Some(t) = seconds(&st["notAfter"]) {
+            let _ = writeln!(expiry, "certmanager_certificate_expiration_timestamp_seconds{{{labels}}} {t}");
+        }
+        if let Some(t) = seconds(&st["renewalTime"]) {
+            let _ = writeln!(renewal, "certmanager_certificate_renewal_timestamp_seconds{{{labels}}} {t}");
+        }
+        let status = st["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["status"].as_str())
+            .unwrap_or("Unknown");
+        for value in ["True", "False", "Unknown"] {
+            let on = u8::from(status == value);
+            let _ = writeln!(ready, "certmanager_certificate_ready_status{{{labels},condition=\"{value}\"}} {on}");
+        }
+        let failing = st["failedIssuanceAttempts"].as_u64().unwrap_or(0) > 0;
+        let _ = writeln!(failed, "capstan_certificate_issuance_failed{{{labels}}} {}", u8::from(failing));
+    }
+    Ok((expiry, renewal, ready, failed))
 }
 
 #[cfg(test)]

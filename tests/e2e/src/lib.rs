@@ -495,3 +495,35 @@ where
 pub fn failures(shots: &[Shot]) -> Vec<&Shot> {
     shots.iter().filter(|s| !matches!(s.outcome, Ok(c) if (200..300).contains(&c))).collect()
 }
+
+/// A GET with the API token to Capstan's Prometheus API; the status and the JSON body.
+pub async fn capstan_query(tp: &TestPlane, path_and_query: &str) -> Option<(u16, serde_json::Value)> {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let req = hyper::Request::get(format!("{}/prometheus{path_and_query}", tp.plane().url()))
+        .header("Authorization", format!("Bearer {}", tp.plane().token()))
+        .body(Empty::new())
+        .ok()?;
+    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await.ok()?.ok()?;
+    let code = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some((code, serde_json::from_slice(&body).ok()?))
+}
+
+pub fn enc(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The result of an instant PromQL query to Capstan's Prometheus API (empty when it fails).
+pub async fn query_result(tp: &TestPlane, q: &str) -> Vec<serde_json::Value> {
+    match capstan_query(tp, &format!("/api/v1/query?query={}", enc(q))).await {
+        Some((200, v)) => v["data"]["result"].as_array().cloned().unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}

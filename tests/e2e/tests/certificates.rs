@@ -160,6 +160,21 @@ async fn issuers_sign_certificates_into_secrets_that_the_gateway_serves_and_rene
     assert!(issuing["message"].as_str().unwrap_or("").contains("Issuer ca is not ready"), "{issuing}");
     assert_eq!(condition(&failed["status"]["conditions"], "Ready")["status"], "True", "the old one is still valid");
     assert!(failed["status"]["failedIssuanceAttempts"].as_u64() >= Some(1));
+    // Capstan's own metrics say so as cert-manager's do, and the built-in rule fires: within 7 days of expiry and
+    // past its renewal time (Capstan scrapes its /metrics every 15 s).
+    let fired = eventually("CapstanCertificateExpiringSoon fires for shop", Duration::from_secs(90), || async {
+        let r = query_result(&tp, "ALERTS{alertname=\"CapstanCertificateExpiringSoon\", alertstate=\"firing\"}").await;
+        r.into_iter().find(|s| s["metric"]["name"] == "shop")
+    })
+    .await;
+    assert_eq!(fired["metric"]["issuer_name"], "ca", "{fired}");
+    let ready = query_result(&tp, "certmanager_certificate_ready_status{name=\"shop\", condition=\"True\"}").await;
+    assert_eq!(ready.first().map(|s| s["value"][1].clone()), Some(serde_json::json!("1")), "{ready:?}");
+    eventually("the failed issuance is in the metrics", Duration::from_secs(60), || async {
+        let failing = query_result(&tp, "capstan_certificate_issuance_failed{name=\"shop\"} == 1").await;
+        (failing.len() == 1).then_some(())
+    })
+    .await;
     let kept = get(&tp, "secrets", "shop-tls").await.expect("the Secret");
     assert_eq!(kept["spec"], secret["spec"].clone(), "a failed issuance leaves the Secret as it was");
     let still = https_get(https, "shop.example.test", "/", &ca).await.expect("still served");
