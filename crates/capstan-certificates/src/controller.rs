@@ -353,7 +353,12 @@ impl Certificates {
         key: &Key,
     ) -> Result<crate::issue::Signed, IssueError> {
         // Every name's proof is checked on this machine before the server is asked anything.
-        let plan = crate::acme::plan(&self.store, acme, cert)?;
+        let tls_alpn = issuer
+            .metadata
+            .annotations
+            .get(capstan_model::acme::CHALLENGE_ANNOTATION)
+            .is_some_and(|v| v.eq_ignore_ascii_case(capstan_model::acme::TLS_ALPN_01));
+        let plan = crate::acme::plan(&self.store, acme, tls_alpn, cert)?;
         let http = AcmeHttp::new(&account::trust(acme)?).map_err(IssueError::Issuer)?;
         let chain = tokio::runtime::Handle::current().block_on(async {
             let account = account::registered(&self.store, issuer, acme, &http).await?;

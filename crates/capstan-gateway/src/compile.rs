@@ -97,6 +97,8 @@ pub(crate) struct Slot<'a> {
     unserved: Option<String>,
     /// The client certificates its port asks for (a listener that ends TLS).
     client_auth: Option<Arc<capstan_proxy::client_auth::ClientAuth>>,
+    /// ACME TLS-ALPN-01 answers on it, by exact host name.
+    acme: Vec<(String, Arc<CertifiedKey>)>,
 }
 
 pub(crate) fn created_ms(meta: &capstan_model::ObjectMeta) -> i64 {
@@ -124,7 +126,7 @@ pub struct Objects {
     pub grants: Vec<ReferenceGrant>,
     pub backend_tls_policies: Vec<capstan_model::backend_tls_policy::BackendTlsPolicy>,
     /// The ACME HTTP-01 challenges being answered now.
-    pub answers: Vec<capstan_model::acme::Http01Answer>,
+    pub answers: Vec<capstan_model::acme::ChallengeAnswer>,
 }
 
 /// The ReferenceGrants of every namespace, asked whether one lets an object reference another namespace's.
@@ -177,6 +179,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                 cert_reason: "InvalidCertificateRef",
                 unserved: None,
                 client_auth: None,
+                acme: Vec::new(),
             };
             if let Some(why) = terminates_tls(l).then(|| foreign_secret_refused(g, l, grants)).flatten() {
                 // Without a grant, another namespace's Secret is not used, nor the certificate it gave before: a
@@ -248,6 +251,11 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                     gen,
                     now,
                 ));
+            }
+            // An HTTPS listener without a certificate yet is served for the ACME TLS-ALPN-01 validation of the
+            // certificate it waits for: its handshakes get the challenge's certificate, or fail as they would unserved.
+            if slot.cert.is_none() && l.protocol == ListenerProtocol::Https && alpn_awaited(g, l, &objects.answers) {
+                slot.unserved = None;
             }
             // Client certificates that cannot be checked: the port is not served (served without them would be an
             // open door).
@@ -494,7 +502,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
     // Every usable listener is a virtual host of its socket, routes or not (it answers 404 until one attaches).
     let mut certificates = Certificates::new();
     // Per socket: its mode, its listeners, and the client certificates it asks for.
-    type Plan = (SocketMode, Vec<VirtualHost>, Option<Arc<ClientAuth>>);
+    type Plan = (SocketMode, Vec<VirtualHost>, Option<Arc<ClientAuth>>, Vec<(String, Arc<CertifiedKey>)>);
     let mut plans: BTreeMap<Bind, Plan> = BTreeMap::new();
     for s in slots.into_iter().filter(|s| s.refused.is_none() && s.conflicted.is_none() && s.unserved.is_none()) {
         let host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
@@ -507,7 +515,8 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
             ListenerProtocol::Tcp => SocketMode::Tcp,
             ListenerProtocol::Http | ListenerProtocol::Udp => SocketMode::Http,
         };
-        let socket = plans.entry(s.bind).or_insert((mode, Vec::new(), None));
+        let socket = plans.entry(s.bind).or_insert((mode, Vec::new(), None, Vec::new()));
+        socket.3.extend(s.acme);
         if terminates_tls(s.listener) && socket.2.is_none() {
             socket.2 = s.client_auth.clone();
         }
@@ -525,7 +534,14 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
     }
     let listeners = plans
         .into_iter()
-        .map(|((address, port), (mode, hosts, client_auth))| ListenerPlan { address, port, mode, hosts, client_auth })
+        .map(|((address, port), (mode, hosts, client_auth, acme))| ListenerPlan {
+            address,
+            port,
+            mode,
+            hosts,
+            client_auth,
+            acme,
+        })
         .collect();
     let policies = backend_tls.status(now);
     Compiled { listeners, gateways: gateway_status, routes: route_status, binds, certificates, wake, policies }
@@ -535,9 +551,31 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
 /// listeners their solver's parentRefs select (as cert-manager's HTTPRoute for the solver attaches, with the
 /// listener's namespace and host name rules), ahead of every route: the oldest of all, on an exact name and path.
 /// They count as no route attached.
-fn answer_challenges(answers: &[capstan_model::acme::Http01Answer], slots: &mut [Slot]) {
+fn answer_challenges(answers: &[capstan_model::acme::ChallengeAnswer], slots: &mut [Slot]) {
     use capstan_model::gateway::{HttpPathMatch, HttpRouteMatch, PathMatchType};
     for a in answers {
+        if let Some((cert, key)) = &a.tls_alpn {
+            let c = match capstan_proxy::gateway::challenge_certified_key(cert.as_bytes(), key.as_bytes()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(host = %a.host, "a TLS-ALPN-01 answer cannot be served: {e}");
+                    continue;
+                }
+            };
+            let c = Arc::new(c);
+            for p in &a.parent_refs {
+                let Ok(selected) = listeners_for(p, "HTTPRoute", &a.namespace, slots) else { continue };
+                for i in selected {
+                    let s = &mut slots[i];
+                    if s.listener.protocol == ListenerProtocol::Https
+                        && hosts_on(s.listener, std::slice::from_ref(&a.host)).is_ok()
+                    {
+                        s.acme.push((a.host.to_ascii_lowercase(), c.clone()));
+                    }
+                }
+            }
+            continue;
+        }
         let m = HttpRouteMatch {
             path: Some(HttpPathMatch { type_: PathMatchType::Exact, value: a.path() }),
             headers: Vec::new(),
@@ -568,6 +606,25 @@ fn answer_challenges(answers: &[capstan_model::acme::Http01Answer], slots: &mut 
             }
         }
     }
+}
+
+/// Whether a TLS-ALPN-01 answer waits on listener `l` of `g`: its parentRefs name it (and its namespace may use
+/// it) and its hostname covers the answer's name.
+fn alpn_awaited(g: &Gateway, l: &Listener, answers: &[capstan_model::acme::ChallengeAnswer]) -> bool {
+    answers.iter().filter(|a| a.tls_alpn.is_some()).any(|a| {
+        let same_ns = g.metadata.namespace() == a.namespace;
+        a.parent_refs.iter().any(|p| {
+            p.namespace.as_deref().unwrap_or(&a.namespace) == g.metadata.namespace()
+                && p.name == g.metadata.name
+                && p.section_name.as_ref().is_none_or(|n| *n == l.name)
+                && p.port.is_none_or(|x| x == l.port)
+        }) && (same_ns
+            || l.allowed_routes
+                .as_ref()
+                .and_then(|r| r.namespaces.as_ref())
+                .is_some_and(|n| n.from == FromNamespaces::All))
+            && hosts_on(l, std::slice::from_ref(&a.host)).is_ok()
+    })
 }
 
 /// `wake` brought forward to `t`, if `t` is sooner.
@@ -1830,7 +1887,7 @@ mod tests {
 
     #[test]
     fn acme_answers_are_served_on_the_http_listeners_named_ahead_of_routes() {
-        use capstan_model::acme::Http01Answer;
+        use capstan_model::acme::ChallengeAnswer;
         let gws = [
             gateway(
                 "web",
@@ -1848,7 +1905,7 @@ mod tests {
             json!({"parentRefs": [{"name": "web"}], "hostnames": ["shop.example.com"],
                    "rules": [{"backendRefs": [{"name": "web", "port": 8080}]}]}),
         )];
-        let answer = |host: &str, token: &str, section: Option<&str>, ns: &str| Http01Answer {
+        let answer = |host: &str, token: &str, section: Option<&str>, ns: &str| ChallengeAnswer {
             namespace: ns.into(),
             parent_refs: vec![ParentReference {
                 group: None,
@@ -1861,6 +1918,7 @@ mod tests {
             host: host.into(),
             token: token.into(),
             key_authorization: format!("{token}.thumbprint"),
+            tls_alpn: None,
         };
         let mut objects = objects(&gws, &routes, &apps, &[]);
         objects.answers = vec![
@@ -1894,5 +1952,48 @@ mod tests {
         // An answer is no attached route.
         assert_eq!(listener(&out, "web", 0).attached_routes, 1);
         assert_eq!(listener(&out, "web", 1).attached_routes, 0);
+    }
+
+    #[test]
+    fn a_tls_alpn_answer_serves_its_listener_before_it_has_a_certificate() {
+        use capstan_model::acme::ChallengeAnswer;
+        let gws = [gateway(
+            "web",
+            1,
+            json!([{"name": "https", "port": 8443, "protocol": "HTTPS", "hostname": "alpn.example.com",
+                    "tls": {"certificateRefs": [{"name": "alpn-tls"}]}}]),
+        )];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["alpn.example.com".to_string()]).unwrap().self_signed(&key).unwrap();
+        let parent = ParentReference {
+            group: None,
+            kind: None,
+            namespace: None,
+            name: "web".into(),
+            section_name: None,
+            port: None,
+        };
+        let answer = ChallengeAnswer {
+            namespace: "default".into(),
+            parent_refs: vec![parent],
+            host: "alpn.example.com".into(),
+            token: "t".into(),
+            key_authorization: "t.k".into(),
+            tls_alpn: Some((cert.pem(), key.serialize_pem())),
+        };
+        // Without the answer the listener waits for its Secret, unserved.
+        let out = compile(&objects(&gws, &[], &[], &[]), &Certificates::new(), Utc::now());
+        assert!(out.listeners.is_empty());
+        let mut with = objects(&gws, &[], &[], &[]);
+        with.answers = vec![answer.clone()];
+        let out = compile(&with, &Certificates::new(), Utc::now());
+        assert_eq!(out.listeners.len(), 1, "served for the validation");
+        let acme: Vec<&str> = out.listeners[0].acme.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(acme, ["alpn.example.com"]);
+        // Another namespace's answer does not open it.
+        let mut foreign = objects(&gws, &[], &[], &[]);
+        foreign.answers = vec![ChallengeAnswer { namespace: "team".into(), ..answer }];
+        assert!(compile(&foreign, &Certificates::new(), Utc::now()).listeners.is_empty());
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
-use capstan_model::acme::Http01Answer;
+use capstan_model::acme::ChallengeAnswer;
 use capstan_model::ObjectKey;
 use capstan_proxy::Proxy;
 use capstan_store::{Store, WatchEvent, WatchType};
@@ -24,7 +24,7 @@ fn everything() -> ObjectKey {
 }
 
 /// The ACME HTTP-01 challenges to answer, as the certificates controller publishes them.
-pub type Answers = tokio::sync::watch::Receiver<Arc<Vec<Http01Answer>>>;
+pub type Answers = tokio::sync::watch::Receiver<Arc<Vec<ChallengeAnswer>>>;
 
 /// Starts the controller.
 pub fn spawn(store: Store, proxy: Arc<Proxy>, mut answers: Answers) -> Handle {

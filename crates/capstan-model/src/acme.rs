@@ -263,19 +263,30 @@ pub fn validate_acme(acme: &AcmeIssuer, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// An HTTP-01 challenge being answered: requests for `http://{host}/.well-known/acme-challenge/{token}` on the
-/// listeners the parentRefs select get the key authorization, and nothing else.
+/// An ACME challenge being answered on the listeners the parentRefs select. HTTP-01: requests for
+/// `http://{host}/.well-known/acme-challenge/{token}` on their HTTP listeners get the key authorization, and nothing
+/// else. TLS-ALPN-01 (`tls_alpn`): handshakes for `host` offering only the `acme-tls/1` protocol on their HTTPS
+/// listeners get the challenge's certificate, and the connection ends there.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Http01Answer {
+pub struct ChallengeAnswer {
     /// The namespace of the Certificate, which is the namespace the parentRefs are read from.
     pub namespace: String,
     pub parent_refs: Vec<ParentReference>,
     pub host: String,
     pub token: String,
     pub key_authorization: String,
+    /// TLS-ALPN-01's certificate and key (PEM), made for the key authorization (RFC 8737); None for HTTP-01.
+    pub tls_alpn: Option<(String, String)>,
 }
 
-impl Http01Answer {
+/// The Issuer annotation that has Capstan answer TLS-ALPN-01 on the HTTPS listeners of its HTTP-01 solvers'
+/// parentRefs instead (cert-manager has no TLS-ALPN-01 solver: on a cluster the annotation rides along, ignored,
+/// and cert-manager answers HTTP-01 as the solvers say).
+pub const CHALLENGE_ANNOTATION: &str = "capstan.dev/acme-challenge";
+/// Its value for TLS-ALPN-01.
+pub const TLS_ALPN_01: &str = "tls-alpn-01";
+
+impl ChallengeAnswer {
     pub fn path(&self) -> String {
         format!("/.well-known/acme-challenge/{}", self.token)
     }

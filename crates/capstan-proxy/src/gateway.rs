@@ -172,6 +172,9 @@ pub enum SocketMode {
     Tcp,
 }
 
+/// The protocol an ACME server offers, alone, when it validates a TLS-ALPN-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// One shared socket: where it binds, what it speaks, and its listeners' routes.
 pub struct ListenerPlan {
     pub address: String,
@@ -179,6 +182,8 @@ pub struct ListenerPlan {
     pub mode: SocketMode,
     /// In any order: they are ordered by host specificity when installed.
     pub hosts: Vec<VirtualHost>,
+    /// ACME TLS-ALPN-01 answers: the certificate a validation handshake for this exact name gets.
+    pub acme: Vec<(String, Arc<CertifiedKey>)>,
     /// Client certificates asked on this port (a TLS socket that ends TLS).
     pub client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
 }
@@ -196,6 +201,8 @@ pub struct Routes {
     pub mode: SocketMode,
     /// The client certificates its handshakes ask for, swapped live as its hosts are.
     pub(crate) client_auth: Arc<crate::client_auth::LiveClientAuth>,
+    /// ACME TLS-ALPN-01 answers by exact host name, swapped live.
+    acme: ArcSwap<Vec<(String, Arc<CertifiedKey>)>>,
 }
 
 impl std::fmt::Debug for Routes {
@@ -208,6 +215,13 @@ impl std::fmt::Debug for Routes {
 /// specific host name first; without a name, a listener without a host name's.
 impl ResolvesServerCert for Routes {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // An ACME server validating TLS-ALPN-01 offers `acme-tls/1` alone and names the host: it gets that name's
+        // challenge certificate (and nothing else is served on the connection), or the handshake fails.
+        let acme_only = hello.alpn().is_some_and(|mut p| p.next() == Some(ACME_TLS_ALPN) && p.next().is_none());
+        if acme_only {
+            let name = hello.server_name()?.trim_end_matches('.').to_ascii_lowercase();
+            return self.acme.load().iter().find(|(h, _)| *h == name).map(|(_, c)| c.clone());
+        }
         let hosts = self.hosts.load();
         let with_cert = hosts.iter().filter(|h| h.cert.is_some());
         let any = || with_cert.clone().find(|h| h.host == HostPattern::Any);
@@ -247,6 +261,19 @@ pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, S
     })
 }
 
+/// A TLS-ALPN-01 challenge's certificate and key from PEM, as a handshake answers with it. Not checked as
+/// [`certified_key`] checks a listener's: webpki refuses to read a certificate with an unknown critical extension,
+/// and the challenge's acmeIdentifier is one (RFC 8737) — the ACME server reads it, no client trusts it.
+pub fn challenge_certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert =
+        CertificateDer::from_pem_slice(cert_pem).map_err(|_| "the challenge certificate is not PEM".to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| "the challenge key is not PEM".to_string())?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| e.to_string())?;
+    Ok(CertifiedKey::new(vec![cert], key))
+}
+
 /// The TLS server configuration of an HTTPS or TLS socket: its certificates chosen by SNI, live. HTTPS offers
 /// HTTP/2 or HTTP/1.1 by ALPN (a client sending no ALPN gets HTTP/1.1; one offering only other protocols is
 /// refused, as RFC 7301 says); a TLS socket ends TLS for a backend whose protocol it does not know, so it offers
@@ -259,7 +286,7 @@ pub(crate) fn tls_config(routes: Arc<Routes>) -> Result<Arc<rustls::ServerConfig
     let mut config = builder.with_client_cert_verifier(routes.client_auth.clone()).with_cert_resolver(routes);
     config.session_storage = sessions;
     if http {
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     }
     Ok(Arc::new(config))
 }
@@ -272,7 +299,13 @@ impl Routes {
             https: mode == SocketMode::Https,
             mode,
             client_auth: Arc::new(crate::client_auth::LiveClientAuth::new()),
+            acme: ArcSwap::default(),
         }
+    }
+
+    /// Installs the socket's ACME TLS-ALPN-01 answers.
+    pub(crate) fn set_acme(&self, acme: Vec<(String, Arc<CertifiedKey>)>) {
+        self.acme.store(Arc::new(acme));
     }
 
     pub(crate) fn hosts(&self) -> Arc<Vec<VirtualHost>> {

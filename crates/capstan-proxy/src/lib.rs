@@ -524,6 +524,10 @@ async fn connection(
                     match outcome {
                         Some(Ok(Ok(tls))) => {
                             let session = tls.get_ref().1;
+                            // An ACME TLS-ALPN-01 validation: the certificate was the answer; nothing is served.
+                            if session.alpn_protocol() == Some(gateway::ACME_TLS_ALPN) {
+                                return;
+                            }
                             let sni =
                                 session.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase().into());
                             let protocol = match session.alpn_protocol() {
@@ -851,12 +855,14 @@ impl Proxy {
                 }
             };
             listener.routes.set(plan.hosts);
+            listener.routes.set_acme(plan.acme);
             listener.routes.client_auth.set(plan.client_auth);
             next.insert(bind, listener);
         }
         // Sockets no plan wants: their open keep-alive connections must not go on routing by the old table.
         for (_, gone) in open.drain() {
             gone.routes.set(Vec::new());
+            gone.routes.set_acme(Vec::new());
         }
         *open = next;
         errors

@@ -385,3 +385,76 @@ spec:
     drop(pebble);
     tp.stop().await;
 }
+
+/// TLS-ALPN-01 (RFC 8737), asked for by the Issuer's `capstan.dev/acme-challenge` annotation: answered in the
+/// handshakes of the Gateway's HTTPS listener (which has no certificate yet, and no HTTP listener beside it), then
+/// the certificate issued is served on that same listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_is_answered_in_the_https_listeners_handshakes() {
+    if !heavy("pebble (Debian's pebble package)") {
+        return;
+    }
+    let https = free_port();
+    let pebble = Pebble::start(free_port(), https, Duration::from_secs(3600));
+    let tp = TestPlane::start().await;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&pebble.ca_pem);
+    tp.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+  - name: https
+    port: {https}
+    protocol: HTTPS
+    hostname: alpn.example.test
+    tls: {{certificateRefs: [{{name: alpn-tls}}]}}
+---
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata:
+  name: pebble
+  annotations: {{capstan.dev/acme-challenge: tls-alpn-01}}
+spec:
+  acme:
+    server: {}
+    caBundle: {bundle}
+    privateKeySecretRef: {{name: pebble-account}}
+    solvers: [{{http01: {{gatewayHTTPRoute: {{parentRefs: [{{name: web}}]}}}}}}]
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {{name: alpn}}
+spec:
+  secretName: alpn-tls
+  dnsNames: [alpn.example.test]
+  issuerRef: {{name: pebble}}
+---
+{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: alpn}}
+spec:
+  parentRefs: [{{name: web}}]
+  rules: [{{backendRefs: [{{name: alpn, port: 8080}}]}}]
+",
+        pebble.directory(),
+        app_yaml("alpn", 1, &[], ""),
+    ));
+    ready_at(&tp, "alpn", 1).await;
+    let root = pebble.root().await;
+    let secret = get(&tp, "secrets", "alpn-tls").await.expect("the Secret");
+    let leaf = der_of(&value(&secret, "tls.crt"));
+    let served = eventually("the HTTPS listener serves the certificate it proved", T, || async {
+        https_get(https, "alpn.example.test", "/", &root).await.filter(|r| r.0 == 200)
+    })
+    .await;
+    assert_eq!(served.2, leaf);
+    // With the order done, a validation handshake gets nothing: the challenge's certificate is withdrawn.
+    let probe = tls_connect(https, "alpn.example.test", &root, &[b"acme-tls/1"]).await;
+    assert!(probe.is_none(), "no TLS-ALPN-01 answer once the order is done");
+    drop(pebble);
+    tp.stop().await;
+}

@@ -110,6 +110,30 @@ fn other(message: String) -> instant_acme::Error {
     instant_acme::Error::Other(message.into())
 }
 
+/// A TLS-ALPN-01 validation's handshake with `target` for `host`, offering only `acme-tls/1`: the leaf certificate
+/// it got (any: the challenge's is self-signed), once the protocol was agreed.
+pub async fn alpn_probe(target: std::net::SocketAddr, host: &str) -> Result<Vec<u8>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ChallengeProbe(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(target).await.map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())
+    };
+    let tls = tokio::time::timeout(Duration::from_secs(5), connect).await.map_err(|_| "no handshake within 5s")??;
+    let session = tls.get_ref().1;
+    if session.alpn_protocol() != Some(b"acme-tls/1") {
+        return Err("the handshake did not agree on acme-tls/1".into());
+    }
+    session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).ok_or_else(|| "no certificate".into())
+}
+
 /// A `Retry-After` value: seconds, or an HTTP date.
 pub fn retry_at(value: &str) -> Option<SystemTime> {
     let value = value.trim();
@@ -151,6 +175,47 @@ impl ServerCertVerifier for AnyCertificate {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The self check of a TLS-ALPN-01 answer: only the certificate's bytes matter (compared with the one published),
+/// and webpki cannot read it to check the handshake's signature (the acmeIdentifier extension is critical and
+/// unknown to it), so nothing is checked. Used for that probe alone, which sends nothing over the connection.
+#[derive(Debug)]
+struct ChallengeProbe(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for ChallengeProbe {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

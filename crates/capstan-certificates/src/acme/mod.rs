@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use capstan_model::acme::{solver_for, AcmeIssuer, Http01Answer};
+use capstan_model::acme::{solver_for, AcmeIssuer, ChallengeAnswer};
 use capstan_model::certificate::Certificate;
 use capstan_model::gateway::{FromNamespaces, Gateway, ListenerProtocol, ParentReference};
 use capstan_model::ObjectKey;
@@ -25,10 +25,10 @@ use crate::keys::Key;
 
 /// The HTTP-01 challenges being answered, published to the front door.
 #[derive(Clone)]
-pub struct Answers(Arc<watch::Sender<Arc<Vec<Http01Answer>>>>);
+pub struct Answers(Arc<watch::Sender<Arc<Vec<ChallengeAnswer>>>>);
 
 /// What the front door reads [`Answers`] from.
-pub type AnswersFeed = watch::Receiver<Arc<Vec<Http01Answer>>>;
+pub type AnswersFeed = watch::Receiver<Arc<Vec<ChallengeAnswer>>>;
 
 impl Answers {
     pub fn new() -> (Answers, AnswersFeed) {
@@ -36,7 +36,7 @@ impl Answers {
         (Answers(Arc::new(tx)), rx)
     }
 
-    fn add(&self, a: Http01Answer) {
+    fn add(&self, a: ChallengeAnswer) {
         self.0.send_modify(|all| {
             let mut v = all.as_ref().clone();
             v.retain(|o| o.token != a.token);
@@ -54,7 +54,7 @@ impl Answers {
     }
 
     /// The challenges answered now.
-    pub fn current(&self) -> Arc<Vec<Http01Answer>> {
+    pub fn current(&self) -> Arc<Vec<ChallengeAnswer>> {
         self.0.borrow().clone()
     }
 }
@@ -108,6 +108,8 @@ fn acme_error(what: &str, e: &instant_acme::Error, http: &http::AcmeHttp) -> Iss
 /// canonical form: an address as the server writes it) the parentRefs that answer it and where the front door
 /// serves them on this machine.
 pub struct Plan {
+    /// TLS-ALPN-01 on HTTPS listeners rather than HTTP-01 on HTTP ones (the Issuer's annotation).
+    tls_alpn: bool,
     identifiers: Vec<Identifier>,
     parents: BTreeMap<String, (Vec<ParentReference>, Vec<SocketAddr>)>,
 }
@@ -122,7 +124,7 @@ fn canonical(name: &str) -> String {
 
 /// Checks that every name of `cert` can be proven on this machine (a solver that selects it, HTTP-01 through a
 /// Gateway, an HTTP listener of its parentRefs that takes it), naming the field when not.
-pub fn plan(store: &Store, acme: &AcmeIssuer, cert: &Certificate) -> Result<Plan, IssueError> {
+pub fn plan(store: &Store, acme: &AcmeIssuer, tls_alpn: bool, cert: &Certificate) -> Result<Plan, IssueError> {
     let spec = &cert.spec;
     let ns = cert.metadata.namespace();
     if !spec.uris.is_empty() || !spec.email_addresses.is_empty() {
@@ -153,7 +155,7 @@ pub fn plan(store: &Store, acme: &AcmeIssuer, cert: &Certificate) -> Result<Plan
         if parents.contains_key(&canonical(&name)) {
             continue;
         }
-        let targets = listener_addresses(store, ns, &route.parent_refs, &name)
+        let targets = listener_addresses(store, ns, &route.parent_refs, &name, tls_alpn)
             .map_err(|why| IssueError::Issuer(format!("{field} `{name}`: {why}")))?;
         identifiers.push(match name.parse::<IpAddr>() {
             Ok(ip) => Identifier::Ip(ip),
@@ -161,7 +163,7 @@ pub fn plan(store: &Store, acme: &AcmeIssuer, cert: &Certificate) -> Result<Plan
         });
         parents.insert(canonical(&name), (route.parent_refs.clone(), targets));
     }
-    Ok(Plan { identifiers, parents })
+    Ok(Plan { tls_alpn, identifiers, parents })
 }
 
 /// Whether a challenge token is one an ACME server makes (base64url, RFC 8555 section 8.1): anything else is not
@@ -206,18 +208,25 @@ pub async fn order(
             let Some((parent_refs, targets)) = plan.parents.get(&name) else {
                 return Err(refused(format!("the server asks to prove {name}, which the Certificate does not name")));
             };
+            let (kind, label) = challenge_type(plan.tls_alpn);
             let challenge = a
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| refused(format!("the server offers no HTTP-01 challenge for {name}")))?;
+                .challenge(kind)
+                .ok_or_else(|| refused(format!("the server offers no {label} challenge for {name}")))?;
             if !token_ok(&challenge.token) {
-                return Err(refused(format!("the server's HTTP-01 token for {name} is not base64url")));
+                return Err(refused(format!("the server's {label} token for {name} is not base64url")));
             }
-            let answer = Http01Answer {
+            let key_authorization = challenge.key_authorization();
+            let tls_alpn = match plan.tls_alpn {
+                true => Some(alpn_certificate(&name, key_authorization.digest().as_ref())?),
+                false => None,
+            };
+            let answer = ChallengeAnswer {
                 namespace: ns.to_string(),
                 parent_refs: parent_refs.clone(),
                 host: name.clone(),
                 token: challenge.token.clone(),
-                key_authorization: challenge.key_authorization().as_str().to_string(),
+                key_authorization: key_authorization.as_str().to_string(),
+                tls_alpn,
             };
             published.tokens.push(answer.token.clone());
             answers.add(answer.clone());
@@ -225,7 +234,10 @@ pub async fn order(
         }
     }
     for (answer, targets) in &pending {
-        self_check(answer, targets).await?;
+        match &answer.tls_alpn {
+            Some((cert, _)) => alpn_self_check(answer, cert, targets).await?,
+            None => self_check(answer, targets).await?,
+        }
     }
     {
         let mut authorizations = order.authorizations();
@@ -235,7 +247,7 @@ pub async fn order(
                 continue;
             }
             let name = a.identifier().to_string();
-            if let Some(mut challenge) = a.challenge(ChallengeType::Http01) {
+            if let Some(mut challenge) = a.challenge(challenge_type(plan.tls_alpn).0) {
                 challenge
                     .set_ready()
                     .await
@@ -270,6 +282,55 @@ pub async fn order(
     order.poll_certificate(&retries).await.map_err(|e| acme_error("downloading the certificate", &e, http))
 }
 
+/// The challenge type answered, and its name for messages.
+fn challenge_type(tls_alpn: bool) -> (ChallengeType, &'static str) {
+    match tls_alpn {
+        true => (ChallengeType::TlsAlpn01, "TLS-ALPN-01"),
+        false => (ChallengeType::Http01, "HTTP-01"),
+    }
+}
+
+/// TLS-ALPN-01's certificate for `name` (RFC 8737): self-signed, the name its only SAN, and the critical
+/// acmeIdentifier extension holding the SHA-256 of the key authorization. PEM certificate and key.
+fn alpn_certificate(name: &str, digest: &[u8]) -> Result<(String, String), IssueError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(IssueError::rcgen)?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(IssueError::rcgen)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(IssueError::rcgen)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Asks the front door for a published TLS-ALPN-01 answer, as the server will (a handshake offering only
+/// `acme-tls/1` for the name), until the challenge's certificate is what comes back.
+async fn alpn_self_check(answer: &ChallengeAnswer, cert_pem: &str, targets: &[SocketAddr]) -> Result<(), IssueError> {
+    use rustls::pki_types::pem::PemObject;
+    let want = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|_| IssueError::Sign("the TLS-ALPN-01 certificate does not parse".into()))?;
+    let deadline = tokio::time::Instant::now() + PROPAGATION_TIMEOUT;
+    for target in targets {
+        loop {
+            let last = match http::alpn_probe(*target, &answer.host).await {
+                Ok(leaf) if leaf == want.as_ref() => break,
+                Ok(_) => format!("{target} answered another certificate"),
+                Err(e) => format!("{target}: {e}"),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(IssueError::Acme {
+                    message: format!(
+                        "the TLS-ALPN-01 answer for {} was not served within {}s ({last})",
+                        answer.host,
+                        PROPAGATION_TIMEOUT.as_secs()
+                    ),
+                    retry_after: None,
+                    rejected: false,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 /// The server refused or could not validate: counts against its failed-validation limits.
 fn refused(message: String) -> IssueError {
     IssueError::Acme { message, retry_after: None, rejected: true }
@@ -295,7 +356,12 @@ fn listener_addresses(
     namespace: &str,
     parent_refs: &[ParentReference],
     host: &str,
+    tls_alpn: bool,
 ) -> Result<Vec<SocketAddr>, String> {
+    let (wanted, what, label) = match tls_alpn {
+        true => (ListenerProtocol::Https, "HTTPS", "TLS-ALPN-01 is answered in HTTPS handshakes"),
+        false => (ListenerProtocol::Http, "HTTP", "HTTP-01 is answered over plain HTTP"),
+    };
     let mut out = Vec::new();
     let mut why = Vec::new();
     for p in parent_refs {
@@ -328,8 +394,8 @@ fn listener_addresses(
             let allowed = l.allowed_routes.as_ref();
             let from = allowed.and_then(|a| a.namespaces.as_ref()).map(|n| n.from).unwrap_or_default();
             let kinds = allowed.map(|a| a.kinds.as_slice()).unwrap_or_default();
-            if l.protocol != ListenerProtocol::Http {
-                why.push(format!("{at} is {}, and HTTP-01 is answered over plain HTTP", l.protocol.as_str()));
+            if l.protocol != wanted {
+                why.push(format!("{at} is {}, and {label}", l.protocol.as_str()));
             } else if !covers {
                 why.push(format!("{at} serves {}", l.hostname.as_deref().unwrap_or("*")));
             } else if !(from == FromNamespaces::All || (from == FromNamespaces::Same && gw_ns == namespace)) {
@@ -345,7 +411,7 @@ fn listener_addresses(
         let names = parent_refs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
         let why = if why.is_empty() { "no listener matches them".to_string() } else { why.join("; ") };
         return Err(format!(
-            "no HTTP listener of the solver's parentRefs ({names}) serves this name, so the ACME server could not reach its challenge: {why}"
+            "no {what} listener of the solver's parentRefs ({names}) serves this name, so the ACME server could not reach its challenge: {why}"
         ));
     }
     Ok(out)
@@ -353,7 +419,7 @@ fn listener_addresses(
 
 /// Asks the front door for a published answer, as the ACME server will, until it is served (cert-manager's
 /// self check): the server is told to look only once the answer is there.
-async fn self_check(answer: &Http01Answer, targets: &[SocketAddr]) -> Result<(), IssueError> {
+async fn self_check(answer: &ChallengeAnswer, targets: &[SocketAddr]) -> Result<(), IssueError> {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
@@ -435,13 +501,14 @@ fn csr(cert: &Certificate, key: &Key) -> Result<Vec<u8>, IssueError> {
 mod tests {
     use super::*;
 
-    fn answer(token: &str) -> Http01Answer {
-        Http01Answer {
+    fn answer(token: &str) -> ChallengeAnswer {
+        ChallengeAnswer {
             namespace: "default".into(),
             parent_refs: Vec::new(),
             host: "shop.example.com".into(),
             token: token.into(),
             key_authorization: format!("{token}.thumb"),
+            tls_alpn: None,
         }
     }
 
