@@ -3,7 +3,7 @@
 mod alert_rule;
 mod app;
 mod backend_tls_policy;
-mod certificate;
+pub(crate) mod certificate;
 mod config_map;
 mod database;
 mod escalation_policy;

@@ -148,7 +148,16 @@ async fn acme_certificates_are_proven_on_the_gateway_served_and_renewed() {
         .expect("openssl runs");
     assert!(verify.status.success(), "openssl verify: {}", String::from_utf8_lossy(&verify.stderr));
 
-    // Served on the HTTPS listener, trusted through pebble's root; the challenge's route is gone.
+    // describe shows the chain the Secret holds: the leaf for the name, then pebble's intermediate.
+    let out = tp.cli(&["describe", "certificate", "shop"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.contains("Chain:\n  1. ") && page.contains("\n  2. ") && page.contains("DNSName(shop.example.test)"),
+        "{page}"
+    );
+    assert!(page.contains("Pebble Intermediate"), "{page}");
+
+    // Served on the HTTPS listener, trusted through pebble's root.
     let first = der_of(&crt);
     let served = eventually("the Gateway serves the ACME certificate", T, || async {
         https_get(https, "shop.example.test", "/", &root).await.filter(|r| r.0 == 200)

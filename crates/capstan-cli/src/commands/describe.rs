@@ -14,8 +14,19 @@ pub(super) async fn describe(client: &Client, kind: &str, name: &str, ns: Option
     let kind = kind_arg(kind)?;
     let ns = ns.unwrap_or("default");
     let path = format!("/api/v1/namespaces/{ns}/{}/{name}", kind.plural());
-    let o = client.get(&path).await.map_err(api_failure)?;
+    let mut o = client.get(&path).await.map_err(api_failure)?;
     let events = client.get(&format!("{path}/events")).await.map_err(api_failure)?;
+    if kind == capstan_model::Kind::Certificate {
+        // The chain the Secret holds now, read as whoever runs describe may read it.
+        let chain = match o["spec"]["secretName"].as_str() {
+            Some(secret) => match client.get(&format!("/api/v1/namespaces/{ns}/secrets/{secret}")).await {
+                Ok(s) => crate::kinds::certificate::chain_of(&s),
+                Err(e) => vec![format!("Secret {secret} cannot be read: {e}")],
+            },
+            None => Vec::new(),
+        };
+        o["chain"] = chain.into();
+    }
     let now = Utc::now();
     print!("{}", crate::kinds::describe(kind, &o, &events, now));
     Ok(EXIT_OK)

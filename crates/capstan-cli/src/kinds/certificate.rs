@@ -123,7 +123,57 @@ pub fn describe(o: &Value, now: DateTime<Utc>, out: &mut String) {
     if let Some(n) = st["failedIssuanceAttempts"].as_u64() {
         field("Failed attempts", format!("{n}, the last at {}", s(&st["lastFailureTime"])));
     }
+    // What `describe` read from the Secret: the certificates served, leaf first.
+    if let Some(chain) = o["chain"].as_array().filter(|c| !c.is_empty()) {
+        out.push_str("Chain:\n");
+        for line in chain.iter().filter_map(Value::as_str) {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     out.push_str(&conditions_section(st, now));
+}
+
+/// The certificates of a Secret's `tls.crt`, leaf first, one line each: subject, issuer, validity, names.
+pub fn chain_of(secret: &Value) -> Vec<String> {
+    use base64::Engine;
+    let Some(b64) = secret["spec"]["data"]["tls.crt"].as_str() else {
+        return vec!["the Secret holds no tls.crt yet".into()];
+    };
+    let Ok(pem) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+        return vec!["tls.crt is not base64".into()];
+    };
+    let mut out = Vec::new();
+    for (i, block) in x509_parser::pem::Pem::iter_from_buffer(&pem).enumerate() {
+        let line = match block {
+            Err(_) => "a block that is not PEM".to_string(),
+            Ok(p) => match p.parse_x509() {
+                Err(_) => "a certificate that does not parse".to_string(),
+                Ok(c) => {
+                    let v = c.validity();
+                    let sans: Vec<String> = c
+                        .subject_alternative_name()
+                        .ok()
+                        .flatten()
+                        .map(|e| e.value.general_names.iter().map(|n| n.to_string()).collect())
+                        .unwrap_or_default();
+                    let mut line = format!(
+                        "{}. {} (issuer: {}), {} to {}",
+                        i + 1,
+                        c.subject(),
+                        c.issuer(),
+                        v.not_before.to_datetime().date(),
+                        v.not_after.to_datetime().date()
+                    );
+                    if !sans.is_empty() {
+                        line.push_str(&format!(", {}", sans.join(", ")));
+                    }
+                    line
+                }
+            },
+        };
+        out.push(line);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -151,7 +201,22 @@ mod tests {
         assert_eq!(&cells[..3], &["True", "shop-tls", "Issuer/ca"]);
         assert!(cells[3].starts_with("in 89d") || cells[3].starts_with("in 90d"), "{cells:?}");
         assert!(cells[4].starts_with("in 59d") || cells[4].starts_with("in 60d"), "{cells:?}");
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let leaf = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("signed");
+        use base64::Engine;
+        let secret =
+            json!({"spec": {"data": {"tls.crt": base64::engine::general_purpose::STANDARD.encode(leaf.pem())}}});
+        let chain = super::chain_of(&secret);
+        assert_eq!(chain.len(), 1, "{chain:?}");
+        assert!(chain[0].starts_with("1. CN=rcgen self signed cert (issuer: CN=rcgen self signed cert)"), "{chain:?}");
+        assert!(chain[0].ends_with("DNSName(shop.example.com)"), "{chain:?}");
+        let mut o = o;
+        o["chain"] = chain.into();
         let text = describe(Kind::Certificate, &o, &json!({"items": []}), now);
+        assert!(text.contains("Chain:\n  1. CN=rcgen self signed cert"), "{text}");
         for needle in [
             "shop-tls",
             "DNS:shop.example.com, IP:127.0.0.1",
