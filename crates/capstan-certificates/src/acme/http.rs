@@ -46,7 +46,7 @@ impl AcmeHttp {
         let config = match trust {
             Trust::Nothing => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider, signatures: true }))
                 .with_no_client_auth(),
             Trust::System | Trust::Bundle(_) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -118,7 +118,7 @@ pub async fn alpn_probe(target: std::net::SocketAddr, host: &str) -> Result<Vec<
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ChallengeProbe(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider, signatures: false }))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
     let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
@@ -143,9 +143,15 @@ pub fn retry_at(value: &str) -> Option<SystemTime> {
     }
 }
 
-/// `skipTLSVerify`: any certificate is taken; the handshake's signatures are still checked against it.
+/// Any certificate is taken. For `skipTLSVerify` the handshake's signatures are still checked against it
+/// (`signatures`). The self check of a TLS-ALPN-01 answer checks nothing: only the certificate's bytes matter
+/// (compared with the one published), webpki cannot read it to check a signature (the acmeIdentifier extension is
+/// critical and unknown to it), and nothing is sent over that connection.
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+struct AnyCertificate {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    signatures: bool,
+}
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
@@ -165,7 +171,10 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        if !self.signatures {
+            return Ok(HandshakeSignatureValid::assertion());
+        }
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -174,52 +183,14 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        if !self.signatures {
+            return Ok(HandshakeSignatureValid::assertion());
+        }
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The self check of a TLS-ALPN-01 answer: only the certificate's bytes matter (compared with the one published),
-/// and webpki cannot read it to check the handshake's signature (the acmeIdentifier extension is critical and
-/// unknown to it), so nothing is checked. Used for that probe alone, which sends nothing over the connection.
-#[derive(Debug)]
-struct ChallengeProbe(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for ChallengeProbe {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -300,35 +300,22 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<(String, String), Issue
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Asks the front door for a published TLS-ALPN-01 answer, as the server will (a handshake offering only
-/// `acme-tls/1` for the name), until the challenge's certificate is what comes back.
+/// TLS-ALPN-01's self check: a handshake for the name offering only `acme-tls/1`, until the challenge's
+/// certificate is what comes back.
 async fn alpn_self_check(answer: &ChallengeAnswer, cert_pem: &str, targets: &[SocketAddr]) -> Result<(), IssueError> {
     use rustls::pki_types::pem::PemObject;
     let want = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|_| IssueError::Sign("the TLS-ALPN-01 certificate does not parse".into()))?;
-    let deadline = tokio::time::Instant::now() + PROPAGATION_TIMEOUT;
-    for target in targets {
-        loop {
-            let last = match http::alpn_probe(*target, &answer.host).await {
-                Ok(leaf) if leaf == want.as_ref() => break,
-                Ok(_) => format!("{target} answered another certificate"),
-                Err(e) => format!("{target}: {e}"),
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(IssueError::Acme {
-                    message: format!(
-                        "the TLS-ALPN-01 answer for {} was not served within {}s ({last})",
-                        answer.host,
-                        PROPAGATION_TIMEOUT.as_secs()
-                    ),
-                    retry_after: None,
-                    rejected: false,
-                });
+    until_served(answer, "TLS-ALPN-01", targets, |target| {
+        let want = &want;
+        async move {
+            match http::alpn_probe(target, &answer.host).await? {
+                leaf if leaf == want.as_ref() => Ok(()),
+                _ => Err("another certificate answered".into()),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// The server refused or could not validate: counts against its failed-validation limits.
@@ -417,39 +404,29 @@ fn listener_addresses(
     Ok(out)
 }
 
-/// Asks the front door for a published answer, as the ACME server will, until it is served (cert-manager's
-/// self check): the server is told to look only once the answer is there.
-async fn self_check(answer: &ChallengeAnswer, targets: &[SocketAddr]) -> Result<(), IssueError> {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+/// Asks the front door for a published answer through each target, as the ACME server will, until `probe` says
+/// it is served (cert-manager's self check): the server is told to look only once every answer is there.
+async fn until_served<F, Fut>(
+    answer: &ChallengeAnswer,
+    label: &str,
+    targets: &[SocketAddr],
+    probe: F,
+) -> Result<(), IssueError>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let deadline = tokio::time::Instant::now() + PROPAGATION_TIMEOUT;
     for target in targets {
         loop {
-            let host = match answer.host.parse::<IpAddr>() {
-                Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
-                _ => answer.host.clone(),
-            };
-            let req = ::http::Request::get(format!("http://{target}{}", answer.path()))
-                .header(::http::header::HOST, host)
-                .body(http_body_util::Empty::new())
-                .map_err(|e| IssueError::Sign(e.to_string()))?;
-            let last = match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
-                Ok(Ok(rsp)) => {
-                    let status = rsp.status();
-                    let body = rsp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    if status.is_success() && body.as_ref() == answer.key_authorization.as_bytes() {
-                        break;
-                    }
-                    format!("{target} answered {status}")
-                }
-                Ok(Err(e)) => format!("{target}: {}", capstan_engine::errors::with_causes(&e)),
-                Err(_) => format!("{target} did not answer within 5s"),
+            let last = match probe(*target).await {
+                Ok(()) => break,
+                Err(why) => format!("{target}: {why}"),
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(IssueError::Acme {
                     message: format!(
-                        "the HTTP-01 answer for {} was not served within {}s ({last})",
+                        "the {label} answer for {} was not served within {}s ({last})",
                         answer.host,
                         PROPAGATION_TIMEOUT.as_secs()
                     ),
@@ -461,6 +438,39 @@ async fn self_check(answer: &ChallengeAnswer, targets: &[SocketAddr]) -> Result<
         }
     }
     Ok(())
+}
+
+/// HTTP-01's self check: a GET of the answer's path for its host, through the listener.
+async fn self_check(answer: &ChallengeAnswer, targets: &[SocketAddr]) -> Result<(), IssueError> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let host = match answer.host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => answer.host.clone(),
+    };
+    until_served(answer, "HTTP-01", targets, |target| {
+        let req = ::http::Request::get(format!("http://{target}{}", answer.path()))
+            .header(::http::header::HOST, host.as_str())
+            .body(http_body_util::Empty::new());
+        let client = client.clone();
+        async move {
+            let req = req.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+                Ok(Ok(rsp)) => {
+                    let status = rsp.status();
+                    let body = rsp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    match status.is_success() && body.as_ref() == answer.key_authorization.as_bytes() {
+                        true => Ok(()),
+                        false => Err(format!("answered {status}")),
+                    }
+                }
+                Ok(Err(e)) => Err(capstan_engine::errors::with_causes(&e)),
+                Err(_) => Err("no answer within 5s".into()),
+            }
+        }
+    })
+    .await
 }
 
 /// The certificate signing request for `cert`'s names, signed with `key`.
