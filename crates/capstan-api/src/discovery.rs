@@ -197,13 +197,18 @@ fn certificate_metrics(store: &Store) -> Result<(String, String, String, String)
     };
     for v in store.list("Certificate", None)? {
         let r = &v["spec"]["issuerRef"];
+        // Label values as the exposition format escapes them: a quote or a newline in a name must not end the
+        // series (or add one).
+        let esc = |v: &serde_json::Value, default: &str| {
+            v.as_str().unwrap_or(default).replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+        };
         let labels = format!(
             "name=\"{}\",namespace=\"{}\",issuer_name=\"{}\",issuer_kind=\"{}\",issuer_group=\"{}\"",
-            v["metadata"]["name"].as_str().unwrap_or_default(),
-            v["metadata"]["namespace"].as_str().unwrap_or("default"),
-            r["name"].as_str().unwrap_or_default(),
-            r["kind"].as_str().unwrap_or("Issuer"),
-            r["group"].as_str().unwrap_or("cert-manager.io"),
+            esc(&v["metadata"]["name"], ""),
+            esc(&v["metadata"]["namespace"], "default"),
+            esc(&r["name"], ""),
+            esc(&r["kind"], "Issuer"),
+            esc(&r["group"], "cert-manager.io"),
         );
         let st = &v["status"];
         if let Some(t) = seconds(&st["notAfter"]) {

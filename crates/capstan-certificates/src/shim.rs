@@ -3,8 +3,8 @@
 //! written by hand. `wanted` is the pure part; the reconciler applies what it says and deletes the Certificates it
 //! made that are no longer wanted (their Secrets stay, as cert-manager leaves them).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
 use capstan_model::certificate::{CERT_MANAGER_API_VERSION, CERT_MANAGER_GROUP};
@@ -15,6 +15,9 @@ use serde_json::{json, Map, Value};
 
 /// The label on a Certificate made for a Gateway: the Gateway's name.
 pub const MADE_FOR_GATEWAY: &str = "capstan.dev/made-for-gateway";
+/// The annotation on it holding the Gateway's uid: with the label, what says the shim made it (a label alone may be
+/// copied onto a Certificate written by hand).
+pub const MADE_FOR_GATEWAY_UID: &str = "capstan.dev/made-for-gateway-uid";
 
 /// Gateway annotations read as cert-manager's gateway-shim reads them, with the Certificate field each sets.
 const FIELDS: [(&str, &str); 6] = [
@@ -103,32 +106,66 @@ pub fn wanted(g: &Gateway) -> (BTreeMap<String, Value>, Vec<String>) {
         let manifest = json!({
             "apiVersion": CERT_MANAGER_API_VERSION,
             "kind": "Certificate",
-            "metadata": {"name": secret, "namespace": ns, "labels": {MADE_FOR_GATEWAY: g.metadata.name}},
+            "metadata": {
+                "name": secret,
+                "namespace": ns,
+                "labels": {MADE_FOR_GATEWAY: g.metadata.name},
+                "annotations": {MADE_FOR_GATEWAY_UID: g.metadata.uid.clone().unwrap_or_default()},
+            },
             "spec": spec,
         });
-        out.insert(secret, manifest);
+        // What annotations would make of it is checked as any Certificate applied is: a bad value is said, not
+        // written (where the certificates controller would take it for a default).
+        match capstan_model::parse_manifests(&format!("Gateway {}", g.metadata.name), &manifest.to_string()) {
+            Ok(_) => {
+                out.insert(secret, manifest);
+            }
+            Err(e) => {
+                skipped.push(format!("the Certificate for Secret {secret} would be invalid, so it is not made: {e}"))
+            }
+        }
     }
     (out, skipped)
 }
 
 /// Starts the gateway-shim controller.
 pub fn spawn(store: Store) -> Handle {
-    runner::run(store.clone(), Arc::new(Shim { store }), 1)
+    runner::run(store.clone(), Arc::new(Shim { store, notes: Mutex::default() }), 1)
 }
 
 struct Shim {
     store: Store,
+    /// The warnings last recorded for each Gateway: recorded again only when they change.
+    notes: Mutex<HashMap<ObjectKey, Vec<String>>>,
+}
+
+/// Whether the shim made `c` for the Gateway `name` of uid `uid` (any uid: for a Gateway gone).
+fn made_by_shim(c: &Value, name: &str, uid: Option<&str>) -> bool {
+    let md = &c["metadata"];
+    md["labels"][MADE_FOR_GATEWAY].as_str() == Some(name)
+        && md["annotations"][MADE_FOR_GATEWAY_UID].as_str().is_some_and(|u| uid.is_none_or(|want| u == want))
 }
 
 impl Shim {
-    /// The Certificates of `namespace` made for Gateway `name`.
-    fn made_for(&self, namespace: &str, name: &str) -> Result<Vec<Value>, ReconcileError> {
+    /// The Certificates of `namespace` the shim made for Gateway `name` (of `uid`, when it exists).
+    fn made_for(&self, namespace: &str, name: &str, uid: Option<&str>) -> Result<Vec<Value>, ReconcileError> {
         Ok(self
             .store
             .list("Certificate", Some(namespace))?
             .into_iter()
-            .filter(|c| c["metadata"]["labels"][MADE_FOR_GATEWAY].as_str() == Some(name))
+            .filter(|c| made_by_shim(c, name, uid))
             .collect())
+    }
+
+    /// Deletes the Certificates made for a Gateway that is gone (not their Secrets).
+    fn sweep(&self, key: &ObjectKey) -> Result<(), ReconcileError> {
+        for c in self.made_for(&key.namespace, &key.name, None)? {
+            if let Some(name) = c["metadata"]["name"].as_str() {
+                self.store.delete(&ObjectKey::new("Certificate", &key.namespace, name))?;
+            }
+        }
+        self.notes.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        Ok(())
     }
 }
 
@@ -146,8 +183,13 @@ impl Reconciler for Shim {
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
-        let Some(v) = self.store.get(key)? else { return Ok(Action::AwaitChange) };
+        // A Gateway gone (its delete missed, say while Capstan was down) takes what was made for it.
+        let Some(v) = self.store.get(key)? else {
+            self.sweep(key)?;
+            return Ok(Action::AwaitChange);
+        };
         let Ok(g) = serde_json::from_value::<Gateway>(v) else { return Ok(Action::AwaitChange) };
+        let uid = g.metadata.uid.as_deref();
         let (wanted, skipped) = wanted(&g);
         let ns = g.metadata.namespace();
         let mut notes = skipped;
@@ -155,7 +197,7 @@ impl Reconciler for Shim {
         for (name, manifest) in &wanted {
             let stored = self.store.get(&ObjectKey::new("Certificate", ns, name))?;
             match stored {
-                Some(s) if s["metadata"]["labels"][MADE_FOR_GATEWAY].as_str() != Some(g.metadata.name.as_str()) => {
+                Some(s) if !made_by_shim(&s, &g.metadata.name, uid) => {
                     notes.push(format!(
                         "Certificate {name} exists and was not made for this Gateway: it is left as it is"
                     ));
@@ -171,7 +213,7 @@ impl Reconciler for Shim {
             let message = format!("Certificate {} made or updated for this Gateway's listeners", names.join(", "));
             self.store.record_event(key, EventType::Normal, "CreateCertificate", &message)?;
         }
-        for c in self.made_for(ns, &g.metadata.name)? {
+        for c in self.made_for(ns, &g.metadata.name, uid)? {
             let Some(name) = c["metadata"]["name"].as_str() else { continue };
             if !wanted.contains_key(name) {
                 // Its Secret stays: deleting a Certificate deletes no key.
@@ -180,8 +222,12 @@ impl Reconciler for Shim {
                 self.store.record_event(key, EventType::Normal, "DeleteCertificate", &message)?;
             }
         }
-        for n in notes {
-            self.store.record_event(key, EventType::Warning, "BadConfig", &n)?;
+        let mut last = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+        if last.get(key) != Some(&notes) {
+            for n in &notes {
+                self.store.record_event(key, EventType::Warning, "BadConfig", n)?;
+            }
+            last.insert(key.clone(), notes);
         }
         Ok(Action::AwaitChange)
     }
@@ -189,13 +235,8 @@ impl Reconciler for Shim {
     /// A Gateway deleted takes the Certificates made for it (not their Secrets), as cert-manager's owner
     /// references do.
     fn finalize(&self, key: &ObjectKey, _last: &Value) {
-        let Ok(made) = self.made_for(&key.namespace, &key.name) else { return };
-        for c in made {
-            if let Some(name) = c["metadata"]["name"].as_str() {
-                if let Err(e) = self.store.delete(&ObjectKey::new("Certificate", &key.namespace, name)) {
-                    tracing::warn!(gateway = %key, "deleting Certificate {name}: {e}");
-                }
-            }
+        if let Err(e) = self.sweep(key) {
+            tracing::warn!(gateway = %key, "deleting the Certificates made for it: {e}");
         }
     }
 }
@@ -206,7 +247,7 @@ mod tests {
 
     fn gateway(annotations: serde_json::Value, listeners: serde_json::Value) -> Gateway {
         serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "web", "namespace": "shop", "annotations": annotations},
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "annotations": annotations},
             "spec": {"gatewayClassName": "capstan", "listeners": listeners}}))
         .expect("a Gateway")
     }
@@ -243,6 +284,12 @@ mod tests {
         assert_eq!(shared["spec"]["usages"], json!(["server auth", "digital signature"]));
         assert_eq!(shared["metadata"]["namespace"], "shop");
         assert_eq!(shared["metadata"]["labels"][MADE_FOR_GATEWAY], "web");
+        assert_eq!(shared["metadata"]["annotations"][MADE_FOR_GATEWAY_UID], "u-1");
+        assert!(made_by_shim(shared, "web", Some("u-1")) && made_by_shim(shared, "web", None));
+        assert!(!made_by_shim(shared, "web", Some("u-2")), "another Gateway of that name");
+        let mut copied = shared.clone();
+        copied["metadata"]["annotations"] = json!({});
+        assert!(!made_by_shim(&copied, "web", Some("u-1")), "the label alone is not the shim's mark");
         assert!(skipped.iter().any(|s| s.contains("listener nohost")), "{skipped:?}");
         assert!(skipped.iter().any(|s| s.contains("certificateRef x")), "{skipped:?}");
         // Each manifest is a valid Certificate.
@@ -260,7 +307,12 @@ mod tests {
             gateway(json!({"cert-manager.io/issuer": "a", "cert-manager.io/cluster-issuer": "b"}), listeners.clone());
         let (w, skipped) = wanted(&both);
         assert!(w.is_empty() && skipped[0].contains("one, please"), "{skipped:?}");
-        let cluster = wanted(&gateway(json!({"cert-manager.io/cluster-issuer": "le"}), listeners)).0;
+        let cluster = wanted(&gateway(json!({"cert-manager.io/cluster-issuer": "le"}), listeners.clone())).0;
         assert_eq!(cluster["a-tls"]["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+        // A bad value is said, and nothing is made of it.
+        let (w, skipped) =
+            wanted(&gateway(json!({"cert-manager.io/issuer": "a", "cert-manager.io/duration": "90d"}), listeners));
+        assert!(w.is_empty(), "{w:?}");
+        assert!(skipped[0].contains("would be invalid") && skipped[0].contains("spec.duration"), "{skipped:?}");
     }
 }

@@ -99,6 +99,8 @@ pub(crate) struct Slot<'a> {
     client_auth: Option<Arc<capstan_proxy::client_auth::ClientAuth>>,
     /// ACME TLS-ALPN-01 answers on it, by exact host name.
     acme: Vec<(String, Arc<CertifiedKey>)>,
+    /// Unserved (its Secret does not exist yet), but its socket answers a TLS-ALPN-01 validation for it.
+    alpn_only: bool,
 }
 
 pub(crate) fn created_ms(meta: &capstan_model::ObjectMeta) -> i64 {
@@ -180,6 +182,7 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                 unserved: None,
                 client_auth: None,
                 acme: Vec::new(),
+                alpn_only: false,
             };
             if let Some(why) = terminates_tls(l).then(|| foreign_secret_refused(g, l, grants)).flatten() {
                 // Without a grant, another namespace's Secret is not used, nor the certificate it gave before: a
@@ -252,11 +255,6 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                     now,
                 ));
             }
-            // An HTTPS listener without a certificate yet is served for the ACME TLS-ALPN-01 validation of the
-            // certificate it waits for: its handshakes get the challenge's certificate, or fail as they would unserved.
-            if slot.cert.is_none() && l.protocol == ListenerProtocol::Https && alpn_awaited(g, l, &objects.answers) {
-                slot.unserved = None;
-            }
             // Client certificates that cannot be checked: the port is not served (served without them would be an
             // open door).
             if let Some(v) = terminates_tls(l).then(|| g.spec.frontend_validation(l.port)).flatten() {
@@ -269,6 +267,15 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
                     }
                 }
             }
+            // An HTTPS listener whose Secret does not exist yet stays unserved, but its socket answers the ACME
+            // TLS-ALPN-01 validation of the certificate it waits for (its challenge handshakes only: no route, no
+            // other certificate). Not for any other reason a listener is unserved.
+            slot.alpn_only = slot.cert.is_none()
+                && slot.unserved.is_some()
+                && slot.cert_reason == "InvalidCertificateRef"
+                && l.protocol == ListenerProtocol::Https
+                && !secret_exists(g, l, secrets)
+                && alpn_awaited(g, l, &objects.answers);
             for k in l.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default() {
                 let group_ok = k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP);
                 if !group_ok || !can_take(l, &k.kind) {
@@ -504,7 +511,11 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
     // Per socket: its mode, its listeners, and the client certificates it asks for.
     type Plan = (SocketMode, Vec<VirtualHost>, Option<Arc<ClientAuth>>, Vec<(String, Arc<CertifiedKey>)>);
     let mut plans: BTreeMap<Bind, Plan> = BTreeMap::new();
-    for s in slots.into_iter().filter(|s| s.refused.is_none() && s.conflicted.is_none() && s.unserved.is_none()) {
+    let (served, rest): (Vec<Slot>, Vec<Slot>) =
+        slots.into_iter().partition(|s| s.refused.is_none() && s.conflicted.is_none() && s.unserved.is_none());
+    let alpn_waiting: Vec<Slot> =
+        rest.into_iter().filter(|s| s.alpn_only && s.refused.is_none() && s.conflicted.is_none()).collect();
+    for s in served {
         let host = s.listener.hostname.as_deref().map_or(HostPattern::Any, HostPattern::parse);
         if let Some(c) = &s.cert {
             certificates.insert((s.key.clone(), s.listener.name.clone()), c.clone());
@@ -532,6 +543,19 @@ pub fn compile(objects: &Objects, served: &Certificates, now: DateTime<Utc>) -> 
             }
         }
     }
+    // Sockets that only answer TLS-ALPN-01 validations for listeners still waiting for their Secret: on a socket
+    // of the listener's own namespace (or one nobody serves), never another's.
+    for s in alpn_waiting {
+        let ns = s.gateway.metadata.namespace();
+        let owner = sockets.get(&s.bind).map(|(owner, ..)| owner.as_str());
+        if owner.is_some_and(|o| o != ns) {
+            continue;
+        }
+        let socket = plans.entry(s.bind).or_insert((SocketMode::Https, Vec::new(), None, Vec::new()));
+        if socket.0 == SocketMode::Https {
+            socket.3.extend(s.acme);
+        }
+    }
     let listeners = plans
         .into_iter()
         .map(|((address, port), (mode, hosts, client_auth, acme))| ListenerPlan {
@@ -556,22 +580,20 @@ fn answer_challenges(answers: &[capstan_model::acme::ChallengeAnswer], slots: &m
     for a in answers {
         if let Some((cert, key)) = &a.tls_alpn {
             let c = match capstan_proxy::gateway::challenge_certified_key(cert.as_bytes(), key.as_bytes()) {
-                Ok(c) => c,
+                Ok(c) => Arc::new(c),
                 Err(e) => {
                     tracing::warn!(host = %a.host, "a TLS-ALPN-01 answer cannot be served: {e}");
                     continue;
                 }
             };
-            let c = Arc::new(c);
-            for p in &a.parent_refs {
-                let Ok(selected) = listeners_for(p, "HTTPRoute", &a.namespace, slots) else { continue };
-                for i in selected {
-                    let s = &mut slots[i];
-                    if s.listener.protocol == ListenerProtocol::Https
-                        && hosts_on(s.listener, std::slice::from_ref(&a.host)).is_ok()
-                    {
-                        s.acme.push((a.host.to_ascii_lowercase(), c.clone()));
-                    }
+            for s in slots.iter_mut() {
+                let usable = s.refused.is_none() && s.conflicted.is_none() && (s.unserved.is_none() || s.alpn_only);
+                if usable
+                    && s.listener.protocol == ListenerProtocol::Https
+                    && answers_on(a, s.gateway, s.listener)
+                    && hosts_on(s.listener, std::slice::from_ref(&a.host)).is_ok()
+                {
+                    s.acme.push((a.host.to_ascii_lowercase(), c.clone()));
                 }
             }
             continue;
@@ -608,23 +630,27 @@ fn answer_challenges(answers: &[capstan_model::acme::ChallengeAnswer], slots: &m
     }
 }
 
-/// Whether a TLS-ALPN-01 answer waits on listener `l` of `g`: its parentRefs name it (and its namespace may use
-/// it) and its hostname covers the answer's name.
+/// Whether a TLS-ALPN-01 answer waits on listener `l` of `g`: it may be answered there, for a name the listener's
+/// hostname covers.
 fn alpn_awaited(g: &Gateway, l: &Listener, answers: &[capstan_model::acme::ChallengeAnswer]) -> bool {
-    answers.iter().filter(|a| a.tls_alpn.is_some()).any(|a| {
-        let same_ns = g.metadata.namespace() == a.namespace;
-        a.parent_refs.iter().any(|p| {
-            p.namespace.as_deref().unwrap_or(&a.namespace) == g.metadata.namespace()
-                && p.name == g.metadata.name
-                && p.section_name.as_ref().is_none_or(|n| *n == l.name)
-                && p.port.is_none_or(|x| x == l.port)
-        }) && (same_ns
-            || l.allowed_routes
-                .as_ref()
-                .and_then(|r| r.namespaces.as_ref())
-                .is_some_and(|n| n.from == FromNamespaces::All))
-            && hosts_on(l, std::slice::from_ref(&a.host)).is_ok()
-    })
+    answers
+        .iter()
+        .filter(|a| a.tls_alpn.is_some())
+        .any(|a| answers_on(a, g, l) && hosts_on(l, std::slice::from_ref(&a.host)).is_ok())
+}
+
+/// Whether answer `a` may be given on listener `l` of `g`: one of its parentRefs selects the listener, and the
+/// listener takes routes of the answer's namespace (`allowedRoutes`, as for the HTTPRoute cert-manager would make).
+fn answers_on(a: &capstan_model::acme::ChallengeAnswer, g: &Gateway, l: &Listener) -> bool {
+    let gw_ns = g.metadata.namespace();
+    let selected = a.parent_refs.iter().any(|p| {
+        p.namespace.as_deref().unwrap_or(&a.namespace) == gw_ns
+            && p.name == g.metadata.name
+            && p.section_name.as_ref().is_none_or(|n| *n == l.name)
+            && p.port.is_none_or(|x| x == l.port)
+    });
+    let from = l.allowed_routes.as_ref().and_then(|r| r.namespaces.as_ref()).map(|n| n.from).unwrap_or_default();
+    selected && (from == FromNamespaces::All || (from == FromNamespaces::Same && gw_ns == a.namespace))
 }
 
 /// `wake` brought forward to `t`, if `t` is sooner.
@@ -1991,9 +2017,24 @@ mod tests {
         assert_eq!(out.listeners.len(), 1, "served for the validation");
         let acme: Vec<&str> = out.listeners[0].acme.iter().map(|(h, _)| h.as_str()).collect();
         assert_eq!(acme, ["alpn.example.com"]);
+        assert!(out.listeners[0].hosts.is_empty(), "its challenge handshakes only: no virtual host, no route");
+        let st = listener(&out, "web", 0);
+        assert_eq!(cond(&st.conditions, "Programmed").0, "False", "still waiting for its certificate");
         // Another namespace's answer does not open it.
         let mut foreign = objects(&gws, &[], &[], &[]);
-        foreign.answers = vec![ChallengeAnswer { namespace: "team".into(), ..answer }];
+        let parent = ParentReference { namespace: Some("default".into()), ..answer.parent_refs[0].clone() };
+        foreign.answers =
+            vec![ChallengeAnswer { namespace: "team".into(), parent_refs: vec![parent], ..answer.clone() }];
         assert!(compile(&foreign, &Certificates::new(), Utc::now()).listeners.is_empty());
+        // A listener unserved for another reason (its Secret in another namespace, with no grant) is not opened.
+        let elsewhere = [gateway(
+            "web",
+            1,
+            json!([{"name": "https", "port": 8443, "protocol": "HTTPS", "hostname": "alpn.example.com",
+                    "tls": {"certificateRefs": [{"name": "alpn-tls", "namespace": "other"}]}}]),
+        )];
+        let mut refused = objects(&elsewhere, &[], &[], &[]);
+        refused.answers = vec![answer];
+        assert!(compile(&refused, &Certificates::new(), Utc::now()).listeners.is_empty());
     }
 }

@@ -514,6 +514,57 @@ spec:
     assert!(rank("cert-manager.io/v1", "Certificate") < rank("gateway.networking.k8s.io/v1", "Gateway"));
 }
 
+/// An ACME Issuer reaches the cluster's cert-manager with every field as written (compared with the text, not with
+/// a parse of it, so a field the model dropped would show), its DNS-01 solvers included, and Capstan's TLS-ALPN-01
+/// annotation riding along for cert-manager to ignore.
+#[test]
+fn an_acme_issuer_passes_through_with_every_field() {
+    let yaml = "apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata:
+  name: letsencrypt
+  namespace: shop
+  annotations: {capstan.dev/acme-challenge: tls-alpn-01}
+spec:
+  acme:
+    server: https://acme-v02.api.letsencrypt.org/directory
+    email: ops@example.com
+    preferredChain: ISRG Root X1
+    profile: tlsserver
+    privateKeySecretRef: {name: le-account, key: tls.key}
+    externalAccountBinding: {keyID: kid-1, keySecretRef: {name: eab, key: secret}, keyAlgorithm: HS256}
+    solvers:
+    - selector: {dnsZones: [example.com], matchLabels: {team: a}}
+      dns01:
+        cloudflare: {apiTokenSecretRef: {name: cf, key: token}}
+    - http01:
+        gatewayHTTPRoute:
+          parentRefs: [{name: web, namespace: shop, kind: Gateway, sectionName: http}]
+          labels: {solver: acme}
+          serviceType: ClusterIP
+          podTemplate: {spec: {nodeSelector: {pool: edge}}}
+";
+    let expected = serde_json::json!({"acme": {
+        "server": "https://acme-v02.api.letsencrypt.org/directory",
+        "email": "ops@example.com",
+        "preferredChain": "ISRG Root X1",
+        "profile": "tlsserver",
+        "privateKeySecretRef": {"name": "le-account", "key": "tls.key"},
+        "externalAccountBinding": {"keyID": "kid-1", "keySecretRef": {"name": "eab", "key": "secret"}, "keyAlgorithm": "HS256"},
+        "solvers": [
+            {"selector": {"dnsZones": ["example.com"], "matchLabels": {"team": "a"}},
+             "dns01": {"cloudflare": {"apiTokenSecretRef": {"name": "cf", "key": "token"}}}},
+            {"http01": {"gatewayHTTPRoute": {
+                "parentRefs": [{"name": "web", "namespace": "shop", "kind": "Gateway", "sectionName": "http"}],
+                "labels": {"solver": "acme"}, "serviceType": "ClusterIP",
+                "podTemplate": {"spec": {"nodeSelector": {"pool": "edge"}}}}}}]}});
+    let objs = render(&all(yaml)).expect("renders");
+    let issuer = objs.iter().find(|o| o["kind"] == "Issuer").expect("the Issuer");
+    assert_eq!(issuer["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(issuer["spec"], expected);
+    assert_eq!(issuer["metadata"]["annotations"]["capstan.dev/acme-challenge"], "tls-alpn-01");
+}
+
 /// Kubernetes' own Secret, as written for a cluster, is taken by Capstan and rendered back as the same Secret; a
 /// Capstan Secret becomes one too, its text values in base64. Both round-trip through k8s-openapi's Secret.
 #[test]

@@ -342,6 +342,11 @@ spec:
     protocol: HTTPS
     hostname: shim.example.test
     tls: {{certificateRefs: [{{name: shim-tls}}]}}
+  - name: hand
+    port: {https}
+    protocol: HTTPS
+    hostname: hand.example.test
+    tls: {{certificateRefs: [{{name: hand-tls}}]}}
 "
         )
     };
@@ -369,7 +374,18 @@ spec:
         pebble.directory(),
         app_yaml("shim", 1, &[], ""),
     ));
+    // A Certificate for one of its Secrets, written by hand (even with the shim's label): the shim leaves it alone.
+    let hand = "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: hand-tls, labels: {capstan.dev/made-for-gateway: web}}\nspec: {secretName: hand-tls, dnsNames: [hand.example.test, www.hand.example.test], issuerRef: {name: elsewhere}}\n";
+    tp.apply(hand);
     let cert = ready_at(&tp, "shim-tls", 1).await;
+    let note = eventually("the Gateway says it left Certificate hand-tls alone", T, || async {
+        let events = tp.client.get("/api/v1/namespaces/default/gateways/web/events").await.ok()?;
+        events["items"].as_array()?.iter().find(|e| e["reason"] == "BadConfig").cloned()
+    })
+    .await;
+    assert!(note["message"].as_str().unwrap_or_default().contains("hand-tls"), "{note}");
+    let kept = get(&tp, "certificates", "hand-tls").await.expect("still there");
+    assert_eq!(kept["spec"]["dnsNames"], serde_json::json!(["hand.example.test", "www.hand.example.test"]));
     assert_eq!(cert["metadata"]["labels"]["capstan.dev/made-for-gateway"], "web");
     assert_eq!(cert["spec"]["dnsNames"], serde_json::json!(["shim.example.test"]));
     assert_eq!(cert["spec"]["privateKey"]["algorithm"], "ECDSA");
@@ -389,6 +405,7 @@ spec:
     })
     .await;
     assert!(get(&tp, "secrets", "shim-tls").await.is_some(), "the Secret is kept");
+    assert!(get(&tp, "certificates", "hand-tls").await.is_some(), "what the shim did not make is not deleted");
     let still = https_get(https, "shim.example.test", "/", &root).await.expect("still served");
     assert_eq!((still.0, still.2), (200, leaf));
     drop(pebble);
@@ -461,9 +478,19 @@ spec:
     })
     .await;
     assert_eq!(served.2, leaf);
-    // With the order done, a validation handshake gets nothing: the challenge's certificate is withdrawn.
-    let probe = tls_connect(https, "alpn.example.test", &root, &[b"acme-tls/1"]).await;
-    assert!(probe.is_none(), "no TLS-ALPN-01 answer once the order is done");
+    // With the order done, a validation handshake gets no certificate at all (not checked against any root: the
+    // challenge's own would not verify either): its answer is withdrawn.
+    let probe = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{https}"), "-servername", "alpn.example.test"])
+        .args(["-alpn", "acme-tls/1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&probe.stdout);
+    assert!(!text.contains("BEGIN CERTIFICATE"), "no TLS-ALPN-01 answer once the order is done: {text}");
+    // An ordinary client still gets the issued certificate.
+    let again = https_get(https, "alpn.example.test", "/", &root).await.expect("served");
+    assert_eq!(again.2, leaf);
     drop(pebble);
     tp.stop().await;
 }

@@ -59,20 +59,20 @@ pub fn builtin_rules() -> Vec<(String, AlertRuleSpec)> {
             "1m",
             "Database {{ $labels.namespace }}/{{ $labels.name }} is down",
         ),
-        // Within 7 days of expiry and past its renewal time: a renewal that should have happened has not. (A
-        // short-lived certificate, Let's Encrypt's 6-day ones, is always within 7 days of expiry; on schedule, it
-        // is no news.)
+        // Within 7 days of expiry, and its renewal failed or is an hour overdue: a renewal that should have happened
+        // has not. (A short-lived certificate, Let's Encrypt's 6-day ones, is always within 7 days of expiry; renewed
+        // on schedule, even while its renewal is under way, it is no news.)
         rule(
             "CapstanCertificateExpiringSoon",
-            "(certmanager_certificate_expiration_timestamp_seconds - time() < 7 * 86400) and (certmanager_certificate_renewal_timestamp_seconds < time())",
+            "(certmanager_certificate_expiration_timestamp_seconds - time() < 7 * 86400) and ((certmanager_certificate_renewal_timestamp_seconds < time() - 3600) or (capstan_certificate_issuance_failed == 1))",
             "0s",
             "Certificate {{ $labels.namespace }}/{{ $labels.name }} expires within 7 days and was not renewed",
         ),
         rule(
             "CapstanCertificateIssuanceFailing",
             "capstan_certificate_issuance_failed == 1",
-            "1m",
-            "the last issuance of Certificate {{ $labels.namespace }}/{{ $labels.name }} failed",
+            "10m",
+            "the issuance of Certificate {{ $labels.namespace }}/{{ $labels.name }} has failed for 10 minutes",
         ),
     ]
 }

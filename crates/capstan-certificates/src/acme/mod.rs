@@ -155,6 +155,11 @@ pub fn plan(store: &Store, acme: &AcmeIssuer, tls_alpn: bool, cert: &Certificate
         if parents.contains_key(&canonical(&name)) {
             continue;
         }
+        if tls_alpn && name.parse::<IpAddr>().is_ok() {
+            return Err(IssueError::Issuer(format!(
+                "{field} `{name}`: TLS-ALPN-01 for an address is validated under its reverse-DNS name (RFC 8738), which is not answered here; prove it by HTTP-01 (an Issuer without the capstan.dev/acme-challenge annotation)"
+            )));
+        }
         let targets = listener_addresses(store, ns, &route.parent_refs, &name, tls_alpn)
             .map_err(|why| IssueError::Issuer(format!("{field} `{name}`: {why}")))?;
         identifiers.push(match name.parse::<IpAddr>() {

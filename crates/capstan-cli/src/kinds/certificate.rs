@@ -136,11 +136,17 @@ pub fn describe(o: &Value, now: DateTime<Utc>, out: &mut String) {
 /// The certificates of a Secret's `tls.crt`, leaf first, one line each: subject, issuer, validity, names.
 pub fn chain_of(secret: &Value) -> Vec<String> {
     use base64::Engine;
-    let Some(b64) = secret["spec"]["data"]["tls.crt"].as_str() else {
-        return vec!["the Secret holds no tls.crt yet".into()];
-    };
-    let Ok(pem) = base64::engine::general_purpose::STANDARD.decode(b64) else {
-        return vec!["tls.crt is not base64".into()];
+    let spec = &secret["spec"];
+    let pem = match (spec["data"]["tls.crt"].as_str(), spec["stringData"]["tls.crt"].as_str()) {
+        (Some(capstan_api::redact::MASK), _) | (_, Some(capstan_api::redact::MASK)) => {
+            return vec!["the Secret's values are hidden from you (a role that may read Secrets shows them)".into()]
+        }
+        (Some(b64), _) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(pem) => pem,
+            Err(_) => return vec!["tls.crt is not base64".into()],
+        },
+        (None, Some(text)) => text.as_bytes().to_vec(),
+        (None, None) => return vec!["the Secret holds no tls.crt yet".into()],
     };
     let mut out = Vec::new();
     for (i, block) in x509_parser::pem::Pem::iter_from_buffer(&pem).enumerate() {
@@ -213,6 +219,10 @@ mod tests {
         assert_eq!(chain.len(), 1, "{chain:?}");
         assert!(chain[0].starts_with("1. CN=rcgen self signed cert (issuer: CN=rcgen self signed cert)"), "{chain:?}");
         assert!(chain[0].ends_with("DNSName(shop.example.com)"), "{chain:?}");
+        let hidden = super::chain_of(&json!({"spec": {"data": {"tls.crt": "<redacted>"}}}));
+        assert!(hidden[0].contains("hidden from you"), "{hidden:?}");
+        let written = super::chain_of(&json!({"spec": {"stringData": {"tls.crt": leaf.pem()}}}));
+        assert_eq!(written, chain, "stringData read as data");
         let mut o = o;
         o["chain"] = chain.into();
         let text = describe(Kind::Certificate, &o, &json!({"items": []}), now);
