@@ -28,10 +28,14 @@ pub const MANUALLY_TRIGGERED: &str = "ManuallyTriggered";
 
 /// How many Certificates are issued at once: an ACME order waits seconds on the server.
 const CONCURRENT_ISSUANCES: usize = 4;
+/// How many Issuers are looked at at once: an ACME registration may wait out an unreachable server's timeouts, and
+/// must not hold back the other Issuers' `Ready`.
+const CONCURRENT_ISSUERS: usize = 4;
 
 /// Starts both controllers; ACME HTTP-01 answers are published to `answers`.
 pub fn spawn(store: Store, answers: Answers) -> (Handle, Handle) {
-    let issuers = runner::run(store.clone(), Arc::new(Issuers { store: store.clone(), failures: Mutex::default() }), 1);
+    let issuers = Issuers { store: store.clone(), failures: Mutex::default() };
+    let issuers = runner::run(store.clone(), Arc::new(issuers), CONCURRENT_ISSUERS);
     let certificates =
         Certificates { store: store.clone(), answers, not_before: Mutex::default(), failed_with: Mutex::default() };
     let certificates = runner::run(store, Arc::new(certificates), CONCURRENT_ISSUANCES);
