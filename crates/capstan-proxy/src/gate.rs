@@ -130,6 +130,12 @@ impl Gate {
         self.header_timeout * 4
     }
 
+    /// How long a connection must have been idle before it may be closed for room: a tenth of the header timeout,
+    /// at most a second.
+    fn grace_ms(&self) -> u64 {
+        (self.header_timeout / 10).min(Duration::from_secs(1)).as_millis() as u64
+    }
+
     /// Connections the process may hold.
     pub fn budget(&self) -> usize {
         self.budget
@@ -167,11 +173,15 @@ impl Gate {
 
     /// Closes the connection idle longest (of one listener, or of any): false when none is idle.
     fn evict(&self, listener: Option<u64>) -> bool {
+        let now = now_ms();
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let victim = slots
             .values()
             .filter(|s| s.evictable && listener.is_none_or(|l| s.listener == l))
             .filter(|s| s.busy.load(Ordering::Acquire) == 0 && !s.evicted.load(Ordering::Relaxed))
+            // One that has just connected (or just been answered) has had no time to send its request: closing it
+            // would drop a request in flight. When every idle one is that young, the newcomer is refused instead.
+            .filter(|s| now.saturating_sub(s.idle_since.load(Ordering::Relaxed)) >= self.grace_ms())
             .min_by_key(|s| s.idle_since.load(Ordering::Relaxed));
         match victim {
             Some(s) => {
@@ -453,12 +463,31 @@ pub async fn refuse_http(mut stream: tokio::net::TcpStream, refusal: Refusal) {
          content-length: {}\r\n\r\n{text}",
         text.len()
     );
-    // Answered, then closed after reading what the client sent (up to a second): closing with unread data
-    // would reset the connection, and the client could lose the answer.
+    // A flood of refused connections must not hold a descriptor each for a second: past this many waiting at
+    // once, the answer is written if the socket takes it at once and the connection closed.
+    static LINGERING: AtomicUsize = AtomicUsize::new(0);
+    const MAX_LINGERING: usize = 64;
+    if LINGERING.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING {
+        LINGERING.fetch_sub(1, Ordering::AcqRel);
+        let _ = stream.try_write(response.as_bytes());
+        return;
+    }
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            LINGERING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let _leave = Leave;
+    // Answered once the request has begun to arrive (up to 250 ms): an HTTP client takes an answer that comes
+    // before its request for a broken connection. Then closed after reading what the client sent (up to a
+    // second): closing with unread data would reset the connection, and the client could lose the answer.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(250), stream.readable()).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.try_read(&mut sink);
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
         while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
         Ok::<_, std::io::Error>(())
     })
@@ -470,7 +499,8 @@ mod tests {
     use super::*;
 
     fn gate(budget: usize) -> Arc<Gate> {
-        Gate::new(budget, DEFAULT_HEADER_TIMEOUT, Arc::default())
+        // Idle connections may be closed for room after 10 ms.
+        Gate::new(budget, Duration::from_millis(100), Arc::default())
     }
 
     #[test]
@@ -486,7 +516,7 @@ mod tests {
         let g = gate(100);
         let l = g.listener("test", 2);
         let first = l.admit(true).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(15));
         let second = l.admit(true).unwrap();
         let _busy = second.activity();
         let third = l.admit(true).expect("room is made by closing an idle connection");
@@ -538,9 +568,9 @@ mod tests {
         let g = gate(8);
         let l = g.listener("test", 3);
         let oldest = l.admit(true).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(15));
         let newer = l.admit(true).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(15));
         let newest = l.admit(true).unwrap();
         // The oldest was busy a moment ago, so it became idle last.
         drop(oldest.activity());
@@ -551,6 +581,7 @@ mod tests {
         let t = g.listener("tcp", 100);
         let tunnels: Vec<Admitted> = (0..4).map(|_| t.admit(false).unwrap()).collect();
         assert_eq!(t.admit(false).err(), Some(Refusal::Tunnels(4)));
+        std::thread::sleep(Duration::from_millis(15));
         assert!(!Held(Arc::new(l.admit(true).unwrap())).pin(), "a websocket counts among them too");
         drop(tunnels);
         assert!(Held(Arc::new(l.admit(true).unwrap())).pin());
@@ -577,7 +608,25 @@ mod tests {
         drop(r1);
         assert_eq!(l.admit(true).err(), Some(Refusal::ListenerFull(1)), "one request is still being answered");
         drop(r2);
+        assert_eq!(
+            l.admit(true).err(),
+            Some(Refusal::ListenerFull(1)),
+            "just answered: its next request may be coming"
+        );
+        std::thread::sleep(Duration::from_millis(15));
         assert!(l.admit(true).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_has_just_connected_is_not_closed_for_a_newer_one() {
+        let g = gate(100);
+        let l = g.listener("test", 1);
+        let first = l.admit(true).unwrap();
+        assert_eq!(l.admit(true).err(), Some(Refusal::ListenerFull(1)), "the newcomer is refused, not the first");
+        assert!(!first.slot.evicted.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(15));
+        let _second = l.admit(true).expect("idle past the grace: closed for room");
+        tokio::time::timeout(Duration::from_secs(1), first.evicted()).await.expect("told to close");
     }
 
     #[test]

@@ -224,7 +224,10 @@ macro_rules! drive {
         // Its own clock (the idle check's sleep starts over at every turn of the loop), for HTTP/2 only.
         let mut stall_check = stalls.map(|_| tokio::time::interval(send_timeout / 4));
         loop {
+            // In this order: a connection whose request has arrived is served (and so busy) before a timeout or an
+            // eviction that became due at the same time is looked at — after a stall of the runtime, both may be.
             tokio::select! {
+                biased;
                 _ = conn.as_mut() => break,
                 _ = async {
                     match stall_check.as_mut() {
@@ -318,6 +321,8 @@ where
         // The header timeout counts from the connection's admission (its TLS handshake took part of it).
         let limit = admitted.listener().gate().header_timeout().saturating_sub(admitted.idle_for().unwrap_or_default());
         tokio::select! {
+            // A request that has arrived is read, even when the timeout or an eviction is due as well.
+            biased;
             r = stream.await_read() => {
                 if r.is_err() {
                     return;

@@ -301,10 +301,17 @@ async fn idle_connections_cannot_exhaust_capstan() {
     let api_flood = idle_connections(&api, 200).await;
     assert!(flood.len() + api_flood.len() > 1_024, "more connections were opened than Capstan has fds");
 
-    // Everyone else is still served.
-    let (code, _) = eventually("the entry point answers", T, || http_get(port, "/")).await;
-    assert_eq!(code, 200);
-    assert_eq!(client.get("/version").await.expect("the API answers")["version"], env!("CARGO_PKG_VERSION"));
+    // Everyone else is still served: at once with a 503 and Retry-After while every idle connection is younger
+    // than the grace that lets it send its request, by closing the one idle longest after that.
+    let (code, _) = eventually("the entry point answers", T, || async {
+        http_get(port, "/").await.filter(|(code, _)| [200, 503].contains(code))
+    })
+    .await;
+    assert!([200, 503].contains(&code), "{code}");
+    eventually("the entry point serves", T, || async { http_get(port, "/").await.filter(|(code, _)| *code == 200) })
+        .await;
+    let version = eventually("the API answers", T, || async { client.get("/version").await.ok() }).await;
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
     // Idle connections were closed to make room; what Capstan holds stays under its limit.
     // The API's 64 come out of the limit first; entry points share (1,024 − 64 − 256 reserved) / 2.
     let budget = (1_024 - 64 - 256) / 2;
@@ -349,17 +356,26 @@ async fn slow_headers_time_out_and_a_busy_full_listener_answers_503() {
     assert!(read.is_ok(), "the connection is closed after the header timeout");
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"), "no answer to half a request");
 
-    // Four watches stream for as long as they are open: every connection of the listener is busy.
+    // Four watches stream for as long as they are open: every connection of the listener is busy. (Capstan's
+    // scrape of its own metrics comes over the Unix socket, which shares the API's cap: while its connection is
+    // idle but younger than the grace, a watch is answered 503 and opened again.)
     let mut watches = Vec::new();
-    for _ in 0..4 {
+    for attempt in 0.. {
+        if watches.len() == 4 {
+            break;
+        }
+        assert!(attempt < 100, "four watches could not be opened");
         let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
         let req =
             format!("GET /api/v1/watch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", tp.plane().token());
         s.write_all(req.as_bytes()).await.expect("watch");
         let mut head = [0u8; 12];
         s.read_exact(&mut head).await.expect("the watch starts");
-        assert_eq!(&head, b"HTTP/1.1 200");
-        watches.push(s);
+        match &head {
+            b"HTTP/1.1 200" => watches.push(s),
+            b"HTTP/1.1 503" => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("{}", String::from_utf8_lossy(other)),
+        }
     }
     // A watch streams for longer than the header timeout: the timeout is for idle connections only.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -639,7 +655,8 @@ async fn output_without_newlines_is_shown_cut_by_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_and_slow_readers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tp = TestPlane::start_with(|c| c.header_timeout = Duration::from_secs(1)).await;
+    // 3 s: a connection may be closed for room after 300 ms, and is closed when silent for 3 s.
+    let tp = TestPlane::start_with(|c| c.header_timeout = Duration::from_secs(3)).await;
     let port = free_port();
     let extra = format!(
         "{READINESS}  expose:\n    - port: {port}\n      maxConnections: 3\n      timeouts: {{requestSeconds: 2}}\n"
@@ -650,10 +667,21 @@ async fn slow_bodies_and_slow_readers_are_cut_off() {
     let api = api_port(&tp.client);
     let listener = format!("{{listener=\"default/slow/http-{port}\"}}");
 
-    // An entry point's own cap and its header timeout: three silent connections fill `maxConnections: 3`, a
-    // fourth client is served by closing the one idle longest, and the header timeout closes the rest.
+    // An entry point's own cap and its header timeout: three silent connections fill `maxConnections: 3`; a
+    // fourth client is refused while they are younger than the grace a connection has to send its request (a
+    // tenth of the header timeout), then served by closing the one idle longest; the header timeout closes the
+    // rest.
+    // The connections of the requests above have closed (the server may see a client's FIN after a while).
+    eventually("the entry point holds no connection", T, || async {
+        let (_, metrics) = http_get(api, "/metrics").await?;
+        (sample(&metrics, &format!("capstan_lb_connections{listener}")) == 0.0).then_some(())
+    })
+    .await;
     let silent = idle_connections(&format!("127.0.0.1:{port}"), 3).await;
     assert_eq!(silent.len(), 3);
+    let answer = raw(port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "the silent connections had no time to send a request yet: {answer}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (code, _) = http_get(port, "/").await.expect("served at the cap");
     assert_eq!(code, 200);
     eventually("the silent connections are closed", T, || async {
@@ -672,10 +700,10 @@ async fn slow_bodies_and_slow_readers_are_cut_off() {
     let answer = raw(api, &hook).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
-    // 64 MiB for a client that reads none of it.
+    // 64 MiB for a client that reads none of it: closed after 12 s.
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     s.write_all(b"GET /bytes/67108864 HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("request");
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
     assert!(got.len() < 64 << 20, "the connection was closed before the whole answer: {} bytes", got.len());
