@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::acme::{account, http::AcmeHttp, Answers};
 use crate::error::IssueError;
+use crate::index::{Index, Names};
 use crate::issue::{sign, Signer};
 use crate::keys::Key;
 use crate::plan::{decide, Decision};
@@ -36,8 +37,23 @@ const CONCURRENT_ISSUERS: usize = 4;
 pub fn spawn(store: Store, answers: Answers) -> (Handle, Handle) {
     let issuers = Issuers { store: store.clone(), failures: Mutex::default() };
     let issuers = runner::run(store.clone(), Arc::new(issuers), CONCURRENT_ISSUERS);
-    let certificates =
-        Certificates { store: store.clone(), answers, not_before: Mutex::default(), failed_with: Mutex::default() };
+    // Seeded from the store; kept by the watch and by every reconcile (a Certificate missed while the watch lagged
+    // is put right by the resync that follows).
+    let index = match store.list("Certificate", None) {
+        Ok(all) => Index::of(&all),
+        Err(e) => {
+            tracing::warn!("Certificates could not be read to index them (each is indexed when reconciled): {e}");
+            Index::default()
+        }
+    };
+    let certificates = Certificates {
+        store: store.clone(),
+        answers,
+        not_before: Mutex::default(),
+        failed_with: Mutex::default(),
+        index: Mutex::new(index),
+        issuers_seen: Mutex::default(),
+    };
     let certificates = runner::run(store, Arc::new(certificates), CONCURRENT_ISSUANCES);
     (issuers, certificates)
 }
@@ -240,6 +256,11 @@ struct Certificates {
     /// What each Certificate's issuer was (its and its CA Secret's resourceVersions) when its last issuance failed:
     /// a change to either is tried at once, whatever the backoff.
     failed_with: Mutex<HashMap<ObjectKey, String>>,
+    /// Which Certificates name which Secret and Issuer.
+    index: Mutex<Index>,
+    /// Each Issuer's generation and `Ready` status as last seen: only a change to either wakes its Certificates
+    /// (not a status write that says the same).
+    issuers_seen: Mutex<HashMap<ObjectKey, (Value, Value)>>,
 }
 
 impl Certificates {
@@ -256,25 +277,38 @@ impl Certificates {
         Ok(format!("{:?}/{:?}", rv(&issuer), ca))
     }
 
-    /// Certificates of `namespace` matching `f`.
-    fn certificates_where(&self, namespace: &str, f: impl Fn(&Value) -> bool) -> Vec<ObjectKey> {
-        let Ok(all) = self.store.list("Certificate", Some(namespace)) else { return Vec::new() };
-        all.iter()
-            .filter(|c| f(c))
-            .filter_map(|c| c["metadata"]["name"].as_str().map(|n| ObjectKey::new("Certificate", namespace, n)))
-            .collect()
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The other Certificates of `cert`'s namespace with its secretName.
-    fn duplicates(&self, cert: &Certificate) -> Vec<String> {
-        let ns = cert.metadata.namespace();
-        self.certificates_where(ns, |c| {
-            c["spec"]["secretName"].as_str() == Some(cert.spec.secret_name.as_str())
-                && c["metadata"]["name"].as_str() != Some(cert.metadata.name.as_str())
-        })
-        .into_iter()
-        .map(|k| k.name)
-        .collect()
+    /// The other Certificates of `cert`'s namespace with its secretName (the index's candidates, each read to be
+    /// sure).
+    fn duplicates(&self, cert: &Certificate) -> Result<Vec<String>, ReconcileError> {
+        let candidates = self.index().naming_secret(cert.metadata.namespace(), &cert.spec.secret_name);
+        let mut others = Vec::new();
+        for key in candidates.into_iter().filter(|k| k.name != cert.metadata.name) {
+            let Some(other) = self.store.get(&key)? else { continue };
+            if other["spec"]["secretName"].as_str() == Some(cert.spec.secret_name.as_str()) {
+                others.push(key.name);
+            }
+        }
+        Ok(others)
+    }
+
+    /// Whether an Issuer's event says something its Certificates act on: a new generation, or another `Ready`.
+    fn issuer_changed(&self, ev: &WatchEvent) -> bool {
+        let mut seen = self.issuers_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if ev.type_ == capstan_store::WatchType::Deleted {
+            seen.remove(&ev.key);
+            return true;
+        }
+        let ready = ev.object["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| c["status"].clone())
+            .unwrap_or(Value::Null);
+        let now = (ev.object["metadata"]["generation"].clone(), ready);
+        seen.insert(ev.key.clone(), now.clone()) != Some(now)
     }
 
     /// Issues `cert` into its Secret.
@@ -415,13 +449,14 @@ impl Reconciler for Certificates {
         manual || ready_generation(&ev.object) != &ev.object["metadata"]["generation"]
     }
 
-    /// The Certificates of a Secret that changed (their own, or their issuer's CA) and of an Issuer that changed.
+    /// The Certificates of a Secret that changed (their own, or their issuer's CA) and of an Issuer whose
+    /// generation or readiness changed; found through the index, never by reading every Certificate.
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
         let ns = &ev.key.namespace;
         match ev.key.kind.as_str() {
             "Secret" => {
-                let mut keys =
-                    self.certificates_where(ns, |c| c["spec"]["secretName"].as_str() == Some(ev.key.name.as_str()));
+                let mut keys = self.index().naming_secret(ns, &ev.key.name);
+                // Issuers are few: the ones whose CA this Secret holds.
                 let issuers: Vec<String> = self
                     .store
                     .list("Issuer", Some(ns))
@@ -430,21 +465,22 @@ impl Reconciler for Certificates {
                     .filter(|i| i["spec"]["ca"]["secretName"].as_str() == Some(ev.key.name.as_str()))
                     .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
                     .collect();
-                keys.extend(self.certificates_where(ns, |c| {
-                    c["spec"]["issuerRef"]["name"].as_str().is_some_and(|n| issuers.iter().any(|i| i == n))
-                }));
+                let index = self.index();
+                keys.extend(issuers.iter().flat_map(|i| index.of_issuer(ns, i)));
                 keys
             }
-            "Issuer" => {
-                self.certificates_where(ns, |c| c["spec"]["issuerRef"]["name"].as_str() == Some(ev.key.name.as_str()))
-            }
-            // The others naming its Secret: one of two deleted or changed frees the other.
+            "Issuer" if self.issuer_changed(ev) => self.index().of_issuer(ns, &ev.key.name),
+            // The others naming its Secret, before and after: one of two deleted or changed frees the other.
             "Certificate" => {
-                let secret = ev.object["spec"]["secretName"].as_str().unwrap_or_default();
-                self.certificates_where(ns, |c| {
-                    c["spec"]["secretName"].as_str() == Some(secret)
-                        && c["metadata"]["name"].as_str() != Some(ev.key.name.as_str())
-                })
+                let mut index = self.index();
+                let old = match ev.type_ {
+                    capstan_store::WatchType::Deleted => index.remove(&ev.key),
+                    _ => index.set(&ev.key, Names::of(&ev.object)),
+                };
+                let mut secrets = vec![Names::of(&ev.object).secret];
+                secrets.extend(old.map(|o| o.secret));
+                secrets.dedup();
+                secrets.iter().flat_map(|s| index.naming_secret(ns, s)).filter(|k| k.name != ev.key.name).collect()
             }
             _ => Vec::new(),
         }
@@ -452,12 +488,13 @@ impl Reconciler for Certificates {
 
     fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
         let Some(v) = self.store.get(key)? else { return Ok(Action::AwaitChange) };
+        self.index().set(key, Names::of(&v));
         let cert: Certificate = decode(v, key)?;
         let now = Utc::now();
         let generation = cert.metadata.generation;
         let mut status = cert.status.clone().unwrap_or_default();
         // Two Certificates writing one Secret would issue over each other for ever: cert-manager stops both.
-        let others = self.duplicates(&cert);
+        let others = self.duplicates(&cert)?;
         if !others.is_empty() {
             let message = format!(
                 "Secret {} is also the secretName of Certificate {}: each Secret belongs to one Certificate",
@@ -584,4 +621,77 @@ impl Reconciler for Certificates {
 fn wait_until(at: DateTime<Utc>, now: DateTime<Utc>) -> Action {
     let wait = (at - now).to_std().unwrap_or_default();
     Action::Requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_store::WatchType;
+    use serde_json::json;
+
+    fn cert(name: &str, secret: &str, issuer: &str) -> Value {
+        json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": name, "namespace": "default"},
+               "spec": {"secretName": secret, "dnsNames": ["a.example"], "issuerRef": {"name": issuer}}})
+    }
+
+    fn event(type_: WatchType, kind: &str, name: &str, object: Value) -> WatchEvent {
+        WatchEvent { type_, key: ObjectKey::new(kind, "default", name), object }
+    }
+
+    fn names(mut keys: Vec<ObjectKey>) -> Vec<String> {
+        keys.sort();
+        keys.into_iter().map(|k| k.name).collect()
+    }
+
+    #[test]
+    fn events_wake_only_the_certificates_that_name_what_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("store");
+        store
+            .apply(vec![
+                cert("one", "s1", "ca"),
+                cert("two", "s2", "ca"),
+                cert("three", "s3", "self"),
+                json!({"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": {"name": "ca", "namespace": "default"},
+                       "spec": {"ca": {"secretName": "root"}}}),
+            ])
+            .expect("apply");
+        let index = Index::of(&store.list("Certificate", None).expect("list"));
+        let (answers, _feed) = Answers::new();
+        let c = Certificates {
+            store,
+            answers,
+            not_before: Mutex::default(),
+            failed_with: Mutex::default(),
+            index: Mutex::new(index),
+            issuers_seen: Mutex::default(),
+        };
+        let secret = |name: &str| event(WatchType::Modified, "Secret", name, json!({}));
+        assert_eq!(names(c.triggers(&secret("s2"))), ["two"], "its own Secret");
+        assert_eq!(names(c.triggers(&secret("root"))), ["one", "two"], "its Issuer's CA");
+        assert!(c.triggers(&secret("unrelated")).is_empty());
+
+        let issuer = |generation: i64, ready: &str| {
+            event(
+                WatchType::Modified,
+                "Issuer",
+                "ca",
+                json!({"metadata": {"generation": generation},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]}}),
+            )
+        };
+        assert_eq!(names(c.triggers(&issuer(1, "True"))), ["one", "two"], "first seen");
+        assert!(c.triggers(&issuer(1, "True")).is_empty(), "a status write that says the same");
+        assert_eq!(names(c.triggers(&issuer(1, "False"))), ["one", "two"], "no longer Ready");
+        assert_eq!(names(c.triggers(&issuer(2, "False"))), ["one", "two"], "a new spec");
+
+        // `two` takes `one`'s Secret: `one` is woken (now a duplicate), and so it is when `two` leaves it again.
+        let moved = event(WatchType::Modified, "Certificate", "two", cert("two", "s1", "ca"));
+        assert_eq!(names(c.triggers(&moved)), ["one"]);
+        let back = event(WatchType::Modified, "Certificate", "two", cert("two", "s2", "ca"));
+        assert_eq!(names(c.triggers(&back)), ["one"], "the Secret it left");
+        let gone = event(WatchType::Deleted, "Certificate", "one", cert("one", "s1", "ca"));
+        assert!(c.triggers(&gone).is_empty());
+        assert!(c.triggers(&secret("s1")).is_empty(), "a deleted Certificate is forgotten");
+    }
 }

@@ -4,6 +4,7 @@
 pub mod acme;
 pub mod controller;
 pub mod error;
+mod index;
 pub mod issue;
 pub mod keys;
 pub mod plan;

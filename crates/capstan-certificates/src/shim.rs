@@ -130,13 +130,16 @@ pub fn wanted(g: &Gateway) -> (BTreeMap<String, Value>, Vec<String>) {
 
 /// Starts the gateway-shim controller.
 pub fn spawn(store: Store) -> Handle {
-    runner::run(store.clone(), Arc::new(Shim { store, notes: Mutex::default() }), 1)
+    runner::run(store.clone(), Arc::new(Shim { store, notes: Mutex::default(), generations: Mutex::default() }), 1)
 }
 
 struct Shim {
     store: Store,
     /// The warnings last recorded for each Gateway: recorded again only when they change.
     notes: Mutex<HashMap<ObjectKey, Vec<String>>>,
+    /// The generation last seen of each Certificate made for a Gateway: its status being written (as each
+    /// issuance does) is not a change to look at.
+    generations: Mutex<HashMap<ObjectKey, Value>>,
 }
 
 /// Whether the shim made `c` for the Gateway `name` of uid `uid` (any uid: for a Gateway gone).
@@ -176,9 +179,26 @@ impl Reconciler for Shim {
 
     /// A Certificate made for a Gateway, changed or deleted by hand, is made again as the Gateway asks.
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
-        match ev.object["metadata"]["labels"][MADE_FOR_GATEWAY].as_str() {
-            Some(g) if ev.key.kind == "Certificate" => vec![ObjectKey::new("Gateway", &ev.key.namespace, g)],
-            _ => Vec::new(),
+        let Some(g) =
+            ev.object["metadata"]["labels"][MADE_FOR_GATEWAY].as_str().filter(|_| ev.key.kind == "Certificate")
+        else {
+            return Vec::new();
+        };
+        let mut seen = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match ev.type_ {
+            capstan_store::WatchType::Deleted => {
+                seen.remove(&ev.key);
+                true
+            }
+            _ => {
+                let generation = ev.object["metadata"]["generation"].clone();
+                seen.insert(ev.key.clone(), generation.clone()) != Some(generation)
+            }
+        };
+        if changed {
+            vec![ObjectKey::new("Gateway", &ev.key.namespace, g)]
+        } else {
+            Vec::new()
         }
     }
 

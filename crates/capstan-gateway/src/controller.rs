@@ -4,7 +4,7 @@
 //! status that changed. The ACME HTTP-01 challenges being answered come from the certificates controller, through a
 //! watch channel; a change to them is a change too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::compile::{compile, Certificates, Objects};
+use crate::secret_refs::{secret_refs, SecretKey};
 
 /// The one key every change wakes: the controller compiles everything at once.
 fn everything() -> ObjectKey {
@@ -37,8 +38,14 @@ pub fn spawn(store: Store, proxy: Arc<Proxy>, mut answers: Answers) -> Handle {
             }
         }
     });
-    let door =
-        FrontDoor { store: store.clone(), proxy, answers: watched, seen: Mutex::default(), one_pass: Mutex::default() };
+    let door = FrontDoor {
+        store: store.clone(),
+        proxy,
+        answers: watched,
+        seen: Mutex::default(),
+        one_pass: Mutex::default(),
+        secrets: Mutex::default(),
+    };
     runner::run_with_requests(store, Arc::new(door), 1, rx)
 }
 
@@ -51,6 +58,9 @@ struct FrontDoor {
     /// Passes run one at a time (a finalizer's beside a reconcile would install what it listed before a delete);
     /// the lock holds the certificates the last pass served, kept serving while a changed Secret is not usable.
     one_pass: Mutex<Certificates>,
+    /// The Secrets the Gateways and BackendTLSPolicies name, as the last pass found them: only these are read, and
+    /// only their changes start a pass.
+    secrets: Mutex<BTreeSet<SecretKey>>,
 }
 
 /// The longest wait for a certificate's validity to change (a certificate valid until 9999 is looked at daily).
@@ -78,18 +88,40 @@ impl FrontDoor {
             .collect())
     }
 
+    /// The Secrets `gateways` and `policies` name, read one by one. The set is recorded before they are read: a
+    /// Secret written meanwhile is either read here or, its event coming after the record, starts another pass.
+    fn named_secrets(
+        &self,
+        gateways: &[capstan_model::gateway::Gateway],
+        policies: &[capstan_model::backend_tls_policy::BackendTlsPolicy],
+    ) -> Result<Vec<capstan_model::Secret>, ReconcileError> {
+        let refs = secret_refs(gateways, policies);
+        *self.secrets.lock().unwrap_or_else(|p| p.into_inner()) = refs.clone();
+        let mut secrets = Vec::with_capacity(refs.len());
+        for (ns, name) in refs {
+            let Some(v) = self.store.get(&ObjectKey::new("Secret", &ns, &name))? else { continue };
+            match serde_json::from_value(v) {
+                Ok(s) => secrets.push(s),
+                Err(e) => tracing::warn!(object = %format!("Secret/{name}"), "cannot be read: {e}"),
+            }
+        }
+        Ok(secrets)
+    }
+
     /// One pass over everything.
     fn pass(&self) -> Result<Action, ReconcileError> {
         let mut served = self.one_pass.lock().unwrap_or_else(|p| p.into_inner());
+        let gateways = self.decode("Gateway")?;
+        let backend_tls_policies = self.decode("BackendTLSPolicy")?;
         let objects = Objects {
-            gateways: self.decode("Gateway")?,
+            secrets: self.named_secrets(&gateways, &backend_tls_policies)?,
+            gateways,
             http_routes: self.decode("HTTPRoute")?,
             tls_routes: self.decode("TLSRoute")?,
             tcp_routes: self.decode("TCPRoute")?,
             apps: self.decode("App")?,
-            secrets: self.decode("Secret")?,
             config_maps: self.decode("ConfigMap")?,
-            backend_tls_policies: self.decode("BackendTLSPolicy")?,
+            backend_tls_policies,
             grants: self.decode("ReferenceGrant")?,
             answers: self.answers.borrow().as_ref().clone(),
         };
@@ -220,6 +252,16 @@ impl Reconciler for FrontDoor {
 
     fn triggers(&self, ev: &WatchEvent) -> Vec<ObjectKey> {
         match ev.key.kind.as_str() {
+            // A Secret no Gateway or policy names is nothing to the front door (a thousand Certificates' Secrets).
+            "Secret"
+                if !self
+                    .secrets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&(ev.key.namespace.clone(), ev.key.name.clone())) =>
+            {
+                Vec::new()
+            }
             "Gateway" | "HTTPRoute" | "TLSRoute" | "TCPRoute" | "ReferenceGrant" | "App" | "Secret" | "ConfigMap"
             | "BackendTLSPolicy"
                 if self.changes(ev) =>
@@ -253,7 +295,48 @@ impl Reconciler for FrontDoor {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn only_the_secrets_gateways_name_are_read_and_only_their_changes_start_a_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("store");
+        let secret = |name: &str| {
+            json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Secret", "metadata": {"name": name, "namespace": "default"},
+                   "spec": {"stringData": {"tls.crt": "x", "tls.key": "y"}}})
+        };
+        store
+            .apply(vec![
+                secret("web-tls"),
+                secret("a-certificate-nobody-serves"),
+                json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                       "metadata": {"name": "web", "namespace": "default"},
+                       "spec": {"gatewayClassName": "capstan", "listeners": [{"name": "https", "port": 8443,
+                                "protocol": "HTTPS", "hostname": "web.example", "tls": {"certificateRefs": [{"name": "web-tls"}]}}]}}),
+            ])
+            .expect("apply");
+        let (_tx, answers) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+        let door = FrontDoor {
+            store: store.clone(),
+            proxy: Arc::new(Proxy::new()),
+            answers,
+            seen: Mutex::default(),
+            one_pass: Mutex::default(),
+            secrets: Mutex::default(),
+        };
+        let gateways = door.decode("Gateway").expect("gateways");
+        let read = door.named_secrets(&gateways, &[]).expect("secrets");
+        let names: Vec<&str> = read.iter().map(|s| s.metadata.name.as_str()).collect();
+        assert_eq!(names, ["web-tls"]);
+        let changed = |name: &str| WatchEvent {
+            type_: WatchType::Modified,
+            key: ObjectKey::new("Secret", "default", name),
+            object: json!({"metadata": {"generation": 2}}),
+        };
+        assert_eq!(door.triggers(&changed("web-tls")), [everything()]);
+        assert!(door.triggers(&changed("a-certificate-nobody-serves")).is_empty());
+    }
 
     #[test]
     fn unchanged_conditions_keep_their_transition_time() {
@@ -267,7 +350,7 @@ mod tests {
             {"name": "http", "conditions": [
                 {"type": "Programmed", "status": "False", "reason": "Invalid", "message": "x", "lastTransitionTime": "2026-02-02T00:00:00Z"},
                 {"type": "Accepted", "status": "True", "reason": "ListenersNotValid", "message": "y", "lastTransitionTime": "2026-02-02T00:00:00Z"}]}]});
-        super::keep_transition_times(&old, &mut new);
+        keep_transition_times(&old, &mut new);
         let c = &new["listeners"][1]["conditions"];
         assert_eq!(c[0]["lastTransitionTime"], "2026-02-02T00:00:00Z", "status changed: the new time");
         assert_eq!(c[1]["lastTransitionTime"], "2026-01-01T00:00:00Z", "same status, other reason: the time kept");

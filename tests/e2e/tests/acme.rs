@@ -324,6 +324,10 @@ async fn an_annotated_gateway_gets_its_certificates_without_one_written() {
     let (http, https) = (free_port(), free_port());
     let pebble = Pebble::start(http, free_port(), Duration::from_secs(3600));
     let tp = TestPlane::start().await;
+    // A Certificate for one of its Secrets, written by hand before the Gateway (even with the shim's label): the shim
+    // leaves it alone. (One the shim made first is the shim's, as cert-manager's gateway-shim keeps what it owns.)
+    let hand = "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: hand-tls, labels: {capstan.dev/made-for-gateway: web}}\nspec: {secretName: hand-tls, dnsNames: [hand.example.test, www.hand.example.test], issuerRef: {name: elsewhere}}\n";
+    tp.apply(hand);
     let bundle = base64::engine::general_purpose::STANDARD.encode(&pebble.ca_pem);
     let gateway = |annotations: &str| {
         format!(
@@ -374,9 +378,6 @@ spec:
         pebble.directory(),
         app_yaml("shim", 1, &[], ""),
     ));
-    // A Certificate for one of its Secrets, written by hand (even with the shim's label): the shim leaves it alone.
-    let hand = "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: hand-tls, labels: {capstan.dev/made-for-gateway: web}}\nspec: {secretName: hand-tls, dnsNames: [hand.example.test, www.hand.example.test], issuerRef: {name: elsewhere}}\n";
-    tp.apply(hand);
     let cert = ready_at(&tp, "shim-tls", 1).await;
     let note = eventually("the Gateway says it left Certificate hand-tls alone", T, || async {
         let events = tp.client.get("/api/v1/namespaces/default/gateways/web/events").await.ok()?;
