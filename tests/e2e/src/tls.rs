@@ -124,3 +124,40 @@ pub async fn until_renewed(
     }
     (None, failures)
 }
+
+/// The HTTPS client of a load run.
+pub type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// An HTTPS client (HTTP/1.1) trusting only `ca_pem`, for open-loop load: with `server_name`, every connection asks
+/// for that name (SNI) and checks the certificate against it, whatever host the URL names (127.0.0.1); without
+/// `keep_alive`, no connection is kept (each request makes its own handshake).
+pub fn https_client(ca_pem: &str, server_name: Option<&str>, keep_alive: bool) -> HttpsClient {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("a CA certificate")).expect("a root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only();
+    let builder = match server_name {
+        Some(name) => {
+            let name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("a server name");
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let connector = builder.enable_http1().build();
+    let mut client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+    if !keep_alive {
+        client.pool_max_idle_per_host(0);
+    }
+    client.build(connector)
+}

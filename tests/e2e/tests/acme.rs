@@ -164,10 +164,43 @@ async fn acme_certificates_are_proven_on_the_gateway_served_and_renewed() {
     })
     .await;
     assert_eq!(served.2, first);
-    // Renewal at 80 % of a minute, live: requests on new connections meanwhile all succeed.
+    // Renewal at 80 % of a minute, live, under open-loop HTTPS load: clients that keep their connections (40 requests
+    // a second) and clients that make a handshake for every request (20 a second) lose none, and new handshakes get
+    // the new certificate.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let url = format!("https://127.0.0.1:{https}/");
+    let load = |keep_alive: bool, rate: u32| {
+        tokio::spawn(open_loop_with(
+            https_client(&root, Some("shop.example.test"), keep_alive),
+            url.clone(),
+            hyper::Method::GET,
+            rate,
+            keep_alive,
+            stop.clone(),
+            Duration::from_secs(150),
+            vec![("host", "shop.example.test".to_string())],
+        ))
+    };
+    let (kept, fresh) = (load(true, 40), load(false, 20));
     let (renewed, failures) = until_renewed(https, "shop.example.test", &root, &first, T).await;
+    let renewed_at = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_tx.send(true).expect("stop the load");
+    let (kept, fresh) = (kept.await.expect("the kept-alive load"), fresh.await.expect("the per-request load"));
     assert!(failures.is_empty(), "requests failed during the renewal: {failures:?}");
     let renewed = renewed.expect("the renewed certificate is served");
+    for (what, shots) in [("kept-alive", &kept), ("one handshake per request", &fresh)] {
+        let failed = capstan_e2e::failures(shots);
+        assert!(
+            failed.is_empty(),
+            "{what}: {} of {} requests failed: {:?}",
+            failed.len(),
+            shots.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(shots.iter().any(|s| s.finished > renewed_at), "{what}: the load ran past the renewal");
+        assert!(shots.len() > 100, "{what}: {} requests", shots.len());
+    }
     ready_at(&tp, "shop", 2).await;
 
     // A challenge the server cannot validate: the solver the selector picks answers on Gateway side's listener,

@@ -160,9 +160,10 @@ async fn through(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apps_share_one_listener_by_host_and_path_with_weights_filters_and_status() {
     let tp = TestPlane::start().await;
-    let port = free_port();
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let held_port = held.local_addr().unwrap().port();
+    // Taken while the held port is bound: a port let go just before could be handed out again as the held one.
+    let port = free_port();
     let apps: String =
         ["shop", "api", "api-next"].iter().map(|n| format!("{}---\n", app_yaml(n, 1, &[], READINESS))).collect();
     tp.apply(&format!(
@@ -718,29 +719,6 @@ async fn https_listeners_speak_http2_with_limits_and_carry_websockets_over_tls()
     tp.stop().await;
 }
 
-/// An HTTPS client (HTTP/1.1 with keep-alive) trusting only `ca_pem`, for open-loop load.
-fn https_client(
-    ca_pem: &str,
-) -> hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Full<bytes::Bytes>,
-> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.expect("a CA certificate")).expect("a root");
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
-}
-
 /// Over HTTPS with keep-alive, under open-loop load, a certificate rotation, a rolling update and a SIGKILLed
 /// replica fail no request: new handshakes get the new certificate while kept-alive connections go on, and clients
 /// pinned by the route's session cookie to the killed replica move to another (idempotent GETs are retried).
@@ -785,7 +763,7 @@ spec:
     .await;
     assert_eq!(leaf, der_of(&first_crt));
     // The session cookie of replica web-1, which is killed below.
-    let client = https_client(&ca_pem);
+    let client = https_client(&ca_pem, None, true);
     let url = format!("https://127.0.0.1:{port}/version");
     let res = client.request(hyper::Request::get(&url).body(Default::default()).unwrap()).await.expect("an answer");
     let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
@@ -802,7 +780,7 @@ spec:
     let (stop_tx, stop) = watch::channel(false);
     let load = |headers: Vec<(&'static str, String)>, rate: u32| {
         tokio::spawn(open_loop_with(
-            https_client(&ca_pem),
+            https_client(&ca_pem, None, true),
             url.clone(),
             hyper::Method::GET,
             rate,
