@@ -20,6 +20,9 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 /// The longest an ACME server may take to answer one request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest answer read from an ACME server.
+const MAX_BODY: usize = 1 << 20;
+
 /// How the server's certificate is checked.
 pub enum Trust {
     /// The system's CA certificates.
@@ -101,7 +104,18 @@ impl HttpClient for AcmeHttp {
                 let at = rsp.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_at);
                 *slot.lock().unwrap_or_else(|p| p.into_inner()) = at;
             }
-            Ok(BytesResponse::from(rsp))
+            // The body is read here, within the same time and at most `MAX_BODY` (a certificate chain is a few KiB):
+            // a server that sends its headers and then trickles or floods cannot hold an issuance for ever.
+            let (parts, body) = rsp.into_parts();
+            let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_BODY));
+            let body = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+                Err(_) => {
+                    return Err(other(format!("{url} did not send its answer within {}s", REQUEST_TIMEOUT.as_secs())))
+                }
+                Ok(Err(e)) => return Err(other(format!("{url}: reading the answer: {e}"))),
+                Ok(Ok(b)) => b.to_bytes(),
+            };
+            Ok(BytesResponse { parts, body: Box::new(body) })
         })
     }
 }
@@ -196,6 +210,46 @@ impl ServerCertVerifier for AnyCertificate {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A server that answers every request with `len` bytes.
+    async fn flooding_server(len: usize) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("a key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .expect("a server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await.expect("handshake");
+            let mut head = [0u8; 1024];
+            let _ = tls.read(&mut head).await;
+            let _ = tls.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").as_bytes()).await;
+            let _ = tls.write_all(&vec![b'a'; len]).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_answer_larger_than_a_mebibyte_is_refused_not_read_whole() {
+        let addr = flooding_server(4 << 20).await;
+        let http = AcmeHttp::new(&Trust::Nothing).expect("a client");
+        let req =
+            Request::get(format!("https://{addr}/directory")).body(BodyWrapper::from(Vec::new())).expect("a request");
+        let err = match http.request(req).await {
+            Ok(_) => panic!("4 MiB taken"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("reading the answer") && err.contains("/directory"), "{err}");
+    }
+
     #[test]
     fn retry_after_reads_seconds_and_dates() {
         let now = std::time::SystemTime::now();
