@@ -67,7 +67,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, gate: Arc<Lis
                 }
             }
             Err(refusal) => {
-                conns.spawn(gate::refuse_http(stream, refusal));
+                conns.spawn(gate::refuse_http(stream, refusal, gate.gate().clone()));
             }
         }
     }

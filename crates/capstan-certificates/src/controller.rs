@@ -258,9 +258,9 @@ struct Certificates {
     failed_with: Mutex<HashMap<ObjectKey, String>>,
     /// Which Certificates name which Secret and Issuer.
     index: Mutex<Index>,
-    /// Each Issuer's generation and `Ready` status as last seen: only a change to either wakes its Certificates
-    /// (not a status write that says the same).
-    issuers_seen: Mutex<HashMap<ObjectKey, (Value, Value)>>,
+    /// Each Issuer's generation, `Ready` status and ACME account as last seen: only a change to one of them wakes
+    /// its Certificates (not a status write that says the same).
+    issuers_seen: Mutex<HashMap<ObjectKey, (Value, Value, Value)>>,
 }
 
 impl Certificates {
@@ -295,7 +295,8 @@ impl Certificates {
         Ok(others)
     }
 
-    /// Whether an Issuer's event says something its Certificates act on: a new generation, or another `Ready`.
+    /// Whether an Issuer's event says something its Certificates act on: a new generation, another `Ready`, or
+    /// another ACME account (a failed issuance is then tried again at once).
     fn issuer_changed(&self, ev: &WatchEvent) -> bool {
         let mut seen = self.issuers_seen.lock().unwrap_or_else(|p| p.into_inner());
         if ev.type_ == capstan_store::WatchType::Deleted {
@@ -307,7 +308,7 @@ impl Certificates {
             .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
             .map(|c| c["status"].clone())
             .unwrap_or(Value::Null);
-        let now = (ev.object["metadata"]["generation"].clone(), ready);
+        let now = (ev.object["metadata"]["generation"].clone(), ready, ev.object["status"]["acme"]["uri"].clone());
         seen.insert(ev.key.clone(), now.clone()) != Some(now)
     }
 
@@ -487,8 +488,11 @@ impl Reconciler for Certificates {
     }
 
     fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
-        let Some(v) = self.store.get(key)? else { return Ok(Action::AwaitChange) };
-        self.index().set(key, Names::of(&v));
+        let Some(v) = self.store.get(key)? else {
+            self.index().remove(key);
+            return Ok(Action::AwaitChange);
+        };
+        self.index().insert_missing(key, Names::of(&v));
         let cert: Certificate = decode(v, key)?;
         let now = Utc::now();
         let generation = cert.metadata.generation;
@@ -684,6 +688,9 @@ mod tests {
         assert!(c.triggers(&issuer(1, "True")).is_empty(), "a status write that says the same");
         assert_eq!(names(c.triggers(&issuer(1, "False"))), ["one", "two"], "no longer Ready");
         assert_eq!(names(c.triggers(&issuer(2, "False"))), ["one", "two"], "a new spec");
+        let mut registered = issuer(2, "False");
+        registered.object["status"]["acme"] = json!({"uri": "https://acme.example/acct/2"});
+        assert_eq!(names(c.triggers(&registered)), ["one", "two"], "another ACME account");
 
         // `two` takes `one`'s Secret: `one` is woken (now a duplicate), and so it is when `two` leaves it again.
         let moved = event(WatchType::Modified, "Certificate", "two", cert("two", "s1", "ca"));

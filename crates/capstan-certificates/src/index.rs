@@ -62,6 +62,14 @@ impl Index {
         old
     }
 
+    /// Records what `key` names if nothing is recorded for it yet (a reconcile may read a Certificate before its
+    /// watch event is handled: the event, not the reconcile, says what it named before).
+    pub fn insert_missing(&mut self, key: &ObjectKey, names: Names) {
+        if !self.certificates.contains_key(key) {
+            self.set(key, names);
+        }
+    }
+
     /// Forgets `key`; returns what it named.
     pub fn remove(&mut self, key: &ObjectKey) -> Option<Names> {
         let old = self.certificates.remove(key)?;
@@ -135,9 +143,13 @@ mod tests {
         assert_eq!(names(i.naming_secret("a", "s3")), ["three", "two"]);
         assert_eq!(names(i.of_issuer("a", "other")), ["three", "two"]);
 
+        i.insert_missing(&key, Names::of(&cert("a", "two", "s9", "other")));
+        assert_eq!(names(i.naming_secret("a", "s3")), ["three", "two"], "a reconcile does not overwrite the watch");
         assert!(i.remove(&key).is_some());
         assert!(i.remove(&key).is_none(), "removed once");
         assert_eq!(names(i.naming_secret("a", "s3")), ["three"]);
+        i.insert_missing(&key, Names::of(&cert("a", "two", "s9", "other")));
+        assert_eq!(names(i.naming_secret("a", "s9")), ["two"], "a Certificate the index did not know is added");
         assert!(i.by_secret.keys().all(|k| !i.by_secret[k].is_empty()), "no empty sets are kept");
     }
 

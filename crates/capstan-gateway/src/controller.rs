@@ -260,6 +260,10 @@ impl Reconciler for FrontDoor {
                     .unwrap_or_else(|p| p.into_inner())
                     .contains(&(ev.key.namespace.clone(), ev.key.name.clone())) =>
             {
+                // Forgotten when deleted, so that one made again once a Gateway names it is a change.
+                if ev.type_ == WatchType::Deleted {
+                    self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&ev.key);
+                }
                 Vec::new()
             }
             "Gateway" | "HTTPRoute" | "TLSRoute" | "TCPRoute" | "ReferenceGrant" | "App" | "Secret" | "ConfigMap"

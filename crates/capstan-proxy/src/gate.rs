@@ -4,9 +4,10 @@
 //! A connection is *idle* while no request of it is being answered (no handler running, no response body
 //! streaming): between keep-alive requests, before its first byte, or while it trickles a header in. When a
 //! listener is at its cap (or the process at its budget), the connection that has been idle longest is closed to
-//! make room; when none is idle, the new connection is answered `503` and closed. So connections that send
-//! nothing cannot lock out clients that do, and whatever the clients do, the fds kept in reserve remain for
-//! probes, supervision, logs and the store.
+//! make room — but never one idle for less than a grace (a tenth of the header timeout, at most 100 ms: it has had
+//! no time to send its request); when none is idle past its grace, the new connection is answered `503` and closed.
+//! So connections that send nothing cannot lock out clients that do unless they are opened faster than the cap every
+//! 100 ms, and whatever the clients do, the fds kept in reserve remain for probes, supervision, logs and the store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -55,9 +56,9 @@ pub fn connection_budget(fd_limit: u64) -> usize {
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The listener holds its cap of connections and none of them is idle.
+    /// The listener holds its cap of connections and none of them has been idle past its grace.
     ListenerFull(usize),
-    /// The process holds its budget of connections and none of them is idle.
+    /// The process holds its budget of connections and none of them has been idle past its grace.
     BudgetFull(usize),
     /// Half the budget is held by tunnels (TCP and websockets), which are never closed for room.
     Tunnels(usize),
@@ -102,6 +103,8 @@ pub struct Gate {
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     next: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Refused connections being answered, each waiting for its request (see [`refuse_http`]).
+    lingering: AtomicUsize,
 }
 
 impl Gate {
@@ -116,6 +119,7 @@ impl Gate {
             slots: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             metrics,
+            lingering: AtomicUsize::new(0),
         })
     }
 
@@ -131,9 +135,10 @@ impl Gate {
     }
 
     /// How long a connection must have been idle before it may be closed for room: a tenth of the header timeout,
-    /// at most a second.
+    /// at most 100 ms (long enough for a client's request to follow its connection, short enough that locking a
+    /// listener out takes opening its cap of connections every 100 ms).
     fn grace_ms(&self) -> u64 {
-        (self.header_timeout / 10).min(Duration::from_secs(1)).as_millis() as u64
+        (self.header_timeout / 10).min(Duration::from_millis(100)).as_millis() as u64
     }
 
     /// Connections the process may hold.
@@ -248,7 +253,7 @@ impl ListenerGate {
                     })
                     .inc();
                 self.refused_since_log.fetch_add(1, Ordering::Relaxed);
-                self.note(refusal, "refusing new connections (none is idle)");
+                self.note(refusal, "refusing new connections (none is idle, or only just)");
                 return Err(refusal);
             }
         }
@@ -451,7 +456,7 @@ impl AcceptBackoff {
 }
 
 /// The answer to a connection refused for lack of room, written with a deadline and then closed.
-pub async fn refuse_http(mut stream: tokio::net::TcpStream, refusal: Refusal) {
+pub async fn refuse_http(mut stream: tokio::net::TcpStream, refusal: Refusal, gate: Arc<Gate>) {
     use tokio::io::AsyncWriteExt;
     let text = match refusal {
         Refusal::ListenerFull(cap) => format!("this listener holds its cap of {cap} connections; retry shortly\n"),
@@ -465,24 +470,25 @@ pub async fn refuse_http(mut stream: tokio::net::TcpStream, refusal: Refusal) {
     );
     // A flood of refused connections must not hold a descriptor each for a second: past this many waiting at
     // once, the answer is written if the socket takes it at once and the connection closed.
-    static LINGERING: AtomicUsize = AtomicUsize::new(0);
     const MAX_LINGERING: usize = 64;
-    if LINGERING.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING {
-        LINGERING.fetch_sub(1, Ordering::AcqRel);
+    let mut sink = [0u8; 4096];
+    if gate.lingering.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING {
+        gate.lingering.fetch_sub(1, Ordering::AcqRel);
+        // What has arrived is read first: closing with unread data would reset the connection.
+        let _ = stream.try_read(&mut sink);
         let _ = stream.try_write(response.as_bytes());
         return;
     }
-    struct Leave;
+    struct Leave(Arc<Gate>);
     impl Drop for Leave {
         fn drop(&mut self) {
-            LINGERING.fetch_sub(1, Ordering::AcqRel);
+            self.0.lingering.fetch_sub(1, Ordering::AcqRel);
         }
     }
-    let _leave = Leave;
+    let _leave = Leave(gate);
     // Answered once the request has begun to arrive (up to 250 ms): an HTTP client takes an answer that comes
     // before its request for a broken connection. Then closed after reading what the client sent (up to a
     // second): closing with unread data would reset the connection, and the client could lose the answer.
-    let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(250), stream.readable()).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.try_read(&mut sink);
@@ -499,8 +505,8 @@ mod tests {
     use super::*;
 
     fn gate(budget: usize) -> Arc<Gate> {
-        // Idle connections may be closed for room after 10 ms.
-        Gate::new(budget, Duration::from_millis(100), Arc::default())
+        // Idle connections may be closed for room after 100 ms.
+        Gate::new(budget, Duration::from_secs(1), Arc::default())
     }
 
     #[test]
@@ -516,7 +522,7 @@ mod tests {
         let g = gate(100);
         let l = g.listener("test", 2);
         let first = l.admit(true).unwrap();
-        std::thread::sleep(Duration::from_millis(15));
+        std::thread::sleep(Duration::from_millis(150));
         let second = l.admit(true).unwrap();
         let _busy = second.activity();
         let third = l.admit(true).expect("room is made by closing an idle connection");
@@ -568,9 +574,9 @@ mod tests {
         let g = gate(8);
         let l = g.listener("test", 3);
         let oldest = l.admit(true).unwrap();
-        std::thread::sleep(Duration::from_millis(15));
+        std::thread::sleep(Duration::from_millis(150));
         let newer = l.admit(true).unwrap();
-        std::thread::sleep(Duration::from_millis(15));
+        std::thread::sleep(Duration::from_millis(150));
         let newest = l.admit(true).unwrap();
         // The oldest was busy a moment ago, so it became idle last.
         drop(oldest.activity());
@@ -581,7 +587,7 @@ mod tests {
         let t = g.listener("tcp", 100);
         let tunnels: Vec<Admitted> = (0..4).map(|_| t.admit(false).unwrap()).collect();
         assert_eq!(t.admit(false).err(), Some(Refusal::Tunnels(4)));
-        std::thread::sleep(Duration::from_millis(15));
+        std::thread::sleep(Duration::from_millis(150));
         assert!(!Held(Arc::new(l.admit(true).unwrap())).pin(), "a websocket counts among them too");
         drop(tunnels);
         assert!(Held(Arc::new(l.admit(true).unwrap())).pin());
@@ -613,7 +619,7 @@ mod tests {
             Some(Refusal::ListenerFull(1)),
             "just answered: its next request may be coming"
         );
-        std::thread::sleep(Duration::from_millis(15));
+        std::thread::sleep(Duration::from_millis(150));
         assert!(l.admit(true).is_ok());
     }
 
@@ -624,7 +630,7 @@ mod tests {
         let first = l.admit(true).unwrap();
         assert_eq!(l.admit(true).err(), Some(Refusal::ListenerFull(1)), "the newcomer is refused, not the first");
         assert!(!first.slot.evicted.load(Ordering::Relaxed));
-        std::thread::sleep(Duration::from_millis(15));
+        std::thread::sleep(Duration::from_millis(150));
         let _second = l.admit(true).expect("idle past the grace: closed for room");
         tokio::time::timeout(Duration::from_secs(1), first.evicted()).await.expect("told to close");
     }

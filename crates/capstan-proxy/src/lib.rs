@@ -413,7 +413,7 @@ async fn serve(
             Ok(a) => a,
             Err(refusal) => {
                 if protocol == ExposeProtocol::Http && front.speaks_http() {
-                    tokio::spawn(gate::refuse_http(stream, refusal));
+                    tokio::spawn(gate::refuse_http(stream, refusal, gate.gate().clone()));
                 }
                 continue;
             }

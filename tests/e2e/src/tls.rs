@@ -1,5 +1,5 @@
-//! TLS for end-to-end tests: a test CA and the certificates it signs, a verified client connection, and the Secret
-//! manifests that carry a certificate (Capstan's and Kubernetes' own `v1`).
+//! TLS for end-to-end tests: a test CA and the certificates it signs, a verified client connection, an HTTPS client
+//! for load runs, and the Secret manifests that carry a certificate (Capstan's and Kubernetes' own `v1`).
 
 /// A certificate `ca` signs for `names`: (certificate PEM, key PEM).
 pub fn certificate_for(names: &[&str], ca: &(rcgen::KeyPair, rcgen::CertificateParams)) -> (String, String) {

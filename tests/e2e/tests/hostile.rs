@@ -301,13 +301,8 @@ async fn idle_connections_cannot_exhaust_capstan() {
     let api_flood = idle_connections(&api, 200).await;
     assert!(flood.len() + api_flood.len() > 1_024, "more connections were opened than Capstan has fds");
 
-    // Everyone else is still served: at once with a 503 and Retry-After while every idle connection is younger
-    // than the grace that lets it send its request, by closing the one idle longest after that.
-    let (code, _) = eventually("the entry point answers", T, || async {
-        http_get(port, "/").await.filter(|(code, _)| [200, 503].contains(code))
-    })
-    .await;
-    assert!([200, 503].contains(&code), "{code}");
+    // Everyone else is still served (answered 503 with Retry-After while every idle connection is younger than the
+    // grace that lets it send its request, then by closing the one idle longest).
     eventually("the entry point serves", T, || async { http_get(port, "/").await.filter(|(code, _)| *code == 200) })
         .await;
     let version = eventually("the API answers", T, || async { client.get("/version").await.ok() }).await;
@@ -321,8 +316,11 @@ async fn idle_connections_cannot_exhaust_capstan() {
         (closed + budget + 64 >= flood.len() + api_flood.len()).then_some(())
     })
     .await;
-    let fds = open_fds(pid);
-    assert!(fds < budget + 64 + 128, "capstan holds {fds} fds: its budgets and little else");
+    // Refused connections are answered and closed within 1.25 s (at most 64 per gate wait so at once).
+    eventually("capstan holds its budgets and little else", T, || async {
+        (open_fds(pid) < budget + 64 + 128).then_some(())
+    })
+    .await;
     // Probes kept passing through it all: no replica was restarted and the App stayed Ready.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let app = client.get("/api/v1/namespaces/default/apps/web").await.expect("app");
@@ -655,7 +653,7 @@ async fn output_without_newlines_is_shown_cut_by_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_and_slow_readers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // 3 s: a connection may be closed for room after 300 ms, and is closed when silent for 3 s.
+    // 3 s: a silent connection is closed after 3 s, well after the 100 ms that protect it from being closed for room.
     let tp = TestPlane::start_with(|c| c.header_timeout = Duration::from_secs(3)).await;
     let port = free_port();
     let extra = format!(
@@ -667,10 +665,9 @@ async fn slow_bodies_and_slow_readers_are_cut_off() {
     let api = api_port(&tp.client);
     let listener = format!("{{listener=\"default/slow/http-{port}\"}}");
 
-    // An entry point's own cap and its header timeout: three silent connections fill `maxConnections: 3`; a
-    // fourth client is refused while they are younger than the grace a connection has to send its request (a
-    // tenth of the header timeout), then served by closing the one idle longest; the header timeout closes the
-    // rest.
+    // An entry point's own cap and its header timeout: three silent connections fill `maxConnections: 3`; once
+    // they are past the grace a connection has to send its request (100 ms), a fourth client is served by closing
+    // the one idle longest; the header timeout closes the rest.
     // The connections of the requests above have closed (the server may see a client's FIN after a while).
     eventually("the entry point holds no connection", T, || async {
         let (_, metrics) = http_get(api, "/metrics").await?;
@@ -679,8 +676,6 @@ async fn slow_bodies_and_slow_readers_are_cut_off() {
     .await;
     let silent = idle_connections(&format!("127.0.0.1:{port}"), 3).await;
     assert_eq!(silent.len(), 3);
-    let answer = raw(port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 503"), "the silent connections had no time to send a request yet: {answer}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (code, _) = http_get(port, "/").await.expect("served at the cap");
     assert_eq!(code, 200);
