@@ -383,6 +383,36 @@ impl Certificates {
         }
     }
 
+    /// Writes `uri` as the Issuer's ACME account when it says another (a server that had forgotten the account
+    /// registered it again), so that `status.acme.uri` names the account in use. A failed write is only logged: the
+    /// issuance goes on, and the next one tries again.
+    fn note_account(&self, issuer: &Issuer, uri: &str) {
+        // None yet: the Issuers controller writes the first registration.
+        let known = issuer.status.as_ref().and_then(|s| s.acme.as_ref()).and_then(|a| a.uri.as_deref());
+        if known.is_none_or(|k| k == uri) {
+            return;
+        }
+        let key = ObjectKey::new("Issuer", issuer.metadata.namespace(), &issuer.metadata.name);
+        let written = self.store.get(&key).and_then(|stored| {
+            let Some(mut status) = stored.and_then(|v| serde_json::from_value::<Issuer>(v).ok()).and_then(|i| i.status)
+            else {
+                return Ok(false);
+            };
+            status.acme.get_or_insert_with(Default::default).uri = Some(uri.to_string());
+            self.store.update_status(&key, serde_json::to_value(&status).unwrap_or_default())
+        });
+        match written {
+            Ok(false) => {}
+            Ok(true) => {
+                let message = format!("The ACME server had no account for the key: registered again as {uri}");
+                if let Err(e) = self.store.record_event(&key, EventType::Normal, "ACMEAccountRegistered", &message) {
+                    tracing::warn!(issuer = %key, "recording the new ACME account: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(issuer = %key, "writing the new ACME account {uri}: {e}"),
+        }
+    }
+
     /// `cert` from its Issuer's ACME server, for `key`.
     fn order(
         &self,
@@ -399,10 +429,10 @@ impl Certificates {
             .is_some_and(|v| v.eq_ignore_ascii_case(capstan_model::acme::TLS_ALPN_01));
         let plan = crate::acme::plan(&self.store, acme, tls_alpn, cert)?;
         let http = AcmeHttp::new(&account::trust(acme)?).map_err(IssueError::Issuer)?;
-        let chain = tokio::runtime::Handle::current().block_on(async {
-            let account = account::registered(&self.store, issuer, acme, &http).await?;
-            crate::acme::order(&plan, &account, &http, acme, cert, key, &self.answers).await
-        })?;
+        let runtime = tokio::runtime::Handle::current();
+        let account = runtime.block_on(account::registered(&self.store, issuer, acme, &http))?;
+        self.note_account(issuer, account.id());
+        let chain = runtime.block_on(crate::acme::order(&plan, &account, &http, acme, cert, key, &self.answers))?;
         let bad = |message: String| IssueError::Acme { message, retry_after: None, rejected: true };
         let facts =
             secret::facts(chain.as_bytes(), key).map_err(|e| bad(format!("the ACME server's certificate: {e}")))?;

@@ -122,6 +122,7 @@ async fn acme_certificates_are_proven_on_the_gateway_served_and_renewed() {
     .await;
     assert_eq!(condition(&issuer["status"]["conditions"], "Ready")["reason"], "ACMEAccountRegistered");
     let uri = issuer["status"]["acme"]["uri"].as_str().unwrap_or_default();
+    let first_account = uri.to_string();
     assert!(uri.starts_with(&format!("https://127.0.0.1:{}/my-account/", pebble.port)), "{issuer}");
     assert_eq!(issuer["status"]["acme"]["lastRegisteredEmail"], "ops@example.test");
     let account = get(&tp, "secrets", "pebble-account").await.expect("the account key's Secret");
@@ -289,6 +290,14 @@ spec:
     pebble.resume();
     let revision = failed["status"]["revision"].as_u64().unwrap_or(0);
     ready_at(&tp, "shop", revision + 1).await;
+    // The Issuer names the account the new pebble registered, not the one the old pebble had.
+    let now_registered = get(&tp, "issuers", "pebble").await.expect("the Issuer");
+    let account_uri = now_registered["status"]["acme"]["uri"].as_str().unwrap_or_default().to_string();
+    assert!(
+        account_uri != first_account
+            && account_uri.starts_with(&format!("https://127.0.0.1:{}/my-account/", pebble.port)),
+        "the account before: {first_account}; now: {account_uri}"
+    );
     let root = pebble.root().await;
     eventually("the certificate from the new pebble is served", T, || async {
         https_get(https, "shop.example.test", "/", &root).await.filter(|r| r.0 == 200)
