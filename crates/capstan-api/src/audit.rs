@@ -226,6 +226,11 @@ pub fn describe_request(method: &Method, path: &str) -> (String, String, String,
         ["api", "v1", "namespaces", ns, plural, name, "volumes", _, action] => {
             (format!("volume-{action}"), kind_of(plural), ns.to_string(), name.to_string())
         }
+        ["api", "v1", plural, name] => {
+            let verb = if *method == Method::DELETE { "delete" } else { "get" };
+            (verb.into(), kind_of(plural), String::new(), name.to_string())
+        }
+        ["api", "v1", plural, name, "events"] => ("events".into(), kind_of(plural), String::new(), name.to_string()),
         ["api", "v1", plural] => {
             let verb = if write { "create" } else { "list" };
             (verb.into(), kind_of(plural), String::new(), String::new())

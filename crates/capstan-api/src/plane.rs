@@ -365,7 +365,7 @@ impl ControlPlane {
         // ACME HTTP-01 answers go from the certificates controller to the front door.
         let (answers, answers_feed) = capstan_certificates::acme::Answers::new();
         let front_door = capstan_gateway::controller::spawn(store.clone(), proxy.clone(), answers_feed);
-        let (issuers, certificates) = capstan_certificates::controller::spawn(store.clone(), answers);
+        let certs = capstan_certificates::controller::spawn(store.clone(), answers);
         let gateway_shim = capstan_certificates::shim::spawn(store.clone());
         let (metrics, metrics_path) = crate::monitor::Monitor::open_store(&cfg.data_dir);
         let alerts = crate::alerts::spawn(store.clone(), metrics.clone(), alerting.clone(), cfg.query.limits());
@@ -413,8 +413,9 @@ impl ControlPlane {
                     training,
                     model_servers,
                     front_door,
-                    issuers,
-                    certificates,
+                    certs.issuers,
+                    certs.cluster_issuers,
+                    certs.certificates,
                     gateway_shim,
                     controller,
                     alerts,
@@ -546,7 +547,7 @@ pub fn controller_of(kind: Kind) -> Option<&'static str> {
         | Kind::TCPRoute
         | Kind::ReferenceGrant
         | Kind::BackendTLSPolicy => Some("Gateway"),
-        Kind::Issuer | Kind::Certificate => Some(kind.name()),
+        Kind::Issuer | Kind::ClusterIssuer | Kind::Certificate => Some(kind.name()),
         // The throwaway kind's reconciler is started by its own test.
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,

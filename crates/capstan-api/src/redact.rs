@@ -12,9 +12,10 @@ pub const REDACTED_ANNOTATION: &str = "capstan.dev/redacted";
 /// What replaces each value.
 pub const MASK: &str = "<redacted>";
 
-/// The namespace an object as JSON is in.
+/// The namespace an object as JSON is in (empty for a cluster-scoped kind: only a grant bound to every namespace
+/// passes).
 pub fn namespace_of(obj: &Value) -> String {
-    obj["metadata"]["namespace"].as_str().unwrap_or(capstan_model::DEFAULT_NAMESPACE).to_string()
+    capstan_model::resource::namespace_of(obj).to_string()
 }
 
 /// 403 naming who was refused what.
@@ -69,7 +70,11 @@ pub fn check_batch(grant: &Grant, objects: &[Value]) -> Result<(), ApiError> {
         let kind = obj["kind"].as_str().unwrap_or("object");
         let name = obj["metadata"]["name"].as_str().unwrap_or("");
         if !grant.allows(Verb::Write, Some(&ns)) {
-            return Err(forbidden(grant, &format!("apply {kind} {name} in namespace {ns}")));
+            let place = match ns.as_str() {
+                "" => "(cluster-scoped: a token bound to every namespace applies it)".to_string(),
+                ns => format!("in namespace {ns}"),
+            };
+            return Err(forbidden(grant, &format!("apply {kind} {name} {place}")));
         }
         if let Some(bound) = &grant.namespace {
             // What would reach past the namespace: a Sync applies its repository's objects wherever they say

@@ -53,6 +53,10 @@ pub fn routes() -> Routes<AppState> {
         .add(M::DELETE, "/api/v1/tokens/{name}", revoke_token, needs(Admin, All))
         .add(M::GET, "/api/v1/whoami", whoami, needs(Read, Each))
         .add(M::GET, "/api/v1/{plural}", list, needs(Read, Each))
+        // Cluster-scoped objects (ClusterIssuer): only a token bound to every namespace reads or changes them.
+        .add(M::GET, "/api/v1/{plural}/{name}", get_cluster_one, needs(Read, All))
+        .add(M::DELETE, "/api/v1/{plural}/{name}", delete_cluster_one, needs(Write, All))
+        .add(M::GET, "/api/v1/{plural}/{name}/events", cluster_events, needs(Read, All))
         .add(M::GET, "/api/v1/namespaces/{ns}/{plural}/{name}", get_one, needs(Read, Namespace))
         .add(M::DELETE, "/api/v1/namespaces/{ns}/{plural}/{name}", delete_one, needs(Write, Namespace))
         .add(M::GET, "/api/v1/namespaces/{ns}/{plural}/{name}/events", events, needs(Read, Namespace))
@@ -306,6 +310,16 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&plural)?;
+    if !kind.namespaced() {
+        // Every namespace's, whatever namespace was asked (as `kubectl get clusterissuers -n x`).
+        if grant.namespace.is_some() {
+            return Err(crate::redact::forbidden(
+                &grant,
+                &format!("list {plural} (cluster-scoped: a token bound to every namespace reads them)"),
+            ));
+        }
+        return Ok(crate::redact::answer(list_of(state.store.list(kind.name(), None)?), false));
+    }
     if let Some(ns) = q.namespace.as_deref().filter(|ns| !grant.sees(ns)) {
         return Err(crate::redact::forbidden(&grant, &format!("list {plural} in namespace {ns}")));
     }
@@ -334,9 +348,50 @@ fn object_response(
     found?.map(Json).ok_or_else(|| ApiError::not_found(key))
 }
 
+/// The key of a namespaced object; a cluster-scoped kind is named by its own path.
 fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, ApiError> {
     let kind = kind_of(plural)?;
+    if !kind.namespaced() {
+        return Err(ApiError::NotFound(format!(
+            "{kind} is cluster-scoped: it has no namespace; ask /api/v1/{plural}/{name} (capstan get {plural} {name})"
+        )));
+    }
     Ok(ObjectKey::new(kind.name(), ns, name))
+}
+
+/// The key of a cluster-scoped object; a namespaced kind is named with its namespace.
+fn cluster_key_from(plural: &str, name: &str) -> Result<ObjectKey, ApiError> {
+    let kind = kind_of(plural)?;
+    if kind.namespaced() {
+        return Err(ApiError::NotFound(format!(
+            "{kind} lives in a namespace: ask /api/v1/namespaces/NAMESPACE/{plural}/{name}"
+        )));
+    }
+    Ok(ObjectKey::new(kind.name(), "", name))
+}
+
+async fn get_cluster_one(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let key = cluster_key_from(&plural, &name)?;
+    object_response(&key, state.store.get(&key))
+}
+
+async fn delete_cluster_one(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let key = cluster_key_from(&plural, &name)?;
+    object_response(&key, state.store.delete(&key))
+}
+
+async fn cluster_events(
+    State(state): State<AppState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let key = cluster_key_from(&plural, &name)?;
+    Ok(Json(json!({ "items": state.store.events(&key)? })))
 }
 
 async fn get_one(

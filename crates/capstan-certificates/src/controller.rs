@@ -1,4 +1,4 @@
-//! The Issuer and Certificate controllers: an Issuer's `Ready` says whether it can sign; a Certificate is issued
+//! The Issuer, ClusterIssuer and Certificate controllers: an issuer's `Ready` says whether it can sign; a Certificate is issued
 //! into its Secret when the plan says so (missing, changed, due for renewal, asked for) and looked at again at its
 //! renewal time. A failed issuance leaves the Secret as it was (the old certificate keeps serving) and backs off.
 
@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capstan_engine::runner::{self, Action, Handle, ReconcileError, Reconciler};
-use capstan_model::certificate::{Certificate, CertificateStatus, Issuer};
+use capstan_model::certificate::{Certificate, CertificateStatus, Issuer, CLUSTER_RESOURCE_NAMESPACE};
 use capstan_model::meta::{find_condition, remove_condition, set_condition, Condition, ConditionStatus};
 use capstan_model::{EventType, ObjectKey};
 use capstan_store::{Store, WatchEvent};
@@ -33,10 +33,19 @@ const CONCURRENT_ISSUANCES: usize = 4;
 /// must not hold back the other Issuers' `Ready`.
 const CONCURRENT_ISSUERS: usize = 4;
 
-/// Starts both controllers; ACME HTTP-01 answers are published to `answers`.
-pub fn spawn(store: Store, answers: Answers) -> (Handle, Handle) {
-    let issuers = Issuers { store: store.clone(), failures: Mutex::default() };
+/// The controllers this crate runs.
+pub struct Controllers {
+    pub issuers: Handle,
+    pub cluster_issuers: Handle,
+    pub certificates: Handle,
+}
+
+/// Starts the three controllers; ACME HTTP-01 answers are published to `answers`.
+pub fn spawn(store: Store, answers: Answers) -> Controllers {
+    let issuers = Issuers { kind: "Issuer", store: store.clone(), failures: Mutex::default() };
     let issuers = runner::run(store.clone(), Arc::new(issuers), CONCURRENT_ISSUERS);
+    let cluster_issuers = Issuers { kind: "ClusterIssuer", store: store.clone(), failures: Mutex::default() };
+    let cluster_issuers = runner::run(store.clone(), Arc::new(cluster_issuers), CONCURRENT_ISSUERS);
     // Seeded from the store; kept by the watch and by every reconcile (a Certificate missed while the watch lagged
     // is put right by the resync that follows).
     let index = match store.list("Certificate", None) {
@@ -55,7 +64,7 @@ pub fn spawn(store: Store, answers: Answers) -> (Handle, Handle) {
         issuers_seen: Mutex::default(),
     };
     let certificates = runner::run(store, Arc::new(certificates), CONCURRENT_ISSUANCES);
-    (issuers, certificates)
+    Controllers { issuers, cluster_issuers, certificates }
 }
 
 fn condition(
@@ -83,7 +92,7 @@ enum Signing {
     Acme(Box<capstan_model::acme::AcmeIssuer>),
 }
 
-/// The signer an Issuer stands for, or why it cannot sign (in words for its `Ready` condition).
+/// The signer an Issuer or ClusterIssuer stands for, or why it cannot sign (in words for its `Ready` condition).
 fn signing(store: &Store, issuer: &Issuer) -> Result<Result<Signing, (String, String)>, ReconcileError> {
     if issuer.spec.self_signed.is_some() {
         return Ok(Ok(Signing::SelfSigned));
@@ -94,11 +103,16 @@ fn signing(store: &Store, issuer: &Issuer) -> Result<Result<Signing, (String, St
     let Some(ca) = &issuer.spec.ca else {
         return Ok(Err(("NotSupported".into(), "the Issuer names no way of signing".into())));
     };
-    let key = ObjectKey::new("Secret", issuer.metadata.namespace(), &ca.secret_name);
+    let ns = issuer.secrets_namespace();
+    let key = ObjectKey::new("Secret", ns, &ca.secret_name);
     let Some(s) = store.get(&key)? else {
+        let cluster = match issuer.is_cluster_issuer() {
+            true => format!(" in namespace {ns} (where a ClusterIssuer's Secrets are, as cert-manager's cluster resource namespace)"),
+            false => String::new(),
+        };
         return Ok(Err((
             "ErrGetKeyPair".into(),
-            format!("Error getting keypair for CA issuer: secret \"{}\" not found", ca.secret_name),
+            format!("Error getting keypair for CA issuer: secret \"{}\" not found{cluster}", ca.secret_name),
         )));
     };
     let spec = match secret::spec_of(&s) {
@@ -132,7 +146,10 @@ fn decode<T: serde::de::DeserializeOwned>(v: Value, key: &ObjectKey) -> Result<T
     serde_json::from_value(v).map_err(|e| ReconcileError::Other(format!("{key}: {e}")))
 }
 
+/// Issuers or ClusterIssuers (one controller each: they share their spec and status).
 struct Issuers {
+    /// `Issuer` or `ClusterIssuer`.
+    kind: &'static str,
     store: Store,
     /// ACME registrations failed in a row, per Issuer, for the backoff.
     failures: Mutex<HashMap<ObjectKey, u32>>,
@@ -187,7 +204,7 @@ impl Issuers {
 
 impl Reconciler for Issuers {
     fn kind(&self) -> &'static str {
-        "Issuer"
+        self.kind
     }
 
     fn wants(&self, ev: &WatchEvent) -> bool {
@@ -200,7 +217,12 @@ impl Reconciler for Issuers {
         if ev.key.kind != "Secret" {
             return Vec::new();
         }
-        let Ok(issuers) = self.store.list("Issuer", Some(&ev.key.namespace)) else { return Vec::new() };
+        let (list_ns, key_ns) = match self.kind {
+            "ClusterIssuer" if ev.key.namespace == CLUSTER_RESOURCE_NAMESPACE => (None, ""),
+            "ClusterIssuer" => return Vec::new(),
+            _ => (Some(ev.key.namespace.as_str()), ev.key.namespace.as_str()),
+        };
+        let Ok(issuers) = self.store.list(self.kind, list_ns) else { return Vec::new() };
         let name = Some(ev.key.name.as_str());
         issuers
             .iter()
@@ -210,7 +232,7 @@ impl Reconciler for Issuers {
                     || s["acme"]["privateKeySecretRef"]["name"].as_str() == name
                     || s["acme"]["externalAccountBinding"]["keySecretRef"]["name"].as_str() == name
             })
-            .filter_map(|i| i["metadata"]["name"].as_str().map(|n| ObjectKey::new("Issuer", &ev.key.namespace, n)))
+            .filter_map(|i| i["metadata"]["name"].as_str().map(|n| ObjectKey::new(self.kind, key_ns, n)))
             .collect()
     }
 
@@ -264,10 +286,11 @@ struct Certificates {
 }
 
 impl Certificates {
-    /// The resourceVersions of `cert`'s Issuer and of its CA Secret, as one string.
+    /// The resourceVersions of `cert`'s issuer and of its CA Secret, as one string.
     fn issuer_version(&self, cert: &Certificate) -> Result<String, ReconcileError> {
-        let ns = cert.metadata.namespace();
-        let issuer = self.store.get(&ObjectKey::new("Issuer", ns, &cert.spec.issuer_ref.name))?;
+        let Some(issuer_key) = cert.spec.issuer_ref.key(cert.metadata.namespace()) else { return Ok(String::new()) };
+        let ns = capstan_model::certificate::secrets_namespace(&issuer_key);
+        let issuer = self.store.get(&issuer_key)?;
         let rv =
             |v: &Option<Value>| v.as_ref().and_then(|v| v["metadata"]["resourceVersion"].as_str().map(str::to_string));
         let ca = match issuer.as_ref().and_then(|i| i["spec"]["ca"]["secretName"].as_str()) {
@@ -295,6 +318,17 @@ impl Certificates {
         Ok(others)
     }
 
+    /// The keys of the `kind` issuers (listed in `list_ns`, keyed in `key_ns`) whose CA is the Secret `secret`.
+    fn issuers_with_ca(&self, kind: &str, list_ns: Option<&str>, key_ns: &str, secret: &str) -> Vec<ObjectKey> {
+        self.store
+            .list(kind, list_ns)
+            .unwrap_or_default()
+            .iter()
+            .filter(|i| i["spec"]["ca"]["secretName"].as_str() == Some(secret))
+            .filter_map(|i| i["metadata"]["name"].as_str().map(|n| ObjectKey::new(kind, key_ns, n)))
+            .collect()
+    }
+
     /// Whether an Issuer's event says something its Certificates act on: a new generation, another `Ready`, or
     /// another ACME account (a failed issuance is then tried again at once).
     fn issuer_changed(&self, ev: &WatchEvent) -> bool {
@@ -320,33 +354,35 @@ impl Certificates {
         kept: Option<Key>,
         now: DateTime<Utc>,
     ) -> Result<crate::issue::Signed, IssueError> {
-        let ns = cert.metadata.namespace();
         let r = &cert.spec.issuer_ref;
-        if r.kind() != "Issuer"
-            || r.group.as_deref().is_some_and(|g| g != capstan_model::certificate::CERT_MANAGER_GROUP)
-        {
+        let Some(issuer_key) = r.key(cert.metadata.namespace()) else {
             return Err(IssueError::Issuer(format!(
-                "{} {} ({}) does not sign on Capstan's embedded runtime: only Issuers of cert-manager.io do here; a cluster's cert-manager takes this Certificate as written",
+                "{} {} ({}) does not sign on Capstan's embedded runtime: only Issuers and ClusterIssuers of cert-manager.io do here; a cluster's cert-manager takes this Certificate as written",
                 r.kind(),
                 r.name,
                 r.group.as_deref().unwrap_or(capstan_model::certificate::CERT_MANAGER_GROUP)
             )));
-        }
-        let issuer_key = ObjectKey::new("Issuer", ns, &cert.spec.issuer_ref.name);
+        };
         let issuer: Issuer = match self.store.get(&issuer_key) {
             Ok(Some(v)) => serde_json::from_value(v).map_err(|e| IssueError::Issuer(e.to_string()))?,
             Ok(None) => {
+                // cert-manager's words, with its resource's name.
                 return Err(IssueError::Issuer(format!(
-                    "Referenced \"Issuer\" not found: issuer.cert-manager.io \"{}\" not found",
-                    cert.spec.issuer_ref.name
-                )))
+                    "Referenced \"{kind}\" not found: {resource}.cert-manager.io \"{}\" not found",
+                    r.name,
+                    kind = issuer_key.kind,
+                    resource = issuer_key.kind.to_ascii_lowercase(),
+                )));
             }
-            Err(e) => return Err(IssueError::Issuer(format!("reading the Issuer: {e}"))),
+            Err(e) => return Err(IssueError::Issuer(format!("reading the {}: {e}", issuer_key.kind))),
         };
         let signing = match signing(&self.store, &issuer) {
             Ok(Ok(s)) => s,
             Ok(Err((_, message))) => {
-                return Err(IssueError::Issuer(format!("Issuer {} is not ready: {message}", issuer.metadata.name)))
+                return Err(IssueError::Issuer(format!(
+                    "{} {} is not ready: {message}",
+                    issuer.kind, issuer.metadata.name
+                )))
             }
             Err(e) => return Err(IssueError::Issuer(format!("reading the Issuer's CA: {e}"))),
         };
@@ -392,7 +428,7 @@ impl Certificates {
         if known.is_none_or(|k| k == uri) {
             return;
         }
-        let key = ObjectKey::new("Issuer", issuer.metadata.namespace(), &issuer.metadata.name);
+        let key = issuer.key();
         let written = self.store.get(&key).and_then(|stored| {
             let Some(mut status) = stored.and_then(|v| serde_json::from_value::<Issuer>(v).ok()).and_then(|i| i.status)
             else {
@@ -487,20 +523,17 @@ impl Reconciler for Certificates {
         match ev.key.kind.as_str() {
             "Secret" => {
                 let mut keys = self.index().naming_secret(ns, &ev.key.name);
-                // Issuers are few: the ones whose CA this Secret holds.
-                let issuers: Vec<String> = self
-                    .store
-                    .list("Issuer", Some(ns))
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|i| i["spec"]["ca"]["secretName"].as_str() == Some(ev.key.name.as_str()))
-                    .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
-                    .collect();
+                // Issuers are few: the ones whose CA this Secret holds (ClusterIssuers' are in the cluster
+                // resource namespace).
+                let mut issuers = self.issuers_with_ca("Issuer", Some(ns), ns, &ev.key.name);
+                if ns == CLUSTER_RESOURCE_NAMESPACE {
+                    issuers.extend(self.issuers_with_ca("ClusterIssuer", None, "", &ev.key.name));
+                }
                 let index = self.index();
-                keys.extend(issuers.iter().flat_map(|i| index.of_issuer(ns, i)));
+                keys.extend(issuers.iter().flat_map(|i| index.of_issuer(i)));
                 keys
             }
-            "Issuer" if self.issuer_changed(ev) => self.index().of_issuer(ns, &ev.key.name),
+            "Issuer" | "ClusterIssuer" if self.issuer_changed(ev) => self.index().of_issuer(&ev.key),
             // The others naming its Secret, before and after: one of two deleted or changed frees the other.
             "Certificate" => {
                 let mut index = self.index();
@@ -557,11 +590,14 @@ impl Reconciler for Certificates {
         let retry = seen == generation && (unchanged || status.failed_issuance_attempts.is_none());
         let manual = manually_triggered(&status);
         let decision = decide(&cert.spec, &current, &status, retry, manual, now);
-        let issuer_key = ObjectKey::new("Issuer", cert.metadata.namespace(), &cert.spec.issuer_ref.name);
-        let hold = [self.told_to_wait(&issuer_key, now), retry.then(|| self.told_to_wait(key, now)).flatten()]
-            .into_iter()
-            .flatten()
-            .max();
+        let issuer_key = cert.spec.issuer_ref.key(cert.metadata.namespace());
+        let hold = [
+            issuer_key.as_ref().and_then(|k| self.told_to_wait(k, now)),
+            retry.then(|| self.told_to_wait(key, now)).flatten(),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
         let action = match decision {
             Decision::Keep { renewal_time } => {
                 if let Ok(c) = &current {
@@ -629,7 +665,9 @@ impl Reconciler for Certificates {
                             let mut holds = self.not_before.lock().unwrap_or_else(|p| p.into_inner());
                             if let Some(t) = retry_after {
                                 until = until.max(*t);
-                                holds.insert(issuer_key.clone(), *t);
+                                if let Some(k) = &issuer_key {
+                                    holds.insert(k.clone(), *t);
+                                }
                             }
                             if *rejected {
                                 let wait = crate::plan::rejected_backoff(failures);
@@ -730,5 +768,57 @@ mod tests {
         let gone = event(WatchType::Deleted, "Certificate", "one", cert("one", "s1", "ca"));
         assert!(c.triggers(&gone).is_empty());
         assert!(c.triggers(&secret("s1")).is_empty(), "a deleted Certificate is forgotten");
+    }
+
+    #[test]
+    fn a_cluster_issuers_events_and_its_ca_in_cert_manager_wake_its_certificates_in_every_namespace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("store");
+        let mut in_b = cert("b1", "s", "le");
+        in_b["metadata"]["namespace"] = json!("b");
+        in_b["spec"]["issuerRef"]["kind"] = json!("ClusterIssuer");
+        let mut in_default = cert("d1", "s", "le");
+        in_default["spec"]["issuerRef"]["kind"] = json!("ClusterIssuer");
+        store
+            .apply(vec![
+                in_b,
+                in_default,
+                cert("local", "s2", "le"),
+                json!({"apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer", "metadata": {"name": "le"},
+                       "spec": {"ca": {"secretName": "root"}}}),
+            ])
+            .expect("apply");
+        let (answers, _feed) = Answers::new();
+        let c = Certificates {
+            index: Mutex::new(Index::of(&store.list("Certificate", None).expect("list"))),
+            store: store.clone(),
+            answers,
+            not_before: Mutex::default(),
+            failed_with: Mutex::default(),
+            issuers_seen: Mutex::default(),
+        };
+        let keys = |keys: Vec<ObjectKey>| {
+            let mut out: Vec<String> = keys.into_iter().map(|k| format!("{}/{}", k.namespace, k.name)).collect();
+            out.sort();
+            out
+        };
+        let cluster = WatchEvent {
+            type_: WatchType::Modified,
+            key: ObjectKey::new("ClusterIssuer", "", "le"),
+            object: json!({"metadata": {"generation": 1}}),
+        };
+        assert_eq!(keys(c.triggers(&cluster)), ["b/b1", "default/d1"], "not the Issuer `le` of default's");
+        let root = |ns: &str| WatchEvent {
+            type_: WatchType::Modified,
+            key: ObjectKey::new("Secret", ns, "root"),
+            object: json!({}),
+        };
+        assert_eq!(keys(c.triggers(&root("cert-manager"))), ["b/b1", "default/d1"], "its CA, in cert-manager");
+        assert!(c.triggers(&root("default")).is_empty(), "a Secret of the same name elsewhere");
+
+        // The ClusterIssuer controller is woken by its Secrets in cert-manager only.
+        let issuers = Issuers { kind: "ClusterIssuer", store, failures: Mutex::default() };
+        assert_eq!(issuers.triggers(&root("cert-manager")), [ObjectKey::new("ClusterIssuer", "", "le")]);
+        assert!(issuers.triggers(&root("default")).is_empty());
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use capstan_model::certificate::IssuerRef;
 use capstan_model::ObjectKey;
 use serde_json::Value;
 
@@ -10,31 +11,28 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Names {
     pub secret: String,
-    /// Its `issuerRef.name` when that is an Issuer of cert-manager.io (the only kind signing here).
-    pub issuer: Option<String>,
+    /// The key of its Issuer or ClusterIssuer, when that is one of cert-manager.io (the only ones signing here).
+    pub issuer: Option<ObjectKey>,
 }
 
 impl Names {
     /// What a stored Certificate names.
     pub fn of(cert: &Value) -> Names {
-        let r = &cert["spec"]["issuerRef"];
-        let is_issuer = r["kind"].as_str().unwrap_or("Issuer") == "Issuer"
-            && r["group"].as_str().is_none_or(|g| g == capstan_model::certificate::CERT_MANAGER_GROUP);
-        Names {
-            secret: cert["spec"]["secretName"].as_str().unwrap_or_default().to_string(),
-            issuer: r["name"].as_str().filter(|_| is_issuer).map(str::to_string),
-        }
+        let ns = capstan_model::resource::namespace_of(cert);
+        let issuer =
+            serde_json::from_value::<IssuerRef>(cert["spec"]["issuerRef"].clone()).ok().and_then(|r| r.key(ns));
+        Names { secret: cert["spec"]["secretName"].as_str().unwrap_or_default().to_string(), issuer }
     }
 }
 
-/// Certificates by the Secret and the Issuer they name, per namespace.
+/// Certificates by the Secret (per namespace) and the Issuer or ClusterIssuer they name.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     certificates: HashMap<ObjectKey, Names>,
     /// (namespace, Secret name) → Certificate names.
     by_secret: HashMap<(String, String), BTreeSet<String>>,
-    /// (namespace, Issuer name) → Certificate names.
-    by_issuer: HashMap<(String, String), BTreeSet<String>>,
+    /// Issuer or ClusterIssuer → its Certificates (a ClusterIssuer's in every namespace).
+    by_issuer: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
 }
 
 impl Index {
@@ -54,9 +52,9 @@ impl Index {
     pub fn set(&mut self, key: &ObjectKey, names: Names) -> Option<Names> {
         let old = self.remove(key);
         let ns = key.namespace.clone();
-        self.by_secret.entry((ns.clone(), names.secret.clone())).or_default().insert(key.name.clone());
+        self.by_secret.entry((ns, names.secret.clone())).or_default().insert(key.name.clone());
         if let Some(i) = &names.issuer {
-            self.by_issuer.entry((ns, i.clone())).or_default().insert(key.name.clone());
+            self.by_issuer.entry(i.clone()).or_default().insert(key.clone());
         }
         self.certificates.insert(key.clone(), names);
         old
@@ -73,38 +71,37 @@ impl Index {
     /// Forgets `key`; returns what it named.
     pub fn remove(&mut self, key: &ObjectKey) -> Option<Names> {
         let old = self.certificates.remove(key)?;
-        let ns = key.namespace.clone();
-        let drop_from = |map: &mut HashMap<(String, String), BTreeSet<String>>, at: (String, String)| {
-            if let Some(set) = map.get_mut(&at) {
-                set.remove(&key.name);
+        let at = (key.namespace.clone(), old.secret.clone());
+        if let Some(set) = self.by_secret.get_mut(&at) {
+            set.remove(&key.name);
+            if set.is_empty() {
+                self.by_secret.remove(&at);
+            }
+        }
+        if let Some(i) = &old.issuer {
+            if let Some(set) = self.by_issuer.get_mut(i) {
+                set.remove(key);
                 if set.is_empty() {
-                    map.remove(&at);
+                    self.by_issuer.remove(i);
                 }
             }
-        };
-        drop_from(&mut self.by_secret, (ns.clone(), old.secret.clone()));
-        if let Some(i) = &old.issuer {
-            drop_from(&mut self.by_issuer, (ns, i.clone()));
         }
         Some(old)
     }
 
     /// The Certificates of `namespace` whose secretName is `secret`.
     pub fn naming_secret(&self, namespace: &str, secret: &str) -> Vec<ObjectKey> {
-        Self::keys(&self.by_secret, namespace, secret)
-    }
-
-    /// The Certificates of `namespace` signed by its Issuer `issuer`.
-    pub fn of_issuer(&self, namespace: &str, issuer: &str) -> Vec<ObjectKey> {
-        Self::keys(&self.by_issuer, namespace, issuer)
-    }
-
-    fn keys(map: &HashMap<(String, String), BTreeSet<String>>, namespace: &str, name: &str) -> Vec<ObjectKey> {
-        map.get(&(namespace.to_string(), name.to_string()))
+        self.by_secret
+            .get(&(namespace.to_string(), secret.to_string()))
             .into_iter()
             .flatten()
             .map(|n| ObjectKey::new("Certificate", namespace, n))
             .collect()
+    }
+
+    /// The Certificates signed by the Issuer or ClusterIssuer `issuer`.
+    pub fn of_issuer(&self, issuer: &ObjectKey) -> Vec<ObjectKey> {
+        self.by_issuer.get(issuer).into_iter().flatten().cloned().collect()
     }
 }
 
@@ -116,6 +113,10 @@ mod tests {
     fn cert(ns: &str, name: &str, secret: &str, issuer: &str) -> Value {
         json!({"metadata": {"namespace": ns, "name": name},
                "spec": {"secretName": secret, "issuerRef": {"name": issuer}}})
+    }
+
+    fn issuer(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey::new("Issuer", ns, name)
     }
 
     fn names(keys: Vec<ObjectKey>) -> Vec<String> {
@@ -131,17 +132,17 @@ mod tests {
             cert("b", "one", "s1", "ca"),
         ]);
         assert_eq!(names(i.naming_secret("a", "s1")), ["one", "two"]);
-        assert_eq!(names(i.of_issuer("a", "ca")), ["one", "two"]);
+        assert_eq!(names(i.of_issuer(&issuer("a", "ca"))), ["one", "two"]);
         assert_eq!(names(i.naming_secret("b", "s1")), ["one"]);
         assert!(i.naming_secret("a", "nope").is_empty());
 
         // A Certificate that moves to another Secret and Issuer leaves the old ones, and says what it named.
         let key = ObjectKey::new("Certificate", "a", "two");
         let old = i.set(&key, Names::of(&cert("a", "two", "s3", "other")));
-        assert_eq!(old, Some(Names { secret: "s1".into(), issuer: Some("ca".into()) }));
+        assert_eq!(old, Some(Names { secret: "s1".into(), issuer: Some(issuer("a", "ca")) }));
         assert_eq!(names(i.naming_secret("a", "s1")), ["one"]);
         assert_eq!(names(i.naming_secret("a", "s3")), ["three", "two"]);
-        assert_eq!(names(i.of_issuer("a", "other")), ["three", "two"]);
+        assert_eq!(names(i.of_issuer(&issuer("a", "other"))), ["three", "two"]);
 
         i.insert_missing(&key, Names::of(&cert("a", "two", "s9", "other")));
         assert_eq!(names(i.naming_secret("a", "s3")), ["three", "two"], "a reconcile does not overwrite the watch");
@@ -154,13 +155,22 @@ mod tests {
     }
 
     #[test]
-    fn only_issuers_of_cert_manager_are_indexed_as_issuers() {
+    fn issuers_and_cluster_issuers_of_cert_manager_are_indexed() {
         let mut c = cert("a", "x", "s", "vault");
-        c["spec"]["issuerRef"]["kind"] = json!("ClusterIssuer");
-        assert_eq!(Names::of(&c).issuer, None);
         c["spec"]["issuerRef"] = json!({"name": "v", "kind": "Issuer", "group": "example.com"});
-        assert_eq!(Names::of(&c).issuer, None);
+        assert_eq!(Names::of(&c).issuer, None, "an external issuer signs only on a cluster");
         c["spec"]["issuerRef"]["group"] = json!("cert-manager.io");
-        assert_eq!(Names::of(&c).issuer.as_deref(), Some("v"));
+        assert_eq!(Names::of(&c).issuer, Some(issuer("a", "v")));
+        c["spec"]["issuerRef"]["kind"] = json!("ClusterIssuer");
+        let cluster = ObjectKey::new("ClusterIssuer", "", "v");
+        assert_eq!(Names::of(&c).issuer, Some(cluster.clone()));
+
+        // A ClusterIssuer's Certificates are found in every namespace, and only under the ClusterIssuer.
+        let mut in_b = cert("b", "y", "s", "v");
+        in_b["spec"]["issuerRef"]["kind"] = json!("ClusterIssuer");
+        let i = Index::of(&[c, in_b, cert("a", "z", "s2", "v")]);
+        let found: Vec<String> = i.of_issuer(&cluster).iter().map(|k| format!("{}/{}", k.namespace, k.name)).collect();
+        assert_eq!(found, ["a/x", "b/y"]);
+        assert_eq!(names(i.of_issuer(&issuer("a", "v"))), ["z"], "the namespace's Issuer of the same name is another");
     }
 }

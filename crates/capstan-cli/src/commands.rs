@@ -356,6 +356,16 @@ pub(crate) fn api_failure(e: ClientError) -> anyhow::Error {
     Failure { code, message: format!("error: {e}") }.into()
 }
 
+/// The API path of one object: under its namespace, or under its plural alone for a cluster-scoped kind
+/// (ClusterIssuer), whatever namespace was given.
+pub(crate) fn object_path(kind: Kind, ns: &str, name: &str) -> String {
+    if kind.namespaced() {
+        format!("/api/v1/namespaces/{ns}/{}/{name}", kind.plural())
+    } else {
+        format!("/api/v1/{}/{name}", kind.plural())
+    }
+}
+
 fn kind_arg(s: &str) -> Result<Kind> {
     Kind::parse(s).ok_or_else(|| {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();

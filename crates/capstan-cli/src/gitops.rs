@@ -172,7 +172,7 @@ pub async fn diff(client: &Client, paths: &[String], files: &[String], sync: Opt
             mark_owned(&mut desired, k);
         }
         let label = format!("{}/{}/{}", key.kind, key.namespace, key.name);
-        let path = format!("/api/v1/namespaces/{}/{}/{}", key.namespace, r.kind().plural(), key.name);
+        let path = crate::commands::object_path(r.kind(), &key.namespace, &key.name);
         let live = match client.get(&path).await {
             Ok(v) => v,
             Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {

@@ -76,7 +76,7 @@ pub fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::columns(),
         Kind::ReferenceGrant => reference_grant::columns(),
         Kind::BackendTLSPolicy => backend_tls_policy::columns(),
-        Kind::Issuer => certificate::issuer_columns(),
+        Kind::Issuer | Kind::ClusterIssuer => certificate::issuer_columns(),
         Kind::Certificate => certificate::columns(),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::columns(),
@@ -110,6 +110,7 @@ fn wide_of(kind: Kind) -> Option<Wide> {
         | Kind::ReferenceGrant
         | Kind::BackendTLSPolicy
         | Kind::Issuer
+        | Kind::ClusterIssuer
         | Kind::Certificate => None,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => None,
@@ -139,7 +140,7 @@ pub fn row(kind: Kind, o: &Value, all: bool, wide: bool, now: DateTime<Utc>) -> 
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::cells(o),
         Kind::ReferenceGrant => reference_grant::cells(o),
         Kind::BackendTLSPolicy => backend_tls_policy::cells(o),
-        Kind::Issuer => certificate::issuer_cells(o),
+        Kind::Issuer | Kind::ClusterIssuer => certificate::issuer_cells(o),
         Kind::Certificate => certificate::cells(o),
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::cells(o),
@@ -170,7 +171,7 @@ pub fn describe(kind: Kind, o: &Value, events: &Value, now: DateTime<Utc>) -> St
         Kind::HTTPRoute | Kind::TLSRoute | Kind::TCPRoute => route::describe,
         Kind::ReferenceGrant => reference_grant::describe,
         Kind::BackendTLSPolicy => backend_tls_policy::describe,
-        Kind::Issuer => certificate::describe_issuer,
+        Kind::Issuer | Kind::ClusterIssuer => certificate::describe_issuer,
         Kind::Certificate => certificate::describe,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => widget::describe,

@@ -263,7 +263,7 @@ pub enum Command {
     Get {
         /// What to list: apps, databases, sources, syncs, secrets, configmaps, trainingjobs, modelservers, alertrules,
         /// escalationpolicies, gateways, httproutes, tlsroutes, tcproutes, referencegrants, backendtlspolicies,
-        /// issuers, certificates (or the singular), or events.
+        /// issuers, clusterissuers, certificates (or the singular), or events.
         kind: String,
         /// One object's name; all of the kind when left out.
         name: Option<String>,

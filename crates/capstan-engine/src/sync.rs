@@ -59,11 +59,10 @@ fn apply_rank(v: &Value) -> usize {
 }
 
 fn key_of(v: &Value) -> ObjectKey {
-    let md = &v["metadata"];
     ObjectKey::new(
         v["kind"].as_str().unwrap_or(""),
-        md["namespace"].as_str().unwrap_or(capstan_model::DEFAULT_NAMESPACE),
-        md["name"].as_str().unwrap_or(""),
+        capstan_model::resource::namespace_of(v),
+        v["metadata"]["name"].as_str().unwrap_or(""),
     )
 }
 
@@ -81,7 +80,9 @@ pub fn mark_owned(obj: &mut Value, sync: &ObjectKey) {
     md["labels"][SYNC_NAME_LABEL] = Value::String(sync.name.clone());
     md["labels"][SYNC_NAMESPACE_LABEL] = Value::String(sync.namespace.clone());
     md[MANAGED_FIELDS] = json!([{"manager": manager(sync), "operation": "Apply"}]);
-    if md["namespace"].is_null() {
+    let cluster_scoped = obj["kind"].as_str().and_then(Kind::parse).is_some_and(|k| !k.namespaced());
+    let md = &mut obj["metadata"];
+    if md["namespace"].is_null() && !cluster_scoped {
         md["namespace"] = Value::String(capstan_model::DEFAULT_NAMESPACE.into());
     }
 }

@@ -139,6 +139,20 @@ pub fn build(root: &Path, path: &str, opts: &BuildOptions) -> Result<Vec<Manifes
             Ok(ms) => {
                 let rel_dir = f.parent().and_then(|d| d.strip_prefix(root).ok()).unwrap_or(Path::new(""));
                 for mut m in ms {
+                    if let (Some(ns), false) = (&opts.target_namespace, m.resource.kind().namespaced()) {
+                        // A targetNamespace keeps a repository in one namespace (what a token bound to one
+                        // namespace may apply); a cluster-scoped object would reach past it.
+                        let e = capstan_model::FieldError::new(
+                            "kind",
+                            format!(
+                                "{} is cluster-scoped: a Sync with spec.targetNamespace ({ns}) applies into one namespace only",
+                                m.resource.kind()
+                            ),
+                        )
+                        .hint("apply it from a Sync without targetNamespace, or name an Issuer in the namespace instead");
+                        diags.push(m.diagnose(e));
+                        continue;
+                    }
                     let meta = m.resource.meta_mut();
                     if let Some(ns) = &opts.target_namespace {
                         meta.namespace = Some(ns.clone());
@@ -190,6 +204,19 @@ mod tests {
         assert_eq!(meta.annotations[BASE_DIR_ANNOTATION], "/link/deploy/apps");
         assert_eq!(ms[0].resource.spec_value()["replicas"], 3);
         assert_eq!(ms[0].file, "deploy/apps/web.yaml");
+    }
+
+    #[test]
+    fn a_target_namespace_refuses_cluster_scoped_objects() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: own}\nspec: {selfSigned: {}}\n---\napiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {name: le}\nspec: {selfSigned: {}}\n";
+        std::fs::write(d.path().join("all.yaml"), text).unwrap();
+        let opts = BuildOptions { target_namespace: Some("team".into()), ..Default::default() };
+        let e = build(d.path(), ".", &opts).expect_err("refused").to_string();
+        assert!(e.contains("all.yaml") && e.contains("ClusterIssuer is cluster-scoped") && e.contains("team"), "{e}");
+        // Without a targetNamespace it is built as written.
+        let ms = build(d.path(), ".", &BuildOptions::default()).unwrap();
+        assert_eq!(ms.iter().map(|m| m.resource.namespace().to_string()).collect::<Vec<_>>(), ["default", ""]);
     }
 
     #[test]

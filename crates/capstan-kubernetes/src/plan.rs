@@ -69,6 +69,7 @@ pub const KINDS: &[KindInfo] = &[
     k("gateway.networking.k8s.io/v1alpha3", "BackendTLSPolicy", "backendtlspolicies", true, 7),
     // After the Secrets a CA Issuer reads; before the Gateways that serve the Certificates' Secrets.
     k("cert-manager.io/v1", "Issuer", "issuers", true, 6),
+    k("cert-manager.io/v1", "ClusterIssuer", "clusterissuers", false, 6),
     k("cert-manager.io/v1", "Certificate", "certificates", true, 6),
     k("coordination.k8s.io/v1", "Lease", "leases", true, 8),
 ];
@@ -79,7 +80,7 @@ fn capstan_kinds() -> impl Iterator<Item = KindInfo> {
         api_version: capstan_model::API_VERSION,
         kind: k.name(),
         plural: k.plural(),
-        namespaced: true,
+        namespaced: k.namespaced(),
         rank: 9,
     })
 }
@@ -353,7 +354,9 @@ pub fn health(obj: &Value) -> Health {
             }
         }
         // cert-manager's: Ready when it says so; a Certificate whose issuance failed is Failed with its message.
-        "Issuer" | "Certificate" if obj["apiVersion"].as_str().is_some_and(|v| v.starts_with("cert-manager.io/")) => {
+        "Issuer" | "ClusterIssuer" | "Certificate"
+            if obj["apiVersion"].as_str().is_some_and(|v| v.starts_with("cert-manager.io/")) =>
+        {
             let ready = condition(obj, "Ready");
             let issuing = condition(obj, "Issuing");
             // cert-manager keeps the generation it saw on each condition: a Ready from before a change is stale.
@@ -364,7 +367,7 @@ pub fn health(obj: &Value) -> Health {
                 Health::Ready
             } else if issuing.is_some_and(|c| c["reason"].as_str() == Some("Failed")) {
                 Health::Failed(message(issuing))
-            } else if ready.is_some_and(|c| c["status"].as_str() == Some("False")) && kind == "Issuer" {
+            } else if ready.is_some_and(|c| c["status"].as_str() == Some("False")) && kind != "Certificate" {
                 Health::Failed(message(ready))
             } else {
                 Health::Progressing(ready.map_or_else(|| "waiting for cert-manager".to_string(), |c| message(Some(c))))

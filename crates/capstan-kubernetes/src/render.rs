@@ -108,6 +108,7 @@ pub fn render_resource(r: &Resource, all: &[Resource], opts: &RenderOptions) -> 
         | Resource::ReferenceGrant(_)
         | Resource::BackendTLSPolicy(_)
         | Resource::Issuer(_)
+        | Resource::ClusterIssuer(_)
         | Resource::Certificate(_) => Ok(vec![pass_through(r)]),
         Resource::TrainingJob(j) => crate::training::render_training_job(j),
         Resource::ModelServer(m) => crate::serving::render_model_server(m, opts),
@@ -175,7 +176,14 @@ fn gateways_routing_to(app: &capstan_model::App, all: &[Resource]) -> Vec<String
 /// `v1` or `v1alpha2`, as the cluster's CRDs serve it), kind and spec, the metadata a user writes (name, namespace,
 /// labels, annotations), no status.
 fn pass_through(r: &Resource) -> Value {
-    json!({ "apiVersion": r.api_version(), "kind": r.kind().name(), "metadata": written_meta(r.meta()), "spec": r.spec_value() })
+    let mut meta = written_meta(r.meta());
+    if !r.kind().namespaced() {
+        // Cluster-scoped (a ClusterIssuer): no namespace, as the cluster keeps it.
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+    }
+    json!({ "apiVersion": r.api_version(), "kind": r.kind().name(), "metadata": meta, "spec": r.spec_value() })
 }
 
 /// The metadata a user writes (name, namespace, labels, annotations), labelled as Capstan's so that a prune may
@@ -248,6 +256,7 @@ pub fn renders(kind: Kind) -> bool {
         | Kind::BackendTLSPolicy
         // cert-manager's, which the cluster's cert-manager reconciles.
         | Kind::Issuer
+        | Kind::ClusterIssuer
         | Kind::Certificate => false,
         #[cfg(feature = "throwaway-kind")]
         Kind::Widget => false,
@@ -281,7 +290,9 @@ pub fn render_with(resources: &[Resource], opts: &RenderOptions) -> Result<Vec<V
         .collect();
     let mut made_by = std::collections::BTreeMap::new();
     for r in resources {
-        namespaces.insert(r.meta().namespace().to_string());
+        if r.kind().namespaced() {
+            namespaces.insert(r.meta().namespace().to_string());
+        }
         match render_resource(r, resources, opts) {
             Ok(v) => {
                 for o in v {

@@ -514,6 +514,36 @@ spec:
     assert!(rank("cert-manager.io/v1", "Certificate") < rank("gateway.networking.k8s.io/v1", "Gateway"));
 }
 
+/// A ClusterIssuer reaches the cluster without a namespace (cluster-scoped there too), adds no namespace to the
+/// plan, and the cluster plan applies it to the cluster's own path.
+#[test]
+fn a_cluster_issuer_passes_through_without_a_namespace() {
+    let yaml = "apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: letsencrypt, namespace: ignored, labels: {team: platform}}
+spec:
+  acme:
+    server: https://acme-v02.api.letsencrypt.org/directory
+    email: ops@example.com
+    privateKeySecretRef: {name: letsencrypt-account}
+    solvers: [{http01: {gatewayHTTPRoute: {parentRefs: [{name: web, namespace: front}]}}}]
+";
+    let resources: Vec<Resource> =
+        capstan_model::parse_manifests("c.yaml", yaml).expect("parses").into_iter().map(|m| m.resource).collect();
+    let objs = capstan_kubernetes::render::render(&resources).expect("renders");
+    assert_eq!(objs.len(), 1, "no Namespace or policy for a cluster-scoped object: {objs:?}");
+    let issuer = &objs[0];
+    assert_eq!(
+        (issuer["apiVersion"].as_str(), issuer["kind"].as_str()),
+        (Some("cert-manager.io/v1"), Some("ClusterIssuer"))
+    );
+    assert!(issuer["metadata"].get("namespace").is_none(), "{issuer}");
+    assert_eq!(issuer["metadata"]["labels"]["team"], "platform");
+    assert_eq!(issuer["spec"], resources[0].to_value()["spec"], "the spec unchanged");
+    let info = capstan_kubernetes::plan::kind_info("cert-manager.io/v1", "ClusterIssuer").expect("known");
+    assert!(!info.namespaced && info.plural == "clusterissuers");
+}
+
 /// An ACME Issuer reaches the cluster's cert-manager with every field as written (compared with the text, not with
 /// a parse of it, so a field the model dropped would show), its DNS-01 solvers included, and Capstan's TLS-ALPN-01
 /// annotation riding along for cert-manager to ignore.

@@ -1,4 +1,4 @@
-//! cert-manager's `Issuer` and `Certificate` (`cert-manager.io/v1`), with cert-manager's field names, defaults and
+//! cert-manager's `Issuer`, `ClusterIssuer` and `Certificate` (`cert-manager.io/v1`), with cert-manager's field names, defaults and
 //! status: what a certificate should name and how long it lives, and who signs it.
 
 use std::collections::BTreeMap;
@@ -28,6 +28,12 @@ pub const MIN_RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
 
 /// An Issuer: signs the Certificates of its namespace that name it.
 pub type Issuer = Object<IssuerSpec, IssuerStatus>;
+/// A ClusterIssuer: an Issuer for every namespace's Certificates; the Secrets it names are in the cluster resource
+/// namespace ([`CLUSTER_RESOURCE_NAMESPACE`]).
+pub type ClusterIssuer = Object<IssuerSpec, IssuerStatus>;
+/// Where a ClusterIssuer's Secrets (CA, ACME account key, EAB key) are read and written: cert-manager's default
+/// `--cluster-resource-namespace`.
+pub const CLUSTER_RESOURCE_NAMESPACE: &str = "cert-manager";
 /// A Certificate: a key and a certificate kept in a Secret, renewed before it expires.
 pub type Certificate = Object<CertificateSpec, CertificateStatus>;
 
@@ -219,6 +225,51 @@ impl std::fmt::Display for KeyAlgorithm {
 impl IssuerRef {
     pub fn kind(&self) -> &str {
         self.kind.as_deref().unwrap_or("Issuer")
+    }
+
+    /// The key of the Issuer or ClusterIssuer of cert-manager.io it names, for a Certificate of `namespace`;
+    /// `None` for another issuer (an external one only a cluster's cert-manager knows).
+    pub fn key(&self, namespace: &str) -> Option<crate::ObjectKey> {
+        if self.group.as_deref().is_some_and(|g| g != CERT_MANAGER_GROUP) {
+            return None;
+        }
+        match self.kind() {
+            "Issuer" => Some(crate::ObjectKey::new("Issuer", namespace, &self.name)),
+            "ClusterIssuer" => Some(crate::ObjectKey::new("ClusterIssuer", "", &self.name)),
+            _ => None,
+        }
+    }
+}
+
+/// The namespace an issuer's Secrets (CA, ACME account key, EAB key) are in, from the issuer's key: an Issuer's
+/// own, and the cluster resource namespace for a ClusterIssuer (stored under the empty namespace).
+pub fn secrets_namespace(issuer: &crate::ObjectKey) -> &str {
+    if issuer.kind == "ClusterIssuer" {
+        CLUSTER_RESOURCE_NAMESPACE
+    } else {
+        &issuer.namespace
+    }
+}
+
+impl Issuer {
+    /// Whether it is a ClusterIssuer (the two kinds share their type).
+    pub fn is_cluster_issuer(&self) -> bool {
+        self.kind == "ClusterIssuer"
+    }
+
+    /// Its key in the store: an Issuer's in its namespace, a ClusterIssuer's under the empty namespace.
+    pub fn key(&self) -> crate::ObjectKey {
+        let ns = if self.is_cluster_issuer() { "" } else { self.metadata.namespace() };
+        crate::ObjectKey::new(&self.kind, ns, &self.metadata.name)
+    }
+
+    /// The namespace its Secrets are in (see [`secrets_namespace`]).
+    pub fn secrets_namespace(&self) -> &str {
+        if self.is_cluster_issuer() {
+            CLUSTER_RESOURCE_NAMESPACE
+        } else {
+            self.metadata.namespace()
+        }
     }
 }
 
@@ -453,6 +504,39 @@ pub const USAGES: [&str; 19] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_issuer_has_no_namespace_and_reads_its_secrets_in_cert_manager() {
+        let text = "apiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {name: le, namespace: team-a}\nspec: {ca: {secretName: root}}\n";
+        let r = crate::parse_manifests("c.yaml", text).expect("a ClusterIssuer").remove(0).resource;
+        assert_eq!(r.meta().namespace, None, "a written namespace is dropped, as a cluster drops it");
+        assert_eq!(r.key(), crate::ObjectKey::new("ClusterIssuer", "", "le"));
+        assert!(r.to_value()["metadata"].get("namespace").is_none());
+        assert_eq!(crate::resource::namespace_of(&r.to_value()), "");
+        let crate::Resource::ClusterIssuer(issuer) = &r else { panic!("{r:?}") };
+        assert_eq!((issuer.key(), issuer.secrets_namespace()), (r.key(), CLUSTER_RESOURCE_NAMESPACE));
+        assert_eq!(secrets_namespace(&r.key()), "cert-manager");
+
+        // A namespaced Issuer keeps its namespace, and its Secrets are there.
+        let text = "apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: ca, namespace: shop}\nspec: {ca: {secretName: root}}\n";
+        let r = crate::parse_manifests("i.yaml", text).expect("an Issuer").remove(0).resource;
+        let crate::Resource::Issuer(issuer) = &r else { panic!("{r:?}") };
+        assert_eq!((issuer.key(), issuer.secrets_namespace()), (crate::ObjectKey::new("Issuer", "shop", "ca"), "shop"));
+
+        // What a Certificate's issuerRef names.
+        let r = |kind: Option<&str>, group: Option<&str>| IssuerRef {
+            name: "x".into(),
+            kind: kind.map(str::to_string),
+            group: group.map(str::to_string),
+        };
+        assert_eq!(r(None, None).key("a"), Some(crate::ObjectKey::new("Issuer", "a", "x")));
+        assert_eq!(
+            r(Some("ClusterIssuer"), Some(CERT_MANAGER_GROUP)).key("a"),
+            Some(crate::ObjectKey::new("ClusterIssuer", "", "x"))
+        );
+        assert_eq!(r(Some("ClusterIssuer"), Some("example.com")).key("a"), None, "an external issuer");
+        assert_eq!(r(Some("VaultIssuer"), None).key("a"), None);
+    }
 
     fn spec(yaml: &str) -> CertificateSpec {
         let text = format!(

@@ -59,7 +59,7 @@ pub type EscalationPolicy = Object<EscalationPolicySpec, EscalationPolicyStatus>
 /// decoding, validation and access to the typed object whatever its kind) — so a new kind is one line here, and
 /// every `match` on `Kind` elsewhere fails to compile until it handles the kind.
 macro_rules! kinds {
-    ($( $(#[$doc:meta])* $([cfg($cfg:meta)])? $kind:ident($ty:ty), $plural:literal, api: $api:expr, crd: $crd:literal, |$o:ident, $e:ident| $validate:expr; )*) => {
+    ($( $(#[$doc:meta])* $([cfg($cfg:meta)])? $kind:ident($ty:ty), $plural:literal, api: $api:expr, crd: $crd:literal, namespaced: $namespaced:literal, |$o:ident, $e:ident| $validate:expr; )*) => {
         /// The kinds Capstan knows (a standard's kind keeps its spelling: `HTTPRoute`).
         #[allow(clippy::upper_case_acronyms)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,6 +95,15 @@ macro_rules! kinds {
             pub fn is_custom_resource(self) -> bool {
                 match self {
                     $( $(#[cfg($cfg)])? Kind::$kind => $crd, )*
+                }
+            }
+
+            /// Whether its objects live in a namespace; a cluster-scoped kind's (ClusterIssuer) are stored under
+            /// the empty namespace and any `metadata.namespace` written is dropped, as a Kubernetes API server
+            /// drops it.
+            pub fn namespaced(self) -> bool {
+                match self {
+                    $( $(#[cfg($cfg)])? Kind::$kind => $namespaced, )*
                 }
             }
 
@@ -147,44 +156,47 @@ macro_rules! kinds {
 
 kinds! {
     /// Values kept apart from specs (credentials, tokens).
-    Secret(Secret), "secrets", api: API_VERSION, crd: false, |o, e| validate_secret(&o.spec, e);
+    Secret(Secret), "secrets", api: API_VERSION, crd: false, namespaced: true, |o, e| validate_secret(&o.spec, e);
     /// Non-secret values read by key (CA bundles).
-    ConfigMap(crate::config_map::ConfigMap), "configmaps", api: API_VERSION, crd: false, |o, e| crate::config_map::validate_config_map(&o.spec, e);
+    ConfigMap(crate::config_map::ConfigMap), "configmaps", api: API_VERSION, crd: false, namespaced: true, |o, e| crate::config_map::validate_config_map(&o.spec, e);
     /// Where manifests come from: a Git repository or a directory.
-    Source(Source), "sources", api: API_VERSION, crd: true, |o, e| validate_source(&o.spec, e);
+    Source(Source), "sources", api: API_VERSION, crd: true, namespaced: true, |o, e| validate_source(&o.spec, e);
     /// What to apply from a Source, and how.
-    Sync(Sync), "syncs", api: API_VERSION, crd: true, |o, e| validate_sync(&o.metadata.name, o.metadata.namespace(), &o.spec, e);
+    Sync(Sync), "syncs", api: API_VERSION, crd: true, namespaced: true, |o, e| validate_sync(&o.metadata.name, o.metadata.namespace(), &o.spec, e);
     /// A PostgreSQL database on this machine (or CloudNativePG on Kubernetes).
-    Database(Database), "databases", api: API_VERSION, crd: true, |o, e| validate_database(&o.metadata.name, &o.spec, e);
+    Database(Database), "databases", api: API_VERSION, crd: true, namespaced: true, |o, e| validate_database(&o.metadata.name, &o.spec, e);
     /// Replicas of a program.
-    App(App), "apps", api: API_VERSION, crd: true, |o, e| validate_app(&o.spec, e);
+    App(App), "apps", api: API_VERSION, crd: true, namespaced: true, |o, e| validate_app(&o.spec, e);
     /// A distributed TensorFlow training run.
-    TrainingJob(TrainingJob), "trainingjobs", api: API_VERSION, crd: true, |o, e| validate_training_job(&o.metadata.name, &o.spec, e);
+    TrainingJob(TrainingJob), "trainingjobs", api: API_VERSION, crd: true, namespaced: true, |o, e| validate_training_job(&o.metadata.name, &o.spec, e);
     /// A model's versions served with the TensorFlow Serving REST API.
-    ModelServer(ModelServer), "modelservers", api: API_VERSION, crd: true, |o, e| validate_model_server(&o.metadata.name, &o.spec, e);
+    ModelServer(ModelServer), "modelservers", api: API_VERSION, crd: true, namespaced: true, |o, e| validate_model_server(&o.metadata.name, &o.spec, e);
     /// A PromQL condition that opens alerts.
-    AlertRule(AlertRule), "alertrules", api: API_VERSION, crd: true, |o, e| validate_alert_rule(&o.spec, e);
+    AlertRule(AlertRule), "alertrules", api: API_VERSION, crd: true, namespaced: true, |o, e| validate_alert_rule(&o.spec, e);
     /// Who is told about incidents, level by level.
-    EscalationPolicy(EscalationPolicy), "escalationpolicies", api: API_VERSION, crd: true, |o, e| validate_escalation_policy(&o.spec, e);
+    EscalationPolicy(EscalationPolicy), "escalationpolicies", api: API_VERSION, crd: true, namespaced: true, |o, e| validate_escalation_policy(&o.spec, e);
     /// Gateway API's Gateway: listeners on ports where routes attach.
-    Gateway(Gateway), "gateways", api: GATEWAY_API_VERSION, crd: false, |o, e| validate_gateway(&o.spec, e);
+    Gateway(Gateway), "gateways", api: GATEWAY_API_VERSION, crd: false, namespaced: true, |o, e| validate_gateway(&o.spec, e);
     /// Gateway API's HTTPRoute: requests matched by host, path, headers, query and method, sent to Apps.
-    HTTPRoute(HttpRoute), "httproutes", api: GATEWAY_API_VERSION, crd: false, |o, e| validate_http_route(&o.spec, e);
+    HTTPRoute(HttpRoute), "httproutes", api: GATEWAY_API_VERSION, crd: false, namespaced: true, |o, e| validate_http_route(&o.spec, e);
     /// Gateway API's TLSRoute: TLS connections sent to Apps by their SNI name.
-    TLSRoute(TlsRoute), "tlsroutes", api: TLS_ROUTE_API_VERSION, crd: false, |o, e| validate_tls_route(&o.spec, e);
+    TLSRoute(TlsRoute), "tlsroutes", api: TLS_ROUTE_API_VERSION, crd: false, namespaced: true, |o, e| validate_tls_route(&o.spec, e);
     /// Gateway API's TCPRoute: every connection on a listener sent to Apps.
-    TCPRoute(TcpRoute), "tcproutes", api: TCP_ROUTE_API_VERSION, crd: false, |o, e| validate_tcp_route(&o.spec, e);
+    TCPRoute(TcpRoute), "tcproutes", api: TCP_ROUTE_API_VERSION, crd: false, namespaced: true, |o, e| validate_tcp_route(&o.spec, e);
     /// Gateway API's ReferenceGrant: a namespace's consent to be referenced from another.
-    ReferenceGrant(ReferenceGrant), "referencegrants", api: REFERENCE_GRANT_API_VERSION, crd: false, |o, e| validate_reference_grant(&o.spec, e);
+    ReferenceGrant(ReferenceGrant), "referencegrants", api: REFERENCE_GRANT_API_VERSION, crd: false, namespaced: true, |o, e| validate_reference_grant(&o.spec, e);
     /// Gateway API's BackendTLSPolicy: the Gateway speaks TLS to these Services (Apps), checking their certificates.
-    BackendTLSPolicy(crate::backend_tls_policy::BackendTlsPolicy), "backendtlspolicies", api: crate::backend_tls_policy::BACKEND_TLS_POLICY_API_VERSION, crd: false, |o, e| crate::backend_tls_policy::validate_backend_tls_policy(&o.spec, e);
+    BackendTLSPolicy(crate::backend_tls_policy::BackendTlsPolicy), "backendtlspolicies", api: crate::backend_tls_policy::BACKEND_TLS_POLICY_API_VERSION, crd: false, namespaced: true, |o, e| crate::backend_tls_policy::validate_backend_tls_policy(&o.spec, e);
     /// cert-manager's Issuer: signs the Certificates of its namespace (self-signed, or by a CA held in a Secret).
-    Issuer(crate::certificate::Issuer), "issuers", api: crate::certificate::CERT_MANAGER_API_VERSION, crd: false, |o, e| crate::certificate::validate_issuer(&o.spec, e);
+    Issuer(crate::certificate::Issuer), "issuers", api: crate::certificate::CERT_MANAGER_API_VERSION, crd: false, namespaced: true, |o, e| crate::certificate::validate_issuer(&o.spec, e);
+    /// cert-manager's ClusterIssuer: an Issuer for the Certificates of every namespace (its Secrets are read from
+    /// the `cert-manager` namespace, cert-manager's cluster resource namespace).
+    ClusterIssuer(crate::certificate::ClusterIssuer), "clusterissuers", api: crate::certificate::CERT_MANAGER_API_VERSION, crd: false, namespaced: false, |o, e| crate::certificate::validate_issuer(&o.spec, e);
     /// cert-manager's Certificate: a key and certificate kept in a Secret and renewed before they expire.
-    Certificate(crate::certificate::Certificate), "certificates", api: crate::certificate::CERT_MANAGER_API_VERSION, crd: false, |o, e| crate::certificate::validate_certificate(&o.spec, e);
+    Certificate(crate::certificate::Certificate), "certificates", api: crate::certificate::CERT_MANAGER_API_VERSION, crd: false, namespaced: true, |o, e| crate::certificate::validate_certificate(&o.spec, e);
     /// A throwaway kind that exists only to prove the "adding a kind" checklist (feature `throwaway-kind`).
     [cfg(feature = "throwaway-kind")]
-    Widget(crate::widget::Widget), "widgets", api: API_VERSION, crd: false, |o, e| crate::widget::validate_widget(&o.spec, e);
+    Widget(crate::widget::Widget), "widgets", api: API_VERSION, crd: false, namespaced: true, |o, e| crate::widget::validate_widget(&o.spec, e);
 }
 
 impl Kind {
@@ -244,9 +256,17 @@ impl Resource {
         each!(self, o => &o.api_version)
     }
 
+    /// Its namespace: the one written or `default`, and the empty namespace for a cluster-scoped kind.
+    pub fn namespace(&self) -> &str {
+        if self.kind().namespaced() {
+            self.meta().namespace()
+        } else {
+            ""
+        }
+    }
+
     pub fn key(&self) -> ObjectKey {
-        let m = self.meta();
-        ObjectKey::new(self.kind().name(), m.namespace(), &m.name)
+        ObjectKey::new(self.kind().name(), self.namespace(), &self.meta().name)
     }
 
     /// The object as JSON, status included.
@@ -284,7 +304,15 @@ impl Resource {
             return Resource::decode_as(kind, crate::config_map::from_core_config_map(map.clone())?);
         }
         let api = kind.api_version();
-        match map.get("apiVersion") {
+        let mut value = value;
+        if !kind.namespaced() {
+            // A Kubernetes API server drops the namespace of a cluster-scoped object; so does Capstan (a
+            // kustomization's `namespace:` sets it on every object).
+            if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("namespace");
+            }
+        }
+        match value.get("apiVersion") {
             None => return Err(FieldError::new("apiVersion", "is missing").hint(format!("add `apiVersion: {api}`"))),
             Some(Value::String(v)) if v == api || kind.also_served().contains(&v.as_str()) => {}
             Some(v) => {
@@ -313,6 +341,16 @@ impl Resource {
     pub fn clear_status(&mut self) {
         each!(self, o => o.status = None)
     }
+}
+
+/// The namespace of an object given as JSON: the one written or `default`, and the empty namespace for a
+/// cluster-scoped kind (see [`Kind::namespaced`]).
+pub fn namespace_of(obj: &Value) -> &str {
+    let cluster = obj.get("kind").and_then(Value::as_str).and_then(Kind::parse).is_some_and(|k| !k.namespaced());
+    if cluster {
+        return "";
+    }
+    obj.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or(crate::DEFAULT_NAMESPACE)
 }
 
 /// Every problem of a manifest as `field: message`, whether decoding or validation finds it (for tests).

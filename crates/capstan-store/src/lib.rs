@@ -143,8 +143,7 @@ pub fn key_of(obj: &Value) -> Result<ObjectKey, StoreError> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
     let meta = obj.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).ok_or(StoreError::NoName)?;
-    let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or(capstan_model::DEFAULT_NAMESPACE);
-    Ok(ObjectKey::new(kind, ns, name))
+    Ok(ObjectKey::new(kind, capstan_model::resource::namespace_of(obj), name))
 }
 
 /// Where a value is stored, bound into its seal so that it cannot be moved to another place.
@@ -494,7 +493,14 @@ impl Store {
                     None => {
                         let rv = Self::next_rv(&mut meta)?;
                         let md = &mut obj["metadata"];
-                        md["namespace"] = json!(key.namespace);
+                        if key.namespace.is_empty() {
+                            // Cluster-scoped: no namespace, as Kubernetes writes it.
+                            if let Some(m) = md.as_object_mut() {
+                                m.remove("namespace");
+                            }
+                        } else {
+                            md["namespace"] = json!(key.namespace);
+                        }
                         md["uid"] = json!(uuid::Uuid::new_v4().to_string());
                         md["generation"] = json!(1);
                         md["resourceVersion"] = json!(rv.to_string());

@@ -356,9 +356,9 @@ async fn an_external_account_binding_registers_the_account_the_ca_expects() {
     tp.stop().await;
 }
 
-/// cert-manager's gateway-shim: a Gateway annotated with an Issuer gets a Certificate for its HTTPS listener's
-/// Secret and host name, issued by pebble and served; without the annotation the Certificate goes and its Secret
-/// stays.
+/// cert-manager's gateway-shim: a Gateway annotated with a ClusterIssuer gets a Certificate for its HTTPS
+/// listener's Secret and host name, issued by pebble (the account key kept in `cert-manager`) and served; without the
+/// annotation the Certificate goes and its Secret stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_annotated_gateway_gets_its_certificates_without_one_written() {
     if !heavy("pebble (Debian's pebble package)") {
@@ -400,14 +400,14 @@ spec:
     tp.apply(&format!(
         "{}---
 apiVersion: cert-manager.io/v1
-kind: Issuer
+kind: ClusterIssuer
 metadata: {{name: pebble}}
 spec:
   acme:
     server: {}
     caBundle: {bundle}
     privateKeySecretRef: {{name: pebble-account}}
-    solvers: [{{http01: {{gatewayHTTPRoute: {{parentRefs: [{{name: web, sectionName: http}}]}}}}}}]
+    solvers: [{{http01: {{gatewayHTTPRoute: {{parentRefs: [{{name: web, namespace: default, sectionName: http}}]}}}}}}]
 ---
 {}---
 apiVersion: gateway.networking.k8s.io/v1
@@ -417,7 +417,7 @@ spec:
   parentRefs: [{{name: web, sectionName: https}}]
   rules: [{{backendRefs: [{{name: shim, port: 8080}}]}}]
 ",
-        gateway("cert-manager.io/issuer: pebble, cert-manager.io/private-key-algorithm: ECDSA"),
+        gateway("cert-manager.io/cluster-issuer: pebble, cert-manager.io/private-key-algorithm: ECDSA"),
         pebble.directory(),
         app_yaml("shim", 1, &[], ""),
     ));
@@ -433,6 +433,13 @@ spec:
     assert_eq!(cert["metadata"]["labels"]["capstan.dev/made-for-gateway"], "web");
     assert_eq!(cert["spec"]["dnsNames"], serde_json::json!(["shim.example.test"]));
     assert_eq!(cert["spec"]["privateKey"]["algorithm"], "ECDSA");
+    assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    // The ClusterIssuer's account: registered, its key in the cluster resource namespace (cert-manager's).
+    let issuer = tp.client.get("/api/v1/clusterissuers/pebble").await.expect("the ClusterIssuer");
+    assert!(issuer["status"]["acme"]["uri"].as_str().is_some_and(|u| u.contains("/my-account/")), "{issuer}");
+    let account = tp.client.get("/api/v1/namespaces/cert-manager/secrets/pebble-account").await.expect("the key");
+    assert!(value(&account, "tls.key").contains("PRIVATE KEY"), "{account}");
+    assert!(get(&tp, "secrets", "pebble-account").await.is_none(), "not in the Certificate's namespace");
     let root = pebble.root().await;
     let secret = get(&tp, "secrets", "shim-tls").await.expect("the Secret");
     let leaf = der_of(&value(&secret, "tls.crt"));

@@ -213,3 +213,166 @@ async fn issuers_sign_certificates_into_secrets_that_the_gateway_serves_and_rene
     assert_eq!(out.status.code(), Some(1), "a missing Certificate: {}", String::from_utf8_lossy(&out.stderr));
     tp.stop().await;
 }
+
+/// A ClusterIssuer signs the Certificates of every namespace with a CA kept in the cluster resource namespace
+/// (`cert-manager`, as cert-manager's default). It has no namespace of its own (one written is dropped, as a cluster
+/// drops it), is read and changed at `/api/v1/clusterissuers/NAME`, and only a token bound to every namespace sees
+/// or changes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_issuer_signs_for_every_namespace_with_its_ca_in_the_cluster_resource_namespace() {
+    let tp = TestPlane::start().await;
+    tp.apply(
+        "apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: selfsigned, namespace: team-a}
+spec: {selfSigned: {}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: root, namespace: cert-manager}
+spec:
+  isCA: true
+  commonName: Cluster root
+  secretName: root-ca
+  privateKey: {algorithm: ECDSA}
+  issuerRef: {name: selfsigned, kind: ClusterIssuer, group: cert-manager.io}
+---
+apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: ca}
+spec: {ca: {secretName: root-ca}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: web, namespace: default}
+spec: {secretName: web-tls, dnsNames: [web.example.test], issuerRef: {name: ca, kind: ClusterIssuer}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: api, namespace: team-a}
+spec: {secretName: api-tls, dnsNames: [api.example.test], issuerRef: {name: ca, kind: ClusterIssuer}}
+",
+    );
+    let cluster_issuer = |name: &'static str| {
+        let client = tp.client.clone();
+        async move { client.get(&format!("/api/v1/clusterissuers/{name}")).await.ok() }
+    };
+    let ca = eventually("ClusterIssuer ca Ready", T, || async {
+        let i = cluster_issuer("ca").await?;
+        (condition(&i["status"]["conditions"], "Ready")["status"] == "True").then_some(i)
+    })
+    .await;
+    assert_eq!(condition(&ca["status"]["conditions"], "Ready")["reason"], "KeyPairVerified");
+    let selfsigned = cluster_issuer("selfsigned").await.expect("stored");
+    assert!(selfsigned["metadata"].get("namespace").is_none(), "no namespace, as a cluster keeps it: {selfsigned}");
+
+    // Both namespaces' Certificates are signed by the root kept in cert-manager; openssl verifies each.
+    let root_secret = tp.client.get("/api/v1/namespaces/cert-manager/secrets/root-ca").await.expect("the root");
+    let root = value(&root_secret, "tls.crt");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("root.crt"), &root).expect("write");
+    for (ns, name, secret, host) in
+        [("default", "web", "web-tls", "web.example.test"), ("team-a", "api", "api-tls", "api.example.test")]
+    {
+        eventually(&format!("Certificate {ns}/{name} Ready"), T, || async {
+            let c = tp.client.get(&format!("/api/v1/namespaces/{ns}/certificates/{name}")).await.ok()?;
+            (condition(&c["status"]["conditions"], "Ready")["status"] == "True").then_some(())
+        })
+        .await;
+        let s = tp.client.get(&format!("/api/v1/namespaces/{ns}/secrets/{secret}")).await.expect("the Secret");
+        assert_eq!(s["metadata"]["annotations"]["cert-manager.io/issuer-kind"], "ClusterIssuer", "{s}");
+        assert_eq!(value(&s, "ca.crt"), root, "ca.crt is the cluster's root");
+        std::fs::write(dir.path().join("leaf.crt"), value(&s, "tls.crt")).expect("write");
+        let verify = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile", "root.crt", "-verify_hostname", host, "leaf.crt"])
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl runs");
+        assert!(
+            verify.status.success(),
+            "openssl verify {ns}/{name}: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+
+    // Bad references, named: a ClusterIssuer that does not exist, and one whose CA is not in cert-manager.
+    tp.apply(
+        "apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: elsewhere}
+spec: {ca: {secretName: web-tls}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: lost, namespace: team-a}
+spec: {secretName: lost-tls, dnsNames: [lost.example.test], issuerRef: {name: nope, kind: ClusterIssuer}}
+",
+    );
+    let elsewhere = eventually("ClusterIssuer elsewhere says where it looked", T, || async {
+        let i = cluster_issuer("elsewhere").await?;
+        let c = condition(&i["status"]["conditions"], "Ready").clone();
+        (c["status"] == "False").then_some(c)
+    })
+    .await;
+    assert!(elsewhere["message"].as_str().unwrap_or("").contains("in namespace cert-manager"), "{elsewhere}");
+    let lost = eventually("Certificate lost names the missing ClusterIssuer", T, || async {
+        let c = tp.client.get("/api/v1/namespaces/team-a/certificates/lost").await.ok()?;
+        let issuing = condition(&c["status"]["conditions"], "Issuing").clone();
+        (issuing["reason"] == "Failed").then_some(issuing)
+    })
+    .await;
+    assert!(
+        lost["message"].as_str().unwrap_or("").contains("Referenced \"ClusterIssuer\" not found"),
+        "cert-manager's words: {lost}"
+    );
+
+    // The API and the CLI treat it as cluster-scoped: no NAMESPACE column, whatever -n or -A says.
+    let err = tp.client.get("/api/v1/namespaces/default/clusterissuers/ca").await.expect_err("not namespaced");
+    assert!(err.to_string().contains("cluster-scoped"), "{err}");
+    for args in
+        [&["get", "clusterissuers"][..], &["get", "clusterissuers", "-A"], &["get", "clusterissuer", "ca", "-n", "x"]]
+    {
+        let out = tp.cli(args);
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(listing.contains("ca (Secret root-ca)") && !listing.contains("NAMESPACE"), "{args:?}: {listing}");
+    }
+    let out = tp.cli(&["describe", "clusterissuer", "ca"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains("Kind:") && page.contains("ClusterIssuer") && page.contains("KeyPairVerified"), "{page}");
+
+    // A token bound to one namespace neither reads nor writes it; it may still name it from its Certificates.
+    let made = tp
+        .client
+        .post("/api/v1/tokens", serde_json::json!({"name": "team-a", "role": "deployer", "namespace": "team-a"}))
+        .await
+        .expect("token");
+    let team = capstan_api::Client::new(tp.plane().url(), made["token"].as_str().expect("shown"));
+    for path in ["/api/v1/clusterissuers", "/api/v1/clusterissuers/ca"] {
+        let e = team.get(path).await.expect_err("refused");
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(403), "{path}: {e}");
+    }
+    let own = "apiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {name: mine}\nspec: {selfSigned: {}}\n";
+    let objects: Vec<Value> = capstan_model::parse_manifests("t.yaml", own)
+        .expect("parses")
+        .into_iter()
+        .map(|m| m.resource.to_value())
+        .collect();
+    let e = team.post("/api/v1/apply", serde_json::json!({ "objects": objects })).await.expect_err("refused");
+    assert!(e.to_string().contains("cluster-scoped"), "{e}");
+    let e = team.delete("/api/v1/clusterissuers/ca").await.expect_err("refused");
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(403), "{e}");
+    let cert = "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: t, namespace: team-a}\nspec: {secretName: t-tls, dnsNames: [t.example.test], issuerRef: {name: ca, kind: ClusterIssuer}}\n";
+    let objects: Vec<Value> = capstan_model::parse_manifests("t.yaml", cert)
+        .expect("parses")
+        .into_iter()
+        .map(|m| m.resource.to_value())
+        .collect();
+    team.post("/api/v1/apply", serde_json::json!({ "objects": objects })).await.expect("a Certificate of its own");
+
+    let out = tp.cli(&["delete", "clusterissuer", "elsewhere"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(cluster_issuer("elsewhere").await.is_none(), "deleted");
+    tp.stop().await;
+}

@@ -41,6 +41,9 @@ fn expected_rule(method: &Method, path: &str) -> Option<Rule> {
         (_, "/api/v1/tokens" | "/api/v1/tokens/{name}" | "/api/v1/audit" | "/api/v1/encryption/rotate") => {
             needs(Admin, All)
         }
+        // Cluster-scoped objects (ClusterIssuer): a binding to every namespace.
+        ("GET", "/api/v1/{plural}/{name}" | "/api/v1/{plural}/{name}/events") => needs(Read, All),
+        ("DELETE", "/api/v1/{plural}/{name}") => needs(Write, All),
         ("GET", p) if p.starts_with("/api/v1/namespaces/") => needs(Read, Namespace),
         ("DELETE", "/api/v1/namespaces/{ns}/{plural}/{name}") => needs(Write, Namespace),
         ("POST", "/api/v1/namespaces/{ns}/databases/{name}/restore") => needs(Admin, Namespace),

@@ -58,7 +58,7 @@ pub async fn account(
     acme: &AcmeIssuer,
     http: &AcmeHttp,
 ) -> Result<(Account, AcmeIssuerStatus), IssueError> {
-    let ns = issuer.metadata.namespace();
+    let ns = issuer.secrets_namespace();
     let sel = &acme.private_key_secret_ref;
     let key_name = sel.key_or(ACCOUNT_KEY);
     let known = issuer.status.as_ref().and_then(|s| s.acme.clone()).unwrap_or_default();
@@ -164,12 +164,15 @@ pub async fn registered(
     acme: &AcmeIssuer,
     http: &AcmeHttp,
 ) -> Result<Account, IssueError> {
-    let ns = issuer.metadata.namespace();
+    let ns = issuer.secrets_namespace();
     let sel = &acme.private_key_secret_ref;
     let Some(pem) = secret_value(store, ns, &sel.name, sel.key_or(ACCOUNT_KEY))? else {
         return Err(issuer_error(format!(
-            "Issuer {} has no ACME account key yet (Secret {}; see the Issuer's Ready condition)",
-            issuer.metadata.name, sel.name
+            "{} {} has no ACME account key yet (Secret {}/{}; see its Ready condition)",
+            issuer.kind,
+            issuer.metadata.name,
+            issuer.secrets_namespace(),
+            sel.name
         )));
     };
     let key = Key::from_pem(&pem).map_err(|e| issuer_error(format!("the account key: {e}")))?;

@@ -138,7 +138,8 @@ pub fn plan(store: &Store, acme: &AcmeIssuer, tls_alpn: bool, cert: &Certificate
     for (field, name) in names(cert) {
         let solver = solver_for(&acme.solvers, &name, &labels).ok_or_else(|| {
             IssueError::Issuer(format!(
-                "{field} `{name}`: no solver of Issuer {} selects it (spec.acme.solvers)",
+                "{field} `{name}`: no solver of {} {} selects it (spec.acme.solvers)",
+                spec.issuer_ref.kind(),
                 spec.issuer_ref.name
             ))
         })?;

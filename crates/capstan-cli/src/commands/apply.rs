@@ -80,7 +80,7 @@ pub(super) async fn apply(client: &Client, files: &[String], wait: bool, timeout
         let keys: Vec<(Kind, String, String)> = ms
             .iter()
             .filter(|m| m.resource.kind() != Kind::Secret)
-            .map(|m| (m.resource.kind(), m.resource.meta().namespace().to_string(), m.resource.meta().name.clone()))
+            .map(|m| (m.resource.kind(), m.resource.namespace().to_string(), m.resource.meta().name.clone()))
             .collect();
         return wait_ready(client, &keys, timeout).await;
     }

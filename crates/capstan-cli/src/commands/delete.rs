@@ -17,7 +17,7 @@ pub(super) async fn delete(
     let targets: Vec<(Kind, String, String)> = if !files.is_empty() {
         load(files)?
             .iter()
-            .map(|m| (m.resource.kind(), m.resource.meta().namespace().to_string(), m.resource.meta().name.clone()))
+            .map(|m| (m.resource.kind(), m.resource.namespace().to_string(), m.resource.meta().name.clone()))
             .collect()
     } else {
         match (kind, name) {
@@ -32,7 +32,7 @@ pub(super) async fn delete(
     };
     let mut code = EXIT_OK;
     for (kind, ns, name) in targets {
-        match client.delete(&format!("/api/v1/namespaces/{ns}/{}/{name}", kind.plural())).await {
+        match client.delete(&super::object_path(kind, &ns, &name)).await {
             Ok(_) => println!("{}/{name} deleted", kind.name().to_ascii_lowercase()),
             Err(e) if e.status().is_some_and(|s| s.as_u16() == 404) => {
                 eprintln!("error: {e}");

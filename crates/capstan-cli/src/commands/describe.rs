@@ -13,7 +13,7 @@ use crate::EXIT_OK;
 pub(super) async fn describe(client: &Client, kind: &str, name: &str, ns: Option<&str>) -> Result<u8> {
     let kind = kind_arg(kind)?;
     let ns = ns.unwrap_or("default");
-    let path = format!("/api/v1/namespaces/{ns}/{}/{name}", kind.plural());
+    let path = super::object_path(kind, ns, name);
     let mut o = client.get(&path).await.map_err(api_failure)?;
     let events = client.get(&format!("{path}/events")).await.map_err(api_failure)?;
     if kind == capstan_model::Kind::Certificate {

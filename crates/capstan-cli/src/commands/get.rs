@@ -30,12 +30,12 @@ pub(super) async fn get(
         .into());
     }
     let ns = ns.unwrap_or("default");
+    // A cluster-scoped kind has no namespace to filter by or show, as with kubectl.
+    let all = all && kind.namespaced();
     let mut items: Vec<Value> = match name {
-        Some(n) => {
-            vec![client.get(&format!("/api/v1/namespaces/{ns}/{}/{n}", kind.plural())).await.map_err(api_failure)?]
-        }
+        Some(n) => vec![client.get(&super::object_path(kind, ns, n)).await.map_err(api_failure)?],
         None => {
-            let q = if all { String::new() } else { format!("?namespace={ns}") };
+            let q = if all || !kind.namespaced() { String::new() } else { format!("?namespace={ns}") };
             client.get(&format!("/api/v1/{}{q}", kind.plural())).await.map_err(api_failure)?["items"]
                 .as_array()
                 .cloned()
@@ -55,7 +55,8 @@ pub(super) async fn get(
         return Ok(EXIT_OK);
     }
     if items.is_empty() {
-        eprintln!("No {} found{}.", kind.plural(), if all { String::new() } else { format!(" in namespace {ns}") });
+        let place = if all || !kind.namespaced() { String::new() } else { format!(" in namespace {ns}") };
+        eprintln!("No {} found{place}.", kind.plural());
         if !watch {
             return Ok(EXIT_OK);
         }
@@ -83,7 +84,7 @@ pub(super) async fn get(
             ))
             .into());
         }
-        let same_ns = all || o["metadata"]["namespace"] == ns;
+        let same_ns = all || !kind.namespaced() || o["metadata"]["namespace"] == ns;
         let same_name = name.is_none_or(|n| o["metadata"]["name"] == n);
         if same_ns && same_name {
             let mut row = crate::kinds::row(kind, o, all, wide, Utc::now());

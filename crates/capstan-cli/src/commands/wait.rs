@@ -84,7 +84,7 @@ pub async fn wait_ready(client: &Client, objects: &[(Kind, String, String)], tim
         let mut waiting = Vec::new();
         for (kind, ns, name) in objects {
             let who = format!("{}/{name}", kind.name().to_lowercase());
-            match client.get(&format!("/api/v1/namespaces/{ns}/{}/{name}", kind.plural())).await {
+            match client.get(&crate::commands::object_path(*kind, ns, name)).await {
                 Ok(o) if is_ready(&o) => ready += 1,
                 Ok(o) => waiting.push((who, condition_summary(&o))),
                 Err(e) => waiting.push((who, e.to_string())),
