@@ -19,7 +19,8 @@ use crate::error::IssueError;
 use crate::index::{Index, Names};
 use crate::issue::{sign, Signer};
 use crate::keys::Key;
-use crate::plan::{decide, Decision};
+use crate::plan::{decide, with_suggestion, Decision};
+use crate::renewal_info::RenewalInfos;
 use crate::secret;
 
 /// The condition type of a Certificate being issued.
@@ -62,6 +63,7 @@ pub fn spawn(store: Store, answers: Answers) -> Controllers {
         failed_with: Mutex::default(),
         index: Mutex::new(index),
         issuers_seen: Mutex::default(),
+        renewal_infos: RenewalInfos::default(),
     };
     let certificates = runner::run(store, Arc::new(certificates), CONCURRENT_ISSUANCES);
     Controllers { issuers, cluster_issuers, certificates }
@@ -280,12 +282,22 @@ struct Certificates {
     failed_with: Mutex<HashMap<ObjectKey, String>>,
     /// Which Certificates name which Secret and Issuer.
     index: Mutex<Index>,
+    /// What the ACME servers suggest for renewals (ARI).
+    renewal_infos: RenewalInfos,
     /// Each Issuer's generation, `Ready` status and ACME account as last seen: only a change to one of them wakes
     /// its Certificates (not a status write that says the same).
     issuers_seen: Mutex<HashMap<ObjectKey, (Value, Value, Value)>>,
 }
 
 impl Certificates {
+    /// The ACME spec of `cert`'s issuer, when it is an ACME issuer (a read error or a missing issuer: none; the
+    /// issuance reports those).
+    fn acme_of(&self, cert: &Certificate) -> Option<capstan_model::acme::AcmeIssuer> {
+        let key = cert.spec.issuer_ref.key(cert.metadata.namespace())?;
+        let issuer: Issuer = serde_json::from_value(self.store.get(&key).ok()??).ok()?;
+        issuer.spec.acme
+    }
+
     /// The resourceVersions of `cert`'s issuer and of its CA Secret, as one string.
     fn issuer_version(&self, cert: &Certificate) -> Result<String, ReconcileError> {
         let Some(issuer_key) = cert.spec.issuer_ref.key(cert.metadata.namespace()) else { return Ok(String::new()) };
@@ -396,7 +408,12 @@ impl Certificates {
             Signing::Ca { chain_pem, key: ca_key } => {
                 sign(&cert.spec, &key, Signer::Ca { chain_pem, key: ca_key }, now)?
             }
-            Signing::Acme(acme) => self.order(&issuer, acme, cert, &key)?,
+            Signing::Acme(acme) => {
+                // The certificate it replaces, named to a server that offers renewal information (RFC 9773 §5).
+                let cert_key = ObjectKey::new("Certificate", cert.metadata.namespace(), &cert.metadata.name);
+                let replaces = existing.and_then(tls_crt).and_then(|c| self.renewal_infos.replaces(&cert_key, &c));
+                self.order(&issuer, acme, cert, &key, replaces.as_deref())?
+            }
         };
         let pem = key.to_pem(cert.spec.pkcs8())?;
         let written = secret::build(cert, &signed, &pem, existing);
@@ -456,6 +473,7 @@ impl Certificates {
         acme: &capstan_model::acme::AcmeIssuer,
         cert: &Certificate,
         key: &Key,
+        replaces: Option<&str>,
     ) -> Result<crate::issue::Signed, IssueError> {
         // Every name's proof is checked on this machine before the server is asked anything.
         let tls_alpn = issuer
@@ -468,7 +486,8 @@ impl Certificates {
         let runtime = tokio::runtime::Handle::current();
         let account = runtime.block_on(account::registered(&self.store, issuer, acme, &http))?;
         self.note_account(issuer, account.id());
-        let chain = runtime.block_on(crate::acme::order(&plan, &account, &http, acme, cert, key, &self.answers))?;
+        let chain =
+            runtime.block_on(crate::acme::order(&plan, &account, &http, acme, cert, key, replaces, &self.answers))?;
         let bad = |message: String| IssueError::Acme { message, retry_after: None, rejected: true };
         let facts =
             secret::facts(chain.as_bytes(), key).map_err(|e| bad(format!("the ACME server's certificate: {e}")))?;
@@ -482,6 +501,11 @@ impl Certificates {
             not_after: facts.not_after,
         })
     }
+}
+
+/// The `tls.crt` of a stored Secret.
+fn tls_crt(secret: &Value) -> Option<Vec<u8>> {
+    secret::spec_of(secret).ok()?.value("tls.crt")
 }
 
 /// `Ready` True: the Secret holds what the spec asks, and it has not expired.
@@ -553,6 +577,7 @@ impl Reconciler for Certificates {
     fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {
         let Some(v) = self.store.get(key)? else {
             self.index().remove(key);
+            self.renewal_infos.forget(key);
             return Ok(Action::AwaitChange);
         };
         self.index().insert_missing(key, Names::of(&v));
@@ -590,6 +615,24 @@ impl Reconciler for Certificates {
         let retry = seen == generation && (unchanged || status.failed_issuance_attempts.is_none());
         let manual = manually_triggered(&status);
         let decision = decide(&cert.spec, &current, &status, retry, manual, now);
+        // An ACME server that offers renewal information may bring a kept certificate's renewal forward.
+        let acme = self.acme_of(&cert);
+        let mut next_poll = None;
+        let decision = match (&decision, &acme, existing.as_ref().and_then(tls_crt)) {
+            (Decision::Keep { .. }, Some(acme), Some(chain)) => {
+                match self.renewal_infos.suggestion(key, acme, &chain, now) {
+                    Some(lookup) => {
+                        if let Some(news) = &lookup.news {
+                            self.store.record_event(key, EventType::Normal, "RenewalInfo", news)?;
+                        }
+                        next_poll = Some(lookup.next_poll);
+                        with_suggestion(decision, lookup.suggested.as_ref(), &status, retry, now)
+                    }
+                    None => decision,
+                }
+            }
+            _ => decision,
+        };
         let issuer_key = cert.spec.issuer_ref.key(cert.metadata.namespace());
         let hold = [
             issuer_key.as_ref().and_then(|k| self.told_to_wait(k, now)),
@@ -606,7 +649,7 @@ impl Reconciler for Certificates {
                 }
                 status.renewal_time = Some(renewal_time);
                 up_to_date(&mut status, generation, now);
-                wait_until(renewal_time, now)
+                wait_until(next_poll.map_or(renewal_time, |p| p.min(renewal_time)), now)
             }
             Decision::Backoff { until } => wait_until(until, now),
             Decision::Issue { .. } if !manual && hold.is_some() => wait_until(hold.unwrap_or(now), now),
@@ -630,7 +673,11 @@ impl Reconciler for Certificates {
                         up_to_date(&mut status, generation, now);
                         // As cert-manager: the Issuing condition goes once the issuance is done.
                         remove_condition(&mut status.conditions, ISSUING);
-                        wait_until(renewal, now)
+                        match acme {
+                            // Looked at again at once, to ask its server for the new certificate's renewal window.
+                            Some(_) => Action::Requeue(Duration::from_secs(1)),
+                            None => wait_until(renewal, now),
+                        }
                     }
                     Err(e) => {
                         let failures = status.failed_issuance_attempts.unwrap_or(0) + 1;
@@ -737,6 +784,7 @@ mod tests {
             failed_with: Mutex::default(),
             index: Mutex::new(index),
             issuers_seen: Mutex::default(),
+            renewal_infos: RenewalInfos::default(),
         };
         let secret = |name: &str| event(WatchType::Modified, "Secret", name, json!({}));
         assert_eq!(names(c.triggers(&secret("s2"))), ["two"], "its own Secret");
@@ -796,6 +844,7 @@ mod tests {
             not_before: Mutex::default(),
             failed_with: Mutex::default(),
             issuers_seen: Mutex::default(),
+            renewal_infos: RenewalInfos::default(),
         };
         let keys = |keys: Vec<ObjectKey>| {
             let mut out: Vec<String> = keys.into_iter().map(|k| format!("{}/{}", k.namespace, k.name)).collect();

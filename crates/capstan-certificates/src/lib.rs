@@ -8,5 +8,6 @@ mod index;
 pub mod issue;
 pub mod keys;
 pub mod plan;
+mod renewal_info;
 pub mod secret;
 pub mod shim;

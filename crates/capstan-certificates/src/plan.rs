@@ -162,14 +162,49 @@ pub fn decide(
             }
         }
     };
-    let failures = status.failed_issuance_attempts.unwrap_or(0);
-    if let (true, Some(last), true) = (retry, status.last_failure_time, failures > 0) {
-        let until = last + chrono::Duration::from_std(backoff(failures)).unwrap_or_default();
-        if now < until && !manual {
-            return Decision::Backoff { until };
-        }
+    match backoff_until(status, retry, now) {
+        Some(until) if !manual => Decision::Backoff { until },
+        _ => wanted,
     }
-    wanted
+}
+
+/// Until when a failure's backoff holds (`retry`: it still applies), if it does now.
+fn backoff_until(status: &CertificateStatus, retry: bool, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let failures = status.failed_issuance_attempts.unwrap_or(0);
+    let last = status.last_failure_time.filter(|_| retry && failures > 0)?;
+    let until = last + chrono::Duration::from_std(backoff(failures)).unwrap_or_default();
+    (now < until).then_some(until)
+}
+
+/// A renewal time suggested by the issuer's ACME server (RFC 9773's renewal information): a time chosen in its
+/// window, and the `Issuing` message that says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Suggested {
+    pub at: DateTime<Utc>,
+    pub message: String,
+}
+
+/// `decision` with the ACME server's suggestion taken in: a certificate kept is renewed at the earlier of its own
+/// renewal time and the suggested one, and now once that has come (after a failure's backoff, as any issuance).
+pub fn with_suggestion(
+    decision: Decision,
+    suggested: Option<&Suggested>,
+    status: &CertificateStatus,
+    retry: bool,
+    now: DateTime<Utc>,
+) -> Decision {
+    match (decision, suggested) {
+        (Decision::Keep { renewal_time }, Some(s)) if s.at < renewal_time => {
+            if s.at > now {
+                return Decision::Keep { renewal_time: s.at };
+            }
+            match backoff_until(status, retry, now) {
+                Some(until) => Decision::Backoff { until },
+                None => Decision::Issue { reason: "Renewing", message: s.message.clone() },
+            }
+        }
+        (d, _) => d,
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +302,33 @@ mod tests {
         let mut c = current();
         c.dns_names = vec!["shop.example.com".into(), "shop.example.com".into()];
         assert!(matches!(decide(&s, &Ok(c), &st, false, false, t(1)), Decision::Keep { .. }));
+    }
+
+    #[test]
+    fn a_suggestion_of_the_acme_server_brings_the_renewal_forward_never_back() {
+        let (s, st) = (spec(), CertificateStatus::default());
+        let kept = decide(&s, &Ok(current()), &st, false, false, t(10));
+        assert_eq!(kept, Decision::Keep { renewal_time: t(60) });
+        let at = |h: i64| Suggested { at: t(h), message: "the server suggests it".into() };
+        assert_eq!(with_suggestion(kept.clone(), None, &st, false, t(10)), kept);
+        assert_eq!(with_suggestion(kept.clone(), Some(&at(70)), &st, false, t(10)), kept, "later: its own time");
+        assert_eq!(
+            with_suggestion(kept.clone(), Some(&at(20)), &st, false, t(10)),
+            Decision::Keep { renewal_time: t(20) }
+        );
+        assert_eq!(
+            with_suggestion(kept.clone(), Some(&at(20)), &st, false, t(20)),
+            Decision::Issue { reason: "Renewing", message: "the server suggests it".into() }
+        );
+        // After a failed renewal, the backoff holds as for any issuance.
+        let failed = CertificateStatus { failed_issuance_attempts: Some(2), last_failure_time: Some(t(20)), ..st };
+        assert_eq!(
+            with_suggestion(kept.clone(), Some(&at(20)), &failed, true, t(20)),
+            Decision::Backoff { until: t(20) + chrono::Duration::seconds(20) }
+        );
+        // Anything but a kept certificate is left as decided.
+        let issue = Decision::Issue { reason: "Expired", message: "x".into() };
+        assert_eq!(with_suggestion(issue.clone(), Some(&at(1)), &failed, true, t(20)), issue);
     }
 
     #[test]

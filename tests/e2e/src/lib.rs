@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: an in-process control plane in a temporary data directory, manifests for the
 //! test app, and bounded polling.
 
+pub mod acme_front;
 pub mod chromium;
 pub mod git;
 pub mod pebble;

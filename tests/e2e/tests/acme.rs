@@ -545,3 +545,123 @@ spec:
     drop(pebble);
     tp.stop().await;
 }
+
+/// Renewal information (RFC 9773) and a rate limit (RFC 8555 §6.6) against pebble, through a front that adds what
+/// pebble 2.4 lacks: the server suggests renewing the first certificate at once (its window already open), so it is
+/// renewed long before its renewal time, the order naming the certificate it replaces; that order is refused with a
+/// 429 and `Retry-After: 15`, so the server is not asked again before then while the old certificate keeps serving;
+/// the next attempt is issued, and the new certificate's window (20–25 minutes on) becomes its renewal time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_information_brings_renewals_forward_and_a_rate_limit_is_waited_out() {
+    use capstan_e2e::acme_front::{AcmeFront, Window};
+    if !heavy("pebble (Debian's pebble package)") {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, free_port(), Duration::from_secs(3600));
+    let minutes = chrono::Duration::minutes;
+    let windows = [Window { start: minutes(-2), end: minutes(-1) }, Window { start: minutes(20), end: minutes(25) }];
+    let front = AcmeFront::start(pebble.port, &pebble.ca_pem, &windows).await;
+    // The second new order (the renewal) is refused once with a rate limit.
+    front.limit_orders(1, 1, 15);
+    let tp = TestPlane::start().await;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&front.ca_pem);
+    tp.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web}}
+spec:
+  gatewayClassName: capstan
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+  - {{name: http, port: {http}, protocol: HTTP}}
+  - {{name: https, port: {https}, protocol: HTTPS, hostname: ari.example.test, tls: {{certificateRefs: [{{name: ari-tls}}]}}}}
+---
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {{name: front}}
+spec:
+  acme:
+    server: {server}
+    caBundle: {bundle}
+    privateKeySecretRef: {{name: front-account}}
+    solvers: [{{http01: {{gatewayHTTPRoute: {{parentRefs: [{{name: web, sectionName: http}}]}}}}}}]
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {{name: ari}}
+spec: {{secretName: ari-tls, dnsNames: [ari.example.test], privateKey: {{algorithm: ECDSA}}, issuerRef: {{name: front}}}}
+---
+{app}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: ari}}
+spec:
+  parentRefs: [{{name: web, sectionName: https}}]
+  rules: [{{backendRefs: [{{name: ari, port: 8080}}]}}]
+",
+        server = front.directory(),
+        app = app_yaml("ari", 1, &[], ""),
+    ));
+    let first = ready_at(&tp, "ari", 1).await;
+    let first_leaf = der_of(&value(&get(&tp, "secrets", "ari-tls").await.expect("the Secret"), "tls.crt"));
+    let root = pebble.root().await;
+
+    // The server's window for it is already open: the renewal starts at once, and meets the rate limit.
+    let limited = eventually("the renewal is refused with the rate limit, named", T, || async {
+        let c = get(&tp, "certificates", "ari").await?;
+        let issuing = condition(&c["status"]["conditions"], "Issuing").clone();
+        (issuing["reason"] == "Failed").then_some(issuing)
+    })
+    .await;
+    let message = limited["message"].as_str().unwrap_or_default();
+    assert!(message.contains("rateLimited") && message.contains("retry after"), "{limited}");
+    let served = https_get(https, "ari.example.test", "/", &root).await.expect("served");
+    assert_eq!((served.0, served.2), (200, first_leaf.clone()), "the old certificate keeps serving");
+
+    // Issued once the limit has passed, not before.
+    let second = ready_at(&tp, "ari", 2).await;
+    let orders = front.orders();
+    assert!(orders.len() >= 3, "{orders:?}");
+    assert_eq!(orders[0].replaces, None, "the first order replaces nothing");
+    assert_eq!(orders[1].status, 429);
+    let asked = front.asked();
+    assert_eq!(orders[1].replaces.as_ref(), asked.first(), "the renewal names the certificate it replaces: {asked:?}");
+    assert_eq!(orders[2].replaces, orders[1].replaces);
+    let waited = orders[2].at - orders[1].at;
+    assert!(waited >= Duration::from_secs(14), "asked again {waited:?} after a Retry-After of 15 s");
+    let renewed = eventually("the renewed certificate is served", T, || async {
+        https_get(https, "ari.example.test", "/", &root).await.filter(|r| r.0 == 200 && r.2 != first_leaf)
+    })
+    .await;
+    let secret = get(&tp, "secrets", "ari-tls").await.expect("the Secret");
+    assert_eq!(renewed.2, der_of(&value(&secret, "tls.crt")));
+    // Renewed long before its own renewal time (a third of its hour before its end).
+    let own = chrono::DateTime::parse_from_rfc3339(first["status"]["renewalTime"].as_str().expect("renewalTime"))
+        .expect("a time");
+    assert!(chrono::Utc::now() < own - chrono::Duration::minutes(30), "the first renewal time was {own}");
+
+    // The new certificate's window (20–25 minutes on) is its renewal time, earlier than a third of its hour before
+    // its end.
+    let (_, start, end) =
+        eventually("the server is asked about the new certificate", T, || async { front.windows().get(1).cloned() })
+            .await;
+    let scheduled = eventually("the renewal time is in the server's window", T, || async {
+        let c = get(&tp, "certificates", "ari").await?;
+        let at = chrono::DateTime::parse_from_rfc3339(c["status"]["renewalTime"].as_str()?).ok()?;
+        (at >= start && at <= end).then_some(at)
+    })
+    .await;
+    let not_after =
+        chrono::DateTime::parse_from_rfc3339(second["status"]["notAfter"].as_str().expect("notAfter")).expect("a time");
+    assert!(scheduled < not_after - chrono::Duration::minutes(20), "{scheduled} against {not_after}");
+    let events = tp.client.get("/api/v1/namespaces/default/certificates/ari/events").await.expect("events");
+    let said =
+        |reason: &str| events["items"].as_array().into_iter().flatten().filter(|e| e["reason"] == reason).count();
+    assert!(said("RenewalInfo") >= 2, "{events}");
+    let renewing = events["items"].as_array().into_iter().flatten().find(|e| e["reason"] == "Renewing");
+    assert!(renewing.is_some_and(|e| e["message"].as_str().unwrap_or("").contains("renewal information")), "{events}");
+    drop(front);
+    drop(pebble);
+    tp.stop().await;
+}

@@ -85,6 +85,20 @@ impl AcmeHttp {
     }
 }
 
+impl AcmeHttp {
+    /// A plain GET (the directory, renewal information): the status, the headers and the body, bounded as every
+    /// request is.
+    pub async fn get(&self, url: &str) -> Result<(u16, http::HeaderMap, Bytes), String> {
+        let req = Request::get(url)
+            .header(http::header::USER_AGENT, concat!("capstan/", env!("CARGO_PKG_VERSION")))
+            .body(BodyWrapper::default())
+            .map_err(|e| format!("{url}: {e}"))?;
+        let mut rsp = HttpClient::request(self, req).await.map_err(|e| e.to_string())?;
+        let body = rsp.body.into_bytes().await.map_err(|e| format!("{url}: {e}"))?;
+        Ok((rsp.parts.status.as_u16(), rsp.parts.headers, body))
+    }
+}
+
 impl HttpClient for AcmeHttp {
     fn request(
         &self,

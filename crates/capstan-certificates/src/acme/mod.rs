@@ -4,6 +4,7 @@
 //! the Certificate's key.
 
 pub mod account;
+pub mod ari;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -76,6 +77,9 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the front door gets to serve a published answer.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The problem type of a rate limit (RFC 8555 §6.7).
+pub const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+
 fn acme_error(what: &str, e: &instant_acme::Error, http: &http::AcmeHttp) -> IssueError {
     let retry_after =
         http.retry_after.lock().unwrap_or_else(|p| p.into_inner()).take().map(|t: SystemTime| DateTime::<Utc>::from(t));
@@ -99,9 +103,46 @@ fn acme_error(what: &str, e: &instant_acme::Error, http: &http::AcmeHttp) -> Iss
         Some(at) => format!("{message}; the server asks to retry after {}", at.format("%Y-%m-%dT%H:%M:%SZ")),
         None => message,
     };
-    // A problem document is the server's answer (a refusal, a limit); anything else never reached it.
-    let rejected = matches!(e, instant_acme::Error::Api(_));
+    // A problem document is the server's answer (a refusal, a limit); anything else never reached it. A limit that
+    // says when it ends is waited out to then, not to the longer wait after a rejected order.
+    let limited = matches!(e, instant_acme::Error::Api(p) if p.r#type.as_deref() == Some(RATE_LIMITED));
+    let rejected = matches!(e, instant_acme::Error::Api(_)) && !(limited && retry_after.is_some());
     IssueError::Acme { message, retry_after, rejected }
+}
+
+/// A new order for the plan's identifiers; naming the certificate it `replaces` (its ARI identifier) when given. A
+/// server that refuses the replacement (it was replaced already, or the server does not take the field) gets the
+/// order without it; a rate limit is not asked twice.
+async fn new_order(
+    plan: &Plan,
+    account: &Account,
+    http: &http::AcmeHttp,
+    acme: &AcmeIssuer,
+    replaces: Option<&str>,
+) -> Result<instant_acme::Order, IssueError> {
+    let order = || {
+        let o = NewOrder::new(&plan.identifiers);
+        match &acme.profile {
+            Some(p) => o.profile(p),
+            None => o,
+        }
+    };
+    if let Some((aki, serial)) = replaces.and_then(|r| r.split_once('.')) {
+        let id = instant_acme::CertificateIdentifier { authority_key_identifier: aki.into(), serial: serial.into() };
+        match account.new_order(&order().replaces(id)).await {
+            Ok(o) => return Ok(o),
+            Err(instant_acme::Error::Api(p)) if p.r#type.as_deref() == Some(RATE_LIMITED) => {
+                return Err(acme_error("creating the order", &instant_acme::Error::Api(p), http));
+            }
+            Err(e) => {
+                tracing::info!(
+                    "the ACME server did not take an order replacing {aki}.{serial} ({e}); ordering without"
+                );
+                http.retry_after.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
+        }
+    }
+    account.new_order(&order()).await.map_err(|e| acme_error("creating the order", &e, http))
 }
 
 /// What an order needs, checked before the server is asked anything: the identifiers, and for each name (in its
@@ -191,14 +232,11 @@ pub async fn order(
     acme: &AcmeIssuer,
     cert: &Certificate,
     key: &Key,
+    replaces: Option<&str>,
     answers: &Answers,
 ) -> Result<String, IssueError> {
     let ns = cert.metadata.namespace();
-    let mut new_order = NewOrder::new(&plan.identifiers);
-    if let Some(p) = &acme.profile {
-        new_order = new_order.profile(p);
-    }
-    let mut order = account.new_order(&new_order).await.map_err(|e| acme_error("creating the order", &e, http))?;
+    let mut order = new_order(plan, account, http, acme, replaces).await?;
     let mut published = Published { answers, tokens: Vec::new() };
     let mut pending = Vec::new();
     {
@@ -546,6 +584,34 @@ mod tests {
         // The same token published again replaces the first.
         answers.add(answer("other-order"));
         assert_eq!(answers.current().len(), 1);
+    }
+
+    #[test]
+    fn a_rate_limit_that_says_when_it_ends_is_waited_out_to_then() {
+        let http = http::AcmeHttp::new(&http::Trust::Nothing).expect("a client");
+        let problem = |type_: &str| {
+            let p = serde_json::json!({"type": type_, "detail": "too many", "status": 429});
+            instant_acme::Error::Api(serde_json::from_value(p).expect("a problem"))
+        };
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(15);
+        *http.retry_after.lock().expect("slot") = Some(later);
+        let IssueError::Acme { message, retry_after, rejected } =
+            acme_error("creating the order", &problem(RATE_LIMITED), &http)
+        else {
+            panic!("an ACME error")
+        };
+        assert_eq!(retry_after, Some(DateTime::<Utc>::from(later)));
+        assert!(!rejected, "held to its Retry-After, not the longer wait after a rejected order");
+        assert!(message.contains("rateLimited") && message.contains("retry after"), "{message}");
+        // Taken once: the next error does not inherit it.
+        assert!(http.retry_after.lock().expect("slot").is_none());
+        // Without a Retry-After, or a refusal of another type, it counts as a rejected order.
+        let IssueError::Acme { rejected, .. } = acme_error("x", &problem(RATE_LIMITED), &http) else { panic!() };
+        assert!(rejected);
+        *http.retry_after.lock().expect("slot") = Some(later);
+        let unauthorized = problem("urn:ietf:params:acme:error:unauthorized");
+        let IssueError::Acme { rejected, retry_after, .. } = acme_error("x", &unauthorized, &http) else { panic!() };
+        assert!(rejected && retry_after.is_some());
     }
 
     #[test]
