@@ -230,3 +230,48 @@ async fn bad_credentials_and_an_unreachable_cluster_fail_before_anything_is_appl
     let missing = Cluster::connect(Some(&dir.path().join("nope")), None).await;
     assert!(matches!(missing, Err(ClusterError::Kubeconfig { .. })));
 }
+
+/// cert-manager's objects reach the cluster by server-side apply as written: an Issuer and a Certificate in their
+/// namespace, a ClusterIssuer at the cluster's own path (no namespace); a ClusterIssuer that leaves Git is pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_manager_objects_are_applied_as_written_and_a_cluster_issuer_without_a_namespace() {
+    let fake = FakeApiServer::start_on("127.0.0.1:0", None).await.expect("fake");
+    let c = cluster(&fake, "any").await;
+    let certs = "apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {name: ca, namespace: team}
+spec: {ca: {secretName: root-ca}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: web, namespace: team}
+spec: {secretName: web-tls, dnsNames: [web.example.com], issuerRef: {name: letsencrypt, kind: ClusterIssuer}}
+";
+    let cluster_issuer = "apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: letsencrypt, namespace: ignored}
+spec:
+  acme:
+    server: https://acme-v02.api.letsencrypt.org/directory
+    privateKeySecretRef: {name: letsencrypt-account}
+    solvers: [{http01: {gatewayHTTPRoute: {parentRefs: [{name: web, namespace: front}]}}}]
+";
+    let all = resources(&format!("{certs}---\n{cluster_issuer}"));
+    let report = c.apply(render(&all).expect("render"), &opts()).await.expect("apply");
+    assert!(report.ok(), "{report:?}");
+    let stored = fake.get("cert-manager.io", "clusterissuers", "", "letsencrypt").expect("at the cluster's path");
+    assert!(stored["metadata"].get("namespace").is_none(), "{stored}");
+    assert_eq!(stored["spec"], all[2].to_value()["spec"], "the spec as written");
+    assert!(fake.managers("cert-manager.io", "clusterissuers", "", "letsencrypt").contains_key("capstan"));
+    let cert = fake.get("cert-manager.io", "certificates", "team", "web").expect("the Certificate");
+    assert_eq!(cert["spec"]["issuerRef"], json!({"name": "letsencrypt", "kind": "ClusterIssuer"}));
+    assert!(fake.get("cert-manager.io", "issuers", "team", "ca").is_some());
+    assert!(fake.get("", "namespaces", "", "ignored").is_none(), "a ClusterIssuer brings no namespace");
+
+    // The ClusterIssuer leaves Git: pruned from the cluster's path; the rest stays.
+    let pruned = c.apply(render(&resources(certs)).expect("render"), &opts()).await.expect("apply");
+    assert!(pruned.ok(), "{pruned:?}");
+    assert_eq!(*outcome(&pruned.pruned, "ClusterIssuer", "letsencrypt"), Outcome::Deleted);
+    assert!(fake.get("cert-manager.io", "clusterissuers", "", "letsencrypt").is_none());
+    assert!(fake.get("cert-manager.io", "certificates", "team", "web").is_some());
+}

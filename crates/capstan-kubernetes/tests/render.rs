@@ -80,6 +80,27 @@ fn the_ha_stack_on_a_cluster_matches_its_golden_file() {
     golden("atlassian.yaml", include_str!("../../../examples/kubernetes/atlassian.yaml"));
 }
 
+/// An ACME ClusterIssuer, as a platform team writes one for every namespace.
+const CLUSTER_ISSUER: &str = "apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: letsencrypt}
+spec:
+  acme:
+    server: https://acme-v02.api.letsencrypt.org/directory
+    email: ops@example.com
+    privateKeySecretRef: {name: letsencrypt-account}
+    solvers: [{http01: {gatewayHTTPRoute: {parentRefs: [{name: web, namespace: front, sectionName: http}]}}}]
+";
+
+/// cert-manager's objects for the cluster's cert-manager (examples/certificates and a ClusterIssuer): as written.
+#[test]
+fn cert_manager_objects_match_their_golden_file() {
+    // A cluster runs an image where this machine runs a command.
+    let example = include_str!("../../../examples/certificates/certificates.yaml")
+        .replace("    command: [capstan-hello]", "    image: registry.example.com/hello:1.0");
+    golden("cert-manager.yaml", &format!("{example}---\n{CLUSTER_ISSUER}"));
+}
+
 #[test]
 fn every_object_round_trips_through_its_k8s_openapi_type() {
     use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::*, networking::v1::*, policy::v1::PodDisruptionBudget};
