@@ -30,7 +30,7 @@ DEMO_TLS="${CAPSTAN_DATA}-tls"
 tls() { curl -fsS --cacert "$DEMO_TLS/ca.crt" "$@"; }
 # A Secret's value, decoded.
 secret_value() {
-  capstan get secret "$1" -o json | python3 -c 'import base64,json,sys; sys.stdout.write(base64.b64decode(json.load(sys.stdin)["spec"]["data"][sys.argv[1]]).decode())' "$2"
+  capstan get secret "$1" -n "${3:-default}" -o json | python3 -c 'import base64,json,sys; sys.stdout.write(base64.b64decode(json.load(sys.stdin)["spec"]["data"][sys.argv[1]]).decode())' "$2"
 }
 
 started=$(date +%s.%N)
@@ -48,7 +48,7 @@ for i in $(seq 1 1800); do
 done
 capstan apply -f examples/ha-stack --wait --timeout 3m >/dev/null
 mkdir -p "$DEMO_TLS"
-secret_value demo-root-ca ca.crt > "$DEMO_TLS/ca.crt"
+secret_value demo-root-ca ca.crt cert-manager > "$DEMO_TLS/ca.crt"
 for i in $(seq 1 100); do
   tls -o /dev/null "$HTTPS/status" 2>/dev/null && break
   [ "$i" = 100 ] && { echo "the Gateway did not serve the issued certificate in 10 s" >&2; capstan get certificates >&2; exit 1; }
@@ -59,6 +59,7 @@ echo
 capstan get databases
 capstan get apps -o wide
 capstan get gateways
+capstan get clusterissuers
 capstan get certificates
 python3 -c "print('\nthe whole stack was Ready %.1f s after capstan up' % ($ready - $started))"
 

@@ -223,7 +223,14 @@ impl Reconciler for Shim {
                     ));
                 }
                 Some(s) if s["spec"] == manifest["spec"] => {}
-                _ => writes.push(manifest.clone()),
+                Some(s) => {
+                    // Written over the version read: a Certificate replaced by hand since (without the label) is a
+                    // conflict, retried, and then left alone, never overwritten.
+                    let mut m = manifest.clone();
+                    m["metadata"]["resourceVersion"] = s["metadata"]["resourceVersion"].clone();
+                    writes.push(m);
+                }
+                None => writes.push(manifest.clone()),
             }
         }
         if !writes.is_empty() {
@@ -316,6 +323,31 @@ mod tests {
         for m in wanted.values() {
             capstan_model::parse_manifests("shim.yaml", &serde_json::to_string(m).expect("json")).expect("valid");
         }
+    }
+
+    #[test]
+    fn a_certificate_changed_by_hand_is_made_again_over_the_version_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("store");
+        let listeners = json!([{"name": "a", "port": 443, "protocol": "HTTPS", "hostname": "a.example.com",
+                                "tls": {"certificateRefs": [{"name": "a-tls"}]}}]);
+        let g = serde_json::to_value(gateway(json!({"cert-manager.io/issuer": "le"}), listeners)).expect("json");
+        store.apply(vec![g]).expect("apply");
+        let shim = Shim { store: store.clone(), notes: Mutex::default(), generations: Mutex::default() };
+        let gw = ObjectKey::new("Gateway", "shop", "web");
+        // The stored Gateway has its own uid: the Certificate is marked with it.
+        shim.reconcile(&gw).expect("made");
+        let key = ObjectKey::new("Certificate", "shop", "a-tls");
+        let made = store.get(&key).expect("read").expect("made");
+        assert_eq!(made["spec"]["dnsNames"], json!(["a.example.com"]));
+        let mut changed = made.clone();
+        changed["spec"]["dnsNames"] = json!(["other.example.com"]);
+        store.apply(vec![changed]).expect("changed by hand");
+        shim.reconcile(&gw).expect("made again");
+        let again = store.get(&key).expect("read").expect("there");
+        assert_eq!(again["spec"]["dnsNames"], json!(["a.example.com"]), "as the Gateway asks");
+        assert_ne!(again["metadata"]["resourceVersion"], made["metadata"]["resourceVersion"]);
+        assert!(made_by_shim(&again, "web", again["metadata"]["annotations"][MADE_FOR_GATEWAY_UID].as_str()));
     }
 
     #[test]
