@@ -274,8 +274,9 @@ struct Certificates {
     /// Where ACME HTTP-01 answers are published for the front door.
     answers: Answers,
     /// When an ACME server may be asked again: per Issuer, after a `Retry-After` (nothing but a manual renewal
-    /// asks it sooner, for any Certificate of that Issuer); per Certificate, after the server rejected an order (a
-    /// failed validation counts against the server's limits: the longer ACME backoff holds while nothing changed).
+    /// asks it sooner, for any Certificate of that Issuer; for a ClusterIssuer, per Certificate); per Certificate,
+    /// after the server rejected an order (a failed validation counts against the server's limits: the longer ACME
+    /// backoff holds while nothing changed).
     not_before: Mutex<HashMap<ObjectKey, DateTime<Utc>>>,
     /// What each Certificate's issuer was (its and its CA Secret's resourceVersions) when its last issuance failed:
     /// a change to either is tried at once, whatever the backoff.
@@ -712,9 +713,11 @@ impl Reconciler for Certificates {
                             let mut holds = self.not_before.lock().unwrap_or_else(|p| p.into_inner());
                             if let Some(t) = retry_after {
                                 until = until.max(*t);
-                                if let Some(k) = &issuer_key {
-                                    holds.insert(k.clone(), *t);
-                                }
+                                // An Issuer's Certificates wait together (one namespace, one account); a
+                                // ClusterIssuer's only this one: a limit one namespace ran into does not stop every
+                                // namespace's renewals.
+                                let held = issuer_key.as_ref().filter(|k| k.kind == "Issuer").unwrap_or(key);
+                                holds.insert(held.clone(), *t);
                             }
                             if *rejected {
                                 let wait = crate::plan::rejected_backoff(failures);

@@ -149,6 +149,31 @@ fn made_by_shim(c: &Value, name: &str, uid: Option<&str>) -> bool {
         && md["annotations"][MADE_FOR_GATEWAY_UID].as_str().is_some_and(|u| uid.is_none_or(|want| u == want))
 }
 
+/// What to write for `manifest`, given the Certificate `stored` under its name: nothing when it is as wanted; the
+/// manifest when there is none; over the version read when it changed, so that one replaced by hand since is a
+/// conflict (retried, and then left alone), never overwritten. One the shim did not make for this Gateway is left as
+/// it is, with a note.
+fn to_write(
+    manifest: &Value,
+    stored: Option<&Value>,
+    gateway: &str,
+    uid: Option<&str>,
+) -> Result<Option<Value>, String> {
+    let name = manifest["metadata"]["name"].as_str().unwrap_or_default();
+    match stored {
+        None => Ok(Some(manifest.clone())),
+        Some(s) if !made_by_shim(s, gateway, uid) => {
+            Err(format!("Certificate {name} exists and was not made for this Gateway: it is left as it is"))
+        }
+        Some(s) if s["spec"] == manifest["spec"] => Ok(None),
+        Some(s) => {
+            let mut m = manifest.clone();
+            m["metadata"]["resourceVersion"] = s["metadata"]["resourceVersion"].clone();
+            Ok(Some(m))
+        }
+    }
+}
+
 impl Shim {
     /// The Certificates of `namespace` the shim made for Gateway `name` (of `uid`, when it exists).
     fn made_for(&self, namespace: &str, name: &str, uid: Option<&str>) -> Result<Vec<Value>, ReconcileError> {
@@ -216,21 +241,10 @@ impl Reconciler for Shim {
         let mut writes = Vec::new();
         for (name, manifest) in &wanted {
             let stored = self.store.get(&ObjectKey::new("Certificate", ns, name))?;
-            match stored {
-                Some(s) if !made_by_shim(&s, &g.metadata.name, uid) => {
-                    notes.push(format!(
-                        "Certificate {name} exists and was not made for this Gateway: it is left as it is"
-                    ));
-                }
-                Some(s) if s["spec"] == manifest["spec"] => {}
-                Some(s) => {
-                    // Written over the version read: a Certificate replaced by hand since (without the label) is a
-                    // conflict, retried, and then left alone, never overwritten.
-                    let mut m = manifest.clone();
-                    m["metadata"]["resourceVersion"] = s["metadata"]["resourceVersion"].clone();
-                    writes.push(m);
-                }
-                None => writes.push(manifest.clone()),
+            match to_write(manifest, stored.as_ref(), &g.metadata.name, uid) {
+                Ok(Some(w)) => writes.push(w),
+                Ok(None) => {}
+                Err(note) => notes.push(note),
             }
         }
         if !writes.is_empty() {
@@ -348,6 +362,26 @@ mod tests {
         assert_eq!(again["spec"]["dnsNames"], json!(["a.example.com"]), "as the Gateway asks");
         assert_ne!(again["metadata"]["resourceVersion"], made["metadata"]["resourceVersion"]);
         assert!(made_by_shim(&again, "web", again["metadata"]["annotations"][MADE_FOR_GATEWAY_UID].as_str()));
+    }
+
+    #[test]
+    fn a_change_is_written_over_the_version_read_and_another_ones_certificate_is_left() {
+        let listeners = json!([{"name": "a", "port": 443, "protocol": "HTTPS", "hostname": "a.example.com",
+                                "tls": {"certificateRefs": [{"name": "a-tls"}]}}]);
+        let (wanted, _) = wanted(&gateway(json!({"cert-manager.io/issuer": "le"}), listeners));
+        let manifest = &wanted["a-tls"];
+        let fresh = to_write(manifest, None, "web", Some("u-1")).expect("made").expect("written");
+        assert!(fresh["metadata"].get("resourceVersion").is_none(), "a new one has no version to hold to");
+        let mut stored = manifest.clone();
+        stored["metadata"]["resourceVersion"] = json!("7");
+        assert_eq!(to_write(manifest, Some(&stored), "web", Some("u-1")), Ok(None), "as wanted: nothing written");
+        stored["spec"]["dnsNames"] = json!(["b.example.com"]);
+        let over = to_write(manifest, Some(&stored), "web", Some("u-1")).expect("made").expect("written");
+        assert_eq!(over["metadata"]["resourceVersion"], "7", "written over the version read");
+        assert_eq!(over["spec"], manifest["spec"]);
+        stored["metadata"]["annotations"] = json!({});
+        let note = to_write(manifest, Some(&stored), "web", Some("u-1")).expect_err("not the shim's");
+        assert!(note.contains("a-tls") && note.contains("left as it is"), "{note}");
     }
 
     #[test]

@@ -171,7 +171,7 @@ pub async fn diff(client: &Client, paths: &[String], files: &[String], sync: Opt
         if let Some(k) = &sync_key {
             mark_owned(&mut desired, k);
         }
-        let label = format!("{}/{}/{}", key.kind, key.namespace, key.name);
+        let label = key.to_string();
         let path = crate::commands::object_path(r.kind(), &key.namespace, &key.name);
         let live = match client.get(&path).await {
             Ok(v) => v,

@@ -239,6 +239,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_scoped_object_is_applied_and_pruned_without_a_namespace() {
+        let s = ObjectKey::new("Sync", "default", "s");
+        let issuer = |name: &str| {
+            let mut v = json!({"apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer", "metadata": {"name": name},
+                               "spec": {"selfSigned": {}}});
+            mark_owned(&mut v, &s);
+            v
+        };
+        let le = issuer("le");
+        assert!(le["metadata"].get("namespace").is_none(), "no namespace filled in: {le}");
+        let mut live = BTreeMap::new();
+        live.insert(ObjectKey::new("ClusterIssuer", "", "old"), issuer("old"));
+        let previous =
+            vec![InventoryEntry { kind: "ClusterIssuer".into(), namespace: String::new(), name: "old".into() }];
+        let plan = plan_sync(&s, &[le], &live, &previous, true);
+        assert_eq!(plan.create.len(), 1);
+        assert_eq!(
+            plan.inventory,
+            [InventoryEntry { kind: "ClusterIssuer".into(), namespace: String::new(), name: "le".into() }]
+        );
+        assert_eq!(plan.prune, [ObjectKey::new("ClusterIssuer", "", "old")]);
+    }
+
+    #[test]
     fn creates_updates_leaves_and_prunes() {
         let s = ObjectKey::new("Sync", "default", "s");
         let desired = vec![app("a", 2, &s), app("b", 1, &s), app("new", 1, &s)];

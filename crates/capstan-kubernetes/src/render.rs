@@ -328,7 +328,11 @@ pub fn render_with(resources: &[Resource], opts: &RenderOptions) -> Result<Vec<V
         .filter(|ns| ns.as_str() != capstan_model::DEFAULT_NAMESPACE)
         .map(|ns| namespace(ns))
         .collect();
-    all.extend(namespaces.iter().map(|ns| default_deny(ns)));
+    // A default-deny policy where Capstan runs workloads; not in a namespace that only holds objects passed through
+    // for the cluster's own controllers (cert-manager's, whose webhook such a policy would cut off).
+    let workloads: std::collections::BTreeSet<&str> =
+        resources.iter().filter(|r| renders(r.kind())).map(|r| r.meta().namespace()).collect();
+    all.extend(namespaces.iter().filter(|ns| workloads.contains(ns.as_str())).map(|ns| default_deny(ns)));
     all.extend(out);
     Ok(all)
 }

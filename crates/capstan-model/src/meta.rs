@@ -172,13 +172,23 @@ impl ObjectKey {
 
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        // A cluster-scoped object (ClusterIssuer) has no namespace to show.
+        match self.namespace.as_str() {
+            "" => write!(f, "{}/{}", self.kind, self.name),
+            ns => write!(f, "{}/{ns}/{}", self.kind, self.name),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_shows_its_namespace_unless_it_has_none() {
+        assert_eq!(ObjectKey::new("App", "shop", "web").to_string(), "App/shop/web");
+        assert_eq!(ObjectKey::new("ClusterIssuer", "", "le").to_string(), "ClusterIssuer/le");
+    }
 
     #[test]
     fn counts_read_as_english() {

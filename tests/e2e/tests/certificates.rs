@@ -353,6 +353,8 @@ spec: {secretName: lost-tls, dnsNames: [lost.example.test], issuerRef: {name: no
         let e = team.get(path).await.expect_err("refused");
         assert_eq!(e.status().map(|s| s.as_u16()), Some(403), "{path}: {e}");
     }
+    let e = team.stream("/api/v1/watch?kind=clusterissuers").await.expect_err("refused, not an empty stream");
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(403), "{e}");
     let own = "apiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {name: mine}\nspec: {selfSigned: {}}\n";
     let objects: Vec<Value> = capstan_model::parse_manifests("t.yaml", own)
         .expect("parses")
@@ -370,6 +372,30 @@ spec: {secretName: lost-tls, dnsNames: [lost.example.test], issuerRef: {name: no
         .map(|m| m.resource.to_value())
         .collect();
     team.post("/api/v1/apply", serde_json::json!({ "objects": objects })).await.expect("a Certificate of its own");
+
+    // Nor through a Sync: one of team-a that applied the ClusterIssuer (an administrator's, without a
+    // targetNamespace) is neither deleted nor changed by the team's token, which would prune it.
+    tp.apply(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {name: platform, namespace: team-a}\nspec: {sourceRef: {name: platform}, path: ./, prune: true}\n",
+    );
+    let sync_key = capstan_model::ObjectKey::new("Sync", "team-a", "platform");
+    let inventory = serde_json::json!({"inventory": [
+        {"kind": "Certificate", "namespace": "team-a", "name": "t"},
+        {"kind": "ClusterIssuer", "namespace": "", "name": "ca"},
+    ]});
+    tp.plane().store().update_status(&sync_key, inventory).expect("status");
+    let e = team.delete("/api/v1/namespaces/team-a/syncs/platform").await.expect_err("refused");
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(403), "{e}");
+    assert!(e.to_string().contains("ClusterIssuer ca"), "names what it would prune: {e}");
+    let changed = "apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {name: platform, namespace: team-a}\nspec: {sourceRef: {name: platform}, path: ./elsewhere, targetNamespace: team-a, prune: true}\n";
+    let objects: Vec<Value> = capstan_model::parse_manifests("s.yaml", changed)
+        .expect("parses")
+        .into_iter()
+        .map(|m| m.resource.to_value())
+        .collect();
+    let e = team.post("/api/v1/apply", serde_json::json!({ "objects": objects })).await.expect_err("refused");
+    assert!(e.to_string().contains("outside namespace team-a"), "{e}");
+    assert!(cluster_issuer("ca").await.is_some(), "still there");
 
     let out = tp.cli(&["delete", "clusterissuer", "elsewhere"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -137,48 +137,21 @@ pub async fn account(
                     Some(ExternalAccountKey::new(b.key_id.clone(), &mac))
                 }
             };
-            let (account, der) = match eab {
-                // The key is kept before it is registered: a Secret that cannot be written leaves no account
-                // behind on the server.
-                None => {
-                    let (ikey, pkcs8) = instant_acme::Key::generate_pkcs8().map_err(|e| refused("making a key", e))?;
-                    let der = pkcs8.secret_pkcs8_der().to_vec();
-                    write_key(store, ns, &sel.name, key_name, &der)?;
-                    let (account, _) = builder()
-                        .create_from_key((ikey, PrivateKeyDer::Pkcs8(pkcs8)), acme.server.clone())
-                        .await
-                        .map_err(|e| refused("registering the ACME account", e))?;
-                    if !contact_refs.is_empty() {
-                        account
-                            .update_contacts(&contact_refs)
-                            .await
-                            .map_err(|e| refused("setting the account's email", e))?;
-                    }
-                    (account, der)
+            // The client makes the key it registers (and an external account binding signs); it is kept once
+            // registered. An account whose key cannot be kept is deactivated rather than left behind.
+            let new = NewAccount { contact: &contact_refs, terms_of_service_agreed: true, only_return_existing: false };
+            let (account, credentials) = builder()
+                .create(&new, acme.server.clone(), eab.as_ref())
+                .await
+                .map_err(|e| refused("registering the ACME account", e))?;
+            let der = credentials.private_key().secret_pkcs8_der().to_vec();
+            drop::<AccountCredentials>(credentials);
+            if let Err(e) = write_key(store, ns, &sel.name, key_name, &der) {
+                if let Err(d) = account.deactivate().await {
+                    tracing::warn!(secret = %sel.name, "deactivating the account whose key could not be kept: {d}");
                 }
-                // The binding signs the key the client makes for the registration; it is kept once registered, and
-                // an account whose key could not be kept is deactivated rather than left behind.
-                Some(eab) => {
-                    let new = NewAccount {
-                        contact: &contact_refs,
-                        terms_of_service_agreed: true,
-                        only_return_existing: false,
-                    };
-                    let (account, credentials) = builder()
-                        .create(&new, acme.server.clone(), Some(&eab))
-                        .await
-                        .map_err(|e| refused("registering the ACME account", e))?;
-                    let der = credentials.private_key().secret_pkcs8_der().to_vec();
-                    drop::<AccountCredentials>(credentials);
-                    if let Err(e) = write_key(store, ns, &sel.name, key_name, &der) {
-                        if let Err(d) = account.deactivate().await {
-                            tracing::warn!(secret = %sel.name, "deactivating the account whose key could not be kept: {d}");
-                        }
-                        return Err(e);
-                    }
-                    (account, der)
-                }
-            };
+                return Err(e);
+            }
             let status = AcmeIssuerStatus {
                 uri: Some(account.id().to_string()),
                 last_registered_email: acme.email.clone(),

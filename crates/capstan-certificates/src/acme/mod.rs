@@ -131,18 +131,36 @@ async fn new_order(
         let id = instant_acme::CertificateIdentifier { authority_key_identifier: aki.into(), serial: serial.into() };
         match account.new_order(&order().replaces(id)).await {
             Ok(o) => return Ok(o),
-            Err(instant_acme::Error::Api(p)) if p.r#type.as_deref() == Some(RATE_LIMITED) => {
-                return Err(acme_error("creating the order", &instant_acme::Error::Api(p), http));
-            }
-            Err(e) => {
+            // The field refused (RFC 9773 §5: the certificate was replaced already, or the server does not take
+            // it), or taken and not said back: ordered again without it. Anything else (a limit, a timeout that may
+            // have made the order) is not asked twice.
+            Err(e) if replaces_refused(&e) => {
                 tracing::info!(
                     "the ACME server did not take an order replacing {aki}.{serial} ({e}); ordering without"
                 );
                 http.retry_after.lock().unwrap_or_else(|p| p.into_inner()).take();
             }
+            Err(e) => return Err(acme_error("creating the order", &e, http)),
         }
     }
     account.new_order(&order()).await.map_err(|e| acme_error("creating the order", &e, http))
+}
+
+/// Whether a new order's error says the server would not take its `replaces` field.
+fn replaces_refused(e: &instant_acme::Error) -> bool {
+    const REFUSALS: [&str; 3] = [
+        "urn:ietf:params:acme:error:alreadyReplaced",
+        "urn:ietf:params:acme:error:malformed",
+        "urn:ietf:params:acme:error:conflict",
+    ];
+    match e {
+        instant_acme::Error::Api(p) => {
+            p.r#type.as_deref().is_some_and(|t| REFUSALS.contains(&t)) || matches!(p.status, Some(400 | 409))
+        }
+        // instant-acme's own check: the order made does not name what it replaces.
+        instant_acme::Error::Other(o) => o.to_string().contains("replaces field mismatch"),
+        _ => false,
+    }
 }
 
 /// What an order needs, checked before the server is asked anything: the identifiers, and for each name (in its
@@ -612,6 +630,20 @@ mod tests {
         let unauthorized = problem("urn:ietf:params:acme:error:unauthorized");
         let IssueError::Acme { rejected, retry_after, .. } = acme_error("x", &unauthorized, &http) else { panic!() };
         assert!(rejected && retry_after.is_some());
+    }
+
+    #[test]
+    fn an_order_is_made_again_without_replaces_only_when_the_field_was_refused() {
+        let problem = |type_: &str, status: u16| {
+            let p = serde_json::json!({"type": type_, "detail": "x", "status": status});
+            instant_acme::Error::Api(serde_json::from_value(p).expect("a problem"))
+        };
+        assert!(replaces_refused(&problem("urn:ietf:params:acme:error:alreadyReplaced", 409)));
+        assert!(replaces_refused(&problem("urn:ietf:params:acme:error:malformed", 400)));
+        assert!(replaces_refused(&instant_acme::Error::Other("replaces field mismatch: expected x".into())));
+        assert!(!replaces_refused(&problem(RATE_LIMITED, 429)), "a limit is not asked twice");
+        assert!(!replaces_refused(&problem("urn:ietf:params:acme:error:serverInternal", 500)));
+        assert!(!replaces_refused(&instant_acme::Error::Other("timed out".into())), "the order may exist");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(super) fn is_ready(obj: &Value) -> bool {
                 && listeners.is_some_and(|ls| ls.iter().all(|l| holds(&l["conditions"], "Programmed", gen)));
         }
         // cert-manager's kinds keep the generation on each condition.
-        Some("Issuer" | "Certificate")
+        Some("Issuer" | "ClusterIssuer" | "Certificate")
             if obj["apiVersion"].as_str().is_some_and(|v| v.starts_with("cert-manager.io/")) =>
         {
             return holds(&obj["status"]["conditions"], "Ready", gen);
@@ -143,6 +143,19 @@ mod tests {
         assert_eq!(objects_ready(1, 2), "1 of 2 objects Ready");
         assert_eq!(objects_ready(3, 3), "all 3 objects Ready");
         assert_eq!(objects_ready(0, 1), "0 of 1 object Ready");
+    }
+
+    #[test]
+    fn cert_managers_kinds_are_ready_by_their_conditions_generation() {
+        use serde_json::json;
+        for kind in ["Issuer", "ClusterIssuer", "Certificate"] {
+            let obj = |seen: i64| {
+                json!({"apiVersion": "cert-manager.io/v1", "kind": kind, "metadata": {"generation": 2},
+                       "status": {"conditions": [{"type": "Ready", "status": "True", "observedGeneration": seen}]}})
+            };
+            assert!(is_ready(&obj(2)), "{kind}");
+            assert!(!is_ready(&obj(1)), "{kind}: a Ready from before the change");
+        }
     }
 
     #[test]

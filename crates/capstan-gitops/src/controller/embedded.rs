@@ -121,12 +121,7 @@ impl Target for Embedded {
     }
 
     async fn unready(&self, inner: &Inner, objects: &[ObjectKey]) -> Vec<String> {
-        objects
-            .iter()
-            .filter_map(|t| {
-                not_ready(&inner.store, t).map(|why| format!("{}/{}/{}: {why}", t.kind, t.namespace, t.name))
-            })
-            .collect()
+        objects.iter().filter_map(|t| not_ready(&inner.store, t).map(|why| format!("{t}: {why}"))).collect()
     }
 
     async fn prune_all(&self, inner: &Inner, key: &ObjectKey, sync: &Sync) {

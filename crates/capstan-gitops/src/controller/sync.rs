@@ -299,7 +299,12 @@ async fn health<T: Target>(
         sync.spec
             .health_checks
             .iter()
-            .map(|h| ObjectKey::new(&h.kind, h.namespace.as_deref().unwrap_or(sync.metadata.namespace()), &h.name))
+            .map(|h| {
+                // A cluster-scoped kind (ClusterIssuer) is keyed without a namespace.
+                let cluster = capstan_model::Kind::parse(&h.kind).is_some_and(|k| !k.namespaced());
+                let ns = if cluster { "" } else { h.namespace.as_deref().unwrap_or(sync.metadata.namespace()) };
+                ObjectKey::new(&h.kind, ns, &h.name)
+            })
             .collect()
     };
     let unready = target.unready(inner, &objects).await;
