@@ -134,6 +134,9 @@ pub enum Scope {
 pub enum Rule {
     /// No token: health, version, Prometheus scraping and discovery, webhooks (which carry their own HMAC).
     Public,
+    /// The dashboard's pages and actions: not a bearer token but the session cookie, which the handler checks (with
+    /// the role and, for a change, the Origin); without one a page goes to the sign-in and the rest answer 401.
+    Session,
     Needs(Verb, Scope),
 }
 
@@ -193,6 +196,13 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         self
     }
 
+    /// Adds every route of `other`, at their own paths.
+    pub fn merge(mut self, other: Routes<S>) -> Self {
+        self.router = self.router.merge(other.router);
+        self.table.extend(other.table);
+        self
+    }
+
     /// The table of every route and its rule.
     pub fn table(&self) -> &[RouteRule] {
         &self.table
@@ -209,7 +219,8 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 /// `{ns}` if it has one.
 pub fn admits(grant: &Grant, rule: Rule, ns: Option<&str>) -> bool {
     match rule {
-        Rule::Public => true,
+        // The session's handler decides.
+        Rule::Public | Rule::Session => true,
         Rule::Needs(verb, Scope::Namespace) => grant.allows(verb, ns),
         Rule::Needs(verb, Scope::All) => grant.allows(verb, None),
         Rule::Needs(verb, Scope::Each) => grant.role.includes(verb),

@@ -231,6 +231,10 @@ pub fn describe_request(method: &Method, path: &str) -> (String, String, String,
             (verb.into(), kind_of(plural), String::new(), name.to_string())
         }
         ["api", "v1", plural, name, "events"] => ("events".into(), kind_of(plural), String::new(), name.to_string()),
+        // The dashboard's actions and sign-in, as the same verbs.
+        ["ui", "apps", ns, name, action] => (action.to_string(), "App".into(), ns.to_string(), name.to_string()),
+        ["ui", "login"] if write => ("sign-in".into(), String::new(), String::new(), String::new()),
+        ["ui", "logout"] => ("sign-out".into(), String::new(), String::new(), String::new()),
         ["api", "v1", plural] => {
             let verb = if write { "create" } else { "list" };
             (verb.into(), kind_of(plural), String::new(), String::new())
@@ -278,11 +282,8 @@ pub async fn layer(State(log): State<std::sync::Arc<AuditLog>>, req: Request, ne
             None => return response,
         }
     }
-    let objects = response
-        .extensions()
-        .get::<Touched>()
-        .map(|t| t.0.iter().map(|k| format!("{}/{}/{}", k.kind, k.namespace, k.name)).collect())
-        .unwrap_or_default();
+    let objects =
+        response.extensions().get::<Touched>().map(|t| t.0.iter().map(|k| k.to_string()).collect()).unwrap_or_default();
     let result = match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "denied",
         s if s.is_success() || s.is_redirection() || s == StatusCode::SWITCHING_PROTOCOLS => "allowed",

@@ -18,6 +18,7 @@ pub mod redact;
 pub mod server;
 pub mod tls;
 pub mod tokens;
+pub mod ui;
 pub mod volume_sync;
 
 pub use client::{Client, ClientError};

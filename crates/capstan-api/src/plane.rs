@@ -189,6 +189,10 @@ pub struct Shared {
     pub encryption_key: crate::keys::KeySource,
     /// One key rotation at a time.
     pub rotating: tokio::sync::Mutex<()>,
+    /// The dashboard's signed-in browsers.
+    pub ui_sessions: crate::ui::Sessions,
+    /// Whether the API is served over TLS (the dashboard's cookie is then `Secure`).
+    pub secure_cookies: bool,
 }
 
 impl Shared {
@@ -387,6 +391,8 @@ impl ControlPlane {
             tokens,
             encryption_key: cfg.encryption_key.clone(),
             rotating: Default::default(),
+            ui_sessions: Default::default(),
+            secure_cookies: tls.is_some(),
         });
         let app = crate::server::router(shared.clone());
         let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));

@@ -76,6 +76,7 @@ pub fn routes() -> Routes<AppState> {
         .add(M::GET, "/api/v1/audit", audit_log, needs(Admin, All))
         .add(M::POST, "/api/v1/encryption/rotate", rotate_key, needs(Admin, All))
         .nest("/prometheus", crate::prometheus::routes())
+        .merge(crate::ui::routes())
 }
 
 /// Builds the router: every route checked against its rule, every API request in the audit log.
@@ -99,6 +100,11 @@ fn authenticate(state: &Shared, req: &Request) -> Option<Grant> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))?;
+    grant_for_token(state, given)
+}
+
+/// Who a token is (also the dashboard's sessions, checked at each request).
+pub(crate) fn grant_for_token(state: &Shared, given: &str) -> Option<Grant> {
     if constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
         return Some(Grant::admin(crate::tokens::ADMIN_USER));
     }
@@ -116,7 +122,7 @@ async fn auth(
     next: Next,
 ) -> Response {
     let rule = matched.as_ref().and_then(|m| rules.get(req.method(), m.as_str()));
-    if rule == Some(Rule::Public) {
+    if matches!(rule, Some(Rule::Public | Rule::Session)) {
         return next.run(req).await;
     }
     let Some(grant) = authenticate(&state, &req) else {
@@ -282,6 +288,10 @@ async fn apply(
     Json(body): Json<ApplyBody>,
 ) -> Result<Response, ApiError> {
     crate::redact::check_batch(&grant, &body.objects)?;
+    for obj in body.objects.iter().filter(|o| o["kind"] == "Sync") {
+        let key = capstan_store::key_of(obj).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        sync_stays_in_grant(&state, &grant, &key, "change")?;
+    }
     let applied = if q.dry_run { state.apply_dry_run(body.objects) } else { state.apply(body.objects) }?;
     let touched = match q.dry_run {
         true => Vec::new(),
@@ -359,6 +369,42 @@ fn key_from(ns: &str, plural: &str, name: &str) -> Result<ObjectKey, ApiError> {
     Ok(ObjectKey::new(kind.name(), ns, name))
 }
 
+/// Refuses a token bound to one namespace to change or delete a Sync that applied objects outside it (another
+/// namespace's, or cluster-scoped ones such as a ClusterIssuer): deleting it, or pointing it elsewhere, would prune
+/// them, reaching past the token's namespace through the Sync.
+fn sync_stays_in_grant(state: &AppState, grant: &Grant, key: &ObjectKey, verb: &str) -> Result<(), ApiError> {
+    let Some(bound) = &grant.namespace else { return Ok(()) };
+    let Some(stored) = state.store.get(key)? else { return Ok(()) };
+    let outside: Vec<String> = stored["status"]["inventory"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["namespace"].as_str() != Some(bound.as_str()))
+        .map(|e| {
+            let (kind, name) = (e["kind"].as_str().unwrap_or(""), e["name"].as_str().unwrap_or(""));
+            match e["namespace"].as_str().unwrap_or("") {
+                "" => format!("{kind} {name}"),
+                ns => format!("{kind} {ns}/{name}"),
+            }
+        })
+        .collect();
+    if outside.is_empty() {
+        return Ok(());
+    }
+    let shown = if outside.len() > 3 {
+        format!("{} and {} more", outside[..3].join(", "), outside.len() - 3)
+    } else {
+        outside.join(", ")
+    };
+    Err(crate::redact::forbidden(
+        grant,
+        &format!(
+            "{verb} Sync {}/{}: it applied objects outside namespace {bound} ({shown}), which it would prune; a token bound to every namespace may",
+            key.namespace, key.name
+        ),
+    ))
+}
+
 /// The key of a cluster-scoped object; a namespaced kind is named with its namespace.
 fn cluster_key_from(plural: &str, name: &str) -> Result<ObjectKey, ApiError> {
     let kind = kind_of(plural)?;
@@ -411,6 +457,9 @@ async fn delete_one(
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let key = key_from(&ns, &plural, &name)?;
+    if key.kind == "Sync" {
+        sync_stays_in_grant(&state, &grant, &key, "delete")?;
+    }
     let Json(mut obj) = object_response(&key, state.store.delete(&key))?;
     let shown = crate::redact::object(&grant, &mut obj);
     Ok(crate::redact::answer(obj, shown))
@@ -686,6 +735,13 @@ async fn watch_objects(
     Query(q): Query<WatchQuery>,
 ) -> Result<Response, ApiError> {
     let kind = q.kind.as_deref().map(kind_of).transpose()?;
+    if let (Some(k), Some(_)) = (kind.filter(|k| !k.namespaced()), &grant.namespace) {
+        // As the list: refused, not an empty stream that looks like nothing happens.
+        return Err(crate::redact::forbidden(
+            &grant,
+            &format!("watch {} (cluster-scoped: a token bound to every namespace reads them)", k.plural()),
+        ));
+    }
     let (tx, rx) = mpsc::channel::<String>(256);
     let shown = grant.clone();
     let ended = stream_ends(state.clone(), grant.clone());
@@ -767,7 +823,13 @@ async fn rollback(
     Path((ns, name)): Path<(String, String)>,
     Json(body): Json<RollbackBody>,
 ) -> Result<Json<Value>, ApiError> {
-    change_app(&state, &ns, &name, "the old revision no longer passes admission", |key, obj| {
+    rollback_app(&state, &ns, &name, body.to_revision)
+}
+
+/// Puts revision `to` (the one before the running one when `None`) back into the App (also the dashboard's button).
+pub(crate) fn rollback_app(state: &Shared, ns: &str, name: &str, to: Option<String>) -> Result<Json<Value>, ApiError> {
+    let body = RollbackBody { to_revision: to };
+    change_app(state, ns, name, "the old revision no longer passes admission", |key, obj| {
         let history = capstan_engine::revision_history(&state.store, key)?;
         let now = obj["status"]["revision"].as_str().unwrap_or_default().to_string();
         let target = match &body.to_revision {
@@ -803,8 +865,13 @@ async fn restart(
     State(state): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    restart_app(&state, &ns, &name)
+}
+
+/// Asks for every replica of an App to be replaced (also the dashboard's button).
+pub(crate) fn restart_app(state: &Shared, ns: &str, name: &str) -> Result<Json<Value>, ApiError> {
     let now = chrono::Utc::now().to_rfc3339();
-    change_app(&state, &ns, &name, "the App no longer passes admission", |_, obj| {
+    change_app(state, ns, name, "the App no longer passes admission", |_, obj| {
         if !obj["metadata"]["annotations"].is_object() {
             obj["metadata"]["annotations"] = json!({});
         }

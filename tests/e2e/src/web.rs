@@ -33,13 +33,15 @@ pub struct Browser {
     pub port: u16,
     pub cookies: BTreeMap<String, String>,
     pub bearer: Option<String>,
+    /// An `Origin` header sent with every request, as a browser sends its page's (none when unset).
+    pub origin: Option<String>,
 }
 
 impl Browser {
     /// A client for 127.0.0.1:`port`, with keep-alive.
     pub fn new(port: u16) -> Browser {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-        Browser { client, port, cookies: BTreeMap::new(), bearer: None }
+        Browser { client, port, cookies: BTreeMap::new(), bearer: None, origin: None }
     }
 
     /// Sends a request; `Err` when no response came within 10 s.
@@ -60,6 +62,9 @@ impl Browser {
         }
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
+        }
+        if let Some(o) = &self.origin {
+            req = req.header("origin", o);
         }
         let req = req.body(Full::new(body.into())).map_err(|e| e.to_string())?;
         let res = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
