@@ -118,6 +118,14 @@ if [ "${DEMO_SMOKE:-}" = 1 ]; then
     sleep 0.1
   done
   tls -b "$jar" "$HTTPS/" | grep -q "Teamboard v1" || { echo "the page over HTTPS failed after the renewal" >&2; exit 1; }
+  echo "== the dashboard: signed in with the data directory's token, the overview lists the stack"
+  ui_jar=$(mktemp)
+  ui() { curl -fsS --cacert "$CAPSTAN_DATA/tls/ca.crt" -b "$ui_jar" -c "$ui_jar" "$@"; }
+  ui -o /dev/null -H "Origin: https://$LISTEN" --data-urlencode "token=$(cat "$CAPSTAN_DATA/token")" \
+    -d next=/ui "https://$LISTEN/ui/login"
+  ui "https://$LISTEN/ui?kind=App" | grep -q '/ui/apps/default/teamboard' ||
+    { echo "the dashboard's overview does not list the teamboard App" >&2; exit 1; }
+  rm -f "$ui_jar"
   echo "== the same files for a cluster: the entry points become routes on its Gateway"
   # grep -c reads everything: with -q, an early exit would cut render's output (SIGPIPE, and pipefail says so).
   [ "$(capstan render --target kubernetes examples/ha-stack/ | grep -c '^kind: HTTPRoute')" -ge 1 ] ||
@@ -145,6 +153,10 @@ Open $HTTPS and sign in with any name (the certificate is issued by the demo's o
 it, or trust $DEMO_TLS/ca.crt). Plain http://teamboard.localhost:8480 redirects there,
 and $WEB is the stack's direct entry point. Sessions live in one node's memory: the balancer's cookie keeps you
 there. The node that served each page is in its header and footer; live updates from every node appear bottom right.
+
+Capstan's dashboard: https://$LISTEN/ui (Capstan's own local CA: let the browser accept it, or trust
+$CAPSTAN_DATA/tls/ca.crt), signed in with the data directory's token: $(cat "$CAPSTAN_DATA/token" 2>/dev/null || echo "the file $CAPSTAN_DATA/token")
+Every object, live; the teamboard App's page restarts it or rolls it back.
 
 Try, in another terminal:
   export PATH="$CARGO_TARGET_DIR/release:\$PATH" CAPSTAN_DATA="$CAPSTAN_DATA"
