@@ -268,7 +268,10 @@ mod tests {
     fn a_failed_poll_keeps_what_the_last_said_and_a_server_without_ari_is_asked_daily() {
         let (first, _) = next(None, "a.1".into(), Ok(Some(info(100, 200))), t(0), 0.5);
         let (failed, news) = next(Some(&first), "a.1".into(), Err("down".into()), t(60), 0.1);
-        assert_eq!((failed.window, failed.suggested.clone(), failed.offered), (first.window, first.suggested.clone(), true));
+        assert_eq!(
+            (failed.window, failed.suggested.clone(), failed.offered),
+            (first.window, first.suggested.clone(), true)
+        );
         assert_eq!((failed.next_poll, news), (t(120), None), "asked again in an hour");
         let (none, _) = next(None, "a.1".into(), Err("down".into()), t(0), 0.1);
         assert!(none.suggested.is_none() && !none.offered);
