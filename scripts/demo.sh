@@ -121,7 +121,7 @@ if [ "${DEMO_SMOKE:-}" = 1 ]; then
   echo "== the dashboard: signed in with the data directory's token, the overview lists the stack"
   ui_jar=$(mktemp)
   ui() { curl -fsS --cacert "$CAPSTAN_DATA/tls/ca.crt" -b "$ui_jar" -c "$ui_jar" "$@"; }
-  ui -o /dev/null -H "Origin: https://$LISTEN" --data-urlencode "token=$(cat "$CAPSTAN_DATA/token")" \
+  ui -o /dev/null -H "Origin: https://$LISTEN" --data-urlencode "token@$CAPSTAN_DATA/token" \
     -d next=/ui "https://$LISTEN/ui/login"
   ui "https://$LISTEN/ui?kind=App" | grep -q '/ui/apps/default/teamboard' ||
     { echo "the dashboard's overview does not list the teamboard App" >&2; exit 1; }
@@ -155,7 +155,7 @@ and $WEB is the stack's direct entry point. Sessions live in one node's memory: 
 there. The node that served each page is in its header and footer; live updates from every node appear bottom right.
 
 Capstan's dashboard: https://$LISTEN/ui (Capstan's own local CA: let the browser accept it, or trust
-$CAPSTAN_DATA/tls/ca.crt), signed in with the data directory's token: $(cat "$CAPSTAN_DATA/token" 2>/dev/null || echo "the file $CAPSTAN_DATA/token")
+$CAPSTAN_DATA/tls/ca.crt), signed in with the data directory's token (the file $CAPSTAN_DATA/token).
 Every object, live; the teamboard App's page restarts it or rolls it back.
 
 Try, in another terminal:

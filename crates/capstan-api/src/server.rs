@@ -292,6 +292,10 @@ async fn apply(
         let key = capstan_store::key_of(obj).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         sync_stays_in_grant(&state, &grant, &key, "change")?;
     }
+    for obj in body.objects.iter().filter(|o| o["kind"] == "Source") {
+        let key = capstan_store::key_of(obj).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        source_stays_in_grant(&state, &grant, &key, "change")?;
+    }
     let applied = if q.dry_run { state.apply_dry_run(body.objects) } else { state.apply(body.objects) }?;
     let touched = match q.dry_run {
         true => Vec::new(),
@@ -405,6 +409,38 @@ fn sync_stays_in_grant(state: &AppState, grant: &Grant, key: &ObjectKey, verb: &
     ))
 }
 
+/// Refuses a token bound to one namespace to change or delete a Source that a Sync of another namespace reads:
+/// pointing it elsewhere would steer what that Sync applies, outside the token's namespace.
+fn source_stays_in_grant(state: &AppState, grant: &Grant, key: &ObjectKey, verb: &str) -> Result<(), ApiError> {
+    let Some(bound) = &grant.namespace else { return Ok(()) };
+    let readers: Vec<String> = state
+        .store
+        .list("Sync", None)?
+        .iter()
+        .filter(|s| capstan_model::resource::namespace_of(s) != bound.as_str())
+        .filter(|s| {
+            let r = &s["spec"]["sourceRef"];
+            r["name"].as_str() == Some(key.name.as_str())
+                && r["namespace"].as_str().unwrap_or(capstan_model::resource::namespace_of(s)) == key.namespace
+        })
+        .map(|s| {
+            format!("{}/{}", capstan_model::resource::namespace_of(s), s["metadata"]["name"].as_str().unwrap_or(""))
+        })
+        .collect();
+    if readers.is_empty() {
+        return Ok(());
+    }
+    Err(crate::redact::forbidden(
+        grant,
+        &format!(
+            "{verb} Source {}/{}: Sync {} of another namespace reads it; a token bound to every namespace may",
+            key.namespace,
+            key.name,
+            readers.join(", ")
+        ),
+    ))
+}
+
 /// The key of a cluster-scoped object; a namespaced kind is named with its namespace.
 fn cluster_key_from(plural: &str, name: &str) -> Result<ObjectKey, ApiError> {
     let kind = kind_of(plural)?;
@@ -459,6 +495,9 @@ async fn delete_one(
     let key = key_from(&ns, &plural, &name)?;
     if key.kind == "Sync" {
         sync_stays_in_grant(&state, &grant, &key, "delete")?;
+    }
+    if key.kind == "Source" {
+        source_stays_in_grant(&state, &grant, &key, "delete")?;
     }
     let Json(mut obj) = object_response(&key, state.store.delete(&key))?;
     let shown = crate::redact::object(&grant, &mut obj);

@@ -34,8 +34,10 @@ const PAGE_SIZE: usize = 200;
 const RECENT_EVENTS: usize = 15;
 /// How often the live stream tells what changed (at most).
 const COALESCE: Duration = Duration::from_millis(500);
-/// Quiet ticks before a keep-alive (and a check that the session still holds): 15 s.
+/// Quiet ticks before a keep-alive: 15 s.
 const KEEPALIVE_TICKS: u32 = 30;
+/// How often an open stream checks that its session (and the token behind it) still holds.
+const SESSION_CHECK: Duration = Duration::from_secs(15);
 
 /// Every route of the dashboard: the sign-in and the assets are public; the rest read their session from the cookie
 /// (a page without one goes to the sign-in, a fragment, an action or the stream gets 401).
@@ -48,6 +50,7 @@ pub fn routes() -> Routes<AppState> {
         .add(M::GET, "/ui/assets/{file}", asset, Rule::Public)
         .add(M::GET, "/ui", overview, Rule::Session)
         .add(M::GET, "/ui/stream", stream, Rule::Session)
+        .add(M::GET, "/ui/session", session, Rule::Session)
         .add(M::GET, "/ui/fragments/overview", overview_fragment, Rule::Session)
         .add(M::GET, "/ui/apps/{ns}/{name}", app_page, Rule::Session)
         .add(M::GET, "/ui/fragments/apps/{ns}/{name}", app_fragment, Rule::Session)
@@ -59,6 +62,10 @@ pub fn routes() -> Routes<AppState> {
 #[derive(Default)]
 pub struct Sessions(Mutex<HashMap<String, (String, DateTime<Utc>)>>);
 
+/// The most sessions one token holds at once (its oldest goes when another is opened), and all tokens together.
+const SESSIONS_PER_TOKEN: usize = 16;
+const SESSIONS_IN_ALL: usize = 10_000;
+
 impl Sessions {
     fn open(&self, token: String, now: DateTime<Utc>) -> String {
         let mut bytes = [0u8; 32];
@@ -69,6 +76,19 @@ impl Sessions {
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|_, (_, until)| *until > now);
+        // A token signing in again and again (a script, or links that arrive without the Strict cookie) keeps
+        // its newest sessions only; all tokens together are bounded too.
+        let mut same: Vec<(String, DateTime<Utc>)> =
+            all.iter().filter(|(_, (t, _))| *t == token).map(|(id, (_, until))| (id.clone(), *until)).collect();
+        same.sort_by_key(|(_, until)| *until);
+        for (old, _) in same.iter().take((same.len() + 1).saturating_sub(SESSIONS_PER_TOKEN)) {
+            all.remove(old);
+        }
+        if all.len() >= SESSIONS_IN_ALL {
+            if let Some(oldest) = all.iter().min_by_key(|(_, (_, until))| *until).map(|(id, _)| id.clone()) {
+                all.remove(&oldest);
+            }
+        }
         all.insert(id.clone(), (token, now + SESSION_TTL));
         id
     }
@@ -145,7 +165,7 @@ fn encode(v: &str) -> String {
 /// A `next` that stays on the dashboard (never another site: `//host` or a scheme).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with("/ui") && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n) if n.starts_with("/ui") && !n.contains('\\') && !n.chars().any(char::is_control) => n.to_string(),
         _ => "/ui".into(),
     }
 }
@@ -179,6 +199,9 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(f): Form<
         let why = "That token is not valid: missing, unknown, expired or revoked.";
         return html(StatusCode::UNAUTHORIZED, pages::login(Some(why), &next));
     };
+    if let Some(old) = cookie_of(&headers) {
+        state.ui_sessions.close(&old);
+    }
     let id = state.ui_sessions.open(token, Utc::now());
     if id.is_empty() {
         return html(StatusCode::INTERNAL_SERVER_ERROR, pages::login(Some("No session could be made."), &next));
@@ -207,14 +230,31 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     r
 }
 
-/// A change asked by a page of this server, not by another site: its Origin is this server's (browsers send it
-/// with every POST).
+/// `host[:port]` as (lowercase host, port), the port defaulting to the scheme's.
+fn authority(text: &str, default_port: u16) -> Option<(String, u16)> {
+    let text = text.trim();
+    let (host, port) = match text.rsplit_once(':') {
+        // An IPv6 address is bracketed: its colons are not a port's.
+        Some((h, p)) if !p.contains(']') && !p.is_empty() => (h, p.parse().ok()?),
+        _ => (text, default_port),
+    };
+    (!host.is_empty()).then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// A change asked by a page of this server, not by another site: its Origin (browsers send it with every POST)
+/// names this server's host and port, as the request's Host says (the port defaulting to the scheme's). Behind a
+/// proxy that rewrites Host, the proxy must pass it through (nginx: `proxy_set_header Host $host`).
 fn same_origin(headers: &HeaderMap) -> Result<(), Box<Response>> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-    if !host.is_empty() && origin_host == host {
-        return Ok(());
+    let theirs = origin.split_once("://").and_then(|(scheme, rest)| {
+        let default = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
+        Some((authority(rest, default)?, default))
+    });
+    if let Some((theirs, default)) = theirs {
+        if authority(host, default).is_some_and(|ours| ours == theirs) {
+            return Ok(());
+        }
     }
     Err(Box::new(secured(
         (StatusCode::FORBIDDEN, format!("refused: the request's Origin ({origin}) is not this server ({host})"))
@@ -223,17 +263,13 @@ fn same_origin(headers: &HeaderMap) -> Result<(), Box<Response>> {
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
+    // The vendored files carry their version in their name and never change; Capstan's own are revalidated, since
+    // their name changes only with Capstan's version.
+    let cache = if file.starts_with("capstan-") { "no-cache" } else { "public, max-age=31536000, immutable" };
     match capstan_ui::assets::asset(&file) {
-        Some(a) => secured(
-            (
-                [
-                    (header::CONTENT_TYPE, a.content_type),
-                    (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-                ],
-                a.bytes,
-            )
-                .into_response(),
-        ),
+        Some(a) => {
+            secured(([(header::CONTENT_TYPE, a.content_type), (header::CACHE_CONTROL, cache)], a.bytes).into_response())
+        }
         None => secured((StatusCode::NOT_FOUND, "no such asset").into_response()),
     }
 }
@@ -283,20 +319,27 @@ fn rows(state: &Shared, g: &Grant, now: DateTime<Utc>) -> Result<Vec<Row>, ApiEr
     Ok(out)
 }
 
-fn events(state: &Shared, g: &Grant, only: Option<&ObjectKey>, limit: usize, now: DateTime<Utc>) -> Vec<EventLine> {
+/// The newest `limit` events the grant may see (of one object, or all): a read error is an error, never "no events".
+fn events(
+    state: &Shared,
+    g: &Grant,
+    only: Option<&ObjectKey>,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventLine>, ApiError> {
     let all = match only {
         Some(key) => state
             .store
-            .events(key)
-            .unwrap_or_default()
+            .events(key)?
             .into_iter()
             .map(|event| capstan_store::ObjectEvent { involved_object: key.clone(), event })
             .collect(),
-        None => state.store.all_events(g.namespace.as_deref()).unwrap_or_default(),
+        None => state.store.all_events(g.namespace.as_deref())?,
     };
     let mut seen: Vec<_> = all.into_iter().filter(|e| g.sees(&e.involved_object.namespace)).collect();
     seen.sort_by_key(|e| std::cmp::Reverse(e.event.last_timestamp));
-    seen.into_iter()
+    Ok(seen
+        .into_iter()
         .take(limit)
         .map(|e| EventLine {
             age: age(Some(e.event.last_timestamp), now),
@@ -305,7 +348,7 @@ fn events(state: &Shared, g: &Grant, only: Option<&ObjectKey>, limit: usize, now
             reason: e.event.reason,
             message: e.event.message,
         })
-        .collect()
+        .collect())
 }
 
 fn incidents(state: &Shared, g: &Grant, now: DateTime<Utc>) -> Vec<IncidentLine> {
@@ -354,7 +397,9 @@ struct OverviewQuery {
 
 fn overview_of(state: &Shared, g: &Grant, q: OverviewQuery) -> Result<Overview, ApiError> {
     let now = Utc::now();
-    let filter = Filter { q: q.q, kind: q.kind, namespace: q.namespace, health: q.health, page: q.page };
+    // A health filter in any case is the canonical one (the page's select shows it).
+    let health = Health::parse(&q.health).map(|h| h.as_str().to_string()).unwrap_or_default();
+    let mut filter = Filter { q: q.q, kind: q.kind, namespace: q.namespace, health, page: q.page };
     let all = rows(state, g, now)?;
     let mut namespaces: Vec<String> = all.iter().map(|r| r.namespace.clone()).filter(|n| !n.is_empty()).collect();
     namespaces.sort();
@@ -379,6 +424,8 @@ fn overview_of(state: &Shared, g: &Grant, q: OverviewQuery) -> Result<Overview, 
     selected
         .sort_by(|a, b| (a.health, &a.kind, &a.namespace, &a.name).cmp(&(b.health, &b.kind, &b.namespace, &b.name)));
     let matching = selected.len();
+    // A page past the end is the last one.
+    filter.page = filter.page.min(matching.saturating_sub(1) / PAGE_SIZE);
     let rows: Vec<Row> = selected.into_iter().skip(filter.page * PAGE_SIZE).take(PAGE_SIZE).collect();
     Ok(Overview {
         filter,
@@ -388,17 +435,32 @@ fn overview_of(state: &Shared, g: &Grant, q: OverviewQuery) -> Result<Overview, 
         counts,
         kinds: Kind::ALL.iter().map(|k| k.name()).collect(),
         namespaces,
-        events: events(state, g, None, RECENT_EVENTS, now),
+        events: events(state, g, None, RECENT_EVENTS, now)?,
         incidents: incidents(state, g, now),
     })
+}
+
+/// Runs `work` (store reads and rendering) off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// A failure as the page shows it (what the server said, in a page of the dashboard).
+fn failed(viewer: &Viewer, e: ApiError) -> Response {
+    let (status, message) = error_text(e);
+    html(status, pages::failure(viewer, &message))
 }
 
 async fn overview(State(state): State<AppState>, Query(q): Query<OverviewQuery>, req: Request) -> Response {
     let Some(g) = grant(&state, req.headers()) else { return to_login(req.uri()) };
     let (user, scope, writes) = viewer(&g);
-    match overview_of(&state, &g, q) {
-        Ok(o) => html(StatusCode::OK, pages::overview_page(&Viewer { user: &user, scope: &scope, writes }, &o)),
-        Err(e) => e.into_response(),
+    let v = Viewer { user: &user, scope: &scope, writes };
+    let (st, gr) = (state.clone(), g.clone());
+    match blocking(move || overview_of(&st, &gr, q)).await.and_then(|r| r) {
+        Ok(o) => html(StatusCode::OK, pages::overview_page(&v, &o)),
+        Err(e) => failed(&v, e),
     }
 }
 
@@ -408,9 +470,21 @@ async fn overview_fragment(
     headers: HeaderMap,
 ) -> Response {
     let Some(g) = grant(&state, &headers) else { return unauthorized() };
-    match overview_of(&state, &g, q) {
+    let refresh = Filter {
+        q: q.q.clone(),
+        kind: q.kind.clone(),
+        namespace: q.namespace.clone(),
+        health: q.health.clone(),
+        page: q.page,
+    };
+    let st = state.clone();
+    match blocking(move || overview_of(&st, &g, q)).await.and_then(|r| r) {
         Ok(o) => html(StatusCode::OK, pages::overview_body(&o)),
-        Err(e) => e.into_response(),
+        // Said in place, and the part keeps asking for itself: the next change tries again.
+        Err(e) => {
+            let (status, message) = error_text(e);
+            html(status, pages::overview_failure(&refresh, &message))
+        }
     }
 }
 
@@ -435,7 +509,7 @@ fn app_view(state: &Shared, g: &Grant, ns: &str, name: &str) -> Result<Option<Ap
         namespace: ns.to_string(),
         name: name.to_string(),
         age: age(time_of(&app["metadata"]["creationTimestamp"]), now),
-        events: events(state, g, Some(&key), 20, now),
+        events: events(state, g, Some(&key), 20, now)?,
         revisions,
         app,
     }))
@@ -445,10 +519,11 @@ async fn app_page(State(state): State<AppState>, Path((ns, name)): Path<(String,
     let Some(g) = grant(&state, req.headers()) else { return to_login(req.uri()) };
     let (user, scope, writes) = viewer(&g);
     let v = Viewer { user: &user, scope: &scope, writes };
-    match app_view(&state, &g, &ns, &name) {
+    let (st, gr, n, m) = (state.clone(), g.clone(), ns.clone(), name.clone());
+    match blocking(move || app_view(&st, &gr, &n, &m)).await.and_then(|r| r) {
         Ok(Some(a)) => html(StatusCode::OK, pages::app_page(&v, &a)),
         Ok(None) => html(StatusCode::NOT_FOUND, pages::not_found(&v, &format!("No App {ns}/{name} that you may see."))),
-        Err(e) => e.into_response(),
+        Err(e) => failed(&v, e),
     }
 }
 
@@ -459,10 +534,24 @@ async fn app_fragment(
 ) -> Response {
     let Some(g) = grant(&state, &headers) else { return unauthorized() };
     let (user, scope, writes) = viewer(&g);
-    match app_view(&state, &g, &ns, &name) {
-        Ok(Some(a)) => html(StatusCode::OK, pages::app_body(&Viewer { user: &user, scope: &scope, writes }, &a)),
-        Ok(None) => secured((StatusCode::NOT_FOUND, "gone").into_response()),
-        Err(e) => e.into_response(),
+    let v = Viewer { user: &user, scope: &scope, writes };
+    let (st, gr, n, m) = (state.clone(), g.clone(), ns.clone(), name.clone());
+    match blocking(move || app_view(&st, &gr, &n, &m)).await.and_then(|r| r) {
+        Ok(Some(a)) => html(StatusCode::OK, pages::app_body(&v, &a)),
+        Ok(None) => html(StatusCode::NOT_FOUND, pages::action_result(false, &format!("App {ns}/{name} is gone."))),
+        Err(e) => {
+            let (status, message) = error_text(e);
+            html(status, pages::action_result(false, &message))
+        }
+    }
+}
+
+/// 204 while the session holds, 401 once it ended: the page's script asks when its stream fails, and goes to the
+/// sign-in if it ended.
+async fn session(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match grant(&state, &headers) {
+        Some(_) => secured(StatusCode::NO_CONTENT.into_response()),
+        None => unauthorized(),
     }
 }
 
@@ -480,7 +569,7 @@ fn acted(headers: &HeaderMap, back: &str, result: Result<String, (StatusCode, St
 /// The session's grant for a change in `ns`: signed in, from a page of this server, and a role that writes there.
 fn may_change(state: &Shared, headers: &HeaderMap, ns: &str, what: &str) -> Result<Grant, Box<Response>> {
     let Some(g) = grant(state, headers) else { return Err(Box::new(unauthorized())) };
-    same_origin(headers)?;
+    same_origin(headers).map_err(|r| Box::new(as_user(*r, &g)))?;
     if !g.allows(Verb::Write, Some(ns)) {
         let refused = crate::redact::forbidden(&g, what);
         let message = match &refused {
@@ -490,12 +579,6 @@ fn may_change(state: &Shared, headers: &HeaderMap, ns: &str, what: &str) -> Resu
         return Err(Box::new(as_user(acted(headers, "", Err((StatusCode::FORBIDDEN, message))), &g)));
     }
     Ok(g)
-}
-
-fn api_failure(e: ApiError) -> (StatusCode, String) {
-    let r = e.into_response();
-    let status = r.status();
-    (status, format!("refused ({status})"))
 }
 
 async fn restart(
@@ -544,15 +627,22 @@ async fn rollback(
     r
 }
 
-/// The server's refusal in words (with file, line and field when the error has them).
+/// The server's refusal in words, with each admission error's field when it has them.
 fn error_text(e: ApiError) -> (StatusCode, String) {
-    match e {
-        ApiError::Status(s, m) => (s, m),
-        ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-        ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-        ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
-        other => api_failure(other),
-    }
+    let message = match &e {
+        ApiError::Unprocessable { message, errors } => {
+            let mut m = message.clone();
+            for err in errors {
+                m.push_str(&format!("; {}: {}", err.path, err.message));
+                if let Some(h) = &err.hint {
+                    m.push_str(&format!(" (hint: {h})"));
+                }
+            }
+            m
+        }
+        other => other.to_string(),
+    };
+    (e.into_response().status(), message)
 }
 
 #[derive(Deserialize, Default)]
@@ -561,9 +651,9 @@ struct StreamQuery {
     object: Option<String>,
 }
 
-/// The tab's live stream: an SSE `change` event when something the session may see changed (at most twice a second,
-/// naming the object, or `*` for several), a comment every 15 s quiet to keep it open, and the end of the stream
-/// when the session ends. The browser's EventSource reconnects
+/// The tab's live stream: an SSE `change` event when something the session may see changed or had an event (at most
+/// twice a second, naming the object, or `*` for several or after a gap), a comment every 15 s quiet to keep it
+/// open, and an `ended` event closing it within 15 s of the session's end. The browser's EventSource reconnects
 /// by itself; the page then asks for its parts again.
 async fn stream(State(state): State<AppState>, Query(q): Query<StreamQuery>, headers: HeaderMap) -> Response {
     let Some(g) = grant(&state, &headers) else { return unauthorized() };
@@ -572,30 +662,57 @@ async fn stream(State(state): State<AppState>, Query(q): Query<StreamQuery>, hea
         Some(ObjectKey::new(parts.next()?, parts.next()?, parts.next()?))
     });
     let mut watch = state.store.watch();
+    let mut watch_events = state.store.watch_events();
     let cookie = cookie_of(&headers).unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
     let shared = state.clone();
     tokio::spawn(async move {
         // Changes are told at most twice a second, the last of a burst always: a page asks for itself again once
-        // per tick however many objects changed (a rollout writes many statuses in a moment).
+        // per tick however many objects changed (a rollout writes many statuses in a moment). The first tick tells
+        // "*": a stream opened again after a gap makes the page catch up with what it missed.
         let mut tick = tokio::time::interval(COALESCE);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut changed: Option<String> = None;
+        let mut session_check = tokio::time::interval(SESSION_CHECK);
+        session_check.tick().await;
+        let mut changed: Option<String> = Some("*".into());
         let mut quiet_ticks = 0u32;
         let mut shutdown = shared.shutdown.subscribe();
         let _ = tx.send("retry: 2000\n\n".to_string()).await;
+        let seen = |key: &ObjectKey| only.as_ref().is_none_or(|k| k == key) && g.sees(&key.namespace);
         loop {
             let line = tokio::select! {
                 ev = watch.recv() => {
                     match ev {
                         // A cluster-scoped object's empty namespace is seen by a grant bound to every one only.
-                        Ok(ev) if only.as_ref().is_none_or(|k| *k == ev.key) && g.sees(&ev.key.namespace) => {
+                        Ok(ev) if seen(&ev.key) => {
                             changed = Some(if changed.is_some() { "*".into() } else { ev.key.to_string() });
                         }
                         Ok(_) => {}
                         // Missed changes: the page asks for everything again.
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changed = Some("*".into()),
                         Err(_) => return,
+                    }
+                    continue;
+                }
+                // An event is news too (the pages list them).
+                ev = watch_events.recv() => {
+                    match ev {
+                        Ok(ev) if seen(&ev.involved_object) => {
+                            changed = Some(if changed.is_some() { "*".into() } else { ev.involved_object.to_string() });
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changed = Some("*".into()),
+                        Err(_) => return,
+                    }
+                    continue;
+                }
+                // A session signed out or expired, or its token revoked, ends the stream within this time, however
+                // busy it is.
+                _ = session_check.tick() => {
+                    let token = shared.ui_sessions.token(&cookie, Utc::now());
+                    if token.and_then(|t| crate::server::grant_for_token(&shared, &t)).is_none() {
+                        let _ = tx.send("event: ended\ndata: \"the session ended\"\n\n".into()).await;
+                        return;
                     }
                     continue;
                 }
@@ -610,11 +727,6 @@ async fn stream(State(state): State<AppState>, Query(q): Query<StreamQuery>, hea
                             continue;
                         }
                         quiet_ticks = 0;
-                        // A session signed out or a token revoked ends the stream.
-                        let token = shared.ui_sessions.token(&cookie, Utc::now());
-                        if token.and_then(|t| crate::server::grant_for_token(&shared, &t)).is_none() {
-                            return;
-                        }
                         ": keep-alive\n\n".into()
                     }
                 },
@@ -662,10 +774,36 @@ mod tests {
     fn the_way_back_after_signing_in_stays_on_the_dashboard() {
         assert_eq!(safe_next(Some("/ui/apps/default/web")), "/ui/apps/default/web");
         assert_eq!(safe_next(Some("/ui?kind=App")), "/ui?kind=App");
-        for bad in ["//evil.example/ui", "https://evil.example", "/api/v1/apps", "/ui\\..\\x", ""] {
+        for bad in
+            ["//evil.example/ui", "https://evil.example", "/api/v1/apps", "/ui\\..\\x", "", "/ui\r\nSet-Cookie: x=1"]
+        {
             assert_eq!(safe_next(Some(bad)), "/ui", "{bad}");
         }
         assert_eq!(safe_next(None), "/ui");
+    }
+
+    #[test]
+    fn a_token_keeps_its_newest_sessions_only() {
+        let s = Sessions::default();
+        let now = Utc::now();
+        let ids: Vec<String> = (0..SESSIONS_PER_TOKEN + 4)
+            .map(|i| s.open("cst_a".into(), now + chrono::Duration::seconds(i as i64)))
+            .collect();
+        let later = now + chrono::Duration::seconds(60);
+        assert!(s.token(&ids[0], later).is_none() && s.token(&ids[3], later).is_none(), "the oldest went");
+        assert!(ids[4..].iter().all(|id| s.token(id, later).is_some()), "the newest stay");
+        let other = s.open("cst_b".into(), now);
+        assert!(s.token(&other, later).is_some(), "another token's are its own");
+    }
+
+    #[test]
+    fn origins_compare_by_host_and_port_with_the_schemes_default() {
+        let ok = |host: &str, origin: &str| same_origin(&headers(&[("host", host), ("origin", origin)])).is_ok();
+        assert!(ok("ui.example", "https://ui.example"));
+        assert!(ok("ui.example:443", "https://UI.example"));
+        assert!(ok("[::1]:7470", "http://[::1]:7470"));
+        assert!(!ok("[::1]:7470", "http://[::1]:7471"));
+        assert!(!ok("ui.example", "https://ui.example:8443"));
     }
 
     #[test]

@@ -54,12 +54,19 @@
     el.textContent = text;
     el.classList.toggle("lost", lost);
   }
+  // A session that ended sends the page to the sign-in, and back here afterwards.
+  function signIn() {
+    window.location.assign("/ui/login?next=" + encodeURIComponent(window.location.pathname + window.location.search));
+  }
   document.addEventListener("htmx:sseOpen", function () { live("live", false); });
-  document.addEventListener("htmx:sseError", function () { live("reconnecting…", true); });
-  // A session that ended sends the page to the login, and back here afterwards.
+  document.addEventListener("htmx:sseError", function () {
+    live("reconnecting…", true);
+    // A stream refused because the session ended: the sign-in, not endless reconnecting.
+    fetch("/ui/session", { credentials: "same-origin" }).then(function (r) {
+      if (r.status === 401) signIn();
+    }).catch(function () {});
+  });
   document.addEventListener("htmx:responseError", function (e) {
-    if (e.detail.xhr && e.detail.xhr.status === 401) {
-      window.location.assign("/ui/login?next=" + encodeURIComponent(window.location.pathname + window.location.search));
-    }
+    if (e.detail.xhr && e.detail.xhr.status === 401) signIn();
   });
 })();

@@ -73,7 +73,10 @@ pub fn health_of(obj: &Value) -> (Health, String) {
         }
         return match r["status"].as_str() {
             Some("True") => (Health::Ready, text(Some(r))),
-            _ if is(reconciling, "True") => (Health::Progressing, text(reconciling).max(text(Some(r)))),
+            _ if is(reconciling, "True") => {
+                let why = Some(text(reconciling)).filter(|m| !m.is_empty()).unwrap_or_else(|| text(Some(r)));
+                (Health::Progressing, why)
+            }
             Some("Unknown") => (Health::Progressing, text(Some(r))),
             _ => (Health::Failed, text(Some(r))),
         };

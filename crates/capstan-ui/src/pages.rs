@@ -10,8 +10,9 @@ use crate::assets;
 use crate::health::Health;
 
 /// htmx without `eval` (the Content-Security-Policy forbids it), without its injected indicator style (the policy
-/// allows no inline style either), and swapping error answers too, so that an action's refusal is shown.
-const HTMX_CONFIG: &str = r#"{"allowEval":false,"allowScriptTags":false,"includeIndicatorStyles":false,"responseHandling":[{"code":"204","swap":false},{"code":"[2345]..","swap":true}]}"#;
+/// allows no inline style either), and swapping error answers too, so that an action's refusal is shown — but not a
+/// 401, which is an error the page's script answers by going to the sign-in.
+const HTMX_CONFIG: &str = r#"{"allowEval":false,"allowScriptTags":false,"includeIndicatorStyles":false,"responseHandling":[{"code":"204","swap":false},{"code":"401","swap":false,"error":true},{"code":"[2345]..","swap":true}]}"#;
 
 /// Who is looking, and whether buttons that change things are shown.
 pub struct Viewer<'a> {
@@ -223,9 +224,8 @@ pub fn overview_page(viewer: &Viewer, o: &Overview) -> Markup {
 pub fn overview_body(o: &Overview) -> Markup {
     let f = &o.filter;
     let query = f.query(f.page);
-    let refresh =
-        if query.is_empty() { "/ui/fragments/overview".to_string() } else { format!("/ui/fragments/overview?{query}") };
-    let shown_to = f.page * o.page_size + o.rows.len();
+    let refresh = refresh_url(&query);
+    let shown_to = f.page.saturating_mul(o.page_size).saturating_add(o.rows.len());
     html! {
         div #overview hx-get=(refresh) hx-trigger="sse:change" hx-swap="outerHTML" {
             @if !o.incidents.is_empty() {
@@ -272,7 +272,7 @@ pub fn overview_body(o: &Overview) -> Markup {
                 }
             }
             @if o.matching > shown_to {
-                p.more { a href={ "/ui?" (f.query(f.page + 1)) } { "Next page" } }
+                p.more { a href={ "/ui?" (f.query(f.page.saturating_add(1))) } { "Next page" } }
             }
             @if f.page > 0 {
                 p.more { a href={ "/ui?" (f.query(f.page - 1)) } { "Previous page" } }
@@ -281,6 +281,33 @@ pub fn overview_body(o: &Overview) -> Markup {
             (events_table(&o.events))
         }
     }
+}
+
+fn refresh_url(query: &str) -> String {
+    if query.is_empty() {
+        "/ui/fragments/overview".to_string()
+    } else {
+        format!("/ui/fragments/overview?{query}")
+    }
+}
+
+/// The overview's live part when it could not be read: what the server said, and it keeps asking for itself.
+pub fn overview_failure(f: &Filter, message: &str) -> Markup {
+    html! {
+        div #overview hx-get=(refresh_url(&f.query(f.page))) hx-trigger="sse:change" hx-swap="outerHTML" {
+            p.error role="alert" { "The overview could not be read: " (message) }
+        }
+    }
+}
+
+/// A page that says what failed.
+pub fn failure(viewer: &Viewer, message: &str) -> Markup {
+    layout(
+        "Error",
+        Some(viewer),
+        None,
+        html! { h1 { "Something failed" } p.error role="alert" { (message) } p { a href="/ui" { "Overview" } } },
+    )
 }
 
 fn events_table(events: &[EventLine]) -> Markup {

@@ -396,6 +396,18 @@ spec: {secretName: lost-tls, dnsNames: [lost.example.test], issuerRef: {name: no
     let e = team.post("/api/v1/apply", serde_json::json!({ "objects": objects })).await.expect_err("refused");
     assert!(e.to_string().contains("outside namespace team-a"), "{e}");
     assert!(cluster_issuer("ca").await.is_some(), "still there");
+    // Nor by steering a Source that a Sync of another namespace reads.
+    tp.apply(
+        "apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {name: shared, namespace: platform}\nspec: {sourceRef: {name: shared, namespace: team-a}, path: ./}\n",
+    );
+    let source = "apiVersion: capstan.dev/v1alpha1\nkind: Source\nmetadata: {name: shared, namespace: team-a}\nspec: {dir: /tmp}\n";
+    let objects: Vec<Value> = capstan_model::parse_manifests("src.yaml", source)
+        .expect("parses")
+        .into_iter()
+        .map(|m| m.resource.to_value())
+        .collect();
+    let e = team.post("/api/v1/apply", serde_json::json!({ "objects": objects })).await.expect_err("refused");
+    assert!(e.to_string().contains("Sync platform/shared"), "{e}");
 
     let out = tp.cli(&["delete", "clusterissuer", "elsewhere"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

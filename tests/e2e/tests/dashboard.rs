@@ -85,14 +85,33 @@ async fn the_dashboard_signs_in_shows_changes_live_and_keeps_its_buttons_to_the_
     let line = audit["items"].as_array().into_iter().flatten().find(|l| l["verb"] == "restart").cloned();
     assert!(line.as_ref().is_some_and(|l| l["user"] == "admin" && l["name"] == "web"), "{audit}");
 
-    // A second revision, then a rollback from the history: the first one's spec is back.
+    // A second revision shows on the page as it runs; then a rollback to the first revision, from the history.
+    let first = eventually("the first revision's name", Duration::from_secs(30), || async {
+        let h = tp.client.get("/api/v1/namespaces/default/apps/web/revisions").await.ok()?;
+        h["items"][0]["revision"].as_str().map(str::to_string)
+    })
+    .await;
+    let before = tp.app("web").await["status"]["revision"].as_str().unwrap_or_default().to_string();
     tp.apply(&app.replace("VERSION: \"1\"", "VERSION: \"2\""));
+    let running = eventually("the App runs its new revision", Duration::from_secs(30), || async {
+        let r = tp.app("web").await["status"]["revision"].as_str().unwrap_or_default().to_string();
+        (r != before && !r.is_empty()).then_some(r)
+    })
+    .await;
     b.wait_for(
-        "the history with an earlier revision to roll back to",
-        "window.marker === 7 && !!document.querySelector('#history form[action$=\"/rollback\"] button')",
+        "the new revision shown running, without a reload",
+        &format!(
+            "window.marker === 7 && [...document.querySelectorAll('#history tbody tr')]
+                .some(r => r.textContent.includes({}) && r.textContent.includes('(running)'))",
+            json!(running)
+        ),
     )
     .await;
-    b.eval("document.querySelector('#history form[action$=\"/rollback\"] button').click(); 1").await;
+    b.eval(&format!(
+        "document.querySelector('#history form[action$=\"/rollback\"] input[value={}]').form.querySelector('button').click(); 1",
+        json!(first)
+    ))
+    .await;
     b.wait_for("the rollback's answer", "document.getElementById('action-result').textContent.includes('rolled back')")
         .await;
     eventually("the App's spec is the first revision's again", Duration::from_secs(30), || async {
@@ -150,5 +169,67 @@ async fn a_post_from_another_origin_is_refused_whatever_cookie_it_carries() {
     }
     let a = tp.app("web").await;
     assert!(a["metadata"]["annotations"]["capstan.dev/restartedAt"].is_null(), "nothing was done");
+    // The same session from this server's page passes (the control for the refusals above).
+    client.origin = Some(format!("http://127.0.0.1:{port}"));
+    let r = client.send("POST", "/ui/apps/default/web/restart", None, "").await.expect("answered");
+    assert_eq!(r.status, 303, "{}", r.text());
+    tp.stop().await;
+}
+
+/// Without a session nothing is shown: a page goes to the sign-in, its parts, the stream and actions answer 401. A
+/// session bound to one namespace sees and changes only that namespace's objects (no other namespace's, no
+/// cluster-scoped ones), and ends when its token is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_shows_only_what_its_token_may_see_and_ends_with_it() {
+    let tp = TestPlane::start().await;
+    let port: u16 = tp.plane().url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("the API's port");
+    for (ns, name) in [("team-a", "mine"), ("team-b", "theirs")] {
+        tp.apply(&app_yaml(name, 1, &[], "").replace(
+            &format!("metadata:\n  name: {name}\n"),
+            &format!("metadata:\n  name: {name}\n  namespace: {ns}\n"),
+        ));
+    }
+    tp.apply(
+        "apiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {name: platform-ca}\nspec: {selfSigned: {}}\n",
+    );
+
+    let mut anonymous = capstan_e2e::web::Browser::new(port);
+    let page = anonymous.get("/ui/apps/team-a/mine").await.expect("answered");
+    assert_eq!(page.status, 303, "a page without a session goes to the sign-in");
+    for path in ["/ui/fragments/overview", "/ui/fragments/apps/team-a/mine", "/ui/stream", "/ui/session"] {
+        assert_eq!(anonymous.get(path).await.expect("answered").status, 401, "{path}");
+    }
+    anonymous.origin = Some(format!("http://127.0.0.1:{port}"));
+    let r = anonymous.send("POST", "/ui/apps/team-a/mine/restart", None, "").await.expect("answered");
+    assert_eq!(r.status, 401, "an action without a session");
+
+    let made = tp
+        .client
+        .post("/api/v1/tokens", json!({"name": "ann", "role": "deployer", "namespace": "team-a"}))
+        .await
+        .expect("token");
+    let mut ann = capstan_e2e::web::Browser::new(port);
+    ann.origin = Some(format!("http://127.0.0.1:{port}"));
+    let form = format!("token={}", made["token"].as_str().expect("shown"));
+    let signed =
+        ann.send("POST", "/ui/login", Some("application/x-www-form-urlencoded"), form).await.expect("answered");
+    assert_eq!(signed.status, 303);
+    let overview = ann.get("/ui").await.expect("answered").text();
+    assert!(overview.contains("/ui/apps/team-a/mine"), "its own App");
+    assert!(
+        !overview.contains("theirs") && !overview.contains("platform-ca"),
+        "nothing of team-b, nothing cluster-wide"
+    );
+    assert_eq!(ann.get("/ui/apps/team-b/theirs").await.expect("answered").status, 404);
+    let r = ann.send("POST", "/ui/apps/team-b/theirs/restart", None, "").await.expect("answered");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = ann.send("POST", "/ui/apps/team-a/mine/restart", None, "").await.expect("answered");
+    assert_eq!(r.status, 303, "its own App: {}", r.text());
+    assert_eq!(ann.get("/ui/session").await.expect("answered").status, 204);
+
+    // The token revoked: the session ends with it.
+    tp.client.delete("/api/v1/tokens/ann").await.expect("revoked");
+    assert_eq!(ann.get("/ui/fragments/overview").await.expect("answered").status, 401);
+    assert_eq!(ann.get("/ui").await.expect("answered").status, 303);
     tp.stop().await;
 }
