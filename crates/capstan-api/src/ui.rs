@@ -275,14 +275,7 @@ async fn asset(Path(file): Path<String>) -> Response {
 }
 
 fn age(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
-    let Some(t) = since else { return "—".into() };
-    let s = (now - t).num_seconds().max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
+    since.map_or_else(|| "—".into(), |t| capstan_model::short_age(t, now))
 }
 
 fn time_of(v: &Value) -> Option<DateTime<Utc>> {

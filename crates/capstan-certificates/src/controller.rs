@@ -822,6 +822,35 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_secret_without_its_key_or_not_a_ca_is_named_in_the_issuers_condition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("store");
+        let issuer: Issuer = serde_json::from_value(json!({"apiVersion": "cert-manager.io/v1", "kind": "Issuer",
+            "metadata": {"name": "ca", "namespace": "default"}, "spec": {"ca": {"secretName": "root"}}}))
+        .expect("an Issuer");
+        let refused = |store: &Store| match signing(store, &issuer).expect("read") {
+            Err(why) => why,
+            Ok(_) => panic!("signs"),
+        };
+        assert_eq!(refused(&store).0, "ErrGetKeyPair", "no Secret");
+        let leaf = rcgen::CertificateParams::new(vec!["leaf.example".to_string()]).expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let crt = leaf.self_signed(&key).expect("signed").pem();
+        let secret = |data: Value| {
+            json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "Secret", "metadata": {"name": "root", "namespace": "default"},
+                   "spec": {"stringData": data}})
+        };
+        store.apply(vec![secret(json!({"tls.crt": crt}))]).expect("apply");
+        let (reason, message) = refused(&store);
+        assert_eq!(reason, "ErrGetKeyPair");
+        assert!(message.contains("needs tls.crt and tls.key"), "{message}");
+        store.apply(vec![secret(json!({"tls.crt": crt, "tls.key": key.serialize_pem()}))]).expect("apply");
+        let (reason, message) = refused(&store);
+        assert_eq!(reason, "ErrInvalidKeyPair");
+        assert!(message.contains("not a CA"), "a leaf cannot sign: {message}");
+    }
+
+    #[test]
     fn a_cluster_issuers_events_and_its_ca_in_cert_manager_wake_its_certificates_in_every_namespace() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("state.redb")).expect("store");

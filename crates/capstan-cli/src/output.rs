@@ -34,16 +34,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// A short age such as `45s`, `12m`, `3h`, `5d`, as kubectl prints them.
 pub fn age(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
-    let Some(t) = since else {
-        return "<unknown>".into();
-    };
-    let s = (now - t).num_seconds().max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
+    since.map_or_else(|| "<unknown>".into(), |t| capstan_model::short_age(t, now))
 }
 
 /// Parses a timestamp field of an object.

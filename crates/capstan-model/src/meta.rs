@@ -72,6 +72,17 @@ impl ObjectMeta {
     }
 }
 
+/// A short age such as `45s`, `12m`, `3h`, `5d`, as kubectl prints them (the CLI's tables and the dashboard's).
+pub fn short_age(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let s = (now - since).num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
 /// `1 replica`, `2 replicas`: a count with its noun, for messages people read.
 pub fn count_of(n: i64, noun: &str) -> String {
     if n == 1 {
@@ -188,6 +199,18 @@ mod tests {
     fn a_key_shows_its_namespace_unless_it_has_none() {
         assert_eq!(ObjectKey::new("App", "shop", "web").to_string(), "App/shop/web");
         assert_eq!(ObjectKey::new("ClusterIssuer", "", "le").to_string(), "ClusterIssuer/le");
+    }
+
+    #[test]
+    fn ages_read_as_kubectl_prints_them() {
+        let t = DateTime::from_timestamp(1_800_000_000, 0).expect("a time");
+        let after = |s: i64| short_age(t, t + chrono::Duration::seconds(s));
+        assert_eq!(
+            (after(45), after(119), after(120), after(7199)),
+            ("45s".into(), "119s".into(), "2m".into(), "119m".into())
+        );
+        assert_eq!((after(7200), after(3 * 86400)), ("2h".into(), "3d".into()));
+        assert_eq!(after(-5), "0s", "a clock ahead is now");
     }
 
     #[test]

@@ -61,7 +61,12 @@ async fn issuers_sign_certificates_into_secrets_that_the_gateway_serves_and_rene
     .await;
     assert_eq!(condition(&ca_issuer["status"]["conditions"], "Ready")["reason"], "KeyPairVerified");
     let shop = ready_at(&tp, "shop", 1).await;
-    assert!(shop["status"]["notAfter"].is_string() && shop["status"]["renewalTime"].is_string(), "{shop}");
+    assert!(
+        shop["status"]["notBefore"].is_string()
+            && shop["status"]["notAfter"].is_string()
+            && shop["status"]["renewalTime"].is_string(),
+        "{shop}"
+    );
     let root = get(&tp, "secrets", "root-ca").await.expect("the root's Secret");
     let secret = get(&tp, "secrets", "shop-tls").await.expect("the Secret");
     assert_eq!(secret["spec"]["type"], "kubernetes.io/tls");
@@ -160,6 +165,10 @@ async fn issuers_sign_certificates_into_secrets_that_the_gateway_serves_and_rene
     assert!(issuing["message"].as_str().unwrap_or("").contains("Issuer ca is not ready"), "{issuing}");
     assert_eq!(condition(&failed["status"]["conditions"], "Ready")["status"], "True", "the old one is still valid");
     assert!(failed["status"]["failedIssuanceAttempts"].as_u64() >= Some(1));
+    // describe says when it expires and when the last attempt failed.
+    let out = tp.cli(&["describe", "certificate", "shop"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains("Not after:") && page.contains("Failed attempts:") && page.contains("the last at"), "{page}");
     // Capstan's own metrics say so as cert-manager's do, and the built-in rule fires: within 7 days of expiry and
     // past its renewal time (Capstan scrapes its /metrics every 15 s).
     let fired = eventually("CapstanCertificateExpiringSoon fires for shop", Duration::from_secs(90), || async {
@@ -245,7 +254,11 @@ spec: {ca: {secretName: root-ca}}
 apiVersion: cert-manager.io/v1
 kind: Certificate
 metadata: {name: web, namespace: default}
-spec: {secretName: web-tls, dnsNames: [web.example.test], issuerRef: {name: ca, kind: ClusterIssuer}}
+spec:
+  secretName: web-tls
+  dnsNames: [web.example.test, '*.web.example.test']
+  privateKey: {rotationPolicy: Never}
+  issuerRef: {name: ca, kind: ClusterIssuer}
 ---
 apiVersion: cert-manager.io/v1
 kind: Certificate
@@ -295,6 +308,31 @@ spec: {secretName: api-tls, dnsNames: [api.example.test], issuerRef: {name: ca, 
             String::from_utf8_lossy(&verify.stderr)
         );
     }
+
+    // A wildcard name from a CA issuer, and rotationPolicy Never: a renewal keeps the key.
+    let web = tp.client.get("/api/v1/namespaces/default/secrets/web-tls").await.expect("the Secret");
+    std::fs::write(dir.path().join("web.crt"), value(&web, "tls.crt")).expect("write");
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in", "web.crt"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("DNS:*.web.example.test") && text.contains("DNS:web.example.test"), "{text}");
+    let out = tp.cli(&["certificate", "renew", "web"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("web renewed", T, || async {
+        let c = tp.client.get("/api/v1/namespaces/default/certificates/web").await.ok()?;
+        (c["status"]["revision"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    let renewed = tp.client.get("/api/v1/namespaces/default/secrets/web-tls").await.expect("the Secret");
+    assert_ne!(value(&renewed, "tls.crt"), value(&web, "tls.crt"), "a new certificate");
+    assert_eq!(value(&renewed, "tls.key"), value(&web, "tls.key"), "rotationPolicy Never: the same key");
+    // Keys are in the store sealed: not one line of the private key is in the data directory's files.
+    let key_line = value(&renewed, "tls.key").lines().nth(1).unwrap_or_default().to_string();
+    assert!(key_line.len() > 20, "a line of base64");
+    assert!(files_holding(tp.dir.path(), &key_line).is_empty(), "the key is not on disk in the clear");
 
     // Bad references, named: a ClusterIssuer that does not exist, and one whose CA is not in cert-manager.
     tp.apply(
@@ -374,9 +412,10 @@ spec: {secretName: lost-tls, dnsNames: [lost.example.test], issuerRef: {name: no
     team.post("/api/v1/apply", serde_json::json!({ "objects": objects })).await.expect("a Certificate of its own");
 
     // Nor through a Sync: one of team-a that applied the ClusterIssuer (an administrator's, without a
-    // targetNamespace) is neither deleted nor changed by the team's token, which would prune it.
+    // targetNamespace) is neither deleted nor changed by the team's token, which would prune it. (Suspended, so
+    // that its controller does not write its status over the inventory the test gives it.)
     tp.apply(
-        "apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {name: platform, namespace: team-a}\nspec: {sourceRef: {name: platform}, path: ./, prune: true}\n",
+        "apiVersion: capstan.dev/v1alpha1\nkind: Sync\nmetadata: {name: platform, namespace: team-a}\nspec: {sourceRef: {name: platform}, path: ./, prune: true, suspend: true}\n",
     );
     let sync_key = capstan_model::ObjectKey::new("Sync", "team-a", "platform");
     let inventory = serde_json::json!({"inventory": [
